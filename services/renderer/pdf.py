@@ -1,0 +1,234 @@
+"""HTML and PDF rendering in warm worker processes, with a URL fetcher that cannot leave home.
+
+A render job runs Jinja2 and WeasyPrint in a child process (spawned, memory-capped), so CPU
+never blocks a service's event loop and a runaway render can be killed without killing the
+service. The same `render_job` function runs in-process for `pressroom render`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import mimetypes
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
+
+MAX_ASSET_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PageDefaults:
+    size: str = "A4"
+    orientation: str = "portrait"
+    margin: str = "18mm"
+
+    def css(self) -> str:
+        # Given as a user stylesheet: a template's own @page rules win over it.
+        return f"@page {{ size: {self.size} {self.orientation}; margin: {self.margin}; }}"
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    templates_dir: str
+    template: str
+    context: dict[str, Any]
+    formats: tuple[str, ...] = ("pdf",)
+    page: PageDefaults = field(default_factory=PageDefaults)
+    asset_allow: tuple[str, ...] = ()
+    max_output_bytes: int = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    template_version: str
+    html: bytes
+    pdf: bytes | None
+    html_seconds: float
+    pdf_seconds: float
+    pages: int
+
+
+def _fetcher_class() -> type:
+    from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
+
+    class Blocked(FatalURLFetchingError):
+        pass
+
+    class SafeURLFetcher(URLFetcher):  # type: ignore[misc]
+        """Serves files inside the template folder and data: URLs; http(s) only if allowed."""
+
+        def __init__(self, root: Path, allow_hosts: tuple[str, ...]) -> None:
+            super().__init__(timeout=10, allow_redirects=False, fail_on_errors=True)
+            self.root = root.resolve()
+            self.allow_hosts = allow_hosts
+
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
+            if scheme == "data":
+                return super().fetch(url, headers)
+            if scheme == "file":
+                path = Path(unquote(parts.path)).resolve()
+                if not path.is_relative_to(self.root):
+                    raise Blocked(f"blocked: template tried to read '{url}' outside its folder")
+                if not path.is_file():
+                    raise Blocked(f"asset not found: '{path.relative_to(self.root)}'")
+                if path.stat().st_size > MAX_ASSET_BYTES:
+                    raise Blocked(f"asset too large: '{path.relative_to(self.root)}'")
+                ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                return URLFetcherResponse(url, path.read_bytes(), {"Content-Type": ctype})
+            if scheme in ("http", "https") and _host_allowed(parts.hostname, self.allow_hosts):
+                return super().fetch(url, headers)
+            raise Blocked(f"blocked: template tried to fetch '{url}' (not allow-listed)")
+
+    return SafeURLFetcher
+
+
+def _host_allowed(host: str | None, allow: tuple[str, ...]) -> bool:
+    if not host:
+        return False
+    for entry in allow:
+        if host == entry:
+            return True
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+_libraries: dict[str, Any] = {}
+
+
+def _library(folder: str) -> Any:
+    from services.renderer.templating import TemplateLibrary
+
+    if folder not in _libraries:
+        _libraries[folder] = TemplateLibrary(Path(folder))
+    return _libraries[folder]
+
+
+def render_job(job: RenderJob) -> RenderOutput:
+    """Template → HTML → PDF. Raises PermanentError subclasses with a one-line reason."""
+    library = _library(job.templates_dir)
+    name = library.check_name(job.template)
+    version = library.version(name)
+    started = time.perf_counter()
+    html = library.render(name, job.context)
+    html_seconds = time.perf_counter() - started
+    html_bytes = html.encode("utf-8")
+    pdf: bytes | None = None
+    pages = 0
+    pdf_seconds = 0.0
+    if "pdf" in job.formats:
+        started = time.perf_counter()
+        pdf, pages = _html_to_pdf(html, library.folder / Path(name).parent, job)
+        pdf_seconds = time.perf_counter() - started
+    for fmt, data in (("html", html_bytes if "html" in job.formats else None), ("pdf", pdf)):
+        if data is not None and len(data) > job.max_output_bytes:
+            raise PermanentError(
+                f"{fmt} output is {len(data):,} bytes, over the {job.max_output_bytes:,}-byte limit"
+            )
+    return RenderOutput(version, html_bytes, pdf, html_seconds, pdf_seconds, pages)
+
+
+def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int]:
+    from weasyprint import CSS, HTML
+    from weasyprint.urls import FatalURLFetchingError
+
+    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    try:
+        document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
+            stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]
+        )
+        pdf = document.write_pdf()
+    except FatalURLFetchingError as error:
+        cause = error.__cause__ or error
+        raise ResourceBlocked(str(cause.args[0] if cause.args else cause)) from None
+    except MemoryError:
+        raise PermanentError("render ran out of memory (input too large?)") from None
+    assert pdf is not None
+    return pdf, len(document.pages)
+
+
+def _worker_init(memory_mb: int) -> None:
+    if memory_mb > 0:
+        import resource
+
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Warm up: imports, fonts and the layout engine load once per process, not per report.
+    import weasyprint
+
+    weasyprint.HTML(string="<p>warm</p>").write_pdf()
+
+
+class RenderPool:
+    """A pool of warm render processes; a render over its timeout is killed and replaced."""
+
+    def __init__(self, workers: int = 1, *, memory_mb: int = 2048, timeout: float = 120.0) -> None:
+        self.workers = workers
+        self.memory_mb = memory_mb
+        self.timeout = timeout
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.memory_mb,),
+        )
+
+    async def start(self) -> None:
+        self._pool = self._new_pool()
+        loop = asyncio.get_running_loop()
+        # Start (and warm) every worker now rather than on the first report.
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, os.getpid) for _ in range(self.workers))
+        )
+
+    async def render(self, job: RenderJob) -> RenderOutput:
+        if self._pool is None:
+            await self.start()
+        pool = self._pool
+        assert pool is not None
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(pool, render_job, job)
+        try:
+            return await asyncio.wait_for(future, timeout=self.timeout)
+        except TimeoutError:
+            await self._replace(pool)
+            raise RenderTimeout(
+                f"render of '{job.template}' took longer than {self.timeout:g}s and was stopped"
+            ) from None
+        except BrokenProcessPool:
+            await self._replace(pool)
+            raise TransientError(
+                "render worker died (killed, or over the memory limit); will retry"
+            ) from None
+
+    async def _replace(self, broken: ProcessPoolExecutor) -> None:
+        async with self._lock:
+            if self._pool is not broken:
+                return
+            for process in list((getattr(broken, "_processes", None) or {}).values()):
+                process.kill()
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,206 @@
+"""The bus topology (streams, durable consumers, KV and object buckets) and how we publish.
+
+Streams and consumers are declared here, deliberately and idempotently, at every service's
+start-up; FastStream subscribers only bind to them (`declare=False`), so no service overwrites
+another's configuration (faststream#1830) and a changed ack wait or max_deliver reaches the
+existing durable consumers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import nats
+from nats.js import api
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel
+
+from shared.events import (
+    DATA_READY,
+    DLQ_PREFIX,
+    PIPELINE_SUBJECTS,
+    REPORT_DELIVERED,
+    REPORT_RENDERED,
+    REPORT_REQUESTED,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from shared.settings import Settings
+
+STREAM = "PRESSROOM"
+DLQ_STREAM = "PRESSROOM_DLQ"
+ADVISORY_STREAM = "PRESSROOM_ADVISORIES"
+LEDGER_BUCKET = "pressroom_ledger"
+DELIVERIES_BUCKET = "pressroom_deliveries"
+CACHE_BUCKET = "pressroom_cache"
+OBJECT_BUCKET = "pressroom_artefacts"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+MSG_ID = "Nats-Msg-Id"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A pipeline stage: the durable consumer it reads with and what it publishes next."""
+
+    name: str
+    consumes: str
+    produces: str
+
+    @property
+    def durable(self) -> str:
+        return self.name
+
+    @property
+    def advisory_subject(self) -> str:
+        return f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.{self.durable}"
+
+
+FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
+RENDERER = StageSpec("renderer", DATA_READY, REPORT_RENDERED)
+DISTRIBUTOR = StageSpec("distributor", REPORT_RENDERED, REPORT_DELIVERED)
+STAGES: dict[str, StageSpec] = {s.name: s for s in (FETCHER, RENDERER, DISTRIBUTOR)}
+
+
+def msg_id(request_id: str, stage: str) -> str:
+    """The de-duplication id of what `stage` publishes for `request_id`."""
+    return f"{request_id}:{stage}"
+
+
+async def connect(settings: Settings, *, name: str = "pressroom", **kwargs: Any) -> Client:
+    """A nats-py connection that keeps reconnecting instead of giving up after ~2 minutes."""
+    return await nats.connect(
+        settings.bus_url,
+        name=name,
+        max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
+        reconnect_time_wait=kwargs.pop("reconnect_time_wait", 0.5),
+        **kwargs,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    assert config.name
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream, consumer and bucket Pressroom uses. Safe to run often."""
+    replicas = settings.stream_replicas
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=STREAM,
+            description="Pressroom pipeline events",
+            subjects=list(PIPELINE_SUBJECTS),
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=30 * 24 * 3600,
+            duplicate_window=settings.duplicate_window,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=DLQ_STREAM,
+            description="Pressroom dead letters: inspect, replay, purge",
+            subjects=[f"{DLQ_PREFIX}>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            duplicate_window=settings.duplicate_window,
+            num_replicas=replicas,
+        ),
+    )
+    # Max-deliveries advisories are core NATS (at most once): keep them in a stream so a
+    # message that crashed every worker is still dead-lettered when nobody was listening.
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=ADVISORY_STREAM,
+            description="JetStream max-deliveries advisories of Pressroom consumers",
+            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.*"],
+            storage=api.StorageType.FILE,
+            max_age=7 * 24 * 3600,
+            num_replicas=replicas,
+        ),
+    )
+    for stage in STAGES.values():
+        await js.add_consumer(STREAM, stage_consumer_config(stage, settings))
+        await js.add_consumer(
+            ADVISORY_STREAM,
+            api.ConsumerConfig(
+                name=f"{stage.durable}-crashes",
+                durable_name=f"{stage.durable}-crashes",
+                filter_subject=stage.advisory_subject,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait,
+                max_deliver=settings.max_attempts,
+            ),
+        )
+    for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1)):
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas
+            )
+        )
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=CACHE_BUCKET, history=1, storage=api.StorageType.FILE, replicas=replicas,
+            ttl=7 * 24 * 3600,
+        )
+    )
+    await js.create_object_store(
+        OBJECT_BUCKET,
+        api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=replicas),
+    )
+
+
+def stage_consumer_config(stage: StageSpec, settings: Settings) -> api.ConsumerConfig:
+    # One more delivery than our own attempts: the runner dead-letters on its last attempt,
+    # the server's max-deliveries advisory only catches workers that died before deciding.
+    return api.ConsumerConfig(
+        name=stage.durable,
+        durable_name=stage.durable,
+        description=f"Pressroom {stage.name}: {stage.consumes} -> {stage.produces}",
+        filter_subject=stage.consumes,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_attempts + 1,
+        max_ack_pending=1000,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+
+
+class Publisher(Protocol):
+    """Publishes to a JetStream subject and waits for the stream's acknowledgement."""
+
+    async def publish(
+        self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> api.PubAck: ...
+
+
+def encode(event: BaseModel) -> bytes:
+    return event.model_dump_json().encode()
+
+
+class JetStreamPublisher:
+    """Publisher over a plain nats-py JetStream context (CLI, scheduler, tests)."""
+
+    def __init__(self, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+        self._js = js
+        self._timeout = timeout
+
+    async def publish(
+        self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> api.PubAck:
+        hdrs = {**(headers or {}), MSG_ID: msg_id}
+        return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)

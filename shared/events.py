@@ -1,0 +1,203 @@
+"""Every message on the bus, defined once: subjects, payload models and their schema version."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+REPORT_REQUESTED = "report.requested"
+DATA_READY = "data.ready"
+REPORT_RENDERED = "report.rendered"
+REPORT_DELIVERED = "report.delivered"
+REPORT_FAILED = "report.failed"
+DLQ_PREFIX = "dlq."
+
+PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIVERED, REPORT_FAILED)
+
+# Request ids become ledger keys, message ids and file names: keep them to a safe alphabet.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+
+Format = Literal["pdf", "html"]
+Channel = Literal["file", "email", "s3", "webhook"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex[:16]}"
+
+
+class Event(BaseModel):
+    """Base of every bus payload: frozen, versioned, tolerant of fields added by newer producers."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Version of this payload's schema."
+    )
+
+
+class Source(BaseModel):
+    """One data source the fetcher gathers; its result reaches the template under `name`."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: str = Field(description="Name the template sees the result under.", pattern=r"^\w+$")
+    kind: str = Field(description="Adapter: http, prometheus, github, jira, file.")
+
+
+class Delivery(BaseModel):
+    """One place the distributor delivers the artefacts to; extra keys depend on the channel."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    channel: Channel = Field(description="file, email, s3 or webhook.")
+
+
+class ReportRequested(Event):
+    """Someone wants a report: published by other systems, the scheduler and the CLI."""
+
+    request_id: str = Field(
+        default_factory=new_request_id,
+        description="Idempotency key; a request_id already delivered is not delivered again.",
+        pattern=REQUEST_ID_PATTERN,
+    )
+    template: str = Field(description="Template name inside the templates folder.", min_length=1)
+    formats: list[Format] = Field(
+        default_factory=lambda: ["pdf"], description="Artefacts to produce.", min_length=1
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Inline values; merged over source results."
+    )
+    sources: list[Source] = Field(default_factory=list, description="Data to gather first.")
+    deliver: list[Delivery] = Field(
+        default_factory=list,
+        description="Where to deliver; empty means the configured default (a `file` delivery).",
+    )
+    requested_by: str | None = Field(default=None, description="Who asked, for the ledger.")
+    requested_at: datetime = Field(default_factory=utcnow, description="When it was asked.")
+
+    @field_validator("template")
+    @classmethod
+    def _template_stays_inside_folder(cls, value: str) -> str:
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith("/") or ".." in parts:
+            raise ValueError("template must be a name inside the templates folder")
+        return value
+
+
+class DataReady(Event):
+    """The fetcher gathered everything a request needs."""
+
+    request: ReportRequested = Field(description="The original request.")
+    context: dict[str, Any] | None = Field(
+        default=None, description="The template context, inline when small enough."
+    )
+    context_ref: str | None = Field(
+        default=None, description="Artefact-store key of the context when too big to inline."
+    )
+    fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class Artefact(BaseModel):
+    """A rendered file in the artefact store: referenced by key, never carried on the bus."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: Format
+    key: str = Field(description="Key in the artefact store.")
+    size: int = Field(description="Size in bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the content.")
+    content_type: str
+
+
+class ReportRendered(Event):
+    """The renderer stored the artefacts."""
+
+    request: ReportRequested
+    artefacts: list[Artefact]
+    template_version: str = Field(description="Content hash of the template and its includes.")
+    render_seconds: float = Field(description="Time spent rendering HTML and PDF.")
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class ChannelResult(BaseModel):
+    """What happened on one delivery channel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: Channel
+    ok: bool
+    target: str = Field(description="Where it went: a path, bucket/key, URL or recipients.")
+    detail: str = Field(default="", description="Error reason or extra information.")
+
+
+class ReportDelivered(Event):
+    """Every channel delivered."""
+
+    request_id: str
+    template: str
+    artefacts: list[Artefact]
+    channels: list[ChannelResult]
+    delivered_at: datetime = Field(default_factory=utcnow)
+
+
+class ReportFailed(Event):
+    """A request ended without delivery; a dead letter holds the message for replay."""
+
+    request_id: str
+    stage: str = Field(description="fetcher, renderer or distributor.")
+    reason: str = Field(description="What went wrong, for a human.")
+    attempts: int
+    subject: str = Field(description="Subject of the message that failed.")
+    dead_letter_seq: int | None = Field(
+        default=None, description="Sequence of the dead letter in the DLQ stream."
+    )
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+class DeadLetter(BaseModel):
+    """The envelope published on `dlq.<subject>`: enough to understand and to replay."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subject: str = Field(description="Original subject; replay publishes back to it.")
+    payload: str = Field(description="Original message body (UTF-8, or base64 if binary).")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    headers: dict[str, str] = Field(default_factory=dict)
+    stage: str
+    reason: str
+    permanent: bool = Field(description="True when retrying would not help.")
+    attempts: int
+    first_failure: datetime
+    last_failure: datetime
+    request_id: str | None = None
+
+
+EVENT_MODELS: dict[str, type[Event]] = {
+    REPORT_REQUESTED: ReportRequested,
+    DATA_READY: DataReady,
+    REPORT_RENDERED: ReportRendered,
+    REPORT_DELIVERED: ReportDelivered,
+    REPORT_FAILED: ReportFailed,
+}
+
+
+def is_valid_request_id(value: str) -> bool:
+    return bool(_REQUEST_ID_RE.match(value))

@@ -1,0 +1,51 @@
+"""structlog configured once per process: JSON lines carrying request_id and trace ids."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+
+def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - otel is a dependency
+        return event
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event
+
+
+def configure_logging(service: str, *, json: bool | None = None, level: str | None = None) -> None:
+    """Call once at process start; every later log line carries `service`."""
+    level_name = (level or os.environ.get("PRESSROOM_LOG_LEVEL", "INFO")).upper()
+    as_json = json if json is not None else os.environ.get("PRESSROOM_LOG_FORMAT", "json") == "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_trace_ids,
+            structlog.processors.dict_tracebacks,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, 20)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    # FastStream and nats-py log through stdlib logging: keep them quiet and on stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,90 @@
+"""In-memory fakes of the bus adapters, with the same contracts, for fast unit tests."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+
+
+@dataclass
+class _Entry:
+    key: str
+    value: bytes | None
+    revision: int
+
+
+class MemoryKeyValue:
+    """The subset of nats-py's KeyValue that Pressroom uses, with the same errors."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, _Entry] = {}
+        self._revisions = itertools.count(1)
+
+    async def get(self, key: str) -> _Entry:
+        if key not in self._data:
+            raise KeyNotFoundError
+        return self._data[key]
+
+    async def put(self, key: str, value: bytes) -> int:
+        revision = next(self._revisions)
+        self._data[key] = _Entry(key, value, revision)
+        return revision
+
+    async def create(self, key: str, value: bytes) -> int:
+        if key in self._data:
+            raise KeyWrongLastSequenceError
+        return await self.put(key, value)
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        current = self._data.get(key)
+        if current is None or current.revision != last:
+            raise KeyWrongLastSequenceError
+        return await self.put(key, value)
+
+    async def delete(self, key: str) -> bool:
+        self._data.pop(key, None)
+        return True
+
+    async def keys(self) -> list[str]:
+        if not self._data:
+            raise NoKeysError
+        return list(self._data)
+
+
+@dataclass
+class Published:
+    subject: str
+    body: bytes
+    msg_id: str
+    headers: dict[str, str]
+
+
+@dataclass
+class MemoryPublisher:
+    """Records what would be published; de-duplicates by msg_id like JetStream does."""
+
+    messages: list[Published] = field(default_factory=list)
+    fail_with: Exception | None = None
+
+    async def publish(
+        self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> api.PubAck:
+        if self.fail_with is not None:
+            raise self.fail_with
+        duplicate = any(m.msg_id == msg_id for m in self.messages)
+        if not duplicate:
+            self.messages.append(Published(subject, body, msg_id, dict(headers or {})))
+        return api.PubAck(stream="MEMORY", seq=len(self.messages), duplicate=duplicate)
+
+    def on(self, subject: str) -> list[Published]:
+        return [m for m in self.messages if m.subject == subject]
+
+    def decoded(self, subject: str) -> list[Any]:
+        import json
+
+        return [json.loads(m.body) for m in self.on(subject)]

@@ -1,0 +1,144 @@
+"""The one Settings object: PRESSROOM_* environment variables, optionally a YAML file."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+EMBEDDED_HOST = "127.0.0.1"
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    """Configuration for every Pressroom process.
+
+    Environment variables win over the YAML file named by PRESSROOM_CONFIG, which wins over
+    the defaults. The YAML file also holds what does not fit an environment variable:
+    schedules, data-source credentials and delivery defaults.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PRESSROOM_", extra="ignore", frozen=True)
+
+    config: Path | None = Field(default=None, description="YAML file with more settings.")
+
+    # Bus
+    nats_url: str | None = Field(default=None, description="Unset: the embedded nats-server.")
+    nats_port: int = Field(default=4222, description="Port of the embedded nats-server.")
+    data_dir: Path = Field(default=Path(".pressroom"), description="Embedded server state.")
+    stream_replicas: int = Field(default=1, description="Replicas of each stream (3 in a cluster).")
+    duplicate_window: float = Field(default=600.0, description="Nats-Msg-Id window, seconds.")
+
+    # Folders
+    templates_dir: Path = Field(default=Path("templates"))
+    out_dir: Path = Field(default=Path("out"), description="Root of the `file` channel.")
+    data_files_dir: Path = Field(default=Path("data"), description="Root of `file` sources.")
+
+    # Artefact store: S3 when an endpoint is set, the JetStream Object Store otherwise
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = True
+    s3_region: str | None = None
+    artefact_bucket: str = "pressroom-artefacts"
+    artefact_retention_days: float = Field(default=30.0, description="`pressroom clean` age.")
+
+    # Email
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "pressroom@localhost"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = 30.0
+    email_attachment_limit: int = Field(default=10 * 1024 * 1024, description="Bytes.")
+
+    # Webhooks
+    webhook_secret: str | None = None
+    webhook_allow: str = Field(default="", description="Hosts/CIDRs allowed although private.")
+    webhook_timeout: float = 15.0
+
+    # Retries and dead letters (one mechanism for every stage)
+    max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
+    retry_backoff: str = Field(default="1,5,15,60", description="Seconds between attempts.")
+    ack_wait: float = Field(default=30.0, description="Seconds before an unacked message returns.")
+
+    # Rendering
+    render_workers: int = Field(default=1, ge=1, description="PDF worker processes per renderer.")
+    render_timeout: float = Field(default=120.0, description="Seconds before a render is killed.")
+    render_memory_mb: int = Field(default=2048, description="Address-space cap of a render worker.")
+    max_output_bytes: int = Field(default=5 * 1024 * 1024, description="Largest artefact.")
+    page_size: str = "A4"
+    page_orientation: str = "portrait"
+    page_margin: str = "18mm"
+    asset_allow: str = Field(default="", description="Hosts templates may fetch assets from.")
+    inline_context_limit: int = Field(default=256 * 1024, description="Bigger goes by reference.")
+
+    # Fetching
+    fetch_timeout: float = Field(default=10.0, description="Seconds per source.")
+    fetch_deadline: float = Field(default=30.0, description="Seconds for all sources.")
+    prometheus_url: str | None = None
+
+    # Everything else from the YAML file (schedules, sources, delivery defaults)
+    schedules: list[dict[str, Any]] = Field(default_factory=list)
+    source_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    delivery_defaults: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"channel": "file"}],
+        description="Deliveries used when a request names none.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PRESSROOM_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.nats_url
+
+    @property
+    def bus_url(self) -> str:
+        return self.nats_url or f"nats://{EMBEDDED_HOST}:{self.nats_port}"
+
+    @cached_property
+    def backoff_seconds(self) -> list[float]:
+        return [float(part) for part in _split(self.retry_backoff)] or [1.0]
+
+    def backoff_for(self, attempt: int) -> float:
+        """Delay before attempt `attempt + 1` (attempts count from 1)."""
+        steps = self.backoff_seconds
+        return steps[min(attempt - 1, len(steps) - 1)]
+
+    @property
+    def webhook_allow_list(self) -> list[str]:
+        return _split(self.webhook_allow)
+
+    @property
+    def asset_allow_list(self) -> list[str]:
+        return _split(self.asset_allow)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,304 @@
+"""The artefact store: one interface, an S3 backend (minio client) and a JetStream Object Store one."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from shared.errors import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from minio import Minio
+    from nats.js.object_store import ObjectStore
+
+    from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: datetime | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ArtefactStore(Protocol):
+    """Where rendered reports (and large contexts) live; the bus carries only their keys."""
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None: ...
+
+    async def get(self, key: str) -> bytes: ...
+
+    async def stat(self, key: str) -> StoredObject | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list(self, prefix: str = "") -> list[StoredObject]: ...
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None: ...
+
+    async def check(self) -> None:
+        """Raise if the store cannot be reached (health checks)."""
+        ...
+
+
+def artefact_key(request_id: str, ext: str, when: datetime) -> str:
+    day = when.astimezone(UTC)
+    return f"reports/{day:%Y/%m/%d}/{request_id}.{ext}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtefactMissing(PermanentError):
+    """The artefact a message refers to is not in the store."""
+
+
+class ObjectStoreArtefacts:
+    """The embedded default: JetStream's Object Store, nothing else to run."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        from nats.js import api
+
+        headers = {"Content-Type": content_type, **{k: str(v) for k, v in (metadata or {}).items()}}
+        await self._store.put(key, data, meta=api.ObjectMeta(name=key, headers=headers))
+
+    async def get(self, key: str) -> bytes:
+        from nats.js.errors import ObjectNotFoundError
+
+        try:
+            result = await self._store.get(key)
+        except ObjectNotFoundError:
+            raise ArtefactMissing(f"artefact '{key}' is not in the object store") from None
+        return result.data or b""
+
+    async def stat(self, key: str) -> StoredObject | None:
+        from nats.js.errors import ObjectNotFoundError
+
+        try:
+            info = await self._store.get_info(key)
+        except ObjectNotFoundError:
+            return None
+        return StoredObject(key, info.size or 0, _parse_time(info.mtime), dict(info.headers or {}))
+
+    async def delete(self, key: str) -> None:
+        from nats.js.errors import ObjectNotFoundError
+
+        try:
+            await self._store.delete(key)
+        except ObjectNotFoundError:
+            return
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        from nats.js.errors import NotFoundError
+
+        try:
+            infos = await self._store.list(ignore_deletes=True)
+        except NotFoundError:
+            return []
+        return [
+            StoredObject(i.name, i.size or 0, _parse_time(i.mtime), dict(i.headers or {}))
+            for i in infos
+            if i.name.startswith(prefix) and not i.deleted
+        ]
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        return None  # the object store has no URLs: `pressroom get` downloads instead
+
+    async def check(self) -> None:
+        await self._store.status()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        # nats-server writes RFC 3339 with nanoseconds; Python parses microseconds.
+        head, _, rest = value.partition(".")
+        frac = "".join(ch for ch in rest if ch.isdigit())[:6]
+        tz = rest[len(rest.rstrip("Z+-0123456789:")) :] if rest else ""
+        text = f"{head}.{frac or '0'}{'+00:00' if value.endswith('Z') else tz}"
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+class S3Artefacts:
+    """S3 or MinIO through the `minio` client; blocking calls run in threads."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._ready = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Artefacts:
+        from minio import Minio
+
+        assert settings.s3_endpoint
+        client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+        return cls(client, settings.artefact_bucket)
+
+    async def _call(self, fn: object, *args: object, **kwargs: object) -> object:
+        from minio.error import S3Error
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject"):
+                raise ArtefactMissing(f"artefact '{args[1] if len(args) > 1 else ''}' "
+                                      f"is not in bucket '{self._bucket}'") from None
+            if error.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise PermanentError(f"S3 refused access to '{self._bucket}': {error.code}") from None
+            raise TransientError(f"S3 error {error.code}: {error.message}") from None
+        except (HTTPError, OSError) as error:
+            raise TransientError(f"S3 endpoint unreachable: {error}") from None
+
+    async def ensure_bucket(self) -> None:
+        if self._ready:
+            return
+        if not await self._call(self._client.bucket_exists, self._bucket):
+            from minio.error import S3Error
+
+            try:
+                await self._call(self._client.make_bucket, self._bucket)
+            except TransientError:
+                # Another replica may have created it meanwhile.
+                if not await self._call(self._client.bucket_exists, self._bucket):
+                    raise
+            except S3Error:  # pragma: no cover - mapped above
+                raise
+        self._ready = True
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        await self.ensure_bucket()
+        await self._call(
+            self._client.put_object,
+            self._bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata={k: str(v) for k, v in (metadata or {}).items()},
+        )
+
+    async def get(self, key: str) -> bytes:
+        def read() -> bytes:
+            response = self._client.get_object(self._bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = await self._call(read)
+        assert isinstance(data, bytes)
+        return data
+
+    async def stat(self, key: str) -> StoredObject | None:
+        try:
+            info = await self._call(self._client.stat_object, self._bucket, key)
+        except ArtefactMissing:
+            return None
+        meta = {
+            k.lower().removeprefix("x-amz-meta-"): v
+            for k, v in (info.metadata or {}).items()  # type: ignore[attr-defined]
+            if k.lower().startswith("x-amz-meta-")
+        }
+        return StoredObject(key, info.size or 0, info.last_modified, meta)  # type: ignore[attr-defined]
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._client.remove_object, self._bucket, key)
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        await self.ensure_bucket()
+
+        def collect() -> list[StoredObject]:
+            return [
+                StoredObject(o.object_name or "", o.size or 0, o.last_modified)
+                for o in self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+            ]
+
+        result = await self._call(collect)
+        assert isinstance(result, list)
+        return result
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        url = await self._call(
+            self._client.presigned_get_object, self._bucket, key, expires=min(expires, timedelta(days=7))
+        )
+        return str(url)
+
+    async def check(self) -> None:
+        await self._call(self._client.bucket_exists, self._bucket)
+
+
+async def open_store(settings: Settings, js: object | None) -> ArtefactStore:
+    """The configured backend: S3 when PRESSROOM_S3_ENDPOINT is set, else the object store."""
+    if settings.s3_endpoint:
+        store = S3Artefacts.from_settings(settings)
+        await store.ensure_bucket()
+        return store
+    from shared.bus import OBJECT_BUCKET
+
+    assert js is not None, "the object-store backend needs a JetStream context"
+    return ObjectStoreArtefacts(await js.object_store(OBJECT_BUCKET))  # type: ignore[attr-defined]
+
+
+class MemoryArtefacts:
+    """The same contract in memory, for unit tests."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str], datetime]] = {}
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        meta = {"Content-Type": content_type, **(metadata or {})}
+        self.objects[key] = (data, meta, datetime.now(UTC))
+
+    async def get(self, key: str) -> bytes:
+        if key not in self.objects:
+            raise ArtefactMissing(f"artefact '{key}' is not in the store")
+        return self.objects[key][0]
+
+    async def stat(self, key: str) -> StoredObject | None:
+        if key not in self.objects:
+            return None
+        data, meta, when = self.objects[key]
+        return StoredObject(key, len(data), when, meta)
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        return [
+            StoredObject(k, len(d), w, m) for k, (d, m, w) in self.objects.items() if k.startswith(prefix)
+        ]
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        return None
+
+    async def check(self) -> None:
+        return None
