@@ -154,7 +154,10 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         )
     await js.create_key_value(
         api.KeyValueConfig(
-            bucket=CACHE_BUCKET, history=1, storage=api.StorageType.FILE, replicas=replicas,
+            bucket=CACHE_BUCKET,
+            history=1,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
             ttl=7 * 24 * 3600,
         )
     )

@@ -73,7 +73,9 @@ class ReportRequested(Event):
     )
     template: str = Field(description="Template name inside the templates folder.", min_length=1)
     formats: list[Format] = Field(
-        default_factory=lambda: ["pdf"], description="Artefacts to produce.", min_length=1
+        default_factory=lambda: ["pdf"],  # type: ignore[arg-type]
+        description="Artefacts to produce.",
+        min_length=1,
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Inline values; merged over source results."

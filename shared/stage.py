@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from shared.bus import Publisher, StageSpec, encode, msg_id
-from shared.errors import InvalidPayload, PermanentError, PressroomError, TransientError
+from shared.errors import InvalidPayload, PermanentError, PressroomError
 from shared.events import (
     DLQ_PREFIX,
     REPORT_FAILED,
@@ -86,7 +86,7 @@ def _describe_validation(error: ValidationError) -> str:
     return "invalid payload: " + "; ".join(problems) + more
 
 
-def _guess_request_id(body: bytes) -> str | None:
+def guess_request_id(body: bytes) -> str | None:
     with suppress(Exception):
         data = json.loads(body)
         if isinstance(data, dict):
@@ -206,7 +206,7 @@ class StageRunner:
             attempts=msg.attempt,
             stream_seq=msg.stream_seq,
             first_failure=msg.first_delivered,
-            request_id=request_id or _guess_request_id(msg.body),
+            request_id=request_id or guess_request_id(msg.body),
         )
         await msg.term()
 
@@ -267,10 +267,3 @@ async def publish_dead_letter(
         with suppress(Exception):
             await ledger.fail(request_id, stage, reason=reason)
     log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)
-
-
-def classify(error: BaseException) -> type[PressroomError]:
-    """Which retry class an arbitrary exception belongs to (unknown errors: transient)."""
-    if isinstance(error, PermanentError):
-        return PermanentError
-    return TransientError

@@ -1,4 +1,4 @@
-"""The artefact store: one interface, an S3 backend (minio client) and a JetStream Object Store one."""
+"""The artefact store: one interface, S3 (minio client) and JetStream Object Store backends."""
 
 from __future__ import annotations
 
@@ -165,10 +165,14 @@ class S3Artefacts:
             return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
         except S3Error as error:
             if error.code in ("NoSuchKey", "NoSuchObject"):
-                raise ArtefactMissing(f"artefact '{args[1] if len(args) > 1 else ''}' "
-                                      f"is not in bucket '{self._bucket}'") from None
+                raise ArtefactMissing(
+                    f"artefact '{args[1] if len(args) > 1 else ''}' "
+                    f"is not in bucket '{self._bucket}'"
+                ) from None
             if error.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise PermanentError(f"S3 refused access to '{self._bucket}': {error.code}") from None
+                raise PermanentError(
+                    f"S3 refused access to '{self._bucket}': {error.code}"
+                ) from None
             raise TransientError(f"S3 error {error.code}: {error.message}") from None
         except (HTTPError, OSError) as error:
             raise TransientError(f"S3 endpoint unreachable: {error}") from None
@@ -246,7 +250,10 @@ class S3Artefacts:
 
     async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
         url = await self._call(
-            self._client.presigned_get_object, self._bucket, key, expires=min(expires, timedelta(days=7))
+            self._client.presigned_get_object,
+            self._bucket,
+            key,
+            expires=min(expires, timedelta(days=7)),
         )
         return str(url)
 
@@ -294,7 +301,9 @@ class MemoryArtefacts:
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
         return [
-            StoredObject(k, len(d), w, m) for k, (d, m, w) in self.objects.items() if k.startswith(prefix)
+            StoredObject(k, len(d), w, m)
+            for k, (d, m, w) in self.objects.items()
+            if k.startswith(prefix)
         ]
 
     async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:

@@ -44,7 +44,8 @@ def _svg(width: int, height: int, body: Iterable[str], title: str | None) -> Mar
         f'viewBox="0 0 {width} {height}" role="img"{label}>'
     )
     caption = (
-        f'<text x="0" y="12" font-size="11" font-weight="bold" fill="#111827">{escape(title)}</text>'
+        f'<text x="0" y="12" font-size="11" font-weight="bold" fill="#111827">'
+        f"{escape(title)}</text>"
         if title
         else ""
     )
@@ -113,7 +114,7 @@ def line_chart(
     if not values:
         return _svg(width, height, ['<text x="8" y="40" font-size="10">no data</text>'], title)
     top, base, left = (22 if title else 6), height - 18, 36
-    lo, hi = min(values + [0.0]), max(values) or 1
+    lo, hi = min([*values, 0.0]), max(values) or 1
     span = (hi - lo) or 1
     parts = [
         f'<line x1="{left}" y1="{base}" x2="{width}" y2="{base}" stroke="#9ca3af"/>',
@@ -128,9 +129,7 @@ def line_chart(
             f"{left + i * step:.1f},{base - (v - lo) / span * (base - top):.1f}"
             for i, v in enumerate(points)
         )
-        parts.append(
-            f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>'
-        )
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
         if name:
             parts.append(
                 f'<text x="{width - 4}" y="{top + 10 + n * 11}" font-size="9" text-anchor="end" '

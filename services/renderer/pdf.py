@@ -60,7 +60,7 @@ class RenderOutput:
 def _fetcher_class() -> type:
     from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
-    class Blocked(FatalURLFetchingError):
+    class Blocked(FatalURLFetchingError):  # type: ignore[misc]
         pass
 
     class SafeURLFetcher(URLFetcher):  # type: ignore[misc]

@@ -72,10 +72,10 @@ def _datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            return value
+            return str(value)
     if isinstance(value, int | float):
         value = datetime.fromtimestamp(value, UTC)
-    return value.strftime(fmt) if isinstance(value, datetime) else str(value)
+    return str(value.strftime(fmt)) if isinstance(value, datetime) else str(value)
 
 
 def _status_class(value: Any) -> str:
@@ -132,9 +132,7 @@ class TemplateLibrary:
             raise TemplateError(f"template '{name}' is outside the templates folder {self.folder}")
         if not candidate.is_file():
             known = ", ".join(self.names()) or "none"
-            raise TemplateError(
-                f"template '{name}' not found in {self.folder} (known: {known})"
-            )
+            raise TemplateError(f"template '{name}' not found in {self.folder} (known: {known})")
         return Path(name).as_posix()
 
     def source(self, name: str) -> str:
@@ -240,7 +238,9 @@ class TemplateLibrary:
             where = f"{error.filename or name}:{error.lineno}"
             raise TemplateError(f"template syntax error at {where}: {error.message}") from None
         except TemplateNotFound as error:
-            raise TemplateError(f"template '{name}' includes missing template '{error.name}'") from None
+            raise TemplateError(
+                f"template '{name}' includes missing template '{error.name}'"
+            ) from None
         except UndefinedError as error:
             raise TemplateError(
                 f"undefined variable in {_template_location(error, name)}: {error.message}"
@@ -250,7 +250,9 @@ class TemplateLibrary:
                 f"template {_template_location(error, name)} tried an unsafe operation: {error}"
             ) from None
         except TemplateRuntimeError as error:
-            raise TemplateError(f"template error in {_template_location(error, name)}: {error}") from None
+            raise TemplateError(
+                f"template error in {_template_location(error, name)}: {error}"
+            ) from None
         except (TypeError, ValueError, ZeroDivisionError, KeyError, AttributeError) as error:
             raise TemplateError(
                 f"template error in {_template_location(error, name)}: "

@@ -1,0 +1,45 @@
+"""Delivery channels, one module each, behind one small interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.events import Artefact, ChannelResult, Delivery, ReportRendered
+from shared.store import ArtefactStore
+
+
+@dataclass
+class Parcel:
+    """What a channel delivers: the rendered event and its artefacts' bytes, loaded once."""
+
+    event: ReportRendered
+    store: ArtefactStore
+    _cache: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def request_id(self) -> str:
+        return self.event.request.request_id
+
+    async def content(self, artefact: Artefact) -> bytes:
+        if artefact.key not in self._cache:
+            self._cache[artefact.key] = await self.store.get(artefact.key)
+        return self._cache[artefact.key]
+
+    def filename(self, artefact: Artefact) -> str:
+        return f"{self.request_id}.{artefact.format}"
+
+
+class Channel(Protocol):
+    """Delivers a parcel; raises TransientError or PermanentError with a reason."""
+
+    async def deliver(self, delivery: Delivery, parcel: Parcel) -> ChannelResult: ...
+
+
+def default_channels(settings: object) -> Mapping[str, Channel]:
+    from services.distributor.channels.file import FileChannel
+    from shared.settings import Settings
+
+    assert isinstance(settings, Settings)
+    return {"file": FileChannel(settings)}

@@ -1,0 +1,56 @@
+"""The `file` channel: write artefacts into a folder under PRESSROOM_OUT_DIR, atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from services.distributor.channels import Parcel
+from shared.errors import PermanentError, TransientError
+from shared.events import ChannelResult, Delivery
+from shared.settings import Settings
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report folder is for people to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FileChannel:
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.out_dir
+
+    def folder(self, delivery: Delivery) -> Path:
+        root = self.root.resolve()
+        rel = str((delivery.model_extra or {}).get("path") or ".")
+        folder = (root / rel).resolve()
+        if not folder.is_relative_to(root):
+            raise PermanentError(f"file delivery path '{rel}' is outside {root}")
+        return folder
+
+    async def deliver(self, delivery: Delivery, parcel: Parcel) -> ChannelResult:
+        folder = self.folder(delivery)
+        written = []
+        for artefact in parcel.event.artefacts:
+            target = folder / parcel.filename(artefact)
+            data = await parcel.content(artefact)
+            try:
+                await asyncio.to_thread(write_atomically, target, data)
+            except PermissionError as error:
+                raise PermanentError(f"cannot write {target}: {error.strerror}") from None
+            except OSError as error:
+                raise TransientError(f"cannot write {target}: {error.strerror}") from None
+            written.append(str(target))
+        return ChannelResult(channel="file", ok=True, target=", ".join(written))

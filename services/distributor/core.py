@@ -1,0 +1,103 @@
+"""Deliver a rendered report on every channel it names, each channel exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from nats.js.errors import KeyNotFoundError
+
+from services.distributor.channels import Channel, Parcel
+from shared.errors import PermanentError, PressroomError, TransientError
+from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.store import ArtefactStore
+
+log = get_logger("pressroom.distributor")
+
+
+class OutcomeStore(Protocol):
+    """Key-value record of each channel's outcome (a JetStream KV bucket in production)."""
+
+    async def get(self, key: str) -> Any: ...
+    async def put(self, key: str, value: bytes) -> int: ...
+
+
+def outcome_key(request_id: str, index: int, delivery: Delivery) -> str:
+    spec = json.dumps(delivery.model_dump(mode="json"), sort_keys=True).encode()
+    return f"{request_id}.{index}-{hashlib.sha256(spec).hexdigest()[:10]}"
+
+
+async def _recorded(outcomes: OutcomeStore, key: str) -> ChannelResult | None:
+    try:
+        entry = await outcomes.get(key)
+    except KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    data = json.loads(entry.value)
+    return ChannelResult.model_validate(data) if data.get("ok") else None
+
+
+def deliveries_for(event: ReportRendered, settings: Settings) -> list[Delivery]:
+    if event.request.deliver:
+        return list(event.request.deliver)
+    return [Delivery.model_validate(d) for d in settings.delivery_defaults]
+
+
+async def distribute(
+    event: ReportRendered,
+    *,
+    channels: Mapping[str, Channel],
+    store: ArtefactStore,
+    outcomes: OutcomeStore,
+    settings: Settings,
+) -> ReportDelivered:
+    parcel = Parcel(event=event, store=store)
+    results: list[ChannelResult] = []
+    failures: list[tuple[ChannelResult, bool]] = []
+    deliveries: Sequence[Delivery] = deliveries_for(event, settings)
+    for index, delivery in enumerate(deliveries):
+        key = outcome_key(parcel.request_id, index, delivery)
+        done = await _recorded(outcomes, key)
+        if done is not None:
+            results.append(done)  # delivered by an earlier attempt: never send twice
+            continue
+        channel = channels.get(delivery.channel)
+        if channel is None:
+            result = ChannelResult(
+                channel=delivery.channel, ok=False, target="", detail="channel not configured"
+            )
+            failures.append((result, True))
+            results.append(result)
+            continue
+        try:
+            result = await channel.deliver(delivery, parcel)
+        except PressroomError as error:
+            result = ChannelResult(
+                channel=delivery.channel, ok=False, target="", detail=error.reason
+            )
+            failures.append((result, isinstance(error, PermanentError)))
+        results.append(result)
+        await outcomes.put(key, result.model_dump_json().encode())
+        log.info(
+            "channel outcome",
+            request_id=parcel.request_id,
+            channel=delivery.channel,
+            ok=result.ok,
+            detail=result.detail,
+        )
+    if failures:
+        reason = "; ".join(f"{r.channel}: {r.detail}" for r, _ in failures)
+        if all(permanent for _, permanent in failures):
+            raise PermanentError(f"delivery failed on {reason}")
+        raise TransientError(f"delivery failed on {reason}")
+    return ReportDelivered(
+        request_id=parcel.request_id,
+        template=event.request.template,
+        artefacts=event.artefacts,
+        channels=results,
+    )

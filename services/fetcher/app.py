@@ -1,0 +1,31 @@
+"""The fetcher service: report.requested → data.ready."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from faststream import FastStream
+
+from services.fetcher.core import fetch_data
+from services.fetcher.sources import DataSource, default_sources
+from shared.bus import FETCHER
+from shared.events import Event, ReportRequested
+from shared.service import Deps, Work, stage_app
+from shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
+    settings = settings or Settings()
+    deps = deps or Deps()
+
+    async def build(deps: Deps) -> Work:
+        adapters: Mapping[str, DataSource] = deps.extra.get("sources") or default_sources()
+        assert deps.store is not None
+
+        async def work(event: Event) -> Event:
+            assert isinstance(event, ReportRequested) and deps.store is not None
+            return await fetch_data(event, adapters=adapters, store=deps.store, settings=settings)
+
+        return work
+
+    return stage_app(FETCHER, ReportRequested, settings, deps, build_work=build)

@@ -1,0 +1,22 @@
+"""Data-source adapters, one module per kind, behind one small interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from shared.events import Source
+from shared.settings import Settings
+
+
+class DataSource(Protocol):
+    """Fetches one source's data; raises TransientError or PermanentError naming the cause."""
+
+    async def fetch(self, source: Source, settings: Settings) -> Any: ...
+
+
+def default_sources() -> Mapping[str, DataSource]:
+    from services.fetcher.sources.file import FileSource
+    from services.fetcher.sources.http import HttpSource
+
+    return {"http": HttpSource(), "file": FileSource()}

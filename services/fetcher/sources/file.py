@@ -1,0 +1,39 @@
+"""`file` sources: JSON, YAML or CSV from the configured data folder (never outside it)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.errors import PermanentError
+from shared.events import Source
+from shared.settings import Settings
+
+
+def load_data_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        return yaml.safe_load(text)
+    if path.suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    return json.loads(text)
+
+
+class FileSource:
+    async def fetch(self, source: Source, settings: Settings) -> Any:
+        rel = str((source.model_extra or {}).get("path", ""))
+        root = settings.data_files_dir.resolve()
+        path = (root / rel).resolve()
+        if not rel or not path.is_relative_to(root):
+            raise PermanentError(f"source '{source.name}': path must be inside {root}")
+        if not path.is_file():
+            raise PermanentError(f"source '{source.name}': no file '{rel}' in {root}")
+        try:
+            return load_data_file(path)
+        except (ValueError, yaml.YAMLError, csv.Error) as error:
+            raise PermanentError(f"source '{source.name}': cannot parse '{rel}': {error}") from None

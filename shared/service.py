@@ -1,0 +1,208 @@
+"""FastStream wiring shared by the stage services: one broker, the topology, the runner.
+
+`stage_app` is the composition root each service's `create_app` calls: it chooses real
+adapters unless given others, opens them at start-up and closes them at shutdown, and binds
+one durable pull subscriber (plus the max-deliveries advisory catcher) to the stage runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from faststream import AckPolicy, FastStream
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.bus import (
+    ADVISORY_STREAM,
+    DELIVERIES_BUCKET,
+    LEDGER_BUCKET,
+    STREAM,
+    JetStreamPublisher,
+    Publisher,
+    StageSpec,
+    ensure_topology,
+    stage_consumer_config,
+)
+from shared.events import Event
+from shared.ledger import KvLedger, Ledger
+from shared.logging import configure_logging, get_logger
+from shared.settings import Settings
+from shared.stage import StageRunner, guess_request_id, publish_dead_letter
+from shared.store import ArtefactStore, open_store
+
+log = get_logger("pressroom.service")
+
+
+@dataclass
+class Deps:
+    """Adapters a stage uses; anything left None is opened from settings at start-up."""
+
+    ledger: Ledger | None = None
+    publisher: Publisher | None = None
+    store: ArtefactStore | None = None
+    js: JetStreamContext | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NatsInbound:
+    """Adapts FastStream's NatsMessage to what the stage runner needs."""
+
+    def __init__(self, message: NatsMessage) -> None:
+        self._m = message
+        raw = message.raw_message
+        try:
+            meta = raw.metadata
+            self._attempt = int(meta.num_delivered) if meta else 1
+            self._seq = int(meta.sequence.stream) if meta else 0
+            self._first = meta.timestamp if meta else None
+        except Exception:  # in-memory test brokers carry no JetStream metadata
+            self._attempt, self._seq, self._first = 1, 0, None
+
+    @property
+    def subject(self) -> str:
+        return str(self._m.raw_message.subject)
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self._m.body)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (self._m.headers or {}).items()}
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def stream_seq(self) -> int:
+        return self._seq
+
+    @property
+    def first_delivered(self) -> datetime | None:
+        return self._first
+
+    async def ack(self) -> None:
+        await self._m.ack()
+
+    async def nack(self, delay: float) -> None:
+        await self._m.nack(delay=delay)
+
+    async def term(self) -> None:
+        await self._m.reject()
+
+    async def in_progress(self) -> None:
+        await self._m.in_progress()
+
+
+Work = Callable[[Event], Awaitable[Event]]
+
+
+def stage_app(
+    spec: StageSpec,
+    model: type[Event],
+    settings: Settings,
+    deps: Deps,
+    *,
+    build_work: Callable[[Deps], Awaitable[Work]],
+    close: Callable[[Deps], Awaitable[None]] | None = None,
+    concurrency: int = 1,
+) -> FastStream:
+    service = f"pressroom-{spec.name}"
+    os.environ.setdefault("OTEL_SERVICE_NAME", service)
+    broker = NatsBroker(
+        settings.bus_url,
+        name=service,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        graceful_timeout=max(settings.ack_wait, 5.0),
+        logger=None,  # the stage runner logs structured lines with request_id instead
+    )
+    app = FastStream(broker)
+    state: dict[str, Any] = {}
+
+    @app.on_startup
+    async def startup() -> None:
+        configure_logging(service)
+        connection = await broker.connect()
+        js = deps.js or connection.jetstream()
+        deps.js = js
+        await ensure_topology(js, settings)
+        deps.ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
+        deps.publisher = deps.publisher or JetStreamPublisher(js)
+        deps.store = deps.store or await open_store(settings, js)
+        deps.extra.setdefault("deliveries", await js.key_value(DELIVERIES_BUCKET))
+        state["work"] = await build_work(deps)
+        state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher)
+        log.info("stage ready", stage=spec.name, bus=settings.bus_url)
+
+    @app.on_shutdown
+    async def shutdown() -> None:
+        if close is not None:
+            await close(deps)
+
+    @broker.subscriber(
+        spec.consumes,
+        stream=JStream(STREAM, declare=False),
+        durable=spec.durable,
+        config=stage_consumer_config(spec, settings),
+        pull_sub=PullSub(batch_size=concurrency, timeout=2.0),
+        ack_policy=AckPolicy.MANUAL,
+        description=f"{spec.name}: {spec.consumes} → {spec.produces}",
+    )
+    async def handle(message: NatsMessage) -> None:
+        runner: StageRunner = state["runner"]
+        await runner.handle(NatsInbound(message), model, state["work"])
+
+    @broker.subscriber(
+        spec.advisory_subject,
+        stream=JStream(ADVISORY_STREAM, declare=False),
+        durable=f"{spec.durable}-crashes",
+        pull_sub=PullSub(batch_size=1, timeout=5.0),
+        ack_policy=AckPolicy.MANUAL,
+        include_in_schema=False,
+    )
+    async def crashed(message: NatsMessage) -> None:
+        """A message no worker finished in max_deliver deliveries: dead-letter it."""
+        advisory = json.loads(message.body)
+        seq = int(advisory.get("stream_seq", 0))
+        assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
+        try:
+            original = await deps.js.get_msg(STREAM, seq)
+        except NotFoundError:
+            await message.ack()
+            return
+        body = original.data or b""
+        request_id = guess_request_id(body)
+        entry = await deps.ledger.get(request_id) if request_id else None
+        record = entry.stages.get(spec.name) if entry else None
+        if record is not None and record.state in ("done", "failed") and record.seq == seq:
+            await message.ack()  # the runner already settled it on its last attempt
+            return
+        await publish_dead_letter(
+            deps.publisher,
+            deps.ledger,
+            stage=spec.name,
+            subject=original.subject or spec.consumes,
+            body=body,
+            headers=dict(original.headers or {}),
+            reason=(
+                f"no {spec.name} finished it in {advisory.get('deliveries')} deliveries "
+                "(worker crashed or timed out each time)"
+            ),
+            permanent=False,
+            attempts=int(advisory.get("deliveries", 0)),
+            stream_seq=seq,
+            first_failure=None,
+            request_id=request_id,
+        )
+        await message.ack()
+
+    return app
