@@ -37,7 +37,7 @@ app.add_typer(templates_app, name="templates")
 app.add_typer(dlq_app, name="dlq")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 SERVICES = ("fetcher", "renderer", "distributor")
 
 
@@ -329,7 +329,7 @@ def request(
         else:
             reason = outcome["payload"].get("reason")
             if not as_json:
-                err.print(f"[red]failed[/] {req.request_id}: {reason}")
+                err.print(f"[red]failed[/] {req.request_id}: {reason}", highlight=False)
             raise typer.Exit(1)
 
 

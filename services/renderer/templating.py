@@ -193,7 +193,12 @@ class TemplateLibrary:
                 ast = self.env.parse(self.source(dep), dep)
             except TemplateSyntaxError:
                 continue
-            found |= meta.find_undeclared_variables(ast)
+            try:
+                found |= meta.find_undeclared_variables(ast)
+            except TemplateSyntaxError:  # e.g. an unknown filter stops code generation
+                names = list(ast.find_all(nodes.Name))
+                stored = {n.name for n in names if n.ctx in ("store", "param")}
+                found |= {n.name for n in names if n.ctx == "load"} - stored
         return sorted(found - set(self.env.globals))
 
     def validate(self, name: str) -> list[Problem]:
@@ -207,7 +212,6 @@ class TemplateLibrary:
             try:
                 source = self.source(dep)
                 ast = self.env.parse(source, dep)
-                self.env.compile(source, dep)
             except TemplateSyntaxError as error:
                 problems.append(Problem(dep, error.lineno, error.message or "syntax error"))
                 continue
@@ -217,9 +221,14 @@ class TemplateLibrary:
             for ref in meta.find_referenced_templates(ast):
                 if ref and not (self.folder / ref).is_file():
                     problems.append(Problem(dep, None, f"includes missing template '{ref}'"))
-            for node in ast.find_all(nodes.Filter):
-                if node.name not in self.env.filters:
-                    problems.append(Problem(dep, node.lineno, f"unknown filter '{node.name}'"))
+            unknown = [n for n in ast.find_all(nodes.Filter) if n.name not in self.env.filters]
+            for node in unknown:
+                problems.append(Problem(dep, node.lineno, f"unknown filter '{node.name}'"))
+            if not unknown:
+                try:
+                    self.env.compile(source, dep)
+                except TemplateSyntaxError as error:
+                    problems.append(Problem(dep, error.lineno, error.message or "invalid"))
         if declared:
             for var in self.variables(name):
                 if var not in declared:

@@ -1,0 +1,230 @@
+"""Test helpers: a real Pressroom stack (nats-server + worker processes) and polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+
+from shared.embedded import free_port, start_nats_server
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, every: float = 0.1
+) -> T:
+    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+@dataclass
+class Stack:
+    """nats-server plus Pressroom worker processes, configured through the environment."""
+
+    root: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
+    workers: dict[str, int] = field(
+        default_factory=lambda: {"fetcher": 1, "renderer": 1, "distributor": 1}
+    )
+    port: int = 0
+    nats: subprocess.Popen[bytes] | None = None
+    procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+        env.update(
+            PRESSROOM_NATS_URL=self.url,
+            PRESSROOM_TEMPLATES_DIR=str(self.templates),
+            PRESSROOM_OUT_DIR=str(self.out),
+            PRESSROOM_DATA_FILES_DIR=str(self.root / "data"),
+            PRESSROOM_RETRY_BACKOFF="0.2,0.5,1",
+            PRESSROOM_MAX_ATTEMPTS="3",
+            PRESSROOM_ACK_WAIT="5",
+            PRESSROOM_LOG_LEVEL="INFO",
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+            PYTHONPATH=str(REPO),
+        )
+        env.update(self.env_extra)
+        return env
+
+    def start(self) -> Stack:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.templates.exists():
+            shutil.copytree(REPO / "templates", self.templates)
+        (self.root / "data").mkdir(exist_ok=True)
+        self.start_nats()
+        for name, count in self.workers.items():
+            for _ in range(count):
+                self.start_worker(name)
+        asyncio.run(self.wait_ready())
+        return self
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every started stage has a worker pulling from its durable consumer."""
+        from nats.js.errors import NotFoundError
+
+        from shared.bus import STREAM
+
+        nc = await self.connect()
+        js = nc.jetstream()
+
+        async def ready() -> bool:
+            for name, procs in self.procs.items():
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"worker {name} exited:\n{self.logs()}")
+                if name == "scheduler" or not any(p.poll() is None for p in procs):
+                    continue
+                try:
+                    info = await js.consumer_info(STREAM, name)
+                except NotFoundError:
+                    return False
+                if not info.num_waiting:
+                    return False
+            return True
+
+        try:
+            await eventually(ready, timeout=timeout, every=0.2)
+        finally:
+            await nc.close()
+
+    def start_nats(self) -> None:
+        self.port = self.port or free_port()
+        self.nats = start_nats_server(
+            self.root / "nats",
+            self.port,
+            monitor_port=free_port(),
+            log_file=self.root / "nats.log",
+        )
+
+    def stop_nats(self, sig: int = signal.SIGTERM) -> None:
+        if self.nats and self.nats.poll() is None:
+            self.nats.send_signal(sig)
+            self.nats.wait(timeout=10)
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        index = len(self.procs.get(name, [])) + 1
+        log = (logs / f"{name}-{index}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "worker", name],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+        )
+        self.procs.setdefault(name, []).append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for procs in self.procs.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+        for procs in self.procs.values():
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.stop_nats()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted((self.root / "logs").glob("*.log"))
+        )
+
+    async def connect(self) -> Any:
+        return await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            check=check,
+        )
+
+
+class Outcomes:
+    """Collects report.delivered / report.failed by request_id from a core subscription."""
+
+    def __init__(self) -> None:
+        self.delivered: dict[str, list[dict[str, Any]]] = {}
+        self.failed: dict[str, list[dict[str, Any]]] = {}
+        self._subs: list[Any] = []
+
+    async def start(self, nc: Any) -> Outcomes:
+        async def on_delivered(msg: Any) -> None:
+            data = json.loads(msg.data)
+            self.delivered.setdefault(data["request_id"], []).append(data)
+
+        async def on_failed(msg: Any) -> None:
+            data = json.loads(msg.data)
+            self.failed.setdefault(data["request_id"], []).append(data)
+
+        self._subs = [
+            await nc.subscribe("report.delivered", cb=on_delivered),
+            await nc.subscribe("report.failed", cb=on_failed),
+        ]
+        return self
+
+    async def delivered_event(self, rid: str, timeout: float = 60) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            if rid in self.failed:
+                raise AssertionError(f"{rid} failed: {self.failed[rid]}")
+            return self.delivered.get(rid, [None])[0]
+
+        return await eventually(probe, timeout=timeout)
+
+    async def failed_event(self, rid: str, timeout: float = 60) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            return self.failed.get(rid, [None])[0]
+
+        return await eventually(probe, timeout=timeout)

@@ -1,0 +1,151 @@
+"""The walking skeleton, as another system sees it: raw JSON in, a delivered PDF out."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pypdf import PdfReader
+
+from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+
+
+def pdf_text(path: Path) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(BytesIO(path.read_bytes())).pages)
+
+
+async def test_a_raw_request_from_another_system_is_delivered_as_a_pdf(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    rid = unique("weekly")
+    js = nc.jetstream()
+    body = {"request_id": rid, "template": "weekly.html", "params": SAMPLE}
+    ack = await js.publish("report.requested", json.dumps(body).encode())
+    assert ack.stream == "PRESSROOM"
+
+    delivered = await outcomes.delivered_event(rid)
+
+    assert delivered["request_id"] == rid
+    assert [c["channel"] for c in delivered["channels"]] == ["file"]
+    pdf = stack.out / f"{rid}.pdf"
+    assert delivered["channels"][0]["target"] == str(pdf)
+    text = pdf_text(pdf)
+    assert "Portfolio Status Report" in text
+    assert "Project Cobalt" in text and "November 2026" in text
+    assert delivered["artefacts"][0]["size"] == pdf.stat().st_size
+
+
+async def test_any_template_added_to_the_folder_can_be_requested(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    (stack.templates / "hello.html").write_text(
+        "<html><body><h1>Hello {{ who }}</h1><p>{{ request_id }}</p></body></html>"
+    )
+    rid = unique("hello")
+    body = {
+        "request_id": rid,
+        "template": "hello.html",
+        "formats": ["pdf", "html"],
+        "params": {"who": "<Ops & Friends>"},
+        "deliver": [{"channel": "file", "path": "greetings"}],
+    }
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+
+    await outcomes.delivered_event(rid)
+
+    folder = stack.out / "greetings"
+    assert "Hello <Ops & Friends>" in pdf_text(folder / f"{rid}.pdf")
+    html = (folder / f"{rid}.html").read_text()
+    assert "Hello &lt;Ops &amp; Friends&gt;" in html  # autoescaped, not markup
+
+
+async def test_undefined_variable_fails_with_the_variable_named(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    rid = unique("undefined")
+    body = {"request_id": rid, "template": "weekly.html", "params": {"report_title": "x"}}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+
+    failed = await outcomes.failed_event(rid)
+
+    assert failed["stage"] == "renderer"
+    assert "undefined" in failed["reason"] and "is undefined" in failed["reason"]
+    assert failed["attempts"] == 1  # permanent: not retried
+    assert not (stack.out / f"{rid}.pdf").exists()
+
+
+async def test_invalid_json_is_dead_lettered_at_once_with_a_reason(stack: Stack, nc: Any) -> None:
+    marker = unique("garbage")
+    await nc.jetstream().publish("report.requested", f"{{not json {marker}".encode())
+
+    async def find() -> dict[str, Any] | None:
+        result = stack.cli("dlq", "ls", "--json", "--stage", "fetcher", check=True)
+        rows = [r for r in json.loads(result.stdout) if marker in _payload(stack, r["id"])]
+        return rows[0] if rows else None
+
+    row = await eventually(find)
+    assert "invalid payload" in row["reason"] and "JSON" in row["reason"]
+    assert row["attempts"] == 1 and row["permanent"] is True
+
+
+async def test_payload_failing_the_schema_names_the_field(stack: Stack, nc: Any) -> None:
+    rid = unique("schema")
+    body = {"request_id": rid, "template": "../../etc/passwd", "formats": ["docx"]}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+
+    async def find() -> dict[str, Any] | None:
+        rows = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
+        return next((r for r in rows if r["request_id"] == rid), None)
+
+    row = await eventually(find)
+    assert "template" in row["reason"] and "formats" in row["reason"]
+
+
+def _payload(stack: Stack, dead_letter_id: int) -> str:
+    shown = stack.cli("dlq", "show", str(dead_letter_id), "--json", check=True)
+    return str(json.loads(shown.stdout)["letter"]["payload"])
+
+
+async def test_cli_request_waits_for_delivery_and_status_shows_the_stages(stack: Stack) -> None:
+    rid = unique("cli")
+    result = stack.cli(
+        "request",
+        "--template",
+        "portfolio.html",
+        "--data-file",
+        str(REPO / "templates/samples/portfolio.json"),
+        "--request-id",
+        rid,
+        "--wait",
+        "--timeout",
+        "60",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"delivered {rid}" in result.stdout
+
+    status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+    assert status["status"] == "delivered"
+    assert set(status["stages"]) == {"fetcher", "renderer", "distributor"}
+    assert all(s["state"] == "done" for s in status["stages"].values())
+    assert status["template_version"]
+
+    target = stack.root / "copy.pdf"
+    stack.cli("get", rid, "--output", str(target), check=True)
+    assert target.read_bytes() == (stack.out / f"{rid}.pdf").read_bytes()
+
+
+async def test_cli_request_for_a_missing_template_exits_non_zero_with_one_line(
+    stack: Stack,
+) -> None:
+    result = stack.cli("request", "--template", "nope.html", "--wait", "--timeout", "60")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert "nope.html" in result.stderr and "not found" in result.stderr
+    assert "Traceback" not in result.stderr and len(lines) == 1

@@ -1,0 +1,171 @@
+"""`pressroom render` and `pressroom templates`: the legacy generate_report.py flags, no bus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from tests.helpers import REPO
+
+
+def pressroom(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
+        "HOME": str(cwd),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_the_legacy_template_and_data_render_to_pdf_by_path(tmp_path: Path) -> None:
+    output = tmp_path / "reports" / "custom.pdf"
+    result = pressroom(
+        "render",
+        "--template",
+        str(REPO / "templates/custom-report.html"),
+        "--data-file",
+        str(REPO / "templates/samples/custom-report.json"),
+        "--param",
+        "report_title=Portfolio Review",
+        "--param",
+        "project_count=31",
+        "--output",
+        str(output),
+        "--format",
+        "pdf",
+    )
+    assert result.returncode == 0, result.stderr
+    text = "".join(p.extract_text() for p in PdfReader(BytesIO(output.read_bytes())).pages)
+    assert "Portfolio Review" in text  # --param overrides the data file
+    assert "31" in text and "Cobalt" in text
+
+
+def test_html_output_follows_the_output_extension(tmp_path: Path) -> None:
+    output = tmp_path / "weekly.html"
+    result = pressroom(
+        "render",
+        "--template",
+        "weekly.html",
+        "--data-file",
+        str(REPO / "templates/samples/portfolio.json"),
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    assert output.read_text().startswith("<!DOCTYPE html>")
+    assert "<svg" in output.read_text()  # charts are inline SVG
+
+
+def test_yaml_data_files_work_too(tmp_path: Path) -> None:
+    data = tmp_path / "d.yaml"
+    data.write_text(
+        "report_title: From YAML\nproject_count: 3\ndeployment_count: 1\n"
+        "projects: []\ngeneration_time: now\n"
+    )
+    output = tmp_path / "out.html"
+    result = pressroom(
+        "render",
+        "-t",
+        str(REPO / "templates/custom-report.html"),
+        "--data-file",
+        str(data),
+        "-o",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "From YAML" in output.read_text()
+
+
+def test_dry_run_validates_and_writes_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "never.pdf"
+    result = pressroom(
+        "render",
+        "--template",
+        "portfolio.html",
+        "--data-file",
+        str(REPO / "templates/samples/portfolio.json"),
+        "--output",
+        str(output),
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nothing written" in result.stdout and not output.exists()
+
+
+def test_the_legacy_dry_run_with_missing_variables_fails_in_one_line(tmp_path: Path) -> None:
+    result = pressroom(
+        "render",
+        "--template",
+        "custom-report.html",
+        "--param",
+        'report_title="Test Report"',
+        "--param",
+        "project_count=25",
+        "--output",
+        str(tmp_path / "x.html"),
+        "--dry-run",
+    )
+    line = one_line_error(result)
+    assert "undefined" in line and "custom-report.html" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--template", "quarterly.html"], "'quarterly.html' not found"),
+        (["--template", "portfolio.html", "--data-file", "/nonexistent.json"], "not found"),
+        (["--template", "portfolio.html", "--format", "docx"], "pdf or html"),
+        (["--template", "portfolio.html", "--param", "novalue"], "key=value"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, args: list[str], expected: str) -> None:
+    line = one_line_error(pressroom("render", *args, "--output", str(tmp_path / "o.pdf")))
+    assert expected in line
+
+
+def test_templates_ls_validate_and_vars() -> None:
+    listed = json.loads(pressroom("templates", "ls", "--json").stdout)
+    assert {"portfolio.html", "weekly.html"} <= {t["name"] for t in listed}
+    assert all(t["description"] for t in listed)
+
+    assert pressroom("templates", "validate", "--all").returncode == 0
+
+    variables = json.loads(pressroom("templates", "vars", "custom-report.html", "--json").stdout)
+    assert variables["variables"] == [
+        "deployment_count",
+        "generation_time",
+        "project_count",
+        "projects",
+        "report_title",
+    ]
+
+
+def test_validate_exits_1_with_file_and_line_per_problem(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.html"
+    broken.write_text("<p>\n{{ x | nosuchfilter }}\n{% if %}</p>")
+    result = pressroom("templates", "validate", str(broken))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "broken.html:3: Expected an expression, got 'end of statement block'"
+    ]

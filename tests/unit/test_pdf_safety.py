@@ -1,0 +1,131 @@
+"""Real WeasyPrint output, and the URL fetcher that keeps templates inside their folder."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from services.renderer.pdf import RenderJob, render_job
+from shared.errors import PermanentError, ResourceBlocked
+
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def render(folder: Path, body: str, **kwargs: object) -> bytes:
+    (folder / "t.html").write_text(f"<html><body>{body}</body></html>")
+    out = render_job(RenderJob(str(folder), "t.html", {}, ("pdf",), **kwargs))  # type: ignore[arg-type]
+    assert out.pdf is not None
+    return out.pdf
+
+
+def text(pdf: bytes) -> str:
+    return "".join(p.extract_text() for p in PdfReader(BytesIO(pdf)).pages)
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret.txt"
+    path.write_text("TOP-SECRET-VALUE")
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "assets").mkdir()
+    (folder / "assets" / "logo.png").write_bytes(PNG_1PX)
+    (folder / "assets" / "style.css").write_text("h1 { color: red; }")
+    return folder
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/css")
+            self.end_headers()
+            self.wfile.write(b"body { color: blue }")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_template_renders_to_a_real_pdf_with_its_own_assets(folder: Path) -> None:
+    pdf = render(
+        folder,
+        '<link rel="stylesheet" href="assets/style.css"><h1>Quarterly numbers</h1>'
+        '<img src="assets/logo.png">',
+    )
+    assert pdf.startswith(b"%PDF-")
+    assert "Quarterly numbers" in text(pdf)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<img src="file://{secret}">',
+        '<link rel="stylesheet" href="file://{secret}">',
+        '<a rel="attachment" href="file://{secret}">x</a>',
+        '<img src="../secret.txt">',
+        "<style>@import url('../secret.txt');</style>",
+    ],
+)
+def test_local_files_outside_the_template_folder_cannot_be_read(
+    folder: Path, secret: Path, body: str
+) -> None:
+    with pytest.raises(ResourceBlocked, match="outside its folder"):
+        render(folder, body.format(secret=secret))
+
+
+def test_network_fetches_are_blocked_unless_allow_listed(
+    folder: Path, http_server: tuple[str, list[str]]
+) -> None:
+    base, hits = http_server
+    with pytest.raises(ResourceBlocked, match="not allow-listed"):
+        render(folder, f'<link rel="stylesheet" href="{base}/x.css"><p>hi</p>')
+    assert hits == []
+    render(
+        folder, f'<link rel="stylesheet" href="{base}/ok.css"><p>hi</p>', asset_allow=("127.0.0.1",)
+    )
+    assert hits == ["/ok.css"]
+
+
+def test_output_over_the_size_limit_fails_with_the_size(folder: Path) -> None:
+    with pytest.raises(PermanentError, match=r"pdf output is [\d,]+ bytes, over the 1,000-byte"):
+        render(folder, "<p>big enough</p>", max_output_bytes=1000)
+
+
+def test_the_legacy_pdf_settings_apply_unless_the_template_sets_its_own(folder: Path) -> None:
+    from services.renderer.pdf import PageDefaults
+
+    landscape = render(folder, "<p>x</p>", page=PageDefaults("A4", "landscape", "2cm"))
+    width, height = PdfReader(BytesIO(landscape)).pages[0].mediabox.upper_right
+    assert width > height
+    own = render(
+        folder,
+        "<style>@page { size: A5 portrait }</style><p>x</p>",
+        page=PageDefaults("A4", "landscape", "2cm"),
+    )
+    width, height = PdfReader(BytesIO(own)).pages[0].mediabox.upper_right
+    assert height > width and round(float(width)) == 420  # A5 in points

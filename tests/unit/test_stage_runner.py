@@ -1,0 +1,150 @@
+"""The one retry / dead-letter mechanism, with in-memory fakes (no broker)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pytest
+
+from shared.bus import FETCHER, msg_id
+from shared.errors import PermanentError, TransientError
+from shared.events import DataReady, Event, ReportRequested
+from shared.ledger import KvLedger
+from shared.memory import MemoryKeyValue, MemoryPublisher
+from shared.settings import Settings
+from shared.stage import StageRunner
+
+
+@dataclass
+class FakeMessage:
+    body: bytes
+    attempt: int = 1
+    stream_seq: int = 7
+    subject: str = "report.requested"
+    headers: dict[str, str] = field(default_factory=dict)
+    first_delivered: datetime | None = None
+    settled: list[tuple[str, float | None]] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.settled.append(("ack", None))
+
+    async def nack(self, delay: float) -> None:
+        self.settled.append(("nack", delay))
+
+    async def term(self) -> None:
+        self.settled.append(("term", None))
+
+    async def in_progress(self) -> None:
+        self.settled.append(("wip", None))
+
+
+def request_body(rid: str = "r1") -> bytes:
+    return ReportRequested(template="weekly.html", request_id=rid).model_dump_json().encode()
+
+
+@pytest.fixture
+def parts() -> tuple[StageRunner, MemoryPublisher, KvLedger]:
+    publisher = MemoryPublisher()
+    ledger = KvLedger(MemoryKeyValue())  # type: ignore[arg-type]
+    settings = Settings(max_attempts=3, retry_backoff="2,10")
+    return StageRunner(FETCHER, settings, ledger, publisher), publisher, ledger
+
+
+async def ready(event: Event) -> Event:
+    assert isinstance(event, ReportRequested)
+    return DataReady(request=event, context={"x": 1})
+
+
+async def test_success_publishes_the_next_event_with_a_message_id_and_acks(parts) -> None:
+    runner, publisher, ledger = parts
+    message = FakeMessage(request_body())
+    await runner.handle(message, ReportRequested, ready)
+
+    [published] = publisher.on("data.ready")
+    assert published.msg_id == msg_id("r1", "fetcher")
+    assert message.settled == [("ack", None)]
+    entry = await ledger.get("r1")
+    assert entry is not None and entry.status == "fetched"
+    assert entry.stages["fetcher"].state == "done"
+
+
+async def test_a_duplicate_of_finished_work_is_acked_and_skipped(parts) -> None:
+    runner, publisher, _ = parts
+    await runner.handle(FakeMessage(request_body(), stream_seq=1), ReportRequested, ready)
+    duplicate = FakeMessage(request_body(), stream_seq=2)
+    await runner.handle(duplicate, ReportRequested, ready)
+    assert len(publisher.on("data.ready")) == 1
+    assert duplicate.settled == [("ack", None)]
+
+
+async def test_a_permanent_error_dead_letters_at_once_and_emits_report_failed(parts) -> None:
+    runner, publisher, ledger = parts
+
+    async def unknown_template(event: Event) -> Event:
+        raise PermanentError("template 'x.html' not found")
+
+    message = FakeMessage(request_body())
+    await runner.handle(message, ReportRequested, unknown_template)
+
+    [letter] = publisher.decoded("dlq.report.requested")
+    assert letter["reason"] == "template 'x.html' not found"
+    assert letter["stage"] == "fetcher" and letter["attempts"] == 1 and letter["permanent"]
+    assert json.loads(letter["payload"])["request_id"] == "r1"
+    [failed] = publisher.decoded("report.failed")
+    assert failed["request_id"] == "r1" and failed["stage"] == "fetcher"
+    assert message.settled == [("term", None)]
+    entry = await ledger.get("r1")
+    assert entry is not None and entry.status == "failed" and "x.html" in (entry.error or "")
+
+
+async def test_a_transient_error_is_nacked_with_the_computed_backoff(parts) -> None:
+    runner, publisher, _ = parts
+
+    async def flaky(event: Event) -> Event:
+        raise TransientError("source 'prs' timed out")
+
+    first, second = FakeMessage(request_body(), attempt=1), FakeMessage(request_body(), attempt=2)
+    await runner.handle(first, ReportRequested, flaky)
+    await runner.handle(second, ReportRequested, flaky)
+    assert first.settled == [("nack", 2.0)]
+    assert second.settled == [("nack", 10.0)]
+    assert publisher.messages == []
+
+
+async def test_the_last_attempt_dead_letters_instead_of_retrying_forever(parts) -> None:
+    runner, publisher, _ = parts
+
+    async def flaky(event: Event) -> Event:
+        raise ConnectionRefusedError("connection refused")
+
+    message = FakeMessage(request_body(), attempt=3)
+    await runner.handle(message, ReportRequested, flaky)
+    [letter] = publisher.decoded("dlq.report.requested")
+    assert letter["reason"].startswith("gave up after 3 attempts")
+    assert "connection refused" in letter["reason"] and not letter["permanent"]
+    assert message.settled == [("term", None)]
+
+
+async def test_an_invalid_payload_is_dead_lettered_with_the_field_named(parts) -> None:
+    runner, publisher, _ = parts
+    message = FakeMessage(json.dumps({"request_id": "r9", "formats": ["docx"]}).encode())
+    await runner.handle(message, ReportRequested, ready)
+    [letter] = publisher.decoded("dlq.report.requested")
+    assert "template" in letter["reason"] and "formats" in letter["reason"]
+    assert letter["request_id"] == "r9"
+    assert message.settled == [("term", None)]
+
+
+async def test_a_replayed_message_after_a_dead_letter_runs_again(parts) -> None:
+    runner, publisher, _ = parts
+
+    async def broken(event: Event) -> Event:
+        raise PermanentError("missing")
+
+    await runner.handle(FakeMessage(request_body(), stream_seq=1), ReportRequested, broken)
+    replayed = FakeMessage(request_body(), stream_seq=9)
+    await runner.handle(replayed, ReportRequested, ready)
+    assert len(publisher.on("data.ready")) == 1
+    assert replayed.settled == [("ack", None)]
