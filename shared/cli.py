@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -110,8 +109,12 @@ def worker(
         fail(f"unknown worker '{name}' (known: {', '.join(factories)})")
     settings()
     faststream_app = factories[name]()
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(faststream_app.run())
+    except KeyboardInterrupt:
+        return
+    except PressroomError as error:
+        fail(f"{name}: {error.reason}")
 
 
 def _parse_scale(scale: list[str]) -> dict[str, int]:

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -97,7 +97,20 @@ class ReportRequested(Event):
         return value
 
 
-class DataReady(Event):
+class _CarriesRequest(Event):
+    """An event after `report.requested`: it must carry the request with its id."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request_has_id(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            request = data.get("request")
+            if isinstance(request, dict) and not request.get("request_id"):
+                raise ValueError("request.request_id is required after report.requested")
+        return data
+
+
+class DataReady(_CarriesRequest):
     """The fetcher gathered everything a request needs."""
 
     request: ReportRequested = Field(description="The original request.")
@@ -108,6 +121,12 @@ class DataReady(Event):
         default=None, description="Artefact-store key of the context when too big to inline."
     )
     fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
+
+    @model_validator(mode="after")
+    def _has_data(self) -> DataReady:
+        if self.context is None and not self.context_ref:
+            raise ValueError("data.ready needs `context` or `context_ref`")
+        return self
 
     @property
     def request_id(self) -> str:
@@ -126,7 +145,7 @@ class Artefact(BaseModel):
     content_type: str
 
 
-class ReportRendered(Event):
+class ReportRendered(_CarriesRequest):
     """The renderer stored the artefacts."""
 
     request: ReportRequested

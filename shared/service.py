@@ -7,8 +7,10 @@ one durable pull subscriber (plus the max-deliveries advisory catcher) to the st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +32,7 @@ from shared.bus import (
     ensure_topology,
     stage_consumer_config,
 )
+from shared.errors import PressroomError
 from shared.events import Event
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
@@ -105,6 +108,34 @@ class NatsInbound:
 Work = Callable[[Event], Awaitable[Event]]
 
 
+async def _connect_with_patience(
+    broker: NatsBroker, deps: Deps, settings: Settings
+) -> JetStreamContext:
+    """Connect and declare the topology, waiting out a NATS server that is (re)starting."""
+    deadline = time.monotonic() + settings.startup_timeout
+    delay = 0.2
+    while True:
+        try:
+            connection = await broker.connect()
+            js = deps.js or connection.jetstream()
+            await ensure_topology(js, settings)
+            deps.js = js
+            return js
+        except Exception as error:
+            if time.monotonic() + delay > deadline:
+                raise StartupFailed(
+                    f"cannot set up the bus at {settings.bus_url} within "
+                    f"{settings.startup_timeout:g}s: {error or type(error).__name__}"
+                ) from None
+            log.warning("bus not ready, retrying", error=repr(error), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class StartupFailed(PressroomError):
+    """A service could not connect to NATS or declare its streams in time."""
+
+
 def stage_app(
     spec: StageSpec,
     model: type[Event],
@@ -131,10 +162,7 @@ def stage_app(
     @app.on_startup
     async def startup() -> None:
         configure_logging(service)
-        connection = await broker.connect()
-        js = deps.js or connection.jetstream()
-        deps.js = js
-        await ensure_topology(js, settings)
+        js = await _connect_with_patience(broker, deps, settings)
         deps.ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
         deps.publisher = deps.publisher or JetStreamPublisher(js)
         deps.store = deps.store or await open_store(settings, js)

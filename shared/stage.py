@@ -86,6 +86,13 @@ def _describe_validation(error: ValidationError) -> str:
     return "invalid payload: " + "; ".join(problems) + more
 
 
+def _has_request_id(body: bytes) -> bool:
+    with suppress(Exception):
+        data = json.loads(body)
+        return isinstance(data, dict) and bool(data.get("request_id"))
+    return False
+
+
 def guess_request_id(body: bytes) -> str | None:
     with suppress(Exception):
         data = json.loads(body)
@@ -158,9 +165,14 @@ class StageRunner:
 
     def _parse(self, msg: InboundMessage, model: type[E]) -> E:
         try:
-            return model.model_validate_json(msg.body)
+            event = model.model_validate_json(msg.body)
         except ValidationError as error:
             raise InvalidPayload(_describe_validation(error)) from error
+        if isinstance(event, ReportRequested) and not _has_request_id(msg.body):
+            # Generated ids must not change between redeliveries of the same message.
+            stamp = msg.first_delivered.strftime("%Y%m%d%H%M%S") if msg.first_delivered else "0"
+            event = event.model_copy(update={"request_id": f"req-{stamp}-{msg.stream_seq}"})
+        return event
 
     async def _keep_alive(self, msg: InboundMessage) -> None:
         interval = max(self.settings.ack_wait / 3, 0.5)

@@ -215,11 +215,15 @@ class Outcomes:
         ]
         return self
 
-    async def delivered_event(self, rid: str, timeout: float = 60) -> dict[str, Any]:
+    async def delivered_event(
+        self, rid: str, timeout: float = 60, *, failed_before: int = 0
+    ) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
-            if rid in self.failed:
+            if rid in self.delivered:
+                return self.delivered[rid][0]
+            if len(self.failed.get(rid, [])) > failed_before:
                 raise AssertionError(f"{rid} failed: {self.failed[rid]}")
-            return self.delivered.get(rid, [None])[0]
+            return None
 
         return await eventually(probe, timeout=timeout)
 

@@ -149,3 +149,45 @@ async def test_cli_request_for_a_missing_template_exits_non_zero_with_one_line(
     lines = [line for line in result.stderr.strip().splitlines() if line]
     assert "nope.html" in result.stderr and "not found" in result.stderr
     assert "Traceback" not in result.stderr and len(lines) == 1
+
+
+async def test_a_missing_template_is_dead_lettered_then_delivered_after_fix_and_replay(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    rid = unique("replay")
+    name = f"{rid}.html"
+    body = {"request_id": rid, "template": name, "params": {"n": 42}}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+
+    failed = await outcomes.failed_event(rid)
+    assert f"template '{name}' not found" in failed["reason"]
+    rows = json.loads(stack.cli("dlq", "ls", "--json", "--reason", name, check=True).stdout)
+    [row] = rows
+    assert row["stage"] == "renderer" and row["request_id"] == rid and row["permanent"]
+
+    (stack.templates / name).write_text("<h1>Answer {{ n }}</h1>")
+    replayed = stack.cli("dlq", "replay", str(row["id"]), "--json", check=True)
+    assert json.loads(replayed.stdout)["replayed"] == [{"id": row["id"], "subject": "data.ready"}]
+
+    delivered = await outcomes.delivered_event(rid, failed_before=1)
+    assert delivered["request_id"] == rid
+    assert "Answer 42" in pdf_text(stack.out / f"{rid}.pdf")
+    left = json.loads(stack.cli("dlq", "ls", "--json", "--reason", name, check=True).stdout)
+    assert left == []  # a replayed dead letter leaves the queue
+    assert (
+        json.loads(stack.cli("status", rid, "--json", check=True).stdout)["status"] == "delivered"
+    )
+
+
+async def test_dlq_purge_removes_dead_letters_for_good(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    rid = unique("purge")
+    body = {"request_id": rid, "template": f"{rid}.html"}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await outcomes.failed_event(rid)
+    [row] = json.loads(stack.cli("dlq", "ls", "--json", "--reason", rid, check=True).stdout)
+    purged = json.loads(stack.cli("dlq", "purge", str(row["id"]), "--json", check=True).stdout)
+    assert purged == {"purged": 1}
+    assert json.loads(stack.cli("dlq", "ls", "--json", "--reason", rid, check=True).stdout) == []
+    assert stack.cli("dlq", "show", str(row["id"])).returncode == 1

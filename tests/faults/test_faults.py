@@ -1,0 +1,167 @@
+"""Fault injection with real processes: nothing lost, done twice or retried forever."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.bus import STREAM
+from tests.helpers import REPO, Stack, eventually, unique
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+
+
+def big_context(rows: int) -> dict[str, Any]:
+    project = dict(SAMPLE["projects"][0])
+    return {**SAMPLE, "projects": [dict(project, name=f"P{i}") for i in range(rows)]}
+
+
+async def stream_events(stack: Stack, subject: str) -> list[dict[str, Any]]:
+    """Every message on `subject` still in the stream (survives NATS restarts, unlike core subs)."""
+    nc = await stack.connect()
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(STREAM)
+        sub = await js.subscribe(subject, ordered_consumer=True)
+        events = []
+        for _ in range(info.state.messages):
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except Exception:
+                break
+            events.append(json.loads(msg.data))
+        await sub.unsubscribe()
+        return events
+    finally:
+        await nc.close()
+
+
+async def publish_all(stack: Stack, bodies: list[dict[str, Any]]) -> None:
+    nc = await stack.connect()
+    js = nc.jetstream()
+    for body in bodies:
+        await js.publish("report.requested", json.dumps(body).encode())
+    await nc.close()
+
+
+async def all_settled(stack: Stack, rids: list[str], timeout: float = 240) -> Counter[str]:
+    async def probe() -> Counter[str] | None:
+        delivered = Counter(e["request_id"] for e in await stream_events(stack, "report.delivered"))
+        failed = {e["request_id"] for e in await stream_events(stack, "report.failed")}
+        settled = [r for r in rids if r in delivered or r in failed]
+        return delivered if len(settled) == len(rids) else None
+
+    return await eventually(probe, timeout=timeout, every=1.0)
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    stack = Stack(
+        tmp_path_factory.mktemp("faults"),
+        env_extra={"PRESSROOM_MAX_ATTEMPTS": "6", "PRESSROOM_RETRY_BACKOFF": "0.5,1,2"},
+        workers={"fetcher": 1, "renderer": 2, "distributor": 1},
+    ).start()
+    yield stack
+    stack.stop()
+
+
+def pdfs(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.pdf"))
+
+
+async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
+    fault_stack: Stack,
+) -> None:
+    stack = fault_stack
+    rids = [unique("fault") for _ in range(20)]
+    bodies = [
+        {
+            "request_id": rid,
+            "template": "portfolio.html",
+            "params": big_context(150),
+            "deliver": [{"channel": "file", "path": "faults"}],
+        }
+        for rid in rids
+    ]
+    await publish_all(stack, bodies)
+
+    # Kill a renderer while it is rendering (its message must go to the other one), replace it.
+    await asyncio.sleep(2.0)
+    victim = stack.procs["renderer"][0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    stack.start_worker("renderer")
+
+    # Restart nats-server (file storage) in the middle of the run.
+    await asyncio.sleep(1.0)
+    stack.stop_nats()
+    await asyncio.sleep(1.0)
+    stack.start_nats()
+
+    delivered = await all_settled(stack, rids)
+    assert {rid: delivered[rid] for rid in rids} == dict.fromkeys(rids, 1), stack.logs()
+    assert pdfs(stack.out / "faults") == sorted(rids)
+
+
+async def test_a_request_id_published_three_times_is_delivered_once(fault_stack: Stack) -> None:
+    stack = fault_stack
+    rid = unique("dup")
+    body = {
+        "request_id": rid,
+        "template": "portfolio.html",
+        "params": SAMPLE,
+        "deliver": [{"channel": "file", "path": "dups"}],
+    }
+    await publish_all(stack, [body, body, body])
+    # A later request as a marker: once it is delivered, the duplicates have been consumed.
+    marker = unique("marker")
+    await publish_all(stack, [{**body, "request_id": marker}])
+    delivered = await all_settled(stack, [rid, marker])
+    await all_settled(stack, [marker])
+    assert delivered[rid] == 1
+    assert pdfs(stack.out / "dups") == sorted([rid, marker])
+    status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+    assert status["status"] == "delivered"
+
+
+async def test_poison_messages_are_dead_lettered_without_retries(fault_stack: Stack) -> None:
+    stack = fault_stack
+    nc = await stack.connect()
+    js = nc.jetstream()
+    marker = unique("poison")
+    await js.publish("report.requested", b"\xff\xfe not json " + marker.encode())
+    await js.publish("report.requested", json.dumps({"request_id": marker, "formats": []}).encode())
+    await js.publish("data.ready", json.dumps({"request": {"template": "x"}}).encode())
+    await nc.close()
+
+    async def letters() -> list[dict[str, Any]] | None:
+        rows = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
+        found = [
+            r
+            for r in rows
+            if r["request_id"] == marker
+            or marker in _shown(stack, r["id"])
+            or r["subject"] == "data.ready"
+        ]
+        return found if len(found) >= 3 else None
+
+    found = await eventually(letters, timeout=60)
+    assert all(r["attempts"] == 1 and r["permanent"] for r in found)
+    assert all(r["reason"].startswith("invalid payload") for r in found)
+
+
+def _shown(stack: Stack, dead_letter_id: int) -> str:
+    shown = stack.cli("dlq", "show", str(dead_letter_id), "--json", check=True)
+    letter = json.loads(shown.stdout)["letter"]
+    if letter["payload_encoding"] == "base64":
+        return base64.b64decode(letter["payload"]).decode(errors="replace")
+    return str(letter["payload"])
