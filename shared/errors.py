@@ -18,6 +18,8 @@ class PressroomError(Exception):
 class TransientError(PressroomError):
     """Worth retrying: timeouts, 5xx, refused connections, a store or broker briefly down."""
 
+    retry_after: float | None = None  # seconds the other side asked us to wait (Retry-After)
+
 
 class PermanentError(PressroomError):
     """Retrying will not help: invalid payload, unknown template, template error, 4xx."""

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from shared.bus import Publisher, StageSpec, encode, msg_id
-from shared.errors import InvalidPayload, PermanentError, PressroomError
+from shared.errors import InvalidPayload, PermanentError, PressroomError, TransientError
 from shared.events import (
     DLQ_PREFIX,
     REPORT_FAILED,
@@ -42,6 +42,7 @@ from shared.settings import Settings
 
 E = TypeVar("E", bound=Event)
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+MAX_RETRY_AFTER = 600.0
 FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
 
 log = get_logger("pressroom.stage")
@@ -154,7 +155,8 @@ class StageRunner:
             return
         except Exception as error:
             reason = error.reason if isinstance(error, PressroomError) else _describe(error)
-            await self._retry_or_dead_letter(msg, reason, rid, bound)
+            wait = error.retry_after if isinstance(error, TransientError) else None
+            await self._retry_or_dead_letter(msg, reason, rid, bound, retry_after=wait)
             return
         finally:
             heartbeat.cancel()
@@ -182,7 +184,13 @@ class StageRunner:
                 await msg.in_progress()
 
     async def _retry_or_dead_letter(
-        self, msg: InboundMessage, reason: str, request_id: str, bound: Any
+        self,
+        msg: InboundMessage,
+        reason: str,
+        request_id: str,
+        bound: Any,
+        *,
+        retry_after: float | None = None,
     ) -> None:
         if msg.attempt >= self.settings.max_attempts:
             bound.warning("retries exhausted", reason=reason)
@@ -194,6 +202,8 @@ class StageRunner:
             )
             return
         delay = self.settings.backoff_for(msg.attempt)
+        if retry_after:
+            delay = min(max(delay, retry_after), MAX_RETRY_AFTER)
         bound.info("transient failure, will retry", reason=reason, retry_in=delay)
         await msg.nack(delay)
 

@@ -144,7 +144,7 @@ class S3Artefacts:
         self._ready = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> S3Artefacts:
+    def from_settings(cls, settings: Settings, *, bucket: str | None = None) -> S3Artefacts:
         from minio import Minio
 
         assert settings.s3_endpoint
@@ -155,7 +155,7 @@ class S3Artefacts:
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
-        return cls(client, settings.artefact_bucket)
+        return cls(client, bucket or settings.artefact_bucket)
 
     async def _call(self, fn: object, *args: object, **kwargs: object) -> object:
         from minio.error import S3Error

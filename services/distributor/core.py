@@ -59,6 +59,7 @@ async def distribute(
     parcel = Parcel(event=event, store=store)
     results: list[ChannelResult] = []
     failures: list[tuple[ChannelResult, bool]] = []
+    retry_after: float | None = None
     deliveries: Sequence[Delivery] = deliveries_for(event, settings)
     for index, delivery in enumerate(deliveries):
         key = outcome_key(parcel.request_id, index, delivery)
@@ -74,6 +75,8 @@ async def distribute(
             failures.append((result, True))
             results.append(result)
             continue
+        # Intent before, outcome after: an ambiguous crash in between is visible in the record.
+        await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
         try:
             result = await channel.deliver(delivery, parcel)
         except PressroomError as error:
@@ -81,6 +84,8 @@ async def distribute(
                 channel=delivery.channel, ok=False, target="", detail=error.reason
             )
             failures.append((result, isinstance(error, PermanentError)))
+            if isinstance(error, TransientError) and error.retry_after:
+                retry_after = max(retry_after or 0.0, error.retry_after)
         results.append(result)
         await outcomes.put(key, result.model_dump_json().encode())
         log.info(
@@ -94,7 +99,9 @@ async def distribute(
         reason = "; ".join(f"{r.channel}: {r.detail}" for r, _ in failures)
         if all(permanent for _, permanent in failures):
             raise PermanentError(f"delivery failed on {reason}")
-        raise TransientError(f"delivery failed on {reason}")
+        transient = TransientError(f"delivery failed on {reason}")
+        transient.retry_after = retry_after
+        raise transient
     return ReportDelivered(
         request_id=parcel.request_id,
         template=event.request.template,

@@ -38,8 +38,16 @@ class Channel(Protocol):
 
 
 def default_channels(settings: object) -> Mapping[str, Channel]:
+    from services.distributor.channels.email import EmailChannel
     from services.distributor.channels.file import FileChannel
+    from services.distributor.channels.s3 import S3Channel
+    from services.distributor.channels.webhook import WebhookChannel
     from shared.settings import Settings
 
     assert isinstance(settings, Settings)
-    return {"file": FileChannel(settings)}
+    return {
+        "file": FileChannel(settings),
+        "email": EmailChannel(settings),
+        "s3": S3Channel(settings),
+        "webhook": WebhookChannel(settings),
+    }
