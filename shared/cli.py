@@ -594,6 +594,157 @@ async def _download(cfg: Settings, request_id: str, fmt: str, output: Path) -> i
     return len(data)
 
 
+# ---- delivery ----------------------------------------------------------------------------
+@app.command()
+def deliver(
+    request_id: str,
+    email: list[str] = typer.Option([], "--email", help="Recipient (repeatable)"),
+    s3: str | None = typer.Option(None, "--s3", help="bucket/key"),
+    webhook: str | None = typer.Option(None, "--webhook", help="URL"),
+    folder: str | None = typer.Option(None, "--folder", help="Folder under PRESSROOM_OUT_DIR"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Deliver an already rendered report again (the legacy send-report.py)."""
+    deliveries: list[dict[str, Any]] = []
+    if email:
+        deliveries.append({"channel": "email", "to": email})
+    if s3:
+        bucket, _, key = s3.partition("/")
+        deliveries.append({"channel": "s3", "bucket": bucket, "key": key or None})
+    if webhook:
+        deliveries.append({"channel": "webhook", "url": webhook})
+    if folder:
+        deliveries.append({"channel": "file", "path": folder})
+    if not deliveries:
+        fail("name at least one of --email, --s3, --webhook, --folder")
+    results = run(_deliver_again(settings(), request_id, deliveries))
+    if as_json:
+        emit_json(results)
+    for result in results:
+        if not as_json:
+            mark = "[green]ok[/]" if result["ok"] else "[red]failed[/]"
+            out.print(f"{mark} {result['channel']}: {result['target']} {result['detail']}")
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+async def _deliver_again(
+    cfg: Settings, request_id: str, deliveries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    from services.distributor.channels import Parcel, default_channels
+    from shared.events import Delivery, ReportRendered
+    from shared.ops import open_bus
+
+    async with open_bus(cfg) as bus:
+        entry = await (await bus.ledger()).get(request_id)
+        if entry is None or not entry.artefacts:
+            raise PressroomError(f"request '{request_id}' has no rendered artefacts to deliver")
+        request = ReportRequested(
+            request_id=request_id,
+            template=entry.template or "unknown.html",
+            requested_by=entry.requested_by,
+            requested_at=entry.requested_at or entry.updated_at,
+        )
+        event = ReportRendered(
+            request=request,
+            artefacts=entry.artefacts,
+            template_version=entry.template_version or "",
+            render_seconds=entry.render_seconds or 0.0,
+        )
+        parcel = Parcel(event=event, store=await bus.store())
+        channels = default_channels(cfg)
+        results = []
+        for raw in deliveries:
+            delivery = Delivery.model_validate({k: v for k, v in raw.items() if v is not None})
+            try:
+                result = await channels[delivery.channel].deliver(delivery, parcel)
+                results.append(result.model_dump(mode="json"))
+            except PressroomError as error:
+                results.append(
+                    {"channel": delivery.channel, "ok": False, "target": "", "detail": error.reason}
+                )
+        return results
+
+
+@app.command()
+def check(
+    what: str = typer.Argument(..., help="email | webhook"),
+    to: str | None = typer.Option(None, "--to", help="email: also send a test message here"),
+    url: str | None = typer.Option(None, "--url", help="webhook: URL to send a signed ping to"),
+) -> None:
+    """Test the email or webhook configuration (the legacy test_email_config)."""
+    cfg = settings()
+    if what == "email":
+        out.print(run(_check_email(cfg, to)))
+    elif what == "webhook":
+        if not url:
+            fail("give --url for the webhook check")
+        out.print(run(_check_webhook(cfg, url)))
+    else:
+        fail(f"unknown check '{what}' (known: email, webhook)")
+
+
+async def _check_email(cfg: Settings, to: str | None) -> str:
+    import smtplib
+    import ssl
+    from email.message import EmailMessage
+
+    from services.distributor.channels.email import validate_addresses
+
+    if not cfg.smtp_host:
+        raise PressroomError("PRESSROOM_SMTP_HOST is not set")
+    recipients = validate_addresses(to) if to else []
+
+    def probe() -> str:
+        try:
+            with smtplib.SMTP(cfg.smtp_host or "", cfg.smtp_port, timeout=cfg.smtp_timeout) as smtp:
+                steps = [f"connected to {cfg.smtp_host}:{cfg.smtp_port}"]
+                if cfg.smtp_starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                    steps.append("STARTTLS ok")
+                if cfg.smtp_user:
+                    smtp.login(cfg.smtp_user, cfg.smtp_password or "")
+                    steps.append("login ok")
+                if recipients:
+                    message = EmailMessage()
+                    message["From"], message["To"] = cfg.smtp_from, ", ".join(recipients)
+                    message["Subject"] = "Pressroom test message"
+                    message.set_content("Pressroom can send email with this configuration.")
+                    smtp.send_message(message)
+                    steps.append(f"test message sent to {', '.join(recipients)}")
+                return "ok: " + ", ".join(steps)
+        except (OSError, smtplib.SMTPException) as error:
+            raise PressroomError(f"email check failed: {error}") from None
+
+    return await asyncio.to_thread(probe)
+
+
+async def _check_webhook(cfg: Settings, url: str) -> str:
+    import httpx
+
+    from services.distributor.channels.webhook import resolve_target, sign
+
+    if not cfg.webhook_secret:
+        raise PressroomError("PRESSROOM_WEBHOOK_SECRET is not set")
+    host, address = await resolve_target(url, cfg.webhook_allow_list)
+    body = json.dumps({"type": "pressroom.test"}).encode()
+    stamp = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": f"msg_test_{stamp}",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(cfg.webhook_secret, f"msg_test_{stamp}", stamp, body),
+    }
+    try:
+        async with httpx.AsyncClient(timeout=cfg.webhook_timeout) as client:
+            response = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as error:
+        raise PressroomError(f"webhook check failed: {error}") from None
+    if not 200 <= response.status_code < 300:
+        raise PressroomError(f"webhook check: {url} answered {response.status_code}")
+    return f"ok: {host} ({address}) accepted a signed test ping ({response.status_code})"
+
+
 # ---- dead letters ------------------------------------------------------------------------
 @dlq_app.command("ls")
 def dlq_ls(

@@ -242,3 +242,31 @@ async def test_pressroom_get_downloads_from_s3(dstack: Stack, douts: Outcomes) -
     assert result.returncode == 0, result.stderr
     assert "Portfolio Status Report" in target.read_text()
     assert os.path.getsize(dstack.out / f"{rid}.pdf") > 0
+
+
+async def test_an_existing_report_can_be_delivered_again_from_the_cli(
+    dstack: Stack, servers: Any, douts: Outcomes
+) -> None:
+    _, smtp, hooks = servers
+    rid = unique("resend")
+    await publish(dstack, {"request_id": rid, "template": "weekly.html", "params": SAMPLE})
+    await douts.delivered_event(rid)
+    inbox = f"{rid}@example.com"
+    result = dstack.cli(
+        "deliver", rid, "--email", inbox, "--webhook", f"{hooks.url}/again/{rid}", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r["ok"] for r in json.loads(result.stdout)] == [True, True]
+    assert len(smtp.to(inbox)) == 1 and len(hooks.on(f"/again/{rid}")) == 1
+
+
+def test_the_email_and_webhook_configuration_can_be_checked(dstack: Stack, servers: Any) -> None:
+    _, smtp, hooks = servers
+    email = dstack.cli("check", "email", "--to", "check@example.com")
+    assert email.returncode == 0, email.stderr
+    assert "test message sent" in email.stdout and smtp.to("check@example.com")
+    hook = dstack.cli("check", "webhook", "--url", f"{hooks.url}/ping")
+    assert hook.returncode == 0, hook.stderr
+    assert verify(SECRET, hooks.on("/ping")[0].headers, hooks.on("/ping")[0].body)
+    refused = dstack.cli("check", "webhook", "--url", "http://10.0.0.1/x")
+    assert refused.returncode == 1 and "non-public" in refused.stderr

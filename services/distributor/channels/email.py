@@ -8,7 +8,7 @@ import smtplib
 import ssl
 from datetime import timedelta
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid, parseaddr
+from email.utils import formataddr, getaddresses, make_msgid, parseaddr
 from typing import Any
 
 from jinja2 import StrictUndefined
@@ -43,8 +43,9 @@ def validate_addresses(value: Any) -> list[str]:
         raise PermanentError("email delivery needs at least one recipient in `to`")
     result = []
     for item in items:
+        parsed = getaddresses([str(item)])
         name, address = parseaddr(str(item))
-        if not _ADDRESS.match(address):
+        if len(parsed) != 1 or not _ADDRESS.match(address):
             raise PermanentError(f"invalid email address '{item}'")
         result.append(formataddr((name, address)) if name else address)
     return result

@@ -1,0 +1,104 @@
+"""Webhook signing (Standard Webhooks), the SSRF guard, and email address checks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from services.distributor.channels.email import validate_addresses
+from services.distributor.channels.s3 import destination_key
+from services.distributor.channels.webhook import resolve_target, sign, verify
+from shared.errors import PermanentError
+
+
+def test_signature_matches_the_standard_webhooks_test_vector() -> None:
+    signature = sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        b'{"test": 2432232314}',
+    )
+    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_verify_rejects_tampered_bodies_and_stale_timestamps() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    now = int(time.time())
+    headers = {
+        "webhook-id": "m1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(secret, "m1", now, b"{}"),
+    }
+    assert verify(secret, headers, b"{}")
+    assert not verify(secret, headers, b'{"x":1}')
+    old = now - 3600
+    stale = {
+        **headers,
+        "webhook-timestamp": str(old),
+        "webhook-signature": sign(secret, "m1", old, b"{}"),
+    }
+    assert not verify(secret, stale, b"{}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://localhost:8080/hook",
+        "http://2130706433/hook",  # 127.0.0.1 in decimal
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+    ],
+)
+async def test_private_loopback_and_metadata_targets_are_refused(url: str) -> None:
+    with pytest.raises(PermanentError, match="non-public address"):
+        await resolve_target(url, [])
+
+
+async def test_allow_list_admits_a_private_target_by_host_or_cidr() -> None:
+    assert await resolve_target("http://127.0.0.1:9/x", ["127.0.0.1"]) == ("127.0.0.1", "127.0.0.1")
+    assert (await resolve_target("http://10.1.2.3/x", ["10.0.0.0/8"]))[1] == "10.1.2.3"
+
+
+async def test_non_http_schemes_are_refused() -> None:
+    with pytest.raises(PermanentError, match="must be http"):
+        await resolve_target("file:///etc/passwd", [])
+
+
+def test_email_addresses_are_checked_before_sending() -> None:
+    assert validate_addresses("ops@example.com") == ["ops@example.com"]
+    assert validate_addresses(["Ops Team <ops@example.com>"]) == ["Ops Team <ops@example.com>"]
+    for bad in (["not an address"], ["a@b@c"], [], ["ops@example.com, x@y.z"]):
+        with pytest.raises(PermanentError):
+            validate_addresses(bad)
+
+
+def test_s3_keys_fill_placeholders_and_refuse_escapes() -> None:
+    from datetime import UTC, datetime
+
+    from services.distributor.channels import Parcel
+    from shared.events import ReportRendered, ReportRequested
+    from shared.store import MemoryArtefacts
+
+    request = ReportRequested(
+        template="weekly.html", request_id="r1", requested_at=datetime(2026, 11, 23, tzinfo=UTC)
+    )
+    parcel = Parcel(
+        ReportRendered(request=request, artefacts=[], template_version="v", render_seconds=0),
+        MemoryArtefacts(),
+    )
+    assert (
+        destination_key("p/{date}/{template}-{request_id}.{ext}", parcel, "pdf", 1)
+        == "p/2026-11-23/weekly-r1.pdf"
+    )
+    assert destination_key("p/report.pdf", parcel, "html", 2) == "p/report.html"
+    assert destination_key("p/", parcel, "pdf", 1) == "p/r1.pdf"
+    with pytest.raises(PermanentError):
+        destination_key("../x/{request_id}", parcel, "pdf", 1)
+    with pytest.raises(PermanentError, match="placeholder"):
+        destination_key("{nope}", parcel, "pdf", 1)
