@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 templates_app = typer.Typer(help="List, validate and inspect templates.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
+sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
 app.add_typer(templates_app, name="templates")
 app.add_typer(dlq_app, name="dlq")
 
@@ -489,6 +491,63 @@ def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> 
     for var in variables:
         table.add_row(var, info.params.get(var, ""))
     out.print(table)
+
+
+# ---- data sources ------------------------------------------------------------------------
+@sources_app.command("ls")
+def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Data sources named in the config file."""
+    cfg = settings()
+    rows = [{"name": n, "kind": s.get("kind", "?")} for n, s in sorted(cfg.sources.items())]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "kind")
+    for row in rows:
+        table.add_row(row["name"], row["kind"])
+    out.print(table)
+
+
+@sources_app.command("test")
+def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Fetch one configured source now and show what came back (the legacy test_data_source)."""
+    from shared.events import Source
+
+    cfg = settings()
+    if name not in cfg.sources:
+        known = ", ".join(sorted(cfg.sources)) or "none configured"
+        fail(f"no source '{name}' in the config file (known: {known})")
+    try:
+        source = Source.model_validate({"name": name, **cfg.sources[name]})
+    except Exception as error:
+        fail(f"source '{name}' is misconfigured: {str(error).splitlines()[-1].strip()}")
+    started = time.monotonic()
+    data = run(_fetch_one(cfg, source))
+    seconds = time.monotonic() - started
+    size = len(json.dumps(data, default=str))
+    summary = {
+        "source": name,
+        "kind": source.kind,
+        "seconds": round(seconds, 3),
+        "bytes": size,
+        "items": len(data) if isinstance(data, list | dict) else None,
+    }
+    if as_json:
+        emit_json({**summary, "data": data})
+        return
+    out.print(
+        f"ok: {name} ({source.kind}) answered in {seconds:.2f}s, {size:,} bytes"
+        + (f", {summary['items']} items" if summary["items"] is not None else "")
+    )
+
+
+async def _fetch_one(cfg: Settings, source: Any) -> Any:
+    from services.fetcher.core import gather_context
+    from services.fetcher.sources import default_sources
+
+    request = ReportRequested(template="sources-test.html", sources=[source])
+    context = await gather_context(request, default_sources(), cfg)
+    return context[source.name]
 
 
 # ---- inspection --------------------------------------------------------------------------

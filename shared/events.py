@@ -85,6 +85,10 @@ class ReportRequested(Event):
         default_factory=list,
         description="Where to deliver; empty means the configured default (a `file` delivery).",
     )
+    use_cache: bool = Field(
+        default=False,
+        description="Serve every source from the fetch cache when fresh (the legacy --use-cache).",
+    )
     requested_by: str | None = Field(default=None, description="Who asked, for the ledger.")
     requested_at: datetime = Field(default_factory=utcnow, description="When it was asked.")
 
@@ -121,6 +125,8 @@ class DataReady(_CarriesRequest):
         default=None, description="Artefact-store key of the context when too big to inline."
     )
     fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
+    cache_hits: int = Field(default=0, description="Sources served from the cache.")
+    cache_misses: int = Field(default=0, description="Cacheable sources fetched afresh.")
 
     @model_validator(mode="after")
     def _has_data(self) -> DataReady:

@@ -60,6 +60,8 @@ class LedgerEntry(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     fetch_seconds: float | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
     render_seconds: float | None = None
     artefacts: list[Artefact] = Field(default_factory=list)
     channels: list[ChannelResult] = Field(default_factory=list)
@@ -116,6 +118,7 @@ def _apply_finish(entry: LedgerEntry, stage: str, seconds: float, event: Event) 
     entry.status = _STATUS_AFTER.get(stage, entry.status)
     if isinstance(event, DataReady):
         entry.fetch_seconds = event.fetch_seconds
+        entry.cache_hits, entry.cache_misses = event.cache_hits, event.cache_misses
     elif isinstance(event, ReportRendered):
         entry.render_seconds = event.render_seconds
         entry.template_version = event.template_version

@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from shared.bus import (
     ADVISORY_STREAM,
+    CACHE_BUCKET,
     DELIVERIES_BUCKET,
     LEDGER_BUCKET,
     STREAM,
@@ -167,6 +168,7 @@ def stage_app(
         deps.publisher = deps.publisher or JetStreamPublisher(js)
         deps.store = deps.store or await open_store(settings, js)
         deps.extra.setdefault("deliveries", await js.key_value(DELIVERIES_BUCKET))
+        deps.extra.setdefault("cache", await js.key_value(CACHE_BUCKET))
         state["work"] = await build_work(deps)
         state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher)
         log.info("stage ready", stage=spec.name, bus=settings.bus_url)

@@ -91,10 +91,14 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(default=10.0, description="Seconds per source.")
     fetch_deadline: float = Field(default=30.0, description="Seconds for all sources.")
     prometheus_url: str | None = None
+    cache_ttl: float = Field(default=300.0, description="Seconds a cached source stays fresh.")
 
     # Everything else from the YAML file (schedules, sources, delivery defaults)
     schedules: list[dict[str, Any]] = Field(default_factory=list)
     source_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Named data sources, for `pressroom sources test`."
+    )
     delivery_defaults: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"channel": "file"}],
         description="Deliveries used when a request names none.",

@@ -164,3 +164,60 @@ class HttpReceiver:
 
     def on(self, path: str) -> list[Hit]:
         return [h for h in self.hits if h.path == path]
+
+
+class PrometheusServer:
+    """Debian's prometheus, scraping itself every second, on a loopback port."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.port = free_port()
+        self.process: Any = None
+
+    def start(self) -> PrometheusServer:
+        import shutil
+        import subprocess
+        import time
+        import urllib.request
+
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed: `make test-deps` installs it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{self.port}']\n"
+        )
+        log = (self.root / "prometheus.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                query = f"{self.url}/api/v1/query?query=up"
+                with urllib.request.urlopen(query, timeout=1) as response:
+                    if json.loads(response.read())["data"]["result"]:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"prometheus did not become ready; see {self.root / 'prometheus.log'}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

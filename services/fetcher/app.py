@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from faststream import FastStream
 
+from services.fetcher.cache import SourceCache
 from services.fetcher.core import fetch_data
 from services.fetcher.sources import DataSource, default_sources
 from shared.bus import FETCHER
@@ -20,11 +21,14 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
     async def build(deps: Deps) -> Work:
         adapters: Mapping[str, DataSource] = deps.extra.get("sources") or default_sources()
+        cache = SourceCache(deps.extra["cache"]) if deps.extra.get("cache") else None
         assert deps.store is not None
 
         async def work(event: Event) -> Event:
             assert isinstance(event, ReportRequested) and deps.store is not None
-            return await fetch_data(event, adapters=adapters, store=deps.store, settings=settings)
+            return await fetch_data(
+                event, adapters=adapters, store=deps.store, settings=settings, cache=cache
+            )
 
         return work
 

@@ -6,8 +6,10 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import DataReady, ReportRequested, Source
@@ -15,7 +17,34 @@ from shared.settings import Settings
 from shared.store import ArtefactStore
 
 
-async def _one(source: Source, adapters: Mapping[str, DataSource], settings: Settings) -> Any:
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+async def _one(
+    source: Source,
+    adapters: Mapping[str, DataSource],
+    settings: Settings,
+    request: ReportRequested,
+    cache: SourceCache | None,
+    stats: CacheStats,
+) -> Any:
+    ttl = ttl_for(source, request, settings) if cache is not None else None
+    if cache is not None and ttl is not None:
+        hit, data = await cache.get(source, ttl)
+        if hit:
+            stats.hits += 1
+            return data
+        stats.misses += 1
+    data = await _fetch(source, adapters, settings)
+    if cache is not None and ttl is not None:
+        await cache.put(source, data)
+    return data
+
+
+async def _fetch(source: Source, adapters: Mapping[str, DataSource], settings: Settings) -> Any:
     adapter = adapters.get(source.kind)
     if adapter is None:
         known = ", ".join(sorted(adapters))
@@ -31,13 +60,18 @@ async def _one(source: Source, adapters: Mapping[str, DataSource], settings: Set
 
 
 async def gather_context(
-    request: ReportRequested, adapters: Mapping[str, DataSource], settings: Settings
+    request: ReportRequested,
+    adapters: Mapping[str, DataSource],
+    settings: Settings,
+    cache: SourceCache | None = None,
+    stats: CacheStats | None = None,
 ) -> dict[str, Any]:
     """Each source's result under its name, then inline params over them (last wins)."""
     names = [s.name for s in request.sources]
     if len(set(names)) != len(names):
         raise PermanentError(f"source names must be unique, got {names}")
-    tasks = [_one(s, adapters, settings) for s in request.sources]
+    stats = stats if stats is not None else CacheStats()
+    tasks = [_one(s, adapters, settings, request, cache, stats) for s in request.sources]
     try:
         results = await asyncio.wait_for(
             asyncio.gather(*tasks, return_exceptions=True), settings.fetch_deadline
@@ -52,7 +86,10 @@ async def gather_context(
         raise PermanentError("; ".join(e.reason for e in permanent))
     if errors:
         reasons = [e.reason if isinstance(e, PressroomError) else repr(e) for e in errors]
-        raise TransientError("; ".join(reasons))
+        transient = TransientError("; ".join(reasons))
+        waits = [e.retry_after for e in errors if isinstance(e, TransientError) and e.retry_after]
+        transient.retry_after = max(waits) if waits else None
+        raise transient
     context: dict[str, Any] = dict(zip(names, results, strict=True))
     context.update(request.params)
     return context
@@ -64,14 +101,17 @@ async def fetch_data(
     adapters: Mapping[str, DataSource],
     store: ArtefactStore,
     settings: Settings,
+    cache: SourceCache | None = None,
 ) -> DataReady:
     started = time.monotonic()
-    context = await gather_context(request, adapters, settings)
+    stats = CacheStats()
+    context = await gather_context(request, adapters, settings, cache, stats)
     elapsed = time.monotonic() - started
+    counts = {"cache_hits": stats.hits, "cache_misses": stats.misses, "fetch_seconds": elapsed}
     encoded = json.dumps(context, default=str).encode()
     if len(encoded) <= settings.inline_context_limit:
-        return DataReady(request=request, context=context, fetch_seconds=elapsed)
+        return DataReady(request=request, context=context, **counts)
     # Too big for a NATS message: park it in the store and pass the key (claim check).
     key = f"contexts/{request.request_id}.json"
     await store.put(key, encoded, content_type="application/json")
-    return DataReady(request=request, context_ref=key, fetch_seconds=elapsed)
+    return DataReady(request=request, context_ref=key, **counts)

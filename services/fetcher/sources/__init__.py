@@ -17,6 +17,15 @@ class DataSource(Protocol):
 
 def default_sources() -> Mapping[str, DataSource]:
     from services.fetcher.sources.file import FileSource
+    from services.fetcher.sources.github import GitHubSource
     from services.fetcher.sources.http import HttpSource
+    from services.fetcher.sources.jira import JiraSource
+    from services.fetcher.sources.prometheus import PrometheusSource
 
-    return {"http": HttpSource(), "file": FileSource()}
+    return {
+        "http": HttpSource(),
+        "file": FileSource(),
+        "prometheus": PrometheusSource(),
+        "github": GitHubSource(),
+        "jira": JiraSource(),
+    }

@@ -13,12 +13,18 @@ from shared.settings import Settings
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-def _credentials(source: Source, settings: Settings) -> dict[str, Any]:
-    name = getattr(source, "credentials", None)
+def credentials_for(
+    source: Source, settings: Settings, *, default: str | None = None
+) -> dict[str, Any]:
+    """Credentials named by the source (`credentials: NAME`) from the config file, never inline."""
+    name = (source.model_extra or {}).get("credentials")
     if not name:
-        return {}
+        return dict(settings.source_credentials.get(default, {})) if default else {}
     if name not in settings.source_credentials:
-        raise PermanentError(f"source '{source.name}': unknown credentials '{name}' in config")
+        known = ", ".join(sorted(settings.source_credentials)) or "none configured"
+        raise PermanentError(
+            f"source '{source.name}': unknown credentials '{name}' (known: {known})"
+        )
     return dict(settings.source_credentials[name])
 
 
@@ -30,6 +36,7 @@ async def get_json(
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    error_body: bool = False,
 ) -> httpx.Response:
     """GET `url`; map network errors and status codes to transient or permanent errors."""
     try:
@@ -43,10 +50,15 @@ async def get_json(
         ) from None
     except httpx.TransportError as error:
         raise TransientError(f"source '{source.name}': cannot reach {url}: {error}") from None
-    if response.status_code in RETRYABLE_STATUS:
-        raise TransientError(f"source '{source.name}': {url} answered {response.status_code}")
-    if response.status_code >= 400:
-        raise PermanentError(f"source '{source.name}': {url} answered {response.status_code}")
+    code = response.status_code
+    if code in RETRYABLE_STATUS:
+        transient = TransientError(f"source '{source.name}': {url} answered {code}")
+        retry_after = response.headers.get("retry-after", "")
+        if retry_after.isdigit():
+            transient.retry_after = float(retry_after)
+        raise transient
+    if code >= 400 and not (error_body and code in (400, 422)):
+        raise PermanentError(f"source '{source.name}': {url} answered {code}")
     return response
 
 
@@ -65,7 +77,7 @@ class HttpSource:
         url = extra.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise PermanentError(f"source '{source.name}': `url` must be an http(s) URL")
-        creds = _credentials(source, settings)
+        creds = credentials_for(source, settings)
         headers = {**dict(extra.get("headers") or {}), **dict(creds.get("headers") or {})}
         if token := creds.get("token"):
             headers.setdefault("Authorization", f"Bearer {token}")

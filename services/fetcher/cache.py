@@ -1,0 +1,62 @@
+"""The per-source fetch cache (JetStream KV): opt-in per source (`cache: SECONDS`) or request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nats.js.errors import KeyNotFoundError
+
+from shared.events import ReportRequested, Source
+from shared.settings import Settings
+
+MAX_CACHED_BYTES = 900 * 1024  # KV values are capped by max_payload (1 MB)
+
+
+class KeyValue(Protocol):
+    async def get(self, key: str) -> Any: ...
+    async def put(self, key: str, value: bytes) -> int: ...
+
+
+def cache_key(source: Source) -> str:
+    spec = source.model_dump(mode="json", exclude={"name", "cache"})
+    spec.pop("cache", None)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return f"{source.kind}.{digest[:40]}"
+
+
+def ttl_for(source: Source, request: ReportRequested, settings: Settings) -> float | None:
+    """Seconds the source may be served from cache, or None when caching is off for it."""
+    setting = (source.model_extra or {}).get("cache")
+    if setting is False:
+        return None
+    if isinstance(setting, int | float) and not isinstance(setting, bool) and setting > 0:
+        return float(setting)
+    if setting is True or request.use_cache:
+        return settings.cache_ttl
+    return None
+
+
+@dataclass
+class SourceCache:
+    kv: KeyValue
+
+    async def get(self, source: Source, ttl: float) -> tuple[bool, Any]:
+        try:
+            entry = await self.kv.get(cache_key(source))
+        except KeyNotFoundError:
+            return False, None
+        if not entry.value:
+            return False, None
+        stored = json.loads(entry.value)
+        if time.time() - float(stored["stored_at"]) > ttl:
+            return False, None
+        return True, stored["data"]
+
+    async def put(self, source: Source, data: Any) -> None:
+        value = json.dumps({"stored_at": time.time(), "data": data}, default=str).encode()
+        if len(value) <= MAX_CACHED_BYTES:
+            await self.kv.put(cache_key(source), value)
