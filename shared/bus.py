@@ -38,6 +38,7 @@ ADVISORY_STREAM = "PRESSROOM_ADVISORIES"
 LEDGER_BUCKET = "pressroom_ledger"
 DELIVERIES_BUCKET = "pressroom_deliveries"
 CACHE_BUCKET = "pressroom_cache"
+SCHEDULES_BUCKET = "pressroom_schedules"
 OBJECT_BUCKET = "pressroom_artefacts"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 MSG_ID = "Nats-Msg-Id"
@@ -146,7 +147,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
                 max_deliver=settings.max_attempts,
             ),
         )
-    for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1)):
+    for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1), (SCHEDULES_BUCKET, 1)):
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas

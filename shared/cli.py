@@ -39,7 +39,7 @@ app.add_typer(dlq_app, name="dlq")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
-SERVICES = ("fetcher", "renderer", "distributor")
+SERVICES = ("scheduler", "fetcher", "renderer", "distributor")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -106,12 +106,13 @@ def worker(
         "fetcher": lambda: __import__("services.fetcher.app", fromlist=["x"]).create_app(),
         "renderer": lambda: __import__("services.renderer.app", fromlist=["x"]).create_app(),
         "distributor": lambda: __import__("services.distributor.app", fromlist=["x"]).create_app(),
+        "scheduler": lambda: __import__("services.scheduler.app", fromlist=["x"]).create_app(),
     }
     if name not in factories:
         fail(f"unknown worker '{name}' (known: {', '.join(factories)})")
     settings()
-    faststream_app = factories[name]()
     try:
+        faststream_app = factories[name]()
         asyncio.run(faststream_app.run())
     except KeyboardInterrupt:
         return
@@ -493,6 +494,70 @@ def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> 
     out.print(table)
 
 
+# ---- schedules ---------------------------------------------------------------------------
+schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+def _schedules(cfg: Settings) -> Any:
+    from services.scheduler.cron import load_schedules
+
+    try:
+        return load_schedules(cfg.schedules)
+    except PressroomError as error:
+        fail(error.reason)
+
+
+@schedule_app.command("ls")
+def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Schedules with their next fire times."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "name": s.name,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "enabled": s.enabled,
+            "template": s.request.get("template"),
+            "next_fire": s.next_fire(now).isoformat(),
+        }
+        for s in _schedules(settings())
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "cron", "timezone", "template", "next fire (UTC)")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["cron"],
+            row["timezone"],
+            str(row["template"]),
+            row["next_fire"][:16] if row["enabled"] else "disabled",
+        )
+    out.print(table)
+
+
+@schedule_app.command("run")
+def schedule_run(
+    name: str, wait: bool = typer.Option(False, "--wait"), timeout: float = typer.Option(120.0)
+) -> None:
+    """Fire a schedule now (its request_id carries the current minute)."""
+    from datetime import UTC, datetime
+
+    cfg = settings()
+    matches = [s for s in _schedules(cfg) if s.name == name]
+    if not matches:
+        fail(f"no schedule '{name}' in the config file")
+    request = matches[0].request_for(datetime.now(UTC).replace(second=0, microsecond=0))
+    outcome = run(_request(cfg, request, wait, timeout))
+    out.print(f"fired {name} as [cyan]{request.request_id}[/]")
+    if outcome is not None and outcome["subject"] != "report.delivered":
+        fail(f"{request.request_id}: {outcome['payload'].get('reason')}")
+
+
 # ---- data sources ------------------------------------------------------------------------
 @sources_app.command("ls")
 def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
@@ -623,6 +688,85 @@ async def _entries(cfg: Settings) -> Any:
 
     async with open_bus(cfg) as bus:
         return await ledger_entries(bus)
+
+
+def _window(text: str) -> Any:
+    from datetime import timedelta
+
+    units = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if text[-1:] not in units or not text[:-1].isdigit():
+        fail(f"--window expects an age like 24h, 7d or 4w, got '{text}'")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
+@app.command("stats")
+def stats_cmd(
+    window: str = typer.Option("7d", help="How far back: 24h, 7d, 4w …"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Success rate, latency percentiles per stage, template usage, report sizes."""
+    from shared.slo import in_window, stats
+
+    entries = in_window(run(_entries(settings())), _window(window))
+    data = stats(entries)
+    if as_json:
+        emit_json({"window": window, **data})
+        return
+
+    def fmt(value: Any, unit: str = "s") -> str:
+        return "—" if value is None else f"{value:.2f}{unit}"
+
+    out.print(
+        f"[bold]{data['total']}[/] requests in {window}: {data['delivered']} delivered, "
+        f"{data['failed']} failed, {data['in_flight']} in flight · success rate "
+        f"{fmt(data['success_rate'], '%')}"
+    )
+    table = Table("latency", "p50", "p95", "p99")
+    rows = [("end to end", data["end_to_end_seconds"])]
+    rows += [(stage, pcts) for stage, pcts in data["stage_seconds"].items()]
+    rows += [("data aggregation", data["fetch_seconds"]), ("render", data["render_seconds"])]
+    for label, pcts in rows:
+        table.add_row(label, fmt(pcts["p50"]), fmt(pcts["p95"]), fmt(pcts["p99"]))
+    out.print(table)
+    sizes = data["report_bytes"]
+    out.print(
+        "report size p50/p95: "
+        + " / ".join(
+            "—" if v is None else f"{v / 1024:.0f} KiB" for v in (sizes["p50"], sizes["p95"])
+        )
+    )
+    out.print("templates: " + ", ".join(f"{k} ({v})" for k, v in data["templates"].items()))
+    if data["cache_hit_rate"] is not None:
+        out.print(f"fetch cache hit rate: {data['cache_hit_rate']:.1f}%")
+
+
+@app.command()
+def slo(
+    window: str = typer.Option("30d", help="How far back: 24h, 7d, 30d …"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Each SLI of the legacy runbook against its target (exit 1 when any is missed)."""
+    from shared.slo import in_window, objectives
+
+    cfg = settings()
+    entries = in_window(run(_entries(cfg)), _window(window))
+    lib = _library(cfg)
+    names = lib.names()
+    valid = sum(1 for n in names if not lib.validate(n))
+    rows = objectives(
+        entries, templates_valid=(valid, len(names)), on_time_seconds=cfg.schedule_on_time
+    )
+    if as_json:
+        emit_json({"window": window, "objectives": [r.as_dict() for r in rows]})
+    else:
+        table = Table("SLI", "target", "measured", "samples", "")
+        for r in rows:
+            value = "—" if r.value is None else f"{r.value:.2f} {r.unit}"
+            mark = {True: "[green]met[/]", False: "[red]MISSED[/]", None: "[dim]no data[/]"}[r.met]
+            table.add_row(r.name, r.target, value, str(r.measured_over), mark)
+        out.print(table)
+    if any(r.met is False for r in rows):
+        raise typer.Exit(1)
 
 
 @app.command()

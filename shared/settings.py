@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, description="Seconds a cached source stays fresh.")
 
+    # Scheduler
+    schedule_grace: float = Field(
+        default=3600.0, description="Catch up fires missed this recently."
+    )
+    schedule_tick: float = Field(default=1.0, description="Seconds between schedule checks.")
+    schedule_on_time: float = Field(default=900.0, description="Delivered within = on time.")
+
     # Everything else from the YAML file (schedules, sources, delivery defaults)
     schedules: list[dict[str, Any]] = Field(default_factory=list)
     source_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)

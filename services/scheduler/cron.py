@@ -1,0 +1,95 @@
+"""Cron schedules from the config file, and the deterministic request of each fire."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.errors import PermanentError
+from shared.events import ReportRequested
+
+
+class Schedule(BaseModel):
+    """One entry of `schedules:` in the YAML config."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    cron: str = Field(description="Five fields: minute hour day-of-month month day-of-week.")
+    timezone: str = "UTC"
+    request: dict[str, Any] = Field(description="The report.requested body to emit.")
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"'{value}' is not a 5-field cron expression")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone '{value}'") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def next_fire(self, after: datetime) -> datetime:
+        it = croniter(self.cron, after.astimezone(self.zone))
+        result: datetime = it.get_next(datetime)
+        return result.astimezone(UTC)
+
+    def fires_between(self, start: datetime, end: datetime) -> Iterator[datetime]:
+        """Fire times in (start, end]."""
+        it = croniter(self.cron, start.astimezone(self.zone))
+        while True:
+            fire: datetime = it.get_next(datetime)
+            if fire > end:
+                return
+            yield fire.astimezone(UTC)
+
+    def request_for(self, fire: datetime) -> ReportRequested:
+        """The same fire always yields the same request_id, whichever replica publishes it."""
+        body = dict(self.request)
+        body["request_id"] = f"{self.name}-{fire.astimezone(UTC):%Y%m%dT%H%MZ}"
+        body["requested_by"] = f"scheduler:{self.name}"
+        body["requested_at"] = fire.astimezone(UTC).isoformat()
+        return ReportRequested.model_validate(body)
+
+
+def load_schedules(raw: list[dict[str, Any]]) -> list[Schedule]:
+    """Parse `schedules:`; a bad entry is a one-line configuration error naming it."""
+    schedules = []
+    for index, item in enumerate(raw):
+        try:
+            schedule = Schedule.model_validate(item)
+            schedule.request_for(datetime.now(UTC))  # the body must be a valid request too
+        except ValidationError as error:
+            name = item.get("name", f"#{index + 1}") if isinstance(item, dict) else f"#{index + 1}"
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PermanentError(f"schedule '{name}' is invalid: {where}: {first['msg']}") from None
+        schedules.append(schedule)
+    names = [s.name for s in schedules]
+    if len(set(names)) != len(names):
+        raise PermanentError(f"schedule names must be unique: {names}")
+    return schedules
+
+
+def missed_fires(
+    schedule: Schedule, last_checked: datetime | None, now: datetime, grace: timedelta
+) -> list[datetime]:
+    """Fires since the last check (at most `grace` ago): caught up once after downtime."""
+    start = max(last_checked or now - timedelta(seconds=1), now - grace)
+    return list(schedule.fires_between(start, now))
