@@ -141,14 +141,16 @@ class Stack:
             self.nats.send_signal(sig)
             self.nats.wait(timeout=10)
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
         index = len(self.procs.get(name, [])) + 1
         log = (logs / f"{name}-{index}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "worker", name],
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,

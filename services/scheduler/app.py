@@ -49,7 +49,8 @@ async def tick(
     now: datetime,
 ) -> list[str]:
     fired = []
-    grace = timedelta(seconds=settings.schedule_grace)
+    # A grace shorter than a few ticks would drop ordinary fires, not only stale ones.
+    grace = timedelta(seconds=max(settings.schedule_grace, settings.schedule_tick * 5, 5.0))
     for schedule in schedules:
         if not schedule.enabled:
             continue

@@ -1,0 +1,93 @@
+"""Scheduler replicas, SLOs from real runs: knowing what happened and how fast."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO, Outcomes, Stack, eventually
+
+pytestmark = pytest.mark.integration
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+
+
+@pytest.mark.timeout(240)
+async def test_two_scheduler_replicas_deliver_one_report_per_fire(
+    stack: Stack, outcomes: Outcomes, nc: Any
+) -> None:
+    config = stack.root / "schedules.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "schedules": [
+                    {
+                        "name": "every-minute",
+                        "cron": "* * * * *",
+                        "timezone": "Europe/Berlin",
+                        "request": {
+                            "template": "daily.html",
+                            "params": SAMPLE,
+                            "deliver": [{"channel": "file", "path": "scheduled"}],
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    env = {"PRESSROOM_CONFIG": str(config)}
+    replicas = [stack.start_worker("scheduler", env) for _ in range(2)]
+    try:
+
+        async def first_fire() -> str | None:
+            ids = [r for r in outcomes.delivered if r.startswith("every-minute-")]
+            return ids[0] if ids else None
+
+        rid = await eventually(first_fire, timeout=150, every=0.5)
+    finally:
+        for proc in replicas:
+            proc.send_signal(signal.SIGTERM)
+        for proc in replicas:
+            proc.wait(timeout=20)
+
+    assert len(outcomes.delivered[rid]) == 1
+    js = nc.jetstream()
+    sub = await js.subscribe("report.requested", ordered_consumer=True)
+    copies = 0
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=1)
+        except Exception:
+            break
+        copies += json.loads(msg.data).get("request_id") == rid
+    await sub.unsubscribe()
+    assert copies == 1  # the second replica's publish was de-duplicated
+    assert [p.name for p in (stack.out / "scheduled").glob("*.pdf")] == [f"{rid}.pdf"]
+    status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+    assert status["requested_by"] == "scheduler:every-minute"
+
+
+async def test_slo_and_stats_show_figures_from_real_runs(
+    stack: Stack, outcomes: Outcomes, nc: Any
+) -> None:
+    for n in range(3):
+        body = {"request_id": f"slo-{n}-{id(stack)}", "template": "weekly.html", "params": SAMPLE}
+        await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    for n in range(3):
+        await outcomes.delivered_event(f"slo-{n}-{id(stack)}")
+
+    result = stack.cli("slo", "--json")
+    rows = {r["sli"]: r for r in json.loads(result.stdout)["objectives"]}
+    assert rows["Report generation time (p95)"]["samples"] >= 3
+    assert rows["Report generation time (p95)"]["met"] is True
+    assert rows["PDF rendering success rate"]["samples"] >= 3
+    assert rows["Report file size (p95)"]["met"] is True
+    assert rows["Template validation success"]["samples"] >= 6
+
+    data = json.loads(stack.cli("stats", "--json", check=True).stdout)
+    assert data["delivered"] >= 3 and data["templates"]["weekly.html"] >= 3
+    assert data["stage_seconds"]["renderer"]["p50"] > 0
+    human = stack.cli("slo")
+    assert "Report generation success rate" in human.stdout
