@@ -25,6 +25,7 @@ from shared.events import (
     REPORT_RENDERED,
     REPORT_REQUESTED,
 )
+from shared.telemetry import inject_context
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -207,4 +208,5 @@ class JetStreamPublisher:
         self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
     ) -> api.PubAck:
         hdrs = {**(headers or {}), MSG_ID: msg_id}
+        inject_context(hdrs)
         return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)

@@ -355,6 +355,13 @@ async def _request(
             while time.monotonic() < deadline:
                 try:
                     outcome = await asyncio.wait_for(asyncio.shield(future), 1.0)
+                    # The ledger records the last stage just after its event: let it catch up,
+                    # so a `pressroom status` right after --wait agrees with what we printed.
+                    settle = time.monotonic() + 5
+                    while time.monotonic() < settle and not await outcome_from_ledger(
+                        bus, req.request_id
+                    ):
+                        await asyncio.sleep(0.05)
                     return {"subject": outcome.subject, "payload": outcome.payload}
                 except TimeoutError:
                     known = await outcome_from_ledger(bus, req.request_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -40,6 +40,7 @@ from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 from shared.stage import StageRunner, guess_request_id, publish_dead_letter
 from shared.store import ArtefactStore, open_store
+from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.service")
 
@@ -148,7 +149,12 @@ def stage_app(
     concurrency: int = 1,
 ) -> FastStream:
     service = f"pressroom-{spec.name}"
-    os.environ.setdefault("OTEL_SERVICE_NAME", service)
+    tracer_provider, meter_provider = setup_telemetry(service)
+    middlewares = []
+    if tracer_provider is not None or meter_provider is not None:
+        middlewares.append(
+            NatsTelemetryMiddleware(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        )
     broker = NatsBroker(
         settings.bus_url,
         name=service,
@@ -156,6 +162,7 @@ def stage_app(
         reconnect_time_wait=1,
         graceful_timeout=max(settings.ack_wait, 5.0),
         logger=None,  # the stage runner logs structured lines with request_id instead
+        middlewares=middlewares,
     )
     app = FastStream(broker)
     state: dict[str, Any] = {}
@@ -177,6 +184,7 @@ def stage_app(
     async def shutdown() -> None:
         if close is not None:
             await close(deps)
+        shutdown_telemetry()
 
     @broker.subscriber(
         spec.consumes,

@@ -39,6 +39,7 @@ from shared.events import (
 from shared.ledger import Ledger
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.telemetry import span, stage_finished
 
 E = TypeVar("E", bound=Event)
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
@@ -141,27 +142,31 @@ class StageRunner:
             return
 
         heartbeat = asyncio.create_task(self._keep_alive(msg))
+        outcome = "done"
         try:
-            next_event = await work(event)
-            await self.publisher.publish(
-                self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
-            )
+            with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
+                next_event = await work(event)
+                await self.publisher.publish(
+                    self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+                )
             await self.ledger.finish(
                 rid, self.spec.name, seconds=time.monotonic() - started, event=next_event
             )
         except PermanentError as error:
+            outcome = "dead_letter"
             bound.warning("permanent failure", reason=error.reason)
             await self.dead_letter(msg, error.reason, permanent=True, request_id=rid)
             return
         except Exception as error:
             reason = error.reason if isinstance(error, PressroomError) else _describe(error)
             wait = error.retry_after if isinstance(error, TransientError) else None
-            await self._retry_or_dead_letter(msg, reason, rid, bound, retry_after=wait)
+            outcome = await self._retry_or_dead_letter(msg, reason, rid, bound, retry_after=wait)
             return
         finally:
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
                 await heartbeat
+            stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
 
@@ -191,7 +196,7 @@ class StageRunner:
         bound: Any,
         *,
         retry_after: float | None = None,
-    ) -> None:
+    ) -> str:
         if msg.attempt >= self.settings.max_attempts:
             bound.warning("retries exhausted", reason=reason)
             await self.dead_letter(
@@ -200,12 +205,13 @@ class StageRunner:
                 permanent=False,
                 request_id=request_id,
             )
-            return
+            return "dead_letter"
         delay = self.settings.backoff_for(msg.attempt)
         if retry_after:
             delay = min(max(delay, retry_after), MAX_RETRY_AFTER)
         bound.info("transient failure, will retry", reason=reason, retry_in=delay)
         await msg.nack(delay)
+        return "retry"
 
     async def dead_letter(
         self,

@@ -15,6 +15,7 @@ from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRender
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.store import ArtefactStore
+from shared.telemetry import span
 
 log = get_logger("pressroom.distributor")
 
@@ -78,7 +79,8 @@ async def distribute(
         # Intent before, outcome after: an ambiguous crash in between is visible in the record.
         await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
         try:
-            result = await channel.deliver(delivery, parcel)
+            with span(f"deliver {delivery.channel}", parcel.request_id):
+                result = await channel.deliver(delivery, parcel)
         except PressroomError as error:
             result = ChannelResult(
                 channel=delivery.channel, ok=False, target="", detail=error.reason

@@ -15,6 +15,7 @@ from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import DataReady, ReportRequested, Source
 from shared.settings import Settings
 from shared.store import ArtefactStore
+from shared.telemetry import span
 
 
 @dataclass
@@ -38,7 +39,10 @@ async def _one(
             stats.hits += 1
             return data
         stats.misses += 1
-    data = await _fetch(source, adapters, settings)
+    with span(
+        f"source {source.name}", request.request_id, **{"pressroom.source.kind": source.kind}
+    ):
+        data = await _fetch(source, adapters, settings)
     if cache is not None and ttl is not None:
         await cache.put(source, data)
     return data

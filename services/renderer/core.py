@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
 from shared.settings import Settings
 from shared.store import ArtefactStore, artefact_key, sha256_hex
+from shared.telemetry import record_span, span
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 Renderer = Callable[[RenderJob], Awaitable[RenderOutput]]
@@ -56,23 +58,33 @@ async def render_report(
         data = json.loads(await store.get(event.context_ref))
     job = make_job(settings, request.template, build_context(request, data), tuple(request.formats))
     output = await render(job)
+    end = time.time_ns()
+    pdf_start = end - int(output.pdf_seconds * 1e9)
+    html_start = pdf_start - int(output.html_seconds * 1e9)
+    rid = request.request_id
+    record_span(
+        "template render", html_start, pdf_start, rid, **{"pressroom.template": request.template}
+    )
+    if output.pdf is not None:
+        record_span("pdf render", pdf_start, end, rid, **{"pressroom.pdf.pages": output.pages})
     artefacts: list[Artefact] = []
     for fmt in request.formats:
         content = output.pdf if fmt == "pdf" else output.html
         assert content is not None
         key = artefact_key(request.request_id, fmt, request.requested_at)
         digest = sha256_hex(content)
-        await store.put(
-            key,
-            content,
-            content_type=CONTENT_TYPES[fmt],
-            metadata={
-                "sha256": digest,
-                "template": request.template,
-                "template-version": output.template_version,
-                "request-id": request.request_id,
-            },
-        )
+        with span(f"upload {fmt}", rid, **{"pressroom.bytes": len(content)}):
+            await store.put(
+                key,
+                content,
+                content_type=CONTENT_TYPES[fmt],
+                metadata={
+                    "sha256": digest,
+                    "template": request.template,
+                    "template-version": output.template_version,
+                    "request-id": request.request_id,
+                },
+            )
         artefacts.append(
             Artefact(
                 format=fmt,

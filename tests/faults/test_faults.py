@@ -129,8 +129,12 @@ async def test_a_request_id_published_three_times_is_delivered_once(fault_stack:
     await all_settled(stack, [marker])
     assert delivered[rid] == 1
     assert pdfs(stack.out / "dups") == sorted([rid, marker])
-    status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
-    assert status["status"] == "delivered"
+
+    async def ledger_delivered() -> bool:
+        status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+        return bool(status["status"] == "delivered")
+
+    assert await eventually(ledger_delivered, timeout=10)
 
 
 async def test_poison_messages_are_dead_lettered_without_retries(fault_stack: Stack) -> None:

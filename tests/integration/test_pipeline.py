@@ -174,9 +174,12 @@ async def test_a_missing_template_is_dead_lettered_then_delivered_after_fix_and_
     assert "Answer 42" in pdf_text(stack.out / f"{rid}.pdf")
     left = json.loads(stack.cli("dlq", "ls", "--json", "--reason", name, check=True).stdout)
     assert left == []  # a replayed dead letter leaves the queue
-    assert (
-        json.loads(stack.cli("status", rid, "--json", check=True).stdout)["status"] == "delivered"
-    )
+
+    async def ledger_says_delivered() -> bool:
+        status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+        return bool(status["status"] == "delivered")
+
+    assert await eventually(ledger_says_delivered, timeout=10)
 
 
 async def test_dlq_purge_removes_dead_letters_for_good(

@@ -1,0 +1,114 @@
+"""With only OTEL_* set, one report yields one trace across the three services."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.helpers import REPO, Stack, eventually, unique
+from tests.servers import HttpReceiver
+
+pytestmark = pytest.mark.integration
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[HttpReceiver]:
+    receiver = HttpReceiver(lambda path, n: (200, b"", {"Content-Type": "application/x-protobuf"}))
+    yield receiver.start()
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory, collector: HttpReceiver) -> Iterator[Stack]:
+    stack = Stack(
+        tmp_path_factory.mktemp("traced"),
+        env_extra={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        },
+    ).start()
+    yield stack
+    stack.stop()
+
+
+def spans(collector: HttpReceiver) -> list[dict[str, Any]]:
+    found = []
+    for hit in collector.on("/v1/traces"):
+        request = ExportTraceServiceRequest.FromString(hit.body)
+        for resource_spans in request.resource_spans:
+            attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope in resource_spans.scope_spans:
+                for s in scope.spans:
+                    found.append(
+                        {
+                            "service": attrs.get("service.name"),
+                            "name": s.name,
+                            "trace_id": s.trace_id.hex(),
+                            "attributes": {a.key: a.value for a in s.attributes},
+                        }
+                    )
+    return found
+
+
+async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
+    traced: Stack, collector: HttpReceiver
+) -> None:
+    rid = unique("traced")
+    nc = await traced.connect()
+    body = {"request_id": rid, "template": "weekly.html", "params": SAMPLE}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await nc.close()
+
+    def ours() -> list[dict[str, Any]]:
+        return [
+            s
+            for s in spans(collector)
+            if s["attributes"].get("pressroom.request_id", None) is not None
+            and s["attributes"]["pressroom.request_id"].string_value == rid
+        ]
+
+    async def complete() -> list[dict[str, Any]] | None:
+        found = ours()
+        names = {s["name"] for s in found}
+        return found if {"pdf render", "deliver file"} <= names else None
+
+    found = await eventually(complete, timeout=60)
+    assert len({s["trace_id"] for s in found}) == 1
+    services = {s["service"] for s in found}
+    assert services == {"pressroom-fetcher", "pressroom-renderer", "pressroom-distributor"}
+    names = {s["name"] for s in found}
+    assert {
+        "fetcher",
+        "renderer",
+        "template render",
+        "pdf render",
+        "upload pdf",
+        "distributor",
+        "deliver file",
+    } <= names
+    # the consumer spans FastStream creates share the same trace
+    trace_id = found[0]["trace_id"]
+    everything = [s for s in spans(collector) if s["trace_id"] == trace_id]
+    assert len(everything) > len(found)
+
+    async def metrics_arrived() -> bool:
+        return bool(collector.on("/v1/metrics"))
+
+    assert await eventually(metrics_arrived, timeout=20)
+
+    log = "\n".join(p.read_text() for p in (traced.root / "logs").glob("renderer-*.log"))
+    lines = [
+        json.loads(line)
+        for line in log.splitlines()
+        if line.startswith("{") and rid in line and "stage done" in line
+    ]
+    assert lines and lines[0]["trace_id"] == trace_id
