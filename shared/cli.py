@@ -152,16 +152,23 @@ def up(
     log_dir = cfg.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    from shared.embedded import free_port
+
+    registry: dict[str, str] = {}
     for name, count in counts.items():
         for index in range(count):
-            log = (log_dir / f"{name}-{index + 1}.log").open("ab")
+            label = f"{name}-{index + 1}"
+            port = free_port()
+            registry[label] = f"http://127.0.0.1:{port}"
+            log = (log_dir / f"{label}.log").open("ab")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "worker", name],
-                env=env,
+                env={**env, "PRESSROOM_HEALTH_PORT": str(port)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            children.append((f"{name}-{index + 1}", proc))
+            children.append((label, proc))
+    (cfg.data_dir / "workers.json").write_text(json.dumps(registry, indent=2))
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -202,6 +209,7 @@ def up(
             nats_proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             nats_proc.kill()
+    (cfg.data_dir / "workers.json").unlink(missing_ok=True)
     out.print("stopped.")
 
 
@@ -620,6 +628,98 @@ async def _fetch_one(cfg: Settings, source: Any) -> Any:
     request = ReportRequested(template="sources-test.html", sources=[source])
     context = await gather_context(request, default_sources(), cfg)
     return context[source.name]
+
+
+# ---- health ------------------------------------------------------------------------------
+@app.command()
+def health(
+    url: list[str] = typer.Option([], "--url", help="A worker's health URL (repeatable)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The whole stack: NATS, streams and consumers, dead letters, store, and each worker."""
+    cfg = settings()
+    registry_file = cfg.data_dir / "workers.json"
+    workers: dict[str, str] = {}
+    if registry_file.is_file():
+        workers.update(json.loads(registry_file.read_text()))
+    workers.update({u: u for u in url})
+    report = run(_health(cfg, workers))
+    if as_json:
+        emit_json(report)
+    else:
+        colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+        out.print(f"[bold {colour[report['status']]}]{report['status']}[/]")
+        table = Table("component", "status", "detail")
+        for name, item in report["components"].items():
+            table.add_row(name, f"[{colour[item['status']]}]{item['status']}[/]", item["detail"])
+        out.print(table)
+    if report["status"] == "unhealthy":
+        raise typer.Exit(1)
+
+
+async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
+    import httpx
+
+    from shared.bus import DLQ_STREAM, STAGES, STREAM
+    from shared.health import _RANK
+    from shared.ops import BusUnavailable, open_bus
+
+    components: dict[str, dict[str, Any]] = {}
+    try:
+        async with open_bus(cfg, setup=False) as bus:
+            info = await bus.js.stream_info(STREAM)
+            components["nats"] = {
+                "status": "healthy",
+                "detail": f"{cfg.bus_url}, {info.state.messages} events stored",
+            }
+            for stage in STAGES.values():
+                consumer = await bus.js.consumer_info(STREAM, stage.durable)
+                pending = int(consumer.num_pending or 0)
+                waiting = int(consumer.num_waiting or 0)
+                status = "healthy" if waiting else "unhealthy"
+                if waiting and pending > cfg.health_max_pending:
+                    status = "degraded"
+                components[f"consumer {stage.durable}"] = {
+                    "status": status,
+                    "detail": f"{pending} waiting, {consumer.num_ack_pending} in progress, "
+                    f"{waiting} worker pull(s)" + ("" if waiting else " — no worker is running"),
+                }
+            dlq = await bus.js.stream_info(DLQ_STREAM)
+            count = int(dlq.state.messages)
+            components["dead letters"] = {
+                "status": "degraded" if count else "healthy",
+                "detail": f"{count} waiting (pressroom dlq ls)" if count else "none",
+            }
+            try:
+                store = await bus.store()
+                await asyncio.wait_for(store.check(), 5)
+                components["artefact store"] = {"status": "healthy", "detail": type(store).__name__}
+            except Exception as error:
+                components["artefact store"] = {"status": "unhealthy", "detail": str(error)}
+    except BusUnavailable as error:
+        components["nats"] = {"status": "unhealthy", "detail": error.reason}
+    except Exception as error:
+        components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
+    async with httpx.AsyncClient(timeout=5) as client:
+        for name, base in workers.items():
+            try:
+                response = await client.get(base.rstrip("/") + "/readyz")
+                body = response.json()
+                failing = [
+                    k for k, v in body.get("checks", {}).items() if v.get("status") != "healthy"
+                ]
+                components[f"worker {name}"] = {
+                    "status": body.get("status", "unhealthy"),
+                    "detail": ", ".join(f"{k}: {body['checks'][k]['detail']}" for k in failing)
+                    or "all checks pass",
+                }
+            except (httpx.HTTPError, ValueError) as error:
+                components[f"worker {name}"] = {
+                    "status": "unhealthy",
+                    "detail": f"no answer from {base}: {error}",
+                }
+    worst = max((c["status"] for c in components.values()), key=lambda s: _RANK[s])
+    return {"status": worst, "components": components}
 
 
 # ---- inspection --------------------------------------------------------------------------

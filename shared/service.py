@@ -35,6 +35,7 @@ from shared.bus import (
 )
 from shared.errors import PressroomError
 from shared.events import Event
+from shared.health import Check, CheckResult, HealthServer
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
@@ -134,6 +135,35 @@ async def _connect_with_patience(
             delay = min(delay * 2, 5.0)
 
 
+def stage_checks(
+    broker: NatsBroker, deps: Deps, spec: StageSpec, settings: Settings
+) -> dict[str, Check]:
+    async def bus() -> CheckResult:
+        connected = broker._connection is not None and broker._connection.is_connected
+        return CheckResult(
+            "healthy" if connected else "unhealthy",
+            settings.bus_url if connected else "not connected to NATS",
+        )
+
+    async def store() -> CheckResult:
+        assert deps.store is not None
+        await deps.store.check()
+        return CheckResult("healthy", type(deps.store).__name__)
+
+    async def consumer() -> CheckResult:
+        assert deps.js is not None
+        info = await deps.js.consumer_info(STREAM, spec.durable)
+        pending, unacked = int(info.num_pending or 0), int(info.num_ack_pending or 0)
+        degraded = pending > settings.health_max_pending
+        return CheckResult(
+            "degraded" if degraded else "healthy",
+            f"{pending} waiting" + (f" (over {settings.health_max_pending})" if degraded else ""),
+            {"pending": pending, "in_progress": unacked},
+        )
+
+    return {"bus": bus, "store": store, "consumer": consumer}
+
+
 class StartupFailed(PressroomError):
     """A service could not connect to NATS or declare its streams in time."""
 
@@ -178,10 +208,22 @@ def stage_app(
         deps.extra.setdefault("cache", await js.key_value(CACHE_BUCKET))
         state["work"] = await build_work(deps)
         state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher)
+        if settings.health_port is not None:
+            server = HealthServer(
+                service,
+                stage_checks(broker, deps, spec, settings),
+                settings.health_host,
+                settings.health_port,
+            )
+            state["health"] = server
+            port = await server.start()
+            log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
         log.info("stage ready", stage=spec.name, bus=settings.bus_url)
 
     @app.on_shutdown
     async def shutdown() -> None:
+        if "health" in state:
+            await state["health"].stop()
         if close is not None:
             await close(deps)
         shutdown_telemetry()

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, description="Seconds a cached source stays fresh.")
 
+    # Health endpoints (/livez, /readyz): off unless a port is set (0 picks a free one)
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    health_max_pending: int = Field(default=1000, description="More waiting = degraded.")
+
     # Scheduler
     schedule_grace: float = Field(
         default=3600.0, description="Catch up fires missed this recently."

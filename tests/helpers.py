@@ -54,6 +54,7 @@ class Stack:
     port: int = 0
     nats: subprocess.Popen[bytes] | None = None
     procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+    health: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -148,6 +149,9 @@ class Stack:
         logs.mkdir(exist_ok=True)
         index = len(self.procs.get(name, [])) + 1
         log = (logs / f"{name}-{index}.log").open("ab")
+        port = free_port()
+        self.health[f"{name}-{index}"] = f"http://127.0.0.1:{port}"
+        extra_env = {"PRESSROOM_HEALTH_PORT": str(port), **(extra_env or {})}
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "worker", name],
             env={**self.env, **(extra_env or {})},

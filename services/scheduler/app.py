@@ -20,6 +20,7 @@ from nats.js.errors import KeyNotFoundError
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
 from shared.bus import SCHEDULES_BUCKET, JetStreamPublisher, encode, ensure_topology, msg_id
 from shared.events import REPORT_REQUESTED
+from shared.health import CheckResult, HealthServer
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 
@@ -92,9 +93,32 @@ def create_app(settings: Settings | None = None) -> FastStream:
     async def start() -> None:
         configure_logging("pressroom-scheduler")
         state["task"] = asyncio.create_task(loop())
+        if settings.health_port is not None:
+
+            async def bus() -> CheckResult:
+                connection = broker._connection
+                ok = connection is not None and connection.is_connected
+                return CheckResult("healthy" if ok else "unhealthy", settings.bus_url)
+
+            async def ticking() -> CheckResult:
+                task = state["task"]
+                return CheckResult(
+                    "unhealthy" if task.done() else "healthy", f"{len(schedules)} schedule(s)"
+                )
+
+            server = HealthServer(
+                "pressroom-scheduler",
+                {"bus": bus, "scheduler": ticking},
+                settings.health_host,
+                settings.health_port,
+            )
+            state["health"] = server
+            await server.start()
 
     @app.on_shutdown
     async def stop() -> None:
+        if "health" in state:
+            await state["health"].stop()
         task = state.get("task")
         if task is not None:
             task.cancel()

@@ -91,3 +91,35 @@ async def test_slo_and_stats_show_figures_from_real_runs(
     assert data["stage_seconds"]["renderer"]["p50"] > 0
     human = stack.cli("slo")
     assert "Report generation success rate" in human.stdout
+
+
+async def test_workers_answer_liveness_and_readiness(stack: Stack) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        for name in ("fetcher-1", "renderer-1", "distributor-1"):
+            live = await client.get(stack.health[name] + "/livez")
+            assert live.status_code == 200 and live.json()["status"] == "healthy"
+            ready = (await client.get(stack.health[name] + "/readyz")).json()
+            assert ready["status"] == "healthy", ready
+            assert set(ready["checks"]) == {"bus", "store", "consumer"}
+            assert ready["service"] == f"pressroom-{name[:-2]}"
+
+
+def test_pressroom_health_shows_the_whole_stack(stack: Stack) -> None:
+    urls = [
+        a
+        for name in ("fetcher-1", "renderer-1", "distributor-1")
+        for a in ("--url", stack.health[name])
+    ]
+    result = stack.cli("health", "--json", *urls)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    assert report["components"]["nats"]["status"] == "healthy"
+    for stage in ("fetcher", "renderer", "distributor"):
+        assert report["components"][f"consumer {stage}"]["status"] == "healthy"
+    assert report["components"][f"worker {stack.health['renderer-1']}"]["status"] == "healthy"
+    assert report["components"]["artefact store"]["status"] == "healthy"
+
+    down = stack.cli("health", "--url", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "unhealthy" in down.stdout
