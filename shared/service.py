@@ -190,7 +190,7 @@ def stage_app(
         name=service,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        graceful_timeout=max(settings.ack_wait, 5.0),
+        graceful_timeout=settings.shutdown_grace,
         logger=None,  # the stage runner logs structured lines with request_id instead
         middlewares=middlewares,
     )

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
     retry_backoff: str = Field(default="1,5,15,60", description="Seconds between attempts.")
     ack_wait: float = Field(default=30.0, description="Seconds before an unacked message returns.")
+    shutdown_grace: float = Field(default=30.0, description="Seconds in-flight work may finish.")
     startup_timeout: float = Field(default=120.0, description="Seconds to wait for NATS at start.")
 
     # Rendering

@@ -152,6 +152,12 @@ class StageRunner:
             await self.ledger.finish(
                 rid, self.spec.name, seconds=time.monotonic() - started, event=next_event
             )
+        except asyncio.CancelledError:
+            # Shutting down mid-work: hand the message back now rather than after ack_wait.
+            outcome = "handed_back"
+            with suppress(Exception):
+                await asyncio.shield(msg.nack(0))
+            raise
         except PermanentError as error:
             outcome = "dead_letter"
             bound.warning("permanent failure", reason=error.reason)
