@@ -877,6 +877,36 @@ def slo(
 
 
 @app.command()
+def clean(
+    older_than: str | None = typer.Option(None, help="Age like 30d (default: retention setting)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would go, delete nothing."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove artefacts older than the retention age (PRESSROOM_ARTEFACT_RETENTION_DAYS)."""
+    from datetime import timedelta
+
+    cfg = settings()
+    age = _window(older_than) if older_than else timedelta(days=cfg.artefact_retention_days)
+    removed = run(_clean(cfg, age, dry_run))
+    if as_json:
+        emit_json(
+            {"dry_run": dry_run, "objects": [{"key": o.key, "size": o.size} for o in removed]}
+        )
+        return
+    verb = "would remove" if dry_run else "removed"
+    total = sum(o.size for o in removed)
+    out.print(f"{verb} {len(removed)} object(s), {total / 1024 / 1024:.1f} MiB")
+
+
+async def _clean(cfg: Settings, age: Any, dry_run: bool) -> Any:
+    from shared.ops import open_bus
+    from shared.store import remove_older_than
+
+    async with open_bus(cfg) as bus:
+        return await remove_older_than(await bus.store(), age, dry_run=dry_run)
+
+
+@app.command()
 def get(
     request_id: str,
     output: Path = typer.Option(..., "--output", "-o"),

@@ -48,6 +48,23 @@ class ArtefactStore(Protocol):
         ...
 
 
+async def remove_older_than(
+    store: ArtefactStore, age: timedelta, *, now: datetime | None = None, dry_run: bool = False
+) -> list[StoredObject]:
+    """Retention (the legacy "clean old reports"): artefacts and parked contexts past `age`."""
+    cutoff = (now or datetime.now(UTC)) - age
+    old = [
+        o
+        for prefix in ("reports/", "contexts/")
+        for o in await store.list(prefix)
+        if o.modified is not None and o.modified < cutoff
+    ]
+    if not dry_run:
+        for obj in old:
+            await store.delete(obj.key)
+    return old
+
+
 def artefact_key(request_id: str, ext: str, when: datetime) -> str:
     day = when.astimezone(UTC)
     return f"reports/{day:%Y/%m/%d}/{request_id}.{ext}"

@@ -270,3 +270,16 @@ def test_the_email_and_webhook_configuration_can_be_checked(dstack: Stack, serve
     assert verify(SECRET, hooks.on("/ping")[0].headers, hooks.on("/ping")[0].body)
     refused = dstack.cli("check", "webhook", "--url", "http://10.0.0.1/x")
     assert refused.returncode == 1 and "non-public" in refused.stderr
+
+
+def test_pressroom_clean_lists_and_removes_old_artefacts_from_s3(dstack: Stack) -> None:
+    listed = json.loads(
+        dstack.cli("clean", "--older-than", "30d", "--dry-run", "--json", check=True).stdout
+    )
+    assert listed == {"dry_run": True, "objects": []}  # nothing is 30 days old yet
+    everything = json.loads(
+        dstack.cli("clean", "--older-than", "0m", "--dry-run", "--json", check=True).stdout
+    )
+    assert everything["objects"] and all(
+        o["key"].startswith("reports/") for o in everything["objects"]
+    )

@@ -194,3 +194,20 @@ async def test_dlq_purge_removes_dead_letters_for_good(
     assert purged == {"purged": 1}
     assert json.loads(stack.cli("dlq", "ls", "--json", "--reason", rid, check=True).stdout) == []
     assert stack.cli("dlq", "show", str(row["id"])).returncode == 1
+
+
+async def test_retention_sees_object_store_artefacts_with_their_age(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    rid = unique("aged")
+    body = {"request_id": rid, "template": "weekly.html", "params": SAMPLE}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await outcomes.delivered_event(rid)
+    young = json.loads(
+        stack.cli("clean", "--older-than", "1h", "--dry-run", "--json", check=True).stdout
+    )
+    assert not any(rid in o["key"] for o in young["objects"])
+    old = json.loads(
+        stack.cli("clean", "--older-than", "0m", "--dry-run", "--json", check=True).stdout
+    )
+    assert any(o["key"].endswith(f"/{rid}.pdf") for o in old["objects"])
