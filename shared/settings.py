@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(default=Path("templates"))
     out_dir: Path = Field(default=Path("out"), description="Root of the `file` channel.")
     data_files_dir: Path = Field(default=Path("data"), description="Root of `file` sources.")
+    file_allow_absolute: bool = Field(
+        default=False, description="Let `file` deliveries name absolute folders."
+    )
 
     # Artefact store: S3 when an endpoint is set, the JetStream Object Store otherwise
     s3_endpoint: str | None = None

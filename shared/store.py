@@ -190,6 +190,8 @@ class S3Artefacts:
                 raise PermanentError(
                     f"S3 refused access to '{self._bucket}': {error.code}"
                 ) from None
+            if error.code == "NoSuchBucket":
+                self._ready = False  # recreated on the next put (a wiped or new server)
             raise TransientError(f"S3 error {error.code}: {error.message}") from None
         except (HTTPError, OSError) as error:
             raise TransientError(f"S3 endpoint unreachable: {error}") from None
@@ -198,16 +200,12 @@ class S3Artefacts:
         if self._ready:
             return
         if not await self._call(self._client.bucket_exists, self._bucket):
-            from minio.error import S3Error
-
             try:
                 await self._call(self._client.make_bucket, self._bucket)
             except TransientError:
                 # Another replica may have created it meanwhile.
                 if not await self._call(self._client.bucket_exists, self._bucket):
                     raise
-            except S3Error:  # pragma: no cover - mapped above
-                raise
         self._ready = True
 
     async def put(

@@ -30,6 +30,13 @@ class S3Server:
     def stop(self) -> None:
         self._server.stop()
 
+    def restart(self) -> None:
+        """A new, empty server on the same port (moto keeps its state in memory)."""
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -83,11 +90,19 @@ class SmtpServer:
                 return "250 Message accepted"
 
         self.port = free_port()
-        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self._handler = Handler()
+        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
 
     def start(self) -> SmtpServer:
         self._controller.start()
         return self
+
+    def restart(self) -> None:
+        """A fresh server on the same port (a stopped controller cannot start again)."""
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
 
     def stop(self) -> None:
         self._controller.stop()

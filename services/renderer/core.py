@@ -35,6 +35,7 @@ def make_job(
     context: dict[str, Any],
     formats: tuple[str, ...],
     templates_dir: Path | None = None,
+    cache_dir: str | None = None,
 ) -> RenderJob:
     return RenderJob(
         templates_dir=str((templates_dir or settings.templates_dir).resolve()),
@@ -44,6 +45,7 @@ def make_job(
         page=PageDefaults(settings.page_size, settings.page_orientation, settings.page_margin),
         asset_allow=tuple(settings.asset_allow_list),
         max_output_bytes=settings.max_output_bytes,
+        cache_dir=cache_dir,
     )
 
 
@@ -56,7 +58,13 @@ async def render_report(
     else:
         assert event.context_ref, "data.ready carries neither context nor context_ref"
         data = json.loads(await store.get(event.context_ref))
-    job = make_job(settings, request.template, build_context(request, data), tuple(request.formats))
+    job = make_job(
+        settings,
+        request.template,
+        build_context(request, data),
+        tuple(request.formats),
+        cache_dir=str((settings.data_dir / "jinja-cache").resolve()),
+    )
     output = await render(job)
     end = time.time_ns()
     pdf_start = end - int(output.pdf_seconds * 1e9)

@@ -45,6 +45,7 @@ class RenderJob:
     page: PageDefaults = field(default_factory=PageDefaults)
     asset_allow: tuple[str, ...] = ()
     max_output_bytes: int = 5 * 1024 * 1024
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,20 @@ def _host_allowed(host: str | None, allow: tuple[str, ...]) -> bool:
 _libraries: dict[str, Any] = {}
 
 
-def _library(folder: str) -> Any:
+def _library(folder: str, cache_dir: str | None = None) -> Any:
     from services.renderer.templating import TemplateLibrary
 
     if folder not in _libraries:
-        _libraries[folder] = TemplateLibrary(Path(folder))
+        cache = Path(cache_dir) if cache_dir else None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        _libraries[folder] = TemplateLibrary(Path(folder), cache_dir=cache)
     return _libraries[folder]
 
 
 def render_job(job: RenderJob) -> RenderOutput:
     """Template → HTML → PDF. Raises PermanentError subclasses with a one-line reason."""
-    library = _library(job.templates_dir)
+    library = _library(job.templates_dir, job.cache_dir)
     name = library.check_name(job.template)
     version = library.version(name)
     started = time.perf_counter()

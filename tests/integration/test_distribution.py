@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -50,6 +51,9 @@ def dstack(tmp_path_factory: pytest.TempPathFactory, servers: Any) -> Iterator[S
             "PRESSROOM_WEBHOOK_SECRET": SECRET,
             "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1",
             "PRESSROOM_ARTEFACT_BUCKET": "artefacts",
+            # Long enough a retry budget (~12 s) to ride out the outages below.
+            "PRESSROOM_MAX_ATTEMPTS": "8",
+            "PRESSROOM_RETRY_BACKOFF": "0.5,1,2",
         },
     ).start()
     yield stack
@@ -283,3 +287,48 @@ def test_pressroom_clean_lists_and_removes_old_artefacts_from_s3(dstack: Stack) 
     assert everything["objects"] and all(
         o["key"].startswith("reports/") for o in everything["objects"]
     )
+
+
+async def test_an_smtp_outage_delays_the_email_but_sends_it_once(
+    dstack: Stack, servers: Any, douts: Outcomes
+) -> None:
+    _, smtp, _ = servers
+    rid = unique("smtpdown")
+    inbox = f"{rid}@example.com"
+    smtp.stop()
+    try:
+        await publish(
+            dstack,
+            {
+                "request_id": rid,
+                "template": "weekly.html",
+                "params": SAMPLE,
+                "deliver": [{"channel": "email", "to": [inbox]}],
+            },
+        )
+        await asyncio.sleep(3)
+        assert rid not in douts.delivered and rid not in douts.failed
+    finally:
+        smtp.restart()
+    delivered = await douts.delivered_event(rid, timeout=60)
+    assert delivered["channels"][0]["ok"]
+    assert len(smtp.to(inbox)) == 1
+
+
+async def test_an_s3_outage_delays_the_report_but_loses_nothing(
+    dstack: Stack, servers: Any, douts: Outcomes
+) -> None:
+    # Last in this module: the restarted S3 server starts empty.
+    s3, _, _ = servers
+    rid = unique("s3down")
+    s3.stop()
+    try:
+        await publish(dstack, {"request_id": rid, "template": "weekly.html", "params": SAMPLE})
+        await asyncio.sleep(3)
+        assert rid not in douts.delivered and rid not in douts.failed
+    finally:
+        s3.restart()
+    await douts.delivered_event(rid, timeout=60)
+    assert (dstack.out / f"{rid}.pdf").read_bytes().startswith(b"%PDF")
+    keys = [o.object_name for o in s3.client().list_objects("artefacts", recursive=True)]
+    assert any(k.endswith(f"/{rid}.pdf") for k in keys)  # bucket recreated, artefact stored

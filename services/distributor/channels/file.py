@@ -31,10 +31,18 @@ def write_atomically(path: Path, data: bytes) -> None:
 class FileChannel:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.out_dir
+        self.allow_absolute = settings.file_allow_absolute
 
     def folder(self, delivery: Delivery) -> Path:
         root = self.root.resolve()
         rel = str((delivery.model_extra or {}).get("path") or ".")
+        if rel.startswith("/") and not self.allow_absolute:
+            raise PermanentError(
+                f"file delivery path '{rel}' is absolute (set PRESSROOM_FILE_ALLOW_ABSOLUTE=true "
+                "to allow it)"
+            )
+        if rel.startswith("/"):
+            return Path(rel).resolve()
         folder = (root / rel).resolve()
         if not folder.is_relative_to(root):
             raise PermanentError(f"file delivery path '{rel}' is outside {root}")
