@@ -42,6 +42,9 @@ test: install test-deps lint
 unit: install
 	$(BIN)/pytest tests/unit
 
+contract: install
+	$(BIN)/python -m shared.contract
+
 bench: install
 	$(BIN)/python -m bench.run
 

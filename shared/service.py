@@ -34,7 +34,14 @@ from shared.bus import (
     stage_consumer_config,
 )
 from shared.errors import PressroomError
-from shared.events import Event
+from shared.events import (
+    DLQ_PREFIX,
+    EVENT_MODELS,
+    REPORT_FAILED,
+    DeadLetter,
+    Event,
+    ReportFailed,
+)
 from shared.health import Check, CheckResult, HealthServer
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
@@ -228,6 +235,27 @@ def stage_app(
             await close(deps)
         shutdown_telemetry()
 
+    # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
+    next_model = EVENT_MODELS[spec.produces]
+    broker.publisher(
+        spec.produces,
+        schema=next_model,
+        title=f"{spec.produces}:{spec.name}",
+        description=next_model.__doc__,
+    )
+    broker.publisher(
+        REPORT_FAILED,
+        schema=ReportFailed,
+        title=f"{REPORT_FAILED}:{spec.name}",
+        description=ReportFailed.__doc__,
+    )
+    broker.publisher(
+        f"{DLQ_PREFIX}{spec.consumes}",
+        schema=DeadLetter,
+        title=f"{DLQ_PREFIX}{spec.consumes}:{spec.name}",
+        description=DeadLetter.__doc__,
+    )
+
     @broker.subscriber(
         spec.consumes,
         stream=JStream(STREAM, declare=False),
@@ -235,6 +263,7 @@ def stage_app(
         config=stage_consumer_config(spec, settings),
         pull_sub=PullSub(batch_size=concurrency, timeout=2.0),
         ack_policy=AckPolicy.MANUAL,
+        title=f"{spec.consumes}:{spec.name}",
         description=f"{spec.name}: {spec.consumes} → {spec.produces}",
     )
     async def handle(message: NatsMessage) -> None:
