@@ -94,7 +94,12 @@ async def gather_context(
         waits = [e.retry_after for e in errors if isinstance(e, TransientError) and e.retry_after]
         transient.retry_after = max(waits) if waits else None
         raise transient
-    context: dict[str, Any] = dict(zip(names, results, strict=True))
+    context: dict[str, Any] = {}
+    for source, result in zip(request.sources, results, strict=True):
+        context[source.name] = result
+        # `merge: true` also spreads a mapping's keys into the top level (a data file of params).
+        if (source.model_extra or {}).get("merge") and isinstance(result, dict):
+            context.update(result)
     context.update(request.params)
     return context
 

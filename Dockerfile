@@ -1,0 +1,36 @@
+# One image for every Pressroom service: `pressroom worker fetcher|renderer|distributor|scheduler`.
+FROM python:3.11-slim-bookworm
+
+# WeasyPrint's system libraries (Pango, HarfBuzz) and fonts; the bundled templates ship their own.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 libjpeg62-turbo fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pressroom
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+RUN pip install --no-cache-dir . && rm -rf /root/.cache
+
+COPY templates ./templates
+COPY deploy/pressroom.yaml ./deploy/pressroom.yaml
+RUN mkdir -p /app/out /app/.pressroom && chown -R pressroom:pressroom /app/out /app/.pressroom
+
+USER pressroom
+ENV PRESSROOM_TEMPLATES_DIR=/app/templates \
+    PRESSROOM_OUT_DIR=/app/out \
+    PRESSROOM_DATA_DIR=/app/.pressroom \
+    PRESSROOM_HEALTH_HOST=0.0.0.0 \
+    PRESSROOM_HEALTH_PORT=8080 \
+    PRESSROOM_LOG_FORMAT=json \
+    PYTHONUNBUFFERED=1
+
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=40s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4); sys.exit(0 if r.status == 200 else 1)"]
+
+ENTRYPOINT ["pressroom"]
+CMD ["worker", "renderer"]
