@@ -1,0 +1,299 @@
+"""`make bench`: the pipeline against a bare Jinja2 + WeasyPrint loop, measured in one run.
+
+Starts a real stack on loopback (nats-server + worker processes), renders the same template and
+data both ways on the same cores, and writes docs/benchmarks.json and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from services.renderer.core import build_context, make_job
+from services.renderer.pdf import RenderJob, render_job
+from shared.bus import LEDGER_BUCKET
+from shared.events import ReportRequested
+from shared.ledger import KvLedger
+from shared.settings import Settings
+from tests.helpers import REPO, Outcomes, Stack
+
+DOCS = REPO / "docs"
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+ONE_PAGE_N = int(os.environ.get("BENCH_ONE_PAGE", "24"))
+TEN_PAGE_N = int(os.environ.get("BENCH_TEN_PAGE", "8"))
+LATENCY_N = int(os.environ.get("BENCH_LATENCY", "20"))
+LARGE_ROWS = int(os.environ.get("BENCH_LARGE_ROWS", "3000"))
+
+
+def params(projects: int) -> dict[str, Any]:
+    base = SAMPLE["projects"]
+    rows = [dict(base[i % len(base)], name=f"Project {i:04d}") for i in range(projects)]
+    return {**SAMPLE, "projects": rows, "project_count": projects}
+
+
+WORKLOADS = {"one-page": params(12), "ten-page": params(260)}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- the bare loop ---------------------------------------------------------------------------
+def _bare_render(job: RenderJob) -> float:
+    started = time.perf_counter()
+    render_job(job)
+    return time.perf_counter() - started
+
+
+def bare_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, float]:
+    settings = Settings(templates_dir=REPO / "templates")
+    request = ReportRequested(template="portfolio.html", request_id="bare")
+    job = make_job(settings, "portfolio.html", build_context(request, data), ("pdf",))
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_bare_render, [job] * processes))  # warm every process (fonts, imports)
+        started = time.perf_counter()
+        times = list(pool.map(_bare_render, [job] * n))
+        elapsed = time.perf_counter() - started
+    return {
+        "reports": n,
+        "seconds": elapsed,
+        "per_second": n / elapsed,
+        "render_p50": statistics.median(times),
+    }
+
+
+# ---- the pipeline ----------------------------------------------------------------------------
+async def publish(stack: Stack, bodies: list[dict[str, Any]]) -> None:
+    nc = await stack.connect()
+    js = nc.jetstream()
+    for body in bodies:
+        await js.publish("report.requested", json.dumps(body).encode())
+    await nc.close()
+
+
+async def pipeline_throughput(
+    root: Path, data: dict[str, Any], n: int, renderers: int, label: str
+) -> dict[str, float]:
+    stack = await Stack(
+        root / f"{label}-{renderers}",
+        workers={"fetcher": 1, "renderer": renderers, "distributor": 1},
+        env_extra={"PRESSROOM_LOG_LEVEL": "WARNING"},
+    ).astart()
+    try:
+        nc = await stack.connect()
+        outcomes = await Outcomes().start(nc)
+        warm = [f"warm-{label}-{i}" for i in range(renderers * 2)]
+        await publish(
+            stack, [{"request_id": r, "template": "portfolio.html", "params": data} for r in warm]
+        )
+        for rid in warm:
+            await outcomes.delivered_event(rid, timeout=300)
+        rids = [f"{label}-{renderers}-{i}" for i in range(n)]
+        started = time.perf_counter()
+        await publish(
+            stack, [{"request_id": r, "template": "portfolio.html", "params": data} for r in rids]
+        )
+        for rid in rids:
+            await outcomes.delivered_event(rid, timeout=600)
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        return {"reports": n, "seconds": elapsed, "per_second": n / elapsed}
+    finally:
+        stack.stop()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * q // 100) - 1).__int__()]
+
+
+async def latency(root: Path, n: int) -> dict[str, Any]:
+    stack = await Stack(root / "latency", env_extra={"PRESSROOM_LOG_LEVEL": "WARNING"}).astart()
+    try:
+        nc = await stack.connect()
+        outcomes = await Outcomes().start(nc)
+        ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
+        data = WORKLOADS["one-page"]
+        latencies, overheads, renders = [], [], []
+        for i in range(n + 2):
+            rid = f"latency-{i}"
+            started = time.perf_counter()
+            await publish(
+                stack, [{"request_id": rid, "template": "portfolio.html", "params": data}]
+            )
+            await outcomes.delivered_event(rid, timeout=120)
+            total = time.perf_counter() - started
+            entry = None
+            while entry is None or entry.render_seconds is None:
+                entry = await ledger.get(rid)
+                await asyncio.sleep(0.01)
+            if i < 2:
+                continue  # warm-up
+            latencies.append(total)
+            renders.append(entry.render_seconds)
+            overheads.append(total - entry.render_seconds)
+        await nc.close()
+        return {
+            "requests": n,
+            "latency": {f"p{q}": pct(latencies, q) for q in (50, 95, 99)},
+            "render": {f"p{q}": pct(renders, q) for q in (50, 95, 99)},
+            "overhead": {f"p{q}": pct(overheads, q) for q in (50, 95, 99)},
+        }
+    finally:
+        stack.stop()
+
+
+def _children_hwm_kib(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process and its children, from /proc."""
+    peak = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().split()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(stat[3]) == pid:
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+    return peak
+
+
+async def large_report(root: Path, rows: int) -> dict[str, Any]:
+    stack = await Stack(
+        root / "large",
+        env_extra={"PRESSROOM_LOG_LEVEL": "WARNING", "PRESSROOM_RENDER_TIMEOUT": "600"},
+    ).astart()
+    try:
+        nc = await stack.connect()
+        outcomes = await Outcomes().start(nc)
+        data = params(rows)
+        started = time.perf_counter()
+        await publish(
+            stack, [{"request_id": "large", "template": "portfolio.html", "params": data}]
+        )
+        delivered = await outcomes.delivered_event("large", timeout=900)
+        elapsed = time.perf_counter() - started
+        renderer = stack.procs["renderer"][0].pid
+        peak_kib = _children_hwm_kib(renderer)
+        ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
+        entry = await ledger.get("large")
+        await nc.close()
+        return {
+            "rows": rows,
+            "seconds": elapsed,
+            "render_seconds": entry.render_seconds if entry else None,
+            "pdf_bytes": delivered["artefacts"][0]["size"],
+            "peak_rss_mib": peak_kib / 1024,
+        }
+    finally:
+        stack.stop()
+
+
+def markdown(result: dict[str, Any]) -> str:
+    t = result["throughput"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` on {result['machine']['cpus']} cores "
+        f"({result['machine']['platform']}), {result['when']}. Same template "
+        "(`portfolio.html`) and data both ways; the bare loop is Jinja2 + WeasyPrint in the same "
+        "number of warm processes, with no bus, store, ledger or delivery.",
+        "",
+        "## Throughput (reports/second)",
+        "",
+        "| workload | renderers | pipeline | bare loop | pipeline / bare |",
+        "|---|---|---|---|---|",
+    ]
+    for workload in ("one-page", "ten-page"):
+        for r in ("1", "2"):
+            row = t[workload][r]
+            lines.append(
+                f"| {workload} | {r} | {row['pipeline']['per_second']:.2f} | "
+                f"{row['bare']['per_second']:.2f} | **{row['ratio']:.2f}** |"
+            )
+    lines += ["", "## Scaling", "", "| workload | 2 renderers / 1 renderer |", "|---|---|"]
+    for workload in ("one-page", "ten-page"):
+        lines.append(f"| {workload} | {result['scaling'][workload]:.2f}× |")
+    lat = result["latency"]
+    lines += [
+        "",
+        f"## Latency at light load (one request at a time, n={lat['requests']})",
+        "",
+        "| | p50 | p95 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for key, label in (
+        ("latency", "publish → report.delivered"),
+        ("render", "render (inside the renderer)"),
+        ("overhead", "pipeline overhead"),
+    ):
+        row = lat[key]
+        lines.append(
+            f"| {label} | {row['p50'] * 1000:.0f} ms | {row['p95'] * 1000:.0f} ms | "
+            f"{row['p99'] * 1000:.0f} ms |"
+        )
+    big = result["large"]
+    lines += [
+        "",
+        f"## Large report ({big['rows']:,} table rows)",
+        "",
+        f"- publish → delivered: {big['seconds']:.1f} s (render {big['render_seconds']:.1f} s)",
+        f"- PDF size: {big['pdf_bytes'] / 1024 / 1024:.2f} MiB",
+        f"- peak memory of the renderer (service + render process): {big['peak_rss_mib']:.0f} MiB",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="pressroom-bench-"))
+    result: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "throughput": {},
+        "scaling": {},
+    }
+    for workload, n in (("one-page", ONE_PAGE_N), ("ten-page", TEN_PAGE_N)):
+        data = WORKLOADS[workload]
+        result["throughput"][workload] = {}
+        for renderers in (1, 2):
+            log(f"{workload}: bare loop, {renderers} process(es) …")
+            bare = bare_throughput(data, n, renderers)
+            log(f"{workload}: pipeline, {renderers} renderer(s) …")
+            pipe = await pipeline_throughput(root, data, n, renderers, workload)
+            result["throughput"][workload][str(renderers)] = {
+                "bare": bare,
+                "pipeline": pipe,
+                "ratio": pipe["per_second"] / bare["per_second"],
+            }
+        one, two = (result["throughput"][workload][r]["pipeline"]["per_second"] for r in "12")
+        result["scaling"][workload] = two / one
+    log("latency at light load …")
+    result["latency"] = await latency(root, LATENCY_N)
+    log(f"large report ({LARGE_ROWS} rows) …")
+    result["large"] = await large_report(root, LARGE_ROWS)
+    (DOCS / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (DOCS / "benchmarks.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
