@@ -1085,6 +1085,51 @@ async def _check_webhook(cfg: Settings, url: str) -> str:
     return f"ok: {host} ({address}) accepted a signed test ping ({response.status_code})"
 
 
+# ---- backup and restore --------------------------------------------------------------------
+@app.command("backup")
+def backup_cmd(output: Path = typer.Argument(..., help="FILE.tar.gz")) -> None:
+    """Templates, config, ledger and dead letters in one archive."""
+    cfg = settings()
+    counts = run(_backup(cfg, output))
+    out.print(
+        f"wrote {output}: {counts['ledger_entries']} ledger entries, "
+        f"{counts['dead_letters']} dead letters, templates, config"
+    )
+
+
+async def _backup(cfg: Settings, output: Path) -> Any:
+    from shared.ops import backup, open_bus
+
+    async with open_bus(cfg) as bus:
+        return await backup(bus, output, cfg.templates_dir, cfg.config)
+
+
+@app.command("restore")
+def restore_cmd(
+    archive: Path = typer.Argument(..., help="FILE.tar.gz from pressroom backup"),
+) -> None:
+    """Put back missing ledger entries and dead letters (templates/config: extract by hand)."""
+    if not archive.is_file():
+        fail(f"no backup at '{archive}'")
+    counts = run(_restore(settings(), archive))
+    out.print(
+        f"restored {counts['ledger_entries']} ledger entries and "
+        f"{counts['dead_letters']} dead letters"
+    )
+
+
+async def _restore(cfg: Settings, archive: Path) -> Any:
+    import tarfile
+
+    from shared.ops import open_bus, restore
+
+    async with open_bus(cfg) as bus:
+        try:
+            return await restore(bus, archive)
+        except (tarfile.TarError, KeyError, ValueError) as error:
+            raise PressroomError(f"'{archive}' is not a pressroom backup: {error}") from None
+
+
 # ---- dead letters ------------------------------------------------------------------------
 @dlq_app.command("ls")
 def dlq_ls(

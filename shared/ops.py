@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -30,6 +33,7 @@ from shared.bus import (
 )
 from shared.errors import PressroomError
 from shared.events import (
+    DLQ_PREFIX,
     REPORT_DELIVERED,
     REPORT_FAILED,
     REPORT_REQUESTED,
@@ -227,3 +231,73 @@ async def purge(bus: Bus, seqs: list[int] | None) -> int:
         except NotFoundError:
             continue
     return removed
+
+
+# ---- backup and restore ----------------------------------------------------------------------
+async def backup(
+    bus: Bus, target: Path, templates_dir: Path, config: Path | None
+) -> dict[str, int]:
+    """templates, config, ledger entries and dead letters in one tar.gz."""
+    entries = await ledger_entries(bus)
+    letters = await dead_letters(bus)
+    manifest = {
+        "created_at": datetime.now(UTC).isoformat(),
+        "ledger_entries": len(entries),
+        "dead_letters": len(letters),
+    }
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = int(datetime.now(UTC).timestamp())
+        tar.addfile(info, io.BytesIO(data))
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w:gz") as tar:
+        add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
+        add(tar, "ledger.jsonl", "".join(e.model_dump_json() + "\n" for e in entries).encode())
+        add(
+            tar,
+            "dead-letters.jsonl",
+            "".join(r.letter.model_dump_json() + "\n" for r in letters).encode(),
+        )
+        if templates_dir.is_dir():
+            tar.add(templates_dir, arcname="templates")
+        if config is not None and config.is_file():
+            tar.add(config, arcname="config.yaml")
+    return {"ledger_entries": len(entries), "dead_letters": len(letters)}
+
+
+async def restore(bus: Bus, source: Path) -> dict[str, int]:
+    """Put back ledger entries and dead letters that are missing; nothing is overwritten."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    with tarfile.open(source, "r:gz") as tar:
+
+        def read(name: str) -> list[str]:
+            member = tar.extractfile(name)
+            return member.read().decode().splitlines() if member else []
+
+        ledger_lines, letter_lines = read("ledger.jsonl"), read("dead-letters.jsonl")
+    kv = await bus.js.key_value(LEDGER_BUCKET)
+    restored = 0
+    for line in ledger_lines:
+        entry = LedgerEntry.model_validate_json(line)
+        try:
+            await kv.create(entry.request_id, line.encode())
+            restored += 1
+        except KeyWrongLastSequenceError:
+            continue  # already there: the live ledger wins
+    present = {(r.letter.subject, r.letter.payload) for r in await dead_letters(bus)}
+    letters = 0
+    for line in letter_lines:
+        letter = DeadLetter.model_validate_json(line)
+        if (letter.subject, letter.payload) in present:
+            continue
+        await bus.js.publish(
+            f"{DLQ_PREFIX}{letter.subject}",
+            line.encode(),
+            headers={MSG_ID: f"restore:{uuid.uuid4().hex}"},
+        )
+        letters += 1
+    return {"ledger_entries": restored, "dead_letters": letters}

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     page_orientation: str = "portrait"
     page_margin: str = "18mm"
     asset_allow: str = Field(default="", description="Hosts templates may fetch assets from.")
+    render_cache: bool = Field(
+        default=True, description="Reuse the artefact of an identical earlier render."
+    )
     inline_context_limit: int = Field(default=256 * 1024, description="Bigger goes by reference.")
 
     # Fetching

@@ -87,7 +87,7 @@ class Stack:
         env.update(self.env_extra)
         return env
 
-    def start(self) -> Stack:
+    def _launch(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.templates.exists():
             shutil.copytree(REPO / "templates", self.templates)
@@ -96,7 +96,16 @@ class Stack:
         for name, count in self.workers.items():
             for _ in range(count):
                 self.start_worker(name)
+
+    def start(self) -> Stack:
+        self._launch()
         asyncio.run(self.wait_ready())
+        return self
+
+    async def astart(self) -> Stack:
+        """`start` from inside a running event loop."""
+        self._launch()
+        await self.wait_ready()
         return self
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
@@ -231,10 +240,10 @@ class Outcomes:
                 raise AssertionError(f"{rid} failed: {self.failed[rid]}")
             return None
 
-        return await eventually(probe, timeout=timeout)
+        return await eventually(probe, timeout=timeout, every=0.01)
 
     async def failed_event(self, rid: str, timeout: float = 60) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
             return self.failed.get(rid, [None])[0]
 
-        return await eventually(probe, timeout=timeout)
+        return await eventually(probe, timeout=timeout, every=0.01)

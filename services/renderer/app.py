@@ -27,10 +27,12 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
             await pool.start()
             deps.extra["pool"] = pool
 
+        cache = deps.extra.get("cache") if settings.render_cache else None
+
         async def work(event: Event) -> Event:
             assert isinstance(event, DataReady) and deps.store is not None
             return await render_report(
-                event, render=pool.render, store=deps.store, settings=settings
+                event, render=pool.render, store=deps.store, settings=settings, cache=cache
             )
 
         return work
@@ -47,5 +49,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         deps,
         build_work=build,
         close=close,
-        concurrency=settings.render_workers,
+        # One message more than render processes: while one report uploads and publishes,
+        # the next is already rendering (the extra one waits for a process, heartbeating).
+        concurrency=settings.render_workers + 1,
     )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput
+from nats.js.errors import KeyNotFoundError
+
+from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput, template_library
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
 from shared.settings import Settings
-from shared.store import ArtefactStore, artefact_key, sha256_hex
+from shared.store import ArtefactMissing, ArtefactStore, artefact_key, sha256_hex
 from shared.telemetry import record_span, span
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
@@ -50,7 +53,12 @@ def make_job(
 
 
 async def render_report(
-    event: DataReady, *, render: Renderer, store: ArtefactStore, settings: Settings
+    event: DataReady,
+    *,
+    render: Renderer,
+    store: ArtefactStore,
+    settings: Settings,
+    cache: RenderCache | None = None,
 ) -> ReportRendered:
     request = event.request
     if event.context is not None:
@@ -65,6 +73,11 @@ async def render_report(
         tuple(request.formats),
         cache_dir=str((settings.data_dir / "jinja-cache").resolve()),
     )
+    cache_key = render_key(job) if cache is not None else None
+    if cache is not None and cache_key is not None:
+        reused = await _reuse(cache, cache_key, request, store)
+        if reused is not None:
+            return reused
     output = await render(job)
     end = time.time_ns()
     pdf_start = end - int(output.pdf_seconds * 1e9)
@@ -102,9 +115,91 @@ async def render_report(
                 content_type=CONTENT_TYPES[fmt],
             )
         )
+    if cache is not None and cache_key is not None:
+        entry = {
+            "template_version": output.template_version,
+            "artefacts": {a.format: a.key for a in artefacts},
+        }
+        await cache.put(cache_key, json.dumps(entry).encode())
     return ReportRendered(
         request=request,
         artefacts=artefacts,
         template_version=output.template_version,
         render_seconds=output.html_seconds + output.pdf_seconds,
+    )
+
+
+class RenderCache(Protocol):
+    """Key-value index of earlier renders (the JetStream KV cache bucket in production)."""
+
+    async def get(self, key: str) -> Any: ...
+    async def put(self, key: str, value: bytes) -> int: ...
+
+
+# Values a template may print that do not make its output different "data": a reused render
+# keeps the generation time of the render it reuses.
+VOLATILE = frozenset({"generation_time"})
+
+
+def render_key(job: RenderJob) -> str:
+    """Content address of a render: template version + formats + page + every value it reads."""
+    library = template_library(job.templates_dir, job.cache_dir)
+    name = library.check_name(job.template)
+    used = [v for v in library.variables(name) if v not in VOLATILE]
+    material = {
+        "version": library.version(name),
+        "formats": sorted(job.formats),
+        "page": job.page.css(),
+        "context": {v: job.context.get(v) for v in used},
+    }
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
+    return f"render.{digest.hexdigest()[:48]}"
+
+
+async def _reuse(
+    cache: RenderCache, key: str, request: ReportRequested, store: ArtefactStore
+) -> ReportRendered | None:
+    """The same template version and data were rendered before: copy, do not render."""
+    try:
+        entry = json.loads((await cache.get(key)).value or b"{}")
+    except KeyNotFoundError:
+        return None
+    artefacts = []
+    with span("render cache hit", request.request_id):
+        for fmt in request.formats:
+            old = entry.get("artefacts", {}).get(fmt)
+            try:
+                content = await store.get(old) if old else None
+            except ArtefactMissing:
+                content = None  # removed by retention: render again
+            if content is None:
+                return None
+            new_key = artefact_key(request.request_id, fmt, request.requested_at)
+            digest = sha256_hex(content)
+            await store.put(
+                new_key,
+                content,
+                content_type=CONTENT_TYPES[fmt],
+                metadata={
+                    "sha256": digest,
+                    "template": request.template,
+                    "template-version": entry.get("template_version", ""),
+                    "request-id": request.request_id,
+                    "reused-from": old,
+                },
+            )
+            artefacts.append(
+                Artefact(
+                    format=fmt,
+                    key=new_key,
+                    size=len(content),
+                    sha256=digest,
+                    content_type=CONTENT_TYPES[fmt],
+                )
+            )
+    return ReportRendered(
+        request=request,
+        artefacts=artefacts,
+        template_version=entry.get("template_version", ""),
+        render_seconds=0.0,
     )

@@ -111,7 +111,7 @@ def _host_allowed(host: str | None, allow: tuple[str, ...]) -> bool:
 _libraries: dict[str, Any] = {}
 
 
-def _library(folder: str, cache_dir: str | None = None) -> Any:
+def template_library(folder: str, cache_dir: str | None = None) -> Any:
     from services.renderer.templating import TemplateLibrary
 
     if folder not in _libraries:
@@ -124,7 +124,7 @@ def _library(folder: str, cache_dir: str | None = None) -> Any:
 
 def render_job(job: RenderJob) -> RenderOutput:
     """Template → HTML → PDF. Raises PermanentError subclasses with a one-line reason."""
-    library = _library(job.templates_dir, job.cache_dir)
+    library = template_library(job.templates_dir, job.cache_dir)
     name = library.check_name(job.template)
     version = library.version(name)
     started = time.perf_counter()
@@ -166,6 +166,7 @@ def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int]:
 
 
 def _worker_init(memory_mb: int) -> None:
+    _die_with_parent()
     if memory_mb > 0:
         import resource
 
@@ -177,6 +178,18 @@ def _worker_init(memory_mb: int) -> None:
     weasyprint.HTML(string="<p>warm</p>").write_pdf()
 
 
+def _die_with_parent() -> None:
+    """A render process must not outlive its renderer, even one killed with SIGKILL."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class RenderPool:
     """A pool of warm render processes; a render over its timeout is killed and replaced."""
 
@@ -186,6 +199,8 @@ class RenderPool:
         self.timeout = timeout
         self._pool: ProcessPoolExecutor | None = None
         self._lock = asyncio.Lock()
+        # Renders wait here, untimed, for a free process: the timeout counts rendering only.
+        self._slots = asyncio.Semaphore(workers)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -206,8 +221,12 @@ class RenderPool:
     async def render(self, job: RenderJob) -> RenderOutput:
         if self._pool is None:
             await self.start()
-        pool = self._pool
-        assert pool is not None
+        async with self._slots:
+            pool = self._pool
+            assert pool is not None
+            return await self._render_in(pool, job)
+
+    async def _render_in(self, pool: ProcessPoolExecutor, job: RenderJob) -> RenderOutput:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(pool, render_job, job)
         try:

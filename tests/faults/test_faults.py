@@ -67,7 +67,11 @@ async def all_settled(stack: Stack, rids: list[str], timeout: float = 240) -> Co
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     stack = Stack(
         tmp_path_factory.mktemp("faults"),
-        env_extra={"PRESSROOM_MAX_ATTEMPTS": "6", "PRESSROOM_RETRY_BACKOFF": "0.5,1,2"},
+        env_extra={
+            "PRESSROOM_MAX_ATTEMPTS": "6",
+            "PRESSROOM_RETRY_BACKOFF": "0.5,1,2",
+            "PRESSROOM_RENDER_CACHE": "false",
+        },  # every report really renders
         workers={"fetcher": 1, "renderer": 2, "distributor": 1},
     ).start()
     yield stack

@@ -25,7 +25,7 @@ ROWS = (
 def slow_stack(root: Any, **env: str) -> Stack:
     stack = Stack(
         root,
-        env_extra={"PRESSROOM_ACK_WAIT": "2", **env},
+        env_extra={"PRESSROOM_ACK_WAIT": "2", "PRESSROOM_RENDER_CACHE": "false", **env},
         workers={"fetcher": 1, "renderer": 2, "distributor": 1},
     )
     stack.root.mkdir(parents=True, exist_ok=True)

@@ -211,3 +211,64 @@ async def test_retention_sees_object_store_artefacts_with_their_age(
         stack.cli("clean", "--older-than", "0m", "--dry-run", "--json", check=True).stdout
     )
     assert any(o["key"].endswith(f"/{rid}.pdf") for o in old["objects"])
+
+
+async def test_backup_and_restore_into_a_fresh_server(
+    stack: Stack, nc: Any, outcomes: Outcomes, tmp_path: Path
+) -> None:
+    import tarfile
+
+    rid = unique("backup")
+    body = {"request_id": rid, "template": "weekly.html", "params": SAMPLE}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await outcomes.delivered_event(rid)
+    archive = tmp_path / "pressroom-backup.tar.gz"
+    result = stack.cli("backup", str(archive))
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        assert {"manifest.json", "ledger.jsonl", "dead-letters.jsonl"} <= set(names)
+        assert "templates/weekly.html" in names
+
+    fresh = await Stack(tmp_path / "fresh", workers={}).astart()
+    try:
+        restored = fresh.cli("restore", str(archive))
+        assert restored.returncode == 0, restored.stderr
+
+        async def delivered_in_fresh() -> bool:
+            status = fresh.cli("status", rid, "--json")
+            return status.returncode == 0 and json.loads(status.stdout)["status"] == "delivered"
+
+        assert await eventually(delivered_in_fresh, timeout=10)
+        letters = json.loads(fresh.cli("dlq", "ls", "--json", check=True).stdout)
+        original = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
+        assert len(letters) == len(original)
+        again = fresh.cli("restore", str(archive))
+        assert "restored 0 ledger entries and 0 dead letters" in again.stdout
+    finally:
+        fresh.stop()
+
+
+async def test_the_same_template_and_data_reuse_the_stored_render(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    data = {**SAMPLE, "reporting_period": unique("period")}
+    first, second, changed = unique("cache1"), unique("cache2"), unique("cache3")
+    for rid, params in ((first, data), (second, data), (changed, {**data, "project_count": 99})):
+        body = {"request_id": rid, "template": "weekly.html", "params": params}
+        await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+        await outcomes.delivered_event(rid)
+
+    async def ledger(rid: str) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+            return status if status["status"] == "delivered" else None
+
+        return await eventually(probe, timeout=10)
+
+    one, two, three = await ledger(first), await ledger(second), await ledger(changed)
+    assert one["render_seconds"] > 0 and three["render_seconds"] > 0
+    assert two["render_seconds"] == 0  # nothing rendered: the stored artefact was reused
+    assert (stack.out / f"{first}.pdf").read_bytes() == (stack.out / f"{second}.pdf").read_bytes()
+    assert two["artefacts"][0]["key"].endswith(f"/{second}.pdf")
+    assert "99" in pdf_text(stack.out / f"{changed}.pdf")

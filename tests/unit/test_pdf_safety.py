@@ -129,3 +129,70 @@ def test_the_legacy_pdf_settings_apply_unless_the_template_sets_its_own(folder: 
     )
     width, height = PdfReader(BytesIO(own)).pages[0].mediabox.upper_right
     assert height > width and round(float(width)) == 420  # A5 in points
+
+
+def test_the_render_cache_key_follows_template_version_and_the_values_it_reads(
+    folder: Path,
+) -> None:
+    from services.renderer.core import render_key
+
+    (folder / "r.html").write_text("<p>{{ title }} {{ generation_time }}</p>")
+
+    def key(**context: object) -> str:
+        return render_key(RenderJob(str(folder), "r.html", dict(context), ("pdf",)))
+
+    base = key(title="A", generation_time="t1", unused=1)
+    assert key(title="A", generation_time="t2", unused=2) == base  # volatile / unread values
+    assert key(title="B", generation_time="t1") != base
+    (folder / "r.html").write_text("<p>{{ title }}! {{ generation_time }}</p>")
+    from services.renderer import pdf
+
+    pdf._libraries.clear()
+    assert key(title="A", generation_time="t1") != base  # a new template version
+
+
+async def test_a_second_identical_render_is_served_from_the_store_without_rendering() -> None:
+    from services.renderer.core import render_report
+    from shared.events import DataReady, ReportRequested
+    from shared.memory import MemoryKeyValue
+    from shared.settings import Settings
+    from shared.store import MemoryArtefacts
+    from tests.helpers import REPO
+
+    renders: list[str] = []
+
+    async def render(job: RenderJob) -> object:
+        renders.append(job.template)
+        return render_job(job)
+
+    settings = Settings(templates_dir=REPO / "templates")
+    cache, store = MemoryKeyValue(), MemoryArtefacts()
+    context = {
+        "report_title": "T",
+        "generation_time": "now",
+        "project_count": 1,
+        "deployment_count": 0,
+        "projects": [],
+        "reporting_period": "W1",
+        "deployments_by_week": {},
+        "incident_trend": [1, 2],
+        "incident_labels": ["a", "b"],
+    }
+    outputs = []
+    for rid in ("a", "b"):
+        event = DataReady(
+            request=ReportRequested(template="weekly.html", request_id=rid), context=context
+        )
+        outputs.append(
+            await render_report(
+                event,
+                render=render,
+                store=store,  # type: ignore[arg-type]
+                settings=settings,
+                cache=cache,
+            )
+        )
+    assert renders == ["weekly.html"]
+    first, second = outputs
+    assert second.render_seconds == 0 and second.artefacts[0].sha256 == first.artefacts[0].sha256
+    assert second.artefacts[0].key.endswith("/b.pdf") and await store.get(second.artefacts[0].key)
