@@ -82,6 +82,9 @@ class Settings(BaseSettings):
 
     # Rendering
     render_workers: int = Field(default=1, ge=1, description="PDF worker processes per renderer.")
+    render_prefetch: int = Field(
+        default=1, ge=0, description="Messages a renderer holds beyond its render processes."
+    )
     render_timeout: float = Field(default=120.0, description="Seconds before a render is killed.")
     render_memory_mb: int = Field(default=2048, description="Address-space cap of a render worker.")
     max_output_bytes: int = Field(default=5 * 1024 * 1024, description="Largest artefact.")

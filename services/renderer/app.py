@@ -51,5 +51,5 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         close=close,
         # One message more than render processes: while one report uploads and publishes,
         # the next is already rendering (the extra one waits for a process, heartbeating).
-        concurrency=settings.render_workers + 1,
+        concurrency=settings.render_workers + settings.render_prefetch,
     )

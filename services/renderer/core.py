@@ -92,29 +92,10 @@ async def render_report(
     for fmt in request.formats:
         content = output.pdf if fmt == "pdf" else output.html
         assert content is not None
-        key = artefact_key(request.request_id, fmt, request.requested_at)
-        digest = sha256_hex(content)
         with span(f"upload {fmt}", rid, **{"pressroom.bytes": len(content)}):
-            await store.put(
-                key,
-                content,
-                content_type=CONTENT_TYPES[fmt],
-                metadata={
-                    "sha256": digest,
-                    "template": request.template,
-                    "template-version": output.template_version,
-                    "request-id": request.request_id,
-                },
+            artefacts.append(
+                await store_artefact(store, request, fmt, content, output.template_version)
             )
-        artefacts.append(
-            Artefact(
-                format=fmt,
-                key=key,
-                size=len(content),
-                sha256=digest,
-                content_type=CONTENT_TYPES[fmt],
-            )
-        )
     if cache is not None and cache_key is not None:
         entry = {
             "template_version": output.template_version,
@@ -126,6 +107,36 @@ async def render_report(
         artefacts=artefacts,
         template_version=output.template_version,
         render_seconds=output.html_seconds + output.pdf_seconds,
+    )
+
+
+async def store_artefact(
+    store: ArtefactStore,
+    request: ReportRequested,
+    fmt: str,
+    content: bytes,
+    template_version: str,
+    *,
+    reused_from: str | None = None,
+) -> Artefact:
+    """Store one rendered file under its dated key, with its digest and template version."""
+    key = artefact_key(request.request_id, fmt, request.requested_at)
+    digest = sha256_hex(content)
+    metadata = {
+        "sha256": digest,
+        "template": request.template,
+        "template-version": template_version,
+        "request-id": request.request_id,
+    }
+    if reused_from:
+        metadata["reused-from"] = reused_from
+    await store.put(key, content, content_type=CONTENT_TYPES[fmt], metadata=metadata)
+    return Artefact(
+        format=fmt,  # type: ignore[arg-type]
+        key=key,
+        size=len(content),
+        sha256=digest,
+        content_type=CONTENT_TYPES[fmt],
     )
 
 
@@ -174,28 +185,9 @@ async def _reuse(
                 content = None  # removed by retention: render again
             if content is None:
                 return None
-            new_key = artefact_key(request.request_id, fmt, request.requested_at)
-            digest = sha256_hex(content)
-            await store.put(
-                new_key,
-                content,
-                content_type=CONTENT_TYPES[fmt],
-                metadata={
-                    "sha256": digest,
-                    "template": request.template,
-                    "template-version": entry.get("template_version", ""),
-                    "request-id": request.request_id,
-                    "reused-from": old,
-                },
-            )
+            version = entry.get("template_version", "")
             artefacts.append(
-                Artefact(
-                    format=fmt,
-                    key=new_key,
-                    size=len(content),
-                    sha256=digest,
-                    content_type=CONTENT_TYPES[fmt],
-                )
+                await store_artefact(store, request, fmt, content, version, reused_from=old)
             )
     return ReportRendered(
         request=request,

@@ -230,8 +230,9 @@ async def test_backup_and_restore_into_a_fresh_server(
         assert {"manifest.json", "ledger.jsonl", "dead-letters.jsonl"} <= set(names)
         assert "templates/weekly.html" in names
 
-    fresh = await Stack(tmp_path / "fresh", workers={}).astart()
+    fresh = Stack(tmp_path / "fresh", workers={})
     try:
+        await fresh.astart()
         restored = fresh.cli("restore", str(archive))
         assert restored.returncode == 0, restored.stderr
 
