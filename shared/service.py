@@ -48,7 +48,7 @@ from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 from shared.stage import StageRunner, guess_request_id, publish_dead_letter
 from shared.store import ArtefactStore, open_store
-from shared.telemetry import setup_telemetry, shutdown_telemetry
+from shared.telemetry import observe_backlog, setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.service")
 
@@ -227,8 +227,25 @@ def stage_app(
             log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
         log.info("stage ready", stage=spec.name, bus=settings.bus_url)
 
+    async def watch_backlog() -> None:
+        while True:
+            try:
+                assert deps.js is not None
+                info = await deps.js.consumer_info(STREAM, spec.durable)
+                observe_backlog(spec.name, int(info.num_pending or 0))
+            except Exception as error:  # the bus may be briefly away; the next look will do
+                log.debug("backlog not read", error=repr(error))
+            await asyncio.sleep(10)
+
+    @app.after_startup
+    async def start_watching() -> None:
+        if meter_provider is not None:
+            state["backlog"] = asyncio.create_task(watch_backlog())
+
     @app.on_shutdown
     async def shutdown() -> None:
+        if "backlog" in state:
+            state["backlog"].cancel()
         if "health" in state:
             await state["health"].stop()
         if close is not None:

@@ -172,7 +172,8 @@ class StageRunner:
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
                 await heartbeat
-            stage_finished(self.spec.name, outcome, time.monotonic() - started)
+            with suppress(Exception):  # metrics must never break message handling
+                stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
 

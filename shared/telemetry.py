@@ -135,11 +135,29 @@ def record_span(name: str, start_ns: int, end_ns: int, request_id: str, **attrib
 
 
 _instruments: dict[str, Any] = {}
+_backlog: dict[str, int] = {}
+
+
+def observe_backlog(stage: str, pending: int) -> None:
+    """Messages waiting for `stage` (queue lag), exported as the pressroom.queue.pending gauge."""
+    if "backlog" not in _instruments:
+
+        def read(options: Any) -> Any:
+            from opentelemetry.metrics import Observation
+
+            return [Observation(v, {"stage": k}) for k, v in _backlog.items()]
+
+        _instruments["backlog"] = metrics.get_meter("pressroom").create_observable_gauge(
+            "pressroom.queue.pending",
+            callbacks=[read],
+            description="Messages waiting in a stage's durable consumer",
+        )
+    _backlog[stage] = pending
 
 
 def stage_finished(stage: str, outcome: str, seconds: float) -> None:
     """Stage duration histogram and outcome counter (exported when metrics are configured)."""
-    if not _instruments:
+    if "duration" not in _instruments:
         meter = metrics.get_meter("pressroom")
         _instruments["duration"] = meter.create_histogram(
             "pressroom.stage.duration", unit="s", description="Time a stage spent on a message"

@@ -100,10 +100,22 @@ async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
     everything = [s for s in spans(collector) if s["trace_id"] == trace_id]
     assert len(everything) > len(found)
 
-    async def metrics_arrived() -> bool:
-        return bool(collector.on("/v1/metrics"))
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
 
-    assert await eventually(metrics_arrived, timeout=20)
+    async def metric_names() -> set[str] | None:
+        names = {
+            metric.name
+            for hit in collector.on("/v1/metrics")
+            for rm in ExportMetricsServiceRequest.FromString(hit.body).resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        }
+        wanted = {"pressroom.stage.duration", "pressroom.stage.outcomes", "pressroom.queue.pending"}
+        return names if wanted <= names else None
+
+    assert await eventually(metric_names, timeout=20)
 
     log = "\n".join(p.read_text() for p in (traced.root / "logs").glob("renderer-*.log"))
     lines = [
