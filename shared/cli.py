@@ -178,11 +178,11 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     out.print(f"[bold]Pressroom[/] on {cfg.bus_url} · logs in {log_dir} · Ctrl-C to stop")
+    counter = _OutcomeCounter(cfg)
     if sample:
         request_file = cfg.templates_dir / "samples" / "portfolio-request.json"
         rid = run(_publish_sample(cfg, request_file))
         out.print(f"published sample request [cyan]{rid}[/] → {cfg.out_dir.resolve()}/{rid}.pdf")
-    counter = _OutcomeCounter(cfg)
     with Live(console=out, refresh_per_second=2, transient=True) as live:
         while not stopping:
             alive = sum(1 for _, p in children if p.poll() is None)
@@ -267,6 +267,9 @@ async def _publish_sample(cfg: Settings, path: Path) -> str:
     from shared.ops import open_bus, publish_request
 
     request = ReportRequested.model_validate_json(path.read_text())
+    # A new id each run: the request_id is an idempotency key, and each run should deliver.
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    request = request.model_copy(update={"request_id": f"{request.request_id}-{stamp}"})
     async with open_bus(cfg, setup=False) as bus:
         await publish_request(bus, request)
     return request.request_id
