@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,7 +21,6 @@ PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIV
 
 # Request ids become ledger keys, message ids and file names: keep them to a safe alphabet.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 
 Format = Literal["pdf", "html"]
 Channel = Literal["file", "email", "s3", "webhook"]
@@ -224,7 +222,3 @@ EVENT_MODELS: dict[str, type[Event]] = {
     REPORT_DELIVERED: ReportDelivered,
     REPORT_FAILED: ReportFailed,
 }
-
-
-def is_valid_request_id(value: str) -> bool:
-    return bool(_REQUEST_ID_RE.match(value))

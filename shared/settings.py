@@ -165,7 +165,3 @@ class Settings(BaseSettings):
     @property
     def asset_allow_list(self) -> list[str]:
         return _split(self.asset_allow)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
