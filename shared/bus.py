@@ -25,6 +25,7 @@ from shared.events import (
     REPORT_RENDERED,
     REPORT_REQUESTED,
 )
+from shared.logging import get_logger
 from shared.telemetry import inject_context
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from shared.settings import Settings
+
+log = get_logger("pressroom.bus")
 
 STREAM = "PRESSROOM"
 DLQ_STREAM = "PRESSROOM_DLQ"
@@ -75,9 +78,15 @@ def msg_id(request_id: str, stage: str) -> str:
 
 async def connect(settings: Settings, *, name: str = "pressroom", **kwargs: Any) -> Client:
     """A nats-py connection that keeps reconnecting instead of giving up after ~2 minutes."""
+
+    async def quiet(error: Exception) -> None:
+        # nats-py's default prints a traceback per failed attempt; the caller reports failures.
+        log.debug("nats connection error", error=repr(error))
+
     return await nats.connect(
         settings.bus_url,
         name=name,
+        error_cb=kwargs.pop("error_cb", quiet),
         max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
         reconnect_time_wait=kwargs.pop("reconnect_time_wait", 0.5),
         **kwargs,

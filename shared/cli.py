@@ -1266,7 +1266,25 @@ async def _dlq_purge(cfg: Settings, ids: list[int] | None) -> int:
 
 
 def main() -> None:
-    app()
+    """Entry point: usage errors are one line too, like every other error."""
+    from shared.logging import configure_logging
+
+    configure_logging(
+        "pressroom-cli", json=False, level=os.environ.get("PRESSROOM_CLI_LOG_LEVEL", "WARNING")
+    )
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except Exception as error:
+        # Click's usage errors (bad option, unknown command, wrong type) know how to say it.
+        if hasattr(error, "format_message") and hasattr(error, "exit_code"):
+            ctx = getattr(error, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"[bold red]error:[/] {error.format_message()}{hint}", highlight=False)
+            raise SystemExit(int(error.exit_code)) from None
+        raise
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def configure_logging(service: str, *, json: bool | None = None, level: str | No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, 20)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: a process may configure again (the CLI, then the worker it becomes).
+        cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
     # FastStream and nats-py log through stdlib logging: keep them quiet and on stderr.

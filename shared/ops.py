@@ -68,7 +68,8 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
         nc = await connect(
             settings,
             name="pressroom-cli",
-            max_reconnect_attempts=0,
+            # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
+            max_reconnect_attempts=1,
             connect_timeout=3,
             allow_reconnect=False,
         )

@@ -169,3 +169,31 @@ def test_validate_exits_1_with_file_and_line_per_problem(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines() == [
         "broken.html:3: Expected an expression, got 'end of statement block'"
     ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dlq", "show", "abc"], ["bogus"], ["render", "--format"], ["templates", "vars"]],
+)
+def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
+    result = pressroom(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+
+
+def test_an_unreachable_bus_is_one_line_not_a_hang() -> None:
+    import os
+
+    env_cmd = [sys.executable, "-m", "shared.cli", "ls"]
+    result = subprocess.run(
+        env_cmd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PRESSROOM_NATS_URL": "nats://127.0.0.1:1", "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: cannot reach NATS at nats://127.0.0.1:1: nats: no servers available for connection"
+    ]
