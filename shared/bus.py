@@ -76,17 +76,18 @@ def msg_id(request_id: str, stage: str) -> str:
     return f"{request_id}:{stage}"
 
 
+async def log_bus_error(error: Exception) -> None:
+    """nats-py's default prints a traceback per failed (re)connect; one log line is enough."""
+    log.warning("bus connection error", error=repr(error))
+
+
 async def connect(settings: Settings, *, name: str = "pressroom", **kwargs: Any) -> Client:
     """A nats-py connection that keeps reconnecting instead of giving up after ~2 minutes."""
-
-    async def quiet(error: Exception) -> None:
-        # nats-py's default prints a traceback per failed attempt; the caller reports failures.
-        log.debug("nats connection error", error=repr(error))
 
     return await nats.connect(
         settings.bus_url,
         name=name,
-        error_cb=kwargs.pop("error_cb", quiet),
+        error_cb=kwargs.pop("error_cb", log_bus_error),
         max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
         reconnect_time_wait=kwargs.pop("reconnect_time_wait", 0.5),
         **kwargs,

@@ -62,6 +62,10 @@ class Bus:
         return await open_store(self.settings, self.js)
 
 
+async def _quiet(error: Exception) -> None:
+    """The CLI reports a failed connection itself, in one line."""
+
+
 @asynccontextmanager
 async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[Bus]:
     try:
@@ -72,6 +76,7 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             max_reconnect_attempts=1,
             connect_timeout=3,
             allow_reconnect=False,
+            error_cb=_quiet,
         )
     except Exception as error:
         where = settings.bus_url

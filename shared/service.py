@@ -31,6 +31,7 @@ from shared.bus import (
     Publisher,
     StageSpec,
     ensure_topology,
+    log_bus_error,
     stage_consumer_config,
 )
 from shared.errors import PressroomError
@@ -199,6 +200,7 @@ def stage_app(
         reconnect_time_wait=1,
         graceful_timeout=settings.shutdown_grace,
         logger=None,  # the stage runner logs structured lines with request_id instead
+        error_cb=log_bus_error,
         middlewares=middlewares,
     )
     app = FastStream(broker)

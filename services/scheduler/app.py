@@ -18,7 +18,14 @@ from faststream.nats import NatsBroker
 from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
-from shared.bus import SCHEDULES_BUCKET, JetStreamPublisher, encode, ensure_topology, msg_id
+from shared.bus import (
+    SCHEDULES_BUCKET,
+    JetStreamPublisher,
+    encode,
+    ensure_topology,
+    log_bus_error,
+    msg_id,
+)
 from shared.events import REPORT_REQUESTED
 from shared.health import CheckResult, HealthServer
 from shared.logging import configure_logging, get_logger
@@ -70,7 +77,11 @@ def create_app(settings: Settings | None = None) -> FastStream:
     settings = settings or Settings()
     schedules = load_schedules(settings.schedules)
     broker = NatsBroker(
-        settings.bus_url, name="pressroom-scheduler", max_reconnect_attempts=-1, logger=None
+        settings.bus_url,
+        name="pressroom-scheduler",
+        max_reconnect_attempts=-1,
+        logger=None,
+        error_cb=log_bus_error,
     )
     app = FastStream(broker)
     state: dict[str, Any] = {}
