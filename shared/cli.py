@@ -1028,26 +1028,21 @@ def check(
 
 
 async def _check_email(cfg: Settings, to: str | None) -> str:
-    import smtplib
-    import ssl
     from email.message import EmailMessage
 
-    from services.distributor.channels.email import validate_addresses
+    from services.distributor.channels.email import smtp_session, validate_addresses
 
     if not cfg.smtp_host:
         raise PressroomError("PRESSROOM_SMTP_HOST is not set")
     recipients = validate_addresses(to) if to else []
 
     def probe() -> str:
+        steps = [f"connected to {cfg.smtp_host}:{cfg.smtp_port}"]
+        steps += ["STARTTLS ok"] if cfg.smtp_starttls else []
+        steps += ["login ok"] if cfg.smtp_user else []
         try:
-            with smtplib.SMTP(cfg.smtp_host or "", cfg.smtp_port, timeout=cfg.smtp_timeout) as smtp:
-                steps = [f"connected to {cfg.smtp_host}:{cfg.smtp_port}"]
-                if cfg.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                    steps.append("STARTTLS ok")
-                if cfg.smtp_user:
-                    smtp.login(cfg.smtp_user, cfg.smtp_password or "")
-                    steps.append("login ok")
+            with smtp_session(cfg) as smtp:
+                smtp.noop()
                 if recipients:
                     message = EmailMessage()
                     message["From"], message["To"] = cfg.smtp_from, ", ".join(recipients)
@@ -1055,37 +1050,23 @@ async def _check_email(cfg: Settings, to: str | None) -> str:
                     message.set_content("Pressroom can send email with this configuration.")
                     smtp.send_message(message)
                     steps.append(f"test message sent to {', '.join(recipients)}")
-                return "ok: " + ", ".join(steps)
-        except (OSError, smtplib.SMTPException) as error:
-            raise PressroomError(f"email check failed: {error}") from None
+        except PressroomError as error:
+            raise PressroomError(f"email check failed: {error.reason}") from None
+        return "ok: " + ", ".join(steps)
 
     return await asyncio.to_thread(probe)
 
 
 async def _check_webhook(cfg: Settings, url: str) -> str:
-    import httpx
+    from services.distributor.channels.webhook import WebhookChannel, resolve_target
 
-    from services.distributor.channels.webhook import resolve_target, sign
-
-    if not cfg.webhook_secret:
-        raise PressroomError("PRESSROOM_WEBHOOK_SECRET is not set")
     host, address = await resolve_target(url, cfg.webhook_allow_list)
     body = json.dumps({"type": "pressroom.test"}).encode()
-    stamp = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": f"msg_test_{stamp}",
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": sign(cfg.webhook_secret, f"msg_test_{stamp}", stamp, body),
-    }
     try:
-        async with httpx.AsyncClient(timeout=cfg.webhook_timeout) as client:
-            response = await client.post(url, content=body, headers=headers)
-    except httpx.HTTPError as error:
-        raise PressroomError(f"webhook check failed: {error}") from None
-    if not 200 <= response.status_code < 300:
-        raise PressroomError(f"webhook check: {url} answered {response.status_code}")
-    return f"ok: {host} ({address}) accepted a signed test ping ({response.status_code})"
+        code = await WebhookChannel(cfg).post_signed(url, body, f"msg_test_{int(time.time())}")
+    except PressroomError as error:
+        raise PressroomError(f"webhook check failed: {error.reason}") from None
+    return f"ok: {host} ({address}) accepted a signed test ping ({code})"
 
 
 # ---- backup and restore --------------------------------------------------------------------

@@ -119,18 +119,20 @@ class NatsInbound:
 Work = Callable[[Event], Awaitable[Event]]
 
 
-async def _connect_with_patience(
-    broker: NatsBroker, deps: Deps, settings: Settings
+async def connect_with_patience(
+    broker: NatsBroker, settings: Settings, js: JetStreamContext | None = None
 ) -> JetStreamContext:
-    """Connect and declare the topology, waiting out a NATS server that is (re)starting."""
+    """Connect and declare the topology, waiting out a NATS server that is (re)starting.
+
+    Every Pressroom process starts through here, the scheduler included.
+    """
     deadline = time.monotonic() + settings.startup_timeout
     delay = 0.2
     while True:
         try:
             connection = await broker.connect()
-            js = deps.js or connection.jetstream()
+            js = js or connection.jetstream()
             await ensure_topology(js, settings)
-            deps.js = js
             return js
         except Exception as error:
             if time.monotonic() + delay > deadline:
@@ -209,7 +211,7 @@ def stage_app(
     @app.on_startup
     async def startup() -> None:
         configure_logging(service)
-        js = await _connect_with_patience(broker, deps, settings)
+        js = deps.js = await connect_with_patience(broker, settings, deps.js)
         deps.ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
         deps.publisher = deps.publisher or JetStreamPublisher(js)
         deps.store = deps.store or await open_store(settings, js)

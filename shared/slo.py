@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.bus import STAGES as BUS_STAGES
 from shared.events import utcnow
 from shared.ledger import LedgerEntry
 
-STAGES = ("fetcher", "renderer", "distributor")
+STAGES = tuple(BUS_STAGES)
 MIB = 1024 * 1024
 
 

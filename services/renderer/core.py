@@ -150,15 +150,21 @@ class RenderCache(Protocol):
 # Values a template may print that do not make its output different "data": a reused render
 # keeps the generation time of the render it reuses.
 VOLATILE = frozenset({"generation_time"})
+_VARIABLES: dict[tuple[str, str, str], list[str]] = {}
 
 
 def render_key(job: RenderJob) -> str:
     """Content address of a render: template version + formats + page + every value it reads."""
     library = template_library(job.templates_dir, job.cache_dir)
     name = library.check_name(job.template)
-    used = [v for v in library.variables(name) if v not in VOLATILE]
+    version = library.version(name)
+    # Parsing every template per report is wasted work: the variables only change with the version.
+    known = (job.templates_dir, name, version)
+    if known not in _VARIABLES:
+        _VARIABLES[known] = [v for v in library.variables(name) if v not in VOLATILE]
+    used = _VARIABLES[known]
     material = {
-        "version": library.version(name),
+        "version": version,
         "formats": sorted(job.formats),
         "page": job.page.css(),
         "context": {v: job.context.get(v) for v in used},

@@ -8,7 +8,6 @@ service. The same `render_job` function runs in-process for `pressroom render`.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import mimetypes
 import os
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
+from shared.netpolicy import allow_listed
 
 MAX_ASSET_BYTES = 20 * 1024 * 1024
 
@@ -87,25 +87,11 @@ def _fetcher_class() -> type:
                     raise Blocked(f"asset too large: '{path.relative_to(self.root)}'")
                 ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
                 return URLFetcherResponse(url, path.read_bytes(), {"Content-Type": ctype})
-            if scheme in ("http", "https") and _host_allowed(parts.hostname, self.allow_hosts):
+            if scheme in ("http", "https") and allow_listed(parts.hostname, self.allow_hosts):
                 return super().fetch(url, headers)
             raise Blocked(f"blocked: template tried to fetch '{url}' (not allow-listed)")
 
     return SafeURLFetcher
-
-
-def _host_allowed(host: str | None, allow: tuple[str, ...]) -> bool:
-    if not host:
-        return False
-    for entry in allow:
-        if host == entry:
-            return True
-        try:
-            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
 
 
 _libraries: dict[str, Any] = {}

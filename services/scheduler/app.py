@@ -22,13 +22,13 @@ from shared.bus import (
     SCHEDULES_BUCKET,
     JetStreamPublisher,
     encode,
-    ensure_topology,
     log_bus_error,
     msg_id,
 )
 from shared.events import REPORT_REQUESTED
 from shared.health import CheckResult, HealthServer
 from shared.logging import configure_logging, get_logger
+from shared.service import connect_with_patience
 from shared.settings import Settings
 
 log = get_logger("pressroom.scheduler")
@@ -87,9 +87,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
     state: dict[str, Any] = {}
 
     async def loop() -> None:
-        nc = await broker.connect()
-        js = nc.jetstream()
-        await ensure_topology(js, settings)
+        js = await connect_with_patience(broker, settings)
         kv = await js.key_value(SCHEDULES_BUCKET)
         publisher = JetStreamPublisher(js)
         log.info("scheduler ready", schedules=[s.name for s in schedules])

@@ -6,6 +6,8 @@ import asyncio
 import re
 import smtplib
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, getaddresses, make_msgid, parseaddr
@@ -115,36 +117,41 @@ class EmailChannel:
         return ChannelResult(channel="email", ok=True, target=", ".join(to + cc), detail=how)
 
     def _send(self, message: EmailMessage, recipients: list[str]) -> None:
-        s = self.settings
-        assert s.smtp_host
-        try:
-            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout) as smtp:
-                if s.smtp_starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if s.smtp_user:
-                    smtp.login(s.smtp_user, s.smtp_password or "")
-                refused = smtp.send_message(message, to_addrs=recipients)
-        except smtplib.SMTPRecipientsRefused as error:
-            raise PermanentError(
-                f"SMTP refused every recipient: {_codes(error.recipients)}"
-            ) from None
-        except smtplib.SMTPAuthenticationError as error:
-            raise PermanentError(f"SMTP authentication failed: {error.smtp_code}") from None
-        except smtplib.SMTPResponseException as error:
-            text = (
-                error.smtp_error.decode(errors="replace")
-                if isinstance(error.smtp_error, bytes)
-                else str(error.smtp_error)
-            )
-            if 500 <= error.smtp_code < 600:
-                raise PermanentError(f"SMTP server answered {error.smtp_code}: {text}") from None
-            raise TransientError(f"SMTP server answered {error.smtp_code}: {text}") from None
-        except (OSError, smtplib.SMTPException) as error:
-            raise TransientError(
-                f"cannot reach SMTP server {s.smtp_host}:{s.smtp_port}: {error}"
-            ) from None
+        with smtp_session(self.settings) as smtp:
+            refused = smtp.send_message(message, to_addrs=recipients)
         if refused:
             raise PermanentError(f"SMTP refused some recipients: {_codes(refused)}")
+
+
+@contextmanager
+def smtp_session(s: Settings) -> Iterator[smtplib.SMTP]:
+    """A connected (STARTTLS, logged-in) SMTP session; failures become Transient/Permanent."""
+    if not s.smtp_host:
+        raise PermanentError("email channel is not configured (set PRESSROOM_SMTP_HOST)")
+    try:
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout) as smtp:
+            if s.smtp_starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if s.smtp_user:
+                smtp.login(s.smtp_user, s.smtp_password or "")
+            yield smtp
+    except smtplib.SMTPRecipientsRefused as error:
+        raise PermanentError(f"SMTP refused every recipient: {_codes(error.recipients)}") from None
+    except smtplib.SMTPAuthenticationError as error:
+        raise PermanentError(f"SMTP authentication failed: {error.smtp_code}") from None
+    except smtplib.SMTPResponseException as error:
+        text = (
+            error.smtp_error.decode(errors="replace")
+            if isinstance(error.smtp_error, bytes)
+            else str(error.smtp_error)
+        )
+        if 500 <= error.smtp_code < 600:
+            raise PermanentError(f"SMTP server answered {error.smtp_code}: {text}") from None
+        raise TransientError(f"SMTP server answered {error.smtp_code}: {text}") from None
+    except (OSError, smtplib.SMTPException) as error:
+        raise TransientError(
+            f"cannot reach SMTP server {s.smtp_host}:{s.smtp_port}: {error}"
+        ) from None
 
 
 def _codes(recipients: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import httpx
 from services.distributor.channels import Parcel
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
+from shared.netpolicy import allow_listed
 from shared.settings import Settings
 
 RETRYABLE = {408, 429, 500, 502, 503, 504}
@@ -53,20 +54,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: int = 3
     )
 
 
-def _allowed(
-    host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]
-) -> bool:
-    for entry in allow:
-        if entry == host:
-            return True
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
@@ -95,7 +82,7 @@ async def resolve_target(url: str, allow: list[str]) -> tuple[str, str]:
         raise TransientError(f"webhook host '{host}' does not resolve: {error}") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for address in addresses:
-        if not _is_public(address) and not _allowed(host, address, allow):
+        if not _is_public(address) and not allow_listed(host, allow, address):
             raise PermanentError(
                 f"webhook target {host} resolves to {address}, a non-public address "
                 "(add it to PRESSROOM_WEBHOOK_ALLOW to allow it)"
@@ -127,24 +114,29 @@ class WebhookChannel:
         }
 
     async def deliver(self, delivery: Delivery, parcel: Parcel) -> ChannelResult:
-        secret = self.settings.webhook_secret
-        if not secret:
-            raise PermanentError("webhook channel needs PRESSROOM_WEBHOOK_SECRET to sign bodies")
         url = str((delivery.model_extra or {}).get("url") or "")
-        host, pinned = await resolve_target(url, self.settings.webhook_allow_list)
         body = json.dumps(await self.payload(parcel), separators=(",", ":")).encode()
         # The same id on every attempt: receivers de-duplicate retries with it.
         msg_id = f"msg_{parcel.request_id}_{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+        code = await self.post_signed(url, body, msg_id)
+        return ChannelResult(channel="webhook", ok=True, target=url, detail=str(code))
+
+    async def post_signed(self, url: str, body: bytes, msg_id: str) -> int:
+        """POST a Standard Webhooks-signed body to a checked, pinned address; the 2xx code."""
+        secret = self.settings.webhook_secret
+        if not secret:
+            raise PermanentError("webhook channel needs PRESSROOM_WEBHOOK_SECRET to sign bodies")
+        host, pinned = await resolve_target(url, self.settings.webhook_allow_list)
         stamp = int(time.time())
+        parts = urlsplit(url)
         headers = {
             "content-type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(stamp),
             "webhook-signature": sign(secret, msg_id, stamp, body),
             "user-agent": "Pressroom-Webhooks/1",
-            "host": urlsplit(url).netloc,
+            "host": parts.netloc,
         }
-        parts = urlsplit(url)
         # Connect to the address we checked (no second DNS answer can swap it: rebinding).
         ip_host = f"[{pinned}]" if ":" in pinned else pinned
         netloc = ip_host + (f":{parts.port}" if parts.port else "")
@@ -167,7 +159,7 @@ class WebhookChannel:
             raise TransientError(f"webhook {url} unreachable: {error}") from None
         code = response.status_code
         if 200 <= code < 300:
-            return ChannelResult(channel="webhook", ok=True, target=url, detail=str(code))
+            return code
         if 300 <= code < 400:
             raise PermanentError(f"webhook {url} answered {code} redirect (not followed)")
         if code == 410:
