@@ -44,6 +44,9 @@ class StageRecord(BaseModel):
     state: StageState
     seq: int = Field(description="Stream sequence of the message that claimed the stage.")
     attempts: int = 1
+    worker: str | None = Field(
+        default=None, description="host:pid of the worker process that claimed the stage."
+    )
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     seconds: float | None = None
@@ -81,7 +84,14 @@ class Ledger(Protocol):
     async def get(self, request_id: str) -> LedgerEntry | None: ...
 
     async def claim(
-        self, request_id: str, stage: str, *, seq: int, attempt: int, request: ReportRequested
+        self,
+        request_id: str,
+        stage: str,
+        *,
+        seq: int,
+        attempt: int,
+        request: ReportRequested,
+        worker: str | None = None,
     ) -> ClaimResult: ...
 
     async def finish(
@@ -94,7 +104,7 @@ class Ledger(Protocol):
 
 
 def _apply_claim(
-    entry: LedgerEntry, stage: str, seq: int, attempt: int
+    entry: LedgerEntry, stage: str, seq: int, attempt: int, worker: str | None = None
 ) -> tuple[LedgerEntry | None, ClaimResult]:
     record = entry.stages.get(stage)
     if record is not None and record.state == "done":
@@ -102,7 +112,7 @@ def _apply_claim(
     if record is not None and record.state == "running" and record.seq != seq:
         # Another message for the same request (a duplicate publish) holds the stage.
         return None, "busy"
-    entry.stages[stage] = StageRecord(state="running", seq=seq, attempts=attempt)
+    entry.stages[stage] = StageRecord(state="running", seq=seq, attempts=attempt, worker=worker)
     if entry.status == "failed":
         entry.status = "requested"
         entry.error = None
@@ -192,10 +202,17 @@ class KvLedger:
         raise RuntimeError(f"ledger entry {request_id} is too contended to update")
 
     async def claim(
-        self, request_id: str, stage: str, *, seq: int, attempt: int, request: ReportRequested
+        self,
+        request_id: str,
+        stage: str,
+        *,
+        seq: int,
+        attempt: int,
+        request: ReportRequested,
+        worker: str | None = None,
     ) -> ClaimResult:
         result: ClaimResult = await self._update(
-            request_id, lambda e: _apply_claim(e, stage, seq, attempt), request
+            request_id, lambda e: _apply_claim(e, stage, seq, attempt, worker), request
         )
         return result
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -45,6 +47,8 @@ E = TypeVar("E", bound=Event)
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
 MAX_RETRY_AFTER = 600.0
 FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
+# Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 log = get_logger("pressroom.stage")
 
@@ -131,7 +135,12 @@ class StageRunner:
 
         try:
             claim = await self.ledger.claim(
-                rid, self.spec.name, seq=msg.stream_seq, attempt=msg.attempt, request=request
+                rid,
+                self.spec.name,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+                request=request,
+                worker=WORKER_ID,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
             await self._retry_or_dead_letter(msg, f"ledger unavailable: {error}", rid, bound)

@@ -6,13 +6,15 @@ import asyncio
 import base64
 import json
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.bus import STREAM
+from shared.bus import LEDGER_BUCKET, STREAM
+from shared.ledger import KvLedger
 from tests.helpers import REPO, Stack, eventually, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -78,6 +80,28 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     stack.stop()
 
 
+async def busy_worker(stack: Stack, stage: str, rids: list[str]) -> subprocess.Popen[bytes]:
+    """A live `stage` process that the ledger shows working on one of `rids` right now."""
+    nc = await stack.connect()
+    ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
+    pids = {p.pid: p for p in stack.procs[stage] if p.poll() is None}
+
+    async def probe() -> subprocess.Popen[bytes] | None:
+        for rid in rids:
+            entry = await ledger.get(rid)
+            record = entry.stages.get(stage) if entry else None
+            if record and record.state == "running" and record.worker:
+                pid = int(record.worker.rsplit(":", 1)[1])
+                if pid in pids:
+                    return pids[pid]
+        return None
+
+    try:
+        return await eventually(probe, timeout=120, every=0.05)
+    finally:
+        await nc.close()
+
+
 def pdfs(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.pdf"))
 
@@ -99,16 +123,18 @@ async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
     await publish_all(stack, bodies)
 
     # Kill a renderer while it is rendering (its message must go to the other one), replace it.
-    await asyncio.sleep(2.0)
-    victim = stack.procs["renderer"][0]
+    victim = await busy_worker(stack, "renderer", rids)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     stack.start_worker("renderer")
 
-    # Restart nats-server (file storage) in the middle of the run.
-    await asyncio.sleep(1.0)
+    # Restart nats-server (file storage) in the middle of the run: some delivered, not all.
+    async def midway() -> bool:
+        return 0 < len(pdfs(stack.out / "faults")) < len(rids)
+
+    await eventually(midway, timeout=180, every=0.05)
     stack.stop_nats()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the outage itself: clients see the server gone, then back
     stack.start_nats()
 
     delivered = await all_settled(stack, rids)

@@ -1,11 +1,18 @@
-"""Long and runaway renders with real processes: in-progress acks, timeouts, crashes, shutdown."""
+"""Long and runaway renders with real processes: in-progress acks, timeouts, crashes, shutdown.
+
+Nothing here assumes a machine speed: a calibration render on this machine sizes the "long"
+report (several ack waits long) and the render timeout (a multiple of that), and the runaway
+render never finishes on any machine.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,29 +21,65 @@ from shared.bus import LEDGER_BUCKET, STREAM
 from shared.ledger import KvLedger
 from tests.helpers import Outcomes, Stack, eventually, unique
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROWS = (
     "<table>{% for i in range(rows) %}<tr><td>Row {{ i }}</td><td>{{ i * 3 }}</td>"
     "<td>value {{ i }}</td></tr>{% endfor %}</table>"
 )
+# Ten billion loop steps: no machine finishes this before any sane render timeout.
+SPIN = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done"
+ACK_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    rows_long: int  # a render of about four ack waits on this machine, now
+    render_timeout: float  # several times that, so the long render always fits
+
+
+def _render_seconds(folder: Path, rows: int) -> float:
+    from services.renderer.pdf import RenderJob, render_job
+
+    job = RenderJob(templates_dir=str(folder), template="rows.html", context={"rows": rows})
+    started = time.perf_counter()
+    render_job(job)
+    return time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
+    folder = tmp_path_factory.mktemp("calibrate")
+    (folder / "rows.html").write_text(ROWS)
+    _render_seconds(folder, 10)  # imports and fonts, not rendering
+    per_row = max(_render_seconds(folder, 300), _render_seconds(folder, 300)) / 300
+    rows_long = min(max(int(4 * ACK_WAIT / per_row), 500), 20_000)
+    return Calibration(rows_long, render_timeout=max(20.0, 5 * rows_long * per_row))
 
 
 def slow_stack(root: Any, **env: str) -> Stack:
     stack = Stack(
         root,
-        env_extra={"PRESSROOM_ACK_WAIT": "2", "PRESSROOM_RENDER_CACHE": "false", **env},
+        env_extra={
+            "PRESSROOM_ACK_WAIT": f"{ACK_WAIT:g}",
+            "PRESSROOM_RENDER_CACHE": "false",
+            **env,
+        },
         workers={"fetcher": 1, "renderer": 2, "distributor": 1},
     )
     stack.root.mkdir(parents=True, exist_ok=True)
     stack.start()
     (stack.templates / "rows.html").write_text(ROWS)
+    (stack.templates / "spin.html").write_text(SPIN)
     return stack
 
 
 @pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = slow_stack(tmp_path_factory.mktemp("slow"), PRESSROOM_RENDER_TIMEOUT="12")
+def slow(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -> Iterator[Stack]:
+    stack = slow_stack(
+        tmp_path_factory.mktemp("slow"),
+        PRESSROOM_RENDER_TIMEOUT=f"{calibration.render_timeout:.0f}",
+    )
     yield stack
     stack.stop()
 
@@ -49,9 +92,9 @@ async def slow_outcomes(slow: Stack) -> Any:
     await nc.close()
 
 
-async def request(stack: Stack, rid: str, rows: int) -> None:
+async def request(stack: Stack, rid: str, rows: int, template: str = "rows.html") -> None:
     nc = await stack.connect()
-    body = {"request_id": rid, "template": "rows.html", "params": {"rows": rows}}
+    body = {"request_id": rid, "template": template, "params": {"rows": rows}}
     await nc.jetstream().publish("report.requested", json.dumps(body).encode())
     await nc.close()
 
@@ -68,12 +111,12 @@ async def renderer_state(stack: Stack, rid: str) -> tuple[str, int] | None:
 
 
 async def test_a_render_longer_than_the_ack_wait_is_not_redelivered(
-    slow: Stack, slow_outcomes: Outcomes
+    slow: Stack, slow_outcomes: Outcomes, calibration: Calibration
 ) -> None:
     rid = unique("long")
-    await request(slow, rid, 3000)  # several seconds, the ack wait is 2 s
-    delivered = await slow_outcomes.delivered_event(rid, timeout=90)
-    assert delivered["artefacts"][0]["size"] > 50_000
+    await request(slow, rid, calibration.rows_long)  # about four ack waits of rendering
+    delivered = await slow_outcomes.delivered_event(rid, timeout=calibration.render_timeout * 2)
+    assert delivered["artefacts"][0]["size"] > 20_000
     assert await renderer_state(slow, rid) == ("done", 1)
     nc = await slow.connect()
     info = await nc.jetstream().consumer_info(STREAM, "renderer")
@@ -82,21 +125,24 @@ async def test_a_render_longer_than_the_ack_wait_is_not_redelivered(
 
 
 async def test_a_runaway_render_is_stopped_and_fails_with_the_reason(
-    slow: Stack, slow_outcomes: Outcomes
+    slow: Stack, slow_outcomes: Outcomes, calibration: Calibration
 ) -> None:
     rid = unique("runaway")
-    await request(slow, rid, 40000)
-    failed = await slow_outcomes.failed_event(rid, timeout=60)
-    assert "took longer than 12s and was stopped" in failed["reason"]
+    await request(slow, rid, 0, template="spin.html")
+    failed = await slow_outcomes.failed_event(rid, timeout=calibration.render_timeout * 3)
+    limit = f"{calibration.render_timeout:.0f}s"
+    assert f"took longer than {limit} and was stopped" in failed["reason"]
     assert failed["attempts"] == 1 and failed["stage"] == "renderer"
     after = unique("after")
     await request(slow, after, 10)  # the killed worker was replaced: rendering goes on
     await slow_outcomes.delivered_event(after, timeout=60)
 
 
-async def test_sigterm_mid_render_loses_nothing(slow: Stack, slow_outcomes: Outcomes) -> None:
+async def test_sigterm_mid_render_loses_nothing(
+    slow: Stack, slow_outcomes: Outcomes, calibration: Calibration
+) -> None:
     rid = unique("sigterm")
-    await request(slow, rid, 2000)
+    await request(slow, rid, calibration.rows_long)
 
     async def rendering() -> bool:
         return await renderer_state(slow, rid) == ("running", 1)
@@ -106,8 +152,11 @@ async def test_sigterm_mid_render_loses_nothing(slow: Stack, slow_outcomes: Outc
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     slow.start_worker("renderer")
-    await slow_outcomes.delivered_event(rid, timeout=90)
-    await asyncio.sleep(1)
+    await slow_outcomes.delivered_event(rid, timeout=calibration.render_timeout * 3)
+    # Anything delivered twice would be a second render: let a marker overtake it first.
+    marker = unique("marker")
+    await request(slow, marker, 10)
+    await slow_outcomes.delivered_event(marker, timeout=calibration.render_timeout * 2)
     assert len(slow_outcomes.delivered[rid]) == 1
 
 
@@ -122,7 +171,7 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(fragile: Stack
     nc = await fragile.connect()
     outcomes = await Outcomes().start(nc)
     rid = unique("killer")
-    await request(fragile, rid, 3000)
+    await request(fragile, rid, 0, template="spin.html")  # never finishes: killed each time
     for attempt in (1, 2):  # max_deliver is max_attempts + 1 = 2
 
         async def rendering(n: int = attempt) -> bool:
