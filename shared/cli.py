@@ -400,8 +400,10 @@ def render(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and render, write nothing."),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
+    from dataclasses import replace
+
     from services.renderer.core import build_context, make_job
-    from services.renderer.pdf import render_job
+    from services.renderer.pdf import render_job, run_capped
 
     cfg = settings()
     if output is None and not dry_run:
@@ -419,8 +421,10 @@ def render(
         fail(f"invalid template name '{name}': {error}")
     formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
     job = make_job(cfg, name, build_context(req, data), formats, templates_dir=folder)
+    # A template given as a path is the operator's own file; a name must be a listed template.
+    job = replace(job, listed_only=folder == cfg.templates_dir.resolve())
     try:
-        result = render_job(job)
+        result = run_capped(render_job, job, label=name, settings=cfg)
     except PressroomError as error:
         fail(error.reason)
     if dry_run:
@@ -479,8 +483,8 @@ def templates_validate(
         lib = _library(cfg, folder)
     else:
         lib = _library(cfg)
-    names = lib.names() if all_ else [name]
-    problems = [p for n in names for p in lib.validate(n)]
+    found = _validate_capped(cfg, lib.folder, None if all_ else [str(name)])
+    names, problems = list(found), [p for ps in found.values() for p in ps]
     if as_json:
         emit_json({"checked": names, "problems": [str(p) for p in problems]})
     else:
@@ -498,18 +502,33 @@ def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> 
     cfg = settings()
     folder, name = _resolve_template(cfg, name)
     lib = _library(cfg, folder)
+    from services.renderer.pdf import run_capped
+    from services.renderer.templating import variables_in_folder
+
     try:
-        variables = lib.variables(name)
-        info = lib.info(name)
+        name = lib.check_name(name)
+        variables, params = run_capped(
+            variables_in_folder, str(lib.folder), name, label=name, settings=cfg
+        )
     except PressroomError as error:
         fail(error.reason)
     if as_json:
-        emit_json({"template": name, "variables": variables, "params": info.params})
+        emit_json({"template": name, "variables": variables, "params": params})
         return
     table = Table("variable", "description")
     for var in variables:
-        table.add_row(var, info.params.get(var, ""))
+        table.add_row(var, params.get(var, ""))
     out.print(table)
+
+
+def _validate_capped(cfg: Settings, folder: Path, names: list[str] | None) -> Any:
+    from services.renderer.pdf import run_capped
+    from services.renderer.templating import validate_in_folder
+
+    try:
+        return run_capped(validate_in_folder, str(folder), names, label="validation", settings=cfg)
+    except PressroomError as error:
+        fail(error.reason)
 
 
 # ---- schedules ---------------------------------------------------------------------------
@@ -800,12 +819,12 @@ async def _entries(cfg: Settings) -> Any:
         return await ledger_entries(bus)
 
 
-def _window(text: str) -> Any:
+def _window(text: str, option: str = "--window") -> Any:
     from datetime import timedelta
 
     units = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
     if text[-1:] not in units or not text[:-1].isdigit():
-        fail(f"--window expects an age like 24h, 7d or 4w, got '{text}'")
+        fail(f"{option} expects an age like 24h, 7d or 4w, got '{text}'")
     return timedelta(seconds=int(text[:-1]) * units[text[-1]])
 
 
@@ -862,7 +881,7 @@ def slo(
     entries = in_window(run(_entries(cfg)), _window(window))
     lib = _library(cfg)
     names = lib.names()
-    valid = sum(1 for n in names if not lib.validate(n))
+    valid = sum(1 for problems in _validate_capped(cfg, lib.folder, None).values() if not problems)
     rows = objectives(
         entries, templates_valid=(valid, len(names)), on_time_seconds=cfg.schedule_on_time
     )
@@ -912,29 +931,38 @@ async def _clean(cfg: Settings, age: Any, dry_run: bool) -> Any:
 @app.command()
 def get(
     request_id: str,
-    output: Path = typer.Option(..., "--output", "-o"),
+    output: Path | None = typer.Option(None, "--output", "-o"),
     fmt: str = typer.Option("pdf", "--format", "-f"),
+    url: bool = typer.Option(False, "--url", help="Print a download link (S3) instead."),
+    expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
 ) -> None:
-    """Download a rendered artefact."""
-    size = run(_download(settings(), request_id, fmt, output))
+    """Download a rendered artefact (checked against its recorded sha256), or link to it."""
+    cfg = settings()
+    if url:
+        link = run(_artefact_url(cfg, request_id, fmt, _window(expires, option="--expires")))
+        sys.stdout.write(link + "\n")
+        return
+    if output is None:
+        fail("give --output FILE (or --url for a download link)")
+    size = run(_download(cfg, request_id, fmt, output))
     out.print(f"wrote {output} ({size:,} bytes)")
 
 
 async def _download(cfg: Settings, request_id: str, fmt: str, output: Path) -> int:
-    from shared.ops import open_bus
+    from shared.ops import artefact_bytes, open_bus
 
     async with open_bus(cfg) as bus:
-        entry = await (await bus.ledger()).get(request_id)
-        if entry is None:
-            raise PressroomError(f"no request '{request_id}' in the ledger")
-        matches = [a for a in entry.artefacts if a.format == fmt]
-        if not matches:
-            have = ", ".join(a.format for a in entry.artefacts) or "none yet"
-            raise PressroomError(f"request '{request_id}' has no {fmt} artefact (has: {have})")
-        data = await (await bus.store()).get(matches[0].key)
+        data = await artefact_bytes(bus, request_id, fmt)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
     return len(data)
+
+
+async def _artefact_url(cfg: Settings, request_id: str, fmt: str, expires: Any) -> str:
+    from shared.ops import artefact_url, open_bus
+
+    async with open_bus(cfg) as bus:
+        return await artefact_url(bus, request_id, fmt, expires)
 
 
 # ---- delivery ----------------------------------------------------------------------------
@@ -1058,15 +1086,16 @@ async def _check_email(cfg: Settings, to: str | None) -> str:
 
 
 async def _check_webhook(cfg: Settings, url: str) -> str:
-    from services.distributor.channels.webhook import WebhookChannel, resolve_target
+    from services.distributor.channels.webhook import WebhookChannel
 
-    host, address = await resolve_target(url, cfg.webhook_allow_list)
     body = json.dumps({"type": "pressroom.test"}).encode()
     try:
-        code = await WebhookChannel(cfg).post_signed(url, body, f"msg_test_{int(time.time())}")
+        code, target = await WebhookChannel(cfg).post_signed(
+            url, body, f"msg_test_{int(time.time())}"
+        )
     except PressroomError as error:
         raise PressroomError(f"webhook check failed: {error.reason}") from None
-    return f"ok: {host} ({address}) accepted a signed test ping ({code})"
+    return f"ok: {target.origin.host} ({target.address}) accepted a signed test ping ({code})"
 
 
 # ---- backup and restore --------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -50,7 +52,21 @@ class Source(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     name: str = Field(description="Name the template sees the result under.", pattern=r"^\w+$")
-    kind: str = Field(description="Adapter: http, prometheus, github, jira, file.")
+    kind: str = Field(
+        default="",
+        description="Adapter: http, prometheus, github, jira, file; omit it with `source`.",
+    )
+    source: str | None = Field(
+        default=None,
+        description="Name of a source in the config file: its URL and credentials are the "
+        "operator's, and a request may not change them.",
+    )
+
+    @model_validator(mode="after")
+    def _kind_or_named(self) -> Source:
+        if not self.kind and not self.source:
+            raise ValueError("a source needs a `kind`, or `source` naming a config-file source")
+        return self
 
 
 class Delivery(BaseModel):
@@ -97,6 +113,18 @@ class ReportRequested(Event):
         if value.startswith("/") or ".." in parts:
             raise ValueError("template must be a name inside the templates folder")
         return value
+
+
+def request_fingerprint(request: ReportRequested) -> str:
+    """What a request_id is bound to: the request's content, without its id and timestamps.
+
+    The same content published again is the same request (a no-op); other content under a
+    used id is refused. `requested_at` is left out: it defaults to the time of parsing.
+    """
+    content = request.model_dump(mode="json", exclude={"request_id", "requested_at"})
+    content.pop("schema_version", None)
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 class _CarriesRequest(Event):

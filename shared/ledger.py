@@ -23,6 +23,7 @@ from shared.events import (
     ReportDelivered,
     ReportRendered,
     ReportRequested,
+    request_fingerprint,
     utcnow,
 )
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 StageState = Literal["running", "done", "failed"]
 Status = Literal["requested", "fetched", "rendered", "delivered", "failed"]
-ClaimResult = Literal["proceed", "done", "busy"]
+ClaimResult = Literal["proceed", "done", "busy", "conflict"]
 
 _STATUS_AFTER: dict[str, Status] = {
     "fetcher": "fetched",
@@ -60,6 +61,9 @@ class LedgerEntry(BaseModel):
     template_version: str | None = None
     requested_by: str | None = None
     requested_at: datetime | None = None
+    fingerprint: str | None = Field(
+        default=None, description="Content the request_id is bound to (request_fingerprint)."
+    )
     updated_at: datetime = Field(default_factory=utcnow)
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     fetch_seconds: float | None = None
@@ -104,8 +108,16 @@ class Ledger(Protocol):
 
 
 def _apply_claim(
-    entry: LedgerEntry, stage: str, seq: int, attempt: int, worker: str | None = None
+    entry: LedgerEntry,
+    stage: str,
+    seq: int,
+    attempt: int,
+    worker: str | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[LedgerEntry | None, ClaimResult]:
+    if entry.fingerprint and fingerprint and entry.fingerprint != fingerprint:
+        return None, "conflict"  # the id was used for other content: never mix the two
+    entry.fingerprint = entry.fingerprint or fingerprint
     record = entry.stages.get(stage)
     if record is not None and record.state == "done":
         return None, "done"
@@ -149,6 +161,7 @@ def _apply_fail(entry: LedgerEntry, stage: str, reason: str) -> LedgerEntry:
 def _seed(request_id: str, request: ReportRequested | None) -> LedgerEntry:
     entry = LedgerEntry(request_id=request_id)
     if request is not None:
+        entry.fingerprint = request_fingerprint(request)
         entry.template = request.template
         entry.requested_by = request.requested_by
         entry.requested_at = request.requested_at
@@ -211,8 +224,9 @@ class KvLedger:
         request: ReportRequested,
         worker: str | None = None,
     ) -> ClaimResult:
+        fingerprint = request_fingerprint(request)
         result: ClaimResult = await self._update(
-            request_id, lambda e: _apply_claim(e, stage, seq, attempt, worker), request
+            request_id, lambda e: _apply_claim(e, stage, seq, attempt, worker, fingerprint), request
         )
         return result
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,14 @@ from shared.events import (
     REPORT_DELIVERED,
     REPORT_FAILED,
     REPORT_REQUESTED,
+    Artefact,
     DeadLetter,
     ReportRequested,
+    request_fingerprint,
 )
 from shared.ledger import KvLedger, LedgerEntry
 from shared.settings import Settings
-from shared.store import ArtefactStore, open_store
+from shared.store import ArtefactStore, open_store, read_verified
 
 
 class BusUnavailable(PressroomError):
@@ -97,10 +99,14 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
 
 # ---- requests ------------------------------------------------------------------------------
 async def publish_request(bus: Bus, request: ReportRequested) -> int:
+    """Publish once: the message id carries the content, so the same request again is
+    de-duplicated, and other content under the same request_id reaches the fetcher (which
+    refuses it loudly) instead of being dropped as a duplicate."""
+    fingerprint = request_fingerprint(request)
     ack = await bus.js.publish(
         REPORT_REQUESTED,
         request.model_dump_json().encode(),
-        headers={MSG_ID: msg_id(request.request_id, "request")},
+        headers={MSG_ID: f"{msg_id(request.request_id, 'request')}:{fingerprint}"},
     )
     return int(ack.seq)
 
@@ -161,6 +167,38 @@ async def outcome_from_ledger(bus: Bus, request_id: str) -> Outcome | None:
 async def ledger_entries(bus: Bus) -> list[LedgerEntry]:
     entries = await (await bus.ledger()).entries()
     return sorted(entries, key=lambda e: e.updated_at, reverse=True)
+
+
+# ---- artefacts -----------------------------------------------------------------------------
+async def _artefact(bus: Bus, request_id: str, fmt: str) -> Artefact:
+    entry = await (await bus.ledger()).get(request_id)
+    if entry is None:
+        raise PressroomError(f"no request '{request_id}' in the ledger")
+    matches = [a for a in entry.artefacts if a.format == fmt]
+    if not matches:
+        have = ", ".join(a.format for a in entry.artefacts) or "none yet"
+        raise PressroomError(f"request '{request_id}' has no {fmt} artefact (has: {have})")
+    return matches[0]
+
+
+async def artefact_bytes(bus: Bus, request_id: str, fmt: str) -> bytes:
+    """The artefact's bytes, refused if they no longer match the recorded sha256."""
+    artefact = await _artefact(bus, request_id, fmt)
+    return await read_verified(await bus.store(), artefact)
+
+
+async def artefact_url(bus: Bus, request_id: str, fmt: str, expires: timedelta) -> str:
+    """A download link minted now (never stored anywhere): S3 stores only, at most 7 days."""
+    if expires > timedelta(days=7):
+        raise PressroomError("a download link can last at most 7 days (S3's limit)")
+    artefact = await _artefact(bus, request_id, fmt)
+    link = await (await bus.store()).presign(artefact.key, expires)
+    if link is None:
+        raise PressroomError(
+            "the artefact store has no download links (JetStream object store): "
+            "use `pressroom get --output FILE`, or configure S3"
+        )
+    return link
 
 
 # ---- dead letters --------------------------------------------------------------------------

@@ -187,6 +187,7 @@ def stage_app(
     build_work: Callable[[Deps], Awaitable[Work]],
     close: Callable[[Deps], Awaitable[None]] | None = None,
     concurrency: int = 1,
+    admit: Callable[[Event], Awaitable[None]] | None = None,
 ) -> FastStream:
     service = f"pressroom-{spec.name}"
     tracer_provider, meter_provider = setup_telemetry(service)
@@ -218,7 +219,7 @@ def stage_app(
         deps.extra.setdefault("deliveries", await js.key_value(DELIVERIES_BUCKET))
         deps.extra.setdefault("cache", await js.key_value(CACHE_BUCKET))
         state["work"] = await build_work(deps)
-        state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher)
+        state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher, admit=admit)
         if settings.health_port is not None:
             server = HealthServer(
                 service,

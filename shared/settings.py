@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     smtp_timeout: float = 30.0
     email_attachment_limit: int = Field(default=10 * 1024 * 1024, description="Bytes.")
 
+    # What a request may ask for (the trust model): request-supplied values are checked
+    source_allow: str = Field(
+        default="", description="Hosts, host:ports or CIDRs request-supplied source URLs may use."
+    )
+    fetch_max_bytes: int = Field(
+        default=20 * 1024 * 1024, gt=0, description="Largest answer a data source may give."
+    )
+    email_allow: str = Field(default="", description="Domains or addresses email may go to.")
+    s3_delivery_allow: str = Field(
+        default="", description="Buckets or bucket/prefix that s3 deliveries may write to."
+    )
+
     # Webhooks
     webhook_secret: str | None = None
     webhook_allow: str = Field(default="", description="Hosts/CIDRs allowed although private.")
@@ -165,3 +177,15 @@ class Settings(BaseSettings):
     @property
     def asset_allow_list(self) -> list[str]:
         return _split(self.asset_allow)
+
+    @property
+    def source_allow_list(self) -> list[str]:
+        return _split(self.source_allow)
+
+    @property
+    def email_allow_list(self) -> list[str]:
+        return _split(self.email_allow)
+
+    @property
+    def s3_delivery_allow_list(self) -> list[str]:
+        return _split(self.s3_delivery_allow)

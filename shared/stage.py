@@ -116,6 +116,9 @@ class StageRunner:
     settings: Settings
     ledger: Ledger
     publisher: Publisher
+    # Checks before the ledger is touched (e.g. ids reserved for schedules): a PermanentError
+    # dead-letters the message and leaves the ledger entry of that id alone.
+    admit: Callable[[Event], Awaitable[None]] | None = None
 
     async def handle(
         self,
@@ -132,6 +135,13 @@ class StageRunner:
         request = request_of(event)
         rid = request.request_id
         bound = log.bind(request_id=rid, stage=self.spec.name, attempt=msg.attempt)
+        if self.admit is not None:
+            try:
+                await self.admit(event)
+            except PermanentError as error:
+                bound.warning("refused", reason=error.reason)
+                await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
+                return
 
         try:
             claim = await self.ledger.claim(
@@ -144,6 +154,14 @@ class StageRunner:
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
             await self._retry_or_dead_letter(msg, f"ledger unavailable: {error}", rid, bound)
+            return
+        if claim == "conflict":
+            reason = (
+                f"request_id '{rid}' was already used for a different request "
+                "(same id, other content): not processed; publish it under a new request_id"
+            )
+            bound.warning("request_id conflict", reason=reason)
+            await self.dead_letter(msg, reason, permanent=True, request_id=rid, own=False)
             return
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
@@ -236,8 +254,13 @@ class StageRunner:
         *,
         permanent: bool,
         request_id: str | None = None,
+        own: bool = True,
     ) -> None:
-        """Park the message in `dlq.<subject>` with the reason, emit report.failed, terminate."""
+        """Park the message in `dlq.<subject>` with the reason, emit report.failed, terminate.
+
+        `own=False`: the message does not own its request_id's ledger entry (a conflicting or
+        refused request): the entry of the real request is left as it is.
+        """
         await publish_dead_letter(
             self.publisher,
             self.ledger,
@@ -251,6 +274,7 @@ class StageRunner:
             stream_seq=msg.stream_seq,
             first_failure=msg.first_delivered,
             request_id=request_id or guess_request_id(msg.body),
+            update_ledger=own,
         )
         await msg.term()
 
@@ -274,6 +298,7 @@ async def publish_dead_letter(
     stream_seq: int,
     first_failure: datetime | None,
     request_id: str | None,
+    update_ledger: bool = True,
 ) -> None:
     now = utcnow()
     try:
@@ -307,7 +332,7 @@ async def publish_dead_letter(
         dead_letter_seq=ack.seq,
     )
     await publisher.publish(REPORT_FAILED, encode(failed), msg_id=f"failed:{stage}:{stream_seq}")
-    if request_id:
+    if request_id and update_ledger:
         with suppress(Exception):
             await ledger.fail(request_id, stage, reason=reason)
     log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from minio import Minio
     from nats.js.object_store import ObjectStore
 
+    from shared.events import Artefact
     from shared.settings import Settings
 
 
@@ -76,6 +77,21 @@ def sha256_hex(data: bytes) -> str:
 
 class ArtefactMissing(PermanentError):
     """The artefact a message refers to is not in the store."""
+
+
+class ArtefactTampered(PermanentError):
+    """The stored bytes do not match the digest recorded when the artefact was rendered."""
+
+
+async def read_verified(store: ArtefactStore, artefact: Artefact) -> bytes:
+    """An artefact's bytes, only if they still match the sha256 recorded at render time."""
+    data = await store.get(artefact.key)
+    if sha256_hex(data) != artefact.sha256:
+        raise ArtefactTampered(
+            f"artefact '{artefact.key}' no longer matches its recorded sha256 "
+            "(changed in the store since it was rendered); render the report again"
+        )
+    return data
 
 
 class ObjectStoreArtefacts:
@@ -155,13 +171,16 @@ def _parse_time(value: str | None) -> datetime | None:
 class S3Artefacts:
     """S3 or MinIO through the `minio` client; blocking calls run in threads."""
 
-    def __init__(self, client: Minio, bucket: str) -> None:
+    def __init__(self, client: Minio, bucket: str, *, create_bucket: bool = True) -> None:
         self._client = client
         self._bucket = bucket
+        self._create = create_bucket
         self._ready = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, bucket: str | None = None) -> S3Artefacts:
+    def from_settings(
+        cls, settings: Settings, *, bucket: str | None = None, create_bucket: bool = True
+    ) -> S3Artefacts:
         from minio import Minio
 
         assert settings.s3_endpoint
@@ -172,7 +191,7 @@ class S3Artefacts:
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
-        return cls(client, bucket or settings.artefact_bucket)
+        return cls(client, bucket or settings.artefact_bucket, create_bucket=create_bucket)
 
     async def _call(self, fn: object, *args: object, **kwargs: object) -> object:
         from minio.error import S3Error
@@ -200,6 +219,11 @@ class S3Artefacts:
         if self._ready:
             return
         if not await self._call(self._client.bucket_exists, self._bucket):
+            if not self._create:
+                raise PermanentError(
+                    f"bucket '{self._bucket}' does not exist (create it first; "
+                    "deliveries never create buckets)"
+                )
             try:
                 await self._call(self._client.make_bucket, self._bucket)
             except TransientError:

@@ -9,6 +9,7 @@ from faststream import FastStream
 from services.fetcher.cache import SourceCache
 from services.fetcher.core import fetch_data
 from services.fetcher.sources import DataSource, default_sources
+from services.scheduler.cron import check_not_forged, load_schedules
 from shared.bus import FETCHER
 from shared.events import Event, ReportRequested
 from shared.service import Deps, Work, stage_app
@@ -32,4 +33,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
         return work
 
-    return stage_app(FETCHER, ReportRequested, settings, deps, build_work=build)
+    schedules = load_schedules(settings.schedules)
+
+    async def admit(event: Event) -> None:
+        assert isinstance(event, ReportRequested)
+        check_not_forged(event, schedules)
+
+    return stage_app(FETCHER, ReportRequested, settings, deps, build_work=build, admit=admit)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.fetcher.access import expand_named
 from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
 from shared.errors import PermanentError, PressroomError, TransientError
@@ -32,6 +33,7 @@ async def _one(
     cache: SourceCache | None,
     stats: CacheStats,
 ) -> Any:
+    source, configured = expand_named(source, settings)
     ttl = ttl_for(source, request, settings) if cache is not None else None
     if cache is not None and ttl is not None:
         hit, data = await cache.get(source, ttl)
@@ -42,13 +44,15 @@ async def _one(
     with span(
         f"source {source.name}", request.request_id, **{"pressroom.source.kind": source.kind}
     ):
-        data = await _fetch(source, adapters, settings)
+        data = await _fetch(source, adapters, settings, configured=configured)
     if cache is not None and ttl is not None:
         await cache.put(source, data)
     return data
 
 
-async def _fetch(source: Source, adapters: Mapping[str, DataSource], settings: Settings) -> Any:
+async def _fetch(
+    source: Source, adapters: Mapping[str, DataSource], settings: Settings, *, configured: bool
+) -> Any:
     adapter = adapters.get(source.kind)
     if adapter is None:
         known = ", ".join(sorted(adapters))
@@ -56,7 +60,9 @@ async def _fetch(source: Source, adapters: Mapping[str, DataSource], settings: S
             f"source '{source.name}': unknown kind '{source.kind}' (known: {known})"
         )
     try:
-        return await asyncio.wait_for(adapter.fetch(source, settings), settings.fetch_timeout)
+        return await asyncio.wait_for(
+            adapter.fetch(source, settings, configured=configured), settings.fetch_timeout
+        )
     except TimeoutError:
         raise TransientError(
             f"source '{source.name}' timed out after {settings.fetch_timeout:g}s"

@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         async def work(event: Event) -> Event:
             assert isinstance(event, DataReady) and deps.store is not None
             return await render_report(
-                event, render=pool.render, store=deps.store, settings=settings, cache=cache
+                event, renderer=pool, store=deps.store, settings=settings, cache=cache
             )
 
         return work

@@ -5,20 +5,49 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 
-from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput, template_library
+from services.renderer.pdf import (
+    Analysis,
+    PageDefaults,
+    RenderJob,
+    RenderOutput,
+    analyse_job,
+    render_job,
+)
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
 from shared.settings import Settings
-from shared.store import ArtefactMissing, ArtefactStore, artefact_key, sha256_hex
+from shared.store import (
+    ArtefactMissing,
+    ArtefactStore,
+    ArtefactTampered,
+    artefact_key,
+    read_verified,
+    sha256_hex,
+)
 from shared.telemetry import record_span, span
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
-Renderer = Callable[[RenderJob], Awaitable[RenderOutput]]
+
+
+class Renderer(Protocol):
+    """Runs template code: RenderPool (capped processes) in services, InProcess in unit tests."""
+
+    async def render(self, job: RenderJob) -> RenderOutput: ...
+    async def analyse(self, job: RenderJob) -> Analysis: ...
+
+
+class InProcess:
+    """The Renderer contract without processes or caps: for unit tests only."""
+
+    async def render(self, job: RenderJob) -> RenderOutput:
+        return render_job(job)
+
+    async def analyse(self, job: RenderJob) -> Analysis:
+        return analyse_job(job)
 
 
 def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +84,7 @@ def make_job(
 async def render_report(
     event: DataReady,
     *,
-    render: Renderer,
+    renderer: Renderer,
     store: ArtefactStore,
     settings: Settings,
     cache: RenderCache | None = None,
@@ -73,12 +102,13 @@ async def render_report(
         tuple(request.formats),
         cache_dir=str((settings.data_dir / "jinja-cache").resolve()),
     )
-    cache_key = render_key(job) if cache is not None else None
-    if cache is not None and cache_key is not None:
+    cache_key = None
+    if cache is not None:
+        cache_key = render_key(await renderer.analyse(job), job)
         reused = await _reuse(cache, cache_key, request, store)
         if reused is not None:
             return reused
-    output = await render(job)
+    output = await renderer.render(job)
     end = time.time_ns()
     pdf_start = end - int(output.pdf_seconds * 1e9)
     html_start = pdf_start - int(output.html_seconds * 1e9)
@@ -100,6 +130,7 @@ async def render_report(
         entry = {
             "template_version": output.template_version,
             "artefacts": {a.format: a.key for a in artefacts},
+            "sha256": {a.format: a.sha256 for a in artefacts},
         }
         await cache.put(cache_key, json.dumps(entry).encode())
     return ReportRendered(
@@ -150,24 +181,26 @@ class RenderCache(Protocol):
 # Values a template may print that do not make its output different "data": a reused render
 # keeps the generation time of the render it reuses.
 VOLATILE = frozenset({"generation_time"})
-_VARIABLES: dict[tuple[str, str, str], list[str]] = {}
 
 
-def render_key(job: RenderJob) -> str:
-    """Content address of a render: template version + formats + page + every value it reads."""
-    library = template_library(job.templates_dir, job.cache_dir)
-    name = library.check_name(job.template)
-    version = library.version(name)
-    # Parsing every template per report is wasted work: the variables only change with the version.
-    known = (job.templates_dir, name, version)
-    if known not in _VARIABLES:
-        _VARIABLES[known] = [v for v in library.variables(name) if v not in VOLATILE]
-    used = _VARIABLES[known]
+def render_key(analysis: Analysis, job: RenderJob) -> str:
+    """Content address of a render: everything its output can depend on.
+
+    The template version, formats, page defaults, and the context values the template reads —
+    or, when it computes the name of an include (so static analysis cannot see what it
+    reads), the whole context: two tenants' data never share a cached report.
+    """
+    if analysis.variables is None:
+        context = {k: v for k, v in job.context.items() if k not in VOLATILE}
+    else:
+        context = {v: job.context.get(v) for v in analysis.variables if v not in VOLATILE}
     material = {
-        "version": version,
+        "template": analysis.template,
+        "version": analysis.version,
         "formats": sorted(job.formats),
         "page": job.page.css(),
-        "context": {v: job.context.get(v) for v in used},
+        "whole_context": analysis.variables is None,
+        "context": context,
     }
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
@@ -176,28 +209,37 @@ def render_key(job: RenderJob) -> str:
 async def _reuse(
     cache: RenderCache, key: str, request: ReportRequested, store: ArtefactStore
 ) -> ReportRendered | None:
-    """The same template version and data were rendered before: copy, do not render."""
+    """The same template version and data were rendered before: copy, do not render.
+
+    The stored bytes must still match the digest recorded with the cache entry; anything
+    else (a retention sweep, a changed object) renders afresh.
+    """
     try:
         entry = json.loads((await cache.get(key)).value or b"{}")
     except KeyNotFoundError:
         return None
-    artefacts = []
+    version = str(entry.get("template_version", ""))
+    found: list[tuple[str, str, bytes]] = []
+    for fmt in request.formats:
+        old = entry.get("artefacts", {}).get(fmt)
+        digest = entry.get("sha256", {}).get(fmt)
+        if not old or not digest:
+            return None
+        recorded = Artefact(
+            format=fmt, key=old, size=0, sha256=digest, content_type=CONTENT_TYPES[fmt]
+        )
+        try:
+            found.append((fmt, old, await read_verified(store, recorded)))
+        except (ArtefactMissing, ArtefactTampered):
+            return None
     with span("render cache hit", request.request_id):
-        for fmt in request.formats:
-            old = entry.get("artefacts", {}).get(fmt)
-            try:
-                content = await store.get(old) if old else None
-            except ArtefactMissing:
-                content = None  # removed by retention: render again
-            if content is None:
-                return None
-            version = entry.get("template_version", "")
-            artefacts.append(
-                await store_artefact(store, request, fmt, content, version, reused_from=old)
-            )
+        artefacts = [
+            await store_artefact(store, request, fmt, content, version, reused_from=old)
+            for fmt, old, content in found
+        ]
     return ReportRendered(
         request=request,
         artefacts=artefacts,
-        template_version=entry.get("template_version", ""),
+        template_version=version,
         render_seconds=0.0,
     )

@@ -11,6 +11,7 @@ import asyncio
 import mimetypes
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ class RenderJob:
     asset_allow: tuple[str, ...] = ()
     max_output_bytes: int = 5 * 1024 * 1024
     cache_dir: str | None = None
+    # Requests may name only listed templates; `pressroom render PATH` may render any file.
+    listed_only: bool = True
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the render cache needs to know about a template, found inside a render process."""
+
+    template: str  # the resolved name ("weekly" → "weekly.html")
+    version: str
+    variables: list[str] | None  # None: the template computes include names (reads anything)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,9 @@ def _fetcher_class() -> type:
             if scheme == "file":
                 path = Path(unquote(parts.path)).resolve()
                 if not path.is_relative_to(self.root):
-                    raise Blocked(f"blocked: template tried to read '{url}' outside its folder")
+                    raise Blocked("blocked: template tried to read a file outside its folder")
+                if any(p.startswith(".") for p in path.relative_to(self.root).parts):
+                    raise Blocked("blocked: template tried to read a hidden file")
                 if not path.is_file():
                     raise Blocked(f"asset not found: '{path.relative_to(self.root)}'")
                 if path.stat().st_size > MAX_ASSET_BYTES:
@@ -108,10 +122,24 @@ def template_library(folder: str, cache_dir: str | None = None) -> Any:
     return _libraries[folder]
 
 
+def _resolve(library: Any, job: RenderJob) -> str:
+    name: str = (
+        library.resolve(job.template) if job.listed_only else library.check_name(job.template)
+    )
+    return name
+
+
+def analyse_job(job: RenderJob) -> Analysis:
+    """Version and cache variables of the job's template (compiles it: capped process only)."""
+    library = template_library(job.templates_dir, job.cache_dir)
+    name = _resolve(library, job)
+    return Analysis(name, library.version(name), library.cache_variables(name))
+
+
 def render_job(job: RenderJob) -> RenderOutput:
     """Template → HTML → PDF. Raises PermanentError subclasses with a one-line reason."""
     library = template_library(job.templates_dir, job.cache_dir)
-    name = library.check_name(job.template)
+    name = _resolve(library, job)
     version = library.version(name)
     started = time.perf_counter()
     html = library.render(name, job.context)
@@ -151,17 +179,18 @@ def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int]:
     return pdf, len(document.pages)
 
 
-def _worker_init(memory_mb: int) -> None:
+def _worker_init(memory_mb: int, warm: bool = True) -> None:
     _die_with_parent()
     if memory_mb > 0:
         import resource
 
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # Warm up: imports, fonts and the layout engine load once per process, not per report.
-    import weasyprint
+    if warm:
+        # Imports, fonts and the layout engine load once per process, not per report.
+        import weasyprint
 
-    weasyprint.HTML(string="<p>warm</p>").write_pdf()
+        weasyprint.HTML(string="<p>warm</p>").write_pdf()
 
 
 def _die_with_parent() -> None:
@@ -179,10 +208,13 @@ def _die_with_parent() -> None:
 class RenderPool:
     """A pool of warm render processes; a render over its timeout is killed and replaced."""
 
-    def __init__(self, workers: int = 1, *, memory_mb: int = 2048, timeout: float = 120.0) -> None:
+    def __init__(
+        self, workers: int = 1, *, memory_mb: int = 2048, timeout: float = 120.0, warm: bool = True
+    ) -> None:
         self.workers = workers
         self.memory_mb = memory_mb
         self.timeout = timeout
+        self.warm = warm
         self._pool: ProcessPoolExecutor | None = None
         self._lock = asyncio.Lock()
         # Renders wait here, untimed, for a free process: the timeout counts rendering only.
@@ -193,7 +225,7 @@ class RenderPool:
             max_workers=self.workers,
             mp_context=get_context("spawn"),
             initializer=_worker_init,
-            initargs=(self.memory_mb,),
+            initargs=(self.memory_mb, self.warm),
         )
 
     async def start(self) -> None:
@@ -205,28 +237,34 @@ class RenderPool:
         )
 
     async def render(self, job: RenderJob) -> RenderOutput:
+        output: RenderOutput = await self.run(render_job, job, label=job.template)
+        return output
+
+    async def analyse(self, job: RenderJob) -> Analysis:
+        analysis: Analysis = await self.run(analyse_job, job, label=job.template)
+        return analysis
+
+    async def run(self, fn: Callable[..., Any], *args: Any, label: str) -> Any:
+        """`fn(*args)` in a capped process: a timeout kills and replaces the process."""
         if self._pool is None:
             await self.start()
         async with self._slots:
             pool = self._pool
             assert pool is not None
-            return await self._render_in(pool, job)
-
-    async def _render_in(self, pool: ProcessPoolExecutor, job: RenderJob) -> RenderOutput:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(pool, render_job, job)
-        try:
-            return await asyncio.wait_for(future, timeout=self.timeout)
-        except TimeoutError:
-            await self._replace(pool)
-            raise RenderTimeout(
-                f"render of '{job.template}' took longer than {self.timeout:g}s and was stopped"
-            ) from None
-        except BrokenProcessPool:
-            await self._replace(pool)
-            raise TransientError(
-                "render worker died (killed, or over the memory limit); will retry"
-            ) from None
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(pool, fn, *args)
+            try:
+                return await asyncio.wait_for(future, timeout=self.timeout)
+            except TimeoutError:
+                await self._replace(pool)
+                raise RenderTimeout(
+                    f"render of '{label}' took longer than {self.timeout:g}s and was stopped"
+                ) from None
+            except BrokenProcessPool:
+                await self._replace(pool)
+                raise TransientError(
+                    "render worker died (killed, or over the memory limit); will retry"
+                ) from None
 
     async def _replace(self, broken: ProcessPoolExecutor) -> None:
         async with self._lock:
@@ -241,3 +279,18 @@ class RenderPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def run_capped(fn: Callable[..., Any], *args: Any, label: str, settings: Any) -> Any:
+    """Template code run from the CLI: one process with the render timeout and memory cap."""
+
+    async def once() -> Any:
+        pool = RenderPool(
+            1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout, warm=False
+        )
+        try:
+            return await pool.run(fn, *args, label=label)
+        finally:
+            await pool.close()
+
+    return asyncio.run(once())

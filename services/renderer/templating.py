@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import math
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +15,9 @@ from typing import Any
 
 import yaml
 from jinja2 import (
+    BaseLoader,
+    Environment,
     FileSystemBytecodeCache,
-    FileSystemLoader,
     StrictUndefined,
     TemplateNotFound,
     TemplateSyntaxError,
@@ -22,16 +26,26 @@ from jinja2 import (
     nodes,
     select_autoescape,
 )
-from jinja2.exceptions import SecurityError, TemplateRuntimeError
+from jinja2.exceptions import SecurityError
+from jinja2.filters import do_center, do_format, do_indent
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from services.renderer import charts
-from shared.errors import TemplateError
+from shared.errors import PressroomError, TemplateError
 
 TEMPLATE_SUFFIXES = (".html", ".htm")
 # Folders beside the templates that hold no report templates of their own.
 NON_TEMPLATE_DIRS = {"samples", "assets", "static", "partials", "fonts", "img", "css"}
 _FRONT_MATTER = re.compile(r"^\s*\{#-?\s*---\s*\n(.*?)\n\s*---\s*-?#\}", re.DOTALL)
+
+# What one expression may produce, checked before it is computed (the render process's memory
+# cap is the last line of defence; these give a reason instead of "out of memory").
+MAX_SEQUENCE = 10_000_000  # characters or items from `*`
+MAX_INT_BITS = 100_000  # about 30,000 digits from `**`
+MAX_WIDTH = 10_000  # padding/width arguments: center, ljust, "%9999d", "{:>9999}"
+_PRINTF_WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
+_FORMAT_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
 @dataclass(frozen=True)
@@ -89,13 +103,119 @@ def _status_class(value: Any) -> str:
     return "neutral"
 
 
+def _too_big(what: str) -> SecurityError:
+    return SecurityError(f"{what} (a template expression may not produce that much)")
+
+
+def _check_widths(numbers: list[str], what: str) -> None:
+    for number in numbers:
+        if number == "*" or (number.isdigit() and int(number) > MAX_WIDTH):
+            raise _too_big(f"{what} asks for a width of {number}, over {MAX_WIDTH:,}")
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, refusing absurd results before computing them.
+
+    Intercepted operators are also never folded at compile time, so `{{ "x" * 5000000000 }}`
+    cannot blow up whoever merely compiles the template.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
+                    size = len(seq) * times
+                    if size > MAX_SEQUENCE:
+                        raise _too_big(f"repeating a sequence {times:,} times gives {size:,} items")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+            bits = right * math.log2(abs(left)) if abs(left) > 1 else 0
+            if bits > MAX_INT_BITS:
+                raise _too_big(f"{left} ** {right} has about {int(bits * 0.30103):,} digits")
+        elif operator == "%" and isinstance(left, str):
+            for width, precision in _PRINTF_WIDTH.findall(left):
+                _check_widths([n for n in (width, precision) if n], "a % format")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(__obj, "__name__", "")
+        if isinstance(getattr(__obj, "__self__", None), str) and method in _WIDTH_METHODS:
+            widths = [str(a) for a in (*args, *kwargs.values()) if isinstance(a, int)]
+            _check_widths(widths, f"str.{method}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # str.format / format_map are wrapped when accessed, not when called: check here.
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
+            for spec in _FORMAT_SPEC.findall(owner):
+                _check_widths(re.findall(r"\d+", spec), "a {} format")
+        return super().wrap_str_format(value)
+
+
+def _checked_width_filter(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    def checked(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(width, int) and width > MAX_WIDTH:
+            raise _too_big(f"|{name}({width}) is over the {MAX_WIDTH:,} width limit")
+        return fn(value, width, *args, **kwargs)
+
+    return checked
+
+
+def _checked_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+    if isinstance(value, str):
+        for width, precision in _PRINTF_WIDTH.findall(value):
+            _check_widths([n for n in (width, precision) if n], "|format")
+    return do_format(value, *args, **kwargs)
+
+
+class FolderLoader(BaseLoader):
+    """Reads templates from one folder only: no dotfiles, nothing a symlink leads out to.
+
+    Every name the engine asks for — static or computed include, extends, import — is checked
+    here, on the resolved path, so no way of computing a name can leave the folder.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path_of(self, name: str) -> Path:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise TemplateError(f"template name '{name}' is not a plain name inside the folder")
+        if any(p.startswith(".") for p in parts):
+            raise TemplateError(f"template '{name}' is a hidden file: never read")
+        path = (self.folder / "/".join(parts)).resolve()
+        if not path.is_relative_to(self.folder):
+            raise TemplateError(f"template '{name}' leads outside the templates folder: refused")
+        return path
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        path = self.path_of(template)
+        if not path.is_file():
+            raise TemplateNotFound(template)
+        mtime = path.stat().st_mtime
+
+        def uptodate() -> bool:
+            try:
+                return path.stat().st_mtime == mtime
+            except OSError:
+                return False
+
+        return path.read_text(encoding="utf-8"), str(path), uptodate
+
+
 class TemplateLibrary:
     """One templates folder: listing, metadata, validation, versions and rendering."""
 
     def __init__(self, folder: Path, *, cache_dir: Path | None = None) -> None:
         self.folder = folder.resolve()
-        self.env = ImmutableSandboxedEnvironment(
-            loader=FileSystemLoader(str(self.folder)),
+        self.loader = FolderLoader(self.folder)
+        self.env = Sandbox(
+            loader=self.loader,
             undefined=StrictUndefined,
             autoescape=select_autoescape(TEMPLATE_SUFFIXES, default_for_string=True),
             auto_reload=True,
@@ -104,7 +224,13 @@ class TemplateLibrary:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            number=_number, percent=_percent, datetime=_datetime, status_class=_status_class
+            number=_number,
+            percent=_percent,
+            datetime=_datetime,
+            status_class=_status_class,
+            center=_checked_width_filter(do_center, "center"),
+            indent=_checked_width_filter(do_indent, "indent"),
+            format=_checked_format,
         )
         self.env.globals.update(
             bar_chart=charts.bar_chart, line_chart=charts.line_chart, sparkline=charts.sparkline
@@ -125,18 +251,40 @@ class TemplateLibrary:
         return found
 
     def check_name(self, name: str) -> str:
-        """The template's name if it exists inside the folder, else a helpful TemplateError."""
-        parts = name.replace("\\", "/").split("/")
-        candidate = (self.folder / name).resolve()
-        if name.startswith("/") or ".." in parts or not candidate.is_relative_to(self.folder):
-            raise TemplateError(f"template '{name}' is outside the templates folder {self.folder}")
-        if not candidate.is_file():
-            known = ", ".join(self.names()) or "none"
-            raise TemplateError(f"template '{name}' not found in {self.folder} (known: {known})")
+        """A file inside the folder (any, partials included): for `pressroom render PATH`."""
+        path = self.loader.path_of(name)
+        if not path.is_file():
+            raise TemplateError(f"template '{name}' not found in the templates folder")
         return Path(name).as_posix()
 
+    def resolve(self, name: str) -> str:
+        """The listed template a request names ('weekly' or 'weekly.html'), else why not.
+
+        Only what `pressroom templates ls` lists can be asked for: no partials, dotfiles,
+        samples or assets. The reason never shows server paths (it travels on the bus).
+        """
+        listed = self.names()
+        wanted = name.replace("\\", "/")
+        for candidate in (wanted, *(wanted + suffix for suffix in TEMPLATE_SUFFIXES)):
+            if candidate in listed:
+                return candidate
+        known = ", ".join(listed) or "none"
+        stems = {n.rsplit(".", 1)[0]: n for n in listed}
+        close = difflib.get_close_matches(wanted, [*listed, *stems], n=1, cutoff=0.6)
+        hint = f"; did you mean {stems.get(close[0], close[0])}?" if close else ""
+        try:
+            exists = self.loader.path_of(wanted).is_file()
+        except TemplateError:
+            exists = True  # a hidden or outside path: say it cannot be asked for
+        if exists:
+            raise TemplateError(
+                f"template '{name}' cannot be requested: only report templates listed by "
+                f"`pressroom templates ls` can (known: {known})"
+            )
+        raise TemplateError(f"template '{name}' not found (known: {known}){hint}")
+
     def source(self, name: str) -> str:
-        return (self.folder / self.check_name(name)).read_text(encoding="utf-8")
+        return self.loader.path_of(name).read_text(encoding="utf-8")
 
     def info(self, name: str) -> TemplateInfo:
         front = self._front_matter(name)
@@ -159,9 +307,11 @@ class TemplateLibrary:
         return data if isinstance(data, dict) else {}
 
     # ---- dependencies and versions ---------------------------------------------------------
-    def dependencies(self, name: str) -> list[str]:
-        """The template and every template it extends, includes or imports, transitively."""
+    def dependencies(self, name: str) -> tuple[list[str], bool]:
+        """The template and every template it extends, includes or imports, transitively;
+        and whether any of those names is computed (then anything in the folder may be read)."""
         seen: list[str] = []
+        dynamic = False
         pending = [self.check_name(name)]
         while pending:
             current = pending.pop()
@@ -170,25 +320,44 @@ class TemplateLibrary:
             seen.append(current)
             try:
                 ast = self.env.parse(self.source(current), current)
-            except TemplateSyntaxError:
+            except (TemplateSyntaxError, TemplateError):
                 continue
             for ref in meta.find_referenced_templates(ast):
-                if ref and (self.folder / ref).is_file():
+                if ref is None:
+                    dynamic = True
+                elif self._readable(ref):
                     pending.append(ref)
-        return seen
+        return seen, dynamic
+
+    def _readable(self, ref: str) -> bool:
+        try:
+            return self.loader.path_of(ref).is_file()
+        except TemplateError:
+            return False
+
+    def _all_files(self) -> list[str]:
+        found = []
+        for path in sorted(self.folder.rglob("*")):
+            rel = path.relative_to(self.folder).as_posix()
+            if path.suffix in TEMPLATE_SUFFIXES and self._readable(rel):
+                found.append(rel)
+        return found
 
     def version(self, name: str) -> str:
+        """Content hash of what the template can read: itself and its includes — or, when it
+        computes an include's name, every template file in the folder."""
+        deps, dynamic = self.dependencies(name)
         digest = hashlib.sha256()
-        for dep in sorted(self.dependencies(name)):
+        for dep in sorted(self._all_files() if dynamic else deps):
             digest.update(dep.encode() + b"\0")
-            digest.update((self.folder / dep).read_bytes())
+            digest.update(self.loader.path_of(dep).read_bytes())
         return digest.hexdigest()[:16]
 
     # ---- validation ------------------------------------------------------------------------
     def variables(self, name: str) -> list[str]:
         """Variables the template (and what it includes) reads from the context."""
         found: set[str] = set()
-        for dep in self.dependencies(name):
+        for dep in self.dependencies(name)[0]:
             try:
                 ast = self.env.parse(self.source(dep), dep)
             except TemplateSyntaxError:
@@ -208,7 +377,7 @@ class TemplateLibrary:
             return [Problem(name, None, error.reason)]
         problems: list[Problem] = []
         declared = set(self.info(name).params)
-        for dep in self.dependencies(name):
+        for dep in self.dependencies(name)[0]:
             try:
                 source = self.source(dep)
                 ast = self.env.parse(source, dep)
@@ -219,7 +388,7 @@ class TemplateLibrary:
                 problems.append(Problem(dep, None, error.reason))
                 continue
             for ref in meta.find_referenced_templates(ast):
-                if ref and not (self.folder / ref).is_file():
+                if ref and not self._readable(ref):
                     problems.append(Problem(dep, None, f"includes missing template '{ref}'"))
             unknown = [n for n in ast.find_all(nodes.Filter) if n.name not in self.env.filters]
             for node in unknown:
@@ -238,13 +407,24 @@ class TemplateLibrary:
         return problems
 
     # ---- rendering -------------------------------------------------------------------------
+    def cache_variables(self, name: str) -> list[str] | None:
+        """What a render of `name` can depend on from the context, for the render cache key:
+        the variables it reads, or None when it computes an include name (then: everything).
+        Compiles the template: call it only inside a capped render process."""
+        if self.dependencies(name)[1]:
+            return None
+        return self.variables(name)
+
     def render(self, name: str, context: dict[str, Any]) -> str:
+        """Render a template; any failure of template code is a TemplateError (permanent)."""
         name = self.check_name(name)
         try:
             template = self.env.get_template(name)
             return template.render(context)
+        except PressroomError:
+            raise  # the loader's refusals already say what happened
         except TemplateSyntaxError as error:
-            where = f"{error.filename or name}:{error.lineno}"
+            where = f"{error.name or name}:{error.lineno}"
             raise TemplateError(f"template syntax error at {where}: {error.message}") from None
         except TemplateNotFound as error:
             raise TemplateError(
@@ -258,15 +438,34 @@ class TemplateLibrary:
             raise TemplateError(
                 f"template {_template_location(error, name)} tried an unsafe operation: {error}"
             ) from None
-        except TemplateRuntimeError as error:
+        except MemoryError:
             raise TemplateError(
-                f"template error in {_template_location(error, name)}: {error}"
+                f"template '{name}' ran out of memory (a loop or value far too large?)"
             ) from None
-        except (TypeError, ValueError, ZeroDivisionError, KeyError, AttributeError) as error:
+        except RecursionError:
+            raise TemplateError(f"template '{name}' recursed too deeply") from None
+        except Exception as error:
+            # Whatever template code raises (OverflowError from range(), IndexError, OSError
+            # from a date filter …) is the template's or the data's fault: retrying won't help.
             raise TemplateError(
                 f"template error in {_template_location(error, name)}: "
                 f"{error.__class__.__name__}: {error}"
             ) from None
+
+
+def validate_in_folder(folder: str, names: list[str] | None) -> dict[str, list[str]]:
+    """Problems per template (all listed ones when `names` is None).
+
+    Compiles the templates, so it runs in a capped process."""
+    library = TemplateLibrary(Path(folder))
+    checked = library.names() if names is None else names
+    return {n: [str(p) for p in library.validate(n)] for n in checked}
+
+
+def variables_in_folder(folder: str, name: str) -> tuple[list[str], dict[str, str]]:
+    """(variables, declared params) of a template — compiles it: run it in a capped process."""
+    library = TemplateLibrary(Path(folder))
+    return library.variables(name), library.info(name).params
 
 
 def _template_location(error: BaseException, fallback: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +21,13 @@ from nats.js.errors import KeyNotFoundError
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
 from shared.bus import (
     SCHEDULES_BUCKET,
+    STREAM,
     JetStreamPublisher,
     encode,
     log_bus_error,
     msg_id,
 )
-from shared.events import REPORT_REQUESTED
+from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.health import CheckResult, HealthServer
 from shared.logging import configure_logging, get_logger
 from shared.service import connect_with_patience
@@ -34,11 +36,26 @@ from shared.settings import Settings
 log = get_logger("pressroom.scheduler")
 
 
-async def fire(publisher: JetStreamPublisher, schedule: Schedule, when: datetime) -> str:
+async def fire(
+    publisher: JetStreamPublisher, schedule: Schedule, when: datetime, js: Any = None
+) -> str:
+    """Publish one fire; replicas publish the same message id, so JetStream keeps one.
+
+    If the id was taken first by a message that is not this schedule's request (someone
+    imitating the schedule), publish again under a fresh id: the fetcher refuses the
+    imitation and runs the real one.
+    """
     request = schedule.request_for(when)
+    body = encode(request)
+    fingerprint = request_fingerprint(request)
     ack = await publisher.publish(
-        REPORT_REQUESTED, encode(request), msg_id=msg_id(request.request_id, "request")
+        REPORT_REQUESTED, body, msg_id=f"{msg_id(request.request_id, 'schedule')}:{fingerprint}"
     )
+    if ack.duplicate and js is not None and not await _stored_is(js, ack.seq, request):
+        log.warning("scheduled id was taken by another message", request_id=request.request_id)
+        ack = await publisher.publish(
+            REPORT_REQUESTED, body, msg_id=f"{request.request_id}:schedule:{uuid.uuid4().hex}"
+        )
     log.info(
         "fired",
         schedule=schedule.name,
@@ -49,12 +66,24 @@ async def fire(publisher: JetStreamPublisher, schedule: Schedule, when: datetime
     return request.request_id
 
 
+async def _stored_is(js: Any, seq: int, request: ReportRequested) -> bool:
+    try:
+        stored = await js.get_msg(STREAM, seq)
+        other = ReportRequested.model_validate_json(stored.data or b"")
+    except Exception:  # gone or unreadable: not ours
+        return False
+    return other.request_id == request.request_id and request_fingerprint(
+        other
+    ) == request_fingerprint(request)
+
+
 async def tick(
     publisher: JetStreamPublisher,
     kv: Any,
     schedules: list[Schedule],
     settings: Settings,
     now: datetime,
+    js: Any = None,
 ) -> list[str]:
     fired = []
     # A grace shorter than a few ticks would drop ordinary fires, not only stale ones.
@@ -68,7 +97,7 @@ async def tick(
         except KeyNotFoundError:
             last = None
         for when in missed_fires(schedule, last, now, grace):
-            fired.append(await fire(publisher, schedule, when))
+            fired.append(await fire(publisher, schedule, when, js))
         await kv.put(schedule.name, now.isoformat().encode())
     return fired
 
@@ -93,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
         log.info("scheduler ready", schedules=[s.name for s in schedules])
         while True:
             try:
-                await tick(publisher, kv, schedules, settings, datetime.now(UTC))
+                await tick(publisher, kv, schedules, settings, datetime.now(UTC), js)
             except Exception as error:  # keep ticking; the next tick catches up within grace
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)

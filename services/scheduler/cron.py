@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,10 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import PermanentError
-from shared.events import ReportRequested
+from shared.events import ReportRequested, request_fingerprint
+
+SCHEDULER_PREFIX = "scheduler:"
+_SCHEDULED_ID = re.compile(r"^(?P<name>.+)-(?P<stamp>\d{8}T\d{4}Z)$")
 
 
 class Schedule(BaseModel):
@@ -63,7 +67,7 @@ class Schedule(BaseModel):
         """The same fire always yields the same request_id, whichever replica publishes it."""
         body = dict(self.request)
         body["request_id"] = f"{self.name}-{fire.astimezone(UTC):%Y%m%dT%H%MZ}"
-        body["requested_by"] = f"scheduler:{self.name}"
+        body["requested_by"] = f"{SCHEDULER_PREFIX}{self.name}"
         body["requested_at"] = fire.astimezone(UTC).isoformat()
         return ReportRequested.model_validate(body)
 
@@ -93,3 +97,38 @@ def missed_fires(
     """Fires since the last check (at most `grace` ago): caught up once after downtime."""
     start = max(last_checked or now - timedelta(seconds=1), now - grace)
     return list(schedule.fires_between(start, now))
+
+
+def check_not_forged(request: ReportRequested, schedules: list[Schedule]) -> None:
+    """Ids and `requested_by` of schedules are reserved: only the schedule's own request,
+    exactly as this process computes it from the config, may use them.
+
+    Without this, anyone able to publish could take a future scheduled id first and the real
+    run would be skipped as a duplicate. A PermanentError says which schedule was imitated.
+    """
+    by_name = {s.name: s for s in schedules}
+    by = request.requested_by or ""
+    claims_scheduler = by.startswith(SCHEDULER_PREFIX)
+    match = _SCHEDULED_ID.match(request.request_id)
+    id_of = match.group("name") if match and match.group("name") in by_name else None
+    if not claims_scheduler and id_of is None:
+        return  # an ordinary request
+    named = by.removeprefix(SCHEDULER_PREFIX) if claims_scheduler else id_of
+    schedule = by_name.get(named or "")
+    if schedule is not None:
+        try:
+            expected = schedule.request_for(request.requested_at)
+        except ValidationError:
+            expected = None
+        if (
+            expected is not None
+            and expected.request_id == request.request_id
+            and expected.requested_at == request.requested_at
+            and request_fingerprint(expected) == request_fingerprint(request)
+        ):
+            return
+    raise PermanentError(
+        f"request '{request.request_id}' (requested_by '{by}') imitates schedule "
+        f"'{named}' but is not its request: scheduled ids "
+        "and requested_by 'scheduler:…' are reserved for the scheduler"
+    )

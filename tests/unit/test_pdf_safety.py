@@ -135,24 +135,42 @@ def test_the_render_cache_key_follows_template_version_and_the_values_it_reads(
     folder: Path,
 ) -> None:
     from services.renderer.core import render_key
+    from services.renderer.pdf import analyse_job
 
     (folder / "r.html").write_text("<p>{{ title }} {{ generation_time }}</p>")
 
     def key(**context: object) -> str:
-        return render_key(RenderJob(str(folder), "r.html", dict(context), ("pdf",)))
+        job = RenderJob(str(folder), "r.html", dict(context), ("pdf",))
+        return render_key(analyse_job(job), job)
 
     base = key(title="A", generation_time="t1", unused=1)
     assert key(title="A", generation_time="t2", unused=2) == base  # volatile / unread values
     assert key(title="B", generation_time="t1") != base
     (folder / "r.html").write_text("<p>{{ title }}! {{ generation_time }}</p>")
-    from services.renderer import pdf
-
-    pdf._libraries.clear()
     assert key(title="A", generation_time="t1") != base  # a new template version
 
 
+def test_a_computed_include_makes_the_cache_key_cover_the_whole_context(folder: Path) -> None:
+    from services.renderer.core import render_key
+    from services.renderer.pdf import analyse_job
+
+    (folder / "parts").mkdir()
+    (folder / "parts" / "a.html").write_text("{{ tenant_secret }}")
+    (folder / "r.html").write_text('{% include "parts/" ~ section ~ ".html" %}')
+
+    def key(**context: object) -> str:
+        job = RenderJob(str(folder), "r.html", dict(context), ("pdf",))
+        return render_key(analyse_job(job), job)
+
+    tenant_a = key(section="a", tenant_secret="A's numbers")
+    assert key(section="a", tenant_secret="B's numbers") != tenant_a
+    before = key(section="a", tenant_secret="x")
+    (folder / "parts" / "b.html").write_text("new part")  # any template may now be read
+    assert key(section="a", tenant_secret="x") != before
+
+
 async def test_a_second_identical_render_is_served_from_the_store_without_rendering() -> None:
-    from services.renderer.core import render_report
+    from services.renderer.core import InProcess, render_report
     from shared.events import DataReady, ReportRequested
     from shared.memory import MemoryKeyValue
     from shared.settings import Settings
@@ -161,9 +179,10 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
 
     renders: list[str] = []
 
-    async def render(job: RenderJob) -> object:
-        renders.append(job.template)
-        return render_job(job)
+    class Counting(InProcess):
+        async def render(self, job: RenderJob) -> object:  # type: ignore[override]
+            renders.append(job.template)
+            return await super().render(job)
 
     settings = Settings(templates_dir=REPO / "templates")
     cache, store = MemoryKeyValue(), MemoryArtefacts()
@@ -186,7 +205,7 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
         outputs.append(
             await render_report(
                 event,
-                render=render,
+                renderer=Counting(),
                 store=store,  # type: ignore[arg-type]
                 settings=settings,
                 cache=cache,

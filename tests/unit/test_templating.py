@@ -65,11 +65,91 @@ def test_sandbox_escapes_are_refused(lib: TemplateLibrary, source: str) -> None:
 
 def test_unknown_and_escaping_template_names_are_refused_helpfully(lib: TemplateLibrary) -> None:
     with pytest.raises(
-        TemplateError, match=r"'quarterly.html' not found .*known: base.html, child.html"
+        TemplateError, match=r"'quarterly.html' not found \(known: base.html, child.html\)"
     ):
-        lib.render("quarterly.html", {})
-    with pytest.raises(TemplateError, match="outside the templates folder"):
+        lib.resolve("quarterly.html")
+    with pytest.raises(TemplateError, match="did you mean child.html"):
+        lib.resolve("chld")
+    with pytest.raises(TemplateError, match="not a plain name"):
         lib.render("../etc/passwd", {})
+
+
+def test_a_request_names_a_listed_template_with_or_without_its_extension(
+    lib: TemplateLibrary,
+) -> None:
+    assert lib.resolve("child") == "child.html" == lib.resolve("child.html")
+    write(lib, ".secret.html", "token")
+    (lib.folder / "notes.txt").write_text("x")
+    for unlisted in ("_part.html", ".secret.html", "notes.txt", ".git/config"):
+        with pytest.raises(TemplateError, match="cannot be requested"):
+            lib.resolve(unlisted)
+
+
+@pytest.mark.parametrize(
+    "include",
+    ["'.git/config'", "'.git/' ~ 'config'", "'link/environ'", "'lin' ~ 'k/environ'", "'out.html'"],
+)
+def test_includes_never_read_hidden_files_or_leave_the_folder_through_symlinks(
+    lib: TemplateLibrary, include: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "environ").write_text("AWS_SECRET=canary")
+    (outside / "out.html").write_text("canary")
+    (lib.folder / ".git").mkdir()
+    (lib.folder / ".git" / "config").write_text("token=canary")
+    (lib.folder / "link").symlink_to(outside)
+    (lib.folder / "out.html").symlink_to(outside / "out.html")
+    name = write(lib, "leak.html", "{% include " + include + " %}")
+    with pytest.raises(TemplateError, match="hidden file|outside the templates folder") as caught:
+        lib.render(name, {})
+    assert "canary" not in caught.value.reason and str(outside) not in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{{ 'x' * 5000000000 }}", "5,000,000,000 items"),
+        ("{{ [1, 2] * 6000000 }}", "12,000,000 items"),
+        ("{{ 7 ** 12000000 }}", "digits"),
+        ("{{ '%999999999d' % 1 }}", "width of 999999999"),
+        ("{{ 'x' | center(999999999) }}", "width limit"),
+        ("{{ '{:>999999999}'.format(1) }}", "width of 999999999"),
+        ("{{ 'x'.ljust(999999999) }}", "width of 999999999"),
+        ("{{ '%s' | format('x') ~ ('%999999999s' | format('x')) }}", "width"),
+    ],
+)
+def test_absurd_results_are_refused_before_they_are_computed(
+    lib: TemplateLibrary, source: str, reason: str
+) -> None:
+    name = write(lib, "bomb.html", source)
+    with pytest.raises(TemplateError, match="unsafe operation") as caught:
+        lib.render(name, {})
+    assert reason in caught.value.reason
+
+
+def test_compiling_a_bomb_does_not_compute_it() -> None:
+    from services.renderer.templating import Sandbox
+
+    # Jinja folds constant expressions at compile time, except operators the sandbox intercepts.
+    Sandbox().compile("{{ 'x' * 5000000000 }}{{ 7 ** 12000000 }}")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(1000000) %}{% endfor %}",  # the sandbox's own range() cap
+        "{{ [1][5] }}",
+        "{{ 10 ** 400 * 1.0 }}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        "{{ 1 // 0 }}",
+    ],
+)
+def test_any_failure_of_template_code_is_a_template_error(
+    lib: TemplateLibrary, source: str
+) -> None:
+    name = write(lib, "fails.html", source)
+    with pytest.raises(TemplateError):
+        lib.render(name, {})
 
 
 def test_syntax_errors_report_file_and_line(lib: TemplateLibrary) -> None:

@@ -6,10 +6,17 @@ import time
 
 import pytest
 
-from services.distributor.channels.email import validate_addresses
-from services.distributor.channels.s3 import destination_key
-from services.distributor.channels.webhook import resolve_target, sign, verify
+from services.distributor.channels.email import recipient_allowed, validate_addresses
+from services.distributor.channels.s3 import check_target, destination_key
+from services.distributor.channels.webhook import sign, verify
+from shared import egress
 from shared.errors import PermanentError
+from shared.settings import Settings
+
+
+async def check_webhook(url: str, allow: list[str]) -> tuple[str, str | None]:
+    target = await egress.check_public(url, allow, what="webhook", setting="X_ALLOW")
+    return target.origin.host, target.address
 
 
 def test_signature_matches_the_standard_webhooks_test_vector() -> None:
@@ -57,17 +64,56 @@ def test_verify_rejects_tampered_bodies_and_stale_timestamps() -> None:
 )
 async def test_private_loopback_and_metadata_targets_are_refused(url: str) -> None:
     with pytest.raises(PermanentError, match="non-public address"):
-        await resolve_target(url, [])
+        await check_webhook(url, [])
 
 
 async def test_allow_list_admits_a_private_target_by_host_or_cidr() -> None:
-    assert await resolve_target("http://127.0.0.1:9/x", ["127.0.0.1"]) == ("127.0.0.1", "127.0.0.1")
-    assert (await resolve_target("http://10.1.2.3/x", ["10.0.0.0/8"]))[1] == "10.1.2.3"
+    assert await check_webhook("http://127.0.0.1:9/x", ["127.0.0.1"]) == ("127.0.0.1", "127.0.0.1")
+    assert (await check_webhook("http://10.1.2.3/x", ["10.0.0.0/8"]))[1] == "10.1.2.3"
+    assert await check_webhook("http://127.0.0.1:9/x", ["127.0.0.1:9"])
+    with pytest.raises(PermanentError):
+        await check_webhook("http://127.0.0.1:10/x", ["127.0.0.1:9"])  # another port
 
 
-async def test_non_http_schemes_are_refused() -> None:
-    with pytest.raises(PermanentError, match="must be http"):
-        await resolve_target("file:///etc/passwd", [])
+async def test_non_http_schemes_and_userinfo_are_refused() -> None:
+    with pytest.raises(PermanentError, match="not an http"):
+        await check_webhook("file:///etc/passwd", [])
+    with pytest.raises(PermanentError, match="credentials in the URL"):
+        await check_webhook("http://u:p@127.0.0.1/x", ["127.0.0.1"])
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("ops@example.com", True),
+        ("Ops <OPS@Example.com>", True),
+        ("x@sub.example.com", True),
+        ("x@example.org", False),
+        ("boss@partner.net", True),
+        ("other@partner.net", False),
+        ("x@evil-example.com", False),
+    ],
+)
+def test_email_recipients_must_match_the_allow_list(address: str, allowed: bool) -> None:
+    allow = ["example.com", ".example.com", "boss@partner.net"]
+    assert recipient_allowed(address, allow) is allowed
+
+
+def test_s3_deliveries_only_to_allowed_buckets_and_prefixes_never_the_artefact_bucket() -> None:
+    cfg = Settings(
+        s3_delivery_allow="reports,shared/team-a,pressroom-artefacts",
+        artefact_bucket="pressroom-artefacts",
+    )
+    check_target("reports", "any/key.pdf", cfg)
+    check_target("shared", "team-a/x.pdf", cfg)
+    for bucket, key in (
+        ("shared", "team-b/x.pdf"),
+        ("shared", "team-ab/x.pdf"),
+        ("other", "x.pdf"),
+        ("pressroom-artefacts", "reports/2026/11/23/victim.pdf"),
+    ):
+        with pytest.raises(PermanentError, match="refused"):
+            check_target(bucket, key, cfg)
 
 
 def test_email_addresses_are_checked_before_sending() -> None:
@@ -102,3 +148,5 @@ def test_s3_keys_fill_placeholders_and_refuse_escapes() -> None:
         destination_key("../x/{request_id}", parcel, "pdf", 1)
     with pytest.raises(PermanentError, match="placeholder"):
         destination_key("{nope}", parcel, "pdf", 1)
+    with pytest.raises(PermanentError, match="placeholder"):
+        destination_key("{date:>999999999}", parcel, "pdf", 1)  # no format specs, no bombs

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.events import Artefact, ChannelResult, Delivery, ReportRendered
-from shared.store import ArtefactStore
+from shared.store import ArtefactStore, read_verified
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Parcel:
 
     async def content(self, artefact: Artefact) -> bytes:
         if artefact.key not in self._cache:
-            self._cache[artefact.key] = await self.store.get(artefact.key)
+            self._cache[artefact.key] = await read_verified(self.store, artefact)
         return self._cache[artefact.key]
 
     def filename(self, artefact: Artefact) -> str:

@@ -13,29 +13,27 @@ from email.message import EmailMessage
 from email.utils import formataddr, getaddresses, make_msgid, parseaddr
 from typing import Any
 
-from jinja2 import StrictUndefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from services.distributor.channels import Parcel
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
+from shared.placeholders import fill
 from shared.settings import Settings
 
-DEFAULT_SUBJECT = "Report {{ template }} ({{ request_id }})"
+ALLOW_SETTING = "PRESSROOM_EMAIL_ALLOW"
+DEFAULT_SUBJECT = "Report {template} ({request_id})"
 DEFAULT_BODY = """Hello,
 
-the report {{ template }} is {{ 'attached' if attached else 'ready' }}.
-{% for link in links %}
-Download ({{ link.format }}, {{ link.size }} bytes, valid 7 days): {{ link.url }}
-{% endfor %}
-Request: {{ request_id }}
+the report {template} is {status}.
+{links}
+Request: {request_id}
 -- 
 Pressroom
 """
 _ADDRESS = re.compile(
     r"^[^@\s<>(),;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*$"
 )
-_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+MAX_PARAM_CHARS = 200
+LINK_VALIDITY = timedelta(days=7)
 
 
 def validate_addresses(value: Any) -> list[str]:
@@ -53,11 +51,56 @@ def validate_addresses(value: Any) -> list[str]:
     return result
 
 
-def _render(source: str, context: dict[str, Any], what: str) -> str:
-    try:
-        return _env.from_string(source).render(context)
-    except Exception as error:
-        raise PermanentError(f"email {what} template error: {error}") from None
+def recipient_allowed(address: str, allow: list[str]) -> bool:
+    """Entries: an address, a domain (`example.com`), or its subdomains (`.example.com`)."""
+    _, bare = parseaddr(address)
+    bare = bare.lower()
+    domain = bare.rpartition("@")[2]
+    for entry in (a.strip().lower() for a in allow):
+        if "@" in entry:
+            matched = bare == entry
+        elif entry.startswith(("*.", ".")):
+            matched = domain.endswith("." + entry.lstrip("*."))
+        else:
+            matched = domain == entry
+        if matched:
+            return True
+    return False
+
+
+def check_recipients(recipients: list[str], allow: list[str]) -> None:
+    refused = [r for r in recipients if not recipient_allowed(r, allow)]
+    if refused:
+        raise PermanentError(
+            f"email to {', '.join(refused)} refused: not in {ALLOW_SETTING} "
+            "(add the address or its domain to allow it)"
+        )
+
+
+def _one_line(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text[:MAX_PARAM_CHARS]
+
+
+def text_fields(parcel: Parcel, *, attached: bool, links: list[dict[str, Any]]) -> dict[str, str]:
+    """The fixed set of {placeholders} a request's subject and body may use."""
+    request = parcel.event.request
+    fields = {
+        "request_id": parcel.request_id,
+        "template": request.template,
+        "date": request.requested_at.strftime("%Y-%m-%d"),
+        "requested_by": request.requested_by or "",
+        "formats": ", ".join(request.formats),
+        "status": "attached" if attached else "ready to download",
+        "links": "\n".join(
+            f"Download ({link['format']}, {link['size']:,} bytes, valid 7 days): {link['url']}"
+            for link in links
+        ),
+    }
+    for key, value in request.params.items():
+        if isinstance(value, str | int | float | bool):
+            fields[f"param.{key}"] = _one_line(value)
+    return fields
 
 
 class EmailChannel:
@@ -71,13 +114,18 @@ class EmailChannel:
         extra = delivery.model_extra or {}
         to = validate_addresses(extra.get("to"))
         cc = validate_addresses(extra["cc"]) if extra.get("cc") else []
+        check_recipients(to + cc, s.email_allow_list)
+        subject_pattern = str(extra.get("subject") or DEFAULT_SUBJECT)
+        if "\r" in subject_pattern or "\n" in subject_pattern:
+            raise PermanentError("email subject must be one line (it contains a line break)")
         artefacts = parcel.event.artefacts
         total = sum(a.size for a in artefacts)
         attach = total <= s.email_attachment_limit
         links = []
         if not attach:
             for artefact in artefacts:
-                url = await parcel.store.presign(artefact.key, timedelta(days=7))
+                # Minted now, for this message only: never stored in events, ledger or logs.
+                url = await parcel.store.presign(artefact.key, LINK_VALIDITY)
                 if url is None:
                     raise PermanentError(
                         f"report is {total:,} bytes, over the {s.email_attachment_limit:,}-byte "
@@ -85,24 +133,16 @@ class EmailChannel:
                         "(configure S3)"
                     )
                 links.append({"format": artefact.format, "size": artefact.size, "url": url})
-        context = {
-            "request_id": parcel.request_id,
-            "template": parcel.event.request.template,
-            "attached": attach,
-            "links": links,
-            "params": parcel.event.request.params,
-        }
+        fields = text_fields(parcel, attached=attach, links=links)
         message = EmailMessage()
         message["From"] = s.smtp_from
         message["To"] = ", ".join(to)
         if cc:
             message["Cc"] = ", ".join(cc)
-        message["Subject"] = _render(
-            str(extra.get("subject") or DEFAULT_SUBJECT), context, "subject"
-        )
+        message["Subject"] = fill(subject_pattern, fields, what="email subject")
         # A stable Message-ID lets mail systems drop a copy re-sent after an ambiguous crash.
         message["Message-ID"] = make_msgid(idstring=parcel.request_id, domain="pressroom")
-        message.set_content(_render(str(extra.get("body") or DEFAULT_BODY), context, "body"))
+        message.set_content(fill(str(extra.get("body") or DEFAULT_BODY), fields, what="email body"))
         if attach:
             for artefact in artefacts:
                 maintype, _, subtype = artefact.content_type.partition(";")[0].partition("/")

@@ -1,35 +1,57 @@
-"""The `s3` channel: copy the artefacts to a bucket and key of the request's choosing."""
+"""The `s3` channel: copy the artefacts to an allowed bucket and key of the request's choosing."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import PurePosixPath
 
 from services.distributor.channels import Parcel
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
+from shared.placeholders import fill
 from shared.settings import Settings
 from shared.store import S3Artefacts
+
+ALLOW_SETTING = "PRESSROOM_S3_DELIVERY_ALLOW"
+DEFAULT_KEY = "{date}/{template}/{request_id}.{ext}"
 
 
 def destination_key(pattern: str, parcel: Parcel, fmt: str, formats: int) -> str:
     request = parcel.event.request
-    try:
-        key = pattern.format(
-            request_id=request.request_id,
-            date=request.requested_at.strftime("%Y-%m-%d"),
-            template=PurePosixPath(request.template).stem,
-            ext=fmt,
-        )
-    except (KeyError, IndexError, ValueError) as error:
-        raise PermanentError(f"s3 key '{pattern}' has an unknown placeholder: {error}") from None
+    key = fill(
+        pattern,
+        {
+            "request_id": request.request_id,
+            "date": request.requested_at.strftime("%Y-%m-%d"),
+            "template": PurePosixPath(request.template).stem,
+            "ext": fmt,
+        },
+        what=f"s3 key '{pattern}'",
+    )
     if key.endswith("/"):
         key += f"{request.request_id}.{fmt}"
     elif "{ext}" not in pattern and formats > 1:
         key = str(PurePosixPath(key).with_suffix(f".{fmt}"))
-    if key.startswith("/") or ".." in key.split("/"):
+    if key.startswith("/") or ".." in key.split("/") or not key:
         raise PermanentError(f"s3 key '{key}' is not a plain object key")
     return key
+
+
+def check_target(bucket: str, key: str, settings: Settings) -> None:
+    """Only buckets (or bucket/prefix folders) the operator allowed; never the artefact bucket."""
+    if bucket == settings.artefact_bucket:
+        raise PermanentError(
+            f"s3 delivery to '{bucket}' refused: it is Pressroom's artefact bucket "
+            "(PRESSROOM_ARTEFACT_BUCKET); deliver to another bucket"
+        )
+    for entry in settings.s3_delivery_allow_list:
+        allowed_bucket, _, prefix = entry.partition("/")
+        prefix = prefix.strip("/")
+        if allowed_bucket == bucket and (not prefix or key.startswith(prefix + "/")):
+            return
+    raise PermanentError(
+        f"s3 delivery to s3://{bucket}/{key} refused: not in {ALLOW_SETTING} "
+        "(add the bucket or bucket/prefix to allow it)"
+    )
 
 
 class S3Channel:
@@ -43,12 +65,15 @@ class S3Channel:
         bucket = extra.get("bucket")
         if not isinstance(bucket, str) or not bucket:
             raise PermanentError("s3 delivery needs a `bucket`")
-        pattern = str(extra.get("key") or "{date}/{template}/{request_id}.{ext}")
-        store = S3Artefacts.from_settings(self.settings, bucket=bucket)
-        targets, urls = [], []
+        pattern = str(extra.get("key") or DEFAULT_KEY)
         artefacts = parcel.event.artefacts
-        for artefact in artefacts:
-            key = destination_key(pattern, parcel, artefact.format, len(artefacts))
+        keys = [destination_key(pattern, parcel, a.format, len(artefacts)) for a in artefacts]
+        for key in keys:
+            check_target(bucket, key, self.settings)
+        # A delivery never creates buckets: a missing one is a configuration error to fix.
+        store = S3Artefacts.from_settings(self.settings, bucket=bucket, create_bucket=False)
+        targets = []
+        for artefact, key in zip(artefacts, keys, strict=True):
             await store.put(
                 key,
                 await parcel.content(artefact),
@@ -56,8 +81,4 @@ class S3Channel:
                 metadata={"sha256": artefact.sha256, "request-id": parcel.request_id},
             )
             targets.append(f"s3://{bucket}/{key}")
-            if extra.get("presign"):
-                urls.append(await store.presign(key, timedelta(days=7)) or "")
-        return ChannelResult(
-            channel="s3", ok=True, target=", ".join(targets), detail=" ".join(urls)
-        )
+        return ChannelResult(channel="s3", ok=True, target=", ".join(targets))

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from services.distributor.channels import Parcel
-from shared.errors import PermanentError, TransientError
+from shared import egress
+from shared.egress import Destination
+from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
-from shared.netpolicy import allow_listed
 from shared.settings import Settings
 
-RETRYABLE = {408, 429, 500, 502, 503, 504}
+ALLOW_SETTING = "PRESSROOM_WEBHOOK_ALLOW"
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -42,7 +39,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: int = 300) -> bool:
-    """What a receiver does (used by our tests and `pressroom deliver --test webhook`)."""
+    """What a receiver does (used by our tests; `pressroom check webhook` sends a signed ping)."""
     msg_id, stamp = headers["webhook-id"], int(headers["webhook-timestamp"])
     if abs(time.time() - stamp) > tolerance:
         return False
@@ -52,42 +49,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: int = 3
         for sig in headers["webhook-signature"].split()
         if sig.startswith("v1,")
     )
-
-
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_global and not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
-
-
-async def resolve_target(url: str, allow: list[str]) -> tuple[str, str]:
-    """The address to connect to, checked: private, loopback, link-local and metadata
-    addresses are refused unless allow-listed. Returns (host, pinned IP)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentError(f"webhook url '{url}' must be http(s) with a host")
-    host = parts.hostname
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
-    except socket.gaierror as error:
-        raise TransientError(f"webhook host '{host}' does not resolve: {error}") from None
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    for address in addresses:
-        if not _is_public(address) and not allow_listed(host, allow, address):
-            raise PermanentError(
-                f"webhook target {host} resolves to {address}, a non-public address "
-                "(add it to PRESSROOM_WEBHOOK_ALLOW to allow it)"
-            )
-    return host, str(addresses[0])
 
 
 class WebhookChannel:
@@ -118,56 +79,39 @@ class WebhookChannel:
         body = json.dumps(await self.payload(parcel), separators=(",", ":")).encode()
         # The same id on every attempt: receivers de-duplicate retries with it.
         msg_id = f"msg_{parcel.request_id}_{hashlib.sha256(url.encode()).hexdigest()[:8]}"
-        code = await self.post_signed(url, body, msg_id)
-        return ChannelResult(channel="webhook", ok=True, target=url, detail=str(code))
+        code, _ = await self.post_signed(url, body, msg_id)
+        return ChannelResult(
+            channel="webhook", ok=True, target=egress.public_url(url), detail=str(code)
+        )
 
-    async def post_signed(self, url: str, body: bytes, msg_id: str) -> int:
+    async def post_signed(self, url: str, body: bytes, msg_id: str) -> tuple[int, Destination]:
         """POST a Standard Webhooks-signed body to a checked, pinned address; the 2xx code."""
         secret = self.settings.webhook_secret
         if not secret:
             raise PermanentError("webhook channel needs PRESSROOM_WEBHOOK_SECRET to sign bodies")
-        host, pinned = await resolve_target(url, self.settings.webhook_allow_list)
+        target = await egress.check_public(
+            url, self.settings.webhook_allow_list, what="webhook target", setting=ALLOW_SETTING
+        )
         stamp = int(time.time())
-        parts = urlsplit(url)
         headers = {
             "content-type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(stamp),
             "webhook-signature": sign(secret, msg_id, stamp, body),
             "user-agent": "Pressroom-Webhooks/1",
-            "host": parts.netloc,
         }
-        # Connect to the address we checked (no second DNS answer can swap it: rebinding).
-        ip_host = f"[{pinned}]" if ":" in pinned else pinned
-        netloc = ip_host + (f":{parts.port}" if parts.port else "")
-        pinned_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        try:
-            async with httpx.AsyncClient(
-                timeout=self.settings.webhook_timeout,
-                follow_redirects=False,
-                transport=self.transport,
-            ) as client:
-                response = await client.post(
-                    pinned_url,
-                    content=body,
-                    headers=headers,
-                    extensions={"sni_hostname": host},
-                )
-        except httpx.TimeoutException:
-            raise TransientError(f"webhook {url} timed out") from None
-        except httpx.TransportError as error:
-            raise TransientError(f"webhook {url} unreachable: {error}") from None
-        code = response.status_code
-        if 200 <= code < 300:
-            return code
-        if 300 <= code < 400:
-            raise PermanentError(f"webhook {url} answered {code} redirect (not followed)")
-        if code == 410:
-            raise PermanentError(f"webhook {url} answered 410 Gone: endpoint disabled")
-        if code in RETRYABLE:
-            retry_after = response.headers.get("retry-after", "")
-            transient = TransientError(f"webhook {url} answered {code}")
-            if retry_after.isdigit():
-                transient.retry_after = float(retry_after)
-            raise transient
-        raise PermanentError(f"webhook {url} answered {code}")
+        what = f"webhook {egress.public_url(url)}"
+        reply = await egress.send(
+            "POST",
+            target,
+            what=what,
+            timeout=self.settings.webhook_timeout,
+            max_bytes=64 * 1024,  # a receiver's answer is read, never kept
+            headers=headers,
+            content=body,
+            transport=self.transport,
+        )
+        problem = egress.status_error(what, reply.status, reply.headers)
+        if problem is not None:
+            raise problem
+        return reply.status, target

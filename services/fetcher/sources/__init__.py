@@ -10,9 +10,15 @@ from shared.settings import Settings
 
 
 class DataSource(Protocol):
-    """Fetches one source's data; raises TransientError or PermanentError naming the cause."""
+    """Fetches one source's data; raises TransientError or PermanentError naming the cause.
 
-    async def fetch(self, source: Source, settings: Settings) -> Any: ...
+    `configured` is True for a source named in the operator's config file: its URLs are
+    trusted; a request's own URLs are checked against PRESSROOM_SOURCE_ALLOW.
+    """
+
+    async def fetch(
+        self, source: Source, settings: Settings, *, configured: bool = False
+    ) -> Any: ...
 
 
 def default_sources() -> Mapping[str, DataSource]:

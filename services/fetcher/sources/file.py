@@ -25,7 +25,7 @@ def load_data_file(path: Path) -> Any:
 
 
 class FileSource:
-    async def fetch(self, source: Source, settings: Settings) -> Any:
+    async def fetch(self, source: Source, settings: Settings, *, configured: bool = False) -> Any:
         rel = str((source.model_extra or {}).get("path", ""))
         root = settings.data_files_dir.resolve()
         path = (root / rel).resolve()

@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-from services.fetcher.sources.http import credentials_for, get_json, parse_json
+from services.fetcher.access import credential_base, credential_for, destination, get_json
+from services.fetcher.sources.github import _positive
 from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
 
 
 class JiraSource:
-    async def fetch(self, source: Source, settings: Settings) -> Any:
+    async def fetch(self, source: Source, settings: Settings, *, configured: bool = False) -> Any:
         extra = source.model_extra or {}
-        creds = credentials_for(source, settings, default="jira")
-        base = str(extra.get("url") or creds.get("url") or "").rstrip("/")
+        credential = credential_for(source, settings)
+        base = str(extra.get("url") or credential_base(credential) or "").rstrip("/")
         jql = extra.get("jql")
         if not base or not isinstance(jql, str):
             raise PermanentError(f"source '{source.name}': jira needs a `url` and a `jql` query")
-        headers = {"Accept": "application/json"}
-        if creds.get("user") and creds.get("token"):
-            pair = f"{creds['user']}:{creds['token']}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        elif creds.get("token"):
-            headers["Authorization"] = f"Bearer {creds['token']}"
-        limit = int(extra.get("max_results", 1000))
+        target = await destination(
+            f"{base}/rest/api/2/search",
+            source,
+            settings,
+            configured=configured,
+            credential=credential,
+        )
+        limit = _positive(source, extra.get("max_results"), "max_results", 1000)
         fields = extra.get("fields")
         issues: list[Any] = []
         start = 0
@@ -37,17 +38,20 @@ class JiraSource:
             }
             if fields:
                 params["fields"] = ",".join(fields) if isinstance(fields, list) else fields
-            response = await get_json(
+            page, _ = await get_json(
                 source,
-                f"{base}/rest/api/2/search",
+                target,
                 settings=settings,
+                credential=credential,
                 params=params,
-                headers=headers,
+                headers={"Accept": "application/json"},
             )
-            page = parse_json(source, response)
-            batch = page.get("issues", [])
+            batch = page.get("issues", []) if isinstance(page, dict) else []
+            if not isinstance(batch, list):
+                raise PermanentError(f"source '{source.name}': jira answered without `issues`")
             issues.extend(batch)
             start += len(batch)
-            if not batch or start >= int(page.get("total", 0)):
+            total = page.get("total", 0) if isinstance(page, dict) else 0
+            if not batch or start >= (int(total) if isinstance(total, int | str) else 0):
                 break
         return issues

@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from services.fetcher.sources.http import get_json, parse_json
+from services.fetcher.access import credential_for, destination, get_json
 from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
@@ -39,9 +39,10 @@ def to_timestamp(value: Any, *, now: float | None = None) -> float:
 
 
 class PrometheusSource:
-    async def fetch(self, source: Source, settings: Settings) -> Any:
+    async def fetch(self, source: Source, settings: Settings, *, configured: bool = False) -> Any:
         extra = source.model_extra or {}
-        base = str(extra.get("url") or settings.prometheus_url or "").rstrip("/")
+        given = extra.get("url")
+        base = str(given or settings.prometheus_url or "").rstrip("/")
         if not base:
             raise PermanentError(
                 f"source '{source.name}': no Prometheus URL (set `url` or PRESSROOM_PROMETHEUS_URL)"
@@ -59,13 +60,26 @@ class PrometheusSource:
             endpoint = "/api/v1/query"
             if "time" in extra:
                 params["time"] = to_timestamp(extra["time"])
-        response = await get_json(
-            source, base + endpoint, settings=settings, params=params, error_body=True
+        credential = credential_for(source, settings)
+        # PRESSROOM_PROMETHEUS_URL is the operator's; a request's own `url` is checked.
+        target = await destination(
+            base + endpoint,
+            source,
+            settings,
+            configured=configured or not given,
+            credential=credential,
         )
-        body = parse_json(source, response)
-        if body.get("status") != "success":
+        body, _ = await get_json(
+            source, target, settings=settings, credential=credential, params=params, error_body=True
+        )
+        if not isinstance(body, dict) or body.get("status") != "success":
             raise PermanentError(
                 f"source '{source.name}': Prometheus refused the query: "
                 f"{body.get('errorType', '')} {body.get('error', '')}".strip()
             )
-        return body["data"]["result"]
+        try:
+            return body["data"]["result"]
+        except (KeyError, TypeError):
+            raise PermanentError(
+                f"source '{source.name}': Prometheus answered without data"
+            ) from None

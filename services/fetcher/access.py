@@ -1,0 +1,168 @@
+"""Where a source may fetch from, and which credentials go with it.
+
+The trust model: what the operator configured (named sources in the config file,
+PRESSROOM_PROMETHEUS_URL, an adapter's public default such as the GitHub API, the origins a
+credential is bound to) is trusted; a URL a request supplies must match PRESSROOM_SOURCE_ALLOW,
+is checked on the address it resolves to, and is then connected to by that address.
+Credentials are attached only to the origins they are bound to — pagination links included.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import egress, jsonsafe
+from shared.egress import Destination, Origin
+from shared.errors import PermanentError
+from shared.events import Source
+from shared.settings import Settings
+
+# Keys of a named source that decide where it goes and with what: a request cannot change them.
+DESTINATION_KEYS = frozenset({"kind", "url", "api_url", "credentials", "headers"})
+PUBLIC_DEFAULTS = {"github": "https://api.github.com"}
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A `source_credentials` entry, bound to the origins it may be sent to."""
+
+    name: str
+    origins: tuple[Origin, ...]
+    token: str | None = None
+    user: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def auth_headers(self, scheme: str = "bearer") -> dict[str, str]:
+        headers = {str(k): str(v) for k, v in self.headers.items()}
+        if self.user and self.token:
+            pair = f"{self.user}:{self.token}".encode()
+            headers.setdefault("Authorization", "Basic " + base64.b64encode(pair).decode())
+        elif self.token:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+        return headers
+
+
+def credential_for(source: Source, settings: Settings) -> Credential | None:
+    """The credential the source names by its config name (`credentials: NAME`), or None.
+
+    A request never gets a credential it did not name; the credential's origins come from
+    its own `api_url` / `base_url` / `url` / `origins`, or the public default of the kind.
+    """
+    name = (source.model_extra or {}).get("credentials")
+    if not name:
+        return None
+    entry = settings.source_credentials.get(str(name))
+    if entry is None:
+        known = ", ".join(sorted(settings.source_credentials)) or "none configured"
+        raise PermanentError(
+            f"source '{source.name}': unknown credentials '{name}' (known: {known})"
+        )
+    urls = [entry[k] for k in ("api_url", "base_url", "url") if entry.get(k)]
+    urls += list(entry.get("origins") or [])
+    if not urls and source.kind in PUBLIC_DEFAULTS:
+        urls = [PUBLIC_DEFAULTS[source.kind]]
+    if not urls:
+        raise PermanentError(
+            f"source '{source.name}': credentials '{name}' name no origin to be sent to "
+            "(set its base_url or origins in the config file)"
+        )
+    try:
+        origins = tuple(egress.origin_of(str(u)) for u in urls)
+    except PermanentError as error:
+        raise PermanentError(f"credentials '{name}': {error.reason}") from None
+    return Credential(
+        name=str(name),
+        origins=origins,
+        token=str(entry["token"]) if entry.get("token") else None,
+        user=str(entry["user"]) if entry.get("user") else None,
+        headers=dict(entry.get("headers") or {}),
+    )
+
+
+def credential_base(credential: Credential | None) -> str | None:
+    """The first origin of a credential, as a base URL (where a source goes by default)."""
+    return str(credential.origins[0]) if credential else None
+
+
+async def destination(
+    url: str,
+    source: Source,
+    settings: Settings,
+    *,
+    configured: bool,
+    credential: Credential | None,
+) -> Destination:
+    """The checked place to fetch `url` from; a PermanentError naming the setting if refused."""
+    what = f"source '{source.name}'"
+    origin = egress.origin_of(url)
+    if credential is not None and origin not in credential.origins:
+        bound = ", ".join(str(o) for o in credential.origins)
+        raise PermanentError(
+            f"{what}: credentials '{credential.name}' are bound to {bound}, not {origin}; "
+            "they are never sent anywhere else"
+        )
+    if configured or credential is not None:
+        return egress.trusted(url)
+    return await egress.check_source(url, settings.source_allow_list, what=what)
+
+
+async def get_json(
+    source: Source,
+    target: Destination,
+    *,
+    settings: Settings,
+    credential: Credential | None = None,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    error_body: bool = False,
+) -> tuple[Any, egress.Reply]:
+    """GET a checked destination and decode its JSON within the size and depth limits."""
+    what = f"source '{source.name}'"
+    sent = dict(headers or {})
+    if credential is not None and target.origin in credential.origins:
+        sent.update(credential.auth_headers())
+    reply = await egress.send(
+        "GET",
+        target,
+        what=what,
+        timeout=settings.fetch_timeout,
+        max_bytes=settings.fetch_max_bytes,
+        params=params,
+        headers=sent,
+        follow_redirects=True,
+    )
+    problem = egress.status_error(f"{what}: {reply.url}", reply.status, reply.headers)
+    if problem is not None and not (error_body and reply.status in (400, 422)):
+        raise problem
+    return jsonsafe.loads(reply.body, what=f"{what}: the answer of {reply.url}"), reply
+
+
+def expand_named(source: Source, settings: Settings) -> tuple[Source, bool]:
+    """A source that names a config-file source (`source: NAME`) becomes that source.
+
+    Returns (source, configured): configured sources are the operator's and trusted. A request
+    may add options (params, cache, merge …) but not change where it goes or its credentials.
+    """
+    extra = dict(source.model_extra or {})
+    ref = source.source
+    if ref is None:
+        return source, False
+    spec = settings.sources.get(str(ref))
+    if spec is None:
+        known = ", ".join(sorted(settings.sources)) or "none configured"
+        raise PermanentError(
+            f"source '{source.name}': no source '{ref}' in the config file (known: {known})"
+        )
+    changed = sorted(k for k in extra if k in DESTINATION_KEYS and extra[k] != spec.get(k))
+    if source.kind not in ("", spec.get("kind")):
+        changed.append("kind")
+    if changed:
+        raise PermanentError(
+            f"source '{source.name}': {', '.join(changed)} of config source '{ref}' "
+            "cannot be changed by a request"
+        )
+    merged = {**spec, **{k: v for k, v in extra.items() if k not in DESTINATION_KEYS}}
+    return Source.model_validate({**merged, "name": source.name}), True
