@@ -79,6 +79,9 @@ class Stack:
             PRESSROOM_RETRY_BACKOFF="0.2,0.5,1",
             PRESSROOM_MAX_ATTEMPTS="3",
             PRESSROOM_ACK_WAIT="5",
+            # The operator's allow-lists for the loopback test servers (trust tests narrow them).
+            PRESSROOM_SOURCE_ALLOW="127.0.0.1",
+            PRESSROOM_EMAIL_ALLOW="example.com",
             PRESSROOM_LOG_LEVEL="INFO",
             OTEL_TRACES_EXPORTER="none",
             OTEL_METRICS_EXPORTER="none",

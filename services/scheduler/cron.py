@@ -115,7 +115,13 @@ def check_not_forged(request: ReportRequested, schedules: list[Schedule]) -> Non
         return  # an ordinary request
     named = by.removeprefix(SCHEDULER_PREFIX) if claims_scheduler else id_of
     schedule = by_name.get(named or "")
-    if schedule is not None:
+    if schedule is None:
+        raise PermanentError(
+            f"request '{request.request_id}' says it comes from schedule '{named}', which is "
+            "not in this fetcher's config (services must share the scheduler's PRESSROOM_CONFIG;"
+            " requested_by 'scheduler:…' is reserved for the scheduler)"
+        )
+    else:
         try:
             expected = schedule.request_for(request.requested_at)
         except ValidationError:

@@ -34,6 +34,7 @@ def servers() -> Iterator[tuple[S3Server, SmtpServer, HttpReceiver]]:
         return 200, b"{}", {}
 
     s3, smtp, hooks = S3Server().start(), SmtpServer().start(), HttpReceiver(responder).start()
+    s3.client().make_bucket("company-reports")  # deliveries never create buckets
     yield s3, smtp, hooks
     hooks.stop()
     smtp.stop()
@@ -51,6 +52,7 @@ def dstack(tmp_path_factory: pytest.TempPathFactory, servers: Any) -> Iterator[S
             "PRESSROOM_WEBHOOK_SECRET": SECRET,
             "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1",
             "PRESSROOM_ARTEFACT_BUCKET": "artefacts",
+            "PRESSROOM_S3_DELIVERY_ALLOW": "company-reports/portfolio",
             # Long enough a retry budget (~12 s) to ride out the outages below.
             "PRESSROOM_MAX_ATTEMPTS": "8",
             "PRESSROOM_RETRY_BACKOFF": "0.5,1,2",
@@ -87,7 +89,7 @@ async def test_one_request_emails_uploads_and_calls_the_webhook_once_each(
             "template": "weekly.html",
             "params": SAMPLE,
             "deliver": [
-                {"channel": "email", "to": [inbox], "subject": "Weekly {{ request_id }}"},
+                {"channel": "email", "to": [inbox], "subject": "Weekly {request_id}"},
                 {"channel": "s3", "bucket": "company-reports", "key": "portfolio/{request_id}.pdf"},
                 {"channel": "webhook", "url": f"{hooks.url}/hook/{rid}"},
             ],

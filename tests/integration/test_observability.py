@@ -16,9 +16,10 @@ SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
 
 @pytest.mark.timeout(240)
 async def test_two_scheduler_replicas_deliver_one_report_per_fire(
-    stack: Stack, outcomes: Outcomes, nc: Any
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    config = stack.root / "schedules.yaml"
+    root = tmp_path_factory.mktemp("scheduled")
+    config = root / "schedules.yaml"
     config.write_text(
         json.dumps(
             {
@@ -37,8 +38,11 @@ async def test_two_scheduler_replicas_deliver_one_report_per_fire(
             }
         )
     )
-    env = {"PRESSROOM_CONFIG": str(config)}
-    replicas = [stack.start_worker("scheduler", env) for _ in range(2)]
+    # Every service shares the scheduler's config: the fetcher verifies scheduled requests.
+    stack = await Stack(root, env_extra={"PRESSROOM_CONFIG": str(config)}).astart()
+    nc = await stack.connect()
+    outcomes = await Outcomes().start(nc)
+    replicas = [stack.start_worker("scheduler") for _ in range(2)]
     try:
 
         async def first_fire() -> str | None:
@@ -52,21 +56,25 @@ async def test_two_scheduler_replicas_deliver_one_report_per_fire(
         for proc in replicas:
             proc.wait(timeout=20)
 
-    assert len(outcomes.delivered[rid]) == 1
-    js = nc.jetstream()
-    sub = await js.subscribe("report.requested", ordered_consumer=True)
-    copies = 0
-    while True:
-        try:
-            msg = await sub.next_msg(timeout=1)
-        except Exception:
-            break
-        copies += json.loads(msg.data).get("request_id") == rid
-    await sub.unsubscribe()
-    assert copies == 1  # the second replica's publish was de-duplicated
-    assert [p.name for p in (stack.out / "scheduled").glob("*.pdf")] == [f"{rid}.pdf"]
-    status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
-    assert status["requested_by"] == "scheduler:every-minute"
+    try:
+        assert len(outcomes.delivered[rid]) == 1
+        js = nc.jetstream()
+        sub = await js.subscribe("report.requested", ordered_consumer=True)
+        copies = 0
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except Exception:
+                break
+            copies += json.loads(msg.data).get("request_id") == rid
+        await sub.unsubscribe()
+        assert copies == 1  # the second replica's publish was de-duplicated
+        assert [p.name for p in (stack.out / "scheduled").glob("*.pdf")] == [f"{rid}.pdf"]
+        status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+        assert status["requested_by"] == "scheduler:every-minute"
+    finally:
+        await nc.close()
+        stack.stop()
 
 
 async def test_slo_and_stats_show_figures_from_real_runs(

@@ -90,7 +90,13 @@ def http_api() -> Iterator[HttpReceiver]:
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings(fetch_timeout=1.0, fetch_deadline=5.0, **overrides)
+    # The operator allows the loopback test servers as request-supplied source URLs.
+    defaults: dict[str, Any] = {
+        "fetch_timeout": 1.0,
+        "fetch_deadline": 5.0,
+        "source_allow": "127.0.0.1",
+    }
+    return Settings(**{**defaults, **overrides})
 
 
 async def fetch(source: dict[str, Any], **overrides: Any) -> Any:
@@ -143,6 +149,7 @@ async def test_github_follows_link_pagination_with_the_configured_token(
             "repo": "org/portfolio",
             "endpoint": "pulls",
             "params": {"state": "all"},
+            "credentials": "github",
         },
         source_credentials=creds,
     )
@@ -202,7 +209,7 @@ def closed_port() -> int:
         ("/slow", TransientError, "timed out"),
         ("/busy", TransientError, "answered 429"),
         ("/missing", PermanentError, "answered 404"),
-        ("/html", PermanentError, "did not return JSON"),
+        ("/html", PermanentError, "is not valid JSON"),
     ],
 )
 async def test_failures_are_classified_and_name_the_source(
@@ -228,7 +235,7 @@ async def test_sources_are_fetched_concurrently(http_api: HttpReceiver) -> None:
     request = ReportRequested(template="t.html", sources=sources)
     started = time.monotonic()
     context = await gather_context(
-        request, default_sources(), Settings(fetch_timeout=5, fetch_deadline=20)
+        request, default_sources(), settings(fetch_timeout=5, fetch_deadline=20)
     )
     assert len(context) == 4
     assert time.monotonic() - started < 2 * 4  # four 2-second sources did not run one by one
