@@ -17,6 +17,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
+from shared.errors import PressroomError
 from shared.events import (
     DATA_READY,
     DLQ_PREFIX,
@@ -220,3 +221,53 @@ class JetStreamPublisher:
         hdrs = {**(headers or {}), MSG_ID: msg_id}
         inject_context(hdrs)
         return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)
+
+
+class IncompleteListing(PressroomError):
+    """A listing came back shorter than the stream says it is: never shown as if complete."""
+
+
+async def kv_snapshot(
+    js: JetStreamContext, bucket: str, *, timeout: float = 10.0
+) -> dict[str, bytes]:
+    """Every live key of a KV bucket with its value, read in one ordered pass and counted.
+
+    nats-py's `keys()` can end its watch early and return fewer keys (or none) with no error;
+    here the number of messages read is compared with the stream's own count first, and a
+    shortfall is an error, never a silently shorter list.
+    """
+    stream = f"KV_{bucket}"
+    prefix = f"$KV.{bucket}."
+    expected = int((await js.stream_info(stream)).state.messages)
+    if expected == 0:
+        return {}
+    sub = await js.subscribe(
+        f"{prefix}>",
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+    )
+    values: dict[str, bytes] = {}
+    read = 0
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except Exception as error:  # nats' TimeoutError: the pass stalled
+                raise IncompleteListing(
+                    f"listing '{bucket}' stalled after {read} of {expected} entries ({error!r}); "
+                    "try again"
+                ) from None
+            read += 1
+            key = msg.subject[len(prefix) :]
+            operation = (msg.headers or {}).get("KV-Operation")
+            if operation in ("DEL", "PURGE"):
+                values.pop(key, None)
+            else:
+                values[key] = msg.data
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    if read < expected:
+        raise IncompleteListing(f"listing '{bucket}' read {read} of {expected} entries; try again")
+    return values

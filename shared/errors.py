@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class PressroomError(Exception):
     """Base of every error Pressroom raises on purpose; its message is meant for a human."""
@@ -39,3 +41,41 @@ class ResourceBlocked(PermanentError):
 
 class RenderTimeout(PermanentError):
     """A render took longer than the configured limit and was stopped."""
+
+
+Verdict = Literal["permanent", "transient"]
+
+# The one classification of exceptions that are not ours, first match wins. Permanent: the
+# input or the template is at fault, or a resource cap was hit — the same message would fail
+# the same way again. Transient: the network, the broker or a store — worth another try.
+CLASSIFICATION: tuple[tuple[tuple[type[BaseException], ...], Verdict, str], ...] = (
+    ((PermanentError,), "permanent", "Pressroom said so"),
+    ((TransientError,), "transient", "Pressroom said so"),
+    ((MemoryError, RecursionError), "permanent", "a resource cap was hit"),
+    ((ArithmeticError,), "permanent", "bad numbers in the input (overflow, division by zero)"),
+    ((LookupError, ValueError, TypeError, AttributeError), "permanent", "bad input"),
+    ((ConnectionError, TimeoutError), "transient", "network"),
+    ((OSError,), "transient", "I/O (disk full, too many files …)"),
+)
+
+
+def classify(error: BaseException) -> Verdict:
+    """Permanent or transient; unknown errors count as transient (retries are bounded)."""
+    for kinds, verdict, _ in _classification():
+        if isinstance(error, kinds):
+            return verdict
+    return "transient"
+
+
+def _classification() -> tuple[tuple[tuple[type[BaseException], ...], Verdict, str], ...]:
+    # nats-py's errors are known only here, where nats is imported lazily.
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    return (
+        *CLASSIFICATION[:2],
+        ((nats_errors.MaxPayloadError,), "permanent", "the message can never fit"),
+        ((js_errors.BadRequestError,), "permanent", "JetStream refused the request itself"),
+        ((nats_errors.Error, js_errors.Error), "transient", "the broker or a bucket"),
+        *CLASSIFICATION[2:],
+    )

@@ -231,8 +231,17 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     subject: str = Field(description="Original subject; replay publishes back to it.")
-    payload: str = Field(description="Original message body (UTF-8, or base64 if binary).")
+    payload: str = Field(
+        description="Original message body (UTF-8, or base64 if binary); only a preview when "
+        "`payload_ref` is set."
+    )
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_size: int | None = Field(default=None, description="Size of the original body.")
+    payload_ref: str | None = Field(
+        default=None,
+        description="Artefact-store key of the whole original body when it was too big to "
+        "carry in the envelope; replay reads it from there.",
+    )
     headers: dict[str, str] = Field(default_factory=dict)
     stage: str
     reason: str

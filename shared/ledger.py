@@ -28,6 +28,7 @@ from shared.events import (
 )
 
 if TYPE_CHECKING:
+    from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
 StageState = Literal["running", "done", "failed"]
@@ -171,8 +172,9 @@ def _seed(request_id: str, request: ReportRequested | None) -> LedgerEntry:
 class KvLedger:
     """The ledger in a JetStream KV bucket, updated with compare-and-set."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, *, js: JetStreamContext | None = None) -> None:
         self._kv = kv
+        self._js = js  # for complete listings (kv_snapshot); without it, kv.keys()
 
     async def get(self, request_id: str) -> LedgerEntry | None:
         try:
@@ -237,6 +239,11 @@ class KvLedger:
         await self._update(request_id, lambda e: (_apply_fail(e, stage, reason), None))
 
     async def entries(self) -> list[LedgerEntry]:
+        if self._js is not None:
+            from shared.bus import LEDGER_BUCKET, kv_snapshot
+
+            values = await kv_snapshot(self._js, LEDGER_BUCKET)
+            return [LedgerEntry.model_validate_json(v) for v in values.values() if v]
         try:
             keys = await self._kv.keys()
         except NoKeysError:

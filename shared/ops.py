@@ -27,6 +27,7 @@ from shared.bus import (
     LEDGER_BUCKET,
     MSG_ID,
     STREAM,
+    IncompleteListing,
     connect,
     ensure_topology,
     msg_id,
@@ -58,7 +59,7 @@ class Bus:
     settings: Settings
 
     async def ledger(self) -> KvLedger:
-        return KvLedger(await self.js.key_value(LEDGER_BUCKET))
+        return KvLedger(await self.js.key_value(LEDGER_BUCKET), js=self.js)
 
     async def store(self) -> ArtefactStore:
         return await open_store(self.settings, self.js)
@@ -222,6 +223,7 @@ class DeadLetterRecord:
 
 
 async def dead_letters(bus: Bus) -> list[DeadLetterRecord]:
+    """Every dead letter, oldest first; a listing shorter than the stream's count is an error."""
     info = await bus.js.stream_info(DLQ_STREAM)
     state = info.state
     if not state.messages:
@@ -231,6 +233,10 @@ async def dead_letters(bus: Bus) -> list[DeadLetterRecord]:
         record = await dead_letter(bus, seq)
         if record is not None:
             records.append(record)
+    if len(records) < state.messages:
+        raise IncompleteListing(
+            f"read {len(records)} of {state.messages} dead letters (some unreadable?); try again"
+        )
     return records
 
 
@@ -239,12 +245,34 @@ async def dead_letter(bus: Bus, seq: int) -> DeadLetterRecord | None:
         raw = await bus.js.get_msg(DLQ_STREAM, seq)
     except NotFoundError:
         return None
-    letter = DeadLetter.model_validate_json(raw.data or b"{}")
+    try:
+        letter = DeadLetter.model_validate_json(raw.data or b"{}")
+    except ValueError as error:  # something else was published on dlq.*: show it, do not crash
+        now = datetime.now(UTC)
+        letter = DeadLetter(
+            subject=str(raw.subject or "?").removeprefix(DLQ_PREFIX),
+            payload=(raw.data or b"")[:4096].decode(errors="replace"),
+            stage="?",
+            reason=f"not a Pressroom dead letter: {str(error).splitlines()[0]}",
+            permanent=True,
+            attempts=0,
+            first_failure=now,
+            last_failure=now,
+        )
     when = getattr(raw, "time", None)
     return DeadLetterRecord(seq, when if isinstance(when, datetime) else None, letter)
 
 
-def original_body(letter: DeadLetter) -> bytes:
+async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
+    """The whole original message: inline, or from the artefact store when it was too big."""
+    if letter.payload_ref:
+        try:
+            return await (await bus.store()).get(letter.payload_ref)
+        except PressroomError as error:
+            raise PressroomError(
+                f"the original message of this dead letter is gone from the artefact store "
+                f"({letter.payload_ref}): {error.reason}"
+            ) from None
     if letter.payload_encoding == "base64":
         return base64.b64decode(letter.payload)
     return letter.payload.encode()
@@ -257,23 +285,29 @@ async def replay(bus: Bus, seq: int) -> str:
         raise PressroomError(f"no dead letter with id {seq}")
     letter = record.letter
     headers = {**letter.headers, MSG_ID: f"replay:{seq}:{uuid.uuid4().hex[:12]}"}
-    await bus.js.publish(letter.subject, original_body(letter), headers=headers, stream=STREAM)
+    body = await original_body(bus, letter)
+    await bus.js.publish(letter.subject, body, headers=headers, stream=STREAM)
     await bus.js.delete_msg(DLQ_STREAM, seq)
+    await _forget_body(bus, letter)
     return letter.subject
 
 
+async def _forget_body(bus: Bus, letter: DeadLetter) -> None:
+    if letter.payload_ref:
+        await (await bus.store()).delete(letter.payload_ref)
+
+
 async def purge(bus: Bus, seqs: list[int] | None) -> int:
-    if seqs is None:
-        info = await bus.js.stream_info(DLQ_STREAM)
-        await bus.js.purge_stream(DLQ_STREAM)
-        return int(info.state.messages)
+    """Delete dead letters (every one when `seqs` is None), with any bodies they stored."""
+    targets = [r.id for r in await dead_letters(bus)] if seqs is None else seqs
     removed = 0
-    for seq in seqs:
-        try:
-            await bus.js.delete_msg(DLQ_STREAM, seq)
-            removed += 1
-        except NotFoundError:
+    for seq in targets:
+        record = await dead_letter(bus, seq)
+        if record is None:
             continue
+        await bus.js.delete_msg(DLQ_STREAM, seq)
+        await _forget_body(bus, record.letter)
+        removed += 1
     return removed
 
 

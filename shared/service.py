@@ -219,7 +219,9 @@ def stage_app(
         deps.extra.setdefault("deliveries", await js.key_value(DELIVERIES_BUCKET))
         deps.extra.setdefault("cache", await js.key_value(CACHE_BUCKET))
         state["work"] = await build_work(deps)
-        state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher, admit=admit)
+        state["runner"] = StageRunner(
+            spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit
+        )
         if settings.health_port is not None:
             server = HealthServer(
                 service,
@@ -333,6 +335,7 @@ def stage_app(
             stream_seq=seq,
             first_failure=None,
             request_id=request_id,
+            store=deps.store,
         )
         await message.ack()
 

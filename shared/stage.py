@@ -26,7 +26,13 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from shared.bus import Publisher, StageSpec, encode, msg_id
-from shared.errors import InvalidPayload, PermanentError, PressroomError, TransientError
+from shared.errors import (
+    InvalidPayload,
+    PermanentError,
+    PressroomError,
+    TransientError,
+    classify,
+)
 from shared.events import (
     DLQ_PREFIX,
     REPORT_FAILED,
@@ -38,14 +44,25 @@ from shared.events import (
     ReportRequested,
     utcnow,
 )
+from shared.jsonsafe import deeper_than
 from shared.ledger import Ledger
 from shared.logging import get_logger
 from shared.settings import Settings
+from shared.store import ArtefactStore, sha256_hex
 from shared.telemetry import span, stage_finished
 
 E = TypeVar("E", bound=Event)
-MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+# An envelope carries the original body up to this size; bigger bodies go to the artefact
+# store and the envelope keeps a preview (NATS's max_payload is 1 MB, JSON escaping can
+# double a body's size).
+MAX_DEAD_LETTER_PAYLOAD = 256 * 1024
+DEAD_LETTER_PREVIEW = 16 * 1024
+DEAD_LETTER_PREFIX = "dead-letters/"
+MAX_REASON_CHARS = 4000
+MAX_HEADERS = 32
+MAX_HEADER_CHARS = 2048
 MAX_RETRY_AFTER = 600.0
+MAX_PAYLOAD_DEPTH = 100  # a context from a source is capped at 64 levels, plus the envelope
 FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
 # Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -116,6 +133,7 @@ class StageRunner:
     settings: Settings
     ledger: Ledger
     publisher: Publisher
+    store: ArtefactStore | None = None  # where bodies too big for a dead letter go
     # Checks before the ledger is touched (e.g. ids reserved for schedules): a PermanentError
     # dead-letters the message and leaves the ledger entry of that id alone.
     admit: Callable[[Event], Awaitable[None]] | None = None
@@ -192,6 +210,11 @@ class StageRunner:
             return
         except Exception as error:
             reason = error.reason if isinstance(error, PressroomError) else _describe(error)
+            if classify(error) == "permanent":
+                outcome = "dead_letter"
+                bound.warning("permanent failure", reason=reason)
+                await self.dead_letter(msg, reason, permanent=True, request_id=rid)
+                return
             wait = error.retry_after if isinstance(error, TransientError) else None
             outcome = await self._retry_or_dead_letter(msg, reason, rid, bound, retry_after=wait)
             return
@@ -205,6 +228,8 @@ class StageRunner:
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
 
     def _parse(self, msg: InboundMessage, model: type[E]) -> E:
+        if deeper_than(msg.body, MAX_PAYLOAD_DEPTH):
+            raise InvalidPayload(f"invalid payload: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
         try:
             event = model.model_validate_json(msg.body)
         except ValidationError as error:
@@ -275,6 +300,7 @@ class StageRunner:
             first_failure=msg.first_delivered,
             request_id=request_id or guess_request_id(msg.body),
             update_ledger=own,
+            store=self.store,
         )
         await msg.term()
 
@@ -282,6 +308,32 @@ class StageRunner:
 def _describe(error: BaseException) -> str:
     text = str(error) or error.__class__.__name__
     return f"{error.__class__.__name__}: {text}" if text != error.__class__.__name__ else text
+
+
+def _encoded(body: bytes) -> tuple[str, str]:
+    try:
+        return body.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode(), "base64"
+
+
+def _preview(body: bytes, limit: int) -> bytes:
+    cut = body[:limit]
+    # Do not split a UTF-8 character: a preview of text stays text.
+    return cut.decode("utf-8", errors="ignore").encode() if _is_utf8(body) else cut
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _kept_headers(headers: dict[str, str]) -> dict[str, str]:
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
+    return {k[:MAX_HEADER_CHARS]: v[:MAX_HEADER_CHARS] for k, v in list(kept.items())[:MAX_HEADERS]}
 
 
 async def publish_dead_letter(
@@ -299,40 +351,82 @@ async def publish_dead_letter(
     first_failure: datetime | None,
     request_id: str | None,
     update_ledger: bool = True,
+    store: ArtefactStore | None = None,
 ) -> None:
+    """The dead letter, `report.failed` and the ledger's record of the failure — every time.
+
+    A body too big for an envelope is stored whole in the artefact store (replay reads it from
+    there) and the envelope keeps a preview. If the envelope still cannot be published,
+    `report.failed` and the ledger record the failure anyway. Only when nothing at all could be
+    recorded does this raise, so the message stays on the stream and comes back.
+    """
     now = utcnow()
-    try:
-        payload, encoding = body[:MAX_DEAD_LETTER_PAYLOAD].decode(), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(body[:MAX_DEAD_LETTER_PAYLOAD]).decode(), "base64"
+    payload_ref = None
+    inline = body
+    if len(body) > MAX_DEAD_LETTER_PAYLOAD:
+        inline = _preview(body, DEAD_LETTER_PREVIEW)
+        if store is not None:
+            key = f"{DEAD_LETTER_PREFIX}{stage}/{stream_seq}-{sha256_hex(body)[:12]}.msg"
+            try:
+                await store.put(key, body, content_type="application/octet-stream")
+                payload_ref = key
+            except Exception as error:  # the preview, the reason and report.failed still go out
+                log.warning("dead letter body not stored", stage=stage, error=repr(error))
+    payload, encoding = _encoded(inline)
+    if len(inline) < len(body):
+        kept = "kept in the artefact store" if payload_ref else "NOT kept (store unavailable)"
+        reason_shown = f"{reason} (message of {len(body):,} bytes: preview here, whole {kept})"
+    else:
+        reason_shown = reason
     letter = DeadLetter(
         subject=subject,
         payload=payload,
         payload_encoding=encoding,  # type: ignore[arg-type]
-        headers={k: v for k, v in headers.items() if not k.lower().startswith("nats-")},
+        payload_size=len(body),
+        payload_ref=payload_ref,
+        headers=_kept_headers(headers),
         stage=stage,
-        reason=reason if len(body) <= MAX_DEAD_LETTER_PAYLOAD else f"{reason} (payload truncated)",
+        reason=reason_shown[:MAX_REASON_CHARS],
         permanent=permanent,
         attempts=attempts,
         first_failure=first_failure or now,
         last_failure=now,
         request_id=request_id,
     )
+    recorded = 0
+    dead_letter_seq = None
     # The stream sequence makes the id stable across a crash between publish and terminate.
-    ack = await publisher.publish(
-        f"{DLQ_PREFIX}{subject}", encode(letter), msg_id=f"dlq:{stage}:{stream_seq}"
-    )
+    dlq_id = f"dlq:{stage}:{stream_seq}"
+    for attempt in (letter, letter.model_copy(update={"payload": "", "headers": {}})):
+        try:
+            ack = await publisher.publish(f"{DLQ_PREFIX}{subject}", encode(attempt), msg_id=dlq_id)
+        except Exception as error:
+            log.warning("dead letter not published", stage=stage, error=repr(error))
+            continue
+        dead_letter_seq, recorded = ack.seq, recorded + 1
+        break
     rid = request_id or f"unknown-{stage}-{stream_seq}"
     failed = ReportFailed(
         request_id=rid,
         stage=stage,
-        reason=reason,
+        reason=reason[:MAX_REASON_CHARS],
         attempts=attempts,
         subject=subject,
-        dead_letter_seq=ack.seq,
+        dead_letter_seq=dead_letter_seq,
     )
-    await publisher.publish(REPORT_FAILED, encode(failed), msg_id=f"failed:{stage}:{stream_seq}")
+    try:
+        await publisher.publish(
+            REPORT_FAILED, encode(failed), msg_id=f"failed:{stage}:{stream_seq}"
+        )
+        recorded += 1
+    except Exception as error:
+        log.warning("report.failed not published", stage=stage, error=repr(error))
     if request_id and update_ledger:
-        with suppress(Exception):
-            await ledger.fail(request_id, stage, reason=reason)
+        try:
+            await ledger.fail(request_id, stage, reason=reason[:MAX_REASON_CHARS])
+            recorded += 1
+        except Exception as error:
+            log.warning("failure not recorded in the ledger", stage=stage, error=repr(error))
+    if not recorded:
+        raise TransientError(f"could not record the failure of {rid} anywhere: {reason}")
     log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)
