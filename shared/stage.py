@@ -40,8 +40,9 @@ from shared.events import (
 )
 from shared.ledger import Ledger
 from shared.logging import get_logger
+from shared.metrics import failure_kind, stage_done, stage_failed, stage_finished
 from shared.settings import Settings
-from shared.telemetry import span, stage_finished
+from shared.telemetry import span
 
 E = TypeVar("E", bound=Event)
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
@@ -127,7 +128,7 @@ class StageRunner:
         try:
             event = self._parse(msg, model)
         except PermanentError as error:
-            await self.dead_letter(msg, error.reason, permanent=True)
+            await self.dead_letter(msg, error.reason, permanent=True, kind=failure_kind(error))
             return
         request = request_of(event)
         rid = request.request_id
@@ -143,7 +144,9 @@ class StageRunner:
                 worker=WORKER_ID,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
-            await self._retry_or_dead_letter(msg, f"ledger unavailable: {error}", rid, bound)
+            await self._retry_or_dead_letter(
+                msg, f"ledger unavailable: {error}", rid, bound, template=request.template
+            )
             return
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
@@ -158,9 +161,11 @@ class StageRunner:
                 await self.publisher.publish(
                     self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
                 )
-            await self.ledger.finish(
+            settled = await self.ledger.finish(
                 rid, self.spec.name, seconds=time.monotonic() - started, event=next_event
             )
+            with suppress(Exception):  # metrics must never break message handling
+                stage_done(next_event, settled)
         except asyncio.CancelledError:
             # Shutting down mid-work: hand the message back now rather than after ack_wait.
             outcome = "handed_back"
@@ -170,12 +175,21 @@ class StageRunner:
         except PermanentError as error:
             outcome = "dead_letter"
             bound.warning("permanent failure", reason=error.reason)
-            await self.dead_letter(msg, error.reason, permanent=True, request_id=rid)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=rid,
+                kind=failure_kind(error),
+                template=request.template,
+            )
             return
         except Exception as error:
             reason = error.reason if isinstance(error, PressroomError) else _describe(error)
             wait = error.retry_after if isinstance(error, TransientError) else None
-            outcome = await self._retry_or_dead_letter(msg, reason, rid, bound, retry_after=wait)
+            outcome = await self._retry_or_dead_letter(
+                msg, reason, rid, bound, retry_after=wait, template=request.template
+            )
             return
         finally:
             heartbeat.cancel()
@@ -212,6 +226,7 @@ class StageRunner:
         bound: Any,
         *,
         retry_after: float | None = None,
+        template: str | None = None,
     ) -> str:
         if msg.attempt >= self.settings.max_attempts:
             bound.warning("retries exhausted", reason=reason)
@@ -220,6 +235,8 @@ class StageRunner:
                 f"gave up after {msg.attempt} attempts: {reason}",
                 permanent=False,
                 request_id=request_id,
+                kind="retries_exhausted",
+                template=template,
             )
             return "dead_letter"
         delay = self.settings.backoff_for(msg.attempt)
@@ -236,6 +253,8 @@ class StageRunner:
         *,
         permanent: bool,
         request_id: str | None = None,
+        kind: str = "permanent_error",
+        template: str | None = None,
     ) -> None:
         """Park the message in `dlq.<subject>` with the reason, emit report.failed, terminate."""
         await publish_dead_letter(
@@ -251,6 +270,8 @@ class StageRunner:
             stream_seq=msg.stream_seq,
             first_failure=msg.first_delivered,
             request_id=request_id or guess_request_id(msg.body),
+            kind=kind,
+            template=template,
         )
         await msg.term()
 
@@ -274,6 +295,8 @@ async def publish_dead_letter(
     stream_seq: int,
     first_failure: datetime | None,
     request_id: str | None,
+    kind: str = "permanent_error",
+    template: str | None = None,
 ) -> None:
     now = utcnow()
     try:
@@ -307,7 +330,10 @@ async def publish_dead_letter(
         dead_letter_seq=ack.seq,
     )
     await publisher.publish(REPORT_FAILED, encode(failed), msg_id=f"failed:{stage}:{stream_seq}")
+    settled = None
     if request_id:
         with suppress(Exception):
-            await ledger.fail(request_id, stage, reason=reason)
+            settled = await ledger.fail(request_id, stage, reason=reason)
+    with suppress(Exception):  # metrics must never break dead-lettering
+        stage_failed(stage, kind, template, settled)
     log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)
