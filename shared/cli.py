@@ -134,6 +134,10 @@ def _parse_scale(scale: list[str]) -> dict[str, int]:
 def up(
     scale: list[str] = typer.Option([], help="Replicas, e.g. --scale renderer=2"),
     sample: bool = typer.Option(False, help="Publish the bundled sample request once started."),
+    prometheus: bool = typer.Option(
+        False, "--prometheus", help="Also run Debian's prometheus with the shipped alert rules."
+    ),
+    prometheus_port: int = typer.Option(9090, help="Its port (taken: a free one)."),
 ) -> None:
     """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
     from shared.embedded import start_nats_server
@@ -169,6 +173,7 @@ def up(
             )
             children.append((label, proc))
     (cfg.data_dir / "workers.json").write_text(json.dumps(registry, indent=2))
+    watcher = _watch(cfg, registry, prometheus_port if prometheus else None)
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -203,6 +208,9 @@ def up(
             proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if watcher is not None:
+        watcher.stop()
+    (cfg.data_dir / "prometheus" / "targets.json").unlink(missing_ok=True)
     if nats_proc is not None:
         nats_proc.terminate()
         try:
@@ -211,6 +219,25 @@ def up(
             nats_proc.kill()
     (cfg.data_dir / "workers.json").unlink(missing_ok=True)
     out.print("stopped.")
+
+
+def _watch(cfg: Settings, registry: dict[str, str], port: int | None) -> Any:
+    """targets.json for any Prometheus; with --prometheus, the embedded one (or why not)."""
+    from shared.embedded import free_port, port_open
+    from shared.monitoring import MonitoringUnavailable, start_prometheus, write_targets
+
+    folder = cfg.data_dir / "prometheus"
+    write_targets(folder, registry)
+    if port is None:
+        return None
+    port = free_port() if port_open("127.0.0.1", port) else port
+    try:
+        embedded = start_prometheus(folder, port)
+    except MonitoringUnavailable as error:
+        err.print(f"[yellow]note:[/] {error.reason}", highlight=False)
+        return None
+    out.print(f"Prometheus on [cyan]{embedded.url}[/] · `pressroom alerts` shows what fires")
+    return embedded
 
 
 class _OutcomeCounter:
@@ -876,6 +903,38 @@ def slo(
             table.add_row(r.name, r.target, value, str(r.measured_over), mark)
         out.print(table)
     if any(r.met is False for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def alerts(
+    prometheus: str | None = typer.Option(
+        None, "--prometheus", help="Prometheus URL (default: PRESSROOM_MONITOR_URL, or up's)"
+    ),
+    pending: bool = typer.Option(False, "--pending", help="Also alerts still waiting on `for:`."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """What is firing, most severe first, with the command to start with (exit 1 if any)."""
+    from shared.monitoring import active_alerts, monitor_url
+
+    cfg = settings()
+    try:
+        url = monitor_url(prometheus, cfg.monitor_url, cfg.data_dir)
+    except PressroomError as error:
+        fail(error.reason)
+    found = run(active_alerts(url, include_pending=pending))
+    if as_json:
+        emit_json({"prometheus": url, "alerts": [a.as_dict() for a in found]})
+    elif not found:
+        out.print(f"[green]nothing firing[/] ({url})")
+    for alert in [] if as_json else found:
+        labels = " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+        state = "" if alert.state == "firing" else f" ({alert.state})"
+        out.print(f"[bold red]{alert.severity}[/] [bold]{alert.name}[/]{state} {labels}")
+        out.print(f"    {alert.summary}", highlight=False)
+        out.print(f"    start with: [cyan]{alert.command}[/]", highlight=False)
+        out.print(f"    runbook: {alert.runbook}", highlight=False)
+    if any(a.state == "firing" for a in found):
         raise typer.Exit(1)
 
 
