@@ -191,3 +191,40 @@ async def test_every_metric_of_the_design_is_scraped_with_its_labels(
     assert value(next_fire) > 0
     up = prometheus.query('sum(up{job="pressroom"})')
     assert value(up) == 4
+
+
+async def test_every_dashboard_query_parses_and_returns_data(
+    watched: tuple[Stack, PrometheusServer], reports: dict[str, list[str]]
+) -> None:
+    stack, prometheus = watched
+    board = json.loads((REPO / "deploy/grafana/dashboards/pressroom.json").read_text())
+    queries = {
+        f"{panel['title']} [{target['refId']}]": target["expr"].replace("$__rate_interval", "1m")
+        for panel in board["panels"]
+        for target in panel.get("targets", [])
+    }
+    # Rates need a series to move while Prometheus watches it: one more report of each kind.
+    nc = await stack.connect()
+    outcomes = await Outcomes().start(nc)
+    source = {"name": "portfolio", "kind": "file", "path": "portfolio.json", "merge": True}
+    again = [
+        {"request_id": unique("again"), "template": "weekly.html", "sources": [source]},
+        {"request_id": unique("again"), "template": "weekly.html"},
+    ]
+    for body in again:
+        await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await outcomes.delivered_event(again[0]["request_id"])
+    await outcomes.failed_event(again[1]["request_id"])
+    await nc.close()
+
+    def finite(result: list[dict[str, Any]]) -> bool:
+        return any(r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in result)
+
+    async def all_answer() -> bool:
+        return all(finite(prometheus.query(expr)) for expr in queries.values())
+
+    try:
+        await eventually(all_answer, timeout=60, every=1)
+    except AssertionError:
+        empty = [title for title, expr in queries.items() if not finite(prometheus.query(expr))]
+        raise AssertionError(f"panels without data: {empty}") from None
