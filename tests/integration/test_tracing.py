@@ -112,7 +112,12 @@ async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
             for sm in rm.scope_metrics
             for metric in sm.metrics
         }
-        wanted = {"pressroom.stage.duration", "pressroom.stage.outcomes", "pressroom.queue.pending"}
+        wanted = {
+            "pressroom.stage.duration",
+            "pressroom.stage.outcomes",
+            "pressroom.consumer.pending",
+            "pressroom.report.duration",
+        }
         return names if wanted <= names else None
 
     assert await eventually(metric_names, timeout=20)
