@@ -927,13 +927,20 @@ def alerts(
         emit_json({"prometheus": url, "alerts": [a.as_dict() for a in found]})
     elif not found:
         out.print(f"[green]nothing firing[/] ({url})")
+    import textwrap
+
+    def block(text: str) -> str:
+        return textwrap.fill(
+            text, max(out.width, 40), initial_indent="    ", subsequent_indent="    "
+        )
+
     for alert in [] if as_json else found:
-        labels = " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
         state = "" if alert.state == "firing" else f" ({alert.state})"
-        out.print(f"[bold red]{alert.severity}[/] [bold]{alert.name}[/]{state} {labels}")
-        out.print(f"    {alert.summary}", highlight=False)
-        out.print(f"    start with: [cyan]{alert.command}[/]", highlight=False)
-        out.print(f"    runbook: {alert.runbook}", highlight=False)
+        out.print(f"[bold red]{alert.severity}[/] [bold]{alert.name}[/]{state}")
+        labels = " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+        for line in filter(None, (labels, alert.summary, f"start with: {alert.command}")):
+            out.print(block(line), highlight=False, markup=False)
+        out.print(block(f"runbook: {alert.runbook}"), highlight=False, markup=False)
     if any(a.state == "firing" for a in found):
         raise typer.Exit(1)
 
