@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format test-deps unit integration faults bench contract clean
+.PHONY: install run test lint format test-deps unit integration faults bench contract monitoring clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ run: install
 ## Servers the integration tests start themselves but cannot pip-install (Debian's prometheus).
 test-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus for the Prometheus source tests"; \
+	  echo "installing Debian's prometheus (and promtool) for the Prometheus and alert-rule tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; }
 
@@ -44,6 +44,11 @@ unit: install
 
 contract: install
 	$(BIN)/python -m shared.contract
+
+## Regenerate the Grafana dashboard JSON and the Kubernetes rules ConfigMap (tests check both).
+monitoring: install
+	$(BIN)/python deploy/grafana/dashboard.py
+	$(BIN)/python deploy/k8s/monitoring.py
 
 bench: install
 	$(BIN)/python -m bench.run

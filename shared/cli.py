@@ -135,6 +135,10 @@ def _parse_scale(scale: list[str]) -> dict[str, int]:
 def up(
     scale: list[str] = typer.Option([], help="Replicas, e.g. --scale renderer=2"),
     sample: bool = typer.Option(False, help="Publish the bundled sample request once started."),
+    prometheus: bool = typer.Option(
+        False, "--prometheus", help="Also run Debian's prometheus with the shipped alert rules."
+    ),
+    prometheus_port: int = typer.Option(9090, help="Its port (taken: a free one)."),
 ) -> None:
     """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
     from shared.embedded import start_nats_server
@@ -170,6 +174,7 @@ def up(
             )
             children.append((label, proc))
     (cfg.data_dir / "workers.json").write_text(json.dumps(registry, indent=2))
+    watcher = _watch(cfg, registry, prometheus_port if prometheus else None)
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -204,6 +209,9 @@ def up(
             proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if watcher is not None:
+        watcher.stop()
+    (cfg.data_dir / "prometheus" / "targets.json").unlink(missing_ok=True)
     if nats_proc is not None:
         nats_proc.terminate()
         try:
@@ -212,6 +220,25 @@ def up(
             nats_proc.kill()
     (cfg.data_dir / "workers.json").unlink(missing_ok=True)
     out.print("stopped.")
+
+
+def _watch(cfg: Settings, registry: dict[str, str], port: int | None) -> Any:
+    """targets.json for any Prometheus; with --prometheus, the embedded one (or why not)."""
+    from shared.embedded import free_port, port_open
+    from shared.monitoring import MonitoringUnavailable, start_prometheus, write_targets
+
+    folder = cfg.data_dir / "prometheus"
+    write_targets(folder, registry)
+    if port is None:
+        return None
+    port = free_port() if port_open("127.0.0.1", port) else port
+    try:
+        embedded = start_prometheus(folder, port)
+    except MonitoringUnavailable as error:
+        err.print(f"[yellow]note:[/] {error.reason}", highlight=False)
+        return None
+    out.print(f"Prometheus on [cyan]{embedded.url}[/] · `pressroom alerts` shows what fires")
+    return embedded
 
 
 class _OutcomeCounter:
@@ -907,6 +934,45 @@ def slo(
             table.add_row(r.name, r.target, value, str(r.measured_over), mark)
         out.print(table)
     if any(r.met is False for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def alerts(
+    prometheus: str | None = typer.Option(
+        None, "--prometheus", help="Prometheus URL (default: PRESSROOM_MONITOR_URL, or up's)"
+    ),
+    pending: bool = typer.Option(False, "--pending", help="Also alerts still waiting on `for:`."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """What is firing, most severe first, with the command to start with (exit 1 if any)."""
+    from shared.monitoring import active_alerts, monitor_url
+
+    cfg = settings()
+    try:
+        url = monitor_url(prometheus, cfg.monitor_url, cfg.data_dir)
+    except PressroomError as error:
+        fail(error.reason)
+    found = run(active_alerts(url, include_pending=pending))
+    if as_json:
+        emit_json({"prometheus": url, "alerts": [a.as_dict() for a in found]})
+    elif not found:
+        out.print(f"[green]nothing firing[/] ({url})")
+    import textwrap
+
+    def block(text: str) -> str:
+        return textwrap.fill(
+            text, max(out.width, 40), initial_indent="    ", subsequent_indent="    "
+        )
+
+    for alert in [] if as_json else found:
+        state = "" if alert.state == "firing" else f" ({alert.state})"
+        out.print(f"[bold red]{alert.severity}[/] [bold]{alert.name}[/]{state}")
+        labels = " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+        for line in filter(None, (labels, alert.summary, f"start with: {alert.command}")):
+            out.print(block(line), highlight=False, markup=False)
+        out.print(block(f"runbook: {alert.runbook}"), highlight=False, markup=False)
+    if any(a.state == "firing" for a in found):
         raise typer.Exit(1)
 
 

@@ -1,4 +1,4 @@
-"""Liveness and readiness over HTTP for every worker: /livez and /readyz (JSON)."""
+"""Liveness, readiness and metrics over HTTP for every worker: /livez, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 Status = Literal["healthy", "degraded", "unhealthy"]
 Check = Callable[[], Awaitable["CheckResult"]]
+# Renders the metrics for a scrape's Accept header: (body, content type).
+Scrape = Callable[[str], Awaitable[tuple[bytes, str]]]
 _RANK = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 
@@ -38,8 +40,16 @@ async def run_checks(checks: dict[str, Check], timeout: float = 3.0) -> dict[str
 class HealthServer:
     """A tiny HTTP server on the worker's event loop (if the loop is stuck, /livez times out)."""
 
-    def __init__(self, service: str, checks: dict[str, Check], host: str, port: int) -> None:
+    def __init__(
+        self,
+        service: str,
+        checks: dict[str, Check],
+        host: str,
+        port: int,
+        metrics: Scrape | None = None,
+    ) -> None:
         self.service, self.checks, self.host, self.port = service, checks, host, port
+        self.metrics = metrics
         self.started = time.time()
         self._server: asyncio.Server | None = None
 
@@ -58,8 +68,20 @@ class HealthServer:
             line = await asyncio.wait_for(reader.readline(), 5)
             parts = line.decode(errors="replace").split()
             path = parts[1] if len(parts) > 1 else "/"
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            accept = ""
+            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
+                name, _, value = header.decode(errors="replace").partition(":")
+                if name.strip().lower() == "accept":
+                    accept = value.strip()
+            if path.startswith("/metrics") and self.metrics is not None:
+                text, content_type = await self.metrics(accept)
+                self._answer(writer, 200, text, content_type)
+                await writer.drain()
+                return
             if path.startswith("/livez"):
                 code, body = (
                     200,
@@ -73,16 +95,19 @@ class HealthServer:
                 body = {"service": self.service, **await run_checks(self.checks)}
                 code = 503 if body["status"] == "unhealthy" else 200
             else:
-                code, body = 404, {"error": "try /livez or /readyz"}
-            payload = json.dumps(body).encode()
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
-            writer.write(
-                f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                + payload
-            )
+                code, body = 404, {"error": "try /livez, /readyz or /metrics"}
+            self._answer(writer, code, json.dumps(body).encode(), "application/json")
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    def _answer(writer: asyncio.StreamWriter, code: int, payload: bytes, content_type: str) -> None:
+        reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
+        writer.write(
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )

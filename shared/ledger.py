@@ -75,6 +75,12 @@ class LedgerEntry(BaseModel):
     channels: list[ChannelResult] = Field(default_factory=list)
     error: str | None = None
     failed_stage: str | None = None
+    settled: Literal["delivered", "failed"] | None = Field(
+        default=None,
+        description="The report's first final outcome, the one metrics counted: a replay that "
+        "ends differently changes `status`, never this.",
+    )
+    settled_at: datetime | None = None
 
     @property
     def total_seconds(self) -> float | None:
@@ -101,9 +107,13 @@ class Ledger(Protocol):
 
     async def finish(
         self, request_id: str, stage: str, *, seconds: float, event: Event
-    ) -> None: ...
+    ) -> LedgerEntry | None:
+        """Record the stage done; the entry when this gave the report its first outcome."""
+        ...
 
-    async def fail(self, request_id: str, stage: str, *, reason: str) -> None: ...
+    async def fail(self, request_id: str, stage: str, *, reason: str) -> LedgerEntry | None:
+        """Record the stage failed; the entry when this gave the report its first outcome."""
+        ...
 
     async def entries(self) -> list[LedgerEntry]: ...
 
@@ -148,15 +158,37 @@ def _apply_finish(entry: LedgerEntry, stage: str, seconds: float, event: Event) 
         entry.artefacts = list(event.artefacts)
     elif isinstance(event, ReportDelivered):
         entry.channels = list(event.channels)
+    if entry.status == "delivered":
+        _settle(entry, "delivered", now)
     return entry
+
+
+def _settle(entry: LedgerEntry, outcome: Literal["delivered", "failed"], when: datetime) -> None:
+    if entry.settled is None:
+        entry.settled, entry.settled_at = outcome, when
 
 
 def _apply_fail(entry: LedgerEntry, stage: str, reason: str) -> LedgerEntry:
     record = entry.stages.get(stage) or StageRecord(state="failed", seq=0)
-    record.state, record.finished_at, record.error = "failed", utcnow(), reason
+    now = utcnow()
+    record.state, record.finished_at, record.error = "failed", now, reason
     entry.stages[stage] = record
     entry.status, entry.error, entry.failed_stage = "failed", reason, stage
+    _settle(entry, "failed", now)
     return entry
+
+
+def _settling(
+    apply: Callable[[LedgerEntry], LedgerEntry],
+) -> Callable[[LedgerEntry], tuple[LedgerEntry, LedgerEntry | None]]:
+    """Wrap a change so the update returns the entry only if the change settled the report."""
+
+    def change(entry: LedgerEntry) -> tuple[LedgerEntry, LedgerEntry | None]:
+        before = entry.settled
+        changed = apply(entry)
+        return changed, (changed if before is None and changed.settled is not None else None)
+
+    return change
 
 
 def _seed(request_id: str, request: ReportRequested | None) -> LedgerEntry:
@@ -232,11 +264,19 @@ class KvLedger:
         )
         return result
 
-    async def finish(self, request_id: str, stage: str, *, seconds: float, event: Event) -> None:
-        await self._update(request_id, lambda e: (_apply_finish(e, stage, seconds, event), None))
+    async def finish(
+        self, request_id: str, stage: str, *, seconds: float, event: Event
+    ) -> LedgerEntry | None:
+        settled: LedgerEntry | None = await self._update(
+            request_id, _settling(lambda e: _apply_finish(e, stage, seconds, event))
+        )
+        return settled
 
-    async def fail(self, request_id: str, stage: str, *, reason: str) -> None:
-        await self._update(request_id, lambda e: (_apply_fail(e, stage, reason), None))
+    async def fail(self, request_id: str, stage: str, *, reason: str) -> LedgerEntry | None:
+        settled: LedgerEntry | None = await self._update(
+            request_id, _settling(lambda e: _apply_fail(e, stage, reason))
+        )
+        return settled
 
     async def entries(self) -> list[LedgerEntry]:
         if self._js is not None:

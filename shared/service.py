@@ -46,10 +46,11 @@ from shared.events import (
 from shared.health import Check, CheckResult, HealthServer
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
+from shared.metrics import observe_bus, scrape_handler
 from shared.settings import Settings
 from shared.stage import StageRunner, guess_request_id, publish_dead_letter
 from shared.store import ArtefactStore, open_store
-from shared.telemetry import observe_backlog, setup_telemetry, shutdown_telemetry
+from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.service")
 
@@ -188,6 +189,7 @@ def stage_app(
     close: Callable[[Deps], Awaitable[None]] | None = None,
     concurrency: int = 1,
     admit: Callable[[Event], Awaitable[None]] | None = None,
+    observe: Callable[[Deps], Awaitable[None]] | None = None,
 ) -> FastStream:
     service = f"pressroom-{spec.name}"
     tracer_provider, meter_provider = setup_telemetry(service)
@@ -209,6 +211,13 @@ def stage_app(
     app = FastStream(broker)
     state: dict[str, Any] = {}
 
+    async def observe_all() -> None:
+        """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
+        assert deps.js is not None
+        await observe_bus(deps.js, spec.durable)
+        if observe is not None:
+            await observe(deps)
+
     @app.on_startup
     async def startup() -> None:
         configure_logging(service)
@@ -228,26 +237,25 @@ def stage_app(
                 stage_checks(broker, deps, spec, settings),
                 settings.health_host,
                 settings.health_port,
+                metrics=scrape_handler(observe_all),
             )
             state["health"] = server
             port = await server.start()
             log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
         log.info("stage ready", stage=spec.name, bus=settings.bus_url)
 
-    async def watch_backlog() -> None:
+    async def watch() -> None:
+        # Between scrapes too: OTLP exports what the gauges last saw.
         while True:
             try:
-                assert deps.js is not None
-                info = await deps.js.consumer_info(STREAM, spec.durable)
-                observe_backlog(spec.name, int(info.num_pending or 0))
+                await observe_all()
             except Exception as error:  # the bus may be briefly away; the next look will do
-                log.debug("backlog not read", error=repr(error))
+                log.debug("gauges not refreshed", error=repr(error))
             await asyncio.sleep(10)
 
     @app.after_startup
     async def start_watching() -> None:
-        if meter_provider is not None:
-            state["backlog"] = asyncio.create_task(watch_backlog())
+        state["backlog"] = asyncio.create_task(watch())
 
     @app.on_shutdown
     async def shutdown() -> None:
@@ -336,6 +344,8 @@ def stage_app(
             first_failure=None,
             request_id=request_id,
             store=deps.store,
+            kind="worker_crashed",
+            template=entry.template if entry else None,
         )
         await message.ack()
 

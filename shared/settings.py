@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     health_host: str = "127.0.0.1"
     health_max_pending: int = Field(default=1000, description="More waiting = degraded.")
 
+    # Monitoring: the Prometheus `pressroom alerts` asks (unset: the one `up --prometheus` ran)
+    monitor_url: str | None = None
+
     # Scheduler
     schedule_grace: float = Field(
         default=3600.0, description="Catch up fires missed this recently."

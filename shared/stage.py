@@ -47,9 +47,10 @@ from shared.events import (
 from shared.jsonsafe import deeper_than
 from shared.ledger import Ledger
 from shared.logging import get_logger
+from shared.metrics import failure_kind, stage_done, stage_failed, stage_finished
 from shared.settings import Settings
 from shared.store import ArtefactStore, sha256_hex
-from shared.telemetry import span, stage_finished
+from shared.telemetry import span
 
 E = TypeVar("E", bound=Event)
 # An envelope carries the original body up to this size; bigger bodies go to the artefact
@@ -148,7 +149,7 @@ class StageRunner:
         try:
             event = self._parse(msg, model)
         except PermanentError as error:
-            await self.dead_letter(msg, error.reason, permanent=True)
+            await self.dead_letter(msg, error.reason, permanent=True, kind=failure_kind(error))
             return
         request = request_of(event)
         rid = request.request_id
@@ -171,7 +172,9 @@ class StageRunner:
                 worker=WORKER_ID,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
-            await self._retry_or_dead_letter(msg, f"ledger unavailable: {error}", rid, bound)
+            await self._retry_or_dead_letter(
+                msg, f"ledger unavailable: {error}", rid, bound, template=request.template
+            )
             return
         if claim == "conflict":
             reason = (
@@ -194,9 +197,11 @@ class StageRunner:
                 await self.publisher.publish(
                     self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
                 )
-            await self.ledger.finish(
+            settled = await self.ledger.finish(
                 rid, self.spec.name, seconds=time.monotonic() - started, event=next_event
             )
+            with suppress(Exception):  # metrics must never break message handling
+                stage_done(next_event, settled)
         except asyncio.CancelledError:
             # Shutting down mid-work: hand the message back now rather than after ack_wait.
             outcome = "handed_back"
@@ -206,7 +211,14 @@ class StageRunner:
         except PermanentError as error:
             outcome = "dead_letter"
             bound.warning("permanent failure", reason=error.reason)
-            await self.dead_letter(msg, error.reason, permanent=True, request_id=rid)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=rid,
+                kind=failure_kind(error),
+                template=request.template,
+            )
             return
         except Exception as error:
             reason = error.reason if isinstance(error, PressroomError) else _describe(error)
@@ -216,7 +228,9 @@ class StageRunner:
                 await self.dead_letter(msg, reason, permanent=True, request_id=rid)
                 return
             wait = error.retry_after if isinstance(error, TransientError) else None
-            outcome = await self._retry_or_dead_letter(msg, reason, rid, bound, retry_after=wait)
+            outcome = await self._retry_or_dead_letter(
+                msg, reason, rid, bound, retry_after=wait, template=request.template
+            )
             return
         finally:
             heartbeat.cancel()
@@ -255,6 +269,7 @@ class StageRunner:
         bound: Any,
         *,
         retry_after: float | None = None,
+        template: str | None = None,
     ) -> str:
         if msg.attempt >= self.settings.max_attempts:
             bound.warning("retries exhausted", reason=reason)
@@ -263,6 +278,8 @@ class StageRunner:
                 f"gave up after {msg.attempt} attempts: {reason}",
                 permanent=False,
                 request_id=request_id,
+                kind="retries_exhausted",
+                template=template,
             )
             return "dead_letter"
         delay = self.settings.backoff_for(msg.attempt)
@@ -280,6 +297,8 @@ class StageRunner:
         permanent: bool,
         request_id: str | None = None,
         own: bool = True,
+        kind: str = "permanent_error",
+        template: str | None = None,
     ) -> None:
         """Park the message in `dlq.<subject>` with the reason, emit report.failed, terminate.
 
@@ -301,6 +320,8 @@ class StageRunner:
             request_id=request_id or guess_request_id(msg.body),
             update_ledger=own,
             store=self.store,
+            kind=kind,
+            template=template,
         )
         await msg.term()
 
@@ -352,6 +373,8 @@ async def publish_dead_letter(
     request_id: str | None,
     update_ledger: bool = True,
     store: ArtefactStore | None = None,
+    kind: str = "permanent_error",
+    template: str | None = None,
 ) -> None:
     """The dead letter, `report.failed` and the ledger's record of the failure — every time.
 
@@ -421,12 +444,15 @@ async def publish_dead_letter(
         recorded += 1
     except Exception as error:
         log.warning("report.failed not published", stage=stage, error=repr(error))
+    settled = None
     if request_id and update_ledger:
         try:
-            await ledger.fail(request_id, stage, reason=reason[:MAX_REASON_CHARS])
+            settled = await ledger.fail(request_id, stage, reason=reason[:MAX_REASON_CHARS])
             recorded += 1
         except Exception as error:
             log.warning("failure not recorded in the ledger", stage=stage, error=repr(error))
+    with suppress(Exception):  # metrics must never break dead-lettering
+        stage_failed(stage, kind, template, settled)
     if not recorded:
         raise TransientError(f"could not record the failure of {rid} anywhere: {reason}")
     log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)

@@ -14,6 +14,8 @@ from typing import Any
 
 from opentelemetry import metrics, propagate, trace
 
+from shared.exposition import PrometheusReader
+
 REQUEST_ID = "pressroom.request_id"
 _configured: dict[str, Any] = {}
 
@@ -34,14 +36,26 @@ def _protocol(signal: str) -> str:
 
 
 def setup_telemetry(service: str) -> tuple[Any, Any]:
-    """(tracer_provider, meter_provider) for this process, or (None, None) when not configured."""
+    """(tracer_provider, meter_provider) for this process, each None unless OTEL_* exports it.
+
+    Metrics are recorded either way: the process's MeterProvider always has the pull reader
+    that serves /metrics (`prometheus_reader()`), plus an OTLP exporter when OTEL_* asks.
+    """
     if "providers" in _configured:
         return _configured["providers"]  # type: ignore[no-any-return]
     os.environ.setdefault("OTEL_SERVICE_NAME", service)
     tracer_provider = _tracing() if _wanted("TRACES") else None
-    meter_provider = _metrics() if _wanted("METRICS") else None
-    _configured["providers"] = (tracer_provider, meter_provider)
-    return tracer_provider, meter_provider
+    exporting = _wanted("METRICS")
+    meter_provider = _metrics(exporting)
+    _configured["providers"] = (tracer_provider, meter_provider if exporting else None)
+    _configured["meter_provider"] = meter_provider
+    return _configured["providers"]  # type: ignore[no-any-return]
+
+
+def prometheus_reader() -> PrometheusReader | None:
+    """The reader behind this process's /metrics, once `setup_telemetry` ran."""
+    reader = _configured.get("prometheus")
+    return reader if isinstance(reader, PrometheusReader) else None
 
 
 def _wanted(signal: str) -> bool:
@@ -75,37 +89,43 @@ def _tracing() -> Any:
     return provider
 
 
-def _metrics() -> Any:
+def _metrics(exporting: bool) -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
+        MetricReader,
         PeriodicExportingMetricReader,
     )
     from opentelemetry.sdk.resources import Resource
 
-    exporter: Any
-    if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "console":
-        exporter = ConsoleMetricExporter()
-    elif _protocol("METRICS") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    pull = PrometheusReader()
+    readers: list[MetricReader] = [pull]
+    if exporting:
+        exporter: Any
+        if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "console":
+            exporter = ConsoleMetricExporter()
+        elif _protocol("METRICS") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
 
-        exporter = OTLPMetricExporter()
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetricExporter,
-        )
+            exporter = OTLPMetricExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter as HttpMetricExporter,
+            )
 
-        exporter = HttpMetricExporter()
-    provider = MeterProvider(
-        resource=Resource.create(), metric_readers=[PeriodicExportingMetricReader(exporter)]
-    )
+            exporter = HttpMetricExporter()
+        readers.append(PeriodicExportingMetricReader(exporter))
+    provider = MeterProvider(resource=Resource.create(), metric_readers=readers)
     metrics.set_meter_provider(provider)
+    _configured["prometheus"] = pull
     return provider
 
 
 def shutdown_telemetry() -> None:
-    tracer_provider, meter_provider = _configured.get("providers", (None, None))
-    for provider in (tracer_provider, meter_provider):
+    tracer_provider, _ = _configured.get("providers", (None, None))
+    for provider in (tracer_provider, _configured.get("meter_provider")):
         if provider is not None:
             provider.shutdown()
 
@@ -132,39 +152,3 @@ def record_span(name: str, start_ns: int, end_ns: int, request_id: str, **attrib
     attrs = {REQUEST_ID: request_id, **{k: v for k, v in attributes.items() if v is not None}}
     done = tracer().start_span(name, start_time=start_ns, attributes=attrs)
     done.end(end_time=end_ns)
-
-
-_instruments: dict[str, Any] = {}
-_backlog: dict[str, int] = {}
-
-
-def observe_backlog(stage: str, pending: int) -> None:
-    """Messages waiting for `stage` (queue lag), exported as the pressroom.queue.pending gauge."""
-    if "backlog" not in _instruments:
-
-        def read(options: Any) -> Any:
-            from opentelemetry.metrics import Observation
-
-            return [Observation(v, {"stage": k}) for k, v in _backlog.items()]
-
-        _instruments["backlog"] = metrics.get_meter("pressroom").create_observable_gauge(
-            "pressroom.queue.pending",
-            callbacks=[read],
-            description="Messages waiting in a stage's durable consumer",
-        )
-    _backlog[stage] = pending
-
-
-def stage_finished(stage: str, outcome: str, seconds: float) -> None:
-    """Stage duration histogram and outcome counter (exported when metrics are configured)."""
-    if "duration" not in _instruments:
-        meter = metrics.get_meter("pressroom")
-        _instruments["duration"] = meter.create_histogram(
-            "pressroom.stage.duration", unit="s", description="Time a stage spent on a message"
-        )
-        _instruments["outcomes"] = meter.create_counter(
-            "pressroom.stage.outcomes", description="Messages a stage finished, by outcome"
-        )
-    labels = {"stage": stage, "outcome": outcome}
-    _instruments["duration"].record(seconds, labels)
-    _instruments["outcomes"].add(1, labels)

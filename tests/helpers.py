@@ -187,6 +187,12 @@ class Stack:
                     proc.kill()
         self.stop_nats()
 
+    def write_prometheus_targets(self, folder: Path) -> Path:
+        """targets.json for Prometheus, written the way `pressroom up` writes it."""
+        from shared.monitoring import write_targets
+
+        return write_targets(folder, self.health)
+
     def logs(self) -> str:
         return "\n".join(
             f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}"

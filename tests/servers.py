@@ -182,10 +182,11 @@ class HttpReceiver:
 
 
 class PrometheusServer:
-    """Debian's prometheus, scraping itself every second, on a loopback port."""
+    """Debian's prometheus on a loopback port: scraping itself every second, or `config`."""
 
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, config: Any = None) -> None:
         self.root = root
+        self.config = config
         self.port = free_port()
         self.process: Any = None
 
@@ -199,12 +200,14 @@ class PrometheusServer:
         if binary is None:
             raise RuntimeError("prometheus is not installed: `make test-deps` installs it")
         self.root.mkdir(parents=True, exist_ok=True)
-        config = self.root / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{self.port}']\n"
-        )
+        config = self.config
+        if config is None:
+            config = self.root / "prometheus.yml"
+            config.write_text(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                "scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
+                f"      - targets: ['127.0.0.1:{self.port}']\n"
+            )
         log = (self.root / "prometheus.log").open("ab")
         self.process = subprocess.Popen(
             [
@@ -212,6 +215,7 @@ class PrometheusServer:
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.root / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
+                "--enable-feature=exemplar-storage",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -231,6 +235,17 @@ class PrometheusServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result vector; a query Prometheus rejects raises."""
+        import urllib.parse
+        import urllib.request
+
+        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(address, timeout=10) as response:
+            answer = json.loads(response.read())
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])
 
     def stop(self) -> None:
         if self.process is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 from faststream import FastStream
 
 from services.distributor.channels import default_channels
 from services.distributor.core import distribute
 from shared.bus import DISTRIBUTOR
 from shared.events import Event, ReportRendered
+from shared.metrics import storage
 from shared.service import Deps, Work, stage_app
 from shared.settings import Settings
 
@@ -28,4 +31,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
         return work
 
-    return stage_app(DISTRIBUTOR, ReportRendered, settings, deps, build_work=build)
+    async def observe(deps: Deps) -> None:
+        # The legacy "report storage" alert: the filesystem the file channel writes to.
+        if settings.out_dir.is_dir():
+            usage = shutil.disk_usage(settings.out_dir)
+            storage("out", usage.used, usage.used + usage.free)
+
+    return stage_app(DISTRIBUTOR, ReportRendered, settings, deps, build_work=build, observe=observe)

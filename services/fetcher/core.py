@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import DataReady, ReportRequested, Source
+from shared.metrics import fetch_outcome, source_fetched
 from shared.settings import Settings
 from shared.store import ArtefactStore
 from shared.telemetry import span
@@ -44,7 +46,16 @@ async def _one(
     with span(
         f"source {source.name}", request.request_id, **{"pressroom.source.kind": source.kind}
     ):
-        data = await _fetch(source, adapters, settings, configured=configured)
+        started, failure = time.monotonic(), None
+        try:
+            data = await _fetch(source, adapters, settings, configured=configured)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            with suppress(Exception):  # metrics must never break a fetch
+                seconds = time.monotonic() - started
+                source_fetched(source.name, source.kind, fetch_outcome(failure), seconds)
     if cache is not None and ttl is not None:
         await cache.put(source, data)
     return data

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 from faststream import FastStream
 
 from services.renderer.core import render_report
 from services.renderer.pdf import RenderPool
+from services.renderer.templating import TemplateLibrary
 from shared.bus import RENDERER
 from shared.events import DataReady, Event
+from shared.metrics import template_problems
 from shared.service import Deps, Work, stage_app
 from shared.settings import Settings
+
+VALIDATE_EVERY = 60.0
+
+
+def validate_templates(folder: Path) -> None:
+    """The template-validation SLI: each template's problems, as `templates validate` sees them."""
+    if not folder.is_dir():
+        return
+    library = TemplateLibrary(folder)
+    template_problems({name: len(library.validate(name)) for name in library.names()})
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
@@ -42,6 +58,13 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         if isinstance(pool, RenderPool):
             await pool.close()
 
+    last_check = [float("-inf")]
+
+    async def observe(deps: Deps) -> None:
+        if time.monotonic() - last_check[0] >= VALIDATE_EVERY:
+            last_check[0] = time.monotonic()
+            await asyncio.to_thread(validate_templates, settings.templates_dir)
+
     return stage_app(
         RENDERER,
         DataReady,
@@ -52,4 +75,5 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         # One message more than render processes: while one report uploads and publishes,
         # the next is already rendering (the extra one waits for a process, heartbeating).
         concurrency=settings.render_workers + settings.render_prefetch,
+        observe=observe,
     )

@@ -19,7 +19,9 @@ from faststream.nats import NatsBroker
 from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
+from services.scheduler.watch import ScheduleWatch
 from shared.bus import (
+    LEDGER_BUCKET,
     SCHEDULES_BUCKET,
     STREAM,
     JetStreamPublisher,
@@ -29,9 +31,12 @@ from shared.bus import (
 )
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.health import CheckResult, HealthServer
+from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
+from shared.metrics import scrape_handler
 from shared.service import connect_with_patience
 from shared.settings import Settings
+from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.scheduler")
 
@@ -105,6 +110,7 @@ async def tick(
 def create_app(settings: Settings | None = None) -> FastStream:
     settings = settings or Settings()
     schedules = load_schedules(settings.schedules)
+    setup_telemetry("pressroom-scheduler")
     broker = NatsBroker(
         settings.bus_url,
         name="pressroom-scheduler",
@@ -119,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
         js = await connect_with_patience(broker, settings)
         kv = await js.key_value(SCHEDULES_BUCKET)
         publisher = JetStreamPublisher(js)
+        state["watch"] = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
         log.info("scheduler ready", schedules=[s.name for s in schedules])
         while True:
             try:
@@ -127,10 +134,24 @@ def create_app(settings: Settings | None = None) -> FastStream:
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)
 
+    async def refresh() -> None:
+        if "watch" in state:
+            await state["watch"].refresh(datetime.now(UTC))
+
+    async def watch() -> None:
+        # Between scrapes too: OTLP exports what the gauges last saw.
+        while True:
+            try:
+                await refresh()
+            except Exception as error:  # the bus may be briefly away; the next look will do
+                log.debug("schedule gauges not refreshed", error=repr(error))
+            await asyncio.sleep(15)
+
     @app.after_startup
     async def start() -> None:
         configure_logging("pressroom-scheduler")
         state["task"] = asyncio.create_task(loop())
+        state["watching"] = asyncio.create_task(watch())
         if settings.health_port is not None:
 
             async def bus() -> CheckResult:
@@ -149,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
                 {"bus": bus, "scheduler": ticking},
                 settings.health_host,
                 settings.health_port,
+                metrics=scrape_handler(refresh),
             )
             state["health"] = server
             await server.start()
@@ -157,10 +179,12 @@ def create_app(settings: Settings | None = None) -> FastStream:
     async def stop() -> None:
         if "health" in state:
             await state["health"].stop()
-        task = state.get("task")
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in ("task", "watching"):
+            task = state.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        shutdown_telemetry()
 
     return app

@@ -63,10 +63,20 @@ class Schedule(BaseModel):
                 return
             yield fire.astimezone(UTC)
 
+    def fires_before(self, end: datetime) -> Iterator[datetime]:
+        """Fire times at or before `end`, newest first (endless: stop when you have enough)."""
+        it = croniter(self.cron, end.astimezone(self.zone) + timedelta(microseconds=1))
+        while True:
+            fire: datetime = it.get_prev(datetime)
+            yield fire.astimezone(UTC)
+
+    def request_id_for(self, fire: datetime) -> str:
+        return f"{self.name}-{fire.astimezone(UTC):%Y%m%dT%H%MZ}"
+
     def request_for(self, fire: datetime) -> ReportRequested:
         """The same fire always yields the same request_id, whichever replica publishes it."""
         body = dict(self.request)
-        body["request_id"] = f"{self.name}-{fire.astimezone(UTC):%Y%m%dT%H%MZ}"
+        body["request_id"] = self.request_id_for(fire)
         body["requested_by"] = f"{SCHEDULER_PREFIX}{self.name}"
         body["requested_at"] = fire.astimezone(UTC).isoformat()
         return ReportRequested.model_validate(body)

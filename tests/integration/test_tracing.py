@@ -112,10 +112,31 @@ async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
             for sm in rm.scope_metrics
             for metric in sm.metrics
         }
-        wanted = {"pressroom.stage.duration", "pressroom.stage.outcomes", "pressroom.queue.pending"}
+        wanted = {
+            "pressroom.stage.duration",
+            "pressroom.stage.outcomes",
+            "pressroom.consumer.pending",
+            "pressroom.report.duration",
+        }
         return names if wanted <= names else None
 
     assert await eventually(metric_names, timeout=20)
+
+    # The same metrics, scraped as OpenMetrics: the report's bucket leads to its trace.
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        scraped = await client.get(
+            traced.health["distributor-1"] + "/metrics",
+            headers={"Accept": "application/openmetrics-text;version=1.0.0"},
+        )
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    exemplars = [
+        line
+        for line in scraped.text.splitlines()
+        if line.startswith("pressroom_report_duration_seconds_bucket") and "# {" in line
+    ]
+    assert any(f'trace_id="{trace_id}"' in line for line in exemplars), exemplars
 
     log = "\n".join(p.read_text() for p in (traced.root / "logs").glob("renderer-*.log"))
     lines = [

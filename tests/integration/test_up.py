@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,3 +78,115 @@ def descendants(pid: int) -> list[int]:
         found += kids
         frontier += kids
     return found
+
+
+def test_up_with_prometheus_shows_a_failing_templates_alert(tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is not installed: `make test-deps` installs it")
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    (templates / "broken.html").write_text("<p>{{ nobody_sends_this }}</p>\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+    env.update(
+        PRESSROOM_NATS_PORT=str(free_port()),
+        PRESSROOM_DATA_DIR=str(tmp_path / "state"),
+        PRESSROOM_OUT_DIR=str(tmp_path / "out"),
+        PRESSROOM_TEMPLATES_DIR=str(templates),
+        PYTHONPATH=str(REPO),
+        COLUMNS="80",
+    )
+    port = free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--prometheus", "--prometheus-port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        targets = tmp_path / "state" / "prometheus" / "targets.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "state/prometheus/url").exists():
+            assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
+            time.sleep(0.2)
+        services = {g["labels"]["service"] for g in json.loads(targets.read_text())}
+        assert services == {"scheduler", "fetcher", "renderer", "distributor"}
+        request = cli("request", "--template", "broken.html", "--wait", "--timeout", "90")
+        assert request.returncode == 1 and "nobody_sends_this" in request.stderr, request
+
+        shown = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            alerts = cli("alerts")
+            if "PressroomReportFailed" in alerts.stdout:
+                shown = alerts
+                break
+            assert alerts.returncode == 0, alerts.stdout + alerts.stderr  # nothing firing yet
+            time.sleep(1)
+        assert shown is not None, "PressroomReportFailed never fired"
+        assert shown.returncode == 1  # something is firing
+        assert "P3 PressroomReportFailed" in shown.stdout
+        assert "template=broken.html" in shown.stdout and "reason=template_error" in shown.stdout
+        assert "start with: pressroom dlq ls --stage renderer --since 1h" in shown.stdout
+        assert "docs/operations.md#pressroomreportfailed" in shown.stdout
+        as_json = json.loads(cli("alerts", "--json").stdout)
+        [failed] = [a for a in as_json["alerts"] if a["alert"] == "PressroomReportFailed"]
+        assert failed["severity"] == "P3" and failed["labels"]["template"] == "broken.html"
+        assert as_json["prometheus"] == f"http://127.0.0.1:{port}"
+        children = descendants(up.pid)
+    finally:
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=30)[0].decode()
+    assert up.returncode == 0, output
+    assert f"Prometheus on http://127.0.0.1:{port}" in output
+    assert not port_open("127.0.0.1", port)  # the embedded prometheus is gone too
+    assert not targets.exists()
+    time.sleep(0.5)
+    assert [
+        pid
+        for pid in children
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    ] == []
+
+
+def test_alerts_without_any_prometheus_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+    env.update(PRESSROOM_DATA_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "alerts"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "pressroom up --prometheus" in result.stderr
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "alerts",
+            "--prometheus",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "cannot ask Prometheus" in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0

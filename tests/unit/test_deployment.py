@@ -34,6 +34,9 @@ def test_compose_describes_the_full_stack_with_scalable_healthy_services() -> No
         "otel-collector",
         "jaeger",
         "mailpit",
+        "prometheus",
+        "alertmanager",
+        "grafana",
         "scheduler",
         "fetcher",
         "renderer",
@@ -46,6 +49,11 @@ def test_compose_describes_the_full_stack_with_scalable_healthy_services() -> No
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
         assert service["depends_on"]["nats"]["condition"] == "service_healthy"
     assert services["scheduler"]["deploy"]["replicas"] == 2
+    for name in ("scheduler", "fetcher", "renderer", "distributor"):
+        env = services[name]["environment"]
+        # scraped by Prometheus, so not also pushed through the collector (no double count)
+        assert env["OTEL_METRICS_EXPORTER"] == "none"
+        assert env["PRESSROOM_MONITOR_URL"] == "http://prometheus:9090"
     nats_conf = (REPO / "deploy/nats/nats.conf").read_text()
     assert "sync_interval: always" in nats_conf and "store_dir: /data" in nats_conf
 
@@ -102,3 +110,71 @@ async def test_the_sample_daily_schedule_renders_from_its_data_file(monkeypatch)
     job = make_job(settings, request.template, build_context(request, context), ("html",))
     html = render_job(job).html.decode()
     assert "Portfolio Status Report" in html and "Project Cobalt" in html
+
+
+def test_compose_runs_prometheus_with_the_rules_alertmanager_and_a_provisioned_grafana() -> None:
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in prometheus["volumes"]}
+    assert mounts["/etc/prometheus/rules.yml"] == "./deploy/prometheus/rules.yml"
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus-compose.yml"
+    assert "--enable-feature=exemplar-storage" in prometheus["command"]
+    for local in mounts.values():
+        assert local.startswith("prometheus-") or (REPO / local).exists(), local
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus-compose.yml").read_text())
+    assert config["rule_files"] == ["rules.yml"]
+    [alertmanager] = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert alertmanager.split(":")[0] in services
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    scraped = set(jobs["pressroom"]["dns_sd_configs"][0]["names"])
+    assert scraped == {"scheduler", "fetcher", "renderer", "distributor"} and scraped <= set(
+        services
+    )
+    assert jobs["pressroom"]["relabel_configs"][0]["target_label"] == "service"
+    am_mounts = [m.split(":")[0] for m in services["alertmanager"]["volumes"]]
+    assert "./deploy/prometheus/alertmanager.yml" in am_mounts
+    grafana = services["grafana"]
+    grafana_mounts = {m.split(":")[1]: m.split(":")[0] for m in grafana["volumes"]}
+    assert grafana_mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    assert grafana_mounts["/var/lib/grafana/dashboards"] == "./deploy/grafana/dashboards"
+    assert (REPO / "deploy/grafana/dashboards/pressroom.json").is_file()
+    assert "GRAFANA_ADMIN_PASSWORD" in (REPO / ".env.example").read_text()
+    collector = yaml.safe_load((REPO / "deploy/otel/collector.yaml").read_text())
+    assert collector["service"]["pipelines"]["metrics"]["exporters"] == ["prometheus"]
+    assert "otel-collector:8889" in jobs["otel-collector"]["static_configs"][0]["targets"]
+
+
+def test_kubernetes_workers_are_scraped_and_get_the_rules_as_a_config_map() -> None:
+    import importlib.util
+
+    docs = [
+        d
+        for f in sorted((REPO / "deploy/k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    ]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        notes = deployment["spec"]["template"]["metadata"]["annotations"]
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+        assert notes == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    rules = yaml.safe_load(maps["pressroom-prometheus-rules"]["data"]["rules.yml"])
+    assert rules == yaml.safe_load((REPO / "deploy/prometheus/rules.yml").read_text())
+    [job] = yaml.safe_load(maps["pressroom-prometheus-scrape"]["data"]["pressroom-scrape.yml"])
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    assert {"service", "__address__", "__metrics_path__"} <= targets
+    assert maps["pressroom-env"]["data"]["OTEL_METRICS_EXPORTER"] == "none"
+    spec = importlib.util.spec_from_file_location(
+        "k8s_monitoring", REPO / "deploy/k8s/monitoring.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    current = (REPO / "deploy/k8s/monitoring.yaml").read_text()
+    assert generator.render() == current, "run: python deploy/k8s/monitoring.py"

@@ -1,0 +1,72 @@
+"""What the scheduler tells Prometheus about each schedule: next fire, last fire, last delivery.
+
+A schedule "missed" when its most recent fire has not been delivered some time after firing
+(the rule `PressroomScheduledReportMissed`). Fires have deterministic request ids, so the
+ledger says whether each was delivered, whichever replica fired it and across restarts.
+Fires from before a schedule was first seen by any scheduler are nobody's debt: that moment
+is kept in the schedules bucket (`<name>.since`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from services.scheduler.cron import Schedule
+from shared.ledger import Ledger
+from shared.metrics import schedule_state
+
+LOOKBACK_FIRES = 5
+
+
+@dataclass
+class ScheduleWatch:
+    kv: Any  # the schedules KV bucket
+    ledger: Ledger
+    schedules: list[Schedule]
+    _since: dict[str, datetime] = field(default_factory=dict)
+    _delivered: dict[str, tuple[datetime, float]] = field(default_factory=dict)
+
+    async def since(self, schedule: Schedule, now: datetime) -> datetime:
+        if schedule.name not in self._since:
+            key = f"{schedule.name}.since"
+            try:
+                await self.kv.create(key, now.isoformat().encode())
+                self._since[schedule.name] = now
+            except KeyWrongLastSequenceError:
+                entry = await self.kv.get(key)
+                self._since[schedule.name] = datetime.fromisoformat(entry.value.decode())
+        return self._since[schedule.name]
+
+    async def last_delivered(self, schedule: Schedule, now: datetime, since: datetime) -> float:
+        """Unix time the newest delivered fire (of the last few) finished; 0 for never."""
+        known = self._delivered.get(schedule.name)
+        for count, fire in enumerate(schedule.fires_before(now)):
+            if count >= LOOKBACK_FIRES or fire < since or (known and fire <= known[0]):
+                break
+            try:
+                entry = await self.ledger.get(schedule.request_id_for(fire))
+            except KeyNotFoundError:
+                entry = None
+            end = entry.stages.get("distributor") if entry else None
+            if entry and entry.status == "delivered" and end and end.finished_at:
+                known = (fire, end.finished_at.timestamp())
+                self._delivered[schedule.name] = known
+                break
+        return known[1] if known else 0.0
+
+    async def refresh(self, now: datetime) -> None:
+        for schedule in self.schedules:
+            if not schedule.enabled:
+                continue
+            since = await self.since(schedule, now)
+            last_fire = next(schedule.fires_before(now))
+            schedule_state(
+                schedule.name,
+                next_fire=schedule.next_fire(now).timestamp(),
+                last_fire=last_fire.timestamp() if last_fire >= since else None,
+                last_delivered=await self.last_delivered(schedule, now, since),
+            )
