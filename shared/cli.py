@@ -59,11 +59,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def settings() -> Settings:
+    from shared.settings import load_settings
+
     try:
-        return Settings()
-    except Exception as error:  # pydantic's ValidationError, a broken YAML file
-        first = str(error).splitlines()
-        fail(f"invalid configuration: {' '.join(first[:3])}")
+        return load_settings()
+    except PressroomError as error:
+        fail(error.reason)
+    except Exception as error:  # a YAML file that does not parse
+        first = " ".join(str(error).split())[:300]
+        fail(f"invalid configuration: PRESSROOM_CONFIG: {first}")
 
 
 def emit_json(data: Any) -> None:
@@ -1176,23 +1180,57 @@ async def _check_webhook(cfg: Settings, url: str) -> str:
     return f"ok: {target.origin.host} ({target.address}) accepted a signed test ping ({code})"
 
 
-# ---- backup and restore --------------------------------------------------------------------
-@app.command("backup")
-def backup_cmd(output: Path = typer.Argument(..., help="FILE.tar.gz")) -> None:
-    """Templates, config, ledger and dead letters in one archive."""
+# ---- configuration -----------------------------------------------------------------------
+config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Validate the configuration and print it, secrets masked (exit 1 on any problem)."""
+    from shared.settings import masked
+
     cfg = settings()
-    counts = run(_backup(cfg, output))
+    schedules = _schedules(cfg)
+    if not cfg.templates_dir.is_dir():
+        fail(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
+    effective = masked(cfg)
+    if as_json:
+        emit_json(effective)
+        return
+    out.print(yaml.safe_dump(effective, sort_keys=True).rstrip(), markup=False, highlight=False)
+    where = f"PRESSROOM_CONFIG={cfg.config}" if cfg.config else "no PRESSROOM_CONFIG file"
     out.print(
-        f"wrote {output}: {counts['ledger_entries']} ledger entries, "
-        f"{counts['dead_letters']} dead letters, templates, config"
+        f"ok: configuration valid ({where}; {len(schedules)} schedule(s), "
+        f"{len(cfg.sources)} named source(s), {len(cfg.source_credentials)} credential(s))"
     )
 
 
-async def _backup(cfg: Settings, output: Path) -> Any:
+# ---- backup and restore --------------------------------------------------------------------
+@app.command("backup")
+def backup_cmd(
+    output: Path = typer.Argument(..., help="FILE.tar.gz"),
+    include_secrets: bool = typer.Option(
+        False, "--include-secrets", help="Keep credentials in the archived config."
+    ),
+) -> None:
+    """Templates, config, ledger and dead letters in one archive (0600, secrets redacted)."""
+    cfg = settings()
+    counts = run(_backup(cfg, output, include_secrets))
+    secrets = "with secrets" if include_secrets else "secrets redacted"
+    out.print(
+        f"wrote {output} (0600): {counts['ledger_entries']} ledger entries, "
+        f"{counts['dead_letters']} dead letters, templates, config ({secrets})"
+    )
+
+
+async def _backup(cfg: Settings, output: Path, include_secrets: bool) -> Any:
     from shared.ops import backup, open_bus
 
     async with open_bus(cfg) as bus:
-        return await backup(bus, output, cfg.templates_dir, cfg.config)
+        return await backup(
+            bus, output, cfg.templates_dir, cfg.config, include_secrets=include_secrets
+        )
 
 
 @app.command("restore")

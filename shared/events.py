@@ -21,8 +21,9 @@ DLQ_PREFIX = "dlq."
 
 PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIVERED, REPORT_FAILED)
 
-# Request ids become ledger keys, message ids and file names: keep them to a safe alphabet.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# Request ids become ledger (KV) keys, message ids and file names: a safe alphabet, and dots
+# only between other characters (a KV key cannot end with "." or hold "..").
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
 
 Format = Literal["pdf", "html"]
 Channel = Literal["file", "email", "s3", "webhook"]
@@ -84,6 +85,7 @@ class ReportRequested(Event):
         default_factory=new_request_id,
         description="Idempotency key; a request_id already delivered is not delivered again.",
         pattern=REQUEST_ID_PATTERN,
+        max_length=128,
     )
     template: str = Field(description="Template name inside the templates folder.", min_length=1)
     formats: list[Format] = Field(

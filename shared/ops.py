@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import tarfile
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -44,7 +46,7 @@ from shared.events import (
     request_fingerprint,
 )
 from shared.ledger import KvLedger, LedgerEntry
-from shared.settings import Settings
+from shared.settings import SECRET_FIELDS, Settings
 from shared.store import ArtefactStore, open_store, read_verified
 
 
@@ -312,26 +314,59 @@ async def purge(bus: Bus, seqs: list[int] | None) -> int:
 
 
 # ---- backup and restore ----------------------------------------------------------------------
+REDACTED = "REDACTED (pressroom backup --include-secrets keeps it)"
+
+
+def redacted_config(text: str) -> str:
+    """The YAML config without secrets: credential tokens and headers, secret settings."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        return text
+    for field in SECRET_FIELDS & set(data):
+        data[field] = REDACTED
+    for entry in (data.get("source_credentials") or {}).values():
+        if isinstance(entry, dict):
+            for key in ("token", "headers"):
+                if key in entry:
+                    entry[key] = REDACTED
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
 async def backup(
-    bus: Bus, target: Path, templates_dir: Path, config: Path | None
+    bus: Bus,
+    target: Path,
+    templates_dir: Path,
+    config: Path | None,
+    *,
+    include_secrets: bool = False,
 ) -> dict[str, int]:
-    """templates, config, ledger entries and dead letters in one tar.gz."""
+    """Templates, config, ledger entries and dead letters in one tar.gz, readable only by its
+    owner (0600); the config's secrets are redacted unless asked for."""
     entries = await ledger_entries(bus)
     letters = await dead_letters(bus)
     manifest = {
         "created_at": datetime.now(UTC).isoformat(),
         "ledger_entries": len(entries),
         "dead_letters": len(letters),
+        "secrets": "included" if include_secrets else "redacted",
     }
 
     def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size = len(data)
+        info.mode = 0o600
         info.mtime = int(datetime.now(UTC).timestamp())
         tar.addfile(info, io.BytesIO(data))
 
+    def visible(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        # Hidden files (.git, .env …) are not templates and may hold credentials.
+        hidden = any(part.startswith(".") for part in Path(info.name).parts)
+        return None if hidden or info.issym() else info
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(target, "w:gz") as tar:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with wider permissions
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
         add(tar, "ledger.jsonl", "".join(e.model_dump_json() + "\n" for e in entries).encode())
         add(
@@ -340,9 +375,10 @@ async def backup(
             "".join(r.letter.model_dump_json() + "\n" for r in letters).encode(),
         )
         if templates_dir.is_dir():
-            tar.add(templates_dir, arcname="templates")
+            tar.add(templates_dir, arcname="templates", filter=visible)
         if config is not None and config.is_file():
-            tar.add(config, arcname="config.yaml")
+            text = config.read_text(encoding="utf-8")
+            add(tar, "config.yaml", (text if include_secrets else redacted_config(text)).encode())
     return {"ledger_entries": len(entries), "dead_letters": len(letters)}
 
 

@@ -120,6 +120,13 @@ class NatsInbound:
 Work = Callable[[Event], Awaitable[Event]]
 
 
+async def raw_body(message: NatsMessage) -> bytes:
+    """The body as bytes. FastStream's default decoder json-loads every body before a handler
+    runs, and a 50,000-deep or binary "JSON" body would crash it on every delivery; the stage
+    runner parses (and dead-letters) bodies itself."""
+    return bytes(message.body)
+
+
 async def connect_with_patience(
     broker: NatsBroker, settings: Settings, js: JetStreamContext | None = None
 ) -> JetStreamContext:
@@ -295,6 +302,7 @@ def stage_app(
         config=stage_consumer_config(spec, settings),
         pull_sub=PullSub(batch_size=concurrency, timeout=2.0),
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
         title=f"{spec.consumes}:{spec.name}",
         description=f"{spec.name}: {spec.consumes} → {spec.produces}",
     )
@@ -308,6 +316,7 @@ def stage_app(
         durable=f"{spec.durable}-crashes",
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
         include_in_schema=False,
     )
     async def crashed(message: NatsMessage) -> None:

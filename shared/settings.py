@@ -1,13 +1,21 @@
-"""The one Settings object: PRESSROOM_* environment variables, optionally a YAML file."""
+"""The one Settings object: PRESSROOM_* environment variables, optionally a YAML file.
+
+Strict on purpose: a missing config file, an unknown key or variable (a typo), or an invalid
+value stops a process at start with one line naming the setting — never "accepted now, failing
+later, or never".
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -15,7 +23,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from shared.errors import PressroomError
+
 EMBEDDED_HOST = "127.0.0.1"
+ENV_PREFIX = "PRESSROOM_"
+CREDENTIAL_KEYS = frozenset({"token", "user", "headers", "api_url", "base_url", "url", "origins"})
+SOURCE_KINDS = frozenset({"http", "prometheus", "github", "jira", "file"})
+SECRET_FIELDS = frozenset({"s3_secret_key", "smtp_password", "webhook_secret", "nats_password"})
+
+
+class ConfigError(PressroomError):
+    """The configuration cannot be used; the reason names the setting."""
 
 
 def _split(value: str) -> list[str]:
@@ -30,16 +48,18 @@ class Settings(BaseSettings):
     schedules, data-source credentials and delivery defaults.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PRESSROOM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     config: Path | None = Field(default=None, description="YAML file with more settings.")
 
     # Bus
     nats_url: str | None = Field(default=None, description="Unset: the embedded nats-server.")
-    nats_port: int = Field(default=4222, description="Port of the embedded nats-server.")
+    nats_port: int = Field(default=4222, ge=1, le=65535, description="Embedded nats-server port.")
     data_dir: Path = Field(default=Path(".pressroom"), description="Embedded server state.")
-    stream_replicas: int = Field(default=1, description="Replicas of each stream (3 in a cluster).")
-    duplicate_window: float = Field(default=600.0, description="Nats-Msg-Id window, seconds.")
+    stream_replicas: int = Field(
+        default=1, ge=1, le=5, description="Replicas of each stream (3 in a cluster)."
+    )
+    duplicate_window: float = Field(default=600.0, gt=0, description="Nats-Msg-Id window, s.")
 
     # Folders
     templates_dir: Path = Field(default=Path("templates"))
@@ -56,17 +76,17 @@ class Settings(BaseSettings):
     s3_secure: bool = True
     s3_region: str | None = None
     artefact_bucket: str = "pressroom-artefacts"
-    artefact_retention_days: float = Field(default=30.0, description="`pressroom clean` age.")
+    artefact_retention_days: float = Field(default=30.0, gt=0, description="`pressroom clean` age.")
 
     # Email
     smtp_host: str | None = None
-    smtp_port: int = 25
+    smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_from: str = "pressroom@localhost"
     smtp_user: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
-    smtp_timeout: float = 30.0
-    email_attachment_limit: int = Field(default=10 * 1024 * 1024, description="Bytes.")
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    email_attachment_limit: int = Field(default=10 * 1024 * 1024, ge=0, description="Bytes.")
 
     # What a request may ask for (the trust model): request-supplied values are checked
     source_allow: str = Field(
@@ -83,52 +103,65 @@ class Settings(BaseSettings):
     # Webhooks
     webhook_secret: str | None = None
     webhook_allow: str = Field(default="", description="Hosts/CIDRs allowed although private.")
-    webhook_timeout: float = 15.0
+    webhook_timeout: float = Field(default=15.0, gt=0)
 
     # Retries and dead letters (one mechanism for every stage)
     max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
     retry_backoff: str = Field(default="1,5,15,60", description="Seconds between attempts.")
-    ack_wait: float = Field(default=30.0, description="Seconds before an unacked message returns.")
-    shutdown_grace: float = Field(default=30.0, description="Seconds in-flight work may finish.")
-    startup_timeout: float = Field(default=120.0, description="Seconds to wait for NATS at start.")
+    ack_wait: float = Field(
+        default=30.0, gt=0, description="Seconds before an unacked message returns."
+    )
+    shutdown_grace: float = Field(default=30.0, ge=0, description="Seconds work may finish.")
+    startup_timeout: float = Field(default=120.0, gt=0, description="Seconds to wait for NATS.")
 
     # Rendering
     render_workers: int = Field(default=1, ge=1, description="PDF worker processes per renderer.")
     render_prefetch: int = Field(
         default=1, ge=0, description="Messages a renderer holds beyond its render processes."
     )
-    render_timeout: float = Field(default=120.0, description="Seconds before a render is killed.")
-    render_memory_mb: int = Field(default=2048, description="Address-space cap of a render worker.")
-    max_output_bytes: int = Field(default=5 * 1024 * 1024, description="Largest artefact.")
+    render_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds before a render is killed."
+    )
+    render_memory_mb: int = Field(
+        default=2048, ge=256, description="Address-space cap of a render worker, MiB."
+    )
+    max_output_bytes: int = Field(default=5 * 1024 * 1024, gt=0, description="Largest artefact.")
     page_size: str = "A4"
-    page_orientation: str = "portrait"
+    page_orientation: Literal["portrait", "landscape"] = "portrait"
     page_margin: str = "18mm"
     asset_allow: str = Field(default="", description="Hosts templates may fetch assets from.")
     render_cache: bool = Field(
         default=True, description="Reuse the artefact of an identical earlier render."
     )
-    inline_context_limit: int = Field(default=256 * 1024, description="Bigger goes by reference.")
+    inline_context_limit: int = Field(
+        default=256 * 1024, gt=0, le=768 * 1024, description="Bigger goes by reference."
+    )
 
     # Fetching
-    fetch_timeout: float = Field(default=10.0, description="Seconds per source.")
-    fetch_deadline: float = Field(default=30.0, description="Seconds for all sources.")
+    fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")
+    fetch_deadline: float = Field(default=30.0, gt=0, description="Seconds for all sources.")
     prometheus_url: str | None = None
-    cache_ttl: float = Field(default=300.0, description="Seconds a cached source stays fresh.")
+    cache_ttl: float = Field(default=300.0, ge=0, description="Seconds a cached source is fresh.")
 
     # Health endpoints (/livez, /readyz): off unless a port is set (0 picks a free one)
-    health_port: int | None = None
+    health_port: int | None = Field(default=None, ge=0, le=65535)
     health_host: str = "127.0.0.1"
-    health_max_pending: int = Field(default=1000, description="More waiting = degraded.")
+    health_max_pending: int = Field(default=1000, ge=0, description="More waiting = degraded.")
+
+    # Logging (read once at process start by shared.logging)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    cli_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     # Monitoring: the Prometheus `pressroom alerts` asks (unset: the one `up --prometheus` ran)
     monitor_url: str | None = None
 
     # Scheduler
     schedule_grace: float = Field(
-        default=3600.0, description="Catch up fires missed this recently."
+        default=3600.0, ge=0, description="Catch up fires missed this recently."
     )
-    schedule_tick: float = Field(default=1.0, description="Seconds between schedule checks.")
-    schedule_on_time: float = Field(default=900.0, description="Delivered within = on time.")
+    schedule_tick: float = Field(default=1.0, gt=0, description="Seconds between checks.")
+    schedule_on_time: float = Field(default=900.0, gt=0, description="Delivered within = on time.")
 
     # Everything else from the YAML file (schedules, sources, delivery defaults)
     schedules: list[dict[str, Any]] = Field(default_factory=list)
@@ -151,10 +184,83 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("PRESSROOM_CONFIG")
+        given = getattr(init_settings, "init_kwargs", {}).get("config")
+        config_file = given or os.environ.get(f"{ENV_PREFIX}CONFIG")
         if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(
+                    f"PRESSROOM_CONFIG names '{config_file}', which is not a file "
+                    "(fix the path, or unset PRESSROOM_CONFIG)"
+                )
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    # ---- value checks (each error names its setting through load_settings) ---------------
+    @field_validator("retry_backoff")
+    @classmethod
+    def _backoff_is_seconds(cls, value: str) -> str:
+        try:
+            steps = [float(part) for part in _split(value)]
+        except ValueError:
+            raise ValueError(
+                f"expects comma-separated seconds like 1,5,15, got '{value}'"
+            ) from None
+        if not steps or any(step < 0 for step in steps):
+            raise ValueError(f"expects comma-separated seconds like 1,5,15, got '{value}'")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_is_usable(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        raw = value.encode()
+        if value.startswith("whsec_"):
+            try:
+                raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("is not whsec_ followed by valid base64") from None
+        if len(raw) < 24:
+            raise ValueError(f"is {len(raw)} bytes; Standard Webhooks needs at least 24")
+        return value
+
+    @field_validator("source_credentials")
+    @classmethod
+    def _credentials_are_known_keys(
+        cls, value: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        for name, entry in value.items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"'{name}' must be a mapping")
+            unknown = sorted(set(entry) - CREDENTIAL_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"'{name}' has unknown keys {unknown} (known: {sorted(CREDENTIAL_KEYS)})"
+                )
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources_have_known_kinds(
+        cls, value: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        for name, spec in value.items():
+            kind = spec.get("kind") if isinstance(spec, dict) else None
+            if kind not in SOURCE_KINDS:
+                raise ValueError(
+                    f"'{name}' needs a kind among {sorted(SOURCE_KINDS)}, got {kind!r}"
+                )
+        return value
+
+    @field_validator("delivery_defaults")
+    @classmethod
+    def _deliveries_are_valid(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from shared.events import Delivery
+
+        for item in value:
+            Delivery.model_validate(item)
+        return value
 
     @property
     def embedded(self) -> bool:
@@ -192,3 +298,61 @@ class Settings(BaseSettings):
     @property
     def s3_delivery_allow_list(self) -> list[str]:
         return _split(self.s3_delivery_allow)
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def unknown_environment(environ: dict[str, str] | None = None) -> list[str]:
+    """PRESSROOM_* variables that are no setting: typos, each with the closest real name."""
+    known = {_env_name(f) for f in Settings.model_fields}
+    problems = []
+    for name in sorted(environ if environ is not None else os.environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{name} is not a Pressroom setting{hint}")
+    return problems
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings, or a ConfigError whose one line names the setting that is wrong."""
+    problems = unknown_environment()
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError("invalid configuration: " + describe(error)) from None
+
+
+def describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:3]:
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        where = ".".join(str(p) for p in item["loc"][1:])
+        env = _env_name(field)
+        origin = env if env in os.environ else f"`{field}` in PRESSROOM_CONFIG"
+        if item["type"] == "extra_forbidden":
+            known = difflib.get_close_matches(field, list(Settings.model_fields), n=1)
+            hint = f" (did you mean `{known[0]}`?)" if known else ""
+            parts.append(f"`{field}` in PRESSROOM_CONFIG is not a setting{hint}")
+            continue
+        message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{origin}{'.' + where if where else ''}: {message}")
+    more = f" (+{error.error_count() - 3} more)" if error.error_count() > 3 else ""
+    return "; ".join(parts) + more
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with every secret replaced, for `pressroom config check`."""
+    data = settings.model_dump(mode="json")
+    for field in SECRET_FIELDS & set(data):
+        if data[field]:
+            data[field] = "***"
+    for entry in data.get("source_credentials", {}).values():
+        for key in ("token", "headers"):
+            if entry.get(key):
+                entry[key] = "***"
+    return data

@@ -12,11 +12,11 @@ from shared.bus import DISTRIBUTOR
 from shared.events import Event, ReportRendered
 from shared.metrics import storage
 from shared.service import Deps, Work, stage_app
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     deps = deps or Deps()
 
     async def build(deps: Deps) -> Work:

@@ -13,11 +13,11 @@ from services.scheduler.cron import check_not_forged, load_schedules
 from shared.bus import FETCHER
 from shared.events import Event, ReportRequested
 from shared.service import Deps, Work, stage_app
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     deps = deps or Deps()
 
     async def build(deps: Deps) -> Work:

@@ -15,7 +15,7 @@ from shared.bus import RENDERER
 from shared.events import DataReady, Event
 from shared.metrics import template_problems
 from shared.service import Deps, Work, stage_app
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 VALIDATE_EVERY = 60.0
 
@@ -29,7 +29,7 @@ def validate_templates(folder: Path) -> None:
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     deps = deps or Deps()
 
     async def build(deps: Deps) -> Work:

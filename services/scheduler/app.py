@@ -35,7 +35,7 @@ from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
 from shared.service import connect_with_patience
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.scheduler")
@@ -108,7 +108,7 @@ async def tick(
 
 
 def create_app(settings: Settings | None = None) -> FastStream:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker = NatsBroker(

@@ -334,3 +334,55 @@ async def test_an_s3_outage_delays_the_report_but_loses_nothing(
     assert (dstack.out / f"{rid}.pdf").read_bytes().startswith(b"%PDF")
     keys = [o.object_name for o in s3.client().list_objects("artefacts", recursive=True)]
     assert any(k.endswith(f"/{rid}.pdf") for k in keys)  # bucket recreated, artefact stored
+
+
+async def test_download_links_are_minted_when_asked_and_never_stored(
+    dstack: Stack, servers: Any, douts: Outcomes
+) -> None:
+    import httpx
+
+    from services.distributor.channels import Parcel
+    from services.distributor.channels.email import EmailChannel
+    from shared.events import Delivery, ReportRendered, ReportRequested
+    from shared.settings import Settings
+    from shared.store import S3Artefacts
+
+    s3, smtp, _ = servers
+    rid = unique("links")
+    await publish(dstack, {"request_id": rid, "template": "weekly.html", "params": SAMPLE})
+    delivered = await douts.delivered_event(rid)
+    [artefact] = delivered["artefacts"]
+
+    # `pressroom get --url`: a working link, printed, not recorded anywhere.
+    minted = dstack.cli("get", rid, "--url", "--expires", "1h")
+    assert minted.returncode == 0, minted.stderr
+    link = minted.stdout.strip()
+    async with httpx.AsyncClient() as client:
+        pdf = (await client.get(link)).content
+    assert pdf.startswith(b"%PDF") and len(pdf) == artefact["size"]
+
+    # An email too big to attach carries a link minted for that message only.
+    settings = Settings(
+        **{k.removeprefix("PRESSROOM_").lower(): v for k, v in {**s3.env(), **smtp.env()}.items()},
+        artefact_bucket="artefacts",
+        email_allow="example.com",
+        email_attachment_limit=1000,
+    )
+    rendered = ReportRendered(
+        request=ReportRequested(template="weekly.html", request_id=rid),
+        artefacts=[artefact],
+        template_version="v",
+        render_seconds=0,
+    )
+    store = S3Artefacts.from_settings(settings)
+    inbox = f"{rid}-link@example.com"
+    result = await EmailChannel(settings).deliver(
+        Delivery.model_validate({"channel": "email", "to": [inbox]}), Parcel(rendered, store)
+    )
+    [mail] = smtp.to(inbox)
+    assert "X-Amz-Signature=" in mail.message.get_payload(decode=True).decode()
+    assert result.detail == "linked" and "X-Amz" not in result.model_dump_json()
+
+    # Nothing that is kept — events, ledger, logs — holds a signed link.
+    status = dstack.cli("status", rid, "--json", check=True).stdout
+    assert "X-Amz-Signature" not in status + json.dumps(delivered) + dstack.logs()

@@ -43,6 +43,8 @@ def validate_addresses(value: Any) -> list[str]:
         raise PermanentError("email delivery needs at least one recipient in `to`")
     result = []
     for item in items:
+        if "\r" in str(item) or "\n" in str(item):
+            raise PermanentError(f"email address {str(item)!r} contains a line break")
         parsed = getaddresses([str(item)])
         name, address = parseaddr(str(item))
         if len(parsed) != 1 or not _ADDRESS.match(address):

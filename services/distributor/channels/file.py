@@ -45,8 +45,15 @@ class FileChannel:
             return Path(rel).resolve()
         folder = (root / rel).resolve()
         if not folder.is_relative_to(root):
-            raise PermanentError(f"file delivery path '{rel}' is outside {root}")
+            raise PermanentError(f"file delivery path '{rel}' is outside PRESSROOM_OUT_DIR")
         return folder
+
+    def shown(self, path: Path) -> str:
+        """A path as reasons show it: relative to PRESSROOM_OUT_DIR, never the server's layout."""
+        try:
+            return f"PRESSROOM_OUT_DIR/{path.relative_to(self.root.resolve()).as_posix()}"
+        except ValueError:
+            return path.name
 
     async def deliver(self, delivery: Delivery, parcel: Parcel) -> ChannelResult:
         folder = self.folder(delivery)
@@ -54,11 +61,12 @@ class FileChannel:
         for artefact in parcel.event.artefacts:
             target = folder / parcel.filename(artefact)
             data = await parcel.content(artefact)
+            shown = self.shown(target)
             try:
                 await asyncio.to_thread(write_atomically, target, data)
             except PermissionError as error:
-                raise PermanentError(f"cannot write {target}: {error.strerror}") from None
+                raise PermanentError(f"cannot write {shown}: {error.strerror}") from None
             except OSError as error:
-                raise TransientError(f"cannot write {target}: {error.strerror}") from None
+                raise TransientError(f"cannot write {shown}: {error.strerror}") from None
             written.append(str(target))
         return ChannelResult(channel="file", ok=True, target=", ".join(written))

@@ -30,9 +30,15 @@ class FileSource:
         root = settings.data_files_dir.resolve()
         path = (root / rel).resolve()
         if not rel or not path.is_relative_to(root):
-            raise PermanentError(f"source '{source.name}': path must be inside {root}")
+            raise PermanentError(
+                f"source '{source.name}': path must be inside the data folder "
+                "(PRESSROOM_DATA_FILES_DIR)"
+            )
         if not path.is_file():
-            raise PermanentError(f"source '{source.name}': no file '{rel}' in {root}")
+            raise PermanentError(
+                f"source '{source.name}': no file '{rel}' in the data folder "
+                "(PRESSROOM_DATA_FILES_DIR)"
+            )
         try:
             return load_data_file(path)
         except (ValueError, yaml.YAMLError, csv.Error) as error:
