@@ -37,7 +37,7 @@ format: install
 
 ## The whole suite: lint, unit, integration (real servers) and fault injection.
 test: install test-deps lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 unit: install
 	$(BIN)/pytest tests/unit

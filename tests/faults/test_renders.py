@@ -34,7 +34,7 @@ ACK_WAIT = 2.0
 
 @dataclass(frozen=True)
 class Calibration:
-    rows_long: int  # a render of about four ack waits on this machine, now
+    rows_long: int  # a render of about three ack waits on this machine, now
     render_timeout: float  # several times that, so the long render always fits
 
 
@@ -53,8 +53,8 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     (folder / "rows.html").write_text(ROWS)
     _render_seconds(folder, 10)  # imports and fonts, not rendering
     per_row = max(_render_seconds(folder, 300), _render_seconds(folder, 300)) / 300
-    rows_long = min(max(int(4 * ACK_WAIT / per_row), 500), 20_000)
-    return Calibration(rows_long, render_timeout=max(20.0, 5 * rows_long * per_row))
+    rows_long = min(max(int(3 * ACK_WAIT / per_row), 500), 20_000)
+    return Calibration(rows_long, render_timeout=max(15.0, 4 * rows_long * per_row))
 
 
 def slow_stack(root: Any, **env: str) -> Stack:
@@ -114,7 +114,7 @@ async def test_a_render_longer_than_the_ack_wait_is_not_redelivered(
     slow: Stack, slow_outcomes: Outcomes, calibration: Calibration
 ) -> None:
     rid = unique("long")
-    await request(slow, rid, calibration.rows_long)  # about four ack waits of rendering
+    await request(slow, rid, calibration.rows_long)  # about three ack waits of rendering
     delivered = await slow_outcomes.delivered_event(rid, timeout=calibration.render_timeout * 2)
     assert delivered["artefacts"][0]["size"] > 20_000
     assert await renderer_state(slow, rid) == ("done", 1)

@@ -222,6 +222,12 @@ async def test_backup_and_restore_into_a_fresh_server(
     body = {"request_id": rid, "template": "weekly.html", "params": SAMPLE}
     await nc.jetstream().publish("report.requested", json.dumps(body).encode())
     await outcomes.delivered_event(rid)
+
+    async def recorded() -> bool:  # report.delivered goes out just before the ledger says so
+        status = stack.cli("status", rid, "--json")
+        return status.returncode == 0 and json.loads(status.stdout)["status"] == "delivered"
+
+    await eventually(recorded, timeout=60)
     archive = tmp_path / "pressroom-backup.tar.gz"
     result = stack.cli("backup", str(archive))
     assert result.returncode == 0, result.stderr
@@ -240,7 +246,7 @@ async def test_backup_and_restore_into_a_fresh_server(
             status = fresh.cli("status", rid, "--json")
             return status.returncode == 0 and json.loads(status.stdout)["status"] == "delivered"
 
-        assert await eventually(delivered_in_fresh, timeout=10)
+        assert await eventually(delivered_in_fresh, timeout=60)
         letters = json.loads(fresh.cli("dlq", "ls", "--json", check=True).stdout)
         original = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
         assert len(letters) == len(original)
