@@ -17,6 +17,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
+from shared.busauth import REFUSALS, BusRefused, identity
 from shared.errors import PressroomError
 from shared.events import (
     DATA_READY,
@@ -78,19 +79,33 @@ def msg_id(request_id: str, stage: str) -> str:
 
 
 async def log_bus_error(error: Exception) -> None:
-    """nats-py's default prints a traceback per failed (re)connect; one log line is enough."""
+    """nats-py's default prints a traceback per failed (re)connect; one log line is enough.
+
+    A refusal by the server (authentication, permissions) is said once, naming the identity
+    and the subject, and remembered so that a refused request fails instead of timing out.
+    """
+    refused = REFUSALS.record(error)
+    if refused is not None:
+        log.error("bus refused", reason=refused)
+        if REFUSALS.fatal_on_auth and "authorization violation" in str(error).lower():
+            REFUSALS.stop_process()
+        return
     log.warning("bus connection error", error=repr(error))
 
 
-async def connect(settings: Settings, *, name: str = "pressroom", **kwargs: Any) -> Client:
-    """A nats-py connection that keeps reconnecting instead of giving up after ~2 minutes."""
-
+async def connect(
+    settings: Settings, *, name: str = "pressroom", role: str = "ops", **kwargs: Any
+) -> Client:
+    """A nats-py connection as `role`, reconnecting for ever instead of giving up after ~2 min."""
+    who = identity(settings, role)
+    REFUSALS.identity = who
     return await nats.connect(
         settings.bus_url,
         name=name,
         error_cb=kwargs.pop("error_cb", log_bus_error),
         max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
         reconnect_time_wait=kwargs.pop("reconnect_time_wait", 0.5),
+        **who.nats_kwargs(),
         **kwargs,
     )
 
@@ -105,8 +120,45 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.update_stream(config)
 
 
-async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream, consumer and bucket Pressroom uses. Safe to run often."""
+class TopologyMissing(PressroomError):
+    """A stream or bucket is not there and this identity may not create it."""
+
+
+TOPOLOGY_STREAMS = (
+    STREAM,
+    DLQ_STREAM,
+    ADVISORY_STREAM,
+    *(f"KV_{b}" for b in (LEDGER_BUCKET, DELIVERIES_BUCKET, SCHEDULES_BUCKET, CACHE_BUCKET)),
+    f"OBJ_{OBJECT_BUCKET}",
+)
+
+
+async def ensure_topology(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    admin: bool = True,
+    stages: list[StageSpec] | None = None,
+) -> None:
+    """Declare the topology. Safe to run often.
+
+    `admin` (the ops identity, or an unauthenticated development bus): create or update every
+    stream, consumer and bucket. Otherwise (a service's own identity, which may administer
+    nothing but its own consumers): check that every stream and bucket exists — raising
+    TopologyMissing, which start-up waits out, if not — and declare only `stages`' consumers.
+    """
+    if not admin:
+        for name in TOPOLOGY_STREAMS:
+            try:
+                await js.stream_info(name)
+            except NotFoundError:
+                raise TopologyMissing(
+                    f"stream {name} does not exist yet (the ops identity creates it: "
+                    "`pressroom bus setup`, or `pressroom up`)"
+                ) from None
+        for stage in stages or []:
+            await _declare_consumers(js, stage, settings)
+        return
     replicas = settings.stream_replicas
     await _ensure_stream(
         js,
@@ -147,18 +199,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
     )
     for stage in STAGES.values():
-        await js.add_consumer(STREAM, stage_consumer_config(stage, settings))
-        await js.add_consumer(
-            ADVISORY_STREAM,
-            api.ConsumerConfig(
-                name=f"{stage.durable}-crashes",
-                durable_name=f"{stage.durable}-crashes",
-                filter_subject=stage.advisory_subject,
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=settings.ack_wait,
-                max_deliver=settings.max_attempts,
-            ),
-        )
+        await _declare_consumers(js, stage, settings)
     for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1), (SCHEDULES_BUCKET, 1)):
         await js.create_key_value(
             api.KeyValueConfig(
@@ -177,6 +218,22 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     await js.create_object_store(
         OBJECT_BUCKET,
         api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=replicas),
+    )
+
+
+async def _declare_consumers(js: JetStreamContext, stage: StageSpec, settings: Settings) -> None:
+    """A stage's durable consumer and its max-deliveries catcher, created or updated."""
+    await js.add_consumer(STREAM, stage_consumer_config(stage, settings))
+    await js.add_consumer(
+        ADVISORY_STREAM,
+        api.ConsumerConfig(
+            name=f"{stage.durable}-crashes",
+            durable_name=f"{stage.durable}-crashes",
+            filter_subject=stage.advisory_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=settings.max_attempts,
+        ),
     )
 
 
@@ -220,7 +277,13 @@ class JetStreamPublisher:
     ) -> api.PubAck:
         hdrs = {**(headers or {}), MSG_ID: msg_id}
         inject_context(hdrs)
-        return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)
+        try:
+            return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)
+        except nats.errors.TimeoutError:
+            # A publish the server refused is never acknowledged: say so instead of retrying.
+            if REFUSALS.refused(subject):
+                raise BusRefused(REFUSALS.last() or f"publishing to {subject} refused") from None
+            raise
 
 
 class IncompleteListing(PressroomError):

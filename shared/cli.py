@@ -50,12 +50,19 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run an async operation; Pressroom errors become one line and exit 1."""
+    from nats.errors import Error as NatsError
+
+    from shared.busauth import REFUSALS
+
     try:
         return asyncio.run(coro)
     except PressroomError as error:
         fail(error.reason)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except (NatsError, TimeoutError) as error:
+        # A refused request is never answered: name the refusal rather than "timeout".
+        fail(REFUSALS.last() or f"NATS: {error or type(error).__name__}")
 
 
 def settings() -> Settings:
@@ -152,11 +159,18 @@ def up(
     nats_proc = None
     env = dict(os.environ)
     if cfg.embedded:
+        from shared.busauth import embedded_auth_dir, generate
+
+        # One identity per role, made on the first start and kept: the embedded bus is locked
+        # like any other, and every process (and the CLI later) finds its own key here.
+        auth_dir = embedded_auth_dir(cfg)
+        generate(auth_dir)
         try:
-            nats_proc = start_nats_server(cfg.data_dir, cfg.nats_port)
+            nats_proc = start_nats_server(cfg.data_dir, cfg.nats_port, auth=auth_dir / "auth.conf")
         except RuntimeError as error:
             fail(str(error))
         env["PRESSROOM_NATS_URL"] = cfg.bus_url
+        env["PRESSROOM_NATS_CREDENTIALS_DIR"] = str(auth_dir.resolve())
     run(_prepare(cfg))
     log_dir = cfg.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +201,7 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    out.print(f"[bold]Pressroom[/] on {cfg.bus_url} · logs in {log_dir} · Ctrl-C to stop")
+    out.print(f"[bold]Pressroom[/] on {cfg.bus_url_public} · logs in {log_dir} · Ctrl-C to stop")
     counter = _OutcomeCounter(cfg)
     if sample:
         request_file = cfg.templates_dir / "samples" / "portfolio-request.json"
@@ -259,9 +273,9 @@ class _OutcomeCounter:
 
     def _run(self, cfg: Settings) -> None:
         async def main() -> None:
-            import nats
+            from shared.bus import connect
 
-            nc = await nats.connect(cfg.bus_url, max_reconnect_attempts=-1)
+            nc = await connect(cfg, name="pressroom-up")
 
             async def delivered(msg: Any) -> None:
                 self.delivered += 1
@@ -400,7 +414,8 @@ async def _request(
 
             await fire(JetStreamPublisher(bus.js), schedule, req.requested_at, bus.js)
 
-    async with open_bus(cfg) as bus:
+    # No topology set-up: a publisher identity may only publish and hear outcomes.
+    async with open_bus(cfg, setup=False) as bus:
         if not wait:
             await publish(bus)
             return None
@@ -735,7 +750,7 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
             info = await bus.js.stream_info(STREAM)
             components["nats"] = {
                 "status": "healthy",
-                "detail": f"{cfg.bus_url}, {info.state.messages} events stored",
+                "detail": f"{cfg.bus_url_public}, {info.state.messages} events stored",
             }
             for stage in STAGES.values():
                 consumer = await bus.js.consumer_info(STREAM, stage.durable)
@@ -1178,6 +1193,46 @@ async def _check_webhook(cfg: Settings, url: str) -> str:
     except PressroomError as error:
         raise PressroomError(f"webhook check failed: {error.reason}") from None
     return f"ok: {target.origin.host} ({target.address}) accepted a signed test ping ({code})"
+
+
+# ---- the bus: identities and topology ------------------------------------------------------
+bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.command("auth")
+def bus_auth(
+    out_dir: Path = typer.Option(..., "--out", help="Folder for auth.conf and the role seeds."),
+    tls: bool = typer.Option(False, "--tls", help="Also a CA and a server certificate."),
+    host: str = typer.Option("localhost,127.0.0.1", "--host", help="Server names for TLS."),
+    rotate: bool = typer.Option(False, "--rotate", help="New keys (and certificates)."),
+) -> None:
+    """Write a nats-server include with one least-privilege nkey user per role, and the seeds."""
+    from shared.busauth import ROLES, generate
+
+    hosts = [h.strip() for h in host.split(",") if h.strip()]
+    if not hosts:
+        fail("--host needs at least one name")
+    result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate)
+    out.print(f"wrote {result.folder}/auth.conf — include it from nats-server.conf")
+    out.print(
+        f"seeds (0600): {', '.join(f'{r}.nk' for r in ROLES)}"
+        + (f" · kept: {', '.join(result.kept)}" if result.kept else "")
+    )
+    if tls:
+        out.print("TLS: ca.pem, server-cert.pem, server-key.pem (clients: PRESSROOM_NATS_TLS_CA)")
+    out.print(
+        "workers: PRESSROOM_NATS_CREDENTIALS_DIR=<this folder> (each uses its role's seed); "
+        "other systems: the publisher seed"
+    )
+
+
+@bus_app.command("setup")
+def bus_setup() -> None:
+    """Create or update every stream, consumer and bucket (needs the ops identity)."""
+    cfg = settings()
+    run(_prepare(cfg))
+    out.print(f"ok: Pressroom's streams, consumers and buckets are ready on {cfg.bus_url_public}")
 
 
 # ---- configuration -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -47,22 +48,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(data_dir: Path, port: int, monitor_port: int | None = None) -> Path:
+def write_config(
+    data_dir: Path, port: int, monitor_port: int | None = None, auth: Path | None = None
+) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "nats-server.conf"
-    config.write_text(
-        CONFIG.format(
-            host=EMBEDDED_HOST,
-            port=port,
-            monitor_port=monitor_port or port + 4000,
-            store=(data_dir / "jetstream").resolve(),
-        )
+    text = CONFIG.format(
+        host=EMBEDDED_HOST,
+        port=port,
+        monitor_port=monitor_port or port + 4000,
+        store=(data_dir / "jetstream").resolve(),
     )
+    if auth is not None:  # identities from `pressroom bus auth`: no anonymous access
+        # nats-server resolves an include relative to the including file, even an absolute one.
+        relative = os.path.relpath(auth.resolve(), data_dir.resolve())
+        text += f'include "{relative}"\n'
+    config.write_text(text)
     return config
 
 
 def start_nats_server(
-    data_dir: Path, port: int, *, monitor_port: int | None = None, log_file: Path | None = None
+    data_dir: Path,
+    port: int,
+    *,
+    monitor_port: int | None = None,
+    log_file: Path | None = None,
+    auth: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start nats-server and wait until it accepts connections."""
     if port_open(EMBEDDED_HOST, port):
@@ -70,7 +81,7 @@ def start_nats_server(
             f"port {port} is already in use: stop what runs there, or set PRESSROOM_NATS_URL "
             "to use that server, or PRESSROOM_NATS_PORT to pick another port"
         )
-    config = write_config(data_dir, port, monitor_port)
+    config = write_config(data_dir, port, monitor_port, auth)
     log_path = log_file or data_dir / "nats-server.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(

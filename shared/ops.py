@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 from nats.aio.client import Client
+from nats.errors import AuthorizationError
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -34,6 +36,7 @@ from shared.bus import (
     ensure_topology,
     msg_id,
 )
+from shared.busauth import REFUSALS, identity
 from shared.errors import PressroomError
 from shared.events import (
     DLQ_PREFIX,
@@ -68,15 +71,19 @@ class Bus:
 
 
 async def _quiet(error: Exception) -> None:
-    """The CLI reports a failed connection itself, in one line."""
+    """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
+    REFUSALS.record(error)
 
 
 @asynccontextmanager
 async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[Bus]:
+    """The CLI's connection, as the ops identity; `setup` declares the topology if needed."""
+    who = identity(settings, "ops")
     try:
         nc = await connect(
             settings,
             name="pressroom-cli",
+            role="ops",
             # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
             max_reconnect_attempts=1,
             connect_timeout=3,
@@ -84,13 +91,19 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             error_cb=_quiet,
         )
     except Exception as error:
-        where = settings.bus_url
+        where = settings.bus_url_public
+        text = str(error) or type(error).__name__
+        if "authorization" in text.lower() or isinstance(error, AuthorizationError):
+            raise BusUnavailable(
+                f"NATS at {where} refused {who.describe()}: {text} "
+                "(check PRESSROOM_NATS_CREDENTIALS_DIR / PRESSROOM_NATS_NKEY)"
+            ) from None
         hint = (
             ""
             if settings.nats_url
             else " (start it with `pressroom up`, or set PRESSROOM_NATS_URL)"
         )
-        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {error}") from None
+        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {text}") from None
     js = nc.jetstream(timeout=5)
     try:
         if setup:
@@ -147,7 +160,10 @@ async def watch_outcome(bus: Bus, request_id: str) -> AsyncIterator[asyncio.Futu
 
 
 async def outcome_from_ledger(bus: Bus, request_id: str) -> Outcome | None:
-    entry = await (await bus.ledger()).get(request_id)
+    try:
+        entry = await (await bus.ledger()).get(request_id)
+    except (PressroomError, NatsError, TimeoutError):
+        return None  # an identity that may not read the ledger (publisher) waits for events
     if entry is None:
         return None
     if entry.status == "delivered":

@@ -34,6 +34,7 @@ from shared.bus import (
     log_bus_error,
     stage_consumer_config,
 )
+from shared.busauth import REFUSALS, Identity, identity, inbox_prefix
 from shared.errors import PressroomError
 from shared.events import (
     DLQ_PREFIX,
@@ -127,28 +128,88 @@ async def raw_body(message: NatsMessage) -> bytes:
     return bytes(message.body)
 
 
-async def connect_with_patience(
-    broker: NatsBroker, settings: Settings, js: JetStreamContext | None = None
-) -> JetStreamContext:
-    """Connect and declare the topology, waiting out a NATS server that is (re)starting.
+def worker_broker(
+    settings: Settings, role: str, service: str, **options: Any
+) -> tuple[NatsBroker, Identity]:
+    """The one way a worker connects: its role's identity and inbox, reconnecting for ever, and
+    stopping (with one log line) if the server refuses the identity."""
+    who = identity(settings, role)
+    REFUSALS.identity, REFUSALS.fatal_on_auth = who, True
+    broker = NatsBroker(
+        settings.bus_url,
+        name=service,
+        max_reconnect_attempts=-1,
+        logger=None,  # the stage runner logs structured lines with request_id instead
+        error_cb=log_bus_error,
+        security=who.faststream_security(),
+        inbox_prefix=inbox_prefix(role),
+        **options,
+    )
+    return broker, who
 
-    Every Pressroom process starts through here, the scheduler included.
+
+async def _probe(settings: Settings, who: Identity) -> None:
+    """One plain connection first: a refused identity is a clear error, not a reconnect loop."""
+    import nats
+    from nats.errors import AuthorizationError
+
+    try:
+        nc = await nats.connect(
+            settings.bus_url,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            connect_timeout=5,
+            error_cb=_silent,
+            **who.nats_kwargs(),
+        )
+    except AuthorizationError as error:
+        raise StartupFailed(f"NATS refused {who.describe()}: {error}") from None
+    except Exception as error:
+        if "authorization violation" in str(error).lower():
+            raise StartupFailed(f"NATS refused {who.describe()}: {error}") from None
+        raise
+    await nc.close()
+
+
+async def _silent(error: Exception) -> None:
+    """The probe reports its failure itself."""
+
+
+async def connect_with_patience(
+    broker: NatsBroker,
+    settings: Settings,
+    js: JetStreamContext | None = None,
+    *,
+    who: Identity | None = None,
+    stages: list[StageSpec] | None = None,
+) -> JetStreamContext:
+    """Connect and bind to the topology, waiting out a NATS server that is (re)starting and
+    streams that ops has not created yet.
+
+    Every Pressroom process starts through here, the scheduler included. A process without an
+    identity (a development bus) declares the whole topology itself; with one, only ops may.
     """
     deadline = time.monotonic() + settings.startup_timeout
     delay = 0.2
     while True:
         try:
+            if who is not None:
+                await _probe(settings, who)
             connection = await broker.connect()
             js = js or connection.jetstream()
-            await ensure_topology(js, settings)
+            admin = who is None or who.kind == "anonymous"
+            await ensure_topology(js, settings, admin=admin, stages=stages)
             return js
+        except StartupFailed:
+            raise
         except Exception as error:
             if time.monotonic() + delay > deadline:
                 raise StartupFailed(
-                    f"cannot set up the bus at {settings.bus_url} within "
+                    f"cannot set up the bus at {settings.bus_url_public} within "
                     f"{settings.startup_timeout:g}s: {error or type(error).__name__}"
                 ) from None
-            log.warning("bus not ready, retrying", error=repr(error), retry_in=delay)
+            reason = error.reason if isinstance(error, PressroomError) else repr(error)
+            log.warning("bus not ready, retrying", error=reason, retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -160,7 +221,7 @@ def stage_checks(
         connected = broker._connection is not None and broker._connection.is_connected
         return CheckResult(
             "healthy" if connected else "unhealthy",
-            settings.bus_url if connected else "not connected to NATS",
+            settings.bus_url_public if connected else "not connected to NATS",
         )
 
     async def store() -> CheckResult:
@@ -205,14 +266,12 @@ def stage_app(
         middlewares.append(
             NatsTelemetryMiddleware(tracer_provider=tracer_provider, meter_provider=meter_provider)
         )
-    broker = NatsBroker(
-        settings.bus_url,
-        name=service,
-        max_reconnect_attempts=-1,
+    broker, who = worker_broker(
+        settings,
+        spec.name,
+        service,
         reconnect_time_wait=1,
         graceful_timeout=settings.shutdown_grace,
-        logger=None,  # the stage runner logs structured lines with request_id instead
-        error_cb=log_bus_error,
         middlewares=middlewares,
     )
     app = FastStream(broker)
@@ -228,7 +287,9 @@ def stage_app(
     @app.on_startup
     async def startup() -> None:
         configure_logging(service)
-        js = deps.js = await connect_with_patience(broker, settings, deps.js)
+        js = deps.js = await connect_with_patience(
+            broker, settings, deps.js, who=who, stages=[spec]
+        )
         deps.ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
         deps.publisher = deps.publisher or JetStreamPublisher(js)
         deps.store = deps.store or await open_store(settings, js)
@@ -249,7 +310,7 @@ def stage_app(
             state["health"] = server
             port = await server.start()
             log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
-        log.info("stage ready", stage=spec.name, bus=settings.bus_url)
+        log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
 
     async def watch() -> None:
         # Between scrapes too: OTLP exports what the gauges last saw.
@@ -303,6 +364,7 @@ def stage_app(
         pull_sub=PullSub(batch_size=concurrency, timeout=2.0),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
+        inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
         title=f"{spec.consumes}:{spec.name}",
         description=f"{spec.name}: {spec.consumes} → {spec.produces}",
     )
@@ -317,6 +379,7 @@ def stage_app(
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
+        inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
         include_in_schema=False,
     )
     async def crashed(message: NatsMessage) -> None:

@@ -60,6 +60,17 @@ class Settings(BaseSettings):
         default=1, ge=1, le=5, description="Replicas of each stream (3 in a cluster)."
     )
     duplicate_window: float = Field(default=600.0, gt=0, description="Nats-Msg-Id window, s.")
+    # Bus identity (shared/busauth.py): one of these; the embedded server uses the data folder's
+    nats_nkey: Path | None = Field(default=None, description="An nkey seed file.")
+    nats_credentials_dir: Path | None = Field(
+        default=None, description="Folder from `pressroom bus auth`: <role>.nk per process."
+    )
+    nats_creds: Path | None = Field(default=None, description="A NATS JWT .creds file.")
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_tls_ca: Path | None = Field(default=None, description="CA that signed the server.")
+    nats_tls_cert: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    nats_tls_key: Path | None = Field(default=None, description="Key of the client certificate.")
 
     # Folders
     templates_dir: Path = Field(default=Path("templates"))
@@ -270,6 +281,13 @@ class Settings(BaseSettings):
     def bus_url(self) -> str:
         return self.nats_url or f"nats://{EMBEDDED_HOST}:{self.nats_port}"
 
+    @property
+    def bus_url_public(self) -> str:
+        """The bus URL(s) as logs, health and errors may show them: no user:password@."""
+        from shared.egress import public_url
+
+        return ",".join(public_url(u.strip()) for u in self.bus_url.split(","))
+
     @cached_property
     def backoff_seconds(self) -> list[float]:
         return [float(part) for part in _split(self.retry_backoff)] or [1.0]
@@ -351,6 +369,8 @@ def masked(settings: Settings) -> dict[str, Any]:
     for field in SECRET_FIELDS & set(data):
         if data[field]:
             data[field] = "***"
+    if data.get("nats_url"):
+        data["nats_url"] = settings.bus_url_public
     for entry in data.get("source_credentials", {}).values():
         for key in ("token", "headers"):
             if entry.get(key):

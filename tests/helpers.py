@@ -55,10 +55,31 @@ class Stack:
     nats: subprocess.Popen[bytes] | None = None
     procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
+    # Like every deployment: one identity per role (`pressroom bus auth`), no anonymous access;
+    # so every test also proves that each role's permissions are enough, and no more is needed.
+    auth: bool = True
+    tls: bool = False
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.root / "auth"
+
+    def identity(self, role: str = "ops") -> Any:
+        """How a test client connects as `role` (ops unless said otherwise)."""
+        import ssl
+
+        from shared.busauth import Identity
+
+        context = (
+            ssl.create_default_context(cafile=str(self.auth_dir / "ca.pem")) if self.tls else None
+        )
+        if not self.auth:
+            return Identity(role, tls=context)
+        return Identity(role, "nkey", self.auth_dir / f"{role}.nk", tls=context)
 
     @property
     def templates(self) -> Path:
@@ -83,6 +104,12 @@ class Stack:
             PRESSROOM_SOURCE_ALLOW="127.0.0.1",
             PRESSROOM_EMAIL_ALLOW="example.com",
             PRESSROOM_LOG_LEVEL="INFO",
+            **(
+                {"PRESSROOM_NATS_CREDENTIALS_DIR": str(self.auth_dir)}
+                if self.auth
+                else {}
+            ),
+            **({"PRESSROOM_NATS_TLS_CA": str(self.auth_dir / "ca.pem")} if self.tls else {}),
             OTEL_TRACES_EXPORTER="none",
             OTEL_METRICS_EXPORTER="none",
             PYTHONPATH=str(REPO),
@@ -96,6 +123,9 @@ class Stack:
             shutil.copytree(REPO / "templates", self.templates)
         (self.root / "data").mkdir(exist_ok=True)
         self.start_nats()
+        if self.auth:  # only ops may create streams and buckets: as in a real deployment
+            setup = self.cli("bus", "setup")
+            assert setup.returncode == 0, setup.stderr
         for name, count in self.workers.items():
             for _ in range(count):
                 self.start_worker(name)
@@ -141,12 +171,17 @@ class Stack:
             await nc.close()
 
     def start_nats(self) -> None:
+        from shared.busauth import generate
+
         self.port = self.port or free_port()
+        if self.auth:
+            generate(self.auth_dir, tls=self.tls, hosts=["localhost", "127.0.0.1"])
         self.nats = start_nats_server(
             self.root / "nats",
             self.port,
             monitor_port=free_port(),
             log_file=self.root / "nats.log",
+            auth=self.auth_dir / "auth.conf" if self.auth else None,
         )
 
     def stop_nats(self, sig: int = signal.SIGTERM) -> None:
@@ -199,8 +234,13 @@ class Stack:
             for p in sorted((self.root / "logs").glob("*.log"))
         )
 
-    async def connect(self) -> Any:
-        return await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    async def connect(self, role: str = "ops", **options: Any) -> Any:
+        return await nats.connect(
+            self.url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            **{**self.identity(role).nats_kwargs(), **options},
+        )
 
     def cli(
         self, *args: str, check: bool = False, timeout: float = 60

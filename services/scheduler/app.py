@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from faststream import FastStream
-from faststream.nats import NatsBroker
 from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
@@ -26,7 +25,6 @@ from shared.bus import (
     STREAM,
     JetStreamPublisher,
     encode,
-    log_bus_error,
     msg_id,
 )
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
@@ -34,7 +32,7 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.service import connect_with_patience
+from shared.service import connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -111,18 +109,12 @@ def create_app(settings: Settings | None = None) -> FastStream:
     settings = settings or load_settings()
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
-    broker = NatsBroker(
-        settings.bus_url,
-        name="pressroom-scheduler",
-        max_reconnect_attempts=-1,
-        logger=None,
-        error_cb=log_bus_error,
-    )
+    broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
     app = FastStream(broker)
     state: dict[str, Any] = {}
 
     async def loop() -> None:
-        js = await connect_with_patience(broker, settings)
+        js = await connect_with_patience(broker, settings, who=who)
         kv = await js.key_value(SCHEDULES_BUCKET)
         publisher = JetStreamPublisher(js)
         state["watch"] = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
@@ -157,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
             async def bus() -> CheckResult:
                 connection = broker._connection
                 ok = connection is not None and connection.is_connected
-                return CheckResult("healthy" if ok else "unhealthy", settings.bus_url)
+                return CheckResult("healthy" if ok else "unhealthy", settings.bus_url_public)
 
             async def ticking() -> CheckResult:
                 task = state["task"]
