@@ -39,3 +39,7 @@ class ResourceBlocked(PermanentError):
 
 class RenderTimeout(PermanentError):
     """A render took longer than the configured limit and was stopped."""
+
+
+class MissingGlyphs(PermanentError):
+    """The report has characters no installed font can draw: the PDF would show empty boxes."""

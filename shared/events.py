@@ -22,6 +22,8 @@ PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIV
 # Request ids become ledger keys, message ids and file names: keep them to a safe alphabet.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$"
+
 Format = Literal["pdf", "html"]
 Channel = Literal["file", "email", "s3", "webhook"]
 
@@ -89,6 +91,27 @@ class ReportRequested(Event):
     )
     requested_by: str | None = Field(default=None, description="Who asked, for the ledger.")
     requested_at: datetime = Field(default_factory=utcnow, description="When it was asked.")
+    locale: str | None = Field(
+        default=None,
+        description="Language and region the report is written for (BCP 47, e.g. 'de-DE', "
+        "'ja', 'zh-Hant-TW'): how numbers and dates read, and which CJK glyph forms are used.",
+        pattern=LOCALE_PATTERN,
+    )
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from babel import Locale, UnknownLocaleError
+
+        try:
+            Locale.parse(value.replace("-", "_"))
+        except (UnknownLocaleError, ValueError):
+            raise ValueError(
+                f"unknown locale '{value}' (e.g. 'en', 'de-DE', 'zh-Hant-TW')"
+            ) from None
+        return value
 
     @field_validator("template")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         default=True, description="Reuse the artefact of an identical earlier render."
     )
     inline_context_limit: int = Field(default=256 * 1024, description="Bigger goes by reference.")
+    missing_glyphs: Literal["fail", "warn"] = Field(
+        default="fail",
+        description="A character no font can draw: fail the render, or warn and deliver boxes.",
+    )
+    fonts_dir: str = Field(
+        default="", description="More font folders for the renderer (':'- or ','-separated)."
+    )
 
     # Fetching
     fetch_timeout: float = Field(default=10.0, description="Seconds per source.")

@@ -11,14 +11,17 @@ from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 
+from services.renderer.fonts import extra_dirs_from
 from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput, template_library
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.logging import get_logger
 from shared.settings import Settings
 from shared.store import ArtefactMissing, ArtefactStore, artefact_key, sha256_hex
 from shared.telemetry import record_span, span
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 Renderer = Callable[[RenderJob], Awaitable[RenderOutput]]
+log = get_logger(__name__)
 
 
 def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +31,7 @@ def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, A
         "template_name": request.template,
         "generation_time": utcnow().isoformat(timespec="seconds"),
         "requested_by": request.requested_by,
+        "locale": request.locale,
         **data,
     }
 
@@ -49,6 +53,8 @@ def make_job(
         asset_allow=tuple(settings.asset_allow_list),
         max_output_bytes=settings.max_output_bytes,
         cache_dir=cache_dir,
+        missing_glyphs=settings.missing_glyphs,
+        font_dirs=extra_dirs_from(settings.fonts_dir),
     )
 
 
@@ -79,6 +85,8 @@ async def render_report(
         if reused is not None:
             return reused
     output = await render(job)
+    for notice in output.notices:  # e.g. PRESSROOM_MISSING_GLYPHS=warn and a character had no font
+        log.warning("render notice", request_id=request.request_id, reason=notice)
     end = time.time_ns()
     pdf_start = end - int(output.pdf_seconds * 1e9)
     html_start = pdf_start - int(output.html_seconds * 1e9)
@@ -169,6 +177,8 @@ def render_key(job: RenderJob) -> str:
         "page": job.page.css(),
         "context": {v: job.context.get(v) for v in used},
     }
+    if job.missing_glyphs != "fail" or job.font_dirs:  # other fonts, other PDF
+        material["fonts"] = [job.missing_glyphs, *job.font_dirs]
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
 
