@@ -398,6 +398,7 @@ def render(
     output: Path | None = typer.Option(None, "--output", "-o"),
     fmt: str | None = typer.Option(None, "--format", "-f", help="pdf or html"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and render, write nothing."),
+    locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
     from services.renderer.core import build_context, make_job
@@ -417,12 +418,19 @@ def render(
         req = ReportRequested(template=name, request_id=request_id, requested_by="cli")
     except Exception as error:
         fail(f"invalid template name '{name}': {error}")
+    if locale:
+        try:
+            req = req.model_copy(update={"locale": ReportRequested.checked_locale(locale)})
+        except ValueError as error:
+            fail(str(error))
     formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
     job = make_job(cfg, name, build_context(req, data), formats, templates_dir=folder)
     try:
         result = render_job(job)
     except PressroomError as error:
         fail(error.reason)
+    for notice in result.notices:
+        err.print(f"[yellow]warning:[/] {notice}", highlight=False, soft_wrap=True)
     if dry_run:
         out.print(f"ok: '{name}' renders ({len(result.html):,} bytes of HTML); nothing written")
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -101,15 +102,20 @@ class ReportRequested(Event):
     @field_validator("locale")
     @classmethod
     def _known_locale(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+        return None if value is None else cls.checked_locale(value)
+
+    @staticmethod
+    def checked_locale(value: str) -> str:
+        """The locale if Babel knows it, else a ValueError saying what a locale looks like."""
         from babel import Locale, UnknownLocaleError
 
         try:
+            if not re.fullmatch(LOCALE_PATTERN, value):
+                raise ValueError(value)
             Locale.parse(value.replace("-", "_"))
         except (UnknownLocaleError, ValueError):
             raise ValueError(
-                f"unknown locale '{value}' (e.g. 'en', 'de-DE', 'zh-Hant-TW')"
+                f"unknown locale '{value}' (a language tag such as 'en', 'de-DE', 'zh-Hant-TW')"
             ) from None
         return value
 
