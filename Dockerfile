@@ -2,7 +2,7 @@
 FROM python:3.11-slim-bookworm
 
 # WeasyPrint's system libraries (Pango, HarfBuzz, HarfBuzz-Subset: without it CJK renders take
-# ~10 s more). Fonts for every script come with the package: services/renderer/fontdata (static
+# 10-25 s more). Fonts for every script come with the package: services/renderer/fontdata (static
 # Noto faces) and the noto-cjk-sans-otc wheel; `pressroom fonts` lists them.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \

@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@$(BIN)/python -c "from services.renderer.fonts import harfbuzz_subset_available as ok; ok() or \
+	  print('note: HarfBuzz-Subset is missing (Debian: libharfbuzz-subset0): PDFs render ~4x slower, ' \
+	        'and reports with Chinese, Japanese or Korean text take 10-25 s more')"
 	touch $(STAMP)
 
 ## Run the pipeline on the embedded default and deliver the sample report into out/.
@@ -21,7 +24,7 @@ run: install
 
 ## What the tests need but cannot pip-install: Debian's prometheus (the Prometheus source tests),
 ## poppler-utils (pdftoppm: the font tests look at a page) and HarfBuzz-Subset (WeasyPrint subsets
-## fonts with it; without it, fontTools takes ~10 s per report with CJK text).
+## fonts with it; without it, fontTools takes 10-25 s more per report with CJK text).
 TEST_DEBS := prometheus:prometheus pdftoppm:poppler-utils \
 	/usr/lib/$(shell uname -m)-linux-gnu/libharfbuzz-subset.so.0:libharfbuzz-subset0
 test-deps:

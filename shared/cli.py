@@ -468,14 +468,14 @@ def fonts_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
             f.name,
             _first(sorted(f.styles), 3),
             _first(f.scripts, 5),
-            "bundled" if f.bundled else "",
+            {"PRESSROOM_FONTS_DIR": "yours"}.get(f.source, f.source),
         )
     out.print(table)
     out.print(f"a character no font has: {cfg.missing_glyphs} (PRESSROOM_MISSING_GLYPHS)")
     if not fast:
         err.print(
             "[yellow]warning:[/] HarfBuzz-Subset is not installed (Debian: libharfbuzz-subset0): "
-            "renders are slower, ~10 s slower with Chinese, Japanese or Korean text",
+            "renders take ~4x the CPU, 10-25 s more with Chinese, Japanese or Korean text",
             highlight=False,
         )
 

@@ -233,7 +233,7 @@ def _write_config(text: str) -> Path:
 def harfbuzz_subset_available() -> bool:
     """Whether WeasyPrint can subset fonts with HarfBuzz (fast) instead of fontTools (slow).
 
-    Without it a report with Chinese, Japanese or Korean text takes ~10 s longer: fontTools
+    Without it a report with Chinese, Japanese or Korean text takes 10-25 s longer: fontTools
     reads the whole 65,535-glyph CJK font on every render.
     """
     import ctypes.util
@@ -337,7 +337,11 @@ class Family:
     files: list[Path] = field(default_factory=list)
     styles: set[str] = field(default_factory=set)
     scripts: list[str] = field(default_factory=list)
-    bundled: bool = False
+    source: str = "system"  # "bundled", "PRESSROOM_FONTS_DIR" or "system"
+
+    @property
+    def bundled(self) -> bool:
+        return self.source == "bundled"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -345,6 +349,7 @@ class Family:
             "styles": sorted(self.styles),
             "scripts": self.scripts,
             "bundled": self.bundled,
+            "source": self.source,
             "files": [str(f) for f in self.files],
         }
 
@@ -432,7 +437,10 @@ def families(extra: Sequence[str | Path] = (), *, scripts: bool = True) -> list[
         if path not in entry.files:
             entry.files.append(path)
         entry.styles.add(style.split(",")[0] if style else "Regular")
-        entry.bundled = entry.bundled or any(path.is_relative_to(d) for d in ours[:2])
+        if any(path.is_relative_to(d) for d in ours[:2]):
+            entry.source = "bundled"
+        elif entry.source == "system" and any(path.is_relative_to(d) for d in ours[2:]):
+            entry.source = "PRESSROOM_FONTS_DIR"
     if scripts:
         per_file: dict[Path, Counter[str]] = {}
         for entry in by_name.values():
