@@ -286,6 +286,7 @@ def request(
     request_id: str | None = typer.Option(None, "--request-id"),
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
+    locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
     validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
     wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
     timeout: float = typer.Option(120.0, help="Seconds to wait with --wait."),
@@ -311,6 +312,8 @@ def request(
         body["formats"] = fmt
     if request_id:
         body["request_id"] = request_id
+    if locale:
+        body["locale"] = locale
     deliver = list(body.get("deliver", []))
     if to_folder:
         deliver.append({"channel": "file", "path": to_folder})

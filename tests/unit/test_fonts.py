@@ -222,3 +222,41 @@ def test_the_bundled_templates_name_no_font_the_renderer_lacks() -> None:
     names = [n for n in library.names() if n != "custom-report.html"]  # the legacy one: Arial
 
     assert fonts.template_font_warnings(library, names) == []
+
+
+def test_pressroom_render_fails_on_a_character_no_font_has_and_warns_when_told_to(
+    tmp_path: Path,
+) -> None:
+    args = [
+        "render",
+        "--template",
+        "weekly.html",
+        "--data-file",
+        str(REPO / "templates/samples/portfolio.json"),
+    ]
+    boxed = [*args, "--param", "report_title=Logo \ue000", "--output", str(tmp_path / "x.pdf")]
+
+    failed = pressroom(*boxed)
+    written_on_failure = (tmp_path / "x.pdf").exists()
+    warned = pressroom(*boxed, env={"PRESSROOM_MISSING_GLYPHS": "warn"})
+    every = pressroom(
+        *args[:3],
+        "--data-file",
+        str(REPO / "templates/samples/multilingual.json"),
+        "--locale",
+        "ko",
+        "--output",
+        str(tmp_path / "every.pdf"),
+    )
+
+    assert failed.returncode == 1 and not written_on_failure
+    [line] = failed.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("error: no font for U+E000 (private use): the PDF would show empty")
+    assert line.endswith("or set PRESSROOM_MISSING_GLYPHS=warn to deliver it anyway")
+    assert warned.returncode == 0 and "warning: no font for U+E000" in warned.stderr
+    assert (tmp_path / "x.pdf").exists()
+    assert every.returncode == 0, every.stderr
+    pdf = (tmp_path / "every.pdf").read_bytes()
+    assert (
+        boxes(pdf) == [] and uncovered(pdf, visible_characters(strings_in(MULTILINGUAL))) == set()
+    )
