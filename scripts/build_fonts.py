@@ -12,7 +12,6 @@ Run it only to update the bundled fonts (needs network access to PyPI):
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "services" / "renderer" / "fontdata"
 SOURCE_PACKAGE = "manimgx_fonts"
 SOURCE_VERSION = "2026.9.26.post1"
+SOURCE_DIST = SOURCE_PACKAGE.replace("_", "-")
 # Scripts a report's names and notes are likely to be in (Latin, Greek and Cyrillic are in Noto
 # Sans itself); CJK comes from the noto-cjk-sans-otc package, already static.
 FAMILIES = [
@@ -50,6 +50,20 @@ FAMILIES = [
 # Pictographs and symbols are set in one weight: a bold emoji is the regular one.
 REGULAR_ONLY = ["NotoEmoji", "NotoSansSymbols"]
 WEIGHTS = {"Regular": 400, "Bold": 700}
+HEADER = f"""The fonts in this folder are static instances (Regular: wght 400, Bold: wght 700)
+of Noto's variable fonts as published in the {SOURCE_DIST} {SOURCE_VERSION} package,
+made with fontTools' instancer by scripts/build_fonts.py (names and weight flags set as in
+Noto's own static builds; outlines as the variable font draws them at that weight).
+Copyright notices:
+
+- Noto Sans, Noto Sans Arabic, Armenian, Bengali, Devanagari, Ethiopic, Georgian, Gujarati,
+  Gurmukhi, Hebrew, Kannada, Khmer, Lao, Malayalam, Myanmar, Oriya, Sinhala, Symbols, Tamil,
+  Telugu and Thai: Copyright 2022-2025 The Noto Project Authors (https://github.com/notofonts).
+- Noto Emoji: Copyright 2013 Google LLC.
+
+All are licensed under the SIL Open Font License, Version 1.1 (no Reserved Font Names):
+
+"""
 
 
 def _rename(font: TTFont, style: str) -> None:
@@ -103,7 +117,9 @@ def main() -> int:
     licence = (
         source.parent / f"{SOURCE_PACKAGE}-{SOURCE_VERSION}.dist-info" / "licenses" / "LICENSE"
     )
-    shutil.copyfile(licence, OUT / "OFL.txt")
+    upstream = licence.read_text(encoding="utf-8")
+    ofl = upstream[upstream.index("This Font Software is licensed") :]
+    (OUT / "OFL.txt").write_text(HEADER + ofl, encoding="utf-8")
     return 0
 
 
