@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 
-from services.renderer.fonts import extra_dirs_from
+from services.renderer.fonts import FONT_SET, extra_dirs_from
 from services.renderer.pdf import PageDefaults, RenderJob, RenderOutput, template_library
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
 from shared.logging import get_logger
@@ -177,8 +177,8 @@ def render_key(job: RenderJob) -> str:
         "page": job.page.css(),
         "context": {v: job.context.get(v) for v in used},
     }
-    if job.missing_glyphs != "fail" or job.font_dirs:  # other fonts, other PDF
-        material["fonts"] = [job.missing_glyphs, *job.font_dirs]
+    # Another font set, missing-glyph policy or font folders draw another PDF: not reused.
+    material["fonts"] = [FONT_SET, job.missing_glyphs, *job.font_dirs]
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
 

@@ -80,6 +80,8 @@ SANS_STACK = (
     "Noto Emoji",
 )
 STACK_NAME = "Pressroom Sans"
+# Part of every render's cache key: a render made with other fonts is not reused.
+FONT_SET = "noto-2026.9.26-static.1"
 # A render process draws this once at start, so fontconfig's cache and the fonts of the common
 # scripts are loaded before the first report rather than during it.
 WARM_UP_HTML = (
@@ -172,8 +174,11 @@ def fontconfig_xml(dirs: Sequence[Path], base: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config_home() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def _config_home() -> Path | None:
+    try:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    except RuntimeError:  # no home directory at all
+        return None
     return Path(cache) / "pressroom"
 
 
@@ -211,7 +216,7 @@ def _write_config(text: str) -> Path:
     name = f"pressroom-fonts-{hashlib.sha256(text.encode()).hexdigest()[:16]}.conf"
     for folder in (_config_home(), None):
         try:
-            if folder is None:
+            if folder is None:  # no writable cache folder: a private file of this process
                 fd, tmp = tempfile.mkstemp(prefix="pressroom-fonts-", suffix=".conf")
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
                     handle.write(text)
