@@ -19,6 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from bench import render_time
 from services.renderer.core import build_context, make_job
 from services.renderer.pdf import RenderJob, render_job
 from shared.bus import LEDGER_BUCKET
@@ -33,6 +34,7 @@ ONE_PAGE_N = int(os.environ.get("BENCH_ONE_PAGE", "24"))
 TEN_PAGE_N = int(os.environ.get("BENCH_TEN_PAGE", "8"))
 LATENCY_N = int(os.environ.get("BENCH_LATENCY", "20"))
 LARGE_ROWS = int(os.environ.get("BENCH_LARGE_ROWS", "3000"))
+FONTS_N = int(os.environ.get("BENCH_FONTS", "12"))
 # Each throughput figure is the best of ROUNDS runs, for the bare loop and the pipeline alike:
 # this VM's neighbours make single runs vary by ±15 %.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -276,6 +278,25 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {label} | {row['p50'] * 1000:.0f} ms | {row['p95'] * 1000:.0f} ms | "
             f"{row['p99'] * 1000:.0f} ms |"
         )
+    fonts = result.get("fonts")
+    if fonts:
+        latin, every = fonts["latin"], fonts["every-script"]
+        lines += [
+            "",
+            f"## Fonts (one warm render process, n={latin['renders']})",
+            "",
+            "`portfolio.html` with the Latin sample and with `multilingual.json` (names in every "
+            "bundled script: 26 font faces, CJK among them).",
+            "",
+            "| data | wall p50 | wall min | CPU p50 |",
+            "|---|---|---|---|",
+            f"| Latin only | {latin['p50'] * 1000:.0f} ms | {latin['min'] * 1000:.0f} ms "
+            f"| {latin['cpu_p50'] * 1000:.0f} ms |",
+            f"| every script | {every['p50'] * 1000:.0f} ms | {every['min'] * 1000:.0f} ms "
+            f"| {every['cpu_p50'] * 1000:.0f} ms |",
+            f"| every script / Latin | **{every['p50'] / latin['p50']:.2f}** | "
+            f"| **{every['cpu_p50'] / latin['cpu_p50']:.2f}** |",
+        ]
     big = result["large"]
     lines += [
         "",
@@ -301,7 +322,10 @@ async def main() -> None:
         "throughput": {},
         "scaling": {},
     }
-    only = os.environ.get("BENCH_ONLY")  # e.g. "ten-page" while tuning; figures need all
+    only = os.environ.get("BENCH_ONLY")  # e.g. "ten-page" or "fonts" while tuning
+    if only == "fonts":
+        print(json.dumps(render_time.figures(FONTS_N), indent=2))
+        return
     for workload, n in (("one-page", ONE_PAGE_N), ("ten-page", TEN_PAGE_N)):
         if only and workload != only:
             continue
@@ -322,6 +346,8 @@ async def main() -> None:
     if only:
         print(json.dumps(result, indent=2))
         return
+    log("fonts: Latin-only and every-script renders …")
+    result["fonts"] = render_time.figures(FONTS_N)
     log("latency at light load …")
     result["latency"] = await latency(root, LATENCY_N)
     log(f"large report ({LARGE_ROWS} rows) …")

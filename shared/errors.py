@@ -43,6 +43,10 @@ class RenderTimeout(PermanentError):
     """A render took longer than the configured limit and was stopped."""
 
 
+class MissingGlyphs(PermanentError):
+    """The report has characters no installed font can draw: the PDF would show empty boxes."""
+
+
 Verdict = Literal["permanent", "transient"]
 
 # The one classification of exceptions that are not ours, first match wins. Permanent: the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,6 +25,8 @@ PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIV
 # Request ids become ledger (KV) keys, message ids and file names: a safe alphabet, and dots
 # only between other characters (a KV key cannot end with "." or hold "..").
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
+
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$"
 
 Format = Literal["pdf", "html"]
 Channel = Literal["file", "email", "s3", "webhook"]
@@ -107,6 +110,32 @@ class ReportRequested(Event):
     )
     requested_by: str | None = Field(default=None, description="Who asked, for the ledger.")
     requested_at: datetime = Field(default_factory=utcnow, description="When it was asked.")
+    locale: str | None = Field(
+        default=None,
+        description="Language and region the report is written for (BCP 47, e.g. 'de-DE', "
+        "'ja', 'zh-Hant-TW'): how numbers and dates read, and which CJK glyph forms are used.",
+        pattern=LOCALE_PATTERN,
+    )
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str | None) -> str | None:
+        return None if value is None else cls.checked_locale(value)
+
+    @staticmethod
+    def checked_locale(value: str) -> str:
+        """The locale if Babel knows it, else a ValueError saying what a locale looks like."""
+        from babel import Locale, UnknownLocaleError
+
+        try:
+            if not re.fullmatch(LOCALE_PATTERN, value):
+                raise ValueError(value)
+            Locale.parse(value.replace("-", "_"))
+        except (UnknownLocaleError, ValueError):
+            raise ValueError(
+                f"unknown locale '{value}' (a language tag such as 'en', 'de-DE', 'zh-Hant-TW')"
+            ) from None
+        return value
 
     @field_validator("template")
     @classmethod

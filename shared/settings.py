@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     inline_context_limit: int = Field(
         default=256 * 1024, gt=0, le=768 * 1024, description="Bigger goes by reference."
     )
+    missing_glyphs: Literal["fail", "warn"] = Field(
+        default="fail",
+        description="A character no font can draw: fail the render, or warn and deliver boxes.",
+    )
+    fonts_dir: str = Field(
+        default="", description="More font folders for the renderer (':'- or ','-separated)."
+    )
 
     # Fetching
     fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")

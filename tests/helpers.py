@@ -104,11 +104,7 @@ class Stack:
             PRESSROOM_SOURCE_ALLOW="127.0.0.1",
             PRESSROOM_EMAIL_ALLOW="example.com",
             PRESSROOM_LOG_LEVEL="INFO",
-            **(
-                {"PRESSROOM_NATS_CREDENTIALS_DIR": str(self.auth_dir)}
-                if self.auth
-                else {}
-            ),
+            **({"PRESSROOM_NATS_CREDENTIALS_DIR": str(self.auth_dir)} if self.auth else {}),
             **({"PRESSROOM_NATS_TLS_CA": str(self.auth_dir / "ca.pem")} if self.tls else {}),
             OTEL_TRACES_EXPORTER="none",
             OTEL_METRICS_EXPORTER="none",

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 
+from services.renderer.fonts import FONT_SET, extra_dirs_from
 from services.renderer.pdf import (
     Analysis,
     PageDefaults,
@@ -18,7 +19,9 @@ from services.renderer.pdf import (
     analyse_job,
     render_job,
 )
+from services.renderer.templating import bytecode_cache_dir
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.logging import get_logger
 from shared.settings import Settings
 from shared.store import (
     ArtefactMissing,
@@ -50,6 +53,9 @@ class InProcess:
         return analyse_job(job)
 
 
+log = get_logger(__name__)
+
+
 def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, Any]:
     """What every template may rely on, under the request's own data (which wins)."""
     return {
@@ -57,6 +63,7 @@ def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, A
         "template_name": request.template,
         "generation_time": utcnow().isoformat(timespec="seconds"),
         "requested_by": request.requested_by,
+        "locale": request.locale,
         **data,
     }
 
@@ -78,6 +85,8 @@ def make_job(
         asset_allow=tuple(settings.asset_allow_list),
         max_output_bytes=settings.max_output_bytes,
         cache_dir=cache_dir,
+        missing_glyphs=settings.missing_glyphs,
+        font_dirs=extra_dirs_from(settings.fonts_dir),
     )
 
 
@@ -100,7 +109,7 @@ async def render_report(
         request.template,
         build_context(request, data),
         tuple(request.formats),
-        cache_dir=str((settings.data_dir / "jinja-cache").resolve()),
+        cache_dir=str(bytecode_cache_dir((settings.data_dir / "jinja-cache").resolve())),
     )
     cache_key = None
     if cache is not None:
@@ -109,6 +118,8 @@ async def render_report(
         if reused is not None:
             return reused
     output = await renderer.render(job)
+    for notice in output.notices:  # e.g. PRESSROOM_MISSING_GLYPHS=warn and a character had no font
+        log.warning("render notice", request_id=request.request_id, reason=notice)
     end = time.time_ns()
     pdf_start = end - int(output.pdf_seconds * 1e9)
     html_start = pdf_start - int(output.html_seconds * 1e9)
@@ -202,6 +213,10 @@ def render_key(analysis: Analysis, job: RenderJob) -> str:
         "whole_context": analysis.variables is None,
         "context": context,
     }
+    # Another font set, missing-glyph policy or font folders draw another PDF: not reused.
+    material["fonts"] = [FONT_SET, job.missing_glyphs, *job.font_dirs]
+    # Locale-aware filters read `locale` from the context itself, unseen by static analysis.
+    material["locale"] = job.context.get("locale")
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
 

@@ -24,13 +24,15 @@ from jinja2 import (
     UndefinedError,
     meta,
     nodes,
+    pass_context,
     select_autoescape,
 )
 from jinja2.exceptions import SecurityError
 from jinja2.filters import do_center, do_format, do_indent
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from services.renderer import charts
+from services.renderer import charts, localize
 from shared.errors import PressroomError, TemplateError
 
 TEMPLATE_SUFFIXES = (".html", ".htm")
@@ -90,6 +92,41 @@ def _datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     if isinstance(value, int | float):
         value = datetime.fromtimestamp(value, UTC)
     return str(value.strftime(fmt)) if isinstance(value, datetime) else str(value)
+
+
+# The request's `locale` (in the context when given) decides how numbers and dates read; without
+# one, the filters keep writing them as they always have.
+@pass_context
+def _number_l(ctx: Context, value: Any, digits: int = 0) -> str:
+    locale = ctx.get("locale")
+    return localize.number(value, digits, locale) if locale else _number(value, digits)
+
+
+@pass_context
+def _percent_l(ctx: Context, value: Any, digits: int = 1) -> str:
+    locale = ctx.get("locale")
+    return localize.percent(value, digits, locale) if locale else _percent(value, digits)
+
+
+@pass_context
+def _datetime_l(ctx: Context, value: Any, fmt: str | None = None) -> str:
+    locale, moment = ctx.get("locale"), localize.as_datetime(value)
+    if locale and fmt is None and isinstance(moment, datetime):
+        return localize.when(moment, locale)
+    return _datetime(value, fmt or "%Y-%m-%d %H:%M UTC")
+
+
+@pass_context
+def _date_l(ctx: Context, value: Any, style: str = "medium") -> str:
+    moment = localize.as_datetime(value)
+    if moment is None:
+        return str(value)
+    return localize.day(moment, ctx.get("locale") or "en", style)
+
+
+@pass_context
+def _currency_l(ctx: Context, value: Any, currency: str = "USD") -> str:
+    return localize.money(value, currency, ctx.get("locale") or "en")
 
 
 def _status_class(value: Any) -> str:
@@ -224,9 +261,12 @@ class TemplateLibrary:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            number=_number,
-            percent=_percent,
-            datetime=_datetime,
+            number=_number_l,
+            percent=_percent_l,
+            datetime=_datetime_l,
+            date=_date_l,
+            currency=_currency_l,
+            lang_tag=localize.lang_tag,
             status_class=_status_class,
             center=_checked_width_filter(do_center, "center"),
             indent=_checked_width_filter(do_indent, "indent"),
@@ -451,6 +491,15 @@ class TemplateLibrary:
                 f"template error in {_template_location(error, name)}: "
                 f"{error.__class__.__name__}: {error}"
             ) from None
+
+
+def bytecode_cache_dir(base: Path) -> Path:
+    """Jinja's bytecode cache keys templates by name and source only; compiled code also
+    depends on the filters and the sandbox (a filter that became `pass_context` is called
+    differently). A folder per version of this module keeps an upgrade from reusing stale
+    bytecode."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return base / code
 
 
 def validate_in_folder(folder: str, names: list[str] | None) -> dict[str, list[str]]:
