@@ -399,9 +399,10 @@ def identity(settings: Settings, role: str) -> Identity:
     generated in the data folder."""
     context = tls_context(settings)
     if settings.nats_nkey is not None:
-        return Identity(
-            role, "nkey", _readable(settings.nats_nkey, "PRESSROOM_NATS_NKEY"), tls=context
-        )
+        seed = _readable(settings.nats_nkey, "PRESSROOM_NATS_NKEY")
+        # A seed from `pressroom bus auth` is named after its role: use that role's inbox.
+        named = seed.stem if seed.stem in ROLES else role
+        return Identity(named, "nkey", seed, tls=context)
     if settings.nats_credentials_dir is not None:
         path = settings.nats_credentials_dir / f"{role}.nk"
         return Identity(

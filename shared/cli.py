@@ -1489,11 +1489,17 @@ async def _dlq_replay(cfg: Settings, ids: list[int] | None, *, quiet: bool) -> l
 def dlq_purge(
     ids: list[int] = typer.Argument(None),
     all_: bool = typer.Option(False, "--all"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before purging --all."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Delete dead letters for good."""
+    """Delete dead letters for good (--all asks first, unless --yes)."""
     if not ids and not all_:
         fail("give dead-letter IDs or --all")
+    if all_ and not yes:
+        if not sys.stdin.isatty():
+            fail("purging every dead letter cannot be undone: add --yes to confirm")
+        if not typer.confirm("Delete every dead letter for good?", default=False):
+            raise typer.Exit(1)
     removed = run(_dlq_purge(settings(), None if all_ else ids))
     if as_json:
         emit_json({"purged": removed})

@@ -47,6 +47,9 @@ def configure_logging(service: str, *, json: bool | None = None, level: str | No
     structlog.contextvars.bind_contextvars(service=service)
     # FastStream and nats-py log through stdlib logging: keep them quiet and on stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    # asyncio notes TLS connections the server closes ("returning true from eof_received() has
+    # no effect when using ssl"): noise, not a problem worth a line.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 def get_logger(name: str | None = None) -> Any:

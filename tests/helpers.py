@@ -239,11 +239,15 @@ class Stack:
         )
 
     def cli(
-        self, *args: str, check: bool = False, timeout: float = 60
+        self,
+        *args: str,
+        check: bool = False,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "shared.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -48,6 +48,17 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         assert "renderer-2" in workers and "scheduler-1" in workers
         children = descendants(up.pid)
         assert len(children) >= 6  # nats-server, scheduler, fetcher, 2 renderers, distributor
+        # The embedded bus is locked too: identities in the data folder, nobody anonymous …
+        seeds = tmp_path / "state" / "auth"
+        assert oct((seeds / "ops.nk").stat().st_mode & 0o777) == "0o600"
+        assert anonymous_refused(port)
+        # … and the CLI in another terminal finds the ops identity by itself.
+        listed = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "ls", "--json"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert pdf.stem in {e["request_id"] for e in json.loads(listed.stdout)}
     finally:
         up.send_signal(signal.SIGINT)
         output = up.communicate(timeout=30)[0].decode()
@@ -60,6 +71,62 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         for pid in children
         if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
     ] == []
+
+
+def anonymous_refused(port: int) -> bool:
+    import asyncio
+
+    import nats
+
+    async def attempt() -> bool:
+        async def ignore(error: Exception) -> None:
+            pass
+
+        try:
+            nc = await nats.connect(
+                f"nats://127.0.0.1:{port}", allow_reconnect=False, max_reconnect_attempts=1,
+                connect_timeout=3, error_cb=ignore,
+            )  # fmt: skip
+        except Exception as error:
+            return "authorization" in str(error).lower()
+        await nc.close()
+        return False
+
+    return asyncio.run(attempt())
+
+
+def test_up_runs_the_pipeline_on_an_external_locked_bus(tmp_path: Path) -> None:
+    from tests.helpers import Stack
+
+    bus = Stack(tmp_path / "bus", workers={}).start()  # nats-server with `bus auth`, set up
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+    env.update(
+        PRESSROOM_NATS_URL=bus.url,
+        PRESSROOM_NATS_CREDENTIALS_DIR=str(bus.auth_dir),
+        PRESSROOM_DATA_DIR=str(tmp_path / "state"),
+        PRESSROOM_OUT_DIR=str(tmp_path / "out"),
+        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
+        PYTHONPATH=str(REPO),
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--sample"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not list((tmp_path / "out").glob("*.pdf")):
+            assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
+            time.sleep(0.2)
+        [pdf] = list((tmp_path / "out").glob("sample-portfolio-*.pdf"))
+        assert pdf.read_bytes().startswith(b"%PDF")
+        logs = "".join(p.read_text() for p in (tmp_path / "state" / "logs").glob("*.log"))
+        assert "bus refused" not in logs  # every role had the permissions it needed
+    finally:
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=30)[0].decode()
+        bus.stop()
+    assert up.returncode == 0, output
 
 
 def descendants(pid: int) -> list[int]:
