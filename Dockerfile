@@ -19,7 +19,7 @@ RUN pip install --no-cache-dir . && rm -rf /root/.cache
 
 COPY templates ./templates
 COPY deploy/pressroom.yaml ./deploy/pressroom.yaml
-RUN mkdir -p /app/out /app/.pressroom && chown -R pressroom:pressroom /app/out /app/.pressroom
+RUN mkdir -p /app/out /app/.pressroom /app/auth && chown -R pressroom:pressroom /app/out /app/.pressroom /app/auth
 
 USER pressroom
 # Fontconfig's cache of the bundled fonts, built once here rather than by the first report.

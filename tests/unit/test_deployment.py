@@ -47,15 +47,29 @@ def test_compose_describes_the_full_stack_with_scalable_healthy_services() -> No
         assert "container_name" not in service  # scaling needs generated names
         assert service["command"] == ["worker", name]
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
-        assert service["depends_on"]["nats"]["condition"] == "service_healthy"
+        # Workers start once ops has declared the topology on a healthy, locked bus.
+        assert service["depends_on"]["bus-setup"]["condition"] == "service_completed_successfully"
+    assert services["bus-setup"]["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert services["nats"]["depends_on"]["bus-auth"]["condition"] == (
+        "service_completed_successfully"
+    )
     assert services["scheduler"]["deploy"]["replicas"] == 2
     for name in ("scheduler", "fetcher", "renderer", "distributor"):
         env = services[name]["environment"]
         # scraped by Prometheus, so not also pushed through the collector (no double count)
         assert env["OTEL_METRICS_EXPORTER"] == "none"
         assert env["PRESSROOM_MONITOR_URL"] == "http://prometheus:9090"
+        # Every worker has its identity and trusts the bus's CA — the renderer too, whose
+        # environment adds its own keys to the shared ones.
+        assert env["PRESSROOM_NATS_CREDENTIALS_DIR"] == "/app/auth"
+        assert env["PRESSROOM_NATS_TLS_CA"] == "/app/auth/ca.pem"
+        assert env["PRESSROOM_SMTP_HOST"] == "mailpit"
+    for name, service in services.items():  # nothing listens on every interface by default
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
     nats_conf = (REPO / "deploy/nats/nats.conf").read_text()
     assert "sync_interval: always" in nats_conf and "store_dir: /data" in nats_conf
+    assert 'include "../../app/auth/auth.conf"' in nats_conf
 
 
 def test_kubernetes_manifests_parse_and_run_every_worker_with_probes() -> None:
