@@ -9,14 +9,21 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# Quiet: two lines on success; the whole log, and the reason, only when something fails.
+# uv installs the dependencies in seconds where pip takes a minute (pip is the fallback).
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "pressroom: installing into $(VENV) (the first time takes a minute or two) …"
+	@$(PYTHON) -m venv $(VENV)
+	@{ $(BIN)/python -m pip install --quiet --upgrade pip uv \
+	   && { $(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]" \
+	        || $(BIN)/python -m pip install --quiet -e ".[dev]"; }; } > $(VENV)/install.log 2>&1 \
+	  || { tail -n 25 $(VENV)/install.log; \
+	       echo "pressroom: install failed (whole log: $(VENV)/install.log)"; exit 1; }
 	@$(BIN)/python -c "from services.renderer.fonts import harfbuzz_subset_available as ok; ok() or \
 	  print('note: HarfBuzz-Subset is missing (Debian: libharfbuzz-subset0): PDFs render ~4x slower, ' \
 	        'and reports with Chinese, Japanese or Korean text take 10-25 s more')"
-	touch $(STAMP)
+	@touch $(STAMP)
+	@echo "pressroom: installed — .venv/bin/pressroom is ready"
 
 ## Run the pipeline on the embedded default and deliver the sample report into out/.
 run: install
