@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -96,6 +97,20 @@ def bar_chart(
     return _svg(width, height, parts, title)
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round axis values covering [lo, hi]: 0, 2, 4, 6 rather than 0 and 5.7."""
+    if hi <= lo:
+        hi = lo + 1
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.floor(lo / step) * step
+    ticks = [first]
+    while ticks[-1] < hi - 1e-9:
+        ticks.append(round(first + len(ticks) * step, 10))
+    return ticks
+
+
 def _series(data: Any) -> dict[str, list[float]]:
     if isinstance(data, Mapping) and all(isinstance(v, list | tuple) for v in data.values()):
         return {str(k): [_num(x) for x in v] for k, v in data.items()}
@@ -114,13 +129,18 @@ def line_chart(
     if not values:
         return _svg(width, height, ['<text x="8" y="40" font-size="10">no data</text>'], title)
     top, base, left = (22 if title else 6), height - 18, 36
-    lo, hi = min([*values, 0.0]), max(values) or 1
+    ticks = nice_ticks(min([*values, 0.0]), max(values) or 1)
+    lo, hi = ticks[0], ticks[-1]
     span = (hi - lo) or 1
-    parts = [
-        f'<line x1="{left}" y1="{base}" x2="{width}" y2="{base}" stroke="#9ca3af"/>',
-        f'<text x="{left - 4}" y="{top + 8}" font-size="8" text-anchor="end">{_fmt(hi)}</text>',
-        f'<text x="{left - 4}" y="{base}" font-size="8" text-anchor="end">{_fmt(lo)}</text>',
-    ]
+    parts = []
+    for tick in ticks:  # gridlines and labels on round values
+        y = base - (tick - lo) / span * (base - top)
+        colour = "#9ca3af" if tick == lo else "#e5e7eb"
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width}" y2="{y:.1f}" stroke="{colour}"/>'
+            f'<text x="{left - 4}" y="{y + 3:.1f}" font-size="8" text-anchor="end" '
+            f'fill="#374151">{tick:,.10g}</text>'
+        )
     longest = max(len(p) for p in series.values())
     step = (width - left - 8) / max(longest - 1, 1)
     for n, (name, points) in enumerate(series.items()):

@@ -1,0 +1,45 @@
+"""The bundled templates as a reader sees them: page numbers, repeated headers, readable axes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from services.renderer.charts import line_chart, nice_ticks
+from services.renderer.pdf import RenderJob, render_job
+from tests.helpers import REPO
+
+
+def test_chart_axes_are_labelled_on_round_values() -> None:
+    assert nice_ticks(0, 9) == [0, 2, 4, 6, 8, 10]
+    assert nice_ticks(0, 1234) == [0, 500, 1000, 1500]
+    assert nice_ticks(-3, 7) == [-4, -2, 0, 2, 4, 6, 8]
+    svg = str(line_chart([3, 9, 4, 6]))
+    labels = re.findall(r'text-anchor="end" fill="#374151">([^<]+)<', svg)
+    assert labels == ["0", "2", "4", "6", "8", "10"]
+
+
+def test_a_long_legacy_custom_report_has_page_numbers_and_a_header_on_every_page(
+    tmp_path: Path,
+) -> None:
+    data = json.loads((REPO / "templates/samples/custom-report.json").read_text())
+    data["projects"] = [
+        {"name": f"Project {i}", "status": "blocked", "health": "red"} for i in range(900)
+    ]
+    data["generation_time"] = "2026-11-23T08:00:00Z"
+    job = RenderJob(str(REPO / "templates"), "custom-report.html", data, ("pdf",))
+    output = render_job(job)
+    assert output.pdf is not None and output.pages > 10
+    pdf = tmp_path / "long.pdf"
+    pdf.write_bytes(output.pdf)
+    for page in (1, 2, output.pages):
+        text = subprocess.run(
+            ["pdftotext", "-layout", "-f", str(page), "-l", str(page), str(pdf), "-"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert f"Page {page} of {output.pages}" in text
+        assert re.search(r"Project\s+Status\s+Health", text), text[:300]
+        # columns are apart, not run together ("blocked red")
+        assert re.search(r"blocked\s{2,}red", text)
