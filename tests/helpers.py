@@ -59,6 +59,7 @@ class Stack:
     # so every test also proves that each role's permissions are enough, and no more is needed.
     auth: bool = True
     tls: bool = False
+    unset: tuple[str, ...] = ()  # defaults below to leave out (a config file decides instead)
 
     @property
     def url(self) -> str:
@@ -111,6 +112,8 @@ class Stack:
             PYTHONPATH=str(REPO),
         )
         env.update(self.env_extra)
+        for name in self.unset:
+            env.pop(name, None)
         return env
 
     def _launch(self) -> None:
