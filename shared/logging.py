@@ -11,6 +11,17 @@ from typing import Any
 import structlog
 
 
+_process: dict[str, str] = {}
+
+
+def _add_service(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Process-wide, not a context variable: tasks started before configuration (shutdown
+    # hooks, the health server) must say which service they belong to too.
+    if "service" in _process:
+        event.setdefault("service", _process["service"])
+    return event
+
+
 def _add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     try:
         from opentelemetry import trace
@@ -33,6 +44,7 @@ def configure_logging(service: str, *, json: bool | None = None, level: str | No
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_service,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_trace_ids,
@@ -44,7 +56,7 @@ def configure_logging(service: str, *, json: bool | None = None, level: str | No
         # Not cached: a process may configure again (the CLI, then the worker it becomes).
         cache_logger_on_first_use=False,
     )
-    structlog.contextvars.bind_contextvars(service=service)
+    _process["service"] = service
     # FastStream and nats-py log through stdlib logging: keep them quiet and on stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     # asyncio notes TLS connections the server closes ("returning true from eof_received() has

@@ -274,7 +274,7 @@ def stage_app(
         graceful_timeout=settings.shutdown_grace,
         middlewares=middlewares,
     )
-    app = FastStream(broker)
+    app = FastStream(broker, logger=None)  # our own JSON lines say "ready" and "stopping"
     state: dict[str, Any] = {}
 
     async def observe_all() -> None:
@@ -327,6 +327,7 @@ def stage_app(
 
     @app.on_shutdown
     async def shutdown() -> None:
+        log.info("stage stopping", stage=spec.name)
         if "backlog" in state:
             state["backlog"].cancel()
         if "health" in state:

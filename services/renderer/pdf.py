@@ -193,6 +193,11 @@ def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tup
 
 def _worker_init(memory_mb: int, warm: bool = True) -> None:
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the renderer decides when its render processes
+    # stop, so they leave no KeyboardInterrupt traceback in its log.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb > 0:
         import resource
 

@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
-    app = FastStream(broker)
+    app = FastStream(broker, logger=None)  # our own JSON lines say "ready" and "stopping"
     state: dict[str, Any] = {}
 
     async def loop() -> None:

@@ -64,6 +64,10 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         output = up.communicate(timeout=30)[0].decode()
     assert up.returncode == 0, output
     assert "stopped." in output
+    for log in (tmp_path / "state" / "logs").glob("*.log"):  # JSON lines only, no tracebacks
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            assert event["service"] == f"pressroom-{log.stem.rsplit('-', 1)[0]}", line
     assert not port_open("127.0.0.1", port)  # the embedded nats-server is gone too
     time.sleep(0.5)
     assert [
