@@ -8,6 +8,7 @@ existing durable consumers.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +27,7 @@ from shared.events import (
     REPORT_DELIVERED,
     REPORT_RENDERED,
     REPORT_REQUESTED,
+    claimed_request_id,
 )
 from shared.logging import get_logger
 from shared.telemetry import inject_context
@@ -266,7 +268,8 @@ def encode(event: BaseModel) -> bytes:
 
 
 class JetStreamPublisher:
-    """Publisher over a plain nats-py JetStream context (CLI, scheduler, tests)."""
+    """The one way Pressroom publishes to JetStream: trace context, message id, and a check
+    that a de-duplicated publish was really de-duplicated against our own earlier message."""
 
     def __init__(self, js: JetStreamContext, *, timeout: float = 5.0) -> None:
         self._js = js
@@ -274,6 +277,17 @@ class JetStreamPublisher:
 
     async def publish(
         self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> api.PubAck:
+        ack = await self._send(subject, body, msg_id, headers)
+        if ack.duplicate and not await self._ours(ack, subject, body):
+            # Anyone may publish with any Nats-Msg-Id: a message that took ours first (within
+            # the duplicate window) must not make this one vanish. Publish under a fresh id.
+            log.warning("message id taken by another message", subject=subject, msg_id=msg_id)
+            ack = await self._send(subject, body, f"{msg_id}:{uuid.uuid4().hex}", headers)
+        return ack
+
+    async def _send(
+        self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None
     ) -> api.PubAck:
         hdrs = {**(headers or {}), MSG_ID: msg_id}
         inject_context(hdrs)
@@ -284,6 +298,17 @@ class JetStreamPublisher:
             if REFUSALS.refused(subject):
                 raise BusRefused(REFUSALS.last() or f"publishing to {subject} refused") from None
             raise
+
+    async def _ours(self, ack: api.PubAck, subject: str, body: bytes) -> bool:
+        """Is the stored message with our id an earlier copy of this one (same subject, same
+        request)? If it cannot be read, assume so rather than publish twice."""
+        try:
+            stored = await self._js.get_msg(ack.stream, ack.seq)
+        except Exception:
+            return True
+        return stored.subject == subject and claimed_request_id(
+            stored.data or b""
+        ) == claimed_request_id(body)
 
 
 class IncompleteListing(PressroomError):

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from shared.errors import PressroomError
-from shared.events import ReportRequested
+from shared.events import ReportRequested, request_fingerprint
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -422,7 +422,7 @@ async def _request(
         if not wait:
             await publish(bus)
             return None
-        async with watch_outcome(bus, req.request_id) as future:
+        async with watch_outcome(bus, req.request_id, request_fingerprint(req)) as future:
             await publish(bus)
             # An already-finished request id (idempotency) emits nothing new: ask the ledger.
             deadline = time.monotonic() + timeout
@@ -1311,6 +1311,12 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     schedules = _schedules(cfg)
     if not cfg.templates_dir.is_dir():
         fail(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
+    lib = _library(cfg)
+    for schedule in schedules:
+        try:
+            lib.resolve(str(schedule.request.get("template", "")))
+        except PressroomError as error:
+            fail(f"schedule '{schedule.name}': {error.reason}")
     effective = masked(cfg)
     if as_json:
         emit_json(effective)

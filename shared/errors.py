@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Literal
 
 
@@ -63,8 +64,16 @@ CLASSIFICATION: tuple[tuple[tuple[type[BaseException], ...], Verdict, str], ...]
 )
 
 
+# OSErrors that describe the input (a path too long, through a file, a loop), not the machine.
+PERMANENT_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EINVAL}
+)
+
+
 def classify(error: BaseException) -> Verdict:
     """Permanent or transient; unknown errors count as transient (retries are bounded)."""
+    if isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS:
+        return "permanent"
     for kinds, verdict, _ in _classification():
         if isinstance(error, kinds):
             return verdict

@@ -29,6 +29,10 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$"
 
 Format = Literal["pdf", "html"]
+# One request is one report: bounded fan-out, so no request can hold a stage for everyone else.
+MAX_SOURCES = 50
+MAX_DELIVERIES = 20
+MAX_EMAIL_DELIVERIES = 5
 Channel = Literal["file", "email", "s3", "webhook"]
 
 
@@ -93,16 +97,23 @@ class ReportRequested(Event):
     template: str = Field(description="Template name inside the templates folder.", min_length=1)
     formats: list[Format] = Field(
         default_factory=lambda: ["pdf"],  # type: ignore[arg-type]
-        description="Artefacts to produce.",
+        description="Artefacts to produce (each at most once).",
         min_length=1,
+        max_length=2,
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Inline values; merged over source results."
     )
-    sources: list[Source] = Field(default_factory=list, description="Data to gather first.")
+    sources: list[Source] = Field(
+        default_factory=list,
+        description=f"Data to gather first (at most {MAX_SOURCES}).",
+        max_length=MAX_SOURCES,
+    )
     deliver: list[Delivery] = Field(
         default_factory=list,
-        description="Where to deliver; empty means the configured default (a `file` delivery).",
+        description="Where to deliver; empty means the configured default (a `file` delivery); "
+        f"at most {MAX_DELIVERIES}.",
+        max_length=MAX_DELIVERIES,
     )
     use_cache: bool = Field(
         default=False,
@@ -136,6 +147,24 @@ class ReportRequested(Event):
                 f"unknown locale '{value}' (a language tag such as 'en', 'de-DE', 'zh-Hant-TW')"
             ) from None
         return value
+
+    @field_validator("deliver")
+    @classmethod
+    def _few_emails(cls, value: list[Delivery]) -> list[Delivery]:
+        # The company mail server sends what a request asks: a handful of messages, not spam.
+        emails = sum(1 for d in value if d.channel == "email")
+        if emails > MAX_EMAIL_DELIVERIES:
+            raise ValueError(
+                f"at most {MAX_EMAIL_DELIVERIES} email deliveries per request, got {emails} "
+                "(put several recipients in one `to`)"
+            )
+        return value
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _each_format_once(cls, value: Any) -> Any:
+        # ["pdf"] * 40000 is one PDF, not forty thousand uploads.
+        return list(dict.fromkeys(value)) if isinstance(value, list) else value
 
     @field_validator("template")
     @classmethod
@@ -254,6 +283,32 @@ class ReportFailed(Event):
         default=None, description="Sequence of the dead letter in the DLQ stream."
     )
     failed_at: datetime = Field(default_factory=utcnow)
+    refused: bool = Field(
+        default=False,
+        description="True when the failed message did not own this request_id (an invalid "
+        "payload, other content under a used id, an imitated schedule): the request's own "
+        "outcome is unaffected, and watchers should not take this as its failure.",
+    )
+    fingerprint: str | None = Field(
+        default=None,
+        description="Content fingerprint of the refused message's request, when readable: a "
+        "publisher can tell its own refused message from someone else's.",
+    )
+
+
+def claimed_request_id(body: bytes) -> str | None:
+    """The request_id a raw message says it is about (unverified), or None."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    request = data.get("request")
+    rid = data.get("request_id") or (
+        request.get("request_id") if isinstance(request, dict) else None
+    )
+    return rid if isinstance(rid, str) else None
 
 
 class DeadLetter(BaseModel):

@@ -10,7 +10,6 @@ from typing import Any
 
 import structlog
 
-
 _process: dict[str, str] = {}
 
 

@@ -10,10 +10,11 @@ import base64
 import io
 import json
 import os
+import re
 import tarfile
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +31,10 @@ from shared.bus import (
     DLQ_STREAM,
     LEDGER_BUCKET,
     MSG_ID,
+    STAGES,
     STREAM,
     IncompleteListing,
+    JetStreamPublisher,
     connect,
     ensure_topology,
     msg_id,
@@ -50,6 +53,7 @@ from shared.events import (
 )
 from shared.ledger import KvLedger, LedgerEntry
 from shared.settings import SECRET_FIELDS, Settings
+from shared.stage import DEAD_LETTER_PREFIX
 from shared.store import ArtefactStore, open_store, read_verified
 
 
@@ -119,10 +123,10 @@ async def publish_request(bus: Bus, request: ReportRequested) -> int:
     de-duplicated, and other content under the same request_id reaches the fetcher (which
     refuses it loudly) instead of being dropped as a duplicate."""
     fingerprint = request_fingerprint(request)
-    ack = await bus.js.publish(
+    ack = await JetStreamPublisher(bus.js).publish(
         REPORT_REQUESTED,
         request.model_dump_json().encode(),
-        headers={MSG_ID: f"{msg_id(request.request_id, 'request')}:{fingerprint}"},
+        msg_id=f"{msg_id(request.request_id, 'request')}:{fingerprint}",
     )
     return int(ack.seq)
 
@@ -138,8 +142,13 @@ class Outcome:
 
 
 @asynccontextmanager
-async def watch_outcome(bus: Bus, request_id: str) -> AsyncIterator[asyncio.Future[Outcome]]:
-    """Subscribe before publishing, so a fast pipeline cannot finish unseen."""
+async def watch_outcome(
+    bus: Bus, request_id: str, fingerprint: str | None = None
+) -> AsyncIterator[asyncio.Future[Outcome]]:
+    """Subscribe before publishing, so a fast pipeline cannot finish unseen.
+
+    A `refused` failure is about some other message that used this id; it counts only when
+    its fingerprint is ours (our own request refused, e.g. the id was used before)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Outcome] = loop.create_future()
 
@@ -148,8 +157,11 @@ async def watch_outcome(bus: Bus, request_id: str) -> AsyncIterator[asyncio.Futu
             payload = json.loads(msg.data)
         except ValueError:
             return
-        if payload.get("request_id") == request_id and not future.done():
-            future.set_result(Outcome(msg.subject, payload))
+        if payload.get("request_id") != request_id or future.done():
+            return
+        if payload.get("refused") and payload.get("fingerprint") != fingerprint:
+            return
+        future.set_result(Outcome(msg.subject, payload))
 
     subs = [await bus.nc.subscribe(s, cb=on_message) for s in (REPORT_DELIVERED, REPORT_FAILED)]
     try:
@@ -281,15 +293,30 @@ async def dead_letter(bus: Bus, seq: int) -> DeadLetterRecord | None:
     return DeadLetterRecord(seq, when if isinstance(when, datetime) else None, letter)
 
 
+# Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).
+REPLAYABLE = frozenset(spec.consumes for spec in STAGES.values())
+
+
+def _stored_body_key(letter: DeadLetter) -> str | None:
+    """A dead letter's stored body, only ever under dead-letters/ (never another artefact)."""
+    ref = letter.payload_ref
+    if ref and (not ref.startswith(DEAD_LETTER_PREFIX) or ".." in ref.split("/")):
+        raise PressroomError(
+            f"dead letter refers to '{ref}', outside {DEAD_LETTER_PREFIX}: refused"
+        )
+    return ref
+
+
 async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
     """The whole original message: inline, or from the artefact store when it was too big."""
-    if letter.payload_ref:
+    key = _stored_body_key(letter)
+    if key:
         try:
-            return await (await bus.store()).get(letter.payload_ref)
+            return await (await bus.store()).get(key)
         except PressroomError as error:
             raise PressroomError(
                 f"the original message of this dead letter is gone from the artefact store "
-                f"({letter.payload_ref}): {error.reason}"
+                f"({key}): {error.reason}"
             ) from None
     if letter.payload_encoding == "base64":
         return base64.b64decode(letter.payload)
@@ -302,6 +329,11 @@ async def replay(bus: Bus, seq: int) -> str:
     if record is None:
         raise PressroomError(f"no dead letter with id {seq}")
     letter = record.letter
+    if letter.subject not in REPLAYABLE:
+        raise PressroomError(
+            f"dead letter {seq} names subject '{letter.subject}': only "
+            f"{', '.join(sorted(REPLAYABLE))} can be replayed"
+        )
     headers = {**letter.headers, MSG_ID: f"replay:{seq}:{uuid.uuid4().hex[:12]}"}
     body = await original_body(bus, letter)
     await bus.js.publish(letter.subject, body, headers=headers, stream=STREAM)
@@ -311,8 +343,12 @@ async def replay(bus: Bus, seq: int) -> str:
 
 
 async def _forget_body(bus: Bus, letter: DeadLetter) -> None:
-    if letter.payload_ref:
-        await (await bus.store()).delete(letter.payload_ref)
+    try:
+        key = _stored_body_key(letter)
+    except PressroomError:
+        return  # a forged reference: never delete what it points at
+    if key:
+        await (await bus.store()).delete(key)
 
 
 async def purge(bus: Bus, seqs: list[int] | None) -> int:
@@ -345,7 +381,39 @@ def redacted_config(text: str) -> str:
             for key in ("token", "headers"):
                 if key in entry:
                     entry[key] = REDACTED
+    for spec in (data.get("sources") or {}).values():
+        if isinstance(spec, dict) and isinstance(spec.get("headers"), dict):
+            spec["headers"] = dict.fromkeys(spec["headers"], REDACTED)
     return str(yaml.safe_dump(data, sort_keys=False))
+
+
+_SECRET_KEY = re.compile(r"authorization|token|password|passwd|secret|api[-_]?key|cookie", re.I)
+
+
+def redacted_json(value: Any) -> Any:
+    """A JSON value with every secret-looking field (token, password, Authorization …) and
+    every request header replaced: what a tenant put in a request stays out of backups."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                REDACTED
+                if _SECRET_KEY.search(str(k)) or (k == "headers" and isinstance(v, dict) and v)
+                else redacted_json(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted_json(v) for v in value]
+    return value
+
+
+def redacted_letter(letter: DeadLetter) -> DeadLetter:
+    headers = {k: v for k, v in letter.headers.items() if not _SECRET_KEY.search(k)}
+    update: dict[str, Any] = {"headers": headers}
+    if letter.payload_encoding == "utf-8":
+        with suppress(ValueError, RecursionError):  # not (sane) JSON: kept as it is
+            update["payload"] = json.dumps(redacted_json(json.loads(letter.payload)))
+    return letter.model_copy(update=update)
 
 
 async def backup(
@@ -385,11 +453,8 @@ async def backup(
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
         add(tar, "ledger.jsonl", "".join(e.model_dump_json() + "\n" for e in entries).encode())
-        add(
-            tar,
-            "dead-letters.jsonl",
-            "".join(r.letter.model_dump_json() + "\n" for r in letters).encode(),
-        )
+        kept = [r.letter if include_secrets else redacted_letter(r.letter) for r in letters]
+        add(tar, "dead-letters.jsonl", "".join(k.model_dump_json() + "\n" for k in kept).encode())
         if templates_dir.is_dir():
             tar.add(templates_dir, arcname="templates", filter=visible)
         if config is not None and config.is_file():

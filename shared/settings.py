@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import ipaddress
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,7 +31,18 @@ from shared.errors import PressroomError
 EMBEDDED_HOST = "127.0.0.1"
 ENV_PREFIX = "PRESSROOM_"
 CREDENTIAL_KEYS = frozenset({"token", "user", "headers", "api_url", "base_url", "url", "origins"})
-SOURCE_KINDS = frozenset({"http", "prometheus", "github", "jira", "file"})
+# What each kind of named source may say (a typo such as `api_urll` is an error, not ignored).
+SOURCE_KEYS: dict[str, frozenset[str]] = {
+    "http": frozenset({"url", "params", "headers", "credentials"}),
+    "prometheus": frozenset({"url", "query", "start", "end", "step", "time", "credentials"}),
+    "github": frozenset({"repo", "endpoint", "params", "api_url", "credentials", "max_pages"}),
+    "jira": frozenset({"url", "jql", "fields", "max_results", "credentials"}),
+    "file": frozenset({"path"}),
+}
+SOURCE_KINDS = frozenset(SOURCE_KEYS)
+COMMON_SOURCE_KEYS = frozenset({"kind", "cache", "merge"})
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SECRET_FIELDS = frozenset({"s3_secret_key", "smtp_password", "webhook_secret", "nats_password"})
 
 
@@ -269,7 +283,61 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"'{name}' needs a kind among {sorted(SOURCE_KINDS)}, got {kind!r}"
                 )
+            unknown = sorted(set(spec) - SOURCE_KEYS[kind] - COMMON_SOURCE_KEYS)
+            if unknown:
+                known = sorted(SOURCE_KEYS[kind] | COMMON_SOURCE_KEYS)
+                raise ValueError(f"'{name}' ({kind}) has unknown keys {unknown} (known: {known})")
         return value
+
+    @field_validator("source_allow", "webhook_allow", "asset_allow")
+    @classmethod
+    def _hosts_or_networks(cls, value: str) -> str:
+        for entry in _split(value):
+            if not _network_entry(entry):
+                raise ValueError(
+                    f"'{entry}' is not a host, host:port, IP or CIDR (no scheme, no path)"
+                )
+        return value
+
+    @field_validator("email_allow")
+    @classmethod
+    def _domains_or_addresses(cls, value: str) -> str:
+        for entry in _split(value):
+            domain = entry.rpartition("@")[2] if "@" in entry else entry.removeprefix("*.")
+            if not _HOST.match(domain.removeprefix(".")) or "." not in domain.strip("."):
+                raise ValueError(
+                    f"'{entry}' is not an address, a domain (example.com) or its subdomains "
+                    "(.example.com)"
+                )
+        return value
+
+    @field_validator("s3_delivery_allow")
+    @classmethod
+    def _buckets_or_prefixes(cls, value: str) -> str:
+        for entry in _split(value):
+            bucket, _, prefix = entry.partition("/")
+            if not _BUCKET.match(bucket) or ".." in prefix.split("/"):
+                raise ValueError(f"'{entry}' is not a bucket or bucket/prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _named_credentials_exist(self) -> Settings:
+        for name, spec in self.sources.items():
+            wanted = spec.get("credentials")
+            if wanted and wanted not in self.source_credentials:
+                known = sorted(self.source_credentials) or "none"
+                raise ValueError(
+                    f"source '{name}' names credentials '{wanted}', which are not in "
+                    f"source_credentials (known: {known})"
+                )
+        for name, entry in self.source_credentials.items():
+            urls = [entry[k] for k in ("api_url", "base_url", "url") if entry.get(k)]
+            urls += list(entry.get("origins") or [])
+            for url in urls:
+                parts = urlsplit(str(url))
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError(f"credentials '{name}': '{url}' is not an http(s) URL")
+        return self
 
     @field_validator("delivery_defaults")
     @classmethod
@@ -323,6 +391,27 @@ class Settings(BaseSettings):
     @property
     def s3_delivery_allow_list(self) -> list[str]:
         return _split(self.s3_delivery_allow)
+
+
+def _network_entry(entry: str) -> bool:
+    """A host, host:port, [v6]:port, an IP or a CIDR — what the allow-lists can match."""
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        pass
+    host, port = entry, ""
+    if entry.startswith("[") and "]:" in entry:
+        host, _, port = entry[1:].partition("]:")
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOST.match(host))
 
 
 def _env_name(field: str) -> str:
@@ -382,4 +471,7 @@ def masked(settings: Settings) -> dict[str, Any]:
         for key in ("token", "headers"):
             if entry.get(key):
                 entry[key] = "***"
+    for spec in data.get("sources", {}).values():  # a named source may carry an API key header
+        if isinstance(spec.get("headers"), dict):
+            spec["headers"] = dict.fromkeys(spec["headers"], "***")
     return data

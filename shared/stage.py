@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -42,6 +42,8 @@ from shared.events import (
     ReportFailed,
     ReportRendered,
     ReportRequested,
+    claimed_request_id,
+    request_fingerprint,
     utcnow,
 )
 from shared.jsonsafe import deeper_than
@@ -117,13 +119,8 @@ def _has_request_id(body: bytes) -> bool:
     return False
 
 
-def guess_request_id(body: bytes) -> str | None:
-    with suppress(Exception):
-        data = json.loads(body)
-        if isinstance(data, dict):
-            rid = data.get("request_id") or (data.get("request") or {}).get("request_id")
-            return rid if isinstance(rid, str) else None
-    return None
+# The one way to read a raw message's (unverified) request id.
+guess_request_id = claimed_request_id
 
 
 @dataclass
@@ -149,7 +146,10 @@ class StageRunner:
         try:
             event = self._parse(msg, model)
         except PermanentError as error:
-            await self.dead_letter(msg, error.reason, permanent=True, kind=failure_kind(error))
+            # Unreadable: whatever request_id it claims, it cannot speak for that request.
+            await self.dead_letter(
+                msg, error.reason, permanent=True, kind=failure_kind(error), own=False
+            )
             return
         request = request_of(event)
         rid = request.request_id
@@ -159,7 +159,14 @@ class StageRunner:
                 await self.admit(event)
             except PermanentError as error:
                 bound.warning("refused", reason=error.reason)
-                await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
+                await self.dead_letter(
+                    msg,
+                    error.reason,
+                    permanent=True,
+                    request_id=rid,
+                    own=False,
+                    fingerprint=request_fingerprint(request),
+                )
                 return
 
         try:
@@ -168,7 +175,7 @@ class StageRunner:
                 self.spec.name,
                 seq=msg.stream_seq,
                 attempt=msg.attempt,
-                request=request,
+                request=as_received(request, msg.first_delivered, self.settings),
                 worker=WORKER_ID,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
@@ -182,7 +189,14 @@ class StageRunner:
                 "(same id, other content): not processed; publish it under a new request_id"
             )
             bound.warning("request_id conflict", reason=reason)
-            await self.dead_letter(msg, reason, permanent=True, request_id=rid, own=False)
+            await self.dead_letter(
+                msg,
+                reason,
+                permanent=True,
+                request_id=rid,
+                own=False,
+                fingerprint=request_fingerprint(request),
+            )
             return
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
@@ -299,6 +313,7 @@ class StageRunner:
         own: bool = True,
         kind: str = "permanent_error",
         template: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         """Park the message in `dlq.<subject>` with the reason, emit report.failed, terminate.
 
@@ -322,8 +337,28 @@ class StageRunner:
             store=self.store,
             kind=kind,
             template=template,
+            fingerprint=fingerprint,
         )
         await msg.term()
+
+
+def as_received(
+    request: ReportRequested, received: datetime | None, settings: Settings
+) -> ReportRequested:
+    """The request as the ledger records it: `requested_at` is the publisher's word, so it is
+    kept within what is plausible for when the message reached the stream — a few minutes of
+    clock skew, or a scheduled fire caught up within the schedule grace — and can neither
+    predate a report by 26 years nor postdate it (latency SLOs are computed from it)."""
+    if received is None:
+        return request
+    scheduled = (request.requested_by or "").startswith("scheduler:")
+    earliest = received - timedelta(seconds=settings.schedule_grace if scheduled else 300)
+    when = min(max(request.requested_at, earliest), received)
+    return (
+        request
+        if when == request.requested_at
+        else request.model_copy(update={"requested_at": when})
+    )
 
 
 def _describe(error: BaseException) -> str:
@@ -375,8 +410,12 @@ async def publish_dead_letter(
     store: ArtefactStore | None = None,
     kind: str = "permanent_error",
     template: str | None = None,
+    fingerprint: str | None = None,
 ) -> None:
     """The dead letter, `report.failed` and the ledger's record of the failure — every time.
+
+    `update_ledger=False`: the message did not own its request_id (unreadable, a conflict, an
+    imitation): the ledger is left alone and `report.failed` says `refused`.
 
     A body too big for an envelope is stored whole in the artefact store (replay reads it from
     there) and the envelope keeps a preview. If the envelope still cannot be published,
@@ -436,6 +475,8 @@ async def publish_dead_letter(
         attempts=attempts,
         subject=subject,
         dead_letter_seq=dead_letter_seq,
+        refused=not update_ledger,
+        fingerprint=fingerprint,
     )
     try:
         await publisher.publish(

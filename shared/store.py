@@ -66,6 +66,11 @@ async def remove_older_than(
     return old
 
 
+def context_key(request_id: str) -> str:
+    """Where the fetcher parks a context too big for a message."""
+    return f"contexts/{request_id}.json"
+
+
 def artefact_key(request_id: str, ext: str, when: datetime) -> str:
     day = when.astimezone(UTC)
     return f"reports/{day:%Y/%m/%d}/{request_id}.{ext}"
@@ -193,7 +198,8 @@ class S3Artefacts:
         )
         return cls(client, bucket or settings.artefact_bucket, create_bucket=create_bucket)
 
-    async def _call(self, fn: object, *args: object, **kwargs: object) -> object:
+    async def _call(self, fn: object, *args: object, key: str = "", **kwargs: object) -> object:
+        """Run a blocking minio call in a thread; `key` names the object in error reasons."""
         from minio.error import S3Error
         from urllib3.exceptions import HTTPError
 
@@ -202,7 +208,7 @@ class S3Artefacts:
         except S3Error as error:
             if error.code in ("NoSuchKey", "NoSuchObject"):
                 raise ArtefactMissing(
-                    f"artefact '{args[1] if len(args) > 1 else ''}' "
+                    f"artefact '{key or (args[1] if len(args) > 1 else '?')}' "
                     f"is not in bucket '{self._bucket}'"
                 ) from None
             if error.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -255,7 +261,7 @@ class S3Artefacts:
                 response.close()
                 response.release_conn()
 
-        data = await self._call(read)
+        data = await self._call(read, key=key)
         assert isinstance(data, bytes)
         return data
 

@@ -14,7 +14,7 @@ from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
 from shared.logging import get_logger
 from shared.settings import Settings
-from shared.store import ArtefactStore
+from shared.store import ArtefactStore, artefact_key
 from shared.telemetry import span
 
 log = get_logger("pressroom.distributor")
@@ -57,6 +57,13 @@ async def distribute(
     outcomes: OutcomeStore,
     settings: Settings,
 ) -> ReportDelivered:
+    request = event.request
+    for artefact in event.artefacts:
+        # The renderer stores every artefact under the request's own key (a cache hit is copied
+        # there): a report.rendered pointing elsewhere is asking for another request's report.
+        own = artefact_key(request.request_id, artefact.format, request.requested_at)
+        if artefact.key != own:
+            raise PermanentError(f"report.rendered names artefact '{artefact.key}', not its own")
     parcel = Parcel(event=event, store=store)
     results: list[ChannelResult] = []
     failures: list[tuple[ChannelResult, bool]] = []

@@ -13,6 +13,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from shared import egress, jsonsafe
 from shared.egress import Destination, Origin
@@ -20,8 +21,9 @@ from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
 
-# Keys of a named source that decide where it goes and with what: a request cannot change them.
-DESTINATION_KEYS = frozenset({"kind", "url", "api_url", "credentials", "headers"})
+# What a request may set on a source named in the config file: presentation only. Everything
+# else (URL, repo, endpoint, query, params, credentials …) is the operator's.
+REQUEST_OPTIONS = frozenset({"cache", "merge"})
 PUBLIC_DEFAULTS = {"github": "https://api.github.com"}
 
 
@@ -32,6 +34,8 @@ class Credential:
     name: str
     origins: tuple[Origin, ...]
     token: str | None = None
+    # Path prefixes the credential is bound to, besides the origin ("" = the whole origin).
+    prefixes: tuple[str, ...] = ("",)
     user: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
@@ -73,9 +77,11 @@ def credential_for(source: Source, settings: Settings) -> Credential | None:
         origins = tuple(egress.origin_of(str(u)) for u in urls)
     except PermanentError as error:
         raise PermanentError(f"credentials '{name}': {error.reason}") from None
+    prefixes = tuple(sorted({urlsplit(str(u)).path.rstrip("/") for u in urls}))
     return Credential(
         name=str(name),
         origins=origins,
+        prefixes=prefixes,
         token=str(entry["token"]) if entry.get("token") else None,
         user=str(entry["user"]) if entry.get("user") else None,
         headers=dict(entry.get("headers") or {}),
@@ -97,13 +103,7 @@ async def destination(
 ) -> Destination:
     """The checked place to fetch `url` from; a PermanentError naming the setting if refused."""
     what = f"source '{source.name}'"
-    origin = egress.origin_of(url)
-    if credential is not None and origin not in credential.origins:
-        bound = ", ".join(str(o) for o in credential.origins)
-        raise PermanentError(
-            f"{what}: credentials '{credential.name}' are bound to {bound}, not {origin}; "
-            "they are never sent anywhere else"
-        )
+    check_bound(credential, url, what)
     if configured or credential is not None:
         return egress.trusted(url)
     return await egress.check_source(url, settings.source_allow_list, what=what)
@@ -140,11 +140,44 @@ async def get_json(
     return jsonsafe.loads(reply.body, what=f"{what}: the answer of {reply.url}"), reply
 
 
+def check_bound(credential: Credential | None, url: str, what: str) -> None:
+    """A credential goes only to its origins and path prefixes (pagination links included)."""
+    origin = egress.origin_of(url)
+    path = plain_path(url, what)
+    if credential is None:
+        return
+    if origin not in credential.origins:
+        bound = ", ".join(str(o) for o in credential.origins)
+        raise PermanentError(
+            f"{what}: credentials '{credential.name}' are bound to {bound}, not {origin}; "
+            "they are never sent anywhere else"
+        )
+    if not any(
+        not prefix or path == prefix or path.startswith(prefix + "/")
+        for prefix in credential.prefixes
+    ):
+        raise PermanentError(
+            f"{what}: credentials '{credential.name}' are bound to the path(s) "
+            f"{', '.join(credential.prefixes)} of {origin}, not {path}"
+        )
+
+
+def plain_path(url: str, what: str) -> str:
+    """The URL's path, refusing dot segments (raw or percent-encoded) that would climb out of a
+    prefix once normalised by the HTTP client."""
+    path = urlsplit(url).path
+    segments = unquote(path).split("/")
+    if any(segment in (".", "..") for segment in segments) or "\\" in unquote(path):
+        raise PermanentError(f"{what}: the URL path {path!r} has '.' or '..' segments")
+    return path.rstrip("/")
+
+
 def expand_named(source: Source, settings: Settings) -> tuple[Source, bool]:
     """A source that names a config-file source (`source: NAME`) becomes that source.
 
     Returns (source, configured): configured sources are the operator's and trusted. A request
-    may add options (params, cache, merge …) but not change where it goes or its credentials.
+    may set only presentation options (`cache`, `merge`): what is fetched, from where and with
+    which credentials stays as the operator wrote it.
     """
     extra = dict(source.model_extra or {})
     ref = source.source
@@ -156,13 +189,13 @@ def expand_named(source: Source, settings: Settings) -> tuple[Source, bool]:
         raise PermanentError(
             f"source '{source.name}': no source '{ref}' in the config file (known: {known})"
         )
-    changed = sorted(k for k in extra if k in DESTINATION_KEYS and extra[k] != spec.get(k))
+    changed = sorted(k for k in extra if k not in REQUEST_OPTIONS and extra[k] != spec.get(k))
     if source.kind not in ("", spec.get("kind")):
         changed.append("kind")
     if changed:
         raise PermanentError(
             f"source '{source.name}': {', '.join(changed)} of config source '{ref}' "
-            "cannot be changed by a request"
+            f"cannot be changed by a request (it may set only {', '.join(sorted(REQUEST_OPTIONS))})"
         )
-    merged = {**spec, **{k: v for k, v in extra.items() if k not in DESTINATION_KEYS}}
+    merged = {**spec, **{k: v for k, v in extra.items() if k in REQUEST_OPTIONS}}
     return Source.model_validate({**merged, "name": source.name}), True

@@ -17,8 +17,10 @@ from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import DataReady, ReportRequested, Source
 from shared.metrics import fetch_outcome, source_fetched
 from shared.settings import Settings
-from shared.store import ArtefactStore
+from shared.store import ArtefactStore, context_key
 from shared.telemetry import span
+
+MAX_CONCURRENT_SOURCES = 8  # per request: a wide request does not crowd out the others
 
 
 @dataclass
@@ -92,7 +94,13 @@ async def gather_context(
     if len(set(names)) != len(names):
         raise PermanentError(f"source names must be unique, got {names}")
     stats = stats if stats is not None else CacheStats()
-    tasks = [_one(s, adapters, settings, request, cache, stats) for s in request.sources]
+    gate = asyncio.Semaphore(MAX_CONCURRENT_SOURCES)
+
+    async def bounded(source: Source) -> Any:
+        async with gate:
+            return await _one(source, adapters, settings, request, cache, stats)
+
+    tasks = [bounded(s) for s in request.sources]
     try:
         results = await asyncio.wait_for(
             asyncio.gather(*tasks, return_exceptions=True), settings.fetch_deadline
@@ -138,6 +146,6 @@ async def fetch_data(
     if len(encoded) <= settings.inline_context_limit:
         return DataReady(request=request, context=context, **counts)
     # Too big for a NATS message: park it in the store and pass the key (claim check).
-    key = f"contexts/{request.request_id}.json"
+    key = context_key(request.request_id)
     await store.put(key, encoded, content_type="application/json")
     return DataReady(request=request, context_ref=key, **counts)

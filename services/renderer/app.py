@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from faststream import FastStream
 
 from services.renderer.core import render_report
 from services.renderer.pdf import RenderPool
-from services.renderer.templating import TemplateLibrary
+from services.renderer.templating import validate_in_folder
 from shared.bus import RENDERER
 from shared.events import DataReady, Event
 from shared.metrics import template_problems
@@ -20,12 +21,25 @@ from shared.settings import Settings, load_settings
 VALIDATE_EVERY = 60.0
 
 
-def validate_templates(folder: Path) -> None:
-    """The template-validation SLI: each template's problems, as `templates validate` sees them."""
+def folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a template changes (names, sizes, times): revalidate only then."""
+    return tuple(
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    )
+
+
+async def validate_templates(folder: Path, pool: RenderPool) -> None:
+    """The template-validation SLI: each template's problems, as `templates validate` sees them.
+
+    Validation compiles templates, so it runs in a capped render process like any render —
+    never in this service's process.
+    """
     if not folder.is_dir():
         return
-    library = TemplateLibrary(folder)
-    template_problems({name: len(library.validate(name)) for name in library.names()})
+    found = await pool.run(validate_in_folder, str(folder.resolve()), None, label="validation")
+    template_problems({name: len(problems) for name, problems in found.items()})
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
@@ -58,12 +72,17 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         if isinstance(pool, RenderPool):
             await pool.close()
 
-    last_check = [float("-inf")]
+    last_check: list[Any] = [float("-inf"), None]
 
     async def observe(deps: Deps) -> None:
-        if time.monotonic() - last_check[0] >= VALIDATE_EVERY:
-            last_check[0] = time.monotonic()
-            await asyncio.to_thread(validate_templates, settings.templates_dir)
+        pool = deps.extra.get("pool")
+        if not isinstance(pool, RenderPool) or time.monotonic() - last_check[0] < VALIDATE_EVERY:
+            return
+        last_check[0] = time.monotonic()
+        state = await asyncio.to_thread(folder_state, settings.templates_dir)
+        if state != last_check[1]:
+            await validate_templates(settings.templates_dir, pool)
+            last_check[1] = state
 
     return stage_app(
         RENDERER,

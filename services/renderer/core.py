@@ -20,6 +20,7 @@ from services.renderer.pdf import (
     render_job,
 )
 from services.renderer.templating import bytecode_cache_dir
+from shared.errors import PermanentError
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -28,6 +29,7 @@ from shared.store import (
     ArtefactStore,
     ArtefactTampered,
     artefact_key,
+    context_key,
     read_verified,
     sha256_hex,
 )
@@ -103,6 +105,12 @@ async def render_report(
         data = event.context
     else:
         assert event.context_ref, "data.ready carries neither context nor context_ref"
+        if event.context_ref != context_key(request.request_id):
+            # Only the fetcher parks contexts, under the request's own key: anything else is
+            # someone trying to render another request's data.
+            raise PermanentError(
+                f"data.ready names context '{event.context_ref}', not this request's own"
+            )
         data = json.loads(await store.get(event.context_ref))
     job = make_job(
         settings,
@@ -113,7 +121,10 @@ async def render_report(
     )
     cache_key = None
     if cache is not None:
-        cache_key = render_key(await renderer.analyse(job), job)
+        # The renderer's own generation time does not make a report different — but a request
+        # that sets `generation_time` in its data does.
+        volatile = VOLATILE - set(data)
+        cache_key = render_key(await renderer.analyse(job), job, volatile=volatile)
         reused = await _reuse(cache, cache_key, request, store)
         if reused is not None:
             return reused
@@ -194,7 +205,9 @@ class RenderCache(Protocol):
 VOLATILE = frozenset({"generation_time"})
 
 
-def render_key(analysis: Analysis, job: RenderJob) -> str:
+def render_key(
+    analysis: Analysis, job: RenderJob, *, volatile: frozenset[str] | set[str] = VOLATILE
+) -> str:
     """Content address of a render: everything its output can depend on.
 
     The template version, formats, page defaults, and the context values the template reads —
@@ -202,9 +215,9 @@ def render_key(analysis: Analysis, job: RenderJob) -> str:
     reads), the whole context: two tenants' data never share a cached report.
     """
     if analysis.variables is None:
-        context = {k: v for k, v in job.context.items() if k not in VOLATILE}
+        context = {k: v for k, v in job.context.items() if k not in volatile}
     else:
-        context = {v: job.context.get(v) for v in analysis.variables if v not in VOLATILE}
+        context = {v: job.context.get(v) for v in analysis.variables if v not in volatile}
     material = {
         "template": analysis.template,
         "version": analysis.version,

@@ -207,6 +207,21 @@ def _checked_format(value: Any, *args: Any, **kwargs: Any) -> Any:
     return do_format(value, *args, **kwargs)
 
 
+MAX_FRONT_MATTER = 16 * 1024
+
+
+class _PlainYaml(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: a few hundred bytes of nested aliases expand to
+    gigabytes (billion laughs), and a template header needs none."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases are not allowed in a template header", None
+            )
+        return super().compose_node(parent, index)
+
+
 class FolderLoader(BaseLoader):
     """Reads templates from one folder only: no dotfiles, nothing a symlink leads out to.
 
@@ -338,10 +353,10 @@ class TemplateLibrary:
 
     def _front_matter(self, name: str) -> dict[str, Any]:
         match = _FRONT_MATTER.match(self.source(name))
-        if not match:
+        if not match or len(match.group(1)) > MAX_FRONT_MATTER:
             return {}
         try:
-            data = yaml.safe_load(match.group(1))
+            data = yaml.load(match.group(1), Loader=_PlainYaml)
         except yaml.YAMLError:
             return {}
         return data if isinstance(data, dict) else {}
@@ -438,6 +453,14 @@ class TemplateLibrary:
                     self.env.compile(source, dep)
                 except TemplateSyntaxError as error:
                     problems.append(Problem(dep, error.lineno, error.message or "invalid"))
+                except MemoryError:
+                    problems.append(Problem(dep, None, "compiling it runs out of memory"))
+                    return problems  # nothing more can be learnt from it
+                except Exception as error:  # constant folding runs template code
+                    problems.append(
+                        Problem(dep, None, f"cannot compile: {type(error).__name__}: {error}")
+                    )
+                    return problems
         if declared:
             for var in self.variables(name):
                 if var not in declared:

@@ -15,6 +15,7 @@ from shared.errors import PermanentError
 from shared.events import ReportRequested, request_fingerprint
 
 SCHEDULER_PREFIX = "scheduler:"
+CLOCK_SKEW = timedelta(minutes=2)  # replicas' clocks may disagree this much
 _SCHEDULED_ID = re.compile(r"^(?P<name>.+)-(?P<stamp>\d{8}T\d{4}Z)$")
 
 
@@ -109,7 +110,9 @@ def missed_fires(
     return list(schedule.fires_between(start, now))
 
 
-def check_not_forged(request: ReportRequested, schedules: list[Schedule]) -> None:
+def check_not_forged(
+    request: ReportRequested, schedules: list[Schedule], now: datetime | None = None
+) -> None:
     """Ids and `requested_by` of schedules are reserved: only the schedule's own request,
     exactly as this process computes it from the config, may use them.
 
@@ -142,6 +145,14 @@ def check_not_forged(request: ReportRequested, schedules: list[Schedule]) -> Non
             and expected.requested_at == request.requested_at
             and request_fingerprint(expected) == request_fingerprint(request)
         ):
+            # Even an exact copy may not run a future fire early: it would take the real run's
+            # id. (A manual `schedule run` is the current minute, not a cron time: allowed.)
+            due = now or datetime.now(UTC)
+            if request.requested_at > due + CLOCK_SKEW:
+                raise PermanentError(
+                    f"request '{request.request_id}' is schedule '{named}'s fire of "
+                    f"{request.requested_at:%Y-%m-%d %H:%M} UTC, which is not due: refused"
+                )
             return
     raise PermanentError(
         f"request '{request.request_id}' (requested_by '{by}') imitates schedule "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tarfile
 from collections.abc import Iterator
@@ -39,6 +40,11 @@ def lstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     stack = Stack(root, env_extra={"PRESSROOM_CONFIG": str(config)})
     stack.root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "templates", stack.templates)
+    # Folded at compile time (filters with constant arguments): 10 GB if ever compiled uncapped.
+    (stack.templates / "fold_bomb.html").write_text(
+        '{{ "xxxxxxxxxx"' + '|replace("x", "xxxxxxxxxx")' * 9 + " }}"
+    )
     stack.start()
     (stack.templates / "bomb_mul.html").write_text('{{ "x" * 5000000000 }}')
     (stack.templates / "bomb_pow.html").write_text("{{ 7 ** 12000000 }}")
@@ -258,3 +264,27 @@ def test_a_worker_with_a_missing_config_file_stops_with_one_line(tmp_path: Path)
         f"error: PRESSROOM_CONFIG names '{tmp_path / 'missing.yaml'}', which is not a file "
         "(fix the path, or unset PRESSROOM_CONFIG)"
     )
+
+
+async def test_validating_a_compile_time_bomb_never_touches_the_renderer_service(
+    lstack: Stack,
+) -> None:
+    # The renderer validates every template at start (the template-health SLI): in a capped
+    # render process. Its own process stays small and answers all along.
+    health = lstack.health["renderer-1"]
+
+    async def judged() -> str | None:
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(health + "/metrics", timeout=5)).text
+        lines = [ln for ln in metrics.splitlines() if 'template="fold_bomb.html"' in ln]
+        return lines[0] if lines else None
+
+    line = await eventually(judged, timeout=120, every=0.5)
+    assert float(line.split()[-1]) >= 1  # counted as a template with a problem
+    [service] = [p for p in lstack.procs["renderer"] if p.poll() is None]
+    rss_kb = next(
+        int(ln.split()[1])
+        for ln in Path(f"/proc/{service.pid}/status").read_text().splitlines()
+        if ln.startswith("VmHWM:")  # the peak, not just now
+    )
+    assert rss_kb < 600 * 1024, f"the renderer service peaked at {rss_kb // 1024} MiB"

@@ -35,7 +35,8 @@ async def test_a_raw_request_from_another_system_is_delivered_as_a_pdf(
     assert delivered["request_id"] == rid
     assert [c["channel"] for c in delivered["channels"]] == ["file"]
     pdf = stack.out / f"{rid}.pdf"
-    assert delivered["channels"][0]["target"] == str(pdf)
+    # where it went, relative to the configured folder: no server layout on the bus
+    assert delivered["channels"][0]["target"] == f"PRESSROOM_OUT_DIR/{rid}.pdf"
     text = pdf_text(pdf)
     assert "Portfolio Status Report" in text
     assert "Project Cobalt" in text and "November 2026" in text

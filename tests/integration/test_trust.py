@@ -93,7 +93,19 @@ def tstack(tmp_path_factory: pytest.TempPathFactory, net: Net) -> Iterator[tuple
                     "inventory": {"token": f"inv-{CANARY}", "base_url": legit},
                 },
                 "sources": {
-                    "internal-status": {"kind": "http", "url": f"{net.internal.url}/status"}
+                    "internal-status": {"kind": "http", "url": f"{net.internal.url}/status"},
+                    "portfolio-prs": {
+                        "kind": "github",
+                        "repo": "org/app",
+                        "endpoint": "pulls",
+                        "credentials": "github",
+                    },
+                    "billing": {
+                        "kind": "http",
+                        "url": f"{legit}/billing",
+                        "credentials": "inventory",
+                        "headers": {"X-Api-Key": f"named-{CANARY}"},
+                    },
                 },
                 "schedules": [
                     {
@@ -425,7 +437,7 @@ async def test_a_scheduled_id_cannot_be_taken_first_by_another_publisher(
     stack, _ = tstack
     config = yaml.safe_load(Path(stack.env["PRESSROOM_CONFIG"]).read_text())
     [nightly] = load_schedules(config["schedules"])
-    when = datetime(2030, 1, 1, 3, 0, tzinfo=UTC)
+    when = datetime(2025, 1, 1, 3, 0, tzinfo=UTC)  # a due fire (catch-up after downtime)
     real = nightly.request_for(when)
     forged = json.loads(real.model_dump_json())
     forged["params"] = {"title": "forged", "payload": "attacker"}
@@ -472,3 +484,200 @@ async def test_tampered_artefacts_are_never_served_or_reused(
 
     pdf = await eventually(written)
     assert pdf != forged and pdf.startswith(b"%PDF") and len(pdf) > len(forged)
+
+
+# ---- found by the red team (each was a working attack before its fix) --------------------
+def status(stack: Stack, rid: str) -> dict[str, Any]:
+    return dict(json.loads(stack.cli("status", rid, "--json", check=True).stdout))
+
+
+async def test_a_future_scheduled_run_cannot_be_run_early_by_an_exact_copy(
+    tstack: tuple[Stack, Path], touts: Outcomes
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.scheduler.cron import load_schedules
+
+    stack, _ = tstack
+    config = yaml.safe_load(Path(stack.env["PRESSROOM_CONFIG"]).read_text())
+    [nightly] = load_schedules(config["schedules"])
+    when = nightly.next_fire(datetime.now(UTC) + timedelta(days=400))  # not due for a year
+    copy = json.loads(nightly.request_for(when).model_dump_json())  # anyone can compute it
+    await publish(stack, copy)
+    failed = await touts.failed_event(copy["request_id"])
+    assert "which is not due" in failed["reason"] and failed["refused"]
+    assert not (stack.out / "nightly" / f"{copy['request_id']}.pdf").exists()
+
+
+async def test_an_invalid_message_cannot_mark_another_request_failed(
+    tstack: tuple[Stack, Path], touts: Outcomes
+) -> None:
+    stack, _ = tstack
+    victim = unique("victim")
+    body = {"request_id": victim, "template": "show.html", "params": {"title": "v", "payload": 1}}
+    await publish(stack, body)
+    await touts.delivered_event(victim)
+    await eventually(lambda: _status_is(stack, victim, "delivered"), timeout=60)
+    await publish(stack, {"request_id": victim, "template": ""})  # invalid, with the victim's id
+    failed = await touts.failed_event(victim)
+    assert failed["refused"] and failed["reason"].startswith("invalid payload")
+    assert status(stack, victim)["status"] == "delivered"
+
+
+async def _status_is(stack: Stack, rid: str, wanted: str) -> bool:
+    return status(stack, rid)["status"] == wanted
+
+
+@pytest.mark.parametrize("kind", ["request", "scheduled"])
+async def test_a_publisher_cannot_make_a_stage_output_vanish_by_taking_its_message_id(
+    tstack: tuple[Stack, Path], touts: Outcomes, kind: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.scheduler.app import fire
+    from services.scheduler.cron import load_schedules
+    from shared.bus import JetStreamPublisher
+
+    stack, _ = tstack
+    config = yaml.safe_load(Path(stack.env["PRESSROOM_CONFIG"]).read_text())
+    [nightly] = load_schedules(config["schedules"])
+    when = nightly.next_fire(datetime.now(UTC) - timedelta(days=400))  # a due fire
+    victim = unique("invoice") if kind == "request" else nightly.request_for(when).request_id
+    await publish(stack, {}, msg_id=f"{victim}:fetcher")  # the fetcher's output id, taken first
+    if kind == "request":
+        body = {
+            "request_id": victim,
+            "template": "show.html",
+            "params": {"title": "i", "payload": 1},
+        }
+        await publish(stack, body)
+    else:
+        nc = await stack.connect()
+        js = nc.jetstream()
+        await fire(JetStreamPublisher(js), nightly, when, js)
+        await nc.close()
+    await touts.delivered_event(victim)
+
+
+async def test_a_named_source_cannot_be_pointed_at_another_path(
+    tstack: tuple[Stack, Path], touts: Outcomes, net: Net
+) -> None:
+    stack, _ = tstack
+    rid = unique("named-path")
+    await publish(stack, show(rid, {"source": "portfolio-prs", "repo": "org/payroll",
+                                    "endpoint": "../../../admin/keys?x="}))  # fmt: skip
+    failed = await touts.failed_event(rid)
+    assert "cannot be changed by a request" in failed["reason"]
+    assert not [h for h in net.legit.hits if "payroll" in h.path or "admin" in h.path]
+
+
+async def test_a_credential_is_bound_to_its_path_and_dot_segments_are_refused(
+    tstack: tuple[Stack, Path], touts: Outcomes, net: Net
+) -> None:
+    stack, _ = tstack
+    rid = unique("dots")
+    await publish(stack, show(rid, {"kind": "http", "credentials": "inventory",
+                                    "url": f"{net.legit.url}/api/%2e%2e/admin"}))  # fmt: skip
+    failed = await touts.failed_event(rid)
+    assert "'.' or '..' segments" in failed["reason"]
+    assert not [h for h in net.legit.hits if "admin" in h.path]
+
+
+async def test_data_that_sets_generation_time_is_part_of_the_render_cache_key(
+    tstack: tuple[Stack, Path], touts: Outcomes
+) -> None:
+    stack, _ = tstack
+    shown = "<p>{{ title }} {{ generation_time }}</p>"
+    (stack.templates / "stamp.html").write_text(shown)
+    a, b = unique("tenant-a"), unique("tenant-b")
+    for rid, stamp in ((a, "A-ONLY-7781"), (b, "B-ONLY-1290")):
+        params = {"title": "same", "generation_time": stamp}
+        await publish(stack, {"request_id": rid, "template": "stamp.html", "params": params})
+        await touts.delivered_event(rid)
+    assert "B-ONLY-1290" in pdf_text(stack.out / f"{b}.pdf")
+
+
+async def test_secrets_in_named_sources_and_requests_stay_out_of_backups_and_config_check(
+    tstack: tuple[Stack, Path], touts: Outcomes, net: Net
+) -> None:
+    import tarfile
+
+    stack, _ = tstack
+    rid = unique("tenant-token")
+    body = show(rid, {"kind": "http", "url": f"{net.legit.url}/projects",
+                      "headers": {"Authorization": f"Bearer tenant-{CANARY}"}})  # fmt: skip
+    body["template"] = "no-such-template"  # fails: the request stays in a dead letter
+    await publish(stack, body)
+    await touts.failed_event(rid)
+    archive = stack.root / "backup.tar.gz"
+    assert stack.cli("backup", str(archive)).returncode == 0
+    with tarfile.open(archive) as tar:
+        contents = b"".join(
+            tar.extractfile(m).read()
+            for m in tar.getmembers()
+            if m.isfile()  # type: ignore[union-attr]
+        )
+    assert CANARY.encode() not in contents
+    check = stack.cli("config", "check")
+    assert check.returncode == 0 and CANARY not in check.stdout
+
+
+async def test_one_request_cannot_fan_out_or_repeat_without_bound(
+    tstack: tuple[Stack, Path], touts: Outcomes
+) -> None:
+    stack, _ = tstack
+    too_wide = {"template": "show.html", "params": {"title": "t", "payload": 1}}
+    cases = {
+        unique("fanout"): {
+            "sources": [{"name": f"s{i}", "source": "billing"} for i in range(3000)]
+        },
+        unique("spam"): {"deliver": [{"channel": "email", "to": ["x@example.com"]}] * 300},
+    }
+    for rid, extra in cases.items():
+        await publish(stack, {"request_id": rid, **too_wide, **extra})
+    for rid in cases:
+        failed = await touts.failed_event(rid)
+        assert failed["reason"].startswith("invalid payload") and failed["attempts"] == 1
+    once = unique("formats")  # repeated formats are one artefact, not 40,000 uploads
+    await publish(stack, {"request_id": once, **too_wide, "formats": ["pdf"] * 40_000})
+    delivered = await touts.delivered_event(once)
+    assert len(delivered["artefacts"]) == 1
+
+
+async def test_a_forged_dead_letter_can_neither_replay_to_the_bus_api_nor_delete_an_artefact(
+    tstack: tuple[Stack, Path], touts: Outcomes
+) -> None:
+    from datetime import UTC, datetime
+
+    stack, _ = tstack
+    victim = unique("keep")
+    await publish(stack, {"request_id": victim, "template": "show.html",
+                          "params": {"title": "keep", "payload": 1}})  # fmt: skip
+    delivered = await touts.delivered_event(victim)
+    now = datetime.now(UTC).isoformat()
+    letter = {"payload": "{}", "stage": "fetcher", "reason": "replay me", "permanent": True,
+              "attempts": 1, "first_failure": now, "last_failure": now}  # fmt: skip
+    nc = await stack.connect()  # ops may publish dead letters (restore does); a stage may too
+    js = nc.jetstream()
+    api_letter = await js.publish(
+        "dlq.report.requested",
+        json.dumps({**letter, "subject": "$JS.API.STREAM.DELETE.KV_pressroom_ledger"}).encode(),
+    )
+    ref_letter = await js.publish(
+        "dlq.report.requested",
+        json.dumps(
+            {
+                **letter,
+                "subject": "report.requested",
+                "payload_ref": delivered["artefacts"][0]["key"],
+            }
+        ).encode(),
+    )
+    await nc.close()
+    replay = stack.cli("dlq", "replay", str(api_letter.seq))
+    assert replay.returncode == 1 and "can be replayed" in replay.stderr
+    assert len(replay.stderr.strip().splitlines()) == 1
+    assert stack.cli("dlq", "purge", str(ref_letter.seq)).returncode == 0
+    got = stack.cli("get", victim, "--output", str(stack.root / f"{victim}.pdf"))
+    assert got.returncode == 0, got.stderr
+    assert status(stack, victim)["status"] == "delivered"  # the ledger is still there

@@ -33,6 +33,7 @@ _ADDRESS = re.compile(
     r"^[^@\s<>(),;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*$"
 )
 MAX_PARAM_CHARS = 200
+MAX_RECIPIENTS = 50
 LINK_VALIDITY = timedelta(days=7)
 
 
@@ -41,6 +42,11 @@ def validate_addresses(value: Any) -> list[str]:
     items = [value] if isinstance(value, str) else list(value or [])
     if not items:
         raise PermanentError("email delivery needs at least one recipient in `to`")
+    if len(items) > MAX_RECIPIENTS:
+        raise PermanentError(
+            f"email delivery names {len(items)} recipients; at most {MAX_RECIPIENTS} "
+            "(use a mailing list address)"
+        )
     result = []
     for item in items:
         if "\r" in str(item) or "\n" in str(item):

@@ -68,5 +68,5 @@ class FileChannel:
                 raise PermanentError(f"cannot write {shown}: {error.strerror}") from None
             except OSError as error:
                 raise TransientError(f"cannot write {shown}: {error.strerror}") from None
-            written.append(str(target))
+            written.append(self.shown(target))  # events and the ledger show no server layout
         return ChannelResult(channel="file", ok=True, target=", ".join(written))

@@ -7,6 +7,7 @@ from typing import Any
 
 from services.fetcher.access import (
     PUBLIC_DEFAULTS,
+    check_bound,
     credential_base,
     credential_for,
     destination,
@@ -18,6 +19,8 @@ from shared.events import Source
 from shared.settings import Settings
 
 _NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
+_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_ENDPOINT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")  # no query, no fragment
 DEFAULT_API = PUBLIC_DEFAULTS["github"]
 
 
@@ -36,7 +39,12 @@ class GitHubSource:
         extra = source.model_extra or {}
         credential = credential_for(source, settings)
         repo, endpoint = extra.get("repo"), str(extra.get("endpoint") or "").strip("/")
-        if not isinstance(repo, str) or repo.count("/") != 1 or not endpoint:
+        if (
+            not isinstance(repo, str)
+            or not _REPO.match(repo)
+            or not _ENDPOINT.match(endpoint)
+            or ".." in endpoint.split("/")
+        ):
             raise PermanentError(
                 f"source '{source.name}': github needs `repo: owner/name` and "
                 "an `endpoint` such as pulls or issues"
@@ -76,6 +84,7 @@ class GitHubSource:
                     f"source '{source.name}': next page at {egress.origin_of(following)} is on "
                     f"another origin than {target.origin}; not followed"
                 )
+            check_bound(credential, following, f"source '{source.name}' (next page)")
             target = egress.Destination(following, target.origin, target.address)
             params = None
         return items

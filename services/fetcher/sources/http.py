@@ -9,6 +9,11 @@ from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
 
+# Headers the HTTP layer sets itself: a request setting them would smuggle or confuse.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"}
+)
+
 
 class HttpSource:
     async def fetch(self, source: Source, settings: Settings, *, configured: bool = False) -> Any:
@@ -21,6 +26,11 @@ class HttpSource:
             url, source, settings, configured=configured, credential=credential
         )
         headers = {str(k): str(v) for k, v in dict(extra.get("headers") or {}).items()}
+        reserved = sorted(k for k in headers if k.lower() in RESERVED_HEADERS)
+        if reserved:
+            raise PermanentError(
+                f"source '{source.name}': header(s) {', '.join(reserved)} may not be set"
+            )
         data, _ = await get_json(
             source,
             target,
