@@ -19,6 +19,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import cluster_failover
+from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
 from services.renderer.pdf import RenderJob, render_job
 from shared.bus import LEDGER_BUCKET
@@ -286,6 +288,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"- peak memory of the renderer (service + render process): {big['peak_rss_mib']:.0f} MiB",
         "",
     ]
+    if "cluster" in result:
+        lines += cluster_markdown(result["cluster"])
     return "\n".join(lines)
 
 
@@ -302,6 +306,9 @@ async def main() -> None:
         "scaling": {},
     }
     only = os.environ.get("BENCH_ONLY")  # e.g. "ten-page" while tuning; figures need all
+    if only == "cluster":
+        print(json.dumps(await cluster_failover(root), indent=2))
+        return
     for workload, n in (("one-page", ONE_PAGE_N), ("ten-page", TEN_PAGE_N)):
         if only and workload != only:
             continue
@@ -326,6 +333,7 @@ async def main() -> None:
     result["latency"] = await latency(root, LATENCY_N)
     log(f"large report ({LARGE_ROWS} rows) …")
     result["large"] = await large_report(root, LARGE_ROWS)
+    result["cluster"] = await cluster_failover(root)
     (DOCS / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (DOCS / "benchmarks.md").write_text(text)

@@ -177,7 +177,7 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    out.print(f"[bold]Pressroom[/] on {cfg.bus_url} · logs in {log_dir} · Ctrl-C to stop")
+    out.print(f"[bold]Pressroom[/] on {cfg.bus_display} · logs in {log_dir} · Ctrl-C to stop")
     counter = _OutcomeCounter(cfg)
     if sample:
         request_file = cfg.templates_dir / "samples" / "portfolio-request.json"
@@ -227,9 +227,12 @@ class _OutcomeCounter:
 
     def _run(self, cfg: Settings) -> None:
         async def main() -> None:
-            import nats
+            from shared.bus import connect
 
-            nc = await nats.connect(cfg.bus_url, max_reconnect_attempts=-1)
+            async def quiet(error: Exception) -> None:
+                """Services log the bus's troubles; the status line stays clean."""
+
+            nc = await connect(cfg, name="pressroom-up", error_cb=quiet)
 
             async def delivered(msg: Any) -> None:
                 self.delivered += 1
@@ -664,6 +667,7 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
     import httpx
 
     from shared.bus import DLQ_STREAM, STAGES, STREAM
+    from shared.cluster import cluster_components
     from shared.health import _RANK
     from shared.ops import BusUnavailable, open_bus
 
@@ -673,7 +677,7 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
             info = await bus.js.stream_info(STREAM)
             components["nats"] = {
                 "status": "healthy",
-                "detail": f"{cfg.bus_url}, {info.state.messages} events stored",
+                "detail": f"{cfg.bus_display}, {info.state.messages} events stored",
             }
             for stage in STAGES.values():
                 consumer = await bus.js.consumer_info(STREAM, stage.durable)
@@ -703,6 +707,7 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
         components["nats"] = {"status": "unhealthy", "detail": error.reason}
     except Exception as error:
         components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
+    components.update(await cluster_components(cfg))  # servers, stream and bucket leaders
     async with httpx.AsyncClient(timeout=5) as client:
         for name, base in workers.items():
             try:

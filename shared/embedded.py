@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.settings import EMBEDDED_HOST
@@ -15,7 +17,7 @@ CONFIG = """# Written by Pressroom. File storage synced on every write: an ackno
 # message survives a power loss (see PITFALLS: sync_interval).
 listen: {host}:{port}
 http: {host}:{monitor_port}
-server_name: pressroom-embedded
+server_name: {server_name}
 max_payload: 1MB
 jetstream {{
   store_dir: "{store}"
@@ -23,6 +25,28 @@ jetstream {{
   max_file_store: 10GB
 }}
 """
+
+CLUSTER = """cluster {{
+  name: {name}
+  listen: {host}:{port}
+  routes: [
+{routes}
+  ]
+}}
+"""
+
+
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """This server's place in a cluster on one host: its route port and every member's."""
+
+    name: str
+    port: int
+    ports: Sequence[int]
+
+    def config(self, host: str) -> str:
+        routes = "\n".join(f"    nats-route://{host}:{p}" for p in self.ports if p != self.port)
+        return CLUSTER.format(name=self.name, host=host, port=self.port, routes=routes)
 
 
 def nats_server_binary() -> str:
@@ -47,30 +71,43 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(data_dir: Path, port: int, monitor_port: int | None = None) -> Path:
+def write_config(
+    data_dir: Path,
+    port: int,
+    monitor_port: int | None = None,
+    *,
+    server_name: str = "pressroom-embedded",
+    cluster: ClusterRoutes | None = None,
+) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "nats-server.conf"
-    config.write_text(
-        CONFIG.format(
-            host=EMBEDDED_HOST,
-            port=port,
-            monitor_port=monitor_port or port + 4000,
-            store=(data_dir / "jetstream").resolve(),
-        )
+    text = CONFIG.format(
+        host=EMBEDDED_HOST,
+        port=port,
+        monitor_port=monitor_port or port + 4000,
+        server_name=server_name,
+        store=(data_dir / "jetstream").resolve(),
     )
+    config.write_text(text + (cluster.config(EMBEDDED_HOST) if cluster else ""))
     return config
 
 
 def start_nats_server(
-    data_dir: Path, port: int, *, monitor_port: int | None = None, log_file: Path | None = None
+    data_dir: Path,
+    port: int,
+    *,
+    monitor_port: int | None = None,
+    log_file: Path | None = None,
+    server_name: str = "pressroom-embedded",
+    cluster: ClusterRoutes | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start nats-server and wait until it accepts connections."""
+    """Start nats-server (one member of `cluster` if given) and wait until it accepts clients."""
     if port_open(EMBEDDED_HOST, port):
         raise RuntimeError(
             f"port {port} is already in use: stop what runs there, or set PRESSROOM_NATS_URL "
             "to use that server, or PRESSROOM_NATS_PORT to pick another port"
         )
-    config = write_config(data_dir, port, monitor_port)
+    config = write_config(data_dir, port, monitor_port, server_name=server_name, cluster=cluster)
     log_path = log_file or data_dir / "nats-server.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(

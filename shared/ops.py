@@ -40,6 +40,7 @@ from shared.events import (
     DeadLetter,
     ReportRequested,
 )
+from shared.failover import LEADERLESS, describe_error
 from shared.ledger import KvLedger, LedgerEntry
 from shared.settings import Settings
 from shared.store import ArtefactStore, open_store
@@ -79,7 +80,7 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             error_cb=_quiet,
         )
     except Exception as error:
-        where = settings.bus_url
+        where = settings.bus_display
         hint = (
             ""
             if settings.nats_url
@@ -91,17 +92,30 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
         if setup:
             await ensure_topology(js, settings)
         yield Bus(nc, js, settings)
+    except LEADERLESS as error:
+        raise BusUnavailable(
+            f"NATS at {settings.bus_display} does not answer JetStream requests "
+            f"({describe_error(error)}): in a cluster, is a majority of the servers up? "
+            "(`pressroom health` shows which)"
+        ) from None
     finally:
         await nc.drain()
 
 
 # ---- requests ------------------------------------------------------------------------------
 async def publish_request(bus: Bus, request: ReportRequested) -> int:
-    ack = await bus.js.publish(
-        REPORT_REQUESTED,
-        request.model_dump_json().encode(),
-        headers={MSG_ID: msg_id(request.request_id, "request")},
-    )
+    try:
+        ack = await bus.js.publish(
+            REPORT_REQUESTED,
+            request.model_dump_json().encode(),
+            headers={MSG_ID: msg_id(request.request_id, "request")},
+        )
+    except LEADERLESS as error:
+        raise BusUnavailable(
+            f"request {request.request_id} was not acknowledged by NATS at "
+            f"{bus.settings.bus_display} ({describe_error(error)}): start the missing cluster "
+            "servers, then send it again (the same request_id is never done twice)"
+        ) from None
     return int(ack.seq)
 
 

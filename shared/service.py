@@ -43,6 +43,13 @@ from shared.events import (
     Event,
     ReportFailed,
 )
+from shared.failover import (
+    ConnectionEvents,
+    FailoverKV,
+    FailoverLedger,
+    FailoverPublisher,
+    FailoverStore,
+)
 from shared.health import Check, CheckResult, HealthServer
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
@@ -131,13 +138,13 @@ async def connect_with_patience(
     while True:
         try:
             connection = await broker.connect()
-            js = js or connection.jetstream()
+            js = js or connection.jetstream(timeout=settings.bus_request_timeout)
             await ensure_topology(js, settings)
             return js
         except Exception as error:
             if time.monotonic() + delay > deadline:
                 raise StartupFailed(
-                    f"cannot set up the bus at {settings.bus_url} within "
+                    f"cannot set up the bus at {settings.bus_display} within "
                     f"{settings.startup_timeout:g}s: {error or type(error).__name__}"
                 ) from None
             log.warning("bus not ready, retrying", error=repr(error), retry_in=delay)
@@ -152,13 +159,13 @@ def stage_checks(
         connected = broker._connection is not None and broker._connection.is_connected
         return CheckResult(
             "healthy" if connected else "unhealthy",
-            settings.bus_url if connected else "not connected to NATS",
+            settings.bus_display if connected else "not connected to NATS",
         )
 
     async def store() -> CheckResult:
         assert deps.store is not None
         await deps.store.check()
-        return CheckResult("healthy", type(deps.store).__name__)
+        return CheckResult("healthy", getattr(deps.store, "backend", type(deps.store).__name__))
 
     async def consumer() -> CheckResult:
         assert deps.js is not None
@@ -195,15 +202,20 @@ def stage_app(
         middlewares.append(
             NatsTelemetryMiddleware(tracer_provider=tracer_provider, meter_provider=meter_provider)
         )
+    events = ConnectionEvents(service, lambda: broker._connection, log_bus_error)
     broker = NatsBroker(
-        settings.bus_url,
+        settings.nats_servers,
         name=service,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        ping_interval=settings.bus_ping_interval,
+        max_outstanding_pings=2,
         graceful_timeout=settings.shutdown_grace,
         logger=None,  # the stage runner logs structured lines with request_id instead
-        error_cb=log_bus_error,
+        error_cb=events.error,
         middlewares=middlewares,
+        disconnected_cb=events.disconnected,
+        reconnected_cb=events.reconnected,
     )
     app = FastStream(broker)
     state: dict[str, Any] = {}
@@ -212,11 +224,18 @@ def stage_app(
     async def startup() -> None:
         configure_logging(service)
         js = deps.js = await connect_with_patience(broker, settings, deps.js)
-        deps.ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
-        deps.publisher = deps.publisher or JetStreamPublisher(js)
-        deps.store = deps.store or await open_store(settings, js)
-        deps.extra.setdefault("deliveries", await js.key_value(DELIVERIES_BUCKET))
-        deps.extra.setdefault("cache", await js.key_value(CACHE_BUCKET))
+        # Each bus operation rides out a leader election instead of handing the message back.
+        patience = settings.failover_patience
+        deps.ledger = deps.ledger or FailoverLedger(
+            KvLedger(await js.key_value(LEDGER_BUCKET)), patience=patience
+        )
+        deps.publisher = deps.publisher or FailoverPublisher(
+            JetStreamPublisher(js, timeout=settings.bus_request_timeout), patience=patience
+        )
+        deps.store = deps.store or FailoverStore(await open_store(settings, js), patience=patience)
+        for name, bucket in (("deliveries", DELIVERIES_BUCKET), ("cache", CACHE_BUCKET)):
+            if name not in deps.extra:
+                deps.extra[name] = FailoverKV(await js.key_value(bucket), patience=patience)
         state["work"] = await build_work(deps)
         state["runner"] = StageRunner(spec, settings, deps.ledger, deps.publisher)
         if settings.health_port is not None:
@@ -229,7 +248,7 @@ def stage_app(
             state["health"] = server
             port = await server.start()
             log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
-        log.info("stage ready", stage=spec.name, bus=settings.bus_url)
+        log.info("stage ready", stage=spec.name, bus=settings.bus_display)
 
     async def watch_backlog() -> None:
         while True:
@@ -282,7 +301,7 @@ def stage_app(
         stream=JStream(STREAM, declare=False),
         durable=spec.durable,
         config=stage_consumer_config(spec, settings),
-        pull_sub=PullSub(batch_size=concurrency, timeout=2.0),
+        pull_sub=PullSub(batch_size=concurrency, timeout=settings.pull_timeout),
         ack_policy=AckPolicy.MANUAL,
         title=f"{spec.consumes}:{spec.name}",
         description=f"{spec.name}: {spec.consumes} → {spec.produces}",

@@ -6,6 +6,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 from pydantic_settings import (
@@ -20,6 +21,17 @@ EMBEDDED_HOST = "127.0.0.1"
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def redact_url(url: str) -> str:
+    """`url` without its user:password@ part: what may be logged or shown."""
+    try:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+    except ValueError:
+        return "<unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class Settings(BaseSettings):
@@ -40,6 +52,22 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".pressroom"), description="Embedded server state.")
     stream_replicas: int = Field(default=1, description="Replicas of each stream (3 in a cluster).")
     duplicate_window: float = Field(default=600.0, description="Nats-Msg-Id window, seconds.")
+
+    # Cluster failover: how fast a worker notices a lost node and carries on (docs/scaling.md)
+    failover_patience: float = Field(
+        default=20.0,
+        description="Seconds a stage retries a bus operation while NATS elects a new leader "
+        "(0: hand the message back at once).",
+    )
+    bus_request_timeout: float = Field(
+        default=1.0, description="Seconds one JetStream request waits before it is retried."
+    )
+    pull_timeout: float = Field(
+        default=1.0, description="Seconds a worker's pull request waits before it is renewed."
+    )
+    bus_ping_interval: int = Field(
+        default=5, description="Seconds between pings; two unanswered: try another server."
+    )
 
     # Folders
     templates_dir: Path = Field(default=Path("templates"))
@@ -148,6 +176,16 @@ class Settings(BaseSettings):
     @property
     def bus_url(self) -> str:
         return self.nats_url or f"nats://{EMBEDDED_HOST}:{self.nats_port}"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """PRESSROOM_NATS_URL as the list nats-py wants (comma-separated: a cluster)."""
+        return _split(self.bus_url)
+
+    @property
+    def bus_display(self) -> str:
+        """The server list for logs and CLI output: never a password."""
+        return ",".join(redact_url(url) for url in self.nats_servers)
 
     @cached_property
     def backoff_seconds(self) -> list[float]:

@@ -14,14 +14,21 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 
 from shared.embedded import free_port, start_nats_server
 
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
+
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+async def quiet(error: Exception) -> None:
+    """Test clients ride out servers being killed; nats-py would print a traceback per attempt."""
 
 
 def unique(prefix: str = "t") -> str:
@@ -55,10 +62,17 @@ class Stack:
     nats: subprocess.Popen[bytes] | None = None
     procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
+    cluster: Cluster | None = None  # run against these nodes instead of one nats-server
 
     @property
     def url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def servers(self) -> list[str]:
+        return self.url.split(",")
 
     @property
     def templates(self) -> Path:
@@ -110,12 +124,13 @@ class Stack:
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every started stage has a worker pulling from its durable consumer."""
-        from nats.js.errors import NotFoundError
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
 
         from shared.bus import STREAM
 
         nc = await self.connect()
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=2)
 
         async def ready() -> bool:
             for name, procs in self.procs.items():
@@ -126,8 +141,8 @@ class Stack:
                     continue
                 try:
                     info = await js.consumer_info(STREAM, name)
-                except NotFoundError:
-                    return False
+                except (NotFoundError, NatsTimeout, ServiceUnavailableError):
+                    return False  # not declared yet, or (in a cluster) no leader elected yet
                 if not info.num_waiting:
                     return False
             return True
@@ -138,6 +153,9 @@ class Stack:
             await nc.close()
 
     def start_nats(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start()
+            return
         self.port = self.port or free_port()
         self.nats = start_nats_server(
             self.root / "nats",
@@ -147,6 +165,9 @@ class Stack:
         )
 
     def stop_nats(self, sig: int = signal.SIGTERM) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            return
         if self.nats and self.nats.poll() is None:
             self.nats.send_signal(sig)
             self.nats.wait(timeout=10)
@@ -191,7 +212,11 @@ class Stack:
         )
 
     async def connect(self) -> Any:
-        return await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        if self.cluster is not None:
+            return await self.cluster.connect()
+        return await nats.connect(
+            self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=quiet
+        )
 
     def cli(
         self, *args: str, check: bool = False, timeout: float = 60

@@ -26,6 +26,7 @@ from shared.bus import (
     msg_id,
 )
 from shared.events import REPORT_REQUESTED
+from shared.failover import ConnectionEvents
 from shared.health import CheckResult, HealthServer
 from shared.logging import configure_logging, get_logger
 from shared.service import connect_with_patience
@@ -76,12 +77,15 @@ async def tick(
 def create_app(settings: Settings | None = None) -> FastStream:
     settings = settings or Settings()
     schedules = load_schedules(settings.schedules)
+    events = ConnectionEvents("pressroom-scheduler", lambda: broker._connection, log_bus_error)
     broker = NatsBroker(
-        settings.bus_url,
+        settings.nats_servers,
         name="pressroom-scheduler",
         max_reconnect_attempts=-1,
         logger=None,
-        error_cb=log_bus_error,
+        error_cb=events.error,
+        disconnected_cb=events.disconnected,
+        reconnected_cb=events.reconnected,
     )
     app = FastStream(broker)
     state: dict[str, Any] = {}
@@ -107,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
             async def bus() -> CheckResult:
                 connection = broker._connection
                 ok = connection is not None and connection.is_connected
-                return CheckResult("healthy" if ok else "unhealthy", settings.bus_url)
+                return CheckResult("healthy" if ok else "unhealthy", settings.bus_display)
 
             async def ticking() -> CheckResult:
                 task = state["task"]
