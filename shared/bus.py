@@ -114,6 +114,10 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
 class TopologyError(PressroomError):
     """NATS cannot hold the streams as configured (replicas it cannot place)."""
 
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent  # a single server never places R3; a cluster may, later
+
 
 async def _replicas(js: JetStreamContext, stream: str, settings: Settings) -> int:
     """The replicas to declare `stream` with: scaled up to PRESSROOM_STREAM_REPLICAS if it has
@@ -133,7 +137,7 @@ async def _replicas(js: JetStreamContext, stream: str, settings: Settings) -> in
 
 
 # JetStream's "replicas > 1 not supported in non-clustered mode", "insufficient resources".
-_CANNOT_PLACE = {10074, 10023}
+_NOT_CLUSTERED, _TOO_FEW_SERVERS = 10074, 10023
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
@@ -141,13 +145,14 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     try:
         await _declare_topology(js, settings)
     except APIError as error:
-        if error.err_code not in _CANNOT_PLACE:
+        if error.err_code not in (_NOT_CLUSTERED, _TOO_FEW_SERVERS):
             raise
         wanted = settings.stream_replicas
         raise TopologyError(
             f"NATS cannot keep {wanted} replicas of each stream ({error.description}): "
             f"PRESSROOM_STREAM_REPLICAS={wanted} needs a cluster with at least {wanted} "
-            "JetStream servers up; start the missing servers, or lower PRESSROOM_STREAM_REPLICAS"
+            "JetStream servers up; start the missing servers, or lower PRESSROOM_STREAM_REPLICAS",
+            permanent=error.err_code == _NOT_CLUSTERED,
         ) from None
 
 

@@ -30,6 +30,7 @@ from shared.bus import (
     JetStreamPublisher,
     Publisher,
     StageSpec,
+    TopologyError,
     ensure_topology,
     log_bus_error,
     stage_consumer_config,
@@ -142,6 +143,8 @@ async def connect_with_patience(
             await ensure_topology(js, settings)
             return js
         except Exception as error:
+            if isinstance(error, TopologyError) and error.permanent:
+                raise StartupFailed(error.reason) from None
             if time.monotonic() + delay > deadline:
                 raise StartupFailed(
                     f"cannot set up the bus at {settings.bus_display} within "
