@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,11 +36,13 @@ UNTUNED = {
 CONFIGS: dict[str, dict[str, str]] = {"before tuning": UNTUNED, "tuned (defaults)": {}}
 # kill: SIGKILL (a crash; the kernel closes its sockets). freeze: SIGSTOP (a hung machine:
 # sockets stay open, nothing answers) until the pipeline delivers again, then SIGCONT.
+# stop: SIGTERM (a rolling restart: nats-server hands its leaderships over, then exits).
 FAULTS = [
     ("kill", "leader"),
     ("kill", "first"),
     ("kill", "leader"),
     ("freeze", "leader"),
+    ("stop", "leader"),
 ]
 FAULT_DEADLINE = 150.0  # seconds without a delivery before a fault is reported as "> deadline"
 
@@ -218,20 +221,20 @@ async def one_config(root: Path, label: str, env: dict[str, str]) -> dict[str, A
             led = (await cluster.leader(STREAM)).name == target.name
             at = time.time()
             watch = asyncio.create_task(watch_elections(cluster, target.name, at))
-            if kind == "kill":
-                cluster.kill(target)
-            else:
+            if kind == "freeze":
                 cluster.freeze(target)
+            else:
+                cluster.kill(target, signal.SIGKILL if kind == "kill" else signal.SIGTERM)
             # The next delivery after the fault, from the stream (client-independent).
             first: float | None = None
             while first is None and time.time() < at + FAULT_DEADLINE:
                 first = await delivered_times_quick(cluster, at)
                 if first is None:
                     await asyncio.sleep(0.5)
-            if kind == "kill":
-                cluster.start_node(target)
-            else:
+            if kind == "freeze":
                 cluster.thaw(target)
+            else:
+                cluster.start_node(target)
             elections = await watch
             await cluster.wait_current(topology_streams().values(), timeout=180)
             until = time.time()
@@ -336,11 +339,11 @@ async def delivered_counts(cluster: Cluster) -> dict[str, int]:
 
 
 async def cluster_failover(root: Path) -> dict[str, Any]:
-    results = {}
+    runs = {}
     for label, env in CONFIGS.items():
         log(f"cluster failover, {label} …")
-        results[label] = await one_config(root / label.split()[0], label, env)
-    return results
+        runs[label] = await one_config(root / label.split()[0], label, env)
+    return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
 
 
 def _s(value: float | None) -> str:
@@ -360,13 +363,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "before the stall ended and delivered after the fault. *Elections*: when the slowest "
         "Raft group the node led had a new leader (nats-server's 4–9 s election timeout after a "
         "crash: not configurable, the floor of every stall). *Handed back*: stage attempts "
-        "nak'ed (their work is done again).",
+        "nak'ed (their work is done again). Measured {when}, one run, on a machine shared with "
+        "other work: elections are random, so each row is one sample.".format(when=result["when"]),
         "",
         "| settings | fault | stall | elections (slowest) | reconnect (max) | in flight: n, p50, "
         "p99 | handed back |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, run in result.items():
+    for label, run in result["runs"].items():
         for fault in run["faults"]:
             elections = fault["elections"]
             slowest = max(elections.values()) if elections else None
@@ -381,7 +385,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"{fault['handed_back']} |"
             )
     lines.append("")
-    for label, run in result.items():
+    for label, run in result["runs"].items():
         ref = run["reference"]
         lines.append(
             f"- {label}: {run['reports']} reports, one every {run['period']:.2f} s; without a "
