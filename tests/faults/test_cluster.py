@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from shared.bus import DLQ_STREAM, LEDGER_BUCKET, STREAM
-from shared.cluster import topology_streams
+from shared.cluster import cluster_components, topology_streams
 from shared.ledger import KvLedger
+from shared.settings import Settings
 from tests.cluster import Cluster
 from tests.helpers import REPO, Stack, eventually, unique
 
@@ -199,9 +200,10 @@ async def assert_exactly_once(stack: Stack, requests: Requests, rids: list[str])
         await nc.close()
 
 
-def health(stack: Stack) -> dict[str, Any]:
-    result = stack.cli("health", "--json", timeout=90)
-    return dict(json.loads(result.stdout))
+async def cluster_rows(stack: Stack) -> dict[str, Any]:
+    """What `pressroom health` shows of the cluster (the same function, without a process)."""
+    settings = Settings(nats_url=stack.url, stream_replicas=3)
+    return await cluster_components(settings)
 
 
 async def test_thirty_reports_survive_a_sigkill_of_the_stream_leader(stack: Stack) -> None:
@@ -218,12 +220,12 @@ async def test_thirty_reports_survive_a_sigkill_of_the_stream_leader(stack: Stac
 
     # Once every group has a new leader, `health` says degraded (not healthy, not down) and
     # names the missing node and the replica it held.
-    def degraded() -> dict[str, Any] | None:
-        report = health(stack)
-        return report if report["status"] == "degraded" else None
+    async def degraded() -> dict[str, Any] | None:
+        rows = await cluster_rows(stack)
+        statuses = {row["status"] for row in rows.values()}
+        return rows if statuses == {"healthy", "degraded"} else None
 
-    report = await eventually(lambda: asyncio.to_thread(degraded), timeout=60, every=0.5)
-    rows = report["components"]
+    rows = await eventually(degraded, timeout=60, every=0.5)
     assert rows["nats servers"]["status"] == "degraded"
     assert rows["stream PRESSROOM"]["status"] == "degraded"
     assert f"{leader.url} does not answer" in rows["nats servers"]["detail"]
@@ -235,9 +237,11 @@ async def test_thirty_reports_survive_a_sigkill_of_the_stream_leader(stack: Stac
 
     cluster.start_node(leader)
     await cluster.wait_current(STREAMS)
-    rows = health(stack)["components"]
-    assert all(rows[label]["status"] == "healthy" for label in topology_streams()), rows
-    assert "3/3 answer" in rows["nats servers"]["detail"]
+    result = stack.cli("health", "--json", timeout=90)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["status"] == "healthy", report
+    assert "3/3 answer" in report["components"]["nats servers"]["detail"]
+    assert all(report["components"][label]["leader"] for label in topology_streams())
 
 
 async def test_thirty_reports_survive_a_sigkill_of_the_first_listed_node(stack: Stack) -> None:
@@ -322,11 +326,11 @@ async def test_without_a_majority_publishing_fails_loudly_and_work_resumes_after
     finally:
         await nc.close()
 
-    def no_majority() -> dict[str, Any] | None:
-        rows: dict[str, Any] = health(stack)["components"]
+    async def no_majority() -> dict[str, Any] | None:
+        rows = await cluster_rows(stack)
         return rows if rows["stream PRESSROOM"]["status"] == "unhealthy" else None
 
-    rows = await eventually(lambda: asyncio.to_thread(no_majority), timeout=60, every=0.5)
+    rows = await eventually(no_majority, timeout=60, every=0.5)
     assert rows["nats servers"]["detail"].startswith("1/3 answer")
 
     # One node back is a majority again: the pipeline carries on by itself...
