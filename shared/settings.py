@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         default=1.0, description="Seconds a worker's pull request waits before it is renewed."
     )
     bus_ping_interval: int = Field(
-        default=5, description="Seconds between pings; two unanswered: try another server."
+        default=2, description="Seconds between pings; two unanswered: try another server."
     )
 
     # Folders
@@ -104,7 +104,9 @@ class Settings(BaseSettings):
     # Retries and dead letters (one mechanism for every stage)
     max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
     retry_backoff: str = Field(default="1,5,15,60", description="Seconds between attempts.")
-    ack_wait: float = Field(default=30.0, description="Seconds before an unacked message returns.")
+    # Work in progress is kept alive every ack_wait/3 (in-progress acks), so this bounds only
+    # how long a message lost in transit (its worker's NATS node died) waits to be redelivered.
+    ack_wait: float = Field(default=10.0, description="Seconds before an unacked message returns.")
     shutdown_grace: float = Field(default=30.0, description="Seconds in-flight work may finish.")
     startup_timeout: float = Field(default=120.0, description="Seconds to wait for NATS at start.")
 
