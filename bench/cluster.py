@@ -103,7 +103,10 @@ async def delivered_times(cluster: Cluster, rids: set[str]) -> dict[str, float]:
         found: dict[str, float] = {}
 
         async def collect() -> bool:
-            sub = await js.subscribe("report.delivered", ordered_consumer=True)
+            try:
+                sub = await js.subscribe("report.delivered", ordered_consumer=True)
+            except Exception:  # the cluster is still electing: ask again
+                return False
             try:
                 while True:
                     try:
@@ -330,15 +333,25 @@ async def delivered_counts(cluster: Cluster) -> dict[str, int]:
     try:
         js = nc.jetstream(timeout=5)
         counts: dict[str, int] = {}
-        sub = await js.subscribe("report.delivered", ordered_consumer=True)
-        while True:
+
+        async def count() -> bool:
+            counts.clear()
             try:
-                msg = await sub.next_msg(timeout=1)
-            except Exception:
-                break
-            rid = json.loads(msg.data)["request_id"]
-            counts[rid] = counts.get(rid, 0) + 1
-        await sub.unsubscribe()
+                sub = await js.subscribe("report.delivered", ordered_consumer=True)
+            except Exception:  # the cluster is still electing: ask again
+                return False
+            try:
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=1)
+                    except Exception:
+                        return True
+                    rid = json.loads(msg.data)["request_id"]
+                    counts[rid] = counts.get(rid, 0) + 1
+            finally:
+                await sub.unsubscribe()
+
+        await eventually(count, timeout=120, every=1.0)
         return counts
     finally:
         await nc.close()
