@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     @property
     def bus_display(self) -> str:
         """The server list for logs and CLI output: never a password."""
-        return ",".join(redact_url(url) for url in self.nats_servers)
+        return ", ".join(redact_url(url) for url in self.nats_servers)
 
     @cached_property
     def backoff_seconds(self) -> list[float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 from collections import Counter
@@ -274,7 +275,14 @@ async def test_thirty_reports_survive_a_sigkill_of_the_first_listed_node(stack: 
     requests.acked.add(rid)
     await assert_exactly_once(stack, requests, [*rids, rid])
 
+    # Its disk is lost too: a replacement under the same name is rebuilt from the other two.
+    shutil.rmtree(first.root / "jetstream")
     cluster.start_node(first)
+    await cluster.wait_current(STREAMS)
+    rows = await cluster_rows(stack)
+    assert {label: rows[label]["status"] for label in topology_streams()} == dict.fromkeys(
+        topology_streams(), "healthy"
+    )
     late.send_signal(signal.SIGTERM)
     late.wait(timeout=30)
 
