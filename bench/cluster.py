@@ -371,7 +371,6 @@ def _s(value: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
-        "",
         "## Cluster failover (3 nodes, R3, a node fails under load)",
         "",
         "A 3-node cluster on loopback (`sync_interval: always`), every stream and bucket R3, "
