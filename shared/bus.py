@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import nats
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel
 
 from shared.busauth import REFUSALS, BusRefused, identity
@@ -33,7 +34,6 @@ from shared.logging import get_logger
 from shared.telemetry import inject_context
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
     from nats.js import JetStreamContext
 
     from shared.settings import Settings
@@ -98,18 +98,27 @@ async def log_bus_error(error: Exception) -> None:
 async def connect(
     settings: Settings, *, name: str = "pressroom", role: str = "ops", **kwargs: Any
 ) -> Client:
-    """A nats-py connection as `role`, reconnecting for ever instead of giving up after ~2 min."""
+    """A nats-py connection as `role` to any of the servers (a cluster's nodes) that keeps
+    reconnecting instead of giving up after ~2 minutes, and logs each disconnect and reconnect
+    once."""
+    from shared.failover import ConnectionEvents
+
     who = identity(settings, role)
     REFUSALS.identity = who
-    return await nats.connect(
-        settings.bus_url,
+    nc = Client()
+    events = ConnectionEvents(name, lambda: nc, kwargs.pop("error_cb", log_bus_error))
+    await nc.connect(
+        kwargs.pop("servers", settings.nats_servers),
         name=name,
-        error_cb=kwargs.pop("error_cb", log_bus_error),
+        error_cb=events.error,
         max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", -1),
         reconnect_time_wait=kwargs.pop("reconnect_time_wait", 0.5),
+        disconnected_cb=kwargs.pop("disconnected_cb", events.disconnected),
+        reconnected_cb=kwargs.pop("reconnected_cb", events.reconnected),
         **who.nats_kwargs(),
         **kwargs,
     )
+    return nc
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
@@ -133,6 +142,35 @@ TOPOLOGY_STREAMS = (
     *(f"KV_{b}" for b in (LEDGER_BUCKET, DELIVERIES_BUCKET, SCHEDULES_BUCKET, CACHE_BUCKET)),
     f"OBJ_{OBJECT_BUCKET}",
 )
+
+
+class TopologyError(PressroomError):
+    """NATS cannot hold the streams as configured (replicas it cannot place)."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent  # a single server never places R3; a cluster may, later
+
+
+async def _replicas(js: JetStreamContext, stream: str, settings: Settings) -> int:
+    """The replicas to declare `stream` with: scaled up to PRESSROOM_STREAM_REPLICAS if it has
+    fewer, never down (a client started with the default of 1 must not shrink a cluster's R3)."""
+    wanted = settings.stream_replicas
+    try:
+        config = (await js.stream_info(stream)).config
+    except NotFoundError:
+        return wanted
+    have = config.num_replicas or 1
+    if have >= wanted:
+        return have
+    config.num_replicas = wanted
+    await js.update_stream(config)
+    log.warning("stream scaled up", stream=stream, replicas_before=have, replicas=wanted)
+    return wanted
+
+
+# JetStream's "replicas > 1 not supported in non-clustered mode", "insufficient resources".
+_NOT_CLUSTERED, _TOO_FEW_SERVERS = 10074, 10023
 
 
 async def ensure_topology(
@@ -161,7 +199,21 @@ async def ensure_topology(
         for stage in stages or []:
             await _declare_consumers(js, stage, settings)
         return
-    replicas = settings.stream_replicas
+    try:
+        await _declare_topology(js, settings)
+    except APIError as error:
+        if error.err_code not in (_NOT_CLUSTERED, _TOO_FEW_SERVERS):
+            raise
+        wanted = settings.stream_replicas
+        raise TopologyError(
+            f"NATS cannot keep {wanted} replicas of each stream ({error.description}): "
+            f"PRESSROOM_STREAM_REPLICAS={wanted} needs a cluster with at least {wanted} "
+            "JetStream servers up; start the missing servers, or lower PRESSROOM_STREAM_REPLICAS",
+            permanent=error.err_code == _NOT_CLUSTERED,
+        ) from None
+
+
+async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
     await _ensure_stream(
         js,
         api.StreamConfig(
@@ -172,7 +224,7 @@ async def ensure_topology(
             retention=api.RetentionPolicy.LIMITS,
             max_age=30 * 24 * 3600,
             duplicate_window=settings.duplicate_window,
-            num_replicas=replicas,
+            num_replicas=await _replicas(js, STREAM, settings),
         ),
     )
     await _ensure_stream(
@@ -184,7 +236,7 @@ async def ensure_topology(
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             duplicate_window=settings.duplicate_window,
-            num_replicas=replicas,
+            num_replicas=await _replicas(js, DLQ_STREAM, settings),
         ),
     )
     # Max-deliveries advisories are core NATS (at most once): keep them in a stream so a
@@ -197,12 +249,13 @@ async def ensure_topology(
             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.*"],
             storage=api.StorageType.FILE,
             max_age=7 * 24 * 3600,
-            num_replicas=replicas,
+            num_replicas=await _replicas(js, ADVISORY_STREAM, settings),
         ),
     )
     for stage in STAGES.values():
         await _declare_consumers(js, stage, settings)
     for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1), (SCHEDULES_BUCKET, 1)):
+        replicas = await _replicas(js, f"KV_{bucket}", settings)
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas
@@ -213,13 +266,16 @@ async def ensure_topology(
             bucket=CACHE_BUCKET,
             history=1,
             storage=api.StorageType.FILE,
-            replicas=replicas,
+            replicas=await _replicas(js, f"KV_{CACHE_BUCKET}", settings),
             ttl=7 * 24 * 3600,
         )
     )
     await js.create_object_store(
         OBJECT_BUCKET,
-        api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=replicas),
+        api.ObjectStoreConfig(
+            storage=api.StorageType.FILE,
+            replicas=await _replicas(js, f"OBJ_{OBJECT_BUCKET}", settings),
+        ),
     )
 
 
@@ -293,7 +349,7 @@ class JetStreamPublisher:
         inject_context(hdrs)
         try:
             return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)
-        except nats.errors.TimeoutError:
+        except NatsTimeoutError:
             # A publish the server refused is never acknowledged: say so instead of retrying.
             if REFUSALS.refused(subject):
                 raise BusRefused(REFUSALS.last() or f"publishing to {subject} refused") from None

@@ -275,7 +275,10 @@ class _OutcomeCounter:
         async def main() -> None:
             from shared.bus import connect
 
-            nc = await connect(cfg, name="pressroom-up")
+            async def quiet(error: Exception) -> None:
+                """Services log the bus's troubles; the status line stays clean."""
+
+            nc = await connect(cfg, name="pressroom-up", error_cb=quiet)
 
             async def delivered(msg: Any) -> None:
                 self.delivered += 1
@@ -803,6 +806,7 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
     import httpx
 
     from shared.bus import DLQ_STREAM, STAGES, STREAM
+    from shared.cluster import cluster_components
     from shared.health import _RANK
     from shared.ops import BusUnavailable, open_bus
 
@@ -842,6 +846,7 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
         components["nats"] = {"status": "unhealthy", "detail": error.reason}
     except Exception as error:
         components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
+    components.update(await cluster_components(cfg))  # servers, stream and bucket leaders
     async with httpx.AsyncClient(timeout=5) as client:
         for name, base in workers.items():
             try:

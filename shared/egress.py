@@ -62,12 +62,13 @@ def origin_of(url: str) -> Origin:
 def public_url(url: str) -> str:
     """The URL without user:password@ — what may appear in logs, reasons and health output."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url if "://" in url else f"nats://{url}")  # a bare host:port, too
     except ValueError:
         return "<invalid url>"
     if "@" not in parts.netloc:
         return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return shown if "://" in url else shown.removeprefix("nats://")
 
 
 def is_public(address: IPAddress) -> bool:

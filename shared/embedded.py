@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.settings import EMBEDDED_HOST
@@ -16,7 +18,7 @@ CONFIG = """# Written by Pressroom. File storage synced on every write: an ackno
 # message survives a power loss (see PITFALLS: sync_interval).
 listen: {host}:{port}
 http: {host}:{monitor_port}
-server_name: pressroom-embedded
+server_name: {server_name}
 max_payload: 1MB
 jetstream {{
   store_dir: "{store}"
@@ -24,6 +26,28 @@ jetstream {{
   max_file_store: 10GB
 }}
 """
+
+CLUSTER = """cluster {{
+  name: {name}
+  listen: {host}:{port}
+  routes: [
+{routes}
+  ]
+}}
+"""
+
+
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """This server's place in a cluster on one host: its route port and every member's."""
+
+    name: str
+    port: int
+    ports: Sequence[int]
+
+    def config(self, host: str) -> str:
+        routes = "\n".join(f"    nats-route://{host}:{p}" for p in self.ports if p != self.port)
+        return CLUSTER.format(name=self.name, host=host, port=self.port, routes=routes)
 
 
 def nats_server_binary() -> str:
@@ -49,7 +73,13 @@ def free_port() -> int:
 
 
 def write_config(
-    data_dir: Path, port: int, monitor_port: int | None = None, auth: Path | None = None
+    data_dir: Path,
+    port: int,
+    monitor_port: int | None = None,
+    auth: Path | None = None,
+    *,
+    server_name: str = "pressroom-embedded",
+    cluster: ClusterRoutes | None = None,
 ) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "nats-server.conf"
@@ -57,8 +87,11 @@ def write_config(
         host=EMBEDDED_HOST,
         port=port,
         monitor_port=monitor_port or port + 4000,
+        server_name=server_name,
         store=(data_dir / "jetstream").resolve(),
     )
+    if cluster is not None:
+        text += cluster.config(EMBEDDED_HOST)
     if auth is not None:  # identities from `pressroom bus auth`: no anonymous access
         # nats-server resolves an include relative to the including file, even an absolute one.
         relative = os.path.relpath(auth.resolve(), data_dir.resolve())
@@ -74,14 +107,18 @@ def start_nats_server(
     monitor_port: int | None = None,
     log_file: Path | None = None,
     auth: Path | None = None,
+    server_name: str = "pressroom-embedded",
+    cluster: ClusterRoutes | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start nats-server and wait until it accepts connections."""
+    """Start nats-server (one member of `cluster` if given) and wait until it accepts clients."""
     if port_open(EMBEDDED_HOST, port):
         raise RuntimeError(
             f"port {port} is already in use: stop what runs there, or set PRESSROOM_NATS_URL "
             "to use that server, or PRESSROOM_NATS_PORT to pick another port"
         )
-    config = write_config(data_dir, port, monitor_port, auth)
+    config = write_config(
+        data_dir, port, monitor_port, auth, server_name=server_name, cluster=cluster
+    )
     log_path = log_file or data_dir / "nats-server.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -40,6 +40,7 @@ _STATUS_AFTER: dict[str, Status] = {
     "renderer": "rendered",
     "distributor": "delivered",
 }
+_PROGRESS: dict[str, int] = {"requested": 0, "fetched": 1, "rendered": 2, "delivered": 3}
 
 
 class StageRecord(BaseModel):
@@ -148,7 +149,11 @@ def _apply_finish(entry: LedgerEntry, stage: str, seconds: float, event: Event) 
     record = entry.stages.get(stage) or StageRecord(state="running", seq=0)
     record.state, record.finished_at, record.seconds = "done", now, seconds
     entry.stages[stage] = record
-    entry.status = _STATUS_AFTER.get(stage, entry.status)
+    # Stages finish in any order in the ledger: the renderer's own record can land after the
+    # distributor's (a slow KV write, a leader election). Status only moves forward.
+    after = _STATUS_AFTER.get(stage)
+    if after is not None and _PROGRESS.get(entry.status, -1) < _PROGRESS[after]:
+        entry.status = after
     if isinstance(event, DataReady):
         entry.fetch_seconds = event.fetch_seconds
         entry.cache_hits, entry.cache_misses = event.cache_hits, event.cache_misses

@@ -51,6 +51,7 @@ from shared.events import (
     ReportRequested,
     request_fingerprint,
 )
+from shared.failover import LEADERLESS, describe_error
 from shared.ledger import KvLedger, LedgerEntry
 from shared.settings import SECRET_FIELDS, Settings
 from shared.stage import DEAD_LETTER_PREFIX
@@ -113,6 +114,12 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
         if setup:
             await ensure_topology(js, settings)
         yield Bus(nc, js, settings)
+    except LEADERLESS as error:
+        raise BusUnavailable(
+            f"NATS at {settings.bus_url_public} does not answer JetStream requests "
+            f"({describe_error(error)}): in a cluster, is a majority of the servers up? "
+            "(`pressroom health` shows which)"
+        ) from None
     finally:
         await nc.drain()
 
@@ -123,11 +130,19 @@ async def publish_request(bus: Bus, request: ReportRequested) -> int:
     de-duplicated, and other content under the same request_id reaches the fetcher (which
     refuses it loudly) instead of being dropped as a duplicate."""
     fingerprint = request_fingerprint(request)
-    ack = await JetStreamPublisher(bus.js).publish(
-        REPORT_REQUESTED,
-        request.model_dump_json().encode(),
-        msg_id=f"{msg_id(request.request_id, 'request')}:{fingerprint}",
-    )
+    try:
+        ack = await JetStreamPublisher(bus.js).publish(
+            REPORT_REQUESTED,
+            request.model_dump_json().encode(),
+            msg_id=f"{msg_id(request.request_id, 'request')}:{fingerprint}",
+        )
+    except LEADERLESS as error:
+        raise BusUnavailable(
+            f"request {request.request_id} was not acknowledged by NATS at "
+            f"{bus.settings.bus_url_public} ({describe_error(error)}): in a cluster, is a "
+            "majority of the servers up? Start the missing ones, then send it again (the same "
+            "request_id is never done twice)"
+        ) from None
     return int(ack.seq)
 
 

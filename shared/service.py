@@ -30,6 +30,7 @@ from shared.bus import (
     JetStreamPublisher,
     Publisher,
     StageSpec,
+    TopologyError,
     ensure_topology,
     log_bus_error,
     stage_consumer_config,
@@ -43,6 +44,13 @@ from shared.events import (
     DeadLetter,
     Event,
     ReportFailed,
+)
+from shared.failover import (
+    ConnectionEvents,
+    FailoverKV,
+    FailoverLedger,
+    FailoverPublisher,
+    FailoverStore,
 )
 from shared.health import Check, CheckResult, HealthServer
 from shared.ledger import KvLedger, Ledger
@@ -135,12 +143,16 @@ def worker_broker(
     stopping (with one log line) if the server refuses the identity."""
     who = identity(settings, role)
     REFUSALS.identity, REFUSALS.fatal_on_auth = who, True
+    # Losing a server (a cluster node) reads as one line when it goes, one when it is back.
+    events = ConnectionEvents(service, lambda: broker._connection, log_bus_error)
     broker = NatsBroker(
-        settings.bus_url,
+        settings.nats_servers,
         name=service,
         max_reconnect_attempts=-1,
         logger=None,  # the stage runner logs structured lines with request_id instead
-        error_cb=log_bus_error,
+        error_cb=events.error,
+        disconnected_cb=events.disconnected,
+        reconnected_cb=events.reconnected,
         security=who.faststream_security(),
         inbox_prefix=inbox_prefix(role),
         **options,
@@ -155,7 +167,7 @@ async def _probe(settings: Settings, who: Identity) -> None:
 
     try:
         nc = await nats.connect(
-            settings.bus_url,
+            settings.nats_servers,
             allow_reconnect=False,
             max_reconnect_attempts=1,
             connect_timeout=5,
@@ -196,13 +208,15 @@ async def connect_with_patience(
             if who is not None:
                 await _probe(settings, who)
             connection = await broker.connect()
-            js = js or connection.jetstream()
+            js = js or connection.jetstream(timeout=settings.bus_request_timeout)
             admin = who is None or who.kind == "anonymous"
             await ensure_topology(js, settings, admin=admin, stages=stages)
             return js
         except StartupFailed:
             raise
         except Exception as error:
+            if isinstance(error, TopologyError) and error.permanent:
+                raise StartupFailed(error.reason) from None
             if time.monotonic() + delay > deadline:
                 raise StartupFailed(
                     f"cannot set up the bus at {settings.bus_url_public} within "
@@ -227,7 +241,7 @@ def stage_checks(
     async def store() -> CheckResult:
         assert deps.store is not None
         await deps.store.check()
-        return CheckResult("healthy", type(deps.store).__name__)
+        return CheckResult("healthy", getattr(deps.store, "backend", type(deps.store).__name__))
 
     async def consumer() -> CheckResult:
         assert deps.js is not None
@@ -271,6 +285,8 @@ def stage_app(
         spec.name,
         service,
         reconnect_time_wait=1,
+        ping_interval=settings.bus_ping_interval,
+        max_outstanding_pings=2,
         graceful_timeout=settings.shutdown_grace,
         middlewares=middlewares,
     )
@@ -290,11 +306,18 @@ def stage_app(
         js = deps.js = await connect_with_patience(
             broker, settings, deps.js, who=who, stages=[spec]
         )
-        deps.ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
-        deps.publisher = deps.publisher or JetStreamPublisher(js)
-        deps.store = deps.store or await open_store(settings, js)
-        deps.extra.setdefault("deliveries", await js.key_value(DELIVERIES_BUCKET))
-        deps.extra.setdefault("cache", await js.key_value(CACHE_BUCKET))
+        # Each bus operation rides out a leader election instead of handing the message back.
+        patience = settings.failover_patience
+        deps.ledger = deps.ledger or FailoverLedger(
+            KvLedger(await js.key_value(LEDGER_BUCKET)), patience=patience
+        )
+        deps.publisher = deps.publisher or FailoverPublisher(
+            JetStreamPublisher(js, timeout=settings.bus_request_timeout), patience=patience
+        )
+        deps.store = deps.store or FailoverStore(await open_store(settings, js), patience=patience)
+        for name, bucket in (("deliveries", DELIVERIES_BUCKET), ("cache", CACHE_BUCKET)):
+            if name not in deps.extra:
+                deps.extra[name] = FailoverKV(await js.key_value(bucket), patience=patience)
         state["work"] = await build_work(deps)
         state["runner"] = StageRunner(
             spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit
@@ -362,7 +385,7 @@ def stage_app(
         stream=JStream(STREAM, declare=False),
         durable=spec.durable,
         config=stage_consumer_config(spec, settings),
-        pull_sub=PullSub(batch_size=concurrency, timeout=2.0),
+        pull_sub=PullSub(batch_size=concurrency, timeout=settings.pull_timeout),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.

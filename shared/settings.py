@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     nats_tls_cert: Path | None = Field(default=None, description="Client certificate (mTLS).")
     nats_tls_key: Path | None = Field(default=None, description="Key of the client certificate.")
 
+    # Cluster failover: how fast a worker notices a lost node and carries on (docs/scaling.md)
+    failover_patience: float = Field(
+        default=20.0,
+        description="Seconds a stage retries a bus operation while NATS elects a new leader "
+        "(0: hand the message back at once).",
+    )
+    bus_request_timeout: float = Field(
+        default=1.0, description="Seconds one JetStream request waits before it is retried."
+    )
+    pull_timeout: float = Field(
+        default=1.0, description="Seconds a worker's pull request waits before it is renewed."
+    )
+    bus_ping_interval: int = Field(
+        default=2, description="Seconds between pings; two unanswered: try another server."
+    )
+
     # Folders
     templates_dir: Path = Field(default=Path("templates"))
     out_dir: Path = Field(default=Path("out"), description="Root of the `file` channel.")
@@ -133,8 +149,10 @@ class Settings(BaseSettings):
     # Retries and dead letters (one mechanism for every stage)
     max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
     retry_backoff: str = Field(default="1,5,15,60", description="Seconds between attempts.")
+    # Work in progress is kept alive every ack_wait/3 (in-progress acks), so this bounds only
+    # how long a message lost in transit (its worker's NATS node died) waits to be redelivered.
     ack_wait: float = Field(
-        default=30.0, gt=0, description="Seconds before an unacked message returns."
+        default=10.0, gt=0, description="Seconds before an unacked message returns."
     )
     shutdown_grace: float = Field(default=30.0, ge=0, description="Seconds work may finish.")
     startup_timeout: float = Field(default=120.0, gt=0, description="Seconds to wait for NATS.")
@@ -357,11 +375,16 @@ class Settings(BaseSettings):
         return self.nats_url or f"nats://{EMBEDDED_HOST}:{self.nats_port}"
 
     @property
+    def nats_servers(self) -> list[str]:
+        """PRESSROOM_NATS_URL as the list nats-py wants (comma-separated: a cluster)."""
+        return [part.strip() for part in self.bus_url.split(",") if part.strip()]
+
+    @property
     def bus_url_public(self) -> str:
         """The bus URL(s) as logs, health and errors may show them: no user:password@."""
         from shared.egress import public_url
 
-        return ",".join(public_url(u.strip()) for u in self.bus_url.split(","))
+        return ",".join(public_url(url) for url in self.nats_servers)
 
     @cached_property
     def backoff_seconds(self) -> list[float]:

@@ -14,14 +14,21 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 
 from shared.embedded import free_port, start_nats_server
 
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
+
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+async def quiet(error: Exception) -> None:
+    """Test clients ride out servers being killed; nats-py would print a traceback per attempt."""
 
 
 def unique(prefix: str = "t") -> str:
@@ -60,14 +67,17 @@ class Stack:
     auth: bool = True
     tls: bool = False
     unset: tuple[str, ...] = ()  # defaults below to leave out (a config file decides instead)
+    cluster: Cluster | None = None  # run against these nodes instead of one nats-server
 
     @property
     def url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
         return f"nats://127.0.0.1:{self.port}"
 
     @property
     def auth_dir(self) -> Path:
-        return self.root / "auth"
+        return self.cluster.auth_dir if self.cluster is not None else self.root / "auth"
 
     def identity(self, role: str = "ops") -> Any:
         """How a test client connects as `role` (ops unless said otherwise)."""
@@ -81,6 +91,10 @@ class Stack:
         if not self.auth:
             return Identity(role, tls=context)
         return Identity(role, "nkey", self.auth_dir / f"{role}.nk", tls=context)
+
+    @property
+    def servers(self) -> list[str]:
+        return self.url.split(",")
 
     @property
     def templates(self) -> Path:
@@ -142,12 +156,13 @@ class Stack:
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every started stage has a worker pulling from its durable consumer."""
-        from nats.js.errors import NotFoundError
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
 
         from shared.bus import STREAM
 
         nc = await self.connect()
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=2)
 
         async def ready() -> bool:
             for name, procs in self.procs.items():
@@ -158,8 +173,8 @@ class Stack:
                     continue
                 try:
                     info = await js.consumer_info(STREAM, name)
-                except NotFoundError:
-                    return False
+                except (NotFoundError, NatsTimeout, ServiceUnavailableError):
+                    return False  # not declared yet, or (in a cluster) no leader elected yet
                 if not info.num_waiting:
                     return False
             return True
@@ -172,6 +187,12 @@ class Stack:
     def start_nats(self) -> None:
         from shared.busauth import generate
 
+        if self.cluster is not None:
+            self.auth = (
+                self.cluster.auth
+            )  # the cluster's own identities (it is locked the same way)
+            self.cluster.start()
+            return
         self.port = self.port or free_port()
         if self.auth:
             generate(self.auth_dir, tls=self.tls, hosts=["localhost", "127.0.0.1"])
@@ -184,6 +205,9 @@ class Stack:
         )
 
     def stop_nats(self, sig: int = signal.SIGTERM) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            return
         if self.nats and self.nats.poll() is None:
             self.nats.send_signal(sig)
             self.nats.wait(timeout=10)
@@ -234,11 +258,14 @@ class Stack:
         )
 
     async def connect(self, role: str = "ops", **options: Any) -> Any:
+        options = {**self.identity(role).nats_kwargs(), **options}
+        if self.cluster is not None:
+            return await self.cluster.connect(**options)
         return await nats.connect(
-            self.url,
+            self.servers,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
-            **{**self.identity(role).nats_kwargs(), **options},
+            **{"error_cb": quiet, **options},
         )
 
     def cli(

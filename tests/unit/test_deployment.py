@@ -91,6 +91,13 @@ def test_kubernetes_manifests_parse_and_run_every_worker_with_probes() -> None:
     assert nats["spec"]["replicas"] == 3
     config = next(d for d in docs if d["metadata"]["name"] == "nats-config")
     assert "sync_interval: always" in config["data"]["nats.conf"]
+    # The services are given every NATS pod, and keep three replicas of every stream.
+    env = next(d for d in docs if d["metadata"]["name"] == "pressroom-env")["data"]
+    pods = [f"nats-{i}.{nats['spec']['serviceName']}.pressroom.svc" for i in range(3)]
+    settings = Settings(nats_url=env["PRESSROOM_NATS_URL"])
+    assert settings.nats_servers == [f"nats://{pod}:4222" for pod in pods]
+    assert env["PRESSROOM_STREAM_REPLICAS"] == "3"
+    assert all(f"nats://{pod}:6222" in config["data"]["nats.conf"] for pod in pods)
 
 
 def test_the_sample_config_loads_with_the_legacy_schedules(monkeypatch) -> None:  # type: ignore[no-untyped-def]
