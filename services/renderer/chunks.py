@@ -332,16 +332,6 @@ def layout_chunk(job: ChunkJob) -> ChunkResult:
     """Lay out and write one chunk (runs in a render process; see the module docstring)."""
     rendezvous = Rendezvous(job.rendezvous, job.index, job.count, job.deadline)
     try:
-        if os.environ.get("XX_PROFILE"):
-            import cProfile
-
-            prof = cProfile.Profile()
-            prof.enable()
-            try:
-                return _layout_chunk(job, rendezvous)
-            finally:
-                prof.disable()
-                prof.dump_stats(f"/tmp/split/chunk-{job.index}.prof")
         return _layout_chunk(job, rendezvous)
     except SplitAborted:
         raise
