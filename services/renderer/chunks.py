@@ -242,6 +242,9 @@ class CellCache:
 
         original = block.block_container_layout
         cache = self
+        if not cache.cells:
+            yield
+            return
 
         def patched(
             context: Any, box: Any, bottom_space: float, skip_stack: Any, *args: Any, **kw: Any
@@ -445,7 +448,8 @@ def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
             stats["measure"] = time.perf_counter() - clock
             stats["measure_cpu"] = time.process_time() - cpu
 
-            cache = CellCache(set(cells))
+            # Chunk 0 starts at the top of the document and never lays a page out twice.
+            cache = CellCache(set(cells) if job.index > 0 else set())
             with _global_widths(cells, widths), cache.active():
                 initialize_page_maker(context, root)
                 context.rendered_notes = []  # as make_all_pages starts

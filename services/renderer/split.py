@@ -176,13 +176,15 @@ async def _render_split(
     warning = fonts.check_missing(missing, "warn" if job.missing_glyphs == "warn" else "fail")
     html_bytes = plan.html.encode("utf-8")
     check_output_size(job, html_bytes if "html" in job.formats else None, pdf)
-    log.debug(
-        "split render",
+    log.info(
+        "long report split",
         template=job.template,
         chunks=len(results),
         pages=pages,
-        stats=[result.stats for result in results],
+        seconds=round(pdf_seconds, 2),
+        chunk_pages=[result.pages for result in results],
     )
+    log.debug("split render chunks", stats=[result.stats for result in results])
     return RenderOutput(
         plan.template_version,
         html_bytes,

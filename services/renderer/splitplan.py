@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from html.parser import HTMLParser
-from typing import Literal
+from html import unescape as html_unescape
+from typing import Any, Literal
 
 SplitMode = Literal["auto", "on", "off"]
 SPLIT_MODES: tuple[str, ...] = ("auto", "on", "off")
@@ -20,10 +20,12 @@ META_NAME = "pressroom-split"
 
 # Rows a chunk carries past its end (and one before its start): the pages around a cut are laid
 # out as in the one-piece render, whatever the rows hold. More rows than a page holds are needed.
-LOOKAHEAD_ROWS = 120
+LOOKAHEAD_ROWS = 100
 LOOKBEHIND_ROWS = 1
 # Chunks smaller than this are not worth a process: fewer, bigger chunks.
 MIN_CHUNK_ROWS = 150
+# The first chunk also lays out what comes before the table: it takes this many rows fewer.
+HEAD_START_ROWS = 30
 
 
 @dataclass(frozen=True)
@@ -53,80 +55,84 @@ class Window:
     target: int  # row the chunk starts its pages at (0 for the first chunk)
 
 
-class _Rows(HTMLParser):
-    """Finds every table's body rows, the <meta name="pressroom-split"> and inline CSS."""
+# A tag (attributes may hold quoted ">"), or a comment; text between them is skipped.
+_TAG = re.compile(r"<!--.*?-->|<(/?)([A-Za-z][^\s/>]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>", re.S)
+_ATTR = re.compile(r"([^\s=/>\"']+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s>]+))?")
+# Elements whose content is text, not tags (a "<tr" in a script is no row).
+_RAW_TEXT = frozenset({"script", "style", "textarea", "title", "xmp", "iframe", "noembed"})
+
+
+def _attributes(text: str) -> dict[str, str]:
+    values = {}
+    for name, value in _ATTR.findall(text):
+        values[name.lower()] = html_unescape(value[1:-1] if value[:1] in "\"'" else value)
+    return values
+
+
+class _Scan:
+    """Every table's body rows (as offsets), <meta name="pressroom-split">, and the CSS."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=False)
-        self._lines = [0]
-        for match in re.finditer("\n", text):
-            self._lines.append(match.end())
-        self.tables: list[dict[str, object]] = []
-        self._stack: list[dict[str, object]] = []
+        self.tables: list[dict[str, Any]] = []
         self.meta: str | None = None
         self.css: list[str] = []
         self.stylesheets: list[str] = []
         self.internal_links = False
-        self._in_style = False
+        stack: list[dict[str, Any]] = []
+        lowered = text.lower()
+        position = 0
+        while True:
+            match = _TAG.search(text, position)
+            if match is None:
+                break
+            position = match.end()
+            closing, name, attrs = match.group(1), match.group(2), match.group(3)
+            if name is None:
+                continue  # a comment
+            tag = name.lower()
+            if closing:
+                if stack and tag in ("thead", "tbody", "tfoot"):
+                    self._close(stack[-1], match.start())
+                elif stack and tag == "table":
+                    self._close(stack.pop(), match.start())
+                continue
+            if "style" in attrs.lower() or tag in ("meta", "link", "a"):
+                values = _attributes(attrs)
+                if "style" in values:
+                    self.css.append(values["style"])
+                if tag == "meta" and values.get("name", "").lower() == META_NAME:
+                    self.meta = values.get("content", "").strip().lower()
+                elif tag == "link" and "stylesheet" in values.get("rel", "").lower().split():
+                    self.stylesheets.append(values.get("href", ""))
+                elif tag == "a" and values.get("href", "").lstrip().startswith("#"):
+                    self.internal_links = True
+            if tag in _RAW_TEXT:
+                end = lowered.find(f"</{tag}", position)
+                end = len(text) if end < 0 else end
+                if tag == "style":
+                    self.css.append(text[position:end])
+                position = end
+            elif tag == "table":
+                table: dict[str, Any] = {"index": len(self.tables), "section": None}
+                table.update(open_rows=[], bodies=[])
+                self.tables.append(table)
+                stack.append(table)
+            elif stack and tag in ("thead", "tbody", "tfoot"):
+                self._close(stack[-1], match.start())
+                stack[-1]["section"] = "body" if tag == "tbody" else "other"
+            elif stack and tag == "tr":
+                table = stack[-1]
+                if table["section"] is None:  # rows straight in <table>: an implied <tbody>
+                    table["section"] = "body"
+                if table["section"] == "body":
+                    table["open_rows"].append(match.start())
 
-    def _offset(self) -> int:
-        line, column = self.getpos()
-        return self._lines[line - 1] + column
-
-    def _close_section(self, table: dict[str, object], at: int) -> None:
+    @staticmethod
+    def _close(table: dict[str, Any], at: int) -> None:
         if table["section"] == "body" and table["open_rows"]:
-            bodies = table["bodies"]
-            assert isinstance(bodies, list)
-            bodies.append((table["open_rows"], at))
+            table["bodies"].append((table["open_rows"], at))
         table["open_rows"] = []
         table["section"] = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k.lower(): (v or "") for k, v in attrs}
-        if "style" in values:
-            self.css.append(values["style"])
-        if tag == "style":
-            self._in_style = True
-        elif tag == "meta" and values.get("name", "").lower() == META_NAME:
-            self.meta = values.get("content", "").strip().lower()
-        elif tag == "link" and "stylesheet" in values.get("rel", "").lower().split():
-            self.stylesheets.append(values.get("href", ""))
-        elif tag == "a" and values.get("href", "").lstrip().startswith("#"):
-            self.internal_links = True
-        elif tag == "table":
-            table: dict[str, object] = {
-                "index": len(self.tables),
-                "section": None,
-                "open_rows": [],
-                "bodies": [],
-            }
-            self.tables.append(table)
-            self._stack.append(table)
-        elif self._stack and tag in ("thead", "tbody", "tfoot"):
-            table = self._stack[-1]
-            self._close_section(table, self._offset())
-            table["section"] = "body" if tag == "tbody" else "other"
-        elif self._stack and tag == "tr":
-            table = self._stack[-1]
-            if table["section"] is None:  # rows straight in <table>: an implied <tbody>
-                table["section"] = "body"
-            if table["section"] == "body":
-                rows = table["open_rows"]
-                assert isinstance(rows, list)
-                rows.append(self._offset())
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "style":
-            self._in_style = False
-        elif self._stack and tag in ("thead", "tbody", "tfoot"):
-            self._close_section(self._stack[-1], self._offset())
-        elif self._stack and tag == "table":
-            table = self._stack.pop()
-            self._close_section(table, self._offset())
-
-    def handle_data(self, data: str) -> None:
-        if self._in_style:
-            self.css.append(data)
 
 
 @dataclass(frozen=True)
@@ -141,13 +147,10 @@ class Document:
 
 
 def read(html: str) -> Document:
-    parser = _Rows(html)
-    parser.feed(html)
-    parser.close()
+    parser = _Scan(html)
     best: TableRows | None = None
     for table in parser.tables:
         bodies = table["bodies"]
-        assert isinstance(bodies, list)
         # Rows of several <tbody> sections cannot be cut as one run: only a single body.
         if len(bodies) != 1:
             continue
@@ -237,7 +240,11 @@ def imports_in(css: str) -> list[str]:
 def windows(rows: int, chunks: int) -> list[Window]:
     """Chunk boundaries: about the same number of rows each, with look-behind and look-ahead."""
     chunks = max(1, min(chunks, rows // MIN_CHUNK_ROWS))
-    targets = [round(i * rows / chunks) for i in range(chunks)]
+    # Chunk 0 gets HEAD_START_ROWS rows fewer than an equal share, the others share them.
+    targets = [0] + [
+        round(i * rows / chunks - HEAD_START_ROWS * (chunks - i) / (chunks - 1))
+        for i in range(1, chunks)
+    ]
     result = []
     for i, target in enumerate(targets):
         nxt = targets[i + 1] if i + 1 < chunks else rows
