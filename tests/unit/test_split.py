@@ -133,11 +133,9 @@ def picture(pdf: bytes, page: int, tmp_path: Path) -> Image.Image:
     path = tmp_path / f"pic-{time.monotonic_ns()}.pdf"
     path.write_bytes(pdf)
     out = tmp_path / f"pic-{time.monotonic_ns()}"
-    subprocess.run(
-        ["pdftoppm", "-r", "60", "-png", "-singlefile", "-f", str(page), "-l", str(page)]
-        + [str(path), str(out)],
-        check=True,
-    )
+    pages = ["-f", str(page), "-l", str(page)]
+    command = ["pdftoppm", "-r", "60", "-png", "-singlefile", *pages, str(path), str(out)]
+    subprocess.run(command, check=True)
     return Image.open(f"{out}.png").convert("L")
 
 
@@ -229,7 +227,8 @@ async def test_a_template_with_running_headers_is_rendered_in_one_piece(
     job = ledger_job(
         tmp_path,
         ledger_rows(400),
-        extra_css="h1 { string-set: title content() } @page { @top-center { content: string(title) } }",
+        extra_css="h1 { string-set: title content() } "
+        "@page { @top-center { content: string(title) } }",
     )
     output = await pool.render(replace(job, split="on"))
     assert output.chunks == 1 and output.pdf
@@ -302,7 +301,7 @@ async def test_a_group_over_the_render_timeout_is_stopped_and_the_pool_replaced(
         await pool.close()
 
 
-# ---- the render processes are shared fairly -------------------------------------------------------
+# ---- the render processes are shared fairly ---------------------------------------------
 async def test_a_group_waiting_for_every_process_is_not_overtaken() -> None:
     slots = Slots(2)
     order: list[str] = []
@@ -331,7 +330,7 @@ async def test_a_group_waiting_for_every_process_is_not_overtaken() -> None:
     assert slots.free == 2
 
 
-# ---- the CLI splits too ----------------------------------------------------------------------------
+# ---- the CLI splits too -----------------------------------------------------------------
 def pressroom(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", *args],
@@ -385,7 +384,7 @@ def test_the_planner_finds_the_longest_tables_rows_and_cuts_between_them() -> No
     html = (
         "<table><tr><td>small</td></tr></table>"
         "<table><thead><tr><th>h</th></tr></thead><tbody>"
-        + "".join(f"<tr><td>{i}<table><tr><td>inner</td></tr></table></td></tr>" for i in range(400))
+        + "".join(f"<tr><td>{i}<table><tr><td>in</td></tr></table></td></tr>" for i in range(400))
         + "</tbody></table><p>after</p>"
     )
     document = splitplan.read(html)
@@ -403,12 +402,15 @@ def test_the_planner_finds_the_longest_tables_rows_and_cuts_between_them() -> No
 
 
 def test_the_planner_names_what_cannot_be_split() -> None:
-    assert splitplan.unsupported(["td { color: red } @page { @bottom-right { content: counter(page) } }"]) is None
-    assert splitplan.unsupported(["h1 { string-set: t content() }"]) == "running strings (string-set)"
-    assert splitplan.unsupported(["li::before { content: counter(item) }"]) == "counters in the content"
-    assert splitplan.unsupported(["@page :left { margin-left: 3cm }"]) == "left/right pages"
-    assert splitplan.unsupported(["p { text-align:left; page-break-inside: avoid }"]) is None
-    assert splitplan.unsupported(["table { page: wide }"]) == "named pages"
+    def why(css: str) -> str | None:
+        return splitplan.unsupported([css])
+
+    assert why("td { color: red } @page { @bottom-right { content: counter(page) } }") is None
+    assert why("h1 { string-set: t content() }") == "running strings (string-set)"
+    assert why("li::before { content: counter(item) }") == "counters in the content"
+    assert why("@page :left { margin-left: 3cm }") == "left/right pages"
+    assert why("p { text-align:left; page-break-inside: avoid }") is None
+    assert why("table { page: wide }") == "named pages"
 
 
 def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> None:
