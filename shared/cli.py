@@ -333,6 +333,9 @@ def request(
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
+    split: str | None = typer.Option(
+        None, "--split", help="auto | on | off: lay a long report out in several processes"
+    ),
     validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
     wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
     timeout: float = typer.Option(120.0, help="Seconds to wait with --wait."),
@@ -360,6 +363,8 @@ def request(
         body["request_id"] = request_id
     if locale:
         body["locale"] = locale
+    if split:
+        body["split"] = split
     deliver = list(body.get("deliver", []))
     if to_folder:
         deliver.append({"channel": "file", "path": to_folder})

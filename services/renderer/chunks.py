@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from services.renderer import fonts
-from shared.errors import PressroomError
+from shared.errors import PressroomError, RenderTimeout
 
 POLL_SECONDS = (0.002, 0.005, 0.01, 0.02)
 
@@ -117,7 +117,7 @@ class Rendezvous:
             if (self.folder / "abort").exists():
                 raise SplitAborted("another chunk of this report failed")
             if time.time() > self.deadline:
-                raise SplitAborted("gave up waiting for the other chunks (render timeout)")
+                raise RenderTimeout("render took longer than the render timeout and was stopped")
             time.sleep(POLL_SECONDS[min(polls, len(POLL_SECONDS) - 1)])
             polls += 1
 

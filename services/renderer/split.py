@@ -36,9 +36,11 @@ from services.renderer.pdf import (
     pdf_output,
     render_html,
 )
+from shared.errors import PressroomError
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+WEASYPRINT_MAJOR = "70"  # see chunks.py; test_split checks that long reports are split
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,18 @@ class SplitPlan:
 def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
     """Jinja, then either the one-piece PDF (as render_job) or a plan to split it."""
     name, version, html, html_seconds = render_html(job)
-    if "pdf" in job.formats and processes >= 2 and job.split != "off":
+    if "pdf" in job.formats and processes >= 2 and job.split != "off" and chunks_supported():
         chunks = plan_chunks(job, name, html, processes)
         if chunks:
             return SplitPlan(name, version, html, html_seconds, chunks)
     return pdf_output(job, name, version, html, html_seconds)
+
+
+def chunks_supported() -> bool:
+    """chunks.py drives WeasyPrint's internals: only the major version it was written for."""
+    from importlib.metadata import version
+
+    return version("weasyprint").split(".")[0] == WEASYPRINT_MAJOR
 
 
 def one_piece(job: RenderJob, plan: SplitPlan) -> RenderOutput:
@@ -148,8 +157,17 @@ async def render(pool: RenderPool, job: RenderJob) -> RenderOutput:
         return await _render_split(pool, job, plan, started)
     except SplitUnsupported as why:
         log.info("long report rendered in one piece", template=job.template, reason=why.reason)
-        output: RenderOutput = await pool.run(one_piece, job, plan, label=job.template)
-        return output
+    except PressroomError:
+        raise  # the report's own failure (a blocked asset, a timeout …): as one piece would
+    except Exception as error:
+        # Not the report's fault: WeasyPrint internals the chunks rely on behaved unexpectedly.
+        log.warning(
+            "split render failed, rendering in one piece",
+            template=job.template,
+            error=f"{type(error).__name__}: {error}",
+        )
+    output: RenderOutput = await pool.run(one_piece, job, plan, label=job.template)
+    return output
 
 
 async def _render_split(
