@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import render_time
+from bench import longreport, render_time
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
@@ -204,10 +204,13 @@ def _children_hwm_kib(pid: int) -> int:
     return peak
 
 
-async def large_report(root: Path, rows: int) -> dict[str, Any]:
+async def large_report(root: Path, rows: int, processes: int = 1) -> dict[str, Any]:
+    """Publish → delivered of one long report; with 2+ render processes it is split (#17)."""
     stack = await Stack(
-        root / "large",
-        env_extra=worker_env(PRESSROOM_RENDER_TIMEOUT="600"),
+        root / f"large-{processes}",
+        env_extra=worker_env(
+            PRESSROOM_RENDER_TIMEOUT="600", PRESSROOM_RENDER_WORKERS=str(processes)
+        ),
     ).astart()
     try:
         nc = await stack.connect()
@@ -226,6 +229,7 @@ async def large_report(root: Path, rows: int) -> dict[str, Any]:
         await nc.close()
         return {
             "rows": rows,
+            "processes": processes,
             "seconds": elapsed,
             "render_seconds": entry.render_seconds if entry else None,
             "pdf_bytes": delivered["artefacts"][0]["size"],
@@ -302,15 +306,23 @@ def markdown(result: dict[str, Any]) -> str:
     big = result["large"]
     lines += [
         "",
-        f"## Large report ({big['rows']:,} table rows)",
+        f"## Large report through the pipeline ({big['rows']:,} table rows)",
         "",
-        f"- publish → delivered: {big['seconds']:.1f} s (render {big['render_seconds']:.1f} s)",
-        f"- PDF size: {big['pdf_bytes'] / 1024 / 1024:.2f} MiB",
-        f"- peak memory of the renderer (service + render process): {big['peak_rss_mib']:.0f} MiB",
-        "",
+        "| renderer processes | publish → delivered | render | PDF size | peak memory "
+        "(service + render processes) |",
+        "|---|---|---|---|---|",
     ]
+    for run in [big, *result.get("large_split", [])]:
+        lines.append(
+            f"| {run.get('processes', 1)} | {run['seconds']:.1f} s | "
+            f"{run['render_seconds']:.1f} s | {run['pdf_bytes'] / 1024 / 1024:.2f} MiB | "
+            f"{run['peak_rss_mib']:.0f} MiB |"
+        )
+    if "long" in result:
+        lines += longreport.markdown(result["long"], result.get("write_phase"))
     if "cluster" in result:
         lines += cluster_markdown(result["cluster"])
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -341,6 +353,10 @@ async def main() -> None:
             (DOCS / "benchmarks.md").write_text(markdown(published))
         print("\n".join(cluster_markdown(cluster)))
         return
+    if only == "long":
+        long = await longreport.long_report(LARGE_ROWS, sorted({1, 2, os.cpu_count() or 1}))
+        print("\n".join(longreport.markdown(long, longreport.write_phase(LARGE_ROWS))))
+        return
     for workload, n in (("one-page", ONE_PAGE_N), ("ten-page", TEN_PAGE_N)):
         if only and workload != only:
             continue
@@ -367,6 +383,12 @@ async def main() -> None:
     result["latency"] = await latency(root, LATENCY_N)
     log(f"large report ({LARGE_ROWS} rows) …")
     result["large"] = await large_report(root, LARGE_ROWS)
+    log(f"large report ({LARGE_ROWS} rows), split over 2 render processes …")
+    result["large_split"] = [await large_report(root, LARGE_ROWS, processes=2)]
+    log(f"long report ({LARGE_ROWS} rows): one piece vs split, 1, 2 and all cores …")
+    result["long"] = await longreport.long_report(LARGE_ROWS, sorted({1, 2, os.cpu_count() or 1}))
+    log("the PDF write phase: HarfBuzz-Subset vs fontTools …")
+    result["write_phase"] = longreport.write_phase(LARGE_ROWS)
     result["cluster"] = await cluster_failover(root)
     (DOCS / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)

@@ -336,6 +336,9 @@ def request(
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
+    split: str | None = typer.Option(
+        None, "--split", help="auto | on | off: lay a long report out in several processes"
+    ),
     validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
     wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
     timeout: float = typer.Option(120.0, help="Seconds to wait with --wait."),
@@ -363,6 +366,8 @@ def request(
         body["request_id"] = request_id
     if locale:
         body["locale"] = locale
+    if split:
+        body["split"] = split
     deliver = list(body.get("deliver", []))
     if to_folder:
         deliver.append({"channel": "file", "path": to_folder})
@@ -465,12 +470,15 @@ def render(
     fmt: str | None = typer.Option(None, "--format", "-f", help="pdf or html"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and render, write nothing."),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
+    split: str | None = typer.Option(
+        None, "--split", help="auto | on | off: lay a long report out in several processes"
+    ),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
     from dataclasses import replace
 
     from services.renderer.core import build_context, make_job
-    from services.renderer.pdf import render_job, run_capped
+    from services.renderer.split import render_capped
 
     cfg = settings()
     if output is None and not dry_run:
@@ -491,12 +499,15 @@ def render(
             req = req.model_copy(update={"locale": ReportRequested.checked_locale(locale)})
         except ValueError as error:
             fail(str(error))
+    if split not in (None, "auto", "on", "off"):
+        fail(f"--split must be auto, on or off, got '{split}'")
     formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
-    job = make_job(cfg, name, build_context(req, data), formats, templates_dir=folder)
+    job = make_job(cfg, name, build_context(req, data), formats, templates_dir=folder, split=split)
     # A template given as a path is the operator's own file; a name must be a listed template.
     job = replace(job, listed_only=folder == cfg.templates_dir.resolve())
     try:
-        result = run_capped(render_job, job, label=name, settings=cfg)
+        # Long reports are split over PRESSROOM_RENDER_WORKERS processes, as in the renderer.
+        result = render_capped(job, cfg)
     except PressroomError as error:
         fail(error.reason)
     for notice in result.notices:

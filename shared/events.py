@@ -127,6 +127,12 @@ class ReportRequested(Event):
         "'ja', 'zh-Hant-TW'): how numbers and dates read, and which CJK glyph forms are used.",
         pattern=LOCALE_PATTERN,
     )
+    split: Literal["auto", "on", "off"] | None = Field(
+        default=None,
+        description="Lay a long report out in several render processes at once: 'auto' (from "
+        "the renderer's row threshold, the default), 'on' (whenever its longest table can be "
+        "cut) or 'off'. The operator's PRESSROOM_RENDER_SPLIT=off wins.",
+    )
 
     @field_validator("locale")
     @classmethod

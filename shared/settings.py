@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     inline_context_limit: int = Field(
         default=256 * 1024, gt=0, le=768 * 1024, description="Bigger goes by reference."
     )
+    render_split: Literal["auto", "off"] = Field(
+        default="auto",
+        description="Lay a long report out in several render processes at once (auto) or not.",
+    )
+    render_split_rows: int = Field(
+        default=500, ge=1, description="Table rows from which `auto` splits a report."
+    )
     missing_glyphs: Literal["fail", "warn"] = Field(
         default="fail",
         description="A character no font can draw: fail the render, or warn and deliver boxes.",

@@ -19,6 +19,7 @@ from services.renderer.pdf import (
     analyse_job,
     render_job,
 )
+from services.renderer.splitplan import split_mode
 from services.renderer.templating import bytecode_cache_dir
 from shared.errors import PermanentError
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
@@ -77,6 +78,7 @@ def make_job(
     formats: tuple[str, ...],
     templates_dir: Path | None = None,
     cache_dir: str | None = None,
+    split: str | None = None,
 ) -> RenderJob:
     return RenderJob(
         templates_dir=str((templates_dir or settings.templates_dir).resolve()),
@@ -89,6 +91,8 @@ def make_job(
         cache_dir=cache_dir,
         missing_glyphs=settings.missing_glyphs,
         font_dirs=extra_dirs_from(settings.fonts_dir),
+        split=split_mode(settings.render_split, split),
+        split_rows=settings.render_split_rows,
     )
 
 
@@ -118,6 +122,7 @@ async def render_report(
         build_context(request, data),
         tuple(request.formats),
         cache_dir=str(bytecode_cache_dir((settings.data_dir / "jinja-cache").resolve())),
+        split=request.split,
     )
     cache_key = None
     if cache is not None:

@@ -11,9 +11,11 @@ import asyncio
 import mimetypes
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -54,6 +56,10 @@ class RenderJob:
     font_dirs: tuple[str, ...] = ()
     # Requests may name only listed templates; `pressroom render PATH` may render any file.
     listed_only: bool = True
+    # Long reports: "auto" splits from `split_rows` table rows, "on" whenever possible, "off"
+    # never (services/renderer/split.py); the template may say so too.
+    split: str = "off"
+    split_rows: int = 500
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ class RenderOutput:
     pdf_seconds: float
     pages: int
     notices: tuple[str, ...] = ()  # what a person should know although the render succeeded
+    chunks: int = 1  # render processes the PDF was laid out in (split.py)
 
 
 def _fetcher_class() -> type:
@@ -144,12 +151,30 @@ def analyse_job(job: RenderJob) -> Analysis:
 
 def render_job(job: RenderJob) -> RenderOutput:
     """Template → HTML → PDF. Raises PermanentError subclasses with a one-line reason."""
+    name, version, html, html_seconds = render_html(job)
+    return pdf_output(job, name, version, html, html_seconds)
+
+
+def render_html(job: RenderJob) -> tuple[str, str, str, float]:
+    """The template's name, version and HTML, and the seconds Jinja took."""
     library = template_library(job.templates_dir, job.cache_dir)
     name = _resolve(library, job)
     version = library.version(name)
     started = time.perf_counter()
     html = library.render(name, job.context)
-    html_seconds = time.perf_counter() - started
+    return name, version, html, time.perf_counter() - started
+
+
+def base_folder(job: RenderJob, name: str) -> Path:
+    """Where the template's relative asset URLs resolve from."""
+    library = template_library(job.templates_dir, job.cache_dir)
+    return Path(library.folder / Path(name).parent)
+
+
+def pdf_output(
+    job: RenderJob, name: str, version: str, html: str, html_seconds: float
+) -> RenderOutput:
+    """The one-piece PDF of rendered HTML, with the output-size check."""
     html_bytes = html.encode("utf-8")
     pdf: bytes | None = None
     pages = 0
@@ -157,14 +182,18 @@ def render_job(job: RenderJob) -> RenderOutput:
     notices: tuple[str, ...] = ()
     if "pdf" in job.formats:
         started = time.perf_counter()
-        pdf, pages, notices = _html_to_pdf(html, library.folder / Path(name).parent, job)
+        pdf, pages, notices = _html_to_pdf(html, base_folder(job, name), job)
         pdf_seconds = time.perf_counter() - started
-    for fmt, data in (("html", html_bytes if "html" in job.formats else None), ("pdf", pdf)):
+    check_output_size(job, html_bytes if "html" in job.formats else None, pdf)
+    return RenderOutput(version, html_bytes, pdf, html_seconds, pdf_seconds, pages, notices)
+
+
+def check_output_size(job: RenderJob, html: bytes | None, pdf: bytes | None) -> None:
+    for fmt, data in (("html", html), ("pdf", pdf)):
         if data is not None and len(data) > job.max_output_bytes:
             raise PermanentError(
                 f"{fmt} output is {len(data):,} bytes, over the {job.max_output_bytes:,}-byte limit"
             )
-    return RenderOutput(version, html_bytes, pdf, html_seconds, pdf_seconds, pages, notices)
 
 
 def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tuple[str, ...]]:
@@ -237,7 +266,7 @@ class RenderPool:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = asyncio.Lock()
         # Renders wait here, untimed, for a free process: the timeout counts rendering only.
-        self._slots = asyncio.Semaphore(workers)
+        self._slots = Slots(workers)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -263,24 +292,28 @@ class RenderPool:
         )
 
     async def render(self, job: RenderJob) -> RenderOutput:
-        output: RenderOutput = await self.run(render_job, job, label=job.template)
-        return output
+        # A long report may be laid out by several processes at once (split.py).
+        from services.renderer.split import render
+
+        return await render(self, job)
 
     async def analyse(self, job: RenderJob) -> Analysis:
         analysis: Analysis = await self.run(analyse_job, job, label=job.template)
         return analysis
 
-    async def run(self, fn: Callable[..., Any], *args: Any, label: str) -> Any:
+    async def run(
+        self, fn: Callable[..., Any], *args: Any, label: str, timeout: float | None = None
+    ) -> Any:
         """`fn(*args)` in a capped process: a timeout kills and replaces the process."""
         if self._pool is None:
             await self.start()
-        async with self._slots:
+        async with self._slots.hold(1):
             pool = self._pool
             assert pool is not None
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(pool, fn, *args)
             try:
-                return await asyncio.wait_for(future, timeout=self.timeout)
+                return await asyncio.wait_for(future, timeout=timeout or self.timeout)
             except TimeoutError:
                 await self._replace(pool)
                 raise RenderTimeout(
@@ -291,6 +324,42 @@ class RenderPool:
                 raise TransientError(
                     "render worker died (killed, or over the memory limit); will retry"
                 ) from None
+
+    async def run_group(
+        self,
+        fn: Callable[[Any], Any],
+        jobs: list[Any],
+        *,
+        label: str,
+        timeout: Callable[[], float],
+    ) -> list[Any]:
+        """`fn(job)` for every job at once, each in its own process (all wait for a free
+        process first); one error fails the group: the error of the lowest job, as raised."""
+        if self._pool is None:
+            await self.start()
+        async with self._slots.hold(len(jobs)):
+            pool = self._pool
+            assert pool is not None
+            loop = asyncio.get_running_loop()
+            futures = [loop.run_in_executor(pool, fn, job) for job in jobs]
+            try:
+                results = await asyncio.wait_for(
+                    asyncio.gather(*futures, return_exceptions=True), timeout=timeout()
+                )
+            except TimeoutError:
+                await self._replace(pool)
+                raise RenderTimeout(
+                    f"render of '{label}' took longer than {self.timeout:g}s and was stopped"
+                ) from None
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if any(isinstance(e, BrokenProcessPool) for e in errors):
+            await self._replace(pool)
+            raise TransientError(
+                "render worker died (killed, or over the memory limit); will retry"
+            )
+        if errors:
+            raise min(errors, key=_group_error_rank)
+        return results
 
     async def _replace(self, broken: ProcessPoolExecutor) -> None:
         async with self._lock:
@@ -305,6 +374,51 @@ class RenderPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _group_error_rank(error: BaseException) -> int:
+    # The chunks that stopped because another failed say nothing new: the first real error.
+    return 1 if type(error).__name__ == "SplitAborted" else 0
+
+
+class Slots:
+    """Render processes free to take work; a group takes several at once, first come first
+    served (a group waiting for all processes is not overtaken by single renders)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, wanted: int = 1) -> AsyncIterator[None]:
+        wanted = max(1, min(wanted, self.total))
+        if self._waiting or self.free < wanted:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((wanted, granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release(wanted)
+                else:
+                    self._waiting.remove((wanted, granted))
+                    self._release(0)
+                raise
+        else:
+            self.free -= wanted
+        try:
+            yield
+        finally:
+            self._release(wanted)
+
+    def _release(self, count: int) -> None:
+        self.free += count
+        while self._waiting and self._waiting[0][0] <= self.free:
+            wanted, granted = self._waiting.popleft()
+            if not granted.done():
+                self.free -= wanted
+                granted.set_result(None)
 
 
 def run_capped(fn: Callable[..., Any], *args: Any, label: str, settings: Any) -> Any:

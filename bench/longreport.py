@@ -1,0 +1,293 @@
+"""Long reports: one-piece vs split renders, and what the PDF write phase costs.
+
+`python -m bench.longreport [ROWS]` prints the figures; bench/run.py puts them in
+docs/benchmarks.md. The render processes are the renderer's own (RenderPool), without the bus.
+Each figure is the best of BENCH_ROUNDS runs (the machine is shared), with the CPU time the
+render processes used, so a busy machine shows as wall time far above CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from services.renderer.core import build_context, make_job
+from services.renderer.pdf import RenderJob, RenderPool
+from shared.events import ReportRequested
+from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "templates" / "samples"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def portfolio(rows: int, sample: str = "portfolio.json") -> dict[str, Any]:
+    data = json.loads((SAMPLES / sample).read_text())
+    base = data["projects"]
+    projects = [dict(base[i % len(base)], name=f"Project {i:04d}") for i in range(rows)]
+    return {**data, "projects": projects, "project_count": rows}
+
+
+def job_for(data: dict[str, Any], split: str) -> RenderJob:
+    settings = Settings(templates_dir=REPO / "templates", missing_glyphs="warn")
+    request = ReportRequested(template="portfolio.html", request_id="bench-long")
+    job = make_job(settings, "portfolio.html", build_context(request, data), ("pdf",), split=split)
+    return replace(job, split_rows=1)
+
+
+# ---- processes: CPU time and peak memory, from /proc ------------------------------------------
+def _children() -> list[int]:
+    """The render processes: this process's children started by multiprocessing's spawn."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                spawned = b"spawn_main" in (entry / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if parent == me and spawned:
+                found.append(int(entry.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def _peak_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def measure(data: dict[str, Any], processes: int, split: str) -> dict[str, Any]:
+    """Latency of one render (best of ROUNDS) in a fresh pool of `processes` processes."""
+    pool = RenderPool(processes, memory_mb=4096, timeout=1800)
+    await pool.start()
+    try:
+        job = job_for(data, split)
+        await pool.render(job_for(portfolio(20), split))  # warm: templates, fonts of the data
+        best: dict[str, Any] = {}
+        for _ in range(ROUNDS):
+            pids = _children()
+            cpu_before = {pid: _cpu_seconds(pid) for pid in pids}
+            started = time.perf_counter()
+            output = await pool.render(job)
+            wall = time.perf_counter() - started
+            cpu = {pid: _cpu_seconds(pid) - cpu_before.get(pid, 0.0) for pid in _children()}
+            if not best or wall < best["seconds"]:
+                best = {
+                    "seconds": wall,
+                    "cpu_seconds": sum(cpu.values()),
+                    "busiest_process_cpu_seconds": max(cpu.values()),
+                    "pages": output.pages,
+                    "chunks": output.chunks,
+                    "pdf_bytes": len(output.pdf or b""),
+                }
+        peaks = [_peak_mib(pid) for pid in _children()]
+        best["peak_rss_mib_largest"] = max(peaks)
+        best["peak_rss_mib_sum"] = sum(peaks)
+        best["processes"] = processes
+        best["rounds"] = ROUNDS
+        return best
+    finally:
+        await pool.close()
+
+
+async def ceiling(rows: int, processes: int) -> dict[str, Any]:
+    """What no split can beat here and now: `processes` independent one-piece renders of
+    rows/processes rows each, at the same time, in as many processes (no cutting, no merging)."""
+    pool = RenderPool(processes, memory_mb=4096, timeout=1800)
+    await pool.start()
+    try:
+        part = job_for(portfolio(rows // processes), "off")
+        await asyncio.gather(
+            *(pool.render(job_for(portfolio(20), "off")) for _ in range(processes))
+        )
+        best: dict[str, Any] = {}
+        for _ in range(ROUNDS):
+            pids = _children()
+            cpu_before = {pid: _cpu_seconds(pid) for pid in pids}
+            started = time.perf_counter()
+            await asyncio.gather(*(pool.render(part) for _ in range(processes)))
+            wall = time.perf_counter() - started
+            cpu = [_cpu_seconds(pid) - cpu_before.get(pid, 0.0) for pid in _children()]
+            if not best or wall < best["seconds"]:
+                best = {
+                    "seconds": wall,
+                    "cpu_seconds": sum(cpu),
+                    "busiest_process_cpu_seconds": max(cpu),
+                }
+        best.update(processes=processes, rounds=ROUNDS)
+        return best
+    finally:
+        await pool.close()
+
+
+async def long_report(rows: int, process_counts: list[int]) -> dict[str, Any]:
+    data = portfolio(rows)
+    result: dict[str, Any] = {"rows": rows, "load_before": os.getloadavg()}
+    result["one_piece"] = await measure(data, 1, "off")
+    result["split"] = {}
+    for processes in process_counts:
+        if processes < 2:
+            continue  # a split needs two processes; with one, the report renders in one piece
+        result["split"][str(processes)] = await measure(data, processes, "on")
+    result["ceiling"] = await ceiling(rows, 2)
+    result["load_after"] = os.getloadavg()
+    return result
+
+
+# ---- the write phase: HarfBuzz-Subset vs fontTools ---------------------------------------------
+def _write_phase_child(path: str, subsetter: str) -> dict[str, float]:
+    """Layout and write CPU of one warm render (runs in a fresh process)."""
+    from services.renderer import fonts
+
+    fonts.configure()
+    import weasyprint
+    import weasyprint.pdf.fonts as pdf_fonts
+
+    if subsetter == "fonttools":
+        pdf_fonts.harfbuzz_subset = None  # what WeasyPrint does without libharfbuzz-subset0
+    import logging
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    html = Path(path).read_text()
+    weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf()
+    figures: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        cpu = time.process_time()
+        document = weasyprint.HTML(string=html, base_url=str(REPO / "templates") + "/").render()
+        layout = time.process_time() - cpu
+        cpu = time.process_time()
+        pdf = document.write_pdf()
+        write = time.process_time() - cpu
+        if not figures or layout + write < figures["layout"] + figures["write"]:
+            figures = {"layout": layout, "write": write, "bytes": float(len(pdf))}
+    return figures
+
+
+def write_phase(rows: int) -> dict[str, Any]:
+    """CPU seconds of layout and write, per subsetter, for three documents."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from services.renderer.fonts import harfbuzz_subset_available
+    from services.renderer.pdf import render_html
+
+    documents = {
+        "one page, Latin": portfolio(12),
+        "one page, every script": json.loads((SAMPLES / "multilingual.json").read_text()),
+        f"{rows:,} rows, Latin": portfolio(rows),
+    }
+    result: dict[str, Any] = {"harfbuzz_subset_installed": harfbuzz_subset_available()}
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"pressroom-bench-write-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for label, data in documents.items():
+        path = folder / f"{len(result)}.html"
+        path.write_text(render_html(job_for(data, "off"))[2])
+        result[label] = {}
+        for subsetter in ("harfbuzz", "fonttools"):
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                result[label][subsetter] = pool.submit(
+                    _write_phase_child, str(path), subsetter
+                ).result()
+    return result
+
+
+def markdown(long: dict[str, Any], write: dict[str, Any] | None) -> list[str]:
+    one = long["one_piece"]
+    lines = [
+        "",
+        f"## Long report: one piece vs split ({long['rows']:,} table rows, `portfolio.html`)",
+        "",
+        "The renderer's own render processes without the bus; best of "
+        f"{one['rounds']} runs each. CPU is what the render processes used (all of them); "
+        '"busiest" is the one process that worked longest — the floor of the split\'s '
+        "latency on an idle machine. Peak memory: the largest process, and all processes "
+        "added up. Load average (1/5/15 min) before: "
+        + " / ".join(f"{x:.1f}" for x in long["load_before"])
+        + ", after: "
+        + " / ".join(f"{x:.1f}" for x in long["load_after"])
+        + ".",
+        "",
+        "| render | processes | latency | speed-up | CPU (all) | CPU (busiest) | CPU speed-up "
+        "| peak RSS largest / sum | pages | PDF size |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, figures: dict[str, Any]) -> str:
+        speed = one["seconds"] / figures["seconds"]
+        cpu_speed = one["busiest_process_cpu_seconds"] / figures["busiest_process_cpu_seconds"]
+        return (
+            f"| {name} | {figures['processes']} | {figures['seconds']:.1f} s | **{speed:.2f}×** "
+            f"| {figures['cpu_seconds']:.1f} s | {figures['busiest_process_cpu_seconds']:.1f} s "
+            f"| {cpu_speed:.2f}× "
+            f"| {figures['peak_rss_mib_largest']:.0f} / {figures['peak_rss_mib_sum']:.0f} MiB "
+            f"| {figures['pages']} | {figures['pdf_bytes'] / 1024:.0f} KiB "
+            f"({figures['pdf_bytes'] / one['pdf_bytes'] - 1:+.1%}) |"
+        )
+
+    lines.append(row("one piece", one))
+    for figures in long["split"].values():
+        lines.append(row(f"split in {figures['chunks']}", figures))
+    top = long.get("ceiling")
+    if top:
+        lines += [
+            "",
+            f"What no split can beat on this machine at the time: {top['processes']} independent "
+            f"one-piece renders of {long['rows'] // top['processes']:,} rows at once (no cutting, "
+            f"no merging) took {top['seconds']:.1f} s ({one['seconds'] / top['seconds']:.2f}× "
+            f"the one-piece latency), CPU {top['cpu_seconds']:.1f} s, the busiest process "
+            f"{top['busiest_process_cpu_seconds']:.1f} s "
+            f"({one['busiest_process_cpu_seconds'] / top['busiest_process_cpu_seconds']:.2f}×).",
+        ]
+    if write:
+        lines += [
+            "",
+            "## The PDF write phase: HarfBuzz-Subset vs fontTools",
+            "",
+            "CPU seconds of one warm render, layout and write apart (best of "
+            f"{ROUNDS}); fontTools is what WeasyPrint uses without `libharfbuzz-subset0`. "
+            f"HarfBuzz-Subset installed here: {write['harfbuzz_subset_installed']}.",
+            "",
+            "| document | layout | write, HarfBuzz | write, fontTools "
+            "| render, fontTools / HarfBuzz |",
+            "|---|---|---|---|---|",
+        ]
+        for label, figures in write.items():
+            if not isinstance(figures, dict):
+                continue
+            hb, ft = figures["harfbuzz"], figures["fonttools"]
+            ratio = (ft["layout"] + ft["write"]) / (hb["layout"] + hb["write"])
+            lines.append(
+                f"| {label} | {hb['layout']:.2f} s | {hb['write']:.2f} s | {ft['write']:.2f} s "
+                f"| {ratio:.2f}× |"
+            )
+    return lines
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    cores = os.cpu_count() or 1
+    figures = asyncio.run(long_report(count, sorted({1, 2, cores})))
+    write = write_phase(count) if os.environ.get("BENCH_WRITE", "1") == "1" else None
+    print(json.dumps({"long": figures, "write": write}, indent=2))
+    print("\n".join(markdown(figures, write)))

@@ -1,0 +1,283 @@
+"""Where a long report can be cut: its longest table's rows, and whether the template allows it.
+
+Pure text work on the rendered HTML (no WeasyPrint), done inside the render process that ran
+Jinja: find the table with the most body rows, check that nothing in the document depends on
+the pages before a cut (running headers, page-based counters, footnotes, left/right pages …),
+and cut the HTML into one document per chunk. Every chunk keeps the whole document around the
+table and only a window of its rows, so the boxes of everything else are the same in every chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from html import unescape as html_unescape
+from typing import Any, Literal
+
+SplitMode = Literal["auto", "on", "off"]
+SPLIT_MODES: tuple[str, ...] = ("auto", "on", "off")
+META_NAME = "pressroom-split"
+
+# Rows a chunk carries past its end (and one before its start): the pages around a cut are laid
+# out as in the one-piece render, whatever the rows hold. More rows than a page holds are needed.
+LOOKAHEAD_ROWS = 100
+LOOKBEHIND_ROWS = 1
+# Chunks smaller than this are not worth a process: fewer, bigger chunks.
+MIN_CHUNK_ROWS = 150
+# The first chunk also lays out what comes before the table: it takes this many rows fewer.
+HEAD_START_ROWS = 30
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """The body rows of one table, as character offsets into the HTML."""
+
+    table_index: int  # among the document's <table> elements, in document order
+    starts: tuple[int, ...]  # offset of each body row's "<tr"
+    end: int  # offset where the last row ends (its section's end tag, or the table's)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def span(self, first: int, stop: int) -> tuple[int, int]:
+        """Offsets of rows [first, stop)."""
+        end = self.starts[stop] if stop < len(self.starts) else self.end
+        return self.starts[first], end
+
+
+@dataclass(frozen=True)
+class Window:
+    """One chunk: the rows it carries and the row its pages should start at."""
+
+    index: int
+    first: int  # first row in the chunk's HTML (a look-behind row before `target`)
+    stop: int  # one past the last row in the chunk's HTML
+    target: int  # row the chunk starts its pages at (0 for the first chunk)
+
+
+# A tag (attributes may hold quoted ">"), or a comment; text between them is skipped.
+_TAG = re.compile(r"<!--.*?-->|<(/?)([A-Za-z][^\s/>]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>", re.S)
+_ATTR = re.compile(r"([^\s=/>\"']+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s>]+))?")
+# Elements whose content is text, not tags (a "<tr" in a script is no row).
+_RAW_TEXT = frozenset({"script", "style", "textarea", "title", "xmp", "iframe", "noembed"})
+
+
+def _attributes(text: str) -> dict[str, str]:
+    values = {}
+    for name, value in _ATTR.findall(text):
+        values[name.lower()] = html_unescape(value[1:-1] if value[:1] in "\"'" else value)
+    return values
+
+
+class _Scan:
+    """Every table's body rows (as offsets), <meta name="pressroom-split">, and the CSS."""
+
+    def __init__(self, text: str) -> None:
+        self.tables: list[dict[str, Any]] = []
+        self.meta: str | None = None
+        self.css: list[str] = []
+        self.stylesheets: list[str] = []
+        self.internal_links = False
+        stack: list[dict[str, Any]] = []
+        lowered = text.lower()
+        position = 0
+        while True:
+            match = _TAG.search(text, position)
+            if match is None:
+                break
+            position = match.end()
+            closing, name, attrs = match.group(1), match.group(2), match.group(3)
+            if name is None:
+                continue  # a comment
+            tag = name.lower()
+            if closing:
+                if stack and tag in ("thead", "tbody", "tfoot"):
+                    self._close(stack[-1], match.start())
+                elif stack and tag == "table":
+                    self._close(stack.pop(), match.start())
+                continue
+            if "style" in attrs.lower() or tag in ("meta", "link", "a"):
+                values = _attributes(attrs)
+                if "style" in values:
+                    self.css.append(values["style"])
+                if tag == "meta" and values.get("name", "").lower() == META_NAME:
+                    self.meta = values.get("content", "").strip().lower()
+                elif tag == "link" and "stylesheet" in values.get("rel", "").lower().split():
+                    self.stylesheets.append(values.get("href", ""))
+                elif tag == "a" and values.get("href", "").lstrip().startswith("#"):
+                    self.internal_links = True
+            if tag in _RAW_TEXT:
+                end = lowered.find(f"</{tag}", position)
+                end = len(text) if end < 0 else end
+                if tag == "style":
+                    self.css.append(text[position:end])
+                position = end
+            elif tag == "table":
+                table: dict[str, Any] = {"index": len(self.tables), "section": None}
+                table.update(open_rows=[], bodies=[])
+                self.tables.append(table)
+                stack.append(table)
+            elif stack and tag in ("thead", "tbody", "tfoot"):
+                self._close(stack[-1], match.start())
+                stack[-1]["section"] = "body" if tag == "tbody" else "other"
+            elif stack and tag == "tr":
+                table = stack[-1]
+                if table["section"] is None:  # rows straight in <table>: an implied <tbody>
+                    table["section"] = "body"
+                if table["section"] == "body":
+                    table["open_rows"].append(match.start())
+
+    @staticmethod
+    def _close(table: dict[str, Any], at: int) -> None:
+        if table["section"] == "body" and table["open_rows"]:
+            table["bodies"].append((table["open_rows"], at))
+        table["open_rows"] = []
+        table["section"] = None
+
+
+@dataclass(frozen=True)
+class Document:
+    """What the planner learnt from one rendered HTML document."""
+
+    rows: TableRows | None  # the table with the most body rows, if any
+    meta: str | None  # the template's <meta name="pressroom-split" content=...>
+    css: tuple[str, ...]  # inline <style> blocks and style="" attributes
+    stylesheets: tuple[str, ...]  # <link rel="stylesheet"> hrefs
+    internal_links: bool
+
+
+def read(html: str) -> Document:
+    parser = _Scan(html)
+    best: TableRows | None = None
+    for table in parser.tables:
+        bodies = table["bodies"]
+        # Rows of several <tbody> sections cannot be cut as one run: only a single body.
+        if len(bodies) != 1:
+            continue
+        starts, end = bodies[0]
+        if best is None or len(starts) > len(best):
+            index = table["index"]
+            assert isinstance(index, int)
+            best = TableRows(index, tuple(starts), end)
+    return Document(
+        best,
+        parser.meta,
+        tuple(parser.css),
+        tuple(parser.stylesheets),
+        parser.internal_links,
+    )
+
+
+def count_rows_cheaply(html: str) -> int:
+    """An upper bound of the body rows, without parsing: short reports stop here."""
+    return html.count("<tr") + html.count("<TR")
+
+
+# ---- what a split render cannot reproduce ---------------------------------------------------
+_COMMENTS = re.compile(r"/\*.*?\*/", re.S)
+# Each pattern names what the pages after a cut would get wrong, for the log.
+_UNSUPPORTED_ANYWHERE = (
+    (re.compile(r"string-set|\bstring\s*\(", re.I), "running strings (string-set)"),
+    (re.compile(r"running\s*\(|\belement\s*\(", re.I), "running elements"),
+    (re.compile(r"target-(counter|counters|text)\s*\(", re.I), "cross-references"),
+    (re.compile(r"float\s*:\s*footnote|::footnote|@footnote", re.I), "footnotes"),
+    (re.compile(r"counter-(increment|reset|set)\s*:", re.I), "CSS counters"),
+    (re.compile(r"position\s*:\s*(fixed|running)", re.I), "fixed boxes on every page"),
+    (re.compile(r"break-(before|after)\s*:\s*(left|right|recto|verso)", re.I), "left/right breaks"),
+    (re.compile(r"@page[^{]*:(left|right|blank|nth|recto|verso)", re.I), "left/right pages"),
+    (re.compile(r"(?<![-@\w.#])page\s*:\s*(?!auto\b)[-\w]", re.I), "named pages"),
+    (re.compile(r"(column-count|column-width|columns)\s*:", re.I), "multi-column layout"),
+)
+_COUNTER_OUTSIDE_PAGE = (re.compile(r"\bcounters?\s*\(", re.I), "counters in the content")
+_IMPORT = re.compile(r"@import\s+(?:url\()?\s*['\"]?([^'\")\s;]+)", re.I)
+
+
+def _without_page_rules(css: str) -> str:
+    """The CSS with every @page { ... } block (and its margin boxes) removed."""
+    out = []
+    i = 0
+    for match in re.finditer(r"@page\b", css, re.I):
+        if match.start() < i:
+            continue
+        out.append(css[i : match.start()])
+        brace = css.find("{", match.end())
+        if brace < 0:
+            i = len(css)
+            break
+        depth = 0
+        j = brace
+        while j < len(css):
+            if css[j] == "{":
+                depth += 1
+            elif css[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        i = j + 1
+    out.append(css[i:])
+    return "".join(out)
+
+
+def unsupported(css_texts: list[str]) -> str | None:
+    """Why these stylesheets cannot be split (the first reason found), or None."""
+    for raw in css_texts:
+        css = _COMMENTS.sub(" ", raw)
+        for pattern, reason in _UNSUPPORTED_ANYWHERE:
+            if pattern.search(css):
+                return reason
+        pattern, reason = _COUNTER_OUTSIDE_PAGE
+        if pattern.search(_without_page_rules(css)):
+            return reason
+    return None
+
+
+def imports_in(css: str) -> list[str]:
+    return _IMPORT.findall(_COMMENTS.sub(" ", css))
+
+
+# ---- cutting --------------------------------------------------------------------------------
+def windows(rows: int, chunks: int) -> list[Window]:
+    """Chunk boundaries: about the same number of rows each, with look-behind and look-ahead."""
+    chunks = max(1, min(chunks, rows // MIN_CHUNK_ROWS))
+    # Chunk 0 gets HEAD_START_ROWS rows fewer than an equal share, the others share them.
+    targets = [0] + [
+        round(i * rows / chunks - HEAD_START_ROWS * (chunks - i) / (chunks - 1))
+        for i in range(1, chunks)
+    ]
+    result = []
+    for i, target in enumerate(targets):
+        nxt = targets[i + 1] if i + 1 < chunks else rows
+        first = max(0, target - LOOKBEHIND_ROWS) if i else 0
+        stop = min(rows, nxt + LOOKAHEAD_ROWS) if i + 1 < chunks else rows
+        result.append(Window(i, first, stop, target))
+    return result
+
+
+def chunk_html(html: str, table: TableRows, window: Window) -> str:
+    """The document with only the window's rows in the table."""
+    before_rows = html[: table.starts[0]]
+    start, end = table.span(window.first, window.stop)
+    return before_rows + html[start:end] + html[table.end :]
+
+
+def want_split(mode: str, meta: str | None, rows: int, threshold: int) -> bool:
+    """Whether to split a table of `rows` body rows.
+
+    `mode` is the operator's and the request's choice (see split_mode), `meta` the template's
+    `<meta name="pressroom-split" content="auto|on|off">`: "off" from either wins, "on" splits
+    any table long enough for two chunks, "auto" splits from `threshold` rows.
+    """
+    choices = [c for c in (mode, meta) if c in SPLIT_MODES]
+    if "off" in choices:
+        return False
+    if "on" in choices:
+        return rows >= 2 * MIN_CHUNK_ROWS
+    return rows >= max(threshold, 2 * MIN_CHUNK_ROWS)
+
+
+def split_mode(setting: str, request: str | None) -> str:
+    """PRESSROOM_RENDER_SPLIT ("auto" or "off") and the request's choice, as one mode."""
+    if setting == "off":
+        return "off"
+    return request if request in SPLIT_MODES else "auto"

@@ -1,0 +1,425 @@
+"""Split rendering: a long report laid out by several render processes prints like one piece.
+
+Real render processes (RenderPool), real WeasyPrint, and what a reader looks at: the text of
+each page (pdftotext), its page-number footer, and the pages as pictures (pdftoppm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageChops
+from pypdf import PdfReader
+
+from services.renderer import splitplan
+from services.renderer.core import build_context, make_job
+from services.renderer.pdf import RenderJob, RenderOutput, RenderPool, Slots
+from shared.errors import MissingGlyphs, RenderTimeout, ResourceBlocked
+from shared.events import ReportRequested
+from shared.settings import Settings
+from tests.helpers import REPO
+
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+
+# A plain long table: header repeated on every page, "Page N of M" footers, text before and
+# after the table, and some rows that wrap to two or three lines (pages hold different counts).
+LEDGER = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Ledger</title>
+<style>
+  @page { @bottom-right { content: "Page " counter(page) " of " counter(pages); font-size: 8pt; }
+          @bottom-left { content: "Ledger · {{ period }}"; font-size: 8pt; } }
+  body { font-family: "Pressroom Sans", sans-serif; font-size: 10pt; }
+  table { width: 100%; border-collapse: collapse; }
+  th { text-align: left; background: #1e3a8a; color: white; padding: 1mm; }
+  td { border-bottom: 1px solid #9ca3af; padding: 1mm; }
+  td:first-child { white-space: nowrap; }
+  tr { break-inside: avoid; }
+  {{ extra_css }}
+</style></head>
+<body>
+  <h1>Ledger {{ period }}</h1>
+  <p>{{ intro }}</p>
+  <table>
+    <thead><tr><th>#</th><th>Account</th><th>Amount</th></tr></thead>
+    <tbody>
+    {% for row in rows %}<tr><td>Row {{ "%04d" | format(loop.index0) }}</td>
+      <td>{{ row.account }}</td><td>{{ row.amount }}</td></tr>
+    {% endfor %}
+    </tbody>
+  </table>
+  <h2>Closing remarks</h2>
+  <p>{{ outro }}</p>
+</body></html>
+"""
+WORDS = ("ledger", "reconciliation", "quarterly", "settlement", "adjustment", "carry-over")
+
+
+def ledger_rows(count: int, *, wrap_every: int = 0) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(count):
+        account = f"Account {i % 97:02d}"
+        if wrap_every and i % wrap_every == 3:
+            account += " " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(14 + i % 9))
+        rows.append({"account": account, "amount": f"{(i * 7919) % 100000 / 100:,.2f}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+async def pool() -> AsyncIterator[RenderPool]:
+    running = RenderPool(2, memory_mb=2048, timeout=300, warm=False)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+def ledger_job(folder: Path, rows: list[dict[str, Any]], **params: Any) -> RenderJob:
+    (folder / "ledger.html").write_text(LEDGER)
+    context = {"period": "2026-11", "intro": "Opening balances.", "outro": "Closed.", "rows": rows}
+    context.update({"extra_css": ""}, **params)
+    job = make_job(Settings(templates_dir=folder), "ledger.html", context, ("pdf",))
+    return replace(job, listed_only=False)
+
+
+def portfolio_job(rows: int) -> RenderJob:
+    base = SAMPLE["projects"]
+    data = {
+        **SAMPLE,
+        "projects": [dict(base[i % len(base)], name=f"Project {i:04d}") for i in range(rows)],
+        "project_count": rows,
+    }
+    request = ReportRequested(template="portfolio.html", request_id="split-test")
+    settings = Settings(templates_dir=REPO / "templates")
+    return make_job(settings, "portfolio.html", build_context(request, data), ("pdf",))
+
+
+async def both(pool: RenderPool, job: RenderJob) -> tuple[RenderOutput, RenderOutput]:
+    whole = await pool.render(replace(job, split="off"))
+    split = await pool.render(replace(job, split="on"))
+    assert whole.chunks == 1
+    assert split.chunks == 2, "the long table should have been split"
+    return whole, split
+
+
+# ---- what a reader sees ------------------------------------------------------------------------
+def page_texts(pdf: bytes, tmp_path: Path) -> list[str]:
+    path = tmp_path / f"doc-{time.monotonic_ns()}.pdf"
+    path.write_bytes(pdf)
+    pages = len(PdfReader(io.BytesIO(pdf)).pages)
+    return [
+        subprocess.run(
+            ["pdftotext", "-layout", "-f", str(n), "-l", str(n), str(path), "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for n in range(1, pages + 1)
+    ]
+
+
+def picture(pdf: bytes, page: int, tmp_path: Path) -> Image.Image:
+    path = tmp_path / f"pic-{time.monotonic_ns()}.pdf"
+    path.write_bytes(pdf)
+    out = tmp_path / f"pic-{time.monotonic_ns()}"
+    pages = ["-f", str(page), "-l", str(page)]
+    command = ["pdftoppm", "-r", "60", "-png", "-singlefile", *pages, str(path), str(out)]
+    subprocess.run(command, check=True)
+    return Image.open(f"{out}.png").convert("L")
+
+
+def differing_share(a: Image.Image, b: Image.Image) -> float:
+    assert a.size == b.size
+    histogram = ImageChops.difference(a, b).histogram()
+    return sum(histogram[24:]) / (a.size[0] * a.size[1])
+
+
+def font_programs(pdf: bytes) -> list[str]:
+    """The BaseFont of every embedded font program (a font embedded twice is listed twice)."""
+    reader = PdfReader(io.BytesIO(pdf))
+    programs: dict[int, str] = {}
+    for page in reader.pages:
+        for ref in page["/Resources"].get_object().get("/Font", {}).values():
+            font = ref.get_object()
+            descriptor = font["/DescendantFonts"][0].get_object()["/FontDescriptor"].get_object()
+            stream = descriptor.raw_get("/FontFile2") or descriptor.raw_get("/FontFile3")
+            programs[stream.idnum] = str(font["/BaseFont"])
+    return sorted(programs.values())
+
+
+def outline(pdf: bytes) -> list[tuple[int, str, int]]:
+    """(depth, title, page) of every bookmark: the headings a PDF viewer lists."""
+    reader = PdfReader(io.BytesIO(pdf))
+    found: list[tuple[int, str, int]] = []
+
+    def walk(items: list[Any], depth: int) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item, depth + 1)
+            else:
+                found.append((depth, str(item.title), reader.get_destination_page_number(item)))
+
+    walk(reader.outline, 0)
+    return found
+
+
+def first_row(text: str) -> int | None:
+    found = re.search(r"(?:Row|Project) (\d{4})", text)
+    return int(found[1]) if found else None
+
+
+def assert_prints_the_same(whole: bytes, split: bytes, tmp_path: Path, seam_row: int) -> None:
+    texts, split_texts = page_texts(whole, tmp_path), page_texts(split, tmp_path)
+    assert len(split_texts) == len(texts)
+    total = len(texts)
+    for number, (expected, got) in enumerate(zip(texts, split_texts, strict=True), start=1):
+        assert got == expected, f"page {number} reads differently"
+        assert f"Page {number} of {total}" in got
+    # The pictures of the first page, both sides of the seam between the chunks, and the last.
+    seam = next(n for n, t in enumerate(split_texts, 1) if (first_row(t) or 0) >= seam_row)
+    for page in sorted({1, seam - 1, seam, total}):
+        share = differing_share(picture(whole, page, tmp_path), picture(split, page, tmp_path))
+        assert share < 0.001, f"page {page} looks different ({share:.2%} of its pixels)"
+
+
+# ---- equivalence ---------------------------------------------------------------------------------
+async def test_a_long_portfolio_report_split_in_two_prints_like_the_one_piece_render(
+    pool: RenderPool, tmp_path: Path
+) -> None:
+    whole, split = await both(pool, portfolio_job(360))
+    assert whole.pdf and split.pdf
+    assert split.pages == whole.pages > 10
+    seam_row = splitplan.windows(360, 2)[1].target
+    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row)
+    # Each font once, with every glyph either half used; the file barely bigger.
+    assert font_programs(split.pdf) == font_programs(whole.pdf)
+    assert len(split.pdf) <= 1.10 * len(whole.pdf)
+    assert outline(split.pdf) == outline(whole.pdf) != []
+
+
+async def test_rows_of_different_heights_and_text_after_the_table_print_the_same(
+    pool: RenderPool, tmp_path: Path
+) -> None:
+    # Pages hold different numbers of rows, so where the second chunk's pages start is only
+    # known once the first chunk is laid out: its pages are laid out again from there.
+    job = ledger_job(tmp_path, ledger_rows(420, wrap_every=7))
+    whole, split = await both(pool, job)
+    assert whole.pdf and split.pdf
+    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, splitplan.windows(420, 2)[1].target)
+    last = page_texts(split.pdf, tmp_path)[-1]
+    assert "Row 0419" in last or "Closing remarks" in last
+
+
+async def test_a_template_with_running_headers_is_rendered_in_one_piece(
+    pool: RenderPool, tmp_path: Path
+) -> None:
+    job = ledger_job(
+        tmp_path,
+        ledger_rows(400),
+        extra_css="h1 { string-set: title content() } "
+        "@page { @top-center { content: string(title) } }",
+    )
+    output = await pool.render(replace(job, split="on"))
+    assert output.chunks == 1 and output.pdf
+    assert "Page 1 of" in page_texts(output.pdf, tmp_path)[0]
+
+
+async def test_short_reports_are_never_split(pool: RenderPool, tmp_path: Path) -> None:
+    output = await pool.render(replace(ledger_job(tmp_path, ledger_rows(40)), split="on"))
+    assert output.chunks == 1 and output.pages >= 1
+
+
+async def test_the_template_can_turn_splitting_off(pool: RenderPool, tmp_path: Path) -> None:
+    (tmp_path / "ledger.html").write_text(LEDGER)
+    job = ledger_job(tmp_path, ledger_rows(400))
+    (tmp_path / "ledger.html").write_text(
+        LEDGER.replace("<title>", '<meta name="pressroom-split" content="off"><title>')
+    )
+    assert (await pool.render(replace(job, split="on"))).chunks == 1
+
+
+# ---- failures ------------------------------------------------------------------------------------
+async def test_a_chunk_that_reads_a_file_outside_the_template_folder_fails_the_report_once(
+    pool: RenderPool, tmp_path: Path
+) -> None:
+    rows = ledger_rows(400)
+    rows[380]["account"] = "x"
+    job = ledger_job(tmp_path, rows)
+    (tmp_path / "ledger.html").write_text(
+        LEDGER.replace(
+            "<td>{{ row.account }}</td>",
+            "<td>{% if row.account == 'x' %}<img src='file:///etc/hostname'>{% endif %}"
+            "{{ row.account }}</td>",
+        )
+    )
+    with pytest.raises(ResourceBlocked) as failure:
+        await pool.render(replace(job, split="on"))
+    assert "outside its folder" in failure.value.reason
+    # The pool is whole again: the next report renders.
+    assert (await pool.render(ledger_job(tmp_path, ledger_rows(20)))).pdf
+
+
+async def test_a_character_no_font_has_in_a_late_row_fails_with_every_missing_character(
+    pool: RenderPool, tmp_path: Path
+) -> None:
+    rows = ledger_rows(400)
+    rows[10]["account"] = "Account \U000f0041"  # private use: no font draws it
+    rows[390]["account"] = "Account \U000f0042"
+    with pytest.raises(MissingGlyphs) as failure:
+        await pool.render(replace(ledger_job(tmp_path, rows), split="on"))
+    assert "U+F0041" in failure.value.reason and "U+F0042" in failure.value.reason
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+async def test_a_group_over_the_render_timeout_is_stopped_and_the_pool_replaced(
+    tmp_path: Path,
+) -> None:
+    pool = RenderPool(2, memory_mb=512, timeout=1.0, warm=False)
+    try:
+        with pytest.raises(RenderTimeout):
+            await pool.run_group(_sleep, [600.0, 600.0], label="slow", timeout=lambda: 0.5)
+        assert await pool.run_group(_sleep, [0.0, 0.0], label="quick", timeout=lambda: 60) == [
+            0.0,
+            0.0,
+        ]
+    finally:
+        await pool.close()
+
+
+# ---- the render processes are shared fairly ---------------------------------------------
+async def test_a_group_waiting_for_every_process_is_not_overtaken() -> None:
+    slots = Slots(2)
+    order: list[str] = []
+    release_first = asyncio.Event()
+
+    async def single(name: str, hold: asyncio.Event | None = None) -> None:
+        async with slots.hold(1):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    async def group() -> None:
+        async with slots.hold(2):
+            order.append("group")
+
+    first = asyncio.create_task(single("first", release_first))
+    await asyncio.sleep(0)
+    waiting_group = asyncio.create_task(group())
+    await asyncio.sleep(0)
+    late = asyncio.create_task(single("late"))
+    await asyncio.sleep(0)
+    assert order == ["first"]  # one process is busy: the group waits, and so does "late"
+    release_first.set()
+    await asyncio.gather(first, waiting_group, late)
+    assert order == ["first", "group", "late"]
+    assert slots.free == 2
+
+
+# ---- the CLI splits too -----------------------------------------------------------------
+def pressroom(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(cwd), **env},
+        timeout=300,
+    )
+
+
+def test_pressroom_render_splits_over_its_render_processes(tmp_path: Path) -> None:
+    (tmp_path / "ledger.html").write_text(LEDGER)
+    data = tmp_path / "data.json"
+    data.write_text(
+        json.dumps(
+            {
+                "period": "2026-11",
+                "intro": "Opening balances.",
+                "outro": "Closed.",
+                "extra_css": "",
+                "rows": ledger_rows(330),
+                "generation_time": "fixed",
+            }
+        )
+    )
+    outputs = []
+    for workers, split in (("1", "off"), ("2", "on")):
+        out = tmp_path / f"ledger-{workers}.pdf"
+        result = pressroom(
+            "render",
+            "-t",
+            str(tmp_path / "ledger.html"),
+            "--data-file",
+            str(data),
+            "-o",
+            str(out),
+            "--split",
+            split,
+            env={"PRESSROOM_RENDER_WORKERS": workers},
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(out.read_bytes())
+    assert page_texts(outputs[0], tmp_path) == page_texts(outputs[1], tmp_path)
+    assert font_programs(outputs[0]) == font_programs(outputs[1])
+
+
+# ---- planning ------------------------------------------------------------------------------------
+def test_the_planner_finds_the_longest_tables_rows_and_cuts_between_them() -> None:
+    html = (
+        "<table><tr><td>small</td></tr></table>"
+        "<table><thead><tr><th>h</th></tr></thead><tbody>"
+        + "".join(f"<tr><td>{i}<table><tr><td>in</td></tr></table></td></tr>" for i in range(400))
+        + "</tbody></table><p>after</p>"
+    )
+    document = splitplan.read(html)
+    assert document.rows is not None
+    assert document.rows.table_index == 1 and len(document.rows) == 400
+    windows = splitplan.windows(400, 4)
+    assert len(windows) == 2  # at least MIN_CHUNK_ROWS rows a chunk
+    cut = windows[1].target
+    assert 150 < cut <= 200  # the first chunk also lays out what comes before the table
+    second = splitplan.chunk_html(html, document.rows, windows[1])
+    assert f"<td>{cut - 1}<" in second and f"<td>{cut}<" in second  # one row looked behind
+    assert f"<td>{cut - 2}<" not in second
+    assert second.endswith("</tbody></table><p>after</p>")
+    assert "<th>h</th>" in second
+
+
+def test_the_planner_names_what_cannot_be_split() -> None:
+    def why(css: str) -> str | None:
+        return splitplan.unsupported([css])
+
+    assert why("td { color: red } @page { @bottom-right { content: counter(page) } }") is None
+    assert why("h1 { string-set: t content() }") == "running strings (string-set)"
+    assert why("li::before { content: counter(item) }") == "counters in the content"
+    assert why("@page :left { margin-left: 3cm }") == "left/right pages"
+    assert why("p { text-align:left; page-break-inside: avoid }") is None
+    assert why("table { page: wide }") == "named pages"
+
+
+def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> None:
+    assert splitplan.split_mode("off", "on") == "off"
+    assert splitplan.split_mode("auto", "on") == "on"
+    assert splitplan.split_mode("auto", None) == "auto"
+    assert splitplan.want_split("auto", None, rows=2000, threshold=500)
+    assert not splitplan.want_split("auto", None, rows=400, threshold=500)
+    assert splitplan.want_split("on", None, rows=400, threshold=500)
+    assert not splitplan.want_split("on", "off", rows=4000, threshold=500)
+    assert splitplan.want_split("auto", "on", rows=400, threshold=5000)
+    assert not splitplan.want_split("on", None, rows=100, threshold=1)  # too short to cut
