@@ -206,15 +206,18 @@ class FailoverLedger:
             what="ledger claim",
         )
 
-    async def finish(self, request_id: str, stage: str, *, seconds: float, event: Event) -> None:
-        await patient(
+    async def finish(
+        self, request_id: str, stage: str, *, seconds: float, event: Event
+    ) -> LedgerEntry | None:
+        """The entry if this finish settled the report (it counts the report's duration)."""
+        return await patient(
             lambda: self._inner.finish(request_id, stage, seconds=seconds, event=event),
             patience=self._patience,
             what="ledger finish",
         )
 
-    async def fail(self, request_id: str, stage: str, *, reason: str) -> None:
-        await patient(
+    async def fail(self, request_id: str, stage: str, *, reason: str) -> LedgerEntry | None:
+        return await patient(
             lambda: self._inner.fail(request_id, stage, reason=reason),
             patience=self._patience,
             what="ledger fail",
