@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nats.js import api
@@ -88,3 +89,29 @@ class MemoryPublisher:
         import json
 
         return [json.loads(m.body) for m in self.on(subject)]
+
+
+@dataclass
+class MemoryMessage:
+    """A delivered JetStream message (shared.stage.InboundMessage) that records how it was
+    settled: `("ack", None)`, `("nack", delay)`, `("term", None)`, `("wip", None)`."""
+
+    body: bytes
+    attempt: int = 1
+    stream_seq: int = 7
+    subject: str = "report.requested"
+    headers: dict[str, str] = field(default_factory=dict)
+    first_delivered: datetime | None = None
+    settled: list[tuple[str, float | None]] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.settled.append(("ack", None))
+
+    async def nack(self, delay: float) -> None:
+        self.settled.append(("nack", delay))
+
+    async def term(self) -> None:
+        self.settled.append(("term", None))
+
+    async def in_progress(self) -> None:
+        self.settled.append(("wip", None))
