@@ -268,11 +268,6 @@ class FailoverStore:
             lambda: self._inner.get(key), patience=self._patience, what="artefact get"
         )
 
-    async def stat(self, key: str) -> StoredObject | None:
-        return await patient(
-            lambda: self._inner.stat(key), patience=self._patience, what="artefact stat"
-        )
-
     async def delete(self, key: str) -> None:
         await self._inner.delete(key)
 

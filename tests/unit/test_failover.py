@@ -185,3 +185,20 @@ async def test_a_late_renderer_record_does_not_undo_a_delivery_in_the_ledger() -
     assert {s: r.state for s, r in entry.stages.items()} == dict.fromkeys(
         ("fetcher", "renderer", "distributor"), "done"
     )
+
+
+async def test_the_failover_ledger_says_when_a_stage_settles_a_report_as_the_ledger_does() -> None:
+    """The report-duration metric is recorded from what finish/fail return: in production the
+    ledger is wrapped, so the wrapper must pass that answer on."""
+    ledger = FailoverLedger(KvLedger(MemoryKeyValue()), patience=1.0)  # type: ignore[arg-type]
+    request = ReportRequested(request_id="r2", template="portfolio.html")
+    await ledger.claim("r2", "distributor", seq=1, attempt=1, request=request)
+    delivered = ReportDelivered(
+        request_id="r2", template="portfolio.html", artefacts=[], channels=[]
+    )
+    settled = await ledger.finish("r2", "distributor", seconds=0.1, event=delivered)
+    assert settled is not None and settled.status == "delivered"
+
+    await ledger.claim("r3", "fetcher", seq=2, attempt=1, request=request)
+    failed = await ledger.fail("r3", "fetcher", reason="source 'x' answered 404")
+    assert failed is not None and failed.status == "failed"
