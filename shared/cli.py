@@ -152,10 +152,14 @@ def up(
     prometheus_port: int = typer.Option(9090, help="Its port (taken: a free one)."),
 ) -> None:
     """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
-    from shared.embedded import start_nats_server
+    from shared.embedded import DataDirInUse, lock_data_dir, start_nats_server
 
     cfg = settings()
     counts = _parse_scale(scale)
+    try:
+        lock = lock_data_dir(cfg.data_dir)  # held until this process ends
+    except DataDirInUse as error:
+        fail(str(error))
     nats_proc = None
     env = dict(os.environ)
     if cfg.embedded:
@@ -237,6 +241,7 @@ def up(
         except subprocess.TimeoutExpired:
             nats_proc.kill()
     (cfg.data_dir / "workers.json").unlink(missing_ok=True)
+    lock.close()
     out.print("stopped.")
 
 
