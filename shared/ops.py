@@ -13,7 +13,7 @@ import os
 import re
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,15 +75,36 @@ class Bus:
         return await open_store(self.settings, self.js)
 
 
-async def _quiet(error: Exception) -> None:
-    """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
-    REFUSALS.record(error)
+CONNECT_TIMEOUT = 3.0
+
+
+def connect_failure(error: BaseException, seen: list[BaseException]) -> str:
+    """Why a connection failed, in words: nats-py's own error is often empty ("") or says
+    only "no servers available", while the socket error it met on the way says more."""
+    for candidate in [*reversed(seen), error]:
+        if isinstance(candidate, ConnectionRefusedError):
+            return "connection refused: nothing listens there (is the server running?)"
+        if isinstance(candidate, TimeoutError | asyncio.TimeoutError):
+            return (
+                f"no answer within {CONNECT_TIMEOUT:g}s: a wrong address, or a firewall "
+                "dropping the packets?"
+            )
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror
+    return str(error) or type(error).__name__
 
 
 @asynccontextmanager
 async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[Bus]:
     """The CLI's connection, as the ops identity; `setup` declares the topology if needed."""
     who = identity(settings, "ops")
+    seen: list[BaseException] = []
+
+    async def quiet(error: Exception) -> None:
+        """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
+        REFUSALS.record(error)
+        seen.append(error)
+
     try:
         nc = await connect(
             settings,
@@ -91,9 +112,9 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             role="ops",
             # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
             max_reconnect_attempts=1,
-            connect_timeout=3,
+            connect_timeout=CONNECT_TIMEOUT,
             allow_reconnect=False,
-            error_cb=_quiet,
+            error_cb=quiet,
         )
     except Exception as error:
         where = settings.bus_url_public
@@ -108,13 +129,17 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             if settings.nats_url
             else " (start it with `pressroom up`, or set PRESSROOM_NATS_URL)"
         )
-        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {text}") from None
+        reason = connect_failure(error, seen)
+        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {reason}") from None
     js = nc.jetstream(timeout=5)
     try:
         if setup:
             await ensure_topology(js, settings)
         yield Bus(nc, js, settings)
     except LEADERLESS as error:
+        refused = REFUSALS.last()  # a refused request is never answered: name the refusal
+        if refused:
+            raise PressroomError(refused) from None
         raise BusUnavailable(
             f"NATS at {settings.bus_url_public} does not answer JetStream requests "
             f"({describe_error(error)}): in a cluster, is a majority of the servers up? "
@@ -186,27 +211,98 @@ async def watch_outcome(
             await sub.unsubscribe()
 
 
-async def outcome_from_ledger(bus: Bus, request_id: str) -> Outcome | None:
+async def _entry(bus: Bus, request_id: str) -> LedgerEntry | None:
     try:
-        entry = await (await bus.ledger()).get(request_id)
+        return await (await bus.ledger()).get(request_id)
     except (PressroomError, NatsError, TimeoutError):
         return None  # an identity that may not read the ledger (publisher) waits for events
+
+
+def outcome_of(entry: LedgerEntry | None) -> Outcome | None:
+    """The final outcome the ledger records, if any."""
     if entry is None:
         return None
     if entry.status == "delivered":
         return Outcome(
             REPORT_DELIVERED,
             {
-                "request_id": request_id,
+                "request_id": entry.request_id,
                 "channels": [c.model_dump(mode="json") for c in entry.channels],
             },
         )
     if entry.status == "failed":
         return Outcome(
             REPORT_FAILED,
-            {"request_id": request_id, "reason": entry.error, "stage": entry.failed_stage},
+            {"request_id": entry.request_id, "reason": entry.error, "stage": entry.failed_stage},
         )
     return None
+
+
+async def outcome_from_ledger(bus: Bus, request_id: str) -> Outcome | None:
+    return outcome_of(await _entry(bus, request_id))
+
+
+_NEXT_STAGE = {"requested": "fetcher", "fetched": "renderer", "rendered": "distributor"}
+
+
+def whereabouts(entry: LedgerEntry | None) -> str:
+    """Where a request in flight is, in words, from its ledger entry (its last stage)."""
+    if entry is None:
+        return "published; no fetcher has picked it up yet"
+    if entry.stages:
+        stage, record = list(entry.stages.items())[-1]
+        if record.state == "running":
+            again = f", attempt {record.attempts}" if record.attempts > 1 else ""
+            return f"{stage} working on it{again}"
+    if entry.status in _NEXT_STAGE:
+        return f"{entry.status}; waiting for a {_NEXT_STAGE[entry.status]}"
+    return entry.status
+
+
+class StillRunning(PressroomError):
+    """--wait ran out of time; the request carries on without us."""
+
+
+async def publish_and_wait(
+    bus: Bus,
+    request: ReportRequested,
+    publish: Callable[[Bus], Awaitable[None]],
+    timeout: float,
+    progress: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Publish (through `publish`) and wait for the request's outcome, telling `progress`
+    where it is about once a second. An already finished request id (idempotency) emits
+    nothing new: the ledger answers for it."""
+    rid = request.request_id
+    async with watch_outcome(bus, rid, request_fingerprint(request)) as future:
+        await publish(bus)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(future), min(1.0, left))
+            except TimeoutError:
+                entry = await _entry(bus, rid)
+                known = outcome_of(entry)
+                if known is not None:
+                    return known
+                if progress is not None:
+                    progress(whereabouts(entry))
+                continue
+            # The ledger records the last stage just after its event: let it catch up, so a
+            # `pressroom status` right after --wait agrees with what we printed.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(_settled(bus, rid), 5)
+            return outcome
+    where = whereabouts(await _entry(bus, rid))
+    raise StillRunning(
+        f"no outcome for {rid} within {timeout:g}s; it is still running ({where}): "
+        f"follow it with `pressroom status {rid}`"
+    )
+
+
+async def _settled(bus: Bus, request_id: str) -> None:
+    while await outcome_from_ledger(bus, request_id) is None:
+        await asyncio.sleep(0.05)
 
 
 # ---- ledger --------------------------------------------------------------------------------
@@ -306,6 +402,18 @@ async def dead_letter(bus: Bus, seq: int) -> DeadLetterRecord | None:
         )
     when = getattr(raw, "time", None)
     return DeadLetterRecord(seq, when if isinstance(when, datetime) else None, letter)
+
+
+DEAD_LETTER_STAGES = tuple(STAGES)
+
+
+async def find_dead_letters(bus: Bus, ref: str) -> list[DeadLetterRecord]:
+    """Dead letters by id (the DLQ stream sequence) or by the request_id they carry, oldest
+    first: what an operator has at hand is usually the request id."""
+    if ref.isdigit():
+        record = await dead_letter(bus, int(ref))
+        return [record] if record is not None else []
+    return [r for r in await dead_letters(bus) if r.letter.request_id == ref]
 
 
 # Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).

@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -20,8 +21,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from shared.cli._output import Col, print_table, shorten
 from shared.errors import PressroomError
-from shared.events import ReportRequested, request_fingerprint
+from shared.events import ReportRequested
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -388,13 +390,15 @@ def request(
             f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in error.errors()
         )
         fail(f"invalid request: {problems}")
+    cfg = settings()
+    _check_template(cfg, req.template)
     if validate:
         if as_json:
             emit_json({"valid": True, "request": json.loads(req.model_dump_json())})
         else:
             out.print(f"valid report.requested for template '{req.template}'")
         return
-    outcome = run(_request(settings(), req, wait, timeout))
+    outcome = run(_request(cfg, req, wait, timeout))
     if as_json:
         emit_json({"request_id": req.request_id, **({"outcome": outcome} if wait else {})})
     elif not wait:
@@ -419,7 +423,7 @@ async def _request(
     timeout: float,
     schedule: Any = None,
 ) -> dict[str, Any] | None:
-    from shared.ops import open_bus, outcome_from_ledger, publish_request, watch_outcome
+    from shared.ops import open_bus, publish_and_wait, publish_request
 
     async def publish(bus: Any) -> None:
         if schedule is None:
@@ -435,26 +439,52 @@ async def _request(
         if not wait:
             await publish(bus)
             return None
-        async with watch_outcome(bus, req.request_id, request_fingerprint(req)) as future:
-            await publish(bus)
-            # An already-finished request id (idempotency) emits nothing new: ask the ledger.
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    outcome = await asyncio.wait_for(asyncio.shield(future), 1.0)
-                    # The ledger records the last stage just after its event: let it catch up,
-                    # so a `pressroom status` right after --wait agrees with what we printed.
-                    settle = time.monotonic() + 5
-                    while time.monotonic() < settle and not await outcome_from_ledger(
-                        bus, req.request_id
-                    ):
-                        await asyncio.sleep(0.05)
-                    return {"subject": outcome.subject, "payload": outcome.payload}
-                except TimeoutError:
-                    known = await outcome_from_ledger(bus, req.request_id)
-                    if known is not None:
-                        return {"subject": known.subject, "payload": known.payload}
-        raise PressroomError(f"no outcome for {req.request_id} within {timeout:g}s")
+        with _progress(req.request_id, "published") as show:
+            outcome = await publish_and_wait(bus, req, publish, timeout, show)
+        return {"subject": outcome.subject, "payload": outcome.payload}
+
+
+@contextmanager
+def _progress(subject: str, first: str, *, tick: bool = False) -> Iterator[Callable[[str], None]]:
+    """On a terminal, a Rich status line: what `subject` is doing and for how long (`tick`:
+    the elapsed time counts up by itself while the caller blocks). Elsewhere (pipes, CI logs)
+    nothing: the output stays what scripts parse."""
+    if not err.is_terminal:
+        yield lambda text: None
+        return
+    import threading
+
+    started, doing, done = time.monotonic(), [first], threading.Event()
+    with err.status(f"{subject}: {first}") as status:
+
+        def show(text: str) -> None:
+            doing[0] = text
+            status.update(f"{subject}: {text} · {time.monotonic() - started:.0f}s")
+
+        def ticker() -> None:
+            while not done.wait(1):
+                show(doing[0])
+
+        clock = threading.Thread(target=ticker, daemon=True)
+        if tick:
+            clock.start()
+        try:
+            yield show
+        finally:
+            done.set()
+
+
+def _check_template(cfg: Settings, name: str) -> None:
+    """Refuse, before publishing, a template the renderer will not find — when this machine
+    sees the templates folder; when it does not (a remote stack), the renderer decides."""
+    if not cfg.templates_dir.is_dir():
+        return
+    from services.renderer.templating import TemplateLibrary
+
+    try:
+        TemplateLibrary(cfg.templates_dir).resolve(name)
+    except PressroomError as error:
+        fail(f"{error.reason} in {cfg.templates_dir}; nothing was published")
 
 
 # ---- ad-hoc rendering --------------------------------------------------------------------
@@ -512,7 +542,8 @@ def render(
     job = replace(job, listed_only=folder == cfg.templates_dir.resolve())
     try:
         # Long reports are split over PRESSROOM_RENDER_WORKERS processes, as in the renderer.
-        result = render_capped(job, cfg)
+        with _progress(name, "rendering", tick=True):
+            result = render_capped(job, cfg)
     except PressroomError as error:
         fail(error.reason)
     for notice in result.notices:
@@ -589,10 +620,11 @@ def templates_ls(as_json: bool = typer.Option(False, "--json")) -> None:
             ]
         )
         return
-    table = Table("template", "description", "version")
-    for i in infos:
-        table.add_row(i.name, i.description, lib.version(i.name))
-    out.print(table)
+    print_table(
+        out,
+        [Col("template"), Col("version"), Col("description", long=True)],
+        [[i.name, lib.version(i.name), i.description] for i in infos],
+    )
 
 
 @templates_app.command("validate")
@@ -656,10 +688,11 @@ def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> 
     if as_json:
         emit_json({"template": name, "variables": variables, "params": params})
         return
-    table = Table("variable", "description")
-    for var in variables:
-        table.add_row(var, params.get(var, ""))
-    out.print(table)
+    print_table(
+        out,
+        [Col("variable"), Col("description", long=True)],
+        [[var, params.get(var, "")] for var in variables],
+    )
 
 
 def _validate_capped(cfg: Settings, folder: Path, names: list[str] | None) -> Any:
@@ -691,6 +724,7 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """Schedules with their next fire times."""
     from datetime import UTC, datetime
 
+    cfg = settings()
     now = datetime.now(UTC)
     rows = [
         {
@@ -701,21 +735,29 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
             "template": s.request.get("template"),
             "next_fire": s.next_fire(now).isoformat(),
         }
-        for s in _schedules(settings())
+        for s in _schedules(cfg)
     ]
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "cron", "timezone", "template", "next fire (UTC)")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["cron"],
-            row["timezone"],
-            str(row["template"]),
-            row["next_fire"][:16] if row["enabled"] else "disabled",
-        )
-    out.print(table)
+    if not rows:
+        out.print(f"no schedules: {_config_says(cfg, 'schedules')}")
+        return
+    columns = [Col("name"), Col("cron"), Col("timezone"), Col("template")]
+    print_table(
+        out,
+        [*columns, Col("next fire (UTC)")],
+        [
+            [
+                row["name"],
+                row["cron"],
+                row["timezone"],
+                str(row["template"]),
+                row["next_fire"][:16] if row["enabled"] else "disabled",
+            ]
+            for row in rows
+        ],
+    )
 
 
 @schedule_app.command("run")
@@ -737,6 +779,13 @@ def schedule_run(
 
 
 # ---- data sources ------------------------------------------------------------------------
+def _config_says(cfg: Settings, section: str) -> str:
+    """Why a section of the config file is empty."""
+    if cfg.config is None:
+        return "PRESSROOM_CONFIG is not set (point it at a YAML file, e.g. deploy/pressroom.yaml)"
+    return f"the config file {cfg.config} lists no {section}"
+
+
 @sources_app.command("ls")
 def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """Data sources named in the config file."""
@@ -745,10 +794,10 @@ def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "kind")
-    for row in rows:
-        table.add_row(row["name"], row["kind"])
-    out.print(table)
+    if not rows:
+        out.print(f"no data sources: {_config_says(cfg, 'sources')}")
+        return
+    print_table(out, [Col("name"), Col("kind")], [[r["name"], r["kind"]] for r in rows])
 
 
 @sources_app.command("test")
@@ -810,10 +859,14 @@ def health(
     else:
         colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
         out.print(f"[bold {colour[report['status']]}]{report['status']}[/]")
-        table = Table("component", "status", "detail")
-        for name, item in report["components"].items():
-            table.add_row(name, f"[{colour[item['status']]}]{item['status']}[/]", item["detail"])
-        out.print(table)
+        print_table(
+            out,
+            [Col("component"), Col("status"), Col("detail", long=True)],
+            [
+                [name, f"[{colour[item['status']]}]{item['status']}[/]", item["detail"]]
+                for name, item in report["components"].items()
+            ],
+        )
     if report["status"] == "unhealthy":
         raise typer.Exit(1)
 
@@ -863,6 +916,15 @@ async def _health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
     except Exception as error:
         components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
     components.update(await cluster_components(cfg))  # servers, stream and bucket leaders
+    if components["nats"]["status"] == "unhealthy" and workers:
+        # Workers answering /readyz serve some bus, not the one we cannot reach: listing them
+        # as healthy would say the stack works when the CLI is pointed at the wrong place.
+        components["workers"] = {
+            "status": "unhealthy",
+            "detail": f"not checked ({', '.join(workers)}): the bus at {cfg.bus_url_public} "
+            "is unreachable from here",
+        }
+        workers = {}
     async with httpx.AsyncClient(timeout=5) as client:
         for name, base in workers.items():
             try:
@@ -901,10 +963,9 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
     out.print(f"[bold]{request_id}[/] · {entry.status} · template {entry.template}")
     for stage, rec in entry.stages.items():
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
-        out.print(
-            f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}"
-            + (f"  {rec.error}" if rec.error else "")
-        )
+        out.print(f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}")
+        if rec.error and rec.error != entry.error:  # the request's own error follows below
+            out.print(f"    {rec.error}", highlight=False, markup=False)
     for art in entry.artefacts:
         out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
     for ch in entry.channels:
@@ -939,18 +1000,27 @@ def list_requests(
 
         emit_json([entry_as_dict(e) for e in entries])
         return
-    table = Table("request_id", "status", "template", "updated", "total s", "error")
-    for e in entries:
-        total = e.total_seconds
-        table.add_row(
-            e.request_id,
-            e.status,
-            e.template or "",
-            e.updated_at.strftime("%F %T"),
-            f"{total:.2f}" if total is not None else "",
-            (e.error or "")[:60],
-        )
-    out.print(table)
+    if not entries:
+        filters = [f"--{k} {v}" for k, v in (("status", status_), ("template", template)) if v]
+        out.print(f"no requests match {' '.join(filters)}" if filters else "no requests yet")
+        return
+    columns = [Col("request_id"), Col("status"), Col("template"), Col("updated")]
+    columns += [Col("total s", justify="right"), Col("error", long=True)]
+    print_table(
+        out,
+        columns,
+        [
+            [
+                e.request_id,
+                e.status,
+                e.template or "",
+                e.updated_at.strftime("%F %T"),
+                f"{e.total_seconds:.2f}" if e.total_seconds is not None else "",
+                shorten(e.error or "", 160),
+            ]
+            for e in entries
+        ],
+    )
 
 
 async def _entries(cfg: Settings) -> Any:
@@ -1412,6 +1482,10 @@ def dlq_ls(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Dead letters, oldest first."""
+    from shared.ops import DEAD_LETTER_STAGES
+
+    if stage is not None and stage not in DEAD_LETTER_STAGES:
+        fail(f"no stage '{stage}' (stages: {', '.join(DEAD_LETTER_STAGES)})")
     records = run(_dlq(settings()))
     cutoff = _since(since) if since else None
     rows = [
@@ -1424,17 +1498,34 @@ def dlq_ls(
     if as_json:
         emit_json(rows)
         return
-    table = Table("id", "time", "stage", "request_id", "attempts", "reason")
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            (row["time"] or "")[:19],
-            row["stage"],
-            row["request_id"] or "",
-            str(row["attempts"]),
-            row["reason"],
+    if not rows:
+        filters = [
+            f"--{k} {v}" for k, v in (("stage", stage), ("reason", reason), ("since", since))
+        ]
+        filters = [f for f in filters if not f.endswith(" None")]
+        out.print(
+            f"no dead letters match {' '.join(filters)} ({len(records)} in all)"
+            if filters and records
+            else "no dead letters: nothing has failed for good"
         )
-    out.print(table)
+        return
+    columns = [Col("id", justify="right"), Col("time"), Col("stage"), Col("request_id")]
+    columns += [Col("attempts", justify="right"), Col("reason", long=True)]
+    print_table(
+        out,
+        columns,
+        [
+            [
+                str(row["id"]),
+                (row["time"] or "")[:19],
+                row["stage"],
+                row["request_id"] or "",
+                str(row["attempts"]),
+                row["reason"],
+            ]
+            for row in rows
+        ],
+    )
 
 
 def _since(text: str) -> float:
@@ -1457,11 +1548,20 @@ async def _dlq(cfg: Settings) -> Any:
 
 
 @dlq_app.command("show")
-def dlq_show(dead_letter_id: int, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One dead letter, with its original message."""
-    record = run(_dlq_one(settings(), dead_letter_id))
-    if record is None:
-        fail(f"no dead letter with id {dead_letter_id}")
+def dlq_show(
+    ref: str = typer.Argument(..., metavar="ID|REQUEST_ID", help="Dead-letter id or request id"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One dead letter, with its original message (the newest, given a request id)."""
+    records = run(_dlq_find(settings(), ref))
+    if not records:
+        fail(f"no dead letter with {'id' if ref.isdigit() else 'request_id'} {ref}")
+    record = records[-1]
+    if len(records) > 1:
+        others = ", ".join(str(r.id) for r in records[:-1])
+        err.print(
+            f"note: {len(records)} dead letters for {ref}; showing the newest (others: {others})"
+        )
     data = {**record.summary(), "letter": json.loads(record.letter.model_dump_json())}
     if as_json:
         emit_json(data)
@@ -1469,14 +1569,17 @@ def dlq_show(dead_letter_id: int, as_json: bool = typer.Option(False, "--json"))
     for key, value in record.summary().items():
         out.print(f"[bold]{key}[/]: {value}", highlight=False)
     out.print("[bold]payload[/]:")
-    out.print(record.letter.payload, highlight=False, markup=False)
+    payload = record.letter.payload
+    with suppress(ValueError):  # indented JSON, printed as it is: never re-wrapped mid-word
+        payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    out.print(payload, highlight=False, markup=False, soft_wrap=True)
 
 
-async def _dlq_one(cfg: Settings, seq: int) -> Any:
-    from shared.ops import dead_letter, open_bus
+async def _dlq_find(cfg: Settings, ref: str) -> Any:
+    from shared.ops import find_dead_letters, open_bus
 
     async with open_bus(cfg) as bus:
-        return await dead_letter(bus, seq)
+        return await find_dead_letters(bus, ref)
 
 
 @dlq_app.command("replay")
@@ -1561,7 +1664,3 @@ def main() -> None:
             raise SystemExit(int(error.exit_code)) from None
         raise
     raise SystemExit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
