@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -11,8 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from shared.settings import EMBEDDED_HOST
+
+LOCK_FILE = "up.lock"
 
 CONFIG = """# Written by Pressroom. File storage synced on every write: an acknowledged
 # message survives a power loss (see PITFALLS: sync_interval).
@@ -136,3 +140,34 @@ def start_nats_server(
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"nats-server did not start within 15 s; see {log_path}")
+
+
+class DataDirInUse(RuntimeError):
+    """Another `pressroom up` holds the data folder."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold the data folder for this process's life: one stack per folder.
+
+    Two stacks on one folder would run two nats-servers on one JetStream store and overwrite
+    each other's workers.json. An flock (not a pid file) is released by the kernel when the
+    holder dies, so a crash never leaves a stale lock behind. Keep the returned file open.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    handle = path.open("a+", encoding="utf-8")  # never truncate the holder's pid
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DataDirInUse(
+            f"data folder '{data_dir}' is in use by another `pressroom up` (pid {holder}): "
+            "stop that one first, or set PRESSROOM_DATA_DIR to another folder for a second stack"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

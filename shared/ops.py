@@ -13,7 +13,7 @@ import os
 import re
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +32,6 @@ from shared.bus import (
     LEDGER_BUCKET,
     MSG_ID,
     STAGES,
-    STREAM,
     IncompleteListing,
     JetStreamPublisher,
     connect,
@@ -75,15 +74,36 @@ class Bus:
         return await open_store(self.settings, self.js)
 
 
-async def _quiet(error: Exception) -> None:
-    """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
-    REFUSALS.record(error)
+CONNECT_TIMEOUT = 3.0
+
+
+def connect_failure(error: BaseException, seen: list[BaseException]) -> str:
+    """Why a connection failed, in words: nats-py's own error is often empty ("") or says
+    only "no servers available", while the socket error it met on the way says more."""
+    for candidate in [*reversed(seen), error]:
+        if isinstance(candidate, ConnectionRefusedError):
+            return "connection refused: nothing listens there (is the server running?)"
+        if isinstance(candidate, TimeoutError | asyncio.TimeoutError):
+            return (
+                f"no answer within {CONNECT_TIMEOUT:g}s: a wrong address, or a firewall "
+                "dropping the packets?"
+            )
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror
+    return str(error) or type(error).__name__
 
 
 @asynccontextmanager
 async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[Bus]:
     """The CLI's connection, as the ops identity; `setup` declares the topology if needed."""
     who = identity(settings, "ops")
+    seen: list[BaseException] = []
+
+    async def quiet(error: Exception) -> None:
+        """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
+        REFUSALS.record(error)
+        seen.append(error)
+
     try:
         nc = await connect(
             settings,
@@ -91,9 +111,9 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             role="ops",
             # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
             max_reconnect_attempts=1,
-            connect_timeout=3,
+            connect_timeout=CONNECT_TIMEOUT,
             allow_reconnect=False,
-            error_cb=_quiet,
+            error_cb=quiet,
         )
     except Exception as error:
         where = settings.bus_url_public
@@ -108,7 +128,8 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             if settings.nats_url
             else " (start it with `pressroom up`, or set PRESSROOM_NATS_URL)"
         )
-        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {text}") from None
+        reason = connect_failure(error, seen)
+        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {reason}") from None
     js = nc.jetstream(timeout=5)
     try:
         if setup:
@@ -127,7 +148,63 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
         await nc.drain()
 
 
+async def ready(bus: Bus) -> None:
+    """Nothing more to do: `open_bus` (setup=True) declared the streams, consumers, buckets."""
+
+
 # ---- requests ------------------------------------------------------------------------------
+def build_request(
+    body: dict[str, Any],
+    *,
+    params: dict[str, Any],
+    deliver: list[dict[str, Any]],
+    requested_by: str,
+    **fields: Any,
+) -> ReportRequested:
+    """A report.requested from a JSON body plus what flags add: params merged over the
+    body's, deliveries appended, other fields (template, formats, …) set when given."""
+    from pydantic import ValidationError
+
+    body = {**body, "params": {**body.get("params", {}), **params}}
+    body.update({k: v for k, v in fields.items() if v})
+    if deliver or body.get("deliver"):
+        body["deliver"] = [*body.get("deliver", []), *deliver]
+    body.setdefault("requested_by", requested_by)
+    try:
+        return ReportRequested.model_validate(body)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in error.errors()
+        )
+        raise PressroomError(f"invalid request: {problems}") from None
+
+
+async def submit(
+    bus: Bus,
+    request: ReportRequested,
+    *,
+    wait: bool,
+    timeout: float,
+    schedule: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> Outcome | None:
+    """Publish a request (as its schedule fires it, when given one) and, with `wait`, its
+    outcome. Needs no topology set-up: a publisher identity may do this."""
+
+    async def publish(bus: Bus) -> None:
+        if schedule is None:
+            await publish_request(bus, request)
+        else:  # exactly as the scheduler fires it, so the fetcher knows it for the schedule's
+            from services.scheduler.app import fire
+
+            await fire(JetStreamPublisher(bus.js), schedule, request.requested_at, bus.js)
+
+    if not wait:
+        await publish(bus)
+        return None
+    return await publish_and_wait(bus, request, publish, timeout, progress)
+
+
 async def publish_request(bus: Bus, request: ReportRequested) -> int:
     """Publish once: the message id carries the content, so the same request again is
     de-duplicated, and other content under the same request_id reaches the fetcher (which
@@ -189,33 +266,148 @@ async def watch_outcome(
             await sub.unsubscribe()
 
 
-async def outcome_from_ledger(bus: Bus, request_id: str) -> Outcome | None:
+async def _entry(bus: Bus, request_id: str) -> LedgerEntry | None:
     try:
-        entry = await (await bus.ledger()).get(request_id)
+        return await (await bus.ledger()).get(request_id)
     except (PressroomError, NatsError, TimeoutError):
         return None  # an identity that may not read the ledger (publisher) waits for events
+
+
+def outcome_of(entry: LedgerEntry | None) -> Outcome | None:
+    """The final outcome the ledger records, if any."""
     if entry is None:
         return None
     if entry.status == "delivered":
         return Outcome(
             REPORT_DELIVERED,
             {
-                "request_id": request_id,
+                "request_id": entry.request_id,
                 "channels": [c.model_dump(mode="json") for c in entry.channels],
             },
         )
     if entry.status == "failed":
         return Outcome(
             REPORT_FAILED,
-            {"request_id": request_id, "reason": entry.error, "stage": entry.failed_stage},
+            {"request_id": entry.request_id, "reason": entry.error, "stage": entry.failed_stage},
         )
     return None
 
 
+async def outcome_from_ledger(bus: Bus, request_id: str) -> Outcome | None:
+    return outcome_of(await _entry(bus, request_id))
+
+
+_NEXT_STAGE = {"requested": "fetcher", "fetched": "renderer", "rendered": "distributor"}
+
+
+def whereabouts(entry: LedgerEntry | None) -> str:
+    """Where a request in flight is, in words, from its ledger entry (its last stage)."""
+    if entry is None:
+        return "published; no fetcher has picked it up yet"
+    if entry.stages:
+        stage, record = list(entry.stages.items())[-1]
+        if record.state == "running":
+            again = f", attempt {record.attempts}" if record.attempts > 1 else ""
+            return f"{stage} working on it{again}"
+    if entry.status in _NEXT_STAGE:
+        return f"{entry.status}; waiting for a {_NEXT_STAGE[entry.status]}"
+    return entry.status
+
+
+class StillRunning(PressroomError):
+    """--wait ran out of time; the request carries on without us."""
+
+
+async def publish_and_wait(
+    bus: Bus,
+    request: ReportRequested,
+    publish: Callable[[Bus], Awaitable[None]],
+    timeout: float,
+    progress: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Publish (through `publish`) and wait for the request's outcome, telling `progress`
+    where it is about once a second. An already finished request id (idempotency) emits
+    nothing new: the ledger answers for it."""
+    rid = request.request_id
+    async with watch_outcome(bus, rid, request_fingerprint(request)) as future:
+        await publish(bus)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(future), min(1.0, left))
+            except TimeoutError:
+                entry = await _entry(bus, rid)
+                known = outcome_of(entry)
+                if known is not None:
+                    return known
+                if progress is not None:
+                    progress(whereabouts(entry))
+                continue
+            # The ledger records the last stage just after its event: let it catch up, so a
+            # `pressroom status` right after --wait agrees with what we printed.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(_settled(bus, rid), 5)
+            return outcome
+    where = whereabouts(await _entry(bus, rid))
+    raise StillRunning(
+        f"no outcome for {rid} within {timeout:g}s; it is still running ({where}): "
+        f"follow it with `pressroom status {rid}`"
+    )
+
+
+async def _settled(bus: Bus, request_id: str) -> None:
+    while await outcome_from_ledger(bus, request_id) is None:
+        await asyncio.sleep(0.05)
+
+
+# ---- time windows --------------------------------------------------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str, option: str = "--window") -> timedelta:
+    """An age like 90s, 30m, 24h, 7d or 4w: the one spelling every option with a duration
+    takes (`--window`, `--since`, `--older-than`, `--expires`)."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit():
+        raise PressroomError(f"{option} expects an age like 30m, 24h, 7d or 4w, got '{text}'")
+    return timedelta(seconds=int(number) * _UNITS[unit])
+
+
+def parse_since(text: str, option: str = "--since") -> datetime:
+    """A moment: an age back from now (2h) or an ISO time (UTC when it names no zone)."""
+    if text[-1:] in _UNITS and text[:-1].isdigit():
+        return datetime.now(UTC) - parse_age(text, option)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise PressroomError(
+            f"{option} expects an ISO time or an age like 30m, 24h, 7d, got '{text}'"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 # ---- ledger --------------------------------------------------------------------------------
-async def ledger_entries(bus: Bus) -> list[LedgerEntry]:
+async def ledger_entries(
+    bus: Bus, *, status: str | None = None, template: str | None = None
+) -> list[LedgerEntry]:
+    """Ledger entries, newest first; only those with the given status / template."""
     entries = await (await bus.ledger()).entries()
-    return sorted(entries, key=lambda e: e.updated_at, reverse=True)
+    return sorted(
+        (
+            e
+            for e in entries
+            if (not status or e.status == status) and (not template or e.template == template)
+        ),
+        key=lambda e: e.updated_at,
+        reverse=True,
+    )
+
+
+async def ledger_entry(bus: Bus, request_id: str) -> LedgerEntry:
+    entry = await (await bus.ledger()).get(request_id)
+    if entry is None:
+        raise PressroomError(f"no request '{request_id}' in the ledger")
+    return entry
 
 
 # ---- artefacts -----------------------------------------------------------------------------
@@ -311,6 +503,18 @@ async def dead_letter(bus: Bus, seq: int) -> DeadLetterRecord | None:
     return DeadLetterRecord(seq, when if isinstance(when, datetime) else None, letter)
 
 
+DEAD_LETTER_STAGES = tuple(STAGES)
+
+
+async def find_dead_letters(bus: Bus, ref: str) -> list[DeadLetterRecord]:
+    """Dead letters by id (the DLQ stream sequence) or by the request_id they carry, oldest
+    first: what an operator has at hand is usually the request id."""
+    if ref.isdigit():
+        record = await dead_letter(bus, int(ref))
+        return [record] if record is not None else []
+    return [r for r in await dead_letters(bus) if r.letter.request_id == ref]
+
+
 # Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).
 REPLAYABLE = frozenset(spec.consumes for spec in STAGES.values())
 
@@ -352,9 +556,12 @@ async def replay(bus: Bus, seq: int) -> str:
             f"dead letter {seq} names subject '{letter.subject}': only "
             f"{', '.join(sorted(REPLAYABLE))} can be replayed"
         )
-    headers = {**letter.headers, MSG_ID: f"replay:{seq}:{uuid.uuid4().hex[:12]}"}
+    headers = {k: v for k, v in letter.headers.items() if k != MSG_ID}
     body = await original_body(bus, letter)
-    await bus.js.publish(letter.subject, body, headers=headers, stream=STREAM)
+    # A fresh message id: the original one would be dropped as a duplicate inside the window.
+    await JetStreamPublisher(bus.js).publish(
+        letter.subject, body, msg_id=f"replay:{seq}:{uuid.uuid4().hex[:12]}", headers=headers
+    )
     await bus.js.delete_msg(DLQ_STREAM, seq)
     await _forget_body(bus, letter)
     return letter.subject
@@ -367,6 +574,20 @@ async def _forget_body(bus: Bus, letter: DeadLetter) -> None:
         return  # a forged reference: never delete what it points at
     if key:
         await (await bus.store()).delete(key)
+
+
+async def replay_many(
+    bus: Bus, seqs: list[int] | None, on_each: Callable[[int, int], None] | None = None
+) -> list[dict[str, Any]]:
+    """Replay the given dead letters, or every one when `seqs` is None (as `purge`);
+    `on_each(done, total)` after each."""
+    targets = [r.id for r in await dead_letters(bus)] if seqs is None else seqs
+    done: list[dict[str, Any]] = []
+    for seq in targets:
+        done.append({"id": seq, "subject": await replay(bus, seq)})
+        if on_each is not None:
+            on_each(len(done), len(targets))
+    return done
 
 
 async def purge(bus: Bus, seqs: list[int] | None) -> int:
@@ -485,17 +706,21 @@ async def restore(bus: Bus, source: Path) -> dict[str, int]:
     """Put back ledger entries and dead letters that are missing; nothing is overwritten."""
     from nats.js.errors import KeyWrongLastSequenceError
 
-    with tarfile.open(source, "r:gz") as tar:
+    try:
+        with tarfile.open(source, "r:gz") as tar:
 
-        def read(name: str) -> list[str]:
-            member = tar.extractfile(name)
-            return member.read().decode().splitlines() if member else []
+            def read(name: str) -> list[str]:
+                member = tar.extractfile(name)
+                return member.read().decode().splitlines() if member else []
 
-        ledger_lines, letter_lines = read("ledger.jsonl"), read("dead-letters.jsonl")
+            ledger_lines, letter_lines = read("ledger.jsonl"), read("dead-letters.jsonl")
+        entries = [LedgerEntry.model_validate_json(line) for line in ledger_lines]
+        parsed = [DeadLetter.model_validate_json(line) for line in letter_lines]
+    except (tarfile.TarError, KeyError, ValueError) as error:
+        raise PressroomError(f"'{source}' is not a pressroom backup: {error}") from None
     kv = await bus.js.key_value(LEDGER_BUCKET)
     restored = 0
-    for line in ledger_lines:
-        entry = LedgerEntry.model_validate_json(line)
+    for line, entry in zip(ledger_lines, entries, strict=True):
         try:
             await kv.create(entry.request_id, line.encode())
             restored += 1
@@ -503,14 +728,56 @@ async def restore(bus: Bus, source: Path) -> dict[str, int]:
             continue  # already there: the live ledger wins
     present = {(r.letter.subject, r.letter.payload) for r in await dead_letters(bus)}
     letters = 0
-    for line in letter_lines:
-        letter = DeadLetter.model_validate_json(line)
+    for line, letter in zip(letter_lines, parsed, strict=True):
         if (letter.subject, letter.payload) in present:
             continue
-        await bus.js.publish(
-            f"{DLQ_PREFIX}{letter.subject}",
-            line.encode(),
-            headers={MSG_ID: f"restore:{uuid.uuid4().hex}"},
+        await JetStreamPublisher(bus.js).publish(
+            f"{DLQ_PREFIX}{letter.subject}", line.encode(), msg_id=f"restore:{uuid.uuid4().hex}"
         )
         letters += 1
     return {"ledger_entries": restored, "dead_letters": letters}
+
+
+# ---- delivering again ------------------------------------------------------------------------
+async def deliver_again(
+    bus: Bus, request_id: str, deliveries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Deliver an already rendered report through the distributor's channels, now."""
+    from services.distributor.channels import Parcel, default_channels
+    from shared.events import Delivery, ReportRendered
+
+    entry = await (await bus.ledger()).get(request_id)
+    if entry is None or not entry.artefacts:
+        raise PressroomError(f"request '{request_id}' has no rendered artefacts to deliver")
+    request = ReportRequested(
+        request_id=request_id,
+        template=entry.template or "unknown.html",
+        requested_by=entry.requested_by,
+        requested_at=entry.requested_at or entry.updated_at,
+    )
+    event = ReportRendered(
+        request=request,
+        artefacts=entry.artefacts,
+        template_version=entry.template_version or "",
+        render_seconds=entry.render_seconds or 0.0,
+    )
+    parcel = Parcel(event=event, store=await bus.store())
+    channels = default_channels(bus.settings)
+    results = []
+    for raw in deliveries:
+        delivery = Delivery.model_validate({k: v for k, v in raw.items() if v is not None})
+        try:
+            result = await channels[delivery.channel].deliver(delivery, parcel)
+            results.append(result.model_dump(mode="json"))
+        except PressroomError as error:
+            results.append(
+                {"channel": delivery.channel, "ok": False, "target": "", "detail": error.reason}
+            )
+    return results
+
+
+async def clean_artefacts(bus: Bus, age: timedelta, *, dry_run: bool) -> list[Any]:
+    """Artefacts older than `age` removed (or only listed, with `dry_run`)."""
+    from shared.store import remove_older_than
+
+    return list(await remove_older_than(await bus.store(), age, dry_run=dry_run))

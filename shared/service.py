@@ -250,14 +250,11 @@ def stage_checks(
         return CheckResult("healthy", getattr(deps.store, "backend", type(deps.store).__name__))
 
     async def consumer() -> CheckResult:
+        from shared.readiness import stage_readiness
+
         assert deps.js is not None
-        info = await deps.js.consumer_info(STREAM, spec.durable)
-        pending, unacked = int(info.num_pending or 0), int(info.num_ack_pending or 0)
-        degraded = pending > settings.health_max_pending
-        return CheckResult(
-            "degraded" if degraded else "healthy",
-            f"{pending} waiting" + (f" (over {settings.health_max_pending})" if degraded else ""),
-            {"pending": pending, "in_progress": unacked},
+        return await stage_readiness(
+            deps.js, spec.durable, settings.health_max_pending, seen_by_worker=True
         )
 
     return {"bus": bus, "store": store, "consumer": consumer}

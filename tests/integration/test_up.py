@@ -261,3 +261,65 @@ def test_alerts_without_any_prometheus_is_one_line(tmp_path: Path) -> None:
     )
     assert refused.returncode == 1 and "cannot ask Prometheus" in refused.stderr
     assert refused.stderr.strip().count("\n") == 0
+
+
+def test_a_second_up_on_the_same_data_folder_is_refused_naming_the_first(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+    env.update(
+        PRESSROOM_NATS_PORT=str(free_port()),
+        PRESSROOM_DATA_DIR=str(tmp_path / "state"),
+        PRESSROOM_OUT_DIR=str(tmp_path / "out"),
+        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
+        PYTHONPATH=str(REPO),
+        COLUMNS="80",
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    workers = tmp_path / "state" / "workers.json"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not workers.exists():
+            assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
+            time.sleep(0.2)
+        registry = workers.read_text()
+        # What the "port already in use" error suggests: another port, same folder.
+        second = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "up"],
+            env={**env, "PRESSROOM_NATS_PORT": str(free_port())},
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1, second
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {first.pid}" in lines[0], second.stderr
+        assert "PRESSROOM_DATA_DIR" in lines[0]
+        assert workers.read_text() == registry  # the first stack's registry is untouched
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        output = first.communicate(timeout=30)[0].decode()
+    assert first.returncode == 0, output
+
+
+def test_the_data_folder_lock_dies_with_its_holder(tmp_path: Path) -> None:
+    from shared.embedded import DataDirInUse, lock_data_dir
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from shared.embedded import lock_data_dir;"
+         "lock = lock_data_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
+         str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirInUse, match=f"pid {holder.pid}"):
+            lock_data_dir(tmp_path)
+    finally:
+        holder.kill()  # a crash: no clean-up code runs
+        holder.wait(timeout=10)
+    lock = lock_data_dir(tmp_path)  # the kernel released it: nothing stale blocks a restart
+    assert (tmp_path / "up.lock").read_text().strip() == str(os.getpid())
+    lock.close()

@@ -173,7 +173,7 @@ def test_validate_exits_1_with_file_and_line_per_problem(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "args",
-    [["dlq", "show", "abc"], ["bogus"], ["render", "--format"], ["templates", "vars"]],
+    [["dlq", "replay", "abc"], ["bogus"], ["render", "--format"], ["templates", "vars"]],
 )
 def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
     result = pressroom(*args)
@@ -195,5 +195,6 @@ def test_an_unreachable_bus_is_one_line_not_a_hang() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: cannot reach NATS at nats://127.0.0.1:1: nats: no servers available for connection"
+        "error: cannot reach NATS at nats://127.0.0.1:1: connection refused: nothing listens "
+        "there (is the server running?)"
     ]

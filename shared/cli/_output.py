@@ -1,0 +1,93 @@
+"""How the CLI prints: tables that never cut an id, and long text that wraps at words."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from typing import Literal
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+# Below this, a wrapped column turns into fragments of one or two words: move the text under
+# its row instead.
+_MIN_LONG = 24
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column. `long` text (reasons, errors, descriptions) is the only thing that
+    gives way to a narrow terminal; every other cell — ids above all — is printed whole."""
+
+    header: str
+    long: bool = False
+    justify: Literal["left", "right"] = "left"
+
+
+def print_table(console: Console, columns: list[Col], rows: list[list[str]]) -> None:
+    """A Rich table when everything fits; otherwise one line per row with its long text
+    wrapped on the lines under it (`kubectl`-style), so nothing is truncated mid-id."""
+    plain = [[Text.from_markup(cell).plain for cell in row] for row in rows]
+    widths = [
+        max([len(col.header), *(len(row[i]) for row in plain)]) for i, col in enumerate(columns)
+    ]
+    short = [i for i, col in enumerate(columns) if not col.long]
+    long = [i for i, col in enumerate(columns) if col.long]
+    borders = 3 * len(columns) + 1
+    needed = sum(widths[i] for i in short) + borders
+    needed += sum(min(widths[i], _MIN_LONG) for i in long)
+    if needed <= console.width:
+        table = Table()
+        for i, col in enumerate(columns):
+            if col.long:
+                table.add_column(col.header, justify=col.justify, overflow="fold")
+            else:
+                table.add_column(col.header, justify=col.justify, no_wrap=True, min_width=widths[i])
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    _print_stacked(console, columns, rows, plain, widths, short, long)
+
+
+def _print_stacked(
+    console: Console,
+    columns: list[Col],
+    rows: list[list[str]],
+    plain: list[list[str]],
+    widths: list[int],
+    short: list[int],
+    long: list[int],
+) -> None:
+    def line(cells: list[str], texts: list[str]) -> str:
+        parts = []
+        for i in short:
+            pad = " " * (widths[i] - len(texts[i]))
+            parts.append(pad + cells[i] if columns[i].justify == "right" else cells[i] + pad)
+        return "  ".join(parts).rstrip()
+
+    headers = [col.header for col in columns]
+    console.print(
+        f"[bold]{line(headers, headers)}[/]", soft_wrap=True, highlight=False, overflow="ignore"
+    )
+    indent = "    "
+    for row, texts in zip(rows, plain, strict=True):
+        console.print(line(row, texts), soft_wrap=True, highlight=False, overflow="ignore")
+        for i in long:
+            if not texts[i]:
+                continue
+            wrapped = textwrap.fill(
+                f"{columns[i].header}: {texts[i]}",
+                width=max(console.width, 40),
+                initial_indent=indent,
+                subsequent_indent=indent,
+                break_long_words=False,  # an id or a URL inside a reason stays whole
+                break_on_hyphens=False,
+            )
+            console.print(wrapped, soft_wrap=True, highlight=False, markup=False)
+
+
+def shorten(text: str, width: int) -> str:
+    """Cut long text at a word boundary, never mid-word."""
+    return textwrap.shorten(text, width, placeholder=" …") if len(text) > width else text

@@ -1,0 +1,101 @@
+"""`pressroom schedule` and `pressroom sources`: what the config file schedules and fetches."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import typer
+
+from shared.cli._common import config_says, emit_json, fail, out, run, schedules, settings
+from shared.cli._output import Col, print_table
+
+schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
+sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
+
+
+@schedule_app.command("ls")
+def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Schedules with their next fire times."""
+    cfg = settings()
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "name": s.name,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "enabled": s.enabled,
+            "template": s.request.get("template"),
+            "next_fire": s.next_fire(now).isoformat(),
+        }
+        for s in schedules(cfg)
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print(f"no schedules: {config_says(cfg, 'schedules')}")
+        return
+    columns = [Col("name"), Col("cron"), Col("timezone"), Col("template")]
+    cells = ("name", "cron", "timezone", "template")
+    table = [
+        [str(row[c]) for c in cells] + [row["next_fire"][:16] if row["enabled"] else "disabled"]
+        for row in rows
+    ]
+    print_table(out, [*columns, Col("next fire (UTC)")], table)
+
+
+@schedule_app.command("run")
+def schedule_run(
+    name: str, wait: bool = typer.Option(False, "--wait"), timeout: float = typer.Option(120.0)
+) -> None:
+    """Fire a schedule now (its request_id carries the current minute)."""
+    from shared.cli.requests import submit
+
+    cfg = settings()
+    matches = [s for s in schedules(cfg) if s.name == name]
+    if not matches:
+        fail(f"no schedule '{name}' in the config file")
+    request = matches[0].request_for(datetime.now(UTC).replace(second=0, microsecond=0))
+    outcome = submit(cfg, request, wait, timeout, schedule=matches[0])
+    out.print(f"fired {name} as [cyan]{request.request_id}[/]")
+    if outcome is not None and not outcome.delivered:
+        fail(f"{request.request_id}: {outcome.payload.get('reason')}")
+
+
+@sources_app.command("ls")
+def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Data sources named in the config file."""
+    cfg = settings()
+    rows = [{"name": n, "kind": s.get("kind", "?")} for n, s in sorted(cfg.sources.items())]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print(f"no data sources: {config_says(cfg, 'sources')}")
+        return
+    print_table(out, [Col("name"), Col("kind")], [[r["name"], r["kind"]] for r in rows])
+
+
+@sources_app.command("test")
+def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Fetch one configured source now and show what came back (the legacy test_data_source)."""
+    from shared.probes import fetch_source
+
+    cfg = settings()
+    data, seconds = run(fetch_source(cfg, name))
+    size = len(json.dumps(data, default=str))
+    summary = {
+        "source": name,
+        "kind": cfg.sources[name].get("kind", "?"),
+        "seconds": round(seconds, 3),
+        "bytes": size,
+        "items": len(data) if isinstance(data, list | dict) else None,
+    }
+    if as_json:
+        emit_json({**summary, "data": data})
+        return
+    out.print(
+        f"ok: {name} ({summary['kind']}) answered in {seconds:.2f}s, {size:,} bytes"
+        + (f", {summary['items']} items" if summary["items"] is not None else "")
+    )

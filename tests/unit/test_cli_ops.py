@@ -1,0 +1,93 @@
+"""What the CLI's commands stand on, called directly: ages, scale, readiness, requests, tables."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from shared.cli._output import Col, print_table
+from shared.errors import PressroomError
+from shared.ledger import LedgerEntry, StageRecord
+from shared.ops import build_request, parse_age, parse_since, whereabouts
+from shared.readiness import consumer_readiness
+from shared.supervisor import parse_scale
+
+
+def test_every_duration_option_takes_the_same_ages() -> None:
+    assert parse_age("90s") == timedelta(seconds=90)
+    assert parse_age("2w") == timedelta(weeks=2)
+    with pytest.raises(PressroomError, match="--older-than expects an age like"):
+        parse_age("30 days", "--older-than")
+    since = parse_since("2h")
+    assert timedelta(hours=2) <= datetime.now(UTC) - since < timedelta(hours=2, minutes=1)
+    assert parse_since("2026-11-24T01:00:00") == datetime(2026, 11, 24, 1, tzinfo=UTC)
+    with pytest.raises(PressroomError, match="--since expects an ISO time"):
+        parse_since("yesterday")
+
+
+def test_scale_names_the_services_it_knows() -> None:
+    assert parse_scale(["renderer=3"])["renderer"] == 3
+    with pytest.raises(PressroomError, match="scheduler, fetcher, renderer, distributor"):
+        parse_scale(["painter=2"])
+
+
+def info(pending: int, in_progress: int, pulls: int) -> SimpleNamespace:
+    return SimpleNamespace(num_pending=pending, num_ack_pending=in_progress, num_waiting=pulls)
+
+
+def test_one_readiness_rule_seen_from_the_worker_and_from_outside() -> None:
+    idle = info(0, 0, 0)
+    assert consumer_readiness(idle, 10, seen_by_worker=True).status == "healthy"
+    outside = consumer_readiness(idle, 10, seen_by_worker=False)
+    assert outside.status == "unhealthy" and "no worker is running" in outside.detail
+    busy = consumer_readiness(info(0, 1, 0), 10, seen_by_worker=False)
+    assert busy.status == "healthy"  # its only worker is rendering, not pulling
+    for worker in (True, False):
+        behind = consumer_readiness(info(11, 1, 1), 10, seen_by_worker=worker)
+        assert behind.status == "degraded" and "11 waiting (over 10)" in behind.detail
+
+
+def test_a_request_from_flags_merges_over_its_file() -> None:
+    body = {"template": "daily", "params": {"a": 1, "b": 2}, "deliver": [{"channel": "file"}]}
+    req = build_request(
+        body,
+        params={"b": 3},
+        deliver=[{"channel": "email", "to": ["x@example.com"]}],
+        requested_by="cli:me",
+        template=None,
+        formats=[],
+    )
+    assert req.template == "daily" and req.params == {"a": 1, "b": 3}
+    assert [d.channel for d in req.deliver] == ["file", "email"]
+    with pytest.raises(PressroomError, match="invalid request: formats"):
+        build_request(body, params={}, deliver=[], requested_by="me", formats=["docx"])
+
+
+def test_whereabouts_name_the_last_stage() -> None:
+    assert "no fetcher has picked it up" in whereabouts(None)
+    entry = LedgerEntry(request_id="r", status="fetched")
+    entry.stages["fetcher"] = StageRecord(state="done", seq=1)
+    assert whereabouts(entry) == "fetched; waiting for a renderer"
+    entry.stages["renderer"] = StageRecord(state="running", seq=2, attempts=2)
+    assert whereabouts(entry) == "renderer working on it, attempt 2"
+
+
+def printed(width: int, rows: list[list[str]]) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    print_table(console, [Col("request_id"), Col("status"), Col("reason", long=True)], rows)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_tables_never_cut_an_id_and_wrap_long_text_between_words() -> None:
+    rid = "sample-portfolio-20261124T014500-and-then-some-more"
+    reason = "template 'portfolo' not found (known: daily.html, weekly.html); did you mean it? " * 2
+    for width in (60, 80, 200):
+        shown = printed(width, [[rid, "failed", reason]])
+        assert rid in shown
+        assert " ".join(reason.split()) in " ".join(shown.replace("│", " ").split())
+    narrow = printed(80, [[rid, "failed", reason]])
+    assert "reason: template 'portfolo'" in narrow  # under its row, readable as one text
