@@ -332,7 +332,7 @@ class Outcomes:
         return self
 
     async def delivered_event(
-        self, rid: str, timeout: float = 60, *, failed_before: int = 0
+        self, rid: str, timeout: float = 180, *, failed_before: int = 0
     ) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
             if rid in self.delivered:
@@ -343,7 +343,7 @@ class Outcomes:
 
         return await eventually(probe, timeout=timeout, every=0.01)
 
-    async def failed_event(self, rid: str, timeout: float = 60) -> dict[str, Any]:
+    async def failed_event(self, rid: str, timeout: float = 180) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
             return self.failed.get(rid, [None])[0]
 

@@ -142,8 +142,12 @@ def clean(
     from shared.ops import clean_artefacts
 
     cfg = settings()
-    older = age(older_than, "--older-than") if older_than else None
-    older = older or timedelta(days=cfg.artefact_retention_days)
+    # `0m` (everything) is a real age: only a missing option falls back to the retention.
+    older = (
+        age(older_than, "--older-than")
+        if older_than is not None
+        else timedelta(days=cfg.artefact_retention_days)
+    )
     removed = on_bus(cfg, lambda bus: clean_artefacts(bus, older, dry_run=dry_run))
     if as_json:
         emit_json(

@@ -12,7 +12,8 @@ import pytest
 from services.renderer.pdf import RenderJob, render_job
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.integration
+# A 48-page render in the fixture: minutes, not seconds, when both cores are busy.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def test_a_long_legacy_custom_report_has_page_numbers_and_a_header_on_every_page(
