@@ -142,8 +142,11 @@ def clean(
     from shared.ops import clean_artefacts
 
     cfg = settings()
-    older = age(older_than, "--older-than") if older_than else None
-    older = older or timedelta(days=cfg.artefact_retention_days)
+    older = (
+        age(older_than, "--older-than")
+        if older_than
+        else timedelta(days=cfg.artefact_retention_days)
+    )
     removed = on_bus(cfg, lambda bus: clean_artefacts(bus, older, dry_run=dry_run))
     if as_json:
         emit_json(
