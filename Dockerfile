@@ -1,4 +1,13 @@
 # One image for every Pressroom service: `pressroom worker fetcher|renderer|distributor|scheduler`.
+# Two stages: the package is built into a wheel first, so no source tree, build folder or
+# build dependency ends up in the image that runs.
+FROM python:3.11-slim-bookworm AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 # WeasyPrint's system libraries (Pango, HarfBuzz, HarfBuzz-Subset: without it CJK renders take
@@ -7,15 +16,18 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 libjpeg62-turbo fonts-dejavu-core \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pressroom
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
-COPY shared ./shared
-COPY services ./services
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+# Only the wheel comes over (no source tree, build folder or egg-info). COPY, not a bind
+# mount: podman's builder (buildah) keys its cache on a COPY's content but not on what a
+# `RUN --mount=from=` mounts, so a changed wheel would silently reuse a stale install.
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-cache-dir /tmp/wheels/*.whl \
+ && rm -rf /root/.cache /tmp/wheels
 
 COPY templates ./templates
 COPY deploy/pressroom.yaml ./deploy/pressroom.yaml

@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format test-deps unit integration faults bench contract monitoring clean
+.PHONY: install run test lint format test-deps unit integration faults bench contract monitoring clean \
+	compose-deps compose-images compose-test
 
 install: $(STAMP)
 
@@ -72,6 +73,22 @@ monitoring: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+## Containers, with podman (deploy/ci): podman itself and podman-compose, set up for this kind of
+## machine; every image compose.yaml needs (offline stand-ins where no registry answers); then
+## compose.yaml + deploy/ci/compose.offline.yaml up, checked from the host (tests/compose).
+PODMAN_COMPOSE_VERSION := 1.6.0
+compose-deps: install
+	@deploy/ci/podman-setup.sh
+	@$(BIN)/python -c "import podman_compose" 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet "podman-compose==$(PODMAN_COMPOSE_VERSION)"
+
+compose-images: compose-deps
+	@deploy/ci/images.sh
+
+compose-test: compose-deps
+	@started=$$SECONDS; PRESSROOM_COMPOSE_TEST=1 $(BIN)/pytest tests/compose --timeout 1800 -v -s \
+	  && echo "compose-test: passed in $$((SECONDS - started)) s"
 
 clean:
 	rm -rf $(VENV) .pressroom out .pytest_cache .mypy_cache .ruff_cache

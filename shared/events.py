@@ -40,7 +40,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_request_id() -> str:
+def new_request_id(*, received: datetime | None = None, stream_seq: int | None = None) -> str:
+    """The request_id of a request published without one.
+
+    Given where the message sits on the stream (when it was first delivered and its stream
+    sequence), the same id on every redelivery of that message; otherwise a random one.
+    """
+    if stream_seq is not None:
+        stamp = received.strftime("%Y%m%d%H%M%S") if received else "0"
+        return f"req-{stamp}-{stream_seq}"
     return f"req-{uuid.uuid4().hex[:16]}"
 
 

@@ -206,15 +206,18 @@ class FailoverLedger:
             what="ledger claim",
         )
 
-    async def finish(self, request_id: str, stage: str, *, seconds: float, event: Event) -> None:
-        await patient(
+    async def finish(
+        self, request_id: str, stage: str, *, seconds: float, event: Event
+    ) -> LedgerEntry | None:
+        """The entry if this finish settled the report (it counts the report's duration)."""
+        return await patient(
             lambda: self._inner.finish(request_id, stage, seconds=seconds, event=event),
             patience=self._patience,
             what="ledger finish",
         )
 
-    async def fail(self, request_id: str, stage: str, *, reason: str) -> None:
-        await patient(
+    async def fail(self, request_id: str, stage: str, *, reason: str) -> LedgerEntry | None:
+        return await patient(
             lambda: self._inner.fail(request_id, stage, reason=reason),
             patience=self._patience,
             what="ledger fail",
@@ -263,11 +266,6 @@ class FailoverStore:
     async def get(self, key: str) -> bytes:
         return await patient(
             lambda: self._inner.get(key), patience=self._patience, what="artefact get"
-        )
-
-    async def stat(self, key: str) -> StoredObject | None:
-        return await patient(
-            lambda: self._inner.stat(key), patience=self._patience, what="artefact stat"
         )
 
     async def delete(self, key: str) -> None:

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nats.js import api
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    InvalidKeyError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
+
+# What JetStream accepts as a key (nats-py checks it before asking the server).
+_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+
+
+def _checked(key: str) -> str:
+    if not _KEY.match(key) or key.startswith(".") or key.endswith("."):
+        raise InvalidKeyError(key)
+    return key
 
 
 @dataclass
@@ -19,18 +35,20 @@ class _Entry:
 
 
 class MemoryKeyValue:
-    """The subset of nats-py's KeyValue that Pressroom uses, with the same errors."""
+    """The subset of nats-py's KeyValue that Pressroom uses, with the same errors
+    (tests/contract/test_key_value.py runs the same tests over both)."""
 
     def __init__(self) -> None:
         self._data: dict[str, _Entry] = {}
         self._revisions = itertools.count(1)
 
     async def get(self, key: str) -> _Entry:
-        if key not in self._data:
+        if _checked(key) not in self._data:
             raise KeyNotFoundError
         return self._data[key]
 
     async def put(self, key: str, value: bytes) -> int:
+        _checked(key)
         revision = next(self._revisions)
         self._data[key] = _Entry(key, value, revision)
         return revision
@@ -88,3 +106,29 @@ class MemoryPublisher:
         import json
 
         return [json.loads(m.body) for m in self.on(subject)]
+
+
+@dataclass
+class MemoryMessage:
+    """A delivered JetStream message (shared.stage.InboundMessage) that records how it was
+    settled: `("ack", None)`, `("nack", delay)`, `("term", None)`, `("wip", None)`."""
+
+    body: bytes
+    attempt: int = 1
+    stream_seq: int = 7
+    subject: str = "report.requested"
+    headers: dict[str, str] = field(default_factory=dict)
+    first_delivered: datetime | None = None
+    settled: list[tuple[str, float | None]] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.settled.append(("ack", None))
+
+    async def nack(self, delay: float) -> None:
+        self.settled.append(("nack", delay))
+
+    async def term(self) -> None:
+        self.settled.append(("term", None))
+
+    async def in_progress(self) -> None:
+        self.settled.append(("wip", None))

@@ -38,7 +38,7 @@ from shared.bus import (
     ensure_topology,
     msg_id,
 )
-from shared.busauth import REFUSALS, identity
+from shared.busauth import REFUSALS, BusRefused, identity
 from shared.errors import PressroomError
 from shared.events import (
     DLQ_PREFIX,
@@ -136,9 +136,9 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             await ensure_topology(js, settings)
         yield Bus(nc, js, settings)
     except LEADERLESS as error:
-        refused = REFUSALS.last()  # a refused request is never answered: name the refusal
-        if refused:
-            raise PressroomError(refused) from None
+        refused = REFUSALS.last()
+        if refused:  # a refused request is never answered: the refusal is the reason
+            raise BusRefused(refused) from None
         raise BusUnavailable(
             f"NATS at {settings.bus_url_public} does not answer JetStream requests "
             f"({describe_error(error)}): in a cluster, is a majority of the servers up? "

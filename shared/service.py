@@ -2,29 +2,28 @@
 
 `stage_app` is the composition root each service's `create_app` calls: it chooses real
 adapters unless given others, opens them at start-up and closes them at shutdown, and binds
-one durable pull subscriber (plus the max-deliveries advisory catcher) to the stage runner.
+one durable pull subscriber (plus the max-deliveries advisory catcher, shared/advisory.py) to the
+stage runner (shared/stage.py), all in one FastStream lifespan.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
+from shared.advisory import settle_crash, stream_reader
 from shared.bus import (
     ADVISORY_STREAM,
-    CACHE_BUCKET,
-    DELIVERIES_BUCKET,
     LEDGER_BUCKET,
     STREAM,
     JetStreamPublisher,
@@ -53,26 +52,35 @@ from shared.failover import (
     FailoverStore,
 )
 from shared.health import Check, CheckResult, HealthServer
+from shared.kv import KeyValue
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import observe_bus, scrape_handler
 from shared.settings import Settings
-from shared.stage import StageRunner, guess_request_id, publish_dead_letter
+from shared.stage import StageRunner
 from shared.store import ArtefactStore, open_store
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.service")
+BUS_PING_TIMEOUT = 1.0  # a health check waits this long for a reconnect before saying so
 
 
 @dataclass
 class Deps:
-    """Adapters a stage uses; anything left None is opened from settings at start-up."""
+    """Adapters every stage uses; anything left None is opened from settings at start-up.
+
+    A service adds its own adapters in a subclass (FetcherDeps, RendererDeps, DistributorDeps).
+    """
 
     ledger: Ledger | None = None
     publisher: Publisher | None = None
     store: ArtefactStore | None = None
     js: JetStreamContext | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Key-value buckets by name (shared.bus *_BUCKET); stage_app opens the ones the stage names.
+    kv: dict[str, KeyValue] = field(default_factory=dict)
+
+
+D = TypeVar("D", bound=Deps)
 
 
 class NatsInbound:
@@ -80,14 +88,12 @@ class NatsInbound:
 
     def __init__(self, message: NatsMessage) -> None:
         self._m = message
-        raw = message.raw_message
-        try:
-            meta = raw.metadata
-            self._attempt = int(meta.num_delivered) if meta else 1
-            self._seq = int(meta.sequence.stream) if meta else 0
-            self._first = meta.timestamp if meta else None
-        except Exception:  # in-memory test brokers carry no JetStream metadata
-            self._attempt, self._seq, self._first = 1, 0, None
+        # Every message of a durable pull consumer carries JetStream's metadata; the stream
+        # sequence names a dead letter (`dlq:<stage>:<seq>`), so there is no stand-in for it.
+        meta = message.raw_message.metadata
+        self._attempt = int(meta.num_delivered)
+        self._seq = int(meta.sequence.stream)
+        self._first: datetime | None = meta.timestamp
 
     @property
     def subject(self) -> str:
@@ -232,7 +238,7 @@ def stage_checks(
     broker: NatsBroker, deps: Deps, spec: StageSpec, settings: Settings
 ) -> dict[str, Check]:
     async def bus() -> CheckResult:
-        connected = broker._connection is not None and broker._connection.is_connected
+        connected = await broker.ping(timeout=BUS_PING_TIMEOUT)
         return CheckResult(
             "healthy" if connected else "unhealthy",
             settings.bus_url_public if connected else "not connected to NATS",
@@ -258,18 +264,34 @@ class StartupFailed(PressroomError):
     """A service could not connect to NATS or declare its streams in time."""
 
 
+@dataclass
+class _Running:
+    """What the subscriber needs once the lifespan has opened the adapters."""
+
+    runner: StageRunner
+    work: Work
+
+
 def stage_app(
     spec: StageSpec,
     model: type[Event],
     settings: Settings,
-    deps: Deps,
+    deps: D,
     *,
-    build_work: Callable[[Deps], Awaitable[Work]],
-    close: Callable[[Deps], Awaitable[None]] | None = None,
+    build_work: Callable[[D], Awaitable[Work]],
+    buckets: Sequence[str] = (),
+    close: Callable[[D], Awaitable[None]] | None = None,
     concurrency: int = 1,
     admit: Callable[[Event], Awaitable[None]] | None = None,
-    observe: Callable[[Deps], Awaitable[None]] | None = None,
+    observe: Callable[[D], Awaitable[None]] | None = None,
 ) -> FastStream:
+    """One stage's FastStream app: a broker, one lifespan, the stage's subscriber.
+
+    The lifespan connects (waiting for the bus), opens what `deps` does not already hold —
+    the ledger, the publisher, the artefact store and the KV `buckets` this stage names —
+    calls `build_work`, serves /readyz and /metrics, and on the way out (after the broker has
+    drained its in-flight messages) closes them again.
+    """
     service = f"pressroom-{spec.name}"
     tracer_provider, meter_provider = setup_telemetry(service)
     middlewares = []
@@ -287,8 +309,7 @@ def stage_app(
         graceful_timeout=settings.shutdown_grace,
         middlewares=middlewares,
     )
-    app = FastStream(broker, logger=None)  # our own JSON lines say "ready" and "stopping"
-    state: dict[str, Any] = {}
+    running: _Running | None = None
 
     async def observe_all() -> None:
         """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
@@ -296,41 +317,6 @@ def stage_app(
         await observe_bus(deps.js, spec.durable)
         if observe is not None:
             await observe(deps)
-
-    @app.on_startup
-    async def startup() -> None:
-        configure_logging(service)
-        js = deps.js = await connect_with_patience(
-            broker, settings, deps.js, who=who, stages=[spec]
-        )
-        # Each bus operation rides out a leader election instead of handing the message back.
-        patience = settings.failover_patience
-        deps.ledger = deps.ledger or FailoverLedger(
-            KvLedger(await js.key_value(LEDGER_BUCKET)), patience=patience
-        )
-        deps.publisher = deps.publisher or FailoverPublisher(
-            JetStreamPublisher(js, timeout=settings.bus_request_timeout), patience=patience
-        )
-        deps.store = deps.store or FailoverStore(await open_store(settings, js), patience=patience)
-        for name, bucket in (("deliveries", DELIVERIES_BUCKET), ("cache", CACHE_BUCKET)):
-            if name not in deps.extra:
-                deps.extra[name] = FailoverKV(await js.key_value(bucket), patience=patience)
-        state["work"] = await build_work(deps)
-        state["runner"] = StageRunner(
-            spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit
-        )
-        if settings.health_port is not None:
-            server = HealthServer(
-                service,
-                stage_checks(broker, deps, spec, settings),
-                settings.health_host,
-                settings.health_port,
-                metrics=scrape_handler(observe_all),
-            )
-            state["health"] = server
-            port = await server.start()
-            log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
-        log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
 
     async def watch() -> None:
         # Between scrapes too: OTLP exports what the gauges last saw.
@@ -341,20 +327,46 @@ def stage_app(
                 log.debug("gauges not refreshed", error=repr(error))
             await asyncio.sleep(10)
 
-    @app.after_startup
-    async def start_watching() -> None:
-        state["backlog"] = asyncio.create_task(watch())
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        nonlocal running
+        configure_logging(service)
+        js = deps.js = await connect_with_patience(
+            broker, settings, deps.js, who=who, stages=[spec]
+        )
+        await _open_adapters(deps, js, settings, buckets)
+        assert deps.ledger is not None and deps.publisher is not None
+        running = _Running(
+            StageRunner(spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit),
+            await build_work(deps),
+        )
+        health = None
+        if settings.health_port is not None:
+            health = HealthServer(
+                service,
+                stage_checks(broker, deps, spec, settings),
+                settings.health_host,
+                settings.health_port,
+                metrics=scrape_handler(observe_all),
+            )
+            port = await health.start()
+            log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
+        gauges = asyncio.create_task(watch())
+        log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
+        try:
+            yield  # FastStream starts the broker here, and stops (drains) it before we go on
+        finally:
+            log.info("stage stopping", stage=spec.name)
+            gauges.cancel()
+            with suppress(asyncio.CancelledError):
+                await gauges
+            if health is not None:
+                await health.stop()
+            if close is not None:
+                await close(deps)
+            shutdown_telemetry()
 
-    @app.on_shutdown
-    async def shutdown() -> None:
-        log.info("stage stopping", stage=spec.name)
-        if "backlog" in state:
-            state["backlog"].cancel()
-        if "health" in state:
-            await state["health"].stop()
-        if close is not None:
-            await close(deps)
-        shutdown_telemetry()
+    app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
 
     # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
     next_model = EVENT_MODELS[spec.produces]
@@ -390,8 +402,8 @@ def stage_app(
         description=f"{spec.name}: {spec.consumes} → {spec.produces}",
     )
     async def handle(message: NatsMessage) -> None:
-        runner: StageRunner = state["runner"]
-        await runner.handle(NatsInbound(message), model, state["work"])
+        assert running is not None, "the lifespan opens the adapters before the broker starts"
+        await running.runner.handle(NatsInbound(message), model, running.work)
 
     @broker.subscriber(
         spec.advisory_subject,
@@ -405,41 +417,34 @@ def stage_app(
     )
     async def crashed(message: NatsMessage) -> None:
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
-        advisory = json.loads(message.body)
-        seq = int(advisory.get("stream_seq", 0))
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
-        try:
-            original = await deps.js.get_msg(STREAM, seq)
-        except NotFoundError:
-            await message.ack()
-            return
-        body = original.data or b""
-        request_id = guess_request_id(body)
-        entry = await deps.ledger.get(request_id) if request_id else None
-        record = entry.stages.get(spec.name) if entry else None
-        if record is not None and record.state in ("done", "failed") and record.seq == seq:
-            await message.ack()  # the runner already settled it on its last attempt
-            return
-        await publish_dead_letter(
-            deps.publisher,
-            deps.ledger,
-            stage=spec.name,
-            subject=original.subject or spec.consumes,
-            body=body,
-            headers=dict(original.headers or {}),
-            reason=(
-                f"no {spec.name} finished it in {advisory.get('deliveries')} deliveries "
-                "(worker crashed or timed out each time)"
-            ),
-            permanent=False,
-            attempts=int(advisory.get("deliveries", 0)),
-            stream_seq=seq,
-            first_failure=None,
-            request_id=request_id,
+        await settle_crash(
+            bytes(message.body),
+            spec=spec,
+            read=stream_reader(deps.js, STREAM),
+            ledger=deps.ledger,
+            publisher=deps.publisher,
             store=deps.store,
-            kind="worker_crashed",
-            template=entry.template if entry else None,
         )
         await message.ack()
 
     return app
+
+
+async def _open_adapters(
+    deps: Deps, js: JetStreamContext, settings: Settings, buckets: Sequence[str]
+) -> None:
+    """Fill in what `deps` lacks; each bus operation rides out a leader election instead of
+    handing the message back."""
+    patience = settings.failover_patience
+    if deps.ledger is None:
+        deps.ledger = FailoverLedger(KvLedger(await js.key_value(LEDGER_BUCKET)), patience=patience)
+    if deps.publisher is None:
+        deps.publisher = FailoverPublisher(
+            JetStreamPublisher(js, timeout=settings.bus_request_timeout), patience=patience
+        )
+    if deps.store is None:
+        deps.store = FailoverStore(await open_store(settings, js), patience=patience)
+    for bucket in buckets:
+        if bucket not in deps.kv:
+            deps.kv[bucket] = FailoverKV(await js.key_value(bucket), patience=patience)

@@ -43,6 +43,7 @@ from shared.events import (
     ReportRendered,
     ReportRequested,
     claimed_request_id,
+    new_request_id,
     request_fingerprint,
     utcnow,
 )
@@ -117,10 +118,6 @@ def _has_request_id(body: bytes) -> bool:
         data = json.loads(body)
         return isinstance(data, dict) and bool(data.get("request_id"))
     return False
-
-
-# The one way to read a raw message's (unverified) request id.
-guess_request_id = claimed_request_id
 
 
 @dataclass
@@ -264,8 +261,8 @@ class StageRunner:
             raise InvalidPayload(_describe_validation(error)) from error
         if isinstance(event, ReportRequested) and not _has_request_id(msg.body):
             # Generated ids must not change between redeliveries of the same message.
-            stamp = msg.first_delivered.strftime("%Y%m%d%H%M%S") if msg.first_delivered else "0"
-            event = event.model_copy(update={"request_id": f"req-{stamp}-{msg.stream_seq}"})
+            rid = new_request_id(received=msg.first_delivered, stream_seq=msg.stream_seq)
+            event = event.model_copy(update={"request_id": rid})
         return event
 
     async def _keep_alive(self, msg: InboundMessage) -> None:
@@ -332,7 +329,7 @@ class StageRunner:
             attempts=msg.attempt,
             stream_seq=msg.stream_seq,
             first_failure=msg.first_delivered,
-            request_id=request_id or guess_request_id(msg.body),
+            request_id=request_id or claimed_request_id(msg.body),
             update_ledger=own,
             store=self.store,
             kind=kind,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,10 +21,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StoredObject:
+    """One artefact as a listing shows it (retention reads `modified`)."""
+
     key: str
     size: int
     modified: datetime | None
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class ArtefactStore(Protocol):
@@ -34,9 +35,9 @@ class ArtefactStore(Protocol):
         self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
     ) -> None: ...
 
-    async def get(self, key: str) -> bytes: ...
-
-    async def stat(self, key: str) -> StoredObject | None: ...
+    async def get(self, key: str) -> bytes:
+        """The bytes stored under `key`; ArtefactMissing (naming the key) when there are none."""
+        ...
 
     async def delete(self, key: str) -> None: ...
 
@@ -122,15 +123,6 @@ class ObjectStoreArtefacts:
             raise ArtefactMissing(f"artefact '{key}' is not in the object store") from None
         return result.data or b""
 
-    async def stat(self, key: str) -> StoredObject | None:
-        from nats.js.errors import ObjectNotFoundError
-
-        try:
-            info = await self._store.get_info(key)
-        except ObjectNotFoundError:
-            return None
-        return StoredObject(key, info.size or 0, _parse_time(info.mtime), dict(info.headers or {}))
-
     async def delete(self, key: str) -> None:
         from nats.js.errors import ObjectNotFoundError
 
@@ -147,7 +139,7 @@ class ObjectStoreArtefacts:
         except NotFoundError:
             return []
         return [
-            StoredObject(i.name, i.size or 0, _parse_time(i.mtime), dict(i.headers or {}))
+            StoredObject(i.name, i.size or 0, _parse_time(i.mtime))
             for i in infos
             if i.name.startswith(prefix) and not i.deleted
         ]
@@ -265,18 +257,6 @@ class S3Artefacts:
         assert isinstance(data, bytes)
         return data
 
-    async def stat(self, key: str) -> StoredObject | None:
-        try:
-            info = await self._call(self._client.stat_object, self._bucket, key)
-        except ArtefactMissing:
-            return None
-        meta = {
-            k.lower().removeprefix("x-amz-meta-"): v
-            for k, v in (info.metadata or {}).items()  # type: ignore[attr-defined]
-            if k.lower().startswith("x-amz-meta-")
-        }
-        return StoredObject(key, info.size or 0, info.last_modified, meta)  # type: ignore[attr-defined]
-
     async def delete(self, key: str) -> None:
         await self._call(self._client.remove_object, self._bucket, key)
 
@@ -335,19 +315,13 @@ class MemoryArtefacts:
             raise ArtefactMissing(f"artefact '{key}' is not in the store")
         return self.objects[key][0]
 
-    async def stat(self, key: str) -> StoredObject | None:
-        if key not in self.objects:
-            return None
-        data, meta, when = self.objects[key]
-        return StoredObject(key, len(data), when, meta)
-
     async def delete(self, key: str) -> None:
         self.objects.pop(key, None)
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
         return [
-            StoredObject(k, len(d), w, m)
-            for k, (d, m, w) in self.objects.items()
+            StoredObject(k, len(d), w)
+            for k, (d, _, w) in self.objects.items()
             if k.startswith(prefix)
         ]
 

@@ -27,6 +27,28 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+def pressroom(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """The `pressroom` command as a user runs it (80 columns, the bundled templates), in a
+    clean environment: only what `env` adds."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "HOME": str(cwd),
+            "COLUMNS": "80",
+            "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
+            **(env or {}),
+        },
+        timeout=timeout,
+    )
+
+
 async def quiet(error: Exception) -> None:
     """Test clients ride out servers being killed; nats-py would print a traceback per attempt."""
 

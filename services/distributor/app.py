@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from faststream import FastStream
 
-from services.distributor.channels import default_channels
+from services.distributor.channels import Channel, default_channels
 from services.distributor.core import distribute
-from shared.bus import DISTRIBUTOR
+from shared.bus import DELIVERIES_BUCKET, DISTRIBUTOR
 from shared.events import Event, ReportRendered
 from shared.metrics import storage
 from shared.service import Deps, Work, stage_app
 from shared.settings import Settings, load_settings
 
 
-def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    settings = settings or load_settings()
-    deps = deps or Deps()
+@dataclass
+class DistributorDeps(Deps):
+    """The distributor's adapters: one channel per name (default: services/distributor/channels)."""
 
-    async def build(deps: Deps) -> Work:
-        channels = deps.extra.get("channels") or default_channels(settings)
-        outcomes = deps.extra["deliveries"]
+    channels: Mapping[str, Channel] | None = None
+
+
+def create_app(
+    settings: Settings | None = None, *, deps: DistributorDeps | None = None
+) -> FastStream:
+    settings = settings or load_settings()
+    deps = deps or DistributorDeps()
+
+    async def build(deps: DistributorDeps) -> Work:
+        channels = deps.channels or default_channels(settings)
+        # Intent before sending, outcome after: each channel delivers once across redeliveries.
+        outcomes = deps.kv[DELIVERIES_BUCKET]
 
         async def work(event: Event) -> Event:
             assert isinstance(event, ReportRendered) and deps.store is not None
@@ -31,10 +43,18 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
         return work
 
-    async def observe(deps: Deps) -> None:
+    async def observe(deps: DistributorDeps) -> None:
         # The legacy "report storage" alert: the filesystem the file channel writes to.
         if settings.out_dir.is_dir():
             usage = shutil.disk_usage(settings.out_dir)
             storage("out", usage.used, usage.used + usage.free)
 
-    return stage_app(DISTRIBUTOR, ReportRendered, settings, deps, build_work=build, observe=observe)
+    return stage_app(
+        DISTRIBUTOR,
+        ReportRendered,
+        settings,
+        deps,
+        build_work=build,
+        buckets=[DELIVERIES_BUCKET],
+        observe=observe,
+    )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 
 from services.distributor.channels import Channel, Parcel
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
+from shared.kv import KeyValue
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.store import ArtefactStore, artefact_key
@@ -20,19 +20,12 @@ from shared.telemetry import span
 log = get_logger("pressroom.distributor")
 
 
-class OutcomeStore(Protocol):
-    """Key-value record of each channel's outcome (a JetStream KV bucket in production)."""
-
-    async def get(self, key: str) -> Any: ...
-    async def put(self, key: str, value: bytes) -> int: ...
-
-
 def outcome_key(request_id: str, index: int, delivery: Delivery) -> str:
     spec = json.dumps(delivery.model_dump(mode="json"), sort_keys=True).encode()
     return f"{request_id}.{index}-{hashlib.sha256(spec).hexdigest()[:10]}"
 
 
-async def _recorded(outcomes: OutcomeStore, key: str) -> ChannelResult | None:
+async def _recorded(outcomes: KeyValue, key: str) -> ChannelResult | None:
     try:
         entry = await outcomes.get(key)
     except KeyNotFoundError:
@@ -54,7 +47,7 @@ async def distribute(
     *,
     channels: Mapping[str, Channel],
     store: ArtefactStore,
-    outcomes: OutcomeStore,
+    outcomes: KeyValue,
     settings: Settings,
 ) -> ReportDelivered:
     request = event.request

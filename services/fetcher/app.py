@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from faststream import FastStream
 
@@ -10,20 +11,27 @@ from services.fetcher.cache import SourceCache
 from services.fetcher.core import fetch_data
 from services.fetcher.sources import DataSource, default_sources
 from services.scheduler.cron import check_not_forged, load_schedules
-from shared.bus import FETCHER
+from shared.bus import CACHE_BUCKET, FETCHER
 from shared.events import Event, ReportRequested
 from shared.service import Deps, Work, stage_app
 from shared.settings import Settings, load_settings
 
 
-def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    settings = settings or load_settings()
-    deps = deps or Deps()
+@dataclass
+class FetcherDeps(Deps):
+    """The fetcher's adapters: one data source per kind (default: services/fetcher/sources)."""
 
-    async def build(deps: Deps) -> Work:
-        adapters: Mapping[str, DataSource] = deps.extra.get("sources") or default_sources()
-        cache = SourceCache(deps.extra["cache"]) if deps.extra.get("cache") else None
-        assert deps.store is not None
+    sources: Mapping[str, DataSource] | None = None
+
+
+def create_app(settings: Settings | None = None, *, deps: FetcherDeps | None = None) -> FastStream:
+    settings = settings or load_settings()
+    deps = deps or FetcherDeps()
+
+    async def build(deps: FetcherDeps) -> Work:
+        adapters = deps.sources or default_sources()
+        kv = deps.kv.get(CACHE_BUCKET)
+        cache = SourceCache(kv) if kv is not None else None
 
         async def work(event: Event) -> Event:
             assert isinstance(event, ReportRequested) and deps.store is not None
@@ -39,4 +47,12 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         assert isinstance(event, ReportRequested)
         check_not_forged(event, schedules)
 
-    return stage_app(FETCHER, ReportRequested, settings, deps, build_work=build, admit=admit)
+    return stage_app(
+        FETCHER,
+        ReportRequested,
+        settings,
+        deps,
+        build_work=build,
+        buckets=[CACHE_BUCKET],
+        admit=admit,
+    )

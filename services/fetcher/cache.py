@@ -6,19 +6,15 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 
 from shared.events import ReportRequested, Source
+from shared.kv import KeyValue
 from shared.settings import Settings
 
 MAX_CACHED_BYTES = 900 * 1024  # KV values are capped by max_payload (1 MB)
-
-
-class KeyValue(Protocol):
-    async def get(self, key: str) -> Any: ...
-    async def put(self, key: str, value: bytes) -> int: ...
 
 
 def cache_key(source: Source) -> str:

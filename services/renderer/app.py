@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from faststream import FastStream
 from services.renderer.core import render_report
 from services.renderer.pdf import RenderPool
 from services.renderer.templating import validate_in_folder
-from shared.bus import RENDERER
+from shared.bus import CACHE_BUCKET, RENDERER
 from shared.events import DataReady, Event
 from shared.metrics import template_problems
 from shared.service import Deps, Work, stage_app
@@ -42,22 +43,28 @@ async def validate_templates(folder: Path, pool: RenderPool) -> None:
     template_problems({name: len(problems) for name, problems in found.items()})
 
 
-def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    settings = settings or load_settings()
-    deps = deps or Deps()
+@dataclass
+class RendererDeps(Deps):
+    """The renderer's adapters: the pool of render processes (started at start-up if None)."""
 
-    async def build(deps: Deps) -> Work:
-        pool = deps.extra.get("pool")
+    pool: RenderPool | None = None
+
+
+def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = None) -> FastStream:
+    settings = settings or load_settings()
+    deps = deps or RendererDeps()
+
+    async def build(deps: RendererDeps) -> Work:
+        pool = deps.pool
         if pool is None:
-            pool = RenderPool(
+            pool = deps.pool = RenderPool(
                 settings.render_workers,
                 memory_mb=settings.render_memory_mb,
                 timeout=settings.render_timeout,
             )
             await pool.start()
-            deps.extra["pool"] = pool
 
-        cache = deps.extra.get("cache") if settings.render_cache else None
+        cache = deps.kv.get(CACHE_BUCKET) if settings.render_cache else None
 
         async def work(event: Event) -> Event:
             assert isinstance(event, DataReady) and deps.store is not None
@@ -67,16 +74,15 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
         return work
 
-    async def close(deps: Deps) -> None:
-        pool = deps.extra.get("pool")
-        if isinstance(pool, RenderPool):
-            await pool.close()
+    async def close(deps: RendererDeps) -> None:
+        if deps.pool is not None:
+            await deps.pool.close()
 
     last_check: list[Any] = [float("-inf"), None]
 
-    async def observe(deps: Deps) -> None:
-        pool = deps.extra.get("pool")
-        if not isinstance(pool, RenderPool) or time.monotonic() - last_check[0] < VALIDATE_EVERY:
+    async def observe(deps: RendererDeps) -> None:
+        pool = deps.pool
+        if pool is None or time.monotonic() - last_check[0] < VALIDATE_EVERY:
             return
         last_check[0] = time.monotonic()
         state = await asyncio.to_thread(folder_state, settings.templates_dir)
@@ -90,6 +96,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         settings,
         deps,
         build_work=build,
+        buckets=[CACHE_BUCKET] if settings.render_cache else [],
         close=close,
         # One message more than render processes: while one report uploads and publishes,
         # the next is already rendering (the extra one waits for a process, heartbeating).

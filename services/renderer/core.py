@@ -23,6 +23,7 @@ from services.renderer.splitplan import split_mode
 from services.renderer.templating import bytecode_cache_dir
 from shared.errors import PermanentError
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.kv import KeyValue
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.store import (
@@ -102,7 +103,7 @@ async def render_report(
     renderer: Renderer,
     store: ArtefactStore,
     settings: Settings,
-    cache: RenderCache | None = None,
+    cache: KeyValue | None = None,
 ) -> ReportRendered:
     request = event.request
     if event.context is not None:
@@ -198,13 +199,6 @@ async def store_artefact(
     )
 
 
-class RenderCache(Protocol):
-    """Key-value index of earlier renders (the JetStream KV cache bucket in production)."""
-
-    async def get(self, key: str) -> Any: ...
-    async def put(self, key: str, value: bytes) -> int: ...
-
-
 # Values a template may print that do not make its output different "data": a reused render
 # keeps the generation time of the render it reuses.
 VOLATILE = frozenset({"generation_time"})
@@ -240,7 +234,7 @@ def render_key(
 
 
 async def _reuse(
-    cache: RenderCache, key: str, request: ReportRequested, store: ArtefactStore
+    cache: KeyValue, key: str, request: ReportRequested, store: ArtefactStore
 ) -> ReportRendered | None:
     """The same template version and data were rendered before: copy, do not render.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,7 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.service import connect_with_patience, worker_broker
+from shared.service import BUS_PING_TIMEOUT, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -110,15 +111,8 @@ def create_app(settings: Settings | None = None) -> FastStream:
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
-    app = FastStream(broker, logger=None)  # our own JSON lines say "ready" and "stopping"
-    state: dict[str, Any] = {}
 
-    async def loop() -> None:
-        js = await connect_with_patience(broker, settings, who=who)
-        kv = await js.key_value(SCHEDULES_BUCKET)
-        publisher = JetStreamPublisher(js)
-        state["watch"] = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
-        log.info("scheduler ready", schedules=[s.name for s in schedules])
+    async def loop(publisher: JetStreamPublisher, kv: Any, js: Any) -> None:
         while True:
             try:
                 await tick(publisher, kv, schedules, settings, datetime.now(UTC), js)
@@ -126,57 +120,59 @@ def create_app(settings: Settings | None = None) -> FastStream:
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)
 
-    async def refresh() -> None:
-        if "watch" in state:
-            await state["watch"].refresh(datetime.now(UTC))
-
-    async def watch() -> None:
+    async def watch(schedule_watch: ScheduleWatch) -> None:
         # Between scrapes too: OTLP exports what the gauges last saw.
         while True:
             try:
-                await refresh()
+                await schedule_watch.refresh(datetime.now(UTC))
             except Exception as error:  # the bus may be briefly away; the next look will do
                 log.debug("schedule gauges not refreshed", error=repr(error))
             await asyncio.sleep(15)
 
-    @app.after_startup
-    async def start() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
         configure_logging("pressroom-scheduler")
-        state["task"] = asyncio.create_task(loop())
-        state["watching"] = asyncio.create_task(watch())
+        js = await connect_with_patience(broker, settings, who=who)
+        kv = await js.key_value(SCHEDULES_BUCKET)
+        schedule_watch = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
+        tasks = [
+            asyncio.create_task(loop(JetStreamPublisher(js), kv, js)),
+            asyncio.create_task(watch(schedule_watch)),
+        ]
+        health = None
         if settings.health_port is not None:
 
             async def bus() -> CheckResult:
-                connection = broker._connection
-                ok = connection is not None and connection.is_connected
+                ok = await broker.ping(timeout=BUS_PING_TIMEOUT)
                 return CheckResult("healthy" if ok else "unhealthy", settings.bus_url_public)
 
             async def ticking() -> CheckResult:
-                task = state["task"]
                 return CheckResult(
-                    "unhealthy" if task.done() else "healthy", f"{len(schedules)} schedule(s)"
+                    "unhealthy" if tasks[0].done() else "healthy", f"{len(schedules)} schedule(s)"
                 )
 
-            server = HealthServer(
+            async def refresh() -> None:
+                await schedule_watch.refresh(datetime.now(UTC))
+
+            health = HealthServer(
                 "pressroom-scheduler",
                 {"bus": bus, "scheduler": ticking},
                 settings.health_host,
                 settings.health_port,
                 metrics=scrape_handler(refresh),
             )
-            state["health"] = server
-            await server.start()
-
-    @app.on_shutdown
-    async def stop() -> None:
-        if "health" in state:
-            await state["health"].stop()
-        for name in ("task", "watching"):
-            task = state.get(name)
-            if task is not None:
+            await health.start()
+        log.info("scheduler ready", schedules=[s.name for s in schedules])
+        try:
+            yield
+        finally:
+            if health is not None:
+                await health.stop()
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        shutdown_telemetry()
+            shutdown_telemetry()
 
-    return app
+    # Our own JSON lines say "ready"; the lifespan opens and closes everything.
+    return FastStream(broker, logger=None, lifespan=lifespan)

@@ -172,12 +172,17 @@ async def first_delivery(stack: Stack, rids: list[str]) -> None:
     await eventually(probe, timeout=60, every=0.05)
 
 
-async def assert_exactly_once(stack: Stack, requests: Requests, rids: list[str]) -> None:
+async def assert_exactly_once(
+    stack: Stack, requests: Requests, rids: list[str], *, unsure: frozenset[str] = frozenset()
+) -> None:
+    """Each of `rids` delivered once; each of `unsure` (a publish that got no answer, which the
+    cluster may still have stored) at most once."""
     seen = await all_delivered(stack, rids)
     assert requests.acked == set(rids), "a request never got its PubAck"
     assert {r: seen[r] for r in rids} == dict.fromkeys(rids, 1), stack.logs()
     files = sorted(p.stem for p in (stack.out / requests.folder).glob("*.html"))
-    assert files == sorted(rids)
+    assert sorted(set(files) - unsure) == sorted(rids) and len(files) == len(set(files))
+    assert all(seen[r] <= 1 for r in unsure), seen
     nc = await stack.connect()
     try:
         js = nc.jetstream(timeout=5)
@@ -226,7 +231,7 @@ async def test_thirty_reports_survive_a_sigkill_of_the_stream_leader(stack: Stac
         statuses = {row["status"] for row in rows.values()}
         return rows if statuses == {"healthy", "degraded"} else None
 
-    rows = await eventually(degraded, timeout=60, every=0.5)
+    rows = await eventually(degraded, timeout=120, every=0.5)
     assert rows["nats servers"]["status"] == "degraded"
     assert rows["stream PRESSROOM"]["status"] == "degraded"
     assert f"{leader.url} does not answer" in rows["nats servers"]["detail"]
@@ -279,10 +284,13 @@ async def test_thirty_reports_survive_a_sigkill_of_the_first_listed_node(stack: 
     shutil.rmtree(first.root / "jetstream")
     cluster.start_node(first)
     await cluster.wait_current(STREAMS)
-    rows = await cluster_rows(stack)
-    assert {label: rows[label]["status"] for label in topology_streams()} == dict.fromkeys(
-        topology_streams(), "healthy"
-    )
+
+    async def all_healthy() -> dict[str, str] | None:
+        rows = await cluster_rows(stack)
+        statuses = {label: rows[label]["status"] for label in topology_streams()}
+        return statuses if set(statuses.values()) == {"healthy"} else None
+
+    await eventually(all_healthy, timeout=120, every=0.5)
     late.send_signal(signal.SIGTERM)
     late.wait(timeout=30)
 
@@ -343,7 +351,9 @@ async def test_without_a_majority_publishing_fails_loudly_and_work_resumes_after
 
     # One node back is a majority again: the pipeline carries on by itself...
     cluster.start_node(gone[0])
-    await assert_exactly_once(stack, requests, rids)
+    # The refused request was not acknowledged, but its publish may have reached the leader
+    # before it lost its majority: then it is stored and delivered once the majority is back.
+    await assert_exactly_once(stack, requests, rids, unsure=frozenset({refused}))
     assert survivor.running
 
     # ... and what was refused, sent again with the same id, is delivered once. (Until the

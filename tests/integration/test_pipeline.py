@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pypdf import PdfReader
 
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.pdftext import pdf_text
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
-
-
-def pdf_text(path: Path) -> str:
-    return "\n".join(page.extract_text() for page in PdfReader(BytesIO(path.read_bytes())).pages)
 
 
 async def test_a_raw_request_from_another_system_is_delivered_as_a_pdf(

@@ -284,7 +284,7 @@ async def test_a_live_api_and_live_prometheus_render_their_current_values(
     }
     await nc.jetstream().publish("report.requested", json.dumps(body).encode())
     await outcomes.delivered_event(rid)
-    from tests.integration.test_pipeline import pdf_text
+    from tests.pdftext import pdf_text
 
     text = pdf_text(stack.out / f"{rid}.pdf")
     served = len(http_api.on("/api/live"))
@@ -317,7 +317,7 @@ async def test_a_context_too_big_for_a_message_travels_by_reference(
     body = {"request_id": rid, "template": "big.html", "params": {"blob": "x" * 400_000}}
     await nc.jetstream().publish("report.requested", json.dumps(body).encode())
     await outcomes.delivered_event(rid)
-    from tests.integration.test_pipeline import pdf_text
+    from tests.pdftext import pdf_text
 
     assert "400000 characters" in pdf_text(stack.out / f"{rid}.pdf")
 

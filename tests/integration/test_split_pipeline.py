@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import REPO, Outcomes, Stack, unique
-from tests.unit.test_split import page_texts
+from tests.pdftext import page_texts
 
 pytestmark = pytest.mark.integration
 

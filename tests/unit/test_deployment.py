@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
@@ -108,11 +110,97 @@ def test_the_sample_config_loads_with_the_legacy_schedules(monkeypatch) -> None:
     assert settings.sources["uptime"]["kind"] == "prometheus"
 
 
-def test_dockerfile_runs_workers_as_non_root_with_a_healthcheck() -> None:
-    dockerfile = (REPO / "Dockerfile").read_text()
-    assert "USER pressroom" in dockerfile and "HEALTHCHECK" in dockerfile
-    assert 'ENTRYPOINT ["pressroom"]' in dockerfile and "/readyz" in dockerfile
-    assert "libpango" in dockerfile
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    joined = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    found = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            found.append((word.upper(), " ".join(rest.split())))
+    return found
+
+
+def test_the_image_copies_only_what_exists_and_is_not_dockerignored() -> None:
+    """A COPY of a path that is missing or excluded fails the build (on a real user's machine,
+    not here), and the package must come in through the wheel stage only."""
+    ignored = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip()]
+    for word, args in dockerfile_instructions():
+        if word != "COPY" or args.startswith("--from="):
+            continue
+        *sources, _target = args.split()
+        for source in sources:
+            assert (REPO / source).exists(), f"Dockerfile copies {source}, which is missing"
+            top = source.split("/")[0]
+            assert not any(fnmatch(top, pattern) for pattern in ignored), (source, ignored)
+    # nothing the image needs at run time is kept out of the build context
+    assert not {"shared", "services", "templates", "deploy", "pyproject.toml"} & set(ignored)
+
+
+def test_the_image_runs_as_non_root_and_checks_the_health_port_it_sets() -> None:
+    instructions = dockerfile_instructions()
+    final = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
+    users = [args for word, args in final if word == "USER"]
+    assert users and users[-1] not in ("root", "0"), users
+    env = " ".join(args for word, args in final if word == "ENV")
+    port = re.search(r"PRESSROOM_HEALTH_PORT=(\d+)", env)
+    assert port and Settings(health_port=int(port.group(1))).health_port == int(port.group(1))
+    [health] = [args for word, args in final if word == "HEALTHCHECK"]
+    assert f"127.0.0.1:{port.group(1)}/readyz" in health
+    assert ("ENTRYPOINT", '["pressroom"]') in final
+    # compose's healthcheck asks the same endpoint the image's does
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    worker_check = " ".join(compose["services"]["renderer"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{port.group(1)}/readyz" in worker_check
+
+
+class _ComposeOverrideLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags (!reset, !override) as plain values."""
+
+
+_ComposeOverrideLoader.add_constructor("!reset", lambda loader, node: None)
+_ComposeOverrideLoader.add_constructor(
+    "!override",
+    lambda loader, node: (
+        loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_scalar(node)  # type: ignore[arg-type]
+    ),
+)
+
+
+def test_the_offline_override_swaps_only_images_the_ci_script_builds() -> None:
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    override = yaml.load(
+        (REPO / "deploy/ci/compose.offline.yaml").read_text(), Loader=_ComposeOverrideLoader
+    )
+    script = (REPO / "deploy/ci/images.sh").read_text()
+    assert set(override["services"]) <= set(compose["services"])
+    for name, service in override["services"].items():
+        image = service.get("image")
+        if image:
+            assert image.startswith("localhost/pressroom-offline/"), (name, image)
+            repository = image.split(":")[0]
+            assert f"{repository}:" in script, f"images.sh does not build {image}"
+    # nats: the stand-in carries the version compose.yaml pins
+    assert override["services"]["nats"]["image"].endswith(
+        ":" + compose["services"]["nats"]["image"].split(":")[1].split("-")[0]
+    )
+    # Every service without a stand-in is kept out by a profile, not left failing to pull.
+    third_party = {n for n, s in compose["services"].items() if "image" in s and "build" not in s}
+    for name in third_party:
+        service = override["services"].get(name, {})
+        assert "image" in service or service.get("profiles"), name
+    # The workers keep every shared variable and gain the secrets from the CI env file.
+    example = {
+        line.split("=", 1)[0]
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    for name in ("scheduler", "fetcher", "renderer", "distributor"):
+        given = set(override["services"][name]["environment"])
+        assert given == {k for k in example if k.startswith("PRESSROOM_")}, name
 
 
 async def test_the_sample_daily_schedule_renders_from_its_data_file(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -63,27 +63,3 @@ def test_events_are_frozen_and_carry_the_request_along() -> None:
 def test_fields_added_by_newer_producers_are_ignored() -> None:
     request = ReportRequested.model_validate({"template": "t.html", "priority": "high"})
     assert not hasattr(request, "priority")
-
-
-async def test_retention_removes_only_old_artefacts_and_contexts() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from shared.store import MemoryArtefacts, remove_older_than
-
-    store = MemoryArtefacts()
-    now = datetime(2026, 11, 22, tzinfo=UTC)
-    for key, age_days in (
-        ("reports/old.pdf", 40),
-        ("contexts/old.json", 31),
-        ("reports/new.pdf", 2),
-        ("other/keep.bin", 90),
-    ):
-        await store.put(key, b"x", content_type="application/octet-stream")
-        data, meta, _ = store.objects[key]
-        store.objects[key] = (data, meta, now - timedelta(days=age_days))
-
-    listed = await remove_older_than(store, timedelta(days=30), now=now, dry_run=True)
-    assert sorted(o.key for o in listed) == ["contexts/old.json", "reports/old.pdf"]
-    assert len(store.objects) == 4
-    await remove_older_than(store, timedelta(days=30), now=now)
-    assert sorted(store.objects) == ["other/keep.bin", "reports/new.pdf"]

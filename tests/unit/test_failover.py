@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from shared.cluster import stream_component
 from shared.egress import public_url
 from shared.events import DataReady, ReportDelivered, ReportRendered, ReportRequested
-from shared.failover import ConnectionEvents, FailoverPublisher
+from shared.failover import ConnectionEvents, FailoverLedger, FailoverPublisher
 from shared.ledger import KvLedger
 from shared.memory import MemoryKeyValue, MemoryPublisher
 from shared.settings import Settings
@@ -163,7 +163,9 @@ def test_health_says_how_to_get_the_replicas_asked_for() -> None:
 
 
 async def test_a_late_renderer_record_does_not_undo_a_delivery_in_the_ledger() -> None:
-    ledger = KvLedger(MemoryKeyValue())  # type: ignore[arg-type]
+    # Through the failover wrapper the workers use: it hands back the entry that settled the
+    # report, from which the report's duration is counted (lost once: no metric at all).
+    ledger = FailoverLedger(KvLedger(MemoryKeyValue()), patience=1)  # type: ignore[arg-type]
     request = ReportRequested(request_id="r1", template="portfolio.html")
     rendered = ReportRendered(
         request=request, artefacts=[], template_version="v", render_seconds=0.1
@@ -174,10 +176,29 @@ async def test_a_late_renderer_record_does_not_undo_a_delivery_in_the_ledger() -
     delivered = ReportDelivered(
         request_id="r1", template="portfolio.html", artefacts=[], channels=[]
     )
-    await ledger.finish("r1", "distributor", seconds=0.1, event=delivered)
-    await ledger.finish("r1", "renderer", seconds=0.1, event=rendered)  # its KV write was slow
+    settled = await ledger.finish("r1", "distributor", seconds=0.1, event=delivered)
+    assert settled is not None and settled.settled == "delivered"
+    late = await ledger.finish("r1", "renderer", seconds=0.1, event=rendered)  # a slow KV write
+    assert late is None  # settled once
     entry = await ledger.get("r1")
     assert entry is not None and entry.status == "delivered"
     assert {s: r.state for s, r in entry.stages.items()} == dict.fromkeys(
         ("fetcher", "renderer", "distributor"), "done"
     )
+
+
+async def test_the_failover_ledger_says_when_a_stage_settles_a_report_as_the_ledger_does() -> None:
+    """The report-duration metric is recorded from what finish/fail return: in production the
+    ledger is wrapped, so the wrapper must pass that answer on."""
+    ledger = FailoverLedger(KvLedger(MemoryKeyValue()), patience=1.0)  # type: ignore[arg-type]
+    request = ReportRequested(request_id="r2", template="portfolio.html")
+    await ledger.claim("r2", "distributor", seq=1, attempt=1, request=request)
+    delivered = ReportDelivered(
+        request_id="r2", template="portfolio.html", artefacts=[], channels=[]
+    )
+    settled = await ledger.finish("r2", "distributor", seconds=0.1, event=delivered)
+    assert settled is not None and settled.status == "delivered"
+
+    await ledger.claim("r3", "fetcher", seq=2, attempt=1, request=request)
+    failed = await ledger.fail("r3", "fetcher", reason="source 'x' answered 404")
+    assert failed is not None and failed.status == "failed"

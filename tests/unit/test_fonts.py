@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,71 +148,6 @@ def test_a_font_folder_of_ones_own_is_used_for_what_the_bundled_fonts_lack(
     assert uncovered(output.pdf, {"\ue000"}) == set() and boxes(output.pdf) == []
 
 
-def pressroom(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(REPO),
-            "HOME": str(REPO),
-            "COLUMNS": "80",
-            "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
-            **(env or {}),
-        },
-        timeout=120,
-    )
-
-
-def test_pressroom_fonts_lists_the_families_and_the_scripts_they_cover() -> None:
-    table = pressroom("fonts")
-    listed = pressroom("fonts", "--json")
-
-    assert table.returncode == 0, table.stderr
-    assert "Noto Sans CJK JP" in table.stdout and "Noto Sans Arabic" in table.stdout
-    assert "a character no font has: fail" in table.stdout
-    assert max(len(line) for line in table.stdout.splitlines()) <= 80
-    found = {f["family"]: f for f in json.loads(listed.stdout)["families"]}
-    assert found["Noto Sans"]["bundled"] and {"Latin", "Greek", "Cyrillic"} <= set(
-        found["Noto Sans"]["scripts"]
-    )
-    for family, script in [
-        ("Noto Sans Arabic", "Arabic"),
-        ("Noto Sans Hebrew", "Hebrew"),
-        ("Noto Sans Devanagari", "Devanagari"),
-        ("Noto Sans Thai", "Thai"),
-        ("Noto Sans CJK SC", "Han"),
-        ("Noto Sans CJK KR", "Hangul"),
-        ("Noto Emoji", "Emoji"),
-    ]:
-        assert script in found[family]["scripts"], found[family]
-
-
-def test_templates_validate_warns_about_a_font_family_the_renderer_does_not_have(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "branded.html").write_text(
-        "<html><head><style>\n"
-        '@font-face { font-family: "House Serif"; src: url("house.ttf"); }\n'
-        'h1 { font-family: "House Serif", serif; }\n'
-        'body { font-family: "Nonexistent Grotesk", "Pressroom Sans", sans-serif; }\n'
-        "p { font: bold 9pt/1.2 Imaginary, sans-serif; }\n"
-        "</style></head><body><h1>{{ title }}</h1></body></html>"
-    )
-
-    result = pressroom(
-        "templates", "validate", "--all", env={"PRESSROOM_TEMPLATES_DIR": str(tmp_path)}
-    )
-
-    assert result.returncode == 0, result.stderr  # a warning, not a problem
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2, result.stderr
-    assert "branded.html:4: font family 'Nonexistent Grotesk'" in warnings[0]
-    assert "branded.html:5: font family 'Imaginary'" in warnings[1]
-
-
 def test_the_bundled_templates_name_no_font_the_renderer_lacks() -> None:
     from services.renderer.templating import TemplateLibrary
 
@@ -222,41 +155,3 @@ def test_the_bundled_templates_name_no_font_the_renderer_lacks() -> None:
     names = [n for n in library.names() if n != "custom-report.html"]  # the legacy one: Arial
 
     assert fonts.template_font_warnings(library, names) == []
-
-
-def test_pressroom_render_fails_on_a_character_no_font_has_and_warns_when_told_to(
-    tmp_path: Path,
-) -> None:
-    args = [
-        "render",
-        "--template",
-        "weekly.html",
-        "--data-file",
-        str(REPO / "templates/samples/portfolio.json"),
-    ]
-    boxed = [*args, "--param", "report_title=Logo \ue000", "--output", str(tmp_path / "x.pdf")]
-
-    failed = pressroom(*boxed)
-    written_on_failure = (tmp_path / "x.pdf").exists()
-    warned = pressroom(*boxed, env={"PRESSROOM_MISSING_GLYPHS": "warn"})
-    every = pressroom(
-        *args[:3],
-        "--data-file",
-        str(REPO / "templates/samples/multilingual.json"),
-        "--locale",
-        "ko",
-        "--output",
-        str(tmp_path / "every.pdf"),
-    )
-
-    assert failed.returncode == 1 and not written_on_failure
-    [line] = failed.stderr.strip().splitlines()  # one line, no traceback
-    assert line.startswith("error: no font for U+E000 (private use): the PDF would show empty")
-    assert line.endswith("or set PRESSROOM_MISSING_GLYPHS=warn to deliver it anyway")
-    assert warned.returncode == 0 and "warning: no font for U+E000" in warned.stderr
-    assert (tmp_path / "x.pdf").exists()
-    assert every.returncode == 0, every.stderr
-    pdf = (tmp_path / "every.pdf").read_bytes()
-    assert (
-        boxes(pdf) == [] and uncovered(pdf, visible_characters(strings_in(MULTILINGUAL))) == set()
-    )

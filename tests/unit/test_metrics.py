@@ -20,12 +20,11 @@ from shared.events import (
     utcnow,
 )
 from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryPublisher
+from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.settings import Settings
 from shared.stage import StageRunner
 from shared.telemetry import prometheus_reader, setup_telemetry
 from tests.helpers import unique
-from tests.unit.test_stage_runner import FakeMessage
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 
@@ -75,9 +74,9 @@ async def test_a_redelivered_final_stage_records_the_report_once() -> None:
         return ReportDelivered(request_id="r-once", template=template, artefacts=[], channels=[])
 
     body = event.model_dump_json().encode()
-    await runner.handle(FakeMessage(body, subject="report.rendered"), ReportRendered, deliver)
+    await runner.handle(MemoryMessage(body, subject="report.rendered"), ReportRendered, deliver)
     await runner.handle(
-        FakeMessage(body, subject="report.rendered", attempt=2), ReportRendered, deliver
+        MemoryMessage(body, subject="report.rendered", attempt=2), ReportRendered, deliver
     )
     text = scrape()
     name = "pressroom_report_duration_seconds"
@@ -104,8 +103,8 @@ async def test_a_failure_then_a_replay_counts_the_first_outcome_only() -> None:
     async def fixed(incoming: Event) -> Event:
         return rendered_event("r-replayed", template)
 
-    await runner.handle(FakeMessage(body, subject="data.ready"), DataReady, broken)
-    await runner.handle(FakeMessage(body, subject="data.ready", stream_seq=99), DataReady, fixed)
+    await runner.handle(MemoryMessage(body, subject="data.ready"), DataReady, broken)
+    await runner.handle(MemoryMessage(body, subject="data.ready", stream_seq=99), DataReady, fixed)
     text = scrape()
     duration = "pressroom_report_duration_seconds_count"
     assert sample(text, duration, template=template, outcome="failed") == 1

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -48,29 +45,6 @@ def folder(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, list[str]]]:
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/css")
-            self.end_headers()
-            self.wfile.write(b"body { color: blue }")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", hits
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_template_renders_to_a_real_pdf_with_its_own_assets(folder: Path) -> None:
     pdf = render(
         folder,
@@ -96,19 +70,6 @@ def test_local_files_outside_the_template_folder_cannot_be_read(
 ) -> None:
     with pytest.raises(ResourceBlocked, match="outside its folder"):
         render(folder, body.format(secret=secret))
-
-
-def test_network_fetches_are_blocked_unless_allow_listed(
-    folder: Path, http_server: tuple[str, list[str]]
-) -> None:
-    base, hits = http_server
-    with pytest.raises(ResourceBlocked, match="not allow-listed"):
-        render(folder, f'<link rel="stylesheet" href="{base}/x.css"><p>hi</p>')
-    assert hits == []
-    render(
-        folder, f'<link rel="stylesheet" href="{base}/ok.css"><p>hi</p>', asset_allow=("127.0.0.1",)
-    )
-    assert hits == ["/ok.css"]
 
 
 def test_output_over_the_size_limit_fails_with_the_size(folder: Path) -> None:

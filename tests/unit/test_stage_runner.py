@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import pytest
 
@@ -12,32 +10,9 @@ from shared.bus import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
 from shared.events import DataReady, Event, ReportRequested
 from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryPublisher
+from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.settings import Settings
 from shared.stage import StageRunner
-
-
-@dataclass
-class FakeMessage:
-    body: bytes
-    attempt: int = 1
-    stream_seq: int = 7
-    subject: str = "report.requested"
-    headers: dict[str, str] = field(default_factory=dict)
-    first_delivered: datetime | None = None
-    settled: list[tuple[str, float | None]] = field(default_factory=list)
-
-    async def ack(self) -> None:
-        self.settled.append(("ack", None))
-
-    async def nack(self, delay: float) -> None:
-        self.settled.append(("nack", delay))
-
-    async def term(self) -> None:
-        self.settled.append(("term", None))
-
-    async def in_progress(self) -> None:
-        self.settled.append(("wip", None))
 
 
 def request_body(rid: str = "r1") -> bytes:
@@ -59,7 +34,7 @@ async def ready(event: Event) -> Event:
 
 async def test_success_publishes_the_next_event_with_a_message_id_and_acks(parts) -> None:
     runner, publisher, ledger = parts
-    message = FakeMessage(request_body())
+    message = MemoryMessage(request_body())
     await runner.handle(message, ReportRequested, ready)
 
     [published] = publisher.on("data.ready")
@@ -72,8 +47,8 @@ async def test_success_publishes_the_next_event_with_a_message_id_and_acks(parts
 
 async def test_a_duplicate_of_finished_work_is_acked_and_skipped(parts) -> None:
     runner, publisher, _ = parts
-    await runner.handle(FakeMessage(request_body(), stream_seq=1), ReportRequested, ready)
-    duplicate = FakeMessage(request_body(), stream_seq=2)
+    await runner.handle(MemoryMessage(request_body(), stream_seq=1), ReportRequested, ready)
+    duplicate = MemoryMessage(request_body(), stream_seq=2)
     await runner.handle(duplicate, ReportRequested, ready)
     assert len(publisher.on("data.ready")) == 1
     assert duplicate.settled == [("ack", None)]
@@ -85,7 +60,7 @@ async def test_a_permanent_error_dead_letters_at_once_and_emits_report_failed(pa
     async def unknown_template(event: Event) -> Event:
         raise PermanentError("template 'x.html' not found")
 
-    message = FakeMessage(request_body())
+    message = MemoryMessage(request_body())
     await runner.handle(message, ReportRequested, unknown_template)
 
     [letter] = publisher.decoded("dlq.report.requested")
@@ -105,7 +80,10 @@ async def test_a_transient_error_is_nacked_with_the_computed_backoff(parts) -> N
     async def flaky(event: Event) -> Event:
         raise TransientError("source 'prs' timed out")
 
-    first, second = FakeMessage(request_body(), attempt=1), FakeMessage(request_body(), attempt=2)
+    first, second = (
+        MemoryMessage(request_body(), attempt=1),
+        MemoryMessage(request_body(), attempt=2),
+    )
     await runner.handle(first, ReportRequested, flaky)
     await runner.handle(second, ReportRequested, flaky)
     assert first.settled == [("nack", 2.0)]
@@ -119,7 +97,7 @@ async def test_the_last_attempt_dead_letters_instead_of_retrying_forever(parts) 
     async def flaky(event: Event) -> Event:
         raise ConnectionRefusedError("connection refused")
 
-    message = FakeMessage(request_body(), attempt=3)
+    message = MemoryMessage(request_body(), attempt=3)
     await runner.handle(message, ReportRequested, flaky)
     [letter] = publisher.decoded("dlq.report.requested")
     assert letter["reason"].startswith("gave up after 3 attempts")
@@ -129,7 +107,7 @@ async def test_the_last_attempt_dead_letters_instead_of_retrying_forever(parts) 
 
 async def test_an_invalid_payload_is_dead_lettered_with_the_field_named(parts) -> None:
     runner, publisher, _ = parts
-    message = FakeMessage(json.dumps({"request_id": "r9", "formats": ["docx"]}).encode())
+    message = MemoryMessage(json.dumps({"request_id": "r9", "formats": ["docx"]}).encode())
     await runner.handle(message, ReportRequested, ready)
     [letter] = publisher.decoded("dlq.report.requested")
     assert "template" in letter["reason"] and "formats" in letter["reason"]
@@ -143,8 +121,8 @@ async def test_a_replayed_message_after_a_dead_letter_runs_again(parts) -> None:
     async def broken(event: Event) -> Event:
         raise PermanentError("missing")
 
-    await runner.handle(FakeMessage(request_body(), stream_seq=1), ReportRequested, broken)
-    replayed = FakeMessage(request_body(), stream_seq=9)
+    await runner.handle(MemoryMessage(request_body(), stream_seq=1), ReportRequested, broken)
+    replayed = MemoryMessage(request_body(), stream_seq=9)
     await runner.handle(replayed, ReportRequested, ready)
     assert len(publisher.on("data.ready")) == 1
     assert replayed.settled == [("ack", None)]

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -28,7 +27,10 @@ from services.renderer.pdf import RenderJob, RenderOutput, RenderPool, Slots
 from shared.errors import MissingGlyphs, RenderTimeout, ResourceBlocked
 from shared.events import ReportRequested
 from shared.settings import Settings
-from tests.helpers import REPO
+from tests.helpers import REPO, pressroom
+from tests.pdftext import page_texts
+
+pytestmark = pytest.mark.integration
 
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
 
@@ -114,21 +116,6 @@ async def both(pool: RenderPool, job: RenderJob) -> tuple[RenderOutput, RenderOu
 
 
 # ---- what a reader sees ------------------------------------------------------------------------
-def page_texts(pdf: bytes, tmp_path: Path) -> list[str]:
-    path = tmp_path / f"doc-{time.monotonic_ns()}.pdf"
-    path.write_bytes(pdf)
-    pages = len(PdfReader(io.BytesIO(pdf)).pages)
-    return [
-        subprocess.run(
-            ["pdftotext", "-layout", "-f", str(n), "-l", str(n), str(path), "-"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for n in range(1, pages + 1)
-    ]
-
-
 def picture(pdf: bytes, page: int, tmp_path: Path) -> Image.Image:
     path = tmp_path / f"pic-{time.monotonic_ns()}.pdf"
     path.write_bytes(pdf)
@@ -331,17 +318,6 @@ async def test_a_group_waiting_for_every_process_is_not_overtaken() -> None:
 
 
 # ---- the CLI splits too -----------------------------------------------------------------
-def pressroom(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(cwd), **env},
-        timeout=300,
-    )
-
-
 def test_pressroom_render_splits_over_its_render_processes(tmp_path: Path) -> None:
     (tmp_path / "ledger.html").write_text(LEDGER)
     data = tmp_path / "data.json"
@@ -377,49 +353,3 @@ def test_pressroom_render_splits_over_its_render_processes(tmp_path: Path) -> No
         outputs.append(out.read_bytes())
     assert page_texts(outputs[0], tmp_path) == page_texts(outputs[1], tmp_path)
     assert font_programs(outputs[0]) == font_programs(outputs[1])
-
-
-# ---- planning ------------------------------------------------------------------------------------
-def test_the_planner_finds_the_longest_tables_rows_and_cuts_between_them() -> None:
-    html = (
-        "<table><tr><td>small</td></tr></table>"
-        "<table><thead><tr><th>h</th></tr></thead><tbody>"
-        + "".join(f"<tr><td>{i}<table><tr><td>in</td></tr></table></td></tr>" for i in range(400))
-        + "</tbody></table><p>after</p>"
-    )
-    document = splitplan.read(html)
-    assert document.rows is not None
-    assert document.rows.table_index == 1 and len(document.rows) == 400
-    windows = splitplan.windows(400, 4)
-    assert len(windows) == 2  # at least MIN_CHUNK_ROWS rows a chunk
-    cut = windows[1].target
-    assert 150 < cut <= 200  # the first chunk also lays out what comes before the table
-    second = splitplan.chunk_html(html, document.rows, windows[1])
-    assert f"<td>{cut - 1}<" in second and f"<td>{cut}<" in second  # one row looked behind
-    assert f"<td>{cut - 2}<" not in second
-    assert second.endswith("</tbody></table><p>after</p>")
-    assert "<th>h</th>" in second
-
-
-def test_the_planner_names_what_cannot_be_split() -> None:
-    def why(css: str) -> str | None:
-        return splitplan.unsupported([css])
-
-    assert why("td { color: red } @page { @bottom-right { content: counter(page) } }") is None
-    assert why("h1 { string-set: t content() }") == "running strings (string-set)"
-    assert why("li::before { content: counter(item) }") == "counters in the content"
-    assert why("@page :left { margin-left: 3cm }") == "left/right pages"
-    assert why("p { text-align:left; page-break-inside: avoid }") is None
-    assert why("table { page: wide }") == "named pages"
-
-
-def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> None:
-    assert splitplan.split_mode("off", "on") == "off"
-    assert splitplan.split_mode("auto", "on") == "on"
-    assert splitplan.split_mode("auto", None) == "auto"
-    assert splitplan.want_split("auto", None, rows=2000, threshold=500)
-    assert not splitplan.want_split("auto", None, rows=400, threshold=500)
-    assert splitplan.want_split("on", None, rows=400, threshold=500)
-    assert not splitplan.want_split("on", "off", rows=4000, threshold=500)
-    assert splitplan.want_split("auto", "on", rows=400, threshold=5000)
-    assert not splitplan.want_split("on", None, rows=100, threshold=1)  # too short to cut

@@ -1,0 +1,98 @@
+"""Offline stand-in for Mailpit: an SMTP catcher (aiosmtpd) and a read API in Mailpit's shape.
+
+SMTP on :1025 keeps every message it accepts in memory; HTTP on :8025 answers
+`GET /api/v1/messages` (ID, From, To, Subject, Attachments, Size per message, newest first as
+Mailpit does), `GET /api/v1/message/<ID>/raw` (the message as received) and `GET /livez`.
+Only for CI without an image registry; with one, compose runs the real Mailpit.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+SMTP_PORT, HTTP_PORT = 1025, 8025
+LOCK = threading.Lock()
+MESSAGES: list[dict[str, Any]] = []
+
+
+class Catcher:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw: bytes = envelope.original_content or envelope.content
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        attachments = sum(1 for _ in parsed.iter_attachments()) if parsed.is_multipart() else 0
+        with LOCK:
+            MESSAGES.append(
+                {
+                    "ID": f"{len(MESSAGES) + 1:08d}",
+                    "From": {"Name": "", "Address": envelope.mail_from},
+                    "To": [{"Name": "", "Address": rcpt} for rcpt in envelope.rcpt_tos],
+                    "Subject": str(parsed.get("Subject", "")),
+                    "Attachments": attachments,
+                    "Size": len(raw),
+                    "Created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "_raw": raw,
+                }
+            )
+        return "250 Message accepted for delivery"
+
+
+class Api(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/livez", "/readyz"):
+            self._send(200, b"ok", "text/plain")
+            return
+        with LOCK:
+            listed = [{k: v for k, v in m.items() if k != "_raw"} for m in reversed(MESSAGES)]
+            by_id = {m["ID"]: m["_raw"] for m in MESSAGES}
+        if path == "/api/v1/messages":
+            body = {"total": len(listed), "count": len(listed), "messages": listed}
+            self._send(200, json.dumps(body).encode(), "application/json")
+        elif path.startswith("/api/v1/message/") and path.endswith("/raw"):
+            raw = by_id.get(path.split("/")[4])
+            if raw is None:
+                self._send(404, b"message not found", "text/plain")
+            else:
+                self._send(200, raw, "message/rfc822")
+        else:
+            self._send(404, b"not found", "text/plain")
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads the API, not this log."""
+
+
+def check() -> int:
+    """The healthcheck: the read API answers."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/livez", timeout=3) as answer:
+        return 0 if answer.status == 200 else 1
+
+
+def main() -> None:
+    # PID 1 in a container: without a handler SIGTERM is ignored and `down` waits for SIGKILL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    controller = Controller(Catcher(), hostname="0.0.0.0", port=SMTP_PORT)
+    controller.start()
+    print(f"mail catcher: SMTP on :{SMTP_PORT}, API on :{HTTP_PORT}", flush=True)
+    ThreadingHTTPServer(("0.0.0.0", HTTP_PORT), Api).serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(check()) if sys.argv[1:] == ["--check"] else main()

@@ -1,0 +1,464 @@
+"""compose.yaml run under podman with the offline override, checked from outside the containers.
+
+The stack is `compose.yaml` + `deploy/ci/compose.offline.yaml` (stand-ins for the images no
+registry serves here), brought up with podman-compose as project `pressroom-ci`. The tests talk
+to it the way a user on the host does: the bus through its published TLS port with the ops
+identity from the `bus-auth` volume, S3 on :9000, the mail catcher's API on :8025, the OTLP
+receiver's span list on :4318, the report volume's folder. They run in file order on one stack;
+each waits for an observable state with a deadline, never a fixed sleep.
+
+Only `make compose-test` runs this module (tests/compose/conftest.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import pytest
+
+from shared.events import ReportRequested
+from shared.ledger import LedgerEntry
+from shared.ops import open_bus, publish_request
+from shared.settings import Settings
+from tests.helpers import REPO, eventually
+
+T = TypeVar("T")
+
+PROJECT = "pressroom-ci"
+COMPOSE = REPO / "compose.yaml"
+OFFLINE = REPO / "deploy/ci/compose.offline.yaml"
+CI_ENV = REPO / "deploy/ci/ci.env"
+PODMAN_COMPOSE = Path(os.environ.get("PODMAN_COMPOSE", REPO / ".venv/bin/podman-compose"))
+# Started first and waited for: podman 4.3 cannot wait for `service_healthy` (podman-compose
+# warns and starts dependants at once), so the test does the waiting compose would do.
+INFRA = ("nats", "minio", "mailpit", "otel-collector", "prometheus", "alertmanager")
+WORKERS = ("scheduler", "fetcher", "renderer", "distributor")
+ONE_SHOTS = ("bus-auth", "bus-setup", "minio-init")
+PORTS = (4222, 8222, 9000, 9001, 8025, 4318, 9090, 9093)
+UP_TIMEOUT = 300.0
+REPORT_TIMEOUT = 240.0
+TAG = uuid.uuid4().hex[:8]  # request ids and recipients of this run
+S3_BUCKET, S3_PREFIX = "company-reports", f"portfolio/ci-{TAG}/"
+
+
+# ---- the stack ---------------------------------------------------------------------------
+def run(*argv: str | Path, timeout: float = 600, check: bool = True) -> str:
+    result = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    if check and result.returncode != 0:
+        shown = " ".join(str(a) for a in argv)
+        raise AssertionError(f"{shown} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def compose(*args: str, timeout: float = 600) -> str:
+    files = ("-f", str(COMPOSE), "-f", str(OFFLINE), "--env-file", str(CI_ENV))
+    return run(PODMAN_COMPOSE, "-p", PROJECT, *files, *args, timeout=timeout)
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
+    return run("podman", *args, check=check, timeout=timeout)
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = UP_TIMEOUT) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def containers(service: str | None = None, *, running: bool = True) -> list[str]:
+    filters = ["--filter", f"label=io.podman.compose.project={PROJECT}"]
+    if service:
+        filters += ["--filter", f"label=com.docker.compose.service={service}"]
+    listing = podman("ps", *([] if running else ["-a"]), *filters, "--format", "{{.Names}}")
+    return sorted(listing.split())
+
+
+def service_of(container: str) -> str:
+    return podman(
+        "inspect", "--format", '{{index .Config.Labels "com.docker.compose.service"}}', container
+    ).strip()
+
+
+def healthy(container: str) -> bool:
+    """The container's own healthcheck command, run now (podman 4.3 runs them only via systemd
+    timers, which this kind of machine lacks)."""
+    check = ["podman", "healthcheck", "run", container]
+    return subprocess.run(check, capture_output=True, timeout=60).returncode == 0
+
+
+def has_healthcheck(container: str) -> bool:
+    test = podman("inspect", "--format", "{{json .Config.Healthcheck}}", container).strip()
+    return test not in ("", "null", "{}")
+
+
+def volume(name: str) -> Path:
+    return Path(
+        podman("volume", "inspect", "--format", "{{.Mountpoint}}", f"{PROJECT}_{name}").strip()
+    )
+
+
+def bring_up() -> None:
+    """What `up -d` does, in the steps podman 4.3 needs: it cannot wait for `service_healthy`,
+    and it cannot start a container that `--requires` a finished one-shot (bus-setup) whose own
+    dependency is running ("not found in input list"). So: the infrastructure, each healthy;
+    the one-shots, each finished with exit 0; then the workers (`--no-deps`: their dependencies
+    are the ones just checked), each healthy."""
+    compose("up", "-d", *INFRA)
+    for service in INFRA:
+        [name] = wait_for(lambda s=service: containers(s), f"{service} running")
+        if has_healthcheck(name):  # alertmanager has none
+            wait_for(lambda n=name: healthy(n), f"{service}'s healthcheck passing")
+    compose("up", "-d", "--no-deps", "bus-setup", "minio-init")
+    for service in ("bus-setup", "minio-init"):
+        [name] = containers(service, running=False)
+        wait_for(lambda n=name: state(n)[0] == "exited", f"{service} finished")
+        assert state(name) == ("exited", "0"), f"{service} failed:\n{podman('logs', name)[-2000:]}"
+    compose("up", "-d", "--no-deps", *WORKERS)
+    for service in WORKERS:
+        for name in wait_for(lambda s=service: containers(s), f"{service} running"):
+            wait_for(lambda n=name: healthy(n), f"{name}'s healthcheck passing")
+
+
+def state(container: str) -> tuple[str, str]:
+    status, code = podman(
+        "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container
+    ).split()
+    return status, code
+
+
+def write_ci_env() -> None:
+    """The keys of .env.example, with a usable webhook secret (the example's is a placeholder)."""
+    lines = []
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if line.startswith("PRESSROOM_WEBHOOK_SECRET="):
+            line = "PRESSROOM_WEBHOOK_SECRET=whsec_" + base64.b64encode(os.urandom(32)).decode()
+        lines.append(line)
+    CI_ENV.write_text("\n".join(lines) + "\n")
+
+
+def ports_in_use() -> list[int]:
+    import socket
+
+    busy = []
+    for port in PORTS:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(port)
+    return busy
+
+
+@dataclass
+class Stack:
+    auth: Path  # the bus-auth volume: identities and the CA, as the host sees them
+
+    def settings(self) -> Settings:
+        return Settings(
+            nats_url="nats://127.0.0.1:4222",
+            nats_credentials_dir=self.auth,
+            nats_tls_ca=self.auth / "ca.pem",
+        )
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    for image in ("localhost/pressroom:latest", "localhost/pressroom-offline/tools:latest"):
+        if subprocess.run(["podman", "image", "exists", image]).returncode != 0:
+            pytest.fail(f"image {image} is missing: run `make compose-images` first")
+    write_ci_env()
+    compose("down", "-v", timeout=300)  # anything an interrupted run left behind
+    busy = ports_in_use()
+    assert not busy, f"127.0.0.1 ports {busy} are taken: stop what listens there first"
+    started = time.monotonic()
+    bring_up()
+    print(f"\ncompose stack up in {time.monotonic() - started:.0f} s")
+    try:
+        yield Stack(auth=volume("bus-auth"))
+    finally:
+        if os.environ.get("PRESSROOM_COMPOSE_KEEP") != "1":
+            compose("down", "-v", timeout=300)
+
+
+# ---- what the host sees --------------------------------------------------------------------
+def report(request_id: str, deliver: list[dict[str, Any]]) -> ReportRequested:
+    return ReportRequested(
+        request_id=request_id,
+        template="daily.html",
+        sources=[{"name": "inventory", "kind": "file", "path": "portfolio.json", "merge": True}],
+        deliver=deliver,
+        requested_by="compose-test",
+    )
+
+
+async def publish(stack: Stack, *requests: ReportRequested) -> None:
+    async with open_bus(stack.settings(), setup=False) as bus:
+        for request in requests:
+            await publish_request(bus, request)
+
+
+async def entries(stack: Stack, request_ids: list[str]) -> dict[str, LedgerEntry]:
+    async with open_bus(stack.settings(), setup=False) as bus:
+        ledger = await bus.ledger()
+        found = {rid: await ledger.get(rid) for rid in request_ids}
+    return {rid: entry for rid, entry in found.items() if entry is not None}
+
+
+async def all_delivered(stack: Stack, request_ids: list[str]) -> dict[str, LedgerEntry]:
+    async def probe() -> dict[str, LedgerEntry] | None:
+        found = await entries(stack, request_ids)
+        failed = {rid: e.error for rid, e in found.items() if e.status == "failed"}
+        assert not failed, f"reports failed: {failed}"
+        done = len(found) == len(request_ids) and all(
+            e.status == "delivered" for e in found.values()
+        )
+        return found if done else None
+
+    return await eventually(probe, timeout=REPORT_TIMEOUT, every=0.5)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def mails_to(address: str) -> list[dict[str, Any]]:
+    listed = get_json("http://127.0.0.1:8025/api/v1/messages")["messages"]
+    return [m for m in listed if any(to["Address"] == address for to in m["To"])]
+
+
+def s3() -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9000",
+        aws_access_key_id="pressroom",
+        aws_secret_access_key="not-checked-by-the-stand-in",
+        region_name="us-east-1",
+    )
+
+
+def s3_keys(bucket: str, prefix: str) -> list[str]:
+    listed = s3().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def delivered_files(stack: Stack, folder: str) -> list[str]:
+    where = volume("reports") / folder
+    return sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+
+
+FIRST = f"ci-{TAG}-all-channels"
+
+
+# ---- the checks, in order ------------------------------------------------------------------
+def test_every_service_passes_its_healthcheck_and_the_one_shots_succeeded(stack: Stack) -> None:
+    running = containers()
+    services = {service_of(name) for name in running}
+    assert set(INFRA) | set(WORKERS) <= services
+    assert {"jaeger", "grafana"}.isdisjoint(services)  # no offline stand-in: not started
+    checked = [name for name in running if has_healthcheck(name)]
+    assert {service_of(n) for n in checked} == services - {"alertmanager"}
+    for name in checked:
+        assert healthy(name), f"{name}: healthcheck fails"
+    assert len(containers("renderer")) == 2  # deploy.replicas honoured
+    for service in ONE_SHOTS:
+        for name in containers(service, running=False):
+            assert state(name) == ("exited", "0"), name
+
+
+def test_pressroom_containers_run_as_the_non_root_user(stack: Stack) -> None:
+    for service in WORKERS:
+        for name in containers(service):
+            assert podman("exec", name, "id", "-u").strip() == "10001", name
+            # every process in it, not only what `exec` starts
+            users = podman("top", name, "user").split()[1:]
+            assert users and set(users) == {"pressroom"}, (name, users)
+
+
+async def test_the_bus_is_locked_with_tls_and_refuses_an_anonymous_client(stack: Stack) -> None:
+    import socket
+
+    import nats
+    import nkeys
+
+    # What the server announces to anyone who connects: TLS and authentication required.
+    with socket.create_connection(("127.0.0.1", 4222), timeout=10) as raw:
+        info = json.loads(raw.makefile("rb").readline().decode().removeprefix("INFO "))
+    assert info["tls_required"] is True and info["auth_required"] is True
+    # A client that trusts the bus's CA but has no identity is refused.
+    ca = ssl.create_default_context(cafile=str(stack.auth / "ca.pem"))
+    with pytest.raises(Exception, match="Authorization Violation"):
+        await nats.connect(
+            "nats://127.0.0.1:4222", tls=ca, allow_reconnect=False, connect_timeout=5,
+            max_reconnect_attempts=1,
+        )  # fmt: skip
+    # Every worker replica is connected over TLS as its own role's nkey, none as another's.
+    connz = get_json("http://127.0.0.1:8222/connz?auth=true")["connections"]
+    for role in WORKERS:
+        public = nkeys.from_seed(
+            (stack.auth / f"{role}.nk").read_bytes().strip()
+        ).public_key.decode()
+        mine = [c for c in connz if c.get("name") == f"pressroom-{role}"]
+        assert len(mine) == len(containers(role)), (role, mine)
+        for connection in mine:
+            assert connection["authorized_user"] == public, (role, connection)
+            assert connection.get("tls_version"), (role, connection)
+    async with open_bus(stack.settings(), setup=False) as bus:  # the ops identity is let in
+        assert bus.nc.is_connected
+
+
+async def test_email_s3_and_file_deliveries_each_arrive_exactly_once(stack: Stack) -> None:
+    address = f"ci-{TAG}@company.com"
+    request = report(
+        FIRST,
+        [
+            {"channel": "email", "to": [address], "subject": f"compose test {TAG}"},
+            {"channel": "s3", "bucket": S3_BUCKET, "key": S3_PREFIX},
+            {"channel": "file", "path": f"ci-{TAG}"},
+        ],
+    )
+    await publish(stack, request)
+    entry = (await all_delivered(stack, [FIRST]))[FIRST]
+    assert sorted(c.channel for c in entry.channels if c.ok) == ["email", "file", "s3"]
+    assert len(mails_to(address)) == 1
+    assert s3_keys(S3_BUCKET, S3_PREFIX) == [f"{S3_PREFIX}{FIRST}.pdf"]
+    assert delivered_files(stack, f"ci-{TAG}") == [f"{FIRST}.pdf"]
+    pdf = (volume("reports") / f"ci-{TAG}" / f"{FIRST}.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF")
+    # The artefact itself is in the artefact bucket, as the ledger records it.
+    [artefact] = entry.artefacts
+    stored = s3().get_object(Bucket="pressroom-artefacts", Key=artefact.key)["Body"].read()
+    assert len(stored) == artefact.size and stored == pdf
+    # Published again (a retrying publisher): nothing is delivered twice — checked again, after
+    # everything else this stack did, before `down` (test_down_then_up_…).
+    await publish(stack, request)
+
+
+async def test_the_spans_of_a_report_reach_the_otlp_receiver_as_one_trace(stack: Stack) -> None:
+    def spans_of_first() -> list[dict[str, Any]] | None:
+        spans = get_json("http://127.0.0.1:4318/api/spans")
+        ours = [s for s in spans if FIRST in s["attributes"].values()]
+        traces = {s["trace_id"] for s in ours}
+        if not traces:
+            return None
+        trace = [s for s in spans if s["trace_id"] in traces]
+        services = {s["service"] for s in trace}
+        return trace if len(traces) == 1 and len(services) >= 3 else None
+
+    async def probe() -> list[dict[str, Any]] | None:
+        return spans_of_first()
+
+    trace = await eventually(probe, timeout=120, every=1.0)
+    services = {s["service"] for s in trace}
+    assert any("fetcher" in s for s in services), services
+    assert any("renderer" in s for s in services), services
+    assert any("distributor" in s for s in services), services
+    assert len({s["trace_id"] for s in trace}) == 1
+
+
+async def test_two_renderer_replicas_share_the_work(stack: Stack) -> None:
+    rids = [f"ci-{TAG}-share-{i}" for i in range(6)]
+    await publish(
+        stack, *(report(r, [{"channel": "file", "path": f"ci-{TAG}-share"}]) for r in rids)
+    )
+    done = await all_delivered(stack, rids)
+    hosts = {e.stages["renderer"].worker.split(":")[0] for e in done.values()}  # type: ignore[union-attr]
+    renderers = {hostname(n) for n in containers("renderer")}
+    assert hosts == renderers, (hosts, renderers)
+
+
+def hostname(container: str) -> str:
+    return podman("inspect", "--format", "{{.Config.Hostname}}", container).strip()
+
+
+def long_report(request_id: str, folder: str) -> ReportRequested:
+    """A report that takes seconds to render (25-odd pages, its own rows: no cache hit)."""
+    rows = [
+        {"name": f"{request_id}-{i}", "status": "active", "health": "green"} for i in range(500)
+    ]
+    return ReportRequested(
+        request_id=request_id,
+        template="custom-report.html",
+        params={"report_title": request_id, "project_count": 500, "deployment_count": 1,
+                "projects": rows},
+        deliver=[{"channel": "file", "path": folder}],
+        split="off",
+        requested_by="compose-test",
+    )  # fmt: skip
+
+
+async def test_a_renderer_container_killed_mid_render_loses_no_report(stack: Stack) -> None:
+    rids = [f"ci-{TAG}-kill-{i}" for i in range(4)]
+    folder = f"ci-{TAG}-kill"
+    victim = containers("renderer")[0]
+    victim_host = hostname(victim)
+    await publish(stack, *(long_report(r, folder) for r in rids))
+
+    async def rendering_on_victim() -> str | None:
+        for rid, entry in (await entries(stack, rids)).items():
+            stage = entry.stages.get("renderer")
+            if stage and stage.state == "running" and (stage.worker or "").startswith(victim_host):
+                return rid
+        return None
+
+    caught = await eventually(rendering_on_victim, timeout=REPORT_TIMEOUT, every=0.2)
+    podman("kill", victim)
+    done = await all_delivered(stack, rids)
+    # The report it was rendering was taken again (by the other replica, or by the victim
+    # after its restart) and finished; every report is in the folder once.
+    again = done[caught].stages["renderer"]
+    assert again.attempts >= 2, again
+    assert delivered_files(stack, folder) == sorted(f"{r}.pdf" for r in rids)
+    # The killed container comes back (restart: unless-stopped) or is started again.
+    if victim not in containers("renderer"):
+        podman("start", victim)
+    wait_for(lambda: healthy(victim), f"{victim} healthy again")
+
+
+async def test_down_then_up_keeps_the_ledger_and_the_artefacts(stack: Stack) -> None:
+    before = (await entries(stack, [FIRST]))[FIRST]
+    assert len(mails_to(f"ci-{TAG}@company.com")) == 1  # still once (the catcher forgets on down)
+    [artefact] = before.artefacts
+    compose("down", timeout=300)  # volumes stay
+    assert containers(running=False) == []
+    bring_up()
+    after = (await entries(stack, [FIRST]))[FIRST]
+    assert after.status == "delivered" and after.artefacts == before.artefacts
+    stored = s3().get_object(Bucket="pressroom-artefacts", Key=artefact.key)["Body"].read()
+    assert len(stored) == artefact.size
+    assert s3_keys(S3_BUCKET, S3_PREFIX) == [f"{S3_PREFIX}{FIRST}.pdf"]
+    assert delivered_files(stack, f"ci-{TAG}") == [f"{FIRST}.pdf"]
+    # and the stack still delivers
+    again = f"ci-{TAG}-after-restart"
+    await publish(stack, report(again, [{"channel": "file", "path": f"ci-{TAG}"}]))
+    await all_delivered(stack, [again])
+    assert delivered_files(stack, f"ci-{TAG}") == sorted([f"{FIRST}.pdf", f"{again}.pdf"])
+
+
+def test_the_image_runs_the_cli_and_renders_a_pdf(tmp_path: Path) -> None:
+    assert "Usage: pressroom" in podman("run", "--rm", "localhost/pressroom:latest", "--help")
+    tmp_path.chmod(0o777)  # written by the image's non-root user
+    podman(
+        "run", "--rm", "-v", f"{tmp_path}:/app/out", "localhost/pressroom:latest",
+        "render", "-t", "daily.html", "--data-file", "/app/templates/samples/portfolio.json",
+        "-o", "/app/out/daily.pdf",
+    )  # fmt: skip
+    assert (tmp_path / "daily.pdf").read_bytes().startswith(b"%PDF")

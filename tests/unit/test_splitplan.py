@@ -1,0 +1,50 @@
+"""Planning a split render: where a long report can be cut, and when it is."""
+
+from __future__ import annotations
+
+from services.renderer import splitplan
+
+
+def test_the_planner_finds_the_longest_tables_rows_and_cuts_between_them() -> None:
+    html = (
+        "<table><tr><td>small</td></tr></table>"
+        "<table><thead><tr><th>h</th></tr></thead><tbody>"
+        + "".join(f"<tr><td>{i}<table><tr><td>in</td></tr></table></td></tr>" for i in range(400))
+        + "</tbody></table><p>after</p>"
+    )
+    document = splitplan.read(html)
+    assert document.rows is not None
+    assert document.rows.table_index == 1 and len(document.rows) == 400
+    windows = splitplan.windows(400, 4)
+    assert len(windows) == 2  # at least MIN_CHUNK_ROWS rows a chunk
+    cut = windows[1].target
+    assert 150 < cut <= 200  # the first chunk also lays out what comes before the table
+    second = splitplan.chunk_html(html, document.rows, windows[1])
+    assert f"<td>{cut - 1}<" in second and f"<td>{cut}<" in second  # one row looked behind
+    assert f"<td>{cut - 2}<" not in second
+    assert second.endswith("</tbody></table><p>after</p>")
+    assert "<th>h</th>" in second
+
+
+def test_the_planner_names_what_cannot_be_split() -> None:
+    def why(css: str) -> str | None:
+        return splitplan.unsupported([css])
+
+    assert why("td { color: red } @page { @bottom-right { content: counter(page) } }") is None
+    assert why("h1 { string-set: t content() }") == "running strings (string-set)"
+    assert why("li::before { content: counter(item) }") == "counters in the content"
+    assert why("@page :left { margin-left: 3cm }") == "left/right pages"
+    assert why("p { text-align:left; page-break-inside: avoid }") is None
+    assert why("table { page: wide }") == "named pages"
+
+
+def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> None:
+    assert splitplan.split_mode("off", "on") == "off"
+    assert splitplan.split_mode("auto", "on") == "on"
+    assert splitplan.split_mode("auto", None) == "auto"
+    assert splitplan.want_split("auto", None, rows=2000, threshold=500)
+    assert not splitplan.want_split("auto", None, rows=400, threshold=500)
+    assert splitplan.want_split("on", None, rows=400, threshold=500)
+    assert not splitplan.want_split("on", "off", rows=4000, threshold=500)
+    assert splitplan.want_split("auto", "on", rows=400, threshold=5000)
+    assert not splitplan.want_split("on", None, rows=100, threshold=1)  # too short to cut
