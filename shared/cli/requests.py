@@ -206,7 +206,7 @@ def list_requests(
         filters = [f"--{k} {v}" for k, v in (("status", status_), ("template", template)) if v]
         out.print(f"no requests match {' '.join(filters)}" if filters else "no requests yet")
         return
-    columns = [Col("request_id"), Col("status"), Col("template"), Col("updated")]
+    columns = [Col("request_id"), Col("status"), Col("template"), Col("updated (UTC)")]
     columns += [Col("total s", justify="right"), Col("error", long=True)]
     rows = [
         [e.request_id, e.status, e.template or "", _updated(e), _total(e), _error(e)]
@@ -216,7 +216,7 @@ def list_requests(
 
 
 def _updated(entry: Any) -> str:
-    return str(entry.updated_at.strftime("%F %T"))
+    return str(entry.updated_at.strftime("%m-%d %H:%M:%S"))  # recent: the year is noise
 
 
 def _error(entry: Any) -> str:
