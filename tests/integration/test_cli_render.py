@@ -13,6 +13,8 @@ from pypdf import PdfReader
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.integration
+
 
 def pressroom(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = {
