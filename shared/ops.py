@@ -576,12 +576,28 @@ async def _forget_body(bus: Bus, letter: DeadLetter) -> None:
         await (await bus.store()).delete(key)
 
 
+async def dead_letter_ids(bus: Bus, refs: list[str] | None) -> list[int]:
+    """The dead letters `refs` name — ids, or request ids (each of that request's letters) —
+    or every one when `refs` is None; a ref that names none is an error, before anything
+    is changed."""
+    if refs is None:
+        return [r.id for r in await dead_letters(bus)]
+    ids: list[int] = []
+    for ref in refs:
+        found = await find_dead_letters(bus, ref)
+        if not found:
+            kind = "id" if ref.isdigit() else "request_id"
+            raise PressroomError(f"no dead letter with {kind} {ref}: nothing was changed")
+        ids.extend(r.id for r in found if r.id not in ids)
+    return ids
+
+
 async def replay_many(
-    bus: Bus, seqs: list[int] | None, on_each: Callable[[int, int], None] | None = None
+    bus: Bus, refs: list[str] | None, on_each: Callable[[int, int], None] | None = None
 ) -> list[dict[str, Any]]:
-    """Replay the given dead letters, or every one when `seqs` is None (as `purge`);
-    `on_each(done, total)` after each."""
-    targets = [r.id for r in await dead_letters(bus)] if seqs is None else seqs
+    """Replay the dead letters `refs` name (ids or request ids), or every one when `refs` is
+    None (as `purge`); `on_each(done, total)` after each."""
+    targets = await dead_letter_ids(bus, refs)
     done: list[dict[str, Any]] = []
     for seq in targets:
         done.append({"id": seq, "subject": await replay(bus, seq)})
@@ -590,9 +606,10 @@ async def replay_many(
     return done
 
 
-async def purge(bus: Bus, seqs: list[int] | None) -> int:
-    """Delete dead letters (every one when `seqs` is None), with any bodies they stored."""
-    targets = [r.id for r in await dead_letters(bus)] if seqs is None else seqs
+async def purge(bus: Bus, refs: list[str] | None) -> int:
+    """Delete the dead letters `refs` name (ids or request ids; every one when None), with any
+    bodies they stored."""
+    targets = await dead_letter_ids(bus, refs)
     removed = 0
     for seq in targets:
         record = await dead_letter(bus, seq)

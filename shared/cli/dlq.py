@@ -16,13 +16,17 @@ dlq_app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_i
 ALL_HELP = "Every dead letter (instead of IDs)."
 
 
-def _targets(ids: list[int] | None, all_: bool) -> list[int] | None:
-    """IDs, or None for every dead letter: --all means the same for replay and purge."""
-    if ids and all_:
-        fail("give dead-letter IDs or --all, not both")
-    if not ids and not all_:
-        fail("give dead-letter IDs or --all")
-    return None if all_ else list(ids or [])
+def _targets(refs: list[str] | None, all_: bool) -> list[str] | None:
+    """Ids or request ids, or None for every dead letter: --all means the same for replay and
+    purge."""
+    if refs and all_:
+        fail("give dead-letter ids (or request ids) or --all, not both")
+    if not refs and not all_:
+        fail("give dead-letter ids (or request ids) or --all")
+    return None if all_ else list(refs or [])
+
+
+REFS_HELP = "Dead-letter ids, or request ids (all of a request's dead letters)."
 
 
 @dlq_app.command("ls")
@@ -96,7 +100,7 @@ def dlq_show(
 
 @dlq_app.command("replay")
 def dlq_replay(
-    ids: list[int] = typer.Argument(None),
+    ids: list[str] = typer.Argument(None, metavar="[ID|REQUEST_ID]...", help=REFS_HELP),
     all_: bool = typer.Option(False, "--all", help=ALL_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -121,7 +125,7 @@ def dlq_replay(
 
 @dlq_app.command("purge")
 def dlq_purge(
-    ids: list[int] = typer.Argument(None),
+    ids: list[str] = typer.Argument(None, metavar="[ID|REQUEST_ID]...", help=REFS_HELP),
     all_: bool = typer.Option(False, "--all", help=ALL_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before purging --all."),
     as_json: bool = typer.Option(False, "--json"),

@@ -175,7 +175,7 @@ def test_validate_exits_1_with_file_and_line_per_problem(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "args",
-    [["dlq", "replay", "abc"], ["bogus"], ["render", "--format"], ["templates", "vars"]],
+    [["dlq", "show"], ["bogus"], ["render", "--format"], ["templates", "vars"]],
 )
 def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
     result = pressroom(*args)

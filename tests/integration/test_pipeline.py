@@ -162,7 +162,8 @@ async def test_a_missing_template_is_dead_lettered_then_delivered_after_fix_and_
     assert row["stage"] == "renderer" and row["request_id"] == rid and row["permanent"]
 
     (stack.templates / name).write_text("<h1>Answer {{ n }}</h1>")
-    replayed = stack.cli("dlq", "replay", str(row["id"]), "--json", check=True)
+    # By the request id the operator has at hand (the letter's id works as well).
+    replayed = stack.cli("dlq", "replay", rid, "--json", check=True)
     assert json.loads(replayed.stdout)["replayed"] == [{"id": row["id"], "subject": "data.ready"}]
 
     delivered = await outcomes.delivered_event(rid, failed_before=1)
@@ -190,6 +191,17 @@ async def test_dlq_purge_removes_dead_letters_for_good(
     assert purged == {"purged": 1}
     assert json.loads(stack.cli("dlq", "ls", "--json", "--reason", rid, check=True).stdout) == []
     assert stack.cli("dlq", "show", str(row["id"])).returncode == 1
+
+    # By request id: every dead letter of that request; a request with none changes nothing.
+    other = unique("purge")
+    body = {"request_id": other, "template": f"{other}.html"}
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await outcomes.failed_event(other)
+    missing = stack.cli("dlq", "purge", other, unique("nothing"))
+    assert missing.returncode == 1 and "no dead letter with request_id" in missing.stderr
+    assert len(json.loads(stack.cli("dlq", "ls", "--json", "--reason", other).stdout)) == 1
+    purged = json.loads(stack.cli("dlq", "purge", other, "--json", check=True).stdout)
+    assert purged == {"purged": 1}
 
 
 async def test_retention_sees_object_store_artefacts_with_their_age(
