@@ -76,17 +76,7 @@ async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
             and s["attributes"]["pressroom.request_id"].string_value == rid
         ]
 
-    async def complete() -> list[dict[str, Any]] | None:
-        found = ours()
-        names = {s["name"] for s in found}
-        return found if {"pdf render", "deliver file"} <= names else None
-
-    found = await eventually(complete, timeout=60)
-    assert len({s["trace_id"] for s in found}) == 1
-    services = {s["service"] for s in found}
-    assert services == {"pressroom-fetcher", "pressroom-renderer", "pressroom-distributor"}
-    names = {s["name"] for s in found}
-    assert {
+    expected = {
         "fetcher",
         "renderer",
         "template render",
@@ -94,11 +84,26 @@ async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
         "upload pdf",
         "distributor",
         "deliver file",
-    } <= names
+    }
+
+    async def complete() -> list[dict[str, Any]] | None:
+        # Each service exports its spans in its own batches, a stage's own span last (it ends
+        # after its children): wait for all of them rather than for the first few.
+        found = ours()
+        return found if expected <= {s["name"] for s in found} else None
+
+    found = await eventually(complete, timeout=60)
+    assert len({s["trace_id"] for s in found}) == 1
+    services = {s["service"] for s in found}
+    assert services == {"pressroom-fetcher", "pressroom-renderer", "pressroom-distributor"}
     # the consumer spans FastStream creates share the same trace
     trace_id = found[0]["trace_id"]
-    everything = [s for s in spans(collector) if s["trace_id"] == trace_id]
-    assert len(everything) > len(found)
+
+    async def with_consumer_spans() -> list[dict[str, Any]] | None:
+        everything = [s for s in spans(collector) if s["trace_id"] == trace_id]
+        return everything if len(everything) > len(found) else None
+
+    await eventually(with_consumer_spans, timeout=60)
 
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
         ExportMetricsServiceRequest,
