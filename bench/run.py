@@ -321,7 +321,7 @@ def markdown(result: dict[str, Any]) -> str:
     if "long" in result:
         lines += longreport.markdown(result["long"], result.get("write_phase"))
     if "cluster" in result:
-        lines += cluster_markdown(result["cluster"])
+        lines += ["", *cluster_markdown(result["cluster"])]
     lines.append("")
     return "\n".join(lines)
 
