@@ -228,10 +228,17 @@ async def test_thirty_reports_survive_a_sigkill_of_the_stream_leader(stack: Stac
     # names the missing node and the replica it held.
     async def degraded() -> dict[str, Any] | None:
         rows = await cluster_rows(stack)
+        seen.append({label: row["status"] for label, row in rows.items()})
         statuses = {row["status"] for row in rows.values()}
-        return rows if statuses == {"healthy", "degraded"} else None
+        ours = (rows["nats servers"]["status"], rows["stream PRESSROOM"]["status"])
+        return rows if statuses <= {"healthy", "degraded"} and ours == ("degraded",) * 2 else None
 
-    rows = await eventually(degraded, timeout=120, every=0.5)
+    seen: list[dict[str, str]] = []
+
+    try:
+        rows = await eventually(degraded, timeout=120, every=0.5)
+    except AssertionError:
+        raise AssertionError(f"health never said degraded: {seen[-3:]}") from None
     assert rows["nats servers"]["status"] == "degraded"
     assert rows["stream PRESSROOM"]["status"] == "degraded"
     assert f"{leader.url} does not answer" in rows["nats servers"]["detail"]
