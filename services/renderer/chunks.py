@@ -350,7 +350,7 @@ def layout_chunk(job: ChunkJob) -> ChunkResult:
 
 
 def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
-    from services.renderer.pdf import _fetcher_class
+    from services.renderer.pdf import _fetcher_class, weasyprint_errors
 
     fonts.configure(job.font_dirs)
     from weasyprint import CSS, DEFAULT_OPTIONS, HTML
@@ -364,271 +364,258 @@ def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
     from weasyprint.layout.page import make_margin_boxes, remake_page
     from weasyprint.pdf.metadata import DocumentMetadata
     from weasyprint.text.fonts import FontConfiguration
-    from weasyprint.urls import FatalURLFetchingError
 
     stats: dict[str, float] = {}
     clock = time.perf_counter()
     cpu = time.process_time()
     last = job.index == job.count - 1
     fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
-    try:
-        with fonts.glyph_watch() as missing:
-            html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
-            options = dict(DEFAULT_OPTIONS)
-            options["stylesheets"] = [CSS(string=job.page_css, url_fetcher=fetcher)]
-            font_config = FontConfiguration()
-            counter_style = CounterStyle()
-            color_profiles: dict[str, Any] = {}
-            context = Document._build_layout_context(
-                html, font_config, counter_style, color_profiles, options
-            )
-            root = build_formatting_structure(
-                html.etree_element,
-                context.style_for,
-                context.get_image_from_uri,
-                html.base_url,
-                context.target_collector,
-                counter_style,
-                context.footnotes,
-            )
-            stats["boxes"] = time.perf_counter() - clock
-            stats["boxes_cpu"] = time.process_time() - cpu
+    with weasyprint_errors(), fonts.glyph_watch() as missing:
+        html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
+        options = dict(DEFAULT_OPTIONS)
+        options["stylesheets"] = [CSS(string=job.page_css, url_fetcher=fetcher)]
+        font_config = FontConfiguration()
+        counter_style = CounterStyle()
+        color_profiles: dict[str, Any] = {}
+        context = Document._build_layout_context(
+            html, font_config, counter_style, color_profiles, options
+        )
+        root = build_formatting_structure(
+            html.etree_element,
+            context.style_for,
+            context.get_image_from_uri,
+            html.base_url,
+            context.target_collector,
+            counter_style,
+            context.footnotes,
+        )
+        stats["boxes"] = time.perf_counter() - clock
+        stats["boxes_cpu"] = time.process_time() - cpu
 
-            # -- the table and its rows
-            tables = [el for el in html.etree_element.iter() if el.tag == "table"]
-            if job.table_index >= len(tables):
-                raise SplitUnsupported("the table was not found where the planner saw it")
-            group_element, row_elements = _body_rows(tables[job.table_index])
-            if len(row_elements) != job.rows:
-                raise SplitUnsupported("the table's rows differ from what the planner saw")
-            path = _find_group(root, group_element, [])
-            if path is None:
-                raise SplitUnsupported("the table's body is not laid out as a table")
-            group = _check_ancestors(root, path)
-            row_boxes = list(group.children)
-            if len(row_boxes) != job.rows or any(
-                r.element is not e for r, e in zip(row_boxes, row_elements, strict=True)
-            ):
-                raise SplitUnsupported("the table's rows are not boxes of their own")
-            cells = {id(c): c.grid_x for row in row_boxes for c in row.children}
-            if any(c.colspan != 1 or c.rowspan != 1 for row in row_boxes for c in row.children):
-                raise SplitUnsupported("the table has cells spanning rows or columns")
+        # -- the table and its rows
+        tables = [el for el in html.etree_element.iter() if el.tag == "table"]
+        if job.table_index >= len(tables):
+            raise SplitUnsupported("the table was not found where the planner saw it")
+        group_element, row_elements = _body_rows(tables[job.table_index])
+        if len(row_elements) != job.rows:
+            raise SplitUnsupported("the table's rows differ from what the planner saw")
+        path = _find_group(root, group_element, [])
+        if path is None:
+            raise SplitUnsupported("the table's body is not laid out as a table")
+        group = _check_ancestors(root, path)
+        row_boxes = list(group.children)
+        if len(row_boxes) != job.rows or any(
+            r.element is not e for r, e in zip(row_boxes, row_elements, strict=True)
+        ):
+            raise SplitUnsupported("the table's rows are not boxes of their own")
+        cells = {id(c): c.grid_x for row in row_boxes for c in row.children}
+        if any(c.colspan != 1 or c.rowspan != 1 for row in row_boxes for c in row.children):
+            raise SplitUnsupported("the table has cells spanning rows or columns")
 
-            # -- 1. column widths: measure my own rows, take the widest of all chunks
-            own_first = job.targets[job.index]
-            own_stop = job.targets[job.index + 1] if not last else job.first + job.rows
-            columns = max((c.grid_x + 1 for row in row_boxes for c in row.children), default=0)
-            low, high = [0.0] * columns, [0.0] * columns
-            percent, fixed = [0.0] * columns, [False] * columns
-            for row in row_boxes[own_first - job.first : own_stop - job.first]:
-                for cell in row.children:
-                    mn, mx = wpreferred.table_cell_min_max_content_width(context, cell)
-                    low[cell.grid_x] = max(low[cell.grid_x], mn)
-                    high[cell.grid_x] = max(high[cell.grid_x], mx)
-            for row in row_boxes:
-                for cell in row.children:
-                    percent[cell.grid_x] = max(
-                        percent[cell.grid_x], wpreferred._percentage_contribution(cell)
-                    )
-                    width = cell.style["width"]
-                    if width != "auto" and getattr(width, "unit", "%") != "%":
-                        fixed[cell.grid_x] = True
-            everyone = rendezvous.gather(
-                "widths", {"min": low, "max": high, "percent": percent, "fixed": fixed}
-            )
-            if any(
-                (w["percent"], w["fixed"]) != (percent, fixed) or len(w["min"]) != columns
-                for w in everyone
-            ):
-                raise SplitUnsupported("the table's rows set different column widths")
-            widths = (
-                [max(w["min"][i] for w in everyone) for i in range(columns)],
-                [max(w["max"][i] for w in everyone) for i in range(columns)],
-            )
-            stats["measure"] = time.perf_counter() - clock
-            stats["measure_cpu"] = time.process_time() - cpu
-
-            # Chunk 0 starts at the top of the document and never lays a page out twice.
-            cache = CellCache(set(cells) if job.index > 0 else set())
-            with _global_widths(cells, widths), cache.active():
-                initialize_page_maker(context, root)
-                context.rendered_notes = []  # as make_all_pages starts
-                maker = context.page_maker
-                first_entry = maker[0]
-
-                def start_at(row: int) -> int:
-                    """A page_maker entry that starts a page with `row` (global), as the
-                    one-piece render would after the rows before it; returns its index."""
-                    _, next_page, right_page, page_state, _ = first_entry
-                    state = copy.deepcopy(page_state)
-                    state[1]["page"] = [len(maker)]
-                    remake = {
-                        "content_changed": False,
-                        "pages_wanted": False,
-                        "anchors": [],
-                        "content_lookups": [],
-                    }
-                    side = right_page if len(maker) % 2 == 0 else not right_page
-                    maker.append(
-                        (
-                            _skip_stack(path, row - job.first),
-                            dict(next_page),
-                            side,
-                            state,
-                            remake,
-                        )
-                    )
-                    return len(maker) - 1
-
-                def restart(row: int) -> int:
-                    # Same page indices as before: WeasyPrint keeps the styles it computed for
-                    # each page (type, index) and reuses them.
-                    del maker[1:]
-                    return start_at(row)
-
-                def guess(probe: dict[str, int]) -> int | None:
-                    """Where the pages around my nominal first row start, if every page of
-                    the table holds as many rows as chunk 0's first full page."""
-                    s1, per_page = probe["first"], probe["rows"]
-                    target = job.targets[job.index]
-                    if per_page <= 0 or s1 > target:
-                        return None
-                    row = s1 + -(-(target - s1) // per_page) * per_page
-                    return row if row - job.first < job.rows - 1 else None
-
-                def paginate(
-                    index: int, start: int | None, predict: bool = False
-                ) -> tuple[list[Any], int | None, int | None]:
-                    """Pages from maker[index] on, until the next chunk's rows. Returns the
-                    (page box, page_maker index, start row) of each page, the row the next
-                    chunk's pages start with (None for the last chunk), and the row the first
-                    page starts with."""
-                    pages: list[Any] = []
-                    stop_target = None if last else job.targets[job.index + 1]
-                    current = first_row = start
-                    starts: list[int] = []  # chunk 0: the rows its table pages start with
-                    while True:
-                        context.broken_out_of_flow = {}
-                        page, resume_at = remake_page(index, context, root, html)
-                        if page.page_type.blank or page.page_type.name:
-                            raise SplitUnsupported("the document has blank or named pages")
-                        pages.append((page, index, current))
-                        nxt = row_at(resume_at, path)
-                        if nxt == END:
-                            if last:
-                                return pages, None, first_row
-                            raise SplitUnsupported(
-                                "the table ended before the next chunk's rows (rows taller "
-                                "than the look-ahead)"
-                            )
-                        if isinstance(nxt, int):
-                            row = job.first + nxt
-                            if job.index == 0 and len(starts) < 2:
-                                starts.append(row)
-                                if len(starts) == 2:
-                                    rendezvous.publish(
-                                        "probe", {"first": starts[0], "rows": row - starts[0]}
-                                    )
-                            if stop_target is not None and row >= stop_target:
-                                return pages, row, first_row
-                            current = row
-                        elif nxt == AFTER and not last:
-                            raise SplitUnsupported("the table ended before the next chunk's rows")
-                        else:
-                            current = None
-                        index += 1
-                        if index >= len(maker):
-                            raise SplitUnsupported("WeasyPrint did not continue the pages")
-                        if predict:
-                            probe = rendezvous.peek("probe", 0)
-                            if probe is not None:
-                                predict = False
-                                guessed = guess(probe)
-                                if guessed is not None and guessed != first_row:
-                                    # Cells already laid out are kept: little is lost.
-                                    pages, index = [], restart(guessed)
-                                    current = first_row = guessed
-
-                # -- 2. lay out my rows now (from where chunk 0's first pages say the pages
-                # around them start); start where the previous chunk's pages end
-                if job.index == 0:
-                    pages, stop, _ = paginate(0, None)
-                else:
-                    target = job.targets[job.index]
-                    pages, stop, began = paginate(start_at(target), target, predict=True)
-                stats["first_pass"] = time.perf_counter() - clock
-                stats["first_pass_cpu"] = time.process_time() - cpu
-                stats["first_pass_pages"] = len(pages)
-                if job.index > 0:
-                    begin = int(rendezvous.wait("stop", job.index - 1))
-                    if begin != began:
-                        pages, stop, _ = paginate(restart(begin), begin)
-                        stats["second_pass_pages"] = len(pages)
-                if not last:
-                    rendezvous.publish("stop", stop)
-                stats["layout"] = time.perf_counter() - clock
-                stats["layout_cpu"] = time.process_time() - cpu
-                stats["cell_hits"] = cache.hits
-                stats["cell_misses"] = cache.misses
-
-            # -- 3. page numbers of the whole document, then the margin boxes
-            counts = rendezvous.gather("pages", len(pages))
-            offset = sum(counts[: job.index])
-            total = sum(counts)
-            boxes = []
-            for number, (page, index, _) in enumerate(pages, start=offset + 1):
-                state = copy.deepcopy(maker[index + 1][3])
-                state[1]["page"] = [number]
-                state[1]["pages"] = [total]
-                context.current_page = number
-                root_box, footnote_area, note_area = page.children
-                children = [root_box]
-                if footnote_area.children:
-                    children.append(footnote_area)
-                if note_area.children:
-                    children.append(note_area)
-                children.extend(make_margin_boxes(context, page, state))
-                page.children = tuple(children)
-                layout_backgrounds(page, context.get_image_from_uri)
-                boxes.append(page)
-            stats["margins"] = time.perf_counter() - clock
-            stats["margins_cpu"] = time.process_time() - cpu
-
-            # -- 4. draw and write, each font embedded once for the whole report
-            rendered = [Page(page) for page in boxes]
-            bookmarks = tuple(
-                (
-                    float(p.height),
-                    tuple(
-                        (lvl, lbl, (float(x), float(y)), st) for lvl, lbl, (x, y), st in p.bookmarks
-                    ),
+        # -- 1. column widths: measure my own rows, take the widest of all chunks
+        own_first = job.targets[job.index]
+        own_stop = job.targets[job.index + 1] if not last else job.first + job.rows
+        columns = max((c.grid_x + 1 for row in row_boxes for c in row.children), default=0)
+        low, high = [0.0] * columns, [0.0] * columns
+        percent, fixed = [0.0] * columns, [False] * columns
+        for row in row_boxes[own_first - job.first : own_stop - job.first]:
+            for cell in row.children:
+                mn, mx = wpreferred.table_cell_min_max_content_width(context, cell)
+                low[cell.grid_x] = max(low[cell.grid_x], mn)
+                high[cell.grid_x] = max(high[cell.grid_x], mx)
+        for row in row_boxes:
+            for cell in row.children:
+                percent[cell.grid_x] = max(
+                    percent[cell.grid_x], wpreferred._percentage_contribution(cell)
                 )
-                for p in rendered
-            )
-            for page in rendered:
-                page.bookmarks = []  # the merge writes one outline for the whole document
-            document = Document(
-                rendered,
-                DocumentMetadata(**get_html_metadata(html)),
-                html.url_fetcher,
-                font_config,
-                color_profiles,
-                options["output_intent"],
-            )
-            decisions: dict[str, tuple[bool, int]] = {}
-            with _fonts_once(rendezvous, decisions):
-                pdf = document.write_pdf()
-            stats["write"] = time.perf_counter() - clock
-            stats["write_cpu"] = time.process_time() - cpu
-    except FatalURLFetchingError as error:
-        from shared.errors import ResourceBlocked
+                width = cell.style["width"]
+                if width != "auto" and getattr(width, "unit", "%") != "%":
+                    fixed[cell.grid_x] = True
+        everyone = rendezvous.gather(
+            "widths", {"min": low, "max": high, "percent": percent, "fixed": fixed}
+        )
+        if any(
+            (w["percent"], w["fixed"]) != (percent, fixed) or len(w["min"]) != columns
+            for w in everyone
+        ):
+            raise SplitUnsupported("the table's rows set different column widths")
+        widths = (
+            [max(w["min"][i] for w in everyone) for i in range(columns)],
+            [max(w["max"][i] for w in everyone) for i in range(columns)],
+        )
+        stats["measure"] = time.perf_counter() - clock
+        stats["measure_cpu"] = time.process_time() - cpu
 
-        cause = error.__cause__ or error
-        raise ResourceBlocked(str(cause.args[0] if cause.args else cause)) from None
-    except MemoryError:
-        from shared.errors import PermanentError
+        # Chunk 0 starts at the top of the document and never lays a page out twice.
+        cache = CellCache(set(cells) if job.index > 0 else set())
+        with _global_widths(cells, widths), cache.active():
+            initialize_page_maker(context, root)
+            context.rendered_notes = []  # as make_all_pages starts
+            maker = context.page_maker
+            first_entry = maker[0]
 
-        raise PermanentError("render ran out of memory (input too large?)") from None
+            def start_at(row: int) -> int:
+                """A page_maker entry that starts a page with `row` (global), as the
+                one-piece render would after the rows before it; returns its index."""
+                _, next_page, right_page, page_state, _ = first_entry
+                state = copy.deepcopy(page_state)
+                state[1]["page"] = [len(maker)]
+                remake = {
+                    "content_changed": False,
+                    "pages_wanted": False,
+                    "anchors": [],
+                    "content_lookups": [],
+                }
+                side = right_page if len(maker) % 2 == 0 else not right_page
+                maker.append(
+                    (
+                        _skip_stack(path, row - job.first),
+                        dict(next_page),
+                        side,
+                        state,
+                        remake,
+                    )
+                )
+                return len(maker) - 1
+
+            def restart(row: int) -> int:
+                # Same page indices as before: WeasyPrint keeps the styles it computed for
+                # each page (type, index) and reuses them.
+                del maker[1:]
+                return start_at(row)
+
+            def guess(probe: dict[str, int]) -> int | None:
+                """Where the pages around my nominal first row start, if every page of
+                the table holds as many rows as chunk 0's first full page."""
+                s1, per_page = probe["first"], probe["rows"]
+                target = job.targets[job.index]
+                if per_page <= 0 or s1 > target:
+                    return None
+                row = s1 + -(-(target - s1) // per_page) * per_page
+                return row if row - job.first < job.rows - 1 else None
+
+            def paginate(
+                index: int, start: int | None, predict: bool = False
+            ) -> tuple[list[Any], int | None, int | None]:
+                """Pages from maker[index] on, until the next chunk's rows. Returns the
+                (page box, page_maker index, start row) of each page, the row the next
+                chunk's pages start with (None for the last chunk), and the row the first
+                page starts with."""
+                pages: list[Any] = []
+                stop_target = None if last else job.targets[job.index + 1]
+                current = first_row = start
+                starts: list[int] = []  # chunk 0: the rows its table pages start with
+                while True:
+                    context.broken_out_of_flow = {}
+                    page, resume_at = remake_page(index, context, root, html)
+                    if page.page_type.blank or page.page_type.name:
+                        raise SplitUnsupported("the document has blank or named pages")
+                    pages.append((page, index, current))
+                    nxt = row_at(resume_at, path)
+                    if nxt == END:
+                        if last:
+                            return pages, None, first_row
+                        raise SplitUnsupported(
+                            "the table ended before the next chunk's rows (rows taller "
+                            "than the look-ahead)"
+                        )
+                    if isinstance(nxt, int):
+                        row = job.first + nxt
+                        if job.index == 0 and len(starts) < 2:
+                            starts.append(row)
+                            if len(starts) == 2:
+                                rendezvous.publish(
+                                    "probe", {"first": starts[0], "rows": row - starts[0]}
+                                )
+                        if stop_target is not None and row >= stop_target:
+                            return pages, row, first_row
+                        current = row
+                    elif nxt == AFTER and not last:
+                        raise SplitUnsupported("the table ended before the next chunk's rows")
+                    else:
+                        current = None
+                    index += 1
+                    if index >= len(maker):
+                        raise SplitUnsupported("WeasyPrint did not continue the pages")
+                    if predict:
+                        probe = rendezvous.peek("probe", 0)
+                        if probe is not None:
+                            predict = False
+                            guessed = guess(probe)
+                            if guessed is not None and guessed != first_row:
+                                # Cells already laid out are kept: little is lost.
+                                pages, index = [], restart(guessed)
+                                current = first_row = guessed
+
+            # -- 2. lay out my rows now (from where chunk 0's first pages say the pages
+            # around them start); start where the previous chunk's pages end
+            if job.index == 0:
+                pages, stop, _ = paginate(0, None)
+            else:
+                target = job.targets[job.index]
+                pages, stop, began = paginate(start_at(target), target, predict=True)
+            stats["first_pass"] = time.perf_counter() - clock
+            stats["first_pass_cpu"] = time.process_time() - cpu
+            stats["first_pass_pages"] = len(pages)
+            if job.index > 0:
+                begin = int(rendezvous.wait("stop", job.index - 1))
+                if begin != began:
+                    pages, stop, _ = paginate(restart(begin), begin)
+                    stats["second_pass_pages"] = len(pages)
+            if not last:
+                rendezvous.publish("stop", stop)
+            stats["layout"] = time.perf_counter() - clock
+            stats["layout_cpu"] = time.process_time() - cpu
+            stats["cell_hits"] = cache.hits
+            stats["cell_misses"] = cache.misses
+
+        # -- 3. page numbers of the whole document, then the margin boxes
+        counts = rendezvous.gather("pages", len(pages))
+        offset = sum(counts[: job.index])
+        total = sum(counts)
+        boxes = []
+        for number, (page, index, _) in enumerate(pages, start=offset + 1):
+            state = copy.deepcopy(maker[index + 1][3])
+            state[1]["page"] = [number]
+            state[1]["pages"] = [total]
+            context.current_page = number
+            root_box, footnote_area, note_area = page.children
+            children = [root_box]
+            if footnote_area.children:
+                children.append(footnote_area)
+            if note_area.children:
+                children.append(note_area)
+            children.extend(make_margin_boxes(context, page, state))
+            page.children = tuple(children)
+            layout_backgrounds(page, context.get_image_from_uri)
+            boxes.append(page)
+        stats["margins"] = time.perf_counter() - clock
+        stats["margins_cpu"] = time.process_time() - cpu
+
+        # -- 4. draw and write, each font embedded once for the whole report
+        rendered = [Page(page) for page in boxes]
+        bookmarks = tuple(
+            (
+                float(p.height),
+                tuple((lvl, lbl, (float(x), float(y)), st) for lvl, lbl, (x, y), st in p.bookmarks),
+            )
+            for p in rendered
+        )
+        for page in rendered:
+            page.bookmarks = []  # the merge writes one outline for the whole document
+        document = Document(
+            rendered,
+            DocumentMetadata(**get_html_metadata(html)),
+            html.url_fetcher,
+            font_config,
+            color_profiles,
+            options["output_intent"],
+        )
+        decisions: dict[str, tuple[bool, int]] = {}
+        with _fonts_once(rendezvous, decisions):
+            pdf = document.write_pdf()
+        stats["write"] = time.perf_counter() - clock
+        stats["write_cpu"] = time.process_time() - cpu
     assert pdf is not None
     return ChunkResult(
         job.index, pdf, len(boxes), tuple(sorted(missing)), decisions, bookmarks, stats

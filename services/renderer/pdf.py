@@ -12,10 +12,10 @@ import mimetypes
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -196,23 +196,31 @@ def check_output_size(job: RenderJob, html: bytes | None, pdf: bytes | None) -> 
             )
 
 
-def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tuple[str, ...]]:
-    fonts.configure(job.font_dirs)
-    from weasyprint import CSS, HTML
+@contextmanager
+def weasyprint_errors() -> Iterator[None]:
+    """WeasyPrint's failures as Pressroom's, for whole and split renders alike: an asset the
+    fetcher refused, and a render that ran out of memory."""
     from weasyprint.urls import FatalURLFetchingError
 
-    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
     try:
-        with fonts.glyph_watch() as missing:
-            document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
-                stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]
-            )
-            pdf = document.write_pdf()
+        yield
     except FatalURLFetchingError as error:
         cause = error.__cause__ or error
         raise ResourceBlocked(str(cause.args[0] if cause.args else cause)) from None
     except MemoryError:
         raise PermanentError("render ran out of memory (input too large?)") from None
+
+
+def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tuple[str, ...]]:
+    fonts.configure(job.font_dirs)
+    from weasyprint import CSS, HTML
+
+    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    with weasyprint_errors(), fonts.glyph_watch() as missing:
+        document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
+            stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]
+        )
+        pdf = document.write_pdf()
     assert pdf is not None
     # After the render, not during it: a report with boxes is never delivered, and the reason
     # lists every character at once.

@@ -11,15 +11,14 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import signal
 import sys
 import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from standin import QuietHandler, exit_on_sigterm, healthcheck
 
 SMTP_PORT, HTTP_PORT = 1025, 8025
 LOCK = threading.Lock()
@@ -47,7 +46,7 @@ class Catcher:
         return "250 Message accepted for delivery"
 
 
-class Api(BaseHTTPRequestHandler):
+class Api(QuietHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path in ("/livez", "/readyz"):
@@ -68,26 +67,14 @@ class Api(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found", "text/plain")
 
-    def _send(self, status: int, body: bytes, kind: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test reads the API, not this log."""
-
 
 def check() -> int:
     """The healthcheck: the read API answers."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/livez", timeout=3) as answer:
-        return 0 if answer.status == 200 else 1
+    return healthcheck(f"http://127.0.0.1:{HTTP_PORT}/livez")
 
 
 def main() -> None:
-    # PID 1 in a container: without a handler SIGTERM is ignored and `down` waits for SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    exit_on_sigterm()
     controller = Controller(Catcher(), hostname="0.0.0.0", port=SMTP_PORT)
     controller.start()
     print(f"mail catcher: SMTP on :{SMTP_PORT}, API on :{HTTP_PORT}", flush=True)

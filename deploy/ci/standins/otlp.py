@@ -9,11 +9,9 @@ Only for CI without an image registry; with one, compose runs the real collector
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from google.protobuf.json_format import Parse
@@ -22,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from standin import QuietHandler, exit_on_sigterm, healthcheck
 
 PORT = 4318
 LOCK = threading.Lock()
@@ -57,7 +56,7 @@ def record(request: ExportTraceServiceRequest) -> None:
         SPANS.extend(found)
 
 
-class Receiver(BaseHTTPRequestHandler):
+class Receiver(QuietHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         signal_name = self.path.rstrip("/").rsplit("/", 1)[-1]
@@ -98,26 +97,14 @@ class Receiver(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found", "text/plain")
 
-    def _send(self, status: int, body: bytes, kind: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test reads the API, not this log."""
-
 
 def check() -> int:
     """The healthcheck: the receiver answers."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/livez", timeout=3) as answer:
-        return 0 if answer.status == 200 else 1
+    return healthcheck(f"http://127.0.0.1:{PORT}/livez")
 
 
 def main() -> None:
-    # PID 1 in a container: without a handler SIGTERM is ignored and `down` waits for SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    exit_on_sigterm()
     print(f"OTLP receiver: OTLP/HTTP on :{PORT}, recorded spans at GET /api/spans", flush=True)
     ThreadingHTTPServer(("0.0.0.0", PORT), Receiver).serve_forever()
 

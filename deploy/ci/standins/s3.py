@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+from standin import exit_on_sigterm, healthcheck
 
 PORT, INTERNAL_PORT = 9000, 9100
 DATA = Path(os.environ.get("S3_STANDIN_DATA", "/data"))
@@ -36,8 +37,7 @@ def compact() -> int:
 
 
 def serve() -> None:
-    # PID 1 in a container: without a handler SIGTERM is ignored and `down` waits for SIGKILL.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    exit_on_sigterm()
     DATA.mkdir(parents=True, exist_ok=True)
     writes = compact()
     os.environ["MOTO_RECORDER_FILEPATH"] = str(RECORDING)
@@ -59,8 +59,7 @@ def serve() -> None:
 
 def check() -> int:
     """The healthcheck: S3 answers a ListBuckets."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=3) as answer:
-        return 0 if answer.status == 200 else 1
+    return healthcheck(f"http://127.0.0.1:{PORT}/")
 
 
 def init() -> int:
