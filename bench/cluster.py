@@ -14,6 +14,8 @@ import json
 import re
 import signal
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -95,14 +97,18 @@ class Load:
         await asyncio.gather(*tasks)
 
 
-async def delivered_times(cluster: Cluster, rids: set[str]) -> dict[str, float]:
-    """When each report.delivered was stored, by the stream's clock (survives client failover)."""
+async def delivered(
+    cluster: Cluster, *, until: Callable[[list[tuple[str, float]]], bool], timeout: float
+) -> list[tuple[str, float]]:
+    """Every report.delivered in the stream as (request_id, when it was stored by the stream's
+    clock, which survives client failover), read again until `until` is satisfied."""
     nc = await cluster.connect()
     try:
         js = nc.jetstream(timeout=5)
-        found: dict[str, float] = {}
+        records: list[tuple[str, float]] = []
 
-        async def collect() -> bool:
+        async def read() -> bool:
+            records.clear()
             try:
                 sub = await js.subscribe("report.delivered", ordered_consumer=True)
             except Exception:  # the cluster is still electing: ask again
@@ -113,17 +119,27 @@ async def delivered_times(cluster: Cluster, rids: set[str]) -> dict[str, float]:
                         msg = await sub.next_msg(timeout=1)
                     except Exception:
                         break
-                    rid = json.loads(msg.data)["request_id"]
                     stamp: datetime = msg.metadata.timestamp
-                    found.setdefault(rid, stamp.timestamp())
+                    records.append((json.loads(msg.data)["request_id"], stamp.timestamp()))
             finally:
                 await sub.unsubscribe()
-            return rids <= set(found)
+            return until(records)
 
-        await eventually(collect, timeout=300, every=1.0)
-        return found
+        await eventually(read, timeout=timeout, every=1.0)
+        return records
     finally:
         await nc.close()
+
+
+async def delivered_times(cluster: Cluster, rids: set[str]) -> dict[str, float]:
+    """When each report was first delivered, once every one of `rids` is."""
+    records = await delivered(
+        cluster, until=lambda found: rids <= {rid for rid, _ in found}, timeout=300
+    )
+    first: dict[str, float] = {}
+    for rid, stamp in records:
+        first.setdefault(rid, stamp)
+    return first
 
 
 async def watch_elections(cluster: Cluster, dead: str, since: float) -> dict[str, float]:
@@ -329,32 +345,9 @@ def _by_start_time(after: float) -> Any:
 
 
 async def delivered_counts(cluster: Cluster) -> dict[str, int]:
-    nc = await cluster.connect()
-    try:
-        js = nc.jetstream(timeout=5)
-        counts: dict[str, int] = {}
-
-        async def count() -> bool:
-            counts.clear()
-            try:
-                sub = await js.subscribe("report.delivered", ordered_consumer=True)
-            except Exception:  # the cluster is still electing: ask again
-                return False
-            try:
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=1)
-                    except Exception:
-                        return True
-                    rid = json.loads(msg.data)["request_id"]
-                    counts[rid] = counts.get(rid, 0) + 1
-            finally:
-                await sub.unsubscribe()
-
-        await eventually(count, timeout=120, every=1.0)
-        return counts
-    finally:
-        await nc.close()
+    """How many times each report was delivered."""
+    records = await delivered(cluster, until=lambda _: True, timeout=120)
+    return dict(Counter(rid for rid, _ in records))
 
 
 async def cluster_failover(root: Path) -> dict[str, Any]:

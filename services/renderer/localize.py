@@ -42,24 +42,25 @@ def _as_float(value: Any) -> float | None:
 
 def number(value: Any, digits: int, locale: str) -> str:
     """12345.6 → '12.346' (de), '12,346' (en), '१२,३४६' only if the locale says so."""
-    number_ = _as_float(value)
-    if number_ is None:
-        return str(value)
-    loc = parse_locale(locale)
-    pattern = parse_pattern(loc.decimal_formats[None].pattern)
-    pattern.frac_prec = (digits, digits)
-    return str(pattern.apply(number_, loc))
+    return _decimal(value, digits, locale, percent=False)
 
 
 def percent(value: Any, digits: int, locale: str) -> str:
     """87.5 (already in percent, like the `percent` filter) → '87,5 %' (de), '87.5%' (en)."""
+    return _decimal(value, digits, locale, percent=True)
+
+
+def _decimal(value: Any, digits: int, locale: str, *, percent: bool) -> str:
+    """`value` with exactly `digits` decimals in the locale's number or percent pattern; what is
+    not a number is shown as it is."""
     number_ = _as_float(value)
     if number_ is None:
         return str(value)
     loc = parse_locale(locale)
-    pattern = parse_pattern(loc.percent_formats[None].pattern)
+    formats = loc.percent_formats if percent else loc.decimal_formats
+    pattern = parse_pattern(formats[None].pattern)
     pattern.frac_prec = (digits, digits)
-    return str(pattern.apply(number_ / 100, loc))
+    return str(pattern.apply(number_ / 100 if percent else number_, loc))
 
 
 def money(value: Any, currency: str, locale: str) -> str:

@@ -69,12 +69,7 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
             event = json.loads(line)
             assert event["service"] == f"pressroom-{log.stem.rsplit('-', 1)[0]}", line
     assert not port_open("127.0.0.1", port)  # the embedded nats-server is gone too
-    time.sleep(0.5)
-    assert [
-        pid
-        for pid in children
-        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-    ] == []
+    assert survivors(children) == []
 
 
 def anonymous_refused(port: int) -> bool:
@@ -131,6 +126,22 @@ def test_up_runs_the_pipeline_on_an_external_locked_bus(tmp_path: Path) -> None:
         output = up.communicate(timeout=30)[0].decode()
         bus.stop()
     assert up.returncode == 0, output
+
+
+def survivors(children: list[int], timeout: float = 30) -> list[int]:
+    """Those of `children` still running once they have had `timeout` seconds to exit (a zombie
+    waiting for init to reap it has exited)."""
+
+    def running(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in children if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
 
 
 def descendants(pid: int) -> list[int]:
@@ -224,12 +235,7 @@ def test_up_with_prometheus_shows_a_failing_templates_alert(tmp_path: Path) -> N
     assert f"Prometheus on http://127.0.0.1:{port}" in output
     assert not port_open("127.0.0.1", port)  # the embedded prometheus is gone too
     assert not targets.exists()
-    time.sleep(0.5)
-    assert [
-        pid
-        for pid in children
-        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
-    ] == []
+    assert survivors(children) == []
 
 
 def test_alerts_without_any_prometheus_is_one_line(tmp_path: Path) -> None:
