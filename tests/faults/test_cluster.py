@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.bus import DLQ_STREAM, LEDGER_BUCKET, STREAM
+from shared.bus import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
 from shared.cluster import cluster_components, topology_streams
 from shared.ledger import KvLedger
 from shared.settings import Settings
@@ -154,14 +154,58 @@ async def delivered(stack: Stack) -> Counter[str]:
 
 
 async def all_delivered(stack: Stack, rids: list[str], timeout: float = 180) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    errors: list[str] = []
+
     async def probe() -> Counter[str] | None:
+        nonlocal seen
         try:
             seen = await delivered(stack)
-        except Exception:  # a stream leader being elected: ask again
+        except Exception as error:  # a stream leader being elected: ask again
+            errors.append(repr(error))
             return None
         return seen if all(seen[r] for r in rids) else None
 
-    return await eventually(probe, timeout=timeout, every=0.5)
+    try:
+        return await eventually(probe, timeout=timeout, every=0.5)
+    except AssertionError:
+        missing = [r for r in rids if not seen[r]]
+        diagnosis = await where_they_are(stack, missing)
+        raise AssertionError(f"{diagnosis}\nlast read errors: {errors[-3:]}") from None
+
+
+async def where_they_are(stack: Stack, missing: list[str]) -> str:
+    """What a failed wait shows: the reports not delivered, where the ledger has them, what
+    each stage's consumer holds, and what the workers logged about them."""
+    lines = [f"{len(missing)} not delivered: {missing[:10]}"]
+    for name, procs in stack.procs.items():
+        lines.append(f"{name} workers' exit codes (None: running): {[p.poll() for p in procs]}")
+    try:
+        nc = await stack.connect()
+        try:
+            js = nc.jetstream(timeout=5)
+            ledger = KvLedger(await js.key_value(LEDGER_BUCKET))
+            for rid in missing[:5]:
+                entry = await ledger.get(rid)
+                lines.append(f"ledger {rid}: {entry.model_dump_json() if entry else None}")
+            for spec in STAGES.values():
+                info = await js.consumer_info(STREAM, spec.durable)
+                lines.append(
+                    f"consumer {spec.durable}: pending={info.num_pending} "
+                    f"ack_pending={info.num_ack_pending} redelivered={info.num_redelivered} "
+                    f"waiting={info.num_waiting} delivered={info.delivered} "
+                    f"ack_floor={info.ack_floor} cluster={info.cluster}"
+                )
+        finally:
+            await nc.close()
+    except Exception as error:  # the diagnosis must not hide the failure
+        lines.append(f"(bus not readable: {error!r})")
+    for log in sorted((stack.root / "logs").glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        about = [line for line in text if any(r in line for r in missing[:5])]
+        lines.append(f"== {log.name}: {len(text)} lines")
+        lines.extend(about[-15:] + text[-15:])
+    return "\n".join(lines)
 
 
 async def first_delivery(stack: Stack, rids: list[str]) -> None:
