@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 
 from shared.embedded import ClusterRoutes, free_port, start_nats_server
@@ -169,6 +170,28 @@ class Cluster:
             await nc.close()
 
     async def wait_current(self, streams: Iterable[str], timeout: float = 90) -> None:
-        """Until each stream has a leader and all its replicas, on running nodes, are current."""
+        """Until each stream has a leader and all its replicas are current, and each running
+        node says on `/healthz` that its own streams and consumers have caught up: what a
+        rolling update waits for before the next node goes (deploy/k8s/nats.yaml's probe)."""
         names = list(streams)
         await asyncio.gather(*(self.leader(s, timeout=timeout) for s in names))
+        await asyncio.gather(*(self.healthy(n, timeout=timeout) for n in self.nodes if n.running))
+
+    async def healthy(self, node: Node, timeout: float = 90) -> None:
+        """Until `node` answers 200 on plain `/healthz` (JetStream current, not only enabled)."""
+        said: list[str] = []
+
+        async def ok() -> bool:
+            async with httpx.AsyncClient(timeout=5) as client:
+                try:
+                    response = await client.get(f"http://127.0.0.1:{node.monitor_port}/healthz")
+                except httpx.HTTPError as error:
+                    said[:] = [repr(error)]
+                    return False
+            said[:] = [response.text]
+            return response.status_code == 200
+
+        try:
+            await eventually(ok, timeout=timeout, every=0.2)
+        except AssertionError:
+            raise AssertionError(f"{node.name} never healthy: {said}") from None

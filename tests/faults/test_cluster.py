@@ -136,19 +136,21 @@ async def delivered(stack: Stack) -> Counter[str]:
     nc = await stack.connect()
     try:
         js = nc.jetstream(timeout=2)
-        info = await js.stream_info(STREAM)
-        sub = await js.subscribe("report.delivered", ordered_consumer=True)
+        info = await js.stream_info(STREAM, subjects_filter="report.delivered")
         seen: Counter[str] = Counter()
+        if not info.state.subjects:
+            return seen
+        sub = await js.subscribe("report.delivered", ordered_consumer=True)
         try:
-            for _ in range(info.state.messages):
-                try:
-                    msg = await sub.next_msg(timeout=1)
-                except Exception:  # nats-py's TimeoutError: nothing more to read
-                    break
+            # Each message says how many are still to come: read until none is, however slow
+            # the machine (a read that stalls raises, and the probe asks again).
+            while True:
+                msg = await sub.next_msg(timeout=10)
                 seen[json.loads(msg.data)["request_id"]] += 1
+                if msg.metadata.num_pending == 0:
+                    return seen
         finally:
             await sub.unsubscribe()
-        return seen
     finally:
         await nc.close()
 
