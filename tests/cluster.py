@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 
 from shared.embedded import ClusterRoutes, free_port, start_nats_server
 from tests.helpers import eventually, quiet
+
+READY_WITHIN = 90.0  # seconds a node may take to find its leaders and catch up
 
 
 @dataclass
@@ -80,6 +84,13 @@ class Cluster:
         for node in self.nodes:
             if not node.running:
                 self.start_node(node)
+        # Formed: every node has found the meta leader (before that, `bus setup` times out).
+        deadline = time.monotonic() + READY_WITHIN
+        for node in self.nodes:
+            while (said := self._healthz(node))[0] != 200:
+                if time.monotonic() > deadline or not node.running:
+                    raise RuntimeError(f"{node.name} never healthy: {said}")
+                time.sleep(0.1)
         return self
 
     def start_node(self, node: Node) -> None:
@@ -177,21 +188,28 @@ class Cluster:
         await asyncio.gather(*(self.leader(s, timeout=timeout) for s in names))
         await asyncio.gather(*(self.healthy(n, timeout=timeout) for n in self.nodes if n.running))
 
-    async def healthy(self, node: Node, timeout: float = 90) -> None:
+    async def healthy(self, node: Node, timeout: float = READY_WITHIN) -> None:
         """Until `node` answers 200 on plain `/healthz` (JetStream current, not only enabled)."""
-        said: list[str] = []
+        said: list[tuple[int, str]] = []
 
         async def ok() -> bool:
-            async with httpx.AsyncClient(timeout=5) as client:
-                try:
-                    response = await client.get(f"http://127.0.0.1:{node.monitor_port}/healthz")
-                except httpx.HTTPError as error:
-                    said[:] = [repr(error)]
-                    return False
-            said[:] = [response.text]
-            return response.status_code == 200
+            said[:] = [await asyncio.to_thread(self._healthz, node)]
+            return said[0][0] == 200
 
         try:
             await eventually(ok, timeout=timeout, every=0.2)
         except AssertionError:
             raise AssertionError(f"{node.name} never healthy: {said}") from None
+
+    @staticmethod
+    def _healthz(node: Node) -> tuple[int, str]:
+        """nats-server's own health answer: 200 once it has a meta leader and its streams and
+        consumers are current; 503 with the reason before that."""
+        url = f"http://127.0.0.1:{node.monitor_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except OSError as error:  # not listening yet, or gone
+            return 0, repr(error)
