@@ -506,13 +506,18 @@ async def dead_letter(bus: Bus, seq: int) -> DeadLetterRecord | None:
 DEAD_LETTER_STAGES = tuple(STAGES)
 
 
-async def find_dead_letters(bus: Bus, ref: str) -> list[DeadLetterRecord]:
+async def find_dead_letters(
+    bus: Bus, ref: str, listing: list[DeadLetterRecord] | None = None
+) -> list[DeadLetterRecord]:
     """Dead letters by id (the DLQ stream sequence) or by the request_id they carry, oldest
-    first: what an operator has at hand is usually the request id."""
+    first: what an operator has at hand is usually the request id. A request id is looked up
+    in `listing` when the caller has already read every dead letter."""
     if ref.isdigit():
         record = await dead_letter(bus, int(ref))
         return [record] if record is not None else []
-    return [r for r in await dead_letters(bus) if r.letter.request_id == ref]
+    if listing is None:
+        listing = await dead_letters(bus)
+    return [r for r in listing if r.letter.request_id == ref]
 
 
 # Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).
@@ -545,12 +550,9 @@ async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
     return letter.payload.encode()
 
 
-async def replay(bus: Bus, seq: int) -> str:
+async def replay(bus: Bus, record: DeadLetterRecord) -> str:
     """Republish a dead letter to its subject with a fresh message id, then remove it."""
-    record = await dead_letter(bus, seq)
-    if record is None:
-        raise PressroomError(f"no dead letter with id {seq}")
-    letter = record.letter
+    seq, letter = record.id, record.letter
     if letter.subject not in REPLAYABLE:
         raise PressroomError(
             f"dead letter {seq} names subject '{letter.subject}': only "
@@ -576,20 +578,22 @@ async def _forget_body(bus: Bus, letter: DeadLetter) -> None:
         await (await bus.store()).delete(key)
 
 
-async def dead_letter_ids(bus: Bus, refs: list[str] | None) -> list[int]:
+async def dead_letters_named(bus: Bus, refs: list[str] | None) -> list[DeadLetterRecord]:
     """The dead letters `refs` name — ids, or request ids (each of that request's letters) —
     or every one when `refs` is None; a ref that names none is an error, before anything
-    is changed."""
+    is changed. Every dead letter is read at most once, however many request ids."""
     if refs is None:
-        return [r.id for r in await dead_letters(bus)]
-    ids: list[int] = []
+        return await dead_letters(bus)
+    listing = await dead_letters(bus) if not all(r.isdigit() for r in refs) else None
+    named: dict[int, DeadLetterRecord] = {}
     for ref in refs:
-        found = await find_dead_letters(bus, ref)
+        found = await find_dead_letters(bus, ref, listing)
         if not found:
             kind = "id" if ref.isdigit() else "request_id"
             raise PressroomError(f"no dead letter with {kind} {ref}: nothing was changed")
-        ids.extend(r.id for r in found if r.id not in ids)
-    return ids
+        for record in found:
+            named.setdefault(record.id, record)
+    return list(named.values())
 
 
 async def replay_many(
@@ -597,10 +601,10 @@ async def replay_many(
 ) -> list[dict[str, Any]]:
     """Replay the dead letters `refs` name (ids or request ids), or every one when `refs` is
     None (as `purge`); `on_each(done, total)` after each."""
-    targets = await dead_letter_ids(bus, refs)
+    targets = await dead_letters_named(bus, refs)
     done: list[dict[str, Any]] = []
-    for seq in targets:
-        done.append({"id": seq, "subject": await replay(bus, seq)})
+    for record in targets:
+        done.append({"id": record.id, "subject": await replay(bus, record)})
         if on_each is not None:
             on_each(len(done), len(targets))
     return done
@@ -609,13 +613,12 @@ async def replay_many(
 async def purge(bus: Bus, refs: list[str] | None) -> int:
     """Delete the dead letters `refs` name (ids or request ids; every one when None), with any
     bodies they stored."""
-    targets = await dead_letter_ids(bus, refs)
     removed = 0
-    for seq in targets:
-        record = await dead_letter(bus, seq)
-        if record is None:
+    for record in await dead_letters_named(bus, refs):
+        try:
+            await bus.js.delete_msg(DLQ_STREAM, record.id)
+        except NotFoundError:  # gone since it was read (replayed or purged meanwhile)
             continue
-        await bus.js.delete_msg(DLQ_STREAM, seq)
         await _forget_body(bus, record.letter)
         removed += 1
     return removed

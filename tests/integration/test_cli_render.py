@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
 
-from tests.helpers import REPO
+from tests.helpers import REPO, pressroom
 
 pytestmark = pytest.mark.integration
-
-
-def pressroom(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
-        "HOME": str(cwd),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -185,16 +167,7 @@ def test_usage_errors_are_one_line_with_exit_2(args: list[str]) -> None:
 
 
 def test_an_unreachable_bus_is_one_line_not_a_hang() -> None:
-    import os
-
-    env_cmd = [sys.executable, "-m", "shared.cli", "ls"]
-    result = subprocess.run(
-        env_cmd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PRESSROOM_NATS_URL": "nats://127.0.0.1:1", "PYTHONPATH": str(REPO)},
-    )
+    result = pressroom("ls", env={"PRESSROOM_NATS_URL": "nats://127.0.0.1:1"}, timeout=30)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: cannot reach NATS at nats://127.0.0.1:1: connection refused: nothing listens "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.embedded import free_port, port_open
-from tests.helpers import REPO
+from tests.helpers import REPO, pressroom
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +53,7 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         assert oct((seeds / "ops.nk").stat().st_mode & 0o777) == "0o600"
         assert anonymous_refused(port)
         # … and the CLI in another terminal finds the ops identity by itself.
-        listed = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "ls", "--json"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        listed = pressroom("ls", "--json", env=env, cwd=tmp_path, timeout=60)
         assert listed.returncode == 0, listed.stderr
         assert pdf.stem in {e["request_id"] for e in json.loads(listed.stdout)}
     finally:
@@ -188,14 +185,7 @@ def test_up_with_prometheus_shows_a_failing_templates_alert(tmp_path: Path) -> N
     )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return pressroom(*args, env=env, cwd=tmp_path, timeout=60)
 
     try:
         targets = tmp_path / "state" / "prometheus" / "targets.json"
