@@ -24,7 +24,7 @@ from typing import Any
 from shared.bus import DELIVERIES_BUCKET, LEDGER_BUCKET, OBJECT_BUCKET, STAGES, STREAM
 from shared.cluster import topology_streams
 from shared.settings import Settings
-from tests.cluster import Cluster, Node
+from tests.cluster import Cluster, Node, delivered_events
 from tests.helpers import REPO, Stack, eventually
 
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
@@ -108,21 +108,10 @@ async def delivered(
         records: list[tuple[str, float]] = []
 
         async def read() -> bool:
-            records.clear()
             try:
-                sub = await js.subscribe("report.delivered", ordered_consumer=True)
-            except Exception:  # the cluster is still electing: ask again
+                records[:] = await delivered_events(js)
+            except Exception:  # the cluster is still electing, or the read stalled: ask again
                 return False
-            try:
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=1)
-                    except Exception:
-                        break
-                    stamp: datetime = msg.metadata.timestamp
-                    records.append((json.loads(msg.data)["request_id"], stamp.timestamp()))
-            finally:
-                await sub.unsubscribe()
             return until(records)
 
         await eventually(read, timeout=timeout, every=1.0)

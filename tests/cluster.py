@@ -9,6 +9,7 @@ replica current), never on fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
@@ -21,7 +22,9 @@ from typing import Any
 
 import nats
 
+from shared.bus import STREAM
 from shared.embedded import ClusterRoutes, free_port, start_nats_server
+from shared.events import REPORT_DELIVERED
 from tests.helpers import eventually, quiet
 
 READY_WITHIN = 90.0  # seconds a node may take to find its leaders and catch up
@@ -213,3 +216,26 @@ class Cluster:
             return error.code, error.read().decode(errors="replace")
         except OSError as error:  # not listening yet, or gone
             return 0, repr(error)
+
+
+async def delivered_events(js: Any) -> list[tuple[str, float]]:
+    """Every report.delivered in the (replicated) stream, oldest first, as (request_id, when
+    the stream stored it: its clock, which survives client failover).
+
+    Each message says how many are still to come: it reads until none is, however slow the
+    machine. A read that stalls (a leader being elected) raises; the caller asks again.
+    """
+    info = await js.stream_info(STREAM, subjects_filter=REPORT_DELIVERED)
+    if not info.state.subjects:
+        return []
+    sub = await js.subscribe(REPORT_DELIVERED, ordered_consumer=True)
+    records: list[tuple[str, float]] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            stamp = msg.metadata.timestamp.timestamp()
+            records.append((json.loads(msg.data)["request_id"], stamp))
+            if msg.metadata.num_pending == 0:
+                return records
+    finally:
+        await sub.unsubscribe()

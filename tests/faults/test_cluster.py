@@ -27,7 +27,7 @@ from shared.bus import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
 from shared.cluster import cluster_components, topology_streams
 from shared.ledger import KvLedger
 from shared.settings import Settings
-from tests.cluster import Cluster
+from tests.cluster import Cluster, delivered_events
 from tests.helpers import REPO, Stack, eventually, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(300)]
@@ -135,22 +135,7 @@ async def delivered(stack: Stack) -> Counter[str]:
     """report.delivered events by request_id, read back from the (replicated) stream."""
     nc = await stack.connect()
     try:
-        js = nc.jetstream(timeout=2)
-        info = await js.stream_info(STREAM, subjects_filter="report.delivered")
-        seen: Counter[str] = Counter()
-        if not info.state.subjects:
-            return seen
-        sub = await js.subscribe("report.delivered", ordered_consumer=True)
-        try:
-            # Each message says how many are still to come: read until none is, however slow
-            # the machine (a read that stalls raises, and the probe asks again).
-            while True:
-                msg = await sub.next_msg(timeout=10)
-                seen[json.loads(msg.data)["request_id"]] += 1
-                if msg.metadata.num_pending == 0:
-                    return seen
-        finally:
-            await sub.unsubscribe()
+        return Counter(rid for rid, _ in await delivered_events(nc.jetstream(timeout=2)))
     finally:
         await nc.close()
 
