@@ -88,12 +88,8 @@ class Cluster:
             if not node.running:
                 self.start_node(node)
         # Formed: every node has found the meta leader (before that, `bus setup` times out).
-        deadline = time.monotonic() + READY_WITHIN
         for node in self.nodes:
-            while (said := self._healthz(node))[0] != 200:
-                if time.monotonic() > deadline or not node.running:
-                    raise RuntimeError(f"{node.name} never healthy: {said}")
-                time.sleep(0.1)
+            self.wait_healthy(node)
         return self
 
     def start_node(self, node: Node) -> None:
@@ -189,20 +185,17 @@ class Cluster:
         rolling update waits for before the next node goes (deploy/k8s/nats.yaml's probe)."""
         names = list(streams)
         await asyncio.gather(*(self.leader(s, timeout=timeout) for s in names))
-        await asyncio.gather(*(self.healthy(n, timeout=timeout) for n in self.nodes if n.running))
+        await asyncio.gather(
+            *(asyncio.to_thread(self.wait_healthy, n, timeout) for n in self.nodes if n.running)
+        )
 
-    async def healthy(self, node: Node, timeout: float = READY_WITHIN) -> None:
+    def wait_healthy(self, node: Node, timeout: float = READY_WITHIN) -> None:
         """Until `node` answers 200 on plain `/healthz` (JetStream current, not only enabled)."""
-        said: list[tuple[int, str]] = []
-
-        async def ok() -> bool:
-            said[:] = [await asyncio.to_thread(self._healthz, node)]
-            return said[0][0] == 200
-
-        try:
-            await eventually(ok, timeout=timeout, every=0.2)
-        except AssertionError:
-            raise AssertionError(f"{node.name} never healthy: {said}") from None
+        deadline = time.monotonic() + timeout
+        while (said := self._healthz(node))[0] != 200:
+            if time.monotonic() > deadline or not node.running:
+                raise AssertionError(f"{node.name} never healthy: {said}")
+            time.sleep(0.1)
 
     @staticmethod
     def _healthz(node: Node) -> tuple[int, str]:
