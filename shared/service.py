@@ -75,6 +75,9 @@ class Deps:
     ledger: Ledger | None = None
     publisher: Publisher | None = None
     store: ArtefactStore | None = None
+    # A JetStream context already connected, its topology declared: given one, the lifespan
+    # neither connects nor declares (the in-process tests under TestNatsBroker give a stand-in
+    # and every adapter above); None: the lifespan connects and declares (connect_with_patience).
     js: JetStreamContext | None = None
     # Key-value buckets by name (shared.bus *_BUCKET); stage_app opens the ones the stage names.
     kv: dict[str, KeyValue] = field(default_factory=dict)
@@ -331,10 +334,9 @@ def stage_app(
     async def lifespan() -> AsyncIterator[None]:
         nonlocal running
         configure_logging(service)
-        js = deps.js = await connect_with_patience(
-            broker, settings, deps.js, who=who, stages=[spec]
-        )
-        await _open_adapters(deps, js, settings, buckets)
+        if deps.js is None:
+            deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
+        await _open_adapters(deps, deps.js, settings, buckets)
         assert deps.ledger is not None and deps.publisher is not None
         running = _Running(
             StageRunner(spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit),
