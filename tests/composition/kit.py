@@ -51,9 +51,12 @@ class Fakes:
     ledger: KvLedger = field(default_factory=lambda: KvLedger(MemoryKeyValue()))  # type: ignore[arg-type]
     buckets: dict[str, MemoryKeyValue] = field(default_factory=dict)
 
+    def bucket(self, name: str) -> MemoryKeyValue:
+        return self.buckets.setdefault(name, MemoryKeyValue())
+
     def deps(self, kind: type[D], buckets: tuple[str, ...] = (), **extra: Any) -> D:
         for name in buckets:
-            self.buckets.setdefault(name, MemoryKeyValue())
+            self.bucket(name)
         return kind(
             ledger=self.ledger,
             publisher=self.publisher,
