@@ -6,15 +6,18 @@ object store and KV buckets) and moto's S3 in server mode (what S3Artefacts talk
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.bus import MSG_ID, JetStreamPublisher, Publisher
 from shared.embedded import free_port, start_nats_server
-from shared.failover import FailoverKV, FailoverStore
-from shared.memory import MemoryKeyValue
+from shared.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
+from shared.ledger import KvLedger, Ledger
+from shared.memory import MemoryKeyValue, MemoryPublisher
 from shared.store import ArtefactStore, MemoryArtefacts, ObjectStoreArtefacts, S3Artefacts
 from tests.helpers import unique
 from tests.servers import S3Server
@@ -86,3 +89,65 @@ async def kv(request: pytest.FixtureRequest, js: Any) -> Any:
     kind: str = request.param
     inner = await _bucket(js, kind)
     return FailoverKV(inner, patience=5.0) if kind.startswith("failover") else inner
+
+
+# ---- publisher: every Publisher, and a way to read back what its stream stored ---------------
+PUBLISHERS = ["memory", "jetstream", "failover-jetstream"]
+
+
+@dataclass
+class Stored:
+    subject: str
+    body: bytes
+    msg_id: str | None
+    headers: dict[str, str]
+
+
+@dataclass
+class PublishTo:
+    """A publisher, the subjects its stream captures (`<prefix>.>`) and what it stored."""
+
+    publisher: Publisher
+    prefix: str
+    stored: Callable[[], Awaitable[list[Stored]]]
+
+
+@pytest.fixture(params=PUBLISHERS)
+async def publish_to(request: pytest.FixtureRequest, js: Any) -> PublishTo:
+    kind: str = request.param
+    prefix = unique("contract").replace("-", "")
+    if kind == "memory":
+        memory = MemoryPublisher()
+
+        async def remembered() -> list[Stored]:
+            return [Stored(m.subject, m.body, m.msg_id, m.headers) for m in memory.messages]
+
+        return PublishTo(memory, prefix, remembered)
+
+    stream = prefix.upper()
+    await js.add_stream(name=stream, subjects=[f"{prefix}.>"])
+    real: Publisher = JetStreamPublisher(js)
+    if kind.startswith("failover"):
+        real = FailoverPublisher(real, patience=5.0)
+
+    async def in_stream() -> list[Stored]:
+        count = int((await js.stream_info(stream)).state.messages)
+        found = []
+        for seq in range(1, count + 1):
+            msg = await js.get_msg(stream, seq)
+            headers = dict(msg.headers or {})
+            found.append(Stored(msg.subject, msg.data or b"", headers.pop(MSG_ID, None), headers))
+        return found
+
+    return PublishTo(real, prefix, in_stream)
+
+
+# ---- ledger: every Ledger, each over a fresh bucket ---------------------------------------------
+LEDGERS = ["memory", "jetstream", "failover-jetstream"]
+
+
+@pytest.fixture(params=LEDGERS)
+async def ledger(request: pytest.FixtureRequest, js: Any) -> Ledger:
+    kind: str = request.param
+    inner = KvLedger(await _bucket(js, kind))
+    return FailoverLedger(inner, patience=5.0) if kind.startswith("failover") else inner
