@@ -6,20 +6,27 @@ object store and KV buckets) and moto's S3 in server mode (what S3Artefacts talk
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import pytest
+from faststream.nats import NatsMessage
+from faststream.nats.parser import JsParser
+from nats.js.api import ConsumerConfig
 
 from shared.bus import MSG_ID, JetStreamPublisher, Publisher
 from shared.embedded import free_port, start_nats_server
 from shared.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
 from shared.ledger import KvLedger, Ledger
-from shared.memory import MemoryKeyValue, MemoryPublisher
+from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.service import NatsInbound
+from shared.stage import InboundMessage
 from shared.store import ArtefactStore, MemoryArtefacts, ObjectStoreArtefacts, S3Artefacts
-from tests.helpers import unique
+from tests.helpers import eventually, unique
 from tests.servers import S3Server
 
 STORES = ["memory", "object-store", "s3", "failover-object-store"]
@@ -42,12 +49,17 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def js(nats_url: str) -> AsyncIterator[Any]:
+async def connection(nats_url: str) -> AsyncIterator[Any]:
     import nats
 
     nc = await nats.connect(nats_url)
-    yield nc.jetstream()
+    yield nc
     await nc.close()
+
+
+@pytest.fixture(scope="session")
+async def js(connection: Any) -> Any:
+    return connection.jetstream()
 
 
 @pytest.fixture(scope="session")
@@ -151,3 +163,105 @@ async def ledger(request: pytest.FixtureRequest, js: Any) -> Ledger:
     kind: str = request.param
     inner = KvLedger(await _bucket(js, kind))
     return FailoverLedger(inner, patience=5.0) if kind.startswith("failover") else inner
+
+
+# ---- inbound message: a delivery as the stage runner gets it, and what became of it ------------
+INBOUND = ["nats", "memory"]
+ACK_WAIT = 60.0  # no redelivery by ack timeout while a test looks: only a nak redelivers
+Outcome = Literal["acked", "terminated", "retry", "ours"]
+
+
+@dataclass
+class Inbound:
+    """Delivers a published message the way the stage runner gets it, and checks what settling
+    it did.
+
+    `saw(message, outcome)` waits for the outcome's evidence: "acked" (done, the consumer's ack
+    floor passed it), "terminated" (done, never redelivered: JetStream's MSG_TERMINATED
+    advisory), "retry" (delivered again, attempt + 1, same stream sequence), "ours" (neither
+    settled nor redelivered). It returns the delay a nak asked for where the implementation
+    records it (the fake), else None.
+    """
+
+    subject: str
+    deliver: Callable[[bytes, dict[str, str]], Awaitable[InboundMessage]]
+    saw: Callable[[InboundMessage, Outcome], Awaitable[float | None]]
+    records_delay: bool = False
+
+
+@pytest.fixture(params=INBOUND)
+async def inbound(
+    request: pytest.FixtureRequest, js: Any, connection: Any
+) -> AsyncIterator[Inbound]:
+    prefix = unique("inbound").replace("-", "")
+    subject = f"{prefix}.report.requested"
+    if request.param == "memory":
+        sequence = itertools.count(1)
+
+        async def remembered(body: bytes, headers: dict[str, str]) -> InboundMessage:
+            return MemoryMessage(
+                body, subject=subject, headers=dict(headers), stream_seq=next(sequence)
+            )
+
+        async def recorded(message: InboundMessage, outcome: Outcome) -> float | None:
+            assert isinstance(message, MemoryMessage)
+            names = {"ack": "acked", "term": "terminated", "nack": "retry", "wip": "ours"}
+            assert [names[kind] for kind, _ in message.settled][-1:] == [outcome]
+            return message.settled[-1][1]
+
+        yield Inbound(subject, remembered, recorded, records_delay=True)
+        return
+
+    stream, durable = prefix.upper(), "stage"
+    await js.add_stream(name=stream, subjects=[f"{prefix}.>"])
+    consumer = await js.pull_subscribe(
+        subject, durable=durable, stream=stream, config=ConsumerConfig(ack_wait=ACK_WAIT)
+    )
+    terminated: list[int] = []
+
+    async def on_terminated(msg: Any) -> None:
+        terminated.append(int(json.loads(msg.data)["stream_seq"]))
+
+    advisories = await connection.subscribe(
+        f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{stream}.{durable}", cb=on_terminated
+    )
+    parser = JsParser(pattern=subject)
+
+    async def fetch() -> InboundMessage:
+        [raw] = await consumer.fetch(1, timeout=60)
+        return NatsInbound(cast(NatsMessage, await parser.parse_message(raw)))
+
+    async def delivered(body: bytes, headers: dict[str, str]) -> InboundMessage:
+        await js.publish(subject, body, headers=headers)
+        return await fetch()
+
+    async def observed(message: InboundMessage, outcome: Outcome) -> float | None:
+        await connection.flush()  # the server has what the message's methods sent
+        seq = message.stream_seq
+        if outcome == "terminated":
+            await eventually(lambda: _true(seq in terminated), timeout=60)
+        elif outcome == "retry":
+            again = await fetch()
+            assert (again.stream_seq, again.attempt) == (seq, message.attempt + 1)
+            await again.ack()
+        elif outcome == "acked":
+
+            async def passed() -> bool:
+                info = await js.consumer_info(stream, durable)
+                return bool(info.num_ack_pending == 0 and info.ack_floor.stream_seq >= seq)
+
+            await eventually(passed, timeout=60)
+            assert seq not in terminated
+        else:
+            info = await js.consumer_info(stream, durable)
+            assert info.num_ack_pending == 1 and info.ack_floor.stream_seq < seq, info
+            assert info.num_redelivered == 0 and seq not in terminated
+        return None
+
+    yield Inbound(subject, delivered, observed)
+    await advisories.unsubscribe()
+    await consumer.unsubscribe()
+
+
+async def _true(value: bool) -> bool:
+    return value
