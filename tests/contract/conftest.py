@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -27,7 +28,7 @@ from shared.service import NatsInbound
 from shared.stage import InboundMessage
 from shared.store import ArtefactStore, MemoryArtefacts, ObjectStoreArtefacts, S3Artefacts
 from tests.helpers import eventually, unique
-from tests.servers import S3Server
+from tests.servers import HttpReceiver, S3Server
 
 STORES = ["memory", "object-store", "s3", "failover-object-store"]
 # The full key-value contract (what the ledger uses of a bucket) ...
@@ -265,3 +266,77 @@ async def inbound(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# ---- data source: an HTTP API per kind, answering as a test tells it to ------------------------
+HTTP_KINDS = ["http", "prometheus", "github", "jira"]
+
+
+@dataclass
+class Api:
+    """A real HTTP server on loopback standing in for one kind's API.
+
+    `answer` is what it does next: "ok" (the kind's own answer shape), "hang" (never answers
+    until the test ends), a status code, or "huge" (a valid answer over the size cap).
+    """
+
+    kind: str
+    receiver: HttpReceiver
+    answer: str | int = "ok"
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def source(self, name: str) -> dict[str, Any]:
+        base = self.receiver.url
+        shapes: dict[str, dict[str, Any]] = {
+            "http": {"url": f"{base}/api/report"},
+            "prometheus": {"url": base, "query": 'up{job="pressroom"}'},
+            "github": {"api_url": base, "repo": "org/portfolio", "endpoint": "pulls"},
+            "jira": {"url": base, "jql": "project = OPS"},
+        }
+        return {"name": name, "kind": self.kind, **shapes[self.kind]}
+
+
+OK_ANSWERS: dict[str, Any] = {
+    "http": {"open": 3},
+    "prometheus": {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {"job": "x"}, "value": [1, "1"]}]},
+    },
+    "github": [{"number": 7, "title": "Fix the thing"}],
+    "jira": {"startAt": 0, "maxResults": 100, "total": 1, "issues": [{"key": "OPS-1"}]},
+}
+
+
+@pytest.fixture(scope="module", params=HTTP_KINDS)
+def api_server(request: pytest.FixtureRequest) -> Iterator[Api]:
+    """One server per kind for a test module (stopping one takes half a second)."""
+    kind: str = request.param
+    box: list[Api] = []
+
+    def respond(path: str, count: int) -> tuple[int, bytes, dict[str, str]]:
+        api = box[0]
+        json_type = {"Content-Type": "application/json"}
+        if api.answer == "hang":
+            api.release.wait(120)
+            return 503, b"", {}
+        if isinstance(api.answer, int):
+            return api.answer, b'{"message": "no"}', {**json_type, "Retry-After": "1"}
+        body = json.dumps(OK_ANSWERS[kind]).encode()
+        if api.answer == "huge":
+            body = body + b" " * 100_000  # whitespace after the JSON: still a valid answer
+        return 200, body, json_type
+
+    receiver = HttpReceiver(respond).start()
+    box.append(Api(kind, receiver))
+    yield box[0]
+    box[0].release.set()
+    receiver.stop()
+
+
+@pytest.fixture
+def api(api_server: Api) -> Iterator[Api]:
+    """The kind's API, answering "ok" until told otherwise, with no hits yet."""
+    api_server.answer, api_server.release = "ok", threading.Event()
+    api_server.receiver.hits.clear()
+    yield api_server
+    api_server.release.set()  # a request left hanging ends with the test
