@@ -6,8 +6,11 @@ object store and KV buckets) and moto's S3 in server mode (what S3Artefacts talk
 
 from __future__ import annotations
 
+import base64
+import email
 import itertools
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,14 +22,24 @@ from faststream.nats import NatsMessage
 from faststream.nats.parser import JsParser
 from nats.js.api import ConsumerConfig
 
+from services.distributor.channels import Channel, default_channels
+from services.distributor.channels.webhook import verify
 from shared.bus import MSG_ID, JetStreamPublisher, Publisher
 from shared.embedded import free_port, start_nats_server
+from shared.events import Delivery
 from shared.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
 from shared.ledger import KvLedger, Ledger
 from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.service import NatsInbound
+from shared.settings import Settings
 from shared.stage import InboundMessage
-from shared.store import ArtefactStore, MemoryArtefacts, ObjectStoreArtefacts, S3Artefacts
+from shared.store import (
+    ArtefactStore,
+    MemoryArtefacts,
+    ObjectStoreArtefacts,
+    S3Artefacts,
+    sha256_hex,
+)
 from tests.helpers import eventually, unique
 from tests.servers import HttpReceiver, S3Server
 
@@ -340,3 +353,208 @@ def api(api_server: Api) -> Iterator[Api]:
     api_server.receiver.hits.clear()
     yield api_server
     api_server.release.set()  # a request left hanging ends with the test
+
+
+# ---- channel: each channel with a real target that can accept, defer or reject ----------------
+CHANNELS = ["file", "email", "s3", "webhook"]
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"pressroom-contract-secret-012345").decode()
+Case = Literal["ok", "transient", "permanent", "refused"]
+
+
+class ScriptedSmtp:
+    """aiosmtpd on loopback answering the message by its recipient: later@… 451 (try again),
+    bounce@… 554 (rejected), anyone else 250 (kept)."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.kept: list[tuple[list[str], bytes]] = []
+        outer = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                rcpts = [str(r) for r in envelope.rcpt_tos]
+                if any(r.startswith("later@") for r in rcpts):
+                    return "451 4.3.0 mailbox busy, try again later"
+                if any(r.startswith("bounce@") for r in rcpts):
+                    return "554 5.7.1 message rejected"
+                outer.kept.append((rcpts, bytes(envelope.content)))
+                return "250 OK"
+
+        self.port = free_port()
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> ScriptedSmtp:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[ScriptedSmtp]:
+    server = ScriptedSmtp().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hooks() -> Iterator[HttpReceiver]:
+    def answer(path: str, count: int) -> tuple[int, bytes, dict[str, str]]:
+        if path.startswith("/busy"):
+            return 503, b"busy", {"Retry-After": "1"}
+        if path.startswith("/gone"):
+            return 410, b"", {}
+        return 200, b"{}", {}
+
+    receiver = HttpReceiver(answer).start()
+    yield receiver
+    receiver.stop()
+
+
+@dataclass
+class Target:
+    """One channel, the deliveries that make it succeed or fail each way, and a look at what
+    arrived: `arrived(request_id)` is the sha256 of the PDF the target accepted (None:
+    nothing)."""
+
+    name: str
+    channel: Channel
+    deliveries: dict[Case, tuple[Channel, Delivery]]
+    arrived: Callable[[str], Awaitable[str | None]]
+
+
+@pytest.fixture(params=CHANNELS)
+async def target(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    s3: S3Server,
+    smtp: ScriptedSmtp,
+    hooks: HttpReceiver,
+) -> Target:
+    name: str = request.param
+
+    def channel_with(**values: Any) -> Channel:
+        return default_channels(Settings(**values))[name]
+
+    def delivery(**extra: Any) -> Delivery:
+        return Delivery.model_validate({"channel": name, **extra})
+
+    if name == "file":
+        channel = channel_with(out_dir=tmp_path / "out")
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
+
+        async def in_folder(rid: str) -> str | None:
+            found = list((tmp_path / "out").rglob(f"{rid}.pdf"))
+            return sha256_hex(found[0].read_bytes()) if found else None
+
+        return Target(
+            name,
+            channel,
+            {
+                "ok": (channel, delivery(path="weekly")),
+                "transient": (channel, delivery(path="blocked/weekly")),
+                "permanent": (channel, delivery(path="../../outside")),
+                "refused": (channel, delivery(path="/srv/reports")),
+            },
+            in_folder,
+        )
+
+    if name == "email":
+        channel = channel_with(
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            smtp_from="reports@example.test",
+            email_allow="example.test",
+        )
+
+        async def in_mailbox(rid: str) -> str | None:
+            for _, content in smtp.kept:
+                message = email.message_from_bytes(content)
+                for part in message.walk():
+                    payload = part.get_payload(decode=True)
+                    if part.get_filename() == f"{rid}.pdf" and isinstance(payload, bytes):
+                        return sha256_hex(payload)
+            return None
+
+        return Target(
+            name,
+            channel,
+            {
+                "ok": (channel, delivery(to=["ops@example.test"])),
+                "transient": (channel, delivery(to=["later@example.test"])),
+                "permanent": (channel, delivery(to=["bounce@example.test"])),
+                "refused": (channel, delivery(to=["ops@elsewhere.test"])),
+            },
+            in_mailbox,
+        )
+
+    if name == "s3":
+        client = s3.client()
+        if not client.bucket_exists("deliveries"):
+            client.make_bucket("deliveries")
+        s3_settings: dict[str, Any] = {
+            "s3_access_key": "testing",
+            "s3_secret_key": "testing",
+            "s3_secure": False,
+            "s3_region": "us-east-1",
+            "s3_delivery_allow": "deliveries,not-created",
+            "artefact_bucket": "artefacts",
+        }
+        channel = channel_with(s3_endpoint=s3.endpoint, **s3_settings)
+        unreachable = channel_with(s3_endpoint=f"127.0.0.1:{closed_port()}", **s3_settings)
+        key = "weekly/{request_id}.{ext}"
+
+        async def in_bucket(rid: str) -> str | None:
+            try:
+                response = client.get_object("deliveries", f"weekly/{rid}.pdf")
+            except Exception:
+                return None
+            try:
+                return sha256_hex(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        return Target(
+            name,
+            channel,
+            {
+                "ok": (channel, delivery(bucket="deliveries", key=key)),
+                "transient": (unreachable, delivery(bucket="deliveries", key=key)),
+                "permanent": (channel, delivery(bucket="not-created", key=key)),
+                "refused": (channel, delivery(bucket="someone-elses", key=key)),
+            },
+            in_bucket,
+        )
+
+    channel = channel_with(webhook_secret=WEBHOOK_SECRET, webhook_allow="127.0.0.1")
+
+    async def at_receiver(rid: str) -> str | None:
+        for hit in hooks.hits:
+            if not hit.path.startswith("/ok"):
+                continue  # answered 503 or 410: asked, not accepted
+            body = hit.json() if hit.body else {}
+            if body.get("request_id") == rid and verify(WEBHOOK_SECRET, hit.headers, hit.body):
+                return str(body["artefacts"][0]["sha256"])
+        return None
+
+    return Target(
+        name,
+        channel,
+        {
+            "ok": (channel, delivery(url=f"{hooks.url}/ok")),
+            "transient": (channel, delivery(url=f"{hooks.url}/busy")),
+            "permanent": (channel, delivery(url=f"{hooks.url}/gone")),
+            "refused": (channel, delivery(url="http://169.254.169.254/latest")),
+        },
+        at_receiver,
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
