@@ -41,9 +41,7 @@ from shared.telemetry import setup_telemetry, shutdown_telemetry
 log = get_logger("pressroom.scheduler")
 
 
-async def fire(
-    publisher: Publisher, schedule: Schedule, when: datetime, js: Any = None
-) -> str:
+async def fire(publisher: Publisher, schedule: Schedule, when: datetime, js: Any = None) -> str:
     """Publish one fire; replicas publish the same message id, so JetStream keeps one.
 
     If the id was taken first by a message that is not this schedule's request (someone
