@@ -34,9 +34,16 @@ D = TypeVar("D", bound=Deps)
 
 
 class OfflineJetStream:
-    """`Deps.js` for a stage whose adapters are all given: the lifespan then neither connects
-    nor declares a topology. Nothing the stage does for a message may reach it; only the
-    gauge refresh asks (and logs at debug level that it could not)."""
+    """`Deps.js` for a service run in process: given one, the lifespan neither connects nor
+    declares a topology. Its KV buckets are in memory (whichever bucket the service opens, the
+    test reads through `Fakes.bucket`); anything else a service asks of it is an error, and
+    only the gauge refresh asks (logging at debug level that it could not)."""
+
+    def __init__(self, buckets: dict[str, MemoryKeyValue]) -> None:
+        self._buckets = buckets
+
+    async def key_value(self, bucket: str) -> MemoryKeyValue:
+        return self._buckets.setdefault(bucket, MemoryKeyValue())
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"in-process test: no JetStream here (asked for js.{name})")
@@ -54,15 +61,13 @@ class Fakes:
     def bucket(self, name: str) -> MemoryKeyValue:
         return self.buckets.setdefault(name, MemoryKeyValue())
 
-    def deps(self, kind: type[D], buckets: tuple[str, ...] = (), **extra: Any) -> D:
-        for name in buckets:
-            self.bucket(name)
+    def deps(self, kind: type[D], **extra: Any) -> D:
+        """The service's deps: these fakes, and the KV buckets it opens, in memory."""
         return kind(
             ledger=self.ledger,
             publisher=self.publisher,
             store=self.store,
-            js=cast(JetStreamContext, OfflineJetStream()),
-            kv=dict(self.buckets),  # type: ignore[arg-type]
+            js=cast(JetStreamContext, OfflineJetStream(self.buckets)),
             **extra,
         )
 

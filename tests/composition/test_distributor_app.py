@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.distributor.app import DistributorDeps, create_app
-from shared.bus import DELIVERIES_BUCKET, DISTRIBUTOR
+from shared.bus import DISTRIBUTOR
 from shared.events import (
     REPORT_DELIVERED,
     Artefact,
@@ -24,7 +24,7 @@ PDF = b"%PDF-1.7 a rendered weekly report\n"
 
 
 def distributor(tmp_path: Path, fakes: Fakes) -> Any:
-    deps = fakes.deps(DistributorDeps, (DELIVERIES_BUCKET,))
+    deps = fakes.deps(DistributorDeps)
     return create_app(settings_in(tmp_path), deps=deps)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from services.fetcher.app import FetcherDeps, create_app
-from shared.bus import CACHE_BUCKET, FETCHER, msg_id
+from shared.bus import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
 from shared.events import DATA_READY, ReportRequested, Source
 from shared.settings import Settings
@@ -39,7 +39,7 @@ def request(rid: str = "r1") -> ReportRequested:
 
 
 def fetcher(tmp_path: Path, fakes: Fakes, source: Counted, **settings: Any) -> Any:
-    deps = fakes.deps(FetcherDeps, (CACHE_BUCKET,), sources={"http": source})
+    deps = fakes.deps(FetcherDeps, sources={"http": source})
     return create_app(settings_in(tmp_path, **settings), deps=deps)
 
 

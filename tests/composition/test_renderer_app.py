@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from services.renderer.app import RendererDeps, create_app
-from shared.bus import CACHE_BUCKET, RENDERER
+from shared.bus import RENDERER
 from shared.events import REPORT_RENDERED, DataReady, ReportRequested
 from shared.store import sha256_hex
 from tests.composition.kit import Fakes, running, settings_in
@@ -22,7 +22,7 @@ def renderer(tmp_path: Path, fakes: Fakes) -> Any:
     templates.mkdir(exist_ok=True)
     (templates / "note.html").write_text(NOTE)
     (templates / "broken.html").write_text(BROKEN)
-    return create_app(settings_in(tmp_path), deps=fakes.deps(RendererDeps, (CACHE_BUCKET,)))
+    return create_app(settings_in(tmp_path), deps=fakes.deps(RendererDeps))
 
 
 def ready(rid: str, template: str = "note.html") -> DataReady:

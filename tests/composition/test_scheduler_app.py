@@ -30,7 +30,7 @@ def scheduler(tmp_path: Path, fakes: Fakes) -> Any:
     settings = settings_in(
         tmp_path, schedules=[EVERY_MINUTE], schedule_grace=600.0, schedule_tick=0.2
     )
-    return create_app(settings, deps=fakes.deps(Deps, (SCHEDULES_BUCKET,)))
+    return create_app(settings, deps=fakes.deps(Deps))
 
 
 async def test_each_fire_since_the_last_mark_is_published_once_with_the_schedules_request(
