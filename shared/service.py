@@ -55,7 +55,7 @@ from shared.health import Check, CheckResult, HealthServer
 from shared.kv import KeyValue
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
-from shared.metrics import observe_bus, scrape_handler
+from shared.metrics import observe_bus, prepare_from_settings, scrape_handler
 from shared.settings import Settings
 from shared.stage import StageRunner
 from shared.store import ArtefactStore, open_store
@@ -353,6 +353,7 @@ def stage_app(
             )
             port = await health.start()
             log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
+        prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
         gauges = asyncio.create_task(watch())
         log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
         try:
