@@ -31,6 +31,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.events import Event, ReportRendered
+from shared.telemetry import processing_failed
 
 if TYPE_CHECKING:
     from shared.ledger import LedgerEntry
@@ -211,6 +212,8 @@ def forget_gauges(name: str) -> None:
 def stage_finished(stage: str, outcome: str, seconds: float) -> None:
     """pressroom_stage_duration_seconds{stage,outcome}, pressroom_stage_outcomes_total."""
     labels = {"stage": stage, "outcome": outcome}
+    if outcome == "retry":  # the message's span says so too (a dead letter already has)
+        processing_failed("transient", "retried later")
     _histogram(*STAGE_DURATION).record(seconds, labels)
     _counter(*STAGE_OUTCOMES).add(1, labels)
 
@@ -230,6 +233,7 @@ def stage_done(event: Event, settled: LedgerEntry | None) -> None:
 def stage_failed(stage: str, kind: str, template: str | None, settled: LedgerEntry | None) -> None:
     """A message was dead-lettered: pressroom_failures_total, renders, the report's outcome."""
     name = bounded("template", (settled.template if settled else None) or template)
+    processing_failed(kind, f"dead-lettered at {stage}")  # error.type of the message's span
     _counter(*FAILURES).add(1, {"stage": stage, "reason": kind, "template": name})
     if stage == "renderer":
         _renders().add(1, {"template": name, "outcome": "failed"})

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.js import JetStreamContext
 
 from shared.advisory import settle_crash, stream_reader
@@ -59,7 +58,7 @@ from shared.metrics import observe_bus, prepare_from_settings, scrape_handler
 from shared.settings import Settings
 from shared.stage import StageRunner
 from shared.store import ArtefactStore, open_store
-from shared.telemetry import setup_telemetry, shutdown_telemetry
+from shared.telemetry import MessagingTelemetry, setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.service")
 BUS_PING_TIMEOUT = 1.0  # a health check waits this long for a reconnect before saying so
@@ -296,12 +295,10 @@ def stage_app(
     drained its in-flight messages) closes them again.
     """
     service = f"pressroom-{spec.name}"
-    tracer_provider, meter_provider = setup_telemetry(service)
+    tracer_provider, _ = setup_telemetry(service)
     middlewares = []
-    if tracer_provider is not None or meter_provider is not None:
-        middlewares.append(
-            NatsTelemetryMiddleware(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        )
+    if tracer_provider is not None:  # messaging spans (shared/telemetry.py)
+        middlewares.append(MessagingTelemetry(spec.durable))
     broker, who = worker_broker(
         settings,
         spec.name,
