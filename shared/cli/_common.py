@@ -16,6 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from shared.cli._output import literal
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -24,12 +25,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+# No `:name:` emoji codes: text from requests is shown as it was written.
+out = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr and exit `code`; `message` is plain text (it often quotes a request)."""
+    err.print(f"[bold red]error:[/] {literal(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -161,11 +164,12 @@ def progress(subject: str, first: str, *, tick: bool = False) -> Iterator[Callab
     import threading
 
     started, doing, done = time.monotonic(), [first], threading.Event()
-    with err.status(f"{subject}: {first}") as status:
+    with err.status(f"{literal(subject)}: {literal(first)}") as status:
 
         def show(text: str) -> None:
             doing[0] = text
-            status.update(f"{subject}: {text} · {time.monotonic() - started:.0f}s")
+            elapsed = time.monotonic() - started
+            status.update(f"{literal(subject)}: {literal(text)} · {elapsed:.0f}s")
 
         def ticker() -> None:
             while not done.wait(1):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import typer
 
 from shared.cli._common import config_says, emit_json, fail, out, run, schedules, settings
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table
 
 schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
 sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
@@ -58,7 +58,7 @@ def schedule_run(
         fail(f"no schedule '{name}' in the config file")
     request = matches[0].request_for(datetime.now(UTC).replace(second=0, microsecond=0))
     outcome = submit(cfg, request, wait, timeout, schedule=matches[0])
-    out.print(f"fired {name} as [cyan]{request.request_id}[/]")
+    out.print(f"fired {literal(name)} as [cyan]{literal(request.request_id)}[/]")
     if outcome is not None and not outcome.delivered:
         fail(f"{request.request_id}: {outcome.payload.get('reason')}")
 
@@ -96,6 +96,6 @@ def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> No
         emit_json({**summary, "data": data})
         return
     out.print(
-        f"ok: {name} ({summary['kind']}) answered in {seconds:.2f}s, {size:,} bytes"
-        + (f", {summary['items']} items" if summary["items"] is not None else "")
+        f"ok: {literal(name)} ({literal(summary['kind'])}) answered in {seconds:.2f}s, "
+        f"{size:,} bytes" + (f", {summary['items']} items" if summary["items"] is not None else "")
     )
