@@ -4,19 +4,24 @@ request strings that try to drive the operator's terminal. Against a real stack.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import pty
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from services.renderer.pdf import MAX_ASSET_BYTES, RenderJob, render_job
 from shared.cli._output import visible
+from shared.errors import ResourceBlocked
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.pdftext import page_texts
 
@@ -111,6 +116,68 @@ async def test_a_data_svg_bomb_is_refused_at_once_and_the_next_tenant_is_served(
     assert "20,000-element limit" in failed["reason"]
     assert failed["stage"] == "renderer" and failed["attempts"] == 1  # never retried
     await outcomes.delivered_event(victim)
+
+
+class AssetServer(http.server.BaseHTTPRequestHandler):
+    """/bomb.svg: an SVG bomb; /huge.png: more than the asset limit; /drip.css: a byte every
+    half second, for ever (a per-read timeout never trips)."""
+
+    stop = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.path == "/bomb.svg":
+            self.send_header("Content-Type", "image/svg+xml")
+            self.end_headers()
+            self.wfile.write(use_bomb().encode())
+        elif self.path == "/huge.png":
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            chunk = b"\0" * 1024 * 1024
+            for _ in range(MAX_ASSET_BYTES // len(chunk) + 2):
+                self.wfile.write(chunk)
+        elif self.path == "/drip.css":
+            self.send_header("Content-Type", "text/css")
+            self.end_headers()
+            while not self.stop.wait(0.5):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def asset_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AssetServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        AssetServer.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_allow_listed_server_gets_the_same_caps(asset_server: str, tmp_path: Path) -> None:
+    (tmp_path / "t.html").write_text(
+        "{% if css %}<link rel='stylesheet' href='{{ css }}'>{% endif %}<p>Body</p>"
+        "{% if image %}<img src='{{ image }}'>{% endif %}"
+    )
+
+    def render(css: str = "", image: str = "") -> None:
+        context = {
+            "css": css and f"{asset_server}/{css}",
+            "image": image and f"{asset_server}/{image}",
+        }
+        render_job(RenderJob(str(tmp_path), "t.html", context, asset_allow=("127.0.0.1",)))
+
+    with pytest.raises(ResourceBlocked, match="would draw over 200,000 elements"):
+        render(image="bomb.svg")
+    with pytest.raises(ResourceBlocked, match=f"over the {MAX_ASSET_BYTES:,}-byte asset limit"):
+        render(image="huge.png")
+    with pytest.raises(ResourceBlocked, match="took longer than 10s to download"):
+        render(css="drip.css")
 
 
 # ---- request strings on the operator's terminal -----------------------------------------------
