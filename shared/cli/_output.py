@@ -28,8 +28,13 @@ from rich.text import Text
 _MIN_LONG = 24
 
 # C0 and C1 controls and DEL; bidirectional embeddings, overrides, isolates and marks ("Trojan
-# Source"); line and paragraph separators; lone surrogates (unprintable: they would raise).
-_OTHERS = "\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+# Source"); invisible format characters that hide or join text (zero-width space, word joiner,
+# soft hyphen, BOM, tag characters; not the zero-width (non-)joiner that scripts and emoji need);
+# line and paragraph separators; lone surrogates (unprintable: they would raise).
+_OTHERS = (
+    "\x7f-\x9f\xad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufeff\ufff9-\ufffb\ud800-\udfff\U000e0001\U000e0020-\U000e007f"
+)
 _UNSAFE = re.compile(f"[\x00-\x1f{_OTHERS}]")
 _UNSAFE_KEEPING_LINES = re.compile(f"[\x00-\x09\x0b-\x1f{_OTHERS}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -40,7 +45,9 @@ def _shown(match: re.Match[str]) -> str:
     if char in _NAMED:
         return _NAMED[char]
     code = ord(char)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def visible(value: object, *, lines: bool = False) -> str:

@@ -34,7 +34,9 @@ def test_visible_writes_every_control_character_out() -> None:
     assert visible("\u2066isolate\u2069 \u200fmark \u2028sep") == (
         "\\u2066isolate\\u2069 \\u200fmark \\u2028sep"
     )
+    assert visible("a\u200bb\xadc\ufeffd\U000e0041") == "a\\u200bb\\xadc\\ufeffd\\U000e0041"
     assert visible("Grüße · 東京 – ok") == "Grüße · 東京 – ok"  # text is text
+    assert visible("👩\u200d💻 می\u200cخواهم") == "👩\u200d💻 می\u200cخواهم"  # joiners join
     assert visible(visible(HOSTILE)) == visible(HOSTILE)
     assert visible("\ud800") == "\\ud800"  # a lone surrogate cannot even be encoded
 
