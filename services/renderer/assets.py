@@ -35,7 +35,8 @@ MAX_IMAGE_PIXELS = 50_000_000
 MAX_SVG_DEPTH = 200
 
 _XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
-_LOCAL_URL = re.compile(r"""url\(\s*['"]?#([^'")\s]+)""")
+# WeasyPrint resolves a fill, clip-path, mask, marker or filter by the URL's fragment alone.
+_LOCAL_URL = re.compile(r"""url\(\s*['"]?[^'")#\s]*#([^'")\s]+)""")
 
 
 class AssetRefused(Exception):
@@ -120,7 +121,10 @@ def svg_elements(body: bytes, where: str, max_bytes: int, depth: int = 0) -> int
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         return 0  # WeasyPrint will not draw it either
-    ids = {el.get("id"): el for el in root.iter() if el.get("id")}
+    ids: dict[str, list[Any]] = {}
+    for el in root.iter():
+        if name := el.get("id"):
+            ids.setdefault(name, []).append(el)  # the same id twice: either may be drawn
     limit = MAX_SVG_ELEMENTS * 10
     memo: dict[int, int] = {}
     active: set[int] = set()
@@ -140,13 +144,15 @@ def svg_elements(body: bytes, where: str, max_bytes: int, depth: int = 0) -> int
             if total > limit:
                 break
         href = el.get(_XLINK_HREF) or el.get("href") or ""
-        refs = [href[1:]] if href.startswith("#") else []
+        # Any href with a fragment: a same-document one is drawn from this tree, another is
+        # fetched (and counted) on its own — counting it here too only errs on the safe side.
+        refs = [href.split("#", 1)[1]] if "#" in href and href[:5].lower() != "data:" else []
         for value in el.attrib.values():
             refs += _LOCAL_URL.findall(value)
         for ref in refs:
-            target = ids.get(ref)
-            if target is not None and total <= limit:
-                total += cost(target, level + 1)
+            targets = ids.get(ref, [])
+            if targets and total <= limit:
+                total += max(cost(target, level + 1) for target in targets)
         if href[:5].lower() == "data:" and total <= limit:
             inner, media = read_data_url(href, max_bytes)
             if "svg" in media.lower() or _looks_like_svg(inner):

@@ -56,6 +56,15 @@ def test_svg_elements_are_counted_with_every_reference_expanded() -> None:
         + "</svg>"
     )
     assert assets.svg_elements(by_url.encode(), "x", 10**6) > 1000
+    # WeasyPrint draws `<use href="same.svg#l9">` and `fill="url(x#p)"` from this document too,
+    # and of two elements with one id, counting takes the larger.
+    other = use_bomb(9).replace('xlink:href="#', 'xlink:href="bomb.svg#')
+    assert assets.svg_elements(other.encode(), "x", 10**6) > assets.MAX_SVG_ELEMENTS
+    assert (
+        assets.svg_elements(by_url.replace("url(#p)", "url(x.svg#p)").encode(), "x", 10**6) > 1000
+    )
+    twice = f'<svg {SVG}><g id="p">{"<rect/>" * 500}</g><g id="p"/>' + '<use href="#p"/>' * 10
+    assert assets.svg_elements((twice + "</svg>").encode(), "x", 10**6) > 5000
     nested = f'<svg {SVG}><defs><g id="a"><image xlink:href="{data_url(flat(500))}"/></g></defs>'
     nested += '<use xlink:href="#a"/>' * 10 + "</svg>"
     assert assets.svg_elements(nested.encode(), "x", 10**6) > 5000
