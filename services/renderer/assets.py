@@ -27,8 +27,9 @@ from xml.etree import ElementTree
 # One SVG, its references expanded: a detailed map or chart has a few thousand elements.
 MAX_SVG_ELEMENTS = 20_000
 # Every SVG element one render draws (inline charts included): a 3,000-row report with a
-# sparkline per row draws about 6,000.
-MAX_DRAWN_SVG_ELEMENTS = 50_000
+# sparkline per row draws about 6,000 (and its layout takes 30 s); a chart in every row of a
+# report long enough to reach this would not finish within the render timeout anyway.
+MAX_DRAWN_SVG_ELEMENTS = 100_000
 # Pixels of one raster image: A4 at 600 dpi is 35 million.
 MAX_IMAGE_PIXELS = 50_000_000
 # Elements nested in elements (and data: images in images) deeper than this are not a picture.
@@ -74,6 +75,7 @@ def read_data_url(url: str, max_bytes: int) -> tuple[bytes, str]:
 def read_capped(response: Any, max_bytes: int, seconds: float, where: str) -> bytes:
     """A fetched body, refused past `max_bytes` or `seconds` in all (a server that drips a byte
     at a time never trips a per-read timeout)."""
+    # WeasyPrint's response wraps the HTTP stream, whose read1 returns what one read brings.
     stream = getattr(response, "_file_obj", response)
     read = getattr(stream, "read1", stream.read)
     deadline = time.monotonic() + seconds
