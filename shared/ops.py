@@ -801,3 +801,35 @@ async def clean_artefacts(bus: Bus, age: timedelta, *, dry_run: bool) -> list[An
     from shared.store import remove_older_than
 
     return list(await remove_older_than(await bus.store(), age, dry_run=dry_run))
+
+
+@dataclass(frozen=True)
+class OldFile:
+    path: Path
+    size: int
+
+
+def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFile]:
+    """Files the `file` channel delivered under `folder` (PRESSROOM_OUT_DIR) older than `age`,
+    removed (or only listed, with `dry_run`), with the folders they leave empty. Symbolic
+    links are neither followed nor removed: only what is really under the folder goes."""
+    import stat
+    import time
+
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - age.total_seconds()
+    found: list[OldFile] = []
+    for root, _dirs, files in os.walk(folder, topdown=False, followlinks=False):
+        here = Path(root)
+        for name in sorted(files):
+            path = here / name
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                found.append(OldFile(path, info.st_size))
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        if not dry_run and here != folder and not any(here.iterdir()):
+            with suppress(OSError):  # something was delivered into it meanwhile
+                here.rmdir()
+    return sorted(found, key=lambda f: f.path)

@@ -36,6 +36,10 @@ def request(
     request_id: str | None = typer.Option(None, "--request-id"),
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
+    subject: str | None = typer.Option(None, "--subject", help="email subject (with --email)"),
+    source: list[str] = typer.Option(
+        [], "--source", help="NAME of a config source, or VAR=NAME / VAR=URL; repeatable"
+    ),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
     split: str | None = typer.Option(
         None, "--split", help="auto | on | off: lay a long report out in several processes"
@@ -56,7 +60,12 @@ def request(
             fail(f"cannot read request file '{file}': {error}")
     params = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
     deliver: list[dict[str, Any]] = [{"channel": "file", "path": to_folder}] if to_folder else []
-    deliver += [{"channel": "email", "to": email}] if email else []
+    if subject is not None and not email:
+        fail("--subject is the email's subject: give --email RECIPIENT too")
+    mail = {"channel": "email", "to": email, **({"subject": subject} if subject else {})}
+    deliver += [mail] if email else []
+    if source:
+        body = {**body, "sources": [*body.get("sources", []), *map(source_spec, source)]}
     fields: dict[str, Any] = {"template": template, "formats": fmt, "request_id": request_id}
     fields |= {"locale": locale, "split": split}
     who = f"cli:{os.environ.get('USER', 'unknown')}"
@@ -72,6 +81,23 @@ def request(
             out.print(f"valid report.requested for template '{req.template}'")
         return
     show_outcome(req.request_id, submit(cfg, req, wait, timeout), wait=wait, as_json=as_json)
+
+
+def source_spec(text: str) -> dict[str, Any]:
+    """`--source`: a config-file source by NAME (the template sees it as NAME with `_` for
+    `-`), or VAR=NAME, or VAR=URL (an http source; PRESSROOM_SOURCE_ALLOW decides)."""
+    import re
+
+    if "://" in text.partition("=")[0]:
+        fail(f"--source: name the variable the template reads, e.g. --source data={text}")
+    var, sep, what = text.partition("=")
+    if not sep:
+        var, what = re.sub(r"\W", "_", text), text
+    if not var or not what or not re.fullmatch(r"\w+", var):
+        fail(f"--source expects NAME, VAR=NAME or VAR=URL (VAR: letters, digits, _), got '{text}'")
+    if "://" in what:
+        return {"name": var, "kind": "http", "url": what}
+    return {"name": var, "source": what}
 
 
 def submit(cfg: Settings, req: Any, wait: bool, timeout: float, schedule: Any = None) -> Any:
@@ -229,7 +255,9 @@ def _total(entry: Any) -> str:
 
 def get(
     request_id: str,
-    output: Path | None = typer.Option(None, "--output", "-o"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Default: REQUEST_ID.FORMAT in the current folder."
+    ),
     fmt: str = typer.Option("pdf", "--format", "-f"),
     url: bool = typer.Option(False, "--url", help="Print a download link (S3) instead."),
     expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
@@ -245,11 +273,21 @@ def get(
         sys.stdout.write(link + "\n")
         return
     if output is None:
-        fail("give --output FILE (or --url for a download link)")
+        output = Path(default_file_name(request_id, fmt))
+        if output.exists():
+            fail(f"'{output}' exists already: give --output FILE (the same name overwrites it)")
     data = on_bus(cfg, lambda bus: artefact_bytes(bus, request_id, fmt))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
     out.print(f"wrote {output} ({len(data):,} bytes)")
+
+
+def default_file_name(request_id: str, fmt: str) -> str:
+    """`<request-id>.<fmt>` with only safe characters (never a path, never hidden)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", request_id).lstrip(".") or "report"
+    return f"{stem}.{re.sub(r'[^A-Za-z0-9]', '', fmt) or 'pdf'}"
 
 
 def deliver(
