@@ -833,3 +833,29 @@ def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFil
             with suppress(OSError):  # something was delivered into it meanwhile
                 here.rmdir()
     return sorted(found, key=lambda f: f.path)
+
+
+async def channel_outcomes(bus: Bus, request_id: str) -> list[Any]:
+    """What the distributor recorded per channel for a request (each outcome, delivered or
+    not): the channels of a partly delivered report, which its ledger entry does not hold."""
+    from shared.bus import DELIVERIES_BUCKET
+    from shared.events import ChannelResult
+
+    kv = await bus.js.key_value(DELIVERIES_BUCKET)
+    own = re.compile(re.escape(request_id) + r"\.(\d+)-[0-9a-f]{10}")
+    results: list[tuple[int, Any]] = []
+    watcher = await kv.watch(f"{request_id}.>", ignore_deletes=True)  # filtered by the server
+    try:
+        async for entry in watcher:
+            if entry is None:  # no more current values
+                break
+            match = own.fullmatch(entry.key)
+            if match is None or not entry.value:
+                continue  # another request whose id starts with this one and a dot
+            with suppress(ValueError):
+                data = json.loads(entry.value)
+                if "channel" in data:  # not an intent still being sent
+                    results.append((int(match.group(1)), ChannelResult.model_validate(data)))
+    finally:
+        await watcher.stop()
+    return [result for _, result in sorted(results, key=lambda r: r[0])]

@@ -191,26 +191,64 @@ def render(
 
 
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """What happened to one request: stages, timings, artefacts, channels, error."""
+    """What happened to one request: stages, timings (with the waits between them),
+    artefacts, channels, error."""
     from shared.ledger import entry_as_dict
-    from shared.ops import ledger_entry
+    from shared.ops import channel_outcomes, ledger_entry
 
-    entry = on_bus(settings(), lambda bus: ledger_entry(bus, request_id))
+    async def read(bus: Any) -> Any:
+        entry = await ledger_entry(bus, request_id)
+        if not entry.channels and "distributor" in entry.stages:
+            # A partly delivered report: what each channel did is in the deliveries record.
+            entry.channels = await channel_outcomes(bus, request_id)
+        return entry
+
+    entry = on_bus(settings(), read)
+    waits = queue_waits(entry)
     if as_json:
-        emit_json(entry_as_dict(entry))
+        emit_json({**entry_as_dict(entry), "waits": waits})
         return
     out.print(f"[bold]{request_id}[/] · {entry.status} · template {entry.template}")
     for stage, rec in entry.stages.items():
+        if waits.get(stage):
+            out.print(f"  {'(queued)':12} {'waiting':8} {waits[stage]:>7.2f}s  before {stage}")
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
         out.print(f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}")
         if rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {rec.error}", highlight=False, markup=False)
+    if entry.total_seconds is not None:
+        worked = sum(r.seconds or 0.0 for r in entry.stages.values())
+        queued = sum(waits.values())
+        out.print(
+            f"  total {entry.total_seconds:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
+            + _other(entry.total_seconds - worked - queued)
+        )
     for art in entry.artefacts:
         out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
     for ch in entry.channels:
         out.print(f"  {ch.channel}: {'ok' if ch.ok else 'FAILED'} {ch.target} {ch.detail}")
     if entry.error:
         out.print(f"  [red]error[/]: {entry.error}")
+
+
+def _other(seconds: float) -> str:
+    """What stages and queues do not account for: retries' backoff, ledger writes."""
+    return f", {seconds:.2f}s retrying or recording" if seconds >= 0.01 else ""
+
+
+def queue_waits(entry: Any) -> dict[str, float]:
+    """Seconds each stage's message waited before a worker took it: from the request (or
+    the previous stage's end) to the stage's start."""
+    waits: dict[str, float] = {}
+    previous = entry.requested_at
+    for stage in ("fetcher", "renderer", "distributor"):
+        record = entry.stages.get(stage)
+        if record is None:
+            break
+        if previous is not None:
+            waits[stage] = max((record.started_at - previous).total_seconds(), 0.0)
+        previous = record.finished_at
+    return {k: round(v, 3) for k, v in waits.items()}
 
 
 def list_requests(
