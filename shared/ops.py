@@ -857,5 +857,5 @@ async def channel_outcomes(bus: Bus, request_id: str) -> list[Any]:
                 if "channel" in data:  # not an intent still being sent
                     results.append((int(match.group(1)), ChannelResult.model_validate(data)))
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return [result for _, result in sorted(results, key=lambda r: r[0])]

@@ -44,6 +44,9 @@ def request(
     split: str | None = typer.Option(
         None, "--split", help="auto | on | off: lay a long report out in several processes"
     ),
+    report_timeout: float | None = typer.Option(
+        None, "--report-timeout", help="Seconds the report may take (`timeout`): then it fails."
+    ),
     validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
     wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
     timeout: float = typer.Option(120.0, help="Seconds to wait with --wait."),
@@ -67,7 +70,7 @@ def request(
     if source:
         body = {**body, "sources": [*body.get("sources", []), *map(source_spec, source)]}
     fields: dict[str, Any] = {"template": template, "formats": fmt, "request_id": request_id}
-    fields |= {"locale": locale, "split": split}
+    fields |= {"locale": locale, "split": split, "timeout": report_timeout}
     who = f"cli:{os.environ.get('USER', 'unknown')}"
     req = checked(
         lambda: build_request(body, params=params, deliver=deliver, requested_by=who, **fields)
