@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import time
 from collections import deque
@@ -134,7 +135,8 @@ def logs(
     def show(found: list[Line]) -> None:
         for line in found:
             if as_json:
-                out.print(line.text, markup=False, highlight=False, soft_wrap=True)
+                sys.stdout.write(line.text + "\n")
+                sys.stdout.flush()
             else:
                 out.print(readable(line, out.width), markup=False, highlight=False, soft_wrap=True)
 
