@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from shared.embedded import free_port
-from tests.helpers import REPO, Outcomes, Stack, pressroom, unique
+from tests.helpers import REPO, Outcomes, Stack, eventually, pressroom, unique
 from tests.integration.test_cli_operator import run_on_a_terminal
 from tests.pdftext import pdf_text
 
@@ -356,6 +356,85 @@ async def test_a_report_over_its_timeout_fails_naming_the_stage(
     assert failed["stage"] == "fetcher" and failed["attempts"] == 1
     status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
     assert status["status"] == "failed" and "timed out" in status["error"]
+
+
+def cpu_seconds_of_children(parent: int) -> dict[int, float]:
+    """CPU seconds used so far by each child process of `parent` (from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == parent:  # ppid
+            found[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf(
+                "SC_CLK_TCK"
+            )
+    return found
+
+
+async def test_a_render_over_the_report_timeout_is_stopped_and_the_renderer_goes_on(
+    stack: Stack, outcomes: Outcomes
+) -> None:
+    # Ten billion loop rounds: far more than the 20 s the request allows (and than the
+    # renderer's own 120 s cap), so only the request's timeout can end it in time.
+    (stack.templates / "endless.html").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    )
+    rid = unique("render-deadline")
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "request",
+            "-t",
+            "endless.html",
+            "--report-timeout",
+            "20",
+            "--request-id",
+            rid,
+            "--wait",
+            "--timeout",
+            "110",
+        ],
+        env=stack.env,
+        cwd=stack.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    renderer = stack.procs["renderer"][0].pid
+
+    async def busy_render_process() -> int | None:
+        used = cpu_seconds_of_children(renderer)
+        return next((pid for pid, secs in used.items() if secs >= 1.0), None)
+
+    busy = await eventually(busy_render_process, timeout=60)
+    _, stderr = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1
+    assert "timed out after 20 s at renderer" in stderr, stderr
+
+    async def stopped() -> bool:  # not left looping for nobody
+        return (
+            not Path(f"/proc/{busy}").exists()
+            or "Z" in Path(f"/proc/{busy}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        )
+
+    await eventually(stopped, timeout=30)
+    after = unique("after-deadline")
+    stack.cli(
+        "request",
+        "-t",
+        "portfolio",
+        "--data-file",
+        SAMPLE,
+        "--request-id",
+        after,
+        "--wait",
+        check=True,
+    )
+    assert (stack.out / f"{after}.pdf").read_bytes().startswith(b"%PDF")
 
 
 # ---- the sample template, the README ------------------------------------------------------------
