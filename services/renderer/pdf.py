@@ -359,6 +359,9 @@ class RenderPool:
                 results = await asyncio.wait_for(
                     asyncio.gather(*futures, return_exceptions=True), timeout=timeout()
                 )
+            except asyncio.CancelledError:  # as in `run`: no process left busy for nobody
+                await asyncio.shield(self._replace(pool))
+                raise
             except TimeoutError:
                 await self._replace(pool)
                 raise RenderTimeout(
