@@ -811,8 +811,10 @@ class OldFile:
 
 def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFile]:
     """Files the `file` channel delivered under `folder` (PRESSROOM_OUT_DIR) older than `age`,
-    removed (or only listed, with `dry_run`), with the folders they leave empty. Symbolic
-    links are neither followed nor removed: only what is really under the folder goes."""
+    removed (or only listed, with `dry_run`), with the folders they leave empty. Only what
+    the channel writes goes (reports `*.pdf` / `*.html`, and `.*.part` files a crash left
+    half-written): anything else an operator keeps there stays. Symbolic links are neither
+    followed nor removed."""
     import stat
     import time
 
@@ -825,7 +827,10 @@ def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFil
         for name in sorted(files):
             path = here / name
             info = path.lstat()
-            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+            ours = path.suffix in (".pdf", ".html") or (
+                name.startswith(".") and name.endswith(".part")
+            )
+            if ours and stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
                 found.append(OldFile(path, info.st_size))
                 if not dry_run:
                     path.unlink(missing_ok=True)

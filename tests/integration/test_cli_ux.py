@@ -211,18 +211,20 @@ def test_get_without_output_writes_request_id_dot_format(stack: Stack) -> None:
 def test_clean_also_removes_old_delivered_files_and_dry_run_lists_them(stack: Stack) -> None:
     folder = stack.out / unique("old-deliveries")
     folder.mkdir(parents=True)
-    old, new = folder / "old.pdf", folder / "new.pdf"
+    old, new, notes = folder / "old.pdf", folder / "new.pdf", folder / "README.txt"
     old.write_bytes(b"%PDF old")
     new.write_bytes(b"%PDF new")
+    notes.write_text("the operator's own file: not a delivered report")
     forty_days_ago = time.time() - 40 * 86400
-    os.utime(old, (forty_days_ago, forty_days_ago))
+    for path in (old, notes):
+        os.utime(path, (forty_days_ago, forty_days_ago))
     listed = stack.cli("clean", "--older-than", "30d", "--dry-run", env=NARROW, check=True)
     assert str(old) in listed.stdout and str(new) not in listed.stdout
     assert old.exists()  # a dry run deletes nothing
     assert "would remove 1 delivered file(s)" in listed.stdout
     done = json.loads(stack.cli("clean", "--older-than", "30d", "--json", check=True).stdout)
     assert [f["path"] for f in done["files"]] == [str(old)]
-    assert not old.exists() and new.exists()
+    assert not old.exists() and new.exists() and notes.exists()
 
 
 # ---- errors: all at once, and naming what is wrong --------------------------------------------
