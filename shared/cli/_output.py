@@ -125,22 +125,36 @@ def _print_stacked(
     short: list[int],
     long: list[int],
 ) -> None:
+    # The first column (the id) gives way when the line would not fit: an id longer than its
+    # share goes whole on a line of its own, and the row's other cells under it, aligned.
+    widths = list(widths)
+    first, rest = short[0], short[1:]
+    others = sum(widths[i] + 2 for i in rest)
+    widths[first] = max(min(widths[first], console.width - others), cell_len(columns[first].header))
+
     def line(cells: list[Text]) -> Text:
         parts = []
         for i in short:
-            pad = " " * (widths[i] - cell_len(cells[i].plain))
+            pad = " " * max(widths[i] - cell_len(cells[i].plain), 0)
             right = columns[i].justify == "right"
             parts.append(Text.assemble(pad, cells[i]) if right else Text.assemble(cells[i], pad))
         joined = Text("  ").join(parts)
         joined.rstrip()
         return joined
 
+    def emit(text: Text) -> None:
+        console.print(text, soft_wrap=True, highlight=False, overflow="ignore")
+
     header = line([Text(col.header) for col in columns])
     header.stylize("bold")
-    console.print(header, soft_wrap=True, highlight=False, overflow="ignore")
+    emit(header)
     indent = "    "
     for row, texts in zip(rows, plain, strict=True):
-        console.print(line(row), soft_wrap=True, highlight=False, overflow="ignore")
+        if cell_len(texts[first]) > widths[first]:
+            emit(row[first])
+            emit(line([Text() if i == first else cell for i, cell in enumerate(row)]))
+        else:
+            emit(line(row))
         for i in long:
             if not texts[i]:
                 continue
