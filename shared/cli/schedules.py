@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from shared.cli._common import config_says, emit_json, fail, out, run, schedules, settings
-from shared.cli._output import Col, literal, print_table
+from shared.cli._output import Col, literal, print_table, styled
 
 schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
 sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
@@ -155,7 +155,7 @@ def _test_all(cfg: Any, as_json: bool) -> None:
                 [
                     r["source"],
                     r["kind"],
-                    "[green]ok[/]" if r["ok"] else "[red]FAILED[/]",
+                    styled("ok", "green") if r["ok"] else styled("FAILED", "red"),
                     f"{r['seconds']:.2f}",
                     r["detail"],
                 ]

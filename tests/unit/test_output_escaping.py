@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from rich.console import Console
@@ -66,3 +67,17 @@ def test_table_cells_are_plain_text_and_styles_are_explicit(width: int) -> None:
     assert "failed" in shown
     flat = "".join(shown.replace("│", "").split())
     assert "".join(SHOWN.split()) in flat, shown
+
+
+def test_log_lines_show_what_a_request_made_them_say_as_text() -> None:
+    from shared.cli.logs import parse, readable
+
+    hostile = HOSTILE.replace(" ", "_")  # unquoted in the key=value form
+    record = {"timestamp": "2026-12-05T16:00:00.000Z", "level": "error", "event": "failed"}
+    for line in (
+        parse("renderer-1", json.dumps({**record, "template": hostile})),
+        parse("renderer-1", f"ValueError: template {hostile} broke"),
+    ):
+        shown = readable(line, 80)
+        assert not raw_controls(shown), repr(shown)
+        assert visible(hostile) in "".join(shown.split()), shown
