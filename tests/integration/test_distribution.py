@@ -103,7 +103,7 @@ async def test_one_request_emails_uploads_and_calls_the_webhook_once_each(
     [mail] = smtp.to(inbox)
     assert mail.message["Subject"] == f"Weekly {rid}"
     [attachment] = [p for p in mail.message.walk() if p.get_filename()]
-    assert attachment.get_filename() == f"{rid}.pdf"
+    assert attachment.get_filename().startswith("portfolio-status-report-")  # its title
     pdf = attachment.get_payload(decode=True)
     assert pdf.startswith(b"%PDF")
 
