@@ -37,7 +37,7 @@ def filename_fields(request: ReportRequested) -> dict[str, str]:
     period = request.params.get("reporting_period")
     date = request.requested_at.strftime("%Y-%m-%d")
     return {
-        "title": (slug(title) if isinstance(title, str) else "") or stem,
+        "title": (slug(title) if isinstance(title, str) else "") or stem.replace("_", "-"),
         "template": stem,
         "date": date,
         "period": (slug(period) if isinstance(period, str) else "") or date,
