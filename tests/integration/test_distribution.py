@@ -380,7 +380,9 @@ async def test_download_links_are_minted_when_asked_and_never_stored(
         Delivery.model_validate({"channel": "email", "to": [inbox]}), Parcel(rendered, store)
     )
     [mail] = smtp.to(inbox)
-    assert "X-Amz-Signature=" in mail.message.get_payload(decode=True).decode()
+    parts = {p.get_content_type(): p.get_payload(decode=True) for p in mail.message.walk()}
+    assert "X-Amz-Signature=" in parts["text/plain"].decode()
+    assert '<a href="http' in parts["text/html"].decode()  # clickable in the HTML part
     assert result.detail == "linked" and "X-Amz" not in result.model_dump_json()
 
     # Nothing that is kept — events, ledger, logs — holds a signed link.
