@@ -221,7 +221,7 @@ def stage_finished(stage: str, outcome: str, seconds: float) -> None:
 def stage_done(event: Event, settled: LedgerEntry | None) -> None:
     """A stage finished its work for a report for the first time (the ledger said so)."""
     if isinstance(event, ReportRendered):
-        template = bounded("template", event.request.template)
+        template = template_label(event.request.template)
         _renders().add(1, {"template": template, "outcome": "ok"})
         sizes = _histogram(*REPORT_SIZE)
         for artefact in event.artefacts:
@@ -232,7 +232,7 @@ def stage_done(event: Event, settled: LedgerEntry | None) -> None:
 
 def stage_failed(stage: str, kind: str, template: str | None, settled: LedgerEntry | None) -> None:
     """A message was dead-lettered: pressroom_failures_total, renders, the report's outcome."""
-    name = bounded("template", (settled.template if settled else None) or template)
+    name = template_label((settled.template if settled else None) or template)
     processing_failed(kind, f"dead-lettered at {stage}")  # error.type of the message's span
     _counter(*FAILURES).add(1, {"stage": stage, "reason": kind, "template": name})
     if stage == "renderer":
@@ -252,7 +252,7 @@ def report_settled(entry: LedgerEntry) -> None:
     seconds = max((entry.settled_at - entry.requested_at).total_seconds(), 0.0)
     trigger = "schedule" if (entry.requested_by or "").startswith("scheduler:") else "request"
     labels = {
-        "template": bounded("template", entry.template),
+        "template": template_label(entry.template),
         "outcome": entry.settled,
         "trigger": trigger,
     }
@@ -399,6 +399,15 @@ OTHER = "other"
 
 Labels = tuple[tuple[str, str], ...]
 _expected: dict[str, tuple[Instrument, set[Labels]]] = {}
+_file_names: dict[str, str] = {}  # "weekly" → "weekly.html": one label value per template
+
+
+def template_label(name: str | None) -> str:
+    """The template label of a report: its file name (a request may leave off the suffix),
+    bounded to the operator's templates."""
+    with _lock:
+        name = _file_names.get(name or "", name)
+    return bounded("template", name)
 
 
 def _expect(instrument: Instrument, *label_sets: dict[str, str]) -> None:
@@ -428,6 +437,8 @@ def prepare_worker(
     templates = sorted(set(templates))
     if templates:
         operator_labels("template", templates)
+    with _lock:
+        _file_names.update({t.rsplit(".", 1)[0]: t for t in templates})
     sources = sorted(set(sources))
     operator_labels("source", [name for name, _ in sources])
     operator_labels("kind", sorted(SOURCE_KINDS))

@@ -24,7 +24,10 @@ from tests.helpers import unique
 def operator_lists() -> Iterator[None]:
     """prepare_worker sets process-wide label lists: other tests here expect none."""
     listed, expected = dict(metrics._listed), dict(metrics._expected)
+    names = dict(metrics._file_names)
     yield
+    metrics._file_names.clear()
+    metrics._file_names.update(names)
     metrics._listed.clear()
     metrics._listed.update(listed)
     metrics._expected.clear()
@@ -127,3 +130,11 @@ def test_a_delivery_id_is_stable_per_delivery_new_per_occasion_and_hides_the_req
     assert first != Parcel(event=event, store=store).delivery_id(other)
     assert first != Parcel(event=event, store=store, occasion="manual-1").delivery_id(hook)
     assert "af200b153dc64d26" not in first and first.startswith("msg_")
+
+
+def test_a_template_named_without_its_suffix_counts_under_its_file_name() -> None:
+    template = unique("tpl")
+    metrics.prepare_worker("renderer", [f"{template}.html"])
+    assert metrics.template_label(template) == f"{template}.html"
+    assert metrics.template_label(f"{template}.html") == f"{template}.html"
+    assert metrics.template_label(unique("junk")) == "other"
