@@ -43,7 +43,7 @@ class PickySmtp:
     first DATA for an address starting `late` with 451 — keeping what it was sent either way."""
 
     mails: list[Mail] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    seen: set[tuple[str, str]] = field(default_factory=set)
 
     def start(self) -> PickySmtp:
         from aiosmtpd.controller import Controller
@@ -55,7 +55,7 @@ class PickySmtp:
                 self, server: Any, session: Any, envelope: Any, address: str, options: Any
             ) -> str:
                 if address.startswith("grey") and ("rcpt", address) not in outer.seen:
-                    outer.seen.add(("rcpt", address))  # type: ignore[arg-type]
+                    outer.seen.add(("rcpt", address))
                     return "451 4.7.1 Greylisted, please try again later"
                 envelope.rcpt_tos.append(address)
                 return "250 OK"
@@ -65,7 +65,7 @@ class PickySmtp:
                 late = first.startswith("late") and ("data", first) not in outer.seen
                 outer.mails.append(Mail(list(envelope.rcpt_tos), envelope.content, not late))
                 if late:
-                    outer.seen.add(("data", first))  # type: ignore[arg-type]
+                    outer.seen.add(("data", first))
                     return "451 4.3.0 Temporary failure, try again"
                 return "250 Message accepted"
 
