@@ -34,6 +34,7 @@ _ADDRESS = re.compile(
 )
 MAX_PARAM_CHARS = 200
 MAX_RECIPIENTS = 50
+MAX_ADDRESS_CHARS = 320  # a display name and RFC 5321's 254-character path
 LINK_VALIDITY = timedelta(days=7)
 
 
@@ -49,6 +50,11 @@ def validate_addresses(value: Any) -> list[str]:
         )
     result = []
     for item in items:
+        if len(str(item)) > MAX_ADDRESS_CHARS:
+            # Before parsing: the email.utils parsers are not linear on hostile input.
+            raise PermanentError(
+                f"email address '{str(item)[:40]}…' is longer than {MAX_ADDRESS_CHARS} characters"
+            )
         if "\r" in str(item) or "\n" in str(item):
             raise PermanentError(f"email address {str(item)!r} contains a line break")
         parsed = getaddresses([str(item)])
