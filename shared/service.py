@@ -282,6 +282,7 @@ def stage_app(
     buckets: Sequence[str] = (),
     close: Callable[[D], Awaitable[None]] | None = None,
     concurrency: int = 1,
+    max_workers: int = 1,
     admit: Callable[[Event], Awaitable[None]] | None = None,
     observe: Callable[[D], Awaitable[None]] | None = None,
 ) -> FastStream:
@@ -291,6 +292,11 @@ def stage_app(
     the ledger, the publisher, the artefact store and the KV `buckets` this stage names —
     calls `build_work`, serves /readyz and /metrics, and on the way out (after the broker has
     drained its in-flight messages) closes them again.
+
+    `concurrency` messages are fetched together and worked on together (the next batch waits
+    for the slowest); `max_workers` > 1 instead works on that many side by side, each fetched
+    only when a worker is free (one at a time, so at most one fetched message waits with its
+    ack timer running, faststream#2563): one slow message does not hold the others.
     """
     service = f"pressroom-{spec.name}"
     tracer_provider, meter_provider = setup_telemetry(service)
@@ -394,7 +400,10 @@ def stage_app(
         stream=JStream(STREAM, declare=False),
         durable=spec.durable,
         config=stage_consumer_config(spec, settings),
-        pull_sub=PullSub(batch_size=concurrency, timeout=settings.pull_timeout),
+        pull_sub=PullSub(
+            batch_size=1 if max_workers > 1 else concurrency, timeout=settings.pull_timeout
+        ),
+        max_workers=max_workers,
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.

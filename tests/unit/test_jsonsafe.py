@@ -19,8 +19,9 @@ HOSTILE: dict[str, Callable[[int], bytes]] = {
     "unterminated, ending in a backslash": lambda n: b'{"a":"' + b'\\"' * (n // 2) + b"\\",
     "quote after quote": lambda n: b'"' * n,
     "many short strings": lambda n: b'["ab",' * (n // 6),
-    "deep but within the limit, repeated": lambda n: (b"[" * 60 + b"1" + b"]" * 60 + b",")
-    * (n // 122),
+    "deep but within the limit, repeated": lambda n: (
+        (b"[" * 60 + b"1" + b"]" * 60 + b",") * (n // 122)
+    ),
     "only openers": lambda n: b"[" * n,
 }
 
