@@ -55,11 +55,12 @@ from shared.health import Check, CheckResult, HealthServer
 from shared.kv import KeyValue
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
-from shared.metrics import observe_bus, scrape_handler
+from shared.metrics import observe_bus, operator_labels, scrape_handler
 from shared.settings import Settings
 from shared.stage import StageRunner
 from shared.store import ArtefactStore, open_store
 from shared.telemetry import setup_telemetry, shutdown_telemetry
+from shared.templatefiles import template_names
 
 log = get_logger("pressroom.service")
 BUS_PING_TIMEOUT = 1.0  # a health check waits this long for a reconnect before saying so
@@ -320,6 +321,10 @@ def stage_app(
     async def observe_all() -> None:
         """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
         assert deps.js is not None
+        # The template label takes the operator's templates only (requests name anything).
+        names = await asyncio.to_thread(template_names, settings.templates_dir)
+        if names:  # a worker without the folder keeps the first-come budget
+            operator_labels("template", names)
         await observe_bus(deps.js, spec.durable)
         if observe is not None:
             await observe(deps)

@@ -41,10 +41,8 @@ from markupsafe import Markup
 
 from services.renderer import charts, localize
 from shared.errors import PressroomError, TemplateError
+from shared.templatefiles import TEMPLATE_SUFFIXES, template_names
 
-TEMPLATE_SUFFIXES = (".html", ".htm")
-# Folders beside the templates that hold no report templates of their own.
-NON_TEMPLATE_DIRS = {"samples", "assets", "static", "partials", "fonts", "img", "css"}
 _FRONT_MATTER = re.compile(r"^\s*\{#-?\s*---\s*\n(.*?)\n\s*---\s*-?#\}", re.DOTALL)
 
 # What one expression may produce, checked before it is computed (the render process's memory
@@ -334,17 +332,7 @@ class TemplateLibrary:
 
     # ---- discovery -------------------------------------------------------------------------
     def names(self) -> list[str]:
-        found = []
-        for path in sorted(self.folder.rglob("*")):
-            rel = path.relative_to(self.folder)
-            if (
-                path.suffix in TEMPLATE_SUFFIXES
-                and path.is_file()
-                and not rel.name.startswith(("_", "."))
-                and not (set(rel.parts[:-1]) & NON_TEMPLATE_DIRS)
-            ):
-                found.append(rel.as_posix())
-        return found
+        return template_names(self.folder)
 
     def check_name(self, name: str) -> str:
         """A file inside the folder (any, partials included): for `pressroom render PATH`."""
