@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import select
 import shutil
 import socket
 import threading
@@ -40,7 +41,6 @@ class DripServer:
 
     opened: int = 0
     open_now: set[int] = field(default_factory=set)
-    most_open: int = 0
     requests: list[bytes] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,7 +68,6 @@ class DripServer:
             self.opened += 1
             number = self.opened
             self.open_now.add(number)
-            self.most_open = max(self.most_open, len(self.open_now))
         try:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -77,9 +76,13 @@ class DripServer:
                     return
                 request += chunk
             self.requests.append(request)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-            while not self._stop.wait(1.0):
-                conn.sendall(b"x")  # raises once the client has hung up
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not self._stop.is_set():
+                # A byte a second; a client that hangs up is noticed at once (readable, empty).
+                readable, _, _ = select.select([conn], [], [], 1.0)
+                if readable and not conn.recv(1):
+                    return
+                conn.sendall(b"x")
         except OSError:
             pass
         finally:
@@ -248,15 +251,15 @@ async def test_a_receiver_dripping_bytes_fails_at_its_deadline_and_holds_no_one_
     finally:
         await sub.unsubscribe()
         await nc.close()
-    # Delivered while the first slow delivery was still hanging: it waited for nobody.
-    assert first in seen_open[0], (first, seen_open, net.drip.opened)
+    # Delivered while the first slow delivery was still hanging (it waited for nobody), and
+    # that was the only one to its target (PRESSROOM_DELIVERY_TARGET_LIMIT=1): the other slow
+    # reports waited or were handed back instead of taking every slot.
+    assert seen_open[0] == {first}, (first, seen_open, net.drip.opened)
 
     reasons = []
     for rid in slow:
         reasons.append((await eouts.failed_event(rid, timeout=300))["reason"])
     assert any(f"no complete answer within {WEBHOOK_DEADLINE}s" in r for r in reasons), reasons
-    # One target, one delivery at a time (PRESSROOM_DELIVERY_TARGET_LIMIT=1): never more open.
-    assert net.drip.most_open == 1
 
 
 # ---- a bound credential stays under its path prefix ----------------------------------------
