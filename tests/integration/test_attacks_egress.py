@@ -311,11 +311,13 @@ async def test_a_format_width_from_the_request_is_refused_before_it_is_built(
 async def test_junk_template_names_cannot_push_a_real_template_into_other(
     estack: Stack, eouts: Outcomes
 ) -> None:
-    junk = [f"junk-{n}-{unique('t')}.html" for n in range(210)]  # over the 200-value budget
-    await publish(estack, *(to_file(unique("junk"), name) for name in junk))
+    junk = {unique("junk"): f"junk-{n}-{unique('t')}.html" for n in range(210)}  # budget: 200
+    await publish(estack, *(to_file(rid, name) for rid, name in junk.items()))
     real = unique("real")
     await publish(estack, to_file(real, "counted.html"))
     await eouts.delivered_event(real, timeout=300)
+    for rid in junk:  # every junk name has been counted somewhere by now
+        assert "not found" in (await eouts.failed_event(rid, timeout=300))["reason"]
 
     for worker, url in estack.health.items():
         text = urlopen(f"{url}/metrics", timeout=30).read().decode()

@@ -37,7 +37,7 @@ BOUND = Credential(
     ],
 )
 def test_every_spelling_of_a_dot_segment_fails_the_prefix_check(path: str) -> None:
-    with pytest.raises(PermanentError, match="segments|too many times"):
+    with pytest.raises(PermanentError, match=r"segments|too many times"):
         check_bound(BOUND, f"https://api.example.com{path}", "source 'x'")
 
 
@@ -81,7 +81,7 @@ def test_the_limits_leave_other_targets_a_slot() -> None:
 
 
 async def test_a_deadline_ends_the_whole_call_with_a_transient_reason() -> None:
-    with pytest.raises(TransientError, match="no complete answer within 0.05s"):
+    with pytest.raises(TransientError, match=r"no complete answer within 0\.05s"):
         async with egress.deadline(0.05, "webhook https://slow"):
             await asyncio.Event().wait()
     with pytest.raises(TimeoutError):  # a timeout of the call's own is not relabelled
