@@ -95,7 +95,7 @@ async def test_a_deadline_ends_the_whole_call_with_a_transient_reason() -> None:
         '{{ "{:{w}}".format(1, w=w) }}',
         '{{ "{0:>{1}}".format("x", w) }}',
         '{{ "{a:{w}.{w}}".format_map({"a": 1.5, "w": w}) }}',
-        '{{ m.format(1, w=w) }}',
+        "{{ m.format(1, w=w) }}",
         '{{ ("{:" ~ w ~ "}").format(1) }}',
     ],
 )
