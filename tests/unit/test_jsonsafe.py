@@ -37,6 +37,8 @@ HOSTILE: dict[str, Callable[[int], bytes]] = {
         (b'{"a":"x\\', 1),  # unterminated, trailing backslash
         (b'{"a":"[[[[', 1),  # unterminated string: its brackets do not count
         (b"[[[", 3),
+        (b'["a\\\\", [[1]]]', 3),  # an escaped backslash does not escape the quote after it
+        (b'["a\\\\\\"]", [1]]', 2),  # \\ then \": the string goes on past that quote
     ],
 )
 def test_depth_counts_brackets_outside_strings(body: bytes, expected: int) -> None:
