@@ -23,6 +23,12 @@ from urllib.request import urlopen
 import pytest
 import yaml
 
+from services.distributor.channels import Parcel
+from services.distributor.channels.email import EmailChannel
+from shared.errors import TransientError
+from shared.events import Delivery, ReportRendered, ReportRequested
+from shared.settings import Settings
+from shared.store import MemoryArtefacts
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.servers import HttpReceiver
 
@@ -39,6 +45,7 @@ class DripServer:
     """An HTTP server that answers 200 at once, then sends its body one byte a second, for
     ever: every read succeeds well within any per-read timeout."""
 
+    greeting: bytes | None = None  # sent at once instead of waiting for a request (SMTP)
     opened: int = 0
     open_now: set[int] = field(default_factory=set)
     requests: list[bytes] = field(default_factory=list)
@@ -69,14 +76,17 @@ class DripServer:
             number = self.opened
             self.open_now.add(number)
         try:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                request += chunk
-            self.requests.append(request)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            if self.greeting is not None:
+                conn.sendall(self.greeting)
+            else:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    request += chunk
+                self.requests.append(request)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
             while not self._stop.is_set():
                 # A byte a second; a client that hangs up is noticed at once (readable, empty).
                 readable, _, _ = select.select([conn], [], [], 1.0)
@@ -260,6 +270,29 @@ async def test_a_receiver_dripping_bytes_fails_at_its_deadline_and_holds_no_one_
     for rid in slow:
         reasons.append((await eouts.failed_event(rid, timeout=300))["reason"])
     assert any(f"no complete answer within {WEBHOOK_DEADLINE}s" in r for r in reasons), reasons
+
+
+async def test_an_smtp_server_dripping_its_greeting_is_hung_up_on_at_the_deadline() -> None:
+    drip = DripServer(greeting=b"220 ").start()  # the rest of the line, a byte a second
+    try:
+        settings = Settings(
+            smtp_host="127.0.0.1", smtp_port=drip.port, smtp_timeout=2, email_allow="example.com"
+        )
+        request = ReportRequested(template="show.html", request_id=unique("mail"))
+        parcel = Parcel(
+            ReportRendered(request=request, artefacts=[], template_version="v", render_seconds=0),
+            MemoryArtefacts(),
+        )
+        delivery = Delivery.model_validate({"channel": "email", "to": ["ops@example.com"]})
+        with pytest.raises(TransientError, match=r"SMTP server .* within 2s"):
+            await EmailChannel(settings).deliver(delivery, parcel)
+
+        async def hung_up() -> bool:  # the session's thread is not left reading for ever
+            return drip.opened == 1 and not drip.open_now
+
+        await eventually(hung_up, timeout=30)
+    finally:
+        drip.stop()
 
 
 # ---- a bound credential stays under its path prefix ----------------------------------------
