@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -264,6 +264,44 @@ def stage_checks(
     return {"bus": bus, "store": store, "consumer": consumer}
 
 
+class InFlight:
+    """Up to `limit` messages worked on side by side. The subscriber fetches one message at a
+    time and its handler returns only once a slot is free again, so no message is fetched
+    before it can start: none waits with its ack timer running and no in-progress acks
+    (faststream#2563, which `max_workers` has), and once started the runner keeps it alive."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    async def start(self, work: Coroutine[Any, Any, None]) -> None:
+        await self._free.acquire()  # at once: the previous call returned with a slot free
+        task = asyncio.create_task(self._run(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        async with self._free:  # the next fetch waits for a free slot
+            pass
+
+    async def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:  # the runner settles every message itself; never silent
+            log.error("message handling crashed", error=repr(error))
+        finally:
+            self._free.release()
+
+    async def drain(self, grace: float) -> None:
+        """Let the work in flight finish for `grace` seconds, then hand the rest back."""
+        self.closing = True
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in late:
+            task.cancel()  # the runner nacks a cancelled message at once
+        await asyncio.gather(*late, return_exceptions=True)
+
+
 class StartupFailed(PressroomError):
     """A service could not connect to NATS or declare its streams in time."""
 
@@ -286,7 +324,7 @@ def stage_app(
     buckets: Sequence[str] = (),
     close: Callable[[D], Awaitable[None]] | None = None,
     concurrency: int = 1,
-    max_workers: int = 1,
+    in_flight: int = 1,
     admit: Callable[[Event], Awaitable[None]] | None = None,
     observe: Callable[[D], Awaitable[None]] | None = None,
 ) -> FastStream:
@@ -298,9 +336,8 @@ def stage_app(
     drained its in-flight messages) closes them again.
 
     `concurrency` messages are fetched together and worked on together (the next batch waits
-    for the slowest); `max_workers` > 1 instead works on that many side by side, each fetched
-    only when a worker is free (one at a time, so at most one fetched message waits with its
-    ack timer running, faststream#2563): one slow message does not hold the others.
+    for the slowest); `in_flight` > 1 instead works on up to that many side by side, each
+    fetched once a slot is free (`InFlight`): one slow message does not hold the others.
     """
     service = f"pressroom-{spec.name}"
     tracer_provider, meter_provider = setup_telemetry(service)
@@ -380,6 +417,14 @@ def stage_app(
             shutdown_telemetry()
 
     app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
+    side_by_side = InFlight(in_flight) if in_flight > 1 else None
+    if side_by_side is not None:
+
+        @app.on_shutdown
+        async def drain_in_flight() -> None:
+            """Before the broker stops: the work still needs the connection to ack and publish."""
+            assert side_by_side is not None
+            await side_by_side.drain(settings.shutdown_grace)
 
     # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
     next_model = EVENT_MODELS[spec.produces]
@@ -408,9 +453,8 @@ def stage_app(
         durable=spec.durable,
         config=stage_consumer_config(spec, settings),
         pull_sub=PullSub(
-            batch_size=1 if max_workers > 1 else concurrency, timeout=settings.pull_timeout
+            batch_size=1 if side_by_side else concurrency, timeout=settings.pull_timeout
         ),
-        max_workers=max_workers,
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
@@ -419,7 +463,14 @@ def stage_app(
     )
     async def handle(message: NatsMessage) -> None:
         assert running is not None, "the lifespan opens the adapters before the broker starts"
-        await running.runner.handle(NatsInbound(message), model, running.work)
+        work = running.runner.handle(NatsInbound(message), model, running.work)
+        if side_by_side is None:
+            await work
+        elif side_by_side.closing:
+            work.close()
+            await message.nack()  # shutting down: another worker takes it now
+        else:
+            await side_by_side.start(work)
 
     @broker.subscriber(
         spec.advisory_subject,

@@ -65,5 +65,5 @@ def create_app(
         buckets=[DELIVERIES_BUCKET],
         observe=observe,
         # Reports side by side: a slow target holds its own deliveries, not everyone's.
-        max_workers=settings.distributor_concurrency,
+        in_flight=settings.distributor_concurrency,
     )

@@ -55,5 +55,5 @@ def create_app(settings: Settings | None = None, *, deps: FetcherDeps | None = N
         build_work=build,
         buckets=[CACHE_BUCKET],
         admit=admit,
-        max_workers=settings.fetch_concurrency,  # a slow source holds one request, not all
+        in_flight=settings.fetch_concurrency,  # a slow source holds one request, not all
     )
