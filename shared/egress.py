@@ -270,7 +270,8 @@ async def send(
     checked, pinned address), and pass `check_redirect` (a bound credential's path prefix);
     anything else is a permanent error, never a silent hop.
     """
-    async with deadline(timeout, f"{what}: {public_url(destination.url)}"):
+    shown = public_url(destination.url)
+    async with deadline(timeout, what if shown in what else f"{what}: {shown}"):
         return await _exchange(
             method,
             destination,
