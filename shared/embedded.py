@@ -17,11 +17,14 @@ from typing import IO
 from shared.settings import EMBEDDED_HOST
 
 LOCK_FILE = "up.lock"
+# The monitoring port answers anyone, unauthenticated (connections, subjects, accounts):
+# loopback only, whatever address clients use.
+MONITOR_HOST = "127.0.0.1"
 
 CONFIG = """# Written by Pressroom. File storage synced on every write: an acknowledged
 # message survives a power loss (see PITFALLS: sync_interval).
 listen: {host}:{port}
-http: {host}:{monitor_port}
+http: {monitor_host}:{monitor_port}
 server_name: {server_name}
 max_payload: 1MB
 jetstream {{
@@ -90,6 +93,7 @@ def write_config(
     text = CONFIG.format(
         host=EMBEDDED_HOST,
         port=port,
+        monitor_host=MONITOR_HOST,
         monitor_port=monitor_port or port + 4000,
         server_name=server_name,
         store=(data_dir / "jetstream").resolve(),
