@@ -380,3 +380,51 @@ def test_every_url_in_an_outcome_loses_its_secrets() -> None:
     )  # fmt: skip
     assert "secret" not in failed.reason and "k1" not in failed.reason
     assert "inventory.internal/api?key=***" in failed.reason
+
+
+async def test_a_scheduled_message_id_cannot_be_taken_by_a_tenant(tenants: Stack) -> None:
+    """The scheduler may not read the stream back, so its ids must be unguessable: keyed with
+    its own seed. A tenant taking the id computable from the schedule's content changes
+    nothing."""
+    from datetime import UTC, datetime
+
+    from services.scheduler.app import fire, fire_message_id
+    from services.scheduler.cron import Schedule
+    from shared.bus import JetStreamPublisher
+    from shared.busauth import secret_of
+    from shared.events import request_fingerprint
+
+    nightly = Schedule.model_validate(
+        {"name": unique("nightly"), "cron": "0 3 * * *", "request": request("ignored")}
+    )
+    when = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
+    real = nightly.request_for(when)
+    attacker = await tenants.connect("publisher-alpha")
+    guessable = f"{real.request_id}:schedule:{request_fingerprint(real)}"
+    taken = await attacker.jetstream().publish(
+        "report.requested", b"{}", headers={"Nats-Msg-Id": guessable}
+    )
+    await attacker.close()
+    key = secret_of(tenants.identity("scheduler"))
+    assert key and fire_message_id(real, key) != guessable
+    scheduler = await tenants.connect("scheduler")
+    try:
+        js = scheduler.jetstream()
+        published: list[Any] = []
+
+        class Recording(JetStreamPublisher):
+            async def publish(self, subject: str, body: bytes, **options: Any) -> Any:
+                published.append(ack := await super().publish(subject, body, **options))
+                return ack
+
+        await fire(Recording(js, verify_duplicates=False), nightly, when, None, key)
+    finally:
+        await scheduler.close()
+    [ack] = published
+    assert not ack.duplicate and ack.seq != taken.seq
+    ops = await tenants.connect()
+    try:
+        stored = await ops.jetstream().get_msg("PRESSROOM", ack.seq)
+        assert json.loads(stored.data)["request_id"] == real.request_id
+    finally:
+        await ops.close()
