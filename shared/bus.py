@@ -388,7 +388,7 @@ class JetStreamPublisher:
             # the duplicate window) must not make this one vanish. Publish under a fresh id.
             log.warning("message id taken by another message", subject=subject, msg_id=msg_id)
             ack = await self._send(subject, body, f"{msg_id}:{uuid.uuid4().hex}", headers)
-        if subject in (REPORT_DELIVERED, REPORT_FAILED) and not ack.duplicate:
+        if subject in (REPORT_DELIVERED, REPORT_FAILED):  # again after a retry: at least once
             await self._tell_tenant(subject, body, headers)
         return ack
 
