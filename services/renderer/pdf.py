@@ -325,6 +325,11 @@ class RenderPool:
             future = loop.run_in_executor(pool, fn, *args)
             try:
                 return await asyncio.wait_for(future, timeout=timeout or self.timeout)
+            except asyncio.CancelledError:
+                # Given up on (the report's own timeout, a shutdown): stop the render too,
+                # rather than leave a process busy for nobody.
+                await asyncio.shield(self._replace(pool))
+                raise
             except TimeoutError:
                 await self._replace(pool)
                 raise RenderTimeout(
@@ -357,6 +362,9 @@ class RenderPool:
                 results = await asyncio.wait_for(
                     asyncio.gather(*futures, return_exceptions=True), timeout=timeout()
                 )
+            except asyncio.CancelledError:  # as in `run`: no process left busy for nobody
+                await asyncio.shield(self._replace(pool))
+                raise
             except TimeoutError:
                 await self._replace(pool)
                 raise RenderTimeout(

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from jinja2 import (
     BaseLoader,
+    ChainableUndefined,
     Environment,
     FileSystemBytecodeCache,
     StrictUndefined,
@@ -478,9 +479,33 @@ class TemplateLibrary:
             return None
         return self.variables(name)
 
+    def _more_missing(self, template: Any, context: dict[str, Any], first: Any) -> list[str]:
+        """The other top-level variables a render misses after `first`: render again with
+        each missing one stood in by an empty value, until it renders or fails otherwise."""
+        missing = _missing_name(first)
+        if missing is None:
+            return []
+        found: list[str] = []
+        trial = dict(context)
+        trial[missing] = ChainableUndefined(name=missing)
+        for _ in range(50):  # a bound: each round finds one more
+            try:
+                template.render(trial)
+                break
+            except UndefinedError as error:
+                name = _missing_name(error)
+                if name is None or name in trial:
+                    break
+                found.append(name)
+                trial[name] = ChainableUndefined(name=name)
+            except Exception:  # a stand-in the template could not use: stop here
+                break
+        return found
+
     def render(self, name: str, context: dict[str, Any]) -> str:
         """Render a template; any failure of template code is a TemplateError (permanent)."""
         name = self.check_name(name)
+        template = None
         try:
             template = self.env.get_template(name)
             return template.render(context)
@@ -494,9 +519,14 @@ class TemplateLibrary:
                 f"template '{name}' includes missing template '{error.name}'"
             ) from None
         except UndefinedError as error:
-            raise TemplateError(
-                f"undefined variable in {_template_location(error, name)}: {error.message}"
-            ) from None
+            where = _template_location(error, name)
+            others = [] if template is None else self._more_missing(template, context, error)
+            if others:  # every missing variable at once, not one per attempt
+                listed = ", ".join(f"'{v}'" for v in [_missing_name(error), *others])
+                raise TemplateError(
+                    f"undefined variables in {where}: {listed} are undefined"
+                ) from None
+            raise TemplateError(f"undefined variable in {where}: {error.message}") from None
         except SecurityError as error:
             raise TemplateError(
                 f"template {_template_location(error, name)} tried an unsafe operation: {error}"
@@ -514,6 +544,15 @@ class TemplateLibrary:
                 f"template error in {_template_location(error, name)}: "
                 f"{error.__class__.__name__}: {error}"
             ) from None
+
+
+_UNDEFINED = re.compile(r"^'(\w+)' is undefined$")
+
+
+def _missing_name(error: UndefinedError) -> str | None:
+    """The top-level variable an UndefinedError is about ('x' is undefined), if it is one."""
+    match = _UNDEFINED.match(error.message or "")
+    return match.group(1) if match else None
 
 
 def bytecode_cache_dir(base: Path) -> Path:

@@ -27,6 +27,7 @@ from shared.bus import (
     SCHEDULES_BUCKET,
     STREAM,
     JetStreamPublisher,
+    Publisher,
     encode,
     msg_id,
 )
@@ -36,7 +37,7 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.service import BUS_PING_TIMEOUT, connect_with_patience, worker_broker
+from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -54,7 +55,7 @@ def fire_message_id(request: ReportRequested, key: bytes = b"") -> str:
 
 
 async def fire(
-    publisher: JetStreamPublisher,
+    publisher: Publisher,
     schedule: Schedule,
     when: datetime,
     js: Any = None,
@@ -97,7 +98,7 @@ async def _stored_is(js: Any, seq: int, request: ReportRequested) -> bool:
 
 
 async def tick(
-    publisher: JetStreamPublisher,
+    publisher: Publisher,
     kv: Any,
     schedules: list[Schedule],
     settings: Settings,
@@ -122,20 +123,23 @@ async def tick(
     return fired
 
 
-def create_app(settings: Settings | None = None) -> FastStream:
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
+    """`deps` as for the stages (shared/service.py): what it leaves None (the publisher, the
+    ledger, the SCHEDULES_BUCKET in `kv`, the bus itself) is opened from settings at start-up."""
     settings = settings or load_settings()
+    deps = deps or Deps()
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
 
-    async def loop(publisher: JetStreamPublisher, kv: Any) -> None:
+    async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
         key = secret_of(who)
         # With identities the scheduler may not read the main stream (other tenants' data):
         # its keyed message ids stand in for reading back what holds them.
-        js = None if key else publisher.js
+        readable = None if key else js
         while True:
             try:
-                await tick(publisher, kv, schedules, settings, datetime.now(UTC), js, key)
+                await tick(publisher, kv, schedules, settings, datetime.now(UTC), readable, key)
             except Exception as error:  # keep ticking; the next tick catches up within grace
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)
@@ -152,13 +156,15 @@ def create_app(settings: Settings | None = None) -> FastStream:
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         configure_logging("pressroom-scheduler")
-        js = await connect_with_patience(broker, settings, who=who)
-        kv = await js.key_value(SCHEDULES_BUCKET)
-        schedule_watch = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
+        if deps.js is None:  # given one, the bus is already open (see Deps.js)
+            deps.js = await connect_with_patience(broker, settings, who=who)
+        js = deps.js
+        kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
+        ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
+        publisher = deps.publisher or JetStreamPublisher(js, verify_duplicates=not secret_of(who))
+        schedule_watch = ScheduleWatch(kv, ledger, schedules)
         tasks = [
-            asyncio.create_task(
-                loop(JetStreamPublisher(js, verify_duplicates=not secret_of(who)), kv)
-            ),
+            asyncio.create_task(loop(publisher, kv, js)),
             asyncio.create_task(watch(schedule_watch)),
         ]
         health = None

@@ -11,7 +11,7 @@ import os
 
 import typer
 
-from shared.cli import dlq, reports, requests, schedules, stack, templates
+from shared.cli import dlq, logs, reports, requests, schedules, stack, templates
 from shared.cli._common import err
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(schedules.schedule_app, name="schedule")
 stack.register(app)
 requests.register(app)
 reports.register(app)
+logs.register(app)
 
 
 def main() -> None:

@@ -60,20 +60,33 @@ def _print_stacked(
     short: list[int],
     long: list[int],
 ) -> None:
+    # The first column (the id) gives way when the line would not fit: an id longer than its
+    # share goes whole on a line of its own, and the row's other cells under it, aligned.
+    widths = list(widths)
+    first, rest = short[0], short[1:]
+    others = sum(widths[i] + 2 for i in rest)
+    widths[first] = max(min(widths[first], console.width - others), len(columns[first].header))
+
     def line(cells: list[str], texts: list[str]) -> str:
         parts = []
         for i in short:
-            pad = " " * (widths[i] - len(texts[i]))
+            pad = " " * max(widths[i] - len(texts[i]), 0)
             parts.append(pad + cells[i] if columns[i].justify == "right" else cells[i] + pad)
         return "  ".join(parts).rstrip()
 
+    def emit(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False, overflow="ignore")
+
     headers = [col.header for col in columns]
-    console.print(
-        f"[bold]{line(headers, headers)}[/]", soft_wrap=True, highlight=False, overflow="ignore"
-    )
+    emit(f"[bold]{line(headers, headers)}[/]")
     indent = "    "
     for row, texts in zip(rows, plain, strict=True):
-        console.print(line(row, texts), soft_wrap=True, highlight=False, overflow="ignore")
+        if len(texts[first]) > widths[first]:
+            emit(row[first])
+            hidden = [("" if i == first else cell) for i, cell in enumerate(row)]
+            emit(line(hidden, [("" if i == first else text) for i, text in enumerate(texts)]))
+        else:
+            emit(line(row, texts))
         for i in long:
             if not texts[i]:
                 continue

@@ -11,6 +11,7 @@ from shared.cli._common import (
     age,
     checked,
     emit_json,
+    fail,
     library,
     on_bus,
     out,
@@ -108,6 +109,8 @@ def alerts(
     from shared.monitoring import active_alerts, monitor_url
 
     cfg = settings()
+    if not (prometheus or cfg.monitor_url or (cfg.data_dir / "prometheus" / "url").is_file()):
+        fail(_no_prometheus(cfg))
     url = checked(lambda: monitor_url(prometheus, cfg.monitor_url, cfg.data_dir))
     found = run(active_alerts(url, include_pending=pending))
     if as_json:
@@ -131,15 +134,37 @@ def alerts(
         raise typer.Exit(1)
 
 
+def _no_prometheus(cfg: Any) -> str:
+    """How to get a Prometheus to ask, in one line: what runs here decides the advice."""
+    import shutil
+
+    missing = (
+        ""
+        if shutil.which("prometheus")
+        else " (it runs Debian's prometheus: `sudo apt-get install prometheus`)"
+    )
+    if (cfg.data_dir / "workers.json").is_file():
+        return (
+            "no Prometheus to ask: the stack running here (`make run` / `pressroom up`) was "
+            "started without one; stop it (Ctrl-C) and start `.venv/bin/pressroom up --sample "
+            f"--prometheus`{missing}, or pass --prometheus URL (or set PRESSROOM_MONITOR_URL)"
+        )
+    return (
+        "no Prometheus to ask: start the stack with `.venv/bin/pressroom up --prometheus`"
+        f"{missing}, or pass --prometheus URL (or set PRESSROOM_MONITOR_URL)"
+    )
+
+
 def clean(
     older_than: str | None = typer.Option(None, help="Age like 30d (default: retention setting)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would go, delete nothing."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Remove artefacts older than the retention age (PRESSROOM_ARTEFACT_RETENTION_DAYS)."""
+    """Remove artefacts, and files delivered into PRESSROOM_OUT_DIR, older than the retention
+    age (PRESSROOM_ARTEFACT_RETENTION_DAYS)."""
     from datetime import timedelta
 
-    from shared.ops import clean_artefacts
+    from shared.ops import clean_artefacts, clean_out_dir
 
     cfg = settings()
     # `0m` (everything) is a real age: only a missing option falls back to the retention.
@@ -149,14 +174,36 @@ def clean(
         else timedelta(days=cfg.artefact_retention_days)
     )
     removed = on_bus(cfg, lambda bus: clean_artefacts(bus, older, dry_run=dry_run))
+    files = checked(lambda: clean_out_dir(cfg.out_dir, older, dry_run=dry_run))
     if as_json:
         emit_json(
-            {"dry_run": dry_run, "objects": [{"key": o.key, "size": o.size} for o in removed]}
+            {
+                "dry_run": dry_run,
+                "objects": [{"key": o.key, "size": o.size} for o in removed],
+                "files": [{"path": str(f.path), "size": f.size} for f in files],
+            }
         )
         return
     verb = "would remove" if dry_run else "removed"
+    if dry_run:
+        for where, name, size in [
+            *(("store", o.key, o.size) for o in removed),
+            *(("out", str(f.path), f.size) for f in files),
+        ]:
+            out.print(f"  {_size(size):>9}  {where:5}  {name}", highlight=False, markup=False)
     total = sum(o.size for o in removed)
     out.print(f"{verb} {len(removed)} object(s), {total / 1024 / 1024:.1f} MiB")
+    gone = sum(f.size for f in files)
+    out.print(
+        f"{verb} {len(files)} delivered file(s) in {cfg.out_dir}, {gone / 1024 / 1024:.1f} MiB",
+        highlight=False,
+    )
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
 
 
 def register(app: typer.Typer) -> None:

@@ -36,9 +36,16 @@ def request(
     request_id: str | None = typer.Option(None, "--request-id"),
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
+    subject: str | None = typer.Option(None, "--subject", help="email subject (with --email)"),
+    source: list[str] = typer.Option(
+        [], "--source", help="NAME of a config source, or VAR=NAME / VAR=URL; repeatable"
+    ),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
     split: str | None = typer.Option(
         None, "--split", help="auto | on | off: lay a long report out in several processes"
+    ),
+    report_timeout: float | None = typer.Option(
+        None, "--report-timeout", help="Seconds the report may take (`timeout`): then it fails."
     ),
     validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
     wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
@@ -56,9 +63,14 @@ def request(
             fail(f"cannot read request file '{file}': {error}")
     params = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
     deliver: list[dict[str, Any]] = [{"channel": "file", "path": to_folder}] if to_folder else []
-    deliver += [{"channel": "email", "to": email}] if email else []
+    if subject is not None and not email:
+        fail("--subject is the email's subject: give --email RECIPIENT too")
+    mail = {"channel": "email", "to": email, **({"subject": subject} if subject else {})}
+    deliver += [mail] if email else []
+    if source:
+        body = {**body, "sources": [*body.get("sources", []), *map(source_spec, source)]}
     fields: dict[str, Any] = {"template": template, "formats": fmt, "request_id": request_id}
-    fields |= {"locale": locale, "split": split}
+    fields |= {"locale": locale, "split": split, "timeout": report_timeout}
     who = f"cli:{os.environ.get('USER', 'unknown')}"
     req = checked(
         lambda: build_request(body, params=params, deliver=deliver, requested_by=who, **fields)
@@ -72,6 +84,23 @@ def request(
             out.print(f"valid report.requested for template '{req.template}'")
         return
     show_outcome(req.request_id, submit(cfg, req, wait, timeout), wait=wait, as_json=as_json)
+
+
+def source_spec(text: str) -> dict[str, Any]:
+    """`--source`: a config-file source by NAME (the template sees it as NAME with `_` for
+    `-`), or VAR=NAME, or VAR=URL (an http source; PRESSROOM_SOURCE_ALLOW decides)."""
+    import re
+
+    if "://" in text.partition("=")[0]:
+        fail(f"--source: name the variable the template reads, e.g. --source data={text}")
+    var, sep, what = text.partition("=")
+    if not sep:
+        var, what = re.sub(r"\W", "_", text), text
+    if not var or not what or not re.fullmatch(r"\w+", var):
+        fail(f"--source expects NAME, VAR=NAME or VAR=URL (VAR: letters, digits, _), got '{text}'")
+    if "://" in what:
+        return {"name": var, "kind": "http", "url": what}
+    return {"name": var, "source": what}
 
 
 def submit(cfg: Settings, req: Any, wait: bool, timeout: float, schedule: Any = None) -> Any:
@@ -165,26 +194,64 @@ def render(
 
 
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """What happened to one request: stages, timings, artefacts, channels, error."""
+    """What happened to one request: stages, timings (with the waits between them),
+    artefacts, channels, error."""
     from shared.ledger import entry_as_dict
-    from shared.ops import ledger_entry
+    from shared.ops import channel_outcomes, ledger_entry
 
-    entry = on_bus(settings(), lambda bus: ledger_entry(bus, request_id))
+    async def read(bus: Any) -> Any:
+        entry = await ledger_entry(bus, request_id)
+        if not entry.channels and "distributor" in entry.stages:
+            # A partly delivered report: what each channel did is in the deliveries record.
+            entry.channels = await channel_outcomes(bus, request_id)
+        return entry
+
+    entry = on_bus(settings(), read)
+    waits = queue_waits(entry)
     if as_json:
-        emit_json(entry_as_dict(entry))
+        emit_json({**entry_as_dict(entry), "waits": waits})
         return
     out.print(f"[bold]{request_id}[/] · {entry.status} · template {entry.template}")
     for stage, rec in entry.stages.items():
+        if waits.get(stage):
+            out.print(f"  {'(queued)':12} {'waiting':8} {waits[stage]:>7.2f}s  before {stage}")
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
         out.print(f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}")
         if rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {rec.error}", highlight=False, markup=False)
+    if entry.total_seconds is not None:
+        worked = sum(r.seconds or 0.0 for r in entry.stages.values())
+        queued = sum(waits.values())
+        out.print(
+            f"  total {entry.total_seconds:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
+            + _other(entry.total_seconds - worked - queued)
+        )
     for art in entry.artefacts:
         out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
     for ch in entry.channels:
         out.print(f"  {ch.channel}: {'ok' if ch.ok else 'FAILED'} {ch.target} {ch.detail}")
     if entry.error:
         out.print(f"  [red]error[/]: {entry.error}")
+
+
+def _other(seconds: float) -> str:
+    """What stages and queues do not account for: retries' backoff, ledger writes."""
+    return f", {seconds:.2f}s retrying or recording" if seconds >= 0.01 else ""
+
+
+def queue_waits(entry: Any) -> dict[str, float]:
+    """Seconds each stage's message waited before a worker took it: from the request (or
+    the previous stage's end) to the stage's start."""
+    waits: dict[str, float] = {}
+    previous = entry.requested_at
+    for stage in ("fetcher", "renderer", "distributor"):
+        record = entry.stages.get(stage)
+        if record is None:
+            break
+        if previous is not None:
+            waits[stage] = max((record.started_at - previous).total_seconds(), 0.0)
+        previous = record.finished_at
+    return {k: round(v, 3) for k, v in waits.items()}
 
 
 def list_requests(
@@ -229,7 +296,9 @@ def _total(entry: Any) -> str:
 
 def get(
     request_id: str,
-    output: Path | None = typer.Option(None, "--output", "-o"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Default: REQUEST_ID.FORMAT in the current folder."
+    ),
     fmt: str = typer.Option("pdf", "--format", "-f"),
     url: bool = typer.Option(False, "--url", help="Print a download link (S3) instead."),
     expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
@@ -245,11 +314,21 @@ def get(
         sys.stdout.write(link + "\n")
         return
     if output is None:
-        fail("give --output FILE (or --url for a download link)")
+        output = Path(default_file_name(request_id, fmt))
+        if output.exists():
+            fail(f"'{output}' exists already: give --output FILE (the same name overwrites it)")
     data = on_bus(cfg, lambda bus: artefact_bytes(bus, request_id, fmt))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
     out.print(f"wrote {output} ({len(data):,} bytes)")
+
+
+def default_file_name(request_id: str, fmt: str) -> str:
+    """`<request-id>.<fmt>` with only safe characters (never a path, never hidden)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", request_id).lstrip(".") or "report"
+    return f"{stem}.{re.sub(r'[^A-Za-z0-9]', '', fmt) or 'pdf'}"
 
 
 def deliver(

@@ -22,7 +22,6 @@ from shared.cli._common import (
     library,
     on_bus,
     out,
-    schedules,
     settings,
 )
 from shared.cli._output import Col, print_table
@@ -189,18 +188,26 @@ def bus_setup() -> None:
 @config_app.command("check")
 def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     """Validate the configuration and print it, secrets masked (exit 1 on any problem)."""
+    from services.scheduler.cron import load_schedules
     from shared.settings import masked
 
     cfg = settings()
-    found = schedules(cfg)
+    problems: list[str] = []  # every one at once, not the first only
+    try:
+        found = load_schedules(cfg.schedules)
+    except PressroomError as error:
+        found, problems = [], [error.reason]
     if not cfg.templates_dir.is_dir():
-        fail(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
-    lib = library(cfg)
-    for schedule in found:
-        try:
-            lib.resolve(str(schedule.request.get("template", "")))
-        except PressroomError as error:
-            fail(f"schedule '{schedule.name}': {error.reason}")
+        problems.append(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
+    else:
+        lib = library(cfg)
+        for schedule in found:
+            try:
+                lib.resolve(str(schedule.request.get("template", "")))
+            except PressroomError as error:
+                problems.append(f"schedule '{schedule.name}': {error.reason}")
+    if problems:
+        fail("; ".join(problems))
     effective = masked(cfg)
     if as_json:
         emit_json(effective)
