@@ -428,3 +428,45 @@ async def test_a_scheduled_message_id_cannot_be_taken_by_a_tenant(tenants: Stack
         assert json.loads(stored.data)["request_id"] == real.request_id
     finally:
         await ops.close()
+
+
+async def test_an_embedded_bus_from_before_accounts_keeps_its_streams(tmp_path: Path) -> None:
+    """`pressroom up` on a data folder written before accounts: the streams move with it."""
+    import nats
+
+    from shared.busauth import Identity
+    from shared.embedded import free_port, start_nats_server
+
+    data, port = tmp_path / "data", free_port()
+    old = start_nats_server(data, port, monitor_port=free_port())  # no identities, as before
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = nc.jetstream()
+        await js.add_stream(name="PRESSROOM", subjects=["report.>"])
+        await js.publish("report.requested", b'{"template": "weekly.html"}')
+        await (await js.create_key_value(bucket="pressroom_ledger")).put("old", b"{}")
+        await nc.close()
+    finally:
+        old.terminate()
+        old.wait(timeout=15)
+    generate(tmp_path / "auth")
+    new = start_nats_server(
+        data, port, monitor_port=free_port(), auth=tmp_path / "auth" / "auth.conf"
+    )
+    try:
+        ops = Identity("ops", "nkey", tmp_path / "auth" / "ops.nk")
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", **ops.nats_kwargs())
+        js = nc.jetstream()
+
+        async def kept() -> bool:
+            try:
+                return (await js.stream_info("PRESSROOM")).state.messages == 1
+            except Exception:  # JetStream still loading the store
+                return False
+
+        await eventually(kept, timeout=30)
+        assert (await (await js.key_value("pressroom_ledger")).get("old")).value == b"{}"
+        await nc.close()
+    finally:
+        new.terminate()
+        new.wait(timeout=15)
