@@ -24,7 +24,7 @@ from shared.cli._common import (
     out,
     settings,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled
 from shared.errors import PressroomError
 
 bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
@@ -99,7 +99,7 @@ def _prometheus(supervisor: Any, port: int | None) -> None:
     try:
         url = supervisor.start_prometheus(port)
     except PressroomError as error:
-        err.print(f"[yellow]note:[/] {error.reason}", highlight=False)
+        err.print(f"[yellow]note:[/] {literal(error.reason)}", highlight=False)
         return
     if url:
         out.print(f"Prometheus on [cyan]{url}[/] · `pressroom alerts` shows what fires")
@@ -129,7 +129,7 @@ def health(
             out,
             [Col("component"), Col("status"), Col("detail", long=True)],
             [
-                [name, f"[{colour[item['status']]}]{item['status']}[/]", item["detail"]]
+                [name, styled(item["status"], colour[item["status"]]), item["detail"]]
                 for name, item in report["components"].items()
             ],
         )
