@@ -79,6 +79,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVICES_ACCOUNT = "PRESSROOM"  # shared.busauth's; repeated to keep this module light
+
+
+def adopt_default_account(data_dir: Path) -> bool:
+    """A store written before accounts (streams in nats-server's default account `$G`) is
+    handed to the services' account, so an upgraded single server keeps its streams, ledger
+    and artefacts. True when it moved something."""
+    accounts = data_dir / "jetstream" / "jetstream"  # store_dir, then nats-server's own folder
+    old, new = accounts / "$G", accounts / SERVICES_ACCOUNT
+    if not (old / "streams").is_dir() or not any((old / "streams").iterdir()) or new.exists():
+        return False
+    old.rename(new)
+    return True
+
+
 def write_config(
     data_dir: Path,
     port: int,
@@ -124,6 +139,8 @@ def start_nats_server(
             f"port {port} is already in use: stop what runs there, or set PRESSROOM_NATS_URL "
             "to use that server, or PRESSROOM_NATS_PORT to pick another port"
         )
+    if auth is not None and cluster is None:
+        adopt_default_account(data_dir)
     config = write_config(
         data_dir, port, monitor_port, auth, server_name=server_name, cluster=cluster
     )

@@ -113,4 +113,5 @@ async def distribute(
         template=event.request.template,
         artefacts=event.artefacts,
         channels=results,
+        requested_by=event.request.requested_by,
     )
