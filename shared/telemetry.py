@@ -3,8 +3,8 @@
 One trace per report, in the OpenTelemetry messaging semantic conventions (v1.27 and later):
 every publish is a PRODUCER span `send <subject>` whose context travels in the message's
 `traceparent` header (`sending`, used by shared/bus.py), and every message a stage works on is
-a CONSUMER span `process <subject>` continuing it (`MessagingTelemetry`, the broker middleware
-of each stage), so fetcher → renderer → distributor spans share a trace id. Both carry
+a CONSUMER span `process <subject>` continuing it (`processing`, around the stage runner's
+work on each message), so fetcher → renderer → distributor spans share a trace id. Both carry
 `messaging.system`, `messaging.destination.name`, `messaging.operation.name`/`.type`,
 `messaging.message.id` (the Nats-Msg-Id), `messaging.message.body.size`, `server.address`/
 `.port`; the consumer span also `messaging.consumer.group.name` (the stage's durable), and
@@ -14,12 +14,11 @@ of each stage), so fetcher → renderer → distributor spans share a trace id. 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
-from faststream import BaseMiddleware
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -28,6 +27,7 @@ from shared.exposition import PrometheusReader
 REQUEST_ID = "pressroom.request_id"
 SYSTEM = "nats"
 MSG_ID_HEADER = "Nats-Msg-Id"
+T = TypeVar("T")
 _configured: dict[str, Any] = {}
 
 
@@ -135,10 +135,13 @@ def _metrics(exporting: bool) -> Any:
 
 
 def shutdown_telemetry() -> None:
+    """Export what is pending, at a lifespan's end. A flush, not a shutdown: the providers are
+    the process's own (OpenTelemetry sets them once), and a shut-down provider would silently
+    drop what a later lifespan in the same process records (an in-process test, a restart)."""
     tracer_provider, _ = _configured.get("providers", (None, None))
     for provider in (tracer_provider, _configured.get("meter_provider")):
         if provider is not None:
-            provider.shutdown()
+            provider.force_flush()
 
 
 def tracer() -> trace.Tracer:
@@ -216,50 +219,36 @@ def processing_failed(error_type: str, description: str = "") -> None:
     current.set_status(Status(StatusCode.ERROR, description or error_type))
 
 
-class MessagingTelemetry:
-    """FastStream broker middleware: a CONSUMER span `process <subject>` per message, continuing
-    the trace of its `traceparent` header (replaces FastStream's own, which names spans in the
-    older order and attributes)."""
-
-    def __init__(self, consumer_group: str) -> None:
-        self.consumer_group = consumer_group
-
-    def __call__(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
-        return _Processing(msg, context=context, group=self.consumer_group)
-
-
-class _Processing(BaseMiddleware):  # type: ignore[type-arg]
-    def __init__(self, msg: Any, /, *, context: Any, group: str) -> None:
-        super().__init__(msg, context=context)
-        self.group = group
-
-    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
-        raw = getattr(msg, "raw_message", None)
-        subject = str(getattr(raw, "subject", "") or "")
-        if not subject or isinstance(raw, list):
-            return await call_next(msg)
-        headers = {str(k): str(v) for k, v in (msg.headers or {}).items()}
-        attributes: dict[str, Any] = {
-            "messaging.system": SYSTEM,
-            "messaging.destination.name": subject,
-            "messaging.operation.name": "process",
-            "messaging.operation.type": "process",
-            "messaging.consumer.group.name": self.group,
-            "messaging.destination.subscription.name": self.group,
-            "messaging.message.body.size": len(msg.body or b""),
-            **_server(getattr(raw, "_client", None)),
-        }
-        if msg_id := headers.get(MSG_ID_HEADER):
-            attributes["messaging.message.id"] = msg_id
-        parent = propagate.extract(headers)
-        with tracer().start_as_current_span(
-            f"process {subject}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-        ) as current:
-            token = _processing.set(current)
-            try:
-                return await call_next(msg)
-            except BaseException as error:
-                processing_failed(type(error).__qualname__, str(error)[:200])
-                raise
-            finally:
-                _processing.reset(token)
+async def processing(message: Any, group: str, work: Awaitable[T]) -> T:
+    """`work` on one message (a FastStream NatsMessage) inside its CONSUMER span
+    `process <subject>`, continuing the trace of its `traceparent` header; the span lasts as
+    long as the work, also when it runs beside others (shared/service.py `InFlight`)."""
+    raw = getattr(message, "raw_message", None)
+    subject = str(getattr(raw, "subject", "") or "")
+    headers = {str(k): str(v) for k, v in (getattr(message, "headers", None) or {}).items()}
+    attributes: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.destination.name": subject,
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.consumer.group.name": group,
+        "messaging.destination.subscription.name": group,
+        "messaging.message.body.size": len(getattr(message, "body", b"") or b""),
+        **_server(getattr(raw, "_client", None)),
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    with tracer().start_as_current_span(
+        f"process {subject}",
+        context=propagate.extract(headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as current:
+        token = _processing.set(current)
+        try:
+            return await work
+        except BaseException as error:
+            processing_failed(type(error).__qualname__, str(error)[:200])
+            raise
+        finally:
+            _processing.reset(token)
