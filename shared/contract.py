@@ -43,7 +43,9 @@ DELIVERY_FIELDS: dict[str, dict[str, Any]] = {
     "bucket": {"type": "string", "minLength": 1, "description": "s3: existing bucket name."},
     "key": {
         "type": "string",
-        "description": "s3: object key pattern, e.g. `reports/{template}/{request_id}.{format}`.",
+        "description": "s3: object key pattern (placeholders date, template, request_id, "
+        "ext, filename), e.g. `reports/{date}/{filename}`; default "
+        "`{date}/{template}/{request_id}.{ext}`.",
     },
     "url": {
         "type": "string",

@@ -139,3 +139,17 @@ def test_a_template_named_without_its_suffix_counts_under_its_file_name() -> Non
     assert metrics.template_label(template) == f"{template}.html"
     assert metrics.template_label(f"{template}.html") == f"{template}.html"
     assert metrics.template_label(unique("junk")) == "other"
+
+
+def test_an_s3_key_may_use_the_sanitised_file_name() -> None:
+    from services.distributor.channels.s3 import destination_key
+
+    event = ReportRendered(
+        request=request(params={"report_title": "Weekly Portfolio"}),
+        artefacts=[],
+        template_version="v",
+        render_seconds=0.1,
+    )
+    parcel = Parcel(event=event, store=MemoryArtefacts())
+    key = destination_key("reports/{date}/{filename}", parcel, "pdf", 1)
+    assert key == "reports/2026-11-23/weekly-portfolio-2026-11-23.pdf"
