@@ -31,6 +31,7 @@ from shared.bus import (
 )
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.health import CheckResult, HealthServer
+from shared.readiness import config_check
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
@@ -162,7 +163,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
             health = HealthServer(
                 "pressroom-scheduler",
-                {"bus": bus, "scheduler": ticking},
+                {"bus": bus, "scheduler": ticking, "config": config_check(settings)},
                 settings.health_host,
                 settings.health_port,
                 metrics=scrape_handler(refresh),
