@@ -54,9 +54,12 @@ def config_check(settings: Settings) -> Check:
     """A worker's configuration, for its /readyz: the fingerprint of what it loaded at start
     (`pressroom health` compares the workers'), and `degraded` once the config file on disk
     is no longer the one it loaded — an edited file applies only after a restart."""
+    from shared.logging import get_logger
+
     fingerprint = config_fingerprint(settings)
     path = settings.config
     loaded = _file_digest(path) if path is not None else ""
+    told: set[str] = set()  # the log says it once per change, the check every time
 
     async def check() -> CheckResult:
         data = {"fingerprint": fingerprint}
@@ -65,12 +68,14 @@ def config_check(settings: Settings) -> Check:
         now = _file_digest(path)
         if now != loaded:
             what = "is unreadable" if now.startswith("unreadable") else "changed"
-            return CheckResult(
-                "degraded",
+            detail = (
                 f"{path} {what} since this worker started; it still runs config "
-                f"{fingerprint}: restart it to apply",
-                data,
+                f"{fingerprint}: restart it to apply"
             )
+            if now not in told:
+                told.add(now)
+                get_logger("pressroom.config").warning("config file changed", reason=detail)
+            return CheckResult("degraded", detail, data)
         return CheckResult("healthy", f"fingerprint {fingerprint}", data)
 
     return check

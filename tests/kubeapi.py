@@ -12,6 +12,7 @@ anything: no controllers, no pods, no status, no admission beyond that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -244,7 +245,5 @@ if __name__ == "__main__":
     with StandInApi() as api:
         written = api.kubeconfig(Path(sys.argv[1]))
         print(f"stand-in API server at {api.url}; KUBECONFIG={written}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass

@@ -31,10 +31,10 @@ from shared.bus import (
 )
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.health import CheckResult, HealthServer
-from shared.readiness import config_check
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
+from shared.readiness import config_check
 from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
