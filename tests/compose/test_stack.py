@@ -163,18 +163,27 @@ def bring_up() -> None:
     dependency is running ("not found in input list"). So: the infrastructure, each healthy;
     the one-shots, each finished with exit 0; then the workers (`--no-deps`: their dependencies
     are the ones just checked), each healthy."""
-    compose("up", "-d", *INFRA)
+    # bus-auth first, waited for: NATS includes the auth.conf it writes (podman 4.3 would start
+    # NATS at once, and NATS fails until the file is there).
+    compose("up", "-d", "--no-deps", "bus-auth")
+    finished("bus-auth")
+    compose("up", "-d", "--no-deps", *INFRA)
     for service in INFRA:
         [name] = wait_for(lambda s=service: containers(s), f"{service} running", about=service)
         if has_healthcheck(name):  # alertmanager has none
             wait_for(lambda n=name: healthy(n), f"{service}'s healthcheck passing", about=service)
     compose("up", "-d", "--no-deps", "bus-setup", "minio-init")
     for service in ("bus-setup", "minio-init"):
-        [name] = wait_for(lambda s=service: containers(s, running=False), f"{service} created")
-        wait_for(lambda n=name: state(n)[0] == "exited", f"{service} finished", about=service)
-        assert state(name) == ("exited", "0"), f"{service} failed:\n{podman('logs', name)[-2000:]}"
+        finished(service)
     compose("up", "-d", "--no-deps", *WORKERS)
     wait_workers_healthy()
+
+
+def finished(service: str) -> None:
+    """A one-shot service ran to its end, with exit code 0."""
+    [name] = wait_for(lambda: containers(service, running=False), f"{service} created")
+    wait_for(lambda: state(name)[0] == "exited", f"{service} finished", about=service)
+    assert state(name) == ("exited", "0"), f"{service} failed:\n{podman('logs', name)[-2000:]}"
 
 
 def wait_workers_healthy() -> None:

@@ -355,9 +355,10 @@ def test_the_config_fingerprint_covers_what_services_share_and_nothing_per_proce
     same = config_fingerprint(base)
     assert re.fullmatch(r"[0-9a-f]{12}", same)
     # per process: ports, render processes, memory — not part of the shared config
-    assert config_fingerprint(
-        Settings(email_allow="company.com", render_workers=4, health_port=9000)
-    ) == same
+    assert (
+        config_fingerprint(Settings(email_allow="company.com", render_workers=4, health_port=9000))
+        == same
+    )
     # shared: allow-lists, schedules, retries
     assert config_fingerprint(Settings(email_allow="other.com")) != same
     assert config_fingerprint(Settings(email_allow="company.com", max_attempts=9)) != same
