@@ -110,3 +110,31 @@ async def test_a_worker_on_an_edited_or_different_config_says_so_in_health(
         }
     finally:
         stack.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_a_worker_sending_s3_keys_over_plain_http_to_another_host_warns_at_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = tmp_path_factory.mktemp("plain-s3")
+    stack = await Stack(root, workers={}).astart()
+    insecure = {
+        "PRESSROOM_S3_ENDPOINT": "s3.invalid:9000",
+        "PRESSROOM_S3_SECURE": "false",
+        "PRESSROOM_S3_ACCESS_KEY": "pressroom",
+        "PRESSROOM_S3_SECRET_KEY": "not-a-real-key",
+    }
+    try:
+        stack.start_worker("renderer", extra_env=insecure)
+        log = root / "logs" / "renderer-1.log"
+
+        async def warned() -> str | None:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            lines = [line for line in text.splitlines() if "over plain HTTP" in line]
+            return lines[0] if lines else None
+
+        line = await eventually(warned, timeout=90, every=0.5)
+        assert "s3.invalid:9000" in line and "PRESSROOM_S3_SECURE=true" in line, line
+        assert "not-a-real-key" not in log.read_text(errors="replace")
+    finally:
+        stack.stop()
