@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from shared.cli._output import literal, visible
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+# No `:name:` emoji codes: text from requests is shown as it was written.
+out = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr and exit `code`; `message` is plain text (it often quotes a request)."""
+    err.print(f"[bold red]error:[/] {literal(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -154,6 +157,7 @@ def config_says(cfg: Settings, section: str) -> str:
 def status_line(subject: str, text: str, elapsed: str, width: int) -> str:
     """`subject: text · 12s` within `width` (less the spinner): the elapsed time always
     shows whole; a long subject (an id) is cut in the middle first, then the text."""
+    subject, text = visible(subject), visible(text)
     room = width - 3 - len(f": · {elapsed}") - 1
     if len(subject) + len(text) > room:
         keep = max(room - len(text), 13)

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from shared.cli._common import fail, out, settings
+from shared.cli._output import visible
 
 # Shown first on each line, in this order; every other field follows as key=value.
 _HEAD = ("timestamp", "level", "event", "service")
@@ -71,6 +72,7 @@ def readable(line: Line, width: int) -> str:
         text = f"{clock:12} {line.source} {level:5} {rec.get('event', '')}" + (
             f"  {extra}" if extra else ""
         )
+    text = visible(text)  # a logged template name or reason is text, controls written out
     if len(text) <= width:
         return text
     return textwrap.fill(

@@ -19,7 +19,7 @@ from shared.cli._common import (
     settings,
     validate_capped,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled, visible
 
 
 def _in_window(cfg: Any, window: str) -> list[Any]:
@@ -50,7 +50,7 @@ def stats(
         emit_json({"window": window, **data})
         return
     out.print(
-        f"[bold]{data['total']}[/] requests in {window}: {data['delivered']} delivered, "
+        f"[bold]{data['total']}[/] requests in {literal(window)}: {data['delivered']} delivered, "
         f"{data['failed']} failed, {data['in_flight']} in flight · success rate "
         f"{_secs(data['success_rate'], '%')}"
     )
@@ -65,7 +65,8 @@ def stats(
     sizes = [data["report_bytes"][p] for p in ("p50", "p95")]
     kib = " / ".join("—" if v is None else f"{v / 1024:.0f} KiB" for v in sizes)
     out.print(f"report size p50/p95: {kib}")
-    out.print("templates: " + ", ".join(f"{k} ({v})" for k, v in data["templates"].items()))
+    used = ", ".join(f"{k} ({v})" for k, v in data["templates"].items())
+    out.print(f"templates: {visible(used)}", highlight=False, markup=False)
     if data["cache_hit_rate"] is not None:
         out.print(f"fetch cache hit rate: {data['cache_hit_rate']:.1f}%")
 
@@ -88,7 +89,11 @@ def slo(
     if as_json:
         emit_json({"window": window, "objectives": [r.as_dict() for r in rows]})
     else:
-        marks = {True: "[green]met[/]", False: "[red]MISSED[/]", None: "[dim]no data[/]"}
+        marks = {
+            True: styled("met", "green"),
+            False: styled("MISSED", "red"),
+            None: styled("no data", "dim"),
+        }
         print_table(
             out,
             [Col("SLI"), Col("target"), Col("measured"), Col("samples"), Col("")],
@@ -116,7 +121,7 @@ def alerts(
     if as_json:
         emit_json({"prometheus": url, "alerts": [a.as_dict() for a in found]})
     elif not found:
-        out.print(f"[green]nothing firing[/] ({url})")
+        out.print(f"[green]nothing firing[/] ({literal(url)})")
 
     def block(text: str) -> str:
         return textwrap.fill(
@@ -125,11 +130,11 @@ def alerts(
 
     for alert in [] if as_json else found:
         state = "" if alert.state == "firing" else f" ({alert.state})"
-        out.print(f"[bold red]{alert.severity}[/] [bold]{alert.name}[/]{state}")
+        out.print(f"[bold red]{literal(alert.severity)}[/] [bold]{literal(alert.name)}[/]{state}")
         labels = " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
         for line in filter(None, (labels, alert.summary, f"start with: {alert.command}")):
-            out.print(block(line), highlight=False, markup=False)
-        out.print(block(f"runbook: {alert.runbook}"), highlight=False, markup=False)
+            out.print(block(visible(line)), highlight=False, markup=False)
+        out.print(block(visible(f"runbook: {alert.runbook}")), highlight=False, markup=False)
     if any(a.state == "firing" for a in found):
         raise typer.Exit(1)
 
@@ -190,7 +195,8 @@ def clean(
             *(("store", o.key, o.size) for o in removed),
             *(("out", str(f.path), f.size) for f in files),
         ]:
-            out.print(f"  {_size(size):>9}  {where:5}  {name}", highlight=False, markup=False)
+            shown = visible(name)  # a delivered file's name comes from its request
+            out.print(f"  {_size(size):>9}  {where:5}  {shown}", highlight=False, markup=False)
     total = sum(o.size for o in removed)
     out.print(f"{verb} {len(removed)} object(s), {total / 1024 / 1024:.1f} MiB")
     gone = sum(f.size for f in files)

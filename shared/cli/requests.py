@@ -22,7 +22,7 @@ from shared.cli._common import (
     progress,
     settings,
 )
-from shared.cli._output import Col, print_table, shorten
+from shared.cli._output import Col, literal, print_table, shorten, visible
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -81,7 +81,7 @@ def request(
         if as_json:
             emit_json({"valid": True, "request": json.loads(req.model_dump_json())})
         else:
-            out.print(f"valid report.requested for template '{req.template}'")
+            out.print(f"valid report.requested for template '{literal(req.template)}'")
         return
     show_outcome(req.request_id, submit(cfg, req, wait, timeout), wait=wait, as_json=as_json)
 
@@ -122,17 +122,18 @@ def show_outcome(rid: str, outcome: Any, *, wait: bool, as_json: bool) -> None:
         found = {"subject": outcome.subject, "payload": outcome.payload} if outcome else None
         emit_json({"request_id": rid, **({"outcome": found} if wait else {})})
     elif not wait:
-        out.print(f"published [cyan]{rid}[/]")
+        out.print(f"published [cyan]{literal(rid)}[/]")
     if outcome is None:
         return
     if outcome.delivered:
         if not as_json:
-            out.print(f"[green]delivered[/] {rid}")
+            out.print(f"[green]delivered[/] {literal(rid)}")
             for ch in outcome.payload.get("channels", []):
-                out.print(f"  {ch['channel']}: {ch['target']}")
+                out.print(f"  {literal(ch['channel'])}: {literal(ch['target'])}")
         return
     if not as_json:
-        err.print(f"[red]failed[/] {rid}: {outcome.payload.get('reason')}", highlight=False)
+        reason = outcome.payload.get("reason")
+        err.print(f"[red]failed[/] {literal(rid)}: {literal(reason)}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -178,10 +179,11 @@ def render(
     with progress(job.template, "rendering", tick=True):
         result = checked(lambda: render_capped(job, cfg))
     for notice in result.notices:
-        err.print(f"[yellow]warning:[/] {notice}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {literal(notice)}", highlight=False, soft_wrap=True)
     if dry_run:
         out.print(
-            f"ok: '{job.template}' renders ({len(result.html):,} bytes of HTML); nothing written"
+            f"ok: '{literal(job.template)}' renders ({len(result.html):,} bytes of HTML); "
+            "nothing written"
         )
         return
     assert output is not None
@@ -190,7 +192,7 @@ def render(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(content)
     extra = f", {result.pages} page(s)" if chosen == "pdf" else ""
-    out.print(f"wrote {output} ({len(content):,} bytes{extra})")
+    out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})")
 
 
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -211,14 +213,19 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
     if as_json:
         emit_json({**entry_as_dict(entry), "waits": waits})
         return
-    out.print(f"[bold]{request_id}[/] · {entry.status} · template {entry.template}")
+    out.print(
+        f"[bold]{literal(request_id)}[/] · {literal(entry.status)} · "
+        f"template {literal(entry.template)}"
+    )
     for stage, rec in entry.stages.items():
         if waits.get(stage):
             out.print(f"  {'(queued)':12} {'waiting':8} {waits[stage]:>7.2f}s  before {stage}")
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
-        out.print(f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}")
+        out.print(
+            f"  {literal(stage):12} {literal(rec.state):8} {secs:>8}  attempts {rec.attempts}"
+        )
         if rec.error and rec.error != entry.error:  # the request's own error follows below
-            out.print(f"    {rec.error}", highlight=False, markup=False)
+            out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
     if entry.total_seconds is not None:
         worked = sum(r.seconds or 0.0 for r in entry.stages.values())
         queued = sum(waits.values())
@@ -227,11 +234,12 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
             + _other(entry.total_seconds - worked - queued)
         )
     for art in entry.artefacts:
-        out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
+        out.print(f"  artefact {literal(art.format)}: {literal(art.key)} ({art.size:,} bytes)")
     for ch in entry.channels:
-        out.print(f"  {ch.channel}: {'ok' if ch.ok else 'FAILED'} {ch.target} {ch.detail}")
+        mark = "ok" if ch.ok else "FAILED"
+        out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")
     if entry.error:
-        out.print(f"  [red]error[/]: {entry.error}")
+        out.print(f"  [red]error[/]: {literal(entry.error)}")
 
 
 def _other(seconds: float) -> str:
@@ -271,7 +279,9 @@ def list_requests(
         return
     if not entries:
         filters = [f"--{k} {v}" for k, v in (("status", status_), ("template", template)) if v]
-        out.print(f"no requests match {' '.join(filters)}" if filters else "no requests yet")
+        out.print(
+            f"no requests match {literal(' '.join(filters))}" if filters else "no requests yet"
+        )
         return
     columns = [Col("request_id"), Col("status"), Col("template"), Col("updated (UTC)")]
     columns += [Col("total s", justify="right"), Col("error", long=True)]
@@ -320,7 +330,7 @@ def get(
     data = on_bus(cfg, lambda bus: artefact_bytes(bus, request_id, fmt))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
-    out.print(f"wrote {output} ({len(data):,} bytes)")
+    out.print(f"wrote {literal(output)} ({len(data):,} bytes)")
 
 
 def default_file_name(request_id: str, fmt: str) -> str:
@@ -354,7 +364,8 @@ def deliver(
         emit_json(results)
     for result in [] if as_json else results:
         mark = "[green]ok[/]" if result["ok"] else "[red]failed[/]"
-        out.print(f"{mark} {result['channel']}: {result['target']} {result['detail']}")
+        where = f"{literal(result['channel'])}: {literal(result['target'])}"
+        out.print(f"{mark} {where} {literal(result['detail'])}")
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 
@@ -370,11 +381,11 @@ def check(
 
     cfg = settings()
     if what == "email":
-        out.print(run(check_email(cfg, to)))
+        out.print(literal(run(check_email(cfg, to))))
     elif what == "webhook":
         if not url:
             fail("give --url for the webhook check")
-        out.print(run(check_webhook(cfg, url)))
+        out.print(literal(run(check_webhook(cfg, url))))
     else:
         fail(f"unknown check '{what}' (known: email, webhook)")
 

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from shared.cli._common import config_says, emit_json, fail, out, run, schedules, settings
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled
 
 schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
 sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
@@ -59,7 +59,7 @@ def schedule_run(
         fail(f"no schedule '{name}' in the config file")
     request = matches[0].request_for(datetime.now(UTC).replace(second=0, microsecond=0))
     outcome = submit(cfg, request, wait, timeout, schedule=matches[0])
-    out.print(f"fired {name} as [cyan]{request.request_id}[/]")
+    out.print(f"fired {literal(name)} as [cyan]{literal(request.request_id)}[/]")
     if outcome is not None and not outcome.delivered:
         fail(f"{request.request_id}: {outcome.payload.get('reason')}")
 
@@ -109,8 +109,8 @@ def sources_test(
         emit_json({**summary, "data": data})
         return
     out.print(
-        f"ok: {name} ({summary['kind']}) answered in {seconds:.2f}s, {size:,} bytes"
-        + (f", {summary['items']} items" if summary["items"] is not None else "")
+        f"ok: {literal(name)} ({literal(summary['kind'])}) answered in {seconds:.2f}s, "
+        f"{size:,} bytes" + (f", {summary['items']} items" if summary["items"] is not None else "")
     )
 
 
@@ -155,7 +155,7 @@ def _test_all(cfg: Any, as_json: bool) -> None:
                 [
                     r["source"],
                     r["kind"],
-                    "[green]ok[/]" if r["ok"] else "[red]FAILED[/]",
+                    styled("ok", "green") if r["ok"] else styled("FAILED", "red"),
                     f"{r['seconds']:.2f}",
                     r["detail"],
                 ]
@@ -165,5 +165,6 @@ def _test_all(cfg: Any, as_json: bool) -> None:
     failed = [r["source"] for r in rows if not r["ok"]]
     if failed:
         if not as_json:
-            out.print(f"{len(failed)} of {len(rows)} source(s) failed: {', '.join(failed)}")
+            names = literal(", ".join(failed))
+            out.print(f"{len(failed)} of {len(rows)} source(s) failed: {names}")
         raise typer.Exit(1)
