@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from functools import cached_property
@@ -525,3 +527,31 @@ def masked(settings: Settings) -> dict[str, Any]:
         if isinstance(spec.get("headers"), dict):
             spec["headers"] = dict.fromkeys(spec["headers"], "***")
     return data
+
+
+# What every service must agree on (README "Deployment", docs/operations.md "Config rollouts"):
+# a worker whose fingerprint differs from the others' runs on another configuration.
+SHARED_CONFIG = (
+    "schedules",
+    "sources",
+    "source_credentials",
+    "delivery_defaults",
+    "source_allow",
+    "email_allow",
+    "s3_delivery_allow",
+    "webhook_allow",
+    "asset_allow",
+    "file_allow_absolute",
+    "max_attempts",
+    "retry_backoff",
+)
+
+
+def config_fingerprint(settings: Settings) -> str:
+    """12 hex digits naming the configuration every service shares (schedules, sources,
+    allow-lists, retries), secrets masked: equal fingerprints, equal shared configuration.
+    Per-process settings (ports, render processes, memory) do not count."""
+    data = masked(settings)
+    shared = {key: data.get(key) for key in SHARED_CONFIG}
+    blob = json.dumps(shared, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -37,6 +37,7 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
+from shared.readiness import config_check
 from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
@@ -184,7 +185,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
             health = HealthServer(
                 "pressroom-scheduler",
-                {"bus": bus, "scheduler": ticking},
+                {"bus": bus, "scheduler": ticking, "config": config_check(settings)},
                 settings.health_host,
                 settings.health_port,
                 metrics=scrape_handler(refresh),
