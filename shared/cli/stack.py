@@ -48,6 +48,8 @@ def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributo
         return
     except PressroomError as error:
         fail(f"{name}: {error.reason}")
+    except OSError as error:  # e.g. its health port is taken: one line, and `up` restarts it
+        fail(f"{name}: {error}")
 
 
 def up(
@@ -63,6 +65,7 @@ def up(
     from shared.supervisor import Supervisor, parse_scale, sample_request
 
     cfg = settings()
+    schedules(cfg)  # a broken schedule would crash-loop the fetcher and scheduler: say it now
     supervisor = Supervisor(cfg, checked(lambda: parse_scale(scale)))
     stopping: list[int] = []
     try:
@@ -85,6 +88,8 @@ def up(
             )
         with Live(console=out, refresh_per_second=2, transient=True) as live:
             while not stopping:
+                for event in supervisor.tend():  # restarts and crash loops, above the line
+                    live.console.print(event, markup=False, highlight=False)
                 live.update(supervisor.line())
                 time.sleep(0.5)
         out.print("stopping …")
