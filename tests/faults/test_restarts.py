@@ -37,7 +37,9 @@ class Up:
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))
+        }
         self.env.update(
             PRESSROOM_NATS_PORT=str(free_port()),
             PRESSROOM_DATA_DIR=str(root / "state"),
@@ -74,6 +76,12 @@ class Up:
     @property
     def screen(self) -> str:
         return ANSI.sub("", b"".join(self._chunks).decode(errors="replace")).replace("\r", "")
+
+    @property
+    def status(self) -> str:
+        """The status line as last drawn (its first line and the lines about workers)."""
+        frames = list(re.finditer(r"\d+/\d+ services up", self.screen))
+        return self.screen[frames[-1].start() :] if frames else ""
 
     def until(self, what: Callable[[], Any], timeout: float = 180, why: str = "") -> Any:
         deadline = time.monotonic() + timeout
@@ -174,7 +182,8 @@ def test_every_kind_of_worker_killed_comes_back_and_what_queued_meanwhile_is_del
         up.until(lambda name=name: ready(workers[f"{name}-1"]), why=f"{name}-1 ready again")
         for rid in rids:
             up.until(lambda rid=rid: (up.root / "out" / f"{rid}.pdf").exists(), why=rid)
-        assert f"{len(workers)}/{len(workers)} services up" in up.screen.split(shown)[-1]
+        everyone = f"{len(workers)}/{len(workers)} services up"
+        up.until(lambda s=shown: up.status.startswith(everyone) and s in up.status, why=everyone)
         restarts = [e for e in up_log(up.root) if "restarted" in e["event"]]
         assert len(restarts) == round_ and restarts[-1]["worker"] == f"{name}-1"
         assert restarts[-1]["exit"] == "killed by SIGKILL"
@@ -198,7 +207,7 @@ def test_a_worker_that_keeps_crashing_is_given_up_and_the_rest_carry_on(tmp_path
         up.until(lambda: bound(taken, port), why=f"port {port} free")
         given_up = "scheduler-1 crash loop: given up after 2 restart(s) (exit code 1)"
         up.until(lambda: given_up in up.screen, why=given_up)
-        up.until(lambda: "3/4 services up" in up.screen.split(given_up, 1)[-1], why="3/4 up")
+        up.until(lambda: up.status.startswith("3/4 services up") and given_up in up.status)
         # The others carry on: a report goes through while the scheduler stays down.
         rid = unique("carry-on")
         data = str(REPO / "templates" / "samples" / "portfolio.json")
