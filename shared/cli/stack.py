@@ -207,39 +207,84 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
 def backup(
     output: Path = typer.Argument(..., help="FILE.tar.gz"),
     include_secrets: bool = typer.Option(
-        False, "--include-secrets", help="Keep credentials in the archived config."
+        False, "--include-secrets", help="Keep credentials in the archived config and records."
+    ),
+    artefacts: bool = typer.Option(
+        False, "--artefacts", help="Also the reports in the artefact store."
+    ),
+    since: str | None = typer.Option(
+        None, help="With --artefacts: only reports stored since (7d, 24h or an ISO time)."
     ),
 ) -> None:
     """Templates, config, ledger and dead letters in one archive (0600, secrets redacted)."""
     from shared import ops
 
     cfg = settings()
+    if since is not None and not artefacts:
+        fail("--since needs --artefacts (it picks which reports go into the archive)")
+    cutoff = checked(lambda: ops.parse_since(since)) if since else None
     counts = on_bus(
         cfg,
         lambda bus: ops.backup(
-            bus, output, cfg.templates_dir, cfg.config, include_secrets=include_secrets
+            bus,
+            output,
+            cfg.templates_dir,
+            cfg.config,
+            include_secrets=include_secrets,
+            artefacts=artefacts,
+            since=cutoff,
         ),
     )
     secrets = "with secrets" if include_secrets else "secrets redacted"
+    reports = f"{counts['artefacts']} reports, " if artefacts else ""
     out.print(
         f"wrote {output} (0600): {counts['ledger_entries']} ledger entries, "
-        f"{counts['dead_letters']} dead letters, templates, config ({secrets})"
+        f"{counts['dead_letters']} dead letters, {reports}templates, config ({secrets})"
     )
 
 
 def restore(
     archive: Path = typer.Argument(..., help="FILE.tar.gz from pressroom backup"),
+    force: bool = typer.Option(
+        False, "--force", "--overwrite", help="Overwrite templates and config that differ here."
+    ),
 ) -> None:
-    """Put back missing ledger entries and dead letters (templates/config: extract by hand)."""
+    """Put back what is missing: ledger entries, dead letters, reports, templates, config."""
     from shared import ops
 
     if not archive.is_file():
         fail(f"no backup at '{archive}'")
-    counts = on_bus(settings(), lambda bus: ops.restore(bus, archive))
-    out.print(
-        f"restored {counts['ledger_entries']} ledger entries and "
-        f"{counts['dead_letters']} dead letters"
+    cfg = settings()
+    done = on_bus(
+        cfg,
+        lambda bus: ops.restore(
+            bus, archive, templates_dir=cfg.templates_dir, config=cfg.config, force=force
+        ),
     )
+    out.print(
+        f"restored {done.ledger_entries} ledger entries and {done.dead_letters} dead letters",
+        highlight=False,
+    )
+    said = [
+        f"ledger: {done.ledger_present} already there"
+        + "".join(f", {n} refused ({why})" for why, n in (done.ledger_refused or {}).items()),
+        f"dead letters: {done.dead_letters_present} already there",
+    ]
+    if done.artefacts or done.artefacts_present:
+        said.append(f"reports: {done.artefacts} put back, {done.artefacts_present} already there")
+    kept = done.templates_kept or []
+    said.append(
+        f"templates in {cfg.templates_dir}: {done.templates_written} written, "
+        f"{done.templates_unchanged} unchanged, {len(kept)} differ and were kept"
+        + (" (--force overwrites them)" if kept else "")
+    )
+    said += [f"  kept: {path}" for path in kept[:10]]
+    if len(kept) > 10:
+        said.append(f"  … and {len(kept) - 10} more")
+    if done.config:
+        said.append(f"config: {done.config}")
+    for line in said:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
