@@ -871,7 +871,7 @@ def _restorable(entry: LedgerEntry, now: datetime) -> str | None:
     if any(t is not None and t > latest for t in stamps):
         return "dated in the future"
     fire = scheduled_fire(entry.request_id)
-    if fire is not None and fire > latest:
+    if fire is not None and fire > now:  # a backup holds no fire from the future
         return "a scheduled fire that is not due"
     return None
 
@@ -1032,7 +1032,7 @@ def _restore_file(report: RestoreReport, path: Path, data: bytes, force: bool) -
 
 def _restore_config(config: Path | None, data: bytes, force: bool, redacted: bool) -> str:
     if config is None:
-        return "not restored: PRESSROOM_CONFIG names no file to restore it to"
+        return "not restored: name where with --config (or set PRESSROOM_CONFIG)"
     if config.is_file() and config.read_bytes() == data:
         return f"{config} unchanged"
     if config.exists() and redacted:
@@ -1040,8 +1040,8 @@ def _restore_config(config: Path | None, data: bytes, force: bool, redacted: boo
     if config.exists() and not force:
         return f"{config} differs and was kept (--force overwrites it)"
     _write_private(config, data, 0o600)
-    note = ": fill in the REDACTED secrets" if redacted else ""
-    return f"written to {config}{note}"
+    note = " (fill in the REDACTED secrets)" if redacted else ""
+    return f"written to {config}{note}; PRESSROOM_CONFIG={config} uses it"
 
 
 # ---- delivering again ------------------------------------------------------------------------

@@ -248,6 +248,9 @@ def restore(
     force: bool = typer.Option(
         False, "--force", "--overwrite", help="Overwrite templates and config that differ here."
     ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Where the archived config goes (default: PRESSROOM_CONFIG)."
+    ),
 ) -> None:
     """Put back what is missing: ledger entries, dead letters, reports, templates, config."""
     from shared import ops
@@ -258,7 +261,7 @@ def restore(
     done = on_bus(
         cfg,
         lambda bus: ops.restore(
-            bus, archive, templates_dir=cfg.templates_dir, config=cfg.config, force=force
+            bus, archive, templates_dir=cfg.templates_dir, config=config or cfg.config, force=force
         ),
     )
     out.print(
