@@ -19,6 +19,7 @@ from faststream import FastStream
 from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
+from services.scheduler.state import is_paused, record_config
 from services.scheduler.watch import ScheduleWatch
 from shared.bus import (
     LEDGER_BUCKET,
@@ -95,6 +96,9 @@ async def tick(
     for schedule in schedules:
         if not schedule.enabled:
             continue
+        if await is_paused(kv, schedule.name):  # `pressroom schedule pause`: its fires are skipped
+            await kv.put(schedule.name, now.isoformat().encode())  # and not caught up later
+            continue
         try:
             entry = await kv.get(schedule.name)
             last = datetime.fromisoformat(entry.value.decode()) if entry.value else None
@@ -134,6 +138,9 @@ def create_app(settings: Settings | None = None) -> FastStream:
         configure_logging("pressroom-scheduler")
         js = await connect_with_patience(broker, settings, who=who)
         kv = await js.key_value(SCHEDULES_BUCKET)
+        # What this stack schedules, for the CLI: `schedule run` fires only what it knows.
+        where = str(settings.config.resolve()) if settings.config else None
+        await record_config(kv, settings.schedules, where)
         schedule_watch = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
         tasks = [
             asyncio.create_task(loop(JetStreamPublisher(js), kv, js)),

@@ -65,8 +65,18 @@ def up(
     from shared.supervisor import Supervisor, parse_scale, sample_request
 
     cfg = settings()
-    schedules(cfg)  # a broken schedule would crash-loop the fetcher and scheduler: say it now
+    samples = cfg.templates_dir / "samples"
+    if sample and cfg.config is None and (samples / "pressroom.yaml").is_file():
+        # `make run`: the sample schedule too (a folder delivery every five minutes)
+        cfg = _with_sample_config(cfg, samples)
+    # A broken schedule would crash-loop the fetcher and scheduler: say it now, in one line.
+    for warning in schedule_warnings(cfg, schedules(cfg)):
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
     supervisor = Supervisor(cfg, checked(lambda: parse_scale(scale)))
+    if cfg.config is not None:
+        supervisor.env["PRESSROOM_CONFIG"] = str(cfg.config.resolve())
+    if sample and "PRESSROOM_DATA_FILES_DIR" not in supervisor.env:
+        supervisor.env["PRESSROOM_DATA_FILES_DIR"] = str(cfg.data_files_dir.resolve())
     stopping: list[int] = []
     try:
         checked(supervisor.start_bus)  # the data folder is ours from here on
@@ -96,6 +106,38 @@ def up(
     finally:
         supervisor.stop()
     out.print("stopped.")
+
+
+def _with_sample_config(cfg: Any, samples: Path) -> Any:
+    """The settings `up --sample` runs with when PRESSROOM_CONFIG is unset: the sample config
+    (its schedule) and, unless set, `file` sources read from the samples folder."""
+    import os
+
+    from shared.settings import load_settings
+
+    saved = {k: os.environ.get(k) for k in ("PRESSROOM_CONFIG", "PRESSROOM_DATA_FILES_DIR")}
+    os.environ["PRESSROOM_CONFIG"] = str((samples / "pressroom.yaml").resolve())
+    os.environ.setdefault("PRESSROOM_DATA_FILES_DIR", str(samples.resolve()))
+    try:
+        return checked(load_settings)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def schedule_warnings(cfg: Any, found: list[Any]) -> list[str]:
+    """What would make a schedule fail however often it fires: email with no SMTP server."""
+    return [
+        f"schedule '{s.name}' delivers by email but PRESSROOM_SMTP_HOST is unset: "
+        "its fires will fail (set it, or drop the email delivery)"
+        for s in found
+        if s.enabled
+        and cfg.smtp_host is None
+        and any(d.get("channel") == "email" for d in s.request.get("deliver") or [])
+    ]
 
 
 def _prometheus(supervisor: Any, port: int | None) -> None:
@@ -192,6 +234,8 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
             lib.resolve(str(schedule.request.get("template", "")))
         except PressroomError as error:
             fail(f"schedule '{schedule.name}': {error.reason}")
+    for warning in schedule_warnings(cfg, found):
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
     effective = masked(cfg)
     if as_json:
         emit_json(effective)
