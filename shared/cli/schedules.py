@@ -12,6 +12,7 @@ from typing import Any
 import typer
 import yaml
 from nats.errors import Error as NatsError
+from rich.markup import escape
 
 from shared.cli._common import (
     checked,
@@ -85,11 +86,18 @@ def stack_view(cfg: Settings) -> StackView:
         if raw is not None and schedules_hash(raw) == record["hash"]:
             theirs = checked(lambda: load_schedules(raw))
             return StackView(theirs, paused, f"note: the running stack's schedules, from {path}")
-    names = ", ".join(record.get("schedules") or []) or "none"
-    mismatch = (
-        f"the running stack schedules [{names}] from {path or 'no config file'}, not this "
-        f"CLI's ({cfg.config or 'no PRESSROOM_CONFIG'}): run with the stack's PRESSROOM_CONFIG"
-    )
+    listed = record.get("schedules") or []
+    theirs_said = f"schedules {', '.join(listed)}" if listed else "no schedules"
+    if path and cfg.config is not None and Path(path) == cfg.config.resolve():
+        mismatch = (
+            f"{path} changed since the stack started (it runs {theirs_said}): restart the "
+            "stack to use the new schedules"
+        )
+    else:
+        mismatch = (
+            f"the running stack has {theirs_said} ({path or 'no config file'}), not this "
+            f"CLI's ({cfg.config or 'no PRESSROOM_CONFIG'}): use the stack's config"
+        )
     return StackView(mine, paused, f"warning: {mismatch}", mismatch)
 
 
@@ -135,7 +143,7 @@ def _known(cfg: Settings, name: str) -> Any:
     """The stack's schedule NAME, or a one-line error (also when the stack runs others)."""
     view = stack_view(cfg)
     if view.mismatch:
-        fail(view.mismatch)
+        fail(escape(view.mismatch))
     matches = [s for s in view.schedules if s.name == name]
     if not matches:
         known = ", ".join(s.name for s in view.schedules) or "none"

@@ -183,7 +183,9 @@ def test_every_kind_of_worker_killed_comes_back_and_what_queued_meanwhile_is_del
         for rid in rids:
             up.until(lambda rid=rid: (up.root / "out" / f"{rid}.pdf").exists(), why=rid)
         everyone = f"{len(workers)}/{len(workers)} services up"
-        up.until(lambda s=shown: up.status.startswith(everyone) and s in up.status, why=everyone)
+        up.until(
+            lambda s=shown, e=everyone: up.status.startswith(e) and s in up.status, why=everyone
+        )
         restarts = [e for e in up_log(up.root) if "restarted" in e["event"]]
         assert len(restarts) == round_ and restarts[-1]["worker"] == f"{name}-1"
         assert restarts[-1]["exit"] == "killed by SIGKILL"
