@@ -140,7 +140,10 @@ def create_app(settings: Settings | None = None) -> FastStream:
         kv = await js.key_value(SCHEDULES_BUCKET)
         # What this stack schedules, for the CLI: `schedule run` fires only what it knows.
         where = str(settings.config.resolve()) if settings.config else None
-        await record_config(kv, settings.schedules, where)
+        try:
+            await record_config(kv, settings.schedules, where)
+        except Exception as error:  # the CLI then says it cannot see the stack's schedules
+            log.warning("schedules not recorded on the bus", error=repr(error))
         schedule_watch = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
         tasks = [
             asyncio.create_task(loop(JetStreamPublisher(js), kv, js)),
