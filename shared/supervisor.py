@@ -182,7 +182,7 @@ class Supervisor:
     def _log(self, message: str, child: Child) -> str:
         """One JSON line in logs/up.log (the supervisor's log) and the words for the terminal."""
         record = {
-            "time": datetime.now(UTC).isoformat(),
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),  # as workers log
             "level": "warning" if child.last_exit else "info",
             "service": "pressroom-up",
             "event": message,

@@ -26,6 +26,7 @@ from shared.bus import (
     SCHEDULES_BUCKET,
     STREAM,
     JetStreamPublisher,
+    Publisher,
     encode,
     msg_id,
 )
@@ -34,16 +35,14 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.service import BUS_PING_TIMEOUT, connect_with_patience, worker_broker
+from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.scheduler")
 
 
-async def fire(
-    publisher: JetStreamPublisher, schedule: Schedule, when: datetime, js: Any = None
-) -> str:
+async def fire(publisher: Publisher, schedule: Schedule, when: datetime, js: Any = None) -> str:
     """Publish one fire; replicas publish the same message id, so JetStream keeps one.
 
     If the id was taken first by a message that is not this schedule's request (someone
@@ -83,7 +82,7 @@ async def _stored_is(js: Any, seq: int, request: ReportRequested) -> bool:
 
 
 async def tick(
-    publisher: JetStreamPublisher,
+    publisher: Publisher,
     kv: Any,
     schedules: list[Schedule],
     settings: Settings,
@@ -110,13 +109,16 @@ async def tick(
     return fired
 
 
-def create_app(settings: Settings | None = None) -> FastStream:
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
+    """`deps` as for the stages (shared/service.py): what it leaves None (the publisher, the
+    ledger, the SCHEDULES_BUCKET in `kv`, the bus itself) is opened from settings at start-up."""
     settings = settings or load_settings()
+    deps = deps or Deps()
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
 
-    async def loop(publisher: JetStreamPublisher, kv: Any, js: Any) -> None:
+    async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
         while True:
             try:
                 await tick(publisher, kv, schedules, settings, datetime.now(UTC), js)
@@ -136,17 +138,21 @@ def create_app(settings: Settings | None = None) -> FastStream:
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         configure_logging("pressroom-scheduler")
-        js = await connect_with_patience(broker, settings, who=who)
-        kv = await js.key_value(SCHEDULES_BUCKET)
+        if deps.js is None:  # given one, the bus is already open (see Deps.js)
+            deps.js = await connect_with_patience(broker, settings, who=who)
+        js = deps.js
+        kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
+        ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
+        publisher = deps.publisher or JetStreamPublisher(js)
         # What this stack schedules, for the CLI: `schedule run` fires only what it knows.
         where = str(settings.config.resolve()) if settings.config else None
         try:
             await record_config(kv, settings.schedules, where)
         except Exception as error:  # the CLI then says it cannot see the stack's schedules
             log.warning("schedules not recorded on the bus", error=repr(error))
-        schedule_watch = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
+        schedule_watch = ScheduleWatch(kv, ledger, schedules)
         tasks = [
-            asyncio.create_task(loop(JetStreamPublisher(js), kv, js)),
+            asyncio.create_task(loop(publisher, kv, js)),
             asyncio.create_task(watch(schedule_watch)),
         ]
         health = None

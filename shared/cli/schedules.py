@@ -12,7 +12,6 @@ from typing import Any
 import typer
 import yaml
 from nats.errors import Error as NatsError
-from rich.markup import escape
 
 from shared.cli._common import (
     checked,
@@ -26,7 +25,7 @@ from shared.cli._common import (
     schedules,
     settings,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -143,7 +142,7 @@ def _known(cfg: Settings, name: str) -> Any:
     """The stack's schedule NAME, or a one-line error (also when the stack runs others)."""
     view = stack_view(cfg)
     if view.mismatch:
-        fail(escape(view.mismatch))
+        fail(view.mismatch)
     matches = [s for s in view.schedules if s.name == name]
     if not matches:
         known = ", ".join(s.name for s in view.schedules) or "none"
@@ -164,7 +163,7 @@ def schedule_run(
     schedule, _ = _known(cfg, name)
     request = schedule.request_for(datetime.now(UTC).replace(second=0, microsecond=0))
     outcome = submit(cfg, request, wait, timeout, schedule=schedule)
-    out.print(f"fired {name} as [cyan]{request.request_id}[/]")
+    out.print(f"fired {literal(name)} as [cyan]{literal(request.request_id)}[/]")
     if outcome is not None and not outcome.delivered:
         fail(f"{request.request_id}: {outcome.payload.get('reason')}")
 
@@ -222,11 +221,23 @@ def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @sources_app.command("test")
-def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Fetch one configured source now and show what came back (the legacy test_data_source)."""
+def sources_test(
+    name: str | None = typer.Argument(None, help="A source of the config file."),
+    every: bool = typer.Option(False, "--all", help="Test every configured source."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fetch one configured source now and show what came back (the legacy test_data_source);
+    with --all, every source, one row each (exit 1 if any fails)."""
     from shared.probes import fetch_source
 
     cfg = settings()
+    if every:
+        if name is not None:
+            fail("give a source name or --all, not both")
+        _test_all(cfg, as_json)
+        return
+    if name is None:
+        fail("give a source name (see `pressroom sources ls`) or --all")
     data, seconds = run(fetch_source(cfg, name))
     size = len(json.dumps(data, default=str))
     summary = {
@@ -240,6 +251,62 @@ def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> No
         emit_json({**summary, "data": data})
         return
     out.print(
-        f"ok: {name} ({summary['kind']}) answered in {seconds:.2f}s, {size:,} bytes"
-        + (f", {summary['items']} items" if summary["items"] is not None else "")
+        f"ok: {literal(name)} ({literal(summary['kind'])}) answered in {seconds:.2f}s, "
+        f"{size:,} bytes" + (f", {summary['items']} items" if summary["items"] is not None else "")
     )
+
+
+def _test_all(cfg: Any, as_json: bool) -> None:
+    """Every configured source at once, each with its own outcome."""
+    import asyncio
+    import time
+
+    from shared.errors import PressroomError
+    from shared.probes import fetch_source
+
+    async def one(name: str) -> dict[str, Any]:
+        started = time.monotonic()
+        row: dict[str, Any] = {"source": name, "kind": cfg.sources[name].get("kind", "?")}
+        try:
+            data, seconds = await fetch_source(cfg, name)
+        except PressroomError as error:
+            seconds = time.monotonic() - started
+            return {**row, "ok": False, "seconds": round(seconds, 3), "detail": error.reason}
+        size = len(json.dumps(data, default=str))
+        return {**row, "ok": True, "seconds": round(seconds, 3), "detail": f"{size:,} bytes"}
+
+    async def every() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(n) for n in sorted(cfg.sources))))
+
+    if not cfg.sources:
+        fail(f"no data sources to test: {config_says(cfg, 'sources')}")
+    rows = run(every())
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(
+            out,
+            [
+                Col("source"),
+                Col("kind"),
+                Col("result"),
+                Col("s", justify="right"),
+                Col("detail", long=True),
+            ],
+            [
+                [
+                    r["source"],
+                    r["kind"],
+                    styled("ok", "green") if r["ok"] else styled("FAILED", "red"),
+                    f"{r['seconds']:.2f}",
+                    r["detail"],
+                ]
+                for r in rows
+            ],
+        )
+    failed = [r["source"] for r in rows if not r["ok"]]
+    if failed:
+        if not as_json:
+            names = literal(", ".join(failed))
+            out.print(f"{len(failed)} of {len(rows)} source(s) failed: {names}")
+        raise typer.Exit(1)
