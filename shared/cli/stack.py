@@ -329,9 +329,8 @@ def restore(
         said.append(f"reports: {done.artefacts} put back, {done.artefacts_present} already there")
     kept = done.templates_kept or []
     said.append(
-        f"templates in {cfg.templates_dir}: {done.templates_written} written, "
-        f"{done.templates_unchanged} unchanged, {len(kept)} differ and were kept"
-        + (" (--force overwrites them)" if kept else "")
+        f"templates: {done.templates_written} written, {done.templates_unchanged} unchanged, "
+        f"{len(kept)} kept" + (" (they differ here; --force overwrites)" if kept else "")
     )
     said += [f"  kept: {path}" for path in kept[:10]]
     if len(kept) > 10:

@@ -142,7 +142,8 @@ async def test_after_a_disaster_reports_templates_and_config_come_back(
         assert restored.returncode == 0, restored.stderr
         said = restored.stdout
         assert "reports: " in said and "put back" in said
-        assert "2 written" in said and "1 differ and were kept (--force overwrites them)" in said
+        assert "templates: 2 written, " in said
+        assert "1 kept (they differ here; --force overwrites)" in said
         assert f"kept: {fresh.templates / 'weekly.html'}" in said
         assert f"config: written to {config} (fill in the REDACTED secrets)" in said
         assert (fresh.templates / "house.html").read_text() == "<p>{{ title }}</p>\n"
@@ -155,7 +156,7 @@ async def test_after_a_disaster_reports_templates_and_config_come_back(
         assert got.returncode == 0, got.stderr
         assert (tmp_path / "got.pdf").read_bytes() == (bstack.out / f"{rid}.pdf").read_bytes()
         forced = fresh.cli("restore", str(full), "--force")
-        assert "1 written" in forced.stdout and "0 differ" in forced.stdout, forced.stdout
+        assert "templates: 1 written, " in forced.stdout and ", 0 kept" in forced.stdout
         assert (fresh.templates / "weekly.html").read_bytes() == (
             bstack.templates / "weekly.html"
         ).read_bytes()
