@@ -187,3 +187,23 @@ async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(scheduled: S
     assert again.returncode == 0 and "was not paused" in again.stdout
     unknown = stack.cli("schedule", "pause", "nope")
     assert unknown.returncode == 1 and "known: every-minute" in unknown.stderr
+
+
+def test_a_schedule_that_emails_without_smtp_is_named_before_it_fails(tmp_path: Path) -> None:
+    shipped = {"PRESSROOM_CONFIG": str(REPO / "deploy/pressroom.yaml")}
+    checked = pressroom("config", "check", env=shipped, cwd=REPO)
+    assert checked.returncode == 0, checked.stderr
+    named = [line for line in checked.stderr.splitlines() if "PRESSROOM_SMTP_HOST is unset" in line]
+    assert [line.split("'")[1] for line in named] == [
+        "daily-portfolio",
+        "weekly-portfolio",
+        "monthly-portfolio",
+    ]
+    with_smtp = pressroom(
+        "config", "check", env={**shipped, "PRESSROOM_SMTP_HOST": "mail"}, cwd=REPO
+    )
+    assert with_smtp.returncode == 0 and "SMTP" not in with_smtp.stderr
+    # make run's sample config delivers into a folder: nothing to warn about.
+    sample = {"PRESSROOM_CONFIG": str(REPO / "templates/samples/pressroom.yaml")}
+    quiet = pressroom("config", "check", env=sample, cwd=REPO)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
