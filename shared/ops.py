@@ -50,6 +50,7 @@ from shared.events import (
     DeadLetter,
     ReportRequested,
     request_fingerprint,
+    tenant_of_subject,
 )
 from shared.failover import LEADERLESS, describe_error
 from shared.ledger import KvLedger, LedgerEntry
@@ -555,7 +556,7 @@ async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
 async def replay(bus: Bus, record: DeadLetterRecord) -> str:
     """Republish a dead letter to its subject with a fresh message id, then remove it."""
     seq, letter = record.id, record.letter
-    if letter.subject not in REPLAYABLE:
+    if letter.subject not in REPLAYABLE and tenant_of_subject(letter.subject) is None:
         raise PressroomError(
             f"dead letter {seq} names subject '{letter.subject}': only "
             f"{', '.join(sorted(REPLAYABLE))} can be replayed"
@@ -1074,7 +1075,8 @@ async def deliver_again(
         template_version=entry.template_version or "",
         render_seconds=entry.render_seconds or 0.0,
     )
-    parcel = Parcel(event=event, store=await bus.store())
+    # A new delivery (new webhook-id / Message-ID): a receiver must not drop it as a retry.
+    parcel = Parcel(event=event, store=await bus.store(), occasion=uuid.uuid4().hex)
     channels = default_channels(bus.settings)
     results = []
     for raw in deliveries:
