@@ -225,6 +225,11 @@ class Settings(BaseSettings):
     health_host: str = "127.0.0.1"
     health_max_pending: int = Field(default=1000, ge=0, description="More waiting = degraded.")
 
+    # `pressroom up`: a worker that exits is started again after 1 s, 2 s, 4 s … (at most 30 s),
+    # and given up once it has been restarted this many times within the window
+    restart_limit: int = Field(default=5, ge=0, description="Restarts per window, then give up.")
+    restart_window: float = Field(default=300.0, gt=0, description="Seconds the limit counts.")
+
     # Logging (read once at process start by shared.logging)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -21,6 +21,7 @@ from faststream import FastStream
 from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
+from services.scheduler.state import is_paused, record_config
 from services.scheduler.watch import ScheduleWatch
 from shared.bus import (
     LEDGER_BUCKET,
@@ -113,6 +114,9 @@ async def tick(
     for schedule in schedules:
         if not schedule.enabled:
             continue
+        if await is_paused(kv, schedule.name):  # `pressroom schedule pause`: its fires are skipped
+            await kv.put(schedule.name, now.isoformat().encode())  # and not caught up later
+            continue
         try:
             entry = await kv.get(schedule.name)
             last = datetime.fromisoformat(entry.value.decode()) if entry.value else None
@@ -163,6 +167,12 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
         ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
         publisher = deps.publisher or JetStreamPublisher(js, verify_duplicates=not secret_of(who))
+        # What this stack schedules, for the CLI: `schedule run` fires only what it knows.
+        where = str(settings.config.resolve()) if settings.config else None
+        try:
+            await record_config(kv, settings.schedules, where)
+        except Exception as error:  # the CLI then says it cannot see the stack's schedules
+            log.warning("schedules not recorded on the bus", error=repr(error))
         schedule_watch = ScheduleWatch(kv, ledger, schedules)
         tasks = [
             asyncio.create_task(loop(publisher, kv, js)),

@@ -59,9 +59,11 @@ class ScheduleWatch:
         return known[1] if known else 0.0
 
     async def refresh(self, now: datetime) -> None:
+        from services.scheduler.state import is_paused
+
         for schedule in self.schedules:
-            if not schedule.enabled:
-                continue
+            if not schedule.enabled or await is_paused(self.kv, schedule.name):
+                continue  # a paused schedule owes nothing (no missed-report alert)
             since = await self.since(schedule, now)
             last_fire = next(schedule.fires_before(now))
             schedule_state(

@@ -96,7 +96,9 @@ def test_the_sample_config_loads_with_the_legacy_schedules(monkeypatch) -> None:
     monkeypatch.setenv("PRESSROOM_CONFIG", str(REPO / "deploy/pressroom.yaml"))
     settings = Settings()
     names = [s.name for s in load_schedules(settings.schedules)]
-    assert names == ["daily-portfolio", "weekly-portfolio", "monthly-portfolio"]
+    assert names == ["daily-portfolio", "weekly-portfolio", "monthly-portfolio", "sample-folder"]
+    # make run's sample schedule is off in the production example
+    assert not load_schedules(settings.schedules)[-1].enabled
     assert settings.sources["uptime"]["kind"] == "prometheus"
 
 
