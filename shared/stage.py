@@ -209,7 +209,12 @@ class StageRunner:
                     self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
                 )
             settled = await self.ledger.finish(
-                rid, self.spec.name, seconds=time.monotonic() - started, event=next_event
+                rid,
+                self.spec.name,
+                seconds=time.monotonic() - started,
+                event=next_event,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
             )
             with suppress(Exception):  # metrics must never break message handling
                 stage_done(next_event, settled)
@@ -297,6 +302,16 @@ class StageRunner:
         if retry_after:
             delay = min(max(delay, retry_after), MAX_RETRY_AFTER)
         bound.info("transient failure, will retry", reason=reason, retry_in=delay)
+        try:  # the reason, for `request --wait`, `status` and `ls` while retries go on
+            await self.ledger.retrying(
+                request_id,
+                self.spec.name,
+                reason=reason[:MAX_REASON_CHARS],
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+            )
+        except Exception as error:  # the ledger may be the thing that is away
+            bound.debug("retry reason not recorded", error=repr(error))
         await msg.nack(delay)
         return "retry"
 
@@ -485,7 +500,13 @@ async def publish_dead_letter(
     settled = None
     if request_id and update_ledger:
         try:
-            settled = await ledger.fail(request_id, stage, reason=reason[:MAX_REASON_CHARS])
+            settled = await ledger.fail(
+                request_id,
+                stage,
+                reason=reason[:MAX_REASON_CHARS],
+                seq=stream_seq,
+                attempt=attempts,
+            )
             recorded += 1
         except Exception as error:
             log.warning("failure not recorded in the ledger", stage=stage, error=repr(error))
