@@ -291,8 +291,8 @@ def _apply_finish(
     current = entry.stages.get(stage)
     seq = seq if seq is not None else (current.seq if current else 0)
     attempt = attempt if attempt is not None else (current.attempts if current else 1)
-    started = current.started_at if current and current.seq == seq else now - timedelta(
-        seconds=seconds
+    started = (
+        current.started_at if current and current.seq == seq else now - timedelta(seconds=seconds)
     )
     worker = current.worker if current and current.seq == seq else None
     finished = StageRecord(

@@ -28,6 +28,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.events import Event, ReportRendered
+from shared.templatename import canonical_template
 
 if TYPE_CHECKING:
     from shared.ledger import LedgerEntry
@@ -59,7 +60,10 @@ _seen: dict[str, set[str]] = {}
 
 
 def bounded(label: str, value: str | None) -> str:
-    """`value` for `label`, or "other" once the label has MAX_LABEL_VALUES distinct values."""
+    """`value` for `label`, or "other" once the label has MAX_LABEL_VALUES distinct values.
+    A template is labelled by its canonical name (`weekly` and `weekly.html` are one)."""
+    if label == "template" and value:
+        value = canonical_template(value)
     value = value or "unknown"
     with _lock:
         seen = _seen.setdefault(label, set())

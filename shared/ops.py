@@ -51,10 +51,11 @@ from shared.events import (
     request_fingerprint,
 )
 from shared.failover import LEADERLESS, describe_error
-from shared.ledger import KvLedger, LedgerEntry
+from shared.ledger import PIPELINE, KvLedger, LedgerEntry
 from shared.settings import SECRET_FIELDS, Settings
 from shared.stage import DEAD_LETTER_PREFIX
 from shared.store import ArtefactStore, open_store, read_verified
+from shared.templatename import canonical_template
 
 
 class BusUnavailable(PressroomError):
@@ -301,14 +302,21 @@ _NEXT_STAGE = {"requested": "fetcher", "fetched": "renderer", "rendered": "distr
 
 
 def whereabouts(entry: LedgerEntry | None) -> str:
-    """Where a request in flight is, in words, from its ledger entry (its last stage)."""
+    """Where a request in flight is, in words, from its ledger entry (its furthest stage),
+    with the last error while a stage's retries go on."""
     if entry is None:
         return "published; no fetcher has picked it up yet"
-    if entry.stages:
-        stage, record = list(entry.stages.items())[-1]
+    if entry.status == "conflict":
+        return f"conflict: {entry.error}"
+    for stage in reversed(PIPELINE):
+        record = entry.stages.get(stage)
+        if record is None:
+            continue
         if record.state == "running":
             again = f", attempt {record.attempts}" if record.attempts > 1 else ""
-            return f"{stage} working on it{again}"
+            why = f"; last error: {record.error}" if record.error else ""
+            return f"{stage} working on it{again}{why}"
+        break
     if entry.status in _NEXT_STAGE:
         return f"{entry.status}; waiting for a {_NEXT_STAGE[entry.status]}"
     return entry.status
@@ -390,13 +398,17 @@ def parse_since(text: str, option: str = "--since") -> datetime:
 async def ledger_entries(
     bus: Bus, *, status: str | None = None, template: str | None = None
 ) -> list[LedgerEntry]:
-    """Ledger entries, newest first; only those with the given status / template."""
+    """Ledger entries, newest first; only those with the given status / template (either
+    spelling of a template name). An unreadable value is an entry whose status is
+    `conflict`: listed with its reason, never a crash."""
     entries = await (await bus.ledger()).entries()
+    wanted = canonical_template(template) if template else None
     return sorted(
         (
             e
             for e in entries
-            if (not status or e.status == status) and (not template or e.template == template)
+            if (not status or e.status == status)
+            and (not wanted or canonical_template(e.template or "") == wanted)
         ),
         key=lambda e: e.updated_at,
         reverse=True,
@@ -685,11 +697,15 @@ async def backup(
 ) -> dict[str, int]:
     """Templates, config, ledger entries and dead letters in one tar.gz, readable only by its
     owner (0600); the config's secrets are redacted unless asked for."""
-    entries = await ledger_entries(bus)
+    listed = await ledger_entries(bus)
+    # An unreadable ledger value is not an entry: counted and named, never archived as one.
+    conflicts = [e.request_id for e in listed if e.status == "conflict"]
+    entries = [e for e in listed if e.status != "conflict"]
     letters = await dead_letters(bus)
     manifest = {
         "created_at": datetime.now(UTC).isoformat(),
         "ledger_entries": len(entries),
+        "ledger_conflicts": conflicts,
         "dead_letters": len(letters),
         "secrets": "included" if include_secrets else "redacted",
     }
@@ -719,7 +735,11 @@ async def backup(
         if config is not None and config.is_file():
             text = config.read_text(encoding="utf-8")
             add(tar, "config.yaml", (text if include_secrets else redacted_config(text)).encode())
-    return {"ledger_entries": len(entries), "dead_letters": len(letters)}
+    return {
+        "ledger_entries": len(entries),
+        "dead_letters": len(letters),
+        "ledger_conflicts": len(conflicts),
+    }
 
 
 async def restore(bus: Bus, source: Path) -> dict[str, int]:

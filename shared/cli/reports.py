@@ -11,6 +11,7 @@ from shared.cli._common import (
     age,
     checked,
     emit_json,
+    err,
     library,
     on_bus,
     out,
@@ -65,6 +66,12 @@ def stats(
     kib = " / ".join("—" if v is None else f"{v / 1024:.0f} KiB" for v in sizes)
     out.print(f"report size p50/p95: {kib}")
     out.print("templates: " + ", ".join(f"{k} ({v})" for k, v in data["templates"].items()))
+    if data["conflicts"]:
+        err.print(
+            f"warning: {data['conflicts']} unreadable ledger value(s) not counted "
+            "(`pressroom ls --status conflict` lists them)",
+            highlight=False,
+        )
     if data["cache_hit_rate"] is not None:
         out.print(f"fetch cache hit rate: {data['cache_hit_rate']:.1f}%")
 

@@ -177,7 +177,13 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
     for stage, rec in entry.stages.items():
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
         out.print(f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}")
-        if rec.error and rec.error != entry.error:  # the request's own error follows below
+        if rec.error and rec.state == "running":  # retries go on: why the last one failed
+            out.print(
+                f"    last error (attempt {rec.error_attempt}): {rec.error}",
+                highlight=False,
+                markup=False,
+            )
+        elif rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {rec.error}", highlight=False, markup=False)
     for art in entry.artefacts:
         out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
@@ -220,7 +226,7 @@ def _updated(entry: Any) -> str:
 
 
 def _error(entry: Any) -> str:
-    return shorten(entry.error or "", 160)
+    return shorten(entry.last_error or "", 160)
 
 
 def _total(entry: Any) -> str:
