@@ -197,10 +197,17 @@ class FailoverLedger:
         attempt: int,
         request: ReportRequested,
         worker: str | None = None,
+        record: bool = True,
     ) -> ClaimResult:
         return await patient(
             lambda: self._inner.claim(
-                request_id, stage, seq=seq, attempt=attempt, request=request, worker=worker
+                request_id,
+                stage,
+                seq=seq,
+                attempt=attempt,
+                request=request,
+                worker=worker,
+                record=record,
             ),
             patience=self._patience,
             what="ledger claim",
@@ -215,11 +222,18 @@ class FailoverLedger:
         event: Event,
         seq: int | None = None,
         attempt: int | None = None,
+        worker: str | None = None,
     ) -> LedgerEntry | None:
         """The entry if this finish settled the report (it counts the report's duration)."""
         return await patient(
             lambda: self._inner.finish(
-                request_id, stage, seconds=seconds, event=event, seq=seq, attempt=attempt
+                request_id,
+                stage,
+                seconds=seconds,
+                event=event,
+                seq=seq,
+                attempt=attempt,
+                worker=worker,
             ),
             patience=self._patience,
             what="ledger finish",

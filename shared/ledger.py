@@ -204,7 +204,11 @@ class Ledger(Protocol):
         attempt: int,
         request: ReportRequested,
         worker: str | None = None,
-    ) -> ClaimResult: ...
+        record: bool = True,
+    ) -> ClaimResult:
+        """Whether this message may do the stage's work; `record=False` only decides (a
+        read), the claim being written with the finish or later (`StageRunner`)."""
+        ...
 
     async def finish(
         self,
@@ -215,6 +219,7 @@ class Ledger(Protocol):
         event: Event,
         seq: int | None = None,
         attempt: int | None = None,
+        worker: str | None = None,
     ) -> LedgerEntry | None:
         """Record the stage done; the entry when this gave the report its first outcome."""
         ...
@@ -286,6 +291,7 @@ def _apply_finish(
     event: Event,
     seq: int | None = None,
     attempt: int | None = None,
+    worker: str | None = None,
 ) -> LedgerEntry:
     now = utcnow()
     current = entry.stages.get(stage)
@@ -294,7 +300,7 @@ def _apply_finish(
     started = (
         current.started_at if current and current.seq == seq else now - timedelta(seconds=seconds)
     )
-    worker = current.worker if current and current.seq == seq else None
+    worker = current.worker if current and current.seq == seq and current.worker else worker
     finished = StageRecord(
         state="done",
         seq=seq,
@@ -478,11 +484,16 @@ class KvLedger:
         attempt: int,
         request: ReportRequested,
         worker: str | None = None,
+        record: bool = True,
     ) -> ClaimResult:
         fingerprint = request_fingerprint(request)
-        result: ClaimResult = await self._update(
-            request_id, lambda e: _apply_claim(e, stage, seq, attempt, worker, fingerprint), request
-        )
+
+        def decide(entry: LedgerEntry) -> tuple[LedgerEntry | None, ClaimResult]:
+            new = not entry.stages  # no entry yet: writing it binds the id to the content
+            changed, result = _apply_claim(entry, stage, seq, attempt, worker, fingerprint)
+            return (changed if record or new else None), result
+
+        result: ClaimResult = await self._update(request_id, decide, request)
         return result
 
     async def finish(
@@ -494,9 +505,11 @@ class KvLedger:
         event: Event,
         seq: int | None = None,
         attempt: int | None = None,
+        worker: str | None = None,
     ) -> LedgerEntry | None:
         settled: LedgerEntry | None = await self._update(
-            request_id, _settling(lambda e: _apply_finish(e, stage, seconds, event, seq, attempt))
+            request_id,
+            _settling(lambda e: _apply_finish(e, stage, seconds, event, seq, attempt, worker)),
         )
         return settled
 
