@@ -135,6 +135,14 @@ class ReportRequested(Event):
         "'ja', 'zh-Hant-TW'): how numbers and dates read, and which CJK glyph forms are used.",
         pattern=LOCALE_PATTERN,
     )
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds the report may take from `requested_at`: past it, the stage at work "
+        "(or the next to pick it up) fails it, 'timed out after N s at <stage>', instead of "
+        "retrying or waiting on for ever. Default: no limit but the stages' own.",
+    )
     split: Literal["auto", "on", "off"] | None = Field(
         default=None,
         description="Lay a long report out in several render processes at once: 'auto' (from "
@@ -197,6 +205,8 @@ def request_fingerprint(request: ReportRequested) -> str:
     """
     content = request.model_dump(mode="json", exclude={"request_id", "requested_at"})
     content.pop("schema_version", None)
+    if content.get("timeout") is None:  # as before the field existed: the same fingerprint
+        content.pop("timeout", None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 

@@ -75,6 +75,10 @@ class Deps:
     ledger: Ledger | None = None
     publisher: Publisher | None = None
     store: ArtefactStore | None = None
+    # A JetStream context already connected, its topology declared: given one, the lifespan
+    # neither connects nor declares, and opens what is missing above over it (the in-process
+    # tests, tests/composition/kit.py, give one with in-memory buckets); None: the lifespan
+    # connects and declares (connect_with_patience).
     js: JetStreamContext | None = None
     # Key-value buckets by name (shared.bus *_BUCKET); stage_app opens the ones the stage names.
     kv: dict[str, KeyValue] = field(default_factory=dict)
@@ -196,7 +200,6 @@ async def _silent(error: Exception) -> None:
 async def connect_with_patience(
     broker: NatsBroker,
     settings: Settings,
-    js: JetStreamContext | None = None,
     *,
     who: Identity | None = None,
     stages: list[StageSpec] | None = None,
@@ -214,7 +217,7 @@ async def connect_with_patience(
             if who is not None:
                 await _probe(settings, who)
             connection = await broker.connect()
-            js = js or connection.jetstream(timeout=settings.bus_request_timeout)
+            js = connection.jetstream(timeout=settings.bus_request_timeout)
             admin = who is None or who.kind == "anonymous"
             await ensure_topology(js, settings, admin=admin, stages=stages)
             return js
@@ -331,10 +334,9 @@ def stage_app(
     async def lifespan() -> AsyncIterator[None]:
         nonlocal running
         configure_logging(service)
-        js = deps.js = await connect_with_patience(
-            broker, settings, deps.js, who=who, stages=[spec]
-        )
-        await _open_adapters(deps, js, settings, buckets)
+        if deps.js is None:
+            deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
+        await _open_adapters(deps, deps.js, settings, buckets)
         assert deps.ledger is not None and deps.publisher is not None
         running = _Running(
             StageRunner(spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit),

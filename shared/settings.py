@@ -461,19 +461,21 @@ def unknown_environment(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings, or a ConfigError whose one line names the setting that is wrong."""
+    """Settings, or a ConfigError whose one line names every setting that is wrong."""
     problems = unknown_environment()
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        reasons = "; ".join([*problems, describe(error)])
+        raise ConfigError(f"invalid configuration: {reasons}") from None
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        raise ConfigError("invalid configuration: " + describe(error)) from None
+    return settings
 
 
 def describe(error: ValidationError) -> str:
     parts = []
-    for item in error.errors()[:3]:
+    for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "?"
         where = ".".join(str(p) for p in item["loc"][1:])
         env = _env_name(field)
@@ -485,8 +487,7 @@ def describe(error: ValidationError) -> str:
             continue
         message = str(item["msg"]).removeprefix("Value error, ")
         parts.append(f"{origin}{'.' + where if where else ''}: {message}")
-    more = f" (+{error.error_count() - 3} more)" if error.error_count() > 3 else ""
-    return "; ".join(parts) + more
+    return "; ".join(parts)
 
 
 def masked(settings: Settings) -> dict[str, Any]:

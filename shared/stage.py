@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -215,9 +215,11 @@ class StageRunner:
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, received))
         outcome = "done"
+        # The report's own deadline (`timeout` in report.requested), from when it was asked.
+        deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
         try:
             with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
-                next_event = await work(event)
+                next_event = await self._in_time(deadline, request, work, event)
                 await self.publisher.publish(
                     self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
                 )
@@ -272,6 +274,30 @@ class StageRunner:
                 stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
+
+    async def _in_time(
+        self,
+        deadline: float | None,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        event: E,
+    ) -> Event:
+        """The stage's work, stopped when the report's deadline (its `timeout`) passes."""
+        late = ReportTimedOut(
+            f"timed out after {request.timeout or 0:g} s at {self.spec.name} "
+            "(the request's `timeout`)"
+        )
+        if deadline is None:
+            return await work(event)
+        if deadline <= 0:
+            raise late
+        try:
+            async with asyncio.timeout(deadline) as timer:
+                return await work(event)
+        except TimeoutError:
+            if timer.expired():
+                raise late from None
+            raise  # the work's own timeout: its stage says what it was
 
     def _parse(self, msg: InboundMessage, model: type[E]) -> E:
         if deeper_than(msg.body, MAX_PAYLOAD_DEPTH):
@@ -383,6 +409,18 @@ class StageRunner:
             fingerprint=fingerprint,
         )
         await msg.term()
+
+
+class ReportTimedOut(PermanentError):
+    """The report was not done within its request's `timeout`."""
+
+
+def report_deadline(request: ReportRequested) -> float | None:
+    """Seconds left of the report's `timeout` (≤ 0: already past), or None without one."""
+    if request.timeout is None:
+        return None
+    spent = (datetime.now(UTC) - request.requested_at).total_seconds()
+    return request.timeout - spent
 
 
 def as_received(

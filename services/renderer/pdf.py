@@ -15,14 +15,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from services.renderer import fonts
+from services.renderer import assets, fonts
 from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
 from shared.logging import get_logger
 from shared.netpolicy import allow_listed
@@ -93,15 +93,18 @@ def _fetcher_class() -> type:
         """Serves files inside the template folder and data: URLs; http(s) only if allowed."""
 
         def __init__(self, root: Path, allow_hosts: tuple[str, ...]) -> None:
-            super().__init__(timeout=10, allow_redirects=False, fail_on_errors=True)
+            self.seconds = 10.0  # each read, and all of an asset's body
+            super().__init__(timeout=self.seconds, allow_redirects=False, fail_on_errors=True)
             self.root = root.resolve()
             self.allow_hosts = allow_hosts
 
         def fetch(self, url: str, headers: Any = None) -> Any:
             parts = urlsplit(url)
             scheme = parts.scheme.lower()
-            if scheme == "data":
-                return super().fetch(url, headers)
+            if scheme == "data":  # from a template or from request data: capped like a file
+                body, media = assets.read_data_url(url, MAX_ASSET_BYTES)
+                assets.check_image(body, media, assets.describe(url), MAX_ASSET_BYTES)
+                return URLFetcherResponse(url, body, {"Content-Type": media})
             if scheme == "file":
                 path = Path(unquote(parts.path)).resolve()
                 if not path.is_relative_to(self.root):
@@ -113,9 +116,17 @@ def _fetcher_class() -> type:
                 if path.stat().st_size > MAX_ASSET_BYTES:
                     raise Blocked(f"asset too large: '{path.relative_to(self.root)}'")
                 ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                return URLFetcherResponse(url, path.read_bytes(), {"Content-Type": ctype})
+                body = path.read_bytes()
+                where = f"'{path.relative_to(self.root)}'"
+                assets.check_image(body, ctype, where, MAX_ASSET_BYTES)
+                return URLFetcherResponse(url, body, {"Content-Type": ctype})
             if scheme in ("http", "https") and allow_listed(parts.hostname, self.allow_hosts):
-                return super().fetch(url, headers)
+                response = super().fetch(url, headers)
+                where = assets.describe(url)
+                with closing(response):
+                    body = assets.read_capped(response, MAX_ASSET_BYTES, self.seconds, where)
+                assets.check_image(body, response.content_type, where, MAX_ASSET_BYTES)
+                return URLFetcherResponse(response.url, body, response.headers, response.status)
             raise Blocked(f"blocked: template tried to fetch '{url}' (not allow-listed)")
 
     return SafeURLFetcher
@@ -199,11 +210,14 @@ def check_output_size(job: RenderJob, html: bytes | None, pdf: bytes | None) -> 
 @contextmanager
 def weasyprint_errors() -> Iterator[None]:
     """WeasyPrint's failures as Pressroom's, for whole and split renders alike: an asset the
-    fetcher refused, and a render that ran out of memory."""
+    fetcher refused, SVG drawing over its budget, and a render that ran out of memory."""
     from weasyprint.urls import FatalURLFetchingError
 
     try:
-        yield
+        with assets.svg_budget():
+            yield
+    except assets.AssetRefused as error:
+        raise ResourceBlocked(str(error)) from None
     except FatalURLFetchingError as error:
         cause = error.__cause__ or error
         raise ResourceBlocked(str(cause.args[0] if cause.args else cause)) from None
@@ -322,6 +336,11 @@ class RenderPool:
             future = loop.run_in_executor(pool, fn, *args)
             try:
                 return await asyncio.wait_for(future, timeout=timeout or self.timeout)
+            except asyncio.CancelledError:
+                # Given up on (the report's own timeout, a shutdown): stop the render too,
+                # rather than leave a process busy for nobody.
+                await asyncio.shield(self._replace(pool))
+                raise
             except TimeoutError:
                 await self._replace(pool)
                 raise RenderTimeout(
@@ -354,6 +373,9 @@ class RenderPool:
                 results = await asyncio.wait_for(
                     asyncio.gather(*futures, return_exceptions=True), timeout=timeout()
                 )
+            except asyncio.CancelledError:  # as in `run`: no process left busy for nobody
+                await asyncio.shield(self._replace(pool))
+                raise
             except TimeoutError:
                 await self._replace(pool)
                 raise RenderTimeout(

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from jinja2 import (
     BaseLoader,
+    ChainableUndefined,
     Environment,
     FileSystemBytecodeCache,
     StrictUndefined,
@@ -25,12 +26,15 @@ from jinja2 import (
     meta,
     nodes,
     pass_context,
+    pass_eval_context,
     select_autoescape,
 )
 from jinja2.exceptions import SecurityError
 from jinja2.filters import do_center, do_format, do_indent
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 from services.renderer import charts, localize
 from shared.errors import PressroomError, TemplateError
@@ -127,6 +131,37 @@ def _date_l(ctx: Context, value: Any, style: str = "medium") -> str:
 @pass_context
 def _currency_l(ctx: Context, value: Any, currency: str = "USD") -> str:
     return localize.money(value, currency, ctx.get("locale") or "en")
+
+
+# Inside a quoted CSS string, these end the string (quotes, newlines), start an escape (a
+# backslash), or end the <style> element (`</style>`); controls are escaped too. Written as CSS
+# hex escapes with the space that ends one, so the next character is never read as hex.
+_CSS_STRING_UNSAFE = re.compile(r"""[\x00-\x1f\x7f-\x9f"'\\<>&]""")
+
+
+def _css_string(value: Any) -> Markup:
+    """`|css_string`: a value as text inside a quoted CSS string, e.g. a page footer's
+    `content: "{{ reporting_period | css_string }}"` — no value can end the string or the style.
+
+    Rendered template text (a `{% filter css_string %}` section, autoescaped) is read as the
+    text it shows: `&#34;` becomes a quote again, then is escaped for CSS."""
+    text = value.unescape() if isinstance(value, Markup) else str(value)
+    return Markup(_CSS_STRING_UNSAFE.sub(lambda m: f"\\{ord(m.group()):x} ", text))
+
+
+# What HTML escaping leaves alone but a CSS string cannot hold: a value written into a template's
+# <style> without `|css_string` then cannot end its string (a newline) or swallow the closing
+# quote (a backslash). As character references they read the same everywhere else in HTML.
+_CSS_BREAKERS = str.maketrans({"\n": "&#10;", "\r": "&#13;", "\f": "&#12;", "\\": "&#92;"})
+
+
+@pass_eval_context
+def _finalize(eval_ctx: EvalContext, value: Any) -> Any:
+    """Every `{{ value }}` a template writes (Jinja's `finalize`), autoescaped here; markup
+    (a chart, a macro, `|safe`) and `{% autoescape false %}` sections are left as they are."""
+    if not eval_ctx.autoescape or hasattr(value, "__html__"):
+        return value
+    return Markup(str(escape(value)).translate(_CSS_BREAKERS))
 
 
 def _status_class(value: Any) -> str:
@@ -274,6 +309,7 @@ class TemplateLibrary:
             bytecode_cache=FileSystemBytecodeCache(str(cache_dir)) if cache_dir else None,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=_finalize,
         )
         self.env.filters.update(
             number=_number_l,
@@ -283,6 +319,7 @@ class TemplateLibrary:
             currency=_currency_l,
             lang_tag=localize.lang_tag,
             status_class=_status_class,
+            css_string=_css_string,
             center=_checked_width_filter(do_center, "center"),
             indent=_checked_width_filter(do_indent, "indent"),
             format=_checked_format,
@@ -478,9 +515,33 @@ class TemplateLibrary:
             return None
         return self.variables(name)
 
+    def _more_missing(self, template: Any, context: dict[str, Any], first: Any) -> list[str]:
+        """The other top-level variables a render misses after `first`: render again with
+        each missing one stood in by an empty value, until it renders or fails otherwise."""
+        missing = _missing_name(first)
+        if missing is None:
+            return []
+        found: list[str] = []
+        trial = dict(context)
+        trial[missing] = ChainableUndefined(name=missing)
+        for _ in range(50):  # a bound: each round finds one more
+            try:
+                template.render(trial)
+                break
+            except UndefinedError as error:
+                name = _missing_name(error)
+                if name is None or name in trial:
+                    break
+                found.append(name)
+                trial[name] = ChainableUndefined(name=name)
+            except Exception:  # a stand-in the template could not use: stop here
+                break
+        return found
+
     def render(self, name: str, context: dict[str, Any]) -> str:
         """Render a template; any failure of template code is a TemplateError (permanent)."""
         name = self.check_name(name)
+        template = None
         try:
             template = self.env.get_template(name)
             return template.render(context)
@@ -494,9 +555,14 @@ class TemplateLibrary:
                 f"template '{name}' includes missing template '{error.name}'"
             ) from None
         except UndefinedError as error:
-            raise TemplateError(
-                f"undefined variable in {_template_location(error, name)}: {error.message}"
-            ) from None
+            where = _template_location(error, name)
+            others = [] if template is None else self._more_missing(template, context, error)
+            if others:  # every missing variable at once, not one per attempt
+                listed = ", ".join(f"'{v}'" for v in [_missing_name(error), *others])
+                raise TemplateError(
+                    f"undefined variables in {where}: {listed} are undefined"
+                ) from None
+            raise TemplateError(f"undefined variable in {where}: {error.message}") from None
         except SecurityError as error:
             raise TemplateError(
                 f"template {_template_location(error, name)} tried an unsafe operation: {error}"
@@ -514,6 +580,15 @@ class TemplateLibrary:
                 f"template error in {_template_location(error, name)}: "
                 f"{error.__class__.__name__}: {error}"
             ) from None
+
+
+_UNDEFINED = re.compile(r"^'(\w+)' is undefined$")
+
+
+def _missing_name(error: UndefinedError) -> str | None:
+    """The top-level variable an UndefinedError is about ('x' is undefined), if it is one."""
+    match = _UNDEFINED.match(error.message or "")
+    return match.group(1) if match else None
 
 
 def bytecode_cache_dir(base: Path) -> Path:

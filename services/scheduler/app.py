@@ -27,6 +27,7 @@ from shared.bus import (
     SCHEDULES_BUCKET,
     STREAM,
     JetStreamPublisher,
+    Publisher,
     encode,
     msg_id,
 )
@@ -35,16 +36,14 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.service import BUS_PING_TIMEOUT, connect_with_patience, worker_broker
+from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.scheduler")
 
 
-async def fire(
-    publisher: JetStreamPublisher, schedule: Schedule, when: datetime, js: Any = None
-) -> str:
+async def fire(publisher: Publisher, schedule: Schedule, when: datetime, js: Any = None) -> str:
     """Publish one fire; replicas publish the same message id, so JetStream keeps one.
 
     If the id was taken first by a message that is not this schedule's request (someone
@@ -107,13 +106,13 @@ def _last_checked(key: str, value: bytes | None, conflicts: Conflicts | None) ->
         last = datetime.fromisoformat(value.decode())
     except (UnicodeDecodeError, ValueError) as error:
         if conflicts is not None:
-            conflicts.record(key, f"not a time ({len(value)} bytes: {str(error)[:120]})")
+            conflicts.record(key, f"not a time ({len(value)} bytes, {type(error).__name__})")
         return None  # as for a schedule never checked: fires due now go out
     return last if last.tzinfo else last.replace(tzinfo=UTC)
 
 
 async def tick(
-    publisher: JetStreamPublisher,
+    publisher: Publisher,
     kv: Any,
     schedules: list[Schedule],
     settings: Settings,
@@ -147,15 +146,18 @@ async def tick(
     return fired
 
 
-def create_app(settings: Settings | None = None) -> FastStream:
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
+    """`deps` as for the stages (shared/service.py): what it leaves None (the publisher, the
+    ledger, the SCHEDULES_BUCKET in `kv`, the bus itself) is opened from settings at start-up."""
     settings = settings or load_settings()
+    deps = deps or Deps()
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
 
     conflicts = Conflicts()
 
-    async def loop(publisher: JetStreamPublisher, kv: Any, js: Any) -> None:
+    async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
         while True:
             try:
                 await tick(publisher, kv, schedules, settings, datetime.now(UTC), js, conflicts)
@@ -175,13 +177,15 @@ def create_app(settings: Settings | None = None) -> FastStream:
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         configure_logging("pressroom-scheduler")
-        js = await connect_with_patience(broker, settings, who=who)
-        kv = await js.key_value(SCHEDULES_BUCKET)
-        schedule_watch = ScheduleWatch(
-            kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules, conflicts=conflicts
-        )
+        if deps.js is None:  # given one, the bus is already open (see Deps.js)
+            deps.js = await connect_with_patience(broker, settings, who=who)
+        js = deps.js
+        kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
+        ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
+        publisher = deps.publisher or JetStreamPublisher(js)
+        schedule_watch = ScheduleWatch(kv, ledger, schedules, conflicts=conflicts)
         tasks = [
-            asyncio.create_task(loop(JetStreamPublisher(js), kv, js)),
+            asyncio.create_task(loop(publisher, kv, js)),
             asyncio.create_task(watch(schedule_watch)),
         ]
         health = None

@@ -44,7 +44,7 @@ class ScheduleWatch:
                 except (UnicodeDecodeError, ValueError, AttributeError) as error:
                     # Not a time (something else wrote it): start counting from now.
                     if self.conflicts is not None:
-                        self.conflicts.record(key, f"not a time ({str(error)[:120]})")
+                        self.conflicts.record(key, f"not a time ({type(error).__name__})")
                     await self.kv.put(key, now.isoformat().encode())
                     self._since[schedule.name] = now
         return self._since[schedule.name]

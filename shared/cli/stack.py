@@ -22,10 +22,9 @@ from shared.cli._common import (
     library,
     on_bus,
     out,
-    schedules,
     settings,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled
 from shared.errors import PressroomError
 
 bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
@@ -97,7 +96,7 @@ def _prometheus(supervisor: Any, port: int | None) -> None:
     try:
         url = supervisor.start_prometheus(port)
     except PressroomError as error:
-        err.print(f"[yellow]note:[/] {error.reason}", highlight=False)
+        err.print(f"[yellow]note:[/] {literal(error.reason)}", highlight=False)
         return
     if url:
         out.print(f"Prometheus on [cyan]{url}[/] · `pressroom alerts` shows what fires")
@@ -127,7 +126,7 @@ def health(
             out,
             [Col("component"), Col("status"), Col("detail", long=True)],
             [
-                [name, f"[{colour[item['status']]}]{item['status']}[/]", item["detail"]]
+                [name, styled(item["status"], colour[item["status"]]), item["detail"]]
                 for name, item in report["components"].items()
             ],
         )
@@ -175,18 +174,26 @@ def bus_setup() -> None:
 @config_app.command("check")
 def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     """Validate the configuration and print it, secrets masked (exit 1 on any problem)."""
+    from services.scheduler.cron import load_schedules
     from shared.settings import masked
 
     cfg = settings()
-    found = schedules(cfg)
+    problems: list[str] = []  # every one at once, not the first only
+    try:
+        found = load_schedules(cfg.schedules)
+    except PressroomError as error:
+        found, problems = [], [error.reason]
     if not cfg.templates_dir.is_dir():
-        fail(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
-    lib = library(cfg)
-    for schedule in found:
-        try:
-            lib.resolve(str(schedule.request.get("template", "")))
-        except PressroomError as error:
-            fail(f"schedule '{schedule.name}': {error.reason}")
+        problems.append(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
+    else:
+        lib = library(cfg)
+        for schedule in found:
+            try:
+                lib.resolve(str(schedule.request.get("template", "")))
+            except PressroomError as error:
+                problems.append(f"schedule '{schedule.name}': {error.reason}")
+    if problems:
+        fail("; ".join(problems))
     effective = masked(cfg)
     if as_json:
         emit_json(effective)
