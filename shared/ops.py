@@ -49,6 +49,7 @@ from shared.events import (
     DeadLetter,
     ReportRequested,
     request_fingerprint,
+    tenant_of_subject,
 )
 from shared.failover import LEADERLESS, describe_error
 from shared.ledger import PIPELINE, KvLedger, LedgerEntry
@@ -565,7 +566,7 @@ async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
 async def replay(bus: Bus, record: DeadLetterRecord) -> str:
     """Republish a dead letter to its subject with a fresh message id, then remove it."""
     seq, letter = record.id, record.letter
-    if letter.subject not in REPLAYABLE:
+    if letter.subject not in REPLAYABLE and tenant_of_subject(letter.subject) is None:
         raise PressroomError(
             f"dead letter {seq} names subject '{letter.subject}': only "
             f"{', '.join(sorted(REPLAYABLE))} can be replayed"

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_secure: bool = True
     s3_region: str | None = None
+    s3_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds for a whole S3 delivery, not per read."
+    )
     artefact_bucket: str = "pressroom-artefacts"
     artefact_retention_days: float = Field(default=30.0, gt=0, description="`pressroom clean` age.")
 
@@ -126,7 +129,9 @@ class Settings(BaseSettings):
     smtp_user: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
-    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds for a whole SMTP conversation, not per read."
+    )
     email_attachment_limit: int = Field(default=10 * 1024 * 1024, ge=0, description="Bytes.")
 
     # What a request may ask for (the trust model): request-supplied values are checked
@@ -144,7 +149,17 @@ class Settings(BaseSettings):
     # Webhooks
     webhook_secret: str | None = None
     webhook_allow: str = Field(default="", description="Hosts/CIDRs allowed although private.")
-    webhook_timeout: float = Field(default=15.0, gt=0)
+    webhook_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds for a whole webhook call, not per read."
+    )
+    # One slow target must not hold every delivery: messages are worked on side by side, and
+    # one target (a webhook host, the SMTP server, an S3 endpoint) gets only some of the slots.
+    distributor_concurrency: int = Field(
+        default=16, ge=1, description="Reports a distributor delivers at once."
+    )
+    delivery_target_limit: int = Field(
+        default=4, ge=1, description="Deliveries to one target at once (as many more may wait)."
+    )
 
     # Retries and dead letters (one mechanism for every stage)
     max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
@@ -196,6 +211,9 @@ class Settings(BaseSettings):
 
     # Fetching
     fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")
+    fetch_concurrency: int = Field(
+        default=8, ge=1, description="Requests a fetcher works on at once."
+    )
     fetch_deadline: float = Field(default=30.0, gt=0, description="Seconds for all sources.")
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0, description="Seconds a cached source is fresh.")

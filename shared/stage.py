@@ -43,8 +43,10 @@ from shared.events import (
     ReportRendered,
     ReportRequested,
     claimed_request_id,
+    claimed_requester,
     new_request_id,
     request_fingerprint,
+    tenant_of_subject,
     utcnow,
 )
 from shared.jsonsafe import deeper_than
@@ -310,6 +312,10 @@ class StageRunner:
             # Generated ids must not change between redeliveries of the same message.
             rid = new_request_id(received=msg.first_delivered, stream_seq=msg.stream_seq)
             event = event.model_copy(update={"request_id": rid})
+        tenant = tenant_of_subject(msg.subject)
+        if isinstance(event, ReportRequested) and tenant is not None:
+            # Stamped with the calling system the server says published it, whatever the body says.
+            event = event.model_copy(update={"requested_by": tenant})
         return event
 
     async def _claim_later(self, msg: InboundMessage, rid: str, request: ReportRequested) -> None:
@@ -558,6 +564,7 @@ async def publish_dead_letter(
         dead_letter_seq=dead_letter_seq,
         refused=not update_ledger,
         fingerprint=fingerprint,
+        requested_by=claimed_requester(subject, body),
     )
     try:
         await publisher.publish(

@@ -243,6 +243,9 @@ def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tup
 
 
 def _worker_init(memory_mb: int, warm: bool = True) -> None:
+    from shared.secretenv import scrub
+
+    scrub()  # a template never needs a secret: no delivery, store, bus or signing key here
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the renderer decides when its render processes
     # stop, so they leave no KeyboardInterrupt traceback in its log.

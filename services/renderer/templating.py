@@ -10,7 +10,9 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import update_wrapper
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import yaml
@@ -33,15 +35,17 @@ from jinja2.exceptions import SecurityError
 from jinja2.filters import do_center, do_format, do_indent
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
 from markupsafe import Markup, escape
 
 from services.renderer import charts, localize
 from shared.errors import PressroomError, TemplateError
+from shared.templatefiles import TEMPLATE_SUFFIXES, template_names
 
-TEMPLATE_SUFFIXES = (".html", ".htm")
-# Folders beside the templates that hold no report templates of their own.
-NON_TEMPLATE_DIRS = {"samples", "assets", "static", "partials", "fonts", "img", "css"}
 _FRONT_MATTER = re.compile(r"^\s*\{#-?\s*---\s*\n(.*?)\n\s*---\s*-?#\}", re.DOTALL)
 
 # What one expression may produce, checked before it is computed (the render process's memory
@@ -50,7 +54,7 @@ MAX_SEQUENCE = 10_000_000  # characters or items from `*`
 MAX_INT_BITS = 100_000  # about 30,000 digits from `**`
 MAX_WIDTH = 10_000  # padding/width arguments: center, ljust, "%9999d", "{:>9999}"
 _PRINTF_WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
-_FORMAT_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
+_DIGITS = re.compile(r"\d+")
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
@@ -181,8 +185,10 @@ def _too_big(what: str) -> SecurityError:
 
 def _check_widths(numbers: list[str], what: str) -> None:
     for number in numbers:
-        if number == "*" or (number.isdigit() and int(number) > MAX_WIDTH):
-            raise _too_big(f"{what} asks for a width of {number}, over {MAX_WIDTH:,}")
+        # Length first: int() of a 5,000-digit string is itself refused (and slow).
+        if number == "*" or (number.isdigit() and (len(number) > 6 or int(number) > MAX_WIDTH)):
+            shown = number if len(number) <= 12 else f"{number[:12]}… ({len(number)} digits)"
+            raise _too_big(f"{what} asks for a width of {shown}, over {MAX_WIDTH:,}")
 
 
 class Sandbox(ImmutableSandboxedEnvironment):
@@ -218,12 +224,44 @@ class Sandbox(ImmutableSandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Any:
-        # str.format / format_map are wrapped when accessed, not when called: check here.
-        owner = getattr(value, "__self__", None)
-        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
-            for spec in _FORMAT_SPEC.findall(owner):
-                _check_widths(re.findall(r"\d+", spec), "a {} format")
-        return super().wrap_str_format(value)
+        """str.format / format_map, as Jinja's sandbox wraps them, but with each field's spec
+        checked once it is complete: a width can come from an argument (`"{:{w}}"`), so only
+        the spec the formatter is about to use tells how big the result would be."""
+        if super().wrap_str_format(value) is None:
+            return None
+        owner: str = value.__self__
+        formatter: SandboxedFormatter = (
+            _CheckedEscapeFormatter(self, escape=owner.escape)
+            if isinstance(owner, Markup)
+            else _CheckedFormatter(self)
+        )
+        is_format_map = value.__name__ == "format_map"
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                kwargs = args[0]
+                args = ()
+            return type(owner)(formatter.vformat(owner, args, kwargs))
+
+        return update_wrapper(checked, value)
+
+
+class _SpecChecked(Formatter):
+    """Refuses a field whose final spec asks for a width or precision over MAX_WIDTH."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        _check_widths(_DIGITS.findall(format_spec), "a {} format")
+        return super().format_field(value, format_spec)
+
+
+class _CheckedFormatter(_SpecChecked, SandboxedFormatter):
+    pass
+
+
+class _CheckedEscapeFormatter(_SpecChecked, SandboxedEscapeFormatter):
+    pass
 
 
 def _checked_width_filter(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -330,17 +368,7 @@ class TemplateLibrary:
 
     # ---- discovery -------------------------------------------------------------------------
     def names(self) -> list[str]:
-        found = []
-        for path in sorted(self.folder.rglob("*")):
-            rel = path.relative_to(self.folder)
-            if (
-                path.suffix in TEMPLATE_SUFFIXES
-                and path.is_file()
-                and not rel.name.startswith(("_", "."))
-                and not (set(rel.parts[:-1]) & NON_TEMPLATE_DIRS)
-            ):
-                found.append(rel.as_posix())
-        return found
+        return template_names(self.folder)
 
     def check_name(self, name: str) -> str:
         """A file inside the folder (any, partials included): for `pressroom render PATH`."""

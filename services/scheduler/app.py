@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +33,7 @@ from shared.bus import (
     encode,
     msg_id,
 )
+from shared.busauth import secret_of
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
@@ -43,19 +46,33 @@ from shared.telemetry import setup_telemetry, shutdown_telemetry
 log = get_logger("pressroom.scheduler")
 
 
-async def fire(publisher: Publisher, schedule: Schedule, when: datetime, js: Any = None) -> str:
+def fire_message_id(request: ReportRequested, key: bytes = b"") -> str:
+    """The message id of a fire: the same in every replica, and — keyed with the scheduler's
+    own secret (its seed) — one nobody without that secret can compute and take first."""
+    fingerprint = request_fingerprint(request)
+    if key:
+        mac = hmac.new(key, f"{request.request_id}:{fingerprint}".encode(), hashlib.sha256)
+        fingerprint = mac.hexdigest()[:32]
+    return f"{msg_id(request.request_id, 'schedule')}:{fingerprint}"
+
+
+async def fire(
+    publisher: Publisher,
+    schedule: Schedule,
+    when: datetime,
+    js: Any = None,
+    key: bytes = b"",
+) -> str:
     """Publish one fire; replicas publish the same message id, so JetStream keeps one.
 
     If the id was taken first by a message that is not this schedule's request (someone
-    imitating the schedule), publish again under a fresh id: the fetcher refuses the
-    imitation and runs the real one.
+    imitating the schedule, possible only on a bus without identities: with them the id is
+    keyed), publish again under a fresh id: the fetcher refuses the imitation and runs the
+    real one.
     """
     request = schedule.request_for(when)
     body = encode(request)
-    fingerprint = request_fingerprint(request)
-    ack = await publisher.publish(
-        REPORT_REQUESTED, body, msg_id=f"{msg_id(request.request_id, 'schedule')}:{fingerprint}"
-    )
+    ack = await publisher.publish(REPORT_REQUESTED, body, msg_id=fire_message_id(request, key))
     if ack.duplicate and js is not None and not await _stored_is(js, ack.seq, request):
         log.warning("scheduled id was taken by another message", request_id=request.request_id)
         ack = await publisher.publish(
@@ -118,6 +135,7 @@ async def tick(
     settings: Settings,
     now: datetime,
     js: Any = None,
+    key: bytes = b"",
     conflicts: Conflicts | None = None,
 ) -> list[str]:
     """Fire what is due. One schedule that cannot be handled (its stored value unreadable,
@@ -136,7 +154,7 @@ async def tick(
             except KeyNotFoundError:
                 last = None
             for when in missed_fires(schedule, last, now, grace):
-                fired.append(await fire(publisher, schedule, when, js))
+                fired.append(await fire(publisher, schedule, when, js, key))
             await kv.put(schedule.name, now.isoformat().encode())
         except Exception as error:  # the next tick catches up within grace
             log.warning("schedule tick failed", schedule=schedule.name, error=repr(error))
@@ -158,9 +176,22 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
     conflicts = Conflicts()
 
     async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
+        key = secret_of(who)
+        # With identities the scheduler may not read the main stream (other tenants' data):
+        # its keyed message ids stand in for reading back what holds them.
+        readable = None if key else js
         while True:
             try:
-                await tick(publisher, kv, schedules, settings, datetime.now(UTC), js, conflicts)
+                await tick(
+                    publisher,
+                    kv,
+                    schedules,
+                    settings,
+                    datetime.now(UTC),
+                    readable,
+                    key,
+                    conflicts=conflicts,
+                )
             except Exception as error:  # keep ticking; the next tick catches up within grace
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)
@@ -182,7 +213,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         js = deps.js
         kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
         ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
-        publisher = deps.publisher or JetStreamPublisher(js)
+        publisher = deps.publisher or JetStreamPublisher(js, verify_duplicates=not secret_of(who))
         schedule_watch = ScheduleWatch(kv, ledger, schedules, conflicts=conflicts)
         tasks = [
             asyncio.create_task(loop(publisher, kv, js)),

@@ -39,6 +39,9 @@ def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributo
 
     if name not in SERVICES:
         fail(f"unknown worker '{name}' (known: {', '.join(SERVICES)})")
+    from shared.secretenv import scrub
+
+    scrub(role=name)  # the other roles' secrets are nothing this process (or a child) may use
     settings()
     try:
         faststream_app = importlib.import_module(f"services.{name}.app").create_app()
@@ -140,24 +143,35 @@ def bus_auth(
     tls: bool = typer.Option(False, "--tls", help="Also a CA and a server certificate."),
     host: str = typer.Option("localhost,127.0.0.1", "--host", help="Server names for TLS."),
     rotate: bool = typer.Option(False, "--rotate", help="New keys (and certificates)."),
+    publisher: list[str] = typer.Option(
+        [], "--publisher", help="A calling system's own identity (repeat; kept on later runs)."
+    ),
 ) -> None:
-    """Write a nats-server include with one least-privilege nkey user per role, and the seeds."""
-    from shared.busauth import ROLES, generate
+    """Write a nats-server include with one least-privilege nkey user per role, one account per
+    calling system, and the seeds."""
+    from shared.busauth import SERVICE_ROLES, generate, tenant_role
 
     hosts = [h.strip() for h in host.split(",") if h.strip()]
     if not hosts:
         fail("--host needs at least one name")
-    result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate)
+    try:
+        result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate, publishers=publisher)
+    except PressroomError as error:
+        fail(error.reason)
     out.print(f"wrote {result.folder}/auth.conf — include it from nats-server.conf")
     out.print(
-        f"seeds (0600): {', '.join(f'{r}.nk' for r in ROLES)}"
+        f"seeds (0600): {', '.join(f'{r}.nk' for r in SERVICE_ROLES)}"
         + (f" · kept: {', '.join(result.kept)}" if result.kept else "")
+    )
+    out.print(
+        "calling systems (each its own account): "
+        + ", ".join(f"{tenant_role(t)}.nk" for t in result.tenants)
     )
     if tls:
         out.print("TLS: ca.pem, server-cert.pem, server-key.pem (clients: PRESSROOM_NATS_TLS_CA)")
     out.print(
-        "workers: PRESSROOM_NATS_CREDENTIALS_DIR=<this folder> (each uses its role's seed); "
-        "other systems: the publisher seed"
+        "workers: each its own role's seed (PRESSROOM_NATS_NKEY); other systems: their "
+        "publisher seed"
     )
 
 

@@ -19,6 +19,7 @@ from shared.events import (
 )
 from shared.store import artefact_key, sha256_hex
 from tests.composition.kit import Fakes, running, settings_in
+from tests.helpers import eventually
 
 PDF = b"%PDF-1.7 a rendered weekly report\n"
 
@@ -83,6 +84,13 @@ async def test_a_duplicate_is_skipped_without_delivering_again(tmp_path: Path) -
         event = await rendered(fakes, "r3", "weekly")
         await stage.deliver(event)
         written = tmp_path / "out" / "weekly" / "r3.pdf"
+
+        async def delivered() -> bool:  # reports are delivered side by side, not before return
+            entry = await fakes.ledger.get("r3")
+            record = entry.stages.get("distributor") if entry else None
+            return record is not None and record.state == "done"
+
+        await eventually(delivered)
         assert written.read_bytes() == PDF
         written.unlink()  # a second delivery would write it again
         await stage.deliver(event)

@@ -106,6 +106,8 @@ async def test_the_readme_publishing_example_runs_as_a_publisher(
     (tmp_path / "templates").symlink_to(REPO / "templates")
     nc = await stack.connect()
     outcomes = await Outcomes().start(nc)
+    await nc.flush()  # subscribed before the script runs (it blocks this loop, and waits for
+    # its own outcome, so the report is delivered while it runs)
     script = tmp_path / "publish.py"
     script.write_text(code)
     result = subprocess.run(
