@@ -40,8 +40,8 @@ async def own(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
         env_extra={
             "PRESSROOM_CONFIG": str(config),
             # Retries slow enough to be seen going on (the data source test).
-            "PRESSROOM_RETRY_BACKOFF": "1,2,2,2,2,2,2,2",
-            "PRESSROOM_MAX_ATTEMPTS": "12",
+            "PRESSROOM_RETRY_BACKOFF": "2,3",
+            "PRESSROOM_MAX_ATTEMPTS": "40",
             "PRESSROOM_SCHEDULE_GRACE": "600",
         },
     )
