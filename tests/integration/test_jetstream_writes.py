@@ -31,7 +31,7 @@ async def quiet_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         tmp_path_factory.mktemp("writes"),
         env_extra={
             "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1",
-            "PRESSROOM_WEBHOOK_SECRET": "held-hook-secret-of-the-writes-test",
+            "PRESSROOM_WEBHOOK_SECRET": "whsec_aGVsZC1ob29rLXNlY3JldC1vZi10aGUtd3JpdGVzLXRlc3QhIQ==",
         },
     )
     await stack.astart()
