@@ -8,6 +8,7 @@ under CLAIM_AFTER seconds.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,7 @@ async def quiet_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         tmp_path_factory.mktemp("writes"),
         env_extra={
             "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1",
-            "PRESSROOM_WEBHOOK_SECRET": "whsec_aGVsZC1ob29rLXNlY3JldC1vZi10aGUtd3JpdGVzLXRlc3QhIQ==",
+            "PRESSROOM_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"w" * 32).decode(),
         },
     )
     await stack.astart()
