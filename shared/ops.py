@@ -53,10 +53,11 @@ from shared.events import (
     tenant_of_subject,
 )
 from shared.failover import LEADERLESS, describe_error
-from shared.ledger import KvLedger, LedgerEntry
+from shared.ledger import PIPELINE, KvLedger, LedgerEntry
 from shared.settings import SECRET_FIELDS, Settings
 from shared.stage import DEAD_LETTER_PREFIX
 from shared.store import ArtefactStore, open_store, read_verified
+from shared.templatename import canonical_template
 
 
 class BusUnavailable(PressroomError):
@@ -303,14 +304,21 @@ _NEXT_STAGE = {"requested": "fetcher", "fetched": "renderer", "rendered": "distr
 
 
 def whereabouts(entry: LedgerEntry | None) -> str:
-    """Where a request in flight is, in words, from its ledger entry (its last stage)."""
+    """Where a request in flight is, in words, from its ledger entry (its furthest stage),
+    with the last error while a stage's retries go on."""
     if entry is None:
         return "published; no fetcher has picked it up yet"
-    if entry.stages:
-        stage, record = list(entry.stages.items())[-1]
+    if entry.status == "conflict":
+        return f"conflict: {entry.error}"
+    for stage in reversed(PIPELINE):
+        record = entry.stages.get(stage)
+        if record is None:
+            continue
         if record.state == "running":
             again = f", attempt {record.attempts}" if record.attempts > 1 else ""
-            return f"{stage} working on it{again}"
+            why = f"; last error: {record.error}" if record.error else ""
+            return f"{stage} working on it{again}{why}"
+        break
     if entry.status in _NEXT_STAGE:
         return f"{entry.status}; waiting for a {_NEXT_STAGE[entry.status]}"
     return entry.status
@@ -392,13 +400,17 @@ def parse_since(text: str, option: str = "--since") -> datetime:
 async def ledger_entries(
     bus: Bus, *, status: str | None = None, template: str | None = None
 ) -> list[LedgerEntry]:
-    """Ledger entries, newest first; only those with the given status / template."""
+    """Ledger entries, newest first; only those with the given status / template (either
+    spelling of a template name). An unreadable value is an entry whose status is
+    `conflict`: listed with its reason, never a crash."""
     entries = await (await bus.ledger()).entries()
+    wanted = canonical_template(template) if template else None
     return sorted(
         (
             e
             for e in entries
-            if (not status or e.status == status) and (not template or e.template == template)
+            if (not status or e.status == status)
+            and (not wanted or canonical_template(e.template or "") == wanted)
         ),
         key=lambda e: e.updated_at,
         reverse=True,
@@ -772,7 +784,10 @@ async def backup(
     """Templates, config, ledger entries and dead letters in one tar.gz, readable only by its
     owner (0600); secrets are redacted unless asked for. With `artefacts`, the reports in the
     artefact store too (those stored since `since`), one at a time into the archive."""
-    entries = await ledger_entries(bus)
+    listed = await ledger_entries(bus)
+    # An unreadable ledger value is not an entry: counted and named, never archived as one.
+    conflicts = [e.request_id for e in listed if e.status == "conflict"]
+    entries = [e for e in listed if e.status != "conflict"]
     letters = await dead_letters(bus)
     store = await bus.store() if artefacts else None
     objects = []
@@ -785,6 +800,7 @@ async def backup(
     manifest = {
         "created_at": datetime.now(UTC).isoformat(),
         "ledger_entries": len(entries),
+        "ledger_conflicts": conflicts,
         "dead_letters": len(letters),
         "artefacts": len(objects),
         "secrets": "included" if include_secrets else "redacted",
@@ -825,7 +841,12 @@ async def backup(
                 continue  # removed since the listing (retention)
             add(tar, f"artefacts/{obj.key}", data)
             saved += 1
-    return {"ledger_entries": len(entries), "dead_letters": len(letters), "artefacts": saved}
+    return {
+        "ledger_entries": len(entries),
+        "dead_letters": len(letters),
+        "artefacts": saved,
+        "ledger_conflicts": len(conflicts),
+    }
 
 
 # What a restore reads, at most: each member's size is checked (from its header) before any of

@@ -27,6 +27,7 @@ class ScheduleWatch:
     kv: Any  # the schedules KV bucket
     ledger: Ledger
     schedules: list[Schedule]
+    conflicts: Any = None  # app.Conflicts: unreadable values are reported there
     _since: dict[str, datetime] = field(default_factory=dict)
     _delivered: dict[str, tuple[datetime, float]] = field(default_factory=dict)
 
@@ -38,7 +39,14 @@ class ScheduleWatch:
                 self._since[schedule.name] = now
             except KeyWrongLastSequenceError:
                 entry = await self.kv.get(key)
-                self._since[schedule.name] = datetime.fromisoformat(entry.value.decode())
+                try:
+                    self._since[schedule.name] = datetime.fromisoformat(entry.value.decode())
+                except (UnicodeDecodeError, ValueError, AttributeError) as error:
+                    # Not a time (something else wrote it): start counting from now.
+                    if self.conflicts is not None:
+                        self.conflicts.record(key, f"not a time ({type(error).__name__})")
+                    await self.kv.put(key, now.isoformat().encode())
+                    self._since[schedule.name] = now
         return self._since[schedule.name]
 
     async def last_delivered(self, schedule: Schedule, now: datetime, since: datetime) -> float:

@@ -12,6 +12,7 @@ from shared.cli._common import (
     age,
     checked,
     emit_json,
+    err,
     fail,
     library,
     on_bus,
@@ -68,6 +69,12 @@ def stats(
     out.print(f"report size p50/p95: {kib}")
     used = ", ".join(f"{k} ({v})" for k, v in data["templates"].items())
     out.print(f"templates: {visible(used)}", highlight=False, markup=False)
+    if data["conflicts"]:
+        err.print(
+            f"warning: {data['conflicts']} unreadable ledger value(s) not counted "
+            "(`pressroom ls --status conflict` lists them)",
+            highlight=False,
+        )
     if data["cache_hit_rate"] is not None:
         out.print(f"fetch cache hit rate: {data['cache_hit_rate']:.1f}%")
 

@@ -307,6 +307,12 @@ def backup(
         f"wrote {output} (0600): {counts['ledger_entries']} ledger entries, "
         f"{counts['dead_letters']} dead letters, {reports}templates, config ({secrets})"
     )
+    if counts.get("ledger_conflicts"):
+        err.print(
+            f"warning: {counts['ledger_conflicts']} unreadable ledger value(s) left out "
+            "(`pressroom ls --status conflict` lists them)",
+            highlight=False,
+        )
 
 
 def restore(
