@@ -11,7 +11,7 @@ import asyncio
 import mimetypes
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from services.renderer import fonts
+from services.renderer import fonts, warm
 from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
 from shared.logging import get_logger
 from shared.netpolicy import allow_listed
@@ -182,7 +182,7 @@ def pdf_output(
     notices: tuple[str, ...] = ()
     if "pdf" in job.formats:
         started = time.perf_counter()
-        pdf, pages, notices = _html_to_pdf(html, base_folder(job, name), job)
+        pdf, pages, notices = _html_to_pdf(html, base_folder(job, name), job, f"{name}@{version}")
         pdf_seconds = time.perf_counter() - started
     check_output_size(job, html_bytes if "html" in job.formats else None, pdf)
     return RenderOutput(version, html_bytes, pdf, html_seconds, pdf_seconds, pages, notices)
@@ -211,16 +211,29 @@ def weasyprint_errors() -> Iterator[None]:
         raise PermanentError("render ran out of memory (input too large?)") from None
 
 
-def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tuple[str, ...]]:
+def _html_to_pdf(
+    html: str, base: Path, job: RenderJob, scope: str
+) -> tuple[bytes, int, tuple[str, ...]]:
+    """The PDF, with the process's warm fonts and stylesheets (warm.py); `scope` names the
+    template version whose own @font-face fonts, if any, are kept apart from others'."""
     fonts.configure(job.font_dirs)
-    from weasyprint import CSS, HTML
+    from weasyprint import HTML
 
+    warm.install_stylesheet_cache()
     fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
-    with weasyprint_errors(), fonts.glyph_watch() as missing:
-        document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
-            stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]
-        )
-        pdf = document.write_pdf()
+
+    def render(font_config: Any) -> tuple[Any, bytes | None]:
+        with fonts.glyph_watch() as seen:
+            document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
+                stylesheets=[warm.page_css(job.page.css(), fetcher)], font_config=font_config
+            )
+            pdf = document.write_pdf()
+        missing.update(seen)
+        return document, pdf
+
+    missing: Counter[int] = Counter()
+    with weasyprint_errors():
+        document, pdf = warm.with_fonts(scope, render)
     assert pdf is not None
     # After the render, not during it: a report with boxes is never delivered, and the reason
     # lists every character at once.
@@ -228,7 +241,7 @@ def _html_to_pdf(html: str, base: Path, job: RenderJob) -> tuple[bytes, int, tup
     return pdf, len(document.pages), (warning,) if warning else ()
 
 
-def _worker_init(memory_mb: int, warm: bool = True) -> None:
+def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the renderer decides when its render processes
     # stop, so they leave no KeyboardInterrupt traceback in its log.
@@ -242,11 +255,13 @@ def _worker_init(memory_mb: int, warm: bool = True) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # Fonts are configured in every render process; warm ones also load them up front.
     fonts.configure()
-    if warm:
+    if warm_up:
         # Imports, fonts and the layout engine load once per process, not per report.
         import weasyprint
 
-        weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf()
+        weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf(
+            font_config=warm.shared_font_config()
+        )
 
 
 def _die_with_parent() -> None:

@@ -59,7 +59,7 @@ def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
     """Jinja, then either the one-piece PDF (as render_job) or a plan to split it."""
     name, version, html, html_seconds = render_html(job)
     if "pdf" in job.formats and processes >= 2 and job.split != "off" and chunks_supported():
-        chunks = plan_chunks(job, name, html, processes)
+        chunks = plan_chunks(job, name, html, processes, version)
         if chunks:
             return SplitPlan(name, version, html, html_seconds, chunks)
     return pdf_output(job, name, version, html, html_seconds)
@@ -77,7 +77,9 @@ def one_piece(job: RenderJob, plan: SplitPlan) -> RenderOutput:
     return pdf_output(job, plan.name, plan.template_version, plan.html, plan.html_seconds)
 
 
-def plan_chunks(job: RenderJob, name: str, html: str, processes: int) -> tuple[ChunkJob, ...]:
+def plan_chunks(
+    job: RenderJob, name: str, html: str, processes: int, version: str = ""
+) -> tuple[ChunkJob, ...]:
     """One job per chunk, or () when the document should be rendered in one piece."""
     if splitplan.count_rows_cheaply(html) < 2 * splitplan.MIN_CHUNK_ROWS:
         return ()  # short reports stop here, without parsing anything
@@ -115,6 +117,7 @@ def plan_chunks(job: RenderJob, name: str, html: str, processes: int) -> tuple[C
             targets=targets,
             rendezvous="",
             deadline=0.0,
+            font_scope=f"{name}@{version}",
         )
         for w in windows
     )
