@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ class RenderJob:
     # never (services/renderer/split.py); the template may say so too.
     split: str = "off"
     split_rows: int = 500
+    # The render cache: also return the template's Analysis (from the same call, no other).
+    analyse: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class Analysis:
     template: str  # the resolved name ("weekly" → "weekly.html")
     version: str
     variables: list[str] | None  # None: the template computes include names (reads anything)
+    # The files it reads with their identity (templating.file_stamp): while they are unchanged,
+    # so is this analysis. Empty when it computes include names (then it is not kept).
+    files: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class RenderOutput:
     pages: int
     notices: tuple[str, ...] = ()  # what a person should know although the render succeeded
     chunks: int = 1  # render processes the PDF was laid out in (split.py)
+    analysis: Analysis | None = None  # when the job asked for it (RenderJob.analyse)
 
 
 def _fetcher_class() -> type:
@@ -145,14 +151,28 @@ def _resolve(library: Any, job: RenderJob) -> str:
 def analyse_job(job: RenderJob) -> Analysis:
     """Version and cache variables of the job's template (compiles it: capped process only)."""
     library = template_library(job.templates_dir, job.cache_dir)
-    name = _resolve(library, job)
-    return Analysis(name, library.version(name), library.cache_variables(name))
+    return _analysis(library, _resolve(library, job))
+
+
+def _analysis(library: Any, name: str) -> Analysis:
+    facts = library.facts(name)  # kept per process until a file of the template changes
+    variables = None if facts.dynamic else list(facts.variables)
+    files = () if facts.dynamic else facts.files
+    return Analysis(name, facts.version, variables, files)
+
+
+def job_analysis(job: RenderJob, name: str) -> Analysis | None:
+    """The Analysis a job asked for (RenderJob.analyse), found in the render's own call."""
+    if not job.analyse:
+        return None
+    return _analysis(template_library(job.templates_dir, job.cache_dir), name)
 
 
 def render_job(job: RenderJob) -> RenderOutput:
     """Template → HTML → PDF. Raises PermanentError subclasses with a one-line reason."""
     name, version, html, html_seconds = render_html(job)
-    return pdf_output(job, name, version, html, html_seconds)
+    output = pdf_output(job, name, version, html, html_seconds)
+    return replace(output, analysis=job_analysis(job, name)) if job.analyse else output
 
 
 def render_html(job: RenderJob) -> tuple[str, str, str, float]:
