@@ -182,7 +182,22 @@ def render_html(job: RenderJob) -> tuple[str, str, str, float]:
     version = library.version(name)
     started = time.perf_counter()
     html = library.render(name, job.context)
+    _crash_if_asked(html)
     return name, version, html, time.perf_counter() - started
+
+
+# Test-only fault injection: a render process whose environment names a marker dies of SIGSEGV
+# on any report whose HTML contains it (tests/faults/test_renders.py: a renderer that crashes
+# on a report every time). Unset in production.
+CRASH_MARKER_ENV = "PRESSROOM_TEST_CRASH_MARKER"
+
+
+def _crash_if_asked(html: str) -> None:
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if marker and marker in html:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def base_folder(job: RenderJob, name: str) -> Path:
@@ -279,9 +294,7 @@ def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
         # Imports, fonts and the layout engine load once per process, not per report.
         import weasyprint
 
-        weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf(
-            font_config=warm.shared_font_config()
-        )
+        weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf(font_config=warm.shared_font_config())
 
 
 def _die_with_parent() -> None:
@@ -296,43 +309,113 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+class _Worker:
+    """One warm render process (an executor of one, so it can be retired on its own)."""
+
+    def __init__(self, executor: ProcessPoolExecutor, process: Any) -> None:
+        self.executor = executor
+        self.process = process
+        self.pid: int = process.pid
+        self.renders = 0
+        self.successor: _Worker | None = None  # a warm replacement, waiting to take over
+        self.replacing = False
+
+    def rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        if kill and self.process.is_alive():
+            self.process.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def exit_reason(self) -> str:
+        """'signal 11', 'exit code 1' …: how the process ended (it has, or is about to)."""
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is None:
+            return "unknown cause"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+class _Crashed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class RenderPool:
-    """A pool of warm render processes; a render over its timeout is killed and replaced."""
+    """Warm render processes, each its own executor: a render over its timeout is killed and
+    its process replaced; a process that dies mid-render (segfault, OOM kill) is replaced and
+    the render tried once more in the fresh one; a process past `max_renders` renders or
+    `max_rss_mb` of memory is retired between jobs, once its warm replacement is ready."""
 
     def __init__(
-        self, workers: int = 1, *, memory_mb: int = 2048, timeout: float = 120.0, warm: bool = True
+        self,
+        workers: int = 1,
+        *,
+        memory_mb: int = 2048,
+        timeout: float = 120.0,
+        warm: bool = True,
+        max_renders: int = 0,
+        max_rss_mb: int = 0,
     ) -> None:
         self.workers = workers
         self.memory_mb = memory_mb
         self.timeout = timeout
         self.warm = warm
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = asyncio.Lock()
+        self.max_renders = max_renders
+        self.max_rss_mb = max_rss_mb
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         # Renders wait here, untimed, for a free process: the timeout counts rendering only.
         self._slots = Slots(workers)
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
+    async def _spawn(self) -> _Worker:
+        executor = ProcessPoolExecutor(
+            max_workers=1,
             mp_context=get_context("spawn"),
             initializer=_worker_init,
             initargs=(self.memory_mb, self.warm),
         )
+        loop = asyncio.get_running_loop()
+        try:
+            # Started and warmed now, not during a report.
+            await loop.run_in_executor(executor, os.getpid)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        process = next(iter((getattr(executor, "_processes", None) or {}).values()))
+        worker = _Worker(executor, process)
+        self._all.add(worker)
+        return worker
 
     async def start(self) -> None:
-        if not fonts.harfbuzz_subset_available():
-            # Said once per renderer, instead of WeasyPrint's line per font per render.
-            log.warning(
-                "fonts are subset with fontTools",
-                hint="install HarfBuzz-Subset (Debian: libharfbuzz-subset0): renders take ~1/4 "
-                "of the CPU, and 10-25 s less with Chinese, Japanese or Korean text",
-            )
-        self._pool = self._new_pool()
-        loop = asyncio.get_running_loop()
-        # Start (and warm) every worker now rather than on the first report.
-        await asyncio.gather(
-            *(loop.run_in_executor(self._pool, os.getpid) for _ in range(self.workers))
-        )
+        async with self._start_lock:
+            if self._started:
+                return
+            if not fonts.harfbuzz_subset_available():
+                # Said once per renderer, instead of WeasyPrint's line per font per render.
+                log.warning(
+                    "fonts are subset with fontTools",
+                    hint="install HarfBuzz-Subset (Debian: libharfbuzz-subset0): renders take "
+                    "~1/4 of the CPU, and 10-25 s less with Chinese, Japanese or Korean text",
+                )
+            # Start (and warm) every worker now rather than on the first report.
+            self._idle = list(await asyncio.gather(*(self._spawn() for _ in range(self.workers))))
+            self._started = True
+
+    def pids(self) -> list[int]:
+        """The render processes' ids (idle and busy)."""
+        return sorted(w.pid for w in self._all)
 
     async def render(self, job: RenderJob) -> RenderOutput:
         # A long report may be laid out by several processes at once (split.py).
@@ -344,29 +427,60 @@ class RenderPool:
         analysis: Analysis = await self.run(analyse_job, job, label=job.template)
         return analysis
 
+    async def _call(
+        self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float
+    ) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
+        try:
+            result = await asyncio.wait_for(future, timeout=timeout)
+        except BrokenProcessPool:
+            raise _Crashed(await asyncio.to_thread(worker.exit_reason)) from None
+        worker.renders += 1
+        return result
+
+    async def _fresh(self, dead: _Worker) -> _Worker:
+        """A new process in place of one that died or was killed."""
+        dead.stop(kill=True)
+        self._all.discard(dead)
+        if dead.successor is not None:
+            fresh, dead.successor = dead.successor, None
+            return fresh
+        return await self._spawn()
+
     async def run(
         self, fn: Callable[..., Any], *args: Any, label: str, timeout: float | None = None
     ) -> Any:
-        """`fn(*args)` in a capped process: a timeout kills and replaces the process."""
-        if self._pool is None:
-            await self.start()
+        """`fn(*args)` in a capped process: a timeout kills and replaces the process; a process
+        that dies is replaced and `fn` tried once more, then the report fails."""
+        await self.start()
         async with self._slots.hold(1):
-            pool = self._pool
-            assert pool is not None
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(pool, fn, *args)
+            worker = self._idle.pop()
             try:
-                return await asyncio.wait_for(future, timeout=timeout or self.timeout)
-            except TimeoutError:
-                await self._replace(pool)
-                raise RenderTimeout(
-                    f"render of '{label}' took longer than {self.timeout:g}s and was stopped"
-                ) from None
-            except BrokenProcessPool:
-                await self._replace(pool)
-                raise TransientError(
-                    "render worker died (killed, or over the memory limit); will retry"
-                ) from None
+                crashes = 0
+                while True:
+                    try:
+                        return await self._call(worker, fn, args, timeout or self.timeout)
+                    except TimeoutError:
+                        worker = await self._fresh(worker)
+                        raise RenderTimeout(
+                            f"render of '{label}' took longer than {self.timeout:g}s and was "
+                            "stopped"
+                        ) from None
+                    except _Crashed as crash:
+                        crashes += 1
+                        log.warning(
+                            "render process crashed",
+                            template=label,
+                            reason=crash.reason,
+                            retry=crashes < 2,
+                        )
+                        worker = await self._fresh(worker)
+                        if crashes >= 2:
+                            raise PermanentError(
+                                f"the renderer crashed ({crash.reason}) on this report twice"
+                            ) from None
+            finally:
+                self._give_back(worker)
 
     async def run_group(
         self,
@@ -378,45 +492,96 @@ class RenderPool:
     ) -> list[Any]:
         """`fn(job)` for every job at once, each in its own process (all wait for a free
         process first); one error fails the group: the error of the lowest job, as raised."""
-        if self._pool is None:
-            await self.start()
+        await self.start()
         async with self._slots.hold(len(jobs)):
-            pool = self._pool
-            assert pool is not None
-            loop = asyncio.get_running_loop()
-            futures = [loop.run_in_executor(pool, fn, job) for job in jobs]
+            group = [self._idle.pop() for _ in jobs]
             try:
-                results = await asyncio.wait_for(
-                    asyncio.gather(*futures, return_exceptions=True), timeout=timeout()
-                )
-            except TimeoutError:
-                await self._replace(pool)
-                raise RenderTimeout(
-                    f"render of '{label}' took longer than {self.timeout:g}s and was stopped"
-                ) from None
+                tasks = [
+                    asyncio.ensure_future(self._call(w, fn, (job,), timeout()))
+                    for w, job in zip(group, jobs, strict=True)
+                ]
+                pending: set[asyncio.Future[Any]] = set(tasks)
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    if any(isinstance(t.exception(), _Crashed) for t in done):
+                        # The others would wait for the dead one's pages until the deadline.
+                        for other in group:
+                            other.stop(kill=True)
+                results = [t.exception() or t.result() for t in tasks]
+                if any(isinstance(r, TimeoutError) for r in results):
+                    group = [await self._fresh(w) for w in group]
+                    raise RenderTimeout(
+                        f"render of '{label}' took longer than {self.timeout:g}s and was stopped"
+                    )
+                if any(isinstance(r, _Crashed) for r in results):
+                    # The others wait for the dead one's pages: every process of the group goes.
+                    group = [await self._fresh(w) for w in group]
+                    raise TransientError(
+                        "render worker died (killed, or over the memory limit); will retry"
+                    )
+            finally:
+                for worker in group:
+                    self._give_back(worker)
         errors = [r for r in results if isinstance(r, BaseException)]
-        if any(isinstance(e, BrokenProcessPool) for e in errors):
-            await self._replace(pool)
-            raise TransientError(
-                "render worker died (killed, or over the memory limit); will retry"
-            )
         if errors:
             raise min(errors, key=_group_error_rank)
         return results
 
-    async def _replace(self, broken: ProcessPoolExecutor) -> None:
-        async with self._lock:
-            if self._pool is not broken:
-                return
-            for process in list((getattr(broken, "_processes", None) or {}).values()):
-                process.kill()
-            broken.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+    def _give_back(self, worker: _Worker) -> None:
+        """Back to the idle list between jobs — or its warm successor, if one is ready."""
+        successor = worker.successor
+        if successor is not None:
+            worker.successor = None
+            self._retire(worker)
+            worker = successor
+        elif not worker.replacing and self._due(worker):
+            worker.replacing = True
+            task = asyncio.get_running_loop().create_task(self._replace_later(worker))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._idle.append(worker)
+
+    def _due(self, worker: _Worker) -> bool:
+        if self.max_renders and worker.renders >= self.max_renders:
+            return True
+        return bool(self.max_rss_mb) and worker.rss_mb() > self.max_rss_mb
+
+    async def _replace_later(self, old: _Worker) -> None:
+        """Warm a successor while `old` goes on rendering; it takes over between jobs."""
+        try:
+            new = await self._spawn()
+        except Exception as error:  # old keeps serving; tried again after its next job
+            old.replacing = False
+            log.warning("could not start a render process", error=str(error))
+            return
+        if old not in self._all:  # replaced meanwhile (it crashed): not needed
+            new.stop()
+            self._all.discard(new)
+            return
+        log.info(
+            "render process recycled", pid=old.pid, renders=old.renders, rss_mb=round(old.rss_mb())
+        )
+        if old in self._idle:
+            self._idle[self._idle.index(old)] = new
+            self._retire(old)
+        else:
+            old.successor = new
+
+    def _retire(self, worker: _Worker) -> None:
+        self._all.discard(worker)
+        worker.stop()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for task in list(self._background):
+            task.cancel()
+        for worker in list(self._all):
+            successor = worker.successor
+            if successor is not None:
+                successor.executor.shutdown(wait=True, cancel_futures=True)
+            worker.executor.shutdown(wait=True, cancel_futures=True)
+        self._all.clear()
+        self._idle.clear()
+        self._started = False
 
 
 def _group_error_rank(error: BaseException) -> int:
