@@ -189,7 +189,7 @@ def render_html(job: RenderJob) -> tuple[str, str, str, float]:
 # Test-only fault injection: a render process whose environment names a marker dies of SIGSEGV
 # on any report whose HTML contains it (tests/faults/test_renders.py: a renderer that crashes
 # on a report every time). Unset in production.
-CRASH_MARKER_ENV = "PRESSROOM_TEST_CRASH_MARKER"
+CRASH_MARKER_ENV = "TEST_RENDER_CRASH_MARKER"  # not PRESSROOM_*: not a setting
 
 
 def _crash_if_asked(html: str) -> None:

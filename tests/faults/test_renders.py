@@ -214,7 +214,7 @@ def render_processes(stack: Stack) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def crashy(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -> Iterator[Stack]:
+async def crashy(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -> Any:
     """One renderer with one render process; reports whose HTML holds the marker crash it
     (the test-only hook in services/renderer/pdf.py)."""
     stack = Stack(
@@ -222,11 +222,11 @@ def crashy(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -
         env_extra={
             "PRESSROOM_RENDER_CACHE": "false",
             "PRESSROOM_RENDER_TIMEOUT": f"{calibration.render_timeout:.0f}",
-            "PRESSROOM_TEST_CRASH_MARKER": CRASH_MARKER,
+            "TEST_RENDER_CRASH_MARKER": CRASH_MARKER,
         },
     )
     stack.root.mkdir(parents=True, exist_ok=True)
-    stack.start()
+    await stack.astart()
     (stack.templates / "rows.html").write_text(ROWS)
     (stack.templates / "crash.html").write_text(f"<p>{CRASH_MARKER} {{{{ rows }}}}</p>")
     yield stack
@@ -283,7 +283,7 @@ async def test_render_processes_recycled_after_n_renders_deliver_every_report(
         env_extra={"PRESSROOM_RENDER_CACHE": "false", "PRESSROOM_RENDER_MAX_RENDERS": "2"},
     )
     stack.root.mkdir(parents=True, exist_ok=True)
-    stack.start()
+    await stack.astart()
     try:
         (stack.templates / "rows.html").write_text(ROWS)
         nc = await stack.connect()
