@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import math
 import re
@@ -606,8 +607,13 @@ def bytecode_cache_dir(base: Path) -> Path:
     depends on the filters and the sandbox (a filter that became `pass_context` is called
     differently). A folder per version of this module keeps an upgrade from reusing stale
     bytecode."""
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    return base / code
+    return base / _module_code()
+
+
+@functools.cache
+def _module_code() -> str:
+    """This module's content hash (read once per process, not per request)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def validate_in_folder(folder: str, names: list[str] | None) -> dict[str, list[str]]:
