@@ -142,9 +142,13 @@ def page_css(text: str, url_fetcher: Any) -> Any:
 
 
 def _cached_find_stylesheets(original: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
-    """WeasyPrint's find_stylesheets, with each plain `<style>` parsed once per process."""
+    """WeasyPrint's find_stylesheets (version 70, one pass over `<style>` and `<link>` as it
+    does), with each plain `<style>` parsed once per process."""
     from weasyprint import CSS
-    from weasyprint.css import get_child_text
+    from weasyprint.css import get_child_text, media_queries
+    from weasyprint.html import element_has_link_type, parse_url
+    from weasyprint.logger import LOGGER
+    from weasyprint.urls import URLFetchingError
 
     def cached(
         wrapper_element: Any,
@@ -157,25 +161,15 @@ def _cached_find_stylesheets(original: Callable[..., Iterator[Any]]) -> Callable
         page_rules: list[Any],
         layers: list[Any],
     ) -> Iterator[Any]:
-        from weasyprint.css import media_queries
-
-        plain = all(
-            w.etree_element.tag != "link" for w in wrapper_element.query_all("style", "link")
-        )
-        if not plain or layers:
-            yield from original(
-                wrapper_element,
-                device_media_type,
-                url_fetcher,
-                base_url,
-                font_config,
-                counter_style,
-                color_profiles,
-                page_rules,
-                layers,
-            )
-            return
-        for wrapper in wrapper_element.query_all("style"):
+        shared = {
+            "url_fetcher": url_fetcher,
+            "media_type": device_media_type,
+            "font_config": font_config,
+            "counter_style": counter_style,
+            "color_profiles": color_profiles,
+            "layers": layers,
+        }
+        for wrapper in wrapper_element.query_all("style", "link"):
             element = wrapper.etree_element
             mime_type = element.get("type", "text/css").split(";", 1)[0].strip()
             if mime_type != "text/css":
@@ -184,44 +178,40 @@ def _cached_find_stylesheets(original: Callable[..., Iterator[Any]]) -> Callable
             media = [media_type.strip() for media_type in media_attr.split(",")]
             if not media_queries.evaluate_media_query(media, device_media_type):
                 continue
-            content = get_child_text(element)
-            lowered = content.lower()
-            if any(marker in lowered for marker in _STATEFUL_CSS):
-                yield CSS(
-                    string=content,
-                    base_url=base_url,
-                    url_fetcher=url_fetcher,
-                    media_type=device_media_type,
-                    font_config=font_config,
-                    counter_style=counter_style,
-                    page_rules=page_rules,
-                    color_profiles=color_profiles,
-                    layers=layers,
-                )
-                continue
-            key = (content, base_url, device_media_type)
-            kept = _sheets.get(key)
-            if kept is None:
-                own_rules: list[Any] = []
-                css = CSS(
-                    string=content,
-                    base_url=base_url,
-                    url_fetcher=url_fetcher,
-                    media_type=device_media_type,
-                    font_config=font_config,
-                    counter_style=counter_style,
-                    page_rules=own_rules,
-                    color_profiles=color_profiles,
-                    layers=layers,
-                )
-                if layers:  # @layer after all (in a form the markers missed): not kept
-                    page_rules.extend(own_rules)
-                    yield css
+            if element.tag == "style":
+                content = get_child_text(element)
+                key = (content, base_url, device_media_type)
+                kept = None if layers else _sheets.get(key)
+                if kept is None:
+                    lowered = content.lower()
+                    if layers or any(marker in lowered for marker in _STATEFUL_CSS):
+                        # Changes per-render state as it is parsed: parsed every time.
+                        yield CSS(
+                            string=content, base_url=base_url, page_rules=page_rules, **shared
+                        )
+                        continue
+                    own_rules: list[Any] = []
+                    css = CSS(string=content, base_url=base_url, page_rules=own_rules, **shared)
+                    if layers:  # an @layer the markers missed: not kept
+                        page_rules.extend(own_rules)
+                        yield css
+                        continue
+                    kept = _sheets.put(key, (css, own_rules))
+                css, own_rules = kept
+                page_rules.extend(own_rules)
+                yield css
+            elif element.tag == "link" and element.get("href"):
+                if not element_has_link_type(element, "stylesheet") or element_has_link_type(
+                    element, "alternate"
+                ):
                     continue
-                kept = _sheets.put(key, (css, own_rules))
-            css, own_rules = kept
-            page_rules.extend(own_rules)
-            yield css
+                href = parse_url(element.get("href"), base_url)
+                if href is not None:
+                    try:
+                        yield CSS(url=href, page_rules=page_rules, _check_mime_type=True, **shared)
+                    except URLFetchingError as exception:
+                        LOGGER.error("Failed to load stylesheet at %s: %s", href, exception)
+                        LOGGER.debug("Error while loading stylesheet:", exc_info=exception)
 
     return cached
 
