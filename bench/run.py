@@ -357,6 +357,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines += longreport.markdown(result["long"], result.get("write_phase"))
     if "statement" in result:
         lines += longreport.statement_markdown(result["statement"])
+    notes = DOCS / "benchmarks-notes.md"  # hand-written remarks on the figures
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     if "cluster" in result:
         lines += ["", *cluster_markdown(result["cluster"])]
     lines.append("")
