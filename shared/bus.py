@@ -8,6 +8,7 @@ existing durable consumers.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,15 +20,23 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel
 
-from shared.busauth import REFUSALS, BusRefused, identity
+from shared.busauth import (
+    REFUSALS,
+    TENANT_NAME,
+    BusRefused,
+    identity,
+    tenant_outcomes,
+)
 from shared.errors import PressroomError
 from shared.events import (
     DATA_READY,
     DLQ_PREFIX,
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
+    REPORT_FAILED,
     REPORT_RENDERED,
     REPORT_REQUESTED,
+    TENANT_REQUESTS,
     claimed_request_id,
 )
 from shared.logging import get_logger
@@ -47,6 +56,7 @@ LEDGER_BUCKET = "pressroom_ledger"
 DELIVERIES_BUCKET = "pressroom_deliveries"
 CACHE_BUCKET = "pressroom_cache"
 SCHEDULES_BUCKET = "pressroom_schedules"
+RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
 OBJECT_BUCKET = "pressroom_artefacts"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 MSG_ID = "Nats-Msg-Id"
@@ -67,6 +77,13 @@ class StageSpec:
     @property
     def advisory_subject(self) -> str:
         return f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.{self.durable}"
+
+    @property
+    def filter_subjects(self) -> list[str]:
+        """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
+        if self.consumes == REPORT_REQUESTED:
+            return [REPORT_REQUESTED, TENANT_REQUESTS]
+        return [self.consumes]
 
 
 FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
@@ -139,7 +156,16 @@ TOPOLOGY_STREAMS = (
     STREAM,
     DLQ_STREAM,
     ADVISORY_STREAM,
-    *(f"KV_{b}" for b in (LEDGER_BUCKET, DELIVERIES_BUCKET, SCHEDULES_BUCKET, CACHE_BUCKET)),
+    *(
+        f"KV_{b}"
+        for b in (
+            LEDGER_BUCKET,
+            DELIVERIES_BUCKET,
+            SCHEDULES_BUCKET,
+            CACHE_BUCKET,
+            RENDER_CACHE_BUCKET,
+        )
+    ),
     f"OBJ_{OBJECT_BUCKET}",
 )
 
@@ -219,7 +245,7 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
         api.StreamConfig(
             name=STREAM,
             description="Pressroom pipeline events",
-            subjects=list(PIPELINE_SUBJECTS),
+            subjects=[*PIPELINE_SUBJECTS, TENANT_REQUESTS],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             max_age=30 * 24 * 3600,
@@ -261,15 +287,16 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
                 bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas
             )
         )
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=CACHE_BUCKET,
-            history=1,
-            storage=api.StorageType.FILE,
-            replicas=await _replicas(js, f"KV_{CACHE_BUCKET}", settings),
-            ttl=7 * 24 * 3600,
+    for cache in (CACHE_BUCKET, RENDER_CACHE_BUCKET):
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=cache,
+                history=1,
+                storage=api.StorageType.FILE,
+                replicas=await _replicas(js, f"KV_{cache}", settings),
+                ttl=7 * 24 * 3600,
+            )
         )
-    )
     await js.create_object_store(
         OBJECT_BUCKET,
         api.ObjectStoreConfig(
@@ -302,7 +329,7 @@ def stage_consumer_config(stage: StageSpec, settings: Settings) -> api.ConsumerC
         name=stage.durable,
         durable_name=stage.durable,
         description=f"Pressroom {stage.name}: {stage.consumes} -> {stage.produces}",
-        filter_subject=stage.consumes,
+        filter_subjects=stage.filter_subjects,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait,
         max_deliver=settings.max_attempts + 1,
@@ -323,24 +350,59 @@ def encode(event: BaseModel) -> bytes:
     return event.model_dump_json().encode()
 
 
+def requester(body: bytes) -> str | None:
+    """The tenant an outcome event is for (its `requested_by`, when that names one)."""
+    try:
+        who = json.loads(body).get("requested_by")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return who if isinstance(who, str) and TENANT_NAME.match(who) else None
+
+
 class JetStreamPublisher:
     """The one way Pressroom publishes to JetStream: trace context, message id, and a check
-    that a de-duplicated publish was really de-duplicated against our own earlier message."""
+    that a de-duplicated publish was really de-duplicated against our own earlier message.
 
-    def __init__(self, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    An outcome (`report.delivered`, `report.failed`) of a tenant's request is also sent to
+    `tenant.<name>.report.…`, which that tenant's account imports as its `report.…`: each
+    calling system hears its own outcomes and nobody else's."""
+
+    def __init__(
+        self, js: JetStreamContext, *, timeout: float = 5.0, verify_duplicates: bool = True
+    ) -> None:
         self._js = js
         self._timeout = timeout
+        # An identity that may not read the stream back (the scheduler) trusts its ids instead.
+        self._verify = verify_duplicates
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self._js
 
     async def publish(
         self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
     ) -> api.PubAck:
         ack = await self._send(subject, body, msg_id, headers)
-        if ack.duplicate and not await self._ours(ack, subject, body):
+        if ack.duplicate and self._verify and not await self._ours(ack, subject, body):
             # Anyone may publish with any Nats-Msg-Id: a message that took ours first (within
             # the duplicate window) must not make this one vanish. Publish under a fresh id.
             log.warning("message id taken by another message", subject=subject, msg_id=msg_id)
             ack = await self._send(subject, body, f"{msg_id}:{uuid.uuid4().hex}", headers)
+        if subject in (REPORT_DELIVERED, REPORT_FAILED):  # again after a retry: at least once
+            await self._tell_tenant(subject, body, headers)
         return ack
+
+    async def _tell_tenant(
+        self, subject: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> None:
+        tenant = requester(body)
+        if tenant is None:
+            return
+        target = f"{tenant_outcomes(tenant)}.{subject.removeprefix('report.')}"
+        try:  # core NATS, like any subscriber of report.delivered: at most once
+            await self._js._nc.publish(target, body, headers=dict(headers or {}) or None)
+        except Exception as error:  # the outcome is stored; the tenant's copy is best effort
+            log.warning("tenant outcome not sent", subject=target, error=repr(error))
 
     async def _send(
         self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None

@@ -1,10 +1,20 @@
 """Bus identities: one NATS user per role with least-privilege permissions, TLS, and how each
 Pressroom process finds its own credentials.
 
-`pressroom bus auth --out DIR` writes `auth.conf` (a nats-server include: one nkey user per role)
+`pressroom bus auth --out DIR [--publisher NAME ...]` writes `auth.conf` (a nats-server include)
 and `<role>.nk` seeds; the server enforces the permissions, not our code. Every role gets its
 own reply-inbox prefix, so no role can read the replies (messages, KV values, objects) meant
 for another.
+
+Two kinds of NATS account keep callers apart (NATS accounts are separate subject spaces):
+- `PRESSROOM`: the services, the scheduler, the ops CLI and JetStream (every stream and bucket).
+- `TENANT_<name>`, one per calling system (`publisher-<name>.nk`; `publisher.nk` is the tenant
+  `publisher`): it sees only `report.requested` (a service import that lands in PRESSROOM as
+  `report.requested.<name>` — so the server says who published, and a body cannot) and its own
+  outcomes (`tenant.<name>.report.>` of PRESSROOM, imported as `report.>`). JetStream answers a
+  publish on its reply subject; through a service import that answer goes back into the
+  tenant's own account, which holds no stream or bucket, so a reply subject such as
+  `$KV.pressroom_ledger.<id>` writes nothing anywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import ssl
 import time
 from collections.abc import Iterable
@@ -26,25 +37,33 @@ if TYPE_CHECKING:
 
 ROLES = ("publisher", "fetcher", "renderer", "distributor", "scheduler", "ops")
 STAGE_ROLES = ("fetcher", "renderer", "distributor")
+SERVICE_ROLES = ("fetcher", "renderer", "distributor", "scheduler", "ops")
 JS = "$JS.API"
+SERVICES_ACCOUNT = "PRESSROOM"
+DEFAULT_TENANT = "publisher"
+# A tenant's name is a NATS subject token and part of an account name: short and plain.
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 # Names from shared.bus / shared.events, repeated as strings so this module stays importable
 # by the CLI without the bus (checked equal by a unit test).
 STREAM, DLQ_STREAM, ADVISORY_STREAM = "PRESSROOM", "PRESSROOM_DLQ", "PRESSROOM_ADVISORIES"
-LEDGER, DELIVERIES, CACHE, SCHEDULES = (
+LEDGER, DELIVERIES, CACHE, SCHEDULES, RENDER_CACHE = (
     "pressroom_ledger",
     "pressroom_deliveries",
     "pressroom_cache",
     "pressroom_schedules",
+    "pressroom_render_cache",
 )
 OBJECTS = "pressroom_artefacts"
 ALL_STREAMS = (
     STREAM,
     DLQ_STREAM,
     ADVISORY_STREAM,
-    *(f"KV_{b}" for b in (LEDGER, DELIVERIES, SCHEDULES, CACHE)),
+    *(f"KV_{b}" for b in (LEDGER, DELIVERIES, SCHEDULES, CACHE, RENDER_CACHE)),
     f"OBJ_{OBJECTS}",
 )
+REQUESTED = "report.requested"
+OUTCOMES = ("report.delivered", "report.failed")
 CONSUMES = {
     "fetcher": "report.requested",
     "renderer": "data.ready",
@@ -59,6 +78,44 @@ PRODUCES = {
 
 def inbox_prefix(role: str) -> str:
     return f"_INBOX_{role}"
+
+
+def tenant_role(tenant: str) -> str:
+    """The seed's stem (and inbox) of a tenant: `publisher`, or `publisher-<name>`."""
+    return DEFAULT_TENANT if tenant == DEFAULT_TENANT else f"{DEFAULT_TENANT}-{tenant}"
+
+
+def tenant_of_role(role: str) -> str | None:
+    """The tenant a seed's stem names (`publisher` → publisher, `publisher-x` → x), or None."""
+    if role == DEFAULT_TENANT:
+        return DEFAULT_TENANT
+    prefix = f"{DEFAULT_TENANT}-"
+    if role.startswith(prefix) and TENANT_NAME.match(role[len(prefix) :]):
+        return role[len(prefix) :]
+    return None
+
+
+def tenant_account(tenant: str) -> str:
+    return f"TENANT_{tenant}"
+
+
+def tenant_requests(tenant: str) -> str:
+    """Where a tenant's `report.requested` lands in the services' account."""
+    return f"{REQUESTED}.{tenant}"
+
+
+def tenant_outcomes(tenant: str) -> str:
+    """The services' subjects a tenant hears as `report.delivered` / `report.failed`."""
+    return f"tenant.{tenant}.report"
+
+
+def checked_tenant(name: str) -> str:
+    if not TENANT_NAME.match(name):
+        raise PermanentError(
+            f"publisher name '{name}': use 1-40 of a-z, 0-9, '-', '_' (starting with a letter "
+            "or digit); it names a NATS account and a subject token"
+        )
+    return name
 
 
 def _stream_read(stream: str) -> list[str]:
@@ -117,17 +174,16 @@ def _objects(*, write: bool) -> list[str]:
 def permissions(role: str) -> dict[str, list[str]]:
     """What the server lets `role` publish and subscribe to."""
     inbox = [f"{inbox_prefix(role)}.>"]
-    if role == "publisher":
-        # Other systems: ask for reports and hear how they ended; nothing else.
-        return {
-            "publish": ["report.requested"],
-            "subscribe": ["report.delivered", "report.failed", *inbox],
-        }
+    if role == "publisher" or tenant_of_role(role) is not None:
+        # Other systems (each in its own account): ask for reports and hear how their own
+        # ended; nothing else.
+        return {"publish": [REQUESTED], "subscribe": [*OUTCOMES, *inbox]}
     if role in STAGE_ROLES:
         consumes = CONSUMES[role]
         publish = [
             PRODUCES[role],
             "report.failed",
+            "tenant.*.report.failed",  # a tenant's copy of its own outcome
             f"dlq.{consumes}",
             *_consumer(STREAM, role),
             *_consumer(ADVISORY_STREAM, f"{role}-crashes"),
@@ -137,16 +193,19 @@ def permissions(role: str) -> dict[str, list[str]]:
             *_kv(LEDGER, write=True),
             *_objects(write=True),  # artefacts, big contexts, big dead-letter bodies
         ]
-        if role in ("fetcher", "renderer"):
-            publish += _kv(CACHE, write=True)
+        if role == "fetcher":
+            publish += [f"dlq.{REQUESTED}.*", *_kv(CACHE, write=True)]
+        if role == "renderer":
+            publish += _kv(RENDER_CACHE, write=True)
         if role == "distributor":
-            publish += _kv(DELIVERIES, write=True)
+            publish += ["tenant.*.report.delivered", *_kv(DELIVERIES, write=True)]
         return {"publish": publish, "subscribe": inbox}
     if role == "scheduler":
+        # No read of the main stream: a scheduled message id is keyed with the scheduler's
+        # own seed (services/scheduler), so nobody else can take it first.
         publish = [
-            "report.requested",
+            REQUESTED,
             *_topology_read(),
-            *_msg_get(STREAM),  # was a scheduled id taken by someone else's message?
             *_kv(SCHEDULES, write=True),
             *_kv(LEDGER, write=False),
         ]
@@ -158,7 +217,8 @@ def permissions(role: str) -> dict[str, list[str]]:
             f"{JS}.>",
             "$KV.>",
             "$O.>",
-            "report.requested",
+            REQUESTED,
+            f"{REQUESTED}.*",  # a tenant's dead letter goes back to where it came from
             "data.ready",
             "report.rendered",
             "dlq.>",
@@ -198,6 +258,62 @@ class Generated:
     folder: Path
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    tenants: list[str] = field(default_factory=list)
+
+
+def tenants_in(out: Path, publishers: Iterable[str] = ()) -> list[str]:
+    """The calling systems of a folder: those named now, those whose seeds are there already,
+    and `publisher` when it is there or nobody was named (the single publisher of before)."""
+    named = {checked_tenant(p) for p in publishers}
+    for seed in out.glob(f"{DEFAULT_TENANT}-*.nk"):
+        tenant = tenant_of_role(seed.stem)
+        if tenant is not None:
+            named.add(tenant)
+    if (out / f"{DEFAULT_TENANT}.nk").is_file() or not named:
+        named.add(DEFAULT_TENANT)
+    return sorted(named)
+
+
+def _user(role: str, seed: str, allowed: dict[str, list[str]], indent: str) -> str:
+    return (
+        f"{indent}# {role}\n"
+        f'{indent}{{nkey: "{public_key(seed)}", permissions: {{\n'
+        f"{indent}  publish: {{allow: {_conf_list(allowed['publish'])}}},\n"
+        f"{indent}  subscribe: {{allow: {_conf_list(allowed['subscribe'])}}}\n"
+        f"{indent}}}}}"
+    )
+
+
+def accounts_config(seeds: dict[str, str], tenants: Iterable[str]) -> str:
+    """The `accounts` block: the services' account with JetStream, one account per tenant."""
+    tenants = list(tenants)
+    indent = "      "
+    services = ",\n".join(_user(r, seeds[r], permissions(r), indent) for r in SERVICE_ROLES)
+    exports = []
+    for tenant in tenants:
+        account = tenant_account(tenant)
+        exports += [
+            f'      {{service: "{tenant_requests(tenant)}", accounts: ["{account}"]}}',
+            f'      {{stream: "{tenant_outcomes(tenant)}.>", accounts: ["{account}"]}}',
+        ]
+    blocks = [
+        f"  {SERVICES_ACCOUNT}: {{\n    jetstream: enabled\n"
+        f"    users: [\n{services}\n    ]\n"
+        "    exports: [\n" + "\n".join(exports) + "\n    ]\n  }"
+    ]
+    for tenant in tenants:
+        role = tenant_role(tenant)
+        blocks.append(
+            f'  "{tenant_account(tenant)}": {{\n'
+            f"    users: [\n{_user(role, seeds[role], permissions(role), indent)}\n    ]\n"
+            "    imports: [\n"
+            f'      {{service: {{account: "{SERVICES_ACCOUNT}", '
+            f'subject: "{tenant_requests(tenant)}"}}, to: "{REQUESTED}"}}\n'
+            f'      {{stream: {{account: "{SERVICES_ACCOUNT}", '
+            f'subject: "{tenant_outcomes(tenant)}.>"}}, to: "report.>"}}\n'
+            "    ]\n  }"
+        )
+    return "accounts {\n" + "\n".join(blocks) + "\n}\n"
 
 
 def generate(
@@ -206,14 +322,17 @@ def generate(
     tls: bool = False,
     hosts: Iterable[str] = ("localhost", "127.0.0.1"),
     rotate: bool = False,
+    publishers: Iterable[str] = (),
 ) -> Generated:
-    """Write auth.conf and one seed per role (kept if present, unless `rotate`); with `tls`,
-    a CA and a server certificate for `hosts` (kept if present and covering them)."""
+    """Write auth.conf, one seed per role and one per calling system (`publishers`, kept with
+    those already there; kept if present, unless `rotate`); with `tls`, a CA and a server
+    certificate for `hosts` (kept if present and covering them)."""
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     result = Generated(out.resolve())
-    users = []
-    for role in ROLES:
+    result.tenants = tenants_in(out, publishers)
+    seeds: dict[str, str] = {}
+    for role in [*SERVICE_ROLES, *(tenant_role(t) for t in result.tenants)]:
         seed_file = out / f"{role}.nk"
         if seed_file.is_file() and not rotate:
             seed = seed_file.read_text().strip()
@@ -222,18 +341,12 @@ def generate(
             seed = new_user_seed()
             _write_private(seed_file, (seed + "\n").encode())
             result.created.append(seed_file.name)
-        allowed = permissions(role)
-        users.append(
-            f"    # {role}\n"
-            f'    {{nkey: "{public_key(seed)}", permissions: {{\n'
-            f"      publish: {{allow: {_conf_list(allowed['publish'])}}},\n"
-            f"      subscribe: {{allow: {_conf_list(allowed['subscribe'])}}}\n"
-            "    }}"
-        )
+        seeds[role] = seed
     parts = [
         "# Written by `pressroom bus auth`: include it from nats-server.conf. One nkey user per\n"
-        "# Pressroom role, least privilege; no anonymous access.\n",
-        "authorization {\n  users: [\n" + ",\n".join(users) + "\n  ]\n}\n",
+        "# Pressroom role, least privilege, in the services' account; one account per calling\n"
+        "# system (it sees only report.requested and its own outcomes); no anonymous access.\n",
+        accounts_config(seeds, result.tenants),
     ]
     if tls:
         made = write_certificates(out, list(hosts), rotate=rotate)
@@ -388,6 +501,16 @@ class Identity:
         return NatsSecurity(ssl_context=self.tls) if self.tls is not None else None
 
 
+def secret_of(who: Identity) -> bytes:
+    """Material only this identity (and its replicas) holds: its seed, credentials or password;
+    empty without one."""
+    if who.kind in ("nkey", "creds") and who.path is not None:
+        return who.path.read_bytes().strip()
+    if who.kind == "password":
+        return (who.password or "").encode()
+    return b""
+
+
 def embedded_auth_dir(settings: Settings) -> Path:
     return settings.data_dir / "auth"
 
@@ -401,7 +524,7 @@ def identity(settings: Settings, role: str) -> Identity:
     if settings.nats_nkey is not None:
         seed = _readable(settings.nats_nkey, "PRESSROOM_NATS_NKEY")
         # A seed from `pressroom bus auth` is named after its role: use that role's inbox.
-        named = seed.stem if seed.stem in ROLES else role
+        named = seed.stem if seed.stem in ROLES or tenant_of_role(seed.stem) else role
         return Identity(named, "nkey", seed, tls=context)
     if settings.nats_credentials_dir is not None:
         path = settings.nats_credentials_dir / f"{role}.nk"

@@ -22,6 +22,7 @@ from shared.bus import (
     DLQ_STREAM,
     LEDGER_BUCKET,
     OBJECT_BUCKET,
+    RENDER_CACHE_BUCKET,
     SCHEDULES_BUCKET,
     STREAM,
     connect,
@@ -41,7 +42,13 @@ def _seconds(active_ns: int | None) -> float | None:
 def topology_streams() -> dict[str, str]:
     """Every JetStream stream Pressroom keeps, by the name health shows for it."""
     streams = {f"stream {s}": s for s in (STREAM, DLQ_STREAM, ADVISORY_STREAM)}
-    for bucket in (LEDGER_BUCKET, DELIVERIES_BUCKET, CACHE_BUCKET, SCHEDULES_BUCKET):
+    for bucket in (
+        LEDGER_BUCKET,
+        DELIVERIES_BUCKET,
+        CACHE_BUCKET,
+        RENDER_CACHE_BUCKET,
+        SCHEDULES_BUCKET,
+    ):
         streams[f"KV {bucket}"] = f"KV_{bucket}"
     streams[f"object store {OBJECT_BUCKET}"] = f"OBJ_{OBJECT_BUCKET}"
     return streams

@@ -6,7 +6,9 @@ through here, so the checks cannot be skipped by one caller:
 - the host is resolved once and the connection goes to that checked address (no DNS rebinding);
 - redirects are followed only within the same origin, and never for webhooks;
 - a response body larger than the cap is refused while it streams in;
-- one mapping turns status codes and network errors into Transient or Permanent errors.
+- one mapping turns status codes and network errors into Transient or Permanent errors;
+- every call has a total deadline (`deadline`): httpx's timeouts are per read, so a server
+  dripping a byte a second would otherwise hold a call (and a worker's slot) for ever.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -30,6 +33,22 @@ from shared.netpolicy import IPAddress, allow_listed
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 3600.0
+
+
+@asynccontextmanager
+async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
+    """The whole of one outbound call within `seconds`: past it, a TransientError (retried
+    later like any unreachable target), whatever the target is still sending."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():
+            raise  # a timeout of the call's own, already with its reason
+        raise TransientError(
+            f"{what}: no complete answer within {seconds:g}s (the whole call's deadline)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -241,13 +260,47 @@ async def send(
     headers: Mapping[str, str] | None = None,
     content: bytes | None = None,
     follow_redirects: bool = False,
+    check_redirect: Callable[[str], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Reply:
-    """One HTTP exchange with a checked destination; a body over `max_bytes` is refused.
+    """One HTTP exchange with a checked destination, all of it within `timeout` seconds; a
+    body over `max_bytes` is refused.
 
     Redirects, when followed at all, must stay on the destination's origin (and so on its
-    checked, pinned address); anything else is a permanent error, never a silent hop.
+    checked, pinned address), and pass `check_redirect` (a bound credential's path prefix);
+    anything else is a permanent error, never a silent hop.
     """
+    shown = public_url(destination.url)
+    async with deadline(timeout, what if shown in what else f"{what}: {shown}"):
+        return await _exchange(
+            method,
+            destination,
+            what=what,
+            timeout=timeout,
+            max_bytes=max_bytes,
+            params=params,
+            headers=headers,
+            content=content,
+            follow_redirects=follow_redirects,
+            check_redirect=check_redirect,
+            transport=transport,
+        )
+
+
+async def _exchange(
+    method: str,
+    destination: Destination,
+    *,
+    what: str,
+    timeout: float,
+    max_bytes: int,
+    params: Mapping[str, Any] | None,
+    headers: Mapping[str, str] | None,
+    content: bytes | None,
+    follow_redirects: bool,
+    check_redirect: Callable[[str], None] | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> Reply:
     url = destination.url
     query = dict(params) if params else None
     async with httpx.AsyncClient(
@@ -273,6 +326,8 @@ async def send(
                                 f"{what}: redirect from {destination.origin} to "
                                 f"{origin_of(target)} refused (only the same origin is followed)"
                             )
+                        if check_redirect is not None:
+                            check_redirect(target)
                         url, query = target, None
                         continue
                     body = await _read_capped(response, max_bytes, what)

@@ -17,11 +17,14 @@ from typing import IO
 from shared.settings import EMBEDDED_HOST
 
 LOCK_FILE = "up.lock"
+# The monitoring port answers anyone, unauthenticated (connections, subjects, accounts):
+# loopback only, whatever address clients use.
+MONITOR_HOST = "127.0.0.1"
 
 CONFIG = """# Written by Pressroom. File storage synced on every write: an acknowledged
 # message survives a power loss (see PITFALLS: sync_interval).
 listen: {host}:{port}
-http: {host}:{monitor_port}
+http: {monitor_host}:{monitor_port}
 server_name: {server_name}
 max_payload: 1MB
 jetstream {{
@@ -76,6 +79,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVICES_ACCOUNT = "PRESSROOM"  # shared.busauth's; repeated to keep this module light
+
+
+def adopt_default_account(data_dir: Path) -> bool:
+    """A store written before accounts (streams in nats-server's default account `$G`) is
+    handed to the services' account, so an upgraded single server keeps its streams, ledger
+    and artefacts. True when it moved something."""
+    accounts = data_dir / "jetstream" / "jetstream"  # store_dir, then nats-server's own folder
+    old, new = accounts / "$G", accounts / SERVICES_ACCOUNT
+    if not (old / "streams").is_dir() or not any((old / "streams").iterdir()) or new.exists():
+        return False
+    old.rename(new)
+    return True
+
+
 def write_config(
     data_dir: Path,
     port: int,
@@ -90,6 +108,7 @@ def write_config(
     text = CONFIG.format(
         host=EMBEDDED_HOST,
         port=port,
+        monitor_host=MONITOR_HOST,
         monitor_port=monitor_port or port + 4000,
         server_name=server_name,
         store=(data_dir / "jetstream").resolve(),
@@ -120,6 +139,8 @@ def start_nats_server(
             f"port {port} is already in use: stop what runs there, or set PRESSROOM_NATS_URL "
             "to use that server, or PRESSROOM_NATS_PORT to pick another port"
         )
+    if auth is not None and cluster is None:
+        adopt_default_account(data_dir)
     config = write_config(
         data_dir, port, monitor_port, auth, server_name=server_name, cluster=cluster
     )

@@ -21,6 +21,47 @@ REPORT_FAILED = "report.failed"
 DLQ_PREFIX = "dlq."
 
 PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIVERED, REPORT_FAILED)
+# A tenant's `report.requested` reaches the services' account as `report.requested.<tenant>`
+# (its account's import says so; see shared/busauth.py): the subject names who published.
+TENANT_REQUESTS = f"{REPORT_REQUESTED}.*"
+
+
+def tenant_of_subject(subject: str) -> str | None:
+    """The calling system that published a `report.requested.<tenant>` message, else None."""
+    prefix = f"{REPORT_REQUESTED}."
+    if subject.startswith(prefix) and "." not in subject[len(prefix) :]:
+        return subject[len(prefix) :] or None
+    return None
+
+
+def request_message_id(body: bytes, request_id: str) -> str:
+    """The documented Nats-Msg-Id of a published request: its id and a hash of the exact body,
+    so nobody can take a request's message id first without sending the very same bytes."""
+    return f"{request_id}:{hashlib.sha256(body).hexdigest()[:32]}"
+
+
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s\"'<>]+)")
+
+
+def _mask_url(match: re.Match[str]) -> str:
+    scheme, rest = match.group(1), match.group(2)
+    rest, hash_sep, fragment = rest.partition("#")
+    head, sep, query = rest.partition("?")
+    if "@" in head.split("/", 1)[0]:  # userinfo: user:password@host
+        head = "***@" + head.split("@", 1)[1]
+    if sep:
+        query = "&".join(
+            f"{part.partition('=')[0]}=***" if "=" in part else "***"
+            for part in query.split("&")
+            if part
+        )
+    return f"{scheme}{head}{sep}{query}{hash_sep}{'***' if fragment else ''}"
+
+
+def mask_url_secrets(text: str) -> str:
+    """Every URL in `text` without its secrets: userinfo and query values become `***`."""
+    return _URL.sub(_mask_url, text)
+
 
 # Request ids become ledger (KV) keys, message ids and file names: a safe alphabet, and dots
 # only between other characters (a KV key cannot end with "." or hold "..").
@@ -135,6 +176,14 @@ class ReportRequested(Event):
         "'ja', 'zh-Hant-TW'): how numbers and dates read, and which CJK glyph forms are used.",
         pattern=LOCALE_PATTERN,
     )
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds the report may take from `requested_at`: past it, the stage at work "
+        "(or the next to pick it up) fails it, 'timed out after N s at <stage>', instead of "
+        "retrying or waiting on for ever. Default: no limit but the stages' own.",
+    )
     split: Literal["auto", "on", "off"] | None = Field(
         default=None,
         description="Lay a long report out in several render processes at once: 'auto' (from "
@@ -197,6 +246,8 @@ def request_fingerprint(request: ReportRequested) -> str:
     """
     content = request.model_dump(mode="json", exclude={"request_id", "requested_at"})
     content.pop("schema_version", None)
+    if content.get("timeout") is None:  # as before the field existed: the same fingerprint
+        content.pop("timeout", None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -271,8 +322,16 @@ class ChannelResult(BaseModel):
 
     channel: Channel
     ok: bool
-    target: str = Field(description="Where it went: a path, bucket/key, URL or recipients.")
+    target: str = Field(
+        description="Where it went: a path, bucket/key, URL (query values and userinfo masked) "
+        "or recipients."
+    )
     detail: str = Field(default="", description="Error reason or extra information.")
+
+    @field_validator("target", "detail")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        return mask_url_secrets(value)
 
 
 class ReportDelivered(Event):
@@ -283,6 +342,11 @@ class ReportDelivered(Event):
     artefacts: list[Artefact]
     channels: list[ChannelResult]
     delivered_at: datetime = Field(default_factory=utcnow)
+    requested_by: str | None = Field(
+        default=None,
+        description="Who asked: for a calling system's request, its publisher name (its "
+        "outcomes go to it alone).",
+    )
 
 
 class ReportFailed(Event):
@@ -308,6 +372,16 @@ class ReportFailed(Event):
         description="Content fingerprint of the refused message's request, when readable: a "
         "publisher can tell its own refused message from someone else's.",
     )
+    requested_by: str | None = Field(
+        default=None,
+        description="Who asked: for a calling system's request, its publisher name (its "
+        "outcomes go to it alone).",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        return mask_url_secrets(value)
 
 
 def claimed_request_id(body: bytes) -> str | None:
@@ -323,6 +397,23 @@ def claimed_request_id(body: bytes) -> str | None:
         request.get("request_id") if isinstance(request, dict) else None
     )
     return rid if isinstance(rid, str) else None
+
+
+def claimed_requester(subject: str, body: bytes) -> str | None:
+    """Who asked for the request a message is about: the tenant its subject names (a tenant's
+    body cannot say otherwise), or the `requested_by` that the services' own account wrote."""
+    tenant = tenant_of_subject(subject)
+    if tenant is not None or (subject == REPORT_REQUESTED and b"requested_by" not in body):
+        return tenant
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    request = data if subject == REPORT_REQUESTED else data.get("request")
+    who = request.get("requested_by") if isinstance(request, dict) else None
+    return who if isinstance(who, str) else None
 
 
 class DeadLetter(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,8 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     NoKeysError,
 )
+
+from shared.events import claimed_request_id
 
 # What JetStream accepts as a key (nats-py checks it before asking the server).
 _KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -84,7 +87,9 @@ class Published:
 
 @dataclass
 class MemoryPublisher:
-    """Records what would be published; de-duplicates by msg_id like JetStream does."""
+    """Records what would be published; de-duplicates by msg_id like JetStream does, and like
+    JetStreamPublisher stores a message about another request under a fresh id rather than
+    lose it to a taken one (tests/contract/test_publisher.py holds the two to that)."""
 
     messages: list[Published] = field(default_factory=list)
     fail_with: Exception | None = None
@@ -94,10 +99,17 @@ class MemoryPublisher:
     ) -> api.PubAck:
         if self.fail_with is not None:
             raise self.fail_with
-        duplicate = any(m.msg_id == msg_id for m in self.messages)
-        if not duplicate:
-            self.messages.append(Published(subject, body, msg_id, dict(headers or {})))
-        return api.PubAck(stream="MEMORY", seq=len(self.messages), duplicate=duplicate)
+        for seq, kept in enumerate(self.messages, start=1):
+            if kept.msg_id != msg_id:
+                continue
+            if kept.subject == subject and claimed_request_id(kept.body) == claimed_request_id(
+                body
+            ):
+                return api.PubAck(stream="MEMORY", seq=seq, duplicate=True)
+            msg_id = f"{msg_id}:{uuid.uuid4().hex}"
+            break
+        self.messages.append(Published(subject, body, msg_id, dict(headers or {})))
+        return api.PubAck(stream="MEMORY", seq=len(self.messages), duplicate=False)
 
     def on(self, subject: str) -> list[Published]:
         return [m for m in self.messages if m.subject == subject]

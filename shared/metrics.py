@@ -6,7 +6,10 @@ shows them are in the comments; rules, dashboards and tests depend on them, neve
 
 Labels stay bounded: stages, outcomes and failure kinds are fixed sets; template, source and
 schedule names come from configuration or requests, so each label keeps at most
-MAX_LABEL_VALUES distinct values per process and files the rest under "other".
+MAX_LABEL_VALUES distinct values per process and files the rest under "other". A label whose
+values the operator lists (templates: what `pressroom templates ls` lists, refreshed by every
+stage, `operator_labels`) takes exactly those, so no run of made-up names in requests can use
+up the budget and push a real template into "other".
 """
 
 from __future__ import annotations
@@ -56,12 +59,28 @@ FAILURE_KINDS = (
 _lock = threading.Lock()
 _instruments: dict[str, Any] = {}
 _seen: dict[str, set[str]] = {}
+_listed: dict[str, frozenset[str]] = {}
+
+
+def operator_labels(label: str, values: Iterable[str]) -> None:
+    """The operator's own values for `label`, replacing the previous list: from now on these
+    keep their names and anything else is "other" (first come no longer counts)."""
+    listed = set()
+    for value in values:
+        listed.add(value)
+        listed.add(value.rsplit(".", 1)[0])  # a request may name "weekly" for weekly.html
+    with _lock:
+        _listed[label] = frozenset(listed)
 
 
 def bounded(label: str, value: str | None) -> str:
-    """`value` for `label`, or "other" once the label has MAX_LABEL_VALUES distinct values."""
+    """`value` for `label`: one of the operator's values (when listed), else "other"; for an
+    unlisted label, "other" once it has MAX_LABEL_VALUES distinct values."""
     value = value or "unknown"
     with _lock:
+        listed = _listed.get(label)
+        if listed is not None:
+            return value if value in listed or value == "unknown" else "other"
         seen = _seen.setdefault(label, set())
         if value in seen:
             return value

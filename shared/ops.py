@@ -49,6 +49,7 @@ from shared.events import (
     DeadLetter,
     ReportRequested,
     request_fingerprint,
+    tenant_of_subject,
 )
 from shared.failover import LEADERLESS, describe_error
 from shared.ledger import KvLedger, LedgerEntry
@@ -553,7 +554,7 @@ async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
 async def replay(bus: Bus, record: DeadLetterRecord) -> str:
     """Republish a dead letter to its subject with a fresh message id, then remove it."""
     seq, letter = record.id, record.letter
-    if letter.subject not in REPLAYABLE:
+    if letter.subject not in REPLAYABLE and tenant_of_subject(letter.subject) is None:
         raise PressroomError(
             f"dead letter {seq} names subject '{letter.subject}': only "
             f"{', '.join(sorted(REPLAYABLE))} can be replayed"
@@ -801,3 +802,66 @@ async def clean_artefacts(bus: Bus, age: timedelta, *, dry_run: bool) -> list[An
     from shared.store import remove_older_than
 
     return list(await remove_older_than(await bus.store(), age, dry_run=dry_run))
+
+
+@dataclass(frozen=True)
+class OldFile:
+    path: Path
+    size: int
+
+
+def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFile]:
+    """Files the `file` channel delivered under `folder` (PRESSROOM_OUT_DIR) older than `age`,
+    removed (or only listed, with `dry_run`), with the folders they leave empty. Only what
+    the channel writes goes (reports `*.pdf` / `*.html`, and `.*.part` files a crash left
+    half-written): anything else an operator keeps there stays. Symbolic links are neither
+    followed nor removed."""
+    import stat
+    import time
+
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - age.total_seconds()
+    found: list[OldFile] = []
+    for root, _dirs, files in os.walk(folder, topdown=False, followlinks=False):
+        here = Path(root)
+        for name in sorted(files):
+            path = here / name
+            info = path.lstat()
+            ours = path.suffix in (".pdf", ".html") or (
+                name.startswith(".") and name.endswith(".part")
+            )
+            if ours and stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                found.append(OldFile(path, info.st_size))
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        if not dry_run and here != folder and not any(here.iterdir()):
+            with suppress(OSError):  # something was delivered into it meanwhile
+                here.rmdir()
+    return sorted(found, key=lambda f: f.path)
+
+
+async def channel_outcomes(bus: Bus, request_id: str) -> list[Any]:
+    """What the distributor recorded per channel for a request (each outcome, delivered or
+    not): the channels of a partly delivered report, which its ledger entry does not hold."""
+    from shared.bus import DELIVERIES_BUCKET
+    from shared.events import ChannelResult
+
+    kv = await bus.js.key_value(DELIVERIES_BUCKET)
+    own = re.compile(re.escape(request_id) + r"\.(\d+)-[0-9a-f]{10}")
+    results: list[tuple[int, Any]] = []
+    watcher = await kv.watch(f"{request_id}.>", ignore_deletes=True)  # filtered by the server
+    try:
+        async for entry in watcher:
+            if entry is None:  # no more current values
+                break
+            match = own.fullmatch(entry.key)
+            if match is None or not entry.value:
+                continue  # another request whose id starts with this one and a dot
+            with suppress(ValueError):
+                data = json.loads(entry.value)
+                if "channel" in data:  # not an intent still being sent
+                    results.append((int(match.group(1)), ChannelResult.model_validate(data)))
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return [result for _, result in sorted(results, key=lambda r: r[0])]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,11 +55,12 @@ from shared.health import Check, CheckResult, HealthServer
 from shared.kv import KeyValue
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
-from shared.metrics import observe_bus, scrape_handler
+from shared.metrics import observe_bus, operator_labels, scrape_handler
 from shared.settings import Settings
 from shared.stage import StageRunner
 from shared.store import ArtefactStore, open_store
 from shared.telemetry import setup_telemetry, shutdown_telemetry
+from shared.templatefiles import template_names
 
 log = get_logger("pressroom.service")
 BUS_PING_TIMEOUT = 1.0  # a health check waits this long for a reconnect before saying so
@@ -75,6 +76,10 @@ class Deps:
     ledger: Ledger | None = None
     publisher: Publisher | None = None
     store: ArtefactStore | None = None
+    # A JetStream context already connected, its topology declared: given one, the lifespan
+    # neither connects nor declares, and opens what is missing above over it (the in-process
+    # tests, tests/composition/kit.py, give one with in-memory buckets); None: the lifespan
+    # connects and declares (connect_with_patience).
     js: JetStreamContext | None = None
     # Key-value buckets by name (shared.bus *_BUCKET); stage_app opens the ones the stage names.
     kv: dict[str, KeyValue] = field(default_factory=dict)
@@ -196,7 +201,6 @@ async def _silent(error: Exception) -> None:
 async def connect_with_patience(
     broker: NatsBroker,
     settings: Settings,
-    js: JetStreamContext | None = None,
     *,
     who: Identity | None = None,
     stages: list[StageSpec] | None = None,
@@ -214,7 +218,7 @@ async def connect_with_patience(
             if who is not None:
                 await _probe(settings, who)
             connection = await broker.connect()
-            js = js or connection.jetstream(timeout=settings.bus_request_timeout)
+            js = connection.jetstream(timeout=settings.bus_request_timeout)
             admin = who is None or who.kind == "anonymous"
             await ensure_topology(js, settings, admin=admin, stages=stages)
             return js
@@ -260,6 +264,44 @@ def stage_checks(
     return {"bus": bus, "store": store, "consumer": consumer}
 
 
+class InFlight:
+    """Up to `limit` messages worked on side by side. The subscriber fetches one message at a
+    time and its handler returns only once a slot is free again, so no message is fetched
+    before it can start: none waits with its ack timer running and no in-progress acks
+    (faststream#2563, which `max_workers` has), and once started the runner keeps it alive."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    async def start(self, work: Coroutine[Any, Any, None]) -> None:
+        await self._free.acquire()  # at once: the previous call returned with a slot free
+        task = asyncio.create_task(self._run(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        async with self._free:  # the next fetch waits for a free slot
+            pass
+
+    async def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:  # the runner settles every message itself; never silent
+            log.error("message handling crashed", error=repr(error))
+        finally:
+            self._free.release()
+
+    async def drain(self, grace: float) -> None:
+        """Let the work in flight finish for `grace` seconds, then hand the rest back."""
+        self.closing = True
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in late:
+            task.cancel()  # the runner nacks a cancelled message at once
+        await asyncio.gather(*late, return_exceptions=True)
+
+
 class StartupFailed(PressroomError):
     """A service could not connect to NATS or declare its streams in time."""
 
@@ -282,6 +324,7 @@ def stage_app(
     buckets: Sequence[str] = (),
     close: Callable[[D], Awaitable[None]] | None = None,
     concurrency: int = 1,
+    in_flight: int = 1,
     admit: Callable[[Event], Awaitable[None]] | None = None,
     observe: Callable[[D], Awaitable[None]] | None = None,
 ) -> FastStream:
@@ -291,6 +334,10 @@ def stage_app(
     the ledger, the publisher, the artefact store and the KV `buckets` this stage names —
     calls `build_work`, serves /readyz and /metrics, and on the way out (after the broker has
     drained its in-flight messages) closes them again.
+
+    `concurrency` messages are fetched together and worked on together (the next batch waits
+    for the slowest); `in_flight` > 1 instead works on up to that many side by side, each
+    fetched once a slot is free (`InFlight`): one slow message does not hold the others.
     """
     service = f"pressroom-{spec.name}"
     tracer_provider, meter_provider = setup_telemetry(service)
@@ -314,6 +361,10 @@ def stage_app(
     async def observe_all() -> None:
         """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
         assert deps.js is not None
+        # The template label takes the operator's templates only (requests name anything).
+        names = await asyncio.to_thread(template_names, settings.templates_dir)
+        if names:  # a worker without the folder keeps the first-come budget
+            operator_labels("template", names)
         await observe_bus(deps.js, spec.durable)
         if observe is not None:
             await observe(deps)
@@ -331,10 +382,9 @@ def stage_app(
     async def lifespan() -> AsyncIterator[None]:
         nonlocal running
         configure_logging(service)
-        js = deps.js = await connect_with_patience(
-            broker, settings, deps.js, who=who, stages=[spec]
-        )
-        await _open_adapters(deps, js, settings, buckets)
+        if deps.js is None:
+            deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
+        await _open_adapters(deps, deps.js, settings, buckets)
         assert deps.ledger is not None and deps.publisher is not None
         running = _Running(
             StageRunner(spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit),
@@ -367,6 +417,14 @@ def stage_app(
             shutdown_telemetry()
 
     app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
+    side_by_side = InFlight(in_flight) if in_flight > 1 else None
+    if side_by_side is not None:
+
+        @app.on_shutdown
+        async def drain_in_flight() -> None:
+            """Before the broker stops: the work still needs the connection to ack and publish."""
+            assert side_by_side is not None
+            await side_by_side.drain(settings.shutdown_grace)
 
     # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
     next_model = EVENT_MODELS[spec.produces]
@@ -394,7 +452,9 @@ def stage_app(
         stream=JStream(STREAM, declare=False),
         durable=spec.durable,
         config=stage_consumer_config(spec, settings),
-        pull_sub=PullSub(batch_size=concurrency, timeout=settings.pull_timeout),
+        pull_sub=PullSub(
+            batch_size=1 if side_by_side else concurrency, timeout=settings.pull_timeout
+        ),
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
@@ -403,7 +463,14 @@ def stage_app(
     )
     async def handle(message: NatsMessage) -> None:
         assert running is not None, "the lifespan opens the adapters before the broker starts"
-        await running.runner.handle(NatsInbound(message), model, running.work)
+        work = running.runner.handle(NatsInbound(message), model, running.work)
+        if side_by_side is None:
+            await work
+        elif side_by_side.closing:
+            work.close()
+            await message.nack()  # shutting down: another worker takes it now
+        else:
+            await side_by_side.start(work)
 
     @broker.subscriber(
         spec.advisory_subject,

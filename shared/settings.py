@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = None
     s3_secure: bool = True
     s3_region: str | None = None
+    s3_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds for a whole S3 delivery, not per read."
+    )
     artefact_bucket: str = "pressroom-artefacts"
     artefact_retention_days: float = Field(default=30.0, gt=0, description="`pressroom clean` age.")
 
@@ -126,7 +129,9 @@ class Settings(BaseSettings):
     smtp_user: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
-    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds for a whole SMTP conversation, not per read."
+    )
     email_attachment_limit: int = Field(default=10 * 1024 * 1024, ge=0, description="Bytes.")
 
     # What a request may ask for (the trust model): request-supplied values are checked
@@ -144,7 +149,17 @@ class Settings(BaseSettings):
     # Webhooks
     webhook_secret: str | None = None
     webhook_allow: str = Field(default="", description="Hosts/CIDRs allowed although private.")
-    webhook_timeout: float = Field(default=15.0, gt=0)
+    webhook_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds for a whole webhook call, not per read."
+    )
+    # One slow target must not hold every delivery: messages are worked on side by side, and
+    # one target (a webhook host, the SMTP server, an S3 endpoint) gets only some of the slots.
+    distributor_concurrency: int = Field(
+        default=16, ge=1, description="Reports a distributor delivers at once."
+    )
+    delivery_target_limit: int = Field(
+        default=4, ge=1, description="Deliveries to one target at once (as many more may wait)."
+    )
 
     # Retries and dead letters (one mechanism for every stage)
     max_attempts: int = Field(default=5, ge=1, description="Deliveries before a dead letter.")
@@ -202,6 +217,9 @@ class Settings(BaseSettings):
 
     # Fetching
     fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")
+    fetch_concurrency: int = Field(
+        default=8, ge=1, description="Requests a fetcher works on at once."
+    )
     fetch_deadline: float = Field(default=30.0, gt=0, description="Seconds for all sources.")
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0, description="Seconds a cached source is fresh.")
@@ -467,19 +485,21 @@ def unknown_environment(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings, or a ConfigError whose one line names the setting that is wrong."""
+    """Settings, or a ConfigError whose one line names every setting that is wrong."""
     problems = unknown_environment()
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        reasons = "; ".join([*problems, describe(error)])
+        raise ConfigError(f"invalid configuration: {reasons}") from None
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        raise ConfigError("invalid configuration: " + describe(error)) from None
+    return settings
 
 
 def describe(error: ValidationError) -> str:
     parts = []
-    for item in error.errors()[:3]:
+    for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "?"
         where = ".".join(str(p) for p in item["loc"][1:])
         env = _env_name(field)
@@ -491,8 +511,7 @@ def describe(error: ValidationError) -> str:
             continue
         message = str(item["msg"]).removeprefix("Value error, ")
         parts.append(f"{origin}{'.' + where if where else ''}: {message}")
-    more = f" (+{error.error_count() - 3} more)" if error.error_count() > 3 else ""
-    return "; ".join(parts) + more
+    return "; ".join(parts)
 
 
 def masked(settings: Settings) -> dict[str, Any]:

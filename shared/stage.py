@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -43,8 +43,10 @@ from shared.events import (
     ReportRendered,
     ReportRequested,
     claimed_request_id,
+    claimed_requester,
     new_request_id,
     request_fingerprint,
+    tenant_of_subject,
     utcnow,
 )
 from shared.jsonsafe import deeper_than
@@ -202,9 +204,11 @@ class StageRunner:
 
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         outcome = "done"
+        # The report's own deadline (`timeout` in report.requested), from when it was asked.
+        deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
         try:
             with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
-                next_event = await work(event)
+                next_event = await self._in_time(deadline, request, work, event)
                 await self.publisher.publish(
                     self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
                 )
@@ -252,6 +256,30 @@ class StageRunner:
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
 
+    async def _in_time(
+        self,
+        deadline: float | None,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        event: E,
+    ) -> Event:
+        """The stage's work, stopped when the report's deadline (its `timeout`) passes."""
+        late = ReportTimedOut(
+            f"timed out after {request.timeout or 0:g} s at {self.spec.name} "
+            "(the request's `timeout`)"
+        )
+        if deadline is None:
+            return await work(event)
+        if deadline <= 0:
+            raise late
+        try:
+            async with asyncio.timeout(deadline) as timer:
+                return await work(event)
+        except TimeoutError:
+            if timer.expired():
+                raise late from None
+            raise  # the work's own timeout: its stage says what it was
+
     def _parse(self, msg: InboundMessage, model: type[E]) -> E:
         if deeper_than(msg.body, MAX_PAYLOAD_DEPTH):
             raise InvalidPayload(f"invalid payload: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
@@ -263,6 +291,10 @@ class StageRunner:
             # Generated ids must not change between redeliveries of the same message.
             rid = new_request_id(received=msg.first_delivered, stream_seq=msg.stream_seq)
             event = event.model_copy(update={"request_id": rid})
+        tenant = tenant_of_subject(msg.subject)
+        if isinstance(event, ReportRequested) and tenant is not None:
+            # Stamped with the calling system the server says published it, whatever the body says.
+            event = event.model_copy(update={"requested_by": tenant})
         return event
 
     async def _keep_alive(self, msg: InboundMessage) -> None:
@@ -337,6 +369,18 @@ class StageRunner:
             fingerprint=fingerprint,
         )
         await msg.term()
+
+
+class ReportTimedOut(PermanentError):
+    """The report was not done within its request's `timeout`."""
+
+
+def report_deadline(request: ReportRequested) -> float | None:
+    """Seconds left of the report's `timeout` (≤ 0: already past), or None without one."""
+    if request.timeout is None:
+        return None
+    spent = (datetime.now(UTC) - request.requested_at).total_seconds()
+    return request.timeout - spent
 
 
 def as_received(
@@ -474,6 +518,7 @@ async def publish_dead_letter(
         dead_letter_seq=dead_letter_seq,
         refused=not update_ledger,
         fingerprint=fingerprint,
+        requested_by=claimed_requester(subject, body),
     )
     try:
         await publisher.publish(

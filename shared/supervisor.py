@@ -86,13 +86,24 @@ class Supervisor:
                 with (self.log_dir / f"{label}.log").open("ab") as log:
                     proc = subprocess.Popen(
                         [sys.executable, "-m", "shared.cli", "worker", name],
-                        env={**self.env, "PRESSROOM_HEALTH_PORT": str(port)},
+                        env={**self.worker_env(name), "PRESSROOM_HEALTH_PORT": str(port)},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )
                 self.children.append((label, proc))
         (self.cfg.data_dir / "workers.json").write_text(json.dumps(self.registry, indent=2))
         self._counter = OutcomeCounter(self.cfg)
+
+    def worker_env(self, role: str) -> dict[str, str]:
+        """A worker's environment: its own role's seed (not the folder that holds ops.nk) and
+        none of the other roles' secrets."""
+        from shared.secretenv import for_role
+
+        env = for_role(self.env, role)
+        folder = env.pop("PRESSROOM_NATS_CREDENTIALS_DIR", None)
+        if folder and "PRESSROOM_NATS_NKEY" not in env:
+            env["PRESSROOM_NATS_NKEY"] = str(Path(folder) / f"{role}.nk")
+        return env
 
     def start_prometheus(self, port: int | None) -> str | None:
         """targets.json for any Prometheus; with a port, the embedded one. Its URL, or None;

@@ -124,10 +124,13 @@ def _metrics(exporting: bool) -> Any:
 
 
 def shutdown_telemetry() -> None:
+    """Export what is pending, at a lifespan's end. A flush, not a shutdown: the providers are
+    the process's own (OpenTelemetry sets them once), and a shut-down provider would silently
+    drop what a later lifespan in the same process records (an in-process test, a restart)."""
     tracer_provider, _ = _configured.get("providers", (None, None))
     for provider in (tracer_provider, _configured.get("meter_provider")):
         if provider is not None:
-            provider.shutdown()
+            provider.force_flush()
 
 
 def tracer() -> trace.Tracer:

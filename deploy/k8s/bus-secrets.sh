@@ -3,6 +3,7 @@
 # and one Secret per Pressroom role holding only that role's seed and the CA.
 #
 #   deploy/k8s/bus-secrets.sh [FOLDER]      # FOLDER keeps the keys (default: ./bus-secrets)
+#   PUBLISHERS="billing crm" deploy/k8s/bus-secrets.sh   # one identity per calling system
 #
 # Re-running keeps existing keys (`pressroom bus auth` never replaces a seed unless --rotate);
 # apply the output with kubectl. With cert-manager, replace the `nats-tls` Secret by a
@@ -13,8 +14,11 @@ ns=pressroom
 hosts="nats,nats.$ns.svc,nats.$ns.svc.cluster.local"
 for i in 0 1 2; do hosts="$hosts,nats-$i.nats-cluster.$ns.svc,nats-$i.nats-cluster.$ns.svc.cluster.local"; done
 
-# Users and seeds (auth.conf without a tls block: nats.yaml has its own, with in-pod paths).
-pressroom bus auth --out "$dir/identities" >/dev/null
+# Users and seeds (auth.conf without a tls block: nats.yaml has its own, with in-pod paths);
+# each calling system its own account and seed (publisher-NAME.nk; without names, publisher.nk).
+publishers=()
+for name in ${PUBLISHERS:-}; do publishers+=(--publisher "$name"); done
+pressroom bus auth --out "$dir/identities" ${publishers[@]+"${publishers[@]}"} >/dev/null
 # A CA and a server certificate for every name the clients use.
 pressroom bus auth --out "$dir/tls" --tls --host "$hosts" >/dev/null
 
@@ -29,4 +33,4 @@ secret() { kubectl -n "$ns" create secret generic "$@" --dry-run=client -o yaml;
   done
 } > "$dir/secrets.yaml"
 echo "wrote $dir/secrets.yaml: kubectl apply -f $dir/secrets.yaml"
-echo "other teams publish with $dir/identities/publisher.nk and $dir/tls/ca.pem"
+echo "each calling system publishes with its own seed ($dir/identities/publisher*.nk) and $dir/tls/ca.pem"

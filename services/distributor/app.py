@@ -10,6 +10,7 @@ from faststream import FastStream
 
 from services.distributor.channels import Channel, default_channels
 from services.distributor.core import distribute
+from services.distributor.targets import TargetLimits
 from shared.bus import DELIVERIES_BUCKET, DISTRIBUTOR
 from shared.events import Event, ReportRendered
 from shared.metrics import storage
@@ -34,11 +35,17 @@ def create_app(
         channels = deps.channels or default_channels(settings)
         # Intent before sending, outcome after: each channel delivers once across redeliveries.
         outcomes = deps.kv[DELIVERIES_BUCKET]
+        limits = TargetLimits.from_settings(settings)  # shared by the messages in flight
 
         async def work(event: Event) -> Event:
             assert isinstance(event, ReportRendered) and deps.store is not None
             return await distribute(
-                event, channels=channels, store=deps.store, outcomes=outcomes, settings=settings
+                event,
+                channels=channels,
+                store=deps.store,
+                outcomes=outcomes,
+                settings=settings,
+                limits=limits,
             )
 
         return work
@@ -57,4 +64,6 @@ def create_app(
         build_work=build,
         buckets=[DELIVERIES_BUCKET],
         observe=observe,
+        # Reports side by side: a slow target holds its own deliveries, not everyone's.
+        in_flight=settings.distributor_concurrency,
     )

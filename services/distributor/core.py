@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from nats.js.errors import KeyNotFoundError
 
 from services.distributor.channels import Channel, Parcel
+from services.distributor.targets import TargetLimits, target_of
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
 from shared.kv import KeyValue
@@ -49,6 +50,7 @@ async def distribute(
     store: ArtefactStore,
     outcomes: KeyValue,
     settings: Settings,
+    limits: TargetLimits | None = None,
 ) -> ReportDelivered:
     request = event.request
     for artefact in event.artefacts:
@@ -76,11 +78,13 @@ async def distribute(
             failures.append((result, True))
             results.append(result)
             continue
-        # Intent before, outcome after: an ambiguous crash in between is visible in the record.
-        await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
+        limits = limits or TargetLimits.from_settings(settings)
         try:
-            with span(f"deliver {delivery.channel}", parcel.request_id):
-                result = await channel.deliver(delivery, parcel)
+            async with limits.slot(target_of(delivery, settings)):
+                # Intent before, outcome after: an ambiguous crash in between is in the record.
+                await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
+                with span(f"deliver {delivery.channel}", parcel.request_id):
+                    result = await channel.deliver(delivery, parcel)
         except PressroomError as error:
             result = ChannelResult(
                 channel=delivery.channel, ok=False, target="", detail=error.reason
@@ -109,4 +113,5 @@ async def distribute(
         template=event.request.template,
         artefacts=event.artefacts,
         channels=results,
+        requested_by=event.request.requested_by,
     )

@@ -25,6 +25,7 @@ from shared.settings import Settings
 # else (URL, repo, endpoint, query, params, credentials …) is the operator's.
 REQUEST_OPTIONS = frozenset({"cache", "merge"})
 PUBLIC_DEFAULTS = {"github": "https://api.github.com"}
+MAX_PATH_DECODES = 3  # %25252e: more layers than this is refused, not guessed at
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ async def get_json(
         params=params,
         headers=sent,
         follow_redirects=True,
+        # A same-origin hop still carries the headers: it must stay inside the bound prefix.
+        check_redirect=lambda hop: check_bound(credential, hop, what),
     )
     problem = egress.status_error(f"{what}: {reply.url}", reply.status, reply.headers)
     if problem is not None and not (error_body and reply.status in (400, 422)):
@@ -163,11 +166,20 @@ def check_bound(credential: Credential | None, url: str, what: str) -> None:
 
 
 def plain_path(url: str, what: str) -> str:
-    """The URL's path, refusing dot segments (raw or percent-encoded) that would climb out of a
-    prefix once normalised by the HTTP client."""
+    """The URL's path, refusing dot segments that would climb out of a prefix once some server
+    on the way normalises it: raw, percent-encoded (once or several times: `%252e%252e`),
+    or with path parameters (`..;`, which Tomcat and Jetty read as `..`)."""
     path = urlsplit(url).path
-    segments = unquote(path).split("/")
-    if any(segment in (".", "..") for segment in segments) or "\\" in unquote(path):
+    decoded = path
+    for _ in range(MAX_PATH_DECODES):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        raise PermanentError(f"{what}: the URL path {path!r} is percent-encoded too many times")
+    segments = [segment.split(";", 1)[0].strip() for segment in decoded.split("/")]
+    if any(segment in (".", "..") for segment in segments) or "\\" in decoded:
         raise PermanentError(f"{what}: the URL path {path!r} has '.' or '..' segments")
     return path.rstrip("/")
 

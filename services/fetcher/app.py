@@ -55,4 +55,5 @@ def create_app(settings: Settings | None = None, *, deps: FetcherDeps | None = N
         build_work=build,
         buckets=[CACHE_BUCKET],
         admit=admit,
+        in_flight=settings.fetch_concurrency,  # a slow source holds one request, not all
     )

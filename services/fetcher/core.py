@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -30,6 +31,36 @@ class CacheStats:
 
 
 async def _one(
+    source: Source,
+    adapters: Mapping[str, DataSource],
+    settings: Settings,
+    request: ReportRequested,
+    cache: SourceCache | None,
+    stats: CacheStats,
+) -> Any:
+    try:
+        return await _one_named(source, adapters, settings, request, cache, stats)
+    except PressroomError as error:
+        error.reason = as_spelled(error.reason, source)
+        error.args = (error.reason,)
+        raise
+
+
+def as_spelled(reason: str, source: Source) -> str:
+    """A source's error names it as the request spelled it: a config-file source by its
+    config name (`portfolio-prs`, not the variable `portfolio_prs` made of it), and under
+    another variable name by both."""
+    if not source.source or source.source == source.name:
+        return reason
+    spelled = (
+        f"source '{source.source}'"
+        if re.sub(r"\W", "_", source.source) == source.name
+        else f"source '{source.name}' (config source '{source.source}')"
+    )
+    return reason.replace(f"source '{source.name}'", spelled)
+
+
+async def _one_named(
     source: Source,
     adapters: Mapping[str, DataSource],
     settings: Settings,

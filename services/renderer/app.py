@@ -13,7 +13,7 @@ from faststream import FastStream
 from services.renderer.core import render_report
 from services.renderer.pdf import RenderPool
 from services.renderer.templating import validate_in_folder
-from shared.bus import CACHE_BUCKET, RENDERER
+from shared.bus import RENDER_CACHE_BUCKET, RENDERER
 from shared.events import DataReady, Event
 from shared.metrics import template_problems
 from shared.service import Deps, Work, stage_app
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
             )
             await pool.start()
 
-        cache = deps.kv.get(CACHE_BUCKET) if settings.render_cache else None
+        cache = deps.kv.get(RENDER_CACHE_BUCKET) if settings.render_cache else None
 
         async def work(event: Event) -> Event:
             assert isinstance(event, DataReady) and deps.store is not None
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
         settings,
         deps,
         build_work=build,
-        buckets=[CACHE_BUCKET] if settings.render_cache else [],
+        buckets=[RENDER_CACHE_BUCKET] if settings.render_cache else [],
         close=close,
         # One message more than render processes: while one report uploads and publishes,
         # the next is already rendering (the extra one waits for a process, heartbeating).

@@ -15,14 +15,14 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from services.renderer import fonts, warm
+from services.renderer import assets, fonts, warm
 from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
 from shared.logging import get_logger
 from shared.netpolicy import allow_listed
@@ -99,15 +99,18 @@ def _fetcher_class() -> type:
         """Serves files inside the template folder and data: URLs; http(s) only if allowed."""
 
         def __init__(self, root: Path, allow_hosts: tuple[str, ...]) -> None:
-            super().__init__(timeout=10, allow_redirects=False, fail_on_errors=True)
+            self.seconds = 10.0  # each read, and all of an asset's body
+            super().__init__(timeout=self.seconds, allow_redirects=False, fail_on_errors=True)
             self.root = root.resolve()
             self.allow_hosts = allow_hosts
 
         def fetch(self, url: str, headers: Any = None) -> Any:
             parts = urlsplit(url)
             scheme = parts.scheme.lower()
-            if scheme == "data":
-                return super().fetch(url, headers)
+            if scheme == "data":  # from a template or from request data: capped like a file
+                body, media = assets.read_data_url(url, MAX_ASSET_BYTES)
+                assets.check_image(body, media, assets.describe(url), MAX_ASSET_BYTES)
+                return URLFetcherResponse(url, body, {"Content-Type": media})
             if scheme == "file":
                 path = Path(unquote(parts.path)).resolve()
                 if not path.is_relative_to(self.root):
@@ -119,9 +122,17 @@ def _fetcher_class() -> type:
                 if path.stat().st_size > MAX_ASSET_BYTES:
                     raise Blocked(f"asset too large: '{path.relative_to(self.root)}'")
                 ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                return URLFetcherResponse(url, path.read_bytes(), {"Content-Type": ctype})
+                body = path.read_bytes()
+                where = f"'{path.relative_to(self.root)}'"
+                assets.check_image(body, ctype, where, MAX_ASSET_BYTES)
+                return URLFetcherResponse(url, body, {"Content-Type": ctype})
             if scheme in ("http", "https") and allow_listed(parts.hostname, self.allow_hosts):
-                return super().fetch(url, headers)
+                response = super().fetch(url, headers)
+                where = assets.describe(url)
+                with closing(response):
+                    body = assets.read_capped(response, MAX_ASSET_BYTES, self.seconds, where)
+                assets.check_image(body, response.content_type, where, MAX_ASSET_BYTES)
+                return URLFetcherResponse(response.url, body, response.headers, response.status)
             raise Blocked(f"blocked: template tried to fetch '{url}' (not allow-listed)")
 
     return SafeURLFetcher
@@ -234,11 +245,14 @@ def check_output_size(job: RenderJob, html: bytes | None, pdf: bytes | None) -> 
 @contextmanager
 def weasyprint_errors() -> Iterator[None]:
     """WeasyPrint's failures as Pressroom's, for whole and split renders alike: an asset the
-    fetcher refused, and a render that ran out of memory."""
+    fetcher refused, SVG drawing over its budget, and a render that ran out of memory."""
     from weasyprint.urls import FatalURLFetchingError
 
     try:
-        yield
+        with assets.svg_budget():
+            yield
+    except assets.AssetRefused as error:
+        raise ResourceBlocked(str(error)) from None
     except FatalURLFetchingError as error:
         cause = error.__cause__ or error
         raise ResourceBlocked(str(cause.args[0] if cause.args else cause)) from None
@@ -277,6 +291,9 @@ def _html_to_pdf(
 
 
 def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
+    from shared.secretenv import scrub
+
+    scrub()  # a template never needs a secret: no delivery, store, bus or signing key here
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the renderer decides when its render processes
     # stop, so they leave no KeyboardInterrupt traceback in its log.
@@ -319,6 +336,10 @@ class _Worker:
         self.renders = 0
         self.successor: _Worker | None = None  # a warm replacement, waiting to take over
         self.replacing = False
+        self.stopped = False
+
+    def alive(self) -> bool:
+        return not self.stopped and self.process.is_alive()
 
     def rss_mb(self) -> float:
         try:
@@ -330,6 +351,7 @@ class _Worker:
         return 0.0
 
     def stop(self, kill: bool = False) -> None:
+        self.stopped = True
         if kill and self.process.is_alive():
             self.process.kill()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -458,8 +480,16 @@ class RenderPool:
             try:
                 crashes = 0
                 while True:
+                    if not worker.alive():  # stopped when a render was given up on
+                        worker = await self._fresh(worker)
                     try:
                         return await self._call(worker, fn, args, timeout or self.timeout)
+                    except asyncio.CancelledError:
+                        # Given up on (the report's own timeout, a shutdown): stop the render
+                        # too, rather than leave a process busy for nobody; the next job
+                        # replaces it.
+                        worker.stop(kill=True)
+                        raise
                     except TimeoutError:
                         worker = await self._fresh(worker)
                         raise RenderTimeout(
@@ -496,13 +526,21 @@ class RenderPool:
         async with self._slots.hold(len(jobs)):
             group = [self._idle.pop() for _ in jobs]
             try:
+                group = [w if w.alive() else await self._fresh(w) for w in group]
                 tasks = [
                     asyncio.ensure_future(self._call(w, fn, (job,), timeout()))
                     for w, job in zip(group, jobs, strict=True)
                 ]
                 pending: set[asyncio.Future[Any]] = set(tasks)
                 while pending:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    try:
+                        done, pending = await asyncio.wait(
+                            pending, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    except asyncio.CancelledError:  # as in `run`: no process left busy
+                        for worker in group:
+                            worker.stop(kill=True)
+                        raise
                     if any(isinstance(t.exception(), _Crashed) for t in done):
                         # The others would wait for the dead one's pages until the deadline.
                         for other in group:

@@ -11,12 +11,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import update_wrapper
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import yaml
 from jinja2 import (
     BaseLoader,
+    ChainableUndefined,
     Environment,
     FileSystemBytecodeCache,
     StrictUndefined,
@@ -26,19 +29,24 @@ from jinja2 import (
     meta,
     nodes,
     pass_context,
+    pass_eval_context,
     select_autoescape,
 )
 from jinja2.exceptions import SecurityError
 from jinja2.filters import do_center, do_format, do_indent
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
+from markupsafe import Markup, escape
 
 from services.renderer import charts, localize
 from shared.errors import PressroomError, TemplateError
+from shared.templatefiles import TEMPLATE_SUFFIXES, template_names
 
-TEMPLATE_SUFFIXES = (".html", ".htm")
-# Folders beside the templates that hold no report templates of their own.
-NON_TEMPLATE_DIRS = {"samples", "assets", "static", "partials", "fonts", "img", "css"}
 _FRONT_MATTER = re.compile(r"^\s*\{#-?\s*---\s*\n(.*?)\n\s*---\s*-?#\}", re.DOTALL)
 
 # What one expression may produce, checked before it is computed (the render process's memory
@@ -47,7 +55,7 @@ MAX_SEQUENCE = 10_000_000  # characters or items from `*`
 MAX_INT_BITS = 100_000  # about 30,000 digits from `**`
 MAX_WIDTH = 10_000  # padding/width arguments: center, ljust, "%9999d", "{:>9999}"
 _PRINTF_WIDTH = re.compile(r"%[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
-_FORMAT_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")
+_DIGITS = re.compile(r"\d+")
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
@@ -130,6 +138,37 @@ def _currency_l(ctx: Context, value: Any, currency: str = "USD") -> str:
     return localize.money(value, currency, ctx.get("locale") or "en")
 
 
+# Inside a quoted CSS string, these end the string (quotes, newlines), start an escape (a
+# backslash), or end the <style> element (`</style>`); controls are escaped too. Written as CSS
+# hex escapes with the space that ends one, so the next character is never read as hex.
+_CSS_STRING_UNSAFE = re.compile(r"""[\x00-\x1f\x7f-\x9f"'\\<>&]""")
+
+
+def _css_string(value: Any) -> Markup:
+    """`|css_string`: a value as text inside a quoted CSS string, e.g. a page footer's
+    `content: "{{ reporting_period | css_string }}"` — no value can end the string or the style.
+
+    Rendered template text (a `{% filter css_string %}` section, autoescaped) is read as the
+    text it shows: `&#34;` becomes a quote again, then is escaped for CSS."""
+    text = value.unescape() if isinstance(value, Markup) else str(value)
+    return Markup(_CSS_STRING_UNSAFE.sub(lambda m: f"\\{ord(m.group()):x} ", text))
+
+
+# What HTML escaping leaves alone but a CSS string cannot hold: a value written into a template's
+# <style> without `|css_string` then cannot end its string (a newline) or swallow the closing
+# quote (a backslash). As character references they read the same everywhere else in HTML.
+_CSS_BREAKERS = str.maketrans({"\n": "&#10;", "\r": "&#13;", "\f": "&#12;", "\\": "&#92;"})
+
+
+@pass_eval_context
+def _finalize(eval_ctx: EvalContext, value: Any) -> Any:
+    """Every `{{ value }}` a template writes (Jinja's `finalize`), autoescaped here; markup
+    (a chart, a macro, `|safe`) and `{% autoescape false %}` sections are left as they are."""
+    if not eval_ctx.autoescape or hasattr(value, "__html__"):
+        return value
+    return Markup(str(escape(value)).translate(_CSS_BREAKERS))
+
+
 def _status_class(value: Any) -> str:
     text = str(value).lower()
     if text in {"green", "ok", "on track", "on-track", "healthy", "done", "up"}:
@@ -147,8 +186,10 @@ def _too_big(what: str) -> SecurityError:
 
 def _check_widths(numbers: list[str], what: str) -> None:
     for number in numbers:
-        if number == "*" or (number.isdigit() and int(number) > MAX_WIDTH):
-            raise _too_big(f"{what} asks for a width of {number}, over {MAX_WIDTH:,}")
+        # Length first: int() of a 5,000-digit string is itself refused (and slow).
+        if number == "*" or (number.isdigit() and (len(number) > 6 or int(number) > MAX_WIDTH)):
+            shown = number if len(number) <= 12 else f"{number[:12]}… ({len(number)} digits)"
+            raise _too_big(f"{what} asks for a width of {shown}, over {MAX_WIDTH:,}")
 
 
 class Sandbox(ImmutableSandboxedEnvironment):
@@ -184,12 +225,44 @@ class Sandbox(ImmutableSandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Any:
-        # str.format / format_map are wrapped when accessed, not when called: check here.
-        owner = getattr(value, "__self__", None)
-        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
-            for spec in _FORMAT_SPEC.findall(owner):
-                _check_widths(re.findall(r"\d+", spec), "a {} format")
-        return super().wrap_str_format(value)
+        """str.format / format_map, as Jinja's sandbox wraps them, but with each field's spec
+        checked once it is complete: a width can come from an argument (`"{:{w}}"`), so only
+        the spec the formatter is about to use tells how big the result would be."""
+        if super().wrap_str_format(value) is None:
+            return None
+        owner: str = value.__self__
+        formatter: SandboxedFormatter = (
+            _CheckedEscapeFormatter(self, escape=owner.escape)
+            if isinstance(owner, Markup)
+            else _CheckedFormatter(self)
+        )
+        is_format_map = value.__name__ == "format_map"
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                kwargs = args[0]
+                args = ()
+            return type(owner)(formatter.vformat(owner, args, kwargs))
+
+        return update_wrapper(checked, value)
+
+
+class _SpecChecked(Formatter):
+    """Refuses a field whose final spec asks for a width or precision over MAX_WIDTH."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        _check_widths(_DIGITS.findall(format_spec), "a {} format")
+        return super().format_field(value, format_spec)
+
+
+class _CheckedFormatter(_SpecChecked, SandboxedFormatter):
+    pass
+
+
+class _CheckedEscapeFormatter(_SpecChecked, SandboxedEscapeFormatter):
+    pass
 
 
 def _checked_width_filter(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -323,6 +396,7 @@ class TemplateLibrary:
             bytecode_cache=FileSystemBytecodeCache(str(cache_dir)) if cache_dir else None,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=_finalize,
         )
         self.env.filters.update(
             number=_number_l,
@@ -332,6 +406,7 @@ class TemplateLibrary:
             currency=_currency_l,
             lang_tag=localize.lang_tag,
             status_class=_status_class,
+            css_string=_css_string,
             center=_checked_width_filter(do_center, "center"),
             indent=_checked_width_filter(do_indent, "indent"),
             format=_checked_format,
@@ -343,17 +418,7 @@ class TemplateLibrary:
 
     # ---- discovery -------------------------------------------------------------------------
     def names(self) -> list[str]:
-        found = []
-        for path in sorted(self.folder.rglob("*")):
-            rel = path.relative_to(self.folder)
-            if (
-                path.suffix in TEMPLATE_SUFFIXES
-                and path.is_file()
-                and not rel.name.startswith(("_", "."))
-                and not (set(rel.parts[:-1]) & NON_TEMPLATE_DIRS)
-            ):
-                found.append(rel.as_posix())
-        return found
+        return template_names(self.folder)
 
     def check_name(self, name: str) -> str:
         """A file inside the folder (any, partials included): for `pressroom render PATH`."""
@@ -564,9 +629,33 @@ class TemplateLibrary:
         facts = self.facts(name)
         return None if facts.dynamic else list(facts.variables)
 
+    def _more_missing(self, template: Any, context: dict[str, Any], first: Any) -> list[str]:
+        """The other top-level variables a render misses after `first`: render again with
+        each missing one stood in by an empty value, until it renders or fails otherwise."""
+        missing = _missing_name(first)
+        if missing is None:
+            return []
+        found: list[str] = []
+        trial = dict(context)
+        trial[missing] = ChainableUndefined(name=missing)
+        for _ in range(50):  # a bound: each round finds one more
+            try:
+                template.render(trial)
+                break
+            except UndefinedError as error:
+                name = _missing_name(error)
+                if name is None or name in trial:
+                    break
+                found.append(name)
+                trial[name] = ChainableUndefined(name=name)
+            except Exception:  # a stand-in the template could not use: stop here
+                break
+        return found
+
     def render(self, name: str, context: dict[str, Any]) -> str:
         """Render a template; any failure of template code is a TemplateError (permanent)."""
         name = self.check_name(name)
+        template = None
         try:
             template = self.env.get_template(name)
             return template.render(context)
@@ -580,9 +669,14 @@ class TemplateLibrary:
                 f"template '{name}' includes missing template '{error.name}'"
             ) from None
         except UndefinedError as error:
-            raise TemplateError(
-                f"undefined variable in {_template_location(error, name)}: {error.message}"
-            ) from None
+            where = _template_location(error, name)
+            others = [] if template is None else self._more_missing(template, context, error)
+            if others:  # every missing variable at once, not one per attempt
+                listed = ", ".join(f"'{v}'" for v in [_missing_name(error), *others])
+                raise TemplateError(
+                    f"undefined variables in {where}: {listed} are undefined"
+                ) from None
+            raise TemplateError(f"undefined variable in {where}: {error.message}") from None
         except SecurityError as error:
             raise TemplateError(
                 f"template {_template_location(error, name)} tried an unsafe operation: {error}"
@@ -600,6 +694,15 @@ class TemplateLibrary:
                 f"template error in {_template_location(error, name)}: "
                 f"{error.__class__.__name__}: {error}"
             ) from None
+
+
+_UNDEFINED = re.compile(r"^'(\w+)' is undefined$")
+
+
+def _missing_name(error: UndefinedError) -> str | None:
+    """The top-level variable an UndefinedError is about ('x' is undefined), if it is one."""
+    match = _UNDEFINED.match(error.message or "")
+    return match.group(1) if match else None
 
 
 def bytecode_cache_dir(base: Path) -> Path:

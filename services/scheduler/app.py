@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -25,36 +27,50 @@ from shared.bus import (
     SCHEDULES_BUCKET,
     STREAM,
     JetStreamPublisher,
+    Publisher,
     encode,
     msg_id,
 )
+from shared.busauth import secret_of
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.service import BUS_PING_TIMEOUT, connect_with_patience, worker_broker
+from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
 
 log = get_logger("pressroom.scheduler")
 
 
+def fire_message_id(request: ReportRequested, key: bytes = b"") -> str:
+    """The message id of a fire: the same in every replica, and — keyed with the scheduler's
+    own secret (its seed) — one nobody without that secret can compute and take first."""
+    fingerprint = request_fingerprint(request)
+    if key:
+        mac = hmac.new(key, f"{request.request_id}:{fingerprint}".encode(), hashlib.sha256)
+        fingerprint = mac.hexdigest()[:32]
+    return f"{msg_id(request.request_id, 'schedule')}:{fingerprint}"
+
+
 async def fire(
-    publisher: JetStreamPublisher, schedule: Schedule, when: datetime, js: Any = None
+    publisher: Publisher,
+    schedule: Schedule,
+    when: datetime,
+    js: Any = None,
+    key: bytes = b"",
 ) -> str:
     """Publish one fire; replicas publish the same message id, so JetStream keeps one.
 
     If the id was taken first by a message that is not this schedule's request (someone
-    imitating the schedule), publish again under a fresh id: the fetcher refuses the
-    imitation and runs the real one.
+    imitating the schedule, possible only on a bus without identities: with them the id is
+    keyed), publish again under a fresh id: the fetcher refuses the imitation and runs the
+    real one.
     """
     request = schedule.request_for(when)
     body = encode(request)
-    fingerprint = request_fingerprint(request)
-    ack = await publisher.publish(
-        REPORT_REQUESTED, body, msg_id=f"{msg_id(request.request_id, 'schedule')}:{fingerprint}"
-    )
+    ack = await publisher.publish(REPORT_REQUESTED, body, msg_id=fire_message_id(request, key))
     if ack.duplicate and js is not None and not await _stored_is(js, ack.seq, request):
         log.warning("scheduled id was taken by another message", request_id=request.request_id)
         ack = await publisher.publish(
@@ -82,12 +98,13 @@ async def _stored_is(js: Any, seq: int, request: ReportRequested) -> bool:
 
 
 async def tick(
-    publisher: JetStreamPublisher,
+    publisher: Publisher,
     kv: Any,
     schedules: list[Schedule],
     settings: Settings,
     now: datetime,
     js: Any = None,
+    key: bytes = b"",
 ) -> list[str]:
     fired = []
     # A grace shorter than a few ticks would drop ordinary fires, not only stale ones.
@@ -101,21 +118,28 @@ async def tick(
         except KeyNotFoundError:
             last = None
         for when in missed_fires(schedule, last, now, grace):
-            fired.append(await fire(publisher, schedule, when, js))
+            fired.append(await fire(publisher, schedule, when, js, key))
         await kv.put(schedule.name, now.isoformat().encode())
     return fired
 
 
-def create_app(settings: Settings | None = None) -> FastStream:
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
+    """`deps` as for the stages (shared/service.py): what it leaves None (the publisher, the
+    ledger, the SCHEDULES_BUCKET in `kv`, the bus itself) is opened from settings at start-up."""
     settings = settings or load_settings()
+    deps = deps or Deps()
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
 
-    async def loop(publisher: JetStreamPublisher, kv: Any, js: Any) -> None:
+    async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
+        key = secret_of(who)
+        # With identities the scheduler may not read the main stream (other tenants' data):
+        # its keyed message ids stand in for reading back what holds them.
+        readable = None if key else js
         while True:
             try:
-                await tick(publisher, kv, schedules, settings, datetime.now(UTC), js)
+                await tick(publisher, kv, schedules, settings, datetime.now(UTC), readable, key)
             except Exception as error:  # keep ticking; the next tick catches up within grace
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)
@@ -132,11 +156,15 @@ def create_app(settings: Settings | None = None) -> FastStream:
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         configure_logging("pressroom-scheduler")
-        js = await connect_with_patience(broker, settings, who=who)
-        kv = await js.key_value(SCHEDULES_BUCKET)
-        schedule_watch = ScheduleWatch(kv, KvLedger(await js.key_value(LEDGER_BUCKET)), schedules)
+        if deps.js is None:  # given one, the bus is already open (see Deps.js)
+            deps.js = await connect_with_patience(broker, settings, who=who)
+        js = deps.js
+        kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
+        ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
+        publisher = deps.publisher or JetStreamPublisher(js, verify_duplicates=not secret_of(who))
+        schedule_watch = ScheduleWatch(kv, ledger, schedules)
         tasks = [
-            asyncio.create_task(loop(JetStreamPublisher(js), kv, js)),
+            asyncio.create_task(loop(publisher, kv, js)),
             asyncio.create_task(watch(schedule_watch)),
         ]
         health = None

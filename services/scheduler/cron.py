@@ -19,6 +19,42 @@ CLOCK_SKEW = timedelta(minutes=2)  # replicas' clocks may disagree this much
 _SCHEDULED_ID = re.compile(r"^(?P<name>.+)-(?P<stamp>\d{8}T\d{4}Z)$")
 
 
+# The five fields, in order, with the values each takes (croniter also allows 7 for Sunday).
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+)
+
+
+def cron_problem(value: str) -> str:
+    """What is wrong with a cron expression, naming the field: "day-of-week 8 is out of
+    range 0-7" rather than "not a cron expression"."""
+    fields = value.split()
+    order = " ".join(name for name, _, _ in CRON_FIELDS)
+    if len(fields) != len(CRON_FIELDS):
+        return f"'{value}' has {len(fields)} field(s); a cron expression has 5: {order}"
+    problems = []
+    for text, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
+        # Step values (*/90) are not values of the field: only the numbers before a '/'.
+        numbers = [
+            int(n) for part in text.split(",") for n in re.findall(r"\d+", part.split("/")[0])
+        ]
+        wrong = [n for n in numbers if not low <= n <= high]
+        if wrong:
+            problems.append(f"{name} {wrong[0]} is out of range {low}-{high}")
+            continue
+        probe = ["*"] * len(CRON_FIELDS)
+        probe[[f[0] for f in CRON_FIELDS].index(name)] = text
+        if not croniter.is_valid(" ".join(probe)):
+            problems.append(f"{name} '{text}' is not understood")
+    if not problems:
+        return f"'{value}' is not a valid cron expression ({order})"
+    return f"'{value}': " + "; ".join(problems)
+
+
 class Schedule(BaseModel):
     """One entry of `schedules:` in the YAML config."""
 
@@ -34,7 +70,7 @@ class Schedule(BaseModel):
     @classmethod
     def _five_fields(cls, value: str) -> str:
         if len(value.split()) != 5 or not croniter.is_valid(value):
-            raise ValueError(f"'{value}' is not a 5-field cron expression")
+            raise ValueError(cron_problem(value))
         return value
 
     @field_validator("timezone")
@@ -84,21 +120,26 @@ class Schedule(BaseModel):
 
 
 def load_schedules(raw: list[dict[str, Any]]) -> list[Schedule]:
-    """Parse `schedules:`; a bad entry is a one-line configuration error naming it."""
-    schedules = []
+    """Parse `schedules:`; bad entries are one configuration error naming every problem of
+    every entry (not the first only)."""
+    schedules, problems = [], []
     for index, item in enumerate(raw):
         try:
             schedule = Schedule.model_validate(item)
             schedule.request_for(datetime.now(UTC))  # the body must be a valid request too
         except ValidationError as error:
             name = item.get("name", f"#{index + 1}") if isinstance(item, dict) else f"#{index + 1}"
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PermanentError(f"schedule '{name}' is invalid: {where}: {first['msg']}") from None
+            for found in error.errors():
+                where = ".".join(str(p) for p in found["loc"])
+                message = str(found["msg"]).removeprefix("Value error, ")
+                problems.append(f"schedule '{name}' is invalid: {where}: {message}")
+            continue
         schedules.append(schedule)
     names = [s.name for s in schedules]
     if len(set(names)) != len(names):
-        raise PermanentError(f"schedule names must be unique: {names}")
+        problems.append(f"schedule names must be unique: {names}")
+    if problems:
+        raise PermanentError("; ".join(problems))
     return schedules
 
 

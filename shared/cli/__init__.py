@@ -11,8 +11,9 @@ import os
 
 import typer
 
-from shared.cli import dlq, reports, requests, schedules, stack, templates
+from shared.cli import dlq, logs, reports, requests, schedules, stack, templates
 from shared.cli._common import err
+from shared.cli._output import literal
 
 app = typer.Typer(
     help="Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint).",
@@ -27,6 +28,7 @@ app.add_typer(schedules.schedule_app, name="schedule")
 stack.register(app)
 requests.register(app)
 reports.register(app)
+logs.register(app)
 
 
 def main() -> None:
@@ -45,7 +47,9 @@ def main() -> None:
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):
             ctx = getattr(error, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            err.print(f"[bold red]error:[/] {error.format_message()}{hint}", highlight=False)
+            err.print(
+                f"[bold red]error:[/] {literal(error.format_message())}{hint}", highlight=False
+            )
             raise SystemExit(int(error.exit_code)) from None
         raise
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
+from shared.cli._output import literal, visible
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -24,12 +26,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+# No `:name:` emoji codes: text from requests is shown as it was written.
+out = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr and exit `code`; `message` is plain text (it often quotes a request)."""
+    err.print(f"[bold red]error:[/] {literal(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -150,6 +154,21 @@ def config_says(cfg: Settings, section: str) -> str:
     return f"the config file {cfg.config} lists no {section}"
 
 
+def status_line(subject: str, text: str, elapsed: str, width: int) -> str:
+    """`subject: text · 12s` within `width` (less the spinner): the elapsed time always
+    shows whole; a long subject (an id) is cut in the middle first, then the text."""
+    subject, text = visible(subject), visible(text)
+    room = width - 3 - len(f": · {elapsed}") - 1
+    if len(subject) + len(text) > room:
+        keep = max(room - len(text), 13)
+        if len(subject) > keep:
+            head = (keep - 1) // 2
+            subject = f"{subject[:head]}…{subject[len(subject) - (keep - 1 - head) :]}"
+    if len(subject) + len(text) > room:
+        text = text[: max(room - len(subject) - 1, 0)] + "…"
+    return f"{escape(subject)}: {escape(text)} · {elapsed}"
+
+
 @contextmanager
 def progress(subject: str, first: str, *, tick: bool = False) -> Iterator[Callable[[str], None]]:
     """On a terminal, a Rich status line: what `subject` is doing and for how long (`tick`:
@@ -161,11 +180,12 @@ def progress(subject: str, first: str, *, tick: bool = False) -> Iterator[Callab
     import threading
 
     started, doing, done = time.monotonic(), [first], threading.Event()
-    with err.status(f"{subject}: {first}") as status:
+    with err.status(status_line(subject, first, "0s", err.width)) as status:
 
         def show(text: str) -> None:
             doing[0] = text
-            status.update(f"{subject}: {text} · {time.monotonic() - started:.0f}s")
+            elapsed = f"{time.monotonic() - started:.0f}s"
+            status.update(status_line(subject, text, elapsed, err.width))
 
         def ticker() -> None:
             while not done.wait(1):

@@ -9,7 +9,7 @@ from contextlib import suppress
 import typer
 
 from shared.cli._common import checked, emit_json, err, fail, on_bus, out, settings
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, visible
 
 dlq_app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 
@@ -57,7 +57,7 @@ def dlq_ls(
         given = (("stage", stage), ("reason", reason), ("since", since))
         filters = " ".join(f"--{k} {v}" for k, v in given if v is not None)
         out.print(
-            f"no dead letters match {filters} ({len(records)} in all)"
+            f"no dead letters match {literal(filters)} ({len(records)} in all)"
             if filters and records
             else "no dead letters: nothing has failed for good"
         )
@@ -85,17 +85,19 @@ def dlq_show(
     record = records[-1]
     if len(records) > 1:
         others = ", ".join(str(r.id) for r in records[:-1])
-        err.print(f"note: {len(records)} dead letters for {ref}; the newest (others: {others})")
+        err.print(
+            f"note: {len(records)} dead letters for {literal(ref)}; the newest (others: {others})"
+        )
     if as_json:
         emit_json({**record.summary(), "letter": json.loads(record.letter.model_dump_json())})
         return
     for key, value in record.summary().items():
-        out.print(f"[bold]{key}[/]: {value}", highlight=False)
+        out.print(f"[bold]{key}[/]: {literal(value)}", highlight=False)
     out.print("[bold]payload[/]:")
     payload = record.letter.payload
     with suppress(ValueError):  # indented JSON, printed as it is: never re-wrapped mid-word
         payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
-    out.print(payload, highlight=False, markup=False, soft_wrap=True)
+    out.print(visible(payload, lines=True), highlight=False, markup=False, soft_wrap=True)
 
 
 @dlq_app.command("replay")

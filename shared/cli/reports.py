@@ -11,6 +11,7 @@ from shared.cli._common import (
     age,
     checked,
     emit_json,
+    fail,
     library,
     on_bus,
     out,
@@ -18,7 +19,7 @@ from shared.cli._common import (
     settings,
     validate_capped,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled, visible
 
 
 def _in_window(cfg: Any, window: str) -> list[Any]:
@@ -49,7 +50,7 @@ def stats(
         emit_json({"window": window, **data})
         return
     out.print(
-        f"[bold]{data['total']}[/] requests in {window}: {data['delivered']} delivered, "
+        f"[bold]{data['total']}[/] requests in {literal(window)}: {data['delivered']} delivered, "
         f"{data['failed']} failed, {data['in_flight']} in flight · success rate "
         f"{_secs(data['success_rate'], '%')}"
     )
@@ -64,7 +65,8 @@ def stats(
     sizes = [data["report_bytes"][p] for p in ("p50", "p95")]
     kib = " / ".join("—" if v is None else f"{v / 1024:.0f} KiB" for v in sizes)
     out.print(f"report size p50/p95: {kib}")
-    out.print("templates: " + ", ".join(f"{k} ({v})" for k, v in data["templates"].items()))
+    used = ", ".join(f"{k} ({v})" for k, v in data["templates"].items())
+    out.print(f"templates: {visible(used)}", highlight=False, markup=False)
     if data["cache_hit_rate"] is not None:
         out.print(f"fetch cache hit rate: {data['cache_hit_rate']:.1f}%")
 
@@ -87,7 +89,11 @@ def slo(
     if as_json:
         emit_json({"window": window, "objectives": [r.as_dict() for r in rows]})
     else:
-        marks = {True: "[green]met[/]", False: "[red]MISSED[/]", None: "[dim]no data[/]"}
+        marks = {
+            True: styled("met", "green"),
+            False: styled("MISSED", "red"),
+            None: styled("no data", "dim"),
+        }
         print_table(
             out,
             [Col("SLI"), Col("target"), Col("measured"), Col("samples"), Col("")],
@@ -108,12 +114,14 @@ def alerts(
     from shared.monitoring import active_alerts, monitor_url
 
     cfg = settings()
+    if not (prometheus or cfg.monitor_url or (cfg.data_dir / "prometheus" / "url").is_file()):
+        fail(_no_prometheus(cfg))
     url = checked(lambda: monitor_url(prometheus, cfg.monitor_url, cfg.data_dir))
     found = run(active_alerts(url, include_pending=pending))
     if as_json:
         emit_json({"prometheus": url, "alerts": [a.as_dict() for a in found]})
     elif not found:
-        out.print(f"[green]nothing firing[/] ({url})")
+        out.print(f"[green]nothing firing[/] ({literal(url)})")
 
     def block(text: str) -> str:
         return textwrap.fill(
@@ -122,13 +130,34 @@ def alerts(
 
     for alert in [] if as_json else found:
         state = "" if alert.state == "firing" else f" ({alert.state})"
-        out.print(f"[bold red]{alert.severity}[/] [bold]{alert.name}[/]{state}")
+        out.print(f"[bold red]{literal(alert.severity)}[/] [bold]{literal(alert.name)}[/]{state}")
         labels = " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
         for line in filter(None, (labels, alert.summary, f"start with: {alert.command}")):
-            out.print(block(line), highlight=False, markup=False)
-        out.print(block(f"runbook: {alert.runbook}"), highlight=False, markup=False)
+            out.print(block(visible(line)), highlight=False, markup=False)
+        out.print(block(visible(f"runbook: {alert.runbook}")), highlight=False, markup=False)
     if any(a.state == "firing" for a in found):
         raise typer.Exit(1)
+
+
+def _no_prometheus(cfg: Any) -> str:
+    """How to get a Prometheus to ask, in one line: what runs here decides the advice."""
+    import shutil
+
+    missing = (
+        ""
+        if shutil.which("prometheus")
+        else " (it runs Debian's prometheus: `sudo apt-get install prometheus`)"
+    )
+    if (cfg.data_dir / "workers.json").is_file():
+        return (
+            "no Prometheus to ask: the stack running here (`make run` / `pressroom up`) was "
+            "started without one; stop it (Ctrl-C) and start `.venv/bin/pressroom up --sample "
+            f"--prometheus`{missing}, or pass --prometheus URL (or set PRESSROOM_MONITOR_URL)"
+        )
+    return (
+        "no Prometheus to ask: start the stack with `.venv/bin/pressroom up --prometheus`"
+        f"{missing}, or pass --prometheus URL (or set PRESSROOM_MONITOR_URL)"
+    )
 
 
 def clean(
@@ -136,10 +165,11 @@ def clean(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would go, delete nothing."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Remove artefacts older than the retention age (PRESSROOM_ARTEFACT_RETENTION_DAYS)."""
+    """Remove artefacts, and files delivered into PRESSROOM_OUT_DIR, older than the retention
+    age (PRESSROOM_ARTEFACT_RETENTION_DAYS)."""
     from datetime import timedelta
 
-    from shared.ops import clean_artefacts
+    from shared.ops import clean_artefacts, clean_out_dir
 
     cfg = settings()
     # `0m` (everything) is a real age: only a missing option falls back to the retention.
@@ -149,14 +179,37 @@ def clean(
         else timedelta(days=cfg.artefact_retention_days)
     )
     removed = on_bus(cfg, lambda bus: clean_artefacts(bus, older, dry_run=dry_run))
+    files = checked(lambda: clean_out_dir(cfg.out_dir, older, dry_run=dry_run))
     if as_json:
         emit_json(
-            {"dry_run": dry_run, "objects": [{"key": o.key, "size": o.size} for o in removed]}
+            {
+                "dry_run": dry_run,
+                "objects": [{"key": o.key, "size": o.size} for o in removed],
+                "files": [{"path": str(f.path), "size": f.size} for f in files],
+            }
         )
         return
     verb = "would remove" if dry_run else "removed"
+    if dry_run:
+        for where, name, size in [
+            *(("store", o.key, o.size) for o in removed),
+            *(("out", str(f.path), f.size) for f in files),
+        ]:
+            shown = visible(name)  # a delivered file's name comes from its request
+            out.print(f"  {_size(size):>9}  {where:5}  {shown}", highlight=False, markup=False)
     total = sum(o.size for o in removed)
     out.print(f"{verb} {len(removed)} object(s), {total / 1024 / 1024:.1f} MiB")
+    gone = sum(f.size for f in files)
+    out.print(
+        f"{verb} {len(files)} delivered file(s) in {cfg.out_dir}, {gone / 1024 / 1024:.1f} MiB",
+        highlight=False,
+    )
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
 
 
 def register(app: typer.Typer) -> None:

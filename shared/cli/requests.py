@@ -22,7 +22,7 @@ from shared.cli._common import (
     progress,
     settings,
 )
-from shared.cli._output import Col, print_table, shorten
+from shared.cli._output import Col, literal, print_table, shorten, visible
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -36,9 +36,16 @@ def request(
     request_id: str | None = typer.Option(None, "--request-id"),
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),
+    subject: str | None = typer.Option(None, "--subject", help="email subject (with --email)"),
+    source: list[str] = typer.Option(
+        [], "--source", help="NAME of a config source, or VAR=NAME / VAR=URL; repeatable"
+    ),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
     split: str | None = typer.Option(
         None, "--split", help="auto | on | off: lay a long report out in several processes"
+    ),
+    report_timeout: float | None = typer.Option(
+        None, "--report-timeout", help="Seconds the report may take (`timeout`): then it fails."
     ),
     validate: bool = typer.Option(False, "--validate", help="Only check the payload."),
     wait: bool = typer.Option(False, "--wait", help="Wait for delivery or failure."),
@@ -56,9 +63,14 @@ def request(
             fail(f"cannot read request file '{file}': {error}")
     params = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
     deliver: list[dict[str, Any]] = [{"channel": "file", "path": to_folder}] if to_folder else []
-    deliver += [{"channel": "email", "to": email}] if email else []
+    if subject is not None and not email:
+        fail("--subject is the email's subject: give --email RECIPIENT too")
+    mail = {"channel": "email", "to": email, **({"subject": subject} if subject else {})}
+    deliver += [mail] if email else []
+    if source:
+        body = {**body, "sources": [*body.get("sources", []), *map(source_spec, source)]}
     fields: dict[str, Any] = {"template": template, "formats": fmt, "request_id": request_id}
-    fields |= {"locale": locale, "split": split}
+    fields |= {"locale": locale, "split": split, "timeout": report_timeout}
     who = f"cli:{os.environ.get('USER', 'unknown')}"
     req = checked(
         lambda: build_request(body, params=params, deliver=deliver, requested_by=who, **fields)
@@ -69,9 +81,26 @@ def request(
         if as_json:
             emit_json({"valid": True, "request": json.loads(req.model_dump_json())})
         else:
-            out.print(f"valid report.requested for template '{req.template}'")
+            out.print(f"valid report.requested for template '{literal(req.template)}'")
         return
     show_outcome(req.request_id, submit(cfg, req, wait, timeout), wait=wait, as_json=as_json)
+
+
+def source_spec(text: str) -> dict[str, Any]:
+    """`--source`: a config-file source by NAME (the template sees it as NAME with `_` for
+    `-`), or VAR=NAME, or VAR=URL (an http source; PRESSROOM_SOURCE_ALLOW decides)."""
+    import re
+
+    if "://" in text.partition("=")[0]:
+        fail(f"--source: name the variable the template reads, e.g. --source data={text}")
+    var, sep, what = text.partition("=")
+    if not sep:
+        var, what = re.sub(r"\W", "_", text), text
+    if not var or not what or not re.fullmatch(r"\w+", var):
+        fail(f"--source expects NAME, VAR=NAME or VAR=URL (VAR: letters, digits, _), got '{text}'")
+    if "://" in what:
+        return {"name": var, "kind": "http", "url": what}
+    return {"name": var, "source": what}
 
 
 def submit(cfg: Settings, req: Any, wait: bool, timeout: float, schedule: Any = None) -> Any:
@@ -93,17 +122,18 @@ def show_outcome(rid: str, outcome: Any, *, wait: bool, as_json: bool) -> None:
         found = {"subject": outcome.subject, "payload": outcome.payload} if outcome else None
         emit_json({"request_id": rid, **({"outcome": found} if wait else {})})
     elif not wait:
-        out.print(f"published [cyan]{rid}[/]")
+        out.print(f"published [cyan]{literal(rid)}[/]")
     if outcome is None:
         return
     if outcome.delivered:
         if not as_json:
-            out.print(f"[green]delivered[/] {rid}")
+            out.print(f"[green]delivered[/] {literal(rid)}")
             for ch in outcome.payload.get("channels", []):
-                out.print(f"  {ch['channel']}: {ch['target']}")
+                out.print(f"  {literal(ch['channel'])}: {literal(ch['target'])}")
         return
     if not as_json:
-        err.print(f"[red]failed[/] {rid}: {outcome.payload.get('reason')}", highlight=False)
+        reason = outcome.payload.get("reason")
+        err.print(f"[red]failed[/] {literal(rid)}: {literal(reason)}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -149,10 +179,11 @@ def render(
     with progress(job.template, "rendering", tick=True):
         result = checked(lambda: render_capped(job, cfg))
     for notice in result.notices:
-        err.print(f"[yellow]warning:[/] {notice}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {literal(notice)}", highlight=False, soft_wrap=True)
     if dry_run:
         out.print(
-            f"ok: '{job.template}' renders ({len(result.html):,} bytes of HTML); nothing written"
+            f"ok: '{literal(job.template)}' renders ({len(result.html):,} bytes of HTML); "
+            "nothing written"
         )
         return
     assert output is not None
@@ -161,30 +192,74 @@ def render(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(content)
     extra = f", {result.pages} page(s)" if chosen == "pdf" else ""
-    out.print(f"wrote {output} ({len(content):,} bytes{extra})")
+    out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})")
 
 
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """What happened to one request: stages, timings, artefacts, channels, error."""
+    """What happened to one request: stages, timings (with the waits between them),
+    artefacts, channels, error."""
     from shared.ledger import entry_as_dict
-    from shared.ops import ledger_entry
+    from shared.ops import channel_outcomes, ledger_entry
 
-    entry = on_bus(settings(), lambda bus: ledger_entry(bus, request_id))
+    async def read(bus: Any) -> Any:
+        entry = await ledger_entry(bus, request_id)
+        if not entry.channels and "distributor" in entry.stages:
+            # A partly delivered report: what each channel did is in the deliveries record.
+            entry.channels = await channel_outcomes(bus, request_id)
+        return entry
+
+    entry = on_bus(settings(), read)
+    waits = queue_waits(entry)
     if as_json:
-        emit_json(entry_as_dict(entry))
+        emit_json({**entry_as_dict(entry), "waits": waits})
         return
-    out.print(f"[bold]{request_id}[/] · {entry.status} · template {entry.template}")
+    out.print(
+        f"[bold]{literal(request_id)}[/] · {literal(entry.status)} · "
+        f"template {literal(entry.template)}"
+    )
     for stage, rec in entry.stages.items():
+        if waits.get(stage):
+            out.print(f"  {'(queued)':12} {'waiting':8} {waits[stage]:>7.2f}s  before {stage}")
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
-        out.print(f"  {stage:12} {rec.state:8} {secs:>8}  attempts {rec.attempts}")
+        out.print(
+            f"  {literal(stage):12} {literal(rec.state):8} {secs:>8}  attempts {rec.attempts}"
+        )
         if rec.error and rec.error != entry.error:  # the request's own error follows below
-            out.print(f"    {rec.error}", highlight=False, markup=False)
+            out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
+    if entry.total_seconds is not None:
+        worked = sum(r.seconds or 0.0 for r in entry.stages.values())
+        queued = sum(waits.values())
+        out.print(
+            f"  total {entry.total_seconds:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
+            + _other(entry.total_seconds - worked - queued)
+        )
     for art in entry.artefacts:
-        out.print(f"  artefact {art.format}: {art.key} ({art.size:,} bytes)")
+        out.print(f"  artefact {literal(art.format)}: {literal(art.key)} ({art.size:,} bytes)")
     for ch in entry.channels:
-        out.print(f"  {ch.channel}: {'ok' if ch.ok else 'FAILED'} {ch.target} {ch.detail}")
+        mark = "ok" if ch.ok else "FAILED"
+        out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")
     if entry.error:
-        out.print(f"  [red]error[/]: {entry.error}")
+        out.print(f"  [red]error[/]: {literal(entry.error)}")
+
+
+def _other(seconds: float) -> str:
+    """What stages and queues do not account for: retries' backoff, ledger writes."""
+    return f", {seconds:.2f}s retrying or recording" if seconds >= 0.01 else ""
+
+
+def queue_waits(entry: Any) -> dict[str, float]:
+    """Seconds each stage's message waited before a worker took it: from the request (or
+    the previous stage's end) to the stage's start."""
+    waits: dict[str, float] = {}
+    previous = entry.requested_at
+    for stage in ("fetcher", "renderer", "distributor"):
+        record = entry.stages.get(stage)
+        if record is None:
+            break
+        if previous is not None:
+            waits[stage] = max((record.started_at - previous).total_seconds(), 0.0)
+        previous = record.finished_at
+    return {k: round(v, 3) for k, v in waits.items()}
 
 
 def list_requests(
@@ -204,7 +279,9 @@ def list_requests(
         return
     if not entries:
         filters = [f"--{k} {v}" for k, v in (("status", status_), ("template", template)) if v]
-        out.print(f"no requests match {' '.join(filters)}" if filters else "no requests yet")
+        out.print(
+            f"no requests match {literal(' '.join(filters))}" if filters else "no requests yet"
+        )
         return
     columns = [Col("request_id"), Col("status"), Col("template"), Col("updated (UTC)")]
     columns += [Col("total s", justify="right"), Col("error", long=True)]
@@ -229,7 +306,9 @@ def _total(entry: Any) -> str:
 
 def get(
     request_id: str,
-    output: Path | None = typer.Option(None, "--output", "-o"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Default: REQUEST_ID.FORMAT in the current folder."
+    ),
     fmt: str = typer.Option("pdf", "--format", "-f"),
     url: bool = typer.Option(False, "--url", help="Print a download link (S3) instead."),
     expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
@@ -245,11 +324,21 @@ def get(
         sys.stdout.write(link + "\n")
         return
     if output is None:
-        fail("give --output FILE (or --url for a download link)")
+        output = Path(default_file_name(request_id, fmt))
+        if output.exists():
+            fail(f"'{output}' exists already: give --output FILE (the same name overwrites it)")
     data = on_bus(cfg, lambda bus: artefact_bytes(bus, request_id, fmt))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
-    out.print(f"wrote {output} ({len(data):,} bytes)")
+    out.print(f"wrote {literal(output)} ({len(data):,} bytes)")
+
+
+def default_file_name(request_id: str, fmt: str) -> str:
+    """`<request-id>.<fmt>` with only safe characters (never a path, never hidden)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", request_id).lstrip(".") or "report"
+    return f"{stem}.{re.sub(r'[^A-Za-z0-9]', '', fmt) or 'pdf'}"
 
 
 def deliver(
@@ -275,7 +364,8 @@ def deliver(
         emit_json(results)
     for result in [] if as_json else results:
         mark = "[green]ok[/]" if result["ok"] else "[red]failed[/]"
-        out.print(f"{mark} {result['channel']}: {result['target']} {result['detail']}")
+        where = f"{literal(result['channel'])}: {literal(result['target'])}"
+        out.print(f"{mark} {where} {literal(result['detail'])}")
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 
@@ -291,11 +381,11 @@ def check(
 
     cfg = settings()
     if what == "email":
-        out.print(run(check_email(cfg, to)))
+        out.print(literal(run(check_email(cfg, to))))
     elif what == "webhook":
         if not url:
             fail("give --url for the webhook check")
-        out.print(run(check_webhook(cfg, url)))
+        out.print(literal(run(check_webhook(cfg, url))))
     else:
         fail(f"unknown check '{what}' (known: email, webhook)")
 

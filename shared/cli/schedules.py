@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import typer
 
 from shared.cli._common import config_says, emit_json, fail, out, run, schedules, settings
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled
 
 schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
 sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
@@ -58,7 +59,7 @@ def schedule_run(
         fail(f"no schedule '{name}' in the config file")
     request = matches[0].request_for(datetime.now(UTC).replace(second=0, microsecond=0))
     outcome = submit(cfg, request, wait, timeout, schedule=matches[0])
-    out.print(f"fired {name} as [cyan]{request.request_id}[/]")
+    out.print(f"fired {literal(name)} as [cyan]{literal(request.request_id)}[/]")
     if outcome is not None and not outcome.delivered:
         fail(f"{request.request_id}: {outcome.payload.get('reason')}")
 
@@ -78,11 +79,23 @@ def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @sources_app.command("test")
-def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Fetch one configured source now and show what came back (the legacy test_data_source)."""
+def sources_test(
+    name: str | None = typer.Argument(None, help="A source of the config file."),
+    every: bool = typer.Option(False, "--all", help="Test every configured source."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fetch one configured source now and show what came back (the legacy test_data_source);
+    with --all, every source, one row each (exit 1 if any fails)."""
     from shared.probes import fetch_source
 
     cfg = settings()
+    if every:
+        if name is not None:
+            fail("give a source name or --all, not both")
+        _test_all(cfg, as_json)
+        return
+    if name is None:
+        fail("give a source name (see `pressroom sources ls`) or --all")
     data, seconds = run(fetch_source(cfg, name))
     size = len(json.dumps(data, default=str))
     summary = {
@@ -96,6 +109,62 @@ def sources_test(name: str, as_json: bool = typer.Option(False, "--json")) -> No
         emit_json({**summary, "data": data})
         return
     out.print(
-        f"ok: {name} ({summary['kind']}) answered in {seconds:.2f}s, {size:,} bytes"
-        + (f", {summary['items']} items" if summary["items"] is not None else "")
+        f"ok: {literal(name)} ({literal(summary['kind'])}) answered in {seconds:.2f}s, "
+        f"{size:,} bytes" + (f", {summary['items']} items" if summary["items"] is not None else "")
     )
+
+
+def _test_all(cfg: Any, as_json: bool) -> None:
+    """Every configured source at once, each with its own outcome."""
+    import asyncio
+    import time
+
+    from shared.errors import PressroomError
+    from shared.probes import fetch_source
+
+    async def one(name: str) -> dict[str, Any]:
+        started = time.monotonic()
+        row: dict[str, Any] = {"source": name, "kind": cfg.sources[name].get("kind", "?")}
+        try:
+            data, seconds = await fetch_source(cfg, name)
+        except PressroomError as error:
+            seconds = time.monotonic() - started
+            return {**row, "ok": False, "seconds": round(seconds, 3), "detail": error.reason}
+        size = len(json.dumps(data, default=str))
+        return {**row, "ok": True, "seconds": round(seconds, 3), "detail": f"{size:,} bytes"}
+
+    async def every() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(n) for n in sorted(cfg.sources))))
+
+    if not cfg.sources:
+        fail(f"no data sources to test: {config_says(cfg, 'sources')}")
+    rows = run(every())
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(
+            out,
+            [
+                Col("source"),
+                Col("kind"),
+                Col("result"),
+                Col("s", justify="right"),
+                Col("detail", long=True),
+            ],
+            [
+                [
+                    r["source"],
+                    r["kind"],
+                    styled("ok", "green") if r["ok"] else styled("FAILED", "red"),
+                    f"{r['seconds']:.2f}",
+                    r["detail"],
+                ]
+                for r in rows
+            ],
+        )
+    failed = [r["source"] for r in rows if not r["ok"]]
+    if failed:
+        if not as_json:
+            names = literal(", ".join(failed))
+            out.print(f"{len(failed)} of {len(rows)} source(s) failed: {names}")
+        raise typer.Exit(1)

@@ -22,10 +22,9 @@ from shared.cli._common import (
     library,
     on_bus,
     out,
-    schedules,
     settings,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, styled
 from shared.errors import PressroomError
 
 bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
@@ -40,6 +39,9 @@ def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributo
 
     if name not in SERVICES:
         fail(f"unknown worker '{name}' (known: {', '.join(SERVICES)})")
+    from shared.secretenv import scrub
+
+    scrub(role=name)  # the other roles' secrets are nothing this process (or a child) may use
     settings()
     try:
         faststream_app = importlib.import_module(f"services.{name}.app").create_app()
@@ -97,7 +99,7 @@ def _prometheus(supervisor: Any, port: int | None) -> None:
     try:
         url = supervisor.start_prometheus(port)
     except PressroomError as error:
-        err.print(f"[yellow]note:[/] {error.reason}", highlight=False)
+        err.print(f"[yellow]note:[/] {literal(error.reason)}", highlight=False)
         return
     if url:
         out.print(f"Prometheus on [cyan]{url}[/] · `pressroom alerts` shows what fires")
@@ -127,7 +129,7 @@ def health(
             out,
             [Col("component"), Col("status"), Col("detail", long=True)],
             [
-                [name, f"[{colour[item['status']]}]{item['status']}[/]", item["detail"]]
+                [name, styled(item["status"], colour[item["status"]]), item["detail"]]
                 for name, item in report["components"].items()
             ],
         )
@@ -141,24 +143,35 @@ def bus_auth(
     tls: bool = typer.Option(False, "--tls", help="Also a CA and a server certificate."),
     host: str = typer.Option("localhost,127.0.0.1", "--host", help="Server names for TLS."),
     rotate: bool = typer.Option(False, "--rotate", help="New keys (and certificates)."),
+    publisher: list[str] = typer.Option(
+        [], "--publisher", help="A calling system's own identity (repeat; kept on later runs)."
+    ),
 ) -> None:
-    """Write a nats-server include with one least-privilege nkey user per role, and the seeds."""
-    from shared.busauth import ROLES, generate
+    """Write a nats-server include with one least-privilege nkey user per role, one account per
+    calling system, and the seeds."""
+    from shared.busauth import SERVICE_ROLES, generate, tenant_role
 
     hosts = [h.strip() for h in host.split(",") if h.strip()]
     if not hosts:
         fail("--host needs at least one name")
-    result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate)
+    try:
+        result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate, publishers=publisher)
+    except PressroomError as error:
+        fail(error.reason)
     out.print(f"wrote {result.folder}/auth.conf — include it from nats-server.conf")
     out.print(
-        f"seeds (0600): {', '.join(f'{r}.nk' for r in ROLES)}"
+        f"seeds (0600): {', '.join(f'{r}.nk' for r in SERVICE_ROLES)}"
         + (f" · kept: {', '.join(result.kept)}" if result.kept else "")
+    )
+    out.print(
+        "calling systems (each its own account): "
+        + ", ".join(f"{tenant_role(t)}.nk" for t in result.tenants)
     )
     if tls:
         out.print("TLS: ca.pem, server-cert.pem, server-key.pem (clients: PRESSROOM_NATS_TLS_CA)")
     out.print(
-        "workers: PRESSROOM_NATS_CREDENTIALS_DIR=<this folder> (each uses its role's seed); "
-        "other systems: the publisher seed"
+        "workers: each its own role's seed (PRESSROOM_NATS_NKEY); other systems: their "
+        "publisher seed"
     )
 
 
@@ -175,18 +188,26 @@ def bus_setup() -> None:
 @config_app.command("check")
 def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     """Validate the configuration and print it, secrets masked (exit 1 on any problem)."""
+    from services.scheduler.cron import load_schedules
     from shared.settings import masked
 
     cfg = settings()
-    found = schedules(cfg)
+    problems: list[str] = []  # every one at once, not the first only
+    try:
+        found = load_schedules(cfg.schedules)
+    except PressroomError as error:
+        found, problems = [], [error.reason]
     if not cfg.templates_dir.is_dir():
-        fail(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
-    lib = library(cfg)
-    for schedule in found:
-        try:
-            lib.resolve(str(schedule.request.get("template", "")))
-        except PressroomError as error:
-            fail(f"schedule '{schedule.name}': {error.reason}")
+        problems.append(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
+    else:
+        lib = library(cfg)
+        for schedule in found:
+            try:
+                lib.resolve(str(schedule.request.get("template", "")))
+            except PressroomError as error:
+                problems.append(f"schedule '{schedule.name}': {error.reason}")
+    if problems:
+        fail("; ".join(problems))
     effective = masked(cfg)
     if as_json:
         emit_json(effective)

@@ -16,7 +16,7 @@ from shared.cli._common import (
     settings,
     validate_capped,
 )
-from shared.cli._output import Col, print_table
+from shared.cli._output import Col, literal, print_table, visible
 
 templates_app = typer.Typer(help="List, validate and inspect templates.", no_args_is_help=True)
 
@@ -35,7 +35,7 @@ def templates_ls(as_json: bool = typer.Option(False, "--json")) -> None:
         )
         return
     if not infos:
-        out.print(f"no templates in {lib.folder} (add .html files there)")
+        out.print(f"no templates in {literal(lib.folder)} (add .html files there)")
         return
     print_table(
         out,
@@ -70,9 +70,9 @@ def templates_validate(
         emit_json({"checked": names, "problems": [str(p) for p in problems], "warnings": warnings})
     else:
         for problem in problems:
-            err.print(str(problem), highlight=False, soft_wrap=True)
+            err.print(visible(problem), highlight=False, soft_wrap=True, markup=False)
         for warning in warnings:
-            err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+            err.print(f"warning: {visible(warning)}", highlight=False, soft_wrap=True, markup=False)
         if not problems:
             out.print(f"ok: {len(names)} template(s) valid")
     if problems:

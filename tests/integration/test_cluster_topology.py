@@ -47,7 +47,9 @@ async def test_an_r1_topology_is_scaled_up_to_r3_with_its_data_and_never_down(
 
         await eventually(declared, timeout=60, every=0.5)
         await js.publish("report.requested", b'{"template": "x"}', stream=STREAM)
-        assert [(await js.stream_info(s)).config.num_replicas for s in STREAMS] == [1] * 8
+        assert [(await js.stream_info(s)).config.num_replicas for s in STREAMS] == [1] * len(
+            STREAMS
+        )
 
         await ensure_topology(js, Settings(nats_url=cluster.url, stream_replicas=3))
         await cluster.wait_current(STREAMS)
@@ -66,7 +68,9 @@ async def test_an_r1_topology_is_scaled_up_to_r3_with_its_data_and_never_down(
 
         # A client started with the default of 1 replica leaves the cluster's R3 alone.
         await ensure_topology(js, one)
-        assert [(await js.stream_info(s)).config.num_replicas for s in STREAMS] == [3] * 8
+        assert [(await js.stream_info(s)).config.num_replicas for s in STREAMS] == [3] * len(
+            STREAMS
+        )
     finally:
         await nc.close()
 

@@ -282,7 +282,7 @@ def test_pressroom_clean_lists_and_removes_old_artefacts_from_s3(dstack: Stack) 
     listed = json.loads(
         dstack.cli("clean", "--older-than", "30d", "--dry-run", "--json", check=True).stdout
     )
-    assert listed == {"dry_run": True, "objects": []}  # nothing is 30 days old yet
+    assert listed["objects"] == [] and listed["files"] == []  # nothing is 30 days old yet
     everything = json.loads(
         dstack.cli("clean", "--older-than", "0m", "--dry-run", "--json", check=True).stdout
     )

@@ -59,6 +59,7 @@ def cluster_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
     (bin_dir / "kubectl").write_text(FAKE_KUBECTL.replace("python3", sys.executable, 1))
     (bin_dir / "kubectl").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env["PUBLISHERS"] = "billing crm"  # two calling systems, each its own account
     result = subprocess.run(
         ["bash", str(REPO / "deploy/k8s/bus-secrets.sh"), str(work / "keys")],
         env=env,
@@ -72,6 +73,10 @@ def cluster_secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
         if doc:
             data = {k: base64.b64decode(v) for k, v in doc["data"].items()}
             secrets[doc["metadata"]["name"]] = data
+    # The calling systems' seeds are handed over outside the cluster, never as a pod's Secret.
+    secrets["calling systems"] = {
+        f.name: f.read_bytes() for f in (work / "keys/identities").glob("publisher*.nk")
+    }
     return secrets
 
 
@@ -217,3 +222,36 @@ async def test_a_worker_connects_with_its_pods_secret_and_nobody_without(
 async def _streams(nc: Any) -> Any:
     for info in await nc.jetstream(timeout=5).streams_info():
         yield info
+
+
+async def test_each_calling_system_gets_its_own_account_on_the_k8s_bus(
+    k8s_nats: Any, cluster_secrets: dict[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    url, _root = k8s_nats
+    seeds = cluster_secrets["calling systems"]
+    assert set(seeds) == {"publisher-billing.nk", "publisher-crm.nk"}
+    conf = cluster_secrets["nats-auth"]["auth.conf"].decode()
+    assert '"TENANT_billing"' in conf and '"TENANT_crm"' in conf
+    folder = mount(seeds | {"ca.pem": cluster_secrets["nats-tls"]["ca.crt"]}, tmp_path / "billing")
+    who = identity(
+        Settings(nats_url=url, nats_nkey=folder / "publisher-billing.nk",
+                 nats_tls_ca=folder / "ca.pem"),
+        "publisher",
+    )  # fmt: skip
+    assert who.role == "publisher-billing"
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error).lower())
+
+    nc = await nats.connect(url, error_cb=on_error, tls_hostname=POD, **who.nats_kwargs())
+    try:
+        await nc.publish("report.requested.crm", b"{}")  # posing as another calling system
+        await nc.flush()
+
+        async def refused() -> bool:
+            return any("permissions violation" in e and "report.requested.crm" in e for e in errors)
+
+        await eventually(refused, timeout=30)
+    finally:
+        await nc.close()

@@ -72,7 +72,9 @@ async def test_undefined_variable_fails_with_the_variable_named(
     failed = await outcomes.failed_event(rid)
 
     assert failed["stage"] == "renderer"
-    assert "undefined" in failed["reason"] and "is undefined" in failed["reason"]
+    # Every missing variable at once, not one per fix-and-retry.
+    assert "undefined variables" in failed["reason"]
+    assert all(f"'{v}'" in failed["reason"] for v in ("reporting_period", "projects"))
     assert failed["attempts"] == 1  # permanent: not retried
     assert not (stack.out / f"{rid}.pdf").exists()
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
+import socket
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, getaddresses, make_msgid, parseaddr
 from typing import Any
 
 from services.distributor.channels import Parcel
+from shared import egress
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
 from shared.placeholders import fill
@@ -34,6 +37,7 @@ _ADDRESS = re.compile(
 )
 MAX_PARAM_CHARS = 200
 MAX_RECIPIENTS = 50
+MAX_ADDRESS_CHARS = 320  # a display name and RFC 5321's 254-character path
 LINK_VALIDITY = timedelta(days=7)
 
 
@@ -49,6 +53,11 @@ def validate_addresses(value: Any) -> list[str]:
         )
     result = []
     for item in items:
+        if len(str(item)) > MAX_ADDRESS_CHARS:
+            # Before parsing: the email.utils parsers are not linear on hostile input.
+            raise PermanentError(
+                f"email address '{str(item)[:40]}…' is longer than {MAX_ADDRESS_CHARS} characters"
+            )
         if "\r" in str(item) or "\n" in str(item):
             raise PermanentError(f"email address {str(item)!r} contains a line break")
         parsed = getaddresses([str(item)])
@@ -160,24 +169,67 @@ class EmailChannel:
                     subtype=subtype,
                     filename=parcel.filename(artefact),
                 )
-        await asyncio.to_thread(self._send, message, to + cc)
+        # smtplib's timeout is per socket operation: the whole conversation gets a deadline,
+        # and past it the socket is shut so the thread's blocked read ends too.
+        hang_up = HangUp()
+        try:
+            async with egress.deadline(s.smtp_timeout, f"SMTP server {s.smtp_host}:{s.smtp_port}"):
+                await asyncio.to_thread(self._send, message, to + cc, hang_up)
+        except BaseException:
+            hang_up()
+            raise
         how = "attached" if attach else "linked"
         return ChannelResult(channel="email", ok=True, target=", ".join(to + cc), detail=how)
 
-    def _send(self, message: EmailMessage, recipients: list[str]) -> None:
-        with smtp_session(self.settings) as smtp:
+    def _send(self, message: EmailMessage, recipients: list[str], hang_up: HangUp) -> None:
+        with smtp_session(self.settings, attach=hang_up.attach) as smtp:
             refused = smtp.send_message(message, to_addrs=recipients)
         if refused:
             raise PermanentError(f"SMTP refused some recipients: {_codes(refused)}")
 
 
+class HangUp:
+    """Ends an SMTP session from outside the thread that runs it (at the call's deadline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._smtp: smtplib.SMTP | None = None
+        self._done = False
+
+    def attach(self, smtp: smtplib.SMTP) -> None:
+        with self._lock:
+            self._smtp = smtp
+        if self._done:
+            self()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._done = True
+            sock = self._smtp.sock if self._smtp is not None else None
+        if sock is not None:
+            with suppress(OSError):  # shutdown, not close: it wakes a read blocked in a thread
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 @contextmanager
-def smtp_session(s: Settings) -> Iterator[smtplib.SMTP]:
-    """A connected (STARTTLS, logged-in) SMTP session; failures become Transient/Permanent."""
+def smtp_session(
+    s: Settings, *, attach: Callable[[smtplib.SMTP], None] | None = None
+) -> Iterator[smtplib.SMTP]:
+    """A connected (STARTTLS, logged-in) SMTP session; failures become Transient/Permanent.
+
+    `attach` sees the session before it connects (to hang it up from another thread)."""
     if not s.smtp_host:
         raise PermanentError("email channel is not configured (set PRESSROOM_SMTP_HOST)")
     try:
-        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout) as smtp:
+        with smtplib.SMTP(timeout=s.smtp_timeout) as smtp:
+            # What STARTTLS checks the certificate against; the constructor would set it, but
+            # it would also connect before `attach` could see the session.
+            smtp._host = s.smtp_host  # type: ignore[attr-defined]
+            if attach is not None:
+                attach(smtp)
+            code, greeting = smtp.connect(s.smtp_host, s.smtp_port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, greeting)
             if s.smtp_starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if s.smtp_user:

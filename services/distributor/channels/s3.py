@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import PurePosixPath
 
+import certifi
+import urllib3
+from minio import Minio
+
 from services.distributor.channels import Parcel
+from shared import egress
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.placeholders import fill
@@ -54,6 +60,29 @@ def check_target(bucket: str, key: str, settings: Settings) -> None:
     )
 
 
+def delivery_client(settings: Settings) -> Minio:
+    """A client whose every socket operation gives up within PRESSROOM_S3_TIMEOUT and that never
+    retries by itself: the delivery's deadline ends the wait, and this ends the thread soon
+    after (minio's own client waits 5 minutes per read and retries five times)."""
+    assert settings.s3_endpoint
+    seconds = settings.s3_timeout
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=seconds, read=seconds),
+        retries=urllib3.Retry(total=0, redirect=False),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+    )
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http,
+    )
+
+
 class S3Channel:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -71,14 +100,15 @@ class S3Channel:
         for key in keys:
             check_target(bucket, key, self.settings)
         # A delivery never creates buckets: a missing one is a configuration error to fix.
-        store = S3Artefacts.from_settings(self.settings, bucket=bucket, create_bucket=False)
+        store = S3Artefacts(delivery_client(self.settings), bucket, create_bucket=False)
         targets = []
-        for artefact, key in zip(artefacts, keys, strict=True):
-            await store.put(
-                key,
-                await parcel.content(artefact),
-                content_type=artefact.content_type,
-                metadata={"sha256": artefact.sha256, "request-id": parcel.request_id},
-            )
-            targets.append(f"s3://{bucket}/{key}")
+        async with egress.deadline(self.settings.s3_timeout, f"S3 delivery to '{bucket}'"):
+            for artefact, key in zip(artefacts, keys, strict=True):
+                await store.put(
+                    key,
+                    await parcel.content(artefact),
+                    content_type=artefact.content_type,
+                    metadata={"sha256": artefact.sha256, "request-id": parcel.request_id},
+                )
+                targets.append(f"s3://{bucket}/{key}")
         return ChannelResult(channel="s3", ok=True, target=", ".join(targets))

@@ -89,9 +89,12 @@ class WebhookChannel:
         secret = self.settings.webhook_secret
         if not secret:
             raise PermanentError("webhook channel needs PRESSROOM_WEBHOOK_SECRET to sign bodies")
-        target = await egress.check_public(
-            url, self.settings.webhook_allow_list, what="webhook target", setting=ALLOW_SETTING
-        )
+        what = f"webhook {egress.public_url(url)}"
+        # Resolving the name counts too: a slow DNS server is as slow as a slow receiver.
+        async with egress.deadline(self.settings.webhook_timeout, what):
+            target = await egress.check_public(
+                url, self.settings.webhook_allow_list, what="webhook target", setting=ALLOW_SETTING
+            )
         stamp = int(time.time())
         headers = {
             "content-type": "application/json",
@@ -100,7 +103,6 @@ class WebhookChannel:
             "webhook-signature": sign(secret, msg_id, stamp, body),
             "user-agent": "Pressroom-Webhooks/1",
         }
-        what = f"webhook {egress.public_url(url)}"
         reply = await egress.send(
             "POST",
             target,

@@ -18,7 +18,8 @@ from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
 
-_NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
+# Possessive and stopping at the next `<`: linear on a hostile Link header.
+_NEXT = re.compile(r'<([^<>]++)>;\s*+rel="next"')
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")  # no query, no fragment
 DEFAULT_API = PUBLIC_DEFAULTS["github"]

@@ -1,0 +1,56 @@
+"""Which secrets a process may inherit: each gets only those its work needs.
+
+Render processes run templates: no secret at all (deliveries, S3, the bus, signing keys).
+A worker keeps its role's: only the distributor the SMTP and webhook secrets, only the fetcher
+the source credentials, only the renderer the signing key, no scheduler the S3 keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, MutableMapping
+
+# Names that hold (or point at) a secret: passwords, keys, tokens, credentials, seeds.
+SECRET_NAME = re.compile(
+    r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|CREDS|NKEY|PRIVATE|ACCESS_KEY|API_KEY|_KEY$"
+    r"|^AWS_|^PRESSROOM_NATS_URL$|^PRESSROOM_NATS_USER$|^PRESSROOM_SMTP_USER$"
+    r"|^PRESSROOM_SIGN_|^PRESSROOM_OIDC_",
+    re.IGNORECASE,
+)
+
+_DELIVERY = re.compile(r"^PRESSROOM_(SMTP_USER|SMTP_PASSWORD|WEBHOOK_SECRET)$")
+_SOURCES = re.compile(r"^PRESSROOM_SOURCE_CREDENTIALS$")
+_STORE = re.compile(r"^(PRESSROOM_S3_(ACCESS|SECRET)_KEY|AWS_.*)$")
+_SIGNING = re.compile(r"^PRESSROOM_SIGN_")
+_CONSOLE = re.compile(r"^PRESSROOM_OIDC_")
+
+# What each worker may not see: the secrets of the other roles.
+NOT_FOR: dict[str, tuple[re.Pattern[str], ...]] = {
+    "fetcher": (_DELIVERY, _SIGNING, _CONSOLE),
+    "renderer": (_DELIVERY, _SOURCES, _CONSOLE),
+    "distributor": (_SOURCES, _SIGNING, _CONSOLE),
+    "scheduler": (_DELIVERY, _SOURCES, _STORE, _SIGNING, _CONSOLE),
+}
+
+
+def is_secret(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+def for_role(env: Mapping[str, str], role: str) -> dict[str, str]:
+    """A worker's environment without the other roles' secrets."""
+    denied = NOT_FOR.get(role, ())
+    return {k: v for k, v in env.items() if not any(p.match(k) for p in denied)}
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not is_secret(k)}
+
+
+def scrub(env: MutableMapping[str, str] | None = None, role: str | None = None) -> None:
+    """Remove from `env` (this process's environment) every secret, or the other roles'."""
+    target = os.environ if env is None else env
+    kept = for_role(target, role) if role is not None else without_secrets(target)
+    for name in [k for k in target if k not in kept]:
+        del target[name]

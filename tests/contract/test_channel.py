@@ -1,0 +1,67 @@
+"""The channel contract (services/distributor/channels Channel), the same for every channel
+against a real target — file (a tmp out dir), email (aiosmtpd), s3 (moto's S3 server), webhook
+(an HTTP server): a delivery that succeeds puts the verified PDF there and says where; a target
+that asks to be tried again is a TransientError; one that refuses for good, or a target the
+operator does not allow, is a PermanentError with a reason — and nothing arrives."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.distributor.channels import Parcel
+from shared.errors import PermanentError, TransientError
+from shared.events import Artefact, ReportRendered, ReportRequested
+from shared.store import MemoryArtefacts, artefact_key, sha256_hex
+from tests.contract.conftest import Target
+from tests.helpers import unique
+
+pytestmark = pytest.mark.integration
+
+PDF = b"%PDF-1.7\n% a weekly report, delivered\n"
+
+
+async def parcel() -> Parcel:
+    request = ReportRequested(
+        request_id=unique("r"),
+        template="weekly.html",
+        requested_at=datetime(2026, 11, 24, 9, 0, tzinfo=UTC),
+    )
+    store = MemoryArtefacts()
+    key = artefact_key(request.request_id, "pdf", request.requested_at)
+    await store.put(key, PDF, content_type="application/pdf")
+    artefact = Artefact(
+        format="pdf", key=key, size=len(PDF), sha256=sha256_hex(PDF), content_type="application/pdf"
+    )
+    event = ReportRendered(
+        request=request, artefacts=[artefact], template_version="v1", render_seconds=0.2
+    )
+    return Parcel(event, store)
+
+
+async def test_a_delivery_puts_the_report_there_and_says_where(target: Target) -> None:
+    channel, delivery = target.deliveries["ok"]
+    report = await parcel()
+    result = await channel.deliver(delivery, report)
+    assert result.ok and result.channel == target.name and result.target
+    assert await target.arrived(report.request_id) == sha256_hex(PDF)
+
+
+async def test_a_target_that_asks_to_try_again_is_transient(target: Target) -> None:
+    channel, delivery = target.deliveries["transient"]
+    report = await parcel()
+    with pytest.raises(TransientError) as caught:
+        await channel.deliver(delivery, report)
+    assert caught.value.reason
+    assert await target.arrived(report.request_id) is None
+
+
+@pytest.mark.parametrize("case", ["permanent", "refused"])
+async def test_a_target_that_refuses_for_good_is_permanent(target: Target, case: str) -> None:
+    channel, delivery = target.deliveries[case]  # type: ignore[index]
+    report = await parcel()
+    with pytest.raises(PermanentError) as caught:
+        await channel.deliver(delivery, report)
+    assert caught.value.reason
+    assert await target.arrived(report.request_id) is None
