@@ -138,6 +138,22 @@ def _fetcher_class() -> type:
     return SafeURLFetcher
 
 
+_fetchers: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def warm_fetcher(templates_dir: str, allow: tuple[str, ...]) -> Any:
+    """The process's URL fetcher for a templates folder and allow-list (building one sets up
+    urllib's handlers and an SSL context: milliseconds per render). It keeps no state between
+    fetches, and a process renders one report at a time."""
+    key = (templates_dir, allow)
+    fetcher = _fetchers.get(key)
+    if fetcher is None:
+        if len(_fetchers) >= 16:
+            _fetchers.clear()
+        fetcher = _fetchers[key] = _fetcher_class()(Path(templates_dir), allow)
+    return fetcher
+
+
 _libraries: dict[str, Any] = {}
 
 
@@ -269,7 +285,7 @@ def _html_to_pdf(
     from weasyprint import HTML
 
     warm.install_stylesheet_cache()
-    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    fetcher = warm_fetcher(job.templates_dir, job.asset_allow)
 
     def render(font_config: Any) -> tuple[Any, bytes | None]:
         with fonts.glyph_watch() as seen:
