@@ -185,6 +185,12 @@ class Settings(BaseSettings):
     render_memory_mb: int = Field(
         default=2048, ge=256, description="Address-space cap of a render worker, MiB."
     )
+    render_max_renders: int = Field(
+        default=10_000, ge=0, description="Renders before a render process is recycled (0: never)."
+    )
+    render_max_rss_mb: int = Field(
+        default=1024, ge=0, description="Resident MiB above which a render process is recycled."
+    )
     max_output_bytes: int = Field(default=5 * 1024 * 1024, gt=0, description="Largest artefact.")
     page_size: str = "A4"
     page_orientation: Literal["portrait", "landscape"] = "portrait"
