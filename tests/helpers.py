@@ -215,16 +215,28 @@ class Stack:
             )  # the cluster's own identities (it is locked the same way)
             self.cluster.start()
             return
-        self.port = self.port or free_port()
+        chosen = self.port
         if self.auth:
             generate(self.auth_dir, tls=self.tls, hosts=["localhost", "127.0.0.1"])
-        self.nats = start_nats_server(
-            self.root / "nats",
-            self.port,
-            monitor_port=free_port(),
-            log_file=self.root / "nats.log",
-            auth=self.auth_dir / "auth.conf" if self.auth else None,
-        )
+        log = self.root / "nats.log"
+        for attempt in range(3):
+            self.port = chosen or free_port()
+            try:
+                self.nats = start_nats_server(
+                    self.root / "nats",
+                    self.port,
+                    monitor_port=free_port(),
+                    log_file=log,
+                    auth=self.auth_dir / "auth.conf" if self.auth else None,
+                )
+                return
+            except RuntimeError:
+                # A free port is free only until someone else takes it (parallel tests): when
+                # that is why the server exited, take fresh ports; anything else is a failure.
+                taken = log.exists() and "address already in use" in log.read_text()
+                if chosen or not taken or attempt == 2:
+                    raise
+                log.rename(log.with_suffix(f".{attempt}.log"))
 
     def stop_nats(self, sig: int = signal.SIGTERM) -> None:
         if self.cluster is not None:

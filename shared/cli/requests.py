@@ -233,7 +233,13 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         elif rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
     if entry.total_seconds is not None:
-        worked = sum(r.seconds or 0.0 for r in entry.stages.values())
+        # From the ledger's own timestamps, as the total and the waits are, so the parts add up
+        # (a stage's `seconds` is timed by its worker and may start before its claim is written).
+        worked = sum(
+            (r.finished_at - r.started_at).total_seconds()
+            for r in entry.stages.values()
+            if r.finished_at is not None
+        )
         queued = sum(waits.values())
         out.print(
             f"  total {entry.total_seconds:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"

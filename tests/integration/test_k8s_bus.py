@@ -147,9 +147,12 @@ def test_each_worker_pod_mounts_only_its_own_identity() -> None:
         for d in pressroom
         if d["kind"] in ("Deployment", "Job")
     }
-    assert set(pods) == {"fetcher", "renderer", "distributor", "scheduler", "bus-setup"}
+    assert set(pods) == {
+        *("fetcher", "renderer", "distributor", "scheduler"),
+        *("bus-setup", "ops-console"),  # the two that act as ops
+    }
     for name, pod in pods.items():
-        role = "ops" if name == "bus-setup" else name
+        role = "ops" if name in ("bus-setup", "ops-console") else name
         [bus] = [v for v in pod["volumes"] if v["name"] == "bus"]
         assert bus["secret"]["secretName"] == f"pressroom-bus-{role}"
         assert pod["securityContext"]["runAsNonRoot"] is True
