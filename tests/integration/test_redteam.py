@@ -1,0 +1,130 @@
+"""Attacks found by a fresh attack on the hardened stack (issue 25), each performed by a hostile
+calling system against real servers: the canary never arrives and the victim's work completes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.busauth import generate
+from shared.events import request_message_id
+from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.integration.test_attacks_egress import DripServer
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+WEBHOOK_DEADLINE = 15  # seconds for a whole webhook call (PRESSROOM_WEBHOOK_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def drips() -> Iterator[list[DripServer]]:
+    servers = [DripServer().start() for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def rstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("redteam")
+    generate(root / "auth", publishers=["alpha", "beta"])  # the stack keeps them
+    stack = Stack(
+        root,
+        env_extra={
+            "PRESSROOM_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"r" * 32).decode(),
+            "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1",
+            "PRESSROOM_WEBHOOK_TIMEOUT": str(WEBHOOK_DEADLINE),
+            "PRESSROOM_MAX_ATTEMPTS": "2",
+            # Four reports side by side, one delivery at a time per target (one more waits).
+            "PRESSROOM_DISTRIBUTOR_CONCURRENCY": "4",
+            "PRESSROOM_DELIVERY_TARGET_LIMIT": "1",
+        },
+    ).start()
+    yield stack
+    stack.stop()
+
+
+def to_file(rid: str) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "template": "weekly.html",
+        "params": {**SAMPLE, "report_title": rid},
+        "deliver": [{"channel": "file", "path": "tenants"}],
+    }
+
+
+async def publish(stack: Stack, role: str, *bodies: dict[str, Any]) -> None:
+    """As a calling system does, with its own identity and the documented message id."""
+    nc = await stack.connect(role)
+    js = nc.jetstream(timeout=10)
+    for body in bodies:
+        data = json.dumps(body).encode()
+        await js.publish(
+            "report.requested",
+            data,
+            headers={"Nats-Msg-Id": request_message_id(data, body["request_id"])},
+        )
+    await nc.close()
+
+
+def hanging(drips: list[DripServer]) -> set[tuple[int, int]]:
+    return {(n, c) for n, drip in enumerate(drips) for c in drip.open_now}
+
+
+async def test_slow_receivers_on_several_ports_cannot_hold_another_tenants_delivery(
+    rstack: Stack, drips: list[DripServer]
+) -> None:
+    # Per-target limits key on host:port: one attacker with a dripping receiver on a few ports
+    # (or a few host names) used to take every distributor slot, so another tenant's file
+    # delivery waited for the slow deliveries' deadlines.
+    ops = await rstack.connect()
+    outcomes = await Outcomes().start(ops)
+    try:
+        warm = unique("warm")  # the renderer's first report pays its start-up
+        await publish(rstack, "publisher-beta", to_file(warm))
+        await outcomes.delivered_event(warm)
+
+        slow = [unique("slow") for _ in range(6)]  # two for each receiver
+        await publish(
+            rstack,
+            "publisher-alpha",
+            *(
+                {**to_file(rid), "deliver": [{"channel": "webhook", "url": f"{drip.url}/h"}]}
+                for rid in slow
+                for drip in [drips[slow.index(rid) % len(drips)]]
+            ),
+        )
+
+        async def some_hanging() -> set[tuple[int, int]]:
+            return hanging(drips)
+
+        first = await eventually(some_hanging, timeout=120)
+
+        victim = unique("victim")
+        seen: list[set[tuple[int, int]]] = []
+
+        async def on_delivered(msg: Any) -> None:
+            if json.loads(msg.data)["request_id"] == victim:
+                seen.append(hanging(drips))  # what was still hanging at that moment
+
+        sub = await ops.subscribe("report.delivered", cb=on_delivered)
+        await publish(rstack, "publisher-beta", to_file(victim))
+        await outcomes.delivered_event(victim, timeout=180)
+
+        async def noticed() -> list[set[tuple[int, int]]]:
+            return seen
+
+        await eventually(noticed, timeout=30)
+        await sub.unsubscribe()
+        # Delivered while the first slow deliveries were still hanging: it waited for none.
+        assert first <= seen[0], (first, seen)
+        for rid in slow:  # every slow one still ends, with a reason
+            await outcomes.failed_event(rid, timeout=600)
+    finally:
+        await ops.close()
