@@ -128,3 +128,28 @@ async def test_slow_receivers_on_several_ports_cannot_hold_another_tenants_deliv
             await outcomes.failed_event(rid, timeout=600)
     finally:
         await ops.close()
+
+
+async def test_a_url_of_dotted_words_is_refused_without_holding_the_distributor(
+    rstack: Stack,
+) -> None:
+    # Every reason and channel target is passed through mask_url_secrets; its pattern tried a
+    # scheme at every word boundary, quadratic on `a.a.a.…`: a request whose webhook "URL" was
+    # 300 KB of that held the distributor's event loop (every delivery) for minutes.
+    ops = await rstack.connect()
+    outcomes = await Outcomes().start(ops)
+    try:
+        hostile = unique("dotted")
+        url = "x " + "a." * 200_000
+        await publish(
+            rstack,
+            "publisher-alpha",
+            {**to_file(hostile), "deliver": [{"channel": "webhook", "url": url}]},
+        )
+        victim = unique("after-dotted")
+        await publish(rstack, "publisher-beta", to_file(victim))
+        failed = await outcomes.failed_event(hostile, timeout=120)
+        assert failed["stage"] == "distributor" and "webhook" in failed["reason"]
+        await outcomes.delivered_event(victim, timeout=120)
+    finally:
+        await ops.close()
