@@ -48,6 +48,7 @@ from shared.events import (
     Artefact,
     DeadLetter,
     ReportRequested,
+    mask_url_secrets,
     request_fingerprint,
     tenant_of_subject,
 )
@@ -647,7 +648,11 @@ def redacted_config(text: str) -> str:
     return str(yaml.safe_dump(data, sort_keys=False))
 
 
-_SECRET_KEY = re.compile(r"authorization|token|password|passwd|secret|api[-_]?key|cookie", re.I)
+_SECRET_KEY = re.compile(
+    r"auth(?!or)|token|passw|pwd|secret|api[-_]?key|cookie|credential|private[-_]?key|signature",
+    re.I,
+)
+NOT_KEPT = "not JSON: left out (pressroom backup --include-secrets keeps it)"
 
 
 def redacted_json(value: Any) -> Any:
@@ -664,14 +669,17 @@ def redacted_json(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [redacted_json(v) for v in value]
-    return value
+    return mask_url_secrets(value) if isinstance(value, str) else value
 
 
 def redacted_letter(letter: DeadLetter) -> DeadLetter:
-    headers = {k: v for k, v in letter.headers.items() if not _SECRET_KEY.search(k)}
-    update: dict[str, Any] = {"headers": headers}
+    headers = {
+        k: mask_url_secrets(v) for k, v in letter.headers.items() if not _SECRET_KEY.search(k)
+    }
+    # Not (sane) JSON — cut short, a preview of a big body, not UTF-8: nothing to redact by key.
+    update: dict[str, Any] = {"headers": headers, "payload": NOT_KEPT, "payload_encoding": "utf-8"}
     if letter.payload_encoding == "utf-8":
-        with suppress(ValueError, RecursionError):  # not (sane) JSON: kept as it is
+        with suppress(ValueError, RecursionError):
             update["payload"] = json.dumps(redacted_json(json.loads(letter.payload)))
     return letter.model_copy(update=update)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from shared.events import request_message_id
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.integration.test_attacks_egress import DripServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
 WEBHOOK_DEADLINE = 15  # seconds for a whole webhook call (PRESSROOM_WEBHOOK_TIMEOUT)
@@ -153,3 +154,57 @@ async def test_a_url_of_dotted_words_is_refused_without_holding_the_distributor(
         await outcomes.delivered_event(victim, timeout=120)
     finally:
         await ops.close()
+
+
+async def test_a_default_backup_holds_no_secret_a_request_carried(rstack: Stack) -> None:
+    # Redaction went by key name in JSON only: a token in a URL's query, a `pwd`, an `X-Auth`
+    # header, or any secret in a payload that is not JSON (a truncated body, a preview of a
+    # big one, a non-UTF-8 body) went into the operator's backup as it came.
+    canary = "bk-canary-5d21"
+    source = {
+        "name": "rows",
+        "kind": "http",
+        "url": f"https://api.example.com/rows?access_token={canary}-query",
+        "headers": {"Authorization": f"Bearer {canary}-header"},
+    }
+    failing = {
+        **to_file(unique("backup")),
+        "template": "no-such-template.html",  # fails: the request stays in a dead letter
+        "sources": [source],
+        "deliver": [{"channel": "webhook", "url": f"https://hooks.example/x?sig={canary}-hook"}],
+        "params": {"pwd": f"{canary}-pwd", "db_password": f"{canary}-password"},
+    }
+    whole = json.dumps(failing)
+    bodies = [
+        whole.encode(),
+        whole[:-3].encode(),  # not JSON: a client that cut its body short
+        whole.encode() + b"\xff",  # not UTF-8: kept as base64
+    ]
+    nc = await rstack.connect("publisher-alpha")
+    ops = await rstack.connect()
+    outcomes = await Outcomes().start(ops)
+    try:
+        js = nc.jetstream(timeout=10)
+        seqs = []
+        for body in bodies:
+            ack = await js.publish("report.requested", body, headers={"X-Auth": f"{canary}-nats"})
+            seqs.append(ack.seq)
+        await outcomes.failed_event(failing["request_id"])
+        for seq in seqs[1:]:  # unreadable: refused under a made-up id
+            await outcomes.failed_event(f"unknown-fetcher-{seq}")
+    finally:
+        await nc.close()
+        await ops.close()
+    archive = rstack.root / "backup.tar.gz"
+    made = rstack.cli("backup", str(archive))
+    assert made.returncode == 0, made.stderr
+    with tarfile.open(archive) as tar:
+        letters = tar.extractfile("dead-letters.jsonl").read()  # type: ignore[union-attr]
+        contents = b"".join(
+            tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        )
+    assert letters.count(b"\n") >= len(bodies)  # the dead letters are there ...
+    assert canary.encode() not in contents  # ... without what the requests carried
+    assert base64.b64encode(whole.encode()[:30]) not in contents
