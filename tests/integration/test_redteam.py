@@ -1,5 +1,13 @@
 """Attacks found by a fresh attack on the hardened stack (issue 25), each performed by a hostile
-calling system against real servers: the canary never arrives and the victim's work completes.
+calling system (its own tenant identity) against real servers: the canary never arrives and the
+other tenant's work completes.
+
+- Dripping webhook receivers on several ports (each its own per-target share) took every
+  distributor slot: now all webhooks of one caller share one limit as well.
+- A webhook "URL" of dotted words made the URL-secret masking quadratic and froze the
+  distributor's event loop for minutes: now linear.
+- A default backup kept URL query tokens, `pwd`-like fields, `X-Auth` headers and every secret
+  in a payload that is not JSON: now masked or left out.
 """
 
 from __future__ import annotations
