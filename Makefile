@@ -32,9 +32,15 @@ run: install
 
 ## What the tests need but cannot pip-install: Debian's prometheus (the Prometheus source tests),
 ## poppler-utils (pdftoppm: the font tests look at a page) and HarfBuzz-Subset (WeasyPrint subsets
-## fonts with it; without it, fontTools takes 10-25 s more per report with CJK text).
-TEST_DEBS := prometheus:prometheus pdftoppm:poppler-utils \
+## fonts with it; without it, fontTools takes 10-25 s more per report with CJK text) and
+## SpamAssassin (run offline on the emails Pressroom sends).
+TEST_DEBS := prometheus:prometheus pdftoppm:poppler-utils spamassassin:spamassassin \
 	/usr/lib/$(shell uname -m)-linux-gnu/libharfbuzz-subset.so.0:libharfbuzz-subset0
+## The official checkers other teams use on what Pressroom emits (tests/integration/
+## test_contract_wire.py): the AsyncAPI parser, from npm into a project-local folder.
+NPM_TOOLS := .npm-tools
+TEST_NPM := @asyncapi/parser@3.6.6
+NPM_STAMP := $(shell echo "$(TEST_NPM)" | cksum | cut -d" " -f1)
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
 	  probe=$${pair%%:*}; deb=$${pair##*:}; \
@@ -46,6 +52,10 @@ test-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@[ -f $(NPM_TOOLS)/.installed-$(NPM_STAMP) ] || { \
+	  echo "installing npm packages the tests need into $(NPM_TOOLS)/: $(TEST_NPM)"; \
+	  npm install --prefix $(NPM_TOOLS) --no-audit --no-fund --silent $(TEST_NPM) \
+	  && touch $(NPM_TOOLS)/.installed-$(NPM_STAMP); }
 
 lint: install
 	$(BIN)/ruff check .

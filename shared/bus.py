@@ -40,7 +40,7 @@ from shared.events import (
     claimed_request_id,
 )
 from shared.logging import get_logger
-from shared.telemetry import inject_context
+from shared.telemetry import sending
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -408,14 +408,16 @@ class JetStreamPublisher:
         self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None
     ) -> api.PubAck:
         hdrs = {**(headers or {}), MSG_ID: msg_id}
-        inject_context(hdrs)
-        try:
-            return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)
-        except NatsTimeoutError:
-            # A publish the server refused is never acknowledged: say so instead of retrying.
-            if REFUSALS.refused(subject):
-                raise BusRefused(REFUSALS.last() or f"publishing to {subject} refused") from None
-            raise
+        with sending(subject, hdrs, len(body), getattr(self._js, "_nc", None)):
+            try:
+                return await self._js.publish(subject, body, headers=hdrs, timeout=self._timeout)
+            except NatsTimeoutError:
+                # A publish the server refused is never acknowledged: say so, not retry.
+                if REFUSALS.refused(subject):
+                    raise BusRefused(
+                        REFUSALS.last() or f"publishing to {subject} refused"
+                    ) from None
+                raise
 
     async def _ours(self, ack: api.PubAck, subject: str, body: bytes) -> bool:
         """Is the stored message with our id an earlier copy of this one (same subject, same

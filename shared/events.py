@@ -202,6 +202,13 @@ class ReportRequested(Event):
         default=False,
         description="Serve every source from the fetch cache when fresh (the legacy --use-cache).",
     )
+    filename: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Name pattern of delivered files, e.g. `{title}-{date}` (placeholders: "
+        "title, template, date, period, request_id, short_id); sanitised, at most 40 "
+        "characters. Default: `{title}-{date}` for attachments, the request id for folders.",
+    )
     requested_by: str | None = Field(default=None, description="Who asked, for the ledger.")
     requested_at: datetime = Field(default_factory=utcnow, description="When it was asked.")
     locale: str | None = Field(

@@ -91,15 +91,52 @@ def _exemplar(point: HistogramDataPoint, upper: float, lower: float) -> Exemplar
     )
 
 
-def _families(data: MetricsData) -> Iterable[Family]:
+Labels = tuple[tuple[str, str], ...]
+# A declared series: ((name, unit, description, bucket bounds or None for a counter), label sets).
+Zeros = Sequence[tuple[tuple[str, str, str, tuple[float, ...] | None], Sequence[Labels]]]
+
+
+def _families(data: MetricsData | None, zeros: Zeros = ()) -> Iterable[Family]:
     seen: dict[str, Family] = {}
-    for resource_metrics in data.resource_metrics:
+    present: set[tuple[str, Labels]] = set()
+    for resource_metrics in data.resource_metrics if data is not None else ():
         for scope in resource_metrics.scope_metrics:
             for metric in scope.metrics:
                 family = _family(metric, seen)
                 if family is not None:
                     seen[family.name] = family
+                for point in metric.data.data_points:
+                    attrs = {_label(k): str(v) for k, v in (point.attributes or {}).items()}
+                    present.add((metric.name, tuple(sorted(attrs.items()))))
+    for (name, unit, doc, bounds), label_sets in zeros:
+        for labels in label_sets:
+            if (name, labels) not in present:
+                _zero(name, unit, doc, bounds, dict(labels), seen)
     return seen.values()
+
+
+def _zero(
+    name: str,
+    unit: str,
+    doc: str,
+    bounds: tuple[float, ...] | None,
+    labels: dict[str, str],
+    seen: dict[str, Family],
+) -> None:
+    """A series nothing was recorded for yet, at 0 (so its first event is a visible step)."""
+    full = prometheus_name(name, unit)
+    family: Any
+    if bounds is None:
+        full = full.removesuffix("_total")
+        family = seen.get(full) or CounterMetricFamily(full, doc, labels=sorted(labels))
+        family.add_metric([labels.get(k, "") for k in family._labelnames], 0.0)
+    else:
+        family = seen.get(full) or HistogramMetricFamily(full, doc, labels=sorted(labels))
+        les = [str(floatToGoString(b)) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
+        family.add_metric(
+            [labels.get(k, "") for k in family._labelnames], [(le, 0) for le in les], 0.0
+        )
+    seen[full] = family
 
 
 def _family(metric: Metric, seen: dict[str, Family]) -> Family | None:
@@ -161,14 +198,15 @@ class PrometheusReader(MetricReader):
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self._latest = None
 
-    def render(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type) for a scrape sending this Accept header."""
+    def render(self, accept: str = "", zeros: Zeros = ()) -> tuple[bytes, str]:
+        """(body, content type) for a scrape sending this Accept header; `zeros`: series shown
+        at 0 while nothing was recorded for them (shared/metrics.py `expected_series`)."""
         with self._lock:
             self._latest = None
             self.collect()
             data = self._latest
         registry = CollectorRegistry(auto_describe=False)
-        families: list[Family] = list(_families(data)) if data is not None else []
+        families: list[Family] = list(_families(data, zeros))
         registry.register(_Static(families))
         encoder, content_type = choose_encoder(accept)
         return encoder(registry), content_type

@@ -31,9 +31,11 @@ from shared.errors import (
     TransientError,
 )
 from shared.events import Event, ReportRendered
+from shared.telemetry import processing_failed
 
 if TYPE_CHECKING:
     from shared.ledger import LedgerEntry
+    from shared.settings import Settings
 
 # Histogram buckets: each SLO threshold (10, 30, 60, 120 s; 15 min on time; 5 MiB) is a bound,
 # so ratios against it are exact and quantiles resolve it.
@@ -116,20 +118,61 @@ def _instrument(key: str, make: Callable[[metrics.Meter], Any]) -> Any:
         return _instruments[key]
 
 
-def _histogram(name: str, unit: str, description: str, bounds: Iterable[float]) -> Any:
+def _histogram(name: str, unit: str, description: str, bounds: Iterable[float] | None) -> Any:
     return _instrument(
         name,
         lambda m: m.create_histogram(
             name,
             unit=unit,
             description=description,
-            explicit_bucket_boundaries_advisory=[float(b) for b in bounds],
+            explicit_bucket_boundaries_advisory=[float(b) for b in bounds or ()],
         ),
     )
 
 
-def _counter(name: str, description: str) -> Any:
-    return _instrument(name, lambda m: m.create_counter(name, description=description))
+def _counter(name: str, unit: str, description: str, bounds: object = None) -> Any:
+    return _instrument(name, lambda m: m.create_counter(name, unit=unit, description=description))
+
+
+# The counters and histograms: (name, unit, description, bucket bounds; None for a counter).
+Instrument = tuple[str, str, str, tuple[float, ...] | None]
+STAGE_DURATION: Instrument = (
+    "pressroom.stage.duration",
+    "s",
+    "Time a stage spent on a message",
+    STAGE_SECONDS,
+)
+STAGE_OUTCOMES: Instrument = (
+    "pressroom.stage.outcomes",
+    "",
+    "Messages a stage finished, by outcome",
+    None,
+)
+REPORT_SIZE: Instrument = ("pressroom.report.size", "By", "Size of a rendered artefact", SIZE_BYTES)
+FAILURES: Instrument = (
+    "pressroom.failures",
+    "",
+    "Messages dead-lettered, by stage, failure kind and template",
+    None,
+)
+RENDERS: Instrument = (
+    "pressroom.renders",
+    "",
+    "Renders finished or given up, by template and outcome",
+    None,
+)
+REPORT_DURATION: Instrument = (
+    "pressroom.report.duration",
+    "s",
+    "Request to final outcome of a report, recorded once per report",
+    REPORT_SECONDS,
+)
+SOURCE_FETCH_DURATION: Instrument = (
+    "pressroom.source.fetch.duration",
+    "s",
+    "Time to fetch one data source",
+    SOURCE_SECONDS,
+)
 
 
 # ---- gauges: the latest value per label set, read when metrics are collected ---------------
@@ -169,18 +212,18 @@ def forget_gauges(name: str) -> None:
 def stage_finished(stage: str, outcome: str, seconds: float) -> None:
     """pressroom_stage_duration_seconds{stage,outcome}, pressroom_stage_outcomes_total."""
     labels = {"stage": stage, "outcome": outcome}
-    _histogram(
-        "pressroom.stage.duration", "s", "Time a stage spent on a message", STAGE_SECONDS
-    ).record(seconds, labels)
-    _counter("pressroom.stage.outcomes", "Messages a stage finished, by outcome").add(1, labels)
+    if outcome == "retry":  # the message's span says so too (a dead letter already has)
+        processing_failed("transient", "retried later")
+    _histogram(*STAGE_DURATION).record(seconds, labels)
+    _counter(*STAGE_OUTCOMES).add(1, labels)
 
 
 def stage_done(event: Event, settled: LedgerEntry | None) -> None:
     """A stage finished its work for a report for the first time (the ledger said so)."""
     if isinstance(event, ReportRendered):
-        template = bounded("template", event.request.template)
+        template = template_label(event.request.template)
         _renders().add(1, {"template": template, "outcome": "ok"})
-        sizes = _histogram("pressroom.report.size", "By", "Size of a rendered artefact", SIZE_BYTES)
+        sizes = _histogram(*REPORT_SIZE)
         for artefact in event.artefacts:
             sizes.record(artefact.size, {"format": artefact.format})
     if settled is not None:
@@ -189,10 +232,9 @@ def stage_done(event: Event, settled: LedgerEntry | None) -> None:
 
 def stage_failed(stage: str, kind: str, template: str | None, settled: LedgerEntry | None) -> None:
     """A message was dead-lettered: pressroom_failures_total, renders, the report's outcome."""
-    name = bounded("template", (settled.template if settled else None) or template)
-    _counter(
-        "pressroom.failures", "Messages dead-lettered, by stage, failure kind and template"
-    ).add(1, {"stage": stage, "reason": kind, "template": name})
+    name = template_label((settled.template if settled else None) or template)
+    processing_failed(kind, f"dead-lettered at {stage}")  # error.type of the message's span
+    _counter(*FAILURES).add(1, {"stage": stage, "reason": kind, "template": name})
     if stage == "renderer":
         _renders().add(1, {"template": name, "outcome": "failed"})
     if settled is not None:
@@ -200,7 +242,7 @@ def stage_failed(stage: str, kind: str, template: str | None, settled: LedgerEnt
 
 
 def _renders() -> Any:
-    return _counter("pressroom.renders", "Renders finished or given up, by template and outcome")
+    return _counter(*RENDERS)
 
 
 def report_settled(entry: LedgerEntry) -> None:
@@ -210,16 +252,11 @@ def report_settled(entry: LedgerEntry) -> None:
     seconds = max((entry.settled_at - entry.requested_at).total_seconds(), 0.0)
     trigger = "schedule" if (entry.requested_by or "").startswith("scheduler:") else "request"
     labels = {
-        "template": bounded("template", entry.template),
+        "template": template_label(entry.template),
         "outcome": entry.settled,
         "trigger": trigger,
     }
-    _histogram(
-        "pressroom.report.duration",
-        "s",
-        "Request to final outcome of a report, recorded once per report",
-        REPORT_SECONDS,
-    ).record(seconds, labels)
+    _histogram(*REPORT_DURATION).record(seconds, labels)
 
 
 def source_fetched(source: str, kind: str, outcome: str, seconds: float) -> None:
@@ -227,9 +264,7 @@ def source_fetched(source: str, kind: str, outcome: str, seconds: float) -> None
 
     outcome: ok | timeout | unreachable (transient) | error (permanent).
     """
-    _histogram(
-        "pressroom.source.fetch.duration", "s", "Time to fetch one data source", SOURCE_SECONDS
-    ).record(
+    _histogram(*SOURCE_FETCH_DURATION).record(
         seconds,
         {"source": bounded("source", source), "kind": bounded("kind", kind), "outcome": outcome},
     )
@@ -345,6 +380,119 @@ def scrape_handler(
         reader = prometheus_reader()
         if reader is None:
             return b"# metrics are not set up in this process\n", "text/plain; charset=utf-8"
-        return reader.render(accept)
+        return reader.render(accept, zeros=expected_series())
 
     return scrape
+
+
+# ---- every series a worker can emit exists at 0 before its first event ---------------------
+# A counter or histogram series born at its first event starts at 1, and Prometheus's rate()
+# and increase() never see that step: the SLO rules would miss exactly the rare failures they
+# are for. So each worker declares at start what it can emit for the operator's templates,
+# sources and the fixed outcomes, and /metrics shows each declared series at 0 until it moves.
+STAGE_RESULTS = ("done", "retry", "dead_letter", "handed_back")
+SETTLED = ("delivered", "failed")
+TRIGGERS = ("request", "schedule")
+FETCH_OUTCOMES = ("ok", "timeout", "unreachable", "error")
+FORMATS = ("pdf", "html")
+OTHER = "other"
+
+Labels = tuple[tuple[str, str], ...]
+_expected: dict[str, tuple[Instrument, set[Labels]]] = {}
+_file_names: dict[str, str] = {}  # "weekly" → "weekly.html": one label value per template
+
+
+def template_label(name: str | None) -> str:
+    """The template label of a report: its file name (a request may leave off the suffix),
+    bounded to the operator's templates."""
+    with _lock:
+        name = _file_names.get(name or "", name)
+    return bounded("template", name)
+
+
+def _expect(instrument: Instrument, *label_sets: dict[str, str]) -> None:
+    with _lock:
+        _, known = _expected.setdefault(instrument[0], (instrument, set()))
+        known.update(tuple(sorted(labels.items())) for labels in label_sets)
+
+
+def expected_series() -> list[tuple[Instrument, list[Labels]]]:
+    """What /metrics shows at 0 when nothing was recorded for it yet (shared/exposition.py)."""
+    with _lock:
+        return [(instrument, sorted(known)) for instrument, known in _expected.values()]
+
+
+def prepare_worker(
+    stage: str,
+    templates: Iterable[str],
+    sources: Iterable[tuple[str, str]] = (),
+    schedules: Iterable[str] = (),
+) -> None:
+    """At a worker's start: bound the request-chosen labels to what the operator configured
+    (`sources`: (name, kind) pairs; anything else is "other") and declare, at 0, every series
+    this stage can emit for them: its stage outcomes, its failures, and the report outcomes,
+    renders, sizes and fetches that only this stage records."""
+    from shared.settings import SOURCE_KINDS
+
+    templates = sorted(set(templates))
+    if templates:
+        operator_labels("template", templates)
+    with _lock:
+        _file_names.update({t.rsplit(".", 1)[0]: t for t in templates})
+    sources = sorted(set(sources))
+    operator_labels("source", [name for name, _ in sources])
+    operator_labels("kind", sorted(SOURCE_KINDS))
+    operator_labels("schedule", schedules)
+    names = [bounded("template", t) for t in templates] + [OTHER]
+    for result in STAGE_RESULTS:
+        labels = {"stage": stage, "outcome": result}
+        _expect(STAGE_OUTCOMES, labels)
+        _expect(STAGE_DURATION, labels)
+    _expect(
+        FAILURES,
+        *(
+            {"stage": stage, "reason": kind, "template": name}
+            for kind in FAILURE_KINDS
+            for name in names
+        ),
+    )
+    settles = SETTLED if stage == "distributor" else ("failed",)
+    _expect(
+        REPORT_DURATION,
+        *(
+            {"template": name, "outcome": outcome, "trigger": trigger}
+            for name in names
+            for outcome in settles
+            for trigger in TRIGGERS
+        ),
+    )
+    if stage == "renderer":
+        _expect(RENDERS, *({"template": n, "outcome": o} for n in names for o in ("ok", "failed")))
+        _expect(REPORT_SIZE, *({"format": f} for f in FORMATS))
+    if stage == "fetcher":
+        kinds = sorted(SOURCE_KINDS)
+        pairs = [(bounded("source", n), bounded("kind", k)) for n, k in sources]
+        pairs += [(OTHER, kind) for kind in kinds]
+        _expect(
+            SOURCE_FETCH_DURATION,
+            *(
+                {"source": name, "kind": kind, "outcome": outcome}
+                for name, kind in pairs
+                for outcome in FETCH_OUTCOMES
+            ),
+        )
+
+
+def prepare_from_settings(stage: str, settings: Settings) -> None:
+    """`prepare_worker` with what the operator configured: the templates folder, the named
+    sources and the sources and names of the schedules in the config file."""
+    from shared.templatefiles import template_names
+
+    sources = [(name, str(spec.get("kind", ""))) for name, spec in settings.sources.items()]
+    schedules = []
+    for schedule in settings.schedules:
+        schedules.append(str(schedule.get("name", "")))
+        for source in (schedule.get("request") or {}).get("sources") or ():
+            if isinstance(source, dict) and source.get("name"):
+                sources.append((str(source["name"]), str(source.get("kind", ""))))
+    prepare_worker(stage, template_names(settings.templates_dir), sources, schedules)

@@ -790,7 +790,8 @@ async def deliver_again(
         template_version=entry.template_version or "",
         render_seconds=entry.render_seconds or 0.0,
     )
-    parcel = Parcel(event=event, store=await bus.store())
+    # A new delivery (new webhook-id / Message-ID): a receiver must not drop it as a retry.
+    parcel = Parcel(event=event, store=await bus.store(), occasion=uuid.uuid4().hex)
     channels = default_channels(bus.settings)
     results = []
     for raw in deliveries:

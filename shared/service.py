@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.js import JetStreamContext
 
 from shared.advisory import settle_crash, stream_reader
@@ -55,11 +54,11 @@ from shared.health import Check, CheckResult, HealthServer
 from shared.kv import KeyValue
 from shared.ledger import KvLedger, Ledger
 from shared.logging import configure_logging, get_logger
-from shared.metrics import observe_bus, operator_labels, scrape_handler
+from shared.metrics import observe_bus, operator_labels, prepare_from_settings, scrape_handler
 from shared.settings import Settings
 from shared.stage import StageRunner
 from shared.store import ArtefactStore, open_store
-from shared.telemetry import setup_telemetry, shutdown_telemetry
+from shared.telemetry import processing, setup_telemetry, shutdown_telemetry
 from shared.templatefiles import template_names
 
 log = get_logger("pressroom.service")
@@ -340,12 +339,7 @@ def stage_app(
     fetched once a slot is free (`InFlight`): one slow message does not hold the others.
     """
     service = f"pressroom-{spec.name}"
-    tracer_provider, meter_provider = setup_telemetry(service)
-    middlewares = []
-    if tracer_provider is not None or meter_provider is not None:
-        middlewares.append(
-            NatsTelemetryMiddleware(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        )
+    setup_telemetry(service)  # messaging spans: `processing` around each message's work
     broker, who = worker_broker(
         settings,
         spec.name,
@@ -354,7 +348,6 @@ def stage_app(
         ping_interval=settings.bus_ping_interval,
         max_outstanding_pings=2,
         graceful_timeout=settings.shutdown_grace,
-        middlewares=middlewares,
     )
     running: _Running | None = None
 
@@ -401,6 +394,7 @@ def stage_app(
             )
             port = await health.start()
             log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
+        prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
         gauges = asyncio.create_task(watch())
         log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
         try:
@@ -463,12 +457,16 @@ def stage_app(
     )
     async def handle(message: NatsMessage) -> None:
         assert running is not None, "the lifespan opens the adapters before the broker starts"
-        work = running.runner.handle(NatsInbound(message), model, running.work)
+        if side_by_side is not None and side_by_side.closing:
+            await message.nack()  # shutting down: another worker takes it now
+            return
+        work = processing(
+            message,
+            spec.durable,
+            running.runner.handle(NatsInbound(message), model, running.work),
+        )
         if side_by_side is None:
             await work
-        elif side_by_side.closing:
-            work.close()
-            await message.nack()  # shutting down: another worker takes it now
         else:
             await side_by_side.start(work)
 

@@ -290,12 +290,13 @@ class Settings(BaseSettings):
     def _secret_is_usable(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        raw = value.encode()
-        if value.startswith("whsec_"):
-            try:
-                raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("is not whsec_ followed by valid base64") from None
+        make = "make one: echo whsec_$(openssl rand -base64 32)"
+        if not value.startswith("whsec_"):  # what every Standard Webhooks library verifies with
+            raise ValueError(f"must be whsec_<base64>; {make}")
+        try:
+            raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"is not whsec_ followed by valid base64; {make}") from None
         if len(raw) < 24:
             raise ValueError(f"is {len(raw)} bytes; Standard Webhooks needs at least 24")
         return value

@@ -1,22 +1,33 @@
 """OpenTelemetry set up from the standard OTEL_* variables only; a no-op when none are set.
 
-One trace per report: FastStream's NatsTelemetryMiddleware continues the trace found in an
-incoming message's headers, and `inject_context` puts the current one into every message we
-publish, so fetcher → renderer → distributor spans share a trace id.
+One trace per report, in the OpenTelemetry messaging semantic conventions (v1.27 and later):
+every publish is a PRODUCER span `send <subject>` whose context travels in the message's
+`traceparent` header (`sending`, used by shared/bus.py), and every message a stage works on is
+a CONSUMER span `process <subject>` continuing it (`processing`, around the stage runner's
+work on each message), so fetcher → renderer → distributor spans share a trace id. Both carry
+`messaging.system`, `messaging.destination.name`, `messaging.operation.name`/`.type`,
+`messaging.message.id` (the Nats-Msg-Id), `messaging.message.body.size`, `server.address`/
+`.port`; the consumer span also `messaging.consumer.group.name` (the stage's durable), and
+`error.type` when the message failed (the failure kind of its dead letter, or `transient`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.exposition import PrometheusReader
 
 REQUEST_ID = "pressroom.request_id"
+SYSTEM = "nats"
+MSG_ID_HEADER = "Nats-Msg-Id"
+T = TypeVar("T")
 _configured: dict[str, Any] = {}
 
 
@@ -155,3 +166,89 @@ def record_span(name: str, start_ns: int, end_ns: int, request_id: str, **attrib
     attrs = {REQUEST_ID: request_id, **{k: v for k, v in attributes.items() if v is not None}}
     done = tracer().start_span(name, start_time=start_ns, attributes=attrs)
     done.end(end_time=end_ns)
+
+
+# ---- messaging spans (semantic conventions for messaging, v1.27+) --------------------------
+_processing: ContextVar[trace.Span | None] = ContextVar("pressroom_processing", default=None)
+
+
+def _server(connection: Any) -> dict[str, Any]:
+    """server.address / server.port of a nats-py client's current server, when connected."""
+    url = getattr(connection, "connected_url", None)
+    if url is None or not getattr(url, "hostname", None):
+        return {}
+    return {"server.address": url.hostname, "server.port": url.port or 4222}
+
+
+@contextmanager
+def sending(
+    subject: str, headers: MutableMapping[str, str], body_size: int, connection: Any = None
+) -> Iterator[trace.Span]:
+    """The PRODUCER span of one publish; puts its context into `headers` (traceparent)."""
+    attributes = {
+        "messaging.system": SYSTEM,
+        "messaging.destination.name": subject,
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.message.body.size": body_size,
+        **_server(connection),
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    with tracer().start_as_current_span(
+        f"send {subject}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as current:
+        inject_context(headers)
+        try:
+            yield current
+        except BaseException as error:
+            current.set_attribute("error.type", type(error).__qualname__)
+            raise
+
+
+def processing_failed(error_type: str, description: str = "") -> None:
+    """Mark the message being processed (its CONSUMER span) as failed with `error_type`;
+    the first call wins (a dead letter's failure kind before the stage's outcome)."""
+    current = _processing.get()
+    if current is None or not current.is_recording():
+        return
+    attributes = getattr(current, "attributes", None) or {}
+    if "error.type" in attributes:
+        return
+    current.set_attribute("error.type", error_type)
+    current.set_status(Status(StatusCode.ERROR, description or error_type))
+
+
+async def processing(message: Any, group: str, work: Awaitable[T]) -> T:
+    """`work` on one message (a FastStream NatsMessage) inside its CONSUMER span
+    `process <subject>`, continuing the trace of its `traceparent` header; the span lasts as
+    long as the work, also when it runs beside others (shared/service.py `InFlight`)."""
+    raw = getattr(message, "raw_message", None)
+    subject = str(getattr(raw, "subject", "") or "")
+    headers = {str(k): str(v) for k, v in (getattr(message, "headers", None) or {}).items()}
+    attributes: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.destination.name": subject,
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.consumer.group.name": group,
+        "messaging.destination.subscription.name": group,
+        "messaging.message.body.size": len(getattr(message, "body", b"") or b""),
+        **_server(getattr(raw, "_client", None)),
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    with tracer().start_as_current_span(
+        f"process {subject}",
+        context=propagate.extract(headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as current:
+        token = _processing.set(current)
+        try:
+            return await work
+        except BaseException as error:
+            processing_failed(type(error).__qualname__, str(error)[:200])
+            raise
+        finally:
+            _processing.reset(token)

@@ -472,10 +472,13 @@ async def target(
 
         async def in_mailbox(rid: str) -> str | None:
             for _, content in smtp.kept:
+                if rid.encode() not in content:  # the text names the request
+                    continue
                 message = email.message_from_bytes(content)
                 for part in message.walk():
                     payload = part.get_payload(decode=True)
-                    if part.get_filename() == f"{rid}.pdf" and isinstance(payload, bytes):
+                    pdf = part.get_content_type() == "application/pdf" and part.get_filename()
+                    if pdf and isinstance(payload, bytes):
                         return sha256_hex(payload)
             return None
 

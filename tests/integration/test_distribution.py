@@ -103,7 +103,7 @@ async def test_one_request_emails_uploads_and_calls_the_webhook_once_each(
     [mail] = smtp.to(inbox)
     assert mail.message["Subject"] == f"Weekly {rid}"
     [attachment] = [p for p in mail.message.walk() if p.get_filename()]
-    assert attachment.get_filename() == f"{rid}.pdf"
+    assert attachment.get_filename().startswith("portfolio-status-report-")  # its title
     pdf = attachment.get_payload(decode=True)
     assert pdf.startswith(b"%PDF")
 
@@ -380,7 +380,9 @@ async def test_download_links_are_minted_when_asked_and_never_stored(
         Delivery.model_validate({"channel": "email", "to": [inbox]}), Parcel(rendered, store)
     )
     [mail] = smtp.to(inbox)
-    assert "X-Amz-Signature=" in mail.message.get_payload(decode=True).decode()
+    parts = {p.get_content_type(): p.get_payload(decode=True) for p in mail.message.walk()}
+    assert "X-Amz-Signature=" in parts["text/plain"].decode()
+    assert '<a href="http' in parts["text/html"].decode()  # clickable in the HTML part
     assert result.detail == "linked" and "X-Amz" not in result.model_dump_json()
 
     # Nothing that is kept — events, ledger, logs — holds a signed link.

@@ -53,6 +53,10 @@ def spans(collector: HttpReceiver) -> list[dict[str, Any]]:
                             "service": attrs.get("service.name"),
                             "name": s.name,
                             "trace_id": s.trace_id.hex(),
+                            "span_id": s.span_id.hex(),
+                            "parent_id": s.parent_span_id.hex(),
+                            "kind": s.kind,
+                            "status": s.status.code,
                             "attributes": {a.key: a.value for a in s.attributes},
                         }
                     )
@@ -150,3 +154,89 @@ async def test_one_report_is_one_trace_across_fetcher_renderer_and_distributor(
         if line.startswith("{") and rid in line and "stage done" in line
     ]
     assert lines and lines[0]["trace_id"] == trace_id
+
+
+def plain(span: dict[str, Any]) -> dict[str, Any]:
+    """A span's attributes as Python values."""
+    return {
+        key: value.string_value or value.int_value or value.bool_value
+        for key, value in span["attributes"].items()
+    }
+
+
+async def test_messaging_spans_follow_the_opentelemetry_semantic_conventions(
+    traced: Stack, collector: HttpReceiver
+) -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    ok, bad = unique("semconv"), unique("semconv-bad")
+    nc = await traced.connect()
+    for body in (
+        {"request_id": ok, "template": "weekly.html", "params": SAMPLE},
+        {"request_id": bad, "template": "weekly.html"},  # fails at render: no data
+    ):
+        await nc.jetstream().publish(
+            "report.requested",
+            json.dumps(body).encode(),
+            headers={"Nats-Msg-Id": f"req:{body['request_id']}"},
+        )
+    await nc.close()
+
+    def trace_of(rid: str) -> list[dict[str, Any]]:
+        everything = spans(collector)
+        ids = {
+            s["trace_id"]
+            for s in everything
+            if (v := s["attributes"].get("pressroom.request_id")) and v.string_value == rid
+        }
+        return [s for s in everything if s["trace_id"] in ids]
+
+    wanted = {
+        "process report.requested",
+        "send data.ready",
+        "process data.ready",
+        "send report.rendered",
+        "process report.rendered",
+        "send report.delivered",
+    }
+
+    async def complete() -> list[dict[str, Any]] | None:
+        found = trace_of(ok)
+        return found if wanted <= {s["name"] for s in found} else None
+
+    found = await eventually(complete, timeout=90)
+    messaging = [s for s in found if "messaging.system" in s["attributes"]]
+    assert {s["name"] for s in messaging} >= wanted
+    by_id = {s["span_id"]: s for s in found}
+    for span in messaging:
+        attrs = plain(span)
+        operation, subject = span["name"].split(" ", 1)
+        assert attrs["messaging.system"] == "nats"
+        assert attrs["messaging.destination.name"] == subject
+        assert attrs["messaging.operation.name"] == operation
+        assert attrs["messaging.operation.type"] == operation
+        assert attrs["server.address"] == "127.0.0.1" and attrs["server.port"] == traced.port
+        assert attrs["messaging.message.body.size"] > 0
+        assert attrs["messaging.message.id"]
+        if operation == "send":
+            assert span["kind"] == Span.SPAN_KIND_PRODUCER, span["name"]
+        else:
+            assert span["kind"] == Span.SPAN_KIND_CONSUMER, span["name"]
+            stage = span["service"].removeprefix("pressroom-")
+            assert attrs["messaging.consumer.group.name"] == stage
+            if subject != "report.requested":  # the first message came from outside a trace
+                # continues the PRODUCER span of the publish that sent it
+                assert by_id[span["parent_id"]]["name"] == f"send {subject}"
+        assert "error.type" not in attrs
+    # the older names FastStream's own instrumentation used are gone
+    assert not any(s["name"].endswith((" process", " create", " publish")) for s in found)
+
+    async def failed() -> dict[str, Any] | None:
+        process = [s for s in trace_of(bad) if s["name"] == "process data.ready"]
+        return process[0] if process else None
+
+    span = await eventually(failed, timeout=90)
+    assert plain(span)["error.type"] == "template_error"
+    assert span["status"] == Status.STATUS_CODE_ERROR
+    sent = {s["name"] for s in trace_of(bad) if s["kind"] == Span.SPAN_KIND_PRODUCER}
+    assert {"send dlq.data.ready", "send report.failed"} <= sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import smtplib
 import socket
@@ -10,9 +11,10 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import formataddr, getaddresses, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, getaddresses, parseaddr
+from pathlib import PurePosixPath
 from typing import Any
 
 from services.distributor.channels import Parcel
@@ -23,14 +25,15 @@ from shared.placeholders import fill
 from shared.settings import Settings
 
 ALLOW_SETTING = "PRESSROOM_EMAIL_ALLOW"
-DEFAULT_SUBJECT = "Report {template} ({request_id})"
+DEFAULT_SUBJECT = "{title}: {period}"
 DEFAULT_BODY = """Hello,
 
-the report {template} is {status}.
+your report "{title}" for {period} is {status_text}.
 {links}
-Request: {request_id}
+Requested by {requested_by_text} on {date} (request {request_id}).
+
 -- 
-Pressroom
+Pressroom reports
 """
 _ADDRESS = re.compile(
     r"^[^@\s<>(),;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*$"
@@ -102,13 +105,23 @@ def _one_line(value: Any) -> str:
 def text_fields(parcel: Parcel, *, attached: bool, links: list[dict[str, Any]]) -> dict[str, str]:
     """The fixed set of {placeholders} a request's subject and body may use."""
     request = parcel.event.request
+    title = request.params.get("report_title")
+    period = request.params.get("reporting_period")
+    date = request.requested_at.strftime("%Y-%m-%d")
+    names = ", ".join(parcel.filename(a) for a in parcel.event.artefacts)
     fields = {
         "request_id": parcel.request_id,
         "template": request.template,
-        "date": request.requested_at.strftime("%Y-%m-%d"),
+        "title": _one_line(title)
+        if isinstance(title, str) and title.strip()
+        else PurePosixPath(request.template).stem.replace("_", " ").replace("-", " ").capitalize(),
+        "period": _one_line(period) if isinstance(period, str) and period.strip() else date,
+        "date": date,
         "requested_by": request.requested_by or "",
+        "requested_by_text": _one_line(request.requested_by or "") or "someone",
         "formats": ", ".join(request.formats),
         "status": "attached" if attached else "ready to download",
+        "status_text": f"attached ({names})" if attached else "ready to download",
         "links": "\n".join(
             f"Download ({link['format']}, {link['size']:,} bytes, valid 7 days): {link['url']}"
             for link in links
@@ -118,6 +131,31 @@ def text_fields(parcel: Parcel, *, attached: bool, links: list[dict[str, Any]]) 
         if isinstance(value, str | int | float | bool):
             fields[f"param.{key}"] = _one_line(value)
     return fields
+
+
+def as_html(text: str, links: list[dict[str, Any]], title: str) -> str:
+    """The plain-text body as a small HTML page: paragraphs, download links clickable."""
+    urls = {link["url"] for link in links}
+    paragraphs = []
+    for block in text.split("\n\n"):
+        lines = []
+        for line in block.strip("\n").splitlines():
+            if line.rstrip() == "--":
+                continue
+            escaped = html.escape(line)
+            for url in urls:
+                escaped = escaped.replace(
+                    html.escape(url), f'<a href="{html.escape(url)}">{html.escape(url)}</a>'
+                )
+            lines.append(escaped)
+        if lines:
+            paragraphs.append("<p>" + "<br>\n".join(lines) + "</p>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>\n<body>\n"
+        + "\n".join(paragraphs)
+        + "\n</body></html>\n"
+    )
 
 
 class EmailChannel:
@@ -157,9 +195,14 @@ class EmailChannel:
         if cc:
             message["Cc"] = ", ".join(cc)
         message["Subject"] = fill(subject_pattern, fields, what="email subject")
-        # A stable Message-ID lets mail systems drop a copy re-sent after an ambiguous crash.
-        message["Message-ID"] = make_msgid(idstring=parcel.request_id, domain="pressroom")
-        message.set_content(fill(str(extra.get("body") or DEFAULT_BODY), fields, what="email body"))
+        message["Date"] = format_datetime(datetime.now(UTC))
+        # The same Message-ID on every attempt of this delivery (a 451 then a 250, or a copy
+        # re-sent after an ambiguous crash): mail systems drop the duplicate.
+        domain = parseaddr(s.smtp_from)[1].rpartition("@")[2] or "pressroom.localhost"
+        message["Message-ID"] = f"<{parcel.delivery_id(delivery)}@{domain}>"
+        text = fill(str(extra.get("body") or DEFAULT_BODY), fields, what="email body")
+        message.set_content(text)
+        message.add_alternative(as_html(text, links, fields["title"]), subtype="html")
         if attach:
             for artefact in artefacts:
                 maintype, _, subtype = artefact.content_type.partition(";")[0].partition("/")
@@ -185,7 +228,7 @@ class EmailChannel:
         with smtp_session(self.settings, attach=hang_up.attach) as smtp:
             refused = smtp.send_message(message, to_addrs=recipients)
         if refused:
-            raise PermanentError(f"SMTP refused some recipients: {_codes(refused)}")
+            raise refusal("SMTP refused some recipients", refused)
 
 
 class HangUp:
@@ -236,7 +279,7 @@ def smtp_session(
                 smtp.login(s.smtp_user, s.smtp_password or "")
             yield smtp
     except smtplib.SMTPRecipientsRefused as error:
-        raise PermanentError(f"SMTP refused every recipient: {_codes(error.recipients)}") from None
+        raise refusal("SMTP refused every recipient", error.recipients) from None
     except smtplib.SMTPAuthenticationError as error:
         raise PermanentError(f"SMTP authentication failed: {error.smtp_code}") from None
     except smtplib.SMTPResponseException as error:
@@ -252,6 +295,15 @@ def smtp_session(
         raise TransientError(
             f"cannot reach SMTP server {s.smtp_host}:{s.smtp_port}: {error}"
         ) from None
+
+
+def refusal(what: str, recipients: dict[str, Any]) -> PermanentError | TransientError:
+    """Recipients refused at RCPT: transient when every code is 4xx (e.g. 451 greylisting:
+    the server asks to try again later), permanent when any is 5xx."""
+    codes = [code[0] if isinstance(code, tuple) else code for code in recipients.values()]
+    if codes and all(isinstance(c, int) and 400 <= c < 500 for c in codes):
+        return TransientError(f"{what} for now (try again later): {_codes(recipients)}")
+    return PermanentError(f"{what}: {_codes(recipients)}")
 
 
 def _codes(recipients: dict[str, Any]) -> str:

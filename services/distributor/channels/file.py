@@ -59,7 +59,7 @@ class FileChannel:
         folder = self.folder(delivery)
         written = []
         for artefact in parcel.event.artefacts:
-            target = folder / parcel.filename(artefact)
+            target = folder / parcel.folder_filename(artefact)
             data = await parcel.content(artefact)
             shown = self.shown(target)
             try:

@@ -13,6 +13,7 @@ from services.distributor.channels import Parcel
 from shared import egress
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
+from shared.filenames import report_filename
 from shared.placeholders import fill
 from shared.settings import Settings
 from shared.store import S3Artefacts
@@ -30,6 +31,8 @@ def destination_key(pattern: str, parcel: Parcel, fmt: str, formats: int) -> str
             "date": request.requested_at.strftime("%Y-%m-%d"),
             "template": PurePosixPath(request.template).stem,
             "ext": fmt,
+            # the sanitised name attachments get (the request's `filename` pattern)
+            "filename": report_filename(request, fmt),
         },
         what=f"s3 key '{pattern}'",
     )

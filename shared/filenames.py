@@ -1,0 +1,55 @@
+"""Names of delivered files: a pattern per request or schedule (`filename`), filled from a fixed
+table and sanitised for every channel (DESIGN.md "Output options").
+
+A name is ASCII letters, digits, `.`, `_` and `-` only, at most MAX_STEM characters before
+its extension: safe on every file system and short enough that an email's
+`Content-Disposition` keeps it in one piece (RFC 2231 folds longer ones, and some mail
+tools then lose the name).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+from shared.placeholders import fill
+
+if TYPE_CHECKING:
+    from shared.events import ReportRequested
+
+DEFAULT_PATTERN = "{title}-{date}"
+MAX_STEM = 40
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slug(text: str) -> str:
+    """`Weekly Portfolio — Q4` → `weekly-portfolio-q4`."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return _UNSAFE.sub("-", ascii_text).strip("-._").lower()
+
+
+def filename_fields(request: ReportRequested) -> dict[str, str]:
+    """The placeholders a `filename` pattern may use."""
+    stem = slug(PurePosixPath(request.template).stem)
+    title = request.params.get("report_title")
+    period = request.params.get("reporting_period")
+    date = request.requested_at.strftime("%Y-%m-%d")
+    return {
+        "title": (slug(title) if isinstance(title, str) else "") or stem.replace("_", "-"),
+        "template": stem,
+        "date": date,
+        "period": (slug(period) if isinstance(period, str) else "") or date,
+        "request_id": slug(request.request_id),
+        "short_id": slug(request.request_id)[-8:],
+    }
+
+
+def report_filename(request: ReportRequested, fmt: str, pattern: str | None = None) -> str:
+    """`weekly-portfolio-2026-11-23.pdf`: the request's `filename` pattern (or `pattern`, or
+    DEFAULT_PATTERN) filled in, sanitised and cut to MAX_STEM characters, then `.fmt`."""
+    chosen = request.filename or pattern or DEFAULT_PATTERN
+    stem = slug(fill(chosen, filename_fields(request), what=f"filename pattern '{chosen}'"))
+    stem = stem[:MAX_STEM].rstrip("-._") or "report"
+    return f"{stem}.{slug(fmt) or 'bin'}"
