@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint format test-deps unit integration faults bench contract monitoring clean \
-	compose-deps compose-images compose-test
+	compose-deps compose-images compose-test k8s-walk
 
 install: $(STAMP)
 
@@ -99,6 +99,12 @@ compose-images: compose-deps
 compose-test: compose-deps
 	@started=$$SECONDS; PRESSROOM_COMPOSE_TEST=1 $(BIN)/pytest tests/compose --timeout 1800 -v -s \
 	  && echo "compose-test: passed in $$((SECONDS - started)) s"
+
+## The Kubernetes walk-through against kubectl's current context (README "Deployment"):
+## PRESSROOM_K8S_SECRETS=<env file> make k8s-walk. `make test` runs the same script against a
+## stand-in API server (tests/integration/test_k8s_walk.py).
+k8s-walk: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" deploy/k8s/walk.sh
 
 clean:
 	rm -rf $(VENV) .pressroom out .pytest_cache .mypy_cache .ruff_cache

@@ -197,31 +197,67 @@ class FailoverLedger:
         attempt: int,
         request: ReportRequested,
         worker: str | None = None,
+        record: bool = True,
     ) -> ClaimResult:
         return await patient(
             lambda: self._inner.claim(
-                request_id, stage, seq=seq, attempt=attempt, request=request, worker=worker
+                request_id,
+                stage,
+                seq=seq,
+                attempt=attempt,
+                request=request,
+                worker=worker,
+                record=record,
             ),
             patience=self._patience,
             what="ledger claim",
         )
 
     async def finish(
-        self, request_id: str, stage: str, *, seconds: float, event: Event
+        self,
+        request_id: str,
+        stage: str,
+        *,
+        seconds: float,
+        event: Event,
+        seq: int | None = None,
+        attempt: int | None = None,
+        worker: str | None = None,
     ) -> LedgerEntry | None:
         """The entry if this finish settled the report (it counts the report's duration)."""
         return await patient(
-            lambda: self._inner.finish(request_id, stage, seconds=seconds, event=event),
+            lambda: self._inner.finish(
+                request_id,
+                stage,
+                seconds=seconds,
+                event=event,
+                seq=seq,
+                attempt=attempt,
+                worker=worker,
+            ),
             patience=self._patience,
             what="ledger finish",
         )
 
-    async def fail(self, request_id: str, stage: str, *, reason: str) -> LedgerEntry | None:
+    async def fail(
+        self,
+        request_id: str,
+        stage: str,
+        *,
+        reason: str,
+        seq: int | None = None,
+        attempt: int | None = None,
+    ) -> LedgerEntry | None:
         return await patient(
-            lambda: self._inner.fail(request_id, stage, reason=reason),
+            lambda: self._inner.fail(request_id, stage, reason=reason, seq=seq, attempt=attempt),
             patience=self._patience,
             what="ledger fail",
         )
+
+    async def retrying(
+        self, request_id: str, stage: str, *, reason: str, seq: int, attempt: int
+    ) -> None:
+        await self._inner.retrying(request_id, stage, reason=reason, seq=seq, attempt=attempt)
 
     async def entries(self) -> list[LedgerEntry]:
         return await self._inner.entries()

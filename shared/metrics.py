@@ -32,6 +32,7 @@ from shared.errors import (
 )
 from shared.events import Event, ReportRendered
 from shared.telemetry import processing_failed
+from shared.templatename import canonical_template
 
 if TYPE_CHECKING:
     from shared.ledger import LedgerEntry
@@ -78,6 +79,8 @@ def operator_labels(label: str, values: Iterable[str]) -> None:
 def bounded(label: str, value: str | None) -> str:
     """`value` for `label`: one of the operator's values (when listed), else "other"; for an
     unlisted label, "other" once it has MAX_LABEL_VALUES distinct values."""
+    if label == "template" and value:  # one name per template: `weekly` is `weekly.html`
+        value = canonical_template(value)
     value = value or "unknown"
     with _lock:
         listed = _listed.get(label)

@@ -45,18 +45,19 @@ from shared.events import (
     REPORT_DELIVERED,
     REPORT_FAILED,
     REPORT_REQUESTED,
+    REQUEST_ID_PATTERN,
     Artefact,
     DeadLetter,
     ReportRequested,
-    mask_url_secrets,
     request_fingerprint,
     tenant_of_subject,
 )
 from shared.failover import LEADERLESS, describe_error
-from shared.ledger import KvLedger, LedgerEntry
+from shared.ledger import PIPELINE, KvLedger, LedgerEntry
 from shared.settings import SECRET_FIELDS, Settings
 from shared.stage import DEAD_LETTER_PREFIX
 from shared.store import ArtefactStore, open_store, read_verified
+from shared.templatename import canonical_template
 
 
 class BusUnavailable(PressroomError):
@@ -303,14 +304,21 @@ _NEXT_STAGE = {"requested": "fetcher", "fetched": "renderer", "rendered": "distr
 
 
 def whereabouts(entry: LedgerEntry | None) -> str:
-    """Where a request in flight is, in words, from its ledger entry (its last stage)."""
+    """Where a request in flight is, in words, from its ledger entry (its furthest stage),
+    with the last error while a stage's retries go on."""
     if entry is None:
         return "published; no fetcher has picked it up yet"
-    if entry.stages:
-        stage, record = list(entry.stages.items())[-1]
+    if entry.status == "conflict":
+        return f"conflict: {entry.error}"
+    for stage in reversed(PIPELINE):
+        record = entry.stages.get(stage)
+        if record is None:
+            continue
         if record.state == "running":
             again = f", attempt {record.attempts}" if record.attempts > 1 else ""
-            return f"{stage} working on it{again}"
+            why = f"; last error: {record.error}" if record.error else ""
+            return f"{stage} working on it{again}{why}"
+        break
     if entry.status in _NEXT_STAGE:
         return f"{entry.status}; waiting for a {_NEXT_STAGE[entry.status]}"
     return entry.status
@@ -392,13 +400,17 @@ def parse_since(text: str, option: str = "--since") -> datetime:
 async def ledger_entries(
     bus: Bus, *, status: str | None = None, template: str | None = None
 ) -> list[LedgerEntry]:
-    """Ledger entries, newest first; only those with the given status / template."""
+    """Ledger entries, newest first; only those with the given status / template (either
+    spelling of a template name). An unreadable value is an entry whose status is
+    `conflict`: listed with its reason, never a crash."""
     entries = await (await bus.ledger()).entries()
+    wanted = canonical_template(template) if template else None
     return sorted(
         (
             e
             for e in entries
-            if (not status or e.status == status) and (not template or e.template == template)
+            if (not status or e.status == status)
+            and (not wanted or canonical_template(e.template or "") == wanted)
         ),
         key=lambda e: e.updated_at,
         reverse=True,
@@ -501,7 +513,8 @@ async def dead_letter(bus: Bus, seq: int) -> DeadLetterRecord | None:
             first_failure=now,
             last_failure=now,
         )
-    when = getattr(raw, "time", None)
+    # When it failed (a restored letter's stream time is when it was restored).
+    when = letter.last_failure if letter.stage != "?" else getattr(raw, "time", None)
     return DeadLetterRecord(seq, when if isinstance(when, datetime) else None, letter)
 
 
@@ -648,16 +661,47 @@ def redacted_config(text: str) -> str:
     return str(yaml.safe_dump(data, sort_keys=False))
 
 
+# Field and header names that hold secrets (a JSON key, a header name).
 _SECRET_KEY = re.compile(
-    r"auth(?!or)|token|passw|pwd|secret|api[-_]?key|cookie|credential|private[-_]?key|signature",
+    r"authori[sz]ation|token|passw(or)?d|pwd|secret|api[-_]?key|apikey|cookie|credential|"
+    r"signature|(^|[-_])sig($|[-_])|private[-_]?key|access[-_]?key|session",
     re.I,
 )
-NOT_KEPT = "not JSON: left out (pressroom backup --include-secrets keeps it)"
+# In text, a name that says its value is secret (a URL query key, a JSON key, `k=v`).
+_SECRET_NAME = re.compile(
+    r"authori[sz]ation|token|passw(or)?d|pwd|secret|api[-_]?key|apikey|cookie|credential|"
+    r"signature|^sig$|key$|^auth$|^code$|session",
+    re.I,
+)
+# Every pattern is linear in its input (possessive runs, names anchored at a separator): a
+# backup reads what tenants sent, and a crafted string must not stall it.
+_JSON_PAIR = re.compile(r'"([\w-]{1,100}+)"(\s*+:\s*+")((?:[^"\\]|\\.)*+)("?)')
+_HEADERS = re.compile(r'("headers"\s*+:\s*+)\{[^{}]*+\}?', re.I)
+_NAME_VALUE = re.compile(r"(?:^|(?<=[?&;\s,]))([\w-]++)=([^&#\s\"',;]*+)")
+_USERINFO = re.compile(r"(?<![\w+.-])([A-Za-z][\w+.-]*+://[^/\s:@\"']++:)[^@\s/\"']++@")
+_SCHEME_TOKEN = re.compile(r"\b(Bearer|Basic|Token)\s++[A-Za-z0-9._~+/=-]{6,}+", re.I)
+
+
+def _secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def redacted_text(text: str) -> str:
+    """Secrets out of text that is not (whole) JSON: a dead letter's preview of a large body,
+    a reason quoting a URL, a header value."""
+    text = _JSON_PAIR.sub(
+        lambda m: f'"{m[1]}"{m[2]}REDACTED{m[4]}' if _secret_name(m[1]) else m[0], text
+    )
+    text = _HEADERS.sub(r'\1"REDACTED"', text)
+    text = _NAME_VALUE.sub(lambda m: f"{m[1]}=REDACTED" if _secret_name(m[1]) else m[0], text)
+    text = _USERINFO.sub(r"\1REDACTED@", text)
+    return _SCHEME_TOKEN.sub(r"\1 REDACTED", text)
 
 
 def redacted_json(value: Any) -> Any:
-    """A JSON value with every secret-looking field (token, password, Authorization …) and
-    every request header replaced: what a tenant put in a request stays out of backups."""
+    """A JSON value with every secret-looking field (token, password, Authorization …), every
+    request header and every secret in a URL replaced: what a tenant put in a request stays
+    out of backups."""
     if isinstance(value, dict):
         return {
             k: (
@@ -669,19 +713,62 @@ def redacted_json(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [redacted_json(v) for v in value]
-    return mask_url_secrets(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        return redacted_text(value)
+    return value
 
 
 def redacted_letter(letter: DeadLetter) -> DeadLetter:
-    headers = {
-        k: mask_url_secrets(v) for k, v in letter.headers.items() if not _SECRET_KEY.search(k)
-    }
-    # Not (sane) JSON — cut short, a preview of a big body, not UTF-8: nothing to redact by key.
-    update: dict[str, Any] = {"headers": headers, "payload": NOT_KEPT, "payload_encoding": "utf-8"}
-    if letter.payload_encoding == "utf-8":
-        with suppress(ValueError, RecursionError):
-            update["payload"] = json.dumps(redacted_json(json.loads(letter.payload)))
-    return letter.model_copy(update=update)
+    """A dead letter as a default backup keeps it: secret headers dropped, secrets out of the
+    payload (JSON or not, whole or a preview) and out of the reason."""
+    headers = {k: redacted_text(v) for k, v in letter.headers.items() if not _SECRET_KEY.search(k)}
+    if letter.payload_encoding == "base64":  # not UTF-8: kept as text, secrets out
+        text = base64.b64decode(letter.payload).decode("utf-8", errors="replace")
+    else:
+        text = letter.payload
+    try:
+        payload = json.dumps(redacted_json(json.loads(text)))
+    except (ValueError, RecursionError):  # a preview of a big body, or not JSON at all
+        payload = redacted_text(text)
+    return letter.model_copy(
+        update={
+            "headers": headers,
+            "payload": payload,
+            "payload_encoding": "utf-8",
+            "reason": redacted_text(letter.reason),
+        }
+    )
+
+
+def redacted_entry(entry: LedgerEntry) -> LedgerEntry:
+    """A ledger entry without secrets in its delivery targets and errors (URLs with tokens)."""
+    try:
+        return LedgerEntry.model_validate(redacted_json(entry.model_dump(mode="json")))
+    except ValueError:  # a field redaction made invalid: its delivery targets and errors go
+        return entry.model_copy(update={"channels": [], "error": REDACTED if entry.error else None})
+
+
+def letter_identity(letter: DeadLetter) -> tuple[str, str, str, datetime, datetime]:
+    """What makes a dead letter the same one wherever it is stored: its request, stage and when
+    it failed (not its JSON spelling, nor its payload, which a backup may have redacted)."""
+    return (
+        letter.subject,
+        letter.stage,
+        letter.request_id or "",
+        letter.first_failure,
+        letter.last_failure,
+    )
+
+
+def _identity_id(letter: DeadLetter) -> str:
+    import hashlib
+
+    subject, stage, rid, first, last = letter_identity(letter)
+    text = f"{subject}|{stage}|{rid}|{first.isoformat()}|{last.isoformat()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+_CONTENT_TYPES = {".pdf": "application/pdf", ".html": "text/html; charset=utf-8"}
 
 
 async def backup(
@@ -691,15 +778,31 @@ async def backup(
     config: Path | None,
     *,
     include_secrets: bool = False,
+    artefacts: bool = False,
+    since: datetime | None = None,
 ) -> dict[str, int]:
     """Templates, config, ledger entries and dead letters in one tar.gz, readable only by its
-    owner (0600); the config's secrets are redacted unless asked for."""
-    entries = await ledger_entries(bus)
+    owner (0600); secrets are redacted unless asked for. With `artefacts`, the reports in the
+    artefact store too (those stored since `since`), one at a time into the archive."""
+    listed = await ledger_entries(bus)
+    # An unreadable ledger value is not an entry: counted and named, never archived as one.
+    conflicts = [e.request_id for e in listed if e.status == "conflict"]
+    entries = [e for e in listed if e.status != "conflict"]
     letters = await dead_letters(bus)
+    store = await bus.store() if artefacts else None
+    objects = []
+    if store is not None:
+        objects = [
+            o
+            for o in await store.list("reports/")
+            if since is None or o.modified is None or o.modified >= since
+        ]
     manifest = {
         "created_at": datetime.now(UTC).isoformat(),
         "ledger_entries": len(entries),
+        "ledger_conflicts": conflicts,
         "dead_letters": len(letters),
+        "artefacts": len(objects),
         "secrets": "included" if include_secrets else "redacted",
     }
 
@@ -718,9 +821,11 @@ async def backup(
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # also when the file existed with wider permissions
+    saved = 0
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
         add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
-        add(tar, "ledger.jsonl", "".join(e.model_dump_json() + "\n" for e in entries).encode())
+        kept_entries = entries if include_secrets else [redacted_entry(e) for e in entries]
+        add(tar, "ledger.jsonl", "".join(e.model_dump_json() + "\n" for e in kept_entries).encode())
         kept = [r.letter if include_secrets else redacted_letter(r.letter) for r in letters]
         add(tar, "dead-letters.jsonl", "".join(k.model_dump_json() + "\n" for k in kept).encode())
         if templates_dir.is_dir():
@@ -728,43 +833,244 @@ async def backup(
         if config is not None and config.is_file():
             text = config.read_text(encoding="utf-8")
             add(tar, "config.yaml", (text if include_secrets else redacted_config(text)).encode())
-    return {"ledger_entries": len(entries), "dead_letters": len(letters)}
+        for obj in objects:  # one report in memory at a time, straight into the gzip stream
+            assert store is not None
+            try:
+                data = await store.get(obj.key)
+            except PressroomError:
+                continue  # removed since the listing (retention)
+            add(tar, f"artefacts/{obj.key}", data)
+            saved += 1
+    return {
+        "ledger_entries": len(entries),
+        "dead_letters": len(letters),
+        "artefacts": saved,
+        "ledger_conflicts": len(conflicts),
+    }
 
 
-async def restore(bus: Bus, source: Path) -> dict[str, int]:
-    """Put back ledger entries and dead letters that are missing; nothing is overwritten."""
+# What a restore reads, at most: each member's size is checked (from its header) before any of
+# it is read, the records are read a line at a time, and the whole archive is capped.
+RESTORE_MAX_TOTAL = 16 * 1024**3
+RESTORE_MAX_MEMBERS = 1_000_000
+RESTORE_MAX_LINE = 8 * 1024**2
+_RESTORE_MAX_MEMBER = {
+    "manifest.json": 64 * 1024,
+    "ledger.jsonl": 2 * 1024**3,
+    "dead-letters.jsonl": 2 * 1024**3,
+    "config.yaml": 4 * 1024**2,
+    "templates/": 64 * 1024**2,
+}
+
+
+@dataclass
+class RestoreReport:
+    """What `restore` did, counted, for the CLI to say."""
+
+    ledger_entries: int = 0
+    ledger_present: int = 0
+    ledger_refused: dict[str, int] | None = None
+    dead_letters: int = 0
+    dead_letters_present: int = 0
+    artefacts: int = 0
+    artefacts_present: int = 0
+    templates_written: int = 0
+    templates_unchanged: int = 0
+    templates_kept: list[str] | None = None
+    config: str = ""  # what happened to config.yaml, in words ("" when the archive had none)
+    secrets_redacted: bool = True
+
+    def refuse(self, why: str) -> None:
+        self.ledger_refused = self.ledger_refused or {}
+        self.ledger_refused[why] = self.ledger_refused.get(why, 0) + 1
+
+
+def _restorable(entry: LedgerEntry, now: datetime) -> str | None:
+    """Why a ledger entry from an archive may not go back (None: it may). Only settled
+    reports go back, and nothing that would stand in for a future request: a crafted entry
+    for a scheduled fire that is not due would make that fire a "duplicate" and skip it."""
+    from services.scheduler.cron import CLOCK_SKEW, scheduled_fire
+
+    if not re.fullmatch(REQUEST_ID_PATTERN, entry.request_id) or len(entry.request_id) > 128:
+        return "not a request id"
+    if entry.status not in ("delivered", "failed"):
+        return "still in flight when backed up"
+    latest = now + CLOCK_SKEW
+    stamps = [entry.updated_at, entry.requested_at, entry.settled_at]
+    if any(t is not None and t > latest for t in stamps):
+        return "dated in the future"
+    fire = scheduled_fire(entry.request_id)
+    if fire is not None and fire > now:  # a backup holds no fire from the future
+        return "a scheduled fire that is not due"
+    return None
+
+
+def _member_limit(name: str, artefact_limit: int) -> int | None:
+    if name.startswith("artefacts/"):
+        return artefact_limit
+    if name.startswith("templates/"):
+        return _RESTORE_MAX_MEMBER["templates/"]
+    return _RESTORE_MAX_MEMBER.get(name)
+
+
+def _safe_relative(name: str, prefix: str) -> Path | None:
+    """`templates/a/b.html` → `a/b.html`; None for anything that could leave the folder."""
+    rel = name.removeprefix(prefix)
+    parts = Path(rel).parts
+    if (
+        not rel
+        or rel.startswith("/")
+        or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+    ):
+        return None
+    return Path(*parts)
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.restore-{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+async def restore(
+    bus: Bus,
+    source: Path,
+    *,
+    templates_dir: Path | None = None,
+    config: Path | None = None,
+    force: bool = False,
+) -> RestoreReport:
+    """Put back what an archive holds and the stack lacks: settled ledger entries, dead letters
+    (the same one is never put back twice: compared by `letter_identity`), reports' artefacts,
+    and — when given where — templates and the config file (a file that differs here is kept
+    unless `force`). The archive is read as a stream, every member checked before it is read."""
     from nats.js.errors import KeyWrongLastSequenceError
 
-    try:
-        with tarfile.open(source, "r:gz") as tar:
-
-            def read(name: str) -> list[str]:
-                member = tar.extractfile(name)
-                return member.read().decode().splitlines() if member else []
-
-            ledger_lines, letter_lines = read("ledger.jsonl"), read("dead-letters.jsonl")
-        entries = [LedgerEntry.model_validate_json(line) for line in ledger_lines]
-        parsed = [DeadLetter.model_validate_json(line) for line in letter_lines]
-    except (tarfile.TarError, KeyError, ValueError) as error:
-        raise PressroomError(f"'{source}' is not a pressroom backup: {error}") from None
+    report = RestoreReport()
+    now = datetime.now(UTC)
     kv = await bus.js.key_value(LEDGER_BUCKET)
-    restored = 0
-    for line, entry in zip(ledger_lines, entries, strict=True):
-        try:
-            await kv.create(entry.request_id, line.encode())
-            restored += 1
-        except KeyWrongLastSequenceError:
-            continue  # already there: the live ledger wins
-    present = {(r.letter.subject, r.letter.payload) for r in await dead_letters(bus)}
-    letters = 0
-    for line, letter in zip(letter_lines, parsed, strict=True):
-        if (letter.subject, letter.payload) in present:
-            continue
-        await JetStreamPublisher(bus.js).publish(
-            f"{DLQ_PREFIX}{letter.subject}", line.encode(), msg_id=f"restore:{uuid.uuid4().hex}"
-        )
-        letters += 1
-    return {"ledger_entries": restored, "dead_letters": letters}
+    present = {letter_identity(r.letter) for r in await dead_letters(bus)}
+    store: ArtefactStore | None = None
+    stored: set[str] = set()
+    artefact_limit = bus.settings.max_output_bytes
+    total = members = 0
+
+    def bad(why: str) -> PressroomError:
+        return PressroomError(f"'{source}' is not a pressroom backup: {why}")
+
+    def lines(handle: Any, name: str) -> Any:
+        while line := handle.readline(RESTORE_MAX_LINE + 1):
+            if len(line) > RESTORE_MAX_LINE and not line.endswith(b"\n"):
+                raise bad(f"{name} has a line over {RESTORE_MAX_LINE // 1024**2} MiB")
+            if line.strip():
+                yield line
+
+    try:
+        with tarfile.open(source, mode="r|gz") as tar:
+            for member in tar:
+                members += 1
+                total += member.size
+                if members > RESTORE_MAX_MEMBERS or total > RESTORE_MAX_TOTAL:
+                    raise bad(
+                        f"more than {RESTORE_MAX_MEMBERS:,} members or "
+                        f"{RESTORE_MAX_TOTAL // 1024**3} GiB in all: refused"
+                    )
+                if not member.isfile():
+                    continue
+                limit = _member_limit(member.name, artefact_limit)
+                if limit is None:
+                    continue  # not ours: skipped unread
+                if member.size > limit:
+                    raise bad(
+                        f"{member.name} is {member.size:,} bytes, over the {limit:,} a "
+                        "backup holds: refused"
+                    )
+                handle = tar.extractfile(member)
+                if handle is None:
+                    continue
+                name = member.name
+                if name == "manifest.json":
+                    manifest = json.loads(handle.read(limit))
+                    report.secrets_redacted = manifest.get("secrets") != "included"
+                elif name == "ledger.jsonl":
+                    for line in lines(handle, name):
+                        entry = LedgerEntry.model_validate_json(line)
+                        why = _restorable(entry, now)
+                        if why:
+                            report.refuse(why)
+                            continue
+                        try:
+                            await kv.create(entry.request_id, entry.model_dump_json().encode())
+                            report.ledger_entries += 1
+                        except KeyWrongLastSequenceError:
+                            report.ledger_present += 1  # the live ledger wins
+                elif name == "dead-letters.jsonl":
+                    for line in lines(handle, name):
+                        letter = DeadLetter.model_validate_json(line)
+                        if letter_identity(letter) in present:
+                            report.dead_letters_present += 1
+                            continue
+                        await JetStreamPublisher(bus.js).publish(
+                            f"{DLQ_PREFIX}{letter.subject}",
+                            letter.model_dump_json().encode(),
+                            msg_id=f"restore:{_identity_id(letter)}",
+                        )
+                        present.add(letter_identity(letter))
+                        report.dead_letters += 1
+                elif name.startswith("artefacts/"):
+                    key = name.removeprefix("artefacts/")
+                    if not key.startswith("reports/") or _safe_relative(key, "reports/") is None:
+                        continue
+                    if store is None:
+                        store = await bus.store()
+                        stored = {o.key for o in await store.list("reports/")}
+                    if key in stored:
+                        report.artefacts_present += 1
+                        continue
+                    content_type = _CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream")
+                    await store.put(key, handle.read(limit), content_type=content_type)
+                    report.artefacts += 1
+                elif name.startswith("templates/") and templates_dir is not None:
+                    rel = _safe_relative(name, "templates/")
+                    if rel is not None:
+                        _restore_file(report, templates_dir / rel, handle.read(limit), force)
+                elif name == "config.yaml":
+                    report.config = _restore_config(
+                        config, handle.read(limit), force, report.secrets_redacted
+                    )
+    except PressroomError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise bad(text) from None
+    return report
+
+
+def _restore_file(report: RestoreReport, path: Path, data: bytes, force: bool) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        report.templates_unchanged += 1
+    elif path.exists() and not force:
+        report.templates_kept = [*(report.templates_kept or []), str(path)]
+    else:
+        _write_private(path, data, 0o644)
+        report.templates_written += 1
+
+
+def _restore_config(config: Path | None, data: bytes, force: bool, redacted: bool) -> str:
+    if config is None:
+        return "not restored: name where with --config (or set PRESSROOM_CONFIG)"
+    if config.is_file() and config.read_bytes() == data:
+        return f"{config} unchanged"
+    if config.exists() and redacted:
+        return f"{config} differs and was kept (the archive's copy has its secrets redacted)"
+    if config.exists() and not force:
+        return f"{config} differs and was kept (--force overwrites it)"
+    _write_private(config, data, 0o600)
+    note = " (fill in the REDACTED secrets)" if redacted else ""
+    return f"written to {config}{note}; PRESSROOM_CONFIG={config} uses it"
 
 
 # ---- delivering again ------------------------------------------------------------------------

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nats.js import JetStreamContext
 
 from shared.bus import STREAM
 from shared.health import _RANK as RANK
-from shared.health import CheckResult
-from shared.settings import Settings
+from shared.health import Check, CheckResult
+from shared.settings import Settings, config_fingerprint
 
 if TYPE_CHECKING:
     import httpx
@@ -39,6 +41,44 @@ def consumer_readiness(info: Any, max_pending: int, *, seen_by_worker: bool) -> 
     if not pulls and not in_progress:
         return CheckResult("unhealthy", detail + " — no worker is running", data)
     return CheckResult("degraded" if over else "healthy", detail, data)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+
+
+def config_check(settings: Settings) -> Check:
+    """A worker's configuration, for its /readyz: the fingerprint of what it loaded at start
+    (`pressroom health` compares the workers'), and `degraded` once the config file on disk
+    is no longer the one it loaded — an edited file applies only after a restart."""
+    from shared.logging import get_logger
+
+    fingerprint = config_fingerprint(settings)
+    path = settings.config
+    loaded = _file_digest(path) if path is not None else ""
+    told: set[str] = set()  # the log says it once per change, the check every time
+
+    async def check() -> CheckResult:
+        data = {"fingerprint": fingerprint}
+        if path is None:
+            return CheckResult("healthy", f"fingerprint {fingerprint} (no config file)", data)
+        now = _file_digest(path)
+        if now != loaded:
+            what = "is unreadable" if now.startswith("unreadable") else "changed"
+            detail = (
+                f"{path} {what} since this worker started; it still runs config "
+                f"{fingerprint}: restart it to apply"
+            )
+            if now not in told:
+                told.add(now)
+                get_logger("pressroom.config").warning("config file changed", reason=detail)
+            return CheckResult("degraded", detail, data)
+        return CheckResult("healthy", f"fingerprint {fingerprint}", data)
+
+    return check
 
 
 async def stage_readiness(
@@ -74,9 +114,14 @@ async def stack_health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]
             "is unreachable from here",
         }
         workers = {}
+    fingerprints: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=5) as client:
         for name, base in workers.items():
-            components[f"worker {name}"] = await _worker(client, base)
+            components[f"worker {name}"], fingerprint = await _worker(client, base)
+            if fingerprint:
+                fingerprints[name] = fingerprint
+    if fingerprints:
+        components["config"] = config_agreement(fingerprints)
     worst = max((c["status"] for c in components.values()), key=lambda s: RANK[s])
     return {"status": worst, "components": components}
 
@@ -110,17 +155,39 @@ async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
     return found
 
 
-async def _worker(client: httpx.AsyncClient, base: str) -> dict[str, Any]:
+def config_agreement(fingerprints: dict[str, str]) -> dict[str, Any]:
+    """Do the workers run one configuration? `fingerprints`: worker → its config fingerprint."""
+    groups: dict[str, list[str]] = {}
+    for name, fingerprint in sorted(fingerprints.items()):
+        groups.setdefault(fingerprint, []).append(name)
+    if len(groups) == 1:
+        [fingerprint] = groups
+        return {
+            "status": "healthy",
+            "detail": f"{len(fingerprints)} worker(s) run config {fingerprint}",
+        }
+    # Most workers first: the odd ones out are the ones to restart (or to look at).
+    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    return {
+        "status": "degraded",
+        "detail": "workers run different configs: "
+        + "; ".join(f"{fp}: {', '.join(names)}" for fp, names in ranked)
+        + " (docs/operations.md, Config rollouts)",
+    }
+
+
+async def _worker(client: httpx.AsyncClient, base: str) -> tuple[dict[str, Any], str | None]:
     import httpx
 
     try:
         response = await client.get(base.rstrip("/") + "/readyz")
         body = response.json()
     except (httpx.HTTPError, ValueError) as error:
-        return {"status": "unhealthy", "detail": f"no answer from {base}: {error}"}
+        return {"status": "unhealthy", "detail": f"no answer from {base}: {error}"}, None
     checks = body.get("checks", {})
     failing = [k for k, v in checks.items() if v.get("status") != "healthy"]
+    fingerprint = checks.get("config", {}).get("fingerprint")
     return {
         "status": body.get("status", "unhealthy"),
         "detail": ", ".join(f"{k}: {checks[k]['detail']}" for k in failing) or "all checks pass",
-    }
+    }, fingerprint if isinstance(fingerprint, str) else None

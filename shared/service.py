@@ -260,7 +260,9 @@ def stage_checks(
             deps.js, spec.durable, settings.health_max_pending, seen_by_worker=True
         )
 
-    return {"bus": bus, "store": store, "consumer": consumer}
+    from shared.readiness import config_check
+
+    return {"bus": bus, "store": store, "consumer": consumer, "config": config_check(settings)}
 
 
 class InFlight:
@@ -375,6 +377,10 @@ def stage_app(
     async def lifespan() -> AsyncIterator[None]:
         nonlocal running
         configure_logging(service)
+        from shared.store import plain_http_s3_warning
+
+        if insecure := plain_http_s3_warning(settings):
+            log.warning("artefact store over plain HTTP", reason=insecure)
         if deps.js is None:
             deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
         await _open_adapters(deps, deps.js, settings, buckets)

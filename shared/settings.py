@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from functools import cached_property
@@ -183,6 +185,12 @@ class Settings(BaseSettings):
     render_memory_mb: int = Field(
         default=2048, ge=256, description="Address-space cap of a render worker, MiB."
     )
+    render_max_renders: int = Field(
+        default=10_000, ge=0, description="Renders before a render process is recycled (0: never)."
+    )
+    render_max_rss_mb: int = Field(
+        default=1024, ge=0, description="Resident MiB above which a render process is recycled."
+    )
     max_output_bytes: int = Field(default=5 * 1024 * 1024, gt=0, description="Largest artefact.")
     page_size: str = "A4"
     page_orientation: Literal["portrait", "landscape"] = "portrait"
@@ -222,6 +230,11 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, ge=0, le=65535)
     health_host: str = "127.0.0.1"
     health_max_pending: int = Field(default=1000, ge=0, description="More waiting = degraded.")
+
+    # `pressroom up`: a worker that exits is started again after 1 s, 2 s, 4 s … (at most 30 s),
+    # and given up once it has been restarted this many times within the window
+    restart_limit: int = Field(default=5, ge=0, description="Restarts per window, then give up.")
+    restart_window: float = Field(default=300.0, gt=0, description="Seconds the limit counts.")
 
     # Logging (read once at process start by shared.logging)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -525,3 +538,31 @@ def masked(settings: Settings) -> dict[str, Any]:
         if isinstance(spec.get("headers"), dict):
             spec["headers"] = dict.fromkeys(spec["headers"], "***")
     return data
+
+
+# What every service must agree on (README "Deployment", docs/operations.md "Config rollouts"):
+# a worker whose fingerprint differs from the others' runs on another configuration.
+SHARED_CONFIG = (
+    "schedules",
+    "sources",
+    "source_credentials",
+    "delivery_defaults",
+    "source_allow",
+    "email_allow",
+    "s3_delivery_allow",
+    "webhook_allow",
+    "asset_allow",
+    "file_allow_absolute",
+    "max_attempts",
+    "retry_backoff",
+)
+
+
+def config_fingerprint(settings: Settings) -> str:
+    """12 hex digits naming the configuration every service shares (schedules, sources,
+    allow-lists, retries), secrets masked: equal fingerprints, equal shared configuration.
+    Per-process settings (ports, render processes, memory) do not count."""
+    data = masked(settings)
+    shared = {key: data.get(key) for key in SHARED_CONFIG}
+    blob = json.dumps(shared, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

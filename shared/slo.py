@@ -10,6 +10,7 @@ from typing import Any
 from shared.bus import STAGES as BUS_STAGES
 from shared.events import utcnow
 from shared.ledger import LedgerEntry
+from shared.templatename import canonical_template
 
 STAGES = tuple(BUS_STAGES)
 MIB = 1024 * 1024
@@ -42,7 +43,15 @@ def report_size(entry: LedgerEntry) -> int | None:
     return max(sizes) if sizes else None
 
 
+def reports(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    """The entries that are reports: not the unreadable values listed as `conflict`."""
+    return [e for e in entries if e.status != "conflict"]
+
+
 def stats(entries: list[LedgerEntry]) -> dict[str, Any]:
+    """Counts by the ledger's own status (the one `ls --status` filters on): in flight is
+    every report neither delivered nor failed."""
+    conflicts = len(entries) - len(entries := reports(entries))
     delivered = [e for e in entries if e.status == "delivered"]
     failed = [e for e in entries if e.status == "failed"]
     finished = len(delivered) + len(failed)
@@ -61,6 +70,7 @@ def stats(entries: list[LedgerEntry]) -> dict[str, Any]:
         "delivered": len(delivered),
         "failed": len(failed),
         "in_flight": len(entries) - finished,
+        "conflicts": conflicts,
         "success_rate": (len(delivered) / finished * 100) if finished else None,
         "end_to_end_seconds": _pcts([t for e in delivered if (t := e.total_seconds) is not None]),
         "stage_seconds": {stage: _pcts(times) for stage, times in stage_times.items()},
@@ -69,7 +79,11 @@ def stats(entries: list[LedgerEntry]) -> dict[str, Any]:
             [e.render_seconds for e in entries if e.render_seconds is not None]
         ),
         "report_bytes": _pcts([float(s) for e in entries if (s := report_size(e)) is not None]),
-        "templates": dict(Counter(e.template or "?" for e in entries).most_common()),
+        "templates": dict(
+            Counter(
+                canonical_template(e.template) if e.template else "?" for e in entries
+            ).most_common()
+        ),
         "failures_by_stage": dict(Counter(e.failed_stage or "?" for e in failed)),
         "cache_hit_rate": (hits / (hits + misses) * 100) if hits + misses else None,
     }
@@ -110,6 +124,7 @@ def objectives(
     on_time_seconds: float = 900.0,
 ) -> list[Objective]:
     """The SLO table of the legacy runbook, each SLI against its target."""
+    entries = reports(entries)
     delivered = [e for e in entries if e.status == "delivered"]
     failed = [e for e in entries if e.status == "failed"]
     finished = delivered + failed

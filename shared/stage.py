@@ -70,6 +70,12 @@ MAX_HEADER_CHARS = 2048
 MAX_RETRY_AFTER = 600.0
 MAX_PAYLOAD_DEPTH = 100  # a context from a source is capped at 64 levels, plus the envelope
 FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
+# Fewer JetStream writes per report: a stage's claim is one KV write and its finish another;
+# work done within CLAIM_AFTER seconds records both in one. The fetcher's claim always goes
+# first: it binds the request id to the request's content (a different request under the same
+# id is refused before anything is published).
+CLAIM_AFTER = 1.0
+EAGER_CLAIM_STAGES = frozenset({"fetcher"})
 # Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -168,14 +174,20 @@ class StageRunner:
                 )
                 return
 
+        received = as_received(request, msg.first_delivered, self.settings)
+        # The claim is written at once where it binds the request id to its content (the
+        # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
+        # along with the finish, or is written CLAIM_AFTER seconds into a longer piece of work.
+        eager = self.spec.name in EAGER_CLAIM_STAGES or msg.attempt > 1
         try:
             claim = await self.ledger.claim(
                 rid,
                 self.spec.name,
                 seq=msg.stream_seq,
                 attempt=msg.attempt,
-                request=as_received(request, msg.first_delivered, self.settings),
+                request=received,
                 worker=WORKER_ID,
+                record=eager,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
             await self._retry_or_dead_letter(
@@ -203,6 +215,7 @@ class StageRunner:
             return
 
         heartbeat = asyncio.create_task(self._keep_alive(msg))
+        claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, received))
         outcome = "done"
         # The report's own deadline (`timeout` in report.requested), from when it was asked.
         deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
@@ -213,7 +226,13 @@ class StageRunner:
                     self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
                 )
             settled = await self.ledger.finish(
-                rid, self.spec.name, seconds=time.monotonic() - started, event=next_event
+                rid,
+                self.spec.name,
+                seconds=time.monotonic() - started,
+                event=next_event,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+                worker=WORKER_ID,
             )
             with suppress(Exception):  # metrics must never break message handling
                 stage_done(next_event, settled)
@@ -248,9 +267,11 @@ class StageRunner:
             )
             return
         finally:
-            heartbeat.cancel()
-            with suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, claiming):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
             with suppress(Exception):  # metrics must never break message handling
                 stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
@@ -297,6 +318,21 @@ class StageRunner:
             event = event.model_copy(update={"requested_by": tenant})
         return event
 
+    async def _claim_later(self, msg: InboundMessage, rid: str, request: ReportRequested) -> None:
+        """Work still going on after CLAIM_AFTER: record the claim, so `status` shows who."""
+        await asyncio.sleep(CLAIM_AFTER)
+        try:
+            await self.ledger.claim(
+                rid,
+                self.spec.name,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+                request=request,
+                worker=WORKER_ID,
+            )
+        except Exception as error:  # only what `status` shows meanwhile; the finish records it
+            log.debug("claim not recorded", request_id=rid, error=repr(error))
+
     async def _keep_alive(self, msg: InboundMessage) -> None:
         interval = max(self.settings.ack_wait / 3, 0.5)
         while True:
@@ -329,6 +365,16 @@ class StageRunner:
         if retry_after:
             delay = min(max(delay, retry_after), MAX_RETRY_AFTER)
         bound.info("transient failure, will retry", reason=reason, retry_in=delay)
+        try:  # the reason, for `request --wait`, `status` and `ls` while retries go on
+            await self.ledger.retrying(
+                request_id,
+                self.spec.name,
+                reason=reason[:MAX_REASON_CHARS],
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+            )
+        except Exception as error:  # the ledger may be the thing that is away
+            bound.debug("retry reason not recorded", error=repr(error))
         await msg.nack(delay)
         return "retry"
 
@@ -530,7 +576,13 @@ async def publish_dead_letter(
     settled = None
     if request_id and update_ledger:
         try:
-            settled = await ledger.fail(request_id, stage, reason=reason[:MAX_REASON_CHARS])
+            settled = await ledger.fail(
+                request_id,
+                stage,
+                reason=reason[:MAX_REASON_CHARS],
+                seq=stream_seq,
+                attempt=attempts,
+            )
             recorded += 1
         except Exception as error:
             log.warning("failure not recorded in the ledger", stage=stage, error=repr(error))

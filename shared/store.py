@@ -165,6 +165,29 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
+def plain_http_s3_warning(settings: Settings) -> str | None:
+    """Why S3 credentials would go over plain HTTP to another machine, or None: a worker says
+    so at start (PRESSROOM_S3_SECURE=false with a non-loopback endpoint and keys)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    endpoint = settings.s3_endpoint
+    if not endpoint or settings.s3_secure or not settings.s3_access_key:
+        return None
+    host = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}").hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"S3 credentials go over plain HTTP to {endpoint} (PRESSROOM_S3_SECURE=false): anyone "
+        "on that network can read them; use TLS (PRESSROOM_S3_SECURE=true) unless the store "
+        "is on a private network of its own"
+    )
+
+
 class S3Artefacts:
     """S3 or MinIO through the `minio` client; blocking calls run in threads."""
 

@@ -10,6 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,15 +36,52 @@ def parse_scale(scale: list[str]) -> dict[str, int]:
     return counts
 
 
+RESTART_FIRST_DELAY = 1.0  # seconds before the first restart; doubled each time in the window
+RESTART_MAX_DELAY = 30.0
+
+
+@dataclass
+class Child:
+    """One worker process `up` looks after, and what happened to it."""
+
+    label: str  # e.g. renderer-1
+    name: str  # e.g. renderer
+    port: int  # its health port, the same across restarts (workers.json stays true)
+    proc: subprocess.Popen[bytes]
+    restarts: int = 0
+    recent: deque[float] = field(default_factory=deque)  # when it was restarted, in the window
+    last_exit: str = ""  # "killed by SIGKILL", "exit code 1"
+    due: float | None = None  # when it is started again
+    given_up: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def exit_reason(returncode: int) -> str:
+    """How a process ended, in words: `killed by SIGKILL`, `exit code 1`."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 class Supervisor:
-    """Starts what `up` runs, reports how it is doing, and stops all of it (in any state)."""
+    """Starts what `up` runs, restarts a worker that exits (with backoff, and gives up on one
+    that keeps crashing), reports how it is doing, and stops all of it (in any state)."""
 
     def __init__(self, cfg: Settings, counts: dict[str, int]) -> None:
         self.cfg = cfg
         self.counts = counts
         self.log_dir = cfg.data_dir / "logs"
         self.env = dict(os.environ)
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.children: list[Child] = []
+        self.restart_limit = cfg.restart_limit
+        self.restart_window = cfg.restart_window
+        self._stopping = False
         self.registry: dict[str, str] = {}
         self._lock: IO[str] | None = None
         self._nats: subprocess.Popen[bytes] | None = None
@@ -83,16 +123,77 @@ class Supervisor:
                 label = f"{name}-{index + 1}"
                 port = free_port()
                 self.registry[label] = f"http://127.0.0.1:{port}"
-                with (self.log_dir / f"{label}.log").open("ab") as log:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "shared.cli", "worker", name],
-                        env={**self.worker_env(name), "PRESSROOM_HEALTH_PORT": str(port)},
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                self.children.append((label, proc))
+                self.children.append(Child(label, name, port, self._spawn(label, name, port)))
         (self.cfg.data_dir / "workers.json").write_text(json.dumps(self.registry, indent=2))
         self._counter = OutcomeCounter(self.cfg)
+
+    def _spawn(self, label: str, name: str, port: int) -> subprocess.Popen[bytes]:
+        with (self.log_dir / f"{label}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "worker", name],
+                env={**self.worker_env(name), "PRESSROOM_HEALTH_PORT": str(port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def tend(self, now: float | None = None) -> list[str]:
+        """Look after the workers once (`up` calls this twice a second): a worker that exited
+        is started again after a backoff (1 s, 2 s, 4 s … at most 30 s); one restarted
+        `restart_limit` times within `restart_window` seconds is given up instead of spun.
+        Returns what happened, in words, each also logged to logs/up.log."""
+        now = time.monotonic() if now is None else now
+        said: list[str] = []
+        if self._stopping:
+            return said
+        for child in self.children:
+            if child.given_up or child.alive:
+                continue
+            while child.recent and child.recent[0] < now - self.restart_window:
+                child.recent.popleft()
+            if child.due is None:  # it has just exited
+                child.last_exit = exit_reason(child.proc.returncode)
+                if len(child.recent) >= self.restart_limit:
+                    child.given_up = True
+                    said.append(
+                        self._log(
+                            f"{child.label} exited ({child.last_exit}) after "
+                            f"{len(child.recent)} restart(s) in {self.restart_window:g}s: "
+                            f"given up, see {self.log_dir / child.label}.log",
+                            child,
+                        )
+                    )
+                    continue
+                delay = min(RESTART_FIRST_DELAY * 2 ** len(child.recent), RESTART_MAX_DELAY)
+                child.due = now + delay
+                said.append(
+                    self._log(
+                        f"{child.label} exited ({child.last_exit}); restarting in {delay:g}s",
+                        child,
+                    )
+                )
+            elif now >= child.due:
+                child.proc = self._spawn(child.label, child.name, child.port)
+                child.due = None
+                child.restarts += 1
+                child.recent.append(now)
+                said.append(self._log(f"{child.label} restarted ({child.restarts}×)", child))
+        return said
+
+    def _log(self, message: str, child: Child) -> str:
+        """One JSON line in logs/up.log (the supervisor's log) and the words for the terminal."""
+        record = {
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),  # as workers log
+            "level": "warning" if child.last_exit else "info",
+            "service": "pressroom-up",
+            "event": message,
+            "worker": child.label,
+            "exit": child.last_exit,
+            "restarts": child.restarts,
+            "given_up": child.given_up,
+        }
+        with (self.log_dir / "up.log").open("a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        return message
 
     def worker_env(self, role: str) -> dict[str, str]:
         """A worker's environment: its own role's seed (not the folder that holds ops.nk) and
@@ -123,28 +224,42 @@ class Supervisor:
         return str(self._prometheus.url)
 
     def line(self) -> str:
-        """The live status line: services up, outcomes counted, which exited."""
-        alive = sum(1 for _, p in self.children if p.poll() is None)
-        dead = [n for n, p in self.children if p.poll() is not None]
+        """The live status: services up and outcomes counted, then a line per worker that was
+        restarted, is being restarted or was given up (each fits 80 columns)."""
+        alive = sum(1 for c in self.children if c.alive)
         counted = self._counter.line() if self._counter else ""
-        return f"[green]{alive}/{len(self.children)} services up[/] · {counted}" + (
-            f" · [red]exited: {', '.join(dead)}[/]" if dead else ""
-        )
+        lines = [
+            f"[green]{alive}/{len(self.children)} services up[/]" + f" · {counted}" * bool(counted)
+        ]
+        for child in self.children:
+            if child.given_up:
+                lines.append(
+                    f"[red]{child.label} crash loop: given up after {child.restarts} "
+                    f"restart(s) ({child.last_exit})[/]"
+                )
+            elif child.due is not None:
+                lines.append(f"[yellow]{child.label} {child.last_exit}: restarting …[/]")
+            elif child.restarts:
+                lines.append(
+                    f"[yellow]{child.label} restarted {child.restarts}× ({child.last_exit})[/]"
+                )
+        return "\n".join(lines)
 
     def stop(self) -> None:
         """SIGTERM every worker (SIGKILL after 10 s), then Prometheus and nats-server; the
         registry files go, and the data folder is free again."""
+        self._stopping = True  # nothing is restarted from here on
         if self._counter is not None:
             self._counter.close()
-        for _, proc in self.children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for child in self.children:
+            if child.alive:
+                child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for _, proc in self.children:
+        for child in self.children:
             try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                child.proc.kill()
         if self._prometheus is not None:
             self._prometheus.stop()
         (self.cfg.data_dir / "prometheus" / "targets.json").unlink(missing_ok=True)

@@ -12,8 +12,10 @@ from nats.js.errors import KeyNotFoundError
 
 from shared.events import ReportRequested, Source
 from shared.kv import KeyValue
+from shared.logging import get_logger
 from shared.settings import Settings
 
+log = get_logger("pressroom.fetcher.cache")
 MAX_CACHED_BYTES = 900 * 1024  # KV values are capped by max_payload (1 MB)
 
 
@@ -47,10 +49,23 @@ class SourceCache:
             return False, None
         if not entry.value:
             return False, None
-        stored = json.loads(entry.value)
-        if time.time() - float(stored["stored_at"]) > ttl:
+        try:
+            stored = json.loads(entry.value)
+            age = time.time() - float(stored["stored_at"])
+            data = stored["data"]
+        except (ValueError, TypeError, KeyError) as error:
+            # Not a cache record (something else wrote the key): a miss, fetched afresh and
+            # overwritten, never a failed request.
+            log.warning(
+                "unreadable fetch cache entry ignored",
+                source=source.name,
+                key=cache_key(source),
+                why=repr(error)[:200],
+            )
             return False, None
-        return True, stored["data"]
+        if age > ttl:
+            return False, None
+        return True, data
 
     async def put(self, source: Source, data: Any) -> None:
         value = json.dumps({"stored_at": time.time(), "data": data}, default=str).encode()

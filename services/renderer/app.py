@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
                 settings.render_workers,
                 memory_mb=settings.render_memory_mb,
                 timeout=settings.render_timeout,
+                max_renders=settings.render_max_renders,
+                max_rss_mb=settings.render_max_rss_mb,
             )
             await pool.start()
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.renderer import fonts
+from services.renderer import fonts, warm
 from shared.errors import PressroomError, RenderTimeout
 
 POLL_SECONDS = (0.002, 0.005, 0.01, 0.02)
@@ -61,6 +61,7 @@ class ChunkJob:
     targets: tuple[int, ...]  # every chunk's nominal first row (targets[0] == 0)
     rendezvous: str
     deadline: float  # time.time() after which waiting is pointless (the render timeout)
+    font_scope: str = ""  # the template version: its chunks share a warm font configuration
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,7 @@ def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
     from services.renderer.pdf import _fetcher_class, weasyprint_errors
 
     fonts.configure(job.font_dirs)
-    from weasyprint import CSS, DEFAULT_OPTIONS, HTML
+    from weasyprint import DEFAULT_OPTIONS, HTML
     from weasyprint.css.counters import CounterStyle
     from weasyprint.document import Document, Page
     from weasyprint.formatting_structure.build import build_formatting_structure
@@ -373,8 +374,10 @@ def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
     with weasyprint_errors(), fonts.glyph_watch() as missing:
         html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
         options = dict(DEFAULT_OPTIONS)
-        options["stylesheets"] = [CSS(string=job.page_css, url_fetcher=fetcher)]
-        font_config = FontConfiguration()
+        options["stylesheets"] = [warm.page_css(job.page_css, fetcher)]
+        # The template version's own (warm.py): chunks may meet its @font-face fonts.
+        font_config = warm.template_font_config(job.font_scope) if job.font_scope else None
+        font_config = font_config or FontConfiguration()
         counter_style = CounterStyle()
         color_profiles: dict[str, Any] = {}
         context = Document._build_layout_context(
@@ -617,6 +620,8 @@ def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
         stats["write"] = time.perf_counter() - clock
         stats["write_cpu"] = time.process_time() - cpu
     assert pdf is not None
+    if job.font_scope:
+        warm.done_with(job.font_scope, font_config)
     return ChunkResult(
         job.index, pdf, len(boxes), tuple(sorted(missing)), decisions, bookmarks, stats
     )

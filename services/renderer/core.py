@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from services.renderer.pdf import (
     render_job,
 )
 from services.renderer.splitplan import split_mode
-from services.renderer.templating import bytecode_cache_dir
+from services.renderer.templating import bytecode_cache_dir, files_unchanged
 from shared.errors import PermanentError
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
 from shared.kv import KeyValue
@@ -126,15 +127,24 @@ async def render_report(
         split=request.split,
     )
     cache_key = None
+    # The renderer's own generation time does not make a report different — but a request
+    # that sets `generation_time` in its data does.
+    volatile = VOLATILE - set(data)
     if cache is not None:
-        # The renderer's own generation time does not make a report different — but a request
-        # that sets `generation_time` in its data does.
-        volatile = VOLATILE - set(data)
-        cache_key = render_key(await renderer.analyse(job), job, volatile=volatile)
+        # What the template reads, as the render process last said (one call per template
+        # change, not per request: the render itself returns it afresh).
+        analysis = known_analysis(job)
+        if analysis is None:
+            analysis = remember(job, await renderer.analyse(job))
+        cache_key = render_key(analysis, job, volatile=volatile)
         reused = await _reuse(cache, cache_key, request, store)
         if reused is not None:
             return reused
+        job = replace(job, analyse=True)
     output = await renderer.render(job)
+    if output.analysis is not None:
+        # The key of what was rendered: the template may have changed since the lookup.
+        cache_key = render_key(remember(job, output.analysis), job, volatile=volatile)
     for notice in output.notices:  # e.g. PRESSROOM_MISSING_GLYPHS=warn and a character had no font
         log.warning("render notice", request_id=request.request_id, reason=notice)
     end = time.time_ns()
@@ -197,6 +207,29 @@ async def store_artefact(
         sha256=digest,
         content_type=CONTENT_TYPES[fmt],
     )
+
+
+# Analyses of the templates this process renders, valid while their files are unchanged.
+_analyses: dict[tuple[str, str], Analysis] = {}
+ANALYSES_KEPT = 256
+
+
+def known_analysis(job: RenderJob) -> Analysis | None:
+    """The template's analysis if none of the files it reads changed since (stat and hash
+    only: no template code runs in the service)."""
+    analysis = _analyses.get((job.templates_dir, job.template))
+    if analysis is None or not analysis.files:
+        return None
+    if not files_unchanged(Path(job.templates_dir), analysis.files):
+        return None
+    return analysis
+
+
+def remember(job: RenderJob, analysis: Analysis) -> Analysis:
+    _analyses[(job.templates_dir, job.template)] = analysis
+    while len(_analyses) > ANALYSES_KEPT:
+        _analyses.pop(next(iter(_analyses)))
+    return analysis
 
 
 # Values a template may print that do not make its output different "data": a reused render

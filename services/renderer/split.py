@@ -33,6 +33,7 @@ from services.renderer.pdf import (
     _fetcher_class,
     base_folder,
     check_output_size,
+    job_analysis,
     pdf_output,
     render_html,
 )
@@ -52,6 +53,7 @@ class SplitPlan:
     html: str
     html_seconds: float
     chunks: tuple[ChunkJob, ...]  # rendezvous and deadline are filled in by the coordinator
+    analysis: Any = None  # the template's Analysis, when the job asked for it
 
 
 # ---- in a render process --------------------------------------------------------------------
@@ -59,10 +61,11 @@ def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
     """Jinja, then either the one-piece PDF (as render_job) or a plan to split it."""
     name, version, html, html_seconds = render_html(job)
     if "pdf" in job.formats and processes >= 2 and job.split != "off" and chunks_supported():
-        chunks = plan_chunks(job, name, html, processes)
+        chunks = plan_chunks(job, name, html, processes, version)
         if chunks:
-            return SplitPlan(name, version, html, html_seconds, chunks)
-    return pdf_output(job, name, version, html, html_seconds)
+            return SplitPlan(name, version, html, html_seconds, chunks, job_analysis(job, name))
+    output = pdf_output(job, name, version, html, html_seconds)
+    return replace(output, analysis=job_analysis(job, name)) if job.analyse else output
 
 
 def chunks_supported() -> bool:
@@ -74,10 +77,13 @@ def chunks_supported() -> bool:
 
 def one_piece(job: RenderJob, plan: SplitPlan) -> RenderOutput:
     """The one-piece PDF of a plan's HTML (Jinja is not run again)."""
-    return pdf_output(job, plan.name, plan.template_version, plan.html, plan.html_seconds)
+    output = pdf_output(job, plan.name, plan.template_version, plan.html, plan.html_seconds)
+    return replace(output, analysis=plan.analysis)
 
 
-def plan_chunks(job: RenderJob, name: str, html: str, processes: int) -> tuple[ChunkJob, ...]:
+def plan_chunks(
+    job: RenderJob, name: str, html: str, processes: int, version: str = ""
+) -> tuple[ChunkJob, ...]:
     """One job per chunk, or () when the document should be rendered in one piece."""
     if splitplan.count_rows_cheaply(html) < 2 * splitplan.MIN_CHUNK_ROWS:
         return ()  # short reports stop here, without parsing anything
@@ -115,6 +121,7 @@ def plan_chunks(job: RenderJob, name: str, html: str, processes: int) -> tuple[C
             targets=targets,
             rendezvous="",
             deadline=0.0,
+            font_scope=f"{name}@{version}",
         )
         for w in windows
     )
@@ -212,6 +219,7 @@ async def _render_split(
         pages,
         (warning,) if warning else (),
         chunks=len(results),
+        analysis=plan.analysis,
     )
 
 

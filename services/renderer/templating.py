@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import math
 import re
@@ -295,6 +296,55 @@ class _PlainYaml(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+# ---- the identity of template files: what says a cached fact about a template still holds ---
+FACTS_KEPT = 256
+# Path, size, mtime and a hash of the content (templates are small: reading one costs
+# microseconds, parsing it milliseconds; two writes within one clock tick still differ).
+Stamp = tuple[int, int, str] | None  # None: no such file
+
+
+def file_stamp(folder: Path, rel: str) -> Stamp:
+    try:
+        path = folder / rel
+        st = path.stat()
+        content = path.read_bytes() if path.is_file() else b""
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, hashlib.blake2b(content, digest_size=16).hexdigest())
+
+
+def folder_listing(folder: Path) -> tuple[tuple[str, Stamp], ...]:
+    """Every template file of a folder with its stamp (for templates that compute includes)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in TEMPLATE_SUFFIXES:
+            rel = path.relative_to(folder).as_posix()
+            found.append((rel, file_stamp(folder, rel)))
+    return tuple(found)
+
+
+def files_unchanged(
+    folder: Path,
+    files: tuple[tuple[str, Stamp], ...],
+    listing: tuple[tuple[str, Stamp], ...] | None = None,
+) -> bool:
+    """Whether every file is as it was stamped (stat only: no template is read or run)."""
+    if listing is not None and folder_listing(folder) != listing:
+        return False
+    return all(file_stamp(folder, rel) == stamp for rel, stamp in files)
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    name: str
+    files: tuple[tuple[str, Stamp], ...]  # what it reads, and referenced names not there (None)
+    listing: tuple[tuple[str, Stamp], ...] | None  # the folder's templates, if it computes names
+    dependencies: tuple[str, ...]
+    dynamic: bool
+    version: str
+    variables: tuple[str, ...]
+
+
 class FolderLoader(BaseLoader):
     """Reads templates from one folder only: no dotfiles, nothing a symlink leads out to.
 
@@ -322,15 +372,14 @@ class FolderLoader(BaseLoader):
         path = self.path_of(template)
         if not path.is_file():
             raise TemplateNotFound(template)
-        mtime = path.stat().st_mtime
+        stamp = file_stamp(path.parent, path.name)
+        source = path.read_text(encoding="utf-8")
 
         def uptodate() -> bool:
-            try:
-                return path.stat().st_mtime == mtime
-            except OSError:
-                return False
+            # Not the mtime alone: two writes within one clock tick share it.
+            return stamp is not None and file_stamp(path.parent, path.name) == stamp
 
-        return path.read_text(encoding="utf-8"), str(path), uptodate
+        return source, str(path), uptodate
 
 
 class TemplateLibrary:
@@ -365,6 +414,7 @@ class TemplateLibrary:
         self.env.globals.update(
             bar_chart=charts.bar_chart, line_chart=charts.line_chart, sparkline=charts.sparkline
         )
+        self._facts: dict[str, TemplateFacts] = {}
 
     # ---- discovery -------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -430,7 +480,13 @@ class TemplateLibrary:
     def dependencies(self, name: str) -> tuple[list[str], bool]:
         """The template and every template it extends, includes or imports, transitively;
         and whether any of those names is computed (then anything in the folder may be read)."""
+        seen, dynamic, _ = self._scan(name)
+        return seen, dynamic
+
+    def _scan(self, name: str) -> tuple[list[str], bool, list[str]]:
+        """dependencies(), and the names referenced that are not (yet) readable."""
         seen: list[str] = []
+        absent: list[str] = []
         dynamic = False
         pending = [self.check_name(name)]
         while pending:
@@ -447,7 +503,40 @@ class TemplateLibrary:
                     dynamic = True
                 elif self._readable(ref):
                     pending.append(ref)
-        return seen, dynamic
+                elif ref not in absent:
+                    absent.append(ref)
+        return seen, dynamic, absent
+
+    def facts(self, name: str) -> TemplateFacts:
+        """Version, dependencies and variables of a template, worked out once per identity of
+        the files it reads (kept per process: a render process answers every request for the
+        template from here until one of its files changes, appears or goes)."""
+        name = self.check_name(name)
+        kept = self._facts.get(name)
+        if kept is not None and files_unchanged(self.folder, kept.files, kept.listing):
+            return kept
+        deps, dynamic, absent = self._scan(name)
+        files = tuple((rel, file_stamp(self.folder, rel)) for rel in (*deps, *absent))
+        listing = folder_listing(self.folder) if dynamic else None
+        digest = hashlib.sha256()
+        for dep in sorted(self._all_files() if dynamic else deps):
+            digest.update(dep.encode() + b"\0")
+            digest.update(self.loader.path_of(dep).read_bytes())
+        facts = TemplateFacts(
+            name=name,
+            files=files,
+            listing=listing,
+            dependencies=tuple(deps),
+            dynamic=dynamic,
+            version=digest.hexdigest()[:16],
+            variables=tuple(self._variables(deps)),
+        )
+        if not files_unchanged(self.folder, files, listing):
+            return facts  # a file changed while it was read: worked out afresh next time
+        self._facts[name] = facts
+        while len(self._facts) > FACTS_KEPT:
+            self._facts.pop(next(iter(self._facts)))
+        return facts
 
     def _readable(self, ref: str) -> bool:
         try:
@@ -466,18 +555,16 @@ class TemplateLibrary:
     def version(self, name: str) -> str:
         """Content hash of what the template can read: itself and its includes — or, when it
         computes an include's name, every template file in the folder."""
-        deps, dynamic = self.dependencies(name)
-        digest = hashlib.sha256()
-        for dep in sorted(self._all_files() if dynamic else deps):
-            digest.update(dep.encode() + b"\0")
-            digest.update(self.loader.path_of(dep).read_bytes())
-        return digest.hexdigest()[:16]
+        return self.facts(name).version
 
     # ---- validation ------------------------------------------------------------------------
     def variables(self, name: str) -> list[str]:
         """Variables the template (and what it includes) reads from the context."""
+        return list(self.facts(name).variables)
+
+    def _variables(self, deps: list[str]) -> list[str]:
         found: set[str] = set()
-        for dep in self.dependencies(name)[0]:
+        for dep in deps:
             try:
                 ast = self.env.parse(self.source(dep), dep)
             except TemplateSyntaxError:
@@ -539,9 +626,8 @@ class TemplateLibrary:
         """What a render of `name` can depend on from the context, for the render cache key:
         the variables it reads, or None when it computes an include name (then: everything).
         Compiles the template: call it only inside a capped render process."""
-        if self.dependencies(name)[1]:
-            return None
-        return self.variables(name)
+        facts = self.facts(name)
+        return None if facts.dynamic else list(facts.variables)
 
     def _more_missing(self, template: Any, context: dict[str, Any], first: Any) -> list[str]:
         """The other top-level variables a render misses after `first`: render again with
@@ -624,8 +710,13 @@ def bytecode_cache_dir(base: Path) -> Path:
     depends on the filters and the sandbox (a filter that became `pass_context` is called
     differently). A folder per version of this module keeps an upgrade from reusing stale
     bytecode."""
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    return base / code
+    return base / _module_code()
+
+
+@functools.cache
+def _module_code() -> str:
+    """This module's content hash (read once per process, not per request)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def validate_in_folder(folder: str, names: list[str] | None) -> dict[str, list[str]]:

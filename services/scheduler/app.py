@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +23,7 @@ from faststream import FastStream
 from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import Schedule, load_schedules, missed_fires
+from services.scheduler.state import is_paused, record_config
 from services.scheduler.watch import ScheduleWatch
 from shared.bus import (
     LEDGER_BUCKET,
@@ -37,6 +40,7 @@ from shared.health import CheckResult, HealthServer
 from shared.ledger import KvLedger
 from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
+from shared.readiness import config_check
 from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
 from shared.settings import Settings, load_settings
 from shared.telemetry import setup_telemetry, shutdown_telemetry
@@ -97,6 +101,35 @@ async def _stored_is(js: Any, seq: int, request: ReportRequested) -> bool:
     ) == request_fingerprint(request)
 
 
+@dataclass
+class Conflicts:
+    """Unreadable values found in the schedules bucket (something else wrote them): each
+    schedule's latest, kept an hour for `health` after the value was overwritten."""
+
+    found: dict[str, tuple[float, str]] = field(default_factory=dict)
+    keep: float = 3600.0
+
+    def record(self, key: str, why: str) -> None:
+        self.found[key] = (time.monotonic(), why)
+        log.warning("unreadable schedules value overwritten", key=key, why=why)
+
+    def recent(self) -> dict[str, str]:
+        cutoff = time.monotonic() - self.keep
+        return {k: why for k, (when, why) in self.found.items() if when >= cutoff}
+
+
+def _last_checked(key: str, value: bytes | None, conflicts: Conflicts | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        last = datetime.fromisoformat(value.decode())
+    except (UnicodeDecodeError, ValueError) as error:
+        if conflicts is not None:
+            conflicts.record(key, f"not a time ({len(value)} bytes, {type(error).__name__})")
+        return None  # as for a schedule never checked: fires due now go out
+    return last if last.tzinfo else last.replace(tzinfo=UTC)
+
+
 async def tick(
     publisher: Publisher,
     kv: Any,
@@ -105,21 +138,34 @@ async def tick(
     now: datetime,
     js: Any = None,
     key: bytes = b"",
+    conflicts: Conflicts | None = None,
 ) -> list[str]:
+    """Fire what is due. One schedule that cannot be handled (its stored value unreadable,
+    a failed publish) never stops the others: the failure is logged and retried next tick."""
     fired = []
+    failures = []
     # A grace shorter than a few ticks would drop ordinary fires, not only stale ones.
     grace = timedelta(seconds=max(settings.schedule_grace, settings.schedule_tick * 5, 5.0))
     for schedule in schedules:
         if not schedule.enabled:
             continue
+        if await is_paused(kv, schedule.name):  # `pressroom schedule pause`: its fires are skipped
+            await kv.put(schedule.name, now.isoformat().encode())  # and not caught up later
+            continue
         try:
-            entry = await kv.get(schedule.name)
-            last = datetime.fromisoformat(entry.value.decode()) if entry.value else None
-        except KeyNotFoundError:
-            last = None
-        for when in missed_fires(schedule, last, now, grace):
-            fired.append(await fire(publisher, schedule, when, js, key))
-        await kv.put(schedule.name, now.isoformat().encode())
+            try:
+                entry = await kv.get(schedule.name)
+                last = _last_checked(schedule.name, entry.value, conflicts)
+            except KeyNotFoundError:
+                last = None
+            for when in missed_fires(schedule, last, now, grace):
+                fired.append(await fire(publisher, schedule, when, js, key))
+            await kv.put(schedule.name, now.isoformat().encode())
+        except Exception as error:  # the next tick catches up within grace
+            log.warning("schedule tick failed", schedule=schedule.name, error=repr(error))
+            failures.append(error)
+    if failures and len(failures) == sum(1 for s in schedules if s.enabled):
+        raise failures[0]  # nothing worked: the bus itself, most likely
     return fired
 
 
@@ -132,6 +178,8 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
 
+    conflicts = Conflicts()
+
     async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
         key = secret_of(who)
         # With identities the scheduler may not read the main stream (other tenants' data):
@@ -139,7 +187,16 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         readable = None if key else js
         while True:
             try:
-                await tick(publisher, kv, schedules, settings, datetime.now(UTC), readable, key)
+                await tick(
+                    publisher,
+                    kv,
+                    schedules,
+                    settings,
+                    datetime.now(UTC),
+                    readable,
+                    key,
+                    conflicts=conflicts,
+                )
             except Exception as error:  # keep ticking; the next tick catches up within grace
                 log.warning("tick failed", error=repr(error))
             await asyncio.sleep(settings.schedule_tick)
@@ -162,7 +219,13 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         kv = deps.kv.get(SCHEDULES_BUCKET) or await js.key_value(SCHEDULES_BUCKET)
         ledger = deps.ledger or KvLedger(await js.key_value(LEDGER_BUCKET))
         publisher = deps.publisher or JetStreamPublisher(js, verify_duplicates=not secret_of(who))
-        schedule_watch = ScheduleWatch(kv, ledger, schedules)
+        # What this stack schedules, for the CLI: `schedule run` fires only what it knows.
+        where = str(settings.config.resolve()) if settings.config else None
+        try:
+            await record_config(kv, settings.schedules, where)
+        except Exception as error:  # the CLI then says it cannot see the stack's schedules
+            log.warning("schedules not recorded on the bus", error=repr(error))
+        schedule_watch = ScheduleWatch(kv, ledger, schedules, conflicts=conflicts)
         tasks = [
             asyncio.create_task(loop(publisher, kv, js)),
             asyncio.create_task(watch(schedule_watch)),
@@ -175,16 +238,24 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
                 return CheckResult("healthy" if ok else "unhealthy", settings.bus_url_public)
 
             async def ticking() -> CheckResult:
-                return CheckResult(
-                    "unhealthy" if tasks[0].done() else "healthy", f"{len(schedules)} schedule(s)"
-                )
+                if tasks[0].done():
+                    return CheckResult("unhealthy", f"{len(schedules)} schedule(s), not ticking")
+                found = conflicts.recent()
+                if found:
+                    named = "; ".join(f"'{k}': {why}" for k, why in sorted(found.items()))
+                    return CheckResult(
+                        "degraded",
+                        f"conflict: unreadable value(s) in the schedules bucket, overwritten "
+                        f"({named}); still firing every schedule",
+                    )
+                return CheckResult("healthy", f"{len(schedules)} schedule(s)")
 
             async def refresh() -> None:
                 await schedule_watch.refresh(datetime.now(UTC))
 
             health = HealthServer(
                 "pressroom-scheduler",
-                {"bus": bus, "scheduler": ticking},
+                {"bus": bus, "scheduler": ticking, "config": config_check(settings)},
                 settings.health_host,
                 settings.health_port,
                 metrics=scrape_handler(refresh),

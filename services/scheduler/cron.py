@@ -119,6 +119,14 @@ class Schedule(BaseModel):
         return ReportRequested.model_validate(body)
 
 
+def scheduled_fire(request_id: str) -> datetime | None:
+    """The fire time a scheduled request id names (`NAME-20261123T0800Z`), or None."""
+    match = _SCHEDULED_ID.match(request_id)
+    if match is None:
+        return None
+    return datetime.strptime(match.group("stamp"), "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+
+
 def load_schedules(raw: list[dict[str, Any]]) -> list[Schedule]:
     """Parse `schedules:`; bad entries are one configuration error naming every problem of
     every entry (not the first only)."""

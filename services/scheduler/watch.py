@@ -27,6 +27,7 @@ class ScheduleWatch:
     kv: Any  # the schedules KV bucket
     ledger: Ledger
     schedules: list[Schedule]
+    conflicts: Any = None  # app.Conflicts: unreadable values are reported there
     _since: dict[str, datetime] = field(default_factory=dict)
     _delivered: dict[str, tuple[datetime, float]] = field(default_factory=dict)
 
@@ -38,7 +39,14 @@ class ScheduleWatch:
                 self._since[schedule.name] = now
             except KeyWrongLastSequenceError:
                 entry = await self.kv.get(key)
-                self._since[schedule.name] = datetime.fromisoformat(entry.value.decode())
+                try:
+                    self._since[schedule.name] = datetime.fromisoformat(entry.value.decode())
+                except (UnicodeDecodeError, ValueError, AttributeError) as error:
+                    # Not a time (something else wrote it): start counting from now.
+                    if self.conflicts is not None:
+                        self.conflicts.record(key, f"not a time ({type(error).__name__})")
+                    await self.kv.put(key, now.isoformat().encode())
+                    self._since[schedule.name] = now
         return self._since[schedule.name]
 
     async def last_delivered(self, schedule: Schedule, now: datetime, since: datetime) -> float:
@@ -59,9 +67,11 @@ class ScheduleWatch:
         return known[1] if known else 0.0
 
     async def refresh(self, now: datetime) -> None:
+        from services.scheduler.state import is_paused
+
         for schedule in self.schedules:
-            if not schedule.enabled:
-                continue
+            if not schedule.enabled or await is_paused(self.kv, schedule.name):
+                continue  # a paused schedule owes nothing (no missed-report alert)
             since = await self.since(schedule, now)
             last_fire = next(schedule.fires_before(now))
             schedule_state(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -11,6 +12,7 @@ from shared.cli._common import (
     age,
     checked,
     emit_json,
+    err,
     fail,
     library,
     on_bus,
@@ -67,6 +69,12 @@ def stats(
     out.print(f"report size p50/p95: {kib}")
     used = ", ".join(f"{k} ({v})" for k, v in data["templates"].items())
     out.print(f"templates: {visible(used)}", highlight=False, markup=False)
+    if data["conflicts"]:
+        err.print(
+            f"warning: {data['conflicts']} unreadable ledger value(s) not counted "
+            "(`pressroom ls --status conflict` lists them)",
+            highlight=False,
+        )
     if data["cache_hit_rate"] is not None:
         out.print(f"fetch cache hit rate: {data['cache_hit_rate']:.1f}%")
 
@@ -193,17 +201,28 @@ def clean(
     if dry_run:
         for where, name, size in [
             *(("store", o.key, o.size) for o in removed),
-            *(("out", str(f.path), f.size) for f in files),
+            *(("out", _under(f.path, cfg.out_dir), f.size) for f in files),
         ]:
             shown = visible(name)  # a delivered file's name comes from its request
-            out.print(f"  {_size(size):>9}  {where:5}  {shown}", highlight=False, markup=False)
+            # A name is never broken across lines: it is what the operator copies.
+            line = f"  {_size(size):>9}  {where:5}  {shown}"
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
     total = sum(o.size for o in removed)
     out.print(f"{verb} {len(removed)} object(s), {total / 1024 / 1024:.1f} MiB")
     gone = sum(f.size for f in files)
     out.print(
         f"{verb} {len(files)} delivered file(s) in {cfg.out_dir}, {gone / 1024 / 1024:.1f} MiB",
         highlight=False,
+        soft_wrap=True,
     )
+
+
+def _under(path: Path, root: Path) -> str:
+    """A delivered file as the out folder's listing shows it: relative to that folder."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _size(size: int) -> str:

@@ -224,7 +224,13 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         out.print(
             f"  {literal(stage):12} {literal(rec.state):8} {secs:>8}  attempts {rec.attempts}"
         )
-        if rec.error and rec.error != entry.error:  # the request's own error follows below
+        if rec.error and rec.state == "running":  # retries go on: why the last one failed
+            out.print(
+                f"    last error (attempt {rec.error_attempt}): {visible(rec.error)}",
+                highlight=False,
+                markup=False,
+            )
+        elif rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
     if entry.total_seconds is not None:
         worked = sum(r.seconds or 0.0 for r in entry.stages.values())
@@ -297,7 +303,7 @@ def _updated(entry: Any) -> str:
 
 
 def _error(entry: Any) -> str:
-    return shorten(entry.error or "", 160)
+    return shorten(entry.last_error or "", 160)
 
 
 def _total(entry: Any) -> str:

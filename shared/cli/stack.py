@@ -22,6 +22,7 @@ from shared.cli._common import (
     library,
     on_bus,
     out,
+    schedules,
     settings,
 )
 from shared.cli._output import Col, literal, print_table, styled
@@ -50,6 +51,8 @@ def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributo
         return
     except PressroomError as error:
         fail(f"{name}: {error.reason}")
+    except OSError as error:  # e.g. its health port is taken: one line, and `up` restarts it
+        fail(f"{name}: {error}")
 
 
 def up(
@@ -65,7 +68,18 @@ def up(
     from shared.supervisor import Supervisor, parse_scale, sample_request
 
     cfg = settings()
+    samples = cfg.templates_dir / "samples"
+    if sample and cfg.config is None and (samples / "pressroom.yaml").is_file():
+        # `make run`: the sample schedule too (a folder delivery every five minutes)
+        cfg = _with_sample_config(cfg, samples)
+    # A broken schedule would crash-loop the fetcher and scheduler: say it now, in one line.
+    for warning in schedule_warnings(cfg, schedules(cfg)):
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
     supervisor = Supervisor(cfg, checked(lambda: parse_scale(scale)))
+    if cfg.config is not None:
+        supervisor.env["PRESSROOM_CONFIG"] = str(cfg.config.resolve())
+    if sample and "PRESSROOM_DATA_FILES_DIR" not in supervisor.env:
+        supervisor.env["PRESSROOM_DATA_FILES_DIR"] = str(cfg.data_files_dir.resolve())
     stopping: list[int] = []
     try:
         checked(supervisor.start_bus)  # the data folder is ours from here on
@@ -87,12 +101,46 @@ def up(
             )
         with Live(console=out, refresh_per_second=2, transient=True) as live:
             while not stopping:
+                for event in supervisor.tend():  # restarts and crash loops, above the line
+                    live.console.print(event, markup=False, highlight=False)
                 live.update(supervisor.line())
                 time.sleep(0.5)
         out.print("stopping …")
     finally:
         supervisor.stop()
     out.print("stopped.")
+
+
+def _with_sample_config(cfg: Any, samples: Path) -> Any:
+    """The settings `up --sample` runs with when PRESSROOM_CONFIG is unset: the sample config
+    (its schedule) and, unless set, `file` sources read from the samples folder."""
+    import os
+
+    from shared.settings import load_settings
+
+    saved = {k: os.environ.get(k) for k in ("PRESSROOM_CONFIG", "PRESSROOM_DATA_FILES_DIR")}
+    os.environ["PRESSROOM_CONFIG"] = str((samples / "pressroom.yaml").resolve())
+    os.environ.setdefault("PRESSROOM_DATA_FILES_DIR", str(samples.resolve()))
+    try:
+        return checked(load_settings)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def schedule_warnings(cfg: Any, found: list[Any]) -> list[str]:
+    """What would make a schedule fail however often it fires: email with no SMTP server."""
+    return [
+        f"schedule '{s.name}' delivers by email but PRESSROOM_SMTP_HOST is unset: "
+        "its fires will fail (set it, or drop the email delivery)"
+        for s in found
+        if s.enabled
+        and cfg.smtp_host is None
+        and any(d.get("channel") == "email" for d in s.request.get("deliver") or [])
+    ]
 
 
 def _prometheus(supervisor: Any, port: int | None) -> None:
@@ -208,6 +256,8 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
                 problems.append(f"schedule '{schedule.name}': {error.reason}")
     if problems:
         fail("; ".join(problems))
+    for warning in schedule_warnings(cfg, found):
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
     effective = masked(cfg)
     if as_json:
         emit_json(effective)
@@ -223,39 +273,92 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
 def backup(
     output: Path = typer.Argument(..., help="FILE.tar.gz"),
     include_secrets: bool = typer.Option(
-        False, "--include-secrets", help="Keep credentials in the archived config."
+        False, "--include-secrets", help="Keep credentials in the archived config and records."
+    ),
+    artefacts: bool = typer.Option(
+        False, "--artefacts", help="Also the reports in the artefact store."
+    ),
+    since: str | None = typer.Option(
+        None, help="With --artefacts: only reports stored since (7d, 24h or an ISO time)."
     ),
 ) -> None:
     """Templates, config, ledger and dead letters in one archive (0600, secrets redacted)."""
     from shared import ops
 
     cfg = settings()
+    if since is not None and not artefacts:
+        fail("--since needs --artefacts (it picks which reports go into the archive)")
+    cutoff = checked(lambda: ops.parse_since(since)) if since else None
     counts = on_bus(
         cfg,
         lambda bus: ops.backup(
-            bus, output, cfg.templates_dir, cfg.config, include_secrets=include_secrets
+            bus,
+            output,
+            cfg.templates_dir,
+            cfg.config,
+            include_secrets=include_secrets,
+            artefacts=artefacts,
+            since=cutoff,
         ),
     )
     secrets = "with secrets" if include_secrets else "secrets redacted"
+    reports = f"{counts['artefacts']} reports, " if artefacts else ""
     out.print(
         f"wrote {output} (0600): {counts['ledger_entries']} ledger entries, "
-        f"{counts['dead_letters']} dead letters, templates, config ({secrets})"
+        f"{counts['dead_letters']} dead letters, {reports}templates, config ({secrets})"
     )
+    if counts.get("ledger_conflicts"):
+        err.print(
+            f"warning: {counts['ledger_conflicts']} unreadable ledger value(s) left out "
+            "(`pressroom ls --status conflict` lists them)",
+            highlight=False,
+        )
 
 
 def restore(
     archive: Path = typer.Argument(..., help="FILE.tar.gz from pressroom backup"),
+    force: bool = typer.Option(
+        False, "--force", "--overwrite", help="Overwrite templates and config that differ here."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Where the archived config goes (default: PRESSROOM_CONFIG)."
+    ),
 ) -> None:
-    """Put back missing ledger entries and dead letters (templates/config: extract by hand)."""
+    """Put back what is missing: ledger entries, dead letters, reports, templates, config."""
     from shared import ops
 
     if not archive.is_file():
         fail(f"no backup at '{archive}'")
-    counts = on_bus(settings(), lambda bus: ops.restore(bus, archive))
-    out.print(
-        f"restored {counts['ledger_entries']} ledger entries and "
-        f"{counts['dead_letters']} dead letters"
+    cfg = settings()
+    done = on_bus(
+        cfg,
+        lambda bus: ops.restore(
+            bus, archive, templates_dir=cfg.templates_dir, config=config or cfg.config, force=force
+        ),
     )
+    out.print(
+        f"restored {done.ledger_entries} ledger entries and {done.dead_letters} dead letters",
+        highlight=False,
+    )
+    said = [
+        f"ledger: {done.ledger_present} already there"
+        + "".join(f", {n} refused ({why})" for why, n in (done.ledger_refused or {}).items()),
+        f"dead letters: {done.dead_letters_present} already there",
+    ]
+    if done.artefacts or done.artefacts_present:
+        said.append(f"reports: {done.artefacts} put back, {done.artefacts_present} already there")
+    kept = done.templates_kept or []
+    said.append(
+        f"templates: {done.templates_written} written, {done.templates_unchanged} unchanged, "
+        f"{len(kept)} kept" + (" (they differ here; --force overwrites)" if kept else "")
+    )
+    said += [f"  kept: {path}" for path in kept[:10]]
+    if len(kept) > 10:
+        said.append(f"  … and {len(kept) - 10} more")
+    if done.config:
+        said.append(f"config: {done.config}")
+    for line in said:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

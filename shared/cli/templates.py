@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -17,6 +18,17 @@ from shared.cli._common import (
     validate_capped,
 )
 from shared.cli._output import Col, literal, print_table, visible
+from shared.errors import PressroomError
+
+
+def listed_name(lib: Any, name: str) -> str:
+    """A listed template by its canonical name (`weekly` is `weekly.html`, as requests
+    accept it); any other file of the folder (a partial) as given."""
+    try:
+        return str(lib.resolve(name))
+    except PressroomError:
+        return name
+
 
 templates_app = typer.Typer(help="List, validate and inspect templates.", no_args_is_help=True)
 
@@ -62,6 +74,7 @@ def templates_validate(
         lib = library(cfg, folder)
     else:
         lib = library(cfg)
+        name = listed_name(lib, name) if name else name
     found = validate_capped(cfg, lib.folder, None if all_ else [str(name)])
     names, problems = list(found), [p for ps in found.values() for p in ps]
     listed = [n for n in names if n and n in lib.names()]
@@ -89,7 +102,7 @@ def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> 
     cfg = settings()
     folder, name = resolve_template(cfg, name)
     lib = library(cfg, folder)
-    name = checked(lambda: lib.check_name(name))
+    name = checked(lambda: lib.check_name(listed_name(lib, name)))
     variables, params = checked(
         lambda: run_capped(variables_in_folder, str(lib.folder), name, label=name, settings=cfg)
     )

@@ -8,6 +8,7 @@ render never finishes on any machine.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -189,3 +190,128 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(fragile: Stack
     rows = json.loads(fragile.cli("dlq", "ls", "--json", check=True).stdout)
     assert [r["request_id"] for r in rows] == [rid]
     await nc.close()
+
+
+# ---- render processes that die, and render processes recycled ---------------------------------
+CRASH_MARKER = "pressroom-test-crash-here"
+
+
+def render_processes(stack: Stack) -> set[int]:
+    """The render processes (spawned workers) of the stack's renderer services, from /proc."""
+    services = {p.pid for p in stack.procs["renderer"] if p.poll() is None}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in services and b"spawn_main" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+async def crashy(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -> Any:
+    """One renderer with one render process; reports whose HTML holds the marker crash it
+    (the test-only hook in services/renderer/pdf.py)."""
+    stack = Stack(
+        tmp_path_factory.mktemp("crashy"),
+        env_extra={
+            "PRESSROOM_RENDER_CACHE": "false",
+            "PRESSROOM_RENDER_TIMEOUT": f"{calibration.render_timeout:.0f}",
+            "TEST_RENDER_CRASH_MARKER": CRASH_MARKER,
+        },
+    )
+    stack.root.mkdir(parents=True, exist_ok=True)
+    await stack.astart()
+    (stack.templates / "rows.html").write_text(ROWS)
+    (stack.templates / "crash.html").write_text(f"<p>{CRASH_MARKER} {{{{ rows }}}}</p>")
+    yield stack
+    stack.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+async def test_a_render_process_killed_mid_report_still_delivers_it(
+    crashy: Stack, calibration: Calibration, sig: signal.Signals
+) -> None:
+    nc = await crashy.connect()
+    outcomes = await Outcomes().start(nc)
+    rid = unique("killed")
+    await request(crashy, rid, calibration.rows_long)  # several seconds of rendering
+
+    async def rendering() -> set[int] | None:
+        running = await renderer_state(crashy, rid) == ("running", 1)
+        return render_processes(crashy) if running else None
+
+    victims = await eventually(rendering, timeout=60, every=0.05)
+    for pid in victims:
+        os.kill(pid, sig)
+    delivered = await outcomes.delivered_event(rid, timeout=calibration.render_timeout * 3)
+    assert delivered["artefacts"][0]["size"] > 5_000
+    # Rendered again in a fresh process within the same delivery: not a retry of the stage.
+    assert await renderer_state(crashy, rid) == ("done", 1)
+    assert not victims & render_processes(crashy)
+    await nc.close()
+
+
+async def test_a_report_that_crashes_the_renderer_every_time_is_dead_lettered_with_why(
+    crashy: Stack,
+) -> None:
+    nc = await crashy.connect()
+    outcomes = await Outcomes().start(nc)
+    rid = unique("crasher")
+    await request(crashy, rid, 1, template="crash.html")
+    failed = await outcomes.failed_event(rid, timeout=180)
+    assert failed["stage"] == "renderer"
+    assert "the renderer crashed (signal 11) on this report twice" in failed["reason"]
+    rows = json.loads(crashy.cli("dlq", "ls", "--json", check=True).stdout)
+    assert rid in [r["request_id"] for r in rows]
+    after = unique("after-crash")  # the renderer goes on with a fresh process
+    await request(crashy, after, 5)
+    await outcomes.delivered_event(after, timeout=120)
+    await nc.close()
+
+
+async def test_render_processes_recycled_after_n_renders_deliver_every_report(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    stack = Stack(
+        tmp_path_factory.mktemp("recycled"),
+        env_extra={"PRESSROOM_RENDER_CACHE": "false", "PRESSROOM_RENDER_MAX_RENDERS": "2"},
+    )
+    stack.root.mkdir(parents=True, exist_ok=True)
+    await stack.astart()
+    try:
+        (stack.templates / "rows.html").write_text(ROWS)
+        nc = await stack.connect()
+        outcomes = await Outcomes().start(nc)
+        seen: set[int] = set()
+
+        async def started() -> set[int]:
+            return render_processes(stack)
+
+        first = await eventually(started, timeout=120)
+        seen |= first
+        rids = []
+        for batch in range(4):
+            batch_rids = [unique(f"recycled-{batch}") for _ in range(3)]
+            for rid in batch_rids:
+                await request(stack, rid, 20)
+            for rid in batch_rids:
+                await outcomes.delivered_event(rid, timeout=180)
+                seen |= render_processes(stack)
+            rids += batch_rids
+
+        async def replaced() -> bool:
+            now = render_processes(stack)
+            seen.update(now)
+            return bool(now) and not now & first
+
+        await eventually(replaced, timeout=120, every=0.1)
+        assert all(len(outcomes.delivered[rid]) == 1 for rid in rids)
+        await nc.close()
+    finally:
+        stack.stop()

@@ -110,7 +110,7 @@ async def test_workers_answer_liveness_and_readiness(stack: Stack) -> None:
             assert live.status_code == 200 and live.json()["status"] == "healthy"
             ready = (await client.get(stack.health[name] + "/readyz")).json()
             assert ready["status"] == "healthy", ready
-            assert set(ready["checks"]) == {"bus", "store", "consumer"}
+            assert set(ready["checks"]) == {"bus", "store", "consumer", "config"}
             assert ready["service"] == f"pressroom-{name[:-2]}"
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatch
+from typing import Any
 
 import yaml
 
 from services.scheduler.cron import load_schedules
-from shared.settings import Settings
+from shared.readiness import config_agreement
+from shared.settings import Settings, config_fingerprint
+from shared.store import plain_http_s3_warning
 from tests.helpers import REPO
 
 
@@ -70,7 +73,8 @@ def test_kubernetes_manifests_parse_and_run_every_worker_with_probes() -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("StatefulSet", "nats") in kinds and ("HorizontalPodAutoscaler", "renderer") in kinds
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"scheduler", "fetcher", "renderer", "distributor"}
+    assert set(deployments) == {"scheduler", "fetcher", "renderer", "distributor", "ops-console"}
+    del deployments["ops-console"]  # the operators' CLI, not a worker (test below)
     for name, deployment in deployments.items():
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["worker", name]
@@ -92,7 +96,9 @@ def test_the_sample_config_loads_with_the_legacy_schedules(monkeypatch) -> None:
     monkeypatch.setenv("PRESSROOM_CONFIG", str(REPO / "deploy/pressroom.yaml"))
     settings = Settings()
     names = [s.name for s in load_schedules(settings.schedules)]
-    assert names == ["daily-portfolio", "weekly-portfolio", "monthly-portfolio"]
+    assert names == ["daily-portfolio", "weekly-portfolio", "monthly-portfolio", "sample-folder"]
+    # make run's sample schedule is off in the production example
+    assert not load_schedules(settings.schedules)[-1].enabled
     assert settings.sources["uptime"]["kind"] == "prometheus"
 
 
@@ -249,7 +255,10 @@ def test_kubernetes_workers_are_scraped_and_get_the_rules_as_a_config_map() -> N
         for d in yaml.safe_load_all(f.read_text())
         if d
     ]
-    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+    workers = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "ops-console"
+    ]
+    for deployment in workers:
         notes = deployment["spec"]["template"]["metadata"]["annotations"]
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
@@ -273,3 +282,116 @@ def test_kubernetes_workers_are_scraped_and_get_the_rules_as_a_config_map() -> N
     spec.loader.exec_module(generator)
     current = (REPO / "deploy/k8s/monitoring.yaml").read_text()
     assert generator.render() == current, "run: python deploy/k8s/monitoring.py"
+
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (d["kind"], d["metadata"]["name"]): d
+        for f in sorted((REPO / "deploy/k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    }
+
+
+def pod(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
+def test_kubernetes_mounts_templates_keeps_file_deliveries_and_sends_s3_keys_over_tls() -> None:
+    objects = k8s_objects()
+    env = objects[("ConfigMap", "pressroom-env")]["data"]
+    assert env["PRESSROOM_S3_SECURE"] == "true"
+    assert plain_http_s3_warning(Settings(s3_endpoint=env["PRESSROOM_S3_ENDPOINT"])) is None
+    # Templates from a ConfigMap, mounted as a folder (a subPath would never see an update).
+    renderer = pod(objects[("Deployment", "renderer")])
+    [mount] = [m for m in renderer["containers"][0]["volumeMounts"] if m["name"] == "templates"]
+    assert mount["mountPath"] == "/app/templates" and "subPath" not in mount
+    volumes = {v["name"]: v for v in renderer["volumes"]}
+    assert volumes["templates"]["configMap"]["name"] == "pressroom-templates"
+    # `file` deliveries on a claim every distributor replica can write to.
+    distributor = pod(objects[("Deployment", "distributor")])
+    [out] = [m for m in distributor["containers"][0]["volumeMounts"] if m["name"] == "out"]
+    assert out["mountPath"] == "/app/out"  # the image's PRESSROOM_OUT_DIR
+    claim = {v["name"]: v for v in distributor["volumes"]}["out"]["persistentVolumeClaim"]
+    pvc = objects[("PersistentVolumeClaim", claim["claimName"])]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_the_ops_console_holds_the_ops_seed_only_when_scaled_up_and_may_reach_workers() -> None:
+    objects = k8s_objects()
+    console = objects[("Deployment", "ops-console")]
+    assert console["spec"]["replicas"] == 0
+    spec = pod(console)
+    secrets = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert secrets == {"pressroom-bus-ops"}
+    labels = console["spec"]["template"]["metadata"]["labels"]
+    # The NATS policy admits pods with the workers' name label on the client port …
+    nats = objects[("NetworkPolicy", "nats")]["spec"]["ingress"]
+    client = next(rule for rule in nats if {"port": 4222} in rule["ports"])
+    assert any(
+        set(peer.get("podSelector", {}).get("matchLabels", {}).items()) <= set(labels.items())
+        for peer in client["from"]
+        if "podSelector" in peer
+    )
+    # … and its own policy lets it ask every worker's /readyz.
+    policy = objects[("NetworkPolicy", "ops-console")]["spec"]
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"port": 8080}]
+    assert rule["from"][0]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "pressroom"}
+
+
+def test_compose_mounts_the_shared_config_into_every_worker() -> None:
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    for name in ("scheduler", "fetcher", "renderer", "distributor", "bus-setup"):
+        service = compose["services"][name]
+        target = service["environment"]["PRESSROOM_CONFIG"]
+        mounts = [m for m in service["volumes"] if m.rsplit(":", 2)[1] == target]
+        assert mounts == ["${STACK_CONFIG:-./deploy/pressroom.yaml}:" + target + ":ro"], name
+    assert (REPO / "deploy/pressroom.yaml").is_file()
+
+
+def test_the_config_fingerprint_covers_what_services_share_and_nothing_per_process() -> None:
+    base = Settings(email_allow="company.com")
+    same = config_fingerprint(base)
+    assert re.fullmatch(r"[0-9a-f]{12}", same)
+    # per process: ports, render processes, memory — not part of the shared config
+    assert (
+        config_fingerprint(Settings(email_allow="company.com", render_workers=4, health_port=9000))
+        == same
+    )
+    # shared: allow-lists, schedules, retries
+    assert config_fingerprint(Settings(email_allow="other.com")) != same
+    assert config_fingerprint(Settings(email_allow="company.com", max_attempts=9)) != same
+    schedule = {"name": "x", "cron": "0 7 * * *", "request": {"template": "daily.html"}}
+    assert config_fingerprint(Settings(email_allow="company.com", schedules=[schedule])) != same
+    # secrets are masked before hashing: the fingerprint says nothing about them
+    assert config_fingerprint(
+        Settings(email_allow="company.com", s3_secret_key="one")
+    ) == config_fingerprint(Settings(email_allow="company.com", s3_secret_key="two"))
+
+
+def test_config_agreement_names_the_odd_workers_out() -> None:
+    assert config_agreement({"a": "f1", "b": "f1"}) == {
+        "status": "healthy",
+        "detail": "2 worker(s) run config f1",
+    }
+    differ = config_agreement({"a": "f1", "b": "f2", "c": "f1"})
+    assert differ["status"] == "degraded"
+    assert differ["detail"].startswith("workers run different configs: f1: a, c; f2: b")
+
+
+def test_s3_credentials_over_plain_http_to_another_host_are_warned_about() -> None:
+    keys = {"s3_access_key": "k", "s3_secret_key": "s"}
+    warned = plain_http_s3_warning(Settings(s3_endpoint="minio:9000", s3_secure=False, **keys))
+    assert warned and "plain HTTP to minio:9000" in warned and "PRESSROOM_S3_SECURE" in warned
+    for quiet in (
+        Settings(s3_endpoint="minio:9000", s3_secure=True, **keys),  # TLS
+        Settings(s3_endpoint="127.0.0.1:9000", s3_secure=False, **keys),  # loopback
+        Settings(s3_endpoint="localhost:9000", s3_secure=False, **keys),
+        Settings(s3_endpoint="[::1]:9000", s3_secure=False, **keys),
+        Settings(s3_endpoint="minio:9000", s3_secure=False),  # no credentials to leak
+        Settings(),  # the embedded object store
+    ):
+        assert plain_http_s3_warning(quiet) is None, quiet

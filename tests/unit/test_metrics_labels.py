@@ -32,7 +32,8 @@ def test_junk_names_cannot_push_a_real_template_into_other(tmp_path: Path) -> No
 
     assert junk == {"other"}
     assert metrics.bounded("template", "weekly.html") == "weekly.html"
-    assert metrics.bounded("template", "weekly") == "weekly"  # the name a request may use
+    # the name a request may use is the same template: one label (issue 26)
+    assert metrics.bounded("template", "weekly") == "weekly.html"
     assert metrics.bounded("template", "reports/monthly.html") == "reports/monthly.html"
     assert metrics.bounded("template", "_base.html") == "other"
 

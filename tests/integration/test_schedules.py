@@ -1,0 +1,209 @@
+"""Schedules as an operator meets them: `make run` has a working one, the CLI fires only what the
+running stack knows, and `pause`/`resume` are obeyed by a real scheduler process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.embedded import free_port
+from tests.helpers import REPO, Stack, eventually, pressroom
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+EVERY_MINUTE = {
+    "name": "every-minute",
+    "cron": "* * * * *",
+    "request": {
+        "template": "weekly.html",
+        "sources": [{"name": "inventory", "kind": "file", "path": "portfolio.json", "merge": True}],
+        "deliver": [{"channel": "file", "path": "scheduled"}],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
+    """`pressroom up --sample` as `make run` starts it: no PRESSROOM_CONFIG anywhere."""
+    root = tmp_path_factory.mktemp("make-run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+    env.update(
+        PRESSROOM_NATS_PORT=str(free_port()),
+        PRESSROOM_DATA_DIR=str(root / "state"),
+        PRESSROOM_OUT_DIR=str(root / "out"),
+        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
+        PYTHONPATH=str(REPO),
+        COLUMNS="80",
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--sample"],
+        env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list((root / "out").glob("*.pdf")):
+            assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
+            time.sleep(0.2)
+        yield env, root
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=60)
+
+
+def test_make_run_has_a_sample_schedule_the_cli_sees_and_fires(
+    make_run: tuple[dict[str, str], Path],
+) -> None:
+    env, root = make_run
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return pressroom(*args, env=env, cwd=root, timeout=180)
+
+    listed = cli("schedule", "ls")
+    assert listed.returncode == 0, listed.stderr
+    sample = str(REPO / "templates" / "samples" / "pressroom.yaml")
+    assert (
+        "the running stack's schedules, from" in listed.stderr and "pressroom.yaml" in listed.stderr
+    )
+    [row] = [line for line in listed.stdout.splitlines() if "sample-folder" in line]
+    assert "*/5 * * * *" in row and "weekly.html" in row
+    assert all(len(line) <= 80 for line in listed.stdout.splitlines())
+    fired = cli("schedule", "run", "sample-folder", "--wait")
+    assert fired.returncode == 0, fired.stdout + fired.stderr
+    rid = fired.stdout.split(" as ")[1].strip()
+    assert (root / "out" / "scheduled" / f"{rid}.pdf").read_bytes().startswith(b"%PDF")
+    assert json.loads(cli("status", rid, "--json").stdout)["status"] == "delivered"
+    # The production example carries the same schedule, switched off.
+    shipped = yaml.safe_load((REPO / "deploy/pressroom.yaml").read_text())["schedules"]
+    [off] = [s for s in shipped if s["name"] == "sample-folder"]
+    assert off["enabled"] is False
+    assert yaml.safe_load(Path(sample).read_text())["schedules"][0]["request"] == off["request"]
+
+
+def test_a_cli_config_the_stack_does_not_run_is_never_fired(
+    make_run: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, root = make_run
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"schedules": [{**EVERY_MINUTE, "name": "only-here"}]}))
+    # The stack's file is readable here: the CLI uses it, and names what it has.
+    other = pressroom("schedule", "run", "only-here", env={**env, "PRESSROOM_CONFIG": str(mine)},
+                      cwd=root)  # fmt: skip
+    assert other.returncode == 1 and "fired" not in other.stdout
+    assert "no schedule 'only-here' in the stack's config (known: sample-folder)" in other.stderr
+    # A stack with no config at all, and a CLI with one: said, not fired.
+    stack = Stack(tmp_path / "bare", workers={"scheduler": 1}).start()
+    try:
+
+        async def recorded() -> bool:
+            listed = stack.cli("schedule", "ls")
+            return "no scheduler has said" not in listed.stderr
+
+        asyncio.run(eventually(recorded, timeout=60))
+        refused = stack.cli("schedule", "run", "only-here", env={"PRESSROOM_CONFIG": str(mine)})
+        assert refused.returncode == 1 and "fired" not in refused.stdout
+        assert "the running stack has no schedules (no config file), not this" in refused.stderr
+        assert refused.stderr.strip().count("\n") == 0
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("paused")
+    config = root / "pressroom.yaml"
+    config.write_text(yaml.safe_dump({"schedules": [EVERY_MINUTE]}))
+    stack = Stack(
+        root,
+        env_extra={
+            "PRESSROOM_CONFIG": str(config),
+            "PRESSROOM_DATA_FILES_DIR": str(REPO / "templates" / "samples"),
+        },
+        workers={"fetcher": 1, "renderer": 1, "distributor": 1, "scheduler": 1},
+    ).start()
+    yield stack
+    stack.stop()
+
+
+async def last_checked(stack: Stack, name: str) -> datetime | None:
+    """When the running scheduler last looked at `name` (its clock in the schedules bucket)."""
+    nc = await stack.connect()
+    try:
+        kv = await nc.jetstream().key_value("pressroom_schedules")
+        entry = await kv.get(name)
+        return datetime.fromisoformat(entry.value.decode())
+    except Exception:
+        return None
+    finally:
+        await nc.close()
+
+
+async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(scheduled: Stack) -> None:
+    stack = scheduled
+    folder = stack.out / "scheduled"
+    paused = stack.cli("schedule", "pause", "every-minute", env={"COLUMNS": "80"})
+    assert paused.returncode == 0, paused.stderr
+    assert "paused every-minute" in paused.stdout
+    listed = stack.cli("schedule", "ls", "--json", check=True)
+    assert json.loads(listed.stdout)[0]["paused"] is True
+    table = stack.cli("schedule", "ls", env={"COLUMNS": "80"}).stdout.splitlines()
+    [row] = [line for line in table if "every-minute" in line]
+    assert "paused" in row and all(len(line) <= 80 for line in table)
+    # A whole minute boundary passes while paused, as the scheduler itself has seen.
+    start = datetime.now(UTC)
+    boundary = (start + timedelta(minutes=1)).replace(second=0, microsecond=0)
+
+    async def past_boundary() -> bool:
+        seen = await last_checked(stack, "every-minute")
+        return seen is not None and seen > boundary + timedelta(seconds=3)
+
+    await eventually(past_boundary, timeout=150, every=1)
+    skipped = f"every-minute-{boundary:%Y%m%dT%H%MZ}"
+    assert stack.cli("status", skipped).returncode == 1  # never fired
+    resumed = stack.cli("schedule", "resume", "every-minute")
+    assert resumed.returncode == 0 and "resumed every-minute: next fire" in resumed.stdout
+    assert (
+        json.loads(stack.cli("schedule", "ls", "--json", check=True).stdout)[0]["paused"] is False
+    )
+
+    async def fired_again() -> list[Any]:  # a fire after the skipped one
+        return [p for p in folder.glob("every-minute-*.pdf") if p.stem > skipped]
+
+    await eventually(fired_again, timeout=150, every=1)
+    assert not (folder / f"{skipped}.pdf").exists()
+    again = stack.cli("schedule", "resume", "every-minute")
+    assert again.returncode == 0 and "was not paused" in again.stdout
+    unknown = stack.cli("schedule", "pause", "nope")
+    assert unknown.returncode == 1 and "known: every-minute" in unknown.stderr
+
+
+def test_a_schedule_that_emails_without_smtp_is_named_before_it_fails(tmp_path: Path) -> None:
+    shipped = {"PRESSROOM_CONFIG": str(REPO / "deploy/pressroom.yaml")}
+    checked = pressroom("config", "check", env=shipped, cwd=REPO)
+    assert checked.returncode == 0, checked.stderr
+    named = [line for line in checked.stderr.splitlines() if "PRESSROOM_SMTP_HOST is unset" in line]
+    assert [line.split("'")[1] for line in named] == [
+        "daily-portfolio",
+        "weekly-portfolio",
+        "monthly-portfolio",
+    ]
+    with_smtp = pressroom(
+        "config", "check", env={**shipped, "PRESSROOM_SMTP_HOST": "mail"}, cwd=REPO
+    )
+    assert with_smtp.returncode == 0 and "SMTP" not in with_smtp.stderr
+    # make run's sample config delivers into a folder: nothing to warn about.
+    sample = {"PRESSROOM_CONFIG": str(REPO / "templates/samples/pressroom.yaml")}
+    quiet = pressroom("config", "check", env=sample, cwd=REPO)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -1,0 +1,98 @@
+"""Warm render processes (services/renderer/warm.py): the fonts and stylesheets a process keeps
+draw exactly the PDF a fresh render draws, and one template's @font-face fonts stay its own."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pypdf import PdfReader
+
+from services.renderer import fonts, warm
+from services.renderer.core import build_context, make_job
+from services.renderer.pdf import RenderJob, _fetcher_class, base_folder, render_html, render_job
+from shared.events import ReportRequested
+from shared.settings import Settings
+from tests.helpers import REPO
+
+SAMPLES = REPO / "templates" / "samples"
+BUNDLED = [
+    ("portfolio.html", "portfolio.json"),
+    ("portfolio.html", "multilingual.json"),
+    ("custom-report.html", "custom-report.json"),
+]
+
+
+def job_for(folder: Path, template: str, data: dict[str, Any]) -> RenderJob:
+    settings = Settings(templates_dir=folder, missing_glyphs="warn")
+    request = ReportRequested(template=template, request_id="warm", requested_by="test")
+    context = build_context(request, data)
+    context["generation_time"] = "2026-01-01T00:00:00+00:00"  # the same in both renders
+    return make_job(settings, template, context, ("pdf",))
+
+
+def fresh_pdf(job: RenderJob) -> bytes:
+    """Today's path before warm processes: new objects for every render."""
+    from weasyprint import CSS, HTML
+
+    fonts.configure(job.font_dirs)
+    name, _, html, _ = render_html(job)
+    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    base = base_folder(job, name)
+    document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
+        stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]
+    )
+    pdf = document.write_pdf()
+    assert pdf is not None
+    return pdf
+
+
+@pytest.mark.parametrize(("template", "sample"), BUNDLED)
+def test_warm_renders_are_byte_identical_to_fresh_ones(template: str, sample: str) -> None:
+    data = json.loads((SAMPLES / sample).read_text())
+    if template == "portfolio.html" and sample == "portfolio.json":
+        data = dict(data, projects=data["projects"] * 3)  # more than one page
+    job = job_for(REPO / "templates", template, data)
+    expected = fresh_pdf(job)
+    warm.forget()
+    first = render_job(job).pdf  # builds the process's font configuration and stylesheets
+    again = render_job(job).pdf  # reuses them
+    assert first == expected
+    assert again == expected
+
+
+FACE_TEMPLATE = """<html><head><style>
+@font-face {{ font-family: "House"; src: url("{font}"); }}
+p {{ font-family: "House", serif; }}
+</style></head><body><p>{{{{ text }}}}</p></body></html>"""
+PLAIN_TEMPLATE = """<html><head><style>p {{ font-family: "House", serif; }}</style></head>
+<body><p>{{{{ text }}}}</p></body></html>"""
+
+
+def font_names(pdf: bytes) -> set[str]:
+    """The fonts a PDF embeds, without their subset prefix ("House-Bold")."""
+    names = set()
+    for page in PdfReader(io.BytesIO(pdf)).pages:
+        for font in page["/Resources"]["/Font"].values():
+            names.add(str(font.get_object()["/BaseFont"]).lstrip("/").split("+")[-1])
+    return names
+
+
+def test_a_templates_own_fonts_never_reach_another_template(tmp_path: Path) -> None:
+    shutil.copy(fonts.BUNDLED_DIR / "NotoSans-Bold.ttf", tmp_path / "house.ttf")
+    (tmp_path / "faces.html").write_text(FACE_TEMPLATE.format(font="house.ttf"))
+    (tmp_path / "plain.html").write_text(PLAIN_TEMPLATE.format())
+    warm.forget()
+    plain_before = render_job(job_for(tmp_path, "plain.html", {"text": "plain text"})).pdf
+    faces = render_job(job_for(tmp_path, "faces.html", {"text": "house text"})).pdf
+    plain_after = render_job(job_for(tmp_path, "plain.html", {"text": "plain text"})).pdf
+    assert faces is not None and plain_before is not None
+    # The template that declares "House" draws with it; the one that merely names it does not
+    # get it from the other's render, before or after.
+    assert any(name.startswith("House") for name in font_names(faces))
+    assert not any(name.startswith("House") for name in font_names(plain_before))
+    assert plain_after == plain_before
