@@ -6,8 +6,9 @@ other tenant's work completes.
   distributor slot: now all webhooks of one caller share one limit as well.
 - A webhook "URL" of dotted words made the URL-secret masking quadratic and froze the
   distributor's event loop for minutes: now linear.
-- A default backup kept URL query tokens, `pwd`-like fields, `X-Auth` headers and every secret
-  in a payload that is not JSON: now masked or left out.
+- A default backup kept the value of a message header whose name does not look secret
+  (`X-Auth`): now only trace context keeps its value. (URL query tokens, `pwd`-like fields and
+  secrets in payloads that are not JSON leaked too; main's redaction now covers them.)
 """
 
 from __future__ import annotations
@@ -165,9 +166,9 @@ async def test_a_url_of_dotted_words_is_refused_without_holding_the_distributor(
 
 
 async def test_a_default_backup_holds_no_secret_a_request_carried(rstack: Stack) -> None:
-    # Redaction went by key name in JSON only: a token in a URL's query, a `pwd`, an `X-Auth`
-    # header, or any secret in a payload that is not JSON (a truncated body, a preview of a
-    # big one, a non-UTF-8 body) went into the operator's backup as it came.
+    # A token in a URL's query, a `pwd`, any secret in a payload that is not JSON (a truncated
+    # body, a non-UTF-8 body), and the value of a header named anything but a secret-looking
+    # name (`X-Auth`) went into the operator's backup as it came.
     canary = "bk-canary-5d21"
     source = {
         "name": "rows",
