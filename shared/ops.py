@@ -721,7 +721,12 @@ def redacted_json(value: Any) -> Any:
 def redacted_letter(letter: DeadLetter) -> DeadLetter:
     """A dead letter as a default backup keeps it: secret headers dropped, secrets out of the
     payload (JSON or not, whole or a preview) and out of the reason."""
-    headers = {k: redacted_text(v) for k, v in letter.headers.items() if not _SECRET_KEY.search(k)}
+    # Any header name may carry a secret (`X-Auth`): only trace context keeps its value.
+    headers = {
+        k: redacted_text(v) if k.lower() in ("traceparent", "tracestate") else REDACTED
+        for k, v in letter.headers.items()
+        if not _SECRET_KEY.search(k)
+    }
     if letter.payload_encoding == "base64":  # not UTF-8: kept as text, secrets out
         text = base64.b64decode(letter.payload).decode("utf-8", errors="replace")
     else:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 from nats.js.errors import KeyNotFoundError
 
 from services.distributor.channels import Channel, Parcel
-from services.distributor.targets import TargetLimits, target_of
+from services.distributor.targets import TargetLimits, caller_of, target_of
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
 from shared.kv import KeyValue
@@ -80,7 +81,11 @@ async def distribute(
             continue
         limits = limits or TargetLimits.from_settings(settings)
         try:
-            async with limits.slot(target_of(delivery, settings)):
+            caller = caller_of(delivery, request.requested_by)
+            async with (
+                limits.slot(caller) if caller else nullcontext(),
+                limits.slot(target_of(delivery, settings)),
+            ):
                 # Intent before, outcome after: an ambiguous crash in between is in the record.
                 await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
                 with span(f"deliver {delivery.channel}", parcel.request_id):

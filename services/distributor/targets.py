@@ -1,5 +1,6 @@
 """Per-target limits: one slow target (a webhook host, the SMTP server, an S3 endpoint) gets
-only a share of the distributor's slots, so deliveries elsewhere go on while it hangs.
+only a share of the distributor's slots, so deliveries elsewhere go on while it hangs; and so do
+all webhooks of one calling system together (it chooses their hosts and ports).
 
 A target has at most `limit` deliveries in flight; as many again may wait for it, holding
 their message's slot; beyond that a delivery is handed back (retried later with the usual
@@ -34,6 +35,18 @@ def target_of(delivery: Delivery, settings: Settings) -> str:
     if delivery.channel == "s3":
         return f"s3 {settings.s3_endpoint}"
     return delivery.channel
+
+
+def caller_of(delivery: Delivery, requested_by: str | None) -> str | None:
+    """The share a delivery also counts against: a calling system's webhooks together.
+
+    A webhook target is host:port, and a caller picks both: dripping receivers on a few ports
+    (or names) would each get their own share and together take every slot. So all webhooks of
+    one caller share one limit too. The services' own requests (scheduler, CLI) have none.
+    """
+    if delivery.channel != "webhook" or requested_by is None:
+        return None
+    return f"webhooks of {requested_by}"
 
 
 @dataclass
