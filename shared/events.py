@@ -210,6 +210,13 @@ class ReportRequested(Event):
         "characters. Default: `{title}-{date}` for attachments, the request id for folders.",
     )
     requested_by: str | None = Field(default=None, description="Who asked, for the ledger.")
+    tenant: str | None = Field(
+        default=None,
+        description="Set by Pressroom, never by a body (a published value is replaced): the "
+        "calling system whose account published the request (the subject it arrived on, "
+        "`report.requested.<tenant>`), else null (ops, the scheduler). A tenant's `file` "
+        "deliveries stay inside PRESSROOM_OUT_DIR/<tenant>/.",
+    )
     requested_at: datetime = Field(default_factory=utcnow, description="When it was asked.")
     locale: str | None = Field(
         default=None,
@@ -285,7 +292,9 @@ def request_fingerprint(request: ReportRequested) -> str:
     The same content published again is the same request (a no-op); other content under a
     used id is refused. `requested_at` is left out: it defaults to the time of parsing.
     """
-    content = request.model_dump(mode="json", exclude={"request_id", "requested_at"})
+    # `tenant` is left out: Pressroom sets it from the subject (a body's is replaced), and a
+    # tenant's request says the same in `requested_by`; fingerprints stay as they were.
+    content = request.model_dump(mode="json", exclude={"request_id", "requested_at", "tenant"})
     content.pop("schema_version", None)
     if content.get("timeout") is None:  # as before the field existed: the same fingerprint
         content.pop("timeout", None)

@@ -312,10 +312,15 @@ class StageRunner:
             # Generated ids must not change between redeliveries of the same message.
             rid = new_request_id(received=msg.first_delivered, stream_seq=msg.stream_seq)
             event = event.model_copy(update={"request_id": rid})
-        tenant = tenant_of_subject(msg.subject)
-        if isinstance(event, ReportRequested) and tenant is not None:
-            # Stamped with the calling system the server says published it, whatever the body says.
-            event = event.model_copy(update={"requested_by": tenant})
+        if isinstance(event, ReportRequested):
+            # Stamped with the calling system the server says published it, whatever the body
+            # says; `tenant` is the stamp alone: on every request subject a body's is replaced
+            # (null on the plain subject, which only the services' own identities publish).
+            tenant = tenant_of_subject(msg.subject)
+            stamp: dict[str, Any] = {"tenant": tenant}
+            if tenant is not None:
+                stamp["requested_by"] = tenant
+            event = event.model_copy(update=stamp)
         return event
 
     async def _claim_later(self, msg: InboundMessage, rid: str, request: ReportRequested) -> None:

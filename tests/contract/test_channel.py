@@ -7,12 +7,15 @@ operator does not allow, is a PermanentError with a reason — and nothing arriv
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from services.distributor.channels import Parcel
+from services.distributor.channels.file import FileChannel
 from shared.errors import PermanentError, TransientError
-from shared.events import Artefact, ReportRendered, ReportRequested
+from shared.events import Artefact, Delivery, ReportRendered, ReportRequested
+from shared.settings import Settings
 from shared.store import MemoryArtefacts, artefact_key, sha256_hex
 from tests.contract.conftest import Target
 from tests.helpers import unique
@@ -65,3 +68,36 @@ async def test_a_target_that_refuses_for_good_is_permanent(target: Target, case:
         await channel.deliver(delivery, report)
     assert caught.value.reason
     assert await target.arrived(report.request_id) is None
+
+
+@pytest.mark.parametrize(
+    ("tenant", "path", "written"),
+    [
+        ("alpha", "beta", "alpha/beta"),
+        ("alpha", ".", "alpha"),
+        ("alpha", "../beta", "!outside PRESSROOM_OUT_DIR/alpha/"),
+        ("alpha", "/elsewhere", "!is absolute"),  # even with PRESSROOM_FILE_ALLOW_ABSOLUTE
+        ("..", "x", "!not a calling system's name"),  # never a folder above the root
+        (None, "beta", "beta"),  # the services' own requests: from the root
+    ],
+)
+async def test_a_tenants_file_delivery_stays_in_its_own_folder(
+    tmp_path: Path, tenant: str | None, path: str, written: str
+) -> None:
+    """`written`: the folder under PRESSROOM_OUT_DIR, or `!` and the refusal's reason."""
+    out = tmp_path / "out"
+    channel = FileChannel(Settings(out_dir=out, file_allow_absolute=True))
+    report = await parcel()
+    report.event = report.event.model_copy(
+        update={"request": report.event.request.model_copy(update={"tenant": tenant})}
+    )
+    delivery = Delivery(channel="file", path=path.replace("/elsewhere", str(tmp_path / "abs")))
+    if written.startswith("!"):
+        with pytest.raises(PermanentError) as caught:
+            await channel.deliver(delivery, report)
+        assert written[1:] in caught.value.reason
+        assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    else:
+        result = await channel.deliver(delivery, report)
+        assert result.target == f"PRESSROOM_OUT_DIR/{written}/{report.request_id}.pdf"
+        assert (out / written / f"{report.request_id}.pdf").read_bytes() == PDF

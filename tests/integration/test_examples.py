@@ -123,6 +123,8 @@ async def test_the_readme_publishing_example_runs_as_a_publisher(
     rid = re.search(r'"request_id": "([^"]+)"', code)
     assert rid is not None
     delivered: dict[str, Any] = await outcomes.delivered_event(rid.group(1))
-    assert delivered["channels"][0]["target"].endswith(f"portfolio/weekly/{rid.group(1)}.pdf")
+    # The publisher is a calling system: its files go into its own folder.
+    target = f"PRESSROOM_OUT_DIR/publisher/portfolio/weekly/{rid.group(1)}.pdf"
+    assert delivered["channels"][0]["target"] == target
     await nc.close()
     assert json.dumps(delivered)

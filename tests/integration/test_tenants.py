@@ -469,3 +469,98 @@ async def test_an_embedded_bus_from_before_accounts_keeps_its_streams(tmp_path: 
     finally:
         new.terminate()
         new.wait(timeout=15)
+
+
+def _holding(out: Path, marker: str) -> list[Path]:
+    """Every delivered file under PRESSROOM_OUT_DIR whose content carries `marker`."""
+    return sorted(
+        p.relative_to(out)
+        for p in out.rglob("*")
+        if p.is_file() and marker.encode() in p.read_bytes()
+    )
+
+
+async def test_a_tenants_file_deliveries_stay_in_its_own_folder(tenants: Stack) -> None:
+    alpha = await tenants.connect("publisher-alpha")
+    beta = await tenants.connect("publisher-beta")
+    try:
+        alpha_heard = await Heard().start(alpha)
+        beta_heard = await Heard().start(beta)
+        mark, canary = unique("beta-own"), unique("alpha-canary")
+
+        def html(rid: str, title: str, path: str, **extra: Any) -> dict[str, Any]:
+            deliver = [{"channel": "file", "path": path}]
+            params = {**SAMPLE, "report_title": title}
+            return {**request(rid, formats=["html"], deliver=deliver, **extra), "params": params}
+
+        def aim(title: str, path: str, **extra: Any) -> dict[str, Any]:
+            return html("", title, path, filename="victim-report", **extra)
+
+        # The victim's report lands in its folder, under a name it chose.
+        b_rid = unique("beta")
+        await publish(beta, html(b_rid, mark, "inbox", filename="victim-report"))
+        b_event = await beta_heard.delivered(b_rid)
+        [b_channel] = b_event["channels"]
+        assert b_channel["target"] == "PRESSROOM_OUT_DIR/beta/inbox/victim-report.html"
+        victim = tenants.out / "beta" / "inbox" / "victim-report.html"
+        assert mark.encode() in victim.read_bytes()
+        # The attacker aims at the victim's folder: by name, by `..`, absolute, and by claiming
+        # to be beta (body `tenant`) or nobody (null): as beta's file name each time.
+        aimed = {
+            unique("alpha-name"): aim(canary, "beta"),
+            unique("alpha-inbox"): aim(canary, "beta-inbox"),
+            unique("alpha-claim"): aim(canary, "inbox", tenant="beta", requested_by="beta"),
+            unique("alpha-null"): aim(canary, "inbox", tenant=None),
+        }
+        refused = {
+            unique("alpha-up"): aim(canary, "../beta/inbox"),
+            unique("alpha-abs"): aim(canary, str(victim.parent)),
+        }
+        for rid, body in {**aimed, **refused}.items():
+            await publish(alpha, {**body, "request_id": rid})
+        for rid, body in aimed.items():
+            [channel] = (await alpha_heard.delivered(rid))["channels"]
+            path = body["deliver"][0]["path"]
+            assert channel["target"] == f"PRESSROOM_OUT_DIR/alpha/{path}/victim-report.html"
+        for rid in refused:
+            failed = await alpha_heard.failed(rid)
+            assert failed["stage"] == "distributor"
+            assert "PRESSROOM_OUT_DIR/alpha/" in failed["reason"], failed["reason"]
+        # The canary is only ever in alpha's folder; the victim's file is its own.
+        found = _holding(tenants.out, canary)
+        assert found and all(p.parts[0] == "alpha" for p in found), found
+        assert mark.encode() in victim.read_bytes()
+        assert canary.encode() not in victim.read_bytes()
+        # And the victim's work still completes, in its own folder.
+        b_next = unique("beta-next")
+        await publish(beta, html(b_next, mark, "inbox"))
+        [channel] = (await beta_heard.delivered(b_next))["channels"]
+        assert channel["target"] == f"PRESSROOM_OUT_DIR/beta/inbox/{b_next}.html"
+    finally:
+        await alpha.close()
+        await beta.close()
+
+
+async def test_a_body_cannot_set_the_tenant_stamp_on_the_plain_subject(tenants: Stack) -> None:
+    """`tenant` comes from the subject only: ops' request saying `"tenant": "beta"` is still the
+    services' own (written from PRESSROOM_OUT_DIR, not confined to beta's folder), and may not
+    escape the root either."""
+    ops = await tenants.connect()
+    try:
+        heard = await Heard().start(ops)
+        rid, up = unique("ops-claim"), unique("ops-up")
+        title = unique("ops-title")
+        params = {**SAMPLE, "report_title": title}
+        body = request(rid, formats=["html"], deliver=[{"channel": "file", "path": "shared"}])
+        await publish(ops, {**body, "params": params, "tenant": "beta"})
+        [channel] = (await heard.delivered(rid))["channels"]
+        assert channel["target"] == f"PRESSROOM_OUT_DIR/shared/{rid}.html"
+        assert _holding(tenants.out, title) == [Path("shared") / f"{rid}.html"]
+        # Claiming a tenant whose folder is above the root changes nothing either.
+        outside = request(up, formats=["html"], deliver=[{"channel": "file", "path": ".."}])
+        await publish(ops, {**outside, "tenant": ".."})
+        failed = await heard.failed(up)
+        assert "outside PRESSROOM_OUT_DIR" in failed["reason"]
+        assert not (tenants.out.parent / f"{up}.html").exists()
+    finally:
+        await ops.close()

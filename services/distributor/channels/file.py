@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from services.distributor.channels import Parcel
+from shared.busauth import TENANT_NAME
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
 from shared.settings import Settings
@@ -33,9 +34,29 @@ class FileChannel:
         self.root = settings.out_dir
         self.allow_absolute = settings.file_allow_absolute
 
-    def folder(self, delivery: Delivery) -> Path:
+    def folder(self, delivery: Delivery, tenant: str | None = None) -> Path:
+        """Where a delivery writes. A calling system's request (`tenant`, set from the subject
+        it arrived on) writes inside PRESSROOM_OUT_DIR/<tenant>/ only: its `path` is taken
+        from there, and no absolute path is allowed (so no tenant reaches another's folder).
+        The services' own requests (ops, the scheduler) write from PRESSROOM_OUT_DIR."""
         root = self.root.resolve()
         rel = str((delivery.model_extra or {}).get("path") or ".")
+        if tenant is not None:
+            if not TENANT_NAME.fullmatch(tenant):
+                raise PermanentError(f"tenant '{tenant}' is not a calling system's name")
+            base = (root / tenant).resolve()
+            if rel.startswith("/"):
+                raise PermanentError(
+                    f"file delivery path '{rel}' is absolute (a calling system's files go "
+                    f"inside PRESSROOM_OUT_DIR/{tenant}/)"
+                )
+            folder = (base / rel).resolve()
+            if base.parent != root or not folder.is_relative_to(base):
+                raise PermanentError(
+                    f"file delivery path '{rel}' is outside PRESSROOM_OUT_DIR/{tenant}/ "
+                    "(a calling system's files stay in its own folder)"
+                )
+            return folder
         if rel.startswith("/") and not self.allow_absolute:
             raise PermanentError(
                 f"file delivery path '{rel}' is absolute (set PRESSROOM_FILE_ALLOW_ABSOLUTE=true "
@@ -56,7 +77,7 @@ class FileChannel:
             return path.name
 
     async def deliver(self, delivery: Delivery, parcel: Parcel) -> ChannelResult:
-        folder = self.folder(delivery)
+        folder = self.folder(delivery, parcel.event.request.tenant)
         written = []
         for artefact in parcel.event.artefacts:
             target = folder / parcel.folder_filename(artefact)
