@@ -27,6 +27,21 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+def up_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment `pressroom up` gets on a fresh machine (no PRESSROOM_/OTEL_ setting of
+    this one), its state, out folder and port of its own under `root`; `extra` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
+    env.update(
+        PRESSROOM_NATS_PORT=str(free_port()),
+        PRESSROOM_DATA_DIR=str(root / "state"),
+        PRESSROOM_OUT_DIR=str(root / "out"),
+        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
+        PYTHONPATH=str(REPO),
+    )
+    env.update(extra)
+    return env
+
+
 def pressroom(
     *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

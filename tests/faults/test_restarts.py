@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from shared.embedded import free_port
-from tests.helpers import REPO, pressroom, unique
+from tests.helpers import REPO, pressroom, unique, up_env
 from tests.integration.test_up import descendants, survivors
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -37,20 +36,7 @@ class Up:
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
         self.root = root
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))
-        }
-        self.env.update(
-            PRESSROOM_NATS_PORT=str(free_port()),
-            PRESSROOM_DATA_DIR=str(root / "state"),
-            PRESSROOM_OUT_DIR=str(root / "out"),
-            PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
-            PYTHONPATH=str(REPO),
-            COLUMNS="80",
-            LINES="25",
-            TERM="xterm",
-            **(env or {}),
-        )
+        self.env = up_env(root, COLUMNS="80", LINES="25", TERM="xterm", **(env or {}))
         master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "up"],

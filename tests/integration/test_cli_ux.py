@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from shared.embedded import free_port
-from tests.helpers import REPO, Outcomes, Stack, eventually, pressroom, unique
+from tests.helpers import REPO, Outcomes, Stack, eventually, pressroom, unique, up_env
 from tests.integration.test_cli_operator import run_on_a_terminal
 from tests.pdftext import pdf_text
 
@@ -88,20 +88,18 @@ def closed_url() -> str:
     return f"http://127.0.0.1:{free_port()}/"  # nothing listens there: connection refused
 
 
+def delivered_sample(stack: Stack, rid: str) -> None:
+    """The sample portfolio report under `rid`, requested and waited for as a user does."""
+    stack.cli(
+        "request", "-t", "portfolio", "--data-file", SAMPLE, "--request-id", rid, "--wait",
+        check=True,
+    )  # fmt: skip
+
+
 # ---- ls and the live --wait line ------------------------------------------------------------
 def test_ls_fits_80_columns_with_a_long_request_id(stack: Stack) -> None:
     rid = unique("a-rather-long-request-id-that-leaves-no-room-for-the-other-columns")
-    stack.cli(
-        "request",
-        "-t",
-        "portfolio",
-        "--data-file",
-        SAMPLE,
-        "--request-id",
-        rid,
-        "--wait",
-        check=True,
-    )
+    delivered_sample(stack, rid)
     shown = stack.cli("ls", "--status", "delivered", "--limit", "200", env=NARROW, check=True)
     lines = shown.stdout.splitlines()
     assert "total s" in lines[0] and len(lines[0]) <= 80, shown.stdout  # no `tot`/`al s`
@@ -140,17 +138,7 @@ async def test_the_wait_line_cuts_a_long_id_not_the_elapsed_time(
 # ---- status: queue waits, partly delivered channels ------------------------------------------
 def test_status_shows_where_the_time_went_and_it_adds_up(stack: Stack) -> None:
     rid = unique("waits")
-    stack.cli(
-        "request",
-        "-t",
-        "portfolio",
-        "--data-file",
-        SAMPLE,
-        "--request-id",
-        rid,
-        "--wait",
-        check=True,
-    )
+    delivered_sample(stack, rid)
 
     text = stack.cli("status", rid, env=NARROW, check=True).stdout
     assert "(queued)" in text and "before fetcher" in text, text
@@ -190,17 +178,7 @@ async def test_a_partly_delivered_report_shows_the_channel_that_delivered(
 # ---- get, clean ------------------------------------------------------------------------------
 def test_get_without_output_writes_request_id_dot_format(stack: Stack) -> None:
     rid = unique("get-default")
-    stack.cli(
-        "request",
-        "-t",
-        "portfolio",
-        "--data-file",
-        SAMPLE,
-        "--request-id",
-        rid,
-        "--wait",
-        check=True,
-    )
+    delivered_sample(stack, rid)
     got = stack.cli("get", rid, env=NARROW)
     assert got.returncode == 0, got.stderr
     assert (stack.root / f"{rid}.pdf").read_bytes().startswith(b"%PDF")
@@ -426,17 +404,7 @@ async def test_a_render_over_the_report_timeout_is_stopped_and_the_renderer_goes
 
     await eventually(stopped, timeout=30)
     after = unique("after-deadline")
-    stack.cli(
-        "request",
-        "-t",
-        "portfolio",
-        "--data-file",
-        SAMPLE,
-        "--request-id",
-        after,
-        "--wait",
-        check=True,
-    )
+    delivered_sample(stack, after)
     assert (stack.out / f"{after}.pdf").read_bytes().startswith(b"%PDF")
 
 
@@ -473,15 +441,7 @@ def test_the_readme_tls_line_works_once_uncommented() -> None:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("up")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
-    env.update(
-        PRESSROOM_NATS_PORT=str(free_port()),
-        PRESSROOM_DATA_DIR=str(root / "state"),
-        PRESSROOM_OUT_DIR=str(root / "out"),
-        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
-        PYTHONPATH=str(REPO),
-        COLUMNS="80",
-    )
+    env = up_env(root, COLUMNS="80")
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--sample"],
         env=env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,8 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.embedded import free_port
-from tests.helpers import REPO, Stack, eventually, pressroom
+from tests.helpers import REPO, Stack, eventually, pressroom, up_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -38,15 +36,7 @@ EVERY_MINUTE = {
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
     """`pressroom up --sample` as `make run` starts it: no PRESSROOM_CONFIG anywhere."""
     root = tmp_path_factory.mktemp("make-run")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
-    env.update(
-        PRESSROOM_NATS_PORT=str(free_port()),
-        PRESSROOM_DATA_DIR=str(root / "state"),
-        PRESSROOM_OUT_DIR=str(root / "out"),
-        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
-        PYTHONPATH=str(REPO),
-        COLUMNS="80",
-    )
+    env = up_env(root, COLUMNS="80")
     up = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--sample"],
         env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -14,21 +14,14 @@ from pathlib import Path
 import pytest
 
 from shared.embedded import free_port, port_open
-from tests.helpers import REPO, pressroom
+from tests.helpers import REPO, pressroom, up_env
 
 pytestmark = pytest.mark.integration
 
 
 def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
-    env.update(
-        PRESSROOM_NATS_PORT=str(port),
-        PRESSROOM_DATA_DIR=str(tmp_path / "state"),
-        PRESSROOM_OUT_DIR=str(tmp_path / "out"),
-        PRESSROOM_TEMPLATES_DIR=str(REPO / "templates"),
-        PYTHONPATH=str(REPO),
-    )
+    env = up_env(tmp_path)
+    port = int(env["PRESSROOM_NATS_PORT"])
     up = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--sample", "--scale", "renderer=2"],
         env=env,
