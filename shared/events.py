@@ -434,13 +434,19 @@ class ReportFailed(Event):
         return mask_url_secrets(value)
 
 
-def claimed_request_id(body: bytes) -> str | None:
-    """The request_id a raw message says it is about (unverified), or None."""
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """A raw message's JSON object, or None when it is not one (unverified either way)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(data, dict):
+    return data if isinstance(data, dict) else None
+
+
+def claimed_request_id(body: bytes) -> str | None:
+    """The request_id a raw message says it is about (unverified), or None."""
+    data = _json_object(body)
+    if data is None:
         return None
     request = data.get("request")
     rid = data.get("request_id") or (
@@ -455,11 +461,8 @@ def claimed_requester(subject: str, body: bytes) -> str | None:
     tenant = tenant_of_subject(subject)
     if tenant is not None or (subject == REPORT_REQUESTED and b"requested_by" not in body):
         return tenant
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict):
+    data = _json_object(body)
+    if data is None:
         return None
     request = data if subject == REPORT_REQUESTED else data.get("request")
     who = request.get("requested_by") if isinstance(request, dict) else None
