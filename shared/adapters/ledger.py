@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from pydantic import BaseModel, Field, model_validator
 
+from shared.bus.names import LEDGER_BUCKET
+from shared.bus.topology import kv_snapshot
 from shared.events import (
     Artefact,
     ChannelResult,
@@ -535,8 +537,6 @@ class KvLedger:
     async def entries(self) -> list[LedgerEntry]:
         """Every entry; a value that is not an entry is listed as a `conflict` entry."""
         if self._js is not None:
-            from shared.bus.topology import LEDGER_BUCKET, kv_snapshot
-
             values = await kv_snapshot(self._js, LEDGER_BUCKET)
             return [parse_entry(k, v) for k, v in values.items() if v]
         try:

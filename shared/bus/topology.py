@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.client import Client
@@ -20,22 +19,29 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel
 
-from shared.bus.identity import (
-    REFUSALS,
-    TENANT_NAME,
-    BusRefused,
-    identity,
-    tenant_outcomes,
+from shared.bus.failover import ConnectionEvents
+from shared.bus.identity import REFUSALS, TENANT_NAME, BusRefused, identity, tenant_outcomes
+from shared.bus.names import (
+    ADVISORY_STREAM,
+    CACHE_BUCKET,
+    DELIVERIES_BUCKET,
+    DLQ_STREAM,
+    LEDGER_BUCKET,
+    MAX_DELIVERIES_ADVISORY,
+    MSG_ID,
+    OBJECT_BUCKET,
+    RENDER_CACHE_BUCKET,
+    SCHEDULES_BUCKET,
+    STAGES,
+    STREAM,
+    StageSpec,
 )
 from shared.errors import PressroomError
 from shared.events import (
-    DATA_READY,
     DLQ_PREFIX,
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
     REPORT_FAILED,
-    REPORT_RENDERED,
-    REPORT_REQUESTED,
     TENANT_REQUESTS,
     claimed_request_id,
 )
@@ -48,53 +54,6 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = get_logger("pressroom.bus")
-
-STREAM = "PRESSROOM"
-DLQ_STREAM = "PRESSROOM_DLQ"
-ADVISORY_STREAM = "PRESSROOM_ADVISORIES"
-LEDGER_BUCKET = "pressroom_ledger"
-DELIVERIES_BUCKET = "pressroom_deliveries"
-CACHE_BUCKET = "pressroom_cache"
-SCHEDULES_BUCKET = "pressroom_schedules"
-RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
-OBJECT_BUCKET = "pressroom_artefacts"
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-MSG_ID = "Nats-Msg-Id"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """A pipeline stage: the durable consumer it reads with and what it publishes next."""
-
-    name: str
-    consumes: str
-    produces: str
-
-    @property
-    def durable(self) -> str:
-        return self.name
-
-    @property
-    def advisory_subject(self) -> str:
-        return f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.{self.durable}"
-
-    @property
-    def filter_subjects(self) -> list[str]:
-        """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
-        if self.consumes == REPORT_REQUESTED:
-            return [REPORT_REQUESTED, TENANT_REQUESTS]
-        return [self.consumes]
-
-
-FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
-RENDERER = StageSpec("renderer", DATA_READY, REPORT_RENDERED)
-DISTRIBUTOR = StageSpec("distributor", REPORT_RENDERED, REPORT_DELIVERED)
-STAGES: dict[str, StageSpec] = {s.name: s for s in (FETCHER, RENDERER, DISTRIBUTOR)}
-
-
-def msg_id(request_id: str, stage: str) -> str:
-    """The de-duplication id of what `stage` publishes for `request_id`."""
-    return f"{request_id}:{stage}"
 
 
 async def log_bus_error(error: Exception) -> None:
@@ -118,7 +77,6 @@ async def connect(
     """A nats-py connection as `role` to any of the servers (a cluster's nodes) that keeps
     reconnecting instead of giving up after ~2 minutes, and logs each disconnect and reconnect
     once."""
-    from shared.bus.failover import ConnectionEvents
 
     who = identity(settings, role)
     REFUSALS.identity = who
