@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from services.renderer import fonts, splitplan
-from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported, layout_chunk
+from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported
 from services.renderer.job import RenderJob, RenderOutput
 from services.renderer.merge import merge_chunks
 from services.renderer.pdf import base_folder, job_analysis, pdf_output, render_html
@@ -184,7 +184,7 @@ async def _render_split(
         deadline = time.time() + remaining()
         jobs = [replace(chunk, rendezvous=folder, deadline=deadline) for chunk in plan.chunks]
         results: list[ChunkResult] = await pool.run_group(
-            layout_chunk, jobs, label=job.template, timeout=remaining
+            _layout_chunk, jobs, label=job.template, timeout=remaining
         )
         pdf, pages = await pool.run(merge_chunks, results, label=job.template, timeout=remaining())
         pdf_seconds = time.perf_counter() - laid_out
@@ -235,3 +235,11 @@ def render_capped(job: RenderJob, settings: Any) -> RenderOutput:
             await pool.close()
 
     return asyncio.run(once())
+
+
+def _layout_chunk(job: ChunkJob) -> ChunkResult:
+    """One chunk's layout, run in a render process."""
+    # Imported here: heavy (WeasyPrint's internals): only render processes load chunklayout.py.
+    from services.renderer.chunklayout import layout_chunk
+
+    return layout_chunk(job)
