@@ -429,9 +429,10 @@ async def _artefact(bus: Bus, request_id: str, fmt: str) -> Artefact:
     entry = await (await bus.ledger()).get(request_id)
     if entry is None:
         raise PressroomError(f"no request '{request_id}' in the ledger")
-    matches = [a for a in entry.artefacts if a.format == fmt]
+    # `csv` is the first table's CSV; `orders.csv` names one.
+    matches = [a for a in entry.artefacts if fmt in (a.format, a.ext)]
     if not matches:
-        have = ", ".join(a.format for a in entry.artefacts) or "none yet"
+        have = ", ".join(a.ext for a in entry.artefacts) or "none yet"
         raise PressroomError(f"request '{request_id}' has no {fmt} artefact (has: {have})")
     return matches[0]
 

@@ -466,6 +466,10 @@ class TemplateLibrary:
             sample=str(sample.relative_to(self.folder)) if sample.is_file() else None,
         )
 
+    def front_matter(self, name: str) -> dict[str, Any]:
+        """The template's own front matter (`description`, `params`, `pdf` …), or {}."""
+        return self._front_matter(name)
+
     def _front_matter(self, name: str) -> dict[str, Any]:
         match = _FRONT_MATTER.match(self.source(name))
         if not match or len(match.group(1)) > MAX_FRONT_MATTER:
