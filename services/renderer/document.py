@@ -195,6 +195,12 @@ def write_options(
     def finish(document: Any, pdf: Any) -> None:
         if resolved.variant is None and "Metadata" not in pdf.catalog:
             document.metadata.include_in_pdf(pdf, "a", None, None, compress=True)
+        if "AF" in pdf.catalog:
+            # WeasyPrint 70 lists each attachment twice in /AF (from the name tree and from
+            # the file specifications): once is what PDF/A-3 means.
+            import pydyf
+
+            pdf.catalog["AF"] = pydyf.Array(dict.fromkeys(pdf.catalog["AF"]))
 
     return options, finish
 

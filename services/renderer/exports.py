@@ -1,10 +1,11 @@
 """Data exports beside the PDF: the tables a template marks `data-export="<name>"` as CSV and XLSX.
 
 A cell's value is its `data-value` attribute when it has one (the raw number or ISO date the
-template printed in a localised form), else its text; numbers and ISO dates become real numbers
-and dates in the workbook. Text that a spreadsheet would run as a formula (starting with `=`,
-`+`, `-`, `@`, a tab or a carriage return) is written as text: prefixed with `'` in CSV (OWASP's
-advice), a string cell with Excel's quote prefix in XLSX. Both are deterministic: the same
+template printed in a localised form), else its text; a plain number (`1170.75`, `-3`, not
+`007` or `1,234`) or an ISO date becomes a real number or date in the workbook. Text that a
+spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage
+return) is written as text: prefixed with `'` in CSV (OWASP's advice), a string cell with
+Excel's quote prefix in XLSX. Both are deterministic: the same
 tables and request give the same bytes.
 
 Runs in a render process, on the HTML the template rendered (no second Jinja pass).
@@ -96,7 +97,7 @@ def _cells(row: Any) -> Iterator[Any]:
     for cell in row:
         if cell.tag in (f"{XHTML}td", f"{XHTML}th"):
             raw = cell.get("data-value")
-            yield typed(raw) if raw is not None else (_text(cell) or None)
+            yield typed(raw if raw is not None else _text(cell))
 
 
 def find_tables(html: str) -> list[Table]:
@@ -202,8 +203,11 @@ def to_xlsx(tables: list[Table], created: datetime | None) -> bytes:
         naive = created.astimezone(UTC).replace(tzinfo=None) if created.tzinfo else created
         workbook.properties.created = workbook.properties.modified = naive
     workbook.properties.creator = "Pressroom"
+    from openpyxl.writer.excel import ExcelWriter
+
     buffer = io.BytesIO()
-    workbook.save(buffer)
+    # ExcelWriter, not workbook.save(): save() stamps the clock as the modification time.
+    ExcelWriter(workbook, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED)).save()
     return _fixed_times(buffer.getvalue())
 
 
