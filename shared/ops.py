@@ -774,7 +774,12 @@ def _identity_id(letter: DeadLetter) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-_CONTENT_TYPES = {".pdf": "application/pdf", ".html": "text/html; charset=utf-8"}
+_CONTENT_TYPES = {
+    ".pdf": "application/pdf",
+    ".html": "text/html; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
 
 
 async def backup(
@@ -1134,7 +1139,8 @@ class OldFile:
 def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFile]:
     """Files the `file` channel delivered under `folder` (PRESSROOM_OUT_DIR) older than `age`,
     removed (or only listed, with `dry_run`), with the folders they leave empty. Only what
-    the channel writes goes (reports `*.pdf` / `*.html`, and `.*.part` files a crash left
+    the channel writes goes (reports `*.pdf` / `*.html`, their `*.csv` / `*.xlsx` exports, and
+    `.*.part` files a crash left
     half-written): anything else an operator keeps there stays. Symbolic links are neither
     followed nor removed."""
     import stat
@@ -1149,7 +1155,7 @@ def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFil
         for name in sorted(files):
             path = here / name
             info = path.lstat()
-            ours = path.suffix in (".pdf", ".html") or (
+            ours = path.suffix in (".pdf", ".html", ".csv", ".xlsx") or (
                 name.startswith(".") and name.endswith(".part")
             )
             if ours and stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:

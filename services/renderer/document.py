@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +29,7 @@ from shared.errors import PermanentError
 VARIANTS = ("pdf/a-3b", "pdf/a-2b", "pdf/ua-1")
 PDFA = ("pdf/a-3b", "pdf/a-2b")
 PROVENANCE_NAME = "pressroom.json"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # ISO 32000-2 7.11.3: supplementary information about the document (where it came from).
 PROVENANCE_RELATIONSHIP = "Supplement"
 
@@ -179,7 +180,8 @@ def write_options(
         "pdf_identifier": identifier(spec, template_version).encode(),
     }
     if resolved.variant == "pdf/a-3b":
-        when = created_of(spec)
+        # Never the clock: without a request date (a job built without one), the epoch.
+        when = created_of(spec) or EPOCH
         options["attachments"] = [
             Attachment(
                 string=provenance(spec, template, template_version).decode(),
