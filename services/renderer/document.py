@@ -24,6 +24,8 @@ from importlib.metadata import version as package_version
 from types import SimpleNamespace
 from typing import Any
 
+import pydyf  # WeasyPrint's PDF writer (small): the finisher edits its objects
+
 from shared.errors import PermanentError
 
 VARIANTS = ("pdf/a-3b", "pdf/a-2b", "pdf/ua-1")
@@ -172,7 +174,8 @@ def write_options(
 ) -> tuple[dict[str, Any], Callable[[Any, Any], None]]:
     """WeasyPrint's write_pdf options for the document, and its finisher (XMP for every PDF:
     WeasyPrint writes one only for PDF/A and PDF/UA)."""
-    from weasyprint import Attachment  # heavy: render processes only
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
+    from weasyprint import Attachment
 
     options: dict[str, Any] = {
         "pdf_variant": resolved.variant,
@@ -200,8 +203,6 @@ def write_options(
         if "AF" in pdf.catalog:
             # WeasyPrint 70 lists each attachment twice in /AF (from the name tree and from
             # the file specifications): once is what PDF/A-3 means.
-            import pydyf
-
             pdf.catalog["AF"] = pydyf.Array(dict.fromkeys(pdf.catalog["AF"]))
 
     return options, finish
@@ -236,6 +237,7 @@ def finish_merged(
 ) -> None:
     """A split report's merged PDF (pypdf) gets what `write_options` gives a one-piece one:
     the same info dictionary, XMP and /ID. (Split reports are never PDF/A or tagged.)"""
+    # Imported here: heavy (pypdf, WeasyPrint): only a split report's merge process needs them.
     from pypdf.generic import ArrayObject, ByteStringObject, NameObject, StreamObject
     from weasyprint.pdf import _w3c_date_to_pdf  # the same date format as one-piece PDFs
     from weasyprint.pdf.metadata import DocumentMetadata

@@ -103,7 +103,8 @@ def _cells(row: Any) -> Iterator[Any]:
 def find_tables(html: str) -> list[Table]:
     """Every table marked data-export, in document order; a bad or repeated name is the
     template's error."""
-    import tinyhtml5  # WeasyPrint's own HTML parser
+    # Imported here: WeasyPrint's own HTML parser, loaded in render processes only.
+    import tinyhtml5
 
     root = tinyhtml5.parse(html)
     tables: list[Table] = []
@@ -161,8 +162,10 @@ def to_csv(table: Table, *, bom: bool) -> bytes:
 
 def to_xlsx(tables: list[Table], created: datetime | None) -> bytes:
     """One workbook, a sheet per table: typed cells, a frozen bold header, column widths."""
-    from openpyxl import Workbook  # heavy: render processes only
+    # Imported here: heavy (openpyxl): loaded in render processes, and only for an XLSX.
+    from openpyxl import Workbook
     from openpyxl.styles import Font
+    from openpyxl.writer.excel import ExcelWriter
 
     workbook = Workbook()
     workbook.remove(workbook.active)
@@ -203,8 +206,6 @@ def to_xlsx(tables: list[Table], created: datetime | None) -> bytes:
         naive = created.astimezone(UTC).replace(tzinfo=None) if created.tzinfo else created
         workbook.properties.created = workbook.properties.modified = naive
     workbook.properties.creator = "Pressroom"
-    from openpyxl.writer.excel import ExcelWriter
-
     buffer = io.BytesIO()
     # ExcelWriter, not workbook.save(): save() stamps the clock as the modification time.
     ExcelWriter(workbook, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED)).save()

@@ -22,6 +22,7 @@ def merge_chunks(
 ) -> tuple[bytes, int]:
     """The merged PDF and its page count (runs in a render process); `finish` is the
     document's (resolved, spec, template, version): its metadata, XMP and /ID."""
+    # Imported here: heavy: only a split report is merged.
     from pypdf import PdfReader, PdfWriter
     from pypdf.generic import NameObject
 
@@ -84,6 +85,7 @@ def merge_chunks(
 
 def _drop_unreachable(writer: Any) -> None:
     """Forget objects nothing reaches any more (the fonts other chunks embedded for all)."""
+    # Imported here: heavy: only a split report is merged.
     from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
 
     objects = writer._objects
@@ -117,6 +119,7 @@ class _Bookmarked:
 
 def _outline(writer: Any, pages: list[Any]) -> None:
     """The document outline, built from every page's headings as WeasyPrint builds it."""
+    # Imported here: heavy: only a split report is merged.
     from pypdf.generic import Fit
     from weasyprint.anchors import make_page_bookmark_tree
     from weasyprint.matrix import Matrix

@@ -16,7 +16,10 @@ from typing import Any
 import openpyxl
 import pytest
 
-from services.renderer.core import data_digest
+from services.renderer.core import build_context, data_digest, document_spec, make_job
+from services.renderer.pooled import RenderPool
+from shared.events import ReportRequested
+from shared.settings import Settings
 from tests.archive import (
     attachment,
     fonts,
@@ -278,11 +281,6 @@ async def test_the_same_request_renders_to_the_same_bytes(
 
 
 async def rerender(stack: Stack, request: dict[str, Any], data: dict[str, Any]) -> dict[str, bytes]:
-    from services.renderer.core import build_context, document_spec, make_job
-    from services.renderer.pdf import RenderPool
-    from shared.events import ReportRequested
-    from shared.settings import Settings
-
     settings = Settings(
         templates_dir=stack.templates, pdf_author="Finance Operations", pdf_require="tagged"
     )

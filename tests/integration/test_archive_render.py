@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from services.renderer.core import build_context, document_spec, make_job
-from services.renderer.pdf import RenderJob, RenderPool
+from services.renderer.job import RenderJob
+from services.renderer.pooled import RenderPool
 from shared.events import ReportRequested
 from shared.settings import Settings
 from tests.archive import attachment, open_pdf, structure, xmp
