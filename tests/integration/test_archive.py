@@ -29,7 +29,7 @@ from tests.archive import (
     structure,
     xmp,
 )
-from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, pressroom, unique
 from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -324,3 +324,57 @@ async def test_a_request_the_options_refuse_fails_once_with_the_reason(
     assert failed["reason"].startswith(reason) or reason in failed["reason"], failed["reason"]
     assert "\n" not in failed["reason"] and failed["attempts"] == 1
     assert not list(astack.out.glob(f"**/{rid}*"))
+
+
+def test_pressroom_render_takes_the_same_options_and_refuses_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "ledger.json"
+    data.write_text(json.dumps({"entries": ENTRIES, "total": 3}))
+    (tmp_path / "ledger.html").write_text(LEDGER)
+    (tmp_path / "plain.html").write_text(PLAIN)
+    env = {"PRESSROOM_DATA_DIR": str(tmp_path / ".pressroom")}
+
+    def render(*args: str) -> Any:
+        return pressroom("render", *args, env=env, cwd=tmp_path)
+
+    ua = tmp_path / "ua.pdf"
+    ledger = ("-t", str(tmp_path / "ledger.html"), "--data-file", str(data))
+    done = render(*ledger, "-o", str(ua), "--pdf-variant", "pdf/ua-1", "--author", "Books",
+                  "--keyword", "ledger")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "pdf/ua-1, tagged" in done.stdout
+    document = open_pdf(ua.read_bytes())
+    assert xmp(document, "pdfuaid:part", "dc:creator") == {
+        "pdfuaid:part": "1",
+        "dc:creator": ["Books"],
+    }
+    assert str(document.docinfo.Keywords) == "ledger"
+
+    done = render(*ledger, "-o", str(tmp_path / "books.csv"), "--csv-bom")
+    assert done.returncode == 0, done.stderr
+    entries = (tmp_path / "books.entries.csv").read_bytes()
+    assert entries.startswith(b"\xef\xbb\xbfDay,Amount,Memo\r\n")
+    assert (tmp_path / "books.totals.csv").read_bytes() == b"\xef\xbb\xbfTotal\r\n3\r\n"
+    done = render(*ledger, "-o", str(tmp_path / "books.xlsx"))
+    assert done.returncode == 0, done.stderr
+    workbook = openpyxl.load_workbook(tmp_path / "books.xlsx")
+    assert workbook.sheetnames == ["entries", "totals"]
+
+    refusals = {
+        ("-t", str(tmp_path / "ledger.html"), "--pdf-variant", "pdf/ua-1", "--untagged"): (
+            "pdf/ua-1 refused with tagged: false"
+        ),
+        ("-t", str(tmp_path / "ledger.html"), "--pdf-variant", "pdf/a-1b"): "invalid pdf.variant",
+        (
+            "-t",
+            str(tmp_path / "plain.html"),
+            "-p",
+            "x=1",
+            "--format",
+            "xlsx",
+        ): "xlsx export refused",
+    }
+    for args, reason in refusals.items():
+        failed = render(*args, "--data-file", str(data), "-o", str(tmp_path / "no.pdf"))
+        assert failed.returncode == 1 and reason in failed.stderr, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+    assert not list(tmp_path.glob("no.*"))

@@ -16,6 +16,7 @@ from services.renderer.document import DocumentSpec, resolve
 from services.renderer.exports import find_tables, make_exports
 from shared.errors import PermanentError
 from shared.events import ReportRequested
+from shared.schedules import load_schedules
 from shared.settings import ConfigError, Settings, load_settings
 
 TEMPLATE = {"pdf": {"variant": "pdf/a-3b", "tagged": True, "metadata": {"subject": "From it"}}}
@@ -140,3 +141,19 @@ def test_an_export_the_template_cannot_give_is_refused(html: str, reason: str) -
         make_exports(html, ("pdf", "csv"), "t.html", bom=True, created=None)
     assert reason in refused.value.reason
     assert make_exports(html, ("pdf",), "t.html", bom=True, created=None) == ()
+
+
+def test_a_schedule_says_what_its_pdfs_are_and_a_wrong_variant_stops_the_config() -> None:
+    entry = {
+        "name": "archive",
+        "cron": "0 8 * * 1",
+        "request": {"template": "weekly.html", "pdf": {"variant": "pdf/a-2b"}},
+    }
+    [schedule] = load_schedules([entry])
+    fire = datetime(2026, 11, 23, 8, tzinfo=UTC)
+    request = schedule.request_for(fire)
+    assert request.pdf is not None and request.pdf.given() == {"variant": "pdf/a-2b"}
+    assert resolve(spec(request.pdf.given()), TEMPLATE, "weekly.html").variant == "pdf/a-2b"
+    wrong = {**entry, "request": {"template": "weekly.html", "pdf": {"variant": "pdf/a-9"}}}
+    with pytest.raises(PermanentError, match=r"schedule 'archive' is invalid: pdf\.variant"):
+        load_schedules([wrong])
