@@ -293,7 +293,7 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
             + _other(entry.total_seconds - worked - queued)
         )
     for art in entry.artefacts:
-        out.print(f"  artefact {literal(art.format)}: {literal(art.key)} ({art.size:,} bytes)")
+        out.print(f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)")
     for ch in entry.channels:
         mark = "ok" if ch.ok else "FAILED"
         out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")
