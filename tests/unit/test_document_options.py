@@ -157,3 +157,15 @@ def test_a_schedule_says_what_its_pdfs_are_and_a_wrong_variant_stops_the_config(
     wrong = {**entry, "request": {"template": "weekly.html", "pdf": {"variant": "pdf/a-9"}}}
     with pytest.raises(PermanentError, match=r"schedule 'archive' is invalid: pdf\.variant"):
         load_schedules([wrong])
+
+
+def test_a_chart_or_a_table_inside_a_cell_is_not_a_row_of_its_own() -> None:
+    html = (
+        '<table data-export="mixed"><tr><th>Name<th>Trend</tr>'
+        "<tr><td>A &amp; B<td data-value='1 2 3'><svg><title>Trend, rising</title>"
+        "<text>3</text></svg></tr>"
+        "<tr><td>C<table><tr><td>inner</td></tr></table> D<td>4</td></tr></table>"
+    )
+    [table] = find_tables(html)
+    assert table.header == ("Name", "Trend")
+    assert table.rows == (("A & B", "1 2 3"), ("C inner D", 4))
