@@ -91,6 +91,11 @@ def _template_pdf(front: Mapping[str, Any], template: str) -> dict[str, Any]:
         )
     if "tagged" in pdf and not isinstance(pdf["tagged"], bool):
         raise PermanentError(f"template '{template}': pdf.tagged must be true or false")
+    metadata = pdf.get("metadata") or {}
+    if not isinstance(metadata, dict) or set(metadata) - {"author", "subject", "keywords"}:
+        raise PermanentError(
+            f"template '{template}': pdf.metadata is a mapping of author, subject, keywords"
+        )
     return pdf
 
 

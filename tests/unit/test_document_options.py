@@ -62,6 +62,7 @@ def test_operator_requirements_win_silently_over_defaults_and_refuse_a_request()
         ({}, {"pdf": {"variant": "pdf/x-4"}}, "template 't.html': unknown pdf.variant 'pdf/x-4'"),
         ({}, {"pdf": {"colour": "red"}}, "template 't.html': unknown front matter key pdf.colour"),
         ({}, {"pdf": "pdf/a-3b"}, "template 't.html': front matter `pdf` must be a mapping"),
+        ({}, {"pdf": {"metadata": ["x"]}}, "template 't.html': pdf.metadata is a mapping"),
     ],
 )
 def test_what_a_standard_forbids_is_refused_with_its_reason(
