@@ -74,7 +74,8 @@ class Resolved:
         return bool(self.variant or self.tagged)
 
 
-def _template_pdf(front: Mapping[str, Any], template: str) -> dict[str, Any]:
+def template_pdf(front: Mapping[str, Any], template: str) -> dict[str, Any]:
+    """The template's own `pdf:` front matter, checked (`pressroom templates validate` too)."""
     pdf = front.get("pdf") or {}
     if not isinstance(pdf, dict):
         raise PermanentError(f"template '{template}': front matter `pdf` must be a mapping")
@@ -104,7 +105,7 @@ def resolve(spec: DocumentSpec, front: Mapping[str, Any], template: str) -> Reso
     chosen: dict[str, Any] = {"variant": spec.default_variant or None}
     chosen["tagged"] = spec.default_tagged
     meta: dict[str, Any] = {}
-    for layer in (_template_pdf(front, template), spec.given):
+    for layer in (template_pdf(front, template), spec.given):
         for key in ("variant", "tagged"):
             if key in layer:
                 chosen[key] = layer[key]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import openpyxl
@@ -14,6 +15,7 @@ import pytest
 
 from services.renderer.document import DocumentSpec, resolve
 from services.renderer.exports import find_tables, make_exports
+from services.renderer.templating import TemplateLibrary
 from shared.errors import PermanentError
 from shared.events import ReportRequested
 from shared.schedules import load_schedules
@@ -170,3 +172,12 @@ def test_a_chart_or_a_table_inside_a_cell_is_not_a_row_of_its_own() -> None:
     [table] = find_tables(html)
     assert table.header == ("Name", "Trend")
     assert table.rows == (("A & B", "1 2 3"), ("C inner D", 4))
+
+
+def test_templates_validate_names_a_wrong_pdf_front_matter(tmp_path: Path) -> None:
+    (tmp_path / "good.html").write_text("{#- ---\npdf: {variant: pdf/a-2b}\n--- -#}\n<p>x</p>")
+    (tmp_path / "bad.html").write_text("{#- ---\npdf: {variant: pdf/a-9}\n--- -#}\n<p>x</p>")
+    library = TemplateLibrary(tmp_path)
+    assert library.validate("good.html") == []
+    [problem] = library.validate("bad.html")
+    assert "unknown pdf.variant 'pdf/a-9'" in problem.message
