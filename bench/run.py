@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import longreport, render_time, speed
+from bench import archive, longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
@@ -243,7 +243,17 @@ async def large_report(root: Path, rows: int, processes: int = 1) -> dict[str, A
         data = params(rows)
         started = time.perf_counter()
         await publish(
-            stack, [{"request_id": "large", "template": "portfolio.html", "params": data}]
+            # A plain PDF: a tagged PDF/A report (the bundled default) is never split, and
+            # this workload measures splitting (bench/archive.py measures what tags cost).
+            stack,
+            [
+                {
+                    "request_id": "large",
+                    "template": "portfolio.html",
+                    "params": data,
+                    "pdf": {"variant": None, "tagged": False},
+                }
+            ],
         )
         delivered = await outcomes.delivered_event("large", timeout=900)
         elapsed = time.perf_counter() - started
@@ -358,6 +368,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += longreport.markdown(result["long"], result.get("write_phase"))
     if "statement" in result:
         lines += longreport.statement_markdown(result["statement"])
+    if "archive" in result:
+        lines += archive.markdown(result["archive"])
     notes = DOCS / "benchmarks-notes.md"  # hand-written remarks on the figures
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
@@ -405,6 +417,11 @@ async def main() -> None:
         found = {"statement": await longreport.statement_report(LARGE_ROWS)}
         update_published(**found)
         print("\n".join(longreport.statement_markdown(found["statement"])))
+        return
+    if only == "archive":
+        found = {"archive": await archive.measure()}
+        update_published(**found)
+        print("\n".join(archive.markdown(found["archive"])))
         return
     if only == "fonts":
         print(json.dumps(render_time.figures(FONTS_N), indent=2))
@@ -477,6 +494,8 @@ async def main() -> None:
     result["long"] = await longreport.long_report(LARGE_ROWS, sorted({1, 2, os.cpu_count() or 1}))
     log("the PDF write phase: HarfBuzz-Subset vs fontTools …")
     result["write_phase"] = longreport.write_phase(LARGE_ROWS)
+    log("PDF/A, tags and exports against a plain render …")
+    result["archive"] = await archive.measure()
 
     def publish() -> str:
         (DOCS / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")

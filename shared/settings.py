@@ -220,6 +220,29 @@ class Settings(BaseSettings):
         default="", description="More font folders for the renderer (':'- or ','-separated)."
     )
 
+    # The PDF's standard, tags and metadata (issue 30; request `pdf`, template front matter)
+    pdf_variant: Literal["", "pdf/a-3b", "pdf/a-2b", "pdf/ua-1"] = Field(
+        default="",
+        description="Standard of a PDF whose request and template name none ('': plain PDF).",
+    )
+    pdf_tagged: bool = Field(
+        default=False, description="Tag a PDF whose request and template do not say."
+    )
+    pdf_require: str = Field(
+        default="",
+        description="What every PDF is, whatever a request says (comma-separated): a variant "
+        "(pdf/a-3b, pdf/a-2b, pdf/ua-1) and/or `tagged`; a request asking otherwise is refused.",
+    )
+    pdf_author: str = Field(
+        default="Pressroom", max_length=200, description="Author of a PDF that names none."
+    )
+    pdf_creator: str = Field(
+        default="Pressroom", max_length=200, description="Creator (tool) written in every PDF."
+    )
+    export_csv_bom: bool = Field(
+        default=False, description="Start CSV exports with a UTF-8 byte order mark (Excel)."
+    )
+
     # Fetching
     fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")
     fetch_concurrency: int = Field(
@@ -288,6 +311,18 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # ---- value checks (each error names its setting through load_settings) ---------------
+    @field_validator("pdf_require")
+    @classmethod
+    def _known_requirements(cls, value: str) -> str:
+        known = ("pdf/a-3b", "pdf/a-2b", "pdf/ua-1", "tagged")
+        parts = _split(value)
+        unknown = [p for p in parts if p not in known]
+        if unknown:
+            raise ValueError(f"unknown requirement '{unknown[0]}' (known: {', '.join(known)})")
+        if len([p for p in parts if p != "tagged"]) > 1:
+            raise ValueError("at most one variant can be required")
+        return ",".join(parts)
+
     @field_validator("retry_backoff")
     @classmethod
     def _backoff_is_seconds(cls, value: str) -> str:

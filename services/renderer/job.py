@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.renderer.document import DocumentSpec
+from services.renderer.exports import Export
 from shared.errors import (
     PressroomError,
 )
@@ -41,6 +43,8 @@ class RenderJob:
     split_rows: int = 500
     # The render cache: also return the template's Analysis (from the same call, no other).
     analyse: bool = False
+    # The PDF's standard, tags, metadata and provenance (document.py), and the CSV's BOM.
+    document: DocumentSpec = field(default_factory=DocumentSpec)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class RenderOutput:
     notices: tuple[str, ...] = ()  # what a person should know although the render succeeded
     chunks: int = 1  # render processes the PDF was laid out in (split.py)
     analysis: Analysis | None = None  # when the job asked for it (RenderJob.analyse)
+    exports: tuple[Export, ...] = ()  # the CSV files and XLSX workbook the job asked for
+    variant: str | None = None  # the standard the PDF was written to (document.py)
+    tagged: bool = False
 
 
 class SplitAborted(PressroomError):
