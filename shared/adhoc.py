@@ -35,6 +35,8 @@ def adhoc_job(
     formats: tuple[str, ...],
     locale: str | None,
     split: str | None,
+    pdf: Any = None,
+    password_file: Path | None = None,
 ) -> Any:
     """The render job for a template name or path: a path is the operator's own file, a name
     must be a listed template."""
@@ -54,5 +56,26 @@ def adhoc_job(
             raise PressroomError(str(error)) from None
     if split not in (None, "auto", "on", "off"):
         raise PressroomError(f"--split must be auto, on or off, got '{split}'")
-    job = make_job(cfg, name, build_context(req, data), formats, templates_dir=folder, split=split)
+    finish = None
+    if "pdf" in formats:
+        from services.renderer.finish import plan
+
+        if password_file is not None and not password_file.is_file():
+            raise PressroomError(f"--password-file: no file '{password_file}'")
+        finish = plan(
+            cfg,
+            pdf,
+            templates_dir=folder,
+            recipient=req.requested_by,
+            user_password_file=str(password_file.resolve()) if password_file else "",
+        )
+    job = make_job(
+        cfg,
+        name,
+        build_context(req, data),
+        formats,
+        templates_dir=folder,
+        split=split,
+        finish=finish,
+    )
     return replace(job, listed_only=folder == cfg.templates_dir.resolve())

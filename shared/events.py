@@ -168,6 +168,85 @@ class Delivery(BaseModel):
     channel: Channel = Field(description="file, email, s3 or webhook.")
 
 
+# A user password travels sealed to the renderer's key (`pressroom pdf seal`), never in clear:
+# the request, the ledger, the bus and dead letters only ever hold this token.
+SEALED_PREFIX = "sealed1:"
+SEALED_PATTERN = r"^sealed1:[A-Za-z0-9_-]{80,2000}={0,2}$"
+
+
+class PdfPermissions(BaseModel):
+    """What a reader of a password-protected PDF may do (without the owner password)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True
+    )
+
+    print: bool = Field(default=True, description="Print the document (high resolution).")
+    copy_text: bool = Field(
+        default=False, alias="copy", description="Copy or extract its text and images."
+    )
+
+
+class PdfOptions(BaseModel):
+    """How the renderer finishes the PDF: appended pages, a watermark, a password, a signature.
+
+    The operator's limits win (PRESSROOM_PDF_* and PRESSROOM_SIGN_* settings): a request may
+    add protection, never remove what the operator imposes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    password: str | None = Field(
+        default=None,
+        description="The reader's password, sealed to the renderer's key (`pressroom pdf seal`; "
+        f"'{SEALED_PREFIX}…'): a password in clear is refused. The PDF is encrypted with "
+        "AES-256; its owner password is the operator's.",
+    )
+    permissions: PdfPermissions | None = Field(
+        default=None,
+        description="Print/copy permissions; encrypts the PDF (no password needed to open it "
+        "unless `password` is set).",
+    )
+    watermark: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=120,
+        description="Text stamped across every page, e.g. 'DRAFT' or 'CONFIDENTIAL — for "
+        "{recipient}' ({recipient}: the request's requested_by). An operator's "
+        "PRESSROOM_PDF_WATERMARK is stamped as well.",
+    )
+    sign: bool | None = Field(
+        default=None,
+        description="Sign the PDF (PAdES) with the operator's key; with a timestamp when a "
+        "timestamp server is configured. Refused when no key is configured.",
+    )
+    append: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="PDFs from the templates folder to append, each one the operator allowed "
+        "(PRESSROOM_PDF_APPEND_ALLOW); the report's page numbers count their pages.",
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _sealed(cls, value: str | None) -> str | None:
+        # The message never repeats the value: it may be a password sent in clear by mistake.
+        if value is not None and not re.fullmatch(SEALED_PATTERN, value):
+            raise ValueError(
+                f"must be sealed ('{SEALED_PREFIX}…' from `pressroom pdf seal`), never in clear"
+            )
+        return value
+
+    @field_validator("append")
+    @classmethod
+    def _inside_templates(cls, value: list[str]) -> list[str]:
+        for name in value:
+            parts = name.replace("\\", "/").split("/")
+            if not name or name.startswith("/") or ".." in parts or len(name) > 200:
+                raise ValueError("each name must be a file inside the templates folder")
+        return list(dict.fromkeys(value))
+
+
 class ReportRequested(Event):
     """Someone wants a report: published by other systems, the scheduler and the CLI."""
 
@@ -239,6 +318,12 @@ class ReportRequested(Event):
         "cut) or 'off'. The operator's PRESSROOM_RENDER_SPLIT=off wins.",
     )
 
+    pdf: PdfOptions | None = Field(
+        default=None,
+        description="How the PDF is finished: appended PDFs, watermark, password, permissions, "
+        "signature (the operator's limits win).",
+    )
+
     @field_validator("locale")
     @classmethod
     def _known_locale(cls, value: str | None) -> str | None:
@@ -296,8 +381,9 @@ def request_fingerprint(request: ReportRequested) -> str:
     # tenant's request says the same in `requested_by`; fingerprints stay as they were.
     content = request.model_dump(mode="json", exclude={"request_id", "requested_at", "tenant"})
     content.pop("schema_version", None)
-    if content.get("timeout") is None:  # as before the field existed: the same fingerprint
-        content.pop("timeout", None)
+    for optional in ("timeout", "pdf"):  # as before the fields existed: the same fingerprint
+        if content.get(optional) is None:
+            content.pop(optional, None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 

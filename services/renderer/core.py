@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 
+from services.renderer.finish import Finish, plan
 from services.renderer.fonts import FONT_SET, extra_dirs_from
 from services.renderer.pdf import (
     Analysis,
@@ -81,6 +82,7 @@ def make_job(
     templates_dir: Path | None = None,
     cache_dir: str | None = None,
     split: str | None = None,
+    finish: Finish | None = None,
 ) -> RenderJob:
     return RenderJob(
         templates_dir=str((templates_dir or settings.templates_dir).resolve()),
@@ -95,6 +97,7 @@ def make_job(
         font_dirs=extra_dirs_from(settings.fonts_dir),
         split=split_mode(settings.render_split, split),
         split_rows=settings.render_split_rows,
+        finish=finish,
     )
 
 
@@ -125,7 +128,10 @@ async def render_report(
         tuple(request.formats),
         cache_dir=str(bytecode_cache_dir((settings.data_dir / "jinja-cache").resolve())),
         split=request.split,
+        finish=finish_for(settings, request),
     )
+    if job.finish is not None and job.finish.cache_material() is None:
+        cache = None  # a reader's password or a signature is this request's own: never reused
     cache_key = None
     # The renderer's own generation time does not make a report different — but a request
     # that sets `generation_time` in its data does.
@@ -176,6 +182,20 @@ async def render_report(
         artefacts=artefacts,
         template_version=output.template_version,
         render_seconds=output.html_seconds + output.pdf_seconds,
+    )
+
+
+def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:
+    """The request's PDF finishing under the operator's limits (PermanentError: refused)."""
+    if "pdf" not in request.formats:
+        if request.pdf is not None:
+            raise PermanentError("pdf options were given, but `formats` asks for no PDF")
+        return None
+    return plan(
+        settings,
+        request.pdf,
+        templates_dir=settings.templates_dir,
+        recipient=request.requested_by or request.tenant,
     )
 
 
@@ -262,6 +282,8 @@ def render_key(
     material["fonts"] = [FONT_SET, job.missing_glyphs, *job.font_dirs]
     # Locale-aware filters read `locale` from the context itself, unseen by static analysis.
     material["locale"] = job.context.get("locale")
+    if job.finish is not None:  # appended PDFs and watermarks (protected PDFs are not cached)
+        material["finish"] = job.finish.cache_material()
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
 

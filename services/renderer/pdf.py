@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from services.renderer import assets, fonts, warm
+from services.renderer.finish import Finish, appended_pages, finish, with_placeholders
 from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
 from shared.logging import get_logger
 from shared.netpolicy import allow_listed
@@ -62,6 +63,8 @@ class RenderJob:
     split_rows: int = 500
     # The render cache: also return the template's Analysis (from the same call, no other).
     analyse: bool = False
+    # Appended PDFs, watermark, encryption, signature (finish.py), on the PDF's final bytes.
+    finish: Finish | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,15 @@ def pdf_output(
     notices: tuple[str, ...] = ()
     if "pdf" in job.formats:
         started = time.perf_counter()
-        pdf, pages, notices = _html_to_pdf(html, base_folder(job, name), job, f"{name}@{version}")
+        laid_out = html
+        if job.finish is not None and job.finish.append:
+            # Blank pages where the appended PDFs go: the footers' page counts include them.
+            laid_out = with_placeholders(html, appended_pages(job.finish))
+        pdf, pages, notices = _html_to_pdf(
+            laid_out, base_folder(job, name), job, f"{name}@{version}"
+        )
+        if job.finish is not None:
+            pdf = finish(pdf, job.finish)  # the last change to the PDF's bytes
         pdf_seconds = time.perf_counter() - started
     check_output_size(job, html_bytes if "html" in job.formats else None, pdf)
     return RenderOutput(version, html_bytes, pdf, html_seconds, pdf_seconds, pages, notices)

@@ -25,6 +25,7 @@ from typing import Any
 
 from services.renderer import fonts, splitplan
 from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported, layout_chunk
+from services.renderer.finish import Finish, finish
 from services.renderer.merge import merge_chunks
 from services.renderer.pdf import (
     RenderJob,
@@ -60,7 +61,15 @@ class SplitPlan:
 def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
     """Jinja, then either the one-piece PDF (as render_job) or a plan to split it."""
     name, version, html, html_seconds = render_html(job)
-    if "pdf" in job.formats and processes >= 2 and job.split != "off" and chunks_supported():
+    # Appended PDFs take placeholder pages at the end of the layout: in one piece.
+    appends = job.finish is not None and bool(job.finish.append)
+    if (
+        "pdf" in job.formats
+        and processes >= 2
+        and job.split != "off"
+        and not appends
+        and chunks_supported()
+    ):
         chunks = plan_chunks(job, name, html, processes, version)
         if chunks:
             return SplitPlan(name, version, html, html_seconds, chunks, job_analysis(job, name))
@@ -152,6 +161,12 @@ def _stylesheets(job: RenderJob, base: Path, document: splitplan.Document) -> li
     return texts
 
 
+def merge_and_finish(results: list[ChunkResult], spec: Finish | None) -> tuple[bytes, int]:
+    """The chunks merged into one PDF, then finished (watermark, encryption, signature)."""
+    pdf, pages = merge_chunks(results)
+    return (finish(pdf, spec) if spec is not None else pdf), pages
+
+
 # ---- in the service (or the CLI) --------------------------------------------------------------
 async def render(pool: RenderPool, job: RenderJob) -> RenderOutput:
     """The report's PDF, split across the pool's processes when that pays off."""
@@ -192,7 +207,9 @@ async def _render_split(
         results: list[ChunkResult] = await pool.run_group(
             layout_chunk, jobs, label=job.template, timeout=remaining
         )
-        pdf, pages = await pool.run(merge_chunks, results, label=job.template, timeout=remaining())
+        pdf, pages = await pool.run(
+            merge_and_finish, results, job.finish, label=job.template, timeout=remaining()
+        )
         pdf_seconds = time.perf_counter() - laid_out
     finally:
         shutil.rmtree(folder, ignore_errors=True)

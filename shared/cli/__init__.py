@@ -11,7 +11,7 @@ import os
 
 import typer
 
-from shared.cli import dlq, logs, reports, requests, schedules, stack, templates
+from shared.cli import dlq, logs, pdf, reports, requests, schedules, stack, templates
 from shared.cli._common import err
 from shared.cli._output import literal
 
@@ -25,6 +25,7 @@ app.add_typer(schedules.sources_app, name="sources")
 app.add_typer(templates.templates_app, name="templates")
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(schedules.schedule_app, name="schedule")
+app.add_typer(pdf.pdf_app, name="pdf")
 stack.register(app)
 requests.register(app)
 reports.register(app)

@@ -161,10 +161,21 @@ def render(
     split: str | None = typer.Option(
         None, "--split", help="auto | on | off: lay a long report out in several processes"
     ),
+    watermark: str | None = typer.Option(None, "--watermark", help="Text across every page"),
+    password_file: Path | None = typer.Option(
+        None, "--password-file", help="File with the reader's password (AES-256)"
+    ),
+    allow_print: bool = typer.Option(True, "--print/--no-print", help="Protected PDF: print"),
+    allow_copy: bool = typer.Option(False, "--copy/--no-copy", help="Protected PDF: copy text"),
+    sign: bool = typer.Option(False, "--sign", help="Sign with the operator's key (PAdES)"),
+    append: list[str] = typer.Option([], "--append", help="Allowed PDF of the templates folder"),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
     from services.renderer.split import render_capped
     from shared.adhoc import adhoc_job, output_format
+    from pydantic import ValidationError
+
+    from shared.events import PdfOptions, PdfPermissions
 
     cfg = settings()
     if output is None and not dry_run:
@@ -172,8 +183,27 @@ def render(
     chosen = checked(lambda: output_format(fmt, output))
     data = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
     formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
+    protect = password_file is not None or not allow_print or allow_copy
+    try:
+        pdf = PdfOptions(
+            watermark=watermark,
+            permissions=PdfPermissions(print=allow_print, copy_text=allow_copy) if protect else None,
+            sign=sign or None,
+            append=append,
+        )
+    except ValidationError as error:
+        fail(f"invalid PDF option: {error.errors()[0]['msg']}")
     job = checked(
-        lambda: adhoc_job(cfg, template, data, formats=formats, locale=locale, split=split)
+        lambda: adhoc_job(
+            cfg,
+            template,
+            data,
+            formats=formats,
+            locale=locale,
+            split=split,
+            pdf=pdf,
+            password_file=password_file,
+        )
     )
     # Long reports are split over PRESSROOM_RENDER_WORKERS processes, as in the renderer.
     with progress(job.template, "rendering", tick=True):
