@@ -251,13 +251,16 @@ def _watermark(document: Any, texts: tuple[str, ...]) -> None:
         if key not in stamps:
             diagonal = math.hypot(width, height)
             longest = max(max(len(t) for t in texts), 4)
-            size = min(diagonal * 0.7 / (0.68 * longest), height / 8)
+            size = min(diagonal * 0.7 / (0.66 * longest), height / 6)
             source = pikepdf.open(io.BytesIO(_stamp_pdf(texts, diagonal, size)))
             form = document.copy_foreign(source.pages[0].as_form_xobject())
             box = [float(v) for v in source.pages[0].mediabox]
             stamps[key] = (form, box[2] - box[0], box[3] - box[1])
         form, stamp_width, stamp_height = stamps[key]
-        name = page.add_resource(form, pikepdf.Name.XObject, prefix="Pressroom")
+        # One name per stamp: pages often share one resource dictionary.
+        name = page.add_resource(
+            form, pikepdf.Name.XObject, pikepdf.Name(f"/PressroomStamp{list(stamps).index(key)}")
+        )
         angle = math.atan2(height, width)
         cos, sin = math.cos(angle), math.sin(angle)
         cx, cy = x0 + width / 2, y0 + height / 2

@@ -1,0 +1,348 @@
+"""Protected, marked, signed and appended PDFs through the real pipeline and `pressroom render`.
+
+A requester seals the reader's password to the renderer's key; the report arrives by email and
+in S3 encrypted (AES-256) with that password, watermarked on every page, with the operator's
+terms appended and its footers counting them, signed (PAdES B-T: the loopback timestamp
+server answers) — and the password is nowhere in clear: not on any stream or key-value bucket
+of the bus (requests, ledger, dead letters …), not in any log or file of the run, not in S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pikepdf
+import pytest
+import weasyprint
+
+from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.pdftext import page_texts
+from tests.pki import TestPki, TimestampServer
+from tests.servers import S3Server, SmtpServer
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+CANARY = "canary-Pw-5a1f0e77"  # the reader's password: it must never show in clear
+OWNER = "owner-Secret-90c2"
+CLEAR = "clear-Pw-3e9d"  # sent in clear by mistake: refused, and the reason does not repeat it
+
+
+def write_terms(path: Path) -> None:
+    """A two-page static PDF, as an operator would drop into the templates folder."""
+    weasyprint.HTML(
+        string="<style>@page { size: A4; margin: 2cm }</style><h1>Terms of use</h1>"
+        "<p>Terms page one.</p><p style='break-before: page'>Terms page two.</p>"
+    ).write_pdf(path)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
+    pki = TestPki.create(tmp_path_factory.mktemp("pki"))
+    s3, smtp, tsa = S3Server().start(), SmtpServer().start(), TimestampServer(pki).start()
+    s3.client().make_bucket("company-reports")
+    yield pki, s3, smtp, tsa
+    tsa.stop()
+    smtp.stop()
+    s3.stop()
+
+
+@pytest.fixture(scope="module")
+async def protect_stack(
+    tmp_path_factory: pytest.TempPathFactory, servers: tuple[Any, ...]
+) -> AsyncIterator[Stack]:
+    pki, s3, smtp, tsa = servers
+    root = tmp_path_factory.mktemp("protect")
+    secrets = root / "secrets"
+    secrets.mkdir()
+    (secrets / "owner").write_text(OWNER)
+    stack = Stack(
+        root,
+        env_extra={
+            **s3.env(),
+            **smtp.env(),
+            **pki.signing_env(),
+            "PRESSROOM_ARTEFACT_BUCKET": "artefacts",
+            "PRESSROOM_S3_DELIVERY_ALLOW": "company-reports/board",
+            "PRESSROOM_PDF_OWNER_PASSWORD_FILE": str(secrets / "owner"),
+            "PRESSROOM_PDF_SEAL_KEY_FILE": str(secrets / "seal.key"),
+            "PRESSROOM_PDF_APPEND_ALLOW": "legal/terms.pdf",
+            "PRESSROOM_SIGN_TSA_URL": tsa.url,
+        },
+    )
+    keys = stack.cli("pdf", "keys", str(secrets))
+    assert keys.returncode == 0, keys.stderr
+    shutil.copytree(REPO / "templates", stack.templates)
+    (stack.templates / "legal").mkdir()
+    write_terms(stack.templates / "legal" / "terms.pdf")
+    await stack.astart()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def seal(stack: Stack, password: str, tmp_path: Path) -> str:
+    """What a requester does: seal the password with the renderer's public key."""
+    (tmp_path / "password").write_text(password)
+    public = Path(stack.env["PRESSROOM_PDF_SEAL_KEY_FILE"]).with_name("seal.pub")
+    result = stack.cli(
+        "pdf", "seal", "--public-key", str(public), "--password-file", str(tmp_path / "password")
+    )
+    assert result.returncode == 0, result.stderr
+    sealed = result.stdout.strip()
+    assert sealed.startswith("sealed1:") and CANARY not in sealed
+    return sealed
+
+
+def watermarked_pages(pdf: bytes, tmp_path: Path) -> list[bool]:
+    """Per page, whether a reader sees a red stamp across it: reddish pixels over at least 1%
+    of the page, spread over a third of its width and height at least (a diagonal, not a red badge)."""
+    from PIL import Image
+
+    path = tmp_path / f"look-{unique()}.pdf"
+    path.write_bytes(pdf)
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(path), str(path.with_suffix(""))], check=True)
+    seen = []
+    for png in sorted(tmp_path.glob(f"{path.stem}-*.png")):
+        image = Image.open(png).convert("RGB")
+        width, height = image.size
+        pixels = image.load()
+        red = [
+            (x, y)
+            for x in range(width)
+            for y in range(height)
+            if pixels[x, y][0] - pixels[x, y][1] > 25 and pixels[x, y][0] - pixels[x, y][2] > 25
+        ]
+        xs, ys = [x for x, _ in red], [y for _, y in red]
+        seen.append(
+            len(red) >= 0.01 * width * height
+            and max(xs) - min(xs) > 0.35 * width
+            and max(ys) - min(ys) > 0.35 * height
+        )
+    return seen
+
+
+def stamp_texts(pdf: bytes) -> list[str]:
+    """Per page, the text of the stamp drawn on it (diagonal text, which pdftotext skips on the
+    page itself, read from the stamp laid flat on a page of its own)."""
+    texts = []
+    with pikepdf.open(io.BytesIO(pdf)) as document:
+        for page in document.pages:
+            drawn = [
+                str(operands[0])
+                for operands, operator in pikepdf.parse_content_stream(page)
+                if str(operator) == "Do" and str(operands[0]).startswith("/PressroomStamp")
+            ]
+            assert len(drawn) == 1, drawn
+            form = page.Resources.XObject[drawn[0]]
+            flat = pikepdf.new()
+            blank = flat.add_blank_page(page_size=(float(form.BBox[2]), float(form.BBox[3])))
+            blank.add_overlay(flat.copy_foreign(form))
+            out = io.BytesIO()
+            flat.save(out)
+            text = subprocess.run(
+                ["pdftotext", "-", "-"], input=out.getvalue(), capture_output=True, check=True
+            ).stdout.decode()
+            texts.append(" ".join(text.split()))
+    return texts
+
+
+def decrypted(pdf: bytes, password: str) -> bytes:
+    out = io.BytesIO()
+    with pikepdf.open(io.BytesIO(pdf), password=password) as document:
+        document.save(out)
+    return out.getvalue()
+
+
+async def everything_on_the_bus(stack: Stack) -> bytes:
+    """Every message of every stream (pipeline, dead letters, ledger and other KV buckets,
+    object stores), headers and bodies."""
+    nc = await stack.connect()
+    try:
+        js = nc.jetstream()
+        seen = []
+        for info in await js.streams_info():
+            state = info.state
+            for seq in range(state.first_seq, state.last_seq + 1):
+                try:
+                    msg = await js.get_msg(info.config.name, seq)
+                except Exception:  # deleted (KV history, purged): nothing to read
+                    continue
+                seen.append(msg.data or b"")
+                seen.append(json.dumps(msg.headers or {}).encode())
+        return b"\n".join(seen)
+    finally:
+        await nc.close()
+
+
+def every_file_of_the_run(root: Path) -> bytes:
+    """Logs, out folder, embedded state: every file the run wrote (templates aside)."""
+    return b"\n".join(
+        path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "templates" not in path.relative_to(root).parts
+    )
+
+
+def everything_in_s3(s3: S3Server) -> bytes:
+    client = s3.client()
+    return b"\n".join(
+        client.get_object(bucket.name, obj.object_name).read()
+        for bucket in client.list_buckets()
+        for obj in client.list_objects(bucket.name, recursive=True)
+    )
+
+
+async def test_a_sealed_password_signed_watermarked_report_with_terms_reaches_email_and_s3(
+    protect_stack: Stack, servers: tuple[Any, ...], tmp_path: Path
+) -> None:
+    pki, s3, smtp, tsa = servers
+    rid = unique("protected")
+    inbox = f"{rid}@example.com"
+    sealed = seal(protect_stack, CANARY, tmp_path)
+    body = {
+        "request_id": rid,
+        "template": "weekly.html",
+        "params": SAMPLE,
+        "requested_by": "Zoë Board",
+        "pdf": {
+            "password": sealed,
+            "permissions": {"print": True, "copy": False},
+            "watermark": "CONFIDENTIAL — for {recipient}",
+            "sign": True,
+            "append": ["legal/terms.pdf"],
+        },
+        "deliver": [
+            {"channel": "email", "to": [inbox], "subject": "Board {request_id}"},
+            {"channel": "s3", "bucket": "company-reports", "key": "board/{request_id}.pdf"},
+        ],
+    }
+    nc = await protect_stack.connect()
+    try:
+        outcomes = await Outcomes().start(nc)
+        await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+        delivered = await outcomes.delivered_event(rid)
+    finally:
+        await nc.close()
+
+    [mail] = smtp.to(inbox)
+    [attachment] = [p for p in mail.message.walk() if p.get_filename()]
+    pdf = attachment.get_payload(decode=True)
+    uploaded = s3.client().get_object("company-reports", f"board/{rid}.pdf").read()
+    assert pdf == uploaded  # the signed bytes, as rendered: nothing changed them afterwards
+    assert hashlib.sha256(pdf).hexdigest() == delivered["artefacts"][0]["sha256"]
+
+    # AES-256 with the reader's password; printing allowed, copying not
+    with pytest.raises(pikepdf.PasswordError):
+        pikepdf.open(io.BytesIO(pdf))
+    with pikepdf.open(io.BytesIO(pdf), password=CANARY) as document:
+        assert document.encryption.bits == 256
+        assert document.allow.print_highres and not document.allow.extract
+    with pikepdf.open(io.BytesIO(pdf), password=OWNER) as document:
+        assert document.owner_password_matched
+
+    # the terms' two pages after the report's; its footer counts them; the stamp on every page
+    pages = page_texts(decrypted(pdf, CANARY), tmp_path)
+    total = len(pages)
+    assert total >= 3
+    assert f"Page 1 of {total}" in pages[0]
+    assert "Terms page one." in pages[-2] and "Terms page two." in pages[-1]
+    assert watermarked_pages(decrypted(pdf, CANARY), tmp_path) == [True] * total
+    stamp = stamp_texts(decrypted(pdf, CANARY))
+    assert stamp == ["CONFIDENTIAL — for Zoë Board"] * total
+
+    # PAdES signature over the whole file, valid, trusted, with the TSA's timestamp (B-T)
+    status = await pki.validate(pdf, CANARY)
+    assert status.bottom_line and status.trusted and status.intact
+    assert status.coverage.name == "ENTIRE_FILE"
+    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
+    assert tsa.requests >= 1
+
+    # the password in clear: nowhere on the bus, in the run's files or in S3 (which hold the
+    # request, sealed, and the run's logs)
+    bus = await everything_on_the_bus(protect_stack)
+    assert sealed.encode() in bus and CANARY.encode() not in bus
+    files = every_file_of_the_run(protect_stack.root)
+    assert rid.encode() in files and CANARY.encode() not in files
+    assert CANARY.encode() not in everything_in_s3(s3)
+    assert CANARY.encode() not in mail.message.as_bytes()
+
+
+async def test_refused_options_are_dead_letters_with_a_reason_and_no_password_in_clear(
+    protect_stack: Stack, tmp_path: Path
+) -> None:
+    sealed_elsewhere = "sealed1:" + "A" * 120  # not sealed to this renderer's key
+    cases = {
+        "notallowed": (
+            {"append": ["samples/portfolio.json"]},
+            "'samples/portfolio.json' is not one the operator allows",
+        ),
+        "badseal": (
+            {"password": sealed_elsewhere},
+            "pdf.password: the password was not sealed to this renderer's key",
+        ),
+        "clear": ({"password": CLEAR}, "never in clear"),
+        "htmlonly": ({"watermark": "DRAFT"}, "asks for no PDF"),
+    }
+    nc = await protect_stack.connect()
+    try:
+        outcomes = await Outcomes().start(nc)
+        rids = {}
+        for case, (options, _) in cases.items():
+            rid = rids[case] = unique(case)
+            body = {"request_id": rid, "template": "weekly.html", "params": SAMPLE, "pdf": options}
+            if case == "htmlonly":
+                body["formats"] = ["html"]
+            await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+        for case, (_, reason) in cases.items():
+            failed = await outcomes.failed_event(rids[case])
+            assert reason in failed["reason"], failed
+            assert "\n" not in failed["reason"] and CLEAR not in failed["reason"]
+    finally:
+        await nc.close()
+    dead = protect_stack.cli("dlq", "ls")
+    assert dead.returncode == 0, dead.stderr
+    for rid in rids.values():
+        assert rid[:20] in dead.stdout or rid in dead.stdout
+
+
+async def test_pressroom_render_protects_signs_and_marks_and_refuses_a_forbidden_password(
+    protect_stack: Stack, servers: tuple[Any, ...], tmp_path: Path
+) -> None:
+    pki = servers[0]
+    (tmp_path / "reader").write_text(CANARY + "\n")
+    out = tmp_path / "weekly.pdf"
+    result = protect_stack.cli(
+        *("render", "-t", "weekly.html", "--data-file", str(REPO / "templates/samples/portfolio.json")),
+        *("-o", str(out), "--password-file", str(tmp_path / "reader"), "--no-print", "--copy"),
+        *("--sign", "--watermark", "DRAFT", "--append", "legal/terms.pdf"),
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    pdf = out.read_bytes()
+    with pikepdf.open(io.BytesIO(pdf), password=CANARY) as document:
+        assert not document.allow.print_highres and document.allow.extract
+    pages = page_texts(decrypted(pdf, CANARY), tmp_path)
+    assert f"Page 1 of {len(pages)}" in pages[0] and "Terms page two." in pages[-1]
+    assert watermarked_pages(decrypted(pdf, CANARY), tmp_path) == [True] * len(pages)
+    assert (await pki.validate(pdf, CANARY)).bottom_line
+    assert CANARY not in result.stdout + result.stderr
+
+    forbidden = protect_stack.cli(
+        *("render", "-t", "weekly.html", "--data-file", str(REPO / "templates/samples/portfolio.json")),
+        *("-o", str(tmp_path / "no.pdf"), "--password-file", str(tmp_path / "reader")),
+        env={"PRESSROOM_PDF_PASSWORDS": "forbid"},
+    )
+    assert forbidden.returncode == 1 and "Traceback" not in forbidden.stderr
+    assert forbidden.stderr.strip().splitlines() == [
+        "error: pdf: passwords and permissions are forbidden here (PRESSROOM_PDF_PASSWORDS)"
+    ]
+    assert not (tmp_path / "no.pdf").exists()
