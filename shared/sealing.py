@@ -91,9 +91,9 @@ def seal(password: str, public_pem: bytes) -> str:
     size = len(data) + 2
     padded = len(data).to_bytes(2, "big") + data + b"\0" * (-size % _PAD)
     nonce = os.urandom(12)
-    sealed = _cipher(
-        ephemeral.exchange(recipient), ephemeral_raw, _raw(recipient)
-    ).encrypt(nonce, padded, _INFO)
+    sealed = _cipher(ephemeral.exchange(recipient), ephemeral_raw, _raw(recipient)).encrypt(
+        nonce, padded, _INFO
+    )
     return SEALED_PREFIX + base64.urlsafe_b64encode(ephemeral_raw + nonce + sealed).decode()
 
 

@@ -12,12 +12,14 @@ import pikepdf
 
 def watermarked_pages(pdf: bytes, tmp_path: Path) -> list[bool]:
     """Per page, whether a reader sees a red stamp across it: reddish pixels over at least 1%
-    of the page, spread over a third of its width and height at least (a diagonal, not a red badge)."""
+    of the page, spread over a third of its width and height at least (not a red badge)."""
     from PIL import Image
 
     path = tmp_path / f"look-{time.monotonic_ns()}.pdf"
     path.write_bytes(pdf)
-    subprocess.run(["pdftoppm", "-r", "30", "-png", str(path), str(path.with_suffix(""))], check=True)
+    subprocess.run(
+        ["pdftoppm", "-r", "30", "-png", str(path), str(path.with_suffix(""))], check=True
+    )
     seen = []
     for png in sorted(tmp_path.glob(f"{path.stem}-*.png")):
         image = Image.open(png).convert("RGB")

@@ -144,7 +144,6 @@ class TimestampServer:
 
     def __init__(self, pki: TestPki) -> None:
         from asn1crypto import tsp
-
         from pyhanko.keys import load_private_key_from_pemder
 
         stamper = DummyTimeStamper(

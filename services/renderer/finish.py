@@ -121,7 +121,9 @@ def plan(
     if encrypt and settings.pdf_passwords == "forbid":
         raise _refuse("pdf: passwords and permissions are forbidden here (PRESSROOM_PDF_PASSWORDS)")
     if asked.password is not None and not settings.pdf_seal_key_file:
-        raise _refuse("pdf.password: this renderer has no key to unseal it (PRESSROOM_PDF_SEAL_KEY_FILE)")
+        raise _refuse(
+            "pdf.password: this renderer has no key to unseal it (PRESSROOM_PDF_SEAL_KEY_FILE)"
+        )
     if encrypt and not settings.pdf_owner_password_file:
         raise _refuse("pdf: no owner password is configured (PRESSROOM_PDF_OWNER_PASSWORD_FILE)")
     signing = None
@@ -157,7 +159,9 @@ def _placeholders(text: str, recipient: str | None) -> str:
 
 def _allowed(settings: Settings, templates_dir: Path, name: str) -> str:
     if name not in settings.pdf_append_allow_list:
-        raise _refuse(f"pdf.append: '{name}' is not one the operator allows (PRESSROOM_PDF_APPEND_ALLOW)")
+        raise _refuse(
+            f"pdf.append: '{name}' is not one the operator allows (PRESSROOM_PDF_APPEND_ALLOW)"
+        )
     root = templates_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root) or not path.is_file():
@@ -187,10 +191,23 @@ def _open_appended(path: str) -> Any:
 
 
 _MARGINS = (
-    "top-left-corner top-left top-center top-right top-right-corner bottom-left-corner "
-    "bottom-left bottom-center bottom-right bottom-right-corner left-top left-middle "
-    "left-bottom right-top right-middle right-bottom"
-).split()
+    "top-left-corner",
+    "top-left",
+    "top-center",
+    "top-right",
+    "top-right-corner",
+    "bottom-left-corner",
+    "bottom-left",
+    "bottom-center",
+    "bottom-right",
+    "bottom-right-corner",
+    "left-top",
+    "left-middle",
+    "left-bottom",
+    "right-top",
+    "right-middle",
+    "right-bottom",
+)
 _PLACEHOLDER_CSS = (
     "@page pressroom-appended { margin: 0; background: none; "
     + " ".join(f"@{box} {{ content: none }}" for box in _MARGINS)
@@ -313,7 +330,9 @@ def _user_password(spec: Finish) -> str:
         try:
             private = key.read_bytes()
         except OSError as error:
-            raise PermanentError(f"cannot read the seal key file ({type(error).__name__})") from None
+            raise PermanentError(
+                f"cannot read the seal key file ({type(error).__name__})"
+            ) from None
         try:
             return unseal(spec.sealed_password, private)
         except SealError as error:
@@ -359,26 +378,29 @@ def _signer(signing: Signing) -> Any:
         if signing.key_password_file:
             passphrase = _read_secret(signing.key_password_file, "signing key password").encode()
         chain = (signing.chain_file,) if signing.chain_file else None
-        signer = signers.SimpleSigner.load(
+        signer = signers.SimpleSigner.load(  # type: ignore[no-untyped-call]
             signing.key_file, signing.cert_file, ca_chain_files=chain, key_passphrase=passphrase
         )
         if signer is None:  # pyHanko logs why and returns None
             raise PermanentError("the signing key or certificate could not be loaded")
         return signer
     try:  # python-pkcs11 is needed for tokens only (an optional dependency)
+        from pyhanko.config.pkcs11 import TokenCriteria
         from pyhanko.sign import pkcs11
     except ImportError:
         raise PermanentError("PKCS#11 signing needs python-pkcs11 installed") from None
     pin = _read_secret(signing.pkcs11_pin_file, "PKCS#11 PIN") if signing.pkcs11_pin_file else None
     try:
         session = pkcs11.open_pkcs11_session(
-            signing.pkcs11_module, token_label=signing.pkcs11_token or None, user_pin=pin
+            signing.pkcs11_module,
+            token_criteria=TokenCriteria(label=signing.pkcs11_token or None),
+            user_pin=pin,
         )
     except Exception as error:
-        raise PermanentError(f"the PKCS#11 token could not be opened ({type(error).__name__})") from None
-    return pkcs11.PKCS11Signer(
-        session, cert_label=signing.pkcs11_key, key_label=signing.pkcs11_key
-    )
+        raise PermanentError(
+            f"the PKCS#11 token could not be opened ({type(error).__name__})"
+        ) from None
+    return pkcs11.PKCS11Signer(session, cert_label=signing.pkcs11_key, key_label=signing.pkcs11_key)
 
 
 def _sign(pdf: bytes, spec: Finish) -> bytes:
@@ -394,7 +416,8 @@ def _sign(pdf: bytes, spec: Finish) -> bytes:
     signer = _signer(signing)
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
     if spec.permissions is not None:  # an update to an encrypted file is encrypted alike
-        writer.encrypt(_read_secret(spec.owner_password_file, "owner password"))
+        owner = _read_secret(spec.owner_password_file, "owner password")
+        writer.encrypt(owner)  # type: ignore[no-untyped-call]
     timestamper = HTTPTimeStamper(signing.tsa_url, timeout=20) if signing.tsa_url else None
     meta = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD,

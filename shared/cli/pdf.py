@@ -46,7 +46,9 @@ def pdf_seal(
     """Print the sealed form of a reader's password, for a request's `pdf.password`."""
     from shared.sealing import SealError, public_key_of, seal
 
-    where = public_key or (Path(settings().pdf_seal_key_file) if settings().pdf_seal_key_file else None)
+    where = public_key or (
+        Path(settings().pdf_seal_key_file) if settings().pdf_seal_key_file else None
+    )
     if where is None:
         fail("--public-key is required (or set PRESSROOM_PDF_SEAL_KEY_FILE)")
     try:

@@ -171,10 +171,10 @@ def render(
     append: list[str] = typer.Option([], "--append", help="Allowed PDF of the templates folder"),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
-    from services.renderer.split import render_capped
-    from shared.adhoc import adhoc_job, output_format
     from pydantic import ValidationError
 
+    from services.renderer.split import render_capped
+    from shared.adhoc import adhoc_job, output_format
     from shared.events import PdfOptions, PdfPermissions
 
     cfg = settings()
@@ -187,7 +187,9 @@ def render(
     try:
         pdf = PdfOptions(
             watermark=watermark,
-            permissions=PdfPermissions(print=allow_print, copy_text=allow_copy) if protect else None,
+            permissions=PdfPermissions(print=allow_print, copy_text=allow_copy)
+            if protect
+            else None,
             sign=sign or None,
             append=append,
         )

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -262,7 +261,13 @@ async def test_pressroom_render_protects_signs_and_marks_and_refuses_a_forbidden
     (tmp_path / "reader").write_text(CANARY + "\n")
     out = tmp_path / "weekly.pdf"
     result = protect_stack.cli(
-        *("render", "-t", "weekly.html", "--data-file", str(REPO / "templates/samples/portfolio.json")),
+        *(
+            "render",
+            "-t",
+            "weekly.html",
+            "--data-file",
+            str(REPO / "templates/samples/portfolio.json"),
+        ),
         *("-o", str(out), "--password-file", str(tmp_path / "reader"), "--no-print", "--copy"),
         *("--sign", "--watermark", "DRAFT", "--append", "legal/terms.pdf"),
         timeout=180,
@@ -278,7 +283,13 @@ async def test_pressroom_render_protects_signs_and_marks_and_refuses_a_forbidden
     assert CANARY not in result.stdout + result.stderr
 
     forbidden = protect_stack.cli(
-        *("render", "-t", "weekly.html", "--data-file", str(REPO / "templates/samples/portfolio.json")),
+        *(
+            "render",
+            "-t",
+            "weekly.html",
+            "--data-file",
+            str(REPO / "templates/samples/portfolio.json"),
+        ),
         *("-o", str(tmp_path / "no.pdf"), "--password-file", str(tmp_path / "reader")),
         env={"PRESSROOM_PDF_PASSWORDS": "forbid"},
     )
