@@ -98,7 +98,7 @@ def seal(stack: Stack, password: str, tmp_path: Path) -> str:
     )
     assert result.returncode == 0, result.stderr
     sealed = result.stdout.strip()
-    assert sealed.startswith("sealed1:") and CANARY not in sealed
+    assert sealed.startswith("sealed1:") and password not in sealed
     return sealed
 
 
@@ -298,3 +298,32 @@ async def test_pressroom_render_protects_signs_and_marks_and_refuses_a_forbidden
         "error: pdf: passwords and permissions are forbidden here (PRESSROOM_PDF_PASSWORDS)"
     ]
     assert not (tmp_path / "no.pdf").exists()
+
+
+async def test_the_same_report_for_two_readers_is_encrypted_for_each_not_reused(
+    protect_stack: Stack, tmp_path: Path
+) -> None:
+    """The render cache would copy an identical earlier render: never one with a password."""
+    nc = await protect_stack.connect()
+    rids = {}
+    try:
+        outcomes = await Outcomes().start(nc)
+        for reader in ("first-Reader-Pw", "second-Reader-Pw"):
+            rid = rids[reader] = unique("reader")
+            body = {
+                "request_id": rid,
+                "template": "weekly.html",
+                "params": SAMPLE,
+                "pdf": {"password": seal(protect_stack, reader, tmp_path)},
+            }
+            await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+            await outcomes.delivered_event(rid)
+    finally:
+        await nc.close()
+    for reader, rid in rids.items():
+        pdf = (protect_stack.out / f"{rid}.pdf").read_bytes()
+        with pikepdf.open(io.BytesIO(pdf), password=reader) as document:
+            assert document.user_password_matched
+        other = next(r for r in rids if r != reader)
+        with pytest.raises(pikepdf.PasswordError):
+            pikepdf.open(io.BytesIO(pdf), password=other)

@@ -1,0 +1,112 @@
+"""Sealed passwords and the operator's PDF limits, without servers (the pipeline and the CLI are
+covered in tests/integration/test_pdf_protect.py and test_pdf_limits.py)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pikepdf
+import pytest
+import weasyprint
+from pydantic import ValidationError
+
+from services.renderer.finish import Finish, finish, plan, with_placeholders
+from shared.errors import PermanentError
+from shared.events import PdfOptions, ReportRequested, request_fingerprint
+from shared.sealing import SealError, generate_key, seal, unseal
+from shared.settings import Settings
+from tests.helpers import REPO
+
+
+def test_a_sealed_password_opens_only_with_its_key_and_hides_its_length() -> None:
+    private, public = generate_key()
+    other, _ = generate_key()
+    token = seal("Zoë's pässword", public)
+    assert "pässword" not in token and unseal(token, private) == "Zoë's pässword"
+    with pytest.raises(SealError, match="not sealed to this renderer's key"):
+        unseal(token, other)
+    tampered = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
+    with pytest.raises(SealError):
+        unseal(tampered, private)
+    assert len(seal("a", public)) == len(seal("a" * 60, public))
+
+
+def test_a_password_in_clear_is_refused_without_being_repeated() -> None:
+    with pytest.raises(ValidationError) as caught:
+        PdfOptions(password="hunter2-in-clear")
+    [problem] = caught.value.errors()
+    assert "never in clear" in problem["msg"] and "hunter2" not in problem["msg"]
+
+
+def test_requests_without_pdf_options_keep_their_fingerprint() -> None:
+    request = ReportRequested(template="weekly.html", request_id="r1")
+    with_none = request.model_copy(update={"pdf": None})
+    assert request_fingerprint(request) == request_fingerprint(with_none)
+    watermarked = request.model_copy(update={"pdf": PdfOptions(watermark="DRAFT")})
+    assert request_fingerprint(watermarked) != request_fingerprint(request)
+
+
+def settings(**values: object) -> Settings:
+    return Settings(templates_dir=REPO / "templates", **values)  # type: ignore[arg-type]
+
+
+def test_the_operators_stamp_and_signature_cannot_be_turned_off(tmp_path: Path) -> None:
+    cfg = settings(
+        pdf_watermark="DRAFT",
+        sign_always=True,
+        sign_key_file=str(tmp_path / "k"),
+        sign_cert_file=str(tmp_path / "c"),
+    )
+    spec = plan(
+        cfg,
+        PdfOptions(watermark="for {recipient}", sign=False),
+        templates_dir=cfg.templates_dir,
+        recipient="Ada",
+    )
+    assert spec is not None
+    assert spec.watermarks == ("DRAFT", "for Ada") and spec.signing is not None
+    assert plan(settings(), None, templates_dir=cfg.templates_dir, recipient=None) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "options", "reason"),
+    [
+        ({"pdf_passwords": "forbid"}, {"permissions": {"print": False}}, "forbidden here"),
+        ({}, {"password": "sealed1:" + "A" * 100}, "no key to unseal it"),
+        ({"pdf_seal_key_file": "/k"}, {"password": "sealed1:" + "A" * 100}, "no owner password"),
+        ({}, {"sign": True}, "no signing key is configured"),
+        ({}, {"append": ["weekly.html"]}, "not one the operator allows"),
+        ({"pdf_append_allow": "missing.pdf"}, {"append": ["missing.pdf"]}, "not a file"),
+    ],
+)
+def test_what_the_operator_does_not_allow_is_refused_with_one_line(
+    values: dict[str, str], options: dict[str, object], reason: str
+) -> None:
+    cfg = settings(**values)
+    with pytest.raises(PermanentError) as caught:
+        plan(
+            cfg, PdfOptions.model_validate(options), templates_dir=cfg.templates_dir, recipient=None
+        )
+    assert reason in caught.value.reason and "\n" not in caught.value.reason
+
+
+def test_placeholders_go_before_the_end_of_the_body() -> None:
+    html = "<html><body><p>x</p></BODY></html>"
+    placed = with_placeholders(html, 2)
+    assert placed.count('class="pressroom-appended"') == 2
+    assert placed.index("pressroom-appended") < placed.index("</BODY>")
+    assert with_placeholders(html, 0) == html
+
+
+def test_appended_pages_replace_the_placeholders_and_keep_their_own_size(
+    tmp_path: Path,
+) -> None:
+    terms = tmp_path / "terms.pdf"
+    weasyprint.HTML(string="<style>@page{size:A5}</style><p>Terms</p>").write_pdf(terms)
+    html = with_placeholders("<html><body><p>Report</p></body></html>", 1)
+    pdf = weasyprint.HTML(string=html).write_pdf()
+    assert len(pikepdf.open(io.BytesIO(pdf)).pages) == 2  # the report's page, one reserved
+    done = pikepdf.open(io.BytesIO(finish(pdf, Finish(append=(str(terms),)))))
+    assert len(done.pages) == 2
+    assert [round(float(v)) for v in done.pages[1].mediabox] == [0, 0, 420, 595]  # A5
