@@ -370,20 +370,22 @@ def _save(document: Any, spec: Finish) -> bytes:
     return out.getvalue()
 
 
-def _signer(signing: Signing) -> Any:
+def _file_signer(signing: Signing) -> Any:
     from pyhanko.sign import signers
 
-    if signing.key_file and signing.cert_file:
-        passphrase = None
-        if signing.key_password_file:
-            passphrase = _read_secret(signing.key_password_file, "signing key password").encode()
-        chain = (signing.chain_file,) if signing.chain_file else None
-        signer = signers.SimpleSigner.load(  # type: ignore[no-untyped-call]
-            signing.key_file, signing.cert_file, ca_chain_files=chain, key_passphrase=passphrase
-        )
-        if signer is None:  # pyHanko logs why and returns None
-            raise PermanentError("the signing key or certificate could not be loaded")
-        return signer
+    passphrase = None
+    if signing.key_password_file:
+        passphrase = _read_secret(signing.key_password_file, "signing key password").encode()
+    chain = (signing.chain_file,) if signing.chain_file else None
+    signer = signers.SimpleSigner.load(  # type: ignore[no-untyped-call]
+        signing.key_file, signing.cert_file, ca_chain_files=chain, key_passphrase=passphrase
+    )
+    if signer is None:  # pyHanko logs why and returns None
+        raise PermanentError("the signing key or certificate could not be loaded")
+    return signer
+
+
+def _token_session(signing: Signing) -> Any:
     try:  # python-pkcs11 is needed for tokens only (an optional dependency)
         from pyhanko.config.pkcs11 import TokenCriteria
         from pyhanko.sign import pkcs11
@@ -391,7 +393,7 @@ def _signer(signing: Signing) -> Any:
         raise PermanentError("PKCS#11 signing needs python-pkcs11 installed") from None
     pin = _read_secret(signing.pkcs11_pin_file, "PKCS#11 PIN") if signing.pkcs11_pin_file else None
     try:
-        session = pkcs11.open_pkcs11_session(
+        return pkcs11.open_pkcs11_session(
             signing.pkcs11_module,
             token_criteria=TokenCriteria(label=signing.pkcs11_token or None),
             user_pin=pin,
@@ -400,25 +402,56 @@ def _signer(signing: Signing) -> Any:
         raise PermanentError(
             f"the PKCS#11 token could not be opened ({type(error).__name__})"
         ) from None
-    return pkcs11.PKCS11Signer(session, cert_label=signing.pkcs11_key, key_label=signing.pkcs11_key)
+
+
+def _token_signer(session: Any, signing: Signing, raw: bool) -> Any:
+    from pyhanko.sign import pkcs11
+
+    return pkcs11.PKCS11Signer(
+        session, cert_label=signing.pkcs11_key, key_label=signing.pkcs11_key, use_raw_mechanism=raw
+    )
 
 
 def _sign(pdf: bytes, spec: Finish) -> bytes:
+    """The signed PDF: an incremental update, the last change the file gets."""
     assert spec.signing is not None
     with warnings.catch_warnings():  # cryptography's DSA deprecation, on importing pyHanko
         warnings.simplefilter("ignore")
-        from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-        from pyhanko.sign import fields, signers
-        from pyhanko.sign.timestamps import HTTPTimeStamper
-        from pyhanko.sign.timestamps.common_utils import TimestampRequestError
-
+        import pyhanko.sign.signers  # noqa: F401
     signing = spec.signing
-    signer = _signer(signing)
+    if signing.key_file and signing.cert_file:
+        return _signed(pdf, spec, _file_signer(signing))
+    session = _token_session(signing)
+    try:
+        try:
+            return _signed(pdf, spec, _token_signer(session, signing, raw=False))
+        except _MechanismInvalid:
+            # Tokens such as SoftHSM sign ECDSA only over a digest pyHanko computes.
+            try:
+                return _signed(pdf, spec, _token_signer(session, signing, raw=True))
+            except _MechanismInvalid:
+                raise PermanentError("the PKCS#11 token cannot sign with this key") from None
+    finally:
+        session.close()
+
+
+class _MechanismInvalid(Exception):
+    pass
+
+
+def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
+    assert spec.signing is not None
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.sign import fields, signers
+    from pyhanko.sign.timestamps import HTTPTimeStamper
+    from pyhanko.sign.timestamps.common_utils import TimestampRequestError
+
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
     if spec.permissions is not None:  # an update to an encrypted file is encrypted alike
         owner = _read_secret(spec.owner_password_file, "owner password")
         writer.encrypt(owner)  # type: ignore[no-untyped-call]
-    timestamper = HTTPTimeStamper(signing.tsa_url, timeout=20) if signing.tsa_url else None
+    tsa = spec.signing.tsa_url
+    timestamper = HTTPTimeStamper(tsa, timeout=20) if tsa else None
     meta = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD,
         subfilter=fields.SigSeedSubFilter.PADES,
@@ -428,5 +461,11 @@ def _sign(pdf: bytes, spec: Finish) -> bytes:
         signed = signers.sign_pdf(writer, meta, signer=signer, timestamper=timestamper)
     except TimestampRequestError as error:
         raise TransientError(f"the timestamp server did not answer ({error})") from None
+    except PermanentError:
+        raise
+    except Exception as error:
+        if type(error).__name__ == "MechanismInvalid":  # python-pkcs11's, not imported here
+            raise _MechanismInvalid() from None
+        raise PermanentError(f"the PDF could not be signed ({type(error).__name__})") from None
     data: bytes = signed.getvalue()
     return data
