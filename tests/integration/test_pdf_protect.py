@@ -21,11 +21,11 @@ import pikepdf
 import pytest
 import weasyprint
 
-from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.pdfmarks import decrypted, stamp_texts, watermarked_pages
 from tests.pdftext import page_texts
 from tests.pki import TestPki, TimestampServer
-from tests.servers import S3Server, SmtpServer
+from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,11 @@ def write_terms(path: Path) -> None:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
     pki = TestPki.create(tmp_path_factory.mktemp("pki"))
     s3, smtp, tsa = S3Server().start(), SmtpServer().start(), TimestampServer(pki).start()
+    collector = HttpReceiver(lambda path, n: (200, b"", {"Content-Type": "application/x-protobuf"}))
+    collector.start()
     s3.client().make_bucket("company-reports")
-    yield pki, s3, smtp, tsa
+    yield pki, s3, smtp, tsa, collector
+    collector.stop()
     tsa.stop()
     smtp.stop()
     s3.stop()
@@ -58,7 +61,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...
 async def protect_stack(
     tmp_path_factory: pytest.TempPathFactory, servers: tuple[Any, ...]
 ) -> AsyncIterator[Stack]:
-    pki, s3, smtp, tsa = servers
+    pki, s3, smtp, tsa, collector = servers
     root = tmp_path_factory.mktemp("protect")
     secrets = root / "secrets"
     secrets.mkdir()
@@ -75,6 +78,11 @@ async def protect_stack(
             "PRESSROOM_PDF_SEAL_KEY_FILE": str(secrets / "seal.key"),
             "PRESSROOM_PDF_APPEND_ALLOW": "legal/terms.pdf",
             "PRESSROOM_SIGN_TSA_URL": tsa.url,
+            # traces too are searched for the password
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
         },
     )
     keys = stack.cli("pdf", "keys", str(secrets))
@@ -128,7 +136,7 @@ def every_file_of_the_run(root: Path) -> bytes:
     return b"\n".join(
         path.read_bytes()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and "templates" not in path.relative_to(root).parts
+        if path.is_file() and not {"templates", "secrets"} & set(path.relative_to(root).parts)
     )
 
 
@@ -144,7 +152,7 @@ def everything_in_s3(s3: S3Server) -> bytes:
 async def test_a_sealed_password_signed_watermarked_report_with_terms_reaches_email_and_s3(
     protect_stack: Stack, servers: tuple[Any, ...], tmp_path: Path
 ) -> None:
-    pki, s3, smtp, tsa = servers
+    pki, s3, smtp, tsa, collector = servers
     rid = unique("protected")
     inbox = f"{rid}@example.com"
     sealed = seal(protect_stack, CANARY, tmp_path)
@@ -213,6 +221,14 @@ async def test_a_sealed_password_signed_watermarked_report_with_terms_reaches_em
     files = every_file_of_the_run(protect_stack.root)
     assert rid.encode() in files and CANARY.encode() not in files
     assert CANARY.encode() not in everything_in_s3(s3)
+
+    async def traced() -> bytes | None:
+        exported = b"\n".join(hit.body for hit in collector.on("/v1/traces"))
+        return exported if rid.encode() in exported else None
+
+    assert CANARY.encode() not in await eventually(traced, timeout=60)
+    # nor the operator's owner password (its file aside)
+    assert OWNER.encode() not in bus and OWNER.encode() not in files
     assert CANARY.encode() not in mail.message.as_bytes()
 
 
