@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from services.renderer.core import build_context, make_job
-from services.renderer.finish import Finish, Signing
+from services.renderer.job import Finish, Signing
 from services.renderer.pdf import render_job
 from shared.events import ReportRequested
 from shared.settings import Settings

@@ -29,7 +29,7 @@ with warnings.catch_warnings():  # cryptography's DSA deprecation, on importing 
     from pyhanko.sign.validation import async_validate_pdf_signature
     from pyhanko_certvalidator import ValidationContext
 
-from shared.embedded import free_port
+from services.console.embedded import free_port
 
 
 def _name(common: str) -> x509.Name:

@@ -25,79 +25,36 @@ import io
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.renderer import warm
+from services.renderer.job import Finish, Signing
 from shared.errors import PermanentError, TransientError
 from shared.events import PdfOptions
+from shared.sealing import SealError, unseal
 from shared.settings import Settings
 
 MAX_APPENDED_PAGES = 200
 SIGNATURE_FIELD = "Signature"
 
 
-@dataclass(frozen=True)
-class Signing:
-    """Where the operator's signing key is: files, or a PKCS#11 module (never a request)."""
-
-    key_file: str = ""
-    cert_file: str = ""
-    chain_file: str = ""
-    key_password_file: str = ""
-    pkcs11_module: str = ""
-    pkcs11_token: str = ""
-    pkcs11_key: str = ""
-    pkcs11_pin_file: str = ""
-    tsa_url: str = ""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Signing | None:
-        signing = cls(
-            settings.sign_key_file,
-            settings.sign_cert_file,
-            settings.sign_chain_file,
-            settings.sign_key_password_file,
-            settings.sign_pkcs11_module,
-            settings.sign_pkcs11_token,
-            settings.sign_pkcs11_key,
-            settings.sign_pkcs11_pin_file,
-            settings.sign_tsa_url,
-        )
-        files = bool(signing.key_file and signing.cert_file)
-        token = bool(signing.pkcs11_module and signing.pkcs11_key)
-        return signing if files or token else None
-
-
-@dataclass(frozen=True)
-class Finish:
-    """What to do to one PDF, decided by `plan`: paths and texts, no secret in clear."""
-
-    append: tuple[str, ...] = ()  # absolute paths of allowed PDFs, in order
-    watermarks: tuple[str, ...] = ()
-    # Encryption: the reader's password sealed (a request) or in a file (`pressroom render`);
-    # neither shows in a repr, a log line or a traceback's locals.
-    sealed_password: str | None = field(default=None, repr=False)
-    seal_key_file: str = ""
-    user_password_file: str = ""
-    owner_password_file: str = ""
-    permissions: tuple[bool, bool] | None = None  # (print, copy); set whenever encrypting
-    signing: Signing | None = None
-
-    @property
-    def encrypt(self) -> bool:
-        return self.permissions is not None
-
-    def cache_material(self) -> dict[str, Any] | None:
-        """What makes a finished PDF different, for the render cache's key; None: never reuse
-        one (a reader's password is per request, a signature's time is the signing's own)."""
-        if self.encrypt or self.signing is not None:
-            return None
-        stamps = []
-        for path in self.append:  # another terms.pdf in the same place is another report
-            stat = Path(path).stat()
-            stamps.append([path, stat.st_size, stat.st_mtime_ns])
-        return {"append": stamps, "watermarks": list(self.watermarks)}
+def signing_from(settings: Settings) -> Signing | None:
+    """The operator's signing configuration, or None when no key is configured."""
+    signing = Signing(
+        settings.sign_key_file,
+        settings.sign_cert_file,
+        settings.sign_chain_file,
+        settings.sign_key_password_file,
+        settings.sign_pkcs11_module,
+        settings.sign_pkcs11_token,
+        settings.sign_pkcs11_key,
+        settings.sign_pkcs11_pin_file,
+        settings.sign_tsa_url,
+    )
+    files = bool(signing.key_file and signing.cert_file)
+    token = bool(signing.pkcs11_module and signing.pkcs11_key)
+    return signing if files or token else None
 
 
 def _refuse(reason: str) -> PermanentError:
@@ -128,7 +85,7 @@ def plan(
         raise _refuse("pdf: no owner password is configured (PRESSROOM_PDF_OWNER_PASSWORD_FILE)")
     signing = None
     if asked.sign or settings.sign_always:
-        signing = Signing.from_settings(settings)
+        signing = signing_from(settings)
         if signing is None:
             raise _refuse(
                 "pdf.sign: no signing key is configured "
@@ -176,6 +133,7 @@ def appended_pages(spec: Finish) -> int:
 
 
 def _open_appended(path: str) -> Any:
+    # Imported here: heavy (pikepdf, 0.2 s): loaded in render processes, not by every service.
     import pikepdf
 
     name = Path(path).name
@@ -232,6 +190,7 @@ def with_placeholders(html: str, pages: int) -> str:
 
 def finish(pdf: bytes, spec: Finish) -> bytes:
     """The finished PDF (see the module's docstring for the order)."""
+    # Imported here: heavy (pikepdf, 0.2 s): loaded in render processes, not by every service.
     import pikepdf
 
     if spec.append or spec.watermarks or spec.encrypt:
@@ -258,6 +217,7 @@ def _append(document: Any, spec: Finish) -> None:
 
 def _watermark(document: Any, texts: tuple[str, ...]) -> None:
     """The texts across every page's diagonal, centred, under nothing (drawn last)."""
+    # Imported here: heavy (pikepdf, 0.2 s): loaded in render processes, not by every service.
     import pikepdf
 
     stamps: dict[tuple[float, float], tuple[Any, float, float]] = {}
@@ -293,9 +253,8 @@ def _watermark(document: Any, texts: tuple[str, ...]) -> None:
 def _stamp_pdf(texts: tuple[str, ...], width: float, size: float) -> bytes:
     """The texts centred on one transparent strip `width` points long, laid out by WeasyPrint
     with the renderer's fonts (so any script draws)."""
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint import HTML
-
-    from services.renderer import warm
 
     line = size * 1.8  # room for the tallest fallback font's ascent and descent
     height = len(texts) * line + 2  # a rounding error must not push a line over
@@ -323,8 +282,6 @@ def _read_secret(path: str, what: str) -> str:
 
 
 def _user_password(spec: Finish) -> str:
-    from shared.sealing import SealError, unseal
-
     if spec.sealed_password is not None:
         key = Path(spec.seal_key_file)
         try:
@@ -343,6 +300,7 @@ def _user_password(spec: Finish) -> str:
 
 
 def _save(document: Any, spec: Finish) -> bytes:
+    # Imported here: heavy (pikepdf, 0.2 s): loaded in render processes, not by every service.
     import pikepdf
 
     out = io.BytesIO()
@@ -371,6 +329,7 @@ def _save(document: Any, spec: Finish) -> bytes:
 
 
 def _file_signer(signing: Signing) -> Any:
+    # Imported here: heavy (pyHanko, 0.6 s): loaded in render processes that sign, only.
     from pyhanko.sign import signers
 
     passphrase = None
@@ -386,7 +345,7 @@ def _file_signer(signing: Signing) -> Any:
 
 
 def _token_session(signing: Signing) -> Any:
-    try:  # python-pkcs11 is needed for tokens only (an optional dependency)
+    try:  # imported here: heavy (pyHanko, python-pkcs11), for tokens only
         from pyhanko.config.pkcs11 import TokenCriteria
         from pyhanko.sign import pkcs11
     except ImportError:
@@ -405,6 +364,7 @@ def _token_session(signing: Signing) -> Any:
 
 
 def _token_signer(session: Any, signing: Signing, raw: bool) -> Any:
+    # Imported here: heavy (pyHanko and python-pkcs11): render processes that sign, only.
     from pyhanko.sign import pkcs11
 
     return pkcs11.PKCS11Signer(
@@ -417,6 +377,7 @@ def _sign(pdf: bytes, spec: Finish) -> bytes:
     assert spec.signing is not None
     with warnings.catch_warnings():  # cryptography's DSA deprecation, on importing pyHanko
         warnings.simplefilter("ignore")
+        # Imported here: heavy (pyHanko, 0.6 s): loaded in render processes that sign, only.
         import pyhanko.sign.signers  # noqa: F401
     signing = spec.signing
     if signing.key_file and signing.cert_file:
@@ -441,6 +402,7 @@ class _MechanismInvalid(Exception):
 
 def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
     assert spec.signing is not None
+    # Imported here: heavy (pyHanko, 0.6 s): loaded in render processes that sign, only.
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.sign import fields, signers
     from pyhanko.sign.timestamps import HTTPTimeStamper

@@ -11,7 +11,8 @@ import pytest
 import weasyprint
 from pydantic import ValidationError
 
-from services.renderer.finish import Finish, finish, plan, with_placeholders
+from services.renderer.finish import finish, plan, with_placeholders
+from services.renderer.job import Finish
 from shared.errors import PermanentError
 from shared.events import PdfOptions, ReportRequested, request_fingerprint
 from shared.sealing import SealError, generate_key, seal, unseal
