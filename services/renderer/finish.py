@@ -57,10 +57,6 @@ def signing_from(settings: Settings) -> Signing | None:
     return signing if files or token else None
 
 
-def _refuse(reason: str) -> PermanentError:
-    return PermanentError(reason)
-
-
 def plan(
     settings: Settings,
     options: PdfOptions | None,
@@ -76,18 +72,22 @@ def plan(
     password = asked.password is not None or bool(user_password_file)
     encrypt = password or asked.permissions is not None
     if encrypt and settings.pdf_passwords == "forbid":
-        raise _refuse("pdf: passwords and permissions are forbidden here (PRESSROOM_PDF_PASSWORDS)")
+        raise PermanentError(
+            "pdf: passwords and permissions are forbidden here (PRESSROOM_PDF_PASSWORDS)"
+        )
     if asked.password is not None and not settings.pdf_seal_key_file:
-        raise _refuse(
+        raise PermanentError(
             "pdf.password: this renderer has no key to unseal it (PRESSROOM_PDF_SEAL_KEY_FILE)"
         )
     if encrypt and not settings.pdf_owner_password_file:
-        raise _refuse("pdf: no owner password is configured (PRESSROOM_PDF_OWNER_PASSWORD_FILE)")
+        raise PermanentError(
+            "pdf: no owner password is configured (PRESSROOM_PDF_OWNER_PASSWORD_FILE)"
+        )
     signing = None
     if asked.sign or settings.sign_always:
         signing = signing_from(settings)
         if signing is None:
-            raise _refuse(
+            raise PermanentError(
                 "pdf.sign: no signing key is configured "
                 "(PRESSROOM_SIGN_KEY_FILE and _CERT_FILE, or PRESSROOM_SIGN_PKCS11_*)"
             )
@@ -116,20 +116,24 @@ def _placeholders(text: str, recipient: str | None) -> str:
 
 def _allowed(settings: Settings, templates_dir: Path, name: str) -> str:
     if name not in settings.pdf_append_allow_list:
-        raise _refuse(
+        raise PermanentError(
             f"pdf.append: '{name}' is not one the operator allows (PRESSROOM_PDF_APPEND_ALLOW)"
         )
     root = templates_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root) or not path.is_file():
-        raise _refuse(f"pdf.append: '{name}' is not a file in the templates folder")
+        raise PermanentError(f"pdf.append: '{name}' is not a file in the templates folder")
     return str(path)
 
 
 # ---- in a render process ----------------------------------------------------------------------
 def appended_pages(spec: Finish) -> int:
     """How many pages the appended PDFs have (the placeholders the layout reserves)."""
-    return sum(len(_open_appended(path).pages) for path in spec.append)
+    total = 0
+    for path in spec.append:
+        with _open_appended(path) as document:
+            total += len(document.pages)
+    return total
 
 
 def _open_appended(path: str) -> Any:
