@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.renderer.core import build_context, make_job
+from services.renderer.core import build_context, make_job, with_template_defaults
 from services.renderer.finish import plan
 from shared.errors import PressroomError
 from shared.events import ReportRequested
@@ -63,7 +63,7 @@ def adhoc_job(
             raise PressroomError(f"--password-file: no file '{password_file}'")
         finish = plan(
             cfg,
-            pdf,
+            with_template_defaults(folder, name, pdf),
             templates_dir=folder,
             recipient=req.requested_by,
             user_password_file=str(password_file.resolve()) if password_file else "",

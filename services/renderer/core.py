@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
+from pydantic import ValidationError
 
 from services.renderer.finish import plan
 from services.renderer.fonts import FONT_SET, extra_dirs_from
 from services.renderer.job import Analysis, Finish, PageDefaults, RenderJob, RenderOutput
 from services.renderer.pdf import analyse_job, render_job
 from services.renderer.splitplan import split_mode
-from services.renderer.templating import bytecode_cache_dir, files_unchanged
+from services.renderer.templating import TemplateLibrary, bytecode_cache_dir, files_unchanged
 from shared.adapters.store import (
     ArtefactMissing,
     ArtefactStore,
@@ -27,8 +28,15 @@ from shared.adapters.store import (
     sha256_hex,
 )
 from shared.bus.kv import KeyValue
-from shared.errors import PermanentError
-from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.errors import PermanentError, PressroomError
+from shared.events import (
+    Artefact,
+    DataReady,
+    PdfOptions,
+    ReportRendered,
+    ReportRequested,
+    utcnow,
+)
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import record_span, span
 from shared.settings import Settings
@@ -180,17 +188,49 @@ async def render_report(
 
 
 def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:
-    """The request's PDF finishing under the operator's limits (PermanentError: refused)."""
+    """The request's PDF finishing: the template's defaults (front matter `pdf:`) under the
+    request's own options, under the operator's limits (PermanentError: refused)."""
     if "pdf" not in request.formats:
         if request.pdf is not None:
             raise PermanentError("pdf options were given, but `formats` asks for no PDF")
         return None
     return plan(
         settings,
-        request.pdf,
+        with_template_defaults(settings.templates_dir, request.template, request.pdf),
         templates_dir=settings.templates_dir,
         recipient=request.requested_by or request.tenant,
     )
+
+
+_libraries: dict[Path, TemplateLibrary] = {}
+
+
+def with_template_defaults(
+    templates_dir: Path, template: str, options: PdfOptions | None
+) -> PdfOptions | None:
+    """The template's `pdf:` front matter, each field the request sets replacing its own
+    (reading the front matter runs no template code)."""
+    folder = templates_dir.resolve()
+    library = _libraries.get(folder)
+    if library is None:
+        library = _libraries[folder] = TemplateLibrary(folder)
+    try:
+        defaults = library.info(library.resolve(template)).pdf
+    except PressroomError:
+        return options  # an unknown template fails its render, with the library's reason
+    if not defaults:
+        return options
+    if "password" in defaults:
+        raise PermanentError(f"template '{template}': front matter may not set pdf.password")
+    asked = options.model_dump(exclude_unset=True, by_alias=True) if options else {}
+    try:
+        return PdfOptions.model_validate({**defaults, **asked})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise PermanentError(
+            f"template '{template}': front matter pdf.{where}: {problem['msg']}"
+        ) from None
 
 
 async def store_artefact(

@@ -5,6 +5,7 @@ stamp outside production, on every page of a split report too) and what it may n
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +32,15 @@ async def limits_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             "PRESSROOM_PDF_PASSWORDS": "forbid",
         },
     )
+    # A template whose front matter asks for its own stamp by default.
+    shutil.copytree(REPO / "templates", stack.templates)
+    weekly = (stack.templates / "weekly.html").read_text()
+    marked = weekly.replace(
+        "description: Weekly portfolio status report",
+        "description: Weekly report, internal\npdf:\n  watermark: INTERNAL",
+    )
+    assert marked != weekly
+    (stack.templates / "internal.html").write_text(marked)
     await stack.astart()
     try:
         yield stack
@@ -97,3 +107,26 @@ async def test_a_password_where_forbidden_and_a_signature_without_a_key_are_refu
         await nc.close()
     for rid in rids.values():
         assert not (limits_stack.out / f"{rid}.pdf").exists()
+
+
+async def test_a_templates_own_stamp_is_its_default_a_request_replaces_it_not_the_operators(
+    limits_stack: Stack,
+) -> None:
+    cases = {"default": None, "replaced": {"watermark": "FOR THE BOARD"}}
+    nc = await limits_stack.connect()
+    try:
+        outcomes = await Outcomes().start(nc)
+        rids = {}
+        for case, options in cases.items():
+            rid = rids[case] = unique(case)
+            body = {"request_id": rid, "template": "internal", "params": SAMPLE}
+            if options:
+                body["pdf"] = options
+            await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+            await outcomes.delivered_event(rid)
+    finally:
+        await nc.close()
+    default = (limits_stack.out / f"{rids['default']}.pdf").read_bytes()
+    replaced = (limits_stack.out / f"{rids['replaced']}.pdf").read_bytes()
+    assert set(stamp_texts(default)) == {"DRAFT INTERNAL"}
+    assert set(stamp_texts(replaced)) == {"DRAFT FOR THE BOARD"}

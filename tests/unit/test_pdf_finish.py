@@ -11,6 +11,7 @@ import pytest
 import weasyprint
 from pydantic import ValidationError
 
+from services.renderer.core import with_template_defaults
 from services.renderer.finish import finish, plan, with_placeholders
 from services.renderer.job import Finish
 from shared.errors import PermanentError
@@ -111,3 +112,19 @@ def test_appended_pages_replace_the_placeholders_and_keep_their_own_size(
     done = pikepdf.open(io.BytesIO(finish(pdf, Finish(append=(str(terms),)))))
     assert len(done.pages) == 2
     assert [round(float(v)) for v in done.pages[1].mediabox] == [0, 0, 420, 595]  # A5
+
+
+@pytest.mark.parametrize(
+    ("front", "reason"),
+    [
+        ("pdf:\n  password: sealed1:AAAA", "front matter may not set pdf.password"),
+        ("pdf:\n  sign: maybe", "front matter pdf.sign: Input should be a valid boolean"),
+    ],
+)
+def test_a_templates_pdf_defaults_that_cannot_be_are_refused(
+    tmp_path: Path, front: str, reason: str
+) -> None:
+    (tmp_path / "report.html").write_text(f"{{#- ---\n{front}\n--- #}}\n<p>x</p>\n")
+    with pytest.raises(PermanentError) as caught:
+        with_template_defaults(tmp_path, "report", None)
+    assert reason in caught.value.reason

@@ -195,16 +195,12 @@ def render(
     chosen = checked(lambda: output_format(fmt, output))
     data = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
     formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
-    protect = password_file is not None or not allow_print or allow_copy
+    # Only what was given: the template's front matter `pdf:` gives the rest.
+    asked: dict[str, Any] = {"watermark": watermark, "sign": sign or None, "append": append}
+    if password_file is not None or not allow_print or allow_copy:
+        asked["permissions"] = PdfPermissions(print=allow_print, copy_text=allow_copy)
     try:
-        pdf = PdfOptions(
-            watermark=watermark,
-            permissions=PdfPermissions(print=allow_print, copy_text=allow_copy)
-            if protect
-            else None,
-            sign=sign or None,
-            append=append,
-        )
+        pdf = PdfOptions(**{k: v for k, v in asked.items() if v})
     except ValidationError as error:
         fail(f"invalid PDF option: {error.errors()[0]['msg']}")
     job = checked(
