@@ -326,7 +326,9 @@ def _save(document: Any, spec: Finish) -> bytes:
             owner=owner, user=_user_password(spec), R=6, aes=True, allow=allow
         )
     try:
-        document.save(out, encryption=encryption)
+        # Without encryption the same report finishes to the same bytes (qpdf derives the
+        # /ID from the content); encryption salts are random by design.
+        document.save(out, encryption=encryption, deterministic_id=not encryption)
     except pikepdf.PdfError:  # its message could quote what it was given
         raise PermanentError("the finished PDF could not be written") from None
     return out.getvalue()

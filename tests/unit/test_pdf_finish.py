@@ -17,6 +17,7 @@ from services.renderer.job import Finish
 from shared.errors import PermanentError
 from shared.events import PdfOptions, ReportRequested, request_fingerprint
 from shared.sealing import SealError, generate_key, seal, unseal
+from shared.secretenv import for_role
 from shared.settings import Settings
 from tests.helpers import REPO
 
@@ -128,3 +129,23 @@ def test_a_templates_pdf_defaults_that_cannot_be_are_refused(
     with pytest.raises(PermanentError) as caught:
         with_template_defaults(tmp_path, "report", None)
     assert reason in caught.value.reason
+
+
+def test_a_watermarked_report_finishes_to_the_same_bytes_every_time(tmp_path: Path) -> None:
+    # The ledger's content hash means something: the same render and stamp, the same file.
+    pdf = weasyprint.HTML(string="<p>Report</p>").write_pdf()
+    spec = Finish(watermarks=("DRAFT",))
+    first = finish(pdf, spec)
+    assert first == finish(pdf, spec) and first != pdf
+
+
+def test_only_the_renderer_is_given_the_pdf_keys() -> None:
+    env = {
+        "PRESSROOM_PDF_SEAL_KEY_FILE": "/s/seal.key",
+        "PRESSROOM_PDF_OWNER_PASSWORD_FILE": "/s/owner",
+        "PRESSROOM_SIGN_KEY_FILE": "/s/signer.key",
+        "PRESSROOM_PDF_WATERMARK": "DRAFT",
+    }
+    assert for_role(env, "renderer") == env
+    for role in ("fetcher", "distributor", "scheduler"):
+        assert for_role(env, role) == {"PRESSROOM_PDF_WATERMARK": "DRAFT"}
