@@ -20,11 +20,14 @@ the render's timeout and memory cap, on the PDF WeasyPrint wrote, in this order:
 
 from __future__ import annotations
 
+import asyncio
 import html as html_text
 import io
 import math
 import re
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -426,7 +429,9 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
         md_algorithm="sha256",
     )
     try:
-        signed = signers.sign_pdf(writer, meta, signer=signer, timestamper=timestamper)
+        signed = _off_the_event_loop(
+            lambda: signers.sign_pdf(writer, meta, signer=signer, timestamper=timestamper)
+        )
     except TimestampRequestError as error:
         raise TransientError(f"the timestamp server did not answer ({error})") from None
     except PermanentError:
@@ -437,3 +442,14 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
         raise PermanentError(f"the PDF could not be signed ({type(error).__name__})") from None
     data: bytes = signed.getvalue()
     return data
+
+
+def _off_the_event_loop(call: Callable[[], Any]) -> Any:
+    """pyHanko's synchronous API runs an event loop of its own: in a render process there is
+    none; where one runs (an in-process renderer), in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call()
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(call).result()

@@ -13,13 +13,14 @@ from pydantic import ValidationError
 
 from services.renderer.core import with_template_defaults
 from services.renderer.finish import finish, plan, with_placeholders
-from services.renderer.job import Finish
+from services.renderer.job import Finish, Signing
 from shared.errors import PermanentError
 from shared.events import PdfOptions, ReportRequested, request_fingerprint
 from shared.sealing import SealError, generate_key, seal, unseal
 from shared.secretenv import for_role
 from shared.settings import Settings
 from tests.helpers import REPO
+from tests.pki import TestPki
 
 
 def test_a_sealed_password_opens_only_with_its_key_and_hides_its_length() -> None:
@@ -149,3 +150,16 @@ def test_only_the_renderer_is_given_the_pdf_keys() -> None:
     assert for_role(env, "renderer") == env
     for role in ("fetcher", "distributor", "scheduler"):
         assert for_role(env, role) == {"PRESSROOM_PDF_WATERMARK": "DRAFT"}
+
+
+async def test_a_pdf_is_signed_where_an_event_loop_runs_too(tmp_path: Path) -> None:
+    # pyHanko's synchronous API runs its own loop: the in-process renderer runs inside one.
+    pki = TestPki.create(tmp_path)
+    signing = Signing(
+        key_file=str(pki.folder / "signer.key"),
+        cert_file=str(pki.folder / "signer.pem"),
+        chain_file=str(pki.folder / "ca.pem"),
+    )
+    signed = finish(weasyprint.HTML(string="<p>Report</p>").write_pdf(), Finish(signing=signing))
+    status = await pki.validate(signed)
+    assert status.bottom_line and status.trusted
