@@ -405,6 +405,9 @@ def _sign(pdf: bytes, spec: Finish) -> bytes:
         session.close()
 
 
+_timestampers: dict[str, Any] = {}
+
+
 class _MechanismInvalid(Exception):
     pass
 
@@ -422,7 +425,15 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
         owner = _read_secret(spec.owner_password_file, "owner password")
         writer.encrypt(owner)  # type: ignore[no-untyped-call]
     tsa = spec.signing.tsa_url
-    timestamper = HTTPTimeStamper(tsa, timeout=20) if tsa else None
+    timestamper = None
+    if tsa:
+        # Kept per process: it remembers the size of a timestamp token, which pyHanko would
+        # otherwise ask the server for (a second round trip) on every signature.
+        timestamper = _timestampers.get(tsa)
+        if timestamper is None:
+            if len(_timestampers) >= 8:
+                _timestampers.clear()
+            timestamper = _timestampers[tsa] = HTTPTimeStamper(tsa, timeout=20)
     meta = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD,
         subfilter=fields.SigSeedSubFilter.PADES,
