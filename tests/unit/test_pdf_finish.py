@@ -11,10 +11,11 @@ import pytest
 import weasyprint
 from pydantic import ValidationError
 
+from services.console.embedded import free_port
 from services.renderer.core import with_template_defaults
 from services.renderer.finish import finish, plan, with_placeholders
 from services.renderer.job import Finish, Signing
-from shared.errors import PermanentError
+from shared.errors import PermanentError, TransientError
 from shared.events import PdfOptions, ReportRequested, request_fingerprint
 from shared.sealing import SealError, generate_key, seal, unseal
 from shared.secretenv import for_role
@@ -163,3 +164,15 @@ async def test_a_pdf_is_signed_where_an_event_loop_runs_too(tmp_path: Path) -> N
     signed = finish(weasyprint.HTML(string="<p>Report</p>").write_pdf(), Finish(signing=signing))
     status = await pki.validate(signed)
     assert status.bottom_line and status.trusted
+
+
+def test_a_timestamp_server_that_does_not_answer_is_a_transient_error(tmp_path: Path) -> None:
+    # The stage retries it (then dead-letters it), rather than deliver a PDF without B-T.
+    pki = TestPki.create(tmp_path)
+    signing = Signing(
+        key_file=str(pki.folder / "signer.key"),
+        cert_file=str(pki.folder / "signer.pem"),
+        tsa_url=f"http://127.0.0.1:{free_port()}/tsa",  # nobody listens
+    )
+    with pytest.raises(TransientError, match="the timestamp server did not answer"):
+        finish(weasyprint.HTML(string="<p>Report</p>").write_pdf(), Finish(signing=signing))
