@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import archive, longreport, render_time, speed
+from bench import archive, finish_cost, longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
@@ -426,6 +426,9 @@ async def main() -> None:
     if only == "fonts":
         print(json.dumps(render_time.figures(FONTS_N), indent=2))
         return
+    if only == "finish":  # issue 30's finishing options against a plain render
+        print("\n".join(finish_cost.markdown(finish_cost.figures(FONTS_N))))
+        return
     if only == "cluster":
         # Measure the cluster workload alone and update its section of the published figures.
         cluster = await cluster_failover(root)
@@ -479,6 +482,8 @@ async def main() -> None:
         return
     log("fonts: Latin-only and every-script renders …")
     result["fonts"] = render_time.figures(FONTS_N)
+    log("PDF finishing: watermark, password, signatures against a plain render …")
+    result["finish"] = finish_cost.figures(FONTS_N)
     log("latency at light load …")
     result["latency"] = await latency(root, LATENCY_N)
     log("one warm render vs a naive loop …")

@@ -202,10 +202,31 @@ class PdfMetadata(BaseModel):
         return value
 
 
+# A user password travels sealed to the renderer's key (`pressroom pdf seal`), never in clear:
+# the request, the ledger, the bus and dead letters only ever hold this token.
+SEALED_PREFIX = "sealed1:"
+SEALED_PATTERN = r"^sealed1:[A-Za-z0-9_-]{80,2000}={0,2}$"
+
+
+class PdfPermissions(BaseModel):
+    """What a reader of a password-protected PDF may do (without the owner password)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True
+    )
+
+    print: bool = Field(default=True, description="Print the document (high resolution).")
+    copy_text: bool = Field(
+        default=False, alias="copy", description="Copy or extract its text and images."
+    )
+
+
 class PdfOptions(BaseModel):
-    """How the PDF is made (per request, per schedule, per template; operator defaults and
-    limits in PRESSROOM_PDF_*). A key left out takes the template's (its front matter's `pdf:`)
-    or the operator's default; a key given — `null` included — is the request's choice."""
+    """How the PDF is made and finished (per request, per schedule, per template; operator
+    defaults and limits in PRESSROOM_PDF_* and PRESSROOM_SIGN_*). A key left out takes the
+    template's (its front matter's `pdf:`) or the operator's default; a key given — `null`
+    included — is the request's choice. A request may add protection, never remove what the
+    operator imposes."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -223,6 +244,56 @@ class PdfOptions(BaseModel):
     metadata: PdfMetadata | None = Field(
         default=None, description="Author, subject and keywords of the document."
     )
+
+    password: str | None = Field(
+        default=None,
+        description="The reader's password, sealed to the renderer's key (`pressroom pdf seal`; "
+        f"'{SEALED_PREFIX}…'): a password in clear is refused. The PDF is encrypted with "
+        "AES-256; its owner password is the operator's.",
+    )
+    permissions: PdfPermissions | None = Field(
+        default=None,
+        description="Print/copy permissions; encrypts the PDF (no password needed to open it "
+        "unless `password` is set).",
+    )
+    watermark: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=120,
+        description="Text stamped across every page, e.g. 'DRAFT' or 'CONFIDENTIAL — for "
+        "{recipient}' ({recipient}: the request's requested_by). An operator's "
+        "PRESSROOM_PDF_WATERMARK is stamped as well.",
+    )
+    sign: bool | None = Field(
+        default=None,
+        description="Sign the PDF (PAdES) with the operator's key; with a timestamp when a "
+        "timestamp server is configured. Refused when no key is configured.",
+    )
+    append: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="PDFs from the templates folder to append, each one the operator allowed "
+        "(PRESSROOM_PDF_APPEND_ALLOW); the report's page numbers count their pages.",
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _sealed(cls, value: str | None) -> str | None:
+        # The message never repeats the value: it may be a password sent in clear by mistake.
+        if value is not None and not re.fullmatch(SEALED_PATTERN, value):
+            raise ValueError(
+                f"must be sealed ('{SEALED_PREFIX}…' from `pressroom pdf seal`), never in clear"
+            )
+        return value
+
+    @field_validator("append")
+    @classmethod
+    def _inside_templates(cls, value: list[str]) -> list[str]:
+        for name in value:
+            parts = name.replace("\\", "/").split("/")
+            if not name or name.startswith("/") or ".." in parts or len(name) > 200:
+                raise ValueError("each name must be a file inside the templates folder")
+        return list(dict.fromkeys(value))
 
     def given(self) -> dict[str, Any]:
         """The keys the request set (null included), as JSON."""
@@ -249,8 +320,9 @@ class ReportRequested(Event):
     )
     pdf: PdfOptions | None = Field(
         default=None,
-        description="PDF options: standard (PDF/A, PDF/UA), tags, document metadata. Left "
-        "out: the template's and the operator's defaults.",
+        description="PDF options: standard (PDF/A, PDF/UA), tags, document metadata, appended "
+        "PDFs, watermark, password, permissions, signature. Left out: the template's and the "
+        "operator's defaults; the operator's limits win.",
     )
     csv_bom: bool | None = Field(
         default=None,

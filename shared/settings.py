@@ -242,6 +242,35 @@ class Settings(BaseSettings):
     export_csv_bom: bool = Field(
         default=False, description="Start CSV exports with a UTF-8 byte order mark (Excel)."
     )
+    # Finishing PDFs (services/renderer/finish.py): what a request may ask, what it may not
+    # turn off. Secrets are files the renderer reads (the operator's secret store mounts them).
+    pdf_passwords: Literal["allow", "forbid"] = Field(
+        default="allow", description="Whether a request may password-protect its PDF."
+    )
+    pdf_owner_password_file: str = Field(
+        default="", description="File holding the owner password of protected PDFs."
+    )
+    pdf_seal_key_file: str = Field(
+        default="", description="X25519 private key (PEM) that unseals requests' passwords."
+    )
+    pdf_watermark: str = Field(
+        default="",
+        max_length=120,
+        description="Text stamped on every PDF, whatever the request says (e.g. DRAFT).",
+    )
+    pdf_append_allow: str = Field(
+        default="", description="PDFs in the templates folder a request may append."
+    )
+    sign_key_file: str = Field(default="", description="Signing key (PEM/DER).")
+    sign_cert_file: str = Field(default="", description="Signing certificate (PEM/DER).")
+    sign_chain_file: str = Field(default="", description="Intermediate certificates (PEM).")
+    sign_key_password_file: str = Field(default="", description="Passphrase of the key.")
+    sign_pkcs11_module: str = Field(default="", description="PKCS#11 library holding the key.")
+    sign_pkcs11_token: str = Field(default="", description="PKCS#11 token label.")
+    sign_pkcs11_key: str = Field(default="", description="PKCS#11 key (and cert) label.")
+    sign_pkcs11_pin_file: str = Field(default="", description="File holding the token's PIN.")
+    sign_tsa_url: str = Field(default="", description="RFC 3161 timestamp server (PAdES B-T).")
+    sign_always: bool = Field(default=False, description="Sign every PDF, whatever the request.")
 
     # Fetching
     fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")
@@ -476,6 +505,10 @@ class Settings(BaseSettings):
     @property
     def asset_allow_list(self) -> list[str]:
         return _split(self.asset_allow)
+
+    @property
+    def pdf_append_allow_list(self) -> list[str]:
+        return _split(self.pdf_append_allow)
 
     @property
     def source_allow_list(self) -> list[str]:

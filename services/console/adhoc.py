@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.renderer.core import build_context, document_spec, make_job
+from services.renderer.core import build_context, document_spec, make_job, with_template_defaults
+from services.renderer.finish import plan
 from shared.errors import PressroomError
 from shared.events import ReportRequested
 from shared.settings import Settings
@@ -69,6 +70,7 @@ def adhoc_job(
     split: str | None,
     pdf: dict[str, Any] | None = None,
     csv_bom: bool | None = None,
+    password_file: Path | None = None,
 ) -> Any:
     """The render job for a template name or path: a path is the operator's own file, a name
     must be a listed template."""
@@ -95,6 +97,17 @@ def adhoc_job(
             raise PressroomError(str(error)) from None
     if split not in (None, "auto", "on", "off"):
         raise PressroomError(f"--split must be auto, on or off, got '{split}'")
+    finish = None
+    if "pdf" in formats:
+        if password_file is not None and not password_file.is_file():
+            raise PressroomError(f"--password-file: no file '{password_file}'")
+        finish = plan(
+            cfg,
+            with_template_defaults(folder, name, req.pdf),
+            templates_dir=folder,
+            recipient=req.requested_by,
+            user_password_file=str(password_file.resolve()) if password_file else "",
+        )
     job = make_job(
         cfg,
         name,
@@ -103,5 +116,6 @@ def adhoc_job(
         templates_dir=folder,
         split=split,
         document=document_spec(cfg, req, data),
+        finish=finish,
     )
     return replace(job, listed_only=folder == cfg.templates_dir.resolve())

@@ -13,14 +13,16 @@ from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
 from opentelemetry import trace
+from pydantic import ValidationError
 
 from services.renderer.document import DocumentSpec
 from services.renderer.exports import CONTENT_TYPES as EXPORT_TYPES
+from services.renderer.finish import plan
 from services.renderer.fonts import FONT_SET, extra_dirs_from
-from services.renderer.job import Analysis, PageDefaults, RenderJob, RenderOutput
+from services.renderer.job import Analysis, Finish, PageDefaults, RenderJob, RenderOutput
 from services.renderer.pdf import analyse_job, render_job
 from services.renderer.splitplan import split_mode
-from services.renderer.templating import bytecode_cache_dir, files_unchanged
+from services.renderer.templating import TemplateLibrary, bytecode_cache_dir, files_unchanged
 from shared.adapters.store import (
     ArtefactMissing,
     ArtefactStore,
@@ -31,8 +33,14 @@ from shared.adapters.store import (
     sha256_hex,
 )
 from shared.bus.kv import KeyValue
-from shared.errors import PermanentError
-from shared.events import Artefact, DataReady, ReportRendered, ReportRequested
+from shared.errors import PermanentError, PressroomError
+from shared.events import (
+    Artefact,
+    DataReady,
+    PdfOptions,
+    ReportRendered,
+    ReportRequested,
+)
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import record_span, span
 from shared.settings import Settings
@@ -85,6 +93,7 @@ def make_job(
     cache_dir: str | None = None,
     split: str | None = None,
     document: DocumentSpec | None = None,
+    finish: Finish | None = None,
 ) -> RenderJob:
     return RenderJob(
         templates_dir=str((templates_dir or settings.templates_dir).resolve()),
@@ -100,6 +109,7 @@ def make_job(
         split=split_mode(settings.render_split, split),
         split_rows=settings.render_split_rows,
         document=document or DocumentSpec(),
+        finish=finish,
     )
 
 
@@ -162,7 +172,7 @@ def document_spec(
         data_hash=data_digest(data),
         locale=request.locale,
         provenance=provenance,
-        encrypted=bool(given.get("password")),
+        encrypted=bool(given.get("password") or given.get("permissions")),
         csv_bom=settings.export_csv_bom if request.csv_bom is None else request.csv_bom,
     )
 
@@ -197,7 +207,10 @@ async def render_report(
         document=document_spec(
             settings, request, data, fetched_at=event.fetched_at, trace_id=current_trace_id()
         ),
+        finish=finish_for(settings, request),
     )
+    if job.finish is not None and job.finish.cache_material() is None:
+        cache = None  # a reader's password or a signature is this request's own: never reused
     cache_key = None
     if EXPORTS & set(request.formats):
         cache = None  # exports are made with every render: no cache entry names them
@@ -264,6 +277,52 @@ async def render_report(
         template_version=output.template_version,
         render_seconds=output.html_seconds + output.pdf_seconds,
     )
+
+
+def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:
+    """The request's PDF finishing: the template's defaults (front matter `pdf:`) under the
+    request's own options, under the operator's limits (PermanentError: refused)."""
+    if "pdf" not in request.formats:
+        if request.pdf is not None:
+            raise PermanentError("pdf options were given, but `formats` asks for no PDF")
+        return None
+    return plan(
+        settings,
+        with_template_defaults(settings.templates_dir, request.template, request.pdf),
+        templates_dir=settings.templates_dir,
+        recipient=request.requested_by or request.tenant,
+    )
+
+
+_libraries: dict[Path, TemplateLibrary] = {}
+
+
+def with_template_defaults(
+    templates_dir: Path, template: str, options: PdfOptions | None
+) -> PdfOptions | None:
+    """The template's `pdf:` front matter, each field the request sets replacing its own
+    (reading the front matter runs no template code)."""
+    folder = templates_dir.resolve()
+    library = _libraries.get(folder)
+    if library is None:
+        library = _libraries[folder] = TemplateLibrary(folder)
+    try:
+        defaults = library.info(library.resolve(template)).pdf
+    except PressroomError:
+        return options  # an unknown template fails its render, with the library's reason
+    if not defaults:
+        return options
+    if "password" in defaults:
+        raise PermanentError(f"template '{template}': front matter may not set pdf.password")
+    asked = options.model_dump(exclude_unset=True, by_alias=True) if options else {}
+    try:
+        return PdfOptions.model_validate({**defaults, **asked})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise PermanentError(
+            f"template '{template}': front matter pdf.{where}: {problem['msg']}"
+        ) from None
 
 
 async def store_artefact(
@@ -357,6 +416,8 @@ def render_key(
     material["locale"] = job.context.get("locale")
     # The document's standard, metadata, dates, /ID and provenance are in the PDF too.
     material["document"] = dataclasses.asdict(job.document)
+    if job.finish is not None:  # appended PDFs and watermarks (protected PDFs are not cached)
+        material["finish"] = job.finish.cache_material()
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
 

@@ -132,7 +132,13 @@ def resolve(spec: DocumentSpec, front: Mapping[str, Any], template: str) -> Reso
             raise PermanentError("pdf/ua-1 refused with tagged: false (PDF/UA is tagged PDF)")
         chosen["tagged"] = True
     if variant in PDFA and spec.encrypted:
-        raise PermanentError(f"{variant} refused with a password: PDF/A forbids encryption")
+        if asked.get("variant") == variant or variant in spec.require:
+            raise PermanentError(
+                f"{variant} refused with a password or permissions: PDF/A forbids encryption"
+            )
+        # A default (the template's or the operator's) gives way to the request's protection:
+        # the report is a plain (still tagged, if so) PDF, encrypted.
+        variant = None
     keywords = meta.get("keywords") or ()
     if isinstance(keywords, str):
         keywords = [k.strip() for k in keywords.split(",") if k.strip()]

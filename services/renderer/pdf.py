@@ -14,6 +14,7 @@ from typing import Any
 from services.renderer import document, fonts, warm
 from services.renderer.document import Resolved
 from services.renderer.exports import Export, make_exports
+from services.renderer.finish import appended_pages, finish, with_placeholders
 from services.renderer.job import Analysis, RenderJob, RenderOutput
 from services.renderer.sandbox import (
     check_output_size,
@@ -121,9 +122,15 @@ def pdf_output(
     exports = job_exports(job, name, html)
     if "pdf" in job.formats:
         started = time.perf_counter()
+        laid_out = html
+        if job.finish is not None and job.finish.append:
+            # Blank pages where the appended PDFs go: the footers' page counts include them.
+            laid_out = with_placeholders(html, appended_pages(job.finish))
         pdf, pages, notices = _html_to_pdf(
-            html, base_folder(job, name), job, (name, version), resolved
+            laid_out, base_folder(job, name), job, (name, version), resolved
         )
+        if job.finish is not None:
+            pdf = finish(pdf, job.finish)  # the last change to the PDF's bytes
         pdf_seconds = time.perf_counter() - started
     check_output_size(job, html_bytes if "html" in job.formats else None, pdf, exports)
     return RenderOutput(

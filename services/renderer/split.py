@@ -30,7 +30,8 @@ from services.renderer import fonts, splitplan
 from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported
 from services.renderer.document import Resolved
 from services.renderer.exports import Export
-from services.renderer.job import RenderJob, RenderOutput
+from services.renderer.finish import finish
+from services.renderer.job import Finish, RenderJob, RenderOutput
 from services.renderer.merge import merge_chunks
 from services.renderer.pdf import (
     base_folder,
@@ -67,7 +68,15 @@ class SplitPlan:
 def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
     """Jinja, then either the one-piece PDF (as render_job) or a plan to split it."""
     name, version, html, html_seconds = render_html(job)
-    if "pdf" in job.formats and processes >= 2 and job.split != "off" and chunks_supported():
+    # Appended PDFs take placeholder pages at the end of the layout: in one piece.
+    appends = job.finish is not None and bool(job.finish.append)
+    if (
+        "pdf" in job.formats
+        and processes >= 2
+        and job.split != "off"
+        and not appends
+        and chunks_supported()
+    ):
         chunks = plan_chunks(job, name, html, processes, version)
         resolved = resolved_document(job, name) if chunks else None
         if resolved is not None and resolved.one_piece:
@@ -166,6 +175,15 @@ def _stylesheets(job: RenderJob, base: Path, document: splitplan.Document) -> li
     return texts
 
 
+def merge_and_finish(
+    results: list[ChunkResult], document: tuple[Any, ...] | None, spec: Finish | None
+) -> tuple[bytes, int]:
+    """The chunks merged into one PDF with the document's metadata, XMP and /ID (merge.py),
+    then finished (watermark, encryption, signature: finish.py)."""
+    pdf, pages = merge_chunks(results, document)
+    return (finish(pdf, spec) if spec is not None else pdf), pages
+
+
 # ---- in the service (or the CLI) --------------------------------------------------------------
 async def render(pool: CappedPool, job: RenderJob) -> RenderOutput:
     """The report's PDF, split across the pool's processes when that pays off."""
@@ -206,9 +224,9 @@ async def _render_split(
         results: list[ChunkResult] = await pool.run_group(
             _layout_chunk, jobs, label=job.template, timeout=remaining
         )
-        finish = (plan.resolved, job.document, plan.name, plan.template_version)
+        document = (plan.resolved, job.document, plan.name, plan.template_version)
         pdf, pages = await pool.run(
-            merge_chunks, results, finish, label=job.template, timeout=remaining()
+            merge_and_finish, results, document, job.finish, label=job.template, timeout=remaining()
         )
         pdf_seconds = time.perf_counter() - laid_out
     finally:

@@ -65,6 +65,8 @@ class TemplateInfo:
     description: str
     params: dict[str, str] = field(default_factory=dict)
     sample: str | None = None
+    # The template's defaults for the request's `pdf` options (front matter `pdf:`).
+    pdf: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,7 @@ class TemplateLibrary:
             description=str(front.get("description", "")).strip(),
             params={str(k): str(v) for k, v in (front.get("params") or {}).items()},
             sample=str(sample.relative_to(self.folder)) if sample.is_file() else None,
+            pdf=front["pdf"] if isinstance(front.get("pdf"), dict) else {},
         )
 
     def front_matter(self, name: str) -> dict[str, Any]:

@@ -75,10 +75,22 @@ def test_what_a_standard_forbids_is_refused_with_its_reason(
     assert refused.value.reason.startswith(reason)
 
 
-def test_pdfa_with_a_password_is_refused_because_pdfa_forbids_encryption() -> None:
+def test_pdfa_asked_or_required_with_a_password_is_refused_because_pdfa_forbids_encryption() -> (
+    None
+):
     with pytest.raises(PermanentError, match="PDF/A forbids encryption"):
-        resolve(spec(encrypted=True), TEMPLATE, "t.html")
+        resolve(spec({"variant": "pdf/a-3b"}, encrypted=True), {}, "t.html")
+    with pytest.raises(PermanentError, match="PDF/A forbids encryption"):
+        resolve(spec(encrypted=True, require=("pdf/a-2b",)), TEMPLATE, "t.html")
     assert resolve(spec({"variant": None}, encrypted=True), TEMPLATE, "t.html").variant is None
+
+
+def test_a_default_pdfa_gives_way_to_the_requests_password_and_keeps_its_tags() -> None:
+    # The bundled templates default to tagged PDF/A-3b: a password on one is still honoured.
+    protected = resolve(spec(encrypted=True), TEMPLATE, "t.html")
+    assert (protected.variant, protected.tagged) == (None, True)
+    operator = resolve(spec(encrypted=True, default_variant="pdf/a-2b"), {}, "t.html")
+    assert operator.variant is None
 
 
 def test_operator_settings_for_pdfs_are_checked_at_start() -> None:

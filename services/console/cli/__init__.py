@@ -12,7 +12,7 @@ import os
 
 import typer
 
-from services.console.cli import dlq, logs, reports, requests, schedules, stack, templates
+from services.console.cli import dlq, logs, pdf, reports, requests, schedules, stack, templates
 from services.console.cli._common import err
 from services.console.cli._output import literal
 from shared.observe.logging import configure_logging
@@ -27,6 +27,7 @@ app.add_typer(schedules.sources_app, name="sources")
 app.add_typer(templates.templates_app, name="templates")
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(schedules.schedule_app, name="schedule")
+app.add_typer(pdf.pdf_app, name="pdf")
 stack.register(app)
 requests.register(app)
 reports.register(app)

@@ -190,6 +190,14 @@ def render(
     csv_bom: bool | None = typer.Option(
         None, "--csv-bom/--no-csv-bom", help="UTF-8 byte order mark in CSV (Excel)"
     ),
+    watermark: str | None = typer.Option(None, "--watermark", help="Text across every page"),
+    password_file: Path | None = typer.Option(
+        None, "--password-file", help="File with the reader's password (AES-256)"
+    ),
+    allow_print: bool = typer.Option(True, "--print/--no-print", help="Protected PDF: print"),
+    allow_copy: bool = typer.Option(False, "--copy/--no-copy", help="Protected PDF: copy text"),
+    sign: bool = typer.Option(False, "--sign", help="Sign with the operator's key (PAdES)"),
+    append: list[str] = typer.Option([], "--append", help="Allowed PDF of the templates folder"),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
 
@@ -199,7 +207,12 @@ def render(
     chosen = checked(lambda: output_format(fmt, output))
     data = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
     formats = ("html",) if dry_run or chosen == "html" else (chosen,)
-    pdf = pdf_options(pdf_variant, tagged, author, subject, keyword)
+    pdf = pdf_options(pdf_variant, tagged, author, subject, keyword) or {}
+    # Only what was given: the template's front matter `pdf:` gives the rest.
+    finishing: dict[str, Any] = {"watermark": watermark, "sign": sign or None, "append": append}
+    if password_file is not None or not allow_print or allow_copy:
+        finishing["permissions"] = {"print": allow_print, "copy": allow_copy}
+    pdf.update({k: v for k, v in finishing.items() if v})
     job = checked(
         lambda: adhoc_job(
             cfg,
@@ -208,8 +221,9 @@ def render(
             formats=formats,
             locale=locale,
             split=split,
-            pdf=pdf,
+            pdf=pdf or None,
             csv_bom=csv_bom,
+            password_file=password_file,
         )
     )
     # Long reports are split over PRESSROOM_RENDER_WORKERS processes, as in the renderer.
