@@ -36,9 +36,8 @@ async def limits_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     shutil.copytree(REPO / "templates", stack.templates)
     weekly = (stack.templates / "weekly.html").read_text()
     marked = weekly.replace(
-        "description: Weekly portfolio status report",
-        "description: Weekly report, internal\npdf:\n  watermark: INTERNAL",
-    )
+        "description: Weekly portfolio status report", "description: Weekly report, internal"
+    ).replace("\npdf:\n", "\npdf:\n  watermark: INTERNAL\n")
     assert marked != weekly
     (stack.templates / "internal.html").write_text(marked)
     await stack.astart()
@@ -59,6 +58,8 @@ async def test_the_operators_draft_stamp_is_on_every_page_of_a_split_report(
         "template": "portfolio.html",
         "params": {**SAMPLE, "projects": projects},
         "split": "on",
+        # A plain PDF: tagged and PDF/A reports (the bundled default) are never split.
+        "pdf": {"variant": None, "tagged": False},
     }
     nc = await limits_stack.connect()
     try:
