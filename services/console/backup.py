@@ -9,10 +9,11 @@ import os
 import re
 import tarfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from nats.js.errors import KeyWrongLastSequenceError
 
@@ -221,105 +222,138 @@ async def restore(
     (the same one is never put back twice: compared by `letter_identity`), reports' artefacts,
     and — when given where — templates and the config file (a file that differs here is kept
     unless `force`). The archive is read as a stream, every member checked before it is read."""
-
-    report = RestoreReport()
-    now = datetime.now(UTC)
-    kv = await bus.js.key_value(LEDGER_BUCKET)
-    present = {letter_identity(r.letter) for r in await dead_letters(bus)}
-    store: ArtefactStore | None = None
-    stored: set[str] = set()
-    artefact_limit = bus.settings.max_output_bytes
-    total = members = 0
-
-    def bad(why: str) -> PressroomError:
-        return PressroomError(f"'{source}' is not a pressroom backup: {why}")
-
-    def lines(handle: Any, name: str) -> Any:
-        while line := handle.readline(RESTORE_MAX_LINE + 1):
-            if len(line) > RESTORE_MAX_LINE and not line.endswith(b"\n"):
-                raise bad(f"{name} has a line over {RESTORE_MAX_LINE // 1024**2} MiB")
-            if line.strip():
-                yield line
-
+    restoring = _Restore(bus, source, templates_dir, config, force)
     try:
+        await restoring.prepare()
         with tarfile.open(source, mode="r|gz") as tar:
-            for member in tar:
-                members += 1
-                total += member.size
-                if members > RESTORE_MAX_MEMBERS or total > RESTORE_MAX_TOTAL:
-                    raise bad(
-                        f"more than {RESTORE_MAX_MEMBERS:,} members or "
-                        f"{RESTORE_MAX_TOTAL // 1024**3} GiB in all: refused"
-                    )
-                if not member.isfile():
-                    continue
-                limit = _member_limit(member.name, artefact_limit)
-                if limit is None:
-                    continue  # not ours: skipped unread
-                if member.size > limit:
-                    raise bad(
-                        f"{member.name} is {member.size:,} bytes, over the {limit:,} a "
-                        "backup holds: refused"
-                    )
-                handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                name = member.name
-                if name == "manifest.json":
-                    manifest = json.loads(handle.read(limit))
-                    report.secrets_redacted = manifest.get("secrets") != "included"
-                elif name == "ledger.jsonl":
-                    for line in lines(handle, name):
-                        entry = LedgerEntry.model_validate_json(line)
-                        why = _restorable(entry, now)
-                        if why:
-                            report.refuse(why)
-                            continue
-                        try:
-                            await kv.create(entry.request_id, entry.model_dump_json().encode())
-                            report.ledger_entries += 1
-                        except KeyWrongLastSequenceError:
-                            report.ledger_present += 1  # the live ledger wins
-                elif name == "dead-letters.jsonl":
-                    for line in lines(handle, name):
-                        letter = DeadLetter.model_validate_json(line)
-                        if letter_identity(letter) in present:
-                            report.dead_letters_present += 1
-                            continue
-                        await JetStreamPublisher(bus.js).publish(
-                            f"{DLQ_PREFIX}{letter.subject}",
-                            letter.model_dump_json().encode(),
-                            msg_id=f"restore:{letter_identity_id(letter)}",
-                        )
-                        present.add(letter_identity(letter))
-                        report.dead_letters += 1
-                elif name.startswith("artefacts/"):
-                    key = name.removeprefix("artefacts/")
-                    if not key.startswith("reports/") or _safe_relative(key, "reports/") is None:
-                        continue
-                    if store is None:
-                        store = await bus.store()
-                        stored = {o.key for o in await store.list("reports/")}
-                    if key in stored:
-                        report.artefacts_present += 1
-                        continue
-                    content_type = _CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream")
-                    await store.put(key, handle.read(limit), content_type=content_type)
-                    report.artefacts += 1
-                elif name.startswith("templates/") and templates_dir is not None:
-                    rel = _safe_relative(name, "templates/")
-                    if rel is not None:
-                        _restore_file(report, templates_dir / rel, handle.read(limit), force)
-                elif name == "config.yaml":
-                    report.config = _restore_config(
-                        config, handle.read(limit), force, report.secrets_redacted
-                    )
+            for name, handle, limit in restoring.members(tar):
+                await restoring.member(name, handle, limit)
     except PressroomError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as error:
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise bad(text) from None
-    return report
+        raise restoring.bad(text) from None
+    return restoring.report
+
+
+class _Restore:
+    """One restore: what the stack already holds, and each kind of member put back."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        source: Path,
+        templates_dir: Path | None,
+        config: Path | None,
+        force: bool,
+    ) -> None:
+        self.bus, self.source = bus, source
+        self.templates_dir, self.config, self.force = templates_dir, config, force
+        self.report = RestoreReport()
+        self.now = datetime.now(UTC)
+        self.present: set[tuple[str, str, str, datetime, datetime]] = set()
+        self.store: ArtefactStore | None = None
+        self.stored: set[str] = set()
+
+    async def prepare(self) -> None:
+        self.kv = await self.bus.js.key_value(LEDGER_BUCKET)
+        self.present = {letter_identity(r.letter) for r in await dead_letters(self.bus)}
+
+    def bad(self, why: str) -> PressroomError:
+        return PressroomError(f"'{self.source}' is not a pressroom backup: {why}")
+
+    def members(self, tar: tarfile.TarFile) -> Iterator[tuple[str, IO[bytes], int]]:
+        """Each member of ours, checked against the limits before a byte of it is read."""
+        artefact_limit = self.bus.settings.max_output_bytes
+        total = count = 0
+        for member in tar:
+            count += 1
+            total += member.size
+            if count > RESTORE_MAX_MEMBERS or total > RESTORE_MAX_TOTAL:
+                raise self.bad(
+                    f"more than {RESTORE_MAX_MEMBERS:,} members or "
+                    f"{RESTORE_MAX_TOTAL // 1024**3} GiB in all: refused"
+                )
+            if not member.isfile():
+                continue
+            limit = _member_limit(member.name, artefact_limit)
+            if limit is None:
+                continue  # not ours: skipped unread
+            if member.size > limit:
+                raise self.bad(
+                    f"{member.name} is {member.size:,} bytes, over the {limit:,} a "
+                    "backup holds: refused"
+                )
+            handle = tar.extractfile(member)
+            if handle is not None:
+                yield member.name, handle, limit
+
+    def lines(self, handle: IO[bytes], name: str) -> Iterator[bytes]:
+        while line := handle.readline(RESTORE_MAX_LINE + 1):
+            if len(line) > RESTORE_MAX_LINE and not line.endswith(b"\n"):
+                raise self.bad(f"{name} has a line over {RESTORE_MAX_LINE // 1024**2} MiB")
+            if line.strip():
+                yield line
+
+    async def member(self, name: str, handle: IO[bytes], limit: int) -> None:
+        report = self.report
+        if name == "manifest.json":
+            manifest = json.loads(handle.read(limit))
+            report.secrets_redacted = manifest.get("secrets") != "included"
+        elif name == "ledger.jsonl":
+            await self.ledger(handle, name)
+        elif name == "dead-letters.jsonl":
+            await self.letters(handle, name)
+        elif name.startswith("artefacts/"):
+            await self.artefact(name.removeprefix("artefacts/"), handle, limit)
+        elif name.startswith("templates/") and self.templates_dir is not None:
+            rel = _safe_relative(name, "templates/")
+            if rel is not None:
+                _restore_file(report, self.templates_dir / rel, handle.read(limit), self.force)
+        elif name == "config.yaml":
+            report.config = _restore_config(
+                self.config, handle.read(limit), self.force, report.secrets_redacted
+            )
+
+    async def ledger(self, handle: IO[bytes], name: str) -> None:
+        for line in self.lines(handle, name):
+            entry = LedgerEntry.model_validate_json(line)
+            why = _restorable(entry, self.now)
+            if why:
+                self.report.refuse(why)
+                continue
+            try:
+                await self.kv.create(entry.request_id, entry.model_dump_json().encode())
+                self.report.ledger_entries += 1
+            except KeyWrongLastSequenceError:
+                self.report.ledger_present += 1  # the live ledger wins
+
+    async def letters(self, handle: IO[bytes], name: str) -> None:
+        for line in self.lines(handle, name):
+            letter = DeadLetter.model_validate_json(line)
+            if letter_identity(letter) in self.present:
+                self.report.dead_letters_present += 1
+                continue
+            await JetStreamPublisher(self.bus.js).publish(
+                f"{DLQ_PREFIX}{letter.subject}",
+                letter.model_dump_json().encode(),
+                msg_id=f"restore:{letter_identity_id(letter)}",
+            )
+            self.present.add(letter_identity(letter))
+            self.report.dead_letters += 1
+
+    async def artefact(self, key: str, handle: IO[bytes], limit: int) -> None:
+        if not key.startswith("reports/") or _safe_relative(key, "reports/") is None:
+            return
+        if self.store is None:
+            self.store = await self.bus.store()
+            self.stored = {o.key for o in await self.store.list("reports/")}
+        if key in self.stored:
+            self.report.artefacts_present += 1
+            return
+        content_type = _CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream")
+        await self.store.put(key, handle.read(limit), content_type=content_type)
+        self.report.artefacts += 1
 
 
 def _restore_file(report: RestoreReport, path: Path, data: bytes, force: bool) -> None:

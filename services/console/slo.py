@@ -125,90 +125,102 @@ def objectives(
 ) -> list[Objective]:
     """The SLO table of the legacy runbook, each SLI against its target."""
     entries = reports(entries)
-    delivered = [e for e in entries if e.status == "delivered"]
-    failed = [e for e in entries if e.status == "failed"]
-    finished = delivered + failed
-    success = len(delivered) / len(finished) * 100 if finished else None
-    totals = [t for e in delivered if (t := e.total_seconds) is not None]
-    rendered = [e for e in entries if (r := e.stages.get("renderer")) and r.state == "done"]
-    render_failed = [e for e in failed if e.failed_stage == "renderer"]
-    render_total = len(rendered) + len(render_failed)
-    pdf_rate = len(rendered) / render_total * 100 if render_total else None
-    fetches = [e.fetch_seconds for e in entries if e.fetch_seconds is not None]
-    sizes = [float(s) for e in entries if (s := report_size(e)) is not None]
-    scheduled = [e for e in finished if (e.requested_by or "").startswith("scheduler:")]
-    on_time = [
-        e
-        for e in scheduled
-        if e.status == "delivered" and (t := e.total_seconds) is not None and t <= on_time_seconds
-    ]
-    scheduled_rate = len(on_time) / len(scheduled) * 100 if scheduled else None
-    p95_total = percentile(totals, 95)
-    p95_fetch = percentile(fetches, 95)
-    p95_size = percentile(sizes, 95)
-    rows = [
-        Objective(
-            "Report generation success rate",
-            "≥ 99%",
-            success,
-            "%",
-            _at_least(success, 99.0),
-            len(finished),
-        ),
-        Objective(
-            "Report generation time (p95)",
-            "< 60 s",
-            p95_total,
-            "s",
-            _below(p95_total, 60.0),
-            len(totals),
-        ),
-    ]
+    rows = [_success(entries), _generation_time(entries)]
     if templates_valid is not None:
-        valid, total = templates_valid
-        rate = valid / total * 100 if total else None
-        rows.append(
-            Objective(
-                "Template validation success",
-                "100%",
-                rate,
-                "%",
-                None if rate is None else rate == 100.0,
-                total,
-            )
-        )
+        rows.append(_templates_valid(*templates_valid))
     rows += [
-        Objective(
-            "Scheduled report delivery (on time)",
-            "≥ 99.5%",
-            scheduled_rate,
-            "%",
-            _at_least(scheduled_rate, 99.5),
-            len(scheduled),
-        ),
-        Objective(
-            "PDF rendering success rate",
-            "≥ 98%",
-            pdf_rate,
-            "%",
-            _at_least(pdf_rate, 98.0),
-            render_total,
-        ),
-        Objective(
-            "Data aggregation latency (p95)",
-            "< 30 s",
-            p95_fetch,
-            "s",
-            _below(p95_fetch, 30.0),
-            len(fetches),
-        ),
-        Objective(
-            "Report file size (p95)",
-            "< 5 MiB",
-            None if p95_size is None else p95_size / MIB,
-            "MiB",
-            _below(p95_size, 5 * MIB),
-            len(sizes),
-        ),
+        _scheduled_on_time(entries, on_time_seconds),
+        _pdf_success(entries),
+        _fetch_latency(entries),
+        _file_size(entries),
     ]
     return rows
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole * 100 if whole else None
+
+
+def _finished(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    return [e for e in entries if e.status in ("delivered", "failed")]
+
+
+def _success(entries: list[LedgerEntry]) -> Objective:
+    finished = _finished(entries)
+    delivered = sum(e.status == "delivered" for e in finished)
+    success = _rate(delivered, len(finished))
+    return Objective(
+        "Report generation success rate",
+        "≥ 99%",
+        success,
+        "%",
+        _at_least(success, 99.0),
+        len(finished),
+    )
+
+
+def _generation_time(entries: list[LedgerEntry]) -> Objective:
+    totals = [t for e in entries if e.status == "delivered" and (t := e.total_seconds) is not None]
+    p95 = percentile(totals, 95)
+    return Objective(
+        "Report generation time (p95)", "< 60 s", p95, "s", _below(p95, 60.0), len(totals)
+    )
+
+
+def _templates_valid(valid: int, total: int) -> Objective:
+    rate = _rate(valid, total)
+    return Objective(
+        "Template validation success",
+        "100%",
+        rate,
+        "%",
+        None if rate is None else rate == 100.0,
+        total,
+    )
+
+
+def _scheduled_on_time(entries: list[LedgerEntry], on_time_seconds: float) -> Objective:
+    scheduled = [e for e in _finished(entries) if (e.requested_by or "").startswith("scheduler:")]
+    on_time = sum(
+        e.status == "delivered" and (t := e.total_seconds) is not None and t <= on_time_seconds
+        for e in scheduled
+    )
+    rate = _rate(on_time, len(scheduled))
+    return Objective(
+        "Scheduled report delivery (on time)",
+        "≥ 99.5%",
+        rate,
+        "%",
+        _at_least(rate, 99.5),
+        len(scheduled),
+    )
+
+
+def _pdf_success(entries: list[LedgerEntry]) -> Objective:
+    rendered = sum(bool((r := e.stages.get("renderer")) and r.state == "done") for e in entries)
+    failed = sum(e.status == "failed" and e.failed_stage == "renderer" for e in entries)
+    rate = _rate(rendered, rendered + failed)
+    return Objective(
+        "PDF rendering success rate", "≥ 98%", rate, "%", _at_least(rate, 98.0), rendered + failed
+    )
+
+
+def _fetch_latency(entries: list[LedgerEntry]) -> Objective:
+    fetches = [e.fetch_seconds for e in entries if e.fetch_seconds is not None]
+    p95 = percentile(fetches, 95)
+    return Objective(
+        "Data aggregation latency (p95)", "< 30 s", p95, "s", _below(p95, 30.0), len(fetches)
+    )
+
+
+def _file_size(entries: list[LedgerEntry]) -> Objective:
+    sizes = [float(s) for e in entries if (s := report_size(e)) is not None]
+    p95 = percentile(sizes, 95)
+    return Objective(
+        "Report file size (p95)",
+        "< 5 MiB",
+        None if p95 is None else p95 / MIB,
+        "MiB",
+        _below(p95, 5 * MIB),
+        len(sizes),
+    )
