@@ -1,0 +1,1 @@
+"""The four services (fetcher, renderer, distributor, scheduler) and, above them, the console."""

@@ -1,1 +1,2 @@
-"""Pressroom's shared package: event models, settings, errors, bus, ledger, store and logging."""
+"""The kit every Pressroom stage process needs: events, settings, errors, the bus, the stage
+runner, its adapters and observability (docs/architecture.md, "The house")."""
