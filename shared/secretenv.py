@@ -24,13 +24,15 @@ _SOURCES = re.compile(r"^PRESSROOM_SOURCE_CREDENTIALS$")
 _STORE = re.compile(r"^(PRESSROOM_S3_(ACCESS|SECRET)_KEY|AWS_.*)$")
 _SIGNING = re.compile(r"^PRESSROOM_SIGN_")
 _CONSOLE = re.compile(r"^PRESSROOM_OIDC_")
+# Signs download links: the console and the distributor (webhooks and emails carry links).
+_LINKS = re.compile(r"^PRESSROOM_CONSOLE_SECRET$")
 
 # What each worker may not see: the secrets of the other roles.
 NOT_FOR: dict[str, tuple[re.Pattern[str], ...]] = {
-    "fetcher": (_DELIVERY, _SIGNING, _CONSOLE),
-    "renderer": (_DELIVERY, _SOURCES, _CONSOLE),
+    "fetcher": (_DELIVERY, _SIGNING, _CONSOLE, _LINKS),
+    "renderer": (_DELIVERY, _SOURCES, _CONSOLE, _LINKS),
     "distributor": (_SOURCES, _SIGNING, _CONSOLE),
-    "scheduler": (_DELIVERY, _SOURCES, _STORE, _SIGNING, _CONSOLE),
+    "scheduler": (_DELIVERY, _SOURCES, _STORE, _SIGNING, _CONSOLE, _LINKS),
 }
 
 
