@@ -11,7 +11,7 @@ import os
 
 import typer
 
-from shared.cli import dlq, logs, reports, requests, schedules, stack, templates
+from shared.cli import console, dlq, logs, reports, requests, schedules, stack, templates
 from shared.cli._common import err
 from shared.cli._output import literal
 
@@ -29,6 +29,7 @@ stack.register(app)
 requests.register(app)
 reports.register(app)
 logs.register(app)
+console.register(app)
 
 
 def main() -> None:

@@ -322,8 +322,10 @@ def get(
         None, "--output", "-o", help="Default: REQUEST_ID.FORMAT in the current folder."
     ),
     fmt: str = typer.Option("pdf", "--format", "-f"),
-    url: bool = typer.Option(False, "--url", help="Print a download link (S3) instead."),
-    expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
+    url: bool = typer.Option(
+        False, "--url", help="Print a download link instead (the console's, or S3's)."
+    ),
+    expires: str = typer.Option("24h", help="How long the --url link works."),
 ) -> None:
     """Download a rendered artefact (checked against its recorded sha256), or link to it."""
     from shared.cli._common import age

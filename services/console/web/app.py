@@ -38,6 +38,8 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from nats.errors import Error as NatsError
+
 from services.console.web import audit, charts
 from services.console.web.auth import (
     ROLES,
@@ -113,7 +115,7 @@ def _when(value: Any) -> str:
 
 
 def _seconds(value: Any) -> str:
-    return "—" if value is None else f"{value:.2f} s"
+    return f"{value:.2f} s" if isinstance(value, int | float) else "—"
 
 
 _env = Environment(
@@ -203,6 +205,11 @@ def page(role: Role = "viewer", *, action: bool = False) -> Callable[[Handler], 
                 if _wants_json(request):
                     return JSONResponse({"error": error.reason}, status_code=400)
                 return _page(request, "error.html", {"reason": error.reason}, status=400)
+            except (NatsError, TimeoutError) as error:  # the bus is away: say so, in a page
+                reason = f"NATS did not answer ({error or type(error).__name__}); try again"
+                if _wants_json(request):
+                    return JSONResponse({"error": reason}, status_code=503)
+                return _page(request, "error.html", {"reason": reason}, status=503)
 
         return guarded
 
@@ -718,7 +725,7 @@ async def dead_letter(request: Request) -> Response:
 @page("ops", action=True)
 async def dead_letter_replay(request: Request) -> Response:
     console: Console = request.app.state.console
-    seq = request.path_params["seq"]
+    seq = str(request.path_params["seq"])
     done = await ops.replay_many(console.ready_bus(), [seq])
     await _audit(request, "replay dead letter", seq, f"to {done[0]['subject']}")
     return _done(request, f"replayed dead letter {seq} to {done[0]['subject']}", "/dead-letters", done)
@@ -1030,6 +1037,10 @@ async def healthz(request: Request) -> Response:
     )
 
 
+async def favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
 async def home(request: Request) -> Response:
     return RedirectResponse("/reports", status_code=303)
 
@@ -1061,6 +1072,7 @@ def _routes() -> list[Any]:
     routes: list[Any] = [
         Route("/", home),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),

@@ -46,7 +46,7 @@ async def _bucket(bus: Bus) -> Any:
                 history=1,
                 ttl=KEEP.total_seconds(),
                 storage=api.StorageType.FILE,
-                num_replicas=bus.settings.stream_replicas,
+                replicas=bus.settings.stream_replicas,
             )
         )
 
