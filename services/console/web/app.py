@@ -527,7 +527,7 @@ async def report(request: Request) -> Response:
         "report.html",
         {
             "entry": entry_shown,
-            "where": ops.whereabouts(entry),
+            "where": "" if ops.whereabouts(entry) == entry.status else ops.whereabouts(entry),
             "request_json": json.dumps(shown, indent=2) if shown is not None else None,
             "timeline": _timeline(entry),
             "channels": channels,
@@ -583,13 +583,11 @@ async def report_page_image(request: Request) -> Response:
     """Page N of the report's PDF as a PNG (poppler's pdftoppm, in a capped child process)."""
     console: Console = request.app.state.console
     bus = console.ready_bus()
-    artefact = await _artefact_of(bus, request.path_params["rid"], "pdf")
     number = int(request.path_params["n"])
     tool = shutil.which("pdftoppm")
     if tool is None:
         return PlainTextResponse("page images need pdftoppm (Debian: poppler-utils)", 501)
     data = await ops.artefact_bytes(bus, request.path_params["rid"], "pdf")
-    del artefact
 
     def draw() -> bytes:
         with tempfile.TemporaryDirectory() as folder:
@@ -609,6 +607,23 @@ async def report_page_image(request: Request) -> Response:
 
     png = await asyncio.to_thread(draw)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@page()
+async def report_pages(request: Request) -> Response:
+    """The PDF's pages as images, one under the other (at most the first 50)."""
+    import io
+
+    from pypdf import PdfReader
+
+    console: Console = request.app.state.console
+    rid = request.path_params["rid"]
+    data = await ops.artefact_bytes(console.ready_bus(), rid, "pdf")
+    try:
+        count = len(PdfReader(io.BytesIO(data)).pages)
+    except Exception as error:  # pypdf's many error types: the page says why
+        raise PressroomError(f"the PDF of {rid} cannot be read: {error}") from None
+    return _page(request, "pages.html", {"rid": rid, "count": count, "shown": min(count, 50)})
 
 
 @page("ops", action=True)
@@ -1053,6 +1068,7 @@ def _routes() -> list[Any]:
         ("/reports/{rid:path}/artefacts/{fmt}/link", mint_link),
         ("/reports/{rid:path}/artefacts/{fmt}", report_download),
         ("/reports/{rid:path}/pages/{n:int}.png", report_page_image),
+        ("/reports/{rid:path}/pages", report_pages),
         ("/reports/{rid:path}", report),
         ("/dead-letters", dead_letters),
         ("/dead-letters/{seq:int}", dead_letter),

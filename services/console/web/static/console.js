@@ -1,4 +1,4 @@
-// Pressroom console: live updates over server-sent events, page images. No library, no build.
+// Pressroom console: live updates over server-sent events. No library, no build step.
 "use strict";
 
 function liveReports(table) {
@@ -34,7 +34,6 @@ function liveReport(box) {
         const page = new DOMParser().parseFromString(await answer.text(), "text/html");
         const fresh = page.getElementById("report");
         if (fresh) box.innerHTML = fresh.innerHTML;
-        wirePages();
       }
     } finally {
       busy = false;
@@ -43,27 +42,9 @@ function liveReport(box) {
   window.addEventListener("pagehide", () => source.close());
 }
 
-function wirePages() {
-  for (const link of document.querySelectorAll("a.show-pages")) {
-    link.addEventListener("click", (event) => {
-      event.preventDefault();
-      const holder = document.getElementById("pages");
-      holder.replaceChildren();
-      for (let n = 1; n <= 3; n++) {
-        const img = new Image();
-        img.alt = "Page " + n + " of the report";
-        img.src = link.dataset.src + n + ".png";
-        img.addEventListener("error", () => img.remove());
-        holder.append(img);
-      }
-    }, { once: true });
-  }
-}
-
 document.addEventListener("DOMContentLoaded", () => {
   const table = document.querySelector("table[data-live]");
   if (table) liveReports(table);
   const box = document.querySelector("#report[data-live]");
   if (box) liveReport(box);
-  wirePages();
 });
