@@ -277,7 +277,7 @@ class Settings(BaseSettings):
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None
     trace_url: str | None = Field(
-        default=None, description="A trace UI's link with {trace_id}, e.g. Jaeger's /trace/{trace_id}."
+        default=None, description="A trace UI's link with {trace_id} (Jaeger: …/trace/{trace_id})."
     )
 
     # Everything else from the YAML file (schedules, sources, delivery defaults)

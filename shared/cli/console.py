@@ -41,9 +41,7 @@ def serve(
             highlight=False,
         )
     out.print(f"console on [cyan]http://{bind}:{where}[/] · Ctrl-C to stop", highlight=False)
-    uvicorn.run(
-        create_app(cfg), host=bind, port=where, log_level="warning", proxy_headers=True
-    )
+    uvicorn.run(create_app(cfg), host=bind, port=where, log_level="warning", proxy_headers=True)
 
 
 @user_app.command("add")
@@ -114,14 +112,10 @@ def audit(
     print_table(
         out,
         [Col("when (UTC)"), Col("who"), Col("what"), Col("target", long=True), Col("outcome")],
-        [
-            [f"{r.at:%Y-%m-%d %H:%M:%S}", r.who, r.action, r.target, r.outcome]
-            for r in records
-        ],
+        [[f"{r.at:%Y-%m-%d %H:%M:%S}", r.who, r.action, r.target, r.outcome] for r in records],
     )
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(console_app, name="console")
     app.command()(audit)
-

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from shared.bus import OBJECT_BUCKET
+from shared.downloadlinks import mint_token
 from shared.embedded import free_port
+from shared.events import Artefact
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -39,10 +43,11 @@ class Console:
         self.stack = stack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.secret = b"console-test-secret-" + b"x" * 20
         self.env = {
             **stack.env,
             "PRESSROOM_DATA_DIR": str(stack.root / "console-state"),
-            "PRESSROOM_CONSOLE_SECRET": "console-test-secret-" + "x" * 20,
+            "PRESSROOM_CONSOLE_SECRET": self.secret.decode(),
             "PRESSROOM_PUBLIC_URL": self.url,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -211,7 +216,7 @@ async def test_closed_by_default_and_wrong_password_refused(
     await page.click("button[type=submit]")
     await page.wait_for_selector("p.error")
     assert "wrong user name or password" in await page.inner_text("p.error")
-    cookie = [c for c in await context.cookies() if c["name"] == "pressroom_session"][0]
+    cookie = next(c for c in await context.cookies() if c["name"] == "pressroom_session")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
     await context.close()
 
@@ -293,7 +298,7 @@ async def test_post_without_csrf_token_is_refused(olga: Watched, nc: Any, seen: 
     await publish(nc, request_body(rid, template="no-such-template.html"))
     await seen.failed_event(rid)
     page = await olga.page()
-    await page.goto(f"/dead-letters?reason=&since=&stage=&template=")
+    await page.goto("/dead-letters?reason=&since=&stage=&template=")
     link = page.locator(f"a[href='/reports/{rid}']").first
     await link.wait_for()
     seq = (await page.locator("tr", has=link).locator("a").first.inner_text()).lstrip("#")
@@ -330,9 +335,19 @@ async def test_download_link_gives_the_exact_bytes_and_a_tampered_one_is_refused
         body, _, signature = link.rpartition(".")
         flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
         assert (await client.get(f"{body}.{flipped}")).status_code == 403
+        # Another artefact's key in a token signed with someone else's secret: refused too.
+        other = Artefact.model_validate({**artefact, "key": "reports/elsewhere.pdf"})
+        forged = mint_token(b"a guessed secret", other, datetime.now(UTC) + timedelta(hours=1))
+        assert (await client.get(f"{console.url}/a/{forged}")).status_code == 403
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        expired = mint_token(console.secret, Artefact.model_validate(artefact), past)
+        assert (await client.get(f"{console.url}/a/{expired}")).status_code == 403
+        await (await nc.jetstream().object_store(OBJECT_BUCKET)).delete(artefact["key"])
+        assert (await client.get(link)).status_code == 404  # purged: the link is dead
     await page.goto("/audit")
     trail = await page.inner_text("table")
     assert "download refused" in trail and "signature does not match" in trail
+    assert "expired" in trail and "404: no longer stored" in trail
     await page.close()
 
 
@@ -348,6 +363,7 @@ async def test_pages_at_both_widths_pass_axe_with_no_serious_violations(
         "login": "/login",
         "reports": "/reports",
         "report": f"/reports/{rid}",
+        "pages": f"/reports/{rid}/pages",
         "dead-letters": "/dead-letters",
         "schedules": "/schedules",
         "slo": "/slo",
@@ -355,7 +371,7 @@ async def test_pages_at_both_widths_pass_axe_with_no_serious_violations(
         "audit": "/audit",
     }
     problems: list[str] = []
-    for label, width in WIDTHS.items():
+    for width in WIDTHS.values():
         page = await olga.page(width)
         for name, path in pages.items():
             await page.goto(path)
@@ -387,8 +403,10 @@ async def test_keyboard_reaches_the_navigation_and_the_filters(olga: Watched) ->
     reached = []
     for _ in range(12):
         await page.keyboard.press("Tab")
-        reached.append(await page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+        reached.append(
+            await page.evaluate(
+                "document.activeElement.id || document.activeElement.textContent.trim()"
+            )
+        )
     assert "q" in reached and "status" in reached, reached
     await page.close()
-
-

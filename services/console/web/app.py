@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from nats.errors import Error as NatsError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -37,8 +38,6 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-
-from nats.errors import Error as NatsError
 
 from services.console.web import audit, charts
 from services.console.web.auth import (
@@ -263,7 +262,9 @@ async def login(request: Request) -> Response:
     next_page = _safe_next(str(form.get("next") or "/reports"))
     context = {"next": next_page, "sso": bool(console.settings.oidc_issuer), "no_users": False}
     if not await _csrf_ok(request):
-        return _page(request, "login.html", {**context, "error": "the form expired: try again"}, 403)
+        return _page(
+            request, "login.html", {**context, "error": "the form expired: try again"}, 403
+        )
     wait = console.limiter.retry_after(_client(request), name)
     if wait:
         await _audit(request, "login refused: rate limit", name, "429", who=name or "?")
@@ -279,7 +280,9 @@ async def login(request: Request) -> Response:
     if user is None:
         console.limiter.failed(_client(request), name)
         await _audit(request, "login failed", name, "401", who=name or "?")
-        return _page(request, "login.html", {**context, "error": "wrong user name or password"}, 401)
+        return _page(
+            request, "login.html", {**context, "error": "wrong user name or password"}, 401
+        )
     _sign_in(request, user)
     await _audit(request, "login", user.name)
     return RedirectResponse(next_page, status_code=303)
@@ -304,7 +307,9 @@ async def sso_start(request: Request) -> Response:
     client = request.app.state.oidc
     if client is None:
         return PlainTextResponse("single sign-on is not configured", status_code=404)
-    redirect = f"{(console.settings.public_url or str(request.base_url)).rstrip('/')}/login/sso/callback"
+    redirect = (
+        f"{(console.settings.public_url or str(request.base_url)).rstrip('/')}/login/sso/callback"
+    )
     response: Response = await client.authorize_redirect(request, redirect)
     return response
 
@@ -594,8 +599,19 @@ async def report_page_image(request: Request) -> Response:
             source = Path(folder) / "report.pdf"
             source.write_bytes(data)
             done = subprocess.run(
-                [tool, "-png", "-r", "80", "-f", str(number), "-l", str(number), "-singlefile",
-                 str(source), str(Path(folder) / "page")],
+                [
+                    tool,
+                    "-png",
+                    "-r",
+                    "80",
+                    "-f",
+                    str(number),
+                    "-l",
+                    str(number),
+                    "-singlefile",
+                    str(source),
+                    str(Path(folder) / "page"),
+                ],
                 capture_output=True,
                 timeout=30,
                 check=False,
@@ -732,9 +748,7 @@ async def dead_letter(request: Request) -> Response:
         body = "(request bodies are shown to the ops role)"
     if _wants_json(request):
         return JSONResponse({**record.summary(), "body": body, "headers": letter.headers})
-    return _page(
-        request, "dead_letter.html", {"record": record, "letter": letter, "body": body}
-    )
+    return _page(request, "dead_letter.html", {"record": record, "letter": letter, "body": body})
 
 
 @page("ops", action=True)
@@ -743,7 +757,9 @@ async def dead_letter_replay(request: Request) -> Response:
     seq = str(request.path_params["seq"])
     done = await ops.replay_many(console.ready_bus(), [seq])
     await _audit(request, "replay dead letter", seq, f"to {done[0]['subject']}")
-    return _done(request, f"replayed dead letter {seq} to {done[0]['subject']}", "/dead-letters", done)
+    return _done(
+        request, f"replayed dead letter {seq} to {done[0]['subject']}", "/dead-letters", done
+    )
 
 
 @page("ops", action=True)
@@ -755,12 +771,14 @@ async def dead_letters_replay(request: Request) -> Response:
     wanted = _letter_filter(None, form)
     chosen = _letters_matching(await ops.dead_letters(bus), wanted)
     if form.get("dry_run"):
-        return _page(
-            request,
-            "dead_letters_confirm.html",
-            {"records": chosen, "wanted": wanted, "verb": "replay", "dry_run": True},
-        ) if not _wants_json(request) else JSONResponse(
-            {"would_replay": [r.summary() for r in chosen]}
+        return (
+            _page(
+                request,
+                "dead_letters_confirm.html",
+                {"records": chosen, "wanted": wanted, "verb": "replay", "dry_run": True},
+            )
+            if not _wants_json(request)
+            else JSONResponse({"would_replay": [r.summary() for r in chosen]})
         )
     done = await ops.replay_many(bus, [str(r.id) for r in chosen]) if chosen else []
     await _audit(request, "replay dead letters", json.dumps(wanted), f"{len(done)} replayed")
@@ -902,19 +920,21 @@ async def _slo_view(console: Console, window: str) -> dict[str, Any]:
     buckets = 24 if window == "24h" else (7 * 4 if window == "7d" else 30)
     start = datetime.now(UTC) - span
     step = span / buckets
-    labels, success, p95 = [], [], []
+    labels: list[str] = []
+    success: list[float | None] = []
+    p95: list[float | None] = []
     slots: list[list[LedgerEntry]] = [[] for _ in range(buckets)]
     for entry in finished:
         when = entry.requested_at or entry.updated_at
-        slot = int((when - start) / step)
-        if 0 <= slot < buckets:
-            slots[slot].append(entry)
-    for n, slot in enumerate(slots):
-        moment = start + step * n
-        labels.append(moment.strftime("%H:%M" if window == "24h" else "%m-%d"))
-        ok = sum(1 for e in slot if e.status == "delivered")
-        success.append(ok / len(slot) * 100 if slot else None)
-        totals = [t for e in slot if (t := e.total_seconds) is not None]
+        at = int((when - start) / step)
+        if 0 <= at < buckets:
+            slots[at].append(entry)
+    spelling = {"24h": "%H:%M", "7d": "%a %Hh"}.get(window, "%m-%d")
+    for n, period in enumerate(slots):
+        labels.append((start + step * n).strftime(spelling))
+        ok = sum(1 for e in period if e.status == "delivered")
+        success.append(ok / len(period) * 100 if period else None)
+        totals = [t for e in period if (t := e.total_seconds) is not None]
         p95.append(percentile(totals, 95))
     return {
         "window": window,
@@ -1098,7 +1118,10 @@ def _routes() -> list[Any]:
         Route("/reports/stream", reports_stream),
     ]
     for path, handler in actions:  # before the pages: /reports/{rid:path} would take them
-        routes += [Route(path, handler, methods=["POST"]), Route(f"/api{path}", handler, methods=["POST"])]
+        routes += [
+            Route(path, handler, methods=["POST"]),
+            Route(f"/api{path}", handler, methods=["POST"]),
+        ]
     for path, handler in pages:
         routes += [Route(path, handler), Route(f"/api{path}", handler)]
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
@@ -1170,4 +1193,3 @@ def _oidc(settings: Settings) -> Any:
         client_secret=settings.oidc_client_secret,
         client_kwargs={"scope": "openid email profile"},
     )
-

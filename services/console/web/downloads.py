@@ -66,7 +66,10 @@ async def _object_store(bus: Bus, key: str) -> Stored:
                 yield data[lo:hi]
 
     return Stored(
-        int(info.size or 0), str(headers.get("Content-Type") or "application/octet-stream"), sha, read
+        int(info.size or 0),
+        str(headers.get("Content-Type") or "application/octet-stream"),
+        sha,
+        read,
     )
 
 

@@ -209,7 +209,7 @@ class LedgerIndex:
         watcher = await kv.watchall()
         try:
             while True:
-                update: Any = await watcher.updates(timeout=None)  # type: ignore[arg-type]
+                update: Any = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
                 if update is None:  # every current value read: from here on, live
                     self.loaded.set()
                     continue
