@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format test-deps unit integration faults bench contract monitoring clean \
+.PHONY: install run test lint format test-deps unit integration faults bench bench-console contract \
+	monitoring clean \
 	compose-deps compose-images compose-test k8s-walk
 
 install: $(STAMP)
@@ -85,6 +86,11 @@ monitoring: install
 
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.console
+
+## The console's page times with 100,000 reports in the ledger (docs/console/bench.json).
+bench-console: install
+	$(BIN)/python -m bench.console
 
 ## Containers, with podman (deploy/ci): podman itself and podman-compose, set up for this kind of
 ## machine; every image compose.yaml needs (offline stand-ins where no registry answers); then

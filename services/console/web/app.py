@@ -88,6 +88,7 @@ class Console:
         self.users_path = users_file(settings)
         self._cache: dict[str, tuple[float, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._refreshing: set[str] = set()
 
     def ready_bus(self) -> ops.Bus:
         if self.bus is None:
@@ -95,15 +96,29 @@ class Console:
         return self.bus
 
     async def cached(self, key: str, seconds: float, compute: Callable[[], Awaitable[Any]]) -> Any:
-        """A slow view (SLOs over every report, health) computed at most every `seconds`;
-        the page answers at once with the last one while a new one is computed."""
-        now = asyncio.get_running_loop().time()
+        """A slow view (SLOs over every report, health): computed once, then answered from
+        the last result while a fresh one is computed in the background when it is older
+        than `seconds` (one computation at a time per view)."""
+        loop = asyncio.get_running_loop()
         hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < seconds:
-            return hit[1]
-        value = await compute()
-        self._cache[key] = (asyncio.get_running_loop().time(), value)
-        return value
+        if hit is None:
+            value = await compute()
+            self._cache[key] = (loop.time(), value)
+            return value
+        if loop.time() - hit[0] >= seconds and key not in self._refreshing:
+            self._refreshing.add(key)
+
+            async def refresh() -> None:
+                try:
+                    self._cache[key] = (loop.time(), await compute())
+                except Exception as error:  # the last good view stays; the log says why
+                    log.warning("console view not refreshed", view=key, error=repr(error))
+                finally:
+                    self._refreshing.discard(key)
+
+            self._tasks.append(asyncio.create_task(refresh()))
+            self._tasks = [t for t in self._tasks if not t.done()]
+        return hit[1]
 
 
 # ---- templates -----------------------------------------------------------------------------
@@ -950,7 +965,7 @@ async def slo(request: Request) -> Response:
     console: Console = request.app.state.console
     window = request.query_params.get("window", "7d")
     window = window if window in SLO_WINDOWS else "7d"
-    view = await console.cached(f"slo:{window}", 30, lambda: _slo_view(console, window))
+    view = await console.cached(f"slo:{window}", 60, lambda: _slo_view(console, window))
     if _wants_json(request):
         return JSONResponse(view)
     series = view["series"]
@@ -1140,6 +1155,15 @@ async def _security_headers(request: Request, call_next: Any) -> Response:
     return response
 
 
+async def _prewarm(console: Console) -> None:
+    """The SLO page's default view computed once the ledger is read, not on its first visit."""
+    await console.index.loaded.wait()
+    try:
+        await console.cached("slo:7d", 60, lambda: _slo_view(console, "7d"))
+    except Exception as error:
+        log.warning("SLO view not computed ahead", error=repr(error))
+
+
 def create_app(settings: Settings, *, bus: ops.Bus | None = None) -> Starlette:
     """The console; without `bus` it opens its own (the ops identity) for its lifetime."""
     from starlette.middleware.base import BaseHTTPMiddleware
@@ -1152,13 +1176,18 @@ def create_app(settings: Settings, *, bus: ops.Bus | None = None) -> Starlette:
         async with contextlib.AsyncExitStack() as stack:
             if console.bus is None:
                 console.bus = await stack.enter_async_context(ops.open_bus(settings))
-            task = asyncio.create_task(console.index.follow(console.bus))
+            tasks = [
+                asyncio.create_task(console.index.follow(console.bus)),
+                asyncio.create_task(_prewarm(console)),
+            ]
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app = Starlette(
         routes=_routes(),

@@ -8,7 +8,7 @@ from markupsafe import Markup, escape
 from services.renderer.charts import nice_ticks
 
 WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 28, 26
+LEFT, RIGHT, TOP, BOTTOM = 44, 28, 28, 26
 
 
 def line(labels: list[str], values: list[float | None], title: str, *, unit: str) -> Markup:
