@@ -109,6 +109,7 @@ def dlq_replay(
     """Republish dead letters to their original subjects (fresh attempt count)."""
     from rich.progress import Progress
 
+    from services.console.web.audit import audited
     from shared.ops import replay_many
 
     targets = _targets(ids, all_)
@@ -118,7 +119,12 @@ def dlq_replay(
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, visible=total >= 5)
 
-        replayed = on_bus(settings(), lambda bus: replay_many(bus, targets, advance))
+        replayed = on_bus(
+            settings(),
+            lambda bus: audited(
+                bus, "replay dead letters", _named(targets), replay_many(bus, targets, advance)
+            ),
+        )
     if as_json:
         emit_json({"replayed": replayed})
     else:
@@ -133,6 +139,7 @@ def dlq_purge(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Delete dead letters for good (--all asks first, unless --yes)."""
+    from services.console.web.audit import audited
     from shared.ops import purge
 
     targets = _targets(ids, all_)
@@ -141,8 +148,15 @@ def dlq_purge(
             fail("purging every dead letter cannot be undone: add --yes to confirm")
         if not typer.confirm("Delete every dead letter for good?", default=False):
             raise typer.Exit(1)
-    removed = on_bus(settings(), lambda bus: purge(bus, targets))
+    removed = on_bus(
+        settings(),
+        lambda bus: audited(bus, "purge dead letters", _named(targets), purge(bus, targets)),
+    )
     if as_json:
         emit_json({"purged": removed})
     else:
         out.print(f"purged {removed} dead letter(s)")
+
+
+def _named(targets: list[str] | None) -> str:
+    return "--all" if targets is None else " ".join(targets)

@@ -364,6 +364,7 @@ def deliver(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Deliver an already rendered report again (the legacy send-report.py)."""
+    from services.console.web.audit import audited
     from shared.ops import deliver_again
 
     bucket, _, key = (s3 or "").partition("/")
@@ -373,7 +374,12 @@ def deliver(
     deliveries += [{"channel": "file", "path": folder}] if folder else []
     if not deliveries:
         fail("name at least one of --email, --s3, --webhook, --folder")
-    results = on_bus(settings(), lambda bus: deliver_again(bus, request_id, deliveries))
+    results = on_bus(
+        settings(),
+        lambda bus: audited(
+            bus, "re-deliver", request_id, deliver_again(bus, request_id, deliveries)
+        ),
+    )
     if as_json:
         emit_json(results)
     for result in [] if as_json else results:

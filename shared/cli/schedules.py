@@ -171,6 +171,7 @@ def schedule_run(
 @schedule_app.command("pause")
 def schedule_pause(name: str) -> None:
     """Skip a schedule's fires (none are caught up later) until `schedule resume NAME`."""
+    from services.console.web.audit import audited
     from services.scheduler.state import pause
     from shared.bus import SCHEDULES_BUCKET
 
@@ -181,7 +182,8 @@ def schedule_pause(name: str) -> None:
         return
 
     async def act(bus: Any) -> None:
-        await pause(await bus.js.key_value(SCHEDULES_BUCKET), name, "pressroom schedule pause")
+        kv = await bus.js.key_value(SCHEDULES_BUCKET)
+        await audited(bus, "schedule pause", name, pause(kv, name, "pressroom schedule pause"))
 
     on_bus(cfg, act, setup=False)
     out.print(f"paused {name}: its fires are skipped until `pressroom schedule resume {name}`")
@@ -190,6 +192,7 @@ def schedule_pause(name: str) -> None:
 @schedule_app.command("resume")
 def schedule_resume(name: str) -> None:
     """Fire a paused schedule again from its next fire time (what was skipped stays skipped)."""
+    from services.console.web.audit import audited
     from services.scheduler.state import resume
     from shared.bus import SCHEDULES_BUCKET
 
@@ -197,7 +200,8 @@ def schedule_resume(name: str) -> None:
     schedule, _ = _known(cfg, name)
 
     async def act(bus: Any) -> bool:
-        return await resume(await bus.js.key_value(SCHEDULES_BUCKET), name)
+        kv = await bus.js.key_value(SCHEDULES_BUCKET)
+        return await audited(bus, "schedule resume", name, resume(kv, name))
 
     if not on_bus(cfg, act, setup=False):
         out.print(f"{name} was not paused")

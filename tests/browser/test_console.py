@@ -410,3 +410,28 @@ async def test_keyboard_reaches_the_navigation_and_the_filters(olga: Watched) ->
         )
     assert "q" in reached and "status" in reached, reached
     await page.close()
+
+
+async def test_the_audit_trail_shows_console_and_cli_actions(
+    olga: Watched, console: Console, nc: Any, seen: Outcomes
+) -> None:
+    rid = unique("audit")
+    await publish(nc, request_body(rid, template="no-such-template.html"))
+    await seen.failed_event(rid)
+    purged = console.cli("dlq", "purge", rid)
+    assert purged.returncode == 0, purged.stderr
+    page = await olga.page()
+    await page.goto("/dead-letters?stage=nothing-matches")
+    await page.goto("/audit")
+    row = page.locator("tr", has=page.get_by_text(rid, exact=True))
+    await row.wait_for()
+    assert "purge dead letters" in await row.inner_text()
+    printed = console.cli("audit", "--since", "1h", "--json")
+    assert printed.returncode == 0, printed.stderr
+    records = json.loads(printed.stdout)
+    mine = [r for r in records if r["target"] == rid]
+    assert mine and mine[0]["action"] == "purge dead letters"
+    assert mine[0]["source"].startswith("cli@") and mine[0]["outcome"] == "1"
+    logins = [r for r in records if r["action"] == "login" and r["who"] == "olga"]
+    assert logins and logins[0]["source"].startswith("console 127.0.0.1")
+    await page.close()

@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from shared.bus import kv_snapshot
+from shared.errors import PressroomError
 from shared.ops import Bus
+
+T = TypeVar("T")
 
 AUDIT_BUCKET = "pressroom_audit"
 KEEP = timedelta(days=90)
@@ -80,3 +84,32 @@ async def trail(
         if limit is not None and len(found) >= limit:
             break
     return found
+
+
+def cli_identity() -> tuple[str, str]:
+    """Who runs the CLI and where: the login name, and `cli@<host>`."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container): its number
+        import os
+
+        user = f"uid {os.getuid()}"
+    return user, f"cli@{socket.gethostname()}"
+
+
+async def audited(bus: Bus, action: str, target: str, work: Awaitable[T]) -> T:
+    """Run a CLI action and record it (its outcome: done, or the one-line reason it failed)."""
+    who, source = cli_identity()
+    try:
+        result = await work
+    except PressroomError as error:
+        await record(
+            bus, who=who, action=action, target=target, outcome=error.reason, source=source
+        )
+        raise
+    summary = f"{len(result)} done" if isinstance(result, list | tuple) else str(result)
+    await record(bus, who=who, action=action, target=target, outcome=summary, source=source)
+    return result
