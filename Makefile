@@ -64,6 +64,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/import_graph.py
 
 format: install
 	$(BIN)/ruff format .
@@ -77,7 +79,7 @@ unit: install
 	$(BIN)/pytest tests/unit
 
 contract: install
-	$(BIN)/python -m shared.contract
+	$(BIN)/python -m services.console.contract
 
 ## Regenerate the Grafana dashboard JSON and the Kubernetes rules ConfigMap (tests check both).
 monitoring: install

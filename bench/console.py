@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 
-from shared.bus import DLQ_STREAM, LEDGER_BUCKET
-from shared.embedded import free_port, start_nats_server
+from services.console.busaccess import open_bus
+from services.console.embedded import free_port, start_nats_server
+from shared.adapters.ledger import LedgerEntry, StageRecord
+from shared.bus.names import DLQ_STREAM, LEDGER_BUCKET
 from shared.events import Artefact, ChannelResult, DeadLetter
-from shared.ledger import LedgerEntry, StageRecord
-from shared.ops import open_bus
 from shared.settings import Settings
 from tests.helpers import REPO
 
@@ -170,7 +170,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "shared.cli",
+                    "services.console.cli",
                     "console",
                     "user",
                     "add",
@@ -186,7 +186,7 @@ def main() -> None:
             http = free_port()
             started = time.monotonic()
             console = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "console", "--port", str(http)],
+                [sys.executable, "-m", "services.console.cli", "console", "--port", str(http)],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

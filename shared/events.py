@@ -22,7 +22,7 @@ DLQ_PREFIX = "dlq."
 
 PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIVERED, REPORT_FAILED)
 # A tenant's `report.requested` reaches the services' account as `report.requested.<tenant>`
-# (its account's import says so; see shared/busauth.py): the subject names who published.
+# (its account's import says so; see shared/bus/identity.py): the subject names who published.
 TENANT_REQUESTS = f"{REPORT_REQUESTED}.*"
 
 
@@ -247,6 +247,7 @@ class ReportRequested(Event):
     @staticmethod
     def checked_locale(value: str) -> str:
         """The locale if Babel knows it, else a ValueError saying what a locale looks like."""
+        # Imported here: heavy locale data: only for a request that names a locale.
         from babel import Locale, UnknownLocaleError
 
         try:

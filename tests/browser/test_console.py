@@ -23,9 +23,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from shared.bus import OBJECT_BUCKET
+from services.console.embedded import free_port
+from shared.bus.names import OBJECT_BUCKET
 from shared.downloadlinks import mint_token
-from shared.embedded import free_port
 from shared.events import Artefact
 from tests.helpers import Outcomes, Stack, eventually, unique
 
@@ -54,7 +54,7 @@ class Console:
 
     def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "services.console.cli", *args],
             env={**self.env, "COLUMNS": "80"},
             input=stdin,
             capture_output=True,
@@ -69,7 +69,7 @@ class Console:
             assert added.returncode == 0, added.stderr
         log = (self.stack.root / "logs" / "console.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "console", "--port", str(self.port)],
+            [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

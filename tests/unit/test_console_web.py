@@ -18,6 +18,7 @@ from services.console.web.auth import (
 )
 from services.console.web.downloads import byte_range
 from services.console.web.index import Filters, LedgerIndex
+from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.downloadlinks import (
     LinkRefused,
     console_secret,
@@ -27,7 +28,6 @@ from shared.downloadlinks import (
 )
 from shared.errors import PressroomError
 from shared.events import Artefact
-from shared.ledger import LedgerEntry, StageRecord
 from shared.settings import Settings
 
 ARTEFACT = Artefact(

@@ -9,14 +9,14 @@ from email.message import EmailMessage
 
 import pytest
 
-from services.distributor.channels import Parcel
 from services.distributor.channels.email import refusal
+from services.distributor.parcel import Parcel
 from shared import metrics
+from shared.adapters.store import MemoryArtefacts
 from shared.errors import PermanentError, TransientError
 from shared.events import Delivery, ReportRendered, ReportRequested
 from shared.filenames import MAX_STEM, report_filename
-from shared.store import MemoryArtefacts
-from shared.telemetry import prometheus_reader, setup_telemetry
+from shared.observe.telemetry import prometheus_reader, setup_telemetry
 from tests.helpers import unique
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import secrets
 import shutil
@@ -24,8 +25,10 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from nats.errors import Error as NatsError
+from pypdf import PdfReader
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import (
@@ -39,7 +42,12 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from services.console.web import audit, charts
+from services.console import audit, busaccess, deadletters, redact, requests
+from services.console import slo as sli
+from services.console.health import stack_health
+from services.console.monitoring import active_alerts, monitor_url
+from services.console.schedules import stack_view
+from services.console.web import charts
 from services.console.web.auth import (
     ROLES,
     LoginLimiter,
@@ -52,8 +60,9 @@ from services.console.web.auth import (
 )
 from services.console.web.downloads import Gone, byte_range, open_artefact
 from services.console.web.index import Filters, LedgerIndex, Row
-from shared import ops
-from shared.bus import STREAM
+from services.scheduler.state import pause, resume
+from shared.adapters.ledger import PIPELINE, LedgerEntry, entry_as_dict
+from shared.bus.names import SCHEDULES_BUCKET, STREAM
 from shared.downloadlinks import (
     LinkRefused,
     console_secret,
@@ -63,8 +72,7 @@ from shared.downloadlinks import (
 )
 from shared.errors import PressroomError
 from shared.events import DeadLetter
-from shared.ledger import PIPELINE, LedgerEntry, entry_as_dict
-from shared.logging import get_logger
+from shared.observe.logging import get_logger
 from shared.settings import Settings
 from shared.templatename import canonical_template
 
@@ -79,7 +87,7 @@ SLO_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timed
 class Console:
     """What the routes share: settings, the bus, the ledger index, caches, the login limit."""
 
-    def __init__(self, settings: Settings, bus: ops.Bus | None = None) -> None:
+    def __init__(self, settings: Settings, bus: busaccess.Bus | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.index = LedgerIndex()
@@ -90,7 +98,7 @@ class Console:
         self._tasks: list[asyncio.Task[Any]] = []
         self._refreshing: set[str] = set()
 
-    def ready_bus(self) -> ops.Bus:
+    def ready_bus(self) -> busaccess.Bus:
         if self.bus is None:
             raise PressroomError("the console is not connected to NATS yet")
         return self.bus
@@ -361,7 +369,7 @@ def _filters(request: Request) -> Filters:
         if not text:
             return None
         try:
-            return ops.parse_since(text, name)
+            return requests.parse_since(text, name)
         except PressroomError:
             return None
 
@@ -461,7 +469,7 @@ async def reports_stream(request: Request) -> Response:
 _NO_BUFFER = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
-async def _request_message(bus: ops.Bus, entry: LedgerEntry) -> tuple[dict[str, Any], str]:
+async def _request_message(bus: busaccess.Bus, entry: LedgerEntry) -> tuple[dict[str, Any], str]:
     """The report.requested body and trace id of the generation the ledger records (from the
     stream, while it still holds it), or ({}, "")."""
     record = entry.stages.get("fetcher")
@@ -515,16 +523,16 @@ async def report(request: Request) -> Response:
     rid = request.path_params["rid"]
     user = _user(request)
     assert user is not None
-    entry = await ops.ledger_entry(bus, rid)
+    entry = await requests.ledger_entry(bus, rid)
     body, trace_id = await _request_message(bus, entry)
     # Bodies and delivery targets for ops only; secrets for nobody.
-    shown = ops.redacted_json(body) if body and user.may("ops") else None
-    entry_shown = entry if user.may("ops") else ops.redacted_entry(entry)
-    channels = await ops.channel_outcomes(bus, rid)
+    shown = redact.redacted_json(body) if body and user.may("ops") else None
+    entry_shown = entry if user.may("ops") else redact.redacted_entry(entry)
+    channels = await requests.channel_outcomes(bus, rid)
     if not user.may("ops"):
         channels = [c.model_copy(update={"target": "(ops only)"}) for c in channels]
     letters = [
-        r for r in await ops.dead_letters(bus) if r.letter.request_id == rid
+        r for r in await deadletters.dead_letters(bus) if r.letter.request_id == rid
     ]  # what replay would send back
     trace_link = (
         console.settings.trace_url.replace("{trace_id}", trace_id)
@@ -542,12 +550,13 @@ async def report(request: Request) -> Response:
                 "trace_id": trace_id or None,
             }
         )
+    where = requests.whereabouts(entry)
     return _page(
         request,
         "report.html",
         {
             "entry": entry_shown,
-            "where": "" if ops.whereabouts(entry) == entry.status else ops.whereabouts(entry),
+            "where": "" if where == entry.status else where,
             "request_json": json.dumps(shown, indent=2) if shown is not None else None,
             "timeline": _timeline(entry),
             "channels": channels,
@@ -579,8 +588,8 @@ async def report_stream(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream", headers=_NO_BUFFER)
 
 
-async def _artefact_of(bus: ops.Bus, rid: str, fmt: str) -> Any:
-    entry = await ops.ledger_entry(bus, rid)
+async def _artefact_of(bus: busaccess.Bus, rid: str, fmt: str) -> Any:
+    entry = await requests.ledger_entry(bus, rid)
     for artefact in entry.artefacts:
         if artefact.format == fmt:
             return artefact
@@ -607,7 +616,7 @@ async def report_page_image(request: Request) -> Response:
     tool = shutil.which("pdftoppm")
     if tool is None:
         return PlainTextResponse("page images need pdftoppm (Debian: poppler-utils)", 501)
-    data = await ops.artefact_bytes(bus, request.path_params["rid"], "pdf")
+    data = await requests.artefact_bytes(bus, request.path_params["rid"], "pdf")
 
     def draw() -> bytes:
         with tempfile.TemporaryDirectory() as folder:
@@ -643,13 +652,9 @@ async def report_page_image(request: Request) -> Response:
 @page()
 async def report_pages(request: Request) -> Response:
     """The PDF's pages as images, one under the other (at most the first 50)."""
-    import io
-
-    from pypdf import PdfReader
-
     console: Console = request.app.state.console
     rid = request.path_params["rid"]
-    data = await ops.artefact_bytes(console.ready_bus(), rid, "pdf")
+    data = await requests.artefact_bytes(console.ready_bus(), rid, "pdf")
     try:
         count = len(PdfReader(io.BytesIO(data)).pages)
     except Exception as error:  # pypdf's many error types: the page says why
@@ -662,10 +667,10 @@ async def report_redeliver(request: Request) -> Response:
     console: Console = request.app.state.console
     bus = console.ready_bus()
     rid = request.path_params["rid"]
-    entry = await ops.ledger_entry(bus, rid)
+    entry = await requests.ledger_entry(bus, rid)
     body, _ = await _request_message(bus, entry)
     deliveries = (body.get("deliver") if body else None) or console.settings.delivery_defaults
-    results = await ops.deliver_again(bus, rid, list(deliveries))
+    results = await requests.deliver_again(bus, rid, list(deliveries))
     outcome = ", ".join(f"{r['channel']}: {'ok' if r['ok'] else r['detail']}" for r in results)
     await _audit(request, "re-deliver", rid, outcome)
     return _done(request, f"re-delivered {rid}: {outcome}", f"/reports/{rid}", results)
@@ -675,7 +680,7 @@ async def report_redeliver(request: Request) -> Response:
 async def report_replay(request: Request) -> Response:
     console: Console = request.app.state.console
     rid = request.path_params["rid"]
-    done = await ops.replay_many(console.ready_bus(), [rid])
+    done = await deadletters.replay_many(console.ready_bus(), [rid])
     await _audit(request, "replay", rid, f"{len(done)} dead letter(s)")
     return _done(request, f"replayed {len(done)} dead letter(s) of {rid}", f"/reports/{rid}", done)
 
@@ -710,8 +715,10 @@ def _letter_filter(request: Request | None, form: Any = None) -> dict[str, Any]:
     }
 
 
-def _letters_matching(records: list[ops.DeadLetterRecord], wanted: dict[str, Any]) -> list[Any]:
-    since = ops.parse_since(wanted["since"]) if wanted["since"] else None
+def _letters_matching(
+    records: list[deadletters.DeadLetterRecord], wanted: dict[str, Any]
+) -> list[Any]:
+    since = requests.parse_since(wanted["since"]) if wanted["since"] else None
     template = canonical_template(wanted["template"]) if wanted["template"] else ""
     return [
         r
@@ -727,7 +734,7 @@ def _letters_matching(records: list[ops.DeadLetterRecord], wanted: dict[str, Any
 async def dead_letters(request: Request) -> Response:
     console: Console = request.app.state.console
     wanted = _letter_filter(request)
-    records = list(reversed(await ops.dead_letters(console.ready_bus())))  # newest first
+    records = list(reversed(await deadletters.dead_letters(console.ready_bus())))  # newest first
     shown = _letters_matching(records, wanted)
     if _wants_json(request):
         return JSONResponse({"dead_letters": [r.summary() for r in shown], "total": len(records)})
@@ -751,10 +758,10 @@ async def dead_letter(request: Request) -> Response:
     console: Console = request.app.state.console
     user = _user(request)
     assert user is not None
-    record = await ops.dead_letter(console.ready_bus(), int(request.path_params["seq"]))
+    record = await deadletters.dead_letter(console.ready_bus(), int(request.path_params["seq"]))
     if record is None:
         raise PressroomError(f"no dead letter {request.path_params['seq']} (replayed or purged?)")
-    letter = ops.redacted_letter(record.letter)  # secrets never; the body for ops only
+    letter = redact.redacted_letter(record.letter)  # secrets never; the body for ops only
     try:
         body = json.dumps(json.loads(letter.payload), indent=2)
     except ValueError:
@@ -770,7 +777,7 @@ async def dead_letter(request: Request) -> Response:
 async def dead_letter_replay(request: Request) -> Response:
     console: Console = request.app.state.console
     seq = str(request.path_params["seq"])
-    done = await ops.replay_many(console.ready_bus(), [seq])
+    done = await deadletters.replay_many(console.ready_bus(), [seq])
     await _audit(request, "replay dead letter", seq, f"to {done[0]['subject']}")
     return _done(
         request, f"replayed dead letter {seq} to {done[0]['subject']}", "/dead-letters", done
@@ -784,7 +791,7 @@ async def dead_letters_replay(request: Request) -> Response:
     bus = console.ready_bus()
     form = await request.form()
     wanted = _letter_filter(None, form)
-    chosen = _letters_matching(await ops.dead_letters(bus), wanted)
+    chosen = _letters_matching(await deadletters.dead_letters(bus), wanted)
     if form.get("dry_run"):
         return (
             _page(
@@ -795,7 +802,7 @@ async def dead_letters_replay(request: Request) -> Response:
             if not _wants_json(request)
             else JSONResponse({"would_replay": [r.summary() for r in chosen]})
         )
-    done = await ops.replay_many(bus, [str(r.id) for r in chosen]) if chosen else []
+    done = await deadletters.replay_many(bus, [str(r.id) for r in chosen]) if chosen else []
     await _audit(request, "replay dead letters", json.dumps(wanted), f"{len(done)} replayed")
     return _done(request, f"replayed {len(done)} dead letter(s)", "/dead-letters", done)
 
@@ -809,7 +816,7 @@ async def dead_letters_purge(request: Request) -> Response:
     form = await request.form()
     wanted = _letter_filter(None, form)
     ids = [str(i) for i in form.getlist("id") if str(i).isdigit()]
-    records = await ops.dead_letters(bus)
+    records = await deadletters.dead_letters(bus)
     chosen = [r for r in records if str(r.id) in ids] if ids else _letters_matching(records, wanted)
     if form.get("confirm") != "yes":
         if _wants_json(request):
@@ -821,15 +828,13 @@ async def dead_letters_purge(request: Request) -> Response:
             "dead_letters_confirm.html",
             {"records": chosen, "wanted": wanted, "verb": "purge", "dry_run": False, "ids": ids},
         )
-    removed = await ops.purge(bus, [str(r.id) for r in chosen]) if chosen else 0
+    removed = await deadletters.purge(bus, [str(r.id) for r in chosen]) if chosen else 0
     await _audit(request, "purge dead letters", ",".join(str(r.id) for r in chosen), f"{removed}")
     return _done(request, f"purged {removed} dead letter(s)", "/dead-letters", removed)
 
 
 # ---- schedules -----------------------------------------------------------------------------
 async def _schedule_view(console: Console) -> Any:
-    from shared.cli.schedules import stack_view  # the CLI's own view of the stack's schedules
-
     return await asyncio.to_thread(stack_view, console.settings)
 
 
@@ -895,9 +900,6 @@ async def _schedule(console: Console, name: str) -> Any:
 
 @page("ops", action=True)
 async def schedule_action(request: Request) -> Response:
-    from services.scheduler.state import pause, resume
-    from shared.bus import SCHEDULES_BUCKET
-
     console: Console = request.app.state.console
     bus = console.ready_bus()
     name, verb = request.path_params["name"], request.path_params["verb"]
@@ -908,7 +910,7 @@ async def schedule_action(request: Request) -> Response:
     if verb == "run":
         fire = datetime.now(UTC).replace(second=0, microsecond=0)
         request_ = schedule.request_for(fire)
-        await ops.submit(bus, request_, wait=False, timeout=0, schedule=schedule)
+        await requests.submit(bus, request_, wait=False, timeout=0, schedule=schedule)
         message = f"fired {name} as {request_.request_id}"
     elif verb == "pause":
         await pause(kv, name, f"console {user.name}")
@@ -923,13 +925,11 @@ async def schedule_action(request: Request) -> Response:
 
 # ---- SLOs, health, audit -------------------------------------------------------------------
 async def _slo_view(console: Console, window: str) -> dict[str, Any]:
-    from shared.slo import in_window, objectives, percentile, reports
-
     span = SLO_WINDOWS[window]
-    entries = list(in_window(await ops.ledger_entries(console.ready_bus()), span))
-    rows = objectives(entries, on_time_seconds=console.settings.schedule_on_time)
+    entries = list(sli.in_window(await requests.ledger_entries(console.ready_bus()), span))
+    rows = sli.objectives(entries, on_time_seconds=console.settings.schedule_on_time)
     # Burn rate: how fast the error budget goes (1 = exactly on budget over the window).
-    finished = [e for e in reports(entries) if e.status in ("delivered", "failed")]
+    finished = [e for e in sli.reports(entries) if e.status in ("delivered", "failed")]
     failed = sum(1 for e in finished if e.status == "failed")
     burn = (failed / len(finished)) / 0.01 if finished else None
     buckets = 24 if window == "24h" else (7 * 4 if window == "7d" else 30)
@@ -950,7 +950,7 @@ async def _slo_view(console: Console, window: str) -> dict[str, Any]:
         ok = sum(1 for e in period if e.status == "delivered")
         success.append(ok / len(period) * 100 if period else None)
         totals = [t for e in period if (t := e.total_seconds) is not None]
-        p95.append(percentile(totals, 95))
+        p95.append(sli.percentile(totals, 95))
     return {
         "window": window,
         "objectives": [r.as_dict() for r in rows],
@@ -986,9 +986,6 @@ async def slo(request: Request) -> Response:
 
 
 async def _health_view(console: Console) -> dict[str, Any]:
-    from shared.monitoring import active_alerts, monitor_url
-    from shared.readiness import stack_health
-
     registry = Path(console.settings.data_dir) / "workers.json"
     workers: dict[str, str] = {}
     if registry.is_file():
@@ -1164,10 +1161,8 @@ async def _prewarm(console: Console) -> None:
         log.warning("SLO view not computed ahead", error=repr(error))
 
 
-def create_app(settings: Settings, *, bus: ops.Bus | None = None) -> Starlette:
+def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starlette:
     """The console; without `bus` it opens its own (the ops identity) for its lifetime."""
-    from starlette.middleware.base import BaseHTTPMiddleware
-
     console = Console(settings, bus)
     session_key = hmac.new(console.secret, b"console-session", hashlib.sha256).hexdigest()
 
@@ -1175,7 +1170,7 @@ def create_app(settings: Settings, *, bus: ops.Bus | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             if console.bus is None:
-                console.bus = await stack.enter_async_context(ops.open_bus(settings))
+                console.bus = await stack.enter_async_context(busaccess.open_bus(settings))
             tasks = [
                 asyncio.create_task(console.index.follow(console.bus)),
                 asyncio.create_task(_prewarm(console)),

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
-from shared.bus import OBJECT_BUCKET
+from services.console.busaccess import Bus
+from shared.adapters.store import S3Artefacts
+from shared.bus.names import OBJECT_BUCKET
 from shared.errors import PressroomError
-from shared.ops import Bus
-from shared.store import S3Artefacts
 
 S3_PIECE = 256 * 1024
 

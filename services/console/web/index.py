@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.bus import LEDGER_BUCKET
-from shared.ledger import LedgerEntry, parse_entry
-from shared.logging import get_logger
-from shared.ops import Bus
+from services.console.busaccess import Bus
+from shared.adapters.ledger import LedgerEntry, parse_entry
+from shared.bus.names import LEDGER_BUCKET
+from shared.observe.logging import get_logger
 from shared.templatename import canonical_template
 
 log = get_logger("pressroom.console")

@@ -1,0 +1,73 @@
+"""Try the configured integrations now: SMTP, a webhook, one data source."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from services.distributor.channels.email import smtp_session, validate_addresses
+from services.distributor.channels.webhook import WebhookChannel
+from services.fetcher.core import gather_context
+from services.fetcher.sources import default_sources
+from shared.errors import PressroomError
+from shared.events import ReportRequested, Source
+from shared.settings import Settings
+
+
+async def check_email(cfg: Settings, to: str | None) -> str:
+    """Connect, STARTTLS, log in (as configured) and optionally send a test message."""
+
+    if not cfg.smtp_host:
+        raise PressroomError("PRESSROOM_SMTP_HOST is not set")
+    recipients = validate_addresses(to) if to else []
+
+    def probe() -> str:
+        steps = [f"connected to {cfg.smtp_host}:{cfg.smtp_port}"]
+        steps += ["STARTTLS ok"] if cfg.smtp_starttls else []
+        steps += ["login ok"] if cfg.smtp_user else []
+        try:
+            with smtp_session(cfg) as smtp:
+                smtp.noop()
+                if recipients:
+                    message = EmailMessage()
+                    message["From"], message["To"] = cfg.smtp_from, ", ".join(recipients)
+                    message["Subject"] = "Pressroom test message"
+                    message.set_content("Pressroom can send email with this configuration.")
+                    smtp.send_message(message)
+                    steps.append(f"test message sent to {', '.join(recipients)}")
+        except PressroomError as error:
+            raise PressroomError(f"email check failed: {error.reason}") from None
+        return "ok: " + ", ".join(steps)
+
+    return await asyncio.to_thread(probe)
+
+
+async def check_webhook(cfg: Settings, url: str) -> str:
+    """Send a signed test ping, under the same SSRF rules as a delivery."""
+
+    body = json.dumps({"type": "pressroom.test"}).encode()
+    try:
+        code, target = await WebhookChannel(cfg).post_signed(
+            url, body, f"msg_test_{int(time.time())}"
+        )
+    except PressroomError as error:
+        raise PressroomError(f"webhook check failed: {error.reason}") from None
+    return f"ok: {target.origin.host} ({target.address}) accepted a signed test ping ({code})"
+
+
+async def fetch_source(cfg: Settings, name: str) -> tuple[Any, float]:
+    """One configured source fetched now, exactly as a request naming it (`source: NAME`)
+    would — the operator's, trusted — with the seconds it took."""
+
+    if name not in cfg.sources:
+        known = ", ".join(sorted(cfg.sources)) or "none configured"
+        raise PressroomError(f"no source '{name}' in the config file (known: {known})")
+    source = Source(name=re.sub(r"\W", "_", name), source=name)
+    request = ReportRequested(template="sources-test.html", sources=[source])
+    started = time.monotonic()
+    context = await gather_context(request, default_sources(), cfg)
+    return context[source.name], time.monotonic() - started
