@@ -41,6 +41,11 @@ SHOTS = os.environ.get("PRESSROOM_CONSOLE_SHOTS")
 class Console:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
+        config = stack.root / "console-config.yaml"
+        config.write_text(  # a schedule that never fires by itself while the tests run
+            "schedules:\n  - name: yearly-summary\n    cron: '0 6 1 1 *'\n"
+            f"    request: {{template: {SIMPLE}, deliver: [{{channel: file, path: yearly}}]}}\n"
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.secret = b"console-test-secret-" + b"x" * 20
@@ -49,6 +54,7 @@ class Console:
             "PRESSROOM_DATA_DIR": str(stack.root / "console-state"),
             "PRESSROOM_CONSOLE_SECRET": self.secret.decode(),
             "PRESSROOM_PUBLIC_URL": self.url,
+            "PRESSROOM_CONFIG": str(config),
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -434,4 +440,23 @@ async def test_the_audit_trail_shows_console_and_cli_actions(
     assert mine[0]["source"].startswith("cli@") and mine[0]["outcome"] == "1"
     logins = [r for r in records if r["action"] == "login" and r["who"] == "olga"]
     assert logins and logins[0]["source"].startswith("console 127.0.0.1")
+    await page.close()
+
+
+async def test_a_schedule_is_paused_and_resumed_from_the_page(olga: Watched, vic: Watched) -> None:
+    page = await olga.page()
+    await page.goto("/schedules")
+    row = page.locator("tr", has=page.get_by_role("rowheader", name="yearly-summary"))
+    assert "01-01 06:00" in await row.inner_text()  # the next fire, from the cron
+    await row.get_by_role("button", name="Pause yearly-summary").click()
+    await page.wait_for_selector("p.flash")
+    assert "paused" in await row.inner_text()
+    await row.get_by_role("button", name="Resume yearly-summary").click()
+    await page.wait_for_selector("text=resumed yearly-summary")
+    await row.get_by_role("button", name="Pause yearly-summary").wait_for()
+    viewer = await vic.page()
+    await viewer.goto("/schedules")
+    await viewer.get_by_role("rowheader", name="yearly-summary").wait_for()
+    assert await viewer.get_by_role("button").filter(has_text="Pause").count() == 0
+    await viewer.close()
     await page.close()
