@@ -280,10 +280,17 @@ async def test_broken_template_dead_letter_fixed_and_replayed_from_the_page(
 async def test_viewer_sees_no_replay_and_a_replay_post_is_refused(
     vic: Watched, nc: Any, seen: Outcomes, stack: Stack
 ) -> None:
-    rid = unique("viewer")
+    rid, good = unique("viewer"), unique("viewer-ok")
     await publish(nc, request_body(rid, template="no-such-template.html"))
+    await publish(nc, request_body(good))
     await seen.failed_event(rid)
+    await seen.delivered_event(good)
     page = await vic.page()
+    await page.goto(f"/api/reports/{good}")
+    shown = json.loads(await page.inner_text("body"))
+    assert shown["request"] is None  # bodies and delivery targets: ops only
+    assert [d["target"] for d in shown["deliveries"]] == ["(ops only)"]
+    assert [c["target"] for c in shown["entry"]["channels"]] == ["(ops only)"]
     await page.goto("/dead-letters")
     link = page.locator(f"a[href='/reports/{rid}']").first
     await link.wait_for()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -12,6 +15,7 @@ from services.console.cli._common import checked, emit_json, on_bus, out, settin
 from services.console.cli._output import Col, literal, print_table
 from services.console.requests import parse_since
 from services.console.web.auth import add_user, load_users, remove_user, users_file
+from shared.observe.logging import configure_logging, get_logger
 
 console_app = typer.Typer(
     help="The web console: serve it (no sub-command), manage its users.",
@@ -37,14 +41,52 @@ def serve(
 
     cfg = settings()
     bind, where = host or cfg.console_host, port if port is not None else cfg.console_port
+    # On a terminal, lines for a person; elsewhere (under `pressroom up`, in a container) JSON
+    # lines like every worker's, uvicorn's own messages included.
+    interactive = sys.stdout.isatty()
+    if not interactive:
+        configure_logging("pressroom-console", level=cfg.log_level)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_JsonLines())
+    log = get_logger("pressroom.console")
+
+    def say(text: str) -> None:
+        if interactive:
+            out.print(text, highlight=False, markup=False)
+        else:
+            log.info(text)
+
     if not checked(lambda: load_users(users_file(cfg))) and not cfg.oidc_issuer:
-        out.print(
+        say(
             "note: no console users yet, so nobody can sign in: "
-            "`pressroom console user add NAME --role ops`",
-            highlight=False,
+            "`pressroom console user add NAME --role ops`"
         )
-    out.print(f"console on [cyan]http://{bind}:{where}[/] · Ctrl-C to stop", highlight=False)
-    uvicorn.run(create_app(cfg), host=bind, port=where, log_level="warning", proxy_headers=True)
+    say(f"console on http://{bind}:{where} · Ctrl-C to stop")
+    uvicorn.run(
+        create_app(cfg),
+        host=bind,
+        port=where,
+        log_level="warning",
+        log_config=None if not interactive else uvicorn.config.LOGGING_CONFIG,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+class _JsonLines(logging.Formatter):
+    """Standard-library log records (uvicorn, nats-py) as the JSON lines structlog writes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "service": "pressroom-console",
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
 
 
 @user_app.command("add")

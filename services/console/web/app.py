@@ -527,10 +527,15 @@ async def report(request: Request) -> Response:
     body, trace_id = await _request_message(bus, entry)
     # Bodies and delivery targets for ops only; secrets for nobody.
     shown = redact.redacted_json(body) if body and user.may("ops") else None
-    entry_shown = entry if user.may("ops") else redact.redacted_entry(entry)
     channels = await requests.channel_outcomes(bus, rid)
-    if not user.may("ops"):
+    entry_shown = entry
+    if not user.may("ops"):  # where a report went is for ops only
         channels = [c.model_copy(update={"target": "(ops only)"}) for c in channels]
+        entry_shown = redact.redacted_entry(entry).model_copy(
+            update={
+                "channels": [c.model_copy(update={"target": "(ops only)"}) for c in entry.channels]
+            }
+        )
     letters = [
         r for r in await deadletters.dead_letters(bus) if r.letter.request_id == rid
     ]  # what replay would send back
