@@ -346,6 +346,16 @@ class Settings(BaseSettings):
             raise ValueError(f"is {len(raw)} bytes; Standard Webhooks needs at least 24")
         return value
 
+    @field_validator("console_secret")
+    @classmethod
+    def _console_secret_is_long(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 24:
+            raise ValueError(
+                f"is {len(value)} characters; it signs sessions and download links, so at "
+                'least 24: python -c "import secrets;print(secrets.token_urlsafe(32))"'
+            )
+        return value
+
     @field_validator("source_credentials")
     @classmethod
     def _credentials_are_known_keys(

@@ -217,3 +217,13 @@ def test_logins_are_limited_per_address_and_per_name() -> None:
     assert limiter.retry_after("10.0.0.1", "someone") > 0  # the address is blocked
     assert limiter.retry_after("10.0.0.9", "olga") > 0  # and so is the name
     assert limiter.retry_after("10.0.0.9", "vic") == 0
+
+
+def test_a_short_console_secret_is_refused_with_how_to_make_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.settings import load_settings
+
+    monkeypatch.setenv("PRESSROOM_CONSOLE_SECRET", "REPLACE_ME")
+    with pytest.raises(PressroomError, match="PRESSROOM_CONSOLE_SECRET: is 10 characters"):
+        load_settings()
