@@ -262,6 +262,8 @@ async def _audit(
 
 async def login_form(request: Request) -> Response:
     console: Console = request.app.state.console
+    if _user(request) is not None:  # signed in already
+        return RedirectResponse(_safe_next(request.query_params.get("next", "")), 303)
     return _page(
         request,
         "login.html",
