@@ -265,7 +265,7 @@ def main() -> None:
         print(f"{label:<34} {row['median_ms']:>8} {row['p95_ms']:>8} {row['max_ms']:>8}")
     print(
         f"/slo, first computation over 30 days: {slo_compute:.2f} s "
-        "(then from its cache, refreshed in the background every 60 s)"
+        "(then from its cache, refreshed in the background every 10 minutes)"
     )
 
 

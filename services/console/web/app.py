@@ -81,6 +81,9 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 SESSION_HOURS = 12
 STATUSES = ("requested", "fetched", "rendered", "delivered", "failed", "conflict")
+# The SLO view reads every ledger entry (as `pressroom slo` does): at 100,000 reports that is
+# tens of seconds of CPU, so it is refreshed in the background at most every 10 minutes.
+SLO_REFRESH = 600.0
 SLO_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 
 
@@ -972,7 +975,7 @@ async def slo(request: Request) -> Response:
     console: Console = request.app.state.console
     window = request.query_params.get("window", "7d")
     window = window if window in SLO_WINDOWS else "7d"
-    view = await console.cached(f"slo:{window}", 60, lambda: _slo_view(console, window))
+    view = await console.cached(f"slo:{window}", SLO_REFRESH, lambda: _slo_view(console, window))
     if _wants_json(request):
         return JSONResponse(view)
     series = view["series"]
@@ -1163,7 +1166,7 @@ async def _prewarm(console: Console) -> None:
     """The SLO page's default view computed once the ledger is read, not on its first visit."""
     await console.index.loaded.wait()
     try:
-        await console.cached("slo:7d", 60, lambda: _slo_view(console, "7d"))
+        await console.cached("slo:7d", SLO_REFRESH, lambda: _slo_view(console, "7d"))
     except Exception as error:
         log.warning("SLO view not computed ahead", error=repr(error))
 

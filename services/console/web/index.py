@@ -13,7 +13,7 @@ import asyncio
 import bisect
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,11 +71,17 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
     q: str = ""
+    _template: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Spelled as the index spells it, once per page rather than once per row.
+        wanted = canonical_template(self.template) if self.template else ""
+        object.__setattr__(self, "_template", wanted)
 
     def matches(self, row: Row) -> bool:
         return (
             (not self.status or row.status == self.status)
-            and (not self.template or row.template == canonical_template(self.template))
+            and (not self.template or row.template == self._template)
             and (not self.requester or self.requester.lower() in row.requested_by.lower())
             and (not self.schedule or row.schedule == self.schedule)
             and (self.since is None or row.requested_at >= self.since)
