@@ -472,3 +472,45 @@ async def test_a_schedule_is_paused_and_resumed_from_the_page(olga: Watched, vic
     assert await viewer.get_by_role("button").filter(has_text="Pause").count() == 0
     await viewer.close()
     await page.close()
+
+
+async def test_filtered_dead_letters_dry_run_then_purge_after_confirmation(
+    olga: Watched, nc: Any, seen: Outcomes, stack: Stack
+) -> None:
+    missing = f"{unique('gone')}.html"  # a template name only these two requests use
+    rids = [unique("purge"), unique("purge")]
+    for rid in rids:
+        await publish(nc, request_body(rid, template=missing))
+    for rid in rids:
+        await seen.failed_event(rid)
+    page = await olga.page()
+    await page.goto(f"/dead-letters?template={missing}")
+    await page.get_by_role("button", name="Dry run: what would be replayed").click()
+    await page.get_by_role("heading", name="Dry run: replay").wait_for()
+    listed = await page.inner_text("ul.letters")
+    assert all(rid in listed for rid in rids) and len(listed.splitlines()) == 2
+    await page.goto(f"/dead-letters?template={missing}")
+    await page.get_by_role("button", name="Purge these 2…").click()
+    await page.get_by_role("heading", name="Purge?").wait_for()
+    await page.get_by_role("button", name="Yes, purge 2").click()
+    await page.wait_for_selector("p.flash")
+    assert "purged 2 dead letter(s)" in await page.inner_text("p.flash")
+    await page.goto(f"/api/dead-letters?template={missing}")
+    assert json.loads(await page.inner_text("body"))["dead_letters"] == []
+    await page.close()
+
+
+async def test_re_deliver_from_the_report_page(
+    olga: Watched, nc: Any, seen: Outcomes, stack: Stack
+) -> None:
+    rid = unique("again")
+    await publish(nc, request_body(rid))
+    await seen.delivered_event(rid)
+    page = await olga.page()
+    await page.goto(f"/reports/{rid}")
+    await page.get_by_role("button", name="Re-deliver").click()
+    await page.wait_for_url(re.compile(rf"/reports/{rid}$"))
+    await page.goto("/audit")
+    row = page.locator("tr", has=page.get_by_text(rid, exact=True)).first
+    assert "re-deliver" in await row.inner_text() and "file: ok" in await row.inner_text()
+    await page.close()
