@@ -34,10 +34,11 @@ run: install
 ## What the tests need but cannot pip-install: Debian's prometheus (the Prometheus source tests),
 ## poppler-utils (pdftoppm: the font tests look at a page) and HarfBuzz-Subset (WeasyPrint subsets
 ## fonts with it; without it, fontTools takes 10-25 s more per report with CJK text) and
-## SpamAssassin (run offline on the emails Pressroom sends) and Chromium (the console's browser
-## tests drive it through Playwright: Playwright's own browser download cannot work here).
+## SpamAssassin (run offline on the emails Pressroom sends); SoftHSM, the PKCS#11 token that
+## PDF signing is tested with; Chromium (the console's browser tests drive it through
+## Playwright: Playwright's own browser download cannot work here).
 TEST_DEBS := prometheus:prometheus pdftoppm:poppler-utils spamassassin:spamassassin \
-	chromium:chromium \
+	softhsm2-util:softhsm2 chromium:chromium \
 	/usr/lib/$(shell uname -m)-linux-gnu/libharfbuzz-subset.so.0:libharfbuzz-subset0
 ## The official checkers other teams use on what Pressroom emits (tests/integration/
 ## test_contract_wire.py): the AsyncAPI parser, from npm into a project-local folder.

@@ -136,6 +136,8 @@ class StageRunner:
         model: type[E],
         work: Callable[[E], Awaitable[Event]],
     ) -> None:
+        """Parse, admit, claim in the ledger, work, publish, finish — or settle the message
+        as a duplicate, a retry or a dead letter on the way."""
         started = time.monotonic()
         try:
             event = self._parse(msg, model)
@@ -146,35 +148,52 @@ class StageRunner:
             )
             return
         request = request_of(event)
-        rid = request.request_id
-        bound = log.bind(request_id=rid, stage=self.spec.name, attempt=msg.attempt)
-        if self.admit is not None:
-            try:
-                await self.admit(event)
-            except PermanentError as error:
-                bound.warning("refused", reason=error.reason)
-                await self.dead_letter(
-                    msg,
-                    error.reason,
-                    permanent=True,
-                    request_id=rid,
-                    own=False,
-                    fingerprint=request_fingerprint(request),
-                )
-                return
-
+        bound = log.bind(request_id=request.request_id, stage=self.spec.name, attempt=msg.attempt)
+        if not await self._admitted(msg, event, request, bound):
+            return
         received = as_received(request, msg.first_delivered, self.settings)
         # The claim is written at once where it binds the request id to its content (the
         # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
         # along with the finish, or is written CLAIM_AFTER seconds into a longer piece of work.
         eager = self.spec.name in EAGER_CLAIM_STAGES or msg.attempt > 1
+        if await self._claimed(msg, received, eager, bound):
+            await self._work(msg, event, received, work, eager=eager, started=started, bound=bound)
+
+    async def _admitted(
+        self, msg: InboundMessage, event: Event, request: ReportRequested, bound: Any
+    ) -> bool:
+        """The stage's own checks before the ledger (`admit`); a refusal is a dead letter that
+        leaves the ledger entry of that id alone."""
+        if self.admit is None:
+            return True
+        try:
+            await self.admit(event)
+        except PermanentError as error:
+            bound.warning("refused", reason=error.reason)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=request.request_id,
+                own=False,
+                fingerprint=request_fingerprint(request),
+            )
+            return False
+        return True
+
+    async def _claimed(
+        self, msg: InboundMessage, request: ReportRequested, eager: bool, bound: Any
+    ) -> bool:
+        """The stage claimed in the ledger: True to go on; otherwise the message is settled
+        (a duplicate acked, a conflicting id dead-lettered, an unavailable ledger retried)."""
+        rid = request.request_id
         try:
             claim = await self.ledger.claim(
                 rid,
                 self.spec.name,
                 seq=msg.stream_seq,
                 attempt=msg.attempt,
-                request=received,
+                request=request,
                 worker=WORKER_ID,
                 record=eager,
             )
@@ -182,7 +201,7 @@ class StageRunner:
             await self._retry_or_dead_letter(
                 msg, f"ledger unavailable: {error}", rid, bound, template=request.template
             )
-            return
+            return False
         if claim == "conflict":
             reason = (
                 f"request_id '{rid}' was already used for a different request "
@@ -197,63 +216,39 @@ class StageRunner:
                 own=False,
                 fingerprint=request_fingerprint(request),
             )
-            return
+            return False
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
             await msg.ack()
-            return
+            return False
+        return True
 
+    async def _work(
+        self,
+        msg: InboundMessage,
+        event: E,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        *,
+        eager: bool,
+        started: float,
+        bound: Any,
+    ) -> None:
+        """The claimed work, kept alive while it runs; then ack, retry or dead letter."""
+        rid = request.request_id
         heartbeat = asyncio.create_task(self._keep_alive(msg))
-        claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, received))
+        claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, request))
         outcome = "done"
-        # The report's own deadline (`timeout` in report.requested), from when it was asked.
-        deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
         try:
-            with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
-                next_event = await self._in_time(deadline, request, work, event)
-                await self.publisher.publish(
-                    self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
-                )
-            settled = await self.ledger.finish(
-                rid,
-                self.spec.name,
-                seconds=time.monotonic() - started,
-                event=next_event,
-                seq=msg.stream_seq,
-                attempt=msg.attempt,
-                worker=WORKER_ID,
-            )
-            with suppress(Exception):  # metrics must never break message handling
-                stage_done(next_event, settled)
+            await self._work_and_publish(msg, event, request, work, started)
         except asyncio.CancelledError:
             # Shutting down mid-work: hand the message back now rather than after ack_wait.
             outcome = "handed_back"
             with suppress(Exception):
                 await asyncio.shield(msg.nack(0))
             raise
-        except PermanentError as error:
-            outcome = "dead_letter"
-            bound.warning("permanent failure", reason=error.reason)
-            await self.dead_letter(
-                msg,
-                error.reason,
-                permanent=True,
-                request_id=rid,
-                kind=failure_kind(error),
-                template=request.template,
-            )
-            return
         except Exception as error:
-            reason = error.reason if isinstance(error, PressroomError) else _describe(error)
-            if classify(error) == "permanent":
-                outcome = "dead_letter"
-                bound.warning("permanent failure", reason=reason)
-                await self.dead_letter(msg, reason, permanent=True, request_id=rid)
-                return
-            wait = error.retry_after if isinstance(error, TransientError) else None
-            outcome = await self._retry_or_dead_letter(
-                msg, reason, rid, bound, retry_after=wait, template=request.template
-            )
+            outcome = await self._failed(msg, error, request, bound)
             return
         finally:
             for task in (heartbeat, claiming):
@@ -265,6 +260,61 @@ class StageRunner:
                 stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
+
+    async def _work_and_publish(
+        self,
+        msg: InboundMessage,
+        event: E,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        started: float,
+    ) -> None:
+        """The work within the report's deadline, its event published, the stage finished."""
+        rid = request.request_id
+        # The report's own deadline (`timeout` in report.requested), from when it was asked.
+        deadline = report_deadline(request)
+        with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
+            next_event = await self._in_time(deadline, request, work, event)
+            await self.publisher.publish(
+                self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+            )
+        settled = await self.ledger.finish(
+            rid,
+            self.spec.name,
+            seconds=time.monotonic() - started,
+            event=next_event,
+            seq=msg.stream_seq,
+            attempt=msg.attempt,
+            worker=WORKER_ID,
+        )
+        with suppress(Exception):  # metrics must never break message handling
+            stage_done(next_event, settled)
+
+    async def _failed(
+        self, msg: InboundMessage, error: Exception, request: ReportRequested, bound: Any
+    ) -> str:
+        """A failed piece of work dead-lettered or retried; the outcome for the metrics."""
+        rid = request.request_id
+        if isinstance(error, PermanentError):
+            bound.warning("permanent failure", reason=error.reason)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=rid,
+                kind=failure_kind(error),
+                template=request.template,
+            )
+            return "dead_letter"
+        reason = error.reason if isinstance(error, PressroomError) else _describe(error)
+        if classify(error) == "permanent":
+            bound.warning("permanent failure", reason=reason)
+            await self.dead_letter(msg, reason, permanent=True, request_id=rid)
+            return "dead_letter"
+        wait = error.retry_after if isinstance(error, TransientError) else None
+        return await self._retry_or_dead_letter(
+            msg, reason, rid, bound, retry_after=wait, template=request.template
+        )
 
     async def _in_time(
         self,
