@@ -275,8 +275,16 @@ async def login_form(request: Request) -> Response:
             "sso": bool(console.settings.oidc_issuer),
             "error": "",
             "no_users": not load_users(console.users_path),
+            "insecure": _plain_http(request),
         },
     )
+
+
+def _plain_http(request: Request) -> bool:
+    """Reached over plain HTTP from elsewhere than this machine: the browser will drop the
+    Secure session cookie, so signing in cannot work (the page says so)."""
+    host = request.url.hostname or ""
+    return request.url.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1")
 
 
 def _safe_next(target: str) -> str:
@@ -288,7 +296,12 @@ async def login(request: Request) -> Response:
     form = await request.form()
     name, password = str(form.get("username") or ""), str(form.get("password") or "")
     next_page = _safe_next(str(form.get("next") or "/reports"))
-    context = {"next": next_page, "sso": bool(console.settings.oidc_issuer), "no_users": False}
+    context = {
+        "next": next_page,
+        "sso": bool(console.settings.oidc_issuer),
+        "no_users": False,
+        "insecure": _plain_http(request),
+    }
     if not await _csrf_ok(request):
         return _page(
             request, "login.html", {**context, "error": "the form expired: try again"}, 403
