@@ -7,6 +7,7 @@ Set PRESSROOM_CONSOLE_SHOTS=<folder> to keep a screenshot of each page at 1280 a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from shared.bus.names import OBJECT_BUCKET
 from shared.downloadlinks import mint_token
 from shared.events import Artefact
 from tests.helpers import Outcomes, Stack, eventually, unique
+from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +60,12 @@ class Console:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "services.console.cli", *args],
-            env={**self.env, "COLUMNS": "80"},
+            env={**self.env, "COLUMNS": "80", **(env or {})},
             input=stdin,
             capture_output=True,
             text=True,
@@ -514,3 +518,34 @@ async def test_re_deliver_from_the_report_page(
     row = page.locator("tr", has=page.get_by_text(rid, exact=True)).first
     assert "re-deliver" in await row.inner_text() and "file: ok" in await row.inner_text()
     await page.close()
+
+
+async def test_a_webhook_on_the_object_store_carries_a_link_that_downloads_the_report(
+    console: Console, nc: Any, seen: Outcomes
+) -> None:
+    """Issue #28: `artefacts[].url` was null on the default store. With PRESSROOM_PUBLIC_URL the
+    distributor's webhook channel (here through `pressroom deliver`) signs a console link."""
+    rid = unique("hook")
+    await publish(nc, request_body(rid))
+    await seen.delivered_event(rid)
+    hooks = HttpReceiver().start()
+    try:
+        secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+        sent = console.cli(
+            "deliver",
+            rid,
+            "--webhook",
+            f"{hooks.url}/hook",
+            "--json",
+            env={"PRESSROOM_WEBHOOK_SECRET": secret, "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1"},
+        )
+        assert sent.returncode == 0, sent.stderr
+        [hit] = hooks.on("/hook")
+        [artefact] = hit.json()["artefacts"]
+        assert artefact["url"].startswith(f"{console.url}/a/")
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(artefact["url"])
+        assert answer.status_code == 200
+        assert hashlib.sha256(answer.content).hexdigest() == artefact["sha256"]
+    finally:
+        hooks.stop()
