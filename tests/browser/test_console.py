@@ -28,6 +28,7 @@ from services.console.embedded import free_port
 from shared.bus.names import OBJECT_BUCKET
 from shared.downloadlinks import mint_token
 from shared.events import Artefact
+from tests.browser.oidc import OidcProvider
 from tests.helpers import Outcomes, Stack, eventually, unique
 from tests.servers import HttpReceiver
 
@@ -41,7 +42,7 @@ SHOTS = os.environ.get("PRESSROOM_CONSOLE_SHOTS")
 
 
 class Console:
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, **extra: str) -> None:
         self.stack = stack
         config = stack.root / "console-config.yaml"
         config.write_text(  # a schedule that never fires by itself while the tests run
@@ -57,6 +58,7 @@ class Console:
             "PRESSROOM_CONSOLE_SECRET": self.secret.decode(),
             "PRESSROOM_PUBLIC_URL": self.url,
             "PRESSROOM_CONFIG": str(config),
+            **extra,
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -73,11 +75,12 @@ class Console:
             timeout=60,
         )
 
-    def start(self) -> None:
+    def start(self, log_name: str = "console.log") -> None:
         for name, role in (("olga", "ops"), ("vic", "viewer")):
             added = self.cli("console", "user", "add", name, "--role", role, stdin=PASSWORD[name])
             assert added.returncode == 0, added.stderr
-        log = (self.stack.root / "logs" / "console.log").open("ab")
+        self.log_file = self.stack.root / "logs" / log_name
+        log = self.log_file.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
             env=self.env,
@@ -98,7 +101,7 @@ class Console:
         await eventually(up, timeout=60, every=0.2)
 
     def log(self) -> str:
-        return (self.stack.root / "logs" / "console.log").read_text(errors="replace")[-4000:]
+        return self.log_file.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -227,7 +230,7 @@ async def test_closed_by_default_and_wrong_password_refused(
     await page.wait_for_selector("p.error")
     assert "wrong user name or password" in await page.inner_text("p.error")
     cookie = next(c for c in await context.cookies() if c["name"] == "pressroom_session")
-    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Lax"
     await context.close()
 
 
@@ -549,3 +552,44 @@ async def test_a_webhook_on_the_object_store_carries_a_link_that_downloads_the_r
         assert hashlib.sha256(answer.content).hexdigest() == artefact["sha256"]
     finally:
         hooks.stop()
+
+
+async def test_single_sign_on_lets_in_whom_the_users_file_names(
+    browser: Browser, stack: Stack
+) -> None:
+    provider = OidcProvider("sam@example.com", "pressroom-console", "client-secret-1").start()
+    sso = Console(
+        stack,
+        PRESSROOM_OIDC_ISSUER=provider.issuer,
+        PRESSROOM_OIDC_CLIENT_ID="pressroom-console",
+        PRESSROOM_OIDC_CLIENT_SECRET="client-secret-1",
+    )
+    sso.env["PRESSROOM_PUBLIC_URL"] = sso.url
+    try:
+        sso.start("console-sso.log")
+        await sso.wait_ready()
+        context = await browser.new_context(base_url=sso.url)
+        page = await context.new_page()
+        await page.goto("/login")
+        await page.get_by_role("link", name="Sign in with single sign-on").click()
+        await page.wait_for_load_state()
+        assert "does not name them" in await page.inner_text("body")  # nobody let sam in yet
+        added = sso.cli(
+            "console",
+            "user",
+            "add",
+            "sam@example.com",
+            "--role",
+            "viewer",
+            stdin="a password sam never uses",
+        )
+        assert added.returncode == 0, added.stderr
+        await page.goto("/login")
+        await page.get_by_role("link", name="Sign in with single sign-on").click()
+        await page.wait_for_url(re.compile(r"/reports$"))
+        assert "sam@example.com" in await page.inner_text("header")
+        assert provider.token_requests == 2
+        await context.close()
+    finally:
+        sso.stop()
+        provider.stop()

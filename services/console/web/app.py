@@ -237,7 +237,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
                 secret_key=session_key,
                 session_cookie="pressroom_session",
                 max_age=SESSION_HOURS * 3600,
-                same_site="strict",
+                same_site="lax",  # Strict would lose the sign-on redirect back to us
                 https_only=True,
             ),
         ],
