@@ -227,3 +227,13 @@ def test_a_short_console_secret_is_refused_with_how_to_make_one(
     monkeypatch.setenv("PRESSROOM_CONSOLE_SECRET", "REPLACE_ME")
     with pytest.raises(PressroomError, match="PRESSROOM_CONSOLE_SECRET: is 10 characters"):
         load_settings()
+
+
+def test_a_time_window_selects_reports_requested_within_it() -> None:
+    index = LedgerIndex()
+    for n in range(1, 61):  # one a minute from 2026-11-01 00:01
+        index.put(ledger_entry(n))
+    start = datetime(2026, 11, 1, 0, 10, tzinfo=UTC)
+    window = Filters(since=start, until=start + timedelta(minutes=5))
+    rows = index.page(window, None, 50).rows
+    assert [r.request_id for r in rows] == [f"r-{n:05d}" for n in range(14, 9, -1)]
