@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format test-deps unit integration faults bench contract monitoring clean \
+.PHONY: install run test lint format test-deps unit integration faults bench bench-console contract \
+	monitoring clean \
 	compose-deps compose-images compose-test k8s-walk
 
 install: $(STAMP)
@@ -34,9 +35,10 @@ run: install
 ## poppler-utils (pdftoppm: the font tests look at a page) and HarfBuzz-Subset (WeasyPrint subsets
 ## fonts with it; without it, fontTools takes 10-25 s more per report with CJK text) and
 ## SpamAssassin (run offline on the emails Pressroom sends); SoftHSM, the PKCS#11 token that
-## PDF signing is tested with.
+## PDF signing is tested with; Chromium (the console's browser tests drive it through
+## Playwright: Playwright's own browser download cannot work here).
 TEST_DEBS := prometheus:prometheus pdftoppm:poppler-utils spamassassin:spamassassin \
-	softhsm2-util:softhsm2 \
+	softhsm2-util:softhsm2 chromium:chromium \
 	/usr/lib/$(shell uname -m)-linux-gnu/libharfbuzz-subset.so.0:libharfbuzz-subset0
 ## The official checkers other teams use on what Pressroom emits (tests/integration/
 ## test_contract_wire.py): the AsyncAPI parser, from npm into a project-local folder.
@@ -87,6 +89,11 @@ monitoring: install
 
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.console
+
+## The console's page times with 100,000 reports in the ledger (docs/console/bench.json).
+bench-console: install
+	$(BIN)/python -m bench.console
 
 ## Containers, with podman (deploy/ci): podman itself and podman-compose, set up for this kind of
 ## machine; every image compose.yaml needs (offline stand-ins where no registry answers); then

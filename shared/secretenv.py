@@ -25,13 +25,15 @@ _STORE = re.compile(r"^(PRESSROOM_S3_(ACCESS|SECRET)_KEY|AWS_.*)$")
 # The renderer's keys: signing, and the PDF owner password and password-unsealing key.
 _SIGNING = re.compile(r"^PRESSROOM_(SIGN_|PDF_OWNER_PASSWORD_FILE$|PDF_SEAL_KEY_FILE$)")
 _CONSOLE = re.compile(r"^PRESSROOM_OIDC_")
+# Signs download links: the console and the distributor (webhooks and emails carry links).
+_LINKS = re.compile(r"^PRESSROOM_CONSOLE_SECRET$")
 
 # What each worker may not see: the secrets of the other roles.
 NOT_FOR: dict[str, tuple[re.Pattern[str], ...]] = {
-    "fetcher": (_DELIVERY, _SIGNING, _CONSOLE),
-    "renderer": (_DELIVERY, _SOURCES, _CONSOLE),
+    "fetcher": (_DELIVERY, _SIGNING, _CONSOLE, _LINKS),
+    "renderer": (_DELIVERY, _SOURCES, _CONSOLE, _LINKS),
     "distributor": (_SOURCES, _SIGNING, _CONSOLE),
-    "scheduler": (_DELIVERY, _SOURCES, _STORE, _SIGNING, _CONSOLE),
+    "scheduler": (_DELIVERY, _SOURCES, _STORE, _SIGNING, _CONSOLE, _LINKS),
 }
 
 

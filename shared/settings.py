@@ -47,7 +47,16 @@ SOURCE_KINDS = frozenset(SOURCE_KEYS)
 COMMON_SOURCE_KEYS = frozenset({"kind", "cache", "merge"})
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-SECRET_FIELDS = frozenset({"s3_secret_key", "smtp_password", "webhook_secret", "nats_password"})
+SECRET_FIELDS = frozenset(
+    {
+        "s3_secret_key",
+        "smtp_password",
+        "webhook_secret",
+        "nats_password",
+        "console_secret",
+        "oidc_client_secret",
+    }
+)
 
 
 class ConfigError(PressroomError):
@@ -306,6 +315,26 @@ class Settings(BaseSettings):
     schedule_tick: float = Field(default=1.0, gt=0, description="Seconds between checks.")
     schedule_on_time: float = Field(default=900.0, gt=0, description="Delivered within = on time.")
 
+    # The web console (`pressroom console`, services/console/web) and its download links
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8480, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="The console's external URL: download links start with it."
+    )
+    console_secret: str | None = Field(
+        default=None,
+        description="Signs console sessions and download links (unset: <data_dir>/console.secret).",
+    )
+    console_users: Path | None = Field(
+        default=None, description="Users file (unset: <data_dir>/console-users.yaml)."
+    )
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    trace_url: str | None = Field(
+        default=None, description="A trace UI's link with {trace_id} (Jaeger: …/trace/{trace_id})."
+    )
+
     # Everything else from the YAML file (schedules, sources, delivery defaults)
     schedules: list[dict[str, Any]] = Field(default_factory=list)
     source_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -379,6 +408,16 @@ class Settings(BaseSettings):
             raise ValueError(f"is not whsec_ followed by valid base64; {make}") from None
         if len(raw) < 24:
             raise ValueError(f"is {len(raw)} bytes; Standard Webhooks needs at least 24")
+        return value
+
+    @field_validator("console_secret")
+    @classmethod
+    def _console_secret_is_long(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 24:
+            raise ValueError(
+                f"is {len(value)} characters; it signs sessions and download links, so at "
+                'least 24: python -c "import secrets;print(secrets.token_urlsafe(32))"'
+            )
         return value
 
     @field_validator("source_credentials")

@@ -32,6 +32,8 @@ secrets_env=${PRESSROOM_K8S_SECRETS:-}
 config=${PRESSROOM_K8S_CONFIG:-deploy/pressroom.yaml}
 templates=${PRESSROOM_K8S_TEMPLATES:-templates}
 bus_dir=${PRESSROOM_K8S_BUS_SECRETS:-bus-secrets}
+# The web console's users: a file `PRESSROOM_CONSOLE_USERS=F pressroom console user add` wrote
+console_users=${PRESSROOM_K8S_CONSOLE_USERS:-}
 [ -n "$secrets_env" ] && [ -f "$secrets_env" ] || {
   echo "walk: set PRESSROOM_K8S_SECRETS to an env file with the pressroom Secret's keys" \
     "(PRESSROOM_S3_ACCESS_KEY=…, PRESSROOM_S3_SECRET_KEY=…, PRESSROOM_WEBHOOK_SECRET=…)" >&2
@@ -57,11 +59,17 @@ generated secret generic pressroom --from-env-file="$secrets_env"
 step "the shared config ($config) and the templates ($templates/) as ConfigMaps"
 generated configmap pressroom-config --from-file=pressroom.yaml="$config"
 generated configmap pressroom-templates --from-file="$templates"
+step "the console's users (PRESSROOM_K8S_CONSOLE_USERS; unset: none, nobody signs in yet)"
+if [ -z "$console_users" ]; then
+  console_users=$(mktemp)
+  echo "users: []" > "$console_users"
+fi
+generated secret generic pressroom-console-users --from-file=users.yaml="$console_users"
 step "NATS: 3-node cluster, JetStream on persistent volumes"
 apply -f deploy/k8s/nats.yaml
 step "network policies"
 apply -f deploy/k8s/network.yaml
-step "Pressroom: settings, the out claim, workers, bus-setup Job, autoscaler, ops console"
+step "Pressroom: settings, the out claim, workers, bus-setup Job, autoscaler, consoles"
 apply -f deploy/k8s/pressroom.yaml
 step "monitoring: alert rules and scrape job for the cluster's Prometheus"
 apply -f deploy/k8s/monitoring.yaml

@@ -29,6 +29,7 @@ from shared.adapters.store import read_verified, remove_older_than
 from shared.bus.failover import LEADERLESS, describe_error
 from shared.bus.names import DELIVERIES_BUCKET, msg_id
 from shared.bus.topology import JetStreamPublisher
+from shared.downloadlinks import download_link
 from shared.errors import PressroomError
 from shared.events import (
     REPORT_DELIVERED,
@@ -330,15 +331,18 @@ async def artefact_bytes(bus: Bus, request_id: str, fmt: str) -> bytes:
 
 
 async def artefact_url(bus: Bus, request_id: str, fmt: str, expires: timedelta) -> str:
-    """A download link minted now (never stored anywhere): S3 stores only, at most 7 days."""
-    if expires > timedelta(days=7):
-        raise PressroomError("a download link can last at most 7 days (S3's limit)")
+    """A download link minted now (never stored anywhere): the console's signed link when
+    PRESSROOM_PUBLIC_URL is set (every store, up to 30 days), else S3's (at most 7 days)."""
     artefact = await _artefact(bus, request_id, fmt)
+    if bus.settings.public_url:
+        return download_link(bus.settings, artefact, expires)
+    if expires > timedelta(days=7):
+        raise PressroomError("an S3 download link can last at most 7 days (S3's limit)")
     link = await (await bus.store()).presign(artefact.key, expires)
     if link is None:
         raise PressroomError(
-            "the artefact store has no download links (JetStream object store): "
-            "use `pressroom get --output FILE`, or configure S3"
+            "the JetStream object store has no links of its own: set PRESSROOM_PUBLIC_URL to "
+            "the console's address (`pressroom console` serves the links), or configure S3"
         )
     return link
 

@@ -99,6 +99,7 @@ class Supervisor:
         self._nats: subprocess.Popen[bytes] | None = None
         self._prometheus: Any = None
         self._counter: OutcomeCounter | None = None
+        self.console: Child | None = None  # the web console, tended like a worker
 
     def start_bus(self) -> None:
         """Hold the data folder, then (embedded) start nats-server with one identity per role."""
@@ -136,14 +137,32 @@ class Supervisor:
         (self.cfg.data_dir / "workers.json").write_text(json.dumps(self.registry, indent=2))
         self._counter = OutcomeCounter(self.cfg)
 
+    def start_console(self) -> str:
+        """The web console as the ops identity, on PRESSROOM_CONSOLE_PORT (a free port when
+        that one is taken); its URL."""
+        port = self.cfg.console_port
+        if port == 0 or port_open(self.cfg.console_host, port):
+            port = free_port()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.console = Child("console", "console", port, self._spawn("console", "console", port))
+        return f"http://{self.cfg.console_host}:{port}"
+
     def _spawn(self, label: str, name: str, port: int) -> subprocess.Popen[bytes]:
+        if name == "console":
+            command, env = ["console", "--port", str(port)], self.env  # the CLI's identity (ops)
+        else:
+            command = ["worker", name]
+            env = {**self.worker_env(name), "PRESSROOM_HEALTH_PORT": str(port)}
         with (self.log_dir / f"{label}.log").open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "services.console.cli", "worker", name],
-                env={**self.worker_env(name), "PRESSROOM_HEALTH_PORT": str(port)},
+                [sys.executable, "-m", "services.console.cli", *command],
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def _tended(self) -> list[Child]:
+        return [*self.children, *([self.console] if self.console else [])]
 
     def tend(self, now: float | None = None) -> list[str]:
         """Look after the workers once (`up` calls this twice a second): a worker that exited
@@ -154,7 +173,7 @@ class Supervisor:
         said: list[str] = []
         if self._stopping:
             return said
-        for child in self.children:
+        for child in self._tended():
             if child.given_up or child.alive:
                 continue
             while child.recent and child.recent[0] < now - self.restart_window:
@@ -237,7 +256,7 @@ class Supervisor:
         lines = [
             f"[green]{alive}/{len(self.children)} services up[/]" + f" · {counted}" * bool(counted)
         ]
-        for child in self.children:
+        for child in self._tended():
             if child.given_up:
                 lines.append(
                     f"[red]{child.label} crash loop: given up after {child.restarts} "
@@ -257,11 +276,11 @@ class Supervisor:
         self._stopping = True  # nothing is restarted from here on
         if self._counter is not None:
             self._counter.close()
-        for child in self.children:
+        for child in self._tended():
             if child.alive:
                 child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for child in self.children:
+        for child in self._tended():
             try:
                 child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:

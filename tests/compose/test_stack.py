@@ -207,6 +207,8 @@ def write_ci_env() -> None:
     for line in (REPO / ".env.example").read_text().splitlines():
         if line.startswith("PRESSROOM_WEBHOOK_SECRET="):
             line = "PRESSROOM_WEBHOOK_SECRET=whsec_" + base64.b64encode(os.urandom(32)).decode()
+        if line.startswith("PRESSROOM_CONSOLE_SECRET="):
+            line = "PRESSROOM_CONSOLE_SECRET=" + base64.urlsafe_b64encode(os.urandom(32)).decode()
         lines.append(line)
     CI_CONFIG.write_text((REPO / "deploy/pressroom.yaml").read_text())
     lines.append(f"STACK_CONFIG={CI_CONFIG}")  # compose.yaml mounts it into every worker

@@ -149,10 +149,10 @@ def test_each_worker_pod_mounts_only_its_own_identity() -> None:
     }
     assert set(pods) == {
         *("fetcher", "renderer", "distributor", "scheduler"),
-        *("bus-setup", "ops-console"),  # the two that act as ops
+        *("bus-setup", "ops-console", "console"),  # the three that act as ops
     }
     for name, pod in pods.items():
-        role = "ops" if name in ("bus-setup", "ops-console") else name
+        role = "ops" if name in ("bus-setup", "ops-console", "console") else name
         [bus] = [v for v in pod["volumes"] if v["name"] == "bus"]
         assert bus["secret"]["secretName"] == f"pressroom-bus-{role}"
         assert pod["securityContext"]["runAsNonRoot"] is True

@@ -54,6 +54,7 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         output = up.communicate(timeout=30)[0].decode()
     assert up.returncode == 0, output
     assert "stopped." in output
+    assert "console on http://127.0.0.1:" in output  # the web console runs with the stack
     for log in (tmp_path / "state" / "logs").glob("*.log"):  # JSON lines only, no tracebacks
         for line in log.read_text().splitlines():
             event = json.loads(line)

@@ -73,8 +73,13 @@ def test_kubernetes_manifests_parse_and_run_every_worker_with_probes() -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("StatefulSet", "nats") in kinds and ("HorizontalPodAutoscaler", "renderer") in kinds
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"scheduler", "fetcher", "renderer", "distributor", "ops-console"}
+    assert set(deployments) == {
+        *("scheduler", "fetcher", "renderer", "distributor", "ops-console", "console")
+    }
     del deployments["ops-console"]  # the operators' CLI, not a worker (test below)
+    [console] = deployments.pop("console")["spec"]["template"]["spec"]["containers"]
+    assert console["args"][0] == "console"  # the web console, its own service
+    assert console["readinessProbe"]["httpGet"]["path"] == "/healthz"
     for name, deployment in deployments.items():
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["worker", name]
@@ -190,7 +195,7 @@ def test_the_offline_override_swaps_only_images_the_ci_script_builds() -> None:
         for line in (REPO / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     }
-    for name in ("scheduler", "fetcher", "renderer", "distributor"):
+    for name in ("scheduler", "fetcher", "renderer", "distributor", "console"):
         given = set(override["services"][name]["environment"])
         assert given == {k for k in example if k.startswith("PRESSROOM_")}, name
 
@@ -256,7 +261,9 @@ def test_kubernetes_workers_are_scraped_and_get_the_rules_as_a_config_map() -> N
         if d
     ]
     workers = [
-        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "ops-console"
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] not in ("ops-console", "console")
     ]
     for deployment in workers:
         notes = deployment["spec"]["template"]["metadata"]["annotations"]

@@ -12,7 +12,17 @@ import os
 
 import typer
 
-from services.console.cli import dlq, logs, pdf, reports, requests, schedules, stack, templates
+from services.console.cli import (
+    console,
+    dlq,
+    logs,
+    pdf,
+    reports,
+    requests,
+    schedules,
+    stack,
+    templates,
+)
 from services.console.cli._common import err
 from services.console.cli._output import literal
 from shared.observe.logging import configure_logging
@@ -32,6 +42,7 @@ stack.register(app)
 requests.register(app)
 reports.register(app)
 logs.register(app)
+console.register(app)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from contextlib import suppress
 import typer
 from rich.progress import Progress
 
+from services.console.audit import audited
 from services.console.cli._common import checked, emit_json, err, fail, on_bus, out, settings
 from services.console.cli._output import Col, literal, print_table, visible
 from services.console.deadletters import (
@@ -122,7 +123,12 @@ def dlq_replay(
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, visible=total >= 5)
 
-        replayed = on_bus(settings(), lambda bus: replay_many(bus, targets, advance))
+        replayed = on_bus(
+            settings(),
+            lambda bus: audited(
+                bus, "replay dead letters", _named(targets), replay_many(bus, targets, advance)
+            ),
+        )
     if as_json:
         emit_json({"replayed": replayed})
     else:
@@ -144,8 +150,15 @@ def dlq_purge(
             fail("purging every dead letter cannot be undone: add --yes to confirm")
         if not typer.confirm("Delete every dead letter for good?", default=False):
             raise typer.Exit(1)
-    removed = on_bus(settings(), lambda bus: purge(bus, targets))
+    removed = on_bus(
+        settings(),
+        lambda bus: audited(bus, "purge dead letters", _named(targets), purge(bus, targets)),
+    )
     if as_json:
         emit_json({"purged": removed})
     else:
         out.print(f"purged {removed} dead letter(s)")
+
+
+def _named(targets: list[str] | None) -> str:
+    return "--all" if targets is None else " ".join(targets)

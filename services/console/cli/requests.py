@@ -13,6 +13,7 @@ import typer
 
 from services.console import requests
 from services.console.adhoc import adhoc_job, export_paths, output_format, pdf_options
+from services.console.audit import audited
 from services.console.cli._common import (
     age,
     checked,
@@ -381,8 +382,10 @@ def get(
         None, "--output", "-o", help="Default: REQUEST_ID.FORMAT in the current folder."
     ),
     fmt: str = typer.Option("pdf", "--format", "-f"),
-    url: bool = typer.Option(False, "--url", help="Print a download link (S3) instead."),
-    expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
+    url: bool = typer.Option(
+        False, "--url", help="Print a download link instead (the console's, or S3's)."
+    ),
+    expires: str = typer.Option("24h", help="How long the --url link works."),
 ) -> None:
     """Download a rendered artefact (checked against its recorded sha256), or link to it."""
 
@@ -426,7 +429,12 @@ def deliver(
     deliveries += [{"channel": "file", "path": folder}] if folder else []
     if not deliveries:
         fail("name at least one of --email, --s3, --webhook, --folder")
-    results = on_bus(settings(), lambda bus: deliver_again(bus, request_id, deliveries))
+    results = on_bus(
+        settings(),
+        lambda bus: audited(
+            bus, "re-deliver", request_id, deliver_again(bus, request_id, deliveries)
+        ),
+    )
     if as_json:
         emit_json(results)
     for result in [] if as_json else results:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
-from nats.errors import Error as NatsError
 
-from services.console.busaccess import open_bus
+from services.console.audit import audited
 from services.console.cli._common import (
     checked,
     config_says,
@@ -24,90 +20,26 @@ from services.console.cli._common import (
     on_bus,
     out,
     run,
-    schedules,
     settings,
 )
 from services.console.cli._output import Col, literal, print_table, styled
 from services.console.cli.requests import submit
 from services.console.probes import fetch_source
-from services.scheduler.state import is_paused, pause, recorded_config, resume, schedules_hash
+from services.console.schedules import stack_view
+from services.scheduler.state import pause, resume
 from shared.bus.names import SCHEDULES_BUCKET
 from shared.errors import PressroomError
-from shared.schedules import load_schedules
 from shared.settings import Settings
 
 schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
 sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
 
 
-@dataclass
-class StackView:
-    """The schedules the running stack has (as far as the CLI can see them) and which of them
-    are paused; `note` says when what is shown is not known to be the stack's."""
-
-    schedules: list[Any]
-    paused: set[str]
-    note: str | None = None
-    mismatch: str | None = None  # the stack runs other schedules and the CLI cannot read them
-
-
-def stack_view(cfg: Settings) -> StackView:
-    """The CLI and the stack use the same schedules: the scheduler records the hash (and file)
-    of its schedules on the bus at start; when they differ from this CLI's PRESSROOM_CONFIG,
-    the stack's file is used if it can be read here, and otherwise that is said."""
-
-    mine = schedules(cfg)
-
-    async def look() -> tuple[dict[str, Any] | None, set[str]]:
-        async with open_bus(cfg, setup=False) as bus:
-            kv = await bus.js.key_value(SCHEDULES_BUCKET)
-            record = await recorded_config(kv)
-            names = {s.name for s in mine} | set(record.get("schedules", []) if record else [])
-            return record, {n for n in names if await is_paused(kv, n)}
-
-    try:
-        record, paused = asyncio.run(look())
-    except (PressroomError, NatsError, OSError, TimeoutError) as error:
-        reason = error.reason if isinstance(error, PressroomError) else repr(error)
-        return StackView(mine, set(), f"note: the running stack cannot be seen ({reason})")
-    if record is None:
-        return StackView(
-            mine,
-            paused,
-            "note: no scheduler has said what it schedules on this bus (none running?): "
-            "these are this CLI's PRESSROOM_CONFIG schedules",
-        )
-    if record["hash"] == schedules_hash(cfg.schedules):
-        return StackView(mine, paused)
-    path = record.get("config")
-    if isinstance(path, str) and Path(path).is_file():
-        try:
-            raw = (yaml.safe_load(Path(path).read_text()) or {}).get("schedules") or []
-        except (OSError, yaml.YAMLError, AttributeError):
-            raw = None
-        if raw is not None and schedules_hash(raw) == record["hash"]:
-            theirs = checked(lambda: load_schedules(raw))
-            return StackView(theirs, paused, f"note: the running stack's schedules, from {path}")
-    listed = record.get("schedules") or []
-    theirs_said = f"schedules {', '.join(listed)}" if listed else "no schedules"
-    if path and cfg.config is not None and Path(path) == cfg.config.resolve():
-        mismatch = (
-            f"{path} changed since the stack started (it runs {theirs_said}): restart the "
-            "stack to use the new schedules"
-        )
-    else:
-        mismatch = (
-            f"the running stack has {theirs_said} ({path or 'no config file'}), not this "
-            f"CLI's ({cfg.config or 'no PRESSROOM_CONFIG'}): use the stack's config"
-        )
-    return StackView(mine, paused, f"warning: {mismatch}", mismatch)
-
-
 @schedule_app.command("ls")
 def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """Schedules with their next fire times (paused ones say so)."""
     cfg = settings()
-    view = stack_view(cfg)
+    view = checked(lambda: stack_view(cfg))
     now = datetime.now(UTC)
     rows = [
         {
@@ -143,7 +75,7 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 def _known(cfg: Settings, name: str) -> Any:
     """The stack's schedule NAME, or a one-line error (also when the stack runs others)."""
-    view = stack_view(cfg)
+    view = checked(lambda: stack_view(cfg))
     if view.mismatch:
         fail(view.mismatch)
     matches = [s for s in view.schedules if s.name == name]
@@ -181,7 +113,8 @@ def schedule_pause(name: str) -> None:
         return
 
     async def act(bus: Any) -> None:
-        await pause(await bus.js.key_value(SCHEDULES_BUCKET), name, "pressroom schedule pause")
+        kv = await bus.js.key_value(SCHEDULES_BUCKET)
+        await audited(bus, "schedule pause", name, pause(kv, name, "pressroom schedule pause"))
 
     on_bus(cfg, act, setup=False)
     out.print(f"paused {name}: its fires are skipped until `pressroom schedule resume {name}`")
@@ -195,7 +128,8 @@ def schedule_resume(name: str) -> None:
     schedule, _ = _known(cfg, name)
 
     async def act(bus: Any) -> bool:
-        return await resume(await bus.js.key_value(SCHEDULES_BUCKET), name)
+        kv = await bus.js.key_value(SCHEDULES_BUCKET)
+        return await audited(bus, "schedule resume", name, resume(kv, name))
 
     if not on_bus(cfg, act, setup=False):
         out.print(f"{name} was not paused")

@@ -83,6 +83,9 @@ def up(
         False, "--prometheus", help="Also run Debian's prometheus with the shipped alert rules."
     ),
     prometheus_port: int = typer.Option(9090, help="Its port (taken: a free one)."),
+    console: bool = typer.Option(
+        True, "--console/--no-console", help="Also serve the web console (PRESSROOM_CONSOLE_PORT)."
+    ),
 ) -> None:
     """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
 
@@ -105,6 +108,11 @@ def up(
         on_bus(cfg, ready)
         supervisor.start_workers()
         _prometheus(supervisor, prometheus_port if prometheus else None)
+        if console:
+            out.print(
+                f"console on [cyan]{supervisor.start_console()}[/] · "
+                "`pressroom console user add` adds users"
+            )
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda signum, frame: stopping.append(signum))
         out.print(

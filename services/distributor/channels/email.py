@@ -19,6 +19,7 @@ from typing import Any
 
 from services.distributor.parcel import Parcel
 from shared.adapters import egress
+from shared.downloadlinks import download_link
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
 from shared.placeholders import fill
@@ -180,12 +181,16 @@ class EmailChannel:
         if not attach:
             for artefact in artefacts:
                 # Minted now, for this message only: never stored in events, ledger or logs.
-                url = await parcel.store.presign(artefact.key, LINK_VALIDITY)
+                url = (
+                    download_link(s, artefact, LINK_VALIDITY)
+                    if s.public_url
+                    else await parcel.store.presign(artefact.key, LINK_VALIDITY)
+                )
                 if url is None:
                     raise PermanentError(
                         f"report is {total:,} bytes, over the {s.email_attachment_limit:,}-byte "
                         "attachment limit, and the artefact store has no download links "
-                        "(configure S3)"
+                        "(set PRESSROOM_PUBLIC_URL for the console's, or configure S3)"
                     )
                 links.append({"format": artefact.format, "size": artefact.size, "url": url})
         fields = text_fields(parcel, attached=attach, links=links)

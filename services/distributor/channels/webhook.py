@@ -15,6 +15,7 @@ import httpx
 from services.distributor.parcel import Parcel
 from shared.adapters import egress
 from shared.adapters.egress import Destination
+from shared.downloadlinks import download_link
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.settings import Settings
@@ -64,7 +65,12 @@ class WebhookChannel:
         event = parcel.event
         artefacts = []
         for artefact in event.artefacts:
-            url = await parcel.store.presign(artefact.key, timedelta(days=7))
+            # The console's signed link when it has an address (every store), else S3's own.
+            url = (
+                download_link(self.settings, artefact, timedelta(days=7))
+                if self.settings.public_url
+                else await parcel.store.presign(artefact.key, timedelta(days=7))
+            )
             artefacts.append(
                 {
                     **artefact.model_dump(mode="json"),

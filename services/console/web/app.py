@@ -1,0 +1,262 @@
+"""The console's routes: server-rendered pages (and their JSON twins under /api/) over the same
+functions the `pressroom` command uses, the download links, and the application itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from services.console import busaccess
+from services.console.web.downloads import Gone, byte_range, open_artefact
+from services.console.web.kit import (
+    HERE,
+    SESSION_HOURS,
+    Console,
+    Handler,
+    audit_action,
+    log,
+)
+from services.console.web.letters import (
+    dead_letter,
+    dead_letter_replay,
+    dead_letters,
+    dead_letters_purge,
+    dead_letters_replay,
+)
+from services.console.web.login import login, login_form, logout, sso_callback, sso_start
+from services.console.web.operate import (
+    SLO_REFRESH,
+    audit_page,
+    health,
+    schedule_action,
+    schedules,
+    slo,
+    slo_view,
+)
+from services.console.web.reports import (
+    mint_link,
+    report,
+    report_download,
+    report_page_image,
+    report_pages,
+    report_redeliver,
+    report_replay,
+    report_stream,
+    reports,
+    reports_stream,
+)
+from shared.downloadlinks import (
+    LinkRefused,
+    verify_token,
+)
+from shared.settings import Settings
+
+
+# ---- download links ------------------------------------------------------------------------
+async def download(request: Request) -> Response:
+    """`GET /a/{token}`: the artefact a valid link names, streamed (ranges honoured). Changed,
+    expired and purged links are refused, and each refusal goes in the audit trail."""
+    console: Console = request.app.state.console
+    token = request.path_params["token"]
+    short = hashlib.sha256(token.encode()).hexdigest()[:12]
+    try:
+        claim = verify_token(console.secret, token)
+    except LinkRefused as error:
+        await audit_action(
+            request, "download refused", f"link {short}", f"403: {error.reason}", "link"
+        )
+        return PlainTextResponse(f"refused: {error.reason}", status_code=403)
+    try:
+        stored = await open_artefact(console.ready_bus(), claim.key)
+    except Gone:
+        await audit_action(request, "download refused", claim.key, "404: no longer stored", "link")
+        return PlainTextResponse("this report is no longer stored", status_code=404)
+    if stored.sha256 and stored.sha256 != claim.sha256:  # the same key, other content
+        await audit_action(request, "download refused", claim.key, "404: content changed", "link")
+        return PlainTextResponse("this version of the report is no longer stored", 404)
+    try:
+        wanted = byte_range(request.headers.get("range"), stored.size)
+    except ValueError:
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{stored.size}"})
+    start, end = wanted or (0, stored.size)
+    name = Path(claim.key).name
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start),
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "Cache-Control": "private, no-store",
+        "ETag": f'"{claim.sha256}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    status = 200
+    if wanted is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{stored.size}"
+    await audit_action(request, "download", claim.key, f"{status} bytes {start}-{end}", "link")
+    return StreamingResponse(
+        stored.read(start, end), status_code=status, media_type=stored.content_type, headers=headers
+    )
+
+
+async def healthz(request: Request) -> Response:
+    console: Console = request.app.state.console
+    ok = console.bus is not None and console.bus.nc.is_connected
+    return JSONResponse(
+        {"status": "ok" if ok else "no bus", "indexed": len(console.index)},
+        status_code=200 if ok else 503,
+    )
+
+
+async def favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/reports", status_code=303)
+
+
+# ---- the application -----------------------------------------------------------------------
+def _routes() -> list[Any]:
+    pages: list[tuple[str, Handler]] = [
+        ("/reports", reports),
+        ("/reports/{rid:path}/events", report_stream),
+        ("/reports/{rid:path}/artefacts/{fmt}/link", mint_link),
+        ("/reports/{rid:path}/artefacts/{fmt}", report_download),
+        ("/reports/{rid:path}/pages/{n:int}.png", report_page_image),
+        ("/reports/{rid:path}/pages", report_pages),
+        ("/reports/{rid:path}", report),
+        ("/dead-letters", dead_letters),
+        ("/dead-letters/{seq:int}", dead_letter),
+        ("/schedules", schedules),
+        ("/slo", slo),
+        ("/health", health),
+        ("/audit", audit_page),
+    ]
+    actions: list[tuple[str, Handler]] = [
+        ("/reports/{rid:path}/redeliver", report_redeliver),
+        ("/reports/{rid:path}/replay", report_replay),
+        ("/dead-letters/replay", dead_letters_replay),
+        ("/dead-letters/purge", dead_letters_purge),
+        ("/dead-letters/{seq:int}/replay", dead_letter_replay),
+        ("/schedules/{name}/{verb}", schedule_action),
+    ]
+    routes: list[Any] = [
+        Route("/", home),
+        Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/login/sso", sso_start),
+        Route("/login/sso/callback", sso_callback),
+        Route("/a/{token}", download),
+        Route("/reports/stream", reports_stream),
+    ]
+    for path, handler in actions:  # before the pages: /reports/{rid:path} would take them
+        routes += [
+            Route(path, handler, methods=["POST"]),
+            Route(f"/api{path}", handler, methods=["POST"]),
+        ]
+    for path, handler in pages:
+        routes += [Route(path, handler), Route(f"/api{path}", handler)]
+    routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
+    return routes
+
+
+async def _security_headers(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    )
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+async def _prewarm(console: Console) -> None:
+    """The SLO page's default view computed once the ledger is read, not on its first visit."""
+    await console.index.loaded.wait()
+    try:
+        await console.cached("slo:7d", SLO_REFRESH, lambda: slo_view(console, "7d"))
+    except Exception as error:
+        log.warning("SLO view not computed ahead", error=repr(error))
+
+
+def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starlette:
+    """The console; without `bus` it opens its own (the ops identity) for its lifetime."""
+    console = Console(settings, bus)
+    session_key = hmac.new(console.secret, b"console-session", hashlib.sha256).hexdigest()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if console.bus is None:
+                console.bus = await stack.enter_async_context(busaccess.open_bus(settings))
+            tasks = [
+                asyncio.create_task(console.index.follow(console.bus)),
+                asyncio.create_task(_prewarm(console)),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        middleware=[
+            Middleware(BaseHTTPMiddleware, dispatch=_security_headers),
+            Middleware(
+                SessionMiddleware,
+                secret_key=session_key,
+                session_cookie="pressroom_session",
+                max_age=SESSION_HOURS * 3600,
+                same_site="lax",  # Strict would lose the sign-on redirect back to us
+                https_only=True,
+            ),
+        ],
+    )
+    app.state.console = console
+    app.state.oidc = _oidc(settings)
+    return app
+
+
+def _oidc(settings: Settings) -> Any:
+    if not settings.oidc_issuer:
+        return None
+    from authlib.integrations.starlette_client import OAuth  # only with single sign-on
+
+    oauth = OAuth()
+    return oauth.register(
+        "sso",
+        server_metadata_url=f"{settings.oidc_issuer.rstrip('/')}/.well-known/openid-configuration",
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret,
+        client_kwargs={"scope": "openid email profile"},
+    )

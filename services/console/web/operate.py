@@ -1,0 +1,231 @@
+"""The pages that watch the service: schedules (run, pause, resume), SLOs with their charts,
+health, the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import (
+    JSONResponse,
+    Response,
+)
+
+from services.console import audit, requests
+from services.console import slo as sli
+from services.console.health import stack_health
+from services.console.monitoring import active_alerts, monitor_url
+from services.console.schedules import stack_view
+from services.console.web import charts
+from services.console.web.index import Filters
+from services.console.web.kit import (
+    Console,
+    audit_action,
+    current_user,
+    finish_action,
+    page,
+    render_page,
+    wants_json,
+)
+from services.console.web.reports import row_dict
+from services.scheduler.state import pause, resume
+from shared.adapters.ledger import LedgerEntry
+from shared.bus.names import SCHEDULES_BUCKET
+from shared.errors import PressroomError
+
+# The SLO view reads every ledger entry (as `pressroom slo` does): at 100,000 reports that is
+# tens of seconds of CPU, so it is refreshed in the background at most every 10 minutes.
+SLO_REFRESH = 600.0
+SLO_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+
+# ---- schedules -----------------------------------------------------------------------------
+async def _schedule_view(console: Console) -> Any:
+    return await asyncio.to_thread(stack_view, console.settings)
+
+
+@page()
+async def schedules(request: Request) -> Response:
+    console: Console = request.app.state.console
+    view = await _schedule_view(console)
+    now = datetime.now(UTC)
+    rows = []
+    for schedule in view.schedules:
+        last = console.index.page(Filters(schedule=schedule.name), None, 1).rows
+        delivered = console.index.page(
+            Filters(schedule=schedule.name, status="delivered"), None, 1
+        ).rows
+        rows.append(
+            {
+                "name": schedule.name,
+                "cron": schedule.cron,
+                "timezone": schedule.timezone,
+                "template": schedule.request.get("template"),
+                "enabled": schedule.enabled,
+                "paused": schedule.name in view.paused,
+                "next_fire": schedule.next_fire(now),
+                "last": last[0] if last else None,
+                "last_delivered": delivered[0] if delivered else None,
+            }
+        )
+    if wants_json(request):
+        return JSONResponse(
+            {
+                "note": view.note,
+                "schedules": [
+                    {
+                        **{k: v for k, v in r.items() if k not in ("last", "last_delivered")},
+                        "next_fire": r["next_fire"].isoformat(),
+                        "last": row_dict(r["last"]) if r["last"] else None,
+                        "last_delivered": (
+                            r["last_delivered"].requested_at.isoformat()
+                            if r["last_delivered"]
+                            else None
+                        ),
+                    }
+                    for r in rows
+                ],
+            }
+        )
+    return render_page(
+        request,
+        "schedules.html",
+        {"rows": rows, "note": view.note, "flash": request.session.pop("flash", None)},
+    )
+
+
+async def _schedule(console: Console, name: str) -> Any:
+    view = await _schedule_view(console)
+    if view.mismatch:
+        raise PressroomError(view.mismatch)
+    for schedule in view.schedules:
+        if schedule.name == name:
+            return schedule, view
+    raise PressroomError(f"no schedule '{name}' in the stack's config")
+
+
+@page("ops", action=True)
+async def schedule_action(request: Request) -> Response:
+    console: Console = request.app.state.console
+    bus = console.ready_bus()
+    name, verb = request.path_params["name"], request.path_params["verb"]
+    schedule, _view = await _schedule(console, name)
+    user = current_user(request)
+    assert user is not None
+    kv = await bus.js.key_value(SCHEDULES_BUCKET)
+    if verb == "run":
+        fire = datetime.now(UTC).replace(second=0, microsecond=0)
+        request_ = schedule.request_for(fire)
+        await requests.submit(bus, request_, wait=False, timeout=0, schedule=schedule)
+        message = f"fired {name} as {request_.request_id}"
+    elif verb == "pause":
+        await pause(kv, name, f"console {user.name}")
+        message = f"paused {name}"
+    elif verb == "resume":
+        message = f"resumed {name}" if await resume(kv, name) else f"{name} was not paused"
+    else:
+        raise PressroomError(f"unknown action '{verb}' (run, pause, resume)")
+    await audit_action(request, f"schedule {verb}", name, message)
+    return finish_action(request, message, "/schedules")
+
+
+# ---- SLOs, health, audit -------------------------------------------------------------------
+async def slo_view(console: Console, window: str) -> dict[str, Any]:
+    span = SLO_WINDOWS[window]
+    entries = list(sli.in_window(await requests.ledger_entries(console.ready_bus()), span))
+    rows = sli.objectives(entries, on_time_seconds=console.settings.schedule_on_time)
+    # Burn rate: how fast the error budget goes (1 = exactly on budget over the window).
+    finished = [e for e in sli.reports(entries) if e.status in ("delivered", "failed")]
+    failed = sum(1 for e in finished if e.status == "failed")
+    burn = (failed / len(finished)) / 0.01 if finished else None
+    buckets = 24 if window == "24h" else (7 * 4 if window == "7d" else 30)
+    start = datetime.now(UTC) - span
+    step = span / buckets
+    labels: list[str] = []
+    success: list[float | None] = []
+    p95: list[float | None] = []
+    slots: list[list[LedgerEntry]] = [[] for _ in range(buckets)]
+    for entry in finished:
+        when = entry.requested_at or entry.updated_at
+        at = int((when - start) / step)
+        if 0 <= at < buckets:
+            slots[at].append(entry)
+    spelling = {"24h": "%H:%M", "7d": "%a %Hh"}.get(window, "%m-%d")
+    for n, period in enumerate(slots):
+        labels.append((start + step * n).strftime(spelling))
+        ok = sum(1 for e in period if e.status == "delivered")
+        success.append(ok / len(period) * 100 if period else None)
+        totals = [t for e in period if (t := e.total_seconds) is not None]
+        p95.append(sli.percentile(totals, 95))
+    return {
+        "window": window,
+        "objectives": [r.as_dict() for r in rows],
+        "burn_rate": burn,
+        "computed_at": datetime.now(UTC).isoformat(),
+        "series": {"labels": labels, "success": success, "p95": p95},
+    }
+
+
+@page()
+async def slo(request: Request) -> Response:
+    console: Console = request.app.state.console
+    window = request.query_params.get("window", "7d")
+    window = window if window in SLO_WINDOWS else "7d"
+    view = await console.cached(f"slo:{window}", SLO_REFRESH, lambda: slo_view(console, window))
+    if wants_json(request):
+        return JSONResponse(view)
+    series = view["series"]
+    return render_page(
+        request,
+        "slo.html",
+        {
+            "view": view,
+            "windows": list(SLO_WINDOWS),
+            "success_chart": charts.line(
+                series["labels"], series["success"], "Success rate (%)", unit="%"
+            ),
+            "p95_chart": charts.line(
+                series["labels"], series["p95"], "p95 generation time (s)", unit="s"
+            ),
+        },
+    )
+
+
+async def _health_view(console: Console) -> dict[str, Any]:
+    registry = Path(console.settings.data_dir) / "workers.json"
+    workers: dict[str, str] = {}
+    if registry.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            workers.update(json.loads(registry.read_text()))
+    report_ = await stack_health(console.settings, workers)
+    alerts: list[dict[str, Any]] | None = None
+    alerts_note = ""
+    try:
+        url = monitor_url(None, console.settings.monitor_url, Path(console.settings.data_dir))
+        alerts = [a.__dict__ for a in await active_alerts(url)]
+    except PressroomError as error:
+        alerts_note = error.reason
+    return {**report_, "alerts": alerts, "alerts_note": alerts_note}
+
+
+@page()
+async def health(request: Request) -> Response:
+    console: Console = request.app.state.console
+    view = await console.cached("health", 5, lambda: _health_view(console))
+    if wants_json(request):
+        return JSONResponse(json.loads(json.dumps(view, default=str)))
+    return render_page(request, "health.html", {"view": view})
+
+
+@page()
+async def audit_page(request: Request) -> Response:
+    console: Console = request.app.state.console
+    records = await audit.trail(console.ready_bus(), limit=500)
+    if wants_json(request):
+        return JSONResponse({"audit": [r.as_dict() for r in records]})
+    return render_page(request, "audit.html", {"records": records})

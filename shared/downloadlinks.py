@@ -1,0 +1,117 @@
+"""Signed, expiring download links served by the console (`GET /a/{token}`) on every store.
+
+A token names one artefact (its store key and sha256) and when it stops working, signed with
+HMAC-SHA256 under the console secret: nothing is stored when a link is minted, and a link
+cannot be bent to another artefact, another version of it, or a later expiry. The console,
+`pressroom get --url` and the distributor (webhooks, emails) mint them; only the console
+serves them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from shared.errors import PressroomError
+from shared.events import Artefact
+from shared.settings import Settings
+
+MAX_VALIDITY = timedelta(days=30)
+SECRET_FILE = "console.secret"
+
+
+class LinkRefused(PressroomError):
+    """A token that is not ours, was changed, or has expired."""
+
+
+@dataclass(frozen=True)
+class LinkClaim:
+    """What a valid token says: which artefact (key and content) and until when."""
+
+    key: str
+    sha256: str
+    expires: datetime
+
+
+def console_secret(settings: Settings) -> bytes:
+    """PRESSROOM_CONSOLE_SECRET, or the one kept in the data folder (made on first use, 0600):
+    the console, the CLI and the distributor of one machine then agree without configuration."""
+    if settings.console_secret:
+        return settings.console_secret.encode()
+    path = Path(settings.data_dir) / SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it meanwhile: theirs is the one
+        return path.read_bytes().strip()
+    value = secrets.token_urlsafe(32).encode()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+    return value
+
+
+def _key(secret: bytes, purpose: str) -> bytes:
+    """One secret, separate keys per use: a session cookie is never a valid link."""
+    return hmac.new(secret, purpose.encode(), hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def mint_token(secret: bytes, artefact: Artefact, expires: datetime) -> str:
+    claim = {"k": artefact.key, "s": artefact.sha256, "e": int(expires.timestamp())}
+    body = json.dumps(claim, separators=(",", ":"), sort_keys=True).encode()
+    signature = hmac.new(_key(secret, "download-link"), body, hashlib.sha256).digest()
+    return f"{_b64(body)}.{_b64(signature)}"
+
+
+def verify_token(secret: bytes, token: str, now: datetime | None = None) -> LinkClaim:
+    """The claim of a token we signed and that has not expired; LinkRefused otherwise."""
+    body_text, _, signature_text = token.partition(".")
+    try:
+        body, signature = _unb64(body_text), _unb64(signature_text)
+    except (binascii.Error, ValueError):
+        raise LinkRefused("not a download link") from None
+    expected = hmac.new(_key(secret, "download-link"), body, hashlib.sha256).digest()
+    if not signature_text or not hmac.compare_digest(signature, expected):
+        raise LinkRefused("the link's signature does not match (changed or not ours)")
+    try:
+        claim = json.loads(body)
+        result = LinkClaim(
+            str(claim["k"]), str(claim["s"]), datetime.fromtimestamp(int(claim["e"]), UTC)
+        )
+    except (ValueError, KeyError, TypeError, OverflowError):
+        raise LinkRefused("not a download link") from None
+    if result.expires <= (now or datetime.now(UTC)):
+        raise LinkRefused(f"the link expired at {result.expires:%Y-%m-%d %H:%M} UTC")
+    return result
+
+
+def download_link(settings: Settings, artefact: Artefact, expires: timedelta) -> str:
+    """`PRESSROOM_PUBLIC_URL/a/<token>`, valid for `expires` from now."""
+    if not settings.public_url:
+        raise PressroomError(
+            "download links need the console's address: set PRESSROOM_PUBLIC_URL "
+            "(e.g. https://pressroom.example.com)"
+        )
+    if expires <= timedelta(0) or expires > MAX_VALIDITY:
+        raise PressroomError(f"a download link lasts from 1 s to {MAX_VALIDITY.days} days")
+    token = mint_token(console_secret(settings), artefact, datetime.now(UTC) + expires)
+    return f"{settings.public_url.rstrip('/')}/a/{token}"
