@@ -99,7 +99,14 @@ def mask_url_secrets(text: str) -> str:
 
 # Request ids become ledger (KV) keys, message ids and file names: a safe alphabet, and dots
 # only between other characters (a KV key cannot end with "." or hold "..").
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
+REQUEST_ID_PATTERN = (
+    r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*(?:/[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$"
+)
+# A burst's child is `<parent id>/<key>` (the one `/` an id may hold): only the fetcher makes
+# them, from a burst; a published request may not use one.
+CHILD_SEPARATOR = "/"
+Priority = Literal["interactive", "normal", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "normal", "bulk")
 
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$"
 
@@ -168,6 +175,35 @@ class Delivery(BaseModel):
     channel: Channel = Field(description="file, email, s3 or webhook.")
 
 
+class Burst(BaseModel):
+    """One request, one report per item of a list in the fetched data (each its own child)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    over: str = Field(
+        description="Dotted path to a list in the fetched data (e.g. `accounts.items`).",
+        pattern=r"^\w+(\.\w+)*$",
+        max_length=200,
+    )
+    key: str = Field(
+        description="Field of an item naming its child: `<request_id>/<key>` (letters, digits, "
+        "`_`, `-`; at most 64 characters).",
+        pattern=r"^\w+(\.\w+)*$",
+        max_length=100,
+    )
+    deliver: list[Delivery] = Field(
+        description="Each child's deliveries; string fields may use `{{ item.<field> }}`.",
+        min_length=1,
+        max_length=MAX_DELIVERIES,
+    )
+    shared: list[str] | None = Field(
+        default=None,
+        description="Top-level context entries (sources, params) each child also sees besides "
+        "its `item`; default: the request's `params`. Never the list itself.",
+        max_length=MAX_SOURCES,
+    )
+
+
 class ReportRequested(Event):
     """Someone wants a report: published by other systems, the scheduler and the CLI."""
 
@@ -175,7 +211,7 @@ class ReportRequested(Event):
         default_factory=new_request_id,
         description="Idempotency key; a request_id already delivered is not delivered again.",
         pattern=REQUEST_ID_PATTERN,
-        max_length=128,
+        max_length=128 + 65,  # a child: a parent id of up to 128, `/`, a key of up to 64
     )
     template: str = Field(description="Template name inside the templates folder.", min_length=1)
     formats: list[Format] = Field(
@@ -232,6 +268,23 @@ class ReportRequested(Event):
         "(or the next to pick it up) fails it, 'timed out after N s at <stage>', instead of "
         "retrying or waiting on for ever. Default: no limit but the stages' own.",
     )
+    burst: Burst | None = Field(
+        default=None,
+        description="One report per item of a list in the data, each to its own recipients "
+        "(`<request_id>/<key>`); the request's outcome summarises its children.",
+    )
+    priority: Priority = Field(
+        default="normal",
+        description="Lane: `interactive` is never queued behind `bulk` work (the operator caps "
+        "what each publisher may ask for); bursts' children and big reports run as `bulk`.",
+    )
+    parent: str | None = Field(
+        default=None,
+        description="Set by Pressroom on a burst's child: the request it belongs to.",
+    )
+    burst_index: int | None = Field(
+        default=None, ge=0, description="Set by Pressroom on a burst's child: its item's position."
+    )
     split: Literal["auto", "on", "off"] | None = Field(
         default=None,
         description="Lay a long report out in several render processes at once: 'auto' (from "
@@ -286,6 +339,17 @@ class ReportRequested(Event):
         return value
 
 
+# Fields added after fingerprints were first recorded: at their default, left out, so a request
+# keeps the fingerprint its ledger entry holds.
+_NEWER_DEFAULTS: dict[str, Any] = {
+    "timeout": None,
+    "burst": None,
+    "priority": "normal",
+    "parent": None,
+    "burst_index": None,
+}
+
+
 def request_fingerprint(request: ReportRequested) -> str:
     """What a request_id is bound to: the request's content, without its id and timestamps.
 
@@ -296,8 +360,9 @@ def request_fingerprint(request: ReportRequested) -> str:
     # tenant's request says the same in `requested_by`; fingerprints stay as they were.
     content = request.model_dump(mode="json", exclude={"request_id", "requested_at", "tenant"})
     content.pop("schema_version", None)
-    if content.get("timeout") is None:  # as before the field existed: the same fingerprint
-        content.pop("timeout", None)
+    for name, default in _NEWER_DEFAULTS.items():  # as before these fields existed
+        if content.get(name) == default:
+            content.pop(name, None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
