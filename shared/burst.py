@@ -100,7 +100,9 @@ def _fill_text(text: str, item: Any) -> str:
         try:
             found = lookup(item, path)
         except KeyError:
-            raise ChildRefused(f"its deliveries use {{{{ item.{path} }}}}, which it lacks") from None
+            raise ChildRefused(
+                f"its deliveries use {{{{ item.{path} }}}}, which it lacks"
+            ) from None
         if isinstance(found, dict | list) or found is None:
             raise ChildRefused(f"item.{path} is not a text or a number")
         return str(found)

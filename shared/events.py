@@ -292,6 +292,17 @@ class ReportRequested(Event):
         "cut) or 'off'. The operator's PRESSROOM_RENDER_SPLIT=off wins.",
     )
 
+    @model_validator(mode="after")
+    def _children_only_under_their_parent(self) -> ReportRequested:
+        parent, sep, _ = self.request_id.partition(CHILD_SEPARATOR)
+        if sep and self.parent != parent:
+            raise ValueError(
+                "request_id: '/' is reserved for a burst's children (<parent id>/<key>)"
+            )
+        if self.parent is not None and not sep:
+            raise ValueError("parent: set by Pressroom on a burst's children only")
+        return self
+
     @field_validator("locale")
     @classmethod
     def _known_locale(cls, value: str | None) -> str | None:

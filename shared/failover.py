@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.errors import (
     NoRespondersError,
@@ -186,6 +186,18 @@ class FailoverLedger:
     async def get(self, request_id: str) -> LedgerEntry | None:
         return await patient(
             lambda: self._inner.get(request_id), patience=self._patience, what="ledger get"
+        )
+
+    async def update(
+        self,
+        request_id: str,
+        change: Callable[[LedgerEntry], tuple[LedgerEntry | None, Any]],
+        request: ReportRequested | None = None,
+    ) -> Any:
+        return await patient(
+            lambda: self._inner.update(request_id, change, request),
+            patience=self._patience,
+            what="ledger update",
         )
 
     async def claim(

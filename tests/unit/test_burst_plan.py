@@ -111,7 +111,7 @@ def test_new_fields_at_their_defaults_keep_old_fingerprints() -> None:
 
 
 def test_a_child_id_holds_one_slash_only() -> None:
-    ReportRequested(request_id="monthly/a-1", template="t.html")
+    ReportRequested(request_id="monthly/a-1", template="t.html", parent="monthly")
     for bad in ("a/b/c", "/x", "a/", "a/../b"):
         with pytest.raises(ValueError):
-            ReportRequested(request_id=bad, template="t.html")
+            ReportRequested(request_id=bad, template="t.html", parent=bad.split("/")[0])

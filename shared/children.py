@@ -1,0 +1,55 @@
+"""The ledger side of bursting: a parent's tally started, and each child's outcome counted once.
+
+Each function returns a `change` for `Ledger.update` (compare-and-set on the parent's entry):
+concurrent children in several distributors each land exactly once, and exactly one of them
+sees the tally become complete (that one publishes the parent's outcome).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shared.burst import BurstOutcome, BurstTally
+from shared.events import utcnow
+from shared.ledger import LedgerEntry, derive
+
+Change = Callable[[LedgerEntry], tuple[LedgerEntry | None, BurstTally | None]]
+
+
+def start(total: int) -> Change:
+    """The parent's tally for a run of its fetcher: new, or (a replay, a later message) the
+    old one with its failed children reopened — delivered children stay delivered."""
+
+    def change(entry: LedgerEntry) -> tuple[LedgerEntry | None, BurstTally | None]:
+        tally = entry.burst
+        if tally is None or tally.total != total:
+            entry.burst = BurstTally.planned(total)
+        elif tally.failed:
+            entry.burst = tally.reopen()
+        else:
+            return None, tally  # a redelivery of the same run: nothing to reset
+        derive(entry)
+        return entry, entry.burst
+
+    return change
+
+
+def record(index: int, key: str, outcome: BurstOutcome, reason: str = "") -> Change:
+    """Count one child's outcome; the result is the tally when this made it complete."""
+
+    def change(entry: LedgerEntry) -> tuple[LedgerEntry | None, BurstTally | None]:
+        tally = entry.burst
+        if tally is None:
+            return None, None
+        was_complete = tally.complete
+        updated = tally.record(index, key, outcome, reason)
+        if updated is None:
+            return None, None
+        entry.burst = updated
+        if updated.complete and entry.settled is None:
+            entry.settled = "delivered" if not updated.failed else "failed"
+            entry.settled_at = utcnow()
+        derive(entry)
+        return entry, (updated if updated.complete and not was_complete else None)
+
+    return change
