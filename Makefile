@@ -74,7 +74,7 @@ unit: install
 	$(BIN)/pytest tests/unit
 
 contract: install
-	$(BIN)/python -m shared.contract
+	$(BIN)/python -m services.console.contract
 
 ## Regenerate the Grafana dashboard JSON and the Kubernetes rules ConfigMap (tests check both).
 monitoring: install

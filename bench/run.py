@@ -24,9 +24,9 @@ from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
 from services.renderer.pdf import RenderJob, render_job
-from shared.bus import LEDGER_BUCKET
+from shared.adapters.ledger import KvLedger
+from shared.bus.topology import LEDGER_BUCKET
 from shared.events import ReportRequested
-from shared.ledger import KvLedger
 from shared.settings import Settings
 from tests.helpers import REPO, Outcomes, Stack
 

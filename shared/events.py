@@ -22,7 +22,7 @@ DLQ_PREFIX = "dlq."
 
 PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIVERED, REPORT_FAILED)
 # A tenant's `report.requested` reaches the services' account as `report.requested.<tenant>`
-# (its account's import says so; see shared/busauth.py): the subject names who published.
+# (its account's import says so; see shared/bus/identity.py): the subject names who published.
 TENANT_REQUESTS = f"{REPORT_REQUESTED}.*"
 
 

@@ -1,7 +1,7 @@
 """Pressroom's metrics: the instruments of DESIGN.md "Metrics and alerts" and where they are fed.
 
-Recorded with the OpenTelemetry API on the process's MeterProvider (shared/telemetry.py), so
-they reach /metrics (shared/exposition.py) and, when OTEL_* asks, OTLP. Names as Prometheus
+Recorded with the OpenTelemetry API on the process's MeterProvider (shared/observe/telemetry.py), so
+they reach /metrics (shared/observe/exposition.py) and, when OTEL_* asks, OTLP. Names as Prometheus
 shows them are in the comments; rules, dashboards and tests depend on them, never rename.
 
 Labels stay bounded: stages, outcomes and failure kinds are fixed sets; template, source and
@@ -31,11 +31,11 @@ from shared.errors import (
     TransientError,
 )
 from shared.events import Event, ReportRendered
-from shared.telemetry import processing_failed
+from shared.observe.telemetry import processing_failed
 from shared.templatename import canonical_template
 
 if TYPE_CHECKING:
-    from shared.ledger import LedgerEntry
+    from shared.adapters.ledger import LedgerEntry
     from shared.settings import Settings
 
 # Histogram buckets: each SLO threshold (10, 30, 60, 120 s; 15 min on time; 5 MiB) is a bound,
@@ -359,7 +359,7 @@ def schedule_state(
 
 async def observe_bus(js: Any, durable: str) -> None:
     """Refresh the gauges read from JetStream: a consumer's backlog, dead letters, storage."""
-    from shared.bus import DLQ_STREAM, STREAM
+    from shared.bus.topology import DLQ_STREAM, STREAM
 
     info = await js.consumer_info(STREAM, durable)
     consumer_pending(durable, int(info.num_pending or 0))
@@ -374,7 +374,7 @@ def scrape_handler(
     refresh: Callable[[], Awaitable[None]] | None = None, timeout: float = 3.0
 ) -> Callable[[str], Awaitable[tuple[bytes, str]]]:
     """What a worker's /metrics answers: fresh gauges (best effort), then every instrument."""
-    from shared.telemetry import prometheus_reader
+    from shared.observe.telemetry import prometheus_reader
 
     async def scrape(accept: str) -> tuple[bytes, str]:
         if refresh is not None:
@@ -420,7 +420,8 @@ def _expect(instrument: Instrument, *label_sets: dict[str, str]) -> None:
 
 
 def expected_series() -> list[tuple[Instrument, list[Labels]]]:
-    """What /metrics shows at 0 when nothing was recorded for it yet (shared/exposition.py)."""
+    """What /metrics shows at 0 when nothing was recorded for it yet
+    (shared/observe/exposition.py)."""
     with _lock:
         return [(instrument, sorted(known)) for instrument, known in _expected.values()]
 

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
         default=1, ge=1, le=5, description="Replicas of each stream (3 in a cluster)."
     )
     duplicate_window: float = Field(default=600.0, gt=0, description="Nats-Msg-Id window, s.")
-    # Bus identity (shared/busauth.py): one of these; the embedded server uses the data folder's
+    # Bus identity (shared/bus/identity.py): one of these; the embedded server uses the data
+    # folder's
     nats_nkey: Path | None = Field(default=None, description="An nkey seed file.")
     nats_credentials_dir: Path | None = Field(
         default=None, description="Folder from `pressroom bus auth`: <role>.nk per process."
@@ -236,7 +237,7 @@ class Settings(BaseSettings):
     restart_limit: int = Field(default=5, ge=0, description="Restarts per window, then give up.")
     restart_window: float = Field(default=300.0, gt=0, description="Seconds the limit counts.")
 
-    # Logging (read once at process start by shared.logging)
+    # Logging (read once at process start by shared.observe.logging)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     cli_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
@@ -421,7 +422,7 @@ class Settings(BaseSettings):
     @property
     def bus_url_public(self) -> str:
         """The bus URL(s) as logs, health and errors may show them: no user:password@."""
-        from shared.egress import public_url
+        from shared.adapters.egress import public_url
 
         return ",".join(public_url(url) for url in self.nats_servers)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import nats
 
-from shared.bus import STREAM
-from shared.embedded import ClusterRoutes, free_port, start_nats_server
+from services.console.embedded import ClusterRoutes, free_port, start_nats_server
+from shared.bus.topology import STREAM
 from shared.events import REPORT_DELIVERED
 from tests.helpers import eventually, quiet
 
@@ -81,7 +81,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         if self.auth:
-            from shared.busauth import generate
+            from shared.bus.identity import generate
 
             generate(self.auth_dir, hosts=["localhost", "127.0.0.1"])
         for node in self.nodes:
@@ -152,7 +152,7 @@ class Cluster:
         """The ops identity's connect options (every stream and bucket may be looked at)."""
         if not self.auth:
             return {}
-        from shared.busauth import Identity
+        from shared.bus.identity import Identity
 
         return Identity("ops", "nkey", self.auth_dir / "ops.nk").nats_kwargs()
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 
-from shared.embedded import free_port, start_nats_server
+from services.console.embedded import free_port, start_nats_server
 
 if TYPE_CHECKING:
     from tests.cluster import Cluster
@@ -48,7 +48,7 @@ def pressroom(
     """The `pressroom` command as a user runs it (80 columns, the bundled templates), in a
     clean environment: only what `env` adds."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "services.console.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -120,7 +120,7 @@ class Stack:
         """How a test client connects as `role` (ops unless said otherwise)."""
         import ssl
 
-        from shared.busauth import Identity
+        from shared.bus.identity import Identity
 
         context = (
             ssl.create_default_context(cafile=str(self.auth_dir / "ca.pem")) if self.tls else None
@@ -196,7 +196,7 @@ class Stack:
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-        from shared.bus import STREAM
+        from shared.bus.topology import STREAM
 
         nc = await self.connect()
         js = nc.jetstream(timeout=2)
@@ -222,7 +222,7 @@ class Stack:
             await nc.close()
 
     def start_nats(self) -> None:
-        from shared.busauth import generate
+        from shared.bus.identity import generate
 
         if self.cluster is not None:
             self.auth = (
@@ -272,7 +272,7 @@ class Stack:
         self.health[f"{name}-{index}"] = f"http://127.0.0.1:{port}"
         extra_env = {"PRESSROOM_HEALTH_PORT": str(port), **(extra_env or {})}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "worker", name],
+            [sys.executable, "-m", "services.console.cli", "worker", name],
             env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -296,7 +296,7 @@ class Stack:
 
     def write_prometheus_targets(self, folder: Path) -> Path:
         """targets.json for Prometheus, written the way `pressroom up` writes it."""
-        from shared.monitoring import write_targets
+        from services.console.monitoring import write_targets
 
         return write_targets(folder, self.health)
 
@@ -325,7 +325,7 @@ class Stack:
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "services.console.cli", *args],
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,

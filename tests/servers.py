@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
-from shared.embedded import free_port
+from services.console.embedded import free_port
 
 
 class S3Server:

@@ -11,11 +11,11 @@ from faststream import FastStream
 from services.distributor.channels import Channel, default_channels
 from services.distributor.core import distribute
 from services.distributor.targets import TargetLimits
-from shared.bus import DELIVERIES_BUCKET, DISTRIBUTOR
+from shared.bus.topology import DELIVERIES_BUCKET, DISTRIBUTOR
 from shared.events import Event, ReportRendered
 from shared.metrics import storage
-from shared.service import Deps, Work, stage_app
 from shared.settings import Settings, load_settings
+from shared.stage.app import Deps, Work, stage_app
 
 
 @dataclass

@@ -11,13 +11,13 @@ from nats.js.errors import KeyNotFoundError
 
 from services.distributor.channels import Channel, Parcel
 from services.distributor.targets import TargetLimits, caller_of, target_of
+from shared.adapters.store import ArtefactStore, artefact_key
+from shared.bus.kv import KeyValue
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
-from shared.kv import KeyValue
-from shared.logging import get_logger
+from shared.observe.logging import get_logger
+from shared.observe.telemetry import span
 from shared.settings import Settings
-from shared.store import ArtefactStore, artefact_key
-from shared.telemetry import span
 
 log = get_logger("pressroom.distributor")
 

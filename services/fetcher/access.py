@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from shared import egress, jsonsafe
-from shared.egress import Destination, Origin
+from shared import jsonsafe
+from shared.adapters import egress
+from shared.adapters.egress import Destination, Origin
 from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings

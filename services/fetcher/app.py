@@ -10,11 +10,11 @@ from faststream import FastStream
 from services.fetcher.cache import SourceCache
 from services.fetcher.core import fetch_data
 from services.fetcher.sources import DataSource, default_sources
-from services.scheduler.cron import check_not_forged, load_schedules
-from shared.bus import CACHE_BUCKET, FETCHER
+from shared.bus.topology import CACHE_BUCKET, FETCHER
 from shared.events import Event, ReportRequested
-from shared.service import Deps, Work, stage_app
+from shared.schedules import check_not_forged, load_schedules
 from shared.settings import Settings, load_settings
+from shared.stage.app import Deps, Work, stage_app
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 
+from shared.bus.kv import KeyValue
 from shared.events import ReportRequested, Source
-from shared.kv import KeyValue
-from shared.logging import get_logger
+from shared.observe.logging import get_logger
 from shared.settings import Settings
 
 log = get_logger("pressroom.fetcher.cache")

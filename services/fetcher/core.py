@@ -14,12 +14,12 @@ from typing import Any
 from services.fetcher.access import expand_named
 from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
+from shared.adapters.store import ArtefactStore, context_key
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import DataReady, ReportRequested, Source
 from shared.metrics import fetch_outcome, source_fetched
+from shared.observe.telemetry import span
 from shared.settings import Settings
-from shared.store import ArtefactStore, context_key
-from shared.telemetry import span
 
 MAX_CONCURRENT_SOURCES = 8  # per request: a wide request does not crowd out the others
 

@@ -13,11 +13,11 @@ from faststream import FastStream
 from services.renderer.core import render_report
 from services.renderer.pdf import RenderPool
 from services.renderer.templating import validate_in_folder
-from shared.bus import RENDER_CACHE_BUCKET, RENDERER
+from shared.bus.topology import RENDER_CACHE_BUCKET, RENDERER
 from shared.events import DataReady, Event
 from shared.metrics import template_problems
-from shared.service import Deps, Work, stage_app
 from shared.settings import Settings, load_settings
+from shared.stage.app import Deps, Work, stage_app
 
 VALIDATE_EVERY = 60.0
 

@@ -22,12 +22,7 @@ from services.renderer.pdf import (
 )
 from services.renderer.splitplan import split_mode
 from services.renderer.templating import bytecode_cache_dir, files_unchanged
-from shared.errors import PermanentError
-from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
-from shared.kv import KeyValue
-from shared.logging import get_logger
-from shared.settings import Settings
-from shared.store import (
+from shared.adapters.store import (
     ArtefactMissing,
     ArtefactStore,
     ArtefactTampered,
@@ -36,7 +31,12 @@ from shared.store import (
     read_verified,
     sha256_hex,
 )
-from shared.telemetry import record_span, span
+from shared.bus.kv import KeyValue
+from shared.errors import PermanentError
+from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.observe.logging import get_logger
+from shared.observe.telemetry import record_span, span
+from shared.settings import Settings
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 

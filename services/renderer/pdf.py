@@ -23,9 +23,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from services.renderer import assets, fonts, warm
+from shared.adapters.netpolicy import allow_listed
 from shared.errors import PermanentError, RenderTimeout, ResourceBlocked, TransientError
-from shared.logging import get_logger
-from shared.netpolicy import allow_listed
+from shared.observe.logging import get_logger
 
 MAX_ASSET_BYTES = 20 * 1024 * 1024
 log = get_logger(__name__)

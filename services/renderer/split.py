@@ -38,7 +38,7 @@ from services.renderer.pdf import (
     render_html,
 )
 from shared.errors import PressroomError
-from shared.logging import get_logger
+from shared.observe.logging import get_logger
 
 log = get_logger(__name__)
 WEASYPRINT_MAJOR = "70"  # see chunks.py; test_split checks that long reports are split

@@ -22,10 +22,11 @@ from typing import Any
 from faststream import FastStream
 from nats.js.errors import KeyNotFoundError
 
-from services.scheduler.cron import Schedule, load_schedules, missed_fires
 from services.scheduler.state import is_paused, record_config
 from services.scheduler.watch import ScheduleWatch
-from shared.bus import (
+from shared.adapters.ledger import KvLedger
+from shared.bus.identity import secret_of
+from shared.bus.topology import (
     LEDGER_BUCKET,
     SCHEDULES_BUCKET,
     STREAM,
@@ -34,16 +35,15 @@ from shared.bus import (
     encode,
     msg_id,
 )
-from shared.busauth import secret_of
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
-from shared.health import CheckResult, HealthServer
-from shared.ledger import KvLedger
-from shared.logging import configure_logging, get_logger
 from shared.metrics import scrape_handler
-from shared.readiness import config_check
-from shared.service import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
+from shared.observe.health import CheckResult, HealthServer
+from shared.observe.logging import configure_logging, get_logger
+from shared.observe.telemetry import setup_telemetry, shutdown_telemetry
+from shared.schedules import Schedule, load_schedules, missed_fires
 from shared.settings import Settings, load_settings
-from shared.telemetry import setup_telemetry, shutdown_telemetry
+from shared.stage.app import BUS_PING_TIMEOUT, Deps, connect_with_patience, worker_broker
+from shared.stage.readiness import config_check
 
 log = get_logger("pressroom.scheduler")
 
@@ -170,7 +170,7 @@ async def tick(
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastStream:
-    """`deps` as for the stages (shared/service.py): what it leaves None (the publisher, the
+    """`deps` as for the stages (shared/stage/app.py): what it leaves None (the publisher, the
     ledger, the SCHEDULES_BUCKET in `kv`, the bus itself) is opened from settings at start-up."""
     settings = settings or load_settings()
     deps = deps or Deps()

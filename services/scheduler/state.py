@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 
-from shared.logging import get_logger
+from shared.observe.logging import get_logger
 
 log = get_logger("pressroom.scheduler")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from services.scheduler.cron import Schedule
-from shared.ledger import Ledger
+from shared.adapters.ledger import Ledger
 from shared.metrics import schedule_state
+from shared.schedules import Schedule
 
 LOOKBACK_FIRES = 5
 

@@ -29,9 +29,9 @@ import boto3
 import pytest
 import yaml
 
+from services.console.ops import open_bus, publish_request
+from shared.adapters.ledger import LedgerEntry
 from shared.events import ReportRequested
-from shared.ledger import LedgerEntry
-from shared.ops import open_bus, publish_request
 from shared.settings import Settings
 from tests.helpers import REPO, eventually
 

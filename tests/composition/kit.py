@@ -2,8 +2,9 @@
 
 FastStream's `TestNatsBroker` stands in for the bus (no server, no stream semantics: what
 JetStream itself does is tested against a real server in tests/integration/), `TestApp` runs the
-service's own lifespan, and the adapters are the in-memory fakes of shared/memory.py and
-shared/store.py handed in through `deps`. A message reaches the stage's subscriber the way a
+service's own lifespan, and the adapters are the in-memory fakes of shared/adapters/memory.py and
+shared/adapters/store.py handed in through `deps`. A message reaches the stage's subscriber the way
+a
 durable pull consumer delivers it: with a JetStream reply subject, which carries the delivery
 attempt and the stream sequence the stage runner reads.
 """
@@ -22,13 +23,13 @@ from faststream import FastStream, TestApp
 from faststream.nats import NatsBroker, TestNatsBroker
 from nats.js import JetStreamContext
 
-from shared.bus import STREAM, StageSpec
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue, MemoryPublisher
+from shared.adapters.store import MemoryArtefacts
+from shared.bus.topology import STREAM, StageSpec
 from shared.events import DLQ_PREFIX, REPORT_FAILED, Event
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryPublisher
-from shared.service import Deps
 from shared.settings import Settings
-from shared.store import MemoryArtefacts
+from shared.stage.app import Deps
 
 D = TypeVar("D", bound=Deps)
 

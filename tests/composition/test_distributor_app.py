@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from services.distributor.app import DistributorDeps, create_app
-from shared.bus import DISTRIBUTOR
+from shared.adapters.store import artefact_key, sha256_hex
+from shared.bus.topology import DISTRIBUTOR
 from shared.events import (
     REPORT_DELIVERED,
     Artefact,
@@ -17,7 +18,6 @@ from shared.events import (
     ReportRendered,
     ReportRequested,
 )
-from shared.store import artefact_key, sha256_hex
 from tests.composition.kit import Fakes, running, settings_in
 from tests.helpers import eventually
 

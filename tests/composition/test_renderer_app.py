@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from services.renderer.app import RendererDeps, create_app
-from shared.bus import RENDERER
+from shared.adapters.store import sha256_hex
+from shared.bus.topology import RENDERER
 from shared.events import REPORT_RENDERED, DataReady, ReportRequested
-from shared.store import sha256_hex
 from tests.composition.kit import Fakes, running, settings_in
 
 NOTE = "<html><body><h1>{{ title }}</h1><p>{{ open }} open pull requests</p></body></html>\n"

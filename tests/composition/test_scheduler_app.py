@@ -12,10 +12,10 @@ from faststream import TestApp
 from faststream.nats import TestNatsBroker
 
 from services.scheduler.app import create_app
-from services.scheduler.cron import Schedule
-from shared.bus import SCHEDULES_BUCKET
+from shared.bus.topology import SCHEDULES_BUCKET
 from shared.events import REPORT_REQUESTED
-from shared.service import Deps
+from shared.schedules import Schedule
+from shared.stage.app import Deps
 from tests.composition.kit import Fakes, settings_in
 from tests.helpers import eventually
 

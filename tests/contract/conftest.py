@@ -22,31 +22,31 @@ from faststream.nats import NatsMessage
 from faststream.nats.parser import JsParser
 from nats.js.api import ConsumerConfig
 
+from services.console.embedded import free_port, start_nats_server
 from services.distributor.channels import Channel, default_channels
 from services.distributor.channels.webhook import verify
-from shared.bus import MSG_ID, JetStreamPublisher, Publisher
-from shared.embedded import free_port, start_nats_server
-from shared.events import Delivery
-from shared.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
-from shared.ledger import KvLedger, Ledger
-from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
-from shared.service import NatsInbound
-from shared.settings import Settings
-from shared.stage import InboundMessage
-from shared.store import (
+from shared.adapters.ledger import KvLedger, Ledger
+from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.adapters.store import (
     ArtefactStore,
     MemoryArtefacts,
     ObjectStoreArtefacts,
     S3Artefacts,
     sha256_hex,
 )
+from shared.bus.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
+from shared.bus.topology import MSG_ID, JetStreamPublisher, Publisher
+from shared.events import Delivery
+from shared.settings import Settings
+from shared.stage.app import NatsInbound
+from shared.stage.runner import InboundMessage
 from tests.helpers import eventually, unique
 from tests.servers import HttpReceiver, S3Server
 
 STORES = ["memory", "object-store", "s3", "failover-object-store"]
 # The full key-value contract (what the ledger uses of a bucket) ...
 KV_BUCKETS = ["memory", "jetstream"]
-# ... and the KeyValue port of shared/kv.py (what the stages use), over the wrappers too.
+# ... and the KeyValue port of shared/bus/kv.py (what the stages use), over the wrappers too.
 KV_PORTS = [*KV_BUCKETS, "failover-jetstream", "failover-memory"]
 
 

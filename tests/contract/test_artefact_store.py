@@ -1,4 +1,4 @@
-"""The artefact-store contract (shared/store.py ArtefactStore), the same for every backend:
+"""The artefact-store contract (shared/adapters/store.py ArtefactStore), the same for every backend:
 memory (unit tests), the JetStream object store (embedded default), S3 (MinIO), and the
 failover wrapper the services put around them."""
 
@@ -9,9 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.errors import PermanentError
-from shared.events import Artefact
-from shared.store import (
+from shared.adapters.store import (
     ArtefactMissing,
     ArtefactStore,
     ArtefactTampered,
@@ -19,6 +17,8 @@ from shared.store import (
     remove_older_than,
     sha256_hex,
 )
+from shared.errors import PermanentError
+from shared.events import Artefact
 
 pytestmark = pytest.mark.integration
 

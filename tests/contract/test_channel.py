@@ -13,10 +13,10 @@ import pytest
 
 from services.distributor.channels import Parcel
 from services.distributor.channels.file import FileChannel
+from shared.adapters.store import MemoryArtefacts, artefact_key, sha256_hex
 from shared.errors import PermanentError, TransientError
 from shared.events import Artefact, Delivery, ReportRendered, ReportRequested
 from shared.settings import Settings
-from shared.store import MemoryArtefacts, artefact_key, sha256_hex
 from tests.contract.conftest import Target
 from tests.helpers import unique
 

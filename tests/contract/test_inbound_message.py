@@ -1,5 +1,6 @@
-"""The inbound-message contract (shared/stage.py InboundMessage), the same for NatsInbound
-(shared/service.py) over a real JetStream pull consumer and for shared/memory.py's MemoryMessage:
+"""The inbound-message contract (shared/stage/runner.py InboundMessage), the same for NatsInbound
+(shared/stage/app.py) over a real JetStream pull consumer and for shared/adapters/memory.py's
+MemoryMessage:
 what the stage runner reads of a delivery, and what each way of settling it does — ack ends it,
 term ends it for good, nack hands it back for another attempt, in_progress keeps it ours."""
 

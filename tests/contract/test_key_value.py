@@ -1,5 +1,5 @@
-"""The key-value contract: shared/memory.py's MemoryKeyValue behaves as a real JetStream KV
-bucket does — the same values, revisions and errors — and the KeyValue port of shared/kv.py
+"""The key-value contract: shared/adapters/memory.py's MemoryKeyValue behaves as a real JetStream KV
+bucket does — the same values, revisions and errors — and the KeyValue port of shared/bus/kv.py
 holds through the failover wrapper the services put around a bucket."""
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The ledger contract (shared/ledger.py Ledger), the same for KvLedger over a real JetStream KV
-bucket and over shared/memory.py's MemoryKeyValue, and for the FailoverLedger the services wrap
+"""The ledger contract (shared/adapters/ledger.py Ledger), the same for KvLedger over a real
+JetStream KV
+bucket and over shared/adapters/memory.py's MemoryKeyValue, and for the FailoverLedger the services
+wrap
 around it: a stage is claimed by one message at a time, finished work is never claimed again,
 an id is bound to its content, and the first outcome is reported once."""
 
@@ -9,6 +11,7 @@ import asyncio
 
 import pytest
 
+from shared.adapters.ledger import Ledger
 from shared.events import (
     Artefact,
     ChannelResult,
@@ -16,7 +19,6 @@ from shared.events import (
     ReportDelivered,
     ReportRequested,
 )
-from shared.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

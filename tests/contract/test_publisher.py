@@ -1,5 +1,6 @@
-"""The publisher contract (shared/bus.py Publisher), the same for JetStreamPublisher on a real
-nats-server, the FailoverPublisher the services wrap around it, and shared/memory.py's
+"""The publisher contract (shared/bus/topology.py Publisher), the same for JetStreamPublisher on a
+real
+nats-server, the FailoverPublisher the services wrap around it, and shared/adapters/memory.py's
 MemoryPublisher the unit tests use: what is published is stored once per message id, with its
 body and headers, and a taken id never makes another request's message vanish."""
 

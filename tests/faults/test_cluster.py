@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.bus import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
-from shared.cluster import cluster_components, topology_streams
-from shared.ledger import KvLedger
+from services.console.cluster import cluster_components, topology_streams
+from shared.adapters.ledger import KvLedger
+from shared.bus.topology import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
 from shared.settings import Settings
 from tests.cluster import Cluster, delivered_events
 from tests.helpers import REPO, Stack, eventually, unique

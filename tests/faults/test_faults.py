@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from shared.bus import LEDGER_BUCKET, STREAM
-from shared.ledger import KvLedger
+from shared.adapters.ledger import KvLedger
+from shared.bus.topology import LEDGER_BUCKET, STREAM
 from tests.helpers import REPO, Stack, eventually, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

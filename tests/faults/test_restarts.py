@@ -39,7 +39,7 @@ class Up:
         self.env = up_env(root, COLUMNS="80", LINES="25", TERM="xterm", **(env or {}))
         master, slave = pty.openpty()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up"],
+            [sys.executable, "-m", "services.console.cli", "up"],
             env=self.env, cwd=root, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
             start_new_session=True,
         )  # fmt: skip

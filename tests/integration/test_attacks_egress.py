@@ -25,10 +25,10 @@ import yaml
 
 from services.distributor.channels import Parcel
 from services.distributor.channels.email import EmailChannel
+from shared.adapters.store import MemoryArtefacts
 from shared.errors import TransientError
 from shared.events import Delivery, ReportRendered, ReportRequested
 from shared.settings import Settings
-from shared.store import MemoryArtefacts
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.servers import HttpReceiver
 

@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
+from services.console.cli._output import visible
 from services.renderer.pdf import MAX_ASSET_BYTES, RenderJob, render_job
-from shared.cli._output import visible
 from shared.errors import ResourceBlocked
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.pdftext import page_texts
@@ -269,7 +269,7 @@ def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """The CLI with a pseudo-terminal as stdout and stderr; everything it wrote, unfiltered."""
     main, child = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "services.console.cli", *args],
         env={**env, "TERM": "xterm", "COLUMNS": "80"},
         stdin=subprocess.DEVNULL, stdout=child, stderr=child, close_fds=True,
     )  # fmt: skip

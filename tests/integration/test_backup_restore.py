@@ -213,9 +213,9 @@ def craft(path: Path, members: dict[str, bytes]) -> Path:
 async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
     bstack: Stack,
 ) -> None:
-    from services.scheduler.cron import load_schedules
+    from shared.adapters.ledger import LedgerEntry
     from shared.events import request_fingerprint
-    from shared.ledger import LedgerEntry
+    from shared.schedules import load_schedules
 
     [schedule] = load_schedules([SCHEDULE])
     fire = schedule.next_fire(datetime.now(UTC) + timedelta(seconds=20))
@@ -270,7 +270,8 @@ def test_a_restore_archive_is_read_as_a_bounded_stream(bstack: Stack, tmp_path: 
         tar.addfile(info, Zeros(size))
     assert bomb.stat().st_size < 4 * 1024**2
     measured = subprocess.run(
-        [sys.executable, "-c", MAXRSS, sys.executable, "-m", "shared.cli", "restore", str(bomb)],
+        [sys.executable, "-c", MAXRSS, sys.executable, "-m", "services.console.cli",
+         "restore", str(bomb)],
         env={**bstack.env, "COLUMNS": "80"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     *said, rss_kb = measured.stderr.strip().splitlines()

@@ -20,7 +20,7 @@ from typing import Any
 import nats
 import pytest
 
-from shared.busauth import new_user_seed
+from shared.bus.identity import new_user_seed
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -230,7 +230,7 @@ def test_a_refused_identity_is_one_line_in_the_cli_and_stops_a_worker(locked: St
     bad.mkdir()
     (bad / "fetcher.nk").write_text(new_user_seed())
     worker = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "fetcher"],
+        [sys.executable, "-m", "services.console.cli", "worker", "fetcher"],
         env={**locked.env, "PRESSROOM_NATS_CREDENTIALS_DIR": str(bad),
              "PRESSROOM_STARTUP_TIMEOUT": "60"},
         capture_output=True, text=True, timeout=90, cwd=locked.root,
@@ -252,7 +252,7 @@ def test_the_ops_cli_may_purge_and_a_publisher_cli_may_not(locked: Stack) -> Non
 
 # ---- secrets stay secret -----------------------------------------------------------------
 def test_a_password_in_the_nats_url_appears_nowhere(tmp_path: Path) -> None:
-    from shared.embedded import free_port, start_nats_server
+    from services.console.embedded import free_port, start_nats_server
 
     secret = "S3cretPassw0rd"
     auth = tmp_path / "userpass.conf"
@@ -267,7 +267,7 @@ def test_a_password_in_the_nats_url_appears_nowhere(tmp_path: Path) -> None:
         stack.root.mkdir(parents=True)
         (stack.root / "templates").symlink_to(REPO / "templates")
         setup = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "bus", "setup"],
+            [sys.executable, "-m", "services.console.cli", "bus", "setup"],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert setup.returncode == 0, setup.stderr
@@ -287,13 +287,13 @@ def test_a_password_in_the_nats_url_appears_nowhere(tmp_path: Path) -> None:
 
         readyz = asyncio.run(eventually(ready, timeout=60))
         health = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "health", "--json", "--url",
+            [sys.executable, "-m", "services.console.cli", "health", "--json", "--url",
              stack.health["renderer-1"]],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         wrong = {**env, "PRESSROOM_NATS_URL": f"nats://pressroom:{secret}@127.0.0.1:{free_port()}"}
         unreachable = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "ls"],
+            [sys.executable, "-m", "services.console.cli", "ls"],
             env=wrong, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         proc.terminate()

@@ -173,7 +173,7 @@ def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run the CLI with a pseudo-terminal as stdout and stderr, as in an operator's shell."""
     main, child = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "services.console.cli", *args],
         env={**env, "TERM": "xterm", "COLUMNS": "80"},
         stdin=subprocess.DEVNULL, stdout=child, stderr=child, close_fds=True,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shared.embedded import free_port
+from services.console.embedded import free_port
 from tests.helpers import REPO, Outcomes, Stack, eventually, pressroom, unique, up_env
 from tests.integration.test_cli_operator import run_on_a_terminal
 from tests.pdftext import pdf_text
@@ -367,7 +367,7 @@ async def test_a_render_over_the_report_timeout_is_stopped_and_the_renderer_goes
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "services.console.cli",
             "request",
             "-t",
             "endless.html",
@@ -443,7 +443,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("up")
     env = up_env(root, COLUMNS="80")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--sample"],
+        [sys.executable, "-m", "services.console.cli", "up", "--sample"],
         env=env,
         cwd=root,
         stdout=subprocess.DEVNULL,
@@ -467,7 +467,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def cli(up: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "services.console.cli", *args],
         env=up["env"],
         cwd=up["root"],
         capture_output=True,
@@ -504,7 +504,7 @@ def test_logs_shows_a_request_across_the_services(up: dict[str, Any]) -> None:
 def test_logs_follow_prints_new_lines_as_they_come(up: dict[str, Any]) -> None:
     rid = unique("followed")
     follower = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "logs", "-f", "--request", rid],
+        [sys.executable, "-m", "services.console.cli", "logs", "-f", "--request", rid],
         env=up["env"],
         cwd=up["root"],
         stdout=subprocess.PIPE,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import STAGES, STREAM, ensure_topology
-from shared.cluster import topology_streams
-from shared.embedded import free_port, start_nats_server
+from services.console.cluster import topology_streams
+from services.console.embedded import free_port, start_nats_server
+from shared.bus.topology import STAGES, STREAM, ensure_topology
 from shared.settings import Settings
 from tests.cluster import Cluster
 from tests.helpers import REPO, eventually
@@ -87,7 +87,7 @@ def test_replicas_a_single_server_cannot_keep_are_one_line_that_says_how(tmp_pat
             "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
         }
         result = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "ls", "--json"],
+            [sys.executable, "-m", "services.console.cli", "ls", "--json"],
             env=env,
             capture_output=True,
             text=True,
@@ -100,7 +100,7 @@ def test_replicas_a_single_server_cannot_keep_are_one_line_that_says_how(tmp_pat
         assert "non-clustered" in line
 
         worker = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "worker", "fetcher"],
+            [sys.executable, "-m", "services.console.cli", "worker", "fetcher"],
             env={**env, "PRESSROOM_STARTUP_TIMEOUT": "120"},
             capture_output=True,
             text=True,

@@ -343,9 +343,9 @@ async def test_download_links_are_minted_when_asked_and_never_stored(
 
     from services.distributor.channels import Parcel
     from services.distributor.channels.email import EmailChannel
+    from shared.adapters.store import S3Artefacts
     from shared.events import Delivery, ReportRendered, ReportRequested
     from shared.settings import Settings
-    from shared.store import S3Artefacts
 
     s3, smtp, _ = servers
     rid = unique("links")

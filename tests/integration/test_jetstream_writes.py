@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from bench.jswrites import count_writes
-from shared.bus import LEDGER_BUCKET
-from shared.ledger import KvLedger
+from shared.adapters.ledger import KvLedger
+from shared.bus.topology import LEDGER_BUCKET
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ import nats
 import pytest
 import yaml
 
-from shared.busauth import Identity, identity
-from shared.embedded import free_port, nats_server_binary, port_open
+from services.console.embedded import free_port, nats_server_binary, port_open
+from shared.bus.identity import Identity, identity
 from shared.settings import Settings
 from tests.helpers import REPO, eventually, quiet
 

@@ -231,7 +231,7 @@ def test_pressroom_render_uses_the_same_caps_and_says_one_line(tmp_path: Path) -
 
     def render(template: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", "render", "--template",
+            [sys.executable, "-m", "services.console.cli", "render", "--template",
              str(tmp_path / template), "--output", str(tmp_path / "o.pdf")],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -249,7 +249,7 @@ def test_a_worker_with_a_missing_config_file_stops_with_one_line(tmp_path: Path)
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "worker", "fetcher"],
+        [sys.executable, "-m", "services.console.cli", "worker", "fetcher"],
         env={
             "PATH": os.environ["PATH"],
             "PYTHONPATH": str(REPO),

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from services.console.monitoring import write_config
 from shared.metrics import REPORT_SECONDS
-from shared.monitoring import write_config
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.servers import PrometheusServer
 

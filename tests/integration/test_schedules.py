@@ -38,7 +38,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
     root = tmp_path_factory.mktemp("make-run")
     env = up_env(root, COLUMNS="80")
     up = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--sample"],
+        [sys.executable, "-m", "services.console.cli", "up", "--sample"],
         env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip

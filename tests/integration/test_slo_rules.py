@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.monitoring import write_config
+from services.console.monitoring import write_config
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.servers import PrometheusServer
 

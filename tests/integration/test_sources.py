@@ -16,9 +16,9 @@ import pytest
 from services.fetcher.cache import SourceCache
 from services.fetcher.core import CacheStats, gather_context
 from services.fetcher.sources import default_sources
+from shared.adapters.memory import MemoryKeyValue
 from shared.errors import PermanentError, TransientError
 from shared.events import ReportRequested, Source
-from shared.memory import MemoryKeyValue
 from shared.settings import Settings
 from tests.helpers import Outcomes, Stack, unique
 from tests.servers import HttpReceiver, PrometheusServer
@@ -352,7 +352,7 @@ def test_pressroom_sources_test_checks_a_configured_source(
 
     def pressroom(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *args],
+            [sys.executable, "-m", "services.console.cli", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from shared.bus import kv_snapshot
-from shared.busauth import generate
+from shared.bus.identity import generate
+from shared.bus.topology import kv_snapshot
 from shared.events import ReportFailed, request_message_id
 from tests.helpers import REPO, Stack, eventually, unique
 from tests.servers import HttpReceiver
@@ -341,8 +341,8 @@ def test_render_processes_hold_no_secret(tmp_path: Path) -> None:
 
 
 def test_pressroom_up_hands_each_worker_its_own_seed_and_secrets(tmp_path: Path) -> None:
+    from services.console.supervisor import Supervisor
     from shared.settings import load_settings
-    from shared.supervisor import Supervisor
 
     cfg = load_settings()
     sup = Supervisor(cfg, {})
@@ -388,10 +388,10 @@ async def test_a_scheduled_message_id_cannot_be_taken_by_a_tenant(tenants: Stack
     from datetime import UTC, datetime
 
     from services.scheduler.app import fire, fire_message_id
-    from services.scheduler.cron import Schedule
-    from shared.bus import JetStreamPublisher
-    from shared.busauth import secret_of
+    from shared.bus.identity import secret_of
+    from shared.bus.topology import JetStreamPublisher
     from shared.events import request_fingerprint
+    from shared.schedules import Schedule
 
     nightly = Schedule.model_validate(
         {"name": unique("nightly"), "cron": "0 3 * * *", "request": request("ignored")}
@@ -433,8 +433,8 @@ async def test_an_embedded_bus_from_before_accounts_keeps_its_streams(tmp_path: 
     """`pressroom up` on a data folder written before accounts: the streams move with it."""
     import nats
 
-    from shared.busauth import Identity
-    from shared.embedded import free_port, start_nats_server
+    from services.console.embedded import free_port, start_nats_server
+    from shared.bus.identity import Identity
 
     data, port = tmp_path / "data", free_port()
     old = start_nats_server(data, port, monitor_port=free_port())  # no identities, as before

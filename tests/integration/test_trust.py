@@ -430,9 +430,9 @@ async def test_a_scheduled_id_cannot_be_taken_first_by_another_publisher(
     from datetime import UTC, datetime
 
     from services.scheduler.app import fire
-    from services.scheduler.cron import load_schedules
-    from shared.bus import JetStreamPublisher
+    from shared.bus.topology import JetStreamPublisher
     from shared.events import request_fingerprint
+    from shared.schedules import load_schedules
 
     stack, _ = tstack
     config = yaml.safe_load(Path(stack.env["PRESSROOM_CONFIG"]).read_text())
@@ -496,7 +496,7 @@ async def test_a_future_scheduled_run_cannot_be_run_early_by_an_exact_copy(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from services.scheduler.cron import load_schedules
+    from shared.schedules import load_schedules
 
     stack, _ = tstack
     config = yaml.safe_load(Path(stack.env["PRESSROOM_CONFIG"]).read_text())
@@ -535,8 +535,8 @@ async def test_a_publisher_cannot_make_a_stage_output_vanish_by_taking_its_messa
     from datetime import UTC, datetime, timedelta
 
     from services.scheduler.app import fire
-    from services.scheduler.cron import load_schedules
-    from shared.bus import JetStreamPublisher
+    from shared.bus.topology import JetStreamPublisher
+    from shared.schedules import load_schedules
 
     stack, _ = tstack
     config = yaml.safe_load(Path(stack.env["PRESSROOM_CONFIG"]).read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded import free_port, port_open
+from services.console.embedded import free_port, port_open
 from tests.helpers import REPO, pressroom, up_env
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
     env = up_env(tmp_path)
     port = int(env["PRESSROOM_NATS_PORT"])
     up = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--sample", "--scale", "renderer=2"],
+        [sys.executable, "-m", "services.console.cli", "up", "--sample", "--scale", "renderer=2"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -98,7 +98,7 @@ def test_up_runs_the_pipeline_on_an_external_locked_bus(tmp_path: Path) -> None:
         PYTHONPATH=str(REPO),
     )
     up = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--sample"],
+        [sys.executable, "-m", "services.console.cli", "up", "--sample"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
@@ -169,7 +169,15 @@ def test_up_with_prometheus_shows_a_failing_templates_alert(tmp_path: Path) -> N
     )
     port = free_port()
     up = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--prometheus", "--prometheus-port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "services.console.cli",
+            "up",
+            "--prometheus",
+            "--prometheus-port",
+            str(port),
+        ],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -225,7 +233,7 @@ def test_alerts_without_any_prometheus_is_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRESSROOM_", "OTEL_"))}
     env.update(PRESSROOM_DATA_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "alerts"],
+        [sys.executable, "-m", "services.console.cli", "alerts"],
         env=env,
         capture_output=True,
         text=True,
@@ -238,7 +246,7 @@ def test_alerts_without_any_prometheus_is_one_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "services.console.cli",
             "alerts",
             "--prometheus",
             f"http://127.0.0.1:{free_port()}",
@@ -263,7 +271,7 @@ def test_a_second_up_on_the_same_data_folder_is_refused_naming_the_first(tmp_pat
         COLUMNS="80",
     )
     first = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up"],
+        [sys.executable, "-m", "services.console.cli", "up"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
@@ -276,7 +284,7 @@ def test_a_second_up_on_the_same_data_folder_is_refused_naming_the_first(tmp_pat
         registry = workers.read_text()
         # What the "port already in use" error suggests: another port, same folder.
         second = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "up"],
+            [sys.executable, "-m", "services.console.cli", "up"],
             env={**env, "PRESSROOM_NATS_PORT": str(free_port())},
             cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -293,11 +301,12 @@ def test_a_second_up_on_the_same_data_folder_is_refused_naming_the_first(tmp_pat
 
 
 def test_the_data_folder_lock_dies_with_its_holder(tmp_path: Path) -> None:
-    from shared.embedded import DataDirInUse, lock_data_dir
+    from services.console.embedded import DataDirInUse, lock_data_dir
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from shared.embedded import lock_data_dir;"
+         "import sys, time; from pathlib import Path;"
+         " from services.console.embedded import lock_data_dir;"
          "lock = lock_data_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
          str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, text=True,

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from shared.advisory import StoredMessage, settle_crash
-from shared.bus import FETCHER
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.adapters.store import MemoryArtefacts
+from shared.bus.topology import FETCHER
 from shared.errors import TransientError
 from shared.events import DataReady, Event, ReportRequested
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.settings import Settings
-from shared.stage import StageRunner
-from shared.store import MemoryArtefacts
+from shared.stage.deadletters import StoredMessage, settle_crash
+from shared.stage.runner import StageRunner
 
 
 def request_body(rid: str) -> bytes:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from services.console.ops import redacted_letter, redacted_text
 from shared.events import DeadLetter
-from shared.ops import redacted_letter, redacted_text
 
 PREVIEW = (
     '{"request_id": "r1", "sources": [{"url": "https://h.example/x?token=S1&sig=S2&page=1", '

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from shared.cli._output import Col, print_table
+from services.console.cli._output import Col, print_table
+from services.console.ops import build_request, parse_age, parse_since, whereabouts
+from services.console.supervisor import parse_scale
+from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.errors import PressroomError
-from shared.ledger import LedgerEntry, StageRecord
-from shared.ops import build_request, parse_age, parse_since, whereabouts
-from shared.readiness import consumer_readiness
-from shared.supervisor import parse_scale
+from shared.stage.readiness import consumer_readiness
 
 
 def test_every_duration_option_takes_the_same_ages() -> None:

@@ -11,7 +11,7 @@ from markupsafe import Markup
 from services.distributor.targets import TargetLimits, target_of
 from services.fetcher.access import Credential, check_bound, plain_path
 from services.renderer.templating import Sandbox
-from shared import egress
+from shared.adapters import egress
 from shared.errors import PermanentError, TransientError
 from shared.events import Delivery
 from shared.settings import Settings

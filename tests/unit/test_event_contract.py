@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.contract import asyncapi, rendered
+from services.console.contract import asyncapi, rendered
 
 
 def test_committed_schemas_and_asyncapi_are_up_to_date() -> None:

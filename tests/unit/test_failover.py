@@ -10,12 +10,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from structlog.testing import capture_logs
 
-from shared.cluster import stream_component
-from shared.egress import public_url
+from services.console.cluster import stream_component
+from shared.adapters.egress import public_url
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue, MemoryPublisher
+from shared.bus.failover import ConnectionEvents, FailoverLedger, FailoverPublisher
 from shared.events import DataReady, ReportDelivered, ReportRendered, ReportRequested
-from shared.failover import ConnectionEvents, FailoverLedger, FailoverPublisher
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryPublisher
 from shared.settings import Settings
 
 

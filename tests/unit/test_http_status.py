@@ -1,4 +1,5 @@
-"""One HTTP status → error mapping for data sources and webhooks (shared/egress.py status_error).
+"""One HTTP status → error mapping for data sources and webhooks (shared/adapters/egress.py
+status_error).
 
 Sources (services/fetcher/access.py get_json) and webhooks (services/distributor/channels/
 webhook.py) both raise what it returns; the real-server tests in tests/integration/
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from services.distributor.channels.webhook import WebhookChannel
-from shared.egress import MAX_RETRY_AFTER, status_error
+from shared.adapters.egress import MAX_RETRY_AFTER, status_error
 from shared.errors import PermanentError, TransientError
 from shared.settings import Settings
 

@@ -15,6 +15,16 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.ledger import (
+    KvLedger,
+    LedgerEntry,
+    _apply_claim,
+    _apply_fail,
+    _apply_finish,
+    _apply_retrying,
+    _seed,
+)
+from shared.adapters.memory import MemoryKeyValue
 from shared.events import (
     Artefact,
     ChannelResult,
@@ -24,16 +34,6 @@ from shared.events import (
     ReportRequested,
     request_fingerprint,
 )
-from shared.ledger import (
-    KvLedger,
-    LedgerEntry,
-    _apply_claim,
-    _apply_fail,
-    _apply_finish,
-    _apply_retrying,
-    _seed,
-)
-from shared.memory import MemoryKeyValue
 
 REQUEST = ReportRequested(request_id="r-order", template="weekly")
 FINGERPRINT = request_fingerprint(REQUEST)

@@ -7,14 +7,15 @@ import asyncio
 import pytest
 
 from services.fetcher.cache import SourceCache, cache_key
-from shared import metrics, stage
-from shared.bus import FETCHER, RENDERER
+from shared import metrics
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.bus.topology import FETCHER, RENDERER
 from shared.errors import TransientError
 from shared.events import DataReady, Event, ReportRequested, Source
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.settings import Settings
-from shared.stage import StageRunner
+from shared.stage.runner import StageRunner
+from shared.stage import runner as stage
 from shared.templatename import canonical_template
 from tests.unit.test_metrics import rendered_event
 

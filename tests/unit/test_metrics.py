@@ -9,7 +9,9 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import metrics
-from shared.bus import DISTRIBUTOR, RENDERER
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.bus.topology import DISTRIBUTOR, RENDERER
 from shared.events import (
     Artefact,
     DataReady,
@@ -19,11 +21,9 @@ from shared.events import (
     ReportRequested,
     utcnow,
 )
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.observe.telemetry import prometheus_reader, setup_telemetry
 from shared.settings import Settings
-from shared.stage import StageRunner
-from shared.telemetry import prometheus_reader, setup_telemetry
+from shared.stage.runner import StageRunner
 from tests.helpers import unique
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
@@ -38,7 +38,7 @@ def meter_provider() -> None:
 @pytest.fixture(autouse=True)
 def no_template_list(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests make up their template names: no operator's list applies (a stage started
-    earlier in this process lists its templates folder, shared/service.py)."""
+    earlier in this process lists its templates folder, shared/stage/app.py)."""
     monkeypatch.setattr(metrics, "_listed", {})
 
 
@@ -180,7 +180,7 @@ def test_openmetrics_scrapes_carry_the_trace_id_of_a_slow_bucket_as_exemplar() -
         trace_id = f"{span.get_span_context().trace_id:032x}"
         event = rendered_event("r-traced", template)
         entry_template = event.request.template
-        from shared.ledger import LedgerEntry
+        from shared.adapters.ledger import LedgerEntry
 
         entry = LedgerEntry(
             request_id="r-traced",

@@ -8,7 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
-from shared.cli._output import Col, literal, print_table, styled, visible
+from services.console.cli._output import Col, literal, print_table, styled, visible
 
 HOSTILE = "[/evil][bold red]x\x1b]0;pwned-title\x07\x1b[2J\u202eabc\x9b31m\x00end\\"
 SHOWN = "[/evil][bold red]x\\x1b]0;pwned-title\\x07\\x1b[2J\\u202eabc\\x9b31m\\x00end\\"
@@ -70,7 +70,7 @@ def test_table_cells_are_plain_text_and_styles_are_explicit(width: int) -> None:
 
 
 def test_log_lines_show_what_a_request_made_them_say_as_text() -> None:
-    from shared.cli.logs import parse, readable
+    from services.console.cli.logs import parse, readable
 
     hostile = HOSTILE.replace(" ", "_")  # unquoted in the key=value form
     record = {"timestamp": "2026-12-05T16:00:00.000Z", "level": "error", "event": "failed"}

@@ -132,10 +132,10 @@ def test_a_computed_include_makes_the_cache_key_cover_the_whole_context(folder: 
 
 async def test_a_second_identical_render_is_served_from_the_store_without_rendering() -> None:
     from services.renderer.core import InProcess, render_report
+    from shared.adapters.memory import MemoryKeyValue
+    from shared.adapters.store import MemoryArtefacts
     from shared.events import DataReady, ReportRequested
-    from shared.memory import MemoryKeyValue
     from shared.settings import Settings
-    from shared.store import MemoryArtefacts
     from tests.helpers import REPO
 
     renders: list[str] = []

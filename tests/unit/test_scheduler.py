@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.scheduler.app import tick
-from services.scheduler.cron import Schedule, load_schedules, missed_fires
+from shared.adapters.memory import MemoryKeyValue, MemoryPublisher
 from shared.errors import PermanentError
-from shared.memory import MemoryKeyValue, MemoryPublisher
+from shared.schedules import Schedule, load_schedules, missed_fires
 from shared.settings import Settings
 
 WEEKLY = {

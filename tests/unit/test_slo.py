@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from services.console.slo import objectives, percentile, stats
+from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.events import Artefact
-from shared.ledger import LedgerEntry, StageRecord
-from shared.slo import objectives, percentile, stats
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 

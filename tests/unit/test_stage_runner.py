@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from shared.bus import FETCHER, msg_id
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
+from shared.bus.topology import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
 from shared.events import DataReady, Event, ReportRequested
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.settings import Settings
-from shared.stage import StageRunner
+from shared.stage.runner import StageRunner
 
 
 def request_body(rid: str = "r1") -> bytes:

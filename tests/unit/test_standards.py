@@ -12,11 +12,11 @@ import pytest
 from services.distributor.channels import Parcel
 from services.distributor.channels.email import refusal
 from shared import metrics
+from shared.adapters.store import MemoryArtefacts
 from shared.errors import PermanentError, TransientError
 from shared.events import Delivery, ReportRendered, ReportRequested
 from shared.filenames import MAX_STEM, report_filename
-from shared.store import MemoryArtefacts
-from shared.telemetry import prometheus_reader, setup_telemetry
+from shared.observe.telemetry import prometheus_reader, setup_telemetry
 from tests.helpers import unique
 
 

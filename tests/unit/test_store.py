@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from shared.store import MemoryArtefacts, artefact_key, context_key, remove_older_than
+from shared.adapters.store import MemoryArtefacts, artefact_key, context_key, remove_older_than
 
 
 async def test_retention_removes_only_old_artefacts_and_contexts() -> None:

@@ -9,7 +9,7 @@ import pytest
 from services.distributor.channels.email import recipient_allowed, validate_addresses
 from services.distributor.channels.s3 import check_target, destination_key
 from services.distributor.channels.webhook import sign, verify
-from shared import egress
+from shared.adapters import egress
 from shared.errors import PermanentError
 from shared.settings import Settings
 
@@ -128,8 +128,8 @@ def test_s3_keys_fill_placeholders_and_refuse_escapes() -> None:
     from datetime import UTC, datetime
 
     from services.distributor.channels import Parcel
+    from shared.adapters.store import MemoryArtefacts
     from shared.events import ReportRendered, ReportRequested
-    from shared.store import MemoryArtefacts
 
     request = ReportRequested(
         template="weekly.html", request_id="r1", requested_at=datetime(2026, 11, 23, tzinfo=UTC)

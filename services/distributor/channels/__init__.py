@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shared.adapters.store import ArtefactStore, read_verified
 from shared.events import Artefact, ChannelResult, Delivery, ReportRendered
 from shared.filenames import report_filename
-from shared.store import ArtefactStore, read_verified
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from services.distributor.channels import Parcel
-from shared import egress
+from shared.adapters import egress
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
 from shared.placeholders import fill

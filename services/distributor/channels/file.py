@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from services.distributor.channels import Parcel
-from shared.busauth import TENANT_NAME
+from shared.bus.identity import TENANT_NAME
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery
 from shared.settings import Settings

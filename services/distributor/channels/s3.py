@@ -10,13 +10,13 @@ import urllib3
 from minio import Minio
 
 from services.distributor.channels import Parcel
-from shared import egress
+from shared.adapters import egress
+from shared.adapters.store import S3Artefacts
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.filenames import report_filename
 from shared.placeholders import fill
 from shared.settings import Settings
-from shared.store import S3Artefacts
 
 ALLOW_SETTING = "PRESSROOM_S3_DELIVERY_ALLOW"
 DEFAULT_KEY = "{date}/{template}/{request_id}.{ext}"

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from services.distributor.channels import Parcel
-from shared import egress
-from shared.egress import Destination
+from shared.adapters import egress
+from shared.adapters.egress import Destination
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.settings import Settings

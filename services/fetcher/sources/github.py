@@ -13,7 +13,7 @@ from services.fetcher.access import (
     destination,
     get_json,
 )
-from shared import egress
+from shared.adapters import egress
 from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings

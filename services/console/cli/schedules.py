@@ -1,0 +1,312 @@
+"""`pressroom schedule` and `pressroom sources`: what the config file schedules and fetches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from nats.errors import Error as NatsError
+
+from services.console.cli._common import (
+    checked,
+    config_says,
+    emit_json,
+    err,
+    fail,
+    on_bus,
+    out,
+    run,
+    schedules,
+    settings,
+)
+from services.console.cli._output import Col, literal, print_table, styled
+from shared.errors import PressroomError
+from shared.settings import Settings
+
+schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
+sources_app = typer.Typer(help="Configured data sources: list and test.", no_args_is_help=True)
+
+
+@dataclass
+class StackView:
+    """The schedules the running stack has (as far as the CLI can see them) and which of them
+    are paused; `note` says when what is shown is not known to be the stack's."""
+
+    schedules: list[Any]
+    paused: set[str]
+    note: str | None = None
+    mismatch: str | None = None  # the stack runs other schedules and the CLI cannot read them
+
+
+def stack_view(cfg: Settings) -> StackView:
+    """The CLI and the stack use the same schedules: the scheduler records the hash (and file)
+    of its schedules on the bus at start; when they differ from this CLI's PRESSROOM_CONFIG,
+    the stack's file is used if it can be read here, and otherwise that is said."""
+    from services.console.ops import open_bus
+    from services.scheduler.state import is_paused, recorded_config, schedules_hash
+    from shared.bus.topology import SCHEDULES_BUCKET
+    from shared.schedules import load_schedules
+
+    mine = schedules(cfg)
+
+    async def look() -> tuple[dict[str, Any] | None, set[str]]:
+        async with open_bus(cfg, setup=False) as bus:
+            kv = await bus.js.key_value(SCHEDULES_BUCKET)
+            record = await recorded_config(kv)
+            names = {s.name for s in mine} | set(record.get("schedules", []) if record else [])
+            return record, {n for n in names if await is_paused(kv, n)}
+
+    try:
+        record, paused = asyncio.run(look())
+    except (PressroomError, NatsError, OSError, TimeoutError) as error:
+        reason = error.reason if isinstance(error, PressroomError) else repr(error)
+        return StackView(mine, set(), f"note: the running stack cannot be seen ({reason})")
+    if record is None:
+        return StackView(
+            mine,
+            paused,
+            "note: no scheduler has said what it schedules on this bus (none running?): "
+            "these are this CLI's PRESSROOM_CONFIG schedules",
+        )
+    if record["hash"] == schedules_hash(cfg.schedules):
+        return StackView(mine, paused)
+    path = record.get("config")
+    if isinstance(path, str) and Path(path).is_file():
+        try:
+            raw = (yaml.safe_load(Path(path).read_text()) or {}).get("schedules") or []
+        except (OSError, yaml.YAMLError, AttributeError):
+            raw = None
+        if raw is not None and schedules_hash(raw) == record["hash"]:
+            theirs = checked(lambda: load_schedules(raw))
+            return StackView(theirs, paused, f"note: the running stack's schedules, from {path}")
+    listed = record.get("schedules") or []
+    theirs_said = f"schedules {', '.join(listed)}" if listed else "no schedules"
+    if path and cfg.config is not None and Path(path) == cfg.config.resolve():
+        mismatch = (
+            f"{path} changed since the stack started (it runs {theirs_said}): restart the "
+            "stack to use the new schedules"
+        )
+    else:
+        mismatch = (
+            f"the running stack has {theirs_said} ({path or 'no config file'}), not this "
+            f"CLI's ({cfg.config or 'no PRESSROOM_CONFIG'}): use the stack's config"
+        )
+    return StackView(mine, paused, f"warning: {mismatch}", mismatch)
+
+
+@schedule_app.command("ls")
+def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Schedules with their next fire times (paused ones say so)."""
+    cfg = settings()
+    view = stack_view(cfg)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "name": s.name,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "enabled": s.enabled,
+            "paused": s.name in view.paused,
+            "template": s.request.get("template"),
+            "next_fire": s.next_fire(now).isoformat(),
+        }
+        for s in view.schedules
+    ]
+    if view.note:
+        err.print(view.note, markup=False, highlight=False)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print(f"no schedules: {config_says(cfg, 'schedules')}")
+        return
+    columns = [Col("name"), Col("cron"), Col("timezone"), Col("template")]
+    cells = ("name", "cron", "timezone", "template")
+
+    def when(row: dict[str, Any]) -> str:
+        if not row["enabled"]:
+            return "disabled"
+        return "paused" if row["paused"] else str(row["next_fire"])[:16]
+
+    table = [[str(row[c]) for c in cells] + [when(row)] for row in rows]
+    print_table(out, [*columns, Col("next fire (UTC)")], table)
+
+
+def _known(cfg: Settings, name: str) -> Any:
+    """The stack's schedule NAME, or a one-line error (also when the stack runs others)."""
+    view = stack_view(cfg)
+    if view.mismatch:
+        fail(view.mismatch)
+    matches = [s for s in view.schedules if s.name == name]
+    if not matches:
+        known = ", ".join(s.name for s in view.schedules) or "none"
+        fail(f"no schedule '{name}' in the stack's config (known: {known})")
+    if view.note:
+        err.print(view.note, markup=False, highlight=False)
+    return matches[0], view
+
+
+@schedule_app.command("run")
+def schedule_run(
+    name: str, wait: bool = typer.Option(False, "--wait"), timeout: float = typer.Option(120.0)
+) -> None:
+    """Fire a schedule now (its request_id carries the current minute), also when paused."""
+    from services.console.cli.requests import submit
+
+    cfg = settings()
+    schedule, _ = _known(cfg, name)
+    request = schedule.request_for(datetime.now(UTC).replace(second=0, microsecond=0))
+    outcome = submit(cfg, request, wait, timeout, schedule=schedule)
+    out.print(f"fired {literal(name)} as [cyan]{literal(request.request_id)}[/]")
+    if outcome is not None and not outcome.delivered:
+        fail(f"{request.request_id}: {outcome.payload.get('reason')}")
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: str) -> None:
+    """Skip a schedule's fires (none are caught up later) until `schedule resume NAME`."""
+    from services.scheduler.state import pause
+    from shared.bus.topology import SCHEDULES_BUCKET
+
+    cfg = settings()
+    _, view = _known(cfg, name)
+    if name in view.paused:
+        out.print(f"{name} was already paused")
+        return
+
+    async def act(bus: Any) -> None:
+        await pause(await bus.js.key_value(SCHEDULES_BUCKET), name, "pressroom schedule pause")
+
+    on_bus(cfg, act, setup=False)
+    out.print(f"paused {name}: its fires are skipped until `pressroom schedule resume {name}`")
+
+
+@schedule_app.command("resume")
+def schedule_resume(name: str) -> None:
+    """Fire a paused schedule again from its next fire time (what was skipped stays skipped)."""
+    from services.scheduler.state import resume
+    from shared.bus.topology import SCHEDULES_BUCKET
+
+    cfg = settings()
+    schedule, _ = _known(cfg, name)
+
+    async def act(bus: Any) -> bool:
+        return await resume(await bus.js.key_value(SCHEDULES_BUCKET), name)
+
+    if not on_bus(cfg, act, setup=False):
+        out.print(f"{name} was not paused")
+        return
+    upcoming = schedule.next_fire(datetime.now(UTC))
+    out.print(f"resumed {name}: next fire {upcoming:%Y-%m-%d %H:%M} UTC")
+
+
+@sources_app.command("ls")
+def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Data sources named in the config file."""
+    cfg = settings()
+    rows = [{"name": n, "kind": s.get("kind", "?")} for n, s in sorted(cfg.sources.items())]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print(f"no data sources: {config_says(cfg, 'sources')}")
+        return
+    print_table(out, [Col("name"), Col("kind")], [[r["name"], r["kind"]] for r in rows])
+
+
+@sources_app.command("test")
+def sources_test(
+    name: str | None = typer.Argument(None, help="A source of the config file."),
+    every: bool = typer.Option(False, "--all", help="Test every configured source."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fetch one configured source now and show what came back (the legacy test_data_source);
+    with --all, every source, one row each (exit 1 if any fails)."""
+    from services.console.probes import fetch_source
+
+    cfg = settings()
+    if every:
+        if name is not None:
+            fail("give a source name or --all, not both")
+        _test_all(cfg, as_json)
+        return
+    if name is None:
+        fail("give a source name (see `pressroom sources ls`) or --all")
+    data, seconds = run(fetch_source(cfg, name))
+    size = len(json.dumps(data, default=str))
+    summary = {
+        "source": name,
+        "kind": cfg.sources[name].get("kind", "?"),
+        "seconds": round(seconds, 3),
+        "bytes": size,
+        "items": len(data) if isinstance(data, list | dict) else None,
+    }
+    if as_json:
+        emit_json({**summary, "data": data})
+        return
+    out.print(
+        f"ok: {literal(name)} ({literal(summary['kind'])}) answered in {seconds:.2f}s, "
+        f"{size:,} bytes" + (f", {summary['items']} items" if summary["items"] is not None else "")
+    )
+
+
+def _test_all(cfg: Any, as_json: bool) -> None:
+    """Every configured source at once, each with its own outcome."""
+    import asyncio
+    import time
+
+    from services.console.probes import fetch_source
+    from shared.errors import PressroomError
+
+    async def one(name: str) -> dict[str, Any]:
+        started = time.monotonic()
+        row: dict[str, Any] = {"source": name, "kind": cfg.sources[name].get("kind", "?")}
+        try:
+            data, seconds = await fetch_source(cfg, name)
+        except PressroomError as error:
+            seconds = time.monotonic() - started
+            return {**row, "ok": False, "seconds": round(seconds, 3), "detail": error.reason}
+        size = len(json.dumps(data, default=str))
+        return {**row, "ok": True, "seconds": round(seconds, 3), "detail": f"{size:,} bytes"}
+
+    async def every() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(n) for n in sorted(cfg.sources))))
+
+    if not cfg.sources:
+        fail(f"no data sources to test: {config_says(cfg, 'sources')}")
+    rows = run(every())
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(
+            out,
+            [
+                Col("source"),
+                Col("kind"),
+                Col("result"),
+                Col("s", justify="right"),
+                Col("detail", long=True),
+            ],
+            [
+                [
+                    r["source"],
+                    r["kind"],
+                    styled("ok", "green") if r["ok"] else styled("FAILED", "red"),
+                    f"{r['seconds']:.2f}",
+                    r["detail"],
+                ]
+                for r in rows
+            ],
+        )
+    failed = [r["source"] for r in rows if not r["ok"]]
+    if failed:
+        if not as_json:
+            names = literal(", ".join(failed))
+            out.print(f"{len(failed)} of {len(rows)} source(s) failed: {names}")
+        raise typer.Exit(1)

@@ -1,0 +1,375 @@
+"""Commands that run and look after the stack: up, worker, health, bus, config, backup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.live import Live
+
+from services.console.cli._common import (
+    checked,
+    emit_json,
+    err,
+    fail,
+    library,
+    on_bus,
+    out,
+    schedules,
+    settings,
+)
+from services.console.cli._output import Col, literal, print_table, styled
+from shared.errors import PressroomError
+
+bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
+config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+
+
+def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributor")) -> None:
+    """Run one service process (what a container runs)."""
+    import importlib
+
+    from services.console.supervisor import SERVICES
+
+    if name not in SERVICES:
+        fail(f"unknown worker '{name}' (known: {', '.join(SERVICES)})")
+    from shared.secretenv import scrub
+
+    scrub(role=name)  # the other roles' secrets are nothing this process (or a child) may use
+    settings()
+    try:
+        faststream_app = importlib.import_module(f"services.{name}.app").create_app()
+        asyncio.run(faststream_app.run())
+    except KeyboardInterrupt:
+        return
+    except PressroomError as error:
+        fail(f"{name}: {error.reason}")
+    except OSError as error:  # e.g. its health port is taken: one line, and `up` restarts it
+        fail(f"{name}: {error}")
+
+
+def up(
+    scale: list[str] = typer.Option([], help="Replicas, e.g. --scale renderer=2"),
+    sample: bool = typer.Option(False, help="Publish the bundled sample request once started."),
+    prometheus: bool = typer.Option(
+        False, "--prometheus", help="Also run Debian's prometheus with the shipped alert rules."
+    ),
+    prometheus_port: int = typer.Option(9090, help="Its port (taken: a free one)."),
+) -> None:
+    """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
+    from services.console.ops import publish_request, ready
+    from services.console.supervisor import Supervisor, parse_scale, sample_request
+
+    cfg = settings()
+    samples = cfg.templates_dir / "samples"
+    if sample and cfg.config is None and (samples / "pressroom.yaml").is_file():
+        # `make run`: the sample schedule too (a folder delivery every five minutes)
+        cfg = _with_sample_config(cfg, samples)
+    # A broken schedule would crash-loop the fetcher and scheduler: say it now, in one line.
+    for warning in schedule_warnings(cfg, schedules(cfg)):
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
+    supervisor = Supervisor(cfg, checked(lambda: parse_scale(scale)))
+    if cfg.config is not None:
+        supervisor.env["PRESSROOM_CONFIG"] = str(cfg.config.resolve())
+    if sample and "PRESSROOM_DATA_FILES_DIR" not in supervisor.env:
+        supervisor.env["PRESSROOM_DATA_FILES_DIR"] = str(cfg.data_files_dir.resolve())
+    stopping: list[int] = []
+    try:
+        checked(supervisor.start_bus)  # the data folder is ours from here on
+        on_bus(cfg, ready)
+        supervisor.start_workers()
+        _prometheus(supervisor, prometheus_port if prometheus else None)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: stopping.append(signum))
+        out.print(
+            f"[bold]Pressroom[/] on {cfg.bus_url_public} · logs in {supervisor.log_dir} · "
+            "Ctrl-C to stop"
+        )
+        if sample:
+            req = sample_request(cfg.templates_dir / "samples" / "portfolio-request.json")
+            on_bus(cfg, lambda bus: publish_request(bus, req), setup=False)
+            out.print(
+                f"published sample request [cyan]{req.request_id}[/] → "
+                f"{cfg.out_dir.resolve()}/{req.request_id}.pdf"
+            )
+        with Live(console=out, refresh_per_second=2, transient=True) as live:
+            while not stopping:
+                for event in supervisor.tend():  # restarts and crash loops, above the line
+                    live.console.print(event, markup=False, highlight=False)
+                live.update(supervisor.line())
+                time.sleep(0.5)
+        out.print("stopping …")
+    finally:
+        supervisor.stop()
+    out.print("stopped.")
+
+
+def _with_sample_config(cfg: Any, samples: Path) -> Any:
+    """The settings `up --sample` runs with when PRESSROOM_CONFIG is unset: the sample config
+    (its schedule) and, unless set, `file` sources read from the samples folder."""
+    import os
+
+    from shared.settings import load_settings
+
+    saved = {k: os.environ.get(k) for k in ("PRESSROOM_CONFIG", "PRESSROOM_DATA_FILES_DIR")}
+    os.environ["PRESSROOM_CONFIG"] = str((samples / "pressroom.yaml").resolve())
+    os.environ.setdefault("PRESSROOM_DATA_FILES_DIR", str(samples.resolve()))
+    try:
+        return checked(load_settings)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def schedule_warnings(cfg: Any, found: list[Any]) -> list[str]:
+    """What would make a schedule fail however often it fires: email with no SMTP server."""
+    return [
+        f"schedule '{s.name}' delivers by email but PRESSROOM_SMTP_HOST is unset: "
+        "its fires will fail (set it, or drop the email delivery)"
+        for s in found
+        if s.enabled
+        and cfg.smtp_host is None
+        and any(d.get("channel") == "email" for d in s.request.get("deliver") or [])
+    ]
+
+
+def _prometheus(supervisor: Any, port: int | None) -> None:
+    try:
+        url = supervisor.start_prometheus(port)
+    except PressroomError as error:
+        err.print(f"[yellow]note:[/] {literal(error.reason)}", highlight=False)
+        return
+    if url:
+        out.print(f"Prometheus on [cyan]{url}[/] · `pressroom alerts` shows what fires")
+
+
+def health(
+    url: list[str] = typer.Option([], "--url", help="A worker's health URL (repeatable)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The whole stack: NATS, streams and consumers, dead letters, store, and each worker."""
+    from services.console.cli._common import run
+    from shared.stage.readiness import stack_health
+
+    cfg = settings()
+    registry_file = cfg.data_dir / "workers.json"
+    workers: dict[str, str] = {}
+    if registry_file.is_file():
+        workers.update(json.loads(registry_file.read_text()))
+    workers.update({u: u for u in url})
+    report = run(stack_health(cfg, workers))
+    if as_json:
+        emit_json(report)
+    else:
+        colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+        out.print(f"[bold {colour[report['status']]}]{report['status']}[/]")
+        print_table(
+            out,
+            [Col("component"), Col("status"), Col("detail", long=True)],
+            [
+                [name, styled(item["status"], colour[item["status"]]), item["detail"]]
+                for name, item in report["components"].items()
+            ],
+        )
+    if report["status"] == "unhealthy":
+        raise typer.Exit(1)
+
+
+@bus_app.command("auth")
+def bus_auth(
+    out_dir: Path = typer.Option(..., "--out", help="Folder for auth.conf and the role seeds."),
+    tls: bool = typer.Option(False, "--tls", help="Also a CA and a server certificate."),
+    host: str = typer.Option("localhost,127.0.0.1", "--host", help="Server names for TLS."),
+    rotate: bool = typer.Option(False, "--rotate", help="New keys (and certificates)."),
+    publisher: list[str] = typer.Option(
+        [], "--publisher", help="A calling system's own identity (repeat; kept on later runs)."
+    ),
+) -> None:
+    """Write a nats-server include with one least-privilege nkey user per role, one account per
+    calling system, and the seeds."""
+    from shared.bus.identity import SERVICE_ROLES, generate, tenant_role
+
+    hosts = [h.strip() for h in host.split(",") if h.strip()]
+    if not hosts:
+        fail("--host needs at least one name")
+    try:
+        result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate, publishers=publisher)
+    except PressroomError as error:
+        fail(error.reason)
+    out.print(f"wrote {result.folder}/auth.conf — include it from nats-server.conf")
+    out.print(
+        f"seeds (0600): {', '.join(f'{r}.nk' for r in SERVICE_ROLES)}"
+        + (f" · kept: {', '.join(result.kept)}" if result.kept else "")
+    )
+    out.print(
+        "calling systems (each its own account): "
+        + ", ".join(f"{tenant_role(t)}.nk" for t in result.tenants)
+    )
+    if tls:
+        out.print("TLS: ca.pem, server-cert.pem, server-key.pem (clients: PRESSROOM_NATS_TLS_CA)")
+    out.print(
+        "workers: each its own role's seed (PRESSROOM_NATS_NKEY); other systems: their "
+        "publisher seed"
+    )
+
+
+@bus_app.command("setup")
+def bus_setup() -> None:
+    """Create or update every stream, consumer and bucket (needs the ops identity)."""
+    from services.console.ops import ready
+
+    cfg = settings()
+    on_bus(cfg, ready)
+    out.print(f"ok: Pressroom's streams, consumers and buckets are ready on {cfg.bus_url_public}")
+
+
+@config_app.command("check")
+def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Validate the configuration and print it, secrets masked (exit 1 on any problem)."""
+    from shared.schedules import load_schedules
+    from shared.settings import masked
+
+    cfg = settings()
+    problems: list[str] = []  # every one at once, not the first only
+    try:
+        found = load_schedules(cfg.schedules)
+    except PressroomError as error:
+        found, problems = [], [error.reason]
+    if not cfg.templates_dir.is_dir():
+        problems.append(f"PRESSROOM_TEMPLATES_DIR '{cfg.templates_dir}' is not a folder")
+    else:
+        lib = library(cfg)
+        for schedule in found:
+            try:
+                lib.resolve(str(schedule.request.get("template", "")))
+            except PressroomError as error:
+                problems.append(f"schedule '{schedule.name}': {error.reason}")
+    if problems:
+        fail("; ".join(problems))
+    for warning in schedule_warnings(cfg, found):
+        err.print(f"[yellow]note:[/] {warning}", highlight=False)
+    effective = masked(cfg)
+    if as_json:
+        emit_json(effective)
+        return
+    out.print(yaml.safe_dump(effective, sort_keys=True).rstrip(), markup=False, highlight=False)
+    where = f"PRESSROOM_CONFIG={cfg.config}" if cfg.config else "no PRESSROOM_CONFIG file"
+    out.print(
+        f"ok: configuration valid ({where}; {len(found)} schedule(s), "
+        f"{len(cfg.sources)} named source(s), {len(cfg.source_credentials)} credential(s))"
+    )
+
+
+def backup(
+    output: Path = typer.Argument(..., help="FILE.tar.gz"),
+    include_secrets: bool = typer.Option(
+        False, "--include-secrets", help="Keep credentials in the archived config and records."
+    ),
+    artefacts: bool = typer.Option(
+        False, "--artefacts", help="Also the reports in the artefact store."
+    ),
+    since: str | None = typer.Option(
+        None, help="With --artefacts: only reports stored since (7d, 24h or an ISO time)."
+    ),
+) -> None:
+    """Templates, config, ledger and dead letters in one archive (0600, secrets redacted)."""
+    from services.console import ops
+
+    cfg = settings()
+    if since is not None and not artefacts:
+        fail("--since needs --artefacts (it picks which reports go into the archive)")
+    cutoff = checked(lambda: ops.parse_since(since)) if since else None
+    counts = on_bus(
+        cfg,
+        lambda bus: ops.backup(
+            bus,
+            output,
+            cfg.templates_dir,
+            cfg.config,
+            include_secrets=include_secrets,
+            artefacts=artefacts,
+            since=cutoff,
+        ),
+    )
+    secrets = "with secrets" if include_secrets else "secrets redacted"
+    reports = f"{counts['artefacts']} reports, " if artefacts else ""
+    out.print(
+        f"wrote {output} (0600): {counts['ledger_entries']} ledger entries, "
+        f"{counts['dead_letters']} dead letters, {reports}templates, config ({secrets})"
+    )
+    if counts.get("ledger_conflicts"):
+        err.print(
+            f"warning: {counts['ledger_conflicts']} unreadable ledger value(s) left out "
+            "(`pressroom ls --status conflict` lists them)",
+            highlight=False,
+        )
+
+
+def restore(
+    archive: Path = typer.Argument(..., help="FILE.tar.gz from pressroom backup"),
+    force: bool = typer.Option(
+        False, "--force", "--overwrite", help="Overwrite templates and config that differ here."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Where the archived config goes (default: PRESSROOM_CONFIG)."
+    ),
+) -> None:
+    """Put back what is missing: ledger entries, dead letters, reports, templates, config."""
+    from services.console import ops
+
+    if not archive.is_file():
+        fail(f"no backup at '{archive}'")
+    cfg = settings()
+    done = on_bus(
+        cfg,
+        lambda bus: ops.restore(
+            bus, archive, templates_dir=cfg.templates_dir, config=config or cfg.config, force=force
+        ),
+    )
+    out.print(
+        f"restored {done.ledger_entries} ledger entries and {done.dead_letters} dead letters",
+        highlight=False,
+    )
+    said = [
+        f"ledger: {done.ledger_present} already there"
+        + "".join(f", {n} refused ({why})" for why, n in (done.ledger_refused or {}).items()),
+        f"dead letters: {done.dead_letters_present} already there",
+    ]
+    if done.artefacts or done.artefacts_present:
+        said.append(f"reports: {done.artefacts} put back, {done.artefacts_present} already there")
+    kept = done.templates_kept or []
+    said.append(
+        f"templates: {done.templates_written} written, {done.templates_unchanged} unchanged, "
+        f"{len(kept)} kept" + (" (they differ here; --force overwrites)" if kept else "")
+    )
+    said += [f"  kept: {path}" for path in kept[:10]]
+    if len(kept) > 10:
+        said.append(f"  … and {len(kept) - 10} more")
+    if done.config:
+        said.append(f"config: {done.config}")
+    for line in said:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    commands: list[tuple[str, Callable[..., None]]] = [
+        ("worker", worker),
+        ("up", up),
+        ("health", health),
+        ("backup", backup),
+        ("restore", restore),
+    ]
+    for name, command in commands:
+        app.command(name)(command)
+    app.add_typer(bus_app, name="bus")
+    app.add_typer(config_app, name="config")

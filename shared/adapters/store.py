@@ -1,0 +1,355 @@
+"""The artefact store: one interface, S3 (minio client) and JetStream Object Store backends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from shared.errors import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from minio import Minio
+    from nats.js.object_store import ObjectStore
+
+    from shared.events import Artefact
+    from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One artefact as a listing shows it (retention reads `modified`)."""
+
+    key: str
+    size: int
+    modified: datetime | None
+
+
+class ArtefactStore(Protocol):
+    """Where rendered reports (and large contexts) live; the bus carries only their keys."""
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None: ...
+
+    async def get(self, key: str) -> bytes:
+        """The bytes stored under `key`; ArtefactMissing (naming the key) when there are none."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list(self, prefix: str = "") -> list[StoredObject]: ...
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None: ...
+
+    async def check(self) -> None:
+        """Raise if the store cannot be reached (health checks)."""
+        ...
+
+
+async def remove_older_than(
+    store: ArtefactStore, age: timedelta, *, now: datetime | None = None, dry_run: bool = False
+) -> list[StoredObject]:
+    """Retention (the legacy "clean old reports"): artefacts and parked contexts past `age`."""
+    cutoff = (now or datetime.now(UTC)) - age
+    old = [
+        o
+        for prefix in ("reports/", "contexts/")
+        for o in await store.list(prefix)
+        if o.modified is not None and o.modified < cutoff
+    ]
+    if not dry_run:
+        for obj in old:
+            await store.delete(obj.key)
+    return old
+
+
+def context_key(request_id: str) -> str:
+    """Where the fetcher parks a context too big for a message."""
+    return f"contexts/{request_id}.json"
+
+
+def artefact_key(request_id: str, ext: str, when: datetime) -> str:
+    day = when.astimezone(UTC)
+    return f"reports/{day:%Y/%m/%d}/{request_id}.{ext}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtefactMissing(PermanentError):
+    """The artefact a message refers to is not in the store."""
+
+
+class ArtefactTampered(PermanentError):
+    """The stored bytes do not match the digest recorded when the artefact was rendered."""
+
+
+async def read_verified(store: ArtefactStore, artefact: Artefact) -> bytes:
+    """An artefact's bytes, only if they still match the sha256 recorded at render time."""
+    data = await store.get(artefact.key)
+    if sha256_hex(data) != artefact.sha256:
+        raise ArtefactTampered(
+            f"artefact '{artefact.key}' no longer matches its recorded sha256 "
+            "(changed in the store since it was rendered); render the report again"
+        )
+    return data
+
+
+class ObjectStoreArtefacts:
+    """The embedded default: JetStream's Object Store, nothing else to run."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        from nats.js import api
+
+        headers = {"Content-Type": content_type, **{k: str(v) for k, v in (metadata or {}).items()}}
+        await self._store.put(key, data, meta=api.ObjectMeta(name=key, headers=headers))
+
+    async def get(self, key: str) -> bytes:
+        from nats.js.errors import ObjectNotFoundError
+
+        try:
+            result = await self._store.get(key)
+        except ObjectNotFoundError:
+            raise ArtefactMissing(f"artefact '{key}' is not in the object store") from None
+        return result.data or b""
+
+    async def delete(self, key: str) -> None:
+        from nats.js.errors import ObjectNotFoundError
+
+        try:
+            await self._store.delete(key)
+        except ObjectNotFoundError:
+            return
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        from nats.js.errors import NotFoundError
+
+        try:
+            infos = await self._store.list(ignore_deletes=True)
+        except NotFoundError:
+            return []
+        return [
+            StoredObject(i.name, i.size or 0, _parse_time(i.mtime))
+            for i in infos
+            if i.name.startswith(prefix) and not i.deleted
+        ]
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        return None  # the object store has no URLs: `pressroom get` downloads instead
+
+    async def check(self) -> None:
+        await self._store.status()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        # nats-server writes RFC 3339 with nanoseconds; Python parses microseconds.
+        head, _, rest = value.partition(".")
+        frac = "".join(ch for ch in rest if ch.isdigit())[:6]
+        tz = rest[len(rest.rstrip("Z+-0123456789:")) :] if rest else ""
+        text = f"{head}.{frac or '0'}{'+00:00' if value.endswith('Z') else tz}"
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def plain_http_s3_warning(settings: Settings) -> str | None:
+    """Why S3 credentials would go over plain HTTP to another machine, or None: a worker says
+    so at start (PRESSROOM_S3_SECURE=false with a non-loopback endpoint and keys)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    endpoint = settings.s3_endpoint
+    if not endpoint or settings.s3_secure or not settings.s3_access_key:
+        return None
+    host = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}").hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"S3 credentials go over plain HTTP to {endpoint} (PRESSROOM_S3_SECURE=false): anyone "
+        "on that network can read them; use TLS (PRESSROOM_S3_SECURE=true) unless the store "
+        "is on a private network of its own"
+    )
+
+
+class S3Artefacts:
+    """S3 or MinIO through the `minio` client; blocking calls run in threads."""
+
+    def __init__(self, client: Minio, bucket: str, *, create_bucket: bool = True) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._create = create_bucket
+        self._ready = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, bucket: str | None = None, create_bucket: bool = True
+    ) -> S3Artefacts:
+        from minio import Minio
+
+        assert settings.s3_endpoint
+        client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+        return cls(client, bucket or settings.artefact_bucket, create_bucket=create_bucket)
+
+    async def _call(self, fn: object, *args: object, key: str = "", **kwargs: object) -> object:
+        """Run a blocking minio call in a thread; `key` names the object in error reasons."""
+        from minio.error import S3Error
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject"):
+                raise ArtefactMissing(
+                    f"artefact '{key or (args[1] if len(args) > 1 else '?')}' "
+                    f"is not in bucket '{self._bucket}'"
+                ) from None
+            if error.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise PermanentError(
+                    f"S3 refused access to '{self._bucket}': {error.code}"
+                ) from None
+            if error.code == "NoSuchBucket":
+                self._ready = False  # recreated on the next put (a wiped or new server)
+            raise TransientError(f"S3 error {error.code}: {error.message}") from None
+        except (HTTPError, OSError) as error:
+            raise TransientError(f"S3 endpoint unreachable: {error}") from None
+
+    async def ensure_bucket(self) -> None:
+        if self._ready:
+            return
+        if not await self._call(self._client.bucket_exists, self._bucket):
+            if not self._create:
+                raise PermanentError(
+                    f"bucket '{self._bucket}' does not exist (create it first; "
+                    "deliveries never create buckets)"
+                )
+            try:
+                await self._call(self._client.make_bucket, self._bucket)
+            except TransientError:
+                # Another replica may have created it meanwhile.
+                if not await self._call(self._client.bucket_exists, self._bucket):
+                    raise
+        self._ready = True
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        await self.ensure_bucket()
+        await self._call(
+            self._client.put_object,
+            self._bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata={k: str(v) for k, v in (metadata or {}).items()},
+        )
+
+    async def get(self, key: str) -> bytes:
+        def read() -> bytes:
+            response = self._client.get_object(self._bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = await self._call(read, key=key)
+        assert isinstance(data, bytes)
+        return data
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._client.remove_object, self._bucket, key)
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        await self.ensure_bucket()
+
+        def collect() -> list[StoredObject]:
+            return [
+                StoredObject(o.object_name or "", o.size or 0, o.last_modified)
+                for o in self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+            ]
+
+        result = await self._call(collect)
+        assert isinstance(result, list)
+        return result
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        url = await self._call(
+            self._client.presigned_get_object,
+            self._bucket,
+            key,
+            expires=min(expires, timedelta(days=7)),
+        )
+        return str(url)
+
+    async def check(self) -> None:
+        await self._call(self._client.bucket_exists, self._bucket)
+
+
+async def open_store(settings: Settings, js: object | None) -> ArtefactStore:
+    """The configured backend: S3 when PRESSROOM_S3_ENDPOINT is set, else the object store."""
+    if settings.s3_endpoint:
+        store = S3Artefacts.from_settings(settings)
+        await store.ensure_bucket()
+        return store
+    from shared.bus.topology import OBJECT_BUCKET
+
+    assert js is not None, "the object-store backend needs a JetStream context"
+    return ObjectStoreArtefacts(await js.object_store(OBJECT_BUCKET))  # type: ignore[attr-defined]
+
+
+class MemoryArtefacts:
+    """The same contract in memory, for unit tests."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str], datetime]] = {}
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        meta = {"Content-Type": content_type, **(metadata or {})}
+        self.objects[key] = (data, meta, datetime.now(UTC))
+
+    async def get(self, key: str) -> bytes:
+        if key not in self.objects:
+            raise ArtefactMissing(f"artefact '{key}' is not in the store")
+        return self.objects[key][0]
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        return [
+            StoredObject(k, len(d), w)
+            for k, (d, _, w) in self.objects.items()
+            if k.startswith(prefix)
+        ]
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        return None
+
+    async def check(self) -> None:
+        return None

@@ -1,0 +1,255 @@
+"""OpenTelemetry set up from the standard OTEL_* variables only; a no-op when none are set.
+
+One trace per report, in the OpenTelemetry messaging semantic conventions (v1.27 and later):
+every publish is a PRODUCER span `send <subject>` whose context travels in the message's
+`traceparent` header (`sending`, used by shared/bus/topology.py), and every message a stage works
+on is
+a CONSUMER span `process <subject>` continuing it (`processing`, around the stage runner's
+work on each message), so fetcher → renderer → distributor spans share a trace id. Both carry
+`messaging.system`, `messaging.destination.name`, `messaging.operation.name`/`.type`,
+`messaging.message.id` (the Nats-Msg-Id), `messaging.message.body.size`, `server.address`/
+`.port`; the consumer span also `messaging.consumer.group.name` (the stage's durable), and
+`error.type` when the message failed (the failure kind of its dead letter, or `transient`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from shared.observe.exposition import PrometheusReader
+
+REQUEST_ID = "pressroom.request_id"
+SYSTEM = "nats"
+MSG_ID_HEADER = "Nats-Msg-Id"
+T = TypeVar("T")
+_configured: dict[str, Any] = {}
+
+
+def _endpoint_set(signal: str) -> bool:
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+    )
+
+
+def _protocol(signal: str) -> str:
+    return (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
+
+
+def setup_telemetry(service: str) -> tuple[Any, Any]:
+    """(tracer_provider, meter_provider) for this process, each None unless OTEL_* exports it.
+
+    Metrics are recorded either way: the process's MeterProvider always has the pull reader
+    that serves /metrics (`prometheus_reader()`), plus an OTLP exporter when OTEL_* asks.
+    """
+    if "providers" in _configured:
+        return _configured["providers"]  # type: ignore[no-any-return]
+    os.environ.setdefault("OTEL_SERVICE_NAME", service)
+    tracer_provider = _tracing() if _wanted("TRACES") else None
+    exporting = _wanted("METRICS")
+    meter_provider = _metrics(exporting)
+    _configured["providers"] = (tracer_provider, meter_provider if exporting else None)
+    _configured["meter_provider"] = meter_provider
+    return _configured["providers"]  # type: ignore[no-any-return]
+
+
+def prometheus_reader() -> PrometheusReader | None:
+    """The reader behind this process's /metrics, once `setup_telemetry` ran."""
+    reader = _configured.get("prometheus")
+    return reader if isinstance(reader, PrometheusReader) else None
+
+
+def _wanted(signal: str) -> bool:
+    exporter = os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower()
+    if exporter == "none":
+        return False
+    return exporter == "console" or _endpoint_set(signal)
+
+
+def _tracing() -> Any:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    exporter: Any
+    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "console":
+        exporter = ConsoleSpanExporter()
+    elif _protocol("TRACES") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        exporter = HttpSpanExporter()
+    provider = TracerProvider(resource=Resource.create())
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _metrics(exporting: bool) -> Any:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        MetricReader,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    pull = PrometheusReader()
+    readers: list[MetricReader] = [pull]
+    if exporting:
+        exporter: Any
+        if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "console":
+            exporter = ConsoleMetricExporter()
+        elif _protocol("METRICS") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            exporter = OTLPMetricExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter as HttpMetricExporter,
+            )
+
+            exporter = HttpMetricExporter()
+        readers.append(PeriodicExportingMetricReader(exporter))
+    provider = MeterProvider(resource=Resource.create(), metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    _configured["prometheus"] = pull
+    return provider
+
+
+def shutdown_telemetry() -> None:
+    """Export what is pending, at a lifespan's end. A flush, not a shutdown: the providers are
+    the process's own (OpenTelemetry sets them once), and a shut-down provider would silently
+    drop what a later lifespan in the same process records (an in-process test, a restart)."""
+    tracer_provider, _ = _configured.get("providers", (None, None))
+    for provider in (tracer_provider, _configured.get("meter_provider")):
+        if provider is not None:
+            provider.force_flush()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("pressroom")
+
+
+def inject_context(headers: MutableMapping[str, str]) -> None:
+    propagate.inject(headers)
+
+
+@contextmanager
+def span(name: str, request_id: str | None = None, **attributes: Any) -> Iterator[trace.Span]:
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    if request_id:
+        attrs[REQUEST_ID] = request_id
+    with tracer().start_as_current_span(name, attributes=attrs) as current:
+        yield current
+
+
+def record_span(name: str, start_ns: int, end_ns: int, request_id: str, **attributes: Any) -> None:
+    """A span for work measured elsewhere (e.g. inside a render worker process)."""
+    attrs = {REQUEST_ID: request_id, **{k: v for k, v in attributes.items() if v is not None}}
+    done = tracer().start_span(name, start_time=start_ns, attributes=attrs)
+    done.end(end_time=end_ns)
+
+
+# ---- messaging spans (semantic conventions for messaging, v1.27+) --------------------------
+_processing: ContextVar[trace.Span | None] = ContextVar("pressroom_processing", default=None)
+
+
+def _server(connection: Any) -> dict[str, Any]:
+    """server.address / server.port of a nats-py client's current server, when connected."""
+    url = getattr(connection, "connected_url", None)
+    if url is None or not getattr(url, "hostname", None):
+        return {}
+    return {"server.address": url.hostname, "server.port": url.port or 4222}
+
+
+@contextmanager
+def sending(
+    subject: str, headers: MutableMapping[str, str], body_size: int, connection: Any = None
+) -> Iterator[trace.Span]:
+    """The PRODUCER span of one publish; puts its context into `headers` (traceparent)."""
+    attributes = {
+        "messaging.system": SYSTEM,
+        "messaging.destination.name": subject,
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.message.body.size": body_size,
+        **_server(connection),
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    with tracer().start_as_current_span(
+        f"send {subject}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as current:
+        inject_context(headers)
+        try:
+            yield current
+        except BaseException as error:
+            current.set_attribute("error.type", type(error).__qualname__)
+            raise
+
+
+def processing_failed(error_type: str, description: str = "") -> None:
+    """Mark the message being processed (its CONSUMER span) as failed with `error_type`;
+    the first call wins (a dead letter's failure kind before the stage's outcome)."""
+    current = _processing.get()
+    if current is None or not current.is_recording():
+        return
+    attributes = getattr(current, "attributes", None) or {}
+    if "error.type" in attributes:
+        return
+    current.set_attribute("error.type", error_type)
+    current.set_status(Status(StatusCode.ERROR, description or error_type))
+
+
+async def processing(message: Any, group: str, work: Awaitable[T]) -> T:
+    """`work` on one message (a FastStream NatsMessage) inside its CONSUMER span
+    `process <subject>`, continuing the trace of its `traceparent` header; the span lasts as
+    long as the work, also when it runs beside others (shared/stage/app.py `InFlight`)."""
+    raw = getattr(message, "raw_message", None)
+    subject = str(getattr(raw, "subject", "") or "")
+    headers = {str(k): str(v) for k, v in (getattr(message, "headers", None) or {}).items()}
+    attributes: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.destination.name": subject,
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.consumer.group.name": group,
+        "messaging.destination.subscription.name": group,
+        "messaging.message.body.size": len(getattr(message, "body", b"") or b""),
+        **_server(getattr(raw, "_client", None)),
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    with tracer().start_as_current_span(
+        f"process {subject}",
+        context=propagate.extract(headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as current:
+        token = _processing.set(current)
+        try:
+            return await work
+        except BaseException as error:
+            processing_failed(type(error).__qualname__, str(error)[:200])
+            raise
+        finally:
+            _processing.reset(token)

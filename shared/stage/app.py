@@ -1,0 +1,523 @@
+"""FastStream wiring shared by the stage services: one broker, the topology, the runner.
+
+`stage_app` is the composition root each service's `create_app` calls: it chooses real
+adapters unless given others, opens them at start-up and closes them at shutdown, and binds
+one durable pull subscriber (plus the max-deliveries advisory catcher, shared/stage/deadletters.py)
+to the
+stage runner (shared/stage/runner.py), all in one FastStream lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from faststream import AckPolicy, FastStream
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js import JetStreamContext
+
+from shared.adapters.ledger import KvLedger, Ledger
+from shared.adapters.store import ArtefactStore, open_store
+from shared.bus.failover import (
+    ConnectionEvents,
+    FailoverKV,
+    FailoverLedger,
+    FailoverPublisher,
+    FailoverStore,
+)
+from shared.bus.identity import REFUSALS, Identity, identity, inbox_prefix
+from shared.bus.kv import KeyValue
+from shared.bus.topology import (
+    ADVISORY_STREAM,
+    LEDGER_BUCKET,
+    STREAM,
+    JetStreamPublisher,
+    Publisher,
+    StageSpec,
+    TopologyError,
+    ensure_topology,
+    log_bus_error,
+    stage_consumer_config,
+)
+from shared.errors import PressroomError
+from shared.events import (
+    DLQ_PREFIX,
+    EVENT_MODELS,
+    REPORT_FAILED,
+    DeadLetter,
+    Event,
+    ReportFailed,
+)
+from shared.metrics import observe_bus, operator_labels, prepare_from_settings, scrape_handler
+from shared.observe.health import Check, CheckResult, HealthServer
+from shared.observe.logging import configure_logging, get_logger
+from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
+from shared.settings import Settings
+from shared.stage.deadletters import settle_crash, stream_reader
+from shared.stage.runner import StageRunner
+from shared.templatefiles import template_names
+
+log = get_logger("pressroom.service")
+BUS_PING_TIMEOUT = 1.0  # a health check waits this long for a reconnect before saying so
+
+
+@dataclass
+class Deps:
+    """Adapters every stage uses; anything left None is opened from settings at start-up.
+
+    A service adds its own adapters in a subclass (FetcherDeps, RendererDeps, DistributorDeps).
+    """
+
+    ledger: Ledger | None = None
+    publisher: Publisher | None = None
+    store: ArtefactStore | None = None
+    # A JetStream context already connected, its topology declared: given one, the lifespan
+    # neither connects nor declares, and opens what is missing above over it (the in-process
+    # tests, tests/composition/kit.py, give one with in-memory buckets); None: the lifespan
+    # connects and declares (connect_with_patience).
+    js: JetStreamContext | None = None
+    # Key-value buckets by name (shared.bus.topology *_BUCKET); stage_app opens the ones the stage
+    # names.
+    kv: dict[str, KeyValue] = field(default_factory=dict)
+
+
+D = TypeVar("D", bound=Deps)
+
+
+class NatsInbound:
+    """Adapts FastStream's NatsMessage to what the stage runner needs."""
+
+    def __init__(self, message: NatsMessage) -> None:
+        self._m = message
+        # Every message of a durable pull consumer carries JetStream's metadata; the stream
+        # sequence names a dead letter (`dlq:<stage>:<seq>`), so there is no stand-in for it.
+        meta = message.raw_message.metadata
+        self._attempt = int(meta.num_delivered)
+        self._seq = int(meta.sequence.stream)
+        self._first: datetime | None = meta.timestamp
+
+    @property
+    def subject(self) -> str:
+        return str(self._m.raw_message.subject)
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self._m.body)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (self._m.headers or {}).items()}
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def stream_seq(self) -> int:
+        return self._seq
+
+    @property
+    def first_delivered(self) -> datetime | None:
+        return self._first
+
+    async def ack(self) -> None:
+        await self._m.ack()
+
+    async def nack(self, delay: float) -> None:
+        await self._m.nack(delay=delay)
+
+    async def term(self) -> None:
+        await self._m.reject()
+
+    async def in_progress(self) -> None:
+        await self._m.in_progress()
+
+
+Work = Callable[[Event], Awaitable[Event]]
+
+
+async def raw_body(message: NatsMessage) -> bytes:
+    """The body as bytes. FastStream's default decoder json-loads every body before a handler
+    runs, and a 50,000-deep or binary "JSON" body would crash it on every delivery; the stage
+    runner parses (and dead-letters) bodies itself."""
+    return bytes(message.body)
+
+
+def worker_broker(
+    settings: Settings, role: str, service: str, **options: Any
+) -> tuple[NatsBroker, Identity]:
+    """The one way a worker connects: its role's identity and inbox, reconnecting for ever, and
+    stopping (with one log line) if the server refuses the identity."""
+    who = identity(settings, role)
+    REFUSALS.identity, REFUSALS.fatal_on_auth = who, True
+    # Losing a server (a cluster node) reads as one line when it goes, one when it is back.
+    events = ConnectionEvents(service, lambda: broker._connection, log_bus_error)
+    broker = NatsBroker(
+        settings.nats_servers,
+        name=service,
+        max_reconnect_attempts=-1,
+        logger=None,  # the stage runner logs structured lines with request_id instead
+        error_cb=events.error,
+        disconnected_cb=events.disconnected,
+        reconnected_cb=events.reconnected,
+        security=who.faststream_security(),
+        inbox_prefix=inbox_prefix(role),
+        **options,
+    )
+    return broker, who
+
+
+async def _probe(settings: Settings, who: Identity) -> None:
+    """One plain connection first: a refused identity is a clear error, not a reconnect loop."""
+    import nats
+    from nats.errors import AuthorizationError
+
+    try:
+        nc = await nats.connect(
+            settings.nats_servers,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            connect_timeout=5,
+            error_cb=_silent,
+            **who.nats_kwargs(),
+        )
+    except AuthorizationError as error:
+        raise StartupFailed(f"NATS refused {who.describe()}: {error}") from None
+    except Exception as error:
+        if "authorization violation" in str(error).lower():
+            raise StartupFailed(f"NATS refused {who.describe()}: {error}") from None
+        raise
+    await nc.close()
+
+
+async def _silent(error: Exception) -> None:
+    """The probe reports its failure itself."""
+
+
+async def connect_with_patience(
+    broker: NatsBroker,
+    settings: Settings,
+    *,
+    who: Identity | None = None,
+    stages: list[StageSpec] | None = None,
+) -> JetStreamContext:
+    """Connect and bind to the topology, waiting out a NATS server that is (re)starting and
+    streams that ops has not created yet.
+
+    Every Pressroom process starts through here, the scheduler included. A process without an
+    identity (a development bus) declares the whole topology itself; with one, only ops may.
+    """
+    deadline = time.monotonic() + settings.startup_timeout
+    delay = 0.2
+    while True:
+        try:
+            if who is not None:
+                await _probe(settings, who)
+            connection = await broker.connect()
+            js = connection.jetstream(timeout=settings.bus_request_timeout)
+            admin = who is None or who.kind == "anonymous"
+            await ensure_topology(js, settings, admin=admin, stages=stages)
+            return js
+        except StartupFailed:
+            raise
+        except Exception as error:
+            if isinstance(error, TopologyError) and error.permanent:
+                raise StartupFailed(error.reason) from None
+            if time.monotonic() + delay > deadline:
+                raise StartupFailed(
+                    f"cannot set up the bus at {settings.bus_url_public} within "
+                    f"{settings.startup_timeout:g}s: {error or type(error).__name__}"
+                ) from None
+            reason = error.reason if isinstance(error, PressroomError) else repr(error)
+            log.warning("bus not ready, retrying", error=reason, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def stage_checks(
+    broker: NatsBroker, deps: Deps, spec: StageSpec, settings: Settings
+) -> dict[str, Check]:
+    async def bus() -> CheckResult:
+        connected = await broker.ping(timeout=BUS_PING_TIMEOUT)
+        return CheckResult(
+            "healthy" if connected else "unhealthy",
+            settings.bus_url_public if connected else "not connected to NATS",
+        )
+
+    async def store() -> CheckResult:
+        assert deps.store is not None
+        await deps.store.check()
+        return CheckResult("healthy", getattr(deps.store, "backend", type(deps.store).__name__))
+
+    async def consumer() -> CheckResult:
+        from shared.stage.readiness import stage_readiness
+
+        assert deps.js is not None
+        return await stage_readiness(
+            deps.js, spec.durable, settings.health_max_pending, seen_by_worker=True
+        )
+
+    from shared.stage.readiness import config_check
+
+    return {"bus": bus, "store": store, "consumer": consumer, "config": config_check(settings)}
+
+
+class InFlight:
+    """Up to `limit` messages worked on side by side. The subscriber fetches one message at a
+    time and its handler returns only once a slot is free again, so no message is fetched
+    before it can start: none waits with its ack timer running and no in-progress acks
+    (faststream#2563, which `max_workers` has), and once started the runner keeps it alive."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+
+    async def start(self, work: Coroutine[Any, Any, None]) -> None:
+        await self._free.acquire()  # at once: the previous call returned with a slot free
+        task = asyncio.create_task(self._run(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        async with self._free:  # the next fetch waits for a free slot
+            pass
+
+    async def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:  # the runner settles every message itself; never silent
+            log.error("message handling crashed", error=repr(error))
+        finally:
+            self._free.release()
+
+    async def drain(self, grace: float) -> None:
+        """Let the work in flight finish for `grace` seconds, then hand the rest back."""
+        self.closing = True
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in late:
+            task.cancel()  # the runner nacks a cancelled message at once
+        await asyncio.gather(*late, return_exceptions=True)
+
+
+class StartupFailed(PressroomError):
+    """A service could not connect to NATS or declare its streams in time."""
+
+
+@dataclass
+class _Running:
+    """What the subscriber needs once the lifespan has opened the adapters."""
+
+    runner: StageRunner
+    work: Work
+
+
+def stage_app(
+    spec: StageSpec,
+    model: type[Event],
+    settings: Settings,
+    deps: D,
+    *,
+    build_work: Callable[[D], Awaitable[Work]],
+    buckets: Sequence[str] = (),
+    close: Callable[[D], Awaitable[None]] | None = None,
+    concurrency: int = 1,
+    in_flight: int = 1,
+    admit: Callable[[Event], Awaitable[None]] | None = None,
+    observe: Callable[[D], Awaitable[None]] | None = None,
+) -> FastStream:
+    """One stage's FastStream app: a broker, one lifespan, the stage's subscriber.
+
+    The lifespan connects (waiting for the bus), opens what `deps` does not already hold —
+    the ledger, the publisher, the artefact store and the KV `buckets` this stage names —
+    calls `build_work`, serves /readyz and /metrics, and on the way out (after the broker has
+    drained its in-flight messages) closes them again.
+
+    `concurrency` messages are fetched together and worked on together (the next batch waits
+    for the slowest); `in_flight` > 1 instead works on up to that many side by side, each
+    fetched once a slot is free (`InFlight`): one slow message does not hold the others.
+    """
+    service = f"pressroom-{spec.name}"
+    setup_telemetry(service)  # messaging spans: `processing` around each message's work
+    broker, who = worker_broker(
+        settings,
+        spec.name,
+        service,
+        reconnect_time_wait=1,
+        ping_interval=settings.bus_ping_interval,
+        max_outstanding_pings=2,
+        graceful_timeout=settings.shutdown_grace,
+    )
+    running: _Running | None = None
+
+    async def observe_all() -> None:
+        """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
+        assert deps.js is not None
+        # The template label takes the operator's templates only (requests name anything).
+        names = await asyncio.to_thread(template_names, settings.templates_dir)
+        if names:  # a worker without the folder keeps the first-come budget
+            operator_labels("template", names)
+        await observe_bus(deps.js, spec.durable)
+        if observe is not None:
+            await observe(deps)
+
+    async def watch() -> None:
+        # Between scrapes too: OTLP exports what the gauges last saw.
+        while True:
+            try:
+                await observe_all()
+            except Exception as error:  # the bus may be briefly away; the next look will do
+                log.debug("gauges not refreshed", error=repr(error))
+            await asyncio.sleep(10)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        nonlocal running
+        configure_logging(service)
+        from shared.adapters.store import plain_http_s3_warning
+
+        if insecure := plain_http_s3_warning(settings):
+            log.warning("artefact store over plain HTTP", reason=insecure)
+        if deps.js is None:
+            deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
+        await _open_adapters(deps, deps.js, settings, buckets)
+        assert deps.ledger is not None and deps.publisher is not None
+        running = _Running(
+            StageRunner(spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit),
+            await build_work(deps),
+        )
+        health = None
+        if settings.health_port is not None:
+            health = HealthServer(
+                service,
+                stage_checks(broker, deps, spec, settings),
+                settings.health_host,
+                settings.health_port,
+                metrics=scrape_handler(observe_all),
+            )
+            port = await health.start()
+            log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
+        prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
+        gauges = asyncio.create_task(watch())
+        log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
+        try:
+            yield  # FastStream starts the broker here, and stops (drains) it before we go on
+        finally:
+            log.info("stage stopping", stage=spec.name)
+            gauges.cancel()
+            with suppress(asyncio.CancelledError):
+                await gauges
+            if health is not None:
+                await health.stop()
+            if close is not None:
+                await close(deps)
+            shutdown_telemetry()
+
+    app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
+    side_by_side = InFlight(in_flight) if in_flight > 1 else None
+    if side_by_side is not None:
+
+        @app.on_shutdown
+        async def drain_in_flight() -> None:
+            """Before the broker stops: the work still needs the connection to ack and publish."""
+            assert side_by_side is not None
+            await side_by_side.drain(settings.shutdown_grace)
+
+    # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
+    next_model = EVENT_MODELS[spec.produces]
+    broker.publisher(
+        spec.produces,
+        schema=next_model,
+        title=f"{spec.produces}:{spec.name}",
+        description=next_model.__doc__,
+    )
+    broker.publisher(
+        REPORT_FAILED,
+        schema=ReportFailed,
+        title=f"{REPORT_FAILED}:{spec.name}",
+        description=ReportFailed.__doc__,
+    )
+    broker.publisher(
+        f"{DLQ_PREFIX}{spec.consumes}",
+        schema=DeadLetter,
+        title=f"{DLQ_PREFIX}{spec.consumes}:{spec.name}",
+        description=DeadLetter.__doc__,
+    )
+
+    @broker.subscriber(
+        spec.consumes,
+        stream=JStream(STREAM, declare=False),
+        durable=spec.durable,
+        config=stage_consumer_config(spec, settings),
+        pull_sub=PullSub(
+            batch_size=1 if side_by_side else concurrency, timeout=settings.pull_timeout
+        ),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
+        inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
+        title=f"{spec.consumes}:{spec.name}",
+        description=f"{spec.name}: {spec.consumes} → {spec.produces}",
+    )
+    async def handle(message: NatsMessage) -> None:
+        assert running is not None, "the lifespan opens the adapters before the broker starts"
+        if side_by_side is not None and side_by_side.closing:
+            await message.nack()  # shutting down: another worker takes it now
+            return
+        work = processing(
+            message,
+            spec.durable,
+            running.runner.handle(NatsInbound(message), model, running.work),
+        )
+        if side_by_side is None:
+            await work
+        else:
+            await side_by_side.start(work)
+
+    @broker.subscriber(
+        spec.advisory_subject,
+        stream=JStream(ADVISORY_STREAM, declare=False),
+        durable=f"{spec.durable}-crashes",
+        pull_sub=PullSub(batch_size=1, timeout=5.0),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
+        inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
+        include_in_schema=False,
+    )
+    async def crashed(message: NatsMessage) -> None:
+        """A message no worker finished in max_deliver deliveries: dead-letter it."""
+        assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
+        await settle_crash(
+            bytes(message.body),
+            spec=spec,
+            read=stream_reader(deps.js, STREAM),
+            ledger=deps.ledger,
+            publisher=deps.publisher,
+            store=deps.store,
+        )
+        await message.ack()
+
+    return app
+
+
+async def _open_adapters(
+    deps: Deps, js: JetStreamContext, settings: Settings, buckets: Sequence[str]
+) -> None:
+    """Fill in what `deps` lacks; each bus operation rides out a leader election instead of
+    handing the message back."""
+    patience = settings.failover_patience
+    if deps.ledger is None:
+        deps.ledger = FailoverLedger(KvLedger(await js.key_value(LEDGER_BUCKET)), patience=patience)
+    if deps.publisher is None:
+        deps.publisher = FailoverPublisher(
+            JetStreamPublisher(js, timeout=settings.bus_request_timeout), patience=patience
+        )
+    if deps.store is None:
+        deps.store = FailoverStore(await open_store(settings, js), patience=patience)
+    for bucket in buckets:
+        if bucket not in deps.kv:
+            deps.kv[bucket] = FailoverKV(await js.key_value(bucket), patience=patience)

@@ -1,0 +1,598 @@
+"""The one retry and dead-letter mechanism every stage runs its work through.
+
+A stage's work is a plain async function `event -> next event`. The runner around it:
+parses the message (invalid payloads are dead-lettered at once), claims the stage in the
+ledger (duplicates and redeliveries of finished work are skipped), keeps the message alive
+with in-progress acks while the work runs, publishes the next event with a `Nats-Msg-Id`,
+records the outcome, and acks. Failures are classified: permanent ones and exhausted retries
+become a dead letter plus `report.failed`; transient ones are nak'ed with a computed backoff
+(JetStream's `backoff` does not apply to naks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from shared.adapters.ledger import Ledger
+from shared.adapters.store import ArtefactStore, sha256_hex
+from shared.bus.topology import Publisher, StageSpec, encode, msg_id
+from shared.errors import (
+    InvalidPayload,
+    PermanentError,
+    PressroomError,
+    TransientError,
+    classify,
+)
+from shared.events import (
+    DLQ_PREFIX,
+    REPORT_FAILED,
+    DataReady,
+    DeadLetter,
+    Event,
+    ReportFailed,
+    ReportRendered,
+    ReportRequested,
+    claimed_request_id,
+    claimed_requester,
+    new_request_id,
+    request_fingerprint,
+    tenant_of_subject,
+    utcnow,
+)
+from shared.jsonsafe import deeper_than
+from shared.metrics import failure_kind, stage_done, stage_failed, stage_finished
+from shared.observe.logging import get_logger
+from shared.observe.telemetry import span
+from shared.settings import Settings
+
+E = TypeVar("E", bound=Event)
+# An envelope carries the original body up to this size; bigger bodies go to the artefact
+# store and the envelope keeps a preview (NATS's max_payload is 1 MB, JSON escaping can
+# double a body's size).
+MAX_DEAD_LETTER_PAYLOAD = 256 * 1024
+DEAD_LETTER_PREVIEW = 16 * 1024
+DEAD_LETTER_PREFIX = "dead-letters/"
+MAX_REASON_CHARS = 4000
+MAX_HEADERS = 32
+MAX_HEADER_CHARS = 2048
+MAX_RETRY_AFTER = 600.0
+MAX_PAYLOAD_DEPTH = 100  # a context from a source is capped at 64 levels, plus the envelope
+FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
+# Fewer JetStream writes per report: a stage's claim is one KV write and its finish another;
+# work done within CLAIM_AFTER seconds records both in one. The fetcher's claim always goes
+# first: it binds the request id to the request's content (a different request under the same
+# id is refused before anything is published).
+CLAIM_AFTER = 1.0
+EAGER_CLAIM_STAGES = frozenset({"fetcher"})
+# Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+log = get_logger("pressroom.stage")
+
+
+class InboundMessage(Protocol):
+    """What the runner needs of a JetStream message (NatsMessage is adapted to it)."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def stream_seq(self) -> int: ...
+    @property
+    def first_delivered(self) -> datetime | None: ...
+
+    async def ack(self) -> None: ...
+    async def nack(self, delay: float) -> None: ...
+    async def term(self) -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+def request_of(event: Event) -> ReportRequested:
+    if isinstance(event, ReportRequested):
+        return event
+    if isinstance(event, DataReady | ReportRendered):
+        return event.request
+    raise TypeError(f"{type(event).__name__} carries no request")
+
+
+def _describe_validation(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:3]:
+        where = ".".join(str(p) for p in item["loc"]) or "payload"
+        problems.append(f"{where}: {item['msg']}")
+    more = f" (+{error.error_count() - 3} more)" if error.error_count() > 3 else ""
+    return "invalid payload: " + "; ".join(problems) + more
+
+
+def _has_request_id(body: bytes) -> bool:
+    with suppress(Exception):
+        data = json.loads(body)
+        return isinstance(data, dict) and bool(data.get("request_id"))
+    return False
+
+
+@dataclass
+class StageRunner:
+    """Runs one stage's work for each message of its durable consumer."""
+
+    spec: StageSpec
+    settings: Settings
+    ledger: Ledger
+    publisher: Publisher
+    store: ArtefactStore | None = None  # where bodies too big for a dead letter go
+    # Checks before the ledger is touched (e.g. ids reserved for schedules): a PermanentError
+    # dead-letters the message and leaves the ledger entry of that id alone.
+    admit: Callable[[Event], Awaitable[None]] | None = None
+
+    async def handle(
+        self,
+        msg: InboundMessage,
+        model: type[E],
+        work: Callable[[E], Awaitable[Event]],
+    ) -> None:
+        started = time.monotonic()
+        try:
+            event = self._parse(msg, model)
+        except PermanentError as error:
+            # Unreadable: whatever request_id it claims, it cannot speak for that request.
+            await self.dead_letter(
+                msg, error.reason, permanent=True, kind=failure_kind(error), own=False
+            )
+            return
+        request = request_of(event)
+        rid = request.request_id
+        bound = log.bind(request_id=rid, stage=self.spec.name, attempt=msg.attempt)
+        if self.admit is not None:
+            try:
+                await self.admit(event)
+            except PermanentError as error:
+                bound.warning("refused", reason=error.reason)
+                await self.dead_letter(
+                    msg,
+                    error.reason,
+                    permanent=True,
+                    request_id=rid,
+                    own=False,
+                    fingerprint=request_fingerprint(request),
+                )
+                return
+
+        received = as_received(request, msg.first_delivered, self.settings)
+        # The claim is written at once where it binds the request id to its content (the
+        # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
+        # along with the finish, or is written CLAIM_AFTER seconds into a longer piece of work.
+        eager = self.spec.name in EAGER_CLAIM_STAGES or msg.attempt > 1
+        try:
+            claim = await self.ledger.claim(
+                rid,
+                self.spec.name,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+                request=received,
+                worker=WORKER_ID,
+                record=eager,
+            )
+        except Exception as error:  # the ledger (KV) briefly unavailable
+            await self._retry_or_dead_letter(
+                msg, f"ledger unavailable: {error}", rid, bound, template=request.template
+            )
+            return
+        if claim == "conflict":
+            reason = (
+                f"request_id '{rid}' was already used for a different request "
+                "(same id, other content): not processed; publish it under a new request_id"
+            )
+            bound.warning("request_id conflict", reason=reason)
+            await self.dead_letter(
+                msg,
+                reason,
+                permanent=True,
+                request_id=rid,
+                own=False,
+                fingerprint=request_fingerprint(request),
+            )
+            return
+        if claim != "proceed":
+            bound.info("duplicate skipped", claim=claim)
+            await msg.ack()
+            return
+
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, received))
+        outcome = "done"
+        # The report's own deadline (`timeout` in report.requested), from when it was asked.
+        deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
+        try:
+            with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
+                next_event = await self._in_time(deadline, request, work, event)
+                await self.publisher.publish(
+                    self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+                )
+            settled = await self.ledger.finish(
+                rid,
+                self.spec.name,
+                seconds=time.monotonic() - started,
+                event=next_event,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+                worker=WORKER_ID,
+            )
+            with suppress(Exception):  # metrics must never break message handling
+                stage_done(next_event, settled)
+        except asyncio.CancelledError:
+            # Shutting down mid-work: hand the message back now rather than after ack_wait.
+            outcome = "handed_back"
+            with suppress(Exception):
+                await asyncio.shield(msg.nack(0))
+            raise
+        except PermanentError as error:
+            outcome = "dead_letter"
+            bound.warning("permanent failure", reason=error.reason)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=rid,
+                kind=failure_kind(error),
+                template=request.template,
+            )
+            return
+        except Exception as error:
+            reason = error.reason if isinstance(error, PressroomError) else _describe(error)
+            if classify(error) == "permanent":
+                outcome = "dead_letter"
+                bound.warning("permanent failure", reason=reason)
+                await self.dead_letter(msg, reason, permanent=True, request_id=rid)
+                return
+            wait = error.retry_after if isinstance(error, TransientError) else None
+            outcome = await self._retry_or_dead_letter(
+                msg, reason, rid, bound, retry_after=wait, template=request.template
+            )
+            return
+        finally:
+            for task in (heartbeat, claiming):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
+            with suppress(Exception):  # metrics must never break message handling
+                stage_finished(self.spec.name, outcome, time.monotonic() - started)
+        await msg.ack()
+        bound.info("stage done", seconds=round(time.monotonic() - started, 3))
+
+    async def _in_time(
+        self,
+        deadline: float | None,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        event: E,
+    ) -> Event:
+        """The stage's work, stopped when the report's deadline (its `timeout`) passes."""
+        late = ReportTimedOut(
+            f"timed out after {request.timeout or 0:g} s at {self.spec.name} "
+            "(the request's `timeout`)"
+        )
+        if deadline is None:
+            return await work(event)
+        if deadline <= 0:
+            raise late
+        try:
+            async with asyncio.timeout(deadline) as timer:
+                return await work(event)
+        except TimeoutError:
+            if timer.expired():
+                raise late from None
+            raise  # the work's own timeout: its stage says what it was
+
+    def _parse(self, msg: InboundMessage, model: type[E]) -> E:
+        if deeper_than(msg.body, MAX_PAYLOAD_DEPTH):
+            raise InvalidPayload(f"invalid payload: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        try:
+            event = model.model_validate_json(msg.body)
+        except ValidationError as error:
+            raise InvalidPayload(_describe_validation(error)) from error
+        if isinstance(event, ReportRequested) and not _has_request_id(msg.body):
+            # Generated ids must not change between redeliveries of the same message.
+            rid = new_request_id(received=msg.first_delivered, stream_seq=msg.stream_seq)
+            event = event.model_copy(update={"request_id": rid})
+        if isinstance(event, ReportRequested):
+            # Stamped with the calling system the server says published it, whatever the body
+            # says; `tenant` is the stamp alone: on every request subject a body's is replaced
+            # (null on the plain subject, which only the services' own identities publish).
+            tenant = tenant_of_subject(msg.subject)
+            stamp: dict[str, Any] = {"tenant": tenant}
+            if tenant is not None:
+                stamp["requested_by"] = tenant
+            event = event.model_copy(update=stamp)
+        return event
+
+    async def _claim_later(self, msg: InboundMessage, rid: str, request: ReportRequested) -> None:
+        """Work still going on after CLAIM_AFTER: record the claim, so `status` shows who."""
+        await asyncio.sleep(CLAIM_AFTER)
+        try:
+            await self.ledger.claim(
+                rid,
+                self.spec.name,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+                request=request,
+                worker=WORKER_ID,
+            )
+        except Exception as error:  # only what `status` shows meanwhile; the finish records it
+            log.debug("claim not recorded", request_id=rid, error=repr(error))
+
+    async def _keep_alive(self, msg: InboundMessage) -> None:
+        interval = max(self.settings.ack_wait / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with suppress(Exception):
+                await msg.in_progress()
+
+    async def _retry_or_dead_letter(
+        self,
+        msg: InboundMessage,
+        reason: str,
+        request_id: str,
+        bound: Any,
+        *,
+        retry_after: float | None = None,
+        template: str | None = None,
+    ) -> str:
+        if msg.attempt >= self.settings.max_attempts:
+            bound.warning("retries exhausted", reason=reason)
+            await self.dead_letter(
+                msg,
+                f"gave up after {msg.attempt} attempts: {reason}",
+                permanent=False,
+                request_id=request_id,
+                kind="retries_exhausted",
+                template=template,
+            )
+            return "dead_letter"
+        delay = self.settings.backoff_for(msg.attempt)
+        if retry_after:
+            delay = min(max(delay, retry_after), MAX_RETRY_AFTER)
+        bound.info("transient failure, will retry", reason=reason, retry_in=delay)
+        try:  # the reason, for `request --wait`, `status` and `ls` while retries go on
+            await self.ledger.retrying(
+                request_id,
+                self.spec.name,
+                reason=reason[:MAX_REASON_CHARS],
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+            )
+        except Exception as error:  # the ledger may be the thing that is away
+            bound.debug("retry reason not recorded", error=repr(error))
+        await msg.nack(delay)
+        return "retry"
+
+    async def dead_letter(
+        self,
+        msg: InboundMessage,
+        reason: str,
+        *,
+        permanent: bool,
+        request_id: str | None = None,
+        own: bool = True,
+        kind: str = "permanent_error",
+        template: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        """Park the message in `dlq.<subject>` with the reason, emit report.failed, terminate.
+
+        `own=False`: the message does not own its request_id's ledger entry (a conflicting or
+        refused request): the entry of the real request is left as it is.
+        """
+        await publish_dead_letter(
+            self.publisher,
+            self.ledger,
+            stage=self.spec.name,
+            subject=msg.subject,
+            body=msg.body,
+            headers=msg.headers,
+            reason=reason,
+            permanent=permanent,
+            attempts=msg.attempt,
+            stream_seq=msg.stream_seq,
+            first_failure=msg.first_delivered,
+            request_id=request_id or claimed_request_id(msg.body),
+            update_ledger=own,
+            store=self.store,
+            kind=kind,
+            template=template,
+            fingerprint=fingerprint,
+        )
+        await msg.term()
+
+
+class ReportTimedOut(PermanentError):
+    """The report was not done within its request's `timeout`."""
+
+
+def report_deadline(request: ReportRequested) -> float | None:
+    """Seconds left of the report's `timeout` (≤ 0: already past), or None without one."""
+    if request.timeout is None:
+        return None
+    spent = (datetime.now(UTC) - request.requested_at).total_seconds()
+    return request.timeout - spent
+
+
+def as_received(
+    request: ReportRequested, received: datetime | None, settings: Settings
+) -> ReportRequested:
+    """The request as the ledger records it: `requested_at` is the publisher's word, so it is
+    kept within what is plausible for when the message reached the stream — a few minutes of
+    clock skew, or a scheduled fire caught up within the schedule grace — and can neither
+    predate a report by 26 years nor postdate it (latency SLOs are computed from it)."""
+    if received is None:
+        return request
+    scheduled = (request.requested_by or "").startswith("scheduler:")
+    earliest = received - timedelta(seconds=settings.schedule_grace if scheduled else 300)
+    when = min(max(request.requested_at, earliest), received)
+    return (
+        request
+        if when == request.requested_at
+        else request.model_copy(update={"requested_at": when})
+    )
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or error.__class__.__name__
+    return f"{error.__class__.__name__}: {text}" if text != error.__class__.__name__ else text
+
+
+def _encoded(body: bytes) -> tuple[str, str]:
+    try:
+        return body.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode(), "base64"
+
+
+def _preview(body: bytes, limit: int) -> bytes:
+    cut = body[:limit]
+    # Do not split a UTF-8 character: a preview of text stays text.
+    return cut.decode("utf-8", errors="ignore").encode() if _is_utf8(body) else cut
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _kept_headers(headers: dict[str, str]) -> dict[str, str]:
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
+    return {k[:MAX_HEADER_CHARS]: v[:MAX_HEADER_CHARS] for k, v in list(kept.items())[:MAX_HEADERS]}
+
+
+async def publish_dead_letter(
+    publisher: Publisher,
+    ledger: Ledger,
+    *,
+    stage: str,
+    subject: str,
+    body: bytes,
+    headers: dict[str, str],
+    reason: str,
+    permanent: bool,
+    attempts: int,
+    stream_seq: int,
+    first_failure: datetime | None,
+    request_id: str | None,
+    update_ledger: bool = True,
+    store: ArtefactStore | None = None,
+    kind: str = "permanent_error",
+    template: str | None = None,
+    fingerprint: str | None = None,
+) -> None:
+    """The dead letter, `report.failed` and the ledger's record of the failure — every time.
+
+    `update_ledger=False`: the message did not own its request_id (unreadable, a conflict, an
+    imitation): the ledger is left alone and `report.failed` says `refused`.
+
+    A body too big for an envelope is stored whole in the artefact store (replay reads it from
+    there) and the envelope keeps a preview. If the envelope still cannot be published,
+    `report.failed` and the ledger record the failure anyway. Only when nothing at all could be
+    recorded does this raise, so the message stays on the stream and comes back.
+    """
+    now = utcnow()
+    payload_ref = None
+    inline = body
+    if len(body) > MAX_DEAD_LETTER_PAYLOAD:
+        inline = _preview(body, DEAD_LETTER_PREVIEW)
+        if store is not None:
+            key = f"{DEAD_LETTER_PREFIX}{stage}/{stream_seq}-{sha256_hex(body)[:12]}.msg"
+            try:
+                await store.put(key, body, content_type="application/octet-stream")
+                payload_ref = key
+            except Exception as error:  # the preview, the reason and report.failed still go out
+                log.warning("dead letter body not stored", stage=stage, error=repr(error))
+    payload, encoding = _encoded(inline)
+    if len(inline) < len(body):
+        kept = "kept in the artefact store" if payload_ref else "NOT kept (store unavailable)"
+        reason_shown = f"{reason} (message of {len(body):,} bytes: preview here, whole {kept})"
+    else:
+        reason_shown = reason
+    letter = DeadLetter(
+        subject=subject,
+        payload=payload,
+        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_size=len(body),
+        payload_ref=payload_ref,
+        headers=_kept_headers(headers),
+        stage=stage,
+        reason=reason_shown[:MAX_REASON_CHARS],
+        permanent=permanent,
+        attempts=attempts,
+        first_failure=first_failure or now,
+        last_failure=now,
+        request_id=request_id,
+    )
+    recorded = 0
+    dead_letter_seq = None
+    # The stream sequence makes the id stable across a crash between publish and terminate.
+    dlq_id = f"dlq:{stage}:{stream_seq}"
+    for attempt in (letter, letter.model_copy(update={"payload": "", "headers": {}})):
+        try:
+            ack = await publisher.publish(f"{DLQ_PREFIX}{subject}", encode(attempt), msg_id=dlq_id)
+        except Exception as error:
+            log.warning("dead letter not published", stage=stage, error=repr(error))
+            continue
+        dead_letter_seq, recorded = ack.seq, recorded + 1
+        break
+    rid = request_id or f"unknown-{stage}-{stream_seq}"
+    failed = ReportFailed(
+        request_id=rid,
+        stage=stage,
+        reason=reason[:MAX_REASON_CHARS],
+        attempts=attempts,
+        subject=subject,
+        dead_letter_seq=dead_letter_seq,
+        refused=not update_ledger,
+        fingerprint=fingerprint,
+        requested_by=claimed_requester(subject, body),
+    )
+    try:
+        await publisher.publish(
+            REPORT_FAILED, encode(failed), msg_id=f"failed:{stage}:{stream_seq}"
+        )
+        recorded += 1
+    except Exception as error:
+        log.warning("report.failed not published", stage=stage, error=repr(error))
+    settled = None
+    if request_id and update_ledger:
+        try:
+            settled = await ledger.fail(
+                request_id,
+                stage,
+                reason=reason[:MAX_REASON_CHARS],
+                seq=stream_seq,
+                attempt=attempts,
+            )
+            recorded += 1
+        except Exception as error:
+            log.warning("failure not recorded in the ledger", stage=stage, error=repr(error))
+    with suppress(Exception):  # metrics must never break dead-lettering
+        stage_failed(stage, kind, template, settled)
+    if not recorded:
+        raise TransientError(f"could not record the failure of {rid} anywhere: {reason}")
+    log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)
