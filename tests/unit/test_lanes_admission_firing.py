@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import children
+from shared.adapters import children
+from shared.adapters.cancel import apply_cancel, skip
+from shared.adapters.ledger import KvLedger
+from shared.adapters.memory import MemoryKeyValue
 from shared.admission import OverLimit, QueuedCounts, parse_limits
-from shared.cancel import apply_cancel, skip
 from shared.errors import PermanentError
 from shared.events import ReportRequested
 from shared.firing import backfill_fires, due, empty_reason, jitter_seconds
 from shared.lanes import lane_for, parse_caps, rows_estimate
-from shared.ledger import KvLedger
-from shared.memory import MemoryKeyValue
 
 
 def request(**fields: object) -> ReportRequested:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
-from shared.ledger import LedgerEntry, derive
+from shared.adapters.ledger import LedgerEntry, derive
 
 CancelOutcome = Literal["cancelled", "already_cancelled", "delivered", "too_late"]
 CANCEL_POLL = 1.0  # seconds between looks at the mark while a stage works

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shared.adapters.ledger import LedgerEntry, derive
 from shared.burst import BurstOutcome, BurstTally
 from shared.events import utcnow
-from shared.ledger import LedgerEntry, derive
 
 Change = Callable[[LedgerEntry], tuple[LedgerEntry | None, BurstTally | None]]
 
