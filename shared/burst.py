@@ -136,8 +136,10 @@ def child_deliveries(burst: Burst, item: Any) -> list[Delivery]:
 
 def shared_names(request: ReportRequested) -> list[str]:
     assert request.burst is not None
-    names = request.burst.shared if request.burst.shared is not None else list(request.params)
     root = request.burst.over.split(".")[0]
+    if request.burst.shared is None:  # the request's own params, but the list if it is one
+        return [name for name in request.params if name != root]
+    names = request.burst.shared
     if root in names:
         raise PermanentError(
             f"burst.shared names '{root}', which holds the list itself: each child sees only "

@@ -416,6 +416,20 @@ class DataReady(_CarriesRequest):
         return self.request.request_id
 
 
+class BurstSent(_CarriesRequest):
+    """The fetcher sent a burst's children on their way, each as its own `data.ready`; the
+    parent itself goes no further (its outcome summarises its children's)."""
+
+    request: ReportRequested = Field(description="The parent request.")
+    children: int = Field(description="Children sent now (a replay: those not yet delivered).")
+    total: int = Field(description="Items in the list the burst goes over.")
+    fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
 class Artefact(BaseModel):
     """A rendered file in the artefact store: referenced by key, never carried on the bus."""
 
@@ -468,6 +482,10 @@ class ReportDelivered(Event):
     artefacts: list[Artefact]
     channels: list[ChannelResult]
     delivered_at: datetime = Field(default_factory=utcnow)
+    burst: str | None = Field(
+        default=None,
+        description="A burst's parent: what its children did, e.g. 'delivered 10,000, failed 0'.",
+    )
     requested_by: str | None = Field(
         default=None,
         description="Who asked: for a calling system's request, its publisher name (its "
@@ -529,6 +547,18 @@ def claimed_request_id(body: bytes) -> str | None:
         request.get("request_id") if isinstance(request, dict) else None
     )
     return rid if isinstance(rid, str) else None
+
+
+def claimed_child(body: bytes) -> tuple[str, int] | None:
+    """The (parent, item position) a stage message's request names as a burst's child."""
+    data = _json_object(body)
+    request = data.get("request") if data is not None else None
+    if not isinstance(request, dict):
+        return None
+    parent, index = request.get("parent"), request.get("burst_index")
+    if isinstance(parent, str) and isinstance(index, int) and not isinstance(index, bool):
+        return parent, index
+    return None
 
 
 def claimed_requester(subject: str, body: bytes) -> str | None:

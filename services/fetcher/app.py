@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from faststream import FastStream
 
+from services.fetcher.burst import fan_out
 from services.fetcher.cache import SourceCache
-from services.fetcher.core import fetch_data
+from services.fetcher.core import fetch_data, gather_context
 from services.fetcher.sources import DataSource, default_sources
 from shared.bus.topology import CACHE_BUCKET, FETCHER
+from shared.errors import PermanentError
 from shared.events import Event, ReportRequested
 from shared.schedules import check_not_forged, load_schedules
 from shared.settings import Settings, load_settings
@@ -35,6 +38,19 @@ def create_app(settings: Settings | None = None, *, deps: FetcherDeps | None = N
 
         async def work(event: Event) -> Event:
             assert isinstance(event, ReportRequested) and deps.store is not None
+            if event.burst is not None:  # the data once, then one child per item
+                assert deps.ledger is not None and deps.publisher is not None
+                started = time.monotonic()
+                context = await gather_context(event, adapters, settings, cache)
+                return await fan_out(
+                    event,
+                    context,
+                    ledger=deps.ledger,
+                    publisher=deps.publisher,
+                    store=deps.store,
+                    settings=settings,
+                    fetch_seconds=time.monotonic() - started,
+                )
             return await fetch_data(
                 event, adapters=adapters, store=deps.store, settings=settings, cache=cache
             )
@@ -45,6 +61,11 @@ def create_app(settings: Settings | None = None, *, deps: FetcherDeps | None = N
 
     async def admit(event: Event) -> None:
         assert isinstance(event, ReportRequested)
+        if event.parent is not None:
+            raise PermanentError(
+                f"request '{event.request_id}' names a parent: only Pressroom makes a burst's "
+                "children (request ids with '/' are theirs)"
+            )
         check_not_forged(event, schedules)
 
     return stage_app(

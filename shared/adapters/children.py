@@ -35,7 +35,8 @@ def start(total: int) -> Change:
 
 
 def record(index: int, key: str, outcome: BurstOutcome, reason: str = "") -> Change:
-    """Count one child's outcome; the result is the tally when this made it complete."""
+    """Count one child's outcome; the result is the tally when this completed the burst or
+    changed a complete burst's outcome."""
 
     def change(entry: LedgerEntry) -> tuple[LedgerEntry | None, BurstTally | None]:
         tally = entry.burst
@@ -50,6 +51,8 @@ def record(index: int, key: str, outcome: BurstOutcome, reason: str = "") -> Cha
             entry.settled = "delivered" if not updated.failed else "failed"
             entry.settled_at = utcnow()
         derive(entry)
-        return entry, (updated if updated.complete and not was_complete else None)
+        # Complete now, or complete before with another outcome (a replayed child delivered).
+        changed = not was_complete or updated.failed != tally.failed
+        return entry, (updated if updated.complete and changed else None)
 
     return change

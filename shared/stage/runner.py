@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from shared.adapters.cancel import CANCEL_POLL
 from shared.adapters.ledger import Ledger
 from shared.adapters.store import ArtefactStore, sha256_hex
 from shared.bus.topology import Publisher, StageSpec, encode, msg_id
@@ -32,18 +33,21 @@ from shared.errors import (
     InvalidPayload,
     PermanentError,
     PressroomError,
+    RequestCancelled,
     TransientError,
     classify,
 )
 from shared.events import (
     DLQ_PREFIX,
     REPORT_FAILED,
+    BurstSent,
     DataReady,
     DeadLetter,
     Event,
     ReportFailed,
     ReportRendered,
     ReportRequested,
+    claimed_child,
     claimed_request_id,
     claimed_requester,
     new_request_id,
@@ -56,6 +60,7 @@ from shared.metrics import failure_kind, stage_done, stage_failed, stage_finishe
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import span
 from shared.settings import Settings
+from shared.stage.bursts import child_landed, parent_cancelled
 
 E = TypeVar("E", bound=Event)
 # An envelope carries the original body up to this size; bigger bodies go to the artefact
@@ -76,6 +81,7 @@ FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
 # id is refused before anything is published).
 CLAIM_AFTER = 1.0
 EAGER_CLAIM_STAGES = frozenset({"fetcher"})
+LAST_STAGE = "distributor"  # a burst's child that finishes it is delivered
 # Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -209,6 +215,12 @@ class StageRunner:
                 fingerprint=request_fingerprint(request),
             )
             return
+        if claim == "done" and request.parent is not None and self.spec.name == LAST_STAGE:
+            # Delivered before, perhaps without its parent counting it (a crash in between).
+            await self._child_landed(request, "delivered")
+        if claim == "proceed" and await parent_cancelled(self.ledger, request):
+            claim = "cancelled"
+            await self._child_landed(request, "cancelled", "cancelled with its burst")
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
             await msg.ack()
@@ -221,10 +233,13 @@ class StageRunner:
         deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
         try:
             with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
-                next_event = await self._in_time(deadline, request, work, event)
-                await self.publisher.publish(
-                    self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+                next_event = await self._unless_cancelled(
+                    request, self._in_time(deadline, request, work, event)
                 )
+                if not isinstance(next_event, BurstSent):  # its children went out on their own
+                    await self.publisher.publish(
+                        self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+                    )
             settled = await self.ledger.finish(
                 rid,
                 self.spec.name,
@@ -236,6 +251,13 @@ class StageRunner:
             )
             with suppress(Exception):  # metrics must never break message handling
                 stage_done(next_event, settled)
+            if request.parent is not None and self.spec.name == LAST_STAGE:
+                await self._child_landed(request, "delivered")
+        except RequestCancelled as cancelled:
+            outcome = "cancelled"
+            bound.info("cancelled", reason=cancelled.reason)
+            if request.parent is not None:
+                await self._child_landed(request, "cancelled", cancelled.reason)
         except asyncio.CancelledError:
             # Shutting down mid-work: hand the message back now rather than after ack_wait.
             outcome = "handed_back"
@@ -276,6 +298,43 @@ class StageRunner:
                 stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
+
+    async def _child_landed(self, request: ReportRequested, outcome: Any, reason: str = "") -> None:
+        assert request.parent is not None and request.burst_index is not None
+        await child_landed(
+            self.ledger,
+            self.publisher,
+            parent=request.parent,
+            index=request.burst_index,
+            request_id=request.request_id,
+            outcome=outcome,
+            reason=reason,
+            template=request.template,
+            requested_by=request.requested_by,
+        )
+
+    async def _unless_cancelled(self, request: ReportRequested, work: Awaitable[Event]) -> Event:
+        """The work, stopped (a render's process killed) when `pressroom cancel` marks its
+        request, or a burst's child's parent, while it runs."""
+        task = asyncio.ensure_future(work)
+        ids = [request.request_id, *([request.parent] if request.parent else [])]
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL)
+                if done:
+                    return task.result()
+                for rid in ids:
+                    try:
+                        entry = await self.ledger.get(rid)
+                    except Exception:  # the ledger briefly away: look again later
+                        continue
+                    if entry is not None and entry.cancelled_at is not None:
+                        raise RequestCancelled(f"cancelled while at {self.spec.name}")
+        finally:
+            if not task.done():
+                task.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _in_time(
         self,
@@ -579,6 +638,22 @@ async def publish_dead_letter(
     except Exception as error:
         log.warning("report.failed not published", stage=stage, error=repr(error))
     settled = None
+    child = claimed_child(body) if request_id and update_ledger else None
+    if child is not None and request_id is not None:
+        try:  # the burst counts this child as failed (idempotent: a redelivery counts once)
+            await child_landed(
+                ledger,
+                publisher,
+                parent=child[0],
+                index=child[1],
+                request_id=request_id,
+                outcome="failed",
+                reason=reason[:MAX_REASON_CHARS],
+                template=template or "",
+                requested_by=failed.requested_by,
+            )
+        except Exception as error:
+            log.warning("burst tally not updated", request_id=request_id, error=repr(error))
     if request_id and update_ledger:
         try:
             settled = await ledger.fail(
