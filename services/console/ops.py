@@ -44,6 +44,7 @@ from shared.bus.topology import (
 )
 from shared.errors import PressroomError
 from shared.events import (
+    CHILD_SEPARATOR,
     DLQ_PREFIX,
     REPORT_DELIVERED,
     REPORT_FAILED,
@@ -526,13 +527,19 @@ async def find_dead_letters(
 ) -> list[DeadLetterRecord]:
     """Dead letters by id (the DLQ stream sequence) or by the request_id they carry, oldest
     first: what an operator has at hand is usually the request id. A request id is looked up
-    in `listing` when the caller has already read every dead letter."""
+    in `listing` when the caller has already read every dead letter. A burst's request id
+    names its failed children's letters too: replaying the parent re-runs only those."""
     if ref.isdigit():
         record = await dead_letter(bus, int(ref))
         return [record] if record is not None else []
     if listing is None:
         listing = await dead_letters(bus)
-    return [r for r in listing if r.letter.request_id == ref]
+    children = f"{ref}{CHILD_SEPARATOR}"
+    return [
+        r
+        for r in listing
+        if r.letter.request_id == ref or (r.letter.request_id or "").startswith(children)
+    ]
 
 
 # Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).

@@ -190,10 +190,10 @@ def derive(entry: LedgerEntry) -> LedgerEntry:
     tally = entry.burst
     if "distributor" in done:
         status: Status = "delivered"
-    elif tally is not None and tally.complete and not failed:
-        status = "delivered" if not tally.failed else "failed"
     elif entry.cancelled_at is not None:
         status = "cancelled"
+    elif tally is not None and tally.complete and not failed:
+        status = "delivered" if not tally.failed else "failed"
     elif entry.skipped is not None and not failed:
         status = "skipped"
     elif failed:

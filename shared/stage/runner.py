@@ -256,6 +256,14 @@ class StageRunner:
         except RequestCancelled as cancelled:
             outcome = "cancelled"
             bound.info("cancelled", reason=cancelled.reason)
+            with suppress(Exception):  # `status` shows where it stopped; the mark is what counts
+                await self.ledger.fail(
+                    rid,
+                    self.spec.name,
+                    reason=cancelled.reason,
+                    seq=msg.stream_seq,
+                    attempt=msg.attempt,
+                )
             if request.parent is not None:
                 await self._child_landed(request, "cancelled", cancelled.reason)
         except asyncio.CancelledError:

@@ -11,7 +11,16 @@ import os
 
 import typer
 
-from services.console.cli import dlq, logs, reports, requests, schedules, stack, templates
+from services.console.cli import (
+    cancel,
+    dlq,
+    logs,
+    reports,
+    requests,
+    schedules,
+    stack,
+    templates,
+)
 from services.console.cli._common import err
 from services.console.cli._output import literal
 
@@ -29,6 +38,7 @@ stack.register(app)
 requests.register(app)
 reports.register(app)
 logs.register(app)
+cancel.register(app)
 
 
 def main() -> None:
