@@ -26,6 +26,31 @@ PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIV
 TENANT_REQUESTS = f"{REPORT_REQUESTED}.*"
 
 
+# Lanes: `interactive` and `bulk` work of a stage travel on their own subjects, read by their own
+# durable consumers (shared/lanes.py); `normal` stays on the plain subject.
+LANE_PREFIX = "lane."
+LANED_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED)
+LANES = ("interactive", "bulk")
+
+
+def lane_subject(subject: str, lane: str) -> str:
+    """Where `subject`'s work of `lane` travels: `lane.bulk.data.ready`; normal: `data.ready`."""
+    if lane == "normal" or subject not in LANED_SUBJECTS:
+        return subject
+    return f"{LANE_PREFIX}{lane}.{subject}"
+
+
+def unlaned(subject: str) -> str:
+    """The pipeline subject of a lane subject (`lane.bulk.data.ready` → `data.ready`)."""
+    if subject.startswith(LANE_PREFIX):
+        return subject[len(LANE_PREFIX) :].partition(".")[2]
+    return subject
+
+
+def is_lane_subject(subject: str) -> bool:
+    return subject.startswith(LANE_PREFIX)
+
+
 def tenant_of_subject(subject: str) -> str | None:
     """The calling system that published a `report.requested.<tenant>` message, else None."""
     prefix = f"{REPORT_REQUESTED}."
@@ -355,7 +380,6 @@ class ReportRequested(Event):
 _NEWER_DEFAULTS: dict[str, Any] = {
     "timeout": None,
     "burst": None,
-    "priority": "normal",
     "parent": None,
     "burst_index": None,
 }
@@ -369,7 +393,10 @@ def request_fingerprint(request: ReportRequested) -> str:
     """
     # `tenant` is left out: Pressroom sets it from the subject (a body's is replaced), and a
     # tenant's request says the same in `requested_by`; fingerprints stay as they were.
-    content = request.model_dump(mode="json", exclude={"request_id", "requested_at", "tenant"})
+    # `priority` is left out too: it says when, not what (a cap may lower it on the way).
+    content = request.model_dump(
+        mode="json", exclude={"request_id", "requested_at", "tenant", "priority"}
+    )
     content.pop("schema_version", None)
     for name, default in _NEWER_DEFAULTS.items():  # as before these fields existed
         if content.get(name) == default:
@@ -564,6 +591,7 @@ def claimed_child(body: bytes) -> tuple[str, int] | None:
 def claimed_requester(subject: str, body: bytes) -> str | None:
     """Who asked for the request a message is about: the tenant its subject names (a tenant's
     body cannot say otherwise), or the `requested_by` that the services' own account wrote."""
+    subject = unlaned(subject)  # a lane's body was stamped where it came in
     tenant = tenant_of_subject(subject)
     if tenant is not None or (subject == REPORT_REQUESTED and b"requested_by" not in body):
         return tenant

@@ -543,7 +543,7 @@ async def find_dead_letters(
 
 
 # Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).
-REPLAYABLE = frozenset(spec.consumes for spec in STAGES.values())
+REPLAYABLE = frozenset(lane.consumes for spec in STAGES.values() for lane in spec.lanes)
 
 
 def _stored_body_key(letter: DeadLetter) -> str | None:

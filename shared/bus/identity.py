@@ -48,19 +48,20 @@ TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 # importable
 # by the CLI without the bus (checked equal by a unit test).
 STREAM, DLQ_STREAM, ADVISORY_STREAM = "PRESSROOM", "PRESSROOM_DLQ", "PRESSROOM_ADVISORIES"
-LEDGER, DELIVERIES, CACHE, SCHEDULES, RENDER_CACHE = (
+LEDGER, DELIVERIES, CACHE, SCHEDULES, RENDER_CACHE, ADMISSION = (
     "pressroom_ledger",
     "pressroom_deliveries",
     "pressroom_cache",
     "pressroom_schedules",
     "pressroom_render_cache",
+    "pressroom_admission",
 )
 OBJECTS = "pressroom_artefacts"
 ALL_STREAMS = (
     STREAM,
     DLQ_STREAM,
     ADVISORY_STREAM,
-    *(f"KV_{b}" for b in (LEDGER, DELIVERIES, SCHEDULES, CACHE, RENDER_CACHE)),
+    *(f"KV_{b}" for b in (LEDGER, DELIVERIES, SCHEDULES, ADMISSION, CACHE, RENDER_CACHE)),
     f"OBJ_{OBJECTS}",
 )
 REQUESTED = "report.requested"
@@ -75,6 +76,13 @@ PRODUCES = {
     "renderer": "report.rendered",
     "distributor": "report.delivered",
 }
+LANES = ("interactive", "bulk")  # a stage's other consumers, each on `lane.<lane>.<subject>`
+LANED = ("report.requested", "data.ready", "report.rendered")
+
+
+def _laned(subject: str) -> list[str]:
+    """A subject and its lanes' subjects (`data.ready`, `lane.*.data.ready`)."""
+    return [subject, f"lane.*.{subject}"] if subject in LANED else [subject]
 
 
 def inbox_prefix(role: str) -> str:
@@ -181,21 +189,23 @@ def permissions(role: str) -> dict[str, list[str]]:
         return {"publish": [REQUESTED], "subscribe": [*OUTCOMES, *inbox]}
     if role in STAGE_ROLES:
         consumes = CONSUMES[role]
+        durables = [role, *(f"{role}-{lane}" for lane in LANES)]  # one consumer per lane
         publish = [
-            PRODUCES[role],
+            *_laned(PRODUCES[role]),
             "report.failed",
             "tenant.*.report.failed",  # a tenant's copy of its own outcome
-            f"dlq.{consumes}",
-            *_consumer(STREAM, role),
-            *_consumer(ADVISORY_STREAM, f"{role}-crashes"),
+            *(f"dlq.{subject}" for subject in _laned(consumes)),
+            *(s for durable in durables for s in _consumer(STREAM, durable)),
+            *(s for durable in durables for s in _consumer(ADVISORY_STREAM, f"{durable}-crashes")),
             *_topology_read(),
             *_msg_get(STREAM),  # the original of a message that crashed every worker
             f"{JS}.INFO",  # account storage, for the storage gauge
             *_kv(LEDGER, write=True),
+            *_kv(ADMISSION, write=True),  # reports each requester has queued
             *_objects(write=True),  # artefacts, big contexts, big dead-letter bodies
         ]
-        if role == "fetcher":
-            publish += [f"dlq.{REQUESTED}.*", *_kv(CACHE, write=True)]
+        if role == "fetcher":  # requests come in here and go on to their lanes
+            publish += [f"dlq.{REQUESTED}.*", f"lane.*.{REQUESTED}", *_kv(CACHE, write=True)]
         if role == "renderer":
             publish += _kv(RENDER_CACHE, write=True)
         if role == "distributor":
@@ -222,6 +232,7 @@ def permissions(role: str) -> dict[str, list[str]]:
             f"{REQUESTED}.*",  # a tenant's dead letter goes back to where it came from
             "data.ready",
             "report.rendered",
+            *(f"lane.*.{subject}" for subject in LANED),  # replays of a lane's dead letters
             "dlq.>",
         ]
         return {"publish": publish, "subscribe": ["report.>", "dlq.>", *inbox]}

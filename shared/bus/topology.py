@@ -31,6 +31,9 @@ from shared.errors import PressroomError
 from shared.events import (
     DATA_READY,
     DLQ_PREFIX,
+    LANE_PREFIX,
+    LANED_SUBJECTS,
+    LANES,
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
     REPORT_FAILED,
@@ -38,6 +41,7 @@ from shared.events import (
     REPORT_REQUESTED,
     TENANT_REQUESTS,
     claimed_request_id,
+    lane_subject,
 )
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import sending
@@ -57,6 +61,7 @@ DELIVERIES_BUCKET = "pressroom_deliveries"
 CACHE_BUCKET = "pressroom_cache"
 SCHEDULES_BUCKET = "pressroom_schedules"
 RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
+ADMISSION_BUCKET = "pressroom_admission"  # reports each requester has queued (shared/admission.py)
 OBJECT_BUCKET = "pressroom_artefacts"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 MSG_ID = "Nats-Msg-Id"
@@ -64,15 +69,27 @@ MSG_ID = "Nats-Msg-Id"
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A pipeline stage: the durable consumer it reads with and what it publishes next."""
+    """A pipeline stage: the durable consumer it reads with and what it publishes next.
+
+    `lane` (shared/lanes.py): the stage's `interactive` and `bulk` work is read by consumers of
+    its own (`renderer-bulk` on `lane.bulk.data.ready`), so neither waits behind the other."""
 
     name: str
     consumes: str
     produces: str
+    lane: str = "normal"
 
     @property
     def durable(self) -> str:
-        return self.name
+        return self.name if self.lane == "normal" else f"{self.name}-{self.lane}"
+
+    def in_lane(self, lane: str) -> StageSpec:
+        return StageSpec(self.name, lane_subject(self.consumes, lane), self.produces, lane)
+
+    @property
+    def lanes(self) -> list[StageSpec]:
+        """The stage's consumers: the normal lane (the plain subjects) and each other lane."""
+        return [self, *(self.in_lane(lane) for lane in LANES)]
 
     @property
     def advisory_subject(self) -> str:
@@ -81,11 +98,12 @@ class StageSpec:
     @property
     def filter_subjects(self) -> list[str]:
         """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
-        if self.consumes == REPORT_REQUESTED:
+        if self.consumes == REPORT_REQUESTED and self.lane == "normal":
             return [REPORT_REQUESTED, TENANT_REQUESTS]
         return [self.consumes]
 
 
+LANE_SUBJECTS = [f"{LANE_PREFIX}*.{subject}" for subject in LANED_SUBJECTS]
 FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
 RENDERER = StageSpec("renderer", DATA_READY, REPORT_RENDERED)
 DISTRIBUTOR = StageSpec("distributor", REPORT_RENDERED, REPORT_DELIVERED)
@@ -162,6 +180,7 @@ TOPOLOGY_STREAMS = (
             LEDGER_BUCKET,
             DELIVERIES_BUCKET,
             SCHEDULES_BUCKET,
+            ADMISSION_BUCKET,
             CACHE_BUCKET,
             RENDER_CACHE_BUCKET,
         )
@@ -223,7 +242,8 @@ async def ensure_topology(
                     "`pressroom bus setup`, or `pressroom up`)"
                 ) from None
         for stage in stages or []:
-            await _declare_consumers(js, stage, settings)
+            for lane in stage.lanes:
+                await _declare_consumers(js, lane, settings)
         return
     try:
         await _declare_topology(js, settings)
@@ -245,7 +265,7 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
         api.StreamConfig(
             name=STREAM,
             description="Pressroom pipeline events",
-            subjects=[*PIPELINE_SUBJECTS, TENANT_REQUESTS],
+            subjects=[*PIPELINE_SUBJECTS, TENANT_REQUESTS, *LANE_SUBJECTS],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             max_age=30 * 24 * 3600,
@@ -279,8 +299,10 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
     )
     for stage in STAGES.values():
-        await _declare_consumers(js, stage, settings)
-    for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1), (SCHEDULES_BUCKET, 1)):
+        for lane in stage.lanes:
+            await _declare_consumers(js, lane, settings)
+    buckets = (LEDGER_BUCKET, DELIVERIES_BUCKET, SCHEDULES_BUCKET, ADMISSION_BUCKET)
+    for bucket, history in ((b, 1) for b in buckets):
         replicas = await _replicas(js, f"KV_{bucket}", settings)
         await js.create_key_value(
             api.KeyValueConfig(

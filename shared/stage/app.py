@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 
 from shared.adapters.ledger import KvLedger, Ledger
 from shared.adapters.store import ArtefactStore, open_store
+from shared.admission import QueuedCounts
 from shared.bus.failover import (
     ConnectionEvents,
     FailoverKV,
@@ -33,6 +34,7 @@ from shared.bus.failover import (
 from shared.bus.identity import REFUSALS, Identity, identity, inbox_prefix
 from shared.bus.kv import KeyValue
 from shared.bus.topology import (
+    ADMISSION_BUCKET,
     ADVISORY_STREAM,
     LEDGER_BUCKET,
     STREAM,
@@ -49,6 +51,7 @@ from shared.events import (
     DLQ_PREFIX,
     EVENT_MODELS,
     REPORT_FAILED,
+    REPORT_REQUESTED,
     DeadLetter,
     Event,
     ReportFailed,
@@ -59,6 +62,7 @@ from shared.observe.logging import configure_logging, get_logger
 from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
 from shared.settings import Settings
 from shared.stage.deadletters import settle_crash, stream_reader
+from shared.stage.intake import Intake
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
 
@@ -353,7 +357,7 @@ def stage_app(
         max_outstanding_pings=2,
         graceful_timeout=settings.shutdown_grace,
     )
-    running: _Running | None = None
+    running: dict[str, _Running] = {}  # by lane (durable), filled in by the lifespan
 
     async def observe_all() -> None:
         """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
@@ -377,7 +381,6 @@ def stage_app(
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        nonlocal running
         configure_logging(service)
         from shared.adapters.store import plain_http_s3_warning
 
@@ -385,12 +388,17 @@ def stage_app(
             log.warning("artefact store over plain HTTP", reason=insecure)
         if deps.js is None:
             deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
-        await _open_adapters(deps, deps.js, settings, buckets)
+        await _open_adapters(deps, deps.js, settings, [*buckets, ADMISSION_BUCKET])
         assert deps.ledger is not None and deps.publisher is not None
-        running = _Running(
-            StageRunner(spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit),
-            await build_work(deps),
-        )
+        work = await build_work(deps)
+        intake = Intake(settings, deps.publisher, QueuedCounts(deps.kv[ADMISSION_BUCKET]))
+        for lane in spec.lanes:
+            runner = StageRunner(
+                lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit
+            )
+            runner.intake = intake
+            runner.routes = lane.consumes == REPORT_REQUESTED  # where requests come in
+            running[lane.durable] = _Running(runner, work)
         health = None
         if settings.health_port is not None:
             health = HealthServer(
@@ -419,14 +427,16 @@ def stage_app(
             shutdown_telemetry()
 
     app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
-    side_by_side = InFlight(in_flight) if in_flight > 1 else None
-    if side_by_side is not None:
+    # Each lane works on its own messages side by side (interactive never waits for bulk).
+    sides = {lane.durable: InFlight(in_flight) if in_flight > 1 else None for lane in spec.lanes}
+    if in_flight > 1:
 
         @app.on_shutdown
         async def drain_in_flight() -> None:
             """Before the broker stops: the work still needs the connection to ack and publish."""
-            assert side_by_side is not None
-            await side_by_side.drain(settings.shutdown_grace)
+            for side in sides.values():
+                if side is not None:
+                    await side.drain(settings.shutdown_grace)
 
     # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
     next_model = EVENT_MODELS[spec.produces]
@@ -449,6 +459,24 @@ def stage_app(
         description=DeadLetter.__doc__,
     )
 
+    for lane in spec.lanes:
+        _subscribe(broker, lane, model, settings, deps, running, sides[lane.durable], concurrency)
+
+    return app
+
+
+def _subscribe(
+    broker: NatsBroker,
+    spec: StageSpec,
+    model: type[Event],
+    settings: Settings,
+    deps: Deps,
+    running: dict[str, _Running],
+    side_by_side: InFlight | None,
+    concurrency: int,
+) -> None:
+    """One lane's durable consumer bound to its runner, and its max-deliveries catcher."""
+
     @broker.subscriber(
         spec.consumes,
         stream=JStream(STREAM, declare=False),
@@ -460,18 +488,19 @@ def stage_app(
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
-        title=f"{spec.consumes}:{spec.name}",
-        description=f"{spec.name}: {spec.consumes} → {spec.produces}",
+        title=f"{spec.consumes}:{spec.durable}",
+        description=f"{spec.durable}: {spec.consumes} → {spec.produces}",
     )
     async def handle(message: NatsMessage) -> None:
-        assert running is not None, "the lifespan opens the adapters before the broker starts"
+        lane = running.get(spec.durable)
+        assert lane is not None, "the lifespan opens the adapters before the broker starts"
         if side_by_side is not None and side_by_side.closing:
             await message.nack()  # shutting down: another worker takes it now
             return
         work = processing(
             message,
             spec.durable,
-            running.runner.handle(NatsInbound(message), model, running.work),
+            lane.runner.handle(NatsInbound(message), model, lane.work),
         )
         if side_by_side is None:
             await work
@@ -500,8 +529,6 @@ def stage_app(
             store=deps.store,
         )
         await message.ack()
-
-    return app
 
 
 async def _open_adapters(

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from shared.adapters.cancel import CANCEL_POLL
-from shared.adapters.ledger import Ledger
+from shared.adapters.ledger import Ledger, LedgerEntry
 from shared.adapters.store import ArtefactStore, sha256_hex
 from shared.bus.topology import Publisher, StageSpec, encode, msg_id
 from shared.errors import (
@@ -50,6 +50,8 @@ from shared.events import (
     claimed_child,
     claimed_request_id,
     claimed_requester,
+    is_lane_subject,
+    lane_subject,
     new_request_id,
     request_fingerprint,
     tenant_of_subject,
@@ -61,6 +63,7 @@ from shared.observe.logging import get_logger
 from shared.observe.telemetry import span
 from shared.settings import Settings
 from shared.stage.bursts import child_landed, parent_cancelled
+from shared.stage.intake import Intake
 
 E = TypeVar("E", bound=Event)
 # An envelope carries the original body up to this size; bigger bodies go to the artefact
@@ -146,6 +149,9 @@ class StageRunner:
     # Checks before the ledger is touched (e.g. ids reserved for schedules): a PermanentError
     # dead-letters the message and leaves the ledger entry of that id alone.
     admit: Callable[[Event], Awaitable[None]] | None = None
+    # Where requests come in (the fetcher's plain consumer): admission and lanes.
+    intake: Intake | None = None
+    routes: bool = False  # this consumer is where requests come in (the fetcher's plain one)
 
     async def handle(
         self,
@@ -179,6 +185,24 @@ class StageRunner:
                     fingerprint=request_fingerprint(request),
                 )
                 return
+
+        if self.intake is not None and self.routes and isinstance(event, ReportRequested):
+            try:
+                await self.intake.admit(request, first_delivery=msg.attempt == 1)
+                routed = await self.intake.route(event)
+            except PermanentError as error:  # over its limit: refused now, replayable later
+                bound.warning("refused", reason=error.reason)
+                await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
+                return
+            except Exception as error:  # the admission bucket or the bus briefly away
+                await self._retry_or_dead_letter(msg, f"intake: {error}", rid, bound)
+                return
+            if routed is None:
+                bound.info("handed to its lane", lane=request.priority)
+                await msg.ack()
+                return
+            event = routed  # type: ignore[assignment]
+            request = routed
 
         received = as_received(request, msg.first_delivered, self.settings)
         # The claim is written at once where it binds the request id to its content (the
@@ -237,8 +261,15 @@ class StageRunner:
                     request, self._in_time(deadline, request, work, event)
                 )
                 if not isinstance(next_event, BurstSent):  # its children went out on their own
+                    onward = (
+                        next_event.request
+                        if isinstance(next_event, DataReady | ReportRendered)
+                        else request
+                    )
                     await self.publisher.publish(
-                        self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+                        lane_subject(self.spec.produces, onward.priority),
+                        encode(next_event),
+                        msg_id=msg_id(rid, self.spec.name),
                     )
             settled = await self.ledger.finish(
                 rid,
@@ -251,6 +282,9 @@ class StageRunner:
             )
             with suppress(Exception):  # metrics must never break message handling
                 stage_done(next_event, settled)
+            if settled is not None and self.intake is not None:
+                with suppress(Exception):  # an approximate count; never the report's outcome
+                    await self.intake.settled(request)
             if request.parent is not None and self.spec.name == LAST_STAGE:
                 await self._child_landed(request, "delivered")
         except RequestCancelled as cancelled:
@@ -383,11 +417,13 @@ class StageRunner:
             # Stamped with the calling system the server says published it, whatever the body
             # says; `tenant` is the stamp alone: on every request subject a body's is replaced
             # (null on the plain subject, which only the services' own identities publish).
+            # A lane's body was stamped at intake (only the fetcher may publish there).
             tenant = tenant_of_subject(msg.subject)
             stamp: dict[str, Any] = {"tenant": tenant}
             if tenant is not None:
                 stamp["requested_by"] = tenant
-            event = event.model_copy(update=stamp)
+            if not is_lane_subject(msg.subject):
+                event = event.model_copy(update=stamp)
         return event
 
     async def _claim_later(self, msg: InboundMessage, rid: str, request: ReportRequested) -> None:
@@ -467,7 +503,7 @@ class StageRunner:
         `own=False`: the message does not own its request_id's ledger entry (a conflicting or
         refused request): the entry of the real request is left as it is.
         """
-        await publish_dead_letter(
+        settled = await publish_dead_letter(
             self.publisher,
             self.ledger,
             stage=self.spec.name,
@@ -486,6 +522,9 @@ class StageRunner:
             template=template,
             fingerprint=fingerprint,
         )
+        if settled is not None and self.intake is not None and claimed_child(msg.body) is None:
+            with suppress(Exception):  # an approximate count; never the report's outcome
+                await self.intake.count_out(claimed_requester(msg.subject, msg.body))
         await msg.term()
 
 
@@ -570,8 +609,9 @@ async def publish_dead_letter(
     kind: str = "permanent_error",
     template: str | None = None,
     fingerprint: str | None = None,
-) -> None:
-    """The dead letter, `report.failed` and the ledger's record of the failure — every time.
+) -> LedgerEntry | None:
+    """The dead letter, `report.failed` and the ledger's record of the failure — every time;
+    the ledger entry when this settled the report.
 
     `update_ledger=False`: the message did not own its request_id (unreadable, a conflict, an
     imitation): the ledger is left alone and `report.failed` says `refused`.
@@ -679,3 +719,4 @@ async def publish_dead_letter(
     if not recorded:
         raise TransientError(f"could not record the failure of {rid} anywhere: {reason}")
     log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)
+    return settled

@@ -100,14 +100,22 @@ def test_the_tally_counts_each_child_once_and_a_replayed_failure_moves_over() ->
     assert tally.is_delivered(7) and not tally.is_delivered(8)
 
 
-def test_new_fields_at_their_defaults_keep_old_fingerprints() -> None:
+def test_new_fields_keep_old_fingerprints_and_a_priority_is_not_content() -> None:
     plain = ReportRequested(request_id="r1", template="t.html")
-    assert request_fingerprint(plain) == request_fingerprint(
-        plain.model_copy(update={"priority": "normal"})
+    # What the ledger recorded before these fields existed (computed without them).
+    assert request_fingerprint(plain) == "000a5bbc17c94b0636d358f7bc44a860"
+    assert (
+        request_fingerprint(plain.model_copy(update={"priority": "bulk"}))
+        == "000a5bbc17c94b0636d358f7bc44a860"
     )
-    assert request_fingerprint(plain) != request_fingerprint(
-        plain.model_copy(update={"priority": "bulk"})
+    bursting = ReportRequested.model_validate(
+        {
+            "request_id": "r1",
+            "template": "t.html",
+            "burst": {"over": "a", "key": "id", "deliver": [{"channel": "file"}]},
+        }
     )
+    assert request_fingerprint(plain) != request_fingerprint(bursting)
 
 
 def test_a_child_id_holds_one_slash_only() -> None:
