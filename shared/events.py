@@ -26,6 +26,11 @@ PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIV
 TENANT_REQUESTS = f"{REPORT_REQUESTED}.*"
 
 
+def tenant_lane_requests(lane: str) -> str:
+    """A tenant's `report.requested.<lane>` as the services' account sees it."""
+    return f"{REPORT_REQUESTED}.*.{lane}"
+
+
 # Lanes: `interactive` and `bulk` work of a stage travel on their own subjects, read by their own
 # durable consumers (shared/lanes.py); `normal` stays on the plain subject.
 LANE_PREFIX = "lane."
@@ -40,10 +45,23 @@ def lane_subject(subject: str, lane: str) -> str:
     return f"{LANE_PREFIX}{lane}.{subject}"
 
 
+def lane_of_subject(subject: str) -> str:
+    """The lane a message's subject puts it in: `lane.<lane>.…` or a tenant's
+    `report.requested.<tenant>.<lane>`; else normal."""
+    if subject.startswith(LANE_PREFIX):
+        return subject[len(LANE_PREFIX) :].partition(".")[0]
+    parts = subject.split(".")
+    if len(parts) == 4 and subject.startswith(f"{REPORT_REQUESTED}.") and parts[3] in LANES:
+        return parts[3]
+    return "normal"
+
+
 def unlaned(subject: str) -> str:
     """The pipeline subject of a lane subject (`lane.bulk.data.ready` → `data.ready`)."""
     if subject.startswith(LANE_PREFIX):
         return subject[len(LANE_PREFIX) :].partition(".")[2]
+    if tenant_of_subject(subject) is not None:
+        return REPORT_REQUESTED
     return subject
 
 
@@ -52,11 +70,15 @@ def is_lane_subject(subject: str) -> bool:
 
 
 def tenant_of_subject(subject: str) -> str | None:
-    """The calling system that published a `report.requested.<tenant>` message, else None."""
+    """The calling system that published a `report.requested.<tenant>` message (or, asking
+    for a lane, `report.requested.<tenant>.<lane>`), else None."""
     prefix = f"{REPORT_REQUESTED}."
-    if subject.startswith(prefix) and "." not in subject[len(prefix) :]:
-        return subject[len(prefix) :] or None
-    return None
+    if not subject.startswith(prefix):
+        return None
+    tenant, _, lane = subject[len(prefix) :].partition(".")
+    if not tenant or (lane and lane not in LANES):
+        return None
+    return tenant
 
 
 def request_message_id(body: bytes, request_id: str) -> str:
@@ -591,8 +613,8 @@ def claimed_child(body: bytes) -> tuple[str, int] | None:
 def claimed_requester(subject: str, body: bytes) -> str | None:
     """Who asked for the request a message is about: the tenant its subject names (a tenant's
     body cannot say otherwise), or the `requested_by` that the services' own account wrote."""
-    subject = unlaned(subject)  # a lane's body was stamped where it came in
     tenant = tenant_of_subject(subject)
+    subject = unlaned(subject)  # a lane's body was stamped where it came in
     if tenant is not None or (subject == REPORT_REQUESTED and b"requested_by" not in body):
         return tenant
     data = _json_object(body)

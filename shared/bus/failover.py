@@ -290,6 +290,21 @@ class FailoverKV:
             lambda: self._inner.put(key, value), patience=self._patience, what="kv put"
         )
 
+    # Compare-and-set (the admission counts): a wrong revision is an answer, not a failure.
+    async def create(self, key: str, value: bytes) -> int:
+        inner: Any = self._inner
+        result: int = await patient(
+            lambda: inner.create(key, value), patience=self._patience, what="kv create"
+        )
+        return result
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        inner: Any = self._inner
+        result: int = await patient(
+            lambda: inner.update(key, value, last=last), patience=self._patience, what="kv update"
+        )
+        return result
+
 
 class FailoverStore:
     """An ArtefactStore (the JetStream object store) that rides out a leader election."""

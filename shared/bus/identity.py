@@ -186,7 +186,9 @@ def permissions(role: str) -> dict[str, list[str]]:
     if role == "publisher" or tenant_of_role(role) is not None:
         # Other systems (each in its own account): ask for reports and hear how their own
         # ended; nothing else.
-        return {"publish": [REQUESTED], "subscribe": [*OUTCOMES, *inbox]}
+        # `report.requested.<lane>`: a lane of its own, past any flood on the plain subject.
+        lanes = [f"{REQUESTED}.{lane}" for lane in LANES]
+        return {"publish": [REQUESTED, *lanes], "subscribe": [*OUTCOMES, *inbox]}
     if role in STAGE_ROLES:
         consumes = CONSUMES[role]
         durables = [role, *(f"{role}-{lane}" for lane in LANES)]  # one consumer per lane
@@ -205,7 +207,8 @@ def permissions(role: str) -> dict[str, list[str]]:
             *_objects(write=True),  # artefacts, big contexts, big dead-letter bodies
         ]
         if role == "fetcher":  # requests come in here and go on to their lanes
-            publish += [f"dlq.{REQUESTED}.*", f"lane.*.{REQUESTED}", *_kv(CACHE, write=True)]
+            publish += [f"dlq.{REQUESTED}.*", f"dlq.{REQUESTED}.*.*", f"lane.*.{REQUESTED}"]
+            publish += _kv(CACHE, write=True)
         if role == "renderer":
             publish += _kv(RENDER_CACHE, write=True)
         if role == "distributor":
@@ -230,6 +233,7 @@ def permissions(role: str) -> dict[str, list[str]]:
             "$O.>",
             REQUESTED,
             f"{REQUESTED}.*",  # a tenant's dead letter goes back to where it came from
+            f"{REQUESTED}.*.*",  # … also one it sent to a lane
             "data.ready",
             "report.rendered",
             *(f"lane.*.{subject}" for subject in LANED),  # replays of a lane's dead letters
@@ -306,6 +310,10 @@ def accounts_config(seeds: dict[str, str], tenants: Iterable[str]) -> str:
         account = tenant_account(tenant)
         exports += [
             f'      {{service: "{tenant_requests(tenant)}", accounts: ["{account}"]}}',
+            *(
+                f'      {{service: "{tenant_requests(tenant)}.{lane}", accounts: ["{account}"]}}'
+                for lane in LANES
+            ),
             f'      {{stream: "{tenant_outcomes(tenant)}.>", accounts: ["{account}"]}}',
         ]
     blocks = [
@@ -321,7 +329,12 @@ def accounts_config(seeds: dict[str, str], tenants: Iterable[str]) -> str:
             "    imports: [\n"
             f'      {{service: {{account: "{SERVICES_ACCOUNT}", '
             f'subject: "{tenant_requests(tenant)}"}}, to: "{REQUESTED}"}}\n'
-            f'      {{stream: {{account: "{SERVICES_ACCOUNT}", '
+            + "".join(
+                f'      {{service: {{account: "{SERVICES_ACCOUNT}", '
+                f'subject: "{tenant_requests(tenant)}.{lane}"}}, to: "{REQUESTED}.{lane}"}}\n'
+                for lane in LANES
+            )
+            + f'      {{stream: {{account: "{SERVICES_ACCOUNT}", '
             f'subject: "{tenant_outcomes(tenant)}.>"}}, to: "report.>"}}\n'
             "    ]\n  }"
         )

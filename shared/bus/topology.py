@@ -42,6 +42,7 @@ from shared.events import (
     TENANT_REQUESTS,
     claimed_request_id,
     lane_subject,
+    tenant_lane_requests,
 )
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import sending
@@ -99,7 +100,10 @@ class StageSpec:
     def filter_subjects(self) -> list[str]:
         """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
         if self.consumes == REPORT_REQUESTED and self.lane == "normal":
-            return [REPORT_REQUESTED, TENANT_REQUESTS]
+            # `lane.normal.…`: a request a cap moved down from the lane it asked for
+            return [REPORT_REQUESTED, TENANT_REQUESTS, f"{LANE_PREFIX}normal.{REPORT_REQUESTED}"]
+        if self.name == "fetcher":  # a tenant's request straight into a lane
+            return [self.consumes, tenant_lane_requests(self.lane)]
         return [self.consumes]
 
 
@@ -265,7 +269,12 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
         api.StreamConfig(
             name=STREAM,
             description="Pressroom pipeline events",
-            subjects=[*PIPELINE_SUBJECTS, TENANT_REQUESTS, *LANE_SUBJECTS],
+            subjects=[
+                *PIPELINE_SUBJECTS,
+                TENANT_REQUESTS,
+                *LANE_SUBJECTS,
+                *(tenant_lane_requests(lane) for lane in LANES),
+            ],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             max_age=30 * 24 * 3600,

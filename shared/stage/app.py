@@ -36,6 +36,7 @@ from shared.bus.kv import KeyValue
 from shared.bus.topology import (
     ADMISSION_BUCKET,
     ADVISORY_STREAM,
+    FETCHER,
     LEDGER_BUCKET,
     STREAM,
     JetStreamPublisher,
@@ -51,7 +52,6 @@ from shared.events import (
     DLQ_PREFIX,
     EVENT_MODELS,
     REPORT_FAILED,
-    REPORT_REQUESTED,
     DeadLetter,
     Event,
     ReportFailed,
@@ -313,6 +313,12 @@ class StartupFailed(PressroomError):
     """A service could not connect to NATS or declare its streams in time."""
 
 
+def lane_share(lane: StageSpec, slots: int) -> int:
+    """A lane's share of a stage's slots: bulk work gets half (at least one), so a process —
+    its render processes, its event loop — always has room for interactive and normal work."""
+    return max(1, slots // 2) if lane.lane == "bulk" else slots
+
+
 @dataclass
 class _Running:
     """What the subscriber needs once the lifespan has opened the adapters."""
@@ -397,7 +403,7 @@ def stage_app(
                 lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit
             )
             runner.intake = intake
-            runner.routes = lane.consumes == REPORT_REQUESTED  # where requests come in
+            runner.routes = lane.name == FETCHER.name  # where requests come in
             running[lane.durable] = _Running(runner, work)
         health = None
         if settings.health_port is not None:
@@ -428,7 +434,10 @@ def stage_app(
 
     app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
     # Each lane works on its own messages side by side (interactive never waits for bulk).
-    sides = {lane.durable: InFlight(in_flight) if in_flight > 1 else None for lane in spec.lanes}
+    sides = {
+        lane.durable: InFlight(lane_share(lane, in_flight)) if in_flight > 1 else None
+        for lane in spec.lanes
+    }
     if in_flight > 1:
 
         @app.on_shutdown
@@ -460,7 +469,8 @@ def stage_app(
     )
 
     for lane in spec.lanes:
-        _subscribe(broker, lane, model, settings, deps, running, sides[lane.durable], concurrency)
+        batch = lane_share(lane, concurrency)
+        _subscribe(broker, lane, model, settings, deps, running, sides[lane.durable], batch)
 
     return app
 

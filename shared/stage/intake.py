@@ -1,10 +1,12 @@
-"""Where a request comes in (the fetcher's `report.requested` consumer): admission and lanes.
+"""Where a request comes in (the fetcher's consumers): admission and lanes.
 
 Cheap work only, so a flood passes through in milliseconds per message: a requester over its
 limit of queued reports is refused at once (`report.failed`, a dead letter to replay later);
-the request's lane is its priority within its publisher's cap; `interactive` and `bulk`
-requests are handed to their lane's own consumer (`lane.<lane>.report.requested`, the body
-stamped as it came in), `normal` ones are fetched right here as before.
+the request's lane is its priority within its publisher's cap. A request is fetched where it
+arrived when that is its lane (a calling system asks for one by publishing on
+`report.requested.<lane>`, which no flood on `report.requested` holds up); otherwise it is
+handed to its lane's own consumer (`lane.<lane>.report.requested`, the body stamped as it
+came in).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import dataclass, field
 from shared.admission import OverLimit, QueuedCounts, limit_for, parse_limits
 from shared.bus.topology import Publisher, encode
 from shared.events import (
+    LANE_PREFIX,
     REPORT_REQUESTED,
     Priority,
     ReportRequested,
-    lane_subject,
     request_fingerprint,
 )
 from shared.lanes import lane_for, parse_caps
@@ -58,17 +60,16 @@ class Intake:
         if limit and self.counts is not None:
             await self.counts.add(requester, -1)
 
-    async def route(self, request: ReportRequested) -> ReportRequested | None:
-        """The request to fetch here (its lane's priority set), or None when handed on."""
+    async def route(self, request: ReportRequested, *, here: str) -> ReportRequested | None:
+        """The request to fetch here, in lane `here` (its priority set to the lane), or None
+        when it belongs in another lane and was handed on there."""
         lane = lane_for(request, caps=self.caps, default_cap=self.settings.priority_cap)
-        laned = (
-            request if request.priority == lane else request.model_copy(update={"priority": lane})
-        )
-        if lane == "normal":
+        laned = request.model_copy(update={"priority": lane})
+        if lane == here:
             return laned
-        ident = f"{request.request_id}:lane:{request_fingerprint(request)}"
+        ident = f"{request.request_id}:lane:{request_fingerprint(request)}:{lane}"
         await self.publisher.publish(
-            lane_subject(REPORT_REQUESTED, lane), encode(laned), msg_id=ident
+            f"{LANE_PREFIX}{lane}.{REPORT_REQUESTED}", encode(laned), msg_id=ident
         )
         return None
 

@@ -151,7 +151,7 @@ class StageRunner:
     admit: Callable[[Event], Awaitable[None]] | None = None
     # Where requests come in (the fetcher's plain consumer): admission and lanes.
     intake: Intake | None = None
-    routes: bool = False  # this consumer is where requests come in (the fetcher's plain one)
+    routes: bool = False  # requests come in here (the fetcher's consumers)
 
     async def handle(
         self,
@@ -188,8 +188,9 @@ class StageRunner:
 
         if self.intake is not None and self.routes and isinstance(event, ReportRequested):
             try:
-                await self.intake.admit(request, first_delivery=msg.attempt == 1)
-                routed = await self.intake.route(event)
+                # Counted where it came in, not again in the lane it was sent to.
+                await self.intake.admit(request, first_delivery=not is_lane_subject(msg.subject))
+                routed = await self.intake.route(event, here=self.spec.lane)
             except PermanentError as error:  # over its limit: refused now, replayable later
                 bound.warning("refused", reason=error.reason)
                 await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
