@@ -329,6 +329,13 @@ class ReportRequested(Event):
         default=None,
         description="Set by Pressroom on a burst's child: the request it belongs to.",
     )
+    skip_if_empty: str | None = Field(
+        default=None,
+        pattern=r"^\w+(\.\w+)*$",
+        max_length=200,
+        description="A source name or dotted path into the fetched data: when it is empty or "
+        "missing, the run is recorded as `skipped` with the reason and nothing is sent.",
+    )
     burst_index: int | None = Field(
         default=None, ge=0, description="Set by Pressroom on a burst's child: its item's position."
     )
@@ -404,6 +411,7 @@ _NEWER_DEFAULTS: dict[str, Any] = {
     "burst": None,
     "parent": None,
     "burst_index": None,
+    "skip_if_empty": None,
 }
 
 
@@ -473,6 +481,17 @@ class BurstSent(_CarriesRequest):
     children: int = Field(description="Children sent now (a replay: those not yet delivered).")
     total: int = Field(description="Items in the list the burst goes over.")
     fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class RunSkipped(_CarriesRequest):
+    """The fetcher found the request's `skip_if_empty` data empty: nothing is rendered or sent."""
+
+    request: ReportRequested
+    reason: str
 
     @property
     def request_id(self) -> str:

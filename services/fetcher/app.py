@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from faststream import FastStream
 
@@ -12,9 +13,11 @@ from services.fetcher.burst import fan_out
 from services.fetcher.cache import SourceCache
 from services.fetcher.core import fetch_data, gather_context
 from services.fetcher.sources import DataSource, default_sources
+from shared.adapters.cancel import skip
 from shared.bus.topology import CACHE_BUCKET, FETCHER
 from shared.errors import PermanentError
-from shared.events import Event, ReportRequested
+from shared.events import Event, ReportRequested, RunSkipped
+from shared.firing import empty_reason
 from shared.schedules import check_not_forged, load_schedules
 from shared.settings import Settings, load_settings
 from shared.stage.app import Deps, Work, stage_app
@@ -41,18 +44,31 @@ def create_app(settings: Settings | None = None, *, deps: FetcherDeps | None = N
             if event.burst is not None:  # the data once, then one child per item
                 assert deps.ledger is not None and deps.publisher is not None
                 started = time.monotonic()
-                context = await gather_context(event, adapters, settings, cache)
+                data = await gather_context(event, adapters, settings, cache)
                 return await fan_out(
                     event,
-                    context,
+                    data,
                     ledger=deps.ledger,
                     publisher=deps.publisher,
                     store=deps.store,
                     settings=settings,
                     fetch_seconds=time.monotonic() - started,
                 )
+            context: dict[str, Any] | None = None
+            if event.skip_if_empty is not None:  # a schedule's run with nothing to say
+                assert deps.ledger is not None
+                context = await gather_context(event, adapters, settings, cache)
+                reason = empty_reason(context, event.skip_if_empty)
+                if reason is not None:
+                    await deps.ledger.update(event.request_id, skip(reason), event)
+                    return RunSkipped(request=event, reason=reason)
             return await fetch_data(
-                event, adapters=adapters, store=deps.store, settings=settings, cache=cache
+                event,
+                adapters=adapters,
+                store=deps.store,
+                settings=settings,
+                cache=cache,
+                context=context,
             )
 
         return work

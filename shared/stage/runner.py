@@ -47,6 +47,7 @@ from shared.events import (
     ReportFailed,
     ReportRendered,
     ReportRequested,
+    RunSkipped,
     claimed_child,
     claimed_request_id,
     claimed_requester,
@@ -261,7 +262,8 @@ class StageRunner:
                 next_event = await self._unless_cancelled(
                     request, self._in_time(deadline, request, work, event)
                 )
-                if not isinstance(next_event, BurstSent):  # its children went out on their own
+                # A burst's children went out on their own; a skipped run sends nothing.
+                if not isinstance(next_event, BurstSent | RunSkipped):
                     onward = (
                         next_event.request
                         if isinstance(next_event, DataReady | ReportRendered)

@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.ledger import KvLedger
 from shared.bus.identity import generate
+from shared.bus.topology import LEDGER_BUCKET
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -118,12 +120,11 @@ async def test_a_requester_over_its_limit_is_refused_at_once(fair_stack: Stack) 
         for rid in queued:  # long renders: both still queued when the third comes in
             await publish(gamma, {"request_id": rid, "template": "slow.html"})
 
+        ledger = KvLedger(await ops.jetstream().key_value(LEDGER_BUCKET))
+
         async def both_admitted() -> bool:
-            for rid in queued:
-                shown = stack.cli("status", rid, "--json")
-                if shown.returncode != 0 or "fetcher" not in json.loads(shown.stdout)["stages"]:
-                    return False
-            return True
+            entries = [await ledger.get(rid) for rid in queued]
+            return all(e is not None and "fetcher" in e.stages for e in entries)
 
         await eventually(both_admitted, timeout=60, every=0.2)
         third = unique("g")

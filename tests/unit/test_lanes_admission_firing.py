@@ -133,3 +133,26 @@ def test_a_burst_parent_settles_once_when_its_last_child_lands() -> None:
         assert entry is not None and entry.status == "delivered"
 
     asyncio.run(scenario())
+
+
+async def test_a_schedule_with_jitter_fires_that_much_later_in_every_replica() -> None:
+    from services.scheduler.app import tick
+    from shared.adapters.memory import MemoryPublisher
+    from shared.schedules import load_schedules
+    from shared.settings import Settings
+
+    spec = {"name": "hourly", "cron": "0 * * * *", "jitter": 600, "request": {"template": "t.html"}}
+    schedules = load_schedules([spec])
+    wait = jitter_seconds("hourly", 600)
+    fire = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    settings = Settings(schedule_grace=3600)
+    for replica in range(2):
+        publisher, kv = MemoryPublisher(), MemoryKeyValue()
+        await kv.put("hourly", (fire - timedelta(minutes=1)).isoformat().encode())
+        early = fire + timedelta(seconds=wait - 2)
+        assert await tick(publisher, kv, schedules, settings, early) == [], replica  # type: ignore[arg-type]
+        late = fire + timedelta(seconds=wait + 2)
+        fired = await tick(publisher, kv, schedules, settings, late)  # type: ignore[arg-type]
+        assert fired == ["hourly-20261122T1000Z"]
+        (body,) = publisher.decoded("report.requested")
+        assert body["requested_at"].startswith("2026-11-22T10:00:00")  # the fire keeps its time
