@@ -61,6 +61,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/import_graph.py
 
 format: install
 	$(BIN)/ruff format .

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from services.console.cluster import topology_streams
-from shared.bus.topology import DELIVERIES_BUCKET, LEDGER_BUCKET, OBJECT_BUCKET, STAGES, STREAM
+from shared.bus.names import DELIVERIES_BUCKET, LEDGER_BUCKET, OBJECT_BUCKET, STAGES, STREAM
 from shared.settings import Settings
 from tests.cluster import Cluster, Node, delivered_events
 from tests.helpers import REPO, Stack, eventually

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.bus.topology import STAGES, STREAM
+from shared.bus.names import STAGES, STREAM
 from tests.helpers import REPO, Stack, unique
 
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from services.renderer.core import build_context, make_job
-from services.renderer.pdf import RenderJob, RenderPool
+from services.renderer.job import RenderJob
+from services.renderer.pooled import RenderPool
 from shared.events import ReportRequested
 from shared.settings import Settings
 

@@ -23,9 +23,10 @@ from bench import longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
-from services.renderer.pdf import RenderJob, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import render_job
 from shared.adapters.ledger import KvLedger
-from shared.bus.topology import LEDGER_BUCKET
+from shared.bus.names import LEDGER_BUCKET
 from shared.events import ReportRequested
 from shared.settings import Settings
 from tests.helpers import REPO, Outcomes, Stack

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.plot import line_plot
 from services.renderer.core import build_context, make_job
-from services.renderer.pdf import RenderJob
+from services.renderer.job import RenderJob
 from shared.events import ReportRequested
 from shared.settings import Settings
 from tests.helpers import REPO, Outcomes, Stack
@@ -86,7 +86,8 @@ def _naive(data: list[dict[str, Any]]) -> list[tuple[float, float]]:
 
 def _warm(data: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """Pressroom's render function in a warm render process (RenderPool's initializer)."""
-    from services.renderer.pdf import _worker_init, render_job
+    from services.renderer.pdf import render_job
+    from services.renderer.pool import _worker_init
 
     _worker_init(0, True)
     times = []

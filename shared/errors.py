@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 from typing import Literal
 
+from nats import errors as nats_errors
+from nats.js import errors as js_errors
+
 
 class PressroomError(Exception):
     """Base of every error Pressroom raises on purpose; its message is meant for a human."""
@@ -86,8 +89,6 @@ def classify(error: BaseException) -> Verdict:
 
 def _classification() -> tuple[tuple[tuple[type[BaseException], ...], Verdict, str], ...]:
     # nats-py's errors are known only here, where nats is imported lazily.
-    from nats import errors as nats_errors
-    from nats.js import errors as js_errors
 
     return (
         *CLASSIFICATION[:2],

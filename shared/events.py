@@ -365,6 +365,7 @@ class ReportRequested(Event):
     @staticmethod
     def checked_locale(value: str) -> str:
         """The locale if Babel knows it, else a ValueError saying what a locale looks like."""
+        # Imported here: heavy locale data: only for a request that names a locale.
         from babel import Locale, UnknownLocaleError
 
         try:

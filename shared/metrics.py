@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
+from shared.bus.names import DLQ_STREAM, STREAM
 from shared.errors import (
     InvalidPayload,
     PermanentError,
@@ -31,7 +32,9 @@ from shared.errors import (
     TransientError,
 )
 from shared.events import Event, ReportRendered
-from shared.observe.telemetry import processing_failed
+from shared.observe.telemetry import processing_failed, prometheus_reader
+from shared.settings import SOURCE_KINDS
+from shared.templatefiles import template_names
 from shared.templatename import canonical_template
 
 if TYPE_CHECKING:
@@ -359,7 +362,6 @@ def schedule_state(
 
 async def observe_bus(js: Any, durable: str) -> None:
     """Refresh the gauges read from JetStream: a consumer's backlog, dead letters, storage."""
-    from shared.bus.topology import DLQ_STREAM, STREAM
 
     info = await js.consumer_info(STREAM, durable)
     consumer_pending(durable, int(info.num_pending or 0))
@@ -374,7 +376,6 @@ def scrape_handler(
     refresh: Callable[[], Awaitable[None]] | None = None, timeout: float = 3.0
 ) -> Callable[[str], Awaitable[tuple[bytes, str]]]:
     """What a worker's /metrics answers: fresh gauges (best effort), then every instrument."""
-    from shared.observe.telemetry import prometheus_reader
 
     async def scrape(accept: str) -> tuple[bytes, str]:
         if refresh is not None:
@@ -436,7 +437,6 @@ def prepare_worker(
     (`sources`: (name, kind) pairs; anything else is "other") and declare, at 0, every series
     this stage can emit for them: its stage outcomes, its failures, and the report outcomes,
     renders, sizes and fetches that only this stage records."""
-    from shared.settings import SOURCE_KINDS
 
     templates = sorted(set(templates))
     if templates:
@@ -490,7 +490,6 @@ def prepare_worker(
 def prepare_from_settings(stage: str, settings: Settings) -> None:
     """`prepare_worker` with what the operator configured: the templates folder, the named
     sources and the sources and names of the schedules in the config file."""
-    from shared.templatefiles import template_names
 
     sources = [(name, str(spec.get("kind", ""))) for name, spec in settings.sources.items()]
     schedules = []

@@ -29,6 +29,8 @@ from pydantic_settings import (
 )
 
 from shared.errors import PressroomError
+from shared.events import Delivery
+from shared.urls import public_url
 
 EMBEDDED_HOST = "127.0.0.1"
 ENV_PREFIX = "PRESSROOM_"
@@ -428,8 +430,6 @@ class Settings(BaseSettings):
     @field_validator("delivery_defaults")
     @classmethod
     def _deliveries_are_valid(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from shared.events import Delivery
-
         for item in value:
             Delivery.model_validate(item)
         return value
@@ -450,7 +450,6 @@ class Settings(BaseSettings):
     @property
     def bus_url_public(self) -> str:
         """The bus URL(s) as logs, health and errors may show them: no user:password@."""
-        from shared.adapters.egress import public_url
 
         return ",".join(public_url(url) for url in self.nats_servers)
 

@@ -23,7 +23,7 @@ from typing import Any
 import nats
 
 from services.console.embedded import ClusterRoutes, free_port, start_nats_server
-from shared.bus.topology import STREAM
+from shared.bus.names import STREAM
 from shared.events import REPORT_DELIVERED
 from tests.helpers import eventually, quiet
 
@@ -81,7 +81,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         if self.auth:
-            from shared.bus.identity import generate
+            from services.console.identities import generate
 
             generate(self.auth_dir, hosts=["localhost", "127.0.0.1"])
         for node in self.nodes:

@@ -196,7 +196,7 @@ class Stack:
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-        from shared.bus.topology import STREAM
+        from shared.bus.names import STREAM
 
         nc = await self.connect()
         js = nc.jetstream(timeout=2)
@@ -222,7 +222,7 @@ class Stack:
             await nc.close()
 
     def start_nats(self) -> None:
-        from shared.bus.identity import generate
+        from services.console.identities import generate
 
         if self.cluster is not None:
             self.auth = (

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from services.renderer.core import build_context, make_job
 from shared.errors import PressroomError
 from shared.events import ReportRequested
 from shared.settings import Settings
@@ -38,7 +39,6 @@ def adhoc_job(
 ) -> Any:
     """The render job for a template name or path: a path is the operator's own file, a name
     must be a listed template."""
-    from services.renderer.core import build_context, make_job
 
     folder, name = resolve_template(cfg, template)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from services.console.ops import Bus
+from services.console.busaccess import Bus
 from services.scheduler.app import fire
 from shared.bus.topology import JetStreamPublisher
 from shared.errors import PressroomError

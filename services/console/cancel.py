@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from services.console.ops import Bus
+from services.console.busaccess import Bus
 from shared.adapters.cancel import MESSAGES, apply_cancel
-from shared.bus.topology import DELIVERIES_BUCKET
+from shared.bus.names import DELIVERIES_BUCKET
 from shared.errors import PressroomError
 from shared.events import REQUEST_ID_PATTERN, utcnow
 

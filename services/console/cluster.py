@@ -15,8 +15,7 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from shared.adapters.egress import public_url
-from shared.bus.topology import (
+from shared.bus.names import (
     ADVISORY_STREAM,
     CACHE_BUCKET,
     DELIVERIES_BUCKET,
@@ -26,9 +25,10 @@ from shared.bus.topology import (
     RENDER_CACHE_BUCKET,
     SCHEDULES_BUCKET,
     STREAM,
-    connect,
 )
+from shared.bus.topology import connect
 from shared.settings import Settings
+from shared.urls import public_url
 
 PROBE_TIMEOUT = 2.0
 SILENT_AFTER = 3.0  # seconds without a word from a replica: it is away, not merely behind

@@ -11,9 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 
+from services.distributor.app import create_app as distributor
+from services.fetcher.app import create_app as fetcher
+from services.renderer.app import create_app as renderer
 from shared.events import DLQ_PREFIX, EVENT_MODELS, SCHEMA_VERSION, DeadLetter
+from shared.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -89,12 +94,6 @@ def event_schemas() -> dict[str, dict[str, Any]]:
 
 def asyncapi() -> dict[str, Any]:
     """FastStream's AsyncAPI 3.0 document for the three services, with our payload schemas."""
-    from faststream.specification import AsyncAPI
-
-    from services.distributor.app import create_app as distributor
-    from services.fetcher.app import create_app as fetcher
-    from services.renderer.app import create_app as renderer
-    from shared.settings import Settings
 
     settings = Settings(nats_url="nats://nats:4222")
     brokers = [app.broker for app in (c(settings) for c in (fetcher, renderer, distributor))]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import yaml
 
 from shared.errors import PressroomError
@@ -191,8 +192,6 @@ def parse_alerts(answer: dict[str, Any], *, include_pending: bool = False) -> li
 
 
 async def active_alerts(url: str, *, include_pending: bool = False) -> list[Alert]:
-    import httpx
-
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(f"{url}/api/v1/alerts")

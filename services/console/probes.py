@@ -6,8 +6,13 @@ import asyncio
 import json
 import re
 import time
+from email.message import EmailMessage
 from typing import Any
 
+from services.distributor.channels.email import smtp_session, validate_addresses
+from services.distributor.channels.webhook import WebhookChannel
+from services.fetcher.core import gather_context
+from services.fetcher.sources import default_sources
 from shared.errors import PressroomError
 from shared.events import ReportRequested, Source
 from shared.settings import Settings
@@ -15,9 +20,6 @@ from shared.settings import Settings
 
 async def check_email(cfg: Settings, to: str | None) -> str:
     """Connect, STARTTLS, log in (as configured) and optionally send a test message."""
-    from email.message import EmailMessage
-
-    from services.distributor.channels.email import smtp_session, validate_addresses
 
     if not cfg.smtp_host:
         raise PressroomError("PRESSROOM_SMTP_HOST is not set")
@@ -46,7 +48,6 @@ async def check_email(cfg: Settings, to: str | None) -> str:
 
 async def check_webhook(cfg: Settings, url: str) -> str:
     """Send a signed test ping, under the same SSRF rules as a delivery."""
-    from services.distributor.channels.webhook import WebhookChannel
 
     body = json.dumps({"type": "pressroom.test"}).encode()
     try:
@@ -61,8 +62,6 @@ async def check_webhook(cfg: Settings, url: str) -> str:
 async def fetch_source(cfg: Settings, name: str) -> tuple[Any, float]:
     """One configured source fetched now, exactly as a request naming it (`source: NAME`)
     would — the operator's, trusted — with the seconds it took."""
-    from services.fetcher.core import gather_context
-    from services.fetcher.sources import default_sources
 
     if name not in cfg.sources:
         known = ", ".join(sorted(cfg.sources)) or "none configured"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.adapters.ledger import LedgerEntry
-from shared.bus.topology import STAGES as BUS_STAGES
+from shared.bus.names import STAGES as BUS_STAGES
 from shared.events import utcnow
 from shared.templatename import canonical_template
 

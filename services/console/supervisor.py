@@ -16,8 +16,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from services.console.embedded import (
+    DataDirInUse,
+    free_port,
+    lock_data_dir,
+    port_open,
+    start_nats_server,
+)
+from services.console.identities import generate
+from services.console.monitoring import MonitoringUnavailable, start_prometheus, write_targets
+from shared.bus.identity import embedded_auth_dir
+from shared.bus.topology import connect
 from shared.errors import PressroomError
 from shared.events import ReportRequested
+from shared.secretenv import for_role
 from shared.settings import Settings
 
 SERVICES = ("scheduler", "fetcher", "renderer", "distributor")
@@ -90,7 +102,6 @@ class Supervisor:
 
     def start_bus(self) -> None:
         """Hold the data folder, then (embedded) start nats-server with one identity per role."""
-        from services.console.embedded import DataDirInUse, lock_data_dir, start_nats_server
 
         try:
             self._lock = lock_data_dir(self.cfg.data_dir)
@@ -98,7 +109,6 @@ class Supervisor:
             raise PressroomError(str(error)) from None
         if not self.cfg.embedded:
             return
-        from shared.bus.identity import embedded_auth_dir, generate
 
         # The embedded bus is locked like any other, and every process (and the CLI later)
         # finds its own key in the data folder.
@@ -115,7 +125,6 @@ class Supervisor:
 
     def start_workers(self) -> None:
         """One process per replica, each with its own health port, listed in workers.json."""
-        from services.console.embedded import free_port
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name, count in self.counts.items():
@@ -198,7 +207,6 @@ class Supervisor:
     def worker_env(self, role: str) -> dict[str, str]:
         """A worker's environment: its own role's seed (not the folder that holds ops.nk) and
         none of the other roles' secrets."""
-        from shared.secretenv import for_role
 
         env = for_role(self.env, role)
         folder = env.pop("PRESSROOM_NATS_CREDENTIALS_DIR", None)
@@ -209,12 +217,6 @@ class Supervisor:
     def start_prometheus(self, port: int | None) -> str | None:
         """targets.json for any Prometheus; with a port, the embedded one. Its URL, or None;
         a PressroomError says why it could not start."""
-        from services.console.embedded import free_port, port_open
-        from services.console.monitoring import (
-            MonitoringUnavailable,
-            start_prometheus,
-            write_targets,
-        )
 
         folder = self.cfg.data_dir / "prometheus"
         write_targets(folder, self.registry)
@@ -290,8 +292,6 @@ class OutcomeCounter:
 
     def _run(self, cfg: Settings) -> None:
         async def main() -> None:
-            from shared.bus.topology import connect
-
             async def quiet(error: Exception) -> None:
                 """Services log the bus's troubles; the status line stays clean."""
 

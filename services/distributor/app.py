@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from faststream import FastStream
 
-from services.distributor.channels import Channel, default_channels
+from services.distributor.channels import default_channels
 from services.distributor.core import distribute
+from services.distributor.parcel import Channel
 from services.distributor.targets import TargetLimits
-from shared.bus.topology import DELIVERIES_BUCKET, DISTRIBUTOR
+from shared.bus.names import DELIVERIES_BUCKET, DISTRIBUTOR
 from shared.events import Event, ReportRendered
 from shared.metrics import storage
 from shared.settings import Settings, load_settings

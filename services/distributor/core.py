@@ -9,7 +9,7 @@ from contextlib import nullcontext
 
 from nats.js.errors import KeyNotFoundError
 
-from services.distributor.channels import Channel, Parcel
+from services.distributor.parcel import Channel, Parcel
 from services.distributor.targets import TargetLimits, caller_of, target_of
 from shared.adapters.store import ArtefactStore, artefact_key
 from shared.bus.kv import KeyValue

@@ -14,7 +14,7 @@ from services.fetcher.cache import SourceCache
 from services.fetcher.core import fetch_data, gather_context
 from services.fetcher.sources import DataSource, default_sources
 from shared.adapters.cancel import skip
-from shared.bus.topology import CACHE_BUCKET, FETCHER
+from shared.bus.names import CACHE_BUCKET, FETCHER
 from shared.errors import PermanentError
 from shared.events import Event, ReportRequested, RunSkipped
 from shared.firing import empty_reason

@@ -11,9 +11,9 @@ from typing import Any
 from faststream import FastStream
 
 from services.renderer.core import render_report
-from services.renderer.pdf import RenderPool
+from services.renderer.pooled import RenderPool
 from services.renderer.templating import validate_in_folder
-from shared.bus.topology import RENDER_CACHE_BUCKET, RENDERER
+from shared.bus.names import RENDER_CACHE_BUCKET, RENDERER
 from shared.events import DataReady, Event
 from shared.metrics import template_problems
 from shared.settings import Settings, load_settings

@@ -203,6 +203,7 @@ def _count_draws() -> None:
     """Count every SVG element WeasyPrint draws (it has no hook for it: wrap its one method)."""
     if _counting:
         return
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint.svg import SVG
 
     draw_node = SVG.draw_node

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from services.renderer import fonts, warm
+from services.renderer.job import SplitAborted
+from services.renderer.sandbox import fetcher_class, weasyprint_errors
 from shared.errors import PressroomError, RenderTimeout
 
 POLL_SECONDS = (0.002, 0.005, 0.01, 0.02)
@@ -39,10 +41,6 @@ POLL_SECONDS = (0.002, 0.005, 0.01, 0.02)
 
 class SplitUnsupported(PressroomError):
     """This document cannot be split exactly: render it in one piece (the reason says why)."""
-
-
-class SplitAborted(PressroomError):
-    """Another chunk of the same report failed; this one stopped waiting for it."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +135,7 @@ def _body_rows(table_element: Any) -> tuple[Any, list[Any]]:
 
 
 def _find_group(box: Any, element: Any, path: list[int]) -> list[int] | None:
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint.formatting_structure import boxes
 
     if isinstance(box, boxes.TableRowGroupBox) and box.element is element:
@@ -152,6 +151,7 @@ def _find_group(box: Any, element: Any, path: list[int]) -> list[int] | None:
 
 def _check_ancestors(root: Any, path: list[int]) -> Any:
     """The boxes from the root to the row group must paginate like plain blocks; returns it."""
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint.formatting_structure import boxes
 
     box = root
@@ -206,6 +206,7 @@ def _global_widths(
     cells: dict[int, int], widths: tuple[list[float], list[float]]
 ) -> Iterator[None]:
     """Cells of the table's window report the whole table's column min/max-content widths."""
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint.layout import preferred
 
     original = preferred.table_cell_min_max_content_width
@@ -239,6 +240,7 @@ class CellCache:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
+        # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
         from weasyprint.layout import block
 
         original = block.block_container_layout
@@ -290,6 +292,7 @@ class CellCache:
 @contextlib.contextmanager
 def _fonts_once(rendezvous: Rendezvous, decisions: dict[str, tuple[bool, int]]) -> Iterator[None]:
     """Before WeasyPrint embeds the fonts, chunks agree which one embeds each, with all glyphs."""
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     import weasyprint.pdf as wpdf
 
     original = wpdf.build_fonts_dictionary
@@ -351,9 +354,8 @@ def layout_chunk(job: ChunkJob) -> ChunkResult:
 
 
 def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
-    from services.renderer.pdf import _fetcher_class, weasyprint_errors
-
     fonts.configure(job.font_dirs)
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint import DEFAULT_OPTIONS, HTML
     from weasyprint.css.counters import CounterStyle
     from weasyprint.document import Document, Page
@@ -370,7 +372,7 @@ def _layout_chunk(job: ChunkJob, rendezvous: Rendezvous) -> ChunkResult:
     clock = time.perf_counter()
     cpu = time.process_time()
     last = job.index == job.count - 1
-    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    fetcher = fetcher_class()(Path(job.templates_dir), job.asset_allow)
     with weasyprint_errors(), fonts.glyph_watch() as missing:
         html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
         options = dict(DEFAULT_OPTIONS)

@@ -12,14 +12,8 @@ from typing import Any, Protocol
 from nats.js.errors import KeyNotFoundError
 
 from services.renderer.fonts import FONT_SET, extra_dirs_from
-from services.renderer.pdf import (
-    Analysis,
-    PageDefaults,
-    RenderJob,
-    RenderOutput,
-    analyse_job,
-    render_job,
-)
+from services.renderer.job import Analysis, PageDefaults, RenderJob, RenderOutput
+from services.renderer.pdf import analyse_job, render_job
 from services.renderer.splitplan import split_mode
 from services.renderer.templating import bytecode_cache_dir, files_unchanged
 from shared.adapters.store import (

@@ -9,6 +9,7 @@ variable ones: WeasyPrint re-instantiates every variable font it embeds, on ever
 
 from __future__ import annotations
 
+import ctypes.util
 import hashlib
 import logging
 import os
@@ -241,7 +242,6 @@ def harfbuzz_subset_available() -> bool:
     Without it a report with Chinese, Japanese or Korean text takes 10-25 s longer: fontTools
     reads the whole 65,535-glyph CJK font on every render.
     """
-    import ctypes.util
 
     name = ctypes.util.find_library("harfbuzz-subset")
     if not name:
@@ -291,6 +291,7 @@ def glyph_watch() -> Iterator[Counter[int]]:
 
 def script_of(char: str) -> str:
     """The Unicode script of a character as a person reads it: 'Han', 'Arabic', 'private use'."""
+    # Imported here: heavy (font tables): only font inspection.
     from fontTools import unicodedata as ucd
 
     category = unicodedata.category(char)
@@ -362,6 +363,7 @@ class Family:
 def _fontconfig_fonts() -> list[tuple[str, str, Path]] | None:
     """(family, style, file) of every font fontconfig sees with the renderer's configuration."""
     try:
+        # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
         from weasyprint.text.ffi import ffi, fontconfig
     except Exception:  # no Pango here: fall back to our own folders
         return None
@@ -384,6 +386,7 @@ def _fontconfig_fonts() -> list[tuple[str, str, Path]] | None:
 
 
 def _scan_dirs(dirs: Sequence[Path]) -> list[tuple[str, str, Path]]:
+    # Imported here: heavy (font tables): only font inspection.
     from fontTools.ttLib import TTCollection, TTFont
 
     found = []
@@ -410,6 +413,7 @@ def _scan_dirs(dirs: Sequence[Path]) -> list[tuple[str, str, Path]]:
 
 def _scripts_in(path: Path, min_chars: int) -> Counter[str]:
     """Scripts a font file covers (a collection's first face: its faces cover the same ones)."""
+    # Imported here: heavy (font tables): only font inspection.
     from fontTools import unicodedata as ucd
     from fontTools.ttLib import TTCollection, TTFont
 
@@ -429,6 +433,7 @@ def _scripts_in(path: Path, min_chars: int) -> Counter[str]:
 
 def families(extra: Sequence[str | Path] = (), *, scripts: bool = True) -> list[Family]:
     """The families the renderer will use, bundled ones first, with the scripts each covers."""
+    # Imported here: heavy (font tables): only font inspection.
     from fontTools import unicodedata as ucd
 
     configure(extra)

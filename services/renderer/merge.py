@@ -18,6 +18,7 @@ PDF_SCALE = 0.75  # PDF points per CSS pixel, as WeasyPrint writes pages
 
 def merge_chunks(results: list[ChunkResult]) -> tuple[bytes, int]:
     """The merged PDF and its page count (runs in a render process)."""
+    # Imported here: heavy: only a split report is merged.
     from pypdf import PdfReader, PdfWriter
     from pypdf.generic import NameObject
 
@@ -75,6 +76,7 @@ def merge_chunks(results: list[ChunkResult]) -> tuple[bytes, int]:
 
 def _drop_unreachable(writer: Any) -> None:
     """Forget objects nothing reaches any more (the fonts other chunks embedded for all)."""
+    # Imported here: heavy: only a split report is merged.
     from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
 
     objects = writer._objects
@@ -108,6 +110,7 @@ class _Bookmarked:
 
 def _outline(writer: Any, pages: list[Any]) -> None:
     """The document outline, built from every page's headings as WeasyPrint builds it."""
+    # Imported here: heavy: only a split report is merged.
     from pypdf.generic import Fit
     from weasyprint.anchors import make_page_bookmark_tree
     from weasyprint.matrix import Matrix

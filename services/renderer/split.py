@@ -16,27 +16,23 @@ cannot reproduce exactly (SplitUnsupported) is rendered in one piece instead.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from services.renderer import fonts, splitplan
 from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported, layout_chunk
+from services.renderer.job import RenderJob, RenderOutput
 from services.renderer.merge import merge_chunks
-from services.renderer.pdf import (
-    RenderJob,
-    RenderOutput,
-    RenderPool,
-    _fetcher_class,
-    base_folder,
-    check_output_size,
-    job_analysis,
-    pdf_output,
-    render_html,
-)
+from services.renderer.pdf import base_folder, job_analysis, pdf_output, render_html
+from services.renderer.pool import CappedPool
+from services.renderer.sandbox import check_output_size, fetcher_class
 from shared.errors import PressroomError
 from shared.observe.logging import get_logger
 
@@ -70,7 +66,6 @@ def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
 
 def chunks_supported() -> bool:
     """chunks.py drives WeasyPrint's internals: only the major version it was written for."""
-    from importlib.metadata import version
 
     return version("weasyprint").split(".")[0] == WEASYPRINT_MAJOR
 
@@ -129,9 +124,8 @@ def plan_chunks(
 
 def _stylesheets(job: RenderJob, base: Path, document: splitplan.Document) -> list[str] | None:
     """Inline CSS and the linked stylesheets (through the template's own URL fetcher)."""
-    from urllib.parse import urljoin
 
-    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    fetcher = fetcher_class()(Path(job.templates_dir), job.asset_allow)
     texts = list(document.css)
     pending = [urljoin(f"file://{base}/", href) for href in document.stylesheets if href]
     seen: set[str] = set()
@@ -153,7 +147,7 @@ def _stylesheets(job: RenderJob, base: Path, document: splitplan.Document) -> li
 
 
 # ---- in the service (or the CLI) --------------------------------------------------------------
-async def render(pool: RenderPool, job: RenderJob) -> RenderOutput:
+async def render(pool: CappedPool, job: RenderJob) -> RenderOutput:
     """The report's PDF, split across the pool's processes when that pays off."""
     started = time.monotonic()
     result = await pool.run(render_or_plan, job, pool.workers, label=job.template)
@@ -178,7 +172,7 @@ async def render(pool: RenderPool, job: RenderJob) -> RenderOutput:
 
 
 async def _render_split(
-    pool: RenderPool, job: RenderJob, plan: SplitPlan, started: float
+    pool: CappedPool, job: RenderJob, plan: SplitPlan, started: float
 ) -> RenderOutput:
     # One timeout for the whole report: what Jinja and planning took is spent already.
     def remaining() -> float:
@@ -225,11 +219,10 @@ async def _render_split(
 
 def render_capped(job: RenderJob, settings: Any) -> RenderOutput:
     """`pressroom render`: the service's render, in PRESSROOM_RENDER_WORKERS capped processes."""
-    import asyncio
 
     async def once() -> RenderOutput:
         workers = settings.render_workers if "pdf" in job.formats else 1
-        pool = RenderPool(
+        pool = CappedPool(
             workers,
             memory_mb=settings.render_memory_mb,
             timeout=settings.render_timeout,

@@ -89,6 +89,7 @@ def shared_font_config() -> Any:
     key = _fontconfig_file()
     config = _shared.get(key)
     if config is None:
+        # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
         from weasyprint.text.fonts import FontConfiguration
 
         class SharedFonts(FontConfiguration):  # type: ignore[misc]
@@ -104,6 +105,7 @@ def template_font_config(scope: str) -> Any:
     key = (_fontconfig_file(), scope)
     config = _scoped.get(key)
     if config is None:
+        # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
         from weasyprint.text.fonts import FontConfiguration
 
         config = _scoped.put(key, FontConfiguration())
@@ -135,6 +137,7 @@ def page_css(text: str, url_fetcher: Any) -> Any:
     """The parsed page-defaults stylesheet (it has no URLs: the fetcher never runs)."""
     css = _page_css.get(text)
     if css is None:
+        # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
         from weasyprint import CSS
 
         css = _page_css.put(text, CSS(string=text, url_fetcher=url_fetcher))
@@ -144,6 +147,7 @@ def page_css(text: str, url_fetcher: Any) -> Any:
 def _cached_find_stylesheets(original: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
     """WeasyPrint's find_stylesheets (version 70, one pass over `<style>` and `<link>` as it
     does), with each plain `<style>` parsed once per process."""
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint import CSS
     from weasyprint.css import get_child_text, media_queries
     from weasyprint.html import element_has_link_type, parse_url
@@ -223,6 +227,7 @@ def install_stylesheet_cache() -> None:
     """Parse each template's `<style>` once per process (idempotent)."""
     if _installed:
         return
+    # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     import weasyprint.css as wcss
 
     wcss.find_stylesheets = _cached_find_stylesheets(wcss.find_stylesheets)

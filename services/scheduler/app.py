@@ -26,15 +26,8 @@ from services.scheduler.state import is_paused, record_config
 from services.scheduler.watch import ScheduleWatch
 from shared.adapters.ledger import KvLedger
 from shared.bus.identity import secret_of
-from shared.bus.topology import (
-    LEDGER_BUCKET,
-    SCHEDULES_BUCKET,
-    STREAM,
-    JetStreamPublisher,
-    Publisher,
-    encode,
-    msg_id,
-)
+from shared.bus.names import LEDGER_BUCKET, SCHEDULES_BUCKET, STREAM, msg_id
+from shared.bus.topology import JetStreamPublisher, Publisher, encode
 from shared.events import REPORT_REQUESTED, ReportRequested, request_fingerprint
 from shared.metrics import scrape_handler
 from shared.observe.health import CheckResult, HealthServer

@@ -15,6 +15,7 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from services.scheduler.state import is_paused
 from shared.adapters.ledger import Ledger
 from shared.metrics import schedule_state
 from shared.schedules import Schedule
@@ -69,8 +70,6 @@ class ScheduleWatch:
         return known[1] if known else 0.0
 
     async def refresh(self, now: datetime) -> None:
-        from services.scheduler.state import is_paused
-
         for schedule in self.schedules:
             if not schedule.enabled or await is_paused(self.kv, schedule.name):
                 continue  # a paused schedule owes nothing (no missed-report alert)

@@ -20,14 +20,17 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import certifi
 import httpx
 
 from shared.adapters.netpolicy import IPAddress, allow_listed
 from shared.errors import PermanentError, PressroomError, TransientError
+from shared.urls import public_url
 
 # 425 Too Early and 408 Request Timeout are worth another try, like 429 and the 5xx gateways.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -76,18 +79,6 @@ def origin_of(url: str) -> Origin:
     except ValueError:
         raise PermanentError(f"'{public_url(url)}' has an invalid port") from None
     return Origin(scheme, parts.hostname.lower(), port)
-
-
-def public_url(url: str) -> str:
-    """The URL without user:password@ — what may appear in logs, reasons and health output."""
-    try:
-        parts = urlsplit(url if "://" in url else f"nats://{url}")  # a bare host:port, too
-    except ValueError:
-        return "<invalid url>"
-    if "@" not in parts.netloc:
-        return url
-    shown = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return shown if "://" in url else shown.removeprefix("nats://")
 
 
 def is_public(address: IPAddress) -> bool:
@@ -207,7 +198,6 @@ def retry_after_seconds(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    from datetime import UTC, datetime
 
     delta = (when - datetime.now(UTC)).total_seconds()
     return min(max(delta, 0.0), MAX_RETRY_AFTER)
@@ -235,8 +225,6 @@ def tls_context() -> ssl.SSLContext:
     """One verifying TLS context per process: building one reads the CA bundle (~30 ms of CPU),
     far too much to do per request on an event loop."""
     if not _TLS:
-        import certifi
-
         _TLS.append(ssl.create_default_context(cafile=certifi.where()))
     return _TLS[0]
 

@@ -16,6 +16,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from pydantic import BaseModel, Field, model_validator
 
 from shared.burst import BurstTally
+from shared.bus.names import LEDGER_BUCKET
+from shared.bus.topology import kv_snapshot
 from shared.events import (
     Artefact,
     ChannelResult,
@@ -577,8 +579,6 @@ class KvLedger:
     async def entries(self) -> list[LedgerEntry]:
         """Every entry; a value that is not an entry is listed as a `conflict` entry."""
         if self._js is not None:
-            from shared.bus.topology import LEDGER_BUCKET, kv_snapshot
-
             values = await kv_snapshot(self._js, LEDGER_BUCKET)
             return [parse_entry(k, v) for k, v in values.items() if v]
         try:

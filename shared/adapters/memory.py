@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -115,8 +116,6 @@ class MemoryPublisher:
         return [m for m in self.messages if m.subject == subject]
 
     def decoded(self, subject: str) -> list[Any]:
-        import json
-
         return [json.loads(m.body) for m in self.on(subject)]
 
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
+from nats.js import api
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+from urllib3.exceptions import HTTPError
+
+from shared.bus.names import OBJECT_BUCKET
 from shared.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -109,14 +116,10 @@ class ObjectStoreArtefacts:
     async def put(
         self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
     ) -> None:
-        from nats.js import api
-
         headers = {"Content-Type": content_type, **{k: str(v) for k, v in (metadata or {}).items()}}
         await self._store.put(key, data, meta=api.ObjectMeta(name=key, headers=headers))
 
     async def get(self, key: str) -> bytes:
-        from nats.js.errors import ObjectNotFoundError
-
         try:
             result = await self._store.get(key)
         except ObjectNotFoundError:
@@ -124,16 +127,12 @@ class ObjectStoreArtefacts:
         return result.data or b""
 
     async def delete(self, key: str) -> None:
-        from nats.js.errors import ObjectNotFoundError
-
         try:
             await self._store.delete(key)
         except ObjectNotFoundError:
             return
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
-        from nats.js.errors import NotFoundError
-
         try:
             infos = await self._store.list(ignore_deletes=True)
         except NotFoundError:
@@ -168,8 +167,6 @@ def _parse_time(value: str | None) -> datetime | None:
 def plain_http_s3_warning(settings: Settings) -> str | None:
     """Why S3 credentials would go over plain HTTP to another machine, or None: a worker says
     so at start (PRESSROOM_S3_SECURE=false with a non-loopback endpoint and keys)."""
-    import ipaddress
-    from urllib.parse import urlsplit
 
     endpoint = settings.s3_endpoint
     if not endpoint or settings.s3_secure or not settings.s3_access_key:
@@ -215,8 +212,8 @@ class S3Artefacts:
 
     async def _call(self, fn: object, *args: object, key: str = "", **kwargs: object) -> object:
         """Run a blocking minio call in a thread; `key` names the object in error reasons."""
+        # Imported here: only with the S3 store (start-up time).
         from minio.error import S3Error
-        from urllib3.exceptions import HTTPError
 
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
@@ -315,7 +312,6 @@ async def open_store(settings: Settings, js: object | None) -> ArtefactStore:
         store = S3Artefacts.from_settings(settings)
         await store.ensure_bucket()
         return store
-    from shared.bus.topology import OBJECT_BUCKET
 
     assert js is not None, "the object-store backend needs a JetStream context"
     return ObjectStoreArtefacts(await js.object_store(OBJECT_BUCKET))  # type: ignore[attr-defined]

@@ -1,19 +1,11 @@
-"""How Pressroom's clients live through a NATS node going away: say so, reconnect, retry.
-
-A client is given every node (`PRESSROOM_NATS_URL` is a comma-separated list) and reconnects
-to any of them for ever; each disconnect and reconnect is one log line naming the server
-(never its credentials). A JetStream publish that finds no stream leader (an election after a
-node died takes seconds) is retried with the same `Nats-Msg-Id` until the new leader answers:
-the stream de-duplicates, and the stage keeps its message instead of handing it back.
-"""
+"""How Pressroom's clients live through a NATS node going away: say so, reconnect, retry."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from nats.errors import (
     NoRespondersError,
@@ -22,24 +14,20 @@ from nats.errors import (
     UnexpectedEOF,
 )
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
-from shared.adapters.egress import public_url
 from shared.observe.logging import get_logger
+from shared.urls import public_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
-    from nats.js.kv import KeyValue
 
-    from shared.adapters.ledger import ClaimResult, Ledger, LedgerEntry
-    from shared.adapters.store import ArtefactStore, StoredObject
-    from shared.bus.topology import Publisher
-    from shared.events import Event, ReportRequested
 
 T = TypeVar("T")
 
+
 log = get_logger("pressroom.bus")
+
 
 # What a publish sees while the stream has no leader or the client is between servers.
 LEADERLESS: tuple[type[BaseException], ...] = (
@@ -49,7 +37,11 @@ LEADERLESS: tuple[type[BaseException], ...] = (
     NoStreamResponseError,  # a publish nobody answered: the stream has no leader (yet)
     ServiceUnavailableError,
 )
+
+
 RETRY_EVERY = 0.25
+
+
 ERROR_LOG_EVERY = 10.0  # seconds between lines while no server can be reached at all
 
 
@@ -157,191 +149,6 @@ async def patient(call: Callable[[], Awaitable[T]], *, patience: float, what: st
         if attempt > 1:
             log.info("went through after a failover", operation=what, attempts=attempt)
         return result
-
-
-class FailoverPublisher:
-    """A Publisher that rides out a leader election by retrying with the same message id."""
-
-    def __init__(self, inner: Publisher, *, patience: float) -> None:
-        self._inner = inner
-        self._patience = patience
-
-    async def publish(
-        self, subject: str, body: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
-    ) -> api.PubAck:
-        return await patient(
-            lambda: self._inner.publish(subject, body, msg_id=msg_id, headers=headers),
-            patience=self._patience,
-            what=f"publish {subject}",
-        )
-
-
-class FailoverLedger:
-    """A Ledger whose KV reads and compare-and-set updates ride out a leader election."""
-
-    def __init__(self, inner: Ledger, *, patience: float) -> None:
-        self._inner = inner
-        self._patience = patience
-
-    async def get(self, request_id: str) -> LedgerEntry | None:
-        return await patient(
-            lambda: self._inner.get(request_id), patience=self._patience, what="ledger get"
-        )
-
-    async def update(
-        self,
-        request_id: str,
-        change: Callable[[LedgerEntry], tuple[LedgerEntry | None, Any]],
-        request: ReportRequested | None = None,
-    ) -> Any:
-        return await patient(
-            lambda: self._inner.update(request_id, change, request),
-            patience=self._patience,
-            what="ledger update",
-        )
-
-    async def claim(
-        self,
-        request_id: str,
-        stage: str,
-        *,
-        seq: int,
-        attempt: int,
-        request: ReportRequested,
-        worker: str | None = None,
-        record: bool = True,
-    ) -> ClaimResult:
-        return await patient(
-            lambda: self._inner.claim(
-                request_id,
-                stage,
-                seq=seq,
-                attempt=attempt,
-                request=request,
-                worker=worker,
-                record=record,
-            ),
-            patience=self._patience,
-            what="ledger claim",
-        )
-
-    async def finish(
-        self,
-        request_id: str,
-        stage: str,
-        *,
-        seconds: float,
-        event: Event,
-        seq: int | None = None,
-        attempt: int | None = None,
-        worker: str | None = None,
-    ) -> LedgerEntry | None:
-        """The entry if this finish settled the report (it counts the report's duration)."""
-        return await patient(
-            lambda: self._inner.finish(
-                request_id,
-                stage,
-                seconds=seconds,
-                event=event,
-                seq=seq,
-                attempt=attempt,
-                worker=worker,
-            ),
-            patience=self._patience,
-            what="ledger finish",
-        )
-
-    async def fail(
-        self,
-        request_id: str,
-        stage: str,
-        *,
-        reason: str,
-        seq: int | None = None,
-        attempt: int | None = None,
-    ) -> LedgerEntry | None:
-        return await patient(
-            lambda: self._inner.fail(request_id, stage, reason=reason, seq=seq, attempt=attempt),
-            patience=self._patience,
-            what="ledger fail",
-        )
-
-    async def retrying(
-        self, request_id: str, stage: str, *, reason: str, seq: int, attempt: int
-    ) -> None:
-        await self._inner.retrying(request_id, stage, reason=reason, seq=seq, attempt=attempt)
-
-    async def entries(self) -> list[LedgerEntry]:
-        return await self._inner.entries()
-
-
-class FailoverKV:
-    """A KV bucket (deliveries, caches) whose reads and writes ride out a leader election."""
-
-    def __init__(self, inner: KeyValue, *, patience: float) -> None:
-        self._inner = inner
-        self._patience = patience
-
-    async def get(self, key: str) -> KeyValue.Entry:
-        return await patient(lambda: self._inner.get(key), patience=self._patience, what="kv get")
-
-    async def put(self, key: str, value: bytes) -> int:
-        return await patient(
-            lambda: self._inner.put(key, value), patience=self._patience, what="kv put"
-        )
-
-    # Compare-and-set (the admission counts): a wrong revision is an answer, not a failure.
-    async def create(self, key: str, value: bytes) -> int:
-        inner: Any = self._inner
-        result: int = await patient(
-            lambda: inner.create(key, value), patience=self._patience, what="kv create"
-        )
-        return result
-
-    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
-        inner: Any = self._inner
-        result: int = await patient(
-            lambda: inner.update(key, value, last=last), patience=self._patience, what="kv update"
-        )
-        return result
-
-
-class FailoverStore:
-    """An ArtefactStore (the JetStream object store) that rides out a leader election."""
-
-    def __init__(self, inner: ArtefactStore, *, patience: float) -> None:
-        self._inner = inner
-        self._patience = patience
-
-    @property
-    def backend(self) -> str:
-        return type(self._inner).__name__
-
-    async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
-    ) -> None:
-        await patient(
-            lambda: self._inner.put(key, data, content_type=content_type, metadata=metadata),
-            patience=self._patience,
-            what="artefact put",
-        )
-
-    async def get(self, key: str) -> bytes:
-        return await patient(
-            lambda: self._inner.get(key), patience=self._patience, what="artefact get"
-        )
-
-    async def delete(self, key: str) -> None:
-        await self._inner.delete(key)
-
-    async def list(self, prefix: str = "") -> list[StoredObject]:
-        return await self._inner.list(prefix)
-
-    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
-        return await self._inner.presign(key, expires)
-
-    async def check(self) -> None:
-        await self._inner.check()
 
 
 def describe_error(error: BaseException) -> str:

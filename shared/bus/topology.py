@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.client import Client
@@ -20,28 +19,34 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel
 
-from shared.bus.identity import (
-    REFUSALS,
-    TENANT_NAME,
-    BusRefused,
-    identity,
-    tenant_outcomes,
+from shared.bus.failover import ConnectionEvents
+from shared.bus.identity import REFUSALS, TENANT_NAME, BusRefused, identity, tenant_outcomes
+from shared.bus.names import (
+    ADMISSION_BUCKET,
+    ADVISORY_STREAM,
+    CACHE_BUCKET,
+    DELIVERIES_BUCKET,
+    DLQ_STREAM,
+    LANE_SUBJECTS,
+    LEDGER_BUCKET,
+    MAX_DELIVERIES_ADVISORY,
+    MSG_ID,
+    OBJECT_BUCKET,
+    RENDER_CACHE_BUCKET,
+    SCHEDULES_BUCKET,
+    STAGES,
+    STREAM,
+    StageSpec,
 )
 from shared.errors import PressroomError
 from shared.events import (
-    DATA_READY,
     DLQ_PREFIX,
-    LANE_PREFIX,
-    LANED_SUBJECTS,
     LANES,
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
     REPORT_FAILED,
-    REPORT_RENDERED,
-    REPORT_REQUESTED,
     TENANT_REQUESTS,
     claimed_request_id,
-    lane_subject,
     tenant_lane_requests,
 )
 from shared.observe.logging import get_logger
@@ -53,70 +58,6 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = get_logger("pressroom.bus")
-
-STREAM = "PRESSROOM"
-DLQ_STREAM = "PRESSROOM_DLQ"
-ADVISORY_STREAM = "PRESSROOM_ADVISORIES"
-LEDGER_BUCKET = "pressroom_ledger"
-DELIVERIES_BUCKET = "pressroom_deliveries"
-CACHE_BUCKET = "pressroom_cache"
-SCHEDULES_BUCKET = "pressroom_schedules"
-RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
-ADMISSION_BUCKET = "pressroom_admission"  # reports each requester has queued (shared/admission.py)
-OBJECT_BUCKET = "pressroom_artefacts"
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-MSG_ID = "Nats-Msg-Id"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """A pipeline stage: the durable consumer it reads with and what it publishes next.
-
-    `lane` (shared/lanes.py): the stage's `interactive` and `bulk` work is read by consumers of
-    its own (`renderer-bulk` on `lane.bulk.data.ready`), so neither waits behind the other."""
-
-    name: str
-    consumes: str
-    produces: str
-    lane: str = "normal"
-
-    @property
-    def durable(self) -> str:
-        return self.name if self.lane == "normal" else f"{self.name}-{self.lane}"
-
-    def in_lane(self, lane: str) -> StageSpec:
-        return StageSpec(self.name, lane_subject(self.consumes, lane), self.produces, lane)
-
-    @property
-    def lanes(self) -> list[StageSpec]:
-        """The stage's consumers: the normal lane (the plain subjects) and each other lane."""
-        return [self, *(self.in_lane(lane) for lane in LANES)]
-
-    @property
-    def advisory_subject(self) -> str:
-        return f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.{self.durable}"
-
-    @property
-    def filter_subjects(self) -> list[str]:
-        """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
-        if self.consumes == REPORT_REQUESTED and self.lane == "normal":
-            # `lane.normal.…`: a request a cap moved down from the lane it asked for
-            return [REPORT_REQUESTED, TENANT_REQUESTS, f"{LANE_PREFIX}normal.{REPORT_REQUESTED}"]
-        if self.name == "fetcher":  # a tenant's request straight into a lane
-            return [self.consumes, tenant_lane_requests(self.lane)]
-        return [self.consumes]
-
-
-LANE_SUBJECTS = [f"{LANE_PREFIX}*.{subject}" for subject in LANED_SUBJECTS]
-FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
-RENDERER = StageSpec("renderer", DATA_READY, REPORT_RENDERED)
-DISTRIBUTOR = StageSpec("distributor", REPORT_RENDERED, REPORT_DELIVERED)
-STAGES: dict[str, StageSpec] = {s.name: s for s in (FETCHER, RENDERER, DISTRIBUTOR)}
-
-
-def msg_id(request_id: str, stage: str) -> str:
-    """The de-duplication id of what `stage` publishes for `request_id`."""
-    return f"{request_id}:{stage}"
 
 
 async def log_bus_error(error: Exception) -> None:
@@ -140,7 +81,6 @@ async def connect(
     """A nats-py connection as `role` to any of the servers (a cluster's nodes) that keeps
     reconnecting instead of giving up after ~2 minutes, and logs each disconnect and reconnect
     once."""
-    from shared.bus.failover import ConnectionEvents
 
     who = identity(settings, role)
     REFUSALS.identity = who

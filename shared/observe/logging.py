@@ -23,6 +23,7 @@ def _add_service(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
 
 def _add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     try:
+        # Imported here: the SDK and exporters load only when OTEL_* asks for them (start-up time).
         from opentelemetry import trace
     except ImportError:  # pragma: no cover - otel is a dependency
         return event

@@ -78,6 +78,7 @@ def _wanted(signal: str) -> bool:
 
 
 def _tracing() -> Any:
+    # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -86,10 +87,12 @@ def _tracing() -> Any:
     if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "console":
         exporter = ConsoleSpanExporter()
     elif _protocol("TRACES") == "grpc":
+        # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
     else:
+        # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as HttpSpanExporter,
         )
@@ -102,6 +105,7 @@ def _tracing() -> Any:
 
 
 def _metrics(exporting: bool) -> Any:
+    # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
@@ -117,12 +121,14 @@ def _metrics(exporting: bool) -> Any:
         if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "console":
             exporter = ConsoleMetricExporter()
         elif _protocol("METRICS") == "grpc":
+            # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
                 OTLPMetricExporter,
             )
 
             exporter = OTLPMetricExporter()
         else:
+            # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter as HttpMetricExporter,
             )

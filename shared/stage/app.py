@@ -17,31 +17,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import nats
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 
+from shared.adapters.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
 from shared.adapters.ledger import KvLedger, Ledger
-from shared.adapters.store import ArtefactStore, open_store
+from shared.adapters.store import ArtefactStore, open_store, plain_http_s3_warning
 from shared.admission import QueuedCounts
-from shared.bus.failover import (
-    ConnectionEvents,
-    FailoverKV,
-    FailoverLedger,
-    FailoverPublisher,
-    FailoverStore,
-)
+from shared.bus.failover import ConnectionEvents
 from shared.bus.identity import REFUSALS, Identity, identity, inbox_prefix
 from shared.bus.kv import KeyValue
-from shared.bus.topology import (
+from shared.bus.names import (
     ADMISSION_BUCKET,
     ADVISORY_STREAM,
     FETCHER,
     LEDGER_BUCKET,
     STREAM,
+    StageSpec,
+)
+from shared.bus.topology import (
     JetStreamPublisher,
     Publisher,
-    StageSpec,
     TopologyError,
     ensure_topology,
     log_bus_error,
@@ -63,6 +62,7 @@ from shared.observe.telemetry import processing, setup_telemetry, shutdown_telem
 from shared.settings import Settings
 from shared.stage.deadletters import settle_crash, stream_reader
 from shared.stage.intake import Intake
+from shared.stage.readiness import config_check, stage_readiness
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
 
@@ -178,8 +178,6 @@ def worker_broker(
 
 async def _probe(settings: Settings, who: Identity) -> None:
     """One plain connection first: a refused identity is a clear error, not a reconnect loop."""
-    import nats
-    from nats.errors import AuthorizationError
 
     try:
         nc = await nats.connect(
@@ -259,14 +257,10 @@ def stage_checks(
         return CheckResult("healthy", getattr(deps.store, "backend", type(deps.store).__name__))
 
     async def consumer() -> CheckResult:
-        from shared.stage.readiness import stage_readiness
-
         assert deps.js is not None
         return await stage_readiness(
             deps.js, spec.durable, settings.health_max_pending, seen_by_worker=True
         )
-
-    from shared.stage.readiness import config_check
 
     return {"bus": bus, "store": store, "consumer": consumer, "config": config_check(settings)}
 
@@ -388,7 +382,6 @@ def stage_app(
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         configure_logging(service)
-        from shared.adapters.store import plain_http_s3_warning
 
         if insecure := plain_http_s3_warning(settings):
             log.warning("artefact store over plain HTTP", reason=insecure)

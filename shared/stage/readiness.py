@@ -1,23 +1,17 @@
-"""One readiness rule for a stage's consumer (worker /readyz, `pressroom health`), and health."""
+"""One readiness rule for a stage's consumer: a worker's /readyz and `pressroom health` use it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.js import JetStreamContext
 
-from shared.bus.topology import STREAM
-from shared.observe.health import _RANK as RANK
+from shared.bus.names import STREAM
 from shared.observe.health import Check, CheckResult
+from shared.observe.logging import get_logger
 from shared.settings import Settings, config_fingerprint
-
-if TYPE_CHECKING:
-    import httpx
-
-    from services.console.ops import Bus
 
 
 def consumer_readiness(info: Any, max_pending: int, *, seen_by_worker: bool) -> CheckResult:
@@ -54,7 +48,6 @@ def config_check(settings: Settings) -> Check:
     """A worker's configuration, for its /readyz: the fingerprint of what it loaded at start
     (`pressroom health` compares the workers'), and `degraded` once the config file on disk
     is no longer the one it loaded — an edited file applies only after a restart."""
-    from shared.observe.logging import get_logger
 
     fingerprint = config_fingerprint(settings)
     path = settings.config
@@ -86,108 +79,3 @@ async def stage_readiness(
 ) -> CheckResult:
     info = await js.consumer_info(STREAM, durable)
     return consumer_readiness(info, max_pending, seen_by_worker=seen_by_worker)
-
-
-async def stack_health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
-    """What `pressroom health` reports: NATS, each stage's consumer (by the rule above), dead
-    letters, the artefact store, the cluster, and each worker's own /readyz."""
-    import httpx
-
-    from services.console.cluster import cluster_components
-    from services.console.ops import BusUnavailable, open_bus
-
-    components: dict[str, dict[str, Any]] = {}
-    try:
-        async with open_bus(cfg, setup=False) as bus:
-            components.update(await _bus_components(bus, cfg))
-    except BusUnavailable as error:
-        components["nats"] = {"status": "unhealthy", "detail": error.reason}
-    except Exception as error:
-        components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
-    components.update(await cluster_components(cfg))  # servers, stream and bucket leaders
-    if components["nats"]["status"] == "unhealthy" and workers:
-        # Workers answering /readyz serve some bus, not the one we cannot reach: listing them
-        # as healthy would say the stack works when the CLI is pointed at the wrong place.
-        components["workers"] = {
-            "status": "unhealthy",
-            "detail": f"not checked ({', '.join(workers)}): the bus at {cfg.bus_url_public} "
-            "is unreachable from here",
-        }
-        workers = {}
-    fingerprints: dict[str, str] = {}
-    async with httpx.AsyncClient(timeout=5) as client:
-        for name, base in workers.items():
-            components[f"worker {name}"], fingerprint = await _worker(client, base)
-            if fingerprint:
-                fingerprints[name] = fingerprint
-    if fingerprints:
-        components["config"] = config_agreement(fingerprints)
-    worst = max((c["status"] for c in components.values()), key=lambda s: RANK[s])
-    return {"status": worst, "components": components}
-
-
-async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
-    from shared.bus.topology import DLQ_STREAM, STAGES
-
-    info = await bus.js.stream_info(STREAM)
-    found: dict[str, dict[str, Any]] = {
-        "nats": {
-            "status": "healthy",
-            "detail": f"{cfg.bus_url_public}, {info.state.messages} events stored",
-        }
-    }
-    for stage in STAGES.values():
-        result = await stage_readiness(
-            bus.js, stage.durable, cfg.health_max_pending, seen_by_worker=False
-        )
-        found[f"consumer {stage.durable}"] = {"status": result.status, "detail": result.detail}
-    count = int((await bus.js.stream_info(DLQ_STREAM)).state.messages)
-    found["dead letters"] = {
-        "status": "degraded" if count else "healthy",
-        "detail": f"{count} waiting (pressroom dlq ls)" if count else "none",
-    }
-    try:
-        store = await bus.store()
-        await asyncio.wait_for(store.check(), 5)
-        found["artefact store"] = {"status": "healthy", "detail": type(store).__name__}
-    except Exception as error:
-        found["artefact store"] = {"status": "unhealthy", "detail": str(error)}
-    return found
-
-
-def config_agreement(fingerprints: dict[str, str]) -> dict[str, Any]:
-    """Do the workers run one configuration? `fingerprints`: worker → its config fingerprint."""
-    groups: dict[str, list[str]] = {}
-    for name, fingerprint in sorted(fingerprints.items()):
-        groups.setdefault(fingerprint, []).append(name)
-    if len(groups) == 1:
-        [fingerprint] = groups
-        return {
-            "status": "healthy",
-            "detail": f"{len(fingerprints)} worker(s) run config {fingerprint}",
-        }
-    # Most workers first: the odd ones out are the ones to restart (or to look at).
-    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
-    return {
-        "status": "degraded",
-        "detail": "workers run different configs: "
-        + "; ".join(f"{fp}: {', '.join(names)}" for fp, names in ranked)
-        + " (docs/operations.md, Config rollouts)",
-    }
-
-
-async def _worker(client: httpx.AsyncClient, base: str) -> tuple[dict[str, Any], str | None]:
-    import httpx
-
-    try:
-        response = await client.get(base.rstrip("/") + "/readyz")
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as error:
-        return {"status": "unhealthy", "detail": f"no answer from {base}: {error}"}, None
-    checks = body.get("checks", {})
-    failing = [k for k, v in checks.items() if v.get("status") != "healthy"]
-    fingerprint = checks.get("config", {}).get("fingerprint")
-    return {
-        "status": body.get("status", "unhealthy"),
-        "detail": ", ".join(f"{k}: {checks[k]['detail']}" for k in failing) or "all checks pass",
-    }, fingerprint if isinstance(fingerprint, str) else None

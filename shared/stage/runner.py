@@ -12,7 +12,6 @@ become a dead letter plus `report.failed`; transient ones are nak'ed with a comp
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import socket
@@ -26,9 +25,10 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from shared.adapters.cancel import CANCEL_POLL
-from shared.adapters.ledger import Ledger, LedgerEntry
-from shared.adapters.store import ArtefactStore, sha256_hex
-from shared.bus.topology import Publisher, StageSpec, encode, msg_id
+from shared.adapters.ledger import Ledger
+from shared.adapters.store import ArtefactStore
+from shared.bus.names import StageSpec, msg_id
+from shared.bus.topology import Publisher, encode
 from shared.errors import (
     InvalidPayload,
     PermanentError,
@@ -38,13 +38,9 @@ from shared.errors import (
     classify,
 )
 from shared.events import (
-    DLQ_PREFIX,
-    REPORT_FAILED,
     BurstSent,
     DataReady,
-    DeadLetter,
     Event,
-    ReportFailed,
     ReportRendered,
     ReportRequested,
     RunSkipped,
@@ -56,26 +52,20 @@ from shared.events import (
     new_request_id,
     request_fingerprint,
     tenant_of_subject,
-    utcnow,
 )
 from shared.jsonsafe import deeper_than
-from shared.metrics import failure_kind, stage_done, stage_failed, stage_finished
+from shared.metrics import failure_kind, stage_done, stage_finished
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import span
 from shared.settings import Settings
 from shared.stage.bursts import child_landed, parent_cancelled
+from shared.stage.deadletters import MAX_REASON_CHARS, Failure, publish_dead_letter
 from shared.stage.intake import Intake
 
 E = TypeVar("E", bound=Event)
 # An envelope carries the original body up to this size; bigger bodies go to the artefact
 # store and the envelope keeps a preview (NATS's max_payload is 1 MB, JSON escaping can
 # double a body's size).
-MAX_DEAD_LETTER_PAYLOAD = 256 * 1024
-DEAD_LETTER_PREVIEW = 16 * 1024
-DEAD_LETTER_PREFIX = "dead-letters/"
-MAX_REASON_CHARS = 4000
-MAX_HEADERS = 32
-MAX_HEADER_CHARS = 2048
 MAX_RETRY_AFTER = 600.0
 MAX_PAYLOAD_DEPTH = 100  # a context from a source is capped at 64 levels, plus the envelope
 FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
@@ -506,9 +496,7 @@ class StageRunner:
         `own=False`: the message does not own its request_id's ledger entry (a conflicting or
         refused request): the entry of the real request is left as it is.
         """
-        settled = await publish_dead_letter(
-            self.publisher,
-            self.ledger,
+        failure = Failure(
             stage=self.spec.name,
             subject=msg.subject,
             body=msg.body,
@@ -520,11 +508,11 @@ class StageRunner:
             first_failure=msg.first_delivered,
             request_id=request_id or claimed_request_id(msg.body),
             update_ledger=own,
-            store=self.store,
             kind=kind,
             template=template,
             fingerprint=fingerprint,
         )
+        settled = await publish_dead_letter(self.publisher, self.ledger, failure, store=self.store)
         if settled is not None and self.intake is not None and claimed_child(msg.body) is None:
             with suppress(Exception):  # an approximate count; never the report's outcome
                 await self.intake.count_out(claimed_requester(msg.subject, msg.body))
@@ -565,161 +553,3 @@ def as_received(
 def _describe(error: BaseException) -> str:
     text = str(error) or error.__class__.__name__
     return f"{error.__class__.__name__}: {text}" if text != error.__class__.__name__ else text
-
-
-def _encoded(body: bytes) -> tuple[str, str]:
-    try:
-        return body.decode(), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode(), "base64"
-
-
-def _preview(body: bytes, limit: int) -> bytes:
-    cut = body[:limit]
-    # Do not split a UTF-8 character: a preview of text stays text.
-    return cut.decode("utf-8", errors="ignore").encode() if _is_utf8(body) else cut
-
-
-def _is_utf8(body: bytes) -> bool:
-    try:
-        body.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _kept_headers(headers: dict[str, str]) -> dict[str, str]:
-    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
-    return {k[:MAX_HEADER_CHARS]: v[:MAX_HEADER_CHARS] for k, v in list(kept.items())[:MAX_HEADERS]}
-
-
-async def publish_dead_letter(
-    publisher: Publisher,
-    ledger: Ledger,
-    *,
-    stage: str,
-    subject: str,
-    body: bytes,
-    headers: dict[str, str],
-    reason: str,
-    permanent: bool,
-    attempts: int,
-    stream_seq: int,
-    first_failure: datetime | None,
-    request_id: str | None,
-    update_ledger: bool = True,
-    store: ArtefactStore | None = None,
-    kind: str = "permanent_error",
-    template: str | None = None,
-    fingerprint: str | None = None,
-) -> LedgerEntry | None:
-    """The dead letter, `report.failed` and the ledger's record of the failure — every time;
-    the ledger entry when this settled the report.
-
-    `update_ledger=False`: the message did not own its request_id (unreadable, a conflict, an
-    imitation): the ledger is left alone and `report.failed` says `refused`.
-
-    A body too big for an envelope is stored whole in the artefact store (replay reads it from
-    there) and the envelope keeps a preview. If the envelope still cannot be published,
-    `report.failed` and the ledger record the failure anyway. Only when nothing at all could be
-    recorded does this raise, so the message stays on the stream and comes back.
-    """
-    now = utcnow()
-    payload_ref = None
-    inline = body
-    if len(body) > MAX_DEAD_LETTER_PAYLOAD:
-        inline = _preview(body, DEAD_LETTER_PREVIEW)
-        if store is not None:
-            key = f"{DEAD_LETTER_PREFIX}{stage}/{stream_seq}-{sha256_hex(body)[:12]}.msg"
-            try:
-                await store.put(key, body, content_type="application/octet-stream")
-                payload_ref = key
-            except Exception as error:  # the preview, the reason and report.failed still go out
-                log.warning("dead letter body not stored", stage=stage, error=repr(error))
-    payload, encoding = _encoded(inline)
-    if len(inline) < len(body):
-        kept = "kept in the artefact store" if payload_ref else "NOT kept (store unavailable)"
-        reason_shown = f"{reason} (message of {len(body):,} bytes: preview here, whole {kept})"
-    else:
-        reason_shown = reason
-    letter = DeadLetter(
-        subject=subject,
-        payload=payload,
-        payload_encoding=encoding,  # type: ignore[arg-type]
-        payload_size=len(body),
-        payload_ref=payload_ref,
-        headers=_kept_headers(headers),
-        stage=stage,
-        reason=reason_shown[:MAX_REASON_CHARS],
-        permanent=permanent,
-        attempts=attempts,
-        first_failure=first_failure or now,
-        last_failure=now,
-        request_id=request_id,
-    )
-    recorded = 0
-    dead_letter_seq = None
-    # The stream sequence makes the id stable across a crash between publish and terminate.
-    dlq_id = f"dlq:{stage}:{stream_seq}"
-    for attempt in (letter, letter.model_copy(update={"payload": "", "headers": {}})):
-        try:
-            ack = await publisher.publish(f"{DLQ_PREFIX}{subject}", encode(attempt), msg_id=dlq_id)
-        except Exception as error:
-            log.warning("dead letter not published", stage=stage, error=repr(error))
-            continue
-        dead_letter_seq, recorded = ack.seq, recorded + 1
-        break
-    rid = request_id or f"unknown-{stage}-{stream_seq}"
-    failed = ReportFailed(
-        request_id=rid,
-        stage=stage,
-        reason=reason[:MAX_REASON_CHARS],
-        attempts=attempts,
-        subject=subject,
-        dead_letter_seq=dead_letter_seq,
-        refused=not update_ledger,
-        fingerprint=fingerprint,
-        requested_by=claimed_requester(subject, body),
-    )
-    try:
-        await publisher.publish(
-            REPORT_FAILED, encode(failed), msg_id=f"failed:{stage}:{stream_seq}"
-        )
-        recorded += 1
-    except Exception as error:
-        log.warning("report.failed not published", stage=stage, error=repr(error))
-    settled = None
-    child = claimed_child(body) if request_id and update_ledger else None
-    if child is not None and request_id is not None:
-        try:  # the burst counts this child as failed (idempotent: a redelivery counts once)
-            await child_landed(
-                ledger,
-                publisher,
-                parent=child[0],
-                index=child[1],
-                request_id=request_id,
-                outcome="failed",
-                reason=reason[:MAX_REASON_CHARS],
-                template=template or "",
-                requested_by=failed.requested_by,
-            )
-        except Exception as error:
-            log.warning("burst tally not updated", request_id=request_id, error=repr(error))
-    if request_id and update_ledger:
-        try:
-            settled = await ledger.fail(
-                request_id,
-                stage,
-                reason=reason[:MAX_REASON_CHARS],
-                seq=stream_seq,
-                attempt=attempts,
-            )
-            recorded += 1
-        except Exception as error:
-            log.warning("failure not recorded in the ledger", stage=stage, error=repr(error))
-    with suppress(Exception):  # metrics must never break dead-lettering
-        stage_failed(stage, kind, template, settled)
-    if not recorded:
-        raise TransientError(f"could not record the failure of {rid} anywhere: {reason}")
-    log.warning("dead-lettered", request_id=rid, stage=stage, reason=reason, attempts=attempts)
-    return settled

@@ -29,7 +29,8 @@ import boto3
 import pytest
 import yaml
 
-from services.console.ops import open_bus, publish_request
+from services.console.busaccess import open_bus
+from services.console.requests import publish_request
 from shared.adapters.ledger import LedgerEntry
 from shared.events import ReportRequested
 from shared.settings import Settings

@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryPublisher
 from shared.adapters.store import MemoryArtefacts
-from shared.bus.topology import STREAM, StageSpec
+from shared.bus.names import STREAM, StageSpec
 from shared.events import DLQ_PREFIX, REPORT_FAILED, Event
 from shared.settings import Settings
 from shared.stage.app import Deps

@@ -10,7 +10,7 @@ from typing import Any
 
 from services.distributor.app import DistributorDeps, create_app
 from shared.adapters.store import artefact_key, sha256_hex
-from shared.bus.topology import DISTRIBUTOR
+from shared.bus.names import DISTRIBUTOR
 from shared.events import (
     REPORT_DELIVERED,
     Artefact,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from services.fetcher.app import FetcherDeps, create_app
-from shared.bus.topology import FETCHER, msg_id
+from shared.bus.names import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
 from shared.events import DATA_READY, ReportRequested, Source
 from shared.settings import Settings

@@ -9,7 +9,7 @@ from typing import Any
 
 from services.renderer.app import RendererDeps, create_app
 from shared.adapters.store import sha256_hex
-from shared.bus.topology import RENDERER
+from shared.bus.names import RENDERER
 from shared.events import REPORT_RENDERED, DataReady, ReportRequested
 from tests.composition.kit import Fakes, running, settings_in
 

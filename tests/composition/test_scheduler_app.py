@@ -12,7 +12,7 @@ from faststream import TestApp
 from faststream.nats import TestNatsBroker
 
 from services.scheduler.app import create_app
-from shared.bus.topology import SCHEDULES_BUCKET
+from shared.bus.names import SCHEDULES_BUCKET
 from shared.events import REPORT_REQUESTED
 from shared.schedules import Schedule
 from shared.stage.app import Deps

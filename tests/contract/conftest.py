@@ -23,8 +23,10 @@ from faststream.nats.parser import JsParser
 from nats.js.api import ConsumerConfig
 
 from services.console.embedded import free_port, start_nats_server
-from services.distributor.channels import Channel, default_channels
+from services.distributor.channels import default_channels
 from services.distributor.channels.webhook import verify
+from services.distributor.parcel import Channel
+from shared.adapters.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
 from shared.adapters.ledger import KvLedger, Ledger
 from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.adapters.store import (
@@ -34,8 +36,8 @@ from shared.adapters.store import (
     S3Artefacts,
     sha256_hex,
 )
-from shared.bus.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
-from shared.bus.topology import MSG_ID, JetStreamPublisher, Publisher
+from shared.bus.names import MSG_ID
+from shared.bus.topology import JetStreamPublisher, Publisher
 from shared.events import Delivery
 from shared.settings import Settings
 from shared.stage.app import NatsInbound

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.distributor.channels import Parcel
 from services.distributor.channels.file import FileChannel
+from services.distributor.parcel import Parcel
 from shared.adapters.store import MemoryArtefacts, artefact_key, sha256_hex
 from shared.errors import PermanentError, TransientError
 from shared.events import Artefact, Delivery, ReportRendered, ReportRequested

@@ -14,7 +14,8 @@ import pytest
 from pypdf import PdfReader
 
 from services.renderer.core import InProcess, Renderer, make_job
-from services.renderer.pdf import RenderJob, RenderPool
+from services.renderer.job import RenderJob
+from services.renderer.pooled import RenderPool
 from shared.errors import PermanentError
 from shared.settings import Settings
 

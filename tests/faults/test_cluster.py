@@ -25,7 +25,7 @@ import pytest
 
 from services.console.cluster import cluster_components, topology_streams
 from shared.adapters.ledger import KvLedger
-from shared.bus.topology import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
+from shared.bus.names import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
 from shared.settings import Settings
 from tests.cluster import Cluster, delivered_events
 from tests.helpers import REPO, Stack, eventually, unique

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared.adapters.ledger import KvLedger
-from shared.bus.topology import LEDGER_BUCKET, STREAM
+from shared.bus.names import LEDGER_BUCKET, STREAM
 from tests.helpers import REPO, Stack, eventually, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

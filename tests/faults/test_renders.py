@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shared.adapters.ledger import KvLedger
-from shared.bus.topology import LEDGER_BUCKET, STREAM
+from shared.bus.names import LEDGER_BUCKET, STREAM
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -40,7 +40,8 @@ class Calibration:
 
 
 def _render_seconds(folder: Path, rows: int) -> float:
-    from services.renderer.pdf import RenderJob, render_job
+    from services.renderer.job import RenderJob
+    from services.renderer.pdf import render_job
 
     job = RenderJob(templates_dir=str(folder), template="rows.html", context={"rows": rows})
     started = time.perf_counter()

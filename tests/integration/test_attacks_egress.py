@@ -23,8 +23,8 @@ from urllib.request import urlopen
 import pytest
 import yaml
 
-from services.distributor.channels import Parcel
 from services.distributor.channels.email import EmailChannel
+from services.distributor.parcel import Parcel
 from shared.adapters.store import MemoryArtefacts
 from shared.errors import TransientError
 from shared.events import Delivery, ReportRendered, ReportRequested

@@ -20,7 +20,9 @@ from urllib.parse import quote
 import pytest
 
 from services.console.cli._output import visible
-from services.renderer.pdf import MAX_ASSET_BYTES, RenderJob, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import render_job
+from services.renderer.sandbox import MAX_ASSET_BYTES
 from shared.errors import ResourceBlocked
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.pdftext import page_texts

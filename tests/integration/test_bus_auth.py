@@ -20,7 +20,7 @@ from typing import Any
 import nats
 import pytest
 
-from shared.bus.identity import new_user_seed
+from services.console.identities import new_user_seed
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration

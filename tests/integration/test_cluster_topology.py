@@ -11,7 +11,8 @@ import pytest
 
 from services.console.cluster import topology_streams
 from services.console.embedded import free_port, start_nats_server
-from shared.bus.topology import STAGES, STREAM, ensure_topology
+from shared.bus.names import STAGES, STREAM
+from shared.bus.topology import ensure_topology
 from shared.settings import Settings
 from tests.cluster import Cluster
 from tests.helpers import REPO, eventually

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from shared.bus.topology import DLQ_STREAM, STREAM
+from shared.bus.names import DLQ_STREAM, STREAM
 from tests.helpers import REPO, Outcomes, Stack, unique
 from tests.servers import HttpReceiver, SmtpServer
 

@@ -341,8 +341,8 @@ async def test_download_links_are_minted_when_asked_and_never_stored(
 ) -> None:
     import httpx
 
-    from services.distributor.channels import Parcel
     from services.distributor.channels.email import EmailChannel
+    from services.distributor.parcel import Parcel
     from shared.adapters.store import S3Artefacts
     from shared.events import Delivery, ReportRendered, ReportRequested
     from shared.settings import Settings

@@ -23,7 +23,7 @@ import pytest
 
 from shared.adapters.ledger import KvLedger
 from shared.bus.identity import generate
-from shared.bus.topology import LEDGER_BUCKET
+from shared.bus.names import LEDGER_BUCKET
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration

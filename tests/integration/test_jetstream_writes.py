@@ -20,7 +20,7 @@ import pytest
 
 from bench.jswrites import count_writes
 from shared.adapters.ledger import KvLedger
-from shared.bus.topology import LEDGER_BUCKET
+from shared.bus.names import LEDGER_BUCKET
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.renderer.pdf import RenderJob, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import render_job
 from shared.errors import ResourceBlocked
 
 pytestmark = pytest.mark.integration

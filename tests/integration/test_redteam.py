@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shared.bus.identity import generate
+from services.console.identities import generate
 from shared.events import request_message_id
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 from tests.integration.test_attacks_egress import DripServer

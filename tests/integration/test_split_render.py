@@ -23,7 +23,9 @@ from pypdf import PdfReader
 
 from services.renderer import splitplan
 from services.renderer.core import build_context, make_job
-from services.renderer.pdf import RenderJob, RenderOutput, RenderPool, Slots
+from services.renderer.job import RenderJob, RenderOutput
+from services.renderer.pool import Slots
+from services.renderer.pooled import RenderPool
 from shared.errors import MissingGlyphs, RenderTimeout, ResourceBlocked
 from shared.events import ReportRequested
 from shared.settings import Settings

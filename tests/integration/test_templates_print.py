@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.renderer.pdf import RenderJob, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import render_job
 from tests.helpers import REPO
 
 # A 48-page render in the fixture: minutes, not seconds, when both cores are busy.

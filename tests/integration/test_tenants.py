@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shared.bus.identity import generate
+from services.console.identities import generate
 from shared.bus.topology import kv_snapshot
 from shared.events import ReportFailed, request_message_id
 from tests.helpers import REPO, Stack, eventually, unique
@@ -304,7 +304,7 @@ def test_render_processes_hold_no_secret(tmp_path: Path) -> None:
 
     probe = (
         "import os, json\n"
-        "from services.renderer.pdf import RenderPool\n"
+        "from services.renderer.pooled import RenderPool\n"
         "import asyncio\n"
         "async def main():\n"
         "    pool = RenderPool(1, warm=False)\n"

@@ -9,7 +9,7 @@ import pytest
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
 from shared.adapters.store import MemoryArtefacts
-from shared.bus.topology import FETCHER
+from shared.bus.names import FETCHER
 from shared.errors import TransientError
 from shared.events import DataReady, Event, ReportRequested
 from shared.settings import Settings

@@ -12,7 +12,8 @@ from PIL import Image
 from pypdf import PdfReader
 
 from services.renderer import assets
-from services.renderer.pdf import RenderJob, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import render_job
 from shared.errors import ResourceBlocked
 
 SVG = 'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'

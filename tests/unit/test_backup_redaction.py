@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.console.ops import redacted_letter, redacted_text
+from services.console.redact import redacted_letter, redacted_text
 from shared.events import DeadLetter
 
 PREVIEW = (

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from services.console.cli._output import Col, print_table
-from services.console.ops import build_request, parse_age, parse_since, whereabouts
+from services.console.requests import build_request, parse_age, parse_since, whereabouts
 from services.console.supervisor import parse_scale
 from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.errors import PressroomError

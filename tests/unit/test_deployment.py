@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
+from services.console.health import config_agreement
 from shared.adapters.store import plain_http_s3_warning
 from shared.schedules import load_schedules
 from shared.settings import Settings, config_fingerprint
-from shared.stage.readiness import config_agreement
 from tests.helpers import REPO
 
 

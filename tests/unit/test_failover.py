@@ -11,12 +11,13 @@ from nats.js import api
 from structlog.testing import capture_logs
 
 from services.console.cluster import stream_component
-from shared.adapters.egress import public_url
+from shared.adapters.failover import FailoverLedger, FailoverPublisher
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryPublisher
-from shared.bus.failover import ConnectionEvents, FailoverLedger, FailoverPublisher
+from shared.bus.failover import ConnectionEvents
 from shared.events import DataReady, ReportDelivered, ReportRendered, ReportRequested
 from shared.settings import Settings
+from shared.urls import public_url
 
 
 def test_the_url_list_becomes_the_server_list_nats_py_wants() -> None:

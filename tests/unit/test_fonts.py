@@ -11,7 +11,8 @@ import pytest
 
 from services.renderer import fonts
 from services.renderer.core import build_context, make_job
-from services.renderer.pdf import RenderOutput, render_job
+from services.renderer.job import RenderOutput
+from services.renderer.pdf import render_job
 from shared.errors import MissingGlyphs
 from shared.events import ReportRequested
 from shared.settings import Settings

@@ -10,12 +10,12 @@ from services.fetcher.cache import SourceCache, cache_key
 from shared import metrics
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
-from shared.bus.topology import FETCHER, RENDERER
+from shared.bus.names import FETCHER, RENDERER
 from shared.errors import TransientError
 from shared.events import DataReady, Event, ReportRequested, Source
 from shared.settings import Settings
-from shared.stage.runner import StageRunner
 from shared.stage import runner as stage
+from shared.stage.runner import StageRunner
 from shared.templatename import canonical_template
 from tests.unit.test_metrics import rendered_event
 

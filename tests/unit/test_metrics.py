@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from shared import metrics
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
-from shared.bus.topology import DISTRIBUTOR, RENDERER
+from shared.bus.names import DISTRIBUTOR, RENDERER
 from shared.events import (
     Artefact,
     DataReady,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from services.renderer.pdf import RenderJob, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import render_job
 from shared.errors import PermanentError, ResourceBlocked
 
 PNG_1PX = bytes.fromhex(
@@ -78,7 +79,7 @@ def test_output_over_the_size_limit_fails_with_the_size(folder: Path) -> None:
 
 
 def test_the_legacy_pdf_settings_apply_unless_the_template_sets_its_own(folder: Path) -> None:
-    from services.renderer.pdf import PageDefaults
+    from services.renderer.job import PageDefaults
 
     landscape = render(folder, "<p>x</p>", page=PageDefaults("A4", "landscape", "2cm"))
     width, height = PdfReader(BytesIO(landscape)).pages[0].mediabox.upper_right

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.renderer import core
-from services.renderer.pdf import RenderJob, analyse_job, render_job, template_library
+from services.renderer.job import RenderJob
+from services.renderer.pdf import analyse_job, render_job, template_library
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from pypdf import PdfReader
 
 from services.renderer import fonts, warm
 from services.renderer.core import build_context, make_job
-from services.renderer.pdf import RenderJob, _fetcher_class, base_folder, render_html, render_job
+from services.renderer.job import RenderJob
+from services.renderer.pdf import base_folder, render_html, render_job
+from services.renderer.sandbox import fetcher_class
 from shared.events import ReportRequested
 from shared.settings import Settings
 from tests.helpers import REPO
@@ -41,7 +43,7 @@ def fresh_pdf(job: RenderJob) -> bytes:
 
     fonts.configure(job.font_dirs)
     name, _, html, _ = render_html(job)
-    fetcher = _fetcher_class()(Path(job.templates_dir), job.asset_allow)
+    fetcher = fetcher_class()(Path(job.templates_dir), job.asset_allow)
     base = base_folder(job, name)
     document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
         stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]

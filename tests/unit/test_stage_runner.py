@@ -8,7 +8,7 @@ import pytest
 
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
-from shared.bus.topology import FETCHER, msg_id
+from shared.bus.names import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
 from shared.events import DataReady, Event, ReportRequested
 from shared.settings import Settings

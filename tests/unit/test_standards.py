@@ -9,8 +9,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from services.distributor.channels import Parcel
 from services.distributor.channels.email import refusal
+from services.distributor.parcel import Parcel
 from shared import metrics
 from shared.adapters.store import MemoryArtefacts
 from shared.errors import PermanentError, TransientError

@@ -127,7 +127,7 @@ def test_email_addresses_are_checked_before_sending() -> None:
 def test_s3_keys_fill_placeholders_and_refuse_escapes() -> None:
     from datetime import UTC, datetime
 
-    from services.distributor.channels import Parcel
+    from services.distributor.parcel import Parcel
     from shared.adapters.store import MemoryArtefacts
     from shared.events import ReportRendered, ReportRequested
 

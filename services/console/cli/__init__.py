@@ -1,6 +1,7 @@
 """The `pressroom` command: run the stack, request and render reports, inspect and repair.
 
-Presentation only — arguments, tables, exit codes — over services/console/ops.py and its neighbours
+Presentation only — arguments, tables, exit codes — over services/console/requests.py and its
+neighbours
 (supervisor, readiness, probes, adhoc), which tests call directly. One module per group:
 stack (up, worker, health, bus, config, backup), requests, templates, schedules, dlq, reports.
 """
@@ -23,6 +24,7 @@ from services.console.cli import (
 )
 from services.console.cli._common import err
 from services.console.cli._output import literal
+from shared.observe.logging import configure_logging
 
 app = typer.Typer(
     help="Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint).",
@@ -43,7 +45,6 @@ cancel.register(app)
 
 def main() -> None:
     """Entry point: usage errors are one line too, like every other error."""
-    from shared.observe.logging import configure_logging
 
     configure_logging(
         "pressroom-cli", json=False, level=os.environ.get("PRESSROOM_CLI_LOG_LEVEL", "WARNING")

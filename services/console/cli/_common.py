@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -14,15 +15,22 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 import yaml
+from nats.errors import Error as NatsError
 from rich.console import Console
 from rich.markup import escape
 
+from services.console.busaccess import open_bus
 from services.console.cli._output import literal, visible
+from services.console.requests import parse_age
+from services.renderer.pool import run_capped
+from services.renderer.templating import TemplateLibrary, validate_in_folder
+from shared.bus.identity import REFUSALS
 from shared.errors import PressroomError
-from shared.settings import Settings
+from shared.schedules import load_schedules
+from shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from services.console.ops import Bus
+    from services.console.busaccess import Bus
 
 T = TypeVar("T")
 
@@ -39,9 +47,6 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run an async operation; Pressroom errors become one line and exit 1."""
-    from nats.errors import Error as NatsError
-
-    from shared.bus.identity import REFUSALS
 
     try:
         return asyncio.run(coro)
@@ -55,10 +60,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def on_bus(cfg: Settings, operation: Callable[[Bus], Awaitable[T]], *, setup: bool = True) -> T:
-    """Run one operation of services/console/ops.py on a fresh connection (the ops identity), the
+    """Run one operation of services/console/requests.py on a fresh connection (the ops identity),
+    the
     one
     way every command reaches the bus; `setup=False` for what a publisher identity may do."""
-    from services.console.ops import open_bus
 
     async def main() -> T:
         async with open_bus(cfg, setup=setup) as bus:
@@ -68,8 +73,6 @@ def on_bus(cfg: Settings, operation: Callable[[Bus], Awaitable[T]], *, setup: bo
 
 
 def settings() -> Settings:
-    from shared.settings import load_settings
-
     try:
         return load_settings()
     except PressroomError as error:
@@ -88,8 +91,6 @@ def checked(value: Callable[[], T]) -> T:
 
 
 def age(text: str, option: str) -> timedelta:
-    from services.console.ops import parse_age
-
     return checked(lambda: parse_age(text, option))
 
 
@@ -125,8 +126,6 @@ def load_data_file(path: Path) -> dict[str, Any]:
 
 
 def library(cfg: Settings, folder: Path | None = None) -> Any:
-    from services.renderer.templating import TemplateLibrary
-
     root = folder or cfg.templates_dir
     if not root.is_dir():
         fail(f"templates folder '{root}' does not exist (set PRESSROOM_TEMPLATES_DIR)")
@@ -134,15 +133,10 @@ def library(cfg: Settings, folder: Path | None = None) -> Any:
 
 
 def schedules(cfg: Settings) -> Any:
-    from shared.schedules import load_schedules
-
     return checked(lambda: load_schedules(cfg.schedules))
 
 
 def validate_capped(cfg: Settings, folder: Path, names: list[str] | None) -> Any:
-    from services.renderer.pdf import run_capped
-    from services.renderer.templating import validate_in_folder
-
     return checked(
         lambda: run_capped(validate_in_folder, str(folder), names, label="validation", settings=cfg)
     )
@@ -178,7 +172,6 @@ def progress(subject: str, first: str, *, tick: bool = False) -> Iterator[Callab
     if not err.is_terminal:
         yield lambda text: None
         return
-    import threading
 
     started, doing, done = time.monotonic(), [first], threading.Event()
     with err.status(status_line(subject, first, "0s", err.width)) as status:

@@ -7,9 +7,18 @@ import sys
 from contextlib import suppress
 
 import typer
+from rich.progress import Progress
 
 from services.console.cli._common import checked, emit_json, err, fail, on_bus, out, settings
 from services.console.cli._output import Col, literal, print_table, visible
+from services.console.deadletters import (
+    DEAD_LETTER_STAGES,
+    dead_letters,
+    find_dead_letters,
+    purge,
+    replay_many,
+)
+from services.console.requests import parse_since
 
 dlq_app = typer.Typer(help="Dead letters: list, show, replay, purge.", no_args_is_help=True)
 
@@ -37,7 +46,6 @@ def dlq_ls(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Dead letters, oldest first."""
-    from services.console.ops import DEAD_LETTER_STAGES, dead_letters, parse_since
 
     if stage is not None and stage not in DEAD_LETTER_STAGES:
         fail(f"no stage '{stage}' (stages: {', '.join(DEAD_LETTER_STAGES)})")
@@ -77,7 +85,6 @@ def dlq_show(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One dead letter, with its original message (the newest, given a request id)."""
-    from services.console.ops import find_dead_letters
 
     records = on_bus(settings(), lambda bus: find_dead_letters(bus, ref))
     if not records:
@@ -107,9 +114,6 @@ def dlq_replay(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Republish dead letters to their original subjects (fresh attempt count)."""
-    from rich.progress import Progress
-
-    from services.console.ops import replay_many
 
     targets = _targets(ids, all_)
     with Progress(console=err, disable=as_json, transient=True) as bar:
@@ -133,7 +137,6 @@ def dlq_purge(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Delete dead letters for good (--all asks first, unless --yes)."""
-    from services.console.ops import purge
 
     targets = _targets(ids, all_)
     if targets is None and not yes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,13 @@ from services.console.cli._common import (
     validate_capped,
 )
 from services.console.cli._output import Col, literal, print_table, styled, visible
+from services.console.monitoring import active_alerts, monitor_url
+from services.console.requests import clean_artefacts, clean_out_dir, ledger_entries
+from services.console.slo import in_window, objectives
+from services.console.slo import stats as measure
 
 
 def _in_window(cfg: Any, window: str) -> list[Any]:
-    from services.console.ops import ledger_entries
-    from services.console.slo import in_window
-
     span = age(window, "--window")
     return list(in_window(on_bus(cfg, ledger_entries), span))
 
@@ -45,7 +48,6 @@ def stats(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Success rate, latency percentiles per stage, template usage, report sizes."""
-    from services.console.slo import stats as measure
 
     data = measure(_in_window(settings(), window))
     if as_json:
@@ -84,7 +86,6 @@ def slo(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Each SLI of the legacy runbook against its target (exit 1 when any is missed)."""
-    from services.console.slo import objectives
 
     cfg = settings()
     entries = _in_window(cfg, window)
@@ -119,7 +120,6 @@ def alerts(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """What is firing, most severe first, with the command to start with (exit 1 if any)."""
-    from services.console.monitoring import active_alerts, monitor_url
 
     cfg = settings()
     if not (prometheus or cfg.monitor_url or (cfg.data_dir / "prometheus" / "url").is_file()):
@@ -149,7 +149,6 @@ def alerts(
 
 def _no_prometheus(cfg: Any) -> str:
     """How to get a Prometheus to ask, in one line: what runs here decides the advice."""
-    import shutil
 
     missing = (
         ""
@@ -175,9 +174,6 @@ def clean(
 ) -> None:
     """Remove artefacts, and files delivered into PRESSROOM_OUT_DIR, older than the retention
     age (PRESSROOM_ARTEFACT_RETENTION_DAYS)."""
-    from datetime import timedelta
-
-    from services.console.ops import clean_artefacts, clean_out_dir
 
     cfg = settings()
     # `0m` (everything) is a real age: only a missing option falls back to the retention.

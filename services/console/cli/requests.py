@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from services.console import requests
+from services.console.adhoc import adhoc_job, output_format
 from services.console.cli._common import (
+    age,
     checked,
     emit_json,
     err,
@@ -20,9 +24,24 @@ from services.console.cli._common import (
     out,
     parse_params,
     progress,
+    run,
     settings,
 )
 from services.console.cli._output import Col, literal, print_table, shorten, visible
+from services.console.probes import check_email, check_webhook
+from services.console.requests import (
+    artefact_bytes,
+    artefact_url,
+    build_request,
+    channel_outcomes,
+    deliver_again,
+    ledger_entries,
+    ledger_entry,
+)
+from services.renderer import fonts as catalogue
+from services.renderer.split import render_capped
+from services.renderer.templating import TemplateLibrary
+from shared.adapters.ledger import entry_as_dict
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -53,7 +72,6 @@ def request(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Publish a report.requested (from a JSON file or flags); optionally wait for the outcome."""
-    from services.console.ops import build_request
 
     body: dict[str, Any] = {}
     if file is not None:
@@ -89,7 +107,6 @@ def request(
 def source_spec(text: str) -> dict[str, Any]:
     """`--source`: a config-file source by NAME (the template sees it as NAME with `_` for
     `-`), or VAR=NAME, or VAR=URL (an http source; PRESSROOM_SOURCE_ALLOW decides)."""
-    import re
 
     if "://" in text.partition("=")[0]:
         fail(f"--source: name the variable the template reads, e.g. --source data={text}")
@@ -105,12 +122,11 @@ def source_spec(text: str) -> dict[str, Any]:
 
 def submit(cfg: Settings, req: Any, wait: bool, timeout: float, schedule: Any = None) -> Any:
     """Publish (and with `wait`, wait, showing the stage on a terminal): the outcome or None."""
-    from services.console import ops
 
     with progress(req.request_id, "published") as show:
         return on_bus(
             cfg,
-            lambda bus: ops.submit(
+            lambda bus: requests.submit(
                 bus, req, wait=wait, timeout=timeout, schedule=schedule, progress=show
             ),
             setup=False,  # a publisher identity may only publish and hear outcomes
@@ -142,7 +158,6 @@ def check_template(cfg: Settings, name: str) -> None:
     sees the templates folder; when it does not (a remote stack), the renderer decides."""
     if not cfg.templates_dir.is_dir():
         return
-    from services.renderer.templating import TemplateLibrary
 
     try:
         TemplateLibrary(cfg.templates_dir).resolve(name)
@@ -163,8 +178,6 @@ def render(
     ),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
-    from services.console.adhoc import adhoc_job, output_format
-    from services.renderer.split import render_capped
 
     cfg = settings()
     if output is None and not dry_run:
@@ -198,8 +211,6 @@ def render(
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """What happened to one request: stages, timings (with the waits between them),
     artefacts, channels, error."""
-    from services.console.ops import channel_outcomes, ledger_entry
-    from shared.adapters.ledger import entry_as_dict
 
     async def read(bus: Any) -> Any:
         entry = await ledger_entry(bus, request_id)
@@ -288,8 +299,6 @@ def list_requests(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recent requests from the ledger."""
-    from services.console.ops import ledger_entries
-    from shared.adapters.ledger import entry_as_dict
 
     found = on_bus(settings(), lambda bus: ledger_entries(bus, status=status_, template=template))
     entries = found[:limit]
@@ -334,8 +343,6 @@ def get(
     expires: str = typer.Option("24h", help="How long the --url link works (at most 7d)."),
 ) -> None:
     """Download a rendered artefact (checked against its recorded sha256), or link to it."""
-    from services.console.cli._common import age
-    from services.console.ops import artefact_bytes, artefact_url
 
     cfg = settings()
     if url:
@@ -355,7 +362,6 @@ def get(
 
 def default_file_name(request_id: str, fmt: str) -> str:
     """`<request-id>.<fmt>` with only safe characters (never a path, never hidden)."""
-    import re
 
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", request_id).lstrip(".") or "report"
     return f"{stem}.{re.sub(r'[^A-Za-z0-9]', '', fmt) or 'pdf'}"
@@ -370,7 +376,6 @@ def deliver(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Deliver an already rendered report again (the legacy send-report.py)."""
-    from services.console.ops import deliver_again
 
     bucket, _, key = (s3 or "").partition("/")
     deliveries: list[dict[str, Any]] = [{"channel": "email", "to": email}] if email else []
@@ -396,8 +401,6 @@ def check(
     url: str | None = typer.Option(None, "--url", help="webhook: URL to send a signed ping to"),
 ) -> None:
     """Test the email or webhook configuration (the legacy test_email_config)."""
-    from services.console.cli._common import run
-    from services.console.probes import check_email, check_webhook
 
     cfg = settings()
     if what == "email":
@@ -412,7 +415,6 @@ def check(
 
 def fonts(as_json: bool = typer.Option(False, "--json")) -> None:
     """The font families the renderer uses and the scripts each covers."""
-    from services.renderer import fonts as catalogue
 
     cfg = settings()
     extra = catalogue.extra_dirs_from(cfg.fonts_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 import yaml
 from nats.errors import Error as NatsError
 
+from services.console.busaccess import open_bus
 from services.console.cli._common import (
     checked,
     config_says,
@@ -26,7 +28,12 @@ from services.console.cli._common import (
     settings,
 )
 from services.console.cli._output import Col, literal, print_table, styled
+from services.console.cli.requests import submit
+from services.console.probes import fetch_source
+from services.scheduler.state import is_paused, pause, recorded_config, resume, schedules_hash
+from shared.bus.names import SCHEDULES_BUCKET
 from shared.errors import PressroomError
+from shared.schedules import load_schedules
 from shared.settings import Settings
 
 schedule_app = typer.Typer(help="Cron schedules from the config file.", no_args_is_help=True)
@@ -48,10 +55,6 @@ def stack_view(cfg: Settings) -> StackView:
     """The CLI and the stack use the same schedules: the scheduler records the hash (and file)
     of its schedules on the bus at start; when they differ from this CLI's PRESSROOM_CONFIG,
     the stack's file is used if it can be read here, and otherwise that is said."""
-    from services.console.ops import open_bus
-    from services.scheduler.state import is_paused, recorded_config, schedules_hash
-    from shared.bus.topology import SCHEDULES_BUCKET
-    from shared.schedules import load_schedules
 
     mine = schedules(cfg)
 
@@ -157,7 +160,6 @@ def schedule_run(
     name: str, wait: bool = typer.Option(False, "--wait"), timeout: float = typer.Option(120.0)
 ) -> None:
     """Fire a schedule now (its request_id carries the current minute), also when paused."""
-    from services.console.cli.requests import submit
 
     cfg = settings()
     schedule, _ = _known(cfg, name)
@@ -204,8 +206,6 @@ def schedule_backfill(
 @schedule_app.command("pause")
 def schedule_pause(name: str) -> None:
     """Skip a schedule's fires (none are caught up later) until `schedule resume NAME`."""
-    from services.scheduler.state import pause
-    from shared.bus.topology import SCHEDULES_BUCKET
 
     cfg = settings()
     _, view = _known(cfg, name)
@@ -223,8 +223,6 @@ def schedule_pause(name: str) -> None:
 @schedule_app.command("resume")
 def schedule_resume(name: str) -> None:
     """Fire a paused schedule again from its next fire time (what was skipped stays skipped)."""
-    from services.scheduler.state import resume
-    from shared.bus.topology import SCHEDULES_BUCKET
 
     cfg = settings()
     schedule, _ = _known(cfg, name)
@@ -261,7 +259,6 @@ def sources_test(
 ) -> None:
     """Fetch one configured source now and show what came back (the legacy test_data_source);
     with --all, every source, one row each (exit 1 if any fails)."""
-    from services.console.probes import fetch_source
 
     cfg = settings()
     if every:
@@ -291,11 +288,6 @@ def sources_test(
 
 def _test_all(cfg: Any, as_json: bool) -> None:
     """Every configured source at once, each with its own outcome."""
-    import asyncio
-    import time
-
-    from services.console.probes import fetch_source
-    from shared.errors import PressroomError
 
     async def one(name: str) -> dict[str, Any]:
         started = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -14,6 +15,9 @@ import typer
 import yaml
 from rich.live import Live
 
+from services.console import backup as backups
+from services.console import requests
+from services.console.busaccess import ready
 from services.console.cli._common import (
     checked,
     emit_json,
@@ -22,30 +26,47 @@ from services.console.cli._common import (
     library,
     on_bus,
     out,
+    run,
     schedules,
     settings,
 )
 from services.console.cli._output import Col, literal, print_table, styled
+from services.console.health import stack_health
+from services.console.identities import generate
+from services.console.requests import publish_request
+from services.console.supervisor import SERVICES, Supervisor, parse_scale, sample_request
+from services.distributor.app import create_app as distributor_app
+from services.fetcher.app import create_app as fetcher_app
+from services.renderer.app import create_app as renderer_app
+from services.scheduler.app import create_app as scheduler_app
+from shared.bus.identity import SERVICE_ROLES, tenant_role
 from shared.errors import PressroomError
+from shared.schedules import load_schedules
+from shared.secretenv import scrub
+from shared.settings import load_settings, masked
 
 bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 
+# What `pressroom worker NAME` runs: each service's composition root.
+WORKERS: dict[str, Callable[[], Any]] = {
+    "fetcher": fetcher_app,
+    "renderer": renderer_app,
+    "distributor": distributor_app,
+    "scheduler": scheduler_app,
+}
+
 
 def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributor")) -> None:
     """Run one service process (what a container runs)."""
-    import importlib
-
-    from services.console.supervisor import SERVICES
 
     if name not in SERVICES:
         fail(f"unknown worker '{name}' (known: {', '.join(SERVICES)})")
-    from shared.secretenv import scrub
 
     scrub(role=name)  # the other roles' secrets are nothing this process (or a child) may use
     settings()
     try:
-        faststream_app = importlib.import_module(f"services.{name}.app").create_app()
+        faststream_app = WORKERS[name]()
         asyncio.run(faststream_app.run())
     except KeyboardInterrupt:
         return
@@ -64,8 +85,6 @@ def up(
     prometheus_port: int = typer.Option(9090, help="Its port (taken: a free one)."),
 ) -> None:
     """Run the whole pipeline: an embedded nats-server (unless PRESSROOM_NATS_URL) and services."""
-    from services.console.ops import publish_request, ready
-    from services.console.supervisor import Supervisor, parse_scale, sample_request
 
     cfg = settings()
     samples = cfg.templates_dir / "samples"
@@ -114,9 +133,6 @@ def up(
 def _with_sample_config(cfg: Any, samples: Path) -> Any:
     """The settings `up --sample` runs with when PRESSROOM_CONFIG is unset: the sample config
     (its schedule) and, unless set, `file` sources read from the samples folder."""
-    import os
-
-    from shared.settings import load_settings
 
     saved = {k: os.environ.get(k) for k in ("PRESSROOM_CONFIG", "PRESSROOM_DATA_FILES_DIR")}
     os.environ["PRESSROOM_CONFIG"] = str((samples / "pressroom.yaml").resolve())
@@ -158,8 +174,6 @@ def health(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The whole stack: NATS, streams and consumers, dead letters, store, and each worker."""
-    from services.console.cli._common import run
-    from shared.stage.readiness import stack_health
 
     cfg = settings()
     registry_file = cfg.data_dir / "workers.json"
@@ -197,7 +211,6 @@ def bus_auth(
 ) -> None:
     """Write a nats-server include with one least-privilege nkey user per role, one account per
     calling system, and the seeds."""
-    from shared.bus.identity import SERVICE_ROLES, generate, tenant_role
 
     hosts = [h.strip() for h in host.split(",") if h.strip()]
     if not hosts:
@@ -226,7 +239,6 @@ def bus_auth(
 @bus_app.command("setup")
 def bus_setup() -> None:
     """Create or update every stream, consumer and bucket (needs the ops identity)."""
-    from services.console.ops import ready
 
     cfg = settings()
     on_bus(cfg, ready)
@@ -236,8 +248,6 @@ def bus_setup() -> None:
 @config_app.command("check")
 def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     """Validate the configuration and print it, secrets masked (exit 1 on any problem)."""
-    from shared.schedules import load_schedules
-    from shared.settings import masked
 
     cfg = settings()
     problems: list[str] = []  # every one at once, not the first only
@@ -283,15 +293,14 @@ def backup(
     ),
 ) -> None:
     """Templates, config, ledger and dead letters in one archive (0600, secrets redacted)."""
-    from services.console import ops
 
     cfg = settings()
     if since is not None and not artefacts:
         fail("--since needs --artefacts (it picks which reports go into the archive)")
-    cutoff = checked(lambda: ops.parse_since(since)) if since else None
+    cutoff = checked(lambda: requests.parse_since(since)) if since else None
     counts = on_bus(
         cfg,
-        lambda bus: ops.backup(
+        lambda bus: backups.backup(
             bus,
             output,
             cfg.templates_dir,
@@ -325,14 +334,13 @@ def restore(
     ),
 ) -> None:
     """Put back what is missing: ledger entries, dead letters, reports, templates, config."""
-    from services.console import ops
 
     if not archive.is_file():
         fail(f"no backup at '{archive}'")
     cfg = settings()
     done = on_bus(
         cfg,
-        lambda bus: ops.restore(
+        lambda bus: backups.restore(
             bus, archive, templates_dir=cfg.templates_dir, config=config or cfg.config, force=force
         ),
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from services.console.adhoc import resolve_template
 from services.console.cli._common import (
     checked,
     emit_json,
@@ -18,6 +19,9 @@ from services.console.cli._common import (
     validate_capped,
 )
 from services.console.cli._output import Col, literal, print_table, visible
+from services.renderer import fonts
+from services.renderer.pool import run_capped
+from services.renderer.templating import variables_in_folder
 from shared.errors import PressroomError
 
 
@@ -63,8 +67,6 @@ def templates_validate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check syntax, filters and declared variables; exit 1 on any problem."""
-    from services.console.adhoc import resolve_template
-    from services.renderer import fonts
 
     cfg = settings()
     if not name and not all_:
@@ -95,9 +97,6 @@ def templates_validate(
 @templates_app.command("vars")
 def templates_vars(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """The variables a template reads (and what its header says about them)."""
-    from services.console.adhoc import resolve_template
-    from services.renderer.pdf import run_capped
-    from services.renderer.templating import variables_in_folder
 
     cfg = settings()
     folder, name = resolve_template(cfg, name)

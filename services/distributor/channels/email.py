@@ -17,7 +17,7 @@ from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from pathlib import PurePosixPath
 from typing import Any
 
-from services.distributor.channels import Parcel
+from services.distributor.parcel import Parcel
 from shared.adapters import egress
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from services.distributor.channels import Parcel
+from services.distributor.parcel import Parcel
 from shared.bus.identity import TENANT_NAME
 from shared.errors import PermanentError, TransientError
 from shared.events import ChannelResult, Delivery

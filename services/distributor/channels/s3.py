@@ -9,7 +9,7 @@ import certifi
 import urllib3
 from minio import Minio
 
-from services.distributor.channels import Parcel
+from services.distributor.parcel import Parcel
 from shared.adapters import egress
 from shared.adapters.store import S3Artefacts
 from shared.errors import PermanentError

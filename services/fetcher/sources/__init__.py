@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from services.fetcher.sources.file import FileSource
+from services.fetcher.sources.github import GitHubSource
+from services.fetcher.sources.http import HttpSource
+from services.fetcher.sources.jira import JiraSource
+from services.fetcher.sources.prometheus import PrometheusSource
 from shared.events import Source
 from shared.settings import Settings
 
@@ -22,12 +27,6 @@ class DataSource(Protocol):
 
 
 def default_sources() -> Mapping[str, DataSource]:
-    from services.fetcher.sources.file import FileSource
-    from services.fetcher.sources.github import GitHubSource
-    from services.fetcher.sources.http import HttpSource
-    from services.fetcher.sources.jira import JiraSource
-    from services.fetcher.sources.prometheus import PrometheusSource
-
     return {
         "http": HttpSource(),
         "file": FileSource(),

@@ -1,0 +1,117 @@
+"""The bus as the operator's tools open it: the `ops` identity, the topology checked, one reason
+when the bus cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.errors import AuthorizationError
+from nats.js import JetStreamContext
+
+from shared.adapters.ledger import KvLedger
+from shared.adapters.store import ArtefactStore, open_store
+from shared.bus.failover import LEADERLESS, describe_error
+from shared.bus.identity import REFUSALS, BusRefused, identity
+from shared.bus.names import LEDGER_BUCKET
+from shared.bus.topology import connect, ensure_topology
+from shared.errors import PressroomError
+from shared.settings import Settings
+
+
+class BusUnavailable(PressroomError):
+    """The NATS server cannot be reached."""
+
+
+@dataclass
+class Bus:
+    nc: Client
+    js: JetStreamContext
+    settings: Settings
+
+    async def ledger(self) -> KvLedger:
+        return KvLedger(await self.js.key_value(LEDGER_BUCKET), js=self.js)
+
+    async def store(self) -> ArtefactStore:
+        return await open_store(self.settings, self.js)
+
+
+CONNECT_TIMEOUT = 3.0
+
+
+def connect_failure(error: BaseException, seen: list[BaseException]) -> str:
+    """Why a connection failed, in words: nats-py's own error is often empty ("") or says
+    only "no servers available", while the socket error it met on the way says more."""
+    for candidate in [*reversed(seen), error]:
+        if isinstance(candidate, ConnectionRefusedError):
+            return "connection refused: nothing listens there (is the server running?)"
+        if isinstance(candidate, TimeoutError | asyncio.TimeoutError):
+            return (
+                f"no answer within {CONNECT_TIMEOUT:g}s: a wrong address, or a firewall "
+                "dropping the packets?"
+            )
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror
+    return str(error) or type(error).__name__
+
+
+@asynccontextmanager
+async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[Bus]:
+    """The CLI's connection, as the ops identity; `setup` declares the topology if needed."""
+    who = identity(settings, "ops")
+    seen: list[BaseException] = []
+
+    async def quiet(error: Exception) -> None:
+        """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
+        REFUSALS.record(error)
+        seen.append(error)
+
+    try:
+        nc = await connect(
+            settings,
+            name="pressroom-cli",
+            role="ops",
+            # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
+            max_reconnect_attempts=1,
+            connect_timeout=CONNECT_TIMEOUT,
+            allow_reconnect=False,
+            error_cb=quiet,
+        )
+    except Exception as error:
+        where = settings.bus_url_public
+        text = str(error) or type(error).__name__
+        if "authorization" in text.lower() or isinstance(error, AuthorizationError):
+            raise BusUnavailable(
+                f"NATS at {where} refused {who.describe()}: {text} "
+                "(check PRESSROOM_NATS_CREDENTIALS_DIR / PRESSROOM_NATS_NKEY)"
+            ) from None
+        hint = (
+            ""
+            if settings.nats_url
+            else " (start it with `pressroom up`, or set PRESSROOM_NATS_URL)"
+        )
+        reason = connect_failure(error, seen)
+        raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {reason}") from None
+    js = nc.jetstream(timeout=5)
+    try:
+        if setup:
+            await ensure_topology(js, settings)
+        yield Bus(nc, js, settings)
+    except LEADERLESS as error:
+        refused = REFUSALS.last()
+        if refused:  # a refused request is never answered: the refusal is the reason
+            raise BusRefused(refused) from None
+        raise BusUnavailable(
+            f"NATS at {settings.bus_url_public} does not answer JetStream requests "
+            f"({describe_error(error)}): in a cluster, is a majority of the servers up? "
+            "(`pressroom health` shows which)"
+        ) from None
+    finally:
+        await nc.drain()
+
+
+async def ready(bus: Bus) -> None:
+    """Nothing more to do: `open_bus` (setup=True) declared the streams, consumers, buckets."""

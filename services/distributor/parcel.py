@@ -1,0 +1,63 @@
+"""What every delivery channel is handed and what it promises: the parcel, the channel protocol."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.adapters.store import ArtefactStore, read_verified
+from shared.events import Artefact, ChannelResult, Delivery, ReportRendered
+from shared.filenames import report_filename
+
+
+@dataclass
+class Parcel:
+    """What a channel delivers: the rendered event and its artefacts' bytes, loaded once."""
+
+    event: ReportRendered
+    store: ArtefactStore
+    # What makes this sending of the report one delivery: "" for the distributor (its retries
+    # are the same delivery, so receivers can de-duplicate them), a fresh value for each
+    # manual `pressroom deliver` (a new delivery a receiver must not drop as a duplicate).
+    occasion: str = ""
+    _cache: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def request_id(self) -> str:
+        return self.event.request.request_id
+
+    async def content(self, artefact: Artefact) -> bytes:
+        if artefact.key not in self._cache:
+            self._cache[artefact.key] = await read_verified(self.store, artefact)
+        return self._cache[artefact.key]
+
+    def filename(self, artefact: Artefact) -> str:
+        """What a person sees (attachments, webhook bodies): the request's `filename`
+        pattern, by default `{title}-{date}` (shared/filenames.py)."""
+        return report_filename(self.event.request, artefact.format)
+
+    def folder_filename(self, artefact: Artefact) -> str:
+        """The name in a shared folder: the request's `filename` pattern when it has one,
+        else the request id (unique, so reports of one day never replace each other)."""
+        request = self.event.request
+        if request.filename:
+            return report_filename(request, artefact.format)
+        return f"{request.request_id}.{artefact.format}"  # REQUEST_ID_PATTERN: safe as it is
+
+    def delivery_id(self, delivery: Delivery) -> str:
+        """An id the sender generates for one delivery (webhook-id, Message-ID): the same on
+        every retry of it, new for each manual re-delivery, and not the request id (which a
+        publisher chooses): a digest of request, delivery spec and occasion."""
+        spec = json.dumps(delivery.model_dump(mode="json"), sort_keys=True)
+        seed = f"{self.request_id}\n{spec}\n{self.occasion}".encode()
+        digest = base64.b32encode(hashlib.sha256(seed).digest()).decode().rstrip("=").lower()
+        return f"msg_{digest[:26]}"
+
+
+class Channel(Protocol):
+    """Delivers a parcel; raises TransientError or PermanentError with a reason."""
+
+    async def deliver(self, delivery: Delivery, parcel: Parcel) -> ChannelResult: ...

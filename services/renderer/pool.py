@@ -1,0 +1,401 @@
+"""Capped render processes: a timeout per render, a memory cap per process, crash retry and
+recycling."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import resource
+import signal
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import asynccontextmanager
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from services.renderer import fonts, warm
+from services.renderer.job import SplitAborted
+from shared.errors import PermanentError, RenderTimeout, TransientError
+from shared.observe.logging import get_logger
+from shared.secretenv import scrub
+
+log = get_logger(__name__)
+
+
+def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
+    scrub()  # a template never needs a secret: no delivery, store, bus or signing key here
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group: the renderer decides when its render processes
+    # stop, so they leave no KeyboardInterrupt traceback in its log.
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_mb > 0:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Fonts are configured in every render process; warm ones also load them up front.
+    fonts.configure()
+    if warm_up:
+        # Imports, fonts and the layout engine load once per process, not per report.
+        import weasyprint
+
+        weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf(font_config=warm.shared_font_config())
+
+
+def _die_with_parent() -> None:
+    """A render process must not outlive its renderer, even one killed with SIGKILL."""
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+class _Worker:
+    """One warm render process (an executor of one, so it can be retired on its own)."""
+
+    def __init__(self, executor: ProcessPoolExecutor, process: Any) -> None:
+        self.executor = executor
+        self.process = process
+        self.pid: int = process.pid
+        self.renders = 0
+        self.successor: _Worker | None = None  # a warm replacement, waiting to take over
+        self.replacing = False
+        self.stopped = False
+
+    def alive(self) -> bool:
+        return not self.stopped and self.process.is_alive()
+
+    def rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        self.stopped = True
+        if kill and self.process.is_alive():
+            self.process.kill()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def exit_reason(self) -> str:
+        """'signal 11', 'exit code 1' …: how the process ended (it has, or is about to)."""
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is None:
+            return "unknown cause"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+class _Crashed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CappedPool:
+    """Warm render processes, each its own executor: a render over its timeout is killed and
+    its process replaced; a process that dies mid-render (segfault, OOM kill) is replaced and
+    the render tried once more in the fresh one; a process past `max_renders` renders or
+    `max_rss_mb` of memory is retired between jobs, once its warm replacement is ready."""
+
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        memory_mb: int = 2048,
+        timeout: float = 120.0,
+        warm: bool = True,
+        max_renders: int = 0,
+        max_rss_mb: int = 0,
+    ) -> None:
+        self.workers = workers
+        self.memory_mb = memory_mb
+        self.timeout = timeout
+        self.warm = warm
+        self.max_renders = max_renders
+        self.max_rss_mb = max_rss_mb
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        # Renders wait here, untimed, for a free process: the timeout counts rendering only.
+        self._slots = Slots(workers)
+
+    async def _spawn(self) -> _Worker:
+        executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.memory_mb, self.warm),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            # Started and warmed now, not during a report.
+            await loop.run_in_executor(executor, os.getpid)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        process = next(iter((getattr(executor, "_processes", None) or {}).values()))
+        worker = _Worker(executor, process)
+        self._all.add(worker)
+        return worker
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            if not fonts.harfbuzz_subset_available():
+                # Said once per renderer, instead of WeasyPrint's line per font per render.
+                log.warning(
+                    "fonts are subset with fontTools",
+                    hint="install HarfBuzz-Subset (Debian: libharfbuzz-subset0): renders take "
+                    "~1/4 of the CPU, and 10-25 s less with Chinese, Japanese or Korean text",
+                )
+            # Start (and warm) every worker now rather than on the first report.
+            self._idle = list(await asyncio.gather(*(self._spawn() for _ in range(self.workers))))
+            self._started = True
+
+    def pids(self) -> list[int]:
+        """The render processes' ids (idle and busy)."""
+        return sorted(w.pid for w in self._all)
+
+    async def _call(
+        self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float
+    ) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
+        try:
+            result = await asyncio.wait_for(future, timeout=timeout)
+        except BrokenProcessPool:
+            raise _Crashed(await asyncio.to_thread(worker.exit_reason)) from None
+        worker.renders += 1
+        return result
+
+    async def _fresh(self, dead: _Worker) -> _Worker:
+        """A new process in place of one that died or was killed."""
+        dead.stop(kill=True)
+        self._all.discard(dead)
+        if dead.successor is not None:
+            fresh, dead.successor = dead.successor, None
+            return fresh
+        return await self._spawn()
+
+    async def run(
+        self, fn: Callable[..., Any], *args: Any, label: str, timeout: float | None = None
+    ) -> Any:
+        """`fn(*args)` in a capped process: a timeout kills and replaces the process; a process
+        that dies is replaced and `fn` tried once more, then the report fails."""
+        await self.start()
+        async with self._slots.hold(1):
+            worker = self._idle.pop()
+            try:
+                crashes = 0
+                while True:
+                    if not worker.alive():  # stopped when a render was given up on
+                        worker = await self._fresh(worker)
+                    try:
+                        return await self._call(worker, fn, args, timeout or self.timeout)
+                    except asyncio.CancelledError:
+                        # Given up on (the report's own timeout, a shutdown): stop the render
+                        # too, rather than leave a process busy for nobody; the next job
+                        # replaces it.
+                        worker.stop(kill=True)
+                        raise
+                    except TimeoutError:
+                        worker = await self._fresh(worker)
+                        raise RenderTimeout(
+                            f"render of '{label}' took longer than {self.timeout:g}s and was "
+                            "stopped"
+                        ) from None
+                    except _Crashed as crash:
+                        crashes += 1
+                        log.warning(
+                            "render process crashed",
+                            template=label,
+                            reason=crash.reason,
+                            retry=crashes < 2,
+                        )
+                        worker = await self._fresh(worker)
+                        if crashes >= 2:
+                            raise PermanentError(
+                                f"the renderer crashed ({crash.reason}) on this report twice"
+                            ) from None
+            finally:
+                self._give_back(worker)
+
+    async def run_group(
+        self,
+        fn: Callable[[Any], Any],
+        jobs: list[Any],
+        *,
+        label: str,
+        timeout: Callable[[], float],
+    ) -> list[Any]:
+        """`fn(job)` for every job at once, each in its own process (all wait for a free
+        process first); one error fails the group: the error of the lowest job, as raised."""
+        await self.start()
+        async with self._slots.hold(len(jobs)):
+            group = [self._idle.pop() for _ in jobs]
+            try:
+                group = [w if w.alive() else await self._fresh(w) for w in group]
+                tasks = [
+                    asyncio.ensure_future(self._call(w, fn, (job,), timeout()))
+                    for w, job in zip(group, jobs, strict=True)
+                ]
+                pending: set[asyncio.Future[Any]] = set(tasks)
+                while pending:
+                    try:
+                        done, pending = await asyncio.wait(
+                            pending, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    except asyncio.CancelledError:  # as in `run`: no process left busy
+                        for worker in group:
+                            worker.stop(kill=True)
+                        raise
+                    if any(isinstance(t.exception(), _Crashed) for t in done):
+                        # The others would wait for the dead one's pages until the deadline.
+                        for other in group:
+                            other.stop(kill=True)
+                results = [t.exception() or t.result() for t in tasks]
+                if any(isinstance(r, TimeoutError) for r in results):
+                    group = [await self._fresh(w) for w in group]
+                    raise RenderTimeout(
+                        f"render of '{label}' took longer than {self.timeout:g}s and was stopped"
+                    )
+                if any(isinstance(r, _Crashed) for r in results):
+                    # The others wait for the dead one's pages: every process of the group goes.
+                    group = [await self._fresh(w) for w in group]
+                    raise TransientError(
+                        "render worker died (killed, or over the memory limit); will retry"
+                    )
+            finally:
+                for worker in group:
+                    self._give_back(worker)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise min(errors, key=_group_error_rank)
+        return results
+
+    def _give_back(self, worker: _Worker) -> None:
+        """Back to the idle list between jobs — or its warm successor, if one is ready."""
+        successor = worker.successor
+        if successor is not None:
+            worker.successor = None
+            self._retire(worker)
+            worker = successor
+        elif not worker.replacing and self._due(worker):
+            worker.replacing = True
+            task = asyncio.get_running_loop().create_task(self._replace_later(worker))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._idle.append(worker)
+
+    def _due(self, worker: _Worker) -> bool:
+        if self.max_renders and worker.renders >= self.max_renders:
+            return True
+        return bool(self.max_rss_mb) and worker.rss_mb() > self.max_rss_mb
+
+    async def _replace_later(self, old: _Worker) -> None:
+        """Warm a successor while `old` goes on rendering; it takes over between jobs."""
+        try:
+            new = await self._spawn()
+        except Exception as error:  # old keeps serving; tried again after its next job
+            old.replacing = False
+            log.warning("could not start a render process", error=str(error))
+            return
+        if old not in self._all:  # replaced meanwhile (it crashed): not needed
+            new.stop()
+            self._all.discard(new)
+            return
+        log.info(
+            "render process recycled", pid=old.pid, renders=old.renders, rss_mb=round(old.rss_mb())
+        )
+        if old in self._idle:
+            self._idle[self._idle.index(old)] = new
+            self._retire(old)
+        else:
+            old.successor = new
+
+    def _retire(self, worker: _Worker) -> None:
+        self._all.discard(worker)
+        worker.stop()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for worker in list(self._all):
+            successor = worker.successor
+            if successor is not None:
+                successor.executor.shutdown(wait=True, cancel_futures=True)
+            worker.executor.shutdown(wait=True, cancel_futures=True)
+        self._all.clear()
+        self._idle.clear()
+        self._started = False
+
+
+def _group_error_rank(error: BaseException) -> int:
+    # The chunks that stopped because another failed say nothing new: the first real error.
+    return 1 if isinstance(error, SplitAborted) else 0
+
+
+class Slots:
+    """Render processes free to take work; a group takes several at once, first come first
+    served (a group waiting for all processes is not overtaken by single renders)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, wanted: int = 1) -> AsyncIterator[None]:
+        wanted = max(1, min(wanted, self.total))
+        if self._waiting or self.free < wanted:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((wanted, granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release(wanted)
+                else:
+                    self._waiting.remove((wanted, granted))
+                    self._release(0)
+                raise
+        else:
+            self.free -= wanted
+        try:
+            yield
+        finally:
+            self._release(wanted)
+
+    def _release(self, count: int) -> None:
+        self.free += count
+        while self._waiting and self._waiting[0][0] <= self.free:
+            wanted, granted = self._waiting.popleft()
+            if not granted.done():
+                self.free -= wanted
+                granted.set_result(None)
+
+
+def run_capped(fn: Callable[..., Any], *args: Any, label: str, settings: Any) -> Any:
+    """Template code run from the CLI: one process with the render timeout and memory cap."""
+
+    async def once() -> Any:
+        pool = CappedPool(
+            1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout, warm=False
+        )
+        try:
+            return await pool.run(fn, *args, label=label)
+        finally:
+            await pool.close()
+
+    return asyncio.run(once())
