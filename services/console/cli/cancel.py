@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from services.console.cancel import cancel_requests
 from services.console.cli._common import emit_json, fail, on_bus, out, settings
 from services.console.cli._output import literal
 from shared.errors import PressroomError
@@ -18,8 +19,6 @@ def cancel(
 ) -> None:
     """Cancel requests: no stage starts them, a render in progress is stopped, nothing is
     delivered after this returns (a delivery already under way is named)."""
-    from services.console.cancel import cancel_requests
-
     who = f"cli:{os.environ.get('USER', 'unknown')}"
 
     async def act(bus: Any) -> Any:

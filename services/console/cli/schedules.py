@@ -14,6 +14,7 @@ import typer
 import yaml
 from nats.errors import Error as NatsError
 
+from services.console.backfill import backfill, parse_when
 from services.console.busaccess import open_bus
 from services.console.cli._common import (
     checked,
@@ -179,8 +180,6 @@ def schedule_backfill(
 ) -> None:
     """Publish each fire of NAME in the range once, with the ids the scheduler gives them
     (a fire that already ran is named, not sent again)."""
-    from services.console.backfill import backfill, parse_when
-
     cfg = settings()
     schedule, _ = _known(cfg, name)
     try:
