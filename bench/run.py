@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import longreport, render_time, speed
+from bench import burst, longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
@@ -405,6 +405,9 @@ async def main() -> None:
         found = {"statement": await longreport.statement_report(LARGE_ROWS)}
         update_published(**found)
         print("\n".join(longreport.statement_markdown(found["statement"])))
+        return
+    if only == "burst":  # issue 33: bursting and lanes, one run (bench/burst.py)
+        await burst.main()
         return
     if only == "fonts":
         print(json.dumps(render_time.figures(FONTS_N), indent=2))
