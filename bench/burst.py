@@ -39,7 +39,7 @@ def items(tag: str, n: int) -> list[dict[str, Any]]:
     return [{"id": f"{tag}{i:05d}", "owner": f"o{i}", "balance": i} for i in range(n)]
 
 
-def bench_stack(root: Path) -> Stack:
+async def bench_stack(root: Path) -> Stack:
     stack = Stack(
         root,
         env_extra={
@@ -49,7 +49,7 @@ def bench_stack(root: Path) -> Stack:
         },
         workers={"fetcher": 1, "renderer": 2, "distributor": 1},
     )
-    stack.start()
+    await stack.astart()
     (stack.templates / "card.html").write_text(CARD)
     (stack.templates / "single.html").write_text(SINGLE)
     return stack
@@ -161,7 +161,7 @@ async def interactive_latency(stack: Stack, flood: int, probes: int) -> dict[str
 
 async def main() -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="pressroom-bench-burst-"))
-    stack = bench_stack(root)
+    stack = await bench_stack(root)
     try:
         result = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -24,6 +24,7 @@ from shared.events import (
     DataReady,
     ReportFailed,
     ReportRequested,
+    lane_subject,
 )
 from shared.settings import Settings
 from shared.stage.bursts import child_landed, publish_parent_outcome
@@ -47,7 +48,8 @@ async def _send(
     # One id per child and run of the parent: a redelivered parent sends each child once; a
     # replay (a later run) sends the failed ones again past the duplicate window's memory.
     ident = f"{plan.request.request_id}:fetcher:{generation}"
-    await publisher.publish(DATA_READY, encode(ready), msg_id=ident)
+    # In the bulk lane: a burst's children never queue ahead of anyone's interactive report.
+    await publisher.publish(lane_subject(DATA_READY, "bulk"), encode(ready), msg_id=ident)
 
 
 async def fan_out(
