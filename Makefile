@@ -33,8 +33,10 @@ run: install
 ## What the tests need but cannot pip-install: Debian's prometheus (the Prometheus source tests),
 ## poppler-utils (pdftoppm: the font tests look at a page) and HarfBuzz-Subset (WeasyPrint subsets
 ## fonts with it; without it, fontTools takes 10-25 s more per report with CJK text) and
-## SpamAssassin (run offline on the emails Pressroom sends).
+## SpamAssassin (run offline on the emails Pressroom sends); SoftHSM, the PKCS#11 token that
+## PDF signing is tested with.
 TEST_DEBS := prometheus:prometheus pdftoppm:poppler-utils spamassassin:spamassassin \
+	softhsm2-util:softhsm2 \
 	/usr/lib/$(shell uname -m)-linux-gnu/libharfbuzz-subset.so.0:libharfbuzz-subset0
 ## The official checkers other teams use on what Pressroom emits (tests/integration/
 ## test_contract_wire.py): the AsyncAPI parser, from npm into a project-local folder.

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.renderer.core import build_context, make_job
+from services.renderer.core import build_context, document_spec, make_job
 from services.renderer.job import RenderJob
 from services.renderer.pooled import RenderPool
 from shared.events import ReportRequested
@@ -38,8 +38,18 @@ def portfolio(rows: int, sample: str = "portfolio.json") -> dict[str, Any]:
 
 def job_for(data: dict[str, Any], split: str) -> RenderJob:
     settings = Settings(templates_dir=REPO / "templates", missing_glyphs="warn")
-    request = ReportRequested(template="portfolio.html", request_id="bench-long")
-    job = make_job(settings, "portfolio.html", build_context(request, data), ("pdf",), split=split)
+    # A plain PDF: tagged and PDF/A reports are laid out in one piece (bench/archive.py).
+    request = ReportRequested(
+        template="portfolio.html", request_id="bench-long", pdf={"variant": None, "tagged": False}
+    )
+    job = make_job(
+        settings,
+        "portfolio.html",
+        build_context(request, data),
+        ("pdf",),
+        split=split,
+        document=document_spec(settings, request, data),
+    )
     return replace(job, split_rows=1)
 
 

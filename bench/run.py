@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import burst, longreport, render_time, speed
+from bench import archive, burst, finish_cost, longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
@@ -243,7 +243,17 @@ async def large_report(root: Path, rows: int, processes: int = 1) -> dict[str, A
         data = params(rows)
         started = time.perf_counter()
         await publish(
-            stack, [{"request_id": "large", "template": "portfolio.html", "params": data}]
+            # A plain PDF: a tagged PDF/A report (the bundled default) is never split, and
+            # this workload measures splitting (bench/archive.py measures what tags cost).
+            stack,
+            [
+                {
+                    "request_id": "large",
+                    "template": "portfolio.html",
+                    "params": data,
+                    "pdf": {"variant": None, "tagged": False},
+                }
+            ],
         )
         delivered = await outcomes.delivered_event("large", timeout=900)
         elapsed = time.perf_counter() - started
@@ -358,6 +368,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += longreport.markdown(result["long"], result.get("write_phase"))
     if "statement" in result:
         lines += longreport.statement_markdown(result["statement"])
+    if "archive" in result:
+        lines += archive.markdown(result["archive"])
     notes = DOCS / "benchmarks-notes.md"  # hand-written remarks on the figures
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
@@ -409,8 +421,16 @@ async def main() -> None:
     if only == "burst":  # issue 33: bursting and lanes, one run (bench/burst.py)
         await burst.main()
         return
+    if only == "archive":
+        found = {"archive": await archive.measure()}
+        update_published(**found)
+        print("\n".join(archive.markdown(found["archive"])))
+        return
     if only == "fonts":
         print(json.dumps(render_time.figures(FONTS_N), indent=2))
+        return
+    if only == "finish":  # issue 30's finishing options against a plain render
+        print("\n".join(finish_cost.markdown(finish_cost.figures(FONTS_N))))
         return
     if only == "cluster":
         # Measure the cluster workload alone and update its section of the published figures.
@@ -465,6 +485,8 @@ async def main() -> None:
         return
     log("fonts: Latin-only and every-script renders …")
     result["fonts"] = render_time.figures(FONTS_N)
+    log("PDF finishing: watermark, password, signatures against a plain render …")
+    result["finish"] = finish_cost.figures(FONTS_N)
     log("latency at light load …")
     result["latency"] = await latency(root, LATENCY_N)
     log("one warm render vs a naive loop …")
@@ -480,6 +502,8 @@ async def main() -> None:
     result["long"] = await longreport.long_report(LARGE_ROWS, sorted({1, 2, os.cpu_count() or 1}))
     log("the PDF write phase: HarfBuzz-Subset vs fontTools …")
     result["write_phase"] = longreport.write_phase(LARGE_ROWS)
+    log("PDF/A, tags and exports against a plain render …")
+    result["archive"] = await archive.measure()
 
     def publish() -> str:
         (DOCS / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")

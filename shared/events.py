@@ -9,7 +9,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -157,7 +164,12 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "normal", "bulk")
 
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$"
 
-Format = Literal["pdf", "html"]
+Format = Literal["pdf", "html", "csv", "xlsx"]
+# A template marks a table exportable with data-export="<name>": the name of its CSV file and
+# XLSX sheet, so file-name and sheet-name safe (Excel allows 31 characters).
+EXPORT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$"
+PdfVariant = Literal["pdf/a-3b", "pdf/a-2b", "pdf/ua-1"]
+PDF_VARIANTS: tuple[str, ...] = ("pdf/a-3b", "pdf/a-2b", "pdf/ua-1")
 # One request is one report: bounded fan-out, so no request can hold a stage for everyone else.
 MAX_SOURCES = 50
 MAX_DELIVERIES = 20
@@ -251,6 +263,126 @@ class Burst(BaseModel):
     )
 
 
+class PdfMetadata(BaseModel):
+    """Document properties a request (or a schedule, or a template) may set; the title comes
+    from the template's <title>, the dates from the request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    author: str | None = Field(
+        default=None, max_length=200, description="Author (default PRESSROOM_PDF_AUTHOR)."
+    )
+    subject: str | None = Field(default=None, max_length=500, description="Subject.")
+    keywords: list[str] | None = Field(
+        default=None, max_length=20, description="Keywords (at most 20)."
+    )
+
+    @field_validator("keywords")
+    @classmethod
+    def _short_keywords(cls, value: list[str] | None) -> list[str] | None:
+        if value and any(len(k) > 64 or not k.strip() for k in value):
+            raise ValueError("each keyword is 1 to 64 characters")
+        return value
+
+
+# A user password travels sealed to the renderer's key (`pressroom pdf seal`), never in clear:
+# the request, the ledger, the bus and dead letters only ever hold this token.
+SEALED_PREFIX = "sealed1:"
+SEALED_PATTERN = r"^sealed1:[A-Za-z0-9_-]{80,2000}={0,2}$"
+
+
+class PdfPermissions(BaseModel):
+    """What a reader of a password-protected PDF may do (without the owner password)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True
+    )
+
+    print: bool = Field(default=True, description="Print the document (high resolution).")
+    copy_text: bool = Field(
+        default=False, alias="copy", description="Copy or extract its text and images."
+    )
+
+
+class PdfOptions(BaseModel):
+    """How the PDF is made and finished (per request, per schedule, per template; operator
+    defaults and limits in PRESSROOM_PDF_* and PRESSROOM_SIGN_*). A key left out takes the
+    template's (its front matter's `pdf:`) or the operator's default; a key given — `null`
+    included — is the request's choice. A request may add protection, never remove what the
+    operator imposes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: PdfVariant | None = Field(
+        default=None,
+        description="Standard the PDF conforms to: 'pdf/a-3b' (archival, with the provenance "
+        "attachment pressroom.json), 'pdf/a-2b', 'pdf/ua-1' (accessible, tagged), or null (a "
+        "plain PDF). PRESSROOM_PDF_REQUIRE may make a request's choice a refusal.",
+    )
+    tagged: bool | None = Field(
+        default=None,
+        description="Tagged PDF: a structure tree (headings, tables with header cells, charts "
+        "with alt text, reading order) for screen readers and reuse.",
+    )
+    metadata: PdfMetadata | None = Field(
+        default=None, description="Author, subject and keywords of the document."
+    )
+
+    password: str | None = Field(
+        default=None,
+        description="The reader's password, sealed to the renderer's key (`pressroom pdf seal`; "
+        f"'{SEALED_PREFIX}…'): a password in clear is refused. The PDF is encrypted with "
+        "AES-256; its owner password is the operator's.",
+    )
+    permissions: PdfPermissions | None = Field(
+        default=None,
+        description="Print/copy permissions; encrypts the PDF (no password needed to open it "
+        "unless `password` is set).",
+    )
+    watermark: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=120,
+        description="Text stamped across every page, e.g. 'DRAFT' or 'CONFIDENTIAL — for "
+        "{recipient}' ({recipient}: the request's requested_by). An operator's "
+        "PRESSROOM_PDF_WATERMARK is stamped as well.",
+    )
+    sign: bool | None = Field(
+        default=None,
+        description="Sign the PDF (PAdES) with the operator's key; with a timestamp when a "
+        "timestamp server is configured. Refused when no key is configured.",
+    )
+    append: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="PDFs from the templates folder to append, each one the operator allowed "
+        "(PRESSROOM_PDF_APPEND_ALLOW); the report's page numbers count their pages.",
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _sealed(cls, value: str | None) -> str | None:
+        # The message never repeats the value: it may be a password sent in clear by mistake.
+        if value is not None and not re.fullmatch(SEALED_PATTERN, value):
+            raise ValueError(
+                f"must be sealed ('{SEALED_PREFIX}…' from `pressroom pdf seal`), never in clear"
+            )
+        return value
+
+    @field_validator("append")
+    @classmethod
+    def _inside_templates(cls, value: list[str]) -> list[str]:
+        for name in value:
+            parts = name.replace("\\", "/").split("/")
+            if not name or name.startswith("/") or ".." in parts or len(name) > 200:
+                raise ValueError("each name must be a file inside the templates folder")
+        return list(dict.fromkeys(value))
+
+    def given(self) -> dict[str, Any]:
+        """The keys the request set (null included), as JSON."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 class ReportRequested(Event):
     """Someone wants a report: published by other systems, the scheduler and the CLI."""
 
@@ -263,9 +395,22 @@ class ReportRequested(Event):
     template: str = Field(description="Template name inside the templates folder.", min_length=1)
     formats: list[Format] = Field(
         default_factory=lambda: ["pdf"],  # type: ignore[arg-type]
-        description="Artefacts to produce (each at most once).",
+        description="Artefacts to produce (each at most once): pdf, html, csv (one file per "
+        'table the template marks data-export="name"), xlsx (one workbook, a sheet per '
+        "such table).",
         min_length=1,
-        max_length=2,
+        max_length=4,
+    )
+    pdf: PdfOptions | None = Field(
+        default=None,
+        description="PDF options: standard (PDF/A, PDF/UA), tags, document metadata, appended "
+        "PDFs, watermark, password, permissions, signature. Left out: the template's and the "
+        "operator's defaults; the operator's limits win.",
+    )
+    csv_bom: bool | None = Field(
+        default=None,
+        description="Start each CSV with a UTF-8 byte order mark (Excel reads the encoding "
+        "from it). Default: PRESSROOM_EXPORT_CSV_BOM.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Inline values; merged over source results."
@@ -357,6 +502,12 @@ class ReportRequested(Event):
             raise ValueError("parent: set by Pressroom on a burst's children only")
         return self
 
+    @field_serializer("pdf")
+    def _pdf_as_given(self, value: PdfOptions | None) -> dict[str, Any] | None:
+        # Only the keys the request set travel on: a key left out must stay "not said" (the
+        # template's default applies) and not become an explicit null on the next stage.
+        return None if value is None else value.given()
+
     @field_validator("locale")
     @classmethod
     def _known_locale(cls, value: str | None) -> str | None:
@@ -413,6 +564,8 @@ _NEWER_DEFAULTS: dict[str, Any] = {
     "parent": None,
     "burst_index": None,
     "skip_if_empty": None,
+    "pdf": None,
+    "csv_bom": None,
 }
 
 
@@ -462,6 +615,11 @@ class DataReady(_CarriesRequest):
     fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
     cache_hits: int = Field(default=0, description="Sources served from the cache.")
     cache_misses: int = Field(default=0, description="Cacheable sources fetched afresh.")
+    fetched_at: dict[str, datetime] = Field(
+        default_factory=dict,
+        description="When each source's data was fetched (sources served from the fetch cache "
+        "are absent): the provenance a PDF/A-3 report embeds.",
+    )
 
     @model_validator(mode="after")
     def _has_data(self) -> DataReady:
@@ -505,10 +663,21 @@ class Artefact(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     format: Format
+    name: str | None = Field(
+        default=None,
+        description="For a csv: the exportable table it holds (the template's data-export "
+        "name); the file is <report>.<name>.csv.",
+        pattern=EXPORT_NAME_PATTERN,
+    )
     key: str = Field(description="Key in the artefact store.")
     size: int = Field(description="Size in bytes.")
     sha256: str = Field(description="Hex SHA-256 of the content.")
     content_type: str
+
+    @property
+    def ext(self) -> str:
+        """The file extension: `pdf`, `xlsx`, or `<table>.csv` for one table's CSV."""
+        return f"{self.name}.{self.format}" if self.name else self.format
 
 
 class ReportRendered(_CarriesRequest):

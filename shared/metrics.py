@@ -398,7 +398,7 @@ STAGE_RESULTS = ("done", "retry", "dead_letter", "handed_back")
 SETTLED = ("delivered", "failed")
 TRIGGERS = ("request", "schedule")
 FETCH_OUTCOMES = ("ok", "timeout", "unreachable", "error")
-FORMATS = ("pdf", "html")
+FORMATS = ("pdf", "html", "csv", "xlsx")  # shared.events.Format
 OTHER = "other"
 
 Labels = tuple[tuple[str, str], ...]

@@ -22,7 +22,8 @@ SECRET_NAME = re.compile(
 _DELIVERY = re.compile(r"^PRESSROOM_(SMTP_USER|SMTP_PASSWORD|WEBHOOK_SECRET)$")
 _SOURCES = re.compile(r"^PRESSROOM_SOURCE_CREDENTIALS$")
 _STORE = re.compile(r"^(PRESSROOM_S3_(ACCESS|SECRET)_KEY|AWS_.*)$")
-_SIGNING = re.compile(r"^PRESSROOM_SIGN_")
+# The renderer's keys: signing, and the PDF owner password and password-unsealing key.
+_SIGNING = re.compile(r"^PRESSROOM_(SIGN_|PDF_OWNER_PASSWORD_FILE$|PDF_SEAL_KEY_FILE$)")
 _CONSOLE = re.compile(r"^PRESSROOM_OIDC_")
 
 # What each worker may not see: the secrets of the other roles.

@@ -220,6 +220,58 @@ class Settings(BaseSettings):
         default="", description="More font folders for the renderer (':'- or ','-separated)."
     )
 
+    # The PDF's standard, tags and metadata (issue 30; request `pdf`, template front matter)
+    pdf_variant: Literal["", "pdf/a-3b", "pdf/a-2b", "pdf/ua-1"] = Field(
+        default="",
+        description="Standard of a PDF whose request and template name none ('': plain PDF).",
+    )
+    pdf_tagged: bool = Field(
+        default=False, description="Tag a PDF whose request and template do not say."
+    )
+    pdf_require: str = Field(
+        default="",
+        description="What every PDF is, whatever a request says (comma-separated): a variant "
+        "(pdf/a-3b, pdf/a-2b, pdf/ua-1) and/or `tagged`; a request asking otherwise is refused.",
+    )
+    pdf_author: str = Field(
+        default="Pressroom", max_length=200, description="Author of a PDF that names none."
+    )
+    pdf_creator: str = Field(
+        default="Pressroom", max_length=200, description="Creator (tool) written in every PDF."
+    )
+    export_csv_bom: bool = Field(
+        default=False, description="Start CSV exports with a UTF-8 byte order mark (Excel)."
+    )
+    # Finishing PDFs (services/renderer/finish.py): what a request may ask, what it may not
+    # turn off. Secrets are files the renderer reads (the operator's secret store mounts them).
+    pdf_passwords: Literal["allow", "forbid"] = Field(
+        default="allow", description="Whether a request may password-protect its PDF."
+    )
+    pdf_owner_password_file: str = Field(
+        default="", description="File holding the owner password of protected PDFs."
+    )
+    pdf_seal_key_file: str = Field(
+        default="", description="X25519 private key (PEM) that unseals requests' passwords."
+    )
+    pdf_watermark: str = Field(
+        default="",
+        max_length=120,
+        description="Text stamped on every PDF, whatever the request says (e.g. DRAFT).",
+    )
+    pdf_append_allow: str = Field(
+        default="", description="PDFs in the templates folder a request may append."
+    )
+    sign_key_file: str = Field(default="", description="Signing key (PEM/DER).")
+    sign_cert_file: str = Field(default="", description="Signing certificate (PEM/DER).")
+    sign_chain_file: str = Field(default="", description="Intermediate certificates (PEM).")
+    sign_key_password_file: str = Field(default="", description="Passphrase of the key.")
+    sign_pkcs11_module: str = Field(default="", description="PKCS#11 library holding the key.")
+    sign_pkcs11_token: str = Field(default="", description="PKCS#11 token label.")
+    sign_pkcs11_key: str = Field(default="", description="PKCS#11 key (and cert) label.")
+    sign_pkcs11_pin_file: str = Field(default="", description="File holding the token's PIN.")
+    sign_tsa_url: str = Field(default="", description="RFC 3161 timestamp server (PAdES B-T).")
+    sign_always: bool = Field(default=False, description="Sign every PDF, whatever the request.")
+
     # Fetching
     fetch_timeout: float = Field(default=10.0, gt=0, description="Seconds per source.")
     fetch_concurrency: int = Field(
@@ -316,6 +368,18 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # ---- value checks (each error names its setting through load_settings) ---------------
+    @field_validator("pdf_require")
+    @classmethod
+    def _known_requirements(cls, value: str) -> str:
+        known = ("pdf/a-3b", "pdf/a-2b", "pdf/ua-1", "tagged")
+        parts = _split(value)
+        unknown = [p for p in parts if p not in known]
+        if unknown:
+            raise ValueError(f"unknown requirement '{unknown[0]}' (known: {', '.join(known)})")
+        if len([p for p in parts if p != "tagged"]) > 1:
+            raise ValueError("at most one variant can be required")
+        return ",".join(parts)
+
     @field_validator("retry_backoff")
     @classmethod
     def _backoff_is_seconds(cls, value: str) -> str:
@@ -469,6 +533,10 @@ class Settings(BaseSettings):
     @property
     def asset_allow_list(self) -> list[str]:
         return _split(self.asset_allow)
+
+    @property
+    def pdf_append_allow_list(self) -> list[str]:
+        return _split(self.pdf_append_allow)
 
     @property
     def source_allow_list(self) -> list[str]:

@@ -32,7 +32,12 @@ from shared.events import (
 )
 from shared.schedules import CLOCK_SKEW, scheduled_fire
 
-_CONTENT_TYPES = {".pdf": "application/pdf", ".html": "text/html; charset=utf-8"}
+_CONTENT_TYPES = {
+    ".pdf": "application/pdf",
+    ".html": "text/html; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
 
 
 async def backup(

@@ -315,9 +315,10 @@ async def _artefact(bus: Bus, request_id: str, fmt: str) -> Artefact:
     entry = await (await bus.ledger()).get(request_id)
     if entry is None:
         raise PressroomError(f"no request '{request_id}' in the ledger")
-    matches = [a for a in entry.artefacts if a.format == fmt]
+    # `csv` is the first table's CSV; `orders.csv` names one.
+    matches = [a for a in entry.artefacts if fmt in (a.format, a.ext)]
     if not matches:
-        have = ", ".join(a.format for a in entry.artefacts) or "none yet"
+        have = ", ".join(a.ext for a in entry.artefacts) or "none yet"
         raise PressroomError(f"request '{request_id}' has no {fmt} artefact (has: {have})")
     return matches[0]
 
@@ -394,7 +395,8 @@ class OldFile:
 def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFile]:
     """Files the `file` channel delivered under `folder` (PRESSROOM_OUT_DIR) older than `age`,
     removed (or only listed, with `dry_run`), with the folders they leave empty. Only what
-    the channel writes goes (reports `*.pdf` / `*.html`, and `.*.part` files a crash left
+    the channel writes goes (reports `*.pdf` / `*.html`, their `*.csv` / `*.xlsx` exports, and
+    `.*.part` files a crash left
     half-written): anything else an operator keeps there stays. Symbolic links are neither
     followed nor removed."""
 
@@ -407,7 +409,7 @@ def clean_out_dir(folder: Path, age: timedelta, *, dry_run: bool) -> list[OldFil
         for name in sorted(files):
             path = here / name
             info = path.lstat()
-            ours = path.suffix in (".pdf", ".html") or (
+            ours = path.suffix in (".pdf", ".html", ".csv", ".xlsx") or (
                 name.startswith(".") and name.endswith(".part")
             )
             if ours and stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:

@@ -58,7 +58,7 @@ async def distribute(
     for artefact in event.artefacts:
         # The renderer stores every artefact under the request's own key (a cache hit is copied
         # there): a report.rendered pointing elsewhere is asking for another request's report.
-        own = artefact_key(request.request_id, artefact.format, request.requested_at)
+        own = artefact_key(request.request_id, artefact.ext, request.requested_at)
         if artefact.key != own:
             raise PermanentError(f"report.rendered names artefact '{artefact.key}', not its own")
     parcel = Parcel(event=event, store=store)

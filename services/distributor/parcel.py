@@ -37,15 +37,15 @@ class Parcel:
     def filename(self, artefact: Artefact) -> str:
         """What a person sees (attachments, webhook bodies): the request's `filename`
         pattern, by default `{title}-{date}` (shared/filenames.py)."""
-        return report_filename(self.event.request, artefact.format)
+        return report_filename(self.event.request, artefact.ext)
 
     def folder_filename(self, artefact: Artefact) -> str:
         """The name in a shared folder: the request's `filename` pattern when it has one,
         else the request id (unique, so reports of one day never replace each other)."""
         request = self.event.request
         if request.filename:
-            return report_filename(request, artefact.format)
-        return f"{request.request_id}.{artefact.format}"  # REQUEST_ID_PATTERN: safe as it is
+            return report_filename(request, artefact.ext)
+        return f"{request.request_id}.{artefact.ext}"  # REQUEST_ID_PATTERN: safe as it is
 
     def delivery_id(self, delivery: Delivery) -> str:
         """An id the sender generates for one delivery (webhook-id, Message-ID): the same on

@@ -8,7 +8,8 @@ import re
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from services.fetcher.access import expand_named
@@ -16,7 +17,7 @@ from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
 from shared.adapters.store import ArtefactStore, context_key
 from shared.errors import PermanentError, PressroomError, TransientError
-from shared.events import DataReady, ReportRequested, Source
+from shared.events import DataReady, ReportRequested, Source, utcnow
 from shared.lanes import rows_estimate
 from shared.metrics import fetch_outcome, source_fetched
 from shared.observe.telemetry import span
@@ -29,6 +30,8 @@ MAX_CONCURRENT_SOURCES = 8  # per request: a wide request does not crowd out the
 class CacheStats:
     hits: int = 0
     misses: int = 0
+    # When each source's data was fetched (not for cache hits): the PDF/A provenance says so.
+    fetched: dict[str, datetime] = field(default_factory=dict)
 
 
 async def _one(
@@ -83,6 +86,7 @@ async def _one_named(
         started, failure = time.monotonic(), None
         try:
             data = await _fetch(source, adapters, settings, configured=configured)
+            stats.fetched[source.name] = utcnow()
         except BaseException as error:
             failure = error
             raise
@@ -180,7 +184,12 @@ async def fetch_data(
     big = settings.bulk_rows and rows_estimate(context) >= settings.bulk_rows
     if big and request.priority != "bulk":
         request = request.model_copy(update={"priority": "bulk"})
-    counts = {"cache_hits": stats.hits, "cache_misses": stats.misses, "fetch_seconds": elapsed}
+    counts: dict[str, Any] = {
+        "cache_hits": stats.hits,
+        "cache_misses": stats.misses,
+        "fetch_seconds": elapsed,
+        "fetched_at": stats.fetched,
+    }
     encoded = json.dumps(context, default=str).encode()
     if len(encoded) <= settings.inline_context_limit:
         return DataReady(request=request, context=context, **counts)

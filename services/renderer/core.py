@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from nats.js.errors import KeyNotFoundError
+from opentelemetry import trace
+from pydantic import ValidationError
 
+from services.renderer.document import DocumentSpec
+from services.renderer.exports import CONTENT_TYPES as EXPORT_TYPES
+from services.renderer.finish import plan
 from services.renderer.fonts import FONT_SET, extra_dirs_from
-from services.renderer.job import Analysis, PageDefaults, RenderJob, RenderOutput
+from services.renderer.job import Analysis, Finish, PageDefaults, RenderJob, RenderOutput
 from services.renderer.pdf import analyse_job, render_job
 from services.renderer.splitplan import split_mode
-from services.renderer.templating import bytecode_cache_dir, files_unchanged
+from services.renderer.templating import TemplateLibrary, bytecode_cache_dir, files_unchanged
 from shared.adapters.store import (
     ArtefactMissing,
     ArtefactStore,
@@ -26,13 +33,19 @@ from shared.adapters.store import (
     sha256_hex,
 )
 from shared.bus.kv import KeyValue
-from shared.errors import PermanentError
-from shared.events import Artefact, DataReady, ReportRendered, ReportRequested, utcnow
+from shared.errors import PermanentError, PressroomError
+from shared.events import (
+    Artefact,
+    DataReady,
+    PdfOptions,
+    ReportRendered,
+    ReportRequested,
+)
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import record_span, span
 from shared.settings import Settings
 
-CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
+CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8", **EXPORT_TYPES}
 
 
 class Renderer(Protocol):
@@ -56,11 +69,15 @@ log = get_logger(__name__)
 
 
 def build_context(request: ReportRequested, data: dict[str, Any]) -> dict[str, Any]:
-    """What every template may rely on, under the request's own data (which wins)."""
+    """What every template may rely on, under the request's own data (which wins).
+
+    `generation_time` is when the report was asked for, not the clock: the same request
+    renders to the same bytes (a re-render, a replay), so its content hash means something.
+    """
     return {
         "request_id": request.request_id,
         "template_name": request.template,
-        "generation_time": utcnow().isoformat(timespec="seconds"),
+        "generation_time": request.requested_at.isoformat(timespec="seconds"),
         "requested_by": request.requested_by,
         "locale": request.locale,
         **data,
@@ -75,6 +92,8 @@ def make_job(
     templates_dir: Path | None = None,
     cache_dir: str | None = None,
     split: str | None = None,
+    document: DocumentSpec | None = None,
+    finish: Finish | None = None,
 ) -> RenderJob:
     return RenderJob(
         templates_dir=str((templates_dir or settings.templates_dir).resolve()),
@@ -89,6 +108,72 @@ def make_job(
         font_dirs=extra_dirs_from(settings.fonts_dir),
         split=split_mode(settings.render_split, split),
         split_rows=settings.render_split_rows,
+        document=document or DocumentSpec(),
+        finish=finish,
+    )
+
+
+def data_digest(data: Any) -> str:
+    """sha256 of the data as canonical JSON: what the provenance and the /ID name."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def current_trace_id() -> str | None:
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.trace_id else None
+
+
+# The keys of a request's `pdf` that shape the document itself; anything else in it (a
+# password, a signature …) is never handed to the render process.
+DOCUMENT_KEYS = ("variant", "tagged", "metadata")
+
+
+def document_spec(
+    settings: Settings,
+    request: ReportRequested,
+    data: Any,
+    *,
+    fetched_at: dict[str, datetime] | None = None,
+    trace_id: str | None = None,
+) -> DocumentSpec:
+    """What the renderer knows of the document (document.py resolves it in the render process
+    against the template): the request's pdf options, the operator's, the provenance."""
+    given = request.pdf.given() if request.pdf is not None else {}
+    fetched_at = fetched_at or {}
+    sources = [
+        {
+            "name": source.name,
+            "kind": source.kind or None,
+            "config_source": source.source,
+            # Sources served from the fetch cache have no fetch time of this request.
+            "fetched_at": fetched_at[source.name].isoformat()
+            if source.name in fetched_at
+            else None,
+        }
+        for source in request.sources
+    ]
+    provenance = {
+        "request_id": request.request_id,
+        "requested_at": request.requested_at.isoformat(),
+        "requested_by": request.requested_by,
+        "trace_id": trace_id,
+        "sources": sources,
+    }
+    return DocumentSpec(
+        given={k: given[k] for k in DOCUMENT_KEYS if k in given},
+        default_variant=settings.pdf_variant,
+        default_tagged=settings.pdf_tagged,
+        require=tuple(p for p in settings.pdf_require.split(",") if p),
+        author=settings.pdf_author,
+        creator=settings.pdf_creator,
+        created=request.requested_at.isoformat(timespec="seconds"),
+        request_id=request.request_id,
+        data_hash=data_digest(data),
+        locale=request.locale,
+        provenance=provenance,
+        encrypted=bool(given.get("password") or given.get("permissions")),
+        csv_bom=settings.export_csv_bom if request.csv_bom is None else request.csv_bom,
     )
 
 
@@ -119,8 +204,16 @@ async def render_report(
         tuple(request.formats),
         cache_dir=str(bytecode_cache_dir((settings.data_dir / "jinja-cache").resolve())),
         split=request.split,
+        document=document_spec(
+            settings, request, data, fetched_at=event.fetched_at, trace_id=current_trace_id()
+        ),
+        finish=finish_for(settings, request),
     )
+    if job.finish is not None and job.finish.cache_material() is None:
+        cache = None  # a reader's password or a signature is this request's own: never reused
     cache_key = None
+    if EXPORTS & set(request.formats):
+        cache = None  # exports are made with every render: no cache entry names them
     # The renderer's own generation time does not make a report different — but a request
     # that sets `generation_time` in its data does.
     volatile = VOLATILE - set(data)
@@ -149,15 +242,28 @@ async def render_report(
         "template render", html_start, pdf_start, rid, **{"pressroom.template": request.template}
     )
     if output.pdf is not None:
-        record_span("pdf render", pdf_start, end, rid, **{"pressroom.pdf.pages": output.pages})
+        attributes: dict[str, Any] = {
+            "pressroom.pdf.pages": output.pages,
+            "pressroom.pdf.tagged": output.tagged,
+        }
+        if output.variant:
+            attributes["pressroom.pdf.variant"] = output.variant
+        record_span("pdf render", pdf_start, end, rid, **attributes)
     artefacts: list[Artefact] = []
     for fmt in request.formats:
-        content = output.pdf if fmt == "pdf" else output.html
-        assert content is not None
-        with span(f"upload {fmt}", rid, **{"pressroom.bytes": len(content)}):
-            artefacts.append(
-                await store_artefact(store, request, fmt, content, output.template_version)
-            )
+        files: list[tuple[str | None, bytes | None]]
+        if fmt in EXPORTS:
+            files = [(e.name, e.content) for e in output.exports if e.format == fmt]
+        else:
+            files = [(None, output.pdf if fmt == "pdf" else output.html)]
+        for name, content in files:
+            assert content is not None
+            with span(f"upload {fmt}", rid, **{"pressroom.bytes": len(content)}):
+                artefacts.append(
+                    await store_artefact(
+                        store, request, fmt, content, output.template_version, name=name
+                    )
+                )
     if cache is not None and cache_key is not None:
         entry = {
             "template_version": output.template_version,
@@ -173,6 +279,52 @@ async def render_report(
     )
 
 
+def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:
+    """The request's PDF finishing: the template's defaults (front matter `pdf:`) under the
+    request's own options, under the operator's limits (PermanentError: refused)."""
+    if "pdf" not in request.formats:
+        if request.pdf is not None:
+            raise PermanentError("pdf options were given, but `formats` asks for no PDF")
+        return None
+    return plan(
+        settings,
+        with_template_defaults(settings.templates_dir, request.template, request.pdf),
+        templates_dir=settings.templates_dir,
+        recipient=request.requested_by or request.tenant,
+    )
+
+
+_libraries: dict[Path, TemplateLibrary] = {}
+
+
+def with_template_defaults(
+    templates_dir: Path, template: str, options: PdfOptions | None
+) -> PdfOptions | None:
+    """The template's `pdf:` front matter, each field the request sets replacing its own
+    (reading the front matter runs no template code)."""
+    folder = templates_dir.resolve()
+    library = _libraries.get(folder)
+    if library is None:
+        library = _libraries[folder] = TemplateLibrary(folder)
+    try:
+        defaults = library.info(library.resolve(template)).pdf
+    except PressroomError:
+        return options  # an unknown template fails its render, with the library's reason
+    if not defaults:
+        return options
+    if "password" in defaults:
+        raise PermanentError(f"template '{template}': front matter may not set pdf.password")
+    asked = options.model_dump(exclude_unset=True, by_alias=True) if options else {}
+    try:
+        return PdfOptions.model_validate({**defaults, **asked})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise PermanentError(
+            f"template '{template}': front matter pdf.{where}: {problem['msg']}"
+        ) from None
+
+
 async def store_artefact(
     store: ArtefactStore,
     request: ReportRequested,
@@ -181,9 +333,12 @@ async def store_artefact(
     template_version: str,
     *,
     reused_from: str | None = None,
+    name: str | None = None,
 ) -> Artefact:
-    """Store one rendered file under its dated key, with its digest and template version."""
-    key = artefact_key(request.request_id, fmt, request.requested_at)
+    """Store one rendered file under its dated key, with its digest and template version
+    (one table's CSV under `<request>.<name>.csv`)."""
+    ext = f"{name}.{fmt}" if name else fmt
+    key = artefact_key(request.request_id, ext, request.requested_at)
     digest = sha256_hex(content)
     metadata = {
         "sha256": digest,
@@ -196,6 +351,7 @@ async def store_artefact(
     await store.put(key, content, content_type=CONTENT_TYPES[fmt], metadata=metadata)
     return Artefact(
         format=fmt,  # type: ignore[arg-type]
+        name=name,
         key=key,
         size=len(content),
         sha256=digest,
@@ -225,6 +381,8 @@ def remember(job: RenderJob, analysis: Analysis) -> Analysis:
         _analyses.pop(next(iter(_analyses)))
     return analysis
 
+
+EXPORTS = frozenset({"csv", "xlsx"})
 
 # Values a template may print that do not make its output different "data": a reused render
 # keeps the generation time of the render it reuses.
@@ -256,6 +414,10 @@ def render_key(
     material["fonts"] = [FONT_SET, job.missing_glyphs, *job.font_dirs]
     # Locale-aware filters read `locale` from the context itself, unseen by static analysis.
     material["locale"] = job.context.get("locale")
+    # The document's standard, metadata, dates, /ID and provenance are in the PDF too.
+    material["document"] = dataclasses.asdict(job.document)
+    if job.finish is not None:  # appended PDFs and watermarks (protected PDFs are not cached)
+        material["finish"] = job.finish.cache_material()
     digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode())
     return f"render.{digest.hexdigest()[:48]}"
 

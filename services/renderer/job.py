@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from services.renderer.document import DocumentSpec
+from services.renderer.exports import Export
 from shared.errors import (
     PressroomError,
 )
@@ -19,6 +22,52 @@ class PageDefaults:
     def css(self) -> str:
         # Given as a user stylesheet: a template's own @page rules win over it.
         return f"@page {{ size: {self.size} {self.orientation}; margin: {self.margin}; }}"
+
+
+@dataclass(frozen=True)
+class Signing:
+    """Where the operator's signing key is: files, or a PKCS#11 module (never a request)."""
+
+    key_file: str = ""
+    cert_file: str = ""
+    chain_file: str = ""
+    key_password_file: str = ""
+    pkcs11_module: str = ""
+    pkcs11_token: str = ""
+    pkcs11_key: str = ""
+    pkcs11_pin_file: str = ""
+    tsa_url: str = ""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What finish.py does to a PDF, as its plan decided: paths and texts, no secret in clear."""
+
+    append: tuple[str, ...] = ()  # absolute paths of allowed PDFs, in order
+    watermarks: tuple[str, ...] = ()
+    # Encryption: the reader's password sealed (a request) or in a file (`pressroom render`);
+    # neither shows in a repr, a log line or a traceback's locals.
+    sealed_password: str | None = field(default=None, repr=False)
+    seal_key_file: str = ""
+    user_password_file: str = ""
+    owner_password_file: str = ""
+    permissions: tuple[bool, bool] | None = None  # (print, copy); set whenever encrypting
+    signing: Signing | None = None
+
+    @property
+    def encrypt(self) -> bool:
+        return self.permissions is not None
+
+    def cache_material(self) -> dict[str, Any] | None:
+        """What makes a finished PDF different, for the render cache's key; None: never reuse
+        one (a reader's password is per request, a signature's time is the signing's own)."""
+        if self.encrypt or self.signing is not None:
+            return None
+        stamps = []
+        for path in self.append:  # another terms.pdf in the same place is another report
+            stat = Path(path).stat()
+            stamps.append([path, stat.st_size, stat.st_mtime_ns])
+        return {"append": stamps, "watermarks": list(self.watermarks)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +90,10 @@ class RenderJob:
     split_rows: int = 500
     # The render cache: also return the template's Analysis (from the same call, no other).
     analyse: bool = False
+    # The PDF's standard, tags, metadata and provenance (document.py), and the CSV's BOM.
+    document: DocumentSpec = field(default_factory=DocumentSpec)
+    # Appended PDFs, watermark, encryption, signature (finish.py), on the PDF's final bytes.
+    finish: Finish | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +119,9 @@ class RenderOutput:
     notices: tuple[str, ...] = ()  # what a person should know although the render succeeded
     chunks: int = 1  # render processes the PDF was laid out in (split.py)
     analysis: Analysis | None = None  # when the job asked for it (RenderJob.analyse)
+    exports: tuple[Export, ...] = ()  # the CSV files and XLSX workbook the job asked for
+    variant: str | None = None  # the standard the PDF was written to (document.py)
+    tagged: bool = False
 
 
 class SplitAborted(PressroomError):

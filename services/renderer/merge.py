@@ -11,13 +11,17 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from services.renderer import document
 from services.renderer.chunks import ChunkResult
 
 PDF_SCALE = 0.75  # PDF points per CSS pixel, as WeasyPrint writes pages
 
 
-def merge_chunks(results: list[ChunkResult]) -> tuple[bytes, int]:
-    """The merged PDF and its page count (runs in a render process)."""
+def merge_chunks(
+    results: list[ChunkResult], finish: tuple[Any, ...] | None = None
+) -> tuple[bytes, int]:
+    """The merged PDF and its page count (runs in a render process); `finish` is the
+    document's (resolved, spec, template, version): its metadata, XMP and /ID."""
     # Imported here: heavy: only a split report is merged.
     from pypdf import PdfReader, PdfWriter
     from pypdf.generic import NameObject
@@ -67,6 +71,11 @@ def merge_chunks(results: list[ChunkResult]) -> tuple[bytes, int]:
     lang = catalog.get("/Lang")
     if lang is not None:
         writer._root_object[NameObject("/Lang")] = lang
+    if finish is not None:
+        title = first.metadata.get("/Title") if first.metadata else None
+        document.finish_merged(
+            writer, str(title) if title else None, str(lang) if lang else None, *finish
+        )
     _outline(writer, [page for result in results for page in result.bookmarks])
 
     out = io.BytesIO()

@@ -11,7 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.renderer import fonts, warm
+from services.renderer import document, fonts, warm
+from services.renderer.document import Resolved
+from services.renderer.exports import Export, make_exports
+from services.renderer.finish import appended_pages, finish, with_placeholders
 from services.renderer.job import Analysis, RenderJob, RenderOutput
 from services.renderer.sandbox import (
     check_output_size,
@@ -95,49 +98,88 @@ def _crash_if_asked(html: str) -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
 
 
+def resolved_document(job: RenderJob, name: str) -> Resolved:
+    """What the PDF is, from the operator, the template's front matter and the request."""
+    library = template_library(job.templates_dir, job.cache_dir)
+    return document.resolve(job.document, library.front_matter(name), name)
+
+
+def job_exports(job: RenderJob, name: str, html: str) -> tuple[Export, ...]:
+    created = document.created_of(job.document)
+    return make_exports(html, job.formats, name, bom=job.document.csv_bom, created=created)
+
+
 def pdf_output(
     job: RenderJob, name: str, version: str, html: str, html_seconds: float
 ) -> RenderOutput:
-    """The one-piece PDF of rendered HTML, with the output-size check."""
+    """The one-piece PDF of rendered HTML and the exports, with the output-size check."""
     html_bytes = html.encode("utf-8")
     pdf: bytes | None = None
     pages = 0
     pdf_seconds = 0.0
     notices: tuple[str, ...] = ()
+    resolved = resolved_document(job, name)
+    exports = job_exports(job, name, html)
     if "pdf" in job.formats:
         started = time.perf_counter()
-        pdf, pages, notices = _html_to_pdf(html, base_folder(job, name), job, f"{name}@{version}")
+        laid_out = html
+        if job.finish is not None and job.finish.append:
+            # Blank pages where the appended PDFs go: the footers' page counts include them.
+            laid_out = with_placeholders(html, appended_pages(job.finish))
+        pdf, pages, notices = _html_to_pdf(
+            laid_out, base_folder(job, name), job, (name, version), resolved
+        )
+        if job.finish is not None:
+            pdf = finish(pdf, job.finish)  # the last change to the PDF's bytes
         pdf_seconds = time.perf_counter() - started
-    check_output_size(job, html_bytes if "html" in job.formats else None, pdf)
-    return RenderOutput(version, html_bytes, pdf, html_seconds, pdf_seconds, pages, notices)
+    check_output_size(job, html_bytes if "html" in job.formats else None, pdf, exports)
+    return RenderOutput(
+        version,
+        html_bytes,
+        pdf,
+        html_seconds,
+        pdf_seconds,
+        pages,
+        notices,
+        exports=exports,
+        variant=resolved.variant,
+        tagged=resolved.tagged,
+    )
 
 
 def _html_to_pdf(
-    html: str, base: Path, job: RenderJob, scope: str
+    html: str, base: Path, job: RenderJob, template: tuple[str, str], resolved: Resolved
 ) -> tuple[bytes, int, tuple[str, ...]]:
-    """The PDF, with the process's warm fonts and stylesheets (warm.py); `scope` names the
-    template version whose own @font-face fonts, if any, are kept apart from others'."""
+    """The PDF, with the process's warm fonts and stylesheets (warm.py); `template` (name and
+    version) scopes the template's own @font-face fonts, if any, apart from others'. The
+    document's standard, tags, metadata and provenance as `resolved` says (document.py)."""
     fonts.configure(job.font_dirs)
     # Imported here: heavy (WeasyPrint): loaded in render processes, not by every service.
     from weasyprint import HTML
 
     warm.install_stylesheet_cache()
     fetcher = warm_fetcher(job.templates_dir, job.asset_allow)
+    name, version = template
+    options, finish = document.write_options(resolved, job.document, name, version, fetcher)
 
     def render(font_config: Any) -> tuple[Any, bytes | None]:
         with fonts.glyph_watch() as seen:
-            document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
+            rendered = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
                 stylesheets=[warm.page_css(job.page.css(), fetcher)], font_config=font_config
             )
-            pdf = document.write_pdf()
+            document.apply_metadata(rendered, resolved, job.document, name)
+            pdf = rendered.write_pdf(finisher=finish, **options)
         missing.update(seen)
-        return document, pdf
+        return rendered, pdf
 
     missing: Counter[int] = Counter()
     with weasyprint_errors():
-        document, pdf = warm.with_fonts(scope, render)
+        rendered, pdf = warm.with_fonts(f"{name}@{version}", render)
     assert pdf is not None
     # After the render, not during it: a report with boxes is never delivered, and the reason
     # lists every character at once.
     warning = fonts.check_missing(missing, "warn" if job.missing_glyphs == "warn" else "fail")
-    return pdf, len(document.pages), (warning,) if warning else ()
+    # Here the finished PDF bytes of a one-piece render leave the document's making (split
+    # reports: merge.merge_chunks). Whatever changes them afterwards (protection, signing)
+    # chains on RenderOutput.pdf, never inside these functions.
+    return pdf, len(rendered.pages), (warning,) if warning else ()

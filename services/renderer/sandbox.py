@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from services.renderer import assets
+from services.renderer.exports import Export
 from services.renderer.job import RenderJob
 from shared.adapters.netpolicy import allow_listed
 from shared.errors import PermanentError, ResourceBlocked
@@ -84,8 +85,12 @@ def warm_fetcher(templates_dir: str, allow: tuple[str, ...]) -> Any:
     return fetcher
 
 
-def check_output_size(job: RenderJob, html: bytes | None, pdf: bytes | None) -> None:
-    for fmt, data in (("html", html), ("pdf", pdf)):
+def check_output_size(
+    job: RenderJob, html: bytes | None, pdf: bytes | None, exports: tuple[Export, ...] = ()
+) -> None:
+    named = [("html", html), ("pdf", pdf)]
+    named += [(f"{e.name}.{e.format}" if e.name else e.format, e.content) for e in exports]
+    for fmt, data in named:
         if data is not None and len(data) > job.max_output_bytes:
             raise PermanentError(
                 f"{fmt} output is {len(data):,} bytes, over the {job.max_output_bytes:,}-byte limit"

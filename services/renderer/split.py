@@ -27,10 +27,20 @@ from typing import Any
 from urllib.parse import urljoin
 
 from services.renderer import fonts, splitplan
-from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported, layout_chunk
-from services.renderer.job import RenderJob, RenderOutput
+from services.renderer.chunks import ChunkJob, ChunkResult, SplitUnsupported
+from services.renderer.document import Resolved
+from services.renderer.exports import Export
+from services.renderer.finish import finish
+from services.renderer.job import Finish, RenderJob, RenderOutput
 from services.renderer.merge import merge_chunks
-from services.renderer.pdf import base_folder, job_analysis, pdf_output, render_html
+from services.renderer.pdf import (
+    base_folder,
+    job_analysis,
+    job_exports,
+    pdf_output,
+    render_html,
+    resolved_document,
+)
 from services.renderer.pool import CappedPool
 from services.renderer.sandbox import check_output_size, fetcher_class
 from shared.errors import PressroomError
@@ -50,16 +60,35 @@ class SplitPlan:
     html_seconds: float
     chunks: tuple[ChunkJob, ...]  # rendezvous and deadline are filled in by the coordinator
     analysis: Any = None  # the template's Analysis, when the job asked for it
+    exports: tuple[Export, ...] = ()  # CSV/XLSX, made in the planning process
+    resolved: Resolved | None = None  # the document's metadata (never PDF/A or tagged here)
 
 
 # ---- in a render process --------------------------------------------------------------------
 def render_or_plan(job: RenderJob, processes: int) -> RenderOutput | SplitPlan:
     """Jinja, then either the one-piece PDF (as render_job) or a plan to split it."""
     name, version, html, html_seconds = render_html(job)
-    if "pdf" in job.formats and processes >= 2 and job.split != "off" and chunks_supported():
+    # Appended PDFs take placeholder pages at the end of the layout: in one piece.
+    appends = job.finish is not None and bool(job.finish.append)
+    if (
+        "pdf" in job.formats
+        and processes >= 2
+        and job.split != "off"
+        and not appends
+        and chunks_supported()
+    ):
         chunks = plan_chunks(job, name, html, processes, version)
-        if chunks:
-            return SplitPlan(name, version, html, html_seconds, chunks, job_analysis(job, name))
+        resolved = resolved_document(job, name) if chunks else None
+        if resolved is not None and resolved.one_piece:
+            # PDF/A, PDF/UA and tags are written for the whole document (one structure tree,
+            # one output intent and XMP): the chunks' merge would lose them.
+            log.info(
+                "long report rendered in one piece", template=name, reason="it is tagged or PDF/A"
+            )
+        elif chunks:
+            exports = job_exports(job, name, html)
+            analysis = job_analysis(job, name)
+            return SplitPlan(name, version, html, html_seconds, chunks, analysis, exports, resolved)
     output = pdf_output(job, name, version, html, html_seconds)
     return replace(output, analysis=job_analysis(job, name)) if job.analyse else output
 
@@ -146,6 +175,15 @@ def _stylesheets(job: RenderJob, base: Path, document: splitplan.Document) -> li
     return texts
 
 
+def merge_and_finish(
+    results: list[ChunkResult], document: tuple[Any, ...] | None, spec: Finish | None
+) -> tuple[bytes, int]:
+    """The chunks merged into one PDF with the document's metadata, XMP and /ID (merge.py),
+    then finished (watermark, encryption, signature: finish.py)."""
+    pdf, pages = merge_chunks(results, document)
+    return (finish(pdf, spec) if spec is not None else pdf), pages
+
+
 # ---- in the service (or the CLI) --------------------------------------------------------------
 async def render(pool: CappedPool, job: RenderJob) -> RenderOutput:
     """The report's PDF, split across the pool's processes when that pays off."""
@@ -184,9 +222,12 @@ async def _render_split(
         deadline = time.time() + remaining()
         jobs = [replace(chunk, rendezvous=folder, deadline=deadline) for chunk in plan.chunks]
         results: list[ChunkResult] = await pool.run_group(
-            layout_chunk, jobs, label=job.template, timeout=remaining
+            _layout_chunk, jobs, label=job.template, timeout=remaining
         )
-        pdf, pages = await pool.run(merge_chunks, results, label=job.template, timeout=remaining())
+        document = (plan.resolved, job.document, plan.name, plan.template_version)
+        pdf, pages = await pool.run(
+            merge_and_finish, results, document, job.finish, label=job.template, timeout=remaining()
+        )
         pdf_seconds = time.perf_counter() - laid_out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -194,7 +235,7 @@ async def _render_split(
     # Every chunk's characters at once: under "fail" this raises MissingGlyphs for the report.
     warning = fonts.check_missing(missing, "warn" if job.missing_glyphs == "warn" else "fail")
     html_bytes = plan.html.encode("utf-8")
-    check_output_size(job, html_bytes if "html" in job.formats else None, pdf)
+    check_output_size(job, html_bytes if "html" in job.formats else None, pdf, plan.exports)
     log.info(
         "long report split",
         template=job.template,
@@ -214,6 +255,7 @@ async def _render_split(
         (warning,) if warning else (),
         chunks=len(results),
         analysis=plan.analysis,
+        exports=plan.exports,
     )
 
 
@@ -235,3 +277,11 @@ def render_capped(job: RenderJob, settings: Any) -> RenderOutput:
             await pool.close()
 
     return asyncio.run(once())
+
+
+def _layout_chunk(job: ChunkJob) -> ChunkResult:
+    """One chunk's layout, run in a render process."""
+    # Imported here: heavy (WeasyPrint's internals): only render processes load chunklayout.py.
+    from services.renderer.chunklayout import layout_chunk
+
+    return layout_chunk(job)

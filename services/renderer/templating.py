@@ -43,7 +43,7 @@ from jinja2.sandbox import (
 )
 from markupsafe import Markup, escape
 
-from services.renderer import charts, localize
+from services.renderer import charts, document, localize
 from shared.errors import PressroomError, TemplateError
 from shared.templatefiles import TEMPLATE_SUFFIXES, template_names
 
@@ -65,6 +65,8 @@ class TemplateInfo:
     description: str
     params: dict[str, str] = field(default_factory=dict)
     sample: str | None = None
+    # The template's defaults for the request's `pdf` options (front matter `pdf:`).
+    pdf: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -464,7 +466,12 @@ class TemplateLibrary:
             description=str(front.get("description", "")).strip(),
             params={str(k): str(v) for k, v in (front.get("params") or {}).items()},
             sample=str(sample.relative_to(self.folder)) if sample.is_file() else None,
+            pdf=front["pdf"] if isinstance(front.get("pdf"), dict) else {},
         )
+
+    def front_matter(self, name: str) -> dict[str, Any]:
+        """The template's own front matter (`description`, `params`, `pdf` …), or {}."""
+        return self._front_matter(name)
 
     def _front_matter(self, name: str) -> dict[str, Any]:
         match = _FRONT_MATTER.match(self.source(name))
@@ -584,6 +591,10 @@ class TemplateLibrary:
             return [Problem(name, None, error.reason)]
         problems: list[Problem] = []
         declared = set(self.info(name).params)
+        try:  # the front matter's `pdf:` (variant, tagged, metadata), as a render reads it
+            document.template_pdf(self.front_matter(name), name)
+        except PressroomError as error:
+            problems.append(Problem(name, None, error.reason))
         for dep in self.dependencies(name)[0]:
             try:
                 source = self.source(dep)

@@ -2,9 +2,9 @@
 
 `stage_app` is the composition root each service's `create_app` calls: it chooses real
 adapters unless given others, opens them at start-up and closes them at shutdown, and binds
-one durable pull subscriber (plus the max-deliveries advisory catcher, shared/stage/deadletters.py)
-to the
-stage runner (shared/stage/runner.py), all in one FastStream lifespan.
+one durable pull subscriber (plus the max-deliveries advisory catcher,
+shared/stage/deadletters.py) to the stage runner (shared/stage/runner.py), all in one FastStream
+lifespan.
 """
 
 from __future__ import annotations
@@ -307,18 +307,24 @@ class StartupFailed(PressroomError):
     """A service could not connect to NATS or declare its streams in time."""
 
 
-def lane_share(lane: StageSpec, slots: int) -> int:
-    """A lane's share of a stage's slots: bulk work gets half (at least one), so a process —
-    its render processes, its event loop — always has room for interactive and normal work."""
-    return max(1, slots // 2) if lane.lane == "bulk" else slots
-
-
 @dataclass
-class _Running:
-    """What the subscriber needs once the lifespan has opened the adapters."""
+class StageParts:
+    """What one stage's app is made of, handed from `stage_app` to the pieces that build it."""
 
-    runner: StageRunner
-    work: Work
+    spec: StageSpec
+    model: type[Event]
+    settings: Settings
+    deps: Deps
+    service: str
+    build_work: Callable[[Any], Awaitable[Work]]
+    buckets: Sequence[str]
+    close: Callable[[Any], Awaitable[None]] | None
+    admit: Callable[[Event], Awaitable[None]] | None
+    observe: Callable[[Any], Awaitable[None]] | None
+    # Filled in by the lifespan, before the broker starts: what the subscribers call (one
+    # runner per lane, by its durable consumer's name).
+    runners: dict[str, StageRunner] = field(default_factory=dict)
+    work: Work | None = None
 
 
 def stage_app(
@@ -357,75 +363,10 @@ def stage_app(
         max_outstanding_pings=2,
         graceful_timeout=settings.shutdown_grace,
     )
-    running: dict[str, _Running] = {}  # by lane (durable), filled in by the lifespan
-
-    async def observe_all() -> None:
-        """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
-        assert deps.js is not None
-        # The template label takes the operator's templates only (requests name anything).
-        names = await asyncio.to_thread(template_names, settings.templates_dir)
-        if names:  # a worker without the folder keeps the first-come budget
-            operator_labels("template", names)
-        await observe_bus(deps.js, spec.durable)
-        if observe is not None:
-            await observe(deps)
-
-    async def watch() -> None:
-        # Between scrapes too: OTLP exports what the gauges last saw.
-        while True:
-            try:
-                await observe_all()
-            except Exception as error:  # the bus may be briefly away; the next look will do
-                log.debug("gauges not refreshed", error=repr(error))
-            await asyncio.sleep(10)
-
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        configure_logging(service)
-
-        if insecure := plain_http_s3_warning(settings):
-            log.warning("artefact store over plain HTTP", reason=insecure)
-        if deps.js is None:
-            deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
-        await _open_adapters(deps, deps.js, settings, [*buckets, ADMISSION_BUCKET])
-        assert deps.ledger is not None and deps.publisher is not None
-        work = await build_work(deps)
-        intake = Intake(settings, deps.publisher, QueuedCounts(deps.kv[ADMISSION_BUCKET]))
-        for lane in spec.lanes:
-            runner = StageRunner(
-                lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=admit
-            )
-            runner.intake = intake
-            runner.routes = lane.name == FETCHER.name  # where requests come in
-            running[lane.durable] = _Running(runner, work)
-        health = None
-        if settings.health_port is not None:
-            health = HealthServer(
-                service,
-                stage_checks(broker, deps, spec, settings),
-                settings.health_host,
-                settings.health_port,
-                metrics=scrape_handler(observe_all),
-            )
-            port = await health.start()
-            log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
-        prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
-        gauges = asyncio.create_task(watch())
-        log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
-        try:
-            yield  # FastStream starts the broker here, and stops (drains) it before we go on
-        finally:
-            log.info("stage stopping", stage=spec.name)
-            gauges.cancel()
-            with suppress(asyncio.CancelledError):
-                await gauges
-            if health is not None:
-                await health.stop()
-            if close is not None:
-                await close(deps)
-            shutdown_telemetry()
-
-    app = FastStream(broker, logger=None, lifespan=lifespan)  # our JSON lines say ready/stopping
+    parts = StageParts(
+        spec, model, settings, deps, service, build_work, buckets, close, admit, observe
+    )
+    app = FastStream(broker, logger=None, lifespan=_lifespan(parts, broker, who))
     # Each lane works on its own messages side by side (interactive never waits for bulk).
     sides = {
         lane.durable: InFlight(lane_share(lane, in_flight)) if in_flight > 1 else None
@@ -440,45 +381,132 @@ def stage_app(
                 if side is not None:
                     await side.drain(settings.shutdown_grace)
 
-    # Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself.
-    next_model = EVENT_MODELS[spec.produces]
-    broker.publisher(
-        spec.produces,
-        schema=next_model,
-        title=f"{spec.produces}:{spec.name}",
-        description=next_model.__doc__,
-    )
-    broker.publisher(
-        REPORT_FAILED,
-        schema=ReportFailed,
-        title=f"{REPORT_FAILED}:{spec.name}",
-        description=ReportFailed.__doc__,
-    )
-    broker.publisher(
-        f"{DLQ_PREFIX}{spec.consumes}",
-        schema=DeadLetter,
-        title=f"{DLQ_PREFIX}{spec.consumes}:{spec.name}",
-        description=DeadLetter.__doc__,
-    )
-
+    _declare_outputs(broker, spec)
     for lane in spec.lanes:
         batch = lane_share(lane, concurrency)
-        _subscribe(broker, lane, model, settings, deps, running, sides[lane.durable], batch)
-
+        _subscribe_stage(broker, parts, lane, batch, sides[lane.durable])
+        _subscribe_crashes(broker, lane, deps)
     return app
 
 
-def _subscribe(
+def lane_share(lane: StageSpec, slots: int) -> int:
+    """A lane's share of a stage's slots: bulk work gets half (at least one), so a process —
+    its render processes, its event loop — always has room for interactive and normal work."""
+    return max(1, slots // 2) if lane.lane == "bulk" else slots
+
+
+def _gauges(parts: StageParts) -> Callable[[], Awaitable[None]]:
+    """Gauges read from outside the process (bus, disk, templates), fresh for a scrape."""
+    deps, settings = parts.deps, parts.settings
+
+    async def observe_all() -> None:
+        assert deps.js is not None
+        # The template label takes the operator's templates only (requests name anything).
+        names = await asyncio.to_thread(template_names, settings.templates_dir)
+        if names:  # a worker without the folder keeps the first-come budget
+            operator_labels("template", names)
+        await observe_bus(deps.js, parts.spec.durable)
+        if parts.observe is not None:
+            await parts.observe(deps)
+
+    return observe_all
+
+
+async def _watch(observe_all: Callable[[], Awaitable[None]]) -> None:
+    """Between scrapes too: OTLP exports what the gauges last saw."""
+    while True:
+        try:
+            await observe_all()
+        except Exception as error:  # the bus may be briefly away; the next look will do
+            log.debug("gauges not refreshed", error=repr(error))
+        await asyncio.sleep(10)
+
+
+def _lifespan(parts: StageParts, broker: NatsBroker, who: Identity) -> Callable[[], Any]:
+    spec, settings, deps = parts.spec, parts.settings, parts.deps
+    observe_all = _gauges(parts)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        configure_logging(parts.service)
+        if insecure := plain_http_s3_warning(settings):
+            log.warning("artefact store over plain HTTP", reason=insecure)
+        if deps.js is None:
+            deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
+        await _open_adapters(deps, deps.js, settings, [*parts.buckets, ADMISSION_BUCKET])
+        assert deps.ledger is not None and deps.publisher is not None
+        intake = Intake(settings, deps.publisher, QueuedCounts(deps.kv[ADMISSION_BUCKET]))
+        for lane in spec.lanes:
+            runner = StageRunner(
+                lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=parts.admit
+            )
+            runner.intake = intake
+            runner.routes = lane.name == FETCHER.name  # where requests come in
+            parts.runners[lane.durable] = runner
+        parts.work = await parts.build_work(deps)
+        health = await _serve_health(parts, broker, observe_all)
+        prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
+        gauges = asyncio.create_task(_watch(observe_all))
+        log.info("stage ready", stage=spec.name, bus=settings.bus_url_public)
+        try:
+            yield  # FastStream starts the broker here, and stops (drains) it before we go on
+        finally:
+            log.info("stage stopping", stage=spec.name)
+            gauges.cancel()
+            with suppress(asyncio.CancelledError):
+                await gauges
+            if health is not None:
+                await health.stop()
+            if parts.close is not None:
+                await parts.close(deps)
+            shutdown_telemetry()
+
+    return lifespan
+
+
+async def _serve_health(
+    parts: StageParts, broker: NatsBroker, observe_all: Callable[[], Awaitable[None]]
+) -> HealthServer | None:
+    settings = parts.settings
+    if settings.health_port is None:
+        return None
+    health = HealthServer(
+        parts.service,
+        stage_checks(broker, parts.deps, parts.spec, settings),
+        settings.health_host,
+        settings.health_port,
+        metrics=scrape_handler(observe_all),
+    )
+    port = await health.start()
+    log.info("health endpoint", url=f"http://{settings.health_host}:{port}/readyz")
+    return health
+
+
+def _declare_outputs(broker: NatsBroker, spec: StageSpec) -> None:
+    """Declared for the AsyncAPI document only: the runner publishes (with Nats-Msg-Id) itself."""
+    next_model = EVENT_MODELS[spec.produces]
+    for subject, schema in (
+        (spec.produces, next_model),
+        (REPORT_FAILED, ReportFailed),
+        (f"{DLQ_PREFIX}{spec.consumes}", DeadLetter),
+    ):
+        broker.publisher(
+            subject,
+            schema=schema,
+            title=f"{subject}:{spec.name}",
+            description=schema.__doc__,
+        )
+
+
+def _subscribe_stage(
     broker: NatsBroker,
+    parts: StageParts,
     spec: StageSpec,
-    model: type[Event],
-    settings: Settings,
-    deps: Deps,
-    running: dict[str, _Running],
-    side_by_side: InFlight | None,
     concurrency: int,
+    side_by_side: InFlight | None,
 ) -> None:
-    """One lane's durable consumer bound to its runner, and its max-deliveries catcher."""
+    """One lane's durable pull consumer, bound to its runner."""
+    settings = parts.settings
 
     @broker.subscriber(
         spec.consumes,
@@ -495,20 +523,22 @@ def _subscribe(
         description=f"{spec.durable}: {spec.consumes} → {spec.produces}",
     )
     async def handle(message: NatsMessage) -> None:
-        lane = running.get(spec.durable)
-        assert lane is not None, "the lifespan opens the adapters before the broker starts"
+        runner, work = parts.runners.get(spec.durable), parts.work
+        assert runner is not None and work is not None, "the lifespan opens the adapters first"
         if side_by_side is not None and side_by_side.closing:
             await message.nack()  # shutting down: another worker takes it now
             return
-        work = processing(
-            message,
-            spec.durable,
-            lane.runner.handle(NatsInbound(message), model, lane.work),
+        handled = processing(
+            message, spec.durable, runner.handle(NatsInbound(message), parts.model, work)
         )
         if side_by_side is None:
-            await work
+            await handled
         else:
-            await side_by_side.start(work)
+            await side_by_side.start(handled)
+
+
+def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
+    """The max-deliveries advisories of the stage's consumer, each turned into a dead letter."""
 
     @broker.subscriber(
         spec.advisory_subject,

@@ -140,9 +140,9 @@ class StageRunner:
     # Checks before the ledger is touched (e.g. ids reserved for schedules): a PermanentError
     # dead-letters the message and leaves the ledger entry of that id alone.
     admit: Callable[[Event], Awaitable[None]] | None = None
-    # Where requests come in (the fetcher's plain consumer): admission and lanes.
+    # Where requests come in (the fetcher's consumers): admission and lanes.
     intake: Intake | None = None
-    routes: bool = False  # requests come in here (the fetcher's consumers)
+    routes: bool = False
 
     async def handle(
         self,
@@ -150,6 +150,8 @@ class StageRunner:
         model: type[E],
         work: Callable[[E], Awaitable[Event]],
     ) -> None:
+        """Parse, admit, claim in the ledger, work, publish, finish — or settle the message
+        as a duplicate, a retry or a dead letter on the way."""
         started = time.monotonic()
         try:
             event = self._parse(msg, model)
@@ -160,54 +162,82 @@ class StageRunner:
             )
             return
         request = request_of(event)
-        rid = request.request_id
-        bound = log.bind(request_id=rid, stage=self.spec.name, attempt=msg.attempt)
-        if self.admit is not None:
-            try:
-                await self.admit(event)
-            except PermanentError as error:
-                bound.warning("refused", reason=error.reason)
-                await self.dead_letter(
-                    msg,
-                    error.reason,
-                    permanent=True,
-                    request_id=rid,
-                    own=False,
-                    fingerprint=request_fingerprint(request),
-                )
-                return
-
-        if self.intake is not None and self.routes and isinstance(event, ReportRequested):
-            try:
-                # Counted where it came in, not again in the lane it was sent to.
-                await self.intake.admit(request, first_delivery=not is_lane_subject(msg.subject))
-                routed = await self.intake.route(event, here=self.spec.lane)
-            except PermanentError as error:  # over its limit: refused now, replayable later
-                bound.warning("refused", reason=error.reason)
-                await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
-                return
-            except Exception as error:  # the admission bucket or the bus briefly away
-                await self._retry_or_dead_letter(msg, f"intake: {error}", rid, bound)
-                return
+        bound = log.bind(request_id=request.request_id, stage=self.spec.name, attempt=msg.attempt)
+        if not await self._admitted(msg, event, request, bound):
+            return
+        if self.routes and isinstance(event, ReportRequested):
+            routed = await self._routed(msg, event, bound)
             if routed is None:
-                bound.info("handed to its lane", lane=request.priority)
-                await msg.ack()
                 return
             event = routed  # type: ignore[assignment]
             request = routed
-
         received = as_received(request, msg.first_delivered, self.settings)
         # The claim is written at once where it binds the request id to its content (the
         # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
         # along with the finish, or is written CLAIM_AFTER seconds into a longer piece of work.
         eager = self.spec.name in EAGER_CLAIM_STAGES or msg.attempt > 1
+        if await self._claimed(msg, received, eager, bound):
+            await self._work(msg, event, received, work, eager=eager, started=started, bound=bound)
+
+    async def _admitted(
+        self, msg: InboundMessage, event: Event, request: ReportRequested, bound: Any
+    ) -> bool:
+        """The stage's own checks before the ledger (`admit`); a refusal is a dead letter that
+        leaves the ledger entry of that id alone."""
+        if self.admit is None:
+            return True
+        try:
+            await self.admit(event)
+        except PermanentError as error:
+            bound.warning("refused", reason=error.reason)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=request.request_id,
+                own=False,
+                fingerprint=request_fingerprint(request),
+            )
+            return False
+        return True
+
+    async def _routed(
+        self, msg: InboundMessage, request: ReportRequested, bound: Any
+    ) -> ReportRequested | None:
+        """Admission (a requester over its limit is refused now, replayable later) and the
+        request's lane: the request to work on here, or None when it was settled or handed on
+        to its lane's consumer."""
+        assert self.intake is not None
+        rid = request.request_id
+        try:
+            # Counted where it came in, not again in the lane it was sent to.
+            await self.intake.admit(request, first_delivery=not is_lane_subject(msg.subject))
+            routed = await self.intake.route(request, here=self.spec.lane)
+        except PermanentError as error:
+            bound.warning("refused", reason=error.reason)
+            await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
+            return None
+        except Exception as error:  # the admission bucket or the bus briefly away
+            await self._retry_or_dead_letter(msg, f"intake: {error}", rid, bound)
+            return None
+        if routed is None:
+            bound.info("handed to its lane", lane=request.priority)
+            await msg.ack()
+        return routed
+
+    async def _claimed(
+        self, msg: InboundMessage, request: ReportRequested, eager: bool, bound: Any
+    ) -> bool:
+        """The stage claimed in the ledger: True to go on; otherwise the message is settled
+        (a duplicate acked, a conflicting id dead-lettered, an unavailable ledger retried)."""
+        rid = request.request_id
         try:
             claim = await self.ledger.claim(
                 rid,
                 self.spec.name,
                 seq=msg.stream_seq,
                 attempt=msg.attempt,
-                request=received,
+                request=request,
                 worker=WORKER_ID,
                 record=eager,
             )
@@ -215,7 +245,7 @@ class StageRunner:
             await self._retry_or_dead_letter(
                 msg, f"ledger unavailable: {error}", rid, bound, template=request.template
             )
-            return
+            return False
         if claim == "conflict":
             reason = (
                 f"request_id '{rid}' was already used for a different request "
@@ -230,7 +260,7 @@ class StageRunner:
                 own=False,
                 fingerprint=request_fingerprint(request),
             )
-            return
+            return False
         if claim == "done" and request.parent is not None and self.spec.name == LAST_STAGE:
             # Delivered before, perhaps without its parent counting it (a crash in between).
             await self._child_landed(request, "delivered")
@@ -240,88 +270,38 @@ class StageRunner:
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
             await msg.ack()
-            return
+            return False
+        return True
 
+    async def _work(
+        self,
+        msg: InboundMessage,
+        event: E,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        *,
+        eager: bool,
+        started: float,
+        bound: Any,
+    ) -> None:
+        """The claimed work, kept alive while it runs; then ack, retry or dead letter."""
+        rid = request.request_id
         heartbeat = asyncio.create_task(self._keep_alive(msg))
-        claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, received))
+        claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, request))
         outcome = "done"
-        # The report's own deadline (`timeout` in report.requested), from when it was asked.
-        deadline = report_deadline(as_received(request, msg.first_delivered, self.settings))
         try:
-            with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
-                next_event = await self._unless_cancelled(
-                    request, self._in_time(deadline, request, work, event)
-                )
-                # A burst's children went out on their own; a skipped run sends nothing.
-                if not isinstance(next_event, BurstSent | RunSkipped):
-                    onward = (
-                        next_event.request
-                        if isinstance(next_event, DataReady | ReportRendered)
-                        else request
-                    )
-                    await self.publisher.publish(
-                        lane_subject(self.spec.produces, onward.priority),
-                        encode(next_event),
-                        msg_id=msg_id(rid, self.spec.name),
-                    )
-            settled = await self.ledger.finish(
-                rid,
-                self.spec.name,
-                seconds=time.monotonic() - started,
-                event=next_event,
-                seq=msg.stream_seq,
-                attempt=msg.attempt,
-                worker=WORKER_ID,
-            )
-            with suppress(Exception):  # metrics must never break message handling
-                stage_done(next_event, settled)
-            if settled is not None and self.intake is not None:
-                with suppress(Exception):  # an approximate count; never the report's outcome
-                    await self.intake.settled(request)
-            if request.parent is not None and self.spec.name == LAST_STAGE:
-                await self._child_landed(request, "delivered")
+            await self._work_and_publish(msg, event, request, work, started)
         except RequestCancelled as cancelled:
             outcome = "cancelled"
-            bound.info("cancelled", reason=cancelled.reason)
-            with suppress(Exception):  # `status` shows where it stopped; the mark is what counts
-                await self.ledger.fail(
-                    rid,
-                    self.spec.name,
-                    reason=cancelled.reason,
-                    seq=msg.stream_seq,
-                    attempt=msg.attempt,
-                )
-            if request.parent is not None:
-                await self._child_landed(request, "cancelled", cancelled.reason)
+            await self._cancelled(msg, request, cancelled.reason, bound)
         except asyncio.CancelledError:
             # Shutting down mid-work: hand the message back now rather than after ack_wait.
             outcome = "handed_back"
             with suppress(Exception):
                 await asyncio.shield(msg.nack(0))
             raise
-        except PermanentError as error:
-            outcome = "dead_letter"
-            bound.warning("permanent failure", reason=error.reason)
-            await self.dead_letter(
-                msg,
-                error.reason,
-                permanent=True,
-                request_id=rid,
-                kind=failure_kind(error),
-                template=request.template,
-            )
-            return
         except Exception as error:
-            reason = error.reason if isinstance(error, PressroomError) else _describe(error)
-            if classify(error) == "permanent":
-                outcome = "dead_letter"
-                bound.warning("permanent failure", reason=reason)
-                await self.dead_letter(msg, reason, permanent=True, request_id=rid)
-                return
-            wait = error.retry_after if isinstance(error, TransientError) else None
-            outcome = await self._retry_or_dead_letter(
-                msg, reason, rid, bound, retry_after=wait, template=request.template
-            )
+            outcome = await self._failed(msg, error, request, bound)
             return
         finally:
             for task in (heartbeat, claiming):
@@ -333,6 +313,67 @@ class StageRunner:
                 stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
+
+    async def _work_and_publish(
+        self,
+        msg: InboundMessage,
+        event: E,
+        request: ReportRequested,
+        work: Callable[[E], Awaitable[Event]],
+        started: float,
+    ) -> None:
+        """The work within the report's deadline, its event published, the stage finished."""
+        rid = request.request_id
+        # The report's own deadline (`timeout` in report.requested), from when it was asked.
+        deadline = report_deadline(request)
+        with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
+            next_event = await self._unless_cancelled(
+                request, self._in_time(deadline, request, work, event)
+            )
+            # A burst's children went out on their own; a skipped run sends nothing.
+            if not isinstance(next_event, BurstSent | RunSkipped):
+                onward = (
+                    next_event.request
+                    if isinstance(next_event, DataReady | ReportRendered)
+                    else request
+                )
+                await self.publisher.publish(
+                    lane_subject(self.spec.produces, onward.priority),
+                    encode(next_event),
+                    msg_id=msg_id(rid, self.spec.name),
+                )
+        settled = await self.ledger.finish(
+            rid,
+            self.spec.name,
+            seconds=time.monotonic() - started,
+            event=next_event,
+            seq=msg.stream_seq,
+            attempt=msg.attempt,
+            worker=WORKER_ID,
+        )
+        with suppress(Exception):  # metrics must never break message handling
+            stage_done(next_event, settled)
+        if request.parent is not None and self.spec.name == LAST_STAGE:
+            await self._child_landed(request, "delivered")
+        if settled is not None and self.intake is not None:
+            with suppress(Exception):  # an approximate count; never the report's outcome
+                await self.intake.settled(request)
+
+    async def _cancelled(
+        self, msg: InboundMessage, request: ReportRequested, reason: str, bound: Any
+    ) -> None:
+        """`pressroom cancel` stopped the work: recorded where it stopped, nothing sent on."""
+        bound.info("cancelled", reason=reason)
+        with suppress(Exception):  # `status` shows where it stopped; the mark is what counts
+            await self.ledger.fail(
+                request.request_id,
+                self.spec.name,
+                reason=reason,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+            )
+        if request.parent is not None:
+            await self._child_landed(request, "cancelled", reason)
 
     async def _child_landed(self, request: ReportRequested, outcome: Any, reason: str = "") -> None:
         assert request.parent is not None and request.burst_index is not None
@@ -370,6 +411,32 @@ class StageRunner:
                 task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _failed(
+        self, msg: InboundMessage, error: Exception, request: ReportRequested, bound: Any
+    ) -> str:
+        """A failed piece of work dead-lettered or retried; the outcome for the metrics."""
+        rid = request.request_id
+        if isinstance(error, PermanentError):
+            bound.warning("permanent failure", reason=error.reason)
+            await self.dead_letter(
+                msg,
+                error.reason,
+                permanent=True,
+                request_id=rid,
+                kind=failure_kind(error),
+                template=request.template,
+            )
+            return "dead_letter"
+        reason = error.reason if isinstance(error, PressroomError) else _describe(error)
+        if classify(error) == "permanent":
+            bound.warning("permanent failure", reason=reason)
+            await self.dead_letter(msg, reason, permanent=True, request_id=rid)
+            return "dead_letter"
+        wait = error.retry_after if isinstance(error, TransientError) else None
+        return await self._retry_or_dead_letter(
+            msg, reason, rid, bound, retry_after=wait, template=request.template
+        )
 
     async def _in_time(
         self,

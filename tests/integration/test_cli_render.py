@@ -119,7 +119,7 @@ def test_the_legacy_dry_run_with_missing_variables_fails_in_one_line(tmp_path: P
     [
         (["--template", "quarterly.html"], "'quarterly.html' not found"),
         (["--template", "portfolio.html", "--data-file", "/nonexistent.json"], "not found"),
-        (["--template", "portfolio.html", "--format", "docx"], "pdf or html"),
+        (["--template", "portfolio.html", "--format", "docx"], "pdf, html, csv or xlsx"),
         (["--template", "portfolio.html", "--param", "novalue"], "key=value"),
     ],
 )

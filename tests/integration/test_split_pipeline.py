@@ -47,6 +47,7 @@ async def test_a_long_report_is_split_by_the_renderer_and_delivered_as_the_cli_r
         rid = unique("long")
         params = long_params(330)
         body = {"request_id": rid, "template": "portfolio.html", "params": params, "split": "on"}
+        body["pdf"] = {"variant": None, "tagged": False}  # tagged PDF/A is laid out in one piece
         await nc.jetstream().publish("report.requested", json.dumps(body).encode())
         await outcomes.delivered_event(rid, timeout=300)
     finally:

@@ -22,7 +22,7 @@ from PIL import Image, ImageChops
 from pypdf import PdfReader
 
 from services.renderer import splitplan
-from services.renderer.core import build_context, make_job
+from services.renderer.core import build_context, document_spec, make_job
 from services.renderer.job import RenderJob, RenderOutput
 from services.renderer.pool import Slots
 from services.renderer.pooled import RenderPool
@@ -104,9 +104,14 @@ def portfolio_job(rows: int) -> RenderJob:
         "projects": [dict(base[i % len(base)], name=f"Project {i:04d}") for i in range(rows)],
         "project_count": rows,
     }
-    request = ReportRequested(template="portfolio.html", request_id="split-test")
+    # A plain PDF: a tagged or PDF/A report (the bundled default) is never split.
+    request = ReportRequested(
+        template="portfolio.html", request_id="split-test", pdf={"variant": None, "tagged": False}
+    )
     settings = Settings(templates_dir=REPO / "templates")
-    return make_job(settings, "portfolio.html", build_context(request, data), ("pdf",))
+    document = document_spec(settings, request, data)
+    context = build_context(request, data)
+    return make_job(settings, "portfolio.html", context, ("pdf",), document=document)
 
 
 async def both(pool: RenderPool, job: RenderJob) -> tuple[RenderOutput, RenderOutput]:

@@ -132,6 +132,9 @@ def test_a_computed_include_makes_the_cache_key_cover_the_whole_context(folder: 
 
 
 async def test_a_second_identical_render_is_served_from_the_store_without_rendering() -> None:
+    """The same request rendered again (a redelivered data.ready) is copied, not rendered;
+    another request with the same data is rendered: its PDF carries its own dates, /ID and
+    provenance (services/renderer/document.py)."""
     from services.renderer.core import InProcess, render_report
     from shared.adapters.memory import MemoryKeyValue
     from shared.adapters.store import MemoryArtefacts
@@ -160,10 +163,12 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
         "incident_labels": ["a", "b"],
     }
     outputs = []
-    for rid in ("a", "b"):
-        event = DataReady(
-            request=ReportRequested(template="weekly.html", request_id=rid), context=context
+    requested = ReportRequested(template="weekly.html", request_id="a")
+    for rid in ("a", "a", "b"):
+        request = (
+            requested if rid == "a" else ReportRequested(template="weekly.html", request_id=rid)
         )
+        event = DataReady(request=request, context=context)
         outputs.append(
             await render_report(
                 event,
@@ -173,7 +178,10 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
                 cache=cache,
             )
         )
-    assert renders == ["weekly.html"]
-    first, second = outputs
+    assert renders == ["weekly.html", "weekly.html"]
+    first, second, other = outputs
     assert second.render_seconds == 0 and second.artefacts[0].sha256 == first.artefacts[0].sha256
-    assert second.artefacts[0].key.endswith("/b.pdf") and await store.get(second.artefacts[0].key)
+    assert second.artefacts[0].key == first.artefacts[0].key and await store.get(
+        first.artefacts[0].key
+    )
+    assert other.render_seconds > 0 and other.artefacts[0].key.endswith("/b.pdf")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from services.renderer import fonts, warm
+from services.renderer import document, fonts, warm
 from services.renderer.core import build_context, make_job
 from services.renderer.job import RenderJob
-from services.renderer.pdf import base_folder, render_html, render_job
+from services.renderer.pdf import base_folder, render_html, render_job, resolved_document
 from services.renderer.sandbox import fetcher_class
 from shared.events import ReportRequested
 from shared.settings import Settings
@@ -42,13 +42,17 @@ def fresh_pdf(job: RenderJob) -> bytes:
     from weasyprint import CSS, HTML
 
     fonts.configure(job.font_dirs)
-    name, _, html, _ = render_html(job)
+    name, version, html, _ = render_html(job)
     fetcher = fetcher_class()(Path(job.templates_dir), job.asset_allow)
     base = base_folder(job, name)
-    document = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
+    rendered = HTML(string=html, base_url=f"{base.resolve()}/", url_fetcher=fetcher).render(
         stylesheets=[CSS(string=job.page.css(), url_fetcher=fetcher)]
     )
-    pdf = document.write_pdf()
+    # The same document (standard, tags, metadata) as the warm path writes.
+    resolved = resolved_document(job, name)
+    options, finish = document.write_options(resolved, job.document, name, version, fetcher)
+    document.apply_metadata(rendered, resolved, job.document, name)
+    pdf = rendered.write_pdf(finisher=finish, **options)
     assert pdf is not None
     return pdf
 

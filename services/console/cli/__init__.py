@@ -16,6 +16,7 @@ from services.console.cli import (
     cancel,
     dlq,
     logs,
+    pdf,
     reports,
     requests,
     schedules,
@@ -36,6 +37,7 @@ app.add_typer(schedules.sources_app, name="sources")
 app.add_typer(templates.templates_app, name="templates")
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(schedules.schedule_app, name="schedule")
+app.add_typer(pdf.pdf_app, name="pdf")
 stack.register(app)
 requests.register(app)
 reports.register(app)

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from services.console import requests
-from services.console.adhoc import adhoc_job, output_format
+from services.console.adhoc import adhoc_job, export_paths, output_format, pdf_options
 from services.console.cli._common import (
     age,
     checked,
@@ -170,12 +170,34 @@ def render(
     data_file: Path | None = typer.Option(None, "--data-file", help="JSON or YAML data"),
     param: list[str] = typer.Option([], "--param", "-p", help="key=value, overrides the file"),
     output: Path | None = typer.Option(None, "--output", "-o"),
-    fmt: str | None = typer.Option(None, "--format", "-f", help="pdf or html"),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="pdf, html, csv (a file per table) or xlsx"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and render, write nothing."),
     locale: str | None = typer.Option(None, "--locale", help="e.g. de-DE, ja: numbers, dates"),
     split: str | None = typer.Option(
         None, "--split", help="auto | on | off: lay a long report out in several processes"
     ),
+    pdf_variant: str | None = typer.Option(
+        None, "--pdf-variant", help="pdf/a-3b | pdf/a-2b | pdf/ua-1 | none"
+    ),
+    tagged: bool | None = typer.Option(
+        None, "--tagged/--untagged", help="Tagged PDF (default: the template's)"
+    ),
+    author: str | None = typer.Option(None, "--author", help="The PDF's author"),
+    subject: str | None = typer.Option(None, "--subject", help="The PDF's subject"),
+    keyword: list[str] = typer.Option([], "--keyword", help="A keyword of the PDF (repeat)"),
+    csv_bom: bool | None = typer.Option(
+        None, "--csv-bom/--no-csv-bom", help="UTF-8 byte order mark in CSV (Excel)"
+    ),
+    watermark: str | None = typer.Option(None, "--watermark", help="Text across every page"),
+    password_file: Path | None = typer.Option(
+        None, "--password-file", help="File with the reader's password (AES-256)"
+    ),
+    allow_print: bool = typer.Option(True, "--print/--no-print", help="Protected PDF: print"),
+    allow_copy: bool = typer.Option(False, "--copy/--no-copy", help="Protected PDF: copy text"),
+    sign: bool = typer.Option(False, "--sign", help="Sign with the operator's key (PAdES)"),
+    append: list[str] = typer.Option([], "--append", help="Allowed PDF of the templates folder"),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
 
@@ -184,9 +206,25 @@ def render(
         fail("--output is required (or use --dry-run)")
     chosen = checked(lambda: output_format(fmt, output))
     data = {**(load_data_file(data_file) if data_file else {}), **parse_params(param)}
-    formats = ("html",) if dry_run or chosen == "html" else ("pdf",)
+    formats = ("html",) if dry_run or chosen == "html" else (chosen,)
+    pdf = pdf_options(pdf_variant, tagged, author, subject, keyword) or {}
+    # Only what was given: the template's front matter `pdf:` gives the rest.
+    finishing: dict[str, Any] = {"watermark": watermark, "sign": sign or None, "append": append}
+    if password_file is not None or not allow_print or allow_copy:
+        finishing["permissions"] = {"print": allow_print, "copy": allow_copy}
+    pdf.update({k: v for k, v in finishing.items() if v})
     job = checked(
-        lambda: adhoc_job(cfg, template, data, formats=formats, locale=locale, split=split)
+        lambda: adhoc_job(
+            cfg,
+            template,
+            data,
+            formats=formats,
+            locale=locale,
+            split=split,
+            pdf=pdf or None,
+            csv_bom=csv_bom,
+            password_file=password_file,
+        )
     )
     # Long reports are split over PRESSROOM_RENDER_WORKERS processes, as in the renderer.
     with progress(job.template, "rendering", tick=True):
@@ -200,11 +238,23 @@ def render(
         )
         return
     assert output is not None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if chosen in ("csv", "xlsx"):
+        exports = [e for e in result.exports if e.format == chosen]
+        for path, export in zip(
+            export_paths(output, chosen, [e.name for e in exports]), exports, strict=True
+        ):
+            path.write_bytes(export.content)
+            out.print(f"wrote {literal(path)} ({len(export.content):,} bytes)")
+        return
     content = result.pdf if chosen == "pdf" else result.html
     assert content is not None
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(content)
     extra = f", {result.pages} page(s)" if chosen == "pdf" else ""
+    if chosen == "pdf" and (result.variant or result.tagged):
+        extra += ", " + ", ".join(
+            [*([result.variant] if result.variant else []), *(["tagged"] if result.tagged else [])]
+        )
     out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})")
 
 
@@ -257,7 +307,7 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
             + _other(entry.total_seconds - worked - queued)
         )
     for art in entry.artefacts:
-        out.print(f"  artefact {literal(art.format)}: {literal(art.key)} ({art.size:,} bytes)")
+        out.print(f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)")
     for ch in entry.channels:
         mark = "ok" if ch.ok else "FAILED"
         out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")

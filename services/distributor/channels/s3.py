@@ -99,7 +99,7 @@ class S3Channel:
             raise PermanentError("s3 delivery needs a `bucket`")
         pattern = str(extra.get("key") or DEFAULT_KEY)
         artefacts = parcel.event.artefacts
-        keys = [destination_key(pattern, parcel, a.format, len(artefacts)) for a in artefacts]
+        keys = [destination_key(pattern, parcel, a.ext, len(artefacts)) for a in artefacts]
         for key in keys:
             check_target(bucket, key, self.settings)
         # A delivery never creates buckets: a missing one is a configuration error to fix.
