@@ -2,7 +2,8 @@
 an interactive request during a bulk flood against an idle stack.
 
 `BENCH_ONLY=burst make bench` (or `python -m bench.burst`): a real stack on loopback with 2
-renderer processes, a one-page template, file deliveries. Each figure is one run.
+renderer processes, a one-page template, file deliveries. Each figure is one run, written to
+docs/benchmarks-burst.json.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, unique
 
 BURST_N = int(os.environ.get("BENCH_BURST", "2000"))
 FLOOD_N = int(os.environ.get("BENCH_FLOOD", "2000"))
@@ -172,7 +173,9 @@ async def main() -> dict[str, Any]:
         }
     finally:
         stack.stop()
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    (REPO / "docs" / "benchmarks-burst.json").write_text(text + "\n")
+    print(text)
     return result
 
 

@@ -5,7 +5,8 @@ no process builds every child at once); each child is its own request `<parent>/
 own ledger entry and a context holding only its item and the shared entries the burst names.
 The parent's ledger entry keeps a `BurstTally`: which children delivered or failed, as two
 bitmaps (a 10,000-item burst is 2.5 KB) and the reasons of the first few failures, so counting
-a child twice is impossible and a replay re-runs only the children not delivered.
+a child twice is impossible; a failed child replayed from its dead letter that delivers moves
+from failed to delivered.
 """
 
 from __future__ import annotations
@@ -287,10 +288,6 @@ class BurstTally(BaseModel):
         return self.model_copy(
             update={"failed_bits": _set(self.failed_bits, index, True), "failures": failures}
         )
-
-    def reopen(self) -> BurstTally:
-        """For a replay of the parent: failed children are run again, so no longer failed."""
-        return self.model_copy(update={"failed_bits": _bits(self.total), "failures": {}})
 
     def summary(self) -> str:
         """`delivered 9,998, failed 2 (a, b)` — the parent's outcome in one line."""

@@ -1,8 +1,9 @@
 """A burst's fan-out: the data gathered once, each item sent on as its own child `data.ready`.
 
 Children go out one window at a time (PRESSROOM_BURST_PUBLISH_WINDOW), each with only its own
-slice, so neither a message nor this process holds every child at once. A replay of the parent
-(a later message for it) sends only the children its tally does not count as delivered.
+slice, so neither a message nor this process holds every child at once. A redelivered parent
+(its fetcher died mid-fan-out) sends again only the children its tally does not count as
+delivered, under the same message ids.
 """
 
 from __future__ import annotations

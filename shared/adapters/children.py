@@ -17,17 +17,14 @@ Change = Callable[[LedgerEntry], tuple[LedgerEntry | None, BurstTally | None]]
 
 
 def start(total: int) -> Change:
-    """The parent's tally for a run of its fetcher: new, or (a replay, a later message) the
-    old one with its failed children reopened — delivered children stay delivered."""
+    """The parent's tally, planned once: a redelivery of the parent's message (a fetcher that
+    died mid-fan-out) finds it as it was, its children's outcomes kept. A failed child runs
+    again from its own dead letter (`pressroom dlq replay <parent id>` replays them all)."""
 
     def change(entry: LedgerEntry) -> tuple[LedgerEntry | None, BurstTally | None]:
-        tally = entry.burst
-        if tally is None or tally.total != total:
-            entry.burst = BurstTally.planned(total)
-        elif tally.failed:
-            entry.burst = tally.reopen()
-        else:
-            return None, tally  # a redelivery of the same run: nothing to reset
+        if entry.burst is not None:
+            return None, entry.burst
+        entry.burst = BurstTally.planned(total)
         derive(entry)
         return entry, entry.burst
 
