@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from services.renderer.document import DocumentSpec
+from services.renderer.document import DOCUMENT_KEYS, DocumentSpec
 from services.renderer.exports import CONTENT_TYPES as EXPORT_TYPES
 from services.renderer.finish import plan
 from services.renderer.fonts import FONT_SET, extra_dirs_from
@@ -122,11 +122,6 @@ def data_digest(data: Any) -> str:
 def current_trace_id() -> str | None:
     context = trace.get_current_span().get_span_context()
     return f"{context.trace_id:032x}" if context.trace_id else None
-
-
-# The keys of a request's `pdf` that shape the document itself; anything else in it (a
-# password, a signature …) is never handed to the render process.
-DOCUMENT_KEYS = ("variant", "tagged", "metadata")
 
 
 def document_spec(

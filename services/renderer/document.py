@@ -74,16 +74,22 @@ class Resolved:
         return bool(self.variant or self.tagged)
 
 
+# What a template's front matter `pdf:` may hold: the document's own keys (checked here) and
+# the finishing defaults (watermark …, checked by services/renderer/finish.py's options).
+DOCUMENT_KEYS = ("variant", "tagged", "metadata")
+FINISHING_KEYS = ("watermark", "permissions", "sign", "append")
+
+
 def template_pdf(front: Mapping[str, Any], template: str) -> dict[str, Any]:
     """The template's own `pdf:` front matter, checked (`pressroom templates validate` too)."""
     pdf = front.get("pdf") or {}
     if not isinstance(pdf, dict):
         raise PermanentError(f"template '{template}': front matter `pdf` must be a mapping")
-    unknown = sorted(set(pdf) - {"variant", "tagged", "metadata"})
+    unknown = sorted(set(pdf) - set(DOCUMENT_KEYS) - set(FINISHING_KEYS))
     if unknown:
         raise PermanentError(
             f"template '{template}': unknown front matter key pdf.{unknown[0]} "
-            "(known: variant, tagged, metadata)"
+            f"(known: {', '.join((*DOCUMENT_KEYS, *FINISHING_KEYS))})"
         )
     variant = pdf.get("variant")
     if variant is not None and variant not in VARIANTS:
