@@ -19,7 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import archive, finish_cost, longreport, render_time, speed
+from bench import archive, burst, finish_cost, longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, make_job
@@ -417,6 +417,9 @@ async def main() -> None:
         found = {"statement": await longreport.statement_report(LARGE_ROWS)}
         update_published(**found)
         print("\n".join(longreport.statement_markdown(found["statement"])))
+        return
+    if only == "burst":  # issue 33: bursting and lanes, one run (bench/burst.py)
+        await burst.main()
         return
     if only == "archive":
         found = {"archive": await archive.measure()}

@@ -31,6 +31,10 @@ class PermanentError(PressroomError):
     """Retrying will not help: invalid payload, unknown template, template error, 4xx."""
 
 
+class RequestCancelled(PressroomError):
+    """`pressroom cancel` stopped the request: not a failure, nothing to retry or dead-letter."""
+
+
 class InvalidPayload(PermanentError):
     """The message is not valid JSON or does not match its event schema."""
 

@@ -33,12 +33,59 @@ PIPELINE_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED, REPORT_DELIV
 TENANT_REQUESTS = f"{REPORT_REQUESTED}.*"
 
 
+def tenant_lane_requests(lane: str) -> str:
+    """A tenant's `report.requested.<lane>` as the services' account sees it."""
+    return f"{REPORT_REQUESTED}.*.{lane}"
+
+
+# Lanes: `interactive` and `bulk` work of a stage travel on their own subjects, read by their own
+# durable consumers (shared/lanes.py); `normal` stays on the plain subject.
+LANE_PREFIX = "lane."
+LANED_SUBJECTS = (REPORT_REQUESTED, DATA_READY, REPORT_RENDERED)
+LANES = ("interactive", "bulk")
+
+
+def lane_subject(subject: str, lane: str) -> str:
+    """Where `subject`'s work of `lane` travels: `lane.bulk.data.ready`; normal: `data.ready`."""
+    if lane == "normal" or subject not in LANED_SUBJECTS:
+        return subject
+    return f"{LANE_PREFIX}{lane}.{subject}"
+
+
+def lane_of_subject(subject: str) -> str:
+    """The lane a message's subject puts it in: `lane.<lane>.…` or a tenant's
+    `report.requested.<tenant>.<lane>`; else normal."""
+    if subject.startswith(LANE_PREFIX):
+        return subject[len(LANE_PREFIX) :].partition(".")[0]
+    parts = subject.split(".")
+    if len(parts) == 4 and subject.startswith(f"{REPORT_REQUESTED}.") and parts[3] in LANES:
+        return parts[3]
+    return "normal"
+
+
+def unlaned(subject: str) -> str:
+    """The pipeline subject of a lane subject (`lane.bulk.data.ready` → `data.ready`)."""
+    if subject.startswith(LANE_PREFIX):
+        return subject[len(LANE_PREFIX) :].partition(".")[2]
+    if tenant_of_subject(subject) is not None:
+        return REPORT_REQUESTED
+    return subject
+
+
+def is_lane_subject(subject: str) -> bool:
+    return subject.startswith(LANE_PREFIX)
+
+
 def tenant_of_subject(subject: str) -> str | None:
-    """The calling system that published a `report.requested.<tenant>` message, else None."""
+    """The calling system that published a `report.requested.<tenant>` message (or, asking
+    for a lane, `report.requested.<tenant>.<lane>`), else None."""
     prefix = f"{REPORT_REQUESTED}."
-    if subject.startswith(prefix) and "." not in subject[len(prefix) :]:
-        return subject[len(prefix) :] or None
-    return None
+    if not subject.startswith(prefix):
+        return None
+    tenant, _, lane = subject[len(prefix) :].partition(".")
+    if not tenant or (lane and lane not in LANES):
+        return None
+    return tenant
 
 
 def request_message_id(body: bytes, request_id: str) -> str:
@@ -106,7 +153,14 @@ def mask_url_secrets(text: str) -> str:
 
 # Request ids become ledger (KV) keys, message ids and file names: a safe alphabet, and dots
 # only between other characters (a KV key cannot end with "." or hold "..").
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
+REQUEST_ID_PATTERN = (
+    r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*(?:/[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$"
+)
+# A burst's child is `<parent id>/<key>` (the one `/` an id may hold): only the fetcher makes
+# them, from a burst; a published request may not use one.
+CHILD_SEPARATOR = "/"
+Priority = Literal["interactive", "normal", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "normal", "bulk")
 
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$"
 
@@ -178,6 +232,35 @@ class Delivery(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     channel: Channel = Field(description="file, email, s3 or webhook.")
+
+
+class Burst(BaseModel):
+    """One request, one report per item of a list in the fetched data (each its own child)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    over: str = Field(
+        description="Dotted path to a list in the fetched data (e.g. `accounts.items`).",
+        pattern=r"^\w+(\.\w+)*$",
+        max_length=200,
+    )
+    key: str = Field(
+        description="Field of an item naming its child: `<request_id>/<key>` (letters, digits, "
+        "`_`, `-`; at most 64 characters).",
+        pattern=r"^\w+(\.\w+)*$",
+        max_length=100,
+    )
+    deliver: list[Delivery] = Field(
+        description="Each child's deliveries; string fields may use `{{ item.<field> }}`.",
+        min_length=1,
+        max_length=MAX_DELIVERIES,
+    )
+    shared: list[str] | None = Field(
+        default=None,
+        description="Top-level context entries (sources, params) each child also sees besides "
+        "its `item`; default: the request's `params`. Never the list itself.",
+        max_length=MAX_SOURCES,
+    )
 
 
 class PdfMetadata(BaseModel):
@@ -307,7 +390,7 @@ class ReportRequested(Event):
         default_factory=new_request_id,
         description="Idempotency key; a request_id already delivered is not delivered again.",
         pattern=REQUEST_ID_PATTERN,
-        max_length=128,
+        max_length=128 + 65,  # a child: a parent id of up to 128, `/`, a key of up to 64
     )
     template: str = Field(description="Template name inside the templates folder.", min_length=1)
     formats: list[Format] = Field(
@@ -377,12 +460,47 @@ class ReportRequested(Event):
         "(or the next to pick it up) fails it, 'timed out after N s at <stage>', instead of "
         "retrying or waiting on for ever. Default: no limit but the stages' own.",
     )
+    burst: Burst | None = Field(
+        default=None,
+        description="One report per item of a list in the data, each to its own recipients "
+        "(`<request_id>/<key>`); the request's outcome summarises its children.",
+    )
+    priority: Priority = Field(
+        default="normal",
+        description="Lane: `interactive` is never queued behind `bulk` work (the operator caps "
+        "what each publisher may ask for); bursts' children and big reports run as `bulk`.",
+    )
+    parent: str | None = Field(
+        default=None,
+        description="Set by Pressroom on a burst's child: the request it belongs to.",
+    )
+    skip_if_empty: str | None = Field(
+        default=None,
+        pattern=r"^\w+(\.\w+)*$",
+        max_length=200,
+        description="A source name or dotted path into the fetched data: when it is empty or "
+        "missing, the run is recorded as `skipped` with the reason and nothing is sent.",
+    )
+    burst_index: int | None = Field(
+        default=None, ge=0, description="Set by Pressroom on a burst's child: its item's position."
+    )
     split: Literal["auto", "on", "off"] | None = Field(
         default=None,
         description="Lay a long report out in several render processes at once: 'auto' (from "
         "the renderer's row threshold, the default), 'on' (whenever its longest table can be "
         "cut) or 'off'. The operator's PRESSROOM_RENDER_SPLIT=off wins.",
     )
+
+    @model_validator(mode="after")
+    def _children_only_under_their_parent(self) -> ReportRequested:
+        parent, sep, _ = self.request_id.partition(CHILD_SEPARATOR)
+        if sep and self.parent != parent:
+            raise ValueError(
+                "request_id: '/' is reserved for a burst's children (<parent id>/<key>)"
+            )
+        if self.parent is not None and not sep:
+            raise ValueError("parent: set by Pressroom on a burst's children only")
+        return self
 
     @field_serializer("pdf")
     def _pdf_as_given(self, value: PdfOptions | None) -> dict[str, Any] | None:
@@ -438,6 +556,19 @@ class ReportRequested(Event):
         return value
 
 
+# Fields added after fingerprints were first recorded: at their default, left out, so a request
+# keeps the fingerprint its ledger entry holds.
+_NEWER_DEFAULTS: dict[str, Any] = {
+    "timeout": None,
+    "burst": None,
+    "parent": None,
+    "burst_index": None,
+    "skip_if_empty": None,
+    "pdf": None,
+    "csv_bom": None,
+}
+
+
 def request_fingerprint(request: ReportRequested) -> str:
     """What a request_id is bound to: the request's content, without its id and timestamps.
 
@@ -446,11 +577,14 @@ def request_fingerprint(request: ReportRequested) -> str:
     """
     # `tenant` is left out: Pressroom sets it from the subject (a body's is replaced), and a
     # tenant's request says the same in `requested_by`; fingerprints stay as they were.
-    content = request.model_dump(mode="json", exclude={"request_id", "requested_at", "tenant"})
+    # `priority` is left out too: it says when, not what (a cap may lower it on the way).
+    content = request.model_dump(
+        mode="json", exclude={"request_id", "requested_at", "tenant", "priority"}
+    )
     content.pop("schema_version", None)
-    for added in ("timeout", "pdf", "csv_bom"):  # unset: the fingerprint they had before
-        if content.get(added) is None:
-            content.pop(added, None)
+    for name, default in _NEWER_DEFAULTS.items():  # as before these fields existed
+        if content.get(name) == default:
+            content.pop(name, None)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -492,6 +626,31 @@ class DataReady(_CarriesRequest):
         if self.context is None and not self.context_ref:
             raise ValueError("data.ready needs `context` or `context_ref`")
         return self
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class BurstSent(_CarriesRequest):
+    """The fetcher sent a burst's children on their way, each as its own `data.ready`; the
+    parent itself goes no further (its outcome summarises its children's)."""
+
+    request: ReportRequested = Field(description="The parent request.")
+    children: int = Field(description="Children sent now (a replay: those not yet delivered).")
+    total: int = Field(description="Items in the list the burst goes over.")
+    fetch_seconds: float = Field(default=0.0, description="Time spent gathering the data.")
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class RunSkipped(_CarriesRequest):
+    """The fetcher found the request's `skip_if_empty` data empty: nothing is rendered or sent."""
+
+    request: ReportRequested
+    reason: str
 
     @property
     def request_id(self) -> str:
@@ -561,6 +720,10 @@ class ReportDelivered(Event):
     artefacts: list[Artefact]
     channels: list[ChannelResult]
     delivered_at: datetime = Field(default_factory=utcnow)
+    burst: str | None = Field(
+        default=None,
+        description="A burst's parent: what its children did, e.g. 'delivered 10,000, failed 0'.",
+    )
     requested_by: str | None = Field(
         default=None,
         description="Who asked: for a calling system's request, its publisher name (its "
@@ -624,10 +787,23 @@ def claimed_request_id(body: bytes) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
+def claimed_child(body: bytes) -> tuple[str, int] | None:
+    """The (parent, item position) a stage message's request names as a burst's child."""
+    data = _json_object(body)
+    request = data.get("request") if data is not None else None
+    if not isinstance(request, dict):
+        return None
+    parent, index = request.get("parent"), request.get("burst_index")
+    if isinstance(parent, str) and isinstance(index, int) and not isinstance(index, bool):
+        return parent, index
+    return None
+
+
 def claimed_requester(subject: str, body: bytes) -> str | None:
     """Who asked for the request a message is about: the tenant its subject names (a tenant's
     body cannot say otherwise), or the `requested_by` that the services' own account wrote."""
     tenant = tenant_of_subject(subject)
+    subject = unlaned(subject)  # a lane's body was stamped where it came in
     if tenant is not None or (subject == REPORT_REQUESTED and b"requested_by" not in body):
         return tenant
     data = _json_object(body)

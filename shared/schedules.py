@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import PermanentError
 from shared.events import ReportRequested, request_fingerprint
+from shared.firing import jitter_seconds
 
 SCHEDULER_PREFIX = "scheduler:"
 CLOCK_SKEW = timedelta(minutes=2)  # replicas' clocks may disagree this much
@@ -65,6 +66,20 @@ class Schedule(BaseModel):
     timezone: str = "UTC"
     request: dict[str, Any] = Field(description="The report.requested body to emit.")
     enabled: bool = True
+    jitter: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Publish each fire up to this many seconds late — the same delay in every "
+        "replica (a function of the name), so schedules sharing a minute do not all start at "
+        "once. The fire keeps its cron time as its id.",
+    )
+    skip_if_empty: str | None = Field(
+        default=None,
+        pattern=r"^\w+(\.\w+)*$",
+        description="A source name or dotted path into the fetched data: empty → the run is "
+        "recorded as skipped, nothing is sent.",
+    )
 
     @field_validator("cron")
     @classmethod
@@ -116,7 +131,14 @@ class Schedule(BaseModel):
         body["request_id"] = self.request_id_for(fire)
         body["requested_by"] = f"{SCHEDULER_PREFIX}{self.name}"
         body["requested_at"] = fire.astimezone(UTC).isoformat()
+        if self.skip_if_empty is not None:
+            body["skip_if_empty"] = self.skip_if_empty
         return ReportRequested.model_validate(body)
+
+    def publish_time(self, now: datetime) -> datetime:
+        """What `now` is for this schedule's fires: earlier by its jitter, so a fire is due
+        its jitter after its cron time (the same in every replica)."""
+        return now - timedelta(seconds=jitter_seconds(self.name, self.jitter))
 
 
 def scheduled_fire(request_id: str) -> datetime | None:

@@ -287,6 +287,34 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Requests a fetcher works on at once."
     )
     fetch_deadline: float = Field(default=30.0, gt=0, description="Seconds for all sources.")
+    burst_max_items: int = Field(
+        default=10_000, ge=1, description="Items a burst may go over (children of one request)."
+    )
+    burst_publish_window: int = Field(
+        default=64, ge=1, description="A burst's children being published at once."
+    )
+
+    # Lanes and admission (shared/lanes.py, shared/admission.py)
+    priority_cap: Literal["interactive", "normal", "bulk"] = Field(
+        default="normal",
+        description="The highest priority a publisher identity may ask for, unless named in "
+        "PRESSROOM_PRIORITY_CAPS (ops and the scheduler are uncapped).",
+    )
+    priority_caps: str = Field(
+        default="", description="Per publisher: `billing=interactive,batch=bulk`."
+    )
+    bulk_rows: int = Field(
+        default=5000, ge=0, description="A report with this many rows runs as bulk (0: never)."
+    )
+    requester_max_queued: int = Field(
+        default=0,
+        ge=0,
+        description="Reports a requester may have queued and unsettled; more are refused at "
+        "once with report.failed (0: no limit).",
+    )
+    requester_limits: str = Field(
+        default="", description="Per requester: `billing=500,batch=5000` (overrides the above)."
+    )
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0, description="Seconds a cached source is fresh.")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from services.distributor.app import create_app as distributor
 from services.fetcher.app import create_app as fetcher
 from services.renderer.app import create_app as renderer
-from shared.events import DLQ_PREFIX, EVENT_MODELS, SCHEMA_VERSION, DeadLetter
+from shared.events import DLQ_PREFIX, EVENT_MODELS, SCHEMA_VERSION, DeadLetter, unlaned
 from shared.settings import Settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -113,7 +113,7 @@ def asyncapi() -> dict[str, Any]:
     schemas["MessageHeaders"] = HEADERS
     models: dict[str, type[BaseModel]] = {**EVENT_MODELS}
     for name, message in doc["components"].get("messages", {}).items():
-        subject = name.split(":", 1)[0]
+        subject = unlaned(name.split(":", 1)[0])  # a lane's subject carries its stage's event
         model = models.get(subject) or (DeadLetter if subject.startswith(DLQ_PREFIX) else None)
         if model is None:
             continue

@@ -17,6 +17,7 @@ from shared.bus.names import DLQ_STREAM, MSG_ID, STAGES
 from shared.bus.topology import IncompleteListing, JetStreamPublisher
 from shared.errors import PressroomError
 from shared.events import (
+    CHILD_SEPARATOR,
     DLQ_PREFIX,
     DeadLetter,
     tenant_of_subject,
@@ -100,11 +101,18 @@ async def find_dead_letters(
         return [record] if record is not None else []
     if listing is None:
         listing = await dead_letters(bus)
-    return [r for r in listing if r.letter.request_id == ref]
+    # A burst's request id names its failed children's letters too: replaying the parent
+    # re-runs only those.
+    children = f"{ref}{CHILD_SEPARATOR}"
+    return [
+        r
+        for r in listing
+        if r.letter.request_id == ref or (r.letter.request_id or "").startswith(children)
+    ]
 
 
 # Where replays may go: the subjects the stages consume, nothing else (not `$JS.API…`).
-REPLAYABLE = frozenset(spec.consumes for spec in STAGES.values())
+REPLAYABLE = frozenset(lane.consumes for spec in STAGES.values() for lane in spec.lanes)
 
 
 def _stored_body_key(letter: DeadLetter) -> str | None:

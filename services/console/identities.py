@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.bus.names import ADMISSION_BUCKET as ADMISSION
 from shared.bus.names import ADVISORY_STREAM, DLQ_STREAM, STAGES, STREAM
 from shared.bus.names import CACHE_BUCKET as CACHE
 from shared.bus.names import DELIVERIES_BUCKET as DELIVERIES
@@ -24,7 +25,8 @@ from shared.bus.names import LEDGER_BUCKET as LEDGER
 from shared.bus.names import OBJECT_BUCKET as OBJECTS
 from shared.bus.names import RENDER_CACHE_BUCKET as RENDER_CACHE
 from shared.bus.names import SCHEDULES_BUCKET as SCHEDULES
-from shared.events import REPORT_DELIVERED, REPORT_FAILED, REPORT_REQUESTED
+from shared.events import LANED_SUBJECTS as LANED
+from shared.events import LANES, REPORT_DELIVERED, REPORT_FAILED, REPORT_REQUESTED
 
 if TYPE_CHECKING:
     pass
@@ -51,13 +53,18 @@ ALL_STREAMS = (
     STREAM,
     DLQ_STREAM,
     ADVISORY_STREAM,
-    *(f"KV_{bucket}" for bucket in (LEDGER, DELIVERIES, SCHEDULES, CACHE, RENDER_CACHE)),
+    *(f"KV_{bucket}" for bucket in (LEDGER, DELIVERIES, SCHEDULES, ADMISSION, CACHE, RENDER_CACHE)),
     f"OBJ_{OBJECTS}",
 )
 REQUESTED = REPORT_REQUESTED
 OUTCOMES = (REPORT_DELIVERED, REPORT_FAILED)
 CONSUMES = {stage.name: stage.consumes for stage in STAGES.values()}
 PRODUCES = {stage.name: stage.produces for stage in STAGES.values()}
+
+
+def _laned(subject: str) -> list[str]:
+    """A subject and its lanes' subjects (`data.ready`, `lane.*.data.ready`)."""
+    return [subject, f"lane.*.{subject}"] if subject in LANED else [subject]
 
 
 def _stream_read(stream: str) -> list[str]:
@@ -119,24 +126,29 @@ def permissions(role: str) -> dict[str, list[str]]:
     if role == "publisher" or tenant_of_role(role) is not None:
         # Other systems (each in its own account): ask for reports and hear how their own
         # ended; nothing else.
-        return {"publish": [REQUESTED], "subscribe": [*OUTCOMES, *inbox]}
+        # `report.requested.<lane>`: a lane of its own, past any flood on the plain subject.
+        lanes = [f"{REQUESTED}.{lane}" for lane in LANES]
+        return {"publish": [REQUESTED, *lanes], "subscribe": [*OUTCOMES, *inbox]}
     if role in STAGE_ROLES:
         consumes = CONSUMES[role]
+        durables = [role, *(f"{role}-{lane}" for lane in LANES)]  # one consumer per lane
         publish = [
-            PRODUCES[role],
+            *_laned(PRODUCES[role]),
             "report.failed",
             "tenant.*.report.failed",  # a tenant's copy of its own outcome
-            f"dlq.{consumes}",
-            *_consumer(STREAM, role),
-            *_consumer(ADVISORY_STREAM, f"{role}-crashes"),
+            *(f"dlq.{subject}" for subject in _laned(consumes)),
+            *(s for durable in durables for s in _consumer(STREAM, durable)),
+            *(s for durable in durables for s in _consumer(ADVISORY_STREAM, f"{durable}-crashes")),
             *_topology_read(),
             *_msg_get(STREAM),  # the original of a message that crashed every worker
             f"{JS}.INFO",  # account storage, for the storage gauge
             *_kv(LEDGER, write=True),
+            *_kv(ADMISSION, write=True),  # reports each requester has queued
             *_objects(write=True),  # artefacts, big contexts, big dead-letter bodies
         ]
-        if role == "fetcher":
-            publish += [f"dlq.{REQUESTED}.*", *_kv(CACHE, write=True)]
+        if role == "fetcher":  # requests come in here and go on to their lanes
+            publish += [f"dlq.{REQUESTED}.*", f"dlq.{REQUESTED}.*.*", f"lane.*.{REQUESTED}"]
+            publish += _kv(CACHE, write=True)
         if role == "renderer":
             publish += _kv(RENDER_CACHE, write=True)
         if role == "distributor":
@@ -161,8 +173,10 @@ def permissions(role: str) -> dict[str, list[str]]:
             "$O.>",
             REQUESTED,
             f"{REQUESTED}.*",  # a tenant's dead letter goes back to where it came from
+            f"{REQUESTED}.*.*",  # … also one it sent to a lane
             "data.ready",
             "report.rendered",
+            *(f"lane.*.{subject}" for subject in LANED),  # replays of a lane's dead letters
             "dlq.>",
         ]
         return {"publish": publish, "subscribe": ["report.>", "dlq.>", *inbox]}
@@ -238,6 +252,10 @@ def accounts_config(seeds: dict[str, str], tenants: Iterable[str]) -> str:
         account = tenant_account(tenant)
         exports += [
             f'      {{service: "{tenant_requests(tenant)}", accounts: ["{account}"]}}',
+            *(
+                f'      {{service: "{tenant_requests(tenant)}.{lane}", accounts: ["{account}"]}}'
+                for lane in LANES
+            ),
             f'      {{stream: "{tenant_outcomes(tenant)}.>", accounts: ["{account}"]}}',
         ]
     blocks = [
@@ -253,7 +271,12 @@ def accounts_config(seeds: dict[str, str], tenants: Iterable[str]) -> str:
             "    imports: [\n"
             f'      {{service: {{account: "{SERVICES_ACCOUNT}", '
             f'subject: "{tenant_requests(tenant)}"}}, to: "{REQUESTED}"}}\n'
-            f'      {{stream: {{account: "{SERVICES_ACCOUNT}", '
+            + "".join(
+                f'      {{service: {{account: "{SERVICES_ACCOUNT}", '
+                f'subject: "{tenant_requests(tenant)}.{lane}"}}, to: "{REQUESTED}.{lane}"}}\n'
+                for lane in LANES
+            )
+            + f'      {{stream: {{account: "{SERVICES_ACCOUNT}", '
             f'subject: "{tenant_outcomes(tenant)}.>"}}, to: "report.>"}}\n'
             "    ]\n  }"
         )

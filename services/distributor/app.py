@@ -40,6 +40,18 @@ def create_app(
 
         async def work(event: Event) -> Event:
             assert isinstance(event, ReportRendered) and deps.store is not None
+            assert deps.ledger is not None
+            ledger = deps.ledger
+
+            async def cancelled() -> bool:
+                """`pressroom cancel` of the request (or of its burst), read after the intent."""
+                request = event.request
+                for rid in (request.request_id, request.parent):
+                    entry = await ledger.get(rid) if rid else None
+                    if entry is not None and entry.cancelled_at is not None:
+                        return True
+                return False
+
             return await distribute(
                 event,
                 channels=channels,
@@ -47,6 +59,7 @@ def create_app(
                 outcomes=outcomes,
                 settings=settings,
                 limits=limits,
+                cancelled=cancelled,
             )
 
         return work

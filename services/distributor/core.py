@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import nullcontext
 
 from nats.js.errors import KeyNotFoundError
@@ -13,7 +13,7 @@ from services.distributor.parcel import Channel, Parcel
 from services.distributor.targets import TargetLimits, caller_of, target_of
 from shared.adapters.store import ArtefactStore, artefact_key
 from shared.bus.kv import KeyValue
-from shared.errors import PermanentError, PressroomError, TransientError
+from shared.errors import PermanentError, PressroomError, RequestCancelled, TransientError
 from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRendered
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import span
@@ -52,6 +52,7 @@ async def distribute(
     outcomes: KeyValue,
     settings: Settings,
     limits: TargetLimits | None = None,
+    cancelled: Callable[[], Awaitable[bool]] | None = None,
 ) -> ReportDelivered:
     request = event.request
     for artefact in event.artefacts:
@@ -88,8 +89,16 @@ async def distribute(
             ):
                 # Intent before, outcome after: an ambiguous crash in between is in the record.
                 await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
+                # Looked at after the intent is written: a cancel that saw no intent is kept.
+                if cancelled is not None and await cancelled():
+                    await outcomes.put(
+                        key, json.dumps({"ok": False, "state": "cancelled"}).encode()
+                    )
+                    raise RequestCancelled("cancelled before delivery")
                 with span(f"deliver {delivery.channel}", parcel.request_id):
                     result = await channel.deliver(delivery, parcel)
+        except RequestCancelled:
+            raise
         except PressroomError as error:
             result = ChannelResult(
                 channel=delivery.channel, ok=False, target="", detail=error.reason

@@ -18,6 +18,7 @@ from services.fetcher.sources import DataSource
 from shared.adapters.store import ArtefactStore, context_key
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.events import DataReady, ReportRequested, Source, utcnow
+from shared.lanes import rows_estimate
 from shared.metrics import fetch_outcome, source_fetched
 from shared.observe.telemetry import span
 from shared.settings import Settings
@@ -171,11 +172,18 @@ async def fetch_data(
     store: ArtefactStore,
     settings: Settings,
     cache: SourceCache | None = None,
+    context: dict[str, Any] | None = None,
 ) -> DataReady:
+    """`context`: the data already gathered (a schedule's run checked it was not empty)."""
     started = time.monotonic()
     stats = CacheStats()
-    context = await gather_context(request, adapters, settings, cache, stats)
+    if context is None:
+        context = await gather_context(request, adapters, settings, cache, stats)
     elapsed = time.monotonic() - started
+    # A big report renders for long: in the bulk lane, not ahead of everyone's small ones.
+    big = settings.bulk_rows and rows_estimate(context) >= settings.bulk_rows
+    if big and request.priority != "bulk":
+        request = request.model_copy(update={"priority": "bulk"})
     counts: dict[str, Any] = {
         "cache_hits": stats.hits,
         "cache_misses": stats.misses,

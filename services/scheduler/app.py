@@ -151,9 +151,11 @@ async def tick(
                 last = _last_checked(schedule.name, entry.value, conflicts)
             except KeyNotFoundError:
                 last = None
-            for when in missed_fires(schedule, last, now, grace):
+            # A schedule with jitter sees its fires that much later (every replica alike).
+            due = schedule.publish_time(now)
+            for when in missed_fires(schedule, last, due, grace):
                 fired.append(await fire(publisher, schedule, when, js, key))
-            await kv.put(schedule.name, now.isoformat().encode())
+            await kv.put(schedule.name, due.isoformat().encode())
         except Exception as error:  # the next tick catches up within grace
             log.warning("schedule tick failed", schedule=schedule.name, error=repr(error))
             failures.append(error)

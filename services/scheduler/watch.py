@@ -60,8 +60,10 @@ class ScheduleWatch:
                 entry = await self.ledger.get(schedule.request_id_for(fire))
             except KeyNotFoundError:
                 entry = None
-            end = entry.stages.get("distributor") if entry else None
-            if entry and entry.status == "delivered" and end and end.finished_at:
+            # A run skipped on purpose (`skip_if_empty`) is on time: it had nothing to send.
+            skipped = entry is not None and entry.status == "skipped"
+            end = entry.stages.get("fetcher" if skipped else "distributor") if entry else None
+            if entry and entry.status in ("delivered", "skipped") and end and end.finished_at:
                 known = (fire, end.finished_at.timestamp())
                 self._delivered[schedule.name] = known
                 break

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.js import api
 
@@ -46,6 +46,18 @@ class FailoverLedger:
     async def get(self, request_id: str) -> LedgerEntry | None:
         return await patient(
             lambda: self._inner.get(request_id), patience=self._patience, what="ledger get"
+        )
+
+    async def update(
+        self,
+        request_id: str,
+        change: Callable[[LedgerEntry], tuple[LedgerEntry | None, Any]],
+        request: ReportRequested | None = None,
+    ) -> Any:
+        return await patient(
+            lambda: self._inner.update(request_id, change, request),
+            patience=self._patience,
+            what="ledger update",
         )
 
     async def claim(
@@ -137,6 +149,21 @@ class FailoverKV:
         return await patient(
             lambda: self._inner.put(key, value), patience=self._patience, what="kv put"
         )
+
+    # Compare-and-set (the admission counts): a wrong revision is an answer, not a failure.
+    async def create(self, key: str, value: bytes) -> int:
+        inner: Any = self._inner
+        result: int = await patient(
+            lambda: inner.create(key, value), patience=self._patience, what="kv create"
+        )
+        return result
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        inner: Any = self._inner
+        result: int = await patient(
+            lambda: inner.update(key, value, last=last), patience=self._patience, what="kv update"
+        )
+        return result
 
 
 class FailoverStore:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from pydantic import BaseModel, Field, model_validator
 
+from shared.burst import BurstTally
 from shared.bus.names import LEDGER_BUCKET
 from shared.bus.topology import kv_snapshot
 from shared.events import (
@@ -38,8 +39,10 @@ if TYPE_CHECKING:
 log = get_logger("pressroom.ledger")
 
 StageState = Literal["running", "done", "failed"]
-Status = Literal["requested", "fetched", "rendered", "delivered", "failed", "conflict"]
-ClaimResult = Literal["proceed", "done", "busy", "conflict"]
+Status = Literal[
+    "requested", "fetched", "rendered", "delivered", "failed", "conflict", "cancelled", "skipped"
+]
+ClaimResult = Literal["proceed", "done", "busy", "conflict", "cancelled"]
 
 PIPELINE = ("fetcher", "renderer", "distributor")
 _STATUS_AFTER: dict[str, Status] = {
@@ -136,6 +139,16 @@ class LedgerEntry(BaseModel):
         "ends differently changes `status`, never this.",
     )
     settled_at: datetime | None = None
+    burst: BurstTally | None = Field(
+        default=None, description="A burst's parent: its children's outcomes (shared/burst.py)."
+    )
+    cancelled_at: datetime | None = Field(
+        default=None, description="When `pressroom cancel` stopped the request (shared/cancel.py)."
+    )
+    cancelled_by: str | None = None
+    skipped: str | None = Field(
+        default=None, description="Why the run sent nothing (a schedule's `skip_if_empty`)."
+    )
 
     @model_validator(mode="after")
     def _derived(self) -> LedgerEntry:
@@ -170,20 +183,30 @@ def derive(entry: LedgerEntry) -> LedgerEntry:
     replaces the failed record); else the furthest finished stage says how far it got.
     An entry without stage records (restored from an old backup) keeps what it says.
     """
-    if entry.status == "conflict" or not entry.stages:
+    marked = entry.burst is not None or entry.cancelled_at or entry.skipped
+    if entry.status == "conflict" or not (entry.stages or marked):
         return entry
     records = entry.stages
     done = [s for s in PIPELINE if (r := records.get(s)) and r.state == "done"]
     failed = [s for s in PIPELINE if (r := records.get(s)) and r.state == "failed"]
+    tally = entry.burst
     if "distributor" in done:
         status: Status = "delivered"
+    elif entry.cancelled_at is not None:
+        status = "cancelled"
+    elif tally is not None and tally.complete and not failed:
+        status = "delivered" if not tally.failed else "failed"
+    elif entry.skipped is not None and not failed:
+        status = "skipped"
     elif failed:
         status = "failed"
     elif done:
         status = _STATUS_AFTER[done[-1]]
     else:
         status = "requested"
-    if status == "failed":
+    if status == "failed" and not failed and tally is not None:
+        entry.error, entry.failed_stage = f"burst: {tally.summary()}", "burst"
+    elif status == "failed":
         stage = failed[-1]
         own = records[stage].error
         keep = entry.error if entry.failed_stage == stage else None
@@ -246,6 +269,13 @@ class Ledger(Protocol):
 
     async def entries(self) -> list[LedgerEntry]: ...
 
+    async def update(
+        self,
+        request_id: str,
+        change: Callable[[LedgerEntry], tuple[LedgerEntry | None, Any]],
+        request: ReportRequested | None = None,
+    ) -> Any: ...
+
 
 def _apply_claim(
     entry: LedgerEntry,
@@ -257,6 +287,8 @@ def _apply_claim(
 ) -> tuple[LedgerEntry | None, ClaimResult]:
     if entry.fingerprint and fingerprint and entry.fingerprint != fingerprint:
         return None, "conflict"  # the id was used for other content: never mix the two
+    if entry.cancelled_at is not None:
+        return None, "cancelled"  # `pressroom cancel`: no stage starts it any more
     entry.fingerprint = entry.fingerprint or fingerprint
     record = entry.stages.get(stage)
     if record is not None and record.state == "done":
@@ -533,6 +565,16 @@ class KvLedger:
         self, request_id: str, stage: str, *, reason: str, seq: int, attempt: int
     ) -> None:
         await self._update(request_id, lambda e: _apply_retrying(e, stage, reason, seq, attempt))
+
+    async def update(
+        self,
+        request_id: str,
+        change: Callable[[LedgerEntry], tuple[LedgerEntry | None, Any]],
+        request: ReportRequested | None = None,
+    ) -> Any:
+        """Any other change (a burst's tally, a cancel, a skip), with compare-and-set:
+        `change` returns the entry to write (None: nothing) and the result to return."""
+        return await self._update(request_id, change, request)
 
     async def entries(self) -> list[LedgerEntry]:
         """Every entry; a value that is not an entry is listed as a `conflict` entry."""

@@ -7,10 +7,15 @@ from dataclasses import dataclass
 
 from shared.events import (
     DATA_READY,
+    LANE_PREFIX,
+    LANED_SUBJECTS,
+    LANES,
     REPORT_DELIVERED,
     REPORT_RENDERED,
     REPORT_REQUESTED,
     TENANT_REQUESTS,
+    lane_subject,
+    tenant_lane_requests,
 )
 
 STREAM = "PRESSROOM"
@@ -21,6 +26,7 @@ DELIVERIES_BUCKET = "pressroom_deliveries"
 CACHE_BUCKET = "pressroom_cache"
 SCHEDULES_BUCKET = "pressroom_schedules"
 RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
+ADMISSION_BUCKET = "pressroom_admission"  # reports each requester has queued (shared/admission.py)
 OBJECT_BUCKET = "pressroom_artefacts"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 MSG_ID = "Nats-Msg-Id"
@@ -28,15 +34,27 @@ MSG_ID = "Nats-Msg-Id"
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A pipeline stage: the durable consumer it reads with and what it publishes next."""
+    """A pipeline stage: the durable consumer it reads with and what it publishes next.
+
+    `lane` (shared/lanes.py): the stage's `interactive` and `bulk` work is read by consumers of
+    its own (`renderer-bulk` on `lane.bulk.data.ready`), so neither waits behind the other."""
 
     name: str
     consumes: str
     produces: str
+    lane: str = "normal"
 
     @property
     def durable(self) -> str:
-        return self.name
+        return self.name if self.lane == "normal" else f"{self.name}-{self.lane}"
+
+    def in_lane(self, lane: str) -> StageSpec:
+        return StageSpec(self.name, lane_subject(self.consumes, lane), self.produces, lane)
+
+    @property
+    def lanes(self) -> list[StageSpec]:
+        """The stage's consumers: the normal lane (the plain subjects) and each other lane."""
+        return [self, *(self.in_lane(lane) for lane in LANES)]
 
     @property
     def advisory_subject(self) -> str:
@@ -45,11 +63,15 @@ class StageSpec:
     @property
     def filter_subjects(self) -> list[str]:
         """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
-        if self.consumes == REPORT_REQUESTED:
-            return [REPORT_REQUESTED, TENANT_REQUESTS]
+        if self.consumes == REPORT_REQUESTED and self.lane == "normal":
+            # `lane.normal.…`: a request a cap moved down from the lane it asked for
+            return [REPORT_REQUESTED, TENANT_REQUESTS, f"{LANE_PREFIX}normal.{REPORT_REQUESTED}"]
+        if self.name == "fetcher":  # a tenant's request straight into a lane
+            return [self.consumes, tenant_lane_requests(self.lane)]
         return [self.consumes]
 
 
+LANE_SUBJECTS = [f"{LANE_PREFIX}*.{subject}" for subject in LANED_SUBJECTS]
 FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
 RENDERER = StageSpec("renderer", DATA_READY, REPORT_RENDERED)
 DISTRIBUTOR = StageSpec("distributor", REPORT_RENDERED, REPORT_DELIVERED)

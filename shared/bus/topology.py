@@ -22,10 +22,12 @@ from pydantic import BaseModel
 from shared.bus.failover import ConnectionEvents
 from shared.bus.identity import REFUSALS, TENANT_NAME, BusRefused, identity, tenant_outcomes
 from shared.bus.names import (
+    ADMISSION_BUCKET,
     ADVISORY_STREAM,
     CACHE_BUCKET,
     DELIVERIES_BUCKET,
     DLQ_STREAM,
+    LANE_SUBJECTS,
     LEDGER_BUCKET,
     MAX_DELIVERIES_ADVISORY,
     MSG_ID,
@@ -39,11 +41,13 @@ from shared.bus.names import (
 from shared.errors import PressroomError
 from shared.events import (
     DLQ_PREFIX,
+    LANES,
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
     REPORT_FAILED,
     TENANT_REQUESTS,
     claimed_request_id,
+    tenant_lane_requests,
 )
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import sending
@@ -120,6 +124,7 @@ TOPOLOGY_STREAMS = (
             LEDGER_BUCKET,
             DELIVERIES_BUCKET,
             SCHEDULES_BUCKET,
+            ADMISSION_BUCKET,
             CACHE_BUCKET,
             RENDER_CACHE_BUCKET,
         )
@@ -181,7 +186,8 @@ async def ensure_topology(
                     "`pressroom bus setup`, or `pressroom up`)"
                 ) from None
         for stage in stages or []:
-            await _declare_consumers(js, stage, settings)
+            for lane in stage.lanes:
+                await _declare_consumers(js, lane, settings)
         return
     try:
         await _declare_topology(js, settings)
@@ -203,7 +209,12 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
         api.StreamConfig(
             name=STREAM,
             description="Pressroom pipeline events",
-            subjects=[*PIPELINE_SUBJECTS, TENANT_REQUESTS],
+            subjects=[
+                *PIPELINE_SUBJECTS,
+                TENANT_REQUESTS,
+                *LANE_SUBJECTS,
+                *(tenant_lane_requests(lane) for lane in LANES),
+            ],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             max_age=30 * 24 * 3600,
@@ -237,8 +248,10 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
         ),
     )
     for stage in STAGES.values():
-        await _declare_consumers(js, stage, settings)
-    for bucket, history in ((LEDGER_BUCKET, 1), (DELIVERIES_BUCKET, 1), (SCHEDULES_BUCKET, 1)):
+        for lane in stage.lanes:
+            await _declare_consumers(js, lane, settings)
+    buckets = (LEDGER_BUCKET, DELIVERIES_BUCKET, SCHEDULES_BUCKET, ADMISSION_BUCKET)
+    for bucket, history in ((b, 1) for b in buckets):
         replicas = await _replicas(js, f"KV_{bucket}", settings)
         await js.create_key_value(
             api.KeyValueConfig(

@@ -26,10 +26,18 @@ from nats.js import JetStreamContext
 from shared.adapters.failover import FailoverKV, FailoverLedger, FailoverPublisher, FailoverStore
 from shared.adapters.ledger import KvLedger, Ledger
 from shared.adapters.store import ArtefactStore, open_store, plain_http_s3_warning
+from shared.admission import QueuedCounts
 from shared.bus.failover import ConnectionEvents
 from shared.bus.identity import REFUSALS, Identity, identity, inbox_prefix
 from shared.bus.kv import KeyValue
-from shared.bus.names import ADVISORY_STREAM, LEDGER_BUCKET, STREAM, StageSpec
+from shared.bus.names import (
+    ADMISSION_BUCKET,
+    ADVISORY_STREAM,
+    FETCHER,
+    LEDGER_BUCKET,
+    STREAM,
+    StageSpec,
+)
 from shared.bus.topology import (
     JetStreamPublisher,
     Publisher,
@@ -53,6 +61,7 @@ from shared.observe.logging import configure_logging, get_logger
 from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
 from shared.settings import Settings
 from shared.stage.deadletters import settle_crash, stream_reader
+from shared.stage.intake import Intake
 from shared.stage.readiness import config_check, stage_readiness
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
@@ -312,8 +321,9 @@ class StageParts:
     close: Callable[[Any], Awaitable[None]] | None
     admit: Callable[[Event], Awaitable[None]] | None
     observe: Callable[[Any], Awaitable[None]] | None
-    # Filled in by the lifespan, before the broker starts: what the subscriber calls.
-    runner: StageRunner | None = None
+    # Filled in by the lifespan, before the broker starts: what the subscribers call (one
+    # runner per lane, by its durable consumer's name).
+    runners: dict[str, StageRunner] = field(default_factory=dict)
     work: Work | None = None
 
 
@@ -357,19 +367,32 @@ def stage_app(
         spec, model, settings, deps, service, build_work, buckets, close, admit, observe
     )
     app = FastStream(broker, logger=None, lifespan=_lifespan(parts, broker, who))
-    side_by_side = InFlight(in_flight) if in_flight > 1 else None
-    if side_by_side is not None:
+    # Each lane works on its own messages side by side (interactive never waits for bulk).
+    sides = {
+        lane.durable: InFlight(lane_share(lane, in_flight)) if in_flight > 1 else None
+        for lane in spec.lanes
+    }
+    if in_flight > 1:
 
         @app.on_shutdown
         async def drain_in_flight() -> None:
             """Before the broker stops: the work still needs the connection to ack and publish."""
-            assert side_by_side is not None
-            await side_by_side.drain(settings.shutdown_grace)
+            for side in sides.values():
+                if side is not None:
+                    await side.drain(settings.shutdown_grace)
 
     _declare_outputs(broker, spec)
-    _subscribe_stage(broker, parts, concurrency, side_by_side)
-    _subscribe_crashes(broker, spec, deps)
+    for lane in spec.lanes:
+        batch = lane_share(lane, concurrency)
+        _subscribe_stage(broker, parts, lane, batch, sides[lane.durable])
+        _subscribe_crashes(broker, lane, deps)
     return app
+
+
+def lane_share(lane: StageSpec, slots: int) -> int:
+    """A lane's share of a stage's slots: bulk work gets half (at least one), so a process —
+    its render processes, its event loop — always has room for interactive and normal work."""
+    return max(1, slots // 2) if lane.lane == "bulk" else slots
 
 
 def _gauges(parts: StageParts) -> Callable[[], Awaitable[None]]:
@@ -410,11 +433,16 @@ def _lifespan(parts: StageParts, broker: NatsBroker, who: Identity) -> Callable[
             log.warning("artefact store over plain HTTP", reason=insecure)
         if deps.js is None:
             deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
-        await _open_adapters(deps, deps.js, settings, parts.buckets)
+        await _open_adapters(deps, deps.js, settings, [*parts.buckets, ADMISSION_BUCKET])
         assert deps.ledger is not None and deps.publisher is not None
-        parts.runner = StageRunner(
-            spec, settings, deps.ledger, deps.publisher, store=deps.store, admit=parts.admit
-        )
+        intake = Intake(settings, deps.publisher, QueuedCounts(deps.kv[ADMISSION_BUCKET]))
+        for lane in spec.lanes:
+            runner = StageRunner(
+                lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=parts.admit
+            )
+            runner.intake = intake
+            runner.routes = lane.name == FETCHER.name  # where requests come in
+            parts.runners[lane.durable] = runner
         parts.work = await parts.build_work(deps)
         health = await _serve_health(parts, broker, observe_all)
         prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
@@ -471,10 +499,14 @@ def _declare_outputs(broker: NatsBroker, spec: StageSpec) -> None:
 
 
 def _subscribe_stage(
-    broker: NatsBroker, parts: StageParts, concurrency: int, side_by_side: InFlight | None
+    broker: NatsBroker,
+    parts: StageParts,
+    spec: StageSpec,
+    concurrency: int,
+    side_by_side: InFlight | None,
 ) -> None:
-    """The stage's durable pull consumer, bound to the runner."""
-    spec, settings = parts.spec, parts.settings
+    """One lane's durable pull consumer, bound to its runner."""
+    settings = parts.settings
 
     @broker.subscriber(
         spec.consumes,
@@ -487,11 +519,11 @@ def _subscribe_stage(
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_body,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
-        title=f"{spec.consumes}:{spec.name}",
-        description=f"{spec.name}: {spec.consumes} → {spec.produces}",
+        title=f"{spec.consumes}:{spec.durable}",
+        description=f"{spec.durable}: {spec.consumes} → {spec.produces}",
     )
     async def handle(message: NatsMessage) -> None:
-        runner, work = parts.runner, parts.work
+        runner, work = parts.runners.get(spec.durable), parts.work
         assert runner is not None and work is not None, "the lifespan opens the adapters first"
         if side_by_side is not None and side_by_side.closing:
             await message.nack()  # shutting down: another worker takes it now

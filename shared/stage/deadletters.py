@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from nats.js.errors import NotFoundError
 
-from shared.adapters.ledger import Ledger
+from shared.adapters.ledger import Ledger, LedgerEntry
 from shared.adapters.store import ArtefactStore, sha256_hex
 from shared.bus.names import StageSpec
 from shared.bus.topology import Publisher, encode
@@ -31,12 +31,14 @@ from shared.events import (
     REPORT_FAILED,
     DeadLetter,
     ReportFailed,
+    claimed_child,
     claimed_request_id,
     claimed_requester,
     utcnow,
 )
 from shared.metrics import stage_failed
 from shared.observe.logging import get_logger
+from shared.stage.bursts import child_landed
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -165,8 +167,10 @@ class Failure:
 
 async def publish_dead_letter(
     publisher: Publisher, ledger: Ledger, failure: Failure, *, store: ArtefactStore | None = None
-) -> None:
-    """The dead letter, `report.failed` and the ledger's record of the failure — every time.
+) -> LedgerEntry | None:
+    """The dead letter, `report.failed` and the ledger's record of the failure — every time;
+    the ledger entry when this settled the report. A burst's child also counts as failed in
+    its parent's tally.
 
     A body too big for an envelope is stored whole in the artefact store (replay reads it from
     there) and the envelope keeps a preview. If the envelope still cannot be published,
@@ -178,6 +182,7 @@ async def publish_dead_letter(
     recorded = int(dead_letter_seq is not None)
     recorded += await _publish_failed(publisher, failure, dead_letter_seq)
     settled = None
+    await _child_failed(publisher, ledger, failure)
     if failure.request_id and failure.update_ledger:
         try:
             settled = await ledger.fail(
@@ -205,6 +210,28 @@ async def publish_dead_letter(
         reason=failure.reason,
         attempts=failure.attempts,
     )
+    return settled
+
+
+async def _child_failed(publisher: Publisher, ledger: Ledger, failure: Failure) -> None:
+    """A burst's child counted as failed in its parent (idempotent: a redelivery counts once)."""
+    child = claimed_child(failure.body) if failure.request_id and failure.update_ledger else None
+    if child is None or failure.request_id is None:
+        return
+    try:
+        await child_landed(
+            ledger,
+            publisher,
+            parent=child[0],
+            index=child[1],
+            request_id=failure.request_id,
+            outcome="failed",
+            reason=failure.reason[:MAX_REASON_CHARS],
+            template=failure.template or "",
+            requested_by=claimed_requester(failure.subject, failure.body),
+        )
+    except Exception as error:
+        log.warning("burst tally not updated", request_id=failure.request_id, error=repr(error))
 
 
 async def _letter(failure: Failure, store: ArtefactStore | None) -> DeadLetter:

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from shared.adapters.cancel import CANCEL_POLL
 from shared.adapters.ledger import Ledger
 from shared.adapters.store import ArtefactStore
 from shared.bus.names import StageSpec, msg_id
@@ -32,15 +33,22 @@ from shared.errors import (
     InvalidPayload,
     PermanentError,
     PressroomError,
+    RequestCancelled,
     TransientError,
     classify,
 )
 from shared.events import (
+    BurstSent,
     DataReady,
     Event,
     ReportRendered,
     ReportRequested,
+    RunSkipped,
+    claimed_child,
     claimed_request_id,
+    claimed_requester,
+    is_lane_subject,
+    lane_subject,
     new_request_id,
     request_fingerprint,
     tenant_of_subject,
@@ -50,7 +58,9 @@ from shared.metrics import failure_kind, stage_done, stage_finished
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import span
 from shared.settings import Settings
+from shared.stage.bursts import child_landed, parent_cancelled
 from shared.stage.deadletters import MAX_REASON_CHARS, Failure, publish_dead_letter
+from shared.stage.intake import Intake
 
 E = TypeVar("E", bound=Event)
 # An envelope carries the original body up to this size; bigger bodies go to the artefact
@@ -65,6 +75,7 @@ FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
 # id is refused before anything is published).
 CLAIM_AFTER = 1.0
 EAGER_CLAIM_STAGES = frozenset({"fetcher"})
+LAST_STAGE = "distributor"  # a burst's child that finishes it is delivered
 # Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -129,6 +140,9 @@ class StageRunner:
     # Checks before the ledger is touched (e.g. ids reserved for schedules): a PermanentError
     # dead-letters the message and leaves the ledger entry of that id alone.
     admit: Callable[[Event], Awaitable[None]] | None = None
+    # Where requests come in (the fetcher's consumers): admission and lanes.
+    intake: Intake | None = None
+    routes: bool = False
 
     async def handle(
         self,
@@ -151,6 +165,12 @@ class StageRunner:
         bound = log.bind(request_id=request.request_id, stage=self.spec.name, attempt=msg.attempt)
         if not await self._admitted(msg, event, request, bound):
             return
+        if self.routes and isinstance(event, ReportRequested):
+            routed = await self._routed(msg, event, bound)
+            if routed is None:
+                return
+            event = routed  # type: ignore[assignment]
+            request = routed
         received = as_received(request, msg.first_delivered, self.settings)
         # The claim is written at once where it binds the request id to its content (the
         # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
@@ -180,6 +200,30 @@ class StageRunner:
             )
             return False
         return True
+
+    async def _routed(
+        self, msg: InboundMessage, request: ReportRequested, bound: Any
+    ) -> ReportRequested | None:
+        """Admission (a requester over its limit is refused now, replayable later) and the
+        request's lane: the request to work on here, or None when it was settled or handed on
+        to its lane's consumer."""
+        assert self.intake is not None
+        rid = request.request_id
+        try:
+            # Counted where it came in, not again in the lane it was sent to.
+            await self.intake.admit(request, first_delivery=not is_lane_subject(msg.subject))
+            routed = await self.intake.route(request, here=self.spec.lane)
+        except PermanentError as error:
+            bound.warning("refused", reason=error.reason)
+            await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
+            return None
+        except Exception as error:  # the admission bucket or the bus briefly away
+            await self._retry_or_dead_letter(msg, f"intake: {error}", rid, bound)
+            return None
+        if routed is None:
+            bound.info("handed to its lane", lane=request.priority)
+            await msg.ack()
+        return routed
 
     async def _claimed(
         self, msg: InboundMessage, request: ReportRequested, eager: bool, bound: Any
@@ -217,6 +261,12 @@ class StageRunner:
                 fingerprint=request_fingerprint(request),
             )
             return False
+        if claim == "done" and request.parent is not None and self.spec.name == LAST_STAGE:
+            # Delivered before, perhaps without its parent counting it (a crash in between).
+            await self._child_landed(request, "delivered")
+        if claim == "proceed" and await parent_cancelled(self.ledger, request):
+            claim = "cancelled"
+            await self._child_landed(request, "cancelled", "cancelled with its burst")
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
             await msg.ack()
@@ -241,6 +291,9 @@ class StageRunner:
         outcome = "done"
         try:
             await self._work_and_publish(msg, event, request, work, started)
+        except RequestCancelled as cancelled:
+            outcome = "cancelled"
+            await self._cancelled(msg, request, cancelled.reason, bound)
         except asyncio.CancelledError:
             # Shutting down mid-work: hand the message back now rather than after ack_wait.
             outcome = "handed_back"
@@ -274,10 +327,21 @@ class StageRunner:
         # The report's own deadline (`timeout` in report.requested), from when it was asked.
         deadline = report_deadline(request)
         with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
-            next_event = await self._in_time(deadline, request, work, event)
-            await self.publisher.publish(
-                self.spec.produces, encode(next_event), msg_id=msg_id(rid, self.spec.name)
+            next_event = await self._unless_cancelled(
+                request, self._in_time(deadline, request, work, event)
             )
+            # A burst's children went out on their own; a skipped run sends nothing.
+            if not isinstance(next_event, BurstSent | RunSkipped):
+                onward = (
+                    next_event.request
+                    if isinstance(next_event, DataReady | ReportRendered)
+                    else request
+                )
+                await self.publisher.publish(
+                    lane_subject(self.spec.produces, onward.priority),
+                    encode(next_event),
+                    msg_id=msg_id(rid, self.spec.name),
+                )
         settled = await self.ledger.finish(
             rid,
             self.spec.name,
@@ -289,6 +353,64 @@ class StageRunner:
         )
         with suppress(Exception):  # metrics must never break message handling
             stage_done(next_event, settled)
+        if request.parent is not None and self.spec.name == LAST_STAGE:
+            await self._child_landed(request, "delivered")
+        if settled is not None and self.intake is not None:
+            with suppress(Exception):  # an approximate count; never the report's outcome
+                await self.intake.settled(request)
+
+    async def _cancelled(
+        self, msg: InboundMessage, request: ReportRequested, reason: str, bound: Any
+    ) -> None:
+        """`pressroom cancel` stopped the work: recorded where it stopped, nothing sent on."""
+        bound.info("cancelled", reason=reason)
+        with suppress(Exception):  # `status` shows where it stopped; the mark is what counts
+            await self.ledger.fail(
+                request.request_id,
+                self.spec.name,
+                reason=reason,
+                seq=msg.stream_seq,
+                attempt=msg.attempt,
+            )
+        if request.parent is not None:
+            await self._child_landed(request, "cancelled", reason)
+
+    async def _child_landed(self, request: ReportRequested, outcome: Any, reason: str = "") -> None:
+        assert request.parent is not None and request.burst_index is not None
+        await child_landed(
+            self.ledger,
+            self.publisher,
+            parent=request.parent,
+            index=request.burst_index,
+            request_id=request.request_id,
+            outcome=outcome,
+            reason=reason,
+            template=request.template,
+            requested_by=request.requested_by,
+        )
+
+    async def _unless_cancelled(self, request: ReportRequested, work: Awaitable[Event]) -> Event:
+        """The work, stopped (a render's process killed) when `pressroom cancel` marks its
+        request, or a burst's child's parent, while it runs."""
+        task = asyncio.ensure_future(work)
+        ids = [request.request_id, *([request.parent] if request.parent else [])]
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL)
+                if done:
+                    return task.result()
+                for rid in ids:
+                    try:
+                        entry = await self.ledger.get(rid)
+                    except Exception:  # the ledger briefly away: look again later
+                        continue
+                    if entry is not None and entry.cancelled_at is not None:
+                        raise RequestCancelled(f"cancelled while at {self.spec.name}")
+        finally:
+            if not task.done():
+                task.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _failed(
         self, msg: InboundMessage, error: Exception, request: ReportRequested, bound: Any
@@ -355,11 +477,13 @@ class StageRunner:
             # Stamped with the calling system the server says published it, whatever the body
             # says; `tenant` is the stamp alone: on every request subject a body's is replaced
             # (null on the plain subject, which only the services' own identities publish).
+            # A lane's body was stamped at intake (only the fetcher may publish there).
             tenant = tenant_of_subject(msg.subject)
             stamp: dict[str, Any] = {"tenant": tenant}
             if tenant is not None:
                 stamp["requested_by"] = tenant
-            event = event.model_copy(update=stamp)
+            if not is_lane_subject(msg.subject):
+                event = event.model_copy(update=stamp)
         return event
 
     async def _claim_later(self, msg: InboundMessage, rid: str, request: ReportRequested) -> None:
@@ -455,7 +579,10 @@ class StageRunner:
             template=template,
             fingerprint=fingerprint,
         )
-        await publish_dead_letter(self.publisher, self.ledger, failure, store=self.store)
+        settled = await publish_dead_letter(self.publisher, self.ledger, failure, store=self.store)
+        if settled is not None and self.intake is not None and claimed_child(msg.body) is None:
+            with suppress(Exception):  # an approximate count; never the report's outcome
+                await self.intake.count_out(claimed_requester(msg.subject, msg.body))
         await msg.term()
 
 

@@ -33,6 +33,7 @@ BUCKETS = (
     "pressroom_cache",
     "pressroom_render_cache",
     "pressroom_deliveries",
+    "pressroom_admission",
 )
 
 

@@ -13,6 +13,7 @@ import os
 import typer
 
 from services.console.cli import (
+    cancel,
     console,
     dlq,
     logs,
@@ -43,6 +44,7 @@ requests.register(app)
 reports.register(app)
 logs.register(app)
 console.register(app)
+cancel.register(app)
 
 
 def main() -> None:

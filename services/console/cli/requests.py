@@ -312,6 +312,13 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
     for ch in entry.channels:
         mark = "ok" if ch.ok else "FAILED"
         out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")
+    if entry.burst is not None:
+        out.print(f"  burst of {entry.burst.total:,}: {literal(entry.burst.summary())}")
+    if entry.cancelled_at is not None:
+        by = f" by {literal(entry.cancelled_by)}" if entry.cancelled_by else ""
+        out.print(f"  cancelled {entry.cancelled_at:%Y-%m-%d %H:%M:%S} UTC{by}")
+    if entry.skipped:
+        out.print(f"  {literal(entry.skipped)}")
     if entry.error:
         out.print(f"  [red]error[/]: {literal(entry.error)}")
 
@@ -369,7 +376,8 @@ def _updated(entry: Any) -> str:
 
 
 def _error(entry: Any) -> str:
-    return shorten(entry.last_error or "", 160)
+    burst = f"burst: {entry.burst.summary()}" if entry.burst is not None else ""
+    return shorten(entry.last_error or burst or entry.skipped or "", 160)
 
 
 def _total(entry: Any) -> str:

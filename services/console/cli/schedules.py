@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from services.console.audit import audited
+from services.console.backfill import backfill, parse_when
 from services.console.cli._common import (
     checked,
     config_says,
@@ -100,6 +101,37 @@ def schedule_run(
     out.print(f"fired {literal(name)} as [cyan]{literal(request.request_id)}[/]")
     if outcome is not None and not outcome.delivered:
         fail(f"{request.request_id}: {outcome.payload.get('reason')}")
+
+
+@schedule_app.command("backfill")
+def schedule_backfill(
+    name: str,
+    start: str = typer.Option(..., "--from", help="First fire time to take (UTC): 2026-12-01"),
+    end: str = typer.Option(..., "--to", help="Last fire time to take (UTC): 2026-12-07T23:59"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Publish each fire of NAME in the range once, with the ids the scheduler gives them
+    (a fire that already ran is named, not sent again)."""
+    cfg = settings()
+    schedule, _ = _known(cfg, name)
+    try:
+        first, last = parse_when(start, "--from"), parse_when(end, "--to")
+    except PressroomError as error:
+        fail(error.reason)
+    done = on_bus(cfg, lambda bus: backfill(bus, schedule, first, last))
+    if as_json:
+        emit_json(
+            [
+                {"request_id": d.request_id, "fire": d.fire.isoformat(), "state": d.state}
+                for d in done
+            ]
+        )
+        return
+    if not done:
+        out.print(f"no fires of {literal(name)} between {literal(start)} and {literal(end)}")
+    for d in done:
+        shown = "published" if d.state == "published" else f"already ran ({d.state})"
+        out.print(f"{literal(d.request_id)}: {literal(shown)}")
 
 
 @schedule_app.command("pause")

@@ -1,0 +1,41 @@
+"""`pressroom cancel ID...`: stop requests (a burst: its children not yet delivered)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+
+from services.console.cancel import cancel_requests
+from services.console.cli._common import emit_json, fail, on_bus, out, settings
+from services.console.cli._output import literal
+from shared.errors import PressroomError
+
+
+def cancel(
+    request_ids: list[str] = typer.Argument(..., help="Request ids to cancel."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Cancel requests: no stage starts them, a render in progress is stopped, nothing is
+    delivered after this returns (a delivery already under way is named)."""
+    who = f"cli:{os.environ.get('USER', 'unknown')}"
+
+    async def act(bus: Any) -> Any:
+        return await cancel_requests(bus, request_ids, who)
+
+    try:
+        results = on_bus(settings(), act)
+    except PressroomError as error:
+        fail(error.reason)
+    if as_json:
+        emit_json([r.__dict__ for r in results])
+    else:
+        for result in results:
+            out.print(f"{literal(result.request_id)}: {literal(result.message)}")
+    if any(r.outcome == "too_late" for r in results):
+        raise SystemExit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cancel")(cancel)

@@ -1,0 +1,470 @@
+"""Bursting, lanes, admission, cancel and schedules on one real stack (issue 33).
+
+- A 200-item burst goes to 200 mailboxes on a real SMTP server while a renderer is SIGKILLed;
+  each PDF holds its own item and no other. A recipient outside PRESSROOM_EMAIL_ALLOW fails that
+  child alone; once the operator allows it, replaying the parent re-runs only that child and the
+  parent's outcome turns to delivered. A cancelled burst stops its children; a cancel stops a
+  render in progress.
+- Three calling systems: alpha floods 500 bulk requests, then beta asks for one interactive
+  report on its lane's subject (`report.requested.interactive`): beta's is delivered before
+  alpha's 20th, and every one of alpha's is delivered in the end. Why 20: beta's request waits
+  behind none of alpha's (its own lane's consumers at every stage are idle) — only for a free
+  slot in each process, whose bulk lane may use half: its own fetch, render and delivery, about
+  the time of one of alpha's reports per stage. alpha's reports delivered meanwhile are the few
+  its bulk lane finishes in that time (a handful); 20 leaves room for a slow machine, and in one
+  queue beta's report would have been the 501st. gamma may have 2 reports queued: its third is
+  refused at once with `report.failed`.
+- `schedule backfill` publishes each fire of a range once, with the scheduler's own ids, and a
+  run whose `skip_if_empty` data is empty is recorded as skipped, nothing delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pypdf import PdfReader
+
+from services.console.identities import generate
+from shared.adapters.ledger import KvLedger, LedgerEntry
+from shared.bus.names import LEDGER_BUCKET
+from tests.helpers import Outcomes, Stack, eventually, unique
+from tests.servers import SmtpServer
+
+# Generous for a busy machine: a 200-report burst and a 500-report flood on two cores.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+SLOW = """<!doctype html><html><body>
+{% for i in range(40000) %}<p>line {{ i }} of a long report</p>{% endfor %}</body></html>
+"""
+CARD = """<!doctype html><html><body>
+<h1>Statement {{ item.id }}</h1><p>Owner {{ item.owner }}, balance {{ item.balance }}</p>
+<p>{{ period }}</p></body></html>
+"""
+TINY = "<!doctype html><html><body><p>report {{ n }}</p></body></html>\n"
+ORDERS = "<!doctype html><html><body><p>{{ orders | length }} orders</p></body></html>\n"
+ITEMS = 200
+OUTSIDER = 137  # this item's recipient is outside the email allow-list
+FLOOD = 500
+BOUND = 20
+
+
+def schedules_config(path: Path) -> Path:
+    request = {"template": "orders.html", "formats": ["html"]}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "schedules": [
+                    {
+                        "name": "daily-orders",
+                        "cron": "0 8 * * *",
+                        "jitter": 120,
+                        "request": {
+                            **request,
+                            "params": {"orders": [1, 2]},
+                            "deliver": [{"channel": "file", "path": "daily"}],
+                        },
+                    },
+                    {
+                        "name": "quiet-orders",
+                        "cron": "0 9 * * *",
+                        "skip_if_empty": "orders",
+                        "request": {
+                            **request,
+                            "params": {"orders": []},
+                            "deliver": [{"channel": "file", "path": "quiet"}],
+                        },
+                    },
+                ]
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def burst_stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("burst")
+    generate(root / "auth", publishers=["alpha", "beta", "gamma"])  # the stack keeps them
+    stack = Stack(
+        root,
+        env_extra={
+            **smtp.env(),
+            "PRESSROOM_RENDER_CACHE": "false",
+            "PRESSROOM_PRIORITY_CAPS": "beta=interactive",
+            "PRESSROOM_REQUESTER_LIMITS": "gamma=2",
+            "PRESSROOM_CONFIG": str(schedules_config(root / "pressroom.yaml")),
+        },
+        workers={"fetcher": 1, "renderer": 2, "distributor": 1},
+    )
+    try:
+        stack.start()
+        for name, text in (("card", CARD), ("slow", SLOW), ("tiny", TINY), ("orders", ORDERS)):
+            (stack.templates / f"{name}.html").write_text(text)
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def ledger_of(stack: Stack) -> tuple[Any, KvLedger]:
+    nc = await stack.connect()
+    return nc, KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
+
+
+async def entry_when(ledger: KvLedger, rid: str, ready: Any, timeout: float = 120) -> LedgerEntry:
+    async def probe() -> LedgerEntry | None:
+        entry = await ledger.get(rid)
+        return entry if entry is not None and ready(entry) else None
+
+    return await eventually(probe, timeout=timeout, every=0.1)
+
+
+def accounts(tag: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"{tag}{i:03d}",
+            "owner": f"owner-{tag}{i:03d}",
+            "email": f"{tag}{i:03d}@{'evil.test' if i == OUTSIDER else 'example.com'}",
+            "balance": 1000 + i,
+        }
+        for i in range(n)
+    ]
+
+
+def burst_body(rid: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "template": "card.html",
+        "params": {"period": "May 2026", "accounts": items},
+        "burst": {
+            "over": "accounts",
+            "key": "id",
+            "deliver": [
+                {"channel": "email", "to": "{{ item.email }}", "subject": "Statement {{ item.id }}"}
+            ],
+        },
+    }
+
+
+async def publish(stack: Stack, body: dict[str, Any]) -> None:
+    nc = await stack.connect()
+    try:
+        await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    finally:
+        await nc.close()
+
+
+def pdf_words(pdf: bytes) -> str:
+    """What a reader of the PDF sees (pypdf in process: 200 PDFs, no child process each)."""
+    return " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+
+
+def attachment(message: Any) -> bytes:
+    for part in message.walk():
+        if part.get_content_type() == "application/pdf":
+            payload: bytes = part.get_payload(decode=True)
+            return payload
+    raise AssertionError("no PDF attached")
+
+
+async def test_a_200_item_burst_reaches_each_recipient_once_with_only_its_own_item(
+    burst_stack: Stack, smtp: SmtpServer
+) -> None:
+    stack = burst_stack
+    nc = await stack.connect()
+    outcomes = await Outcomes().start(nc)
+    tag = unique("b")[-6:]
+    items = accounts(tag, ITEMS)
+    rid = unique("burst")
+    await publish(stack, burst_body(rid, items))
+
+    # A renderer SIGKILLed mid-burst: its children go to the other one, none twice.
+    await eventually(lambda: _some(smtp, tag, 20), timeout=120, every=0.05)
+    victim = stack.procs["renderer"][0]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    stack.start_worker("renderer")
+
+    failed = await outcomes.failed_event(rid, timeout=180)
+    assert failed["stage"] == "burst"
+    assert failed["reason"] == f"burst: delivered 199, failed 1 (failed: {tag}{OUTSIDER:03d})"
+    outsider = items[OUTSIDER]
+    child_failed = await outcomes.failed_event(f"{rid}/{outsider['id']}")
+    assert "evil.test" in child_failed["reason"]
+
+    for item in items:
+        mails = smtp.to(item["email"])
+        if item is outsider:
+            assert mails == []
+            continue
+        assert len(mails) == 1, (item["id"], len(mails))
+        text = pdf_words(attachment(mails[0].message))
+        assert f"Statement {item['id']}" in text and f"balance {item['balance']}" in text
+        others = [o["id"] for o in items if o["id"] != item["id"] and o["id"] in text]
+        assert others == [], item["id"]
+
+    status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
+    assert status["status"] == "failed"
+    child = json.loads(stack.cli("status", f"{rid}/{tag}000", "--json", check=True).stdout)
+    assert child["status"] == "delivered"
+
+    # The operator allows the domain; replaying the parent re-runs only its failed child.
+    for proc in stack.procs["distributor"]:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    stack.start_worker("distributor", {"PRESSROOM_EMAIL_ALLOW": "example.com,evil.test"})
+    replay = stack.cli("dlq", "replay", rid)  # the parent: only its failed child runs again
+    assert replay.returncode == 0, replay.stderr
+    delivered = await outcomes.delivered_event(rid, timeout=120, failed_before=1)
+    assert delivered["burst"] == "delivered 200, failed 0"
+    assert len(smtp.to(outsider["email"])) == 1
+    assert sum(len(smtp.to(i["email"])) for i in items) == ITEMS
+    await nc.close()
+
+
+async def _some(smtp: SmtpServer, tag: str, count: int) -> bool:
+    return sum(1 for m in smtp.messages if any(tag in r for r in m.rcpt_tos)) >= count
+
+
+async def test_a_cancel_stops_a_render_in_progress_and_nothing_is_delivered(
+    burst_stack: Stack,
+) -> None:
+    stack = burst_stack
+    nc, ledger = await ledger_of(stack)
+    rid = unique("cancel")
+    body = {
+        "request_id": rid,
+        "template": "slow.html",
+        "deliver": [{"channel": "file", "path": rid}],
+    }
+    await publish(stack, body)
+
+    def rendering(entry: LedgerEntry) -> bool:
+        record = entry.stages.get("renderer")
+        return record is not None and record.state == "running"
+
+    await entry_when(ledger, rid, rendering)
+    cancel = stack.cli("cancel", rid)
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stderr
+
+    def stopped(entry: LedgerEntry) -> bool:
+        record = entry.stages.get("renderer")
+        return record is not None and record.state == "failed"
+
+    entry = await entry_when(ledger, rid, stopped)
+    assert entry.status == "cancelled"
+    assert entry.stages["renderer"].error == "cancelled while at renderer"
+    assert "distributor" not in entry.stages
+    assert not (stack.out / rid).exists()
+    listed = stack.cli("ls", "--status", "cancelled", "--json", check=True)
+    assert rid in [row["request_id"] for row in json.loads(listed.stdout)]
+    again = stack.cli("cancel", rid)
+    assert "was already cancelled" in again.stdout
+    await nc.close()
+
+
+async def test_a_cancelled_burst_stops_the_children_not_yet_delivered(
+    burst_stack: Stack, smtp: SmtpServer
+) -> None:
+    stack = burst_stack
+    nc = await stack.connect()
+    outcomes = await Outcomes().start(nc)
+    tag = unique("c")[-6:]
+    items = accounts(tag, ITEMS)
+    rid = unique("cburst")
+    await publish(stack, burst_body(rid, items))
+    await eventually(lambda: _some(smtp, tag, 10), timeout=120, every=0.02)
+    cancel = stack.cli("cancel", rid)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    at_ack = sum(1 for m in smtp.messages if any(tag in r for r in m.rcpt_tos))
+
+    failed = await outcomes.failed_event(rid, timeout=120)
+    delivered = sum(1 for m in smtp.messages if any(tag in r for r in m.rcpt_tos))
+    # Only deliveries already under way when the cancel was written may still land: at most
+    # one per report the distributor works on at once (PRESSROOM_DISTRIBUTOR_CONCURRENCY, 16 by
+    # default): each of those wrote its intent before the mark, and is the "under way" kind.
+    assert delivered - at_ack <= 16, (at_ack, delivered)
+    assert delivered < ITEMS
+    assert failed["reason"].startswith(f"burst: delivered {delivered}, failed {ITEMS - delivered}")
+    _, ledger = await ledger_of(stack)
+    parent = await ledger.get(rid)
+    assert parent is not None and parent.status == "cancelled"
+    await nc.close()
+
+
+async def publish_as(nc: Any, body: dict[str, Any]) -> None:
+    await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+
+
+def tiny(rid: str, n: int, priority: str) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "template": "tiny.html",
+        "params": {"n": n},
+        "formats": ["html"],  # the lanes are the point here, not WeasyPrint
+        "priority": priority,
+        "deliver": [{"channel": "file", "path": "fair"}],
+    }
+
+
+async def warm_renderers(stack: Stack, ops: Any, outcomes: Outcomes) -> None:
+    ledger = KvLedger(await ops.jetstream().key_value(LEDGER_BUCKET))
+    alive = {str(p.pid) for p in stack.procs["renderer"] if p.poll() is None}
+    seen: set[str] = set()
+
+    async def all_warm() -> bool:
+        batch = [unique("warm") for _ in range(4)]
+        for n, rid in enumerate(batch):
+            await ops.jetstream().publish(
+                "report.requested", json.dumps(tiny(rid, n, "normal")).encode()
+            )
+        for rid in batch:
+            await outcomes.delivered_event(rid, timeout=120)
+            entry = await ledger.get(rid)
+            record = entry.stages.get("renderer") if entry else None
+            if record is not None and record.worker:
+                seen.add(record.worker.rsplit(":", 1)[1])
+        return alive <= seen
+
+    await eventually(all_warm, timeout=180, every=0.1)
+
+
+async def test_an_interactive_report_is_not_queued_behind_a_bulk_flood(burst_stack: Stack) -> None:
+    stack = burst_stack
+    ops = await stack.connect()
+    outcomes = await Outcomes().start(ops)
+    alpha = await stack.connect("publisher-alpha")
+    beta = await stack.connect("publisher-beta")
+    tag = unique("a")
+    flood = [f"{tag}-{i}" for i in range(FLOOD)]
+    try:
+        # Every renderer has rendered once (a process's first render also starts its render
+        # process): what is measured below is queueing, not a cold start.
+        await warm_renderers(stack, ops, outcomes)
+        js = alpha.jetstream()
+        acks = [
+            await js.publish_async("report.requested", json.dumps(tiny(rid, n, "bulk")).encode())
+            for n, rid in enumerate(flood)
+        ]
+        await asyncio.gather(*acks)
+        urgent = unique("b")
+        # Its own lane's subject (README: "Lanes"), past the flood on report.requested.
+        await beta.jetstream().publish(
+            "report.requested.interactive", json.dumps(tiny(urgent, 0, "interactive")).encode()
+        )
+
+        await outcomes.delivered_event(urgent, timeout=120)
+        ahead = sum(1 for rid in flood if rid in outcomes.delivered)
+        assert ahead < BOUND, f"{ahead} of alpha's bulk reports were delivered before beta's"
+
+        async def all_delivered() -> bool:
+            return all(rid in outcomes.delivered for rid in flood)
+
+        await eventually(all_delivered, timeout=240, every=0.5)
+        assert not any(rid in outcomes.failed for rid in flood)
+        status = json.loads(stack.cli("status", urgent, "--json", check=True).stdout)
+        assert status["requested_by"] == "beta" and status["status"] == "delivered"
+    finally:
+        for nc in (alpha, beta, ops):
+            await nc.close()
+
+
+async def test_a_requester_over_its_limit_is_refused_at_once(burst_stack: Stack) -> None:
+    stack = burst_stack
+    ops = await stack.connect()
+    outcomes = await Outcomes().start(ops)
+    gamma = await stack.connect("publisher-gamma")
+    queued = [unique("g") for _ in range(2)]
+    try:
+        for rid in queued:  # long renders: both still queued when the third comes in
+            await publish_as(gamma, {"request_id": rid, "template": "slow.html"})
+
+        ledger = KvLedger(await ops.jetstream().key_value(LEDGER_BUCKET))
+
+        async def both_admitted() -> bool:
+            entries = [await ledger.get(rid) for rid in queued]
+            return all(e is not None and "fetcher" in e.stages for e in entries)
+
+        await eventually(both_admitted, timeout=60, every=0.2)
+        third = unique("g")
+        await publish_as(gamma, tiny(third, 3, "normal"))
+        failed = await outcomes.failed_event(third, timeout=60)
+        assert failed["reason"] == "requester gamma is over its limit of 2 queued reports"
+        assert failed["requested_by"] == "gamma"
+        assert third not in outcomes.delivered and not any(r in outcomes.failed for r in queued)
+        # Its dead letter stays for ops to replay once the queue has room.
+        letters = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
+        assert any(row.get("request_id") == third for row in letters)
+        cancel = stack.cli("cancel", *queued)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    finally:
+        await gamma.close()
+        await ops.close()
+
+
+async def test_backfill_sends_each_fire_once_and_an_empty_run_is_skipped(
+    burst_stack: Stack,
+) -> None:
+    stack = burst_stack
+    first = stack.cli(
+        "schedule",
+        "backfill",
+        "daily-orders",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02T23:59",
+        "--json",
+    )
+    assert first.returncode == 0, first.stderr
+    fires = json.loads(first.stdout)
+    assert [f["request_id"] for f in fires] == [
+        "daily-orders-20261101T0800Z",
+        "daily-orders-20261102T0800Z",
+    ]
+    assert {f["state"] for f in fires} == {"published"}
+    again = stack.cli(
+        "schedule", "backfill", "daily-orders", "--from", "2026-11-01", "--to", "2026-11-02T23:59"
+    )
+    assert again.returncode == 0, again.stderr
+
+    nc, ledger = await ledger_of(stack)
+    for f in fires:
+        await entry_when(ledger, f["request_id"], lambda e: e.status == "delivered")
+    assert len(list((stack.out / "daily").iterdir())) == 2  # each fire once
+    later = stack.cli(
+        "schedule", "backfill", "daily-orders", "--from", "2026-11-01", "--to", "2026-11-02T23:59"
+    )
+    assert "daily-orders-20261101T0800Z: already ran (delivered)" in later.stdout
+
+    quiet = stack.cli(
+        "schedule", "backfill", "quiet-orders", "--from", "2026-11-01", "--to", "2026-11-01T23:59"
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    rid = "quiet-orders-20261101T0900Z"
+
+    entry = await entry_when(ledger, rid, lambda e: e.status == "skipped")
+    assert entry.skipped == "skipped: 'orders' is empty (skip_if_empty)"
+    assert "renderer" not in entry.stages
+    shown = stack.cli("status", rid)
+    assert "skipped: 'orders' is empty" in shown.stdout
+    assert not (stack.out / "quiet").exists()
+    bad = stack.cli(
+        "schedule", "backfill", "quiet-orders", "--from", "2026-11-02", "--to", "2026-11-01"
+    )
+    assert bad.returncode == 1 and "is before --from" in bad.stderr
+    await nc.close()
