@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats.aio.client
 import pytest
 
 from tests.helpers import Outcomes, Stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
+async def close_forgotten_bus_clients() -> AsyncIterator[None]:
+    """At the end of a worker's session (one event loop for all its tests): a NATS client a
+    test left open (a failed assertion before its `close()`) keeps reconnecting to a server
+    that is gone — 60 tries 2 s apart — and holds the loop's shutdown for two minutes. Close
+    any such client at the end, and say how many there were."""
+    yield
+    left = [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, nats.aio.client.Client) and not obj.is_closed
+    ]
+    for client in left:
+        with contextlib.suppress(Exception):  # closing what is already broken: nothing to do
+            await asyncio.wait_for(client.close(), timeout=5)
+    if left:
+        warnings.warn(f"{len(left)} NATS client(s) left open by tests were closed", stacklevel=1)
+
+
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(tmp_path_factory.mktemp("stack")).start()
     try:
