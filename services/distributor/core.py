@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 
 from nats.js.errors import KeyNotFoundError
@@ -54,6 +54,8 @@ async def distribute(
     limits: TargetLimits | None = None,
     cancelled: Callable[[], Awaitable[bool]] | None = None,
 ) -> ReportDelivered:
+    """Every delivery of the report, each at most once (its outcome recorded in `outcomes`);
+    a failed one is a permanent or transient error naming each channel that failed."""
     request = event.request
     for artefact in event.artefacts:
         # The renderer stores every artefact under the request's own key (a cache hit is copied
@@ -62,66 +64,41 @@ async def distribute(
         if artefact.key != own:
             raise PermanentError(f"report.rendered names artefact '{artefact.key}', not its own")
     parcel = Parcel(event=event, store=store)
+    limits = limits or TargetLimits.from_settings(settings)
     results: list[ChannelResult] = []
-    failures: list[tuple[ChannelResult, bool]] = []
-    retry_after: float | None = None
-    deliveries: Sequence[Delivery] = deliveries_for(event, settings)
-    for index, delivery in enumerate(deliveries):
+    failures: list[tuple[ChannelResult, PressroomError]] = []
+    for index, delivery in enumerate(deliveries_for(event, settings)):
         key = outcome_key(parcel.request_id, index, delivery)
         done = await _recorded(outcomes, key)
         if done is not None:
             results.append(done)  # delivered by an earlier attempt: never send twice
             continue
         channel = channels.get(delivery.channel)
-        if channel is None:
-            result = ChannelResult(
-                channel=delivery.channel, ok=False, target="", detail="channel not configured"
-            )
-            failures.append((result, True))
-            results.append(result)
-            continue
-        limits = limits or TargetLimits.from_settings(settings)
         try:
-            caller = caller_of(delivery, request.requested_by)
-            async with (
-                limits.slot(caller) if caller else nullcontext(),
-                limits.slot(target_of(delivery, settings)),
-            ):
-                # Intent before, outcome after: an ambiguous crash in between is in the record.
-                await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
-                # Looked at after the intent is written: a cancel that saw no intent is kept.
-                if cancelled is not None and await cancelled():
-                    await outcomes.put(
-                        key, json.dumps({"ok": False, "state": "cancelled"}).encode()
-                    )
-                    raise RequestCancelled("cancelled before delivery")
-                with span(f"deliver {delivery.channel}", parcel.request_id):
-                    result = await channel.deliver(delivery, parcel)
+            if channel is None:
+                raise PermanentError("channel not configured")
+            result = await _deliver(
+                channel, delivery, parcel, outcomes, key, limits, settings, cancelled
+            )
         except RequestCancelled:
             raise
         except PressroomError as error:
             result = ChannelResult(
                 channel=delivery.channel, ok=False, target="", detail=error.reason
             )
-            failures.append((result, isinstance(error, PermanentError)))
-            if isinstance(error, TransientError) and error.retry_after:
-                retry_after = max(retry_after or 0.0, error.retry_after)
+            failures.append((result, error))
         results.append(result)
-        await outcomes.put(key, result.model_dump_json().encode())
-        log.info(
-            "channel outcome",
-            request_id=parcel.request_id,
-            channel=delivery.channel,
-            ok=result.ok,
-            detail=result.detail,
-        )
+        if channel is not None:
+            await outcomes.put(key, result.model_dump_json().encode())
+            log.info(
+                "channel outcome",
+                request_id=parcel.request_id,
+                channel=delivery.channel,
+                ok=result.ok,
+                detail=result.detail,
+            )
     if failures:
-        reason = "; ".join(f"{r.channel}: {r.detail}" for r, _ in failures)
-        if all(permanent for _, permanent in failures):
-            raise PermanentError(f"delivery failed on {reason}")
-        transient = TransientError(f"delivery failed on {reason}")
-        transient.retry_after = retry_after
-        raise transient
+        raise _delivery_failed(failures)
     return ReportDelivered(
         request_id=parcel.request_id,
         template=event.request.template,
@@ -129,3 +106,40 @@ async def distribute(
         channels=results,
         requested_by=event.request.requested_by,
     )
+
+
+async def _deliver(
+    channel: Channel,
+    delivery: Delivery,
+    parcel: Parcel,
+    outcomes: KeyValue,
+    key: str,
+    limits: TargetLimits,
+    settings: Settings,
+    cancelled: Callable[[], Awaitable[bool]] | None,
+) -> ChannelResult:
+    """One delivery within its caller's and its target's share, its intent recorded first."""
+    caller = caller_of(delivery, parcel.event.request.requested_by)
+    async with (
+        limits.slot(caller) if caller else nullcontext(),
+        limits.slot(target_of(delivery, settings)),
+    ):
+        # Intent before, outcome after: an ambiguous crash in between is in the record.
+        await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
+        # Looked at after the intent is written: a cancel that saw no intent is kept.
+        if cancelled is not None and await cancelled():
+            await outcomes.put(key, json.dumps({"ok": False, "state": "cancelled"}).encode())
+            raise RequestCancelled("cancelled before delivery")
+        with span(f"deliver {delivery.channel}", parcel.request_id):
+            return await channel.deliver(delivery, parcel)
+
+
+def _delivery_failed(failures: list[tuple[ChannelResult, PressroomError]]) -> PressroomError:
+    """Permanent when every failure is; otherwise transient, after the longest Retry-After."""
+    reason = "; ".join(f"{r.channel}: {r.detail}" for r, _ in failures)
+    if all(isinstance(error, PermanentError) for _, error in failures):
+        return PermanentError(f"delivery failed on {reason}")
+    transient = TransientError(f"delivery failed on {reason}")
+    waits = [e.retry_after for _, e in failures if isinstance(e, TransientError) and e.retry_after]
+    transient.retry_after = max(waits) if waits else None
+    return transient

@@ -180,18 +180,9 @@ async def render_report(
     settings: Settings,
     cache: KeyValue | None = None,
 ) -> ReportRendered:
+    """The report rendered (or an identical render of it reused) and its artefacts stored."""
     request = event.request
-    if event.context is not None:
-        data = event.context
-    else:
-        assert event.context_ref, "data.ready carries neither context nor context_ref"
-        if event.context_ref != context_key(request.request_id):
-            # Only the fetcher parks contexts, under the request's own key: anything else is
-            # someone trying to render another request's data.
-            raise PermanentError(
-                f"data.ready names context '{event.context_ref}', not this request's own"
-            )
-        data = json.loads(await store.get(event.context_ref))
+    data = await _context(event, store)
     job = make_job(
         settings,
         request.template,
@@ -206,12 +197,12 @@ async def render_report(
     )
     if job.finish is not None and job.finish.cache_material() is None:
         cache = None  # a reader's password or a signature is this request's own: never reused
-    cache_key = None
     if EXPORTS & set(request.formats):
         cache = None  # exports are made with every render: no cache entry names them
     # The renderer's own generation time does not make a report different — but a request
     # that sets `generation_time` in its data does.
     volatile = VOLATILE - set(data)
+    cache_key = None
     if cache is not None:
         # What the template reads, as the render process last said (one call per template
         # change, not per request: the render itself returns it afresh).
@@ -229,6 +220,39 @@ async def render_report(
         cache_key = render_key(remember(job, output.analysis), job, volatile=volatile)
     for notice in output.notices:  # e.g. PRESSROOM_MISSING_GLYPHS=warn and a character had no font
         log.warning("render notice", request_id=request.request_id, reason=notice)
+    _render_spans(request, output)
+    artefacts = await _store_outputs(request, output, store)
+    if cache is not None and cache_key is not None:
+        entry = {
+            "template_version": output.template_version,
+            "artefacts": {a.format: a.key for a in artefacts},
+            "sha256": {a.format: a.sha256 for a in artefacts},
+        }
+        await cache.put(cache_key, json.dumps(entry).encode())
+    return ReportRendered(
+        request=request,
+        artefacts=artefacts,
+        template_version=output.template_version,
+        render_seconds=output.html_seconds + output.pdf_seconds,
+    )
+
+
+async def _context(event: DataReady, store: ArtefactStore) -> Any:
+    """The fetched data: in the event, or parked by the fetcher under the request's own key."""
+    if event.context is not None:
+        return event.context
+    assert event.context_ref, "data.ready carries neither context nor context_ref"
+    if event.context_ref != context_key(event.request.request_id):
+        # Only the fetcher parks contexts, under the request's own key: anything else is
+        # someone trying to render another request's data.
+        raise PermanentError(
+            f"data.ready names context '{event.context_ref}', not this request's own"
+        )
+    return json.loads(await store.get(event.context_ref))
+
+
+def _render_spans(request: ReportRequested, output: RenderOutput) -> None:
+    """The render's two steps as spans, timed by the render process."""
     end = time.time_ns()
     pdf_start = end - int(output.pdf_seconds * 1e9)
     html_start = pdf_start - int(output.html_seconds * 1e9)
@@ -244,6 +268,12 @@ async def render_report(
         if output.variant:
             attributes["pressroom.pdf.variant"] = output.variant
         record_span("pdf render", pdf_start, end, rid, **attributes)
+
+
+async def _store_outputs(
+    request: ReportRequested, output: RenderOutput, store: ArtefactStore
+) -> list[Artefact]:
+    """Every format the request asked for, in the artefact store (an export per table)."""
     artefacts: list[Artefact] = []
     for fmt in request.formats:
         files: list[tuple[str | None, bytes | None]]
@@ -253,25 +283,13 @@ async def render_report(
             files = [(None, output.pdf if fmt == "pdf" else output.html)]
         for name, content in files:
             assert content is not None
-            with span(f"upload {fmt}", rid, **{"pressroom.bytes": len(content)}):
+            with span(f"upload {fmt}", request.request_id, **{"pressroom.bytes": len(content)}):
                 artefacts.append(
                     await store_artefact(
                         store, request, fmt, content, output.template_version, name=name
                     )
                 )
-    if cache is not None and cache_key is not None:
-        entry = {
-            "template_version": output.template_version,
-            "artefacts": {a.format: a.key for a in artefacts},
-            "sha256": {a.format: a.sha256 for a in artefacts},
-        }
-        await cache.put(cache_key, json.dumps(entry).encode())
-    return ReportRendered(
-        request=request,
-        artefacts=artefacts,
-        template_version=output.template_version,
-        render_seconds=output.html_seconds + output.pdf_seconds,
-    )
+    return artefacts
 
 
 def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:

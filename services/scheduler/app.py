@@ -172,38 +172,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
     schedules = load_schedules(settings.schedules)
     setup_telemetry("pressroom-scheduler")
     broker, who = worker_broker(settings, "scheduler", "pressroom-scheduler")
-
     conflicts = Conflicts()
-
-    async def loop(publisher: Publisher, kv: Any, js: Any) -> None:
-        key = secret_of(who)
-        # With identities the scheduler may not read the main stream (other tenants' data):
-        # its keyed message ids stand in for reading back what holds them.
-        readable = None if key else js
-        while True:
-            try:
-                await tick(
-                    publisher,
-                    kv,
-                    schedules,
-                    settings,
-                    datetime.now(UTC),
-                    readable,
-                    key,
-                    conflicts=conflicts,
-                )
-            except Exception as error:  # keep ticking; the next tick catches up within grace
-                log.warning("tick failed", error=repr(error))
-            await asyncio.sleep(settings.schedule_tick)
-
-    async def watch(schedule_watch: ScheduleWatch) -> None:
-        # Between scrapes too: OTLP exports what the gauges last saw.
-        while True:
-            try:
-                await schedule_watch.refresh(datetime.now(UTC))
-            except Exception as error:  # the bus may be briefly away; the next look will do
-                log.debug("schedule gauges not refreshed", error=repr(error))
-            await asyncio.sleep(15)
 
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -221,41 +190,15 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         except Exception as error:  # the CLI then says it cannot see the stack's schedules
             log.warning("schedules not recorded on the bus", error=repr(error))
         schedule_watch = ScheduleWatch(kv, ledger, schedules, conflicts=conflicts)
+        # With identities the scheduler may not read the main stream (other tenants' data):
+        # its keyed message ids stand in for reading back what holds them.
+        key = secret_of(who)
+        firing = Firing(publisher, kv, None if key else js, key, schedules, settings, conflicts)
         tasks = [
-            asyncio.create_task(loop(publisher, kv, js)),
-            asyncio.create_task(watch(schedule_watch)),
+            asyncio.create_task(firing.run()),
+            asyncio.create_task(_watch(schedule_watch)),
         ]
-        health = None
-        if settings.health_port is not None:
-
-            async def bus() -> CheckResult:
-                ok = await broker.ping(timeout=BUS_PING_TIMEOUT)
-                return CheckResult("healthy" if ok else "unhealthy", settings.bus_url_public)
-
-            async def ticking() -> CheckResult:
-                if tasks[0].done():
-                    return CheckResult("unhealthy", f"{len(schedules)} schedule(s), not ticking")
-                found = conflicts.recent()
-                if found:
-                    named = "; ".join(f"'{k}': {why}" for k, why in sorted(found.items()))
-                    return CheckResult(
-                        "degraded",
-                        f"conflict: unreadable value(s) in the schedules bucket, overwritten "
-                        f"({named}); still firing every schedule",
-                    )
-                return CheckResult("healthy", f"{len(schedules)} schedule(s)")
-
-            async def refresh() -> None:
-                await schedule_watch.refresh(datetime.now(UTC))
-
-            health = HealthServer(
-                "pressroom-scheduler",
-                {"bus": bus, "scheduler": ticking, "config": config_check(settings)},
-                settings.health_host,
-                settings.health_port,
-                metrics=scrape_handler(refresh),
-            )
-            await health.start()
+        health = await _serve_health(settings, broker, tasks[0], firing, schedule_watch)
         log.info("scheduler ready", schedules=[s.name for s in schedules])
         try:
             yield
@@ -270,3 +213,86 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
 
     # Our own JSON lines say "ready"; the lifespan opens and closes everything.
     return FastStream(broker, logger=None, lifespan=lifespan)
+
+
+@dataclass
+class Firing:
+    """The scheduler's loop: a tick every PRESSROOM_SCHEDULE_TICK seconds, for ever."""
+
+    publisher: Publisher
+    kv: Any
+    readable: Any  # the bus to read fires back from (None with identities: keyed ids instead)
+    key: bytes
+    schedules: list[Schedule]
+    settings: Settings
+    conflicts: Conflicts
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await tick(
+                    self.publisher,
+                    self.kv,
+                    self.schedules,
+                    self.settings,
+                    datetime.now(UTC),
+                    self.readable,
+                    self.key,
+                    conflicts=self.conflicts,
+                )
+            except Exception as error:  # keep ticking; the next tick catches up within grace
+                log.warning("tick failed", error=repr(error))
+            await asyncio.sleep(self.settings.schedule_tick)
+
+
+async def _watch(schedule_watch: ScheduleWatch) -> None:
+    # Between scrapes too: OTLP exports what the gauges last saw.
+    while True:
+        try:
+            await schedule_watch.refresh(datetime.now(UTC))
+        except Exception as error:  # the bus may be briefly away; the next look will do
+            log.debug("schedule gauges not refreshed", error=repr(error))
+        await asyncio.sleep(15)
+
+
+async def _serve_health(
+    settings: Settings,
+    broker: Any,
+    loop: asyncio.Task[None],
+    firing: Firing,
+    schedule_watch: ScheduleWatch,
+) -> HealthServer | None:
+    """/livez, /readyz (the bus, the loop, conflicts, the config) and /metrics."""
+    if settings.health_port is None:
+        return None
+    count = len(firing.schedules)
+
+    async def bus() -> CheckResult:
+        ok = await broker.ping(timeout=BUS_PING_TIMEOUT)
+        return CheckResult("healthy" if ok else "unhealthy", settings.bus_url_public)
+
+    async def ticking() -> CheckResult:
+        if loop.done():
+            return CheckResult("unhealthy", f"{count} schedule(s), not ticking")
+        found = firing.conflicts.recent()
+        if found:
+            named = "; ".join(f"'{k}': {why}" for k, why in sorted(found.items()))
+            return CheckResult(
+                "degraded",
+                f"conflict: unreadable value(s) in the schedules bucket, overwritten "
+                f"({named}); still firing every schedule",
+            )
+        return CheckResult("healthy", f"{count} schedule(s)")
+
+    async def refresh() -> None:
+        await schedule_watch.refresh(datetime.now(UTC))
+
+    health = HealthServer(
+        "pressroom-scheduler",
+        {"bus": bus, "scheduler": ticking, "config": config_check(settings)},
+        settings.health_host,
+        settings.health_port,
+        metrics=scrape_handler(refresh),
+    )
+    await health.start()
+    return health
