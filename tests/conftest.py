@@ -35,6 +35,7 @@ async def close_forgotten_bus_clients() -> AsyncIterator[None]:
         warnings.warn(f"{len(left)} NATS client(s) left open by tests were closed", stacklevel=1)
 
 
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(tmp_path_factory.mktemp("stack")).start()
     try:
