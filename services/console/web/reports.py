@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -135,21 +135,13 @@ async def reports_stream(request: Request) -> Response:
     filters = report_filters(request)
     row_template = templates_env.get_template("_row.html")
 
-    async def events() -> AsyncIterator[str]:
-        yield "retry: 2000\n\n"
-        with console.index.listen() as queue:
-            while True:
-                try:
-                    row = await asyncio.wait_for(queue.get(), 15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if filters.matches(row):
-                    html = row_template.render(row=row)
-                    payload = json.dumps({"id": row.request_id, "html": html})
-                    yield sse_event("row", payload)
+    def event(row: Row) -> str | None:
+        if not filters.matches(row):
+            return None
+        html = row_template.render(row=row)
+        return sse_event("row", json.dumps({"id": row.request_id, "html": html}))
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=NO_BUFFER)
+    return _row_stream(console, event)
 
 
 async def _request_message(bus: busaccess.Bus, entry: LedgerEntry) -> tuple[dict[str, Any], str]:
@@ -261,6 +253,18 @@ async def report_stream(request: Request) -> Response:
     console: Console = request.app.state.console
     rid = request.path_params["rid"]
 
+    def event(row: Row) -> str | None:
+        if row.request_id != rid:
+            return None
+        return sse_event("changed", json.dumps({"status": row.status}))
+
+    return _row_stream(console, event)
+
+
+def _row_stream(console: Console, event: Callable[[Row], str | None]) -> Response:
+    """Server-sent events over the ledger index's changed rows: what `event` makes of each
+    (None: nothing for this page), and a keep-alive comment every 15 s of quiet."""
+
     async def events() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         with console.index.listen() as queue:
@@ -270,8 +274,8 @@ async def report_stream(request: Request) -> Response:
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                if row.request_id == rid:
-                    yield sse_event("changed", json.dumps({"status": row.status}))
+                if (said := event(row)) is not None:
+                    yield said
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=NO_BUFFER)
 
