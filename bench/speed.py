@@ -152,6 +152,35 @@ def render_processes(service_pids: set[int]) -> dict[int, float]:
     return found
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each part of a stack: nats-server, each service's main
+    process, and the render processes (the renderer services' children) together."""
+    used: dict[str, float] = {}
+    if stack.nats is not None:
+        used["nats-server"] = _cpu_seconds(stack.nats.pid)
+    for name, procs in stack.procs.items():
+        used[name] = sum(_cpu_seconds(p.pid) for p in procs)
+    renderers = {p.pid for p in stack.procs.get("renderer", [])}
+    if renderers:
+        used["render processes"] = sum(_cpu_seconds(pid) for pid in render_processes(renderers))
+    return used
+
+
+def cpu_per_report(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Seconds of CPU per report by part, between two `stack_cpu` readings (render processes
+    that were replaced in between would be undercounted: the soak turns recycling off)."""
+    return {name: max(0.0, after.get(name, 0.0) - before.get(name, 0.0)) / n for name in after}
+
+
 async def jetstream_counts(js: Any) -> dict[str, int]:
     """Messages ever stored per stream (KV and object buckets are streams too) and acks per
     stream (messages its consumers acknowledged)."""
@@ -207,6 +236,8 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
             await outcomes.delivered_event(rid, timeout=300)
         counts_before = await jetstream_counts(js)
         samples: list[tuple[int, dict[int, float]]] = [(0, render_processes(services))]
+        loads = [load()[0]]  # the 1-minute load average at every sample: the machine is shared
+        cpu_before = stack_cpu(stack)
         started = time.perf_counter()
         before = load()
         done = 0
@@ -225,7 +256,9 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
             done += len(rids)
             if done % every == 0 or done == n:
                 samples.append((done, render_processes(services)))
+                loads.append(load()[0])
         seconds = time.perf_counter() - started
+        cpu = cpu_per_report(cpu_before, stack_cpu(stack), n)
         counts_after = await jetstream_counts(js)
         await nc.close()
     finally:
@@ -260,6 +293,15 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
         "stream_writes_per_report": sum(v for k, v in writes.items() if k.startswith("stream ")),
         "acks_per_report": sum(v for k, v in writes.items() if k.startswith("acks ")),
         "load": [before, load()],
+        "load_during": {
+            "min": min(loads),
+            "median": statistics.median(loads),
+            "max": max(loads),
+        },
+        "cpu_per_report": cpu,
+        "cpu_outside_render_per_report": sum(
+            v for k, v in cpu.items() if k != "render processes"
+        ),
     }
 
 
@@ -307,7 +349,13 @@ def markdown(
             "One-page reports of distinct data through the whole pipeline (render cache on, as "
             "shipped; recycling off so any growth would show), the render process's resident "
             f"memory sampled every 100 reports; {soaked['seconds']:.0f} s. Load average before / "
-            f"after: {soaked['load'][0][0]:.1f} / {soaked['load'][1][0]:.1f}.",
+            f"after: {soaked['load'][0][0]:.1f} / {soaked['load'][1][0]:.1f}"
+            + (
+                f"; during (1 min, at every sample): {during['min']:.1f}–{during['max']:.1f}, "
+                f"median {during['median']:.1f}."
+                if (during := soaked.get("load_during"))
+                else "."
+            ),
             "",
             f"| render process | RSS first → last sample | slope after the first "
             f"{soaked.get('warm_up_reports', 100)} reports | slope including them |",
@@ -338,6 +386,18 @@ def markdown(
                 lines.append(f"| {key} | {value:.2f} |")
         lines.append(f"| **all stream writes** | **{soaked['stream_writes_per_report']:.2f}** |")
         lines.append(f"| **all acks** | **{soaked['acks_per_report']:.2f}** |")
+        cpu = soaked.get("cpu_per_report")
+        if cpu:
+            lines += [
+                "",
+                "CPU per report over the same reports, by process (user + system, from /proc):",
+                "",
+                "| process | CPU per report |",
+                "|---|---|",
+                *(f"| {name} | {sec * 1000:.1f} ms |" for name, sec in sorted(cpu.items())),
+                f"| **all but the render processes** | "
+                f"**{soaked['cpu_outside_render_per_report'] * 1000:.1f} ms** |",
+            ]
     return lines
 
 
