@@ -22,7 +22,7 @@ from typing import Any
 from bench import archive, burst, finish_cost, longreport, render_time, speed
 from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
-from services.renderer.core import build_context, make_job
+from services.renderer.core import build_context, document_spec, finish_for, make_job
 from services.renderer.job import RenderJob
 from services.renderer.pdf import render_job
 from shared.adapters.ledger import KvLedger
@@ -41,6 +41,25 @@ FONTS_N = int(os.environ.get("BENCH_FONTS", "12"))
 # Each throughput figure is the best of ROUNDS runs, for the bare loop and the pipeline alike:
 # this VM's neighbours make single runs vary by ±15 %.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+# What PDF both sides make. "shipped": what the template asks for (the bundled templates: tagged
+# PDF/A-3b); "plain": every request asks for an untagged PDF of no standard. Either way the bare
+# loop's render jobs carry the same document options as the pipeline's (core.document_spec and
+# core.finish_for of the same request), so like is compared with like.
+PDF_MODE = os.environ.get("BENCH_PDF", "shipped")
+# Renderer counts to measure (BENCH_RENDERERS=2 for the two-renderer row alone).
+RENDERERS = [int(r) for r in os.environ.get("BENCH_RENDERERS", "1,2").split(",")]
+PLAIN_PDF = {"variant": None, "tagged": False}
+
+
+def request_pdf() -> dict[str, Any]:
+    """The request's `pdf` options for the chosen mode (BENCH_PDF)."""
+    if PDF_MODE not in ("shipped", "plain"):
+        raise SystemExit(f"BENCH_PDF={PDF_MODE!r}: use shipped or plain")
+    return {"pdf": PLAIN_PDF} if PDF_MODE == "plain" else {}
+
+
+def workload_name(workload: str) -> str:
+    return workload if PDF_MODE == "shipped" else f"{workload}, plain PDF"
 
 
 def params(projects: int) -> dict[str, Any]:
@@ -64,34 +83,49 @@ def log(message: str) -> None:
 
 
 # ---- the bare loop ---------------------------------------------------------------------------
-def _bare_render(job: RenderJob) -> float:
+def _bare_render(job: RenderJob) -> tuple[float, str | None, bool]:
     started = time.perf_counter()
-    render_job(job)
-    return time.perf_counter() - started
+    output = render_job(job)
+    return time.perf_counter() - started, output.variant, output.tagged
 
 
-def bare_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, float]:
+def bare_job(settings: Settings, data: dict[str, Any], i: int) -> RenderJob:
+    """The job the renderer service would make of the same request: the same context, document
+    options (PDF/A, tags, metadata, provenance) and finishing."""
+    request = ReportRequested.model_validate(
+        {"template": "portfolio.html", "request_id": f"bare-{i}", **request_pdf()}
+    )
+    data = speed.distinct(data, i)
+    return make_job(
+        settings,
+        "portfolio.html",
+        build_context(request, data),
+        ("pdf",),
+        document=document_spec(settings, request, data),
+        finish=finish_for(settings, request),
+    )
+
+
+def bare_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, Any]:
     settings = Settings(templates_dir=REPO / "templates")
-    request = ReportRequested(template="portfolio.html", request_id="bare")
-
-    def job(i: int) -> RenderJob:
-        context = build_context(request, speed.distinct(data, i))
-        return make_job(settings, "portfolio.html", context, ("pdf",))
-
     best = 0.0
     before = speed.load()
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         # Warm every process (fonts, imports)
-        list(pool.map(_bare_render, [job(-i - 1) for i in range(processes)]))
+        list(pool.map(_bare_render, [bare_job(settings, data, -i - 1) for i in range(processes)]))
         for round_ in range(ROUNDS):
+            jobs = [bare_job(settings, data, round_ * n + i) for i in range(n)]
             started = time.perf_counter()
-            times = list(pool.map(_bare_render, [job(round_ * n + i) for i in range(n)]))
+            done = list(pool.map(_bare_render, jobs))
             best = max(best, n / (time.perf_counter() - started))
     return {
         "reports": n,
         "rounds": ROUNDS,
         "per_second": best,
-        "render_p50": statistics.median(times),
+        "render_p50": statistics.median(t for t, _, _ in done),
+        "pdf": sorted(
+            {f"{variant or 'plain'}{', tagged' if tagged else ''}" for _, variant, tagged in done}
+        ),
         "load": [before, speed.load()],
     }
 
@@ -124,6 +158,7 @@ async def pipeline_throughput(
                     "request_id": r,
                     "template": "portfolio.html",
                     "params": speed.distinct(data, -i - 1),
+                    **request_pdf(),
                 }
                 for i, r in enumerate(warm)
             ],
@@ -139,6 +174,7 @@ async def pipeline_throughput(
                     "request_id": r,
                     "template": "portfolio.html",
                     "params": speed.distinct(data, round_ * n + i),
+                    **request_pdf(),
                 }
                 for i, r in enumerate(rids)
             ]
@@ -284,25 +320,29 @@ def markdown(result: dict[str, Any]) -> str:
         "(`portfolio.html`) and data both ways; the bare loop is Jinja2 + WeasyPrint in the same "
         "number of warm processes, with no bus, store, ledger or delivery. Throughput is the best "
         f"of {ROUNDS} runs on each side. Every report has data of its own, and the render cache "
-        "is on as shipped (it finds nothing to reuse). Target: pipeline / bare ≥ 0.95.",
+        "is on as shipped (it finds nothing to reuse). Both sides make the same PDF from the same "
+        "request: the bare loop's jobs carry the document options and finishing the renderer "
+        "service would give them (the PDF column: what the bare loop's renders were; `plain "
+        "PDF` rows: every request asked for an untagged PDF of no standard, BENCH_PDF=plain). "
+        "Target: pipeline / bare ≥ 0.95.",
         "",
         "## Throughput (reports/second)",
         "",
-        "| workload | renderers | pipeline | bare loop | pipeline / bare | load (1 min) |",
-        "|---|---|---|---|---|---|",
+        "| workload | renderers | pipeline | bare loop | pipeline / bare | load (1 min) | PDF |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for workload in ("one-page", "ten-page"):
-        for r in ("1", "2"):
-            row = t[workload][r]
+    for workload, rows in t.items():
+        for r, row in sorted(rows.items()):
             loads = [x[0] for side in ("bare", "pipeline") for x in row[side].get("load", [])]
             shown = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "—"
+            made = "; ".join(row["bare"].get("pdf", [])) or "not recorded"
             lines.append(
                 f"| {workload} | {r} | {row['pipeline']['per_second']:.2f} | "
-                f"{row['bare']['per_second']:.2f} | **{row['ratio']:.2f}** | {shown} |"
+                f"{row['bare']['per_second']:.2f} | **{row['ratio']:.2f}** | {shown} | {made} |"
             )
     lines += ["", "## Scaling", "", "| workload | 2 renderers / 1 renderer |", "|---|---|"]
-    for workload in ("one-page", "ten-page"):
-        lines.append(f"| {workload} | {result['scaling'][workload]:.2f}× |")
+    for workload, ratio in result["scaling"].items():
+        lines.append(f"| {workload} | {ratio:.2f}× |")
     lat = result["latency"]
     lines += [
         "",
@@ -459,27 +499,31 @@ async def main() -> None:
         if only and workload != only:
             continue
         data = WORKLOADS[workload]
-        result["throughput"][workload] = {}
-        for renderers in (1, 2):
-            log(f"{workload}: bare loop, {renderers} process(es) …")
+        name = workload_name(workload)
+        result["throughput"][name] = {}
+        for renderers in RENDERERS:
+            log(f"{name}: bare loop, {renderers} process(es) …")
             bare = bare_throughput(data, n, renderers)
-            log(f"{workload}: pipeline, {renderers} renderer(s) …")
+            log(f"{name}: pipeline, {renderers} renderer(s) …")
             pipe = await pipeline_throughput(root, data, n, renderers, workload)
-            result["throughput"][workload][str(renderers)] = {
+            result["throughput"][name][str(renderers)] = {
                 "bare": bare,
                 "pipeline": pipe,
                 "ratio": pipe["per_second"] / bare["per_second"],
             }
-        one, two = (result["throughput"][workload][r]["pipeline"]["per_second"] for r in "12")
-        result["scaling"][workload] = two / one
+        if {"1", "2"} <= set(result["throughput"][name]):
+            one, two = (result["throughput"][name][r]["pipeline"]["per_second"] for r in "12")
+            result["scaling"][name] = two / one
     if only:
-        if only in result["throughput"]:
+        if result["throughput"]:
             saved = DOCS / "benchmarks.json"
             published = json.loads(saved.read_text()) if saved.is_file() else {}
             throughput = published.get("throughput", {})
-            throughput[only] = result["throughput"][only]
             scaling = published.get("scaling", {})
-            scaling[only] = result["scaling"][only]
+            for name, rows in result["throughput"].items():
+                throughput.setdefault(name, {}).update(rows)
+                if name in result["scaling"]:
+                    scaling[name] = result["scaling"][name]
             update_published(throughput=throughput, scaling=scaling)
         print(json.dumps(result, indent=2))
         return

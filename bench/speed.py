@@ -299,9 +299,7 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
             "max": max(loads),
         },
         "cpu_per_report": cpu,
-        "cpu_outside_render_per_report": sum(
-            v for k, v in cpu.items() if k != "render processes"
-        ),
+        "cpu_outside_render_per_report": sum(v for k, v in cpu.items() if k != "render processes"),
     }
 
 

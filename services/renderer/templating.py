@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import hashlib
@@ -384,6 +385,17 @@ class FolderLoader(BaseLoader):
         return source, str(path), uptodate
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_front_matter(text: str) -> dict[str, Any]:
+    """Front matter YAML parsed once per process for each distinct text (the renderer service
+    reads a template's `pdf:` defaults for every request; parsing it was most of that)."""
+    try:
+        data = yaml.load(text, Loader=_PlainYaml)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class TemplateLibrary:
     """One templates folder: listing, metadata, validation, versions and rendering."""
 
@@ -477,11 +489,8 @@ class TemplateLibrary:
         match = _FRONT_MATTER.match(self.source(name))
         if not match or len(match.group(1)) > MAX_FRONT_MATTER:
             return {}
-        try:
-            data = yaml.load(match.group(1), Loader=_PlainYaml)
-        except yaml.YAMLError:
-            return {}
-        return data if isinstance(data, dict) else {}
+        # A copy: callers may change what they are given, the parsed original is kept.
+        return copy.deepcopy(_parsed_front_matter(match.group(1)))
 
     # ---- dependencies and versions ---------------------------------------------------------
     def dependencies(self, name: str) -> tuple[list[str], bool]:

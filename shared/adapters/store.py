@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import ipaddress
@@ -20,6 +21,7 @@ from shared.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
     from minio import Minio
+    from nats.js import JetStreamContext
     from nats.js.object_store import ObjectStore
 
     from shared.events import Artefact
@@ -107,11 +109,18 @@ async def read_verified(store: ArtefactStore, artefact: Artefact) -> bytes:
     return data
 
 
+# Objects up to this size are read message by message (ObjectStoreArtefacts._chunks): two
+# 128 KiB chunks. Measured: a 60 KB PDF read in a third of the time, with 0.4 ms less CPU on
+# the server and 1.3 ms less in the reader; a 700 KB one took longer that way.
+BY_MESSAGE_MAX = 256 * 1024
+
+
 class ObjectStoreArtefacts:
     """The embedded default: JetStream's Object Store, nothing else to run."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, js: JetStreamContext | None = None) -> None:
         self._store = store
+        self._js = js  # for reading chunks by message (no consumer per read)
 
     async def put(
         self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
@@ -121,10 +130,44 @@ class ObjectStoreArtefacts:
 
     async def get(self, key: str) -> bytes:
         try:
-            result = await self._store.get(key)
+            info = await self._store.get_info(key)
+            small = 0 < (info.size or 0) <= BY_MESSAGE_MAX
+            if self._js is None or info.is_link() or not info.nuid or not small:
+                result = await self._store.get(key)
+                return result.data or b""
+            return await self._chunks(info)
         except ObjectNotFoundError:
             raise ArtefactMissing(f"artefact '{key}' is not in the object store") from None
-        return result.data or b""
+
+    async def _chunks(self, info: api.ObjectInfo) -> bytes:
+        """An object's chunks read one message at a time, its digest checked. The client's
+        own `get` creates an ordered consumer for every read (a stream lookup, a consumer
+        made and dropped on the server): most of what reading a small PDF cost. Bigger objects
+        go through that consumer still (each message read here travels base64 in JSON)."""
+        assert self._js is not None and info.size
+        subject = f"$O.{OBJECT_BUCKET}.C.{info.nuid}"
+        parts: list[bytes] = []
+        digest = hashlib.sha256()
+        seq, size = 0, 0
+        while size < info.size:
+            try:
+                msg = await self._js.get_msg(
+                    f"OBJ_{OBJECT_BUCKET}", seq=seq + 1, subject=subject, next=True
+                )
+            except NotFoundError:
+                raise ObjectNotFoundError from None  # chunks gone (a delete in between)
+            seq = msg.seq or seq + 1
+            data = msg.data or b""
+            parts.append(data)
+            digest.update(data)
+            size += len(data)
+        expected = (info.digest or "").split("=", 1)[-1]
+        if size != info.size or digest.digest() != base64.urlsafe_b64decode(expected + "=="):
+            raise ArtefactTampered(
+                f"artefact '{info.name}' no longer matches the object store's own digest "
+                "(changed in the store since it was written); render the report again"
+            )
+        return b"".join(parts)
 
     async def delete(self, key: str) -> None:
         try:
@@ -314,7 +357,7 @@ async def open_store(settings: Settings, js: object | None) -> ArtefactStore:
         return store
 
     assert js is not None, "the object-store backend needs a JetStream context"
-    return ObjectStoreArtefacts(await js.object_store(OBJECT_BUCKET))  # type: ignore[attr-defined]
+    return ObjectStoreArtefacts(await js.object_store(OBJECT_BUCKET), js)  # type: ignore[attr-defined,arg-type]
 
 
 class MemoryArtefacts:

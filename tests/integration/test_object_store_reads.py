@@ -1,0 +1,52 @@
+"""Reading artefacts from the JetStream object store: small ones message by message (no
+consumer per read), bigger ones through the client's consumer; the bytes are what was put,
+a missing object is ArtefactMissing and a changed one is refused (against a real nats-server)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from shared.adapters.store import (
+    BY_MESSAGE_MAX,
+    ArtefactMissing,
+    ArtefactTampered,
+    open_store,
+)
+from shared.bus.names import OBJECT_BUCKET
+from shared.settings import Settings
+from tests.helpers import unique
+
+pytestmark = pytest.mark.integration
+
+
+async def test_what_was_put_is_read_back_small_big_and_empty(nc: Any) -> None:
+    js = nc.jetstream()
+    store = await open_store(Settings(), js)
+    sizes = {"one-chunk": 60_000, "two-chunk": BY_MESSAGE_MAX, "big": BY_MESSAGE_MAX + 1}
+    for name, size in {**sizes, "empty": 0}.items():
+        key = unique(name)
+        data = os.urandom(size)
+        await store.put(key, data, content_type="application/pdf")
+        assert await store.get(key) == data, name
+        # Written again under the same name: the newest bytes, not the first chunks.
+        again = os.urandom(size)
+        await store.put(key, again, content_type="application/pdf")
+        assert await store.get(key) == again, name
+    with pytest.raises(ArtefactMissing):
+        await store.get(unique("never-put"))
+
+
+async def test_a_chunk_changed_in_the_store_is_refused(nc: Any) -> None:
+    js = nc.jetstream()
+    store = await open_store(Settings(), js)
+    key = unique("tampered")
+    await store.put(key, b"%PDF-1.7 the report" * 100, content_type="application/pdf")
+    info = await (await js.object_store(OBJECT_BUCKET)).get_info(key)
+    chunks = f"$O.{OBJECT_BUCKET}.C.{info.nuid}"
+    await js.purge_stream(f"OBJ_{OBJECT_BUCKET}", subject=chunks)
+    await js.publish(chunks, b"%PDF-1.7 the forger" * 100)  # same size, other bytes
+    with pytest.raises(ArtefactTampered, match="no longer matches"):
+        await store.get(key)
