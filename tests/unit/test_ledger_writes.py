@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,49 @@ async def test_an_unreadable_fetch_cache_value_is_a_miss() -> None:
     source = Source.model_validate({"name": "s", "kind": "http", "url": "http://x/"})
     await kv.put(cache_key(source), b"\x00 not json")
     assert await SourceCache(kv).get(source, 60) == (False, None)  # type: ignore[arg-type]
+
+
+class CountingReadsKV(CountingKV):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, key: str) -> Any:
+        self.reads += 1
+        return await super().get(key)
+
+
+async def test_quick_work_reads_its_entry_once() -> None:
+    """The finish compare-and-sets on what the claim read: one read, one write per stage."""
+    kv = CountingReadsKV()
+    ledger = KvLedger(kv)  # type: ignore[arg-type]
+    await KvLedger(kv).claim("r-w", "fetcher", seq=1, attempt=1, request=REQUEST)  # another's
+    reads, writes = kv.reads, kv.writes
+    runner = StageRunner(RENDERER, Settings(), ledger, MemoryPublisher())
+    await runner.handle(MemoryMessage(data_ready(), stream_seq=2), DataReady, render_quickly)
+    assert (kv.reads - reads, kv.writes - writes) == (1, 1)
+    entry = await ledger.get("r-w")
+    assert entry is not None and entry.status == "rendered"
+
+
+async def test_a_change_made_elsewhere_between_claim_and_finish_is_kept() -> None:
+    """What another process wrote after this one's claim read the entry (here a cancel) is
+    not overwritten: the remembered revision fails its compare-and-set, the entry is read
+    again and the finish applied to what is there."""
+    kv = MemoryKeyValue()
+    ledger, elsewhere = KvLedger(kv), KvLedger(kv)  # type: ignore[arg-type]
+    await elsewhere.claim("r-w", "fetcher", seq=1, attempt=1, request=REQUEST)
+    claim = await ledger.claim("r-w", "renderer", seq=2, attempt=1, request=REQUEST, record=False)
+    assert claim == "proceed"
+
+    def cancel(entry: Any) -> tuple[Any, None]:
+        entry.cancelled_at = entry.updated_at
+        return entry, None
+
+    await elsewhere.update("r-w", cancel)
+    await ledger.finish(
+        "r-w", "renderer", seconds=0.1, event=rendered_event("r-w", "weekly"), seq=2, attempt=1
+    )
+    entry = await ledger.get("r-w")
+    assert entry is not None and entry.cancelled_at is not None
+    assert entry.stages["renderer"].finished_at is not None
