@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -26,6 +27,9 @@ from tests.helpers import REPO, Outcomes, Stack
 
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
 SOAK_N = int(os.environ.get("BENCH_SOAK", "5000"))
+# A time limit for the soak (0: none): past it, the soak stops at its next sample and gives the
+# slope over the reports done (a shared machine may not fit 5,000 in the time there is).
+SOAK_SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "0"))
 WARM_N = int(os.environ.get("BENCH_WARM", "12"))
 WARM_ROUNDS = int(os.environ.get("BENCH_WARM_ROUNDS", "3"))
 
@@ -257,6 +261,16 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
             if done % every == 0 or done == n:
                 samples.append((done, render_processes(services)))
                 loads.append(load()[0])
+                rss = ", ".join(f"{mib:.1f}" for mib in samples[-1][1].values())
+                print(
+                    f"soak: {done}/{n} reports, {time.perf_counter() - started:.0f} s, "
+                    f"render process RSS {rss} MiB, load {loads[-1]:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if SOAK_SECONDS and time.perf_counter() - started > SOAK_SECONDS:
+                    n = done  # out of time (BENCH_SOAK_SECONDS): the figures of what was done
+                    break
         seconds = time.perf_counter() - started
         cpu = cpu_per_report(cpu_before, stack_cpu(stack), n)
         counts_after = await jetstream_counts(js)
