@@ -34,7 +34,6 @@ from services.console.web.kit import (
     Console,
     Handler,
     audit_action,
-    log,
 )
 from services.console.web.letters import (
     dead_letter,
@@ -45,13 +44,11 @@ from services.console.web.letters import (
 )
 from services.console.web.login import login, login_form, logout, sso_callback, sso_start
 from services.console.web.operate import (
-    SLO_REFRESH,
     audit_page,
     health,
     schedule_action,
     schedules,
     slo,
-    slo_view,
 )
 from services.console.web.reports import (
     mint_link,
@@ -195,15 +192,6 @@ async def _security_headers(request: Request, call_next: Any) -> Response:
     return response
 
 
-async def _prewarm(console: Console) -> None:
-    """The SLO page's default view computed once the ledger is read, not on its first visit."""
-    await console.index.loaded.wait()
-    try:
-        await console.cached("slo:7d", SLO_REFRESH, lambda: slo_view(console, "7d"))
-    except Exception as error:
-        log.warning("SLO view not computed ahead", error=repr(error))
-
-
 def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starlette:
     """The console; without `bus` it opens its own (the ops identity) for its lifetime."""
     console = Console(settings, bus)
@@ -216,7 +204,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
                 console.bus = await stack.enter_async_context(busaccess.open_bus(settings))
             tasks = [
                 asyncio.create_task(console.index.follow(console.bus)),
-                asyncio.create_task(_prewarm(console)),
+                asyncio.create_task(console.slo.keep(console.bus)),
             ]
             try:
                 yield
