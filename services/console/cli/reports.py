@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from services.console import sloindex
+from services.console.cli._audit import audited
 from services.console.cli._common import (
     age,
     checked,
@@ -197,6 +198,7 @@ def _no_prometheus(cfg: Any) -> str:
     )
 
 
+@audited("clean")
 def clean(
     older_than: str | None = typer.Option(None, help="Age like 30d (default: retention setting)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would go, delete nothing."),

@@ -18,6 +18,7 @@ from rich.live import Live
 from services.console import backup as backups
 from services.console import requests
 from services.console.busaccess import ready
+from services.console.cli._audit import audited
 from services.console.cli._common import (
     checked,
     emit_json,
@@ -208,6 +209,7 @@ def health(
 
 
 @bus_app.command("auth")
+@audited("bus auth")
 def bus_auth(
     out_dir: Path = typer.Option(..., "--out", help="Folder for auth.conf and the role seeds."),
     tls: bool = typer.Option(False, "--tls", help="Also a CA and a server certificate."),
@@ -245,6 +247,7 @@ def bus_auth(
 
 
 @bus_app.command("setup")
+@audited("bus setup")
 def bus_setup() -> None:
     """Create or update every stream, consumer and bucket (needs the ops identity)."""
 
@@ -288,6 +291,7 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     )
 
 
+@audited("backup")
 def backup(
     output: Path = typer.Argument(..., help="FILE.tar.gz"),
     include_secrets: bool = typer.Option(
@@ -332,6 +336,7 @@ def backup(
         )
 
 
+@audited("restore")
 def restore(
     archive: Path = typer.Argument(..., help="FILE.tar.gz from pressroom backup"),
     force: bool = typer.Option(
