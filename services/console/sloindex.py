@@ -295,6 +295,14 @@ async def _restart(
             await bus.js.purge_stream(f"KV_{SLO_BUCKET}", subject=subject)
 
 
+async def rebuild(bus: Bus) -> None:
+    """Start a new generation now (`pressroom slo --rebuild`); the next catch-up fills it."""
+    kv = await bucket(bus)
+    state, revision = await _get(kv, STATE)
+    stream = f"{(await bus.js.stream_info(_LEDGER_STREAM)).created}"
+    await _restart(bus, kv, stream, revision, state)
+
+
 async def read(
     bus: Bus, window: timedelta, now: datetime | None = None, *, by_day: bool | None = None
 ) -> Indexed:

@@ -86,6 +86,9 @@ def stats(
 def slo(
     window: str = typer.Option("30d", help="How far back: 24h, 7d, 30d … (whole hours)"),
     as_json: bool = typer.Option(False, "--json"),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="Count the SLO index again from every ledger entry."
+    ),
 ) -> None:
     """Each SLI of the legacy runbook against its target (exit 1 when any is missed).
 
@@ -107,6 +110,8 @@ def slo(
     shown: list[bool] = []
 
     async def measure_window(bus: Any) -> sloindex.Indexed:
+        if rebuild:
+            await sloindex.rebuild(bus)
         await sloindex.catch_up(bus, building)
         return await sloindex.read(bus, span)
 
