@@ -27,7 +27,7 @@ from typer.models import ArgumentInfo, OptionInfo
 
 from services.console import audit
 from services.console.busaccess import Bus, open_bus
-from services.console.cli import _common
+from services.console.cli._common import failures, settings
 from services.console.redact import redacted_text
 from shared.bus.identity import identity
 from shared.settings import Settings
@@ -79,14 +79,14 @@ def audited(action: str) -> Callable[[F], F]:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> None:
             _said.clear()
-            _common.failures.clear()
+            failures.clear()
             ended = "ok"
             try:
                 command(*args, **kwargs)
             except (typer.Exit, click.exceptions.Exit, SystemExit) as stop:
                 code = getattr(stop, "exit_code", getattr(stop, "code", 1))
                 if code not in (0, None):
-                    ended = _common.failures[-1] if _common.failures else f"exit {code}"
+                    ended = failures[-1] if failures else f"exit {code}"
                 raise
             except (typer.Abort, click.exceptions.Abort):
                 ended = "aborted"
@@ -108,7 +108,7 @@ def audited(action: str) -> Callable[[F], F]:
 def _record(action: str, target: str, ended: str) -> None:
     """Into the trail; kept on disk when the bus is out of reach (never fails the command)."""
     try:
-        cfg = _common.settings()
+        cfg = settings()
     except BaseException:  # no settings: the command itself has said why
         return
     who, source = audit.cli_identity()
