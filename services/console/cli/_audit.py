@@ -112,8 +112,10 @@ def _record(action: str, target: str, ended: str) -> None:
     except BaseException:  # no settings: the command itself has said why
         return
     who, source = audit.cli_identity()
+    role = "ops"
     with contextlib.suppress(Exception):  # settings that name no identity: said without it
-        source = f"{source} as {identity(cfg, 'ops').role}"
+        role = identity(cfg, "ops").role
+        source = f"{source} as {role}"
     line = {
         "at": datetime.now(UTC).isoformat(),
         "who": who,
@@ -124,6 +126,8 @@ def _record(action: str, target: str, ended: str) -> None:
     }
     pending = Path(cfg.data_dir) / PENDING
     try:
+        if role != "ops":  # a publisher's seed may not write the trail: kept here for ops
+            raise PermissionError(role)
         asyncio.run(asyncio.wait_for(_write(cfg, line), 15))
     except Exception:
         with contextlib.suppress(OSError):
