@@ -61,14 +61,13 @@ def private_key_path(settings: Settings) -> Path:
 
 
 def private_key(settings: Settings) -> bytes:
-    """The console's key for recordings: the configured file, or one made on first use in
-    the data folder (0600) — the console and renderers of one machine then agree."""
+    """The console's key for recordings (PRESSROOM_STUDIO_KEY_FILE, else in the data
+    folder), made on first use (0600): the console and renderers sharing the file agree."""
     path = private_key_path(settings)
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        if settings.studio_key_file is not None:
-            raise PressroomError(f"PRESSROOM_STUDIO_KEY_FILE: no file {path}") from None
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     pem, _ = generate_key()
     try:

@@ -44,6 +44,21 @@ def problem_of(reason: str, default_file: str | None = None) -> Problem:
     return Problem(quoted.group(1) if quoted else default_file, None, reason)
 
 
+def located(problem: Problem, files: dict[str, bytes]) -> Problem:
+    """A problem without a line that names a variable or template: the first line of its
+    file that mentions it (what an editor can point at)."""
+    if problem.line is not None or problem.file not in files:
+        return problem
+    named = re.search(r"'([^']+)'", problem.message)
+    if not named:
+        return problem
+    text = files[problem.file].decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search(rf"(?<![\w.]){re.escape(named.group(1))}(?!\w)", line):
+            return Problem(problem.file, number, problem.message)
+    return problem
+
+
 def validation_problem(text: str) -> Problem:
     """'file:line: message' or 'file: message' (templating.Problem's str)."""
     match = re.match(r"^([^:\s]+?)(?::(\d+))?: (.*)$", text, re.DOTALL)

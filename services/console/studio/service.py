@@ -271,18 +271,22 @@ class Studio:
                 list(extra_dirs_from(self.settings.fonts_dir)),
                 label=name,
             )
-            errors += [preview.validation_problem(p).as_dict() for p in checks["problems"]]
+            problems = [preview.validation_problem(p) for p in checks["problems"]]
             warnings += checks["warnings"]
-            if not errors:
-                job = make_job(self.settings, name, context, ("pdf", "html"), templates_dir=scratch)
-                try:
-                    output = await pool.render(job)
-                except PressroomError as error:
-                    errors.append(preview.problem_of(error.reason, name).as_dict())
-                else:
-                    html = output.html
-                    warnings += list(output.notices)
-                    images = await preview.page_images(output.pdf or b"")
+            job = make_job(self.settings, name, context, ("pdf", "html"), templates_dir=scratch)
+            try:
+                output = await pool.render(job)
+            except PressroomError as error:
+                problems.insert(0, preview.problem_of(error.reason, name))
+            else:
+                html = output.html
+                warnings += list(output.notices)
+                images = await preview.page_images(output.pdf or b"")
+            seen: set[tuple[str | None, int | None]] = set()
+            for problem in (preview.located(p, files) for p in problems):
+                if (problem.file, problem.line) not in seen or problem.line is None:
+                    seen.add((problem.file, problem.line))
+                    errors.append(problem.as_dict())
         self.previews[pid] = Preview(pid, html, images)
         while len(self.previews) > PREVIEWS_KEPT:
             self.previews.popitem(last=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.console.studio import imagediff, masking, preview
+from services.console.studio import imagediff, masking, preview, versions
 from services.renderer.core import build_context, document_spec, make_job, with_template_defaults
 from services.renderer.finish import plan
 from services.renderer.job import Finish, RenderOutput
@@ -265,3 +265,96 @@ async def run_shadow(
         if landed is not None:
             await landed(outcome)
     return outcomes
+
+
+@dataclass
+class Report:
+    """A shadow run from the command line: the results and what the exit code says."""
+
+    template: str
+    candidate: str  # its version id
+    live: str
+    threshold: float
+    results: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "candidate": self.candidate,
+            "live": self.live,
+            "threshold": self.threshold,
+            "summary": summary(self.results, len(self.results), self.threshold),
+            "results": self.results,
+        }
+
+    @property
+    def passed(self) -> bool:
+        return verdict(self.results, self.threshold) == "pass"
+
+
+def candidate_files(folder: Path, name: str, candidate: Path | None) -> dict[str, bytes]:
+    """What `--candidate` names: nothing (the templates folder as it is now), a file (the
+    template's own file changed; its includes as they are) or a folder (a whole templates
+    folder: the template and its includes from there)."""
+    if candidate is None:
+        return versions.read_files(folder, name)
+    if candidate.is_dir():
+        return versions.read_files(candidate.resolve(), name)
+    if candidate.is_file():
+        live = versions.read_files(folder, name)
+        live[name] = candidate.read_bytes()
+        with versions.workspace(folder, live) as scratch:
+            return versions.read_files(scratch, name)
+    raise PressroomError(f"--candidate: no file or folder '{candidate}'")
+
+
+async def shadow_command(
+    store: ArtefactStore,
+    settings: Settings,
+    name: str,
+    candidate: Path | None,
+    *,
+    last: int,
+    threshold: float,
+    images: Path | None,
+) -> Report:
+    """`pressroom templates shadow`: the candidate on the last `last` recorded payloads, in
+    render processes of this command (capped like the renderer's)."""
+    folder = settings.templates_dir.resolve()
+    if name not in versions.listed(folder):
+        raise PressroomError(f"no template '{name}' in {folder}")
+    live = versions.read_files(folder, name)
+    files = candidate_files(folder, name, candidate)
+    if images is not None:
+        images.mkdir(parents=True, exist_ok=True)
+
+    def where(index: int, page: int, kind: str) -> str:
+        return str(images / f"{index + 1}-page{page}-{kind}.png") if images else ""
+
+    async def landed(outcome: Outcome) -> None:
+        if images is None:
+            return
+        for (page, kind), png in outcome.images.items():
+            Path(where(outcome.result["index"], page, kind)).write_bytes(png)
+
+    pool = RenderPool(
+        1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout, warm=False
+    )
+    try:
+        with versions.workspace(folder, files) as scratch:
+            outcomes = await run_shadow(
+                pool, settings, store, name, scratch, last=last, image_url=where, landed=landed
+            )
+    finally:
+        await pool.close()
+    for outcome in outcomes:
+        if images is None:
+            for page in outcome.result.get("changed_pages", []):
+                page["images"] = {}
+    return Report(
+        name,
+        versions.version_id(files),
+        versions.version_id(live),
+        threshold,
+        [o.result for o in outcomes],
+    )
