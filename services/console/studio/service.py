@@ -187,6 +187,8 @@ class Studio:
         return self.store_of_versions.save(name, files, author=author, message=message)
 
     def writable(self, name: str) -> bool:
+        if self.settings.studio_promote == "export":
+            return False
         try:
             paths = list(self.live(name))
         except PressroomError:
@@ -222,7 +224,12 @@ class Studio:
     ) -> dict[str, Any]:
         """The data a preview renders on: the sample, a recorded payload (masked: the author
         sees what they may see) or uploaded JSON/YAML."""
-        source = spec.get("source", "sample")
+        source = spec.get("source", "default")
+        if source == "default":  # the sample when there is one, else nothing
+            try:
+                return self.sample(name)
+            except LookupError:
+                return {}
         if source == "sample":
             return self.sample(name)
         if source == "payload":
@@ -405,7 +412,11 @@ class Studio:
     def promote(self, name: str, vid: str, author: str, override: str | None) -> versions.Promotion:
         files = self.files_of(name, vid)
         done = versions.promote(
-            self.folder, files, self.root / "exports", f"{Path(name).stem}-{vid}"
+            self.folder,
+            files,
+            self.root / "exports",
+            f"{Path(name).stem}-{vid}",
+            export=self.settings.studio_promote == "export",
         )
         self.store_of_versions.add(
             name,

@@ -130,7 +130,8 @@ async def templates(request: Request) -> Response:
     return JSONResponse(
         {
             "templates": rows,
-            "writable": versions.writable(studio.folder, []),
+            "writable": studio.settings.studio_promote != "export"
+            and versions.writable(studio.folder, []),
             "folder": studio.folder.name,
         }
     )
@@ -318,7 +319,7 @@ async def preview(request: Request) -> Response:
     if not isinstance(changes, dict):
         raise PressroomError("files must be an object of path → text")
     files = studio.overlay(name, studio.files_of(name, body.get("version")), changes)
-    spec = body.get("data") or {"source": "sample"}
+    spec = body.get("data") or {"source": "default"}
     if not isinstance(spec, dict):
         raise PressroomError("data must be an object with a source")
     store = await _store(request) if spec.get("source") == "payload" else None
