@@ -7,6 +7,7 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -20,7 +21,7 @@ from shared.sealing import SealError, generate_key, seal_bytes, unseal_bytes
 from shared.settings import Settings
 
 ACCOUNT = "DE44500105175407324931"
-DATA = {
+DATA: dict[str, Any] = {
     "account": {"number": ACCOUNT, "holder": "Ann"},
     "accounts": [{"iban": "FR7630006000011234567890189", "total": 3}, {"iban": "X1", "total": 4}],
     "total": 1234,
@@ -157,6 +158,19 @@ def test_a_changed_number_is_one_region_around_it() -> None:
     shown = Image.open(io.BytesIO(changed.highlight)).convert("RGB")
     assert shown.getpixel((130, 308)) == (220, 0, 0)  # the changed pixels in red
     assert shown.getpixel((100, 50)) != (0, 0, 0)  # the rest dimmed
+
+
+def test_masked_boxes_are_covered_in_page_images() -> None:
+    covered = imagediff.redact(_page(), [(30.0, 30.0, 80.0, 50.0)], dpi=72)
+    shown = Image.open(io.BytesIO(covered)).convert("RGB")
+    assert shown.getpixel((50, 40)) == (90, 90, 90)  # inside the box (the heading was black)
+    assert shown.getpixel((200, 50)) == (0, 0, 0)  # the heading outside it, untouched
+
+
+def test_masked_numbers_are_scrubbed_as_reports_print_them() -> None:
+    hidden = masking.masked_values({"salary": 1234567}, ["salary"])
+    text = "Salary 1,234,567 / 1.234.567 / 1234567"
+    assert masking.scrub_text(text, hidden) == "Salary •••• / •••• / ••••"
 
 
 def test_a_page_only_one_side_has_is_all_changed() -> None:

@@ -145,6 +145,8 @@ def templates_shadow(
     cfg = settings()
     lib = library(cfg)
     name = listed_name(lib, name)
+    if name not in lib.names():
+        fail(f"no template '{name}' in {lib.folder} (`pressroom templates ls` lists them)")
 
     async def work(bus: Any) -> Any:
         return await shadow_command(
@@ -175,8 +177,9 @@ def _print_shadow(report: Any) -> None:
         changed = r.get("changed_pages") or []
         if r["status"] in ("failed", "skipped"):
             error = r.get("error") or {}
-            where = f"{error.get('file')}:{error.get('line')}: " if error.get("line") else ""
-            detail = f"{where}{error.get('message', '')}"
+            message = str(error.get("message", ""))
+            where = f"{error.get('file')}:{error.get('line')}"
+            detail = message if not error.get("line") or where in message else f"{where}: {message}"
         elif changed:
             detail = ", ".join(
                 f"p{p['page']} {len(p['regions'])} region(s) {p['ratio'] * 100:.2f}%"
@@ -188,7 +191,7 @@ def _print_shadow(report: Any) -> None:
             [
                 r.get("request_id") or r["payload"],
                 r["status"],
-                f"{pages.get('before', '–')}→{pages.get('after') or '–'}" if pages else "",
+                _change(pages.get("before"), pages.get("after"), ""),
                 _change(secs.get("before"), secs.get("after"), "s"),
                 _change(size.get("before"), size.get("after"), "B"),
                 detail,
@@ -227,6 +230,8 @@ def _change(before: Any, after: Any, unit: str) -> str:
     def show(value: Any) -> str:
         if value is None:
             return "–"
+        if unit == "":
+            return str(value)
         if unit == "B":
             return f"{value / 1024:.0f}k" if value >= 1024 else f"{value}B"
         return f"{value:.1f}s"

@@ -74,6 +74,11 @@ def _leaves(value: Any, found: set[str]) -> None:
     elif isinstance(value, list):
         for item in value:
             _leaves(item, found)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        # As a report may print it: 1234567, 1,234,567, 1.234.567, 1 234 567
+        found.add(str(value))
+        grouped = f"{value:,}"
+        found.update({grouped, grouped.replace(",", "."), grouped.replace(",", " ")})
     elif value is not None and not isinstance(value, bool):
         found.add(str(value))
 

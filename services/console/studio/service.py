@@ -5,6 +5,7 @@ its own (started on first use; templates are never rendered in the console's pro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -103,10 +104,11 @@ class Studio:
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = RenderPool(
-                    1,
+                    self.settings.render_workers,
+                    max_renders=self.settings.render_max_renders,
+                    max_rss_mb=self.settings.render_max_rss_mb,
                     memory_mb=self.settings.render_memory_mb,
                     timeout=self.settings.render_timeout,
-                    warm=False,
                 )
                 await self._pool.start()
             return self._pool
@@ -160,7 +162,7 @@ class Studio:
                     "kind": kind,
                     "text": text,
                     "size": len(data),
-                    "sha256": versions.hashlib.sha256(data).hexdigest(),
+                    "sha256": hashlib.sha256(data).hexdigest(),
                     "editable": text is not None,
                 }
             )

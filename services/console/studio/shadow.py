@@ -61,7 +61,7 @@ def beyond(result: dict[str, Any], threshold: float) -> bool:
     ratios = [p["ratio"] for p in result.get("changed_pages", [])]
     if not ratios:
         return threshold <= 0  # the text changed, not a visible pixel
-    return max(ratios) > threshold
+    return bool(max(ratios) > threshold)
 
 
 def summary(results: list[dict[str, Any]], total: int, threshold: float) -> dict[str, Any]:
@@ -176,6 +176,17 @@ async def shadow_one(
         return Outcome({**base, "status": "skipped", "error": _err(error.reason)})
     outcome = Outcome({})
     changed_pages = []
+    cover: list[list[preview.Box]] = []  # where each page prints a masked value, either side
+    if hidden:
+        old_boxes, new_boxes = await asyncio.gather(
+            asyncio.to_thread(preview.masked_boxes, delivered, hidden),
+            asyncio.to_thread(preview.masked_boxes, candidate, hidden),
+        )
+        for n in range(max(len(old_boxes), len(new_boxes))):
+            cover.append(
+                (old_boxes[n] if n < len(old_boxes) else [])
+                + (new_boxes[n] if n < len(new_boxes) else [])
+            )
     for number in range(1, max(len(old_pages), len(new_pages)) + 1):
         old = old_pages[number - 1] if number <= len(old_pages) else None
         new = new_pages[number - 1] if number <= len(new_pages) else None
@@ -184,9 +195,10 @@ async def shadow_one(
         compared = await asyncio.to_thread(imagediff.compare, old, new)
         if not compared.regions and old is not None and new is not None:
             continue
+        boxes = cover[number - 1] if number <= len(cover) else []
         for kind, png in (("delivered", old), ("candidate", new), ("diff", compared.highlight)):
             if png is not None:
-                outcome.images[(number, kind)] = png
+                outcome.images[(number, kind)] = imagediff.redact(png, boxes, preview.PAGE_DPI)
         changed_pages.append(
             {
                 "page": number,
@@ -337,9 +349,8 @@ async def shadow_command(
         for (page, kind), png in outcome.images.items():
             Path(where(outcome.result["index"], page, kind)).write_bytes(png)
 
-    pool = RenderPool(
-        1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout, warm=False
-    )
+    # Warm (WeasyPrint loaded before the first render): render times compare fairly.
+    pool = RenderPool(1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout)
     try:
         with versions.workspace(folder, files) as scratch:
             outcomes = await run_shadow(
