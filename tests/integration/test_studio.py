@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from services.console.embedded import free_port
+from services.console.web.auth import add_user
 from tests.helpers import Outcomes, Stack, eventually, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -161,9 +162,11 @@ class Console:
         )
 
     def start(self) -> None:
+        # The users file `pressroom console user add` writes (the console's default data folder
+        # is the stack's, so the console opens what the renderer sealed).
+        users = self.stack.root / ".pressroom" / "console-users.yaml"
         for user, role in (("ann", "author"), ("olga", "ops"), ("vic", "viewer")):
-            added = self.cli("console", "user", "add", user, "--role", role, stdin=PASSWORDS[user])
-            assert added.returncode == 0, added.stderr
+            add_user(users, user, role, PASSWORDS[user])
         log = (self.stack.root / "logs" / "studio-console.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
