@@ -168,6 +168,15 @@ async def listing(store: ArtefactStore, template: str) -> list[RecordInfo]:
     return sorted(infos, key=lambda i: i.id, reverse=True)
 
 
+async def counts(store: ArtefactStore) -> dict[str, int]:
+    """Recorded payloads per template (one listing of the store for all of them)."""
+    found: dict[str, int] = {}
+    for obj in await store.list(PREFIX):
+        template = obj.key[len(PREFIX) :].rsplit("/", 1)[0]
+        found[template] = found.get(template, 0) + 1
+    return found
+
+
 async def prune(
     store: ArtefactStore, settings: Settings, template: str, *, now: datetime | None = None
 ) -> list[str]:

@@ -99,9 +99,12 @@ async def test_recordings_are_bounded_by_size_count_and_age(tmp_path: Path) -> N
     for n in range(5):
         event, rendered = _event(rid=f"r-{n}")
         assert await recording.record(store, settings, event, DATA, rendered)
+    event, rendered = _event(template="monthly.html")
+    assert await recording.record(store, settings, event, DATA, rendered)
     await recording.prune(store, settings, "weekly.html")
     kept = await recording.listing(store, "weekly.html")
     assert len(kept) == 3
+    assert await recording.counts(store) == {"weekly.html": 3, "monthly.html": 1}
     ids = [
         (await recording.read(store, settings, "weekly.html", k.id))["request"]["request_id"]
         for k in kept

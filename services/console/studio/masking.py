@@ -89,3 +89,16 @@ def scrub_text(text: str, values: set[str]) -> str:
         if len(value) >= 2:
             text = text.replace(value, MASK)
     return text
+
+
+def scrub_strings(value: Any, values: set[str]) -> Any:
+    """Every string inside `value` (a result about to be shown) scrubbed of masked values."""
+    if not values:
+        return value
+    if isinstance(value, str):
+        return scrub_text(value, values)
+    if isinstance(value, dict):
+        return {k: scrub_strings(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_strings(v, values) for v in value]
+    return value

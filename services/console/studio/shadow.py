@@ -119,8 +119,26 @@ async def shadow_one(
     index: int,
     image_url: Callable[[int, int, str], str],
 ) -> Outcome:
-    base: dict[str, Any] = {"index": index, "payload": info.id, "request_id": None, "error": None}
+    """One payload's shadow render; whatever it says is scrubbed of the payload's masked
+    values (text diffs and reasons are scrubbed where made; this is the last net)."""
     record = await read(store, settings, info.template, info.id)
+    hidden = masking.masked_values(record.get("data") or {}, settings.studio_mask_paths)
+    outcome = await _shadow_one(pool, settings, store, info, record, folder, index, image_url)
+    outcome.result = masking.scrub_strings(outcome.result, hidden)
+    return outcome
+
+
+async def _shadow_one(
+    pool: RenderPool,
+    settings: Settings,
+    store: ArtefactStore,
+    info: RecordInfo,
+    record: dict[str, Any],
+    folder: Path,
+    index: int,
+    image_url: Callable[[int, int, str], str],
+) -> Outcome:
+    base: dict[str, Any] = {"index": index, "payload": info.id, "request_id": None, "error": None}
     request = ReportRequested.model_validate(record["request"])
     base["request_id"] = request.request_id
     data = record.get("data") or {}
@@ -263,14 +281,15 @@ async def run_shadow(
     for index, info in enumerate(records):
         try:
             outcome = await shadow_one(pool, settings, store, info, folder, index, image_url)
-        except PressroomError as error:  # the record itself could not be used
+        except (PressroomError, ValueError, KeyError) as error:  # the record is not usable
+            reason = error.reason if isinstance(error, PressroomError) else "not a usable record"
             outcome = Outcome(
                 {
                     "index": index,
                     "payload": info.id,
                     "request_id": None,
                     "status": "skipped",
-                    "error": _err(error.reason),
+                    "error": _err(reason),
                 }
             )
         outcomes.append(outcome)
