@@ -281,7 +281,14 @@ async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
     assert typo.status_code == 200 and not typo.json()["ok"]
     assert typo.json()["errors"][0]["line"] == 7 and typo.json()["pages"] == 0
 
-    # A version with the variable renamed: its shadow run fails, promotion is refused.
+    # The template as it is, saved as a first version; then one with the variable renamed.
+    listed = (await ann.get("/api/studio/templates")).json()["templates"]
+    [row] = [t for t in listed if t["name"] == name]
+    assert row["payloads"] == 3 and row["head_version"] is None
+    first = await ann.post(
+        f"/api/studio/templates/{name}/versions", {"files": {}, "message": "as is"}
+    )
+    assert first.status_code == 201 and first.json()["id"] == row["live_version"], first.text
     saved = await ann.post(
         f"/api/studio/templates/{name}/versions",
         {
@@ -291,6 +298,13 @@ async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
     )
     assert saved.status_code == 201, saved.text
     vid = saved.json()["id"]
+    diff = (await ann.get(f"/api/studio/templates/{name}/diff?from=live&to={vid}")).json()
+    [change] = diff["files"]
+    assert (
+        change["path"] == name
+        and '+<p class="total">Total: {{ grand_total }}</p>' in (change["diff"])
+    )
+    # Its shadow run fails on every payload, so promotion is refused.
     refused = await ann.post(f"/api/studio/templates/{name}/promote", {"version": vid})
     assert refused.status_code == 409 and "no finished shadow run" in refused.json()["error"]
     started = await ann.post(f"/api/studio/templates/{name}/shadow", {"version": vid, "last": 20})
@@ -315,7 +329,19 @@ async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
     trail = console.cli("audit", "--json")
     assert "studio promote override" in trail.stdout and "renames it tonight" in trail.stdout
 
-    # Restore: the first version is the head again, and its diff against the disk shows it.
+    # Restore: the first version is the head again; the history says who did what.
+    restored = await ann.post(
+        f"/api/studio/templates/{name}/versions/{first.json()['id']}/restore", {}
+    )
+    assert restored.status_code == 200, restored.text
     history = (await ann.get(f"/api/studio/templates/{name}/versions")).json()
     assert history["live_version"] == vid
+    events = [(v["event"], v["id"], v["author"]) for v in history["versions"]]
+    assert events == [
+        ("restore", first.json()["id"], "ann"),
+        ("promote", vid, "olga"),
+        ("save", vid, "ann"),
+        ("save", first.json()["id"], "ann"),
+    ]
+    assert history["versions"][2]["shadow"] == {"run": run["run"], "status": "fail"}
     (stack.templates / name).write_text(TEMPLATE)

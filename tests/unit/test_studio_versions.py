@@ -6,10 +6,11 @@ from __future__ import annotations
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services.console.studio import versions
+from services.console.studio import shadow, versions
 from services.console.studio.versions import VersionStore
 from shared.errors import PressroomError
 
@@ -134,3 +135,54 @@ def test_paths_outside_the_folder_are_refused() -> None:
     for bad in ("../x.html", "/etc/passwd", ".hidden.html", "a/../../b.html"):
         with pytest.raises(PressroomError, match="plain path"):
             versions.checked_path(bad)
+
+
+def test_a_candidate_is_the_folder_now_a_changed_file_or_a_changed_folder(
+    folder: Path, tmp_path: Path
+) -> None:
+    live = versions.read_files(folder, "report.html")
+    assert shadow.candidate_files(folder, "report.html", None) == live
+    changed = tmp_path / "changed.html"
+    changed.write_text(TEMPLATE.replace("total", "grand_total"))
+    as_file = shadow.candidate_files(folder, "report.html", changed)
+    assert as_file == {**live, "report.html": changed.read_bytes()}  # includes as they are
+    other = tmp_path / "other-folder"
+    shutil.copytree(folder, other)
+    (other / "_base.html").write_text(BASE.replace("<body>", "<body class='x'>"))
+    as_folder = shadow.candidate_files(folder, "report.html", other)
+    assert as_folder["_base.html"] != live["_base.html"]
+    with pytest.raises(PressroomError, match="no file or folder"):
+        shadow.candidate_files(folder, "report.html", tmp_path / "missing.html")
+
+
+def _result(
+    status: str, ratio: float | None = None, pages: tuple[int, int] = (1, 1)
+) -> dict[str, Any]:
+    changed = [] if ratio is None else [{"page": 1, "ratio": ratio, "regions": []}]
+    return {
+        "status": status,
+        "pages": {"before": pages[0], "after": pages[1]},
+        "changed_pages": changed,
+    }
+
+
+def test_the_verdict_fails_on_a_failure_and_weighs_changes_against_the_threshold() -> None:
+    same, small = _result("same"), _result("changed", 0.004)
+    assert shadow.verdict([same, same], 0.0) == "pass"
+    assert shadow.verdict([same, small], 0.0) == "changed"
+    assert shadow.verdict([same, small], 0.01) == "pass"
+    assert shadow.verdict([small, _result("failed")], 1.0) == "fail"
+    more_pages = _result("changed", 0.001, pages=(1, 2))
+    assert shadow.verdict([more_pages], 0.5) == "changed"  # a page count change always counts
+    assert shadow.verdict([_result("skipped")], 0.0) == "pass"
+    summary = shadow.summary([same, small, _result("failed")], 5, 0.0)
+    assert summary == {
+        "total": 5,
+        "done": 3,
+        "failed": 1,
+        "changed": 1,
+        "same": 1,
+        "skipped": 0,
+        "beyond_threshold": 1,
+        "verdict": "fail",
+    }
