@@ -205,6 +205,8 @@ class Studio:
         return parse_data(path.read_text(encoding="utf-8"), "json")
 
     async def payloads(self, store: ArtefactStore, name: str, limit: int) -> list[dict[str, Any]]:
+        # Past their age or count, even when no report of the template came since.
+        await recording.prune(store, self.settings, name)
         found = await recording.listing(store, name)
         return [
             {"id": r.id, "recorded_at": r.recorded_at.isoformat(), "size": r.size}
