@@ -71,7 +71,12 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
         async def work(event: Event) -> Event:
             assert isinstance(event, DataReady) and deps.store is not None
             return await render_report(
-                event, renderer=pool, store=deps.store, settings=settings, cache=cache
+                event,
+                renderer=pool,
+                store=deps.store,
+                settings=settings,
+                cache=cache,
+                record_payloads=True,
             )
 
         return work

@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from services.console import busaccess
+from services.console.web import studio_api
 from services.console.web.downloads import Gone, byte_range, open_artefact
 from services.console.web.kit import (
     HERE,
@@ -162,6 +163,7 @@ def _routes() -> list[Any]:
         ("/schedules/{name}/{verb}", schedule_action),
     ]
     routes: list[Any] = [
+        *studio_api.routes(),
         Route("/", home),
         Route("/healthz", healthz),
         Route("/favicon.ico", favicon),
@@ -228,6 +230,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await studio_api.close(app)
 
     app = Starlette(
         routes=_routes(),
