@@ -18,7 +18,7 @@ function studioApi(box) {
     }
     let answer;
     try {
-      answer = await fetch(path.startsWith("/") ? path : `${base}${path}`, init);
+      answer = await fetch(path.startsWith("/api/") ? path : `${base}${path}`, init);
     } catch (error) {
       return { status: 0, data: { error: `the console did not answer (${error.message})` } };
     }
