@@ -379,6 +379,11 @@ class Settings(BaseSettings):
     studio_mask: str = Field(
         default="", description="Dotted paths masked in everything the studio shows (a,b.c)."
     )
+    studio_promote: Literal["auto", "export"] = Field(
+        default="auto",
+        description="auto: promotion writes the templates folder when it can, else exports; "
+        "export: always an export (templates kept in git).",
+    )
     studio_key_file: Path | None = Field(
         default=None,
         description="X25519 private key (PEM) the console opens recordings with "

@@ -61,14 +61,13 @@ def private_key_path(settings: Settings) -> Path:
 
 
 def private_key(settings: Settings) -> bytes:
-    """The console's key for recordings: the configured file, or one made on first use in
-    the data folder (0600) — the console and renderers of one machine then agree."""
+    """The console's key for recordings (PRESSROOM_STUDIO_KEY_FILE, else in the data
+    folder), made on first use (0600): the console and renderers sharing the file agree."""
     path = private_key_path(settings)
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        if settings.studio_key_file is not None:
-            raise PressroomError(f"PRESSROOM_STUDIO_KEY_FILE: no file {path}") from None
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
     pem, _ = generate_key()
     try:
@@ -167,6 +166,15 @@ async def listing(store: ArtefactStore, template: str) -> list[RecordInfo]:
             continue  # not one of ours
         infos.append(RecordInfo(rid, template, obj.key, obj.size, when))
     return sorted(infos, key=lambda i: i.id, reverse=True)
+
+
+async def counts(store: ArtefactStore) -> dict[str, int]:
+    """Recorded payloads per template (one listing of the store for all of them)."""
+    found: dict[str, int] = {}
+    for obj in await store.list(PREFIX):
+        template = obj.key[len(PREFIX) :].rsplit("/", 1)[0]
+        found[template] = found.get(template, 0) + 1
+    return found
 
 
 async def prune(

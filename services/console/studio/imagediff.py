@@ -50,7 +50,7 @@ def compare(before: bytes | None, after: bytes | None) -> PageDiff:
     if b.size != (width, height):
         b = _pad(b, (width, height))
     mask = ImageChops.difference(a, b).convert("L").point(lambda v: 255 if v >= TOLERANCE else 0)
-    changed = sum(1 for v in mask.getdata() if v)
+    changed = mask.histogram()[255]
     ratio = changed / float(width * height)
     regions = _regions(mask) if changed else []
     return PageDiff(ratio, regions, width, height, _highlight(b, mask, regions))
@@ -66,7 +66,7 @@ def _regions(mask: Image.Image) -> list[Region]:
     """Changed pixels grouped: a coarse grid of changed cells, cells within GAP joined."""
     cols, rows = (mask.width + CELL - 1) // CELL, (mask.height + CELL - 1) // CELL
     small = mask.resize((cols, rows), Image.Resampling.BOX)
-    hot = {(i % cols, i // cols) for i, v in enumerate(small.getdata()) if v}
+    hot = {(i % cols, i // cols) for i, v in enumerate(small.tobytes()) if v}
     regions: list[Region] = []
     seen: set[tuple[int, int]] = set()
     for start in sorted(hot, key=lambda c: (c[1], c[0])):
@@ -102,4 +102,20 @@ def _highlight(page: Image.Image, mask: Image.Image, regions: list[Region]) -> b
         )
     out = io.BytesIO()
     shown.save(out, "PNG")
+    return out.getvalue()
+
+
+def redact(png: bytes, boxes: list[tuple[float, float, float, float]], dpi: int) -> bytes:
+    """The page image with each box (PDF points) covered: masked values never leave as pixels."""
+    if not boxes:
+        return png
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    scale = dpi / 72.0
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle(
+            [x0 * scale - 1, y0 * scale - 1, x1 * scale + 1, y1 * scale + 1], fill=(90, 90, 90)
+        )
+    out = io.BytesIO()
+    image.save(out, "PNG")
     return out.getvalue()

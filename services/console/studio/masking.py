@@ -74,6 +74,11 @@ def _leaves(value: Any, found: set[str]) -> None:
     elif isinstance(value, list):
         for item in value:
             _leaves(item, found)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        # As a report may print it: 1234567, 1,234,567, 1.234.567, 1 234 567
+        found.add(str(value))
+        grouped = f"{value:,}"
+        found.update({grouped, grouped.replace(",", "."), grouped.replace(",", " ")})
     elif value is not None and not isinstance(value, bool):
         found.add(str(value))
 
@@ -84,3 +89,16 @@ def scrub_text(text: str, values: set[str]) -> str:
         if len(value) >= 2:
             text = text.replace(value, MASK)
     return text
+
+
+def scrub_strings(value: Any, values: set[str]) -> Any:
+    """Every string inside `value` (a result about to be shown) scrubbed of masked values."""
+    if not values:
+        return value
+    if isinstance(value, str):
+        return scrub_text(value, values)
+    if isinstance(value, dict):
+        return {k: scrub_strings(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_strings(v, values) for v in value]
+    return value

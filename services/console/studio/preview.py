@@ -6,6 +6,7 @@ the font-coverage warnings `pressroom templates validate` gives)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import shutil
 import subprocess
@@ -42,6 +43,21 @@ def problem_of(reason: str, default_file: str | None = None) -> Problem:
         return Problem(found.group(1), int(found.group(2)), reason)
     quoted = _QUOTED.search(reason)
     return Problem(quoted.group(1) if quoted else default_file, None, reason)
+
+
+def located(problem: Problem, files: dict[str, bytes]) -> Problem:
+    """A problem without a line that names a variable or template: the first line of its
+    file that mentions it (what an editor can point at)."""
+    if problem.line is not None or problem.file not in files:
+        return problem
+    named = re.search(r"'([^']+)'", problem.message)
+    if not named:
+        return problem
+    text = files[problem.file].decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search(rf"(?<![\w.]){re.escape(named.group(1))}(?!\w)", line):
+            return Problem(problem.file, number, problem.message)
+    return problem
 
 
 def validation_problem(text: str) -> Problem:
@@ -106,3 +122,38 @@ def pdf_text(pdf: bytes) -> str:
     if done.returncode != 0:
         raise PressroomError(f"the PDF's text could not be read: {done.stderr.decode()[:200]}")
     return done.stdout.decode("utf-8", errors="replace")
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in PDF points
+_PAGE = re.compile(r'<page width="([\d.]+)" height="([\d.]+)">(.*?)</page>', re.DOTALL)
+_WORD = re.compile(
+    r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">(.*?)</word>'
+)
+
+
+def masked_boxes(pdf: bytes, values: set[str]) -> list[list[Box]]:
+    """Per page, where the PDF prints a masked value (`pdftotext -bbox`): each word that is
+    one, or a piece of one (a value printed in groups, "DE44 5001 …"), or contains one."""
+    tool = shutil.which("pdftotext")
+    wanted = [v for v in values if len(v) >= 2]
+    if tool is None or not wanted:
+        return []
+    done = subprocess.run(
+        [tool, "-bbox", "-enc", "UTF-8", "-", "-"],
+        input=pdf,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    pages: list[list[Box]] = []
+    for page in _PAGE.finditer(done.stdout.decode("utf-8", errors="replace")):
+        boxes: list[Box] = []
+        for match in _WORD.finditer(page.group(3)):
+            word = html.unescape(match.group(5)).strip(".,;:()[]\"'")
+            if not word:
+                continue
+            if any(word == v or v in word or (len(word) >= 4 and word in v) for v in wanted):
+                x0, y0, x1, y1 = (float(match.group(i)) for i in range(1, 5))
+                boxes.append((x0, y0, x1, y1))
+        pages.append(boxes)
+    return pages

@@ -5,6 +5,7 @@ its own (started on first use; templates are never rendered in the console's pro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -103,10 +104,11 @@ class Studio:
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = RenderPool(
-                    1,
+                    self.settings.render_workers,
+                    max_renders=self.settings.render_max_renders,
+                    max_rss_mb=self.settings.render_max_rss_mb,
                     memory_mb=self.settings.render_memory_mb,
                     timeout=self.settings.render_timeout,
-                    warm=False,
                 )
                 await self._pool.start()
             return self._pool
@@ -160,7 +162,7 @@ class Studio:
                     "kind": kind,
                     "text": text,
                     "size": len(data),
-                    "sha256": versions.hashlib.sha256(data).hexdigest(),
+                    "sha256": hashlib.sha256(data).hexdigest(),
                     "editable": text is not None,
                 }
             )
@@ -187,6 +189,8 @@ class Studio:
         return self.store_of_versions.save(name, files, author=author, message=message)
 
     def writable(self, name: str) -> bool:
+        if self.settings.studio_promote == "export":
+            return False
         try:
             paths = list(self.live(name))
         except PressroomError:
@@ -222,7 +226,12 @@ class Studio:
     ) -> dict[str, Any]:
         """The data a preview renders on: the sample, a recorded payload (masked: the author
         sees what they may see) or uploaded JSON/YAML."""
-        source = spec.get("source", "sample")
+        source = spec.get("source", "default")
+        if source == "default":  # the sample when there is one, else nothing
+            try:
+                return self.sample(name)
+            except LookupError:
+                return {}
         if source == "sample":
             return self.sample(name)
         if source == "payload":
@@ -271,18 +280,22 @@ class Studio:
                 list(extra_dirs_from(self.settings.fonts_dir)),
                 label=name,
             )
-            errors += [preview.validation_problem(p).as_dict() for p in checks["problems"]]
+            problems = [preview.validation_problem(p) for p in checks["problems"]]
             warnings += checks["warnings"]
-            if not errors:
-                job = make_job(self.settings, name, context, ("pdf", "html"), templates_dir=scratch)
-                try:
-                    output = await pool.render(job)
-                except PressroomError as error:
-                    errors.append(preview.problem_of(error.reason, name).as_dict())
-                else:
-                    html = output.html
-                    warnings += list(output.notices)
-                    images = await preview.page_images(output.pdf or b"")
+            job = make_job(self.settings, name, context, ("pdf", "html"), templates_dir=scratch)
+            try:
+                output = await pool.render(job)
+            except PressroomError as error:
+                problems.insert(0, preview.problem_of(error.reason, name))
+            else:
+                html = output.html
+                warnings += list(output.notices)
+                images = await preview.page_images(output.pdf or b"")
+            seen: set[tuple[str | None, int | None]] = set()
+            for problem in (preview.located(p, files) for p in problems):
+                if (problem.file, problem.line) not in seen or problem.line is None:
+                    seen.add((problem.file, problem.line))
+                    errors.append(problem.as_dict())
         self.previews[pid] = Preview(pid, html, images)
         while len(self.previews) > PREVIEWS_KEPT:
             self.previews.popitem(last=False)
@@ -401,7 +414,11 @@ class Studio:
     def promote(self, name: str, vid: str, author: str, override: str | None) -> versions.Promotion:
         files = self.files_of(name, vid)
         done = versions.promote(
-            self.folder, files, self.root / "exports", f"{Path(name).stem}-{vid}"
+            self.folder,
+            files,
+            self.root / "exports",
+            f"{Path(name).stem}-{vid}",
+            export=self.settings.studio_promote == "export",
         )
         self.store_of_versions.add(
             name,

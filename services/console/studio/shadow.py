@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.console.studio import imagediff, masking, preview
+from services.console.studio import imagediff, masking, preview, versions
 from services.renderer.core import build_context, document_spec, make_job, with_template_defaults
 from services.renderer.finish import plan
 from services.renderer.job import Finish, RenderOutput
@@ -61,7 +61,7 @@ def beyond(result: dict[str, Any], threshold: float) -> bool:
     ratios = [p["ratio"] for p in result.get("changed_pages", [])]
     if not ratios:
         return threshold <= 0  # the text changed, not a visible pixel
-    return max(ratios) > threshold
+    return bool(max(ratios) > threshold)
 
 
 def summary(results: list[dict[str, Any]], total: int, threshold: float) -> dict[str, Any]:
@@ -119,8 +119,26 @@ async def shadow_one(
     index: int,
     image_url: Callable[[int, int, str], str],
 ) -> Outcome:
-    base: dict[str, Any] = {"index": index, "payload": info.id, "request_id": None, "error": None}
+    """One payload's shadow render; whatever it says is scrubbed of the payload's masked
+    values (text diffs and reasons are scrubbed where made; this is the last net)."""
     record = await read(store, settings, info.template, info.id)
+    hidden = masking.masked_values(record.get("data") or {}, settings.studio_mask_paths)
+    outcome = await _shadow_one(pool, settings, store, info, record, folder, index, image_url)
+    outcome.result = masking.scrub_strings(outcome.result, hidden)
+    return outcome
+
+
+async def _shadow_one(
+    pool: RenderPool,
+    settings: Settings,
+    store: ArtefactStore,
+    info: RecordInfo,
+    record: dict[str, Any],
+    folder: Path,
+    index: int,
+    image_url: Callable[[int, int, str], str],
+) -> Outcome:
+    base: dict[str, Any] = {"index": index, "payload": info.id, "request_id": None, "error": None}
     request = ReportRequested.model_validate(record["request"])
     base["request_id"] = request.request_id
     data = record.get("data") or {}
@@ -176,6 +194,17 @@ async def shadow_one(
         return Outcome({**base, "status": "skipped", "error": _err(error.reason)})
     outcome = Outcome({})
     changed_pages = []
+    cover: list[list[preview.Box]] = []  # where each page prints a masked value, either side
+    if hidden:
+        old_boxes, new_boxes = await asyncio.gather(
+            asyncio.to_thread(preview.masked_boxes, delivered, hidden),
+            asyncio.to_thread(preview.masked_boxes, candidate, hidden),
+        )
+        for n in range(max(len(old_boxes), len(new_boxes))):
+            cover.append(
+                (old_boxes[n] if n < len(old_boxes) else [])
+                + (new_boxes[n] if n < len(new_boxes) else [])
+            )
     for number in range(1, max(len(old_pages), len(new_pages)) + 1):
         old = old_pages[number - 1] if number <= len(old_pages) else None
         new = new_pages[number - 1] if number <= len(new_pages) else None
@@ -184,9 +213,10 @@ async def shadow_one(
         compared = await asyncio.to_thread(imagediff.compare, old, new)
         if not compared.regions and old is not None and new is not None:
             continue
+        boxes = cover[number - 1] if number <= len(cover) else []
         for kind, png in (("delivered", old), ("candidate", new), ("diff", compared.highlight)):
             if png is not None:
-                outcome.images[(number, kind)] = png
+                outcome.images[(number, kind)] = imagediff.redact(png, boxes, preview.PAGE_DPI)
         changed_pages.append(
             {
                 "page": number,
@@ -251,17 +281,110 @@ async def run_shadow(
     for index, info in enumerate(records):
         try:
             outcome = await shadow_one(pool, settings, store, info, folder, index, image_url)
-        except PressroomError as error:  # the record itself could not be used
+        except (PressroomError, ValueError, KeyError) as error:  # the record is not usable
+            reason = error.reason if isinstance(error, PressroomError) else "not a usable record"
             outcome = Outcome(
                 {
                     "index": index,
                     "payload": info.id,
                     "request_id": None,
                     "status": "skipped",
-                    "error": _err(error.reason),
+                    "error": _err(reason),
                 }
             )
         outcomes.append(outcome)
         if landed is not None:
             await landed(outcome)
     return outcomes
+
+
+@dataclass
+class Report:
+    """A shadow run from the command line: the results and what the exit code says."""
+
+    template: str
+    candidate: str  # its version id
+    live: str
+    threshold: float
+    results: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "candidate": self.candidate,
+            "live": self.live,
+            "threshold": self.threshold,
+            "summary": summary(self.results, len(self.results), self.threshold),
+            "results": self.results,
+        }
+
+    @property
+    def passed(self) -> bool:
+        return verdict(self.results, self.threshold) == "pass"
+
+
+def candidate_files(folder: Path, name: str, candidate: Path | None) -> dict[str, bytes]:
+    """What `--candidate` names: nothing (the templates folder as it is now), a file (the
+    template's own file changed; its includes as they are) or a folder (a whole templates
+    folder: the template and its includes from there)."""
+    if candidate is None:
+        return versions.read_files(folder, name)
+    if candidate.is_dir():
+        return versions.read_files(candidate.resolve(), name)
+    if candidate.is_file():
+        live = versions.read_files(folder, name)
+        live[name] = candidate.read_bytes()
+        with versions.workspace(folder, live) as scratch:
+            return versions.read_files(scratch, name)
+    raise PressroomError(f"--candidate: no file or folder '{candidate}'")
+
+
+async def shadow_command(
+    store: ArtefactStore,
+    settings: Settings,
+    name: str,
+    candidate: Path | None,
+    *,
+    last: int,
+    threshold: float,
+    images: Path | None,
+) -> Report:
+    """`pressroom templates shadow`: the candidate on the last `last` recorded payloads, in
+    render processes of this command (capped like the renderer's)."""
+    folder = settings.templates_dir.resolve()
+    if name not in versions.listed(folder):
+        raise PressroomError(f"no template '{name}' in {folder}")
+    live = versions.read_files(folder, name)
+    files = candidate_files(folder, name, candidate)
+    if images is not None:
+        images.mkdir(parents=True, exist_ok=True)
+
+    def where(index: int, page: int, kind: str) -> str:
+        return str(images / f"{index + 1}-page{page}-{kind}.png") if images else ""
+
+    async def landed(outcome: Outcome) -> None:
+        if images is None:
+            return
+        for (page, kind), png in outcome.images.items():
+            Path(where(outcome.result["index"], page, kind)).write_bytes(png)
+
+    # Warm (WeasyPrint loaded before the first render): render times compare fairly.
+    pool = RenderPool(1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout)
+    try:
+        with versions.workspace(folder, files) as scratch:
+            outcomes = await run_shadow(
+                pool, settings, store, name, scratch, last=last, image_url=where, landed=landed
+            )
+    finally:
+        await pool.close()
+    for outcome in outcomes:
+        if images is None:
+            for page in outcome.result.get("changed_pages", []):
+                page["images"] = {}
+    return Report(
+        name,
+        versions.version_id(files),
+        versions.version_id(live),
+        threshold,
+        [o.result for o in outcomes],
+    )

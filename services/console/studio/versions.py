@@ -328,11 +328,13 @@ class Promotion:
     export: Path | None = None
 
 
-def promote(folder: Path, files: Files, exports: Path, label: str) -> Promotion:
+def promote(
+    folder: Path, files: Files, exports: Path, label: str, *, export: bool = False
+) -> Promotion:
     """Write the version's files into the templates folder (each renamed into place), or,
-    when the folder is read-only, export them with a patch against what is there."""
+    when the folder is read-only (or `export`), export them with a patch against it."""
     changed = [rel for rel, data in files.items() if _read(folder / rel) != data]
-    if writable(folder, list(files)):
+    if not export and writable(folder, list(files)):
         for rel in changed:
             target = folder / rel
             target.parent.mkdir(parents=True, exist_ok=True)

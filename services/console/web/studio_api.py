@@ -21,9 +21,11 @@ from services.console.web.kit import (
     Handler,
     audit_action,
     current_user,
+    log,
     page,
     session_csrf,
 )
+from services.renderer import recording
 from services.renderer.templating import TemplateLibrary
 from shared.adapters.store import ArtefactStore
 from shared.errors import PressroomError
@@ -107,7 +109,7 @@ async def me(request: Request) -> Response:
 @page("author")
 async def templates(request: Request) -> Response:
     studio = studio_of(request)
-    store = await _store(request)
+    recorded = await recording.counts(await _store(request))
     rows = []
     for name in versions.listed(studio.folder):
         try:
@@ -124,13 +126,14 @@ async def templates(request: Request) -> Response:
                 "description": description,
                 "live_version": live,
                 "head_version": studio.store_of_versions.head(name),
-                "payloads": len(await studio.payloads(store, name, 10_000)),
+                "payloads": recorded.get(name, 0),
             }
         )
     return JSONResponse(
         {
             "templates": rows,
-            "writable": versions.writable(studio.folder, []),
+            "writable": studio.settings.studio_promote != "export"
+            and versions.writable(studio.folder, []),
             "folder": studio.folder.name,
         }
     )
@@ -271,11 +274,15 @@ async def payloads(request: Request) -> Response:
     for row in await studio.payloads(store, name, limit):
         try:
             record = await studio.payload(store, name, row["id"])
-        except LookupError:
+        except LookupError as error:  # said, not skipped: most often a key not shared
+            log.warning("recorded payload not readable", payload=row["id"], error=str(error))
+            rows.append({**row, "readable": False, "error": str(error.args[0])})
             continue
         rows.append(
             {
                 **row,
+                "readable": True,
+                "error": None,
                 "request_id": (record.get("request") or {}).get("request_id"),
                 "template_version": record.get("template_version"),
                 "artefacts": [a.get("format") for a in record.get("artefacts", [])],
@@ -318,7 +325,7 @@ async def preview(request: Request) -> Response:
     if not isinstance(changes, dict):
         raise PressroomError("files must be an object of path → text")
     files = studio.overlay(name, studio.files_of(name, body.get("version")), changes)
-    spec = body.get("data") or {"source": "sample"}
+    spec = body.get("data") or {"source": "default"}
     if not isinstance(spec, dict):
         raise PressroomError("data must be an object with a source")
     store = await _store(request) if spec.get("source") == "payload" else None
@@ -352,7 +359,11 @@ async def preview_html(request: Request) -> Response:
     return Response(
         found.html,
         media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": "sandbox", "X-Frame-Options": "SAMEORIGIN"},
+        headers={
+            "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline' "
+            "data:; img-src data:; font-src data:; frame-ancestors 'self'",
+            "X-Frame-Options": "SAMEORIGIN",
+        },
     )
 
 
