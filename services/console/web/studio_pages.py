@@ -31,10 +31,7 @@ def _library(console: Console) -> TemplateLibrary:
 
 def _listing(console: Console) -> list[dict[str, Any]]:
     lib = _library(console)
-    return [
-        {"name": name, "description": lib.info(name).description, "version": lib.version(name)}
-        for name in lib.names()
-    ]
+    return [{"name": name, "description": lib.info(name).description} for name in lib.names()]
 
 
 def _template(console: Console, name: str) -> str:

@@ -315,9 +315,10 @@ function studioEdit(box) {
       return;
     }
     for (const p of payloads) {
-      recorded.append(
-        el("option", { value: p.id, text: `${p.request_id} · ${when(p.recorded_at)} · ${bytes(p.size)}` }),
-      );
+      const text = p.readable === false
+        ? `${when(p.recorded_at)} · cannot be opened: ${p.error}`
+        : `${p.request_id} · ${when(p.recorded_at)} · ${bytes(p.size)}`;
+      recorded.append(el("option", { value: p.id, text, disabled: p.readable === false }));
     }
   }
 
@@ -467,6 +468,7 @@ function studioVersions(box) {
       const badges = el("td", { "data-label": "version" }, el("code", { text: shortId(v.id) }), " ", el("span", { class: `status s-${v.event}`, text: v.event }));
       if (v.live) badges.append(" ", el("span", { class: "status s-delivered", text: "live" }));
       if (v.shadow) badges.append(" ", el("span", { class: `status s-shadow-${v.shadow.status}`, text: `shadow: ${v.shadow.status}` }));
+      if (i === 0 && v.id !== data.live_version) showDiff(older ? older.id : "live", v.id);
       body.append(
         el("tr", {},
           badges,
@@ -498,6 +500,7 @@ function studioShadow(box) {
   const overrideForm = document.getElementById("override-form");
   const promoteState = document.getElementById("promote-state");
   let current = null; // the run shown
+  let liveVersion = null;
   let polling = null;
 
   function figure(label, src, alt, size, regions) {
@@ -606,6 +609,13 @@ function studioShadow(box) {
   function showPromotion(run) {
     promoteBox.hidden = false;
     promoteState.textContent = "";
+    if (run.version === liveVersion) {
+      promoteButton.disabled = true;
+      promoteNote.textContent = `Version ${shortId(run.version)} is the live version already.`;
+      promoteNote.className = "";
+      if (overrideForm) overrideForm.hidden = true;
+      return;
+    }
     const failed = (run.summary || {}).failed || 0;
     const refused = run.status !== "done" || failed > 0;
     promoteButton.disabled = refused;
@@ -678,6 +688,7 @@ function studioShadow(box) {
     const wanted = box.dataset.version;
     const [versions, runs] = await Promise.all([api.get("/versions"), api.get("/shadow")]);
     versionSelect.replaceChildren();
+    liveVersion = versions.status === 200 ? versions.data.live_version : null;
     const seen = new Set();
     for (const v of versions.status === 200 ? versions.data.versions || [] : []) {
       if (seen.has(v.id)) continue;
@@ -692,10 +703,43 @@ function studioShadow(box) {
     if (wanted && !seen.has(wanted)) say(state, `No version ${shortId(wanted)} of this template.`, "error");
     const previous = (runs.status === 200 ? runs.data.runs || [] : []).find((r) => r.version === versionSelect.value);
     if (previous) follow(previous.run);
+    versionSelect.addEventListener("change", () => {
+      const run = (runs.status === 200 ? runs.data.runs || [] : []).find((r) => r.version === versionSelect.value);
+      summary.hidden = true;
+      promoteBox.hidden = true;
+      say(state, "");
+      if (run) follow(run.run);
+    });
   })();
 }
 
+// ---- the template list ---------------------------------------------------------------------
+async function studioList(table) {
+  const api = studioApi(table);
+  const { status, data } = await api.get("/api/studio/templates");
+  if (status !== 200) return;
+  for (const t of data.templates || []) {
+    const row = table.querySelector(`tr[data-template="${CSS.escape(t.name)}"]`);
+    if (!row) continue;
+    row.querySelector(".live").replaceChildren(el("code", { text: shortId(t.live_version) }));
+    const head = row.querySelector(".head");
+    if (t.head_version && t.head_version !== t.live_version) {
+      head.replaceChildren(el("code", { text: shortId(t.head_version) }), " ", el("span", { class: "status s-save", text: "not live" }));
+    } else {
+      head.textContent = "—";
+    }
+    row.querySelector(".recorded").textContent = String(t.payloads ?? 0);
+  }
+  const note = document.getElementById("folder-note");
+  if (note && data.writable === false) {
+    note.textContent = "The templates folder is read-only here: promoting a version gives you the change to apply (a .tar.gz and a patch).";
+    note.hidden = false;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const list = document.getElementById("studio-list");
+  if (list) studioList(list);
   const pages = { "studio-edit": studioEdit, "studio-versions": studioVersions, "studio-shadow": studioShadow };
   for (const [id, start] of Object.entries(pages)) {
     const box = document.getElementById(id);
