@@ -176,6 +176,11 @@ async def test_an_author_edits_beside_the_preview_meets_the_typo_line_and_saves(
     await page.keyboard.press("Control+D")  # the editor's "delete this line"
     await rendered(page)
     await expect(page.locator(".cm-error-line")).to_have_count(0)
+    saved = page.locator("#saved")
+    await page.fill("#save-message", "Payment terms")
+    await page.get_by_role("button", name="Save version").click()
+    await expect(saved).to_contain_text("Saved version", timeout=TIMEOUT)
+    first_save = await saved.inner_text()
 
     # The risky change: a variable renamed, in a branch the sample never takes.
     await page.evaluate(
@@ -192,22 +197,43 @@ async def test_an_author_edits_beside_the_preview_meets_the_typo_line_and_saves(
     await rendered(page)
     await expect(page.locator("#problems li")).to_have_count(0)  # the sample is not overdue
 
-    await page.fill("#save-message", "Payment terms; due_on")
+    await page.fill("#save-message", "Rename due_date to due_on")
     await page.get_by_role("button", name="Save version").click()
-    await expect(page.locator("#saved")).to_contain_text("Saved version", timeout=TIMEOUT)
+    await expect(saved).not_to_have_text(first_save, timeout=TIMEOUT)
+    await expect(saved).to_contain_text("Saved version")
     await page.close()
 
 
-async def test_versions_show_the_saved_change_with_its_diff(ann: Watched) -> None:
+async def test_versions_show_each_change_and_an_old_one_is_restored(ann: Watched) -> None:
     page = await ann.page()
     await page.goto(f"/studio/versions/{TEMPLATE}")
-    row = page.locator("#versions tbody tr").first
-    await expect(row).to_contain_text("Payment terms; due_on", timeout=TIMEOUT)
-    await expect(row).to_contain_text("ann")
-    await row.get_by_role("button", name=re.compile("^Diff with live")).click()
-    diff = page.locator("#diff")
-    await expect(diff.locator(".d-add")).to_contain_text(["<p>Payable within 30 days.</p>"])
-    await expect(diff.locator(".d-del").last).to_contain_text("due_date")
+    rows = page.locator("#versions tbody tr")
+    await expect(rows).to_have_count(2, timeout=TIMEOUT)
+    await expect(rows.nth(0)).to_contain_text("Rename due_date to due_on")
+    await expect(rows.nth(0)).to_contain_text("ann")
+    await expect(rows.nth(1)).to_contain_text("Payment terms")
+    diff = page.locator("#diff")  # the newest change, shown at once: the rename alone
+    await expect(diff.locator(".d-del")).to_contain_text(["due_date"])
+    await expect(diff.locator(".d-add")).to_contain_text(["due_on"])
+    await expect(diff.locator(".d-add")).to_have_count(1)  # not the paragraph of before
+    await rows.nth(0).get_by_role("button", name=re.compile("^Diff with live")).click()
+    await expect(diff.locator(".d-add")).to_contain_text(["Payable within 30 days.", "due_on"])
+
+    # Restore the first version: it is what the editor opens next.
+    await rows.nth(1).get_by_role("button", name=re.compile("^Restore")).click()
+    await expect(rows).to_have_count(3)
+    await expect(rows.nth(0)).to_contain_text("restore")
+    await page.goto(f"/studio/edit/{TEMPLATE}")
+    await expect(page.locator("#editing")).to_contain_text("newest saved version")
+    await rendered(page)
+    source = await page.evaluate("() => window.studioEditor.getValue()")
+    assert "Payable within 30 days." in source and "due_date" in source
+    # ... and back to the rename, the version the next test tries on last week's reports.
+    await page.goto(f"/studio/versions/{TEMPLATE}")
+    renamed = rows.filter(has_text="Rename due_date to due_on")
+    await renamed.get_by_role("button", name=re.compile("^Restore")).click()
+    await expect(rows).to_have_count(4)
+    await expect(rows.nth(0)).to_contain_text("restore")
     await page.close()
 
 

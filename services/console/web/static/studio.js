@@ -451,7 +451,7 @@ function studioVersions(box) {
         b.addEventListener("click", act);
         actions.append(b, " ");
       }
-      if (v.id !== data.live_version && i > 0) {
+      if (v.id !== versions[0].id) { // the newest is what the editor opens already
         const restore = el("button", { type: "button", class: "secondary", text: "Restore", "aria-label": `Restore ${shortId(v.id)}` });
         restore.addEventListener("click", async () => {
           const answer = await api.post(`/versions/${v.id}/restore`, { message: `restored ${shortId(v.id)}` });
