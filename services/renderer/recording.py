@@ -112,6 +112,9 @@ def record_body(event: DataReady, data: Any, rendered: ReportRendered) -> dict[s
 
 
 _last_prune: dict[str, float] = {}
+# Records written per template since its last prune: a burst of thousands of children records
+# no more than the bound keeps, not thousands to delete a minute later.
+_since_prune: dict[str, int] = {}
 
 
 async def record(
@@ -126,6 +129,11 @@ async def record(
     if not settings.studio_record:
         return None
     template = event.request.template
+    now = time.monotonic()
+    if now - _last_prune.get(template, float("-inf")) < PRUNE_EVERY and (
+        _since_prune.get(template, 0) >= settings.studio_max_payloads
+    ):
+        return None
     try:
         body = json.dumps(record_body(event, data, rendered), default=str).encode()
         if len(body) > settings.studio_max_payload_bytes:
@@ -144,9 +152,10 @@ async def record(
             content_type="application/octet-stream",
             metadata={"template": template, "request-id": event.request.request_id},
         )
-        now = time.monotonic()
+        _since_prune[template] = _since_prune.get(template, 0) + 1
         if now - _last_prune.get(template, float("-inf")) >= PRUNE_EVERY:
             _last_prune[template] = now
+            _since_prune[template] = 0
             await prune(store, settings, template)
         return key
     except Exception as error:  # the report is done; the studio just misses this payload

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from services.console.embedded import free_port
 from services.console.web.auth import add_user
@@ -107,7 +108,12 @@ def test_a_changed_number_is_a_changed_region_and_exits_1(
     [region] = page["regions"]
     assert region["y"] > page["size"]["h"] * 0.05 and region["h"] < page["size"]["h"] * 0.2
     assert "-Total: 1234" in first["text_diff"] and "+Total: 1235" in first["text_diff"]
-    assert (images / f"{first['index'] + 1}-page1-diff.png").read_bytes()[:4] == b"\x89PNG"
+    for kind in ("delivered", "candidate", "diff"):
+        png = Image.open(images / f"{first['index'] + 1}-page1-{kind}.png").convert("RGB")
+        colours = {colour for _, colour in png.getcolors(maxcolors=1 << 20) or []}
+        assert (90, 90, 90) in colours, kind  # the masked account number, covered
+        if kind == "diff":
+            assert (220, 0, 0) in colours  # the changed pixels, red
     # The masked account number is in the diff's context lines — hidden.
     at = result.stdout.find(ACCOUNT)
     assert at == -1, result.stdout[max(at - 400, 0) : at + 100]

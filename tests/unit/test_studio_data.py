@@ -86,6 +86,13 @@ async def test_a_recording_is_sealed_and_only_the_console_key_opens_it(tmp_path:
     assert key_file.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.fixture(autouse=True)
+def fresh_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts a renderer's recording state afresh (no prune window open)."""
+    monkeypatch.setattr(recording, "_last_prune", {})
+    monkeypatch.setattr(recording, "_since_prune", {})
+
+
 async def test_recordings_are_bounded_by_size_count_and_age(tmp_path: Path) -> None:
     store = MemoryArtefacts()
     small = _settings(tmp_path, studio_max_payload_bytes=100)
@@ -96,9 +103,11 @@ async def test_recordings_are_bounded_by_size_count_and_age(tmp_path: Path) -> N
     assert await recording.record(store, off, event, DATA, rendered) is None
 
     settings = _settings(tmp_path, studio_max_payloads=3, studio_keep_days=7)
-    for n in range(5):
+    recorded = []
+    for n in range(6):  # within one prune window: the first, then as many as are kept
         event, rendered = _event(rid=f"r-{n}")
-        assert await recording.record(store, settings, event, DATA, rendered)
+        recorded.append(await recording.record(store, settings, event, DATA, rendered))
+    assert [key is not None for key in recorded] == [True, True, True, True, False, False]
     event, rendered = _event(template="monthly.html")
     assert await recording.record(store, settings, event, DATA, rendered)
     await recording.prune(store, settings, "weekly.html")
@@ -109,7 +118,7 @@ async def test_recordings_are_bounded_by_size_count_and_age(tmp_path: Path) -> N
         (await recording.read(store, settings, "weekly.html", k.id))["request"]["request_id"]
         for k in kept
     ]
-    assert ids == ["r-4", "r-3", "r-2"]  # the newest
+    assert ids == ["r-3", "r-2", "r-1"]  # the newest
     later = datetime.now(UTC) + timedelta(days=8)
     gone = await recording.prune(store, settings, "weekly.html", now=later)
     assert len(gone) == 3 and await recording.listing(store, "weekly.html") == []

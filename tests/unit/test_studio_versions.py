@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.console.studio import shadow, versions
+from services.console.studio import preview, shadow, versions
 from services.console.studio.versions import VersionStore
 from shared.errors import PressroomError
 
@@ -186,3 +186,35 @@ def test_the_verdict_fails_on_a_failure_and_weighs_changes_against_the_threshold
         "beyond_threshold": 1,
         "verdict": "fail",
     }
+
+
+def test_problems_are_placed_at_their_file_and_line() -> None:
+    source = {"r.html": b"<h1>x</h1>\n{% include '_nope.html' %}\n<p>{{ total }}</p>\n"}
+    syntax = preview.problem_of("template syntax error at r.html:3: unexpected '}'", "r.html")
+    assert (syntax.file, syntax.line) == ("r.html", 3)
+    missing = preview.problem_of("template 'r.html' includes missing template '_nope.html'")
+    assert (missing.file, preview.located(missing, source).line) == ("r.html", 2)
+    declared = preview.validation_problem("r.html: variable 'total' is used but not declared")
+    assert (declared.file, preview.located(declared, source).line) == ("r.html", 3)
+    assert preview.validation_problem("r.html:7: unknown filter 'x'").line == 7
+
+
+def test_an_edit_never_writes_through_a_link_out_of_the_folder(
+    folder: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.html").write_text("keep me")
+    (folder / "linked.html").symlink_to(outside / "victim.html")
+    (folder / "sub").symlink_to(outside, target_is_directory=True)
+    with versions.workspace(folder, {"linked.html": b"changed"}) as scratch:
+        assert (scratch / "linked.html").read_bytes() == b"changed"
+    with (
+        pytest.raises(PressroomError, match="outside"),
+        versions.workspace(folder, {"sub/new.html": b"x"}),
+    ):
+        pass
+    versions.promote(folder, {"linked.html": b"promoted"}, tmp_path / "exports", "x")
+    assert (outside / "victim.html").read_text() == "keep me"
+    assert (folder / "linked.html").read_bytes() == b"promoted"
+    assert not (outside / "new.html").exists()

@@ -50,12 +50,12 @@ def located(problem: Problem, files: dict[str, bytes]) -> Problem:
     file that mentions it (what an editor can point at)."""
     if problem.line is not None or problem.file not in files:
         return problem
-    named = re.search(r"'([^']+)'", problem.message)
+    named = re.findall(r"'([^']+)'", problem.message)
     if not named:
         return problem
     text = files[problem.file].decode("utf-8", errors="replace")
-    for number, line in enumerate(text.splitlines(), 1):
-        if re.search(rf"(?<![\w.]){re.escape(named.group(1))}(?!\w)", line):
+    for number, line in enumerate(text.splitlines(), 1):  # the last name quoted is the culprit
+        if re.search(rf"(?<![\w.]){re.escape(named[-1])}(?!\w)", line):
             return Problem(problem.file, number, problem.message)
     return problem
 

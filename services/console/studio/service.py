@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+import shutil
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from shared.settings import Settings
 log = get_logger("pressroom.studio")
 PREVIEWS_KEPT = 20
 RUNS_KEPT = 20
+RUNS_ON_DISK = 100  # a template's promotion looks for its version's newest run
 MAX_DATA_BYTES = 5 * 1024 * 1024
 
 
@@ -205,6 +207,8 @@ class Studio:
         return parse_data(path.read_text(encoding="utf-8"), "json")
 
     async def payloads(self, store: ArtefactStore, name: str, limit: int) -> list[dict[str, Any]]:
+        # Past their age or count, even when no report of the template came since.
+        await recording.prune(store, self.settings, name)
         found = await recording.listing(store, name)
         return [
             {"id": r.id, "recorded_at": r.recorded_at.isoformat(), "size": r.size}
@@ -320,6 +324,7 @@ class Studio:
         self, store: ArtefactStore, name: str, vid: str, files: Files, last: int, threshold: float
     ) -> Run:
         run = Run(secrets.token_hex(6), name, vid, threshold, _now())
+        self._forget_old_runs()
         self.runs[run.id] = run
         while len(self.runs) > RUNS_KEPT:
             self.runs.popitem(last=False)
@@ -368,6 +373,20 @@ class Studio:
             run.finished_at = _now()
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "run.json").write_text(json.dumps(asdict(run)))
+
+    def _forget_old_runs(self) -> None:
+        """Runs (and their page images) on disk: the newest RUNS_ON_DISK, across templates."""
+        folder = self.root / "runs"
+        if not folder.is_dir():
+            return
+        done = sorted(
+            (p for p in folder.iterdir() if (p / "run.json").is_file()),
+            key=lambda p: (p / "run.json").stat().st_mtime,
+            reverse=True,
+        )
+        for old in done[RUNS_ON_DISK:]:
+            shutil.rmtree(old, ignore_errors=True)
+            self.runs.pop(old.name, None)
 
     def run(self, rid: str) -> Run:
         if rid in self.runs:

@@ -23,7 +23,7 @@ from services.renderer.core import build_context, document_spec, make_job, with_
 from services.renderer.finish import plan
 from services.renderer.job import Finish, RenderOutput
 from services.renderer.pooled import RenderPool
-from services.renderer.recording import RecordInfo, listing, read
+from services.renderer.recording import RecordInfo, listing, prune, read
 from shared.adapters.store import ArtefactStore, sha256_hex
 from shared.errors import PressroomError
 from shared.events import ReportRequested
@@ -274,6 +274,7 @@ async def run_shadow(
     of `template`, one after another (the render processes are the operator's)."""
     if last < 1:
         raise PressroomError("--last must be at least 1")
+    await prune(store, settings, template)  # never a payload past its age or count
     records = (await listing(store, template))[:last]
     if total is not None:
         total(len(records))

@@ -142,16 +142,30 @@ def workspace(folder: Path, files: Files | None = None) -> Iterator[Path]:
             shutil.copytree(
                 folder,
                 root,
-                symlinks=False,
+                # Links stay links: one leading out of the folder leads out of the copy too,
+                # and the render's loader refuses it as it would in the pipeline.
+                symlinks=True,
+                ignore_dangling_symlinks=True,
                 ignore=shutil.ignore_patterns(".*"),
                 dirs_exist_ok=True,
             )
         root.mkdir(parents=True, exist_ok=True)
         for rel, data in (files or {}).items():
-            target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = inside(root, rel)
             target.write_bytes(data)
         yield root
+
+
+def inside(root: Path, rel: str) -> Path:
+    """Where `rel` is written under `root`: never through a link out of it (a link at the
+    path itself is replaced, not followed)."""
+    target = root / checked_path(rel)
+    if target.is_symlink():
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.resolve().is_relative_to(root.resolve()):
+        raise PressroomError(f"'{rel}' leads outside the templates folder")
+    return target
 
 
 def checked_path(rel: str) -> str:
@@ -336,8 +350,7 @@ def promote(
     changed = [rel for rel, data in files.items() if _read(folder / rel) != data]
     if not export and writable(folder, list(files)):
         for rel in changed:
-            target = folder / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = inside(folder, rel)
             tmp = target.with_name(f".{target.name}.studio.tmp")
             tmp.write_bytes(files[rel])
             os.replace(tmp, target)
