@@ -46,12 +46,14 @@ SOURCE = """<!doctype html>
 </body></html>
 """
 SAMPLE = {"customer": "Sample GmbH", "total": 100, "overdue": False}
+ACCOUNT = "DE89370400440532013000"  # masked by the operator: never shown whole
 # What the pipeline rendered last week: one invoice overdue, two not.
 PAST = [
-    {"customer": "Acme", "total": 1200, "overdue": False},
+    {"customer": "Acme", "total": 1200, "overdue": False, "account": ACCOUNT},
     {"customer": "Globex", "total": 830, "overdue": True, "due_date": "2026-11-01"},
     {"customer": "Initech", "total": 77, "overdue": False},
 ]
+UPLOADED = b"customer: Uploaded AG\ntotal: 5\noverdue: false\n"
 KEY = "studio-seal.pem"
 AUTHOR = ("ann", "ann-writes-templates")
 TIMEOUT = 90_000  # ms: a render in a capped worker on a busy 2-core machine
@@ -62,7 +64,11 @@ def console(stack: Stack) -> Iterator[Console]:
     """`pressroom console` with ops olga and viewer vic, opening what the renderer records
     (the stack's renderer keeps its state, the studio's key among it, in .pressroom)."""
     (stack.templates / base.SIMPLE).write_text("<!doctype html><html lang='en'><p>x</p></html>")
-    running = Console(stack, PRESSROOM_STUDIO_KEY_FILE=str(stack.root / ".pressroom" / KEY))
+    running = Console(
+        stack,
+        PRESSROOM_STUDIO_KEY_FILE=str(stack.root / ".pressroom" / KEY),
+        PRESSROOM_STUDIO_MASK="account",
+    )
     running.start()
     try:
         yield running
@@ -154,7 +160,17 @@ async def test_an_author_edits_beside_the_preview_meets_the_typo_line_and_saves(
     acme = page.locator("#data-recorded option", has_text=recorded[0])
     await page.select_option("#data-recorded", await acme.get_attribute("value"))
     await expect(frame.locator("h1")).to_have_text("Invoice for Acme", timeout=TIMEOUT)
-    await expect(page.locator("#data-shown")).to_contain_text('"customer": "Acme"')
+    shown = page.locator("#data-shown")
+    await expect(shown).to_contain_text('"customer": "Acme"')
+    await expect(shown).to_contain_text("••••")
+    await expect(shown).not_to_contain_text(ACCOUNT[:-4])
+    # ... or from a file of the author's.
+    await page.get_by_label("Upload JSON or YAML").check()
+    await page.set_input_files(
+        "#data-file",
+        files=[{"name": "march.yaml", "mimeType": "application/yaml", "buffer": UPLOADED}],
+    )
+    await expect(frame.locator("h1")).to_have_text("Invoice for Uploaded AG", timeout=TIMEOUT)
     await page.get_by_label("Sample file").check()
     await expect(frame.locator("h1")).to_have_text("Invoice for Sample GmbH", timeout=TIMEOUT)
 

@@ -151,6 +151,8 @@ function studioEdit(box) {
       indentUnit: 2,
       viewportMargin: 50,
       screenReaderLabel: `Source of ${first}`,
+      // Tab and Shift-Tab move the focus on (no keyboard trap); Ctrl-] and Ctrl-[ indent.
+      extraKeys: { Tab: false, "Shift-Tab": false },
     });
     cm.swapDoc(docs.get(first));
     cm.on("changes", schedule);
