@@ -692,10 +692,12 @@ function studioShadow(box) {
     versionSelect.replaceChildren();
     liveVersion = versions.status === 200 ? versions.data.live_version : null;
     const seen = new Set();
-    for (const v of versions.status === 200 ? versions.data.versions || [] : []) {
+    const history = versions.status === 200 ? versions.data.versions || [] : [];
+    const saved = new Map(history.filter((v) => v.event === "save").map((v) => [v.id, v.message]));
+    for (const v of history) {
       if (seen.has(v.id)) continue;
       seen.add(v.id);
-      const label = `${shortId(v.id)} · ${v.message || v.event}${v.live ? " (live)" : ""}`;
+      const label = `${shortId(v.id)} · ${saved.get(v.id) || v.message || v.event}${v.live ? " (live)" : ""}`;
       versionSelect.append(el("option", { value: v.id, text: label, selected: v.id === wanted }));
     }
     if (!seen.size) {
