@@ -135,8 +135,8 @@ function studioEdit(box) {
       docs.set(file.path, doc || file.text);
       fileSelect.append(el("option", { value: file.path, text: `${file.path} (${file.kind})` }));
     }
-    filePick.hidden = docs.size < 2;
     const first = files[0].path;
+    filePick.hidden = docs.size < 2 || !window.CodeMirror;
     if (!window.CodeMirror) {
       area.value = docs.get(first);
       editor = fallbackEditor();
@@ -178,7 +178,8 @@ function studioEdit(box) {
   function texts() {
     const files = {};
     for (const [path, doc] of docs) {
-      files[path] = typeof doc === "string" ? area.value : doc.getValue();
+      // Without CodeMirror the textarea holds the first file; the others go as they came.
+      files[path] = typeof doc !== "string" ? doc.getValue() : path === fileSelect.options[0].value ? area.value : doc;
     }
     return files;
   }
