@@ -132,8 +132,9 @@ class Studio:
     def live(self, name: str) -> Files:
         return versions.read_files(self.folder, name)
 
-    def files_of(self, name: str, vid: str | None) -> Files:
+    def files_of(self, name: str, vid: object) -> Files:
         """A version's files: `live` (disk), `head` (newest saved, else live), or an id."""
+        vid = None if vid is None else str(vid)
         if vid in (None, "", "head"):
             vid = self.store_of_versions.head(name) or "live"
         if vid == "live":
