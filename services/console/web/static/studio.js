@@ -116,11 +116,18 @@ function studioEdit(box) {
   let sequence = 0;
   let dataChoice = { source: "sample" };
   let hasSample = false;
+  let unsaved = false; // edits since the page opened or the last save
+  window.addEventListener("beforeunload", (event) => {
+    if (unsaved) event.preventDefault(); // the browser asks before unsaved edits are lost
+  });
 
   function fallbackEditor() {
     // No CodeMirror (it failed to load): the textarea is the editor.
     area.readOnly = false;
-    area.addEventListener("input", schedule);
+    area.addEventListener("input", () => {
+      unsaved = true;
+      schedule();
+    });
     return {
       getValue: () => area.value,
       swap: () => {},
@@ -155,7 +162,10 @@ function studioEdit(box) {
       extraKeys: { Tab: false, "Shift-Tab": false },
     });
     cm.swapDoc(docs.get(first));
-    cm.on("changes", schedule);
+    cm.on("changes", () => {
+      unsaved = true;
+      schedule();
+    });
     cm.getWrapperElement().setAttribute("data-file", first);
     window.studioEditor = cm; // for the browser tests and the curious
     editor = {
@@ -339,6 +349,7 @@ function studioEdit(box) {
       return;
     }
     base = data.id;
+    unsaved = false;
     editing.textContent = `Editing version ${shortId(data.id)} (saved, not live until promoted).`;
     saved.replaceChildren(
       `Saved version ${shortId(data.id)}${data.created ? "" : " (the same content as before)"}. `,
