@@ -63,6 +63,7 @@ from services.console.web.reports import (
     reports,
     reports_stream,
 )
+from services.console.web.studio_pages import studio_routes
 from shared.downloadlinks import (
     LinkRefused,
     verify_token,
@@ -178,6 +179,7 @@ def _routes() -> list[Any]:
         ]
     for path, handler in pages:
         routes += [Route(path, handler), Route(f"/api{path}", handler)]
+    routes += studio_routes()
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     return routes
 
