@@ -35,6 +35,7 @@ from shared.bus.names import (
     ADVISORY_STREAM,
     FETCHER,
     LEDGER_BUCKET,
+    RENDERER,
     STREAM,
     StageSpec,
 )
@@ -61,7 +62,7 @@ from shared.observe.logging import configure_logging, get_logger
 from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
 from shared.settings import Settings
 from shared.stage.deadletters import settle_crash, stream_reader
-from shared.stage.intake import Intake
+from shared.stage.intake import STEP_ASIDE, Intake
 from shared.stage.readiness import config_check, stage_readiness
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
@@ -285,12 +286,27 @@ class InFlight:
             pass
 
     async def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        holding = [True]
+
+        @asynccontextmanager
+        async def aside() -> AsyncIterator[None]:
+            """The slot left to other messages meanwhile (a request waiting for its turn)."""
+            self._free.release()
+            holding[0] = False
+            try:
+                yield
+            finally:
+                await self._free.acquire()
+                holding[0] = True
+
+        STEP_ASIDE.set(aside)
         try:
             await work
         except Exception as error:  # the runner settles every message itself; never silent
             log.error("message handling crashed", error=repr(error))
         finally:
-            self._free.release()
+            if holding[0]:
+                self._free.release()
 
     async def drain(self, grace: float) -> None:
         """Let the work in flight finish for `grace` seconds, then hand the rest back."""
@@ -389,6 +405,20 @@ def stage_app(
     return app
 
 
+def renders_idle(js: JetStreamContext) -> Callable[[str], Awaitable[bool]]:
+    """Whether no render of a lane waits for a renderer (a requester past its share may then
+    use the idle capacity: shared/stage/intake.py)."""
+
+    async def idle(lane: str) -> bool:
+        try:
+            info = await js.consumer_info(STREAM, RENDERER.in_lane(lane).durable)
+        except Exception:  # no renderer yet, or the bus briefly away: not idle
+            return False
+        return not info.num_pending
+
+    return idle
+
+
 def lane_share(lane: StageSpec, slots: int) -> int:
     """A lane's share of a stage's slots: bulk work gets half (at least one), so a process —
     its render processes, its event loop — always has room for interactive and normal work."""
@@ -435,7 +465,12 @@ def _lifespan(parts: StageParts, broker: NatsBroker, who: Identity) -> Callable[
             deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
         await _open_adapters(deps, deps.js, settings, [*parts.buckets, ADMISSION_BUCKET])
         assert deps.ledger is not None and deps.publisher is not None
-        intake = Intake(settings, deps.publisher, QueuedCounts(deps.kv[ADMISSION_BUCKET]))
+        intake = Intake(
+            settings,
+            deps.publisher,
+            QueuedCounts(deps.kv[ADMISSION_BUCKET]),
+            idle=renders_idle(deps.js) if spec.name == FETCHER.name else None,
+        )
         for lane in spec.lanes:
             runner = StageRunner(
                 lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=parts.admit
