@@ -401,7 +401,7 @@ def stage_app(
     for lane in spec.lanes:
         batch = lane_share(lane, concurrency)
         _subscribe_stage(broker, parts, lane, batch, sides[lane.durable])
-        _subscribe_crashes(broker, lane, deps)
+        _subscribe_crashes(broker, lane, parts)
     return app
 
 
@@ -572,8 +572,9 @@ def _subscribe_stage(
             await side_by_side.start(handled)
 
 
-def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
+def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -> None:
     """The max-deliveries advisories of the stage's consumer, each turned into a dead letter."""
+    deps = parts.deps
 
     @broker.subscriber(
         spec.advisory_subject,
@@ -588,6 +589,8 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
     async def crashed(message: NatsMessage) -> None:
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
+        runner = parts.runners.get(spec.durable)
+        intake = runner.intake if runner is not None else None
         await settle_crash(
             bytes(message.body),
             spec=spec,
@@ -595,6 +598,7 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
             ledger=deps.ledger,
             publisher=deps.publisher,
             store=deps.store,
+            count_out=intake.count_out if intake is not None else None,
         )
         await message.ack()
 
