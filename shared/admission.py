@@ -18,7 +18,7 @@ the ledger's `settled`), dead-lettered, cancelled, or a burst whose last child l
 - `PRESSROOM_REQUESTER_SHARE` (or `PRESSROOM_REQUESTER_SHARES`): the reports a requester may
   have in the pipeline at once while others' work waits; its next ones wait at intake
   (shared/stage/intake.py `Holding`), in the order they came, and go on as its earlier ones
-  settle — or at once while no render waits (idle capacity is used).
+  settle — or while a renderer waits for work with none queued (idle capacity is used).
 """
 
 from __future__ import annotations

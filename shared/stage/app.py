@@ -293,11 +293,9 @@ class InFlight:
             """The slot left to other messages meanwhile (a request waiting for its turn)."""
             self._free.release()
             holding[0] = False
-            try:
-                yield
-            finally:
-                await self._free.acquire()
-                holding[0] = True
+            yield  # an error or a cancel here: no slot to take back, none to give back
+            await self._free.acquire()
+            holding[0] = True
 
         STEP_ASIDE.set(aside)
         try:
@@ -406,15 +404,16 @@ def stage_app(
 
 
 def renders_idle(js: JetStreamContext) -> Callable[[str], Awaitable[bool]]:
-    """Whether no render of a lane waits for a renderer (a requester past its share may then
-    use the idle capacity: shared/stage/intake.py)."""
+    """Whether a renderer waits for work of a lane and none is queued for it (a requester past
+    its share may then use the idle capacity: shared/stage/intake.py). A renderer asks for more
+    only once the messages it holds are done, so a waiting pull is an idle renderer."""
 
     async def idle(lane: str) -> bool:
         try:
             info = await js.consumer_info(STREAM, RENDERER.in_lane(lane).durable)
         except Exception:  # no renderer yet, or the bus briefly away: not idle
             return False
-        return not info.num_pending
+        return not info.num_pending and bool(info.num_waiting)
 
     return idle
 

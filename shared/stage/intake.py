@@ -57,8 +57,8 @@ class Intake:
     settings: Settings
     publisher: Publisher
     counts: QueuedCounts | None = None
-    # Whether no render of a lane waits (lane → bool): a requester past its share may use
-    # idle renderers. None: never idle (a share is a hard cap).
+    # Whether a renderer waits for work of a lane, none queued (lane → bool): a requester past
+    # its share may use idle renderers. None: never idle (a share is a hard cap).
     idle: IdleCheck | None = None
     caps: dict[str, Priority] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
@@ -117,7 +117,7 @@ class Intake:
 
     async def wait_turn(self, request: ReportRequested) -> None:
         """Return once the request may go into the pipeline: its requester has fewer than its
-        share of earlier reports unsettled, or no render of its lane waits."""
+        share of earlier reports unsettled, or a renderer of its lane is idle."""
         share = self.share(self.requester(request))
         if share and self.counts is not None:
             await self._holding.wait(request, share)
@@ -159,8 +159,8 @@ class Holding:
         return tags
 
     async def _renderers_idle(self, lane: str) -> bool:
-        """No render of the lane waits; then one held request goes on per tick (the next
-        look sees it waiting, or not)."""
+        """A renderer of the lane is idle; then one held request goes on per tick (the next
+        look sees whether renderers are still idle)."""
         check = self._intake.idle
         if check is None:
             return False

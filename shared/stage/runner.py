@@ -230,6 +230,8 @@ class StageRunner:
         """Wait, kept alive, while the requester has its share of reports in the pipeline and
         renders wait (shared/stage/intake.py `Holding`); True to go on."""
         assert self.intake is not None
+        if not self.intake.share(self.intake.requester(request)):
+            return True
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
             await self.intake.wait_turn(request)
