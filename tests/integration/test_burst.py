@@ -18,7 +18,7 @@
   process is rendered before most of them (each renderer holds 5 bulk messages here).
 - Shares: zeta (a share of 1), alone, has more than one report under way while renderers are
   idle (work-conserving). delta (a share of 2) floods 50 normal requests, then another
-  requester asks for one on the same lane: it is delivered before delta's 20th (delta's 2, and
+  requester asks for one on the same lane: it is delivered before delta's 25th (delta's 2, and
   what idle renderers took of the rest meanwhile; in one queue it would be the 51st).
 - Admission counts are exact: a fetcher that dies between counting gamma's request in and
   handing it on counts it once; gamma may have 2 reports queued: its third is refused at once
@@ -70,7 +70,7 @@ MEDIUM = """<!doctype html><html><body>
 {% for i in range(1500) %}<p>line {{ i }} of report {{ n }}</p>{% endfor %}</body></html>
 """
 SHARE_FLOOD = 50
-SHARE_BOUND = 20
+SHARE_BOUND = 25
 PDF = {"formats": ["pdf"]}
 
 
