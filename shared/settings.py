@@ -380,6 +380,38 @@ class Settings(BaseSettings):
         default=None, description="A trace UI's link with {trace_id} (Jaeger: …/trace/{trace_id})."
     )
 
+    # The studio (services/console/studio): recorded data.ready payloads of real reports
+    studio_record: bool = Field(
+        default=True, description="The renderer records each report's data for the studio."
+    )
+    studio_keep_days: float = Field(
+        default=14.0, gt=0, description="Recorded payloads older than this are deleted."
+    )
+    studio_max_payloads: int = Field(
+        default=50, ge=1, description="Recorded payloads kept per template (the newest)."
+    )
+    studio_max_payload_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Larger payloads are not recorded."
+    )
+    studio_mask: str = Field(
+        default="", description="Dotted paths masked in everything the studio shows (a,b.c)."
+    )
+    studio_promote: Literal["auto", "export"] = Field(
+        default="auto",
+        description="auto: promotion writes the templates folder when it can, else exports; "
+        "export: always an export (templates kept in git).",
+    )
+    studio_key_file: Path | None = Field(
+        default=None,
+        description="X25519 private key (PEM) the console opens recordings with "
+        "(unset: <data_dir>/studio-seal.pem, made on first use).",
+    )
+    studio_public_key_file: Path | None = Field(
+        default=None,
+        description="Public key the renderer seals recordings to (unset: the public half of "
+        "the key file).",
+    )
+
     # Everything else from the YAML file (schedules, sources, delivery defaults)
     schedules: list[dict[str, Any]] = Field(default_factory=list)
     source_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -585,6 +617,10 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_list(self) -> list[str]:
         return _split(self.webhook_allow)
+
+    @property
+    def studio_mask_paths(self) -> list[str]:
+        return _split(self.studio_mask)
 
     @property
     def asset_allow_list(self) -> list[str]:

@@ -73,7 +73,12 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
             assert isinstance(event, DataReady) and deps.store is not None
             with lane(event.request.priority):  # its renders wait for a process by its lane
                 return await render_report(
-                    event, renderer=pool, store=deps.store, settings=settings, cache=cache
+                    event,
+                    renderer=pool,
+                    store=deps.store,
+                    settings=settings,
+                    cache=cache,
+                    record_payloads=True,
                 )
 
         return work

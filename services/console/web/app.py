@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from services.console import busaccess
+from services.console.web import studio_api
 from services.console.web.downloads import Gone, byte_range, open_artefact
 from services.console.web.kit import (
     HERE,
@@ -66,6 +67,7 @@ from services.console.web.reports import (
     reports,
     reports_stream,
 )
+from services.console.web.studio_pages import studio_routes
 from shared.downloadlinks import (
     LinkRefused,
     verify_token,
@@ -163,6 +165,7 @@ def _routes() -> list[Any]:
         ("/schedules/{name}/{verb}", schedule_action),
     ]
     routes: list[Any] = [
+        *studio_api.routes(),
         Route("/", home),
         Route("/healthz", healthz),
         Route("/favicon.ico", favicon),
@@ -181,6 +184,7 @@ def _routes() -> list[Any]:
         ]
     for path, handler in pages:
         routes += [Route(path, handler), Route(f"/api{path}", handler)]
+    routes += studio_routes()
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     return routes
 
@@ -228,6 +232,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await studio_api.close(app)
 
     app = Starlette(
         routes=_routes(),
