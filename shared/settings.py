@@ -315,6 +315,23 @@ class Settings(BaseSettings):
     requester_limits: str = Field(
         default="", description="Per requester: `billing=500,batch=5000` (overrides the above)."
     )
+    requester_rate: str = Field(
+        default="",
+        description="Requests a requester may send, e.g. `600/min` (per s, min or h); more are "
+        "refused at once with report.failed (empty: no limit).",
+    )
+    requester_rates: str = Field(
+        default="", description="Per requester: `billing=600/min,batch=10/s` (overrides the above)."
+    )
+    requester_share: int = Field(
+        default=0,
+        ge=0,
+        description="Reports of one requester in the pipeline at once while renders wait; its "
+        "next ones wait at intake, in order (0: no share).",
+    )
+    requester_shares: str = Field(
+        default="", description="Per requester: `billing=32,batch=4` (overrides the above)."
+    )
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0, description="Seconds a cached source is fresh.")
 

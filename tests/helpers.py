@@ -191,8 +191,9 @@ class Stack:
         await self.wait_ready()
         return self
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until every started stage has a worker pulling from its durable consumer."""
+    async def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until every started stage has a worker pulling from its durable consumer (a renderer
+        warms its render processes first: over a minute on a busy machine)."""
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import NotFoundError, ServiceUnavailableError
 

@@ -54,6 +54,7 @@ from services.console.web.operate import (
 from services.console.web.reports import (
     mint_link,
     report,
+    report_cancel,
     report_download,
     report_page_image,
     report_pages,
@@ -154,6 +155,7 @@ def _routes() -> list[Any]:
     actions: list[tuple[str, Handler]] = [
         ("/reports/{rid:path}/redeliver", report_redeliver),
         ("/reports/{rid:path}/replay", report_replay),
+        ("/reports/{rid:path}/cancel", report_cancel),
         ("/dead-letters/replay", dead_letters_replay),
         ("/dead-letters/purge", dead_letters_purge),
         ("/dead-letters/{seq:int}/replay", dead_letter_replay),
