@@ -9,6 +9,7 @@ tools then lose the name).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from pathlib import PurePosixPath
@@ -44,6 +45,23 @@ def filename_fields(request: ReportRequested) -> dict[str, str]:
         "request_id": slug(request.request_id),
         "short_id": slug(request.request_id)[-8:],
     }
+
+
+def request_tag(request_id: str) -> str:
+    """Eight hex characters that tell one request's files from another's in a shared folder."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:8]
+
+
+def folder_filename(request: ReportRequested, fmt: str) -> str:
+    """The name in a shared folder: the request's `filename` pattern when it has one, else
+    `weekly-portfolio-2026-11-23-3f9a1c2e.pdf` — the default pattern and the request's tag, so
+    two reports of one day never replace each other (the tag survives the length cut)."""
+    if request.filename:
+        return report_filename(request, fmt)
+    tag = request_tag(request.request_id)
+    head = slug(fill(DEFAULT_PATTERN, filename_fields(request), what="the default filename"))
+    head = head[: MAX_STEM - len(tag) - 1].rstrip("-._")
+    return f"{head}-{tag}.{slug(fmt) or 'bin'}" if head else f"{tag}.{slug(fmt) or 'bin'}"
 
 
 def report_filename(request: ReportRequested, fmt: str, pattern: str | None = None) -> str:

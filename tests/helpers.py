@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 
 from services.console.embedded import free_port, start_nats_server
+from shared.filenames import request_tag
 
 if TYPE_CHECKING:
     from tests.cluster import Cluster
@@ -375,3 +376,11 @@ class Outcomes:
             return self.failed.get(rid, [None])[0]
 
         return await eventually(probe, timeout=timeout, every=0.01)
+
+
+def delivered_file(folder: Path, request_id: str, ext: str = "pdf") -> Path:
+    """The file the folder channel wrote for a request, `<title>-<date>-<tag>.<ext>` (the tag
+    from its request id); a path that does not exist while there is none."""
+    tag = request_tag(request_id)
+    found = sorted(folder.glob(f"*{tag}.{ext}"))
+    return found[0] if found else folder / f"{tag}.{ext}"

@@ -29,7 +29,7 @@ from tests.archive import (
     structure,
     xmp,
 )
-from tests.helpers import REPO, Outcomes, Stack, pressroom, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, pressroom, unique
 from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ async def test_a_bundled_report_is_tagged_pdfa3b_with_metadata_and_its_provenanc
     )
     delivered = await aouts.delivered_event(rid)
     entry = ledger_entry(astack, rid)
-    data = (astack.out / f"{rid}.pdf").read_bytes()
+    data = delivered_file(astack.out, rid).read_bytes()
     [artefact] = delivered["artefacts"]
     assert artefact["sha256"] == hashlib.sha256(data).hexdigest()
     pdf = open_pdf(data)
