@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PATTERN = "{title}-{date}"
 MAX_STEM = 40
+MAX_FOLDER_STEM = 64  # a folder name has no mail header to fit in
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -54,14 +55,15 @@ def request_tag(request_id: str) -> str:
 
 def folder_filename(request: ReportRequested, fmt: str) -> str:
     """The name in a shared folder: the request's `filename` pattern when it has one, else
-    `weekly-portfolio-2026-11-23-3f9a1c2e.pdf` — the default pattern and the request's tag, so
-    two reports of one day never replace each other (the tag survives the length cut)."""
+    `weekly-portfolio-2026-11-23-3f9a1c2e.pdf` — title, date and the request's tag, so two
+    reports of one day never replace each other. A long title is cut; the date and the tag never
+    are (at most MAX_FOLDER_STEM characters before the extension)."""
     if request.filename:
         return report_filename(request, fmt)
-    tag = request_tag(request.request_id)
-    head = slug(fill(DEFAULT_PATTERN, filename_fields(request), what="the default filename"))
-    head = head[: MAX_STEM - len(tag) - 1].rstrip("-._")
-    return f"{head}-{tag}.{slug(fmt) or 'bin'}" if head else f"{tag}.{slug(fmt) or 'bin'}"
+    fields = filename_fields(request)
+    tail = f"{fields['date']}-{request_tag(request.request_id)}"
+    title = fields["title"][: MAX_FOLDER_STEM - len(tail) - 1].rstrip("-._")
+    return f"{title}-{tail}.{slug(fmt) or 'bin'}" if title else f"{tail}.{slug(fmt) or 'bin'}"
 
 
 def report_filename(request: ReportRequested, fmt: str, pattern: str | None = None) -> str:

@@ -320,7 +320,7 @@ async def test_request_source_and_subject_flags(
         "--wait",
         check=True,
     )
-    assert "value=1234567" in (stack.out / f"{rid}.html").read_text()
+    assert "value=1234567" in delivered_file(stack.out, rid, "html").read_text()
 
 
 async def test_a_report_over_its_timeout_fails_naming_the_stage(
@@ -460,12 +460,19 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     try:
         deadline = time.monotonic() + 180
-        while not list((root / "out").glob("sample-portfolio-*.pdf")):
+        while not list((root / "out").glob("portfolio-status-report-*.pdf")):
             assert proc.poll() is None, "pressroom up exited"
             assert time.monotonic() < deadline, "the sample was not delivered"
             time.sleep(0.2)
-        [pdf] = list((root / "out").glob("sample-portfolio-*.pdf"))
-        yield {"env": env, "root": root, "sample": pdf.stem}
+        [pdf] = list((root / "out").glob("portfolio-status-report-*.pdf"))
+        listed = pressroom("ls", "--json", env=env, cwd=root, timeout=120)
+        [sample] = [
+            e["request_id"]
+            for e in json.loads(listed.stdout)
+            if e["request_id"].startswith("sample-")
+        ]
+        assert delivered_file(root / "out", sample) == pdf
+        yield {"env": env, "root": root, "sample": sample}
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -61,7 +61,7 @@ async def test_any_template_added_to_the_folder_can_be_requested(
 
     folder = stack.out / "greetings"
     assert "Hello <Ops & Friends>" in pdf_text(delivered_file(folder, rid))
-    html = (folder / f"{rid}.html").read_text()
+    html = delivered_file(folder, rid, "html").read_text()
     assert "Hello &lt;Ops &amp; Friends&gt;" in html  # autoescaped, not markup
 
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -168,8 +167,10 @@ async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(scheduled: S
         json.loads(stack.cli("schedule", "ls", "--json", check=True).stdout)[0]["paused"] is False
     )
 
-    async def fired_again() -> list[Any]:  # a fire after the skipped one
-        return [p for p in folder.glob("every-minute-*.pdf") if p.stem > skipped]
+    later = [f"every-minute-{boundary + timedelta(minutes=n):%Y%m%dT%H%MZ}" for n in range(1, 6)]
+
+    async def fired_again() -> list[Path]:  # a fire after the skipped one
+        return [p for p in (delivered_file(folder, rid) for rid in later) if p.exists()]
 
     await eventually(fired_again, timeout=150, every=1)
     assert not delivered_file(folder, skipped).exists()
