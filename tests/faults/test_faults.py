@@ -107,6 +107,7 @@ def pdfs(folder: Path) -> list[str]:
     return delivered_tags(folder)
 
 
+@pytest.mark.timeout(900)  # twenty long reports through two faults: minutes on a loaded machine
 async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
     fault_stack: Stack,
 ) -> None:

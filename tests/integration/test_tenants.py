@@ -536,7 +536,8 @@ async def test_a_tenants_file_deliveries_stay_in_its_own_folder(tenants: Stack) 
         b_next = unique("beta-next")
         await publish(beta, html(b_next, mark, "inbox"))
         [channel] = (await beta_heard.delivered(b_next))["channels"]
-        assert channel["target"] == f"PRESSROOM_OUT_DIR/beta/inbox/{b_next}.html"
+        name = delivered_file(tenants.out / "beta" / "inbox", b_next, "html").name
+        assert channel["target"] == f"PRESSROOM_OUT_DIR/beta/inbox/{name}"
     finally:
         await alpha.close()
         await beta.close()
@@ -563,6 +564,6 @@ async def test_a_body_cannot_set_the_tenant_stamp_on_the_plain_subject(tenants: 
         await publish(ops, {**outside, "tenant": ".."})
         failed = await heard.failed(up)
         assert "outside PRESSROOM_OUT_DIR" in failed["reason"]
-        assert not (tenants.out.parent / f"{up}.html").exists()
+        assert not delivered_file(tenants.out.parent, up, "html").exists()
     finally:
         await ops.close()

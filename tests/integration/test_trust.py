@@ -19,6 +19,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
+from shared.filenames import request_tag
 from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 from tests.servers import HttpReceiver, S3Server, SmtpServer
 
@@ -324,7 +325,7 @@ async def test_hidden_files_partials_and_symlinks_out_are_never_rendered(
     assert reason in failed["reason"]
     assert CANARY not in failed["reason"] and str(outside) not in failed["reason"]
     assert str(stack.root) not in failed["reason"]  # names, not server paths
-    assert rid not in touts.delivered and not list(stack.out.glob(f"{rid}.*"))
+    assert rid not in touts.delivered and not list(stack.out.rglob(f"*{request_tag(rid)}.*"))
 
 
 # ---- deliveries ------------------------------------------------------------------------------
