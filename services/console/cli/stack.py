@@ -42,6 +42,7 @@ from services.renderer.app import create_app as renderer_app
 from services.scheduler.app import create_app as scheduler_app
 from shared.bus.identity import SERVICE_ROLES, tenant_role
 from shared.errors import PressroomError
+from shared.filenames import folder_filename
 from shared.schedules import load_schedules
 from shared.secretenv import scrub
 from shared.settings import load_settings, masked
@@ -125,7 +126,7 @@ def up(
             on_bus(cfg, lambda bus: publish_request(bus, req), setup=False)
             out.print(
                 f"published sample request [cyan]{req.request_id}[/] → "
-                f"{cfg.out_dir.resolve()}/{req.request_id}.pdf"
+                f"{cfg.out_dir.resolve()}/{folder_filename(req, 'pdf')}"
             )
         with Live(console=out, refresh_per_second=2, transient=True) as live:
             while not stopping:
