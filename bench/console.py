@@ -204,6 +204,24 @@ def main() -> None:
             indexed = time.monotonic() - started
             rss = _rss_mib(console.pid)
             print(f"console up and {ENTRIES:,} reports indexed in {indexed:.1f} s ({rss} MiB)")
+            # The SLO index built from the ledger the first time (the upgrade path): once.
+            while not _slo_current(browser.get("/api/slo?window=24h").json()["index"]):
+                time.sleep(0.5)
+            backfilled = time.monotonic() - started
+            print(f"SLO index built from {ENTRIES:,} ledger entries {backfilled:.1f} s after start")
+            slo_first: dict[str, float] = {}
+            for window in ("24h", "7d", "30d"):  # the first call of each window (no cache)
+                began = time.perf_counter()
+                assert browser.get(f"/slo?window={window}").status_code == 200
+                slo_first[window] = round((time.perf_counter() - began) * 1000, 1)
+            began = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "services.console.cli", "slo", "--json"],
+                env=env,
+                capture_output=True,
+                check=False,
+            )
+            cli_slo = time.perf_counter() - began
             deep = browser.get("/api/reports").json()
             cursor = deep["next_cursor"]
             for _ in range(200):  # 200 pages back: 10,000 reports older than the newest
@@ -220,13 +238,13 @@ def main() -> None:
                 "/reports/{id}": f"/reports/bench-{ENTRIES // 2 + 1:06d}",
                 "/dead-letters (50)": "/dead-letters",
                 "/schedules": "/schedules",
-                "/slo?window=30d (cached)": "/slo?window=30d",
+                "/slo?window=24h": "/slo?window=24h",
+                "/slo?window=7d": "/slo?window=7d",
+                "/slo?window=30d": "/slo?window=30d",
+                "/api/slo?window=30d": "/api/slo?window=30d",
                 "/health": "/health",
                 "/audit": "/audit",
             }
-            first_slo = time.monotonic()
-            assert browser.get("/slo?window=30d").status_code == 200
-            slo_compute = time.monotonic() - first_slo
             results: dict[str, dict[str, float]] = {}
             for label, path in pages.items():
                 times = []
@@ -255,7 +273,9 @@ def main() -> None:
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "index_seconds": round(indexed, 1),
         "console_rss_mib": rss,
-        "slo_30d_first_compute_seconds": round(slo_compute, 2),
+        "slo_index_backfill_seconds": round(backfilled, 1),
+        "slo_first_call_ms": slo_first,
+        "pressroom_slo_cli_seconds": round(cli_slo, 2),
         "pages": results,
     }
     OUT.mkdir(parents=True, exist_ok=True)
@@ -264,9 +284,13 @@ def main() -> None:
     for label, row in results.items():
         print(f"{label:<34} {row['median_ms']:>8} {row['p95_ms']:>8} {row['max_ms']:>8}")
     print(
-        f"/slo, first computation over 30 days: {slo_compute:.2f} s "
-        "(then from its cache, refreshed in the background every 10 minutes)"
+        f"/slo first calls (ms): {slo_first}; `pressroom slo --json` (a whole process): "
+        f"{cli_slo:.2f} s; the SLO index was built in {backfilled:.1f} s after start (once)"
     )
+
+
+def _slo_current(index: dict[str, Any]) -> bool:
+    return bool(index["current"] and index["seq"] == index["ledger_seq"])
 
 
 def _rss_mib(pid: int) -> int:

@@ -9,6 +9,7 @@ tools then lose the name).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PATTERN = "{title}-{date}"
 MAX_STEM = 40
+MAX_FOLDER_STEM = 64  # a folder name has no mail header to fit in
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -44,6 +46,24 @@ def filename_fields(request: ReportRequested) -> dict[str, str]:
         "request_id": slug(request.request_id),
         "short_id": slug(request.request_id)[-8:],
     }
+
+
+def request_tag(request_id: str) -> str:
+    """Eight hex characters that tell one request's files from another's in a shared folder."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:8]
+
+
+def folder_filename(request: ReportRequested, fmt: str) -> str:
+    """The name in a shared folder: the request's `filename` pattern when it has one, else
+    `weekly-portfolio-2026-11-23-3f9a1c2e.pdf` — title, date and the request's tag, so two
+    reports of one day never replace each other. A long title is cut; the date and the tag never
+    are (at most MAX_FOLDER_STEM characters before the extension)."""
+    if request.filename:
+        return report_filename(request, fmt)
+    fields = filename_fields(request)
+    tail = f"{fields['date']}-{request_tag(request.request_id)}"
+    title = fields["title"][: MAX_FOLDER_STEM - len(tail) - 1].rstrip("-._")
+    return f"{title}-{tail}.{slug(fmt) or 'bin'}" if title else f"{tail}.{slug(fmt) or 'bin'}"
 
 
 def report_filename(request: ReportRequested, fmt: str, pattern: str | None = None) -> str:

@@ -121,3 +121,39 @@ def unseal(token: str, private_pem: bytes) -> str:
     if size == 0 or size > len(padded) - 2:
         raise SealError("a sealed password with a bad length")
     return padded[2 : 2 + size].decode("utf-8")
+
+
+_BLOB_INFO = b"pressroom sealed blob v1"
+BLOB_MAGIC = b"PRSB1"
+
+
+def seal_bytes(data: bytes, public_pem: bytes) -> bytes:
+    """Any bytes sealed to a public key (X25519 + HKDF + AES-256-GCM, like `seal`): whoever
+    writes them (the renderer recording a payload) cannot read them back; the holder of the
+    private key (the console) can."""
+    recipient = _public(public_pem)
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_raw = _raw(ephemeral.public_key())
+    recipient_raw = _raw(recipient)
+    nonce = os.urandom(12)
+    key = HKDF(hashes.SHA256(), 32, salt=ephemeral_raw + recipient_raw, info=_BLOB_INFO).derive(
+        ephemeral.exchange(recipient)
+    )
+    return BLOB_MAGIC + ephemeral_raw + nonce + AESGCM(key).encrypt(nonce, data, _BLOB_INFO)
+
+
+def unseal_bytes(blob: bytes, private_pem: bytes) -> bytes:
+    """The bytes of `seal_bytes`; SealError when they were not sealed to this key."""
+    if not blob.startswith(BLOB_MAGIC) or len(blob) < len(BLOB_MAGIC) + 32 + 12 + 16:
+        raise SealError("not a sealed blob")
+    body = blob[len(BLOB_MAGIC) :]
+    ephemeral_raw, nonce, sealed = body[:32], body[32:44], body[44:]
+    private = _private(private_pem)
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(ephemeral_raw))
+        key = HKDF(
+            hashes.SHA256(), 32, salt=ephemeral_raw + _raw(private.public_key()), info=_BLOB_INFO
+        ).derive(shared)
+        return AESGCM(key).decrypt(nonce, sealed, _BLOB_INFO)
+    except (InvalidTag, ValueError):
+        raise SealError("the blob was not sealed to this key") from None

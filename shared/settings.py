@@ -315,6 +315,23 @@ class Settings(BaseSettings):
     requester_limits: str = Field(
         default="", description="Per requester: `billing=500,batch=5000` (overrides the above)."
     )
+    requester_rate: str = Field(
+        default="",
+        description="Requests a requester may send, e.g. `600/min` (per s, min or h); more are "
+        "refused at once with report.failed (empty: no limit).",
+    )
+    requester_rates: str = Field(
+        default="", description="Per requester: `billing=600/min,batch=10/s` (overrides the above)."
+    )
+    requester_share: int = Field(
+        default=0,
+        ge=0,
+        description="Reports of one requester in the pipeline at once while renders wait; its "
+        "next ones wait at intake, in order (0: no share).",
+    )
+    requester_shares: str = Field(
+        default="", description="Per requester: `billing=32,batch=4` (overrides the above)."
+    )
     prometheus_url: str | None = None
     cache_ttl: float = Field(default=300.0, ge=0, description="Seconds a cached source is fresh.")
 
@@ -361,6 +378,38 @@ class Settings(BaseSettings):
     oidc_client_secret: str | None = None
     trace_url: str | None = Field(
         default=None, description="A trace UI's link with {trace_id} (Jaeger: …/trace/{trace_id})."
+    )
+
+    # The studio (services/console/studio): recorded data.ready payloads of real reports
+    studio_record: bool = Field(
+        default=True, description="The renderer records each report's data for the studio."
+    )
+    studio_keep_days: float = Field(
+        default=14.0, gt=0, description="Recorded payloads older than this are deleted."
+    )
+    studio_max_payloads: int = Field(
+        default=50, ge=1, description="Recorded payloads kept per template (the newest)."
+    )
+    studio_max_payload_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Larger payloads are not recorded."
+    )
+    studio_mask: str = Field(
+        default="", description="Dotted paths masked in everything the studio shows (a,b.c)."
+    )
+    studio_promote: Literal["auto", "export"] = Field(
+        default="auto",
+        description="auto: promotion writes the templates folder when it can, else exports; "
+        "export: always an export (templates kept in git).",
+    )
+    studio_key_file: Path | None = Field(
+        default=None,
+        description="X25519 private key (PEM) the console opens recordings with "
+        "(unset: <data_dir>/studio-seal.pem, made on first use).",
+    )
+    studio_public_key_file: Path | None = Field(
+        default=None,
+        description="Public key the renderer seals recordings to (unset: the public half of "
+        "the key file).",
     )
 
     # Everything else from the YAML file (schedules, sources, delivery defaults)
@@ -568,6 +617,10 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_list(self) -> list[str]:
         return _split(self.webhook_allow)
+
+    @property
+    def studio_mask_paths(self) -> list[str]:
+        return _split(self.studio_mask)
 
     @property
     def asset_allow_list(self) -> list[str]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import nats
 
 from services.console.embedded import free_port, start_nats_server
+from shared.filenames import request_tag
 
 if TYPE_CHECKING:
     from tests.cluster import Cluster
@@ -191,8 +192,9 @@ class Stack:
         await self.wait_ready()
         return self
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until every started stage has a worker pulling from its durable consumer."""
+    async def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until every started stage has a worker pulling from its durable consumer (a renderer
+        warms its render processes first: over a minute on a busy machine)."""
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import NotFoundError, ServiceUnavailableError
 
@@ -375,3 +377,26 @@ class Outcomes:
             return self.failed.get(rid, [None])[0]
 
         return await eventually(probe, timeout=timeout, every=0.01)
+
+
+def file_tag(path: Path) -> str:
+    """The request tag a delivered file's default name ends with (`…-2026-12-05-3f9a1c2e.pdf`)."""
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def delivered_tags(folder: Path, ext: str = "pdf") -> list[str]:
+    """The request tags of the files in `folder`, sorted, one per file (duplicates kept)."""
+    return sorted(file_tag(p) for p in folder.glob(f"*.{ext}"))
+
+
+def tags(request_ids: Iterable[str]) -> list[str]:
+    """The sorted request tags of `request_ids`, to compare with `delivered_tags`."""
+    return sorted(request_tag(r) for r in request_ids)
+
+
+def delivered_file(folder: Path, request_id: str, ext: str = "pdf") -> Path:
+    """The file the folder channel wrote for a request, `<title>-<date>-<tag>.<ext>` (the tag
+    from its request id); a path that does not exist while there is none."""
+    tag = request_tag(request_id)
+    found = sorted(folder.glob(f"*{tag}.{ext}"))
+    return found[0] if found else folder / f"{tag}.{ext}"

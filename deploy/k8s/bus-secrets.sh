@@ -21,12 +21,17 @@ for name in ${PUBLISHERS:-}; do publishers+=(--publisher "$name"); done
 pressroom bus auth --out "$dir/identities" ${publishers[@]+"${publishers[@]}"} >/dev/null
 # A CA and a server certificate for every name the clients use.
 pressroom bus auth --out "$dir/tls" --tls --host "$hosts" >/dev/null
+# The studio's key pair: renderers seal recorded payloads to the public half; only the
+# console (the private half) opens them.
+[ -f "$dir/studio/seal.key" ] || pressroom pdf keys "$dir/studio" >/dev/null
 
 secret() { kubectl -n "$ns" create secret generic "$@" --dry-run=client -o yaml; echo "---"; }
 {
   secret nats-auth --from-file=auth.conf="$dir/identities/auth.conf"
   secret nats-tls --from-file=ca.crt="$dir/tls/ca.pem" \
     --from-file=tls.crt="$dir/tls/server-cert.pem" --from-file=tls.key="$dir/tls/server-key.pem"
+  secret pressroom-studio-key --from-file=studio-seal.pem="$dir/studio/seal.key"
+  secret pressroom-studio-public --from-file=studio-seal.pub="$dir/studio/seal.pub"
   for role in fetcher renderer distributor scheduler ops; do
     secret "pressroom-bus-$role" --from-file="$role.nk=$dir/identities/$role.nk" \
       --from-file=ca.pem="$dir/tls/ca.pem"

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from services.console.busaccess import Bus
 from shared.bus.topology import kv_snapshot
-from shared.errors import PressroomError
-
-T = TypeVar("T")
 
 AUDIT_BUCKET = "pressroom_audit"
 KEEP = timedelta(days=90)
@@ -56,10 +51,20 @@ async def _bucket(bus: Bus) -> Any:
 
 
 async def record(
-    bus: Bus, *, who: str, action: str, target: str = "", outcome: str = "ok", source: str = ""
+    bus: Bus,
+    *,
+    who: str,
+    action: str,
+    target: str = "",
+    outcome: str = "ok",
+    source: str = "",
+    at: datetime | None = None,
 ) -> AuditRecord:
-    entry = AuditRecord(datetime.now(UTC), who, action, target[:500], outcome[:500], source)
-    key = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+    """One action into the trail (`at`: when it happened, if not now: a CLI action kept on
+    disk while the bus was out of reach)."""
+    at = at or datetime.now(UTC)
+    entry = AuditRecord(at, who, action, target[:500], outcome[:500], source)
+    key = f"{int(at.timestamp() * 1e6) * 1000:020d}-{secrets.token_hex(4)}"
     await (await _bucket(bus)).put(key, json.dumps(entry.as_dict()).encode())
     return entry
 
@@ -87,7 +92,8 @@ async def trail(
 
 
 def cli_identity() -> tuple[str, str]:
-    """Who runs the CLI and where: the login name, and `cli@<host>`."""
+    """Who runs the CLI and where: the login name, and `cli@<host>` (services/console/cli/
+    _audit.py adds the bus identity it acts as)."""
     import getpass
     import socket
 
@@ -98,18 +104,3 @@ def cli_identity() -> tuple[str, str]:
 
         user = f"uid {os.getuid()}"
     return user, f"cli@{socket.gethostname()}"
-
-
-async def audited(bus: Bus, action: str, target: str, work: Awaitable[T]) -> T:
-    """Run a CLI action and record it (its outcome: done, or the one-line reason it failed)."""
-    who, source = cli_identity()
-    try:
-        result = await work
-    except PressroomError as error:
-        await record(
-            bus, who=who, action=action, target=target, outcome=error.reason, source=source
-        )
-        raise
-    summary = f"{len(result)} done" if isinstance(result, list | tuple) else str(result)
-    await record(bus, who=who, action=action, target=target, outcome=summary, source=source)
-    return result

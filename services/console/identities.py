@@ -120,6 +120,10 @@ def _objects(*, write: bool) -> list[str]:
     return subjects
 
 
+def _durables(role: str) -> list[str]:
+    return [role, *(f"{role}-{lane}" for lane in LANES)]
+
+
 def permissions(role: str) -> dict[str, list[str]]:
     """What the server lets `role` publish and subscribe to."""
     inbox = [f"{inbox_prefix(role)}.>"]
@@ -131,7 +135,7 @@ def permissions(role: str) -> dict[str, list[str]]:
         return {"publish": [REQUESTED, *lanes], "subscribe": [*OUTCOMES, *inbox]}
     if role in STAGE_ROLES:
         consumes = CONSUMES[role]
-        durables = [role, *(f"{role}-{lane}" for lane in LANES)]  # one consumer per lane
+        durables = _durables(role)  # one consumer per lane
         publish = [
             *_laned(PRODUCES[role]),
             "report.failed",
@@ -148,6 +152,8 @@ def permissions(role: str) -> dict[str, list[str]]:
         ]
         if role == "fetcher":  # requests come in here and go on to their lanes
             publish += [f"dlq.{REQUESTED}.*", f"dlq.{REQUESTED}.*.*", f"lane.*.{REQUESTED}"]
+            # Whether renders wait (a requester past its share may use idle renderers).
+            publish += [f"{JS}.CONSUMER.INFO.{STREAM}.{d}" for d in _durables("renderer")]
             publish += _kv(CACHE, write=True)
         if role == "renderer":
             publish += _kv(RENDER_CACHE, write=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from shared.adapters.ledger import LedgerEntry
 from shared.bus.names import STAGES as BUS_STAGES
@@ -117,54 +118,218 @@ def _below(value: float | None, target: float) -> bool | None:
     return None if value is None else value < target
 
 
+def quantize(value: float) -> float:
+    """A measurement as the SLO index keeps it: rounded up to three significant digits (at
+    most 1% more, never less, so `< target` is never flattered). Round targets such as the
+    on-time limit's 900 s sit on the grid, so `<= 900` decides as on the exact value."""
+    if value <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(value)) - 2)
+    return float(f"{math.ceil(value / step - 1e-9) * step:.3g}")
+
+
+@dataclass
+class Tally:
+    """What the SLO table counts, over any set of reports; tallies of hours add up.
+
+    Latencies and sizes are histograms of `quantize`d values, so a percentile over a window
+    is the same whether it is read from the index or counted from the entries."""
+
+    finished: int = 0
+    delivered: int = 0
+    scheduled: int = 0  # finished reports a schedule asked for
+    rendered: int = 0
+    render_failed: int = 0
+    total: Counter[float] = field(default_factory=Counter)  # delivered, end to end (s)
+    scheduled_total: Counter[float] = field(default_factory=Counter)  # the scheduled ones
+    fetch: Counter[float] = field(default_factory=Counter)  # data aggregation (s)
+    size: Counter[float] = field(default_factory=Counter)  # the report's bytes
+
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        "finished",
+        "delivered",
+        "scheduled",
+        "rendered",
+        "render_failed",
+    )
+    HISTOGRAMS: ClassVar[tuple[str, ...]] = ("total", "scheduled_total", "fetch", "size")
+
+    def add(self, other: Tally, sign: int = 1) -> Tally:
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
+        for name in self.HISTOGRAMS:
+            mine: Counter[float] = getattr(self, name)
+            for value, count in getattr(other, name).items():
+                mine[value] += sign * count
+                if not mine[value]:
+                    del mine[value]
+        return self
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, n) for n in (*self.COUNTS, *self.HISTOGRAMS))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Compact (what is zero is left out): one per report is kept in the SLO index."""
+        data: dict[str, Any] = {n: count for n in self.COUNTS if (count := getattr(self, n))}
+        for name in self.HISTOGRAMS:
+            if histogram := getattr(self, name):
+                data[name] = {repr(v): c for v, c in sorted(histogram.items())}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tally:
+        tally = cls()
+        for name in cls.COUNTS:
+            setattr(tally, name, int(data.get(name, 0)))
+        for name in cls.HISTOGRAMS:
+            found = data.get(name) or {}
+            setattr(tally, name, Counter({float(v): int(c) for v, c in found.items()}))
+        return tally
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> Tally:
+        """One report's share (nothing for an unreadable value)."""
+        tally = cls()
+        if entry.status == "conflict":
+            return tally
+        finished = entry.status in ("delivered", "failed")
+        scheduled = finished and (entry.requested_by or "").startswith("scheduler:")
+        tally.finished = int(finished)
+        tally.delivered = int(entry.status == "delivered")
+        tally.scheduled = int(scheduled)
+        renderer = entry.stages.get("renderer")
+        tally.rendered = int(renderer is not None and renderer.state == "done")
+        tally.render_failed = int(entry.status == "failed" and entry.failed_stage == "renderer")
+        if entry.status == "delivered" and (seconds := entry.total_seconds) is not None:
+            tally.total[quantize(seconds)] += 1
+            if scheduled:
+                tally.scheduled_total[quantize(seconds)] += 1
+        if entry.fetch_seconds is not None:
+            tally.fetch[quantize(entry.fetch_seconds)] += 1
+        if (size := report_size(entry)) is not None:
+            tally.size[quantize(float(size))] += 1
+        return tally
+
+    @classmethod
+    def of_entries(cls, entries: list[LedgerEntry]) -> Tally:
+        tally = cls()
+        for entry in entries:
+            tally.add(cls.of(entry))
+        return tally
+
+
+def histogram_percentile(histogram: Counter[float], q: float) -> float | None:
+    """Nearest-rank percentile of a histogram (`percentile` of the values it counts)."""
+    count = sum(histogram.values())
+    if count <= 0:
+        return None
+    rank = max(1, -(-count * q // 100))
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    return None
+
+
+def window_hours(window: timedelta, now: datetime | None = None) -> tuple[int, int]:
+    """An SLO window in whole hours (epoch hours, both included): from the hour `window` ago
+    to the current one. `pressroom slo` and the console both count this span."""
+    end = int((now or utcnow()).timestamp() // 3600)
+    return int(((now or utcnow()) - window).timestamp() // 3600), end
+
+
+def entry_hour(entry: LedgerEntry) -> int:
+    return int((entry.requested_at or entry.updated_at).timestamp() // 3600)
+
+
 def objectives(
     entries: list[LedgerEntry],
     *,
     templates_valid: tuple[int, int] | None = None,
     on_time_seconds: float = 900.0,
 ) -> list[Objective]:
+    """The SLO table of the legacy runbook, counted from the entries themselves."""
+    return table(
+        Tally.of_entries(entries),
+        templates_valid=templates_valid,
+        on_time_seconds=on_time_seconds,
+    )
+
+
+def table(
+    tally: Tally,
+    *,
+    templates_valid: tuple[int, int] | None = None,
+    on_time_seconds: float = 900.0,
+) -> list[Objective]:
     """The SLO table of the legacy runbook, each SLI against its target."""
-    entries = reports(entries)
-    rows = [_success(entries), _generation_time(entries)]
+    success = _rate(tally.delivered, tally.finished)
+    p95 = histogram_percentile(tally.total, 95)
+    rows = [
+        Objective(
+            "Report generation success rate",
+            "≥ 99%",
+            success,
+            "%",
+            _at_least(success, 99.0),
+            tally.finished,
+        ),
+        Objective(
+            "Report generation time (p95)",
+            "< 60 s",
+            p95,
+            "s",
+            _below(p95, 60.0),
+            sum(tally.total.values()),
+        ),
+    ]
     if templates_valid is not None:
         rows.append(_templates_valid(*templates_valid))
+    on_time = sum(c for v, c in tally.scheduled_total.items() if v <= on_time_seconds)
+    scheduled = _rate(on_time, tally.scheduled)
+    pdf = _rate(tally.rendered, tally.rendered + tally.render_failed)
+    fetch = histogram_percentile(tally.fetch, 95)
+    size = histogram_percentile(tally.size, 95)
     rows += [
-        _scheduled_on_time(entries, on_time_seconds),
-        _pdf_success(entries),
-        _fetch_latency(entries),
-        _file_size(entries),
+        Objective(
+            "Scheduled report delivery (on time)",
+            "≥ 99.5%",
+            scheduled,
+            "%",
+            _at_least(scheduled, 99.5),
+            tally.scheduled,
+        ),
+        Objective(
+            "PDF rendering success rate",
+            "≥ 98%",
+            pdf,
+            "%",
+            _at_least(pdf, 98.0),
+            tally.rendered + tally.render_failed,
+        ),
+        Objective(
+            "Data aggregation latency (p95)",
+            "< 30 s",
+            fetch,
+            "s",
+            _below(fetch, 30.0),
+            sum(tally.fetch.values()),
+        ),
+        Objective(
+            "Report file size (p95)",
+            "< 5 MiB",
+            None if size is None else size / MIB,
+            "MiB",
+            _below(size, 5 * MIB),
+            sum(tally.size.values()),
+        ),
     ]
     return rows
 
 
 def _rate(part: int, whole: int) -> float | None:
     return part / whole * 100 if whole else None
-
-
-def _finished(entries: list[LedgerEntry]) -> list[LedgerEntry]:
-    return [e for e in entries if e.status in ("delivered", "failed")]
-
-
-def _success(entries: list[LedgerEntry]) -> Objective:
-    finished = _finished(entries)
-    delivered = sum(e.status == "delivered" for e in finished)
-    success = _rate(delivered, len(finished))
-    return Objective(
-        "Report generation success rate",
-        "≥ 99%",
-        success,
-        "%",
-        _at_least(success, 99.0),
-        len(finished),
-    )
-
-
-def _generation_time(entries: list[LedgerEntry]) -> Objective:
-    totals = [t for e in entries if e.status == "delivered" and (t := e.total_seconds) is not None]
-    p95 = percentile(totals, 95)
-    return Objective(
-        "Report generation time (p95)", "< 60 s", p95, "s", _below(p95, 60.0), len(totals)
-    )
 
 
 def _templates_valid(valid: int, total: int) -> Objective:
@@ -176,51 +341,4 @@ def _templates_valid(valid: int, total: int) -> Objective:
         "%",
         None if rate is None else rate == 100.0,
         total,
-    )
-
-
-def _scheduled_on_time(entries: list[LedgerEntry], on_time_seconds: float) -> Objective:
-    scheduled = [e for e in _finished(entries) if (e.requested_by or "").startswith("scheduler:")]
-    on_time = sum(
-        e.status == "delivered" and (t := e.total_seconds) is not None and t <= on_time_seconds
-        for e in scheduled
-    )
-    rate = _rate(on_time, len(scheduled))
-    return Objective(
-        "Scheduled report delivery (on time)",
-        "≥ 99.5%",
-        rate,
-        "%",
-        _at_least(rate, 99.5),
-        len(scheduled),
-    )
-
-
-def _pdf_success(entries: list[LedgerEntry]) -> Objective:
-    rendered = sum(bool((r := e.stages.get("renderer")) and r.state == "done") for e in entries)
-    failed = sum(e.status == "failed" and e.failed_stage == "renderer" for e in entries)
-    rate = _rate(rendered, rendered + failed)
-    return Objective(
-        "PDF rendering success rate", "≥ 98%", rate, "%", _at_least(rate, 98.0), rendered + failed
-    )
-
-
-def _fetch_latency(entries: list[LedgerEntry]) -> Objective:
-    fetches = [e.fetch_seconds for e in entries if e.fetch_seconds is not None]
-    p95 = percentile(fetches, 95)
-    return Objective(
-        "Data aggregation latency (p95)", "< 30 s", p95, "s", _below(p95, 30.0), len(fetches)
-    )
-
-
-def _file_size(entries: list[LedgerEntry]) -> Objective:
-    sizes = [float(s) for e in entries if (s := report_size(e)) is not None]
-    p95 = percentile(sizes, 95)
-    return Objective(
-        "Report file size (p95)",
-        "< 5 MiB",
-        None if p95 is None else p95 / MIB,
-        "MiB",
-        _below(p95, 5 * MIB),
-        len(sizes),
     )

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from shared.adapters.store import ArtefactStore, read_verified
 from shared.events import Artefact, ChannelResult, Delivery, ReportRendered
-from shared.filenames import report_filename
+from shared.filenames import folder_filename, report_filename
 
 
 @dataclass
@@ -40,12 +40,8 @@ class Parcel:
         return report_filename(self.event.request, artefact.ext)
 
     def folder_filename(self, artefact: Artefact) -> str:
-        """The name in a shared folder: the request's `filename` pattern when it has one,
-        else the request id (unique, so reports of one day never replace each other)."""
-        request = self.event.request
-        if request.filename:
-            return report_filename(request, artefact.ext)
-        return f"{request.request_id}.{artefact.ext}"  # REQUEST_ID_PATTERN: safe as it is
+        """The name in a shared folder (shared/filenames.py `folder_filename`)."""
+        return folder_filename(self.event.request, artefact.ext)
 
     def delivery_id(self, delivery: Delivery) -> str:
         """An id the sender generates for one delivery (webhook-id, Message-ID): the same on

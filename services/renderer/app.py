@@ -11,6 +11,7 @@ from typing import Any
 from faststream import FastStream
 
 from services.renderer.core import render_report
+from services.renderer.pool import lane
 from services.renderer.pooled import RenderPool
 from services.renderer.templating import validate_in_folder
 from shared.bus.names import RENDER_CACHE_BUCKET, RENDERER
@@ -70,9 +71,15 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
 
         async def work(event: Event) -> Event:
             assert isinstance(event, DataReady) and deps.store is not None
-            return await render_report(
-                event, renderer=pool, store=deps.store, settings=settings, cache=cache
-            )
+            with lane(event.request.priority):  # its renders wait for a process by its lane
+                return await render_report(
+                    event,
+                    renderer=pool,
+                    store=deps.store,
+                    settings=settings,
+                    cache=cache,
+                    record_payloads=True,
+                )
 
         return work
 

@@ -15,6 +15,7 @@ from nats.js.errors import KeyNotFoundError
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from services.renderer import recording
 from services.renderer.document import DOCUMENT_KEYS, DocumentSpec
 from services.renderer.exports import CONTENT_TYPES as EXPORT_TYPES
 from services.renderer.finish import plan
@@ -179,10 +180,29 @@ async def render_report(
     store: ArtefactStore,
     settings: Settings,
     cache: KeyValue | None = None,
+    record_payloads: bool = False,
 ) -> ReportRendered:
-    """The report rendered (or an identical render of it reused) and its artefacts stored."""
-    request = event.request
+    """The report rendered (or an identical render of it reused) and its artefacts stored;
+    `record_payloads`: its payload recorded for the studio (recording.py)."""
     data = await _context(event, store)
+    rendered = await _render_data(
+        event, data, renderer=renderer, store=store, settings=settings, cache=cache
+    )
+    if record_payloads:
+        await recording.record(store, settings, event, data, rendered)
+    return rendered
+
+
+async def _render_data(
+    event: DataReady,
+    data: Any,
+    *,
+    renderer: Renderer,
+    store: ArtefactStore,
+    settings: Settings,
+    cache: KeyValue | None,
+) -> ReportRendered:
+    request = event.request
     job = make_job(
         settings,
         request.template,

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import heapq
 import os
 import resource
 import signal
 import sys
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from itertools import count
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,25 @@ from typing import Any
 from services.renderer import fonts, warm
 from services.renderer.job import SplitAborted
 from shared.errors import PermanentError, RenderTimeout, TransientError
+from shared.lanes import RANK
 from shared.observe.logging import get_logger
 from shared.secretenv import scrub
 
 log = get_logger(__name__)
+# The lane of the report being rendered (shared/lanes.py RANK): a free process goes to the most
+# urgent render waiting, so an interactive report never waits behind bulk renders already
+# queued here — only for a render in progress. Set by `lane` around a report's work.
+_rank: ContextVar[int] = ContextVar("render_rank", default=RANK["normal"])
+
+
+@contextmanager
+def lane(priority: str) -> Iterator[None]:
+    """The renders of this block wait for a process as work of `priority` does."""
+    token = _rank.set(RANK.get(priority, RANK["normal"]))
+    try:
+        yield
+    finally:
+        _rank.reset(token)
 
 
 def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
@@ -347,27 +364,33 @@ def _group_error_rank(error: BaseException) -> int:
 
 
 class Slots:
-    """Render processes free to take work; a group takes several at once, first come first
-    served (a group waiting for all processes is not overtaken by single renders)."""
+    """Render processes free to take work: the most urgent lane first (`lane`), first come
+    first served within a lane; a group takes several at once (a group waiting for all
+    processes is not overtaken by single renders of its lane or a lower one)."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # (-rank, arrival, wanted, future): the head is the most urgent, then the oldest.
+        self._waiting: list[tuple[int, int, int, asyncio.Future[None]]] = []
+        self._arrivals = count()
 
     @asynccontextmanager
     async def hold(self, wanted: int = 1) -> AsyncIterator[None]:
         wanted = max(1, min(wanted, self.total))
-        if self._waiting or self.free < wanted:
+        rank = _rank.get()
+        if self.free < wanted or any(-w[0] >= rank for w in self._waiting):
             granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append((wanted, granted))
+            waiter = (-rank, next(self._arrivals), wanted, granted)
+            heapq.heappush(self._waiting, waiter)
             try:
                 await granted
             except asyncio.CancelledError:
                 if granted.done() and not granted.cancelled():
                     self._release(wanted)
                 else:
-                    self._waiting.remove((wanted, granted))
+                    self._waiting.remove(waiter)
+                    heapq.heapify(self._waiting)
                     self._release(0)
                 raise
         else:
@@ -379,8 +402,8 @@ class Slots:
 
     def _release(self, count: int) -> None:
         self.free += count
-        while self._waiting and self._waiting[0][0] <= self.free:
-            wanted, granted = self._waiting.popleft()
+        while self._waiting and self._waiting[0][2] <= self.free:
+            _, _, wanted, granted = heapq.heappop(self._waiting)
             if not granted.done():
                 self.free -= wanted
                 granted.set_result(None)

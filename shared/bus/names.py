@@ -28,6 +28,7 @@ SCHEDULES_BUCKET = "pressroom_schedules"
 RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
 ADMISSION_BUCKET = "pressroom_admission"  # reports each requester has queued (shared/admission.py)
 OBJECT_BUCKET = "pressroom_artefacts"
+SLO_BUCKET = "pressroom_slo"  # the SLO index the console keeps (services/console/sloindex.py)
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 MSG_ID = "Nats-Msg-Id"
 

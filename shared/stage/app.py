@@ -35,6 +35,7 @@ from shared.bus.names import (
     ADVISORY_STREAM,
     FETCHER,
     LEDGER_BUCKET,
+    RENDERER,
     STREAM,
     StageSpec,
 )
@@ -61,7 +62,7 @@ from shared.observe.logging import configure_logging, get_logger
 from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
 from shared.settings import Settings
 from shared.stage.deadletters import settle_crash, stream_reader
-from shared.stage.intake import Intake
+from shared.stage.intake import STEP_ASIDE, Intake
 from shared.stage.readiness import config_check, stage_readiness
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
@@ -285,12 +286,25 @@ class InFlight:
             pass
 
     async def _run(self, work: Coroutine[Any, Any, None]) -> None:
+        holding = [True]
+
+        @asynccontextmanager
+        async def aside() -> AsyncIterator[None]:
+            """The slot left to other messages meanwhile (a request waiting for its turn)."""
+            self._free.release()
+            holding[0] = False
+            yield  # an error or a cancel here: no slot to take back, none to give back
+            await self._free.acquire()
+            holding[0] = True
+
+        STEP_ASIDE.set(aside)
         try:
             await work
         except Exception as error:  # the runner settles every message itself; never silent
             log.error("message handling crashed", error=repr(error))
         finally:
-            self._free.release()
+            if holding[0]:
+                self._free.release()
 
     async def drain(self, grace: float) -> None:
         """Let the work in flight finish for `grace` seconds, then hand the rest back."""
@@ -385,8 +399,23 @@ def stage_app(
     for lane in spec.lanes:
         batch = lane_share(lane, concurrency)
         _subscribe_stage(broker, parts, lane, batch, sides[lane.durable])
-        _subscribe_crashes(broker, lane, deps)
+        _subscribe_crashes(broker, lane, parts)
     return app
+
+
+def renders_idle(js: JetStreamContext) -> Callable[[str], Awaitable[bool]]:
+    """Whether a renderer waits for work of a lane and none is queued for it (a requester past
+    its share may then use the idle capacity: shared/stage/intake.py). A renderer asks for more
+    only once the messages it holds are done, so a waiting pull is an idle renderer."""
+
+    async def idle(lane: str) -> bool:
+        try:
+            info = await js.consumer_info(STREAM, RENDERER.in_lane(lane).durable)
+        except Exception:  # no renderer yet, or the bus briefly away: not idle
+            return False
+        return not info.num_pending and bool(info.num_waiting)
+
+    return idle
 
 
 def lane_share(lane: StageSpec, slots: int) -> int:
@@ -435,7 +464,12 @@ def _lifespan(parts: StageParts, broker: NatsBroker, who: Identity) -> Callable[
             deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
         await _open_adapters(deps, deps.js, settings, [*parts.buckets, ADMISSION_BUCKET])
         assert deps.ledger is not None and deps.publisher is not None
-        intake = Intake(settings, deps.publisher, QueuedCounts(deps.kv[ADMISSION_BUCKET]))
+        intake = Intake(
+            settings,
+            deps.publisher,
+            QueuedCounts(deps.kv[ADMISSION_BUCKET]),
+            idle=renders_idle(deps.js) if spec.name == FETCHER.name else None,
+        )
         for lane in spec.lanes:
             runner = StageRunner(
                 lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=parts.admit
@@ -537,8 +571,9 @@ def _subscribe_stage(
             await side_by_side.start(handled)
 
 
-def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
+def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -> None:
     """The max-deliveries advisories of the stage's consumer, each turned into a dead letter."""
+    deps = parts.deps
 
     @broker.subscriber(
         spec.advisory_subject,
@@ -553,6 +588,8 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
     async def crashed(message: NatsMessage) -> None:
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
+        runner = parts.runners.get(spec.durable)
+        intake = runner.intake if runner is not None else None
         await settle_crash(
             bytes(message.body),
             spec=spec,
@@ -560,6 +597,7 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, deps: Deps) -> None:
             ledger=deps.ledger,
             publisher=deps.publisher,
             store=deps.store,
+            count_out=intake.count_out if intake is not None else None,
         )
         await message.ack()
 

@@ -76,8 +76,10 @@ async def settle_crash(
     ledger: Ledger,
     publisher: Publisher,
     store: ArtefactStore | None = None,
+    count_out: Callable[[str | None, str | None], Awaitable[None]] | None = None,
 ) -> Outcome:
-    """Dead-letter the message a max-deliveries advisory names, once.
+    """Dead-letter the message a max-deliveries advisory names, once; a request it settles
+    is counted out of its requester's admission (`count_out(requester, request_id)`).
 
     Returns what happened, so the caller can ack the advisory in every case: `unreadable` (not
     an advisory we can act on), `gone` (the stream no longer holds the message), `settled` (the
@@ -119,7 +121,10 @@ async def settle_crash(
         kind="worker_crashed",
         template=entry.template if entry else None,
     )
-    await publish_dead_letter(publisher, ledger, failure, store=store)
+    settled = await publish_dead_letter(publisher, ledger, failure, store=store)
+    if settled is not None and count_out is not None and claimed_child(original.data) is None:
+        with suppress(Exception):  # never the dead letter (counting out is idempotent)
+            await count_out(claimed_requester(failure.subject, original.data), request_id)
     return "dead_lettered"
 
 

@@ -223,7 +223,30 @@ class StageRunner:
         if routed is None:
             bound.info("handed to its lane", lane=request.priority)
             await msg.ack()
-        return routed
+            return None
+        return routed if await self._turn(msg, routed, bound) else None
+
+    async def _turn(self, msg: InboundMessage, request: ReportRequested, bound: Any) -> bool:
+        """Wait, kept alive, while the requester has its share of reports in the pipeline and
+        renders wait (shared/stage/intake.py `Holding`); True to go on."""
+        assert self.intake is not None
+        if not self.intake.share(self.intake.requester(request)):
+            return True
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self.intake.wait_turn(request)
+        except asyncio.CancelledError:
+            with suppress(Exception):  # shutting down: another fetcher takes it now
+                await asyncio.shield(msg.nack(0))
+            raise
+        except Exception as error:  # the admission bucket or the bus briefly away
+            await self._retry_or_dead_letter(msg, f"intake: {error}", request.request_id, bound)
+            return False
+        finally:
+            heartbeat.cancel()
+            with suppress(asyncio.CancelledError):
+                await heartbeat
+        return True
 
     async def _claimed(
         self, msg: InboundMessage, request: ReportRequested, eager: bool, bound: Any
@@ -267,6 +290,8 @@ class StageRunner:
         if claim == "proceed" and await parent_cancelled(self.ledger, request):
             claim = "cancelled"
             await self._child_landed(request, "cancelled", "cancelled with its burst")
+        if claim == "cancelled":
+            await self._counted_out(request)
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
             await msg.ack()
@@ -355,8 +380,11 @@ class StageRunner:
             stage_done(next_event, settled)
         if request.parent is not None and self.spec.name == LAST_STAGE:
             await self._child_landed(request, "delivered")
-        if settled is not None and self.intake is not None:
-            with suppress(Exception):  # an approximate count; never the report's outcome
+        # Counted out when settled, or once a burst's children are on their way (they run
+        # in the bulk lane) or a run was skipped.
+        done = settled is not None or isinstance(next_event, BurstSent | RunSkipped)
+        if done and self.intake is not None:
+            with suppress(Exception):  # never the report's outcome (a redelivery counts out)
                 await self.intake.settled(request)
 
     async def _cancelled(
@@ -374,6 +402,13 @@ class StageRunner:
             )
         if request.parent is not None:
             await self._child_landed(request, "cancelled", reason)
+        await self._counted_out(request)
+
+    async def _counted_out(self, request: ReportRequested) -> None:
+        """A cancelled report no longer counts against its requester."""
+        if self.intake is not None:
+            with suppress(Exception):  # never the report's outcome (counting out is idempotent)
+                await self.intake.settled(request)
 
     async def _child_landed(self, request: ReportRequested, outcome: Any, reason: str = "") -> None:
         assert request.parent is not None and request.burst_index is not None
@@ -581,8 +616,10 @@ class StageRunner:
         )
         settled = await publish_dead_letter(self.publisher, self.ledger, failure, store=self.store)
         if settled is not None and self.intake is not None and claimed_child(msg.body) is None:
-            with suppress(Exception):  # an approximate count; never the report's outcome
-                await self.intake.count_out(claimed_requester(msg.subject, msg.body))
+            with suppress(Exception):  # never the report's outcome (counting out is idempotent)
+                await self.intake.count_out(
+                    claimed_requester(msg.subject, msg.body), failure.request_id
+                )
         await msg.term()
 
 

@@ -525,6 +525,37 @@ async def test_re_deliver_from_the_report_page(
     await page.close()
 
 
+async def test_an_operator_cancels_a_report_from_its_page_and_a_viewer_sees_it_live(
+    olga: Watched, vic: Watched, nc: Any, stack: Stack
+) -> None:
+    (stack.templates / "very-long.html").write_text(  # minutes of layout: still rendering
+        "{% for i in range(40000) %}<p>line {{ i }} of a long report</p>{% endfor %}"
+    )
+    rid = unique("stop")
+    await publish(nc, request_body(rid, template="very-long.html", folder=rid))
+    watcher, page = await vic.page(), await olga.page()
+
+    async def shown(on: Page) -> bool:
+        answer = await on.goto(f"/reports/{rid}")
+        return answer is not None and answer.ok
+
+    await eventually(lambda: shown(watcher), timeout=60, every=0.5)
+    assert await watcher.get_by_role("button", name="Cancel…").count() == 0  # ops only
+    await page.goto(f"/reports/{rid}")
+    await page.get_by_role("button", name="Cancel…").click()
+    await page.get_by_role("heading", name=f"Cancel {rid}?").wait_for()
+    await page.get_by_role("button", name="Yes, cancel it").click()
+    await page.wait_for_selector("p.flash")
+    assert f"{rid}: cancelled" in await page.inner_text("p.flash")
+    await watcher.locator("#status.s-cancelled").wait_for(timeout=60_000)  # no reload
+    await page.goto("/audit")
+    row = page.locator("tr", has=page.get_by_text(rid, exact=True)).first
+    assert "cancel" in await row.inner_text() and "olga" in await row.inner_text()
+    assert not (stack.out / rid).exists()
+    for each in (watcher, page):
+        await each.close()
+
+
 async def test_a_webhook_on_the_object_store_carries_a_link_that_downloads_the_report(
     console: Console, nc: Any, seen: Outcomes
 ) -> None:

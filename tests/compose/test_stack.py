@@ -33,8 +33,9 @@ from services.console.busaccess import open_bus
 from services.console.requests import publish_request
 from shared.adapters.ledger import LedgerEntry
 from shared.events import ReportRequested
+from shared.filenames import request_tag
 from shared.settings import Settings
-from tests.helpers import REPO, eventually
+from tests.helpers import REPO, delivered_file, eventually
 
 T = TypeVar("T")
 
@@ -326,6 +327,11 @@ def s3_keys(bucket: str, prefix: str) -> list[str]:
     return [item["Key"] for item in listed.get("Contents", [])]
 
 
+def tags(names: list[str]) -> list[str]:
+    """The request tags of delivered files (`<title>-<date>-<tag>.pdf`), sorted."""
+    return sorted(name.removesuffix(".pdf").rsplit("-", 1)[-1] for name in names)
+
+
 def delivered_files(stack: Stack, folder: str) -> list[str]:
     where = volume("reports") / folder
     return sorted(p.name for p in where.iterdir()) if where.is_dir() else []
@@ -406,8 +412,8 @@ async def test_email_s3_and_file_deliveries_each_arrive_exactly_once(stack: Stac
     assert sorted(c.channel for c in entry.channels if c.ok) == ["email", "file", "s3"]
     assert len(mails_to(address)) == 1
     assert s3_keys(S3_BUCKET, S3_PREFIX) == [f"{S3_PREFIX}{FIRST}.pdf"]
-    assert delivered_files(stack, f"ci-{TAG}") == [f"{FIRST}.pdf"]
-    pdf = (volume("reports") / f"ci-{TAG}" / f"{FIRST}.pdf").read_bytes()
+    assert tags(delivered_files(stack, f"ci-{TAG}")) == [request_tag(FIRST)]
+    pdf = delivered_file(volume("reports") / f"ci-{TAG}", FIRST).read_bytes()
     assert pdf.startswith(b"%PDF")
     # The artefact itself is in the artefact bucket, as the ledger records it.
     [artefact] = entry.artefacts
@@ -492,7 +498,7 @@ async def test_a_renderer_container_killed_mid_render_loses_no_report(stack: Sta
     # after its restart) and finished; every report is in the folder once.
     again = done[caught].stages["renderer"]
     assert again.attempts >= 2, again
-    assert delivered_files(stack, folder) == sorted(f"{r}.pdf" for r in rids)
+    assert tags(delivered_files(stack, folder)) == sorted(request_tag(r) for r in rids)
     # The killed container comes back (restart: unless-stopped) or is started again.
     if victim not in containers("renderer"):
         podman("start", victim)
@@ -574,13 +580,13 @@ async def test_down_then_up_keeps_the_ledger_and_the_artefacts(stack: Stack) -> 
     stored = s3().get_object(Bucket="pressroom-artefacts", Key=artefact.key)["Body"].read()
     assert len(stored) == artefact.size
     assert s3_keys(S3_BUCKET, S3_PREFIX) == [f"{S3_PREFIX}{FIRST}.pdf"]
-    assert delivered_files(stack, f"ci-{TAG}") == [f"{FIRST}.pdf"]
+    assert tags(delivered_files(stack, f"ci-{TAG}")) == [request_tag(FIRST)]
     assert set(scheduled) <= set(delivered_files(stack, SCHEDULED)), scheduled
     # and the stack still delivers
     again = f"ci-{TAG}-after-restart"
     await publish(stack, report(again, [{"channel": "file", "path": f"ci-{TAG}"}]))
     await all_delivered(stack, [again])
-    assert delivered_files(stack, f"ci-{TAG}") == sorted([f"{FIRST}.pdf", f"{again}.pdf"])
+    assert tags(delivered_files(stack, f"ci-{TAG}")) == sorted(map(request_tag, [FIRST, again]))
 
 
 def test_the_image_runs_the_cli_and_renders_a_pdf(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from shared.events import (
     ReportRequested,
 )
 from tests.composition.kit import Fakes, running, settings_in
-from tests.helpers import eventually
+from tests.helpers import delivered_file, eventually
 
 PDF = b"%PDF-1.7 a rendered weekly report\n"
 
@@ -54,7 +54,7 @@ async def test_report_rendered_becomes_report_delivered_with_the_file_written(
     async with running(distributor(tmp_path, fakes), DISTRIBUTOR) as stage:
         await stage.deliver(await rendered(fakes, "r1", "weekly"))
 
-    assert (tmp_path / "out" / "weekly" / "r1.pdf").read_bytes() == PDF
+    assert delivered_file(tmp_path / "out" / "weekly", "r1").read_bytes() == PDF
     [delivered] = fakes.next_events(REPORT_DELIVERED)
     assert delivered["request_id"] == "r1"
     [channel] = delivered["channels"]
@@ -75,7 +75,7 @@ async def test_a_delivery_outside_the_out_dir_is_a_dead_letter_and_report_failed
     [failed] = fakes.failures()
     assert failed["request_id"] == "r2" and failed["stage"] == "distributor"
     assert fakes.next_events(REPORT_DELIVERED) == []
-    assert not list(tmp_path.rglob("r2.pdf"))
+    assert not list(tmp_path.rglob("*.pdf")) and not (tmp_path.parent / "elsewhere").exists()
 
 
 async def test_a_duplicate_is_skipped_without_delivering_again(tmp_path: Path) -> None:
@@ -83,7 +83,6 @@ async def test_a_duplicate_is_skipped_without_delivering_again(tmp_path: Path) -
     async with running(distributor(tmp_path, fakes), DISTRIBUTOR) as stage:
         event = await rendered(fakes, "r3", "weekly")
         await stage.deliver(event)
-        written = tmp_path / "out" / "weekly" / "r3.pdf"
 
         async def delivered() -> bool:  # reports are delivered side by side, not before return
             entry = await fakes.ledger.get("r3")
@@ -91,6 +90,7 @@ async def test_a_duplicate_is_skipped_without_delivering_again(tmp_path: Path) -
             return record is not None and record.state == "done"
 
         await eventually(delivered)
+        written = delivered_file(tmp_path / "out" / "weekly", "r3")
         assert written.read_bytes() == PDF
         written.unlink()  # a second delivery would write it again
         await stage.deliver(event)

@@ -39,6 +39,7 @@ from shared.adapters.store import (
 from shared.bus.names import MSG_ID
 from shared.bus.topology import JetStreamPublisher, Publisher
 from shared.events import Delivery
+from shared.filenames import request_tag
 from shared.settings import Settings
 from shared.stage.app import NatsInbound
 from shared.stage.runner import InboundMessage
@@ -449,7 +450,7 @@ async def target(
         (tmp_path / "out" / "blocked").write_text("a file where a folder should be")
 
         async def in_folder(rid: str) -> str | None:
-            found = list((tmp_path / "out").rglob(f"{rid}.pdf"))
+            found = list((tmp_path / "out").rglob(f"*-{request_tag(rid)}.pdf"))
             return sha256_hex(found[0].read_bytes()) if found else None
 
         return Target(

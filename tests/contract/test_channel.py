@@ -16,6 +16,7 @@ from services.distributor.parcel import Parcel
 from shared.adapters.store import MemoryArtefacts, artefact_key, sha256_hex
 from shared.errors import PermanentError, TransientError
 from shared.events import Artefact, Delivery, ReportRendered, ReportRequested
+from shared.filenames import folder_filename, request_tag
 from shared.settings import Settings
 from tests.contract.conftest import Target
 from tests.helpers import unique
@@ -99,5 +100,7 @@ async def test_a_tenants_file_delivery_stays_in_its_own_folder(
         assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     else:
         result = await channel.deliver(delivery, report)
-        assert result.target == f"PRESSROOM_OUT_DIR/{written}/{report.request_id}.pdf"
-        assert (out / written / f"{report.request_id}.pdf").read_bytes() == PDF
+        name = folder_filename(report.event.request, "pdf")
+        assert name.endswith(f"-{request_tag(report.request_id)}.pdf")
+        assert result.target == f"PRESSROOM_OUT_DIR/{written}/{name}"
+        assert (out / written / name).read_bytes() == PDF

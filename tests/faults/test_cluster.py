@@ -28,7 +28,7 @@ from shared.adapters.ledger import KvLedger
 from shared.bus.names import DLQ_STREAM, LEDGER_BUCKET, STAGES, STREAM
 from shared.settings import Settings
 from tests.cluster import Cluster, delivered_events
-from tests.helpers import REPO, Stack, eventually, unique
+from tests.helpers import REPO, Stack, delivered_tags, eventually, tags, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -211,8 +211,8 @@ async def assert_exactly_once(
     seen = await all_delivered(stack, rids)
     assert requests.acked == set(rids), "a request never got its PubAck"
     assert {r: seen[r] for r in rids} == dict.fromkeys(rids, 1), stack.logs()
-    files = sorted(p.stem for p in (stack.out / requests.folder).glob("*.html"))
-    assert sorted(set(files) - unsure) == sorted(rids) and len(files) == len(set(files))
+    files = delivered_tags(stack.out / requests.folder, "html")
+    assert sorted(set(files) - set(tags(unsure))) == tags(rids) and len(files) == len(set(files))
     assert all(seen[r] <= 1 for r in unsure), seen
     nc = await stack.connect()
     try:

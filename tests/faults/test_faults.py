@@ -15,7 +15,7 @@ import pytest
 
 from shared.adapters.ledger import KvLedger
 from shared.bus.names import LEDGER_BUCKET, STREAM
-from tests.helpers import REPO, Stack, eventually, unique
+from tests.helpers import REPO, Stack, delivered_tags, eventually, tags, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -103,9 +103,11 @@ async def busy_worker(stack: Stack, stage: str, rids: list[str]) -> subprocess.P
 
 
 def pdfs(folder: Path) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.pdf"))
+    """The request tags of the PDFs in `folder` (compare with `tags(rids)`)."""
+    return delivered_tags(folder)
 
 
+@pytest.mark.timeout(900)  # twenty long reports through two faults: minutes on a loaded machine
 async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
     fault_stack: Stack,
 ) -> None:
@@ -139,7 +141,7 @@ async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
 
     delivered = await all_settled(stack, rids)
     assert {rid: delivered[rid] for rid in rids} == dict.fromkeys(rids, 1), stack.logs()
-    assert pdfs(stack.out / "faults") == sorted(rids)
+    assert pdfs(stack.out / "faults") == tags(rids)
 
 
 async def test_a_request_id_published_three_times_is_delivered_once(fault_stack: Stack) -> None:
@@ -158,7 +160,7 @@ async def test_a_request_id_published_three_times_is_delivered_once(fault_stack:
     delivered = await all_settled(stack, [rid, marker])
     await all_settled(stack, [marker])
     assert delivered[rid] == 1
-    assert pdfs(stack.out / "dups") == sorted([rid, marker])
+    assert pdfs(stack.out / "dups") == tags([rid, marker])
 
     async def ledger_delivered() -> bool:
         status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)

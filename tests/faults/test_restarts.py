@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, pressroom, unique, up_env
+from tests.helpers import REPO, delivered_file, pressroom, unique, up_env
 from tests.integration.test_up import descendants, survivors
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -167,7 +167,7 @@ def test_every_kind_of_worker_killed_comes_back_and_what_queued_meanwhile_is_del
         assert new != pid
         up.until(lambda name=name: ready(workers[f"{name}-1"]), why=f"{name}-1 ready again")
         for rid in rids:
-            up.until(lambda rid=rid: (up.root / "out" / f"{rid}.pdf").exists(), why=rid)
+            up.until(lambda rid=rid: delivered_file(up.root / "out", rid).exists(), why=rid)
         everyone = f"{len(workers)}/{len(workers)} services up"
         up.until(
             lambda s=shown, e=everyone: up.status.startswith(e) and s in up.status, why=everyone
@@ -203,7 +203,7 @@ def test_a_worker_that_keeps_crashing_is_given_up_and_the_rest_carry_on(tmp_path
             "request", "-t", "weekly.html", "--data-file", data, "--request-id", rid, "--wait"
         )
         assert sent.returncode == 0, sent.stdout + sent.stderr
-        assert (tmp_path / "out" / f"{rid}.pdf").exists()
+        assert delivered_file(tmp_path / "out", rid).exists()
         # Bounded: two restarts, then nothing more (the report above took seconds).
         events = [e for e in up_log(tmp_path) if e["worker"] == "scheduler-1"]
         assert [e["event"].split(";")[0] for e in events] == [

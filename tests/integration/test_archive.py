@@ -19,6 +19,7 @@ import pytest
 from services.renderer.core import build_context, data_digest, document_spec, make_job
 from services.renderer.pooled import RenderPool
 from shared.events import ReportRequested
+from shared.filenames import request_tag
 from shared.settings import Settings
 from tests.archive import (
     attachment,
@@ -29,7 +30,7 @@ from tests.archive import (
     structure,
     xmp,
 )
-from tests.helpers import REPO, Outcomes, Stack, pressroom, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, pressroom, unique
 from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -124,7 +125,7 @@ async def test_a_bundled_report_is_tagged_pdfa3b_with_metadata_and_its_provenanc
     )
     delivered = await aouts.delivered_event(rid)
     entry = ledger_entry(astack, rid)
-    data = (astack.out / f"{rid}.pdf").read_bytes()
+    data = delivered_file(astack.out, rid).read_bytes()
     [artefact] = delivered["artefacts"]
     assert artefact["sha256"] == hashlib.sha256(data).hexdigest()
     pdf = open_pdf(data)
@@ -323,7 +324,7 @@ async def test_a_request_the_options_refuse_fails_once_with_the_reason(
     failed = await aouts.failed_event(rid)
     assert failed["reason"].startswith(reason) or reason in failed["reason"], failed["reason"]
     assert "\n" not in failed["reason"] and failed["attempts"] == 1
-    assert not list(astack.out.glob(f"**/{rid}*"))
+    assert not list(astack.out.rglob(f"*{request_tag(rid)}*"))
 
 
 def test_pressroom_render_takes_the_same_options_and_refuses_in_one_line(tmp_path: Path) -> None:

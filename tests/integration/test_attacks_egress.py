@@ -29,7 +29,7 @@ from shared.adapters.store import MemoryArtefacts
 from shared.errors import TransientError
 from shared.events import Delivery, ReportRendered, ReportRequested
 from shared.settings import Settings
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -336,8 +336,7 @@ async def test_a_format_width_from_the_request_is_refused_before_it_is_built(
     failed = await eouts.failed_event(rid)
     assert "width of 999999999" in failed["reason"], failed["reason"]
     await eouts.delivered_event(victim)
-    pdf = next((estack.out / "tenants").glob(f"{victim}*.pdf"))
-    assert pdf.stat().st_size > 0
+    assert delivered_file(estack.out / "tenants", victim).stat().st_size > 0
 
 
 # ---- made-up template names cannot crowd a real template out of the metrics -----------------

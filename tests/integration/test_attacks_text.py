@@ -24,7 +24,7 @@ from services.renderer.job import RenderJob
 from services.renderer.pdf import render_job
 from services.renderer.sandbox import MAX_ASSET_BYTES
 from shared.errors import ResourceBlocked
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 from tests.pdftext import page_texts
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ async def test_request_data_in_a_footer_cannot_restyle_the_report(
 
     await outcomes.delivered_event(rid)
 
-    text = "\n".join(page_texts((stack.out / f"{rid}.pdf").read_bytes(), tmp_path))
+    text = "\n".join(page_texts(delivered_file(stack.out, rid).read_bytes(), tmp_path))
     assert "Project Atlas" in text and "Project Cobalt" in text  # the report is all there
     assert canary not in text  # and nothing the request drew
     assert "body { display: none }" in text  # the value shown as the text it is

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -154,7 +154,7 @@ async def test_after_a_disaster_reports_templates_and_config_come_back(
         assert "every-minute" in config.read_text()
         got = fresh.cli("get", rid, "--output", str(tmp_path / "got.pdf"))
         assert got.returncode == 0, got.stderr
-        assert (tmp_path / "got.pdf").read_bytes() == (bstack.out / f"{rid}.pdf").read_bytes()
+        assert (tmp_path / "got.pdf").read_bytes() == delivered_file(bstack.out, rid).read_bytes()
         forced = fresh.cli("restore", str(full), "--force")
         assert "templates: 1 written, " in forced.stdout and ", 0 kept" in forced.stdout
         assert (fresh.templates / "weekly.html").read_bytes() == (
@@ -240,11 +240,11 @@ async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
     assert refused.returncode == 0, refused.stderr
     assert "1 refused (a scheduled fire that is not due)" in refused.stdout
     # The real fire comes and is delivered, not skipped as a duplicate.
-    pdf = bstack.out / "scheduled" / f"{request.request_id}.pdf"
 
     async def delivered() -> dict[str, Any] | None:
         status = bstack.cli("status", request.request_id, "--json")
         entry = json.loads(status.stdout) if status.returncode == 0 else {}
+        pdf = delivered_file(bstack.out / "scheduled", request.request_id)
         return entry if entry.get("status") == "delivered" and pdf.exists() else None
 
     entry = await eventually(delivered, timeout=200, every=1)

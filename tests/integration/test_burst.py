@@ -5,15 +5,25 @@
   child alone; once the operator allows it, replaying the parent re-runs only that child and the
   parent's outcome turns to delivered. A cancelled burst stops its children; a cancel stops a
   render in progress.
-- Three calling systems: alpha floods 500 bulk requests, then beta asks for one interactive
+- Calling systems: alpha floods 200 bulk requests, then beta asks for one interactive
   report on its lane's subject (`report.requested.interactive`): beta's is delivered before
   alpha's 20th, and every one of alpha's is delivered in the end. Why 20: beta's request waits
   behind none of alpha's (its own lane's consumers at every stage are idle) — only for a free
-  slot in each process, whose bulk lane may use half: its own fetch, render and delivery, about
-  the time of one of alpha's reports per stage. alpha's reports delivered meanwhile are the few
-  its bulk lane finishes in that time (a handful); 20 leaves room for a slow machine, and in one
-  queue beta's report would have been the 501st. gamma may have 2 reports queued: its third is
-  refused at once with `report.failed`.
+  slot in each process, whose bulk lane may use half, and for the render in progress in a
+  renderer's pool (the pool serves the most urgent lane first): its own fetch, render and
+  delivery, about the time of one of alpha's reports per stage. alpha's reports delivered
+  meanwhile are the few its bulk lane finishes in that time (a handful); 20 leaves room for a
+  slow machine, and in one queue beta's report would have been the 201st.
+- Inside one renderer: an interactive report published while bulk renders wait for its render
+  process is rendered before most of them (each renderer holds 5 bulk messages here).
+- Shares: zeta (a share of 1), alone, has more than one report under way while renderers are
+  idle (work-conserving). delta (a share of 2) floods 50 normal requests, then another
+  requester asks for one on the same lane: it is delivered before delta's 25th (delta's 2, and
+  what idle renderers took of the rest meanwhile; in one queue it would be the 51st).
+- Admission counts are exact: a fetcher that dies between counting gamma's request in and
+  handing it on counts it once; gamma may have 2 reports queued: its third is refused at once
+  with `report.failed`; cancelled ones are counted out. epsilon may send 3 requests a minute:
+  its fourth is refused at once.
 - `schedule backfill` publishes each fire of a range once, with the scheduler's own ids, and a
   run whose `skip_if_empty` data is empty is recorded as skipped, nothing delivered.
 """
@@ -34,7 +44,9 @@ from pypdf import PdfReader
 
 from services.console.identities import generate
 from shared.adapters.ledger import KvLedger, LedgerEntry
-from shared.bus.names import LEDGER_BUCKET
+from shared.admission import QueuedCounts
+from shared.bus.names import ADMISSION_BUCKET, LEDGER_BUCKET
+from shared.stage.intake import CRASH_AFTER_ADMISSION_ENV
 from tests.helpers import Outcomes, Stack, eventually, unique
 from tests.servers import SmtpServer
 
@@ -52,8 +64,14 @@ TINY = "<!doctype html><html><body><p>report {{ n }}</p></body></html>\n"
 ORDERS = "<!doctype html><html><body><p>{{ orders | length }} orders</p></body></html>\n"
 ITEMS = 200
 OUTSIDER = 137  # this item's recipient is outside the email allow-list
-FLOOD = 500
+FLOOD = 200
 BOUND = 20
+MEDIUM = """<!doctype html><html><body>
+{% for i in range(1500) %}<p>line {{ i }} of report {{ n }}</p>{% endfor %}</body></html>
+"""
+SHARE_FLOOD = 50
+SHARE_BOUND = 25
+PDF = {"formats": ["pdf"]}
 
 
 def schedules_config(path: Path) -> Path:
@@ -99,7 +117,8 @@ def smtp() -> Iterator[SmtpServer]:
 @pytest.fixture(scope="module")
 def burst_stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("burst")
-    generate(root / "auth", publishers=["alpha", "beta", "gamma"])  # the stack keeps them
+    # The stack keeps them.
+    generate(root / "auth", publishers=["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])
     stack = Stack(
         root,
         env_extra={
@@ -107,13 +126,18 @@ def burst_stack(tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer) -> I
             "PRESSROOM_RENDER_CACHE": "false",
             "PRESSROOM_PRIORITY_CAPS": "beta=interactive",
             "PRESSROOM_REQUESTER_LIMITS": "gamma=2",
+            "PRESSROOM_REQUESTER_SHARES": "delta=2,zeta=1",
+            "PRESSROOM_REQUESTER_RATES": "epsilon=3/min",
+            # 10 messages a renderer, 5 of them bulk: bulk renders wait in its pool.
+            "PRESSROOM_RENDER_PREFETCH": "9",
             "PRESSROOM_CONFIG": str(schedules_config(root / "pressroom.yaml")),
         },
         workers={"fetcher": 1, "renderer": 2, "distributor": 1},
     )
     try:
         stack.start()
-        for name, text in (("card", CARD), ("slow", SLOW), ("tiny", TINY), ("orders", ORDERS)):
+        templates = {"card": CARD, "slow": SLOW, "tiny": TINY, "orders": ORDERS, "medium": MEDIUM}
+        for name, text in templates.items():
             (stack.templates / f"{name}.html").write_text(text)
         yield stack
     finally:
@@ -288,7 +312,7 @@ async def test_a_cancelled_burst_stops_the_children_not_yet_delivered(
     rid = unique("cburst")
     await publish(stack, burst_body(rid, items))
     await eventually(lambda: _some(smtp, tag, 10), timeout=120, every=0.02)
-    cancel = stack.cli("cancel", rid)
+    cancel = stack.cli("cancel", rid, timeout=180)  # a command starts in 10 s on a busy machine
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     at_ack = sum(1 for m in smtp.messages if any(tag in r for r in m.rcpt_tos))
 
@@ -383,16 +407,38 @@ async def test_an_interactive_report_is_not_queued_behind_a_bulk_flood(burst_sta
             await nc.close()
 
 
-async def test_a_requester_over_its_limit_is_refused_at_once(burst_stack: Stack) -> None:
+async def restart_fetcher(stack: Stack, env: dict[str, str] | None = None) -> Any:
+    for proc in stack.procs["fetcher"]:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    return stack.start_worker("fetcher", env)
+
+
+async def test_admission_counts_are_exact_through_a_crash_a_refusal_and_cancels(
+    burst_stack: Stack,
+) -> None:
     stack = burst_stack
     ops = await stack.connect()
     outcomes = await Outcomes().start(ops)
     gamma = await stack.connect("publisher-gamma")
-    queued = [unique("g") for _ in range(2)]
+    counts = QueuedCounts(await ops.jetstream().key_value(ADMISSION_BUCKET))
     try:
+        # A fetcher dies right after counting this request in, before handing it on; the
+        # next one gets it again (after the ack wait) and counts it once.
+        crashing = unique("g")
+        proc = await restart_fetcher(stack, {CRASH_AFTER_ADMISSION_ENV: crashing})
+        await publish_as(gamma, tiny(crashing, 1, "normal"))
+        await eventually(lambda: _exited(proc), timeout=120, every=0.2)
+        assert proc.returncode == 17
+        assert await counts.queued("gamma") == 1
+        await restart_fetcher(stack)
+        await outcomes.delivered_event(crashing, timeout=120)
+        await eventually(lambda: _queued(counts, "gamma", 0), timeout=30, every=0.1)
+
+        queued = [unique("g") for _ in range(2)]
         for rid in queued:  # long renders: both still queued when the third comes in
             await publish_as(gamma, {"request_id": rid, "template": "slow.html"})
-
         ledger = KvLedger(await ops.jetstream().key_value(LEDGER_BUCKET))
 
         async def both_admitted() -> bool:
@@ -409,11 +455,154 @@ async def test_a_requester_over_its_limit_is_refused_at_once(burst_stack: Stack)
         # Its dead letter stays for ops to replay once the queue has room.
         letters = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
         assert any(row.get("request_id") == third for row in letters)
+
+        # Cancelled reports are counted out: gamma may queue two more.
         cancel = stack.cli("cancel", *queued)
         assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        await eventually(lambda: _queued(counts, "gamma", 0), timeout=60, every=0.1)
+        more = [unique("g") for _ in range(2)]
+        for n, rid in enumerate(more):
+            await publish_as(gamma, tiny(rid, n, "normal"))
+        for rid in more:
+            await outcomes.delivered_event(rid, timeout=120)
+        await eventually(lambda: _queued(counts, "gamma", 0), timeout=30, every=0.1)
     finally:
         await gamma.close()
         await ops.close()
+
+
+async def _exited(proc: Any) -> bool:
+    return proc.poll() is not None
+
+
+async def _queued(counts: QueuedCounts, requester: str, expected: int) -> bool:
+    return await counts.queued(requester) == expected
+
+
+async def test_a_requester_over_its_rate_is_refused_at_once(burst_stack: Stack) -> None:
+    stack = burst_stack
+    ops = await stack.connect()
+    outcomes = await Outcomes().start(ops)
+    epsilon = await stack.connect("publisher-epsilon")
+    sent = [unique("e") for _ in range(4)]
+    try:
+        for n, rid in enumerate(sent):
+            await publish_as(epsilon, tiny(rid, n, "normal"))
+
+        async def all_settled() -> bool:
+            return all(rid in outcomes.delivered or rid in outcomes.failed for rid in sent)
+
+        await eventually(all_settled, timeout=120, every=0.1)
+        refused = [rid for rid in sent if rid in outcomes.failed]
+        assert len(refused) == 1, refused  # which one: the fetcher works on them side by side
+        failed = await outcomes.failed_event(refused[0])
+        assert failed["reason"] == "requester epsilon is over its rate of 3 requests per minute"
+        assert sum(1 for rid in sent if rid in outcomes.delivered) == 3
+    finally:
+        await epsilon.close()
+        await ops.close()
+
+
+async def test_a_flood_past_its_share_does_not_hold_up_another_requester(
+    burst_stack: Stack,
+) -> None:
+    stack = burst_stack
+    ops = await stack.connect()
+    outcomes = await Outcomes().start(ops)
+    delta, zeta = await stack.connect("publisher-delta"), await stack.connect("publisher-zeta")
+    flood = [unique("d") for _ in range(SHARE_FLOOD)]
+    try:
+        await warm_renderers(stack, ops, outcomes)
+        # Work-conserving: zeta (a share of 1) alone, renderers idle: it has more than one
+        # report under way at once (from its fetch starting to its delivery).
+        alone = [unique("z") for _ in range(12)]
+        for n, rid in enumerate(alone):
+            await publish_as(zeta, tiny(rid, n, "normal"))
+        for rid in alone:
+            await outcomes.delivered_event(rid, timeout=120)
+        assert await most_at_once(ops, alone) > 1
+
+        # delta (a share of 2) floods the normal lane; another requester's request on the
+        # same lane goes past the flood, not behind it.
+        js = delta.jetstream()
+        acks = [
+            await js.publish_async(
+                "report.requested",
+                json.dumps({**tiny(rid, n, "normal"), **PDF}).encode(),
+            )
+            for n, rid in enumerate(flood)
+        ]
+        await asyncio.gather(*acks)
+        other = unique("o")
+        await publish_as(ops, {**tiny(other, 0, "normal"), "requested_by": "someone-else"})
+        await outcomes.delivered_event(other, timeout=120)
+        ahead = sum(1 for rid in flood if rid in outcomes.delivered)
+        # delta's share, and what idle renderers took of the rest while the other's report
+        # went through; in one queue it would wait for all 50 (at least the 30 a renderer's
+        # batches of 10 do not already hold).
+        assert ahead < SHARE_BOUND, f"{ahead} of delta's reports were delivered before another's"
+        for rid in flood:
+            await outcomes.delivered_event(rid, timeout=240)
+    finally:
+        for nc in (delta, zeta, ops):
+            await nc.close()
+
+
+async def most_at_once(nc: Any, rids: list[str]) -> int:
+    """The most of these reports under way at one time (fetch started, not yet delivered)."""
+    ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
+    spans = []
+    for rid in rids:
+        entry = await ledger.get(rid)
+        assert entry is not None and entry.status == "delivered"
+        done = entry.stages["distributor"].finished_at
+        assert done is not None
+        spans.append((entry.stages["fetcher"].started_at, done))
+    return max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
+
+
+async def test_an_interactive_render_goes_before_bulk_renders_waiting_in_the_pool(
+    burst_stack: Stack,
+) -> None:
+    stack = burst_stack
+    nc, ledger = await ledger_of(stack)
+    outcomes = await Outcomes().start(nc)
+    # A backlog: each renderer then takes 5 bulk messages at a time, renders one and has the
+    # others wait for its render process.
+    bulk = [unique("pool") for _ in range(24)]
+    try:
+        await warm_renderers(stack, nc, outcomes)
+        acks = [
+            await nc.jetstream().publish_async(
+                "report.requested",
+                json.dumps({**tiny(rid, n, "bulk"), "template": "medium.html", **PDF}).encode(),
+            )
+            for n, rid in enumerate(bulk)
+        ]
+        await asyncio.gather(*acks)
+
+        async def in_the_pools() -> list[str] | None:
+            entries = [await ledger.get(rid) for rid in bulk]
+            running = [
+                e.request_id
+                for e in entries
+                if e is not None
+                and "renderer" in e.stages
+                and e.stages["renderer"].state == "running"
+            ]
+            return running if len(running) >= 8 else None
+
+        waiting = await eventually(in_the_pools, timeout=120, every=0.05)
+        urgent = unique("pool-i")
+        await publish_as(nc, {**tiny(urgent, 0, "interactive"), **PDF})
+        await outcomes.delivered_event(urgent, timeout=120)
+        ahead = sum(1 for rid in waiting if rid in outcomes.delivered)
+        # In arrival order it would come after every one of them.
+        assert ahead < len(waiting) / 2, (ahead, len(waiting))
+        for rid in bulk:
+            await outcomes.delivered_event(rid, timeout=180)
+    finally:
+        await nc.close()
 
 
 async def test_backfill_sends_each_fire_once_and_an_empty_run_is_skipped(

@@ -20,7 +20,16 @@ from typing import Any
 import pytest
 
 from services.console.embedded import free_port
-from tests.helpers import REPO, Outcomes, Stack, eventually, pressroom, unique, up_env
+from tests.helpers import (
+    REPO,
+    Outcomes,
+    Stack,
+    delivered_file,
+    eventually,
+    pressroom,
+    unique,
+    up_env,
+)
 from tests.integration.test_cli_operator import run_on_a_terminal
 from tests.pdftext import pdf_text
 
@@ -166,7 +175,7 @@ async def test_a_partly_delivered_report_shows_the_channel_that_delivered(
     request.write_text(json.dumps(body))
     failed = stack.cli("request", str(request), "--wait")
     assert failed.returncode == 1 and "s3" in failed.stderr
-    assert (stack.out / rid2 / f"{rid2}.pdf").exists()  # the file channel did deliver
+    assert delivered_file(stack.out / rid2, rid2).exists()  # the file channel did deliver
     status = json.loads(stack.cli("status", rid2, "--json", check=True).stdout)
     channels = {c["channel"]: c for c in status["channels"]}
     assert channels["file"]["ok"] is True and channels["file"]["target"].endswith(".pdf")
@@ -311,7 +320,7 @@ async def test_request_source_and_subject_flags(
         "--wait",
         check=True,
     )
-    assert "value=1234567" in (stack.out / f"{rid}.html").read_text()
+    assert "value=1234567" in delivered_file(stack.out, rid, "html").read_text()
 
 
 async def test_a_report_over_its_timeout_fails_naming_the_stage(
@@ -405,7 +414,7 @@ async def test_a_render_over_the_report_timeout_is_stopped_and_the_renderer_goes
     await eventually(stopped, timeout=30)
     after = unique("after-deadline")
     delivered_sample(stack, after)
-    assert (stack.out / f"{after}.pdf").read_bytes().startswith(b"%PDF")
+    assert delivered_file(stack.out, after).read_bytes().startswith(b"%PDF")
 
 
 # ---- the sample template, the README ------------------------------------------------------------
@@ -451,12 +460,19 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     try:
         deadline = time.monotonic() + 180
-        while not list((root / "out").glob("sample-portfolio-*.pdf")):
+        while not list((root / "out").glob("portfolio-status-report-*.pdf")):
             assert proc.poll() is None, "pressroom up exited"
             assert time.monotonic() < deadline, "the sample was not delivered"
             time.sleep(0.2)
-        [pdf] = list((root / "out").glob("sample-portfolio-*.pdf"))
-        yield {"env": env, "root": root, "sample": pdf.stem}
+        [pdf] = list((root / "out").glob("portfolio-status-report-*.pdf"))
+        listed = pressroom("ls", "--json", env=env, cwd=root, timeout=120)
+        [sample] = [
+            e["request_id"]
+            for e in json.loads(listed.stdout)
+            if e["request_id"].startswith("sample-")
+        ]
+        assert delivered_file(root / "out", sample) == pdf
+        yield {"env": env, "root": root, "sample": sample}
     finally:
         proc.send_signal(signal.SIGINT)
         try:

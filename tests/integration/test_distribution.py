@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.distributor.channels.webhook import verify
-from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, unique
 from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -210,7 +210,7 @@ async def test_private_webhook_targets_are_refused_and_other_channels_still_deli
     failed = await douts.failed_event(rid)
     assert "169.254.169.254" in failed["reason"] and "non-public" in failed["reason"]
     assert failed["attempts"] == 1 and failed["stage"] == "distributor"
-    assert (dstack.out / "ssrf" / f"{rid}.pdf").exists()
+    assert delivered_file(dstack.out / "ssrf", rid).exists()
 
 
 async def test_a_bad_email_address_fails_permanently_naming_it(
@@ -247,7 +247,7 @@ async def test_pressroom_get_downloads_from_s3(dstack: Stack, douts: Outcomes) -
     result = dstack.cli("get", rid, "--format", "html", "--output", str(target))
     assert result.returncode == 0, result.stderr
     assert "Portfolio Status Report" in target.read_text()
-    assert os.path.getsize(dstack.out / f"{rid}.pdf") > 0
+    assert os.path.getsize(delivered_file(dstack.out, rid)) > 0
 
 
 async def test_an_existing_report_can_be_delivered_again_from_the_cli(
@@ -331,7 +331,7 @@ async def test_an_s3_outage_delays_the_report_but_loses_nothing(
     finally:
         s3.restart()
     await douts.delivered_event(rid, timeout=60)
-    assert (dstack.out / f"{rid}.pdf").read_bytes().startswith(b"%PDF")
+    assert delivered_file(dstack.out, rid).read_bytes().startswith(b"%PDF")
     keys = [o.object_name for o in s3.client().list_objects("artefacts", recursive=True)]
     assert any(k.endswith(f"/{rid}.pdf") for k in keys)  # bucket recreated, artefact stored
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.filenames import request_tag
 from tests.helpers import REPO, Outcomes, Stack
 from tests.servers import PrometheusServer, S3Server, SmtpServer
 
@@ -124,7 +125,8 @@ async def test_the_readme_publishing_example_runs_as_a_publisher(
     assert rid is not None
     delivered: dict[str, Any] = await outcomes.delivered_event(rid.group(1))
     # The publisher is a calling system: its files go into its own folder.
-    target = f"PRESSROOM_OUT_DIR/publisher/portfolio/weekly/{rid.group(1)}.pdf"
-    assert delivered["channels"][0]["target"] == target
+    target = delivered["channels"][0]["target"]
+    assert target.startswith("PRESSROOM_OUT_DIR/publisher/portfolio/weekly/"), target
+    assert target.endswith(f"-{request_tag(rid.group(1))}.pdf"), target
     await nc.close()
     assert json.dumps(delivered)

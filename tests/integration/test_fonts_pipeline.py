@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.fontcheck import boxes, strings_in, uncovered, visible_characters
-from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, unique
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ async def test_a_report_with_names_in_every_script_is_delivered_without_a_box(
 
     await outcomes.delivered_event(rid, timeout=120)
 
-    pdf = (stack.out / f"{rid}.pdf").read_bytes()
+    pdf = delivered_file(stack.out, rid).read_bytes()
     assert boxes(pdf) == []
     assert uncovered(pdf, visible_characters(strings_in(MULTILINGUAL))) == set()
 
@@ -43,4 +43,4 @@ async def test_a_character_no_font_has_fails_the_report_with_the_character_named
     assert failed["stage"] == "renderer"
     assert failed["reason"].startswith("no font for U+E000 (private use)")
     assert failed["attempts"] == 1  # permanent: not retried
-    assert not (stack.out / f"{rid}.pdf").exists()
+    assert not delivered_file(stack.out, rid).exists()

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,7 @@ async def test_a_request_too_big_for_its_dead_letter_is_parked_whole_and_can_be_
     await louts.delivered_event(rid, failed_before=1)
 
     async def pdf() -> Path | None:
-        path = lstack.out / f"{rid}.pdf"
+        path = delivered_file(lstack.out, rid)
         return path if path.exists() else None
 
     text = PdfReader(BytesIO((await eventually(pdf)).read_bytes())).pages[0].extract_text()

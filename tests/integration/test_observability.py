@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Outcomes, Stack, eventually
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually
 
 pytestmark = pytest.mark.integration
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
@@ -69,7 +69,9 @@ async def test_two_scheduler_replicas_deliver_one_report_per_fire(
             copies += json.loads(msg.data).get("request_id") == rid
         await sub.unsubscribe()
         assert copies == 1  # the second replica's publish was de-duplicated
-        assert [p.name for p in (stack.out / "scheduled").glob("*.pdf")] == [f"{rid}.pdf"]
+        assert [p.name for p in (stack.out / "scheduled").glob("*.pdf")] == [
+            delivered_file(stack.out / "scheduled", rid).name
+        ]
         status = json.loads(stack.cli("status", rid, "--json", check=True).stdout)
         assert status["requested_by"] == "scheduler:every-minute"
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.sealing import generate_key, seal
-from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, unique
 from tests.pdfmarks import stamp_texts, watermarked_pages
 from tests.pdftext import page_texts
 
@@ -68,7 +68,7 @@ async def test_the_operators_draft_stamp_is_on_every_page_of_a_split_report(
         await outcomes.delivered_event(rid, timeout=300)
     finally:
         await nc.close()
-    pdf = (limits_stack.out / f"{rid}.pdf").read_bytes()
+    pdf = delivered_file(limits_stack.out, rid).read_bytes()
     logs = "".join(p.read_text() for p in (limits_stack.root / "logs").glob("renderer*"))
     assert "long report split" in logs
     pages = page_texts(pdf, tmp_path)
@@ -107,7 +107,7 @@ async def test_a_password_where_forbidden_and_a_signature_without_a_key_are_refu
     finally:
         await nc.close()
     for rid in rids.values():
-        assert not (limits_stack.out / f"{rid}.pdf").exists()
+        assert not delivered_file(limits_stack.out, rid).exists()
 
 
 async def test_a_templates_own_stamp_is_its_default_a_request_replaces_it_not_the_operators(
@@ -127,7 +127,7 @@ async def test_a_templates_own_stamp_is_its_default_a_request_replaces_it_not_th
             await outcomes.delivered_event(rid)
     finally:
         await nc.close()
-    default = (limits_stack.out / f"{rids['default']}.pdf").read_bytes()
-    replaced = (limits_stack.out / f"{rids['replaced']}.pdf").read_bytes()
+    default = delivered_file(limits_stack.out, rids["default"]).read_bytes()
+    replaced = delivered_file(limits_stack.out, rids["replaced"]).read_bytes()
     assert set(stamp_texts(default)) == {"DRAFT INTERNAL"}
     assert set(stamp_texts(replaced)) == {"DRAFT FOR THE BOARD"}

@@ -21,7 +21,7 @@ import pikepdf
 import pytest
 import weasyprint
 
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 from tests.pdfmarks import decrypted, stamp_texts, watermarked_pages
 from tests.pdftext import page_texts
 from tests.pki import TestPki, TimestampServer
@@ -337,7 +337,7 @@ async def test_the_same_report_for_two_readers_is_encrypted_for_each_not_reused(
     finally:
         await nc.close()
     for reader, rid in rids.items():
-        pdf = (protect_stack.out / f"{rid}.pdf").read_bytes()
+        pdf = delivered_file(protect_stack.out, rid).read_bytes()
         with pikepdf.open(io.BytesIO(pdf), password=reader) as document:
             assert document.user_password_matched
         other = next(r for r in rids if r != reader)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 from tests.pdftext import pdf_text
 
 pytestmark = pytest.mark.integration
@@ -29,9 +30,11 @@ async def test_a_raw_request_from_another_system_is_delivered_as_a_pdf(
 
     assert delivered["request_id"] == rid
     assert [c["channel"] for c in delivered["channels"]] == ["file"]
-    pdf = stack.out / f"{rid}.pdf"
+    pdf = delivered_file(stack.out, rid)
     # where it went, relative to the configured folder: no server layout on the bus
-    assert delivered["channels"][0]["target"] == f"PRESSROOM_OUT_DIR/{rid}.pdf"
+    assert delivered["channels"][0]["target"] == f"PRESSROOM_OUT_DIR/{pdf.name}"
+    # A name a person recognises: the report's title, its date, a tag for this request.
+    assert re.fullmatch(r"portfolio-status-report-\d{4}-\d{2}-\d{2}-[0-9a-f]{8}\.pdf", pdf.name)
     text = pdf_text(pdf)
     assert "Portfolio Status Report" in text
     assert "Project Cobalt" in text and "November 2026" in text
@@ -57,8 +60,8 @@ async def test_any_template_added_to_the_folder_can_be_requested(
     await outcomes.delivered_event(rid)
 
     folder = stack.out / "greetings"
-    assert "Hello <Ops & Friends>" in pdf_text(folder / f"{rid}.pdf")
-    html = (folder / f"{rid}.html").read_text()
+    assert "Hello <Ops & Friends>" in pdf_text(delivered_file(folder, rid))
+    html = delivered_file(folder, rid, "html").read_text()
     assert "Hello &lt;Ops &amp; Friends&gt;" in html  # autoescaped, not markup
 
 
@@ -76,7 +79,7 @@ async def test_undefined_variable_fails_with_the_variable_named(
     assert "undefined variables" in failed["reason"]
     assert all(f"'{v}'" in failed["reason"] for v in ("reporting_period", "projects"))
     assert failed["attempts"] == 1  # permanent: not retried
-    assert not (stack.out / f"{rid}.pdf").exists()
+    assert not delivered_file(stack.out, rid).exists()
 
 
 async def test_invalid_json_is_dead_lettered_at_once_with_a_reason(stack: Stack, nc: Any) -> None:
@@ -136,7 +139,7 @@ async def test_cli_request_waits_for_delivery_and_status_shows_the_stages(stack:
 
     target = stack.root / "copy.pdf"
     stack.cli("get", rid, "--output", str(target), check=True)
-    assert target.read_bytes() == (stack.out / f"{rid}.pdf").read_bytes()
+    assert target.read_bytes() == delivered_file(stack.out, rid).read_bytes()
 
 
 async def test_cli_request_for_a_missing_template_exits_non_zero_with_one_line(
@@ -170,7 +173,7 @@ async def test_a_missing_template_is_dead_lettered_then_delivered_after_fix_and_
 
     delivered = await outcomes.delivered_event(rid, failed_before=1)
     assert delivered["request_id"] == rid
-    assert "Answer 42" in pdf_text(stack.out / f"{rid}.pdf")
+    assert "Answer 42" in pdf_text(delivered_file(stack.out, rid))
     left = json.loads(stack.cli("dlq", "ls", "--json", "--reason", name, check=True).stdout)
     assert left == []  # a replayed dead letter leaves the queue
 
@@ -289,6 +292,6 @@ async def test_the_same_data_in_another_request_is_rendered_for_that_request(
 
     one, two, three = await ledger(first), await ledger(second), await ledger(changed)
     assert one["render_seconds"] > 0 and two["render_seconds"] > 0 and three["render_seconds"] > 0
-    assert pdf_text(stack.out / f"{first}.pdf") == pdf_text(stack.out / f"{second}.pdf")
+    assert pdf_text(delivered_file(stack.out, first)) == pdf_text(delivered_file(stack.out, second))
     assert two["artefacts"][0]["key"].endswith(f"/{second}.pdf")
-    assert "99" in pdf_text(stack.out / f"{changed}.pdf")
+    assert "99" in pdf_text(delivered_file(stack.out, changed))

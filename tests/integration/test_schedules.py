@@ -12,12 +12,11 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, Stack, eventually, pressroom, up_env
+from tests.helpers import REPO, Stack, delivered_file, eventually, pressroom, up_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -73,7 +72,7 @@ def test_make_run_has_a_sample_schedule_the_cli_sees_and_fires(
     fired = cli("schedule", "run", "sample-folder", "--wait")
     assert fired.returncode == 0, fired.stdout + fired.stderr
     rid = fired.stdout.split(" as ")[1].strip()
-    assert (root / "out" / "scheduled" / f"{rid}.pdf").read_bytes().startswith(b"%PDF")
+    assert delivered_file(root / "out" / "scheduled", rid).read_bytes().startswith(b"%PDF")
     assert json.loads(cli("status", rid, "--json").stdout)["status"] == "delivered"
     # The production example carries the same schedule, switched off.
     shipped = yaml.safe_load((REPO / "deploy/pressroom.yaml").read_text())["schedules"]
@@ -168,11 +167,13 @@ async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(scheduled: S
         json.loads(stack.cli("schedule", "ls", "--json", check=True).stdout)[0]["paused"] is False
     )
 
-    async def fired_again() -> list[Any]:  # a fire after the skipped one
-        return [p for p in folder.glob("every-minute-*.pdf") if p.stem > skipped]
+    later = [f"every-minute-{boundary + timedelta(minutes=n):%Y%m%dT%H%MZ}" for n in range(1, 6)]
+
+    async def fired_again() -> list[Path]:  # a fire after the skipped one
+        return [p for p in (delivered_file(folder, rid) for rid in later) if p.exists()]
 
     await eventually(fired_again, timeout=150, every=1)
-    assert not (folder / f"{skipped}.pdf").exists()
+    assert not delivered_file(folder, skipped).exists()
     again = stack.cli("schedule", "resume", "every-minute")
     assert again.returncode == 0 and "was not paused" in again.stdout
     unknown = stack.cli("schedule", "pause", "nope")

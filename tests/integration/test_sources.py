@@ -20,7 +20,7 @@ from shared.adapters.memory import MemoryKeyValue
 from shared.errors import PermanentError, TransientError
 from shared.events import ReportRequested, Source
 from shared.settings import Settings
-from tests.helpers import Outcomes, Stack, unique
+from tests.helpers import Outcomes, Stack, delivered_file, unique
 from tests.servers import HttpReceiver, PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -286,7 +286,7 @@ async def test_a_live_api_and_live_prometheus_render_their_current_values(
     await outcomes.delivered_event(rid)
     from tests.pdftext import pdf_text
 
-    text = pdf_text(stack.out / f"{rid}.pdf")
+    text = pdf_text(delivered_file(stack.out, rid))
     served = len(http_api.on("/api/live"))
     assert f"Atlas has {4 + served} open PRs" in text
     assert "prometheus up=1" in text
@@ -319,7 +319,7 @@ async def test_a_context_too_big_for_a_message_travels_by_reference(
     await outcomes.delivered_event(rid)
     from tests.pdftext import pdf_text
 
-    assert "400000 characters" in pdf_text(stack.out / f"{rid}.pdf")
+    assert "400000 characters" in pdf_text(delivered_file(stack.out, rid))
 
 
 def test_data_files_are_read_from_the_data_folder_only(tmp_path: Path) -> None:

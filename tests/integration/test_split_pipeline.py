@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Outcomes, Stack, unique
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, unique
 from tests.pdftext import page_texts
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ async def test_a_long_report_is_split_by_the_renderer_and_delivered_as_the_cli_r
         await outcomes.delivered_event(rid, timeout=300)
     finally:
         await nc.close()
-    delivered = (split_stack.out / f"{rid}.pdf").read_bytes()
+    delivered = delivered_file(split_stack.out, rid).read_bytes()
     renderer_logs = "".join(p.read_text() for p in (split_stack.root / "logs").glob("renderer*"))
     assert "long report split" in renderer_logs
 

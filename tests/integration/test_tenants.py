@@ -21,7 +21,7 @@ import pytest
 from services.console.identities import generate
 from shared.bus.topology import kv_snapshot
 from shared.events import ReportFailed, request_message_id
-from tests.helpers import REPO, Stack, eventually, unique
+from tests.helpers import REPO, Stack, delivered_file, eventually, unique
 from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -536,7 +536,8 @@ async def test_a_tenants_file_deliveries_stay_in_its_own_folder(tenants: Stack) 
         b_next = unique("beta-next")
         await publish(beta, html(b_next, mark, "inbox"))
         [channel] = (await beta_heard.delivered(b_next))["channels"]
-        assert channel["target"] == f"PRESSROOM_OUT_DIR/beta/inbox/{b_next}.html"
+        name = delivered_file(tenants.out / "beta" / "inbox", b_next, "html").name
+        assert channel["target"] == f"PRESSROOM_OUT_DIR/beta/inbox/{name}"
     finally:
         await alpha.close()
         await beta.close()
@@ -555,13 +556,14 @@ async def test_a_body_cannot_set_the_tenant_stamp_on_the_plain_subject(tenants: 
         body = request(rid, formats=["html"], deliver=[{"channel": "file", "path": "shared"}])
         await publish(ops, {**body, "params": params, "tenant": "beta"})
         [channel] = (await heard.delivered(rid))["channels"]
-        assert channel["target"] == f"PRESSROOM_OUT_DIR/shared/{rid}.html"
-        assert _holding(tenants.out, title) == [Path("shared") / f"{rid}.html"]
+        name = delivered_file(tenants.out / "shared", rid, "html").name
+        assert channel["target"] == f"PRESSROOM_OUT_DIR/shared/{name}"
+        assert _holding(tenants.out, title) == [Path("shared") / name]
         # Claiming a tenant whose folder is above the root changes nothing either.
         outside = request(up, formats=["html"], deliver=[{"channel": "file", "path": ".."}])
         await publish(ops, {**outside, "tenant": ".."})
         failed = await heard.failed(up)
         assert "outside PRESSROOM_OUT_DIR" in failed["reason"]
-        assert not (tenants.out.parent / f"{up}.html").exists()
+        assert not delivered_file(tenants.out.parent, up, "html").exists()
     finally:
         await ops.close()

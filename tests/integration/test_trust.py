@@ -19,7 +19,8 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from tests.helpers import REPO, Outcomes, Stack, eventually, unique
+from shared.filenames import request_tag
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -259,7 +260,7 @@ async def test_redirects_are_followed_only_within_the_same_origin(
     assert "redirect from" in failed["reason"] and "refused" in failed["reason"]
     assert net.attacker.on("/stolen") == []
     await touts.delivered_event(within)
-    assert "Atlas" in pdf_text(stack.out / f"{within}.pdf")
+    assert "Atlas" in pdf_text(delivered_file(stack.out, within))
 
 
 async def test_a_source_named_in_the_config_file_is_the_operators_and_cannot_be_redirected(
@@ -270,7 +271,7 @@ async def test_a_source_named_in_the_config_file_is_the_operators_and_cannot_be_
     await publish(stack, show(ok, {"source": "internal-status"}))
     await publish(stack, show(moved, {"source": "internal-status", "url": f"{net.attacker.url}/x"}))
     await touts.delivered_event(ok)
-    assert INTERNAL in pdf_text(stack.out / f"{ok}.pdf")
+    assert INTERNAL in pdf_text(delivered_file(stack.out, ok))
     failed = await touts.failed_event(moved)
     assert "cannot be changed by a request" in failed["reason"]
     assert net.attacker.on("/x") == []
@@ -299,7 +300,7 @@ async def test_two_tenants_through_a_computed_include_each_get_their_own_report(
         await publish(stack, body)
         await touts.delivered_event(rid)
     for rid, secret in tenants.items():
-        text = pdf_text(stack.out / f"{rid}.pdf")
+        text = pdf_text(delivered_file(stack.out, rid))
         others = [s for r, s in tenants.items() if r != rid]
         assert secret in text and not any(o in text for o in others)
 
@@ -324,7 +325,7 @@ async def test_hidden_files_partials_and_symlinks_out_are_never_rendered(
     assert reason in failed["reason"]
     assert CANARY not in failed["reason"] and str(outside) not in failed["reason"]
     assert str(stack.root) not in failed["reason"]  # names, not server paths
-    assert rid not in touts.delivered and not list(stack.out.glob(f"{rid}.*"))
+    assert rid not in touts.delivered and not list(stack.out.rglob(f"*{request_tag(rid)}.*"))
 
 
 # ---- deliveries ------------------------------------------------------------------------------
@@ -453,7 +454,7 @@ async def test_a_scheduled_id_cannot_be_taken_first_by_another_publisher(
     await fire(JetStreamPublisher(js), nightly, when, js)
     await nc.close()
     await touts.delivered_event(real.request_id, failed_before=1)
-    assert (stack.out / "nightly" / f"{real.request_id}.pdf").exists()
+    assert delivered_file(stack.out / "nightly", real.request_id).exists()
     assert not (stack.out / "stolen").exists()
 
 
@@ -479,7 +480,7 @@ async def test_tampered_artefacts_are_never_served_or_reused(
     await touts.delivered_event(second)
 
     async def written() -> bytes:
-        path = stack.out / f"{second}.pdf"
+        path = delivered_file(stack.out, second)
         return path.read_bytes() if path.exists() else b""
 
     pdf = await eventually(written)
@@ -506,7 +507,7 @@ async def test_a_future_scheduled_run_cannot_be_run_early_by_an_exact_copy(
     await publish(stack, copy)
     failed = await touts.failed_event(copy["request_id"])
     assert "which is not due" in failed["reason"] and failed["refused"]
-    assert not (stack.out / "nightly" / f"{copy['request_id']}.pdf").exists()
+    assert not delivered_file(stack.out / "nightly", copy["request_id"]).exists()
 
 
 async def test_an_invalid_message_cannot_mark_another_request_failed(
@@ -594,7 +595,7 @@ async def test_data_that_sets_generation_time_is_part_of_the_render_cache_key(
         params = {"title": "same", "generation_time": stamp}
         await publish(stack, {"request_id": rid, "template": "stamp.html", "params": params})
         await touts.delivered_event(rid)
-    assert "B-ONLY-1290" in pdf_text(stack.out / f"{b}.pdf")
+    assert "B-ONLY-1290" in pdf_text(delivered_file(stack.out, b))
 
 
 async def test_secrets_in_named_sources_and_requests_stay_out_of_backups_and_config_check(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.console.embedded import free_port, port_open
-from tests.helpers import REPO, pressroom, up_env
+from tests.helpers import REPO, delivered_file, pressroom, up_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         while time.monotonic() < deadline and not list((tmp_path / "out").glob("*.pdf")):
             assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
             time.sleep(0.2)
-        [pdf] = list((tmp_path / "out").glob("sample-portfolio-*.pdf"))
+        [pdf] = list((tmp_path / "out").glob("portfolio-status-report-*.pdf"))
         assert pdf.read_bytes().startswith(b"%PDF")
         workers = (tmp_path / "state" / "workers.json").read_text()
         assert "renderer-2" in workers and "scheduler-1" in workers
@@ -48,7 +48,8 @@ def test_up_delivers_the_sample_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         # … and the CLI in another terminal finds the ops identity by itself.
         listed = pressroom("ls", "--json", env=env, cwd=tmp_path, timeout=60)
         assert listed.returncode == 0, listed.stderr
-        assert pdf.stem in {e["request_id"] for e in json.loads(listed.stdout)}
+        listed_ids = [e["request_id"] for e in json.loads(listed.stdout)]
+        assert [delivered_file(tmp_path / "out", rid) for rid in listed_ids] == [pdf]
     finally:
         up.send_signal(signal.SIGINT)
         output = up.communicate(timeout=30)[0].decode()
@@ -108,7 +109,7 @@ def test_up_runs_the_pipeline_on_an_external_locked_bus(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not list((tmp_path / "out").glob("*.pdf")):
             assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
             time.sleep(0.2)
-        [pdf] = list((tmp_path / "out").glob("sample-portfolio-*.pdf"))
+        [pdf] = list((tmp_path / "out").glob("portfolio-status-report-*.pdf"))
         assert pdf.read_bytes().startswith(b"%PDF")
         logs = "".join(p.read_text() for p in (tmp_path / "state" / "logs").glob("*.log"))
         assert "bus refused" not in logs  # every role had the permissions it needed

@@ -11,7 +11,7 @@ from shared.adapters import children
 from shared.adapters.cancel import apply_cancel, skip
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue
-from shared.admission import OverLimit, QueuedCounts, parse_limits
+from shared.admission import OverLimit, QueuedCounts, parse_limits, parse_rate, parse_rates
 from shared.errors import PermanentError
 from shared.events import ReportRequested
 from shared.firing import backfill_fires, due, empty_reason, jitter_seconds
@@ -44,20 +44,37 @@ def test_a_publisher_gets_at_most_its_cap_and_children_and_big_reports_run_as_bu
         parse_caps("x=urgent")
 
 
-def test_a_requester_over_its_limit_is_refused_with_the_documented_reason() -> None:
+def test_a_requester_over_its_limit_is_refused_and_counts_are_exact() -> None:
     async def scenario() -> None:
         counts = QueuedCounts(MemoryKeyValue())
-        for _ in range(3):
-            await counts.add("A", 1, limit=3)
+        for n in range(3):
+            await counts.add("A", f"r{n}", limit=3)
+        assert await counts.add("A", "r1", limit=3) == 3  # a redelivery counts once
         with pytest.raises(OverLimit, match="requester A is over its limit of 3 queued reports"):
-            await counts.add("A", 1, limit=3)
+            await counts.add("A", "r3", limit=3)
         assert await counts.queued("A") == 3
-        assert await counts.add("B", 1, limit=3) == 1  # another requester is not affected
-        await counts.add("A", -1)
-        assert await counts.add("A", 1, limit=3) == 3
+        assert await counts.add("B", "r0", limit=3) == 1  # another requester is not affected
+        assert await counts.position("A", "r2") == 2
+        assert await counts.remove("A", "r0") == 2
+        assert await counts.remove("A", "r0") == 2  # settled twice (a replay): counted out once
+        assert await counts.position("A", "r2") == 1
+        assert await counts.add("A", "r3", limit=3) == 3
+        rate = parse_rate("2/min")
+        assert rate is not None
+        await counts.arrived("A", "x1", rate, now=100.0)
+        await counts.arrived("A", "x1", rate, now=101.0)  # the same request again
+        await counts.arrived("A", "x2", rate, now=102.0)
+        with pytest.raises(
+            OverLimit, match="requester A is over its rate of 2 requests per minute"
+        ):
+            await counts.arrived("A", "x3", rate, now=103.0)
+        await counts.arrived("A", "x3", rate, now=161.0)  # x1 has left the window
 
     asyncio.run(scenario())
     assert parse_limits("a=1,b=20") == {"a": 1, "b": 20}
+    assert parse_rates("a=10/s,b=0/h") == {"a": parse_rate("10/s"), "b": None}
+    with pytest.raises(ValueError, match="is not a rate like 600/min"):
+        parse_rate("10/fortnight")
 
 
 def test_jitter_is_the_same_in_every_replica_and_spread_across_schedules() -> None:

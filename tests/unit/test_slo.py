@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.console.slo import objectives, percentile, stats
+import pytest
+
+from services.console.slo import Tally, objectives, percentile, quantize, stats, table
+from services.console.sloindex import Indexed
 from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.events import Artefact
 
@@ -103,3 +106,36 @@ def test_missed_objectives_are_reported_as_missed() -> None:
         "Data aggregation latency (p95)": False,
         "Report file size (p95)": False,
     }
+
+
+def test_a_kept_measurement_is_never_below_and_at_most_one_percent_above() -> None:
+    for value in (0.0123456, 0.999, 1.0, 1.001, 59.42, 60.0, 100.04, 899.99, 900.0, 5_242_880.0):
+        kept = quantize(value)
+        assert value <= kept <= value * 1.01 + 1e-12, (value, kept)
+    assert (quantize(59.42), quantize(900.0), quantize(900.05)) == (59.5, 900.0, 901.0)
+
+
+def test_tallies_add_up_to_the_count_of_their_reports_and_take_a_report_back() -> None:
+    entries = [entry(n, total=float(n)) for n in range(1, 41)]
+    entries.append(entry(99, status="failed", failed_stage="renderer"))
+    whole = Tally.of_entries(entries)
+    split = Tally.of_entries(entries[:20]).add(Tally.of_entries(entries[20:]))
+    assert split == whole
+    rows = {r.name: r for r in table(whole)}
+    assert rows["Report generation time (p95)"].value == percentile(
+        [float(n) for n in range(1, 41)], 95
+    )
+    assert Tally.from_dict(whole.as_dict()) == whole
+    assert whole.add(Tally.of(entries[-1]), -1) == Tally.of_entries(entries[:-1])
+
+
+def test_a_window_read_by_day_sums_whole_days_and_the_hours_at_its_ends() -> None:
+    one = Tally(finished=1, delivered=1)
+    hours = {h: one for h in range(24 * 10 + 20, 24 * 10 + 24)}  # the last 4 hours of day 10
+    hours.update({h: one for h in range(24 * 13, 24 * 13 + 3)})  # the first 3 of day 13
+    days = {11: Tally(finished=5, delivered=5), 12: Tally(finished=7, delivered=6)}
+    read = Indexed(first=24 * 10 + 20, end=24 * 13 + 2, hours=hours, days=days, seq=0, last=0)
+    assert read.total.finished == 4 + 5 + 7 + 3 and read.total.delivered == 4 + 5 + 6 + 3
+    assert read.between(24 * 12, 24 * 12 + 23).finished == 7
+    with pytest.raises(ValueError, match="read whole"):
+        read.between(24 * 12, 24 * 12 + 5)

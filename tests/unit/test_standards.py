@@ -15,7 +15,13 @@ from shared import metrics
 from shared.adapters.store import MemoryArtefacts
 from shared.errors import PermanentError, TransientError
 from shared.events import Delivery, ReportRendered, ReportRequested
-from shared.filenames import MAX_STEM, report_filename
+from shared.filenames import (
+    MAX_FOLDER_STEM,
+    MAX_STEM,
+    folder_filename,
+    report_filename,
+    request_tag,
+)
 from shared.observe.telemetry import prometheus_reader, setup_telemetry
 from tests.helpers import unique
 
@@ -103,6 +109,21 @@ def test_file_names_come_from_the_pattern_sanitised_and_short(
             report_filename(request(**fields), "pdf")
         return
     assert report_filename(request(**fields), "pdf") == name
+
+
+def test_folder_files_carry_the_title_the_date_and_a_tag_that_a_long_title_cannot_cut() -> None:
+    long_title = {"report_title": "Quarterly portfolio review for the board of directors " * 3}
+    first = request(request_id="req-one", params=long_title)
+    one = folder_filename(first, "pdf")
+    two = folder_filename(request(request_id="req-two", params=long_title), "pdf")
+    assert one != two and len(one) <= MAX_FOLDER_STEM + len(".pdf")
+    date = first.requested_at.strftime("%Y-%m-%d")
+    assert one.startswith("quarterly-portfolio-review") and one.endswith(
+        f"-{date}-{request_tag('req-one')}.pdf"
+    )
+    # The request's own pattern wins, as for attachments.
+    named = request(request_id="req-one", filename="{title}-{date}")
+    assert folder_filename(named, "pdf") == report_filename(named, "pdf")
 
 
 def test_the_longest_name_does_not_fold_in_an_email() -> None:

@@ -39,8 +39,12 @@ out = Console(emoji=False)
 err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
+failures: list[str] = []  # what `fail` said, for the audit trail (cli/_audit.py)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr and exit `code`; `message` is plain text (it often quotes a request)."""
+    failures.append(message)
     err.print(f"[bold red]error:[/] {literal(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

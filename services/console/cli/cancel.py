@@ -8,11 +8,13 @@ from typing import Any
 import typer
 
 from services.console.cancel import cancel_requests
+from services.console.cli._audit import audited
 from services.console.cli._common import emit_json, fail, on_bus, out, settings
 from services.console.cli._output import literal
 from shared.errors import PressroomError
 
 
+@audited("cancel")
 def cancel(
     request_ids: list[str] = typer.Argument(..., help="Request ids to cancel."),
     as_json: bool = typer.Option(False, "--json"),

@@ -12,6 +12,7 @@ import typer
 import uvicorn
 
 from services.console.audit import trail
+from services.console.cli._audit import audited, flush
 from services.console.cli._common import checked, emit_json, on_bus, out, settings
 from services.console.cli._output import Col, literal, print_table
 from services.console.requests import parse_since
@@ -87,6 +88,7 @@ class _JsonLines(logging.Formatter):
 
 
 @user_app.command("add")
+@audited("console user add")
 def user_add(
     name: str,
     role: str = typer.Option(..., "--role", help="viewer | author | ops"),
@@ -117,6 +119,7 @@ def user_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @user_app.command("rm")
+@audited("console user rm")
 def user_rm(name: str) -> None:
     """Remove a user (their sessions end at their next request)."""
     path = users_file(settings())
@@ -133,6 +136,7 @@ def audit(
     moment = checked(lambda: parse_since(since))
 
     async def read(bus: Any) -> Any:
+        await flush(bus)  # what was kept on disk while the bus was out of reach
         return await trail(bus, since=moment)
 
     records = on_bus(cfg, read, setup=False)

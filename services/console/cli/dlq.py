@@ -9,7 +9,7 @@ from contextlib import suppress
 import typer
 from rich.progress import Progress
 
-from services.console.audit import audited
+from services.console.cli._audit import audited, outcome
 from services.console.cli._common import checked, emit_json, err, fail, on_bus, out, settings
 from services.console.cli._output import Col, literal, print_table, visible
 from services.console.deadletters import (
@@ -81,6 +81,7 @@ def dlq_ls(
 
 
 @dlq_app.command("show")
+@audited("dlq show")
 def dlq_show(
     ref: str = typer.Argument(..., metavar="ID|REQUEST_ID", help="Dead-letter id or request id"),
     as_json: bool = typer.Option(False, "--json"),
@@ -109,6 +110,7 @@ def dlq_show(
 
 
 @dlq_app.command("replay")
+@audited("replay dead letters")
 def dlq_replay(
     ids: list[str] = typer.Argument(None, metavar="[ID|REQUEST_ID]...", help=REFS_HELP),
     all_: bool = typer.Option(False, "--all", help=ALL_HELP),
@@ -123,12 +125,8 @@ def dlq_replay(
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, visible=total >= 5)
 
-        replayed = on_bus(
-            settings(),
-            lambda bus: audited(
-                bus, "replay dead letters", _named(targets), replay_many(bus, targets, advance)
-            ),
-        )
+        replayed = on_bus(settings(), lambda bus: replay_many(bus, targets, advance))
+    outcome(f"{len(replayed)} replayed")
     if as_json:
         emit_json({"replayed": replayed})
     else:
@@ -136,6 +134,7 @@ def dlq_replay(
 
 
 @dlq_app.command("purge")
+@audited("purge dead letters")
 def dlq_purge(
     ids: list[str] = typer.Argument(None, metavar="[ID|REQUEST_ID]...", help=REFS_HELP),
     all_: bool = typer.Option(False, "--all", help=ALL_HELP),
@@ -150,15 +149,9 @@ def dlq_purge(
             fail("purging every dead letter cannot be undone: add --yes to confirm")
         if not typer.confirm("Delete every dead letter for good?", default=False):
             raise typer.Exit(1)
-    removed = on_bus(
-        settings(),
-        lambda bus: audited(bus, "purge dead letters", _named(targets), purge(bus, targets)),
-    )
+    removed = on_bus(settings(), lambda bus: purge(bus, targets))
+    outcome(str(removed))
     if as_json:
         emit_json({"purged": removed})
     else:
         out.print(f"purged {removed} dead letter(s)")
-
-
-def _named(targets: list[str] | None) -> str:
-    return "--all" if targets is None else " ".join(targets)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from services.console.cli._audit import audited
 from services.console.cli._common import fail, out, settings
 from services.console.cli._output import literal
 from shared.sealing import SealError, generate_key, public_key_of, seal
@@ -16,6 +17,7 @@ pdf_app = typer.Typer(help="Sealed passwords for protected PDFs.", no_args_is_he
 
 
 @pdf_app.command("keys")
+@audited("pdf keys")
 def pdf_keys(
     folder: Path = typer.Argument(..., help="Where to write seal.key and seal.pub"),
 ) -> None:
@@ -34,6 +36,7 @@ def pdf_keys(
 
 
 @pdf_app.command("seal")
+@audited("pdf seal")
 def pdf_seal(
     public_key: Path | None = typer.Option(
         None, "--public-key", help="seal.pub (default: PRESSROOM_PDF_SEAL_KEY_FILE's)"

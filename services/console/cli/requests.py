@@ -13,7 +13,7 @@ import typer
 
 from services.console import requests
 from services.console.adhoc import adhoc_job, export_paths, output_format, pdf_options
-from services.console.audit import audited
+from services.console.cli._audit import audited, outcome
 from services.console.cli._common import (
     age,
     checked,
@@ -47,6 +47,7 @@ from shared.errors import PressroomError
 from shared.settings import Settings
 
 
+@audited("request")
 def request(
     file: Path | None = typer.Argument(None, help="A report.requested JSON file."),
     template: str | None = typer.Option(None, "--template", "-t"),
@@ -166,6 +167,7 @@ def check_template(cfg: Settings, name: str) -> None:
         fail(f"{error.reason} in {cfg.templates_dir}; nothing was published")
 
 
+@audited("render")
 def render(
     template: str = typer.Option(..., "--template", "-t", help="Template name or path"),
     data_file: Path | None = typer.Option(None, "--data-file", help="JSON or YAML data"),
@@ -384,6 +386,7 @@ def _total(entry: Any) -> str:
     return f"{entry.total_seconds:.2f}" if entry.total_seconds is not None else ""
 
 
+@audited("get")
 def get(
     request_id: str,
     output: Path | None = typer.Option(
@@ -420,6 +423,7 @@ def default_file_name(request_id: str, fmt: str) -> str:
     return f"{stem}.{re.sub(r'[^A-Za-z0-9]', '', fmt) or 'pdf'}"
 
 
+@audited("re-deliver")
 def deliver(
     request_id: str,
     email: list[str] = typer.Option([], "--email", help="Recipient (repeatable)"),
@@ -437,12 +441,8 @@ def deliver(
     deliveries += [{"channel": "file", "path": folder}] if folder else []
     if not deliveries:
         fail("name at least one of --email, --s3, --webhook, --folder")
-    results = on_bus(
-        settings(),
-        lambda bus: audited(
-            bus, "re-deliver", request_id, deliver_again(bus, request_id, deliveries)
-        ),
-    )
+    results = on_bus(settings(), lambda bus: deliver_again(bus, request_id, deliveries))
+    outcome(", ".join(f"{r['channel']}: {'ok' if r['ok'] else 'failed'}" for r in results))
     if as_json:
         emit_json(results)
     for result in [] if as_json else results:
@@ -453,6 +453,7 @@ def deliver(
         raise typer.Exit(1)
 
 
+@audited("check")
 def check(
     what: str = typer.Argument(..., help="email | webhook"),
     to: str | None = typer.Option(None, "--to", help="email: also send a test message here"),

@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 
-from services.console.audit import audited
 from services.console.backfill import backfill, parse_when
+from services.console.cli._audit import audited
 from services.console.cli._common import (
     checked,
     config_says,
@@ -89,6 +89,7 @@ def _known(cfg: Settings, name: str) -> Any:
 
 
 @schedule_app.command("run")
+@audited("schedule run")
 def schedule_run(
     name: str, wait: bool = typer.Option(False, "--wait"), timeout: float = typer.Option(120.0)
 ) -> None:
@@ -104,6 +105,7 @@ def schedule_run(
 
 
 @schedule_app.command("backfill")
+@audited("schedule backfill")
 def schedule_backfill(
     name: str,
     start: str = typer.Option(..., "--from", help="First fire time to take (UTC): 2026-12-01"),
@@ -135,6 +137,7 @@ def schedule_backfill(
 
 
 @schedule_app.command("pause")
+@audited("schedule pause")
 def schedule_pause(name: str) -> None:
     """Skip a schedule's fires (none are caught up later) until `schedule resume NAME`."""
 
@@ -146,13 +149,14 @@ def schedule_pause(name: str) -> None:
 
     async def act(bus: Any) -> None:
         kv = await bus.js.key_value(SCHEDULES_BUCKET)
-        await audited(bus, "schedule pause", name, pause(kv, name, "pressroom schedule pause"))
+        await pause(kv, name, "pressroom schedule pause")
 
     on_bus(cfg, act, setup=False)
     out.print(f"paused {name}: its fires are skipped until `pressroom schedule resume {name}`")
 
 
 @schedule_app.command("resume")
+@audited("schedule resume")
 def schedule_resume(name: str) -> None:
     """Fire a paused schedule again from its next fire time (what was skipped stays skipped)."""
 
@@ -161,7 +165,7 @@ def schedule_resume(name: str) -> None:
 
     async def act(bus: Any) -> bool:
         kv = await bus.js.key_value(SCHEDULES_BUCKET)
-        return await audited(bus, "schedule resume", name, resume(kv, name))
+        return bool(await resume(kv, name))
 
     if not on_bus(cfg, act, setup=False):
         out.print(f"{name} was not paused")
@@ -185,6 +189,7 @@ def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @sources_app.command("test")
+@audited("sources test")
 def sources_test(
     name: str | None = typer.Argument(None, help="A source of the config file."),
     every: bool = typer.Option(False, "--all", help="Test every configured source."),

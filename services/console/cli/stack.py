@@ -18,6 +18,7 @@ from rich.live import Live
 from services.console import backup as backups
 from services.console import requests
 from services.console.busaccess import ready
+from services.console.cli._audit import audited
 from services.console.cli._common import (
     checked,
     emit_json,
@@ -41,6 +42,7 @@ from services.renderer.app import create_app as renderer_app
 from services.scheduler.app import create_app as scheduler_app
 from shared.bus.identity import SERVICE_ROLES, tenant_role
 from shared.errors import PressroomError
+from shared.filenames import folder_filename
 from shared.schedules import load_schedules
 from shared.secretenv import scrub
 from shared.settings import load_settings, masked
@@ -124,7 +126,7 @@ def up(
             on_bus(cfg, lambda bus: publish_request(bus, req), setup=False)
             out.print(
                 f"published sample request [cyan]{req.request_id}[/] → "
-                f"{cfg.out_dir.resolve()}/{req.request_id}.pdf"
+                f"{cfg.out_dir.resolve()}/{folder_filename(req, 'pdf')}"
             )
         with Live(console=out, refresh_per_second=2, transient=True) as live:
             while not stopping:
@@ -208,6 +210,7 @@ def health(
 
 
 @bus_app.command("auth")
+@audited("bus auth")
 def bus_auth(
     out_dir: Path = typer.Option(..., "--out", help="Folder for auth.conf and the role seeds."),
     tls: bool = typer.Option(False, "--tls", help="Also a CA and a server certificate."),
@@ -245,6 +248,7 @@ def bus_auth(
 
 
 @bus_app.command("setup")
+@audited("bus setup")
 def bus_setup() -> None:
     """Create or update every stream, consumer and bucket (needs the ops identity)."""
 
@@ -288,6 +292,7 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
     )
 
 
+@audited("backup")
 def backup(
     output: Path = typer.Argument(..., help="FILE.tar.gz"),
     include_secrets: bool = typer.Option(
@@ -332,6 +337,7 @@ def backup(
         )
 
 
+@audited("restore")
 def restore(
     archive: Path = typer.Argument(..., help="FILE.tar.gz from pressroom backup"),
     force: bool = typer.Option(

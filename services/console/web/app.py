@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from services.console import busaccess
+from services.console.web import studio_api
 from services.console.web.downloads import Gone, byte_range, open_artefact
 from services.console.web.kit import (
     HERE,
@@ -34,7 +35,6 @@ from services.console.web.kit import (
     Console,
     Handler,
     audit_action,
-    log,
 )
 from services.console.web.letters import (
     dead_letter,
@@ -45,17 +45,16 @@ from services.console.web.letters import (
 )
 from services.console.web.login import login, login_form, logout, sso_callback, sso_start
 from services.console.web.operate import (
-    SLO_REFRESH,
     audit_page,
     health,
     schedule_action,
     schedules,
     slo,
-    slo_view,
 )
 from services.console.web.reports import (
     mint_link,
     report,
+    report_cancel,
     report_download,
     report_page_image,
     report_pages,
@@ -65,6 +64,7 @@ from services.console.web.reports import (
     reports,
     reports_stream,
 )
+from services.console.web.studio_pages import studio_routes
 from shared.downloadlinks import (
     LinkRefused,
     verify_token,
@@ -155,12 +155,14 @@ def _routes() -> list[Any]:
     actions: list[tuple[str, Handler]] = [
         ("/reports/{rid:path}/redeliver", report_redeliver),
         ("/reports/{rid:path}/replay", report_replay),
+        ("/reports/{rid:path}/cancel", report_cancel),
         ("/dead-letters/replay", dead_letters_replay),
         ("/dead-letters/purge", dead_letters_purge),
         ("/dead-letters/{seq:int}/replay", dead_letter_replay),
         ("/schedules/{name}/{verb}", schedule_action),
     ]
     routes: list[Any] = [
+        *studio_api.routes(),
         Route("/", home),
         Route("/healthz", healthz),
         Route("/favicon.ico", favicon),
@@ -179,6 +181,7 @@ def _routes() -> list[Any]:
         ]
     for path, handler in pages:
         routes += [Route(path, handler), Route(f"/api{path}", handler)]
+    routes += studio_routes()
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     return routes
 
@@ -195,15 +198,6 @@ async def _security_headers(request: Request, call_next: Any) -> Response:
     return response
 
 
-async def _prewarm(console: Console) -> None:
-    """The SLO page's default view computed once the ledger is read, not on its first visit."""
-    await console.index.loaded.wait()
-    try:
-        await console.cached("slo:7d", SLO_REFRESH, lambda: slo_view(console, "7d"))
-    except Exception as error:
-        log.warning("SLO view not computed ahead", error=repr(error))
-
-
 def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starlette:
     """The console; without `bus` it opens its own (the ops identity) for its lifetime."""
     console = Console(settings, bus)
@@ -216,7 +210,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
                 console.bus = await stack.enter_async_context(busaccess.open_bus(settings))
             tasks = [
                 asyncio.create_task(console.index.follow(console.bus)),
-                asyncio.create_task(_prewarm(console)),
+                asyncio.create_task(console.slo.keep(console.bus)),
             ]
             try:
                 yield
@@ -226,6 +220,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await studio_api.close(app)
 
     app = Starlette(
         routes=_routes(),

@@ -23,7 +23,7 @@ from starlette.responses import (
     Response,
 )
 
-from services.console import audit, busaccess
+from services.console import audit, busaccess, sloindex
 from services.console.web.auth import (
     ROLES,
     LoginLimiter,
@@ -52,6 +52,7 @@ class Console:
         self.settings = settings
         self.bus = bus
         self.index = LedgerIndex()
+        self.slo = sloindex.Keeper()  # keeps the SLO index current
         self.limiter = LoginLimiter()
         self.secret = console_secret(settings)
         self.users_path = users_file(settings)

@@ -16,7 +16,7 @@ from starlette.responses import (
     Response,
 )
 
-from services.console import audit, requests
+from services.console import audit, requests, sloindex
 from services.console import slo as sli
 from services.console.health import stack_health
 from services.console.monitoring import active_alerts, monitor_url
@@ -34,14 +34,11 @@ from services.console.web.kit import (
 )
 from services.console.web.reports import row_dict
 from services.scheduler.state import pause, resume
-from shared.adapters.ledger import LedgerEntry
 from shared.bus.names import SCHEDULES_BUCKET
 from shared.errors import PressroomError
 
-# The SLO view reads every ledger entry (as `pressroom slo` does): at 100,000 reports that is
-# tens of seconds of CPU, so it is refreshed in the background at most every 10 minutes.
-SLO_REFRESH = 600.0
 SLO_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+SLO_STEP_HOURS = {"24h": 1, "7d": 6, "30d": 24}  # the charts' points
 
 
 # ---- schedules -----------------------------------------------------------------------------
@@ -136,37 +133,36 @@ async def schedule_action(request: Request) -> Response:
 
 # ---- SLOs, health, audit -------------------------------------------------------------------
 async def slo_view(console: Console, window: str) -> dict[str, Any]:
-    span = SLO_WINDOWS[window]
-    entries = list(sli.in_window(await requests.ledger_entries(console.ready_bus()), span))
-    rows = sli.objectives(entries, on_time_seconds=console.settings.schedule_on_time)
+    """The SLO table, burn rate and charts from the SLO index (services/console/sloindex.py),
+    brought up to date first unless the background keeper is busy (the one-time backfill)."""
+    bus = console.ready_bus()
+    current = await console.slo.current(bus)
+    now = datetime.now(UTC)
+    indexed = await sloindex.read(bus, SLO_WINDOWS[window], now)
+    total = indexed.total
+    rows = sli.table(total, on_time_seconds=console.settings.schedule_on_time)
     # Burn rate: how fast the error budget goes (1 = exactly on budget over the window).
-    finished = [e for e in sli.reports(entries) if e.status in ("delivered", "failed")]
-    failed = sum(1 for e in finished if e.status == "failed")
-    burn = (failed / len(finished)) / 0.01 if finished else None
-    buckets = 24 if window == "24h" else (7 * 4 if window == "7d" else 30)
-    start = datetime.now(UTC) - span
-    step = span / buckets
+    failed = total.finished - total.delivered
+    burn = (failed / total.finished) / 0.01 if total.finished else None
+    first, end = indexed.first, indexed.end
+    step = SLO_STEP_HOURS[window]
+    spelling = {"24h": "%H:%M", "7d": "%a %Hh"}.get(window, "%m-%d")
     labels: list[str] = []
     success: list[float | None] = []
     p95: list[float | None] = []
-    slots: list[list[LedgerEntry]] = [[] for _ in range(buckets)]
-    for entry in finished:
-        when = entry.requested_at or entry.updated_at
-        at = int((when - start) / step)
-        if 0 <= at < buckets:
-            slots[at].append(entry)
-    spelling = {"24h": "%H:%M", "7d": "%a %Hh"}.get(window, "%m-%d")
-    for n, period in enumerate(slots):
-        labels.append((start + step * n).strftime(spelling))
-        ok = sum(1 for e in period if e.status == "delivered")
-        success.append(ok / len(period) * 100 if period else None)
-        totals = [t for e in period if (t := e.total_seconds) is not None]
-        p95.append(sli.percentile(totals, 95))
+    # Points on whole multiples of the step (whole days for 30d, as the index keeps them).
+    for start in range(first - first % step, end + 1, step):
+        slot = indexed.between(start, start + step - 1)
+        labels.append(datetime.fromtimestamp(max(start, first) * 3600, UTC).strftime(spelling))
+        success.append(slot.delivered / slot.finished * 100 if slot.finished else None)
+        p95.append(sli.histogram_percentile(slot.total, 95))
     return {
         "window": window,
+        "from": datetime.fromtimestamp(first * 3600, UTC).isoformat(),
         "objectives": [r.as_dict() for r in rows],
         "burn_rate": burn,
-        "computed_at": datetime.now(UTC).isoformat(),
+        "computed_at": now.isoformat(),
+        "index": {"seq": indexed.seq, "ledger_seq": indexed.last, "current": current},
         "series": {"labels": labels, "success": success, "p95": p95},
     }
 
@@ -176,7 +172,7 @@ async def slo(request: Request) -> Response:
     console: Console = request.app.state.console
     window = request.query_params.get("window", "7d")
     window = window if window in SLO_WINDOWS else "7d"
-    view = await console.cached(f"slo:{window}", SLO_REFRESH, lambda: slo_view(console, window))
+    view = await slo_view(console, window)
     if wants_json(request):
         return JSONResponse(view)
     series = view["series"]

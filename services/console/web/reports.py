@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from starlette.responses import (
     StreamingResponse,
 )
 
-from services.console import busaccess, deadletters, redact, requests
+from services.console import busaccess, cancel, deadletters, redact, requests
 from services.console.web.index import Filters, Row
 from services.console.web.kit import (
     NO_BUFFER,
@@ -244,6 +245,7 @@ async def report(request: Request) -> Response:
             "trace_id": trace_id,
             "trace_link": trace_link,
             "deliveries": (body.get("deliver") or []) if body else [],
+            "may_cancel": entry.status not in FINISHED,
         },
     )
 
@@ -377,6 +379,30 @@ async def report_replay(request: Request) -> Response:
     return finish_action(
         request, f"replayed {len(done)} dead letter(s) of {rid}", f"/reports/{rid}", done
     )
+
+
+# A report in one of these has nothing left to stop.
+FINISHED = frozenset({"delivered", "failed", "conflict", "cancelled", "skipped"})
+
+
+@page("ops", action=True)
+async def report_cancel(request: Request) -> Response:
+    """`pressroom cancel` from the page, once confirmed: the first POST asks, the second
+    (`confirm=yes`) cancels; the page then shows `cancelled` (live, to everyone watching)."""
+    console: Console = request.app.state.console
+    bus = console.ready_bus()
+    rid = request.path_params["rid"]
+    form = await request.form()
+    if form.get("confirm") != "yes":
+        entry = await requests.ledger_entry(bus, rid)
+        if wants_json(request):
+            return JSONResponse({"would_cancel": rid, "confirm": "send confirm=yes"})
+        return render_page(request, "cancel_confirm.html", {"entry": entry})
+    user = current_user(request)
+    done = await cancel.cancel_requests(bus, [rid], user.name if user else None)
+    outcome = done[0].message
+    await audit_action(request, "cancel", rid, outcome)
+    return finish_action(request, f"{rid}: {outcome}", f"/reports/{rid}", [asdict(d) for d in done])
 
 
 @page()
