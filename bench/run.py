@@ -2,6 +2,8 @@
 
 Starts a real stack on loopback (nats-server + worker processes), renders the same template and
 data both ways on the same cores, and writes docs/benchmarks.json and docs/benchmarks.md.
+BENCH_PDF=shipped|plain chooses the PDF both sides make, BENCH_RENDERERS (e.g. "2") the renderer
+counts of the throughput rows.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 thousands of reports, and the JetStream writes one report causes.
 
 `BENCH_ONLY=warm|soak|writes make bench` measures one of them (bench/run.py); BENCH_SOAK sets
-the soak's report count (5,000 by default). Every figure is a ratio or a slope measured in one
-run, with the load average beside it: the machine is shared.
+the soak's report count (5,000 by default), BENCH_SOAK_SECONDS a time limit (the soak stops at
+its next sample past it). The soak and `writes` also give the CPU per report of each process.
+Every figure is a ratio or a slope measured in one run, with the load average beside it: the
+machine is shared.
 """
 
 from __future__ import annotations
