@@ -74,7 +74,7 @@ format: install
 
 ## The whole suite: lint, unit, integration (real servers) and fault injection.
 test: install test-deps lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=25
 
 unit: install
 	$(BIN)/pytest tests/unit

@@ -3,7 +3,9 @@
 Before the ledger merged each later stage's claim into its finish a report cost 18 writes
 (4 events, 6 ledger updates, 2 delivery records, 1 render-cache entry, 2 object-store records,
 3 acks); now the renderer and the distributor write the ledger once each when their work takes
-under CLAIM_AFTER seconds.
+under CLAIM_AFTER seconds: 16. The studio's recording of the payload (on by default,
+PRESSROOM_STUDIO_RECORD; at most PRESSROOM_STUDIO_MAX_PAYLOADS per template a minute) adds one
+sealed object: 2 object-store records, 18 in all.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ async def quiet_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         stack.stop()
 
 
-async def test_a_report_costs_four_ledger_writes_and_sixteen_in_all(quiet_stack: Stack) -> None:
+async def test_a_report_costs_four_ledger_writes_and_eighteen_with_its_recording(quiet_stack: Stack) -> None:
     nc = await quiet_stack.connect()
     outcomes = await Outcomes().start(nc)
     kv = await nc.jetstream().key_value(LEDGER_BUCKET)
@@ -103,9 +105,10 @@ async def test_a_report_costs_four_ledger_writes_and_sixteen_in_all(quiet_stack:
     )
     assert writes.by_kind["PRESSROOM"] == 4, shown  # requested, ready, rendered, delivered
     assert writes.by_kind["KV_pressroom_deliveries"] == 2, shown  # intent, outcome
+    assert writes.by_kind["OBJ_pressroom_artefacts"] == 4, shown  # the HTML, its recording
     # fetcher claim + finish, renderer, distributor; plus the claims seen written on their own
     assert round(writes.ledger() * writes.reports) == 4 * writes.reports + early, (shown, early)
-    assert round(writes.total * writes.reports) == 16 * writes.reports + early + redelivered, shown
+    assert round(writes.total * writes.reports) == 18 * writes.reports + early + redelivered, shown
 
 
 class HeldHook(BaseHTTPRequestHandler):

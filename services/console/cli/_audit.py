@@ -27,10 +27,10 @@ from typer.models import ArgumentInfo, OptionInfo
 
 from services.console import audit
 from services.console.busaccess import Bus, open_bus
-from services.console.cli._common import failures, settings
+from services.console.cli._common import failures
 from services.console.redact import redacted_text
 from shared.bus.identity import identity
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., None])
 PRESENTATION = {"as_json", "yes", "wait", "timeout"}  # how it is shown or waited for, not what
@@ -108,8 +108,8 @@ def audited(action: str) -> Callable[[F], F]:
 def _record(action: str, target: str, ended: str) -> None:
     """Into the trail; kept on disk when the bus is out of reach (never fails the command)."""
     try:
-        cfg = settings()
-    except BaseException:  # no settings: the command itself has said why
+        cfg = load_settings()  # quietly: a bad configuration was said once, by the command
+    except Exception:
         return
     who, source = audit.cli_identity()
     role = "ops"
