@@ -46,7 +46,9 @@ async def quiet_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         stack.stop()
 
 
-async def test_a_report_costs_four_ledger_writes_and_eighteen_with_its_recording(quiet_stack: Stack) -> None:
+async def test_a_report_costs_four_ledger_writes_and_eighteen_with_its_recording(
+    quiet_stack: Stack,
+) -> None:
     nc = await quiet_stack.connect()
     outcomes = await Outcomes().start(nc)
     kv = await nc.jetstream().key_value(LEDGER_BUCKET)
