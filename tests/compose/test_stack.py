@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import ssl
 import subprocess
 import time
@@ -563,8 +564,10 @@ async def test_a_schedule_edited_in_the_mounted_config_takes_effect_after_a_rest
         timeout=60 + REPORT_TIMEOUT,
         about="scheduler",
     )
-    assert all(f.startswith(SCHEDULED) and f.endswith(".pdf") for f in delivered_files(
-        stack, SCHEDULED)), delivered_files(stack, SCHEDULED)  # fmt: skip
+    # In the schedule's own folder, named <title>-<date>-<request tag>.pdf
+    named = re.compile(r"[a-z0-9.-]+-\d{4}-\d{2}-\d{2}-[0-9a-f]{8}\.pdf")
+    files = delivered_files(stack, SCHEDULED)
+    assert files and all(named.fullmatch(f) for f in files), files
 
 
 async def test_down_then_up_keeps_the_ledger_and_the_artefacts(stack: Stack) -> None:
