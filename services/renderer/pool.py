@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -106,6 +107,12 @@ class _Worker:
         """'signal 11', 'exit code 1' …: how the process ended (it has, or is about to)."""
         self.process.join(timeout=5)
         code = self.process.exitcode
+        # The executor's own thread may be reaping it at this moment (our waitpid then finds no
+        # child and says nothing): its code is set once that thread is done.
+        deadline = time.monotonic() + 30
+        while code is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            code = self.process.exitcode
         if code is None:
             return "unknown cause"
         return f"signal {-code}" if code < 0 else f"exit code {code}"
