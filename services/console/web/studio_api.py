@@ -204,14 +204,20 @@ async def version(request: Request) -> Response:
     )
 
 
+def _changes(body: dict[str, Any]) -> dict[str, Any]:
+    """The edited files of a save or a preview (`files`: path → text)."""
+    changes = body.get("files") or {}
+    if not isinstance(changes, dict):
+        raise PressroomError("files must be an object of path → text")
+    return changes
+
+
 @page("author", action=True)
 @_found
 async def save(request: Request) -> Response:
     studio, name = studio_of(request), _name(request)
     body = await _body(request)
-    changes = body.get("files") or {}
-    if not isinstance(changes, dict):
-        raise PressroomError("files must be an object of path → text")
+    changes = _changes(body)
     entry, created = studio.save(
         name, changes, body.get("base"), _author(request), str(body.get("message") or "")
     )
@@ -321,9 +327,7 @@ async def payload(request: Request) -> Response:
 async def preview(request: Request) -> Response:
     studio, name = studio_of(request), _name(request)
     body = await _body(request)
-    changes = body.get("files") or {}
-    if not isinstance(changes, dict):
-        raise PressroomError("files must be an object of path → text")
+    changes = _changes(body)
     files = studio.overlay(name, studio.files_of(name, body.get("version")), changes)
     spec = body.get("data") or {"source": "default"}
     if not isinstance(spec, dict):
