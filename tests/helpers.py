@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import nats
 
@@ -335,6 +335,102 @@ class Stack:
             cwd=self.root,
             check=check,
         )
+
+
+class Console:
+    """`pressroom console` as its own process beside a stack: a port, a secret and a log of
+    its own, the users it is given already in its users file (`name: (role, password)`), and
+    the stack's settings with `extra` on top. The one way the tests run a console."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        users: dict[str, tuple[str, str]] | None = None,
+        *,
+        name: str = "console",
+        **extra: str,
+    ) -> None:
+        self.stack, self.name = stack, name
+        self.users = dict(users or {})
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.secret = f"{name}-test-secret-".encode() + b"x" * 20
+        self.env = {
+            **stack.env,
+            "PRESSROOM_CONSOLE_SECRET": self.secret.decode(),
+            "PRESSROOM_PUBLIC_URL": self.url,
+            "COLUMNS": "80",
+            **extra,
+        }
+        self.log_file = stack.root / "logs" / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def users_file(self) -> Path:
+        """Where `pressroom console user add` writes with these settings."""
+        from services.console.web.auth import USERS_FILE
+
+        if self.env.get("PRESSROOM_CONSOLE_USERS"):
+            return Path(self.env["PRESSROOM_CONSOLE_USERS"])
+        return self.stack.root / self.env.get("PRESSROOM_DATA_DIR", ".pressroom") / USERS_FILE
+
+    def cli(
+        self,
+        *args: str,
+        stdin: str = "",
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """A `pressroom` command with the console's settings (its audit trail, its users)."""
+        return subprocess.run(
+            [sys.executable, "-m", "services.console.cli", *args],
+            env={**self.env, **(env or {})},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=self.stack.root,
+            timeout=timeout,
+        )
+
+    def start(self) -> Self:
+        from services.console.web.auth import add_user
+
+        for user, (role, password) in self.users.items():
+            add_user(self.users_file, user, role, password)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
+            env=self.env,
+            stdout=self.log_file.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.stack.root,
+        )
+        return self
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        """Until /healthz answers 200 (the console imports the whole web app first)."""
+        import httpx
+
+        async def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            try:
+                async with httpx.AsyncClient() as client:
+                    return (await client.get(f"{self.url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(up, timeout=timeout, every=0.2)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-4000:] if self.log_file.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 class Outcomes:

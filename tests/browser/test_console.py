@@ -12,9 +12,6 @@ import hashlib
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,12 +21,11 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from services.console.embedded import free_port
 from shared.bus.names import OBJECT_BUCKET
 from shared.downloadlinks import mint_token
 from shared.events import Artefact
 from tests.browser.oidc import OidcProvider
-from tests.helpers import Outcomes, Stack, eventually, unique
+from tests.helpers import Console, Outcomes, Stack, eventually, unique
 from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -41,75 +37,25 @@ WIDTHS = {"wide": 1280, "phone": 390}
 SHOTS = os.environ.get("PRESSROOM_CONSOLE_SHOTS")
 
 
-class Console:
-    def __init__(self, stack: Stack, **extra: str) -> None:
-        self.stack = stack
-        config = stack.root / "console-config.yaml"
-        config.write_text(  # a schedule that never fires by itself while the tests run
-            "schedules:\n  - name: yearly-summary\n    cron: '0 6 1 1 *'\n"
-            f"    request: {{template: {SIMPLE}, deliver: [{{channel: file, path: yearly}}]}}\n"
-        )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.secret = b"console-test-secret-" + b"x" * 20
-        self.env = {
-            **stack.env,
-            "PRESSROOM_DATA_DIR": str(stack.root / "console-state"),
-            "PRESSROOM_CONSOLE_SECRET": self.secret.decode(),
-            "PRESSROOM_PUBLIC_URL": self.url,
-            "PRESSROOM_CONFIG": str(config),
-            **extra,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+def console_config(stack: Stack) -> Path:
+    """A schedule that never fires by itself while the tests run."""
+    config = stack.root / "console-config.yaml"
+    config.write_text(
+        "schedules:\n  - name: yearly-summary\n    cron: '0 6 1 1 *'\n"
+        f"    request: {{template: {SIMPLE}, deliver: [{{channel: file, path: yearly}}]}}\n"
+    )
+    return config
 
-    def cli(
-        self, *args: str, stdin: str = "", env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", *args],
-            env={**self.env, "COLUMNS": "80", **(env or {})},
-            input=stdin,
-            capture_output=True,
-            text=True,
-            cwd=self.stack.root,
-            timeout=60,
-        )
 
-    def start(self, log_name: str = "console.log") -> None:
-        for name, role in (("olga", "ops"), ("vic", "viewer")):
-            added = self.cli("console", "user", "add", name, "--role", role, stdin=PASSWORD[name])
-            assert added.returncode == 0, added.stderr
-        self.log_file = self.stack.root / "logs" / log_name
-        log = self.log_file.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.root,
-        )
-
-    async def wait_ready(self) -> None:
-        async def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log()
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"{self.url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, timeout=60, every=0.2)
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def operators(stack: Stack, **extra: str) -> Console:
+    """`pressroom console` with ops olga and viewer vic."""
+    return Console(
+        stack,
+        {name: (role, PASSWORD[name]) for name, role in (("olga", "ops"), ("vic", "viewer"))},
+        PRESSROOM_DATA_DIR=str(stack.root / "console-state"),
+        PRESSROOM_CONFIG=str(console_config(stack)),
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +64,7 @@ def console(stack: Stack) -> Iterator[Console]:
         "<!doctype html><html lang='en'><body><h1>Console test</h1>"
         "<p>{{ reporting_period }}</p></body></html>"
     )
-    running = Console(stack)
-    running.start()
+    running = operators(stack).start()
     try:
         yield running
     finally:
@@ -591,15 +536,15 @@ async def test_single_sign_on_lets_in_whom_the_users_file_names(
     browser: Browser, stack: Stack
 ) -> None:
     provider = OidcProvider("sam@example.com", "pressroom-console", "client-secret-1").start()
-    sso = Console(
+    sso = operators(
         stack,
+        name="console-sso",
         PRESSROOM_OIDC_ISSUER=provider.issuer,
         PRESSROOM_OIDC_CLIENT_ID="pressroom-console",
         PRESSROOM_OIDC_CLIENT_SECRET="client-secret-1",
     )
-    sso.env["PRESSROOM_PUBLIC_URL"] = sso.url
     try:
-        sso.start("console-sso.log")
+        sso.start()
         await sso.wait_ready()
         context = await browser.new_context(base_url=sso.url)
         page = await context.new_page()

@@ -22,8 +22,8 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.browser import test_console as base
-from tests.browser.test_console import AXE, SHOTS, WIDTHS, Console, Watched, publish, signed_in
-from tests.helpers import Outcomes, Stack, unique
+from tests.browser.test_console import AXE, SHOTS, WIDTHS, Watched, operators, publish, signed_in
+from tests.helpers import Console, Outcomes, Stack, unique
 
 # Each test is a user's whole errand, render after render in capped workers: more than the
 # default two minutes on a loaded machine (the stack's start is in the first one, too).
@@ -64,12 +64,11 @@ def console(stack: Stack) -> Iterator[Console]:
     """`pressroom console` with ops olga and viewer vic, opening what the renderer records
     (the stack's renderer keeps its state, the studio's key among it, in .pressroom)."""
     (stack.templates / base.SIMPLE).write_text("<!doctype html><html lang='en'><p>x</p></html>")
-    running = Console(
+    running = operators(
         stack,
         PRESSROOM_STUDIO_KEY_FILE=str(stack.root / ".pressroom" / KEY),
         PRESSROOM_STUDIO_MASK="account",
-    )
-    running.start()
+    ).start()
     try:
         yield running
     finally:

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.events import ReportRequested
 from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -210,9 +212,17 @@ def craft(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
-    bstack: Stack,
-) -> None:
+@dataclass
+class Forged:
+    request: ReportRequested  # the schedule's next fire, which the archive says was delivered
+    restored: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forged(bstack: Stack) -> Forged:
+    """A crafted archive restored as the file's stack starts: its ledger says the schedule's
+    next fire was delivered an hour ago. (First of all, so that the fire falls due while the
+    other tests run, not in a minute's wait of its own.)"""
     from shared.adapters.ledger import LedgerEntry
     from shared.events import request_fingerprint
     from shared.schedules import load_schedules
@@ -221,7 +231,7 @@ async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
     fire = schedule.next_fire(datetime.now(UTC) + timedelta(seconds=20))
     request = schedule.request_for(fire)
     past = datetime.now(UTC) - timedelta(hours=1)
-    forged = LedgerEntry(
+    entry = LedgerEntry(
         request_id=request.request_id,
         status="delivered",
         template="weekly.html",
@@ -234,9 +244,15 @@ async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
     )
     archive = craft(
         bstack.root / "crafted.tar.gz",
-        {"manifest.json": b"{}", "ledger.jsonl": forged.model_dump_json().encode() + b"\n"},
+        {"manifest.json": b"{}", "ledger.jsonl": entry.model_dump_json().encode() + b"\n"},
     )
-    refused = bstack.cli("restore", str(archive), env={"COLUMNS": "80"})
+    return Forged(request, bstack.cli("restore", str(archive), env={"COLUMNS": "80"}))
+
+
+async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
+    bstack: Stack, forged: Forged
+) -> None:
+    refused, request = forged.restored, forged.request
     assert refused.returncode == 0, refused.stderr
     assert "1 refused (a scheduled fire that is not due)" in refused.stdout
     # The real fire comes and is delivered, not skipped as a duplicate.

@@ -11,9 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +27,7 @@ from shared.adapters.ledger import LedgerEntry, parse_entry
 from shared.bus.names import LEDGER_BUCKET, SLO_BUCKET
 from shared.bus.topology import kv_snapshot
 from shared.settings import Settings
-from tests.helpers import Outcomes, Stack, eventually, unique
+from tests.helpers import Console, Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -47,63 +44,24 @@ COMMON = (  # the SLIs both faces show (the CLI adds the templates' own check)
 )
 
 
-class Console:
+class RestConsole(Console):
     """`pressroom console` as its own process, and a signed-in client (the session cookie is
     `Secure`: kept by hand, as httpx would not send it over plain HTTP)."""
 
     def __init__(self, stack: Stack) -> None:
-        self.stack = stack
         config = stack.root / "rest-config.yaml"
         config.write_text(  # a schedule that never fires by itself while the tests run
             "schedules:\n  - name: rest-yearly\n    cron: '0 6 1 1 *'\n"
             f"    request: {{template: {GOOD}, deliver: [{{channel: file, path: yearly}}]}}\n"
         )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **stack.env,
-            "PRESSROOM_DATA_DIR": str(stack.root / "rest-state"),
-            "PRESSROOM_CONSOLE_SECRET": "console-rest-secret-" + "x" * 20,
-            "PRESSROOM_PUBLIC_URL": self.url,
-            "PRESSROOM_CONFIG": str(config),
-            "COLUMNS": "80",
-        }
+        super().__init__(
+            stack,
+            {"olga": ("ops", PASSWORD)},
+            name="console-rest",
+            PRESSROOM_DATA_DIR=str(stack.root / "rest-state"),
+            PRESSROOM_CONFIG=str(config),
+        )
         self.cookies: dict[str, str] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(
-        self, *args: str, stdin: str = "", env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", *args],
-            env={**self.env, **(env or {})},
-            input=stdin,
-            capture_output=True,
-            text=True,
-            cwd=self.stack.root,
-            timeout=120,
-        )
-
-    def start(self) -> None:
-        added = self.cli("console", "user", "add", "olga", "--role", "ops", stdin=PASSWORD)
-        assert added.returncode == 0, added.stderr
-        self.log_file = self.stack.root / "logs" / "console-rest.log"
-        self.log_file.parent.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
-            env=self.env,
-            stdout=self.log_file.open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.root,
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
     async def get(self, client: httpx.AsyncClient, path: str) -> httpx.Response:
         header = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -116,16 +74,8 @@ class Console:
         return answer
 
     async def login(self) -> None:
+        await self.wait_ready()
         async with httpx.AsyncClient(timeout=60) as client:
-
-            async def up() -> bool:
-                assert self.proc is not None and self.proc.poll() is None, self.log()
-                try:
-                    return (await client.get(f"{self.url}/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, timeout=60, every=0.2)
             form = (await self.get(client, "/login")).text
             token = re.search(r'name="csrf_token" value="([^"]+)"', form)
             assert token is not None
@@ -139,17 +89,13 @@ class Console:
             )
             assert answer.status_code == 303, answer.text
 
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:]
-
 
 @pytest.fixture(scope="module")
-def console(stack: Stack) -> Iterator[Console]:
+def console(stack: Stack) -> Iterator[RestConsole]:
     (stack.templates / GOOD).write_text(
         "<!doctype html><html lang='en'><body><h1>{{ title }}</h1></body></html>"
     )
-    running = Console(stack)
-    running.start()
+    running = RestConsole(stack).start()
     try:
         yield running
     finally:
@@ -157,7 +103,7 @@ def console(stack: Stack) -> Iterator[Console]:
 
 
 @pytest.fixture(scope="module")
-async def signed_in(console: Console) -> Console:
+async def signed_in(console: RestConsole) -> RestConsole:
     await console.login()
     return console
 
@@ -255,7 +201,7 @@ def matches(shown: dict[str, Any], count: tuple[float | None, int], sli: str) ->
     return bool(shown["value"] == pytest.approx(value))
 
 
-async def agree(console: Console, nc: Any, window: str = "24h") -> dict[str, Any]:
+async def agree(console: RestConsole, nc: Any, window: str = "24h") -> dict[str, Any]:
     """`pressroom slo --json`, /api/slo and the count over the ledger, once they agree (the
     session's stack may still be settling other tests' reports: read until it holds still)."""
     seen: dict[str, Any] = {}
@@ -376,7 +322,7 @@ async def test_the_index_is_backfilled_from_nothing_and_recovers_a_batch_cut_sho
 
 @pytest.mark.timeout(300)  # a dozen CLI processes, each a Python start: slow on a busy machine
 async def test_every_state_changing_cli_command_is_in_the_audit_trail(
-    console: Console, stack: Stack, nc: Any, outcomes: Outcomes, tmp_path: Path
+    console: RestConsole, stack: Stack, nc: Any, outcomes: Outcomes, tmp_path: Path
 ) -> None:
     rid = unique("audit-cli")
     submitted = console.cli(

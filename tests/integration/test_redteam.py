@@ -134,7 +134,9 @@ async def test_slow_receivers_on_several_ports_cannot_hold_another_tenants_deliv
         await sub.unsubscribe()
         # Delivered while the first slow deliveries were still hanging: it waited for none.
         assert first <= seen[0], (first, seen)
-        for rid in slow:  # every slow one still ends, with a reason
+        for drip in drips:  # the receivers go away (their deadlines are test_attacks_egress's)
+            drip.stop()
+        for rid in slow:  # every slow one still ends, with a reason: none is lost or stuck
             await outcomes.failed_event(rid, timeout=600)
     finally:
         await ops.close()

@@ -110,10 +110,12 @@ def test_a_cli_config_the_stack_does_not_run_is_never_fired(
 
 
 @pytest.fixture(scope="module")
-def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, datetime]]:
+    """A stack with a schedule every minute, and when it started (no fire before that)."""
     root = tmp_path_factory.mktemp("paused")
     config = root / "pressroom.yaml"
     config.write_text(yaml.safe_dump({"schedules": [EVERY_MINUTE]}))
+    started = datetime.now(UTC)
     stack = Stack(
         root,
         env_extra={
@@ -122,7 +124,7 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         },
         workers={"fetcher": 1, "renderer": 1, "distributor": 1, "scheduler": 1},
     ).start()
-    yield stack
+    yield stack, started
     stack.stop()
 
 
@@ -139,8 +141,20 @@ async def last_checked(stack: Stack, name: str) -> datetime | None:
         await nc.close()
 
 
-async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(scheduled: Stack) -> None:
-    stack = scheduled
+async def set_last_checked(stack: Stack, name: str, when: datetime) -> None:
+    """The scheduler's clock for `name`, as a scheduler that last looked at `when` left it."""
+    nc = await stack.connect()
+    try:
+        kv = await nc.jetstream().key_value("pressroom_schedules")
+        await kv.put(name, when.isoformat().encode())
+    finally:
+        await nc.close()
+
+
+async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(
+    scheduled: tuple[Stack, datetime],
+) -> None:
+    stack, started = scheduled
     folder = stack.out / "scheduled"
     paused = stack.cli("schedule", "pause", "every-minute", env={"COLUMNS": "80"})
     assert paused.returncode == 0, paused.stderr
@@ -150,30 +164,41 @@ async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(scheduled: S
     table = stack.cli("schedule", "ls", env={"COLUMNS": "80"}).stdout.splitlines()
     [row] = [line for line in table if "every-minute" in line]
     assert "paused" in row and all(len(line) <= 80 for line in table)
-    # A whole minute boundary passes while paused, as the scheduler itself has seen.
-    start = datetime.now(UTC)
-    boundary = (start + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    # A fire falls due while paused, without waiting for a minute to pass: the scheduler comes
+    # back to a clock from before a fire no scheduler of this stack has seen (its last look
+    # before an outage). Unpaused, it would catch that fire up at once (within the grace).
+    skipped_at = (started - timedelta(seconds=2)).replace(second=0, microsecond=0)
+    [running] = stack.procs["scheduler"]
+    running.send_signal(signal.SIGTERM)
+    running.wait(timeout=60)
+    rewound = skipped_at - timedelta(seconds=30)
+    await set_last_checked(stack, "every-minute", rewound)
+    stack.start_worker("scheduler")
 
-    async def past_boundary() -> bool:
+    async def looked_again() -> bool:  # the paused scheduler has ticked past that clock
         seen = await last_checked(stack, "every-minute")
-        return seen is not None and seen > boundary + timedelta(seconds=3)
+        return seen is not None and seen > rewound
 
-    await eventually(past_boundary, timeout=150, every=1)
-    skipped = f"every-minute-{boundary:%Y%m%dT%H%MZ}"
+    await eventually(looked_again, timeout=120, every=0.5)
+    skipped = f"every-minute-{skipped_at:%Y%m%dT%H%MZ}"
     assert stack.cli("status", skipped).returncode == 1  # never fired
+    resuming = datetime.now(UTC)
     resumed = stack.cli("schedule", "resume", "every-minute")
     assert resumed.returncode == 0 and "resumed every-minute: next fire" in resumed.stdout
     assert (
         json.loads(stack.cli("schedule", "ls", "--json", check=True).stdout)[0]["paused"] is False
     )
 
-    later = [f"every-minute-{boundary + timedelta(minutes=n):%Y%m%dT%H%MZ}" for n in range(1, 6)]
+    # Fires again from the next minute on; what was due while paused is not caught up.
+    first = (resuming + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    later = [f"every-minute-{first + timedelta(minutes=n):%Y%m%dT%H%MZ}" for n in range(3)]
 
-    async def fired_again() -> list[Path]:  # a fire after the skipped one
+    async def fired_again() -> list[Path]:
         return [p for p in (delivered_file(folder, rid) for rid in later) if p.exists()]
 
     await eventually(fired_again, timeout=150, every=1)
     assert not delivered_file(folder, skipped).exists()
+    assert stack.cli("status", skipped).returncode == 1
     again = stack.cli("schedule", "resume", "every-minute")
     assert again.returncode == 0 and "was not paused" in again.stdout
     unknown = stack.cli("schedule", "pause", "nope")

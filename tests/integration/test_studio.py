@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from services.console.embedded import free_port
-from services.console.web.auth import add_user
-from tests.helpers import Outcomes, Stack, eventually, unique
+from tests.helpers import Console, Outcomes, Stack, eventually, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -39,6 +35,7 @@ PASSWORDS = {
     "olga": "olga-operates-all-day",
     "vic": "vic-only-looks",
 }
+ROLES = {"ann": "author", "olga": "ops", "vic": "viewer"}
 MASK = {"PRESSROOM_STUDIO_MASK": "account.number", "COLUMNS": "80"}
 
 
@@ -144,57 +141,11 @@ def test_shadow_of_an_unknown_template_is_one_line(stack: Stack) -> None:
 
 
 # ---- the console's /api/studio -------------------------------------------------------------
-class Console:
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **stack.env,
-            **MASK,
-            "PRESSROOM_CONSOLE_SECRET": "studio-console-test-secret-" + "x" * 20,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", *args],
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            cwd=self.stack.root,
-            timeout=60,
-        )
-
-    def start(self) -> None:
-        # The users file `pressroom console user add` writes (the console's default data folder
-        # is the stack's, so the console opens what the renderer sealed).
-        users = self.stack.root / ".pressroom" / "console-users.yaml"
-        for user, role in (("ann", "author"), ("olga", "ops"), ("vic", "viewer")):
-            add_user(users, user, role, PASSWORDS[user])
-        log = (self.stack.root / "logs" / "studio-console.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.console.cli", "console", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.root,
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture(scope="module")
 def console(stack: Stack) -> Iterator[Console]:
-    running = Console(stack)
-    running.start()
+    """The console's default data folder is the stack's: it opens what the renderer sealed."""
+    users = {user: (role, PASSWORDS[user]) for user, role in ROLES.items()}
+    running = Console(stack, users, name="studio-console", **MASK).start()
     try:
         yield running
     finally:
@@ -236,15 +187,7 @@ async def sign_in(client: httpx.AsyncClient, user: str) -> Session:
 @pytest.fixture(scope="module")
 async def http(console: Console) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=console.url, timeout=120) as client:
-
-        async def up() -> bool:
-            assert console.proc is not None and console.proc.poll() is None
-            try:
-                return (await client.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(up, timeout=60, every=0.2)
+        await console.wait_ready()
         yield client
 
 
