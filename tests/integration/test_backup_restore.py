@@ -249,24 +249,6 @@ def forged(bstack: Stack) -> Forged:
     return Forged(request, bstack.cli("restore", str(archive), env={"COLUMNS": "80"}))
 
 
-async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
-    bstack: Stack, forged: Forged
-) -> None:
-    refused, request = forged.restored, forged.request
-    assert refused.returncode == 0, refused.stderr
-    assert "1 refused (a scheduled fire that is not due)" in refused.stdout
-    # The real fire comes and is delivered, not skipped as a duplicate.
-
-    async def delivered() -> dict[str, Any] | None:
-        status = bstack.cli("status", request.request_id, "--json")
-        entry = json.loads(status.stdout) if status.returncode == 0 else {}
-        pdf = delivered_file(bstack.out / "scheduled", request.request_id)
-        return entry if entry.get("status") == "delivered" and pdf.exists() else None
-
-    entry = await eventually(delivered, timeout=200, every=1)
-    assert "distributor" in entry["stages"]
-
-
 def test_a_restore_archive_is_read_as_a_bounded_stream(bstack: Stack, tmp_path: Path) -> None:
     # 1. A member whose header claims 3.7 GB is refused before a byte of it is read.
     header = tarfile.TarInfo("ledger.jsonl")
@@ -305,6 +287,24 @@ def test_a_restore_archive_is_read_as_a_bounded_stream(bstack: Stack, tmp_path: 
     honest = tmp_path / "honest.tar.gz"
     assert bstack.cli("backup", str(honest)).returncode == 0
     assert bstack.cli("restore", str(honest)).returncode == 0
+
+
+async def test_a_crafted_archive_cannot_make_a_future_scheduled_run_a_duplicate(
+    bstack: Stack, forged: Forged
+) -> None:
+    refused, request = forged.restored, forged.request
+    assert refused.returncode == 0, refused.stderr
+    assert "1 refused (a scheduled fire that is not due)" in refused.stdout
+    # The real fire comes and is delivered, not skipped as a duplicate.
+
+    async def delivered() -> dict[str, Any] | None:
+        status = bstack.cli("status", request.request_id, "--json")
+        entry = json.loads(status.stdout) if status.returncode == 0 else {}
+        pdf = delivered_file(bstack.out / "scheduled", request.request_id)
+        return entry if entry.get("status") == "delivered" and pdf.exists() else None
+
+    entry = await eventually(delivered, timeout=200, every=1)
+    assert "distributor" in entry["stages"]
 
 
 MAXRSS = (
