@@ -220,14 +220,26 @@ async def _statement_once(processes: int, rows: int, split: str) -> dict[str, An
     pool = RenderPool(processes, memory_mb=4096, timeout=1800)
     await pool.start()
     chunk_stats: list[list[dict[str, float]]] = []
-    original = pool.run_group
+    steps: dict[str, float] = {}  # wall seconds of the render's steps: plan, chunks, merge
+    original_group, original_run = pool.run_group, pool.run
 
     async def capturing(fn: Any, jobs: list[Any], **kwargs: Any) -> list[Any]:
-        results = await original(fn, jobs, **kwargs)
+        started = time.perf_counter()
+        results = await original_group(fn, jobs, **kwargs)
+        steps["chunks"] = time.perf_counter() - started
         chunk_stats.append([r.stats for r in results])
         return results
 
+    async def timed(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = await original_run(fn, *args, **kwargs)
+        name = {"render_or_plan": "plan", "merge_and_finish": "merge"}.get(fn.__name__)
+        if name:
+            steps[name] = time.perf_counter() - started
+        return result
+
     pool.run_group = capturing  # type: ignore[method-assign]
+    pool.run = timed  # type: ignore[method-assign]
     try:
         await pool.render(statement_job(40, split))  # warm
         chunk_stats.clear()
@@ -236,6 +248,7 @@ async def _statement_once(processes: int, rows: int, split: str) -> dict[str, An
         for _ in range(ROUNDS):
             pids = _children()
             cpu_before = {pid: _cpu_seconds(pid) for pid in pids}
+            steps.clear()
             started = time.perf_counter()
             output = await pool.render(job)
             wall = time.perf_counter() - started
@@ -250,6 +263,8 @@ async def _statement_once(processes: int, rows: int, split: str) -> dict[str, An
                     "pdf_bytes": len(output.pdf or b""),
                     "html_seconds": output.html_seconds,
                     "chunk_stats": chunk_stats[-1] if chunk_stats else [],
+                    "steps": dict(steps),
+                    "load": os.getloadavg()[0],
                 }
         best.update(processes=processes, rounds=ROUNDS)
         return best

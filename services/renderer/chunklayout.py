@@ -148,13 +148,18 @@ class CellCache:
 
     Only cells that fitted whole, in the same column, without positioned descendants; the
     first row of a page (laid out as "page is empty") is kept apart from the others.
+
+    Keeping a cell costs a copy of its boxes, worth it only when the pages are likely to be
+    laid out again: `keeping` says whether new layouts are kept (those kept are used anyway).
     """
 
     def __init__(self, cells: set[int]) -> None:
         self.cells = cells
         self.kept: dict[tuple[int, bool, float, float], tuple[Any, float, tuple[Any, ...]]] = {}
+        self.keeping = bool(cells)
         self.hits = 0
         self.misses = 0
+        self.copies = 0
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -182,6 +187,8 @@ class CellCache:
                     next_page, margins, through, lines = rest
                     return moved, None, dict(next_page), list(margins), through, lines
             cache.misses += 1
+            if not cache.keeping:
+                return original(context, box, bottom_space, skip_stack, *args, **kw)
             absolute = kw.get("absolute_boxes", args[1] if len(args) > 1 else [])
             fixed = kw.get("fixed_boxes", args[2] if len(args) > 2 else [])
             counts = (len(absolute), len(fixed))
@@ -190,6 +197,7 @@ class CellCache:
             if new_box is not None and resume_at is None and counts == (len(absolute), len(fixed)):
                 height = new_box.position_y + new_box.margin_height() - box.position_y
                 if box.position_y + height <= limit:
+                    cache.copies += 1
                     cache.kept[key] = (
                         new_box.deepcopy(),
                         height,
@@ -279,6 +287,11 @@ class ChunkLayout:
         self.rendezvous = rendezvous
         self.last = job.index == job.count - 1
         self.stats: dict[str, float] = {}
+        # Rows on a page of the table, from chunk 0's first full page (its probe), and whether
+        # some page held another number (then the guessed starts may be wrong: see _paginate).
+        self.per_page: int | None = None
+        self.irregular = False
+        self.cache = CellCache(set())
         self.clock = time.perf_counter()
         self.cpu = time.process_time()
 
@@ -295,11 +308,12 @@ class ChunkLayout:
             self._find_rows()
             widths = self._measure()
             # Chunk 0 starts at the top of the document and never lays a page out twice.
-            cache = CellCache(set(self.cells) if job.index > 0 else set())
+            cache = self.cache = CellCache(set(self.cells) if job.index > 0 else set())
             with _global_widths(self.cells, widths), cache.active():
                 pages = self._lay_out()
                 self.stats["cell_hits"] = cache.hits
                 self.stats["cell_misses"] = cache.misses
+                self.stats["cell_copies"] = cache.copies
             boxes = self._number_pages(pages)
             pdf, decisions, bookmarks = self._write(boxes)
         if job.font_scope:
@@ -482,15 +496,18 @@ class ChunkLayout:
                 if job.index == 0 and len(starts) < 2:
                     starts.append(row)
                     if len(starts) == 2:
-                        self.rendezvous.publish(
-                            "probe", {"first": starts[0], "rows": row - starts[0]}
-                        )
+                        self.per_page = rows = row - starts[0]
+                        self.rendezvous.publish("probe", {"first": starts[0], "rows": rows})
+                elif current is not None:
+                    self._page_held(row - current)
                 if stop_target is not None and row >= stop_target:
                     return pages, row, first_row
                 current = row
             elif nxt == AFTER and not last:
                 raise SplitUnsupported("the table ended before the next chunk's rows")
             else:
+                if nxt == MIDDLE:
+                    self._page_held(None)  # a row broken over two pages
                 current = None
             index += 1
             if index >= len(self.maker):
@@ -499,11 +516,32 @@ class ChunkLayout:
                 probe = self.rendezvous.peek("probe", 0)
                 if probe is not None:
                     predict = False
+                    self.per_page = int(probe["rows"])
                     guessed = self._guess(probe)
                     if guessed is not None and guessed != first_row:
                         # Cells already laid out are kept: little is lost.
                         pages, index = [], self._restart(guessed)
                         current = first_row = guessed
+                    # A guess from pages that all hold as many rows is right: the pages will
+                    # not be laid out again, so cells need no copies (unless that changes).
+                    self.cache.keeping = guessed is None or self.irregular
+            elif not self.cache.keeping and job.index > 0 and self._others_irregular():
+                self.cache.keeping = True
+
+    def _page_held(self, rows: int | None) -> None:
+        """A page of the table held `rows` rows (None: it broke a row): if that is not what
+        chunk 0's first full page held, the pages' starts cannot be guessed from it."""
+        if self.irregular or self.per_page is None or rows == self.per_page:
+            return
+        self.irregular = True
+        self.cache.keeping = bool(self.cache.cells)
+        if not self.last:
+            self.rendezvous.publish("irregular", {"rows": rows})
+
+    def _others_irregular(self) -> bool:
+        """Whether an earlier chunk's pages held other numbers of rows (their page starts, so
+        mine, may differ from the guess)."""
+        return any(self.rendezvous.peek("irregular", i) is not None for i in range(self.job.index))
 
     def _number_pages(self, pages: Pages) -> list[Any]:
         """Step 3: page numbers of the whole document, then the margin boxes."""
