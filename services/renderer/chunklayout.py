@@ -123,10 +123,14 @@ def _skip_stack(path: list[int], row: int) -> dict[int, Any]:
 # ---- patches of WeasyPrint internals, for the duration of one chunk --------------------------
 @contextlib.contextmanager
 def _global_widths(
-    cells: dict[int, int], widths: tuple[list[float], list[float]]
+    cells: dict[int, int], widths: tuple[list[float], list[float]] | None
 ) -> Iterator[None]:
-    """Cells of the table's window report the whole table's column min/max-content widths."""
+    """Cells of the table's window report the whole table's column min/max-content widths
+    (None: a fixed-layout table, whose columns do not depend on its cells' content)."""
 
+    if widths is None:
+        yield
+        return
     original = wpreferred.table_cell_min_max_content_width
     minimum, maximum = widths
 
@@ -360,6 +364,14 @@ class ChunkLayout:
         if path is None:
             raise SplitUnsupported("the table's body is not laid out as a table")
         group = _check_ancestors(self.root, path)
+        table = self.root
+        for i in path[:-1]:
+            table = table.children[i]
+        # `table-layout: fixed` with a width: the columns come from the first row and the
+        # declared widths alone (WeasyPrint measures no cell), as in CSS 2.1.
+        self.fixed = table.style["table_layout"] == "fixed" and table.style["width"] != "auto"
+        self.first_group = table.children[0] if table.children else None
+        self.group = group
         row_boxes = list(group.children)
         if len(row_boxes) != job.rows or any(
             r.element is not e for r, e in zip(row_boxes, row_elements, strict=True)
@@ -371,8 +383,13 @@ class ChunkLayout:
         self.row_boxes = row_boxes
         self.cells = {id(c): c.grid_x for row in row_boxes for c in row.children}
 
-    def _measure(self) -> tuple[list[float], list[float]]:
-        """Step 1, column widths: measure my own rows, take the widest of all chunks."""
+    def _measure(self) -> tuple[list[float], list[float]] | None:
+        """Step 1, column widths: measure my own rows, take the widest of all chunks (None: a
+        fixed-layout table, which needs no measuring)."""
+        if self.fixed:
+            self._same_first_row()
+            self._mark("measure")
+            return None
         job, row_boxes = self.job, self.row_boxes
         own_first = job.targets[job.index]
         own_stop = job.targets[job.index + 1] if not self.last else job.first + job.rows
@@ -406,6 +423,15 @@ class ChunkLayout:
         )
         self._mark("measure")
         return widths
+
+    def _same_first_row(self) -> None:
+        """A fixed-layout table takes its columns from its first row: a header row is the same
+        in every chunk; a body row must declare the same widths as the document's first."""
+        if self.first_group is not self.group:
+            return
+        mine = [[str(cell.style["width"]), cell.colspan] for cell in self.row_boxes[0].children]
+        if any(theirs != mine for theirs in self.rendezvous.gather("first_row", mine)):
+            raise SplitUnsupported("the table's first rows set different column widths")
 
     def _lay_out(self) -> Pages:
         """Step 2: lay out my rows now (from where chunk 0's first pages say the pages around
