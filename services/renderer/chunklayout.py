@@ -26,7 +26,6 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import weasyprint.pdf as wpdf
@@ -46,7 +45,7 @@ from weasyprint.text.fonts import FontConfiguration
 from services.renderer import fonts, warm
 from services.renderer.chunks import ChunkJob, ChunkResult, Rendezvous, SplitUnsupported
 from services.renderer.job import SplitAborted
-from services.renderer.sandbox import fetcher_class, weasyprint_errors
+from services.renderer.sandbox import warm_fetcher, weasyprint_errors
 from shared.errors import PressroomError
 
 
@@ -306,9 +305,17 @@ class ChunkLayout:
     def run(self) -> ChunkResult:
         job = self.job
         fonts.configure(job.font_dirs)
-        fetcher = fetcher_class()(Path(job.templates_dir), job.asset_allow)
+        # The process's warm stylesheets and fetcher, as a one-piece render has (pdf.py).
+        warm.install_stylesheet_cache()
+        fetcher = warm_fetcher(job.templates_dir, job.asset_allow)
         with weasyprint_errors(), fonts.glyph_watch() as missing:
-            self._build(fetcher)
+            self.html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
+            if job.font_scope:
+                # The process's warm fonts, or the template version's own when its CSS declares
+                # fonts (warm.py), as a one-piece render has them.
+                warm.with_fonts(job.font_scope, self._build)
+            else:
+                self._build(FontConfiguration())
             self._find_rows()
             widths = self._measure()
             # Chunk 0 starts at the top of the document and never lays a page out twice.
@@ -320,21 +327,15 @@ class ChunkLayout:
                 self.stats["cell_copies"] = cache.copies
             boxes = self._number_pages(pages)
             pdf, decisions, bookmarks = self._write(boxes)
-        if job.font_scope:
-            warm.done_with(job.font_scope, self.font_config)
         return ChunkResult(
             job.index, pdf, len(boxes), tuple(sorted(missing)), decisions, bookmarks, self.stats
         )
 
-    def _build(self, fetcher: Any) -> None:
+    def _build(self, font_config: Any) -> None:
         """The document's boxes, as WeasyPrint's own render builds them."""
-        job = self.job
-        self.html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
         self.options = dict(DEFAULT_OPTIONS)
-        self.options["stylesheets"] = [warm.page_css(job.page_css, fetcher)]
-        # The template version's own (warm.py): chunks may meet its @font-face fonts.
-        font_config = warm.template_font_config(job.font_scope) if job.font_scope else None
-        self.font_config = font_config or FontConfiguration()
+        self.options["stylesheets"] = [warm.page_css(self.job.page_css, self.html.url_fetcher)]
+        self.font_config = font_config
         counter_style = CounterStyle()
         self.color_profiles: dict[str, Any] = {}
         self.context = Document._build_layout_context(

@@ -225,6 +225,18 @@ async def test_rows_of_different_heights_and_text_after_the_table_print_the_same
     assert "Row 0419" in last or "Closing remarks" in last
 
 
+async def test_a_fixed_layout_table_prints_the_same(pool: RenderPool, tmp_path: Path) -> None:
+    # The header row declares the columns: no chunk measures its cells, and the long account
+    # names wrap in the declared widths as in one piece.
+    fixed = (
+        "table { table-layout: fixed } th:first-child { width: 28mm } th:last-child { width: 30mm }"
+    )
+    job = ledger_job(tmp_path, ledger_rows(400, wrap_every=9), extra_css=fixed)
+    whole, split = await both(pool, job)
+    assert whole.pdf and split.pdf
+    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row(split))
+
+
 async def test_a_template_with_running_headers_is_rendered_in_one_piece(
     pool: RenderPool, tmp_path: Path
 ) -> None:
