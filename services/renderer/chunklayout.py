@@ -152,25 +152,26 @@ class CellCache:
     Only cells that fitted whole, in the same column, without positioned descendants; the
     first row of a page (laid out as "page is empty") is kept apart from the others.
 
-    Keeping a cell costs a copy of its boxes, worth it only when the pages are likely to be
-    laid out again: `keeping` says whether new layouts are kept (those kept are used anyway).
+    Keeping a cell costs a copy of its boxes (and every layout call a detour), worth it only
+    when the pages are likely to be laid out again: nothing is patched until `keep()`.
     """
 
     def __init__(self, cells: set[int]) -> None:
         self.cells = cells
         self.kept: dict[tuple[int, bool, float, float], tuple[Any, float, tuple[Any, ...]]] = {}
-        self.keeping = bool(cells)
+        self.keeping = False
         self.hits = 0
         self.misses = 0
         self.copies = 0
+        self._original: Any = None
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        original = block.block_container_layout
-        cache = self
-        if not cache.cells:
-            yield
+    def keep(self) -> None:
+        """From now on, keep the cells' layouts (and move kept ones instead of laying out)."""
+        if self.keeping or not self.cells:
             return
+        self.keeping = True
+        self._original = original = block.block_container_layout
+        cache = self
 
         def patched(
             context: Any, box: Any, bottom_space: float, skip_stack: Any, *args: Any, **kw: Any
@@ -190,8 +191,6 @@ class CellCache:
                     next_page, margins, through, lines = rest
                     return moved, None, dict(next_page), list(margins), through, lines
             cache.misses += 1
-            if not cache.keeping:
-                return original(context, box, bottom_space, skip_stack, *args, **kw)
             absolute = kw.get("absolute_boxes", args[1] if len(args) > 1 else [])
             fixed = kw.get("fixed_boxes", args[2] if len(args) > 2 else [])
             counts = (len(absolute), len(fixed))
@@ -209,10 +208,16 @@ class CellCache:
             return result
 
         block.block_container_layout = patched
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Whatever `keep()` patched is undone at the end."""
         try:
             yield
         finally:
-            block.block_container_layout = original
+            if self._original is not None:
+                block.block_container_layout = self._original
+                self._original = None
 
 
 @contextlib.contextmanager
@@ -445,8 +450,8 @@ class ChunkLayout:
         if job.index == 0:
             pages, stop, _ = self._paginate(0, None)
         else:
-            target = job.targets[job.index]
-            pages, stop, began = self._paginate(self._start_at(target), target, predict=True)
+            start = self._first_start()
+            pages, stop, began = self._paginate(self._start_at(start), start)
         self._mark("first_pass")
         self.stats["first_pass_pages"] = len(pages)
         if job.index > 0:
@@ -484,6 +489,22 @@ class ChunkLayout:
         del self.maker[1:]
         return self._start_at(row)
 
+    def _first_start(self) -> int:
+        """The row my pages start with: where the previous chunk's end, if it is done; else
+        where chunk 0's first full page says they start (its probe, published after its first
+        pages). Waiting for one of the two costs less than laying out pages to throw away."""
+        job = self.job
+        name, value = self.rendezvous.wait_any([("stop", job.index - 1), ("probe", 0)])
+        self._mark("waited")
+        if name == "stop":
+            return int(value)  # exact: no second pass
+        self.per_page = int(value["rows"])
+        guessed = self._guess(value)
+        if guessed is None or self._others_irregular():
+            # The pages will likely be laid out again from where the previous chunk's end.
+            self.cache.keep()
+        return job.targets[job.index] if guessed is None else guessed
+
     def _guess(self, probe: dict[str, int]) -> int | None:
         """Where the pages around my nominal first row start, if every page of the table
         holds as many rows as chunk 0's first full page."""
@@ -494,9 +515,7 @@ class ChunkLayout:
         row = s1 + -(-(target - s1) // per_page) * per_page
         return row if row - self.job.first < self.job.rows - 1 else None
 
-    def _paginate(
-        self, index: int, start: int | None, predict: bool = False
-    ) -> tuple[Pages, int | None, int | None]:
+    def _paginate(self, index: int, start: int | None) -> tuple[Pages, int | None, int | None]:
         """Pages from maker[index] on, until the next chunk's rows. Returns the (page box,
         page_maker index, start row) of each page, the row the next chunk's pages start with
         (None for the last chunk), and the row the first page starts with."""
@@ -539,21 +558,10 @@ class ChunkLayout:
             index += 1
             if index >= len(self.maker):
                 raise SplitUnsupported("WeasyPrint did not continue the pages")
-            if predict:
-                probe = self.rendezvous.peek("probe", 0)
-                if probe is not None:
-                    predict = False
-                    self.per_page = int(probe["rows"])
-                    guessed = self._guess(probe)
-                    if guessed is not None and guessed != first_row:
-                        # Cells already laid out are kept: little is lost.
-                        pages, index = [], self._restart(guessed)
-                        current = first_row = guessed
-                    # A guess from pages that all hold as many rows is right: the pages will
-                    # not be laid out again, so cells need no copies (unless that changes).
-                    self.cache.keeping = guessed is None or self.irregular
-            elif not self.cache.keeping and job.index > 0 and self._others_irregular():
-                self.cache.keeping = True
+            # A guess from pages that all hold as many rows is right: my pages will not be laid
+            # out again, and cells need no copies, unless an earlier chunk's pages differ.
+            if job.index > 0 and not self.cache.keeping and self._others_irregular():
+                self.cache.keep()
 
     def _page_held(self, rows: int | None) -> None:
         """A page of the table held `rows` rows (None: it broke a row): if that is not what
@@ -561,7 +569,7 @@ class ChunkLayout:
         if self.irregular or self.per_page is None or rows == self.per_page:
             return
         self.irregular = True
-        self.cache.keeping = bool(self.cache.cells)
+        self.cache.keep()
         if not self.last:
             self.rendezvous.publish("irregular", {"rows": rows})
 

@@ -86,13 +86,18 @@ class Rendezvous:
             os.replace(tmp, self.folder / "abort")
 
     def wait(self, name: str, index: int) -> Any:
-        path = self._path(name, index)
+        return self.wait_any([(name, index)])[1]
+
+    def wait_any(self, wanted: list[tuple[str, int]]) -> tuple[str, Any]:
+        """The first of these values published (in the order asked, if several are): its name
+        and value."""
         polls = 0
         while True:
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                pass
+            for name, index in wanted:
+                try:
+                    return name, json.loads(self._path(name, index).read_text(encoding="utf-8"))
+                except FileNotFoundError:
+                    pass
             if (self.folder / "abort").exists():
                 raise SplitAborted("another chunk of this report failed")
             if time.time() > self.deadline:
