@@ -64,7 +64,40 @@ async def distribute(
         if artefact.key != own:
             raise PermanentError(f"report.rendered names artefact '{artefact.key}', not its own")
     parcel = Parcel(event=event, store=store)
-    limits = limits or TargetLimits.from_settings(settings)
+    parcel.read_ahead()
+    try:
+        results, failures = await _deliver_all(
+            event,
+            parcel,
+            channels,
+            outcomes,
+            settings,
+            limits or TargetLimits.from_settings(settings),
+            cancelled,
+        )
+    finally:
+        await parcel.close()
+    if failures:
+        raise _delivery_failed(failures)
+    return ReportDelivered(
+        request_id=parcel.request_id,
+        template=event.request.template,
+        artefacts=event.artefacts,
+        channels=results,
+        requested_by=event.request.requested_by,
+    )
+
+
+async def _deliver_all(
+    event: ReportRendered,
+    parcel: Parcel,
+    channels: Mapping[str, Channel],
+    outcomes: KeyValue,
+    settings: Settings,
+    limits: TargetLimits,
+    cancelled: Callable[[], Awaitable[bool]] | None,
+) -> tuple[list[ChannelResult], list[tuple[ChannelResult, PressroomError]]]:
+    """Each delivery in turn, once: (every channel's result, the failures among them)."""
     results: list[ChannelResult] = []
     failures: list[tuple[ChannelResult, PressroomError]] = []
     for index, delivery in enumerate(deliveries_for(event, settings)):
@@ -97,15 +130,7 @@ async def distribute(
                 ok=result.ok,
                 detail=result.detail,
             )
-    if failures:
-        raise _delivery_failed(failures)
-    return ReportDelivered(
-        request_id=parcel.request_id,
-        template=event.request.template,
-        artefacts=event.artefacts,
-        channels=results,
-        requested_by=event.request.requested_by,
-    )
+    return results, failures
 
 
 async def _deliver(

@@ -70,6 +70,7 @@ class FailoverLedger:
         request: ReportRequested,
         worker: str | None = None,
         record: bool = True,
+        fresh: bool = False,
     ) -> ClaimResult:
         return await patient(
             lambda: self._inner.claim(
@@ -80,6 +81,7 @@ class FailoverLedger:
                 request=request,
                 worker=worker,
                 record=record,
+                fresh=fresh,
             ),
             patience=self._patience,
             what="ledger claim",

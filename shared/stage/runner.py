@@ -263,6 +263,8 @@ class StageRunner:
                 request=request,
                 worker=WORKER_ID,
                 record=eager,
+                # A request's first delivery at the first stage: no entry yet, most likely.
+                fresh=eager and msg.attempt == 1 and self.spec.name in EAGER_CLAIM_STAGES,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
             await self._retry_or_dead_letter(
