@@ -151,6 +151,7 @@ async def record(
             sealed,
             content_type="application/octet-stream",
             metadata={"template": template, "request-id": event.request.request_id},
+            new=True,  # the key holds the time to the microsecond: nothing to replace
         )
         _since_prune[template] = _since_prune.get(template, 0) + 1
         if now - _last_prune.get(template, float("-inf")) >= PRUNE_EVERY:

@@ -43,8 +43,17 @@ class ArtefactStore(Protocol):
     """Where rendered reports (and large contexts) live; the bus carries only their keys."""
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
-    ) -> None: ...
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
+    ) -> None:
+        """Store `data` under `key`, replacing what is there; `new`: the key is known to be
+        unused (a key made unique by its writer), so nothing is looked up to be replaced."""
+        ...
 
     async def get(self, key: str) -> bytes:
         """The bytes stored under `key`; ArtefactMissing (naming the key) when there are none."""
@@ -126,15 +135,21 @@ class ObjectStoreArtefacts:
         self._js = js  # for reading chunks by message (no consumer per read)
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
         headers = {"Content-Type": content_type, **{k: str(v) for k, v in (metadata or {}).items()}}
         if self._js is None:
             await self._store.put(key, data, meta=api.ObjectMeta(name=key, headers=headers))
             return
-        await self._put(key, data, headers)
+        await self._put(key, data, headers, new=new)
 
-    async def _put(self, key: str, data: bytes, headers: dict[str, str]) -> None:
+    async def _put(self, key: str, data: bytes, headers: dict[str, str], *, new: bool) -> None:
         """The client's `put`, with the look-up of an object already under the name (whose
         chunks go once the new object is complete) made while the chunks are written instead
         of before: one round trip fewer on every report's path. Chunks first, then the meta
@@ -143,7 +158,7 @@ class ObjectStoreArtefacts:
         stream = f"OBJ_{OBJECT_BUCKET}"
         nuid = self._js._nc._nuid.next().decode()
         chunks = f"$O.{OBJECT_BUCKET}.C.{nuid}"
-        earlier = asyncio.ensure_future(self._info(key))
+        earlier = asyncio.ensure_future(self._info(key) if not new else _nothing())
         digest = hashlib.sha256()
         try:
             sent = 0
@@ -179,6 +194,7 @@ class ObjectStoreArtefacts:
             await self._js.purge_stream(stream, subject=f"$O.{OBJECT_BUCKET}.C.{old.nuid}")
 
     async def _info(self, key: str) -> api.ObjectInfo | None:
+        """The object under `key`, if there is one (deleted ones too)."""
         try:
             return await self._store.get_info(key, show_deleted=True)
         except (ObjectNotFoundError, NotFoundError):
@@ -247,6 +263,10 @@ class ObjectStoreArtefacts:
 
     async def check(self) -> None:
         await self._store.status()
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -350,7 +370,13 @@ class S3Artefacts:
         self._ready = True
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
         await self.ensure_bucket()
         await self._call(
@@ -423,7 +449,13 @@ class MemoryArtefacts:
         self.objects: dict[str, tuple[bytes, dict[str, str], datetime]] = {}
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
         meta = {"Content-Type": content_type, **(metadata or {})}
         self.objects[key] = (data, meta, datetime.now(UTC))
