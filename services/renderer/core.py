@@ -47,6 +47,7 @@ from shared.events import (
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import record_span, span
 from shared.settings import Settings
+from shared.stage.runner import ATTEMPT
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8", **EXPORT_TYPES}
 
@@ -245,9 +246,12 @@ async def _render_data(
         if analysis is None:
             analysis = remember(job, await renderer.analyse(job))
         cache_key = render_key(analysis, job, volatile=volatile)
-        reused = await _reuse(cache, cache_key, request, store, alongside)
-        if reused is not None:
-            return reused
+        # Only the same request is ever served a stored render (its PDF carries its own /ID,
+        # dates and provenance): a first delivery has none to find, a redelivery may.
+        if ATTEMPT.get() != 1:
+            reused = await _reuse(cache, cache_key, request, store, alongside)
+            if reused is not None:
+                return reused
         job = replace(job, analyse=True)
     output = await renderer.render(job)
     if output.analysis is not None:
