@@ -91,6 +91,9 @@ def _check_ancestors(root: Any, path: list[int]) -> Any:
 
 
 END, BEFORE, AFTER, MIDDLE = "end", "before", "after", "middle"
+# How long a later chunk waits for chunk 0's probe (its first two pages of the table) before
+# laying out from its nominal first row anyway: chunk 0 may have many pages before the table.
+PROBE_PATIENCE = 0.5
 
 
 def row_at(resume_at: Any, path: list[int]) -> int | str:
@@ -450,8 +453,8 @@ class ChunkLayout:
         if job.index == 0:
             pages, stop, _ = self._paginate(0, None)
         else:
-            start = self._first_start()
-            pages, stop, began = self._paginate(self._start_at(start), start)
+            start, predict = self._first_start()
+            pages, stop, began = self._paginate(self._start_at(start), start, predict)
         self._mark("first_pass")
         self.stats["first_pass_pages"] = len(pages)
         if job.index > 0:
@@ -489,21 +492,32 @@ class ChunkLayout:
         del self.maker[1:]
         return self._start_at(row)
 
-    def _first_start(self) -> int:
+    def _first_start(self) -> tuple[int, bool]:
         """The row my pages start with: where the previous chunk's end, if it is done; else
         where chunk 0's first full page says they start (its probe, published after its first
-        pages). Waiting for one of the two costs less than laying out pages to throw away."""
+        pages). Waiting for one of the two costs less than laying out pages to throw away —
+        unless chunk 0 has many pages before its table: then my nominal first row, and the
+        pages start again where the probe says once it comes (True: watch for it)."""
         job = self.job
-        name, value = self.rendezvous.wait_any([("stop", job.index - 1), ("probe", 0)])
+        found = self.rendezvous.wait_any(
+            [("stop", job.index - 1), ("probe", 0)], patience=PROBE_PATIENCE
+        )
         self._mark("waited")
+        if found is None:
+            self.cache.keep()  # these pages will be laid out again: their cells are moved
+            return job.targets[job.index], True
+        name, value = found
         if name == "stop":
-            return int(value)  # exact: no second pass
-        self.per_page = int(value["rows"])
-        guessed = self._guess(value)
+            return int(value), False  # exact: no second pass
+        return self._guessed(value), False
+
+    def _guessed(self, probe: dict[str, int]) -> int:
+        self.per_page = int(probe["rows"])
+        guessed = self._guess(probe)
         if guessed is None or self._others_irregular():
             # The pages will likely be laid out again from where the previous chunk's end.
             self.cache.keep()
-        return job.targets[job.index] if guessed is None else guessed
+        return self.job.targets[self.job.index] if guessed is None else guessed
 
     def _guess(self, probe: dict[str, int]) -> int | None:
         """Where the pages around my nominal first row start, if every page of the table
@@ -515,7 +529,9 @@ class ChunkLayout:
         row = s1 + -(-(target - s1) // per_page) * per_page
         return row if row - self.job.first < self.job.rows - 1 else None
 
-    def _paginate(self, index: int, start: int | None) -> tuple[Pages, int | None, int | None]:
+    def _paginate(
+        self, index: int, start: int | None, predict: bool = False
+    ) -> tuple[Pages, int | None, int | None]:
         """Pages from maker[index] on, until the next chunk's rows. Returns the (page box,
         page_maker index, start row) of each page, the row the next chunk's pages start with
         (None for the last chunk), and the row the first page starts with."""
@@ -558,9 +574,17 @@ class ChunkLayout:
             index += 1
             if index >= len(self.maker):
                 raise SplitUnsupported("WeasyPrint did not continue the pages")
+            if predict:
+                probe = self.rendezvous.peek("probe", 0)
+                if probe is not None:
+                    predict = False
+                    guessed = self._guessed(probe)
+                    if guessed != first_row:
+                        pages, index = [], self._restart(guessed)  # kept cells are moved
+                        current = first_row = guessed
             # A guess from pages that all hold as many rows is right: my pages will not be laid
             # out again, and cells need no copies, unless an earlier chunk's pages differ.
-            if job.index > 0 and not self.cache.keeping and self._others_irregular():
+            elif job.index > 0 and not self.cache.keeping and self._others_irregular():
                 self.cache.keep()
 
     def _page_held(self, rows: int | None) -> None:

@@ -169,18 +169,32 @@ def read(html: str) -> Document:
     )
 
 
+_MARKUP = re.compile(r"<[^>]*>|\s+")
+SAMPLE_ROWS = 200  # rows whose text is measured for the average
+
+
+def _text(html: str) -> int:
+    """Characters of text, roughly (tags dropped, white space as one)."""
+    return len(_MARKUP.sub(" ", html))
+
+
 def around(html: str, table: TableRows) -> tuple[float, float]:
     """The document's content before and after the table's rows (the heading, the totals,
-    notes …), in rows: its tags counted against the rows' own (a tag is about a box)."""
-    body = html.lower().find("<body")
-    start = max(body, 0)
-    end = html.lower().rfind("</body")
-    end = len(html) if end < start else end
+    notes …), in rows: its tags (about one a box) and its text each counted against the
+    rows' own, whichever says more."""
+    lowered = html.lower()
+    start = max(lowered.find("<body"), 0)
+    end = lowered.rfind("</body")
+    end = len(html) if end < table.end else end
     first = table.starts[0]
-    per_row = max(html.count("<", first, table.end) / len(table), 1.0)
-    before = html.count("<", start, first) / per_row
-    after = html.count("<", table.end, max(end, table.end)) / per_row
-    return before, after
+    tags = max(html.count("<", first, table.end) / len(table), 1.0)
+    sample = min(len(table), SAMPLE_ROWS)
+    text = max(_text(html[first : table.span(0, sample)[1]]) / sample, 1.0)
+
+    def rows(a: int, b: int) -> float:
+        return max(html.count("<", a, b) / tags, _text(html[a:b]) / text)
+
+    return rows(start, first), rows(table.end, end)
 
 
 def count_rows_cheaply(html: str) -> int:
