@@ -93,9 +93,10 @@ def _check_ancestors(root: Any, path: list[int]) -> Any:
 
 
 END, BEFORE, AFTER, MIDDLE = "end", "before", "after", "middle"
-# How long a later chunk waits for chunk 0's probe (its first two pages of the table) before
-# laying out from its nominal first row anyway: chunk 0 may have many pages before the table.
-PROBE_PATIENCE = 0.5
+# How long a later chunk waits for chunk 0's probe (its first two pages of the table), once
+# chunk 0 lays out, before laying out from its nominal first row anyway: chunk 0 may have many
+# pages before the table.
+PROBE_PATIENCE = 1.0
 
 
 def row_at(resume_at: Any, path: list[int]) -> int | str:
@@ -170,11 +171,17 @@ class CellCache:
         self.copies = 0
         self._original: Any = None
 
+    def pause(self) -> None:
+        """Keep no more layouts (those kept are still moved where they fit)."""
+        self.keeping = False
+
     def keep(self) -> None:
         """From now on, keep the cells' layouts (and move kept ones instead of laying out)."""
         if self.keeping or not self.cells:
             return
         self.keeping = True
+        if self._original is not None:
+            return  # patched already
         self._original = original = block.block_container_layout
         cache = self
 
@@ -196,6 +203,8 @@ class CellCache:
                     next_page, margins, through, lines = rest
                     return moved, None, dict(next_page), list(margins), through, lines
             cache.misses += 1
+            if not cache.keeping:
+                return original(context, box, bottom_space, skip_stack, *args, **kw)
             absolute = kw.get("absolute_boxes", args[1] if len(args) > 1 else [])
             fixed = kw.get("fixed_boxes", args[2] if len(args) > 2 else [])
             counts = (len(absolute), len(fixed))
@@ -453,6 +462,8 @@ class ChunkLayout:
         self.maker = self.context.page_maker
         self.first_entry = self.maker[0]
         if job.index == 0:
+            if not self.last:
+                self.rendezvous.publish("laying_out", True)  # the others' patience starts now
             pages, stop, _ = self._paginate(0, None)
         else:
             start, predict = self._first_start()
@@ -501,9 +512,10 @@ class ChunkLayout:
         unless chunk 0 has many pages before its table: then my nominal first row, and the
         pages start again where the probe says once it comes (True: watch for it)."""
         job = self.job
-        found = self.rendezvous.wait_any(
-            [("stop", job.index - 1), ("probe", 0)], patience=PROBE_PATIENCE
-        )
+        wanted = [("stop", job.index - 1), ("probe", 0)]
+        found = self.rendezvous.wait_any([*wanted, ("laying_out", 0)])
+        if found is not None and found[0] == "laying_out":
+            found = self.rendezvous.wait_any(wanted, patience=PROBE_PATIENCE)
         self._mark("waited")
         if found is None:
             self.cache.keep()  # these pages will be laid out again: their cells are moved
@@ -584,6 +596,9 @@ class ChunkLayout:
                     if guessed != first_row:
                         pages, index = [], self._restart(guessed)  # kept cells are moved
                         current = first_row = guessed
+                    regular = not self.irregular and not self._others_irregular()
+                    if regular and self._guess(probe) is not None:
+                        self.cache.pause()  # a good guess: no second pass likely
             # A guess from pages that all hold as many rows is right: my pages will not be laid
             # out again, and cells need no copies, unless an earlier chunk's pages differ.
             elif job.index > 0 and not self.cache.keeping and self._others_irregular():
