@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from nats.js import api
 from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.nuid import NUID
 from urllib3.exceptions import HTTPError
 
 from shared.bus.names import OBJECT_BUCKET
@@ -125,6 +126,7 @@ async def read_verified(store: ArtefactStore, artefact: Artefact) -> bytes:
 # the server and 1.3 ms less in the reader; a 700 KB one took longer that way.
 BY_MESSAGE_MAX = 256 * 1024
 CHUNK_SIZE = 128 * 1024  # the client's own chunk size (nats.js.object_store)
+_NUID = NUID()  # an object's chunk subject, as the client names it
 
 
 class ObjectStoreArtefacts:
@@ -156,7 +158,7 @@ class ObjectStoreArtefacts:
         record that makes the object visible, as the client does."""
         assert self._js is not None
         stream = f"OBJ_{OBJECT_BUCKET}"
-        nuid = self._js._nc._nuid.next().decode()
+        nuid = _NUID.next().decode()
         chunks = f"$O.{OBJECT_BUCKET}.C.{nuid}"
         earlier = asyncio.ensure_future(self._info(key) if not new else _nothing())
         digest = hashlib.sha256()
