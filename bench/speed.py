@@ -158,6 +158,25 @@ def render_processes(service_pids: set[int]) -> dict[int, float]:
     return found
 
 
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def service_memory(stack: Stack) -> dict[str, float]:
+    """RSS (MiB) of nats-server and each service's main process (the first of each kind)."""
+    found = {"nats-server": _rss_mib(stack.nats.pid)} if stack.nats is not None else {}
+    for name, procs in stack.procs.items():
+        if procs:
+            found[name] = _rss_mib(procs[0].pid)
+    return found
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used (/proc/PID/stat), 0 once it is gone."""
     try:
@@ -242,6 +261,7 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
             await outcomes.delivered_event(rid, timeout=300)
         counts_before = await jetstream_counts(js)
         samples: list[tuple[int, dict[int, float]]] = [(0, render_processes(services))]
+        kept: list[tuple[int, dict[str, float]]] = [(0, service_memory(stack))]
         loads = [load()[0]]  # the 1-minute load average at every sample: the machine is shared
         cpu_before = stack_cpu(stack)
         started = time.perf_counter()
@@ -262,6 +282,7 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
             done += len(rids)
             if done % every == 0 or done == n:
                 samples.append((done, render_processes(services)))
+                kept.append((done, service_memory(stack)))
                 loads.append(load()[0])
                 rss = ", ".join(f"{mib:.1f}" for mib in samples[-1][1].values())
                 print(
@@ -290,6 +311,18 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
         for pid, points in per_process.items()
     }
     slopes_all = {str(pid): slope(points) * 1000 for pid, points in per_process.items()}
+    by_service: dict[str, list[tuple[float, float]]] = {}
+    for count, rss_of in kept:
+        for name, mib in rss_of.items():
+            by_service.setdefault(name, []).append((float(count), mib))
+    services_memory = {
+        name: {
+            "first": points[0][1],
+            "last": points[-1][1],
+            "slope_mib_per_1000": slope([p for p in points if p[0] >= every]) * 1000,
+        }
+        for name, points in by_service.items()
+    }
     writes = {
         key: (counts_after.get(key, 0) - counts_before.get(key, 0)) / n
         for key in sorted(set(counts_after) | set(counts_before))
@@ -305,6 +338,7 @@ async def soak(root: Path, n: int = SOAK_N, every: int = 100, batch: int = 25) -
         "rss_first_last": {
             str(pid): (points[0][1], points[-1][1]) for pid, points in per_process.items()
         },
+        "services_memory": services_memory,
         "writes_per_report": writes,
         "stream_writes_per_report": sum(v for k, v in writes.items() if k.startswith("stream ")),
         "acks_per_report": sum(v for k, v in writes.items() if k.startswith("acks ")),
@@ -383,6 +417,19 @@ def markdown(
                 f"{with_warm_up.get(pid, 0.0):.2f} MiB per 1,000 |"
             )
         lines += ["", "Target: < 2 MiB per 1,000 reports (was ~250)."]
+        if kept := soaked.get("services_memory"):
+            lines += [
+                "",
+                "The services and the bus over the same reports (their main processes):",
+                "",
+                "| process | RSS first → last sample | slope after the warm-up |",
+                "|---|---|---|",
+                *(
+                    f"| {name} | {m['first']:.1f} → {m['last']:.1f} MiB | "
+                    f"{m['slope_mib_per_1000']:.2f} MiB per 1,000 reports |"
+                    for name, m in sorted(kept.items())
+                ),
+            ]
         if plot:
             lines += ["", f"![render process RSS over the soak]({plot})"]
         lines += [

@@ -84,6 +84,14 @@ def _msg_get(stream: str) -> list[str]:
     ]
 
 
+def _flow_control(stream: str) -> list[str]:
+    """The replies an ordered consumer (an object's chunks, a listing of a store or bucket)
+    owes the server's flow-control requests: without them the server stops sending once a
+    listing outgrows its window, and the listing waits for ever (a renderer pruning its studio
+    records stalled after some thousands of reports)."""
+    return [f"$JS.FC.{stream}.>"]
+
+
 def _consumer(stream: str, durable: str) -> list[str]:
     """Pull from, ack on, inspect and (re)declare one durable consumer — nothing else."""
     return [
@@ -98,7 +106,7 @@ def _consumer(stream: str, durable: str) -> list[str]:
 
 def _kv(bucket: str, *, write: bool) -> list[str]:
     stream = f"KV_{bucket}"
-    subjects = _stream_read(stream) + _msg_get(stream)
+    subjects = _stream_read(stream) + _msg_get(stream) + _flow_control(stream)
     return subjects + ([f"$KV.{bucket}.>"] if write else [])
 
 
@@ -108,6 +116,7 @@ def _objects(*, write: bool) -> list[str]:
     subjects = (
         _stream_read(stream)
         + _msg_get(stream)
+        + _flow_control(stream)
         + [
             f"{JS}.STREAM.NAMES",  # nats-py looks the stream up by subject
             f"{JS}.CONSUMER.CREATE.{stream}",
@@ -175,6 +184,7 @@ def permissions(role: str) -> dict[str, list[str]]:
         # dead letters, the ledger, artefacts, replays. Still not `$JS.>` wholesale.
         publish = [
             f"{JS}.>",
+            "$JS.FC.>",  # flow control of its listings (every bucket, the object store)
             "$KV.>",
             "$O.>",
             REQUESTED,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from services.distributor.parcel import Channel, Parcel
 from services.distributor.targets import TargetLimits, caller_of, target_of
@@ -64,22 +64,57 @@ async def distribute(
         if artefact.key != own:
             raise PermanentError(f"report.rendered names artefact '{artefact.key}', not its own")
     parcel = Parcel(event=event, store=store)
-    limits = limits or TargetLimits.from_settings(settings)
+    parcel.read_ahead()
+    try:
+        results, failures = await _deliver_all(
+            event,
+            parcel,
+            channels,
+            outcomes,
+            settings,
+            limits or TargetLimits.from_settings(settings),
+            cancelled,
+        )
+    finally:
+        await parcel.close()
+    if failures:
+        raise _delivery_failed(failures)
+    return ReportDelivered(
+        request_id=parcel.request_id,
+        template=event.request.template,
+        artefacts=event.artefacts,
+        channels=results,
+        requested_by=event.request.requested_by,
+    )
+
+
+async def _deliver_all(
+    event: ReportRendered,
+    parcel: Parcel,
+    channels: Mapping[str, Channel],
+    outcomes: KeyValue,
+    settings: Settings,
+    limits: TargetLimits,
+    cancelled: Callable[[], Awaitable[bool]] | None,
+) -> tuple[list[ChannelResult], list[tuple[ChannelResult, PressroomError]]]:
+    """Each delivery in turn, once: (every channel's result, the failures among them)."""
     results: list[ChannelResult] = []
     failures: list[tuple[ChannelResult, PressroomError]] = []
     for index, delivery in enumerate(deliveries_for(event, settings)):
         key = outcome_key(parcel.request_id, index, delivery)
-        done = await _recorded(outcomes, key)
-        if done is not None:
-            results.append(done)  # delivered by an earlier attempt: never send twice
-            continue
         channel = channels.get(delivery.channel)
+        if channel is None and (done := await _recorded(outcomes, key)) is not None:
+            results.append(done)  # delivered before its channel was taken out of the config
+            continue
         try:
             if channel is None:
                 raise PermanentError("channel not configured")
             result = await _deliver(
                 channel, delivery, parcel, outcomes, key, limits, settings, cancelled
             )
+        except _DeliveredBefore as earlier:
+            results.append(earlier.result)  # delivered by an earlier attempt: never send twice
+            continue
         except RequestCancelled:
             raise
         except PressroomError as error:
@@ -97,15 +132,7 @@ async def distribute(
                 ok=result.ok,
                 detail=result.detail,
             )
-    if failures:
-        raise _delivery_failed(failures)
-    return ReportDelivered(
-        request_id=parcel.request_id,
-        template=event.request.template,
-        artefacts=event.artefacts,
-        channels=results,
-        requested_by=event.request.requested_by,
-    )
+    return results, failures
 
 
 async def _deliver(
@@ -125,13 +152,39 @@ async def _deliver(
         limits.slot(target_of(delivery, settings)),
     ):
         # Intent before, outcome after: an ambiguous crash in between is in the record.
-        await outcomes.put(key, json.dumps({"ok": False, "state": "sending"}).encode())
+        await _intend(outcomes, key)
         # Looked at after the intent is written: a cancel that saw no intent is kept.
         if cancelled is not None and await cancelled():
             await outcomes.put(key, json.dumps({"ok": False, "state": "cancelled"}).encode())
             raise RequestCancelled("cancelled before delivery")
         with span(f"deliver {delivery.channel}", parcel.request_id):
             return await channel.deliver(delivery, parcel)
+
+
+SENDING = json.dumps({"ok": False, "state": "sending"}).encode()
+
+
+class _DeliveredBefore(Exception):
+    """An earlier attempt made this delivery (its outcome is recorded)."""
+
+    def __init__(self, result: ChannelResult) -> None:
+        super().__init__(result.channel)
+        self.result = result
+
+
+async def _intend(outcomes: KeyValue, key: str) -> None:
+    """The intent to send, written. Mostly a delivery's first attempt: the record is created
+    (one round trip, no read first); only when one is there already is it read, and a
+    delivery it says was made is not made again (`_DeliveredBefore`)."""
+    try:
+        await outcomes.create(key, SENDING)
+        return
+    except KeyWrongLastSequenceError:
+        pass
+    done = await _recorded(outcomes, key)
+    if done is not None:
+        raise _DeliveredBefore(done)
+    await outcomes.put(key, SENDING)
 
 
 def _delivery_failed(failures: list[tuple[ChannelResult, PressroomError]]) -> PressroomError:

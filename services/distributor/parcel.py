@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +26,7 @@ class Parcel:
     # manual `pressroom deliver` (a new delivery a receiver must not drop as a duplicate).
     occasion: str = ""
     _cache: dict[str, bytes] = field(default_factory=dict)
+    _reads: dict[str, asyncio.Task[bytes]] = field(default_factory=dict)
 
     @property
     def request_id(self) -> str:
@@ -31,8 +34,28 @@ class Parcel:
 
     async def content(self, artefact: Artefact) -> bytes:
         if artefact.key not in self._cache:
-            self._cache[artefact.key] = await read_verified(self.store, artefact)
+            reading = self._reads.pop(artefact.key, None)
+            self._cache[artefact.key] = await (
+                reading if reading is not None else read_verified(self.store, artefact)
+            )
         return self._cache[artefact.key]
+
+    def read_ahead(self) -> None:
+        """Start reading every artefact now, while the delivery records are looked at and
+        written (reading has no effect; a failed read fails the delivery that needs it)."""
+        for artefact in self.event.artefacts:
+            if artefact.key not in self._cache and artefact.key not in self._reads:
+                self._reads[artefact.key] = asyncio.ensure_future(
+                    read_verified(self.store, artefact)
+                )
+
+    async def close(self) -> None:
+        """Reads started ahead that no delivery needed (all were delivered before)."""
+        reads, self._reads = self._reads, {}
+        for reading in reads.values():
+            reading.cancel()
+            with suppress(BaseException):
+                await reading
 
     def filename(self, artefact: Artefact) -> str:
         """What a person sees (attachments, webhook bodies): the request's `filename`

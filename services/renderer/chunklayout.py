@@ -6,11 +6,13 @@ All chunks of a report run at the same time, one per render process, and meet at
 through files in a folder they share (the rendezvous):
 
 1. column widths: a table's columns depend on every row, so each chunk measures its own rows'
-   cells and all take the widest of all (WeasyPrint's own min/max-content widths);
-2. where a chunk starts: chunk k lays out its rows from its nominal first row at once, but its
-   pages must start where the pages of chunk k-1 end (a row only chunk k-1 can know). When chunk
-   k-1 is done, chunk k lays its pages out again from there — cheaply: every cell's layout is
-   kept and moved instead of redone;
+   cells and all take the widest of all (WeasyPrint's own min/max-content widths); a table with
+   `table-layout: fixed` and a width needs no measuring;
+2. where a chunk starts: its pages must start where the pages of chunk k-1 end (a row only
+   chunk k-1 can know). Chunk k guesses it from chunk 0's first full page (its probe: rows per
+   page) and lays out at once; when chunk k-1 is done and the guess was wrong, it lays its pages
+   out again from there — cheaply when a wrong guess was likely (rows per page differ): then
+   each cell's layout is kept and moved instead of redone;
 3. page numbers: once every chunk knows its pages, each adds the margin boxes ("Page 37 of 72")
    with the whole document's numbers;
 4. fonts: each font is embedded once, by the first chunk that uses it, with the glyphs of all.
@@ -26,7 +28,6 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import weasyprint.pdf as wpdf
@@ -46,7 +47,7 @@ from weasyprint.text.fonts import FontConfiguration
 from services.renderer import fonts, warm
 from services.renderer.chunks import ChunkJob, ChunkResult, Rendezvous, SplitUnsupported
 from services.renderer.job import SplitAborted
-from services.renderer.sandbox import fetcher_class, weasyprint_errors
+from services.renderer.sandbox import warm_fetcher, weasyprint_errors
 from shared.errors import PressroomError
 
 
@@ -92,6 +93,10 @@ def _check_ancestors(root: Any, path: list[int]) -> Any:
 
 
 END, BEFORE, AFTER, MIDDLE = "end", "before", "after", "middle"
+# How long a later chunk waits for chunk 0's probe (its first two pages of the table), once
+# chunk 0 lays out, before laying out from its nominal first row anyway: chunk 0 may have many
+# pages before the table.
+PROBE_PATIENCE = 1.0
 
 
 def row_at(resume_at: Any, path: list[int]) -> int | str:
@@ -123,10 +128,14 @@ def _skip_stack(path: list[int], row: int) -> dict[int, Any]:
 # ---- patches of WeasyPrint internals, for the duration of one chunk --------------------------
 @contextlib.contextmanager
 def _global_widths(
-    cells: dict[int, int], widths: tuple[list[float], list[float]]
+    cells: dict[int, int], widths: tuple[list[float], list[float]] | None
 ) -> Iterator[None]:
-    """Cells of the table's window report the whole table's column min/max-content widths."""
+    """Cells of the table's window report the whole table's column min/max-content widths
+    (None: a fixed-layout table, whose columns do not depend on its cells' content)."""
 
+    if widths is None:
+        yield
+        return
     original = wpreferred.table_cell_min_max_content_width
     minimum, maximum = widths
 
@@ -148,21 +157,33 @@ class CellCache:
 
     Only cells that fitted whole, in the same column, without positioned descendants; the
     first row of a page (laid out as "page is empty") is kept apart from the others.
+
+    Keeping a cell costs a copy of its boxes (and every layout call a detour), worth it only
+    when the pages are likely to be laid out again: nothing is patched until `keep()`.
     """
 
     def __init__(self, cells: set[int]) -> None:
         self.cells = cells
         self.kept: dict[tuple[int, bool, float, float], tuple[Any, float, tuple[Any, ...]]] = {}
+        self.keeping = False
         self.hits = 0
         self.misses = 0
+        self.copies = 0
+        self._original: Any = None
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        original = block.block_container_layout
-        cache = self
-        if not cache.cells:
-            yield
+    def pause(self) -> None:
+        """Keep no more layouts (those kept are still moved where they fit)."""
+        self.keeping = False
+
+    def keep(self) -> None:
+        """From now on, keep the cells' layouts (and move kept ones instead of laying out)."""
+        if self.keeping or not self.cells:
             return
+        self.keeping = True
+        if self._original is not None:
+            return  # patched already
+        self._original = original = block.block_container_layout
+        cache = self
 
         def patched(
             context: Any, box: Any, bottom_space: float, skip_stack: Any, *args: Any, **kw: Any
@@ -182,6 +203,8 @@ class CellCache:
                     next_page, margins, through, lines = rest
                     return moved, None, dict(next_page), list(margins), through, lines
             cache.misses += 1
+            if not cache.keeping:
+                return original(context, box, bottom_space, skip_stack, *args, **kw)
             absolute = kw.get("absolute_boxes", args[1] if len(args) > 1 else [])
             fixed = kw.get("fixed_boxes", args[2] if len(args) > 2 else [])
             counts = (len(absolute), len(fixed))
@@ -190,6 +213,7 @@ class CellCache:
             if new_box is not None and resume_at is None and counts == (len(absolute), len(fixed)):
                 height = new_box.position_y + new_box.margin_height() - box.position_y
                 if box.position_y + height <= limit:
+                    cache.copies += 1
                     cache.kept[key] = (
                         new_box.deepcopy(),
                         height,
@@ -198,10 +222,16 @@ class CellCache:
             return result
 
         block.block_container_layout = patched
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Whatever `keep()` patched is undone at the end."""
         try:
             yield
         finally:
-            block.block_container_layout = original
+            if self._original is not None:
+                block.block_container_layout = self._original
+                self._original = None
 
 
 @contextlib.contextmanager
@@ -279,6 +309,11 @@ class ChunkLayout:
         self.rendezvous = rendezvous
         self.last = job.index == job.count - 1
         self.stats: dict[str, float] = {}
+        # Rows on a page of the table, from chunk 0's first full page (its probe), and whether
+        # some page held another number (then the guessed starts may be wrong: see _paginate).
+        self.per_page: int | None = None
+        self.irregular = False
+        self.cache = CellCache(set())
         self.clock = time.perf_counter()
         self.cpu = time.process_time()
 
@@ -289,34 +324,37 @@ class ChunkLayout:
     def run(self) -> ChunkResult:
         job = self.job
         fonts.configure(job.font_dirs)
-        fetcher = fetcher_class()(Path(job.templates_dir), job.asset_allow)
+        # The process's warm stylesheets and fetcher, as a one-piece render has (pdf.py).
+        warm.install_stylesheet_cache()
+        fetcher = warm_fetcher(job.templates_dir, job.asset_allow)
         with weasyprint_errors(), fonts.glyph_watch() as missing:
-            self._build(fetcher)
+            self.html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
+            if job.font_scope:
+                # The process's warm fonts, or the template version's own when its CSS declares
+                # fonts (warm.py), as a one-piece render has them.
+                warm.with_fonts(job.font_scope, self._build)
+            else:
+                self._build(FontConfiguration())
             self._find_rows()
             widths = self._measure()
             # Chunk 0 starts at the top of the document and never lays a page out twice.
-            cache = CellCache(set(self.cells) if job.index > 0 else set())
+            cache = self.cache = CellCache(set(self.cells) if job.index > 0 else set())
             with _global_widths(self.cells, widths), cache.active():
                 pages = self._lay_out()
                 self.stats["cell_hits"] = cache.hits
                 self.stats["cell_misses"] = cache.misses
+                self.stats["cell_copies"] = cache.copies
             boxes = self._number_pages(pages)
             pdf, decisions, bookmarks = self._write(boxes)
-        if job.font_scope:
-            warm.done_with(job.font_scope, self.font_config)
         return ChunkResult(
             job.index, pdf, len(boxes), tuple(sorted(missing)), decisions, bookmarks, self.stats
         )
 
-    def _build(self, fetcher: Any) -> None:
+    def _build(self, font_config: Any) -> None:
         """The document's boxes, as WeasyPrint's own render builds them."""
-        job = self.job
-        self.html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)
         self.options = dict(DEFAULT_OPTIONS)
-        self.options["stylesheets"] = [warm.page_css(job.page_css, fetcher)]
-        # The template version's own (warm.py): chunks may meet its @font-face fonts.
-        font_config = warm.template_font_config(job.font_scope) if job.font_scope else None
-        self.font_config = font_config or FontConfiguration()
+        self.options["stylesheets"] = [warm.page_css(self.job.page_css, self.html.url_fetcher)]
+        self.font_config = font_config
         counter_style = CounterStyle()
         self.color_profiles: dict[str, Any] = {}
         self.context = Document._build_layout_context(
@@ -346,6 +384,14 @@ class ChunkLayout:
         if path is None:
             raise SplitUnsupported("the table's body is not laid out as a table")
         group = _check_ancestors(self.root, path)
+        table = self.root
+        for i in path[:-1]:
+            table = table.children[i]
+        # `table-layout: fixed` with a width: the columns come from the first row and the
+        # declared widths alone (WeasyPrint measures no cell), as in CSS 2.1.
+        self.fixed = table.style["table_layout"] == "fixed" and table.style["width"] != "auto"
+        self.first_group = table.children[0] if table.children else None
+        self.group = group
         row_boxes = list(group.children)
         if len(row_boxes) != job.rows or any(
             r.element is not e for r, e in zip(row_boxes, row_elements, strict=True)
@@ -357,8 +403,13 @@ class ChunkLayout:
         self.row_boxes = row_boxes
         self.cells = {id(c): c.grid_x for row in row_boxes for c in row.children}
 
-    def _measure(self) -> tuple[list[float], list[float]]:
-        """Step 1, column widths: measure my own rows, take the widest of all chunks."""
+    def _measure(self) -> tuple[list[float], list[float]] | None:
+        """Step 1, column widths: measure my own rows, take the widest of all chunks (None: a
+        fixed-layout table, which needs no measuring)."""
+        if self.fixed:
+            self._same_first_row()
+            self._mark("measure")
+            return None
         job, row_boxes = self.job, self.row_boxes
         own_first = job.targets[job.index]
         own_stop = job.targets[job.index + 1] if not self.last else job.first + job.rows
@@ -393,6 +444,15 @@ class ChunkLayout:
         self._mark("measure")
         return widths
 
+    def _same_first_row(self) -> None:
+        """A fixed-layout table takes its columns from its first row: a header row is the same
+        in every chunk; a body row must declare the same widths as the document's first."""
+        if self.first_group is not self.group:
+            return
+        mine = [[str(cell.style["width"]), cell.colspan] for cell in self.row_boxes[0].children]
+        if any(theirs != mine for theirs in self.rendezvous.gather("first_row", mine)):
+            raise SplitUnsupported("the table's first rows set different column widths")
+
     def _lay_out(self) -> Pages:
         """Step 2: lay out my rows now (from where chunk 0's first pages say the pages around
         them start); then start where the previous chunk's pages end."""
@@ -402,10 +462,12 @@ class ChunkLayout:
         self.maker = self.context.page_maker
         self.first_entry = self.maker[0]
         if job.index == 0:
+            if not self.last:
+                self.rendezvous.publish("laying_out", True)  # the others' patience starts now
             pages, stop, _ = self._paginate(0, None)
         else:
-            target = job.targets[job.index]
-            pages, stop, began = self._paginate(self._start_at(target), target, predict=True)
+            start, predict = self._first_start()
+            pages, stop, began = self._paginate(self._start_at(start), start, predict)
         self._mark("first_pass")
         self.stats["first_pass_pages"] = len(pages)
         if job.index > 0:
@@ -442,6 +504,34 @@ class ChunkLayout:
         # (type, index) and reuses them.
         del self.maker[1:]
         return self._start_at(row)
+
+    def _first_start(self) -> tuple[int, bool]:
+        """The row my pages start with: where the previous chunk's end, if it is done; else
+        where chunk 0's first full page says they start (its probe, published after its first
+        pages). Waiting for one of the two costs less than laying out pages to throw away —
+        unless chunk 0 has many pages before its table: then my nominal first row, and the
+        pages start again where the probe says once it comes (True: watch for it)."""
+        job = self.job
+        wanted = [("stop", job.index - 1), ("probe", 0)]
+        found = self.rendezvous.wait_any([*wanted, ("laying_out", 0)])
+        if found is not None and found[0] == "laying_out":
+            found = self.rendezvous.wait_any(wanted, patience=PROBE_PATIENCE)
+        self._mark("waited")
+        if found is None:
+            self.cache.keep()  # these pages will be laid out again: their cells are moved
+            return job.targets[job.index], True
+        name, value = found
+        if name == "stop":
+            return int(value), False  # exact: no second pass
+        return self._guessed(value), False
+
+    def _guessed(self, probe: dict[str, int]) -> int:
+        self.per_page = int(probe["rows"])
+        guessed = self._guess(probe)
+        if guessed is None or self._others_irregular():
+            # The pages will likely be laid out again from where the previous chunk's end.
+            self.cache.keep()
+        return self.job.targets[self.job.index] if guessed is None else guessed
 
     def _guess(self, probe: dict[str, int]) -> int | None:
         """Where the pages around my nominal first row start, if every page of the table
@@ -482,15 +572,18 @@ class ChunkLayout:
                 if job.index == 0 and len(starts) < 2:
                     starts.append(row)
                     if len(starts) == 2:
-                        self.rendezvous.publish(
-                            "probe", {"first": starts[0], "rows": row - starts[0]}
-                        )
+                        self.per_page = rows = row - starts[0]
+                        self.rendezvous.publish("probe", {"first": starts[0], "rows": rows})
+                elif current is not None:
+                    self._page_held(row - current)
                 if stop_target is not None and row >= stop_target:
                     return pages, row, first_row
                 current = row
             elif nxt == AFTER and not last:
                 raise SplitUnsupported("the table ended before the next chunk's rows")
             else:
+                if nxt == MIDDLE:
+                    self._page_held(None)  # a row broken over two pages
                 current = None
             index += 1
             if index >= len(self.maker):
@@ -499,11 +592,32 @@ class ChunkLayout:
                 probe = self.rendezvous.peek("probe", 0)
                 if probe is not None:
                     predict = False
-                    guessed = self._guess(probe)
-                    if guessed is not None and guessed != first_row:
-                        # Cells already laid out are kept: little is lost.
-                        pages, index = [], self._restart(guessed)
+                    guessed = self._guessed(probe)
+                    if guessed != first_row:
+                        pages, index = [], self._restart(guessed)  # kept cells are moved
                         current = first_row = guessed
+                    regular = not self.irregular and not self._others_irregular()
+                    if regular and self._guess(probe) is not None:
+                        self.cache.pause()  # a good guess: no second pass likely
+            # A guess from pages that all hold as many rows is right: my pages will not be laid
+            # out again, and cells need no copies, unless an earlier chunk's pages differ.
+            elif job.index > 0 and not self.cache.keeping and self._others_irregular():
+                self.cache.keep()
+
+    def _page_held(self, rows: int | None) -> None:
+        """A page of the table held `rows` rows (None: it broke a row): if that is not what
+        chunk 0's first full page held, the pages' starts cannot be guessed from it."""
+        if self.irregular or self.per_page is None or rows == self.per_page:
+            return
+        self.irregular = True
+        self.cache.keep()
+        if not self.last:
+            self.rendezvous.publish("irregular", {"rows": rows})
+
+    def _others_irregular(self) -> bool:
+        """Whether an earlier chunk's pages held other numbers of rows (their page starts, so
+        mine, may differ from the guess)."""
+        return any(self.rendezvous.peek("irregular", i) is not None for i in range(self.job.index))
 
     def _number_pages(self, pages: Pages) -> list[Any]:
         """Step 3: page numbers of the whole document, then the margin boxes."""

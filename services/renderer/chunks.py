@@ -86,13 +86,25 @@ class Rendezvous:
             os.replace(tmp, self.folder / "abort")
 
     def wait(self, name: str, index: int) -> Any:
-        path = self._path(name, index)
+        found = self.wait_any([(name, index)])
+        assert found is not None
+        return found[1]
+
+    def wait_any(
+        self, wanted: list[tuple[str, int]], patience: float | None = None
+    ) -> tuple[str, Any] | None:
+        """The first of these values published (in the order asked, if several are): its name
+        and value; None if none is after `patience` seconds."""
         polls = 0
+        given_up = None if patience is None else time.monotonic() + patience
         while True:
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                pass
+            for name, index in wanted:
+                try:
+                    return name, json.loads(self._path(name, index).read_text(encoding="utf-8"))
+                except FileNotFoundError:
+                    pass
+            if given_up is not None and time.monotonic() > given_up:
+                return None
             if (self.folder / "abort").exists():
                 raise SplitAborted("another chunk of this report failed")
             if time.time() > self.deadline:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +47,7 @@ from shared.events import (
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import record_span, span
 from shared.settings import Settings
+from shared.stage.runner import ATTEMPT
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8", **EXPORT_TYPES}
 
@@ -183,14 +186,22 @@ async def render_report(
     record_payloads: bool = False,
 ) -> ReportRendered:
     """The report rendered (or an identical render of it reused) and its artefacts stored;
-    `record_payloads`: its payload recorded for the studio (recording.py)."""
+    `record_payloads`: its payload recorded for the studio (recording.py), written alongside
+    the artefacts (so it is there before report.rendered is published)."""
     data = await _context(event, store)
-    rendered = await _render_data(
-        event, data, renderer=renderer, store=store, settings=settings, cache=cache
-    )
-    if record_payloads:
+
+    async def record(rendered: ReportRendered) -> None:
         await recording.record(store, settings, event, data, rendered)
-    return rendered
+
+    return await _render_data(
+        event,
+        data,
+        renderer=renderer,
+        store=store,
+        settings=settings,
+        cache=cache,
+        alongside=record if record_payloads else None,
+    )
 
 
 async def _render_data(
@@ -201,7 +212,12 @@ async def _render_data(
     store: ArtefactStore,
     settings: Settings,
     cache: KeyValue | None,
+    alongside: Callable[[ReportRendered], Awaitable[None]] | None = None,
 ) -> ReportRendered:
+    """Render (or reuse) and store. The writes that follow a render go to the bus side by side
+    (each is a round trip): the artefacts, the render-cache entry and `alongside`'s (the
+    studio's record). A cache entry written before its artefacts is safe: a reader checks the
+    artefacts' digests and renders afresh when one is not there (`_reuse`)."""
     request = event.request
     job = make_job(
         settings,
@@ -230,9 +246,12 @@ async def _render_data(
         if analysis is None:
             analysis = remember(job, await renderer.analyse(job))
         cache_key = render_key(analysis, job, volatile=volatile)
-        reused = await _reuse(cache, cache_key, request, store)
-        if reused is not None:
-            return reused
+        # Only the same request is ever served a stored render (its PDF carries its own /ID,
+        # dates and provenance): a first delivery has none to find, a redelivery may.
+        if ATTEMPT.get() != 1:
+            reused = await _reuse(cache, cache_key, request, store, alongside)
+            if reused is not None:
+                return reused
         job = replace(job, analyse=True)
     output = await renderer.render(job)
     if output.analysis is not None:
@@ -241,20 +260,36 @@ async def _render_data(
     for notice in output.notices:  # e.g. PRESSROOM_MISSING_GLYPHS=warn and a character had no font
         log.warning("render notice", request_id=request.request_id, reason=notice)
     _render_spans(request, output)
-    artefacts = await _store_outputs(request, output, store)
-    if cache is not None and cache_key is not None:
-        entry = {
-            "template_version": output.template_version,
-            "artefacts": {a.format: a.key for a in artefacts},
-            "sha256": {a.format: a.sha256 for a in artefacts},
-        }
-        await cache.put(cache_key, json.dumps(entry).encode())
-    return ReportRendered(
+    outputs = _outputs(request, output)
+    rendered = ReportRendered(
         request=request,
-        artefacts=artefacts,
+        artefacts=[artefact for artefact, _ in outputs],
         template_version=output.template_version,
         render_seconds=output.html_seconds + output.pdf_seconds,
     )
+    writes: list[Awaitable[Any]] = [
+        _upload(store, request, artefact, content, output.template_version)
+        for artefact, content in outputs
+    ]
+    if cache is not None and cache_key is not None:
+        entry = {
+            "template_version": output.template_version,
+            "artefacts": {a.format: a.key for a in rendered.artefacts},
+            "sha256": {a.format: a.sha256 for a in rendered.artefacts},
+        }
+        writes.append(cache.put(cache_key, json.dumps(entry).encode()))
+    if alongside is not None:
+        writes.append(alongside(rendered))
+    await _all(writes)
+    return rendered
+
+
+async def _all(writes: Sequence[Awaitable[Any]]) -> None:
+    """Every write done (side by side); the first failure raised once all have settled."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _context(event: DataReady, store: ArtefactStore) -> Any:
@@ -290,11 +325,9 @@ def _render_spans(request: ReportRequested, output: RenderOutput) -> None:
         record_span("pdf render", pdf_start, end, rid, **attributes)
 
 
-async def _store_outputs(
-    request: ReportRequested, output: RenderOutput, store: ArtefactStore
-) -> list[Artefact]:
-    """Every format the request asked for, in the artefact store (an export per table)."""
-    artefacts: list[Artefact] = []
+def _outputs(request: ReportRequested, output: RenderOutput) -> list[tuple[Artefact, bytes]]:
+    """Every format the request asked for (an export per table), described as stored."""
+    found: list[tuple[Artefact, bytes]] = []
     for fmt in request.formats:
         files: list[tuple[str | None, bytes | None]]
         if fmt in EXPORTS:
@@ -303,13 +336,20 @@ async def _store_outputs(
             files = [(None, output.pdf if fmt == "pdf" else output.html)]
         for name, content in files:
             assert content is not None
-            with span(f"upload {fmt}", request.request_id, **{"pressroom.bytes": len(content)}):
-                artefacts.append(
-                    await store_artefact(
-                        store, request, fmt, content, output.template_version, name=name
-                    )
-                )
-    return artefacts
+            found.append((describe_artefact(request, fmt, content, name=name), content))
+    return found
+
+
+async def _upload(
+    store: ArtefactStore,
+    request: ReportRequested,
+    artefact: Artefact,
+    content: bytes,
+    template_version: str,
+    reused_from: str | None = None,
+) -> None:
+    with span(f"upload {artefact.format}", request.request_id, **{"pressroom.bytes": len(content)}):
+        await put_artefact(store, request, artefact, content, template_version, reused_from)
 
 
 def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:
@@ -358,38 +398,40 @@ def with_template_defaults(
         ) from None
 
 
-async def store_artefact(
+def describe_artefact(
+    request: ReportRequested, fmt: str, content: bytes, *, name: str | None = None
+) -> Artefact:
+    """One rendered file as it is stored: its dated key and digest (one table's CSV under
+    `<request>.<name>.csv`)."""
+    ext = f"{name}.{fmt}" if name else fmt
+    return Artefact(
+        format=fmt,  # type: ignore[arg-type]
+        name=name,
+        key=artefact_key(request.request_id, ext, request.requested_at),
+        size=len(content),
+        sha256=sha256_hex(content),
+        content_type=CONTENT_TYPES[fmt],
+    )
+
+
+async def put_artefact(
     store: ArtefactStore,
     request: ReportRequested,
-    fmt: str,
+    artefact: Artefact,
     content: bytes,
     template_version: str,
-    *,
     reused_from: str | None = None,
-    name: str | None = None,
-) -> Artefact:
-    """Store one rendered file under its dated key, with its digest and template version
-    (one table's CSV under `<request>.<name>.csv`)."""
-    ext = f"{name}.{fmt}" if name else fmt
-    key = artefact_key(request.request_id, ext, request.requested_at)
-    digest = sha256_hex(content)
+) -> None:
+    """Store one described file with its digest and template version."""
     metadata = {
-        "sha256": digest,
+        "sha256": artefact.sha256,
         "template": request.template,
         "template-version": template_version,
         "request-id": request.request_id,
     }
     if reused_from:
         metadata["reused-from"] = reused_from
-    await store.put(key, content, content_type=CONTENT_TYPES[fmt], metadata=metadata)
-    return Artefact(
-        format=fmt,  # type: ignore[arg-type]
-        name=name,
-        key=key,
-        size=len(content),
-        sha256=digest,
-        content_type=CONTENT_TYPES[fmt],
-    )
+    await store.put(artefact.key, content, content_type=artefact.content_type, metadata=metadata)
 
 
 # Analyses of the templates this process renders, valid while their files are unchanged.
@@ -456,7 +498,11 @@ def render_key(
 
 
 async def _reuse(
-    cache: KeyValue, key: str, request: ReportRequested, store: ArtefactStore
+    cache: KeyValue,
+    key: str,
+    request: ReportRequested,
+    store: ArtefactStore,
+    alongside: Callable[[ReportRendered], Awaitable[None]] | None = None,
 ) -> ReportRendered | None:
     """The same template version and data were rendered before: copy, do not render.
 
@@ -481,14 +527,19 @@ async def _reuse(
             found.append((fmt, old, await read_verified(store, recorded)))
         except (ArtefactMissing, ArtefactTampered):
             return None
-    with span("render cache hit", request.request_id):
-        artefacts = [
-            await store_artefact(store, request, fmt, content, version, reused_from=old)
-            for fmt, old, content in found
-        ]
-    return ReportRendered(
+    copies = [
+        (describe_artefact(request, fmt, content), content, old) for fmt, old, content in found
+    ]
+    rendered = ReportRendered(
         request=request,
-        artefacts=artefacts,
+        artefacts=[artefact for artefact, _, _ in copies],
         template_version=version,
         render_seconds=0.0,
     )
+    with span("render cache hit", request.request_id):
+        writes = [
+            put_artefact(store, request, artefact, content, version, reused_from=old)
+            for artefact, content, old in copies
+        ]
+        await _all([*writes, *([alongside(rendered)] if alongside else [])])
+    return rendered

@@ -13,6 +13,7 @@ out, in the console: a shadow render needs the real data to compare with the rea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ PREFIX = "studio/payloads/"
 KEY_FILE = "studio-seal.pem"
 SEALED = ".sealed"
 PRUNE_EVERY = 60.0  # seconds between two prunes of one template's records, per process
+PRUNE_TIMEOUT = 300.0  # a prune still going after this is given up (the next one tries again)
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,13 @@ async def record(
             sealed,
             content_type="application/octet-stream",
             metadata={"template": template, "request-id": event.request.request_id},
+            new=True,  # the key holds the time to the microsecond: nothing to replace
         )
         _since_prune[template] = _since_prune.get(template, 0) + 1
         if now - _last_prune.get(template, float("-inf")) >= PRUNE_EVERY:
             _last_prune[template] = now
             _since_prune[template] = 0
-            await prune(store, settings, template)
+            _pruning.start(store, settings, template)
         return key
     except Exception as error:  # the report is done; the studio just misses this payload
         log.warning("payload not recorded", request_id=event.request.request_id, error=repr(error))
@@ -184,6 +187,29 @@ async def counts(store: ArtefactStore) -> dict[str, int]:
         template = obj.key[len(PREFIX) :].rsplit("/", 1)[0]
         found[template] = found.get(template, 0) + 1
     return found
+
+
+class _Pruning:
+    """Prunes run beside the reports, never in their way: a listing of a big store takes its
+    time (and one that never answered once held a renderer's reports for ever)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, store: ArtefactStore, settings: Settings, template: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(store, settings, template))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, store: ArtefactStore, settings: Settings, template: str) -> None:
+        try:
+            async with asyncio.timeout(PRUNE_TIMEOUT):
+                await prune(store, settings, template)
+        except Exception as error:  # the next prune tries again
+            log.warning("studio records not pruned", template=template, error=repr(error))
+
+
+_pruning = _Pruning()
 
 
 async def prune(

@@ -125,7 +125,7 @@ def plan_chunks(
     if reason is not None:
         log.info("long report rendered in one piece", template=name, reason=f"it uses {reason}")
         return ()
-    windows = splitplan.windows(len(rows), processes)
+    windows = splitplan.windows(len(rows), processes, *splitplan.around(html, rows))
     if len(windows) < 2:
         return ()
     targets = tuple(w.target for w in windows)
@@ -224,11 +224,13 @@ async def _render_split(
         results: list[ChunkResult] = await pool.run_group(
             _layout_chunk, jobs, label=job.template, timeout=remaining
         )
+        merging = time.perf_counter()
         document = (plan.resolved, job.document, plan.name, plan.template_version)
         pdf, pages = await pool.run(
             merge_and_finish, results, document, job.finish, label=job.template, timeout=remaining()
         )
         pdf_seconds = time.perf_counter() - laid_out
+        merge_seconds = time.perf_counter() - merging
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     missing = sorted({cp for result in results for cp in result.missing})
@@ -242,6 +244,7 @@ async def _render_split(
         chunks=len(results),
         pages=pages,
         seconds=round(pdf_seconds, 2),
+        merge_seconds=round(merge_seconds, 2),
         chunk_pages=[result.pages for result in results],
     )
     log.debug("split render chunks", stats=[result.stats for result in results])

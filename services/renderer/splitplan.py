@@ -24,8 +24,9 @@ LOOKAHEAD_ROWS = 100
 LOOKBEHIND_ROWS = 1
 # Chunks smaller than this are not worth a process: fewer, bigger chunks.
 MIN_CHUNK_ROWS = 150
-# The first chunk also lays out what comes before the table: it takes this many rows fewer.
-HEAD_START_ROWS = 30
+# What a look-ahead row costs a chunk, as a share of a row it lays out and draws: it is parsed,
+# styled and boxed only (measured on the bench's statement and portfolio: about a third).
+LOOKAHEAD_COST = 0.35
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,34 @@ def read(html: str) -> Document:
     )
 
 
+_MARKUP = re.compile(r"<[^>]*>|\s+")
+SAMPLE_ROWS = 200  # rows whose text is measured for the average
+
+
+def _text(html: str) -> int:
+    """Characters of text, roughly (tags dropped, white space as one)."""
+    return len(_MARKUP.sub(" ", html))
+
+
+def around(html: str, table: TableRows) -> tuple[float, float]:
+    """The document's content before and after the table's rows (the heading, the totals,
+    notes …), in rows: its tags (about one a box) and its text each counted against the
+    rows' own, whichever says more."""
+    lowered = html.lower()
+    start = max(lowered.find("<body"), 0)
+    end = lowered.rfind("</body")
+    end = len(html) if end < table.end else end
+    first = table.starts[0]
+    tags = max(html.count("<", first, table.end) / len(table), 1.0)
+    sample = min(len(table), SAMPLE_ROWS)
+    text = max(_text(html[first : table.span(0, sample)[1]]) / sample, 1.0)
+
+    def rows(a: int, b: int) -> float:
+        return max(html.count("<", a, b) / tags, _text(html[a:b]) / text)
+
+    return rows(start, first), rows(table.end, end)
+
+
 def count_rows_cheaply(html: str) -> int:
     """An upper bound of the body rows, without parsing: short reports stop here."""
     return html.count("<tr") + html.count("<TR")
@@ -237,14 +266,29 @@ def imports_in(css: str) -> list[str]:
 
 
 # ---- cutting --------------------------------------------------------------------------------
-def windows(rows: int, chunks: int) -> list[Window]:
-    """Chunk boundaries: about the same number of rows each, with look-behind and look-ahead."""
+def windows(rows: int, chunks: int, before: float = 0.0, after: float = 0.0) -> list[Window]:
+    """Chunk boundaries, with look-behind and look-ahead, so that every chunk has about the
+    same work: the first also lays out what comes before the table (`before`, in rows), the
+    last what comes after it, and each but the last carries its look-ahead rows."""
     chunks = max(1, min(chunks, rows // MIN_CHUNK_ROWS))
-    # Chunk 0 gets HEAD_START_ROWS rows fewer than an equal share, the others share them.
-    targets = [0] + [
-        round(i * rows / chunks - HEAD_START_ROWS * (chunks - i) / (chunks - 1))
-        for i in range(1, chunks)
+    extra = [
+        (before if i == 0 else 0.0)
+        + (after if i == chunks - 1 else 0.0)
+        + (LOOKAHEAD_ROWS * LOOKAHEAD_COST if i < chunks - 1 else 0.0)
+        for i in range(chunks)
     ]
+    # Rows per chunk: `work - extra`, for the one `work` that shares out every row; a chunk
+    # keeps at least half an equal share, whatever lies around the table.
+    floor = rows / chunks / 2
+    low, high = 0.0, rows + sum(extra)
+    for _ in range(60):
+        work = (low + high) / 2
+        low, high = (work, high) if sum(max(work - e, floor) for e in extra) < rows else (low, work)
+    shares = [max(high - e, floor) for e in extra]
+    targets, total = [0], 0.0
+    for share in shares[:-1]:
+        total += share
+        targets.append(round(total))
     result = []
     for i, target in enumerate(targets):
         nxt = targets[i + 1] if i + 1 < chunks else rows

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,7 @@ class FailoverLedger:
         request: ReportRequested,
         worker: str | None = None,
         record: bool = True,
+        fresh: bool = False,
     ) -> ClaimResult:
         return await patient(
             lambda: self._inner.claim(
@@ -80,6 +81,7 @@ class FailoverLedger:
                 request=request,
                 worker=worker,
                 record=record,
+                fresh=fresh,
             ),
             patience=self._patience,
             what="ledger claim",
@@ -178,13 +180,25 @@ class FailoverStore:
         return type(self._inner).__name__
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
-        await patient(
-            lambda: self._inner.put(key, data, content_type=content_type, metadata=metadata),
-            patience=self._patience,
-            what="artefact put",
-        )
+        tries = [0]
+
+        def attempt() -> Awaitable[None]:
+            # A retry may follow an attempt that was stored but not acknowledged: it looks up
+            # (and replaces) what that attempt left, whatever `new` said.
+            tries[0] += 1
+            return self._inner.put(
+                key, data, content_type=content_type, metadata=metadata, new=new and tries[0] == 1
+            )
+
+        await patient(attempt, patience=self._patience, what="artefact put")
 
     async def get(self, key: str) -> bytes:
         return await patient(

@@ -232,9 +232,11 @@ class Ledger(Protocol):
         request: ReportRequested,
         worker: str | None = None,
         record: bool = True,
+        fresh: bool = False,
     ) -> ClaimResult:
         """Whether this message may do the stage's work; `record=False` only decides (a
-        read), the claim being written with the finish or later (`StageRunner`)."""
+        read), the claim being written with the finish or later (`StageRunner`); `fresh`: the
+        entry is most likely not there yet, so it is created without a read first."""
         ...
 
     async def finish(
@@ -493,7 +495,23 @@ class KvLedger:
         request_id: str,
         change: Callable[[LedgerEntry], tuple[LedgerEntry | None, Any]],
         request: ReportRequested | None = None,
+        *,
+        fresh: bool = False,
     ) -> Any:
+        if fresh and request_id not in self._seen:
+            # Most likely no entry yet (a request's first delivery): write it straight away,
+            # one round trip; an entry already there fails the create and is read below.
+            changed, result = change(_seed(request_id, request))
+            if changed is not None:
+                changed.updated_at = utcnow()
+                data = changed.model_dump_json().encode()
+                try:
+                    revision = await self._kv.create(request_id, data)
+                except KeyWrongLastSequenceError:
+                    pass
+                else:
+                    self._remember(request_id, _Seen(revision, data))
+                    return result
         for _ in range(50):
             current: _Seen | KeyValue.Entry | None = self._seen.pop(request_id, None)
             remembered = current is not None
@@ -552,7 +570,9 @@ class KvLedger:
         request: ReportRequested,
         worker: str | None = None,
         record: bool = True,
+        fresh: bool = False,
     ) -> ClaimResult:
+        """`fresh`: the entry is most likely not there yet (written without reading first)."""
         fingerprint = request_fingerprint(request)
 
         def decide(entry: LedgerEntry) -> tuple[LedgerEntry | None, ClaimResult]:
@@ -560,7 +580,7 @@ class KvLedger:
             changed, result = _apply_claim(entry, stage, seq, attempt, worker, fingerprint)
             return (changed if record or new else None), result
 
-        result: ClaimResult = await self._update(request_id, decide, request)
+        result: ClaimResult = await self._update(request_id, decide, request, fresh=fresh)
         return result
 
     async def finish(

@@ -7,6 +7,8 @@ import base64
 import hashlib
 import io
 import ipaddress
+import json
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -14,6 +16,7 @@ from urllib.parse import urlsplit
 
 from nats.js import api
 from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.nuid import NUID
 from urllib3.exceptions import HTTPError
 
 from shared.bus.names import OBJECT_BUCKET
@@ -41,8 +44,17 @@ class ArtefactStore(Protocol):
     """Where rendered reports (and large contexts) live; the bus carries only their keys."""
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
-    ) -> None: ...
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
+    ) -> None:
+        """Store `data` under `key`, replacing what is there; `new`: the key is known to be
+        unused (a key made unique by its writer), so nothing is looked up to be replaced."""
+        ...
 
     async def get(self, key: str) -> bytes:
         """The bytes stored under `key`; ArtefactMissing (naming the key) when there are none."""
@@ -113,6 +125,8 @@ async def read_verified(store: ArtefactStore, artefact: Artefact) -> bytes:
 # 128 KiB chunks. Measured: a 60 KB PDF read in a third of the time, with 0.4 ms less CPU on
 # the server and 1.3 ms less in the reader; a 700 KB one took longer that way.
 BY_MESSAGE_MAX = 256 * 1024
+CHUNK_SIZE = 128 * 1024  # the client's own chunk size (nats.js.object_store)
+_NUID = NUID()  # an object's chunk subject, as the client names it
 
 
 class ObjectStoreArtefacts:
@@ -123,10 +137,70 @@ class ObjectStoreArtefacts:
         self._js = js  # for reading chunks by message (no consumer per read)
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
         headers = {"Content-Type": content_type, **{k: str(v) for k, v in (metadata or {}).items()}}
-        await self._store.put(key, data, meta=api.ObjectMeta(name=key, headers=headers))
+        if self._js is None:
+            await self._store.put(key, data, meta=api.ObjectMeta(name=key, headers=headers))
+            return
+        await self._put(key, data, headers, new=new)
+
+    async def _put(self, key: str, data: bytes, headers: dict[str, str], *, new: bool) -> None:
+        """The client's `put`, with the look-up of an object already under the name (whose
+        chunks go once the new object is complete) made while the chunks are written instead
+        of before: one round trip fewer on every report's path. Chunks first, then the meta
+        record that makes the object visible, as the client does."""
+        assert self._js is not None
+        stream = f"OBJ_{OBJECT_BUCKET}"
+        nuid = _NUID.next().decode()
+        chunks = f"$O.{OBJECT_BUCKET}.C.{nuid}"
+        earlier = asyncio.ensure_future(self._info(key) if not new else _nothing())
+        digest = hashlib.sha256()
+        try:
+            sent = 0
+            for start in range(0, len(data), CHUNK_SIZE):
+                part = data[start : start + CHUNK_SIZE]
+                digest.update(part)
+                await self._js.publish(chunks, part)
+                sent += 1
+            info = api.ObjectInfo(
+                name=key,
+                bucket=OBJECT_BUCKET,
+                nuid=nuid,
+                size=len(data),
+                chunks=sent,
+                mtime=datetime.now(UTC).isoformat(),
+                digest=f"SHA-256={base64.urlsafe_b64encode(digest.digest()).decode()}",
+                headers=headers,
+                options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+            )
+            name = base64.urlsafe_b64encode(key.encode()).decode()
+            await self._js.publish(
+                f"$O.{OBJECT_BUCKET}.M.{name}",
+                json.dumps(info.as_dict()).encode(),
+                headers={api.Header.ROLLUP: "sub"},
+            )
+        except BaseException:
+            earlier.cancel()
+            with suppress(Exception):
+                await self._js.purge_stream(stream, subject=chunks)
+            raise
+        old = await earlier
+        if old is not None and not old.deleted and old.nuid and old.nuid != nuid:
+            await self._js.purge_stream(stream, subject=f"$O.{OBJECT_BUCKET}.C.{old.nuid}")
+
+    async def _info(self, key: str) -> api.ObjectInfo | None:
+        """The object under `key`, if there is one (deleted ones too)."""
+        try:
+            return await self._store.get_info(key, show_deleted=True)
+        except (ObjectNotFoundError, NotFoundError):
+            return None
 
     async def get(self, key: str) -> bytes:
         try:
@@ -191,6 +265,10 @@ class ObjectStoreArtefacts:
 
     async def check(self) -> None:
         await self._store.status()
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -294,7 +372,13 @@ class S3Artefacts:
         self._ready = True
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
         await self.ensure_bucket()
         await self._call(
@@ -367,7 +451,13 @@ class MemoryArtefacts:
         self.objects: dict[str, tuple[bytes, dict[str, str], datetime]] = {}
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
     ) -> None:
         meta = {"Content-Type": content_type, **(metadata or {})}
         self.objects[key] = (data, meta, datetime.now(UTC))

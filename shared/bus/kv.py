@@ -20,10 +20,14 @@ class KvEntry(Protocol):
 class KeyValue(Protocol):
     """A bucket of small values by key.
 
-    `get` raises nats-py's `KeyNotFoundError` for a key never put (or deleted); `put` returns
-    the new revision.
+    `get` raises nats-py's `KeyNotFoundError` for a key never put (or deleted); `put` and
+    `create` return the new revision.
     """
 
     async def get(self, key: str) -> KvEntry: ...
 
     async def put(self, key: str, value: bytes) -> int: ...
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Put only if the key has no value: else nats-py's `KeyWrongLastSequenceError`."""
+        ...

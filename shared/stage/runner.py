@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -78,6 +79,9 @@ EAGER_CLAIM_STAGES = frozenset({"fetcher"})
 LAST_STAGE = "distributor"  # a burst's child that finishes it is delivered
 # Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+# The delivery attempt of the message a stage's work is for (0 outside a stage: a CLI render);
+# a first attempt has no earlier attempt's output to look for (the renderer's render cache).
+ATTEMPT: ContextVar[int] = ContextVar("pressroom_attempt", default=0)
 
 log = get_logger("pressroom.stage")
 
@@ -263,6 +267,8 @@ class StageRunner:
                 request=request,
                 worker=WORKER_ID,
                 record=eager,
+                # A request's first delivery at the first stage: no entry yet, most likely.
+                fresh=eager and msg.attempt == 1 and self.spec.name in EAGER_CLAIM_STAGES,
             )
         except Exception as error:  # the ledger (KV) briefly unavailable
             await self._retry_or_dead_letter(
@@ -351,6 +357,7 @@ class StageRunner:
         rid = request.request_id
         # The report's own deadline (`timeout` in report.requested), from when it was asked.
         deadline = report_deadline(request)
+        ATTEMPT.set(msg.attempt)  # the work's own task (below) starts with it
         with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
             next_event = await self._unless_cancelled(
                 request, self._in_time(deadline, request, work, event)

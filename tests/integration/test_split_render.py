@@ -69,11 +69,13 @@ LEDGER = """<!DOCTYPE html>
 WORDS = ("ledger", "reconciliation", "quarterly", "settlement", "adjustment", "carry-over")
 
 
-def ledger_rows(count: int, *, wrap_every: int = 0) -> list[dict[str, Any]]:
+def ledger_rows(count: int, *, wrap_every: int = 0, wrap_until: int = 0) -> list[dict[str, Any]]:
+    """Rows of one line; with wrap_every, one in so many (up to row wrap_until, if given) wraps
+    to two or three lines."""
     rows = []
     for i in range(count):
         account = f"Account {i % 97:02d}"
-        if wrap_every and i % wrap_every == 3:
+        if wrap_every and i % wrap_every == 3 and (not wrap_until or i < wrap_until):
             account += " " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(14 + i % 9))
         rows.append({"account": account, "amount": f"{(i * 7919) % 100000 / 100:,.2f}"})
     return rows
@@ -173,6 +175,14 @@ def first_row(text: str) -> int | None:
     return int(found[1]) if found else None
 
 
+def seam_row(split: RenderOutput) -> int:
+    """The row the second chunk's pages start near, as the planner chose it."""
+    html = split.html.decode("utf-8")
+    rows = splitplan.read(html).rows
+    assert rows is not None
+    return splitplan.windows(len(rows), 2, *splitplan.around(html, rows))[1].target
+
+
 def assert_prints_the_same(whole: bytes, split: bytes, tmp_path: Path, seam_row: int) -> None:
     texts, split_texts = page_texts(whole, tmp_path), page_texts(split, tmp_path)
     assert len(split_texts) == len(texts)
@@ -194,8 +204,7 @@ async def test_a_long_portfolio_report_split_in_two_prints_like_the_one_piece_re
     whole, split = await both(pool, portfolio_job(360))
     assert whole.pdf and split.pdf
     assert split.pages == whole.pages > 10
-    seam_row = splitplan.windows(360, 2)[1].target
-    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row)
+    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row(split))
     # Each font once, with every glyph either half used; the file barely bigger.
     assert font_programs(split.pdf) == font_programs(whole.pdf)
     assert len(split.pdf) <= 1.10 * len(whole.pdf)
@@ -205,14 +214,27 @@ async def test_a_long_portfolio_report_split_in_two_prints_like_the_one_piece_re
 async def test_rows_of_different_heights_and_text_after_the_table_print_the_same(
     pool: RenderPool, tmp_path: Path
 ) -> None:
-    # Pages hold different numbers of rows, so where the second chunk's pages start is only
-    # known once the first chunk is laid out: its pages are laid out again from there.
-    job = ledger_job(tmp_path, ledger_rows(420, wrap_every=7))
+    # The pages before the cut hold fewer rows than the first full page (some rows wrap there,
+    # none after): the second chunk's guess of where its pages start is wrong, and it lays
+    # its pages out again from where the first chunk's end.
+    job = ledger_job(tmp_path, ledger_rows(420, wrap_every=5, wrap_until=150))
     whole, split = await both(pool, job)
     assert whole.pdf and split.pdf
-    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, splitplan.windows(420, 2)[1].target)
+    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row(split))
     last = page_texts(split.pdf, tmp_path)[-1]
     assert "Row 0419" in last or "Closing remarks" in last
+
+
+async def test_a_fixed_layout_table_prints_the_same(pool: RenderPool, tmp_path: Path) -> None:
+    # The header row declares the columns: no chunk measures its cells, and the long account
+    # names wrap in the declared widths as in one piece.
+    fixed = (
+        "table { table-layout: fixed } th:first-child { width: 28mm } th:last-child { width: 30mm }"
+    )
+    job = ledger_job(tmp_path, ledger_rows(400, wrap_every=9), extra_css=fixed)
+    whole, split = await both(pool, job)
+    assert whole.pdf and split.pdf
+    assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row(split))
 
 
 async def test_a_template_with_running_headers_is_rendered_in_one_piece(

@@ -10,6 +10,7 @@ config `pressroom bus auth --publisher alpha --publisher beta` writes, with ever
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -294,6 +295,49 @@ async def test_each_role_is_refused_what_its_stage_does_not_need(
         await eventually(violation, timeout=30)
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("role", ["renderer", "distributor", "fetcher", "ops"])
+async def test_each_role_lists_a_store_bigger_than_one_flow_control_window(
+    tenants: Stack, role: str
+) -> None:
+    """A listing (the renderer prunes its studio records by one; ops lists artefacts) streams
+    through an ordered consumer, and past a window of bytes the server waits for a
+    flow-control reply: refused that reply, a renderer's listing waited for ever and its
+    reports with it (found by the 5,000-report soak). Each role lists 600 objects whose
+    records (4 KB each) outgrow the window, with no refusal."""
+    from shared.adapters.store import ObjectStoreArtefacts
+    from shared.bus.names import OBJECT_BUCKET
+
+    prefix = f"{unique('window')}/"
+    ops = await tenants.connect()
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error).lower())
+
+    nc = await tenants.connect(role, error_cb=on_error)
+    try:
+        js = ops.jetstream()
+        store = ObjectStoreArtefacts(await js.object_store(OBJECT_BUCKET), js)
+        keys = [f"{prefix}{i:04d}" for i in range(600)]
+        for start in range(0, len(keys), 100):
+            await asyncio.gather(
+                *(
+                    store.put(key, b"x", content_type="text/plain", metadata={"pad": "p" * 4000})
+                    for key in keys[start : start + 100]
+                )
+            )
+        theirs = nc.jetstream()
+        listing = ObjectStoreArtefacts(await theirs.object_store(OBJECT_BUCKET), theirs)
+        found = await asyncio.wait_for(listing.list(prefix), timeout=120)
+        assert sorted(o.key for o in found) == keys
+        assert not [e for e in errors if "permissions violation" in e]
+        for start in range(0, len(keys), 100):
+            await asyncio.gather(*(store.delete(key) for key in keys[start : start + 100]))
+    finally:
+        await nc.close()
+        await ops.close()
 
 
 def test_render_processes_hold_no_secret(tmp_path: Path) -> None:

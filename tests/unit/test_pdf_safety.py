@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pypdf import PdfReader
@@ -131,15 +132,20 @@ def test_a_computed_include_makes_the_cache_key_cover_the_whole_context(folder: 
     assert key(section="a", tenant_secret="x") != before
 
 
-async def test_a_second_identical_render_is_served_from_the_store_without_rendering() -> None:
+@pytest.mark.parametrize("in_stage", [False, True])
+async def test_a_second_identical_render_is_served_from_the_store_without_rendering(
+    in_stage: bool,
+) -> None:
     """The same request rendered again (a redelivered data.ready) is copied, not rendered;
     another request with the same data is rendered: its PDF carries its own dates, /ID and
-    provenance (services/renderer/document.py)."""
+    provenance (services/renderer/document.py). In a stage, a message's first delivery does
+    not look (there is nothing of its own request to find), its redelivery does."""
     from services.renderer.core import InProcess, render_report
     from shared.adapters.memory import MemoryKeyValue
     from shared.adapters.store import MemoryArtefacts
     from shared.events import DataReady, ReportRequested
     from shared.settings import Settings
+    from shared.stage.runner import ATTEMPT
     from tests.helpers import REPO
 
     renders: list[str] = []
@@ -150,7 +156,14 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
             return await super().render(job)
 
     settings = Settings(templates_dir=REPO / "templates")
-    cache, store = MemoryKeyValue(), MemoryArtefacts()
+    looked: list[str] = []
+
+    class Looking(MemoryKeyValue):
+        async def get(self, key: str) -> Any:
+            looked.append(key)
+            return await super().get(key)
+
+    cache, store = Looking(), MemoryArtefacts()
     context = {
         "report_title": "T",
         "generation_time": "now",
@@ -164,11 +177,12 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
     }
     outputs = []
     requested = ReportRequested(template="weekly.html", request_id="a")
-    for rid in ("a", "a", "b"):
+    for attempt, rid in enumerate(("a", "a", "b"), start=1):
         request = (
             requested if rid == "a" else ReportRequested(template="weekly.html", request_id=rid)
         )
         event = DataReady(request=request, context=context)
+        ATTEMPT.set(attempt if in_stage and rid == "a" else 1 if in_stage else 0)
         outputs.append(
             await render_report(
                 event,
@@ -179,6 +193,7 @@ async def test_a_second_identical_render_is_served_from_the_store_without_render
             )
         )
     assert renders == ["weekly.html", "weekly.html"]
+    assert len(looked) == (1 if in_stage else 3)  # a stage's first deliveries never look
     first, second, other = outputs
     assert second.render_seconds == 0 and second.artefacts[0].sha256 == first.artefacts[0].sha256
     assert second.artefacts[0].key == first.artefacts[0].key and await store.get(

@@ -18,7 +18,7 @@ def test_the_planner_finds_the_longest_tables_rows_and_cuts_between_them() -> No
     windows = splitplan.windows(400, 4)
     assert len(windows) == 2  # at least MIN_CHUNK_ROWS rows a chunk
     cut = windows[1].target
-    assert 150 < cut <= 200  # the first chunk also lays out what comes before the table
+    assert 150 < cut < 200  # the first chunk also boxes its look-ahead rows
     second = splitplan.chunk_html(html, document.rows, windows[1])
     assert f"<td>{cut - 1}<" in second and f"<td>{cut}<" in second  # one row looked behind
     assert f"<td>{cut - 2}<" not in second
@@ -48,3 +48,31 @@ def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> N
     assert not splitplan.want_split("on", "off", rows=4000, threshold=500)
     assert splitplan.want_split("auto", "on", rows=400, threshold=5000)
     assert not splitplan.want_split("on", None, rows=100, threshold=1)  # too short to cut
+
+
+def test_the_cut_balances_what_comes_before_and_after_the_table() -> None:
+    def document(before: int, after: int) -> str:
+        rows = "".join(f"<tr><td>{i}</td><td>x</td></tr>" for i in range(1000))
+        paragraphs = ["<p>text</p>" * before, "<p>text</p>" * after]
+        return (
+            f"<html><head><style>td {{ color: red }}</style></head><body>{paragraphs[0]}"
+            f"<table><tbody>{rows}</tbody></table>{paragraphs[1]}</body></html>"
+        )
+
+    def cut(html: str) -> int:
+        rows = splitplan.read(html).rows
+        assert rows is not None
+        before, after = splitplan.around(html, rows)
+        return splitplan.windows(len(rows), 2, before, after)[1].target
+
+    plain = cut(document(0, 0))
+    assert 450 < plain < 500  # an equal share, less the first chunk's look-ahead rows
+    # Totals and notes after the table: the last chunk lays them out, it gets fewer rows.
+    assert cut(document(0, 300)) > plain + 40
+    # A long heading before it: the first chunk gets fewer.
+    assert cut(document(300, 0)) < plain - 40
+    # A heading of much text in few tags counts by its text.
+    long_text = document(0, 0).replace("<body>", "<body><p>" + "word " * 3000 + "</p>")
+    assert cut(long_text) < plain - 100
+    # Never fewer than half an equal share, however long the heading.
+    assert cut(document(100_000, 0)) == 250

@@ -3,6 +3,7 @@ size), and page images compared into changed regions."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from services.console.studio import imagediff, masking
 from services.renderer import recording
-from shared.adapters.store import MemoryArtefacts
+from shared.adapters.store import MemoryArtefacts, StoredObject
 from shared.errors import PressroomError
 from shared.events import Artefact, DataReady, ReportRendered, ReportRequested
 from shared.sealing import SealError, generate_key, seal_bytes, unseal_bytes
@@ -122,6 +123,27 @@ async def test_recordings_are_bounded_by_size_count_and_age(tmp_path: Path) -> N
     later = datetime.now(UTC) + timedelta(days=8)
     gone = await recording.prune(store, settings, "weekly.html", now=later)
     assert len(gone) == 3 and await recording.listing(store, "weekly.html") == []
+
+
+async def test_a_prune_that_never_answers_holds_no_report(tmp_path: Path) -> None:
+    """The renderer's prune lists the store; a listing that never answers (as one refused its
+    flow-control replies did) must not hold the report being recorded, nor the next ones."""
+    listing = asyncio.Event()
+
+    class Unanswering(MemoryArtefacts):
+        async def list(self, prefix: str = "") -> list[StoredObject]:
+            listing.set()
+            await asyncio.Event().wait()  # never
+            return []
+
+    store, settings = Unanswering(), _settings(tmp_path)
+    for n in range(3):
+        event, rendered = _event(rid=f"r-{n}")
+        key = await asyncio.wait_for(recording.record(store, settings, event, DATA, rendered), 30)
+        assert key is not None and key in store.objects
+    await asyncio.wait_for(listing.wait(), 30)  # the prune did start, beside the reports
+    for task in list(recording._pruning._tasks):
+        task.cancel()
 
 
 async def test_a_recording_never_keeps_the_sealed_pdf_password(tmp_path: Path) -> None:
