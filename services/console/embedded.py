@@ -141,26 +141,50 @@ def start_nats_server(
         )
     if auth is not None and cluster is None:
         adopt_default_account(data_dir)
-    config = write_config(
-        data_dir, port, monitor_port, auth, server_name=server_name, cluster=cluster
-    )
     log_path = log_file or data_dir / "nats-server.log"
+    # The monitoring port is the client port + 4000 unless that is taken (or given): another
+    # program may hold it, or take it between our look and nats-server's bind; then another.
+    chosen = monitor_port
+    for attempt in range(3):
+        if monitor_port is None:
+            wanted = port + 4000
+            chosen = wanted if attempt == 0 and not port_open(MONITOR_HOST, wanted) else free_port()
+        config = write_config(
+            data_dir, port, chosen, auth, server_name=server_name, cluster=cluster
+        )
+        started_at = log_path.stat().st_size if log_path.exists() else 0
+        process = _launch(config, log_path)
+        if _accepting(process, port):
+            return process
+        said = log_path.read_bytes()[started_at:].decode(errors="replace")
+        if monitor_port is not None or f":{chosen}" not in said or "in use" not in said:
+            break
+    if process.poll() is None:
+        process.kill()
+        raise RuntimeError(f"nats-server did not start within 15 s; see {log_path}")
+    raise RuntimeError(f"nats-server exited at start-up; see {log_path}")
+
+
+def _launch(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [nats_server_binary(), "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def _accepting(process: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether nats-server took clients within 15 s (False: it exited, or is still not up)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"nats-server exited at start-up; see {log_path}")
+            return False
         if port_open(EMBEDDED_HOST, port):
-            return process
+            return True
         time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"nats-server did not start within 15 s; see {log_path}")
+    return False
 
 
 class DataDirInUse(RuntimeError):

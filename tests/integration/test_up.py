@@ -323,3 +323,24 @@ def test_the_data_folder_lock_dies_with_its_holder(tmp_path: Path) -> None:
     lock = lock_data_dir(tmp_path)  # the kernel released it: nothing stale blocks a restart
     assert (tmp_path / "up.lock").read_text().strip() == str(os.getpid())
     lock.close()
+
+
+def test_an_embedded_bus_whose_monitoring_port_is_taken_starts_on_another(tmp_path: Path) -> None:
+    """`pressroom up`'s nats-server watches the client port + 4000 for monitoring; another
+    program holding that port (or taking it first) must not stop the bus from starting."""
+    import socket
+
+    from services.console.embedded import start_nats_server
+
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port + 4000))
+        holder.listen()
+        server = start_nats_server(tmp_path / "data", port)
+        try:
+            assert port_open("127.0.0.1", port)
+            config = (tmp_path / "data" / "nats-server.conf").read_text()
+            assert f":{port + 4000}" not in config  # it watches another port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
