@@ -250,15 +250,23 @@ class ObjectStoreArtefacts:
             return
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
+        """The objects under `prefix`. The store cannot list by prefix (a name travels base64
+        in its subject), so every object's record streams past and only the matching ones are
+        kept: never the whole listing at once (the client's own `list` builds it all)."""
         try:
-            infos = await self._store.list(ignore_deletes=True)
+            watcher = await self._store.watch(ignore_deletes=True)
         except NotFoundError:
             return []
-        return [
-            StoredObject(i.name, i.size or 0, _parse_time(i.mtime))
-            for i in infos
-            if i.name.startswith(prefix) and not i.deleted
-        ]
+        found: list[StoredObject] = []
+        try:
+            async for info in watcher:
+                if info is None:  # the end of what is stored now
+                    break
+                if info.name.startswith(prefix) and not info.deleted:
+                    found.append(StoredObject(info.name, info.size or 0, _parse_time(info.mtime)))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
         return None  # the object store has no URLs: `pressroom get` downloads instead
