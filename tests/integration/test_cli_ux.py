@@ -541,7 +541,7 @@ def test_logs_follow_prints_new_lines_as_they_come(up: dict[str, Any]) -> None:
         )
         assert published.returncode == 0, published.stderr
         services: set[str] = set()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # generous: a loaded machine is slow, not broken
         while not {"fetcher-1", "distributor-1"} <= services:
             assert time.monotonic() < deadline, services
             try:
@@ -551,5 +551,9 @@ def test_logs_follow_prints_new_lines_as_they_come(up: dict[str, Any]) -> None:
             services |= {s for s in ("fetcher-1", "distributor-1") if f" {s} " in line}
     finally:
         follower.send_signal(signal.SIGINT)
-        follower.wait(timeout=30)
-    assert follower.returncode == 0
+        try:
+            follower.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            follower.kill()  # then the assertion below says it did not stop on Ctrl-C
+            follower.wait()
+    assert follower.returncode == 0, "`pressroom logs -f` did not stop cleanly on Ctrl-C"
