@@ -108,18 +108,29 @@ def bare_job(settings: Settings, data: dict[str, Any], i: int) -> RenderJob:
     )
 
 
+def best_of_rounds(
+    pool: ProcessPoolExecutor, render: Any, job: Any, n: int, processes: int
+) -> tuple[float, list[Any]]:
+    """Reports per second, the best of ROUNDS rounds of `n` jobs (`job(i)`: the i-th report's,
+    distinct data each), after one job per process to load imports and fonts; and the last
+    round's results."""
+    list(pool.map(render, [job(-i - 1) for i in range(processes)]))
+    best, done = 0.0, []
+    for round_ in range(ROUNDS):
+        jobs = [job(round_ * n + i) for i in range(n)]
+        started = time.perf_counter()
+        done = list(pool.map(render, jobs))
+        best = max(best, n / (time.perf_counter() - started))
+    return best, done
+
+
 def bare_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, Any]:
     settings = Settings(templates_dir=REPO / "templates")
-    best = 0.0
     before = speed.load()
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-        # Warm every process (fonts, imports)
-        list(pool.map(_bare_render, [bare_job(settings, data, -i - 1) for i in range(processes)]))
-        for round_ in range(ROUNDS):
-            jobs = [bare_job(settings, data, round_ * n + i) for i in range(n)]
-            started = time.perf_counter()
-            done = list(pool.map(_bare_render, jobs))
-            best = max(best, n / (time.perf_counter() - started))
+        best, done = best_of_rounds(
+            pool, _bare_render, lambda i: bare_job(settings, data, i), n, processes
+        )
     return {
         "reports": n,
         "rounds": ROUNDS,
@@ -179,18 +190,17 @@ def naive_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, 
     options: dict[str, Any] = {"pdf_tags": resolved.tagged}
     if resolved.variant:
         options["pdf_variant"] = resolved.variant
-    best = 0.0
     before = speed.load()
     with ProcessPoolExecutor(
         processes, mp_context=get_context("spawn"), initializer=_naive_init, initargs=(folder,)
     ) as pool:
-        warm = [(bare_job(settings, data, -i - 1).context, options) for i in range(processes)]
-        list(pool.map(_naive_render, warm))  # imports and fonts load once per process
-        for round_ in range(ROUNDS):
-            jobs = [(bare_job(settings, data, round_ * n + i).context, options) for i in range(n)]
-            started = time.perf_counter()
-            done = list(pool.map(_naive_render, jobs))
-            best = max(best, n / (time.perf_counter() - started))
+        best, done = best_of_rounds(
+            pool,
+            _naive_render,
+            lambda i: (bare_job(settings, data, i).context, options),
+            n,
+            processes,
+        )
     return {
         "reports": n,
         "rounds": ROUNDS,

@@ -23,6 +23,7 @@ from typing import Any
 from bench.plot import line_plot
 from services.renderer.core import build_context, make_job
 from services.renderer.job import RenderJob
+from services.renderer.pool import rss_mib
 from shared.events import ReportRequested
 from shared.settings import Settings
 from tests.helpers import REPO, Outcomes, Stack
@@ -158,22 +159,12 @@ def render_processes(service_pids: set[int]) -> dict[int, float]:
     return found
 
 
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
-
-
 def service_memory(stack: Stack) -> dict[str, float]:
     """RSS (MiB) of nats-server and each service's main process (the first of each kind)."""
-    found = {"nats-server": _rss_mib(stack.nats.pid)} if stack.nats is not None else {}
+    found = {"nats-server": rss_mib(stack.nats.pid)} if stack.nats is not None else {}
     for name, procs in stack.procs.items():
         if procs:
-            found[name] = _rss_mib(procs[0].pid)
+            found[name] = rss_mib(procs[0].pid)
     return found
 
 

@@ -268,7 +268,7 @@ async def _render_data(
         render_seconds=output.html_seconds + output.pdf_seconds,
     )
     writes: list[Awaitable[Any]] = [
-        _upload(store, request, artefact, content, output.template_version)
+        put_artefact(store, request, artefact, content, output.template_version)
         for artefact, content in outputs
     ]
     if cache is not None and cache_key is not None:
@@ -338,18 +338,6 @@ def _outputs(request: ReportRequested, output: RenderOutput) -> list[tuple[Artef
             assert content is not None
             found.append((describe_artefact(request, fmt, content, name=name), content))
     return found
-
-
-async def _upload(
-    store: ArtefactStore,
-    request: ReportRequested,
-    artefact: Artefact,
-    content: bytes,
-    template_version: str,
-    reused_from: str | None = None,
-) -> None:
-    with span(f"upload {artefact.format}", request.request_id, **{"pressroom.bytes": len(content)}):
-        await put_artefact(store, request, artefact, content, template_version, reused_from)
 
 
 def finish_for(settings: Settings, request: ReportRequested) -> Finish | None:
@@ -422,7 +410,7 @@ async def put_artefact(
     template_version: str,
     reused_from: str | None = None,
 ) -> None:
-    """Store one described file with its digest and template version."""
+    """Store one described file with its digest and template version (a span per upload)."""
     metadata = {
         "sha256": artefact.sha256,
         "template": request.template,
@@ -431,7 +419,10 @@ async def put_artefact(
     }
     if reused_from:
         metadata["reused-from"] = reused_from
-    await store.put(artefact.key, content, content_type=artefact.content_type, metadata=metadata)
+    with span(f"upload {artefact.format}", request.request_id, **{"pressroom.bytes": len(content)}):
+        await store.put(
+            artefact.key, content, content_type=artefact.content_type, metadata=metadata
+        )
 
 
 # Analyses of the templates this process renders, valid while their files are unchanged.

@@ -73,6 +73,17 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
 class _Worker:
     """One warm render process (an executor of one, so it can be retired on its own)."""
 
@@ -89,13 +100,7 @@ class _Worker:
         return not self.stopped and self.process.is_alive()
 
     def rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except (OSError, ValueError):
-            pass
-        return 0.0
+        return rss_mib(self.pid)
 
     def stop(self, kill: bool = False) -> None:
         self.stopped = True
