@@ -107,8 +107,9 @@ def create_app(settings: Settings | None = None, *, deps: RendererDeps | None = 
         build_work=build,
         buckets=[RENDER_CACHE_BUCKET] if settings.render_cache else [],
         close=close,
-        # One message more than render processes: while one report uploads and publishes,
-        # the next is already rendering (the extra one waits for a process, heartbeating).
-        concurrency=settings.render_workers + settings.render_prefetch,
+        # One message more than render processes, each slot refilled as soon as it frees:
+        # while one report uploads and publishes, the next is already rendering and another
+        # waits for a process (heartbeating), so a render process never waits for the bus.
+        in_flight=settings.render_workers + settings.render_prefetch,
         observe=observe,
     )
