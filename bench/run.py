@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,14 +36,16 @@ from tests.helpers import REPO, Outcomes, Stack
 
 DOCS = REPO / "docs"
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
-ONE_PAGE_N = int(os.environ.get("BENCH_ONE_PAGE", "24"))
+ONE_PAGE_N = int(os.environ.get("BENCH_ONE_PAGE", "32"))
 TEN_PAGE_N = int(os.environ.get("BENCH_TEN_PAGE", "8"))
 LATENCY_N = int(os.environ.get("BENCH_LATENCY", "20"))
 LARGE_ROWS = int(os.environ.get("BENCH_LARGE_ROWS", "3000"))
 FONTS_N = int(os.environ.get("BENCH_FONTS", "12"))
-# Each throughput figure is the best of ROUNDS runs, for the bare loop and the pipeline alike:
-# this VM's neighbours make single runs vary by ±15 %.
+# Runs of the large report (best of ROUNDS).
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+# Throughput: the pipeline and both loops take turns for THROUGHPUT_ROUNDS rounds and each ratio
+# is the median of the rounds' ratios (this VM's neighbours make single runs vary by ±15 %).
+THROUGHPUT_ROUNDS = int(os.environ.get("BENCH_THROUGHPUT_ROUNDS", "5"))
 # What PDF both sides make. "shipped": what the template asks for (the bundled templates: tagged
 # PDF/A-3b); "plain": every request asks for an untagged PDF of no standard. Either way the bare
 # loop's render jobs carry the same document options as the pipeline's (core.document_spec and
@@ -108,39 +111,27 @@ def bare_job(settings: Settings, data: dict[str, Any], i: int) -> RenderJob:
     )
 
 
-def best_of_rounds(
-    pool: ProcessPoolExecutor, render: Any, job: Any, n: int, processes: int
-) -> tuple[float, list[Any]]:
-    """Reports per second, the best of ROUNDS rounds of `n` jobs (`job(i)`: the i-th report's,
-    distinct data each), after one job per process to load imports and fonts; and the last
-    round's results."""
+def warm_pool(
+    pool: ProcessPoolExecutor, render: Any, job: Callable[[int], Any], processes: int
+) -> ProcessPoolExecutor:
+    """One job per process first, to load imports and fonts (not counted)."""
     list(pool.map(render, [job(-i - 1) for i in range(processes)]))
-    best, done = 0.0, []
-    for round_ in range(ROUNDS):
-        jobs = [job(round_ * n + i) for i in range(n)]
-        started = time.perf_counter()
-        done = list(pool.map(render, jobs))
-        best = max(best, n / (time.perf_counter() - started))
-    return best, done
+    return pool
 
 
-def bare_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, Any]:
-    settings = Settings(templates_dir=REPO / "templates")
-    before = speed.load()
-    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-        best, done = best_of_rounds(
-            pool, _bare_render, lambda i: bare_job(settings, data, i), n, processes
-        )
-    return {
-        "reports": n,
-        "rounds": ROUNDS,
-        "per_second": best,
-        "render_p50": statistics.median(t for t, _, _ in done),
-        "pdf": sorted(
-            {f"{variant or 'plain'}{', tagged' if tagged else ''}" for _, variant, tagged in done}
-        ),
-        "load": [before, speed.load()],
-    }
+def loop_round(
+    pool: ProcessPoolExecutor, render: Any, job: Callable[[int], Any], first: int, n: int
+) -> tuple[float, list[Any]]:
+    """Reports per second of one round of `n` jobs (`job(i)`: the i-th report's, distinct data
+    each), and what the jobs returned."""
+    jobs = [job(first + i) for i in range(n)]
+    started = time.perf_counter()
+    done = list(pool.map(render, jobs))
+    return n / (time.perf_counter() - started), done
+
+
+def _bare_pool(processes: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
 
 
 # ---- the naive loop: what a person writes by hand ----------------------------------------------
@@ -180,35 +171,20 @@ def _naive_render(args: tuple[dict[str, Any], dict[str, Any]]) -> float:
     return time.perf_counter() - started
 
 
-def naive_throughput(data: dict[str, Any], n: int, processes: int) -> dict[str, Any]:
-    """The bare loop as a person writes it (the reference of issue 34's first target): the same
-    contexts and the same PDF standard and tags as the pipeline's renders, in `processes`
-    processes; Pressroom's warm fonts, stylesheets and template analysis are not used."""
-    settings = Settings(templates_dir=REPO / "templates")
-    folder = str((REPO / "templates").resolve())
+def naive_options(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
+    """`write_pdf`'s options for the PDF standard and tags the pipeline's renders resolve to."""
     resolved = resolved_document(bare_job(settings, data, 0), "portfolio.html")
     options: dict[str, Any] = {"pdf_tags": resolved.tagged}
     if resolved.variant:
         options["pdf_variant"] = resolved.variant
-    before = speed.load()
-    with ProcessPoolExecutor(
+    return options
+
+
+def _naive_pool(processes: int) -> ProcessPoolExecutor:
+    folder = str((REPO / "templates").resolve())
+    return ProcessPoolExecutor(
         processes, mp_context=get_context("spawn"), initializer=_naive_init, initargs=(folder,)
-    ) as pool:
-        best, done = best_of_rounds(
-            pool,
-            _naive_render,
-            lambda i: (bare_job(settings, data, i).context, options),
-            n,
-            processes,
-        )
-    return {
-        "reports": n,
-        "rounds": ROUNDS,
-        "per_second": best,
-        "render_p50": statistics.median(done),
-        "pdf": [f"{options.get('pdf_variant', 'plain')}{', tagged' if resolved.tagged else ''}"],
-        "load": [before, speed.load()],
-    }
+    )
 
 
 # ---- the pipeline ----------------------------------------------------------------------------
@@ -220,9 +196,38 @@ async def publish(stack: Stack, bodies: list[dict[str, Any]]) -> None:
     await nc.close()
 
 
-async def pipeline_throughput(
+def pipeline_body(data: dict[str, Any], rid: str, i: int) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "template": "portfolio.html",
+        "params": speed.distinct(data, i),
+        **request_pdf(),
+    }
+
+
+async def pipeline_round(
+    stack: Stack, outcomes: Outcomes, data: dict[str, Any], label: str, first: int, n: int
+) -> float:
+    """Reports per second of `n` requests published at once, from the first publish to the
+    last report.delivered."""
+    rids = [f"{label}-{first + i}" for i in range(n)]
+    bodies = [pipeline_body(data, rid, first + i) for i, rid in enumerate(rids)]
+    started = time.perf_counter()
+    await publish(stack, bodies)
+    for rid in rids:
+        await outcomes.delivered_event(rid, timeout=600)
+    return n / (time.perf_counter() - started)
+
+
+async def throughput_row(
     root: Path, data: dict[str, Any], n: int, renderers: int, label: str
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """The pipeline, the naive loop and the warm loop on the same cores, THROUGHPUT_ROUNDS
+    rounds of `n` reports each, the three sides taking turns round by round (in a rotating
+    order), so a change in the machine's speed during the run falls on all three alike. Each
+    ratio is the median of the rounds' ratios; each side's rate the median of its rounds."""
+    settings = Settings(templates_dir=REPO / "templates")
+    options = naive_options(settings, data)
     stack = await Stack(
         root / f"{label}-{renderers}",
         workers={"fetcher": 1, "renderer": renderers, "distributor": 1},
@@ -231,43 +236,84 @@ async def pipeline_throughput(
     try:
         nc = await stack.connect()
         outcomes = await Outcomes().start(nc)
-        warm = [f"warm-{label}-{i}" for i in range(renderers * 2)]
-        await publish(
-            stack,
-            [
-                {
-                    "request_id": r,
-                    "template": "portfolio.html",
-                    "params": speed.distinct(data, -i - 1),
-                    **request_pdf(),
-                }
-                for i, r in enumerate(warm)
-            ],
-        )
-        for rid in warm:
+        warm_up = [f"warm-{label}-{i}" for i in range(renderers * 2)]
+        await publish(stack, [pipeline_body(data, r, -i - 1) for i, r in enumerate(warm_up)])
+        for rid in warm_up:
             await outcomes.delivered_event(rid, timeout=300)
-        best = 0.0
-        before = speed.load()
-        for round_ in range(ROUNDS):
-            rids = [f"{label}-{renderers}-{round_}-{i}" for i in range(n)]
-            bodies = [
-                {
-                    "request_id": r,
-                    "template": "portfolio.html",
-                    "params": speed.distinct(data, round_ * n + i),
-                    **request_pdf(),
-                }
-                for i, r in enumerate(rids)
-            ]
-            started = time.perf_counter()
-            await publish(stack, bodies)
-            for rid in rids:
-                await outcomes.delivered_event(rid, timeout=600)
-            best = max(best, n / (time.perf_counter() - started))
+        with _bare_pool(renderers) as bare, _naive_pool(renderers) as naive:
+
+            def bare_one(i: int) -> RenderJob:
+                return bare_job(settings, data, i)
+
+            def naive_one(i: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                return bare_job(settings, data, i).context, options
+
+            warm_pool(bare, _bare_render, bare_one, renderers)
+            warm_pool(naive, _naive_render, naive_one, renderers)
+            before = speed.load()
+            rounds: list[dict[str, float]] = []
+            renders: list[Any] = []
+            naive_renders: list[float] = []
+            for round_ in range(THROUGHPUT_ROUNDS):
+                first, found = round_ * n, {}
+                for side in ("pipeline", "naive", "bare")[round_ % 3 :] + (
+                    "pipeline",
+                    "naive",
+                    "bare",
+                )[: round_ % 3]:
+                    if side == "pipeline":
+                        found[side] = await pipeline_round(
+                            stack, outcomes, data, f"{label}-{renderers}", first, n
+                        )
+                    elif side == "naive":
+                        found[side], naive_renders = loop_round(
+                            naive, _naive_render, naive_one, first, n
+                        )
+                    else:
+                        found[side], renders = loop_round(bare, _bare_render, bare_one, first, n)
+                rounds.append(found)
+            after = speed.load()
         await nc.close()
-        return {"reports": n, "rounds": ROUNDS, "per_second": best, "load": [before, speed.load()]}
     finally:
         stack.stop()
+
+    def median_of(side: str) -> float:
+        return statistics.median(r[side] for r in rounds)
+
+    return {
+        "bare": {
+            "reports": n,
+            "rounds": THROUGHPUT_ROUNDS,
+            "per_second": median_of("bare"),
+            "render_p50": statistics.median(t for t, _, _ in renders),
+            "pdf": sorted(
+                {
+                    f"{variant or 'plain'}{', tagged' if tagged else ''}"
+                    for _, variant, tagged in renders
+                }
+            ),
+            "load": [before, after],
+        },
+        "naive": {
+            "reports": n,
+            "rounds": THROUGHPUT_ROUNDS,
+            "per_second": median_of("naive"),
+            "render_p50": statistics.median(naive_renders),
+            "pdf": [
+                f"{options.get('pdf_variant', 'plain')}{', tagged' if options['pdf_tags'] else ''}"
+            ],
+            "load": [before, after],
+        },
+        "pipeline": {
+            "reports": n,
+            "rounds": THROUGHPUT_ROUNDS,
+            "per_second": median_of("pipeline"),
+            "load": [before, after],
+        },
+        "rounds": rounds,
+        "ratio": statistics.median(r["pipeline"] / r["bare"] for r in rounds),
+        "ratio_naive": statistics.median(r["pipeline"] / r["naive"] for r in rounds),
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -399,19 +445,21 @@ def markdown(result: dict[str, Any]) -> str:
         f"Measured by `make bench` on {result['machine']['cpus']} cores "
         f"({result['machine']['platform']}), {result['when']}. Same template "
         "(`portfolio.html`) and data every way; the loops are Jinja2 + WeasyPrint in the same "
-        "number of processes, with no bus, store, ledger or delivery. Throughput is the best "
-        f"of {ROUNDS} runs on each side. Every report has data of its own, and the render cache "
-        "is on as shipped (it finds nothing to reuse). Every side makes the same PDF from the "
-        "same request: the warm loop's jobs carry the document options and finishing the "
-        "renderer service would give them (the PDF column: what its renders were; `plain PDF` "
-        "rows: every request asked for an untagged PDF of no standard, BENCH_PDF=plain), the "
-        "naive loop asks WeasyPrint for the same standard and tags. "
-        "Two references: the **naive loop** is what a person writes by hand — Jinja2, then "
-        "`HTML(string=…).write_pdf()` with the same PDF standard and tags, per report, in the "
-        "same number of processes (issue 34's reference: target pipeline / naive ≥ 0.95); the "
-        "**warm loop** is Pressroom's own render function (warm fonts, stylesheets, template "
-        "analysis) in a loop, so pipeline / warm is what the bus, ledger, store and delivery "
-        "cost, and nothing else.",
+        "number of processes, with no bus, store, ledger or delivery. The pipeline and both "
+        f"loops take turns, {THROUGHPUT_ROUNDS} rounds of the same number of reports each (the "
+        "order rotating), so a change in the machine's speed falls on all three alike: each "
+        "ratio is the median of the rounds' ratios, each rate the median of its rounds. Every "
+        "report has data of its own, and the render cache is on as shipped (it finds nothing to"
+        " reuse). Every side makes the same PDF from the same request: the warm loop's jobs "
+        "carry the document options and finishing the renderer service would give them (the PDF"
+        " column: what its renders were; `plain PDF` rows: every request asked for an untagged "
+        "PDF of no standard, BENCH_PDF=plain), the naive loop asks WeasyPrint for the same "
+        "standard and tags. Two references: the **naive loop** is what a person writes by hand "
+        "— Jinja2, then `HTML(string=…).write_pdf()` with the same PDF standard and tags, per "
+        "report, in the same number of processes (issue 34's reference: target pipeline / naive"
+        " ≥ 0.95); the **warm loop** is Pressroom's own render function (warm fonts, "
+        "stylesheets, template analysis) in a loop, so pipeline / warm is what the bus, ledger,"
+        " store and delivery cost, and nothing else.",
         "",
         "## Throughput (reports/second)",
         "",
@@ -595,19 +643,10 @@ async def main() -> None:
         name = workload_name(workload)
         result["throughput"][name] = {}
         for renderers in RENDERERS:
-            log(f"{name}: bare loop, {renderers} process(es) …")
-            bare = bare_throughput(data, n, renderers)
-            log(f"{name}: naive loop, {renderers} process(es) …")
-            naive = naive_throughput(data, n, renderers)
-            log(f"{name}: pipeline, {renderers} renderer(s) …")
-            pipe = await pipeline_throughput(root, data, n, renderers, workload)
-            result["throughput"][name][str(renderers)] = {
-                "bare": bare,
-                "naive": naive,
-                "pipeline": pipe,
-                "ratio": pipe["per_second"] / bare["per_second"],
-                "ratio_naive": pipe["per_second"] / naive["per_second"],
-            }
+            log(f"{name}: pipeline, naive loop and warm loop, {renderers} process(es) …")
+            result["throughput"][name][str(renderers)] = await throughput_row(
+                root, data, n, renderers, workload
+            )
         if {"1", "2"} <= set(result["throughput"][name]):
             one, two = (result["throughput"][name][r]["pipeline"]["per_second"] for r in "12")
             result["scaling"][name] = two / one
