@@ -11,6 +11,8 @@ import pytest
 
 from shared.adapters.store import (
     BY_MESSAGE_MAX,
+    CHUNK_SIZE,
+    PUT_WINDOW,
     ArtefactMissing,
     ArtefactTampered,
     open_store,
@@ -25,7 +27,13 @@ pytestmark = pytest.mark.integration
 async def test_what_was_put_is_read_back_small_big_and_empty(nc: Any) -> None:
     js = nc.jetstream()
     store = await open_store(Settings(), js)
-    sizes = {"one-chunk": 60_000, "two-chunk": BY_MESSAGE_MAX, "big": BY_MESSAGE_MAX + 1}
+    sizes = {
+        "one-chunk": 60_000,
+        "two-chunk": BY_MESSAGE_MAX,
+        "big": BY_MESSAGE_MAX + 1,
+        # More chunks than are written without waiting for their acks.
+        "many-chunk": CHUNK_SIZE * (PUT_WINDOW * 2 + 3) + 5,
+    }
     for name, size in {**sizes, "empty": 0}.items():
         key = unique(name)
         data = os.urandom(size)
