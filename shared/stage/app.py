@@ -406,7 +406,9 @@ def stage_app(
 def renders_idle(js: JetStreamContext) -> Callable[[str], Awaitable[bool]]:
     """Whether a renderer waits for work of a lane and none is queued for it (a requester past
     its share may then use the idle capacity: shared/stage/intake.py). A renderer asks for more
-    only once the messages it holds are done, so a waiting pull is an idle renderer."""
+    only once one of its slots (a render process each, and PRESSROOM_RENDER_PREFETCH more) is
+    free, so a waiting pull is a renderer with room for a report: one held request goes to it
+    per tick, and renders next, before any request that comes in after it."""
 
     async def idle(lane: str) -> bool:
         try:
