@@ -478,6 +478,8 @@ class StageRunner:
                 task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await task
+            elif not task.cancelled():
+                task.exception()  # it ended meanwhile: the cancel is the outcome (not logged)
 
     async def _failed(
         self, msg: InboundMessage, error: Exception, request: ReportRequested, bound: Any
