@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,22 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+_GIVEN: deque[int] = deque(maxlen=512)  # ports this process was handed, newest last
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((EMBEDDED_HOST, 0))
-        return int(sock.getsockname()[1])
+    """A port free now, and not one this process was handed recently: the kernel may give the
+    same port to two `bind(0)` calls in a row once the first socket is closed, and a caller
+    picking several ports before any is bound (a stack's health ports) must get different
+    ones."""
+    for _ in range(64):
+        with socket.socket() as sock:
+            sock.bind((EMBEDDED_HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            break
+    _GIVEN.append(port)
+    return port
 
 
 SERVICES_ACCOUNT = "PRESSROOM"  # shared.bus.identity's; repeated to keep this module light

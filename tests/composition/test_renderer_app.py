@@ -12,6 +12,7 @@ from shared.adapters.store import sha256_hex
 from shared.bus.names import RENDERER
 from shared.events import REPORT_RENDERED, DataReady, ReportRequested
 from tests.composition.kit import Fakes, running, settings_in
+from tests.helpers import eventually
 
 NOTE = "<html><body><h1>{{ title }}</h1><p>{{ open }} open pull requests</p></body></html>\n"
 BROKEN = "<html><body>{% for row in %}{{ row }}{% endfor %}</body></html>\n"
@@ -65,6 +66,13 @@ async def test_a_duplicate_is_skipped_without_rendering_again(tmp_path: Path) ->
     fakes = Fakes()
     async with running(renderer(tmp_path, fakes), RENDERER) as stage:
         await stage.deliver(ready("r3"))
+
+        async def rendered() -> list[Any]:
+            # The renderer takes the next message as soon as a slot frees: the first one's
+            # work goes on after `deliver` returns.
+            return fakes.next_events(REPORT_RENDERED)
+
+        await eventually(rendered)
         # Rendering again would now fail (no template): a duplicate must not get that far.
         (tmp_path / "templates" / "note.html").unlink()
         await stage.deliver(ready("r3"))

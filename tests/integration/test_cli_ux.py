@@ -517,6 +517,7 @@ def test_logs_shows_a_request_across_the_services(up: dict[str, Any]) -> None:
     assert unknown.returncode == 1 and "fetcher" in one_line(unknown.stderr)
 
 
+@pytest.mark.timeout(480)  # its own limits (a request, 180 s, 120 s) are the ones that count
 def test_logs_follow_prints_new_lines_as_they_come(up: dict[str, Any]) -> None:
     rid = unique("followed")
     follower = subprocess.Popen(
