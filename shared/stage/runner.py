@@ -76,12 +76,6 @@ FIRST_FAILURE_HEADER = "Pressroom-First-Failure"
 # id is refused before anything is published).
 CLAIM_AFTER = 1.0
 EAGER_CLAIM_STAGES = frozenset({"fetcher"})
-# Stages whose work has no effect outside the request's own keys until its event is published
-# (the renderer: a render, then its artefacts): on a first delivery the claim is read while
-# the work starts, not before it — one round trip off every report's path. The event is
-# published only once the claim says the work is this message's to do; a claim that says
-# otherwise (a duplicate, a cancelled request) stops the work and settles the message itself.
-CLAIM_MEANWHILE_STAGES = frozenset({"renderer"})
 LAST_STAGE = "distributor"  # a burst's child that finishes it is delivered
 # Which process holds a stage, for `pressroom status` and for tests that kill a busy worker.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -186,12 +180,7 @@ class StageRunner:
         # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
         # along with the finish, or is written CLAIM_AFTER seconds into a longer piece of work.
         eager = self.spec.name in EAGER_CLAIM_STAGES or msg.attempt > 1
-        if not eager and self.spec.name in CLAIM_MEANWHILE_STAGES:
-            claim = asyncio.ensure_future(self._claimed(msg, received, eager, bound))
-            await self._work(
-                msg, event, received, work, eager=eager, started=started, bound=bound, claim=claim
-            )
-        elif await self._claimed(msg, received, eager, bound):
+        if await self._claimed(msg, received, eager, bound):
             await self._work(msg, event, received, work, eager=eager, started=started, bound=bound)
 
     async def _admitted(
@@ -325,24 +314,15 @@ class StageRunner:
         eager: bool,
         started: float,
         bound: Any,
-        claim: asyncio.Future[bool] | None = None,
     ) -> None:
-        """The claimed work, kept alive while it runs; then ack, retry or dead letter.
-        `claim`: the claim, still being read (CLAIM_MEANWHILE_STAGES); False once read means
-        it settled the message itself (nothing here is published, acked or counted)."""
+        """The claimed work, kept alive while it runs; then ack, retry or dead letter."""
         rid = request.request_id
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         claiming = None if eager else asyncio.create_task(self._claim_later(msg, rid, request))
-        outcome: str | None = "done"
+        outcome = "done"
         try:
-            await self._work_and_publish(msg, event, request, work, started, claim)
-        except _NotClaimed:
-            outcome = None
-            return
+            await self._work_and_publish(msg, event, request, work, started)
         except RequestCancelled as cancelled:
-            if not await _proceeds(claim):
-                outcome = None
-                return
             outcome = "cancelled"
             await self._cancelled(msg, request, cancelled.reason, bound)
         except asyncio.CancelledError:
@@ -352,20 +332,16 @@ class StageRunner:
                 await asyncio.shield(msg.nack(0))
             raise
         except Exception as error:
-            if not await _proceeds(claim):
-                outcome = None
-                return
             outcome = await self._failed(msg, error, request, bound)
             return
         finally:
-            for task in (heartbeat, claiming, claim):
-                if task is not None and not task.done():
+            for task in (heartbeat, claiming):
+                if task is not None:
                     task.cancel()
                     with suppress(asyncio.CancelledError):
                         await task
             with suppress(Exception):  # metrics must never break message handling
-                if outcome is not None:
-                    stage_finished(self.spec.name, outcome, time.monotonic() - started)
+                stage_finished(self.spec.name, outcome, time.monotonic() - started)
         await msg.ack()
         bound.info("stage done", seconds=round(time.monotonic() - started, 3))
 
@@ -376,7 +352,6 @@ class StageRunner:
         request: ReportRequested,
         work: Callable[[E], Awaitable[Event]],
         started: float,
-        claim: asyncio.Future[bool] | None = None,
     ) -> None:
         """The work within the report's deadline, its event published, the stage finished."""
         rid = request.request_id
@@ -385,7 +360,7 @@ class StageRunner:
         ATTEMPT.set(msg.attempt)  # the work's own task (below) starts with it
         with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
             next_event = await self._unless_cancelled(
-                request, _while_claiming(claim, self._in_time(deadline, request, work, event))
+                request, self._in_time(deadline, request, work, event)
             )
             # A burst's children went out on their own; a skipped run sends nothing.
             if not isinstance(next_event, BurstSent | RunSkipped):
@@ -655,43 +630,6 @@ class StageRunner:
                     claimed_requester(msg.subject, msg.body), failure.request_id
                 )
         await msg.term()
-
-
-class _NotClaimed(Exception):
-    """The claim, read while the work ran, said the work is not this message's to do."""
-
-
-async def _proceeds(claim: asyncio.Future[bool] | None) -> bool:
-    """Whether the claim lets this message's work count (True without one being read). A
-    claim that broke lets the work's own failure settle the message."""
-    if claim is None:
-        return True
-    try:
-        return await claim
-    except Exception:
-        return True
-
-
-async def _while_claiming(claim: asyncio.Future[bool] | None, work: Awaitable[Event]) -> Event:
-    """The work, started while its claim is read: stopped as soon as the claim says no; its
-    result returned only once the claim says yes (`_NotClaimed` otherwise)."""
-    if claim is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    try:
-        either: set[asyncio.Future[Any]] = {task, claim}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and not await claim:
-            raise _NotClaimed
-        result = await task
-        if not await claim:
-            raise _NotClaimed
-        return result
-    finally:
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 class ReportTimedOut(PermanentError):

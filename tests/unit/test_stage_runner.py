@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 import pytest
 
 from shared.adapters.ledger import KvLedger
 from shared.adapters.memory import MemoryKeyValue, MemoryMessage, MemoryPublisher
-from shared.bus.names import FETCHER, RENDERER, msg_id
+from shared.bus.names import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
-from shared.events import DataReady, Event, ReportRendered, ReportRequested
+from shared.events import DataReady, Event, ReportRequested
 from shared.settings import Settings
 from shared.stage.runner import StageRunner
 
@@ -128,103 +126,3 @@ async def test_a_replayed_message_after_a_dead_letter_runs_again(parts) -> None:
     await runner.handle(replayed, ReportRequested, ready)
     assert len(publisher.on("data.ready")) == 1
     assert replayed.settled == [("ack", None)]
-
-
-# ---- the renderer's claim, read while its work starts (CLAIM_MEANWHILE_STAGES) --------------
-class GatedKeyValue(MemoryKeyValue):
-    """A ledger bucket whose reads wait for `gate` (a slow ledger)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def get(self, key: str) -> Any:
-        await self.gate.wait()
-        return await super().get(key)
-
-
-def data_ready_body(rid: str = "r1") -> bytes:
-    request = ReportRequested(template="weekly.html", request_id=rid)
-    return DataReady(request=request, context={"x": 1}).model_dump_json().encode()
-
-
-def rendered(event: Event) -> ReportRendered:
-    assert isinstance(event, DataReady)
-    return ReportRendered(
-        request=event.request, artefacts=[], template_version="v1", render_seconds=0.1
-    )
-
-
-@pytest.fixture
-def renderer() -> tuple[StageRunner, MemoryPublisher, KvLedger, GatedKeyValue]:
-    publisher = MemoryPublisher()
-    kv = GatedKeyValue()
-    ledger = KvLedger(kv)  # type: ignore[arg-type]
-    runner = StageRunner(RENDERER, Settings(max_attempts=3), ledger, publisher)
-    return runner, publisher, ledger, kv
-
-
-async def test_a_render_starts_while_its_claim_is_read_and_is_published_once_it_says_go(
-    renderer,
-) -> None:
-    runner, publisher, _, kv = renderer
-    kv.gate.clear()  # the ledger is slow to answer
-    started = asyncio.Event()
-
-    async def render(event: Event) -> Event:
-        started.set()
-        return rendered(event)
-
-    message = MemoryMessage(data_ready_body(), subject="data.ready")
-    handling = asyncio.ensure_future(runner.handle(message, DataReady, render))
-    await asyncio.wait_for(started.wait(), 30)  # the work began before the claim was read
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert publisher.on("report.rendered") == [] and message.settled == []
-    kv.gate.set()
-    await handling
-    assert len(publisher.on("report.rendered")) == 1
-    assert message.settled == [("ack", None)]
-
-
-async def test_a_duplicate_render_is_stopped_as_soon_as_its_claim_says_done(renderer) -> None:
-    runner, publisher, _, _ = renderer
-    first = MemoryMessage(data_ready_body(), subject="data.ready", stream_seq=1)
-    await runner.handle(first, DataReady, lambda e: _now(rendered(e)))
-    stopped = asyncio.Event()
-
-    async def endless(event: Event) -> Event:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            stopped.set()
-        raise AssertionError("never returns")
-
-    duplicate = MemoryMessage(data_ready_body(), subject="data.ready", stream_seq=2)
-    await asyncio.wait_for(runner.handle(duplicate, DataReady, endless), 30)
-    assert stopped.is_set()  # the duplicate's render was stopped, not left running
-    assert len(publisher.on("report.rendered")) == 1
-    assert duplicate.settled == [("ack", None)]
-
-
-async def test_a_duplicate_whose_render_failed_first_is_not_dead_lettered(renderer) -> None:
-    runner, publisher, ledger, kv = renderer
-    first = MemoryMessage(data_ready_body(), subject="data.ready", stream_seq=1)
-    await runner.handle(first, DataReady, lambda e: _now(rendered(e)))
-    kv.gate.clear()  # the render fails before the claim is read
-
-    async def broken(event: Event) -> Event:
-        kv.gate.set()
-        raise PermanentError("template error")
-
-    duplicate = MemoryMessage(data_ready_body(), subject="data.ready", stream_seq=2)
-    await runner.handle(duplicate, DataReady, broken)
-    assert duplicate.settled == [("ack", None)]  # a duplicate: the claim settled it
-    assert publisher.on("dlq.data.ready") == [] and publisher.on("report.failed") == []
-    entry = await ledger.get("r1")
-    assert entry is not None and entry.stages["renderer"].state == "done"
-
-
-async def _now(event: Event) -> Event:
-    return event
