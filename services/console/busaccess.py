@@ -40,6 +40,7 @@ class Bus:
 
 
 CONNECT_TIMEOUT = 3.0
+CONNECT_LIMIT = 30.0  # the whole connect, whatever nats-py does meanwhile
 
 
 def connect_failure(error: BaseException, seen: list[BaseException]) -> str:
@@ -70,19 +71,28 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
         seen.append(error)
 
     try:
-        nc = await connect(
-            settings,
-            name="pressroom-cli",
-            role="ops",
-            # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
-            max_reconnect_attempts=1,
-            connect_timeout=CONNECT_TIMEOUT,
-            allow_reconnect=False,
-            error_cb=quiet,
+        # Bounded as a whole too: once, under heavy load, a refused identity's connect never
+        # returned (tests/integration/test_bus_auth.py); a CLI must not hang.
+        nc = await asyncio.wait_for(
+            connect(
+                settings,
+                name="pressroom-cli",
+                role="ops",
+                # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then
+                # stop.
+                max_reconnect_attempts=1,
+                connect_timeout=CONNECT_TIMEOUT,
+                allow_reconnect=False,
+                error_cb=quiet,
+            ),
+            CONNECT_LIMIT,
         )
     except Exception as error:
         where = settings.bus_url_public
         text = str(error) or type(error).__name__
+        auth_errors = [e for e in seen if "authorization" in str(e).lower()]
+        if auth_errors and isinstance(error, TimeoutError):
+            text = str(auth_errors[-1])  # the refusal is the reason, not the time it took
         if "authorization" in text.lower() or isinstance(error, AuthorizationError):
             raise BusUnavailable(
                 f"NATS at {where} refused {who.describe()}: {text} "
@@ -93,7 +103,11 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
             if settings.nats_url
             else " (start it with `pressroom up`, or set PRESSROOM_NATS_URL)"
         )
-        reason = connect_failure(error, seen)
+        reason = (
+            f"no answer within {CONNECT_LIMIT:g}s"
+            if isinstance(error, TimeoutError) and not seen
+            else connect_failure(error, seen)
+        )
         raise BusUnavailable(f"cannot reach NATS at {where}{hint}: {reason}") from None
     js = nc.jetstream(timeout=5)
     try:
