@@ -276,6 +276,7 @@ class InFlight:
         self._free = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
+        self._drained = asyncio.Event()
 
     async def start(self, work: Coroutine[Any, Any, None]) -> None:
         await self._free.acquire()  # at once: the previous call returned with a slot free
@@ -309,12 +310,22 @@ class InFlight:
     async def drain(self, grace: float) -> None:
         """Let the work in flight finish for `grace` seconds, then hand the rest back."""
         self.closing = True
-        if not self._tasks:
-            return
-        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in late:
-            task.cancel()  # the runner nacks a cancelled message at once
-        await asyncio.gather(*late, return_exceptions=True)
+        try:
+            if not self._tasks:
+                return
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in late:
+                task.cancel()  # the runner nacks a cancelled message at once
+            await asyncio.gather(*late, return_exceptions=True)
+        finally:
+            self._drained.set()
+
+    async def turned_away(self) -> None:
+        """After handing back a message fetched while closing: hold the subscriber's fetch
+        loop until the drain is over. Returning at once would fetch the next message at once,
+        and the one handed back would come round again within milliseconds, each time counted
+        as a delivery, until max_deliver dead-lettered it."""
+        await self._drained.wait()
 
 
 class StartupFailed(PressroomError):
@@ -390,10 +401,13 @@ def stage_app(
 
         @app.on_shutdown
         async def drain_in_flight() -> None:
-            """Before the broker stops: the work still needs the connection to ack and publish."""
-            for side in sides.values():
-                if side is not None:
-                    await side.drain(settings.shutdown_grace)
+            """Before the broker stops: the work still needs the connection to ack and publish.
+            Every lane stops taking messages at once and all drain together (one grace, not
+            one per lane)."""
+            draining = [side for side in sides.values() if side is not None]
+            for side in draining:
+                side.closing = True
+            await asyncio.gather(*(side.drain(settings.shutdown_grace) for side in draining))
 
     _declare_outputs(broker, spec)
     for lane in spec.lanes:
@@ -563,6 +577,7 @@ def _subscribe_stage(
         assert runner is not None and work is not None, "the lifespan opens the adapters first"
         if side_by_side is not None and side_by_side.closing:
             await message.nack()  # shutting down: another worker takes it now
+            await side_by_side.turned_away()
             return
         handled = processing(
             message, spec.durable, runner.handle(NatsInbound(message), parts.model, work)
