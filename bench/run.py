@@ -41,11 +41,10 @@ TEN_PAGE_N = int(os.environ.get("BENCH_TEN_PAGE", "8"))
 LATENCY_N = int(os.environ.get("BENCH_LATENCY", "20"))
 LARGE_ROWS = int(os.environ.get("BENCH_LARGE_ROWS", "3000"))
 FONTS_N = int(os.environ.get("BENCH_FONTS", "12"))
-# Runs of the large report (best of ROUNDS).
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 # Throughput: the pipeline and both loops take turns for THROUGHPUT_ROUNDS rounds and each ratio
 # is the median of the rounds' ratios (this VM's neighbours make single runs vary by ±15 %).
-THROUGHPUT_ROUNDS = int(os.environ.get("BENCH_THROUGHPUT_ROUNDS", "5"))
+THROUGHPUT_ROUNDS = max(1, int(os.environ.get("BENCH_THROUGHPUT_ROUNDS", "5")))
+SIDES = ("pipeline", "naive", "bare")
 # What PDF both sides make. "shipped": what the template asks for (the bundled templates: tagged
 # PDF/A-3b); "plain": every request asks for an untagged PDF of no standard. Either way the bare
 # loop's render jobs carry the same document options as the pipeline's (core.document_spec and
@@ -256,21 +255,17 @@ async def throughput_row(
             naive_renders: list[float] = []
             for round_ in range(THROUGHPUT_ROUNDS):
                 first, found = round_ * n, {}
-                for side in ("pipeline", "naive", "bare")[round_ % 3 :] + (
-                    "pipeline",
-                    "naive",
-                    "bare",
-                )[: round_ % 3]:
+                for side in SIDES[round_ % 3 :] + SIDES[: round_ % 3]:
                     if side == "pipeline":
                         found[side] = await pipeline_round(
                             stack, outcomes, data, f"{label}-{renderers}", first, n
                         )
                     elif side == "naive":
-                        found[side], naive_renders = loop_round(
-                            naive, _naive_render, naive_one, first, n
-                        )
+                        found[side], done = loop_round(naive, _naive_render, naive_one, first, n)
+                        naive_renders += done
                     else:
-                        found[side], renders = loop_round(bare, _bare_render, bare_one, first, n)
+                        found[side], done = loop_round(bare, _bare_render, bare_one, first, n)
+                        renders += done
                 rounds.append(found)
             after = speed.load()
         await nc.close()
