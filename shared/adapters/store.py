@@ -156,7 +156,10 @@ class ObjectStoreArtefacts:
         """The client's `put`, with the look-up of an object already under the name (whose
         chunks go once the new object is complete) made while the chunks are written instead
         of before: one round trip fewer on every report's path. Chunks first, then the meta
-        record that makes the object visible, as the client does."""
+        record that makes the object visible, as the client does; the meta record goes out
+        without waiting for the chunks' acks, so a put that fails on a chunk after its meta
+        record was stored removes that record again: the name then holds nothing (an earlier
+        object under it is not brought back — the caller retries the put)."""
         assert self._js is not None
         stream = f"OBJ_{OBJECT_BUCKET}"
         nuid = _NUID.next().decode()
@@ -201,11 +204,13 @@ class ObjectStoreArtefacts:
             for write in writes:
                 write.cancel()
             if stored_meta is not None and stored_meta.done() and not stored_meta.cancelled():
-                # The meta record stored, a chunk not: the object goes too (it would point at
-                # chunks that are not there).
+                # The meta record stored, a chunk not: that record goes (it would point at
+                # chunks that are not there) — it and older ones only (a purge below the next
+                # sequence), so a retry's meta written meanwhile under the same name stays.
                 if stored_meta.exception() is None:
                     with suppress(Exception):
-                        await self._js.purge_stream(stream, subject=meta)
+                        after = stored_meta.result().seq + 1
+                        await self._js.purge_stream(stream, subject=meta, seq=after)
             elif stored_meta is not None:
                 stored_meta.cancel()
             with suppress(Exception):

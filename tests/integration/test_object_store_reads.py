@@ -5,10 +5,13 @@ a missing object is ArtefactMissing and a changed one is refused (against a real
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from services.console.embedded import free_port, start_nats_server
 from shared.adapters.store import (
     BY_MESSAGE_MAX,
     CHUNK_SIZE,
@@ -58,3 +61,33 @@ async def test_a_chunk_changed_in_the_store_is_refused(nc: Any) -> None:
     await js.publish(chunks, b"%PDF-1.7 the forger" * 100)  # same size, other bytes
     with pytest.raises(ArtefactTampered, match="no longer matches"):
         await store.get(key)
+
+
+async def test_a_put_whose_chunk_is_refused_leaves_no_object_behind(tmp_path: Path) -> None:
+    """The chunks and the meta record go out without waiting for each other's acks: when the
+    server takes the meta record but refuses a chunk, the put fails and the name is not left
+    pointing at chunks that are not there (its own nats-server: the stream's limits change)."""
+    port = free_port()
+    server = start_nats_server(tmp_path / "nats", port, monitor_port=free_port())
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = nc.jetstream()
+        await js.create_object_store(OBJECT_BUCKET)
+        store = await open_store(Settings(), js)
+        await store.put("kept", b"before", content_type="text/plain")
+        stream = f"OBJ_{OBJECT_BUCKET}"
+        config = (await js.stream_info(stream)).config
+        config.max_msg_size = 2_000  # a meta record fits, a 60 KB chunk does not
+        await js.update_stream(config)
+        with pytest.raises(Exception, match=r"(?i)maximum|size"):
+            await store.put(unique("refused"), os.urandom(60_000), content_type="application/pdf")
+        with pytest.raises(Exception, match=r"(?i)maximum|size"):
+            await store.put("kept", os.urandom(60_000), content_type="application/pdf")
+        with pytest.raises(ArtefactMissing):
+            await store.get("kept")  # its new meta went with its chunk, none left dangling
+        listed = [o.key for o in await store.list("")]
+        assert listed == [], listed
+        await nc.close()
+    finally:
+        server.terminate()
+        server.wait()
