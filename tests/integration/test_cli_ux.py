@@ -517,6 +517,10 @@ def test_logs_shows_a_request_across_the_services(up: dict[str, Any]) -> None:
     assert unknown.returncode == 1 and "fetcher" in one_line(unknown.stderr)
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(480)  # its own limits (a request, 180 s, 120 s) are the ones that count
 def test_logs_follow_prints_new_lines_as_they_come(up: dict[str, Any]) -> None:
     rid = unique("followed")
@@ -527,6 +531,10 @@ def test_logs_follow_prints_new_lines_as_they_come(up: dict[str, Any]) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal's foreground command gets it: a test run started in the
+        # background (`make test &`, nohup) hands SIGINT down ignored, and Python then keeps
+        # ignoring it — the command would never see the Ctrl-C this test sends.
+        preexec_fn=_interruptible,
     )
     seen: queue.Queue[str] = queue.Queue()
 
