@@ -112,10 +112,9 @@ def bare_job(settings: Settings, data: dict[str, Any], i: int) -> RenderJob:
 
 def warm_pool(
     pool: ProcessPoolExecutor, render: Any, job: Callable[[int], Any], processes: int
-) -> ProcessPoolExecutor:
+) -> None:
     """One job per process first, to load imports and fonts (not counted)."""
     list(pool.map(render, [job(-i - 1) for i in range(processes)]))
-    return pool
 
 
 def loop_round(
@@ -272,39 +271,24 @@ async def throughput_row(
     finally:
         stack.stop()
 
-    def median_of(side: str) -> float:
-        return statistics.median(r[side] for r in rounds)
+    def figures(name: str, **more: Any) -> dict[str, Any]:
+        """One side's figures: the median of its rounds' rates, and what else it knows."""
+        rate = statistics.median(r[name] for r in rounds)
+        return {"reports": n, "rounds": THROUGHPUT_ROUNDS, "per_second": rate, **more}
 
+    load = [before, after]
+    naive_pdf = f"{options.get('pdf_variant', 'plain')}{', tagged' if options['pdf_tags'] else ''}"
     return {
-        "bare": {
-            "reports": n,
-            "rounds": THROUGHPUT_ROUNDS,
-            "per_second": median_of("bare"),
-            "render_p50": statistics.median(t for t, _, _ in renders),
-            "pdf": sorted(
-                {
-                    f"{variant or 'plain'}{', tagged' if tagged else ''}"
-                    for _, variant, tagged in renders
-                }
-            ),
-            "load": [before, after],
-        },
-        "naive": {
-            "reports": n,
-            "rounds": THROUGHPUT_ROUNDS,
-            "per_second": median_of("naive"),
-            "render_p50": statistics.median(naive_renders),
-            "pdf": [
-                f"{options.get('pdf_variant', 'plain')}{', tagged' if options['pdf_tags'] else ''}"
-            ],
-            "load": [before, after],
-        },
-        "pipeline": {
-            "reports": n,
-            "rounds": THROUGHPUT_ROUNDS,
-            "per_second": median_of("pipeline"),
-            "load": [before, after],
-        },
+        "bare": figures(
+            "bare",
+            render_p50=statistics.median(t for t, _, _ in renders),
+            pdf=sorted({f"{v or 'plain'}{', tagged' if t else ''}" for _, v, t in renders}),
+            load=load,
+        ),
+        "naive": figures(
+            "naive", render_p50=statistics.median(naive_renders), pdf=[naive_pdf], load=load
+        ),
+        "pipeline": figures("pipeline", load=load),
         "rounds": rounds,
         "ratio": statistics.median(r["pipeline"] / r["bare"] for r in rounds),
         "ratio_naive": statistics.median(r["pipeline"] / r["naive"] for r in rounds),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from shared.adapters.store import (
     read_verified,
     sha256_hex,
 )
+from shared.aio import all_settled
 from shared.bus.kv import KeyValue
 from shared.errors import PermanentError, PressroomError
 from shared.events import (
@@ -280,16 +280,8 @@ async def _render_data(
         writes.append(cache.put(cache_key, json.dumps(entry).encode()))
     if alongside is not None:
         writes.append(alongside(rendered))
-    await _all(writes)
+    await all_settled(writes)
     return rendered
-
-
-async def _all(writes: Sequence[Awaitable[Any]]) -> None:
-    """Every write done (side by side); the first failure raised once all have settled."""
-    results = await asyncio.gather(*writes, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 async def _context(event: DataReady, store: ArtefactStore) -> Any:
@@ -532,5 +524,5 @@ async def _reuse(
             put_artefact(store, request, artefact, content, version, reused_from=old)
             for artefact, content, old in copies
         ]
-        await _all([*writes, *([alongside(rendered)] if alongside else [])])
+        await all_settled([*writes, *([alongside(rendered)] if alongside else [])])
     return rendered

@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.nuid import NUID
 from urllib3.exceptions import HTTPError
 
+from shared.aio import all_settled
 from shared.bus.names import OBJECT_BUCKET
 from shared.errors import PermanentError, TransientError
 
@@ -198,7 +199,7 @@ class ObjectStoreArtefacts:
                     meta, json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"}
                 )
             )
-            await _each_stored([*writes, stored_meta])
+            await all_settled([*writes, stored_meta])
         except BaseException:
             earlier.cancel()
             for write in writes:
@@ -302,14 +303,6 @@ class ObjectStoreArtefacts:
 
 async def _nothing() -> None:
     return None
-
-
-async def _each_stored(writes: list[asyncio.Future[Any]]) -> None:
-    """Every publish acknowledged; the first failure raised once all have settled."""
-    results = await asyncio.gather(*writes, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 def _parse_time(value: str | None) -> datetime | None:

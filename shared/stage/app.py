@@ -405,8 +405,6 @@ def stage_app(
             Every lane stops taking messages at once and all drain together (one grace, not
             one per lane)."""
             draining = [side for side in sides.values() if side is not None]
-            for side in draining:
-                side.closing = True
             await asyncio.gather(*(side.drain(settings.shutdown_grace) for side in draining))
 
     _declare_outputs(broker, spec)
