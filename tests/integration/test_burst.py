@@ -553,8 +553,13 @@ async def most_at_once(nc: Any, rids: list[str]) -> int:
     ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
     spans = []
     for rid in rids:
-        entry = await ledger.get(rid)
-        assert entry is not None and entry.status == "delivered"
+        # report.delivered is published before the ledger records the stage's end (a crash
+        # between them redelivers, never loses the event): the entry follows within moments.
+        async def delivered(rid: str = rid) -> LedgerEntry | None:
+            entry = await ledger.get(rid)
+            return entry if entry is not None and entry.status == "delivered" else None
+
+        entry = await eventually(delivered)
         done = entry.stages["distributor"].finished_at
         assert done is not None
         spans.append((entry.stages["fetcher"].started_at, done))
