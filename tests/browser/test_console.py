@@ -7,6 +7,7 @@ Set PRESSROOM_CONSOLE_SHOTS=<folder> to keep a screenshot of each page at 1280 a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -473,11 +474,20 @@ async def test_re_deliver_from_the_report_page(
 async def test_an_operator_cancels_a_report_from_its_page_and_a_viewer_sees_it_live(
     olga: Watched, vic: Watched, nc: Any, stack: Stack
 ) -> None:
-    (stack.templates / "very-long.html").write_text(  # minutes of layout: still rendering
-        "{% for i in range(40000) %}<p>line {{ i }} of a long report</p>{% endfor %}"
-    )
+    # Its data source takes every connection and never answers: the report stays in its fetch
+    # (each attempt until PRESSROOM_FETCH_TIMEOUT, then retried) without costing any CPU, where
+    # a long render finished before the click on a fast moment.
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
     rid = unique("stop")
-    await publish(nc, request_body(rid, template="very-long.html", folder=rid))
+    body = request_body(rid, folder=rid)
+    body["sources"] = [{"name": "slow", "kind": "http", "url": f"http://127.0.0.1:{port}/x"}]
+    await publish(nc, body)
     watcher, page = await vic.page(), await olga.page()
 
     async def shown(on: Page) -> bool:
@@ -497,8 +507,12 @@ async def test_an_operator_cancels_a_report_from_its_page_and_a_viewer_sees_it_l
     row = page.locator("tr", has=page.get_by_text(rid, exact=True)).first
     assert "cancel" in await row.inner_text() and "olga" in await row.inner_text()
     assert not (stack.out / rid).exists()
+    assert held  # the fetch did reach the silent source
     for each in (watcher, page):
         await each.close()
+    silent.close()
+    for writer in held:
+        writer.close()
 
 
 async def test_a_webhook_on_the_object_store_carries_a_link_that_downloads_the_report(
