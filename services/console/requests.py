@@ -21,9 +21,7 @@ from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from services.console.busaccess import Bus, BusUnavailable
-from services.distributor.channels import default_channels
 from services.distributor.parcel import Parcel
-from services.scheduler.app import fire
 from shared.adapters.ledger import PIPELINE, LedgerEntry
 from shared.adapters.store import read_verified, remove_older_than
 from shared.bus.failover import LEADERLESS, describe_error
@@ -87,6 +85,8 @@ async def submit(
         if schedule is None:
             await publish_request(bus, request)
         else:  # exactly as the scheduler fires it, so the fetcher knows it for the schedule's
+            from services.scheduler.app import fire  # start-up time of every other command
+
             await fire(JetStreamPublisher(bus.js), schedule, request.requested_at, bus.js)
 
     if not wait:
@@ -370,6 +370,9 @@ async def deliver_again(
     )
     # A new delivery (new webhook-id / Message-ID): a receiver must not drop it as a retry.
     parcel = Parcel(event=event, store=await bus.store(), occasion=uuid.uuid4().hex)
+    # Imported here: the channels' libraries (S3, SMTP) cost every other command 0.1 s to start.
+    from services.distributor.channels import default_channels
+
     channels = default_channels(bus.settings)
     results = []
     for raw in deliveries:

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from faststream.nats.security import NatsCredentials, NatsNKey, NatsSecurity, NatsUserPassword
-
 from shared.errors import PermanentError
 
 if TYPE_CHECKING:
@@ -129,6 +127,14 @@ class Identity:
 
     def faststream_security(self) -> Any:
         """The same for FastStream's NatsBroker (`security=`)."""
+        # Imported here: only the services' brokers need it, and every `pressroom` call
+        # imports this module (start-up time, 0.1 s).
+        from faststream.nats.security import (
+            NatsCredentials,
+            NatsNKey,
+            NatsSecurity,
+            NatsUserPassword,
+        )
 
         if self.kind == "nkey":
             return NatsNKey(str(self.path), ssl_context=self.tls)

@@ -8,43 +8,56 @@ stack (up, worker, health, bus, config, backup), requests, templates, schedules,
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Iterable
 
 import typer
 
-from services.console.cli import (
-    cancel,
-    console,
-    dlq,
-    logs,
-    pdf,
-    reports,
-    requests,
-    schedules,
-    stack,
-    templates,
-)
 from services.console.cli._common import err
 from services.console.cli._output import literal
 from shared.observe.logging import configure_logging
 
-app = typer.Typer(
-    help="Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.add_typer(schedules.sources_app, name="sources")
-app.add_typer(templates.templates_app, name="templates")
-app.add_typer(dlq.dlq_app, name="dlq")
-app.add_typer(schedules.schedule_app, name="schedule")
-app.add_typer(pdf.pdf_app, name="pdf")
-stack.register(app)
-requests.register(app)
-reports.register(app)
-logs.register(app)
-console.register(app)
-cancel.register(app)
+# Which module brings each command: a call imports that module only (start-up time: importing
+# every command's dependencies — the web console, the services, S3 and PDF libraries — cost
+# about a second of CPU on every `pressroom` call). Help and unknown commands import them all.
+COMMANDS: dict[str, str] = {
+    "sources": "schedules",
+    "schedule": "schedules",
+    "templates": "templates",
+    "dlq": "dlq",
+    "pdf": "pdf",
+    **dict.fromkeys(("worker", "up", "health", "backup", "restore", "bus", "config"), "stack"),
+    **dict.fromkeys(("request", "render", "fonts", "status", "ls", "get"), "requests"),
+    **dict.fromkeys(("deliver", "check"), "requests"),
+    **dict.fromkeys(("stats", "slo", "alerts", "clean"), "reports"),
+    "logs": "logs",
+    **dict.fromkeys(("console", "audit"), "console"),
+    "cancel": "cancel",
+}
+HELP = "Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint)."
+
+
+def build(modules: Iterable[str] | None = None) -> typer.Typer:
+    """The `pressroom` command with the commands of `modules` (default: all of them)."""
+    app = typer.Typer(
+        help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+    )
+
+    @app.callback()
+    def pressroom() -> None:
+        """Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint)."""
+
+    for name in dict.fromkeys(modules or COMMANDS.values()):  # in the order of the table
+        module = importlib.import_module(f"services.console.cli.{name}")
+        module.register(app)
+    return app
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command a `pressroom` call names (its first word that is not an option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def main() -> None:
@@ -54,6 +67,8 @@ def main() -> None:
         "pressroom-cli", json=False, level=os.environ.get("PRESSROOM_CLI_LOG_LEVEL", "WARNING")
     )
     try:
+        name = command_of(sys.argv[1:])
+        app = build([COMMANDS[name]] if name in COMMANDS else None)
         code = app(standalone_mode=False)
     except typer.Abort:
         raise SystemExit(130) from None
@@ -61,6 +76,8 @@ def main() -> None:
         # Click's usage errors (bad option, unknown command, wrong type) know how to say it.
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):
             ctx = getattr(error, "ctx", None)
+            if not error.format_message():  # no arguments: the help was the answer
+                raise SystemExit(int(error.exit_code)) from None
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             err.print(
                 f"[bold red]error:[/] {literal(error.format_message())}{hint}", highlight=False

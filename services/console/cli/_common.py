@@ -22,8 +22,6 @@ from rich.markup import escape
 from services.console.busaccess import open_bus
 from services.console.cli._output import literal, visible
 from services.console.requests import parse_age
-from services.renderer.pool import run_capped
-from services.renderer.templating import TemplateLibrary, validate_in_folder
 from shared.bus.identity import REFUSALS
 from shared.errors import PressroomError
 from shared.schedules import load_schedules
@@ -133,6 +131,8 @@ def library(cfg: Settings, folder: Path | None = None) -> Any:
     root = folder or cfg.templates_dir
     if not root.is_dir():
         fail(f"templates folder '{root}' does not exist (set PRESSROOM_TEMPLATES_DIR)")
+    from services.renderer.templating import TemplateLibrary  # Jinja: start-up time elsewhere
+
     return TemplateLibrary(root)
 
 
@@ -141,6 +141,10 @@ def schedules(cfg: Settings) -> Any:
 
 
 def validate_capped(cfg: Settings, folder: Path, names: list[str] | None) -> Any:
+    # Imported here: Jinja and the render pool cost every other command's start-up time.
+    from services.renderer.pool import run_capped
+    from services.renderer.templating import validate_in_folder
+
     return checked(
         lambda: run_capped(validate_in_folder, str(folder), names, label="validation", settings=cfg)
     )

@@ -9,14 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import typer
-import uvicorn
 
 from services.console.audit import trail
 from services.console.cli._audit import audited, flush
 from services.console.cli._common import checked, emit_json, on_bus, out, settings
 from services.console.cli._output import Col, literal, print_table
 from services.console.requests import parse_since
-from services.console.web.app import create_app
 from services.console.web.auth import add_user, load_users, remove_user, users_file
 from shared.observe.logging import configure_logging, get_logger
 
@@ -37,6 +35,12 @@ def serve(
     """Serve the console until Ctrl-C (as the ops bus identity)."""
     if ctx.invoked_subcommand is not None:
         return
+    # Imported here: the web app and its server cost `pressroom audit` and `console user`
+    # their start-up time.
+    import uvicorn
+
+    from services.console.web.app import create_app
+
     cfg = settings()
     bind, where = host or cfg.console_host, port if port is not None else cfg.console_port
     # On a terminal, lines for a person; elsewhere (under `pressroom up`, in a container) JSON

@@ -155,3 +155,7 @@ def dlq_purge(
         emit_json({"purged": removed})
     else:
         out.print(f"purged {removed} dead letter(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dlq_app, name="dlq")

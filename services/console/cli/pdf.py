@@ -61,3 +61,7 @@ def pdf_seal(
     except SealError as error:
         fail(str(error))
     out.print(sealed, soft_wrap=True, highlight=False, markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pdf_app, name="pdf")

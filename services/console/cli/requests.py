@@ -12,7 +12,6 @@ from typing import Any
 import typer
 
 from services.console import requests
-from services.console.adhoc import adhoc_job, export_paths, output_format, pdf_options
 from services.console.cli._audit import audited, outcome
 from services.console.cli._common import (
     age,
@@ -29,7 +28,6 @@ from services.console.cli._common import (
     settings,
 )
 from services.console.cli._output import Col, literal, print_table, shorten, visible
-from services.console.probes import check_email, check_webhook
 from services.console.requests import (
     artefact_bytes,
     artefact_url,
@@ -39,9 +37,6 @@ from services.console.requests import (
     ledger_entries,
     ledger_entry,
 )
-from services.renderer import fonts as catalogue
-from services.renderer.split import render_capped
-from services.renderer.templating import TemplateLibrary
 from shared.adapters.ledger import entry_as_dict
 from shared.errors import PressroomError
 from shared.settings import Settings
@@ -160,6 +155,7 @@ def check_template(cfg: Settings, name: str) -> None:
     sees the templates folder; when it does not (a remote stack), the renderer decides."""
     if not cfg.templates_dir.is_dir():
         return
+    from services.renderer.templating import TemplateLibrary  # Jinja: start-up time elsewhere
 
     try:
         TemplateLibrary(cfg.templates_dir).resolve(name)
@@ -203,6 +199,10 @@ def render(
     append: list[str] = typer.Option([], "--append", help="Allowed PDF of the templates folder"),
 ) -> None:
     """Render a template without the bus (the legacy generate_report.py)."""
+    # Imported here, as for the other commands below: the renderer's libraries (WeasyPrint,
+    # pikepdf, Jinja) and the channels' (S3, SMTP) would cost every `pressroom` call to start.
+    from services.console.adhoc import adhoc_job, export_paths, output_format, pdf_options
+    from services.renderer.split import render_capped
 
     cfg = settings()
     if output is None and not dry_run:
@@ -460,6 +460,7 @@ def check(
     url: str | None = typer.Option(None, "--url", help="webhook: URL to send a signed ping to"),
 ) -> None:
     """Test the email or webhook configuration (the legacy test_email_config)."""
+    from services.console.probes import check_email, check_webhook  # start-up time (above)
 
     cfg = settings()
     if what == "email":
@@ -474,6 +475,7 @@ def check(
 
 def fonts(as_json: bool = typer.Option(False, "--json")) -> None:
     """The font families the renderer uses and the scripts each covers."""
+    from services.renderer import fonts as catalogue  # start-up time (above)
 
     cfg = settings()
     extra = catalogue.extra_dirs_from(cfg.fonts_dir)

@@ -10,7 +10,6 @@ from typing import Any
 
 import typer
 
-from services.console.backfill import backfill, parse_when
 from services.console.cli._audit import audited
 from services.console.cli._common import (
     checked,
@@ -25,7 +24,6 @@ from services.console.cli._common import (
 )
 from services.console.cli._output import Col, literal, print_table, styled
 from services.console.cli.requests import submit
-from services.console.probes import fetch_source
 from services.console.schedules import stack_view
 from services.scheduler.state import pause, resume
 from shared.bus.names import SCHEDULES_BUCKET
@@ -114,6 +112,9 @@ def schedule_backfill(
 ) -> None:
     """Publish each fire of NAME in the range once, with the ids the scheduler gives them
     (a fire that already ran is named, not sent again)."""
+    # Imported here: the scheduler's app (FastStream) costs the other commands' start-up time.
+    from services.console.backfill import backfill, parse_when
+
     cfg = settings()
     schedule, _ = _known(cfg, name)
     try:
@@ -197,6 +198,9 @@ def sources_test(
 ) -> None:
     """Fetch one configured source now and show what came back (the legacy test_data_source);
     with --all, every source, one row each (exit 1 if any fails)."""
+    # Imported here: the fetcher's and the channels' libraries cost the other commands'
+    # start-up time.
+    from services.console.probes import fetch_source
 
     cfg = settings()
     if every:
@@ -226,6 +230,7 @@ def sources_test(
 
 def _test_all(cfg: Any, as_json: bool) -> None:
     """Every configured source at once, each with its own outcome."""
+    from services.console.probes import fetch_source  # start-up time (sources_test)
 
     async def one(name: str) -> dict[str, Any]:
         started = time.monotonic()
@@ -273,3 +278,8 @@ def _test_all(cfg: Any, as_json: bool) -> None:
             names = literal(", ".join(failed))
             out.print(f"{len(failed)} of {len(rows)} source(s) failed: {names}")
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sources_app, name="sources")
+    app.add_typer(schedule_app, name="schedule")

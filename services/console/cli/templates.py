@@ -239,3 +239,7 @@ def _change(before: Any, after: Any, unit: str) -> str:
         return f"{value:.1f}s"
 
     return f"{show(before)}→{show(after)}"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(templates_app, name="templates")

@@ -1,0 +1,76 @@
+"""`pressroom` imports only what the command it runs needs (start-up time of every call)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import typer
+
+from services.console.cli import COMMANDS, build
+from tests.helpers import REPO
+
+PROBE = """
+import json, sys
+sys.argv = ["pressroom", *sys.argv[1:]]
+from services.console import cli
+try:
+    cli.main()
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def modules_loaded(*argv: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "80", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+def names(app: typer.Typer) -> set[str]:
+    group = typer.main.get_group(app)
+    return set(group.commands)
+
+
+def test_every_command_is_in_the_table_and_brought_by_its_module() -> None:
+    everything = names(build())
+    assert everything == set(COMMANDS)
+    for command, module in COMMANDS.items():
+        assert command in names(build([module])), (command, module)
+
+
+def test_a_bus_command_does_not_import_the_console_the_services_or_the_renderer() -> None:
+    loaded = modules_loaded("status", "--help")
+    assert "services.console.cli.requests" in loaded
+    heavy = {
+        "services.console.web.app",
+        "uvicorn",
+        "faststream",
+        "weasyprint",
+        "minio",
+        "jinja2",
+        "services.renderer.core",
+        "services.fetcher.app",
+    }
+    assert not heavy & loaded, heavy & loaded
+
+
+def test_no_arguments_shows_the_help_without_an_empty_error_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.console.cli"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "80", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert "Commands" in done.stdout + done.stderr
+    assert "error:" not in done.stdout + done.stderr
