@@ -147,12 +147,15 @@ class HttpReceiver:
                 )
                 count = sum(1 for h in outer.hits if h.path == self.path)
                 status, payload, headers = outer.responder(self.path, count)
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client hung up (a size cap, a deadline): often the point
 
             def do_GET(self) -> None:
                 self._answer(b"")

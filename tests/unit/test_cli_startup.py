@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from services.console.cli import COMMANDS, build
+from services.console.cli import COMMANDS, build, command_of
 from tests.helpers import REPO
 
 PROBE = """
@@ -17,8 +17,8 @@ sys.argv = ["pressroom", *sys.argv[1:]]
 from services.console import cli
 try:
     cli.main()
-except SystemExit:
-    pass
+except SystemExit as done:
+    assert done.code == 0, done.code
 print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 
@@ -74,3 +74,20 @@ def test_no_arguments_shows_the_help_without_an_empty_error_line() -> None:
     )
     assert "Commands" in done.stdout + done.stderr
     assert "error:" not in done.stdout + done.stderr
+    assert done.returncode == 2  # Click's code for "no arguments: the help"
+
+
+def test_help_before_a_command_lists_every_command() -> None:
+    assert command_of(["status", "x", "--json"]) == "status"
+    assert command_of(["--help", "status"]) is None
+    assert command_of([]) is None
+    shown = subprocess.run(
+        [sys.executable, "-m", "services.console.cli", "--help", "dlq"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    ).stdout
+    for command in COMMANDS:
+        assert f" {command} " in shown, command

@@ -56,8 +56,9 @@ def build(modules: Iterable[str] | None = None) -> typer.Typer:
 
 
 def command_of(argv: list[str]) -> str | None:
-    """The command a `pressroom` call names (its first word that is not an option)."""
-    return next((arg for arg in argv if not arg.startswith("-")), None)
+    """The command a `pressroom` call names: its first word (the root takes no option but
+    `--help`, so `pressroom --help status` names none and shows every command)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
 
 
 def main() -> None:

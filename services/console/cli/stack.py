@@ -62,9 +62,11 @@ def composition_root(name: str) -> Callable[[], Any]:
         from services.distributor.app import create_app as distributor
 
         return distributor
-    from services.scheduler.app import create_app as scheduler
+    if name == "scheduler":
+        from services.scheduler.app import create_app as scheduler
 
-    return scheduler
+        return scheduler
+    raise PressroomError(f"no composition root for worker '{name}'")
 
 
 def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributor")) -> None:
