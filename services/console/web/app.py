@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import importlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,11 @@ async def _security_headers(request: Request, call_next: Any) -> Response:
 
 def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starlette:
     """The console; without `bus` it opens its own (the ops identity) for its lifetime."""
+    # What "run now" and "deliver again" use (services/console/requests.py imports them where
+    # it uses them, for the CLI's start-up): loaded with the app, not on its event loop later.
+    for module in ("services.distributor.channels", "services.scheduler.app"):
+        importlib.import_module(module)
+
     console = Console(settings, bus)
     session_key = hmac.new(console.secret, b"console-session", hashlib.sha256).hexdigest()
 
