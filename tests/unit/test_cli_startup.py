@@ -9,7 +9,7 @@ import sys
 import typer
 
 from services.console.cli import COMMANDS, build, command_of
-from tests.helpers import REPO
+from tests.helpers import REPO, pressroom
 
 PROBE = """
 import json, sys
@@ -64,14 +64,7 @@ def test_a_bus_command_does_not_import_the_console_the_services_or_the_renderer(
 
 
 def test_no_arguments_shows_the_help_without_an_empty_error_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.console.cli"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "80", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    done = pressroom()
     assert "Commands" in done.stdout + done.stderr
     assert "error:" not in done.stdout + done.stderr
     assert done.returncode == 2  # Click's code for "no arguments: the help"
@@ -81,13 +74,6 @@ def test_help_before_a_command_lists_every_command() -> None:
     assert command_of(["status", "x", "--json"]) == "status"
     assert command_of(["--help", "status"]) is None
     assert command_of([]) is None
-    shown = subprocess.run(
-        [sys.executable, "-m", "services.console.cli", "--help", "dlq"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    ).stdout
+    shown = pressroom("--help", "dlq", env={"COLUMNS": "200"}).stdout
     for command in COMMANDS:
         assert f" {command} " in shown, command

@@ -29,23 +29,21 @@ COMMANDS: dict[str, str] = {
     "dlq": "dlq",
     "pdf": "pdf",
     **dict.fromkeys(("worker", "up", "health", "backup", "restore", "bus", "config"), "stack"),
-    **dict.fromkeys(("request", "render", "fonts", "status", "ls", "get"), "requests"),
-    **dict.fromkeys(("deliver", "check"), "requests"),
+    **dict.fromkeys(
+        ("request", "render", "fonts", "status", "ls", "get", "deliver", "check"), "requests"
+    ),
     **dict.fromkeys(("stats", "slo", "alerts", "clean"), "reports"),
     "logs": "logs",
     **dict.fromkeys(("console", "audit"), "console"),
     "cancel": "cancel",
 }
-HELP = "Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint)."
 
 
 def build(modules: Iterable[str] | None = None) -> typer.Typer:
     """The `pressroom` command with the commands of `modules` (default: all of them)."""
-    app = typer.Typer(
-        help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
-    )
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-    @app.callback()
+    @app.callback()  # a group even when a call builds one module with one command
     def pressroom() -> None:
         """Pressroom: event-driven report pipeline (NATS JetStream · FastStream · WeasyPrint)."""
 

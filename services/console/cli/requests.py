@@ -19,6 +19,7 @@ from services.console.cli._common import (
     emit_json,
     err,
     fail,
+    library,
     load_data_file,
     on_bus,
     out,
@@ -155,10 +156,8 @@ def check_template(cfg: Settings, name: str) -> None:
     sees the templates folder; when it does not (a remote stack), the renderer decides."""
     if not cfg.templates_dir.is_dir():
         return
-    from services.renderer.templating import TemplateLibrary  # Jinja: start-up time elsewhere
-
     try:
-        TemplateLibrary(cfg.templates_dir).resolve(name)
+        library(cfg).resolve(name)
     except PressroomError as error:
         fail(f"{error.reason} in {cfg.templates_dir}; nothing was published")
 
