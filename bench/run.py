@@ -28,6 +28,7 @@ from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, document_spec, finish_for, make_job
 from services.renderer.job import RenderJob
 from services.renderer.pdf import render_job, resolved_document
+from services.renderer.pool import _worker_init
 from shared.adapters.ledger import KvLedger
 from shared.bus.names import LEDGER_BUCKET
 from shared.events import ReportRequested
@@ -129,7 +130,11 @@ def loop_round(
 
 
 def _bare_pool(processes: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
+    """Render processes as the renderer starts them (warm fonts, the tuned collector), with no
+    memory cap: the warm loop is Pressroom's render without the bus."""
+    return ProcessPoolExecutor(
+        processes, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(0, True)
+    )
 
 
 # ---- the naive loop: what a person writes by hand ----------------------------------------------

@@ -62,6 +62,7 @@ def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
         import weasyprint
 
         weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf(font_config=warm.shared_font_config())
+    warm.tune_collector()
 
 
 def _die_with_parent() -> None:

@@ -102,3 +102,31 @@ def test_a_templates_own_fonts_never_reach_another_template(tmp_path: Path) -> N
     assert any(name.startswith("House") for name in font_names(faces))
     assert not any(name.startswith("House") for name in font_names(plain_before))
     assert plain_after == plain_before
+
+
+def collector_state() -> tuple[int, int]:
+    import gc
+
+    return gc.get_threshold()[0], gc.get_freeze_count()
+
+
+def test_render_processes_run_with_the_collector_tuned_for_layout() -> None:
+    """What a render process has loaded after its warm-up is out of the collector's sight, and
+    young collections are rarer than CPython's default (warm.tune_collector)."""
+    import asyncio
+    import gc
+
+    from services.renderer.pool import CappedPool
+
+    async def state() -> tuple[int, int]:
+        pool = CappedPool(1, timeout=120)
+        try:
+            result: tuple[int, int] = await pool.run(collector_state, label="gc")
+            return result
+        finally:
+            await pool.close()
+
+    threshold, frozen = asyncio.run(state())
+    assert gc.get_threshold()[0] == 700  # this test process: CPython's default
+    assert threshold == warm.GC_YOUNG_THRESHOLD > 700
+    assert frozen > 10_000  # modules, fonts, the layout engine
