@@ -27,7 +27,7 @@ from bench.cluster import cluster_failover
 from bench.cluster import markdown as cluster_markdown
 from services.renderer.core import build_context, document_spec, finish_for, make_job
 from services.renderer.job import RenderJob
-from services.renderer.pdf import render_job, resolved_document
+from services.renderer.pdf import render_job
 from services.renderer.pool import _worker_init
 from shared.adapters.ledger import KvLedger
 from shared.bus.names import LEDGER_BUCKET
@@ -176,11 +176,7 @@ def _naive_render(args: tuple[dict[str, Any], dict[str, Any]]) -> float:
 
 def naive_options(settings: Settings, data: dict[str, Any]) -> dict[str, Any]:
     """`write_pdf`'s options for the PDF standard and tags the pipeline's renders resolve to."""
-    resolved = resolved_document(bare_job(settings, data, 0), "portfolio.html")
-    options: dict[str, Any] = {"pdf_tags": resolved.tagged}
-    if resolved.variant:
-        options["pdf_variant"] = resolved.variant
-    return options
+    return speed.pdf_options(bare_job(settings, data, 0))
 
 
 def _naive_pool(processes: int) -> ProcessPoolExecutor:
@@ -441,9 +437,10 @@ def markdown(result: dict[str, Any]) -> str:
         "standard and tags. Two references: the **naive loop** is what a person writes by hand "
         "— Jinja2, then `HTML(string=…).write_pdf()` with the same PDF standard and tags, per "
         "report, in the same number of processes (issue 34's reference: target pipeline / naive"
-        " ≥ 0.95); the **warm loop** is Pressroom's own render function (warm fonts, "
-        "stylesheets, template analysis) in a loop, so pipeline / warm is what the bus, ledger,"
-        " store and delivery cost, and nothing else.",
+        " ≥ 0.95); the **warm loop** is Pressroom's own render function in a loop, in render "
+        "processes as the renderer starts them (warm fonts, stylesheets, template analysis, the"
+        " tuned collector), so pipeline / warm is what the bus, ledger, store and delivery cost,"
+        " and nothing else.",
         "",
         "## Throughput (reports/second)",
         "",

@@ -33,7 +33,7 @@ SOAK_N = int(os.environ.get("BENCH_SOAK", "5000"))
 # A time limit for the soak (0: none): past it, the soak stops at its next sample and gives the
 # slope over the reports done (a shared machine may not fit 5,000 in the time there is).
 SOAK_SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "0"))
-WARM_N = int(os.environ.get("BENCH_WARM", "12"))
+WARM_N = int(os.environ.get("BENCH_WARM", "30"))
 WARM_ROUNDS = int(os.environ.get("BENCH_WARM_ROUNDS", "3"))
 
 
@@ -61,9 +61,22 @@ def _job(data: dict[str, Any]) -> RenderJob:
     return make_job(settings, "portfolio.html", build_context(request, data), ("pdf",))
 
 
+def pdf_options(job: RenderJob) -> dict[str, Any]:
+    """`write_pdf`'s options for the PDF standard and tags the job's render resolves to: a naive
+    loop asks WeasyPrint for the same PDF as Pressroom makes."""
+    from services.renderer.pdf import resolved_document
+
+    resolved = resolved_document(job, job.template)
+    options: dict[str, Any] = {"pdf_tags": resolved.tagged}
+    if resolved.variant:
+        options["pdf_variant"] = resolved.variant
+    return options
+
+
 def _naive(data: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """What a person writes by hand: Jinja2, then `HTML(string=…).write_pdf()`, per report
-    (the renderer's font configuration file, so both draw the same fonts)."""
+    (the renderer's font configuration file, so both draw the same fonts; the same PDF
+    standard and tags as the warm render's)."""
     import jinja2
     import weasyprint
 
@@ -81,11 +94,12 @@ def _naive(data: list[dict[str, Any]]) -> list[tuple[float, float]]:
 
     env.filters.update(TemplateLibrary(folder).env.filters)  # the templates' own filters
     env.globals.update(TemplateLibrary(folder).env.globals)
+    options = pdf_options(_job(data[0]))
     times = []
     for i, context in enumerate([data[0], *data]):
         started, cpu = time.perf_counter(), time.process_time()
         html = env.get_template("portfolio.html").render(_job(context).context)
-        weasyprint.HTML(string=html, base_url=f"{folder}/").write_pdf()
+        weasyprint.HTML(string=html, base_url=f"{folder}/").write_pdf(**options)
         if i:  # the first one loads imports and fonts
             times.append((time.perf_counter() - started, time.process_time() - cpu))
     return times
@@ -107,34 +121,40 @@ def _warm(data: list[dict[str, Any]]) -> list[tuple[float, float]]:
 
 
 def warm_vs_naive(n: int = WARM_N, rounds: int = WARM_ROUNDS) -> dict[str, Any]:
-    """Each in a fresh process, alternated round by round; medians per render."""
+    """Each in a fresh process, alternated round by round. The ratio is of the CPU per render
+    over the whole loop (its mean: what a loop of renders costs, the collector's pauses every
+    few renders included), per round; the medians per render are given beside it."""
     data = [distinct(params(12), i) for i in range(n)]
     walls: dict[str, list[float]] = {"naive": [], "warm": []}
     cpus: dict[str, list[float]] = {"naive": [], "warm": []}
-    ratios = []
+    ratios, ratios_p50 = [], []
     before = load()
     for _ in range(rounds):
-        medians = {}
+        means, medians = {}, {}
         for name, fn in (("naive", _naive), ("warm", _warm)):
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
                 times = pool.submit(fn, data).result()
             walls[name] += [t[0] for t in times]
             cpus[name] += [t[1] for t in times]
+            means[name] = statistics.fmean(t[1] for t in times)
             medians[name] = statistics.median(t[1] for t in times)
-        ratios.append(medians["naive"] / medians["warm"])
+        ratios.append(means["naive"] / means["warm"])
+        ratios_p50.append(medians["naive"] / medians["warm"])
     return {
         "renders": n,
         "rounds": rounds,
-        "naive": {
-            "wall_p50": statistics.median(walls["naive"]),
-            "cpu_p50": statistics.median(cpus["naive"]),
-        },
-        "warm": {
-            "wall_p50": statistics.median(walls["warm"]),
-            "cpu_p50": statistics.median(cpus["warm"]),
+        **{
+            name: {
+                "wall_p50": statistics.median(walls[name]),
+                "cpu_p50": statistics.median(cpus[name]),
+                "cpu_mean": statistics.fmean(cpus[name]),
+            }
+            for name in ("naive", "warm")
         },
         "cpu_ratio_per_round": ratios,
         "cpu_ratio": statistics.median(ratios),
+        "cpu_p50_ratio_per_round": ratios_p50,
+        "cpu_p50_ratio": statistics.median(ratios_p50),
         "wall_ratio": statistics.median(walls["naive"]) / statistics.median(walls["warm"]),
         "load": [before, load()],
     }
@@ -368,15 +388,22 @@ def markdown(
             "data per report. Load average before / after: "
             f"{warm['load'][0][0]:.1f} / {warm['load'][1][0]:.1f}.",
             "",
-            "| | wall p50 | CPU p50 |",
-            "|---|---|---|",
+            "| | wall p50 | CPU p50 | CPU per render over the loop (mean) |",
+            "|---|---|---|---|",
             *(
                 f"| {label} | {warm[key]['wall_p50'] * 1000:.0f} ms "
-                f"| {warm[key]['cpu_p50'] * 1000:.0f} ms |"
+                f"| {warm[key]['cpu_p50'] * 1000:.0f} ms "
+                f"| {warm[key].get('cpu_mean', 0.0) * 1000:.0f} ms |"
                 for key, label in (("naive", "naive loop"), ("warm", "warm render"))
             ),
-            f"| naive / warm | **{warm['wall_ratio']:.2f}×** | **{warm['cpu_ratio']:.2f}×** "
+            f"| naive / warm | {warm['wall_ratio']:.2f}× "
+            f"| {warm.get('cpu_p50_ratio', 0.0):.2f}× "
+            f"| **{warm['cpu_ratio']:.2f}×** "
             f"(rounds: {', '.join(f'{r:.2f}' for r in warm['cpu_ratio_per_round'])}) |",
+            "",
+            "Both make the same PDF (the template's standard and tags). The ratio is of the CPU "
+            "a loop of renders costs (the mean per render, per round: the collector's pauses "
+            "every few renders count), its median over the rounds.",
             "",
             "Target: ≥ 1.15× (a Pressroom render beats what a user would write by hand).",
         ]
