@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import heapq
 import os
 import resource
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from itertools import count
 from multiprocessing import get_context
@@ -43,6 +44,10 @@ def lane(priority: str) -> Iterator[None]:
         yield
     finally:
         _rank.reset(token)
+
+
+# A job at least this long is followed by a full collection in its process (CappedPool._call).
+COLLECT_AFTER_SECONDS = 1.0
 
 
 def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
@@ -202,11 +207,20 @@ class CappedPool:
         self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float
     ) -> Any:
         future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
+        started = time.monotonic()
         try:
             result = await asyncio.wait_for(future, timeout=timeout)
         except BrokenProcessPool:
             raise _Crashed(await asyncio.to_thread(worker.exit_reason)) from None
         worker.renders += 1
+        if time.monotonic() - started >= COLLECT_AFTER_SECONDS:
+            # A long render leaves its boxes in reference cycles (over a million for a 3,000-row
+            # table), which the tuned collector (warm.tune_collector) would free only well into
+            # the process's next render: their memory and the next render's together could
+            # reach the process's cap. They are freed now, while the process is idle; a job
+            # sent meanwhile waits behind it in the process's queue.
+            with suppress(Exception):  # best effort: a dead process shows at its next job
+                worker.executor.submit(gc.collect)
         return result
 
     async def _fresh(self, dead: _Worker) -> _Worker:

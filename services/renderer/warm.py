@@ -39,16 +39,18 @@ GC_YOUNG_THRESHOLD = 20_000
 
 
 def tune_collector() -> None:
-    """Once per render process, after its warm-up: what is loaded by then (modules, fonts, the
-    layout engine) is moved out of the collector's sight, and young collections run every
-    20,000 allocations instead of every 700.
+    """Once per render process, after its warm-up (if it has one): what is loaded by then
+    (modules, fonts, the layout engine) is moved out of the collector's sight, and young
+    collections run every 20,000 allocations instead of every 700.
 
     A layout allocates boxes by the hundred thousand and most of them live until the PDF is
     written, so at CPython's default the collector traverses them again and again: it took a
     third of a 3,000-row render (one piece: 11.7 s of CPU, 8.2 s tuned, 7.4 s with the
     collector off) and a tenth of a one-page render on average (165 → 146 ms; its full
     collections fall on every few renders). The collector still runs: a layout leaves over a
-    million objects in reference cycles, which only it frees (peak memory unchanged)."""
+    million objects in reference cycles, which only it frees. Full collections come rarer too,
+    so after a long job the pool collects in the idle process (pool.CappedPool._call) rather
+    than leave that garbage to the next render."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

@@ -104,29 +104,76 @@ def test_a_templates_own_fonts_never_reach_another_template(tmp_path: Path) -> N
     assert plain_after == plain_before
 
 
-def collector_state() -> tuple[int, int]:
+def collector_state() -> tuple[int, bool]:
     import gc
 
-    return gc.get_threshold()[0], gc.get_freeze_count()
+    from services.renderer import warm
+
+    fonts_seen = any(o is warm.shared_font_config() for o in gc.get_objects())
+    return gc.get_threshold()[0], fonts_seen
 
 
-def test_render_processes_run_with_the_collector_tuned_for_layout() -> None:
-    """What a render process has loaded after its warm-up is out of the collector's sight, and
-    young collections are rarer than CPython's default (warm.tune_collector)."""
+def leave_cycles(count: int, seconds: float) -> None:
+    """A job that leaves `count` objects in reference cycles behind, in the oldest generation,
+    as a layout leaves its boxes (they outlive many young collections while it runs)."""
+    import gc
+    import time
+
+    kept = []
+    for _ in range(count // 2):
+        a: list[Any] = []
+        b = [a]
+        a.append(b)
+        kept.append(a)
+    gc.collect(1)  # what survives the young generations moves to the oldest
+    time.sleep(seconds)
+
+
+def tracked_objects() -> int:
+    import gc
+
+    return len(gc.get_objects())
+
+
+def in_render_process(*calls: tuple[Any, ...]) -> list[Any]:
+    """Each `(fn, *args)` in turn in the same render process of a CappedPool."""
     import asyncio
-    import gc
 
     from services.renderer.pool import CappedPool
 
-    async def state() -> tuple[int, int]:
+    async def run() -> list[Any]:
         pool = CappedPool(1, timeout=120)
         try:
-            result: tuple[int, int] = await pool.run(collector_state, label="gc")
-            return result
+            return [await pool.run(fn, *args, label="gc") for fn, *args in calls]
         finally:
             await pool.close()
 
-    threshold, frozen = asyncio.run(state())
-    assert gc.get_threshold()[0] == 700  # this test process: CPython's default
-    assert threshold == warm.GC_YOUNG_THRESHOLD > 700
-    assert frozen > 10_000  # modules, fonts, the layout engine
+    return asyncio.run(run())
+
+
+def test_render_processes_run_with_the_collector_tuned_for_layout() -> None:
+    """Young collections are rarer than CPython's default, and what a render process loaded in
+    its warm-up (the shared font configuration among it) is out of the collector's sight
+    (warm.tune_collector)."""
+    import gc
+
+    [(threshold, fonts_seen)] = in_render_process((collector_state,))
+    assert threshold == warm.GC_YOUNG_THRESHOLD != gc.get_threshold()[0]
+    assert not fonts_seen  # frozen after the warm-up, not before it
+
+
+def test_a_long_job_leaves_no_garbage_for_the_next_one() -> None:
+    """After a long job the pool collects in the idle process; after a short one the tuned
+    collector leaves the garbage where it is (so this test sees the difference)."""
+    from services.renderer.pool import COLLECT_AFTER_SECONDS
+
+    cycles = 200_000
+    # The first call imports this module in the render process (which may take long itself).
+    before, _, after_short = in_render_process(
+        (tracked_objects,), (leave_cycles, cycles, 0.0), (tracked_objects,)
+    )
+    assert after_short - before > cycles / 2
+    before, _, after_long = in_render_process(
+        (tracked_objects,), (leave_cycles, cycles, COLLECT_AFTER_SECONDS), (tracked_objects,)
+    )
+    assert after_long - before < cycles / 10
