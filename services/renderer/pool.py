@@ -101,6 +101,13 @@ class _Worker:
         self.successor: _Worker | None = None  # a warm replacement, waiting to take over
         self.replacing = False
         self.stopped = False
+        self.owes_collect = False  # a long chunk left garbage: collect after the split's merge
+
+    def collect(self) -> None:
+        """A full collection in the process, queued before its next job (see _call)."""
+        self.owes_collect = False
+        with suppress(Exception):  # best effort: a dead process shows at its next job
+            self.executor.submit(gc.collect)
 
     def alive(self) -> bool:
         return not self.stopped and self.process.is_alive()
@@ -204,7 +211,13 @@ class CappedPool:
         return sorted(w.pid for w in self._all)
 
     async def _call(
-        self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float
+        self,
+        worker: _Worker,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float,
+        *,
+        group: bool = False,
     ) -> Any:
         future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
         started = time.monotonic()
@@ -217,11 +230,18 @@ class CappedPool:
             # A long render leaves its boxes in reference cycles (over a million for a 3,000-row
             # table), which the tuned collector (warm.tune_collector) would free only well into
             # the process's next render: their memory and the next render's together could
-            # reach the process's cap. They are freed now, while the process is idle; a job
-            # sent meanwhile waits behind it in the process's queue.
-            with suppress(Exception):  # best effort: a dead process shows at its next job
-                worker.executor.submit(gc.collect)
+            # reach the process's cap. They are freed while the process is idle (a job sent
+            # meanwhile waits behind it in the process's queue) — for a split's chunks, once
+            # the merge that follows them is done (_collect_owed), not before it.
+            worker.owes_collect = True
+        if worker.owes_collect and not group:
+            worker.collect()
         return result
+
+    def _collect_owed(self) -> None:
+        for worker in self._idle:
+            if worker.owes_collect:
+                worker.collect()
 
     async def _fresh(self, dead: _Worker) -> _Worker:
         """A new process in place of one that died or was killed."""
@@ -274,6 +294,7 @@ class CappedPool:
                             ) from None
             finally:
                 self._give_back(worker)
+                self._collect_owed()  # a split's chunk processes, after its merge
 
     async def run_group(
         self,
@@ -291,7 +312,7 @@ class CappedPool:
             try:
                 group = [w if w.alive() else await self._fresh(w) for w in group]
                 tasks = [
-                    asyncio.ensure_future(self._call(w, fn, (job,), timeout()))
+                    asyncio.ensure_future(self._call(w, fn, (job,), timeout(), group=True))
                     for w, job in zip(group, jobs, strict=True)
                 ]
                 pending: set[asyncio.Future[Any]] = set(tasks)
@@ -325,6 +346,7 @@ class CappedPool:
                     self._give_back(worker)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            self._collect_owed()  # no merge follows
             raise min(errors, key=_group_error_rank)
         return results
 

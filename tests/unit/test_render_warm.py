@@ -177,3 +177,38 @@ def test_a_long_job_leaves_no_garbage_for_the_next_one() -> None:
         (tracked_objects,), (leave_cycles, cycles, COLLECT_AFTER_SECONDS), (tracked_objects,)
     )
     assert after_long - before < cycles / 10
+
+
+def leave_cycles_in_chunk(job: tuple[int, float]) -> None:
+    leave_cycles(*job)
+
+
+def tracked_in_chunk(_: object) -> int:
+    return tracked_objects()
+
+
+def test_a_splits_chunks_are_collected_after_its_merge_not_before() -> None:
+    """Long chunks of a split render: their processes collect once the merge that follows has
+    run (it does not wait behind a collection), and then they hold no garbage."""
+    import asyncio
+
+    from services.renderer.pool import COLLECT_AFTER_SECONDS, CappedPool
+
+    cycles = 200_000
+
+    async def split_like() -> tuple[list[int], int, list[int]]:
+        pool = CappedPool(2, timeout=120)
+        try:
+            group = {"label": "gc", "timeout": lambda: 120.0}
+            before = await pool.run_group(tracked_in_chunk, [0, 1], **group)
+            chunk = (cycles, COLLECT_AFTER_SECONDS)
+            await pool.run_group(leave_cycles_in_chunk, [chunk, chunk], **group)
+            merge = await pool.run(tracked_objects, label="gc")  # as a split's merge
+            after = await pool.run_group(tracked_in_chunk, [0, 1], **group)
+            return before, merge, after
+        finally:
+            await pool.close()
+
+    before, merge, after = asyncio.run(split_like())
+    assert merge - max(before) > cycles / 2  # the merge ran before any collection
+    assert all(a - b < cycles / 10 for a, b in zip(sorted(after), sorted(before), strict=True))
