@@ -48,6 +48,12 @@ def lane(priority: str) -> Iterator[None]:
 
 # A job at least this long is followed by a full collection in its process (CappedPool._call).
 COLLECT_AFTER_SECONDS = 1.0
+OWN = object()  # Worker.owes_collect: for no split's merge
+
+
+def _collect_failed(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("render process failed while collecting", error=str(future.exception()))
 
 
 def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
@@ -101,13 +107,17 @@ class _Worker:
         self.successor: _Worker | None = None  # a warm replacement, waiting to take over
         self.replacing = False
         self.stopped = False
-        self.owes_collect = False  # a long chunk left garbage: collect after the split's merge
+        # A long job left garbage here (see CappedPool._call): the token of the split whose
+        # merge may still use the process first, or OWN (collect before any other job).
+        self.owes_collect: object | None = None
 
     def collect(self) -> None:
         """A full collection in the process, queued before its next job (see _call)."""
-        self.owes_collect = False
-        with suppress(Exception):  # best effort: a dead process shows at its next job
-            self.executor.submit(gc.collect)
+        self.owes_collect = None
+        if self.stopped or self.successor is not None:
+            return  # about to be retired: its garbage goes with it
+        with suppress(RuntimeError, BrokenProcessPool):  # shut down, or dead: shows at its next job
+            self.executor.submit(gc.collect).add_done_callback(_collect_failed)
 
     def alive(self) -> bool:
         return not self.stopped and self.process.is_alive()
@@ -157,8 +167,11 @@ class CappedPool:
         warm: bool = True,
         max_renders: int = 0,
         max_rss_mb: int = 0,
+        collect_after: float | None = COLLECT_AFTER_SECONDS,
     ) -> None:
         self.workers = workers
+        # None: no collection after long jobs (a one-off CLI pool: its processes exit next).
+        self.collect_after = collect_after
         self.memory_mb = memory_mb
         self.timeout = timeout
         self.warm = warm
@@ -217,30 +230,51 @@ class CappedPool:
         args: tuple[Any, ...],
         timeout: float,
         *,
-        group: bool = False,
+        group: object | None = None,
     ) -> Any:
-        future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
         started = time.monotonic()
+        future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
         try:
             result = await asyncio.wait_for(future, timeout=timeout)
         except BrokenProcessPool:
             raise _Crashed(await asyncio.to_thread(worker.exit_reason)) from None
+        except (TimeoutError, asyncio.CancelledError):
+            raise  # the process is replaced or killed
+        except BaseException:
+            self._after(worker, started, group)  # the job failed; its process lives on
+            raise
         worker.renders += 1
-        if time.monotonic() - started >= COLLECT_AFTER_SECONDS:
-            # A long render leaves its boxes in reference cycles (over a million for a 3,000-row
-            # table), which the tuned collector (warm.tune_collector) would free only well into
-            # the process's next render: their memory and the next render's together could
-            # reach the process's cap. They are freed while the process is idle (a job sent
-            # meanwhile waits behind it in the process's queue) — for a split's chunks, once
-            # the merge that follows them is done (_collect_owed), not before it.
-            worker.owes_collect = True
-        if worker.owes_collect and not group:
-            worker.collect()
+        self._after(worker, started, group)
         return result
 
-    def _collect_owed(self) -> None:
+    def _after(self, worker: _Worker, started: float, group: object | None) -> None:
+        """A long render leaves its boxes in reference cycles (over a million for a 3,000-row
+        table), which the tuned collector (warm.tune_collector) would free only well into the
+        process's next render: their memory and the next render's together could reach the
+        process's cap. They are freed while the process is idle (a job sent meanwhile waits
+        behind it in the process's queue) — for a split's chunks, after the merge that follows
+        them (`run(after=group)`), or before any other job given their process (_take)."""
+        if self.collect_after is None or time.monotonic() - started < self.collect_after:
+            return
+        if group is None:
+            worker.collect()
+        else:
+            worker.owes_collect = group
+
+    def _take(self, after: object | None = None) -> _Worker:
+        """An idle worker for a job: one of split `after`'s own (its merge), if one is idle; a
+        worker that owes a collection gets it queued before the job."""
+        mine = [w for w in self._idle if after is not None and w.owes_collect is after]
+        worker = mine[-1] if mine else self._idle[-1]
+        self._idle.remove(worker)
+        if worker.owes_collect is not None and worker.owes_collect is not after:
+            worker.collect()
+        return worker
+
+    def _settle(self, group: object) -> None:
+        """The collections split `group`'s idle processes still owe (its merge is done)."""
         for worker in self._idle:
-            if worker.owes_collect:
+            if worker.owes_collect is group:
                 worker.collect()
 
     async def _fresh(self, dead: _Worker) -> _Worker:
@@ -253,13 +287,20 @@ class CappedPool:
         return await self._spawn()
 
     async def run(
-        self, fn: Callable[..., Any], *args: Any, label: str, timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        label: str,
+        timeout: float | None = None,
+        after: object | None = None,
     ) -> Any:
         """`fn(*args)` in a capped process: a timeout kills and replaces the process; a process
-        that dies is replaced and `fn` tried once more, then the report fails."""
+        that dies is replaced and `fn` tried once more, then the report fails. `after`: the
+        token of the split (run_group) whose merge this is: it may use the split's processes
+        before they collect."""
         await self.start()
         async with self._slots.hold(1):
-            worker = self._idle.pop()
+            worker = self._take(after)
             try:
                 crashes = 0
                 while True:
@@ -294,7 +335,8 @@ class CappedPool:
                             ) from None
             finally:
                 self._give_back(worker)
-                self._collect_owed()  # a split's chunk processes, after its merge
+                if after is not None:
+                    self._settle(after)
 
     async def run_group(
         self,
@@ -303,16 +345,17 @@ class CappedPool:
         *,
         label: str,
         timeout: Callable[[], float],
+        token: object | None = None,
     ) -> list[Any]:
         """`fn(job)` for every job at once, each in its own process (all wait for a free
         process first); one error fails the group: the error of the lowest job, as raised."""
         await self.start()
         async with self._slots.hold(len(jobs)):
-            group = [self._idle.pop() for _ in jobs]
+            group = [self._take() for _ in jobs]
             try:
                 group = [w if w.alive() else await self._fresh(w) for w in group]
                 tasks = [
-                    asyncio.ensure_future(self._call(w, fn, (job,), timeout(), group=True))
+                    asyncio.ensure_future(self._call(w, fn, (job,), timeout(), group=token))
                     for w, job in zip(group, jobs, strict=True)
                 ]
                 pending: set[asyncio.Future[Any]] = set(tasks)
@@ -346,7 +389,8 @@ class CappedPool:
                     self._give_back(worker)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            self._collect_owed()  # no merge follows
+            if token is not None:
+                self._settle(token)  # no merge follows
             raise min(errors, key=_group_error_rank)
         return results
 
@@ -463,7 +507,11 @@ def run_capped(fn: Callable[..., Any], *args: Any, label: str, settings: Any) ->
 
     async def once() -> Any:
         pool = CappedPool(
-            1, memory_mb=settings.render_memory_mb, timeout=settings.render_timeout, warm=False
+            1,
+            memory_mb=settings.render_memory_mb,
+            timeout=settings.render_timeout,
+            warm=False,
+            collect_after=None,  # the process exits after this one job
         )
         try:
             return await pool.run(fn, *args, label=label)

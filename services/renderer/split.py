@@ -221,13 +221,20 @@ async def _render_split(
         laid_out = time.perf_counter()
         deadline = time.time() + remaining()
         jobs = [replace(chunk, rendezvous=folder, deadline=deadline) for chunk in plan.chunks]
+        token = object()  # the merge may use the chunks' processes before they collect
         results: list[ChunkResult] = await pool.run_group(
-            _layout_chunk, jobs, label=job.template, timeout=remaining
+            _layout_chunk, jobs, label=job.template, timeout=remaining, token=token
         )
         merging = time.perf_counter()
         document = (plan.resolved, job.document, plan.name, plan.template_version)
         pdf, pages = await pool.run(
-            merge_and_finish, results, document, job.finish, label=job.template, timeout=remaining()
+            merge_and_finish,
+            results,
+            document,
+            job.finish,
+            label=job.template,
+            timeout=remaining(),
+            after=token,
         )
         pdf_seconds = time.perf_counter() - laid_out
         merge_seconds = time.perf_counter() - merging
@@ -273,6 +280,7 @@ def render_capped(job: RenderJob, settings: Any) -> RenderOutput:
             timeout=settings.render_timeout,
             # Several processes warm up side by side, while one would do it during the render.
             warm=workers > 1,
+            collect_after=None,  # the processes exit after this one render
         )
         try:
             return await render(pool, job)

@@ -3,6 +3,7 @@ draw exactly the PDF a fresh render draws, and one template's @font-face fonts s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -135,14 +136,14 @@ def tracked_objects() -> int:
     return len(gc.get_objects())
 
 
-def in_render_process(*calls: tuple[Any, ...]) -> list[Any]:
+def in_render_process(*calls: tuple[Any, ...], collect_after: float | None = None) -> list[Any]:
     """Each `(fn, *args)` in turn in the same render process of a CappedPool."""
     import asyncio
 
     from services.renderer.pool import CappedPool
 
     async def run() -> list[Any]:
-        pool = CappedPool(1, timeout=120)
+        pool = CappedPool(1, timeout=120, collect_after=collect_after)
         try:
             return [await pool.run(fn, *args, label="gc") for fn, *args in calls]
         finally:
@@ -164,17 +165,16 @@ def test_render_processes_run_with_the_collector_tuned_for_layout() -> None:
 
 def test_a_long_job_leaves_no_garbage_for_the_next_one() -> None:
     """After a long job the pool collects in the idle process; after a short one the tuned
-    collector leaves the garbage where it is (so this test sees the difference)."""
-    from services.renderer.pool import COLLECT_AFTER_SECONDS
-
+    collector leaves the garbage where it is (so this test sees the difference). Jobs sleep
+    twice the pool's limit to be long, and stay far below it to be short."""
     cycles = 200_000
-    # The first call imports this module in the render process (which may take long itself).
+    # The first call imports this module in the render process.
     before, _, after_short = in_render_process(
-        (tracked_objects,), (leave_cycles, cycles, 0.0), (tracked_objects,)
+        (tracked_objects,), (leave_cycles, cycles, 0.0), (tracked_objects,), collect_after=60.0
     )
     assert after_short - before > cycles / 2
     before, _, after_long = in_render_process(
-        (tracked_objects,), (leave_cycles, cycles, COLLECT_AFTER_SECONDS), (tracked_objects,)
+        (tracked_objects,), (leave_cycles, cycles, 1.0), (tracked_objects,), collect_after=0.5
     )
     assert after_long - before < cycles / 10
 
@@ -183,32 +183,75 @@ def leave_cycles_in_chunk(job: tuple[int, float]) -> None:
     leave_cycles(*job)
 
 
+def leave_cycles_and_fail(job: tuple[int, float]) -> None:
+    leave_cycles(*job)
+    raise ValueError("this chunk cannot be laid out")
+
+
 def tracked_in_chunk(_: object) -> int:
     return tracked_objects()
+
+
+def split_like(*steps: str) -> dict[str, Any]:
+    """A pool of two processes (collecting after jobs of 0.5 s) through `steps`: "chunks" (two
+    long chunks of one split), "failed" (the same, failing), "other" (another report's job),
+    "merge" (the split's merge); "before" and "after" count each process's objects."""
+    import asyncio
+
+    from services.renderer.pool import CappedPool
+
+    cycles = 200_000
+    seen: dict[str, Any] = {}
+
+    async def run() -> None:
+        pool = CappedPool(2, timeout=120, collect_after=0.5)
+        token = object()
+        group: dict[str, Any] = {"label": "gc", "timeout": lambda: 120.0}
+        chunk = (cycles, 1.0)
+        try:
+            for step in steps:
+                if step in ("before", "after"):
+                    seen[step] = sorted(await pool.run_group(tracked_in_chunk, [0, 1], **group))
+                elif step == "chunks":
+                    jobs = [chunk, chunk]
+                    await pool.run_group(leave_cycles_in_chunk, jobs, token=token, **group)
+                elif step == "failed":
+                    with contextlib.suppress(ValueError):
+                        await pool.run_group(
+                            leave_cycles_and_fail, [chunk, chunk], token=token, **group
+                        )
+                elif step == "other":
+                    seen["other"] = await pool.run(tracked_objects, label="gc")
+                elif step == "merge":
+                    seen["merge"] = await pool.run(tracked_objects, label="gc", after=token)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    seen["cycles"] = cycles
+    return seen
 
 
 def test_a_splits_chunks_are_collected_after_its_merge_not_before() -> None:
     """Long chunks of a split render: their processes collect once the merge that follows has
     run (it does not wait behind a collection), and then they hold no garbage."""
-    import asyncio
+    seen = split_like("before", "chunks", "merge", "after")
+    base, cycles = max(seen["before"]), seen["cycles"]
+    assert seen["merge"] - base > cycles / 2  # the merge ran before any collection
+    assert all(a - b < cycles / 10 for a, b in zip(seen["after"], seen["before"], strict=True))
 
-    from services.renderer.pool import COLLECT_AFTER_SECONDS, CappedPool
 
-    cycles = 200_000
+def test_a_report_let_in_between_a_split_and_its_merge_gets_a_collected_process() -> None:
+    seen = split_like("before", "chunks", "other", "merge", "after")
+    base, cycles = max(seen["before"]), seen["cycles"]
+    assert seen["other"] - base < cycles / 10  # collected before it
+    assert seen["merge"] - base > cycles / 2  # the merge took the split's other process
+    assert all(a - b < cycles / 10 for a, b in zip(seen["after"], seen["before"], strict=True))
 
-    async def split_like() -> tuple[list[int], int, list[int]]:
-        pool = CappedPool(2, timeout=120)
-        try:
-            group = {"label": "gc", "timeout": lambda: 120.0}
-            before = await pool.run_group(tracked_in_chunk, [0, 1], **group)
-            chunk = (cycles, COLLECT_AFTER_SECONDS)
-            await pool.run_group(leave_cycles_in_chunk, [chunk, chunk], **group)
-            merge = await pool.run(tracked_objects, label="gc")  # as a split's merge
-            after = await pool.run_group(tracked_in_chunk, [0, 1], **group)
-            return before, merge, after
-        finally:
-            await pool.close()
 
-    before, merge, after = asyncio.run(split_like())
-    assert merge - max(before) > cycles / 2  # the merge ran before any collection
-    assert all(a - b < cycles / 10 for a, b in zip(sorted(after), sorted(before), strict=True))
+def test_failed_long_chunks_leave_no_garbage_for_the_next_job() -> None:
+    """A split that fails (then rendered in one piece) does not render on its chunks' garbage."""
+    seen = split_like("before", "failed", "other", "after")
+    base, cycles = max(seen["before"]), seen["cycles"]
+    assert seen["other"] - base < cycles / 10
+    assert all(a - b < cycles / 10 for a, b in zip(seen["after"], seen["before"], strict=True))
