@@ -48,7 +48,6 @@ def lane(priority: str) -> Iterator[None]:
 
 # A job at least this long is followed by a full collection in its process (CappedPool._call).
 COLLECT_AFTER_SECONDS = 1.0
-OWN = object()  # Worker.owes_collect: for no split's merge
 
 
 def _collect_failed(future: Any) -> None:
@@ -107,8 +106,8 @@ class _Worker:
         self.successor: _Worker | None = None  # a warm replacement, waiting to take over
         self.replacing = False
         self.stopped = False
-        # A long job left garbage here (see CappedPool._call): the token of the split whose
-        # merge may still use the process first, or OWN (collect before any other job).
+        # A split's long chunk left garbage here (see CappedPool._after): the split's token; its
+        # merge may use the process first, any other job gets the collection before it.
         self.owes_collect: object | None = None
 
     def collect(self) -> None:
