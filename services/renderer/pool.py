@@ -229,7 +229,7 @@ class CappedPool:
         args: tuple[Any, ...],
         timeout: float,
         *,
-        group: object | None = None,
+        split: object | None = None,
     ) -> Any:
         started = time.monotonic()
         future = asyncio.get_running_loop().run_in_executor(worker.executor, fn, *args)
@@ -240,40 +240,40 @@ class CappedPool:
         except (TimeoutError, asyncio.CancelledError):
             raise  # the process is replaced or killed
         except BaseException:
-            self._after(worker, started, group)  # the job failed; its process lives on
+            self._after(worker, started, split)  # the job failed; its process lives on
             raise
         worker.renders += 1
-        self._after(worker, started, group)
+        self._after(worker, started, split)
         return result
 
-    def _after(self, worker: _Worker, started: float, group: object | None) -> None:
+    def _after(self, worker: _Worker, started: float, split: object | None) -> None:
         """A long render leaves its boxes in reference cycles (over a million for a 3,000-row
         table), which the tuned collector (warm.tune_collector) would free only well into the
         process's next render: their memory and the next render's together could reach the
         process's cap. They are freed while the process is idle (a job sent meanwhile waits
         behind it in the process's queue) — for a split's chunks, after the merge that follows
-        them (`run(after=group)`), or before any other job given their process (_take)."""
+        them (`run(merge_of=split)`), or before any other job given their process (_take)."""
         if self.collect_after is None or time.monotonic() - started < self.collect_after:
             return
-        if group is None:
+        if split is None:
             worker.collect()
         else:
-            worker.owes_collect = group
+            worker.owes_collect = split
 
-    def _take(self, after: object | None = None) -> _Worker:
-        """An idle worker for a job: one of split `after`'s own (its merge), if one is idle; a
+    def _take(self, merge_of: object | None = None) -> _Worker:
+        """An idle worker for a job: one of split `merge_of`'s own (its merge), if one is idle; a
         worker that owes a collection gets it queued before the job."""
-        mine = [w for w in self._idle if after is not None and w.owes_collect is after]
+        mine = [w for w in self._idle if merge_of is not None and w.owes_collect is merge_of]
         worker = mine[-1] if mine else self._idle[-1]
         self._idle.remove(worker)
-        if worker.owes_collect is not None and worker.owes_collect is not after:
+        if worker.owes_collect is not None and worker.owes_collect is not merge_of:
             worker.collect()
         return worker
 
-    def _settle(self, group: object) -> None:
-        """The collections split `group`'s idle processes still owe (its merge is done)."""
+    def _settle(self, split: object) -> None:
+        """The collections split `split`'s idle processes still owe (its merge is done)."""
         for worker in self._idle:
-            if worker.owes_collect is group:
+            if worker.owes_collect is split:
                 worker.collect()
 
     async def _fresh(self, dead: _Worker) -> _Worker:
@@ -291,15 +291,15 @@ class CappedPool:
         *args: Any,
         label: str,
         timeout: float | None = None,
-        after: object | None = None,
+        merge_of: object | None = None,
     ) -> Any:
         """`fn(*args)` in a capped process: a timeout kills and replaces the process; a process
-        that dies is replaced and `fn` tried once more, then the report fails. `after`: the
-        token of the split (run_group) whose merge this is: it may use the split's processes
-        before they collect."""
+        that dies is replaced and `fn` tried once more, then the report fails. `merge_of`:
+        the split (the token given to run_group) whose merge this is: it may use the split's
+        processes before they collect."""
         await self.start()
         async with self._slots.hold(1):
-            worker = self._take(after)
+            worker = self._take(merge_of)
             try:
                 crashes = 0
                 while True:
@@ -334,8 +334,8 @@ class CappedPool:
                             ) from None
             finally:
                 self._give_back(worker)
-                if after is not None:
-                    self._settle(after)
+                if merge_of is not None:
+                    self._settle(merge_of)
 
     async def run_group(
         self,
@@ -344,17 +344,18 @@ class CappedPool:
         *,
         label: str,
         timeout: Callable[[], float],
-        token: object | None = None,
+        split: object | None = None,
     ) -> list[Any]:
         """`fn(job)` for every job at once, each in its own process (all wait for a free
-        process first); one error fails the group: the error of the lowest job, as raised."""
+        process first); one error fails the group: the error of the lowest job, as raised.
+        `split`: a token for the split these jobs are the chunks of (see `run`'s `merge_of`)."""
         await self.start()
         async with self._slots.hold(len(jobs)):
             group = [self._take() for _ in jobs]
             try:
                 group = [w if w.alive() else await self._fresh(w) for w in group]
                 tasks = [
-                    asyncio.ensure_future(self._call(w, fn, (job,), timeout(), group=token))
+                    asyncio.ensure_future(self._call(w, fn, (job,), timeout(), split=split))
                     for w, job in zip(group, jobs, strict=True)
                 ]
                 pending: set[asyncio.Future[Any]] = set(tasks)
@@ -388,8 +389,8 @@ class CappedPool:
                     self._give_back(worker)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            if token is not None:
-                self._settle(token)  # no merge follows
+            if split is not None:
+                self._settle(split)  # no merge follows
             raise min(errors, key=_group_error_rank)
         return results
 

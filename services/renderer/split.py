@@ -223,7 +223,7 @@ async def _render_split(
         jobs = [replace(chunk, rendezvous=folder, deadline=deadline) for chunk in plan.chunks]
         token = object()  # the merge may use the chunks' processes before they collect
         results: list[ChunkResult] = await pool.run_group(
-            _layout_chunk, jobs, label=job.template, timeout=remaining, token=token
+            _layout_chunk, jobs, label=job.template, timeout=remaining, split=token
         )
         merging = time.perf_counter()
         document = (plan.resolved, job.document, plan.name, plan.template_version)
@@ -234,7 +234,7 @@ async def _render_split(
             job.finish,
             label=job.template,
             timeout=remaining(),
-            after=token,
+            merge_of=token,
         )
         pdf_seconds = time.perf_counter() - laid_out
         merge_seconds = time.perf_counter() - merging

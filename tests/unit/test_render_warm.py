@@ -214,16 +214,16 @@ def split_like(*steps: str) -> dict[str, Any]:
                     seen[step] = sorted(await pool.run_group(tracked_in_chunk, [0, 1], **group))
                 elif step == "chunks":
                     jobs = [chunk, chunk]
-                    await pool.run_group(leave_cycles_in_chunk, jobs, token=token, **group)
+                    await pool.run_group(leave_cycles_in_chunk, jobs, split=token, **group)
                 elif step == "failed":
                     with contextlib.suppress(ValueError):
                         await pool.run_group(
-                            leave_cycles_and_fail, [chunk, chunk], token=token, **group
+                            leave_cycles_and_fail, [chunk, chunk], split=token, **group
                         )
                 elif step == "other":
                     seen["other"] = await pool.run(tracked_objects, label="gc")
                 elif step == "merge":
-                    seen["merge"] = await pool.run(tracked_objects, label="gc", after=token)
+                    seen["merge"] = await pool.run(tracked_objects, label="gc", merge_of=token)
         finally:
             await pool.close()
 
