@@ -193,10 +193,13 @@ def new_request_id(*, received: datetime | None = None, stream_seq: int | None =
     return f"req-{uuid.uuid4().hex[:16]}"
 
 
+# Every model here says `defer_build=True`: pydantic builds its validator when it is first used,
+# not when this module is imported (45 ms of every `pressroom` command's start, most of which
+# validate no event).
 class Event(BaseModel):
     """Base of every bus payload: frozen, versioned, tolerant of fields added by newer producers."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     schema_version: int = Field(
         default=SCHEMA_VERSION, description="Version of this payload's schema."
@@ -206,7 +209,7 @@ class Event(BaseModel):
 class Source(BaseModel):
     """One data source the fetcher gathers; its result reaches the template under `name`."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", defer_build=True)
 
     name: str = Field(description="Name the template sees the result under.", pattern=r"^\w+$")
     kind: str = Field(
@@ -229,7 +232,7 @@ class Source(BaseModel):
 class Delivery(BaseModel):
     """One place the distributor delivers the artefacts to; extra keys depend on the channel."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", defer_build=True)
 
     channel: Channel = Field(description="file, email, s3 or webhook.")
 
@@ -237,7 +240,7 @@ class Delivery(BaseModel):
 class Burst(BaseModel):
     """One request, one report per item of a list in the fetched data (each its own child)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     over: str = Field(
         description="Dotted path to a list in the fetched data (e.g. `accounts.items`).",
@@ -267,7 +270,7 @@ class PdfMetadata(BaseModel):
     """Document properties a request (or a schedule, or a template) may set; the title comes
     from the template's <title>, the dates from the request."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     author: str | None = Field(
         default=None, max_length=200, description="Author (default PRESSROOM_PDF_AUTHOR)."
@@ -295,7 +298,11 @@ class PdfPermissions(BaseModel):
     """What a reader of a password-protected PDF may do (without the owner password)."""
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        serialize_by_alias=True,
+        defer_build=True,
     )
 
     print: bool = Field(default=True, description="Print the document (high resolution).")
@@ -311,7 +318,7 @@ class PdfOptions(BaseModel):
     included — is the request's choice. A request may add protection, never remove what the
     operator imposes."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     variant: PdfVariant | None = Field(
         default=None,
@@ -660,7 +667,7 @@ class RunSkipped(_CarriesRequest):
 class Artefact(BaseModel):
     """A rendered file in the artefact store: referenced by key, never carried on the bus."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     format: Format
     name: str | None = Field(
@@ -696,7 +703,7 @@ class ReportRendered(_CarriesRequest):
 class ChannelResult(BaseModel):
     """What happened on one delivery channel."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     channel: Channel
     ok: bool
@@ -817,7 +824,7 @@ def claimed_requester(subject: str, body: bytes) -> str | None:
 class DeadLetter(BaseModel):
     """The envelope published on `dlq.<subject>`: enough to understand and to replay."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     subject: str = Field(description="Original subject; replay publishes back to it.")
     payload: str = Field(

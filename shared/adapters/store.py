@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from nats.js import api
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.nuid import NUID
-from urllib3.exceptions import HTTPError
 
 from shared.aio import all_settled
 from shared.bus.names import OBJECT_BUCKET
@@ -369,6 +368,7 @@ class S3Artefacts:
         """Run a blocking minio call in a thread; `key` names the object in error reasons."""
         # Imported here: only with the S3 store (start-up time).
         from minio.error import S3Error
+        from urllib3.exceptions import HTTPError
 
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]

@@ -18,12 +18,13 @@ import os
 from collections.abc import Awaitable, Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from shared.observe.exposition import PrometheusReader
+if TYPE_CHECKING:
+    from shared.observe.exposition import PrometheusReader
 
 REQUEST_ID = "pressroom.request_id"
 SYSTEM = "nats"
@@ -67,6 +68,11 @@ def setup_telemetry(service: str) -> tuple[Any, Any]:
 def prometheus_reader() -> PrometheusReader | None:
     """The reader behind this process's /metrics, once `setup_telemetry` ran."""
     reader = _configured.get("prometheus")
+    if reader is None:
+        return None
+    # Imported here: the metrics SDK loads only in a process that set telemetry up (start-up).
+    from shared.observe.exposition import PrometheusReader
+
     return reader if isinstance(reader, PrometheusReader) else None
 
 
@@ -113,6 +119,8 @@ def _metrics(exporting: bool) -> Any:
         PeriodicExportingMetricReader,
     )
     from opentelemetry.sdk.resources import Resource
+
+    from shared.observe.exposition import PrometheusReader
 
     pull = PrometheusReader()
     readers: list[MetricReader] = [pull]

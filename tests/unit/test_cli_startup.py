@@ -59,8 +59,31 @@ def test_a_bus_command_does_not_import_the_console_the_services_or_the_renderer(
         "jinja2",
         "services.renderer.core",
         "services.fetcher.app",
+        "aiohttp",  # nats-py's WebSocket transport (shared/startup.py)
+        "urllib3",  # the S3 store's client
+        "opentelemetry.sdk.metrics",  # a service's /metrics
     }
     assert not heavy & loaded, heavy & loaded
+
+
+def test_nats_still_finds_aiohttp_for_a_websocket_url() -> None:
+    probe = (
+        "import sys, shared, nats.aio.transport as transport\n"
+        "assert 'aiohttp' not in sys.modules\n"
+        "session = transport.aiohttp.ClientSession\n"  # what the WebSocket transport calls
+        "import aiohttp\n"
+        "assert session is aiohttp.ClientSession\n"
+        "print('found')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.stdout.strip() == "found", done.stderr
 
 
 def test_no_arguments_shows_the_help_without_an_empty_error_line() -> None:
