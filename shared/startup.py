@@ -21,7 +21,8 @@ def defer_aiohttp() -> None:
     """nats-py imports aiohttp when it is imported, for its WebSocket transport (`ws://` URLs):
     0.15 s of every process's start-up (0.65 s for a `pressroom` command in all), for a module
     used only with such URLs. Its transport module is imported with aiohttp hidden and then given
-    a stand-in that imports aiohttp the first time the transport uses it, so `ws://` still works.
+    stand-ins that import aiohttp (and multidict, imported beside it) the first time the transport
+    uses them, so `ws://` still works.
     Nothing is done when either module is loaded already."""
     if "nats.aio.transport" in sys.modules or "aiohttp" in sys.modules:
         return
@@ -32,5 +33,7 @@ def defer_aiohttp() -> None:
         return
     finally:
         del sys.modules["aiohttp"]
-    if getattr(transport, "aiohttp", True) is None:
-        setattr(transport, "aiohttp", _OnFirstUse("aiohttp"))  # noqa: B010
+    # The transport imports multidict (its WebSocket headers) in the same `try` as aiohttp.
+    for name in ("aiohttp", "multidict"):
+        if getattr(transport, name, True) is None:
+            setattr(transport, name, _OnFirstUse(name))

@@ -73,6 +73,13 @@ def test_nats_still_finds_aiohttp_for_a_websocket_url() -> None:
         "session = transport.aiohttp.ClientSession\n"  # what the WebSocket transport calls
         "import aiohttp\n"
         "assert session is aiohttp.ClientSession\n"
+        "async def headers():\n"  # a ws:// connection with headers (nats.connect's ws_headers)
+        "    ws = transport.WebSocketTransport(ws_headers={'X-Caller': ['pressroom']})\n"
+        "    found = ws._get_custom_headers()\n"
+        "    await ws._client.close()\n"
+        "    return found\n"
+        "import asyncio\n"
+        "assert asyncio.run(headers())['X-Caller'] == 'pressroom'\n"
         "print('found')\n"
     )
     done = subprocess.run(
