@@ -66,6 +66,39 @@ def test_a_bus_command_does_not_import_the_console_the_services_or_the_renderer(
     assert not heavy & loaded, heavy & loaded
 
 
+def test_a_distributor_loads_a_channels_libraries_at_its_first_delivery_only() -> None:
+    probe = (
+        "import asyncio, sys, tempfile\n"
+        "from pathlib import Path\n"
+        "from services.distributor.app import create_app\n"
+        "from services.distributor.channels import default_channels\n"
+        "from shared.settings import Settings\n"
+        "create_app()\n"
+        "assert not {'smtplib', 'httpx', 'minio'} & set(sys.modules), sys.modules.keys()\n"
+        "async def fail_one():\n"  # email unconfigured: its module loads, and says so
+        "    from services.distributor.parcel import Parcel\n"
+        "    from shared.errors import PermanentError\n"
+        "    from shared.events import Delivery\n"
+        "    email = default_channels(Settings())['email']\n"
+        "    try:\n"
+        "        await email.deliver(Delivery(channel='email'), None)\n"
+        "    except PermanentError as error:\n"
+        "        return error.reason\n"
+        "print(asyncio.run(fail_one()), 'smtplib' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.stdout.strip() == (
+        "email channel is not configured (set PRESSROOM_SMTP_HOST) True"
+    ), done.stderr
+
+
 def test_nats_still_finds_aiohttp_for_a_websocket_url() -> None:
     probe = (
         "import sys, shared, nats.aio.transport as transport\n"
