@@ -37,6 +37,9 @@ ACK_WAIT = 2.0
 class Calibration:
     rows_long: int  # a render of about three ack waits on this machine, now
     render_timeout: float  # many times that, so the long render always fits
+    # For the stack without long renders: many times a 300-row render, so a runaway render
+    # burns less of the machine than it would under `render_timeout`.
+    short_timeout: float
 
 
 def _render_seconds(folder: Path, rows: int) -> float:
@@ -58,7 +61,11 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     rows_long = min(max(int(3 * ACK_WAIT / per_row), 500), 20_000)
     # 8×: with the other core busy and three test processes, a long render going on while a
     # renderer started beside it took more than 4× its calibrated time (a spurious timeout).
-    return Calibration(rows_long, render_timeout=max(15.0, 8 * rows_long * per_row))
+    return Calibration(
+        rows_long,
+        render_timeout=max(15.0, 8 * rows_long * per_row),
+        short_timeout=max(8.0, 10 * 300 * per_row),
+    )
 
 
 def slow_stack(root: Any, **env: str) -> Stack:
@@ -128,20 +135,6 @@ async def test_a_render_longer_than_the_ack_wait_is_not_redelivered(
     assert info.num_redelivered == 0
 
 
-async def test_a_runaway_render_is_stopped_and_fails_with_the_reason(
-    slow: Stack, slow_outcomes: Outcomes, calibration: Calibration
-) -> None:
-    rid = unique("runaway")
-    await request(slow, rid, 0, template="spin.html")
-    failed = await slow_outcomes.failed_event(rid, timeout=calibration.render_timeout * 3)
-    limit = f"{calibration.render_timeout:.0f}s"
-    assert f"took longer than {limit} and was stopped" in failed["reason"]
-    assert failed["attempts"] == 1 and failed["stage"] == "renderer"
-    after = unique("after")
-    await request(slow, after, 10)  # the killed worker was replaced: rendering goes on
-    await slow_outcomes.delivered_event(after, timeout=60)
-
-
 async def test_sigterm_mid_render_loses_nothing(
     slow: Stack, slow_outcomes: Outcomes, calibration: Calibration
 ) -> None:
@@ -165,10 +158,32 @@ async def test_sigterm_mid_render_loses_nothing(
 
 
 @pytest.fixture(scope="module")
-def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = slow_stack(tmp_path_factory.mktemp("fragile"), PRESSROOM_MAX_ATTEMPTS="1")
+def fragile(tmp_path_factory: pytest.TempPathFactory, calibration: Calibration) -> Iterator[Stack]:
+    """Short renders only: one attempt per report, and a render timeout fit for them."""
+    stack = slow_stack(
+        tmp_path_factory.mktemp("fragile"),
+        PRESSROOM_MAX_ATTEMPTS="1",
+        PRESSROOM_RENDER_TIMEOUT=f"{calibration.short_timeout:.0f}",
+    )
     yield stack
     stack.stop()
+
+
+async def test_a_runaway_render_is_stopped_and_fails_with_the_reason(
+    fragile: Stack, calibration: Calibration
+) -> None:
+    nc = await fragile.connect()
+    outcomes = await Outcomes().start(nc)
+    rid = unique("runaway")
+    await request(fragile, rid, 0, template="spin.html")
+    failed = await outcomes.failed_event(rid, timeout=calibration.short_timeout * 3)
+    limit = f"{calibration.short_timeout:.0f}s"
+    assert f"took longer than {limit} and was stopped" in failed["reason"]
+    assert failed["attempts"] == 1 and failed["stage"] == "renderer"
+    after = unique("after")
+    await request(fragile, after, 10)  # the killed worker was replaced: rendering goes on
+    await outcomes.delivered_event(after, timeout=60)
+    await nc.close()
 
 
 async def test_a_message_that_kills_every_worker_is_dead_lettered(fragile: Stack) -> None:
@@ -191,7 +206,7 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(fragile: Stack
     assert failed["stage"] == "renderer"
     assert "no renderer finished it in 2 deliveries" in failed["reason"]
     rows = json.loads(fragile.cli("dlq", "ls", "--json", check=True).stdout)
-    assert [r["request_id"] for r in rows] == [rid]
+    assert [r["request_id"] for r in rows].count(rid) == 1
     await nc.close()
 
 
