@@ -131,7 +131,10 @@ def asyncapi() -> dict[str, Any]:
         elif "request" in model.model_fields:
             message["correlationId"] = {"location": "$message.payload#/request/request_id"}
     describe_deliveries(schemas)
-    schemas.pop("EmptyPayload", None)
+    # FastStream's stand-ins for the handlers' argument (the message itself, schema-less): each
+    # message's payload is one of our models above.
+    for name in [n for n in schemas if n == "EmptyPayload" or n.endswith(":Message:Payload")]:
+        schemas.pop(name)
     return doc
 
 

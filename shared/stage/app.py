@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import nats
 from faststream import AckPolicy, FastStream
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.message import NatsMessage
 from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 
@@ -146,11 +147,14 @@ class NatsInbound:
 Work = Callable[[Event], Awaitable[Event]]
 
 
-async def raw_body(message: NatsMessage) -> bytes:
-    """The body as bytes. FastStream's default decoder json-loads every body before a handler
-    runs, and a 50,000-deep or binary "JSON" body would crash it on every delivery; the stage
-    runner parses (and dead-letters) bodies itself."""
-    return bytes(message.body)
+async def the_message(message: NatsMessage) -> NatsMessage:
+    """The message itself, as the handler's argument. FastStream's default decoder json-loads
+    every body before a handler runs, and a 50,000-deep or binary "JSON" body would crash it on
+    every delivery: the stage runner parses (and dead-letters) bodies itself. And a handler
+    that asks for the message by FastStream's `NatsMessage` annotation has it looked up by
+    FastDepends through a synchronous `Context.use`, which runs in a worker thread: a thread
+    hop on every message (a few milliseconds of each stage's latency on a small VM)."""
+    return message
 
 
 def worker_broker(
@@ -565,12 +569,13 @@ def _subscribe_stage(
             batch_size=1 if side_by_side else concurrency, timeout=settings.pull_timeout
         ),
         ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
+        decoder=the_message,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
         title=f"{spec.consumes}:{spec.durable}",
         description=f"{spec.durable}: {spec.consumes} → {spec.produces}",
     )
-    async def handle(message: NatsMessage) -> None:
+    async def handle(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
+        message: NatsMessage = delivered
         runner, work = parts.runners.get(spec.durable), parts.work
         assert runner is not None and work is not None, "the lifespan opens the adapters first"
         if side_by_side is not None and side_by_side.closing:
@@ -596,12 +601,13 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -
         durable=f"{spec.durable}-crashes",
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         ack_policy=AckPolicy.MANUAL,
-        decoder=raw_body,
+        decoder=the_message,
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
         include_in_schema=False,
     )
-    async def crashed(message: NatsMessage) -> None:
+    async def crashed(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
+        message: NatsMessage = delivered
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
         runner = parts.runners.get(spec.durable)
         intake = runner.intake if runner is not None else None

@@ -118,3 +118,26 @@ async def test_a_body_that_is_not_json_is_a_dead_letter_not_a_crash(tmp_path: Pa
     [letter] = fakes.dead_letters(FETCHER)
     assert letter["permanent"] and letter["stage"] == "fetcher"
     assert [r["request"]["request_id"] for r in fakes.next_events(DATA_READY)] == ["r5"]
+
+
+async def test_a_message_is_handled_without_a_hop_through_a_worker_thread(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """FastStream looks a handler's `NatsMessage` argument up with a synchronous function that
+    FastDepends runs in a worker thread: a thread hop on every message. The stages' decoder
+    hands the message over itself, so nothing on a message's way goes through a thread."""
+    import anyio.to_thread
+
+    hops: list[object] = []
+
+    async def no_thread(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return func(*args)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_thread)
+    fakes, source = Fakes(), Counted(answer={"open": 3})
+    async with running(fetcher(tmp_path, fakes, source), FETCHER) as stage:
+        await stage.deliver(request("r1"))
+    [ready] = fakes.next_events(DATA_READY)
+    assert ready["request"]["request_id"] == "r1"
+    assert hops == []
