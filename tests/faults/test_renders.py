@@ -37,8 +37,8 @@ ACK_WAIT = 2.0
 class Calibration:
     rows_long: int  # a render of about three ack waits on this machine, now
     render_timeout: float  # many times that, so the long render always fits
-    # For the stack without long renders: many times a 300-row render, so a runaway render
-    # burns less of the machine than it would under `render_timeout`.
+    # For the stack without long renders: many times a 10-row render (the largest report it
+    # is sent), so a runaway render burns less of the machine than under `render_timeout`.
     short_timeout: float
 
 
@@ -57,6 +57,7 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     folder = tmp_path_factory.mktemp("calibrate")
     (folder / "rows.html").write_text(ROWS)
     _render_seconds(folder, 10)  # imports and fonts, not rendering
+    short = min(_render_seconds(folder, 10), _render_seconds(folder, 10))
     per_row = max(_render_seconds(folder, 300), _render_seconds(folder, 300)) / 300
     rows_long = min(max(int(3 * ACK_WAIT / per_row), 500), 20_000)
     # 8×: with the other core busy and three test processes, a long render going on while a
@@ -64,7 +65,7 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     return Calibration(
         rows_long,
         render_timeout=max(15.0, 8 * rows_long * per_row),
-        short_timeout=max(8.0, 10 * 300 * per_row),
+        short_timeout=max(8.0, 40 * short),
     )
 
 
