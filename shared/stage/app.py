@@ -576,6 +576,7 @@ def _subscribe_stage(
     )
     async def handle(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
         message: NatsMessage = delivered
+        message.clear_cache()  # the decoder's result, the message itself: no cycle to collect
         runner, work = parts.runners.get(spec.durable), parts.work
         assert runner is not None and work is not None, "the lifespan opens the adapters first"
         if side_by_side is not None and side_by_side.closing:
@@ -608,6 +609,7 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -
     async def crashed(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
         message: NatsMessage = delivered
+        message.clear_cache()  # the decoder's result, the message itself: no cycle to collect
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
         runner = parts.runners.get(spec.durable)
         intake = runner.intake if runner is not None else None

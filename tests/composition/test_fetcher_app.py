@@ -141,3 +141,35 @@ async def test_a_message_is_handled_without_a_hop_through_a_worker_thread(
     [ready] = fakes.next_events(DATA_READY)
     assert ready["request"]["request_id"] == "r1"
     assert hops == []
+
+
+async def test_a_handled_message_is_freed_at_once_not_left_for_the_cycle_collector(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The decoder's result (the message itself) is cached on the message: a reference cycle
+    that would keep each message, body and all, until a full collection — in a renderer,
+    possibly hundreds of megabyte-sized data.ready bodies. The handler breaks it."""
+    import gc
+    import weakref
+
+    import shared.stage.app as stage_app
+
+    seen: list[weakref.ref[Any]] = []
+    decoder = stage_app.the_message
+
+    async def watched(message: Any) -> Any:
+        seen.append(weakref.ref(message))
+        return await decoder(message)
+
+    monkeypatch.setattr(stage_app, "the_message", watched)
+    fakes, source = Fakes(), Counted(answer={"open": 3})
+    gc.collect()
+    gc.disable()
+    try:
+        async with running(fetcher(tmp_path, fakes, source), FETCHER) as stage:
+            await stage.deliver(request("r1"))
+        [ready] = fakes.next_events(DATA_READY)
+        assert ready["request"]["request_id"] == "r1"
+        assert seen and all(ref() is None for ref in seen)
+    finally:
+        gc.enable()
