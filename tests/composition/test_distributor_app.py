@@ -98,3 +98,22 @@ async def test_a_duplicate_is_skipped_without_delivering_again(tmp_path: Path) -
     assert not written.exists()
     assert len(fakes.next_events(REPORT_DELIVERED)) == 1
     assert fakes.dead_letters(DISTRIBUTOR) == []
+
+
+async def test_a_channel_whose_library_is_missing_is_a_dead_letter_that_says_so(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Channels load their module at their first delivery: a library missing from the install
+    shows there, as a permanent failure naming the channel (no retry would help)."""
+    from services.distributor import channels
+
+    monkeypatch.setitem(channels.CHANNELS, "file", ("not_installed_here", "FileChannel"))
+    fakes = Fakes()
+    async with running(distributor(tmp_path, fakes), DISTRIBUTOR) as stage:
+        await stage.deliver(await rendered(fakes, "r4", "weekly"))
+
+    [letter] = fakes.dead_letters(DISTRIBUTOR)
+    assert letter["request_id"] == "r4" and letter["permanent"]
+    assert "the file channel cannot be loaded (ModuleNotFoundError" in letter["reason"]
+    assert fakes.next_events(REPORT_DELIVERED) == []
+    assert not list(tmp_path.rglob("*.pdf"))

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from importlib import import_module
 
 from services.distributor.parcel import Channel, Parcel
+from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.settings import Settings
 
@@ -31,7 +32,14 @@ class OnFirstDelivery:
     def channel(self) -> Channel:
         if self._channel is None:
             module, cls = CHANNELS[self.name]
-            made: Channel = getattr(import_module(f"{__name__}.{module}"), cls)(self.settings)
+            try:
+                loaded = import_module(f"{__name__}.{module}")
+            except ImportError as error:  # a library missing from this install: no retry helps
+                raise PermanentError(
+                    f"the {self.name} channel cannot be loaded ({type(error).__name__}: {error}): "
+                    "reinstall Pressroom's dependencies, then replay"
+                ) from None
+            made: Channel = getattr(loaded, cls)(self.settings)
             self._channel = made
         return self._channel
 
