@@ -157,6 +157,14 @@ async def the_message(message: NatsMessage) -> NatsMessage:
     return message
 
 
+def taken(delivered: Any) -> NatsMessage:
+    """The message a handler was given by `the_message`, its decoder cache cleared: the cache
+    held the message itself, a cycle that would keep it (body and all) until a full collection."""
+    message: NatsMessage = delivered
+    message.clear_cache()
+    return message
+
+
 def worker_broker(
     settings: Settings, role: str, service: str, **options: Any
 ) -> tuple[NatsBroker, Identity]:
@@ -575,8 +583,7 @@ def _subscribe_stage(
         description=f"{spec.durable}: {spec.consumes} → {spec.produces}",
     )
     async def handle(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
-        message: NatsMessage = delivered
-        message.clear_cache()  # the decoder's result, the message itself: no cycle to collect
+        message = taken(delivered)
         runner, work = parts.runners.get(spec.durable), parts.work
         assert runner is not None and work is not None, "the lifespan opens the adapters first"
         if side_by_side is not None and side_by_side.closing:
@@ -608,8 +615,7 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -
     )
     async def crashed(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
-        message: NatsMessage = delivered
-        message.clear_cache()  # the decoder's result, the message itself: no cycle to collect
+        message = taken(delivered)
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
         runner = parts.runners.get(spec.durable)
         intake = runner.intake if runner is not None else None

@@ -66,17 +66,27 @@ def test_a_bus_command_does_not_import_the_console_the_services_or_the_renderer(
     assert not heavy & loaded, heavy & loaded
 
 
+def run_probe(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter, with nothing from this test process imported."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+
+
 def test_a_distributor_loads_a_channels_libraries_at_its_first_delivery_only() -> None:
     probe = (
-        "import asyncio, sys, tempfile\n"
-        "from pathlib import Path\n"
+        "import asyncio, sys\n"
         "from services.distributor.app import create_app\n"
         "from services.distributor.channels import default_channels\n"
         "from shared.settings import Settings\n"
         "create_app()\n"
         "assert not {'smtplib', 'httpx', 'minio'} & set(sys.modules), sys.modules.keys()\n"
         "async def fail_one():\n"  # email unconfigured: its module loads, and says so
-        "    from services.distributor.parcel import Parcel\n"
         "    from shared.errors import PermanentError\n"
         "    from shared.events import Delivery\n"
         "    email = default_channels(Settings())['email']\n"
@@ -86,14 +96,7 @@ def test_a_distributor_loads_a_channels_libraries_at_its_first_delivery_only() -
         "        return error.reason\n"
         "print(asyncio.run(fail_one()), 'smtplib' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    done = run_probe(probe)
     assert done.stdout.strip() == (
         "email channel is not configured (set PRESSROOM_SMTP_HOST) True"
     ), done.stderr
@@ -115,14 +118,7 @@ def test_nats_still_finds_aiohttp_for_a_websocket_url() -> None:
         "assert asyncio.run(headers())['X-Caller'] == 'pressroom'\n"
         "print('found')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    done = run_probe(probe)
     assert done.stdout.strip() == "found", done.stderr
 
 
