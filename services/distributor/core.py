@@ -18,6 +18,7 @@ from shared.events import ChannelResult, Delivery, ReportDelivered, ReportRender
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import span
 from shared.settings import Settings
+from shared.stage.runner import while_publishing
 
 log = get_logger("pressroom.distributor")
 
@@ -124,7 +125,9 @@ async def _deliver_all(
             failures.append((result, error))
         results.append(result)
         if channel is not None:
-            await outcomes.put(key, result.model_dump_json().encode())
+            # Goes out with report.delivered (the event need not wait for it), and is stored
+            # before the message is acked: an attempt after this one finds it either way.
+            await while_publishing(outcomes.put(key, result.model_dump_json().encode()))
             log.info(
                 "channel outcome",
                 request_id=parcel.request_id,

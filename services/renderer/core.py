@@ -47,7 +47,7 @@ from shared.events import (
 from shared.observe.logging import get_logger
 from shared.observe.telemetry import record_span, span
 from shared.settings import Settings
-from shared.stage.runner import ATTEMPT
+from shared.stage.runner import ATTEMPT, while_publishing
 
 CONTENT_TYPES = {"pdf": "application/pdf", "html": "text/html; charset=utf-8", **EXPORT_TYPES}
 
@@ -186,12 +186,12 @@ async def render_report(
     record_payloads: bool = False,
 ) -> ReportRendered:
     """The report rendered (or an identical render of it reused) and its artefacts stored;
-    `record_payloads`: its payload recorded for the studio (recording.py), written alongside
-    the artefacts (so it is there before report.rendered is published)."""
+    `record_payloads`: its payload recorded for the studio (recording.py), written while
+    report.rendered is published (`while_publishing`: stored before the renderer acks)."""
     data = await _context(event, store)
 
     async def record(rendered: ReportRendered) -> None:
-        await recording.record(store, settings, event, data, rendered)
+        await while_publishing(recording.record(store, settings, event, data, rendered))
 
     return await _render_data(
         event,
@@ -215,9 +215,10 @@ async def _render_data(
     alongside: Callable[[ReportRendered], Awaitable[None]] | None = None,
 ) -> ReportRendered:
     """Render (or reuse) and store. The writes that follow a render go to the bus side by side
-    (each is a round trip): the artefacts, the render-cache entry and `alongside`'s (the
-    studio's record). A cache entry written before its artefacts is safe: a reader checks the
-    artefacts' digests and renders afresh when one is not there (`_reuse`)."""
+    (each is a round trip): the artefacts, the render-cache entry and `alongside`'s (in the
+    renderer, the studio's record, which goes out with report.rendered). A cache entry written
+    before its artefacts is safe: a reader checks the artefacts' digests and renders afresh
+    when one is not there (`_reuse`)."""
     request = event.request
     job = make_job(
         settings,

@@ -12,7 +12,7 @@ from shared.bus.names import FETCHER, msg_id
 from shared.errors import PermanentError, TransientError
 from shared.events import DataReady, Event, ReportRequested
 from shared.settings import Settings
-from shared.stage.runner import StageRunner
+from shared.stage.runner import StageRunner, while_publishing
 
 
 def request_body(rid: str = "r1") -> bytes:
@@ -126,3 +126,68 @@ async def test_a_replayed_message_after_a_dead_letter_runs_again(parts) -> None:
     await runner.handle(replayed, ReportRequested, ready)
     assert len(publisher.on("data.ready")) == 1
     assert replayed.settled == [("ack", None)]
+
+
+async def test_a_write_left_to_go_with_the_event_is_stored_before_the_ack(parts) -> None:
+    runner, publisher, ledger = parts
+    order: list[str] = []
+
+    async def write() -> None:
+        order.append(f"write after {len(publisher.on('data.ready'))} event(s)")
+
+    async def work(event: Event) -> Event:
+        await while_publishing(write())
+        order.append("work returned")
+        return await ready(event)
+
+    message = MemoryMessage(request_body())
+    await runner.handle(message, ReportRequested, work)
+    # Started once the event is on its way, not before it: the next stage does not wait.
+    assert order == ["work returned", "write after 1 event(s)"]
+    assert message.settled == [("ack", None)]
+    entry = await ledger.get("r1")
+    assert entry is not None and entry.stages["fetcher"].state == "done"
+
+
+async def test_a_failed_write_left_to_go_with_the_event_retries_the_message(parts) -> None:
+    runner, _, ledger = parts
+
+    async def lost() -> None:
+        raise ConnectionRefusedError("the bucket is away")
+
+    async def work(event: Event) -> Event:
+        await while_publishing(lost())
+        return await ready(event)
+
+    message = MemoryMessage(request_body())
+    await runner.handle(message, ReportRequested, work)
+    assert message.settled == [("nack", 2.0)]  # not acked: the next attempt writes it
+    entry = await ledger.get("r1")
+    assert entry is not None and entry.stages["fetcher"].state != "done"
+
+
+async def test_a_write_left_by_work_that_then_failed_is_made_all_the_same(parts) -> None:
+    runner, _, _ = parts
+    written: list[str] = []
+
+    async def outcome() -> None:
+        written.append("failed delivery recorded")
+
+    async def work(event: Event) -> Event:
+        await while_publishing(outcome())
+        raise TransientError("webhook answered 503")
+
+    message = MemoryMessage(request_body())
+    await runner.handle(message, ReportRequested, work)
+    assert written == ["failed delivery recorded"]
+    assert message.settled == [("nack", 2.0)]
+
+
+async def test_outside_a_stage_a_write_left_for_the_event_is_made_at_once() -> None:
+    written: list[str] = []
+
+    async def write() -> None:
+        written.append("done")
+
+    await while_publishing(write())
+    assert written == ["done"]
