@@ -69,6 +69,23 @@ async def quiet(error: Exception) -> None:
     """Test clients ride out servers being killed; nats-py would print a traceback per attempt."""
 
 
+async def stage_done(nc: Any, rid: str, stage: str, *, timeout: float = 60.0) -> None:
+    """Until the ledger records `stage` of request `rid` done. What the stage wrote beside its
+    event (`while_publishing`: the renderer's studio record, the distributor's outcome
+    records) is stored by then, not necessarily when its event is seen."""
+    from shared.adapters.ledger import KvLedger
+    from shared.bus.names import LEDGER_BUCKET
+
+    ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
+
+    async def done() -> bool:
+        entry = await ledger.get(rid)
+        record = entry.stages.get(stage) if entry is not None else None
+        return record is not None and record.state == "done"
+
+    await eventually(done, timeout=timeout, every=0.01)
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

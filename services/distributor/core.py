@@ -125,8 +125,9 @@ async def _deliver_all(
             failures.append((result, error))
         results.append(result)
         if channel is not None:
-            # Goes out with report.delivered (the event need not wait for it), and is stored
-            # before the message is acked: an attempt after this one finds it either way.
+            # Sent now, right after the send it records (a crash in between sends again on
+            # the next attempt), but not waited for here: the next delivery, and then
+            # report.delivered, go out meanwhile. Stored before the message is acked.
             await while_publishing(outcomes.put(key, result.model_dump_json().encode()))
             log.info(
                 "channel outcome",

@@ -83,23 +83,23 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 # The delivery attempt of the message a stage's work is for (0 outside a stage: a CLI render);
 # a first attempt has no earlier attempt's output to look for (the renderer's render cache).
 ATTEMPT: ContextVar[int] = ContextVar("pressroom_attempt", default=0)
-# Writes the work left to go out with its event (`while_publishing`); None outside a stage.
-_WITH_EVENT: ContextVar[list[Awaitable[Any]] | None] = ContextVar(
+# Writes the work started and left to the runner (`while_publishing`); None outside a stage.
+_WITH_EVENT: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar(
     "pressroom_with_event", default=None
 )
 
 
 async def while_publishing(write: Awaitable[Any]) -> None:
     """A write the next stage need not wait for (a delivery's outcome record, the studio's
-    copy of a payload): in a stage, it starts as the stage's event is published and is awaited
-    with it, before the ledger records the stage finished and the message is acked — a failed
-    one retries the message like any failure of the work. Outside a stage (a CLI delivery or
-    render), it is awaited at once."""
+    copy of a payload). In a stage it starts at once and the work goes on without waiting for
+    it; the runner awaits it, with the stage's event, before the ledger records the stage done
+    and the message is acked — a failed one retries the message like any failure of the work.
+    Outside a stage (a CLI delivery or render), it is awaited here."""
     pending = _WITH_EVENT.get()
     if pending is None:
         await write
     else:
-        pending.append(write)
+        pending.append(asyncio.ensure_future(write))
 
 
 log = get_logger("pressroom.stage")
@@ -375,7 +375,7 @@ class StageRunner:
         """The work within the report's deadline, its event published, the stage finished."""
         rid = request.request_id
         ATTEMPT.set(msg.attempt)  # the work's own task (below) starts with it
-        with_event: list[Awaitable[Any]] = []
+        with_event: list[asyncio.Future[Any]] = []
         token = _WITH_EVENT.set(with_event)  # seen by the work's task, started with a copy
         try:
             with span(self.spec.name, rid, **{"pressroom.attempt": msg.attempt}):
@@ -407,38 +407,35 @@ class StageRunner:
         event: E,
         request: ReportRequested,
         work: Callable[[E], Awaitable[Event]],
-        with_event: list[Awaitable[Any]],
+        with_event: list[asyncio.Future[Any]],
     ) -> Event:
         """The work, within the report's deadline (its `timeout` in report.requested, from
-        when it was asked); then its event published, and the writes the work left to go out
-        with it (`while_publishing`) awaited too."""
+        when it was asked); then its event published, and the writes the work left running
+        (`while_publishing`) awaited with it."""
         deadline = report_deadline(request)
+        writes: list[Awaitable[Any]] = []
         try:
             next_event = await self._unless_cancelled(
                 request, self._in_time(deadline, request, work, event)
             )
-        except BaseException:
-            # Written even so (a failed delivery's outcome is recorded), then the failure.
-            await asyncio.gather(*with_event, return_exceptions=True)
-            raise
-        writes: list[Awaitable[Any]] = []
-        # A burst's children went out on their own; a skipped run sends nothing.
-        if not isinstance(next_event, BurstSent | RunSkipped):
-            onward = (
-                next_event.request
-                if isinstance(next_event, DataReady | ReportRendered)
-                else request
-            )
-            # The event first: the writes queued behind it go out while it is stored.
-            writes.append(
-                asyncio.ensure_future(
+            # A burst's children went out on their own; a skipped run sends nothing.
+            if not isinstance(next_event, BurstSent | RunSkipped):
+                onward = (
+                    next_event.request
+                    if isinstance(next_event, DataReady | ReportRendered)
+                    else request
+                )
+                writes.append(
                     self.publisher.publish(
                         lane_subject(self.spec.produces, onward.priority),
                         encode(next_event),
                         msg_id=msg_id(request.request_id, self.spec.name),
                     )
                 )
-            )
+        except BaseException:
+            # Made even so (a failed delivery's outcome is recorded), then the failure.
+            await asyncio.gather(*with_event, return_exceptions=True)
+            raise
         await all_settled([*writes, *with_event])
         return next_event
 

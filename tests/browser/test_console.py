@@ -26,7 +26,7 @@ from shared.bus.names import OBJECT_BUCKET
 from shared.downloadlinks import mint_token
 from shared.events import Artefact
 from tests.browser.oidc import OidcProvider
-from tests.helpers import Console, Outcomes, Stack, eventually, unique
+from tests.helpers import Console, Outcomes, Stack, eventually, stage_done, unique
 from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -223,6 +223,7 @@ async def test_broken_template_dead_letter_fixed_and_replayed_from_the_page(
     files = await eventually(delivered_files, timeout=60)
     assert len(files) == 1
     assert len(seen.delivered[rid]) == 1
+    await stage_done(nc, rid, "distributor")  # the delivery's outcome record is stored by then
     await page.goto(f"/api/reports/{rid}")
     detail = json.loads(await page.inner_text("body"))
     assert [d["ok"] for d in detail["deliveries"]] == [True]

@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Page, expect
 
 from tests.browser import test_console as base
 from tests.browser.test_console import AXE, SHOTS, WIDTHS, Watched, operators, publish, signed_in
-from tests.helpers import Console, Outcomes, Stack, unique
+from tests.helpers import Console, Outcomes, Stack, stage_done, unique
 
 # Each test is a user's whole errand, render after render in capped workers: more than the
 # default two minutes on a loaded machine (the stack's start is in the first one, too).
@@ -99,6 +99,7 @@ async def recorded(console: Console, nc: Any, seen: Outcomes) -> list[str]:
         rids.append(rid)
     for rid in rids:
         await seen.delivered_event(rid)
+        await stage_done(nc, rid, "renderer")  # its payload's record is stored by then
     return rids
 
 

@@ -16,9 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from shared.adapters.ledger import KvLedger
-from shared.bus.names import LEDGER_BUCKET
-from tests.helpers import Console, Outcomes, Stack, eventually, unique
+from tests.helpers import Console, Outcomes, Stack, eventually, stage_done, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -60,18 +58,11 @@ async def recorded(stack: Stack, nc: Any, outcomes: Outcomes, name: str) -> list
         }
         await nc.jetstream().publish("report.requested", json.dumps(body).encode())
         rids.append(rid)
-    ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
-
-    async def rendered_and_acked(rid: str) -> bool:
-        entry = await ledger.get(rid)
-        record = entry.stages.get("renderer") if entry is not None else None
-        return record is not None and record.state == "done"
-
     for rid in rids:
         await outcomes.delivered_event(rid)
-        # The renderer records a payload while it publishes report.rendered and has it
-        # stored before its stage is recorded done: there once that is.
-        await eventually(lambda rid=rid: rendered_and_acked(rid))
+        # The renderer's record of the payload goes out beside report.rendered: stored once
+        # its stage is recorded done.
+        await stage_done(nc, rid, "renderer")
     return rids
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -13,6 +15,16 @@ from shared.errors import PermanentError, TransientError
 from shared.events import DataReady, Event, ReportRequested
 from shared.settings import Settings
 from shared.stage.runner import StageRunner, while_publishing
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Let the event loop run until `condition` holds (only this test's tasks run on it):
+    a bounded number of turns, not a time."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
 
 
 def request_body(rid: str = "r1") -> bytes:
@@ -128,22 +140,32 @@ async def test_a_replayed_message_after_a_dead_letter_runs_again(parts) -> None:
     assert replayed.settled == [("ack", None)]
 
 
-async def test_a_write_left_to_go_with_the_event_is_stored_before_the_ack(parts) -> None:
+async def test_a_write_left_to_the_runner_goes_out_beside_the_event_and_before_the_ack(
+    parts,
+) -> None:
     runner, publisher, ledger = parts
-    order: list[str] = []
+    held = asyncio.Event()
+    begun: list[str] = []
 
     async def write() -> None:
-        order.append(f"write after {len(publisher.on('data.ready'))} event(s)")
+        begun.append("write")
+        await held.wait()  # a slow outcome record
 
     async def work(event: Event) -> Event:
         await while_publishing(write())
-        order.append("work returned")
         return await ready(event)
 
     message = MemoryMessage(request_body())
-    await runner.handle(message, ReportRequested, work)
-    # Started once the event is on its way, not before it: the next stage does not wait.
-    assert order == ["work returned", "write after 1 event(s)"]
+    handling = asyncio.ensure_future(runner.handle(message, ReportRequested, work))
+    # The event went out while the write was still on its way …
+    await wait_until(lambda: len(publisher.on("data.ready")) == 1)
+    assert begun == ["write"]
+    # … and the message is not acked, nor the stage recorded done, before it is stored.
+    assert message.settled == []
+    entry = await ledger.get("r1")
+    assert entry is not None and entry.stages["fetcher"].state != "done"
+    held.set()
+    await handling
     assert message.settled == [("ack", None)]
     entry = await ledger.get("r1")
     assert entry is not None and entry.stages["fetcher"].state == "done"
