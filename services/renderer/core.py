@@ -186,8 +186,8 @@ async def render_report(
     record_payloads: bool = False,
 ) -> ReportRendered:
     """The report rendered (or an identical render of it reused) and its artefacts stored;
-    `record_payloads`: its payload recorded for the studio (recording.py), written while
-    report.rendered is published (`while_publishing`: stored before the renderer acks)."""
+    `record_payloads`: its payload recorded for the studio (recording.py), a write that
+    report.rendered does not wait for (`while_publishing`: stored before the renderer acks)."""
     data = await _context(event, store)
 
     async def record(rendered: ReportRendered) -> None:
@@ -216,7 +216,7 @@ async def _render_data(
 ) -> ReportRendered:
     """Render (or reuse) and store. The writes that follow a render go to the bus side by side
     (each is a round trip): the artefacts, the render-cache entry and `alongside`'s (in the
-    renderer, the studio's record, which goes out with report.rendered). A cache entry written
+    renderer, the studio's record, which report.rendered does not wait for). A cache entry written
     before its artefacts is safe: a reader checks the artefacts' digests and renders afresh
     when one is not there (`_reuse`)."""
     request = event.request
