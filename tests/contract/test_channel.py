@@ -6,6 +6,7 @@ operator does not allow, is a PermanentError with a reason — and nothing arriv
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,3 +105,26 @@ async def test_a_tenants_file_delivery_stays_in_its_own_folder(
         assert name.endswith(f"-{request_tag(report.request_id)}.pdf")
         assert result.target == f"PRESSROOM_OUT_DIR/{written}/{name}"
         assert (out / written / name).read_bytes() == PDF
+
+
+async def test_a_file_delivery_is_synced_with_its_name_before_it_counts_as_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after the delivery is recorded must not take the file back: its bytes are
+    synced, and so is the folder that holds its new name (a rename lives in the folder)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = tmp_path / "out"
+    report = await parcel()
+    await FileChannel(Settings(out_dir=out)).deliver(Delivery(channel="file", path="x"), report)
+    folder = (out / "x").resolve()
+    [written] = [p for p in folder.iterdir()]
+    assert len(synced) == 2
+    assert synced[0].startswith(str(folder / f".{written.name}."))  # the bytes, before the rename
+    assert synced[1] == str(folder)  # then the name

@@ -15,6 +15,9 @@ from shared.settings import Settings
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all, and still there after a power loss once this
+    returns (the delivery is then recorded as made): the file's bytes are synced, then its
+    name in the folder (a rename lives in the folder, not in the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -27,6 +30,11 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class FileChannel:
