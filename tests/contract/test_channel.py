@@ -6,6 +6,7 @@ operator does not allow, is a PermanentError with a reason — and nothing arriv
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,3 +129,25 @@ async def test_a_file_delivery_is_synced_with_its_name_before_it_counts_as_made(
     assert len(synced) == 2
     assert synced[0].startswith(str(folder / f".{written.name}."))  # the bytes, before the rename
     assert synced[1] == str(folder)  # then the name
+
+
+async def test_a_folder_that_cannot_be_synced_still_takes_the_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some mounts refuse to sync a folder (EINVAL): the file is there, so the delivery is made
+    and not retried into a second copy or a dead letter."""
+    real_fsync = os.fsync
+
+    def no_folder_sync(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    out = tmp_path / "out"
+    report = await parcel()
+    result = await FileChannel(Settings(out_dir=out)).deliver(
+        Delivery(channel="file", path="x"), report
+    )
+    assert result.ok
+    assert [p.read_bytes() for p in (out / "x").iterdir()] == [PDF]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -33,6 +34,11 @@ def write_atomically(path: Path, data: bytes) -> None:
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(folder)
+    except OSError as error:
+        # Some filesystems (FUSE mounts, some network shares) cannot sync a folder: the name is
+        # then as durable as they make it, and the delivery stands (it is not made again).
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(folder)
 
