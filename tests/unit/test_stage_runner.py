@@ -188,11 +188,13 @@ async def test_a_failed_write_left_to_go_with_the_event_retries_the_message(part
     assert entry is not None and entry.stages["fetcher"].state != "done"
 
 
-async def test_a_write_left_by_work_that_then_failed_is_made_all_the_same(parts) -> None:
+async def test_a_write_left_by_work_that_then_failed_is_stored_before_the_retry(parts) -> None:
     runner, _, _ = parts
+    held = asyncio.Event()
     written: list[str] = []
 
     async def outcome() -> None:
+        await held.wait()  # a slow record of the failed delivery
         written.append("failed delivery recorded")
 
     async def work(event: Event) -> Event:
@@ -200,7 +202,12 @@ async def test_a_write_left_by_work_that_then_failed_is_made_all_the_same(parts)
         raise TransientError("webhook answered 503")
 
     message = MemoryMessage(request_body())
-    await runner.handle(message, ReportRequested, work)
+    handling = asyncio.ensure_future(runner.handle(message, ReportRequested, work))
+    for _ in range(200):  # many turns of the loop: the runner would have settled by now
+        await asyncio.sleep(0)
+    assert message.settled == []  # not handed back while the record is on its way
+    held.set()
+    await handling
     assert written == ["failed delivery recorded"]
     assert message.settled == [("nack", 2.0)]
 
