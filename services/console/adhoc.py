@@ -7,8 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.renderer.core import build_context, document_spec, make_job, with_template_defaults
-from services.renderer.finish import plan
 from shared.errors import PressroomError
 from shared.events import ReportRequested
 from shared.settings import Settings
@@ -74,6 +72,15 @@ def adhoc_job(
 ) -> Any:
     """The render job for a template name or path: a path is the operator's own file, a name
     must be a listed template."""
+    # Here, not at the top: every CLI command loads this module (`resolve_template`), and only
+    # `render` needs the renderer (a fifth of a second of imports, in every CLI process).
+    from services.renderer.core import (
+        build_context,
+        document_spec,
+        make_job,
+        with_template_defaults,
+    )
+    from services.renderer.finish import plan
 
     folder, name = resolve_template(cfg, template)
     try:

@@ -21,7 +21,6 @@ from services.console.cli._common import (
     validate_capped,
 )
 from services.console.cli._output import Col, literal, print_table, visible
-from services.console.studio.shadow import shadow_command
 from services.renderer import fonts
 from services.renderer.pool import run_capped
 from services.renderer.templating import variables_in_folder
@@ -149,6 +148,10 @@ def templates_shadow(
     name = listed_name(lib, name)
     if name not in lib.names():
         fail(f"no template '{name}' in {lib.folder} (`pressroom templates ls` lists them)")
+
+    # Here, not at the top: every CLI process loads this module, and only `templates shadow`
+    # needs the studio's renderer machinery (a sixth of a second of imports).
+    from services.console.studio.shadow import shadow_command
 
     async def work(bus: Any) -> Any:
         return await shadow_command(
