@@ -513,11 +513,15 @@ async def test_a_flood_past_its_share_does_not_hold_up_another_requester(
     flood = [unique("d") for _ in range(SHARE_FLOOD)]
     try:
         await warm_renderers(stack, ops, outcomes)
-        # Work-conserving: zeta (a share of 1) alone, renderers idle: it has more than one
-        # report under way at once (from its fetch starting to its delivery).
+        # Work-conserving: zeta (a share of 1) alone, renderers with room: it has more than
+        # one report under way at once (from its fetch starting to its delivery). Its first
+        # is a long render, so that holds on any machine: the others are let through while it
+        # renders, not after it settles (held requests look again every HOLD_TICK, and tiny
+        # reports alone can settle between two looks).
         alone = [unique("z") for _ in range(12)]
         for n, rid in enumerate(alone):
-            await publish_as(zeta, tiny(rid, n, "normal"))
+            body = tiny(rid, n, "normal")
+            await publish_as(zeta, {**body, "template": "medium.html", **PDF} if n == 0 else body)
         for rid in alone:
             await outcomes.delivered_event(rid, timeout=120)
         assert await most_at_once(ops, alone) > 1
