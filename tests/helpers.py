@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import nats
 
 from services.console.embedded import free_port, start_nats_server
+from shared.adapters.ledger import KvLedger
+from shared.bus.names import LEDGER_BUCKET
 from shared.filenames import request_tag
 
 if TYPE_CHECKING:
@@ -73,9 +75,6 @@ async def stage_done(nc: Any, rid: str, stage: str, *, timeout: float = 60.0) ->
     """Until the ledger records `stage` of request `rid` done. What the stage wrote beside its
     event (`while_publishing`: the renderer's studio record, the distributor's outcome
     records) is stored by then, not necessarily when its event is seen."""
-    from shared.adapters.ledger import KvLedger
-    from shared.bus.names import LEDGER_BUCKET
-
     ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
 
     async def done() -> bool:
