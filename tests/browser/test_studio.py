@@ -12,6 +12,7 @@ Set PRESSROOM_CONSOLE_SHOTS=<folder> to keep a screenshot of each studio page at
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.browser import test_console as base
 from tests.browser.test_console import AXE, SHOTS, WIDTHS, Watched, operators, publish, signed_in
@@ -258,14 +259,24 @@ async def test_a_shadow_render_finds_the_report_that_now_fails_and_promotion_is_
 ) -> None:
     page = await ann.page()
     await page.goto(f"/studio/versions/{TEMPLATE}")
-    await (
-        page.locator("#versions tbody tr")
-        .first.get_by_role("link", name=re.compile("^Shadow render"))
-        .click()
+    shadow_link = page.locator("#versions tbody tr").first.get_by_role(
+        "link", name=re.compile("^Shadow render")
     )
+    await expect(shadow_link).to_be_visible()
+    # The shadow page's list of versions is held back: until it is in, the button is disabled
+    # (a click while it loaded did nothing, and a loaded machine once lost the run that way).
+    held: asyncio.Queue[Route] = asyncio.Queue()
+    versions_api = re.compile(r"/api/studio/templates/[^/]+/versions$")
+    await page.route(versions_api, held.put)
+    await shadow_link.click()
     await page.wait_for_url(re.compile(r"/studio/shadow/.+\?version="))
     await expect(page.locator("#shadow-last")).to_have_value("20")
-    await page.get_by_role("button", name="Run the shadow render").click()
+    run = page.get_by_role("button", name="Run the shadow render")
+    versions = await asyncio.wait_for(held.get(), timeout=TIMEOUT / 1000)
+    await expect(run).to_be_disabled()
+    await versions.continue_()
+    await page.unroute(versions_api)
+    await run.click()  # waits until it is enabled
     await expect(page.locator("#shadow-state")).to_contain_text("Done", timeout=TIMEOUT)
 
     rows = page.locator("#shadow-table tbody tr")

@@ -716,6 +716,8 @@ function studioShadow(box) {
       versionSelect.append(el("option", { value: "", text: "No saved version: save one in the editor" }));
       return;
     }
+    // Enabled once there is a version to choose: a click while the list loads did nothing.
+    document.getElementById("shadow-run").disabled = false;
     if (wanted && !seen.has(wanted)) say(state, `No version ${shortId(wanted)} of this template.`, "error");
     const previous = (runs.status === 200 ? runs.data.runs || [] : []).find((r) => r.version === versionSelect.value);
     if (previous) follow(previous.run);
