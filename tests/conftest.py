@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,15 @@ import nats.aio.client
 import pytest
 
 from tests.helpers import Outcomes, Stack
+
+# A test run starts several hundred Python processes (workers, render processes, CLI calls,
+# consoles). Where the environment sets PYTHONDONTWRITEBYTECODE (this machine's does), none of
+# them writes a bytecode cache, so every one compiles from source each module it imports
+# that nothing cached before: 0.15-0.25 s of CPU for a distributor or a console start here.
+# The tests' processes inherit this process's environment; the caches go in the project's own
+# .venv and source folders, which a changed source file invalidates as usual.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 # `make test` hands whole files to two workers (`--dist loadfile`), each taking the next file
 # when it is done, in this order (`--no-loadscope-reorder` in pyproject.toml): the folders of
