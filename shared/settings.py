@@ -688,6 +688,11 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as error:
         reasons = "; ".join([*problems, describe(error)])
         raise ConfigError(f"invalid configuration: {reasons}") from None
+    except PressroomError:
+        raise
+    except Exception as error:  # a YAML file that does not parse: its first 300 characters
+        first = " ".join(str(error).split())[:300]
+        raise ConfigError(f"invalid configuration: PRESSROOM_CONFIG: {first}") from None
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return settings

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -191,11 +192,30 @@ class Stack:
         (self.root / "data").mkdir(exist_ok=True)
         self.start_nats()
         if self.auth:  # only ops may create streams and buckets: as in a real deployment
-            setup = self.cli("bus", "setup")
-            assert setup.returncode == 0, setup.stderr
+            self.bus_setup()
         for name, count in self.workers.items():
             for _ in range(count):
                 self.start_worker(name)
+
+    def bus_setup(self) -> None:
+        """What `pressroom bus setup` does, in this process, with the stack's settings: the ops
+        identity declares the streams, consumers and buckets. A CLI process per stack cost a
+        second of CPU; tests/integration/test_bus_auth.py runs the command itself."""
+        from unittest import mock
+
+        from services.console.busaccess import open_bus, ready
+        from shared.settings import load_settings
+
+        with mock.patch.dict(os.environ, self.env, clear=True):
+            settings = load_settings()
+
+        async def setup() -> None:
+            async with open_bus(settings, setup=True) as bus:
+                await ready(bus)
+
+        # Its own thread and event loop: a stack is started from sync and async tests alike.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, setup()).result(timeout=120)
 
     def start(self) -> Stack:
         self._launch()

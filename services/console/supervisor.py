@@ -25,14 +25,13 @@ from services.console.embedded import (
 )
 from services.console.identities import generate
 from services.console.monitoring import MonitoringUnavailable, start_prometheus, write_targets
+from services.console.worker import SERVICES
 from shared.bus.identity import embedded_auth_dir
 from shared.bus.topology import connect
 from shared.errors import PressroomError
 from shared.events import ReportRequested
 from shared.secretenv import for_role
 from shared.settings import Settings
-
-SERVICES = ("scheduler", "fetcher", "renderer", "distributor")
 
 
 def parse_scale(scale: list[str]) -> dict[str, int]:

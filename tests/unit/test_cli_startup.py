@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import typer
 
 from services.console.cli import COMMANDS, build, command_of
@@ -78,6 +80,45 @@ def run_probe(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+WORKER_PROBE = """
+import asyncio, json, sys
+sys.argv = ["pressroom", "worker", sys.argv[1]]
+def started(app_run):  # the service is about to run: what has its process imported?
+    app_run.close()
+    print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+    raise SystemExit(0)
+asyncio.run = started
+from services.console import cli
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("service", ["fetcher", "renderer", "distributor", "scheduler"])
+def test_a_worker_starts_without_the_clis_libraries(service: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_PROBE, service],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    assert f"services.{service}.app" in loaded
+    cli_only = {"typer", "services.console.cli._common", "services.console.cli.stack"}
+    cli_only |= {"services.console.requests", "services.console.supervisor"}
+    assert not cli_only & loaded, cli_only & loaded
+
+
+def test_an_unknown_worker_is_one_line() -> None:
+    done = pressroom("worker", "printer")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: unknown worker 'printer' (known: scheduler, fetcher, renderer, distributor)"
+    )
+
+
 def test_a_distributor_loads_a_channels_libraries_at_its_first_delivery_only() -> None:
     probe = (
         "import asyncio, sys\n"
@@ -136,3 +177,16 @@ def test_help_before_a_command_lists_every_command() -> None:
     shown = pressroom("--help", "dlq", env={"COLUMNS": "200"}).stdout
     for command in COMMANDS:
         assert f" {command} " in shown, command
+
+
+@pytest.mark.parametrize("argv", [("worker", "fetcher"), ("config", "check")])
+def test_a_config_file_that_does_not_parse_is_one_line(
+    tmp_path: Path, argv: tuple[str, ...]
+) -> None:
+    config = tmp_path / "pressroom.yaml"
+    config.write_text("schedules:\n  - name: [unclosed\n")
+    done = pressroom(*argv, env={"PRESSROOM_CONFIG": str(config)}, cwd=tmp_path, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: invalid configuration: PRESSROOM_CONFIG: "), lines

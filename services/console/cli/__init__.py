@@ -12,12 +12,10 @@ import importlib
 import os
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import typer
-
-from services.console.cli._common import err
-from services.console.cli._output import literal
-from shared.observe.logging import configure_logging
+if TYPE_CHECKING:
+    import typer
 
 # Which module brings each command: a call imports that module only (start-up time: importing
 # every command's dependencies — the web console, the services, S3 and PDF libraries — cost
@@ -41,6 +39,8 @@ COMMANDS: dict[str, str] = {
 
 def build(modules: Iterable[str] | None = None) -> typer.Typer:
     """The `pressroom` command with the commands of `modules` (default: all of them)."""
+    import typer
+
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
     @app.callback()  # a group even when a call builds one module with one command
@@ -61,6 +61,18 @@ def command_of(argv: list[str]) -> str | None:
 
 def main() -> None:
     """Entry point: usage errors are one line too, like every other error."""
+
+    argv = sys.argv[1:]
+    if len(argv) == 2 and argv[0] == "worker" and not argv[1].startswith("-"):
+        from services.console.worker import run_worker
+
+        run_worker(argv[1])  # a service process: none of the CLI's libraries
+        return
+    import typer
+
+    from services.console.cli._common import err
+    from services.console.cli._output import literal
+    from shared.observe.logging import configure_logging
 
     configure_logging(
         "pressroom-cli", json=False, level=os.environ.get("PRESSROOM_CLI_LOG_LEVEL", "WARNING")

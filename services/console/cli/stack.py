@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -35,57 +34,22 @@ from services.console.cli._output import Col, literal, print_table, styled
 from services.console.health import stack_health
 from services.console.identities import generate
 from services.console.requests import publish_request
-from services.console.supervisor import SERVICES, Supervisor, parse_scale, sample_request
+from services.console.supervisor import Supervisor, parse_scale, sample_request
+from services.console.worker import run_worker
 from shared.bus.identity import SERVICE_ROLES, tenant_role
 from shared.errors import PressroomError
 from shared.filenames import folder_filename
 from shared.schedules import load_schedules
-from shared.secretenv import scrub
 from shared.settings import load_settings, masked
 
 bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 
 
-def composition_root(name: str) -> Callable[[], Any]:
-    """What `pressroom worker NAME` runs: that service's composition root. Imported here, one
-    service's libraries in its own process (start-up time: all four took 0.4 s of CPU)."""
-    if name == "fetcher":
-        from services.fetcher.app import create_app as fetcher
-
-        return fetcher
-    if name == "renderer":
-        from services.renderer.app import create_app as renderer
-
-        return renderer
-    if name == "distributor":
-        from services.distributor.app import create_app as distributor
-
-        return distributor
-    if name == "scheduler":
-        from services.scheduler.app import create_app as scheduler
-
-        return scheduler
-    raise PressroomError(f"no composition root for worker '{name}'")
-
-
 def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributor")) -> None:
     """Run one service process (what a container runs)."""
 
-    if name not in SERVICES:
-        fail(f"unknown worker '{name}' (known: {', '.join(SERVICES)})")
-
-    scrub(role=name)  # the other roles' secrets are nothing this process (or a child) may use
-    settings()
-    try:
-        faststream_app = composition_root(name)()
-        asyncio.run(faststream_app.run())
-    except KeyboardInterrupt:
-        return
-    except PressroomError as error:
-        fail(f"{name}: {error.reason}")
-    except OSError as error:  # e.g. its health port is taken: one line, and `up` restarts it
-        fail(f"{name}: {error}")
+    run_worker(name)  # `pressroom worker NAME` itself starts there without this module
 
 
 def up(
