@@ -6,7 +6,7 @@ SHELL := /bin/bash
 ## PATH), else python3 from PATH. `make PYTHON=/path/to/python3` chooses another.
 PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
   "$$p" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-  && { echo "$$p"; break; }; done)
+  && { echo "$$p"; exit 0; }; done; echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -21,7 +21,7 @@ install: $(STAMP)
 # uv installs the dependencies in seconds where pip takes a minute (pip is the fallback).
 $(STAMP): pyproject.toml
 	@echo "pressroom: installing into $(VENV) (the first time takes a minute or two) …"
-	@$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv --clear $(VENV)
 	@{ $(BIN)/python -m pip install --quiet --upgrade pip uv \
 	   && { $(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]" \
 	        || $(BIN)/python -m pip install --quiet -e ".[dev]"; }; } > $(VENV)/install.log 2>&1 \

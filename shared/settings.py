@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -688,11 +690,13 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as error:
         reasons = "; ".join([*problems, describe(error)])
         raise ConfigError(f"invalid configuration: {reasons}") from None
-    except PressroomError:
-        raise
-    except Exception as error:  # a YAML file that does not parse: its first 300 characters
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:  # PRESSROOM_CONFIG's file
         first = " ".join(str(error).split())[:300]
-        raise ConfigError(f"invalid configuration: PRESSROOM_CONFIG: {first}") from None
+        reasons = "; ".join([*problems, f"PRESSROOM_CONFIG: {first}"])
+        raise ConfigError(f"invalid configuration: {reasons}") from None
+    except SettingsError as error:  # e.g. a JSON setting in the environment that does not parse
+        first = " ".join(str(error).split())[:300]
+        raise ConfigError(f"invalid configuration: {'; '.join([*problems, first])}") from None
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return settings

@@ -215,7 +215,7 @@ class Stack:
 
         # Its own thread and event loop: a stack is started from sync and async tests alike.
         with ThreadPoolExecutor(1) as thread:
-            thread.submit(asyncio.run, setup()).result(timeout=120)
+            thread.submit(asyncio.run, asyncio.wait_for(setup(), timeout=120)).result()
 
     def start(self) -> Stack:
         self._launch()

@@ -40,13 +40,24 @@ def composition_root(name: str) -> Callable[[], Any]:
 
 
 def fail(message: str) -> NoReturn:
-    """One line on stderr and exit 1, like every `pressroom` error (`up` restarts the worker)."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr and exit 1, like every `pressroom` error (`up` restarts the worker);
+    control characters in it (a name given on the command line) are written out."""
+    from services.console.cli._output import visible
+
+    print(f"error: {visible(message)}", file=sys.stderr, flush=True)
     raise SystemExit(1)
 
 
 def run_worker(name: str) -> None:
-    """Run one service process until it is stopped."""
+    """Run one service process until it is stopped; Ctrl-C while it starts is exit 130, with
+    no traceback (`pressroom up`'s Ctrl-C reaches every worker, some of them still starting)."""
+    try:
+        _run(name)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _run(name: str) -> None:
     from shared.observe.logging import configure_logging
     from shared.secretenv import scrub
     from shared.settings import load_settings
@@ -65,7 +76,7 @@ def run_worker(name: str) -> None:
         app = composition_root(name)()
         asyncio.run(app.run())
     except KeyboardInterrupt:
-        return
+        return  # stopped while it ran: as a stop by SIGTERM
     except PressroomError as error:
         fail(f"{name}: {error.reason}")
     except OSError as error:  # e.g. its health port is taken: one line, and `up` restarts it

@@ -377,3 +377,25 @@ async def test_every_state_changing_cli_command_is_in_the_audit_trail(
     assert late and datetime.fromisoformat(late[0]["at"]) >= started
     # What is read-only metadata is not recorded.
     assert not any(r["action"] in ("ls", "slo", "stats", "audit") for r in records)
+
+
+async def test_a_report_pages_live_stream_says_changed_once_it_listens(
+    signed_in: RestConsole,
+) -> None:
+    """A change between the page being served and its stream opening is not lost: the stream's
+    first event, once it listens, has the page look again (the browser test of a cancel
+    relies on it)."""
+    header = "; ".join(f"{k}={v}" for k, v in signed_in.cookies.items())
+    url = f"{signed_in.url}/reports/{unique('quiet')}/events"
+    async with (
+        httpx.AsyncClient(timeout=60) as client,
+        client.stream("GET", url, headers={"cookie": header}) as answer,
+    ):
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        said = ""
+        async for chunk in answer.aiter_text():
+            said += chunk
+            if "event: changed" in said or ": keep-alive" in said:  # 15 s of nothing
+                break
+    assert said.startswith("retry: 2000\n\nevent: changed\n"), said

@@ -260,16 +260,23 @@ async def report_stream(request: Request) -> Response:
             return None
         return sse_event("changed", json.dumps({"status": row.status}))
 
-    return _row_stream(console, event)
+    # Once listening, one "changed" at once: a change between the page being served and this
+    # stream opening would otherwise never reach it (a cancel, the last change, stayed unseen).
+    return _row_stream(console, event, on_listen=sse_event("changed", json.dumps({"status": None})))
 
 
-def _row_stream(console: Console, event: Callable[[Row], str | None]) -> Response:
+def _row_stream(
+    console: Console, event: Callable[[Row], str | None], *, on_listen: str | None = None
+) -> Response:
     """Server-sent events over the ledger index's changed rows: what `event` makes of each
-    (None: nothing for this page), and a keep-alive comment every 15 s of quiet."""
+    (None: nothing for this page), and a keep-alive comment every 15 s of quiet; `on_listen`
+    is sent once the changes are being listened to."""
 
     async def events() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         with console.index.listen() as queue:
+            if on_listen is not None:
+                yield on_listen
             while True:
                 try:
                     row = await asyncio.wait_for(queue.get(), 15)

@@ -341,7 +341,7 @@ function studioEdit(box) {
   saveForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = document.getElementById("save-message").value.trim();
-    if (!message) return;
+    if (!message || !editor) return;
     say(saved, "Saving…");
     const { status, data } = await api.post("/versions", { files: texts(), message, base });
     if (status !== 201 && status !== 200) {
@@ -405,6 +405,9 @@ function studioEdit(box) {
       box.querySelector("input[name=data-kind][value=upload]").checked = true;
     }
     buildEditor(files);
+    // Saving takes the editor's files and the version they came from: not before both are in
+    // (a save while they loaded stored the live version under the author's message).
+    document.getElementById("save-button").disabled = false;
     await loadPayloads();
     await chooseData();
     if (!hasSample) schedule();
