@@ -149,8 +149,17 @@ async def test_an_author_edits_beside_the_preview_meets_the_typo_line_and_saves(
     await page.goto("/studio")
     listed = page.locator(f"#studio-list tr[data-template='{TEMPLATE}']")
     await expect(listed.locator(".recorded")).to_have_text(str(len(recorded)))
+    # The template's files are held back: until they are in, saving is disabled (a save
+    # before stored the live version under the author's message).
+    held: asyncio.Queue[Route] = asyncio.Queue()
+    template_api = re.compile(rf"/api/studio/templates/{re.escape(TEMPLATE)}$")
+    await page.route(template_api, held.put)
     await listed.get_by_role("link", name=TEMPLATE, exact=True).click()
     await page.wait_for_url(f"**/studio/edit/{TEMPLATE}")
+    files = await asyncio.wait_for(held.get(), timeout=TIMEOUT / 1000)
+    await expect(page.get_by_role("button", name="Save version")).to_be_disabled()
+    await files.continue_()
+    await page.unroute(template_api)
     first = await rendered(page)
     await expect(page.locator("#preview-pdf img")).to_have_count(1)
     frame = page.frame_locator("#html-frame")
