@@ -86,6 +86,24 @@ async def stage_done(nc: Any, rid: str, stage: str, *, timeout: float = 60.0) ->
     await eventually(done, timeout=timeout, every=0.01)
 
 
+async def dead_letter_count(nc: Any) -> int:
+    """How many messages the dead-letter stream holds now."""
+    from shared.bus.names import DLQ_STREAM
+
+    return int((await nc.jetstream().stream_info(DLQ_STREAM)).state.messages)
+
+
+async def dead_letters_beyond(nc: Any, count: int, *, timeout: float = 60.0) -> None:
+    """Until the dead-letter stream holds more than `count` messages: looked at in process,
+    before a test reads them with `pressroom dlq` (a CLI process per look cost a second of
+    CPU, and a look through `dlq show` one process per dead letter)."""
+
+    async def grown() -> bool:
+        return await dead_letter_count(nc) > count
+
+    await eventually(grown, timeout=timeout, every=0.05)
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

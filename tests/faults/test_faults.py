@@ -15,7 +15,16 @@ import pytest
 
 from shared.adapters.ledger import KvLedger
 from shared.bus.names import LEDGER_BUCKET, STREAM
-from tests.helpers import REPO, Stack, delivered_tags, eventually, tags, unique
+from tests.helpers import (
+    REPO,
+    Stack,
+    dead_letter_count,
+    dead_letters_beyond,
+    delivered_tags,
+    eventually,
+    tags,
+    unique,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -174,9 +183,11 @@ async def test_poison_messages_are_dead_lettered_without_retries(fault_stack: St
     nc = await stack.connect()
     js = nc.jetstream()
     marker = unique("poison")
+    before = await dead_letter_count(nc)
     await js.publish("report.requested", b"\xff\xfe not json " + marker.encode())
     await js.publish("report.requested", json.dumps({"request_id": marker, "formats": []}).encode())
     await js.publish("data.ready", json.dumps({"request": {"template": "x"}}).encode())
+    await dead_letters_beyond(nc, before + 2)
     await nc.close()
 
     async def letters() -> list[dict[str, Any]] | None:

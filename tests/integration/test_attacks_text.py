@@ -24,7 +24,16 @@ from services.renderer.job import RenderJob
 from services.renderer.pdf import render_job
 from services.renderer.sandbox import MAX_ASSET_BYTES
 from shared.errors import ResourceBlocked
-from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
+from tests.helpers import (
+    REPO,
+    Outcomes,
+    Stack,
+    dead_letter_count,
+    dead_letters_beyond,
+    delivered_file,
+    eventually,
+    unique,
+)
 from tests.pdftext import page_texts
 
 pytestmark = pytest.mark.integration
@@ -212,6 +221,7 @@ async def hostile_history(stack: Stack, nc: Any, outcomes: Outcomes) -> dict[str
     tag = unique("h")
     rid, template, claimed = unique("hostile-template"), hostile(tag), hostile(f"{tag}-id")
     js = nc.jetstream()
+    before = await dead_letter_count(nc)
     await js.publish(
         "report.requested", json.dumps({"request_id": rid, "template": template}).encode()
     )
@@ -219,6 +229,7 @@ async def hostile_history(stack: Stack, nc: Any, outcomes: Outcomes) -> dict[str
         "report.requested", json.dumps({"request_id": claimed, "template": 1}).encode()
     )
     await outcomes.failed_event(rid)
+    await dead_letters_beyond(nc, before + 1)  # both dead letters are in
 
     async def claimed_letter() -> str | None:
         rows = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
+from tests.helpers import (
+    REPO,
+    Outcomes,
+    Stack,
+    dead_letter_count,
+    dead_letters_beyond,
+    delivered_file,
+    eventually,
+    unique,
+)
 from tests.pdftext import pdf_text
 
 pytestmark = pytest.mark.integration
@@ -84,7 +93,9 @@ async def test_undefined_variable_fails_with_the_variable_named(
 
 async def test_invalid_json_is_dead_lettered_at_once_with_a_reason(stack: Stack, nc: Any) -> None:
     marker = unique("garbage")
+    before = await dead_letter_count(nc)
     await nc.jetstream().publish("report.requested", f"{{not json {marker}".encode())
+    await dead_letters_beyond(nc, before)
 
     async def find() -> dict[str, Any] | None:
         result = stack.cli("dlq", "ls", "--json", "--stage", "fetcher", check=True)
@@ -99,7 +110,9 @@ async def test_invalid_json_is_dead_lettered_at_once_with_a_reason(stack: Stack,
 async def test_payload_failing_the_schema_names_the_field(stack: Stack, nc: Any) -> None:
     rid = unique("schema")
     body = {"request_id": rid, "template": "../../etc/passwd", "formats": ["docx"]}
+    before = await dead_letter_count(nc)
     await nc.jetstream().publish("report.requested", json.dumps(body).encode())
+    await dead_letters_beyond(nc, before)
 
     async def find() -> dict[str, Any] | None:
         rows = json.loads(stack.cli("dlq", "ls", "--json", check=True).stdout)
