@@ -322,6 +322,41 @@ async def test_a_shadow_render_finds_the_report_that_now_fails_and_promotion_is_
     await page.close()
 
 
+async def test_a_late_answer_about_an_earlier_run_does_not_replace_the_new_one(
+    ann: Watched,
+) -> None:
+    """The page follows the last run of the chosen version as it opens. When that answer comes
+    only after a new run has been started and has finished, it must not be shown over it."""
+    page = await ann.page()
+    earlier: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
+
+    async def hold_the_first(route: Route) -> None:
+        if earlier.done():
+            await route.continue_()
+        else:
+            earlier.set_result(route)
+
+    run_view = re.compile(r"/api/studio/shadow/[^/]+$")
+    await page.route(run_view, hold_the_first)
+    await page.goto(f"/studio/shadow/{TEMPLATE}")
+    held = await asyncio.wait_for(earlier, timeout=TIMEOUT / 1000)  # the earlier run's state
+    await page.get_by_role("button", name="Run the shadow render").click()
+    state = page.locator("#shadow-state")
+    await expect(state).to_contain_text("Done", timeout=TIMEOUT)
+    # Now the earlier run's answer, made unmistakable: a run that stopped.
+    stale = {"run": "earlier", "status": "error", "error": "STALE ANSWER", "results": []}
+    async with page.expect_response(run_view):
+        await held.fulfill(json=stale)
+    # Two frames: the page has had its turn with that answer.
+    await page.evaluate(
+        "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+    )
+    await expect(state).to_contain_text("Done")
+    await expect(state).not_to_contain_text("STALE ANSWER")
+    await page.unroute(run_view)
+    await page.close()
+
+
 async def test_a_viewer_sees_no_studio_and_no_editor(
     browser: Browser,
     console: Console,
