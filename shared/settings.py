@@ -690,13 +690,13 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as error:
         reasons = "; ".join([*problems, describe(error)])
         raise ConfigError(f"invalid configuration: {reasons}") from None
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:  # PRESSROOM_CONFIG's file
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, SettingsError) as error:
+        # PRESSROOM_CONFIG's file does not parse, or a JSON setting in the environment: in one
+        # line, its first 300 characters
         first = " ".join(str(error).split())[:300]
-        reasons = "; ".join([*problems, f"PRESSROOM_CONFIG: {first}"])
+        where = "" if isinstance(error, SettingsError) else "PRESSROOM_CONFIG: "
+        reasons = "; ".join([*problems, f"{where}{first}"])
         raise ConfigError(f"invalid configuration: {reasons}") from None
-    except SettingsError as error:  # e.g. a JSON setting in the environment that does not parse
-        first = " ".join(str(error).split())[:300]
-        raise ConfigError(f"invalid configuration: {'; '.join([*problems, first])}") from None
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return settings

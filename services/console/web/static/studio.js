@@ -679,9 +679,14 @@ function studioShadow(box) {
 
   let followed = 0; // the run asked for last: an answer about an earlier one is stale
 
-  async function follow(runId) {
+  function stopFollowing() {
     clearTimeout(polling);
-    const mine = ++followed;
+    followed++; // an answer still on its way about the run followed until now must not show
+  }
+
+  async function follow(runId) {
+    stopFollowing();
+    const mine = followed;
     const { status, data } = await api.get(`/api/studio/shadow/${encodeURIComponent(runId)}`);
     if (mine !== followed) return; // another run was started or picked meanwhile
     if (status !== 200) {
@@ -696,8 +701,7 @@ function studioShadow(box) {
     event.preventDefault();
     promoteBox.hidden = true;
     const last = Number(document.getElementById("shadow-last").value) || 20;
-    clearTimeout(polling);
-    followed++; // what was being followed no longer is: its late answer must not show
+    stopFollowing();
     say(state, "Starting the shadow render…");
     const { status, data } = await api.post("/shadow", { version: versionSelect.value, last });
     if (status !== 202 && status !== 200) {
@@ -734,8 +738,7 @@ function studioShadow(box) {
       const run = (runs.status === 200 ? runs.data.runs || [] : []).find((r) => r.version === versionSelect.value);
       summary.hidden = true;
       promoteBox.hidden = true;
-      clearTimeout(polling);
-      followed++; // the other version's run, still being asked for, is not this one
+      stopFollowing(); // the other version's run is not this one
       say(state, "");
       if (run) follow(run.run);
     });
