@@ -44,7 +44,7 @@ from weasyprint.layout.page import make_margin_boxes, remake_page
 from weasyprint.pdf.metadata import DocumentMetadata
 from weasyprint.text.fonts import FontConfiguration
 
-from services.renderer import fonts, warm
+from services.renderer import cellwidths, fonts, warm
 from services.renderer.chunks import ChunkJob, ChunkResult, Rendezvous, SplitUnsupported
 from services.renderer.job import SplitAborted
 from services.renderer.sandbox import warm_fetcher, weasyprint_errors
@@ -326,6 +326,7 @@ class ChunkLayout:
         fonts.configure(job.font_dirs)
         # The process's warm stylesheets and fetcher, as a one-piece render has (pdf.py).
         warm.install_stylesheet_cache()
+        cellwidths.install()
         fetcher = warm_fetcher(job.templates_dir, job.asset_allow)
         with weasyprint_errors(), fonts.glyph_watch() as missing:
             self.html = HTML(string=job.html, base_url=job.base_url, url_fetcher=fetcher)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.renderer import document, fonts, warm
+from services.renderer import cellwidths, document, fonts, warm
 from services.renderer.document import Resolved
 from services.renderer.exports import Export, make_exports
 from services.renderer.finish import appended_pages, finish, with_placeholders
@@ -158,6 +158,7 @@ def _html_to_pdf(
     from weasyprint import HTML
 
     warm.install_stylesheet_cache()
+    cellwidths.install()
     fetcher = warm_fetcher(job.templates_dir, job.asset_allow)
     name, version = template
     options, finish = document.write_options(resolved, job.document, name, version, fetcher)
