@@ -9,9 +9,11 @@ render processes used, so a busy machine shows as wall time far above CPU time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ from shared.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "templates" / "samples"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+CELL_ROUNDS = max(4, ROUNDS)  # the same render differs by up to 30 % between rounds here
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -450,6 +453,117 @@ def write_phase(rows: int) -> dict[str, Any]:
                     _write_phase_child, str(path), subsetter
                 ).result()
     return result
+
+
+# ---- each distinct cell measured once (services/renderer/cellwidths.py) -------------------------
+def _cell_widths_child(path: str, base: str) -> dict[str, Any]:
+    """Layout CPU of one warm render, cells measured once per distinct cell and each apart,
+    alternated (runs in a fresh process); the time in WeasyPrint's column-width pass."""
+    import hashlib
+    import logging
+
+    from services.renderer import cellwidths, fonts
+
+    fonts.configure()
+    import weasyprint
+    from weasyprint.layout import preferred, table
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    cellwidths.install()
+    spent = [0.0]
+    measure = preferred.table_and_columns_preferred_widths
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        try:
+            return measure(*args, **kwargs)
+        finally:
+            spent[0] += time.process_time() - started
+
+    preferred.table_and_columns_preferred_widths = timed
+    table.table_and_columns_preferred_widths = timed  # type: ignore[attr-defined]
+    html = Path(path).read_text()
+    weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf()
+    runs: dict[str, list[dict[str, float]]] = {"each": [], "once": []}
+    digests = set()
+    for round_ in range(CELL_ROUNDS):
+        for way in ("each", "once") if round_ % 2 == 0 else ("once", "each"):
+            spent[0] = 0.0
+            before = dict(cellwidths.totals)
+            with cellwidths.disabled() if way == "each" else contextlib.nullcontext():
+                cpu = time.process_time()
+                document = weasyprint.HTML(string=html, base_url=base).render()
+                layout = time.process_time() - cpu
+            digests.add(hashlib.sha256(document.write_pdf() or b"").hexdigest())
+            runs[way].append(
+                {
+                    "layout": layout,
+                    "widths": spent[0],
+                    "reused": cellwidths.totals["reused"] - before["reused"],
+                    "measured": cellwidths.totals["measured"] - before["measured"],
+                }
+            )
+    median = {
+        way: {k: statistics.median(r[k] for r in found) for k in found[0]}
+        for way, found in runs.items()
+    }
+    pairs = [e["layout"] / o["layout"] for e, o in zip(runs["each"], runs["once"], strict=True)]
+    return {**median, "ratio": statistics.median(pairs), "identical": len(digests) == 1}
+
+
+def cell_widths(rows: int) -> dict[str, Any]:
+    """Layout CPU with each cell measured vs each distinct cell once, for two long tables."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from services.renderer.pdf import render_html
+
+    documents = {
+        f"`portfolio.html`, {rows:,} rows": (job_for(portfolio(rows), "off"), REPO / "templates"),
+        f"statement, {rows:,} rows": (statement_job(rows, "off"), STATEMENT_DIR),
+    }
+    result: dict[str, Any] = {"load_before": os.getloadavg()[0]}
+    folder = Path(tempfile.mkdtemp(prefix="pressroom-bench-cells-"))
+    try:
+        for label, (job, base) in documents.items():
+            path = folder / f"{len(result)}.html"
+            path.write_text(render_html(job)[2])
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                result[label] = pool.submit(_cell_widths_child, str(path), f"{base}/").result()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result["load_after"] = os.getloadavg()[0]
+    return result
+
+
+def cell_widths_markdown(found: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## Long tables: each distinct cell measured once",
+        "",
+        "Before it lays a table out, WeasyPrint measures every cell's min- and max-content "
+        "width. A render process measures each distinct cell (its boxes, texts and styles) "
+        "once per render instead (services/renderer/cellwidths.py). CPU seconds of one warm "
+        f"render's layout in a fresh process, {CELL_ROUNDS} rounds, the two ways alternated "
+        "(the order swapped every round): medians, and the median of the rounds' ratios. The "
+        "column-width pass is WeasyPrint's `table_and_columns_preferred_widths`. Load average "
+        f"(1 min) before / after: {found['load_before']:.1f} / {found['load_after']:.1f}.",
+        "",
+        "| document | layout, each cell | layout, once per distinct cell | ratio "
+        "| width pass, each / once | cells measured / reused | same PDF |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, run in found.items():
+        if not isinstance(run, dict):
+            continue
+        each, once = run["each"], run["once"]
+        lines.append(
+            f"| {label} | {each['layout']:.2f} s | {once['layout']:.2f} s | "
+            f"**{run['ratio']:.2f}×** | {each['widths']:.2f} s / "
+            f"{once['widths']:.2f} s | {once['measured']:,.0f} / {once['reused']:,.0f} | "
+            f"{'yes' if run['identical'] else '**no**'} |"
+        )
+    return lines
 
 
 def markdown(long: dict[str, Any], write: dict[str, Any] | None) -> list[str]:

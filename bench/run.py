@@ -530,6 +530,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += longreport.markdown(result["long"], result.get("write_phase"))
     if "statement" in result:
         lines += longreport.statement_markdown(result["statement"])
+    if "cell_widths" in result:
+        lines += longreport.cell_widths_markdown(result["cell_widths"])
     if "archive" in result:
         lines += archive.markdown(result["archive"])
     notes = DOCS / "benchmarks-notes.md"  # hand-written remarks on the figures
@@ -574,6 +576,11 @@ async def main() -> None:
         found = {"latency": await latency(root, LATENCY_N)}
         update_published(**found)
         print(json.dumps(found, indent=2))
+        return
+    if only == "cells":
+        found = {"cell_widths": longreport.cell_widths(LARGE_ROWS)}
+        update_published(**found)
+        print("\n".join(longreport.cell_widths_markdown(found["cell_widths"])))
         return
     if only == "statement":
         found = {"statement": await longreport.statement_report(LARGE_ROWS)}
@@ -663,6 +670,8 @@ async def main() -> None:
     result["long"] = await longreport.long_report(LARGE_ROWS, sorted({1, 2, os.cpu_count() or 1}))
     log("the PDF write phase: HarfBuzz-Subset vs fontTools …")
     result["write_phase"] = longreport.write_phase(LARGE_ROWS)
+    log(f"long tables ({LARGE_ROWS} rows): each cell measured vs each distinct cell once …")
+    result["cell_widths"] = longreport.cell_widths(LARGE_ROWS)
     log("PDF/A, tags and exports against a plain render …")
     result["archive"] = await archive.measure()
 
