@@ -3,9 +3,10 @@
 Before it lays a table out, WeasyPrint measures every cell's min- and max-content width, and
 each measure lays the cell's text out with Pango: for a 3,000-row table that is a fifth of the
 render. Long tables repeat themselves (dates, descriptions, "0.00", a status column), and a
-cell's widths depend only on its boxes: their kinds, their texts and their styles. Here a render
-keeps each cell's widths under a key made of exactly those, and a cell with the same key is not
-measured again.
+cell's widths depend only on its boxes: their kinds, their texts and their styles, and — with
+`border-collapse: collapse` — the border widths the table's collapsing gave the cell (set on the
+box, from its neighbours, row, column and the table). Here a render keeps each cell's widths
+under a key made of exactly those, and a cell with the same key is not measured again.
 
 A box's style is keyed by what WeasyPrint computes it from: its cascaded declarations, the
 pseudo-element it is, and its parent's style, up to the root (the root style, fonts and page
@@ -146,7 +147,14 @@ def _box_key(box: Any, memo: _Memo) -> Any:
         if key is None:
             return None
         children.append(key)
-    return (kind, style, getattr(box, "text", None), tuple(children))
+    return (kind, style, getattr(box, "text", None), _used_borders(box), tuple(children))
+
+
+def _used_borders(box: Any) -> tuple[Any, Any]:
+    """A cell's left and right border widths as set on the box: with `border-collapse:
+    collapse` they are not its style's but what wins against its neighbours, the row, the
+    column and the table (WeasyPrint's collapse_table_borders), and the widths count them."""
+    return getattr(box, "border_left_width", None), getattr(box, "border_right_width", None)
 
 
 @contextlib.contextmanager

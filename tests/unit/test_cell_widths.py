@@ -17,10 +17,12 @@ from tests.unit.test_render_warm import job_for
 
 # The same texts again and again, in cells that differ by: a class (font size), the row
 # (nth-child: letter spacing, inherited), the language (hyphenation), generated content, an
-# inline element, white-space; and cells left to WeasyPrint (an inline block).
+# inline element, white-space, the borders collapsing gave them (the table's on the first
+# column, a thick neighbour's); and cells left to WeasyPrint (an inline block).
 TRICKY = """<html><head><style>
-  table { border-collapse: collapse; }
+  table { border-collapse: collapse; border: 3mm solid black; }
   td { border: 1px solid gray; padding: 1mm 2mm; hyphens: auto; }
+  td.thick { border-right: 5mm solid black; }
   td.big { font-size: 20pt; }
   tr:nth-child(4n) { letter-spacing: 3px; }
   td.tag::before { content: "* "; }
@@ -30,7 +32,8 @@ TRICKY = """<html><head><style>
 {% for i in range(rows) %}<tr>
   <td>{{ words[i % 3] }}</td>
   <td class="{{ 'big' if i % 5 == 4 else '' }}">{{ words[i % 2] }}</td>
-  <td lang="{{ 'de' if i % 2 else 'en' }}">Donaudampfschifffahrtsgesellschaft</td>
+  <td lang="{{ 'de' if i % 2 else 'en' }}"
+      class="{{ 'thick' if i % 9 == 8 else '' }}">Donaudampfschifffahrtsgesellschaft</td>
   <td class="{{ 'tag' if i % 3 == 0 else '' }}">{{ words[2] }}</td>
   <td>{% if i % 4 == 1 %}<b>{{ words[0] }}</b>{% else %}{{ words[0] }}{% endif %}</td>
   <td class="{{ 'pre' if i % 6 == 5 else '' }}">{{ words[0] }} {{ words[1] }}</td>
@@ -69,17 +72,21 @@ def style_without_ancestors(style: Any, memo: Any) -> int | None:
 
 
 @pytest.mark.parametrize(
-    "flawed",
-    [lambda style, memo: 0, style_without_ancestors],
-    ids=["text only", "without ancestors"],
+    ("part", "flawed"),
+    [
+        ("_style_key", lambda style, memo: 0),
+        ("_style_key", style_without_ancestors),
+        ("_used_borders", lambda box: (None, None)),
+    ],
+    ids=["text only", "without ancestors", "without collapsed borders"],
 )
-def test_a_key_that_leaves_part_of_the_style_out_would_print_another_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flawed: Any
+def test_a_key_that_leaves_part_of_the_cell_out_would_print_another_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: str, flawed: Any
 ) -> None:
     # The table above catches such keys: the test above can fail.
     with cellwidths.disabled():
         expected = tricky_pdf(tmp_path)
-    monkeypatch.setattr(cellwidths, "_style_key", flawed)
+    monkeypatch.setattr(cellwidths, part, flawed)
     assert tricky_pdf(tmp_path) != expected
 
 
