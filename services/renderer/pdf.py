@@ -18,6 +18,7 @@ from services.renderer.finish import appended_pages, finish, with_placeholders
 from services.renderer.job import Analysis, RenderJob, RenderOutput
 from services.renderer.sandbox import (
     check_output_size,
+    engine_failures,
     warm_fetcher,
     weasyprint_errors,
 )
@@ -174,7 +175,7 @@ def _html_to_pdf(
         return rendered, pdf
 
     missing: Counter[int] = Counter()
-    with weasyprint_errors():
+    with engine_failures(), weasyprint_errors():
         rendered, pdf = warm.with_fonts(f"{name}@{version}", render)
     assert pdf is not None
     # After the render, not during it: a report with boxes is never delivered, and the reason

@@ -14,7 +14,7 @@ from services.renderer import assets
 from services.renderer.exports import Export
 from services.renderer.job import RenderJob
 from shared.adapters.netpolicy import allow_listed
-from shared.errors import PermanentError, ResourceBlocked
+from shared.errors import PermanentError, PressroomError, ResourceBlocked, TemplateError
 
 MAX_ASSET_BYTES = 20 * 1024 * 1024
 
@@ -95,6 +95,34 @@ def check_output_size(
             raise PermanentError(
                 f"{fmt} output is {len(data):,} bytes, over the {job.max_output_bytes:,}-byte limit"
             )
+
+
+# What WeasyPrint raises from inside its layout for markup it does not handle (a positioned
+# element or a `::marker` in a table cell: "min-content width for TextBox not handled yet").
+_ENGINE_FAILURES = (
+    LookupError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    ArithmeticError,
+    NotImplementedError,
+)
+
+
+@contextmanager
+def engine_failures() -> Iterator[None]:
+    """A whole render's unexpected error from WeasyPrint as the template's error, in one line
+    (the service dead-letters it with this reason, the CLI prints it): it is the document's,
+    and rendering it again gives the same. Not for a split's chunks: an error there falls back
+    to rendering in one piece (split.py)."""
+    try:
+        yield
+    except PressroomError:
+        raise
+    except _ENGINE_FAILURES as error:
+        what = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        raise TemplateError(f"WeasyPrint could not lay this document out ({what})") from None
 
 
 @contextmanager

@@ -128,6 +128,19 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, args: list[str], expec
     assert expected in line
 
 
+# Markup WeasyPrint 70 does not handle: it raises from inside its layout.
+UNLAID = """<html><head><style>li::marker { content: "-> "; }</style></head>
+<body><table><tr><td><ol><li>one</li></ol></td></tr></table></body></html>"""
+
+
+def test_markup_weasyprint_cannot_lay_out_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "unlaid.html").write_text(UNLAID)
+    args = ["--template", str(tmp_path / "unlaid.html"), "--output", str(tmp_path / "o.pdf")]
+    line = one_line_error(pressroom("render", *args))
+    assert "WeasyPrint could not lay this document out (TypeError: " in line, line
+    assert not (tmp_path / "o.pdf").exists()
+
+
 def test_templates_ls_validate_and_vars() -> None:
     listed = json.loads(pressroom("templates", "ls", "--json").stdout)
     assert {"portfolio.html", "weekly.html"} <= {t["name"] for t in listed}

@@ -255,3 +255,17 @@ def test_failed_long_chunks_leave_no_garbage_for_the_next_job() -> None:
     base, cycles = max(seen["before"]), seen["cycles"]
     assert seen["other"] - base < cycles / 10
     assert all(a - b < cycles / 10 for a, b in zip(seen["after"], seen["before"], strict=True))
+
+
+def test_markup_weasyprint_cannot_lay_out_fails_as_the_templates_error(tmp_path: Path) -> None:
+    from shared.errors import TemplateError, classify
+
+    (tmp_path / "unlaid.html").write_text(
+        '<html><head><style>li::marker { content: "-> "; }</style></head>'
+        "<body><table><tr><td><ol><li>one</li></ol></td></tr></table></body></html>"
+    )
+    with pytest.raises(TemplateError) as raised:
+        render_job(job_for(tmp_path, "unlaid.html", {}))
+    # The renderer dead-letters it at once, with this reason: rendering it again gives the same.
+    assert classify(raised.value) == "permanent"
+    assert raised.value.reason.startswith("WeasyPrint could not lay this document out (TypeError")
