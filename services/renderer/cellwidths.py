@@ -103,33 +103,21 @@ def _style_key(style: Any, memo: _Memo) -> int | None:
         try:
             key = memo.tokens.setdefault((described, above), len(memo.tokens))
         except TypeError:  # a list among the values (`content`): the same, as tuples
-            frozen = _frozen((described, above))
-            key = None if frozen is None else memo.tokens.setdefault(frozen, len(memo.tokens))
+            try:
+                key = memo.tokens.setdefault(_frozen((described, above)), len(memo.tokens))
+            except TypeError:  # something else that cannot be hashed: measured as before
+                key = None
     memo.styles[id(style)] = (style, key)
     return key
 
 
-class _Unhashable(Exception):
-    pass
-
-
 def _frozen(value: Any) -> Any:
-    """`value` with its lists as tagged tuples (None: something else that cannot be hashed)."""
-    try:
-        return _freeze(value)
-    except _Unhashable:
-        return None
-
-
-def _freeze(value: Any) -> Any:
+    """`value` with its lists as tagged tuples (`content` values are lists); what still cannot
+    be hashed raises TypeError where it is used as a key."""
     if isinstance(value, list):
-        return ("list", *(_freeze(item) for item in value))
+        return ("list", *(_frozen(item) for item in value))
     if isinstance(value, tuple):
-        return tuple(_freeze(item) for item in value)
-    try:
-        hash(value)
-    except TypeError:
-        raise _Unhashable from None
+        return tuple(_frozen(item) for item in value)
     return value
 
 

@@ -14,7 +14,7 @@ from services.renderer import assets
 from services.renderer.exports import Export
 from services.renderer.job import RenderJob
 from shared.adapters.netpolicy import allow_listed
-from shared.errors import PermanentError, PressroomError, ResourceBlocked, TemplateError
+from shared.errors import PermanentError, ResourceBlocked, TemplateError
 
 MAX_ASSET_BYTES = 20 * 1024 * 1024
 
@@ -118,9 +118,7 @@ def engine_failures() -> Iterator[None]:
     to rendering in one piece (split.py)."""
     try:
         yield
-    except PressroomError:
-        raise
-    except _ENGINE_FAILURES as error:
+    except _ENGINE_FAILURES as error:  # Pressroom's own errors are none of these
         what = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         raise TemplateError(f"WeasyPrint could not lay this document out ({what})") from None
 
