@@ -243,7 +243,7 @@ def statement_job(rows: int, split: str, templates: Path = STATEMENT_DIR) -> Ren
 
 
 async def _statement_once(
-    processes: int, rows: int, split: str, templates: Path = STATEMENT_DIR
+    processes: int, rows: int, split: str, templates: Path = STATEMENT_DIR, rounds: int = ROUNDS
 ) -> dict[str, Any]:
     pool = RenderPool(processes, memory_mb=4096, timeout=1800)
     await pool.start()
@@ -273,7 +273,7 @@ async def _statement_once(
         chunk_stats.clear()
         job = statement_job(rows, split, templates)
         best: dict[str, Any] = {}
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             pids = _children()
             cpu_before = {pid: _cpu_seconds(pid) for pid in pids}
             steps.clear()
@@ -294,23 +294,82 @@ async def _statement_once(
                     "steps": dict(steps),
                     "load": os.getloadavg()[0],
                 }
-        best.update(processes=processes, rounds=ROUNDS)
+        best.update(processes=processes, rounds=rounds)
         return best
     finally:
         await pool.close()
 
 
+# One piece and split take turns, each in a fresh pool: this host's speed drifts by 10-30 %
+# within minutes, so a split measured a minute after its one piece compares two hosts.
+STATEMENT_PAIRS = max(3, ROUNDS)
+
+
+async def statement_pairs(
+    rows: int, processes: int = 2, templates: Path = STATEMENT_DIR, pairs: int = STATEMENT_PAIRS
+) -> dict[str, Any]:
+    """`pairs` rounds of one piece and split, alternated (the order swapped each round): each
+    round's ratios, their medians, and the fastest of each way for the table."""
+    rounds: list[dict[str, Any]] = []
+    for n in range(pairs):
+        order = ("off", "on") if n % 2 == 0 else ("on", "off")
+        found = {}
+        for split in order:
+            found[split] = await _statement_once(
+                1 if split == "off" else processes, rows, split, templates, rounds=1
+            )
+        one, parts = found["off"], found["on"]
+        rounds.append(
+            {
+                "one_piece": one,
+                "split": parts,
+                "ratio": one["seconds"] / parts["seconds"],
+                "cpu_ratio": one["cpu_seconds"] / critical_cpu(parts),
+            }
+        )
+    return {
+        "one_piece": {
+            **min((r["one_piece"] for r in rounds), key=lambda f: f["seconds"]),
+            "rounds": pairs,
+        },
+        "split": {
+            **min((r["split"] for r in rounds), key=lambda f: f["seconds"]),
+            "rounds": pairs,
+        },
+        "pairs": [
+            {
+                "one_piece_seconds": r["one_piece"]["seconds"],
+                "split_seconds": r["split"]["seconds"],
+                "ratio": r["ratio"],
+                "cpu_ratio": r["cpu_ratio"],
+            }
+            for r in rounds
+        ],
+        "ratio": statistics.median(r["ratio"] for r in rounds),
+        "cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds),
+    }
+
+
+def _summary(found: dict[str, Any]) -> dict[str, Any]:
+    return {key: found[key] for key in ("pairs", "ratio", "cpu_ratio")}
+
+
 async def statement_report(rows: int, process_counts: tuple[int, ...] = (2,)) -> dict[str, Any]:
     """One piece vs split for the statement (a template the split was not tuned on)."""
     result: dict[str, Any] = {"rows": rows, "load_before": os.getloadavg()}
-    result["one_piece"] = await _statement_once(1, rows, "off")
-    result["split"] = {str(p): await _statement_once(p, rows, "on") for p in process_counts}
+    paired = {str(p): await statement_pairs(rows, p) for p in process_counts}
+    first = paired[str(process_counts[0])]
+    result["one_piece"] = first["one_piece"]
+    result["split"] = {
+        p: {**found["split"], "paired": _summary(found)} for p, found in paired.items()
+    }
     if os.environ.get("BENCH_FIXED", "1") == "1":
         fixed = fixed_statement_dir()
         try:
+            found = await statement_pairs(rows, max(process_counts), fixed)
             result["fixed"] = {
-                "one_piece": await _statement_once(1, rows, "off", fixed),
-                "split": await _statement_once(max(process_counts), rows, "on", fixed),
+                "one_piece": found["one_piece"],
+                "split": {**found["split"], "paired": _summary(found)},
             }
         finally:
             shutil.rmtree(fixed, ignore_errors=True)
@@ -342,12 +401,15 @@ def statement_markdown(found: dict[str, Any]) -> list[str]:
         f"## Long report, held-out kind: a {found['rows']:,}-row statement",
         "",
         "`bench/templates/statement.html`: extends a base template, totals and notes after the "
-        'table, "Page X of Y" in the footer, header lines in the top margin. Best of '
-        f"{one['rounds']} runs each; load average (1 min) before / after: "
-        f"{found['load_before'][0]:.1f} / {found['load_after'][0]:.1f}. Target: split over 2 "
-        "processes ≥ 1.8× one piece. The machine is shared: besides the latency, the CPU "
-        "speed-up compares the one piece's CPU with the split's floor on idle cores (plan and "
-        "merge as measured, the busiest chunk's CPU).",
+        'table, "Page X of Y" in the footer, header lines in the top margin. One piece and '
+        f"split take turns, {one['rounds']} rounds each way (the order swapped each round, each "
+        "render in a fresh pool of warm processes): the speed-ups are the medians of the "
+        "rounds' ratios (each round's below), the latencies the fastest of each way. Load "
+        f"average (1 min) before / after: {found['load_before'][0]:.1f} / "
+        f"{found['load_after'][0]:.1f}. Target: split over 2 processes ≥ 1.8× one piece. The "
+        "machine is shared: besides the latency, the CPU speed-up compares the one piece's CPU "
+        "with the split's floor on idle cores (plan and merge as measured, the busiest "
+        "chunk's CPU).",
         "",
         "| render | latency | speed-up | CPU (all) | floor | CPU speed-up | Jinja | pages | load |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -364,14 +426,32 @@ def statement_markdown(found: dict[str, Any]) -> list[str]:
         )
         for figures in splits.values():
             floor = critical_cpu(figures)
+            paired = figures.get("paired") or {}
+            ratio = paired.get("ratio", whole["seconds"] / figures["seconds"])
+            cpu_ratio = paired.get("cpu_ratio", whole["cpu_seconds"] / floor)
             lines.append(
                 f"| split in {figures['chunks']}{suffix} | {figures['seconds']:.1f} s "
-                f"| **{whole['seconds'] / figures['seconds']:.2f}×** "
+                f"| **{ratio:.2f}×** "
                 f"| {figures['cpu_seconds']:.1f} s | {floor:.1f} s "
-                f"| **{whole['cpu_seconds'] / floor:.2f}×** "
+                f"| **{cpu_ratio:.2f}×** "
                 f"| {figures['html_seconds']:.2f} s | {figures['pages']} "
                 f"| {figures.get('load', 0):.1f} |"
             )
+    for suffix, _, splits in groups:
+        for figures in splits.values():
+            pairs = (figures.get("paired") or {}).get("pairs") or []
+            if pairs:
+                lines += [
+                    "",
+                    f"Each round{suffix}, one piece / split in {figures['chunks']} "
+                    "(latency; CPU speed-up): "
+                    + "; ".join(
+                        f"{p['one_piece_seconds']:.1f} / {p['split_seconds']:.1f} s = "
+                        f"{p['ratio']:.2f}× ({p['cpu_ratio']:.2f}×)"
+                        for p in pairs
+                    )
+                    + ".",
+                ]
     for suffix, _, splits in groups:
         for figures in splits.values():
             stats = figures.get("chunk_stats") or []
