@@ -9,11 +9,10 @@ through files in a folder they share (the rendezvous):
    cells and all take the widest of all (WeasyPrint's own min/max-content widths); a table with
    `table-layout: fixed` and a width needs no measuring;
 2. where a chunk starts: its pages must start where the pages of chunk k-1 end (a row only
-   chunk k-1 can know). Chunk k guesses it from the row chunk 0's second page starts with and
-   the rows a page holds (a page of its own, laid out meanwhile; chunk 0's first full page, its
-   probe, checks that count) and lays out at once; when chunk k-1 is done and the guess was
-   wrong, it lays its pages out again from there — cheaply when a wrong guess was likely (rows
-   per page differ): then each cell's layout is kept and moved instead of redone;
+   chunk k-1 can know). Chunk k guesses it from chunk 0's first full page (its probe: rows per
+   page) and lays out at once; when chunk k-1 is done and the guess was wrong, it lays its pages
+   out again from there — cheaply when a wrong guess was likely (rows per page differ): then
+   each cell's layout is kept and moved instead of redone;
 3. page numbers: once every chunk knows its pages, each adds the margin boxes ("Page 37 of 72")
    with the whole document's numbers;
 4. fonts: each font is embedded once, by the first chunk that uses it, with the glyphs of all.
