@@ -313,7 +313,6 @@ class ChunkLayout:
         # some page held another number (then the guessed starts may be wrong: see _paginate).
         self.per_page: int | None = None
         self.irregular = False
-        self.unchecked = False  # per_page is my own page's count, not yet held against chunk 0's
         self.cache = CellCache(set())
         self.clock = time.perf_counter()
         self.cpu = time.process_time()
@@ -475,7 +474,6 @@ class ChunkLayout:
         if job.index > 0:
             begin = int(self.rendezvous.wait("stop", job.index - 1))
             if begin != began:
-                self.unchecked = False  # exact now
                 pages, stop, _ = self._paginate(self._restart(begin), begin)
                 self.stats["second_pass_pages"] = len(pages)
         if not self.last:
@@ -513,25 +511,12 @@ class ChunkLayout:
         where chunk 0's first full page says they start (its probe, published after its first
         pages). Waiting for one of the two costs less than laying out pages to throw away —
         unless chunk 0 has many pages before its table: then my nominal first row, and the
-        pages start again where the probe says once it comes (True: watch for it).
-
-        While chunk 0 lays out its first page, I lay one out from my nominal row: it tells how
-        many rows a page holds, and with the row chunk 0's second page starts with ("first",
-        published after its first page) it places my pages one page of chunk 0's sooner than
-        its probe would. When the probe comes, a page of chunk 0's that held another number of
-        rows makes the pages irregular (_paginate): their cells are kept from then on, for the
-        second pass that is then likely."""
+        pages start again where the probe says once it comes (True: watch for it)."""
         job = self.job
         wanted = [("stop", job.index - 1), ("probe", 0)]
         found = self.rendezvous.wait_any([*wanted, ("laying_out", 0)])
         if found is not None and found[0] == "laying_out":
-            per_page = self._rows_on_a_page(job.targets[job.index])
-            sooner = [("first", 0)] if per_page else []
-            found = self.rendezvous.wait_any([*wanted, *sooner], patience=PROBE_PATIENCE)
-            if found is not None and found[0] == "first":
-                self._mark("waited")
-                self.unchecked = True  # until chunk 0's probe says how many rows its page held
-                return self._guessed({"first": int(found[1]), "rows": per_page or 0}), False
+            found = self.rendezvous.wait_any(wanted, patience=PROBE_PATIENCE)
         self._mark("waited")
         if found is None:
             self.cache.keep()  # these pages will be laid out again: their cells are moved
@@ -540,17 +525,6 @@ class ChunkLayout:
         if name == "stop":
             return int(value), False  # exact: no second pass
         return self._guessed(value), False
-
-    def _rows_on_a_page(self, row: int) -> int | None:
-        """How many rows a page holds from `row` on (None: it does not end between two rows);
-        the page is laid out and forgotten."""
-        index = self._start_at(row)
-        self.context.broken_out_of_flow = {}
-        _, resume_at = remake_page(index, self.context, self.root, self.html)
-        del self.maker[1:]
-        nxt = row_at(resume_at, self.path)
-        rows = self.job.first + nxt - row if isinstance(nxt, int) else 0
-        return rows if rows > 0 else None
 
     def _guessed(self, probe: dict[str, int]) -> int:
         self.per_page = int(probe["rows"])
@@ -598,8 +572,6 @@ class ChunkLayout:
                 row = job.first + nxt
                 if job.index == 0 and len(starts) < 2:
                     starts.append(row)
-                    if len(starts) == 1 and not last:
-                        self.rendezvous.publish("first", row)  # see _first_start
                     if len(starts) == 2:
                         self.per_page = rows = row - starts[0]
                         self.rendezvous.publish("probe", {"first": starts[0], "rows": rows})
@@ -628,16 +600,10 @@ class ChunkLayout:
                     regular = not self.irregular and not self._others_irregular()
                     if regular and self._guess(probe) is not None:
                         self.cache.pause()  # a good guess: no second pass likely
-            else:
-                if self.unchecked:
-                    probe = self.rendezvous.peek("probe", 0)
-                    if probe is not None:
-                        self.unchecked = False
-                        self._page_held(int(probe["rows"]))  # as if it were one of mine
-                # A guess from pages that all hold as many rows is right: my pages will not be
-                # laid out again, and cells need no copies, unless an earlier chunk's differ.
-                if job.index > 0 and not self.cache.keeping and self._others_irregular():
-                    self.cache.keep()
+            # A guess from pages that all hold as many rows is right: my pages will not be laid
+            # out again, and cells need no copies, unless an earlier chunk's pages differ.
+            elif job.index > 0 and not self.cache.keeping and self._others_irregular():
+                self.cache.keep()
 
     def _page_held(self, rows: int | None) -> None:
         """A page of the table held `rows` rows (None: it broke a row): if that is not what
