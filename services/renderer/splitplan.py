@@ -218,6 +218,28 @@ _UNSUPPORTED_ANYWHERE = (
     (re.compile(r"(column-count|column-width|columns)\s*:", re.I), "multi-column layout"),
 )
 _COUNTER_OUTSIDE_PAGE = (re.compile(r"\bcounters?\s*\(", re.I), "counters in the content")
+# A chunk's table holds only its window of rows, so a row's place among its siblings is not
+# the one-piece render's: a selector counting rows (zebra stripes with :nth-child(even), a
+# :last-child row …) would match other rows. Cells keep their places in their rows, so a
+# compound that names another element type (td:first-child, li:nth-child(2)) is fine; one
+# naming `tr` or no type at all (.x:nth-child(odd), :nth-of-type(3)) may count rows.
+_ROW_POSITION = re.compile(
+    r"(?P<compound>[^\s>+~,{}()]*):(?:nth-child|nth-last-child|nth-of-type|nth-last-of-type"
+    r"|first-child|last-child|first-of-type|last-of-type|only-child|only-of-type)\b",
+    re.I,
+)
+_TYPE = re.compile(r"[A-Za-z][-\w]*")
+
+
+def _counts_rows(css: str) -> bool:
+    for match in _ROW_POSITION.finditer(css):
+        compound = match["compound"].rsplit("|", 1)[-1]  # a namespace prefix is no type
+        element = _TYPE.match(compound)
+        if element is None or element.group().lower() == "tr":
+            return True
+    return False
+
+
 _IMPORT = re.compile(r"@import\s+(?:url\()?\s*['\"]?([^'\")\s;]+)", re.I)
 
 
@@ -258,6 +280,8 @@ def unsupported(css_texts: list[str]) -> str | None:
         pattern, reason = _COUNTER_OUTSIDE_PAGE
         if pattern.search(_without_page_rules(css)):
             return reason
+        if _counts_rows(css):
+            return "selectors that count rows (:nth-child …)"
     return None
 
 

@@ -36,6 +36,15 @@ def test_the_planner_names_what_cannot_be_split() -> None:
     assert why("@page :left { margin-left: 3cm }") == "left/right pages"
     assert why("p { text-align:left; page-break-inside: avoid }") is None
     assert why("table { page: wide }") == "named pages"
+    # A chunk holds a window of rows: selectors counting rows would match others in it.
+    rows = "selectors that count rows (:nth-child …)"
+    assert why("tr:nth-child(even) td { background: #eee }") == rows
+    assert why("tbody > .row:NTH-OF-TYPE(3n+1) { color: red }") == rows
+    assert why(":nth-last-child(2) { color: red }") == rows
+    assert why("table tr:last-child td { border: 0 }") == rows
+    assert why("tr:not(.x):first-child { color: red }") == rows
+    assert why("td:first-child { white-space: nowrap } li:nth-child(2) { color: red }") is None
+    assert why("th:last-child, td:nth-child(3) { text-align: right }") is None
 
 
 def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> None:
