@@ -234,6 +234,41 @@ class CellCache:
                 self._original = None
 
 
+_SIDES = ("border_top_width", "border_right_width", "border_bottom_width", "border_left_width")
+
+
+class Borders:
+    """The rows' boxes' border widths as they were before any layout, put back before pages are
+    laid out again.
+
+    When WeasyPrint continues a box on the next page (a row broken over two pages), it zeroes
+    the box's top border on the box itself (block_container_layout → remove_decoration). With
+    `border-collapse: collapse` nothing sets a cell's border widths again (they come from the
+    collapsing, before layout), nor a block's inside it once laid out: a second pass over that
+    row would print it without its top border, its content half a border higher than the
+    one-piece render's."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.saved: list[tuple[Any, tuple[Any, ...] | None]] = []
+        pending = list(rows)
+        while pending:
+            box = pending.pop()
+            widths = tuple(box.__dict__.get(side) for side in _SIDES)
+            self.saved.append((box, None if widths[0] is None else widths))
+            pending.extend(getattr(box, "children", ()))
+
+    def restore(self) -> None:
+        for box, widths in self.saved:
+            state = box.__dict__
+            if widths is None:
+                for side in _SIDES:
+                    state.pop(side, None)  # set from the style at the next layout
+            else:
+                state.update(zip(_SIDES, widths, strict=True))
+            if state.get("remove_decoration_sides"):
+                box.remove_decoration_sides = set()
+
+
 @contextlib.contextmanager
 def _fonts_once(rendezvous: Rendezvous, decisions: dict[str, tuple[bool, int]]) -> Iterator[None]:
     """Before WeasyPrint embeds the fonts, chunks agree which one embeds each, with all glyphs."""
@@ -314,6 +349,7 @@ class ChunkLayout:
         self.per_page: int | None = None
         self.irregular = False
         self.cache = CellCache(set())
+        self.borders = Borders([])
         self.clock = time.perf_counter()
         self.cpu = time.process_time()
 
@@ -403,6 +439,8 @@ class ChunkLayout:
         self.path = path
         self.row_boxes = row_boxes
         self.cells = {id(c): c.grid_x for row in row_boxes for c in row.children}
+        if self.job.index > 0:  # only a later chunk lays pages out again (_restart)
+            self.borders = Borders(row_boxes)
 
     def _measure(self) -> tuple[list[float], list[float]] | None:
         """Step 1, column widths: measure my own rows, take the widest of all chunks (None: a
@@ -504,6 +542,7 @@ class ChunkLayout:
         # Same page indices as before: WeasyPrint keeps the styles it computed for each page
         # (type, index) and reuses them.
         del self.maker[1:]
+        self.borders.restore()
         return self._start_at(row)
 
     def _first_start(self) -> tuple[int, bool]:
