@@ -225,18 +225,35 @@ async def test_rows_of_different_heights_and_text_after_the_table_print_the_same
     assert "Row 0419" in last or "Closing remarks" in last
 
 
+BOXED = ".box { border: 2px solid #333; padding: 2mm; margin: 1mm 0 }"
+
+
+@pytest.mark.parametrize("boxed", [False, True], ids=["text", "boxed"])
 async def test_rows_broken_over_two_pages_print_the_same_on_every_page(
-    pool: RenderPool, tmp_path: Path
+    pool: RenderPool, tmp_path: Path, boxed: bool
 ) -> None:
-    # Every seventh row is long enough to break over two pages. The later chunk lays its pages
-    # out twice (its first guess is off): WeasyPrint zeroes a continued cell's top border on
-    # the box itself, and with collapsed borders the second pass printed those rows half a
-    # border higher on 4 of 19 pages (a reviewer's attack) — not on the pages around the cut.
+    # Every seventh row is long enough to break over two pages, and the later chunk lays its
+    # pages out twice (its first guess is off). Two of a reviewer's attacks, on pages far from
+    # the cut: WeasyPrint zeroes a continued cell's top border on the box itself, and with
+    # collapsed borders the second pass printed those rows half a border higher; and with the
+    # long text in a bordered, padded block, moving the first pass's cell layouts printed
+    # rows broken at other lines.
     rows = ledger_rows(420)
-    for i in range(0, len(rows), 7):
-        rows[i]["account"] += " " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(40))
-    breaking = "tr { break-inside: auto } td { orphans: 3; widows: 3 }"
-    whole, split = await both(pool, ledger_job(tmp_path, rows, extra_css=breaking))
+    for i, row in enumerate(rows):
+        row["boxed"] = boxed and i % 7 == 0
+        if i % 7 == 0:
+            row["account"] += " " + " ".join(WORDS[(i + k) % len(WORDS)] for k in range(40))
+    breaking = "@page { margin: 20mm } tr { break-inside: auto } td { orphans: 3; widows: 3 } "
+    breaking += BOXED
+    job = ledger_job(tmp_path, rows, extra_css=breaking)
+    (tmp_path / "ledger.html").write_text(
+        LEDGER.replace(
+            "<td>{{ row.account }}</td>",
+            '<td>{% if row.boxed %}<div class="box">{{ row.account }}</div>'
+            "{% else %}{{ row.account }}{% endif %}</td>",
+        ).replace("<p>{{ intro }}</p>", "")  # where the rows break: as the attack had it
+    )
+    whole, split = await both(pool, job)
     assert whole.pdf and split.pdf
     assert_prints_the_same(whole.pdf, split.pdf, tmp_path, seam_row(split))
     for page in range(1, whole.pages + 1):
