@@ -220,22 +220,110 @@ _UNSUPPORTED_ANYWHERE = (
 _COUNTER_OUTSIDE_PAGE = (re.compile(r"\bcounters?\s*\(", re.I), "counters in the content")
 # A chunk's table holds only its window of rows, so a row's place among its siblings is not
 # the one-piece render's: a selector counting rows (zebra stripes with :nth-child(even), a
-# :last-child row …) would match other rows. Cells keep their places in their rows, so a
-# compound that names another element type (td:first-child, li:nth-child(2)) is fine; one
-# naming `tr` or no type at all (.x:nth-child(odd), :nth-of-type(3)) may count rows.
-_ROW_POSITION = re.compile(
-    r"(?P<compound>[^\s>+~,{}()]*):(?:nth-child|nth-last-child|nth-of-type|nth-last-of-type"
-    r"|first-child|last-child|first-of-type|last-of-type|only-child|only-of-type)\b",
+# :last-child row …) or looking at other rows (tr.x ~ tr, :has()) would match other rows.
+# Cells keep their places in their rows, and header and footer rows are not cut, so a compound
+# naming another element type (td:first-child, li:nth-child(2), td:not(:last-child)), one
+# below a cell or another element (td > :first-child, tr > :last-child) or a thead/tfoot row
+# is fine; one naming `tr` or no type at all (.x:nth-child(odd), :nth-of-type(3)) may count
+# body rows.
+_POSITIONAL = re.compile(
+    r":(?:nth-child|nth-last-child|nth-of-type|nth-last-of-type|first-child|last-child"
+    r"|first-of-type|last-of-type|only-child|only-of-type)\b",
     re.I,
 )
-_TYPE = re.compile(r"[A-Za-z][-\w]*")
+_LATER_SIBLING = re.compile(r"~(?!=)")
+_HAS = re.compile(r":has\(", re.I)
+_TYPE = re.compile(r"(?:[-\w*]*\|)?([A-Za-z][-\w]*)")
+_STOPS = " \t\r\n\f>+~,{};"
+_ROW_PARENTS = frozenset({"tbody", "table"})
+_NOT_BODY = frozenset({"thead", "tfoot", "td", "th"})
+_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(.))", re.S)
+
+
+def _unescape(css: str) -> str:
+    """CSS escapes (t\\72 is tr) as the characters they stand for."""
+
+    def one(match: re.Match[str]) -> str:
+        if match[1]:
+            code = int(match[1], 16)
+            return chr(code) if 0 < code <= 0x10FFFF else "\ufffd"
+        return match[2]
+
+    return _ESCAPE.sub(one, css)
+
+
+def _compound_before(css: str, end: int) -> tuple[str, int]:
+    """The compound selector ending at `end` (a functional pseudo-class's argument belongs to
+    the compound around it) and where it starts."""
+    depth, start = 0, end
+    while start > 0:
+        char = css[start - 1]
+        if char == ")":
+            depth += 1
+        elif char == "(":
+            depth = max(depth - 1, 0)
+        elif depth == 0 and char in _STOPS:
+            break
+        start -= 1
+    return css[start:end], start
+
+
+def _type_of(compound: str) -> str | None:
+    found = _TYPE.match(compound)
+    return found.group(1).lower() if found else None
+
+
+def _previous(css: str, start: int) -> tuple[str, str | None]:
+    """The combinator before a compound starting at `start` (" " for a descendant, "" for
+    none) and the type of the compound before it."""
+    i = start
+    while i > 0 and css[i - 1] in " \t\r\n\f":
+        i -= 1
+    combinator = " " if i < start else ""
+    if i > 0 and css[i - 1] in ">+~":
+        combinator = css[i - 1]
+        i -= 1
+        while i > 0 and css[i - 1] in " \t\r\n\f":
+            i -= 1
+    if not combinator or i == 0 or css[i - 1] in ",{};":
+        return "", None
+    compound, _ = _compound_before(css, i)
+    return combinator, _type_of(compound)
+
+
+def _may_be_a_body_row(css: str, end: int) -> bool:
+    compound, start = _compound_before(css, end)
+    kind = _type_of(compound)
+    if kind not in (None, "tr"):
+        return False
+    combinator, parent = _previous(css, start)
+    if combinator == ">" and parent is not None and parent not in _ROW_PARENTS:
+        return False  # a child of a row, a cell or another element
+    return not (combinator in (" ", ">") and parent in _NOT_BODY)
 
 
 def _counts_rows(css: str) -> bool:
-    for match in _ROW_POSITION.finditer(css):
-        compound = match["compound"].rsplit("|", 1)[-1]  # a namespace prefix is no type
-        element = _TYPE.match(compound)
-        if element is None or element.group().lower() == "tr":
+    if _HAS.search(css):
+        return True
+    for match in _POSITIONAL.finditer(css):
+        # The pseudo-class's own compound: up to the next stop after it.
+        end = match.end()
+        depth = 0
+        while end < len(css) and (depth or css[end] not in _STOPS):
+            depth += {"(": 1, ")": -1}.get(css[end], 0)
+            if depth < 0:
+                break
+            end += 1
+        if _may_be_a_body_row(css, end):
+            return True
+    for match in _LATER_SIBLING.finditer(css):
+        i = match.end()
+        while i < len(css) and css[i] in " \t\r\n\f":
+            i += 1
+        j = i
+        while j < len(css) and css[j] not in _STOPS:
+            j += 1
+        if j > i and _type_of(css[i:j]) in (None, "tr"):
             return True
     return False
 
@@ -273,7 +361,7 @@ def _without_page_rules(css: str) -> str:
 def unsupported(css_texts: list[str]) -> str | None:
     """Why these stylesheets cannot be split (the first reason found), or None."""
     for raw in css_texts:
-        css = _COMMENTS.sub(" ", raw)
+        css = _unescape(_COMMENTS.sub(" ", raw))
         for pattern, reason in _UNSUPPORTED_ANYWHERE:
             if pattern.search(css):
                 return reason

@@ -45,6 +45,27 @@ def test_the_planner_names_what_cannot_be_split() -> None:
     assert why("tr:not(.x):first-child { color: red }") == rows
     assert why("td:first-child { white-space: nowrap } li:nth-child(2) { color: red }") is None
     assert why("th:last-child, td:nth-child(3) { text-align: right }") is None
+    # A reviewer's second round: rows looking at other rows, escapes, and common templates
+    # that must still split.
+    for counting in (
+        "tr.sub ~ tr td { color: red }",
+        "table:has(tr.late) td { color: red }",
+        "tr:has(~ tr.late) td { color: red }",
+        "tbody t\\72:nth-child(even) td { color: red }",
+        "tbody tr:nth-ch\\69ld(even) td { color: red }",
+        "@media print { tbody > *:nth-child(odd) { color: red } }",
+        ".amount:last-child { color: red }",
+    ):
+        assert why(counting) == rows, counting
+    for fine in (
+        "tr > :last-child { text-align: right } tr > *:first-child { width: 2cm }",
+        "thead tr:first-child th { color: red } tfoot tr:last-child td { color: red }",
+        "td:not(:first-child) { text-align: right } td:is(:last-child) { color: red }",
+        "td > :first-child { margin-top: 0 } td > :last-child { margin-bottom: 0 }",
+        "td p:last-of-type { margin: 0 } td ~ td { border-left: 1px solid }",
+        "a[lang~=en] { color: red }",
+    ):
+        assert why(fine) is None, fine
 
 
 def test_splitting_is_chosen_by_the_operator_the_request_and_the_template() -> None:
