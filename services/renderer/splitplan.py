@@ -237,6 +237,7 @@ _TYPE = re.compile(r"(?:[-\w*]*\|)?([A-Za-z][-\w]*)")
 _STOPS = " \t\r\n\f>+~,{};"
 _ROW_PARENTS = frozenset({"tbody", "table"})
 _NOT_BODY = frozenset({"thead", "tfoot", "td", "th"})
+_WHITE = re.compile(r"\s+")
 _ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(.))", re.S)
 
 
@@ -252,11 +253,23 @@ def _unescape(css: str) -> str:
     return _ESCAPE.sub(one, css)
 
 
+# A template's CSS is untrusted: the scans below stop at this many characters of one selector
+# and this many pseudo-classes, and the document is then laid out in one piece.
+_LONGEST_SELECTOR = 1000
+_MOST_SELECTORS = 2000
+
+
+class _TooLong(Exception):
+    pass
+
+
 def _compound_before(css: str, end: int) -> tuple[str, int]:
     """The compound selector ending at `end` (a functional pseudo-class's argument belongs to
     the compound around it) and where it starts."""
     depth, start = 0, end
     while start > 0:
+        if end - start > _LONGEST_SELECTOR:
+            raise _TooLong
         char = css[start - 1]
         if char == ")":
             depth += 1
@@ -305,24 +318,41 @@ def _may_be_a_body_row(css: str, end: int) -> bool:
 def _counts_rows(css: str) -> bool:
     if _HAS.search(css):
         return True
-    for match in _POSITIONAL.finditer(css):
+    css = _WHITE.sub(" ", css)
+    try:
+        return _positional_row(css) or _later_row(css)
+    except _TooLong:
+        return True
+
+
+def _positional_row(css: str) -> bool:
+    for n, match in enumerate(_POSITIONAL.finditer(css)):
+        if n > _MOST_SELECTORS:
+            raise _TooLong
         # The pseudo-class's own compound: up to the next stop after it.
-        end = match.end()
-        depth = 0
+        end, depth = match.end(), 0
         while end < len(css) and (depth or css[end] not in _STOPS):
             depth += {"(": 1, ")": -1}.get(css[end], 0)
             if depth < 0:
                 break
             end += 1
+            if end - match.end() > _LONGEST_SELECTOR:
+                raise _TooLong
         if _may_be_a_body_row(css, end):
             return True
-    for match in _LATER_SIBLING.finditer(css):
-        i = match.end()
-        while i < len(css) and css[i] in " \t\r\n\f":
-            i += 1
+    return False
+
+
+def _later_row(css: str) -> bool:
+    for n, match in enumerate(_LATER_SIBLING.finditer(css)):
+        if n > _MOST_SELECTORS:
+            raise _TooLong
+        i = match.end() + (css[match.end() : match.end() + 1] == " ")
         j = i
         while j < len(css) and css[j] not in _STOPS:
             j += 1
+            if j - i > _LONGEST_SELECTOR:
+                raise _TooLong
         if j > i and _type_of(css[i:j]) in (None, "tr"):
             return True
     return False

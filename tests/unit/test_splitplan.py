@@ -57,6 +57,11 @@ def test_the_planner_names_what_cannot_be_split() -> None:
         ".amount:last-child { color: red }",
     ):
         assert why(counting) == rows, counting
+    # A hostile template's CSS is read in bounded steps (each would otherwise cost a scan of
+    # the whole stylesheet): too long a selector or too many of them, and it is one piece.
+    assert why("td" + ":first-child" * 100_000 + " { color: red }") == rows
+    assert why("td" + "x" * 1_000_000 + ":first-child { color: red }") == rows
+    assert why("td ~ td" + "x" * 1_000_000 + " { color: red }") == rows
     for fine in (
         "tr > :last-child { text-align: right } tr > *:first-child { width: 2cm }",
         "thead tr:first-child th { color: red } tfoot tr:last-child td { color: red }",
