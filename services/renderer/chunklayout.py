@@ -439,7 +439,9 @@ class ChunkLayout:
         self.path = path
         self.row_boxes = row_boxes
         self.cells = {id(c): c.grid_x for row in row_boxes for c in row.children}
-        if self.job.index > 0:  # only a later chunk lays pages out again (_restart)
+        # Only a later chunk lays pages out again (_restart), and only collapsed borders stay
+        # zeroed: separate ones are set from the style at every layout.
+        if self.job.index > 0 and table.style["border_collapse"] == "collapse":
             self.borders = Borders(row_boxes)
 
     def _plain_cells(self) -> set[int]:

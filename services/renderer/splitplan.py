@@ -288,16 +288,12 @@ def _type_of(compound: str) -> str | None:
 
 def _previous(css: str, start: int) -> tuple[str, str | None]:
     """The combinator before a compound starting at `start` (" " for a descendant, "" for
-    none) and the type of the compound before it."""
-    i = start
-    while i > 0 and css[i - 1] in " \t\r\n\f":
-        i -= 1
+    none) and the type of the compound before it, in CSS whose white space is collapsed."""
+    i = start - (css[start - 1 : start] == " ")  # white space is one space here
     combinator = " " if i < start else ""
     if i > 0 and css[i - 1] in ">+~":
         combinator = css[i - 1]
-        i -= 1
-        while i > 0 and css[i - 1] in " \t\r\n\f":
-            i -= 1
+        i -= 1 + (css[i - 2 : i - 1] == " ")
     if not combinator or i == 0 or css[i - 1] in ",{};":
         return "", None
     compound, _ = _compound_before(css, i)
