@@ -118,11 +118,23 @@ def diagnosis(service: str = "") -> str:
             ok = healthy(name) if checked else status == "running"
             lines.append(f"  {name}: {status} (exit {code}){'' if ok else ' <- here'}")
             if not ok and not (status == "exited" and code == "0"):
-                logs = podman("logs", "--tail", "25", name, check=False)
+                logs = container_logs(name)
                 lines += [f"    | {line}" for line in logs.splitlines()[-25:]]
     except AssertionError as error:  # podman itself does not answer: say that
         lines.append(f"  (podman did not answer: {str(error)[:300]})")
     return "containers:\n" + ("\n".join(lines) if lines else "  none")
+
+
+def container_logs(name: str, lines: int = 25) -> str:
+    """The last lines a container wrote, on stdout and stderr both (`podman logs` passes the
+    container's stderr to its own: a traceback would be missed reading only stdout)."""
+    check = ["podman", "logs", "--tail", str(lines), name]
+    try:
+        return subprocess.run(
+            check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return "(podman logs did not answer)"
 
 
 def containers(service: str | None = None, *, running: bool = True) -> list[str]:
@@ -186,7 +198,7 @@ def finished(service: str) -> None:
     """A one-shot service ran to its end, with exit code 0."""
     [name] = wait_for(lambda: containers(service, running=False), f"{service} created")
     wait_for(lambda: state(name)[0] == "exited", f"{service} finished", about=service)
-    assert state(name) == ("exited", "0"), f"{service} failed:\n{podman('logs', name)[-2000:]}"
+    assert state(name) == ("exited", "0"), f"{service} failed:\n{container_logs(name, 100)[-2000:]}"
 
 
 def wait_workers_healthy() -> None:

@@ -1,39 +1,87 @@
 """Offline stand-in for MinIO: moto's S3 server on :9000 that keeps its data on a volume.
 
 moto holds everything in memory, so the server records every request with moto's own recorder
-into /data and replays the writes on start (served only once they are back): `down` then `up`
-keeps the buckets and objects, as MinIO's volume does. `--init` does what `minio-init` does
+into /data and, on start, makes the recorded writes again through moto's app in-process before it
+listens: `down` then `up` keeps the buckets and objects, as MinIO's volume does. A record torn by
+a stop mid-write is left out, and said so. `--init` does what `minio-init` does
 (the buckets, the 30-day expiry of artefacts); `--check` is the healthcheck.
 Only for CI without an image registry; with one, compose runs the real MinIO.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from standin import exit_on_sigterm, healthcheck
 
-PORT, INTERNAL_PORT = 9000, 9100
+PORT = int(os.environ.get("S3_STANDIN_PORT", "9000"))
 DATA = Path(os.environ.get("S3_STANDIN_DATA", "/data"))
 RECORDING = DATA / "moto-recording.jsonl"
 BUCKETS = ("pressroom-artefacts", "company-reports")
+# Set by the client from the body replayed, never taken from the record: a recorded length
+# that the recorded body does not have would leave the request waiting for bytes for ever.
+UNREPLAYED_HEADERS = {"content-length", "transfer-encoding", "expect", "connection"}
 
 
-def compact() -> int:
-    """Keep only the writes: reads change nothing, and replaying them would only take time."""
+def compact() -> list[dict[str, Any]]:
+    """The recorded writes, the file rewritten with only them: reads change nothing, and
+    replaying them would only take time. A line that is not whole JSON (the process stopped in
+    the middle of writing it) is left out, and said so."""
     if not RECORDING.is_file():
-        return 0
-    kept = []
+        return []
+    kept, torn = [], 0
     for line in RECORDING.read_text().splitlines():
-        if line.strip() and json.loads(line).get("method") not in ("GET", "HEAD"):
-            kept.append(line)
-    RECORDING.write_text("".join(f"{line}\n" for line in kept))
-    return len(kept)
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        if entry.get("method") not in ("GET", "HEAD"):
+            kept.append(entry)
+    if torn:
+        print(f"S3 stand-in: {torn} torn record(s) left out", flush=True)
+    RECORDING.write_text("".join(f"{json.dumps(entry)}\n" for entry in kept))
+    return kept
+
+
+def replay(app: Any, writes: list[dict[str, Any]]) -> int:
+    """The recorded writes, made again through moto's app in this process (no socket, so no
+    request can wait on one), before the server listens: nobody sees a half-restored store.
+    Returns how many moto refused; each is said."""
+    from werkzeug.test import Client
+
+    client, refused = Client(app), 0
+    for entry in writes:
+        body = entry.get("body") or b""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body)
+        url = urlsplit(entry["url"])
+        headers = {
+            k: v for k, v in entry.get("headers", {}).items() if k.lower() not in UNREPLAYED_HEADERS
+        }
+        answer = client.open(
+            url.path or "/",
+            base_url=f"http://{headers.get('Host', f'127.0.0.1:{PORT}')}",
+            query_string=url.query,
+            method=entry["method"],
+            headers=headers,
+            data=body,
+        )
+        if answer.status_code >= 300:
+            refused += 1
+            print(
+                f"S3 stand-in: replayed {entry['method']} {url.path}: {answer.status}", flush=True
+            )
+    return refused
 
 
 def serve() -> None:
@@ -43,18 +91,22 @@ def serve() -> None:
     os.environ["MOTO_RECORDER_FILEPATH"] = str(RECORDING)
     os.environ["MOTO_ENABLE_RECORDING"] = "true"
     from moto.moto_api import recorder
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
 
-    if writes:
-        # Replayed on a loopback-only port, so nobody sees a half-restored store.
-        internal = ThreadedMotoServer(ip_address="127.0.0.1", port=INTERNAL_PORT, verbose=False)
-        internal.start()
-        recorder.replay_recording(target_host=f"http://127.0.0.1:{INTERNAL_PORT}")
-        internal.stop()
-    server = ThreadedMotoServer(ip_address="0.0.0.0", port=PORT, verbose=False)
-    server.start()
-    print(f"S3 stand-in (moto) on :{PORT}; {writes} recorded write(s) replayed", flush=True)
-    signal.pause()
+    app = DomainDispatcherApplication(create_backend_app)
+    print(f"S3 stand-in: replaying {len(writes)} recorded write(s)", flush=True)
+    recorder.stop_recording()  # the replay is in the file already
+    refused = replay(app, writes)
+    recorder.start_recording()
+    # In this thread, so a port it cannot bind ends the process with the reason.
+    server = make_server("0.0.0.0", PORT, app, threaded=True, request_handler=MotoRequestHandler)
+    print(f"S3 stand-in (moto) on :{PORT}; {len(writes) - refused} write(s) back", flush=True)
+    server.serve_forever()
 
 
 def check() -> int:
