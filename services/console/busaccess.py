@@ -13,7 +13,7 @@ from nats.errors import AuthorizationError
 from nats.js import JetStreamContext
 
 from shared.adapters.ledger import KvLedger
-from shared.adapters.store import ArtefactStore, open_store
+from shared.adapters.store import ArtefactStore, move_studio_records, open_store
 from shared.bus.failover import LEADERLESS, describe_error
 from shared.bus.identity import REFUSALS, BusRefused, identity
 from shared.bus.names import LEDGER_BUCKET
@@ -113,6 +113,8 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
     try:
         if setup:
             await ensure_topology(js, settings)
+            if not settings.s3_endpoint:  # the object store backend: studio records moved once
+                await move_studio_records(js)
         yield Bus(nc, js, settings)
     except LEADERLESS as error:
         refused = REFUSALS.last()

@@ -25,6 +25,7 @@ from shared.bus.names import (
     RENDER_CACHE_BUCKET,
     SCHEDULES_BUCKET,
     STREAM,
+    STUDIO_BUCKET,
 )
 from shared.bus.topology import connect
 from shared.settings import Settings
@@ -50,7 +51,8 @@ def topology_streams() -> dict[str, str]:
         SCHEDULES_BUCKET,
     ):
         streams[f"KV {bucket}"] = f"KV_{bucket}"
-    streams[f"object store {OBJECT_BUCKET}"] = f"OBJ_{OBJECT_BUCKET}"
+    for objects in (OBJECT_BUCKET, STUDIO_BUCKET):
+        streams[f"object store {objects}"] = f"OBJ_{objects}"
     return streams
 
 

@@ -25,6 +25,7 @@ from shared.bus.names import LEDGER_BUCKET as LEDGER
 from shared.bus.names import OBJECT_BUCKET as OBJECTS
 from shared.bus.names import RENDER_CACHE_BUCKET as RENDER_CACHE
 from shared.bus.names import SCHEDULES_BUCKET as SCHEDULES
+from shared.bus.names import STUDIO_BUCKET as STUDIO
 from shared.events import LANED_SUBJECTS as LANED
 from shared.events import LANES, REPORT_DELIVERED, REPORT_FAILED, REPORT_REQUESTED
 
@@ -55,6 +56,7 @@ ALL_STREAMS = (
     ADVISORY_STREAM,
     *(f"KV_{bucket}" for bucket in (LEDGER, DELIVERIES, SCHEDULES, ADMISSION, CACHE, RENDER_CACHE)),
     f"OBJ_{OBJECTS}",
+    f"OBJ_{STUDIO}",
 )
 REQUESTED = REPORT_REQUESTED
 OUTCOMES = (REPORT_DELIVERED, REPORT_FAILED)
@@ -110,8 +112,8 @@ def _kv(bucket: str, *, write: bool) -> list[str]:
     return subjects + ([f"$KV.{bucket}.>"] if write else [])
 
 
-def _objects(*, write: bool) -> list[str]:
-    stream = f"OBJ_{OBJECTS}"
+def _objects(*, write: bool, bucket: str = OBJECTS) -> list[str]:
+    stream = f"OBJ_{bucket}"
     # Reading an object streams its chunks through a short-lived ordered consumer.
     subjects = (
         _stream_read(stream)
@@ -125,7 +127,7 @@ def _objects(*, write: bool) -> list[str]:
         ]
     )
     if write:  # replacing an object purges its old chunks
-        subjects += [f"$O.{OBJECTS}.>", f"{JS}.STREAM.PURGE.{stream}"]
+        subjects += [f"$O.{bucket}.>", f"{JS}.STREAM.PURGE.{stream}"]
     return subjects
 
 
@@ -166,6 +168,7 @@ def permissions(role: str) -> dict[str, list[str]]:
             publish += _kv(CACHE, write=True)
         if role == "renderer":
             publish += _kv(RENDER_CACHE, write=True)
+            publish += _objects(write=True, bucket=STUDIO)  # the studio's recorded payloads
         if role == "distributor":
             publish += ["tenant.*.report.delivered", *_kv(DELIVERIES, write=True)]
         return {"publish": publish, "subscribe": inbox}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.store import ArtefactStore, StoredObject
+from shared.bus.names import STUDIO_PREFIX
 from shared.errors import PressroomError
 from shared.events import DataReady, ReportRendered
 from shared.observe.logging import get_logger
@@ -32,7 +33,7 @@ from shared.settings import Settings
 
 log = get_logger(__name__)
 
-PREFIX = "studio/payloads/"
+PREFIX = f"{STUDIO_PREFIX}payloads/"  # in a bucket of its own (shared/adapters/store.py)
 KEY_FILE = "studio-seal.pem"
 SEALED = ".sealed"
 PRUNE_EVERY = 60.0  # seconds between two prunes of one template's records, per process

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from nats.js import api
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.nuid import NUID
 
 from shared.aio import all_settled
-from shared.bus.names import OBJECT_BUCKET
+from shared.bus.names import OBJECT_BUCKET, STUDIO_BUCKET, STUDIO_PREFIX
 from shared.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -130,12 +130,13 @@ PUT_WINDOW = 8  # chunks of one object written without waiting for their acks
 _NUID = NUID()  # an object's chunk subject, as the client names it
 
 
-class ObjectStoreArtefacts:
-    """The embedded default: JetStream's Object Store, nothing else to run."""
+class ObjectBucket:
+    """One bucket of JetStream's Object Store, with the artefact store's contract."""
 
     def __init__(self, store: ObjectStore, js: JetStreamContext | None = None) -> None:
         self._store = store
         self._js = js  # for reading chunks by message (no consumer per read)
+        self.name: str = store._name
 
     async def put(
         self,
@@ -161,9 +162,9 @@ class ObjectStoreArtefacts:
         record was stored removes that record again: the name then holds nothing (an earlier
         object under it is not brought back — the caller retries the put)."""
         assert self._js is not None
-        stream = f"OBJ_{OBJECT_BUCKET}"
+        stream = f"OBJ_{self.name}"
         nuid = _NUID.next().decode()
-        chunks = f"$O.{OBJECT_BUCKET}.C.{nuid}"
+        chunks = f"$O.{self.name}.C.{nuid}"
         earlier = asyncio.ensure_future(self._info(key) if not new else _nothing())
         digest = hashlib.sha256()
         writes: list[asyncio.Future[Any]] = []
@@ -182,7 +183,7 @@ class ObjectStoreArtefacts:
                 sent += 1
             info = api.ObjectInfo(
                 name=key,
-                bucket=OBJECT_BUCKET,
+                bucket=self.name,
                 nuid=nuid,
                 size=len(data),
                 chunks=sent,
@@ -192,7 +193,7 @@ class ObjectStoreArtefacts:
                 options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
             )
             name = base64.urlsafe_b64encode(key.encode()).decode()
-            meta = f"$O.{OBJECT_BUCKET}.M.{name}"
+            meta = f"$O.{self.name}.M.{name}"
             stored_meta = asyncio.ensure_future(
                 self._js.publish(
                     meta, json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"}
@@ -218,7 +219,7 @@ class ObjectStoreArtefacts:
             raise
         old = await earlier
         if old is not None and not old.deleted and old.nuid and old.nuid != nuid:
-            await self._js.purge_stream(stream, subject=f"$O.{OBJECT_BUCKET}.C.{old.nuid}")
+            await self._js.purge_stream(stream, subject=f"$O.{self.name}.C.{old.nuid}")
 
     async def _info(self, key: str) -> api.ObjectInfo | None:
         """The object under `key`, if there is one (deleted ones too)."""
@@ -244,14 +245,14 @@ class ObjectStoreArtefacts:
         made and dropped on the server): most of what reading a small PDF cost. Bigger objects
         go through that consumer still (each message read here travels base64 in JSON)."""
         assert self._js is not None and info.size
-        subject = f"$O.{OBJECT_BUCKET}.C.{info.nuid}"
+        subject = f"$O.{self.name}.C.{info.nuid}"
         parts: list[bytes] = []
         digest = hashlib.sha256()
         seq, size = 0, 0
         while size < info.size:
             try:
                 msg = await self._js.get_msg(
-                    f"OBJ_{OBJECT_BUCKET}", seq=seq + 1, subject=subject, next=True
+                    f"OBJ_{self.name}", seq=seq + 1, subject=subject, next=True
                 )
             except NotFoundError:
                 raise ObjectNotFoundError from None  # chunks gone (a delete in between)
@@ -298,6 +299,101 @@ class ObjectStoreArtefacts:
 
     async def check(self) -> None:
         await self._store.status()
+
+
+class ObjectStoreArtefacts:
+    """The embedded default: JetStream's Object Store, nothing else to run.
+
+    The studio's records (keys under STUDIO_PREFIX) go to a bucket of their own when the store
+    has a JetStream context. The object store cannot list by prefix: a listing reads every
+    object's record, and on the server that loads every block holding one, chunks and all. The
+    renderer prunes its studio records every minute, so in the artefacts' bucket each prune made
+    nats-server read, and hold in memory, every artefact stored. Studio records are bounded
+    (so many per template), so listing their own bucket costs what they are.
+    """
+
+    def __init__(self, store: ObjectStore, js: JetStreamContext | None = None) -> None:
+        self._main = ObjectBucket(store, js)
+        self._js = js
+        self._studio: ObjectBucket | None = None  # bound at its first use: only the renderer
+        # (which records) and the operators may use it, other roles never reach for it
+
+    async def _bucket(self, key: str) -> ObjectBucket:
+        if self._js is None or not key.startswith(STUDIO_PREFIX):
+            return self._main
+        if self._studio is None:
+            self._studio = ObjectBucket(await self._js.object_store(STUDIO_BUCKET), self._js)
+        return self._studio
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        new: bool = False,
+    ) -> None:
+        bucket = await self._bucket(key)
+        await bucket.put(key, data, content_type=content_type, metadata=metadata, new=new)
+
+    async def get(self, key: str) -> bytes:
+        return await (await self._bucket(key)).get(key)
+
+    async def delete(self, key: str) -> None:
+        await (await self._bucket(key)).delete(key)
+
+    async def list(self, prefix: str = "") -> list[StoredObject]:
+        """A prefix inside the studio's lists its bucket only; one that covers it (such as "")
+        lists both."""
+        try:
+            studio = await self._bucket(STUDIO_PREFIX)
+        except BucketNotFoundError:  # a bus an earlier version set up: nothing recorded there
+            studio = self._main
+        if studio is self._main:
+            return await self._main.list(prefix)
+        found = [] if prefix.startswith(STUDIO_PREFIX) else await self._main.list(prefix)
+        if prefix.startswith(STUDIO_PREFIX) or STUDIO_PREFIX.startswith(prefix):
+            found += await studio.list(prefix)
+        return found
+
+    async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
+        return None  # the object store has no URLs: `pressroom get` downloads instead
+
+    async def check(self) -> None:
+        await self._main.check()
+
+
+# In the studio's bucket once the records an earlier version kept among the artefacts are moved.
+STUDIO_MOVED_MARK = f"{STUDIO_PREFIX}moved-from-artefacts"
+
+
+async def move_studio_records(js: JetStreamContext) -> int:
+    """The studio records an earlier version kept in the artefacts' bucket, moved to the studio's
+    own (`pressroom bus setup` and every ops connection that declares the topology ask; the work
+    is done once, then a mark in the studio's bucket says so). How many moved."""
+    studio = await js.object_store(STUDIO_BUCKET)
+    try:
+        await studio.get_info(STUDIO_MOVED_MARK)
+        return 0
+    except ObjectNotFoundError:
+        pass
+    main = ObjectBucket(await js.object_store(OBJECT_BUCKET), js)
+    target = ObjectBucket(studio, js)
+    moved = 0
+    for obj in await main.list(STUDIO_PREFIX):  # one listing of every artefact, this once
+        try:
+            info = await main._store.get_info(obj.key)
+            data = await main.get(obj.key)
+        except (ObjectNotFoundError, ArtefactMissing):
+            continue  # deleted meanwhile
+        headers = dict(info.headers or {})
+        content_type = headers.pop("Content-Type", "application/octet-stream")
+        await target.put(obj.key, data, content_type=content_type, metadata=headers)
+        await main.delete(obj.key)
+        moved += 1
+    await target.put(STUDIO_MOVED_MARK, str(moved).encode(), content_type="text/plain", new=True)
+    return moved
 
 
 async def _nothing() -> None:

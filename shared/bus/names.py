@@ -28,6 +28,11 @@ SCHEDULES_BUCKET = "pressroom_schedules"
 RENDER_CACHE_BUCKET = "pressroom_render_cache"  # the renderer's own, not the fetcher's
 ADMISSION_BUCKET = "pressroom_admission"  # reports each requester has queued (shared/admission.py)
 OBJECT_BUCKET = "pressroom_artefacts"
+# The studio's recorded payloads (keys under STUDIO_PREFIX), in the object store backend: a
+# bucket of their own, because the object store cannot list by prefix, and the renderer's prune
+# lists them every minute (in the artefacts' bucket that read every artefact's block).
+STUDIO_BUCKET = "pressroom_studio"
+STUDIO_PREFIX = "studio/"
 SLO_BUCKET = "pressroom_slo"  # the SLO index the console keeps (services/console/sloindex.py)
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 MSG_ID = "Nats-Msg-Id"

@@ -36,6 +36,7 @@ from shared.bus.names import (
     SCHEDULES_BUCKET,
     STAGES,
     STREAM,
+    STUDIO_BUCKET,
     StageSpec,
 )
 from shared.errors import PressroomError
@@ -130,6 +131,7 @@ TOPOLOGY_STREAMS = (
         )
     ),
     f"OBJ_{OBJECT_BUCKET}",
+    f"OBJ_{STUDIO_BUCKET}",
 )
 
 
@@ -268,13 +270,14 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
                 ttl=7 * 24 * 3600,
             )
         )
-    await js.create_object_store(
-        OBJECT_BUCKET,
-        api.ObjectStoreConfig(
-            storage=api.StorageType.FILE,
-            replicas=await _replicas(js, f"OBJ_{OBJECT_BUCKET}", settings),
-        ),
-    )
+    for objects in (OBJECT_BUCKET, STUDIO_BUCKET):
+        await js.create_object_store(
+            objects,
+            api.ObjectStoreConfig(
+                storage=api.StorageType.FILE,
+                replicas=await _replicas(js, f"OBJ_{objects}", settings),
+            ),
+        )
 
 
 async def _declare_consumers(js: JetStreamContext, stage: StageSpec, settings: Settings) -> None:

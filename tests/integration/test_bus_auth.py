@@ -204,6 +204,11 @@ async def test_a_publisher_cannot_read_or_administer_anything(
         ("renderer", "$KV.pressroom_deliveries.x"),  # the distributor's outcome records
         ("fetcher", "$JS.API.STREAM.PURGE.PRESSROOM_DLQ"),
         ("distributor", "$JS.API.CONSUMER.MSG.NEXT.PRESSROOM.renderer"),  # another's queue
+        # Only the renderer records payloads: a record planted here would be shown in the
+        # studio and rendered by its shadow runs.
+        ("distributor", "$O.pressroom_studio.M.c3R1ZGlvL3BheWxvYWRzL2Zvcmdl"),
+        ("fetcher", "$O.pressroom_studio.C.forged"),
+        ("distributor", "$JS.API.STREAM.PURGE.OBJ_pressroom_studio"),
     ],
 )
 async def test_each_service_may_do_only_its_own_work(
@@ -211,7 +216,7 @@ async def test_each_service_may_do_only_its_own_work(
 ) -> None:
     async def action(nc: Any) -> None:
         if subject.startswith("$JS.API.STREAM.PURGE"):
-            await nc.jetstream(timeout=2).purge_stream("PRESSROOM_DLQ")
+            await nc.jetstream(timeout=2).purge_stream(subject.rsplit(".", 1)[-1])
         else:
             await nc.publish(subject, b"{}")
             await nc.flush()

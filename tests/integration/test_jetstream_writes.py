@@ -107,7 +107,8 @@ async def test_a_report_costs_four_ledger_writes_and_eighteen_with_its_recording
     )
     assert writes.by_kind["PRESSROOM"] == 4, shown  # requested, ready, rendered, delivered
     assert writes.by_kind["KV_pressroom_deliveries"] == 2, shown  # intent, outcome
-    assert writes.by_kind["OBJ_pressroom_artefacts"] == 4, shown  # the HTML, its recording
+    assert writes.by_kind["OBJ_pressroom_artefacts"] == 2, shown  # the HTML: chunk, meta record
+    assert writes.by_kind["OBJ_pressroom_studio"] == 2, shown  # its recording, in its own bucket
     # fetcher claim + finish, renderer, distributor; plus the claims seen written on their own
     assert round(writes.ledger() * writes.reports) == 4 * writes.reports + early, (shown, early)
     assert round(writes.total * writes.reports) == 18 * writes.reports + early + redelivered, shown
