@@ -113,8 +113,6 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
     try:
         if setup:
             await ensure_topology(js, settings)
-            if not settings.s3_endpoint:  # the object store backend: studio records moved once
-                await move_studio_records(js)
         yield Bus(nc, js, settings)
     except LEADERLESS as error:
         refused = REFUSALS.last()
@@ -131,3 +129,12 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
 
 async def ready(bus: Bus) -> None:
     """Nothing more to do: `open_bus` (setup=True) declared the streams, consumers, buckets."""
+
+
+async def set_up(bus: Bus) -> tuple[int, list[str]]:
+    """What `pressroom bus setup` and `pressroom up` do beyond declaring the topology: studio
+    records found among the artefacts (the JetStream backend) moved to the studio's bucket.
+    How many moved, and a line for each that could not be."""
+    if bus.settings.s3_endpoint:
+        return 0, []
+    return await move_studio_records(bus.js)

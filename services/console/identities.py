@@ -56,8 +56,7 @@ ALL_STREAMS = (
     ADVISORY_STREAM,
     *(f"KV_{bucket}" for bucket in (LEDGER, DELIVERIES, SCHEDULES, ADMISSION, CACHE, RENDER_CACHE)),
     f"OBJ_{OBJECTS}",
-    f"OBJ_{STUDIO}",
-)
+)  # not the studio's bucket: the renderer alone reads its info (_objects)
 REQUESTED = REPORT_REQUESTED
 OUTCOMES = (REPORT_DELIVERED, REPORT_FAILED)
 CONSUMES = {stage.name: stage.consumes for stage in STAGES.values()}

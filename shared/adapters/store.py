@@ -8,6 +8,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,10 @@ class ArtefactMissing(PermanentError):
     """The artefact a message refers to is not in the store."""
 
 
+class StudioUnavailable(TransientError):
+    """The studio's bucket cannot be used now (its binding failed a moment ago)."""
+
+
 class ArtefactTampered(PermanentError):
     """The stored bytes do not match the digest recorded when the artefact was rendered."""
 
@@ -128,6 +133,7 @@ BY_MESSAGE_MAX = 256 * 1024
 CHUNK_SIZE = 128 * 1024  # the client's own chunk size (nats.js.object_store)
 PUT_WINDOW = 8  # chunks of one object written without waiting for their acks
 _NUID = NUID()  # an object's chunk subject, as the client names it
+STUDIO_RETRY_AFTER = 60.0  # seconds before a studio bucket that could not be bound is asked again
 
 
 class ObjectBucket:
@@ -270,10 +276,27 @@ class ObjectBucket:
         return b"".join(parts)
 
     async def delete(self, key: str) -> None:
-        try:
-            await self._store.delete(key)
-        except ObjectNotFoundError:
+        """The object's meta record and chunks purged: no deletion record is left behind (the
+        client's `delete` leaves one under the name for ever, and every later listing of the
+        bucket would read it again). A put under the same name meanwhile stays: only the meta
+        record read here and older ones go."""
+        if self._js is None:
+            with suppress(ObjectNotFoundError):
+                await self._store.delete(key)
             return
+        stream = f"OBJ_{self.name}"
+        meta = f"$O.{self.name}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
+        try:
+            last = await self._js.get_last_msg(stream, meta)
+        except NotFoundError:
+            return
+        try:
+            nuid = api.ObjectInfo.from_response(json.loads(last.data or b"{}")).nuid
+        except (ValueError, TypeError, KeyError):
+            nuid = None  # a meta record that does not parse: it goes all the same
+        await self._js.purge_stream(stream, subject=meta, seq=(last.seq or 0) + 1)
+        if nuid:
+            await self._js.purge_stream(stream, subject=f"$O.{self.name}.C.{nuid}")
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
         """The objects under `prefix`. The store cannot list by prefix (a name travels base64
@@ -312,17 +335,31 @@ class ObjectStoreArtefacts:
     (so many per template), so listing their own bucket costs what they are.
     """
 
-    def __init__(self, store: ObjectStore, js: JetStreamContext | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore, js: JetStreamContext | None = None, studio: str = STUDIO_BUCKET
+    ) -> None:
         self._main = ObjectBucket(store, js)
         self._js = js
+        self._studio_name = studio
         self._studio: ObjectBucket | None = None  # bound at its first use: only the renderer
         # (which records) and the operators may use it, other roles never reach for it
+        self._refused_until = 0.0  # a bucket that could not be bound is not asked again at once
 
     async def _bucket(self, key: str) -> ObjectBucket:
         if self._js is None or not key.startswith(STUDIO_PREFIX):
             return self._main
         if self._studio is None:
-            self._studio = ObjectBucket(await self._js.object_store(STUDIO_BUCKET), self._js)
+            if time.monotonic() < self._refused_until:
+                raise StudioUnavailable("the studio's bucket could not be reached a moment ago")
+            try:
+                bound = await self._js.object_store(self._studio_name)
+                self._studio = ObjectBucket(bound, self._js)
+            except Exception:
+                # Missing (no `bus setup` yet) or refused (a renderer without the permission:
+                # `pressroom bus auth` not run again), a refused request is only answered by
+                # its timeout: every report's recording would wait that long.
+                self._refused_until = time.monotonic() + STUDIO_RETRY_AFTER
+                raise
         return self._studio
 
     async def put(
@@ -346,16 +383,15 @@ class ObjectStoreArtefacts:
     async def list(self, prefix: str = "") -> list[StoredObject]:
         """A prefix inside the studio's lists its bucket only; one that covers it (such as "")
         lists both."""
+        covers_studio = prefix.startswith(STUDIO_PREFIX) or STUDIO_PREFIX.startswith(prefix)
+        if self._js is None or not covers_studio:
+            return await self._main.list(prefix)
+        found = [] if prefix.startswith(STUDIO_PREFIX) else await self._main.list(prefix)
         try:
             studio = await self._bucket(STUDIO_PREFIX)
         except BucketNotFoundError:  # a bus an earlier version set up: nothing recorded there
-            studio = self._main
-        if studio is self._main:
-            return await self._main.list(prefix)
-        found = [] if prefix.startswith(STUDIO_PREFIX) else await self._main.list(prefix)
-        if prefix.startswith(STUDIO_PREFIX) or STUDIO_PREFIX.startswith(prefix):
-            found += await studio.list(prefix)
-        return found
+            return found
+        return found + await studio.list(prefix)
 
     async def presign(self, key: str, expires: timedelta = timedelta(days=7)) -> str | None:
         return None  # the object store has no URLs: `pressroom get` downloads instead
@@ -364,36 +400,61 @@ class ObjectStoreArtefacts:
         await self._main.check()
 
 
-# In the studio's bucket once the records an earlier version kept among the artefacts are moved.
-STUDIO_MOVED_MARK = f"{STUDIO_PREFIX}moved-from-artefacts"
+async def object_names(js: JetStreamContext, bucket: str, prefix: str = "") -> list[str]:
+    """The names of a bucket's objects under `prefix`, from the stream's subject index (which
+    nats-server keeps in memory): no object's record is read, no block loaded. Deleted objects
+    whose deletion record is still stored are among them."""
+    stream, meta = f"OBJ_{bucket}", f"$O.{bucket}.M."
+    names: list[str] = []
+    offset = 0
+    while True:  # the server sends so many subjects at a time
+        answer = await js._api_request(  # type: ignore[attr-defined]
+            f"{js._prefix}.STREAM.INFO.{stream}",  # type: ignore[attr-defined]
+            json.dumps({"subjects_filter": f"{meta}>", "offset": offset}).encode(),
+            timeout=30,
+        )
+        subjects = (answer.get("state") or {}).get("subjects") or {}
+        for subject in subjects:
+            token = subject[len(meta) :]
+            with suppress(ValueError, UnicodeDecodeError):
+                name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+                if name.startswith(prefix):
+                    names.append(name)
+        offset += len(subjects)
+        if not subjects or offset >= int(answer.get("total") or 0):
+            return names
 
 
-async def move_studio_records(js: JetStreamContext) -> int:
-    """The studio records an earlier version kept in the artefacts' bucket, moved to the studio's
-    own (`pressroom bus setup` and every ops connection that declares the topology ask; the work
-    is done once, then a mark in the studio's bucket says so). How many moved."""
-    studio = await js.object_store(STUDIO_BUCKET)
-    try:
-        await studio.get_info(STUDIO_MOVED_MARK)
-        return 0
-    except ObjectNotFoundError:
-        pass
+async def move_studio_records(js: JetStreamContext) -> tuple[int, list[str]]:
+    """Studio records found among the artefacts (an earlier version kept them there, or one of
+    its renderers still running wrote one), moved to the studio's bucket: `pressroom bus setup`
+    and `pressroom up` ask, every time. They are found through the subject index, so no artefact
+    is read. A record that cannot be moved is said (the second value) and left where it is: the
+    command goes on, the next setup tries again. Safe to cut short: a record is deleted among
+    the artefacts only once it is stored in the studio's bucket. How many moved."""
+    names = await object_names(js, OBJECT_BUCKET, STUDIO_PREFIX)
+    if not names:
+        return 0, []
     main = ObjectBucket(await js.object_store(OBJECT_BUCKET), js)
-    target = ObjectBucket(studio, js)
-    moved = 0
-    for obj in await main.list(STUDIO_PREFIX):  # one listing of every artefact, this once
+    target = ObjectBucket(await js.object_store(STUDIO_BUCKET), js)
+    moved, problems = 0, []
+    for key in names:
         try:
-            info = await main._store.get_info(obj.key)
-            data = await main.get(obj.key)
-        except (ObjectNotFoundError, ArtefactMissing):
-            continue  # deleted meanwhile
-        headers = dict(info.headers or {})
-        content_type = headers.pop("Content-Type", "application/octet-stream")
-        await target.put(obj.key, data, content_type=content_type, metadata=headers)
-        await main.delete(obj.key)
-        moved += 1
-    await target.put(STUDIO_MOVED_MARK, str(moved).encode(), content_type="text/plain", new=True)
-    return moved
+            try:
+                info = await main._store.get_info(key)
+            except ObjectNotFoundError:  # deleted, its deletion record left: that goes too
+                await main.delete(key)
+                continue
+            if await target._info(key) is None:  # else a move cut short stored it already
+                headers = dict(info.headers or {})
+                content_type = headers.pop("Content-Type", "application/octet-stream")
+                data = await main.get(key)
+                await target.put(key, data, content_type=content_type, metadata=headers)
+            await main.delete(key)
+            moved += 1
+        except Exception as error:  # one record's problem is not the setup's
+            problems.append(f"studio record '{key}' not moved: {error!r}"[:300])
+    return moved, problems
 
 
 async def _nothing() -> None:

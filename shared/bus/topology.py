@@ -131,7 +131,8 @@ TOPOLOGY_STREAMS = (
         )
     ),
     f"OBJ_{OBJECT_BUCKET}",
-    f"OBJ_{STUDIO_BUCKET}",
+    # Not the studio's bucket (OBJ_pressroom_studio): only the renderer uses it, and a service
+    # without it (an S3 deployment, an auth.conf of an earlier version) still does its work.
 )
 
 

@@ -46,7 +46,9 @@ from shared.stage.runner import InboundMessage
 from tests.helpers import eventually, unique
 from tests.servers import HttpReceiver, S3Server
 
-STORES = ["memory", "object-store", "s3", "failover-object-store"]
+# "routed-object-store": as the services open it (a JetStream context: studio/ keys in a
+# bucket of their own, small objects read by message, deletes that leave no record behind).
+STORES = ["memory", "object-store", "routed-object-store", "s3", "failover-object-store"]
 # The full key-value contract (what the ledger uses of a bucket) ...
 KV_BUCKETS = ["memory", "jetstream"]
 # ... and the KeyValue port of shared/bus/kv.py (what the stages use), over the wrappers too.
@@ -95,6 +97,10 @@ async def store(request: pytest.FixtureRequest, js: Any, s3: S3Server) -> Artefa
         return MemoryArtefacts()
     if kind == "s3":
         return S3Artefacts(s3.client(), unique("contract").lower())
+    if kind == "routed-object-store":
+        studio = await js.create_object_store(unique("contract-studio"))
+        main = await js.create_object_store(unique("contract"))
+        return ObjectStoreArtefacts(main, js, studio=studio._name)
     objects = ObjectStoreArtefacts(await js.create_object_store(unique("contract")))
     return FailoverStore(objects, patience=5.0) if kind.startswith("failover") else objects
 

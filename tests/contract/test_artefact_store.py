@@ -70,6 +70,24 @@ async def test_a_listing_shows_only_keys_under_the_prefix_with_size_and_time(
     assert await store.list("nothing-here/") == []
 
 
+async def test_studio_records_are_kept_listed_and_deleted_beside_the_artefacts(
+    store: ArtefactStore,
+) -> None:
+    """The studio's recorded payloads (keys under studio/) go wherever the backend keeps them
+    (the object store: a bucket of their own); callers see one store."""
+    record = "studio/payloads/weekly.html/20261207T101010000000-r1.sealed"
+    await store.put(record, b"sealed", content_type="application/octet-stream")
+    await store.put("reports/r1.pdf", b"%PDF", content_type=PDF)
+    assert await store.get(record) == b"sealed"
+    assert [o.key for o in await store.list("studio/payloads/weekly.html/")] == [record]
+    assert [o.key for o in await store.list("reports/")] == ["reports/r1.pdf"]
+    assert {o.key for o in await store.list()} == {record, "reports/r1.pdf"}
+    assert {o.key for o in await store.list("stu")} == {record}
+    await store.delete(record)
+    assert await store.list("studio/") == []
+    assert await store.get("reports/r1.pdf") == b"%PDF"
+
+
 async def test_a_deleted_artefact_is_gone_and_deleting_twice_is_fine(
     store: ArtefactStore,
 ) -> None:

@@ -16,7 +16,7 @@ from rich.live import Live
 
 from services.console import backup as backups
 from services.console import requests
-from services.console.busaccess import ready
+from services.console.busaccess import set_up
 from services.console.cli._audit import audited
 from services.console.cli._common import (
     checked,
@@ -81,7 +81,7 @@ def up(
     stopping: list[int] = []
     try:
         checked(supervisor.start_bus)  # the data folder is ours from here on
-        on_bus(cfg, ready)
+        _say_moved(*on_bus(cfg, set_up))
         supervisor.start_workers()
         _prometheus(supervisor, prometheus_port if prometheus else None)
         if console:
@@ -227,8 +227,16 @@ def bus_setup() -> None:
     """Create or update every stream, consumer and bucket (needs the ops identity)."""
 
     cfg = settings()
-    on_bus(cfg, ready)
+    _say_moved(*on_bus(cfg, set_up))
     out.print(f"ok: Pressroom's streams, consumers and buckets are ready on {cfg.bus_url_public}")
+
+
+def _say_moved(moved: int, problems: list[str]) -> None:
+    """What the setup's move of studio records did, when it did anything."""
+    if moved:
+        out.print(f"moved {moved} studio record(s) from the artefacts' bucket to pressroom_studio")
+    for problem in problems:
+        err.print(f"[yellow]note:[/] {literal(problem)}", highlight=False)
 
 
 @config_app.command("check")
