@@ -219,14 +219,16 @@ def cpu_per_report(before: dict[str, float], after: dict[str, float], n: int) ->
 
 async def jetstream_counts(js: Any) -> dict[str, int]:
     """Messages ever stored per stream (KV and object buckets are streams too) and acks per
-    stream (messages its consumers acknowledged)."""
+    stream (messages its durable consumers acknowledged: a listing's short-lived consumer
+    caught at one count and not at the other is no write of a report's)."""
     counts: dict[str, int] = {}
     for info in await js.streams_info():
         name = info.config.name
         counts[f"stream {name}"] = info.state.last_seq
         acked = 0
         for consumer in await js.consumers_info(name):
-            acked += consumer.ack_floor.consumer_seq if consumer.ack_floor else 0
+            if consumer.config.durable_name and consumer.ack_floor:
+                acked += consumer.ack_floor.consumer_seq
         if acked:
             counts[f"acks {name}"] = acked
     return counts
@@ -461,7 +463,7 @@ def markdown(
             "|---|---|",
         ]
         for key, value in soaked["writes_per_report"].items():
-            if value:
+            if round(value, 2):
                 lines.append(f"| {key} | {value:.2f} |")
         lines.append(f"| **all stream writes** | **{soaked['stream_writes_per_report']:.2f}** |")
         lines.append(f"| **all acks** | **{soaked['acks_per_report']:.2f}** |")
