@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.adapters.store import ArtefactStore, StoredObject
+from shared.adapters.store import ArtefactStore, StoredObject, StudioUnavailable
 from shared.bus.names import STUDIO_PREFIX
 from shared.errors import PressroomError
 from shared.events import DataReady, ReportRendered
@@ -162,6 +162,8 @@ async def record(
             _since_prune[template] = 0
             _pruning.start(store, settings, template)
         return key
+    except StudioUnavailable:  # said once: the failed bind that began the wait is logged below
+        return None
     except Exception as error:  # the report is done; the studio just misses this payload
         log.warning("payload not recorded", request_id=event.request.request_id, error=repr(error))
         return None

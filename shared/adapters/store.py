@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import io
 import ipaddress
@@ -133,6 +134,7 @@ BY_MESSAGE_MAX = 256 * 1024
 CHUNK_SIZE = 128 * 1024  # the client's own chunk size (nats.js.object_store)
 PUT_WINDOW = 8  # chunks of one object written without waiting for their acks
 _NUID = NUID()  # an object's chunk subject, as the client names it
+LIST_READS = 16  # meta records a listing reads at once
 STUDIO_RETRY_AFTER = 60.0  # seconds before a studio bucket that could not be bound is asked again
 
 
@@ -276,7 +278,7 @@ class ObjectBucket:
         return b"".join(parts)
 
     async def delete(self, key: str) -> None:
-        """The object's meta record and chunks purged: no deletion record is left behind (the
+        """The object's chunks and meta record purged: no deletion record is left behind (the
         client's `delete` leaves one under the name for ever, and every later listing of the
         bucket would read it again). A put under the same name meanwhile stays: only the meta
         record read here and older ones go."""
@@ -294,19 +296,43 @@ class ObjectBucket:
             nuid = api.ObjectInfo.from_response(json.loads(last.data or b"{}")).nuid
         except (ValueError, TypeError, KeyError):
             nuid = None  # a meta record that does not parse: it goes all the same
-        await self._js.purge_stream(stream, subject=meta, seq=(last.seq or 0) + 1)
-        if nuid:
+        if nuid:  # the chunks first: a purge that fails after them leaves a name to delete again
             await self._js.purge_stream(stream, subject=f"$O.{self.name}.C.{nuid}")
+        await self._js.purge_stream(stream, subject=meta, seq=(last.seq or 0) + 1)
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
-        """The objects under `prefix`. The store cannot list by prefix (a name travels base64
-        in its subject), so every object's record streams past and only the matching ones are
-        kept: never the whole listing at once (the client's own `list` builds it all)."""
+        """The objects under `prefix`: their names from the stream's subject index, then each
+        matching one's meta record, a few read at once. Not the client's watch: the server
+        decides at its start which records it will send, and one deleted meanwhile (purged)
+        left the watch waiting for ever. A deletion record an earlier version left goes when a
+        listing meets it (it would be read again by every listing)."""
+        if self._js is None:
+            return await self._watched(prefix)
+        try:
+            names = await object_names(self._js, self.name, prefix)
+        except NotFoundError:
+            return []
+        reads = asyncio.Semaphore(LIST_READS)
+
+        async def one(name: str) -> StoredObject | None:
+            async with reads:
+                info = await self._info(name)
+                if info is not None and info.deleted:
+                    with suppress(Exception):  # a role that may not purge just skips it
+                        await self.delete(name)
+            if info is None or info.deleted:
+                return None  # deleted meanwhile
+            return StoredObject(info.name, info.size or 0, _parse_time(info.mtime))
+
+        return [found for found in await asyncio.gather(*map(one, names)) if found is not None]
+
+    async def _watched(self, prefix: str) -> builtins.list[StoredObject]:
+        """A listing through the client's watch (a store opened without a JetStream context)."""
         try:
             watcher = await self._store.watch(ignore_deletes=True)
         except NotFoundError:
             return []
-        found: list[StoredObject] = []
+        found: builtins.list[StoredObject] = []
         try:
             async for info in watcher:
                 if info is None:  # the end of what is stored now
@@ -351,15 +377,13 @@ class ObjectStoreArtefacts:
         if self._studio is None:
             if time.monotonic() < self._refused_until:
                 raise StudioUnavailable("the studio's bucket could not be reached a moment ago")
-            try:
-                bound = await self._js.object_store(self._studio_name)
-                self._studio = ObjectBucket(bound, self._js)
-            except Exception:
-                # Missing (no `bus setup` yet) or refused (a renderer without the permission:
-                # `pressroom bus auth` not run again), a refused request is only answered by
-                # its timeout: every report's recording would wait that long.
-                self._refused_until = time.monotonic() + STUDIO_RETRY_AFTER
-                raise
+            # Missing (no `bus setup` yet) or refused (a renderer without the permission:
+            # `pressroom bus auth` not run again): a refused request is only answered by its
+            # timeout, so one caller asks, the others meanwhile and for a while after do not.
+            self._refused_until = time.monotonic() + STUDIO_RETRY_AFTER
+            bound = await self._js.object_store(self._studio_name)
+            self._studio = ObjectBucket(bound, self._js)
+            self._refused_until = 0.0
         return self._studio
 
     async def put(
