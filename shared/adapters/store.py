@@ -172,7 +172,7 @@ class ObjectBucket:
         assert self._js is not None
         stream = f"OBJ_{self.name}"
         nuid = _NUID.next().decode()
-        chunks = f"$O.{self.name}.C.{nuid}"
+        chunks = self._chunk_subject(nuid)
         earlier = asyncio.ensure_future(self._info(key) if not new else _nothing())
         digest = hashlib.sha256()
         writes: list[asyncio.Future[Any]] = []
@@ -200,8 +200,7 @@ class ObjectBucket:
                 headers=headers,
                 options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
             )
-            name = base64.urlsafe_b64encode(key.encode()).decode()
-            meta = f"$O.{self.name}.M.{name}"
+            meta = self._meta(key)
             stored_meta = asyncio.ensure_future(
                 self._js.publish(
                     meta, json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"}
@@ -227,7 +226,14 @@ class ObjectBucket:
             raise
         old = await earlier
         if old is not None and not old.deleted and old.nuid and old.nuid != nuid:
-            await self._js.purge_stream(stream, subject=f"$O.{self.name}.C.{old.nuid}")
+            await self._js.purge_stream(stream, subject=self._chunk_subject(old.nuid))
+
+    def _chunk_subject(self, nuid: str) -> str:
+        return f"$O.{self.name}.C.{nuid}"
+
+    def _meta(self, key: str) -> str:
+        """The subject of the object's meta record (its name travels base64 in it)."""
+        return f"$O.{self.name}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
 
     async def _info(self, key: str) -> api.ObjectInfo | None:
         """The object under `key`, if there is one (deleted ones too)."""
@@ -253,7 +259,7 @@ class ObjectBucket:
         made and dropped on the server): most of what reading a small PDF cost. Bigger objects
         go through that consumer still (each message read here travels base64 in JSON)."""
         assert self._js is not None and info.size
-        subject = f"$O.{self.name}.C.{info.nuid}"
+        subject = self._chunk_subject(info.nuid)
         parts: list[bytes] = []
         digest = hashlib.sha256()
         seq, size = 0, 0
@@ -286,8 +292,7 @@ class ObjectBucket:
             with suppress(ObjectNotFoundError):
                 await self._store.delete(key)
             return
-        stream = f"OBJ_{self.name}"
-        meta = f"$O.{self.name}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
+        stream, meta = f"OBJ_{self.name}", self._meta(key)
         try:
             last = await self._js.get_last_msg(stream, meta)
         except NotFoundError:
@@ -297,7 +302,7 @@ class ObjectBucket:
         except (ValueError, TypeError, KeyError):
             nuid = None  # a meta record that does not parse: it goes all the same
         if nuid:  # the chunks first: a purge that fails after them leaves a name to delete again
-            await self._js.purge_stream(stream, subject=f"$O.{self.name}.C.{nuid}")
+            await self._js.purge_stream(stream, subject=self._chunk_subject(nuid))
         await self._js.purge_stream(stream, subject=meta, seq=(last.seq or 0) + 1)
 
     async def list(self, prefix: str = "") -> list[StoredObject]:
@@ -464,9 +469,8 @@ async def move_studio_records(js: JetStreamContext) -> tuple[int, list[str]]:
     moved, problems = 0, []
     for key in names:
         try:
-            try:
-                info = await main._store.get_info(key)
-            except ObjectNotFoundError:  # deleted, its deletion record left: that goes too
+            info = await main._info(key)
+            if info is None or info.deleted:  # deleted, its deletion record left: that goes too
                 await main.delete(key)
                 continue
             if await target._info(key) is None:  # else a move cut short stored it already
