@@ -211,7 +211,8 @@ class Settings(BaseSettings):
     page_margin: str = "18mm"
     asset_allow: str = Field(default="", description="Hosts templates may fetch assets from.")
     render_cache: bool = Field(
-        default=True, description="Reuse the artefact of an identical earlier render."
+        default=True,
+        description="Reuse the stored artefact when the same request is redelivered.",
     )
     inline_context_limit: int = Field(
         default=256 * 1024, gt=0, le=768 * 1024, description="Bigger goes by reference."
