@@ -48,7 +48,11 @@ def configure_logging(service: str, *, json: bool | None = None, level: str | No
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_trace_ids,
-            structlog.processors.dict_tracebacks,
+            # An exception's frames without their locals: a local may hold a password, a
+            # signing secret or a tenant's data, and a log line is read by more people.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, 20)),
