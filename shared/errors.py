@@ -8,11 +8,18 @@ from typing import Literal
 from nats import errors as nats_errors
 from nats.js import errors as js_errors
 
+from shared.urls import mask_url_secrets
+
 
 class PressroomError(Exception):
-    """Base of every error Pressroom raises on purpose; its message is meant for a human."""
+    """Base of every error Pressroom raises on purpose; its message is meant for a human.
+
+    Every URL in the reason is shown without its secrets (userinfo, query values, path
+    parameters, fragment): a reason reaches logs, the ledger, dead letters, `report.failed`
+    and the console, read by more people than the configuration it quotes."""
 
     def __init__(self, reason: str) -> None:
+        reason = mask_url_secrets(reason)
         super().__init__(reason)
         self.reason = reason
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 
 # Names that hold (or point at) a secret: passwords, keys, tokens, credentials, seeds.
 SECRET_NAME = re.compile(
@@ -57,3 +58,37 @@ def scrub(env: MutableMapping[str, str] | None = None, role: str | None = None) 
     kept = for_role(target, role) if role is not None else without_secrets(target)
     for name in [k for k in target if k not in kept]:
         del target[name]
+
+
+# A URL with user:password@ in a value (a monitor or trace URL): a secret whatever its name.
+_USERINFO_URL = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+# Pointers to every role's secrets, and exporters' auth headers (OTEL_EXPORTER_OTLP_HEADERS).
+_NOT_FOR_TEMPLATES = re.compile(r"^PRESSROOM_CONFIG$|HEADERS$", re.IGNORECASE)
+
+
+def for_templates(env: Mapping[str, str]) -> dict[str, str]:
+    """What a render process may inherit: no secret, no URL with credentials in it, not the
+    configuration file that holds every role's secrets."""
+    return {
+        k: v
+        for k, v in env.items()
+        if not is_secret(k) and not _NOT_FOR_TEMPLATES.search(k) and not _USERINFO_URL.search(v)
+    }
+
+
+@contextmanager
+def only_environment(kept: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment reduced to `kept` while a child is started, then restored.
+
+    A child started meanwhile never has the rest, not even in `/proc/<pid>/environ` (which
+    keeps the environment a process was started with: removing a name inside the child does
+    not clear it from there). Synchronous, so no other task of this event loop sees it; a
+    thread reading a removed name meanwhile would miss it, and Pressroom's read theirs at start.
+    """
+    removed = {k: v for k, v in os.environ.items() if k not in kept}
+    for name in removed:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(removed)

@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from shared.errors import PressroomError
+from shared.urls import public_url
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 SEVERITIES = ("P0", "P1", "P2", "P3")
@@ -197,6 +198,12 @@ async def active_alerts(url: str, *, include_pending: bool = False) -> list[Aler
             response = await client.get(f"{url}/api/v1/alerts")
             response.raise_for_status()
             answer = response.json()
+    except httpx.HTTPStatusError as error:
+        raise MonitoringUnavailable(
+            f"cannot ask Prometheus at {public_url(url)}: it answered {error.response.status_code}"
+        ) from None
     except (httpx.HTTPError, ValueError) as error:
-        raise MonitoringUnavailable(f"cannot ask Prometheus at {url}: {error}") from None
+        raise MonitoringUnavailable(
+            f"cannot ask Prometheus at {public_url(url)}: {error or type(error).__name__}"
+        ) from None
     return parse_alerts(answer, include_pending=include_pending)

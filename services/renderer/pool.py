@@ -27,7 +27,7 @@ from services.renderer.job import SplitAborted
 from shared.errors import PermanentError, RenderTimeout, TransientError
 from shared.lanes import RANK
 from shared.observe.logging import get_logger
-from shared.secretenv import scrub
+from shared.secretenv import for_templates, only_environment, scrub
 
 log = get_logger(__name__)
 # The lane of the report being rendered (shared/lanes.py RANK): a free process goes to the most
@@ -185,16 +185,21 @@ class CappedPool:
         self._slots = Slots(workers)
 
     async def _spawn(self) -> _Worker:
-        executor = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(self.memory_mb, self.warm),
-        )
         loop = asyncio.get_running_loop()
-        try:
+        # Every process the executor starts, synchronously in these two calls, starts with no
+        # secret in its environment: the render process, and multiprocessing's resource
+        # tracker (started with the executor's first queue, once per renderer).
+        with only_environment(for_templates(os.environ)):
+            executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(self.memory_mb, self.warm),
+            )
             # Started and warmed now, not during a report.
-            await loop.run_in_executor(executor, os.getpid)
+            started = loop.run_in_executor(executor, os.getpid)
+        try:
+            await started
         except BaseException:
             executor.shutdown(wait=False, cancel_futures=True)
             raise

@@ -326,12 +326,35 @@ async def _exchange(
                 ) from None
             except (httpx.LocalProtocolError, httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
                 # A header or URL no server could accept: the request is wrong, not the network.
-                raise PermanentError(f"{what}: invalid request: {error}") from None
+                # Never the library's text: h11 quotes the offending header's value, which is
+                # an operator's credential more often than not (a token read with its newline).
+                raise PermanentError(
+                    f"{what}: invalid request to {public_url(url)}: "
+                    + _unsendable(request_headers, error)
+                ) from None
             except httpx.TransportError as error:
                 raise TransientError(
                     f"{what}: cannot reach {public_url(url)}: {error or type(error).__name__}"
                 ) from None
     raise PermanentError(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+
+def _unsendable(headers: Mapping[str, str], error: Exception) -> str:
+    """Why a request could not be sent, naming headers but never quoting their values."""
+    bad = sorted(
+        name
+        for name, value in headers.items()
+        if value != value.strip() or any(c in value for c in "\r\n\0")
+    )
+    if bad:
+        which = f"header {bad[0]}" if len(bad) == 1 else f"headers {', '.join(bad)}"
+        return (
+            f"the value of {which} has a line break or a space at an end "
+            "(a credential read with its newline?)"
+        )
+    if isinstance(error, httpx.LocalProtocolError):
+        return "a header no server accepts (its name or value)"
+    return f"the URL cannot be sent ({type(error).__name__})"
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int, what: str) -> bytes:

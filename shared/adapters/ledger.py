@@ -33,6 +33,7 @@ from shared.events import (
 )
 from shared.observe.logging import get_logger
 from shared.templatename import canonical_template
+from shared.urls import mask_url_secrets
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -389,7 +390,7 @@ def _apply_fail(
         worker=current.worker if current and same else None,
         started_at=current.started_at if current and same else now,
         finished_at=now,
-        error=reason,
+        error=mask_url_secrets(reason),
         error_attempt=attempt,
     )
     entry.stages[stage] = merge_records(current, failed)
@@ -409,7 +410,7 @@ def _apply_retrying(
         attempts=attempt,
         worker=current.worker if current and current.seq == seq else None,
         started_at=current.started_at if current and current.seq == seq else utcnow(),
-        error=reason,
+        error=mask_url_secrets(reason),
         error_attempt=attempt,
     )
     merged = merge_records(current, retried)

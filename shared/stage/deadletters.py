@@ -39,6 +39,7 @@ from shared.events import (
 from shared.metrics import stage_failed
 from shared.observe.logging import get_logger
 from shared.stage.bursts import child_landed
+from shared.urls import mask_url_secrets
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -164,6 +165,11 @@ class Failure:
     kind: str = "permanent_error"
     template: str | None = None
     fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        # Whatever wrote the reason (an error's text, a library's message): no URL's secrets
+        # reach the dead letter, `report.failed`, the ledger or the log line.
+        object.__setattr__(self, "reason", mask_url_secrets(self.reason))
 
     @property
     def shown_id(self) -> str:

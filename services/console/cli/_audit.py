@@ -86,7 +86,7 @@ def audited(action: str) -> Callable[[F], F]:
             except (typer.Exit, click.exceptions.Exit, SystemExit) as stop:
                 code = getattr(stop, "exit_code", getattr(stop, "code", 1))
                 if code not in (0, None):
-                    ended = failures[-1] if failures else f"exit {code}"
+                    ended = redacted_text(failures[-1]) if failures else f"exit {code}"
                 raise
             except (typer.Abort, click.exceptions.Abort):
                 ended = "aborted"
