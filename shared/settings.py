@@ -32,7 +32,7 @@ from pydantic_settings import (
 
 from shared.errors import PressroomError
 from shared.events import Delivery
-from shared.urls import public_url
+from shared.urls import mask_url_secrets, public_url
 
 EMBEDDED_HOST = "127.0.0.1"
 ENV_PREFIX = "PRESSROOM_"
@@ -720,9 +720,50 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def masked(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with every secret replaced, for `pressroom config check`."""
+# Keys whose values are secrets wherever they appear in a configuration (a credential's
+# `token`, a schedule's webhook `secret`, a source's `api_key` parameter, an S3 access key).
+SECRET_KEY = re.compile(
+    r"authori[sz]ation|token|passw(or)?d|passphrase|pwd|secret|api[-_]?key|apikey|cookie|"
+    r"credential|signature|(^|[-_])sig($|[-_])|private[-_]?key|access[-_]?key|session|jwt|"
+    r"(^|[-_])pin($|[-_])|app[-_]?id",
+    re.I,
+)
+
+
+def without_secrets(value: Any, mark: str) -> Any:
+    """A configuration value with every secret replaced by `mark`: values under a secret-named
+    key, every value of a `headers` or `params` mapping (the names stay), and the userinfo,
+    query values and path parameters of every URL in a string."""
+    if isinstance(value, dict):
+        return {
+            key: (
+                mark
+                if isinstance(key, str)
+                and SECRET_KEY.search(key)
+                and not isinstance(item, dict | list)  # `source_credentials`: look inside
+                and item not in (None, "")
+                else dict.fromkeys(item, mark)
+                if key in ("headers", "params") and isinstance(item, dict)
+                else without_secrets(item, mark)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [without_secrets(item, mark) for item in value]
+    if isinstance(value, str):
+        return mask_url_secrets(value)
+    return value
+
+
+def masked(settings: Settings, *, for_display: bool = True) -> dict[str, Any]:
+    """The effective configuration with every secret replaced, for `pressroom config check`
+    (`for_display`: every secret anywhere, `without_secrets`; otherwise the named secret
+    settings, credentials and source headers only, as the config fingerprint has always read
+    them, so that a changed URL changes the fingerprint)."""
     data = settings.model_dump(mode="json")
+    if for_display:
+        data["nats_url"] = settings.bus_url_public if data.get("nats_url") else data.get("nats_url")
+        return dict(without_secrets(data, "***"))
     for field in SECRET_FIELDS & set(data):
         if data[field]:
             data[field] = "***"
@@ -740,10 +781,11 @@ def masked(settings: Settings) -> dict[str, Any]:
 
 # What every service must agree on (README "Deployment", docs/operations.md "Config rollouts"):
 # a worker whose fingerprint differs from the others' runs on another configuration.
+# Not `source_credentials`: only the fetcher keeps them when they come from the environment
+# (shared/secretenv.py), so every other worker would read as another configuration for ever.
 SHARED_CONFIG = (
     "schedules",
     "sources",
-    "source_credentials",
     "delivery_defaults",
     "source_allow",
     "email_allow",
@@ -760,7 +802,7 @@ def config_fingerprint(settings: Settings) -> str:
     """12 hex digits naming the configuration every service shares (schedules, sources,
     allow-lists, retries), secrets masked: equal fingerprints, equal shared configuration.
     Per-process settings (ports, render processes, memory) do not count."""
-    data = masked(settings)
+    data = masked(settings, for_display=False)
     shared = {key: data.get(key) for key in SHARED_CONFIG}
     blob = json.dumps(shared, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -13,36 +13,26 @@ from shared.adapters.ledger import LedgerEntry
 from shared.events import (
     DeadLetter,
 )
-from shared.settings import SECRET_FIELDS
+from shared.settings import SECRET_FIELDS, SECRET_KEY, without_secrets
 
 # ---- backup and restore ----------------------------------------------------------------------
 REDACTED = "REDACTED (pressroom backup --include-secrets keeps it)"
 
 
 def redacted_config(text: str) -> str:
-    """The YAML config without secrets: credential tokens and headers, secret settings."""
+    """The YAML config without secrets: secret settings, and anywhere in it a secret-named
+    key's value, every header and parameter value, and every URL's userinfo, query values and
+    path parameters (`without_secrets`)."""
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         return text
     for field in SECRET_FIELDS & set(data):
         data[field] = REDACTED
-    for entry in (data.get("source_credentials") or {}).values():
-        if isinstance(entry, dict):
-            for key in ("token", "headers"):
-                if key in entry:
-                    entry[key] = REDACTED
-    for spec in (data.get("sources") or {}).values():
-        if isinstance(spec, dict) and isinstance(spec.get("headers"), dict):
-            spec["headers"] = dict.fromkeys(spec["headers"], REDACTED)
-    return str(yaml.safe_dump(data, sort_keys=False))
+    return str(yaml.safe_dump(without_secrets(data, REDACTED), sort_keys=False))
 
 
 # Field and header names that hold secrets (a JSON key, a header name).
-_SECRET_KEY = re.compile(
-    r"authori[sz]ation|token|passw(or)?d|pwd|secret|api[-_]?key|apikey|cookie|credential|"
-    r"signature|(^|[-_])sig($|[-_])|private[-_]?key|access[-_]?key|session",
-    re.I,
-)
+_SECRET_KEY = SECRET_KEY
 
 
 # In text, a name that says its value is secret (a URL query key, a JSON key, `k=v`).

@@ -334,6 +334,24 @@ def test_data_files_are_read_from_the_data_folder_only(tmp_path: Path) -> None:
         )
 
 
+def test_a_data_file_is_capped_like_a_network_sources_answer(tmp_path: Path) -> None:
+    """Any request may name a file of the data folder: the same size and depth limits apply."""
+    (tmp_path / "big.json").write_text(json.dumps({"rows": ["x" * 100] * 20}))
+    with pytest.raises(PermanentError, match=r"big.json' is 2,\d{3} bytes, over the 1,000"):
+        asyncio.run(
+            fetch(
+                {"name": "big", "kind": "file", "path": "big.json"},
+                data_files_dir=tmp_path,
+                fetch_max_bytes=1000,
+            )
+        )
+    (tmp_path / "deep.json").write_text("[" * 100 + "]" * 100)
+    with pytest.raises(PermanentError, match="'deep.json' is nested deeper than 64 levels"):
+        asyncio.run(
+            fetch({"name": "deep", "kind": "file", "path": "deep.json"}, data_files_dir=tmp_path)
+        )
+
+
 def test_pressroom_sources_test_checks_a_configured_source(
     tmp_path: Path, prometheus: PrometheusServer
 ) -> None:

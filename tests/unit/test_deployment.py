@@ -373,6 +373,14 @@ def test_the_config_fingerprint_covers_what_services_share_and_nothing_per_proce
     assert config_fingerprint(Settings(email_allow="company.com", max_attempts=9)) != same
     schedule = {"name": "x", "cron": "0 7 * * *", "request": {"template": "daily.html"}}
     assert config_fingerprint(Settings(email_allow="company.com", schedules=[schedule])) != same
+    # Source credentials are the fetcher's alone: given in the environment, only the fetcher
+    # keeps them, and the fleet still reads as one configuration (a correct rollout).
+    assert (
+        config_fingerprint(
+            Settings(email_allow="company.com", source_credentials={"gh": {"token": "t"}})
+        )
+        == same
+    )
     # secrets are masked before hashing: the fingerprint says nothing about them
     assert config_fingerprint(
         Settings(email_allow="company.com", s3_secret_key="one")

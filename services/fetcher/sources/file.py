@@ -10,18 +10,21 @@ from typing import Any
 
 import yaml
 
+from shared import jsonsafe
 from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
 
 
-def load_data_file(path: Path) -> Any:
+def load_data_file(path: Path, *, what: str | None = None) -> Any:
+    """A data file's content; `what` names it in errors, and JSON is then read as untrusted
+    (nested no deeper than a source's answer may be)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         return yaml.safe_load(text)
     if path.suffix == ".csv":
         return list(csv.DictReader(io.StringIO(text)))
-    return json.loads(text)
+    return jsonsafe.loads(text, what=what) if what else json.loads(text)
 
 
 class FileSource:
@@ -39,7 +42,13 @@ class FileSource:
                 f"source '{source.name}': no file '{rel}' in the data folder "
                 "(PRESSROOM_DATA_FILES_DIR)"
             )
+        size = path.stat().st_size
+        if size > settings.fetch_max_bytes:  # as a network source's answer is capped
+            raise PermanentError(
+                f"source '{source.name}': '{rel}' is {size:,} bytes, over the "
+                f"{settings.fetch_max_bytes:,} a source may give (PRESSROOM_FETCH_MAX_BYTES)"
+            )
         try:
-            return load_data_file(path)
+            return load_data_file(path, what=f"source '{source.name}': '{rel}'")
         except (ValueError, yaml.YAMLError, csv.Error) as error:
             raise PermanentError(f"source '{source.name}': cannot parse '{rel}': {error}") from None
