@@ -346,7 +346,7 @@ def test_a_data_file_is_capped_like_a_network_sources_answer(tmp_path: Path) -> 
             )
         )
     (tmp_path / "deep.json").write_text("[" * 100 + "]" * 100)
-    with pytest.raises(PermanentError, match="'deep.json' is nested deeper than 64 levels"):
+    with pytest.raises(PermanentError, match=r"'deep\.json' is nested deeper than 64 levels"):
         asyncio.run(
             fetch({"name": "deep", "kind": "file", "path": "deep.json"}, data_files_dir=tmp_path)
         )
