@@ -21,6 +21,21 @@ def public_url(url: str) -> str:
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 _URL_REST = re.compile(r"[^\s\"'<>]+")
 _PATH_PARAM = re.compile(r";([^;=/]*)=[^;/]*")
+# In a web URL's path, a segment that reads as a secret: 20 or more token characters (no
+# dot: not a file name), with letters and digits or with capitals and small letters. Slack's,
+# Discord's and Teams' webhook URLs carry their secret in the path; so do signed download
+# links. An id of digits alone, a lower-case word-with-hyphens or a file name stays, and an
+# s3:// key or a file:// path is never touched.
+_PATH_TOKEN = re.compile(
+    r"(?:(?=[^/;]*[A-Za-z])(?=[^/;]*\d)|(?=[^/;]*[A-Z])(?=[^/;]*[a-z]))"
+    r"[A-Za-z0-9_-]{20,}+(?=[/;]|$)"
+)
+_WEB = ("http://", "https://", "ws://", "wss://")
+
+
+def _masked_segment(part: str) -> str:
+    token = _PATH_TOKEN.match(part)
+    return "***" + part[token.end() :] if token else part
 
 
 def _mask_url(scheme: str, rest: str) -> str:
@@ -30,7 +45,10 @@ def _mask_url(scheme: str, rest: str) -> str:
         head = "***@" + head.split("@", 1)[1]
     host, slash, path = head.partition("/")
     if ";" in path:  # path parameters: /hook;token=abc
-        head = host + slash + _PATH_PARAM.sub(r";\1=***", path)
+        path = _PATH_PARAM.sub(r";\1=***", path)
+    if scheme.lower() in _WEB:
+        path = "/".join(_masked_segment(part) for part in path.split("/"))
+    head = host + slash + path
     if sep:
         query = "&".join(
             f"{part.partition('=')[0]}=***" if "=" in part else "***"

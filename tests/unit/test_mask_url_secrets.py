@@ -42,3 +42,20 @@ def test_matches_the_former_pattern_on_tricky_text() -> None:
     for _ in range(20_000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
         assert mask_url_secrets(text) == _reference(text), text
+
+
+def test_masks_path_parameters_and_path_segments_that_read_as_tokens() -> None:
+    """Webhook services carry their secret in the path (Slack, Discord, Teams); some servers
+    take `;token=` parameters. Ids of digits, words and dates stay readable."""
+    text = (
+        "webhook https://hooks.slack.com/services/T0AAA/B0BBB/xoxbR4nd0mS3cretV4lu3zz answered "
+        "500; https://discord.com/api/webhooks/123456789012345678/AbCdEfGhIjKlMnOpQrStUvWx; "
+        "https://h.example/in;token=abc;v=2/x and https://h.example/reports/2026/12/07/"
+        "quarterly-report-of-all-teams.pdf"
+    )
+    assert mask_url_secrets(text) == (
+        "webhook https://hooks.slack.com/services/T0AAA/B0BBB/*** answered "
+        "500; https://discord.com/api/webhooks/123456789012345678/***; "
+        "https://h.example/in;token=***;v=***/x and https://h.example/reports/2026/12/07/"
+        "quarterly-report-of-all-teams.pdf"
+    )
