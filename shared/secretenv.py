@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
@@ -60,20 +61,40 @@ def scrub(env: MutableMapping[str, str] | None = None, role: str | None = None) 
         del target[name]
 
 
-# A URL with user:password@ in a value (a monitor or trace URL): a secret whatever its name.
-_USERINFO_URL = re.compile(r"://[^/\s@]*:[^/\s@]*@")
-# Pointers to every role's secrets, and exporters' auth headers (OTEL_EXPORTER_OTLP_HEADERS).
-_NOT_FOR_TEMPLATES = re.compile(r"^PRESSROOM_CONFIG$|HEADERS$", re.IGNORECASE)
+# What a render process may inherit: the system's and the libraries' own settings, by name
+# (an allow-list: a secret may have any name — `SENTRY_DSN`, `PRESSROOM_SOURCES` with a header,
+# an Azure connection string), and even then no value that holds a credentialled URL.
+_FOR_TEMPLATES = re.compile(
+    r"^(PATH|HOME|USER|LOGNAME|LANG|LANGUAGE|TZ|TMPDIR|TEMP|TMP|TERM|LD_LIBRARY_PATH"
+    r"|VIRTUAL_ENV|SSL_CERT_FILE|SSL_CERT_DIR|SOURCE_DATE_EPOCH|TEST_RENDER_CRASH_MARKER)$"
+    r"|^(LC_|XDG_|FONTCONFIG_|PYTHON|PANGO|CAIRO|MALLOC_|GLIBC_TUNABLES)"
+)
+_CREDENTIALLED_URL = re.compile(r"://[^/\s@]*@")
 
 
 def for_templates(env: Mapping[str, str]) -> dict[str, str]:
-    """What a render process may inherit: no secret, no URL with credentials in it, not the
-    configuration file that holds every role's secrets."""
+    """What a render process may inherit: only the names it needs (`_FOR_TEMPLATES`), and none
+    whose value holds a URL with credentials in it. Render processes read no setting of their
+    own: everything a render needs comes with its job."""
     return {
         k: v
         for k, v in env.items()
-        if not is_secret(k) and not _NOT_FOR_TEMPLATES.search(k) and not _USERINFO_URL.search(v)
+        if _FOR_TEMPLATES.match(k) and not is_secret(k) and not _CREDENTIALLED_URL.search(v)
     }
+
+
+def private_environment() -> bool:
+    """Make this process's memory and environment unreadable to other processes of its user
+    (Linux: not "dumpable"), so a render process — a child, running untrusted templates under
+    the same user — cannot read `/proc/<parent>/environ` or its memory. Root (or a process with
+    CAP_SYS_PTRACE) still can. False where that could not be done (not Linux, prctl refused)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_dumpable = 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(pr_set_dumpable, 0, 0, 0, 0) == 0)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -730,29 +731,45 @@ SECRET_KEY = re.compile(
 )
 
 
-def without_secrets(value: Any, mark: str) -> Any:
-    """A configuration value with every secret replaced by `mark`: values under a secret-named
-    key, every value of a `headers` or `params` mapping (the names stay), and the userinfo,
-    query values and path parameters of every URL in a string."""
+def without_secrets(value: Any, mark: str, text: Callable[[str], str] = mask_url_secrets) -> Any:
+    """A configuration value with every secret replaced by `mark`: the value of a secret-named
+    key, every header's value, a parameter's value when its name says it is secret (in a
+    mapping or a list of pairs), and in every string what `text` takes out (by default every
+    URL's userinfo, query values, path parameters and path tokens). A path (`*_file`,
+    `*_dir`) or a policy (`pdf_passwords`) is no secret, whatever its name."""
     if isinstance(value, dict):
-        return {
-            key: (
-                mark
-                if isinstance(key, str)
-                and SECRET_KEY.search(key)
-                and not isinstance(item, dict | list)  # `source_credentials`: look inside
-                and item not in (None, "")
-                else dict.fromkeys(item, mark)
-                if key in ("headers", "params") and isinstance(item, dict)
-                else without_secrets(item, mark)
-            )
-            for key, item in value.items()
-        }
+        return {key: _without_secret(key, item, mark, text) for key, item in value.items()}
     if isinstance(value, list):
-        return [without_secrets(item, mark) for item in value]
+        return [without_secrets(item, mark, text) for item in value]
     if isinstance(value, str):
-        return mask_url_secrets(value)
+        return text(value)
     return value
+
+
+def _without_secret(key: Any, item: Any, mark: str, text: Callable[[str], str]) -> Any:
+    name = str(key)
+    if name.endswith(("_file", "_dir")) or name == "pdf_passwords":
+        return without_secrets(item, mark, text)
+    if name in ("headers", "params"):
+
+        def secret(param: str) -> bool:  # every header's value; a parameter's by its name
+            return name == "headers" or bool(SECRET_KEY.search(param))
+
+        if isinstance(item, dict):
+            return {
+                k: mark if secret(str(k)) else without_secrets(v, mark, text)
+                for k, v in item.items()
+            }
+        if isinstance(item, list):  # [[name, value], …]: as good as a mapping to httpx
+            return [
+                [pair[0], mark if secret(str(pair[0])) else without_secrets(pair[1], mark, text)]
+                if isinstance(pair, list | tuple) and len(pair) == 2
+                else without_secrets(pair, mark, text)
+                for pair in item
+            ]
+    if SECRET_KEY.search(name) and not isinstance(item, dict | list) and item not in (None, ""):
+        return mark
+    return without_secrets(item, mark, text)
 
 
 def masked(settings: Settings, *, for_display: bool = True) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from shared.events import (
     DeadLetter,
 )
 from shared.settings import SECRET_FIELDS, SECRET_KEY, without_secrets
+from shared.urls import mask_path_tokens
 
 # ---- backup and restore ----------------------------------------------------------------------
 REDACTED = "REDACTED (pressroom backup --include-secrets keeps it)"
@@ -28,7 +29,10 @@ def redacted_config(text: str) -> str:
         return text
     for field in SECRET_FIELDS & set(data):
         data[field] = REDACTED
-    return str(yaml.safe_dump(without_secrets(data, REDACTED), sort_keys=False))
+    # Strings as a request's are redacted: secrets by name (`?api_key=`), userinfo, tokens in
+    # a path, each with the marker restore asks the operator to fill in; other values stay.
+    kept = without_secrets(data, REDACTED, text=redacted_text)
+    return str(yaml.safe_dump(kept, sort_keys=False))
 
 
 # Field and header names that hold secrets (a JSON key, a header name).
@@ -73,6 +77,7 @@ def redacted_text(text: str) -> str:
     text = _HEADERS.sub(r'\1"REDACTED"', text)
     text = _NAME_VALUE.sub(lambda m: f"{m[1]}=REDACTED" if _secret_name(m[1]) else m[0], text)
     text = _USERINFO.sub(r"\1REDACTED@", text)
+    text = mask_path_tokens(text, "REDACTED")  # a webhook's secret in its path
     return _SCHEME_TOKEN.sub(r"\1 REDACTED", text)
 
 

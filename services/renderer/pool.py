@@ -27,7 +27,7 @@ from services.renderer.job import SplitAborted
 from shared.errors import PermanentError, RenderTimeout, TransientError
 from shared.lanes import RANK
 from shared.observe.logging import get_logger
-from shared.secretenv import for_templates, only_environment, scrub
+from shared.secretenv import for_templates, only_environment, private_environment, scrub
 
 log = get_logger(__name__)
 # The lane of the report being rendered (shared/lanes.py RANK): a free process goes to the most
@@ -189,6 +189,9 @@ class CappedPool:
         # Every process the executor starts, synchronously in these two calls, starts with no
         # secret in its environment: the render process, and multiprocessing's resource
         # tracker (started with the executor's first queue, once per renderer).
+        # Before the first: render processes may not read this process's environment.
+        if not self._all and not private_environment():
+            log.warning("render processes could read the renderer's environment (not Linux?)")
         with only_environment(for_templates(os.environ)):
             executor = ProcessPoolExecutor(
                 max_workers=1,
@@ -196,8 +199,12 @@ class CappedPool:
                 initializer=_worker_init,
                 initargs=(self.memory_mb, self.warm),
             )
-            # Started and warmed now, not during a report.
-            started = loop.run_in_executor(executor, os.getpid)
+            try:
+                # Started and warmed now, not during a report.
+                started = loop.run_in_executor(executor, os.getpid)
+            except BaseException:
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
         try:
             await started
         except BaseException:

@@ -71,7 +71,11 @@ def origin_of(url: str) -> Origin:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentError(f"'{public_url(url)}' is not an http(s) URL with a host")
+        # Not quoted whole: a URL this function cannot read is one mask_url_secrets may not
+        # recognise either (`https:/user:password@host`), so it shows a beginning only.
+        start = url.partition(":")[0][:10]
+        shown = public_url(url) if "://" in url else start + ("…" if len(url) > len(start) else "")
+        raise PermanentError(f"'{shown}' is not an http(s) URL with a host")
     if parts.username or parts.password:
         raise PermanentError(f"'{public_url(url)}' carries credentials in the URL: not allowed")
     try:

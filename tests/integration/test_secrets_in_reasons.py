@@ -11,7 +11,12 @@ looks for the canary everywhere a reader can.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ import pytest
 
 from services.console.identities import generate
 from shared.events import request_message_id
-from tests.helpers import Console, Stack, eventually, unique
+from tests.helpers import REPO, Console, Stack, eventually, unique
 from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -231,3 +236,68 @@ def test_a_render_process_starts_without_any_secret_in_its_environment(stack: St
     # The renderer itself still has what it needs (its own environment, unchanged).
     own = Path(f"/proc/{renderer.pid}/environ").read_bytes().decode(errors="replace")
     assert "PRESSROOM_CONFIG=" in own
+
+
+def peek_from_a_render_process() -> tuple[str, str]:
+    """What code that got to run in a render process could read: its own environment, and
+    its parent's (the renderer's)."""
+    own = Path("/proc/self/environ").read_bytes().decode(errors="replace")
+    try:
+        parent = Path(f"/proc/{os.getppid()}/environ").read_bytes().decode(errors="replace")
+    except OSError as error:
+        parent = type(error).__name__
+    return own, parent
+
+
+PEEK = """
+import asyncio, json, sys
+from services.renderer.pool import CappedPool
+from tests.integration.test_secrets_in_reasons import peek_from_a_render_process
+
+async def main() -> None:
+    pool = CappedPool(1, warm=False)
+    try:
+        own, parent = await pool.run(peek_from_a_render_process, label="peek")
+    finally:
+        await pool.close()
+    print(json.dumps({"own": own, "parent": parent}))
+
+asyncio.run(main())
+"""
+
+
+def test_code_running_in_a_render_process_finds_no_secret_in_its_or_the_renderers_environment() -> (
+    None
+):
+    """As an attacker who got code to run in a render process (a WeasyPrint or Pillow bug)
+    would look: its own environment, then its parent's `/proc/<ppid>/environ`. The renderer
+    runs as an ordinary user here (nobody, when the tests run as root: root may read any
+    process's environment), as in the container image."""
+    # Not pytest's tmp_path: nobody may not enter /tmp/pytest-of-root.
+    home = Path(tempfile.mkdtemp(prefix="pressroom-peek-"))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "PRESSROOM_S3_SECRET_KEY": "CANARY-env-s3",
+        "PRESSROOM_CONFIG": "/etc/pressroom/CANARY-env-config.yaml",
+        "SENTRY_DSN": "https://CANARY-env-dsn@sentry.example/1",
+        "PRESSROOM_SOURCES": '{"b": {"kind": "http", "headers": {"X-Key": "CANARY-env-hdr"}}}',
+    }
+    home.chmod(0o777)
+    as_nobody = {"user": 65534, "group": 65534, "extra_groups": []} if os.getuid() == 0 else {}
+    done = subprocess.run(
+        [sys.executable, "-c", PEEK],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=env,
+        timeout=300,
+        **as_nobody,  # type: ignore[arg-type]
+    )
+    shutil.rmtree(home, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "CANARY" not in seen["own"], seen["own"]
+    assert "PATH=" in seen["own"]  # what the libraries need is there
+    assert seen["parent"] == "PermissionError", seen["parent"][:200]

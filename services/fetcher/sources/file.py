@@ -24,7 +24,9 @@ def load_data_file(path: Path, *, what: str | None = None) -> Any:
         return yaml.safe_load(text)
     if path.suffix == ".csv":
         return list(csv.DictReader(io.StringIO(text)))
-    return jsonsafe.loads(text, what=what) if what else json.loads(text)
+    if what and jsonsafe.deeper_than(text.encode(), jsonsafe.MAX_DEPTH):
+        raise PermanentError(f"{what} is nested deeper than {jsonsafe.MAX_DEPTH} levels")
+    return json.loads(text)
 
 
 class FileSource:
