@@ -61,25 +61,27 @@ def scrub(env: MutableMapping[str, str] | None = None, role: str | None = None) 
         del target[name]
 
 
-# What a render process may inherit: the system's and the libraries' own settings, by name
-# (an allow-list: a secret may have any name — `SENTRY_DSN`, `PRESSROOM_SOURCES` with a header,
-# an Azure connection string), and even then no value that holds a credentialled URL.
-_FOR_TEMPLATES = re.compile(
-    r"^(PATH|HOME|USER|LOGNAME|LANG|LANGUAGE|TZ|TMPDIR|TEMP|TMP|TERM|LD_LIBRARY_PATH"
-    r"|VIRTUAL_ENV|SSL_CERT_FILE|SSL_CERT_DIR|SOURCE_DATE_EPOCH|TEST_RENDER_CRASH_MARKER)$"
-    r"|^(LC_|XDG_|FONTCONFIG_|PYTHON|PANGO|CAIRO|MALLOC_|GLIBC_TUNABLES)"
+# What a render process may not inherit, besides every secret-named variable: Pressroom's own
+# settings (it reads none: a render's job carries what it needs, and a setting may hold a
+# secret under any name — `PRESSROOM_SOURCES` with a header, `PRESSROOM_CONFIG` pointing at
+# every role's secrets), connection strings and DSNs, exporters' headers, pointers to key
+# files. Libraries' own settings pass (`SOFTHSM2_CONF` for a PKCS#11 signing token,
+# `OPENSSL_CONF`, fontconfig's …), unless a value holds a URL with credentials.
+_NOT_FOR_TEMPLATES = re.compile(
+    r"^PRESSROOM_|DSN$|CONNECTION_?STRING|HEADERS$|_KEY_FILE$|_KEY_PATH$", re.IGNORECASE
 )
 _CREDENTIALLED_URL = re.compile(r"://[^/\s@]*@")
 
 
 def for_templates(env: Mapping[str, str]) -> dict[str, str]:
-    """What a render process may inherit: only the names it needs (`_FOR_TEMPLATES`), and none
-    whose value holds a URL with credentials in it. Render processes read no setting of their
-    own: everything a render needs comes with its job."""
+    """What a render process may inherit: no secret-named variable, none of
+    `_NOT_FOR_TEMPLATES`, and no value holding a URL with credentials in it."""
     return {
         k: v
         for k, v in env.items()
-        if _FOR_TEMPLATES.match(k) and not is_secret(k) and not _CREDENTIALLED_URL.search(v)
+        if not is_secret(k)
+        and not _NOT_FOR_TEMPLATES.search(k)
+        and not _CREDENTIALLED_URL.search(v)
     }
 
 
