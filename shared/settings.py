@@ -778,14 +778,13 @@ def masked(settings: Settings, *, for_display: bool = True) -> dict[str, Any]:
     settings, credentials and source headers only, as the config fingerprint has always read
     them, so that a changed URL changes the fingerprint)."""
     data = settings.model_dump(mode="json")
+    if data.get("nats_url"):
+        data["nats_url"] = settings.bus_url_public
     if for_display:
-        data["nats_url"] = settings.bus_url_public if data.get("nats_url") else data.get("nats_url")
         return dict(without_secrets(data, "***"))
     for field in SECRET_FIELDS & set(data):
         if data[field]:
             data[field] = "***"
-    if data.get("nats_url"):
-        data["nats_url"] = settings.bus_url_public
     for entry in data.get("source_credentials", {}).values():
         for key in ("token", "headers"):
             if entry.get(key):

@@ -55,16 +55,19 @@ def _masked_path(path: str, mark: str) -> str:
     return "/".join(segments)
 
 
-def _mask_url(scheme: str, rest: str, mark: str = "***", *, paths_only: bool = False) -> str:
-    """One URL (`scheme` + `rest`) without its secrets; `paths_only`: only the path's tokens."""
-    web = scheme.lower() in _WEB
-    if paths_only:
-        slash = rest.find("/")
-        if not web or slash < 0:
-            return scheme + rest
-        ends = [i for i in (rest.find("?", slash), rest.find("#", slash)) if i >= 0]
-        end = min(ends, default=len(rest))
-        return scheme + rest[: slash + 1] + _masked_path(rest[slash + 1 : end], mark) + rest[end:]
+def _path_tokens_masked(scheme: str, rest: str, mark: str) -> str:
+    """One URL (`scheme` + `rest`) with only its web path's tokens replaced by `mark`."""
+    slash = rest.find("/")
+    if scheme.lower() not in _WEB or slash < 0:
+        return scheme + rest
+    ends = [i for i in (rest.find("?", slash), rest.find("#", slash)) if i >= 0]
+    end = min(ends, default=len(rest))
+    return scheme + rest[: slash + 1] + _masked_path(rest[slash + 1 : end], mark) + rest[end:]
+
+
+def _mask_url(scheme: str, rest: str) -> str:
+    """One URL (`scheme` + `rest`) without its secrets."""
+    mark = "***"
     # Userinfo runs to the last "@" before the first "/": a password may hold "@", "?" or "#".
     slash = rest.find("/")
     authority = rest if slash < 0 else rest[:slash]
@@ -76,7 +79,7 @@ def _mask_url(scheme: str, rest: str, mark: str = "***", *, paths_only: bool = F
     host, slash_sep, path = head.partition("/")
     if ";" in path:  # path parameters: /hook;token=abc
         path = _PATH_PARAM.sub(rf";\1={mark}", path)
-    if web:
+    if scheme.lower() in _WEB:
         path = _masked_path(path, mark)
     if sep:
         query = "&".join(
@@ -135,4 +138,4 @@ def mask_url_secrets(text: str) -> str:
 def mask_path_tokens(text: str, mark: str) -> str:
     """Every web URL in `text` with the path segments that read as tokens replaced by `mark`,
     the rest left as it is (for text whose other secrets are redacted by name)."""
-    return _each_url(text, lambda scheme, rest: _mask_url(scheme, rest, mark, paths_only=True))
+    return _each_url(text, lambda scheme, rest: _path_tokens_masked(scheme, rest, mark))

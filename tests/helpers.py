@@ -46,6 +46,19 @@ def up_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_probe(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`code` (given `argv`) in a fresh interpreter, with nothing from this test process
+    imported and no setting of this environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+
+
 def pressroom(
     *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,8 @@ REDACTED = "REDACTED (pressroom backup --include-secrets keeps it)"
 
 def redacted_config(text: str) -> str:
     """The YAML config without secrets: secret settings, and anywhere in it a secret-named
-    key's value, every header and parameter value, and every URL's userinfo, query values and
-    path parameters (`without_secrets`)."""
+    key's or parameter's value, every header's value, and in every string what a request's
+    text loses (`redacted_text`: secret-named query values, userinfo, path tokens)."""
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         return text
@@ -36,7 +36,6 @@ def redacted_config(text: str) -> str:
 
 
 # Field and header names that hold secrets (a JSON key, a header name).
-_SECRET_KEY = SECRET_KEY
 
 
 # In text, a name that says its value is secret (a URL query key, a JSON key, `k=v`).
@@ -89,7 +88,7 @@ def redacted_json(value: Any) -> Any:
         return {
             k: (
                 REDACTED
-                if _SECRET_KEY.search(str(k)) or (k == "headers" and isinstance(v, dict) and v)
+                if SECRET_KEY.search(str(k)) or (k == "headers" and isinstance(v, dict) and v)
                 else redacted_json(v)
             )
             for k, v in value.items()
@@ -108,7 +107,7 @@ def redacted_letter(letter: DeadLetter) -> DeadLetter:
     headers = {
         k: redacted_text(v) if k.lower() in ("traceparent", "tracestate") else REDACTED
         for k, v in letter.headers.items()
-        if not _SECRET_KEY.search(k)
+        if not SECRET_KEY.search(k)
     }
     if letter.payload_encoding == "base64":  # not UTF-8: kept as text, secrets out
         text = base64.b64decode(letter.payload).decode("utf-8", errors="replace")

@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from services.console.cli import COMMANDS, build, command_of
-from tests.helpers import REPO, pressroom
+from tests.helpers import REPO, pressroom, run_probe
 
 PROBE = """
 import json, sys
@@ -68,18 +68,6 @@ def test_a_bus_command_does_not_import_the_console_the_services_or_the_renderer(
     assert not heavy & loaded, heavy & loaded
 
 
-def run_probe(code: str) -> subprocess.CompletedProcess[str]:
-    """`code` in a fresh interpreter, with nothing from this test process imported."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
-
-
 WORKER_PROBE = """
 import asyncio, json, sys
 sys.argv = ["pressroom", "worker", sys.argv[1]]
@@ -95,14 +83,7 @@ cli.main()
 
 @pytest.mark.parametrize("service", ["fetcher", "renderer", "distributor", "scheduler"])
 def test_a_worker_starts_without_the_clis_libraries(service: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER_PROBE, service],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    done = run_probe(WORKER_PROBE, service)
     assert done.returncode == 0, done.stderr
     loaded = set(json.loads(done.stderr.strip().splitlines()[-1]))
     assert f"services.{service}.app" in loaded

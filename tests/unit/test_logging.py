@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.helpers import REPO
+from tests.helpers import run_probe
 
 PROBE = """
 from shared.observe.logging import configure_logging, get_logger
@@ -22,14 +20,7 @@ except RuntimeError:
 
 
 def test_an_exception_is_logged_with_its_frames_but_not_their_locals() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        timeout=120,
-    )
+    done = run_probe(PROBE)
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stderr.strip().splitlines()[-1])
     (exception,) = line["exception"]
