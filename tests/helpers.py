@@ -23,6 +23,7 @@ from services.console.embedded import free_port, start_nats_server
 from shared.adapters.ledger import KvLedger
 from shared.bus.names import LEDGER_BUCKET
 from shared.filenames import request_tag
+from tests import cliproc
 
 if TYPE_CHECKING:
     from tests.cluster import Cluster
@@ -63,11 +64,9 @@ def pressroom(
     *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """The `pressroom` command as a user runs it (80 columns, the bundled templates), in a
-    clean environment: only what `env` adds."""
-    return subprocess.run(
-        [sys.executable, "-m", "services.console.cli", *args],
-        capture_output=True,
-        text=True,
+    clean environment: only what `env` adds. A process of its own (tests/cliproc.py)."""
+    return cliproc.run(
+        args,
         cwd=cwd,
         env={
             "PATH": "/usr/bin:/bin",
@@ -393,14 +392,8 @@ class Stack:
         timeout: float = 60,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.root,
-            check=check,
+        return cliproc.run(
+            args, env={**self.env, **(env or {})}, timeout=timeout, cwd=self.root, check=check
         )
 
 
@@ -449,15 +442,10 @@ class Console:
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """A `pressroom` command with the console's settings (its audit trail, its users)."""
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", *args],
-            env={**self.env, **(env or {})},
-            input=stdin,
-            capture_output=True,
-            text=True,
-            cwd=self.stack.root,
+        return cliproc.run(
+            args, env={**self.env, **(env or {})}, input=stdin, cwd=self.stack.root,
             timeout=timeout,
-        )
+        )  # fmt: skip
 
     def start(self) -> Self:
         from services.console.web.auth import add_user

@@ -21,6 +21,7 @@ import nats
 import pytest
 
 from services.console.identities import new_user_seed
+from tests import cliproc
 from tests.helpers import REPO, Outcomes, Stack, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -271,10 +272,7 @@ def test_a_password_in_the_nats_url_appears_nowhere(tmp_path: Path) -> None:
     try:
         stack.root.mkdir(parents=True)
         (stack.root / "templates").symlink_to(REPO / "templates")
-        setup = subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "bus", "setup"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        setup = cliproc.run(["bus", "setup"], env=env, timeout=60)
         assert setup.returncode == 0, setup.stderr
         stack.env_extra["PRESSROOM_NATS_URL"] = url
         proc = stack.start_worker("renderer")
@@ -291,16 +289,11 @@ def test_a_password_in_the_nats_url_appears_nowhere(tmp_path: Path) -> None:
             return answer.text if answer.status_code == 200 else None
 
         readyz = asyncio.run(eventually(ready, timeout=60))
-        health = subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "health", "--json", "--url",
-             stack.health["renderer-1"]],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        health = cliproc.run(
+            ["health", "--json", "--url", stack.health["renderer-1"]], env=env, timeout=60
+        )
         wrong = {**env, "PRESSROOM_NATS_URL": f"nats://pressroom:{secret}@127.0.0.1:{free_port()}"}
-        unreachable = subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "ls"],
-            env=wrong, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        unreachable = cliproc.run(["ls"], env=wrong, timeout=60)
         proc.terminate()
         proc.wait(timeout=30)
         shown = readyz + health.stdout + health.stderr + unreachable.stderr + stack.logs()

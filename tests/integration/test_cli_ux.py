@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from services.console.embedded import free_port
+from tests import cliproc
 from tests.helpers import (
     REPO,
     Outcomes,
@@ -482,14 +483,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def cli(up: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.console.cli", *args],
-        env=up["env"],
-        cwd=up["root"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cliproc.run(args, env=up["env"], cwd=up["root"], timeout=120)
 
 
 def test_alerts_under_make_run_says_how_to_get_prometheus(up: dict[str, Any]) -> None:

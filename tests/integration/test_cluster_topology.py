@@ -14,6 +14,7 @@ from services.console.embedded import free_port, start_nats_server
 from shared.bus.names import STAGES, STREAM
 from shared.bus.topology import ensure_topology
 from shared.settings import Settings
+from tests import cliproc
 from tests.cluster import Cluster
 from tests.helpers import REPO, eventually
 
@@ -87,14 +88,7 @@ def test_replicas_a_single_server_cannot_keep_are_one_line_that_says_how(tmp_pat
             "PRESSROOM_STREAM_REPLICAS": "3",
             "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
         }
-        result = subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "ls", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
+        result = cliproc.run(["ls", "--json"], env=env, timeout=60, cwd=tmp_path)
         assert result.returncode == 1
         [line] = result.stderr.strip().splitlines()
         assert "PRESSROOM_STREAM_REPLICAS=3 needs a cluster with at least 3" in line

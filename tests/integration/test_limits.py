@@ -21,6 +21,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
+from tests import cliproc
 from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually, unique
 
 pytestmark = pytest.mark.integration
@@ -216,7 +217,6 @@ async def test_listings_are_complete_every_time(lstack: Stack, louts: Outcomes) 
 
 def test_pressroom_render_uses_the_same_caps_and_says_one_line(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     (tmp_path / "bomb.html").write_text("{{ 7 ** 12000000 }}")
     (tmp_path / "spin.html").write_text(
@@ -230,10 +230,9 @@ def test_pressroom_render_uses_the_same_caps_and_says_one_line(tmp_path: Path) -
     }
 
     def render(template: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", "render", "--template",
-             str(tmp_path / template), "--output", str(tmp_path / "o.pdf")],
-            env=env, capture_output=True, text=True, timeout=120,
+        return cliproc.run(
+            ["render", "--template", str(tmp_path / template), "--output", str(tmp_path / "o.pdf")],
+            env=env, timeout=120,
         )  # fmt: skip
 
     bomb, spin = render("bomb.html"), render("spin.html")

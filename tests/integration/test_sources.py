@@ -356,8 +356,8 @@ def test_pressroom_sources_test_checks_a_configured_source(
     tmp_path: Path, prometheus: PrometheusServer
 ) -> None:
     import subprocess
-    import sys
 
+    from tests import cliproc
     from tests.helpers import REPO
 
     config = tmp_path / "pressroom.yaml"
@@ -369,13 +369,7 @@ def test_pressroom_sources_test_checks_a_configured_source(
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "PRESSROOM_CONFIG": str(config)}
 
     def pressroom(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.console.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return cliproc.run(args, env=env, timeout=60)
 
     listed = json.loads(pressroom("sources", "ls", "--json").stdout)
     assert listed == [{"name": "broken", "kind": "http"}, {"name": "uptime", "kind": "prometheus"}]

@@ -1,0 +1,302 @@
+"""`pressroom` commands for the tests, each in a process of its own forked from one that has
+already imported the libraries every command imports.
+
+A `pressroom` command spends about 0.6 s of CPU importing Typer, Rich, pydantic, nats,
+structlog, OpenTelemetry … before it does anything, and the suite runs several hundred of them
+on two cores. Here each pytest process keeps a *zygote*: an interpreter, started the way a
+command is (same interpreter, same start-up environment), that has imported those third-party
+modules and nothing of Pressroom. A command is a fork of it that takes the caller's
+environment, folder, argv and standard streams, then runs `python -m services.console.cli`
+exactly as the interpreter does (`runpy`), so every Pressroom module is imported afresh with the
+caller's settings, and exits through the interpreter's own exit (atexit, flushes, exit code).
+The caller gets what `subprocess.run(capture_output=True, text=True)` gives: the exit code
+(negative for a signal), stdout and stderr, `TimeoutExpired` after killing the command's
+process group.
+
+What a fork cannot reproduce is a start-up that depends on the environment: a variable read
+when the interpreter starts (PYTHON*, the locale) or when one of those libraries is imported
+(OTEL_PROPAGATORS, FORCE_COLOR …). Those variables are the zygote's key: a call whose values
+differ gets a zygote of its own. Tests that are about start-up itself
+(tests/unit/test_cli_startup.py) start real interpreters. `PRESSROOM_TESTS_FORK_CLI=0` runs
+every command as a fresh interpreter instead (slower; the same results).
+
+Run as a script, this file is the zygote.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import locale
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE = "services.console.cli"
+# Not preloaded: what is imported afresh in each command, with the caller's settings.
+OWN = ("services", "shared", "templates", "tests", "bench", "deploy", "scripts")
+# Read when the interpreter starts or when a preloaded library is imported.
+STARTUP_PREFIXES = ("PYTHON", "LC_", "OTEL_PYTHON_", "_TYPER_")
+STARTUP_NAMES = frozenset(
+    {"LANG", "TZ", "TMPDIR", "OTEL_PROPAGATORS", "TERMINAL_WIDTH", "FORCE_COLOR", "PY_COLORS",
+     "NO_COLOR", "GITHUB_ACTIONS"}
+)  # fmt: skip
+# What a command imports, listed in a throwaway interpreter (a module imported for a list like
+# this may register itself somewhere): every command module, and the renderer for `render`.
+DISCOVER = f"""
+import sys
+import {MODULE} as cli
+cli.build()
+import services.renderer.job
+own = {OWN!r}
+for name, module in list(sys.modules.items()):
+    if module is not None and name.split(".")[0] not in own and not name.startswith("__"):
+        print(name)
+"""
+
+
+def startup_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of `env` a fork cannot change after the fact."""
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_PREFIXES) or k in STARTUP_NAMES}
+
+
+def forking() -> bool:
+    return os.environ.get("PRESSROOM_TESTS_FORK_CLI", "1") != "0"
+
+
+def run(
+    args: list[str] | tuple[str, ...],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str = REPO,
+    input: str | None = None,
+    timeout: float = 300,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m services.console.cli *args` with `env` (all of it: nothing of this process's
+    environment is added), in `cwd`, `input` on stdin (else /dev/null), its output captured."""
+    argv = [sys.executable, "-m", MODULE, *args]
+    if not forking():
+        return subprocess.run(
+            argv, env=dict(env), cwd=cwd, input=input, capture_output=True, text=True,
+            timeout=timeout, check=check, stdin=None if input is not None else subprocess.DEVNULL,
+        )  # fmt: skip
+    with (
+        tempfile.TemporaryFile() as stdin,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        if input is not None:
+            stdin.write(input.encode())
+            stdin.seek(0)
+            fds = [stdin.fileno(), out.fileno(), err.fileno()]
+        else:
+            fds = [os.open(os.devnull, os.O_RDONLY), out.fileno(), err.fileno()]
+        try:
+            code, timed_out = _zygote(startup_env(env)).call(
+                list(args), dict(env), str(cwd), fds, timeout
+            )
+        finally:
+            if input is None:
+                os.close(fds[0])
+        stdout, stderr = _text(out), _text(err)
+    if timed_out:
+        raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
+    if check and code:
+        raise subprocess.CalledProcessError(code, argv, stdout, stderr)
+    return subprocess.CompletedProcess(argv, code, stdout, stderr)
+
+
+def _text(file: IO[bytes]) -> str:
+    """What `text=True` makes of a stream: the locale's encoding, universal newlines."""
+    file.seek(0)
+    data = file.read().decode(locale.getpreferredencoding(False))
+    return data.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class Zygote:
+    """One forking interpreter, for calls whose start-up environment is `startup`."""
+
+    def __init__(self, startup: dict[str, str]) -> None:
+        self.folder = tempfile.mkdtemp(prefix="pressroom-zygote-")
+        self.path = os.path.join(self.folder, "socket")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, self.path],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **startup},
+            cwd=REPO,
+            stdin=subprocess.PIPE,  # its lifeline: it exits when this process closes it
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if line != "ready":
+            raise RuntimeError(f"the tests' command zygote did not start: {line!r}")
+
+    def call(
+        self, args: list[str], env: dict[str, str], cwd: str, fds: list[int], timeout: float
+    ) -> tuple[int, bool]:
+        """The command's exit code, and whether it was killed for taking longer than
+        `timeout` seconds."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+            conn.connect(self.path)
+            request = json.dumps({"argv": args, "env": env, "cwd": cwd}).encode()
+            socket.send_fds(conn, [request], fds)
+            pid = int(conn.recv(64))
+            conn.settimeout(timeout)
+            try:
+                return int(conn.recv(64)), False
+            except TimeoutError:
+                with suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                conn.settimeout(None)
+                return int(conn.recv(64)), True
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        with suppress(OSError):
+            os.unlink(self.path)
+        with suppress(OSError):
+            os.rmdir(self.folder)
+
+
+_zygotes: dict[tuple[tuple[str, str], ...], Zygote] = {}
+_lock = threading.Lock()
+
+
+def _zygote(startup: dict[str, str]) -> Zygote:
+    key = tuple(sorted(startup.items()))
+    with _lock:
+        zygote = _zygotes.get(key)
+        if zygote is None or zygote.proc.poll() is not None:
+            zygote = _zygotes[key] = Zygote(startup)
+        return zygote
+
+
+@atexit.register
+def _stop_all() -> None:
+    for zygote in _zygotes.values():
+        zygote.stop()
+
+
+# ---- the zygote -------------------------------------------------------------------------------
+
+
+def _preload() -> None:
+    """Import what a command imports, Pressroom's own modules excepted."""
+    import shared  # noqa: F401  # its start-up tweaks (shared/startup.py) come first, as in a command
+
+    listed = subprocess.run(
+        [sys.executable, "-c", DISCOVER], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split()
+    import importlib
+
+    for name in listed:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module only its importer can import
+            continue
+    for name in [n for n in sys.modules if n.split(".")[0] in OWN]:
+        del sys.modules[name]
+    import gc
+
+    # Kept out of the collector's reach: a command's collections and its exit would otherwise
+    # walk (and so copy, page by page) everything inherited: 0.1-0.2 s of CPU per command.
+    gc.collect()
+    gc.freeze()
+    if threading.active_count() != 1:
+        raise RuntimeError("a preloaded module started a thread: this process cannot fork")
+
+
+def _serve(path: str) -> dict[str, Any]:
+    """Fork a command for each request; in the parent, report each one's exit code to its
+    caller. Returns only in a forked command, with its request."""
+    import ctypes
+    import selectors
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: not left behind
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    waiting: dict[int, socket.socket] = {}
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "accept")
+    selector.register(wake_r, selectors.EVENT_READ, "reap")
+    selector.register(0, selectors.EVENT_READ, "lifeline")
+    print("ready", flush=True)
+    while True:
+        for key, _ in selector.select():
+            if key.data == "lifeline":
+                if not os.read(0, 4096):
+                    os._exit(0)
+            elif key.data == "reap":
+                os.read(wake_r, 4096)
+                while waiting:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                    if pid == 0:
+                        break
+                    conn = waiting.pop(pid, None)
+                    if conn is not None:
+                        with suppress(OSError):
+                            conn.send(str(os.waitstatus_to_exitcode(status)).encode())
+                        conn.close()
+            else:
+                conn, _ = listener.accept()
+                message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+                pid = os.fork()
+                if pid == 0:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    selector.close()
+                    for fd in (wake_r, wake_w):
+                        os.close(fd)
+                    listener.close()
+                    conn.close()
+                    for conn_ in waiting.values():
+                        conn_.close()
+                    os.setpgid(0, 0)  # a timeout kills the command and what it started
+                    for target, fd in enumerate(fds):
+                        os.dup2(fd, target)
+                        os.close(fd)
+                    request: dict[str, Any] = json.loads(message)
+                    return request
+                for fd in fds:
+                    os.close(fd)
+                waiting[pid] = conn
+                conn.send(str(pid).encode())
+
+
+def _become(request: dict[str, Any]) -> None:
+    """This forked process, as `python -m services.console.cli` started in the caller's
+    folder with the caller's environment and argv."""
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    sys.path[0] = os.getcwd()  # what `-m` puts first (a script's own folder here)
+    sys.argv = ["-m", *request["argv"]]
+
+
+if __name__ == "__main__":
+    sys.path[0] = os.getcwd()  # the project, not this file's folder
+    _preload()
+    _become(_serve(sys.argv[1]))
+    runpy._run_module_as_main(MODULE, alter_argv=True)  # type: ignore[attr-defined]

@@ -1,0 +1,108 @@
+"""The tests' `pressroom` commands forked from a zygote (tests/cliproc.py) give what a fresh
+interpreter gives: the same output, errors and exit codes, each call with its own settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import cliproc
+from tests.helpers import REPO, eventually
+
+
+def fresh(
+    args: list[str], env: dict[str, str], cwd: Path, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.console.cli", *args],
+        env=env, cwd=cwd, input=input, capture_output=True, text=True, timeout=120,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def base(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "HOME": str(tmp_path),
+        "PRESSROOM_TEMPLATES_DIR": str(REPO / "templates"),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["--help"], {"COLUMNS": "80"}),
+        (["status", "--help"], {"COLUMNS": "120"}),  # Rich's width, read when it starts
+        (["nonsense"], {"COLUMNS": "80"}),  # a usage error: exit 2
+        (["templates", "ls"], {"COLUMNS": "80"}),
+        (["config", "check"], {"PRESSROOM_RETRY_BACKOFF": "soon"}),  # a settings error: exit 1
+        (["ls"], {"PRESSROOM_NATS_URL": "nats://127.0.0.1:9"}),  # nothing listens there
+    ],
+)
+def test_a_forked_command_answers_as_a_fresh_one(
+    tmp_path: Path, args: list[str], extra: dict[str, str]
+) -> None:
+    env = base(tmp_path, **extra)
+    forked = cliproc.run(args, env=env, cwd=tmp_path)
+    assert forked.stdout or forked.stderr
+    expected = fresh(args, env, tmp_path)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        expected.returncode,
+        expected.stdout,
+        expected.stderr,
+    )
+
+
+def test_each_call_has_its_own_settings_folder_and_stdin(tmp_path: Path) -> None:
+    users = tmp_path / "users.yaml"
+    env = base(tmp_path, PRESSROOM_CONSOLE_USERS=str(users))
+    added = cliproc.run(["console", "user", "add", "ada", "--role", "ops"], env=env,
+                        cwd=tmp_path, input="s3cret-passw0rd!\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "ada" in users.read_text() and "s3cret" not in users.read_text()
+    # The next call, without that setting, does not see it: it writes where the default says.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = cliproc.run(["console", "user", "add", "bob", "--role", "viewer"],
+                        env=base(elsewhere), cwd=elsewhere, input="an0ther-passw0rd!\n")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "bob" not in users.read_text()
+    assert [p for p in elsewhere.rglob("*") if p.is_file() and "bob" in p.read_text()]
+
+
+def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    # A bus that accepts the connection and never says a word: the command waits on it.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    env = base(tmp_path, PRESSROOM_NATS_URL=f"nats://127.0.0.1:{port}")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            cliproc.run(["ls"], env=env, cwd=tmp_path, timeout=0.5)
+    finally:
+        silent.close()
+
+    async def gone() -> bool:
+        return not [
+            pid for pid in os.listdir("/proc")
+            if pid.isdigit() and _environ_has(pid, f"127.0.0.1:{port}")
+        ]  # fmt: skip
+
+    import asyncio
+
+    assert asyncio.run(eventually(gone, timeout=30))
+
+
+def _environ_has(pid: str, text: str) -> bool:
+    try:
+        return text.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
