@@ -63,15 +63,16 @@ def test_a_forked_command_answers_as_a_fresh_one(
 def test_each_call_has_its_own_settings_folder_and_stdin(tmp_path: Path) -> None:
     users = tmp_path / "users.yaml"
     env = base(tmp_path, PRESSROOM_CONSOLE_USERS=str(users))
-    added = cliproc.run(["console", "user", "add", "ada", "--role", "ops"], env=env,
-                        cwd=tmp_path, input="s3cret-passw0rd!\n")  # fmt: skip
+    add = ["console", "user", "add"]
+    added = cliproc.run([*add, "ada", "--role", "ops"], env=env, cwd=tmp_path,
+                        input="s3cret-passw0rd!\n")  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert "ada" in users.read_text() and "s3cret" not in users.read_text()
     # The next call, without that setting, does not see it: it writes where the default says.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    again = cliproc.run(["console", "user", "add", "bob", "--role", "viewer"],
-                        env=base(elsewhere), cwd=elsewhere, input="an0ther-passw0rd!\n")  # fmt: skip
+    again = cliproc.run([*add, "bob", "--role", "viewer"], env=base(elsewhere), cwd=elsewhere,
+                        input="an0ther-passw0rd!\n")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "bob" not in users.read_text()
     assert [p for p in elsewhere.rglob("*") if p.is_file() and "bob" in p.read_text()]
