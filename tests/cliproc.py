@@ -1,24 +1,27 @@
-"""`pressroom` commands for the tests, each in a process of its own forked from one that has
-already imported the libraries every command imports.
+"""`pressroom` commands for the tests — one-off commands and the stacks' workers — each in a
+process of its own, forked from one that has already imported the libraries every command
+imports.
 
 A `pressroom` command spends about 0.6 s of CPU importing Typer, Rich, pydantic, nats,
-structlog, OpenTelemetry … before it does anything, and the suite runs several hundred of them
-on two cores. Here each pytest process keeps a *zygote*: an interpreter, started the way a
-command is (same interpreter, same start-up environment), that has imported those third-party
-modules and nothing of Pressroom. A command is a fork of it that takes the caller's
+structlog, OpenTelemetry … before it does anything, and the suite runs several hundred commands
+and workers on two cores. Here each pytest process keeps a *zygote*: an interpreter, started
+the way a command is (same interpreter, same start-up environment), that has imported those
+third-party modules and nothing of Pressroom. A command is a fork of it that takes the caller's
 environment, folder, argv and standard streams, then runs `python -m services.console.cli`
 exactly as the interpreter does (`runpy`), so every Pressroom module is imported afresh with the
 caller's settings, and exits through the interpreter's own exit (atexit, flushes, exit code).
-The caller gets what `subprocess.run(capture_output=True, text=True)` gives: the exit code
+`run` gives what `subprocess.run(capture_output=True, text=True)` gives: the exit code
 (negative for a signal), stdout and stderr, `TimeoutExpired` after killing the command's
-process group.
+process group. `start` gives a `Forked`, used as a `subprocess.Popen` is.
 
 What a fork cannot reproduce is a start-up that depends on the environment: a variable read
 when the interpreter starts (PYTHON*, the locale) or when one of those libraries is imported
 (OTEL_PROPAGATORS, FORCE_COLOR …). Those variables are the zygote's key: a call whose values
-differ gets a zygote of its own. Tests that are about start-up itself
-(tests/unit/test_cli_startup.py) start real interpreters. `PRESSROOM_TESTS_FORK_CLI=0` runs
-every command as a fresh interpreter instead (slower; the same results).
+differ gets a zygote of its own. Nor `/proc/<pid>/environ`, which shows the environment a
+process was exec'd with (the zygote's): a test that reads it starts its processes with
+`fork=False`. Tests that are about start-up itself (tests/unit/test_cli_startup.py) start real
+interpreters. `TESTS_FORK_CLI=0` execs every command afresh instead (slower; the
+same results).
 
 Run as a script, this file is the zygote.
 """
@@ -39,7 +42,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 MODULE = "services.console.cli"
@@ -71,7 +74,7 @@ def startup_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def forking() -> bool:
-    return os.environ.get("PRESSROOM_TESTS_FORK_CLI", "1") != "0"
+    return os.environ.get("TESTS_FORK_CLI", "1") != "0"
 
 
 def run(
@@ -132,7 +135,7 @@ class Zygote:
         self.path = os.path.join(self.folder, "socket")
         self.proc = subprocess.Popen(
             [sys.executable, __file__, self.path],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **startup},
+            env={"PATH": "/usr/bin:/bin", **startup},
             cwd=REPO,
             stdin=subprocess.PIPE,  # its lifeline: it exits when this process closes it
             stdout=subprocess.PIPE,
@@ -142,24 +145,44 @@ class Zygote:
         if line != "ready":
             raise RuntimeError(f"the tests' command zygote did not start: {line!r}")
 
+    def launch(
+        self, args: list[str], env: dict[str, str], cwd: str, fds: list[int]
+    ) -> tuple[socket.socket, int, int]:
+        """Fork a command: the connection its exit code will come on, its pid, and a pidfd
+        to signal it by (safe from pid reuse: the zygote reaps a command as soon as it ends)."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            conn.connect(self.path)
+            request = json.dumps({"argv": args, "env": env, "cwd": cwd}).encode()
+            socket.send_fds(conn, [request], fds)
+            message, pidfds, _, _ = socket.recv_fds(conn, 64, 1)
+            if not message or not pidfds:
+                raise RuntimeError("the tests' command zygote did not start the command")
+        except BaseException:
+            conn.close()
+            raise
+        return conn, int(message), pidfds[0]
+
     def call(
         self, args: list[str], env: dict[str, str], cwd: str, fds: list[int], timeout: float
     ) -> tuple[int, bool]:
         """The command's exit code, and whether it was killed for taking longer than
         `timeout` seconds."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-            conn.connect(self.path)
-            request = json.dumps({"argv": args, "env": env, "cwd": cwd}).encode()
-            socket.send_fds(conn, [request], fds)
-            pid = int(conn.recv(64))
+        conn, pid, pidfd = self.launch(args, env, cwd, fds)
+        try:
             conn.settimeout(timeout)
             try:
-                return int(conn.recv(64)), False
+                return _exit_code(conn.recv(64)), False
             except TimeoutError:
+                # The command and what it started: it leads a process group of its own, which
+                # outlives it as long as one of them runs.
                 with suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
                 conn.settimeout(None)
-                return int(conn.recv(64)), True
+                return _exit_code(conn.recv(64)), True
+        finally:
+            conn.close()
+            os.close(pidfd)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -192,6 +215,100 @@ def _zygote(startup: dict[str, str]) -> Zygote:
 def _stop_all() -> None:
     for zygote in _zygotes.values():
         zygote.stop()
+
+
+def _exit_code(message: bytes) -> int:
+    if not message:
+        raise RuntimeError("the tests' command zygote ended before the command did")
+    return int(message)
+
+
+class Process(Protocol):
+    """What the tests use of a long-running command: a `subprocess.Popen`, or a `Forked`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | Any: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class Forked:
+    """A long-running command forked by a zygote, used as a `subprocess.Popen` is: its exit
+    code comes from the zygote, signals go through a pidfd (never to a reused pid)."""
+
+    def __init__(self, args: list[str], conn: socket.socket, pid: int, pidfd: int) -> None:
+        self.args, self.pid = args, pid
+        self.returncode: int | None = None
+        self._conn, self._pidfd = conn, pidfd
+
+    def _ended(self, message: bytes) -> int:
+        self.returncode = _exit_code(message)
+        self._conn.close()
+        os.close(self._pidfd)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._conn.settimeout(0)
+            try:
+                message = self._conn.recv(64)
+            except BlockingIOError:
+                return None
+            self._ended(message)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._conn.settimeout(timeout)
+            try:
+                message = self._conn.recv(64)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0) from None
+            return self._ended(message)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with suppress(ProcessLookupError):  # ended meanwhile; its code is on its way
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start(
+    args: list[str] | tuple[str, ...],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str,
+    output: IO[bytes],
+    fork: bool = True,
+) -> Process:
+    """`python -m services.console.cli *args` left running, stdout and stderr to `output`,
+    stdin /dev/null (as `subprocess.Popen` with those settings). `fork=False`: exec'd afresh,
+    where a test reads what only a fresh process has (its `/proc/<pid>/environ`)."""
+    argv = [sys.executable, "-m", MODULE, *args]
+    if not (fork and forking()):
+        return subprocess.Popen(
+            argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        conn, pid, pidfd = _zygote(startup_env(env)).launch(
+            list(args), dict(env), str(cwd), [null, output.fileno(), output.fileno()]
+        )
+    finally:
+        os.close(null)
+    return Forked(argv, conn, pid, pidfd)
 
 
 # ---- the zygote -------------------------------------------------------------------------------
@@ -282,7 +399,9 @@ def _serve(path: str) -> dict[str, Any]:
                 for fd in fds:
                     os.close(fd)
                 waiting[pid] = conn
-                conn.send(str(pid).encode())
+                pidfd = os.pidfd_open(pid)  # before this loop can reap it
+                socket.send_fds(conn, [str(pid).encode()], [pidfd])
+                os.close(pidfd)
 
 
 def _become(request: dict[str, Any]) -> None:

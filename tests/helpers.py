@@ -145,7 +145,7 @@ class Stack:
     )
     port: int = 0
     nats: subprocess.Popen[bytes] | None = None
-    procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+    procs: dict[str, list[cliproc.Process]] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
     # Like every deployment: one identity per role (`pressroom bus auth`), no anonymous access;
     # so every test also proves that each role's permissions are enough, and no more is needed.
@@ -153,6 +153,7 @@ class Stack:
     tls: bool = False
     unset: tuple[str, ...] = ()  # defaults below to leave out (a config file decides instead)
     cluster: Cluster | None = None  # run against these nodes instead of one nats-server
+    fork: bool = True  # workers forked from a zygote (tests/cliproc.py), or exec'd afresh
 
     @property
     def url(self) -> str:
@@ -329,9 +330,7 @@ class Stack:
             self.nats.send_signal(sig)
             self.nats.wait(timeout=10)
 
-    def start_worker(
-        self, name: str, extra_env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> cliproc.Process:
         logs = self.root / "logs"
         logs.mkdir(exist_ok=True)
         index = len(self.procs.get(name, [])) + 1
@@ -339,13 +338,11 @@ class Stack:
         port = free_port()
         self.health[f"{name}-{index}"] = f"http://127.0.0.1:{port}"
         extra_env = {"PRESSROOM_HEALTH_PORT": str(port), **(extra_env or {})}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.console.cli", "worker", name],
-            env={**self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-        )
+        with log:
+            proc = cliproc.start(
+                ["worker", name], env={**self.env, **(extra_env or {})}, cwd=self.root, output=log,
+                fork=self.fork,
+            )  # fmt: skip
         self.procs.setdefault(name, []).append(proc)
         return proc
 

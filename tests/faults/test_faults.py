@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import signal
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from shared.adapters.ledger import KvLedger
 from shared.bus.names import LEDGER_BUCKET, STREAM
+from tests import cliproc
 from tests.helpers import (
     REPO,
     Stack,
@@ -89,13 +89,13 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     stack.stop()
 
 
-async def busy_worker(stack: Stack, stage: str, rids: list[str]) -> subprocess.Popen[bytes]:
+async def busy_worker(stack: Stack, stage: str, rids: list[str]) -> cliproc.Process:
     """A live `stage` process that the ledger shows working on one of `rids` right now."""
     nc = await stack.connect()
     ledger = KvLedger(await nc.jetstream().key_value(LEDGER_BUCKET))
     pids = {p.pid: p for p in stack.procs[stage] if p.poll() is None}
 
-    async def probe() -> subprocess.Popen[bytes] | None:
+    async def probe() -> cliproc.Process | None:
         for rid in rids:
             entry = await ledger.get(rid)
             record = entry.stages.get(stage) if entry else None

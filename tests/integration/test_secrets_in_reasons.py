@@ -82,6 +82,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, server: HttpReceiver) -> Ite
             "PRESSROOM_CONFIG": str(config),
             "PRESSROOM_MONITOR_URL": f"http://prom:{MONITOR}@127.0.0.1:{server.port}",
         },
+        # Workers exec'd as in a deployment: /proc/<pid>/environ is what a process started
+        # with, and a forked one (tests/cliproc.py) started with the zygote's.
+        fork=False,
     ).start()
     (running.templates / "hello.html").write_text("<html><body>{{ who }}</body></html>")
     try:

@@ -4,7 +4,7 @@ interpreter gives: the same output, errors and exit codes, each call with its ow
 from __future__ import annotations
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,32 +78,43 @@ def test_each_call_has_its_own_settings_folder_and_stdin(tmp_path: Path) -> None
     assert [p for p in elsewhere.rglob("*") if p.is_file() and "bob" in p.read_text()]
 
 
-def test_a_command_past_its_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
-    # A bus that accepts the connection and never says a word: the command waits on it.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen()
-    port = silent.getsockname()[1]
-    env = base(tmp_path, PRESSROOM_NATS_URL=f"nats://127.0.0.1:{port}")
-    try:
-        with pytest.raises(subprocess.TimeoutExpired):
-            cliproc.run(["ls"], env=env, cwd=tmp_path, timeout=0.5)
-    finally:
-        silent.close()
+def test_a_command_past_its_timeout_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "state" / "logs").mkdir(parents=True)
+    env = base(tmp_path, PRESSROOM_DATA_DIR=str(tmp_path / "state"))
+    with pytest.raises(subprocess.TimeoutExpired):  # `logs -f` follows until it is stopped
+        cliproc.run(["logs", "-f"], env=env, cwd=tmp_path, timeout=1)
 
-    async def gone() -> bool:
-        return not [
-            pid for pid in os.listdir("/proc")
-            if pid.isdigit() and _environ_has(pid, f"127.0.0.1:{port}")
-        ]  # fmt: skip
+    async def gone() -> bool:  # no process left in the command's folder
+        return not [pid for pid in os.listdir("/proc") if pid.isdigit() and _in(pid, tmp_path)]
 
     import asyncio
 
     assert asyncio.run(eventually(gone, timeout=30))
 
 
-def _environ_has(pid: str, text: str) -> bool:
+def _in(pid: str, folder: Path) -> bool:
     try:
-        return text.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == folder
     except OSError:
         return False
+
+
+def test_a_long_running_command_is_used_as_a_popen_is(tmp_path: Path) -> None:
+    (tmp_path / "state" / "logs").mkdir(parents=True)
+    (tmp_path / "state" / "logs" / "fetcher-1.log").write_text('{"event": "hello"}\n')
+    env = base(tmp_path, PRESSROOM_DATA_DIR=str(tmp_path / "state"), COLUMNS="80")
+    with (tmp_path / "out.log").open("wb") as output:
+        proc = cliproc.start(["logs", "-f"], env=env, cwd=tmp_path, output=output)
+
+    async def printed() -> bool:
+        return "hello" in (tmp_path / "out.log").read_text()
+
+    import asyncio
+
+    assert asyncio.run(eventually(printed, timeout=60))
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.1)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL == proc.poll() == proc.returncode
+    proc.kill()  # ended: nothing is signalled, nothing raised
