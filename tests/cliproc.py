@@ -33,12 +33,15 @@ import json
 import locale
 import os
 import runpy
+import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -51,8 +54,8 @@ OWN = ("services", "shared", "templates", "tests", "bench", "deploy", "scripts")
 # Read when the interpreter starts or when a preloaded library is imported.
 STARTUP_PREFIXES = ("PYTHON", "LC_", "OTEL_PYTHON_", "_TYPER_")
 STARTUP_NAMES = frozenset(
-    {"LANG", "TZ", "TMPDIR", "OTEL_PROPAGATORS", "TERMINAL_WIDTH", "FORCE_COLOR", "PY_COLORS",
-     "NO_COLOR", "GITHUB_ACTIONS"}
+    {"LANG", "TZ", "TMPDIR", "OTEL_PROPAGATORS", "TYPER_USE_RICH", "TERMINAL_WIDTH",
+     "FORCE_COLOR", "PY_COLORS", "NO_COLOR", "GITHUB_ACTIONS"}
 )  # fmt: skip
 # What a command imports, listed in a throwaway interpreter (a module imported for a list like
 # this may register itself somewhere): every command module, and the renderer for `render`.
@@ -94,25 +97,50 @@ def run(
             argv, env=dict(env), cwd=cwd, input=input, capture_output=True, text=True,
             timeout=timeout, check=check, stdin=None if input is not None else subprocess.DEVNULL,
         )  # fmt: skip
-    with (
-        tempfile.TemporaryFile() as stdin,
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-    ):
-        if input is not None:
-            stdin.write(input.encode())
-            stdin.seek(0)
-            fds = [stdin.fileno(), out.fileno(), err.fileno()]
-        else:
-            fds = [os.open(os.devnull, os.O_RDONLY), out.fileno(), err.fileno()]
+    zygote = _zygote(startup_env(env))
+    with tempfile.TemporaryFile() as given:
+        given.write((input or "").encode())
+        given.seek(0)
+        stdin = given.fileno() if input is not None else os.open(os.devnull, os.O_RDONLY)
+        # Pipes, as subprocess.run's: the call ends when the output closes, not only when the
+        # command exits (a daemon it leaves holding stdout hangs here as in a user's `$(…)`).
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
-            code, timed_out = _zygote(startup_env(env)).call(
-                list(args), dict(env), str(cwd), fds, timeout
-            )
+            conn, pid, pidfd = zygote.launch(list(args), dict(env), str(cwd), [stdin, out_w, err_w])
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
         finally:
+            os.close(out_w)
+            os.close(err_w)
             if input is None:
-                os.close(fds[0])
-        stdout, stderr = _text(out), _text(err)
+                os.close(stdin)
+    deadline = time.monotonic() + timeout
+    output: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    timed_out = False
+    try:
+        if not _drain(output, deadline):
+            timed_out = True
+            _kill_group(pid)
+            _drain(output, None)
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            code = _exit_code(conn.recv(64))
+        except TimeoutError:
+            timed_out = True
+            _kill_group(pid)
+            conn.settimeout(None)
+            code = _exit_code(conn.recv(64))
+    except BaseException:  # pytest-timeout, Ctrl-C: not left running, as subprocess.run does
+        _kill_group(pid)
+        raise
+    finally:
+        for fd in (out_r, err_r, pidfd):
+            os.close(fd)
+        conn.close()
+    stdout, stderr = _text(b"".join(output[out_r])), _text(b"".join(output[err_r]))
     if timed_out:
         raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
     if check and code:
@@ -120,10 +148,34 @@ def run(
     return subprocess.CompletedProcess(argv, code, stdout, stderr)
 
 
-def _text(file: IO[bytes]) -> str:
+def _drain(output: dict[int, list[bytes]], deadline: float | None) -> bool:
+    """Read every pipe of `output` to its end: False if `deadline` came first."""
+    with selectors.DefaultSelector() as selector:
+        for fd, chunks in output.items():
+            selector.register(fd, selectors.EVENT_READ, chunks)
+        while selector.get_map():
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return False
+            for key, _ in selector.select(wait):
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    key.data.append(data)
+                else:
+                    selector.unregister(key.fd)
+    return True
+
+
+def _kill_group(pid: int) -> None:
+    """The command and what it started: it leads a process group of its own, which outlives
+    it as long as one of them runs."""
+    with suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _text(data_: bytes) -> str:
     """What `text=True` makes of a stream: the locale's encoding, universal newlines."""
-    file.seek(0)
-    data = file.read().decode(locale.getpreferredencoding(False))
+    data = data_.decode(locale.getpreferredencoding(False))
     return data.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -133,17 +185,24 @@ class Zygote:
     def __init__(self, startup: dict[str, str]) -> None:
         self.folder = tempfile.mkdtemp(prefix="pressroom-zygote-")
         self.path = os.path.join(self.folder, "socket")
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, self.path],
-            env={"PATH": "/usr/bin:/bin", **startup},
-            cwd=REPO,
-            stdin=subprocess.PIPE,  # its lifeline: it exits when this process closes it
-            stdout=subprocess.PIPE,
-        )
+        self.log = os.path.join(self.folder, "zygote.log")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, self.path],
+                env={"PATH": "/usr/bin:/bin", **startup},
+                cwd=REPO,
+                stdin=subprocess.PIPE,  # its lifeline: it exits when this process closes it
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C meant for pytest is not for it
+            )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
         if line != "ready":
-            raise RuntimeError(f"the tests' command zygote did not start: {line!r}")
+            with open(self.log) as log_:
+                raise RuntimeError(
+                    f"the tests' command zygote did not start: {line or log_.read()}"
+                )
 
     def launch(
         self, args: list[str], env: dict[str, str], cwd: str, fds: list[int]
@@ -163,27 +222,6 @@ class Zygote:
             raise
         return conn, int(message), pidfds[0]
 
-    def call(
-        self, args: list[str], env: dict[str, str], cwd: str, fds: list[int], timeout: float
-    ) -> tuple[int, bool]:
-        """The command's exit code, and whether it was killed for taking longer than
-        `timeout` seconds."""
-        conn, pid, pidfd = self.launch(args, env, cwd, fds)
-        try:
-            conn.settimeout(timeout)
-            try:
-                return _exit_code(conn.recv(64)), False
-            except TimeoutError:
-                # The command and what it started: it leads a process group of its own, which
-                # outlives it as long as one of them runs.
-                with suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-                conn.settimeout(None)
-                return _exit_code(conn.recv(64)), True
-        finally:
-            conn.close()
-            os.close(pidfd)
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
@@ -192,10 +230,7 @@ class Zygote:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        with suppress(OSError):
-            os.unlink(self.path)
-        with suppress(OSError):
-            os.rmdir(self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _zygotes: dict[tuple[tuple[str, str], ...], Zygote] = {}
@@ -232,6 +267,12 @@ class Process(Protocol):
     def returncode(self) -> int | Any: ...
     def poll(self) -> int | None: ...
     def wait(self, timeout: float | None = None) -> int: ...
+    def __del__(self) -> None:
+        if self.returncode is None:
+            with suppress(OSError):
+                self._conn.close()
+                os.close(self._pidfd)
+
     def send_signal(self, sig: int) -> None: ...
     def terminate(self) -> None: ...
     def kill(self) -> None: ...
@@ -263,6 +304,8 @@ class Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        if timeout is not None and timeout <= 0 and self.poll() is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
         if self.returncode is None:
             self._conn.settimeout(timeout)
             try:
@@ -318,16 +361,39 @@ def _preload() -> None:
     """Import what a command imports, Pressroom's own modules excepted."""
     import shared  # noqa: F401  # its start-up tweaks (shared/startup.py) come first, as in a command
 
-    listed = subprocess.run(
+    discovered = subprocess.run(
         [sys.executable, "-c", DISCOVER], capture_output=True, text=True, cwd=REPO, check=True
-    ).stdout.split()
+    )
     import importlib
+    import warnings
 
-    for name in listed:
-        try:
-            importlib.import_module(name)
-        except Exception:  # a module only its importer can import
-            continue
+    # A warning or a line printed while importing would reach a fresh command's stderr, and
+    # tests that read a command's stderr must see it: a zygote that would swallow one refuses
+    # to start, with what was printed.
+    printed = tempfile.TemporaryFile()  # noqa: SIM115  # read below, closed with the process
+    saved = os.dup(1), os.dup(2)
+    os.dup2(printed.fileno(), 1)
+    os.dup2(printed.fileno(), 2)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for name in discovered.stdout.split():
+                try:
+                    importlib.import_module(name)
+                except Exception:  # a module only its importer can import
+                    continue
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+    printed.seek(0)
+    said = discovered.stderr + printed.read().decode(errors="replace")
+    said += "".join(
+        f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
+    )
+    if said.strip():
+        print(f"importing what a command imports printed: {said.strip()!r}", flush=True)
+        sys.exit(1)
     for name in [n for n in sys.modules if n.split(".")[0] in OWN]:
         del sys.modules[name]
     import gc
@@ -343,10 +409,6 @@ def _preload() -> None:
 def _serve(path: str) -> dict[str, Any]:
     """Fork a command for each request; in the parent, report each one's exit code to its
     caller. Returns only in a forked command, with its request."""
-    import ctypes
-    import selectors
-
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: not left behind
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(64)
@@ -378,37 +440,54 @@ def _serve(path: str) -> dict[str, Any]:
                         conn.close()
             else:
                 conn, _ = listener.accept()
-                message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-                pid = os.fork()
-                if pid == 0:
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    selector.close()
-                    for fd in (wake_r, wake_w):
+                fds: list[int] = []
+                try:
+                    message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+                    if not message or len(fds) != 3:
+                        raise ValueError(f"a request with {len(fds)} streams: not started")
+                    pid = os.fork()
+                    if pid == 0:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        selector.close()
+                        for fd in (wake_r, wake_w):
+                            os.close(fd)
+                        listener.close()
+                        conn.close()
+                        for other in waiting.values():
+                            other.close()
+                        os.setpgid(0, 0)  # a timeout kills the command and what it started
+                        for target, fd in enumerate(fds):
+                            os.dup2(fd, target)
+                            os.close(fd)
+                        fds = []  # (closed: not again below)
+                        request: dict[str, Any] = json.loads(message)
+                        return request
+                    waiting[pid] = conn
+                    pidfd = os.pidfd_open(pid)  # before this loop can reap it
+                    try:
+                        socket.send_fds(conn, [str(pid).encode()], [pidfd])
+                    finally:
+                        os.close(pidfd)
+                except Exception as error:  # that caller's problem, not the next one's
+                    print(f"zygote: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+                    if conn not in waiting.values():
+                        conn.close()
+                finally:
+                    for fd in fds:
                         os.close(fd)
-                    listener.close()
-                    conn.close()
-                    for conn_ in waiting.values():
-                        conn_.close()
-                    os.setpgid(0, 0)  # a timeout kills the command and what it started
-                    for target, fd in enumerate(fds):
-                        os.dup2(fd, target)
-                        os.close(fd)
-                    request: dict[str, Any] = json.loads(message)
-                    return request
-                for fd in fds:
-                    os.close(fd)
-                waiting[pid] = conn
-                pidfd = os.pidfd_open(pid)  # before this loop can reap it
-                socket.send_fds(conn, [str(pid).encode()], [pidfd])
-                os.close(pidfd)
 
 
 def _become(request: dict[str, Any]) -> None:
     """This forked process, as `python -m services.console.cli` started in the caller's
     folder with the caller's environment and argv."""
+    # What the interpreter added to its own environment when it started: LC_CTYPE=C.UTF-8
+    # where the locale was C or POSIX (PEP 538). The start-up key makes that the same here.
+    coerced = {k: os.environ[k] for k in ("LC_CTYPE",) if k in os.environ}
     os.environ.clear()
     os.environ.update(request["env"])
+    for name, value in coerced.items():
+        os.environ.setdefault(name, value)
     os.chdir(request["cwd"])
     sys.path[0] = os.getcwd()  # what `-m` puts first (a script's own folder here)
     sys.argv = ["-m", *request["argv"]]

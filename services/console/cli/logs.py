@@ -151,11 +151,9 @@ def logs(
         # The last lines of each file are enough to find the last lines of them all.
         last.extend(deque(_kept(_lines(path, complete), request_id), maxlen=lines or None))
     merged = _merged(last)
-    show(merged[-lines:] if lines else merged)
-    if not follow:
-        return
-    try:
-        while True:
+    try:  # under -f, a Ctrl-C while the last lines are still printing stops as cleanly
+        show(merged[-lines:] if lines else merged)
+        while follow:
             time.sleep(0.5)
             fresh: list[Line] = []
             for path in log_files(folder, service):
@@ -173,7 +171,8 @@ def logs(
                 fresh.extend(_kept(_lines(path, complete), request_id))
             show(_merged(fresh))
     except KeyboardInterrupt:
-        return
+        if not follow:
+            raise
 
 
 def register(app: typer.Typer) -> None:
