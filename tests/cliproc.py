@@ -17,11 +17,13 @@ process group. `start` gives a `Forked`, used as a `subprocess.Popen` is.
 What a fork cannot reproduce is a start-up that depends on the environment: a variable read
 when the interpreter starts (PYTHON*, the locale) or when one of those libraries is imported
 (OTEL_PROPAGATORS, FORCE_COLOR …). Those variables are the zygote's key: a call whose values
-differ gets a zygote of its own. Nor `/proc/<pid>/environ`, which shows the environment a
-process was exec'd with (the zygote's): a test that reads it starts its processes with
-`fork=False`. Tests that are about start-up itself (tests/unit/test_cli_startup.py) start real
-interpreters. `TESTS_FORK_CLI=0` execs every command afresh instead (slower; the
-same results).
+differ gets a zygote of its own. Nor what the kernel keeps from the exec: a forked process's
+`/proc/<pid>/environ` and `cmdline` are the zygote's (a test that reads them starts its
+processes with `fork=False`). Every fork of one zygote has the same string hash seed, and has
+the preloaded modules loaded whether it needs them or not, so a missing import or a worker
+that loads the CLI's libraries would not show here: tests/unit/test_cli_startup.py checks
+those in fresh interpreters. `TESTS_FORK_CLI=0` execs every command afresh instead (slower;
+the same results, with fresh hash seeds).
 
 Run as a script, this file is the zygote.
 """
