@@ -126,7 +126,9 @@ def run(
         if not _drain(output, deadline):
             timed_out = True
             _kill_group(pid)
-            _drain(output, None)
+            # What it wrote so far; a process outside its group may hold the pipes for ever
+            # (subprocess.run, too, does not read on after its kill).
+            _drain(output, time.monotonic() + 5)
         conn.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             code = _exit_code(conn.recv(64))
@@ -202,9 +204,9 @@ class Zygote:
         line = self.proc.stdout.readline().decode().strip()
         if line != "ready":
             with open(self.log) as log_:
-                raise RuntimeError(
-                    f"the tests' command zygote did not start: {line or log_.read()}"
-                )
+                why = line or log_.read().strip() or f"exit code {self.proc.wait()}"
+            self.stop()
+            raise RuntimeError(f"the tests' command zygote did not start: {why}")
 
     def launch(
         self, args: list[str], env: dict[str, str], cwd: str, fds: list[int]
@@ -225,6 +227,8 @@ class Zygote:
         return conn, int(message), pidfds[0]
 
     def stop(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
@@ -239,12 +243,21 @@ _zygotes: dict[tuple[tuple[str, str], ...], Zygote] = {}
 _lock = threading.Lock()
 
 
+_failed: dict[tuple[tuple[str, str], ...], RuntimeError] = {}
+
+
 def _zygote(startup: dict[str, str]) -> Zygote:
     key = tuple(sorted(startup.items()))
     with _lock:
+        if key in _failed:  # once is enough: each try imports for seconds
+            raise _failed[key]
         zygote = _zygotes.get(key)
         if zygote is None or zygote.proc.poll() is not None:
-            zygote = _zygotes[key] = Zygote(startup)
+            try:
+                zygote = _zygotes[key] = Zygote(startup)
+            except RuntimeError as error:
+                _failed[key] = error
+                raise
         return zygote
 
 
@@ -269,12 +282,6 @@ class Process(Protocol):
     def returncode(self) -> int | Any: ...
     def poll(self) -> int | None: ...
     def wait(self, timeout: float | None = None) -> int: ...
-    def __del__(self) -> None:
-        if self.returncode is None:
-            with suppress(OSError):
-                self._conn.close()
-                os.close(self._pidfd)
-
     def send_signal(self, sig: int) -> None: ...
     def terminate(self) -> None: ...
     def kill(self) -> None: ...
@@ -290,10 +297,16 @@ class Forked:
         self._conn, self._pidfd = conn, pidfd
 
     def _ended(self, message: bytes) -> int:
-        self.returncode = _exit_code(message)
         self._conn.close()
         os.close(self._pidfd)
+        self.returncode = _exit_code(message)
         return self.returncode
+
+    def __del__(self) -> None:  # dropped without a wait: its connection and pidfd go too
+        if self.returncode is None:
+            with suppress(OSError):
+                self._conn.close()
+                os.close(self._pidfd)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -372,24 +385,28 @@ def _preload() -> None:
     # A warning or a line printed while importing would reach a fresh command's stderr, and
     # tests that read a command's stderr must see it: a zygote that would swallow one refuses
     # to start, with what was printed.
-    printed = tempfile.TemporaryFile()  # noqa: SIM115  # read below, closed with the process
-    saved = os.dup(1), os.dup(2)
-    os.dup2(printed.fileno(), 1)
-    os.dup2(printed.fileno(), 2)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            for name in discovered.stdout.split():
-                try:
-                    importlib.import_module(name)
-                except Exception:  # a module only its importer can import
-                    continue
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-    printed.seek(0)
-    said = discovered.stderr + printed.read().decode(errors="replace")
+    with tempfile.TemporaryFile() as printed:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(printed.fileno(), 1)
+        os.dup2(printed.fileno(), 2)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                for name in discovered.stdout.split():
+                    try:
+                        importlib.import_module(name)
+                    except Exception:  # a module only its importer can import
+                        continue
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for target, fd in enumerate(saved, start=1):
+                os.dup2(fd, target)
+                os.close(fd)
+            printed.seek(0)
+            text = printed.read().decode(errors="replace")
+            sys.stderr.write(text)  # into the zygote's log, whatever happened
+            sys.stderr.flush()
+    said = discovered.stderr + text
     said += "".join(
         f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
     )
@@ -443,27 +460,23 @@ def _serve(path: str) -> dict[str, Any]:
             else:
                 conn, _ = listener.accept()
                 fds: list[int] = []
+                pid = 0
                 try:
                     message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
                     if not message or len(fds) != 3:
                         raise ValueError(f"a request with {len(fds)} streams: not started")
                     pid = os.fork()
                     if pid == 0:
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        selector.close()
-                        for fd in (wake_r, wake_w):
-                            os.close(fd)
-                        listener.close()
-                        conn.close()
-                        for other in waiting.values():
-                            other.close()
-                        os.setpgid(0, 0)  # a timeout kills the command and what it started
-                        for target, fd in enumerate(fds):
-                            os.dup2(fd, target)
-                            os.close(fd)
-                        fds = []  # (closed: not again below)
-                        request: dict[str, Any] = json.loads(message)
+                        try:
+                            request = _child(
+                                message, fds, conn, listener, selector, waiting, (wake_r, wake_w)
+                            )
+                        except BaseException:  # not the zygote's handlers: this is the command
+                            import traceback
+
+                            traceback.print_exc()
+                            os._exit(127)
+                        fds = []  # now 0, 1 and 2: not closed below
                         return request
                     waiting[pid] = conn
                     pidfd = os.pidfd_open(pid)  # before this loop can reap it
@@ -471,13 +484,45 @@ def _serve(path: str) -> dict[str, Any]:
                         socket.send_fds(conn, [str(pid).encode()], [pidfd])
                     finally:
                         os.close(pidfd)
+                    pid = 0  # reported: its caller owns it
                 except Exception as error:  # that caller's problem, not the next one's
                     print(f"zygote: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+                    if pid:  # forked, but nobody knows its pid: not left running
+                        with suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
                     if conn not in waiting.values():
                         conn.close()
                 finally:
                     for fd in fds:
                         os.close(fd)
+
+
+def _child(
+    message: bytes,
+    fds: list[int],
+    conn: socket.socket,
+    listener: socket.socket,
+    selector: selectors.BaseSelector,
+    waiting: dict[int, socket.socket],
+    wake: tuple[int, int],
+) -> dict[str, Any]:
+    """In a forked command: the zygote's sockets and signal handling gone, the caller's
+    streams as 0, 1 and 2; its request."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    selector.close()
+    for fd in wake:
+        os.close(fd)
+    listener.close()
+    conn.close()
+    for other in waiting.values():
+        other.close()
+    os.setpgid(0, 0)  # a timeout kills the command and what it started
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    request: dict[str, Any] = json.loads(message)
+    return request
 
 
 def _become(request: dict[str, Any]) -> None:

@@ -118,3 +118,17 @@ def test_a_long_running_command_is_used_as_a_popen_is(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL == proc.poll() == proc.returncode
     proc.kill()  # ended: nothing is signalled, nothing raised
+
+
+def test_the_zygote_refuses_a_request_without_streams_and_serves_the_next(tmp_path: Path) -> None:
+    import socket
+
+    env = base(tmp_path, COLUMNS="80")
+    assert cliproc.run(["--help"], env=env).returncode == 0
+    zygote = cliproc._zygote(cliproc.startup_env(env))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.connect(zygote.path)
+        conn.send(b'{"argv": ["--help"], "env": {}, "cwd": "/"}')  # no stdin, stdout, stderr
+        assert conn.recv(64) == b""  # closed: nothing started
+    assert "a request with 0 streams: not started" in Path(zygote.log).read_text()
+    assert cliproc.run(["--help"], env=env).returncode == 0
