@@ -301,4 +301,7 @@ def _rss_mib(pid: int) -> int:
 
 
 if __name__ == "__main__":
+    # Workers and commands exec'd as a deployment starts them, not forked from the tests'
+    # zygote (tests/cliproc.py): a forked worker's memory would count the zygote's modules.
+    os.environ["TESTS_FORK_CLI"] = "0"
     main()

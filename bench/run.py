@@ -688,4 +688,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # Workers and commands exec'd as a deployment starts them, not forked from the tests'
+    # zygote (tests/cliproc.py): a forked worker's memory would count the zygote's modules.
+    os.environ["TESTS_FORK_CLI"] = "0"
     asyncio.run(main())
