@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -79,7 +80,17 @@ def startup_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def forking() -> bool:
-    return os.environ.get("TESTS_FORK_CLI", "1") != "0"
+    return os.environ.get("TESTS_FORK_CLI", "1") != "0" and _can_fork()
+
+
+@cache
+def _can_fork() -> bool:
+    """pidfds (Linux 5.3) and fd passing: elsewhere every command is exec'd afresh."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return hasattr(socket, "send_fds")
 
 
 def run(
