@@ -101,60 +101,58 @@ def run(
     input: str | None = None,
     timeout: float = 300,
     check: bool = False,
+    fork: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m services.console.cli *args` with `env` (all of it: nothing of this process's
-    environment is added), in `cwd`, `input` on stdin (else /dev/null), its output captured."""
+    environment is added), in `cwd`, `input` on stdin (else /dev/null), its output captured.
+    `fork=False`: exec'd afresh."""
     argv = [sys.executable, "-m", MODULE, *args]
-    if not forking():
+    if not (fork and forking()):
         return subprocess.run(
             argv, env=dict(env), cwd=cwd, input=input, capture_output=True, text=True,
             timeout=timeout, check=check, stdin=None if input is not None else subprocess.DEVNULL,
         )  # fmt: skip
     zygote = _zygote(startup_env(env))
-    with tempfile.TemporaryFile() as given:
-        given.write((input or "").encode())
-        given.seek(0)
-        stdin = given.fileno() if input is not None else os.open(os.devnull, os.O_RDONLY)
-        # Pipes, as subprocess.run's: the call ends when the output closes, not only when the
-        # command exits (a daemon it leaves holding stdout hangs here as in a user's `$(…)`).
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            conn, pid, pidfd = zygote.launch(list(args), dict(env), str(cwd), [stdin, out_w, err_w])
-        except BaseException:
-            os.close(out_r)
-            os.close(err_r)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-            if input is None:
-                os.close(stdin)
-    deadline = time.monotonic() + timeout
+    # Pipes, as subprocess.run's: the call ends when the output closes, not only when the
+    # command exits (a daemon it leaves holding stdout hangs here as in a user's `$(…)`).
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        with tempfile.TemporaryFile() as given:
+            if input is not None:
+                given.write(input.encode())
+                given.seek(0)
+            stdin = given.fileno() if input is not None else None
+            proc = zygote.launch(argv, dict(env), str(cwd), stdin, out_w, err_w)
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
     output: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    deadline = time.monotonic() + timeout
     timed_out = False
     try:
         if not _drain(output, deadline):
             timed_out = True
-            _kill_group(pid)
+            _kill_group(proc.pid)
             # What it wrote so far; a process outside its group may hold the pipes for ever
             # (subprocess.run, too, does not read on after its kill).
             _drain(output, time.monotonic() + 5)
-        conn.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            code = _exit_code(conn.recv(64))
-        except TimeoutError:
+            code = proc.wait(max(deadline - time.monotonic(), 0.001))
+        except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(pid)
-            conn.settimeout(None)
-            code = _exit_code(conn.recv(64))
+            _kill_group(proc.pid)
+            code = proc.wait()
     except BaseException:  # pytest-timeout, Ctrl-C: not left running, as subprocess.run does
-        _kill_group(pid)
+        _kill_group(proc.pid)
         raise
     finally:
-        for fd in (out_r, err_r, pidfd):
-            os.close(fd)
-        conn.close()
+        os.close(out_r)
+        os.close(err_r)
     stdout, stderr = _text(b"".join(output[out_r])), _text(b"".join(output[err_r]))
     if timed_out:
         raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr)
@@ -220,22 +218,34 @@ class Zygote:
             raise RuntimeError(f"the tests' command zygote did not start: {why}")
 
     def launch(
-        self, args: list[str], env: dict[str, str], cwd: str, fds: list[int]
-    ) -> tuple[socket.socket, int, int]:
-        """Fork a command: the connection its exit code will come on, its pid, and a pidfd
-        to signal it by (safe from pid reuse: the zygote reaps a command as soon as it ends)."""
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdin: int | None,
+        stdout: int,
+        stderr: int,
+    ) -> Forked:
+        """Fork `argv`'s command with these streams (stdin None: /dev/null). Its exit code
+        comes on the connection, and it is signalled by pidfd (safe from pid reuse: the zygote
+        reaps a command as soon as it ends)."""
+        null = os.open(os.devnull, os.O_RDONLY) if stdin is None else None
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             conn.connect(self.path)
-            request = json.dumps({"argv": args, "env": env, "cwd": cwd}).encode()
-            socket.send_fds(conn, [request], fds)
+            words = argv[3:]  # after `python -m services.console.cli`
+            request = json.dumps({"argv": words, "env": env, "cwd": cwd}).encode()
+            socket.send_fds(conn, [request], [stdin if null is None else null, stdout, stderr])
             message, pidfds, _, _ = socket.recv_fds(conn, 64, 1)
             if not message or not pidfds:
                 raise RuntimeError("the tests' command zygote did not start the command")
         except BaseException:
             conn.close()
             raise
-        return conn, int(message), pidfds[0]
+        finally:
+            if null is not None:
+                os.close(null)
+        return Forked(argv, conn, int(message), pidfds[0])
 
     def stop(self) -> None:
         if self.proc.stdout is not None:
@@ -251,10 +261,8 @@ class Zygote:
 
 
 _zygotes: dict[tuple[tuple[str, str], ...], Zygote] = {}
-_lock = threading.Lock()
-
-
 _failed: dict[tuple[tuple[str, str], ...], RuntimeError] = {}
+_lock = threading.Lock()
 
 
 def _zygote(startup: dict[str, str]) -> Zygote:
@@ -370,14 +378,8 @@ def start(
             argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        conn, pid, pidfd = _zygote(startup_env(env)).launch(
-            list(args), dict(env), str(cwd), [null, output.fileno(), output.fileno()]
-        )
-    finally:
-        os.close(null)
-    return Forked(argv, conn, pid, pidfd)
+    zygote = _zygote(startup_env(env))
+    return zygote.launch(argv, dict(env), str(cwd), None, output.fileno(), output.fileno())
 
 
 # ---- the zygote -------------------------------------------------------------------------------

@@ -35,9 +35,6 @@ def redacted_config(text: str) -> str:
     return str(yaml.safe_dump(kept, sort_keys=False))
 
 
-# Field and header names that hold secrets (a JSON key, a header name).
-
-
 # In text, a name that says its value is secret (a URL query key, a JSON key, `k=v`).
 _SECRET_NAME = re.compile(
     r"authori[sz]ation|token|passw(or)?d|pwd|secret|api[-_]?key|apikey|cookie|credential|"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,7 @@ from tests.helpers import REPO, eventually
 def fresh(
     args: list[str], env: dict[str, str], cwd: Path, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.console.cli", *args],
-        env=env, cwd=cwd, input=input, capture_output=True, text=True, timeout=120,
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )  # fmt: skip
+    return cliproc.run(args, env=env, cwd=cwd, input=input, timeout=120, fork=False)
 
 
 def base(tmp_path: Path, **extra: str) -> dict[str, str]:
