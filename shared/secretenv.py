@@ -25,7 +25,7 @@ _DELIVERY = re.compile(r"^PRESSROOM_(SMTP_USER|SMTP_PASSWORD|WEBHOOK_SECRET)$")
 _SOURCES = re.compile(r"^PRESSROOM_SOURCE_CREDENTIALS$")
 _STORE = re.compile(r"^(PRESSROOM_S3_(ACCESS|SECRET)_KEY|AWS_.*)$")
 # The renderer's keys: signing, and the PDF owner password and password-unsealing key.
-_SIGNING = re.compile(r"^PRESSROOM_(SIGN_|PDF_OWNER_PASSWORD_FILE$|PDF_SEAL_KEY_FILE$)")
+_SIGNING = re.compile(r"^PRESSROOM_(SIGN_|PDF_OWNER_PASSWORD(_FILE)?$|PDF_SEAL_KEY_FILE$)")
 _CONSOLE = re.compile(r"^PRESSROOM_OIDC_")
 # Signs download links: the console and the distributor (webhooks and emails carry links).
 _LINKS = re.compile(r"^PRESSROOM_CONSOLE_SECRET$")

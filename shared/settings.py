@@ -58,8 +58,11 @@ SECRET_FIELDS = frozenset(
         "nats_password",
         "console_secret",
         "oidc_client_secret",
+        "pdf_owner_password",
     }
 )
+# Settings still read under an earlier name: {older name: the name DESIGN.md gives}.
+OLDER_NAMES = {"sign_key_file": "sign_key", "sign_cert_file": "sign_cert"}
 
 
 class ConfigError(PressroomError):
@@ -260,6 +263,10 @@ class Settings(BaseSettings):
     pdf_passwords: Literal["allow", "forbid"] = Field(
         default="allow", description="Whether a request may password-protect its PDF."
     )
+    pdf_owner_password: str = Field(
+        default="",
+        description="Owner password of protected PDFs (or PRESSROOM_PDF_OWNER_PASSWORD_FILE).",
+    )
     pdf_owner_password_file: str = Field(
         default="", description="File holding the owner password of protected PDFs."
     )
@@ -274,8 +281,10 @@ class Settings(BaseSettings):
     pdf_append_allow: str = Field(
         default="", description="PDFs in the templates folder a request may append."
     )
-    sign_key_file: str = Field(default="", description="Signing key (PEM/DER).")
-    sign_cert_file: str = Field(default="", description="Signing certificate (PEM/DER).")
+    sign_key: str = Field(default="", description="Signing key: a PEM/DER file.")
+    sign_cert: str = Field(default="", description="Signing certificate: a PEM/DER file.")
+    sign_key_file: str = Field(default="", description="Older name of PRESSROOM_SIGN_KEY.")
+    sign_cert_file: str = Field(default="", description="Older name of PRESSROOM_SIGN_CERT.")
     sign_chain_file: str = Field(default="", description="Intermediate certificates (PEM).")
     sign_key_password_file: str = Field(default="", description="Passphrase of the key.")
     sign_pkcs11_module: str = Field(default="", description="PKCS#11 library holding the key.")
@@ -564,6 +573,34 @@ class Settings(BaseSettings):
                 raise ValueError(f"'{entry}' is not a bucket or bucket/prefix")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        """A setting given under its older name (`PRESSROOM_SIGN_KEY_FILE`) is the setting
+        (`PRESSROOM_SIGN_KEY`); both given, they must agree."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in OLDER_NAMES.items():
+            given = data.get(old)
+            if not given:
+                continue
+            if data.get(new) and data[new] != given:
+                raise ValueError(
+                    f"{_env_name(new)} and {_env_name(old)} (its older name) differ: set one"
+                )
+            data[new] = given
+        return data
+
+    @model_validator(mode="after")
+    def _one_owner_password(self) -> Settings:
+        if self.pdf_owner_password and self.pdf_owner_password_file:
+            raise ValueError(
+                "PRESSROOM_PDF_OWNER_PASSWORD and PRESSROOM_PDF_OWNER_PASSWORD_FILE are both set: "
+                "set one"
+            )
+        return self
+
     @model_validator(mode="after")
     def _named_credentials_exist(self) -> Settings:
         for name, spec in self.sources.items():
@@ -707,7 +744,10 @@ def load_settings(**overrides: Any) -> Settings:
 def describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a check across settings: its message names them
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(item["loc"][0])
         where = ".".join(str(p) for p in item["loc"][1:])
         env = _env_name(field)
         origin = env if env in os.environ else f"`{field}` in PRESSROOM_CONFIG"

@@ -121,8 +121,8 @@ class TestPki:
 
     def signing_env(self) -> dict[str, str]:
         return {
-            "PRESSROOM_SIGN_KEY_FILE": str(self.folder / "signer.key"),
-            "PRESSROOM_SIGN_CERT_FILE": str(self.folder / "signer.pem"),
+            "PRESSROOM_SIGN_KEY": str(self.folder / "signer.key"),
+            "PRESSROOM_SIGN_CERT": str(self.folder / "signer.pem"),
             "PRESSROOM_SIGN_CHAIN_FILE": str(self.folder / "ca.pem"),
         }
 

@@ -45,8 +45,8 @@ SIGNATURE_FIELD = "Signature"
 def signing_from(settings: Settings) -> Signing | None:
     """The operator's signing configuration, or None when no key is configured."""
     signing = Signing(
-        settings.sign_key_file,
-        settings.sign_cert_file,
+        settings.sign_key,
+        settings.sign_cert,
         settings.sign_chain_file,
         settings.sign_key_password_file,
         settings.sign_pkcs11_module,
@@ -82,9 +82,9 @@ def plan(
         raise PermanentError(
             "pdf.password: this renderer has no key to unseal it (PRESSROOM_PDF_SEAL_KEY_FILE)"
         )
-    if encrypt and not settings.pdf_owner_password_file:
+    if encrypt and not (settings.pdf_owner_password or settings.pdf_owner_password_file):
         raise PermanentError(
-            "pdf: no owner password is configured (PRESSROOM_PDF_OWNER_PASSWORD_FILE)"
+            "pdf: no owner password is configured (PRESSROOM_PDF_OWNER_PASSWORD or _FILE)"
         )
     signing = None
     if asked.sign or settings.sign_always:
@@ -92,7 +92,7 @@ def plan(
         if signing is None:
             raise PermanentError(
                 "pdf.sign: no signing key is configured "
-                "(PRESSROOM_SIGN_KEY_FILE and _CERT_FILE, or PRESSROOM_SIGN_PKCS11_*)"
+                "(PRESSROOM_SIGN_KEY and PRESSROOM_SIGN_CERT, or PRESSROOM_SIGN_PKCS11_*)"
             )
     append = tuple(_allowed(settings, templates_dir, name) for name in asked.append)
     permissions = None
@@ -107,6 +107,7 @@ def plan(
         sealed_password=asked.password,
         seal_key_file=settings.pdf_seal_key_file if asked.password else "",
         user_password_file=user_password_file,
+        owner_password=settings.pdf_owner_password if encrypt else "",
         owner_password_file=settings.pdf_owner_password_file if encrypt else "",
         permissions=permissions,
         signing=signing,
@@ -288,6 +289,12 @@ def _read_secret(path: str, what: str) -> str:
     return value
 
 
+def _owner_password(spec: Finish) -> str:
+    if spec.owner_password:
+        return spec.owner_password
+    return _read_secret(spec.owner_password_file, "owner password")
+
+
 def _user_password(spec: Finish) -> str:
     if spec.sealed_password is not None:
         key = Path(spec.seal_key_file)
@@ -314,7 +321,7 @@ def _save(document: Any, spec: Finish) -> bytes:
     encryption: Any = False
     if spec.permissions is not None:
         printing, copying = spec.permissions
-        owner = _read_secret(spec.owner_password_file, "owner password")
+        owner = _owner_password(spec)
         allow = pikepdf.Permissions(
             accessibility=True,  # screen readers may always read it
             extract=copying,
@@ -422,7 +429,7 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
 
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
     if spec.permissions is not None:  # an update to an encrypted file is encrypted alike
-        owner = _read_secret(spec.owner_password_file, "owner password")
+        owner = _owner_password(spec)
         writer.encrypt(owner)  # type: ignore[no-untyped-call]
     tsa = spec.signing.tsa_url
     timestamper = None

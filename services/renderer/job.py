@@ -41,7 +41,8 @@ class Signing:
 
 @dataclass(frozen=True)
 class Finish:
-    """What finish.py does to a PDF, as its plan decided: paths and texts, no secret in clear."""
+    """What finish.py does to a PDF, as its plan decided: paths and texts; the only secret in
+    clear, the operator's owner password when given as a value, shows in no repr."""
 
     append: tuple[str, ...] = ()  # absolute paths of allowed PDFs, in order
     watermarks: tuple[str, ...] = ()
@@ -50,6 +51,8 @@ class Finish:
     sealed_password: str | None = field(default=None, repr=False)
     seal_key_file: str = ""
     user_password_file: str = ""
+    # The owner password: PRESSROOM_PDF_OWNER_PASSWORD's value, or the file holding it.
+    owner_password: str = field(default="", repr=False)
     owner_password_file: str = ""
     permissions: tuple[bool, bool] | None = None  # (print, copy); set whenever encrypting
     signing: Signing | None = None

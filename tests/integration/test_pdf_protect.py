@@ -65,7 +65,6 @@ async def protect_stack(
     root = tmp_path_factory.mktemp("protect")
     secrets = root / "secrets"
     secrets.mkdir()
-    (secrets / "owner").write_text(OWNER)
     stack = Stack(
         root,
         env_extra={
@@ -74,7 +73,7 @@ async def protect_stack(
             **pki.signing_env(),
             "PRESSROOM_ARTEFACT_BUCKET": "artefacts",
             "PRESSROOM_S3_DELIVERY_ALLOW": "company-reports/board",
-            "PRESSROOM_PDF_OWNER_PASSWORD_FILE": str(secrets / "owner"),
+            "PRESSROOM_PDF_OWNER_PASSWORD": OWNER,  # DESIGN.md's name: the value itself
             "PRESSROOM_PDF_SEAL_KEY_FILE": str(secrets / "seal.key"),
             "PRESSROOM_PDF_APPEND_ALLOW": "legal/terms.pdf",
             "PRESSROOM_SIGN_TSA_URL": tsa.url,

@@ -60,8 +60,8 @@ def test_the_operators_stamp_and_signature_cannot_be_turned_off(tmp_path: Path) 
     cfg = settings(
         pdf_watermark="DRAFT",
         sign_always=True,
-        sign_key_file=str(tmp_path / "k"),
-        sign_cert_file=str(tmp_path / "c"),
+        sign_key=str(tmp_path / "k"),
+        sign_cert=str(tmp_path / "c"),
     )
     spec = plan(
         cfg,
@@ -145,6 +145,9 @@ def test_only_the_renderer_is_given_the_pdf_keys() -> None:
     env = {
         "PRESSROOM_PDF_SEAL_KEY_FILE": "/s/seal.key",
         "PRESSROOM_PDF_OWNER_PASSWORD_FILE": "/s/owner",
+        "PRESSROOM_PDF_OWNER_PASSWORD": "owner-pw",
+        "PRESSROOM_SIGN_KEY": "/s/signer.key",
+        "PRESSROOM_SIGN_CERT": "/s/signer.pem",
         "PRESSROOM_SIGN_KEY_FILE": "/s/signer.key",
         "PRESSROOM_PDF_WATERMARK": "DRAFT",
     }
@@ -176,3 +179,51 @@ def test_a_timestamp_server_that_does_not_answer_is_a_transient_error(tmp_path: 
     )
     with pytest.raises(TransientError, match="the timestamp server did not answer"):
         finish(weasyprint.HTML(string="<p>Report</p>").write_pdf(), Finish(signing=signing))
+
+
+@pytest.mark.parametrize("given", ["value", "file"])
+def test_the_owner_password_opens_the_pdf_given_as_design_names_it_or_as_a_file(
+    tmp_path: Path, given: str
+) -> None:
+    # PRESSROOM_PDF_OWNER_PASSWORD (DESIGN.md) holds the password; its _FILE twin a file.
+    (tmp_path / "owner").write_text("owner-Pw-77\n")
+    values = (
+        {"pdf_owner_password": "owner-Pw-77"}
+        if given == "value"
+        else {"pdf_owner_password_file": str(tmp_path / "owner")}
+    )
+    spec = plan(
+        settings(**values),
+        PdfOptions(permissions={"print": True, "copy": False}),
+        templates_dir=REPO / "templates",
+        recipient=None,
+    )
+    assert spec is not None and "owner-Pw-77" not in repr(spec)
+    pdf = finish(weasyprint.HTML(string="<p>Report</p>").write_pdf(), spec)
+    with pikepdf.open(io.BytesIO(pdf), password="owner-Pw-77") as document:
+        assert document.is_encrypted and document.owner_password_matched
+
+
+def test_signing_and_owner_password_settings_answer_to_design_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.settings import ConfigError, load_settings
+
+    monkeypatch.setenv("PRESSROOM_SIGN_KEY", "/s/signer.key")
+    monkeypatch.setenv("PRESSROOM_SIGN_CERT", "/s/signer.pem")
+    monkeypatch.setenv("PRESSROOM_PDF_OWNER_PASSWORD", "owner-pw")
+    loaded = load_settings()
+    assert (loaded.sign_key, loaded.sign_cert) == ("/s/signer.key", "/s/signer.pem")
+    assert loaded.pdf_owner_password == "owner-pw"
+    # the older names still work, and must agree with the new ones when both are set
+    monkeypatch.delenv("PRESSROOM_SIGN_CERT")
+    monkeypatch.setenv("PRESSROOM_SIGN_CERT_FILE", "/s/signer.pem")
+    assert load_settings().sign_cert == "/s/signer.pem"
+    monkeypatch.setenv("PRESSROOM_SIGN_KEY_FILE", "/s/other.key")
+    with pytest.raises(ConfigError, match="PRESSROOM_SIGN_KEY and PRESSROOM_SIGN_KEY_FILE"):
+        load_settings()
+    monkeypatch.delenv("PRESSROOM_SIGN_KEY_FILE")
+    monkeypatch.setenv("PRESSROOM_PDF_OWNER_PASSWORD_FILE", "/s/owner")
+    with pytest.raises(ConfigError, match="both set") as refused:
+        load_settings()
+    assert "owner-pw" not in str(refused.value)
