@@ -45,8 +45,8 @@ COMMON = (  # the SLIs both faces show (the CLI adds the templates' own check)
 
 
 class RestConsole(Console):
-    """`pressroom console` as its own process, and a signed-in client (the session cookie is
-    `Secure`: kept by hand, as httpx would not send it over plain HTTP)."""
+    """`pressroom console` as its own process, and a signed-in client (its cookies kept by
+    hand, so any httpx client of a test can use them)."""
 
     def __init__(self, stack: Stack) -> None:
         config = stack.root / "rest-config.yaml"
@@ -106,6 +106,31 @@ def console(stack: Stack) -> Iterator[RestConsole]:
 async def signed_in(console: RestConsole) -> RestConsole:
     await console.login()
     return console
+
+
+async def test_a_script_signs_in_over_plain_http_with_an_ordinary_cookie_jar(
+    console: RestConsole,
+) -> None:
+    # On the default loopback address over HTTP, a client that keeps cookies as browsers'
+    # standards say (httpx's jar, like requests' and Python's) gets its session back: a
+    # `Secure` cookie would never be sent over HTTP, and every /api/ call would answer 401.
+    await console.wait_ready()
+    async with httpx.AsyncClient(base_url=console.url, timeout=60) as client:
+        form = await client.get("/login")
+        assert "secure" not in form.headers["set-cookie"].lower()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        answer = await client.post(
+            "/login", data={"username": "olga", "password": PASSWORD, "csrf_token": token[1]}
+        )
+        assert answer.status_code == 303, answer.text
+        reports = await client.get("/api/reports")
+        assert reports.status_code == 200, reports.text
+    # Reached over HTTPS through a proxy on this host, the cookie is `Secure`.
+    async with httpx.AsyncClient(base_url=console.url, timeout=60) as client:
+        behind = await client.get("/login", headers={"x-forwarded-proto": "https"})
+        assert behind.status_code == 200
+        assert "secure" in behind.headers["set-cookie"].lower()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.console import busaccess
 from services.console.web import studio_api
@@ -234,18 +235,42 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
         middleware=[
             Middleware(BaseHTTPMiddleware, dispatch=_security_headers),
             Middleware(
-                SessionMiddleware,
+                _Session,
                 secret_key=session_key,
-                session_cookie="pressroom_session",
-                max_age=SESSION_HOURS * 3600,
-                same_site="lax",  # Strict would lose the sign-on redirect back to us
-                https_only=True,
+                always_secure=(settings.public_url or "").startswith("https://"),
             ),
         ],
     )
     app.state.console = console
     app.state.oidc = _oidc(settings)
     return app
+
+
+class _Session:
+    """The session cookie: `Secure` whenever the console is reached over HTTPS (directly, or
+    through a proxy on this host that says so in `X-Forwarded-Proto`), or always when its
+    public URL is HTTPS. Over plain HTTP — the default 127.0.0.1:8480 — a `Secure` cookie
+    would be kept by browsers (they trust loopback) but never sent back by other HTTP
+    clients (httpx, requests, scripts): they could not sign in. Over plain HTTP the form's
+    password travels in clear anyway."""
+
+    def __init__(self, app: ASGIApp, *, secret_key: str, always_secure: bool) -> None:
+        def session(secure: bool) -> SessionMiddleware:
+            return SessionMiddleware(
+                app,
+                secret_key=secret_key,
+                session_cookie="pressroom_session",
+                max_age=SESSION_HOURS * 3600,
+                same_site="lax",  # Strict would lose the sign-on redirect back to us
+                https_only=secure,
+            )
+
+        self.plain, self.secure = session(False), session(True)
+        self.always_secure = always_secure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        secure = self.always_secure or scope.get("scheme") in ("https", "wss")
+        await (self.secure if secure else self.plain)(scope, receive, send)
 
 
 def _oidc(settings: Settings) -> Any:
