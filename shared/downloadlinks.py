@@ -104,9 +104,24 @@ def verify_token(secret: bytes, token: str, now: datetime | None = None) -> Link
     return result
 
 
-def download_link(settings: Settings, artefact: Artefact, expires: timedelta) -> str:
-    """`PRESSROOM_PUBLIC_URL/a/<token>`, valid for `expires` from now."""
-    if not settings.public_url:
+def console_address(settings: Settings) -> str:
+    """The console's own address (PRESSROOM_CONSOLE_HOST/_PORT), where its links are served
+    when PRESSROOM_PUBLIC_URL is unset; a wildcard bind is reached on this host's loopback."""
+    host = settings.console_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.console_port}"
+
+
+def download_link(
+    settings: Settings, artefact: Artefact, expires: timedelta, *, base: str | None = None
+) -> str:
+    """`PRESSROOM_PUBLIC_URL/a/<token>` (or `base`/a/<token> when it is unset), valid for
+    `expires` from now."""
+    where = settings.public_url or base
+    if not where:
         raise PressroomError(
             "download links need the console's address: set PRESSROOM_PUBLIC_URL "
             "(e.g. https://pressroom.example.com)"
@@ -114,4 +129,4 @@ def download_link(settings: Settings, artefact: Artefact, expires: timedelta) ->
     if expires <= timedelta(0) or expires > MAX_VALIDITY:
         raise PressroomError(f"a download link lasts from 1 s to {MAX_VALIDITY.days} days")
     token = mint_token(console_secret(settings), artefact, datetime.now(UTC) + expires)
-    return f"{settings.public_url.rstrip('/')}/a/{token}"
+    return f"{where.rstrip('/')}/a/{token}"

@@ -133,6 +133,29 @@ async def test_a_script_signs_in_over_plain_http_with_an_ordinary_cookie_jar(
         assert "secure" in behind.headers["set-cookie"].lower()
 
 
+async def test_get_url_mints_a_working_link_on_the_embedded_store_without_a_public_url(
+    console: RestConsole, stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    # DESIGN.md: `get ID --url` "mints one on every store". The embedded object store has no
+    # links of its own, so with PRESSROOM_PUBLIC_URL unset the link is the console's own
+    # address (PRESSROOM_CONSOLE_HOST/_PORT), served by `pressroom console`.
+    rid = unique("rest-link")
+    await publish(nc, body(rid))
+    await outcomes.delivered_event(rid)
+    await console.wait_ready()
+    here = {"PRESSROOM_PUBLIC_URL": "", "PRESSROOM_CONSOLE_PORT": str(console.port)}
+    minted = console.cli("get", rid, "--url", "--expires", "20d", env=here)
+    assert minted.returncode == 0, minted.stderr
+    link = minted.stdout.strip()
+    assert link.startswith(f"http://127.0.0.1:{console.port}/a/")
+    fetched = console.cli("get", rid, "-o", str(stack.root / f"{rid}.pdf"))
+    assert fetched.returncode == 0, fetched.stderr
+    async with httpx.AsyncClient(timeout=60) as client:
+        answer = await client.get(link)
+    assert answer.status_code == 200
+    assert answer.content == (stack.root / f"{rid}.pdf").read_bytes()
+
+
 @pytest.fixture
 async def bus(stack: Stack, nc: Any) -> AsyncIterator[Bus]:
     yield Bus(nc, nc.jetstream(timeout=10), Settings(nats_url=stack.url))  # type: ignore[call-arg]

@@ -21,6 +21,7 @@ from services.console.web.index import Filters, LedgerIndex
 from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.downloadlinks import (
     LinkRefused,
+    console_address,
     console_secret,
     download_link,
     mint_token,
@@ -92,6 +93,25 @@ def test_links_need_the_public_url_and_a_sane_lifetime(tmp_path: Path) -> None:
     assert link.startswith("https://pr.example.com/a/")
     with pytest.raises(PressroomError, match="30 days"):
         download_link(public, ARTEFACT, timedelta(days=31))
+    # Unset, a caller that knows the console's address gives it; the public URL wins.
+    assert download_link(settings, ARTEFACT, timedelta(hours=1), base="http://h:1/").startswith(
+        "http://h:1/a/"
+    )
+    assert download_link(public, ARTEFACT, timedelta(hours=1), base="http://h:1/").startswith(
+        "https://pr.example.com/a/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [("127.0.0.1", "http://127.0.0.1:8480"), ("0.0.0.0", "http://127.0.0.1:8480"),
+     ("::1", "http://[::1]:8480"), ("pr.internal", "http://pr.internal:8480")],
+)  # fmt: skip
+def test_the_consoles_own_address_is_one_a_browser_here_can_open(
+    tmp_path: Path, host: str, address: str
+) -> None:
+    settings = Settings(data_dir=tmp_path, console_host=host)  # type: ignore[call-arg]
+    assert console_address(settings) == address
 
 
 def test_the_secret_is_made_once_private_and_then_shared(tmp_path: Path) -> None:

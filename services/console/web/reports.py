@@ -414,10 +414,13 @@ async def report_cancel(request: Request) -> Response:
 
 @page()
 async def mint_link(request: Request) -> Response:
-    """A link to share (PRESSROOM_PUBLIC_URL/a/…), valid 24 h: what `get --url` prints."""
+    """A link to share (PRESSROOM_PUBLIC_URL/a/…, or this console's own address when that is
+    unset), valid 24 h: what `get --url` prints."""
     console: Console = request.app.state.console
     artefact = await artefact_of(
         console.ready_bus(), request.path_params["rid"], request.path_params["fmt"]
     )
-    link = download_link(console.settings, artefact, timedelta(hours=24))
+    link = download_link(
+        console.settings, artefact, timedelta(hours=24), base=str(request.base_url)
+    )
     return JSONResponse({"url": link})
