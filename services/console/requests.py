@@ -343,9 +343,7 @@ async def artefact_url(bus: Bus, request_id: str, fmt: str, expires: timedelta) 
         return download_link(bus.settings, artefact, expires)
     link = await (await bus.store()).presign(artefact.key, min(expires, S3_LINK_MAX))
     if link is None:
-        return download_link(
-            bus.settings, artefact, expires, base=console_address(bus.settings)
-        )
+        return download_link(bus.settings, artefact, expires, base=console_address(bus.settings))
     if expires > S3_LINK_MAX:
         raise PressroomError(
             "an S3 download link can last at most 7 days (S3's limit); set "
