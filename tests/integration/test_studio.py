@@ -169,6 +169,7 @@ class Session:
 
 
 async def sign_in(client: httpx.AsyncClient, user: str) -> Session:
+    client.cookies.clear()  # the shared client's jar holds the last user's session
     form = await client.get("/login")
     cookie = form.headers["set-cookie"].split(";")[0]
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
@@ -197,6 +198,7 @@ async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
 ) -> None:
     vic = await sign_in(http, "vic")
     assert (await vic.get("/api/studio/templates")).status_code == 403
+    assert (await vic.get("/api/studio")).status_code == 403
     assert (await vic.get(f"/api/studio/templates/{name}/payloads")).status_code == 403
 
     ann = await sign_in(http, "ann")
@@ -233,6 +235,8 @@ async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
 
     # The template as it is, saved as a first version; then one with the variable renamed.
     listed = (await ann.get("/api/studio/templates")).json()["templates"]
+    # /studio's JSON twin (DESIGN.md) lists the same
+    assert (await ann.get("/api/studio")).json()["templates"] == listed
     [row] = [t for t in listed if t["name"] == name]
     assert row["payloads"] == 3 and row["head_version"] is None
     first = await ann.post(

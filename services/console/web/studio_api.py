@@ -510,6 +510,7 @@ def routes() -> list[Route]:
     """The studio's routes, under /api/studio (registered by web/app.py)."""
     base = "/api/studio"
     gets: list[tuple[str, Callable[..., Any]]] = [
+        ("", templates),  # the /studio page's JSON twin (DESIGN.md: a twin for each page)
         ("/me", me),
         ("/templates", templates),
         ("/templates/{name}", template),

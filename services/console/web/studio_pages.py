@@ -80,7 +80,7 @@ async def studio_shadow(request: Request) -> Response:
 
 
 def studio_routes() -> list[Route]:
-    """The pages only (no `/api/` twins: the studio's JSON is `studio_api.py`'s)."""
+    """The pages only: their JSON is `studio_api.py`'s (`/api/studio` is the list's twin)."""
     return [
         Route("/studio", studio),
         Route("/studio/edit/{name:path}", studio_edit),
