@@ -749,8 +749,16 @@ def validate_in_folder(folder: str, names: list[str] | None) -> dict[str, list[s
 
 
 def variables_in_folder(folder: str, name: str) -> tuple[list[str], dict[str, str]]:
-    """(variables, declared params) of a template — compiles it: run it in a capped process."""
+    """(variables, declared params) of a template — compiles it: run it in a capped process.
+    A file of it that does not parse is a TemplateError at its line (its variables could not
+    all be known)."""
     library = TemplateLibrary(Path(folder))
+    for dep in library.facts(name).dependencies:
+        try:
+            library.env.parse(library.source(dep), dep)
+        except TemplateSyntaxError as error:
+            where = f"{dep}:{error.lineno}"
+            raise TemplateError(f"template syntax error at {where}: {error.message}") from None
     return library.variables(name), library.info(name).params
 
 

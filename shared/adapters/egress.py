@@ -32,8 +32,11 @@ from shared.adapters.netpolicy import IPAddress, allow_listed
 from shared.errors import PermanentError, PressroomError, TransientError
 from shared.urls import public_url
 
-# 425 Too Early and 408 Request Timeout are worth another try, like 429 and the 5xx gateways.
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# 425 Too Early and 408 Request Timeout are worth another try, like 429 and the 5xx answers
+# (DESIGN.md: 5xx is transient; proxies' own, such as Cloudflare's 520–524 origin timeouts, too)
+# — except the two no retry can change: 501 Not Implemented, 505 HTTP Version Not Supported.
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+PERMANENT_5XX = frozenset({501, 505})
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 3600.0
 
@@ -211,7 +214,7 @@ def status_error(what: str, code: int, headers: Mapping[str, str]) -> PressroomE
     """The one status → error mapping (sources and webhooks): None for 2xx."""
     if 200 <= code < 300:
         return None
-    if code in RETRYABLE_STATUS:
+    if code in RETRYABLE_STATUS or (500 <= code < 600 and code not in PERMANENT_5XX):
         transient = TransientError(f"{what} answered {code}")
         transient.retry_after = retry_after_seconds(headers.get("retry-after"))
         return transient

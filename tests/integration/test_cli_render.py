@@ -158,6 +158,18 @@ def test_templates_ls_validate_and_vars() -> None:
     ]
 
 
+def test_vars_of_a_template_that_does_not_parse_is_an_error_at_its_line(tmp_path: Path) -> None:
+    # Not an empty table and exit 0: the variables after the typo could not be known.
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "rows.html").write_text("<td>{{ name }}</td>\n<td>{{ total }</td>")
+    (tmp_path / "outer.html").write_text("<h1>{{ title }}</h1>{% include 'parts/rows.html' %}")
+    result = pressroom("templates", "vars", str(tmp_path / "outer.html"))
+    assert result.returncode == 1 and not result.stdout
+    assert one_line_error(result) == (
+        "error: template syntax error at parts/rows.html:2: unexpected '}'"
+    )
+
+
 def test_validate_exits_1_with_file_and_line_per_problem(tmp_path: Path) -> None:
     broken = tmp_path / "broken.html"
     broken.write_text("<p>\n{{ x | nosuchfilter }}\n{% if %}</p>")

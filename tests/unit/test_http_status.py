@@ -28,7 +28,7 @@ def test_a_2xx_is_no_error(code: int) -> None:
     assert status_error("source 'x'", code, httpx.Headers()) is None
 
 
-@pytest.mark.parametrize("code", [408, 425, 429, 500, 502, 503, 504])
+@pytest.mark.parametrize("code", [408, 425, 429, 500, 502, 503, 504, 507, 508, 511, 520, 524])
 def test_timeouts_too_early_rate_limits_and_server_errors_are_retried(code: int) -> None:
     error = status_error("source 'x'", code, httpx.Headers())
     assert isinstance(error, TransientError)
@@ -36,7 +36,7 @@ def test_timeouts_too_early_rate_limits_and_server_errors_are_retried(code: int)
     assert error.retry_after is None
 
 
-@pytest.mark.parametrize("code", [400, 401, 403, 404, 405, 413, 422, 501])
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 405, 413, 422, 501, 505])
 def test_other_client_and_server_errors_are_permanent(code: int) -> None:
     error = status_error("webhook https://hooks.example.com", code, httpx.Headers())
     assert isinstance(error, PermanentError)

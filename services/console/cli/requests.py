@@ -49,7 +49,7 @@ def request(
     template: str | None = typer.Option(None, "--template", "-t"),
     param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable"),
     data_file: Path | None = typer.Option(None, "--data-file", help="JSON/YAML params"),
-    fmt: list[str] = typer.Option([], "--format", "-f", help="pdf and/or html"),
+    fmt: list[str] = typer.Option([], "--format", "-f", help="pdf, html, csv, xlsx; repeatable"),
     request_id: str | None = typer.Option(None, "--request-id"),
     to_folder: str | None = typer.Option(None, "--to-folder", help="file delivery folder"),
     email: list[str] = typer.Option([], "--email", help="email delivery recipient"),

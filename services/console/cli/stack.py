@@ -46,7 +46,9 @@ bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 
 
-def worker(name: str = typer.Argument(..., help="fetcher | renderer | distributor")) -> None:
+def worker(
+    name: str = typer.Argument(..., help="fetcher | renderer | distributor | scheduler"),
+) -> None:
     """Run one service process (what a container runs)."""
 
     run_worker(name)  # `pressroom worker NAME` itself starts there without this module
