@@ -9,7 +9,11 @@ import time
 from email.message import EmailMessage
 from typing import Any
 
-from services.distributor.channels.email import smtp_session, validate_addresses
+from services.distributor.channels.email import (
+    check_recipients,
+    smtp_session,
+    validate_addresses,
+)
 from services.distributor.channels.webhook import WebhookChannel
 from services.fetcher.core import gather_context
 from services.fetcher.sources import default_sources
@@ -19,11 +23,14 @@ from shared.settings import Settings
 
 
 async def check_email(cfg: Settings, to: str | None) -> str:
-    """Connect, STARTTLS, log in (as configured) and optionally send a test message."""
+    """Connect, STARTTLS, log in (as configured) and optionally send a test message — only
+    to a recipient a delivery could reach (PRESSROOM_EMAIL_ALLOW): a check that passes for an
+    address every real delivery to it would be refused would say something untrue."""
 
     if not cfg.smtp_host:
         raise PressroomError("PRESSROOM_SMTP_HOST is not set")
     recipients = validate_addresses(to) if to else []
+    check_recipients(recipients, cfg.email_allow_list)
 
     def probe() -> str:
         steps = [f"connected to {cfg.smtp_host}:{cfg.smtp_port}"]

@@ -271,6 +271,11 @@ def test_the_email_and_webhook_configuration_can_be_checked(dstack: Stack, serve
     email = dstack.cli("check", "email", "--to", "check@example.com")
     assert email.returncode == 0, email.stderr
     assert "test message sent" in email.stdout and smtp.to("check@example.com")
+    # An address no delivery may reach (PRESSROOM_EMAIL_ALLOW) fails the check, unsent.
+    outside = dstack.cli("check", "email", "--to", "canary@outside.test")
+    assert outside.returncode == 1
+    assert "PRESSROOM_EMAIL_ALLOW" in outside.stderr and "canary@outside.test" in outside.stderr
+    assert not smtp.to("canary@outside.test")
     hook = dstack.cli("check", "webhook", "--url", f"{hooks.url}/ping")
     assert hook.returncode == 0, hook.stderr
     assert verify(SECRET, hooks.on("/ping")[0].headers, hooks.on("/ping")[0].body)
