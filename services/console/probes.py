@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.fetcher.core import gather_context
 from services.fetcher.sources import default_sources
 from shared.errors import PressroomError
 from shared.events import ReportRequested, Source
+from shared.schedules import load_schedules
 from shared.settings import Settings
 
 
@@ -66,14 +68,42 @@ async def check_webhook(cfg: Settings, url: str) -> str:
     return f"ok: {target.origin.host} ({target.address}) accepted a signed test ping ({code})"
 
 
-async def fetch_source(cfg: Settings, name: str) -> tuple[Any, float]:
-    """One configured source fetched now, exactly as a request naming it (`source: NAME`)
-    would — the operator's, trusted — with the seconds it took."""
+PROMETHEUS_PROBE = "PRESSROOM_PROMETHEUS_URL"  # the name `sources test` gives that default
 
-    if name not in cfg.sources:
-        known = ", ".join(sorted(cfg.sources)) or "none configured"
-        raise PressroomError(f"no source '{name}' in the config file (known: {known})")
-    source = Source(name=re.sub(r"\W", "_", name), source=name)
+
+def testable_sources(cfg: Settings) -> dict[str, tuple[str, Source]]:
+    """What `sources test` can try, by the name it takes, with its kind: the config file's
+    sources; the sources the schedules' requests name themselves (by the name a failing one
+    is labelled with in metrics and alerts); and the default Prometheus that requests' own
+    `prometheus` sources use (PRESSROOM_PROMETHEUS_URL)."""
+    found: dict[str, tuple[str, Source]] = {}
+    for name, spec in cfg.sources.items():
+        source = Source(name=re.sub(r"\W", "_", name), source=name)
+        found[name] = (str(spec.get("kind", "?")), source)
+    now = datetime.now(UTC)
+    for schedule in load_schedules(cfg.schedules):
+        for source in schedule.request_for(now).sources:
+            named = cfg.sources.get(source.source or "", {})
+            found.setdefault(source.name, (source.kind or str(named.get("kind", "?")), source))
+    if cfg.prometheus_url:
+        probe = Source(name="prometheus", kind="prometheus", query="vector(1)")
+        found.setdefault(PROMETHEUS_PROBE, ("prometheus", probe))
+    return found
+
+
+async def fetch_source(cfg: Settings, name: str) -> tuple[Any, float]:
+    """One source fetched now, exactly as a request naming it would (a config-file source:
+    the operator's, trusted; a schedule's own: as that schedule's request), with the seconds
+    it took."""
+
+    sources = testable_sources(cfg)
+    if name not in sources:
+        known = ", ".join(sorted(sources)) or "none configured"
+        raise PressroomError(
+            f"no source '{name}' in the config file's sources or its schedules' requests "
+            f"(known: {known})"
+        )
+    source = sources[name][1]
     request = ReportRequested(template="sources-test.html", sources=[source])
     started = time.monotonic()
     context = await gather_context(request, default_sources(), cfg)

@@ -280,6 +280,29 @@ def test_sources_test_all_gives_one_row_each_and_fails_if_any_fails(
     assert pressroom("sources", "test", "--all", env=env).returncode == 0
 
 
+def test_sources_test_reaches_a_schedules_own_source_by_the_name_alerts_give(
+    tmp_path: Path, quick_source: str
+) -> None:
+    # PressroomSourceFailing says `pressroom sources test <source label>`; a scheduled
+    # request's own source is labelled with its name in that request, not a config-file name.
+    config = tmp_path / "pressroom.yaml"
+    config.write_text(
+        "schedules:\n"
+        "  - name: stock-daily\n    cron: '0 6 * * *'\n    request:\n"
+        "      template: weekly.html\n"
+        f"      sources: [{{name: stock, kind: http, url: '{quick_source}'}}]\n"
+    )
+    host = quick_source.split("/")[2]
+    env = {"PRESSROOM_CONFIG": str(config), "PRESSROOM_SOURCE_ALLOW": host}
+    one = pressroom("sources", "test", "stock", env=env)
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith("ok: stock (http) answered"), one.stdout
+    rows = json.loads(pressroom("sources", "test", "--all", "--json", env=env).stdout)
+    assert [(r["source"], r["kind"], r["ok"]) for r in rows] == [("stock", "http", True)]
+    unknown = pressroom("sources", "test", "stocks", env=env)
+    assert "schedules' requests (known: stock)" in one_line(unknown.stderr)
+
+
 # ---- request --subject / --source, and the report timeout -------------------------------------
 async def test_request_source_and_subject_flags(
     stack: Stack, quick_source: str, outcomes: Outcomes

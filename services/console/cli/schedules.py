@@ -192,15 +192,19 @@ def sources_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 @sources_app.command("test")
 @audited("sources test")
 def sources_test(
-    name: str | None = typer.Argument(None, help="A source of the config file."),
-    every: bool = typer.Option(False, "--all", help="Test every configured source."),
+    name: str | None = typer.Argument(
+        None, help="A source of the config file, or one a schedule's request names."
+    ),
+    every: bool = typer.Option(
+        False, "--all", help="Test every source (and PRESSROOM_PROMETHEUS_URL)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fetch one configured source now and show what came back (the legacy test_data_source);
-    with --all, every source, one row each (exit 1 if any fails)."""
+    """Fetch one source now and show what came back (the legacy test_data_source); with
+    --all, every source, one row each (exit 1 if any fails)."""
     # Imported here: the fetcher's and the channels' libraries cost the other commands'
     # start-up time.
-    from services.console.probes import fetch_source
+    from services.console.probes import fetch_source, testable_sources
 
     cfg = settings()
     if every:
@@ -214,7 +218,7 @@ def sources_test(
     size = len(json.dumps(data, default=str))
     summary = {
         "source": name,
-        "kind": cfg.sources[name].get("kind", "?"),
+        "kind": testable_sources(cfg)[name][0],
         "seconds": round(seconds, 3),
         "bytes": size,
         "items": len(data) if isinstance(data, list | dict) else None,
@@ -229,12 +233,14 @@ def sources_test(
 
 
 def _test_all(cfg: Any, as_json: bool) -> None:
-    """Every configured source at once, each with its own outcome."""
-    from services.console.probes import fetch_source  # start-up time (sources_test)
+    """Every source there is to test at once (`testable_sources`), each with its outcome."""
+    from services.console.probes import fetch_source, testable_sources  # start-up time
+
+    sources = testable_sources(cfg)
 
     async def one(name: str) -> dict[str, Any]:
         started = time.monotonic()
-        row: dict[str, Any] = {"source": name, "kind": cfg.sources[name].get("kind", "?")}
+        row: dict[str, Any] = {"source": name, "kind": sources[name][0]}
         try:
             data, seconds = await fetch_source(cfg, name)
         except PressroomError as error:
@@ -244,9 +250,9 @@ def _test_all(cfg: Any, as_json: bool) -> None:
         return {**row, "ok": True, "seconds": round(seconds, 3), "detail": f"{size:,} bytes"}
 
     async def every() -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(one(n) for n in sorted(cfg.sources))))
+        return list(await asyncio.gather(*(one(n) for n in sorted(sources))))
 
-    if not cfg.sources:
+    if not sources:
         fail(f"no data sources to test: {config_says(cfg, 'sources')}")
     rows = run(every())
     if as_json:
