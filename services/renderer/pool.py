@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import gc
 import heapq
+import importlib
 import os
 import resource
 import signal
@@ -58,6 +59,7 @@ def _collect_failed(future: Any) -> None:
 def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
     scrub()  # a template never needs a secret: no delivery, store, bus or signing key here
     _die_with_parent()
+    _import_weasyprint()
     # Ctrl-C reaches the whole process group: the renderer decides when its render processes
     # stop, so they leave no KeyboardInterrupt traceback in its log.
 
@@ -73,6 +75,32 @@ def _worker_init(memory_mb: int, warm_up: bool = True) -> None:
 
         weasyprint.HTML(string=fonts.WARM_UP_HTML).write_pdf(font_config=warm.shared_font_config())
     warm.tune_collector()
+
+
+def _import_weasyprint() -> None:
+    """WeasyPrint imported without a compiler run per library name.
+
+    It loads each native library (GObject, Pango, HarfBuzz, fontconfig …) by trying up to six
+    names — Windows', macOS' and Linux's spellings — and cffi hands every name it cannot open
+    as given to `ctypes.util.find_library`, which on Linux runs `ldconfig -p`, then gcc and
+    ld, for each: 38 programs and about 0.35 s of every render process's start where a
+    compiler is installed. Each list also holds the library's Linux soname
+    (`libpango-1.0.so.0`), which the dynamic loader finds by itself, on its own search path,
+    so the look-ups are left out while WeasyPrint loads. Should that not find a library (a
+    soname WeasyPrint does not list), the import is made again with them."""
+    if sys.platform.startswith("linux") and "weasyprint" not in sys.modules:
+        import ctypes.util
+
+        lookup = ctypes.util.find_library
+        ctypes.util.find_library = lambda name: None
+        try:
+            importlib.import_module("weasyprint")
+        except OSError:  # imported again below, as WeasyPrint itself would
+            for name in [m for m in sys.modules if m.partition(".")[0] == "weasyprint"]:
+                del sys.modules[name]
+        finally:
+            ctypes.util.find_library = lookup
+    importlib.import_module("weasyprint")
 
 
 def _die_with_parent() -> None:

@@ -269,3 +269,46 @@ def test_markup_weasyprint_cannot_lay_out_fails_as_the_templates_error(tmp_path:
     # The renderer dead-letters it at once, with this reason: rendering it again gives the same.
     assert classify(raised.value) == "permanent"
     assert raised.value.reason.startswith("WeasyPrint could not lay this document out (TypeError")
+
+
+_LOADED = """
+import subprocess, sys
+runs = []
+real = subprocess.Popen.__init__
+def counted(self, args, *a, **k):
+    runs.append(args[0] if isinstance(args, (list, tuple)) else args)
+    real(self, args, *a, **k)
+subprocess.Popen.__init__ = counted
+if sys.argv[1] == "pressroom":
+    from services.renderer.pool import _import_weasyprint
+    _import_weasyprint()
+else:
+    import weasyprint
+from weasyprint.text import ffi
+maps = open("/proc/self/maps").read().split()
+wanted = ("libgobject", "libpango", "libharfbuzz", "libfontconfig")
+libs = sorted({p.rsplit("/", 1)[-1] for p in maps if p.rsplit("/", 1)[-1].startswith(wanted)})
+print(repr((runs, libs, ffi.harfbuzz_subset is not None)))
+"""
+
+
+def test_render_processes_load_weasyprints_libraries_without_running_a_compiler() -> None:
+    # A render process's start ran ldconfig, gcc and ld for every library name WeasyPrint
+    # tries (0.35 s); it loads the very same libraries without running anything.
+    import ast
+    import subprocess
+    import sys
+
+    def loaded(how: str) -> tuple[list[str], list[str], bool]:
+        shown = subprocess.run(
+            [sys.executable, "-c", _LOADED, how], capture_output=True, text=True, cwd=REPO
+        )
+        assert shown.returncode == 0, shown.stderr
+        result: tuple[list[str], list[str], bool] = ast.literal_eval(shown.stdout.strip())
+        return result
+
+    plain_runs, plain_libs, plain_subset = loaded("plain")
+    runs, libs, subset = loaded("pressroom")
+    assert runs == []
+    assert libs == plain_libs and subset == plain_subset
+    assert any(lib.startswith("libpango-1.0.so") for lib in libs)
