@@ -309,6 +309,6 @@ def test_render_processes_load_weasyprints_libraries_without_running_a_compiler(
 
     plain_runs, plain_libs, plain_subset = loaded("plain")
     runs, libs, subset = loaded("pressroom")
-    assert runs == []
+    assert plain_runs and runs == []  # ldconfig at least, for a plain import
     assert libs == plain_libs and subset == plain_subset
     assert any(lib.startswith("libpango-1.0.so") for lib in libs)
