@@ -9,6 +9,7 @@
 #   PRESSROOM_SMTP_PASSWORD, … (never committed).
 # PRESSROOM_K8S_CONFIG: the shared config file (default deploy/pressroom.yaml).
 # PRESSROOM_K8S_TEMPLATES: the templates folder (default templates/).
+# PRESSROOM_K8S_DATA: the folder `file` sources read (default templates/samples/).
 # PRESSROOM_K8S_BUS_SECRETS: where bus-secrets.sh keeps the bus's keys (default ./bus-secrets;
 #   keep it: re-running keeps the same identities).
 # --dry-run: kubectl apply --dry-run=client (nothing is changed; needs an API server to answer
@@ -31,6 +32,7 @@ done
 secrets_env=${PRESSROOM_K8S_SECRETS:-}
 config=${PRESSROOM_K8S_CONFIG:-deploy/pressroom.yaml}
 templates=${PRESSROOM_K8S_TEMPLATES:-templates}
+data=${PRESSROOM_K8S_DATA:-templates/samples}
 bus_dir=${PRESSROOM_K8S_BUS_SECRETS:-bus-secrets}
 # The web console's users: a file `PRESSROOM_CONSOLE_USERS=F pressroom console user add` wrote
 console_users=${PRESSROOM_K8S_CONSOLE_USERS:-}
@@ -41,6 +43,7 @@ console_users=${PRESSROOM_K8S_CONSOLE_USERS:-}
 }
 [ -f "$config" ] || { echo "walk: no config file $config (PRESSROOM_K8S_CONFIG)" >&2; exit 2; }
 [ -d "$templates" ] || { echo "walk: no templates folder $templates" >&2; exit 2; }
+[ -d "$data" ] || { echo "walk: no data folder $data (PRESSROOM_K8S_DATA)" >&2; exit 2; }
 
 n=0
 step() { n=$((n + 1)); echo "walk: $n. $*" >&2; }
@@ -56,9 +59,10 @@ deploy/k8s/bus-secrets.sh "$bus_dir" >&2
 apply -f "$bus_dir/secrets.yaml"
 step "the pressroom Secret (S3 keys, webhook secret, SMTP password)"
 generated secret generic pressroom --from-env-file="$secrets_env"
-step "the shared config ($config) and the templates ($templates/) as ConfigMaps"
+step "the shared config ($config), templates ($templates/) and data files ($data/) as ConfigMaps"
 generated configmap pressroom-config --from-file=pressroom.yaml="$config"
 generated configmap pressroom-templates --from-file="$templates"
+generated configmap pressroom-data --from-file="$data"
 step "the console's users (PRESSROOM_K8S_CONSOLE_USERS; unset: none, nobody signs in yet)"
 if [ -z "$console_users" ]; then
   console_users=$(mktemp)
