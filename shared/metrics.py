@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
-from shared.bus.names import DLQ_STREAM, STREAM
+from shared.bus.names import DLQ_STREAM, STREAM, StageSpec
 from shared.errors import (
     InvalidPayload,
     PermanentError,
@@ -287,13 +287,15 @@ def fetch_outcome(error: BaseException | None) -> str:
 
 
 # ---- state, observed ----------------------------------------------------------------------
-def consumer_pending(stage: str, pending: int) -> None:
-    """pressroom_consumer_pending{stage}: messages waiting in a stage's durable consumer."""
+def consumer_pending(stage: str, pending: int, consumer: str | None = None) -> None:
+    """pressroom_consumer_pending{stage,consumer}: messages waiting in one of a stage's durable
+    consumers (`renderer`, `renderer-interactive`, `renderer-bulk`: one per lane)."""
     set_gauge(
         "pressroom.consumer.pending",
         pending,
-        description="Messages waiting in a stage's durable consumer",
+        description="Messages waiting in a stage's durable consumer (one per lane)",
         stage=stage,
+        consumer=consumer or stage,
     )
 
 
@@ -360,11 +362,13 @@ def schedule_state(
         )
 
 
-async def observe_bus(js: Any, durable: str) -> None:
-    """Refresh the gauges read from JetStream: a consumer's backlog, dead letters, storage."""
+async def observe_bus(js: Any, stage: StageSpec) -> None:
+    """Refresh the gauges read from JetStream: the backlog of each of the stage's consumers
+    (every lane's), dead letters, storage."""
 
-    info = await js.consumer_info(STREAM, durable)
-    consumer_pending(durable, int(info.num_pending or 0))
+    for lane in stage.lanes:
+        info = await js.consumer_info(STREAM, lane.durable)
+        consumer_pending(stage.name, int(info.num_pending or 0), lane.durable)
     dlq = await js.stream_info(DLQ_STREAM)
     dead_letters(int(dlq.state.messages or 0))
     account = await js.account_info()

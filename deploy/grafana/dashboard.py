@@ -224,9 +224,9 @@ def build() -> dict[str, Any]:
         )
         .with_panel(
             series(
-                "Consumer lag (messages waiting)",
+                "Consumer lag (messages waiting, per lane)",
                 "short",
-                query("max by (stage) (pressroom_consumer_pending)", "{{stage}}"),
+                query("max by (consumer) (pressroom_consumer_pending)", "{{consumer}}"),
                 width=6,
             )
         )

@@ -1,5 +1,5 @@
-"""What `pressroom health` reports: NATS, each stage's consumer, dead letters, the store, the
-cluster and each worker's own /readyz."""
+"""What `pressroom health` reports: NATS, each stage's consumers (one per lane), dead letters, the
+store, the cluster and each worker's own /readyz."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from shared.stage.readiness import stage_readiness
 
 
 async def stack_health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]:
-    """What `pressroom health` reports: NATS, each stage's consumer (by the rule above), dead
-    letters, the artefact store, the cluster, and each worker's own /readyz."""
+    """What `pressroom health` reports: NATS, each stage's consumers — every lane's — (by the
+    rule in shared/stage/readiness.py), dead letters, the artefact store, the cluster, and each
+    worker's own /readyz."""
     components: dict[str, dict[str, Any]] = {}
     try:
         async with open_bus(cfg, setup=False) as bus:
@@ -57,11 +58,10 @@ async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
             "detail": f"{cfg.bus_url_public}, {info.state.messages} events stored",
         }
     }
-    for stage in STAGES.values():
-        result = await stage_readiness(
-            bus.js, stage.durable, cfg.health_max_pending, seen_by_worker=False
-        )
-        found[f"consumer {stage.durable}"] = {"status": result.status, "detail": result.detail}
+    for stage in STAGES.values():  # each lane's consumer: a bulk backlog is a backlog too
+        lanes = await stage_readiness(bus.js, stage, cfg.health_max_pending, seen_by_worker=False)
+        for durable, result in lanes.items():
+            found[f"consumer {durable}"] = {"status": result.status, "detail": result.detail}
     count = int((await bus.js.stream_info(DLQ_STREAM)).state.messages)
     found["dead letters"] = {
         "status": "degraded" if count else "healthy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +21,11 @@ class CheckResult:
     status: Status
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def worst_of(statuses: Iterable[Status]) -> Status:
+    """The worst of `statuses` (none: healthy)."""
+    return max(statuses, key=lambda status: _RANK[status], default="healthy")
 
 
 async def run_checks(checks: dict[str, Check], timeout: float = 3.0) -> dict[str, Any]:

@@ -64,7 +64,7 @@ from shared.observe.telemetry import processing, setup_telemetry, shutdown_telem
 from shared.settings import Settings
 from shared.stage.deadletters import settle_crash, stream_reader
 from shared.stage.intake import STEP_ASIDE, Intake
-from shared.stage.readiness import config_check, stage_readiness
+from shared.stage.readiness import config_check, lanes_together, stage_readiness
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
 
@@ -269,10 +269,10 @@ def stage_checks(
         await deps.store.check()
         return CheckResult("healthy", getattr(deps.store, "backend", type(deps.store).__name__))
 
-    async def consumer() -> CheckResult:
+    async def consumer() -> CheckResult:  # every lane's consumer: the worker reads them all
         assert deps.js is not None
-        return await stage_readiness(
-            deps.js, spec.durable, settings.health_max_pending, seen_by_worker=True
+        return lanes_together(
+            await stage_readiness(deps.js, spec, settings.health_max_pending, seen_by_worker=True)
         )
 
     return {"bus": bus, "store": store, "consumer": consumer, "config": config_check(settings)}
@@ -460,7 +460,7 @@ def _gauges(parts: StageParts) -> Callable[[], Awaitable[None]]:
         names = await asyncio.to_thread(template_names, settings.templates_dir)
         if names:  # a worker without the folder keeps the first-come budget
             operator_labels("template", names)
-        await observe_bus(deps.js, parts.spec.durable)
+        await observe_bus(deps.js, parts.spec)
         if parts.observe is not None:
             await parts.observe(deps)
 

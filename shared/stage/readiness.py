@@ -1,15 +1,17 @@
-"""One readiness rule for a stage's consumer: a worker's /readyz and `pressroom health` use it."""
+"""One readiness rule for a stage's consumers (one per lane): a worker's /readyz and `pressroom
+health` use it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
 
-from shared.bus.names import STREAM
-from shared.observe.health import Check, CheckResult
+from shared.bus.names import STREAM, StageSpec
+from shared.observe.health import Check, CheckResult, worst_of
 from shared.observe.logging import get_logger
 from shared.settings import Settings, config_fingerprint
 
@@ -75,7 +77,30 @@ def config_check(settings: Settings) -> Check:
 
 
 async def stage_readiness(
-    js: JetStreamContext, durable: str, max_pending: int, *, seen_by_worker: bool
-) -> CheckResult:
-    info = await js.consumer_info(STREAM, durable)
-    return consumer_readiness(info, max_pending, seen_by_worker=seen_by_worker)
+    js: JetStreamContext, stage: StageSpec, max_pending: int, *, seen_by_worker: bool
+) -> dict[str, CheckResult]:
+    """Each of the stage's consumers by the rule above, by durable name: its normal lane's
+    (`renderer`) and each other lane's (`renderer-interactive`, `renderer-bulk`)."""
+    lanes = stage.lanes
+    infos = await asyncio.gather(*(js.consumer_info(STREAM, lane.durable) for lane in lanes))
+    return {
+        lane.durable: consumer_readiness(info, max_pending, seen_by_worker=seen_by_worker)
+        for lane, info in zip(lanes, infos, strict=True)
+    }
+
+
+def lanes_together(results: dict[str, CheckResult]) -> CheckResult:
+    """A worker's one `consumer` check over its stage's consumers: the worst of them, naming
+    the ones not healthy (all healthy: the totals), and each consumer's figures in the data."""
+    status = worst_of(r.status for r in results.values())
+    pending = sum(int(r.data["pending"]) for r in results.values())
+    in_progress = sum(int(r.data["in_progress"]) for r in results.values())
+    if status == "healthy":
+        detail = f"{pending} waiting, {in_progress} in progress ({', '.join(results)})"
+    else:
+        detail = "; ".join(
+            f"{name}: {r.detail}" for name, r in results.items() if r.status != "healthy"
+        )
+    consumers = {name: {"status": r.status, **r.data} for name, r in results.items()}
+    data = {"pending": pending, "in_progress": in_progress, "consumers": consumers}
+    return CheckResult(status, detail, data)

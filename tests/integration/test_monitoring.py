@@ -27,7 +27,7 @@ DESIGN_METRICS = {
     "pressroom_schedule_last_delivered_timestamp_seconds": {"schedule"},
     "pressroom_schedule_next_fire_timestamp_seconds": {"schedule"},
     "pressroom_dead_letters": set(),
-    "pressroom_consumer_pending": {"stage"},
+    "pressroom_consumer_pending": {"stage", "consumer"},
 }
 DELIVERED, FAILED = 5, 2
 

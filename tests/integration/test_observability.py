@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from shared.bus.names import SCHEDULES_BUCKET
-from tests.helpers import REPO, Outcomes, Stack, delivered_file
+from shared.bus.names import RENDERER, SCHEDULES_BUCKET, STAGES, STREAM
+from shared.events import DATA_READY, lane_subject
+from tests.helpers import REPO, Outcomes, Stack, delivered_file, eventually
 
 pytestmark = pytest.mark.integration
 SAMPLE = json.loads((REPO / "templates/samples/portfolio.json").read_text())
+PENDING_BULK = 'pressroom_consumer_pending{consumer="renderer-bulk",stage="renderer"} 10.0'
 
 
 @pytest.mark.timeout(240)
@@ -143,3 +145,59 @@ def test_pressroom_health_shows_the_whole_stack(stack: Stack) -> None:
 
     down = stack.cli("health", "--url", "http://127.0.0.1:9")
     assert down.returncode == 1 and "unhealthy" in down.stdout
+
+
+@pytest.mark.timeout(240)
+async def test_a_backlog_on_a_bulk_lane_shows_in_health_readiness_and_the_metric(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A burst's children wait on `renderer-bulk`, not `renderer`: `pressroom health`, the
+    renderer's /readyz and pressroom_consumer_pending (behind PressroomConsumerLag) say so."""
+    import httpx
+
+    stack = await Stack(
+        tmp_path_factory.mktemp("lanes"), env_extra={"PRESSROOM_HEALTH_MAX_PENDING": "3"}
+    ).astart()
+    nc = await stack.connect()
+    try:
+        # The bulk lane's renderer takes nothing more (its consumer paused, its worker still
+        # pulling), as when every bulk slot is busy: what arrives on the lane waits.
+        until = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+        await nc.jsm().pause_consumer(STREAM, RENDERER.in_lane("bulk").durable, until)
+        for _ in range(10):
+            await nc.jetstream().publish(lane_subject(DATA_READY, "bulk"), b"{}")
+        renderer = stack.health["renderer-1"]
+
+        async with httpx.AsyncClient() as client:
+
+            async def gauged() -> str | None:
+                text = (await client.get(renderer + "/metrics")).text
+                return text if PENDING_BULK in text else None
+
+            text = await eventually(gauged, timeout=30, every=0.5)
+            assert 'pressroom_consumer_pending{consumer="renderer",stage="renderer"} 0.0' in text
+            ready = (await client.get(renderer + "/readyz")).json()
+        assert ready["status"] == "degraded", ready
+        assert ready["checks"]["consumer"]["detail"] == (
+            "renderer-bulk: 10 waiting (over 3), 0 in progress"
+        )
+
+        report = json.loads(stack.cli("health", "--json").stdout)
+        consumers = {
+            name.removeprefix("consumer "): item
+            for name, item in report["components"].items()
+            if name.startswith("consumer ")
+        }
+        assert list(consumers) == [lane.durable for s in STAGES.values() for lane in s.lanes]
+        assert consumers["renderer-bulk"]["status"] == "degraded"
+        assert consumers["renderer-bulk"]["detail"].startswith("10 waiting (over 3)")
+        assert {n for n, c in consumers.items() if c["status"] != "healthy"} == {"renderer-bulk"}
+        assert report["status"] == "degraded"
+
+        human = stack.cli("health", env={"COLUMNS": "80"}).stdout.splitlines()
+        assert max(len(line) for line in human) <= 80, human
+        [row] = [line for line in human if "consumer renderer-bulk" in line]
+        assert "degraded" in row and "10 waiting" in row
+    finally:
+        await nc.close()
+        stack.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -13,8 +14,9 @@ from services.console.cli._output import Col, print_table
 from services.console.requests import build_request, parse_age, parse_since, whereabouts
 from services.console.supervisor import parse_scale
 from shared.adapters.ledger import LedgerEntry, StageRecord
+from shared.bus.names import RENDERER
 from shared.errors import PressroomError
-from shared.stage.readiness import consumer_readiness
+from shared.stage.readiness import consumer_readiness, lanes_together, stage_readiness
 
 
 def test_every_duration_option_takes_the_same_ages() -> None:
@@ -49,6 +51,49 @@ def test_one_readiness_rule_seen_from_the_worker_and_from_outside() -> None:
     for worker in (True, False):
         behind = consumer_readiness(info(11, 1, 1), 10, seen_by_worker=worker)
         assert behind.status == "degraded" and "11 waiting (over 10)" in behind.detail
+
+
+class Consumers:
+    """JetStream's consumer info for these durables (what `consumer_info` answers)."""
+
+    def __init__(self, infos: dict[str, SimpleNamespace]) -> None:
+        self.infos = infos
+
+    async def consumer_info(self, stream: str, durable: str) -> SimpleNamespace:
+        return self.infos[durable]
+
+
+async def test_every_lane_of_a_stage_is_checked_and_the_one_behind_is_named() -> None:
+    # a burst of bulk children waits, and no worker pulls the bulk lane (its worker is gone)
+    js: Any = Consumers(
+        {
+            "renderer": info(0, 0, 1),
+            "renderer-interactive": info(2, 1, 1),
+            "renderer-bulk": info(10_000, 0, 0),
+        }
+    )
+    outside = await stage_readiness(js, RENDERER, 1000, seen_by_worker=False)
+    assert list(outside) == ["renderer", "renderer-interactive", "renderer-bulk"]
+    assert outside["renderer"].status == outside["renderer-interactive"].status == "healthy"
+    assert outside["renderer-bulk"].status == "unhealthy"
+    assert "10000 waiting (over 1000)" in outside["renderer-bulk"].detail
+
+    own = lanes_together(await stage_readiness(js, RENDERER, 1000, seen_by_worker=True))
+    assert own.status == "degraded"
+    assert own.detail == "renderer-bulk: 10000 waiting (over 1000), 0 in progress"
+    assert own.data["pending"] == 10_002 and own.data["in_progress"] == 1
+    assert own.data["consumers"]["renderer-bulk"] == {
+        "status": "degraded",
+        "pending": 10_000,
+        "in_progress": 0,
+    }
+
+    js.infos["renderer-bulk"] = info(0, 3, 0)
+    calm = lanes_together(await stage_readiness(js, RENDERER, 1000, seen_by_worker=True))
+    assert calm.status == "healthy"
+    assert calm.detail == (
+        "2 waiting, 4 in progress (renderer, renderer-interactive, renderer-bulk)"
+    )
 
 
 def test_a_request_from_flags_merges_over_its_file() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -153,7 +154,7 @@ def test_names_follow_the_prometheus_conventions_of_the_design() -> None:
     text = scrape()
     assert sample(text, "pressroom_source_fetch_duration_seconds_count", source="uptime") >= 1
     assert "pressroom_dead_letters 3.0" in text
-    assert sample(text, "pressroom_consumer_pending", stage="renderer") == 4
+    assert sample(text, "pressroom_consumer_pending", stage="renderer", consumer="renderer") == 4
     assert sample(text, "pressroom_storage_used_bytes", volume="out") == 80
     assert sample(text, "pressroom_storage_capacity_bytes", volume="out") == 100
     assert sample(text, "pressroom_template_problems", template="broken.html") == 2
@@ -163,6 +164,33 @@ def test_names_follow_the_prometheus_conventions_of_the_design() -> None:
     # replacing the template set drops templates that are gone
     metrics.template_problems({"weekly.html": 0})
     assert sample(scrape(), "pressroom_template_problems", template="broken.html") == 0
+
+
+class Consumers:
+    """JetStream as `observe_bus` reads it: each consumer's backlog, dead letters, storage."""
+
+    def __init__(self, pending: dict[str, int]) -> None:
+        self.pending = pending
+
+    async def consumer_info(self, stream: str, durable: str) -> SimpleNamespace:
+        return SimpleNamespace(num_pending=self.pending[durable])
+
+    async def stream_info(self, stream: str) -> SimpleNamespace:
+        return SimpleNamespace(state=SimpleNamespace(messages=0))
+
+    async def account_info(self) -> SimpleNamespace:
+        return SimpleNamespace(storage=0, limits=None)
+
+
+async def test_the_backlog_of_every_lane_is_a_series_of_its_own() -> None:
+    js = Consumers({"distributor": 1, "distributor-interactive": 0, "distributor-bulk": 7_000})
+    await metrics.observe_bus(js, DISTRIBUTOR)
+    text = scrape()
+    for consumer, pending in js.pending.items():
+        assert (
+            sample(text, "pressroom_consumer_pending", stage="distributor", consumer=consumer)
+            == pending
+        )
 
 
 def test_labels_stay_bounded() -> None:
