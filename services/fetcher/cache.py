@@ -26,6 +26,15 @@ def cache_key(source: Source) -> str:
     return f"{source.kind}.{digest[:40]}"
 
 
+def cache_names(source: Source) -> dict[str, str]:
+    """The names a cached source answers to: the request's name for it (what metrics and
+    alerts label it with) and the config-file source it names, if any."""
+    names = {"source": source.name}
+    if source.source:
+        names["config_source"] = source.source
+    return names
+
+
 def ttl_for(source: Source, request: ReportRequested, settings: Settings) -> float | None:
     """Seconds the source may be served from cache, or None when caching is off for it."""
     setting = (source.model_extra or {}).get("cache")
@@ -68,6 +77,9 @@ class SourceCache:
         return True, data
 
     async def put(self, source: Source, data: Any) -> None:
-        value = json.dumps({"stored_at": time.time(), "data": data}, default=str).encode()
+        # The names go with the data, so `pressroom cache ls` and `cache clear NAME` find it
+        # (the key is a hash of the source's whole spec).
+        record = {"stored_at": time.time(), **cache_names(source), "data": data}
+        value = json.dumps(record, default=str).encode()
         if len(value) <= MAX_CACHED_BYTES:
             await self.kv.put(cache_key(source), value)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Outcomes, Stack, eventually, unique
+from tests.helpers import Outcomes, Stack, delivered_file, eventually, unique
 
 pytestmark = pytest.mark.integration
 
@@ -245,6 +245,41 @@ async def test_an_unreadable_fetch_cache_value_is_a_miss(
     rid = unique("cached")
     await publish(own_nc, {"request_id": rid, "template": "plain", "sources": [source]})
     await own_outcomes.delivered_event(rid)
+
+
+async def test_cache_ls_shows_a_cached_source_and_cache_clear_makes_the_next_request_fetch(
+    own: Stack, own_nc: Any, own_outcomes: Outcomes
+) -> None:
+    # The legacy runbook's "clear specific cache patterns": by the source's name.
+    (own.templates / "tally.html").write_text("<p>total {{ tally.total }}</p>")
+    data = own.root / "data" / "tally.json"
+    source = {"name": "tally", "kind": "file", "path": "tally.json", "cache": 600}
+
+    async def total_in(body: dict[str, Any]) -> str:
+        rid = unique("tally")
+        request = {"request_id": rid, "template": "tally.html", "sources": [source]}
+        await publish(own_nc, {**request, **body, "formats": ["html"]})
+        await own_outcomes.delivered_event(rid)
+        html = delivered_file(own.out / "tally", rid, "html").read_text()
+        return html.split("total ", 1)[1].split("<", 1)[0]
+
+    deliver = {"deliver": [{"channel": "file", "path": "tally"}]}
+    data.write_text(json.dumps({"total": 1}))
+    assert await total_in(deliver) == "1"
+    data.write_text(json.dumps({"total": 2}))
+    assert await total_in(deliver) == "1"  # served from the cache
+    listed = cli_json(own, "cache", "ls")
+    assert [r["source"] for r in listed["sources"]].count("tally") == 1
+    shown = own.cli("cache", "ls", env={"COLUMNS": "80"}, check=True).stdout
+    assert "tally" in shown and all(len(line) <= 80 for line in shown.splitlines())
+    cleared = cli_json(own, "cache", "clear", "tally", "no-such-source")
+    assert cleared == {"sources": 1, "renders": 0, "not_cached": ["no-such-source"]}
+    assert "tally" not in [r["source"] for r in cli_json(own, "cache", "ls")["sources"]]
+    assert await total_in(deliver) == "2"  # fetched afresh
+    audit = own.cli("audit", "--json", check=True).stdout
+    assert any(e["action"] == "cache clear" for e in json.loads(audit))
+    refused = own.cli("cache", "clear")
+    assert refused.returncode == 1 and "--all" in refused.stderr
 
 
 async def test_garbage_on_the_dead_letter_stream_is_listed_and_backed_up(

@@ -30,7 +30,7 @@ COMMANDS: dict[str, str] = {
     **dict.fromkeys(
         ("request", "render", "fonts", "status", "ls", "get", "deliver", "check"), "requests"
     ),
-    **dict.fromkeys(("stats", "slo", "alerts", "clean"), "reports"),
+    **dict.fromkeys(("stats", "slo", "alerts", "clean", "cache"), "reports"),
     "logs": "logs",
     **dict.fromkeys(("console", "audit"), "console"),
     "cancel": "cancel",

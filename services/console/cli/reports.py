@@ -1,4 +1,4 @@
-"""Commands that measure the service: stats, slo, alerts, clean (retention)."""
+"""Commands that measure and keep the service: stats, slo, alerts, clean (retention), cache."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from services.console import sloindex
-from services.console.cli._audit import audited
+from services.console.cli._audit import audited, outcome
 from services.console.cli._common import (
     age,
     checked,
@@ -264,8 +264,94 @@ def _size(size: int) -> str:
     return f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
 
 
+cache_app = typer.Typer(
+    help="The fetch cache (sources' answers) and the render cache.", no_args_is_help=True
+)
+
+
+@cache_app.command("ls")
+def cache_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """What the caches keep: each cached source's answer, and the render cache's size."""
+    from services.console.caches import cached_sources, rendered_entries
+
+    async def both(bus: Any) -> tuple[list[Any], int]:
+        return await cached_sources(bus), await rendered_entries(bus)
+
+    sources, renders = on_bus(settings(), both)
+    if as_json:
+        rows = [
+            {
+                "source": r.source,
+                "config_source": r.config_source or None,
+                "age_seconds": None if r.age_seconds is None else round(r.age_seconds, 1),
+                "bytes": r.size,
+                "key": r.key,
+            }
+            for r in sources
+        ]
+        emit_json({"sources": rows, "renders": renders})
+        return
+    if sources:
+        print_table(
+            out,
+            [Col("source"), Col("config source"), Col("age", justify="right"),
+             Col("size", justify="right")],
+            [
+                [r.source, r.config_source, _age(r.age_seconds), _size(r.size)]
+                for r in sources
+            ],
+        )  # fmt: skip
+    out.print(f"{len(sources)} cached source answer(s); {renders} report(s) in the render cache")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@cache_app.command("clear")
+@audited("cache clear")
+def cache_clear(
+    names: list[str] = typer.Argument(
+        None, metavar="[SOURCE]...", help="A source's name in requests, or a config source's."
+    ),
+    all_: bool = typer.Option(False, "--all", help="Every cached source answer."),
+    renders: bool = typer.Option(False, "--renders", help="Empty the render cache too."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Drop cached answers: the next request fetches (with --renders: renders) afresh.
+
+    The caches otherwise expire by themselves (PRESSROOM_CACHE_TTL, a source's `cache:`)."""
+    from services.console.caches import clear_renders, clear_sources
+
+    if bool(names) == all_ and not renders:
+        fail("give source names or --all (and/or --renders)")
+    if names and all_:
+        fail("give source names or --all, not both")
+    wanted = None if all_ else list(names or [])
+
+    async def clear(bus: Any) -> tuple[list[Any], int]:
+        cleared = await clear_sources(bus, wanted) if all_ or names else []
+        return cleared, await clear_renders(bus) if renders else 0
+
+    cleared, rendered = on_bus(settings(), clear)
+    missing = [n for n in names or [] if not any(r.named(n) for r in cleared)]
+    outcome(f"{len(cleared)} source answer(s), {rendered} render(s)")
+    if as_json:
+        emit_json({"sources": len(cleared), "renders": rendered, "not_cached": missing})
+        return
+    out.print(f"cleared {len(cleared)} cached source answer(s), {rendered} cached render(s)")
+    if missing:
+        out.print(f"nothing cached for: {literal(', '.join(missing))}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("stats")(stats)
     app.command("slo")(slo)
     app.command("alerts")(alerts)
     app.command("clean")(clean)
+    app.add_typer(cache_app, name="cache")
