@@ -1,9 +1,12 @@
 """What `pressroom health` reports: NATS, each stage's consumers (one per lane), dead letters, the
-store, the cluster and each worker's own /readyz."""
+store, the cluster, the out folder's disk and each worker's own /readyz."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +32,7 @@ async def stack_health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]
     except Exception as error:
         components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
     components.update(await cluster_components(cfg))  # servers, stream and bucket leaders
+    components["storage out"] = out_storage(cfg)
     if components["nats"]["status"] == "unhealthy" and workers:
         # Workers answering /readyz serve some bus, not the one we cannot reach: listing them
         # as healthy would say the stack works when the CLI is pointed at the wrong place.
@@ -74,6 +78,37 @@ async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
     except Exception as error:
         found["artefact store"] = {"status": "unhealthy", "detail": str(error)}
     return found
+
+
+STORAGE_FULL = 0.8  # PressroomStorageFilling's threshold, the legacy disk check's 80 %
+STORAGE_CRITICAL = 0.95
+
+
+def out_storage(cfg: Settings, usage: Callable[[Path], Any] = shutil.disk_usage) -> dict[str, Any]:
+    """The legacy `df` check, seen from where the command runs: how full the filesystem under
+    PRESSROOM_OUT_DIR (the `file` channel's folder) is; degraded from 80 %, unhealthy from 95 %."""
+    folder = cfg.out_dir
+    try:
+        if not folder.is_dir():
+            raise FileNotFoundError(folder)
+        found = usage(folder)
+    except OSError:
+        return {
+            "status": "healthy",
+            "detail": f"{folder} is not here: nothing delivered to it from this host, or it is "
+            "another host's (the distributors' metric: pressroom_storage_used_bytes)",
+        }
+    total = found.used + found.free  # as df counts: what is reserved for root aside
+    share = found.used / total if total else 0.0
+    status = (
+        "unhealthy"
+        if share >= STORAGE_CRITICAL
+        else "degraded"
+        if share >= STORAGE_FULL
+        else "healthy"
+    )
+    free = found.free / 1024**3
+    return {"status": status, "detail": f"{folder}: {share:.0%} used, {free:.1f} GiB free"}
 
 
 def config_agreement(fingerprints: dict[str, str]) -> dict[str, Any]:

@@ -134,6 +134,7 @@ def test_pressroom_health_shows_the_whole_stack(stack: Stack) -> None:
         for name in ("fetcher-1", "renderer-1", "distributor-1")
         for a in ("--url", stack.health[name])
     ]
+    stack.out.mkdir(exist_ok=True)  # as the first file delivery makes it
     result = stack.cli("health", "--json", *urls)
     report = json.loads(result.stdout)
     assert result.returncode == 0, report
@@ -142,6 +143,9 @@ def test_pressroom_health_shows_the_whole_stack(stack: Stack) -> None:
         assert report["components"][f"consumer {stage}"]["status"] == "healthy"
     assert report["components"][f"worker {stack.health['renderer-1']}"]["status"] == "healthy"
     assert report["components"]["artefact store"]["status"] == "healthy"
+    # the legacy `df` check of the reports folder
+    out = report["components"]["storage out"]
+    assert out["detail"].startswith(f"{stack.out}: ") and "% used" in out["detail"], out
 
     down = stack.cli("health", "--url", "http://127.0.0.1:9")
     assert down.returncode == 1 and "unhealthy" in down.stdout

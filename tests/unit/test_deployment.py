@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatch
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import yaml
 
-from services.console.health import config_agreement
+from services.console.health import config_agreement, out_storage
 from shared.adapters.store import plain_http_s3_warning
 from shared.schedules import load_schedules
 from shared.settings import Settings, config_fingerprint
@@ -410,3 +412,22 @@ def test_s3_credentials_over_plain_http_to_another_host_are_warned_about() -> No
         Settings(),  # the embedded object store
     ):
         assert plain_http_s3_warning(quiet) is None, quiet
+
+
+@pytest.mark.parametrize(
+    ("used", "free", "status"),
+    [(79, 21, "healthy"), (80, 20, "degraded"), (94, 6, "degraded"), (95, 5, "unhealthy")],
+)
+def test_health_says_the_reports_folder_fills_up_as_the_storage_alert_does(
+    used: int, free: int, status: str, tmp_path: Any
+) -> None:
+    # The legacy disk check (alert above 80 %), in `pressroom health`.
+    usage = SimpleNamespace(used=used * 2**30, free=free * 2**30)
+    shown = out_storage(Settings(out_dir=tmp_path), lambda _: usage)  # type: ignore[call-arg]
+    assert shown == {"status": status, "detail": f"{tmp_path}: {used}% used, {free}.0 GiB free"}
+
+
+def test_health_names_a_reports_folder_that_is_not_on_this_host(tmp_path: Any) -> None:
+    away = Settings(out_dir=tmp_path / "elsewhere" / "out")  # type: ignore[call-arg]
+    shown = out_storage(away)
+    assert shown["status"] == "healthy" and "is not here" in shown["detail"]
