@@ -117,7 +117,7 @@ async def fill(settings: Settings) -> float:
 
 
 class Browser:
-    """httpx with the session cookie the console sets (Secure: httpx keeps it off plain HTTP)."""
+    """httpx with the session cookie the console sets, kept by hand."""
 
     def __init__(self, url: str) -> None:
         self.client = httpx.Client(base_url=url, timeout=60)

@@ -26,13 +26,10 @@ def cache_key(source: Source) -> str:
     return f"{source.kind}.{digest[:40]}"
 
 
-def cache_names(source: Source) -> dict[str, str]:
-    """The names a cached source answers to: the request's name for it (what metrics and
-    alerts label it with) and the config-file source it names, if any."""
-    names = {"source": source.name}
-    if source.source:
-        names["config_source"] = source.source
-    return names
+def cache_names(source: Source, named: str | None) -> dict[str, str]:
+    """The names a cached source answers to: the request's name for it and the config-file
+    source it named (`named`), if any."""
+    return {"source": source.name, **({"config_source": named} if named else {})}
 
 
 def ttl_for(source: Source, request: ReportRequested, settings: Settings) -> float | None:
@@ -76,10 +73,10 @@ class SourceCache:
             return False, None
         return True, data
 
-    async def put(self, source: Source, data: Any) -> None:
+    async def put(self, source: Source, data: Any, *, named: str | None = None) -> None:
         # The names go with the data, so `pressroom cache ls` and `cache clear NAME` find it
         # (the key is a hash of the source's whole spec).
-        record = {"stored_at": time.time(), **cache_names(source), "data": data}
+        record = {"stored_at": time.time(), **cache_names(source, named), "data": data}
         value = json.dumps(record, default=str).encode()
         if len(value) <= MAX_CACHED_BYTES:
             await self.kv.put(cache_key(source), value)

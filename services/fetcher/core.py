@@ -72,6 +72,7 @@ async def _one_named(
     cache: SourceCache | None,
     stats: CacheStats,
 ) -> Any:
+    named = source.source  # the config-file source it names (gone once expanded)
     source, configured = expand_named(source, settings)
     ttl = ttl_for(source, request, settings) if cache is not None else None
     if cache is not None and ttl is not None:
@@ -93,9 +94,13 @@ async def _one_named(
         finally:
             with suppress(Exception):  # metrics must never break a fetch
                 seconds = time.monotonic() - started
-                source_fetched(source.name, source.kind, fetch_outcome(failure), seconds)
+                # Labelled by the config-file source it names, if any (whatever a request
+                # calls it: `pressroom sources test <label>` then reaches it), else its own
+                # name (known for schedules' sources; any other is `other`).
+                label = named or source.name
+                source_fetched(label, source.kind, fetch_outcome(failure), seconds)
     if cache is not None and ttl is not None:
-        await cache.put(source, data)
+        await cache.put(source, data, named=named)
     return data
 
 

@@ -126,11 +126,16 @@ async def test_a_script_signs_in_over_plain_http_with_an_ordinary_cookie_jar(
         assert answer.status_code == 303, answer.text
         reports = await client.get("/api/reports")
         assert reports.status_code == 200, reports.text
-    # Reached over HTTPS through a proxy on this host, the cookie is `Secure`.
     async with httpx.AsyncClient(base_url=console.url, timeout=60) as client:
+        # Reached over HTTPS through a proxy on this host, the cookie is `Secure`.
         behind = await client.get("/login", headers={"x-forwarded-proto": "https"})
         assert behind.status_code == 200
         assert "secure" in behind.headers["set-cookie"].lower()
+        # Over plain HTTP from elsewhere too (a console bound to 0.0.0.0 without TLS): the
+        # session never travels the network in clear, and the page says to use HTTPS.
+        remote = await client.get("/login", headers={"host": f"10.0.0.5:{console.port}"})
+        assert "secure" in remote.headers["set-cookie"].lower()
+        assert "Reach the console through HTTPS" in remote.text
 
 
 async def test_get_url_mints_a_working_link_on_the_embedded_store_without_a_public_url(

@@ -11,8 +11,10 @@ import importlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.datastructures import URL
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -37,6 +39,7 @@ from services.console.web.kit import (
     Console,
     Handler,
     audit_action,
+    plain_loopback,
 )
 from services.console.web.letters import (
     dead_letter,
@@ -237,7 +240,7 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
             Middleware(
                 _Session,
                 secret_key=session_key,
-                always_secure=(settings.public_url or "").startswith("https://"),
+                always_secure=urlsplit(settings.public_url or "").scheme.lower() == "https",
             ),
         ],
     )
@@ -247,12 +250,12 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
 
 
 class _Session:
-    """The session cookie: `Secure` whenever the console is reached over HTTPS (directly, or
-    through a proxy on this host that says so in `X-Forwarded-Proto`), or always when its
-    public URL is HTTPS. Over plain HTTP — the default 127.0.0.1:8480 — a `Secure` cookie
-    would be kept by browsers (they trust loopback) but never sent back by other HTTP
-    clients (httpx, requests, scripts): they could not sign in. Over plain HTTP the form's
-    password travels in clear anyway."""
+    """The session cookie: `Secure`, except over plain HTTP on this machine's loopback
+    address — the default 127.0.0.1:8480 — when the console's public URL is not HTTPS.
+    There a `Secure` cookie would be kept by browsers (they trust loopback) but never sent
+    back by other HTTP clients (httpx, requests, scripts): they could not sign in. Reached
+    over plain HTTP from elsewhere, it stays `Secure`: browsers drop it, and the login page
+    says to use HTTPS, rather than the session travelling the network in clear."""
 
     def __init__(self, app: ASGIApp, *, secret_key: str, always_secure: bool) -> None:
         def session(secure: bool) -> SessionMiddleware:
@@ -269,8 +272,11 @@ class _Session:
         self.always_secure = always_secure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        secure = self.always_secure or scope.get("scheme") in ("https", "wss")
-        await (self.secure if secure else self.plain)(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):  # lifespan: no cookie either way
+            await self.plain(scope, receive, send)
+            return
+        plain = not self.always_secure and plain_loopback(URL(scope=scope))
+        await (self.plain if plain else self.secure)(scope, receive, send)
 
 
 def _oidc(settings: Settings) -> Any:

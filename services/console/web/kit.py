@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from nats.errors import Error as NatsError
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -126,6 +127,16 @@ def render_page(
         **context,
     )
     return HTMLResponse(body, status_code=status)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def plain_loopback(url: URL) -> bool:
+    """Reached over plain HTTP on this machine's loopback address (the console's default
+    127.0.0.1:8480): the one place the session cookie goes without `Secure`, since browsers
+    keep a Secure cookie there but other HTTP clients would never send it back."""
+    return url.scheme in ("http", "ws") and (url.hostname or "") in LOOPBACK_HOSTS
 
 
 def wants_json(request: Request) -> bool:

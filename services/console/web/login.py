@@ -25,6 +25,7 @@ from services.console.web.kit import (
     client_address,
     csrf_ok,
     current_user,
+    plain_loopback,
     render_page,
 )
 
@@ -49,8 +50,7 @@ async def login_form(request: Request) -> Response:
 def _plain_http(request: Request) -> bool:
     """Reached over plain HTTP from elsewhere than this machine: the browser will drop the
     Secure session cookie, so signing in cannot work (the page says so)."""
-    host = request.url.hostname or ""
-    return request.url.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1")
+    return request.url.scheme == "http" and not plain_loopback(request.url)
 
 
 def _safe_next(target: str) -> str:
