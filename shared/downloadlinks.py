@@ -104,15 +104,37 @@ def verify_token(secret: bytes, token: str, now: datetime | None = None) -> Link
     return result
 
 
-def console_address(settings: Settings) -> str:
-    """The console's own address (PRESSROOM_CONSOLE_HOST/_PORT), where its links are served
-    when PRESSROOM_PUBLIC_URL is unset; a wildcard bind is reached on this host's loopback."""
-    host = settings.console_host
+CONSOLE_URL_FILE = "console.url"  # in the data folder: where `pressroom console` listens
+
+
+def console_address(settings: Settings, host: str | None = None, port: int | None = None) -> str:
+    """The console's own address on this machine (PRESSROOM_CONSOLE_HOST/_PORT, or the host
+    and port it was started with); a wildcard bind is reached on this host's loopback."""
+    host = settings.console_host if host is None else host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.console_port}"
+    return f"http://{host}:{settings.console_port if port is None else port}"
+
+
+def record_console_address(settings: Settings, address: str) -> None:
+    """Where this machine's console listens, for `get --url` without PRESSROOM_PUBLIC_URL."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / CONSOLE_URL_FILE).write_text(address + "\n")
+
+
+def local_console(settings: Settings) -> str | None:
+    """The console on this machine to link to when PRESSROOM_PUBLIC_URL is unset: the one
+    `pressroom console` (or `pressroom up`) last started with this data folder, or, on the
+    embedded bus, the configured address; None for a remote bus with no console here."""
+    try:
+        recorded = (settings.data_dir / CONSOLE_URL_FILE).read_text().strip()
+    except OSError:
+        recorded = ""
+    if recorded.startswith("http://"):
+        return recorded
+    return console_address(settings) if settings.nats_url is None else None
 
 
 def download_link(

@@ -27,7 +27,7 @@ from shared.adapters.store import read_verified, remove_older_than
 from shared.bus.failover import LEADERLESS, describe_error
 from shared.bus.names import DELIVERIES_BUCKET, msg_id
 from shared.bus.topology import JetStreamPublisher
-from shared.downloadlinks import console_address, download_link
+from shared.downloadlinks import download_link, local_console
 from shared.errors import PressroomError
 from shared.events import (
     REPORT_DELIVERED,
@@ -336,14 +336,20 @@ S3_LINK_MAX = timedelta(days=7)  # S3's longest presigned link
 async def artefact_url(bus: Bus, request_id: str, fmt: str, expires: timedelta) -> str:
     """A download link minted now (never stored anywhere): the console's signed link when
     PRESSROOM_PUBLIC_URL is set (every store, up to 30 days); else S3's own (at most 7 days);
-    else, on the JetStream object store, the console's link at its own address
-    (`console_address`: `pressroom console` and `pressroom up` serve it)."""
+    else, on the JetStream object store, a link to the console on this machine
+    (`local_console`: where `pressroom console` or `pressroom up` serves it)."""
     artefact = await _artefact(bus, request_id, fmt)
     if bus.settings.public_url:
         return download_link(bus.settings, artefact, expires)
     link = await (await bus.store()).presign(artefact.key, min(expires, S3_LINK_MAX))
     if link is None:
-        return download_link(bus.settings, artefact, expires, base=console_address(bus.settings))
+        here = local_console(bus.settings)
+        if here is None:
+            raise PressroomError(
+                "the JetStream object store has no links of its own: set PRESSROOM_PUBLIC_URL "
+                "to the console's address (`pressroom console` serves the links), or configure S3"
+            )
+        return download_link(bus.settings, artefact, expires, base=here)
     if expires > S3_LINK_MAX:
         raise PressroomError(
             "an S3 download link can last at most 7 days (S3's limit); set "

@@ -141,18 +141,25 @@ async def test_a_script_signs_in_over_plain_http_with_an_ordinary_cookie_jar(
 async def test_get_url_mints_a_working_link_on_the_embedded_store_without_a_public_url(
     console: RestConsole, stack: Stack, nc: Any, outcomes: Outcomes
 ) -> None:
-    # DESIGN.md: `get ID --url` "mints one on every store". The embedded object store has no
-    # links of its own, so with PRESSROOM_PUBLIC_URL unset the link is the console's own
-    # address (PRESSROOM_CONSOLE_HOST/_PORT), served by `pressroom console`.
+    # DESIGN.md: `get ID --url` "mints one on every store". The JetStream object store has
+    # no links of its own, so with PRESSROOM_PUBLIC_URL unset the link goes to the console
+    # this machine runs, where it listens (recorded by `pressroom console` in the data
+    # folder: here on another port than PRESSROOM_CONSOLE_PORT's default).
     rid = unique("rest-link")
     await publish(nc, body(rid))
     await outcomes.delivered_event(rid)
     await console.wait_ready()
-    here = {"PRESSROOM_PUBLIC_URL": "", "PRESSROOM_CONSOLE_PORT": str(console.port)}
+    here = {"PRESSROOM_PUBLIC_URL": ""}
     minted = console.cli("get", rid, "--url", "--expires", "20d", env=here)
     assert minted.returncode == 0, minted.stderr
     link = minted.stdout.strip()
     assert link.startswith(f"http://127.0.0.1:{console.port}/a/")
+    assert "console on this machine" in minted.stderr
+    # No console started with this data folder, and the bus is not the embedded one: no
+    # link can be made that anyone could open — the error says what to set.
+    elsewhere = {**here, "PRESSROOM_DATA_DIR": str(stack.root / "no-console-here")}
+    refused = console.cli("get", rid, "--url", env=elsewhere)
+    assert refused.returncode == 1 and "PRESSROOM_PUBLIC_URL" in refused.stderr
     fetched = console.cli("get", rid, "-o", str(stack.root / f"{rid}.pdf"))
     assert fetched.returncode == 0, fetched.stderr
     async with httpx.AsyncClient(timeout=60) as client:

@@ -24,7 +24,9 @@ from shared.downloadlinks import (
     console_address,
     console_secret,
     download_link,
+    local_console,
     mint_token,
+    record_console_address,
     verify_token,
 )
 from shared.errors import PressroomError
@@ -100,6 +102,17 @@ def test_links_need_the_public_url_and_a_sane_lifetime(tmp_path: Path) -> None:
     assert download_link(public, ARTEFACT, timedelta(hours=1), base="http://h:1/").startswith(
         "https://pr.example.com/a/"
     )
+
+
+def test_a_link_goes_to_the_console_started_here_or_on_the_embedded_bus_the_default(
+    tmp_path: Path,
+) -> None:
+    embedded = Settings(data_dir=tmp_path)  # type: ignore[call-arg]
+    assert local_console(embedded) == "http://127.0.0.1:8480"
+    remote = Settings(data_dir=tmp_path, nats_url="nats://bus.example.com:4222")  # type: ignore[call-arg]
+    assert local_console(remote) is None
+    record_console_address(remote, "http://127.0.0.1:18480")
+    assert local_console(remote) == local_console(embedded) == "http://127.0.0.1:18480"
 
 
 @pytest.mark.parametrize(

@@ -404,6 +404,9 @@ def get(
         lasts = age(expires, "--expires")
         link = on_bus(cfg, lambda bus: artefact_url(bus, request_id, fmt, lasts))
         sys.stdout.write(link + "\n")
+        if not cfg.public_url and link.startswith(("http://127.0.0.1", "http://localhost")):
+            note = "a link to the console on this machine; PRESSROOM_PUBLIC_URL: links for others"
+            err.print(f"note: {note}", highlight=False, markup=False)
         return
     if output is None:
         output = Path(default_file_name(request_id, fmt))

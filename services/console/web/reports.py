@@ -29,6 +29,7 @@ from starlette.responses import (
 from services.console import busaccess, cancel, deadletters, redact, requests
 from services.console.web.index import Filters, Row
 from services.console.web.kit import (
+    LOOPBACK_HOSTS,
     NO_BUFFER,
     Console,
     audit_action,
@@ -420,7 +421,8 @@ async def mint_link(request: Request) -> Response:
     artefact = await artefact_of(
         console.ready_bus(), request.path_params["rid"], request.path_params["fmt"]
     )
-    link = download_link(
-        console.settings, artefact, timedelta(hours=24), base=str(request.base_url)
-    )
+    # Without PRESSROOM_PUBLIC_URL, the address it was reached at — on this machine only:
+    # elsewhere the Host header may be a proxy's rewrite, and the link would point there.
+    here = str(request.base_url) if request.url.hostname in LOOPBACK_HOSTS else None
+    link = download_link(console.settings, artefact, timedelta(hours=24), base=here)
     return JSONResponse({"url": link})
