@@ -72,10 +72,10 @@ PROMETHEUS_PROBE = "PRESSROOM_PROMETHEUS_URL"  # the name `sources test` gives t
 
 
 def testable_sources(cfg: Settings) -> dict[str, tuple[str, Source]]:
-    """What `sources test` can try, by the name it takes, with its kind: the config file's
-    sources; the sources the schedules' requests name themselves (by the name a failing one
-    is labelled with in metrics and alerts); and the default Prometheus that requests' own
-    `prometheus` sources use (PRESSROOM_PROMETHEUS_URL)."""
+    """What `sources test` can try, by qualified name, with its kind: the config file's
+    sources (NAME); the sources the schedules' requests define themselves (SCHEDULE/NAME — a
+    schedule's source that names a config-file source is that one); and the default
+    Prometheus that requests' own `prometheus` sources use (PRESSROOM_PROMETHEUS_URL)."""
     found: dict[str, tuple[str, Source]] = {}
     for name, spec in cfg.sources.items():
         source = Source(name=re.sub(r"\W", "_", name), source=name)
@@ -83,27 +83,36 @@ def testable_sources(cfg: Settings) -> dict[str, tuple[str, Source]]:
     now = datetime.now(UTC)
     for schedule in load_schedules(cfg.schedules):
         for source in schedule.request_for(now).sources:
-            named = cfg.sources.get(source.source or "", {})
-            found.setdefault(source.name, (source.kind or str(named.get("kind", "?")), source))
+            if source.source is None:
+                found[f"{schedule.name}/{source.name}"] = (source.kind, source)
     if cfg.prometheus_url:
         probe = Source(name="prometheus", kind="prometheus", query="vector(1)")
         found.setdefault(PROMETHEUS_PROBE, ("prometheus", probe))
     return found
 
 
-async def fetch_source(cfg: Settings, name: str) -> tuple[Any, float]:
-    """One source fetched now, exactly as a request naming it would (a config-file source:
-    the operator's, trusted; a schedule's own: as that schedule's request), with the seconds
-    it took."""
-
+def matching_sources(cfg: Settings, name: str) -> dict[str, tuple[str, Source]]:
+    """The sources `name` may mean: a qualified name's one; else every source called that —
+    the config file's and each schedule's own (what a metric or alert labels `source`) —
+    so that none of them goes untested. A PressroomError when there is none."""
     sources = testable_sources(cfg)
-    if name not in sources:
+    if name in sources and "/" in name:
+        return {name: sources[name]}
+    found = {key: entry for key, entry in sources.items() if key.rpartition("/")[2] == name}
+    if not found:
         known = ", ".join(sorted(sources)) or "none configured"
         raise PressroomError(
             f"no source '{name}' in the config file's sources or its schedules' requests "
             f"(known: {known})"
         )
-    source = sources[name][1]
+    return found
+
+
+async def fetch_source(cfg: Settings, source: Source) -> tuple[Any, float]:
+    """One source fetched now, exactly as a request naming it would (a config-file source:
+    the operator's, trusted; a schedule's own: as that schedule's request), with the seconds
+    it took."""
+
     request = ReportRequested(template="sources-test.html", sources=[source])
     started = time.monotonic()
     context = await gather_context(request, default_sources(), cfg)

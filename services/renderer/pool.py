@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ctypes.util
 import gc
 import heapq
 import importlib
@@ -89,8 +90,6 @@ def _import_weasyprint() -> None:
     so the look-ups are left out while WeasyPrint loads. Should that not find a library (a
     soname WeasyPrint does not list), the import is made again with them."""
     if sys.platform.startswith("linux") and "weasyprint" not in sys.modules:
-        import ctypes.util
-
         lookup = ctypes.util.find_library
         ctypes.util.find_library = lambda name: None
         try:

@@ -284,23 +284,37 @@ def test_sources_test_reaches_a_schedules_own_source_by_the_name_alerts_give(
     tmp_path: Path, quick_source: str
 ) -> None:
     # PressroomSourceFailing says `pressroom sources test <source label>`; a scheduled
-    # request's own source is labelled with its name in that request, not a config-file name.
+    # request's own source is labelled with its name in that request. Two schedules' sources
+    # and a config source all called `stock`: each one is tested, none silently left out.
+    closed = closed_url()
     config = tmp_path / "pressroom.yaml"
     config.write_text(
+        f"sources:\n  stock: {{kind: http, url: '{quick_source}'}}\n"
         "schedules:\n"
         "  - name: stock-daily\n    cron: '0 6 * * *'\n    request:\n"
         "      template: weekly.html\n"
         f"      sources: [{{name: stock, kind: http, url: '{quick_source}'}}]\n"
+        "  - name: stock-weekly\n    cron: '0 6 * * 1'\n    request:\n"
+        "      template: weekly.html\n"
+        f"      sources: [{{name: stock, kind: http, url: '{closed}'}}]\n"
     )
-    host = quick_source.split("/")[2]
-    env = {"PRESSROOM_CONFIG": str(config), "PRESSROOM_SOURCE_ALLOW": host}
-    one = pressroom("sources", "test", "stock", env=env)
+    hosts = {quick_source.split("/")[2], closed.split("/")[2]}
+    env = {"PRESSROOM_CONFIG": str(config), "PRESSROOM_SOURCE_ALLOW": ",".join(sorted(hosts))}
+    each = pressroom("sources", "test", "stock", "--json", env=env)
+    assert each.returncode == 1, each.stderr
+    rows = {r["source"]: (r["kind"], r["ok"]) for r in json.loads(each.stdout)}
+    assert rows == {
+        "stock": ("http", True),
+        "stock-daily/stock": ("http", True),
+        "stock-weekly/stock": ("http", False),
+    }
+    one = pressroom("sources", "test", "stock-daily/stock", env=env)
     assert one.returncode == 0, one.stderr
-    assert one.stdout.startswith("ok: stock (http) answered"), one.stdout
-    rows = json.loads(pressroom("sources", "test", "--all", "--json", env=env).stdout)
-    assert [(r["source"], r["kind"], r["ok"]) for r in rows] == [("stock", "http", True)]
+    assert one.stdout.startswith("ok: stock-daily/stock (http) answered"), one.stdout
+    listed = json.loads(pressroom("sources", "test", "--all", "--json", env=env).stdout)
+    assert {r["source"] for r in listed} == set(rows)
     unknown = pressroom("sources", "test", "stocks", env=env)
-    assert "schedules' requests (known: stock)" in one_line(unknown.stderr)
+    assert "schedules' requests (known: stock, stock-daily/stock" in one_line(unknown.stderr)
 
 
 # ---- request --subject / --source, and the report timeout -------------------------------------

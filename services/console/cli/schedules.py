@@ -204,21 +204,26 @@ def sources_test(
     --all, every source, one row each (exit 1 if any fails)."""
     # Imported here: the fetcher's and the channels' libraries cost the other commands'
     # start-up time.
-    from services.console.probes import fetch_source, testable_sources
+    from services.console.probes import fetch_source, matching_sources, testable_sources
 
     cfg = settings()
     if every:
         if name is not None:
             fail("give a source name or --all, not both")
-        _test_all(cfg, as_json)
+        _test_rows(cfg, testable_sources(cfg), as_json)
         return
     if name is None:
         fail("give a source name (see `pressroom sources ls`) or --all")
-    data, seconds = run(fetch_source(cfg, name))
+    matches = checked(lambda: matching_sources(cfg, name))
+    if len(matches) > 1:  # one name, several sources (a config source and a schedule's own)
+        _test_rows(cfg, matches, as_json)
+        return
+    [(shown, (kind, source))] = matches.items()
+    data, seconds = run(fetch_source(cfg, source))
     size = len(json.dumps(data, default=str))
     summary = {
-        "source": name,
-        "kind": testable_sources(cfg)[name][0],
+        "source": shown,
+        "kind": kind,
         "seconds": round(seconds, 3),
         "bytes": size,
         "items": len(data) if isinstance(data, list | dict) else None,
@@ -227,22 +232,21 @@ def sources_test(
         emit_json({**summary, "data": data})
         return
     out.print(
-        f"ok: {literal(name)} ({literal(summary['kind'])}) answered in {seconds:.2f}s, "
+        f"ok: {literal(shown)} ({literal(kind)}) answered in {seconds:.2f}s, "
         f"{size:,} bytes" + (f", {summary['items']} items" if summary["items"] is not None else "")
     )
 
 
-def _test_all(cfg: Any, as_json: bool) -> None:
-    """Every source there is to test at once (`testable_sources`), each with its outcome."""
-    from services.console.probes import fetch_source, testable_sources  # start-up time
-
-    sources = testable_sources(cfg)
+def _test_rows(cfg: Any, sources: dict[str, tuple[str, Any]], as_json: bool) -> None:
+    """Sources tested at once, one row each (`testable_sources`' names); exit 1 if any fails."""
+    from services.console.probes import fetch_source  # start-up time
 
     async def one(name: str) -> dict[str, Any]:
         started = time.monotonic()
-        row: dict[str, Any] = {"source": name, "kind": sources[name][0]}
+        kind, source = sources[name]
+        row: dict[str, Any] = {"source": name, "kind": kind}
         try:
-            data, seconds = await fetch_source(cfg, name)
+            data, seconds = await fetch_source(cfg, source)
         except PressroomError as error:
             seconds = time.monotonic() - started
             return {**row, "ok": False, "seconds": round(seconds, 3), "detail": error.reason}

@@ -92,7 +92,14 @@ def _finish(settings: Settings, request: ReportRequested, folder: Path) -> Finis
         return None
     if finished is None:
         return None
-    return replace(finished, sealed_password=None, permissions=None, signing=None)
+    return replace(
+        finished,
+        sealed_password=None,
+        owner_password="",
+        owner_password_file="",
+        permissions=None,
+        signing=None,
+    )
 
 
 async def render_candidate(
