@@ -257,6 +257,26 @@ async def test_cached_sources_are_served_from_the_cache_within_their_ttl(
     assert b["extra"] == 1  # inline params still merged over the cached data
 
 
+async def test_a_config_source_used_under_another_name_is_labelled_and_cached_by_its_own(
+    http_api: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request calls the config's `inventory-api` `inv`: the fetch metric (what the source
+    # alert's `sources test <label>` advice uses) and the cache record name the config source.
+    from services.fetcher import core
+
+    labels: list[str] = []
+    monkeypatch.setattr(core, "source_fetched", lambda name, *rest: labels.append(name))
+    kv = MemoryKeyValue()
+    configured = settings(sources={"inventory-api": {"kind": "http", "url": f"{http_api.url}/inv"}})
+    source = Source.model_validate({"name": "inv", "source": "inventory-api", "cache": 60})
+    request = ReportRequested(template="t.html", sources=[source])
+    await gather_context(request, default_sources(), configured, SourceCache(kv), CacheStats())
+    assert labels == ["inventory-api"]
+    [(_, stored)] = [(key, await kv.get(key)) for key in await kv.keys()]
+    record = json.loads(stored.value)
+    assert (record["source"], record["config_source"]) == ("inv", "inventory-api")
+
+
 async def test_a_live_api_and_live_prometheus_render_their_current_values(
     stack: Stack,
     outcomes: Outcomes,
