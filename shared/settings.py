@@ -587,7 +587,8 @@ class Settings(BaseSettings):
                 continue
             if data.get(new) and data[new] != given:
                 raise ValueError(
-                    f"{_env_name(new)} and {_env_name(old)} (its older name) differ: set one"
+                    f"{_env_name(new)} and {_env_name(old)} (its older name; `{new}` and "
+                    f"`{old}` in PRESSROOM_CONFIG) differ: set one"
                 )
             data[new] = given
         return data

@@ -19,7 +19,7 @@ from shared.errors import PermanentError, TransientError
 from shared.events import PdfOptions, ReportRequested, request_fingerprint
 from shared.sealing import SealError, generate_key, seal, unseal
 from shared.secretenv import for_role
-from shared.settings import Settings
+from shared.settings import ConfigError, Settings, load_settings
 from tests.helpers import REPO
 from tests.pki import TestPki
 
@@ -207,8 +207,6 @@ def test_the_owner_password_opens_the_pdf_given_as_design_names_it_or_as_a_file(
 def test_signing_and_owner_password_settings_answer_to_design_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from shared.settings import ConfigError, load_settings
-
     monkeypatch.setenv("PRESSROOM_SIGN_KEY", "/s/signer.key")
     monkeypatch.setenv("PRESSROOM_SIGN_CERT", "/s/signer.pem")
     monkeypatch.setenv("PRESSROOM_PDF_OWNER_PASSWORD", "owner-pw")

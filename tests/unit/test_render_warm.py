@@ -3,10 +3,13 @@ draw exactly the PDF a fresh render draws, and one template's @font-face fonts s
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -295,10 +298,6 @@ print(repr((runs, libs, ffi.harfbuzz_subset is not None)))
 def test_render_processes_load_weasyprints_libraries_without_running_a_compiler() -> None:
     # A render process's start ran ldconfig, gcc and ld for every library name WeasyPrint
     # tries (0.35 s); it loads the very same libraries without running anything.
-    import ast
-    import subprocess
-    import sys
-
     def loaded(how: str) -> tuple[list[str], list[str], bool]:
         shown = subprocess.run(
             [sys.executable, "-c", _LOADED, how], capture_output=True, text=True, cwd=REPO
