@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import secrets
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,9 +120,19 @@ def console_address(settings: Settings, host: str | None = None, port: int | Non
 
 
 def record_console_address(settings: Settings, address: str) -> None:
-    """Where this machine's console listens, for `get --url` without PRESSROOM_PUBLIC_URL."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    (settings.data_dir / CONSOLE_URL_FILE).write_text(address + "\n")
+    """Where this machine's console listens, for `get --url` without PRESSROOM_PUBLIC_URL
+    (a data folder it cannot write only costs those links)."""
+    with suppress(OSError):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        (settings.data_dir / CONSOLE_URL_FILE).write_text(address + "\n")
+
+
+def forget_console_address(settings: Settings, address: str) -> None:
+    """The console stopped: its address goes, unless another console recorded its own since."""
+    path = settings.data_dir / CONSOLE_URL_FILE
+    with suppress(OSError):
+        if path.read_text().strip() == address:
+            path.unlink()
 
 
 def local_console(settings: Settings) -> str | None:

@@ -500,6 +500,7 @@ def prepare_from_settings(stage: str, settings: Settings) -> None:
     for schedule in settings.schedules:
         schedules.append(str(schedule.get("name", "")))
         for source in (schedule.get("request") or {}).get("sources") or ():
-            if isinstance(source, dict) and source.get("name"):
+            # One naming a config-file source is labelled by that name (declared above).
+            if isinstance(source, dict) and source.get("name") and not source.get("source"):
                 sources.append((str(source["name"]), str(source.get("kind", ""))))
     prepare_worker(stage, template_names(settings.templates_dir), sources, schedules)

@@ -32,7 +32,7 @@ async def stack_health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]
     except Exception as error:
         components["nats"] = {"status": "unhealthy", "detail": f"{type(error).__name__}: {error}"}
     components.update(await cluster_components(cfg))  # servers, stream and bucket leaders
-    components["storage out"] = out_storage(cfg)
+    components["storage out"] = await _storage_row(cfg)
     if components["nats"]["status"] == "unhealthy" and workers:
         # Workers answering /readyz serve some bus, not the one we cannot reach: listing them
         # as healthy would say the stack works when the CLI is pointed at the wrong place.
@@ -82,6 +82,20 @@ async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
 
 STORAGE_FULL = 0.8  # PressroomStorageFilling's threshold, the legacy disk check's 80 %
 STORAGE_CRITICAL = 0.95
+
+
+STORAGE_ANSWER = 5.0  # seconds: a hung network filesystem must not stall the console
+
+
+async def _storage_row(cfg: Settings) -> dict[str, Any]:
+    """`out_storage` off the event loop (statvfs on a hung NFS mount blocks)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(out_storage, cfg), STORAGE_ANSWER)
+    except TimeoutError:
+        return {
+            "status": "degraded",
+            "detail": f"{cfg.out_dir}: its filesystem did not answer in {STORAGE_ANSWER:.0f} s",
+        }
 
 
 def out_storage(cfg: Settings, usage: Callable[[Path], Any] = shutil.disk_usage) -> dict[str, Any]:

@@ -136,6 +136,9 @@ async def test_a_script_signs_in_over_plain_http_with_an_ordinary_cookie_jar(
         remote = await client.get("/login", headers={"host": f"10.0.0.5:{console.port}"})
         assert "secure" in remote.headers["set-cookie"].lower()
         assert "Reach the console through HTTPS" in remote.text
+        # Through a proxy that calls the console by 127.0.0.1 for users anywhere: Secure.
+        proxied = await client.get("/login", headers={"x-forwarded-for": "203.0.113.9"})
+        assert "secure" in proxied.headers["set-cookie"].lower()
 
 
 async def test_get_url_mints_a_working_link_on_the_embedded_store_without_a_public_url(

@@ -276,6 +276,9 @@ async def test_cache_ls_shows_a_cached_source_and_cache_clear_makes_the_next_req
     assert cleared == {"sources": 1, "renders": 0, "not_cached": ["no-such-source"]}
     assert "tally" not in [r["source"] for r in cli_json(own, "cache", "ls")["sources"]]
     assert await total_in(deliver) == "2"  # fetched afresh
+    everything = cli_json(own, "cache", "clear", "--all", "--renders")
+    assert everything["sources"] >= 1 and everything["not_cached"] == []
+    assert cli_json(own, "cache", "ls") == {"sources": [], "renders": 0}
     audit = own.cli("audit", "--json", check=True).stdout
     assert any(e["action"] == "cache clear" for e in json.loads(audit))
     refused = own.cli("cache", "clear")

@@ -16,7 +16,11 @@ from services.console.cli._common import checked, emit_json, on_bus, out, settin
 from services.console.cli._output import Col, literal, print_table
 from services.console.requests import parse_since
 from services.console.web.auth import add_user, load_users, remove_user, users_file
-from shared.downloadlinks import console_address, record_console_address
+from shared.downloadlinks import (
+    console_address,
+    forget_console_address,
+    record_console_address,
+)
 from shared.observe.logging import configure_logging, get_logger
 
 console_app = typer.Typer(
@@ -65,17 +69,24 @@ def serve(
             "`pressroom console user add NAME --role ops`"
         )
     say(f"console on http://{bind}:{where} · Ctrl-C to stop")
-    if where:  # what `get --url` links to when PRESSROOM_PUBLIC_URL is unset
-        record_console_address(cfg, console_address(cfg, bind, where))
-    uvicorn.run(
-        create_app(cfg),
-        host=bind,
-        port=where,
-        log_level="warning",
-        log_config=None if not interactive else uvicorn.config.LOGGING_CONFIG,
-        access_log=False,
-        proxy_headers=True,
-    )
+    # What `get --url` links to when PRESSROOM_PUBLIC_URL is unset, while this console runs
+    # (forgotten when it stops, a failed bind included).
+    address = console_address(cfg, bind, where) if where else None
+    if address:
+        record_console_address(cfg, address)
+    try:
+        uvicorn.run(
+            create_app(cfg),
+            host=bind,
+            port=where,
+            log_level="warning",
+            log_config=None if not interactive else uvicorn.config.LOGGING_CONFIG,
+            access_log=False,
+            proxy_headers=True,
+        )
+    finally:
+        if address:
+            forget_console_address(cfg, address)
 
 
 class _JsonLines(logging.Formatter):

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.datastructures import URL
+from starlette.datastructures import URL, Headers
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -275,7 +275,8 @@ class _Session:
         if scope["type"] not in ("http", "websocket"):  # lifespan: no cookie either way
             await self.plain(scope, receive, send)
             return
-        plain = not self.always_secure and plain_loopback(URL(scope=scope))
+        url, headers = URL(scope=scope), Headers(scope=scope)
+        plain = not self.always_secure and plain_loopback(url, headers)
         await (self.plain if plain else self.secure)(scope, receive, send)
 
 

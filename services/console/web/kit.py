@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from nats.errors import Error as NatsError
-from starlette.datastructures import URL
+from starlette.datastructures import URL, Headers
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -132,11 +132,21 @@ def render_page(
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def plain_loopback(url: URL) -> bool:
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+
+
+def on_loopback(url: URL, headers: Headers) -> bool:
+    """Reached on this machine's loopback address, by a client on this machine: not through
+    a proxy (which may rewrite the Host to 127.0.0.1 for users anywhere)."""
+    proxied = any(name in headers for name in PROXY_HEADERS)
+    return not proxied and (url.hostname or "") in LOOPBACK_HOSTS
+
+
+def plain_loopback(url: URL, headers: Headers) -> bool:
     """Reached over plain HTTP on this machine's loopback address (the console's default
     127.0.0.1:8480): the one place the session cookie goes without `Secure`, since browsers
     keep a Secure cookie there but other HTTP clients would never send it back."""
-    return url.scheme in ("http", "ws") and (url.hostname or "") in LOOPBACK_HOSTS
+    return url.scheme in ("http", "ws") and on_loopback(url, headers)
 
 
 def wants_json(request: Request) -> bool:

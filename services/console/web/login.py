@@ -50,7 +50,7 @@ async def login_form(request: Request) -> Response:
 def _plain_http(request: Request) -> bool:
     """Reached over plain HTTP from elsewhere than this machine: the browser will drop the
     Secure session cookie, so signing in cannot work (the page says so)."""
-    return request.url.scheme == "http" and not plain_loopback(request.url)
+    return request.url.scheme == "http" and not plain_loopback(request.url, request.headers)
 
 
 def _safe_next(target: str) -> str:

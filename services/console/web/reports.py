@@ -29,12 +29,12 @@ from starlette.responses import (
 from services.console import busaccess, cancel, deadletters, redact, requests
 from services.console.web.index import Filters, Row
 from services.console.web.kit import (
-    LOOPBACK_HOSTS,
     NO_BUFFER,
     Console,
     audit_action,
     current_user,
     finish_action,
+    on_loopback,
     page,
     render_page,
     sse_event,
@@ -423,6 +423,6 @@ async def mint_link(request: Request) -> Response:
     )
     # Without PRESSROOM_PUBLIC_URL, the address it was reached at — on this machine only:
     # elsewhere the Host header may be a proxy's rewrite, and the link would point there.
-    here = str(request.base_url) if request.url.hostname in LOOPBACK_HOSTS else None
+    here = str(request.base_url) if on_loopback(request.url, request.headers) else None
     link = download_link(console.settings, artefact, timedelta(hours=24), base=here)
     return JSONResponse({"url": link})
