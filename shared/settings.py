@@ -531,6 +531,8 @@ class Settings(BaseSettings):
         cls, value: dict[str, dict[str, Any]]
     ) -> dict[str, dict[str, Any]]:
         for name, spec in value.items():
+            if "/" in name:  # SCHEDULE/NAME is a schedule's own source (`sources test`)
+                raise ValueError(f"'{name}': a source's name cannot hold '/'")
             kind = spec.get("kind") if isinstance(spec, dict) else None
             if kind not in SOURCE_KINDS:
                 raise ValueError(

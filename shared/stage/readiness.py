@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from shared.bus.names import STREAM, StageSpec
 from shared.observe.health import Check, CheckResult, worst_of
@@ -82,11 +83,21 @@ async def stage_readiness(
     """Each of the stage's consumers by the rule above, by durable name: its normal lane's
     (`renderer`) and each other lane's (`renderer-interactive`, `renderer-bulk`)."""
     lanes = stage.lanes
-    infos = await asyncio.gather(*(js.consumer_info(STREAM, lane.durable) for lane in lanes))
-    return {
-        lane.durable: consumer_readiness(info, max_pending, seen_by_worker=seen_by_worker)
-        for lane, info in zip(lanes, infos, strict=True)
-    }
+    infos = await asyncio.gather(
+        *(js.consumer_info(STREAM, lane.durable) for lane in lanes), return_exceptions=True
+    )
+    found = {}
+    for lane, info in zip(lanes, infos, strict=True):
+        if isinstance(info, NotFoundError):  # one lane's consumer gone: that row says so
+            detail = "missing (`pressroom bus setup` makes it again)"
+            found[lane.durable] = CheckResult("unhealthy", detail, {"pending": 0, "in_progress": 0})
+        elif isinstance(info, BaseException):
+            raise info  # the bus itself: the caller says so
+        else:
+            found[lane.durable] = consumer_readiness(
+                info, max_pending, seen_by_worker=seen_by_worker
+            )
+    return found
 
 
 def lanes_together(results: dict[str, CheckResult]) -> CheckResult:

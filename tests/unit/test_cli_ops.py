@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from nats.js.errors import NotFoundError
 from rich.console import Console
 
 from services.console.cli._output import Col, print_table
@@ -60,7 +61,17 @@ class Consumers:
         self.infos = infos
 
     async def consumer_info(self, stream: str, durable: str) -> SimpleNamespace:
+        if durable not in self.infos:
+            raise NotFoundError  # as JetStream answers for a consumer that is not there
         return self.infos[durable]
+
+
+async def test_a_missing_lane_consumer_is_its_own_row_not_the_whole_bus() -> None:
+    js: Any = Consumers({"renderer": info(0, 0, 1), "renderer-interactive": info(0, 0, 1)})
+    rows = await stage_readiness(js, RENDERER, 1000, seen_by_worker=False)
+    assert rows["renderer"].status == "healthy"
+    assert rows["renderer-bulk"].status == "unhealthy"
+    assert "pressroom bus setup" in rows["renderer-bulk"].detail
 
 
 async def test_every_lane_of_a_stage_is_checked_and_the_one_behind_is_named() -> None:

@@ -83,6 +83,7 @@ def test_the_config_file_can_be_given_directly(tmp_path: Path, clean_env: object
         ("source_credential:\n  github: {token: x}\n", "did you mean `source_credentials`"),
         ("source_credentials:\n  github: {tokn: x}\n", "unknown keys ['tokn']"),
         ("sources:\n  x: {kind: ftp}\n", "needs a kind"),
+        ("sources:\n  daily/x: {kind: prometheus, query: up}\n", "cannot hold '/'"),
         ("delivery_defaults:\n  - {channel: fax}\n", "delivery_defaults"),
         ("render_timeout: -3\n", "`render_timeout` in PRESSROOM_CONFIG"),
     ],
