@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 
 from nats.js.errors import NotFoundError
@@ -54,16 +55,41 @@ async def rendered_entries(bus: Bus) -> int:
 
 
 async def clear_sources(bus: Bus, names: list[str] | None) -> list[CachedSource]:
-    """Remove the fetch-cache entries of the sources named (the request's name for a source,
-    or a config-file source's), or every entry (None); the next request fetches afresh."""
-    cleared = [r for r in await cached_sources(bus) if names is None or any(map(r.named, names))]
+    """Remove the fetch-cache entries of the sources named, or every entry (None); the next
+    request fetches afresh. An entry goes when the names stored with it match (the request's
+    name for a source, or the config-file source it named), and so does the entry of every
+    config-file or schedule source called that (`sources test`'s names): another request may
+    have written that entry last, under a name of its own."""
+    entries = await cached_sources(bus)
     if names is None:
         await bus.js.purge_stream(f"KV_{CACHE_BUCKET}")
-        return cleared
+        return entries
+    keys = _keys_of(bus, names)
+    cleared = [r for r in entries if r.key in keys or any(map(r.named, names))]
     kv = await bus.js.key_value(CACHE_BUCKET)
     for row in cleared:
         await kv.purge(row.key)
     return cleared
+
+
+def _keys_of(bus: Bus, names: list[str]) -> set[str]:
+    """The cache keys of the configured and scheduled sources called `names`."""
+    # Imported here: the fetcher's modules cost `cache ls` its start-up time.
+    from services.console.probes import matching_sources
+    from services.fetcher.access import expand_named
+    from services.fetcher.cache import cache_key
+    from shared.errors import PressroomError
+
+    keys = set()
+    for name in names:
+        try:
+            matches = matching_sources(bus.settings, name)
+        except PressroomError:  # no such source: only the names stored with entries count
+            continue
+        for _, source in matches.values():
+            with suppress(PressroomError):
+                keys.add(cache_key(expand_named(source, bus.settings)[0]))
+    return keys
 
 
 async def clear_renders(bus: Bus) -> int:

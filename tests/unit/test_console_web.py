@@ -6,9 +6,12 @@ from __future__ import annotations
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from services.console.caches import _keys_of
 from services.console.web.auth import (
     LoginLimiter,
     add_user,
@@ -18,6 +21,8 @@ from services.console.web.auth import (
 )
 from services.console.web.downloads import byte_range
 from services.console.web.index import Filters, LedgerIndex
+from services.fetcher.access import expand_named
+from services.fetcher.cache import cache_key
 from shared.adapters.ledger import LedgerEntry, StageRecord
 from shared.downloadlinks import (
     LinkRefused,
@@ -30,7 +35,7 @@ from shared.downloadlinks import (
     verify_token,
 )
 from shared.errors import PressroomError
-from shared.events import Artefact
+from shared.events import Artefact, Source
 from shared.settings import Settings
 
 ARTEFACT = Artefact(
@@ -270,3 +275,17 @@ def test_a_time_window_selects_reports_requested_within_it() -> None:
     window = Filters(since=start, until=start + timedelta(minutes=5))
     rows = index.page(window, None, 50).rows
     assert [r.request_id for r in rows] == [f"r-{n:05d}" for n in range(14, 9, -1)]
+
+
+def test_cache_clear_finds_a_config_sources_entry_whatever_a_request_called_it(
+    tmp_path: Path,
+) -> None:
+    # The entry is keyed by the source's spec; the names stored with it are the last
+    # writer's. `cache clear feed` must reach it even when a request wrote it as `f2`.
+    cfg = Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path, sources={"feed": {"kind": "http", "url": "https://api.example.com/x"}}
+    )
+    aliased = expand_named(Source(name="f2", source="feed", cache=60), cfg)[0]
+    bus: Any = SimpleNamespace(settings=cfg)
+    assert _keys_of(bus, ["feed"]) == {cache_key(aliased)}
+    assert _keys_of(bus, ["nothing-called-that"]) == set()
