@@ -106,6 +106,7 @@ def verify_token(secret: bytes, token: str, now: datetime | None = None) -> Link
 
 
 CONSOLE_URL_FILE = "console.url"  # in the data folder: where `pressroom console` listens
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # a link to one works on this machine only
 
 
 def console_address(settings: Settings, host: str | None = None, port: int | None = None) -> str:

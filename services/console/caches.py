@@ -75,15 +75,16 @@ async def clear_sources(bus: Bus, names: list[str] | None) -> list[CachedSource]
 def _keys_of(bus: Bus, names: list[str]) -> set[str]:
     """The cache keys of the configured and scheduled sources called `names`."""
     # Imported here: the fetcher's modules cost `cache ls` its start-up time.
-    from services.console.probes import matching_sources
+    from services.console.probes import matching_sources, testable_sources
     from services.fetcher.access import expand_named
     from services.fetcher.cache import cache_key
     from shared.errors import PressroomError
 
     keys = set()
+    sources = testable_sources(bus.settings)  # the schedules' requests built once
     for name in names:
         try:
-            matches = matching_sources(bus.settings, name)
+            matches = matching_sources(bus.settings, name, sources)
         except PressroomError:  # no such source: only the names stored with entries count
             continue
         for _, source in matches.values():

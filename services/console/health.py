@@ -14,7 +14,7 @@ import httpx
 from services.console.busaccess import Bus, BusUnavailable, open_bus
 from services.console.cluster import cluster_components
 from shared.bus.names import DLQ_STREAM, STAGES, STREAM
-from shared.observe.health import _RANK as RANK
+from shared.observe.health import worst_of
 from shared.settings import Settings
 from shared.stage.readiness import stage_readiness
 
@@ -50,8 +50,7 @@ async def stack_health(cfg: Settings, workers: dict[str, str]) -> dict[str, Any]
                 fingerprints[name] = fingerprint
     if fingerprints:
         components["config"] = config_agreement(fingerprints)
-    worst = max((c["status"] for c in components.values()), key=lambda s: RANK[s])
-    return {"status": worst, "components": components}
+    return {"status": worst_of(c["status"] for c in components.values()), "components": components}
 
 
 async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
@@ -82,8 +81,6 @@ async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
 
 STORAGE_FULL = 0.8  # PressroomStorageFilling's threshold, the legacy disk check's 80 %
 STORAGE_CRITICAL = 0.95
-
-
 STORAGE_ANSWER = 5.0  # seconds: a hung network filesystem must not stall the console
 
 
@@ -114,13 +111,9 @@ def out_storage(cfg: Settings, usage: Callable[[Path], Any] = shutil.disk_usage)
         }
     total = found.used + found.free  # as df counts: what is reserved for root aside
     share = found.used / total if total else 0.0
-    status = (
-        "unhealthy"
-        if share >= STORAGE_CRITICAL
-        else "degraded"
-        if share >= STORAGE_FULL
-        else "healthy"
-    )
+    status = "healthy"
+    if share >= STORAGE_FULL:
+        status = "unhealthy" if share >= STORAGE_CRITICAL else "degraded"
     free = found.free / 1024**3
     return {"status": status, "detail": f"{folder}: {share:.0%} used, {free:.1f} GiB free"}
 

@@ -91,11 +91,14 @@ def testable_sources(cfg: Settings) -> dict[str, tuple[str, Source]]:
     return found
 
 
-def matching_sources(cfg: Settings, name: str) -> dict[str, tuple[str, Source]]:
-    """The sources `name` may mean: a qualified name's one; else every source called that —
-    the config file's and each schedule's own (what a metric or alert labels `source`) —
-    so that none of them goes untested. A PressroomError when there is none."""
-    sources = testable_sources(cfg)
+def matching_sources(
+    cfg: Settings, name: str, sources: dict[str, tuple[str, Source]] | None = None
+) -> dict[str, tuple[str, Source]]:
+    """The sources `name` may mean, of `sources` (default: `testable_sources`): a qualified
+    name's one; else every source called that — the config file's and each schedule's own
+    (what a metric or alert labels `source`) — so that none of them goes untested. A
+    PressroomError when there is none."""
+    sources = testable_sources(cfg) if sources is None else sources
     if name in sources and "/" in name:
         return {name: sources[name]}
     found = {key: entry for key, entry in sources.items() if key.rpartition("/")[2] == name}

@@ -26,12 +26,6 @@ def cache_key(source: Source) -> str:
     return f"{source.kind}.{digest[:40]}"
 
 
-def cache_names(source: Source, named: str | None) -> dict[str, str]:
-    """The names a cached source answers to: the request's name for it and the config-file
-    source it named (`named`), if any."""
-    return {"source": source.name, **({"config_source": named} if named else {})}
-
-
 def ttl_for(source: Source, request: ReportRequested, settings: Settings) -> float | None:
     """Seconds the source may be served from cache, or None when caching is off for it."""
     setting = (source.model_extra or {}).get("cache")
@@ -74,9 +68,11 @@ class SourceCache:
         return True, data
 
     async def put(self, source: Source, data: Any, *, named: str | None = None) -> None:
-        # The names go with the data, so `pressroom cache ls` and `cache clear NAME` find it
-        # (the key is a hash of the source's whole spec).
-        record = {"stored_at": time.time(), **cache_names(source, named), "data": data}
+        # The names go with the data — the request's name for it and the config-file source
+        # it named (`named`) — so `pressroom cache ls` and `cache clear NAME` find it (the
+        # key is a hash of the source's whole spec).
+        names = {"source": source.name, **({"config_source": named} if named else {})}
+        record = {"stored_at": time.time(), **names, "data": data}
         value = json.dumps(record, default=str).encode()
         if len(value) <= MAX_CACHED_BYTES:
             await self.kv.put(cache_key(source), value)

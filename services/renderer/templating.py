@@ -682,8 +682,7 @@ class TemplateLibrary:
         except PressroomError:
             raise  # the loader's refusals already say what happened
         except TemplateSyntaxError as error:
-            where = f"{error.name or name}:{error.lineno}"
-            raise TemplateError(f"template syntax error at {where}: {error.message}") from None
+            raise syntax_error(error, name) from None
         except TemplateNotFound as error:
             raise TemplateError(
                 f"template '{name}' includes missing template '{error.name}'"
@@ -748,6 +747,12 @@ def validate_in_folder(folder: str, names: list[str] | None) -> dict[str, list[s
     return {n: [str(p) for p in library.validate(n)] for n in checked}
 
 
+def syntax_error(error: TemplateSyntaxError, name: str) -> TemplateError:
+    """A template that does not parse, at its file (`name` unless Jinja names another) and line."""
+    where = f"{error.name or name}:{error.lineno}"
+    return TemplateError(f"template syntax error at {where}: {error.message}")
+
+
 def variables_in_folder(folder: str, name: str) -> tuple[list[str], dict[str, str]]:
     """(variables, declared params) of a template — compiles it: run it in a capped process.
     A file of it that does not parse is a TemplateError at its line (its variables could not
@@ -757,8 +762,7 @@ def variables_in_folder(folder: str, name: str) -> tuple[list[str], dict[str, st
         try:
             library.env.parse(library.source(dep), dep)
         except TemplateSyntaxError as error:
-            where = f"{dep}:{error.lineno}"
-            raise TemplateError(f"template syntax error at {where}: {error.message}") from None
+            raise syntax_error(error, dep) from None
     return library.variables(name), library.info(name).params
 
 

@@ -30,16 +30,13 @@ def worst_of(statuses: Iterable[Status]) -> Status:
 
 async def run_checks(checks: dict[str, Check], timeout: float = 3.0) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    worst: Status = "healthy"
     for name, check in checks.items():
         try:
             result = await asyncio.wait_for(check(), timeout)
         except Exception as error:  # a check that hangs or raises is itself the finding
             result = CheckResult("unhealthy", f"{type(error).__name__}: {error}")
         results[name] = {"status": result.status, "detail": result.detail, **result.data}
-        if _RANK[result.status] > _RANK[worst]:
-            worst = result.status
-    return {"status": worst, "checks": results}
+    return {"status": worst_of(r["status"] for r in results.values()), "checks": results}
 
 
 class HealthServer:

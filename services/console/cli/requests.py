@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -39,6 +40,7 @@ from services.console.requests import (
     ledger_entry,
 )
 from shared.adapters.ledger import entry_as_dict
+from shared.downloadlinks import LOOPBACK_HOSTS
 from shared.errors import PressroomError
 from shared.settings import Settings
 
@@ -404,7 +406,7 @@ def get(
         lasts = age(expires, "--expires")
         link = on_bus(cfg, lambda bus: artefact_url(bus, request_id, fmt, lasts))
         sys.stdout.write(link + "\n")
-        if not cfg.public_url and link.startswith(("http://127.0.0.1", "http://localhost")):
+        if not cfg.public_url and urlsplit(link).hostname in LOOPBACK_HOSTS:
             note = "a link to the console on this machine; PRESSROOM_PUBLIC_URL: links for others"
             err.print(f"note: {note}", highlight=False, markup=False)
         return

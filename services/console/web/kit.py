@@ -35,6 +35,7 @@ from services.console.web.auth import (
 )
 from services.console.web.index import LedgerIndex
 from shared.downloadlinks import (
+    LOOPBACK_HOSTS,
     console_secret,
 )
 from shared.errors import PressroomError
@@ -127,9 +128,6 @@ def render_page(
         **context,
     )
     return HTMLResponse(body, status_code=status)
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
