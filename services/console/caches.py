@@ -54,33 +54,38 @@ async def rendered_entries(bus: Bus) -> int:
     return int(info.state.messages)
 
 
-async def clear_sources(bus: Bus, names: list[str] | None) -> list[CachedSource]:
+async def clear_sources(bus: Bus, names: list[str] | None) -> tuple[list[CachedSource], list[str]]:
     """Remove the fetch-cache entries of the sources named, or every entry (None); the next
     request fetches afresh. An entry goes when the names stored with it match (the request's
     name for a source, or the config-file source it named), and so does the entry of every
     config-file or schedule source called that (`sources test`'s names): another request may
-    have written that entry last, under a name of its own."""
+    have written that entry last, under a name of its own. Returns the entries cleared and the
+    names that had none."""
     entries = await cached_sources(bus)
     if names is None:
         await bus.js.purge_stream(f"KV_{CACHE_BUCKET}")
-        return entries
+        return entries, []
     keys = _keys_of(bus, names)
-    cleared = [r for r in entries if r.key in keys or any(map(r.named, names))]
+
+    def of(name: str, row: CachedSource) -> bool:
+        return row.named(name) or row.key in keys.get(name, set())
+
+    cleared = [r for r in entries if any(of(name, r) for name in names)]
     kv = await bus.js.key_value(CACHE_BUCKET)
     for row in cleared:
         await kv.purge(row.key)
-    return cleared
+    return cleared, [n for n in names if not any(of(n, r) for r in cleared)]
 
 
-def _keys_of(bus: Bus, names: list[str]) -> set[str]:
-    """The cache keys of the configured and scheduled sources called `names`."""
+def _keys_of(bus: Bus, names: list[str]) -> dict[str, set[str]]:
+    """The cache keys of the configured and scheduled sources called each of `names`."""
     # Imported here: the fetcher's modules cost `cache ls` its start-up time.
     from services.console.probes import matching_sources, testable_sources
     from services.fetcher.access import expand_named
     from services.fetcher.cache import cache_key
     from shared.errors import PressroomError
 
-    keys = set()
+    keys: dict[str, set[str]] = {}
     sources = testable_sources(bus.settings)  # the schedules' requests built once
     for name in names:
         try:
@@ -89,7 +94,7 @@ def _keys_of(bus: Bus, names: list[str]) -> set[str]:
             continue
         for _, source in matches.values():
             with suppress(PressroomError):
-                keys.add(cache_key(expand_named(source, bus.settings)[0]))
+                keys.setdefault(name, set()).add(cache_key(expand_named(source, bus.settings)[0]))
     return keys
 
 

@@ -334,12 +334,11 @@ def cache_clear(
         fail("give source names or --all, not both")
     wanted = None if all_ else list(names or [])
 
-    async def clear(bus: Any) -> tuple[list[Any], int]:
-        cleared = await clear_sources(bus, wanted) if all_ or names else []
-        return cleared, await clear_renders(bus) if renders else 0
+    async def clear(bus: Any) -> tuple[list[Any], list[str], int]:
+        cleared, missing = await clear_sources(bus, wanted) if all_ or names else ([], [])
+        return cleared, missing, await clear_renders(bus) if renders else 0
 
-    cleared, rendered = on_bus(settings(), clear)
-    missing = [n for n in names or [] if not any(r.named(n) for r in cleared)]
+    cleared, missing, rendered = on_bus(settings(), clear)
     outcome(f"{len(cleared)} source answer(s), {rendered} render(s)")
     if as_json:
         emit_json({"sources": len(cleared), "renders": rendered, "not_cached": missing})
