@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from faststream import FastStream
 
@@ -18,12 +20,42 @@ from shared.metrics import storage
 from shared.settings import Settings, load_settings
 from shared.stage.app import Deps, Work, stage_app
 
+STORAGE_ANSWER = 5.0  # seconds a look waits for the filesystem's answer
+
 
 @dataclass
 class DistributorDeps(Deps):
     """The distributor's adapters: one channel per name (default: services/distributor/channels)."""
 
     channels: Mapping[str, Channel] | None = None
+
+
+def _usage(folder: Path) -> tuple[int, int] | None:
+    """(used, total) bytes of the filesystem under `folder`, as df counts; None without it."""
+    if not folder.is_dir():
+        return None
+    usage = shutil.disk_usage(folder)
+    return usage.used, usage.used + usage.free
+
+
+def storage_gauge(folder: Path) -> Callable[[object], Awaitable[None]]:
+    """The legacy "report storage" alert's gauge: the filesystem the file channel writes to,
+    looked at in a thread (statvfs on a hung network mount blocks); one look at a time, so a
+    hung one takes one thread, not one per scrape."""
+    looking: list[asyncio.Future[tuple[int, int] | None]] = []
+
+    async def observe(_deps: object) -> None:
+        if looking and not looking[0].done():
+            return
+        looking[:] = [asyncio.ensure_future(asyncio.to_thread(_usage, folder))]
+        try:
+            found = await asyncio.wait_for(asyncio.shield(looking[0]), STORAGE_ANSWER)
+        except TimeoutError:
+            return  # the gauge keeps what it last saw; `pressroom health` says it hangs
+        if found is not None:
+            storage("out", *found)
+
+    return observe
 
 
 def create_app(
@@ -64,12 +96,6 @@ def create_app(
 
         return work
 
-    async def observe(deps: DistributorDeps) -> None:
-        # The legacy "report storage" alert: the filesystem the file channel writes to.
-        if settings.out_dir.is_dir():
-            usage = shutil.disk_usage(settings.out_dir)
-            storage("out", usage.used, usage.used + usage.free)
-
     return stage_app(
         DISTRIBUTOR,
         ReportRendered,
@@ -77,7 +103,7 @@ def create_app(
         deps,
         build_work=build,
         buckets=[DELIVERIES_BUCKET],
-        observe=observe,
+        observe=storage_gauge(settings.out_dir),
         # Reports side by side: a slow target holds its own deliveries, not everyone's.
         in_flight=settings.distributor_concurrency,
     )

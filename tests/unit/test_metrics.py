@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -230,3 +233,42 @@ def test_openmetrics_scrapes_carry_the_trace_id_of_a_slow_bucket_as_exemplar() -
     assert openmetrics.rstrip().endswith("# EOF")
     classic = scrape("text/plain")
     assert template in classic and trace_id not in classic  # the classic format has none
+
+
+async def test_a_hung_report_folder_does_not_stall_the_distributor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """statvfs on a hung network mount blocks: the distributor's storage gauge looks in a
+    thread, one look at a time, and its event loop goes on meanwhile."""
+    from services.distributor import app as distributor
+
+    release, calls = threading.Event(), []
+
+    def hung(folder: Path) -> tuple[int, int]:
+        calls.append(folder)
+        release.wait(60)
+        return 7, 10
+
+    monkeypatch.setattr(distributor, "_usage", hung)
+    monkeypatch.setattr(distributor, "STORAGE_ANSWER", 0.05)
+    observe = distributor.storage_gauge(tmp_path)
+    ticks = 0
+
+    async def loop_alive() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    beating = asyncio.create_task(loop_alive())
+    await observe(None)  # gives up waiting; the look goes on in its thread
+    await observe(None)  # a look is still hanging: no second thread
+    assert ticks > 0 and calls == [tmp_path]
+    assert sample(scrape(), "pressroom_storage_used_bytes", volume="out") != 7
+    release.set()
+    # The folder answers again: a later look's answer is the gauge's.
+    while sample(scrape(), "pressroom_storage_used_bytes", volume="out") != 7:
+        await asyncio.sleep(0.01)
+        await observe(None)
+    beating.cancel()
+    assert sample(scrape(), "pressroom_storage_capacity_bytes", volume="out") == 10
