@@ -153,6 +153,7 @@ class RestoreReport:
     templates_written: int = 0
     templates_unchanged: int = 0
     templates_kept: list[str] | None = None
+    unwritten: list[str] | None = None  # templates that could not be written here, and why
     config: str = ""  # what happened to config.yaml, in words ("" when the archive had none)
     secrets_redacted: bool = True
 
@@ -205,9 +206,18 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.restore-{uuid.uuid4().hex[:8]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unwritable(path: Path, error: OSError) -> str:
+    """Why a file could not be written, in a line (a read-only mount, a folder in its way)."""
+    return f"{path} ({error.strerror or type(error).__name__})"
 
 
 async def restore(
@@ -362,7 +372,11 @@ def _restore_file(report: RestoreReport, path: Path, data: bytes, force: bool) -
     elif path.exists() and not force:
         report.templates_kept = [*(report.templates_kept or []), str(path)]
     else:
-        _write_private(path, data, 0o644)
+        try:
+            _write_private(path, data, 0o644)
+        except OSError as error:  # a read-only templates mount (compose, a ConfigMap) …
+            report.unwritten = [*(report.unwritten or []), _unwritable(path, error)]
+            return
         report.templates_written += 1
 
 
@@ -375,6 +389,9 @@ def _restore_config(config: Path | None, data: bytes, force: bool, redacted: boo
         return f"{config} differs and was kept (the archive's copy has its secrets redacted)"
     if config.exists() and not force:
         return f"{config} differs and was kept (--force overwrites it)"
-    _write_private(config, data, 0o600)
+    try:
+        _write_private(config, data, 0o600)
+    except OSError as error:
+        return f"not written: {_unwritable(config, error)}"
     note = " (fill in the REDACTED secrets)" if redacted else ""
     return f"written to {config}{note}; PRESSROOM_CONFIG={config} uses it"

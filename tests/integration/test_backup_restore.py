@@ -157,11 +157,21 @@ async def test_after_a_disaster_reports_templates_and_config_come_back(
         got = fresh.cli("get", rid, "--output", str(tmp_path / "got.pdf"))
         assert got.returncode == 0, got.stderr
         assert (tmp_path / "got.pdf").read_bytes() == delivered_file(bstack.out, rid).read_bytes()
-        forced = fresh.cli("restore", str(full), "--force")
-        assert "templates: 1 written, " in forced.stdout and ", 0 kept" in forced.stdout
+        # A file that cannot be written here (a read-only mount; as root, a folder in its
+        # way): the rest is restored, the file named, and the command fails.
+        (fresh.templates / "house.html").unlink()
+        (fresh.templates / "house.html").mkdir()
+        forced = fresh.cli("restore", str(full), "--force", env={"COLUMNS": "80"})
+        assert forced.returncode == 1, forced
+        assert "templates: 1 written, " in forced.stdout, forced.stdout
+        assert ", 0 kept, 1 not written" in forced.stdout
+        assert f"not written: {fresh.templates / 'house.html'} (Is a directory)" in forced.stdout
+        assert forced.stderr.startswith("error: some files could not be written here")
+        assert "Traceback" not in forced.stderr and "not a pressroom backup" not in forced.stderr
         assert (fresh.templates / "weekly.html").read_bytes() == (
             bstack.templates / "weekly.html"
         ).read_bytes()
+        assert not list(fresh.templates.glob(".*restore-*"))  # no half-written file left
     finally:
         fresh.stop()
 

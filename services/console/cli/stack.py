@@ -353,18 +353,26 @@ def restore(
     ]
     if done.artefacts or done.artefacts_present:
         said.append(f"reports: {done.artefacts} put back, {done.artefacts_present} already there")
-    kept = done.templates_kept or []
+    kept, unwritten = done.templates_kept or [], done.unwritten or []
     said.append(
         f"templates: {done.templates_written} written, {done.templates_unchanged} unchanged, "
-        f"{len(kept)} kept" + (" (they differ here; --force overwrites)" if kept else "")
+        f"{len(kept)} kept"
+        + (" (they differ here; --force overwrites)" if kept else "")
+        + (f", {len(unwritten)} not written" if unwritten else "")
     )
-    said += [f"  kept: {path}" for path in kept[:10]]
-    if len(kept) > 10:
-        said.append(f"  … and {len(kept) - 10} more")
+    for label, paths in (("kept", kept), ("not written", unwritten)):
+        said += [f"  {label}: {path}" for path in paths[:10]]
+        if len(paths) > 10:
+            said.append(f"  … and {len(paths) - 10} more")
     if done.config:
         said.append(f"config: {done.config}")
     for line in said:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if unwritten or done.config.startswith("not written"):
+        fail(
+            "some files could not be written here (listed above); on a read-only templates "
+            "mount, put them where it is made from (the image, the ConfigMap)"
+        )
 
 
 def register(app: typer.Typer) -> None:
