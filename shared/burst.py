@@ -234,16 +234,32 @@ def _count(bitmap: str) -> int:
     return sum(bin(b).count("1") for b in base64.b64decode(bitmap))
 
 
+def _both(first: str, second: str, *, keep: int, drop: int) -> int:
+    """How many positions hold `keep` in the first bitmap and `drop` in the second."""
+    count = 0
+    for a, b in zip(base64.b64decode(first), base64.b64decode(second), strict=True):
+        a = a if keep else ~a & 0xFF
+        b = b if drop else ~b & 0xFF
+        count += bin(a & b).count("1")
+    return count
+
+
 class BurstTally(BaseModel):
-    """A parent's children: how many, which delivered, which failed (and why, the first few)."""
+    """A parent's children: how many delivered, failed (and why, the first few) or were
+    cancelled. Two bits per child, in two bitmaps: delivered (1, 0), failed (0, 1), cancelled
+    (1, 1) — a third bitmap would make a 10,000-child parent's entry, written once per child,
+    half as big again."""
 
     total: int = Field(ge=0, description="Children planned (items in the list).")
-    delivered_bits: str = Field(description="Bitmap (base64) of delivered children by index.")
-    failed_bits: str = Field(description="Bitmap (base64) of failed children by index.")
+    delivered_bits: str = Field(
+        description="Bitmap (base64) by index: delivered (cancelled: set in both)."
+    )
+    failed_bits: str = Field(
+        description="Bitmap (base64) by index: failed (cancelled: set in both)."
+    )
     failures: dict[int, FailedChild] = Field(
         default_factory=dict, description=f"The first {FAILURE_REASONS_KEPT} failures' reasons."
     )
-    cancelled: bool = False
 
     @classmethod
     def planned(cls, total: int) -> BurstTally:
@@ -251,48 +267,62 @@ class BurstTally(BaseModel):
 
     @property
     def delivered(self) -> int:
-        return _count(self.delivered_bits)
+        return _both(self.delivered_bits, self.failed_bits, keep=1, drop=0)
 
     @property
     def failed(self) -> int:
-        return _count(self.failed_bits)
+        return _both(self.delivered_bits, self.failed_bits, keep=0, drop=1)
+
+    @property
+    def cancelled(self) -> int:
+        return _both(self.delivered_bits, self.failed_bits, keep=1, drop=1)
 
     @property
     def complete(self) -> bool:
-        return self.delivered + self.failed >= self.total
+        return _count(self.delivered_bits) + self.failed >= self.total
+
+    def outcome_of(self, index: int) -> BurstOutcome | None:
+        if not 0 <= index < self.total:
+            return None
+        delivered, failed = _get(self.delivered_bits, index), _get(self.failed_bits, index)
+        if delivered:
+            return "cancelled" if failed else "delivered"
+        return "failed" if failed else None
 
     def is_delivered(self, index: int) -> bool:
-        return 0 <= index < self.total and _get(self.delivered_bits, index)
+        return self.outcome_of(index) == "delivered"
 
     def record(
         self, index: int, key: str, outcome: BurstOutcome, reason: str = ""
     ) -> BurstTally | None:
-        """The tally with this child's outcome, or None when it already says so (idempotent).
-        A delivered child stays delivered; a failed one that delivers on replay moves over."""
-        if not 0 <= index < self.total or _get(self.delivered_bits, index):
+        """The tally with this child's outcome, or None when nothing changes (idempotent).
+        A delivered child stays delivered; a failed or cancelled one that delivers after all
+        (a replay; a delivery under way when the cancel came) moves over; a child's first
+        failure or cancel stands."""
+        if not 0 <= index < self.total:
             return None
-        if outcome == "delivered":
-            failures = {i: f for i, f in self.failures.items() if i != index}
-            return self.model_copy(
-                update={
-                    "delivered_bits": _set(self.delivered_bits, index, True),
-                    "failed_bits": _set(self.failed_bits, index, False),
-                    "failures": failures,
-                }
-            )
-        if _get(self.failed_bits, index):
+        now = self.outcome_of(index)
+        if now == "delivered" or (now is not None and outcome != "delivered"):
             return None
-        failures = dict(self.failures)
-        if len(failures) < FAILURE_REASONS_KEPT:
+        bits = {"delivered": (True, False), "failed": (False, True), "cancelled": (True, True)}
+        delivered, failed = bits[outcome]
+        failures = {i: f for i, f in self.failures.items() if i != index}
+        if outcome == "failed" and len(failures) < FAILURE_REASONS_KEPT:
             failures[index] = FailedChild(key=key, reason=reason or outcome)
         return self.model_copy(
-            update={"failed_bits": _set(self.failed_bits, index, True), "failures": failures}
+            update={
+                "delivered_bits": _set(self.delivered_bits, index, delivered),
+                "failed_bits": _set(self.failed_bits, index, failed),
+                "failures": failures,
+            }
         )
 
     def summary(self) -> str:
         """`delivered 9,998, failed 2 (a, b)` — the parent's outcome in one line."""
         text = f"delivered {self.delivered:,}, failed {self.failed:,}"
-        waiting = self.total - self.delivered - self.failed
+        if self.cancelled:
+            text += f", cancelled {self.cancelled:,}"
+        waiting = self.total - self.delivered - self.failed - self.cancelled
         if waiting > 0:
             text += f", waiting {waiting:,}"
         if self.failures:

@@ -17,13 +17,18 @@ from typing import Literal
 
 from shared.adapters.ledger import LedgerEntry, derive
 
-CancelOutcome = Literal["cancelled", "already_cancelled", "delivered", "too_late"]
+CancelOutcome = Literal[
+    "cancelled", "unseen", "already_cancelled", "delivered", "finished", "too_late"
+]
 CANCEL_POLL = 1.0  # seconds between looks at the mark while a stage works
 
 MESSAGES: dict[str, str] = {
     "cancelled": "cancelled",
+    # No stage has seen it: still queued, or an id nobody used; either way it will not run.
+    "unseen": "not seen by any stage yet: marked, it will not run if it comes",
     "already_cancelled": "was already cancelled",
     "delivered": "already delivered: nothing to cancel",
+    "finished": "already failed: nothing to cancel (`pressroom dlq ls` shows its dead letter)",
     "too_late": "already being delivered: it may still arrive",
 }
 
@@ -36,6 +41,9 @@ def apply_cancel(
         return None, "already_cancelled"
     if entry.status == "delivered" and entry.burst is None:
         return None, "delivered"
+    if entry.status == "failed":  # a burst too, once every child landed
+        return None, "finished"
+    unseen = not entry.stages and entry.burst is None
     distributor = entry.stages.get("distributor")
     if distributor is not None and entry.burst is None:
         return None, "too_late"
@@ -43,7 +51,23 @@ def apply_cancel(
         return None, "delivered"
     entry.cancelled_at, entry.cancelled_by = when, by
     derive(entry)
-    return entry, "cancelled"
+    return entry, "unseen" if unseen else "cancelled"
+
+
+def with_its_burst(
+    parent: str, when: datetime
+) -> Callable[[LedgerEntry], tuple[LedgerEntry | None, None]]:
+    """A burst's child stopped because its parent was cancelled: its own entry says
+    `cancelled` too (not `requested` or `rendered` for ever, nor `failed`)."""
+
+    def change(entry: LedgerEntry) -> tuple[LedgerEntry | None, None]:
+        if entry.cancelled_at is not None or entry.status == "delivered":
+            return None, None
+        entry.cancelled_at, entry.cancelled_by = when, f"its burst {parent}"
+        derive(entry)
+        return entry, None
+
+    return change
 
 
 def skip(reason: str) -> Callable[[LedgerEntry], tuple[LedgerEntry | None, None]]:

@@ -44,12 +44,17 @@ def record(index: int, key: str, outcome: BurstOutcome, reason: str = "") -> Cha
         if updated is None:
             return None, None
         entry.burst = updated
-        if updated.complete and entry.settled is None:
-            entry.settled = "delivered" if not updated.failed else "failed"
-            entry.settled_at = utcnow()
+        if updated.complete and entry.settled is None and entry.cancelled_at is None:
+            # A burst that only cancels held back is neither delivered nor failed (as a
+            # cancelled report is not): it counts in no success rate.
+            if updated.failed:
+                entry.settled, entry.settled_at = "failed", utcnow()
+            elif not updated.cancelled:
+                entry.settled, entry.settled_at = "delivered", utcnow()
         derive(entry)
         # Complete now, or complete before with another outcome (a replayed child delivered).
-        changed = not was_complete or updated.failed != tally.failed
+        counts = (updated.failed, updated.cancelled)
+        changed = not was_complete or counts != (tally.failed, tally.cancelled)
         return entry, (updated if updated.complete and changed else None)
 
     return change

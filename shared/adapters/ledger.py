@@ -198,7 +198,7 @@ def derive(entry: LedgerEntry) -> LedgerEntry:
     elif entry.cancelled_at is not None:
         status = "cancelled"
     elif tally is not None and tally.complete and not failed:
-        status = "delivered" if not tally.failed else "failed"
+        status = "failed" if tally.failed else "cancelled" if tally.cancelled else "delivered"
     elif entry.skipped is not None and not failed:
         status = "skipped"
     elif failed:

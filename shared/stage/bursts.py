@@ -59,8 +59,8 @@ async def publish_parent_outcome(
     keys; the message id holds the counts, so a repeat of the same outcome is one message and
     a replay that ends otherwise is a new one."""
     summary = tally.summary()
-    ident = f"{parent}:burst:{tally.delivered}:{tally.failed}"
-    if not tally.failed:
+    ident = f"{parent}:burst:{tally.delivered}:{tally.failed}:{tally.cancelled}"
+    if not tally.failed and not tally.cancelled:
         delivered = ReportDelivered(
             request_id=parent,
             template=template,

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from shared.adapters.cancel import CANCEL_POLL
+from shared.adapters.cancel import CANCEL_POLL, with_its_burst
 from shared.adapters.ledger import Ledger
 from shared.adapters.store import ArtefactStore
 from shared.aio import all_settled
@@ -54,6 +54,7 @@ from shared.events import (
     new_request_id,
     request_fingerprint,
     tenant_of_subject,
+    utcnow,
 )
 from shared.jsonsafe import deeper_than
 from shared.metrics import failure_kind, stage_done, stage_finished
@@ -314,8 +315,16 @@ class StageRunner:
             await self._child_landed(request, "delivered")
         if claim == "proceed" and await parent_cancelled(self.ledger, request):
             claim = "cancelled"
-            await self._child_landed(request, "cancelled", "cancelled with its burst")
+            try:
+                await self._stopped_with_burst(request)
+            except Exception as error:  # the ledger briefly unavailable: decide again later
+                await self._retry_or_dead_letter(
+                    msg, f"ledger unavailable: {error}", rid, bound, template=request.template
+                )
+                return False
         if claim == "cancelled":
+            if request.parent is not None:  # cancelled on its own, or with its burst
+                await self._child_landed(request, "cancelled", "cancelled")
             await self._counted_out(request)
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
@@ -445,6 +454,7 @@ class StageRunner:
         """`pressroom cancel` stopped the work: recorded where it stopped, nothing sent on."""
         bound.info("cancelled", reason=reason)
         with suppress(Exception):  # `status` shows where it stopped; the mark is what counts
+            await self._stopped_with_burst(request)  # first: a cancel never settles as failed
             await self.ledger.fail(
                 request.request_id,
                 self.spec.name,
@@ -455,6 +465,12 @@ class StageRunner:
         if request.parent is not None:
             await self._child_landed(request, "cancelled", reason)
         await self._counted_out(request)
+
+    async def _stopped_with_burst(self, request: ReportRequested) -> None:
+        """A child stopped by its parent's cancel: marked cancelled in its own entry."""
+        if request.parent is not None:
+            change = with_its_burst(request.parent, utcnow())
+            await self.ledger.update(request.request_id, change, request)
 
     async def _counted_out(self, request: ReportRequested) -> None:
         """A cancelled report no longer counts against its requester."""

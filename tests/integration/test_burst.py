@@ -34,6 +34,7 @@ import asyncio
 import io
 import json
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,10 +328,49 @@ async def test_a_cancelled_burst_stops_the_children_not_yet_delivered(
     # default): each of those wrote its intent before the mark, and is the "under way" kind.
     assert delivered - at_ack <= 16, (at_ack, delivered)
     assert delivered < ITEMS
-    assert failed["reason"].startswith(f"burst: delivered {delivered}, failed {ITEMS - delivered}")
+    # Every child not delivered is counted, and shown, as cancelled: none waits for ever
+    # (queued, or rendered and held back), none counts as failed.
+    reason = failed["reason"]
+    assert reason.startswith(f"burst: delivered {delivered}, failed 0, cancelled "), reason
+    assert f"cancelled {ITEMS - delivered}" in reason, reason
     _, ledger = await ledger_of(stack)
     parent = await ledger.get(rid)
     assert parent is not None and parent.status == "cancelled"
+    children = [await ledger.get(f"{rid}/{item['id']}") for item in items]
+    shown = Counter(child.status if child else "no entry" for child in children)
+    assert shown == {"delivered": delivered, "cancelled": ITEMS - delivered}, shown
+    said = stack.cli("status", rid, env={"COLUMNS": "80"}).stdout
+    assert f"delivered {delivered}, failed 0, cancelled {ITEMS - delivered}" in said, said
+    await nc.close()
+
+
+async def test_a_child_cancelled_on_its_own_lets_its_burst_finish(
+    burst_stack: Stack, smtp: SmtpServer
+) -> None:
+    """`pressroom cancel PARENT/KEY` before that child ran: it never runs, and its parent
+    finishes with the others (not "waiting 1" for ever)."""
+    stack = burst_stack
+    nc = await stack.connect()
+    outcomes = await Outcomes().start(nc)
+    tag = unique("k")[-6:]
+    items = accounts(tag, 12)
+    rid = unique("kburst")
+    last = f"{rid}/{items[-1]['id']}"
+    cancel = stack.cli("cancel", last, env={"COLUMNS": "80"})  # before it exists anywhere
+    assert cancel.returncode == 0, cancel.stderr
+    assert "not seen by any stage yet: marked, it will not run" in cancel.stdout
+    await publish(stack, burst_body(rid, items))
+    failed = await outcomes.failed_event(rid, timeout=120)
+    assert failed["reason"] == "burst: delivered 11, failed 0, cancelled 1", failed
+    received = [m for m in smtp.messages if any(tag in r for r in m.rcpt_tos)]
+    assert len(received) == 11 and not any(items[-1]["email"] in m.rcpt_tos for m in received)
+    _, ledger = await ledger_of(stack)
+    child, parent = await ledger.get(last), await ledger.get(rid)
+    assert child is not None and child.status == "cancelled"
+    assert parent is not None and parent.status == "cancelled" and parent.settled is None
+    # A finished burst is not cancelled again, nor a delivered child: nothing is stopped.
+    again = stack.cli("cancel", f"{rid}/{items[0]['id']}", env={"COLUMNS": "80"})
+    assert again.returncode == 1 and "already delivered: nothing to cancel" in again.stdout
     await nc.close()
 
 

@@ -123,3 +123,31 @@ def test_a_child_id_holds_one_slash_only() -> None:
     for bad in ("a/b/c", "/x", "a/", "a/../b"):
         with pytest.raises(ValueError):
             ReportRequested(request_id=bad, template="t.html", parent=bad.split("/")[0])
+
+
+def test_a_cancelled_child_is_counted_as_cancelled_not_failed() -> None:
+    tally = BurstTally.planned(4)
+    tally = tally.record(0, "a0", "delivered") or tally
+    tally = tally.record(1, "a1", "cancelled") or tally
+    assert tally.record(1, "a1", "failed", "late") is None  # a cancel stands
+    assert tally.record(1, "a1", "cancelled") is None
+    assert tally.record(0, "a0", "cancelled") is None  # delivered stays delivered
+    tally = tally.record(2, "a2", "failed", "refused") or tally
+    assert tally.record(2, "a2", "cancelled") is None  # so does a failure
+    assert (tally.delivered, tally.failed, tally.cancelled, tally.complete) == (1, 1, 1, False)
+    assert tally.summary() == "delivered 1, failed 1, cancelled 1, waiting 1 (failed: a2)"
+    # A delivery under way when the cancel came lands after all: delivered, not cancelled.
+    tally = tally.record(1, "a1", "delivered") or tally
+    tally = tally.record(3, "a3", "cancelled") or tally
+    assert (tally.delivered, tally.failed, tally.cancelled, tally.complete) == (2, 1, 1, True)
+    assert [tally.outcome_of(i) for i in range(4)] == [
+        "delivered",
+        "delivered",
+        "failed",
+        "cancelled",
+    ]
+    # A parent's tally stored before cancels were counted apart reads as it did.
+    old = BurstTally.planned(3).record(0, "a0", "delivered")
+    assert old is not None
+    stored = BurstTally.model_validate({**old.model_dump(), "cancelled": False})
+    assert (stored.delivered, stored.failed, stored.cancelled) == (1, 0, 0)

@@ -120,6 +120,17 @@ def test_a_cancel_is_recorded_and_no_stage_claims_the_request_after_it() -> None
         await ledger.claim("r2", "distributor", seq=3, attempt=1, request=request(request_id="r2"))
         late = await ledger.update("r2", lambda e: apply_cancel(e, now, "ops"))
         assert late == "too_late"
+        # An id no stage has seen (queued behind others, or a typo): marked, and said so.
+        unseen = await ledger.update("r9", lambda e: apply_cancel(e, now, "ops"))
+        assert unseen == "unseen"
+        assert await ledger.claim("r9", "fetcher", seq=9, attempt=1, request=req) == "cancelled"
+        # A failed report has nothing left to stop: its outcome stays failed.
+        await ledger.claim("r4", "fetcher", seq=4, attempt=1, request=request(request_id="r4"))
+        await ledger.fail("r4", "fetcher", reason="unreachable")
+        finished = await ledger.update("r4", lambda e: apply_cancel(e, now, "ops"))
+        assert finished == "finished"
+        failed = await ledger.get("r4")
+        assert failed is not None and failed.status == "failed" and failed.cancelled_at is None
         await ledger.update("r3", skip("skipped: 'orders' is empty (skip_if_empty)"), request())
         skipped = await ledger.get("r3")
         assert skipped is not None and skipped.status == "skipped"

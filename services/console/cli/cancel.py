@@ -13,6 +13,9 @@ from services.console.cli._common import emit_json, fail, on_bus, out, settings
 from services.console.cli._output import literal
 from shared.errors import PressroomError
 
+# Exit 1 when any of them was not stopped: finished already, or a delivery under way.
+NOT_STOPPED = frozenset({"too_late", "delivered", "finished"})
+
 
 @audited("cancel")
 def cancel(
@@ -20,7 +23,8 @@ def cancel(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Cancel requests: no stage starts them, a render in progress is stopped, nothing is
-    delivered after this returns (a delivery already under way is named)."""
+    delivered after this returns (a delivery already under way is named). Exit 1 when one
+    was not stopped: finished already, or a delivery under way."""
     who = f"cli:{os.environ.get('USER', 'unknown')}"
 
     async def act(bus: Any) -> Any:
@@ -34,8 +38,8 @@ def cancel(
         emit_json([r.__dict__ for r in results])
     else:
         for result in results:
-            out.print(f"{literal(result.request_id)}: {literal(result.message)}")
-    if any(r.outcome == "too_late" for r in results):
+            out.print(f"{literal(result.request_id)}: {literal(result.message)}", soft_wrap=True)
+    if any(r.outcome in NOT_STOPPED for r in results):
         raise SystemExit(1)
 
 
