@@ -25,6 +25,7 @@ from starlette.responses import (
 )
 
 from services.console import audit, busaccess, sloindex
+from services.console import slo as sli
 from services.console.web.auth import (
     ROLES,
     LoginLimiter,
@@ -61,6 +62,25 @@ class Console:
         self._cache: dict[str, tuple[float, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._refreshing: set[str] = set()
+        self._validated: tuple[str, tuple[int, int]] | None = None
+        self._validating = asyncio.Lock()
+
+    async def templates_valid(self) -> tuple[int, int] | None:
+        """(valid, listed) templates for the SLO table, as `pressroom slo` counts them:
+        validated again only when the folder changed; None when they cannot be validated
+        (the row then says "no data")."""
+        folder = self.settings.templates_dir
+        async with self._validating:
+            mark = await asyncio.to_thread(sli.templates_fingerprint, folder)
+            if self._validated is None or self._validated[0] != mark:
+                if not folder.is_dir():
+                    return None
+                try:
+                    self._validated = (mark, await sli.validate_templates(self.settings))
+                except PressroomError as error:
+                    log.warning("templates not validated for the SLO table", error=error.reason)
+                    return None
+            return self._validated[1]
 
     def ready_bus(self) -> busaccess.Bus:
         if self.bus is None:
