@@ -24,6 +24,7 @@ from services.renderer import recording
 from services.renderer.core import make_job
 from services.renderer.fonts import extra_dirs_from
 from services.renderer.pooled import RenderPool
+from services.renderer.templating import TemplateLibrary
 from shared.adapters.store import ArtefactStore
 from shared.errors import PressroomError
 from shared.observe.logging import get_logger
@@ -100,6 +101,7 @@ class Studio:
         self._pool_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.mask_paths = settings.studio_mask_paths
+        self._report_versions: dict[tuple[str, str], str] = {}  # (template, studio id) → id
 
     # ---- the render processes --------------------------------------------------------------
     async def pool(self) -> RenderPool:
@@ -131,6 +133,18 @@ class Studio:
 
     def live(self, name: str) -> Files:
         return versions.read_files(self.folder, name)
+
+    def live_report_version(self, name: str) -> str:
+        """The live template's version as a report records it (`template_version`)."""
+        return TemplateLibrary(self.folder).version(name)
+
+    def report_version(self, name: str, vid: str) -> str:
+        """A saved version's id as a report rendered from it would record it (kept: a
+        studio id names its content for good)."""
+        key = (name, vid)
+        if key not in self._report_versions:
+            self._report_versions[key] = versions.report_version(name, self.files_of(name, vid))
+        return self._report_versions[key]
 
     def files_of(self, name: str, vid: object) -> Files:
         """A version's files: `live` (disk), `head` (newest saved, else live), or an id."""

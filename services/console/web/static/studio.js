@@ -350,9 +350,9 @@ function studioEdit(box) {
     }
     base = data.id;
     unsaved = false;
-    editing.textContent = `Editing version ${shortId(data.id)} (saved, not live until promoted).`;
+    editing.textContent = `Editing version ${shortId(data.report_version)} (saved, not live until promoted).`;
     saved.replaceChildren(
-      `Saved version ${shortId(data.id)}${data.created ? "" : " (the same content as before)"}. `,
+      `Saved version ${shortId(data.report_version)}${data.created ? "" : " (the same content as before)"}. `,
       el("a", { href: `/studio/shadow/${name}?version=${data.id}`, text: "Shadow render it" }),
     );
     saved.className = "saved ok";
@@ -393,10 +393,10 @@ function studioEdit(box) {
       if (head.status === 200) {
         files = head.data.files;
         base = data.head_version;
-        editing.textContent = `Editing the newest saved version ${shortId(base)} (not live yet; live is ${shortId(data.live_version)}).`;
+        editing.textContent = `Editing the newest saved version ${shortId(data.head_report_version)} (not live yet; live is ${shortId(data.live_report_version)}).`;
       }
     }
-    if (base === "live") editing.textContent = `Editing the live version ${shortId(data.live_version)}.`;
+    if (base === "live") editing.textContent = `Editing the live version ${shortId(data.live_report_version)}.`;
     hasSample = Boolean(data.sample);
     if (!hasSample) {
       const sampleRadio = box.querySelector("input[name=data-kind][value=sample]");
@@ -455,7 +455,7 @@ function studioVersions(box) {
       return;
     }
     const versions = data.versions || [];
-    say(state, versions.length ? `${versions.length} event${versions.length === 1 ? "" : "s"} in the history; live is ${shortId(data.live_version)}.` : "No version saved yet: save one from the editor.");
+    say(state, versions.length ? `${versions.length} event${versions.length === 1 ? "" : "s"} in the history; live is ${shortId(data.live_report_version)}.` : "No version saved yet: save one from the editor.");
     body.replaceChildren();
     versions.forEach((v, i) => {
       const older = versions.slice(i + 1).find((o) => o.id !== v.id);
@@ -482,13 +482,14 @@ function studioVersions(box) {
         actions.append(restore, " ");
       }
       actions.append(el("a", { href: `/studio/shadow/${name}?version=${v.id}`, text: "Shadow render", "aria-label": `Shadow render ${shortId(v.id)}` }));
-      const badges = el("td", { "data-label": "version" }, el("code", { text: shortId(v.id) }), " ", el("span", { class: `status s-${v.event}`, text: v.event }));
+      const badges = el("td", { "data-label": "version" }, el("code", { text: shortId(v.report_version) }), " ", el("span", { class: `status s-${v.event}`, text: v.event }));
       if (v.live) badges.append(" ", el("span", { class: "status s-delivered", text: "live" }));
       if (v.shadow) badges.append(" ", el("span", { class: `status s-shadow-${v.shadow.status}`, text: `shadow: ${v.shadow.status}` }));
       if (i === 0 && v.id !== data.live_version) showDiff(older ? older.id : "live", v.id);
       body.append(
         el("tr", {},
           badges,
+          el("td", { "data-label": "studio id" }, el("code", { class: "dim", text: shortId(v.id) })),
           el("td", { "data-label": "saved", text: when(v.at) }),
           el("td", { "data-label": "author", text: v.author || "—" }),
           el("td", { class: "reason", text: v.message || "" }),
@@ -518,6 +519,8 @@ function studioShadow(box) {
   const promoteState = document.getElementById("promote-state");
   let current = null; // the run shown
   let liveVersion = null;
+  const reportVersions = new Map(); // studio id → the id its reports would record
+  const named = (vid) => shortId(reportVersions.get(vid) || vid);
   let polling = null;
 
   function figure(label, src, alt, size, regions) {
@@ -628,7 +631,7 @@ function studioShadow(box) {
     promoteState.textContent = "";
     if (run.version === liveVersion) {
       promoteButton.disabled = true;
-      promoteNote.textContent = `Version ${shortId(run.version)} is the live version already.`;
+      promoteNote.textContent = `Version ${named(run.version)} is the live version already.`;
       promoteNote.className = "";
       if (overrideForm) overrideForm.hidden = true;
       return;
@@ -637,7 +640,7 @@ function studioShadow(box) {
     const refused = run.status !== "done" || failed > 0;
     promoteButton.disabled = refused;
     if (refused) {
-      const why = run.status !== "done" ? "the shadow render did not finish" : `${failed} recorded report${failed === 1 ? "" : "s"} fail${failed === 1 ? "s" : ""} with version ${shortId(run.version)}`;
+      const why = run.status !== "done" ? "the shadow render did not finish" : `${failed} recorded report${failed === 1 ? "" : "s"} fail${failed === 1 ? "s" : ""} with version ${named(run.version)}`;
       promoteNote.replaceChildren(el("strong", { text: "Promotion refused: " }), `${why}. Fix the template, save a version and run the shadow render again.`);
       promoteNote.className = "refused";
       if (overrideForm) {
@@ -645,7 +648,7 @@ function studioShadow(box) {
         promoteNote.append(" As ops you may promote anyway, with a reason (it goes in the audit trail).");
       }
     } else {
-      promoteNote.textContent = `Version ${shortId(run.version)} may go live: the pipeline renders it from the next report.`;
+      promoteNote.textContent = `Version ${named(run.version)} may go live: the pipeline renders it from the next report.`;
       promoteNote.className = "";
       if (overrideForm) overrideForm.hidden = true;
     }
@@ -663,7 +666,7 @@ function studioShadow(box) {
       promoteState.replaceChildren(`${data.message} `, el("a", { href: data.export_url, text: "Download the change" }));
       promoteState.className = "ok";
     } else {
-      say(promoteState, `Version ${shortId(data.version)} is live: ${data.message || "the templates folder holds it"}.`, "ok");
+      say(promoteState, `Version ${named(data.version)} is live: ${data.message || "the templates folder holds it"}.`, "ok");
     }
   }
   promoteForm.addEventListener("submit", (event) => {
@@ -718,11 +721,12 @@ function studioShadow(box) {
     liveVersion = versions.status === 200 ? versions.data.live_version : null;
     const seen = new Set();
     const history = versions.status === 200 ? versions.data.versions || [] : [];
+    for (const v of history) if (v.report_version) reportVersions.set(v.id, v.report_version);
     const saved = new Map(history.filter((v) => v.event === "save").map((v) => [v.id, v.message]));
     for (const v of history) {
       if (seen.has(v.id)) continue;
       seen.add(v.id);
-      const label = `${shortId(v.id)} · ${saved.get(v.id) || v.message || v.event}${v.live ? " (live)" : ""}`;
+      const label = `${named(v.id)} · ${saved.get(v.id) || v.message || v.event}${v.live ? " (live)" : ""}`;
       versionSelect.append(el("option", { value: v.id, text: label, selected: v.id === wanted }));
     }
     if (!seen.size) {
@@ -753,10 +757,10 @@ async function studioList(table) {
   for (const t of data.templates || []) {
     const row = table.querySelector(`tr[data-template="${CSS.escape(t.name)}"]`);
     if (!row) continue;
-    row.querySelector(".live").replaceChildren(el("code", { text: shortId(t.live_version) }));
+    row.querySelector(".live").replaceChildren(el("code", { text: shortId(t.live_report_version) }));
     const head = row.querySelector(".head");
     if (t.head_version && t.head_version !== t.live_version) {
-      head.replaceChildren(el("code", { text: shortId(t.head_version) }), " ", el("span", { class: "status s-save", text: "not live" }));
+      head.replaceChildren(el("code", { text: shortId(t.head_report_version) }), " ", el("span", { class: "status s-save", text: "not live" }));
     } else {
       head.textContent = "—";
     }
