@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     RedirectResponse,
     Response,
 )
@@ -219,11 +218,13 @@ def page(role: Role = "viewer", *, action: bool = False) -> Callable[[Handler], 
                 )
             if action and not await csrf_ok(request):
                 await audit_action(request, "refused: no valid CSRF token", request.url.path, "403")
-                return PlainTextResponse("refused: no valid CSRF token", status_code=403)
+                return refusal(request, "refused: no valid CSRF token (reload the page)")
             if not user.may(role):
                 if action:
                     await audit_action(request, f"refused: needs {role}", request.url.path, "403")
-                return PlainTextResponse(f"refused: this needs the {role} role", status_code=403)
+                return refusal(
+                    request, f"refused: this needs the {role} role (you are {user.role})"
+                )
             try:
                 return await handler(request)
             except PressroomError as error:
@@ -239,6 +240,16 @@ def page(role: Role = "viewer", *, action: bool = False) -> Callable[[Handler], 
         return guarded
 
     return wrap
+
+
+def refusal(
+    request: Request, reason: str, status: int = 403, title: str = "Not allowed"
+) -> Response:
+    """A refusal as the rest of the console answers: JSON under /api/, else the styled page
+    with the header and navigation (never a bare line of text)."""
+    if wants_json(request):
+        return JSONResponse({"error": reason}, status_code=status)
+    return render_page(request, "error.html", {"reason": reason, "title": title}, status=status)
 
 
 async def audit_action(
