@@ -114,7 +114,7 @@ function studioEdit(box) {
   let base = "live"; // the version the editor started from (saves and previews build on it)
   let timer = null;
   let sequence = 0;
-  let dataChoice = { source: "sample" };
+  let dataChoice = { source: "default" }; // the sample, else the newest recorded report
   let hasSample = false;
   let unsaved = false; // edits since the page opened or the last save
   window.addEventListener("beforeunload", (event) => {
@@ -319,13 +319,14 @@ function studioEdit(box) {
     chooseData();
   });
 
+  // The recorded reports, newest first; the newest that opens (null: none does).
   async function loadPayloads() {
     const { status, data } = await api.get("/payloads?limit=50");
     recorded.replaceChildren();
     const payloads = status === 200 ? data.payloads || [] : [];
     if (!payloads.length) {
       recorded.append(el("option", { value: "", text: "No recorded reports yet" }));
-      return;
+      return null;
     }
     for (const p of payloads) {
       const text = p.readable === false
@@ -333,6 +334,7 @@ function studioEdit(box) {
         : `${p.request_id} · ${when(p.recorded_at)} · ${bytes(p.size)}`;
       recorded.append(el("option", { value: p.id, text, disabled: p.readable === false }));
     }
+    return payloads.find((p) => p.readable !== false) || null;
   }
 
   // -- saving a version
@@ -402,15 +404,24 @@ function studioEdit(box) {
       const sampleRadio = box.querySelector("input[name=data-kind][value=sample]");
       sampleRadio.disabled = true;
       sampleRadio.parentElement.append(" (none)");
-      box.querySelector("input[name=data-kind][value=upload]").checked = true;
     }
     buildEditor(files);
     // Saving takes the editor's files and the version they came from: not before both are in
     // (a save while they loaded stored the live version under the author's message).
     document.getElementById("save-button").disabled = false;
-    await loadPayloads();
+    const newest = await loadPayloads();
+    if (!hasSample && newest) {
+      // No sample file: the newest recorded report that opens (masked, as ever).
+      box.querySelector("input[name=data-kind][value=recorded]").checked = true;
+      recorded.value = newest.id;
+    } else if (!hasSample) {
+      // Neither: the author's own file, and no preview until there is one.
+      box.querySelector("input[name=data-kind][value=upload]").checked = true;
+      await chooseData();
+      say(state, `No data to preview on yet: ${name} has no sample file and no recorded report. Upload a JSON or YAML file.`);
+      return;
+    }
     await chooseData();
-    if (!hasSample) schedule();
   })();
 }
 
