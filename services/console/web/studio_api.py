@@ -123,6 +123,8 @@ async def templates(request: Request) -> Response:
     recorded = await recording.counts(await _store(request))
     rows = []
     for name in versions.listed(studio.folder):
+        live: str | None
+        live_report: str | None
         try:
             live = versions.version_id(studio.live(name))
             live_report = studio.live_report_version(name)
