@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from shared.adapters.ledger import LedgerEntry
 from shared.bus.names import STAGES as BUS_STAGES
 from shared.events import utcnow
+from shared.settings import Settings
 from shared.templatename import canonical_template
 
 STAGES = tuple(BUS_STAGES)
@@ -263,7 +267,11 @@ def table(
     templates_valid: tuple[int, int] | None = None,
     on_time_seconds: float = 900.0,
 ) -> list[Objective]:
-    """The SLO table of the legacy runbook, each SLI against its target."""
+    """The SLO table of the legacy runbook, each SLI against its target: the one table
+    `pressroom slo` prints and the console's /slo page shows, row for row.
+
+    `templates_valid` is (valid, listed) from `templates_checked`; None (not checked, or the
+    folder could not be read) still shows the row, with no data."""
     success = _rate(tally.delivered, tally.finished)
     p95 = histogram_percentile(tally.total, 95)
     rows = [
@@ -284,8 +292,7 @@ def table(
             sum(tally.total.values()),
         ),
     ]
-    if templates_valid is not None:
-        rows.append(_templates_valid(*templates_valid))
+    rows.append(_templates_valid(templates_valid))
     on_time = sum(c for v, c in tally.scheduled_total.items() if v <= on_time_seconds)
     scheduled = _rate(on_time, tally.scheduled)
     pdf = _rate(tally.rendered, tally.rendered + tally.render_failed)
@@ -332,7 +339,8 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole * 100 if whole else None
 
 
-def _templates_valid(valid: int, total: int) -> Objective:
+def _templates_valid(counted: tuple[int, int] | None) -> Objective:
+    valid, total = counted or (0, 0)
     rate = _rate(valid, total)
     return Objective(
         "Template validation success",
@@ -342,3 +350,48 @@ def _templates_valid(valid: int, total: int) -> Objective:
         None if rate is None else rate == 100.0,
         total,
     )
+
+
+def templates_checked(problems: Mapping[str, list[str]]) -> tuple[int, int]:
+    """(valid, listed) for the "Template validation success" SLI, from the problems per
+    listed template that `services.renderer.templating.validate_in_folder` answers."""
+    return sum(1 for found in problems.values() if not found), len(problems)
+
+
+def templates_fingerprint(folder: Path) -> str:
+    """What the templates' validation depends on, by name, size and change time: the same
+    fingerprint, the same answer (the console validates again only when it changes)."""
+    digest = hashlib.sha256()
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(
+                f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()
+
+
+async def validate_templates(settings: Settings) -> tuple[int, int]:
+    """`templates_checked` of the templates folder, validated in one capped process (the
+    template code is never compiled in the caller's process): what `pressroom slo` counts."""
+    # Imported here: the render pool and Jinja cost the CLI's start-up time elsewhere.
+    from services.renderer.pool import CappedPool
+    from services.renderer.templating import validate_in_folder
+
+    pool = CappedPool(
+        1,
+        memory_mb=settings.render_memory_mb,
+        timeout=settings.render_timeout,
+        warm=False,
+        collect_after=None,  # the process exits after this one job
+    )
+    try:
+        problems = await pool.run(
+            validate_in_folder, str(settings.templates_dir), None, label="validation"
+        )
+    finally:
+        await pool.close()
+    return templates_checked(problems)

@@ -155,6 +155,44 @@ async def publish(nc: Any, body: dict[str, Any]) -> None:
     await nc.jetstream().publish("report.requested", json.dumps(body).encode())
 
 
+# What a page must never look like, at any width: a word of a link or a button broken over
+# two lines ("Shado / w render"), a heading with nothing under it (an empty "Actions").
+LAYOUT_PROBLEMS = """() => {
+  const seen = (e) => e.offsetParent !== null || getComputedStyle(e).position === "fixed";
+  const problems = [];
+  for (const control of document.querySelectorAll("a, button")) {
+    if (!seen(control)) continue;
+    const walker = document.createTreeWalker(control, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      // A word: between spaces, or an id's parts between "-", "/", "_" and "." (a line
+      // may break after those, as it does in "sample-portfolio-2026…").
+      for (const word of node.data.matchAll(/[^\\s\\-\\/_.]+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const rects = [...range.getClientRects()].filter((r) => r.width > 0);
+        const lines = new Set(rects.map((r) => Math.round(r.top)));
+        const kind = control.tagName.toLowerCase();
+        if (lines.size > 1) problems.push(`word broken in a ${kind}: "${word[0]}"`);
+      }
+    }
+  }
+  for (const heading of document.querySelectorAll("main h2, main h3")) {
+    if (!seen(heading)) continue;
+    let next = heading.nextElementSibling;
+    while (next && !seen(next)) next = next.nextElementSibling;
+    const media = "img, svg, iframe, input, select, textarea";
+    const filled = next && (next.innerText.trim() || next.querySelector(media));
+    if (!filled) problems.push(`empty heading: "${heading.innerText.trim()}"`);
+  }
+  return problems;
+}"""
+
+
+async def layout_problems(page: Page) -> list[str]:
+    return list(await page.evaluate(LAYOUT_PROBLEMS))
+
+
 async def csrf_of(page: Page) -> str:
     return str(await page.locator("input[name=csrf_token]").first.get_attribute("value"))
 
@@ -358,6 +396,7 @@ async def test_pages_at_both_widths_pass_axe_with_no_serious_violations(
                 for v in result
                 if v["impact"] in ("serious", "critical")
             ]
+            problems += [f"{name}@{width}: {p}" for p in await layout_problems(tab)]
             if SHOTS:
                 Path(SHOTS).mkdir(parents=True, exist_ok=True)
                 await tab.screenshot(path=f"{SHOTS}/{name}-{width}.png", full_page=True)
@@ -471,6 +510,61 @@ async def test_re_deliver_from_the_report_page(
     await page.goto("/audit")
     row = page.locator("tr", has=page.get_by_text(rid, exact=True)).first
     assert "re-deliver" in await row.inner_text() and "file: ok" in await row.inner_text()
+    await page.close()
+
+
+async def test_a_burst_parent_shows_its_tally_and_its_children_at_both_widths(
+    olga: Watched, nc: Any, seen: Outcomes, stack: Stack
+) -> None:
+    template = "console-burst.html"
+    (stack.templates / template).write_text(
+        "<!doctype html><html lang='en'><body><h1>Card {{ item.id }}</h1></body></html>"
+    )
+    rid = unique("burst")
+    keys = ["north", "south", "east"]
+    await publish(
+        nc,
+        {
+            "request_id": rid,
+            "template": template,
+            "formats": ["pdf"],
+            "params": {"accounts": [{"id": k} for k in keys]},
+            "burst": {
+                "over": "accounts",
+                "key": "id",
+                "deliver": [{"channel": "file", "path": rid + "/{{ item.id }}"}],
+            },
+            "requested_by": "browser-test",
+        },
+    )
+    await seen.delivered_event(rid, timeout=120)
+    status = stack.cli("status", rid, check=True).stdout
+    assert "burst of 3: delivered 3, failed 0" in status  # what the page must say too
+    for width in WIDTHS.values():
+        page = await olga.page(width)
+        await page.goto(f"/reports/{rid}")
+        summary = page.locator("#burst-summary")
+        assert await summary.inner_text() == "Burst of 3: delivered 3, failed 0"
+        children = page.locator("#children tbody tr")
+        assert await children.count() == 3
+        for key in keys:
+            link = page.get_by_role("link", name=f"{rid}/{key}", exact=True)
+            assert await link.get_attribute("href") == f"/reports/{rid}/{key}"
+        # Delivered, nothing to replay or cancel, no artefacts of its own: no "Actions".
+        assert await page.locator("#actions-h").count() == 0
+        assert await layout_problems(page) == []
+        if SHOTS:
+            await page.screenshot(path=f"{SHOTS}/burst-{width}.png", full_page=True)
+        await page.close()
+    page = await olga.page()
+    await page.goto(f"/reports/{rid}")
+    await page.get_by_role("link", name=f"{rid}/south", exact=True).click()
+    await page.wait_for_url(re.compile(rf"/reports/{re.escape(rid)}/south$"))
+    assert await page.locator("h1").inner_text() == f"{rid}/south"
+    twin = await page.request.get(f"/api/reports/{rid}")
+    view = await twin.json()
+    assert view["burst"] == "burst of 3: delivered 3, failed 0"
+    assert sorted(c["request_id"] for c in view["children"]) == sorted(f"{rid}/{k}" for k in keys)
     await page.close()
 
 

@@ -23,7 +23,16 @@ import pytest
 from playwright.async_api import Browser, Page, Route, expect
 
 from tests.browser import test_console as base
-from tests.browser.test_console import AXE, SHOTS, WIDTHS, Watched, operators, publish, signed_in
+from tests.browser.test_console import (
+    AXE,
+    SHOTS,
+    WIDTHS,
+    Watched,
+    layout_problems,
+    operators,
+    publish,
+    signed_in,
+)
 from tests.helpers import Console, Outcomes, Stack, stage_done, unique
 
 # Each test is a user's whole errand, render after render in capped workers: more than the
@@ -143,12 +152,21 @@ async def type_at(page: Page, line: int, text: str) -> None:
 
 # ---- tests ----------------------------------------------------------------------------------
 async def test_an_author_edits_beside_the_preview_meets_the_typo_line_and_saves(
-    ann: Watched, recorded: list[str]
+    ann: Watched, recorded: list[str], console: Console
 ) -> None:
     page = await ann.page()
     await page.goto("/studio")
     listed = page.locator(f"#studio-list tr[data-template='{TEMPLATE}']")
     await expect(listed.locator(".recorded")).to_have_text(str(len(recorded)))
+    # The live version as the delivered reports record it (and `templates ls` lists it).
+    [version] = [
+        t["version"]
+        for t in json.loads(console.cli("templates", "ls", "--json").stdout)
+        if t["name"] == TEMPLATE
+    ]
+    status = json.loads(console.cli("status", recorded[0], "--json").stdout)
+    assert status["template_version"] == version
+    await expect(listed.locator(".live")).to_have_text(version[:12])
     # The template's files are held back: until they are in, saving is disabled (a save
     # before stored the live version under the author's message).
     held: asyncio.Queue[Route] = asyncio.Queue()
@@ -357,6 +375,62 @@ async def test_a_late_answer_about_an_earlier_run_does_not_replace_the_new_one(
     await page.close()
 
 
+async def test_with_no_sample_file_the_preview_opens_on_the_newest_recorded_report(
+    ann: Watched, console: Console, nc: Any, seen: Outcomes
+) -> None:
+    unsampled, bare = f"{unique('nosample')}.html", f"{unique('bare')}.html"
+    source = "<!doctype html><html lang='en'><body><h1>Card of {{ customer }}</h1></body></html>"
+    for name in (unsampled, bare):
+        (console.stack.templates / name).write_text(source)
+    rids = []
+    for customer in ("Older Ltd", "Newest SA"):
+        rid = unique("card")
+        await publish(
+            nc,
+            {
+                "request_id": rid,
+                "template": unsampled,
+                "formats": ["pdf"],
+                "params": {"customer": customer, "account": ACCOUNT},
+                "deliver": [{"channel": "file", "path": rid}],
+            },
+        )
+        await seen.delivered_event(rid)
+        await stage_done(nc, rid, "renderer")
+        rids.append(rid)
+    page = await ann.page()
+    await page.goto(f"/studio/edit/{unsampled}")
+    frame = page.frame_locator("#html-frame")
+    await expect(frame.locator("h1")).to_have_text("Card of Newest SA", timeout=TIMEOUT)
+    await expect(page.get_by_label("A recorded report")).to_be_checked()
+    await expect(page.get_by_label("Sample file")).to_be_disabled()
+    chosen = page.locator("#data-recorded option:checked")
+    await expect(chosen).to_contain_text(rids[1])
+    shown = page.locator("#data-shown")
+    await expect(shown).to_contain_text("••••")  # masked, as a recorded report always is
+    await expect(shown).not_to_contain_text(ACCOUNT[:-4])
+    await expect(page.locator("#preview-state")).not_to_contain_text("No preview")
+
+    # Neither a sample nor a recorded report: the author's own file, and the page says so.
+    await page.goto(f"/studio/edit/{bare}")
+    await expect(page.locator("#preview-state")).to_contain_text(
+        "Upload a JSON or YAML file", timeout=TIMEOUT
+    )
+    await expect(page.get_by_label("Upload JSON or YAML")).to_be_checked()
+    await page.set_input_files(
+        "#data-file",
+        files=[
+            {
+                "name": "card.json",
+                "mimeType": "application/json",
+                "buffer": b'{"customer": "Own AG"}',
+            }
+        ],
+    )
+    await expect(frame.locator("h1")).to_have_text("Card of Own AG", timeout=TIMEOUT)
+    await page.close()
+
+
 async def test_a_viewer_sees_no_studio_and_no_editor(
     browser: Browser,
     console: Console,
@@ -369,8 +443,13 @@ async def test_a_viewer_sees_no_studio_and_no_editor(
     for path in ("/studio", f"/studio/edit/{TEMPLATE}"):
         answer = await page.goto(path)
         assert answer is not None and answer.status == 403
-        await expect(page.locator("body")).to_contain_text("needs the author role")
+        # The console's own page, header and navigation included, as every other error.
+        await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Not allowed")
+        await expect(page.get_by_role("alert")).to_contain_text("needs the author role")
         await expect(page.locator(".CodeMirror, textarea")).to_have_count(0)
+    api = await page.request.get("/api/studio/templates")
+    assert api.status == 403 and "author role" in (await api.json())["error"]
     await page.close()
     await vic.context.close()
 
@@ -420,6 +499,7 @@ async def test_studio_pages_at_both_widths_pass_axe_with_no_serious_violations(
                 for v in result
                 if v["impact"] in ("serious", "critical")
             ]
+            problems += [f"{shot}@{width}: {p}" for p in await layout_problems(tab)]
             if SHOTS:
                 Path(SHOTS).mkdir(parents=True, exist_ok=True)
                 await tab.screenshot(path=f"{SHOTS}/{shot}-{width}.png", full_page=True)

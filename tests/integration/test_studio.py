@@ -193,6 +193,27 @@ async def http(console: Console) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def test_the_studio_names_the_live_version_as_a_delivered_report_records_it(
+    stack: Stack, http: httpx.AsyncClient, recorded: list[str], name: str
+) -> None:
+    status = json.loads(stack.cli("status", recorded[0], "--json", check=True).stdout)
+    listed = json.loads(stack.cli("templates", "ls", "--json", check=True).stdout)
+    [cli_version] = [t["version"] for t in listed if t["name"] == name]
+    assert status["template_version"] == cli_version
+
+    ann = await sign_in(http, "ann")
+    [row] = [
+        t for t in (await ann.get("/api/studio/templates")).json()["templates"] if t["name"] == name
+    ]
+    assert row["live_report_version"] == cli_version
+    one = (await ann.get(f"/api/studio/templates/{name}")).json()
+    assert one["live_report_version"] == cli_version
+    # The studio's own id (assets counted) names its history, labelled apart.
+    history = (await ann.get(f"/api/studio/templates/{name}/versions")).json()
+    assert history["live_report_version"] == cli_version
+    assert history["live_version"] == row["live_version"] != cli_version
+
+
 async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
     stack: Stack, console: Console, http: httpx.AsyncClient, recorded: list[str], name: str
 ) -> None:
@@ -243,6 +264,8 @@ async def test_the_studio_api_masks_refuses_viewers_and_gates_promotion(
         f"/api/studio/templates/{name}/versions", {"files": {}, "message": "as is"}
     )
     assert first.status_code == 201 and first.json()["id"] == row["live_version"], first.text
+    # Saved as is, reports rendered from it would record the live template's version.
+    assert first.json()["report_version"] == row["live_report_version"]
     saved = await ann.post(
         f"/api/studio/templates/{name}/versions",
         {

@@ -24,6 +24,7 @@ from services.renderer import recording
 from services.renderer.core import make_job
 from services.renderer.fonts import extra_dirs_from
 from services.renderer.pooled import RenderPool
+from services.renderer.templating import TemplateLibrary
 from shared.adapters.store import ArtefactStore
 from shared.errors import PressroomError
 from shared.observe.logging import get_logger
@@ -34,6 +35,7 @@ PREVIEWS_KEPT = 20
 RUNS_KEPT = 20
 RUNS_ON_DISK = 100  # a template's promotion looks for its version's newest run
 MAX_DATA_BYTES = 5 * 1024 * 1024
+DEFAULT_TRIES = 5  # recorded reports tried, newest first, for a template with no sample
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Studio:
         self._pool_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.mask_paths = settings.studio_mask_paths
+        self._report_versions: dict[tuple[str, str], str] = {}  # (template, studio id) → id
 
     # ---- the render processes --------------------------------------------------------------
     async def pool(self) -> RenderPool:
@@ -131,6 +134,18 @@ class Studio:
 
     def live(self, name: str) -> Files:
         return versions.read_files(self.folder, name)
+
+    def live_report_version(self, name: str) -> str:
+        """The live template's version as a report records it (`template_version`)."""
+        return TemplateLibrary(self.folder).version(name)
+
+    def report_version(self, name: str, vid: str) -> str:
+        """A saved version's id as a report rendered from it would record it (kept: a
+        studio id names its content for good)."""
+        key = (name, vid)
+        if key not in self._report_versions:
+            self._report_versions[key] = versions.report_version(name, self.files_of(name, vid))
+        return self._report_versions[key]
 
     def files_of(self, name: str, vid: object) -> Files:
         """A version's files: `live` (disk), `head` (newest saved, else live), or an id."""
@@ -226,34 +241,46 @@ class Studio:
     def masked(self, data: Any) -> Any:
         return masking.mask(data, self.mask_paths)
 
+    async def recorded_context(self, store: ArtefactStore, name: str, pid: str) -> dict[str, Any]:
+        """A recorded report's context as the template saw it, masked."""
+        record = await self.payload(store, name, pid)
+        data = record.get("data")
+        request = record.get("request") or {}
+        context = {
+            "request_id": request.get("request_id"),
+            "template_name": request.get("template"),
+            "generation_time": request.get("requested_at"),
+            "requested_by": request.get("requested_by"),
+            "locale": request.get("locale"),
+            **(data if isinstance(data, dict) else {}),
+        }
+        return dict(self.masked(context))
+
     async def data_for(
         self, store: ArtefactStore | None, name: str, spec: dict[str, Any]
     ) -> dict[str, Any]:
         """The data a preview renders on: the sample, a recorded payload (masked: the author
-        sees what they may see) or uploaded JSON/YAML."""
+        sees what they may see) or uploaded JSON/YAML. By default the sample; without one,
+        the newest recorded report that opens; without either, no data."""
         source = spec.get("source", "default")
-        if source == "default":  # the sample when there is one, else nothing
+        if source == "default":
             try:
                 return self.sample(name)
             except LookupError:
-                return {}
+                pass
+            if store is not None:
+                for found in (await recording.listing(store, name))[:DEFAULT_TRIES]:
+                    try:
+                        return await self.recorded_context(store, name, found.id)
+                    except LookupError:  # not readable here (a key not shared): the next
+                        continue
+            return {}
         if source == "sample":
             return self.sample(name)
         if source == "payload":
             if store is None:
                 raise PressroomError("recorded payloads need the bus")
-            record = await self.payload(store, name, str(spec.get("id", "")))
-            data = record.get("data")
-            request = record.get("request") or {}
-            context = {
-                "request_id": request.get("request_id"),
-                "template_name": request.get("template"),
-                "generation_time": request.get("requested_at"),
-                "requested_by": request.get("requested_by"),
-                "locale": request.get("locale"),
-                **(data if isinstance(data, dict) else {}),
-            }
-            return dict(self.masked(context))
+            return await self.recorded_context(store, name, str(spec.get("id", "")))
         if source == "inline":
             fmt = str(spec.get("format", "json")).lower()
             if fmt not in ("json", "yaml"):

@@ -115,12 +115,27 @@ def read_files(folder: Path, name: str) -> Files:
 
 
 def version_id(files: Files) -> str:
-    """The content hash: every path and its bytes, in path order (16 hex characters)."""
+    """The studio's id of a version: every path and its bytes, in path order (16 hex
+    characters). Assets count, so a stylesheet's change is a version of its own; a report
+    records `report_version` instead (the renderer's hash, templates only)."""
     digest = hashlib.sha256()
     for path in sorted(files):
         digest.update(path.encode() + b"\0")
         digest.update(hashlib.sha256(files[path]).digest())
     return digest.hexdigest()[:16]
+
+
+def report_version(name: str, files: Files) -> str:
+    """What a report rendered from `files` records as its `template_version` (and what
+    `pressroom templates ls` lists): the renderer's hash of the template and what it
+    includes. The files hold every template the name can read (all of them when it computes
+    an include), so the hash is theirs alone."""
+    with tempfile.TemporaryDirectory(prefix="pressroom-studio-") as scratch:
+        root = Path(scratch)
+        for rel, data in files.items():
+            target = inside(root, rel)
+            target.write_bytes(data)
+        return TemplateLibrary(root).version(name)
 
 
 def is_text(path: str, data: bytes) -> bool:

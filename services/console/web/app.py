@@ -21,7 +21,6 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     JSONResponse,
-    PlainTextResponse,
     RedirectResponse,
     Response,
     StreamingResponse,
@@ -40,6 +39,7 @@ from services.console.web.kit import (
     Handler,
     audit_action,
     plain_loopback,
+    refusal,
 )
 from services.console.web.letters import (
     dead_letter,
@@ -90,15 +90,15 @@ async def download(request: Request) -> Response:
         await audit_action(
             request, "download refused", f"link {short}", f"403: {error.reason}", "link"
         )
-        return PlainTextResponse(f"refused: {error.reason}", status_code=403)
+        return refusal(request, f"refused: {error.reason}", title="Link refused")
     try:
         stored = await open_artefact(console.ready_bus(), claim.key)
     except Gone:
         await audit_action(request, "download refused", claim.key, "404: no longer stored", "link")
-        return PlainTextResponse("this report is no longer stored", status_code=404)
+        return refusal(request, "this report is no longer stored", 404, "Gone")
     if stored.sha256 and stored.sha256 != claim.sha256:  # the same key, other content
         await audit_action(request, "download refused", claim.key, "404: content changed", "link")
-        return PlainTextResponse("this version of the report is no longer stored", 404)
+        return refusal(request, "this version of the report is no longer stored", 404, "Gone")
     try:
         wanted = byte_range(request.headers.get("range"), stored.size)
     except ValueError:

@@ -20,6 +20,7 @@ from typing import Any
 from services.console.busaccess import Bus
 from shared.adapters.ledger import LedgerEntry, parse_entry
 from shared.bus.names import LEDGER_BUCKET
+from shared.events import CHILD_SEPARATOR
 from shared.observe.logging import get_logger
 from shared.templatename import canonical_template
 
@@ -71,6 +72,7 @@ class Filters:
     since: datetime | None = None
     until: datetime | None = None
     q: str = ""
+    parent: str = ""  # a burst's parent id: its children (`<parent>/<key>`) only
     _template: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +89,7 @@ class Filters:
             and (self.since is None or row.requested_at >= self.since)
             and (self.until is None or row.requested_at < self.until)
             and (not self.q or self.q in row.request_id)
+            and (not self.parent or row.request_id.startswith(self.parent + CHILD_SEPARATOR))
         )
 
     def query(self) -> dict[str, str]:

@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     RedirectResponse,
     Response,
 )
 
 from services.console import audit, busaccess, sloindex
+from services.console import slo as sli
 from services.console.web.auth import (
     ROLES,
     LoginLimiter,
@@ -61,6 +61,25 @@ class Console:
         self._cache: dict[str, tuple[float, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._refreshing: set[str] = set()
+        self._validated: tuple[str, tuple[int, int]] | None = None
+        self._validating = asyncio.Lock()
+
+    async def templates_valid(self) -> tuple[int, int] | None:
+        """(valid, listed) templates for the SLO table, as `pressroom slo` counts them:
+        validated again only when the folder changed; None when they cannot be validated
+        (the row then says "no data")."""
+        folder = self.settings.templates_dir
+        async with self._validating:
+            mark = await asyncio.to_thread(sli.templates_fingerprint, folder)
+            if self._validated is None or self._validated[0] != mark:
+                if not folder.is_dir():
+                    return None
+                try:
+                    self._validated = (mark, await sli.validate_templates(self.settings))
+                except PressroomError as error:
+                    log.warning("templates not validated for the SLO table", error=error.reason)
+                    return None
+            return self._validated[1]
 
     def ready_bus(self) -> busaccess.Bus:
         if self.bus is None:
@@ -199,11 +218,13 @@ def page(role: Role = "viewer", *, action: bool = False) -> Callable[[Handler], 
                 )
             if action and not await csrf_ok(request):
                 await audit_action(request, "refused: no valid CSRF token", request.url.path, "403")
-                return PlainTextResponse("refused: no valid CSRF token", status_code=403)
+                return refusal(request, "refused: no valid CSRF token (reload the page)")
             if not user.may(role):
                 if action:
                     await audit_action(request, f"refused: needs {role}", request.url.path, "403")
-                return PlainTextResponse(f"refused: this needs the {role} role", status_code=403)
+                return refusal(
+                    request, f"refused: this needs the {role} role (you are {user.role})"
+                )
             try:
                 return await handler(request)
             except PressroomError as error:
@@ -219,6 +240,16 @@ def page(role: Role = "viewer", *, action: bool = False) -> Callable[[Handler], 
         return guarded
 
     return wrap
+
+
+def refusal(
+    request: Request, reason: str, status: int = 403, title: str = "Not allowed"
+) -> Response:
+    """A refusal as the rest of the console answers: JSON under /api/, else the styled page
+    with the header and navigation (never a bare line of text)."""
+    if wants_json(request):
+        return JSONResponse({"error": reason}, status_code=status)
+    return render_page(request, "error.html", {"reason": reason, "title": title}, status=status)
 
 
 async def audit_action(

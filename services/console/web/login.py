@@ -8,7 +8,6 @@ import secrets
 
 from starlette.requests import Request
 from starlette.responses import (
-    PlainTextResponse,
     RedirectResponse,
     Response,
 )
@@ -26,6 +25,7 @@ from services.console.web.kit import (
     csrf_ok,
     current_user,
     plain_loopback,
+    refusal,
     render_page,
 )
 
@@ -113,7 +113,7 @@ async def sso_start(request: Request) -> Response:
     console: Console = request.app.state.console
     client = request.app.state.oidc
     if client is None:
-        return PlainTextResponse("single sign-on is not configured", status_code=404)
+        return refusal(request, "single sign-on is not configured", 404, "Not found")
     redirect = (
         f"{(console.settings.public_url or str(request.base_url)).rstrip('/')}/login/sso/callback"
     )
@@ -125,7 +125,7 @@ async def sso_callback(request: Request) -> Response:
     console: Console = request.app.state.console
     client = request.app.state.oidc
     if client is None:
-        return PlainTextResponse("single sign-on is not configured", status_code=404)
+        return refusal(request, "single sign-on is not configured", 404, "Not found")
     try:
         token = await client.authorize_access_token(request)
     except Exception as error:  # authlib's OAuthError and friends: one line, back to login
@@ -138,8 +138,8 @@ async def sso_callback(request: Request) -> Response:
         await audit_action(
             request, "sso login refused: not in the users file", name, "403", who=name
         )
-        return PlainTextResponse(
-            f"'{name}' signed in, but the console's users file does not name them", 403
+        return refusal(
+            request, f"'{name}' signed in, but the console's users file does not name them"
         )
     _sign_in(request, user)
     await audit_action(request, "login (sso)", name)

@@ -140,7 +140,11 @@ async def slo_view(console: Console, window: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     indexed = await sloindex.read(bus, SLO_WINDOWS[window], now)
     total = indexed.total
-    rows = sli.table(total, on_time_seconds=console.settings.schedule_on_time)
+    rows = sli.table(
+        total,
+        templates_valid=await console.templates_valid(),
+        on_time_seconds=console.settings.schedule_on_time,
+    )
     # Burn rate: how fast the error budget goes (1 = exactly on budget over the window).
     failed = total.finished - total.delivered
     burn = (failed / total.finished) / 0.01 if total.finished else None

@@ -48,8 +48,10 @@ from shared.downloadlinks import (
     mint_token,
 )
 from shared.errors import PressroomError
+from shared.events import CHILD_SEPARATOR
 
 PAGE_SIZE = 50
+CHILDREN_PAGE = 50  # a burst's children per page of its parent (a burst may have 10,000)
 STATUSES = ("requested", "fetched", "rendered", "delivered", "failed", "conflict")
 
 
@@ -221,10 +223,22 @@ async def report(request: Request) -> Response:
         if console.settings.trace_url and trace_id
         else None
     )
+    # A burst's parent: its tally in the line `pressroom status` prints, and its children.
+    children = console.index.page(
+        Filters(parent=rid), request.query_params.get("children") or None, CHILDREN_PAGE
+    )
+    burst = (
+        f"burst of {entry.burst.total:,}: {entry.burst.summary()}"
+        if entry.burst is not None
+        else None
+    )
     if wants_json(request):
         return JSONResponse(
             {
                 "entry": entry_as_dict(entry_shown),
+                "burst": burst,
+                "children": [row_dict(r) for r in children.rows],
+                "children_next_cursor": children.next_cursor,
                 "request": shown,
                 "timeline": json.loads(json.dumps(_timeline(entry), default=str)),
                 "deliveries": [c.model_dump(mode="json") for c in channels],
@@ -247,6 +261,15 @@ async def report(request: Request) -> Response:
             "trace_link": trace_link,
             "deliveries": (body.get("deliver") or []) if body else [],
             "may_cancel": entry.status not in FINISHED,
+            "burst": burst,
+            "children": children.rows,
+            "children_first": not request.query_params.get("children"),
+            "children_next": (
+                f"/reports/{rid}?{urlencode({'children': children.next_cursor})}#burst-h"
+                if children.next_cursor
+                else None
+            ),
+            "children_all": f"/reports?{urlencode({'q': rid + CHILD_SEPARATOR})}",
         },
     )
 

@@ -91,6 +91,17 @@ def _run_mark(studio: Studio, name: str, vid: str) -> dict[str, Any] | None:
     return {"run": run.id, "status": verdict}
 
 
+def _report_version(studio: Studio, name: str, vid: str | None) -> str | None:
+    """The `template_version` a report rendered from saved version `vid` would record (None
+    for no version, or one whose files can no longer be read)."""
+    if vid is None:
+        return None
+    try:
+        return studio.report_version(name, vid)
+    except (PressroomError, LookupError):
+        return None
+
+
 # ---- session and templates -----------------------------------------------------------------
 @page("author")
 async def me(request: Request) -> Response:
@@ -112,10 +123,14 @@ async def templates(request: Request) -> Response:
     recorded = await recording.counts(await _store(request))
     rows = []
     for name in versions.listed(studio.folder):
+        live: str | None
+        live_report: str | None
         try:
             live = versions.version_id(studio.live(name))
+            live_report = studio.live_report_version(name)
         except PressroomError:
-            live = None
+            live = live_report = None
+        head = studio.store_of_versions.head(name)
         try:
             description = TemplateLibrary(studio.folder).info(name).description
         except PressroomError:
@@ -125,7 +140,9 @@ async def templates(request: Request) -> Response:
                 "name": name,
                 "description": description,
                 "live_version": live,
-                "head_version": studio.store_of_versions.head(name),
+                "live_report_version": live_report,
+                "head_version": head,
+                "head_report_version": _report_version(studio, name, head),
                 "payloads": recorded.get(name, 0),
             }
         )
@@ -145,11 +162,14 @@ async def template(request: Request) -> Response:
     studio, name = studio_of(request), _name(request)
     files = studio.live(name)
     sample = studio.folder / "samples" / f"{Path(name).stem}.json"
+    head = studio.store_of_versions.head(name)
     return JSONResponse(
         {
             "name": name,
             "live_version": versions.version_id(files),
-            "head_version": studio.store_of_versions.head(name),
+            "live_report_version": studio.live_report_version(name),
+            "head_version": head,
+            "head_report_version": _report_version(studio, name, head),
             "files": studio.describe(files, name),
             "sample": f"samples/{sample.name}" if sample.is_file() else None,
             "writable": studio.writable(name),
@@ -179,11 +199,18 @@ async def history(request: Request) -> Response:
             "event": e.event,
             "restored_from": e.restored_from,
             "live": e.id == live,
+            "report_version": _report_version(studio, name, e.id),
             "shadow": _run_mark(studio, name, e.id),
         }
         for e in studio.store_of_versions.history(name)
     ]
-    return JSONResponse({"live_version": live, "versions": rows})
+    return JSONResponse(
+        {
+            "live_version": live,
+            "live_report_version": studio.live_report_version(name),
+            "versions": rows,
+        }
+    )
 
 
 @page("author")
@@ -225,6 +252,7 @@ async def save(request: Request) -> Response:
     return JSONResponse(
         {
             "id": entry.id,
+            "report_version": _report_version(studio, name, entry.id),
             "created": created,
             "author": entry.author,
             "at": entry.at,

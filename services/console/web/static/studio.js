@@ -114,7 +114,7 @@ function studioEdit(box) {
   let base = "live"; // the version the editor started from (saves and previews build on it)
   let timer = null;
   let sequence = 0;
-  let dataChoice = { source: "sample" };
+  let dataChoice = { source: "default" }; // the sample, else the newest recorded report
   let hasSample = false;
   let unsaved = false; // edits since the page opened or the last save
   window.addEventListener("beforeunload", (event) => {
@@ -319,13 +319,14 @@ function studioEdit(box) {
     chooseData();
   });
 
+  // The recorded reports, newest first; the newest that opens (null: none does).
   async function loadPayloads() {
     const { status, data } = await api.get("/payloads?limit=50");
     recorded.replaceChildren();
     const payloads = status === 200 ? data.payloads || [] : [];
     if (!payloads.length) {
       recorded.append(el("option", { value: "", text: "No recorded reports yet" }));
-      return;
+      return null;
     }
     for (const p of payloads) {
       const text = p.readable === false
@@ -333,6 +334,7 @@ function studioEdit(box) {
         : `${p.request_id} · ${when(p.recorded_at)} · ${bytes(p.size)}`;
       recorded.append(el("option", { value: p.id, text, disabled: p.readable === false }));
     }
+    return payloads.find((p) => p.readable !== false) || null;
   }
 
   // -- saving a version
@@ -350,9 +352,9 @@ function studioEdit(box) {
     }
     base = data.id;
     unsaved = false;
-    editing.textContent = `Editing version ${shortId(data.id)} (saved, not live until promoted).`;
+    editing.textContent = `Editing version ${shortId(data.report_version)} (saved, not live until promoted).`;
     saved.replaceChildren(
-      `Saved version ${shortId(data.id)}${data.created ? "" : " (the same content as before)"}. `,
+      `Saved version ${shortId(data.report_version)}${data.created ? "" : " (the same content as before)"}. `,
       el("a", { href: `/studio/shadow/${name}?version=${data.id}`, text: "Shadow render it" }),
     );
     saved.className = "saved ok";
@@ -393,24 +395,33 @@ function studioEdit(box) {
       if (head.status === 200) {
         files = head.data.files;
         base = data.head_version;
-        editing.textContent = `Editing the newest saved version ${shortId(base)} (not live yet; live is ${shortId(data.live_version)}).`;
+        editing.textContent = `Editing the newest saved version ${shortId(data.head_report_version)} (not live yet; live is ${shortId(data.live_report_version)}).`;
       }
     }
-    if (base === "live") editing.textContent = `Editing the live version ${shortId(data.live_version)}.`;
+    if (base === "live") editing.textContent = `Editing the live version ${shortId(data.live_report_version)}.`;
     hasSample = Boolean(data.sample);
     if (!hasSample) {
       const sampleRadio = box.querySelector("input[name=data-kind][value=sample]");
       sampleRadio.disabled = true;
       sampleRadio.parentElement.append(" (none)");
-      box.querySelector("input[name=data-kind][value=upload]").checked = true;
     }
     buildEditor(files);
     // Saving takes the editor's files and the version they came from: not before both are in
     // (a save while they loaded stored the live version under the author's message).
     document.getElementById("save-button").disabled = false;
-    await loadPayloads();
+    const newest = await loadPayloads();
+    if (!hasSample && newest) {
+      // No sample file: the newest recorded report that opens (masked, as ever).
+      box.querySelector("input[name=data-kind][value=recorded]").checked = true;
+      recorded.value = newest.id;
+    } else if (!hasSample) {
+      // Neither: the author's own file, and no preview until there is one.
+      box.querySelector("input[name=data-kind][value=upload]").checked = true;
+      await chooseData();
+      say(state, `No data to preview on yet: ${name} has no sample file and no recorded report. Upload a JSON or YAML file.`);
+      return;
+    }
     await chooseData();
-    if (!hasSample) schedule();
   })();
 }
 
@@ -455,7 +466,7 @@ function studioVersions(box) {
       return;
     }
     const versions = data.versions || [];
-    say(state, versions.length ? `${versions.length} event${versions.length === 1 ? "" : "s"} in the history; live is ${shortId(data.live_version)}.` : "No version saved yet: save one from the editor.");
+    say(state, versions.length ? `${versions.length} event${versions.length === 1 ? "" : "s"} in the history; live is ${shortId(data.live_report_version)}.` : "No version saved yet: save one from the editor.");
     body.replaceChildren();
     versions.forEach((v, i) => {
       const older = versions.slice(i + 1).find((o) => o.id !== v.id);
@@ -482,13 +493,14 @@ function studioVersions(box) {
         actions.append(restore, " ");
       }
       actions.append(el("a", { href: `/studio/shadow/${name}?version=${v.id}`, text: "Shadow render", "aria-label": `Shadow render ${shortId(v.id)}` }));
-      const badges = el("td", { "data-label": "version" }, el("code", { text: shortId(v.id) }), " ", el("span", { class: `status s-${v.event}`, text: v.event }));
+      const badges = el("td", { "data-label": "version" }, el("code", { text: shortId(v.report_version) }), " ", el("span", { class: `status s-${v.event}`, text: v.event }));
       if (v.live) badges.append(" ", el("span", { class: "status s-delivered", text: "live" }));
       if (v.shadow) badges.append(" ", el("span", { class: `status s-shadow-${v.shadow.status}`, text: `shadow: ${v.shadow.status}` }));
       if (i === 0 && v.id !== data.live_version) showDiff(older ? older.id : "live", v.id);
       body.append(
         el("tr", {},
           badges,
+          el("td", { "data-label": "studio id" }, el("code", { class: "dim", text: shortId(v.id) })),
           el("td", { "data-label": "saved", text: when(v.at) }),
           el("td", { "data-label": "author", text: v.author || "—" }),
           el("td", { class: "reason", text: v.message || "" }),
@@ -518,6 +530,8 @@ function studioShadow(box) {
   const promoteState = document.getElementById("promote-state");
   let current = null; // the run shown
   let liveVersion = null;
+  const reportVersions = new Map(); // studio id → the id its reports would record
+  const named = (vid) => shortId(reportVersions.get(vid) || vid);
   let polling = null;
 
   function figure(label, src, alt, size, regions) {
@@ -628,7 +642,7 @@ function studioShadow(box) {
     promoteState.textContent = "";
     if (run.version === liveVersion) {
       promoteButton.disabled = true;
-      promoteNote.textContent = `Version ${shortId(run.version)} is the live version already.`;
+      promoteNote.textContent = `Version ${named(run.version)} is the live version already.`;
       promoteNote.className = "";
       if (overrideForm) overrideForm.hidden = true;
       return;
@@ -637,7 +651,7 @@ function studioShadow(box) {
     const refused = run.status !== "done" || failed > 0;
     promoteButton.disabled = refused;
     if (refused) {
-      const why = run.status !== "done" ? "the shadow render did not finish" : `${failed} recorded report${failed === 1 ? "" : "s"} fail${failed === 1 ? "s" : ""} with version ${shortId(run.version)}`;
+      const why = run.status !== "done" ? "the shadow render did not finish" : `${failed} recorded report${failed === 1 ? "" : "s"} fail${failed === 1 ? "s" : ""} with version ${named(run.version)}`;
       promoteNote.replaceChildren(el("strong", { text: "Promotion refused: " }), `${why}. Fix the template, save a version and run the shadow render again.`);
       promoteNote.className = "refused";
       if (overrideForm) {
@@ -645,7 +659,7 @@ function studioShadow(box) {
         promoteNote.append(" As ops you may promote anyway, with a reason (it goes in the audit trail).");
       }
     } else {
-      promoteNote.textContent = `Version ${shortId(run.version)} may go live: the pipeline renders it from the next report.`;
+      promoteNote.textContent = `Version ${named(run.version)} may go live: the pipeline renders it from the next report.`;
       promoteNote.className = "";
       if (overrideForm) overrideForm.hidden = true;
     }
@@ -663,7 +677,7 @@ function studioShadow(box) {
       promoteState.replaceChildren(`${data.message} `, el("a", { href: data.export_url, text: "Download the change" }));
       promoteState.className = "ok";
     } else {
-      say(promoteState, `Version ${shortId(data.version)} is live: ${data.message || "the templates folder holds it"}.`, "ok");
+      say(promoteState, `Version ${named(data.version)} is live: ${data.message || "the templates folder holds it"}.`, "ok");
     }
   }
   promoteForm.addEventListener("submit", (event) => {
@@ -718,11 +732,12 @@ function studioShadow(box) {
     liveVersion = versions.status === 200 ? versions.data.live_version : null;
     const seen = new Set();
     const history = versions.status === 200 ? versions.data.versions || [] : [];
+    for (const v of history) if (v.report_version) reportVersions.set(v.id, v.report_version);
     const saved = new Map(history.filter((v) => v.event === "save").map((v) => [v.id, v.message]));
     for (const v of history) {
       if (seen.has(v.id)) continue;
       seen.add(v.id);
-      const label = `${shortId(v.id)} · ${saved.get(v.id) || v.message || v.event}${v.live ? " (live)" : ""}`;
+      const label = `${named(v.id)} · ${saved.get(v.id) || v.message || v.event}${v.live ? " (live)" : ""}`;
       versionSelect.append(el("option", { value: v.id, text: label, selected: v.id === wanted }));
     }
     if (!seen.size) {
@@ -753,10 +768,10 @@ async function studioList(table) {
   for (const t of data.templates || []) {
     const row = table.querySelector(`tr[data-template="${CSS.escape(t.name)}"]`);
     if (!row) continue;
-    row.querySelector(".live").replaceChildren(el("code", { text: shortId(t.live_version) }));
+    row.querySelector(".live").replaceChildren(el("code", { text: shortId(t.live_report_version) }));
     const head = row.querySelector(".head");
     if (t.head_version && t.head_version !== t.live_version) {
-      head.replaceChildren(el("code", { text: shortId(t.head_version) }), " ", el("span", { class: "status s-save", text: "not live" }));
+      head.replaceChildren(el("code", { text: shortId(t.head_report_version) }), " ", el("span", { class: "status s-save", text: "not live" }));
     } else {
       head.textContent = "—";
     }
