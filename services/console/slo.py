@@ -55,10 +55,13 @@ def reports(entries: list[LedgerEntry]) -> list[LedgerEntry]:
 
 def stats(entries: list[LedgerEntry]) -> dict[str, Any]:
     """Counts by the ledger's own status (the one `ls --status` filters on): in flight is
-    every report neither delivered nor failed."""
+    every report not yet delivered, failed, cancelled or skipped; the success rate is of the
+    delivered and failed ones (a cancel or a skipped run is neither)."""
     conflicts = len(entries) - len(entries := reports(entries))
     delivered = [e for e in entries if e.status == "delivered"]
     failed = [e for e in entries if e.status == "failed"]
+    cancelled = sum(1 for e in entries if e.status == "cancelled")
+    skipped = sum(1 for e in entries if e.status == "skipped")
     finished = len(delivered) + len(failed)
     stage_times = {
         stage: [
@@ -74,7 +77,9 @@ def stats(entries: list[LedgerEntry]) -> dict[str, Any]:
         "total": len(entries),
         "delivered": len(delivered),
         "failed": len(failed),
-        "in_flight": len(entries) - finished,
+        "cancelled": cancelled,
+        "skipped": skipped,
+        "in_flight": len(entries) - finished - cancelled - skipped,
         "conflicts": conflicts,
         "success_rate": (len(delivered) / finished * 100) if finished else None,
         "end_to_end_seconds": _pcts([t for e in delivered if (t := e.total_seconds) is not None]),

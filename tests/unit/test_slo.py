@@ -67,6 +67,20 @@ def test_stats_count_outcomes_latencies_templates_and_sizes() -> None:
     assert data["end_to_end_seconds"] == {"p50": 10.0, "p95": 19.0, "p99": 20.0}
     assert data["templates"] == {"weekly.html": 11, "daily.html": 10}
     assert data["failures_by_stage"] == {"renderer": 1}
+    # A cancelled report and a skipped run are neither in flight nor in the success rate.
+    stopped = entry(100, status="requested")
+    stopped.cancelled_at = T0
+    skipped = entry(101, status="requested")
+    skipped.skipped = "skipped: 'orders' is empty (skip_if_empty)"
+    data = stats(
+        [
+            *entries,
+            LedgerEntry.model_validate(stopped.model_dump()),
+            LedgerEntry.model_validate(skipped.model_dump()),
+        ]
+    )
+    assert (data["cancelled"], data["skipped"], data["in_flight"]) == (1, 1, 0)
+    assert round(data["success_rate"], 2) == round(20 / 21 * 100, 2)
 
 
 def test_slo_table_matches_the_legacy_targets() -> None:

@@ -57,8 +57,10 @@ def stats(
         return
     out.print(
         f"[bold]{data['total']}[/] requests in {literal(window)}: {data['delivered']} delivered, "
-        f"{data['failed']} failed, {data['in_flight']} in flight · success rate "
-        f"{_secs(data['success_rate'], '%')}"
+        f"{data['failed']} failed, "
+        + "".join(f"{data[k]} {k}, " for k in ("cancelled", "skipped") if data[k])
+        + f"{data['in_flight']} in flight · success rate {_secs(data['success_rate'], '%')}",
+        soft_wrap=True,
     )
     rows = [("end to end", data["end_to_end_seconds"])]
     rows += [(stage, pcts) for stage, pcts in data["stage_seconds"].items()]
