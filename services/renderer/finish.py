@@ -15,7 +15,9 @@ the render's timeout and memory cap, on the PDF WeasyPrint wrote, in this order:
 3. encrypt — AES-256 (PDF 2.0, R6): the operator's owner password, the reader's password
    unsealed here and nowhere else (shared/sealing.py), print/copy permissions;
 4. sign — PAdES B-B with the operator's key (files or a PKCS#11 token), B-T when a timestamp
-   server is configured; an incremental update, the last change the PDF ever gets.
+   server is configured; an incremental update, the last change the PDF ever gets, which
+   adds the signature and leaves the document's Info and XMP as they were (in agreement,
+   as PDF/A requires).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import re
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -424,10 +427,20 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
     # Imported here: heavy (pyHanko, 0.6 s): loaded in render processes that sign, only.
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.sign import fields, signers
+    from pyhanko.sign.signers.pdf_byterange import BuildProps
     from pyhanko.sign.timestamps import HTTPTimeStamper
     from pyhanko.sign.timestamps.common_utils import TimestampRequestError
 
     writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    # pyHanko's increment would rewrite the document's metadata: the Info /Producer becomes
+    # "WeasyPrint …; pyHanko …" but the XMP pdf:Producer "pyHanko …" alone, both /ModDate
+    # and xmp:ModifyDate the clock (read twice), and the whole XMP packet re-serialised by its
+    # own model (pyHanko#755: PDF/A extension schemas come out invalid). A PDF/A whose Info and
+    # XMP disagree is no PDF/A (ISO 19005-2 6.6.2.3.1). The signature changes no metadata
+    # instead: the document keeps the dates and producer it was rendered with, in agreement;
+    # the signature names its own time (/M, signing-time) and software (/Prop_Build).
+    # Overriding `_update_meta` is how pyHanko's maintainer turns the update off (pyHanko#223).
+    writer._update_meta = _no_metadata_update  # type: ignore[method-assign]
     if spec.permissions is not None:  # an update to an encrypted file is encrypted alike
         owner = _owner_password(spec)
         writer.encrypt(owner)  # type: ignore[no-untyped-call]
@@ -445,6 +458,8 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
         field_name=SIGNATURE_FIELD,
         subfilter=fields.SigSeedSubFilter.PADES,
         md_algorithm="sha256",
+        # The signing software, in the signature (the document's Producer stays the renderer's).
+        app_build_props=BuildProps(name="Pressroom", revision=_signed_by()),
     )
     try:
         signed = _off_the_event_loop(
@@ -460,6 +475,14 @@ def _signed(pdf: bytes, spec: Finish, signer: Any) -> bytes:
         raise PermanentError(f"the PDF could not be signed ({type(error).__name__})") from None
     data: bytes = signed.getvalue()
     return data
+
+
+def _signed_by() -> str:
+    return f"pressroom {package_version('pressroom')}, pyHanko {package_version('pyHanko')}"
+
+
+def _no_metadata_update() -> None:
+    """In place of pyHanko's writer's metadata update (see `_signed`)."""
 
 
 def _off_the_event_loop(call: Callable[[], Any]) -> Any:

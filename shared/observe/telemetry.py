@@ -1,4 +1,14 @@
-"""OpenTelemetry set up from the standard OTEL_* variables only; a no-op when none are set.
+"""OpenTelemetry set up from the standard OTEL_* variables only.
+
+Every process traces, exporter or not: a report's trace id is its provenance (pressroom.json),
+its logs' `trace_id` and the console's link, so spans are made and sampled in every process
+(`tracer()` sets tracing up on first use where `setup_telemetry` did not run, e.g. the CLI and
+the console, which start a report's trace by publishing it) and exported only where OTEL_*
+asks (an OTLP endpoint, or `OTEL_TRACES_EXPORTER=console`); `OTEL_TRACES_EXPORTER=none`
+exports nothing but keeps the ids. Only `OTEL_SDK_DISABLED=true` turns tracing off altogether:
+no spans, no `traceparent`, reports without a trace id. A span made and not exported costs
+some 65 µs of CPU more than the API's no-op one (measured on a busy 2-core machine: 80 against
+16 µs), about a millisecond for a report's dozen-odd spans: nothing beside a render.
 
 One trace per report, in the OpenTelemetry messaging semantic conventions (v1.27 and later):
 every publish is a PRODUCER span `send <subject>` whose context travels in the message's
@@ -49,7 +59,9 @@ def _protocol(signal: str) -> str:
 
 
 def setup_telemetry(service: str) -> tuple[Any, Any]:
-    """(tracer_provider, meter_provider) for this process, each None unless OTEL_* exports it.
+    """(tracer_provider, meter_provider) for this process: the tracer provider unless
+    OTEL_SDK_DISABLED (exporting only when OTEL_* asks), the meter provider when OTEL_*
+    exports metrics.
 
     Metrics are recorded either way: the process's MeterProvider always has the pull reader
     that serves /metrics (`prometheus_reader()`), plus an OTLP exporter when OTEL_* asks.
@@ -57,7 +69,7 @@ def setup_telemetry(service: str) -> tuple[Any, Any]:
     if "providers" in _configured:
         return _configured["providers"]  # type: ignore[no-any-return]
     os.environ.setdefault("OTEL_SERVICE_NAME", service)
-    tracer_provider = _tracing() if _wanted("TRACES") else None
+    tracer_provider = _tracer_provider()
     exporting = _wanted("METRICS")
     meter_provider = _metrics(exporting)
     _configured["providers"] = (tracer_provider, meter_provider if exporting else None)
@@ -77,10 +89,33 @@ def _wanted(signal: str) -> bool:
     return exporter == "console" or _endpoint_set(signal)
 
 
+def _sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def _tracer_provider() -> Any:
+    """This process's TracerProvider, made once (None when OTEL_SDK_DISABLED): sampled
+    spans, so every report has a trace id, exported only when OTEL_* asks."""
+    if "tracer_provider" not in _configured:
+        _configured["tracer_provider"] = None if _sdk_disabled() else _tracing()
+    return _configured["tracer_provider"]
+
+
 def _tracing() -> Any:
-    # Imported here: the SDK and exporters load only when OTEL_* asks (start-up time).
+    # Imported here: the SDK loads on a process's first span or its set-up (start-up time).
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or "pressroom"  # the CLI's, the console's
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    if _wanted("TRACES"):
+        provider.add_span_processor(_span_processor())
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _span_processor() -> Any:
+    # Imported here: the exporters load only when OTEL_* asks (start-up time).
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     exporter: Any
@@ -98,10 +133,7 @@ def _tracing() -> Any:
         )
 
         exporter = HttpSpanExporter()
-    provider = TracerProvider(resource=Resource.create())
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return provider
+    return BatchSpanProcessor(exporter)
 
 
 def _metrics(exporting: bool) -> Any:
@@ -154,6 +186,7 @@ def shutdown_telemetry() -> None:
 
 
 def tracer() -> trace.Tracer:
+    _tracer_provider()  # where setup_telemetry did not run (the CLI, the console): here
     return trace.get_tracer("pressroom")
 
 
