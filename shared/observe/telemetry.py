@@ -69,7 +69,7 @@ def setup_telemetry(service: str) -> tuple[Any, Any]:
     if "providers" in _configured:
         return _configured["providers"]  # type: ignore[no-any-return]
     os.environ.setdefault("OTEL_SERVICE_NAME", service)
-    tracer_provider = _tracer_provider()
+    tracer_provider = _tracer_provider(export=True)
     exporting = _wanted("METRICS")
     meter_provider = _metrics(exporting)
     _configured["providers"] = (tracer_provider, meter_provider if exporting else None)
@@ -93,12 +93,19 @@ def _sdk_disabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
-def _tracer_provider() -> Any:
+def _tracer_provider(*, export: bool) -> Any:
     """This process's TracerProvider, made once (None when OTEL_SDK_DISABLED): sampled
-    spans, so every report has a trace id, exported only when OTEL_* asks."""
+    spans, so every report has a trace id; exported only by a worker that set telemetry up
+    (`export`) and when OTEL_* asks. A command's spans are not exported: its exit would wait
+    up to the exporter's timeout (10 s) on a collector that is down."""
     if "tracer_provider" not in _configured:
         _configured["tracer_provider"] = None if _sdk_disabled() else _tracing()
-    return _configured["tracer_provider"]
+    provider = _configured["tracer_provider"]
+    if provider is not None and export and _wanted("TRACES") and "exporting" not in _configured:
+        # Also when a span came first (set up without export) and the worker's set-up after.
+        _configured["exporting"] = True
+        provider.add_span_processor(_span_processor())
+    return provider
 
 
 def _tracing() -> Any:
@@ -106,10 +113,13 @@ def _tracing() -> Any:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-    name = os.environ.get("OTEL_SERVICE_NAME") or "pressroom"  # the CLI's, the console's
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
-    if _wanted("TRACES"):
-        provider.add_span_processor(_span_processor())
+    named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    # A worker is named by its set-up; the CLI and the console by OTEL_* or as "pressroom".
+    provider = TracerProvider(
+        resource=Resource.create({} if named else {"service.name": "pressroom"})
+    )
     trace.set_tracer_provider(provider)
     return provider
 
@@ -186,7 +196,7 @@ def shutdown_telemetry() -> None:
 
 
 def tracer() -> trace.Tracer:
-    _tracer_provider()  # where setup_telemetry did not run (the CLI, the console): here
+    _tracer_provider(export=False)  # where setup_telemetry did not run (the CLI, the console)
     return trace.get_tracer("pressroom")
 
 
