@@ -189,13 +189,16 @@ class StageRunner:
         bound = log.bind(request_id=request.request_id, stage=self.spec.name, attempt=msg.attempt)
         if not await self._admitted(msg, event, request, bound):
             return
+        tenant = tenant_of_subject(msg.subject)  # a calling system's own subject
         if self.routes and isinstance(event, ReportRequested):
+            # Where it comes in: the lane it is handed to and the later stages see this time.
+            event = as_received(event, msg.first_delivered, self.settings, tenant=tenant)  # type: ignore[assignment]
             routed = await self._routed(msg, event, bound)
             if routed is None:
                 return
             event = routed  # type: ignore[assignment]
             request = routed
-        received = as_received(request, msg.first_delivered, self.settings)
+        received = as_received(request, msg.first_delivered, self.settings, tenant=tenant)
         # The claim is written at once where it binds the request id to its content (the
         # first stage) or on a redelivery (so `status` shows the attempt); otherwise it rides
         # along with the finish, or is written CLAIM_AFTER seconds into a longer piece of work.
@@ -706,16 +709,23 @@ def report_deadline(request: ReportRequested) -> float | None:
 
 
 def as_received(
-    request: ReportRequested, received: datetime | None, settings: Settings
+    request: ReportRequested,
+    received: datetime | None,
+    settings: Settings,
+    *,
+    tenant: str | None = None,
 ) -> ReportRequested:
     """The request as the ledger records it: `requested_at` is the publisher's word, so it is
     kept within what is plausible for when the message reached the stream — a few minutes of
     clock skew, or a scheduled fire caught up within the schedule grace — and can neither
-    predate a report by 26 years nor postdate it (latency SLOs are computed from it)."""
+    predate a report by 26 years nor postdate it (latency SLOs are computed from it). A
+    calling system on its own subject (`tenant`) gets no skew: its word would move every
+    tenant's latency SLO (60 reports claiming 290 s of queueing fail the p95)."""
     if received is None:
         return request
     scheduled = (request.requested_by or "").startswith("scheduler:")
-    earliest = received - timedelta(seconds=settings.schedule_grace if scheduled else 300)
+    skew = 0 if tenant is not None else settings.schedule_grace if scheduled else 300
+    earliest = received - timedelta(seconds=skew)
     when = min(max(request.requested_at, earliest), received)
     return (
         request

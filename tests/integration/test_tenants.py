@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -610,4 +611,29 @@ async def test_a_body_cannot_set_the_tenant_stamp_on_the_plain_subject(tenants: 
         assert "outside PRESSROOM_OUT_DIR" in failed["reason"]
         assert not delivered_file(tenants.out.parent, up, "html").exists()
     finally:
+        await ops.close()
+
+
+async def test_a_calling_system_cannot_backdate_its_requests(tenants: Stack) -> None:
+    """`requested_at` is where latency SLOs start: 60 reports claiming 290 s of queueing would
+    fail every tenant's p95. A calling system's requests start when the bus took them, on its
+    lane and when handed to another lane alike; the operator's own keep a few minutes of skew."""
+    alpha = await tenants.connect("publisher-alpha")
+    ops = await tenants.connect()
+    try:
+        heard = await Heard().start(alpha)
+        claimed = (datetime.now(UTC) - timedelta(seconds=290)).isoformat()
+        normal, bulk = unique("backdated"), unique("backdated-bulk")
+        published = datetime.now(UTC)
+        await publish(alpha, request(normal, requested_at=claimed))
+        await publish(alpha, request(bulk, requested_at=claimed, priority="bulk"))
+        for rid in (normal, bulk):
+            await heard.delivered(rid)
+        ledger = await ops.jetstream().key_value("pressroom_ledger")
+        for rid in (normal, bulk):
+            entry = json.loads((await ledger.get(rid)).value)
+            started = datetime.fromisoformat(entry["requested_at"])
+            assert started >= published - timedelta(seconds=5), (rid, entry["requested_at"])
+    finally:
+        await alpha.close()
         await ops.close()
