@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import AuthorizationError
@@ -19,7 +20,10 @@ from shared.bus.identity import REFUSALS, BusRefused, identity
 from shared.bus.names import LEDGER_BUCKET
 from shared.bus.topology import connect, ensure_topology
 from shared.errors import PressroomError
+from shared.observe.logging import get_logger
 from shared.settings import Settings
+
+log = get_logger("pressroom.console")
 
 
 class BusUnavailable(PressroomError):
@@ -31,6 +35,9 @@ class Bus:
     nc: Client
     js: JetStreamContext
     settings: Settings
+    # Set each time a lasting connection (the console's) is back after the server was away:
+    # its watches start over (a restarted server forgets their consumers).
+    reconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def ledger(self) -> KvLedger:
         return KvLedger(await self.js.key_value(LEDGER_BUCKET), js=self.js)
@@ -60,10 +67,26 @@ def connect_failure(error: BaseException, seen: list[BaseException]) -> str:
 
 
 @asynccontextmanager
-async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[Bus]:
-    """The CLI's connection, as the ops identity; `setup` declares the topology if needed."""
+async def open_bus(
+    settings: Settings, *, setup: bool = True, lasting: bool = False
+) -> AsyncIterator[Bus]:
+    """The CLI's connection, as the ops identity; `setup` declares the topology if needed.
+    `lasting` (the console's): it reconnects for as long as it is open, whenever the server
+    comes back, and says so on `Bus.reconnected`; a command's tries once and fails in a line."""
     who = identity(settings, "ops")
     seen: list[BaseException] = []
+    back = asyncio.Event()
+
+    async def reconnected() -> None:
+        log.info("bus reconnected", name="pressroom-console")
+        back.set()
+
+    # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then stop.
+    retries: dict[str, Any] = (
+        {"name": "pressroom-console", "reconnected_cb": reconnected}
+        if lasting
+        else {"name": "pressroom-cli", "max_reconnect_attempts": 1, "allow_reconnect": False}
+    )
 
     async def quiet(error: Exception) -> None:
         """The CLI reports a failed connection itself, in one line (refusals are remembered)."""
@@ -76,14 +99,10 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
         nc = await asyncio.wait_for(
             connect(
                 settings,
-                name="pressroom-cli",
                 role="ops",
-                # nats-py reads 0 as "no limit" when picking servers: 1 means try once, then
-                # stop.
-                max_reconnect_attempts=1,
                 connect_timeout=CONNECT_TIMEOUT,
-                allow_reconnect=False,
                 error_cb=quiet,
+                **retries,
             ),
             CONNECT_LIMIT,
         )
@@ -113,7 +132,7 @@ async def open_bus(settings: Settings, *, setup: bool = True) -> AsyncIterator[B
     try:
         if setup:
             await ensure_topology(js, settings)
-        yield Bus(nc, js, settings)
+        yield Bus(nc, js, settings, back)
     except LEADERLESS as error:
         refused = REFUSALS.last()
         if refused:  # a refused request is never answered: the refusal is the reason

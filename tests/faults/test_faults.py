@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from shared.adapters.ledger import KvLedger
@@ -17,6 +19,7 @@ from shared.bus.names import LEDGER_BUCKET, STREAM
 from tests import cliproc
 from tests.helpers import (
     REPO,
+    Console,
     Stack,
     dead_letter_count,
     dead_letters_beyond,
@@ -117,10 +120,28 @@ def pdfs(folder: Path) -> list[str]:
 
 
 @pytest.mark.timeout(900)  # twenty long reports through two faults: minutes on a loaded machine
+async def signed_in(console: Console, user: str, password: str) -> httpx.AsyncClient:
+    """An httpx client signed in to the console (its session cookie kept)."""
+    await console.wait_ready()
+    client = httpx.AsyncClient(base_url=console.url, timeout=60)
+    form = (await client.get("/login")).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+    assert token is not None, form
+    done = await client.post(
+        "/login", data={"username": user, "password": password, "csrf_token": token[1]}
+    )
+    assert done.status_code == 303, done.text
+    return client
+
+
 async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
     fault_stack: Stack,
 ) -> None:
     stack = fault_stack
+    # The console, a process that lasts, is there through the restart too.
+    console = Console(stack, {"vera": ("viewer", "vera-views-all-day")}, name="console-blip")
+    console.start()
+    client = await signed_in(console, "vera", "vera-views-all-day")
     rids = [unique("fault") for _ in range(20)]
     bodies = [
         {
@@ -151,6 +172,22 @@ async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
     delivered = await all_settled(stack, rids)
     assert {rid: delivered[rid] for rid in rids} == dict.fromkeys(rids, 1), stack.logs()
     assert pdfs(stack.out / "faults") == tags(rids)
+
+    # The console is connected again and its list shows every report as delivered, those
+    # settled after the restart too (its ledger watch died with the server's consumers).
+    async def listed() -> bool:
+        answer = await client.get("/api/reports", params={"q": "fault-"})
+        if answer.status_code != 200:
+            return False
+        shown = {r["request_id"]: r["status"] for r in answer.json()["reports"]}
+        return all(shown.get(rid) == "delivered" for rid in rids)
+
+    try:
+        await eventually(listed, timeout=120, every=0.5)
+        assert (await client.get("/healthz")).status_code == 200
+    finally:
+        await client.aclose()
+        console.stop()
 
 
 async def test_a_request_id_published_three_times_is_delivered_once(fault_stack: Stack) -> None:

@@ -217,7 +217,9 @@ def create_app(settings: Settings, *, bus: busaccess.Bus | None = None) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             if console.bus is None:
-                console.bus = await stack.enter_async_context(busaccess.open_bus(settings))
+                console.bus = await stack.enter_async_context(
+                    busaccess.open_bus(settings, lasting=True)
+                )
             tasks = [
                 asyncio.create_task(console.index.follow(console.bus)),
                 asyncio.create_task(console.slo.keep(console.bus)),

@@ -203,28 +203,46 @@ class LedgerIndex:
             self._listeners.discard(queue)
 
     async def follow(self, bus: Bus) -> None:
-        """Read the ledger and keep up with it until cancelled (a broken watch starts over)."""
+        """Read the ledger and keep up with it until cancelled. A broken watch starts over, and
+        so does one the bus was away from: a restarted server forgets the watch's consumer,
+        which would leave the index as it was, quietly, for good."""
         while True:
+            bus.reconnected.clear()
+            watch = asyncio.create_task(self._watch(bus))
+            back = asyncio.create_task(bus.reconnected.wait())
             try:
-                await self._watch(bus)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("ledger watch broken; starting over", error=repr(error))
-                await asyncio.sleep(1)
+                await asyncio.wait({watch, back}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (watch, back):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if back.done() and not back.cancelled():
+                log.info("bus back; reading the ledger again")
+                continue
+            error = watch.exception() if not watch.cancelled() else None
+            log.warning("ledger watch broken; starting over", error=repr(error))
+            await asyncio.sleep(1)
 
     async def _watch(self, bus: Bus) -> None:
         kv = await bus.js.key_value(LEDGER_BUCKET)
         watcher = await kv.watchall()
+        current: set[str] | None = set()  # the keys of the first read (None: live from here)
         try:
             while True:
                 update: Any = await watcher.updates(timeout=None)  # type: ignore[no-untyped-call]
                 if update is None:  # every current value read: from here on, live
+                    if current is not None:  # read again: what went meanwhile goes too
+                        for gone in set(self._rows) - current:
+                            self.remove(gone)
+                        current = None
                     self.loaded.set()
                     continue
                 if update.operation in ("DEL", "PURGE") or not update.value:
                     self.remove(update.key)
                     continue
+                if current is not None:
+                    current.add(update.key)
                 self.read += 1
                 self.put(parse_entry(update.key, update.value))
         finally:
