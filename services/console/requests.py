@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from services.console.busaccess import Bus, BusUnavailable
 from services.distributor.parcel import Parcel
-from shared.adapters.ledger import PIPELINE, LedgerEntry
+from shared.adapters.ledger import PIPELINE, LedgerEntry, StageRecord
 from shared.adapters.store import read_verified, remove_older_than
 from shared.bus.failover import LEADERLESS, describe_error
 from shared.bus.names import DELIVERIES_BUCKET, msg_id
@@ -309,6 +309,31 @@ async def ledger_entry(bus: Bus, request_id: str) -> LedgerEntry:
     if entry is None:
         raise PressroomError(f"no request '{request_id}' in the ledger")
     return entry
+
+
+def work_started(record: StageRecord) -> datetime:
+    """When the stage's worker began its last attempt: its finish less the seconds it timed
+    itself. Not `started_at`, when the claim was written: a stage writes it up to CLAIM_AFTER
+    into its work, or with its finish (shared/stage/runner.py)."""
+    if record.finished_at is not None and record.seconds is not None:
+        return record.finished_at - timedelta(seconds=record.seconds)
+    return record.started_at
+
+
+def queue_waits(entry: LedgerEntry) -> dict[str, float]:
+    """Seconds before each stage the report went through (a burst's child starts at the
+    renderer): from the request, or the previous stage's finish, to when the stage's worker
+    began its last attempt (for a retried stage, earlier attempts and backoff are in it)."""
+    waits: dict[str, float] = {}
+    previous = entry.requested_at
+    for stage in PIPELINE:
+        record = entry.stages.get(stage)
+        if record is None:
+            continue  # a stage this report skips (a burst's child has no fetcher)
+        if previous is not None:
+            waits[stage] = max((work_started(record) - previous).total_seconds(), 0.0)
+        previous = record.finished_at
+    return {k: round(v, 3) for k, v in waits.items()}
 
 
 # ---- artefacts -----------------------------------------------------------------------------

@@ -38,8 +38,9 @@ from services.console.requests import (
     deliver_again,
     ledger_entries,
     ledger_entry,
+    queue_waits,
 )
-from shared.adapters.ledger import entry_as_dict
+from shared.adapters.ledger import LedgerEntry, StageRecord, entry_as_dict
 from shared.downloadlinks import LOOPBACK_HOSTS
 from shared.errors import PressroomError
 from shared.settings import Settings
@@ -283,8 +284,8 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         f"template {literal(entry.template)}"
     )
     for stage, rec in entry.stages.items():
-        if waits.get(stage):
-            out.print(f"  {'(queued)':12} {'waiting':8} {waits[stage]:>7.2f}s  before {stage}")
+        if stage in waits and round(waits[stage], 2):
+            out.print(_wait_row(stage, rec, waits[stage]))
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
         out.print(
             f"  {literal(stage):12} {literal(rec.state):8} {secs:>8}  attempts {rec.attempts}"
@@ -298,18 +299,7 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         elif rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
     if entry.total_seconds is not None:
-        # From the ledger's own timestamps, as the total and the waits are, so the parts add up
-        # (a stage's `seconds` is timed by its worker and may start before its claim is written).
-        worked = sum(
-            (r.finished_at - r.started_at).total_seconds()
-            for r in entry.stages.values()
-            if r.finished_at is not None
-        )
-        queued = sum(waits.values())
-        out.print(
-            f"  total {entry.total_seconds:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
-            + _other(entry.total_seconds - worked - queued)
-        )
+        out.print(total_line(entry, waits))
     for art in entry.artefacts:
         out.print(f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)")
     for ch in entry.channels:
@@ -326,24 +316,35 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         out.print(f"  [red]error[/]: {literal(entry.error)}")
 
 
-def _other(seconds: float) -> str:
-    """What stages and queues do not account for: retries' backoff, ledger writes."""
-    return f", {seconds:.2f}s retrying or recording" if seconds >= 0.01 else ""
+def _wait_row(stage: str, record: StageRecord, seconds: float) -> str:
+    """The time before a stage: in its queue; before a retried stage's last attempt, also
+    its earlier attempts and their backoff (the ledger keeps no timing of those)."""
+    if record.attempts > 1:
+        return (
+            f"  {'(retrying)':12} {'waiting':8} {seconds:>7.2f}s  before {stage} attempt "
+            f"{record.attempts}"
+        )
+    return f"  {'(queued)':12} {'waiting':8} {seconds:>7.2f}s  before {stage}"
 
 
-def queue_waits(entry: Any) -> dict[str, float]:
-    """Seconds each stage's message waited before a worker took it: from the request (or
-    the previous stage's end) to the stage's start."""
-    waits: dict[str, float] = {}
-    previous = entry.requested_at
-    for stage in ("fetcher", "renderer", "distributor"):
-        record = entry.stages.get(stage)
-        if record is None:
-            break
-        if previous is not None:
-            waits[stage] = max((record.started_at - previous).total_seconds(), 0.0)
-        previous = record.finished_at
-    return {k: round(v, 3) for k, v in waits.items()}
+def total_line(entry: LedgerEntry, waits: dict[str, float]) -> str:
+    """`total 2.71s: 2.60s in stages, 0.11s queued`: the parts are the rows above, as
+    printed, so they add up to the total (publish of the request to delivery)."""
+    total = round(entry.total_seconds or 0.0, 2)
+    records = entry.stages
+    worked = sum(round(r.seconds, 2) for r in records.values() if r.seconds is not None)
+    shown = {stage: round(secs, 2) for stage, secs in waits.items()}
+    queued = sum(s for stage, s in shown.items() if records[stage].attempts == 1)
+    retrying = sum(s for stage, s in shown.items() if records[stage].attempts > 1)
+    line = f"  total {total:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
+    if retrying:
+        line += f", {retrying:.2f}s retrying"
+    other = round(total - worked - queued - retrying, 2)
+    if other >= 0.01:  # a stage without its worker's timing (an entry from an old backup)
+        line += f", {other:.2f}s not timed by a stage"
+    elif other <= -0.01:  # the next stage picked up the event before the finish was written
+        line += f", less {-other:.2f}s where stages overlapped"
+    return line
 
 
 def list_requests(
