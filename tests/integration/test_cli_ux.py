@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import queue
 import re
 import signal
@@ -364,6 +365,14 @@ async def test_request_source_and_subject_flags(
         check=True,
     )
     assert "value=1234567" in delivered_file(stack.out, rid, "html").read_text()
+
+
+def test_a_request_from_a_shell_without_user_names_the_login_the_audit_names() -> None:
+    # `pressroom()` runs in a clean environment: no USER, LOGNAME (a container, cron).
+    checked = pressroom("request", "-t", "portfolio", "--validate", "--json")
+    assert checked.returncode == 0, checked.stderr
+    login = pwd.getpwuid(os.getuid()).pw_name
+    assert json.loads(checked.stdout)["request"]["requested_by"] == f"cli:{login}"
 
 
 async def test_a_report_over_its_timeout_fails_naming_the_stage(

@@ -3,8 +3,11 @@ replaced by the ledger entry it would answer."""
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
+import os
+import pwd
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +17,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from services.console.cli import _common
+from services.console import audit
+from services.console.cli import _audit, _common
 from services.console.cli import requests as cli
 from shared.adapters.ledger import LedgerEntry, StageRecord
 
@@ -156,3 +160,15 @@ def test_a_retried_stage_says_its_wait_holds_the_earlier_attempts(
     assert re.search(r"\(retrying\) +waiting +30.00s  before renderer attempt 3\n", text), text
     total, parts = total_parts(text)
     assert total == 32.15 and parts == {"in stages": 2.15, "queued": 0.0, "retrying": 30.0}
+
+
+# ---- request: the template it names, who asks -------------------------------------------------
+def test_the_cli_asks_as_the_login_name_without_a_user_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):  # a container, cron
+        monkeypatch.delenv(name, raising=False)
+    name = pwd.getpwuid(os.getuid()).pw_name
+    assert getpass.getuser() == name
+    assert _audit.requester() == f"cli:{name}"
+    assert audit.cli_identity()[0] == name  # what `pressroom audit` records for the command

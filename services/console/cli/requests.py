@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from urllib.parse import urlsplit
 import typer
 
 from services.console import requests
-from services.console.cli._audit import audited, outcome
+from services.console.cli._audit import audited, outcome, requester
 from services.console.cli._common import (
     age,
     checked,
@@ -90,9 +89,10 @@ def request(
         body = {**body, "sources": [*body.get("sources", []), *map(source_spec, source)]}
     fields: dict[str, Any] = {"template": template, "formats": fmt, "request_id": request_id}
     fields |= {"locale": locale, "split": split, "timeout": report_timeout}
-    who = f"cli:{os.environ.get('USER', 'unknown')}"
     req = checked(
-        lambda: build_request(body, params=params, deliver=deliver, requested_by=who, **fields)
+        lambda: build_request(
+            body, params=params, deliver=deliver, requested_by=requester(), **fields
+        )
     )
     cfg = settings()
     check_template(cfg, req.template)
