@@ -191,6 +191,36 @@ async def test_a_partly_delivered_report_shows_the_channel_that_delivered(
     assert "file: ok" in text and "s3: FAILED" in text
 
 
+# ---- paths at 80 columns ----------------------------------------------------------------------
+def test_paths_and_links_are_printed_whole_at_80_columns(stack: Stack, tmp_path: Path) -> None:
+    rid, folder = unique("whole-paths"), f"{unique('finance')}/weekly/operations-and-portfolio"
+    waited = stack.cli(
+        "request", "-t", "portfolio", "--data-file", SAMPLE, "--request-id", rid,
+        "--to-folder", folder, "-f", "pdf", "-f", "csv", "--wait", env=NARROW, check=True,
+    )  # fmt: skip
+    files = sorted((stack.out / folder).iterdir())
+    assert files and all(len(f"PRESSROOM_OUT_DIR/{folder}/{f.name}") > 80 for f in files)
+    for file in files:
+        assert f"PRESSROOM_OUT_DIR/{folder}/{file.name}" in waited.stdout, waited.stdout
+    status = stack.cli("status", rid, env=NARROW, check=True).stdout
+    keys = [a["key"] for a in json.loads(stack.cli("status", rid, "--json").stdout)["artefacts"]]
+    for shown in [*keys, *(f"PRESSROOM_OUT_DIR/{folder}/{f.name}" for f in files)]:
+        assert shown in status, status
+    deep = tmp_path / "a-folder-with-a-long-name-for-downloads" / "another-level-of-folders"
+    got = stack.cli("get", rid, "-o", str(deep / f"{rid}.pdf"), env=NARROW, check=True)
+    assert f"wrote {deep / rid}.pdf (" in got.stdout, got.stdout
+    public = {**NARROW, "PRESSROOM_PUBLIC_URL": "https://reports.example.com/pressroom"}
+    link = stack.cli("get", rid, "--url", env=public, check=True).stdout
+    assert len(link.splitlines()) == 1 and len(link) > 80, link
+    rendered = pressroom(
+        "render", "-t", "portfolio", "--data-file", SAMPLE, "-o", str(deep / "rendered.pdf")
+    )
+    assert f"wrote {deep}/rendered.pdf (" in rendered.stdout, rendered.stdout
+    archive = deep / "pressroom-backup-of-the-whole-stack-before-the-upgrade.tar.gz"
+    backup = stack.cli("backup", str(archive), env=NARROW, check=True)
+    assert f"wrote {archive} (0600)" in backup.stdout, backup.stdout
+
+
 # ---- get, clean ------------------------------------------------------------------------------
 def test_get_without_output_writes_request_id_dot_format(stack: Stack) -> None:
     rid = unique("get-default")

@@ -20,7 +20,9 @@ from rich.console import Console
 from services.console import audit
 from services.console.cli import _audit, _common
 from services.console.cli import requests as cli
+from services.console.requests import Outcome
 from shared.adapters.ledger import LedgerEntry, StageRecord
+from shared.events import REPORT_DELIVERED, Artefact, ChannelResult
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
@@ -160,6 +162,49 @@ def test_a_retried_stage_says_its_wait_holds_the_earlier_attempts(
     assert re.search(r"\(retrying\) +waiting +30.00s  before renderer attempt 3\n", text), text
     total, parts = total_parts(text)
     assert total == 32.15 and parts == {"in stages": 2.15, "queued": 0.0, "retrying": 30.0}
+
+
+def test_status_prints_paths_whole_for_the_terminal_to_wrap(
+    monkeypatch: pytest.MonkeyPatch, screen: Screen
+) -> None:
+    folder = "PRESSROOM_OUT_DIR/portfolio/weekly/finance-and-operations-review"
+    target = f"{folder}/portfolio-status-report-2026-12-07-5deecc00.projects.csv"
+    key = "reports/sample-portfolio-20261207T090000/5deecc00/portfolio.projects.csv"
+    entry = delivered(
+        {
+            "fetcher": done(1, 0.0, 0.1),
+            "renderer": done(2, 0.1, 1.0),
+            "distributor": done(3, 1.1, 0.1),
+        },
+        artefacts=[
+            Artefact(
+                format="csv",
+                name="projects",
+                key=key,
+                size=1234,
+                sha256="0" * 64,
+                content_type="text/csv",
+            )
+        ],
+        channels=[ChannelResult(channel="file", ok=True, target=target)],
+    )
+    answering(monkeypatch, screen, entry)
+    cli.status(entry.request_id, as_json=False)
+    lines = screen.text().splitlines()
+    assert any(key in line for line in lines), screen.text()
+    assert any(target in line for line in lines), screen.text()
+
+
+def test_request_wait_prints_delivered_paths_whole(screen: Screen) -> None:
+    target = (
+        "PRESSROOM_OUT_DIR/portfolio/weekly/finance-and-operations-review/"
+        "portfolio-status-report-2026-12-07-5deecc00.projects.csv"
+    )
+    outcome = Outcome(
+        REPORT_DELIVERED, {"request_id": "r", "channels": [{"channel": "file", "target": target}]}
+    )
+    cli.show_outcome("r", outcome, wait=True, as_json=False)
+    assert f"  file: {target}" in screen.text().splitlines(), screen.text()
 
 
 # ---- request: the template it names, who asks -------------------------------------------------

@@ -139,14 +139,15 @@ def show_outcome(rid: str, outcome: Any, *, wait: bool, as_json: bool) -> None:
         found = {"subject": outcome.subject, "payload": outcome.payload} if outcome else None
         emit_json({"request_id": rid, **({"outcome": found} if wait else {})})
     elif not wait:
-        out.print(f"published [cyan]{literal(rid)}[/]")
+        out.print(f"published [cyan]{literal(rid)}[/]", soft_wrap=True)
     if outcome is None:
         return
     if outcome.delivered:
         if not as_json:
-            out.print(f"[green]delivered[/] {literal(rid)}")
+            out.print(f"[green]delivered[/] {literal(rid)}", soft_wrap=True)
             for ch in outcome.payload.get("channels", []):
-                out.print(f"  {literal(ch['channel'])}: {literal(ch['target'])}")
+                # whole, for the terminal to wrap: a newline inside a path breaks copying it
+                out.print(f"  {literal(ch['channel'])}: {literal(ch['target'])}", soft_wrap=True)
         return
     if not as_json:
         reason = outcome.payload.get("reason")
@@ -250,7 +251,7 @@ def render(
             export_paths(output, chosen, [e.name for e in exports]), exports, strict=True
         ):
             path.write_bytes(export.content)
-            out.print(f"wrote {literal(path)} ({len(export.content):,} bytes)")
+            out.print(f"wrote {literal(path)} ({len(export.content):,} bytes)", soft_wrap=True)
         return
     content = result.pdf if chosen == "pdf" else result.html
     assert content is not None
@@ -260,7 +261,7 @@ def render(
         extra += ", " + ", ".join(
             [*([result.variant] if result.variant else []), *(["tagged"] if result.tagged else [])]
         )
-    out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})")
+    out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})", soft_wrap=True)
 
 
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -281,7 +282,8 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         return
     out.print(
         f"[bold]{literal(request_id)}[/] · {literal(entry.status)} · "
-        f"template {literal(entry.template)}"
+        f"template {literal(entry.template)}",
+        soft_wrap=True,
     )
     for stage, rec in entry.stages.items():
         if stage in waits and round(waits[stage], 2):
@@ -300,11 +302,19 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
             out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
     if entry.total_seconds is not None:
         out.print(total_line(entry, waits))
+    # Paths, keys and targets whole on one line (the terminal wraps them): a newline inserted
+    # inside one would make it impossible to copy.
     for art in entry.artefacts:
-        out.print(f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)")
+        out.print(
+            f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)",
+            soft_wrap=True,
+        )
     for ch in entry.channels:
         mark = "ok" if ch.ok else "FAILED"
-        out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")
+        out.print(
+            f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}",
+            soft_wrap=True,
+        )
     if entry.burst is not None:
         out.print(f"  burst of {entry.burst.total:,}: {literal(entry.burst.summary())}")
     if entry.cancelled_at is not None:
@@ -418,7 +428,7 @@ def get(
     data = on_bus(cfg, lambda bus: artefact_bytes(bus, request_id, fmt))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
-    out.print(f"wrote {literal(output)} ({len(data):,} bytes)")
+    out.print(f"wrote {literal(output)} ({len(data):,} bytes)", soft_wrap=True)
 
 
 def default_file_name(request_id: str, fmt: str) -> str:
@@ -453,7 +463,7 @@ def deliver(
     for result in [] if as_json else results:
         mark = "[green]ok[/]" if result["ok"] else "[red]failed[/]"
         where = f"{literal(result['channel'])}: {literal(result['target'])}"
-        out.print(f"{mark} {where} {literal(result['detail'])}")
+        out.print(f"{mark} {where} {literal(result['detail'])}", soft_wrap=True)
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 
