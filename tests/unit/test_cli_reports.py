@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import typer
 from rich.console import Console
 
 from services.console import audit
@@ -205,6 +206,28 @@ def test_request_wait_prints_delivered_paths_whole(screen: Screen) -> None:
     )
     cli.show_outcome("r", outcome, wait=True, as_json=False)
     assert f"  file: {target}" in screen.text().splitlines(), screen.text()
+
+
+# ---- ls: what it can filter on ----------------------------------------------------------------
+def test_ls_refuses_an_unknown_status_naming_the_known_ones(
+    monkeypatch: pytest.MonkeyPatch, screen: Screen
+) -> None:
+    answering(monkeypatch, screen, [])
+    with pytest.raises(typer.Exit) as stopped:
+        cli.list_requests(limit=20, status_="bogus", template=None, as_json=False)
+    assert stopped.value.exit_code == 1
+    [line] = screen.error().splitlines()
+    assert "unknown status 'bogus'" in line, line
+    for status in ("requested", "delivered", "failed", "cancelled", "skipped"):
+        assert status in line, line
+    assert screen.text() == "" and screen.bus_calls == []  # not "no requests match"
+
+    with pytest.raises(typer.Exit):
+        cli.list_requests(limit=0, status_=None, template=None, as_json=False)
+    assert "--limit" in screen.error().splitlines()[-1]
+
+    cli.list_requests(limit=20, status_="delivered", template=None, as_json=False)
+    assert screen.text() == "no requests match --status delivered\n"
 
 
 # ---- request: the template it names, who asks -------------------------------------------------

@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import typer
@@ -39,10 +39,12 @@ from services.console.requests import (
     ledger_entry,
     queue_waits,
 )
-from shared.adapters.ledger import LedgerEntry, StageRecord, entry_as_dict
+from shared.adapters.ledger import LedgerEntry, StageRecord, Status, entry_as_dict
 from shared.downloadlinks import LOOPBACK_HOSTS
 from shared.errors import PressroomError
 from shared.settings import Settings
+
+STATUSES: tuple[str, ...] = get_args(Status)  # what `ls --status` can match
 
 
 @audited("request")
@@ -359,12 +361,16 @@ def total_line(entry: LedgerEntry, waits: dict[str, float]) -> str:
 
 def list_requests(
     limit: int = typer.Option(20, help="How many, newest first."),
-    status_: str | None = typer.Option(None, "--status"),
+    status_: str | None = typer.Option(None, "--status", help=", ".join(STATUSES)),
     template: str | None = typer.Option(None, "--template"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recent requests from the ledger."""
 
+    if status_ is not None and status_ not in STATUSES:
+        fail(f"unknown status '{status_}' (known: {', '.join(STATUSES)})")
+    if limit < 1:
+        fail(f"--limit is how many requests to list: 1 or more, got {limit}")
     found = on_bus(settings(), lambda bus: ledger_entries(bus, status=status_, template=template))
     entries = found[:limit]
     if as_json:
