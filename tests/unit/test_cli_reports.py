@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,6 +232,27 @@ def test_ls_refuses_an_unknown_status_naming_the_known_ones(
 
 
 # ---- request: the template it names, who asks -------------------------------------------------
+def test_an_unknown_template_is_only_matched_to_a_close_name(
+    monkeypatch: pytest.MonkeyPatch, screen: Screen, tmp_path: Path
+) -> None:
+    for name in ("monthly.html", "weekly.html", "daily.html", "_base.html"):
+        (tmp_path / name).write_text("<p>{{ x }}</p>")
+    cfg: Any = type("Cfg", (), {"templates_dir": tmp_path})()
+
+    def refused(name: str) -> str:
+        with pytest.raises(typer.Exit):
+            cli.check_template(cfg, name)
+        return screen.error().splitlines()[-1]
+
+    line = refused("nosuch.html")
+    assert "did you mean" not in line, line
+    assert "known: daily.html, monthly.html, weekly.html" in line, line
+    assert "nothing was published" in line
+    assert "did you mean weekly.html?" in refused("weely")
+    assert "did you mean monthly.html?" in refused("montly.html")
+    assert "cannot be requested" in refused("_base.html")  # a partial: said as before
+
+
 def test_the_cli_asks_as_the_login_name_without_a_user_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
