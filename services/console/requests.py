@@ -25,7 +25,7 @@ from services.distributor.parcel import Parcel
 from shared.adapters.ledger import PIPELINE, LedgerEntry, StageRecord
 from shared.adapters.store import read_verified, remove_older_than
 from shared.bus.failover import LEADERLESS, describe_error
-from shared.bus.names import DELIVERIES_BUCKET, msg_id
+from shared.bus.names import DELIVERIES_BUCKET, STREAM, msg_id
 from shared.bus.topology import JetStreamPublisher
 from shared.downloadlinks import download_link, local_console
 from shared.errors import PressroomError
@@ -39,6 +39,7 @@ from shared.events import (
     ReportRendered,
     ReportRequested,
     request_fingerprint,
+    tenant_of_subject,
 )
 from shared.templatename import canonical_template
 
@@ -392,7 +393,7 @@ async def deliver_again(
     entry = await (await bus.ledger()).get(request_id)
     if entry is None or not entry.artefacts:
         raise PressroomError(f"request '{request_id}' has no rendered artefacts to deliver")
-    request = ReportRequested(
+    request = await original_request(bus, entry) or ReportRequested(
         request_id=request_id,
         template=entry.template or "unknown.html",
         requested_by=entry.requested_by,
@@ -421,6 +422,42 @@ async def deliver_again(
                 {"channel": delivery.channel, "ok": False, "target": "", "detail": error.reason}
             )
     return results
+
+
+async def original_request(bus: Bus, entry: LedgerEntry) -> ReportRequested | None:
+    """The request as the stages saw it (params, `filename`, tenant, `requested_at`: what
+    names the files and fills the email), from the message the furthest stage took — for a
+    burst's child, which no fetcher took, its own request — while the stream still holds it
+    (30 days); else None."""
+    for stage in reversed(PIPELINE):
+        record = entry.stages.get(stage)
+        if record is None:
+            continue
+        try:
+            raw = await bus.js.get_msg(STREAM, record.seq)
+            body = json.loads(raw.data or b"{}")
+        except (NatsError, TimeoutError, ValueError):
+            continue  # aged out of the stream (or not ours): an earlier stage's may be there
+        found = body.get("request", body) if isinstance(body, dict) else None
+        try:
+            request = ReportRequested.model_validate(found)
+        except ValidationError:
+            continue
+        if request.request_id != entry.request_id:
+            continue
+        if raw.subject.startswith(REPORT_REQUESTED):
+            # As published, before the fetcher stamped it (shared/stage/intake.py): who asked
+            # and for which calling system is what the subject and the ledger say, never the
+            # body (a tenant's body naming another tenant must not reach that one's folder).
+            request = request.model_copy(
+                update={
+                    "tenant": tenant_of_subject(raw.subject),
+                    "requested_by": entry.requested_by,
+                    "requested_at": entry.requested_at or request.requested_at,
+                }
+            )
+        return request
+    return None
 
 
 async def clean_artefacts(bus: Bus, age: timedelta, *, dry_run: bool) -> list[Any]:

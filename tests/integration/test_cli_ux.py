@@ -191,6 +191,23 @@ async def test_a_partly_delivered_report_shows_the_channel_that_delivered(
     assert "file: ok" in text and "s3: FAILED" in text
 
 
+# ---- delivering again --------------------------------------------------------------------------
+def test_a_report_delivered_again_keeps_its_file_name(stack: Stack) -> None:
+    rid, folder = unique("again"), unique("again-folder")
+    stack.cli(
+        "request", "-t", "portfolio", "--data-file", SAMPLE, "--request-id", rid,
+        "--to-folder", folder, "--wait", check=True,
+    )  # fmt: skip
+    [first] = (stack.out / folder).glob("*.pdf")
+    assert first.name.startswith("portfolio-status-report-"), first.name  # the report's title
+    first.write_bytes(b"tampered with since")
+    again = stack.cli("deliver", rid, "--folder", folder, env=NARROW, check=True)
+    assert list((stack.out / folder).glob("*.pdf")) == [first]  # replaced, not a second copy
+    assert first.read_bytes().startswith(b"%PDF")
+    # The path whole on its line (the terminal wraps it), as the user copies it.
+    assert f"ok file: PRESSROOM_OUT_DIR/{folder}/{first.name}" in again.stdout.splitlines()[0]
+
+
 # ---- paths at 80 columns ----------------------------------------------------------------------
 def test_paths_and_links_are_printed_whole_at_80_columns(stack: Stack, tmp_path: Path) -> None:
     rid, folder = unique("whole-paths"), f"{unique('finance')}/weekly/operations-and-portfolio"
