@@ -445,13 +445,14 @@ async def original_request(bus: Bus, entry: LedgerEntry) -> ReportRequested | No
             continue
         if request.request_id != entry.request_id:
             continue
-        if raw.subject.startswith(REPORT_REQUESTED):
+        subject = raw.subject or ""
+        if subject.startswith(REPORT_REQUESTED):
             # As published, before the fetcher stamped it (shared/stage/intake.py): who asked
             # and for which calling system is what the subject and the ledger say, never the
             # body (a tenant's body naming another tenant must not reach that one's folder).
             request = request.model_copy(
                 update={
-                    "tenant": tenant_of_subject(raw.subject),
+                    "tenant": tenant_of_subject(subject),
                     "requested_by": entry.requested_by,
                     "requested_at": entry.requested_at or request.requested_at,
                 }
