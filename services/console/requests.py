@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 from services.console.busaccess import Bus, BusUnavailable
 from services.distributor.parcel import Parcel
-from shared.adapters.ledger import PIPELINE, LedgerEntry
+from shared.adapters.ledger import PIPELINE, LedgerEntry, StageRecord
 from shared.adapters.store import read_verified, remove_older_than
 from shared.bus.failover import LEADERLESS, describe_error
-from shared.bus.names import DELIVERIES_BUCKET, msg_id
+from shared.bus.names import DELIVERIES_BUCKET, STREAM, msg_id
 from shared.bus.topology import JetStreamPublisher
 from shared.downloadlinks import download_link, local_console
 from shared.errors import PressroomError
@@ -39,6 +39,7 @@ from shared.events import (
     ReportRendered,
     ReportRequested,
     request_fingerprint,
+    tenant_of_subject,
 )
 from shared.templatename import canonical_template
 
@@ -311,6 +312,31 @@ async def ledger_entry(bus: Bus, request_id: str) -> LedgerEntry:
     return entry
 
 
+def work_started(record: StageRecord) -> datetime:
+    """When the stage's worker began its last attempt: its finish less the seconds it timed
+    itself. Not `started_at`, when the claim was written: a stage writes it up to CLAIM_AFTER
+    into its work, or with its finish (shared/stage/runner.py)."""
+    if record.finished_at is not None and record.seconds is not None:
+        return record.finished_at - timedelta(seconds=record.seconds)
+    return record.started_at
+
+
+def queue_waits(entry: LedgerEntry) -> dict[str, float]:
+    """Seconds before each stage the report went through (a burst's child starts at the
+    renderer): from the request, or the previous stage's finish, to when the stage's worker
+    began its last attempt (for a retried stage, earlier attempts and backoff are in it)."""
+    waits: dict[str, float] = {}
+    previous = entry.requested_at
+    for stage in PIPELINE:
+        record = entry.stages.get(stage)
+        if record is None:
+            continue  # a stage this report skips (a burst's child has no fetcher)
+        if previous is not None:
+            waits[stage] = max((work_started(record) - previous).total_seconds(), 0.0)
+        previous = record.finished_at
+    return {k: round(v, 3) for k, v in waits.items()}
+
+
 # ---- artefacts -----------------------------------------------------------------------------
 async def _artefact(bus: Bus, request_id: str, fmt: str) -> Artefact:
     entry = await (await bus.ledger()).get(request_id)
@@ -367,7 +393,7 @@ async def deliver_again(
     entry = await (await bus.ledger()).get(request_id)
     if entry is None or not entry.artefacts:
         raise PressroomError(f"request '{request_id}' has no rendered artefacts to deliver")
-    request = ReportRequested(
+    request = await original_request(bus, entry) or ReportRequested(
         request_id=request_id,
         template=entry.template or "unknown.html",
         requested_by=entry.requested_by,
@@ -396,6 +422,43 @@ async def deliver_again(
                 {"channel": delivery.channel, "ok": False, "target": "", "detail": error.reason}
             )
     return results
+
+
+async def original_request(bus: Bus, entry: LedgerEntry) -> ReportRequested | None:
+    """The request as the stages saw it (params, `filename`, tenant, `requested_at`: what
+    names the files and fills the email), from the message the furthest stage took — for a
+    burst's child, which no fetcher took, its own request — while the stream still holds it
+    (30 days); else None."""
+    for stage in reversed(PIPELINE):
+        record = entry.stages.get(stage)
+        if record is None:
+            continue
+        try:
+            raw = await bus.js.get_msg(STREAM, record.seq)
+            body = json.loads(raw.data or b"{}")
+        except (NatsError, TimeoutError, ValueError):
+            continue  # aged out of the stream (or not ours): an earlier stage's may be there
+        found = body.get("request", body) if isinstance(body, dict) else None
+        try:
+            request = ReportRequested.model_validate(found)
+        except ValidationError:
+            continue
+        if request.request_id != entry.request_id:
+            continue
+        subject = raw.subject or ""
+        if subject.startswith(REPORT_REQUESTED):
+            # As published, before the fetcher stamped it (shared/stage/intake.py): who asked
+            # and for which calling system is what the subject and the ledger say, never the
+            # body (a tenant's body naming another tenant must not reach that one's folder).
+            request = request.model_copy(
+                update={
+                    "tenant": tenant_of_subject(subject),
+                    "requested_by": entry.requested_by,
+                    "requested_at": entry.requested_at or request.requested_at,
+                }
+            )
+        return request
+    return None
 
 
 async def clean_artefacts(bus: Bus, age: timedelta, *, dry_run: bool) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import queue
 import re
 import signal
@@ -153,11 +154,16 @@ def test_status_shows_where_the_time_went_and_it_adds_up(stack: Stack) -> None:
     text = stack.cli("status", rid, env=NARROW, check=True).stdout
     assert "(queued)" in text and "before fetcher" in text, text
     total = re.search(
-        r"total ([\d.]+)s: ([\d.]+)s in stages, ([\d.]+)s queued(?:, ([\d.]+)s retrying)?", text
+        r"total ([\d.]+)s: ([\d.]+)s in stages, ([\d.]+)s queued(?:, ([\d.]+)s retrying)?"
+        r"(?:, less ([\d.]+)s where stages overlapped)?",
+        text,
     )
     assert total, text
-    parts = [float(g) for g in total.groups()[1:] if g is not None]
-    assert abs(float(total.group(1)) - sum(parts)) <= 0.03, text  # rounding only
+    parts = [float(g) for g in total.groups()[1:4] if g is not None]
+    overlap = float(total.group(5) or 0)
+    assert abs(float(total.group(1)) - sum(parts) + overlap) <= 0.011, text  # rounding only
+    rows = re.findall(r"^  (?:fetcher|renderer|distributor) +done +([\d.]+)s", text, re.M)
+    assert len(rows) == 3 and abs(sum(map(float, rows)) - float(total.group(2))) < 0.005, text
     waits = json.loads(stack.cli("status", rid, "--json", check=True).stdout)["waits"]
     assert set(waits) == {"fetcher", "renderer", "distributor"}
 
@@ -183,6 +189,53 @@ async def test_a_partly_delivered_report_shows_the_channel_that_delivered(
     assert channels["s3"]["ok"] is False and "not configured" in channels["s3"]["detail"]
     text = stack.cli("status", rid2, env=NARROW, check=True).stdout
     assert "file: ok" in text and "s3: FAILED" in text
+
+
+# ---- delivering again --------------------------------------------------------------------------
+def test_a_report_delivered_again_keeps_its_file_name(stack: Stack) -> None:
+    rid, folder = unique("again"), unique("again-folder")
+    stack.cli(
+        "request", "-t", "portfolio", "--data-file", SAMPLE, "--request-id", rid,
+        "--to-folder", folder, "--wait", check=True,
+    )  # fmt: skip
+    [first] = (stack.out / folder).glob("*.pdf")
+    assert first.name.startswith("portfolio-status-report-"), first.name  # the report's title
+    first.write_bytes(b"tampered with since")
+    again = stack.cli("deliver", rid, "--folder", folder, env=NARROW, check=True)
+    assert list((stack.out / folder).glob("*.pdf")) == [first]  # replaced, not a second copy
+    assert first.read_bytes().startswith(b"%PDF")
+    # The path whole on its line (the terminal wraps it), as the user copies it.
+    assert f"ok file: PRESSROOM_OUT_DIR/{folder}/{first.name}" in again.stdout.splitlines()[0]
+
+
+# ---- paths at 80 columns ----------------------------------------------------------------------
+def test_paths_and_links_are_printed_whole_at_80_columns(stack: Stack, tmp_path: Path) -> None:
+    rid, folder = unique("whole-paths"), f"{unique('finance')}/weekly/operations-and-portfolio"
+    waited = stack.cli(
+        "request", "-t", "portfolio", "--data-file", SAMPLE, "--request-id", rid,
+        "--to-folder", folder, "-f", "pdf", "-f", "csv", "--wait", env=NARROW, check=True,
+    )  # fmt: skip
+    files = sorted((stack.out / folder).iterdir())
+    assert files and all(len(f"PRESSROOM_OUT_DIR/{folder}/{f.name}") > 80 for f in files)
+    for file in files:
+        assert f"PRESSROOM_OUT_DIR/{folder}/{file.name}" in waited.stdout, waited.stdout
+    status = stack.cli("status", rid, env=NARROW, check=True).stdout
+    keys = [a["key"] for a in json.loads(stack.cli("status", rid, "--json").stdout)["artefacts"]]
+    for shown in [*keys, *(f"PRESSROOM_OUT_DIR/{folder}/{f.name}" for f in files)]:
+        assert shown in status, status
+    deep = tmp_path / "a-folder-with-a-long-name-for-downloads" / "another-level-of-folders"
+    got = stack.cli("get", rid, "-o", str(deep / f"{rid}.pdf"), env=NARROW, check=True)
+    assert f"wrote {deep / rid}.pdf (" in got.stdout, got.stdout
+    public = {**NARROW, "PRESSROOM_PUBLIC_URL": "https://reports.example.com/pressroom"}
+    link = stack.cli("get", rid, "--url", env=public, check=True).stdout
+    assert len(link.splitlines()) == 1 and len(link) > 80, link
+    rendered = pressroom(
+        "render", "-t", "portfolio", "--data-file", SAMPLE, "-o", str(deep / "rendered.pdf")
+    )
+    assert f"wrote {deep}/rendered.pdf (" in rendered.stdout, rendered.stdout
+    archive = deep / "pressroom-backup-of-the-whole-stack-before-the-upgrade.tar.gz"
+    backup = stack.cli("backup", str(archive), env=NARROW, check=True)
+    assert f"wrote {archive} (0600)" in backup.stdout, backup.stdout
 
 
 # ---- get, clean ------------------------------------------------------------------------------
@@ -359,6 +412,14 @@ async def test_request_source_and_subject_flags(
         check=True,
     )
     assert "value=1234567" in delivered_file(stack.out, rid, "html").read_text()
+
+
+def test_a_request_from_a_shell_without_user_names_the_login_the_audit_names() -> None:
+    # `pressroom()` runs in a clean environment: no USER, LOGNAME (a container, cron).
+    checked = pressroom("request", "-t", "portfolio", "--validate", "--json")
+    assert checked.returncode == 0, checked.stderr
+    login = pwd.getpwuid(os.getuid()).pw_name
+    assert json.loads(checked.stdout)["request"]["requested_by"] == f"cli:{login}"
 
 
 async def test_a_report_over_its_timeout_fails_naming_the_stage(

@@ -39,6 +39,13 @@ RECORDED = ("who", "action", "target", "outcome", "source")
 _said: list[str] = []
 
 
+def requester() -> str:
+    """`requested_by` of what the CLI publishes: `cli:` and the login name the audit trail
+    records for the same person (`audit.cli_identity`: the login name, else the uid's), so a
+    request and the audited command that sent it name one user, with or without USER set."""
+    return f"cli:{audit.cli_identity()[0]}"
+
+
 def outcome(text: str) -> None:
     """What the running audited command achieved, in a few words ("3 replayed")."""
     _said.append(text)

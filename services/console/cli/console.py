@@ -120,7 +120,7 @@ def user_add(
         password = sys.stdin.readline().rstrip("\n")
     path = users_file(cfg)
     checked(lambda: add_user(path, name, role, password))
-    out.print(f"user {literal(name)} ({role}) saved in {literal(path)}")
+    out.print(f"user {literal(name)} ({role}) saved in {literal(path)}", soft_wrap=True)
 
 
 @user_app.command("ls")

@@ -32,7 +32,7 @@ def pdf_keys(
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(private)
     pub.write_bytes(public)
-    out.print(f"wrote {literal(key)} (the renderer's, mode 600) and {literal(pub)}")
+    out.print(f"wrote {literal(key)} (the renderer's, mode 600) and {literal(pub)}", soft_wrap=True)
 
 
 @pdf_app.command("seal")

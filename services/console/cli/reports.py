@@ -167,7 +167,7 @@ def alerts(
     if as_json:
         emit_json({"prometheus": url, "alerts": [a.as_dict() for a in found]})
     elif not found:
-        out.print(f"[green]nothing firing[/] ({literal(url)})")
+        out.print(f"[green]nothing firing[/] ({literal(url)})", soft_wrap=True)
 
     def block(text: str) -> str:
         return textwrap.fill(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import json
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import typer
 
 from services.console import requests
-from services.console.cli._audit import audited, outcome
+from services.console.cli._audit import audited, outcome, requester
 from services.console.cli._common import (
     age,
     checked,
@@ -38,11 +38,14 @@ from services.console.requests import (
     deliver_again,
     ledger_entries,
     ledger_entry,
+    queue_waits,
 )
-from shared.adapters.ledger import entry_as_dict
+from shared.adapters.ledger import LedgerEntry, StageRecord, Status, entry_as_dict
 from shared.downloadlinks import LOOPBACK_HOSTS
 from shared.errors import PressroomError
 from shared.settings import Settings
+
+STATUSES: tuple[str, ...] = get_args(Status)  # what `ls --status` can match
 
 
 @audited("request")
@@ -89,9 +92,10 @@ def request(
         body = {**body, "sources": [*body.get("sources", []), *map(source_spec, source)]}
     fields: dict[str, Any] = {"template": template, "formats": fmt, "request_id": request_id}
     fields |= {"locale": locale, "split": split, "timeout": report_timeout}
-    who = f"cli:{os.environ.get('USER', 'unknown')}"
     req = checked(
-        lambda: build_request(body, params=params, deliver=deliver, requested_by=who, **fields)
+        lambda: build_request(
+            body, params=params, deliver=deliver, requested_by=requester(), **fields
+        )
     )
     cfg = settings()
     check_template(cfg, req.template)
@@ -138,14 +142,15 @@ def show_outcome(rid: str, outcome: Any, *, wait: bool, as_json: bool) -> None:
         found = {"subject": outcome.subject, "payload": outcome.payload} if outcome else None
         emit_json({"request_id": rid, **({"outcome": found} if wait else {})})
     elif not wait:
-        out.print(f"published [cyan]{literal(rid)}[/]")
+        out.print(f"published [cyan]{literal(rid)}[/]", soft_wrap=True)
     if outcome is None:
         return
     if outcome.delivered:
         if not as_json:
-            out.print(f"[green]delivered[/] {literal(rid)}")
+            out.print(f"[green]delivered[/] {literal(rid)}", soft_wrap=True)
             for ch in outcome.payload.get("channels", []):
-                out.print(f"  {literal(ch['channel'])}: {literal(ch['target'])}")
+                # whole, for the terminal to wrap: a newline inside a path breaks copying it
+                out.print(f"  {literal(ch['channel'])}: {literal(ch['target'])}", soft_wrap=True)
         return
     if not as_json:
         reason = outcome.payload.get("reason")
@@ -158,10 +163,29 @@ def check_template(cfg: Settings, name: str) -> None:
     sees the templates folder; when it does not (a remote stack), the renderer decides."""
     if not cfg.templates_dir.is_dir():
         return
+    templates = library(cfg)
     try:
-        library(cfg).resolve(name)
+        templates.resolve(name)
     except PressroomError as error:
-        fail(f"{error.reason} in {cfg.templates_dir}; nothing was published")
+        reason = error.reason
+        if reason.startswith(f"template '{name}' not found"):  # not a partial, sample …
+            reason = unknown_template(name, templates.names())
+        fail(f"{reason} in {cfg.templates_dir}; nothing was published")
+
+
+def unknown_template(name: str, known: list[str]) -> str:
+    """`template 'weely' not found (did you mean weekly.html? known: …)`: a suggestion only
+    when one is close. Names are compared without their suffix: `.html`, which every
+    template has, would make any `x.html` look like some other."""
+    stems = {_stem(n): n for n in known}
+    wanted = _stem(name.replace("\\", "/"))
+    close = difflib.get_close_matches(wanted, list(stems), n=1, cutoff=0.75)
+    hint = f"did you mean {stems[close[0]]}? " if close else ""
+    return f"template '{name}' not found ({hint}known: {', '.join(known) or 'none'})"
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"\.[^./]*$", "", name).lower()
 
 
 @audited("render")
@@ -249,7 +273,7 @@ def render(
             export_paths(output, chosen, [e.name for e in exports]), exports, strict=True
         ):
             path.write_bytes(export.content)
-            out.print(f"wrote {literal(path)} ({len(export.content):,} bytes)")
+            out.print(f"wrote {literal(path)} ({len(export.content):,} bytes)", soft_wrap=True)
         return
     content = result.pdf if chosen == "pdf" else result.html
     assert content is not None
@@ -259,7 +283,7 @@ def render(
         extra += ", " + ", ".join(
             [*([result.variant] if result.variant else []), *(["tagged"] if result.tagged else [])]
         )
-    out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})")
+    out.print(f"wrote {literal(output)} ({len(content):,} bytes{extra})", soft_wrap=True)
 
 
 def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -280,11 +304,12 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         return
     out.print(
         f"[bold]{literal(request_id)}[/] · {literal(entry.status)} · "
-        f"template {literal(entry.template)}"
+        f"template {literal(entry.template)}",
+        soft_wrap=True,
     )
     for stage, rec in entry.stages.items():
-        if waits.get(stage):
-            out.print(f"  {'(queued)':12} {'waiting':8} {waits[stage]:>7.2f}s  before {stage}")
+        if stage in waits and round(waits[stage], 2):
+            out.print(_wait_row(stage, rec, waits[stage]))
         secs = f"{rec.seconds:.2f}s" if rec.seconds is not None else "—"
         out.print(
             f"  {literal(stage):12} {literal(rec.state):8} {secs:>8}  attempts {rec.attempts}"
@@ -298,23 +323,20 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         elif rec.error and rec.error != entry.error:  # the request's own error follows below
             out.print(f"    {visible(rec.error)}", highlight=False, markup=False)
     if entry.total_seconds is not None:
-        # From the ledger's own timestamps, as the total and the waits are, so the parts add up
-        # (a stage's `seconds` is timed by its worker and may start before its claim is written).
-        worked = sum(
-            (r.finished_at - r.started_at).total_seconds()
-            for r in entry.stages.values()
-            if r.finished_at is not None
-        )
-        queued = sum(waits.values())
-        out.print(
-            f"  total {entry.total_seconds:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
-            + _other(entry.total_seconds - worked - queued)
-        )
+        out.print(total_line(entry, waits))
+    # Paths, keys and targets whole on one line (the terminal wraps them): a newline inserted
+    # inside one would make it impossible to copy.
     for art in entry.artefacts:
-        out.print(f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)")
+        out.print(
+            f"  artefact {literal(art.ext)}: {literal(art.key)} ({art.size:,} bytes)",
+            soft_wrap=True,
+        )
     for ch in entry.channels:
         mark = "ok" if ch.ok else "FAILED"
-        out.print(f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}")
+        out.print(
+            f"  {literal(ch.channel)}: {mark} {literal(ch.target)} {literal(ch.detail)}",
+            soft_wrap=True,
+        )
     if entry.burst is not None:
         out.print(f"  burst of {entry.burst.total:,}: {literal(entry.burst.summary())}")
     if entry.cancelled_at is not None:
@@ -326,34 +348,49 @@ def status(request_id: str, as_json: bool = typer.Option(False, "--json")) -> No
         out.print(f"  [red]error[/]: {literal(entry.error)}")
 
 
-def _other(seconds: float) -> str:
-    """What stages and queues do not account for: retries' backoff, ledger writes."""
-    return f", {seconds:.2f}s retrying or recording" if seconds >= 0.01 else ""
+def _wait_row(stage: str, record: StageRecord, seconds: float) -> str:
+    """The time before a stage: in its queue; before a retried stage's last attempt, also
+    its earlier attempts and their backoff (the ledger keeps no timing of those)."""
+    if record.attempts > 1:
+        return (
+            f"  {'(retrying)':12} {'waiting':8} {seconds:>7.2f}s  before {stage} attempt "
+            f"{record.attempts}"
+        )
+    return f"  {'(queued)':12} {'waiting':8} {seconds:>7.2f}s  before {stage}"
 
 
-def queue_waits(entry: Any) -> dict[str, float]:
-    """Seconds each stage's message waited before a worker took it: from the request (or
-    the previous stage's end) to the stage's start."""
-    waits: dict[str, float] = {}
-    previous = entry.requested_at
-    for stage in ("fetcher", "renderer", "distributor"):
-        record = entry.stages.get(stage)
-        if record is None:
-            break
-        if previous is not None:
-            waits[stage] = max((record.started_at - previous).total_seconds(), 0.0)
-        previous = record.finished_at
-    return {k: round(v, 3) for k, v in waits.items()}
+def total_line(entry: LedgerEntry, waits: dict[str, float]) -> str:
+    """`total 2.71s: 2.60s in stages, 0.11s queued`: the parts are the rows above, as
+    printed, so they add up to the total (publish of the request to delivery)."""
+    total = round(entry.total_seconds or 0.0, 2)
+    records = entry.stages
+    worked = sum(round(r.seconds, 2) for r in records.values() if r.seconds is not None)
+    shown = {stage: round(secs, 2) for stage, secs in waits.items()}
+    queued = sum(s for stage, s in shown.items() if records[stage].attempts == 1)
+    retrying = sum(s for stage, s in shown.items() if records[stage].attempts > 1)
+    line = f"  total {total:.2f}s: {worked:.2f}s in stages, {queued:.2f}s queued"
+    if retrying:
+        line += f", {retrying:.2f}s retrying"
+    other = round(total - worked - queued - retrying, 2)
+    if other >= 0.01:  # a stage without its worker's timing (an entry from an old backup)
+        line += f", {other:.2f}s not timed by a stage"
+    elif other <= -0.01:  # the next stage picked up the event before the finish was written
+        line += f", less {-other:.2f}s where stages overlapped"
+    return line
 
 
 def list_requests(
     limit: int = typer.Option(20, help="How many, newest first."),
-    status_: str | None = typer.Option(None, "--status"),
+    status_: str | None = typer.Option(None, "--status", help=", ".join(STATUSES)),
     template: str | None = typer.Option(None, "--template"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recent requests from the ledger."""
 
+    if status_ is not None and status_ not in STATUSES:
+        fail(f"unknown status '{status_}' (known: {', '.join(STATUSES)})")
+    if limit < 1:
+        fail(f"--limit is how many requests to list: 1 or more, got {limit}")
     found = on_bus(settings(), lambda bus: ledger_entries(bus, status=status_, template=template))
     entries = found[:limit]
     if as_json:
@@ -417,7 +454,7 @@ def get(
     data = on_bus(cfg, lambda bus: artefact_bytes(bus, request_id, fmt))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
-    out.print(f"wrote {literal(output)} ({len(data):,} bytes)")
+    out.print(f"wrote {literal(output)} ({len(data):,} bytes)", soft_wrap=True)
 
 
 def default_file_name(request_id: str, fmt: str) -> str:
@@ -452,7 +489,7 @@ def deliver(
     for result in [] if as_json else results:
         mark = "[green]ok[/]" if result["ok"] else "[red]failed[/]"
         where = f"{literal(result['channel'])}: {literal(result['target'])}"
-        out.print(f"{mark} {where} {literal(result['detail'])}")
+        out.print(f"{mark} {where} {literal(result['detail'])}", soft_wrap=True)
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 

@@ -88,21 +88,24 @@ def up(
         _prometheus(supervisor, prometheus_port if prometheus else None)
         if console:
             out.print(
-                f"console on [cyan]{supervisor.start_console()}[/] · "
-                "`pressroom console user add` adds users"
+                f"console on [cyan]{literal(supervisor.start_console())}[/] · "
+                "`pressroom console user add` adds users",
+                soft_wrap=True,
             )
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda signum, frame: stopping.append(signum))
         out.print(
-            f"[bold]Pressroom[/] on {cfg.bus_url_public} · logs in {supervisor.log_dir} · "
-            "Ctrl-C to stop"
+            f"[bold]Pressroom[/] on {literal(cfg.bus_url_public)} · logs in "
+            f"{literal(supervisor.log_dir)} · Ctrl-C to stop",
+            soft_wrap=True,
         )
         if sample:
             req = sample_request(cfg.templates_dir / "samples" / "portfolio-request.json")
             on_bus(cfg, lambda bus: publish_request(bus, req), setup=False)
             out.print(
-                f"published sample request [cyan]{req.request_id}[/] → "
-                f"{cfg.out_dir.resolve()}/{folder_filename(req, 'pdf')}"
+                f"published sample request [cyan]{literal(req.request_id)}[/] → "
+                f"{literal(cfg.out_dir.resolve())}/{folder_filename(req, 'pdf')}",
+                soft_wrap=True,
             )
         with Live(console=out, refresh_per_second=2, transient=True) as live:
             while not stopping:
@@ -152,7 +155,10 @@ def _prometheus(supervisor: Any, port: int | None) -> None:
         err.print(f"[yellow]note:[/] {literal(error.reason)}", highlight=False)
         return
     if url:
-        out.print(f"Prometheus on [cyan]{url}[/] · `pressroom alerts` shows what fires")
+        out.print(
+            f"Prometheus on [cyan]{literal(url)}[/] · `pressroom alerts` shows what fires",
+            soft_wrap=True,
+        )
 
 
 def health(
@@ -206,7 +212,10 @@ def bus_auth(
         result = generate(out_dir, tls=tls, hosts=hosts, rotate=rotate, publishers=publisher)
     except PressroomError as error:
         fail(error.reason)
-    out.print(f"wrote {result.folder}/auth.conf — include it from nats-server.conf")
+    out.print(
+        f"wrote {literal(result.folder)}/auth.conf — include it from nats-server.conf",
+        soft_wrap=True,
+    )
     out.print(
         f"seeds (0600): {', '.join(f'{r}.nk' for r in SERVICE_ROLES)}"
         + (f" · kept: {', '.join(result.kept)}" if result.kept else "")
@@ -230,7 +239,11 @@ def bus_setup() -> None:
 
     cfg = settings()
     _say_moved(*on_bus(cfg, set_up))
-    out.print(f"ok: Pressroom's streams, consumers and buckets are ready on {cfg.bus_url_public}")
+    out.print(
+        "ok: Pressroom's streams, consumers and buckets are ready on "
+        f"{literal(cfg.bus_url_public)}",
+        soft_wrap=True,
+    )
 
 
 def _say_moved(moved: int, problems: list[str]) -> None:
@@ -310,8 +323,9 @@ def backup(
     secrets = "with secrets" if include_secrets else "secrets redacted"
     reports = f"{counts['artefacts']} reports, " if artefacts else ""
     out.print(
-        f"wrote {output} (0600): {counts['ledger_entries']} ledger entries, "
-        f"{counts['dead_letters']} dead letters, {reports}templates, config ({secrets})"
+        f"wrote {literal(output)} (0600): {counts['ledger_entries']} ledger entries, "
+        f"{counts['dead_letters']} dead letters, {reports}templates, config ({secrets})",
+        soft_wrap=True,
     )
     if counts.get("ledger_conflicts"):
         err.print(

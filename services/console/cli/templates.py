@@ -53,7 +53,7 @@ def templates_ls(as_json: bool = typer.Option(False, "--json")) -> None:
         )
         return
     if not infos:
-        out.print(f"no templates in {literal(lib.folder)} (add .html files there)")
+        out.print(f"no templates in {literal(lib.folder)} (add .html files there)", soft_wrap=True)
         return
     print_table(
         out,
