@@ -60,6 +60,11 @@ _DIGITS = re.compile(r"\d+")
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
+def _stem(name: str) -> str:
+    """A template's name without its suffix, lower case: what a close match is judged on."""
+    return re.sub(r"\.[^./]*$", "", name).lower()
+
+
 @dataclass(frozen=True)
 class TemplateInfo:
     name: str
@@ -453,9 +458,11 @@ class TemplateLibrary:
             if candidate in listed:
                 return candidate
         known = ", ".join(listed) or "none"
-        stems = {n.rsplit(".", 1)[0]: n for n in listed}
-        close = difflib.get_close_matches(wanted, [*listed, *stems], n=1, cutoff=0.6)
-        hint = f"; did you mean {stems.get(close[0], close[0])}?" if close else ""
+        # A suggestion only when one is close, the names compared without their suffix: the
+        # `.html` every template has made any `x.html` look like some other.
+        stems = {_stem(n): n for n in listed}
+        close = difflib.get_close_matches(_stem(wanted), list(stems), n=1, cutoff=0.75)
+        hint = f"; did you mean {stems[close[0]]}?" if close else ""
         try:
             exists = self.loader.path_of(wanted).is_file()
         except TemplateError:

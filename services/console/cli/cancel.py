@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import typer
 
 from services.console.cancel import cancel_requests
-from services.console.cli._audit import audited
+from services.console.cli._audit import audited, requester
 from services.console.cli._common import emit_json, fail, on_bus, out, settings
 from services.console.cli._output import literal
 from shared.errors import PressroomError
@@ -25,7 +24,7 @@ def cancel(
     """Cancel requests: no stage starts them, a render in progress is stopped, nothing is
     delivered after this returns (a delivery already under way is named). Exit 1 when one
     was not stopped: finished already, or a delivery under way."""
-    who = f"cli:{os.environ.get('USER', 'unknown')}"
+    who = requester()
 
     async def act(bus: Any) -> Any:
         return await cancel_requests(bus, request_ids, who)

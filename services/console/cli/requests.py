@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
@@ -167,25 +166,7 @@ def check_template(cfg: Settings, name: str) -> None:
     try:
         templates.resolve(name)
     except PressroomError as error:
-        reason = error.reason
-        if reason.startswith(f"template '{name}' not found"):  # not a partial, sample …
-            reason = unknown_template(name, templates.names())
-        fail(f"{reason} in {cfg.templates_dir}; nothing was published")
-
-
-def unknown_template(name: str, known: list[str]) -> str:
-    """`template 'weely' not found (did you mean weekly.html? known: …)`: a suggestion only
-    when one is close. Names are compared without their suffix: `.html`, which every
-    template has, would make any `x.html` look like some other."""
-    stems = {_stem(n): n for n in known}
-    wanted = _stem(name.replace("\\", "/"))
-    close = difflib.get_close_matches(wanted, list(stems), n=1, cutoff=0.75)
-    hint = f"did you mean {stems[close[0]]}? " if close else ""
-    return f"template '{name}' not found ({hint}known: {', '.join(known) or 'none'})"
-
-
-def _stem(name: str) -> str:
-    return re.sub(r"\.[^./]*$", "", name).lower()
+        fail(f"{error.reason} in {cfg.templates_dir}; nothing was published")
 
 
 @audited("render")
