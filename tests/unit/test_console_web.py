@@ -288,3 +288,45 @@ def test_cache_clear_finds_a_config_sources_entry_whatever_a_request_called_it(
     aliased = expand_named(Source(name="f2", source="feed", cache=60), cfg)[0]
     bus: Any = SimpleNamespace(settings=cfg)
     assert _keys_of(bus, ["feed", "nothing-called-that"]) == {"feed": {cache_key(aliased)}}
+
+
+def test_the_timeline_shows_the_stages_a_report_went_through_with_status_s_waits() -> None:
+    from services.console.requests import queue_waits
+    from services.console.web.reports import _timeline
+    from shared.burst import BurstTally
+
+    t0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+
+    def done(start: float, seconds: float) -> StageRecord:
+        # The claim is written CLAIM_AFTER into the work: `started_at` is not when it began.
+        return StageRecord(
+            state="done",
+            seq=1,
+            started_at=t0 + timedelta(seconds=start + 0.9),
+            finished_at=t0 + timedelta(seconds=start + seconds),
+            seconds=seconds,
+        )
+
+    child = LedgerEntry(
+        request_id="p/a1",
+        requested_at=t0,
+        stages={"renderer": done(100.0, 2.0), "distributor": done(103.0, 1.0)},
+    )
+    steps = {s["name"]: s for s in _timeline(child)}
+    assert "fetcher" not in steps  # a burst's child starts at the renderer: nothing waits
+    assert steps["renderer"]["wait"] == 100.0 == queue_waits(child)["renderer"]
+    assert steps["renderer"]["at"] == t0 + timedelta(seconds=100)
+    assert steps["distributor"]["wait"] == 1.0
+    parent = LedgerEntry(
+        request_id="p",
+        requested_at=t0,
+        stages={"fetcher": done(0.0, 1.0)},
+        burst=BurstTally.planned(2),
+    )
+    shown = [(s["name"], s.get("label") or s["state"]) for s in _timeline(parent)]
+    assert shown == [
+        ("queued", "done"),
+        ("fetcher", "done"),
+        ("renderer", "by its children"),
+        ("distributor", "by its children"),
+    ]

@@ -167,31 +167,35 @@ async def _request_message(bus: busaccess.Bus, entry: LedgerEntry) -> tuple[dict
 
 
 def _timeline(entry: LedgerEntry) -> list[dict[str, Any]]:
-    """Queued, then each stage: attempts, reason, duration and the wait before it started."""
+    """Queued, then each stage: attempts, reason, duration and the wait before its worker
+    began (`pressroom status`'s figures: requests.queue_waits). A burst's child has no
+    fetcher; a burst's parent renders and delivers nothing itself (its children do)."""
     steps: list[dict[str, Any]] = [
         {"name": "queued", "state": "done", "at": entry.requested_at, "seconds": None}
     ]
-    previous = entry.requested_at
+    waits = requests.queue_waits(entry)
+    child = CHILD_SEPARATOR in entry.request_id
     for stage in PIPELINE:
         record = entry.stages.get(stage)
         if record is None:
-            steps.append({"name": stage, "state": "waiting"})
+            if entry.burst is not None and stage != PIPELINE[0]:
+                steps.append({"name": stage, "state": "children", "label": "by its children"})
+            elif not (child and stage == PIPELINE[0]):
+                steps.append({"name": stage, "state": "waiting"})
             continue
-        wait = (record.started_at - previous).total_seconds() if previous else None
         steps.append(
             {
                 "name": stage,
                 "state": record.state,
-                "at": record.started_at,
+                "at": requests.work_started(record),
                 "finished": record.finished_at,
                 "seconds": record.seconds,
-                "wait": wait if wait is not None and wait >= 0 else None,
+                "wait": waits.get(stage),
                 "attempts": record.attempts,
                 "error": record.error,
                 "worker": record.worker,
             }
         )
-        previous = record.finished_at or record.started_at
     return steps
 
 
