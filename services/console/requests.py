@@ -30,6 +30,7 @@ from shared.bus.topology import JetStreamPublisher
 from shared.downloadlinks import download_link, local_console
 from shared.errors import PressroomError
 from shared.events import (
+    CHILD_SEPARATOR,
     REPORT_DELIVERED,
     REPORT_FAILED,
     REPORT_REQUESTED,
@@ -306,8 +307,18 @@ async def ledger_entries(
 
 
 async def ledger_entry(bus: Bus, request_id: str) -> LedgerEntry:
-    entry = await (await bus.ledger()).get(request_id)
+    ledger = await bus.ledger()
+    entry = await ledger.get(request_id)
     if entry is None:
+        parent_id, child, _ = request_id.partition(CHILD_SEPARATOR)
+        parent = await ledger.get(parent_id) if child else None
+        if parent is not None and parent.burst is not None:
+            # A burst's child has an entry once a renderer takes it: until then it waits in
+            # the bulk lane (a burst of 10,000 has thousands waiting).
+            raise PressroomError(
+                f"'{request_id}' has not started yet: a child of burst '{parent_id}' "
+                f"({parent.burst.summary()}); `pressroom cancel {request_id}` stops it first"
+            )
         raise PressroomError(f"no request '{request_id}' in the ledger")
     return entry
 

@@ -317,6 +317,12 @@ async def test_a_cancelled_burst_stops_the_children_not_yet_delivered(
     rid = unique("cburst")
     await publish(stack, burst_body(rid, items))
     await eventually(lambda: _some(smtp, tag, 10), timeout=120, every=0.02)
+    # The last child waits in the bulk lane behind 190 others (a renderer holds 10): no entry
+    # of its own yet, and `status` says what it is rather than "no request".
+    last = f"{rid}/{items[-1]['id']}"
+    waiting = stack.cli("status", last, env={"COLUMNS": "80"})
+    assert waiting.returncode == 1, waiting
+    assert f"has not started yet: a child of burst '{rid}'" in waiting.stderr, waiting.stderr
     cancel = stack.cli("cancel", rid, timeout=180)  # a command starts in 10 s on a busy machine
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     at_ack = sum(1 for m in smtp.messages if any(tag in r for r in m.rcpt_tos))
