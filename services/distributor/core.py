@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import nullcontext
+from datetime import UTC, datetime
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
@@ -123,6 +125,9 @@ async def _deliver_all(
                 channel=delivery.channel, ok=False, target="", detail=error.reason
             )
             failures.append((result, error))
+            if isinstance(error, _Busy):  # the record is the other attempt's: left to it
+                results.append(result)
+                continue
         results.append(result)
         if channel is not None:
             # Sent now, right after the send it records (a crash in between sends again on
@@ -156,16 +161,37 @@ async def _deliver(
         limits.slot(target_of(delivery, settings)),
     ):
         # Intent before, outcome after: an ambiguous crash in between is in the record.
-        await _intend(outcomes, key)
+        interrupted = await _intend(outcomes, key)
         # Looked at after the intent is written: a cancel that saw no intent is kept.
         if cancelled is not None and await cancelled():
             await outcomes.put(key, json.dumps({"ok": False, "state": "cancelled"}).encode())
             raise RequestCancelled("cancelled before delivery")
         with span(f"deliver {delivery.channel}", parcel.request_id):
-            return await channel.deliver(delivery, parcel)
+            result = await channel.deliver(delivery, parcel)
+        if interrupted:
+            # At least once: sent again rather than maybe never, and said where ops look.
+            log.warning(
+                "sent again after an interrupted attempt",
+                request_id=parcel.request_id,
+                channel=delivery.channel,
+            )
+            note = f"sent again: an earlier attempt was interrupted while sending ({interrupted})"
+            detail = f"{result.detail}; {note}" if result.detail else note
+            result = result.model_copy(update={"detail": detail})
+        return result
 
 
-SENDING = json.dumps({"ok": False, "state": "sending"}).encode()
+# A "sending" intent younger than this is taken for another attempt at work now (two replays
+# at once): this one waits. Older, it was an attempt that died while sending.
+SENDING_FRESH = 120.0
+
+
+def _sending() -> bytes:
+    return json.dumps({"ok": False, "state": "sending", "at": time.time()}).encode()
+
+
+class _Busy(TransientError):
+    """Another attempt holds the delivery's intent now: this one tries again later."""
 
 
 class _DeliveredBefore(Exception):
@@ -176,19 +202,40 @@ class _DeliveredBefore(Exception):
         self.result = result
 
 
-async def _intend(outcomes: KeyValue, key: str) -> None:
-    """The intent to send, written. Mostly a delivery's first attempt: the record is created
-    (one round trip, no read first); only when one is there already is it read, and a
-    delivery it says was made is not made again (`_DeliveredBefore`)."""
+async def _intend(outcomes: KeyValue, key: str) -> str:
+    """The intent to send, written by this attempt alone: "" or, when an earlier attempt died
+    while sending (its intent there, no outcome), when that was — the send may have arrived.
+    Mostly a delivery's first attempt: the record is created (one round trip, no read first).
+    A delivery recorded as made is not made again (`_DeliveredBefore`); one another attempt
+    is sending right now (two replays at once) waits for it (a TransientError)."""
     try:
-        await outcomes.create(key, SENDING)
-        return
+        await outcomes.create(key, _sending())
+        return ""
     except KeyWrongLastSequenceError:
         pass
-    done = await _recorded(outcomes, key)
-    if done is not None:
-        raise _DeliveredBefore(done)
-    await outcomes.put(key, SENDING)
+    entry = await outcomes.get(key)
+    found = json.loads(entry.value) if entry.value else {}
+    if found.get("ok"):
+        raise _DeliveredBefore(ChannelResult.model_validate(found))
+    interrupted = ""
+    if found.get("state") == "sending":
+        age = time.time() - float(found.get("at") or 0)
+        if age < SENDING_FRESH:
+            busy = _Busy(f"another attempt is sending this delivery (since {age:.0f} s)")
+            busy.retry_after = SENDING_FRESH - age
+            raise busy
+        interrupted = (
+            datetime.fromtimestamp(float(found.get("at") or 0), UTC).strftime(
+                "%Y-%m-%d %H:%M:%S UTC"
+            )
+            if found.get("at")
+            else "before this attempt"
+        )
+    try:
+        await outcomes.update(key, _sending(), last=entry.revision)
+    except KeyWrongLastSequenceError:
+        raise _Busy("another attempt took this delivery at the same moment") from None
+    return interrupted
 
 
 def _delivery_failed(failures: list[tuple[ChannelResult, PressroomError]]) -> PressroomError:

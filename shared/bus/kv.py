@@ -16,6 +16,9 @@ class KvEntry(Protocol):
     @property
     def value(self) -> bytes | None: ...
 
+    @property
+    def revision(self) -> int | None: ...
+
 
 class KeyValue(Protocol):
     """A bucket of small values by key.
@@ -30,4 +33,8 @@ class KeyValue(Protocol):
 
     async def create(self, key: str, value: bytes) -> int:
         """Put only if the key has no value: else nats-py's `KeyWrongLastSequenceError`."""
+        ...
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        """Put only over revision `last`: else nats-py's `KeyWrongLastSequenceError`."""
         ...
