@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from services.console.busaccess import Bus
 from shared.bus.names import DLQ_STREAM, MSG_ID, STAGES
@@ -141,8 +140,10 @@ async def original_body(bus: Bus, letter: DeadLetter) -> bytes:
     return letter.payload.encode()
 
 
-async def replay(bus: Bus, record: DeadLetterRecord) -> str:
-    """Republish a dead letter to its subject with a fresh message id, then remove it."""
+async def replay(bus: Bus, record: DeadLetterRecord) -> str | None:
+    """Republish a dead letter to its subject, then remove it: its subject, or None when
+    another replay of the same letter (a second operator, at the same moment) published it
+    first — the message id is the letter's own, so JetStream keeps one of the two."""
     seq, letter = record.id, record.letter
     if letter.subject not in REPLAYABLE and tenant_of_subject(letter.subject) is None:
         raise PressroomError(
@@ -151,13 +152,30 @@ async def replay(bus: Bus, record: DeadLetterRecord) -> str:
         )
     headers = {k: v for k, v in letter.headers.items() if k != MSG_ID}
     body = await original_body(bus, letter)
-    # A fresh message id: the original one would be dropped as a duplicate inside the window.
-    await JetStreamPublisher(bus.js).publish(
-        letter.subject, body, msg_id=f"replay:{seq}:{uuid.uuid4().hex[:12]}", headers=headers
+    # Not the original message id (dropped as a duplicate inside the window): the letter's.
+    failed = letter.first_failure.timestamp()
+    ack = await JetStreamPublisher(bus.js).publish(
+        letter.subject, body, msg_id=f"replay:{seq}:{failed:.6f}", headers=headers
     )
-    await bus.js.delete_msg(DLQ_STREAM, seq)
+    if ack.duplicate:
+        return None  # the other replay sent it, and removes the letter
+    await _delete_letter(bus, seq)
     await _forget_body(bus, letter)
     return letter.subject
+
+
+async def _delete_letter(bus: Bus, seq: int) -> bool:
+    """The dead letter removed: False when it was gone already (JetStream says "not found" as
+    a 404 or, for a sequence, as a 400 with err_code 10043)."""
+    try:
+        await bus.js.delete_msg(DLQ_STREAM, seq)
+    except NotFoundError:
+        return False
+    except BadRequestError as error:
+        if error.err_code != 10043:
+            raise
+        return False
+    return True
 
 
 async def _forget_body(bus: Bus, letter: DeadLetter) -> None:
@@ -194,10 +212,12 @@ async def replay_many(
     None (as `purge`); `on_each(done, total)` after each."""
     targets = await dead_letters_named(bus, refs)
     done: list[dict[str, Any]] = []
-    for record in targets:
-        done.append({"id": record.id, "subject": await replay(bus, record)})
+    for count, record in enumerate(targets, 1):
+        subject = await replay(bus, record)
+        if subject is not None:  # else replayed by someone else just now: not counted twice
+            done.append({"id": record.id, "subject": subject})
         if on_each is not None:
-            on_each(len(done), len(targets))
+            on_each(count, len(targets))
     return done
 
 
@@ -206,10 +226,8 @@ async def purge(bus: Bus, refs: list[str] | None) -> int:
     bodies they stored."""
     removed = 0
     for record in await dead_letters_named(bus, refs):
-        try:
-            await bus.js.delete_msg(DLQ_STREAM, record.id)
-        except NotFoundError:  # gone since it was read (replayed or purged meanwhile)
-            continue
+        if not await _delete_letter(bus, record.id):
+            continue  # gone since it was read (replayed or purged meanwhile)
         await _forget_body(bus, record.letter)
         removed += 1
     return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -195,6 +196,51 @@ async def test_a_missing_template_is_dead_lettered_then_delivered_after_fix_and_
         return bool(status["status"] == "delivered")
 
     assert await eventually(ledger_says_delivered, timeout=10)
+
+
+async def test_two_operators_replaying_one_dead_letter_at_once_send_it_once(
+    stack: Stack, nc: Any, outcomes: Outcomes
+) -> None:
+    from services.console.busaccess import Bus
+    from services.console.deadletters import dead_letters_named, replay
+    from shared.settings import Settings
+
+    rid = unique("replay-race")
+    name = f"{rid}.html"
+    await nc.jetstream().publish(
+        "report.requested", json.dumps({"request_id": rid, "template": name}).encode()
+    )
+    await outcomes.failed_event(rid)
+    settings = Settings(nats_url=stack.url)  # type: ignore[call-arg]
+    ops = [await stack.connect() for _ in range(2)]
+    try:
+        buses = [Bus(c, c.jetstream(timeout=10), settings) for c in ops]
+        [record] = await dead_letters_named(buses[0], [rid])
+        (stack.templates / name).write_text("<h1>once</h1>")
+        first, second = await asyncio.gather(*(replay(bus, record) for bus in buses))
+        assert sorted([first, second], key=str) == [None, "data.ready"]  # one sent, one told
+        left = await dead_letters_named(buses[0], None)
+        assert not [r for r in left if r.letter.request_id == rid]  # removed, and no error
+        await outcomes.delivered_event(rid, failed_before=1)
+        assert await stored_on("data.ready", rid, nc) == 2  # the fetcher's, and one replay
+    finally:
+        for c in ops:
+            await c.close()
+
+
+async def stored_on(subject: str, rid: str, nc: Any) -> int:
+    """How many messages on `subject` the stream holds for request `rid` (read to its end)."""
+    sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+    found = 0
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=30)
+            request = json.loads(msg.data).get("request") or {}
+            found += request.get("request_id") == rid
+            if msg.metadata.num_pending == 0:
+                return found
+    finally:
+        await sub.unsubscribe()
 
 
 async def test_dlq_purge_removes_dead_letters_for_good(
