@@ -362,6 +362,18 @@ def schedule_state(
         )
 
 
+def schedule_missed(schedule: str, fire: float) -> None:
+    """pressroom_schedule_missed_fire_timestamp_seconds{schedule}: the newest fire due by now
+    and not delivered (0: none) — PressroomScheduledReportMissed."""
+    set_gauge(
+        "pressroom.schedule.missed_fire_timestamp",
+        fire,
+        "s",
+        "The newest fire that should be delivered by now and is not (Unix time; 0: none)",
+        schedule=bounded("schedule", schedule),
+    )
+
+
 async def observe_bus(js: Any, stage: StageSpec) -> None:
     """Refresh the gauges read from JetStream: the backlog of each of the stage's consumers
     (every lane's), dead letters, storage."""

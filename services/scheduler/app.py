@@ -189,7 +189,9 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
             await record_config(kv, settings.schedules, where)
         except Exception as error:  # the CLI then says it cannot see the stack's schedules
             log.warning("schedules not recorded on the bus", error=repr(error))
-        schedule_watch = ScheduleWatch(kv, ledger, schedules, conflicts=conflicts)
+        schedule_watch = ScheduleWatch(
+            kv, ledger, schedules, conflicts=conflicts, on_time=settings.schedule_on_time
+        )
         # With identities the scheduler may not read the main stream (other tenants' data):
         # its keyed message ids stand in for reading back what holds them.
         key = secret_of(who)

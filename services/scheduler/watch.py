@@ -10,14 +10,14 @@ is kept in the schedules bucket (`<name>.since`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from services.scheduler.state import is_paused
 from shared.adapters.ledger import Ledger
-from shared.metrics import schedule_state
+from shared.metrics import schedule_missed, schedule_state
 from shared.schedules import Schedule
 
 LOOKBACK_FIRES = 5
@@ -29,6 +29,7 @@ class ScheduleWatch:
     ledger: Ledger
     schedules: list[Schedule]
     conflicts: Any = None  # app.Conflicts: unreadable values are reported there
+    on_time: float = 900.0  # PRESSROOM_SCHEDULE_ON_TIME
     _since: dict[str, datetime] = field(default_factory=dict)
     _delivered: dict[str, tuple[datetime, float]] = field(default_factory=dict)
 
@@ -72,7 +73,8 @@ class ScheduleWatch:
     async def refresh(self, now: datetime) -> None:
         for schedule in self.schedules:
             if not schedule.enabled or await is_paused(self.kv, schedule.name):
-                continue  # a paused schedule owes nothing (no missed-report alert)
+                schedule_missed(schedule.name, 0.0)  # a paused schedule owes nothing
+                continue
             since = await self.since(schedule, now)
             last_fire = next(schedule.fires_before(now))
             schedule_state(
@@ -81,3 +83,21 @@ class ScheduleWatch:
                 last_fire=last_fire.timestamp() if last_fire >= since else None,
                 last_delivered=await self.last_delivered(schedule, now, since),
             )
+            schedule_missed(schedule.name, await self.missed(schedule, now, since))
+
+    async def missed(self, schedule: Schedule, now: datetime, since: datetime) -> float:
+        """The newest fire that should be delivered by now (PRESSROOM_SCHEDULE_ON_TIME ago or
+        more) and is not, as Unix time; 0 when it is (or was skipped on purpose, or came
+        before the schedule was first seen). A schedule that fires every 5 minutes has a fire
+        newer than that at any moment, so the newest fire alone never looked late."""
+        due = next(schedule.fires_before(now - timedelta(seconds=self.on_time)))
+        known = self._delivered.get(schedule.name)
+        if due < since or (known is not None and known[0] >= due):
+            return 0.0
+        try:
+            entry = await self.ledger.get(schedule.request_id_for(due))
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.status in ("delivered", "skipped"):
+            return 0.0
+        return due.timestamp()

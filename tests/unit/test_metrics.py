@@ -272,3 +272,30 @@ async def test_a_hung_report_folder_does_not_stall_the_distributor(
         await observe(None)
     beating.cancel()
     assert sample(scrape(), "pressroom_storage_capacity_bytes", volume="out") == 10
+
+
+async def test_a_fire_not_delivered_on_time_is_missed_however_often_the_schedule_fires() -> None:
+    """PressroomScheduledReportMissed's gauge: the newest fire at least on-time old, unless
+    delivered or skipped — for a schedule of every 5 minutes, whose newest fire is never late."""
+    from datetime import UTC, datetime
+
+    from services.scheduler.watch import ScheduleWatch
+    from shared.schedules import Schedule
+
+    every5 = Schedule(name="every5", cron="*/5 * * * *", request={"template": "t.html"})
+    kv, ledger = MemoryKeyValue(), KvLedger(MemoryKeyValue())
+    watch = ScheduleWatch(kv, ledger, [every5], on_time=900)
+    first = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    await watch.refresh(first)  # first seen: nothing owed from before
+    now = datetime(2026, 12, 7, 9, 22, tzinfo=UTC)
+    await watch.refresh(now)
+    due = datetime(2026, 12, 7, 9, 5, tzinfo=UTC)  # the newest fire 15 minutes old at 9:22
+    gauge = "pressroom_schedule_missed_fire_timestamp_seconds"
+    assert sample(scrape(), gauge, schedule="every5") == due.timestamp()
+    rid = every5.request_id_for(due)
+    asked = ReportRequested(request_id=rid, template="t.html")
+    await ledger.claim(rid, "distributor", seq=1, attempt=1, request=asked)
+    done = ReportDelivered(request_id=rid, template="t.html", artefacts=[], channels=[])
+    await ledger.finish(rid, "distributor", seconds=0.1, event=done, seq=1, attempt=1)
+    await watch.refresh(now)
+    assert sample(scrape(), gauge, schedule="every5") == 0
