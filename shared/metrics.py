@@ -362,6 +362,17 @@ def schedule_state(
         )
 
 
+def bus_connected(connected: bool) -> None:
+    """pressroom_bus_connected: 1 while the worker is connected to NATS, 0 while it is not
+    (PressroomBusUnreachable: nothing moves then, and no failure counter says so)."""
+    set_gauge(
+        "pressroom.bus.connected",
+        1.0 if connected else 0.0,
+        "",
+        "1 while this worker is connected to NATS, else 0",
+    )
+
+
 def schedule_missed(schedule: str, fire: float) -> None:
     """pressroom_schedule_missed_fire_timestamp_seconds{schedule}: the newest fire due by now
     and not delivered (0: none) — PressroomScheduledReportMissed."""

@@ -57,7 +57,13 @@ from shared.events import (
     Event,
     ReportFailed,
 )
-from shared.metrics import observe_bus, operator_labels, prepare_from_settings, scrape_handler
+from shared.metrics import (
+    bus_connected,
+    observe_bus,
+    operator_labels,
+    prepare_from_settings,
+    scrape_handler,
+)
 from shared.observe.health import Check, CheckResult, HealthServer
 from shared.observe.logging import configure_logging, get_logger
 from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
@@ -456,6 +462,8 @@ def _gauges(parts: StageParts) -> Callable[[], Awaitable[None]]:
 
     async def observe_all() -> None:
         assert deps.js is not None
+        # First, and without the bus: a worker cut off from NATS still answers /metrics.
+        bus_connected(bool(getattr(getattr(deps.js, "_nc", None), "is_connected", False)))
         # The template label takes the operator's templates only (requests name anything).
         names = await asyncio.to_thread(template_names, settings.templates_dir)
         if names:  # a worker without the folder keeps the first-come budget

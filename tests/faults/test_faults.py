@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -166,8 +165,21 @@ async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
 
     await eventually(midway, timeout=180, every=0.05)
     stack.stop_nats()
-    await asyncio.sleep(1.0)  # the outage itself: clients see the server gone, then back
+    # The outage itself, until a worker says it (PressroomBusUnreachable's gauge): its
+    # /metrics still answers, with pressroom_bus_connected 0.
+    metrics = f"{stack.health['fetcher-1']}/metrics"
+
+    async def connected(value: str) -> bool:
+        async with httpx.AsyncClient(timeout=10) as probe:
+            text = (await probe.get(metrics)).text
+        return any(
+            line.startswith("pressroom_bus_connected") and line.split()[-1] == value
+            for line in text.splitlines()
+        )
+
+    await eventually(lambda: connected("0.0"), timeout=60, every=0.2)
     stack.start_nats()
+    await eventually(lambda: connected("1.0"), timeout=120, every=0.5)
 
     delivered = await all_settled(stack, rids)
     assert {rid: delivered[rid] for rid in rids} == dict.fromkeys(rids, 1), stack.logs()
