@@ -243,16 +243,16 @@ def binding_warnings(settings: Settings, tenants: Iterable[str] = ()) -> list[st
 
     An unbound credential or source is the operator's (and the single `publisher`'s) only;
     a source bound to tenants that its credentials are not bound to fails for them."""
-    entries = [("credentials", n, e) for n, e in settings.source_credentials.items()]
-    entries += [("source", n, e) for n, e in settings.sources.items()]
+    entries = [("credentials", n, e, "have") for n, e in settings.source_credentials.items()]
+    entries += [("source", n, e, "has") for n, e in settings.sources.items()]
     named = sorted(t for t in tenants if t != DEFAULT_TENANT)
-    if not named and not any("tenants" in e for _, _, e in entries):
+    if not named and not any("tenants" in e for _, _, e, _ in entries):
         return []
     warnings = [
-        f"{what} '{name}' has no `tenants:`: only the operator's identities and the single "
-        "`publisher` may use it, no calling system named with --publisher "
+        f"{what} '{name}' {verb} no `tenants:`: only the operator's identities and the single "
+        "`publisher` may use them, no calling system named with --publisher "
         "(add `tenants: [NAME, ...]`, or `tenants: []` to say so)"
-        for what, name, entry in entries
+        for what, name, entry, verb in entries
         if "tenants" not in entry
     ]
     for name, spec in settings.sources.items():

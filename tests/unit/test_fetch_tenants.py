@@ -139,7 +139,7 @@ def test_tenants_must_be_a_list_of_names() -> None:
 def test_config_check_warns_about_unbound_entries_once_there_are_calling_systems() -> None:
     cfg = settings()
     warnings = binding_warnings(cfg, ["alpha", "beta"])
-    assert any("credentials 'ops-crm' has no `tenants:`" in w for w in warnings)
+    assert any("credentials 'ops-crm' have no `tenants:`" in w for w in warnings)
     assert any("source 'ops-accounts' has no `tenants:`" in w for w in warnings)
     assert not any("'beta-crm'" in w for w in warnings)
     plain = Settings(source_credentials={"c": {"token": "t", "base_url": "http://x.test"}})
