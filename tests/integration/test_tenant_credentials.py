@@ -20,7 +20,7 @@ import yaml
 
 from services.console.identities import generate
 from shared.events import request_message_id
-from tests.helpers import Outcomes, Stack, delivered_file, unique
+from tests.helpers import Outcomes, Stack, delivered_file, eventually, unique
 from tests.servers import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -131,7 +131,14 @@ def asked_with(crm: HttpReceiver, marker: str) -> list[str]:
 async def assert_refused(
     stack: Stack, heard: Outcomes, crm: HttpReceiver, rid: str, reason: str, before: int
 ) -> None:
-    failed = await heard.failed_event(rid)
+
+    async def outcome() -> tuple[str, dict[str, Any]] | None:
+        if rid in heard.delivered:
+            return "delivered", heard.delivered[rid][0]
+        return ("failed", heard.failed[rid][0]) if rid in heard.failed else None
+
+    verdict, failed = await eventually(outcome, timeout=180, every=0.01)
+    assert verdict == "failed", f"{rid} was delivered: alpha got beta's data"
     assert reason in failed["reason"], failed["reason"]
     assert failed["attempts"] == 1 and "\n" not in failed["reason"]
     assert TOKEN not in json.dumps(failed) and IBAN not in json.dumps(failed)
