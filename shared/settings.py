@@ -37,7 +37,9 @@ from shared.urls import mask_url_secrets, public_url
 
 EMBEDDED_HOST = "127.0.0.1"
 ENV_PREFIX = "PRESSROOM_"
-CREDENTIAL_KEYS = frozenset({"token", "user", "headers", "api_url", "base_url", "url", "origins"})
+CREDENTIAL_KEYS = frozenset(
+    {"token", "user", "headers", "api_url", "base_url", "url", "origins", "tenants"}
+)
 # What each kind of named source may say (a typo such as `api_urll` is an error, not ignored).
 SOURCE_KEYS: dict[str, frozenset[str]] = {
     "http": frozenset({"url", "params", "headers", "credentials"}),
@@ -47,7 +49,10 @@ SOURCE_KEYS: dict[str, frozenset[str]] = {
     "file": frozenset({"path"}),
 }
 SOURCE_KINDS = frozenset(SOURCE_KEYS)
-COMMON_SOURCE_KEYS = frozenset({"kind", "cache", "merge"})
+COMMON_SOURCE_KEYS = frozenset({"kind", "cache", "merge", "tenants"})
+# `tenants:` on a credential or named source: the calling systems (`--publisher NAME`) that may
+# use it, or "*" for all of them (shared/bus/identity.py spells tenant names the same way).
+_TENANT_BINDING = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,39})$")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SECRET_FIELDS = frozenset(
@@ -523,6 +528,7 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"'{name}' has unknown keys {unknown} (known: {sorted(CREDENTIAL_KEYS)})"
                 )
+            _check_tenants(name, entry)
         return value
 
     @field_validator("sources")
@@ -542,6 +548,7 @@ class Settings(BaseSettings):
             if unknown:
                 known = sorted(SOURCE_KEYS[kind] | COMMON_SOURCE_KEYS)
                 raise ValueError(f"'{name}' ({kind}) has unknown keys {unknown} (known: {known})")
+            _check_tenants(name, spec)
         return value
 
     @field_validator("source_allow", "webhook_allow", "asset_allow")
@@ -836,6 +843,21 @@ def masked(settings: Settings, *, for_display: bool = True) -> dict[str, Any]:
         if isinstance(spec.get("headers"), dict):
             spec["headers"] = dict.fromkeys(spec["headers"], "***")
     return data
+
+
+def _check_tenants(name: str, entry: dict[str, Any]) -> None:
+    """`tenants:` is a list of calling-system names (or "*"); a lone string is a typo waiting to
+    bind a credential to nobody or to a name spelled letter by letter."""
+    if "tenants" not in entry:
+        return
+    tenants = entry["tenants"]
+    if not isinstance(tenants, list) or not all(
+        isinstance(t, str) and _TENANT_BINDING.match(t) for t in tenants
+    ):
+        raise ValueError(
+            f"'{name}': tenants must be a list of calling-system names (as in "
+            f'`pressroom bus auth --publisher NAME`) or "*", got {tenants!r}'
+        )
 
 
 # What every service must agree on (README "Deployment", docs/operations.md "Config rollouts"):

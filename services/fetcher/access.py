@@ -5,12 +5,14 @@ PRESSROOM_PROMETHEUS_URL, an adapter's public default such as the GitHub API, th
 credential is bound to) is trusted; a URL a request supplies must match PRESSROOM_SOURCE_ALLOW,
 is checked on the address it resolves to, and is then connected to by that address.
 Credentials are attached only to the origins they are bound to — pagination links included.
+Credentials and named sources are also bound to the calling systems (tenants) that may use
+them (`tenants:` in the config file); the operator's own identities may use them all.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -18,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from shared import jsonsafe
 from shared.adapters import egress
 from shared.adapters.egress import Destination, Origin
+from shared.bus.identity import DEFAULT_TENANT
 from shared.errors import PermanentError
 from shared.events import Source
 from shared.settings import Settings
@@ -185,12 +188,95 @@ def plain_path(url: str, what: str) -> str:
     return path.rstrip("/")
 
 
-def expand_named(source: Source, settings: Settings) -> tuple[Source, bool]:
+def may_use(entry: Mapping[str, Any], tenant: str | None) -> bool:
+    """Whether a calling system may use a credential or named source of the config file.
+
+    The operator's own identities (the scheduler, the CLI, the console, an unauthenticated
+    bus: `tenant` None) use everything. A calling system uses what lists it in `tenants:`
+    ("*": every calling system). Without `tenants:` an entry is the operator's and the single
+    `publisher`'s of a deployment without `--publisher NAME` (as before tenants existed): a
+    named calling system never gets another's credentials by the operator forgetting a line.
+    """
+    if tenant is None:
+        return True
+    bound = entry.get("tenants")
+    if bound is None:
+        return tenant == DEFAULT_TENANT
+    return "*" in bound or tenant in bound
+
+
+def is_bound(source: Source, settings: Settings) -> bool:
+    """Whether the (expanded) source or its credentials are bound to tenants by `tenants:`: the
+    fetch cache then keeps one answer per tenant."""
+    extra = source.model_extra or {}
+    credential = settings.source_credentials.get(str(extra.get("credentials") or ""), {})
+    return "tenants" in extra or "tenants" in credential
+
+
+def _known(entries: Mapping[str, Mapping[str, Any]], tenant: str | None) -> str:
+    """The names a tenant may use, for an error that says what exists (never another's)."""
+    usable = sorted(n for n, e in entries.items() if may_use(e, tenant))
+    return ", ".join(usable) or ("none configured" if tenant is None else "none")
+
+
+def check_available(source: Source, settings: Settings, tenant: str | None) -> None:
+    """Refuse, before anything is sent or read from the cache, credentials the request's
+    calling system may not use (a named source's own binding is checked by expand_named)."""
+    name = (source.model_extra or {}).get("credentials")
+    if not name or tenant is None:
+        return
+    entry = settings.source_credentials.get(str(name))
+    if entry is None:
+        known = _known(settings.source_credentials, tenant)
+        raise PermanentError(
+            f"source '{source.name}': unknown credentials '{name}' (known: {known})"
+        )
+    if not may_use(entry, tenant):
+        raise PermanentError(
+            f"source '{source.name}': credentials '{name}' are not available to {tenant}"
+        )
+
+
+def binding_warnings(settings: Settings, tenants: Iterable[str] = ()) -> list[str]:
+    """What `pressroom config check` says about tenant bindings, when they matter: once the
+    deployment has named calling systems (`tenants`, from the seeds) or binds anything.
+
+    An unbound credential or source is the operator's (and the single `publisher`'s) only;
+    a source bound to tenants that its credentials are not bound to fails for them."""
+    entries = [("credentials", n, e, "have") for n, e in settings.source_credentials.items()]
+    entries += [("source", n, e, "has") for n, e in settings.sources.items()]
+    named = sorted(t for t in tenants if t != DEFAULT_TENANT)
+    if not named and not any("tenants" in e for _, _, e, _ in entries):
+        return []
+    warnings = [
+        f"{what} '{name}' {verb} no `tenants:`: only the operator's identities and the single "
+        "`publisher` may use them, no calling system named with --publisher "
+        "(add `tenants: [NAME, ...]`, or `tenants: []` to say so)"
+        for what, name, entry, verb in entries
+        if "tenants" not in entry
+    ]
+    for name, spec in settings.sources.items():
+        entry = settings.source_credentials.get(str(spec.get("credentials") or ""))
+        if entry is None or "tenants" not in spec:
+            continue
+        left_out = [t for t in spec["tenants"] if not may_use(entry, t)]
+        if left_out:
+            warnings.append(
+                f"source '{name}' is available to {', '.join(left_out)} but its credentials "
+                f"'{spec['credentials']}' are not: its fetches for them will fail"
+            )
+    return warnings
+
+
+def expand_named(
+    source: Source, settings: Settings, *, tenant: str | None = None
+) -> tuple[Source, bool]:
     """A source that names a config-file source (`source: NAME`) becomes that source.
 
     Returns (source, configured): configured sources are the operator's and trusted. A request
     may set only presentation options (`cache`, `merge`): what is fetched, from where and with
-    which credentials stays as the operator wrote it.
+    which credentials stays as the operator wrote it. `tenant`: the calling system that asked
+    (None: the operator); a source not available to it is refused.
     """
     extra = dict(source.model_extra or {})
     ref = source.source
@@ -198,10 +284,12 @@ def expand_named(source: Source, settings: Settings) -> tuple[Source, bool]:
         return source, False
     spec = settings.sources.get(str(ref))
     if spec is None:
-        known = ", ".join(sorted(settings.sources)) or "none configured"
+        known = _known(settings.sources, tenant)
         raise PermanentError(
             f"source '{source.name}': no source '{ref}' in the config file (known: {known})"
         )
+    if not may_use(spec, tenant):
+        raise PermanentError(f"source '{source.name}' is not available to {tenant}")
     changed = sorted(k for k in extra if k not in REQUEST_OPTIONS and extra[k] != spec.get(k))
     if source.kind not in ("", spec.get("kind")):
         changed.append("kind")

@@ -19,10 +19,13 @@ log = get_logger("pressroom.fetcher.cache")
 MAX_CACHED_BYTES = 900 * 1024  # KV values are capped by max_payload (1 MB)
 
 
-def cache_key(source: Source) -> str:
+def cache_key(source: Source, scope: str | None = None) -> str:
+    """The key of a source's answer: a hash of its whole spec and, for a source bound to
+    tenants, of the tenant that asked (`scope`): one calling system's answer is never another's."""
     spec = source.model_dump(mode="json", exclude={"name", "cache"})
     spec.pop("cache", None)
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    keyed: dict[str, Any] = spec if scope is None else {"spec": spec, "tenant": scope}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     return f"{source.kind}.{digest[:40]}"
 
 
@@ -42,9 +45,11 @@ def ttl_for(source: Source, request: ReportRequested, settings: Settings) -> flo
 class SourceCache:
     kv: KeyValue
 
-    async def get(self, source: Source, ttl: float) -> tuple[bool, Any]:
+    async def get(
+        self, source: Source, ttl: float, *, scope: str | None = None
+    ) -> tuple[bool, Any]:
         try:
-            entry = await self.kv.get(cache_key(source))
+            entry = await self.kv.get(cache_key(source, scope))
         except KeyNotFoundError:
             return False, None
         if not entry.value:
@@ -59,7 +64,7 @@ class SourceCache:
             log.warning(
                 "unreadable fetch cache entry ignored",
                 source=source.name,
-                key=cache_key(source),
+                key=cache_key(source, scope),
                 why=repr(error)[:200],
             )
             return False, None
@@ -67,7 +72,9 @@ class SourceCache:
             return False, None
         return True, data
 
-    async def put(self, source: Source, data: Any, *, named: str | None = None) -> None:
+    async def put(
+        self, source: Source, data: Any, *, named: str | None = None, scope: str | None = None
+    ) -> None:
         # The names go with the data — the request's name for it and the config-file source
         # it named (`named`) — so `pressroom cache ls` and `cache clear NAME` find it (the
         # key is a hash of the source's whole spec).
@@ -75,4 +82,4 @@ class SourceCache:
         record = {"stored_at": time.time(), **names, "data": data}
         value = json.dumps(record, default=str).encode()
         if len(value) <= MAX_CACHED_BYTES:
-            await self.kv.put(cache_key(source), value)
+            await self.kv.put(cache_key(source, scope), value)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.fetcher.access import expand_named
+from services.fetcher.access import check_available, expand_named, is_bound
 from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
 from shared.adapters.store import ArtefactStore, context_key
@@ -73,10 +73,14 @@ async def _one_named(
     stats: CacheStats,
 ) -> Any:
     named = source.source  # the config-file source it names (gone once expanded)
-    source, configured = expand_named(source, settings)
+    # Another calling system's credentials or named source: refused before the cache and
+    # before anything is sent; a bound one is cached per tenant all the same.
+    source, configured = expand_named(source, settings, tenant=request.tenant)
+    check_available(source, settings, request.tenant)
+    scope = request.tenant if is_bound(source, settings) else None
     ttl = ttl_for(source, request, settings) if cache is not None else None
     if cache is not None and ttl is not None:
-        hit, data = await cache.get(source, ttl)
+        hit, data = await cache.get(source, ttl, scope=scope)
         if hit:
             stats.hits += 1
             return data
@@ -100,7 +104,7 @@ async def _one_named(
                 label = named or source.name
                 source_fetched(label, source.kind, fetch_outcome(failure), seconds)
     if cache is not None and ttl is not None:
-        await cache.put(source, data, named=named)
+        await cache.put(source, data, named=named, scope=scope)
     return data
 
 

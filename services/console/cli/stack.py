@@ -32,7 +32,7 @@ from services.console.cli._common import (
 )
 from services.console.cli._output import Col, literal, print_table, styled
 from services.console.health import stack_health
-from services.console.identities import generate
+from services.console.identities import generate, tenants_in
 from services.console.requests import publish_request
 from services.console.supervisor import Supervisor, parse_scale, sample_request
 from services.console.worker import run_worker
@@ -146,6 +146,17 @@ def schedule_warnings(cfg: Any, found: list[Any]) -> list[str]:
         and cfg.smtp_host is None
         and any(d.get("channel") == "email" for d in s.request.get("deliver") or [])
     ]
+
+
+def tenant_warnings(cfg: Any) -> list[str]:
+    """Credentials and named sources no calling system may use, once there are calling systems
+    (the publisher seeds in PRESSROOM_NATS_CREDENTIALS_DIR) or anything is bound."""
+    # Imported here: the fetcher's modules cost every other command its start-up time.
+    from services.fetcher.access import binding_warnings
+
+    seeds = cfg.nats_credentials_dir
+    tenants = tenants_in(seeds) if seeds is not None and Path(seeds).is_dir() else []
+    return binding_warnings(cfg, tenants)
 
 
 def _prometheus(supervisor: Any, port: int | None) -> None:
@@ -275,8 +286,8 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
                 problems.append(f"schedule '{schedule.name}': {error.reason}")
     if problems:
         fail("; ".join(problems))
-    for warning in schedule_warnings(cfg, found):
-        err.print(f"[yellow]note:[/] {warning}", highlight=False)
+    for warning in [*schedule_warnings(cfg, found), *tenant_warnings(cfg)]:
+        err.print(f"[yellow]note:[/] {literal(warning)}", highlight=False)
     effective = masked(cfg)
     if as_json:
         emit_json(effective)
