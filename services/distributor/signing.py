@@ -19,7 +19,9 @@ from shared.settings import ConfigError, Settings, parse_webhook_secrets
 def tenant_secrets(settings: Settings) -> dict[str, str]:
     """{calling system: its secret}, from PRESSROOM_WEBHOOK_SECRETS and its file (read once);
     a ConfigError (naming the setting, never a secret) when unusable."""
-    secrets = _read(settings.webhook_secrets, settings.webhook_secrets_file, settings.webhook_secret)
+    secrets = _read(
+        settings.webhook_secrets, settings.webhook_secrets_file, settings.webhook_secret
+    )
     return dict(secrets)
 
 

@@ -1,8 +1,9 @@
-"""A calling system's deliveries stay its own: S3 keys in its folder, webhooks signed with its key."""
+"""A calling system's deliveries stay its own: S3 keys in its folder, webhooks its own key."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from pathlib import Path
 
@@ -25,8 +26,13 @@ SHARED, ALPHA, BETA = whsec("shared"), whsec("alpha"), whsec("beta")
 def test_a_tenants_s3_key_lands_in_its_own_folder_under_the_allowed_prefix() -> None:
     cfg = Settings(s3_delivery_allow="company-reports/portfolio,whole-bucket")
     key = "portfolio/weekly-2026-12-07.html"
-    assert check_target("company-reports", key, cfg, "beta") == "portfolio/beta/weekly-2026-12-07.html"
-    assert check_target("company-reports", key, cfg, "alpha") == "portfolio/alpha/weekly-2026-12-07.html"
+    assert (
+        check_target("company-reports", key, cfg, "beta") == "portfolio/beta/weekly-2026-12-07.html"
+    )
+    assert (
+        check_target("company-reports", key, cfg, "alpha")
+        == "portfolio/alpha/weekly-2026-12-07.html"
+    )
     assert check_target("whole-bucket", "a/b.pdf", cfg, "alpha") == "alpha/a/b.pdf"
     # The operator's own requests (scheduler, CLI) write the key as asked.
     assert check_target("company-reports", key, cfg) == key
@@ -42,10 +48,8 @@ def test_nested_allowed_prefixes_never_give_two_tenants_one_key() -> None:
     written: dict[str, set[str]] = {}
     for tenant in ("alpha", "beta"):
         for key in ("p/x", "p/alpha/x", "p/beta/x", "p/beta/alpha/x", "p/alpha/beta/x"):
-            try:
+            with contextlib.suppress(PermanentError):
                 written.setdefault(check_target("bucket", key, cfg, tenant), set()).add(tenant)
-            except PermanentError:
-                pass
     assert written and all(len(owners) == 1 for owners in written.values()), written
 
 
@@ -65,7 +69,9 @@ def test_each_tenant_signs_with_its_own_secret_and_the_operator_with_the_shared_
     assert not verify(SHARED, headers, b"{}")
 
 
-def test_a_tenant_without_its_own_secret_is_refused_unless_the_operator_allows_the_shared_one() -> None:
+def test_a_tenant_without_its_own_secret_is_refused_unless_the_operator_allows_the_shared_one() -> (
+    None
+):
     cfg = Settings(webhook_secret=SHARED, webhook_secrets=f"alpha={ALPHA}")
     with pytest.raises(PermanentError, match="'gamma' has no signing secret") as refused:
         signing_secret(cfg, "gamma")
