@@ -21,7 +21,7 @@ SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 
-_DELIVERY = re.compile(r"^PRESSROOM_(SMTP_USER|SMTP_PASSWORD|WEBHOOK_SECRET)$")
+_DELIVERY = re.compile(r"^PRESSROOM_(SMTP_USER|SMTP_PASSWORD|WEBHOOK_SECRETS?(_FILE)?)$")
 _SOURCES = re.compile(r"^PRESSROOM_SOURCE_CREDENTIALS$")
 _STORE = re.compile(r"^(PRESSROOM_S3_(ACCESS|SECRET)_KEY|AWS_.*)$")
 # The renderer's keys: signing, and the PDF owner password and password-unsealing key.

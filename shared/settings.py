@@ -60,6 +60,7 @@ SECRET_FIELDS = frozenset(
         "s3_secret_key",
         "smtp_password",
         "webhook_secret",
+        "webhook_secrets",
         "nats_password",
         "console_secret",
         "oidc_client_secret",
@@ -173,6 +174,23 @@ class Settings(BaseSettings):
 
     # Webhooks
     webhook_secret: str | None = None
+    # Each calling system's own key (DESIGN.md "Tenants on the bus"): a receiver verifying with
+    # it knows the delivery came from that caller's request, not another's.
+    webhook_secrets: str = Field(
+        default="",
+        repr=False,
+        description="Per calling system: `alpha=whsec_…,beta=whsec_…` signs its webhooks.",
+    )
+    webhook_secrets_file: Path | None = Field(
+        default=None,
+        description="A file of `name=whsec_…` lines, as PRESSROOM_WEBHOOK_SECRETS (read by the "
+        "distributor).",
+    )
+    webhook_secret_fallback: bool = Field(
+        default=False,
+        description="Sign a calling system's webhooks with PRESSROOM_WEBHOOK_SECRET when it has "
+        "no secret of its own (false: refused; its receivers could not tell callers apart).",
+    )
     webhook_allow: str = Field(default="", description="Hosts/CIDRs allowed although private.")
     webhook_timeout: float = Field(
         default=15.0, gt=0, description="Seconds for a whole webhook call, not per read."
@@ -492,17 +510,14 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _secret_is_usable(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        make = "make one: echo whsec_$(openssl rand -base64 32)"
-        if not value.startswith("whsec_"):  # what every Standard Webhooks library verifies with
-            raise ValueError(f"must be whsec_<base64>; {make}")
-        try:
-            raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"is not whsec_ followed by valid base64; {make}") from None
-        if len(raw) < 24:
-            raise ValueError(f"is {len(raw)} bytes; Standard Webhooks needs at least 24")
+        if value is not None:
+            check_webhook_secret(value)
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _tenant_secrets_are_usable(cls, value: str) -> str:
+        parse_webhook_secrets(value)
         return value
 
     @field_validator("console_secret")
@@ -692,6 +707,45 @@ class Settings(BaseSettings):
     @property
     def s3_delivery_allow_list(self) -> list[str]:
         return _split(self.s3_delivery_allow)
+
+
+def check_webhook_secret(value: str) -> None:
+    """A Standard Webhooks secret every library verifies with: `whsec_` + base64, ≥ 24 bytes."""
+    make = "make one: echo whsec_$(openssl rand -base64 32)"
+    if not value.startswith("whsec_"):  # what every Standard Webhooks library verifies with
+        raise ValueError(f"must be whsec_<base64>; {make}")
+    try:
+        raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"is not whsec_ followed by valid base64; {make}") from None
+    if len(raw) < 24:
+        raise ValueError(f"is {len(raw)} bytes; Standard Webhooks needs at least 24")
+
+
+# A calling system's name as `pressroom bus auth --publisher` takes it (shared/bus/identity.py).
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+def parse_webhook_secrets(text: str) -> dict[str, str]:
+    """`name=whsec_…` entries (split at commas and newlines; `#` starts a comment line) as
+    {calling system: its secret}. The reasons never show a secret."""
+    secrets: dict[str, str] = {}
+    lines = [line for line in text.splitlines() if not line.strip().startswith("#")]
+    for entry in _split(",".join(lines)):
+        name, sep, secret = (part.strip() for part in entry.partition("="))
+        if not sep or not _TENANT.match(name):
+            shown = name if _TENANT.match(name) else "an entry"
+            raise ValueError(f"{shown}: expects name=whsec_… (a publisher's name, then its secret)")
+        if name in secrets:
+            raise ValueError(f"'{name}' is named twice")
+        try:
+            check_webhook_secret(secret)
+        except ValueError as error:
+            raise ValueError(f"the secret of '{name}' {error}") from None
+        if secret in secrets.values():
+            raise ValueError(f"'{name}' has another caller's secret: each needs its own")
+        secrets[name] = secret
+    return secrets
 
 
 def _network_entry(entry: str) -> bool:

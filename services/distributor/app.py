@@ -13,6 +13,7 @@ from faststream import FastStream
 from services.distributor.channels import default_channels
 from services.distributor.core import distribute
 from services.distributor.parcel import Channel
+from services.distributor.signing import tenant_secrets
 from services.distributor.targets import TargetLimits
 from shared.bus.names import DELIVERIES_BUCKET, DISTRIBUTOR
 from shared.events import Event, ReportRendered
@@ -62,6 +63,7 @@ def create_app(
     settings: Settings | None = None, *, deps: DistributorDeps | None = None
 ) -> FastStream:
     settings = settings or load_settings()
+    tenant_secrets(settings)  # an unreadable or wrong secrets file stops the start, not a delivery
     deps = deps or DistributorDeps()
 
     async def build(deps: DistributorDeps) -> Work:

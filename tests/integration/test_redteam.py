@@ -48,6 +48,8 @@ def rstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         root,
         env_extra={
             "PRESSROOM_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"r" * 32).decode(),
+            # A calling system signs its webhooks with its own secret (none: refused at once).
+            "PRESSROOM_WEBHOOK_SECRETS": "alpha=whsec_" + base64.b64encode(b"a" * 32).decode(),
             "PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1",
             "PRESSROOM_WEBHOOK_TIMEOUT": str(WEBHOOK_DEADLINE),
             "PRESSROOM_MAX_ATTEMPTS": "2",

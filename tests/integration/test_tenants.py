@@ -50,9 +50,13 @@ def hooks() -> Iterator[HttpReceiver]:
 def tenants(tmp_path_factory: pytest.TempPathFactory, hooks: HttpReceiver) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("tenants")
     generate(root / "auth", publishers=["alpha", "beta"])  # the stack keeps them
-    stack = Stack(
-        root, env_extra={"PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1", "PRESSROOM_WEBHOOK_SECRET": SECRET}
-    ).start()
+    env = {"PRESSROOM_WEBHOOK_ALLOW": "127.0.0.1", "PRESSROOM_WEBHOOK_SECRET": SECRET}
+    # Each calling system signs its webhooks with its own secret (a tenant without one is refused).
+    env["PRESSROOM_WEBHOOK_SECRETS"] = ",".join(
+        f"{name}=whsec_" + base64.b64encode(f"tenants-test-{name}-key-0123456789".encode()).decode()
+        for name in ("alpha", "beta")
+    )
+    stack = Stack(root, env_extra=env).start()
     yield stack
     stack.stop()
 

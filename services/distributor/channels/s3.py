@@ -1,4 +1,5 @@
-"""The `s3` channel: copy the artefacts to an allowed bucket and key of the request's choosing."""
+"""The `s3` channel: copy the artefacts to an allowed bucket and key of the request's choosing
+(a calling system's: in its own folder under the allowed prefix)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from minio import Minio
 from services.distributor.parcel import Parcel
 from shared.adapters import egress
 from shared.adapters.store import S3Artefacts
+from shared.bus.identity import TENANT_NAME
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.filenames import report_filename
@@ -45,22 +47,61 @@ def destination_key(pattern: str, parcel: Parcel, fmt: str, formats: int) -> str
     return key
 
 
-def check_target(bucket: str, key: str, settings: Settings) -> None:
-    """Only buckets (or bucket/prefix folders) the operator allowed; never the artefact bucket."""
+def check_target(bucket: str, key: str, settings: Settings, tenant: str | None = None) -> str:
+    """The key to write: only in buckets (or bucket/prefix folders) the operator allowed, never
+    the artefact bucket. A calling system's request (`tenant`, set from the subject it arrived
+    on) writes in its own folder: `<tenant>/` is put after the allowed prefix its key is under
+    (`portfolio/weekly.pdf` under `bucket/portfolio` is `portfolio/<tenant>/weekly.pdf`), as the
+    `file` channel writes in PRESSROOM_OUT_DIR/<tenant>/; so no tenant reaches an object another
+    tenant's delivery wrote. The services' own requests (ops, the scheduler) write the key as is."""
     if bucket == settings.artefact_bucket:
         raise PermanentError(
             f"s3 delivery to '{bucket}' refused: it is Pressroom's artefact bucket "
             "(PRESSROOM_ARTEFACT_BUCKET); deliver to another bucket"
         )
+    prefixes = _allowed_prefixes(bucket, settings)
+    under = [p for p in prefixes if _is_under(key, p)]
+    if not under:
+        raise PermanentError(
+            f"s3 delivery to s3://{bucket}/{key} refused: not in {ALLOW_SETTING} "
+            "(add the bucket or bucket/prefix to allow it)"
+        )
+    if tenant is None:
+        return key
+    if not TENANT_NAME.fullmatch(tenant):
+        raise PermanentError(f"tenant '{tenant}' is not a calling system's name")
+    # The shortest allowed prefix: its tenant folder holds every longer one's key.
+    prefix = min(under, key=len)
+    own = _join(prefix, tenant, key[len(prefix) :].lstrip("/"))
+    # Every allowed prefix the key is under must see it in that prefix's `<tenant>/` folder: an
+    # allowed prefix inside another's tenant folder (`bucket/p` and `bucket/p/beta`) would
+    # otherwise give alpha's `p/beta/alpha/…` to beta's `p/` folder too.
+    for other in prefixes:
+        if _is_under(own, other) and not _is_under(own, _join(other, tenant)):
+            raise PermanentError(
+                f"s3 delivery to s3://{bucket}/{own} refused: it is also under the allowed "
+                f"prefix '{other}/', outside its '{tenant}/' folder (a calling system's "
+                f"objects stay in its own folder; ask the operator to fix {ALLOW_SETTING})"
+            )
+    return own
+
+
+def _allowed_prefixes(bucket: str, settings: Settings) -> list[str]:
+    """The allowed prefixes of `bucket` ("" for the whole bucket), without slashes around."""
+    prefixes = []
     for entry in settings.s3_delivery_allow_list:
         allowed_bucket, _, prefix = entry.partition("/")
-        prefix = prefix.strip("/")
-        if allowed_bucket == bucket and (not prefix or key.startswith(prefix + "/")):
-            return
-    raise PermanentError(
-        f"s3 delivery to s3://{bucket}/{key} refused: not in {ALLOW_SETTING} "
-        "(add the bucket or bucket/prefix to allow it)"
-    )
+        if allowed_bucket == bucket:
+            prefixes.append(prefix.strip("/"))
+    return prefixes
+
+
+def _is_under(key: str, prefix: str) -> bool:
+    return not prefix or key.startswith(prefix + "/")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(part for part in parts if part)
 
 
 def delivery_client(settings: Settings) -> Minio:
@@ -100,8 +141,8 @@ class S3Channel:
         pattern = str(extra.get("key") or DEFAULT_KEY)
         artefacts = parcel.event.artefacts
         keys = [destination_key(pattern, parcel, a.ext, len(artefacts)) for a in artefacts]
-        for key in keys:
-            check_target(bucket, key, self.settings)
+        tenant = parcel.event.request.tenant
+        keys = [check_target(bucket, key, self.settings, tenant) for key in keys]
         # A delivery never creates buckets: a missing one is a configuration error to fix.
         store = S3Artefacts(delivery_client(self.settings), bucket, create_bucket=False)
         targets = []
