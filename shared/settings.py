@@ -339,6 +339,12 @@ class Settings(BaseSettings):
     priority_caps: str = Field(
         default="", description="Per publisher: `billing=interactive,batch=bulk`."
     )
+    bulk_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="A report whose data is this many bytes of JSON or more runs as bulk "
+        "(0: never): one long text renders as long as thousands of rows.",
+    )
     bulk_rows: int = Field(
         default=5000, ge=0, description="A report with this many rows runs as bulk (0: never)."
     )

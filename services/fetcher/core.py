@@ -189,8 +189,12 @@ async def fetch_data(
     if context is None:
         context = await gather_context(request, adapters, settings, cache, stats)
     elapsed = time.monotonic() - started
-    # A big report renders for long: in the bulk lane, not ahead of everyone's small ones.
-    big = settings.bulk_rows and rows_estimate(context) >= settings.bulk_rows
+    encoded = json.dumps(context, default=str).encode()
+    # A big report renders for long: in the bulk lane, not ahead of everyone's small ones —
+    # many rows, or much data in few (one long text lays out as long as thousands of rows).
+    big = (settings.bulk_rows and rows_estimate(context) >= settings.bulk_rows) or (
+        settings.bulk_bytes and len(encoded) >= settings.bulk_bytes
+    )
     if big and request.priority != "bulk":
         request = request.model_copy(update={"priority": "bulk"})
     counts: dict[str, Any] = {
@@ -199,7 +203,6 @@ async def fetch_data(
         "fetch_seconds": elapsed,
         "fetched_at": stats.fetched,
     }
-    encoded = json.dumps(context, default=str).encode()
     if len(encoded) <= settings.inline_context_limit:
         return DataReady(request=request, context=context, **counts)
     # Too big for a NATS message: park it in the store and pass the key (claim check).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from shared.errors import PermanentError
 from shared.events import ReportRequested
 from shared.firing import backfill_fires, due, empty_reason, jitter_seconds
 from shared.lanes import lane_for, parse_caps, rows_estimate
+from shared.settings import Settings
 
 
 def request(**fields: object) -> ReportRequested:
@@ -185,3 +187,25 @@ async def test_a_schedule_with_jitter_fires_that_much_later_in_every_replica() -
         assert fired == ["hourly-20261122T1000Z"]
         (body,) = publisher.decoded("report.requested")
         assert body["requested_at"].startswith("2026-11-22T10:00:00")  # the fire keeps its time
+
+
+def test_much_data_in_few_rows_runs_as_bulk_too() -> None:
+    """One long text lays out as long as thousands of rows: a report with as much data as
+    PRESSROOM_BULK_BYTES runs in the bulk lane, not ahead of everyone's small ones."""
+    from services.fetcher.core import fetch_data
+    from shared.adapters.store import MemoryArtefacts
+
+    async def lane_of(context: dict[str, Any], **settings: Any) -> str:
+        ready = await fetch_data(
+            request(),
+            adapters={},
+            store=MemoryArtefacts(),
+            settings=Settings(**settings),  # type: ignore[arg-type]
+            context=context,
+        )
+        return ready.request.priority
+
+    words = {"notes": "word " * 60_000}  # 300 KB in one string, no list at all
+    assert asyncio.run(lane_of(words)) == "bulk"
+    assert asyncio.run(lane_of(words, bulk_bytes=0)) == "normal"
+    assert asyncio.run(lane_of({"notes": "a short note"})) == "normal"
