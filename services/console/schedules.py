@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,29 @@ class StackView:
     paused: set[str]
     note: str | None = None
     mismatch: str | None = None  # the stack runs other schedules and the CLI cannot read them
+
+
+def last_runs(cfg: Settings, schedules: list[Any], now: datetime) -> dict[str, tuple[str, str]]:
+    """Each schedule's latest fire and what became of it, from the ledger: `delivered`,
+    `failed`, `skipped` … or `not run` when no run of it was recorded (the scheduler down, or
+    paused then) and `due` within PRESSROOM_SCHEDULE_GRACE. {} when the bus cannot be read."""
+
+    async def look() -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        async with open_bus(cfg, setup=False) as bus:
+            ledger = await bus.ledger()
+            for schedule in schedules:
+                fire = next(schedule.fires_before(now))
+                entry = await ledger.get(schedule.request_id_for(fire))
+                late = (now - fire).total_seconds() > cfg.schedule_grace
+                status = entry.status if entry else ("not run" if late else "due")
+                found[schedule.name] = (fire.isoformat(), status)
+        return found
+
+    try:
+        return asyncio.run(look())
+    except (PressroomError, NatsError, OSError, TimeoutError):
+        return {}
 
 
 def stack_view(cfg: Settings) -> StackView:

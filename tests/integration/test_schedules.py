@@ -182,6 +182,9 @@ async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(
     await eventually(looked_again, timeout=120, every=0.5)
     skipped = f"every-minute-{skipped_at:%Y%m%dT%H%MZ}"
     assert stack.cli("status", skipped).returncode == 1  # never fired
+    # `schedule ls` says the newest fire did not run (paused): not a next fire time alone.
+    [row] = json.loads(stack.cli("schedule", "ls", "--json", check=True).stdout)
+    assert row["last_run"] in ("due", "not run"), row
     resuming = datetime.now(UTC)
     resumed = stack.cli("schedule", "resume", "every-minute")
     assert resumed.returncode == 0 and "resumed every-minute: next fire" in resumed.stdout
@@ -198,6 +201,14 @@ async def test_pause_and_resume_are_obeyed_by_the_running_scheduler(
 
     await eventually(fired_again, timeout=150, every=1)
     assert not delivered_file(folder, skipped).exists()
+
+    async def last_delivered() -> bool:
+        [row] = json.loads(stack.cli("schedule", "ls", "--json", check=True).stdout)
+        return bool(row["last_run"] == "delivered")
+
+    await eventually(last_delivered, timeout=150, every=1)
+    table = stack.cli("schedule", "ls", env={"COLUMNS": "80"}).stdout.splitlines()
+    assert "last fire" in table[0] and all(len(line) <= 80 for line in table), table
     assert stack.cli("status", skipped).returncode == 1
     again = stack.cli("schedule", "resume", "every-minute")
     assert again.returncode == 0 and "was not paused" in again.stdout

@@ -24,7 +24,7 @@ from services.console.cli._common import (
 )
 from services.console.cli._output import Col, literal, print_table, styled
 from services.console.cli.requests import submit
-from services.console.schedules import stack_view
+from services.console.schedules import last_runs, stack_view
 from services.scheduler.state import pause, resume
 from shared.bus.names import SCHEDULES_BUCKET
 from shared.errors import PressroomError
@@ -40,6 +40,7 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     cfg = settings()
     view = checked(lambda: stack_view(cfg))
     now = datetime.now(UTC)
+    runs = last_runs(cfg, view.schedules, now) if view.schedules else {}
     rows = [
         {
             "name": s.name,
@@ -49,6 +50,8 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
             "paused": s.name in view.paused,
             "template": s.request.get("template"),
             "next_fire": s.next_fire(now).isoformat(),
+            "last_fire": runs[s.name][0] if s.name in runs else None,
+            "last_run": runs[s.name][1] if s.name in runs else None,
         }
         for s in view.schedules
     ]
@@ -68,8 +71,13 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
             return "disabled"
         return "paused" if row["paused"] else str(row["next_fire"])[:16]
 
-    table = [[str(row[c]) for c in cells] + [when(row)] for row in rows]
-    print_table(out, [*columns, Col("next fire (UTC)")], table)
+    def last(row: dict[str, Any]) -> str:
+        if row["last_fire"] is None:
+            return "?"
+        return f"{str(row['last_fire'])[11:16]} {row['last_run']}"
+
+    table = [[str(row[c]) for c in cells] + [last(row), when(row)] for row in rows]
+    print_table(out, [*columns, Col("last fire"), Col("next fire (UTC)")], table)
 
 
 def _known(cfg: Settings, name: str) -> Any:
