@@ -19,6 +19,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from html import unescape
 from html.parser import HTMLParser
 from typing import Any
 
@@ -198,8 +199,9 @@ def to_csv(table: Table, *, bom: bool) -> bytes:
     return ("\ufeff" if bom else "").encode() + buffer.getvalue().encode("utf-8")
 
 
-def to_xlsx(tables: list[Table], created: datetime | None) -> bytes:
-    """One workbook, a sheet per table: typed cells, a frozen bold header, column widths."""
+def to_xlsx(tables: list[Table], created: datetime | None, title: str | None = None) -> bytes:
+    """One workbook, a sheet per table: typed cells, a frozen bold header, column widths; the
+    report's title as the workbook's."""
     # Imported here: heavy (openpyxl): loaded in render processes, and only for an XLSX.
     from openpyxl import Workbook
     from openpyxl.styles import Font
@@ -244,6 +246,7 @@ def to_xlsx(tables: list[Table], created: datetime | None) -> bytes:
         naive = created.astimezone(UTC).replace(tzinfo=None) if created.tzinfo else created
         workbook.properties.created = workbook.properties.modified = naive
     workbook.properties.creator = "Pressroom"
+    workbook.properties.title = title
     buffer = io.BytesIO()
     # ExcelWriter, not workbook.save(): save() stamps the clock as the modification time.
     ExcelWriter(workbook, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED)).save()
@@ -263,6 +266,16 @@ def _fixed_times(data: bytes) -> bytes:
     return out.getvalue()
 
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def html_title(html: str) -> str | None:
+    """The document's <title>, as a reader sees it (entities decoded, spaces collapsed)."""
+    found = _TITLE.search(html[:200_000])
+    text = " ".join(unescape(found.group(1)).split()) if found else ""
+    return text[:255] or None
+
+
 def make_exports(
     html: str, formats: tuple[str, ...], template: str, *, bom: bool, created: datetime | None
 ) -> tuple[Export, ...]:
@@ -280,5 +293,5 @@ def make_exports(
     if "csv" in wanted:
         found += [Export("csv", t.name, to_csv(t, bom=bom)) for t in tables]
     if "xlsx" in wanted:
-        found.append(Export("xlsx", None, to_xlsx(tables, created)))
+        found.append(Export("xlsx", None, to_xlsx(tables, created, html_title(html) or template)))
     return tuple(found)

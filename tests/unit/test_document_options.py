@@ -141,6 +141,13 @@ def test_the_workbook_has_real_values_and_is_the_same_bytes_every_time() -> None
     assert code.value == "007" and sheet["B3"].value == -3
     assert sheet["A3"].value == datetime(2026, 11, 3, 10)  # in UTC
     assert sheet.freeze_panes == "A2" and sheet.column_dimensions["C"].width >= 8
+    # The report's title is the workbook's (the template's name where the page has none).
+    assert openpyxl.load_workbook(io.BytesIO(first.content)).properties.title == "t.html"
+    titled = "<html><head><title>Orders &amp; refunds\n 2026</title></head>" + TABLE
+    [book] = make_exports(titled, ("xlsx",), "t.html", bom=False, created=created)
+    assert openpyxl.load_workbook(io.BytesIO(book.content)).properties.title == (
+        "Orders & refunds 2026"
+    )
 
 
 @pytest.mark.parametrize(
