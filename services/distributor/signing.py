@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from shared.bus.identity import DEFAULT_TENANT
 from shared.errors import PermanentError
 from shared.settings import ConfigError, Settings, parse_webhook_secrets
 
@@ -63,14 +62,12 @@ def _read(text: str, path: Path | None, shared: str | None) -> dict[str, str]:
 
 
 def signing_secret(settings: Settings, tenant: str | None) -> str:
-    """The secret a delivery for `tenant`'s request (None: the operator's own) is signed with.
-    The single `publisher` of a deployment without `--publisher NAME` signs with the shared
-    secret unless it has its own (as before tenants existed: the only calling system there)."""
+    """The secret a delivery for `tenant`'s request (None: the operator's own) is signed with."""
     if tenant is not None:
         own = tenant_secrets(settings).get(tenant)
         if own is not None:
             return own
-        if not settings.webhook_secret_fallback and tenant != DEFAULT_TENANT:
+        if not settings.webhook_secret_fallback:
             raise PermanentError(
                 f"webhook refused: '{tenant}' has no signing secret of its own (add "
                 f"{tenant}=whsec_… to PRESSROOM_WEBHOOK_SECRETS, or set "

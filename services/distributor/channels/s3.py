@@ -13,7 +13,7 @@ from minio import Minio
 from services.distributor.parcel import Parcel
 from shared.adapters import egress
 from shared.adapters.store import S3Artefacts
-from shared.bus.identity import DEFAULT_TENANT, TENANT_NAME
+from shared.bus.identity import TENANT_NAME
 from shared.errors import PermanentError
 from shared.events import ChannelResult, Delivery
 from shared.filenames import report_filename
@@ -66,8 +66,8 @@ def check_target(bucket: str, key: str, settings: Settings, tenant: str | None =
             f"s3 delivery to s3://{bucket}/{key} refused: not in {ALLOW_SETTING} "
             "(add the bucket or bucket/prefix to allow it)"
         )
-    if tenant is None or tenant == DEFAULT_TENANT:
-        return key  # the operator's, and the single `publisher`'s (no other calling system)
+    if tenant is None:
+        return key
     if not TENANT_NAME.fullmatch(tenant):
         raise PermanentError(f"tenant '{tenant}' is not a calling system's name")
     # The shortest allowed prefix: its tenant folder holds every longer one's key.
