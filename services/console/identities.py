@@ -235,17 +235,20 @@ class Generated:
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     tenants: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)  # seeds left out of auth.conf now
 
 
 def tenants_in(out: Path, publishers: Iterable[str] = ()) -> list[str]:
-    """The calling systems of a folder: those named now, those whose seeds are there already,
-    and `publisher` when it is there or nobody was named (the single publisher of before)."""
+    """The calling systems of a folder: those named now and those whose seeds are there
+    already; `publisher` (publisher.nk) only while nobody is named — the single calling system
+    of a deployment, which the operator's unbound credentials and sources serve. Once systems
+    are named, each is a tenant like the others and publisher.nk is retired."""
     named = {checked_tenant(p) for p in publishers}
     for seed in out.glob(f"{DEFAULT_TENANT}-*.nk"):
         tenant = tenant_of_role(seed.stem)
         if tenant is not None:
             named.add(tenant)
-    if (out / f"{DEFAULT_TENANT}.nk").is_file() or not named:
+    if not named:
         named.add(DEFAULT_TENANT)
     return sorted(named)
 
@@ -316,6 +319,8 @@ def generate(
     os.chmod(out, 0o700)
     result = Generated(out.resolve())
     result.tenants = tenants_in(out, publishers)
+    if DEFAULT_TENANT not in result.tenants and (out / f"{DEFAULT_TENANT}.nk").is_file():
+        result.retired.append(f"{DEFAULT_TENANT}.nk")
     seeds: dict[str, str] = {}
     for role in [*SERVICE_ROLES, *(tenant_role(t) for t in result.tenants)]:
         seed_file = out / f"{role}.nk"

@@ -161,7 +161,7 @@ async def _deliver(
         limits.slot(target_of(delivery, settings)),
     ):
         # Intent before, outcome after: an ambiguous crash in between is in the record.
-        interrupted = await _intend(outcomes, key)
+        interrupted = await _intend(outcomes, key, sending_fresh(settings))
         # Looked at after the intent is written: a cancel that saw no intent is kept.
         if cancelled is not None and await cancelled():
             await outcomes.put(key, json.dumps({"ok": False, "state": "cancelled"}).encode())
@@ -186,6 +186,13 @@ async def _deliver(
 SENDING_FRESH = 120.0
 
 
+def sending_fresh(settings: Settings) -> float:
+    """How long another attempt's intent is taken for a send in progress: SENDING_FRESH, or
+    twice the longest a channel's send may take, if that is longer."""
+    longest = max(settings.smtp_timeout, settings.webhook_timeout, settings.s3_timeout)
+    return max(SENDING_FRESH, 2 * longest)
+
+
 def _sending() -> bytes:
     return json.dumps({"ok": False, "state": "sending", "at": time.time()}).encode()
 
@@ -202,7 +209,7 @@ class _DeliveredBefore(Exception):
         self.result = result
 
 
-async def _intend(outcomes: KeyValue, key: str) -> str:
+async def _intend(outcomes: KeyValue, key: str, fresh: float = SENDING_FRESH) -> str:
     """The intent to send, written by this attempt alone: "" or, when an earlier attempt died
     while sending (its intent there, no outcome), when that was — the send may have arrived.
     Mostly a delivery's first attempt: the record is created (one round trip, no read first).
@@ -220,9 +227,9 @@ async def _intend(outcomes: KeyValue, key: str) -> str:
     interrupted = ""
     if found.get("state") == "sending":
         age = time.time() - float(found.get("at") or 0)
-        if age < SENDING_FRESH:
+        if age < fresh:
             busy = _Busy(f"another attempt is sending this delivery (since {age:.0f} s)")
-            busy.retry_after = SENDING_FRESH - age
+            busy.retry_after = fresh - age
             raise busy
         interrupted = (
             datetime.fromtimestamp(float(found.get("at") or 0), UTC).strftime(

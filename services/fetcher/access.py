@@ -205,14 +205,6 @@ def may_use(entry: Mapping[str, Any], tenant: str | None) -> bool:
     return "*" in bound or tenant in bound
 
 
-def is_bound(source: Source, settings: Settings) -> bool:
-    """Whether the (expanded) source or its credentials are bound to tenants by `tenants:`: the
-    fetch cache then keeps one answer per tenant."""
-    extra = source.model_extra or {}
-    credential = settings.source_credentials.get(str(extra.get("credentials") or ""), {})
-    return "tenants" in extra or "tenants" in credential
-
-
 def _known(entries: Mapping[str, Mapping[str, Any]], tenant: str | None) -> str:
     """The names a tenant may use, for an error that says what exists (never another's)."""
     usable = sorted(n for n, e in entries.items() if may_use(e, tenant))
@@ -234,6 +226,24 @@ def check_available(source: Source, settings: Settings, tenant: str | None) -> N
     if not may_use(entry, tenant):
         raise PermanentError(
             f"source '{source.name}': credentials '{name}' are not available to {tenant}"
+        )
+
+
+def check_file_path(
+    source: Source, settings: Settings, tenant: str | None, configured: bool
+) -> None:
+    """A named calling system's own `file` source (one it wrote into its request) reads only
+    its folder of the data folder, `PRESSROOM_DATA_FILES_DIR/<tenant>/`, as its `file`
+    deliveries write only in theirs: the rest is read through the operator's named sources,
+    each bound by `tenants:` (a path written out would pass a binding by)."""
+    if source.kind != "file" or configured or tenant is None or tenant == DEFAULT_TENANT:
+        return
+    root = settings.data_files_dir.resolve()
+    rel = str((source.model_extra or {}).get("path", ""))
+    if not (root / rel).resolve().is_relative_to((root / tenant).resolve()):
+        raise PermanentError(
+            f"source '{source.name}': a calling system's own file source reads only its "
+            f"folder of the data folder ({tenant}/…); the operator's named sources read the rest"
         )
 
 

@@ -20,8 +20,9 @@ MAX_CACHED_BYTES = 900 * 1024  # KV values are capped by max_payload (1 MB)
 
 
 def cache_key(source: Source, scope: str | None = None) -> str:
-    """The key of a source's answer: a hash of its whole spec and, for a source bound to
-    tenants, of the tenant that asked (`scope`): one calling system's answer is never another's."""
+    """The key of a source's answer: a hash of its whole spec and, for a calling system's
+    request, of that system (`scope`): one calling system's answer is never another's, nor
+    is the operator's."""
     spec = source.model_dump(mode="json", exclude={"name", "cache"})
     spec.pop("cache", None)
     keyed: dict[str, Any] = spec if scope is None else {"spec": spec, "tenant": scope}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.fetcher.access import check_available, expand_named, is_bound
+from services.fetcher.access import check_available, check_file_path, expand_named
 from services.fetcher.cache import SourceCache, ttl_for
 from services.fetcher.sources import DataSource
 from shared.adapters.store import ArtefactStore, context_key
@@ -74,10 +74,13 @@ async def _one_named(
 ) -> Any:
     named = source.source  # the config-file source it names (gone once expanded)
     # Another calling system's credentials or named source: refused before the cache and
-    # before anything is sent; a bound one is cached per tenant all the same.
+    # before anything is sent. A calling system's answers are cached for it alone: the same
+    # spec written into its request must not read what the operator's named source (or
+    # another system) fetched — the cache is looked at before the allow-list (a review).
     source, configured = expand_named(source, settings, tenant=request.tenant)
     check_available(source, settings, request.tenant)
-    scope = request.tenant if is_bound(source, settings) else None
+    check_file_path(source, settings, request.tenant, configured)
+    scope = request.tenant
     ttl = ttl_for(source, request, settings) if cache is not None else None
     if cache is not None and ttl is not None:
         hit, data = await cache.get(source, ttl, scope=scope)

@@ -85,6 +85,11 @@ def checked_tenant(name: str) -> str:
             f"publisher name '{name}': use 1-40 of a-z, 0-9, '-', '_' (starting with a letter "
             "or digit); it names a NATS account and a subject token"
         )
+    if name == DEFAULT_TENANT:  # publisher.nk already: a second would share its account
+        raise PermanentError(
+            f"publisher name '{name}' is the default identity's (publisher.nk): name each "
+            "calling system for itself"
+        )
     return name
 
 

@@ -234,3 +234,13 @@ def test_a_schedule_that_emails_without_smtp_is_named_before_it_fails(tmp_path: 
     sample = {"PRESSROOM_CONFIG": str(REPO / "templates/samples/pressroom.yaml")}
     quiet = pressroom("config", "check", env=sample, cwd=REPO)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_config_check_refuses_the_webhook_secrets_the_distributor_would_refuse() -> None:
+    """A calling system's webhook secret equal to the shared one stops the distributor at start:
+    `config check` says so first, without showing the secret."""
+    shared = "whsec_" + "c2hhcmVkLXNlY3JldC1zaGFyZWQtc2VjcmV0LTAxMjM0NQ=="
+    env = {"PRESSROOM_WEBHOOK_SECRET": shared, "PRESSROOM_WEBHOOK_SECRETS": f"alpha={shared}"}
+    checked = pressroom("config", "check", env=env, cwd=REPO)
+    assert checked.returncode == 1, checked.stdout
+    assert "alpha" in checked.stderr and shared not in checked.stderr + checked.stdout

@@ -95,3 +95,11 @@ async def test_a_send_after_an_attempt_died_sending_says_it_may_be_a_second() ->
     assert channel.ok and "an earlier attempt was interrupted while sending" in channel.detail
     recorded = json.loads((await outcomes.get(key)).value)
     assert recorded["ok"] and "interrupted" in recorded["detail"]
+
+
+def test_a_send_that_may_last_longer_is_waited_for_longer() -> None:
+    from services.distributor.core import sending_fresh
+
+    assert sending_fresh(Settings()) == SENDING_FRESH  # type: ignore[call-arg]
+    slow = Settings(s3_timeout=300)  # type: ignore[call-arg]
+    assert sending_fresh(slow) == 600

@@ -145,3 +145,42 @@ def test_config_check_warns_about_unbound_entries_once_there_are_calling_systems
     plain = Settings(source_credentials={"c": {"token": "t", "base_url": "http://x.test"}})
     assert binding_warnings(plain, ["publisher"]) == []  # one publisher: nothing to bind
     assert binding_warnings(plain, ["publisher", "alpha"])
+
+
+async def test_the_operators_cached_answer_is_not_read_by_writing_its_spec_out() -> None:
+    """A review's finding: a tenant that wrote an unbound named source's spec into its own
+    request (no `source:` name, a year of cache) read the operator's cached answer."""
+    cache, cfg = SourceCache(MemoryKeyValue()), settings()  # type: ignore[arg-type]
+    operator = Recording()
+    named = {"name": "n", "source": "ops-accounts"}
+    await gather_context(request(None, named, use_cache=True), {"http": operator}, cfg, cache)
+    written = {
+        "name": "n",
+        "kind": "http",
+        "url": cfg.sources["ops-accounts"]["url"],
+        "cache": 31536000,
+    }
+    tenant = Recording()
+    await gather_context(request("alpha", written), {"http": tenant}, cfg, cache)
+    assert len(tenant.fetched) == 1  # not from the operator's cache entry: fetched (or refused)
+
+
+async def test_a_tenants_own_file_source_reads_only_its_folder(tmp_path: Any) -> None:
+    from services.fetcher.sources.file import FileSource
+
+    (tmp_path / "beta").mkdir()
+    (tmp_path / "alpha").mkdir()
+    (tmp_path / "beta" / "accounts.json").write_text('{"iban": "DE89-canary"}')
+    (tmp_path / "alpha" / "mine.json").write_text('{"ok": 1}')
+    cfg = Settings(**{**CONFIG, "data_files_dir": tmp_path})
+    files = {"file": FileSource()}
+    theirs = {"name": "loot", "kind": "file", "path": "beta/accounts.json"}
+    with pytest.raises(PermanentError, match="reads only its folder of the data folder"):
+        await gather_context(request("alpha", theirs), files, cfg)
+    around = {"name": "loot", "kind": "file", "path": "alpha/../beta/accounts.json"}
+    with pytest.raises(PermanentError, match="reads only its folder"):
+        await gather_context(request("alpha", around), files, cfg)
+    mine = {"name": "mine", "kind": "file", "path": "alpha/mine.json"}
+    assert (await gather_context(request("alpha", mine), files, cfg))["mine"] == {"ok": 1}
+    # The operator (and the schedules) read the whole data folder as before.
+    assert (await gather_context(request(None, theirs), files, cfg))["loot"]["iban"]

@@ -235,6 +235,13 @@ def bus_auth(
         "calling systems (each its own account): "
         + ", ".join(f"{tenant_role(t)}.nk" for t in result.tenants)
     )
+    for seed in result.retired:
+        err.print(
+            f"note: {seed} is no longer in auth.conf: calling systems are named now, so the one "
+            "that used it needs a name of its own (--publisher NAME)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if tls:
         out.print("TLS: ca.pem, server-cert.pem, server-key.pem (clients: PRESSROOM_NATS_TLS_CA)")
     out.print(
@@ -284,6 +291,12 @@ def config_check(as_json: bool = typer.Option(False, "--json")) -> None:
                 lib.resolve(str(schedule.request.get("template", "")))
             except PressroomError as error:
                 problems.append(f"schedule '{schedule.name}': {error.reason}")
+    try:  # what the distributor checks at start (the calling systems' webhook secrets)
+        from services.distributor.signing import tenant_secrets
+
+        tenant_secrets(cfg)
+    except PressroomError as error:
+        problems.append(error.reason)
     if problems:
         fail("; ".join(problems))
     for warning in [*schedule_warnings(cfg, found), *tenant_warnings(cfg)]:
