@@ -29,6 +29,7 @@ class StackView:
     paused: set[str]
     note: str | None = None
     mismatch: str | None = None  # the stack runs other schedules and the CLI cannot read them
+    seen: bool = True  # False: the bus could not be read (nothing more to ask it)
 
 
 def last_runs(cfg: Settings, schedules: list[Any], now: datetime) -> dict[str, tuple[str, str]]:
@@ -72,7 +73,9 @@ def stack_view(cfg: Settings) -> StackView:
         record, paused = asyncio.run(look())
     except (PressroomError, NatsError, OSError, TimeoutError) as error:
         reason = error.reason if isinstance(error, PressroomError) else repr(error)
-        return StackView(mine, set(), f"note: the running stack cannot be seen ({reason})")
+        return StackView(
+            mine, set(), f"note: the running stack cannot be seen ({reason})", seen=False
+        )
     if record is None:
         return StackView(
             mine,

@@ -40,7 +40,7 @@ def schedule_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     cfg = settings()
     view = checked(lambda: stack_view(cfg))
     now = datetime.now(UTC)
-    runs = last_runs(cfg, view.schedules, now) if view.schedules else {}
+    runs = last_runs(cfg, view.schedules, now) if view.schedules and view.seen else {}
     rows = [
         {
             "name": s.name,
