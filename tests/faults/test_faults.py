@@ -118,7 +118,6 @@ def pdfs(folder: Path) -> list[str]:
     return delivered_tags(folder)
 
 
-@pytest.mark.timeout(900)  # twenty long reports through two faults: minutes on a loaded machine
 async def signed_in(console: Console, user: str, password: str) -> httpx.AsyncClient:
     """An httpx client signed in to the console (its session cookie kept)."""
     await console.wait_ready()
@@ -133,6 +132,7 @@ async def signed_in(console: Console, user: str, password: str) -> httpx.AsyncCl
     return client
 
 
+@pytest.mark.timeout(900)  # twenty long reports through two faults: minutes on a loaded machine
 async def test_twenty_reports_survive_a_renderer_sigkill_and_a_nats_restart(
     fault_stack: Stack,
 ) -> None:

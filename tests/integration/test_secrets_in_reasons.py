@@ -64,14 +64,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, server: HttpReceiver) -> Ite
         "source_credentials:\n"
         "  billing_api:\n"
         f"    base_url: {server.url}/api\n"
+        "    tenants: [alpha]\n"  # alpha, a calling system, may use them
         "    token: |\n"  # a block scalar: the token ends with a newline
         f"      {TOKEN}\n"
         "sources:\n"
         "  billing:\n"
         "    kind: http\n"
+        "    tenants: [alpha]\n"
         f"    url: {server.url}/api/export?api_key={QUERY}\n"
         "  ledger_api:\n"
         "    kind: http\n"
+        "    tenants: [alpha]\n"
         "    credentials: billing_api\n"
         f"    url: {server.url}/api/ledger\n"
     )
