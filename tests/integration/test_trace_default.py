@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pikepdf
@@ -21,14 +20,11 @@ TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @pytest.fixture(scope="module")
-def untraced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # No OTEL_* at all, as `pressroom up` / `make run` start it.
-    stack = Stack(
-        tmp_path_factory.mktemp("untraced"),
-        unset=("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"),
-    ).start()
-    yield stack
-    stack.stop()
+def untraced(stack: Stack) -> Stack:
+    """The session's stack: no exporter (OTEL_TRACES_EXPORTER=none, which is what no OTEL_*
+    at all amounts to — a tracer that keeps ids and exports nothing; tests/unit/
+    test_telemetry_defaults.py holds the two to the same behaviour in fresh processes)."""
+    return stack
 
 
 def log_trace_ids(stack: Stack, service: str, rid: str) -> set[str]:
