@@ -383,20 +383,10 @@ async def validate_templates(settings: Settings) -> tuple[int, int]:
     """`templates_checked` of the templates folder, validated in one capped process (the
     template code is never compiled in the caller's process): what `pressroom slo` counts."""
     # Imported here: the render pool and Jinja cost the CLI's start-up time elsewhere.
-    from services.renderer.pool import CappedPool
+    from services.renderer.pool import run_once
     from services.renderer.templating import validate_in_folder
 
-    pool = CappedPool(
-        1,
-        memory_mb=settings.render_memory_mb,
-        timeout=settings.render_timeout,
-        warm=False,
-        collect_after=None,  # the process exits after this one job
+    problems = await run_once(
+        validate_in_folder, str(settings.templates_dir), None, label="validation", settings=settings
     )
-    try:
-        problems = await pool.run(
-            validate_in_folder, str(settings.templates_dir), None, label="validation"
-        )
-    finally:
-        await pool.close()
     return templates_checked(problems)

@@ -217,16 +217,31 @@ def check_available(source: Source, settings: Settings, tenant: str | None) -> N
     name = (source.model_extra or {}).get("credentials")
     if not name or tenant is None:
         return
-    entry = settings.source_credentials.get(str(name))
+    _usable(
+        settings.source_credentials,
+        str(name),
+        tenant,
+        unknown=f"source '{source.name}': unknown credentials '{name}'",
+        refused=f"source '{source.name}': credentials '{name}' are not available to {tenant}",
+    )
+
+
+def _usable(
+    entries: Mapping[str, Mapping[str, Any]],
+    name: str,
+    tenant: str | None,
+    *,
+    unknown: str,
+    refused: str,
+) -> Mapping[str, Any]:
+    """The config file's entry `name` when `tenant` may use it; else a PermanentError, `unknown`
+    with the names it may use (never another's), or `refused`."""
+    entry = entries.get(name)
     if entry is None:
-        known = _known(settings.source_credentials, tenant)
-        raise PermanentError(
-            f"source '{source.name}': unknown credentials '{name}' (known: {known})"
-        )
+        raise PermanentError(f"{unknown} (known: {_known(entries, tenant)})")
     if not may_use(entry, tenant):
-        raise PermanentError(
-            f"source '{source.name}': credentials '{name}' are not available to {tenant}"
-        )
+        raise PermanentError(refused)
+    return entry
 
 
 def check_file_path(
@@ -292,14 +307,13 @@ def expand_named(
     ref = source.source
     if ref is None:
         return source, False
-    spec = settings.sources.get(str(ref))
-    if spec is None:
-        known = _known(settings.sources, tenant)
-        raise PermanentError(
-            f"source '{source.name}': no source '{ref}' in the config file (known: {known})"
-        )
-    if not may_use(spec, tenant):
-        raise PermanentError(f"source '{source.name}' is not available to {tenant}")
+    spec = _usable(
+        settings.sources,
+        str(ref),
+        tenant,
+        unknown=f"source '{source.name}': no source '{ref}' in the config file",
+        refused=f"source '{source.name}' is not available to {tenant}",
+    )
     changed = sorted(k for k in extra if k not in REQUEST_OPTIONS and extra[k] != spec.get(k))
     if source.kind not in ("", spec.get("kind")):
         changed.append("kind")

@@ -541,20 +541,22 @@ class Slots:
                 granted.set_result(None)
 
 
+async def run_once(fn: Callable[..., Any], *args: Any, label: str, settings: Any) -> Any:
+    """Template code run outside a renderer (the CLI, the console): one process with the render
+    timeout and memory cap, gone after this job."""
+    pool = CappedPool(
+        1,
+        memory_mb=settings.render_memory_mb,
+        timeout=settings.render_timeout,
+        warm=False,
+        collect_after=None,  # the process exits after this one job
+    )
+    try:
+        return await pool.run(fn, *args, label=label)
+    finally:
+        await pool.close()
+
+
 def run_capped(fn: Callable[..., Any], *args: Any, label: str, settings: Any) -> Any:
-    """Template code run from the CLI: one process with the render timeout and memory cap."""
-
-    async def once() -> Any:
-        pool = CappedPool(
-            1,
-            memory_mb=settings.render_memory_mb,
-            timeout=settings.render_timeout,
-            warm=False,
-            collect_after=None,  # the process exits after this one job
-        )
-        try:
-            return await pool.run(fn, *args, label=label)
-        finally:
-            await pool.close()
-
-    return asyncio.run(once())
+    """`run_once` from synchronous code (a CLI command)."""
+    return asyncio.run(run_once(fn, *args, label=label, settings=settings))
