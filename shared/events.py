@@ -78,6 +78,10 @@ def is_lane_subject(subject: str) -> bool:
     return subject.startswith(LANE_PREFIX)
 
 
+# A tenant's name is a NATS subject token and part of an account name: short and plain.
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
 def tenant_of_subject(subject: str) -> str | None:
     """The calling system that published a `report.requested.<tenant>` message (or, asking
     for a lane, `report.requested.<tenant>.<lane>`), else None."""

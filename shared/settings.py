@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from shared.errors import PressroomError
-from shared.events import Delivery
+from shared.events import TENANT_NAME, Delivery
 from shared.urls import mask_url_secrets, public_url
 
 EMBEDDED_HOST = "127.0.0.1"
@@ -52,7 +52,6 @@ SOURCE_KINDS = frozenset(SOURCE_KEYS)
 COMMON_SOURCE_KEYS = frozenset({"kind", "cache", "merge", "tenants"})
 # `tenants:` on a credential or named source: the calling systems (`--publisher NAME`) that may
 # use it, or "*" for all of them (shared/bus/identity.py spells tenant names the same way).
-_TENANT_BINDING = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,39})$")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SECRET_FIELDS = frozenset(
@@ -729,7 +728,6 @@ def check_webhook_secret(value: str) -> None:
 
 
 # A calling system's name as `pressroom bus auth --publisher` takes it (shared/bus/identity.py).
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
 def parse_webhook_secrets(text: str) -> dict[str, str]:
@@ -739,8 +737,8 @@ def parse_webhook_secrets(text: str) -> dict[str, str]:
     lines = [line for line in text.splitlines() if not line.strip().startswith("#")]
     for entry in _split(",".join(lines)):
         name, sep, secret = (part.strip() for part in entry.partition("="))
-        if not sep or not _TENANT.match(name):
-            shown = name if _TENANT.match(name) else "an entry"
+        if not sep or not TENANT_NAME.match(name):
+            shown = name if TENANT_NAME.match(name) else "an entry"
             raise ValueError(f"{shown}: expects name=whsec_… (a publisher's name, then its secret)")
         if name in secrets:
             raise ValueError(f"'{name}' is named twice")
@@ -912,7 +910,7 @@ def _check_tenants(name: str, entry: dict[str, Any]) -> None:
         return
     tenants = entry["tenants"]
     if not isinstance(tenants, list) or not all(
-        isinstance(t, str) and _TENANT_BINDING.match(t) for t in tenants
+        isinstance(t, str) and (t == "*" or TENANT_NAME.match(t)) for t in tenants
     ):
         raise ValueError(
             f"'{name}': tenants must be a list of calling-system names (as in "

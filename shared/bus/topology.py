@@ -20,7 +20,7 @@ from nats.js.errors import APIError, NotFoundError
 from pydantic import BaseModel
 
 from shared.bus.failover import ConnectionEvents
-from shared.bus.identity import REFUSALS, TENANT_NAME, BusRefused, identity, tenant_outcomes
+from shared.bus.identity import REFUSALS, BusRefused, identity, tenant_outcomes
 from shared.bus.names import (
     ADMISSION_BUCKET,
     ADVISORY_STREAM,
@@ -46,6 +46,7 @@ from shared.events import (
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
     REPORT_FAILED,
+    TENANT_NAME,
     TENANT_REQUESTS,
     claimed_request_id,
     tenant_lane_requests,

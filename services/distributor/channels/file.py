@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 
 from services.distributor.parcel import Parcel
-from shared.bus.identity import TENANT_NAME
 from shared.errors import PermanentError, TransientError
-from shared.events import ChannelResult, Delivery
+from shared.events import TENANT_NAME, ChannelResult, Delivery
 from shared.settings import Settings
 
 

@@ -13,9 +13,8 @@ from minio import Minio
 from services.distributor.parcel import Parcel
 from shared.adapters import egress
 from shared.adapters.store import S3Artefacts
-from shared.bus.identity import TENANT_NAME
 from shared.errors import PermanentError
-from shared.events import ChannelResult, Delivery
+from shared.events import TENANT_NAME, ChannelResult, Delivery
 from shared.filenames import report_filename
 from shared.placeholders import fill
 from shared.settings import Settings
