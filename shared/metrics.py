@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -385,11 +385,11 @@ def schedule_missed(schedule: str, fire: float) -> None:
     )
 
 
-async def observe_bus(js: Any, stage: StageSpec) -> None:
+async def observe_bus(js: Any, stage: StageSpec, callers: Sequence[StageSpec] = ()) -> None:
     """Refresh the gauges read from JetStream: the backlog of each of the stage's consumers
-    (every lane's), dead letters, storage."""
+    (every lane's, and the calling systems' own the fetcher reads), dead letters, storage."""
 
-    for lane in stage.lanes:
+    for lane in [*stage.lanes, *callers]:
         info = await js.consumer_info(STREAM, lane.durable)
         consumer_pending(stage.name, int(info.num_pending or 0), lane.durable)
     dlq = await js.stream_info(DLQ_STREAM)

@@ -13,7 +13,8 @@ import httpx
 
 from services.console.busaccess import Bus, BusUnavailable, open_bus
 from services.console.cluster import cluster_components
-from shared.bus.names import DLQ_STREAM, STAGES, STREAM
+from shared.bus.names import DLQ_STREAM, FETCHER, STAGES, STREAM
+from shared.bus.topology import intake_subjects
 from shared.observe.health import worst_of
 from shared.settings import Settings
 from shared.stage.readiness import stage_readiness
@@ -62,7 +63,10 @@ async def _bus_components(bus: Bus, cfg: Settings) -> dict[str, dict[str, Any]]:
         }
     }
     for stage in STAGES.values():  # each lane's consumer: a bulk backlog is a backlog too
-        lanes = await stage_readiness(bus.js, stage, cfg.health_max_pending, seen_by_worker=False)
+        callers = await intake_subjects(bus.js) if stage == FETCHER else []
+        lanes = await stage_readiness(
+            bus.js, stage, cfg.health_max_pending, seen_by_worker=False, callers=callers
+        )
         for durable, result in lanes.items():
             found[f"consumer {durable}"] = {"status": result.status, "detail": result.detail}
     count = int((await bus.js.stream_info(DLQ_STREAM)).state.messages)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.bus.names import ADMISSION_BUCKET as ADMISSION
-from shared.bus.names import ADVISORY_STREAM, DLQ_STREAM, STAGES, STREAM
+from shared.bus.names import ADVISORY_STREAM, DLQ_STREAM, FETCHER, INTAKE_CRASHES, STAGES, STREAM
 from shared.bus.names import CACHE_BUCKET as CACHE
 from shared.bus.names import DELIVERIES_BUCKET as DELIVERIES
 from shared.bus.names import LEDGER_BUCKET as LEDGER
@@ -27,7 +27,7 @@ from shared.bus.names import RENDER_CACHE_BUCKET as RENDER_CACHE
 from shared.bus.names import SCHEDULES_BUCKET as SCHEDULES
 from shared.bus.names import STUDIO_BUCKET as STUDIO
 from shared.events import LANED_SUBJECTS as LANED
-from shared.events import LANES, REPORT_DELIVERED, REPORT_FAILED, REPORT_REQUESTED
+from shared.events import LANES, PRIORITIES, REPORT_DELIVERED, REPORT_FAILED, REPORT_REQUESTED
 
 if TYPE_CHECKING:
     pass
@@ -134,8 +134,9 @@ def _durables(role: str) -> list[str]:
     return [role, *(f"{role}-{lane}" for lane in LANES)]
 
 
-def permissions(role: str) -> dict[str, list[str]]:
-    """What the server lets `role` publish and subscribe to."""
+def permissions(role: str, tenants: Iterable[str] = ()) -> dict[str, list[str]]:
+    """What the server lets `role` publish and subscribe to; the fetcher also reads each of
+    the calling systems' (`tenants`) own consumers."""
     inbox = [f"{inbox_prefix(role)}.>"]
     if role == "publisher" or tenant_of_role(role) is not None:
         # Other systems (each in its own account): ask for reports and hear how their own
@@ -162,6 +163,10 @@ def permissions(role: str) -> dict[str, list[str]]:
         ]
         if role == "fetcher":  # requests come in here and go on to their lanes
             publish += [f"dlq.{REQUESTED}.*", f"dlq.{REQUESTED}.*.*", f"lane.*.{REQUESTED}"]
+            # Each calling system's requests through consumers of its own (shared/stage/callers)
+            callers = [FETCHER.of_tenant(t, lane).durable for t in tenants for lane in PRIORITIES]
+            publish += [s for durable in callers for s in _consumer(STREAM, durable)]
+            publish += _consumer(ADVISORY_STREAM, INTAKE_CRASHES)
             # Whether renders wait (a requester past its share may use idle renderers).
             publish += [f"{JS}.CONSUMER.INFO.{STREAM}.{d}" for d in _durables("renderer")]
             publish += _kv(CACHE, write=True)
@@ -267,7 +272,9 @@ def accounts_config(seeds: dict[str, str], tenants: Iterable[str]) -> str:
     """The `accounts` block: the services' account with JetStream, one account per tenant."""
     tenants = list(tenants)
     indent = "      "
-    services = ",\n".join(_user(r, seeds[r], permissions(r), indent) for r in SERVICE_ROLES)
+    services = ",\n".join(
+        _user(r, seeds[r], permissions(r, tenants), indent) for r in SERVICE_ROLES
+    )
     exports = []
     for tenant in tenants:
         account = tenant_account(tenant)

@@ -13,9 +13,8 @@ from shared.events import (
     REPORT_DELIVERED,
     REPORT_RENDERED,
     REPORT_REQUESTED,
-    TENANT_REQUESTS,
+    TENANT_NAME,
     lane_subject,
-    tenant_lane_requests,
 )
 
 STREAM = "PRESSROOM"
@@ -43,19 +42,31 @@ class StageSpec:
     """A pipeline stage: the durable consumer it reads with and what it publishes next.
 
     `lane` (shared/lanes.py): the stage's `interactive` and `bulk` work is read by consumers of
-    its own (`renderer-bulk` on `lane.bulk.data.ready`), so neither waits behind the other."""
+    its own (`renderer-bulk` on `lane.bulk.data.ready`), so neither waits behind the other.
+
+    `tenant`: where one calling system's requests come in (`report.requested.<tenant>[.<lane>]`),
+    read by a consumer of its own (`fetcher-in-<lane>-<tenant>`), so that no system's flood —
+    invalid, over its rate, or held past its share — is read before another's requests."""
 
     name: str
     consumes: str
     produces: str
     lane: str = "normal"
+    tenant: str | None = None
 
     @property
     def durable(self) -> str:
+        if self.tenant is not None:
+            return f"{self.name}{INTAKE_INFIX}{self.lane}-{self.tenant}"
         return self.name if self.lane == "normal" else f"{self.name}-{self.lane}"
 
     def in_lane(self, lane: str) -> StageSpec:
         return StageSpec(self.name, lane_subject(self.consumes, lane), self.produces, lane)
+
+    def of_tenant(self, tenant: str, lane: str = "normal") -> StageSpec:
+        """The consumer of one calling system's requests on its subject for `lane`."""
+        subject = f"{REPORT_REQUESTED}.{tenant}" + ("" if lane == "normal" else f".{lane}")
+        return StageSpec(self.name, subject, self.produces, lane, tenant)
 
     @property
     def lanes(self) -> list[StageSpec]:
@@ -68,12 +79,10 @@ class StageSpec:
 
     @property
     def filter_subjects(self) -> list[str]:
-        """What its consumer reads: the fetcher also each tenant's `report.requested.<name>`."""
-        if self.consumes == REPORT_REQUESTED and self.lane == "normal":
-            # `lane.normal.…`: a request a cap moved down from the lane it asked for
-            return [REPORT_REQUESTED, TENANT_REQUESTS, f"{LANE_PREFIX}normal.{REPORT_REQUESTED}"]
-        if self.name == "fetcher":  # a tenant's request straight into a lane
-            return [self.consumes, tenant_lane_requests(self.lane)]
+        """What its consumer reads: the normal lane of the fetcher also what a cap moved down
+        from the lane it asked for (`lane.normal.report.requested`)."""
+        if self.consumes == REPORT_REQUESTED and self.lane == "normal" and self.tenant is None:
+            return [REPORT_REQUESTED, f"{LANE_PREFIX}normal.{REPORT_REQUESTED}"]
         return [self.consumes]
 
 
@@ -82,6 +91,30 @@ FETCHER = StageSpec("fetcher", REPORT_REQUESTED, DATA_READY)
 RENDERER = StageSpec("renderer", DATA_READY, REPORT_RENDERED)
 DISTRIBUTOR = StageSpec("distributor", REPORT_RENDERED, REPORT_DELIVERED)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (FETCHER, RENDERER, DISTRIBUTOR)}
+# The consumers of the calling systems' own subjects (`fetcher-in-bulk-alpha`), and the one
+# catcher of their max-deliveries advisories (it reads all of the stream's and keeps theirs).
+INTAKE_INFIX = "-in-"
+INTAKE_CRASHES = f"{FETCHER.name}{INTAKE_INFIX}crashes"
+
+
+def intake_of_subject(subject: str) -> StageSpec | None:
+    """The consumer that reads a calling system's subject, or None for any other subject."""
+    prefix = f"{REPORT_REQUESTED}."
+    if not subject.startswith(prefix):
+        return None
+    tenant, _, lane = subject[len(prefix) :].partition(".")
+    if not TENANT_NAME.match(tenant) or (lane and lane not in LANES):
+        return None
+    return FETCHER.of_tenant(tenant, lane or "normal")
+
+
+def intake_of_durable(durable: str) -> StageSpec | None:
+    """The calling system's consumer a durable name is (`fetcher-in-normal-alpha`), or None."""
+    prefix = f"{FETCHER.name}{INTAKE_INFIX}"
+    lane, _, tenant = durable.removeprefix(prefix).partition("-")
+    if not durable.startswith(prefix) or lane not in ("normal", *LANES):
+        return None
+    return FETCHER.of_tenant(tenant, lane) if TENANT_NAME.match(tenant) else None
 
 
 def msg_id(request_id: str, stage: str) -> str:

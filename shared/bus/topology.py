@@ -27,6 +27,8 @@ from shared.bus.names import (
     CACHE_BUCKET,
     DELIVERIES_BUCKET,
     DLQ_STREAM,
+    FETCHER,
+    INTAKE_CRASHES,
     LANE_SUBJECTS,
     LEDGER_BUCKET,
     MAX_DELIVERIES_ADVISORY,
@@ -38,6 +40,7 @@ from shared.bus.names import (
     STREAM,
     STUDIO_BUCKET,
     StageSpec,
+    intake_of_subject,
 )
 from shared.errors import PressroomError
 from shared.events import (
@@ -46,6 +49,7 @@ from shared.events import (
     PIPELINE_SUBJECTS,
     REPORT_DELIVERED,
     REPORT_FAILED,
+    REPORT_REQUESTED,
     TENANT_NAME,
     TENANT_REQUESTS,
     claimed_request_id,
@@ -284,13 +288,25 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
 
 async def _declare_consumers(js: JetStreamContext, stage: StageSpec, settings: Settings) -> None:
     """A stage's durable consumer and its max-deliveries catcher, created or updated."""
-    await js.add_consumer(STREAM, stage_consumer_config(stage, settings))
+    if stage == FETCHER:  # the normal lane's keeps where the calling systems' consumers begin
+        floors = await _intake_floors(js)
+        await js.add_consumer(STREAM, stage_consumer_config(stage, settings, floors=floors))
+        every = f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.*"
+        await _declare_catcher(js, INTAKE_CRASHES, every, settings)
+    else:
+        await js.add_consumer(STREAM, stage_consumer_config(stage, settings))
+    await _declare_catcher(js, f"{stage.durable}-crashes", stage.advisory_subject, settings)
+
+
+async def _declare_catcher(
+    js: JetStreamContext, durable: str, subject: str, settings: Settings
+) -> None:
     await js.add_consumer(
         ADVISORY_STREAM,
         api.ConsumerConfig(
-            name=f"{stage.durable}-crashes",
-            durable_name=f"{stage.durable}-crashes",
-            filter_subject=stage.advisory_subject,
+            name=durable,
+            durable_name=durable,
+            filter_subject=subject,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait,
             max_deliver=settings.max_attempts,
@@ -298,10 +314,72 @@ async def _declare_consumers(js: JetStreamContext, stage: StageSpec, settings: S
     )
 
 
-def stage_consumer_config(stage: StageSpec, settings: Settings) -> api.ConsumerConfig:
+# Where the calling systems' own consumers begin reading, per lane (metadata of the `fetcher`
+# consumer). Before them, the fetcher's consumer of each lane read every calling system's
+# subjects of that lane too: the first start after that layout notes, per lane, the first
+# message that consumer had not acknowledged, so a calling system's consumer made now or later
+# does not run its requests a second time (a few acknowledged out of order may run again).
+INTAKE_FLOOR = "pressroom_intake_from_"
+
+
+async def _intake_floors(js: JetStreamContext) -> dict[str, str]:
+    try:
+        info = await js.consumer_info(STREAM, FETCHER.durable)
+    except NotFoundError:
+        return {f"{INTAKE_FLOOR}{lane.lane}": "1" for lane in FETCHER.lanes}
+    kept = {k: v for k, v in (info.config.metadata or {}).items() if k.startswith(INTAKE_FLOOR)}
+    if kept:
+        return kept
+    floors = {}
+    for lane in FETCHER.lanes:  # the layout before: every lane's consumer as it stands now
+        try:
+            found = info if lane == FETCHER else await js.consumer_info(STREAM, lane.durable)
+        except NotFoundError:
+            acked = 0
+        else:
+            acked = int(found.ack_floor.stream_seq or 0) if found.ack_floor else 0
+        floors[f"{INTAKE_FLOOR}{lane.lane}"] = str(acked + 1)
+    return floors
+
+
+async def intake_floor(js: JetStreamContext, lane: str) -> int:
+    """Where a calling system's consumer of `lane` begins: the stream sequence kept on the
+    fetcher's consumer (1: every request of theirs in the stream is still unread)."""
+    info = await js.consumer_info(STREAM, FETCHER.durable)
+    kept = (info.config.metadata or {}).get(f"{INTAKE_FLOOR}{lane}", "1")
+    return int(kept) if kept.isdigit() else 1
+
+
+async def intake_subjects(js: JetStreamContext) -> list[StageSpec]:
+    """The calling systems' consumers the stream calls for: one per subject of theirs that
+    holds messages (`report.requested.<tenant>[.<lane>]`), by the stream's own subject index."""
+    info = await js.stream_info(STREAM, subjects_filter=f"{REPORT_REQUESTED}.>")
+    found = (intake_of_subject(subject) for subject in (info.state.subjects or {}))
+    return sorted((spec for spec in found if spec is not None), key=lambda s: s.durable)
+
+
+async def declare_intake(js: JetStreamContext, spec: StageSpec, settings: Settings) -> None:
+    """A calling system's consumer, created or updated (its catcher is INTAKE_CRASHES); where
+    it begins is fixed when it is made."""
+    try:
+        floor = (await js.consumer_info(STREAM, spec.durable)).config.opt_start_seq or 1
+    except NotFoundError:
+        floor = await intake_floor(js, spec.lane)
+    await js.add_consumer(STREAM, stage_consumer_config(spec, settings, floor=floor))
+
+
+def stage_consumer_config(
+    stage: StageSpec,
+    settings: Settings,
+    *,
+    floor: int | None = None,
+    floors: dict[str, str] | None = None,
+) -> api.ConsumerConfig:
+    """A stage's durable consumer; a calling system's begins at stream sequence `floor`, and
+    the fetcher's normal lane keeps every lane's (`floors`) in its metadata."""
     # One more delivery than our own attempts: the runner dead-letters on its last attempt,
     # the server's max-deliveries advisory only catches workers that died before deciding.
-    return api.ConsumerConfig(
+    config = api.ConsumerConfig(
         name=stage.durable,
         durable_name=stage.durable,
         description=f"Pressroom {stage.name}: {stage.consumes} -> {stage.produces}",
@@ -312,6 +390,12 @@ def stage_consumer_config(stage: StageSpec, settings: Settings) -> api.ConsumerC
         max_ack_pending=1000,
         deliver_policy=api.DeliverPolicy.ALL,
     )
+    if floors is not None:
+        config.metadata = floors
+    if floor is not None and floor > 1:
+        config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor
+    return config
 
 
 class Publisher(Protocol):

@@ -35,10 +35,13 @@ from shared.bus.names import (
     ADMISSION_BUCKET,
     ADVISORY_STREAM,
     FETCHER,
+    INTAKE_CRASHES,
     LEDGER_BUCKET,
+    MAX_DELIVERIES_ADVISORY,
     RENDERER,
     STREAM,
     StageSpec,
+    intake_of_durable,
 )
 from shared.bus.topology import (
     JetStreamPublisher,
@@ -68,7 +71,8 @@ from shared.observe.health import Check, CheckResult, HealthServer
 from shared.observe.logging import configure_logging, get_logger
 from shared.observe.telemetry import processing, setup_telemetry, shutdown_telemetry
 from shared.settings import Settings
-from shared.stage.deadletters import settle_crash, stream_reader
+from shared.stage.callers import CallerIntakes
+from shared.stage.deadletters import advised_consumer, settle_crash, stream_reader
 from shared.stage.intake import STEP_ASIDE, Intake
 from shared.stage.readiness import config_check, lanes_together, stage_readiness
 from shared.stage.runner import StageRunner
@@ -261,8 +265,14 @@ async def connect_with_patience(
 
 
 def stage_checks(
-    broker: NatsBroker, deps: Deps, spec: StageSpec, settings: Settings
+    broker: NatsBroker,
+    deps: Deps,
+    spec: StageSpec,
+    settings: Settings,
+    callers: Callable[[], Sequence[StageSpec]] = list,
 ) -> dict[str, Check]:
+    """A worker's /readyz checks; `callers`: the calling systems' consumers it reads too."""
+
     async def bus() -> CheckResult:
         connected = await broker.ping(timeout=BUS_PING_TIMEOUT)
         return CheckResult(
@@ -277,9 +287,10 @@ def stage_checks(
 
     async def consumer() -> CheckResult:  # every lane's consumer: the worker reads them all
         assert deps.js is not None
-        return lanes_together(
-            await stage_readiness(deps.js, spec, settings.health_max_pending, seen_by_worker=True)
+        found = await stage_readiness(
+            deps.js, spec, settings.health_max_pending, seen_by_worker=True, callers=callers()
         )
+        return lanes_together(found)
 
     return {"bus": bus, "store": store, "consumer": consumer, "config": config_check(settings)}
 
@@ -365,9 +376,28 @@ class StageParts:
     admit: Callable[[Event], Awaitable[None]] | None
     observe: Callable[[Any], Awaitable[None]] | None
     # Filled in by the lifespan, before the broker starts: what the subscribers call (one
-    # runner per lane, by its durable consumer's name).
+    # runner per lane, and one per calling system's consumer, by durable consumer name).
     runners: dict[str, StageRunner] = field(default_factory=dict)
     work: Work | None = None
+    intake: Intake | None = None
+    callers: CallerIntakes | None = None  # the fetcher's, once the broker has started
+
+    def add_runner(self, spec: StageSpec) -> None:
+        assert self.deps.ledger is not None and self.deps.publisher is not None
+        runner = StageRunner(
+            spec,
+            self.settings,
+            self.deps.ledger,
+            self.deps.publisher,
+            store=self.deps.store,
+            admit=self.admit,
+        )
+        runner.intake = self.intake
+        runner.routes = spec.name == FETCHER.name  # where requests come in
+        self.runners[spec.durable] = runner
+
+    def reading_callers(self) -> list[StageSpec]:
+        return list(self.callers.reading.values()) if self.callers is not None else []
 
 
 def stage_app(
@@ -430,7 +460,41 @@ def stage_app(
         batch = lane_share(lane, concurrency)
         _subscribe_stage(broker, parts, lane, batch, sides[lane.durable])
         _subscribe_crashes(broker, lane, parts)
+    if spec.name == FETCHER.name:
+        _read_callers(app, broker, parts, sides, concurrency)
     return app
+
+
+def _read_callers(
+    app: FastStream,
+    broker: NatsBroker,
+    parts: StageParts,
+    sides: dict[str, InFlight | None],
+    concurrency: int,
+) -> None:
+    """The calling systems' own consumers (shared/stage/callers.py), each bound to a runner of
+    its own and sharing its lane's slots, found once the broker runs and while it does."""
+    _subscribe_crashes(broker, FETCHER, parts, callers=True)
+
+    async def start(caller: StageSpec) -> None:
+        lane = FETCHER.in_lane(caller.lane) if caller.lane != "normal" else FETCHER
+        parts.add_runner(caller)
+        batch = lane_share(lane, concurrency)
+        subscriber = _subscribe_stage(
+            broker, parts, caller, batch, sides[lane.durable], persistent=False
+        )
+        await subscriber.start()
+
+    @app.after_startup
+    async def read_callers() -> None:
+        assert parts.deps.js is not None
+        parts.callers = CallerIntakes(parts.deps.js, parts.settings, start)
+        parts.callers.watch()
+
+    @app.on_shutdown
+    async def stop_looking() -> None:
+        if parts.callers is not None:
+            await parts.callers.stop()
 
 
 def renders_idle(js: JetStreamContext) -> Callable[[str], Awaitable[bool]]:
@@ -468,7 +532,7 @@ def _gauges(parts: StageParts) -> Callable[[], Awaitable[None]]:
         names = await asyncio.to_thread(template_names, settings.templates_dir)
         if names:  # a worker without the folder keeps the first-come budget
             operator_labels("template", names)
-        await observe_bus(deps.js, parts.spec)
+        await observe_bus(deps.js, parts.spec, parts.reading_callers())
         if parts.observe is not None:
             await parts.observe(deps)
 
@@ -498,19 +562,14 @@ def _lifespan(parts: StageParts, broker: NatsBroker, who: Identity) -> Callable[
             deps.js = await connect_with_patience(broker, settings, who=who, stages=[spec])
         await _open_adapters(deps, deps.js, settings, [*parts.buckets, ADMISSION_BUCKET])
         assert deps.ledger is not None and deps.publisher is not None
-        intake = Intake(
+        parts.intake = Intake(
             settings,
             deps.publisher,
             QueuedCounts(deps.kv[ADMISSION_BUCKET]),
             idle=renders_idle(deps.js) if spec.name == FETCHER.name else None,
         )
         for lane in spec.lanes:
-            runner = StageRunner(
-                lane, settings, deps.ledger, deps.publisher, store=deps.store, admit=parts.admit
-            )
-            runner.intake = intake
-            runner.routes = lane.name == FETCHER.name  # where requests come in
-            parts.runners[lane.durable] = runner
+            parts.add_runner(lane)
         parts.work = await parts.build_work(deps)
         health = await _serve_health(parts, broker, observe_all)
         prepare_from_settings(spec.name, settings)  # every series at 0 before its first event
@@ -540,7 +599,7 @@ async def _serve_health(
         return None
     health = HealthServer(
         parts.service,
-        stage_checks(broker, parts.deps, parts.spec, settings),
+        stage_checks(broker, parts.deps, parts.spec, settings, parts.reading_callers),
         settings.health_host,
         settings.health_port,
         metrics=scrape_handler(observe_all),
@@ -572,11 +631,14 @@ def _subscribe_stage(
     spec: StageSpec,
     concurrency: int,
     side_by_side: InFlight | None,
-) -> None:
-    """One lane's durable pull consumer, bound to its runner."""
+    *,
+    persistent: bool = True,
+) -> Any:
+    """One lane's durable pull consumer, bound to its runner; the subscriber (one made while the
+    broker runs, `persistent=False`, is started by the caller)."""
     settings = parts.settings
 
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         spec.consumes,
         stream=JStream(STREAM, declare=False),
         durable=spec.durable,
@@ -589,7 +651,11 @@ def _subscribe_stage(
         inbox_prefix=f"{inbox_prefix(spec.name)}.".encode(),  # FastStream's own default: _INBOX.
         title=f"{spec.consumes}:{spec.durable}",
         description=f"{spec.durable}: {spec.consumes} → {spec.produces}",
+        persistent=persistent,
+        include_in_schema=persistent,  # the calling systems' own: not part of the contract
     )
+
+    @subscriber
     async def handle(delivered: Any) -> None:  # Any: what `the_message` gives, not looked up
         message = taken(delivered)
         runner, work = parts.runners.get(spec.durable), parts.work
@@ -606,15 +672,21 @@ def _subscribe_stage(
         else:
             await side_by_side.start(handled)
 
+    return subscriber
 
-def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -> None:
-    """The max-deliveries advisories of the stage's consumer, each turned into a dead letter."""
+
+def _subscribe_crashes(
+    broker: NatsBroker, spec: StageSpec, parts: StageParts, *, callers: bool = False
+) -> None:
+    """The max-deliveries advisories of the stage's consumer, each turned into a dead letter;
+    `callers`: those of the calling systems' consumers (INTAKE_CRASHES reads every consumer's
+    advisories and keeps theirs)."""
     deps = parts.deps
 
     @broker.subscriber(
-        spec.advisory_subject,
+        f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.*" if callers else spec.advisory_subject,
         stream=JStream(ADVISORY_STREAM, declare=False),
-        durable=f"{spec.durable}-crashes",
+        durable=INTAKE_CRASHES if callers else f"{spec.durable}-crashes",
         pull_sub=PullSub(batch_size=1, timeout=5.0),
         ack_policy=AckPolicy.MANUAL,
         decoder=the_message,
@@ -625,11 +697,14 @@ def _subscribe_crashes(broker: NatsBroker, spec: StageSpec, parts: StageParts) -
         """A message no worker finished in max_deliver deliveries: dead-letter it."""
         message = taken(delivered)
         assert deps.js is not None and deps.ledger is not None and deps.publisher is not None
-        runner = parts.runners.get(spec.durable)
-        intake = runner.intake if runner is not None else None
+        crashed_in = intake_of_durable(advised_consumer(message.body)) if callers else spec
+        if crashed_in is None:  # another consumer's: its own catcher settles it
+            await message.ack()
+            return
+        intake = parts.intake
         await settle_crash(
             bytes(message.body),
-            spec=spec,
+            spec=crashed_in,
             read=stream_reader(deps.js, STREAM),
             ledger=deps.ledger,
             publisher=deps.publisher,

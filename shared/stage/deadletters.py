@@ -69,6 +69,16 @@ class StoredMessage:
 ReadMessage = Callable[[int], Awaitable[StoredMessage | None]]
 
 
+def advised_consumer(advisory: bytes) -> str:
+    """The consumer a max-deliveries advisory is about ("" when it cannot be read)."""
+    try:
+        found = json.loads(advisory)
+    except ValueError:
+        return ""
+    consumer = found.get("consumer") if isinstance(found, dict) else None
+    return consumer if isinstance(consumer, str) else ""
+
+
 async def settle_crash(
     advisory: bytes,
     *,

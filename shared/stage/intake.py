@@ -5,11 +5,11 @@ limit of queued reports or over its rate is refused at once (`report.failed`, a 
 replay later); the request's lane is its priority within its publisher's cap; a requester with
 more than its share of reports in the pipeline while renders wait has its next ones wait here,
 in the order they came (`Holding`: they leave their fetch slot to others meanwhile, so another
-requester's request behind them in the stream is fetched at once). A request is fetched where it
-arrived when that is its lane (a calling system asks for one by publishing on
-`report.requested.<lane>`, which no flood on `report.requested` holds up); otherwise it is
-handed to its lane's own consumer (`lane.<lane>.report.requested`, the body stamped as it
-came in).
+requester's request behind them in the stream is fetched at once). Each calling system's
+requests come in through consumers of their own (shared/stage/callers.py) and are fetched
+there, whatever lane they run in; a request on the services' own subject is fetched where it
+arrived when that is its lane, otherwise handed to its lane's own consumer
+(`lane.<lane>.report.requested`, the body stamped as it came in).
 """
 
 from __future__ import annotations
@@ -122,12 +122,16 @@ class Intake:
         if share and self.counts is not None:
             await self._holding.wait(request, share)
 
-    async def route(self, request: ReportRequested, *, here: str) -> ReportRequested | None:
-        """The request to fetch here, in lane `here` (its priority set to the lane), or None
-        when it belongs in another lane and was handed on there."""
+    async def route(
+        self, request: ReportRequested, *, here: str, hand_off: bool = True
+    ) -> ReportRequested | None:
+        """The request to fetch here, in lane `here` (its priority set to its lane), or None
+        when it belongs in another lane and was handed on there. A calling system's consumer
+        (`hand_off=False`) fetches all its requests itself, whatever their lane: handed on,
+        those held past the system's share would wait in the lane's consumer shared by all."""
         lane = lane_for(request, caps=self.caps, default_cap=self.settings.priority_cap)
         laned = request.model_copy(update={"priority": lane})
-        if lane == here:
+        if lane == here or not hand_off:
             return laned
         ident = f"{request.request_id}:lane:{request_fingerprint(request)}:{lane}"
         await self.publisher.publish(

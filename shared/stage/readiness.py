@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,25 @@ def config_check(settings: Settings) -> Check:
 
 
 async def stage_readiness(
-    js: JetStreamContext, stage: StageSpec, max_pending: int, *, seen_by_worker: bool
+    js: JetStreamContext,
+    stage: StageSpec,
+    max_pending: int,
+    *,
+    seen_by_worker: bool,
+    callers: Sequence[StageSpec] = (),
 ) -> dict[str, CheckResult]:
     """Each of the stage's consumers by the rule above, by durable name: its normal lane's
-    (`renderer`) and each other lane's (`renderer-interactive`, `renderer-bulk`)."""
-    lanes = stage.lanes
+    (`renderer`) and each other lane's (`renderer-interactive`, `renderer-bulk`), and the
+    fetcher's `callers` (each calling system's own, `fetcher-in-normal-alpha`)."""
+    lanes = [*stage.lanes, *callers]
     infos = await asyncio.gather(
         *(js.consumer_info(STREAM, lane.durable) for lane in lanes), return_exceptions=True
     )
     found = {}
     for lane, info in zip(lanes, infos, strict=True):
         if isinstance(info, NotFoundError):  # one lane's consumer gone: that row says so
-            detail = "missing (`pressroom bus setup` makes it again)"
+            maker = "a fetcher makes it" if lane.tenant else "`pressroom bus setup` makes it again"
+            detail = f"missing ({maker})"
             found[lane.durable] = CheckResult("unhealthy", detail, {"pending": 0, "in_progress": 0})
         elif isinstance(info, BaseException):
             raise info  # the bus itself: the caller says so

@@ -239,7 +239,8 @@ class StageRunner:
         try:
             # Counted where it came in, not again in the lane it was sent to.
             await self.intake.admit(request, first_delivery=not is_lane_subject(msg.subject))
-            routed = await self.intake.route(request, here=self.spec.lane)
+            hand_off = self.spec.tenant is None  # a calling system's: fetched in its own
+            routed = await self.intake.route(request, here=self.spec.lane, hand_off=hand_off)
         except PermanentError as error:
             bound.warning("refused", reason=error.reason)
             await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)

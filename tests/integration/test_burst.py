@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
@@ -41,12 +42,14 @@ from typing import Any
 
 import pytest
 import yaml
+from nats.js.errors import NotFoundError
 from pypdf import PdfReader
 
 from services.console.identities import generate
 from shared.adapters.ledger import KvLedger, LedgerEntry
 from shared.admission import QueuedCounts
-from shared.bus.names import ADMISSION_BUCKET, LEDGER_BUCKET
+from shared.bus.names import ADMISSION_BUCKET, DLQ_STREAM, FETCHER, LEDGER_BUCKET, STREAM
+from shared.events import PRIORITIES
 from shared.stage.intake import CRASH_AFTER_ADMISSION_ENV
 from tests.helpers import Outcomes, Stack, eventually, unique
 from tests.servers import SmtpServer
@@ -76,6 +79,9 @@ MEDIUM = """<!doctype html><html><body>
 """
 SHARE_FLOOD = 50
 SHARE_BOUND = 25
+# alpha's invalid requests on each of two subjects: far more than beta's two need to pass.
+FLOOD_OF_REFUSALS = 600
+INTERACTIVE = "report.requested.interactive"
 PDF = {"formats": ["pdf"]}
 
 
@@ -459,6 +465,68 @@ async def test_an_interactive_report_is_not_queued_behind_a_bulk_flood(burst_sta
         assert not any(rid in outcomes.failed for rid in flood)
         status = json.loads(stack.cli("status", urgent, "--json", check=True).stdout)
         assert status["requested_by"] == "beta" and status["status"] == "delivered"
+    finally:
+        for nc in (alpha, beta, ops):
+            await nc.close()
+
+
+async def intake_backlog(js: Any, tenant: str) -> int:
+    """Messages of a calling system's own consumers not yet settled (waiting or in hand)."""
+    total = 0
+    for lane in PRIORITIES:
+        with contextlib.suppress(NotFoundError):  # made once the fetcher sees the subject
+            info = await js.consumer_info(STREAM, FETCHER.of_tenant(tenant, lane).durable)
+            total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    return total
+
+
+async def test_one_systems_flood_of_refusals_is_not_read_before_anothers_requests(
+    burst_stack: Stack,
+) -> None:
+    """The hostile-tenant audit's F3 and F6: each refusal of an invalid request is a dead
+    letter, so alpha's thousands of them took 35-45 s to get through in the one intake queue
+    every calling system shared, and beta's request waited behind them — on the plain subject
+    and on the interactive lane's (where alpha, capped at normal, may publish too). Each
+    calling system's subjects have consumers of their own now, read side by side."""
+    stack = burst_stack
+    ops = await stack.connect()
+    outcomes = await Outcomes().start(ops)
+    alpha = await stack.connect("publisher-alpha")
+    beta = await stack.connect("publisher-beta")
+    try:
+        # beta has asked before (the fetcher reads a calling system's subject once it holds
+        # a message: up to a second for the first one of a system it has never seen).
+        for subject, priority in (("report.requested", "normal"), (INTERACTIVE, "interactive")):
+            rid = unique("beta-first")
+            await beta.jetstream().publish(subject, json.dumps(tiny(rid, 0, priority)).encode())
+            await outcomes.delivered_event(rid, timeout=120)
+        js = ops.jetstream()
+        letters_before = (await js.stream_info(DLQ_STREAM)).state.messages
+        for subject in ("report.requested", INTERACTIVE):
+            for n in range(FLOOD_OF_REFUSALS):
+                body = {"request_id": unique("junk"), "template": n}  # not a template name
+                await alpha.publish(subject, json.dumps(body).encode())
+        await alpha.flush()  # all of them in the stream before beta asks
+
+        normal, urgent = unique("beta-n"), unique("beta-i")
+        for subject, body in (
+            ("report.requested", tiny(normal, 1, "normal")),
+            (INTERACTIVE, tiny(urgent, 2, "interactive")),
+        ):
+            await beta.jetstream().publish(subject, json.dumps(body).encode())
+        await outcomes.delivered_event(normal, timeout=120)
+        await outcomes.delivered_event(urgent, timeout=120)
+        refused = (await js.stream_info(DLQ_STREAM)).state.messages - letters_before
+        # In one shared queue, beta's two would have come after all of alpha's refusals.
+        assert refused < FLOOD_OF_REFUSALS, f"beta's waited for {refused} of alpha's refusals"
+
+        async def drained() -> bool:
+            return await intake_backlog(js, "alpha") == 0
+
+        await eventually(drained, timeout=240, every=0.5)
+        # Nothing lost: every refusal is a dead letter.
+        letters = (await js.stream_info(DLQ_STREAM)).state.messages - letters_before
+        assert letters >= 2 * FLOOD_OF_REFUSALS, letters
     finally:
         for nc in (alpha, beta, ops):
             await nc.close()
