@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+from nats.js.errors import NotFoundError
 from opentelemetry import metrics
 
 from shared.bus.names import DLQ_STREAM, STREAM, StageSpec
@@ -390,7 +391,10 @@ async def observe_bus(js: Any, stage: StageSpec, callers: Sequence[StageSpec] = 
     (every lane's, and the calling systems' own the fetcher reads), dead letters, storage."""
 
     for lane in [*stage.lanes, *callers]:
-        info = await js.consumer_info(STREAM, lane.durable)
+        try:
+            info = await js.consumer_info(STREAM, lane.durable)
+        except NotFoundError:  # one consumer gone (health says so): the other gauges go on
+            continue
         consumer_pending(stage.name, int(info.num_pending or 0), lane.durable)
     dlq = await js.stream_info(DLQ_STREAM)
     dead_letters(int(dlq.state.messages or 0))

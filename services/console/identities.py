@@ -164,7 +164,9 @@ def permissions(role: str, tenants: Iterable[str] = ()) -> dict[str, list[str]]:
         if role == "fetcher":  # requests come in here and go on to their lanes
             publish += [f"dlq.{REQUESTED}.*", f"dlq.{REQUESTED}.*.*", f"lane.*.{REQUESTED}"]
             # Each calling system's requests through consumers of its own (shared/stage/callers)
-            callers = [FETCHER.of_tenant(t, lane).durable for t in tenants for lane in PRIORITIES]
+            # (and the single `publisher`'s, retired or not: what it sent before is still read)
+            named = sorted({*tenants, DEFAULT_TENANT})
+            callers = [FETCHER.of_tenant(t, lane).durable for t in named for lane in PRIORITIES]
             publish += [s for durable in callers for s in _consumer(STREAM, durable)]
             publish += _consumer(ADVISORY_STREAM, INTAKE_CRASHES)
             # Whether renders wait (a requester past its share may use idle renderers).

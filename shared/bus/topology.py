@@ -289,10 +289,12 @@ async def _declare_topology(js: JetStreamContext, settings: Settings) -> None:
 async def _declare_consumers(js: JetStreamContext, stage: StageSpec, settings: Settings) -> None:
     """A stage's durable consumer and its max-deliveries catcher, created or updated."""
     if stage == FETCHER:  # the normal lane's keeps where the calling systems' consumers begin
-        floors = await _intake_floors(js)
-        await js.add_consumer(STREAM, stage_consumer_config(stage, settings, floors=floors))
+        # Their catcher first: a fetcher whose permissions predate them (an auth.conf not
+        # written again since) fails here, before its consumer stops reading their subjects.
         every = f"{MAX_DELIVERIES_ADVISORY}.{STREAM}.*"
         await _declare_catcher(js, INTAKE_CRASHES, every, settings)
+        floors = await _intake_floors(js)
+        await js.add_consumer(STREAM, stage_consumer_config(stage, settings, floors=floors))
     else:
         await js.add_consumer(STREAM, stage_consumer_config(stage, settings))
     await _declare_catcher(js, f"{stage.durable}-crashes", stage.advisory_subject, settings)

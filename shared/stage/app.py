@@ -73,7 +73,7 @@ from shared.observe.telemetry import processing, setup_telemetry, shutdown_telem
 from shared.settings import Settings
 from shared.stage.callers import CallerIntakes
 from shared.stage.deadletters import advised_consumer, settle_crash, stream_reader
-from shared.stage.intake import STEP_ASIDE, Intake
+from shared.stage.intake import MOVE_TO_LANE, STEP_ASIDE, Intake
 from shared.stage.readiness import config_check, lanes_together, stage_readiness
 from shared.stage.runner import StageRunner
 from shared.templatefiles import template_names
@@ -297,18 +297,40 @@ def stage_checks(
 
 class InFlight:
     """Up to `limit` messages worked on side by side. The subscriber fetches one message at a
-    time and its handler returns only once a slot is free again, so no message is fetched
-    before it can start: none waits with its ack timer running and no in-progress acks
-    (faststream#2563, which `max_workers` has), and once started the runner keeps it alive."""
+    time and its handler returns only once a slot is free again, so a message is fetched when
+    it can start (faststream#2563, which `max_workers` has), and once started the runner keeps
+    it alive. Several subscribers share a lane's slots (the calling systems' own consumers,
+    shared/stage/callers.py): all of them may pass the gate when one slot frees, and those that
+    fetched a message for nobody wait their turn for a slot — the message kept alive meanwhile
+    (`keep_alive_every` seconds), and handed back if the process is closing by then.
 
-    def __init__(self, limit: int) -> None:
+    `others`: every lane's slots by lane; a request a cap moved to another lane takes a slot
+    there instead (MOVE_TO_LANE)."""
+
+    def __init__(self, limit: int, keep_alive_every: float = 1.0) -> None:
         self._free = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._drained = asyncio.Event()
+        self._every = keep_alive_every
+        self.others: dict[str, InFlight] = {}
 
-    async def start(self, work: Coroutine[Any, Any, None]) -> None:
-        await self._free.acquire()  # at once: the previous call returned with a slot free
+    async def start(self, work: Coroutine[Any, Any, None], message: Any) -> None:
+        if self._free.locked():  # another subscriber took the slot this one passed the gate for
+            beat = asyncio.create_task(_keep_alive(message, self._every))
+            try:
+                await self._free.acquire()
+            finally:
+                beat.cancel()
+                await asyncio.gather(beat, return_exceptions=True)
+        else:
+            await self._free.acquire()
+        if self.closing:  # drained meanwhile: another worker takes it now
+            self._free.release()
+            work.close()
+            await message.nack()
+            await self.turned_away()
+            return
         task = asyncio.create_task(self._run(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -316,25 +338,37 @@ class InFlight:
             pass
 
     async def _run(self, work: Coroutine[Any, Any, None]) -> None:
-        holding = [True]
+        holding, owner = [True], [self]
 
         @asynccontextmanager
         async def aside() -> AsyncIterator[None]:
             """The slot left to other messages meanwhile (a request waiting for its turn)."""
-            self._free.release()
+            owner[0]._free.release()
             holding[0] = False
             yield  # an error or a cancel here: no slot to take back, none to give back
-            await self._free.acquire()
+            await owner[0]._free.acquire()
+            holding[0] = True
+
+        async def move(lane: str) -> None:
+            """This message's slot given back, and one of `lane`'s taken instead."""
+            target = self.others.get(lane, owner[0])
+            if target is owner[0]:
+                return
+            owner[0]._free.release()
+            holding[0] = False
+            await target._free.acquire()
+            owner[0] = target
             holding[0] = True
 
         STEP_ASIDE.set(aside)
+        MOVE_TO_LANE.set(move)
         try:
             await work
         except Exception as error:  # the runner settles every message itself; never silent
             log.error("message handling crashed", error=repr(error))
         finally:
             if holding[0]:
-                self._free.release()
+                owner[0]._free.release()
 
     async def drain(self, grace: float) -> None:
         """Let the work in flight finish for `grace` seconds, then hand the rest back."""
@@ -355,6 +389,13 @@ class InFlight:
         and the one handed back would come round again within milliseconds, each time counted
         as a delivery, until max_deliver dead-lettered it."""
         await self._drained.wait()
+
+
+async def _keep_alive(message: Any, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        with suppress(Exception):
+            await message.in_progress()
 
 
 class StartupFailed(PressroomError):
@@ -441,19 +482,26 @@ def stage_app(
     )
     app = FastStream(broker, logger=None, lifespan=_lifespan(parts, broker, who))
     # Each lane works on its own messages side by side (interactive never waits for bulk).
+    # The fetcher's calling systems' own consumers share its lanes' slots: it always has them.
+    slotted = in_flight > 1 or spec.name == FETCHER.name
+    every = max(settings.ack_wait / 3, 0.5)
     sides = {
-        lane.durable: InFlight(lane_share(lane, in_flight)) if in_flight > 1 else None
+        lane.durable: InFlight(lane_share(lane, in_flight), every) if slotted else None
         for lane in spec.lanes
     }
-    if in_flight > 1:
+    by_lane = {lane.lane: side for lane in spec.lanes if (side := sides[lane.durable])}
+    for side in by_lane.values():
+        side.others = by_lane
 
-        @app.on_shutdown
-        async def drain_in_flight() -> None:
-            """Before the broker stops: the work still needs the connection to ack and publish.
-            Every lane stops taking messages at once and all drain together (one grace, not
-            one per lane)."""
-            draining = [side for side in sides.values() if side is not None]
-            await asyncio.gather(*(side.drain(settings.shutdown_grace) for side in draining))
+    @app.on_shutdown
+    async def drain_in_flight() -> None:
+        """Before the broker stops: the work still needs the connection to ack and publish.
+        No calling system's consumer is added from now on; every lane stops taking messages
+        at once and all drain together (one grace, not one per lane)."""
+        if parts.callers is not None:
+            await parts.callers.stop()
+        draining = [side for side in sides.values() if side is not None]
+        await asyncio.gather(*(side.drain(settings.shutdown_grace) for side in draining))
 
     _declare_outputs(broker, spec)
     for lane in spec.lanes:
@@ -476,7 +524,7 @@ def _read_callers(
     its own and sharing its lane's slots, found once the broker runs and while it does."""
     _subscribe_crashes(broker, FETCHER, parts, callers=True)
 
-    async def start(caller: StageSpec) -> None:
+    async def start(caller: StageSpec) -> Any:
         lane = FETCHER.in_lane(caller.lane) if caller.lane != "normal" else FETCHER
         parts.add_runner(caller)
         batch = lane_share(lane, concurrency)
@@ -484,17 +532,13 @@ def _read_callers(
             broker, parts, caller, batch, sides[lane.durable], persistent=False
         )
         await subscriber.start()
+        return subscriber
 
     @app.after_startup
     async def read_callers() -> None:
         assert parts.deps.js is not None
         parts.callers = CallerIntakes(parts.deps.js, parts.settings, start)
         parts.callers.watch()
-
-    @app.on_shutdown
-    async def stop_looking() -> None:
-        if parts.callers is not None:
-            await parts.callers.stop()
 
 
 def renders_idle(js: JetStreamContext) -> Callable[[str], Awaitable[bool]]:
@@ -670,7 +714,7 @@ def _subscribe_stage(
         if side_by_side is None:
             await handled
         else:
-            await side_by_side.start(handled)
+            await side_by_side.start(handled, message)
 
     return subscriber
 

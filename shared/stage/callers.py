@@ -17,7 +17,9 @@ before waits up to that long.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -28,6 +30,7 @@ from shared.settings import Settings
 
 log = get_logger("pressroom.intake")
 LOOK_EVERY = 1.0  # seconds between looks for a calling system's subject not read yet
+RETRY_REFUSED = 60.0  # seconds before a subject the fetcher may not read is tried again
 
 
 class CallerIntakes:
@@ -38,33 +41,40 @@ class CallerIntakes:
         self,
         js: JetStreamContext,
         settings: Settings,
-        start: Callable[[StageSpec], Awaitable[None]],
+        start: Callable[[StageSpec], Awaitable[Any]],
     ) -> None:
         self._js = js
         self._settings = settings
         self._start = start
         self.reading: dict[str, StageSpec] = {}  # by durable name
-        self._refused: set[str] = set()  # told once each
+        self._subscribers: list[Any] = []  # held here: FastStream keeps only weak references
+        self._refused: dict[str, float] = {}  # durable → when it was refused (tried again later)
         self._task: asyncio.Task[None] | None = None
 
     async def look(self) -> None:
         """Read every calling system's subject the stream holds messages of."""
+        now = time.monotonic()
         for spec in await intake_subjects(self._js):
             if spec.durable in self.reading:
                 continue
+            if now - self._refused.get(spec.durable, -RETRY_REFUSED) < RETRY_REFUSED:
+                continue
             try:
                 await declare_intake(self._js, spec, self._settings)
-                await self._start(spec)
+                self._subscribers.append(await self._start(spec))
             except Exception as error:  # e.g. not in this fetcher's permissions (bus auth)
                 if spec.durable not in self._refused:
-                    self._refused.add(spec.durable)
                     log.error(
                         "cannot read a calling system's requests",
                         consumer=spec.durable,
                         subject=spec.consumes,
                         error=str(error) or repr(error),
+                        hint="is it named in `pressroom bus auth --publisher`? (run it again, "
+                        "and reload nats-server)",
                     )
+                self._refused[spec.durable] = now
                 continue
+            self._refused.pop(spec.durable, None)
             self.reading[spec.durable] = spec
             log.info("reading a calling system's requests", consumer=spec.durable)
 

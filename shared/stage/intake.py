@@ -48,6 +48,11 @@ from shared.settings import Settings
 STEP_ASIDE: ContextVar[Callable[[], AbstractAsyncContextManager[None]] | None] = ContextVar(
     "step_aside", default=None
 )
+# Set there too: gives the slot back and takes one of another lane's (a request a cap moved to
+# that lane is fetched in its slots, not in those of the lane it was published on).
+MOVE_TO_LANE: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
+    "move_to_lane", default=None
+)
 HOLD_TICK = 0.1  # seconds between looks at a held request's turn (and at idle renderers)
 IdleCheck = Callable[[str], Awaitable[bool]]
 
@@ -213,4 +218,4 @@ def crash_if_asked(request_id: str) -> None:
         os._exit(17)
 
 
-__all__ = ["STEP_ASIDE", "Holding", "Intake", "OverLimit"]
+__all__ = ["MOVE_TO_LANE", "STEP_ASIDE", "Holding", "Intake", "OverLimit"]

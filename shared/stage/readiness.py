@@ -93,17 +93,29 @@ async def stage_readiness(
     infos = await asyncio.gather(
         *(js.consumer_info(STREAM, lane.durable) for lane in lanes), return_exceptions=True
     )
+    for info in infos:
+        if isinstance(info, BaseException) and not isinstance(info, NotFoundError):
+            raise info  # the bus itself: the caller says so
+    # The fetcher's consumers share its slots: one of them may have no pull and nothing in
+    # progress while its fetcher works on the others' messages. Seen from outside, "no worker"
+    # is then said only when none of them has a pull or a message in progress.
+    worked = callers and any(
+        not isinstance(i, BaseException) and (i.num_waiting or i.num_ack_pending) for i in infos
+    )
     found = {}
     for lane, info in zip(lanes, infos, strict=True):
-        if isinstance(info, NotFoundError):  # one lane's consumer gone: that row says so
-            maker = "a fetcher makes it" if lane.tenant else "`pressroom bus setup` makes it again"
+        if isinstance(info, BaseException):  # one lane's consumer gone: that row says so
+            maker = (
+                "no fetcher reads this calling system's requests: is it named in `pressroom bus "
+                "auth --publisher`?"
+                if lane.tenant
+                else "`pressroom bus setup` makes it again"
+            )
             detail = f"missing ({maker})"
             found[lane.durable] = CheckResult("unhealthy", detail, {"pending": 0, "in_progress": 0})
-        elif isinstance(info, BaseException):
-            raise info  # the bus itself: the caller says so
         else:
             found[lane.durable] = consumer_readiness(
-                info, max_pending, seen_by_worker=seen_by_worker
+                info, max_pending, seen_by_worker=seen_by_worker or bool(worked)
             )
     return found
 

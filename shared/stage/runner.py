@@ -63,7 +63,7 @@ from shared.observe.telemetry import span
 from shared.settings import Settings
 from shared.stage.bursts import child_landed, parent_cancelled
 from shared.stage.deadletters import MAX_REASON_CHARS, Failure, publish_dead_letter
-from shared.stage.intake import Intake
+from shared.stage.intake import MOVE_TO_LANE, Intake
 
 E = TypeVar("E", bound=Event)
 # An envelope carries the original body up to this size; bigger bodies go to the artefact
@@ -242,6 +242,11 @@ class StageRunner:
             hand_off = self.spec.tenant is None  # a calling system's: fetched in its own
             routed = await self.intake.route(request, here=self.spec.lane, hand_off=hand_off)
         except PermanentError as error:
+            if await self._ran_before(request):  # read again, not asked again: no refusal
+                bound.info("duplicate skipped", claim="done")
+                await self._out_if_settled(request)
+                await msg.ack()
+                return None
             bound.warning("refused", reason=error.reason)
             await self.dead_letter(msg, error.reason, permanent=True, request_id=rid, own=False)
             return None
@@ -252,7 +257,27 @@ class StageRunner:
             bound.info("handed to its lane", lane=request.priority)
             await msg.ack()
             return None
+        if routed.priority != self.spec.lane:  # a calling system's, moved by a cap
+            await self._into_lane(msg, routed.priority)
         return routed if await self._turn(msg, routed, bound) else None
+
+    async def _into_lane(self, msg: InboundMessage, lane: str) -> None:
+        """Fetched in the slots of the lane the request runs in, not of the one it was
+        published on (shared/stage/app.py `InFlight`), kept alive while it waits for one."""
+        move = MOVE_TO_LANE.get()
+        if move is None:
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await move(lane)
+        except asyncio.CancelledError:
+            with suppress(Exception):  # shutting down: another fetcher takes it now
+                await asyncio.shield(msg.nack(0))
+            raise
+        finally:
+            heartbeat.cancel()
+            with suppress(asyncio.CancelledError):
+                await heartbeat
 
     async def _turn(self, msg: InboundMessage, request: ReportRequested, bound: Any) -> bool:
         """Wait, kept alive, while the requester has its share of reports in the pipeline and
@@ -330,6 +355,10 @@ class StageRunner:
             if request.parent is not None:  # cancelled on its own, or with its burst
                 await self._child_landed(request, "cancelled", "cancelled")
             await self._counted_out(request)
+        if claim == "done" and self.routes and request.parent is None:
+            # Run before (a redelivery, or read again after an upgrade): intake counted it in
+            # again just now, so it is counted out again unless it is still under way.
+            await self._out_if_settled(request)
         if claim != "proceed":
             bound.info("duplicate skipped", claim=claim)
             await msg.ack()
@@ -475,6 +504,26 @@ class StageRunner:
         if request.parent is not None:
             change = with_its_burst(request.parent, utcnow())
             await self.ledger.update(request.request_id, change, request)
+
+    async def _ran_before(self, request: ReportRequested) -> bool:
+        """This very request already ran this stage (its id bound to the same content)."""
+        try:
+            entry = await self.ledger.get(request.request_id)
+        except Exception:  # the ledger briefly away: refused as asked, replayable
+            return False
+        record = entry.stages.get(self.spec.name) if entry is not None else None
+        return (
+            entry is not None
+            and record is not None
+            and record.state == "done"
+            and entry.fingerprint == request_fingerprint(request)
+        )
+
+    async def _out_if_settled(self, request: ReportRequested) -> None:
+        with suppress(Exception):  # the ledger briefly away: the count is all that is at stake
+            entry = await self.ledger.get(request.request_id)
+            if entry is not None and entry.status in SETTLED:
+                await self._counted_out(request)
 
     async def _counted_out(self, request: ReportRequested) -> None:
         """A cancelled report no longer counts against its requester."""
@@ -699,6 +748,9 @@ class StageRunner:
 
 class ReportTimedOut(PermanentError):
     """The report was not done within its request's `timeout`."""
+
+
+SETTLED = frozenset({"delivered", "failed", "cancelled", "skipped"})
 
 
 def report_deadline(request: ReportRequested) -> float | None:
