@@ -167,6 +167,15 @@ class Settings(BaseSettings):
         default=20 * 1024 * 1024, gt=0, description="Largest answer a data source may give."
     )
     email_allow: str = Field(default="", description="Domains or addresses email may go to.")
+    # Each calling system's own (DESIGN.md "Tenants on the bus"): one system's requests cannot
+    # mail the recipients another's may (its customers would get a report they cannot tell
+    # from that system's).
+    email_allows: str = Field(
+        default="",
+        description="Per calling system, repeated for more: `alpha=alpha.example,alpha=ops@"
+        "example.com,beta=.beta.example`; a system named here mails only its own, the others "
+        "PRESSROOM_EMAIL_ALLOW's.",
+    )
     s3_delivery_allow: str = Field(
         default="", description="Buckets or bucket/prefix that s3 deliveries may write to."
     )
@@ -585,12 +594,13 @@ class Settings(BaseSettings):
     @classmethod
     def _domains_or_addresses(cls, value: str) -> str:
         for entry in _split(value):
-            domain = entry.rpartition("@")[2] if "@" in entry else entry.removeprefix("*.")
-            if not _HOST.match(domain.removeprefix(".")) or "." not in domain.strip("."):
-                raise ValueError(
-                    f"'{entry}' is not an address, a domain (example.com) or its subdomains "
-                    "(.example.com)"
-                )
+            _check_recipient_entry(entry)
+        return value
+
+    @field_validator("email_allows")
+    @classmethod
+    def _tenant_domains_or_addresses(cls, value: str) -> str:
+        parse_email_allows(value)
         return value
 
     @field_validator("s3_delivery_allow")
@@ -709,6 +719,15 @@ class Settings(BaseSettings):
     def email_allow_list(self) -> list[str]:
         return _split(self.email_allow)
 
+    def email_allow_for(self, tenant: str | None) -> tuple[list[str], str]:
+        """Where a request's email may go, and the setting that says so: a calling system
+        named in PRESSROOM_EMAIL_ALLOWS its own entries only; everyone else
+        PRESSROOM_EMAIL_ALLOW's."""
+        own = parse_email_allows(self.email_allows).get(tenant or "")
+        if tenant is not None and own is not None:
+            return own, f"PRESSROOM_EMAIL_ALLOWS for {tenant}"
+        return self.email_allow_list, "PRESSROOM_EMAIL_ALLOW"
+
     @property
     def s3_delivery_allow_list(self) -> list[str]:
         return _split(self.s3_delivery_allow)
@@ -728,6 +747,30 @@ def check_webhook_secret(value: str) -> None:
 
 
 # A calling system's name as `pressroom bus auth --publisher` takes it (shared/bus/identity.py).
+
+
+def _check_recipient_entry(entry: str) -> None:
+    domain = entry.rpartition("@")[2] if "@" in entry else entry.removeprefix("*.")
+    if not _HOST.match(domain.removeprefix(".")) or "." not in domain.strip("."):
+        raise ValueError(
+            f"'{entry}' is not an address, a domain (example.com) or its subdomains (.example.com)"
+        )
+
+
+def parse_email_allows(text: str) -> dict[str, list[str]]:
+    """`name=domain-or-address` entries, a name repeated for more, as {calling system: its
+    allow-list}."""
+    allows: dict[str, list[str]] = {}
+    for entry in _split(text):
+        name, sep, allowed = (part.strip() for part in entry.partition("="))
+        if not sep or not TENANT_NAME.match(name) or not allowed:
+            raise ValueError(
+                f"'{entry}': expects name=domain or name=address (a publisher's name, then "
+                "where its reports may be mailed)"
+            )
+        _check_recipient_entry(allowed)
+        allows.setdefault(name, []).append(allowed)
+    return allows
 
 
 def parse_webhook_secrets(text: str) -> dict[str, str]:
@@ -928,6 +971,7 @@ SHARED_CONFIG = (
     "delivery_defaults",
     "source_allow",
     "email_allow",
+    "email_allows",
     "s3_delivery_allow",
     "webhook_allow",
     "asset_allow",

@@ -22,7 +22,7 @@ from services.console.identities import generate
 from services.distributor.channels.webhook import verify
 from tests.helpers import Stack, unique
 from tests.integration.test_tenants import SAMPLE, Heard, publish, request
-from tests.servers import HttpReceiver, S3Server
+from tests.servers import HttpReceiver, S3Server, SmtpServer
 
 pytestmark = pytest.mark.integration
 BUCKET = "company-reports"
@@ -45,8 +45,17 @@ def servers() -> Iterator[tuple[S3Server, HttpReceiver]]:
 
 
 @pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, servers: tuple[S3Server, HttpReceiver]
+    tmp_path_factory: pytest.TempPathFactory,
+    servers: tuple[S3Server, HttpReceiver],
+    smtp: SmtpServer,
 ) -> Iterator[Stack]:
     s3, _ = servers
     root = tmp_path_factory.mktemp("tenant-deliveries")
@@ -61,6 +70,9 @@ def stack(
         "PRESSROOM_WEBHOOK_SECRET": SHARED,
         "PRESSROOM_WEBHOOK_SECRETS": f"alpha={ALPHA}",
         "PRESSROOM_WEBHOOK_SECRETS_FILE": str(beta_file),
+        **smtp.env(),
+        # beta mails its customers; the operator's own list is the stack's (example.com).
+        "PRESSROOM_EMAIL_ALLOWS": "beta=.beta.example,beta=boss@partner.example",
     }
     started = Stack(root, env_extra=env).start()
     yield started
@@ -194,4 +206,52 @@ async def test_a_tenants_webhook_does_not_verify_with_another_tenants_secret(
             assert all(s.removeprefix("whsec_") not in text for s in (SHARED, ALPHA, BETA)), log
     finally:
         for nc in (alpha, beta, gamma, ops):
+            await nc.close()
+
+
+async def test_a_tenant_cannot_mail_the_recipients_another_tenant_may(
+    stack: Stack, smtp: SmtpServer
+) -> None:
+    alpha, beta, ops = (
+        await stack.connect("publisher-alpha"),
+        await stack.connect("publisher-beta"),
+        await stack.connect(),
+    )
+    try:
+        heard = {name: await Heard().start(nc) for name, nc in (("a", alpha), ("b", beta))}
+        ops_heard = await Heard().start(ops)
+        customer, boss = "customer@mail.beta.example", "boss@partner.example"
+
+        canary = unique("alpha-canary")
+
+        def mail(rid: str, to: str, title: str = "") -> dict[str, Any]:
+            return html(rid, title or unique("mail"), [{"channel": "email", "to": to}])
+
+        # beta's customers and the address beta may use hear from beta's requests.
+        own, own_boss = unique("beta-mail"), unique("beta-boss")
+        await publish(beta, mail(own, customer))
+        await publish(beta, mail(own_boss, boss))
+        await heard["b"].delivered(own)
+        await heard["b"].delivered(own_boss)
+        # alpha aims at beta's customers, and at the address only beta may mail.
+        phish, spoof = unique("alpha-phish"), unique("alpha-boss")
+        await publish(alpha, mail(phish, customer, canary))
+        await publish(alpha, {**mail(spoof, boss, canary), "tenant": "beta"})
+        for rid in (phish, spoof):
+            failed = await heard["a"].failed(rid)
+            assert "refused: not in PRESSROOM_EMAIL_ALLOW" in failed["reason"], failed
+        # beta is held to its own list: the operator's domain is not on it.
+        wide = unique("beta-wide")
+        await publish(beta, mail(wide, "someone@example.com"))
+        assert "not in PRESSROOM_EMAIL_ALLOWS for beta" in (await heard["b"].failed(wide))["reason"]
+        # The operator's own requests use the operator's list, as before.
+        o_rid = unique("ops-mail")
+        await publish(ops, mail(o_rid, "someone@example.com"))
+        await ops_heard.delivered(o_rid)
+        # The canary: nothing of alpha's reached beta's customer or beta's address.
+        got = [m.rcpt_tos for m in smtp.messages if canary in str(m.message["Subject"])]
+        assert got == [], got
+        assert len(smtp.to(customer)) == 1 and len(smtp.to(boss)) == 1
+    finally:
+        for nc in (alpha, beta, ops):
             await nc.close()

@@ -150,3 +150,31 @@ def test_s3_keys_fill_placeholders_and_refuse_escapes() -> None:
         destination_key("{nope}", parcel, "pdf", 1)
     with pytest.raises(PermanentError, match="placeholder"):
         destination_key("{date:>999999999}", parcel, "pdf", 1)  # no format specs, no bombs
+
+
+def test_a_calling_system_named_in_email_allows_mails_only_its_own_recipients() -> None:
+    settings = Settings(
+        email_allow="example.com",
+        email_allows="beta=.beta.example, beta=boss@partner.example, gamma=gamma.example",
+    )
+    assert settings.email_allow_for("beta") == (
+        [".beta.example", "boss@partner.example"],
+        "PRESSROOM_EMAIL_ALLOWS for beta",
+    )
+    # Not named: the operator's list, as the operator's own requests.
+    assert settings.email_allow_for("alpha") == (["example.com"], "PRESSROOM_EMAIL_ALLOW")
+    assert settings.email_allow_for(None) == (["example.com"], "PRESSROOM_EMAIL_ALLOW")
+    for bad in ("beta", "beta=", "Beta=beta.example", "beta=not a domain", "beta=localhost"):
+        with pytest.raises(ValueError):
+            Settings(email_allows=bad)
+
+
+def test_config_check_names_the_calling_systems_that_share_the_operators_recipients() -> None:
+    from services.console.cli.stack import email_warnings
+
+    settings = Settings(email_allow="example.com", email_allows="beta=.beta.example")
+    [warning] = email_warnings(settings, ["alpha", "beta", "gamma"])
+    assert warning.startswith("alpha, gamma may mail every recipient of PRESSROOM_EMAIL_ALLOW")
+    assert email_warnings(settings, ["beta"]) == []
+    assert email_warnings(settings, ["publisher"]) == []  # the single calling system: as before
+    assert email_warnings(Settings(email_allows="beta=b.example"), ["alpha"]) == []  # no list

@@ -36,11 +36,11 @@ from services.console.identities import generate, tenants_in
 from services.console.requests import publish_request
 from services.console.supervisor import Supervisor, parse_scale, sample_request
 from services.console.worker import run_worker
-from shared.bus.identity import SERVICE_ROLES, tenant_role
+from shared.bus.identity import DEFAULT_TENANT, SERVICE_ROLES, tenant_role
 from shared.errors import PressroomError
 from shared.filenames import folder_filename
 from shared.schedules import load_schedules
-from shared.settings import load_settings, masked
+from shared.settings import load_settings, masked, parse_email_allows
 
 bus_app = typer.Typer(help="NATS identities, permissions, TLS and topology.", no_args_is_help=True)
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
@@ -156,7 +156,21 @@ def tenant_warnings(cfg: Any) -> list[str]:
 
     seeds = cfg.nats_credentials_dir
     tenants = tenants_in(seeds) if seeds is not None and Path(seeds).is_dir() else []
-    return binding_warnings(cfg, tenants)
+    return binding_warnings(cfg, tenants) + email_warnings(cfg, tenants)
+
+
+def email_warnings(cfg: Any, tenants: list[str]) -> list[str]:
+    """Named calling systems that share the operator's email allow-list."""
+    named = [t for t in tenants if t != DEFAULT_TENANT]
+    own = parse_email_allows(cfg.email_allows)
+    shared = [t for t in named if t not in own]
+    if not shared or not cfg.email_allow_list:
+        return []
+    return [
+        f"{', '.join(shared)} may mail every recipient of PRESSROOM_EMAIL_ALLOW, which "
+        f"{'they share' if len(shared) > 1 else 'it shares'} with the operator's requests "
+        "(give each calling system its own in PRESSROOM_EMAIL_ALLOWS)"
+    ]
 
 
 def _prometheus(supervisor: Any, port: int | None) -> None:

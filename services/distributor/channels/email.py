@@ -89,11 +89,11 @@ def recipient_allowed(address: str, allow: list[str]) -> bool:
     return False
 
 
-def check_recipients(recipients: list[str], allow: list[str]) -> None:
+def check_recipients(recipients: list[str], allow: list[str], setting: str = ALLOW_SETTING) -> None:
     refused = [r for r in recipients if not recipient_allowed(r, allow)]
     if refused:
         raise PermanentError(
-            f"email to {', '.join(refused)} refused: not in {ALLOW_SETTING} "
+            f"email to {', '.join(refused)} refused: not in {setting} "
             "(add the address or its domain to allow it)"
         )
 
@@ -170,7 +170,7 @@ class EmailChannel:
         extra = delivery.model_extra or {}
         to = validate_addresses(extra.get("to"))
         cc = validate_addresses(extra["cc"]) if extra.get("cc") else []
-        check_recipients(to + cc, s.email_allow_list)
+        check_recipients(to + cc, *s.email_allow_for(parcel.event.request.tenant))
         subject_pattern = str(extra.get("subject") or DEFAULT_SUBJECT)
         if "\r" in subject_pattern or "\n" in subject_pattern:
             raise PermanentError("email subject must be one line (it contains a line break)")
