@@ -82,7 +82,7 @@ format: install
 ## processes on two cores: a quarter of the CPU idled while tests waited for servers, cron
 ## minutes and timeouts (make test 13.9 -> 11.1 min here; it passes with a core busy too).
 test: install test-deps lint
-	$(BIN)/pytest -n 3 --dist loadfile --durations=25
+	$(BIN)/pytest -n 4 --dist loadfile --durations=25
 
 unit: install
 	$(BIN)/pytest tests/unit

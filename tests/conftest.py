@@ -14,6 +14,7 @@ from typing import Any
 import nats.aio.client
 import pytest
 
+from services.console import embedded
 from tests.helpers import Outcomes, Stack
 
 # A test run starts several hundred Python processes (workers, render processes, CLI calls,
@@ -25,10 +26,19 @@ from tests.helpers import Outcomes, Stack
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
-# `make test` hands whole files to two workers (`--dist loadfile`), each taking the next file
-# when it is done, in this order (`--no-loadscope-reorder` in pyproject.toml): the folders of
-# long files first, the unit tests last, so that the suite ends on short files filling in
-# beside the last long one rather than on one worker's two-minute file started last.
+# Ports the tests pick (free_port) come from a slice of their own per pytest worker, below both
+# the kernel's ephemeral range and the slice the product's own processes pick from: a port one
+# worker picked for a process it is about to start cannot be taken meanwhile by another
+# worker's pick, nor by anyone's outgoing connection.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+embedded.PORTS = range(20000 + 1000 * (_WORKER % 4), 21000 + 1000 * (_WORKER % 4))
+
+# `make test` hands whole files to four workers (`--dist loadfile`; more than the two cores, so
+# that while some wait — for a minute's turn, a timeout — the others use the cores), each
+# taking the next file when it is done, in this order (`--no-loadscope-reorder` in
+# pyproject.toml): the folders of long files first, the unit tests last, so that the suite ends
+# on short files filling in beside the last long one rather than on one worker's two-minute
+# file started last.
 LONGEST_FIRST = ("faults", "browser", "integration", "composition", "contract", "unit")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -75,13 +76,34 @@ def port_open(host: str, port: int) -> bool:
 
 
 _GIVEN: deque[int] = deque(maxlen=512)  # ports this process was handed, newest last
+# Where free_port looks: below the kernel's ephemeral range, which every outgoing connection
+# draws its local port from — a port picked there and bound a moment later by a worker may be
+# taken by anyone's connection meanwhile. Several processes picking ports side by side (the
+# test suite's workers) each set a slice of their own here.
+PORTS = range(24000, 32768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
-    """A port free now, and not one this process was handed recently: the kernel may give the
-    same port to two `bind(0)` calls in a row once the first socket is closed, and a caller
-    picking several ports before any is bound (a stack's health ports) must get different
-    ones."""
+    """A port free now, and not one this process was handed recently (a caller picking several
+    ports before any is bound — a stack's health ports — gets different ones), from PORTS
+    below the ephemeral range; where that leaves none, whatever bind(0) gives."""
+    low = _ephemeral_low()
+    ports = [p for p in PORTS if p < low and p not in _GIVEN]
+    for port in random.sample(ports, min(len(ports), 64)):
+        with socket.socket() as sock:
+            try:
+                sock.bind((EMBEDDED_HOST, port))
+            except OSError:
+                continue
+        _GIVEN.append(port)
+        return port
     for _ in range(64):
         with socket.socket() as sock:
             sock.bind((EMBEDDED_HOST, 0))
