@@ -531,7 +531,12 @@ def _read_callers(
         subscriber = _subscribe_stage(
             broker, parts, caller, batch, sides[lane.durable], persistent=False
         )
-        await subscriber.start()
+        try:
+            await subscriber.start()
+        except BaseException:
+            with suppress(Exception):  # half started: stopped, and made again next time
+                await subscriber.stop()
+            raise
         return subscriber
 
     @app.after_startup

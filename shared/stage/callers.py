@@ -30,7 +30,7 @@ from shared.settings import Settings
 
 log = get_logger("pressroom.intake")
 LOOK_EVERY = 1.0  # seconds between looks for a calling system's subject not read yet
-RETRY_REFUSED = 60.0  # seconds before a subject the fetcher may not read is tried again
+RETRY_REFUSED = 60.0  # at most this long before a subject it could not read is tried again
 
 
 class CallerIntakes:
@@ -48,7 +48,8 @@ class CallerIntakes:
         self._start = start
         self.reading: dict[str, StageSpec] = {}  # by durable name
         self._subscribers: list[Any] = []  # held here: FastStream keeps only weak references
-        self._refused: dict[str, float] = {}  # durable → when it was refused (tried again later)
+        # durable → (when to try again, the wait before that): a subject it could not read
+        self._refused: dict[str, tuple[float, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def look(self) -> None:
@@ -57,22 +58,24 @@ class CallerIntakes:
         for spec in await intake_subjects(self._js):
             if spec.durable in self.reading:
                 continue
-            if now - self._refused.get(spec.durable, -RETRY_REFUSED) < RETRY_REFUSED:
+            later, wait = self._refused.get(spec.durable, (0.0, 0.0))
+            if now < later:
                 continue
             try:
                 await declare_intake(self._js, spec, self._settings)
                 self._subscribers.append(await self._start(spec))
-            except Exception as error:  # e.g. not in this fetcher's permissions (bus auth)
-                if spec.durable not in self._refused:
-                    log.error(
-                        "cannot read a calling system's requests",
-                        consumer=spec.durable,
-                        subject=spec.consumes,
-                        error=str(error) or repr(error),
-                        hint="is it named in `pressroom bus auth --publisher`? (run it again, "
-                        "and reload nats-server)",
-                    )
-                self._refused[spec.durable] = now
+            except Exception as error:  # not in this fetcher's permissions, or the bus busy
+                wait = min(max(2 * wait, LOOK_EVERY), RETRY_REFUSED)  # 1, 2, 4 … 60 s
+                self._refused[spec.durable] = (now + wait, wait)
+                log.error(
+                    "cannot read a calling system's requests",
+                    consumer=spec.durable,
+                    subject=spec.consumes,
+                    error=str(error) or repr(error),
+                    retry_in=wait,
+                    hint="is it named in `pressroom bus auth --publisher`? (run it again, "
+                    "and reload nats-server)",
+                )
                 continue
             self._refused.pop(spec.durable, None)
             self.reading[spec.durable] = spec
