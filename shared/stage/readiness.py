@@ -18,13 +18,17 @@ from shared.observe.logging import get_logger
 from shared.settings import Settings, config_fingerprint
 
 
-def consumer_readiness(info: Any, max_pending: int, *, seen_by_worker: bool) -> CheckResult:
+def consumer_readiness(
+    info: Any, max_pending: int, *, seen_by_worker: bool, worked: bool = False
+) -> CheckResult:
     """How a stage's durable consumer is doing, from its JetStream consumer info.
 
     - a backlog over `max_pending` messages is `degraded` (the stage falls behind);
     - seen from outside (`pressroom health`), nobody pulling and nothing in progress is
       `unhealthy`: no worker runs for the stage. A worker asking about its own consumer is
-      itself that worker, and between two pulls it is not waiting: the rule does not apply.
+      itself that worker, and between two pulls it is not waiting: the rule does not apply;
+      nor when the stage's workers are `worked` on its other consumers (the fetcher's share
+      their slots: one of them may wait for a slot, with no pull of its own).
     """
     pending = int(info.num_pending or 0)
     in_progress = int(info.num_ack_pending or 0)
@@ -36,7 +40,7 @@ def consumer_readiness(info: Any, max_pending: int, *, seen_by_worker: bool) -> 
     if seen_by_worker:
         return CheckResult("degraded" if over else "healthy", detail, data)
     detail += f", {pulls} worker pull(s)"
-    if not pulls and not in_progress:
+    if not pulls and not in_progress and not worked:
         return CheckResult("unhealthy", detail + " — no worker is running", data)
     return CheckResult("degraded" if over else "healthy", detail, data)
 
@@ -115,7 +119,7 @@ async def stage_readiness(
             found[lane.durable] = CheckResult("unhealthy", detail, {"pending": 0, "in_progress": 0})
         else:
             found[lane.durable] = consumer_readiness(
-                info, max_pending, seen_by_worker=seen_by_worker or bool(worked)
+                info, max_pending, seen_by_worker=seen_by_worker, worked=bool(worked)
             )
     return found
 

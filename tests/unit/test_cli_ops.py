@@ -147,3 +147,33 @@ def test_tables_never_cut_an_id_and_wrap_long_text_between_words() -> None:
         assert " ".join(reason.split()) in " ".join(shown.replace("│", " ").split())
     narrow = printed(80, [[rid, "failed", reason]])
     assert "reason: template 'portfolo'" in narrow  # under its row, readable as one text
+
+
+async def test_the_fetchers_consumers_share_its_slots_so_no_worker_means_none_pulls_anywhere() -> (
+    None
+):
+    from shared.bus.names import FETCHER
+
+    alpha = FETCHER.of_tenant("alpha")
+    # alpha's consumer waits for a slot the fetcher's other consumers' work holds: no pull of
+    # its own, and its fetcher is running.
+    js: Any = Consumers(
+        {
+            "fetcher": info(0, 8, 0),
+            "fetcher-interactive": info(0, 0, 1),
+            "fetcher-bulk": info(0, 0, 1),
+            alpha.durable: info(3, 0, 0),
+        }
+    )
+    rows = await stage_readiness(js, FETCHER, 1000, seen_by_worker=False, callers=[alpha])
+    assert rows[alpha.durable].status == "healthy", rows[alpha.durable]
+    assert "3 waiting, 0 in progress, 0 worker pull(s)" in rows[alpha.durable].detail
+    # No fetcher at all: every one of them says so.
+    js = Consumers({d: info(0, 0, 0) for d in ("fetcher", "fetcher-interactive", "fetcher-bulk")})
+    js.infos[alpha.durable] = info(3, 0, 0)
+    rows = await stage_readiness(js, FETCHER, 1000, seen_by_worker=False, callers=[alpha])
+    assert all(r.status == "unhealthy" for r in rows.values())
+    # A calling system publishing with no consumer: no fetcher may read it (bus auth).
+    del js.infos[alpha.durable]
+    rows = await stage_readiness(js, FETCHER, 1000, seen_by_worker=False, callers=[alpha])
+    assert "is it named in `pressroom bus auth --publisher`?" in rows[alpha.durable].detail
