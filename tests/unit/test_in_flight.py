@@ -50,9 +50,10 @@ async def test_a_drain_with_nothing_in_flight_releases_the_fetch_loop_at_once() 
     await asyncio.wait_for(side.turned_away(), 30)
 
 
-async def test_a_message_fetched_for_a_slot_another_subscriber_took_is_kept_alive() -> None:
-    # Two calling systems' consumers share a lane's one slot: both passed the gate when it was
-    # free, and the second's message waits for the slot with its ack timer running.
+def one_slot_two_messages() -> tuple[
+    InFlight, asyncio.Event, list[str], asyncio.Future[None], asyncio.Future[None], Message
+]:
+    """alpha's work in a lane's one slot until `release`; beta's message waiting for it."""
     side = InFlight(1, keep_alive_every=0.01)
     release, started = asyncio.Event(), []
 
@@ -63,6 +64,13 @@ async def test_a_message_fetched_for_a_slot_another_subscriber_took_is_kept_aliv
     first = asyncio.ensure_future(side.start(work("alpha"), Message()))
     waiting = Message()
     second = asyncio.ensure_future(side.start(work("beta"), waiting))
+    return side, release, started, first, second, waiting
+
+
+async def test_a_message_fetched_for_a_slot_another_subscriber_took_is_kept_alive() -> None:
+    # Two calling systems' consumers share a lane's one slot: both passed the gate when it was
+    # free, and the second's message waits for the slot with its ack timer running.
+    _, release, started, first, second, waiting = one_slot_two_messages()
     while waiting.kept_alive < 3:  # kept alive for as long as it waits, not once
         await asyncio.sleep(0.01)
     assert started == ["alpha"]
@@ -74,16 +82,7 @@ async def test_a_message_fetched_for_a_slot_another_subscriber_took_is_kept_aliv
 
 
 async def test_a_message_still_waiting_for_a_slot_when_the_drain_begins_is_handed_back() -> None:
-    side = InFlight(1, keep_alive_every=0.01)
-    release, started = asyncio.Event(), []
-
-    async def work(name: str) -> None:
-        started.append(name)
-        await release.wait()
-
-    first = asyncio.ensure_future(side.start(work("alpha"), Message()))
-    waiting = Message()
-    second = asyncio.ensure_future(side.start(work("beta"), waiting))
+    side, release, started, first, second, waiting = one_slot_two_messages()
     while not waiting.kept_alive:
         await asyncio.sleep(0.01)
     draining = asyncio.ensure_future(side.drain(grace=60))
